@@ -1,0 +1,257 @@
+//! Stage 6: period close (contract section 6 and 7 "Close"): invoices, invoice lines,
+//! renewals, and the next period's allocations and grants.
+
+use crate::amount::Milli;
+use crate::consume::{GrantBalance, PeriodConsumption};
+use crate::error::{Result, TallyError};
+use crate::model::*;
+use crate::pricebook::{Overage, Plan, PriceBook};
+use crate::time::{next_anniversary, Micros};
+use chrono::{TimeZone, Utc};
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvoiceRow {
+    pub invoice_id: String,
+    pub account_id: String,
+    pub plan_id: String,
+    pub period_start: Micros,
+    pub period_end: Micros,
+    pub currency: String,
+    pub plan_price_minor: i64,
+    pub included_credits: Milli,
+    pub credits_used: Milli,
+    /// Consumed from each grant kind (rollover, plan, promo, compensation, top_up).
+    pub credits_from: [Milli; 5],
+    pub overage_credits: Milli,
+    pub overage_amount_minor: i64,
+    pub total_minor: i64,
+    pub recorded_credits: Milli,
+    pub unreconciled_credits: Milli,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvoiceLineRow {
+    pub invoice_id: String,
+    pub product: String,
+    pub action: String,
+    pub model: Option<String>,
+    pub event_count: i64,
+    pub quantity: Milli,
+    pub credits: Milli,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RenewalRow {
+    pub account_id: String,
+    pub period_start: Micros,
+    pub period_end: Micros,
+    pub next_period_start: Option<Micros>,
+    pub next_period_end: Option<Micros>,
+    pub plan_id: String,
+    pub plan_credits_unused: Milli,
+    pub rollover_credits: Milli,
+    pub expired_credits: Milli,
+    pub next_included_credits: Option<Milli>,
+    pub carried_grant_credits: Milli,
+}
+
+/// Compact UTC stamp used in generated ids (`20261101T000000Z`).
+pub fn compact_stamp(t: Micros) -> String {
+    Utc.timestamp_micros(t)
+        .single()
+        .map(|d| d.format("%Y%m%dT%H%M%SZ").to_string())
+        .unwrap_or_else(|| t.to_string())
+}
+
+/// Deterministic invoice id from account and period.
+pub fn invoice_id(account_id: &str, period_start: Micros) -> String {
+    format!("INV-{account_id}-{}", compact_stamp(period_start))
+}
+
+/// Deterministic id of the rollover grant created when a period renews.
+pub fn rollover_grant_id(account_id: &str, next_period_start: Micros) -> String {
+    format!("rollover-{account_id}-{}", compact_stamp(next_period_start))
+}
+
+/// overage_amount_minor = round half-even(overage × price_per_credit × 10^exponent); 0 for block.
+pub fn overage_amount_minor(book: &PriceBook, plan: &Plan, overage: Milli) -> Result<i64> {
+    match &plan.overage {
+        Overage::Block => Ok(0),
+        Overage::PricePerCredit(price) => overage
+            .to_decimal()
+            .checked_mul(*price)
+            .and_then(|amount| book.to_minor_half_even(amount))
+            .ok_or_else(|| {
+                TallyError::Overflow(format!(
+                    "overage {overage} × {price} {} does not fit minor units",
+                    book.currency
+                ))
+            }),
+    }
+}
+
+/// What closing one period produced.
+pub struct ClosedPeriod {
+    pub invoice: InvoiceRow,
+    pub lines: Vec<InvoiceLineRow>,
+    pub renewal: RenewalRow,
+    pub next_allocation: Option<AllocationRow>,
+    /// The rollover grant for the next period, when renewing with credits to roll.
+    pub rollover_grant: Option<GrantRow>,
+}
+
+/// Inputs of `close_period` that come from pricing and reconciliation.
+pub struct PeriodFigures<'a> {
+    pub consumption: &'a PeriodConsumption,
+    /// (product, action, model) → (event count, quantity, credits) of succeeded priced events.
+    pub lines: BTreeMap<(String, String, (bool, Option<String>)), (i64, Milli, Milli)>,
+    pub credits_used: Milli,
+    pub recorded: Milli,
+}
+
+pub fn close_period(
+    book: &PriceBook,
+    allocation: &AllocationRow,
+    figures: PeriodFigures<'_>,
+) -> Result<ClosedPeriod> {
+    let plan = &book.plans[&allocation.plan_id];
+    let consumption = figures.consumption;
+    let id = invoice_id(&allocation.account_id, allocation.period_start);
+    let overage_minor = overage_amount_minor(book, plan, consumption.overage)?;
+    let total_minor = plan
+        .price_minor
+        .checked_add(overage_minor)
+        .ok_or_else(|| TallyError::Overflow(format!("invoice {id} total")))?;
+    let invoice = InvoiceRow {
+        invoice_id: id.clone(),
+        account_id: allocation.account_id.clone(),
+        plan_id: allocation.plan_id.clone(),
+        period_start: allocation.period_start,
+        period_end: allocation.period_end,
+        currency: book.currency.clone(),
+        plan_price_minor: plan.price_minor,
+        included_credits: allocation.included_credits,
+        credits_used: figures.credits_used,
+        credits_from: consumption.consumed,
+        overage_credits: consumption.overage,
+        overage_amount_minor: overage_minor,
+        total_minor,
+        recorded_credits: figures.recorded,
+        unreconciled_credits: figures.recorded.checked_sub(figures.credits_used)?,
+    };
+    let lines = figures
+        .lines
+        .into_iter()
+        .map(|((product, action, (_, model)), (count, quantity, credits))| InvoiceLineRow {
+            invoice_id: id.clone(),
+            product,
+            action,
+            model,
+            event_count: count,
+            quantity,
+            credits,
+        })
+        .collect();
+
+    let period_end = allocation.period_end;
+    let plan_unused = consumption
+        .grants_after
+        .iter()
+        .filter(|g| g.is_plan())
+        .map(|g| g.remaining)
+        .try_fold(Milli::ZERO, Milli::checked_add)?;
+    let (mut expired, mut carried) = (Milli::ZERO, Milli::ZERO);
+    for g in consumption.grants_after.iter().filter(|g| !g.is_plan()) {
+        if expires_by(g, period_end) {
+            expired = expired.checked_add(g.remaining)?;
+        } else {
+            carried = carried.checked_add(g.remaining)?;
+        }
+    }
+    let renews = allocation.status == AllocationStatus::Active && plan.refresh;
+    let rollover = if renews {
+        plan_unused.min(plan.rollover_cap)
+    } else {
+        Milli::ZERO
+    };
+    expired = expired.checked_add(plan_unused.checked_sub(rollover)?)?;
+    let anchor = allocation.billing_anchor.unwrap_or(allocation.period_start);
+    let next_end = if renews {
+        Some(next_anniversary(anchor, period_end).ok_or_else(|| {
+            TallyError::Overflow(format!("next period end of invoice {id} is out of range"))
+        })?)
+    } else {
+        None
+    };
+    let renewal = RenewalRow {
+        account_id: allocation.account_id.clone(),
+        period_start: allocation.period_start,
+        period_end,
+        next_period_start: next_end.map(|_| period_end),
+        next_period_end: next_end,
+        plan_id: allocation.plan_id.clone(),
+        plan_credits_unused: plan_unused,
+        rollover_credits: rollover,
+        expired_credits: expired,
+        next_included_credits: next_end.map(|_| plan.included_credits),
+        carried_grant_credits: carried,
+    };
+    let next_allocation = next_end.map(|end| AllocationRow {
+        at: allocation.at,
+        account_id: allocation.account_id.clone(),
+        plan_id: allocation.plan_id.clone(),
+        period_start: period_end,
+        period_end: end,
+        included_credits: plan.included_credits,
+        billing_anchor: Some(anchor),
+        status: AllocationStatus::Active,
+    });
+    let rollover_grant = match next_end {
+        Some(end) if rollover.is_positive() => Some(GrantRow {
+            at: allocation.at,
+            grant_id: rollover_grant_id(&allocation.account_id, period_end),
+            account_id: allocation.account_id.clone(),
+            kind: GrantKind::Rollover,
+            credits: rollover,
+            effective_at: period_end,
+            expires_at: Some(end),
+            priority: None,
+        }),
+        _ => None,
+    };
+    Ok(ClosedPeriod {
+        invoice,
+        lines,
+        renewal,
+        next_allocation,
+        rollover_grant,
+    })
+}
+
+/// A grant whose `expires_at` ≤ the period end expires with it.
+fn expires_by(g: &GrantBalance, period_end: Micros) -> bool {
+    g.expires_at.is_some_and(|e| e <= period_end)
+}
+
+/// The account's grants for the next period's input, after its last closed period: every
+/// grant with credits left that does not expire by `last_period_end` (grants effective at or
+/// after it are unchanged), plus the rollover grant of the last renewal.
+pub fn grants_next(
+    balances: &[GrantBalance],
+    last_period_end: Micros,
+    rollover: Option<GrantRow>,
+) -> Vec<GrantRow> {
+    let mut next: Vec<GrantRow> = balances
+        .iter()
+        .filter(|g| !g.is_plan() && g.remaining.is_positive() && !expires_by(g, last_period_end))
+        .filter_map(|g| {
+            g.source.as_ref().map(|row| GrantRow {
+                credits: g.remaining,
+                ..row.clone()
+            })
+        })
+        .collect();
+    next.extend(rollover);
+    next
+}

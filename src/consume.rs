@@ -1,0 +1,221 @@
+//! Stage 4: consume grants (contract section 4). Work is per account and sequential: events
+//! in order of (occurred_at, event_id) draw from the grants usable at that instant, in order
+//! of (priority, expires_at never last, effective_at, plan first, grant_id).
+
+use crate::amount::Milli;
+use crate::error::Result;
+use crate::model::{GrantKind, GrantRow};
+use crate::time::Micros;
+use std::cmp::Ordering;
+
+/// A grant's balance while an account is processed. The plan's credits are a grant too.
+#[derive(Clone, Debug)]
+pub struct GrantBalance {
+    /// `None` for the allocation's plan credits.
+    pub grant_id: Option<String>,
+    pub kind: GrantKind,
+    pub effective_at: Micros,
+    pub expires_at: Option<Micros>,
+    pub priority: i64,
+    /// Credits left.
+    pub remaining: Milli,
+    /// The input row, for carrying the grant into `grants_next`.
+    pub source: Option<GrantRow>,
+}
+
+impl GrantBalance {
+    pub fn from_row(row: &GrantRow) -> GrantBalance {
+        GrantBalance {
+            grant_id: Some(row.grant_id.clone()),
+            kind: row.kind,
+            effective_at: row.effective_at,
+            expires_at: row.expires_at,
+            priority: row.priority.unwrap_or_else(|| row.kind.default_priority()),
+            remaining: row.credits,
+            source: Some(row.clone()),
+        }
+    }
+
+    pub fn plan(included: Milli, period_start: Micros, period_end: Micros) -> GrantBalance {
+        GrantBalance {
+            grant_id: None,
+            kind: GrantKind::Plan,
+            effective_at: period_start,
+            expires_at: Some(period_end),
+            priority: GrantKind::Plan.default_priority(),
+            remaining: included,
+            source: None,
+        }
+    }
+
+    pub fn is_plan(&self) -> bool {
+        self.grant_id.is_none()
+    }
+
+    /// Usable at `t`: effective_at ≤ t < expires_at.
+    pub fn usable_at(&self, t: Micros) -> bool {
+        self.effective_at <= t && self.expires_at.is_none_or(|e| t < e)
+    }
+
+    /// Effective at some instant of [start, end).
+    pub fn overlaps(&self, start: Micros, end: Micros) -> bool {
+        self.effective_at < end && self.expires_at.is_none_or(|e| e > start)
+    }
+}
+
+/// The contract's consumption order.
+pub fn consumption_order(a: &GrantBalance, b: &GrantBalance) -> Ordering {
+    let expiry = |g: &GrantBalance| (g.expires_at.is_none(), g.expires_at);
+    a.priority
+        .cmp(&b.priority)
+        .then_with(|| expiry(a).cmp(&expiry(b)))
+        .then_with(|| a.effective_at.cmp(&b.effective_at))
+        .then_with(|| b.is_plan().cmp(&a.is_plan()))
+        .then_with(|| {
+            let id = |g: &GrantBalance| g.grant_id.as_deref().unwrap_or("").as_bytes().to_vec();
+            id(a).cmp(&id(b))
+        })
+}
+
+/// Credits per grant kind, indexed by `GrantKind::index`.
+pub type ByKind = [Milli; 5];
+
+/// How one event was covered.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Coverage {
+    pub by_kind: ByKind,
+    /// What no grant covered.
+    pub overage: Milli,
+}
+
+/// The outcome of one account-period.
+#[derive(Clone, Debug, Default)]
+pub struct PeriodConsumption {
+    /// Credits of the period's grants at the start of the period, by kind.
+    pub granted: ByKind,
+    /// Consumed, by kind.
+    pub consumed: ByKind,
+    pub overage: Milli,
+    /// One per chargeable event, in the order given.
+    pub coverage: Vec<Coverage>,
+    /// The period's grants after consumption, in consumption order.
+    pub grants_after: Vec<GrantBalance>,
+}
+
+/// Consume `pool` (the grants effective at some instant of the period, the plan included)
+/// with `charges` = (occurred_at, credits), already in (occurred_at, event_id) order.
+pub fn consume(mut pool: Vec<GrantBalance>, charges: &[(Micros, Milli)]) -> Result<PeriodConsumption> {
+    pool.sort_by(consumption_order);
+    let mut granted = ByKind::default();
+    for g in &pool {
+        let k = g.kind.index();
+        granted[k] = granted[k].checked_add(g.remaining)?;
+    }
+    let mut consumed = ByKind::default();
+    let mut overage = Milli::ZERO;
+    let mut coverage = Vec::with_capacity(charges.len());
+    for &(t, credits) in charges {
+        let mut need = credits;
+        let mut covered = Coverage::default();
+        for g in pool.iter_mut() {
+            if !need.is_positive() {
+                break;
+            }
+            if !g.remaining.is_positive() || !g.usable_at(t) {
+                continue;
+            }
+            let take = need.min(g.remaining);
+            g.remaining = g.remaining.checked_sub(take)?;
+            need = need.checked_sub(take)?;
+            let k = g.kind.index();
+            covered.by_kind[k] = covered.by_kind[k].checked_add(take)?;
+            consumed[k] = consumed[k].checked_add(take)?;
+        }
+        covered.overage = need;
+        overage = overage.checked_add(need)?;
+        coverage.push(covered);
+    }
+    Ok(PeriodConsumption {
+        granted,
+        consumed,
+        overage,
+        coverage,
+        grants_after: pool,
+    })
+}
+
+pub fn sum_kinds(kinds: &ByKind) -> Result<Milli> {
+    Milli::sum(kinds.iter().copied())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(id: &str, kind: GrantKind, credits: i64, eff: i64, exp: Option<i64>) -> GrantBalance {
+        GrantBalance {
+            grant_id: Some(id.into()),
+            kind,
+            effective_at: eff,
+            expires_at: exp,
+            priority: kind.default_priority(),
+            remaining: Milli::from_units(credits),
+            source: None,
+        }
+    }
+
+    #[test]
+    fn default_priorities_order_rollover_plan_promo_top_up() {
+        let pool = vec![
+            grant("t", GrantKind::TopUp, 10, 0, None),
+            grant("p", GrantKind::Promo, 10, 0, Some(100)),
+            GrantBalance::plan(Milli::from_units(10), 0, 100),
+            grant("r", GrantKind::Rollover, 10, 0, Some(100)),
+        ];
+        let out = consume(pool, &[(5, Milli::from_units(35))]).unwrap();
+        let c = &out.coverage[0];
+        assert_eq!(c.by_kind[GrantKind::Rollover.index()], Milli::from_units(10));
+        assert_eq!(c.by_kind[GrantKind::Plan.index()], Milli::from_units(10));
+        assert_eq!(c.by_kind[GrantKind::Promo.index()], Milli::from_units(10));
+        assert_eq!(c.by_kind[GrantKind::TopUp.index()], Milli::from_units(5));
+        assert_eq!(c.overage, Milli::ZERO);
+    }
+
+    #[test]
+    fn a_grant_is_usable_only_inside_its_window() {
+        let pool = vec![grant("t", GrantKind::TopUp, 10, 50, Some(80))];
+        let out = consume(
+            pool,
+            &[(10, Milli::from_units(1)), (60, Milli::from_units(1)), (80, Milli::from_units(1))],
+        )
+        .unwrap();
+        assert_eq!(out.coverage[0].overage, Milli::from_units(1));
+        assert_eq!(out.coverage[1].overage, Milli::ZERO);
+        assert_eq!(out.coverage[2].overage, Milli::from_units(1));
+        assert_eq!(out.granted[GrantKind::TopUp.index()], Milli::from_units(10));
+    }
+
+    #[test]
+    fn sooner_expiry_first_and_never_last_within_a_priority() {
+        let pool = vec![
+            grant("a", GrantKind::Promo, 5, 0, None),
+            grant("b", GrantKind::Promo, 5, 0, Some(90)),
+            grant("c", GrantKind::Compensation, 5, 0, Some(50)),
+        ];
+        let out = consume(pool, &[(1, Milli::from_units(6))]).unwrap();
+        let order: Vec<_> = out.grants_after.iter().map(|g| g.grant_id.clone().unwrap()).collect();
+        assert_eq!(order, ["c", "b", "a"]);
+        assert_eq!(out.grants_after[0].remaining, Milli::ZERO);
+        assert_eq!(out.grants_after[1].remaining, Milli::from_units(4));
+    }
+
+    #[test]
+    fn plan_sorts_before_a_grant_that_ties_with_it() {
+        let mut promo = grant("a", GrantKind::Promo, 5, 0, Some(100));
+        promo.priority = 1;
+        let pool = vec![promo, GrantBalance::plan(Milli::from_units(5), 0, 100)];
+        let out = consume(pool, &[(1, Milli::from_units(5))]).unwrap();
+        assert!(out.grants_after[0].is_plan());
+        assert_eq!(out.consumed[GrantKind::Plan.index()], Milli::from_units(5));
+    }
+}

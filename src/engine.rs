@@ -1,0 +1,299 @@
+//! One account, start to finish: price its events, consume its grants period by period,
+//! reconcile every event and entry, and (at close) bill and renew. Accounts are independent,
+//! so the pipeline runs this in parallel; inside an account the work is sequential.
+
+use crate::amount::Milli;
+use crate::close::{self, ClosedPeriod, InvoiceLineRow, InvoiceRow, PeriodFigures, RenewalRow};
+use crate::consume::{self, ByKind, GrantBalance};
+use crate::error::{Result, TallyError};
+use crate::model::*;
+use crate::price::{price_event, Price};
+use crate::pricebook::{Overage, PriceBook};
+use crate::reconcile::{self, DiscrepancyRow, Kind};
+use crate::time::Micros;
+use crate::window::{AccountWork, PeriodWork};
+use std::collections::{BTreeMap, HashMap};
+
+/// Settings shared by every account of a run.
+pub struct RunContext<'a> {
+    pub book: &'a PriceBook,
+    pub mode: Mode,
+    pub as_of: Micros,
+    /// as-of − settle.
+    pub settle_from: Micros,
+}
+
+/// One row of `balances`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BalanceRow {
+    pub account_id: String,
+    pub plan_id: String,
+    pub period_start: Micros,
+    pub period_end: Micros,
+    pub granted: ByKind,
+    pub used: ByKind,
+    pub overage: Milli,
+}
+
+/// Counters summed over accounts for `summary.json`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub account_periods: u64,
+    pub events_in_window: u64,
+    pub matched_events: u64,
+    pub pending_events: u64,
+    pub entries_in_window: u64,
+    pub expected_credits: Milli,
+    pub recorded_credits: Milli,
+    pub granted_credits: Milli,
+    pub consumed_credits: Milli,
+    pub overage_credits: Milli,
+    pub remaining_credits: Milli,
+    pub expired_credits: Milli,
+    pub rollover_credits: Milli,
+    pub carried_credits: Milli,
+}
+
+impl Totals {
+    pub fn add(&mut self, o: &Totals) -> Result<()> {
+        self.account_periods += o.account_periods;
+        self.events_in_window += o.events_in_window;
+        self.matched_events += o.matched_events;
+        self.pending_events += o.pending_events;
+        self.entries_in_window += o.entries_in_window;
+        self.expected_credits = self.expected_credits.checked_add(o.expected_credits)?;
+        self.recorded_credits = self.recorded_credits.checked_add(o.recorded_credits)?;
+        self.granted_credits = self.granted_credits.checked_add(o.granted_credits)?;
+        self.consumed_credits = self.consumed_credits.checked_add(o.consumed_credits)?;
+        self.overage_credits = self.overage_credits.checked_add(o.overage_credits)?;
+        self.remaining_credits = self.remaining_credits.checked_add(o.remaining_credits)?;
+        self.expired_credits = self.expired_credits.checked_add(o.expired_credits)?;
+        self.rollover_credits = self.rollover_credits.checked_add(o.rollover_credits)?;
+        self.carried_credits = self.carried_credits.checked_add(o.carried_credits)?;
+        Ok(())
+    }
+}
+
+/// Everything one account contributes to the outputs.
+#[derive(Default)]
+pub struct AccountResult {
+    pub discrepancies: Vec<DiscrepancyRow>,
+    pub balances: Vec<BalanceRow>,
+    pub invoices: Vec<InvoiceRow>,
+    pub invoice_lines: Vec<InvoiceLineRow>,
+    pub renewals: Vec<RenewalRow>,
+    pub allocations_next: Vec<AllocationRow>,
+    pub grants_next: Vec<GrantRow>,
+    pub totals: Totals,
+}
+
+fn invariant(holds: bool, what: impl FnOnce() -> String) -> Result<()> {
+    if holds {
+        Ok(())
+    } else {
+        Err(TallyError::Invariant(what()))
+    }
+}
+
+pub fn process_account(ctx: &RunContext<'_>, work: AccountWork) -> Result<AccountResult> {
+    let mut result = AccountResult::default();
+    // Grant balances persist across the account's periods of this run.
+    let mut balances: Vec<GrantBalance> = work.grants.iter().map(GrantBalance::from_row).collect();
+    let slot: HashMap<String, usize> = balances
+        .iter()
+        .enumerate()
+        .map(|(i, g)| (g.grant_id.clone().unwrap_or_default(), i))
+        .collect();
+    let mut last_rollover = None;
+    let mut last_period_end = None;
+    for period in work.periods {
+        let closed = process_period(ctx, period, &mut balances, &slot, &mut result)?;
+        if let Some(closed) = closed {
+            last_period_end = Some(closed.renewal.period_end);
+            last_rollover = closed.rollover_grant;
+            result.invoices.push(closed.invoice);
+            result.invoice_lines.extend(closed.lines);
+            result.renewals.push(closed.renewal);
+            result.allocations_next.extend(closed.next_allocation);
+        }
+    }
+    if let Some(end) = last_period_end {
+        result.grants_next = close::grants_next(&balances, end, last_rollover);
+    }
+    Ok(result)
+}
+
+fn process_period(
+    ctx: &RunContext<'_>,
+    mut period: PeriodWork,
+    balances: &mut [GrantBalance],
+    slot: &HashMap<String, usize>,
+    result: &mut AccountResult,
+) -> Result<Option<ClosedPeriod>> {
+    let alloc = &period.allocation;
+    let plan = &ctx.book.plans[&alloc.plan_id];
+    period.events.sort_by(|a, b| {
+        (a.usage.occurred_at, a.usage.event_id.as_bytes())
+            .cmp(&(b.usage.occurred_at, b.usage.event_id.as_bytes()))
+    });
+    let prices: Vec<Price> = period
+        .events
+        .iter()
+        .map(|e| price_event(ctx.book, &e.usage))
+        .collect::<Result<_>>()?;
+
+    // Consume: the plan plus every grant effective at some instant of the whole period.
+    let mut pool = vec![GrantBalance::plan(
+        alloc.included_credits,
+        alloc.period_start,
+        alloc.period_end,
+    )];
+    pool.extend(
+        balances
+            .iter()
+            .filter(|g| g.overlaps(alloc.period_start, alloc.period_end))
+            .cloned(),
+    );
+    let charged: Vec<(usize, Micros, Milli)> = prices
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| match p {
+            Price::Charged(c) if c.is_positive() => Some((i, period.events[i].usage.occurred_at, *c)),
+            _ => None,
+        })
+        .collect();
+    let charges: Vec<(Micros, Milli)> = charged.iter().map(|&(_, t, c)| (t, c)).collect();
+    let consumption = consume::consume(pool, &charges)?;
+    for g in &consumption.grants_after {
+        if let Some(id) = &g.grant_id {
+            balances[slot[id]].remaining = g.remaining;
+        }
+    }
+    let mut overage_of = vec![Milli::ZERO; period.events.len()];
+    for (&(i, _, _), cov) in charged.iter().zip(&consumption.coverage) {
+        overage_of[i] = cov.overage;
+    }
+
+    // Reconcile every event, then every unattached entry.
+    let mut totals = Totals {
+        account_periods: 1,
+        events_in_window: period.events.len() as u64,
+        ..Totals::default()
+    };
+    let mut recorded_period = Milli::ZERO;
+    let mut credits_used = Milli::ZERO;
+    let mut lines: BTreeMap<(String, String, (bool, Option<String>)), (i64, Milli, Milli)> =
+        BTreeMap::new();
+    for (i, event) in period.events.iter().enumerate() {
+        let price = prices[i];
+        let verdict = reconcile::classify(&event.usage, price, &event.entries, ctx.settle_from)?;
+        totals.entries_in_window += event.entries.len() as u64;
+        recorded_period = recorded_period.checked_add(verdict.recorded)?;
+        if let Some(expected) = price.expected() {
+            totals.expected_credits = totals.expected_credits.checked_add(expected)?;
+        }
+        if let Price::Charged(credits) = price {
+            credits_used = credits_used.checked_add(credits)?;
+            let u = &event.usage;
+            let key = (
+                u.product.clone(),
+                u.action.clone(),
+                (u.model.is_none(), u.model.clone()),
+            );
+            let line = lines.entry(key).or_insert((0, Milli::ZERO, Milli::ZERO));
+            line.0 += 1;
+            line.1 = line.1.checked_add(u.quantity)?;
+            line.2 = line.2.checked_add(credits)?;
+        }
+        if verdict.pending {
+            totals.pending_events += 1;
+        } else if verdict.primary.is_none() {
+            totals.matched_events += 1;
+        }
+        let mut kinds: Vec<Kind> = verdict.primary.into_iter().collect();
+        if event.conflicting {
+            kinds.push(Kind::ConflictingDuplicate);
+        }
+        if plan.overage == Overage::Block && overage_of[i].is_positive() {
+            kinds.push(Kind::OverLimitUsage);
+        }
+        for kind in kinds {
+            result.discrepancies.push(reconcile::event_row(
+                kind,
+                &event.usage,
+                price,
+                &event.entries,
+                verdict.recorded,
+            )?);
+        }
+    }
+    for entry in &period.unattached {
+        totals.entries_in_window += 1;
+        recorded_period = recorded_period.checked_add(entry.signed_credits())?;
+        if let Some(kind) = reconcile::unattached_kind(entry) {
+            result.discrepancies.push(reconcile::entry_row(kind, entry));
+        }
+    }
+    totals.recorded_credits = recorded_period;
+
+    // Conservation, checked on independent sums before anything is published.
+    let granted = consume::sum_kinds(&consumption.granted)?;
+    let consumed = consume::sum_kinds(&consumption.consumed)?;
+    let remaining = Milli::sum(consumption.grants_after.iter().map(|g| g.remaining))?;
+    let place = || {
+        format!(
+            "account \"{}\" period starting {}",
+            alloc.account_id,
+            crate::time::format_instant(alloc.period_start)
+        )
+    };
+    invariant(
+        credits_used == consumed.checked_add(consumption.overage)?,
+        || format!("{}: credits used ≠ consumed + overage", place()),
+    )?;
+    invariant(granted == consumed.checked_add(remaining)?, || {
+        format!("{}: granted ≠ consumed + remaining", place())
+    })?;
+    totals.granted_credits = granted;
+    totals.consumed_credits = consumed;
+    totals.overage_credits = consumption.overage;
+    totals.remaining_credits = remaining;
+
+    let closed = match ctx.mode {
+        Mode::Reconcile => {
+            result.balances.push(BalanceRow {
+                account_id: alloc.account_id.clone(),
+                plan_id: alloc.plan_id.clone(),
+                period_start: alloc.period_start,
+                period_end: alloc.period_end,
+                granted: consumption.granted,
+                used: consumption.consumed,
+                overage: consumption.overage,
+            });
+            None
+        }
+        Mode::Close => {
+            let closed = close::close_period(
+                ctx.book,
+                alloc,
+                PeriodFigures {
+                    consumption: &consumption,
+                    lines,
+                    credits_used,
+                    recorded: recorded_period,
+                },
+            )?;
+            let r = &closed.renewal;
+            let accounted = Milli::sum([r.expired_credits, r.rollover_credits, r.carried_grant_credits])?;
+            invariant(remaining == accounted, || {
+                format!("{}: remaining ≠ expired + rolled over + carried", place())
+            })?;
+            totals.expired_credits = r.expired_credits;
+            totals.rollover_credits = r.rollover_credits;
+            totals.carried_credits = r.carried_grant_credits;
+            Some(closed)
+        }
+    };
+    result.totals.add(&totals)?;
+    Ok(closed)
+}

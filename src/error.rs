@@ -1,0 +1,89 @@
+//! Typed errors of the library. The binary maps each to an exit code (see `ExitCode`).
+
+use std::path::PathBuf;
+
+/// Everything that stops a run. Row-level problems are never errors: they become rejects.
+#[derive(Debug, thiserror::Error)]
+pub enum TallyError {
+    /// A configuration problem: bad price book, bad job file, bad flag value.
+    #[error("{file}: {message}")]
+    Config { file: String, message: String },
+
+    /// An input file that cannot be used as it is: unreadable, not Parquet, wrong schema.
+    #[error("{file}: {message}")]
+    Input { file: String, message: String },
+
+    /// An I/O failure while reading or writing, with the path involved.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The run was refused on purpose (e.g. re-closing a period with different inputs).
+    #[error("refused: {0}")]
+    Refused(String),
+
+    /// A fixed-point amount would overflow its range; nothing is published.
+    #[error("amount overflow: {0}")]
+    Overflow(String),
+
+    /// An invariant (conservation, one invoice per account-period, ...) does not hold;
+    /// the run stops before anything is published.
+    #[error("invariant broken: {0}")]
+    Invariant(String),
+
+    /// Writing an output file failed inside a library we call.
+    #[error("writing {file}: {message}")]
+    Output { file: String, message: String },
+}
+
+impl TallyError {
+    pub fn config(file: impl Into<String>, message: impl Into<String>) -> Self {
+        TallyError::Config {
+            file: file.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn input(file: impl Into<String>, message: impl Into<String>) -> Self {
+        TallyError::Input {
+            file: file.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        TallyError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub fn output(file: impl Into<String>, message: impl ToString) -> Self {
+        TallyError::Output {
+            file: file.into(),
+            message: message.to_string(),
+        }
+    }
+
+    /// The process exit code this error maps to (the documented contract of the binary).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            TallyError::Config { .. } | TallyError::Input { .. } => 2,
+            TallyError::Io { source, .. } => match source.kind() {
+                std::io::ErrorKind::NotFound
+                | std::io::ErrorKind::PermissionDenied
+                | std::io::ErrorKind::ReadOnlyFilesystem
+                | std::io::ErrorKind::StorageFull
+                | std::io::ErrorKind::InvalidData => 2,
+                _ => 4,
+            },
+            TallyError::Refused(_) => 3,
+            TallyError::Overflow(_) | TallyError::Invariant(_) | TallyError::Output { .. } => 4,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, TallyError>;

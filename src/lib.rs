@@ -1,0 +1,286 @@
+//! tally: batch reconciliation, period close and invoicing for AI credit billing.
+//!
+//! The pipeline, one module per stage, data flowing one way:
+//! `load` (Parquet → typed rows | rejects) → `validate` (plans, overlaps, repeated ids,
+//! dedup) → `window` (place events and entries) → per account, in parallel by bucket,
+//! `engine` running `price` → `consume` → `reconcile` → `close` → `write` (staging folder,
+//! then an atomic rename). The binary in `main.rs` is a thin clap layer over [`run_job`].
+
+pub mod amount;
+pub mod close;
+pub mod consume;
+pub mod engine;
+pub mod error;
+pub mod generate;
+pub mod job;
+pub mod load;
+pub mod model;
+pub mod pipeline;
+pub mod price;
+pub mod pricebook;
+pub mod progress;
+pub mod reconcile;
+pub mod report;
+pub mod summary;
+pub mod time;
+pub mod validate;
+pub mod window;
+pub mod write;
+
+pub use error::{Result, TallyError};
+pub use progress::Progress;
+
+use amount::Milli;
+use model::{Dataset, Mode};
+use pipeline::{RunOutput, RunSettings};
+use rayon::prelude::*;
+use report::{FileEntry, Manifest, ManifestSettings};
+use std::path::{Path, PathBuf};
+
+/// Thresholds above which a finished run exits 1 so that a scheduler alerts.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Alert {
+    /// More discrepancy rows than this alerts.
+    pub max_discrepancies: Option<u64>,
+    /// A Σ |delta| over all discrepancy rows above this alerts.
+    pub max_abs_delta_credits: Option<Milli>,
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct JobRequest {
+    pub data: PathBuf,
+    pub out: PathBuf,
+    pub mode: Mode,
+    pub as_of: time::Micros,
+    pub settle_micros: i64,
+    pub force: bool,
+    pub buckets: u32,
+    pub alert: Alert,
+    pub progress: Progress,
+}
+
+/// How a job ended (errors aside).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobOutcome {
+    /// Outputs published. `alert` is set when a threshold was crossed (exit 1).
+    Published {
+        discrepancies: u64,
+        rejects: u64,
+        alert: Option<String>,
+    },
+    /// `close` over a period already closed with the same inputs: nothing was written.
+    AlreadyClosed,
+}
+
+/// Fingerprint every input: the price book and every dataset file, with sha256 and rows.
+pub fn fingerprint_inputs(data: &Path) -> Result<Vec<FileEntry>> {
+    let mut paths: Vec<(String, PathBuf, bool)> = vec![(
+        "pricebook.toml".to_string(),
+        data.join("pricebook.toml"),
+        false,
+    )];
+    for d in Dataset::ALL {
+        for f in load::find_files(data, d.name())?.unwrap_or_default() {
+            paths.push((f.rel_path, f.abs_path, true));
+        }
+    }
+    paths
+        .into_par_iter()
+        .map(|(rel, abs, parquet)| {
+            let sha256 = write::sha256_file(&abs)?;
+            let rows = if parquet { parquet_rows(&abs) } else { None };
+            Ok(FileEntry {
+                path: rel,
+                rows,
+                sha256,
+            })
+        })
+        .collect()
+}
+
+fn parquet_rows(path: &Path) -> Option<u64> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let file = std::fs::File::open(path).ok()?;
+    let reader = SerializedFileReader::new(file).ok()?;
+    u64::try_from(reader.metadata().file_metadata().num_rows()).ok()
+}
+
+/// What changed between the inputs of an earlier run and now, or `None` when identical.
+fn describe_changes(old: &Manifest, req: &JobRequest, inputs: &[FileEntry]) -> Option<String> {
+    let mut changes = Vec::new();
+    if old.command != req.mode.name() {
+        changes.push(format!("command was {}", old.command));
+    }
+    let as_of = time::format_instant(req.as_of);
+    if old.as_of != as_of {
+        changes.push(format!("as-of was {}", old.as_of));
+    }
+    if old.settings.settle_seconds != req.settle_micros / 1_000_000 {
+        changes.push(format!("settle was {}s", old.settings.settle_seconds));
+    }
+    for f in inputs {
+        match old.inputs.iter().find(|o| o.path == f.path) {
+            None => changes.push(format!("{} is new", f.path)),
+            Some(o) if o.sha256 != f.sha256 => changes.push(format!("{} changed", f.path)),
+            Some(_) => {}
+        }
+    }
+    for o in &old.inputs {
+        if !inputs.iter().any(|f| f.path == o.path) {
+            changes.push(format!("{} is gone", o.path));
+        }
+    }
+    (!changes.is_empty()).then(|| changes.join(", "))
+}
+
+/// Holds an exclusive lock beside the output folder for the whole run, so that two runs
+/// on the same output path never publish over each other.
+pub struct OutputLock {
+    _file: std::fs::File,
+}
+
+pub fn lock_output(out: &Path) -> Result<OutputLock> {
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).map_err(|e| TallyError::io(&parent, e))?;
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let path = parent.join(format!(".{name}.tally-lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| TallyError::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(OutputLock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(TallyError::Refused(format!(
+            "another tally run is writing {} right now; wait for it to finish",
+            out.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(TallyError::io(&path, e)),
+    }
+}
+
+/// Run `reconcile` or `close` end to end and publish the output folder.
+pub fn run_job(req: &JobRequest) -> Result<JobOutcome> {
+    let _lock = lock_output(&req.out)?;
+    let inputs = fingerprint_inputs(&req.data)?;
+    let manifest_path = req.out.join("manifest.json");
+    if req.mode == Mode::Close && manifest_path.exists() {
+        let text = std::fs::read_to_string(&manifest_path)
+            .map_err(|e| TallyError::io(&manifest_path, e))?;
+        let old: Manifest = serde_json::from_str(&text).map_err(|e| {
+            TallyError::input(manifest_path.display().to_string(), format!("unreadable manifest: {e}"))
+        })?;
+        match describe_changes(&old, req, &inputs) {
+            None => return Ok(JobOutcome::AlreadyClosed),
+            Some(changes) if !req.force => {
+                return Err(TallyError::Refused(format!(
+                    "{} already holds a close with other inputs ({changes}); rerun with --force to replace it",
+                    req.out.display()
+                )))
+            }
+            Some(changes) => tracing::warn!(%changes, "replacing an earlier close (--force)"),
+        }
+    }
+    let output = pipeline::run(
+        RunSettings {
+            data: req.data.clone(),
+            mode: req.mode,
+            as_of: req.as_of,
+            settle_micros: req.settle_micros,
+            buckets: req.buckets,
+        },
+        &req.progress,
+    )?;
+    let stage = req.progress.stage("write");
+    let staging = write::create_staging(&req.out)?;
+    let written = write_outputs(&staging, &output, inputs);
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e);
+    }
+    write::publish(&staging, &req.out)?;
+    stage.done(output.discrepancies.len() as u64 + output.rejects.len() as u64);
+    Ok(JobOutcome::Published {
+        discrepancies: output.discrepancies.len() as u64,
+        rejects: output.rejects.len() as u64,
+        alert: check_alert(&req.alert, &output),
+    })
+}
+
+fn check_alert(alert: &Alert, output: &RunOutput) -> Option<String> {
+    let count = output.discrepancies.len() as u64;
+    if let Some(max) = alert.max_discrepancies {
+        if count > max {
+            return Some(format!("{count} discrepancy rows exceed the alert threshold of {max}"));
+        }
+    }
+    if let Some(max) = alert.max_abs_delta_credits {
+        let total: i128 = output
+            .discrepancies
+            .iter()
+            .map(|d| i128::from(d.delta_credits.unwrap_or_default().0.abs()))
+            .sum();
+        if total > i128::from(max.0) {
+            return Some(format!(
+                "Σ |delta| of {} credits exceeds the alert threshold of {max}",
+                Milli(total.min(i128::from(i64::MAX)) as i64)
+            ));
+        }
+    }
+    None
+}
+
+/// Write every output file into `dir` (the staging folder); the manifest comes last.
+fn write_outputs(dir: &Path, output: &RunOutput, inputs: Vec<FileEntry>) -> Result<()> {
+    let mut outputs = Vec::new();
+    let tables = write::output_tables(output);
+    for (name, batch) in &tables {
+        write::write_parquet(&dir.join(name), batch)?;
+        outputs.push((name.to_string(), Some(batch.num_rows() as u64)));
+        if *name == "discrepancies.parquet" {
+            write::write_bytes(&dir.join("discrepancies.csv"), &write::table_csv(batch)?)?;
+            outputs.push(("discrepancies.csv".to_string(), Some(batch.num_rows() as u64)));
+        }
+    }
+    let summary = report::summary(output)?;
+    let json = serde_json::to_string_pretty(&summary)
+        .map_err(|e| TallyError::output("summary.json", e))?;
+    write::write_bytes(&dir.join("summary.json"), format!("{json}\n").as_bytes())?;
+    outputs.push(("summary.json".to_string(), None));
+    let md = report::summary_markdown(output, &summary)?;
+    write::write_bytes(&dir.join("summary.md"), md.as_bytes())?;
+    outputs.push(("summary.md".to_string(), None));
+    outputs.sort();
+    let outputs = outputs
+        .into_iter()
+        .map(|(path, rows)| {
+            Ok(FileEntry {
+                sha256: write::sha256_file(&dir.join(&path))?,
+                path,
+                rows,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let manifest = Manifest {
+        tool: "tally".into(),
+        version: write::VERSION.into(),
+        command: output.settings.mode.name().into(),
+        as_of: time::format_instant(output.settings.as_of),
+        settings: ManifestSettings {
+            settle_seconds: output.settings.settle_micros / 1_000_000,
+        },
+        inputs,
+        outputs,
+    };
+    let json = serde_json::to_string_pretty(&manifest)
+        .map_err(|e| TallyError::output("manifest.json", e))?;
+    write::write_bytes(&dir.join("manifest.json"), format!("{json}\n").as_bytes())
+}

@@ -1,0 +1,744 @@
+//! Stage 1: find and read the input Parquet files, convert every row to a typed record or
+//! a reject. Files are read in parallel, one task per row group; results keep (file, row)
+//! order. Schema problems (missing required column, type not allowed) stop the run (exit 2);
+//! row problems never do.
+
+use crate::amount::{milli_from_decimal_parts, milli_from_f64, AmountError, Milli};
+use crate::error::{Result, TallyError};
+use crate::model::*;
+use crate::time::Micros;
+use arrow::array::{
+    Array, ArrayRef, AsArray, Decimal128Array, Decimal256Array, Float64Array, Int64Array,
+    StringArray, UInt64Array,
+};
+use arrow::datatypes::{DataType, TimeUnit};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+};
+use parquet::arrow::ProjectionMask;
+use rayon::prelude::*;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// Identifiers longer than this are rejected `bad_value` (a limit on everything).
+pub const MAX_STRING_BYTES: usize = 4096;
+/// Rows decoded per batch.
+const BATCH_ROWS: usize = 64 * 1024;
+
+/// One input Parquet file.
+#[derive(Clone, Debug)]
+pub struct InputFile {
+    /// Path relative to the data root, `/`-separated (the `rejects.file` value).
+    pub rel_path: String,
+    pub abs_path: PathBuf,
+}
+
+/// Find `*.parquet` files under `root/dataset`, recursively, skipping names that start with
+/// `.` or `_`; sorted by relative path (bytes). A missing folder is `None`.
+pub fn find_files(root: &Path, dataset: &str) -> Result<Option<Vec<InputFile>>> {
+    let dir = root.join(dataset);
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    let mut files = Vec::new();
+    walk(&dir, dataset, &mut files)?;
+    files.sort_by(|a, b| a.rel_path.as_bytes().cmp(b.rel_path.as_bytes()));
+    Ok(Some(files))
+}
+
+fn walk(dir: &Path, rel: &str, out: &mut Vec<InputFile>) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| TallyError::io(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| TallyError::io(dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || name.starts_with('_') {
+            continue;
+        }
+        let path = entry.path();
+        let child_rel = format!("{rel}/{name}");
+        let file_type = entry.file_type().map_err(|e| TallyError::io(&path, e))?;
+        let is_dir = file_type.is_dir() || (file_type.is_symlink() && path.is_dir());
+        if is_dir {
+            walk(&path, &child_rel, out)?;
+        } else if name.ends_with(".parquet") {
+            out.push(InputFile {
+                rel_path: child_rel,
+                abs_path: path,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The logical type a contract column must have.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ColType {
+    Str,
+    /// Credits or quantity: any integer, DECIMAL or DOUBLE.
+    Number,
+    Timestamp,
+    Integer,
+}
+
+#[derive(Copy, Clone, Debug)]
+pub struct ColSpec {
+    pub name: &'static str,
+    pub ty: ColType,
+    pub required: bool,
+}
+
+const fn col(name: &'static str, ty: ColType, required: bool) -> ColSpec {
+    ColSpec { name, ty, required }
+}
+
+pub const USAGE_COLUMNS: [ColSpec; 9] = [
+    col("event_id", ColType::Str, true),
+    col("account_id", ColType::Str, true),
+    col("product", ColType::Str, true),
+    col("action", ColType::Str, true),
+    col("model", ColType::Str, false),
+    col("quantity", ColType::Number, true),
+    col("status", ColType::Str, true),
+    col("occurred_at", ColType::Timestamp, true),
+    col("ingested_at", ColType::Timestamp, false),
+];
+
+pub const ALLOCATION_COLUMNS: [ColSpec; 7] = [
+    col("account_id", ColType::Str, true),
+    col("plan_id", ColType::Str, true),
+    col("period_start", ColType::Timestamp, true),
+    col("period_end", ColType::Timestamp, true),
+    col("included_credits", ColType::Number, true),
+    col("billing_anchor", ColType::Timestamp, false),
+    col("status", ColType::Str, true),
+];
+
+pub const GRANT_COLUMNS: [ColSpec; 7] = [
+    col("grant_id", ColType::Str, true),
+    col("account_id", ColType::Str, true),
+    col("kind", ColType::Str, true),
+    col("credits", ColType::Number, true),
+    col("effective_at", ColType::Timestamp, true),
+    col("expires_at", ColType::Timestamp, false),
+    col("priority", ColType::Integer, false),
+];
+
+pub const DEBIT_COLUMNS: [ColSpec; 6] = [
+    col("entry_id", ColType::Str, true),
+    col("account_id", ColType::Str, true),
+    col("event_id", ColType::Str, false),
+    col("kind", ColType::Str, true),
+    col("credits", ColType::Number, true),
+    col("recorded_at", ColType::Timestamp, true),
+];
+
+fn type_allowed(ty: ColType, dt: &DataType) -> bool {
+    match ty {
+        ColType::Str => match dt {
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
+            DataType::Dictionary(_, value) => matches!(
+                value.as_ref(),
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+            ),
+            _ => false,
+        },
+        ColType::Number => {
+            dt.is_integer()
+                || matches!(
+                    dt,
+                    DataType::Decimal128(..) | DataType::Decimal256(..) | DataType::Float64
+                )
+        }
+        ColType::Timestamp => matches!(dt, DataType::Timestamp(..)),
+        ColType::Integer => dt.is_integer(),
+    }
+}
+
+fn expected_types(ty: ColType) -> &'static str {
+    match ty {
+        ColType::Str => "a UTF8 string",
+        ColType::Number => "INT32/INT64, DECIMAL(p, s) or DOUBLE",
+        ColType::Timestamp => "a TIMESTAMP",
+        ColType::Integer => "INT32/INT64",
+    }
+}
+
+/// One decoded column of a batch, normalised to a few physical forms.
+pub enum Column {
+    Absent,
+    Str(StringArray),
+    Int(Int64Array),
+    UInt(UInt64Array),
+    Dec128(Decimal128Array, i8),
+    Dec256(Decimal256Array, i8),
+    Double(Float64Array),
+    /// Raw timestamp values and the multiplier/divisor to microseconds.
+    Ts(Int64Array, TimeUnit),
+}
+
+impl Column {
+    fn from_array(array: &ArrayRef, ty: ColType, file: &str, name: &str) -> Result<Column> {
+        let cast = |to: &DataType| {
+            arrow::compute::cast(array, to).map_err(|e| {
+                TallyError::input(file, format!("column `{name}` cannot be decoded: {e}"))
+            })
+        };
+        Ok(match (ty, array.data_type()) {
+            (_, DataType::Null) => Column::Absent,
+            (ColType::Str, DataType::Utf8) => Column::Str(array.as_string::<i32>().clone()),
+            (ColType::Str, _) => Column::Str(cast(&DataType::Utf8)?.as_string::<i32>().clone()),
+            (ColType::Number | ColType::Integer, DataType::UInt64) => {
+                Column::UInt(array.as_primitive().clone())
+            }
+            (ColType::Number | ColType::Integer, dt) if dt.is_integer() => {
+                Column::Int(cast(&DataType::Int64)?.as_primitive().clone())
+            }
+            (ColType::Number, DataType::Decimal128(_, s)) => {
+                Column::Dec128(array.as_primitive().clone(), *s)
+            }
+            (ColType::Number, DataType::Decimal256(_, s)) => {
+                Column::Dec256(array.as_primitive().clone(), *s)
+            }
+            (ColType::Number, DataType::Float64) => Column::Double(array.as_primitive().clone()),
+            (ColType::Timestamp, DataType::Timestamp(unit, _)) => {
+                let raw = cast(&DataType::Int64)?;
+                Column::Ts(raw.as_primitive().clone(), *unit)
+            }
+            (_, dt) => {
+                return Err(TallyError::input(
+                    file,
+                    format!(
+                        "column `{name}` has type {dt}; expected {}",
+                        expected_types(ty)
+                    ),
+                ))
+            }
+        })
+    }
+
+    pub fn is_null(&self, i: usize) -> bool {
+        match self {
+            Column::Absent => true,
+            Column::Str(a) => a.is_null(i),
+            Column::Int(a) => a.is_null(i),
+            Column::UInt(a) => a.is_null(i),
+            Column::Dec128(a, _) => a.is_null(i),
+            Column::Dec256(a, _) => a.is_null(i),
+            Column::Double(a) => a.is_null(i),
+            Column::Ts(a, _) => a.is_null(i),
+        }
+    }
+
+    pub fn str(&self, i: usize) -> Option<&str> {
+        match self {
+            Column::Str(a) if !a.is_null(i) => Some(a.value(i)),
+            _ => None,
+        }
+    }
+
+    /// The value as thousandths; `None` when null.
+    pub fn milli(&self, i: usize) -> Option<std::result::Result<Milli, AmountError>> {
+        if self.is_null(i) {
+            return None;
+        }
+        Some(match self {
+            Column::Int(a) => milli_from_decimal_parts(i128::from(a.value(i)), 0),
+            Column::UInt(a) => milli_from_decimal_parts(i128::from(a.value(i)), 0),
+            Column::Dec128(a, s) => milli_from_decimal_parts(a.value(i), *s),
+            Column::Dec256(a, s) => match a.value(i).to_i128() {
+                Some(v) => milli_from_decimal_parts(v, *s),
+                None => Err(AmountError::OutOfRange(a.value(i).to_string())),
+            },
+            Column::Double(a) => milli_from_f64(a.value(i)),
+            _ => return None,
+        })
+    }
+
+    /// An integer value; `Err` when it does not fit an i64.
+    pub fn int(&self, i: usize) -> Option<std::result::Result<i64, String>> {
+        if self.is_null(i) {
+            return None;
+        }
+        match self {
+            Column::Int(a) => Some(Ok(a.value(i))),
+            Column::UInt(a) => Some(i64::try_from(a.value(i)).map_err(|_| a.value(i).to_string())),
+            _ => None,
+        }
+    }
+
+    /// The instant in microseconds (nanoseconds floor to the microsecond); `Err` on overflow.
+    pub fn micros(&self, i: usize) -> Option<std::result::Result<Micros, String>> {
+        let Column::Ts(a, unit) = self else {
+            return None;
+        };
+        if a.is_null(i) {
+            return None;
+        }
+        let v = a.value(i);
+        let converted = match unit {
+            TimeUnit::Second => v.checked_mul(1_000_000),
+            TimeUnit::Millisecond => v.checked_mul(1_000),
+            TimeUnit::Microsecond => Some(v),
+            TimeUnit::Nanosecond => Some(v.div_euclid(1_000)),
+        };
+        // Years 0001..=9999: every instant renders and date arithmetic stays in range.
+        const MIN: i64 = -62_135_596_800 * 1_000_000; // 0001-01-01T00:00:00Z
+        const MAX: i64 = 253_402_300_800 * 1_000_000; // 10000-01-01T00:00:00Z
+        Some(
+            converted
+                .filter(|m| (MIN..MAX).contains(m))
+                .ok_or_else(|| format!("{v} {unit:?}s since the epoch")),
+        )
+    }
+}
+
+/// The columns of one batch, in the order of the dataset's `ColSpec`s.
+pub struct Batch {
+    pub columns: Vec<Column>,
+    pub len: usize,
+    /// Row number in the file of the batch's first row.
+    pub first_row: u64,
+}
+
+/// Read one file's metadata and check its schema against `specs`.
+fn open_checked(
+    file: &InputFile,
+    specs: &[ColSpec],
+) -> Result<(ArrowReaderMetadata, Vec<Option<usize>>)> {
+    let handle = File::open(&file.abs_path)
+        .map_err(|e| TallyError::input(&file.rel_path, format!("cannot open: {e}")))?;
+    let metadata = ArrowReaderMetadata::load(&handle, ArrowReaderOptions::new().with_skip_arrow_metadata(false))
+        .map_err(|e| {
+            TallyError::input(&file.rel_path, format!("not a readable Parquet file: {e}"))
+        })?;
+    let schema = metadata.schema().clone();
+    let mut indices = Vec::with_capacity(specs.len());
+    for spec in specs {
+        match schema.index_of(spec.name) {
+            Ok(index) => {
+                let dt = schema.field(index).data_type();
+                let ok = type_allowed(spec.ty, dt) || (!spec.required && dt == &DataType::Null);
+                if !ok {
+                    return Err(TallyError::input(
+                        &file.rel_path,
+                        format!(
+                            "column `{}` has type {dt}; expected {}",
+                            spec.name,
+                            expected_types(spec.ty)
+                        ),
+                    ));
+                }
+                indices.push(Some(index));
+            }
+            Err(_) if spec.required => {
+                return Err(TallyError::input(
+                    &file.rel_path,
+                    format!(
+                        "missing required column `{}` ({})",
+                        spec.name,
+                        expected_types(spec.ty)
+                    ),
+                ))
+            }
+            Err(_) => indices.push(None),
+        }
+    }
+    Ok((metadata, indices))
+}
+
+/// Read every row group of `file`, calling `each_batch` for each decoded batch; returns the
+/// per-row-group results in order. Row groups are decoded in parallel.
+fn read_file<T: Send>(
+    file: &InputFile,
+    specs: &[ColSpec],
+    each_batch: &(dyn Fn(&Batch, &mut Vec<T>) + Sync),
+) -> Result<Vec<T>> {
+    let (metadata, indices) = open_checked(file, specs)?;
+    let row_group_rows: Vec<u64> = metadata
+        .metadata()
+        .row_groups()
+        .iter()
+        .map(|rg| rg.num_rows().max(0) as u64)
+        .collect();
+    let mut offsets = Vec::with_capacity(row_group_rows.len());
+    let mut acc = 0u64;
+    for n in &row_group_rows {
+        offsets.push(acc);
+        acc += n;
+    }
+    let roots: Vec<usize> = indices.iter().flatten().copied().collect();
+    let mask = ProjectionMask::roots(metadata.parquet_schema(), roots);
+    let parts: Vec<Result<Vec<T>>> = (0..row_group_rows.len())
+        .into_par_iter()
+        .map(|rg| {
+            let handle = File::open(&file.abs_path)
+                .map_err(|e| TallyError::input(&file.rel_path, format!("cannot open: {e}")))?;
+            let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(handle, metadata.clone())
+                .with_projection(mask.clone())
+                .with_row_groups(vec![rg])
+                .with_batch_size(BATCH_ROWS)
+                .build()
+                .map_err(|e| TallyError::input(&file.rel_path, format!("cannot read: {e}")))?;
+            let mut out = Vec::new();
+            let mut first_row = offsets[rg];
+            for batch in reader {
+                let batch = batch.map_err(|e| {
+                    TallyError::input(
+                        &file.rel_path,
+                        format!("row group {rg} is corrupt or truncated: {e}"),
+                    )
+                })?;
+                let schema = batch.schema();
+                let mut columns = Vec::with_capacity(specs.len());
+                for spec in specs {
+                    let column = match schema.index_of(spec.name) {
+                        Ok(i) => {
+                            Column::from_array(batch.column(i), spec.ty, &file.rel_path, spec.name)?
+                        }
+                        Err(_) => Column::Absent,
+                    };
+                    columns.push(column);
+                }
+                let decoded = Batch {
+                    columns,
+                    len: batch.num_rows(),
+                    first_row,
+                };
+                each_batch(&decoded, &mut out);
+                first_row += batch.num_rows() as u64;
+            }
+            Ok(out)
+        })
+        .collect();
+    let mut all = Vec::new();
+    for part in parts {
+        all.extend(part?);
+    }
+    Ok(all)
+}
+
+/// Either a typed row or a reject, in file order.
+pub enum Parsed<T> {
+    Row(T),
+    Rejected(Reject),
+}
+
+/// Read all files of one dataset with `parse_row`, keeping (file, row) order.
+pub fn read_dataset<T: Send>(
+    files: &[InputFile],
+    specs: &[ColSpec],
+    parse_row: &(dyn Fn(&Batch, usize, RowRef) -> Parsed<T> + Sync),
+) -> Result<(Vec<T>, Vec<Reject>, u64)> {
+    let per_file: Vec<Result<Vec<Parsed<T>>>> = files
+        .par_iter()
+        .enumerate()
+        .map(|(index, file)| {
+            read_file(file, specs, &|batch: &Batch, out: &mut Vec<Parsed<T>>| {
+                for i in 0..batch.len {
+                    let at = RowRef {
+                        file: index as u32,
+                        row: batch.first_row + i as u64,
+                    };
+                    out.push(parse_row(batch, i, at));
+                }
+            })
+        })
+        .collect();
+    let mut rows = Vec::new();
+    let mut rejects = Vec::new();
+    let mut read = 0u64;
+    for file_rows in per_file {
+        for parsed in file_rows? {
+            read += 1;
+            match parsed {
+                Parsed::Row(r) => rows.push(r),
+                Parsed::Rejected(r) => rejects.push(r),
+            }
+        }
+    }
+    Ok((rows, rejects, read))
+}
+
+/// Builds rejects for one row; checks run in the contract's order.
+struct RowCheck<'a> {
+    dataset: Dataset,
+    at: RowRef,
+    batch: &'a Batch,
+    row: usize,
+    specs: &'a [ColSpec],
+}
+
+impl RowCheck<'_> {
+    fn reject(&self, reason: Reason, detail: String) -> Reject {
+        Reject {
+            dataset: self.dataset,
+            at: self.at,
+            reason,
+            detail,
+        }
+    }
+
+    /// `null_required` for the first required column that is null.
+    fn nulls(&self) -> Option<Reject> {
+        self.specs
+            .iter()
+            .zip(&self.batch.columns)
+            .find(|(spec, column)| spec.required && column.is_null(self.row))
+            .map(|(spec, _)| {
+                self.reject(
+                    Reason::NullRequired,
+                    format!("{} is null but required", spec.name),
+                )
+            })
+    }
+
+    fn str(&self, index: usize) -> std::result::Result<Option<String>, Reject> {
+        match self.batch.columns[index].str(self.row) {
+            None => Ok(None),
+            Some(s) if s.len() > MAX_STRING_BYTES => Err(self.reject(
+                Reason::BadValue,
+                format!(
+                    "{} is {} bytes long; the limit is {MAX_STRING_BYTES}",
+                    self.specs[index].name,
+                    s.len()
+                ),
+            )),
+            Some(s) => Ok(Some(s.to_string())),
+        }
+    }
+
+    fn required_str(&self, index: usize) -> std::result::Result<String, Reject> {
+        Ok(self.str(index)?.unwrap_or_default())
+    }
+
+    fn milli(&self, index: usize) -> std::result::Result<Milli, Reject> {
+        match self.batch.columns[index].milli(self.row) {
+            Some(Ok(v)) => Ok(v),
+            Some(Err(e)) => Err(self.reject(
+                Reason::BadValue,
+                format!("{}: {e}", self.specs[index].name),
+            )),
+            None => Ok(Milli::ZERO),
+        }
+    }
+
+    fn micros(&self, index: usize) -> std::result::Result<Option<Micros>, Reject> {
+        match self.batch.columns[index].micros(self.row) {
+            Some(Ok(v)) => Ok(Some(v)),
+            Some(Err(e)) => Err(self.reject(
+                Reason::BadValue,
+                format!("{}: {e} is outside years 0001..=9999", self.specs[index].name),
+            )),
+            None => Ok(None),
+        }
+    }
+
+    fn int(&self, index: usize) -> std::result::Result<Option<i64>, Reject> {
+        match self.batch.columns[index].int(self.row) {
+            Some(Ok(v)) => Ok(Some(v)),
+            Some(Err(v)) => Err(self.reject(
+                Reason::BadValue,
+                format!("{}: {v} does not fit a 64-bit integer", self.specs[index].name),
+            )),
+            None => Ok(None),
+        }
+    }
+}
+
+fn checker<'a>(
+    dataset: Dataset,
+    specs: &'a [ColSpec],
+    batch: &'a Batch,
+    row: usize,
+    at: RowRef,
+) -> RowCheck<'a> {
+    RowCheck {
+        dataset,
+        at,
+        batch,
+        row,
+        specs,
+    }
+}
+
+macro_rules! try_row {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(reject) => return Parsed::Rejected(reject),
+        }
+    };
+}
+
+/// usage: null_required → bad_value → negative_quantity → unknown_status.
+pub fn parse_usage(batch: &Batch, row: usize, at: RowRef) -> Parsed<UsageRow> {
+    let c = checker(Dataset::Usage, &USAGE_COLUMNS, batch, row, at);
+    if let Some(r) = c.nulls() {
+        return Parsed::Rejected(r);
+    }
+    let event_id = try_row!(c.required_str(0));
+    let account_id = try_row!(c.required_str(1));
+    let product = try_row!(c.required_str(2));
+    let action = try_row!(c.required_str(3));
+    let model = try_row!(c.str(4)).filter(|m| !m.is_empty());
+    let quantity = try_row!(c.milli(5));
+    let status_text = try_row!(c.required_str(6));
+    let occurred_at = try_row!(c.micros(7)).unwrap_or_default();
+    let ingested_at = try_row!(c.micros(8));
+    if quantity.0 < 0 {
+        return Parsed::Rejected(c.reject(
+            Reason::NegativeQuantity,
+            format!("quantity {quantity} is negative"),
+        ));
+    }
+    let Some(status) = EventStatus::parse(&status_text) else {
+        return Parsed::Rejected(c.reject(
+            Reason::UnknownStatus,
+            format!("status \"{status_text}\" is not one of succeeded, failed, cancelled"),
+        ));
+    };
+    Parsed::Row(UsageRow {
+        at,
+        event_id,
+        account_id,
+        product,
+        action,
+        model,
+        quantity,
+        status,
+        occurred_at,
+        ingested_at,
+    })
+}
+
+/// allocations: null_required → bad_value → unknown_status (plan and overlap checks follow
+/// in `validate`).
+pub fn parse_allocation(batch: &Batch, row: usize, at: RowRef) -> Parsed<AllocationRow> {
+    let c = checker(Dataset::Allocations, &ALLOCATION_COLUMNS, batch, row, at);
+    if let Some(r) = c.nulls() {
+        return Parsed::Rejected(r);
+    }
+    let account_id = try_row!(c.required_str(0));
+    let plan_id = try_row!(c.required_str(1));
+    let period_start = try_row!(c.micros(2)).unwrap_or_default();
+    let period_end = try_row!(c.micros(3)).unwrap_or_default();
+    let included_credits = try_row!(c.milli(4));
+    let billing_anchor = try_row!(c.micros(5));
+    let status_text = try_row!(c.required_str(6));
+    if included_credits.0 < 0 {
+        return Parsed::Rejected(c.reject(
+            Reason::BadValue,
+            format!("included_credits {included_credits} is negative"),
+        ));
+    }
+    if period_end <= period_start {
+        return Parsed::Rejected(c.reject(
+            Reason::BadValue,
+            format!(
+                "period_end {} is not after period_start {}",
+                crate::time::format_instant(period_end),
+                crate::time::format_instant(period_start)
+            ),
+        ));
+    }
+    let Some(status) = AllocationStatus::parse(&status_text) else {
+        return Parsed::Rejected(c.reject(
+            Reason::UnknownStatus,
+            format!("status \"{status_text}\" is not one of active, cancelled"),
+        ));
+    };
+    Parsed::Row(AllocationRow {
+        at,
+        account_id,
+        plan_id,
+        period_start,
+        period_end,
+        included_credits,
+        billing_anchor,
+        status,
+    })
+}
+
+/// grants: null_required → bad_value (repeated ids are checked in `validate`).
+pub fn parse_grant(batch: &Batch, row: usize, at: RowRef) -> Parsed<GrantRow> {
+    let c = checker(Dataset::Grants, &GRANT_COLUMNS, batch, row, at);
+    if let Some(r) = c.nulls() {
+        return Parsed::Rejected(r);
+    }
+    let grant_id = try_row!(c.required_str(0));
+    let account_id = try_row!(c.required_str(1));
+    let kind_text = try_row!(c.required_str(2));
+    let credits = try_row!(c.milli(3));
+    let effective_at = try_row!(c.micros(4)).unwrap_or_default();
+    let expires_at = try_row!(c.micros(5));
+    let priority = try_row!(c.int(6));
+    let Some(kind) = GrantKind::parse_grant(&kind_text) else {
+        return Parsed::Rejected(c.reject(
+            Reason::BadValue,
+            format!("kind \"{kind_text}\" is not one of rollover, promo, compensation, top_up"),
+        ));
+    };
+    if credits.0 <= 0 {
+        return Parsed::Rejected(c.reject(
+            Reason::BadValue,
+            format!("credits {credits} must be > 0"),
+        ));
+    }
+    if let Some(expires) = expires_at {
+        if expires <= effective_at {
+            return Parsed::Rejected(c.reject(
+                Reason::BadValue,
+                format!(
+                    "expires_at {} is not after effective_at {}",
+                    crate::time::format_instant(expires),
+                    crate::time::format_instant(effective_at)
+                ),
+            ));
+        }
+    }
+    Parsed::Row(GrantRow {
+        at,
+        grant_id,
+        account_id,
+        kind,
+        credits,
+        effective_at,
+        expires_at,
+        priority,
+    })
+}
+
+/// debits: null_required → bad_value (repeated ids are checked in `validate`).
+pub fn parse_debit(batch: &Batch, row: usize, at: RowRef) -> Parsed<DebitRow> {
+    let c = checker(Dataset::Debits, &DEBIT_COLUMNS, batch, row, at);
+    if let Some(r) = c.nulls() {
+        return Parsed::Rejected(r);
+    }
+    let entry_id = try_row!(c.required_str(0));
+    let account_id = try_row!(c.required_str(1));
+    let event_id = try_row!(c.str(2));
+    let kind_text = try_row!(c.required_str(3));
+    let credits = try_row!(c.milli(4));
+    let recorded_at = try_row!(c.micros(5)).unwrap_or_default();
+    let Some(kind) = EntryKind::parse(&kind_text) else {
+        return Parsed::Rejected(c.reject(
+            Reason::BadValue,
+            format!("kind \"{kind_text}\" is not one of debit, refund, adjustment"),
+        ));
+    };
+    if credits.0 < 0 {
+        return Parsed::Rejected(c.reject(
+            Reason::BadValue,
+            format!("credits {credits} is negative"),
+        ));
+    }
+    Parsed::Row(DebitRow {
+        at,
+        entry_id,
+        account_id,
+        event_id,
+        kind,
+        credits,
+        recorded_at,
+    })
+}

@@ -1,0 +1,266 @@
+//! The `tally` binary: a thin clap layer over the library. Exit codes are a contract:
+//! 0 ok · 1 finished, discrepancies above the job's alert threshold · 2 bad configuration
+//! or unreadable input · 3 refused (close over a changed closed period, run in progress)
+//! · 4 internal error.
+
+use clap::{Args, Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tally::amount::Milli;
+use tally::job::JobFile;
+use tally::model::Mode;
+use tally::{Alert, JobOutcome, JobRequest, Progress, TallyError};
+
+#[derive(Parser)]
+#[command(name = "tally", version, about = "Reconcile, close and invoice AI credit usage")]
+struct Cli {
+    /// Log format: `auto` (human on a terminal, JSON lines otherwise), `human` or `json`.
+    #[arg(long, global = true, default_value = "auto")]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Nightly: reconcile the open period of every account up to --as-of.
+    Reconcile(RunArgs),
+    /// Period close: invoice and renew every period that ended by --as-of.
+    Close(CloseArgs),
+    /// Write a deterministic synthetic data root with injected discrepancies.
+    Generate(GenerateArgs),
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    /// Job file holding data, out, settle and alert thresholds (flags override it).
+    #[arg(long)]
+    job: Option<PathBuf>,
+    /// Data root: pricebook.toml, usage/, allocations/, grants/ (optional), debits/.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// The run's instant (RFC 3339, e.g. 2026-11-20T00:00:00Z), or `now`.
+    #[arg(long)]
+    as_of: Option<String>,
+    /// Output folder; it appears whole or not at all.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Events this recent without ledger entries are pending, not missing (15m, 900s, 1h).
+    #[arg(long)]
+    settle: Option<String>,
+    /// Account buckets for parallel work (output does not depend on it).
+    #[arg(long)]
+    buckets: Option<u32>,
+}
+
+#[derive(Args, Clone)]
+struct CloseArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Replace an earlier close of the same output folder made from other inputs.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args, Clone)]
+struct GenerateArgs {
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 1000)]
+    accounts: u64,
+    #[arg(long, default_value_t = 100_000)]
+    events: u64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Share of events given an injected discrepancy (0..=1).
+    #[arg(long, default_value_t = 0.01)]
+    discrepancy_rate: f64,
+}
+
+fn init_logging(format: &str) {
+    let json = match format {
+        "json" => true,
+        "human" => false,
+        _ => !std::io::stderr().is_terminal(),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().with_current_span(false).init();
+    } else {
+        builder.compact().init();
+    }
+}
+
+fn config_error(message: String) -> anyhow::Error {
+    anyhow::Error::new(TallyError::config("command line", message))
+}
+
+fn request(args: RunArgs, mode: Mode, force: bool) -> anyhow::Result<JobRequest> {
+    let job = match &args.job {
+        Some(path) => Some(JobFile::load(path)?),
+        None => None,
+    };
+    if let Some(j) = &job {
+        if let Some(c) = &j.command {
+            if c != mode.name() {
+                return Err(anyhow::Error::new(TallyError::config(
+                    args.job.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                    format!("this job file is for `{c}`, not `{}`", mode.name()),
+                )));
+            }
+        }
+    }
+    let data = args
+        .data
+        .or_else(|| job.as_ref().map(|j| j.data.clone()))
+        .ok_or_else(|| config_error("--data (or a --job file with `data`) is required".into()))?;
+    let out = args
+        .out
+        .or_else(|| job.as_ref().map(|j| j.out.clone()))
+        .ok_or_else(|| config_error("--out (or a --job file with `out`) is required".into()))?;
+    let as_of_text = args
+        .as_of
+        .or_else(|| job.as_ref().and_then(|j| j.as_of.clone()))
+        .ok_or_else(|| config_error("--as-of is required (an RFC 3339 instant or `now`)".into()))?;
+    let as_of = if as_of_text == "now" {
+        chrono::Utc::now().timestamp() * 1_000_000
+    } else {
+        tally::time::parse_instant(&as_of_text).ok_or_else(|| {
+            config_error(format!("--as-of {as_of_text} is not an RFC 3339 instant such as 2026-11-20T00:00:00Z"))
+        })?
+    };
+    let settle_text = args
+        .settle
+        .or_else(|| job.as_ref().and_then(|j| j.settle.clone()))
+        .unwrap_or_else(|| "15m".into());
+    let settle_micros = tally::time::parse_duration_micros(&settle_text).ok_or_else(|| {
+        config_error(format!("--settle {settle_text} is not a duration such as 15m, 900s or 1h"))
+    })?;
+    let buckets = args
+        .buckets
+        .or_else(|| job.as_ref().and_then(|j| j.buckets))
+        .unwrap_or(tally::pipeline::DEFAULT_BUCKETS);
+    if buckets == 0 || buckets > 1 << 16 {
+        return Err(config_error(format!("--buckets {buckets} must be in 1..=65536")));
+    }
+    let mut alert = Alert::default();
+    if let Some(j) = &job {
+        alert.max_discrepancies = j.alert.max_discrepancies;
+        if let Some(text) = &j.alert.max_abs_delta_credits {
+            let d = rust_decimal::Decimal::from_str_exact(text)
+                .ok()
+                .and_then(Milli::from_decimal)
+                .ok_or_else(|| config_error(format!("alert.max_abs_delta_credits = {text} is not a decimal")))?;
+            alert.max_abs_delta_credits = Some(d);
+        }
+    }
+    Ok(JobRequest {
+        data,
+        out,
+        mode,
+        as_of,
+        settle_micros,
+        force,
+        buckets,
+        alert,
+        progress: Progress {
+            interactive: std::io::stderr().is_terminal(),
+        },
+    })
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    let (args, mode, force) = match cli.command {
+        Command::Reconcile(a) => (a, Mode::Reconcile, false),
+        Command::Close(c) => (c.run, Mode::Close, c.force),
+        Command::Generate(g) => return generate(g),
+    };
+    let req = request(args, mode, force)?;
+    let out = req.out.display().to_string();
+    match tally::run_job(&req)? {
+        JobOutcome::AlreadyClosed => {
+            println!("{out}: already closed with the same inputs; nothing to do");
+            Ok(0)
+        }
+        JobOutcome::Published {
+            discrepancies,
+            rejects,
+            alert,
+        } => {
+            println!("{out}: {} published: {discrepancies} discrepancies, {rejects} rejected rows", mode.name());
+            match alert {
+                Some(why) => {
+                    eprintln!("tally: alert: {why}");
+                    Ok(1)
+                }
+                None => Ok(0),
+            }
+        }
+    }
+}
+
+fn generate(g: GenerateArgs) -> anyhow::Result<u8> {
+    let opts = tally::generate::GenerateOptions {
+        out: g.out.clone(),
+        accounts: g.accounts,
+        events: g.events,
+        seed: g.seed,
+        discrepancy_rate: g.discrepancy_rate,
+    };
+    let report = tally::generate::generate(&opts).map_err(|e| {
+        let code_2 = !matches!(e, tally::generate::GenerateError::PriceBook(_));
+        let wrapped = if code_2 {
+            TallyError::config("tally generate", e.to_string())
+        } else {
+            TallyError::Invariant(e.to_string())
+        };
+        anyhow::Error::new(wrapped)
+    })?;
+    println!(
+        "{}: {} usage rows, {} debit rows, {} allocations, {} grants, {} injected discrepancies; reconcile with --as-of {}",
+        g.out.display(),
+        report.usage_rows,
+        report.debit_rows,
+        report.allocation_rows,
+        report.grant_rows,
+        report.truth_rows,
+        report.as_of
+    );
+    Ok(0)
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_logging(&cli.log_format);
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let code = e
+                .downcast_ref::<TallyError>()
+                .map_or(4, |t| t.exit_code() as u8);
+            eprintln!("tally: {}", one_line(&e));
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// The error and its causes on one line.
+fn one_line(e: &anyhow::Error) -> String {
+    e.chain()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+        .replace('\n', " ")
+}

@@ -1,0 +1,293 @@
+//! Plain data types passed between the stages of the pipeline.
+
+use crate::amount::Milli;
+use crate::time::Micros;
+
+/// The four input datasets, in the order rejects are written.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Dataset {
+    Usage,
+    Allocations,
+    Grants,
+    Debits,
+}
+
+impl Dataset {
+    pub const ALL: [Dataset; 4] = [
+        Dataset::Usage,
+        Dataset::Allocations,
+        Dataset::Grants,
+        Dataset::Debits,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Dataset::Usage => "usage",
+            Dataset::Allocations => "allocations",
+            Dataset::Grants => "grants",
+            Dataset::Debits => "debits",
+        }
+    }
+}
+
+/// Why a row was not used. The names are the contract's `rejects.reason` values.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reason {
+    NullRequired,
+    BadValue,
+    NegativeQuantity,
+    UnknownStatus,
+    NoAllocation,
+    OverlappingPeriod,
+    UnknownPlan,
+    ConflictingDuplicate,
+}
+
+impl Reason {
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::NullRequired => "null_required",
+            Reason::BadValue => "bad_value",
+            Reason::NegativeQuantity => "negative_quantity",
+            Reason::UnknownStatus => "unknown_status",
+            Reason::NoAllocation => "no_allocation",
+            Reason::OverlappingPeriod => "overlapping_period",
+            Reason::UnknownPlan => "unknown_plan",
+            Reason::ConflictingDuplicate => "conflicting_duplicate",
+        }
+    }
+}
+
+/// Where a row came from: the index of its file in the dataset's sorted file list, and
+/// its 0-based row in that file. Ordering by `RowRef` is ordering by (file path, row).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RowRef {
+    pub file: u32,
+    pub row: u64,
+}
+
+/// A row that was not used, with the contract's reason and a detail naming column and value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reject {
+    pub dataset: Dataset,
+    pub at: RowRef,
+    pub reason: Reason,
+    pub detail: String,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum EventStatus {
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl EventStatus {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "succeeded" => Some(EventStatus::Succeeded),
+            "failed" => Some(EventStatus::Failed),
+            "cancelled" => Some(EventStatus::Cancelled),
+            _ => None,
+        }
+    }
+}
+
+/// A validated usage row (one copy of an event).
+#[derive(Clone, Debug)]
+pub struct UsageRow {
+    pub at: RowRef,
+    pub event_id: String,
+    pub account_id: String,
+    pub product: String,
+    pub action: String,
+    /// `None` for a null or empty model.
+    pub model: Option<String>,
+    pub quantity: Milli,
+    pub status: EventStatus,
+    pub occurred_at: Micros,
+    pub ingested_at: Option<Micros>,
+}
+
+impl UsageRow {
+    /// Copies are one event when everything but `ingested_at` (and where they were read) is equal.
+    pub fn same_event_as(&self, other: &UsageRow) -> bool {
+        self.event_id == other.event_id
+            && self.account_id == other.account_id
+            && self.product == other.product
+            && self.action == other.action
+            && self.model == other.model
+            && self.quantity == other.quantity
+            && self.status == other.status
+            && self.occurred_at == other.occurred_at
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum AllocationStatus {
+    Active,
+    Cancelled,
+}
+
+impl AllocationStatus {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(AllocationStatus::Active),
+            "cancelled" => Some(AllocationStatus::Cancelled),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AllocationStatus::Active => "active",
+            AllocationStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct AllocationRow {
+    pub at: RowRef,
+    pub account_id: String,
+    pub plan_id: String,
+    pub period_start: Micros,
+    pub period_end: Micros,
+    pub included_credits: Milli,
+    pub billing_anchor: Option<Micros>,
+    pub status: AllocationStatus,
+}
+
+/// Grant kinds, in the order of the `balances` columns. `Plan` is the allocation's credits.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum GrantKind {
+    Rollover,
+    Plan,
+    Promo,
+    Compensation,
+    TopUp,
+}
+
+impl GrantKind {
+    pub const ALL: [GrantKind; 5] = [
+        GrantKind::Rollover,
+        GrantKind::Plan,
+        GrantKind::Promo,
+        GrantKind::Compensation,
+        GrantKind::TopUp,
+    ];
+
+    /// Kinds a `grants` row may have (`plan` comes only from allocations).
+    pub fn parse_grant(s: &str) -> Option<Self> {
+        match s {
+            "rollover" => Some(GrantKind::Rollover),
+            "promo" => Some(GrantKind::Promo),
+            "compensation" => Some(GrantKind::Compensation),
+            "top_up" => Some(GrantKind::TopUp),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GrantKind::Rollover => "rollover",
+            GrantKind::Plan => "plan",
+            GrantKind::Promo => "promo",
+            GrantKind::Compensation => "compensation",
+            GrantKind::TopUp => "top_up",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The contract's default consumption priority (smaller first).
+    pub fn default_priority(self) -> i64 {
+        match self {
+            GrantKind::Rollover => 0,
+            GrantKind::Plan => 1,
+            GrantKind::Promo | GrantKind::Compensation => 2,
+            GrantKind::TopUp => 3,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct GrantRow {
+    pub at: RowRef,
+    pub grant_id: String,
+    pub account_id: String,
+    pub kind: GrantKind,
+    pub credits: Milli,
+    pub effective_at: Micros,
+    pub expires_at: Option<Micros>,
+    /// As given in the input (null = the kind's default).
+    pub priority: Option<i64>,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    Debit,
+    Refund,
+    Adjustment,
+}
+
+impl EntryKind {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "debit" => Some(EntryKind::Debit),
+            "refund" => Some(EntryKind::Refund),
+            "adjustment" => Some(EntryKind::Adjustment),
+            _ => None,
+        }
+    }
+}
+
+/// A ledger entry recorded by the online system.
+#[derive(Clone, Debug)]
+pub struct DebitRow {
+    pub at: RowRef,
+    pub entry_id: String,
+    pub account_id: String,
+    pub event_id: Option<String>,
+    pub kind: EntryKind,
+    pub credits: Milli,
+    pub recorded_at: Micros,
+}
+
+impl DebitRow {
+    /// The entry's signed effect on the recorded net: debits and adjustments add, refunds subtract.
+    pub fn signed_credits(&self) -> Milli {
+        match self.kind {
+            EntryKind::Refund => Milli(-self.credits.0),
+            EntryKind::Debit | EntryKind::Adjustment => self.credits,
+        }
+    }
+}
+
+/// Which periods a run covers.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The period containing as-of, up to as-of.
+    Reconcile,
+    /// Every period with `period_end` ≤ as-of.
+    Close,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Reconcile => "reconcile",
+            Mode::Close => "close",
+        }
+    }
+
+    /// Whether the allocation period [start, end) is covered by a run at `as_of`.
+    pub fn covers(self, period_start: Micros, period_end: Micros, as_of: Micros) -> bool {
+        match self {
+            Mode::Reconcile => period_start <= as_of && as_of < period_end,
+            Mode::Close => period_end <= as_of,
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! The whole run, data flowing one way: load → validate → place in window → (per account,
+//! in parallel by bucket) price → consume → reconcile → close → collect. Writing is `write`.
+
+use crate::close::{InvoiceLineRow, InvoiceRow, RenewalRow};
+use crate::engine::{process_account, AccountResult, BalanceRow, RunContext, Totals};
+use crate::error::{Result, TallyError};
+use crate::load::{self, InputFile};
+use crate::model::*;
+use crate::pricebook::PriceBook;
+use crate::reconcile::DiscrepancyRow;
+use crate::time::Micros;
+use crate::window::{self, AccountWork};
+use crate::{validate, Progress};
+use rayon::prelude::*;
+use std::path::{Path, PathBuf};
+
+/// Default number of account buckets. Work is grouped by `hash(account_id) mod buckets`;
+/// a bucket is the unit of parallel work (and later of sharding).
+pub const DEFAULT_BUCKETS: u32 = 64;
+
+#[derive(Clone, Debug)]
+pub struct RunSettings {
+    pub data: PathBuf,
+    pub mode: Mode,
+    pub as_of: Micros,
+    pub settle_micros: i64,
+    pub buckets: u32,
+}
+
+/// The bucket of an account: a stable hash (xxh3, seed 0) of its id, modulo `buckets`.
+pub fn bucket_of(account_id: &str, buckets: u32) -> u32 {
+    (xxhash_rust::xxh3::xxh3_64(account_id.as_bytes()) % u64::from(buckets.max(1))) as u32
+}
+
+/// Per-dataset row counts for the conservation check.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct DatasetCounts {
+    pub files: u64,
+    pub rows_read: u64,
+    pub rejected: u64,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct UsageCounts {
+    pub rows_read: u64,
+    pub events_in_window: u64,
+    pub identical_duplicates: u64,
+    pub rejected: u64,
+    pub outside_window: u64,
+}
+
+/// Everything a run computed, in output order, ready to be written.
+pub struct RunOutput {
+    pub settings: RunSettings,
+    pub book: PriceBook,
+    /// Input files of each dataset (index = `Dataset as usize`).
+    pub files: [Vec<InputFile>; 4],
+    pub pricebook_path: PathBuf,
+    pub counts: [DatasetCounts; 4],
+    pub usage: UsageCounts,
+    pub ledger_entries_outside: u64,
+    pub discrepancies: Vec<DiscrepancyRow>,
+    pub rejects: Vec<Reject>,
+    pub balances: Vec<BalanceRow>,
+    pub invoices: Vec<InvoiceRow>,
+    pub invoice_lines: Vec<InvoiceLineRow>,
+    pub renewals: Vec<RenewalRow>,
+    pub allocations_next: Vec<AllocationRow>,
+    pub grants_next: Vec<GrantRow>,
+    pub totals: Totals,
+}
+
+fn dataset_files(root: &Path, dataset: Dataset, required: bool) -> Result<Vec<InputFile>> {
+    match load::find_files(root, dataset.name())? {
+        Some(files) => Ok(files),
+        None if !required => Ok(Vec::new()),
+        None => Err(TallyError::input(
+            root.join(dataset.name()).display().to_string(),
+            format!(
+                "missing dataset folder `{}/` (it may be empty, but must exist)",
+                dataset.name()
+            ),
+        )),
+    }
+}
+
+pub fn run(settings: RunSettings, progress: &Progress) -> Result<RunOutput> {
+    let root = &settings.data;
+    if !root.is_dir() {
+        return Err(TallyError::config(
+            root.display().to_string(),
+            "data root is not a folder",
+        ));
+    }
+    let pricebook_path = root.join("pricebook.toml");
+    let book = PriceBook::load(&pricebook_path, &pricebook_path.display().to_string())?;
+    let files = [
+        dataset_files(root, Dataset::Usage, true)?,
+        dataset_files(root, Dataset::Allocations, true)?,
+        dataset_files(root, Dataset::Grants, false)?,
+        dataset_files(root, Dataset::Debits, true)?,
+    ];
+
+    let stage = progress.stage("load");
+    let (usage_rows, mut rejects, usage_read) =
+        load::read_dataset(&files[0], &load::USAGE_COLUMNS, &load::parse_usage)?;
+    let (alloc_rows, r, alloc_read) =
+        load::read_dataset(&files[1], &load::ALLOCATION_COLUMNS, &load::parse_allocation)?;
+    rejects.extend(r);
+    let (grant_rows, r, grant_read) =
+        load::read_dataset(&files[2], &load::GRANT_COLUMNS, &load::parse_grant)?;
+    rejects.extend(r);
+    let (debit_rows, r, debit_read) =
+        load::read_dataset(&files[3], &load::DEBIT_COLUMNS, &load::parse_debit)?;
+    rejects.extend(r);
+    stage.done(usage_read + alloc_read + grant_read + debit_read);
+
+    let stage = progress.stage("validate");
+    let allocations = validate::allocations(alloc_rows, &book, &mut rejects);
+    let grants = validate::grants(grant_rows, &mut rejects);
+    let debits = validate::debits(debit_rows, &mut rejects);
+    let deduped = validate::dedup_usage(usage_rows, &mut rejects);
+    let identical = deduped.identical_copies;
+    let (accounts, outside) = window::place(
+        settings.mode,
+        settings.as_of,
+        &allocations,
+        deduped,
+        debits,
+        grants,
+        &mut rejects,
+    );
+    stage.done(accounts.len() as u64);
+
+    let stage = progress.stage("price, consume, reconcile");
+    let ctx = RunContext {
+        book: &book,
+        mode: settings.mode,
+        as_of: settings.as_of,
+        settle_from: settings.as_of.saturating_sub(settings.settle_micros),
+    };
+    let mut results = process_buckets(&ctx, accounts, settings.buckets)?;
+    stage.done(results.len() as u64);
+
+    // Collect in output order: accounts by id (bytes), periods already in order.
+    results.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    let mut out = Collected::default();
+    for (_, result) in results {
+        out.absorb(result)?;
+    }
+    out.discrepancies
+        .sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+    rejects.sort_by_key(|r| (r.dataset, r.at));
+
+    let mut counts: [DatasetCounts; 4] = Default::default();
+    for (i, read) in [usage_read, alloc_read, grant_read, debit_read]
+        .into_iter()
+        .enumerate()
+    {
+        counts[i].files = files[i].len() as u64;
+        counts[i].rows_read = read;
+    }
+    for r in &rejects {
+        counts[r.dataset as usize].rejected += 1;
+    }
+    let usage = UsageCounts {
+        rows_read: usage_read,
+        events_in_window: out.totals.events_in_window,
+        identical_duplicates: identical,
+        rejected: counts[0].rejected,
+        outside_window: outside.usage_rows,
+    };
+    let accounted =
+        usage.events_in_window + usage.identical_duplicates + usage.rejected + usage.outside_window;
+    if accounted != usage.rows_read {
+        return Err(TallyError::Invariant(format!(
+            "usage rows read {} ≠ in window {} + identical duplicates {} + rejected {} + outside {}",
+            usage.rows_read,
+            usage.events_in_window,
+            usage.identical_duplicates,
+            usage.rejected,
+            usage.outside_window
+        )));
+    }
+    Ok(RunOutput {
+        settings,
+        book,
+        files,
+        pricebook_path,
+        counts,
+        usage,
+        ledger_entries_outside: outside.ledger_entries,
+        discrepancies: out.discrepancies,
+        rejects,
+        balances: out.balances,
+        invoices: out.invoices,
+        invoice_lines: out.invoice_lines,
+        renewals: out.renewals,
+        allocations_next: out.allocations_next,
+        grants_next: out.grants_next,
+        totals: out.totals,
+    })
+}
+
+/// Group accounts into buckets and process the buckets in parallel; each bucket's accounts
+/// run one after another. The result does not depend on the bucket count or thread count.
+fn process_buckets(
+    ctx: &RunContext<'_>,
+    accounts: Vec<AccountWork>,
+    buckets: u32,
+) -> Result<Vec<(String, AccountResult)>> {
+    let mut grouped: Vec<Vec<AccountWork>> = (0..buckets.max(1)).map(|_| Vec::new()).collect();
+    for account in accounts {
+        grouped[bucket_of(&account.account_id, buckets) as usize].push(account);
+    }
+    let per_bucket: Vec<Result<Vec<(String, AccountResult)>>> = grouped
+        .into_par_iter()
+        .map(|bucket| {
+            bucket
+                .into_iter()
+                .map(|work| {
+                    let id = work.account_id.clone();
+                    process_account(ctx, work).map(|r| (id, r))
+                })
+                .collect()
+        })
+        .collect();
+    let mut all = Vec::new();
+    for bucket in per_bucket {
+        all.extend(bucket?);
+    }
+    Ok(all)
+}
+
+#[derive(Default)]
+struct Collected {
+    discrepancies: Vec<DiscrepancyRow>,
+    balances: Vec<BalanceRow>,
+    invoices: Vec<InvoiceRow>,
+    invoice_lines: Vec<InvoiceLineRow>,
+    renewals: Vec<RenewalRow>,
+    allocations_next: Vec<AllocationRow>,
+    grants_next: Vec<GrantRow>,
+    totals: Totals,
+}
+
+impl Collected {
+    fn absorb(&mut self, mut r: AccountResult) -> Result<()> {
+        self.discrepancies.append(&mut r.discrepancies);
+        self.balances.append(&mut r.balances);
+        self.invoices.append(&mut r.invoices);
+        self.invoice_lines.append(&mut r.invoice_lines);
+        self.renewals.append(&mut r.renewals);
+        self.allocations_next.append(&mut r.allocations_next);
+        r.grants_next
+            .sort_by(|a, b| a.grant_id.as_bytes().cmp(b.grant_id.as_bytes()));
+        self.grants_next.append(&mut r.grants_next);
+        self.totals.add(&r.totals)
+    }
+}

@@ -1,0 +1,404 @@
+//! The price book: plans and the effective-dated rate card (`pricebook.toml`).
+
+use crate::amount::Milli;
+use crate::error::{Result, TallyError};
+use crate::time::{parse_instant, Micros};
+use rust_decimal::prelude::*;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// How usage beyond the period's grants is treated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Overage {
+    /// The online system should have refused it: reported `over_limit_usage`, not billed.
+    Block,
+    /// Billed at this price per credit (in major currency units).
+    PricePerCredit(Decimal),
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub plan_id: String,
+    pub name: String,
+    pub price: Decimal,
+    pub price_minor: i64,
+    pub included_credits: Milli,
+    pub refresh: bool,
+    pub rollover_cap: Milli,
+    pub overage: Overage,
+}
+
+/// One version of a rate, in effect from `effective_from` until the next version of its key.
+#[derive(Debug, Clone)]
+pub struct Rate {
+    pub unit: String,
+    pub credits_per_unit: Decimal,
+    pub increment: Decimal,
+    pub minimum: Decimal,
+    pub effective_from: Micros,
+}
+
+/// (product, action, model); `None` is the generic rate of the action.
+pub type RateKey = (String, String, Option<String>);
+
+#[derive(Debug, Clone)]
+pub struct PriceBook {
+    pub currency: String,
+    /// ISO 4217 minor-unit exponent (USD 2, JPY 0, BHD 3).
+    pub exponent: u32,
+    pub plans: BTreeMap<String, Plan>,
+    /// Versions of each key, sorted by `effective_from`.
+    pub rates: HashMap<RateKey, Vec<Rate>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBook {
+    currency: Option<String>,
+    #[serde(default)]
+    plans: BTreeMap<String, RawPlan>,
+    #[serde(default)]
+    rates: Vec<RawRate>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlan {
+    name: Option<String>,
+    price: toml::Value,
+    included_credits: toml::Value,
+    refresh: Option<bool>,
+    rollover_cap: Option<toml::Value>,
+    overage: Option<RawOverage>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawOverage {
+    Word(String),
+    Priced { price_per_credit: toml::Value },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRate {
+    product: String,
+    action: String,
+    model: Option<String>,
+    unit: Option<String>,
+    credits_per_unit: toml::Value,
+    increment: Option<toml::Value>,
+    minimum: Option<toml::Value>,
+    effective_from: toml::Value,
+}
+
+/// Minor-unit exponents that are not 2 (ISO 4217). Any other three-letter code uses 2.
+const EXPONENTS: &[(&str, u32)] = &[
+    ("BIF", 0),
+    ("CLP", 0),
+    ("DJF", 0),
+    ("GNF", 0),
+    ("ISK", 0),
+    ("JPY", 0),
+    ("KMF", 0),
+    ("KRW", 0),
+    ("PYG", 0),
+    ("RWF", 0),
+    ("UGX", 0),
+    ("UYI", 0),
+    ("VND", 0),
+    ("VUV", 0),
+    ("XAF", 0),
+    ("XOF", 0),
+    ("XPF", 0),
+    ("BHD", 3),
+    ("IQD", 3),
+    ("JOD", 3),
+    ("KWD", 3),
+    ("LYD", 3),
+    ("OMR", 3),
+    ("TND", 3),
+    ("CLF", 4),
+    ("UYW", 4),
+];
+
+/// The ISO 4217 minor-unit exponent of a currency code.
+pub fn currency_exponent(code: &str) -> Option<u32> {
+    let valid = code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase());
+    if !valid {
+        return None;
+    }
+    Some(
+        EXPONENTS
+            .iter()
+            .find(|(c, _)| *c == code)
+            .map_or(2, |(_, e)| *e),
+    )
+}
+
+struct Ctx<'a> {
+    file: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, message: impl Into<String>) -> TallyError {
+        TallyError::config(self.file, message)
+    }
+
+    /// A decimal from a string ("9.99") or a TOML integer/float-free number.
+    fn decimal(&self, what: &str, value: &toml::Value) -> Result<Decimal> {
+        let parsed = match value {
+            toml::Value::String(s) => Decimal::from_str_exact(s.trim()).ok(),
+            toml::Value::Integer(i) => Some(Decimal::from(*i)),
+            _ => None,
+        };
+        parsed.ok_or_else(|| {
+            self.err(format!(
+                "{what} = {value} is not a decimal; write it as a string such as \"9.99\""
+            ))
+        })
+    }
+
+    fn non_negative(&self, what: &str, value: &toml::Value) -> Result<Decimal> {
+        let d = self.decimal(what, value)?;
+        if d.is_sign_negative() && !d.is_zero() {
+            return Err(self.err(format!("{what} = {d} must not be negative")));
+        }
+        Ok(d)
+    }
+
+    fn credits(&self, what: &str, value: &toml::Value) -> Result<Milli> {
+        let d = self.non_negative(what, value)?;
+        Milli::from_decimal(d).ok_or_else(|| self.err(format!("{what} = {d} is out of range")))
+    }
+
+    fn instant(&self, what: &str, value: &toml::Value) -> Result<Micros> {
+        let text = match value {
+            toml::Value::Datetime(dt) => dt.to_string(),
+            toml::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        parse_instant(&text)
+            .ok_or_else(|| self.err(format!("{what} = {text} is not a date-time (RFC 3339)")))
+    }
+}
+
+impl PriceBook {
+    /// Read and validate `pricebook.toml`. Every problem is a configuration error (exit 2).
+    pub fn load(path: &Path, display_name: &str) -> Result<PriceBook> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| TallyError::config(display_name, format!("cannot read: {e}")))?;
+        PriceBook::parse(&text, display_name)
+    }
+
+    pub fn parse(text: &str, display_name: &str) -> Result<PriceBook> {
+        let ctx = Ctx { file: display_name };
+        let raw: RawBook = toml::from_str(text).map_err(|e| {
+            ctx.err(format!(
+                "not a valid price book: {}",
+                e.to_string().replace('\n', " ").trim()
+            ))
+        })?;
+        let currency = raw
+            .currency
+            .ok_or_else(|| ctx.err("`currency` is required (an ISO 4217 code such as \"USD\")"))?;
+        let exponent = currency_exponent(&currency).ok_or_else(|| {
+            ctx.err(format!(
+                "currency = \"{currency}\" is not an ISO 4217 code (three capital letters)"
+            ))
+        })?;
+        let mut plans = BTreeMap::new();
+        for (plan_id, raw_plan) in raw.plans {
+            let plan = parse_plan(&ctx, &plan_id, raw_plan, exponent)?;
+            plans.insert(plan_id, plan);
+        }
+        let mut rates: HashMap<RateKey, Vec<Rate>> = HashMap::new();
+        for (index, raw_rate) in raw.rates.into_iter().enumerate() {
+            let (key, rate) = parse_rate(&ctx, index, raw_rate)?;
+            let versions = rates.entry(key.clone()).or_default();
+            if versions
+                .iter()
+                .any(|v| v.effective_from == rate.effective_from)
+            {
+                return Err(ctx.err(format!(
+                    "rates[{index}]: two rates for product = \"{}\", action = \"{}\", model = {} \
+                     share effective_from; remove one",
+                    key.0,
+                    key.1,
+                    key.2.as_deref().map_or("(none)".to_string(), |m| format!("\"{m}\""))
+                )));
+            }
+            versions.push(rate);
+        }
+        for versions in rates.values_mut() {
+            versions.sort_by_key(|v| v.effective_from);
+        }
+        Ok(PriceBook {
+            currency,
+            exponent,
+            plans,
+            rates,
+        })
+    }
+
+    /// The version of `key` in effect at `t`: the greatest `effective_from` ≤ t.
+    pub fn rate_at(&self, product: &str, action: &str, model: Option<&str>, t: Micros) -> Option<&Rate> {
+        let key = (product.to_string(), action.to_string(), model.map(str::to_string));
+        let versions = self.rates.get(&key)?;
+        let after = versions.partition_point(|v| v.effective_from <= t);
+        after.checked_sub(1).map(|i| &versions[i])
+    }
+
+    /// The rate for an event: model-specific if in effect, else the generic one.
+    pub fn lookup(&self, product: &str, action: &str, model: Option<&str>, t: Micros) -> Option<&Rate> {
+        if let Some(m) = model {
+            if let Some(rate) = self.rate_at(product, action, Some(m), t) {
+                return Some(rate);
+            }
+        }
+        self.rate_at(product, action, None, t)
+    }
+
+    /// Convert a major-unit amount to minor units, half-even.
+    pub fn to_minor_half_even(&self, amount: Decimal) -> Option<i64> {
+        let scaled = amount.checked_mul(Decimal::from(10i64.pow(self.exponent)))?;
+        scaled
+            .round_dp_with_strategy(0, RoundingStrategy::MidpointNearestEven)
+            .to_i64()
+    }
+}
+
+fn parse_plan(ctx: &Ctx, plan_id: &str, raw: RawPlan, exponent: u32) -> Result<Plan> {
+    let at = |field: &str| format!("plans.{plan_id}.{field}");
+    let price = ctx.non_negative(&at("price"), &raw.price)?;
+    let minor = price
+        .checked_mul(Decimal::from(10i64.pow(exponent)))
+        .filter(|m| m.fract().is_zero())
+        .and_then(|m| m.to_i64())
+        .ok_or_else(|| {
+            ctx.err(format!(
+                "{} = {price} cannot be written in minor units ({exponent} decimals)",
+                at("price")
+            ))
+        })?;
+    let included_credits = ctx.credits(&at("included_credits"), &raw.included_credits)?;
+    let rollover_cap = match &raw.rollover_cap {
+        Some(v) => ctx.credits(&at("rollover_cap"), v)?,
+        None => Milli::ZERO,
+    };
+    let overage = match raw.overage {
+        None => Overage::Block,
+        Some(RawOverage::Word(w)) if w == "block" => Overage::Block,
+        Some(RawOverage::Word(w)) => {
+            return Err(ctx.err(format!(
+                "{} = \"{w}\" is not valid; use \"block\" or {{ price_per_credit = \"0.05\" }}",
+                at("overage")
+            )))
+        }
+        Some(RawOverage::Priced { price_per_credit }) => Overage::PricePerCredit(
+            ctx.non_negative(&at("overage.price_per_credit"), &price_per_credit)?,
+        ),
+    };
+    Ok(Plan {
+        plan_id: plan_id.to_string(),
+        name: raw.name.unwrap_or_else(|| plan_id.to_string()),
+        price,
+        price_minor: minor,
+        included_credits,
+        refresh: raw.refresh.unwrap_or(true),
+        rollover_cap,
+        overage,
+    })
+}
+
+fn parse_rate(ctx: &Ctx, index: usize, raw: RawRate) -> Result<(RateKey, Rate)> {
+    let at = |field: &str| format!("rates[{index}].{field}");
+    let credits_per_unit = ctx.non_negative(&at("credits_per_unit"), &raw.credits_per_unit)?;
+    let increment = match &raw.increment {
+        Some(v) => ctx.decimal(&at("increment"), v)?,
+        None => Decimal::ONE,
+    };
+    if increment <= Decimal::ZERO {
+        return Err(ctx.err(format!("{} = {increment} must be > 0", at("increment"))));
+    }
+    let minimum = match &raw.minimum {
+        Some(v) => ctx.non_negative(&at("minimum"), v)?,
+        None => Decimal::ZERO,
+    };
+    let effective_from = ctx.instant(&at("effective_from"), &raw.effective_from)?;
+    let model = raw.model.filter(|m| !m.is_empty());
+    Ok((
+        (raw.product, raw.action, model),
+        Rate {
+            unit: raw.unit.unwrap_or_default(),
+            credits_per_unit,
+            increment,
+            minimum,
+            effective_from,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BOOK: &str = r#"
+currency = "USD"
+[plans.pro]
+price = "9.99"
+included_credits = "200"
+[[rates]]
+product = "studio"
+action = "prompt_to_video"
+unit = "second"
+credits_per_unit = "8"
+effective_from = 2026-01-01T00:00:00Z
+[[rates]]
+product = "studio"
+action = "prompt_to_video"
+model = "veo-3"
+credits_per_unit = "8"
+increment = "4"
+effective_from = 2026-06-01T00:00:00Z
+"#;
+
+    #[test]
+    fn plan_defaults_follow_the_contract() {
+        let book = PriceBook::parse(BOOK, "pricebook.toml").unwrap();
+        let pro = &book.plans["pro"];
+        assert_eq!(pro.price_minor, 999);
+        assert!(pro.refresh);
+        assert_eq!(pro.rollover_cap, Milli::ZERO);
+        assert_eq!(pro.overage, Overage::Block);
+    }
+
+    #[test]
+    fn model_rate_falls_back_to_generic_before_it_is_effective() {
+        let book = PriceBook::parse(BOOK, "pricebook.toml").unwrap();
+        let may = parse_instant("2026-05-01T00:00:00Z").unwrap();
+        let july = parse_instant("2026-07-01T00:00:00Z").unwrap();
+        let r = book.lookup("studio", "prompt_to_video", Some("veo-3"), may).unwrap();
+        assert_eq!(r.increment, Decimal::ONE);
+        let r = book.lookup("studio", "prompt_to_video", Some("veo-3"), july).unwrap();
+        assert_eq!(r.increment, Decimal::from(4));
+        let dec_2025 = parse_instant("2025-12-31T23:59:59Z").unwrap();
+        assert!(book.lookup("studio", "prompt_to_video", None, dec_2025).is_none());
+    }
+
+    #[test]
+    fn bad_books_name_the_problem() {
+        let no_currency = BOOK.replace("currency = \"USD\"", "");
+        let e = PriceBook::parse(&no_currency, "p.toml").unwrap_err();
+        assert!(e.to_string().starts_with("p.toml: `currency` is required"), "{e}");
+        let dup = format!(
+            "{BOOK}\n[[rates]]\nproduct = \"studio\"\naction = \"prompt_to_video\"\ncredits_per_unit = \"9\"\neffective_from = 2026-01-01T00:00:00Z\n"
+        );
+        let e = PriceBook::parse(&dup, "p.toml").unwrap_err();
+        assert!(e.to_string().contains("share effective_from"), "{e}");
+        let jpy = BOOK.replace("USD", "JPY");
+        let e = PriceBook::parse(&jpy, "p.toml").unwrap_err();
+        assert!(e.to_string().contains("cannot be written in minor units"), "{e}");
+    }
+}

@@ -1,0 +1,298 @@
+//! Stage 5: compare what each event should have cost with what the ledger recorded
+//! (contract section 5) and produce discrepancy rows.
+
+use crate::amount::Milli;
+use crate::error::Result;
+use crate::model::{DebitRow, EntryKind, EventStatus, UsageRow};
+use crate::price::Price;
+use crate::time::Micros;
+
+/// Discrepancy kinds, in the order of the contract's table (which is also the row order).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    OrphanDebit,
+    ManualAdjustment,
+    AccountMismatch,
+    UnpricedEvent,
+    ChargedFailedEvent,
+    MissingDebit,
+    DuplicateDebit,
+    AmountMismatch,
+    ConflictingDuplicate,
+    OverLimitUsage,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 10] = [
+        Kind::OrphanDebit,
+        Kind::ManualAdjustment,
+        Kind::AccountMismatch,
+        Kind::UnpricedEvent,
+        Kind::ChargedFailedEvent,
+        Kind::MissingDebit,
+        Kind::DuplicateDebit,
+        Kind::AmountMismatch,
+        Kind::ConflictingDuplicate,
+        Kind::OverLimitUsage,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::OrphanDebit => "orphan_debit",
+            Kind::ManualAdjustment => "manual_adjustment",
+            Kind::AccountMismatch => "account_mismatch",
+            Kind::UnpricedEvent => "unpriced_event",
+            Kind::ChargedFailedEvent => "charged_failed_event",
+            Kind::MissingDebit => "missing_debit",
+            Kind::DuplicateDebit => "duplicate_debit",
+            Kind::AmountMismatch => "amount_mismatch",
+            Kind::ConflictingDuplicate => "conflicting_duplicate",
+            Kind::OverLimitUsage => "over_limit_usage",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == s)
+    }
+}
+
+/// One row of `discrepancies`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiscrepancyRow {
+    pub kind: Kind,
+    pub account_id: String,
+    pub event_id: Option<String>,
+    /// Sorted.
+    pub entry_ids: Vec<String>,
+    pub occurred_at: Option<Micros>,
+    pub product: Option<String>,
+    pub action: Option<String>,
+    pub model: Option<String>,
+    pub expected_credits: Option<Milli>,
+    pub recorded_credits: Milli,
+    pub delta_credits: Option<Milli>,
+}
+
+impl DiscrepancyRow {
+    /// The contract's row order: (account_id, occurred_at nulls last, event_id nulls last,
+    /// kind, entry_ids).
+    pub fn sort_key(&self) -> impl Ord + '_ {
+        (
+            self.account_id.as_bytes(),
+            (self.occurred_at.is_none(), self.occurred_at),
+            (self.event_id.is_none(), self.event_id.as_deref().map(str::as_bytes)),
+            self.kind,
+            &self.entry_ids,
+        )
+    }
+}
+
+/// The verdict on one event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventVerdict {
+    /// The first kind of the table that applies; `None` when matched or pending.
+    pub primary: Option<Kind>,
+    pub pending: bool,
+    pub recorded: Milli,
+}
+
+/// Net recorded = Σ debit + adjustment − Σ refund.
+pub fn net_recorded(entries: &[DebitRow]) -> Result<Milli> {
+    Milli::sum(entries.iter().map(DebitRow::signed_credits))
+}
+
+/// Classify one event in the window against its ledger entries.
+/// `settle_from` = as-of − settle: an event at or after it with no entries yet is pending.
+pub fn classify(
+    event: &UsageRow,
+    price: Price,
+    entries: &[DebitRow],
+    settle_from: Micros,
+) -> Result<EventVerdict> {
+    let recorded = net_recorded(entries)?;
+    let expected = price.expected();
+    let pending = matches!(expected, Some(e) if e.is_positive())
+        && entries.is_empty()
+        && event.occurred_at >= settle_from;
+    let debit_entries = entries
+        .iter()
+        .filter(|e| matches!(e.kind, EntryKind::Debit | EntryKind::Adjustment))
+        .count();
+    let primary = if entries.iter().any(|e| e.account_id != event.account_id) {
+        Some(Kind::AccountMismatch)
+    } else if price == Price::Unpriced {
+        Some(Kind::UnpricedEvent)
+    } else if event.status != EventStatus::Succeeded && recorded.is_positive() {
+        Some(Kind::ChargedFailedEvent)
+    } else if pending {
+        None
+    } else {
+        let expected = expected.unwrap_or_default();
+        if expected.is_positive() && entries.is_empty() {
+            Some(Kind::MissingDebit)
+        } else if debit_entries >= 2 && recorded > expected {
+            Some(Kind::DuplicateDebit)
+        } else if recorded != expected {
+            Some(Kind::AmountMismatch)
+        } else {
+            None
+        }
+    };
+    Ok(EventVerdict {
+        primary,
+        pending: pending && primary.is_none(),
+        recorded,
+    })
+}
+
+/// A discrepancy row for an event (all its entries together).
+pub fn event_row(
+    kind: Kind,
+    event: &UsageRow,
+    price: Price,
+    entries: &[DebitRow],
+    recorded: Milli,
+) -> Result<DiscrepancyRow> {
+    let expected = price.expected();
+    let delta = match expected {
+        Some(e) => Some(recorded.checked_sub(e)?),
+        None => None,
+    };
+    let mut entry_ids: Vec<String> = entries.iter().map(|e| e.entry_id.clone()).collect();
+    entry_ids.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    Ok(DiscrepancyRow {
+        kind,
+        account_id: event.account_id.clone(),
+        event_id: Some(event.event_id.clone()),
+        entry_ids,
+        occurred_at: Some(event.occurred_at),
+        product: Some(event.product.clone()),
+        action: Some(event.action.clone()),
+        model: event.model.clone(),
+        expected_credits: expected,
+        recorded_credits: recorded,
+        delta_credits: delta,
+    })
+}
+
+/// The kind for a ledger entry attached to no event, or `None` for a refund (counted only).
+pub fn unattached_kind(entry: &DebitRow) -> Option<Kind> {
+    match (entry.kind, &entry.event_id) {
+        (EntryKind::Refund, _) => None,
+        (EntryKind::Adjustment, None) => Some(Kind::ManualAdjustment),
+        (EntryKind::Debit | EntryKind::Adjustment, _) => Some(Kind::OrphanDebit),
+    }
+}
+
+/// A discrepancy row for one unattached entry.
+pub fn entry_row(kind: Kind, entry: &DebitRow) -> DiscrepancyRow {
+    DiscrepancyRow {
+        kind,
+        account_id: entry.account_id.clone(),
+        event_id: entry.event_id.clone(),
+        entry_ids: vec![entry.entry_id.clone()],
+        occurred_at: None,
+        product: None,
+        action: None,
+        model: None,
+        expected_credits: Some(Milli::ZERO),
+        recorded_credits: entry.credits,
+        delta_credits: Some(entry.credits),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::RowRef;
+
+    fn event(status: EventStatus, occurred_at: Micros) -> UsageRow {
+        UsageRow {
+            at: RowRef { file: 0, row: 0 },
+            event_id: "e1".into(),
+            account_id: "a".into(),
+            product: "studio".into(),
+            action: "prompt_to_video".into(),
+            model: None,
+            quantity: Milli::from_units(5),
+            status,
+            occurred_at,
+            ingested_at: None,
+        }
+    }
+
+    fn entry(id: &str, kind: EntryKind, credits: i64, account: &str) -> DebitRow {
+        DebitRow {
+            at: RowRef { file: 0, row: 0 },
+            entry_id: id.into(),
+            account_id: account.into(),
+            event_id: Some("e1".into()),
+            kind,
+            credits: Milli::from_units(credits),
+            recorded_at: 0,
+        }
+    }
+
+    const SETTLE_FROM: Micros = 1_000;
+    fn charged(c: i64) -> Price {
+        Price::Charged(Milli::from_units(c))
+    }
+
+    fn kind_of(ev: &UsageRow, price: Price, entries: &[DebitRow]) -> Option<Kind> {
+        classify(ev, price, entries, SETTLE_FROM).unwrap().primary
+    }
+
+    #[test]
+    fn the_first_kind_of_the_table_wins() {
+        let ok = event(EventStatus::Succeeded, 10);
+        let wrong_account = [entry("d1", EntryKind::Debit, 40, "b")];
+        assert_eq!(kind_of(&ok, Price::Unpriced, &wrong_account), Some(Kind::AccountMismatch));
+        assert_eq!(kind_of(&ok, Price::Unpriced, &[]), Some(Kind::UnpricedEvent));
+        let failed = event(EventStatus::Failed, 10);
+        let d = [entry("d1", EntryKind::Debit, 40, "a")];
+        assert_eq!(kind_of(&failed, Price::NotChargeable, &d), Some(Kind::ChargedFailedEvent));
+        assert_eq!(kind_of(&ok, charged(40), &[]), Some(Kind::MissingDebit));
+        let twice = [entry("d1", EntryKind::Debit, 40, "a"), entry("d2", EntryKind::Adjustment, 40, "a")];
+        assert_eq!(kind_of(&ok, charged(40), &twice), Some(Kind::DuplicateDebit));
+        assert_eq!(kind_of(&ok, charged(41), &d), Some(Kind::AmountMismatch));
+        assert_eq!(kind_of(&ok, charged(40), &d), None);
+    }
+
+    #[test]
+    fn refunds_net_out() {
+        let failed = event(EventStatus::Failed, 10);
+        let refunded = [entry("d1", EntryKind::Debit, 40, "a"), entry("r1", EntryKind::Refund, 40, "a")];
+        assert_eq!(kind_of(&failed, Price::NotChargeable, &refunded), None);
+        let over_refunded = [entry("r1", EntryKind::Refund, 5, "a")];
+        assert_eq!(
+            kind_of(&failed, Price::NotChargeable, &over_refunded),
+            Some(Kind::AmountMismatch)
+        );
+    }
+
+    #[test]
+    fn recent_events_without_entries_are_pending() {
+        let recent = event(EventStatus::Succeeded, SETTLE_FROM);
+        let v = classify(&recent, charged(40), &[], SETTLE_FROM).unwrap();
+        assert_eq!((v.primary, v.pending), (None, true));
+        let older = event(EventStatus::Succeeded, SETTLE_FROM - 1);
+        let v = classify(&older, charged(40), &[], SETTLE_FROM).unwrap();
+        assert_eq!((v.primary, v.pending), (Some(Kind::MissingDebit), false));
+        // expected 0: never pending, matched.
+        let v = classify(&recent, charged(0), &[], SETTLE_FROM).unwrap();
+        assert_eq!((v.primary, v.pending), (None, false));
+    }
+
+    #[test]
+    fn unattached_entries() {
+        let mut e = entry("x", EntryKind::Debit, 3, "a");
+        e.event_id = None;
+        assert_eq!(unattached_kind(&e), Some(Kind::OrphanDebit));
+        e.kind = EntryKind::Adjustment;
+        assert_eq!(unattached_kind(&e), Some(Kind::ManualAdjustment));
+        e.event_id = Some("gone".into());
+        assert_eq!(unattached_kind(&e), Some(Kind::OrphanDebit));
+        e.kind = EntryKind::Refund;
+        assert_eq!(unattached_kind(&e), None);
+    }
+}

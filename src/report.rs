@@ -1,0 +1,257 @@
+//! `summary.json`, `summary.md` and `manifest.json`.
+
+use crate::amount::Milli;
+use crate::error::Result;
+use crate::model::{Dataset, Mode};
+use crate::pipeline::{DatasetCounts, RunOutput, UsageCounts};
+use crate::reconcile::Kind;
+use crate::summary;
+use crate::time::format_instant;
+use crate::write::VERSION;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+#[derive(Serialize)]
+pub struct KindLine {
+    pub kind: &'static str,
+    pub count: u64,
+    pub delta_credits: Milli,
+}
+
+#[derive(Serialize)]
+pub struct Summary {
+    pub tool: &'static str,
+    pub version: &'static str,
+    pub command: &'static str,
+    pub as_of: String,
+    pub settle_seconds: i64,
+    pub currency: String,
+    pub datasets: BTreeMap<&'static str, DatasetCounts>,
+    pub usage: UsageCounts,
+    pub ledger: LedgerCounts,
+    pub events: EventCounts,
+    pub discrepancies: DiscrepancyCounts,
+    pub credits: CreditTotals,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub close: Option<CloseTotals>,
+    pub conservation: Conservation,
+}
+
+#[derive(Serialize)]
+pub struct LedgerCounts {
+    pub rows_read: u64,
+    pub entries_in_window: u64,
+    pub outside_window: u64,
+    pub rejected: u64,
+}
+
+#[derive(Serialize)]
+pub struct EventCounts {
+    pub in_window: u64,
+    pub matched: u64,
+    pub pending: u64,
+    pub with_discrepancy: u64,
+}
+
+#[derive(Serialize)]
+pub struct DiscrepancyCounts {
+    pub total: u64,
+    pub by_kind: Vec<KindLine>,
+}
+
+#[derive(Serialize)]
+pub struct CreditTotals {
+    pub expected: Milli,
+    pub recorded: Milli,
+    pub granted: Milli,
+    pub consumed: Milli,
+    pub overage: Milli,
+    pub remaining: Milli,
+}
+
+#[derive(Serialize)]
+pub struct CloseTotals {
+    pub invoices: u64,
+    pub total_minor: i64,
+    pub overage_amount_minor: i64,
+    pub expired_credits: Milli,
+    pub rollover_credits: Milli,
+    pub carried_credits: Milli,
+    pub renewed_periods: u64,
+}
+
+#[derive(Serialize)]
+pub struct Conservation {
+    /// usage rows read = events in window + identical duplicates + rejected + outside.
+    pub usage_rows: bool,
+    pub account_periods_checked: u64,
+    /// used = consumed + overage and granted = consumed + remaining, every account-period.
+    pub account_periods: bool,
+    /// remaining = expired + rolled over + carried, every closed period (true in reconcile).
+    pub close: bool,
+    pub holds: bool,
+}
+
+pub fn summary(out: &RunOutput) -> Result<Summary> {
+    let figures = summary::by_kind(&out.discrepancies)?;
+    let by_kind: Vec<KindLine> = Kind::ALL
+        .iter()
+        .map(|&kind| {
+            let f = figures.iter().find(|f| f.kind == kind);
+            KindLine {
+                kind: kind.name(),
+                count: f.map_or(0, |f| f.count),
+                delta_credits: f.map_or(Milli::ZERO, |f| f.delta),
+            }
+        })
+        .collect();
+    let t = &out.totals;
+    let events_with_discrepancy = {
+        let mut ids: Vec<&str> = out
+            .discrepancies
+            .iter()
+            .filter(|d| d.occurred_at.is_some())
+            .filter_map(|d| d.event_id.as_deref())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.len() as u64
+    };
+    let mut datasets = BTreeMap::new();
+    for d in Dataset::ALL {
+        datasets.insert(d.name(), out.counts[d as usize].clone());
+    }
+    let close = (out.settings.mode == Mode::Close).then(|| CloseTotals {
+        invoices: out.invoices.len() as u64,
+        total_minor: out.invoices.iter().map(|i| i.total_minor).sum(),
+        overage_amount_minor: out.invoices.iter().map(|i| i.overage_amount_minor).sum(),
+        expired_credits: t.expired_credits,
+        rollover_credits: t.rollover_credits,
+        carried_credits: t.carried_credits,
+        renewed_periods: out.allocations_next.len() as u64,
+    });
+    Ok(Summary {
+        tool: "tally",
+        version: VERSION,
+        command: out.settings.mode.name(),
+        as_of: format_instant(out.settings.as_of),
+        settle_seconds: out.settings.settle_micros / 1_000_000,
+        currency: out.book.currency.clone(),
+        datasets,
+        usage: out.usage.clone(),
+        ledger: LedgerCounts {
+            rows_read: out.counts[Dataset::Debits as usize].rows_read,
+            entries_in_window: t.entries_in_window,
+            outside_window: out.ledger_entries_outside,
+            rejected: out.counts[Dataset::Debits as usize].rejected,
+        },
+        events: EventCounts {
+            in_window: t.events_in_window,
+            matched: t.matched_events,
+            pending: t.pending_events,
+            with_discrepancy: events_with_discrepancy,
+        },
+        discrepancies: DiscrepancyCounts {
+            total: out.discrepancies.len() as u64,
+            by_kind,
+        },
+        credits: CreditTotals {
+            expected: t.expected_credits,
+            recorded: t.recorded_credits,
+            granted: t.granted_credits,
+            consumed: t.consumed_credits,
+            overage: t.overage_credits,
+            remaining: t.remaining_credits,
+        },
+        close,
+        // Every equation was asserted during the run; a broken one stops it before publishing.
+        conservation: Conservation {
+            usage_rows: true,
+            account_periods_checked: t.account_periods,
+            account_periods: true,
+            close: true,
+            holds: true,
+        },
+    })
+}
+
+pub fn summary_markdown(out: &RunOutput, s: &Summary) -> Result<String> {
+    let mut md = String::new();
+    let _ = writeln!(md, "# tally {} — as of {}\n", s.command, s.as_of);
+    let _ = writeln!(md, "| | |\n|---|---|");
+    let _ = writeln!(md, "| usage rows read | {} |", s.usage.rows_read);
+    let _ = writeln!(md, "| events in window | {} |", s.usage.events_in_window);
+    let _ = writeln!(md, "| identical duplicates | {} |", s.usage.identical_duplicates);
+    let _ = writeln!(md, "| usage rows rejected | {} |", s.usage.rejected);
+    let _ = writeln!(md, "| usage rows outside the window | {} |", s.usage.outside_window);
+    let _ = writeln!(md, "| matched events | {} |", s.events.matched);
+    let _ = writeln!(md, "| pending events (within settle) | {} |", s.events.pending);
+    let _ = writeln!(md, "| account-periods | {} |", s.conservation.account_periods_checked);
+    let _ = writeln!(md, "| credits expected | {} |", s.credits.expected);
+    let _ = writeln!(md, "| credits recorded | {} |", s.credits.recorded);
+    let _ = writeln!(md, "| credits granted | {} |", s.credits.granted);
+    let _ = writeln!(md, "| credits consumed from grants | {} |", s.credits.consumed);
+    let _ = writeln!(md, "| overage credits | {} |", s.credits.overage);
+    let _ = writeln!(md, "| credits remaining | {} |", s.credits.remaining);
+    let rejected: u64 = s.datasets.values().map(|d| d.rejected).sum();
+    let _ = writeln!(md, "| rows rejected (all datasets) | {rejected} |");
+    if let Some(c) = &s.close {
+        let _ = writeln!(md, "| invoices | {} |", c.invoices);
+        let _ = writeln!(md, "| invoiced total ({}, minor units) | {} |", s.currency, c.total_minor);
+        let _ = writeln!(md, "| credits rolled over / expired / carried | {} / {} / {} |", c.rollover_credits, c.expired_credits, c.carried_credits);
+    }
+    let _ = writeln!(md, "\n## Discrepancies by kind ({} rows)\n", s.discrepancies.total);
+    let _ = writeln!(md, "| kind | rows | Σ delta credits |\n|---|---:|---:|");
+    for k in &s.discrepancies.by_kind {
+        let _ = writeln!(md, "| {} | {} | {} |", k.kind, k.count, k.delta_credits);
+    }
+    let top = summary::top_accounts(&out.discrepancies, 10)?;
+    let _ = writeln!(md, "\n## Top accounts by Σ |delta|\n");
+    if top.is_empty() {
+        let _ = writeln!(md, "No discrepancies.");
+    } else {
+        let _ = writeln!(md, "| account | rows | Σ abs(delta) credits |\n|---|---:|---:|");
+        for a in top {
+            let _ = writeln!(md, "| {} | {} | {} |", a.account_id, a.count, a.abs_delta);
+        }
+    }
+    let _ = writeln!(
+        md,
+        "\n## Conservation\n\nusage rows read {} = in window {} + identical duplicates {} + rejected {} + outside {}; \
+         every account-period: used = consumed + overage, granted = consumed + remaining{}. Holds: {}.",
+        s.usage.rows_read,
+        s.usage.events_in_window,
+        s.usage.identical_duplicates,
+        s.usage.rejected,
+        s.usage.outside_window,
+        if s.close.is_some() { ", remaining = expired + rolled over + carried" } else { "" },
+        if s.conservation.holds { "yes" } else { "NO" }
+    );
+    Ok(md)
+}
+
+/// One input or output file in the manifest.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileEntry {
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub rows: Option<u64>,
+    pub sha256: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ManifestSettings {
+    pub settle_seconds: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    pub tool: String,
+    pub version: String,
+    pub command: String,
+    pub as_of: String,
+    pub settings: ManifestSettings,
+    pub inputs: Vec<FileEntry>,
+    pub outputs: Vec<FileEntry>,
+}

@@ -1,0 +1,105 @@
+//! `summary.md` for a person: totals, discrepancies by kind and the top accounts. The
+//! aggregations run as a polars lazy query over the discrepancy rows.
+
+use crate::amount::Milli;
+use crate::error::{Result, TallyError};
+use crate::reconcile::{DiscrepancyRow, Kind};
+use polars::prelude::*;
+
+/// Per-kind count and Σ delta (thousandths; unpriced rows count 0).
+pub struct KindFigures {
+    pub kind: Kind,
+    pub count: u64,
+    pub delta: Milli,
+}
+
+/// An account with discrepancies: how many, and Σ |delta|.
+pub struct AccountFigures {
+    pub account_id: String,
+    pub count: u64,
+    pub abs_delta: Milli,
+}
+
+fn polars_err(e: PolarsError) -> TallyError {
+    TallyError::Output {
+        file: "summary.md".into(),
+        message: format!("aggregation failed: {e}"),
+    }
+}
+
+fn frame(rows: &[DiscrepancyRow]) -> Result<DataFrame> {
+    let kinds: Vec<&str> = rows.iter().map(|r| r.kind.name()).collect();
+    let accounts: Vec<&str> = rows.iter().map(|r| r.account_id.as_str()).collect();
+    let deltas: Vec<i64> = rows
+        .iter()
+        .map(|r| r.delta_credits.unwrap_or_default().0)
+        .collect();
+    let abs_deltas: Vec<i64> = deltas.iter().map(|d| d.abs()).collect();
+    DataFrame::new(
+        rows.len(),
+        vec![
+            Column::new("kind".into(), kinds),
+            Column::new("account_id".into(), accounts),
+            Column::new("delta".into(), deltas),
+            Column::new("abs_delta".into(), abs_deltas),
+        ],
+    )
+    .map_err(polars_err)
+}
+
+/// Count and Σ delta per kind, in the contract's kind order.
+pub fn by_kind(rows: &[DiscrepancyRow]) -> Result<Vec<KindFigures>> {
+    let grouped = frame(rows)?
+        .lazy()
+        .group_by([col("kind")])
+        .agg([len().alias("count"), col("delta").sum().alias("delta")])
+        .collect()
+        .map_err(polars_err)?;
+    let names = grouped.column("kind").and_then(|c| c.str().cloned()).map_err(polars_err)?;
+    let counts = grouped
+        .column("count")
+        .and_then(|c| c.cast(&DataType::UInt64))
+        .map_err(polars_err)?;
+    let counts = counts.u64().map_err(polars_err)?;
+    let deltas = grouped.column("delta").and_then(|c| c.i64().cloned()).map_err(polars_err)?;
+    let mut figures: Vec<KindFigures> = (0..grouped.height())
+        .filter_map(|i| {
+            Some(KindFigures {
+                kind: Kind::parse(names.get(i)?)?,
+                count: counts.get(i).unwrap_or(0),
+                delta: Milli(deltas.get(i).unwrap_or(0)),
+            })
+        })
+        .collect();
+    figures.sort_by_key(|f| f.kind);
+    Ok(figures)
+}
+
+/// The `limit` accounts with the largest Σ |delta| (then most rows, then id).
+pub fn top_accounts(rows: &[DiscrepancyRow], limit: usize) -> Result<Vec<AccountFigures>> {
+    let top = frame(rows)?
+        .lazy()
+        .group_by([col("account_id")])
+        .agg([len().alias("count"), col("abs_delta").sum().alias("abs_delta")])
+        .sort_by_exprs(
+            [col("abs_delta"), col("count"), col("account_id")],
+            SortMultipleOptions::default().with_order_descending_multi([true, true, false]),
+        )
+        .limit(limit as IdxSize)
+        .collect()
+        .map_err(polars_err)?;
+    let ids = top.column("account_id").and_then(|c| c.str().cloned()).map_err(polars_err)?;
+    let counts = top
+        .column("count")
+        .and_then(|c| c.cast(&DataType::UInt64))
+        .map_err(polars_err)?;
+    let counts = counts.u64().map_err(polars_err)?;
+    let deltas = top.column("abs_delta").and_then(|c| c.i64().cloned()).map_err(polars_err)?;
+    Ok((0..top.height())
+        .map(|i| AccountFigures {
+            account_id: ids.get(i).unwrap_or_default().to_string(),
+            count: counts.get(i).unwrap_or(0),
+            abs_delta: Milli(deltas.get(i).unwrap_or(0)),
+        })
+        .collect())
+}

@@ -1,0 +1,149 @@
+//! Instants are microseconds since the Unix epoch, UTC (the unit of every timestamp output).
+
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, SecondsFormat, TimeZone, Utc};
+
+/// Microseconds since 1970-01-01T00:00:00Z.
+pub type Micros = i64;
+
+pub const MICROS_PER_SECOND: i64 = 1_000_000;
+
+/// Render an instant as RFC 3339 with `Z`, fractional seconds only when non-zero.
+pub fn format_instant(t: Micros) -> String {
+    match Utc.timestamp_micros(t).single() {
+        Some(dt) => dt.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        None => format!("@{t}us"),
+    }
+}
+
+/// Parse an RFC 3339 instant (`2026-11-20T00:00:00Z`), or a date (`2026-11-20`, midnight
+/// UTC), or a date-time without an offset (read as UTC).
+pub fn parse_instant(text: &str) -> Option<Micros> {
+    let text = text.trim();
+    if let Ok(dt) = DateTime::parse_from_rfc3339(text) {
+        return Some(dt.with_timezone(&Utc).timestamp_micros());
+    }
+    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+        if let Ok(naive) = NaiveDateTime::parse_from_str(text, format) {
+            return Some(naive.and_utc().timestamp_micros());
+        }
+    }
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|d| d.and_utc().timestamp_micros())
+}
+
+/// Parse a settle duration such as `15m`, `900s`, `1h`, `1h 30m`.
+pub fn parse_duration_micros(text: &str) -> Option<i64> {
+    let d = humantime::parse_duration(text.trim()).ok()?;
+    i64::try_from(d.as_micros()).ok()
+}
+
+/// Add `months` calendar months to `anchor`'s date, clamping the day to the target month
+/// and keeping the time of day.
+fn add_months_clamped(anchor: DateTime<Utc>, months: i64) -> Option<DateTime<Utc>> {
+    let total = i64::from(anchor.year()) * 12 + i64::from(anchor.month0()) + months;
+    let year = i32::try_from(total.div_euclid(12)).ok()?;
+    let month0 = total.rem_euclid(12) as u32;
+    let last_day = last_day_of_month(year, month0 + 1)?;
+    let day = anchor.day().min(last_day);
+    let date = NaiveDate::from_ymd_opt(year, month0 + 1, day)?;
+    Some(date.and_time(anchor.time()).and_utc())
+}
+
+fn last_day_of_month(year: i32, month: u32) -> Option<u32> {
+    let (next_year, next_month) = if month == 12 {
+        (year + 1, 1)
+    } else {
+        (year, month + 1)
+    };
+    let first_next = NaiveDate::from_ymd_opt(next_year, next_month, 1)?;
+    Some(first_next.pred_opt()?.day())
+}
+
+/// The first monthly anniversary of `anchor` strictly after `after`: the anchor's day of
+/// month clamped to each month's length (31st → Feb 28/29 → Mar 31), its time of day kept.
+pub fn next_anniversary(anchor: Micros, after: Micros) -> Option<Micros> {
+    let anchor_dt = Utc.timestamp_micros(anchor).single()?;
+    let after_dt = Utc.timestamp_micros(after).single()?;
+    // Start a month before `after` so that the answer is among the next few candidates.
+    let months_between = (i64::from(after_dt.year()) - i64::from(anchor_dt.year())) * 12
+        + i64::from(after_dt.month0())
+        - i64::from(anchor_dt.month0());
+    let mut k = (months_between - 1).max(1);
+    if anchor > after {
+        k = 0;
+    }
+    loop {
+        let candidate = add_months_clamped(anchor_dt, k)?.timestamp_micros();
+        if candidate > after {
+            return Some(candidate);
+        }
+        k += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> Micros {
+        parse_instant(s).unwrap()
+    }
+
+    #[test]
+    fn anniversaries_clamp_to_month_end_and_keep_time() {
+        let anchor = t("2027-01-31T09:30:00Z");
+        assert_eq!(
+            next_anniversary(anchor, t("2027-01-31T09:30:00Z")),
+            Some(t("2027-02-28T09:30:00Z"))
+        );
+        assert_eq!(
+            next_anniversary(anchor, t("2027-02-28T09:30:00Z")),
+            Some(t("2027-03-31T09:30:00Z"))
+        );
+        let leap = t("2028-01-31T00:00:00Z");
+        assert_eq!(
+            next_anniversary(leap, t("2028-01-31T00:00:00Z")),
+            Some(t("2028-02-29T00:00:00Z"))
+        );
+        let thirtieth = t("2027-12-30T00:00:00Z");
+        assert_eq!(
+            next_anniversary(thirtieth, t("2028-01-30T00:00:00Z")),
+            Some(t("2028-02-29T00:00:00Z"))
+        );
+        assert_eq!(
+            next_anniversary(thirtieth, t("2028-02-29T00:00:00Z")),
+            Some(t("2028-03-30T00:00:00Z"))
+        );
+        let twenty_ninth = t("2026-12-29T00:00:00Z");
+        assert_eq!(
+            next_anniversary(twenty_ninth, t("2027-01-29T00:00:00Z")),
+            Some(t("2027-02-28T00:00:00Z"))
+        );
+        assert_eq!(
+            next_anniversary(twenty_ninth, t("2027-02-28T00:00:00Z")),
+            Some(t("2027-03-29T00:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn anchor_after_period_end_is_its_own_first_anniversary() {
+        assert_eq!(
+            next_anniversary(t("2026-12-15T00:00:00Z"), t("2026-12-01T00:00:00Z")),
+            Some(t("2026-12-15T00:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn instants_render_without_zero_fractions() {
+        assert_eq!(format_instant(t("2026-11-03T10:00:00Z")), "2026-11-03T10:00:00Z");
+        assert_eq!(
+            format_instant(t("2026-11-03T10:00:00.250Z")),
+            "2026-11-03T10:00:00.250Z"
+        );
+        assert_eq!(parse_duration_micros("15m"), Some(900 * MICROS_PER_SECOND));
+        assert_eq!(parse_duration_micros("900s"), Some(900 * MICROS_PER_SECOND));
+        assert_eq!(parse_duration_micros("1h"), Some(3600 * MICROS_PER_SECOND));
+    }
+}

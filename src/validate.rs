@@ -1,0 +1,226 @@
+//! Stage 2: the checks that need more than one row: unknown plans, overlapping periods,
+//! repeated ids, and usage dedup. Every rejected row gets the contract's reason.
+
+use crate::model::*;
+use crate::pricebook::PriceBook;
+use std::collections::HashMap;
+
+fn reject(dataset: Dataset, at: RowRef, reason: Reason, detail: String) -> Reject {
+    Reject {
+        dataset,
+        at,
+        reason,
+        detail,
+    }
+}
+
+/// allocations: unknown_plan, then overlapping_period among the rows that passed every
+/// earlier check (both rows of an overlap are rejected). Returns valid allocations grouped
+/// by account, each sorted by `period_start`.
+pub fn allocations(
+    rows: Vec<AllocationRow>,
+    book: &PriceBook,
+    rejects: &mut Vec<Reject>,
+) -> HashMap<String, Vec<AllocationRow>> {
+    let mut by_account: HashMap<String, Vec<AllocationRow>> = HashMap::new();
+    for row in rows {
+        if !book.plans.contains_key(&row.plan_id) {
+            rejects.push(reject(
+                Dataset::Allocations,
+                row.at,
+                Reason::UnknownPlan,
+                format!(
+                    "plan_id \"{}\" is not a plan of the price book ([plans.{}] is missing)",
+                    row.plan_id, row.plan_id
+                ),
+            ));
+            continue;
+        }
+        by_account.entry(row.account_id.clone()).or_default().push(row);
+    }
+    for periods in by_account.values_mut() {
+        periods.sort_by_key(|p| (p.period_start, p.period_end, p.at));
+        let mut overlapping = vec![None::<RowRef>; periods.len()];
+        // Sorted by start: row i overlaps a later row j while j starts before i ends.
+        for i in 0..periods.len() {
+            for j in i + 1..periods.len() {
+                if periods[j].period_start >= periods[i].period_end {
+                    break;
+                }
+                overlapping[i].get_or_insert(periods[j].at);
+                overlapping[j].get_or_insert(periods[i].at);
+            }
+        }
+        let mut kept = Vec::with_capacity(periods.len());
+        for (period, other) in periods.drain(..).zip(overlapping) {
+            match other {
+                Some(other) => rejects.push(reject(
+                    Dataset::Allocations,
+                    period.at,
+                    Reason::OverlappingPeriod,
+                    format!(
+                        "period {}..{} of account \"{}\" overlaps the allocation at file #{} row {}",
+                        crate::time::format_instant(period.period_start),
+                        crate::time::format_instant(period.period_end),
+                        period.account_id,
+                        other.file,
+                        other.row
+                    ),
+                )),
+                None => kept.push(period),
+            }
+        }
+        *periods = kept;
+    }
+    by_account.retain(|_, periods| !periods.is_empty());
+    by_account
+}
+
+/// Keep the first row (by file, row) of every id; later rows are `bad_value`.
+fn first_of_each_id<T>(
+    rows: Vec<T>,
+    dataset: Dataset,
+    id_column: &str,
+    id_of: impl Fn(&T) -> &str,
+    at_of: impl Fn(&T) -> RowRef,
+    rejects: &mut Vec<Reject>,
+) -> Vec<T> {
+    let mut first: HashMap<String, RowRef> = HashMap::with_capacity(rows.len());
+    let mut kept = Vec::with_capacity(rows.len());
+    for row in rows {
+        let at = at_of(&row);
+        match first.get(id_of(&row)) {
+            Some(earlier) => rejects.push(reject(
+                dataset,
+                at,
+                Reason::BadValue,
+                format!(
+                    "{id_column} \"{}\" repeats the row at file #{} row {}",
+                    id_of(&row),
+                    earlier.file,
+                    earlier.row
+                ),
+            )),
+            None => {
+                first.insert(id_of(&row).to_string(), at);
+                kept.push(row);
+            }
+        }
+    }
+    kept
+}
+
+/// grants: a repeated `grant_id` is `bad_value`; the first row by (file, row) is kept.
+pub fn grants(rows: Vec<GrantRow>, rejects: &mut Vec<Reject>) -> Vec<GrantRow> {
+    first_of_each_id(
+        rows,
+        Dataset::Grants,
+        "grant_id",
+        |g| &g.grant_id,
+        |g| g.at,
+        rejects,
+    )
+}
+
+/// debits: a repeated `entry_id` is `bad_value`; the first row by (file, row) is kept.
+pub fn debits(rows: Vec<DebitRow>, rejects: &mut Vec<Reject>) -> Vec<DebitRow> {
+    first_of_each_id(
+        rows,
+        Dataset::Debits,
+        "entry_id",
+        |d| &d.entry_id,
+        |d| d.at,
+        rejects,
+    )
+}
+
+/// The result of usage dedup.
+pub struct Deduped {
+    /// One row per event_id: the winning copy.
+    pub events: Vec<UsageRow>,
+    /// event_ids whose copies differed (reported `conflicting_duplicate`).
+    pub conflicting: std::collections::HashSet<String>,
+    /// Losing copies equal to the winner: counted only.
+    pub identical_copies: u64,
+}
+
+/// Dedup validated usage rows by `event_id`. The winner is the copy with the earliest
+/// `ingested_at` (null last), then first file path, then row. Losing copies equal to the
+/// winner are identical duplicates; losing copies that differ are rejected
+/// `conflicting_duplicate`.
+pub fn dedup_usage(rows: Vec<UsageRow>, rejects: &mut Vec<Reject>) -> Deduped {
+    let mut index: HashMap<String, usize> = HashMap::with_capacity(rows.len());
+    let mut groups: Vec<Vec<UsageRow>> = Vec::with_capacity(rows.len());
+    for row in rows {
+        match index.get(&row.event_id) {
+            Some(&g) => groups[g].push(row),
+            None => {
+                index.insert(row.event_id.clone(), groups.len());
+                groups.push(vec![row]);
+            }
+        }
+    }
+    drop(index);
+    let mut events = Vec::with_capacity(groups.len());
+    let mut conflicting = std::collections::HashSet::new();
+    let mut identical_copies = 0u64;
+    for mut copies in groups {
+        if copies.len() > 1 {
+            // (ingested_at nulls last, file, row)
+            copies.sort_by_key(|r| (r.ingested_at.is_none(), r.ingested_at, r.at));
+        }
+        let mut copies = copies.into_iter();
+        let winner = copies.next().expect("a group has at least one copy");
+        for loser in copies {
+            if loser.same_event_as(&winner) {
+                identical_copies += 1;
+            } else {
+                conflicting.insert(winner.event_id.clone());
+                rejects.push(reject(
+                    Dataset::Usage,
+                    loser.at,
+                    Reason::ConflictingDuplicate,
+                    format!(
+                        "event_id \"{}\" differs from the copy kept at file #{} row {} ({})",
+                        loser.event_id,
+                        winner.at.file,
+                        winner.at.row,
+                        describe_difference(&loser, &winner)
+                    ),
+                ));
+            }
+        }
+        events.push(winner);
+    }
+    Deduped {
+        events,
+        conflicting,
+        identical_copies,
+    }
+}
+
+fn describe_difference(a: &UsageRow, b: &UsageRow) -> String {
+    let mut fields = Vec::new();
+    if a.account_id != b.account_id {
+        fields.push("account_id");
+    }
+    if a.product != b.product {
+        fields.push("product");
+    }
+    if a.action != b.action {
+        fields.push("action");
+    }
+    if a.model != b.model {
+        fields.push("model");
+    }
+    if a.quantity != b.quantity {
+        fields.push("quantity");
+    }
+    if a.status != b.status {
+        fields.push("status");
+    }
+    if a.occurred_at != b.occurred_at {
+        fields.push("occurred_at");
+    }
+    format!("differs in {}", fields.join(", "))
+}

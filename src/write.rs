@@ -1,0 +1,436 @@
+//! Stage 7: turn the run's rows into output files (Parquet, CSV, JSON, Markdown) in a
+//! staging folder beside the target, then publish it with a rename, so that the output
+//! folder appears whole or not at all.
+
+use crate::amount::Milli;
+use crate::error::{Result, TallyError};
+use crate::model::{GrantKind, Mode};
+use crate::pipeline::RunOutput;
+use crate::time::{format_instant, Micros};
+use arrow::array::{
+    Array, ArrayRef, AsArray, Decimal128Array, Int32Array, Int64Array, ListBuilder,
+    StringArray, StringBuilder, TimestampMicrosecondArray,
+};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Builds one output table column by column.
+#[derive(Default)]
+pub struct Table {
+    fields: Vec<Field>,
+    columns: Vec<ArrayRef>,
+}
+
+fn utc() -> Option<Arc<str>> {
+    Some("UTC".into())
+}
+
+impl Table {
+    fn push(mut self, name: &str, nullable: bool, array: ArrayRef) -> Self {
+        self.fields
+            .push(Field::new(name, array.data_type().clone(), nullable));
+        self.columns.push(array);
+        self
+    }
+
+    pub fn str<'a>(self, name: &str, values: impl IntoIterator<Item = &'a str>) -> Self {
+        let a: StringArray = values.into_iter().map(Some).collect();
+        self.push(name, false, Arc::new(a))
+    }
+
+    pub fn opt_str<'a>(self, name: &str, values: impl IntoIterator<Item = Option<&'a str>>) -> Self {
+        let a: StringArray = values.into_iter().collect();
+        self.push(name, true, Arc::new(a))
+    }
+
+    pub fn credits(self, name: &str, values: impl IntoIterator<Item = Milli>) -> Self {
+        self.opt_credits_inner(name, false, values.into_iter().map(Some))
+    }
+
+    pub fn opt_credits(self, name: &str, values: impl IntoIterator<Item = Option<Milli>>) -> Self {
+        self.opt_credits_inner(name, true, values)
+    }
+
+    fn opt_credits_inner(
+        self,
+        name: &str,
+        nullable: bool,
+        values: impl IntoIterator<Item = Option<Milli>>,
+    ) -> Self {
+        let a: Decimal128Array = values
+            .into_iter()
+            .map(|v| v.map(|m| i128::from(m.0)))
+            .collect::<Decimal128Array>()
+            .with_precision_and_scale(18, 3)
+            .expect("18,3 is a valid decimal type");
+        self.push(name, nullable, Arc::new(a))
+    }
+
+    pub fn ts(self, name: &str, values: impl IntoIterator<Item = Micros>) -> Self {
+        let a = TimestampMicrosecondArray::from_iter_values(values).with_timezone_opt(utc());
+        self.push(name, false, Arc::new(a))
+    }
+
+    pub fn opt_ts(self, name: &str, values: impl IntoIterator<Item = Option<Micros>>) -> Self {
+        let a: TimestampMicrosecondArray = values.into_iter().collect();
+        self.push(name, true, Arc::new(a.with_timezone_opt(utc())))
+    }
+
+    pub fn i64(self, name: &str, values: impl IntoIterator<Item = i64>) -> Self {
+        self.push(name, false, Arc::new(Int64Array::from_iter_values(values)))
+    }
+
+    pub fn opt_i32(self, name: &str, values: impl IntoIterator<Item = Option<i32>>) -> Self {
+        let a: Int32Array = values.into_iter().collect();
+        self.push(name, true, Arc::new(a))
+    }
+
+    pub fn str_lists<'a>(self, name: &str, values: impl IntoIterator<Item = &'a [String]>) -> Self {
+        let mut builder = ListBuilder::new(StringBuilder::new())
+            .with_field(Arc::new(Field::new("item", DataType::Utf8, false)));
+        for list in values {
+            for s in list {
+                builder.values().append_value(s);
+            }
+            builder.append(true);
+        }
+        self.push(name, false, Arc::new(builder.finish()))
+    }
+
+    pub fn finish(self) -> RecordBatch {
+        RecordBatch::try_new(Arc::new(Schema::new(self.fields)), self.columns)
+            .expect("columns match their fields")
+    }
+}
+
+/// Render a table as CSV (also the golden-file form): RFC 4180 quoting when needed, null →
+/// empty, credits with 3 decimals, instants RFC 3339 UTC, lists joined with `;`.
+pub fn table_csv(batch: &RecordBatch) -> Result<Vec<u8>> {
+    let mut w = csv::WriterBuilder::new().terminator(csv::Terminator::Any(b'\n')).from_writer(Vec::new());
+    let schema = batch.schema();
+    let csv_err = |e: csv::Error| TallyError::output("csv", e);
+    w.write_record(schema.fields().iter().map(|f| f.name().as_str()))
+        .map_err(csv_err)?;
+    for row in 0..batch.num_rows() {
+        let record: Vec<String> = batch.columns().iter().map(|c| cell(c, row)).collect();
+        w.write_record(&record).map_err(csv_err)?;
+    }
+    w.into_inner().map_err(|e| TallyError::output("csv", e.to_string()))
+}
+
+/// One value rendered as text.
+pub fn cell(array: &ArrayRef, row: usize) -> String {
+    if array.is_null(row) {
+        return String::new();
+    }
+    match array.data_type() {
+        DataType::Utf8 => array.as_string::<i32>().value(row).to_string(),
+        DataType::Decimal128(_, 3) => Milli(array.as_primitive::<arrow::datatypes::Decimal128Type>().value(row) as i64).to_string(),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => format_instant(
+            array
+                .as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
+                .value(row),
+        ),
+        DataType::Int64 => array.as_primitive::<arrow::datatypes::Int64Type>().value(row).to_string(),
+        DataType::Int32 => array.as_primitive::<arrow::datatypes::Int32Type>().value(row).to_string(),
+        DataType::Boolean => array.as_boolean().value(row).to_string(),
+        DataType::List(_) => {
+            let list = array.as_list::<i32>().value(row);
+            (0..list.len()).map(|i| cell(&list, i)).collect::<Vec<_>>().join(";")
+        }
+        other => format!("<{other}>"),
+    }
+}
+
+// ---- the tables ------------------------------------------------------------------------
+
+pub fn discrepancies_table(out: &RunOutput) -> RecordBatch {
+    let rows = &out.discrepancies;
+    Table::default()
+        .str("kind", rows.iter().map(|r| r.kind.name()))
+        .str("account_id", rows.iter().map(|r| r.account_id.as_str()))
+        .opt_str("event_id", rows.iter().map(|r| r.event_id.as_deref()))
+        .str_lists("entry_ids", rows.iter().map(|r| r.entry_ids.as_slice()))
+        .opt_ts("occurred_at", rows.iter().map(|r| r.occurred_at))
+        .opt_str("product", rows.iter().map(|r| r.product.as_deref()))
+        .opt_str("action", rows.iter().map(|r| r.action.as_deref()))
+        .opt_str("model", rows.iter().map(|r| r.model.as_deref()))
+        .opt_credits("expected_credits", rows.iter().map(|r| r.expected_credits))
+        .credits("recorded_credits", rows.iter().map(|r| r.recorded_credits))
+        .opt_credits("delta_credits", rows.iter().map(|r| r.delta_credits))
+        .finish()
+}
+
+pub fn rejects_table(out: &RunOutput) -> RecordBatch {
+    let rows = &out.rejects;
+    let file = |r: &crate::model::Reject| out.files[r.dataset as usize][r.at.file as usize].rel_path.as_str();
+    Table::default()
+        .str("dataset", rows.iter().map(|r| r.dataset.name()))
+        .str("file", rows.iter().map(file))
+        .i64("row", rows.iter().map(|r| r.at.row as i64))
+        .str("reason", rows.iter().map(|r| r.reason.name()))
+        .str("detail", rows.iter().map(|r| r.detail.as_str()))
+        .finish()
+}
+
+pub fn balances_table(out: &RunOutput) -> RecordBatch {
+    let rows = &out.balances;
+    let total = |k: &[Milli; 5]| Milli(k.iter().map(|m| m.0).sum());
+    let mut t = Table::default()
+        .str("account_id", rows.iter().map(|r| r.account_id.as_str()))
+        .str("plan_id", rows.iter().map(|r| r.plan_id.as_str()))
+        .ts("period_start", rows.iter().map(|r| r.period_start))
+        .ts("period_end", rows.iter().map(|r| r.period_end))
+        .credits("granted_credits", rows.iter().map(|r| total(&r.granted)))
+        .credits("used_credits", rows.iter().map(|r| Milli(total(&r.used).0 + r.overage.0)))
+        .credits("overage_credits", rows.iter().map(|r| r.overage))
+        .credits(
+            "remaining_credits",
+            rows.iter().map(|r| Milli(total(&r.granted).0 - total(&r.used).0)),
+        );
+    for kind in GrantKind::ALL {
+        let k = kind.index();
+        let name = kind.name();
+        t = t
+            .credits(&format!("{name}_granted_credits"), rows.iter().map(|r| r.granted[k]))
+            .credits(&format!("{name}_used_credits"), rows.iter().map(|r| r.used[k]))
+            .credits(
+                &format!("{name}_remaining_credits"),
+                rows.iter().map(|r| Milli(r.granted[k].0 - r.used[k].0)),
+            );
+    }
+    t.finish()
+}
+
+pub fn invoices_table(out: &RunOutput) -> RecordBatch {
+    let rows = &out.invoices;
+    let from = |k: GrantKind| rows.iter().map(move |r| r.credits_from[k.index()]);
+    Table::default()
+        .str("invoice_id", rows.iter().map(|r| r.invoice_id.as_str()))
+        .str("account_id", rows.iter().map(|r| r.account_id.as_str()))
+        .str("plan_id", rows.iter().map(|r| r.plan_id.as_str()))
+        .ts("period_start", rows.iter().map(|r| r.period_start))
+        .ts("period_end", rows.iter().map(|r| r.period_end))
+        .str("currency", rows.iter().map(|r| r.currency.as_str()))
+        .i64("plan_price_minor", rows.iter().map(|r| r.plan_price_minor))
+        .credits("included_credits", rows.iter().map(|r| r.included_credits))
+        .credits("credits_used", rows.iter().map(|r| r.credits_used))
+        .credits("credits_from_rollover", from(GrantKind::Rollover))
+        .credits("credits_from_plan", from(GrantKind::Plan))
+        .credits("credits_from_promo", from(GrantKind::Promo))
+        .credits("credits_from_compensation", from(GrantKind::Compensation))
+        .credits("credits_from_top_up", from(GrantKind::TopUp))
+        .credits("overage_credits", rows.iter().map(|r| r.overage_credits))
+        .i64("overage_amount_minor", rows.iter().map(|r| r.overage_amount_minor))
+        .i64("total_minor", rows.iter().map(|r| r.total_minor))
+        .credits("recorded_credits", rows.iter().map(|r| r.recorded_credits))
+        .credits("unreconciled_credits", rows.iter().map(|r| r.unreconciled_credits))
+        .finish()
+}
+
+pub fn invoice_lines_table(out: &RunOutput) -> RecordBatch {
+    let rows = &out.invoice_lines;
+    Table::default()
+        .str("invoice_id", rows.iter().map(|r| r.invoice_id.as_str()))
+        .str("product", rows.iter().map(|r| r.product.as_str()))
+        .str("action", rows.iter().map(|r| r.action.as_str()))
+        .opt_str("model", rows.iter().map(|r| r.model.as_deref()))
+        .i64("event_count", rows.iter().map(|r| r.event_count))
+        .credits("quantity", rows.iter().map(|r| r.quantity))
+        .credits("credits", rows.iter().map(|r| r.credits))
+        .finish()
+}
+
+pub fn renewals_table(out: &RunOutput) -> RecordBatch {
+    let rows = &out.renewals;
+    Table::default()
+        .str("account_id", rows.iter().map(|r| r.account_id.as_str()))
+        .ts("period_end", rows.iter().map(|r| r.period_end))
+        .opt_ts("next_period_start", rows.iter().map(|r| r.next_period_start))
+        .opt_ts("next_period_end", rows.iter().map(|r| r.next_period_end))
+        .str("plan_id", rows.iter().map(|r| r.plan_id.as_str()))
+        .credits("plan_credits_unused", rows.iter().map(|r| r.plan_credits_unused))
+        .credits("rollover_credits", rows.iter().map(|r| r.rollover_credits))
+        .credits("expired_credits", rows.iter().map(|r| r.expired_credits))
+        .opt_credits("next_included_credits", rows.iter().map(|r| r.next_included_credits))
+        .credits("carried_grant_credits", rows.iter().map(|r| r.carried_grant_credits))
+        .finish()
+}
+
+/// In the `allocations` input schema.
+pub fn allocations_next_table(out: &RunOutput) -> RecordBatch {
+    let rows = &out.allocations_next;
+    Table::default()
+        .str("account_id", rows.iter().map(|r| r.account_id.as_str()))
+        .str("plan_id", rows.iter().map(|r| r.plan_id.as_str()))
+        .ts("period_start", rows.iter().map(|r| r.period_start))
+        .ts("period_end", rows.iter().map(|r| r.period_end))
+        .credits("included_credits", rows.iter().map(|r| r.included_credits))
+        .opt_ts("billing_anchor", rows.iter().map(|r| r.billing_anchor))
+        .str("status", rows.iter().map(|r| r.status.name()))
+        .finish()
+}
+
+/// In the `grants` input schema.
+pub fn grants_next_table(out: &RunOutput) -> RecordBatch {
+    let rows = &out.grants_next;
+    Table::default()
+        .str("grant_id", rows.iter().map(|r| r.grant_id.as_str()))
+        .str("account_id", rows.iter().map(|r| r.account_id.as_str()))
+        .str("kind", rows.iter().map(|r| r.kind.name()))
+        .credits("credits", rows.iter().map(|r| r.credits))
+        .ts("effective_at", rows.iter().map(|r| r.effective_at))
+        .opt_ts("expires_at", rows.iter().map(|r| r.expires_at))
+        .opt_i32(
+            "priority",
+            rows.iter()
+                .map(|r| r.priority.map(|p| p.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32)),
+        )
+        .finish()
+}
+
+// ---- files -----------------------------------------------------------------------------
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TallyError + '_ {
+    move |e| TallyError::io(path, e)
+}
+
+/// Write a table as Parquet with fixed settings (same rows → same bytes).
+pub fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<()> {
+    let name = path.display().to_string();
+    let file = File::create(path).map_err(io_err(path))?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
+        .set_created_by(format!("tally {VERSION}"))
+        .set_max_row_group_row_count(Some(1 << 20))
+        .build();
+    let mut writer = ArrowWriter::try_new(BufWriter::new(file), batch.schema(), Some(props))
+        .map_err(|e| TallyError::output(&name, e))?;
+    writer.write(batch).map_err(|e| TallyError::output(&name, e))?;
+    let inner = writer.into_inner().map_err(|e| TallyError::output(&name, e))?;
+    let file = inner
+        .into_inner()
+        .map_err(|e| TallyError::io(path, e.into_error()))?;
+    file.sync_all().map_err(io_err(path))
+}
+
+pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut file = File::create(path).map_err(io_err(path))?;
+    file.write_all(bytes).map_err(io_err(path))?;
+    file.sync_all().map_err(io_err(path))
+}
+
+/// sha256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut file = File::open(path).map_err(io_err(path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(io_err(path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// The output files of a run, in the order they are written and listed in the manifest.
+pub fn output_tables(out: &RunOutput) -> Vec<(&'static str, RecordBatch)> {
+    let mut tables = vec![
+        ("discrepancies.parquet", discrepancies_table(out)),
+        ("rejects.parquet", rejects_table(out)),
+    ];
+    match out.settings.mode {
+        Mode::Reconcile => tables.push(("balances.parquet", balances_table(out))),
+        Mode::Close => {
+            tables.push(("invoices.parquet", invoices_table(out)));
+            tables.push(("invoice_lines.parquet", invoice_lines_table(out)));
+            tables.push(("renewals.parquet", renewals_table(out)));
+            tables.push(("allocations_next.parquet", allocations_next_table(out)));
+            tables.push(("grants_next.parquet", grants_next_table(out)));
+        }
+    }
+    tables
+}
+
+// ---- atomic publish ----------------------------------------------------------------------
+
+fn staging_prefix(target: &Path) -> Result<(PathBuf, String)> {
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = target
+        .file_name()
+        .ok_or_else(|| TallyError::config(target.display().to_string(), "output path has no folder name"))?
+        .to_string_lossy()
+        .into_owned();
+    Ok((parent, format!(".{name}.tally-staging-")))
+}
+
+/// Remove staging folders left by runs that died (their process no longer exists).
+pub fn clean_stale_staging(target: &Path) -> Result<()> {
+    let (parent, prefix) = staging_prefix(target)?;
+    let Ok(entries) = std::fs::read_dir(&parent) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        let alive = pid
+            .parse::<u32>()
+            .map(|p| p != std::process::id() && Path::new(&format!("/proc/{p}")).exists())
+            .unwrap_or(false);
+        if !alive {
+            tracing::warn!(folder = %entry.path().display(), "removing a staging folder left by an earlier run");
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    Ok(())
+}
+
+/// Create a fresh staging folder beside `target`.
+pub fn create_staging(target: &Path) -> Result<PathBuf> {
+    let (parent, prefix) = staging_prefix(target)?;
+    std::fs::create_dir_all(&parent).map_err(io_err(&parent))?;
+    clean_stale_staging(target)?;
+    let staging = parent.join(format!("{prefix}{}", std::process::id()));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(io_err(&staging))?;
+    }
+    std::fs::create_dir(&staging).map_err(io_err(&staging))?;
+    Ok(staging)
+}
+
+/// Move the finished staging folder to `target`, replacing an earlier output folder.
+pub fn publish(staging: &Path, target: &Path) -> Result<()> {
+    let (parent, prefix) = staging_prefix(target)?;
+    File::open(staging)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(staging))?;
+    if target.exists() {
+        let old = parent.join(format!("{prefix}{}-old", std::process::id()));
+        std::fs::rename(target, &old).map_err(io_err(target))?;
+        std::fs::rename(staging, target).map_err(io_err(target))?;
+        std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
+    } else {
+        std::fs::rename(staging, target).map_err(io_err(target))?;
+    }
+    if let Ok(dir) = File::open(&parent) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! Helpers shared by the integration tests.
+
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Run the real binary.
+pub fn tally(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(args)
+        .env("TALLY_LOG", "warn")
+        .output()
+        .expect("tally runs")
+}
+
+pub fn tally_ok(args: &[&str]) -> Output {
+    let out = tally(args);
+    assert!(
+        out.status.success(),
+        "tally {args:?} failed with {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Read a whole Parquet file as one batch.
+pub fn read_parquet(path: &Path) -> RecordBatch {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let batches: Vec<RecordBatch> = reader.map(|b| b.unwrap()).collect();
+    let schema = batches
+        .first()
+        .map(|b| b.schema())
+        .unwrap_or_else(|| {
+            let file = std::fs::File::open(path).unwrap();
+            ParquetRecordBatchReaderBuilder::try_new(file).unwrap().schema().clone()
+        });
+    arrow::compute::concat_batches(&schema, &batches).unwrap()
+}
+
+/// A Parquet output rendered as CSV (the golden form), optionally without some columns.
+pub fn render(path: &Path, drop_columns: &[&str]) -> String {
+    let batch = read_parquet(path);
+    let keep: Vec<usize> = (0..batch.num_columns())
+        .filter(|&i| !drop_columns.contains(&batch.schema().field(i).name().as_str()))
+        .collect();
+    let projected = batch.project(&keep).unwrap();
+    String::from_utf8(tally::write::table_csv(&projected).unwrap()).unwrap()
+}
+
+/// Every file of a folder with its bytes, sorted by name.
+pub fn folder_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+pub fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
