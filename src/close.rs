@@ -143,15 +143,17 @@ pub fn close_period(
     let lines = figures
         .lines
         .into_iter()
-        .map(|((product, action, (_, model)), (count, quantity, credits))| InvoiceLineRow {
-            invoice_id: id.clone(),
-            product,
-            action,
-            model,
-            event_count: count,
-            quantity,
-            credits,
-        })
+        .map(
+            |((product, action, (_, model)), (count, quantity, credits))| InvoiceLineRow {
+                invoice_id: id.clone(),
+                product,
+                action,
+                model,
+                event_count: count,
+                quantity,
+                credits,
+            },
+        )
         .collect();
 
     let period_end = allocation.period_end;

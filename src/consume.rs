@@ -104,7 +104,10 @@ pub struct PeriodConsumption {
 
 /// Consume `pool` (the grants effective at some instant of the period, the plan included)
 /// with `charges` = (occurred_at, credits), already in (occurred_at, event_id) order.
-pub fn consume(mut pool: Vec<GrantBalance>, charges: &[(Micros, Milli)]) -> Result<PeriodConsumption> {
+pub fn consume(
+    mut pool: Vec<GrantBalance>,
+    charges: &[(Micros, Milli)],
+) -> Result<PeriodConsumption> {
     pool.sort_by(consumption_order);
     let mut granted = ByKind::default();
     for g in &pool {
@@ -174,7 +177,10 @@ mod tests {
         ];
         let out = consume(pool, &[(5, Milli::from_units(35))]).unwrap();
         let c = &out.coverage[0];
-        assert_eq!(c.by_kind[GrantKind::Rollover.index()], Milli::from_units(10));
+        assert_eq!(
+            c.by_kind[GrantKind::Rollover.index()],
+            Milli::from_units(10)
+        );
         assert_eq!(c.by_kind[GrantKind::Plan.index()], Milli::from_units(10));
         assert_eq!(c.by_kind[GrantKind::Promo.index()], Milli::from_units(10));
         assert_eq!(c.by_kind[GrantKind::TopUp.index()], Milli::from_units(5));
@@ -186,7 +192,11 @@ mod tests {
         let pool = vec![grant("t", GrantKind::TopUp, 10, 50, Some(80))];
         let out = consume(
             pool,
-            &[(10, Milli::from_units(1)), (60, Milli::from_units(1)), (80, Milli::from_units(1))],
+            &[
+                (10, Milli::from_units(1)),
+                (60, Milli::from_units(1)),
+                (80, Milli::from_units(1)),
+            ],
         )
         .unwrap();
         assert_eq!(out.coverage[0].overage, Milli::from_units(1));
@@ -203,7 +213,11 @@ mod tests {
             grant("c", GrantKind::Compensation, 5, 0, Some(50)),
         ];
         let out = consume(pool, &[(1, Milli::from_units(6))]).unwrap();
-        let order: Vec<_> = out.grants_after.iter().map(|g| g.grant_id.clone().unwrap()).collect();
+        let order: Vec<_> = out
+            .grants_after
+            .iter()
+            .map(|g| g.grant_id.clone().unwrap())
+            .collect();
         assert_eq!(order, ["c", "b", "a"]);
         assert_eq!(out.grants_after[0].remaining, Milli::ZERO);
         assert_eq!(out.grants_after[1].remaining, Milli::from_units(4));

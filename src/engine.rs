@@ -158,7 +158,9 @@ fn process_period(
         .iter()
         .enumerate()
         .filter_map(|(i, p)| match p {
-            Price::Charged(c) if c.is_positive() => Some((i, period.events[i].usage.occurred_at, *c)),
+            Price::Charged(c) if c.is_positive() => {
+                Some((i, period.events[i].usage.occurred_at, *c))
+            }
             _ => None,
         })
         .collect();
@@ -284,7 +286,11 @@ fn process_period(
                 },
             )?;
             let r = &closed.renewal;
-            let accounted = Milli::sum([r.expired_credits, r.rollover_credits, r.carried_grant_credits])?;
+            let accounted = Milli::sum([
+                r.expired_credits,
+                r.rollover_credits,
+                r.carried_grant_credits,
+            ])?;
             invariant(remaining == accounted, || {
                 format!("{}: remaining ≠ expired + rolled over + carried", place())
             })?;

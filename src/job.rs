@@ -44,7 +44,10 @@ impl JobFile {
         let mut job: JobFile = toml::from_str(&text).map_err(|e| {
             TallyError::config(
                 &name,
-                format!("not a valid job file: {}", e.to_string().replace('\n', " ").trim()),
+                format!(
+                    "not a valid job file: {}",
+                    e.to_string().replace('\n', " ").trim()
+                ),
             )
         })?;
         let base = path.parent().unwrap_or(Path::new("."));

@@ -169,6 +169,12 @@ pub fn lock_output(out: &Path) -> Result<OutputLock> {
 
 /// Run `reconcile` or `close` end to end and publish the output folder.
 pub fn run_job(req: &JobRequest) -> Result<JobOutcome> {
+    if !req.data.is_dir() {
+        return Err(TallyError::config(
+            req.data.display().to_string(),
+            "data root is not a folder",
+        ));
+    }
     let _lock = lock_output(&req.out)?;
     let inputs = fingerprint_inputs(&req.data)?;
     let manifest_path = req.out.join("manifest.json");
@@ -176,7 +182,10 @@ pub fn run_job(req: &JobRequest) -> Result<JobOutcome> {
         let text = std::fs::read_to_string(&manifest_path)
             .map_err(|e| TallyError::io(&manifest_path, e))?;
         let old: Manifest = serde_json::from_str(&text).map_err(|e| {
-            TallyError::input(manifest_path.display().to_string(), format!("unreadable manifest: {e}"))
+            TallyError::input(
+                manifest_path.display().to_string(),
+                format!("unreadable manifest: {e}"),
+            )
         })?;
         match describe_changes(&old, req, &inputs) {
             None => return Ok(JobOutcome::AlreadyClosed),
@@ -219,7 +228,9 @@ fn check_alert(alert: &Alert, output: &RunOutput) -> Option<String> {
     let count = output.discrepancies.len() as u64;
     if let Some(max) = alert.max_discrepancies {
         if count > max {
-            return Some(format!("{count} discrepancy rows exceed the alert threshold of {max}"));
+            return Some(format!(
+                "{count} discrepancy rows exceed the alert threshold of {max}"
+            ));
         }
     }
     if let Some(max) = alert.max_abs_delta_credits {
@@ -247,7 +258,10 @@ fn write_outputs(dir: &Path, output: &RunOutput, inputs: Vec<FileEntry>) -> Resu
         outputs.push((name.to_string(), Some(batch.num_rows() as u64)));
         if *name == "discrepancies.parquet" {
             write::write_bytes(&dir.join("discrepancies.csv"), &write::table_csv(batch)?)?;
-            outputs.push(("discrepancies.csv".to_string(), Some(batch.num_rows() as u64)));
+            outputs.push((
+                "discrepancies.csv".to_string(),
+                Some(batch.num_rows() as u64),
+            ));
         }
     }
     let summary = report::summary(output)?;

@@ -307,10 +307,11 @@ fn open_checked(
 ) -> Result<(ArrowReaderMetadata, Vec<Option<usize>>)> {
     let handle = File::open(&file.abs_path)
         .map_err(|e| TallyError::input(&file.rel_path, format!("cannot open: {e}")))?;
-    let metadata = ArrowReaderMetadata::load(&handle, ArrowReaderOptions::new().with_skip_arrow_metadata(false))
-        .map_err(|e| {
-            TallyError::input(&file.rel_path, format!("not a readable Parquet file: {e}"))
-        })?;
+    let metadata = ArrowReaderMetadata::load(
+        &handle,
+        ArrowReaderOptions::new().with_skip_arrow_metadata(false),
+    )
+    .map_err(|e| TallyError::input(&file.rel_path, format!("not a readable Parquet file: {e}")))?;
     let schema = metadata.schema().clone();
     let mut indices = Vec::with_capacity(specs.len());
     for spec in specs {
@@ -373,12 +374,13 @@ fn read_file<T: Send>(
         .map(|rg| {
             let handle = File::open(&file.abs_path)
                 .map_err(|e| TallyError::input(&file.rel_path, format!("cannot open: {e}")))?;
-            let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(handle, metadata.clone())
-                .with_projection(mask.clone())
-                .with_row_groups(vec![rg])
-                .with_batch_size(BATCH_ROWS)
-                .build()
-                .map_err(|e| TallyError::input(&file.rel_path, format!("cannot read: {e}")))?;
+            let reader =
+                ParquetRecordBatchReaderBuilder::new_with_metadata(handle, metadata.clone())
+                    .with_projection(mask.clone())
+                    .with_row_groups(vec![rg])
+                    .with_batch_size(BATCH_ROWS)
+                    .build()
+                    .map_err(|e| TallyError::input(&file.rel_path, format!("cannot read: {e}")))?;
             let mut out = Vec::new();
             let mut first_row = offsets[rg];
             for batch in reader {
@@ -514,10 +516,9 @@ impl RowCheck<'_> {
     fn milli(&self, index: usize) -> std::result::Result<Milli, Reject> {
         match self.batch.columns[index].milli(self.row) {
             Some(Ok(v)) => Ok(v),
-            Some(Err(e)) => Err(self.reject(
-                Reason::BadValue,
-                format!("{}: {e}", self.specs[index].name),
-            )),
+            Some(Err(e)) => {
+                Err(self.reject(Reason::BadValue, format!("{}: {e}", self.specs[index].name)))
+            }
             None => Ok(Milli::ZERO),
         }
     }
@@ -527,7 +528,10 @@ impl RowCheck<'_> {
             Some(Ok(v)) => Ok(Some(v)),
             Some(Err(e)) => Err(self.reject(
                 Reason::BadValue,
-                format!("{}: {e} is outside years 0001..=9999", self.specs[index].name),
+                format!(
+                    "{}: {e} is outside years 0001..=9999",
+                    self.specs[index].name
+                ),
             )),
             None => Ok(None),
         }
@@ -538,7 +542,10 @@ impl RowCheck<'_> {
             Some(Ok(v)) => Ok(Some(v)),
             Some(Err(v)) => Err(self.reject(
                 Reason::BadValue,
-                format!("{}: {v} does not fit a 64-bit integer", self.specs[index].name),
+                format!(
+                    "{}: {v} does not fit a 64-bit integer",
+                    self.specs[index].name
+                ),
             )),
             None => Ok(None),
         }
@@ -679,10 +686,9 @@ pub fn parse_grant(batch: &Batch, row: usize, at: RowRef) -> Parsed<GrantRow> {
         ));
     };
     if credits.0 <= 0 {
-        return Parsed::Rejected(c.reject(
-            Reason::BadValue,
-            format!("credits {credits} must be > 0"),
-        ));
+        return Parsed::Rejected(
+            c.reject(Reason::BadValue, format!("credits {credits} must be > 0")),
+        );
     }
     if let Some(expires) = expires_at {
         if expires <= effective_at {
@@ -727,10 +733,9 @@ pub fn parse_debit(batch: &Batch, row: usize, at: RowRef) -> Parsed<DebitRow> {
         ));
     };
     if credits.0 < 0 {
-        return Parsed::Rejected(c.reject(
-            Reason::BadValue,
-            format!("credits {credits} is negative"),
-        ));
+        return Parsed::Rejected(
+            c.reject(Reason::BadValue, format!("credits {credits} is negative")),
+        );
     }
     Parsed::Row(DebitRow {
         at,

@@ -13,7 +13,11 @@ use tally::model::Mode;
 use tally::{Alert, JobOutcome, JobRequest, Progress, TallyError};
 
 #[derive(Parser)]
-#[command(name = "tally", version, about = "Reconcile, close and invoice AI credit usage")]
+#[command(
+    name = "tally",
+    version,
+    about = "Reconcile, close and invoice AI credit usage"
+)]
 struct Cli {
     /// Log format: `auto` (human on a terminal, JSON lines otherwise), `human` or `json`.
     #[arg(long, global = true, default_value = "auto")]
@@ -109,7 +113,10 @@ fn request(args: RunArgs, mode: Mode, force: bool) -> anyhow::Result<JobRequest>
         if let Some(c) = &j.command {
             if c != mode.name() {
                 return Err(anyhow::Error::new(TallyError::config(
-                    args.job.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                    args.job
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
                     format!("this job file is for `{c}`, not `{}`", mode.name()),
                 )));
             }
@@ -131,7 +138,9 @@ fn request(args: RunArgs, mode: Mode, force: bool) -> anyhow::Result<JobRequest>
         chrono::Utc::now().timestamp() * 1_000_000
     } else {
         tally::time::parse_instant(&as_of_text).ok_or_else(|| {
-            config_error(format!("--as-of {as_of_text} is not an RFC 3339 instant such as 2026-11-20T00:00:00Z"))
+            config_error(format!(
+                "--as-of {as_of_text} is not an RFC 3339 instant such as 2026-11-20T00:00:00Z"
+            ))
         })?
     };
     let settle_text = args
@@ -139,14 +148,18 @@ fn request(args: RunArgs, mode: Mode, force: bool) -> anyhow::Result<JobRequest>
         .or_else(|| job.as_ref().and_then(|j| j.settle.clone()))
         .unwrap_or_else(|| "15m".into());
     let settle_micros = tally::time::parse_duration_micros(&settle_text).ok_or_else(|| {
-        config_error(format!("--settle {settle_text} is not a duration such as 15m, 900s or 1h"))
+        config_error(format!(
+            "--settle {settle_text} is not a duration such as 15m, 900s or 1h"
+        ))
     })?;
     let buckets = args
         .buckets
         .or_else(|| job.as_ref().and_then(|j| j.buckets))
         .unwrap_or(tally::pipeline::DEFAULT_BUCKETS);
     if buckets == 0 || buckets > 1 << 16 {
-        return Err(config_error(format!("--buckets {buckets} must be in 1..=65536")));
+        return Err(config_error(format!(
+            "--buckets {buckets} must be in 1..=65536"
+        )));
     }
     let mut alert = Alert::default();
     if let Some(j) = &job {
@@ -155,7 +168,11 @@ fn request(args: RunArgs, mode: Mode, force: bool) -> anyhow::Result<JobRequest>
             let d = rust_decimal::Decimal::from_str_exact(text)
                 .ok()
                 .and_then(Milli::from_decimal)
-                .ok_or_else(|| config_error(format!("alert.max_abs_delta_credits = {text} is not a decimal")))?;
+                .ok_or_else(|| {
+                    config_error(format!(
+                        "alert.max_abs_delta_credits = {text} is not a decimal"
+                    ))
+                })?;
             alert.max_abs_delta_credits = Some(d);
         }
     }
@@ -192,7 +209,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             rejects,
             alert,
         } => {
-            println!("{out}: {} published: {discrepancies} discrepancies, {rejects} rejected rows", mode.name());
+            println!(
+                "{out}: {} published: {discrepancies} discrepancies, {rejects} rejected rows",
+                mode.name()
+            );
             match alert {
                 Some(why) => {
                     eprintln!("tally: alert: {why}");
@@ -256,11 +276,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// The error and its causes on one line.
+/// The error on one line (our errors' messages already name their cause).
 fn one_line(e: &anyhow::Error) -> String {
-    e.chain()
-        .map(|c| c.to_string())
-        .collect::<Vec<_>>()
-        .join(": ")
-        .replace('\n', " ")
+    e.to_string().replace('\n', " ")
 }

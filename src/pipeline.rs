@@ -104,8 +104,11 @@ pub fn run(settings: RunSettings, progress: &Progress) -> Result<RunOutput> {
     let stage = progress.stage("load");
     let (usage_rows, mut rejects, usage_read) =
         load::read_dataset(&files[0], &load::USAGE_COLUMNS, &load::parse_usage)?;
-    let (alloc_rows, r, alloc_read) =
-        load::read_dataset(&files[1], &load::ALLOCATION_COLUMNS, &load::parse_allocation)?;
+    let (alloc_rows, r, alloc_read) = load::read_dataset(
+        &files[1],
+        &load::ALLOCATION_COLUMNS,
+        &load::parse_allocation,
+    )?;
     rejects.extend(r);
     let (grant_rows, r, grant_read) =
         load::read_dataset(&files[2], &load::GRANT_COLUMNS, &load::parse_grant)?;

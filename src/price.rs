@@ -94,26 +94,53 @@ mod tests {
     #[test]
     fn contract_example_rounds_quantity_up_to_whole_increments() {
         // Veo 3 at 8 credits per second, increment 1, 4.2 s → ceil(4.2) = 5 → 40 credits.
-        assert_eq!(credits_for(&rate("8", "1", "0"), Milli(4200)), Some(Milli(40_000)));
+        assert_eq!(
+            credits_for(&rate("8", "1", "0"), Milli(4200)),
+            Some(Milli(40_000))
+        );
         // increment 4: 4.2 s → 2 increments → 8 s → 64 credits.
-        assert_eq!(credits_for(&rate("8", "4", "0"), Milli(4200)), Some(Milli(64_000)));
+        assert_eq!(
+            credits_for(&rate("8", "4", "0"), Milli(4200)),
+            Some(Milli(64_000))
+        );
         // exact multiples do not round up.
-        assert_eq!(credits_for(&rate("8", "4", "0"), Milli(8000)), Some(Milli(64_000)));
+        assert_eq!(
+            credits_for(&rate("8", "4", "0"), Milli(8000)),
+            Some(Milli(64_000))
+        );
         // fractional increments: 0.5 s increments, 1.2 s → 3 × 0.5 = 1.5 s.
-        assert_eq!(credits_for(&rate("2", "0.5", "0"), Milli(1200)), Some(Milli(3_000)));
+        assert_eq!(
+            credits_for(&rate("2", "0.5", "0"), Milli(1200)),
+            Some(Milli(3_000))
+        );
     }
 
     #[test]
     fn minimum_applies_and_zero_quantity_costs_the_minimum() {
-        assert_eq!(credits_for(&rate("1", "1", "5"), Milli(2000)), Some(Milli(5_000)));
-        assert_eq!(credits_for(&rate("8", "1", "3"), Milli(0)), Some(Milli(3_000)));
+        assert_eq!(
+            credits_for(&rate("1", "1", "5"), Milli(2000)),
+            Some(Milli(5_000))
+        );
+        assert_eq!(
+            credits_for(&rate("8", "1", "3"), Milli(0)),
+            Some(Milli(3_000))
+        );
         assert_eq!(credits_for(&rate("8", "1", "0"), Milli(0)), Some(Milli(0)));
     }
 
     #[test]
     fn result_rounds_half_even_to_thousandths() {
-        assert_eq!(credits_for(&rate("0.0125", "1", "0"), Milli(1000)), Some(Milli(12)));
-        assert_eq!(credits_for(&rate("0.0135", "1", "0"), Milli(1000)), Some(Milli(14)));
-        assert_eq!(credits_for(&rate("0.0001", "1", "0"), Milli(1000)), Some(Milli(0)));
+        assert_eq!(
+            credits_for(&rate("0.0125", "1", "0"), Milli(1000)),
+            Some(Milli(12))
+        );
+        assert_eq!(
+            credits_for(&rate("0.0135", "1", "0"), Milli(1000)),
+            Some(Milli(14))
+        );
+        assert_eq!(
+            credits_for(&rate("0.0001", "1", "0"), Milli(1000)),
+            Some(Milli(0))
+        );
     }
 }

@@ -226,7 +226,9 @@ impl PriceBook {
                      share effective_from; remove one",
                     key.0,
                     key.1,
-                    key.2.as_deref().map_or("(none)".to_string(), |m| format!("\"{m}\""))
+                    key.2
+                        .as_deref()
+                        .map_or("(none)".to_string(), |m| format!("\"{m}\""))
                 )));
             }
             versions.push(rate);
@@ -243,15 +245,31 @@ impl PriceBook {
     }
 
     /// The version of `key` in effect at `t`: the greatest `effective_from` ≤ t.
-    pub fn rate_at(&self, product: &str, action: &str, model: Option<&str>, t: Micros) -> Option<&Rate> {
-        let key = (product.to_string(), action.to_string(), model.map(str::to_string));
+    pub fn rate_at(
+        &self,
+        product: &str,
+        action: &str,
+        model: Option<&str>,
+        t: Micros,
+    ) -> Option<&Rate> {
+        let key = (
+            product.to_string(),
+            action.to_string(),
+            model.map(str::to_string),
+        );
         let versions = self.rates.get(&key)?;
         let after = versions.partition_point(|v| v.effective_from <= t);
         after.checked_sub(1).map(|i| &versions[i])
     }
 
     /// The rate for an event: model-specific if in effect, else the generic one.
-    pub fn lookup(&self, product: &str, action: &str, model: Option<&str>, t: Micros) -> Option<&Rate> {
+    pub fn lookup(
+        &self,
+        product: &str,
+        action: &str,
+        model: Option<&str>,
+        t: Micros,
+    ) -> Option<&Rate> {
         if let Some(m) = model {
             if let Some(rate) = self.rate_at(product, action, Some(m), t) {
                 return Some(rate);
@@ -379,19 +397,28 @@ effective_from = 2026-06-01T00:00:00Z
         let book = PriceBook::parse(BOOK, "pricebook.toml").unwrap();
         let may = parse_instant("2026-05-01T00:00:00Z").unwrap();
         let july = parse_instant("2026-07-01T00:00:00Z").unwrap();
-        let r = book.lookup("studio", "prompt_to_video", Some("veo-3"), may).unwrap();
+        let r = book
+            .lookup("studio", "prompt_to_video", Some("veo-3"), may)
+            .unwrap();
         assert_eq!(r.increment, Decimal::ONE);
-        let r = book.lookup("studio", "prompt_to_video", Some("veo-3"), july).unwrap();
+        let r = book
+            .lookup("studio", "prompt_to_video", Some("veo-3"), july)
+            .unwrap();
         assert_eq!(r.increment, Decimal::from(4));
         let dec_2025 = parse_instant("2025-12-31T23:59:59Z").unwrap();
-        assert!(book.lookup("studio", "prompt_to_video", None, dec_2025).is_none());
+        assert!(book
+            .lookup("studio", "prompt_to_video", None, dec_2025)
+            .is_none());
     }
 
     #[test]
     fn bad_books_name_the_problem() {
         let no_currency = BOOK.replace("currency = \"USD\"", "");
         let e = PriceBook::parse(&no_currency, "p.toml").unwrap_err();
-        assert!(e.to_string().starts_with("p.toml: `currency` is required"), "{e}");
+        assert!(
+            e.to_string().starts_with("p.toml: `currency` is required"),
+            "{e}"
+        );
         let dup = format!(
             "{BOOK}\n[[rates]]\nproduct = \"studio\"\naction = \"prompt_to_video\"\ncredits_per_unit = \"9\"\neffective_from = 2026-01-01T00:00:00Z\n"
         );
@@ -399,6 +426,9 @@ effective_from = 2026-06-01T00:00:00Z
         assert!(e.to_string().contains("share effective_from"), "{e}");
         let jpy = BOOK.replace("USD", "JPY");
         let e = PriceBook::parse(&jpy, "p.toml").unwrap_err();
-        assert!(e.to_string().contains("cannot be written in minor units"), "{e}");
+        assert!(
+            e.to_string().contains("cannot be written in minor units"),
+            "{e}"
+        );
     }
 }

@@ -80,7 +80,10 @@ impl DiscrepancyRow {
         (
             self.account_id.as_bytes(),
             (self.occurred_at.is_none(), self.occurred_at),
-            (self.event_id.is_none(), self.event_id.as_deref().map(str::as_bytes)),
+            (
+                self.event_id.is_none(),
+                self.event_id.as_deref().map(str::as_bytes),
+            ),
             self.kind,
             &self.entry_ids,
         )
@@ -246,14 +249,29 @@ mod tests {
     fn the_first_kind_of_the_table_wins() {
         let ok = event(EventStatus::Succeeded, 10);
         let wrong_account = [entry("d1", EntryKind::Debit, 40, "b")];
-        assert_eq!(kind_of(&ok, Price::Unpriced, &wrong_account), Some(Kind::AccountMismatch));
-        assert_eq!(kind_of(&ok, Price::Unpriced, &[]), Some(Kind::UnpricedEvent));
+        assert_eq!(
+            kind_of(&ok, Price::Unpriced, &wrong_account),
+            Some(Kind::AccountMismatch)
+        );
+        assert_eq!(
+            kind_of(&ok, Price::Unpriced, &[]),
+            Some(Kind::UnpricedEvent)
+        );
         let failed = event(EventStatus::Failed, 10);
         let d = [entry("d1", EntryKind::Debit, 40, "a")];
-        assert_eq!(kind_of(&failed, Price::NotChargeable, &d), Some(Kind::ChargedFailedEvent));
+        assert_eq!(
+            kind_of(&failed, Price::NotChargeable, &d),
+            Some(Kind::ChargedFailedEvent)
+        );
         assert_eq!(kind_of(&ok, charged(40), &[]), Some(Kind::MissingDebit));
-        let twice = [entry("d1", EntryKind::Debit, 40, "a"), entry("d2", EntryKind::Adjustment, 40, "a")];
-        assert_eq!(kind_of(&ok, charged(40), &twice), Some(Kind::DuplicateDebit));
+        let twice = [
+            entry("d1", EntryKind::Debit, 40, "a"),
+            entry("d2", EntryKind::Adjustment, 40, "a"),
+        ];
+        assert_eq!(
+            kind_of(&ok, charged(40), &twice),
+            Some(Kind::DuplicateDebit)
+        );
         assert_eq!(kind_of(&ok, charged(41), &d), Some(Kind::AmountMismatch));
         assert_eq!(kind_of(&ok, charged(40), &d), None);
     }
@@ -261,7 +279,10 @@ mod tests {
     #[test]
     fn refunds_net_out() {
         let failed = event(EventStatus::Failed, 10);
-        let refunded = [entry("d1", EntryKind::Debit, 40, "a"), entry("r1", EntryKind::Refund, 40, "a")];
+        let refunded = [
+            entry("d1", EntryKind::Debit, 40, "a"),
+            entry("r1", EntryKind::Refund, 40, "a"),
+        ];
         assert_eq!(kind_of(&failed, Price::NotChargeable, &refunded), None);
         let over_refunded = [entry("r1", EntryKind::Refund, 5, "a")];
         assert_eq!(

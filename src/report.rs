@@ -182,26 +182,58 @@ pub fn summary_markdown(out: &RunOutput, s: &Summary) -> Result<String> {
     let _ = writeln!(md, "| | |\n|---|---|");
     let _ = writeln!(md, "| usage rows read | {} |", s.usage.rows_read);
     let _ = writeln!(md, "| events in window | {} |", s.usage.events_in_window);
-    let _ = writeln!(md, "| identical duplicates | {} |", s.usage.identical_duplicates);
+    let _ = writeln!(
+        md,
+        "| identical duplicates | {} |",
+        s.usage.identical_duplicates
+    );
     let _ = writeln!(md, "| usage rows rejected | {} |", s.usage.rejected);
-    let _ = writeln!(md, "| usage rows outside the window | {} |", s.usage.outside_window);
+    let _ = writeln!(
+        md,
+        "| usage rows outside the window | {} |",
+        s.usage.outside_window
+    );
     let _ = writeln!(md, "| matched events | {} |", s.events.matched);
-    let _ = writeln!(md, "| pending events (within settle) | {} |", s.events.pending);
-    let _ = writeln!(md, "| account-periods | {} |", s.conservation.account_periods_checked);
+    let _ = writeln!(
+        md,
+        "| pending events (within settle) | {} |",
+        s.events.pending
+    );
+    let _ = writeln!(
+        md,
+        "| account-periods | {} |",
+        s.conservation.account_periods_checked
+    );
     let _ = writeln!(md, "| credits expected | {} |", s.credits.expected);
     let _ = writeln!(md, "| credits recorded | {} |", s.credits.recorded);
     let _ = writeln!(md, "| credits granted | {} |", s.credits.granted);
-    let _ = writeln!(md, "| credits consumed from grants | {} |", s.credits.consumed);
+    let _ = writeln!(
+        md,
+        "| credits consumed from grants | {} |",
+        s.credits.consumed
+    );
     let _ = writeln!(md, "| overage credits | {} |", s.credits.overage);
     let _ = writeln!(md, "| credits remaining | {} |", s.credits.remaining);
     let rejected: u64 = s.datasets.values().map(|d| d.rejected).sum();
     let _ = writeln!(md, "| rows rejected (all datasets) | {rejected} |");
     if let Some(c) = &s.close {
         let _ = writeln!(md, "| invoices | {} |", c.invoices);
-        let _ = writeln!(md, "| invoiced total ({}, minor units) | {} |", s.currency, c.total_minor);
-        let _ = writeln!(md, "| credits rolled over / expired / carried | {} / {} / {} |", c.rollover_credits, c.expired_credits, c.carried_credits);
+        let _ = writeln!(
+            md,
+            "| invoiced total ({}, minor units) | {} |",
+            s.currency, c.total_minor
+        );
+        let _ = writeln!(
+            md,
+            "| credits rolled over / expired / carried | {} / {} / {} |",
+            c.rollover_credits, c.expired_credits, c.carried_credits
+        );
     }
-    let _ = writeln!(md, "\n## Discrepancies by kind ({} rows)\n", s.discrepancies.total);
+    let _ = writeln!(
+        md,
+        "\n## Discrepancies by kind ({} rows)\n",
+        s.discrepancies.total
+    );
     let _ = writeln!(md, "| kind | rows | Σ delta credits |\n|---|---:|---:|");
     for k in &s.discrepancies.by_kind {
         let _ = writeln!(md, "| {} | {} | {} |", k.kind, k.count, k.delta_credits);
@@ -211,7 +243,10 @@ pub fn summary_markdown(out: &RunOutput, s: &Summary) -> Result<String> {
     if top.is_empty() {
         let _ = writeln!(md, "No discrepancies.");
     } else {
-        let _ = writeln!(md, "| account | rows | Σ abs(delta) credits |\n|---|---:|---:|");
+        let _ = writeln!(
+            md,
+            "| account | rows | Σ abs(delta) credits |\n|---|---:|---:|"
+        );
         for a in top {
             let _ = writeln!(md, "| {} | {} | {} |", a.account_id, a.count, a.abs_delta);
         }

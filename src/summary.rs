@@ -55,13 +55,19 @@ pub fn by_kind(rows: &[DiscrepancyRow]) -> Result<Vec<KindFigures>> {
         .agg([len().alias("count"), col("delta").sum().alias("delta")])
         .collect()
         .map_err(polars_err)?;
-    let names = grouped.column("kind").and_then(|c| c.str().cloned()).map_err(polars_err)?;
+    let names = grouped
+        .column("kind")
+        .and_then(|c| c.str().cloned())
+        .map_err(polars_err)?;
     let counts = grouped
         .column("count")
         .and_then(|c| c.cast(&DataType::UInt64))
         .map_err(polars_err)?;
     let counts = counts.u64().map_err(polars_err)?;
-    let deltas = grouped.column("delta").and_then(|c| c.i64().cloned()).map_err(polars_err)?;
+    let deltas = grouped
+        .column("delta")
+        .and_then(|c| c.i64().cloned())
+        .map_err(polars_err)?;
     let mut figures: Vec<KindFigures> = (0..grouped.height())
         .filter_map(|i| {
             Some(KindFigures {
@@ -80,7 +86,10 @@ pub fn top_accounts(rows: &[DiscrepancyRow], limit: usize) -> Result<Vec<Account
     let top = frame(rows)?
         .lazy()
         .group_by([col("account_id")])
-        .agg([len().alias("count"), col("abs_delta").sum().alias("abs_delta")])
+        .agg([
+            len().alias("count"),
+            col("abs_delta").sum().alias("abs_delta"),
+        ])
         .sort_by_exprs(
             [col("abs_delta"), col("count"), col("account_id")],
             SortMultipleOptions::default().with_order_descending_multi([true, true, false]),
@@ -88,13 +97,19 @@ pub fn top_accounts(rows: &[DiscrepancyRow], limit: usize) -> Result<Vec<Account
         .limit(limit as IdxSize)
         .collect()
         .map_err(polars_err)?;
-    let ids = top.column("account_id").and_then(|c| c.str().cloned()).map_err(polars_err)?;
+    let ids = top
+        .column("account_id")
+        .and_then(|c| c.str().cloned())
+        .map_err(polars_err)?;
     let counts = top
         .column("count")
         .and_then(|c| c.cast(&DataType::UInt64))
         .map_err(polars_err)?;
     let counts = counts.u64().map_err(polars_err)?;
-    let deltas = top.column("abs_delta").and_then(|c| c.i64().cloned()).map_err(polars_err)?;
+    let deltas = top
+        .column("abs_delta")
+        .and_then(|c| c.i64().cloned())
+        .map_err(polars_err)?;
     Ok((0..top.height())
         .map(|i| AccountFigures {
             account_id: ids.get(i).unwrap_or_default().to_string(),

@@ -137,7 +137,10 @@ mod tests {
 
     #[test]
     fn instants_render_without_zero_fractions() {
-        assert_eq!(format_instant(t("2026-11-03T10:00:00Z")), "2026-11-03T10:00:00Z");
+        assert_eq!(
+            format_instant(t("2026-11-03T10:00:00Z")),
+            "2026-11-03T10:00:00Z"
+        );
         assert_eq!(
             format_instant(t("2026-11-03T10:00:00.250Z")),
             "2026-11-03T10:00:00.250Z"

@@ -36,7 +36,10 @@ pub fn allocations(
             ));
             continue;
         }
-        by_account.entry(row.account_id.clone()).or_default().push(row);
+        by_account
+            .entry(row.account_id.clone())
+            .or_default()
+            .push(row);
     }
     for periods in by_account.values_mut() {
         periods.sort_by_key(|p| (p.period_start, p.period_end, p.at));

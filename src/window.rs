@@ -44,14 +44,20 @@ pub struct Outside {
 
 #[derive(Copy, Clone)]
 enum Placement {
-    InWindow { account: usize, period: usize, event: usize },
+    InWindow {
+        account: usize,
+        period: usize,
+        event: usize,
+    },
     NoAllocation,
     Outside,
 }
 
 /// The allocation of `allocs` (sorted, non-overlapping) containing `t`.
 fn containing(allocs: &[AllocationRow], t: Micros) -> Option<usize> {
-    let i = allocs.partition_point(|a| a.period_start <= t).checked_sub(1)?;
+    let i = allocs
+        .partition_point(|a| a.period_start <= t)
+        .checked_sub(1)?;
     (t < allocs[i].period_end).then_some(i)
 }
 
@@ -118,9 +124,8 @@ pub fn place(
                 }
                 Some(alloc) => match covered
                     .get(usage.account_id.as_str())
-                    .and_then(|(account, period_of)| {
-                        period_of.get(&alloc).map(|p| (*account, *p))
-                    }) {
+                    .and_then(|(account, period_of)| period_of.get(&alloc).map(|p| (*account, *p)))
+                {
                     Some((account, period)) => {
                         let events = &mut accounts[account].periods[period].events;
                         let event = events.len();
@@ -155,7 +160,11 @@ pub fn place(
             outside.ledger_entries += 1;
             continue;
         }
-        let attached = entry.event_id.as_ref().and_then(|id| placements.get(id)).copied();
+        let attached = entry
+            .event_id
+            .as_ref()
+            .and_then(|id| placements.get(id))
+            .copied();
         match attached {
             Some(Placement::InWindow {
                 account,
@@ -190,11 +199,9 @@ pub fn place(
                             format_instant(entry.recorded_at)
                         ),
                     }),
-                    Some(alloc) => match covered
-                        .get(entry.account_id.as_str())
-                        .and_then(|(account, period_of)| {
-                            period_of.get(&alloc).map(|p| (*account, *p))
-                        }) {
+                    Some(alloc) => match covered.get(entry.account_id.as_str()).and_then(
+                        |(account, period_of)| period_of.get(&alloc).map(|p| (*account, *p)),
+                    ) {
                         Some((account, period)) => {
                             accounts[account].periods[period].unattached.push(entry)
                         }

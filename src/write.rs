@@ -8,8 +8,8 @@ use crate::model::{GrantKind, Mode};
 use crate::pipeline::RunOutput;
 use crate::time::{format_instant, Micros};
 use arrow::array::{
-    Array, ArrayRef, AsArray, Decimal128Array, Int32Array, Int64Array, ListBuilder,
-    StringArray, StringBuilder, TimestampMicrosecondArray,
+    Array, ArrayRef, AsArray, Decimal128Array, Int32Array, Int64Array, ListBuilder, StringArray,
+    StringBuilder, TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::record_batch::RecordBatch;
@@ -48,7 +48,11 @@ impl Table {
         self.push(name, false, Arc::new(a))
     }
 
-    pub fn opt_str<'a>(self, name: &str, values: impl IntoIterator<Item = Option<&'a str>>) -> Self {
+    pub fn opt_str<'a>(
+        self,
+        name: &str,
+        values: impl IntoIterator<Item = Option<&'a str>>,
+    ) -> Self {
         let a: StringArray = values.into_iter().collect();
         self.push(name, true, Arc::new(a))
     }
@@ -96,8 +100,11 @@ impl Table {
     }
 
     pub fn str_lists<'a>(self, name: &str, values: impl IntoIterator<Item = &'a [String]>) -> Self {
-        let mut builder = ListBuilder::new(StringBuilder::new())
-            .with_field(Arc::new(Field::new("item", DataType::Utf8, false)));
+        let mut builder = ListBuilder::new(StringBuilder::new()).with_field(Arc::new(Field::new(
+            "item",
+            DataType::Utf8,
+            false,
+        )));
         for list in values {
             for s in list {
                 builder.values().append_value(s);
@@ -116,7 +123,9 @@ impl Table {
 /// Render a table as CSV (also the golden-file form): RFC 4180 quoting when needed, null →
 /// empty, credits with 3 decimals, instants RFC 3339 UTC, lists joined with `;`.
 pub fn table_csv(batch: &RecordBatch) -> Result<Vec<u8>> {
-    let mut w = csv::WriterBuilder::new().terminator(csv::Terminator::Any(b'\n')).from_writer(Vec::new());
+    let mut w = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(Vec::new());
     let schema = batch.schema();
     let csv_err = |e: csv::Error| TallyError::output("csv", e);
     w.write_record(schema.fields().iter().map(|f| f.name().as_str()))
@@ -125,7 +134,8 @@ pub fn table_csv(batch: &RecordBatch) -> Result<Vec<u8>> {
         let record: Vec<String> = batch.columns().iter().map(|c| cell(c, row)).collect();
         w.write_record(&record).map_err(csv_err)?;
     }
-    w.into_inner().map_err(|e| TallyError::output("csv", e.to_string()))
+    w.into_inner()
+        .map_err(|e| TallyError::output("csv", e.to_string()))
 }
 
 /// One value rendered as text.
@@ -135,18 +145,32 @@ pub fn cell(array: &ArrayRef, row: usize) -> String {
     }
     match array.data_type() {
         DataType::Utf8 => array.as_string::<i32>().value(row).to_string(),
-        DataType::Decimal128(_, 3) => Milli(array.as_primitive::<arrow::datatypes::Decimal128Type>().value(row) as i64).to_string(),
+        DataType::Decimal128(_, 3) => Milli(
+            array
+                .as_primitive::<arrow::datatypes::Decimal128Type>()
+                .value(row) as i64,
+        )
+        .to_string(),
         DataType::Timestamp(TimeUnit::Microsecond, _) => format_instant(
             array
                 .as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
                 .value(row),
         ),
-        DataType::Int64 => array.as_primitive::<arrow::datatypes::Int64Type>().value(row).to_string(),
-        DataType::Int32 => array.as_primitive::<arrow::datatypes::Int32Type>().value(row).to_string(),
+        DataType::Int64 => array
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .value(row)
+            .to_string(),
+        DataType::Int32 => array
+            .as_primitive::<arrow::datatypes::Int32Type>()
+            .value(row)
+            .to_string(),
         DataType::Boolean => array.as_boolean().value(row).to_string(),
         DataType::List(_) => {
             let list = array.as_list::<i32>().value(row);
-            (0..list.len()).map(|i| cell(&list, i)).collect::<Vec<_>>().join(";")
+            (0..list.len())
+                .map(|i| cell(&list, i))
+                .collect::<Vec<_>>()
+                .join(";")
         }
         other => format!("<{other}>"),
     }
@@ -173,7 +197,11 @@ pub fn discrepancies_table(out: &RunOutput) -> RecordBatch {
 
 pub fn rejects_table(out: &RunOutput) -> RecordBatch {
     let rows = &out.rejects;
-    let file = |r: &crate::model::Reject| out.files[r.dataset as usize][r.at.file as usize].rel_path.as_str();
+    let file = |r: &crate::model::Reject| {
+        out.files[r.dataset as usize][r.at.file as usize]
+            .rel_path
+            .as_str()
+    };
     Table::default()
         .str("dataset", rows.iter().map(|r| r.dataset.name()))
         .str("file", rows.iter().map(file))
@@ -192,18 +220,28 @@ pub fn balances_table(out: &RunOutput) -> RecordBatch {
         .ts("period_start", rows.iter().map(|r| r.period_start))
         .ts("period_end", rows.iter().map(|r| r.period_end))
         .credits("granted_credits", rows.iter().map(|r| total(&r.granted)))
-        .credits("used_credits", rows.iter().map(|r| Milli(total(&r.used).0 + r.overage.0)))
+        .credits(
+            "used_credits",
+            rows.iter().map(|r| Milli(total(&r.used).0 + r.overage.0)),
+        )
         .credits("overage_credits", rows.iter().map(|r| r.overage))
         .credits(
             "remaining_credits",
-            rows.iter().map(|r| Milli(total(&r.granted).0 - total(&r.used).0)),
+            rows.iter()
+                .map(|r| Milli(total(&r.granted).0 - total(&r.used).0)),
         );
     for kind in GrantKind::ALL {
         let k = kind.index();
         let name = kind.name();
         t = t
-            .credits(&format!("{name}_granted_credits"), rows.iter().map(|r| r.granted[k]))
-            .credits(&format!("{name}_used_credits"), rows.iter().map(|r| r.used[k]))
+            .credits(
+                &format!("{name}_granted_credits"),
+                rows.iter().map(|r| r.granted[k]),
+            )
+            .credits(
+                &format!("{name}_used_credits"),
+                rows.iter().map(|r| r.used[k]),
+            )
             .credits(
                 &format!("{name}_remaining_credits"),
                 rows.iter().map(|r| Milli(r.granted[k].0 - r.used[k].0)),
@@ -231,10 +269,16 @@ pub fn invoices_table(out: &RunOutput) -> RecordBatch {
         .credits("credits_from_compensation", from(GrantKind::Compensation))
         .credits("credits_from_top_up", from(GrantKind::TopUp))
         .credits("overage_credits", rows.iter().map(|r| r.overage_credits))
-        .i64("overage_amount_minor", rows.iter().map(|r| r.overage_amount_minor))
+        .i64(
+            "overage_amount_minor",
+            rows.iter().map(|r| r.overage_amount_minor),
+        )
         .i64("total_minor", rows.iter().map(|r| r.total_minor))
         .credits("recorded_credits", rows.iter().map(|r| r.recorded_credits))
-        .credits("unreconciled_credits", rows.iter().map(|r| r.unreconciled_credits))
+        .credits(
+            "unreconciled_credits",
+            rows.iter().map(|r| r.unreconciled_credits),
+        )
         .finish()
 }
 
@@ -256,14 +300,26 @@ pub fn renewals_table(out: &RunOutput) -> RecordBatch {
     Table::default()
         .str("account_id", rows.iter().map(|r| r.account_id.as_str()))
         .ts("period_end", rows.iter().map(|r| r.period_end))
-        .opt_ts("next_period_start", rows.iter().map(|r| r.next_period_start))
+        .opt_ts(
+            "next_period_start",
+            rows.iter().map(|r| r.next_period_start),
+        )
         .opt_ts("next_period_end", rows.iter().map(|r| r.next_period_end))
         .str("plan_id", rows.iter().map(|r| r.plan_id.as_str()))
-        .credits("plan_credits_unused", rows.iter().map(|r| r.plan_credits_unused))
+        .credits(
+            "plan_credits_unused",
+            rows.iter().map(|r| r.plan_credits_unused),
+        )
         .credits("rollover_credits", rows.iter().map(|r| r.rollover_credits))
         .credits("expired_credits", rows.iter().map(|r| r.expired_credits))
-        .opt_credits("next_included_credits", rows.iter().map(|r| r.next_included_credits))
-        .credits("carried_grant_credits", rows.iter().map(|r| r.carried_grant_credits))
+        .opt_credits(
+            "next_included_credits",
+            rows.iter().map(|r| r.next_included_credits),
+        )
+        .credits(
+            "carried_grant_credits",
+            rows.iter().map(|r| r.carried_grant_credits),
+        )
         .finish()
 }
 
@@ -293,8 +349,10 @@ pub fn grants_next_table(out: &RunOutput) -> RecordBatch {
         .opt_ts("expires_at", rows.iter().map(|r| r.expires_at))
         .opt_i32(
             "priority",
-            rows.iter()
-                .map(|r| r.priority.map(|p| p.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32)),
+            rows.iter().map(|r| {
+                r.priority
+                    .map(|p| p.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32)
+            }),
         )
         .finish()
 }
@@ -310,14 +368,20 @@ pub fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<()> {
     let name = path.display().to_string();
     let file = File::create(path).map_err(io_err(path))?;
     let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).expect("valid level"),
+        ))
         .set_created_by(format!("tally {VERSION}"))
         .set_max_row_group_row_count(Some(1 << 20))
         .build();
     let mut writer = ArrowWriter::try_new(BufWriter::new(file), batch.schema(), Some(props))
         .map_err(|e| TallyError::output(&name, e))?;
-    writer.write(batch).map_err(|e| TallyError::output(&name, e))?;
-    let inner = writer.into_inner().map_err(|e| TallyError::output(&name, e))?;
+    writer
+        .write(batch)
+        .map_err(|e| TallyError::output(&name, e))?;
+    let inner = writer
+        .into_inner()
+        .map_err(|e| TallyError::output(&name, e))?;
     let file = inner
         .into_inner()
         .map_err(|e| TallyError::io(path, e.into_error()))?;
@@ -373,7 +437,12 @@ fn staging_prefix(target: &Path) -> Result<(PathBuf, String)> {
     };
     let name = target
         .file_name()
-        .ok_or_else(|| TallyError::config(target.display().to_string(), "output path has no folder name"))?
+        .ok_or_else(|| {
+            TallyError::config(
+                target.display().to_string(),
+                "output path has no folder name",
+            )
+        })?
         .to_string_lossy()
         .into_owned();
     Ok((parent, format!(".{name}.tally-staging-")))

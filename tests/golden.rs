@@ -73,14 +73,29 @@ pub fn run_scenario(name: &str) {
         "grants_next",
     ] {
         let path = expected.join(format!("{table}.csv"));
-        if path.exists() || (std::env::var_os("UPDATE_GOLDEN").is_some() && out.join(format!("{table}.parquet")).exists()) {
-            check_or_update(&path, &render(&out.join(format!("{table}.parquet")), &[]), &mut failures);
+        if path.exists()
+            || (std::env::var_os("UPDATE_GOLDEN").is_some()
+                && out.join(format!("{table}.parquet")).exists())
+        {
+            check_or_update(
+                &path,
+                &render(&out.join(format!("{table}.parquet")), &[]),
+                &mut failures,
+            );
         }
     }
     let summary = json(&out.join("summary.json"));
-    check_or_update(&expected.join("counts.toml"), &counts_toml(&summary), &mut failures);
+    check_or_update(
+        &expected.join("counts.toml"),
+        &counts_toml(&summary),
+        &mut failures,
+    );
     assert_eq!(summary["conservation"]["holds"], true);
-    assert!(failures.is_empty(), "golden scenario {name}:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "golden scenario {name}:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]

@@ -43,13 +43,13 @@ pub fn read_parquet(path: &Path) -> RecordBatch {
         .build()
         .unwrap();
     let batches: Vec<RecordBatch> = reader.map(|b| b.unwrap()).collect();
-    let schema = batches
-        .first()
-        .map(|b| b.schema())
-        .unwrap_or_else(|| {
-            let file = std::fs::File::open(path).unwrap();
-            ParquetRecordBatchReaderBuilder::try_new(file).unwrap().schema().clone()
-        });
+    let schema = batches.first().map(|b| b.schema()).unwrap_or_else(|| {
+        let file = std::fs::File::open(path).unwrap();
+        ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .schema()
+            .clone()
+    });
     arrow::compute::concat_batches(&schema, &batches).unwrap()
 }
 

@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Build the corrupt-input corpus of tests/bad_data.rs (arrow-rs `bad_data` style).
+
+Run from anywhere:  python3 tests/bad_data/make_corpus.py
+
+Every file is derived from the good data root fixtures/golden/pricing_and_kinds/data, so a
+test can drop it in place of its good twin and the only thing wrong is the corruption.
+The outputs are committed; the Rust tests never run Python. Re-running this script must
+leave `git status` clean (pyarrow's `created_by` string aside, the output is deterministic).
+"""
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+GOOD = REPO / "fixtures" / "golden" / "pricing_and_kinds" / "data"
+GOOD_USAGE = GOOD / "usage" / "date=2026-11-01" / "part-0.parquet"
+GOOD_ALLOCATIONS = GOOD / "allocations" / "part-0.parquet"
+GOOD_BOOK = GOOD / "pricebook.toml"
+
+
+def write_parquet(name: str, table: pa.Table) -> None:
+    pq.write_table(table, HERE / name, compression="none", store_schema=True)
+
+
+def write_bytes(name: str, data: bytes) -> None:
+    (HERE / name).write_bytes(data)
+
+
+def write_text(name: str, text: str) -> None:
+    (HERE / name).write_text(text, encoding="utf-8")
+
+
+def replace_column(table: pa.Table, name: str, array: pa.Array) -> pa.Table:
+    index = table.schema.get_field_index(name)
+    return table.set_column(index, pa.field(name, array.type), array)
+
+
+def replace_once(text: str, old: str, new: str) -> str:
+    assert text.count(old) >= 1, f"{old!r} not found in the good price book"
+    return text.replace(old, new, 1)
+
+
+def parquet_corpus() -> None:
+    usage = pq.read_table(GOOD_USAGE)
+    allocations = pq.read_table(GOOD_ALLOCATIONS)
+    good_bytes = GOOD_USAGE.read_bytes()
+    assert good_bytes[:4] == b"PAR1" and good_bytes[-4:] == b"PAR1"
+
+    # Physical corruption.
+    # A valid file cut short: the last 100 bytes (tail of the footer, its length and the
+    # closing magic) are gone, as after an interrupted upload.
+    write_bytes("usage_truncated_footer.parquet", good_bytes[:-100])
+    # The leading magic PAR1 overwritten; the footer is intact.
+    write_bytes("usage_bad_magic.parquet", b"XXXX" + good_bytes[4:])
+    write_bytes("usage_empty.parquet", b"")
+    write_text(
+        "usage_text.parquet",
+        "event_id,account_id,product,action,model,quantity,status,occurred_at\n"
+        "e-1,acct-1,studio,prompt_to_video,veo-3,4.2,succeeded,2026-11-02T10:00:00Z\n",
+    )
+
+    # Wrong schema.
+    write_parquet("usage_no_event_id.parquet", usage.drop_columns(["event_id"]))
+    write_parquet(
+        "usage_quantity_float32.parquet",
+        replace_column(usage, "quantity", pc.cast(usage["quantity"], pa.float32())),
+    )
+    occurred = pc.strftime(usage["occurred_at"], format="%Y-%m-%dT%H:%M:%SZ")
+    write_parquet(
+        "usage_occurred_at_string.parquet",
+        replace_column(usage, "occurred_at", occurred),
+    )
+    write_parquet(
+        "usage_quantity_string.parquet",
+        replace_column(usage, "quantity", pc.cast(usage["quantity"], pa.string())),
+    )
+    # included_credits INT64 200 written as the DATE 1970-01-01 + 200 days.
+    as_date = pc.cast(pc.cast(allocations["included_credits"], pa.int32()), pa.date32())
+    write_parquet(
+        "allocations_included_credits_date.parquet",
+        replace_column(allocations, "included_credits", as_date),
+    )
+
+    # Positive control: the nullable `model` column absent altogether. Must succeed.
+    write_parquet("usage_without_model_ok.parquet", usage.drop_columns(["model"]))
+
+
+def pricebook_corpus() -> None:
+    book = GOOD_BOOK.read_text(encoding="utf-8")
+    write_text("pricebook_no_currency.toml", replace_once(book, 'currency = "USD"\n', ""))
+    write_text(
+        "pricebook_currency_lowercase.toml",
+        replace_once(book, 'currency = "USD"', 'currency = "usd"'),
+    )
+    # The veo-3 rate repeated with another credits_per_unit but the same effective_from.
+    write_text(
+        "pricebook_duplicate_rate.toml",
+        book
+        + "\n# Oops: the same key and effective_from again.\n"
+        "[[rates]]\n"
+        'product = "studio"\n'
+        'action = "prompt_to_video"\n'
+        'model = "veo-3"\n'
+        'unit = "second"\n'
+        'credits_per_unit = "9"\n'
+        "effective_from = 2026-01-01T00:00:00Z\n",
+    )
+    write_text(
+        "pricebook_increment_zero.toml",
+        replace_once(book, 'increment = "4"', 'increment = "0"'),
+    )
+    write_text(
+        "pricebook_price_too_precise.toml",
+        replace_once(book, 'price = "9.99"', 'price = "9.999"'),
+    )
+    # A missing closing quote: TOML syntax error on line 12.
+    write_text(
+        "pricebook_syntax_error.toml",
+        replace_once(book, 'name = "Pro"', 'name = "Pro'),
+    )
+    write_text(
+        "pricebook_unknown_overage.toml",
+        replace_once(book, 'rollover_cap = "100"\noverage = "block"', 'rollover_cap = "100"\noverage = "charge"'),
+    )
+
+
+if __name__ == "__main__":
+    parquet_corpus()
+    pricebook_corpus()
