@@ -1,6 +1,7 @@
 //! The one integration-test binary: runs the real `tally` CLI in temporary folders.
 
 mod bad_data;
+mod close;
 mod common;
 mod generated;
 mod golden;

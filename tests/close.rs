@@ -1,0 +1,313 @@
+//! `tally close`: chaining periods through allocations_next/grants_next, and idempotency.
+
+use crate::common::*;
+use arrow::array::AsArray;
+use std::path::Path;
+use tally::amount::Milli;
+use tally::time::parse_instant;
+use tally::write::{write_parquet, Table};
+
+fn t(s: &str) -> i64 {
+    parse_instant(s).unwrap()
+}
+
+fn write_usage(path: &Path, rows: &[(&str, &str, &str, i64, &str)]) {
+    // (event_id, account_id, action, quantity units, occurred_at)
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let batch = Table::default()
+        .str("event_id", rows.iter().map(|r| r.0))
+        .str("account_id", rows.iter().map(|r| r.1))
+        .str("product", rows.iter().map(|_| "captions"))
+        .str("action", rows.iter().map(|r| r.2))
+        .opt_str("model", rows.iter().map(|_| None))
+        .credits("quantity", rows.iter().map(|r| Milli::from_units(r.3)))
+        .str("status", rows.iter().map(|_| "succeeded"))
+        .ts("occurred_at", rows.iter().map(|r| t(r.4)))
+        .finish();
+    write_parquet(path, &batch).unwrap();
+}
+
+fn write_debits(path: &Path, rows: &[(&str, &str, &str, i64, &str)]) {
+    // (entry_id, account_id, event_id, credits units, recorded_at)
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let batch = Table::default()
+        .str("entry_id", rows.iter().map(|r| r.0))
+        .str("account_id", rows.iter().map(|r| r.1))
+        .opt_str("event_id", rows.iter().map(|r| Some(r.2)))
+        .str("kind", rows.iter().map(|_| "debit"))
+        .credits("credits", rows.iter().map(|r| Milli::from_units(r.3)))
+        .ts("recorded_at", rows.iter().map(|r| t(r.4)))
+        .finish();
+    write_parquet(path, &batch).unwrap();
+}
+
+fn first_root(root: &Path) {
+    std::fs::create_dir_all(root).unwrap();
+    std::fs::copy(
+        repo().join("fixtures/pricebook.toml"),
+        root.join("pricebook.toml"),
+    )
+    .unwrap();
+    let allocations = Table::default()
+        .str("account_id", ["acct_pro", "acct_free"])
+        .str("plan_id", ["pro", "free"])
+        .ts("period_start", [t("2026-11-01T00:00:00Z"); 2])
+        .ts("period_end", [t("2026-12-01T00:00:00Z"); 2])
+        .credits("included_credits", [Milli::from_units(200); 2])
+        .opt_ts("billing_anchor", [Some(t("2026-10-31T08:00:00Z")), None])
+        .str("status", ["active", "active"])
+        .finish();
+    std::fs::create_dir_all(root.join("allocations")).unwrap();
+    write_parquet(&root.join("allocations/part-0.parquet"), &allocations).unwrap();
+    let grants = Table::default()
+        .str("grant_id", ["topup-1"])
+        .str("account_id", ["acct_pro"])
+        .str("kind", ["top_up"])
+        .credits("credits", [Milli::from_units(100)])
+        .ts("effective_at", [t("2026-11-10T00:00:00Z")])
+        .opt_ts("expires_at", [None])
+        .opt_i32("priority", [None])
+        .finish();
+    std::fs::create_dir_all(root.join("grants")).unwrap();
+    write_parquet(&root.join("grants/part-0.parquet"), &grants).unwrap();
+    // pro: 3 AI twins = 144 (plan 200 → 56 unused; rollover cap 100 → 56 rolls)
+    write_usage(
+        &root.join("usage/part-0.parquet"),
+        &[
+            (
+                "e1",
+                "acct_pro",
+                "ai_twin_creation",
+                3,
+                "2026-11-05T10:00:00Z",
+            ),
+            ("e2", "acct_free", "chat_edit", 10, "2026-11-06T10:00:00Z"),
+        ],
+    );
+    write_debits(
+        &root.join("debits/part-0.parquet"),
+        &[
+            ("d1", "acct_pro", "e1", 144, "2026-11-05T10:00:01Z"),
+            ("d2", "acct_free", "e2", 20, "2026-11-06T10:00:01Z"),
+        ],
+    );
+}
+
+/// The next period's data root: the price book, the previous close's allocations_next and
+/// grants_next as they are, and the new period's usage and debits.
+fn next_root(
+    prev_root: &Path,
+    prev_out: &Path,
+    root: &Path,
+    usage: &[(&str, &str, &str, i64, &str)],
+    debits: &[(&str, &str, &str, i64, &str)],
+) {
+    std::fs::create_dir_all(root.join("allocations")).unwrap();
+    std::fs::create_dir_all(root.join("grants")).unwrap();
+    std::fs::copy(
+        prev_root.join("pricebook.toml"),
+        root.join("pricebook.toml"),
+    )
+    .unwrap();
+    std::fs::copy(
+        prev_out.join("allocations_next.parquet"),
+        root.join("allocations/part-0.parquet"),
+    )
+    .unwrap();
+    std::fs::copy(
+        prev_out.join("grants_next.parquet"),
+        root.join("grants/part-0.parquet"),
+    )
+    .unwrap();
+    write_usage(&root.join("usage/part-0.parquet"), usage);
+    write_debits(&root.join("debits/part-0.parquet"), debits);
+}
+
+fn run(cmd: &str, data: &Path, as_of: &str, out: &Path) -> std::process::Output {
+    tally(&[
+        cmd,
+        "--data",
+        data.to_str().unwrap(),
+        "--as-of",
+        as_of,
+        "--out",
+        out.to_str().unwrap(),
+    ])
+}
+
+#[test]
+fn three_periods_chain_through_the_next_inputs_without_hand_edits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p1 = tmp.path().join("p1");
+    first_root(&p1);
+    let out1 = tmp.path().join("close1");
+    assert!(run("close", &p1, "2026-12-01T00:00:00Z", &out1)
+        .status
+        .success());
+    assert_eq!(
+        render(&out1.join("renewals.parquet"), &[]),
+        "account_id,period_end,next_period_start,next_period_end,plan_id,plan_credits_unused,rollover_credits,expired_credits,next_included_credits,carried_grant_credits\n\
+         acct_free,2026-12-01T00:00:00Z,,,free,180.000,0.000,180.000,,0.000\n\
+         acct_pro,2026-12-01T00:00:00Z,2026-12-01T00:00:00Z,2026-12-31T08:00:00Z,pro,56.000,56.000,0.000,200.000,100.000\n"
+    );
+    assert_eq!(
+        render(&out1.join("grants_next.parquet"), &[]),
+        "grant_id,account_id,kind,credits,effective_at,expires_at,priority\n\
+         rollover-acct_pro-20261201T000000Z,acct_pro,rollover,56.000,2026-12-01T00:00:00Z,2026-12-31T08:00:00Z,\n\
+         topup-1,acct_pro,top_up,100.000,2026-11-10T00:00:00Z,,\n"
+    );
+
+    // Period 2: 5 twins = 240 = 56 rollover + 184 plan; reconcile mid-period, then close.
+    let p2 = tmp.path().join("p2");
+    next_root(
+        &p1,
+        &out1,
+        &p2,
+        &[(
+            "e3",
+            "acct_pro",
+            "ai_twin_creation",
+            5,
+            "2026-12-10T10:00:00Z",
+        )],
+        &[("d3", "acct_pro", "e3", 240, "2026-12-10T10:00:01Z")],
+    );
+    let mid = tmp.path().join("reconcile2");
+    assert!(run("reconcile", &p2, "2026-12-20T00:00:00Z", &mid)
+        .status
+        .success());
+    assert_eq!(
+        render(&mid.join("balances.parquet"), &[]).lines().nth(1).unwrap(),
+        "acct_pro,pro,2026-12-01T00:00:00Z,2026-12-31T08:00:00Z,356.000,240.000,0.000,116.000,\
+         56.000,56.000,0.000,200.000,184.000,16.000,0.000,0.000,0.000,0.000,0.000,0.000,100.000,0.000,100.000"
+    );
+    let out2 = tmp.path().join("close2");
+    assert!(run("close", &p2, "2026-12-31T08:00:00Z", &out2)
+        .status
+        .success());
+    let inv = read_parquet(&out2.join("invoices.parquet"));
+    assert_eq!(inv.num_rows(), 1);
+
+    // Period 3: 7 twins = 336 = 16 rollover + 200 plan + 100 top-up + 20 blocked overage.
+    let p3 = tmp.path().join("p3");
+    next_root(
+        &p2,
+        &out2,
+        &p3,
+        &[(
+            "e4",
+            "acct_pro",
+            "ai_twin_creation",
+            7,
+            "2027-01-05T10:00:00Z",
+        )],
+        &[("d4", "acct_pro", "e4", 336, "2027-01-05T10:00:01Z")],
+    );
+    let out3 = tmp.path().join("close3");
+    assert!(run("close", &p3, "2027-01-31T08:00:00Z", &out3)
+        .status
+        .success());
+    let invoices = render(&out3.join("invoices.parquet"), &[]);
+    assert!(
+        invoices.contains(",USD,999,200.000,336.000,16.000,200.000,0.000,0.000,100.000,20.000,0,999,336.000,0.000\n"),
+        "{invoices}"
+    );
+    let discrepancies = std::fs::read_to_string(out3.join("discrepancies.csv")).unwrap();
+    assert!(
+        discrepancies.contains("over_limit_usage,acct_pro,e4,d4,"),
+        "{discrepancies}"
+    );
+    // The top-up is used up and the February rollover is 0 (plan fully used): nothing carries.
+    assert_eq!(
+        render(&out3.join("grants_next.parquet"), &[]),
+        "grant_id,account_id,kind,credits,effective_at,expires_at,priority\n"
+    );
+    let next = render(&out3.join("allocations_next.parquet"), &[]);
+    assert!(next.contains("acct_pro,pro,2027-01-31T08:00:00Z,2027-02-28T08:00:00Z,200.000,2026-10-31T08:00:00Z,active"), "{next}");
+}
+
+#[test]
+fn close_is_idempotent_and_refuses_changed_inputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    first_root(&root);
+    let out = tmp.path().join("close");
+    assert!(run("close", &root, "2026-12-01T00:00:00Z", &out)
+        .status
+        .success());
+    let before = folder_bytes(&out);
+
+    let again = run("close", &root, "2026-12-01T00:00:00Z", &out);
+    assert_eq!(again.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout),
+        format!(
+            "{}: already closed with the same inputs; nothing to do\n",
+            out.display()
+        )
+    );
+    assert!(
+        before == folder_bytes(&out),
+        "a no-op close leaves the folder untouched"
+    );
+
+    // One changed byte in one input: refused with exit 3, naming the file.
+    std::fs::write(
+        root.join("pricebook.toml"),
+        std::fs::read_to_string(root.join("pricebook.toml")).unwrap() + "\n# edited\n",
+    )
+    .unwrap();
+    let refused = run("close", &root, "2026-12-01T00:00:00Z", &out);
+    assert_eq!(refused.status.code(), Some(3));
+    assert_eq!(
+        stderr(&refused),
+        format!(
+            "tally: refused: {} already holds a close with other inputs (pricebook.toml changed); rerun with --force to replace it\n",
+            out.display()
+        )
+    );
+    assert!(
+        before == folder_bytes(&out),
+        "a refused close leaves the folder untouched"
+    );
+
+    // A different as-of is a different close too.
+    let other = run("close", &root, "2026-12-02T00:00:00Z", &out);
+    assert_eq!(other.status.code(), Some(3));
+
+    let forced = tally(&[
+        "close",
+        "--data",
+        root.to_str().unwrap(),
+        "--as-of",
+        "2026-12-01T00:00:00Z",
+        "--out",
+        out.to_str().unwrap(),
+        "--force",
+    ]);
+    assert_eq!(forced.status.code(), Some(0));
+    let manifest = json(&out.join("manifest.json"));
+    assert_eq!(manifest["command"], "close");
+    // The forced close recorded the edited price book: the same run again is a no-op.
+    let after_force = run("close", &root, "2026-12-01T00:00:00Z", &out);
+    assert_eq!(after_force.status.code(), Some(0));
+}
+
+#[test]
+fn close_outputs_are_deterministic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    first_root(&root);
+    let a = tmp.path().join("a");
+    let b = tmp.path().join("b");
+    assert!(run("close", &root, "2026-12-01T00:00:00Z", &a)
+        .status
+        .success());
+    assert!(run("close", &root, "2026-12-01T00:00:00Z", &b)
+        .status
+        .success());
+    assert!(folder_bytes(&a) == folder_bytes(&b));
+    let lines = read_parquet(&a.join("invoice_lines.parquet"));
+    let actions = lines.column_by_name("action").unwrap().as_string::<i32>();
+    assert_eq!(actions.value(0), "chat_edit");
+}
