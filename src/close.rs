@@ -101,11 +101,16 @@ pub struct ClosedPeriod {
     pub rollover_grant: Option<GrantRow>,
 }
 
+/// An invoice line's key: (product, action, (model is null, model)); null models sort last.
+pub type LineKey = (String, String, (bool, Option<String>));
+/// (event count, Σ quantity, Σ credits) of one line.
+pub type LineTotals = (i64, Milli, Milli);
+
 /// Inputs of `close_period` that come from pricing and reconciliation.
 pub struct PeriodFigures<'a> {
     pub consumption: &'a PeriodConsumption,
     /// (product, action, model) → (event count, quantity, credits) of succeeded priced events.
-    pub lines: BTreeMap<(String, String, (bool, Option<String>)), (i64, Milli, Milli)>,
+    pub lines: BTreeMap<LineKey, LineTotals>,
     pub credits_used: Milli,
     pub recorded: Milli,
 }

@@ -184,8 +184,7 @@ fn process_period(
     };
     let mut recorded_period = Milli::ZERO;
     let mut credits_used = Milli::ZERO;
-    let mut lines: BTreeMap<(String, String, (bool, Option<String>)), (i64, Milli, Milli)> =
-        BTreeMap::new();
+    let mut lines: BTreeMap<close::LineKey, close::LineTotals> = BTreeMap::new();
     for (i, event) in period.events.iter().enumerate() {
         let price = prices[i];
         let verdict = reconcile::classify(&event.usage, price, &event.entries, ctx.settle_from)?;

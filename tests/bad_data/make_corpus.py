@@ -45,6 +45,22 @@ def replace_once(text: str, old: str, new: str) -> str:
     return text.replace(old, new, 1)
 
 
+def zigzag(n: int) -> int:
+    return (n << 1) ^ (n >> 63)
+
+
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
 def parquet_corpus() -> None:
     usage = pq.read_table(GOOD_USAGE)
     allocations = pq.read_table(GOOD_ALLOCATIONS)
@@ -63,6 +79,24 @@ def parquet_corpus() -> None:
         "event_id,account_id,product,action,model,quantity,status,occurred_at\n"
         "e-1,acct-1,studio,prompt_to_video,veo-3,4.2,succeeded,2026-11-02T10:00:00Z\n",
     )
+
+    # Damage the readers only see once they decode a row group.
+    meta = pq.ParquetFile(GOOD_USAGE).metadata.row_group(0)
+    # The last 40 bytes of the `quantity` chunk's compressed page overwritten with 0xFF.
+    quantity = meta.column(usage.schema.get_field_index("quantity"))
+    end = quantity.data_page_offset + quantity.total_compressed_size
+    damaged = bytearray(good_bytes)
+    damaged[end - 40 : end] = b"\xff" * 40
+    write_bytes("usage_corrupt_page.parquet", bytes(damaged))
+    # The footer's total_compressed_size of the `action` chunk made negative (one flipped
+    # bit of its zigzag varint); everything else intact.
+    action = meta.column(usage.schema.get_field_index("action"))
+    old = b"\x16" + varint(zigzag(action.total_uncompressed_size))
+    old += b"\x16" + varint(zigzag(action.total_compressed_size))
+    new = old[: -len(varint(zigzag(action.total_compressed_size)))]
+    new += varint(zigzag(-action.total_compressed_size))
+    assert len(new) == len(old) and good_bytes.count(old) == 1
+    write_bytes("usage_negative_chunk_size.parquet", good_bytes.replace(old, new))
 
     # Wrong schema.
     write_parquet("usage_no_event_id.parquet", usage.drop_columns(["event_id"]))
