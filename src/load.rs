@@ -300,6 +300,85 @@ pub struct Batch {
     pub first_row: u64,
 }
 
+thread_local! {
+    /// Set while this thread runs third-party decoding that may panic on corrupt input.
+    static DECODING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the current thread is decoding input under [`guard_decoding`] (the panic hook
+/// stays quiet then: the panic becomes an input error).
+pub fn decoding_input() -> bool {
+    DECODING.with(|d| d.get())
+}
+
+/// Run `f`, turning a panic inside the Parquet/Arrow decoders (seen on corrupt footers)
+/// into an input error naming the file: bad input never crashes the job.
+fn guard_decoding<T>(file: &InputFile, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let was = DECODING.with(|d| d.replace(true));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    DECODING.with(|d| d.set(was));
+    outcome.unwrap_or_else(|payload| {
+        let why = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("decoder panic");
+        Err(TallyError::input(
+            &file.rel_path,
+            format!("corrupt Parquet file: {why}"),
+        ))
+    })
+}
+
+/// Check the magic bytes at both ends: arrow-rs reads only the footer, and a file cut
+/// short or a text file must be named as such.
+fn check_magic(file: &InputFile) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let fail = |why: &str| Err(TallyError::input(&file.rel_path, why.to_string()));
+    let mut handle = File::open(&file.abs_path)
+        .map_err(|e| TallyError::input(&file.rel_path, format!("cannot open: {e}")))?;
+    let len = handle
+        .metadata()
+        .map_err(|e| TallyError::input(&file.rel_path, format!("cannot open: {e}")))?
+        .len();
+    if len == 0 {
+        return fail("empty file (0 bytes), not Parquet; remove it or restore the original");
+    }
+    let mut head = [0u8; 4];
+    if len < 12 || handle.read_exact(&mut head).is_err() || &head != b"PAR1" {
+        return fail(
+            "not a Parquet file (it does not start with PAR1); remove it or restore the original",
+        );
+    }
+    let mut tail = [0u8; 4];
+    let read_tail = handle
+        .seek(SeekFrom::End(-4))
+        .and_then(|_| handle.read_exact(&mut tail));
+    if read_tail.is_err() || &tail != b"PAR1" {
+        return fail(
+            "truncated Parquet file (it does not end with PAR1); restore the complete file",
+        );
+    }
+    Ok(())
+}
+
+/// A decoder error without the library's prefixes ("Parquet error: ", "External: " ...).
+fn plain(e: impl std::fmt::Display) -> String {
+    let mut text = e.to_string();
+    for prefix in [
+        "Parquet error: ",
+        "Parquet argument error: ",
+        "External: ",
+        "EOF: ",
+        "Arrow: ",
+    ] {
+        while let Some(rest) = text.strip_prefix(prefix) {
+            text = rest.to_string();
+        }
+    }
+    text.replace('\n', " ")
+}
+
 /// Read one file's metadata and check its schema against `specs`.
 fn open_checked(
     file: &InputFile,
@@ -311,7 +390,12 @@ fn open_checked(
         &handle,
         ArrowReaderOptions::new().with_skip_arrow_metadata(false),
     )
-    .map_err(|e| TallyError::input(&file.rel_path, format!("not a readable Parquet file: {e}")))?;
+    .map_err(|e| {
+        TallyError::input(
+            &file.rel_path,
+            format!("not a readable Parquet file: {}", plain(e)),
+        )
+    })?;
     let schema = metadata.schema().clone();
     let mut indices = Vec::with_capacity(specs.len());
     for spec in specs {
@@ -354,7 +438,8 @@ fn read_file<T: Send>(
     specs: &[ColSpec],
     each_batch: &(dyn Fn(&Batch, &mut Vec<T>) + Sync),
 ) -> Result<Vec<T>> {
-    let (metadata, indices) = open_checked(file, specs)?;
+    check_magic(file)?;
+    let (metadata, indices) = guard_decoding(file, || open_checked(file, specs))?;
     let row_group_rows: Vec<u64> = metadata
         .metadata()
         .row_groups()
@@ -372,44 +457,51 @@ fn read_file<T: Send>(
     let parts: Vec<Result<Vec<T>>> = (0..row_group_rows.len())
         .into_par_iter()
         .map(|rg| {
-            let handle = File::open(&file.abs_path)
-                .map_err(|e| TallyError::input(&file.rel_path, format!("cannot open: {e}")))?;
-            let reader =
-                ParquetRecordBatchReaderBuilder::new_with_metadata(handle, metadata.clone())
-                    .with_projection(mask.clone())
-                    .with_row_groups(vec![rg])
-                    .with_batch_size(BATCH_ROWS)
-                    .build()
-                    .map_err(|e| TallyError::input(&file.rel_path, format!("cannot read: {e}")))?;
-            let mut out = Vec::new();
-            let mut first_row = offsets[rg];
-            for batch in reader {
-                let batch = batch.map_err(|e| {
-                    TallyError::input(
-                        &file.rel_path,
-                        format!("row group {rg} is corrupt or truncated: {e}"),
-                    )
-                })?;
-                let schema = batch.schema();
-                let mut columns = Vec::with_capacity(specs.len());
-                for spec in specs {
-                    let column = match schema.index_of(spec.name) {
-                        Ok(i) => {
-                            Column::from_array(batch.column(i), spec.ty, &file.rel_path, spec.name)?
-                        }
-                        Err(_) => Column::Absent,
+            guard_decoding(file, || {
+                let handle = File::open(&file.abs_path)
+                    .map_err(|e| TallyError::input(&file.rel_path, format!("cannot open: {e}")))?;
+                let reader =
+                    ParquetRecordBatchReaderBuilder::new_with_metadata(handle, metadata.clone())
+                        .with_projection(mask.clone())
+                        .with_row_groups(vec![rg])
+                        .with_batch_size(BATCH_ROWS)
+                        .build()
+                        .map_err(|e| {
+                            TallyError::input(&file.rel_path, format!("cannot read: {}", plain(e)))
+                        })?;
+                let mut out = Vec::new();
+                let mut first_row = offsets[rg];
+                for batch in reader {
+                    let batch = batch.map_err(|e| {
+                        TallyError::input(
+                            &file.rel_path,
+                            format!("row group {rg} is corrupt or truncated: {}", plain(e)),
+                        )
+                    })?;
+                    let schema = batch.schema();
+                    let mut columns = Vec::with_capacity(specs.len());
+                    for spec in specs {
+                        let column = match schema.index_of(spec.name) {
+                            Ok(i) => Column::from_array(
+                                batch.column(i),
+                                spec.ty,
+                                &file.rel_path,
+                                spec.name,
+                            )?,
+                            Err(_) => Column::Absent,
+                        };
+                        columns.push(column);
+                    }
+                    let decoded = Batch {
+                        columns,
+                        len: batch.num_rows(),
+                        first_row,
                     };
-                    columns.push(column);
+                    each_batch(&decoded, &mut out);
+                    first_row += batch.num_rows() as u64;
                 }
-                let decoded = Batch {
-                    columns,
-                    len: batch.num_rows(),
-                    first_row,
-                };
-                each_batch(&decoded, &mut out);
-                first_row += batch.num_rows() as u64;
-            }
-            Ok(out)
+                Ok(out)
+            })
         })
         .collect();
     let mut all = Vec::new();

@@ -264,7 +264,20 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&cli.log_format);
-    match run(cli) {
+    std::panic::set_hook(Box::new(|info| {
+        // A decoder panic on corrupt input is caught and reported as an input error.
+        if !tally::load::decoding_input() {
+            eprintln!(
+                "tally: internal error: {}",
+                info.to_string().replace('\n', " ")
+            );
+        }
+    }));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli)));
+    let Ok(outcome) = outcome else {
+        return ExitCode::from(4);
+    };
+    match outcome {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             let code = e

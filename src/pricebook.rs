@@ -194,12 +194,7 @@ impl PriceBook {
 
     pub fn parse(text: &str, display_name: &str) -> Result<PriceBook> {
         let ctx = Ctx { file: display_name };
-        let raw: RawBook = toml::from_str(text).map_err(|e| {
-            ctx.err(format!(
-                "not a valid price book: {}",
-                e.to_string().replace('\n', " ").trim()
-            ))
-        })?;
+        let raw: RawBook = toml::from_str(text).map_err(|e| ctx.err(toml_error(text, &e)))?;
         let currency = raw
             .currency
             .ok_or_else(|| ctx.err("`currency` is required (an ISO 4217 code such as \"USD\")"))?;
@@ -214,24 +209,24 @@ impl PriceBook {
             plans.insert(plan_id, plan);
         }
         let mut rates: HashMap<RateKey, Vec<Rate>> = HashMap::new();
+        let mut first_of: HashMap<(RateKey, Micros), usize> = HashMap::new();
         for (index, raw_rate) in raw.rates.into_iter().enumerate() {
             let (key, rate) = parse_rate(&ctx, index, raw_rate)?;
-            let versions = rates.entry(key.clone()).or_default();
-            if versions
-                .iter()
-                .any(|v| v.effective_from == rate.effective_from)
-            {
+            if let Some(earlier) = first_of.insert((key.clone(), rate.effective_from), index) {
                 return Err(ctx.err(format!(
-                    "rates[{index}]: two rates for product = \"{}\", action = \"{}\", model = {} \
-                     share effective_from; remove one",
+                    "[[rates]] #{} repeats #{} (product = \"{}\", action = \"{}\", model = {}, \
+                     effective_from = {}); remove one",
+                    index + 1,
+                    earlier + 1,
                     key.0,
                     key.1,
                     key.2
                         .as_deref()
-                        .map_or("(none)".to_string(), |m| format!("\"{m}\""))
+                        .map_or("(none)".to_string(), |m| format!("\"{m}\"")),
+                    crate::time::format_instant(rate.effective_from)
                 )));
             }
-            versions.push(rate);
+            rates.entry(key).or_default().push(rate);
         }
         for versions in rates.values_mut() {
             versions.sort_by_key(|v| v.effective_from);
@@ -287,6 +282,20 @@ impl PriceBook {
     }
 }
 
+/// A TOML syntax error as one line with its line and column.
+pub(crate) fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => format!("not a valid price book: {message}"),
+    }
+}
+
 fn parse_plan(ctx: &Ctx, plan_id: &str, raw: RawPlan, exponent: u32) -> Result<Plan> {
     let at = |field: &str| format!("plans.{plan_id}.{field}");
     let price = ctx.non_negative(&at("price"), &raw.price)?;
@@ -331,7 +340,7 @@ fn parse_plan(ctx: &Ctx, plan_id: &str, raw: RawPlan, exponent: u32) -> Result<P
 }
 
 fn parse_rate(ctx: &Ctx, index: usize, raw: RawRate) -> Result<(RateKey, Rate)> {
-    let at = |field: &str| format!("rates[{index}].{field}");
+    let at = |field: &str| format!("[[rates]] #{}: {field}", index + 1);
     let credits_per_unit = ctx.non_negative(&at("credits_per_unit"), &raw.credits_per_unit)?;
     let increment = match &raw.increment {
         Some(v) => ctx.decimal(&at("increment"), v)?,
@@ -423,7 +432,7 @@ effective_from = 2026-06-01T00:00:00Z
             "{BOOK}\n[[rates]]\nproduct = \"studio\"\naction = \"prompt_to_video\"\ncredits_per_unit = \"9\"\neffective_from = 2026-01-01T00:00:00Z\n"
         );
         let e = PriceBook::parse(&dup, "p.toml").unwrap_err();
-        assert!(e.to_string().contains("share effective_from"), "{e}");
+        assert!(e.to_string().contains("[[rates]] #3 repeats #1"), "{e}");
         let jpy = BOOK.replace("USD", "JPY");
         let e = PriceBook::parse(&jpy, "p.toml").unwrap_err();
         assert!(
