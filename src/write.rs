@@ -484,17 +484,25 @@ pub fn create_staging(target: &Path) -> Result<PathBuf> {
     Ok(staging)
 }
 
-/// Move the finished staging folder to `target`, replacing an earlier output folder.
+/// Move the finished staging folder to `target`. An existing output folder is swapped out
+/// in one atomic step (Linux `renameat2(RENAME_EXCHANGE)`), so that at every instant the
+/// target path holds either the old complete folder or the new one; the old one is then
+/// removed. Where the exchange is not available it falls back to two renames.
 pub fn publish(staging: &Path, target: &Path) -> Result<()> {
     let (parent, prefix) = staging_prefix(target)?;
     File::open(staging)
         .and_then(|d| d.sync_all())
         .map_err(io_err(staging))?;
     if target.exists() {
-        let old = parent.join(format!("{prefix}{}-old", std::process::id()));
-        std::fs::rename(target, &old).map_err(io_err(target))?;
-        std::fs::rename(staging, target).map_err(io_err(target))?;
-        std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
+        if exchange(staging, target).is_ok() {
+            // `staging` now holds the previous output.
+            std::fs::remove_dir_all(staging).map_err(io_err(staging))?;
+        } else {
+            let old = parent.join(format!("{prefix}{}-old", std::process::id()));
+            std::fs::rename(target, &old).map_err(io_err(target))?;
+            std::fs::rename(staging, target).map_err(io_err(target))?;
+            std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
+        }
     } else {
         std::fs::rename(staging, target).map_err(io_err(target))?;
     }
@@ -502,4 +510,32 @@ pub fn publish(staging: &Path, target: &Path) -> Result<()> {
         let _ = dir.sync_all();
     }
     Ok(())
+}
+
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let ca = CString::new(a.as_os_str().as_bytes())?;
+    let cb = CString::new(b.as_os_str().as_bytes())?;
+    // SAFETY: both paths are valid NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_a: &Path, _b: &Path) -> std::io::Result<()> {
+    Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
 }

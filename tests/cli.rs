@@ -5,4 +5,5 @@ mod close;
 mod common;
 mod generated;
 mod golden;
+mod operations;
 mod properties;

@@ -1,0 +1,350 @@
+//! Running from cron for real: exit codes, the output lock, faults (SIGKILL at random
+//! moments, read-only and full disks), determinism across threads and file order.
+
+use crate::common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const AS_OF: &str = "2026-11-20T00:00:00Z";
+const CLOSE_AS_OF: &str = "2026-12-01T00:00:00Z";
+
+fn generated(dir: &Path, events: u64) -> PathBuf {
+    let data = dir.join("data");
+    tally_ok(&[
+        "generate",
+        "--out",
+        data.to_str().unwrap(),
+        "--accounts",
+        "400",
+        "--events",
+        &events.to_string(),
+        "--seed",
+        "9",
+        "--discrepancy-rate",
+        "0.02",
+    ]);
+    data
+}
+
+fn cmd(command: &str, data: &Path, out: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tally"));
+    let as_of = if command == "close" {
+        CLOSE_AS_OF
+    } else {
+        AS_OF
+    };
+    c.args([
+        command,
+        "--data",
+        data.to_str().unwrap(),
+        "--as-of",
+        as_of,
+        "--out",
+        out.to_str().unwrap(),
+    ])
+    .env("TALLY_LOG", "warn");
+    c
+}
+
+fn leftovers(parent: &Path) -> Vec<String> {
+    std::fs::read_dir(parent)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("tally-staging"))
+        .collect()
+}
+
+#[test]
+fn discrepancies_above_the_job_threshold_exit_1_after_publishing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = generated(tmp.path(), 5_000);
+    let job = tmp.path().join("job.toml");
+    std::fs::write(
+        &job,
+        "command = \"reconcile\"\ndata = \"data\"\nout = \"out\"\nas_of = \"2026-11-20T00:00:00Z\"\n[alert]\nmax_discrepancies = 10\n",
+    )
+    .unwrap();
+    let out = tally(&["reconcile", "--job", job.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out)
+            .starts_with("tally: alert: 100 discrepancy rows exceed the alert threshold of 10"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        tmp.path().join("out/summary.json").exists(),
+        "outputs are published before alerting"
+    );
+    // Under the threshold: exit 0.
+    std::fs::write(
+        &job,
+        std::fs::read_to_string(&job)
+            .unwrap()
+            .replace("= 10\n", "= 100\n"),
+    )
+    .unwrap();
+    assert_eq!(
+        tally(&["reconcile", "--job", job.to_str().unwrap()])
+            .status
+            .code(),
+        Some(0)
+    );
+    let _ = data;
+}
+
+#[test]
+fn a_job_file_for_the_other_command_is_refused_with_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let job = tmp.path().join("job.toml");
+    std::fs::write(
+        &job,
+        "command = \"close\"\ndata = \"data\"\nout = \"out\"\n",
+    )
+    .unwrap();
+    let out = tally(&[
+        "reconcile",
+        "--job",
+        job.to_str().unwrap(),
+        "--as-of",
+        AS_OF,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "tally: {}: this job file is for `close`, not `reconcile`\n",
+            job.display()
+        )
+    );
+}
+
+#[test]
+fn two_closes_at_once_on_one_output_path_publish_exactly_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = generated(tmp.path(), 300_000);
+    let out = tmp.path().join("close");
+    let a = cmd("close", &data, &out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let b = cmd("close", &data, &out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let published = [&a, &b]
+        .iter()
+        .filter(|o| String::from_utf8_lossy(&o.stdout).contains("close published"))
+        .count();
+    assert_eq!(published, 1, "a: {a:?}\nb: {b:?}");
+    let loser =
+        if a.status.code() == Some(0) && String::from_utf8_lossy(&a.stdout).contains("published") {
+            &b
+        } else {
+            &a
+        };
+    assert_eq!(loser.status.code(), Some(3), "{loser:?}");
+    assert_eq!(
+        stderr(loser),
+        format!(
+            "tally: refused: another tally run is writing {} right now; wait for it to finish\n",
+            out.display()
+        )
+    );
+    // Afterwards the same close is a no-op.
+    let again = cmd("close", &data, &out).output().unwrap();
+    assert_eq!(again.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already closed"));
+}
+
+/// splitmix64: a tiny seeded generator for kill delays (the test is repeatable).
+fn next(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// SIGKILL at random moments across 50 runs (25 reconcile, 25 close): the target path never
+/// holds a partial folder, a leftover staging folder is cleaned by the next run, and the
+/// rerun's output is byte-identical to an undisturbed run. `TALLY_KILL_EVENTS` sets the
+/// data size (default 200,000 events; the README's figures used 2,000,000).
+#[test]
+fn sigkill_at_random_moments_never_leaves_a_partial_output() {
+    let events: u64 = std::env::var("TALLY_KILL_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let tmp = tempfile::tempdir().unwrap();
+    let data = generated(tmp.path(), events);
+    let mut state = 20_261_125u64;
+    for command in ["reconcile", "close"] {
+        let reference_dir = tmp.path().join(format!("{command}-reference"));
+        let started = Instant::now();
+        assert!(cmd(command, &data, &reference_dir)
+            .status()
+            .unwrap()
+            .success());
+        let runtime = started.elapsed();
+        let reference = folder_bytes(&reference_dir);
+        let out = tmp.path().join(format!("{command}-out"));
+        for _ in 0..25 {
+            let delay = Duration::from_micros(
+                next(&mut state) % (runtime.as_micros() as u64 * 11 / 10 + 1),
+            );
+            let mut child = cmd(command, &data, &out)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(delay);
+            let _ = child.kill(); // SIGKILL
+            let _ = child.wait();
+            if out.exists() {
+                assert!(
+                    folder_bytes(&out) == reference,
+                    "{command}: a partial output folder is visible after a kill at {delay:?}"
+                );
+            }
+            // The rerun cleans up and publishes the same bytes (or, for close, finds it done).
+            let rerun = cmd(command, &data, &out).output().unwrap();
+            assert!(
+                rerun.status.success(),
+                "{command} rerun: {}",
+                stderr(&rerun)
+            );
+            assert!(
+                folder_bytes(&out) == reference,
+                "{command}: rerun differs from an undisturbed run"
+            );
+            assert!(
+                leftovers(tmp.path()).is_empty(),
+                "staging left: {:?}",
+                leftovers(tmp.path())
+            );
+        }
+    }
+}
+
+#[test]
+fn outputs_are_identical_across_thread_counts_and_file_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = generated(tmp.path(), 20_000);
+    // The same files copied in the opposite order (directory order differs).
+    let shuffled = tmp.path().join("shuffled");
+    let mut files = Vec::new();
+    let mut stack = vec![data.clone()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p)
+            } else {
+                files.push(p)
+            }
+        }
+    }
+    files.sort();
+    files.reverse();
+    for f in &files {
+        let target = shuffled.join(f.strip_prefix(&data).unwrap());
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(f, &target).unwrap();
+    }
+    let mut outputs = Vec::new();
+    for (threads, root) in [("1", &data), ("2", &data), ("8", &data), ("2", &shuffled)] {
+        let out = tmp.path().join(format!("out-{threads}-{}", outputs.len()));
+        let status = cmd("reconcile", root, &out)
+            .env("RAYON_NUM_THREADS", threads)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        outputs.push(folder_bytes(&out));
+    }
+    for o in &outputs[1..] {
+        assert!(o == &outputs[0]);
+    }
+}
+
+fn mount_tmpfs(dir: &Path, options: &str) -> bool {
+    std::fs::create_dir_all(dir).unwrap();
+    Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            options,
+            "tally-test",
+            dir.to_str().unwrap(),
+        ])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn umount(dir: &Path) {
+    let _ = Command::new("umount").arg(dir).status();
+}
+
+/// Read-only and full output file systems (tmpfs mounts; these need root, as CI is).
+#[test]
+fn read_only_and_full_disks_give_a_clear_line_and_nothing_partial() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = generated(tmp.path(), 20_000);
+    let ro = tmp.path().join("ro");
+    if !mount_tmpfs(&ro, "ro,size=1m") {
+        assert_ne!(unsafe_uid(), 0, "root could not mount a tmpfs");
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let out = cmd("reconcile", &data, &ro.join("out")).output().unwrap();
+    umount(&ro);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with(&format!("tally: {}", ro.display()))
+            && stderr(&out).contains("Read-only file system")
+            && stderr(&out).lines().count() == 1,
+        "{}",
+        stderr(&out)
+    );
+
+    let full = tmp.path().join("full");
+    assert!(mount_tmpfs(&full, "size=96k"));
+    let out = cmd("reconcile", &data, &full.join("out")).output().unwrap();
+    let left = std::fs::read_dir(&full)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect::<Vec<_>>();
+    umount(&full);
+    assert!(
+        matches!(out.status.code(), Some(2) | Some(4)),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("No space left on device") && stderr(&out).lines().count() == 1,
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        left.iter().all(|n| !n.contains("staging") && n != "out"),
+        "left behind: {left:?}"
+    );
+}
+
+fn unsafe_uid() -> u32 {
+    // The effective uid from /proc (no libc call needed in tests).
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(u32::MAX)
+}
