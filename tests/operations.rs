@@ -187,8 +187,9 @@ fn sigkill_at_random_moments_never_leaves_a_partial_output() {
         let reference_dir = tmp.path().join(format!("{command}-reference"));
         let started = Instant::now();
         assert!(cmd(command, &data, &reference_dir)
-            .status()
+            .output()
             .unwrap()
+            .status
             .success());
         let runtime = started.elapsed();
         let reference = folder_bytes(&reference_dir);
@@ -261,8 +262,9 @@ fn outputs_are_identical_across_thread_counts_and_file_order() {
         let out = tmp.path().join(format!("out-{threads}-{}", outputs.len()));
         let status = cmd("reconcile", root, &out)
             .env("RAYON_NUM_THREADS", threads)
-            .status()
-            .unwrap();
+            .output()
+            .unwrap()
+            .status;
         assert!(status.success());
         outputs.push(folder_bytes(&out));
     }
