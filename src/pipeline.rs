@@ -124,6 +124,8 @@ pub fn run(settings: RunSettings, progress: &Progress) -> Result<RunOutput> {
     let debits = validate::debits(debit_rows, &mut rejects);
     let deduped = validate::dedup_usage(usage_rows, &mut rejects);
     let identical = deduped.identical_copies;
+    stage.done(deduped.events.len() as u64);
+    let stage = progress.stage("window");
     let (accounts, outside) = window::place(
         settings.mode,
         settings.as_of,

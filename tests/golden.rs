@@ -118,6 +118,31 @@ fn golden_rejects_and_types() {
     run_scenario("rejects_and_types");
 }
 
+#[test]
+fn golden_close_renewal_grants() {
+    run_scenario("close_renewal_grants");
+}
+
+#[test]
+fn golden_close_invoice_overage() {
+    run_scenario("close_invoice_overage");
+}
+
+#[test]
+fn golden_close_multi_period() {
+    run_scenario("close_multi_period");
+}
+
+#[test]
+fn golden_close_anchors() {
+    run_scenario("close_anchors");
+}
+
+#[test]
+fn golden_close_jpy() {
+    run_scenario("close_jpy");
+}
+
 /// Every scenario folder has a test above (a new folder without one fails here).
 #[test]
 fn every_golden_scenario_has_a_test() {
