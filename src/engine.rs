@@ -195,6 +195,8 @@ fn process_period(
         }
         if let Price::Charged(credits) = price {
             credits_used = credits_used.checked_add(credits)?;
+        }
+        if let (Price::Charged(credits), Mode::Close) = (price, ctx.mode) {
             let u = &event.usage;
             let key = (
                 u.product.clone(),

@@ -12,6 +12,9 @@ use tally::job::JobFile;
 use tally::model::Mode;
 use tally::{Alert, JobOutcome, JobRequest, Progress, TallyError};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "tally",

@@ -50,6 +50,21 @@ pub struct PriceBook {
     pub plans: BTreeMap<String, Plan>,
     /// Versions of each key, sorted by `effective_from`.
     pub rates: HashMap<RateKey, Vec<Rate>>,
+    /// The same versions indexed product → action for lookups without allocating.
+    index: HashMap<String, HashMap<String, ActionRates>>,
+}
+
+/// The rates of one (product, action): the generic versions and the model-specific ones.
+#[derive(Debug, Clone, Default)]
+struct ActionRates {
+    generic: Vec<Rate>,
+    by_model: HashMap<String, Vec<Rate>>,
+}
+
+/// The version in effect at `t`: the greatest `effective_from` ≤ t.
+fn in_effect(versions: &[Rate], t: Micros) -> Option<&Rate> {
+    let after = versions.partition_point(|v| v.effective_from <= t);
+    after.checked_sub(1).map(|i| &versions[i])
 }
 
 #[derive(Deserialize)]
@@ -228,18 +243,31 @@ impl PriceBook {
             }
             rates.entry(key).or_default().push(rate);
         }
-        for versions in rates.values_mut() {
+        let mut index: HashMap<String, HashMap<String, ActionRates>> = HashMap::new();
+        for ((product, action, model), versions) in rates.iter_mut() {
             versions.sort_by_key(|v| v.effective_from);
+            let entry = index
+                .entry(product.clone())
+                .or_default()
+                .entry(action.clone())
+                .or_default();
+            match model {
+                Some(m) => {
+                    entry.by_model.insert(m.clone(), versions.clone());
+                }
+                None => entry.generic = versions.clone(),
+            }
         }
         Ok(PriceBook {
             currency,
             exponent,
             plans,
             rates,
+            index,
         })
     }
 
-    /// The version of `key` in effect at `t`: the greatest `effective_from` ≤ t.
+    /// The version of (product, action, model) in effect at `t`.
     pub fn rate_at(
         &self,
         product: &str,
@@ -247,14 +275,11 @@ impl PriceBook {
         model: Option<&str>,
         t: Micros,
     ) -> Option<&Rate> {
-        let key = (
-            product.to_string(),
-            action.to_string(),
-            model.map(str::to_string),
-        );
-        let versions = self.rates.get(&key)?;
-        let after = versions.partition_point(|v| v.effective_from <= t);
-        after.checked_sub(1).map(|i| &versions[i])
+        let rates = self.index.get(product)?.get(action)?;
+        match model {
+            Some(m) => in_effect(rates.by_model.get(m)?, t),
+            None => in_effect(&rates.generic, t),
+        }
     }
 
     /// The rate for an event: model-specific if in effect, else the generic one.
@@ -265,12 +290,11 @@ impl PriceBook {
         model: Option<&str>,
         t: Micros,
     ) -> Option<&Rate> {
-        if let Some(m) = model {
-            if let Some(rate) = self.rate_at(product, action, Some(m), t) {
-                return Some(rate);
-            }
-        }
-        self.rate_at(product, action, None, t)
+        let rates = self.index.get(product)?.get(action)?;
+        model
+            .and_then(|m| rates.by_model.get(m))
+            .and_then(|versions| in_effect(versions, t))
+            .or_else(|| in_effect(&rates.generic, t))
     }
 
     /// Convert a major-unit amount to minor units, half-even.

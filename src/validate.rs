@@ -88,29 +88,36 @@ fn first_of_each_id<T>(
     at_of: impl Fn(&T) -> RowRef,
     rejects: &mut Vec<Reject>,
 ) -> Vec<T> {
-    let mut first: HashMap<String, RowRef> = HashMap::with_capacity(rows.len());
-    let mut kept = Vec::with_capacity(rows.len());
-    for row in rows {
-        let at = at_of(&row);
-        match first.get(id_of(&row)) {
-            Some(earlier) => rejects.push(reject(
-                dataset,
-                at,
-                Reason::BadValue,
-                format!(
-                    "{id_column} \"{}\" repeats the row at file #{} row {}",
-                    id_of(&row),
-                    earlier.file,
-                    earlier.row
-                ),
-            )),
-            None => {
-                first.insert(id_of(&row).to_string(), at);
-                kept.push(row);
+    let mut repeated = vec![false; rows.len()];
+    {
+        let mut first: HashMap<&str, RowRef, FastHash> =
+            HashMap::with_capacity_and_hasher(rows.len(), FastHash::default());
+        for (i, row) in rows.iter().enumerate() {
+            match first.entry(id_of(row)) {
+                std::collections::hash_map::Entry::Occupied(earlier) => {
+                    repeated[i] = true;
+                    rejects.push(reject(
+                        dataset,
+                        at_of(row),
+                        Reason::BadValue,
+                        format!(
+                            "{id_column} \"{}\" repeats the row at file #{} row {}",
+                            id_of(row),
+                            earlier.get().file,
+                            earlier.get().row
+                        ),
+                    ));
+                }
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(at_of(row));
+                }
             }
         }
     }
-    kept
+    rows.into_iter()
+        .zip(repeated)
+        .filter_map(|(row, r)| (!r).then_some(row))
+        .collect()
 }
 
 /// grants: a repeated `grant_id` is `bad_value`; the first row by (file, row) is kept.
@@ -152,30 +159,40 @@ pub struct Deduped {
 /// winner are identical duplicates; losing copies that differ are rejected
 /// `conflicting_duplicate`.
 pub fn dedup_usage(rows: Vec<UsageRow>, rejects: &mut Vec<Reject>) -> Deduped {
-    let mut index: HashMap<String, usize> = HashMap::with_capacity(rows.len());
-    let mut groups: Vec<Vec<UsageRow>> = Vec::with_capacity(rows.len());
-    for row in rows {
-        match index.get(&row.event_id) {
-            Some(&g) => groups[g].push(row),
-            None => {
-                index.insert(row.event_id.clone(), groups.len());
-                groups.push(vec![row]);
+    // First pass, borrowing ids: the first copy of each event_id, and which rows repeat one.
+    let mut first: HashMap<&str, u32, FastHash> =
+        HashMap::with_capacity_and_hasher(rows.len(), FastHash::default());
+    let mut copies_of: HashMap<u32, Vec<u32>> = HashMap::new();
+    for (i, row) in rows.iter().enumerate() {
+        let i = i as u32;
+        match first.entry(row.event_id.as_str()) {
+            std::collections::hash_map::Entry::Occupied(e) => copies_of
+                .entry(*e.get())
+                .or_insert_with(|| vec![*e.get()])
+                .push(i),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(i);
             }
         }
     }
-    drop(index);
-    let mut events = Vec::with_capacity(groups.len());
+    drop(first);
+    // Decide every group with copies: the winner, identical losers, conflicting losers.
+    let mut losing = vec![false; rows.len()];
     let mut conflicting = std::collections::HashSet::new();
     let mut identical_copies = 0u64;
-    for mut copies in groups {
-        if copies.len() > 1 {
-            // (ingested_at nulls last, file, row)
-            copies.sort_by_key(|r| (r.ingested_at.is_none(), r.ingested_at, r.at));
-        }
-        let mut copies = copies.into_iter();
-        let winner = copies.next().expect("a group has at least one copy");
-        for loser in copies {
-            if loser.same_event_as(&winner) {
+    let mut groups: Vec<Vec<u32>> = copies_of.into_values().collect();
+    groups.sort_unstable_by_key(|g| g[0]);
+    for mut group in groups {
+        // (ingested_at nulls last, file, row)
+        group.sort_by_key(|&i| {
+            let r = &rows[i as usize];
+            (r.ingested_at.is_none(), r.ingested_at, r.at)
+        });
+        let winner = &rows[group[0] as usize];
+        for &loser_index in &group[1..] {
+            let loser = &rows[loser_index as usize];
+            losing[loser_index as usize] = true;
+            if loser.same_event_as(winner) {
                 identical_copies += 1;
             } else {
                 conflicting.insert(winner.event_id.clone());
@@ -188,19 +205,26 @@ pub fn dedup_usage(rows: Vec<UsageRow>, rejects: &mut Vec<Reject>) -> Deduped {
                         loser.event_id,
                         winner.at.file,
                         winner.at.row,
-                        describe_difference(&loser, &winner)
+                        describe_difference(loser, winner)
                     ),
                 ));
             }
         }
-        events.push(winner);
     }
+    let events = rows
+        .into_iter()
+        .zip(losing)
+        .filter_map(|(row, lost)| (!lost).then_some(row))
+        .collect();
     Deduped {
         events,
         conflicting,
         identical_copies,
     }
 }
+
+/// A fast, stable hasher for hash maps keyed by ids.
+pub type FastHash = rustc_hash::FxBuildHasher;
 
 fn describe_difference(a: &UsageRow, b: &UsageRow) -> String {
     let mut fields = Vec::new();

@@ -4,14 +4,24 @@
 
 use crate::model::*;
 use crate::time::{format_instant, Micros};
-use crate::validate::Deduped;
+use crate::validate::{Deduped, FastHash};
+use rayon::prelude::*;
 use std::collections::HashMap;
+
+/// 64-bit hash of an id for sorted-index joins (equal ids are always compared as strings).
+fn id_hash(id: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(id.as_bytes())
+}
+
+/// The ledger entries of one event.
+pub type Entries = smallvec::SmallVec<[DebitRow; 1]>;
 
 /// An event of the window with its ledger entries.
 #[derive(Clone, Debug)]
 pub struct EventWork {
     pub usage: UsageRow,
-    pub entries: Vec<DebitRow>,
+    /// Most events have exactly one entry: keep it inline (no allocation per event).
+    pub entries: Entries,
     /// Its copies differed (reported `conflicting_duplicate`).
     pub conflicting: bool,
 }
@@ -42,14 +52,22 @@ pub struct Outside {
     pub ledger_entries: u64,
 }
 
+/// Where an event goes.
 #[derive(Copy, Clone)]
 enum Placement {
-    InWindow {
-        account: usize,
-        period: usize,
-        event: usize,
-    },
+    /// (account index, period index)
+    InWindow(usize, usize),
     NoAllocation,
+    Outside,
+}
+
+/// Where a ledger entry goes.
+enum EntryTarget {
+    /// Attached to the event with this index in the deduped event list.
+    Event(usize),
+    /// Unattached, in (account index, period index).
+    Unattached(usize, usize),
+    Rejected(Reject),
     Outside,
 }
 
@@ -61,18 +79,17 @@ fn containing(allocs: &[AllocationRow], t: Micros) -> Option<usize> {
     (t < allocs[i].period_end).then_some(i)
 }
 
-pub fn place(
+/// Covered account-periods: account_id → (index in the account list, allocation index →
+/// period index).
+type Covered<'a> = HashMap<&'a str, (usize, HashMap<usize, usize>), FastHash>;
+
+fn covered_periods<'a>(
     mode: Mode,
     as_of: Micros,
-    allocations: &HashMap<String, Vec<AllocationRow>>,
-    deduped: Deduped,
-    debits: Vec<DebitRow>,
-    grants: Vec<GrantRow>,
-    rejects: &mut Vec<Reject>,
-) -> (Vec<AccountWork>, Outside) {
+    allocations: &'a HashMap<String, Vec<AllocationRow>>,
+) -> (Vec<AccountWork>, Covered<'a>) {
     let mut accounts: Vec<AccountWork> = Vec::new();
-    // account_id → (index in `accounts`, allocation index → period index)
-    let mut covered: HashMap<&str, (usize, HashMap<usize, usize>)> = HashMap::new();
+    let mut covered: Covered<'a> = HashMap::default();
     let mut names: Vec<&String> = allocations.keys().collect();
     names.sort();
     for account_id in names {
@@ -90,7 +107,7 @@ pub fn place(
             }
         }
         if !periods.is_empty() {
-            covered.insert(account_id, (accounts.len(), period_of));
+            covered.insert(account_id.as_str(), (accounts.len(), period_of));
             accounts.push(AccountWork {
                 account_id: account_id.clone(),
                 periods,
@@ -98,121 +115,161 @@ pub fn place(
             });
         }
     }
+    (accounts, covered)
+}
 
+/// Place an instant of an account: in a covered period, in no allocation, or elsewhere.
+fn place_instant(
+    allocations: &HashMap<String, Vec<AllocationRow>>,
+    covered: &Covered<'_>,
+    account_id: &str,
+    t: Micros,
+) -> Placement {
+    let Some(alloc) = allocations
+        .get(account_id)
+        .and_then(|allocs| containing(allocs, t))
+    else {
+        return Placement::NoAllocation;
+    };
+    covered
+        .get(account_id)
+        .and_then(|(account, period_of)| period_of.get(&alloc).map(|p| (*account, *p)))
+        .map_or(Placement::Outside, |(a, p)| Placement::InWindow(a, p))
+}
+
+pub fn place(
+    mode: Mode,
+    as_of: Micros,
+    allocations: &HashMap<String, Vec<AllocationRow>>,
+    deduped: Deduped,
+    debits: Vec<DebitRow>,
+    grants: Vec<GrantRow>,
+    rejects: &mut Vec<Reject>,
+) -> (Vec<AccountWork>, Outside) {
+    let (mut accounts, covered) = covered_periods(mode, as_of, allocations);
+    let events = deduped.events;
     let mut outside = Outside::default();
-    let mut placements: HashMap<String, Placement> = HashMap::with_capacity(deduped.events.len());
-    for usage in deduped.events {
-        let placement = if usage.occurred_at >= as_of {
-            Placement::Outside
-        } else {
-            let found = allocations
-                .get(&usage.account_id)
-                .and_then(|allocs| containing(allocs, usage.occurred_at));
-            match found {
+
+    let placements: Vec<Placement> = events
+        .iter()
+        .map(|usage| {
+            if usage.occurred_at >= as_of {
+                return Placement::Outside;
+            }
+            let placement =
+                place_instant(allocations, &covered, &usage.account_id, usage.occurred_at);
+            if matches!(placement, Placement::NoAllocation) {
+                rejects.push(Reject {
+                    dataset: Dataset::Usage,
+                    at: usage.at,
+                    reason: Reason::NoAllocation,
+                    detail: format!(
+                        "no allocation of account \"{}\" contains occurred_at {}",
+                        usage.account_id,
+                        format_instant(usage.occurred_at)
+                    ),
+                });
+            }
+            placement
+        })
+        .collect();
+    outside.usage_rows = placements
+        .iter()
+        .filter(|p| matches!(p, Placement::Outside))
+        .count() as u64;
+
+    // Attach entries by event_id: a sorted index of (hash, event) pairs, searched in parallel.
+    let mut by_hash: Vec<(u64, u32)> = events
+        .par_iter()
+        .enumerate()
+        .map(|(i, e)| (id_hash(&e.event_id), i as u32))
+        .collect();
+    by_hash.par_sort_unstable();
+    let event_of = |id: &str| -> Option<usize> {
+        let h = id_hash(id);
+        let start = by_hash.partition_point(|&(k, _)| k < h);
+        by_hash[start..]
+            .iter()
+            .take_while(|&&(k, _)| k == h)
+            .map(|&(_, i)| i as usize)
+            .find(|&i| events[i].event_id == id)
+    };
+    let targets: Vec<EntryTarget> = debits
+        .par_iter()
+        .map(|entry| {
+            if entry.recorded_at >= as_of {
+                return EntryTarget::Outside;
+            }
+            let event = entry.event_id.as_deref().and_then(event_of);
+            match event.map(|i| (i, placements[i])) {
+                Some((i, Placement::InWindow(..))) => EntryTarget::Event(i),
+                Some((_, Placement::Outside)) => EntryTarget::Outside,
+                Some((_, Placement::NoAllocation)) => EntryTarget::Rejected(Reject {
+                    dataset: Dataset::Debits,
+                    at: entry.at,
+                    reason: Reason::NoAllocation,
+                    detail: format!(
+                        "its event \"{}\" was rejected no_allocation",
+                        entry.event_id.as_deref().unwrap_or_default()
+                    ),
+                }),
                 None => {
-                    rejects.push(Reject {
-                        dataset: Dataset::Usage,
-                        at: usage.at,
-                        reason: Reason::NoAllocation,
-                        detail: format!(
-                            "no allocation of account \"{}\" contains occurred_at {}",
-                            usage.account_id,
-                            format_instant(usage.occurred_at)
-                        ),
-                    });
-                    Placement::NoAllocation
-                }
-                Some(alloc) => match covered
-                    .get(usage.account_id.as_str())
-                    .and_then(|(account, period_of)| period_of.get(&alloc).map(|p| (*account, *p)))
-                {
-                    Some((account, period)) => {
-                        let events = &mut accounts[account].periods[period].events;
-                        let event = events.len();
-                        let conflicting = deduped.conflicting.contains(&usage.event_id);
-                        placements.insert(
-                            usage.event_id.clone(),
-                            Placement::InWindow {
-                                account,
-                                period,
-                                event,
-                            },
-                        );
-                        events.push(EventWork {
-                            usage,
-                            entries: Vec::new(),
-                            conflicting,
-                        });
-                        continue;
-                    }
-                    None => Placement::Outside,
-                },
-            }
-        };
-        if matches!(placement, Placement::Outside) {
-            outside.usage_rows += 1;
-        }
-        placements.insert(usage.event_id, placement);
-    }
-
-    for entry in debits {
-        if entry.recorded_at >= as_of {
-            outside.ledger_entries += 1;
-            continue;
-        }
-        let attached = entry
-            .event_id
-            .as_ref()
-            .and_then(|id| placements.get(id))
-            .copied();
-        match attached {
-            Some(Placement::InWindow {
-                account,
-                period,
-                event,
-            }) => accounts[account].periods[period].events[event]
-                .entries
-                .push(entry),
-            Some(Placement::NoAllocation) => rejects.push(Reject {
-                dataset: Dataset::Debits,
-                at: entry.at,
-                reason: Reason::NoAllocation,
-                detail: format!(
-                    "its event \"{}\" was rejected no_allocation",
-                    entry.event_id.as_deref().unwrap_or_default()
-                ),
-            }),
-            Some(Placement::Outside) => outside.ledger_entries += 1,
-            None => {
-                let found = allocations
-                    .get(&entry.account_id)
-                    .and_then(|allocs| containing(allocs, entry.recorded_at));
-                match found {
-                    None => rejects.push(Reject {
-                        dataset: Dataset::Debits,
-                        at: entry.at,
-                        reason: Reason::NoAllocation,
-                        detail: format!(
-                            "no allocation of account \"{}\" contains recorded_at {} and no \
+                    match place_instant(allocations, &covered, &entry.account_id, entry.recorded_at)
+                    {
+                        Placement::InWindow(a, p) => EntryTarget::Unattached(a, p),
+                        Placement::Outside => EntryTarget::Outside,
+                        Placement::NoAllocation => EntryTarget::Rejected(Reject {
+                            dataset: Dataset::Debits,
+                            at: entry.at,
+                            reason: Reason::NoAllocation,
+                            detail: format!(
+                                "no allocation of account \"{}\" contains recorded_at {} and no \
                              usage event matches its event_id",
-                            entry.account_id,
-                            format_instant(entry.recorded_at)
-                        ),
-                    }),
-                    Some(alloc) => match covered.get(entry.account_id.as_str()).and_then(
-                        |(account, period_of)| period_of.get(&alloc).map(|p| (*account, *p)),
-                    ) {
-                        Some((account, period)) => {
-                            accounts[account].periods[period].unattached.push(entry)
-                        }
-                        None => outside.ledger_entries += 1,
-                    },
+                                entry.account_id,
+                                format_instant(entry.recorded_at)
+                            ),
+                        }),
+                    }
                 }
             }
+        })
+        .collect();
+    drop(by_hash);
+    drop(covered);
+
+    let mut entries_of: Vec<Entries> = (0..events.len()).map(|_| Entries::new()).collect();
+    for (entry, target) in debits.into_iter().zip(targets) {
+        match target {
+            EntryTarget::Event(i) => entries_of[i].push(entry),
+            EntryTarget::Unattached(a, p) => accounts[a].periods[p].unattached.push(entry),
+            EntryTarget::Rejected(r) => rejects.push(r),
+            EntryTarget::Outside => outside.ledger_entries += 1,
+        }
+    }
+    // Size every period's event list first: no reallocation while moving events in.
+    let mut counts: Vec<Vec<usize>> = accounts.iter().map(|a| vec![0; a.periods.len()]).collect();
+    for placement in &placements {
+        if let Placement::InWindow(a, p) = placement {
+            counts[*a][*p] += 1;
+        }
+    }
+    for (account, counts) in accounts.iter_mut().zip(counts) {
+        for (period, n) in account.periods.iter_mut().zip(counts) {
+            period.events.reserve_exact(n);
+        }
+    }
+    for ((usage, placement), entries) in events.into_iter().zip(placements).zip(entries_of) {
+        if let Placement::InWindow(a, p) = placement {
+            let conflicting = deduped.conflicting.contains(&usage.event_id);
+            accounts[a].periods[p].events.push(EventWork {
+                usage,
+                entries,
+                conflicting,
+            });
         }
     }
 
-    let index: HashMap<String, usize> = accounts
+    let index: HashMap<String, usize, FastHash> = accounts
         .iter()
         .enumerate()
         .map(|(i, a)| (a.account_id.clone(), i))

@@ -91,7 +91,7 @@ fn work(periods: usize, grants: Vec<GrantRow>, events: Vec<(UsageRow, Milli)>) -
         .collect();
     for (i, (usage, recorded)) in events.into_iter().enumerate() {
         let p = ((usage.occurred_at - START) / (30 * DAY)) as usize;
-        let entries = vec![DebitRow {
+        let entries = smallvec::smallvec![DebitRow {
             at: at(),
             entry_id: format!("d{i:03}"),
             account_id: "a".into(),
