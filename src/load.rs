@@ -511,6 +511,24 @@ fn read_file<T: Send>(
     Ok(all)
 }
 
+/// Decode the contract's columns of every file and count rows, doing nothing else: the
+/// "bare scan" baseline of the benchmark.
+pub fn scan_dataset(files: &[InputFile], specs: &[ColSpec]) -> Result<u64> {
+    let per_file: Vec<Result<Vec<u64>>> = files
+        .par_iter()
+        .map(|file| {
+            read_file(file, specs, &|batch: &Batch, out: &mut Vec<u64>| {
+                out.push(batch.len as u64)
+            })
+        })
+        .collect();
+    let mut rows = 0;
+    for counts in per_file {
+        rows += counts?.iter().sum::<u64>();
+    }
+    Ok(rows)
+}
+
 /// Either a typed row or a reject, in file order.
 pub enum Parsed<T> {
     Row(T),

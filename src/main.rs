@@ -37,6 +37,11 @@ enum Command {
     Close(CloseArgs),
     /// Write a deterministic synthetic data root with injected discrepancies.
     Generate(GenerateArgs),
+    /// Benchmark baseline: decode the contract's columns of every input file, nothing else.
+    Scan {
+        #[arg(long)]
+        data: PathBuf,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -199,6 +204,16 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Reconcile(a) => (a, Mode::Reconcile, false),
         Command::Close(c) => (c.run, Mode::Close, c.force),
         Command::Generate(g) => return generate(g),
+        Command::Scan { data } => {
+            let started = std::time::Instant::now();
+            let rows = tally::scan(&data)?;
+            println!(
+                "{}: scanned {rows} rows in {:.3} s",
+                data.display(),
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(0);
+        }
     };
     let req = request(args, mode, force)?;
     let out = req.out.display().to_string();
