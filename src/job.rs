@@ -9,7 +9,12 @@
 //! [alert]
 //! max_discrepancies = 100
 //! max_abs_delta_credits = "500"
+//! min_events_in_window = 1          # alert on an empty or stale export
+//! max_rejected_rows = 1000
 //! ```
+//!
+//! `out` may contain `{as_of}` (e.g. `20261201T000000Z`) or `{as_of_date}` (`2026-12-01`),
+//! replaced with the run's as-of, so that each close gets its own folder.
 
 use crate::error::{Result, TallyError};
 use serde::Deserialize;
@@ -33,6 +38,25 @@ pub struct JobFile {
 pub struct AlertConfig {
     pub max_discrepancies: Option<u64>,
     pub max_abs_delta_credits: Option<String>,
+    pub min_events_in_window: Option<u64>,
+    pub max_rejected_rows: Option<u64>,
+}
+
+/// Replace `{as_of}` and `{as_of_date}` in an output path.
+pub fn expand_out(out: &Path, as_of: crate::time::Micros) -> std::path::PathBuf {
+    let text = out.to_string_lossy();
+    if !text.contains('{') {
+        return out.to_path_buf();
+    }
+    let stamp = crate::close::compact_stamp(as_of);
+    let date = crate::time::format_instant(as_of)
+        .get(..10)
+        .unwrap_or_default()
+        .to_string();
+    std::path::PathBuf::from(
+        text.replace("{as_of}", &stamp)
+            .replace("{as_of_date}", &date),
+    )
 }
 
 impl JobFile {

@@ -44,6 +44,60 @@ pub struct Alert {
     pub max_discrepancies: Option<u64>,
     /// A Σ |delta| over all discrepancy rows above this alerts.
     pub max_abs_delta_credits: Option<Milli>,
+    /// Fewer events in the window than this alerts (a stale or empty export).
+    pub min_events_in_window: Option<u64>,
+    /// More rejected rows (all datasets) than this alerts.
+    pub max_rejected_rows: Option<u64>,
+}
+
+/// The figures of a run that alert thresholds look at.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AlertFigures {
+    pub discrepancies: u64,
+    pub abs_delta: Milli,
+    pub events_in_window: u64,
+    pub rejected_rows: u64,
+}
+
+impl AlertFigures {
+    fn of(output: &RunOutput) -> AlertFigures {
+        AlertFigures {
+            discrepancies: output.discrepancies.len() as u64,
+            abs_delta: report::abs_delta(&output.discrepancies),
+            events_in_window: output.usage.events_in_window,
+            rejected_rows: output.rejects.len() as u64,
+        }
+    }
+
+    /// Read back from an earlier run's `summary.json` (for a no-op close).
+    fn from_summary(path: &Path) -> Result<AlertFigures> {
+        let text = std::fs::read_to_string(path).map_err(|e| TallyError::io(path, e))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            TallyError::input(
+                path.display().to_string(),
+                format!("unreadable summary: {e}"),
+            )
+        })?;
+        let abs = v["discrepancies"]["abs_delta_credits"]
+            .as_str()
+            .and_then(|t| rust_decimal::Decimal::from_str_exact(t).ok())
+            .and_then(Milli::from_decimal)
+            .unwrap_or_default();
+        let rejected = v["datasets"]
+            .as_object()
+            .map(|d| {
+                d.values()
+                    .map(|c| c["rejected"].as_u64().unwrap_or(0))
+                    .sum()
+            })
+            .unwrap_or(0);
+        Ok(AlertFigures {
+            discrepancies: v["discrepancies"]["total"].as_u64().unwrap_or(0),
+            abs_delta: abs,
+            events_in_window: v["usage"]["events_in_window"].as_u64().unwrap_or(0),
+            rejected_rows: rejected,
+        })
+    }
 }
 
 /// What to run.
@@ -70,7 +124,8 @@ pub enum JobOutcome {
         alert: Option<String>,
     },
     /// `close` over a period already closed with the same inputs: nothing was written.
-    AlreadyClosed,
+    /// The alert thresholds are checked again against the published summary.
+    AlreadyClosed { alert: Option<String> },
 }
 
 /// Decode the needed columns of every input file and count the rows (the benchmark's bare
@@ -193,6 +248,7 @@ pub fn run_job(req: &JobRequest) -> Result<JobOutcome> {
         ));
     }
     let _lock = lock_output(&req.out)?;
+    check_replaceable(&req.out)?;
     let inputs = fingerprint_inputs(&req.data)?;
     let manifest_path = req.out.join("manifest.json");
     if req.mode == Mode::Close && manifest_path.exists() {
@@ -205,7 +261,12 @@ pub fn run_job(req: &JobRequest) -> Result<JobOutcome> {
             )
         })?;
         match describe_changes(&old, req, &inputs) {
-            None => return Ok(JobOutcome::AlreadyClosed),
+            None => {
+                let figures = AlertFigures::from_summary(&req.out.join("summary.json"))?;
+                return Ok(JobOutcome::AlreadyClosed {
+                    alert: check_alert(&req.alert, &figures),
+                });
+            }
             Some(changes) if !req.force => {
                 return Err(TallyError::Refused(format!(
                     "{} already holds a close with other inputs ({changes}); rerun with --force to replace it",
@@ -237,33 +298,71 @@ pub fn run_job(req: &JobRequest) -> Result<JobOutcome> {
     Ok(JobOutcome::Published {
         discrepancies: output.discrepancies.len() as u64,
         rejects: output.rejects.len() as u64,
-        alert: check_alert(&req.alert, &output),
+        alert: check_alert(&req.alert, &AlertFigures::of(&output)),
     })
 }
 
-fn check_alert(alert: &Alert, output: &RunOutput) -> Option<String> {
-    let count = output.discrepancies.len() as u64;
-    if let Some(max) = alert.max_discrepancies {
-        if count > max {
-            return Some(format!(
-                "{count} discrepancy rows exceed the alert threshold of {max}"
-            ));
-        }
+fn check_alert(alert: &Alert, f: &AlertFigures) -> Option<String> {
+    if let Some(max) = alert.max_discrepancies.filter(|&m| f.discrepancies > m) {
+        return Some(format!(
+            "{} discrepancy rows exceed the alert threshold of {max}",
+            f.discrepancies
+        ));
     }
-    if let Some(max) = alert.max_abs_delta_credits {
-        let total: i128 = output
-            .discrepancies
-            .iter()
-            .map(|d| i128::from(d.delta_credits.unwrap_or_default().0.abs()))
-            .sum();
-        if total > i128::from(max.0) {
-            return Some(format!(
-                "Σ |delta| of {} credits exceeds the alert threshold of {max}",
-                Milli(total.min(i128::from(i64::MAX)) as i64)
-            ));
-        }
+    if let Some(max) = alert.max_abs_delta_credits.filter(|&m| f.abs_delta > m) {
+        return Some(format!(
+            "Σ |delta| of {} credits exceeds the alert threshold of {max}",
+            f.abs_delta
+        ));
+    }
+    if let Some(min) = alert
+        .min_events_in_window
+        .filter(|&m| f.events_in_window < m)
+    {
+        return Some(format!(
+            "only {} events in the window, fewer than the alert minimum of {min} (stale export?)",
+            f.events_in_window
+        ));
+    }
+    if let Some(max) = alert.max_rejected_rows.filter(|&m| f.rejected_rows > m) {
+        return Some(format!(
+            "{} rejected rows exceed the alert threshold of {max}",
+            f.rejected_rows
+        ));
     }
     None
+}
+
+/// Refuse to replace a folder that is not a tally output: `--out` must never wipe other data.
+fn check_replaceable(out: &Path) -> Result<()> {
+    if !out.exists() {
+        return Ok(());
+    }
+    let refuse = |why: &str| {
+        Err(TallyError::Refused(format!(
+            "{} {why}; tally replaces only its own output folders: choose a new or empty folder",
+            out.display()
+        )))
+    };
+    if !out.is_dir() {
+        return refuse("exists and is not a folder");
+    }
+    let empty = std::fs::read_dir(out)
+        .map_err(|e| TallyError::io(out, e))?
+        .next()
+        .is_none();
+    if empty {
+        return Ok(());
+    }
+    let manifest = std::fs::read_to_string(out.join("manifest.json")).ok();
+    let is_tally = manifest
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .is_some_and(|v| v["tool"] == "tally");
+    if is_tally {
+        Ok(())
+    } else {
+        refuse("holds files but no tally manifest.json")
+    }
 }
 
 /// Write every output file into `dir` (the staging folder); the manifest comes last.

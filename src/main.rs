@@ -172,6 +172,8 @@ fn request(args: RunArgs, mode: Mode, force: bool) -> anyhow::Result<JobRequest>
     let mut alert = Alert::default();
     if let Some(j) = &job {
         alert.max_discrepancies = j.alert.max_discrepancies;
+        alert.min_events_in_window = j.alert.min_events_in_window;
+        alert.max_rejected_rows = j.alert.max_rejected_rows;
         if let Some(text) = &j.alert.max_abs_delta_credits {
             let d = rust_decimal::Decimal::from_str_exact(text)
                 .ok()
@@ -186,7 +188,7 @@ fn request(args: RunArgs, mode: Mode, force: bool) -> anyhow::Result<JobRequest>
     }
     Ok(JobRequest {
         data,
-        out,
+        out: tally::job::expand_out(&out, as_of),
         mode,
         as_of,
         settle_micros,
@@ -218,9 +220,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     let req = request(args, mode, force)?;
     let out = req.out.display().to_string();
     match tally::run_job(&req)? {
-        JobOutcome::AlreadyClosed => {
+        JobOutcome::AlreadyClosed { alert } => {
             println!("{out}: already closed with the same inputs; nothing to do");
-            Ok(0)
+            alert_exit(alert)
         }
         JobOutcome::Published {
             discrepancies,
@@ -231,14 +233,19 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 "{out}: {} published: {discrepancies} discrepancies, {rejects} rejected rows",
                 mode.name()
             );
-            match alert {
-                Some(why) => {
-                    eprintln!("tally: alert: {why}");
-                    Ok(1)
-                }
-                None => Ok(0),
-            }
+            alert_exit(alert)
         }
+    }
+}
+
+/// Exit 1 with the alert's line when a threshold was crossed.
+fn alert_exit(alert: Option<String>) -> anyhow::Result<u8> {
+    match alert {
+        Some(why) => {
+            eprintln!("tally: alert: {why}");
+            Ok(1)
+        }
+        None => Ok(0),
     }
 }
 

@@ -57,7 +57,18 @@ pub struct EventCounts {
 #[derive(Serialize)]
 pub struct DiscrepancyCounts {
     pub total: u64,
+    /// Σ |delta_credits| over all rows (unpriced rows count 0).
+    pub abs_delta_credits: Milli,
     pub by_kind: Vec<KindLine>,
+}
+
+/// Σ |delta_credits| over discrepancy rows (saturating: a summary figure, not an amount).
+pub fn abs_delta(rows: &[crate::reconcile::DiscrepancyRow]) -> Milli {
+    Milli(
+        rows.iter()
+            .map(|d| d.delta_credits.unwrap_or_default().0.saturating_abs())
+            .fold(0i64, i64::saturating_add),
+    )
 }
 
 #[derive(Serialize)]
@@ -154,6 +165,7 @@ pub fn summary(out: &RunOutput) -> Result<Summary> {
         },
         discrepancies: DiscrepancyCounts {
             total: out.discrepancies.len() as u64,
+            abs_delta_credits: abs_delta(&out.discrepancies),
             by_kind,
         },
         credits: CreditTotals {

@@ -350,3 +350,88 @@ fn unsafe_uid() -> u32 {
         })
         .unwrap_or(u32::MAX)
 }
+
+#[test]
+fn out_never_replaces_a_folder_that_is_not_a_tally_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = generated(tmp.path(), 2_000);
+    let precious = tmp.path().join("precious");
+    std::fs::create_dir_all(&precious).unwrap();
+    std::fs::write(precious.join("ledger.xlsx"), b"finance's file").unwrap();
+    let out = cmd("reconcile", &data, &precious).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "tally: refused: {} holds files but no tally manifest.json; tally replaces only its own output folders: choose a new or empty folder\n",
+            precious.display()
+        )
+    );
+    assert_eq!(
+        std::fs::read(precious.join("ledger.xlsx")).unwrap(),
+        b"finance's file"
+    );
+    // An empty folder is fine.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    assert!(cmd("reconcile", &data, &empty)
+        .output()
+        .unwrap()
+        .status
+        .success());
+}
+
+#[test]
+fn job_out_placeholders_and_alerts_on_a_no_op_close_and_an_empty_window() {
+    let tmp = tempfile::tempdir().unwrap();
+    let _data = generated(tmp.path(), 5_000);
+    let job = tmp.path().join("close.toml");
+    std::fs::write(
+        &job,
+        "command = \"close\"\ndata = \"data\"\nout = \"closes/{as_of_date}\"\n[alert]\nmax_discrepancies = 10\n",
+    )
+    .unwrap();
+    let run = || {
+        tally(&[
+            "close",
+            "--job",
+            job.to_str().unwrap(),
+            "--as-of",
+            CLOSE_AS_OF,
+        ])
+    };
+    let first = run();
+    assert_eq!(first.status.code(), Some(1), "{}", stderr(&first));
+    assert!(tmp
+        .path()
+        .join("closes/2026-12-01/invoices.parquet")
+        .exists());
+    // A retry finds the close done, but must not hide the alert.
+    let retry = run();
+    assert_eq!(retry.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&retry.stdout).contains("already closed"));
+    assert_eq!(
+        stderr(&retry),
+        "tally: alert: 100 discrepancy rows exceed the alert threshold of 10\n"
+    );
+
+    let nightly = tmp.path().join("nightly.toml");
+    std::fs::write(
+        &nightly,
+        "command = \"reconcile\"\ndata = \"data\"\nout = \"nightly\"\n[alert]\nmin_events_in_window = 1\n",
+    )
+    .unwrap();
+    // Past the period: no allocation covers as-of, nothing in the window.
+    let empty = tally(&[
+        "reconcile",
+        "--job",
+        nightly.to_str().unwrap(),
+        "--as-of",
+        "2026-12-05T00:00:00Z",
+    ]);
+    assert_eq!(empty.status.code(), Some(1));
+    assert_eq!(
+        stderr(&empty),
+        "tally: alert: only 0 events in the window, fewer than the alert minimum of 1 (stale export?)\n"
+    );
+}
