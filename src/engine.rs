@@ -74,6 +74,19 @@ impl Totals {
     }
 }
 
+/// Invoice lines of late events carry this prefix on their product.
+pub const PRIOR_PERIOD_PREFIX: &str = "prior_period:";
+
+/// One row of `billed_events` (close): an event billed on an invoice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BilledEventRow {
+    pub invoice_id: String,
+    pub event_id: String,
+    pub account_id: String,
+    pub occurred_at: Micros,
+    pub credits: Milli,
+}
+
 /// Everything one account contributes to the outputs.
 #[derive(Default)]
 pub struct AccountResult {
@@ -84,6 +97,7 @@ pub struct AccountResult {
     pub renewals: Vec<RenewalRow>,
     pub allocations_next: Vec<AllocationRow>,
     pub grants_next: Vec<GrantRow>,
+    pub billed_events: Vec<BilledEventRow>,
     pub totals: Totals,
 }
 
@@ -198,8 +212,20 @@ fn process_period(
         }
         if let (Price::Charged(credits), Mode::Close) = (price, ctx.mode) {
             let u = &event.usage;
+            result.billed_events.push(BilledEventRow {
+                invoice_id: close::invoice_id(&alloc.account_id, alloc.period_start),
+                event_id: u.event_id.clone(),
+                account_id: u.account_id.clone(),
+                occurred_at: u.occurred_at,
+                credits,
+            });
+            // A late event is billed as a prior-period adjustment line.
+            let product = match event.late_from {
+                Some(_) => format!("{PRIOR_PERIOD_PREFIX}{}", u.product),
+                None => u.product.clone(),
+            };
             let key = (
-                u.product.clone(),
+                product,
                 u.action.clone(),
                 (u.model.is_none(), u.model.clone()),
             );
@@ -219,6 +245,9 @@ fn process_period(
         }
         if plan.overage == Overage::Block && overage_of[i].is_positive() {
             kinds.push(Kind::OverLimitUsage);
+        }
+        if event.late_from.is_some() {
+            kinds.push(Kind::LateEvent);
         }
         for kind in kinds {
             result.discrepancies.push(reconcile::event_row(

@@ -29,6 +29,9 @@ pub struct JobFile {
     pub settle: Option<String>,
     pub as_of: Option<String>,
     pub buckets: Option<u32>,
+    /// (close) the folder of earlier close outputs, for late events and never closing a
+    /// period twice.
+    pub history: Option<PathBuf>,
     #[serde(default)]
     pub alert: AlertConfig,
 }
@@ -80,6 +83,9 @@ impl JobFile {
         }
         if job.out.is_relative() {
             job.out = base.join(&job.out);
+        }
+        if let Some(h) = job.history.as_mut().filter(|h| h.is_relative()) {
+            *h = base.join(&*h);
         }
         Ok(job)
     }

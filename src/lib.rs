@@ -12,6 +12,7 @@ pub mod consume;
 pub mod engine;
 pub mod error;
 pub mod generate;
+pub mod history;
 pub mod job;
 pub mod load;
 pub mod model;
@@ -112,6 +113,9 @@ pub struct JobRequest {
     pub buckets: u32,
     pub alert: Alert,
     pub progress: Progress,
+    /// A folder of earlier close outputs (`--history`): their periods are not closed again,
+    /// and their unbilled events are `late_event`s billed on the next invoice.
+    pub history: Option<PathBuf>,
 }
 
 /// How a job ended (errors aside).
@@ -276,8 +280,13 @@ pub fn run_job(req: &JobRequest) -> Result<JobOutcome> {
             Some(changes) => tracing::warn!(%changes, "replacing an earlier close (--force)"),
         }
     }
+    let history = match &req.history {
+        Some(dir) => history::load(dir, &req.out)?,
+        None => history::History::default(),
+    };
     let output = pipeline::run(
         RunSettings {
+            history: std::sync::Arc::new(history),
             data: req.data.clone(),
             mode: req.mode,
             as_of: req.as_of,

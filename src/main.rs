@@ -73,6 +73,10 @@ struct CloseArgs {
     /// Replace an earlier close of the same output folder made from other inputs.
     #[arg(long)]
     force: bool,
+    /// Folder of earlier close outputs: their periods are never closed again, and events
+    /// that arrive late for them are reported `late_event` and billed on the next invoice.
+    #[arg(long)]
+    history: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -112,7 +116,12 @@ fn config_error(message: String) -> anyhow::Error {
     anyhow::Error::new(TallyError::config("command line", message))
 }
 
-fn request(args: RunArgs, mode: Mode, force: bool) -> anyhow::Result<JobRequest> {
+fn request(
+    args: RunArgs,
+    mode: Mode,
+    force: bool,
+    history: Option<PathBuf>,
+) -> anyhow::Result<JobRequest> {
     let job = match &args.job {
         Some(path) => Some(JobFile::load(path)?),
         None => None,
@@ -186,7 +195,9 @@ fn request(args: RunArgs, mode: Mode, force: bool) -> anyhow::Result<JobRequest>
             alert.max_abs_delta_credits = Some(d);
         }
     }
+    let history = history.or_else(|| job.as_ref().and_then(|j| j.history.clone()));
     Ok(JobRequest {
+        history,
         data,
         out: tally::job::expand_out(&out, as_of),
         mode,
@@ -202,9 +213,9 @@ fn request(args: RunArgs, mode: Mode, force: bool) -> anyhow::Result<JobRequest>
 }
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
-    let (args, mode, force) = match cli.command {
-        Command::Reconcile(a) => (a, Mode::Reconcile, false),
-        Command::Close(c) => (c.run, Mode::Close, c.force),
+    let (args, mode, force, history) = match cli.command {
+        Command::Reconcile(a) => (a, Mode::Reconcile, false, None),
+        Command::Close(c) => (c.run, Mode::Close, c.force, c.history),
         Command::Generate(g) => return generate(g),
         Command::Scan { data } => {
             let started = std::time::Instant::now();
@@ -217,7 +228,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             return Ok(0);
         }
     };
-    let req = request(args, mode, force)?;
+    let req = request(args, mode, force, history)?;
     let out = req.out.display().to_string();
     match tally::run_job(&req)? {
         JobOutcome::AlreadyClosed { alert } => {

@@ -2,7 +2,9 @@
 //! in parallel by bucket) price → consume → reconcile → close → collect. Writing is `write`.
 
 use crate::close::{InvoiceLineRow, InvoiceRow, RenewalRow};
-use crate::engine::{process_account, AccountResult, BalanceRow, RunContext, Totals};
+use crate::engine::{
+    process_account, AccountResult, BalanceRow, BilledEventRow, RunContext, Totals,
+};
 use crate::error::{Result, TallyError};
 use crate::load::{self, InputFile};
 use crate::model::*;
@@ -25,6 +27,8 @@ pub struct RunSettings {
     pub as_of: Micros,
     pub settle_micros: i64,
     pub buckets: u32,
+    /// Earlier closes (their closed periods and billed events); empty without `--history`.
+    pub history: std::sync::Arc<crate::history::History>,
 }
 
 /// The bucket of an account: a stable hash (xxh3, seed 0) of its id, modulo `buckets`.
@@ -67,6 +71,7 @@ pub struct RunOutput {
     pub renewals: Vec<RenewalRow>,
     pub allocations_next: Vec<AllocationRow>,
     pub grants_next: Vec<GrantRow>,
+    pub billed_events: Vec<BilledEventRow>,
     pub totals: Totals,
 }
 
@@ -133,6 +138,7 @@ pub fn run(settings: RunSettings, progress: &Progress) -> Result<RunOutput> {
         deduped,
         debits,
         grants,
+        &settings.history,
         &mut rejects,
     );
     stage.done(accounts.len() as u64);
@@ -203,6 +209,7 @@ pub fn run(settings: RunSettings, progress: &Progress) -> Result<RunOutput> {
         renewals: out.renewals,
         allocations_next: out.allocations_next,
         grants_next: out.grants_next,
+        billed_events: out.billed_events,
         totals: out.totals,
     })
 }
@@ -246,6 +253,7 @@ struct Collected {
     renewals: Vec<RenewalRow>,
     allocations_next: Vec<AllocationRow>,
     grants_next: Vec<GrantRow>,
+    billed_events: Vec<BilledEventRow>,
     totals: Totals,
 }
 
@@ -260,6 +268,7 @@ impl Collected {
         r.grants_next
             .sort_by(|a, b| a.grant_id.as_bytes().cmp(b.grant_id.as_bytes()));
         self.grants_next.append(&mut r.grants_next);
+        self.billed_events.append(&mut r.billed_events);
         self.totals.add(&r.totals)
     }
 }

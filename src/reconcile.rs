@@ -20,10 +20,13 @@ pub enum Kind {
     AmountMismatch,
     ConflictingDuplicate,
     OverLimitUsage,
+    /// The event occurred in a period closed by an earlier close and was not billed there
+    /// (tally's addition to the contract's kinds; see the README).
+    LateEvent,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::OrphanDebit,
         Kind::ManualAdjustment,
         Kind::AccountMismatch,
@@ -34,6 +37,7 @@ impl Kind {
         Kind::AmountMismatch,
         Kind::ConflictingDuplicate,
         Kind::OverLimitUsage,
+        Kind::LateEvent,
     ];
 
     pub fn name(self) -> &'static str {
@@ -48,6 +52,7 @@ impl Kind {
             Kind::AmountMismatch => "amount_mismatch",
             Kind::ConflictingDuplicate => "conflicting_duplicate",
             Kind::OverLimitUsage => "over_limit_usage",
+            Kind::LateEvent => "late_event",
         }
     }
 

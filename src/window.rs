@@ -2,6 +2,7 @@
 //! account-period), outside it, or rejected `no_allocation` (contract section 7, "Window").
 //! The result is one `AccountWork` per account with a covered period.
 
+use crate::history::History;
 use crate::model::*;
 use crate::time::{format_instant, Micros};
 use crate::validate::{Deduped, FastHash};
@@ -24,6 +25,9 @@ pub struct EventWork {
     pub entries: Entries,
     /// Its copies differed (reported `conflicting_duplicate`).
     pub conflicting: bool,
+    /// Set for a late event: the start of the earlier-closed period it occurred in. It is
+    /// reported `late_event` and billed in this (the account's next) period.
+    pub late_from: Option<Micros>,
 }
 
 /// A covered account-period and what happened in it.
@@ -57,6 +61,9 @@ pub struct Outside {
 enum Placement {
     /// (account index, period index)
     InWindow(usize, usize),
+    /// A late event: billed in (account index, period index); it occurred in the
+    /// earlier-closed period starting at the given instant.
+    Late(usize, usize, Micros),
     NoAllocation,
     Outside,
 }
@@ -87,6 +94,7 @@ fn covered_periods<'a>(
     mode: Mode,
     as_of: Micros,
     allocations: &'a HashMap<String, Vec<AllocationRow>>,
+    history: &History,
 ) -> (Vec<AccountWork>, Covered<'a>) {
     let mut accounts: Vec<AccountWork> = Vec::new();
     let mut covered: Covered<'a> = HashMap::default();
@@ -97,7 +105,8 @@ fn covered_periods<'a>(
         let mut period_of = HashMap::new();
         let mut periods = Vec::new();
         for (i, a) in allocs.iter().enumerate() {
-            if mode.covers(a.period_start, a.period_end, as_of) {
+            let closed_before = history.is_closed(account_id, a.period_start);
+            if mode.covers(a.period_start, a.period_end, as_of) && !closed_before {
                 period_of.insert(i, periods.len());
                 periods.push(PeriodWork {
                     allocation: a.clone(),
@@ -137,6 +146,32 @@ fn place_instant(
         .map_or(Placement::Outside, |(a, p)| Placement::InWindow(a, p))
 }
 
+/// An event outside the run's periods that occurred in a period an earlier close already
+/// closed, and was not billed there: billed in the account's first covered period that
+/// starts at or after that period's end (if this run covers one).
+fn place_late(
+    allocations: &HashMap<String, Vec<AllocationRow>>,
+    covered: &Covered<'_>,
+    accounts: &[AccountWork],
+    history: &History,
+    usage: &UsageRow,
+) -> Option<Placement> {
+    if history.closed.is_empty() || history.billed.contains(&usage.event_id) {
+        return None;
+    }
+    let allocs = allocations.get(&usage.account_id)?;
+    let closed = &allocs[containing(allocs, usage.occurred_at)?];
+    if !history.is_closed(&usage.account_id, closed.period_start) {
+        return None;
+    }
+    let (account, _) = covered.get(usage.account_id.as_str())?;
+    let period = accounts[*account]
+        .periods
+        .iter()
+        .position(|p| p.allocation.period_start >= closed.period_end)?;
+    Some(Placement::Late(*account, period, closed.period_start))
+}
+
 pub fn place(
     mode: Mode,
     as_of: Micros,
@@ -144,9 +179,10 @@ pub fn place(
     deduped: Deduped,
     debits: Vec<DebitRow>,
     grants: Vec<GrantRow>,
+    history: &History,
     rejects: &mut Vec<Reject>,
 ) -> (Vec<AccountWork>, Outside) {
-    let (mut accounts, covered) = covered_periods(mode, as_of, allocations);
+    let (mut accounts, covered) = covered_periods(mode, as_of, allocations, history);
     let events = deduped.events;
     let mut outside = Outside::default();
 
@@ -158,6 +194,11 @@ pub fn place(
             }
             let placement =
                 place_instant(allocations, &covered, &usage.account_id, usage.occurred_at);
+            if matches!(placement, Placement::Outside) {
+                if let Some(late) = place_late(allocations, &covered, &accounts, history, usage) {
+                    return late;
+                }
+            }
             if matches!(placement, Placement::NoAllocation) {
                 rejects.push(Reject {
                     dataset: Dataset::Usage,
@@ -202,7 +243,7 @@ pub fn place(
             }
             let event = entry.event_id.as_deref().and_then(event_of);
             match event.map(|i| (i, placements[i])) {
-                Some((i, Placement::InWindow(..))) => EntryTarget::Event(i),
+                Some((i, Placement::InWindow(..) | Placement::Late(..))) => EntryTarget::Event(i),
                 Some((_, Placement::Outside)) => EntryTarget::Outside,
                 Some((_, Placement::NoAllocation)) => EntryTarget::Rejected(Reject {
                     dataset: Dataset::Debits,
@@ -217,7 +258,7 @@ pub fn place(
                     match place_instant(allocations, &covered, &entry.account_id, entry.recorded_at)
                     {
                         Placement::InWindow(a, p) => EntryTarget::Unattached(a, p),
-                        Placement::Outside => EntryTarget::Outside,
+                        Placement::Outside | Placement::Late(..) => EntryTarget::Outside,
                         Placement::NoAllocation => EntryTarget::Rejected(Reject {
                             dataset: Dataset::Debits,
                             at: entry.at,
@@ -249,7 +290,7 @@ pub fn place(
     // Size every period's event list first: no reallocation while moving events in.
     let mut counts: Vec<Vec<usize>> = accounts.iter().map(|a| vec![0; a.periods.len()]).collect();
     for placement in &placements {
-        if let Placement::InWindow(a, p) = placement {
+        if let Placement::InWindow(a, p) | Placement::Late(a, p, _) = placement {
             counts[*a][*p] += 1;
         }
     }
@@ -259,14 +300,18 @@ pub fn place(
         }
     }
     for ((usage, placement), entries) in events.into_iter().zip(placements).zip(entries_of) {
-        if let Placement::InWindow(a, p) = placement {
-            let conflicting = deduped.conflicting.contains(&usage.event_id);
-            accounts[a].periods[p].events.push(EventWork {
-                usage,
-                entries,
-                conflicting,
-            });
-        }
+        let (a, p, late_from) = match placement {
+            Placement::InWindow(a, p) => (a, p, None),
+            Placement::Late(a, p, from) => (a, p, Some(from)),
+            Placement::NoAllocation | Placement::Outside => continue,
+        };
+        let conflicting = deduped.conflicting.contains(&usage.event_id);
+        accounts[a].periods[p].events.push(EventWork {
+            usage,
+            entries,
+            conflicting,
+            late_from,
+        });
     }
 
     let index: HashMap<String, usize, FastHash> = accounts

@@ -357,6 +357,18 @@ pub fn grants_next_table(out: &RunOutput) -> RecordBatch {
         .finish()
 }
 
+/// Events billed on each invoice (close): what a later close reads to find late events.
+pub fn billed_events_table(out: &RunOutput) -> RecordBatch {
+    let rows = &out.billed_events;
+    Table::default()
+        .str("invoice_id", rows.iter().map(|r| r.invoice_id.as_str()))
+        .str("event_id", rows.iter().map(|r| r.event_id.as_str()))
+        .str("account_id", rows.iter().map(|r| r.account_id.as_str()))
+        .ts("occurred_at", rows.iter().map(|r| r.occurred_at))
+        .credits("credits", rows.iter().map(|r| r.credits))
+        .finish()
+}
+
 // ---- files -----------------------------------------------------------------------------
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TallyError + '_ {
@@ -423,6 +435,7 @@ pub fn output_tables(out: &RunOutput) -> Vec<(&'static str, RecordBatch)> {
             tables.push(("renewals.parquet", renewals_table(out)));
             tables.push(("allocations_next.parquet", allocations_next_table(out)));
             tables.push(("grants_next.parquet", grants_next_table(out)));
+            tables.push(("billed_events.parquet", billed_events_table(out)));
         }
     }
     tables

@@ -311,3 +311,96 @@ fn close_outputs_are_deterministic() {
     let actions = lines.column_by_name("action").unwrap().as_string::<i32>();
     assert_eq!(actions.value(0), "chat_edit");
 }
+
+/// A usage event that arrives after its period was closed: the next close (with
+/// `--history`) does not close that period again; it reports the event `late_event` and
+/// bills it on the account's next invoice as a prior-period line.
+#[test]
+fn late_events_are_reported_and_billed_on_the_next_invoice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    first_root(&root);
+    // December allocation for acct_pro already in the data root (the export keeps history).
+    let dec = Table::default()
+        .str("account_id", ["acct_pro"])
+        .str("plan_id", ["pro"])
+        .ts("period_start", [t("2026-12-01T00:00:00Z")])
+        .ts("period_end", [t("2026-12-31T08:00:00Z")])
+        .credits("included_credits", [Milli::from_units(200)])
+        .opt_ts("billing_anchor", [Some(t("2026-10-31T08:00:00Z"))])
+        .str("status", ["active"])
+        .finish();
+    write_parquet(&root.join("allocations/part-1.parquet"), &dec).unwrap();
+    let closes = tmp.path().join("closes");
+    let close = |as_of: &str, name: &str| {
+        tally(&[
+            "close",
+            "--data",
+            root.to_str().unwrap(),
+            "--as-of",
+            as_of,
+            "--out",
+            closes.join(name).to_str().unwrap(),
+            "--history",
+            closes.to_str().unwrap(),
+        ])
+    };
+    assert!(close("2026-12-01T00:00:00Z", "2026-12-01").status.success());
+
+    // After the November close, a November event shows up, and December usage.
+    write_usage(
+        &root.join("usage/part-late.parquet"),
+        &[
+            ("e_late", "acct_pro", "chat_edit", 3, "2026-11-29T10:00:00Z"),
+            ("e_dec", "acct_pro", "chat_edit", 1, "2026-12-02T10:00:00Z"),
+        ],
+    );
+    write_debits(
+        &root.join("debits/part-late.parquet"),
+        &[
+            ("d_late", "acct_pro", "e_late", 6, "2026-12-02T09:00:00Z"),
+            ("d_dec", "acct_pro", "e_dec", 2, "2026-12-02T10:00:01Z"),
+        ],
+    );
+    let second = close("2026-12-31T08:00:00Z", "2026-12-31");
+    assert!(second.status.success(), "{}", stderr(&second));
+    let out = closes.join("2026-12-31");
+    // November is not invoiced or renewed again; December is, with the late event on it.
+    let invoices = render(&out.join("invoices.parquet"), &[]);
+    assert_eq!(invoices.lines().count(), 2, "{invoices}");
+    assert!(invoices.contains("INV-acct_pro-20261201T000000Z,acct_pro,pro,2026-12-01T00:00:00Z,2026-12-31T08:00:00Z,USD,999,200.000,8.000,"), "{invoices}");
+    let lines = render(&out.join("invoice_lines.parquet"), &[]);
+    assert_eq!(
+        lines,
+        "invoice_id,product,action,model,event_count,quantity,credits\n\
+         INV-acct_pro-20261201T000000Z,captions,chat_edit,,1,1.000,2.000\n\
+         INV-acct_pro-20261201T000000Z,prior_period:captions,chat_edit,,1,3.000,6.000\n"
+    );
+    let discrepancies = std::fs::read_to_string(out.join("discrepancies.csv")).unwrap();
+    assert_eq!(
+        discrepancies,
+        "kind,account_id,event_id,entry_ids,occurred_at,product,action,model,expected_credits,recorded_credits,delta_credits\n\
+         late_event,acct_pro,e_late,d_late,2026-11-29T10:00:00Z,captions,chat_edit,,6.000,6.000,0.000\n"
+    );
+    let renewals = render(&out.join("renewals.parquet"), &[]);
+    assert_eq!(
+        renewals.lines().count(),
+        2,
+        "only December renews: {renewals}"
+    );
+    // A third close finds both periods closed and the late event billed: nothing new.
+    let third = close("2027-01-01T00:00:00Z", "2027-01-01");
+    assert!(third.status.success());
+    let third_out = closes.join("2027-01-01");
+    assert_eq!(
+        read_parquet(&third_out.join("invoices.parquet")).num_rows(),
+        0
+    );
+    assert_eq!(
+        std::fs::read_to_string(third_out.join("discrepancies.csv"))
+            .unwrap()
+            .lines()
+            .count(),
+        1
+    );
+}

@@ -104,6 +104,7 @@ fn work(periods: usize, grants: Vec<GrantRow>, events: Vec<(UsageRow, Milli)>) -
             usage,
             entries,
             conflicting: false,
+            late_from: None,
         });
     }
     AccountWork {

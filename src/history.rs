@@ -1,0 +1,120 @@
+//! Earlier closes, read back from their output folders: which account-periods are already
+//! closed (never closed or renewed twice) and which events were billed (so that an event
+//! that arrives after its period was closed is reported `late_event`, not lost).
+
+use crate::error::{Result, TallyError};
+use crate::time::Micros;
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::TimestampMicrosecondType;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use std::collections::HashSet;
+use std::path::Path;
+
+/// What earlier closes under a history folder did.
+#[derive(Clone, Debug, Default)]
+pub struct History {
+    /// (account_id, period_start) of every closed account-period.
+    pub closed: HashSet<(String, Micros)>,
+    /// Every event_id billed on an earlier invoice.
+    pub billed: HashSet<String>,
+    /// How many earlier close folders were read.
+    pub closes: u64,
+}
+
+impl History {
+    pub fn is_closed(&self, account_id: &str, period_start: Micros) -> bool {
+        !self.closed.is_empty()
+            && self
+                .closed
+                .contains(&(account_id.to_string(), period_start))
+    }
+}
+
+fn read_columns(
+    path: &Path,
+    each: &mut dyn FnMut(&arrow::record_batch::RecordBatch) -> Result<()>,
+) -> Result<()> {
+    let name = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|e| TallyError::io(path, e))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|b| b.build())
+        .map_err(|e| {
+            TallyError::input(&name, format!("not a readable earlier close output: {e}"))
+        })?;
+    for batch in reader {
+        let batch = batch.map_err(|e| TallyError::input(&name, format!("cannot read: {e}")))?;
+        each(&batch)?;
+    }
+    Ok(())
+}
+
+fn column<'a>(
+    batch: &'a arrow::record_batch::RecordBatch,
+    name: &str,
+    path: &Path,
+) -> Result<&'a dyn Array> {
+    batch
+        .column_by_name(name)
+        .map(|c| c.as_ref())
+        .ok_or_else(|| {
+            TallyError::input(
+                path.display().to_string(),
+                format!("missing column `{name}`"),
+            )
+        })
+}
+
+/// Read every close output folder directly under `dir` (a folder whose manifest.json says
+/// `"command": "close"`), except `exclude` (the run's own output folder).
+pub fn load(dir: &Path, exclude: &Path) -> Result<History> {
+    let mut history = History::default();
+    if !dir.is_dir() {
+        return Ok(history);
+    }
+    let mut folders: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| TallyError::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("manifest.json").is_file())
+        .collect();
+    folders.sort();
+    let exclude = exclude.canonicalize().ok();
+    for folder in folders {
+        if folder.canonicalize().ok() == exclude && exclude.is_some() {
+            continue;
+        }
+        let manifest_path = folder.join("manifest.json");
+        let text = std::fs::read_to_string(&manifest_path)
+            .map_err(|e| TallyError::io(&manifest_path, e))?;
+        let manifest: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            TallyError::input(
+                manifest_path.display().to_string(),
+                format!("unreadable manifest: {e}"),
+            )
+        })?;
+        if manifest["tool"] != "tally" || manifest["command"] != "close" {
+            continue;
+        }
+        history.closes += 1;
+        let invoices = folder.join("invoices.parquet");
+        read_columns(&invoices, &mut |batch| {
+            let accounts = column(batch, "account_id", &invoices)?.as_string::<i32>();
+            let starts = column(batch, "period_start", &invoices)?
+                .as_primitive::<TimestampMicrosecondType>();
+            for i in 0..batch.num_rows() {
+                history
+                    .closed
+                    .insert((accounts.value(i).to_string(), starts.value(i)));
+            }
+            Ok(())
+        })?;
+        let billed = folder.join("billed_events.parquet");
+        read_columns(&billed, &mut |batch| {
+            let events = column(batch, "event_id", &billed)?.as_string::<i32>();
+            for i in 0..batch.num_rows() {
+                history.billed.insert(events.value(i).to_string());
+            }
+            Ok(())
+        })?;
+    }
+    Ok(history)
+}
