@@ -132,13 +132,15 @@ pub fn run(settings: RunSettings, progress: &Progress) -> Result<RunOutput> {
     stage.done(deduped.events.len() as u64);
     let stage = progress.stage("window");
     let (accounts, outside) = window::place(
-        settings.mode,
-        settings.as_of,
+        window::RunWindow {
+            mode: settings.mode,
+            as_of: settings.as_of,
+            history: &settings.history,
+        },
         &allocations,
         deduped,
         debits,
         grants,
-        &settings.history,
         &mut rejects,
     );
     stage.done(accounts.len() as u64);

@@ -172,16 +172,26 @@ fn place_late(
     Some(Placement::Late(*account, period, closed.period_start))
 }
 
+/// Which periods a run covers: its mode, as-of, and the periods earlier closes closed.
+pub struct RunWindow<'a> {
+    pub mode: Mode,
+    pub as_of: Micros,
+    pub history: &'a History,
+}
+
 pub fn place(
-    mode: Mode,
-    as_of: Micros,
+    window: RunWindow<'_>,
     allocations: &HashMap<String, Vec<AllocationRow>>,
     deduped: Deduped,
     debits: Vec<DebitRow>,
     grants: Vec<GrantRow>,
-    history: &History,
     rejects: &mut Vec<Reject>,
 ) -> (Vec<AccountWork>, Outside) {
+    let RunWindow {
+        mode,
+        as_of,
+        history,
+    } = window;
     let (mut accounts, covered) = covered_periods(mode, as_of, allocations, history);
     let events = deduped.events;
     let mut outside = Outside::default();
