@@ -101,6 +101,24 @@ pub struct AccountResult {
     pub totals: Totals,
 }
 
+impl AccountResult {
+    /// Append another account's rows (accounts are absorbed in account order, so every
+    /// table stays in its documented order except discrepancies, which are sorted after).
+    pub fn absorb(&mut self, mut r: AccountResult) -> Result<()> {
+        self.discrepancies.append(&mut r.discrepancies);
+        self.balances.append(&mut r.balances);
+        self.invoices.append(&mut r.invoices);
+        self.invoice_lines.append(&mut r.invoice_lines);
+        self.renewals.append(&mut r.renewals);
+        self.allocations_next.append(&mut r.allocations_next);
+        r.grants_next
+            .sort_by(|a, b| a.grant_id.as_bytes().cmp(b.grant_id.as_bytes()));
+        self.grants_next.append(&mut r.grants_next);
+        self.billed_events.append(&mut r.billed_events);
+        self.totals.add(&r.totals)
+    }
+}
+
 fn invariant(holds: bool, what: impl FnOnce() -> String) -> Result<()> {
     if holds {
         Ok(())

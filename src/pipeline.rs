@@ -124,10 +124,10 @@ pub fn run(settings: RunSettings, progress: &Progress) -> Result<RunOutput> {
     stage.done(usage_read + alloc_read + grant_read + debit_read);
 
     let stage = progress.stage("validate");
-    let allocations = validate::allocations(alloc_rows, &book, &mut rejects);
-    let grants = validate::grants(grant_rows, &mut rejects);
-    let debits = validate::debits(debit_rows, &mut rejects);
-    let deduped = validate::dedup_usage(usage_rows, &mut rejects);
+    let allocations = validate::allocations(alloc_rows, &book, &files[1], &mut rejects);
+    let grants = validate::grants(grant_rows, &files[2], &mut rejects);
+    let debits = validate::debits(debit_rows, &files[3], &mut rejects);
+    let deduped = validate::dedup_usage(usage_rows, &files[0], &mut rejects);
     let identical = deduped.identical_copies;
     stage.done(deduped.events.len() as u64);
     let stage = progress.stage("window");
@@ -157,7 +157,7 @@ pub fn run(settings: RunSettings, progress: &Progress) -> Result<RunOutput> {
 
     // Collect in output order: accounts by id (bytes), periods already in order.
     results.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    let mut out = Collected::default();
+    let mut out = AccountResult::default();
     for (_, result) in results {
         out.absorb(result)?;
     }
@@ -244,33 +244,4 @@ fn process_buckets(
         all.extend(bucket?);
     }
     Ok(all)
-}
-
-#[derive(Default)]
-struct Collected {
-    discrepancies: Vec<DiscrepancyRow>,
-    balances: Vec<BalanceRow>,
-    invoices: Vec<InvoiceRow>,
-    invoice_lines: Vec<InvoiceLineRow>,
-    renewals: Vec<RenewalRow>,
-    allocations_next: Vec<AllocationRow>,
-    grants_next: Vec<GrantRow>,
-    billed_events: Vec<BilledEventRow>,
-    totals: Totals,
-}
-
-impl Collected {
-    fn absorb(&mut self, mut r: AccountResult) -> Result<()> {
-        self.discrepancies.append(&mut r.discrepancies);
-        self.balances.append(&mut r.balances);
-        self.invoices.append(&mut r.invoices);
-        self.invoice_lines.append(&mut r.invoice_lines);
-        self.renewals.append(&mut r.renewals);
-        self.allocations_next.append(&mut r.allocations_next);
-        r.grants_next
-            .sort_by(|a, b| a.grant_id.as_bytes().cmp(b.grant_id.as_bytes()));
-        self.grants_next.append(&mut r.grants_next);
-        self.billed_events.append(&mut r.billed_events);
-        self.totals.add(&r.totals)
-    }
 }

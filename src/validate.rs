@@ -1,9 +1,18 @@
 //! Stage 2: the checks that need more than one row: unknown plans, overlapping periods,
 //! repeated ids, and usage dedup. Every rejected row gets the contract's reason.
 
+use crate::load::InputFile;
 use crate::model::*;
 use crate::pricebook::PriceBook;
 use std::collections::HashMap;
+
+/// "usage/part-0.parquet row 3": where a row is, for reject details.
+fn at_text(files: &[InputFile], at: RowRef) -> String {
+    let file = files
+        .get(at.file as usize)
+        .map_or("?", |f| f.rel_path.as_str());
+    format!("{file} row {}", at.row)
+}
 
 fn reject(dataset: Dataset, at: RowRef, reason: Reason, detail: String) -> Reject {
     Reject {
@@ -20,6 +29,7 @@ fn reject(dataset: Dataset, at: RowRef, reason: Reason, detail: String) -> Rejec
 pub fn allocations(
     rows: Vec<AllocationRow>,
     book: &PriceBook,
+    files: &[InputFile],
     rejects: &mut Vec<Reject>,
 ) -> HashMap<String, Vec<AllocationRow>> {
     let mut by_account: HashMap<String, Vec<AllocationRow>> = HashMap::new();
@@ -62,12 +72,11 @@ pub fn allocations(
                     period.at,
                     Reason::OverlappingPeriod,
                     format!(
-                        "period {}..{} of account \"{}\" overlaps the allocation at file #{} row {}",
+                        "period {}..{} of account \"{}\" overlaps the allocation at {}",
                         crate::time::format_instant(period.period_start),
                         crate::time::format_instant(period.period_end),
                         period.account_id,
-                        other.file,
-                        other.row
+                        at_text(files, other)
                     ),
                 )),
                 None => kept.push(period),
@@ -86,6 +95,7 @@ fn first_of_each_id<T>(
     id_column: &str,
     id_of: impl Fn(&T) -> &str,
     at_of: impl Fn(&T) -> RowRef,
+    files: &[InputFile],
     rejects: &mut Vec<Reject>,
 ) -> Vec<T> {
     let mut repeated = vec![false; rows.len()];
@@ -101,10 +111,9 @@ fn first_of_each_id<T>(
                         at_of(row),
                         Reason::BadValue,
                         format!(
-                            "{id_column} \"{}\" repeats the row at file #{} row {}",
+                            "{id_column} \"{}\" repeats the row at {}",
                             id_of(row),
-                            earlier.get().file,
-                            earlier.get().row
+                            at_text(files, *earlier.get())
                         ),
                     ));
                 }
@@ -121,25 +130,35 @@ fn first_of_each_id<T>(
 }
 
 /// grants: a repeated `grant_id` is `bad_value`; the first row by (file, row) is kept.
-pub fn grants(rows: Vec<GrantRow>, rejects: &mut Vec<Reject>) -> Vec<GrantRow> {
+pub fn grants(
+    rows: Vec<GrantRow>,
+    files: &[InputFile],
+    rejects: &mut Vec<Reject>,
+) -> Vec<GrantRow> {
     first_of_each_id(
         rows,
         Dataset::Grants,
         "grant_id",
         |g| &g.grant_id,
         |g| g.at,
+        files,
         rejects,
     )
 }
 
 /// debits: a repeated `entry_id` is `bad_value`; the first row by (file, row) is kept.
-pub fn debits(rows: Vec<DebitRow>, rejects: &mut Vec<Reject>) -> Vec<DebitRow> {
+pub fn debits(
+    rows: Vec<DebitRow>,
+    files: &[InputFile],
+    rejects: &mut Vec<Reject>,
+) -> Vec<DebitRow> {
     first_of_each_id(
         rows,
         Dataset::Debits,
         "entry_id",
         |d| &d.entry_id,
         |d| d.at,
+        files,
         rejects,
     )
 }
@@ -158,7 +177,7 @@ pub struct Deduped {
 /// `ingested_at` (null last), then first file path, then row. Losing copies equal to the
 /// winner are identical duplicates; losing copies that differ are rejected
 /// `conflicting_duplicate`.
-pub fn dedup_usage(rows: Vec<UsageRow>, rejects: &mut Vec<Reject>) -> Deduped {
+pub fn dedup_usage(rows: Vec<UsageRow>, files: &[InputFile], rejects: &mut Vec<Reject>) -> Deduped {
     // First pass, borrowing ids: the first copy of each event_id, and which rows repeat one.
     let mut first: HashMap<&str, u32, FastHash> =
         HashMap::with_capacity_and_hasher(rows.len(), FastHash::default());
@@ -201,11 +220,10 @@ pub fn dedup_usage(rows: Vec<UsageRow>, rejects: &mut Vec<Reject>) -> Deduped {
                     loser.at,
                     Reason::ConflictingDuplicate,
                     format!(
-                        "event_id \"{}\" differs from the copy kept at file #{} row {} ({})",
+                        "event_id \"{}\" {} from the copy kept at {}",
                         loser.event_id,
-                        winner.at.file,
-                        winner.at.row,
-                        describe_difference(loser, winner)
+                        describe_difference(loser, winner),
+                        at_text(files, winner.at)
                     ),
                 ));
             }
