@@ -22,7 +22,6 @@
 //! until the allocations are written. Truth rows are spooled per bucket into a temporary folder
 //! and concatenated into `truth.parquet` at the end.
 
-use std::collections::HashMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -40,8 +39,13 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
 use rayon::prelude::*;
-use rust_decimal::{Decimal, RoundingStrategy};
-use serde::Deserialize;
+use rust_decimal::Decimal;
+
+use crate::amount::Milli;
+use crate::error::TallyError;
+use crate::price::credits_for;
+use crate::pricebook::{Overage, PriceBook, Rate};
+use crate::reconcile::Kind;
 
 /// The price book every generated data root uses (and copies to `pricebook.toml`).
 pub const PRICEBOOK_TOML: &str = include_str!("../fixtures/pricebook.toml");
@@ -171,33 +175,20 @@ fn arrow_err(path: &Path) -> impl FnOnce(ArrowError) -> GenerateError + '_ {
 // Discrepancy kinds
 // ---------------------------------------------------------------------------------------------
 
-/// The discrepancy kinds of the contract (section 5), in its table order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Kind {
-    OrphanDebit,
-    ManualAdjustment,
-    AccountMismatch,
-    UnpricedEvent,
-    ChargedFailedEvent,
-    MissingDebit,
-    DuplicateDebit,
-    AmountMismatch,
-    ConflictingDuplicate,
-    OverLimitUsage,
-}
-
-/// Every kind, in the contract's table order.
-pub const KINDS: [Kind; 10] = [
-    Kind::OrphanDebit,
-    Kind::ManualAdjustment,
-    Kind::AccountMismatch,
-    Kind::UnpricedEvent,
-    Kind::ChargedFailedEvent,
-    Kind::MissingDebit,
-    Kind::DuplicateDebit,
-    Kind::AmountMismatch,
-    Kind::ConflictingDuplicate,
-    Kind::OverLimitUsage,
+/// The kinds the generator injects, in the contract's table order, each with its share of the
+/// injected discrepancies in percent (the shares add up to 100). `Kind::LateEvent` is never
+/// injected: every generated event falls in the one open period.
+pub const SHARES: [(Kind, u64); 10] = [
+    (Kind::OrphanDebit, 8),
+    (Kind::ManualAdjustment, 5),
+    (Kind::AccountMismatch, 10),
+    (Kind::UnpricedEvent, 10),
+    (Kind::ChargedFailedEvent, 10),
+    (Kind::MissingDebit, 15),
+    (Kind::DuplicateDebit, 12),
+    (Kind::AmountMismatch, 12),
+    (Kind::ConflictingDuplicate, 10),
+    (Kind::OverLimitUsage, 8),
 ];
 
 /// Kinds injected on ordinary accounts' events (drawn through the event permutation).
@@ -211,42 +202,9 @@ const EVENT_KINDS: [Kind; 7] = [
     Kind::ConflictingDuplicate,
 ];
 
-impl Kind {
-    /// The name written in `truth.kind` (and reported by reconcile).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::OrphanDebit => "orphan_debit",
-            Kind::ManualAdjustment => "manual_adjustment",
-            Kind::AccountMismatch => "account_mismatch",
-            Kind::UnpricedEvent => "unpriced_event",
-            Kind::ChargedFailedEvent => "charged_failed_event",
-            Kind::MissingDebit => "missing_debit",
-            Kind::DuplicateDebit => "duplicate_debit",
-            Kind::AmountMismatch => "amount_mismatch",
-            Kind::ConflictingDuplicate => "conflicting_duplicate",
-            Kind::OverLimitUsage => "over_limit_usage",
-        }
-    }
-
-    /// Share of the injected discrepancies, in percent (the shares add up to 100).
-    pub fn share_percent(self) -> u64 {
-        match self {
-            Kind::OrphanDebit => 8,
-            Kind::ManualAdjustment => 5,
-            Kind::AccountMismatch => 10,
-            Kind::UnpricedEvent => 10,
-            Kind::ChargedFailedEvent => 10,
-            Kind::MissingDebit => 15,
-            Kind::DuplicateDebit => 12,
-            Kind::AmountMismatch => 12,
-            Kind::ConflictingDuplicate => 10,
-            Kind::OverLimitUsage => 8,
-        }
-    }
-
-    fn index(self) -> usize {
-        KINDS.iter().position(|k| *k == self).unwrap_or(0)
-    }
+/// Position of an injected kind in [`SHARES`] (the index of per-kind counts).
+fn kind_index(kind: Kind) -> usize {
+    SHARES.iter().position(|(k, _)| *k == kind).unwrap_or(0)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -354,200 +312,6 @@ impl Perm {
         }
         x
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Price book (minimal parse) and the contract's pricing formula
-// ---------------------------------------------------------------------------------------------
-
-#[derive(Deserialize)]
-struct RawBook {
-    #[allow(dead_code)]
-    currency: String,
-    plans: std::collections::BTreeMap<String, RawPlan>,
-    #[serde(default)]
-    rates: Vec<RawRate>,
-}
-
-#[derive(Deserialize)]
-struct RawPlan {
-    included_credits: String,
-    #[serde(default)]
-    overage: Option<toml::Value>,
-}
-
-#[derive(Deserialize)]
-struct RawRate {
-    product: String,
-    action: String,
-    #[serde(default)]
-    model: Option<String>,
-    credits_per_unit: String,
-    #[serde(default)]
-    increment: Option<String>,
-    #[serde(default)]
-    minimum: Option<String>,
-    effective_from: toml::value::Datetime,
-}
-
-/// One effective-dated rate row.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RateRow {
-    /// `effective_from`, µs since the epoch.
-    pub from_us: i64,
-    pub credits_per_unit: Decimal,
-    pub increment: Decimal,
-    pub minimum: Decimal,
-}
-
-#[derive(Debug, Clone)]
-struct PlanInfo {
-    included: i64, // thousandths
-    block: bool,
-}
-
-type RateKey = (String, String, Option<String>);
-
-struct PriceBook {
-    plans: std::collections::BTreeMap<String, PlanInfo>,
-    rates: HashMap<RateKey, Vec<RateRow>>,
-}
-
-fn parse_dec(s: &str, what: &str) -> Result<Decimal, GenerateError> {
-    s.trim()
-        .parse::<Decimal>()
-        .map_err(|e| GenerateError::PriceBook(format!("{what}: {s:?} is not a decimal: {e}")))
-}
-
-fn to_milli(d: Decimal) -> Option<i64> {
-    let mut d = d.round_dp_with_strategy(3, RoundingStrategy::MidpointNearestEven);
-    d.rescale(3);
-    if d.scale() != 3 {
-        return None;
-    }
-    i64::try_from(d.mantissa()).ok()
-}
-
-impl PriceBook {
-    fn parse(text: &str) -> Result<Self, GenerateError> {
-        let raw: RawBook =
-            toml::from_str(text).map_err(|e| GenerateError::PriceBook(e.to_string()))?;
-        let mut plans = std::collections::BTreeMap::new();
-        for (id, p) in raw.plans {
-            let included = to_milli(parse_dec(&p.included_credits, &id)?)
-                .ok_or_else(|| GenerateError::PriceBook(format!("plan {id}: credits too large")))?;
-            let block = match &p.overage {
-                None => true,
-                Some(toml::Value::String(s)) if s == "block" => true,
-                Some(toml::Value::Table(_)) => false,
-                Some(other) => {
-                    return Err(GenerateError::PriceBook(format!(
-                        "plan {id}: unknown overage {other}"
-                    )))
-                }
-            };
-            plans.insert(id, PlanInfo { included, block });
-        }
-        let mut rates: HashMap<RateKey, Vec<RateRow>> = HashMap::new();
-        for r in raw.rates {
-            let what = format!("rate {}/{}/{:?}", r.product, r.action, r.model);
-            let from = chrono::DateTime::parse_from_rfc3339(&r.effective_from.to_string())
-                .map_err(|e| GenerateError::PriceBook(format!("{what}: effective_from: {e}")))?
-                .timestamp_micros();
-            let increment = match &r.increment {
-                Some(s) => parse_dec(s, &what)?,
-                None => Decimal::ONE,
-            };
-            if increment <= Decimal::ZERO {
-                return Err(GenerateError::PriceBook(format!(
-                    "{what}: increment must be > 0"
-                )));
-            }
-            let row = RateRow {
-                from_us: from,
-                credits_per_unit: parse_dec(&r.credits_per_unit, &what)?,
-                increment,
-                minimum: match &r.minimum {
-                    Some(s) => parse_dec(s, &what)?,
-                    None => Decimal::ZERO,
-                },
-            };
-            let model = r.model.filter(|m| !m.is_empty());
-            rates
-                .entry((r.product, r.action, model))
-                .or_default()
-                .push(row);
-        }
-        for (k, rows) in rates.iter_mut() {
-            rows.sort_by_key(|r| r.from_us);
-            if rows.windows(2).any(|w| w[0].from_us == w[1].from_us) {
-                return Err(GenerateError::PriceBook(format!(
-                    "two rows of {k:?} with the same effective_from"
-                )));
-            }
-        }
-        Ok(PriceBook { plans, rates })
-    }
-
-    fn resolve(&self, product: &str, action: &str, model: Option<&str>) -> Resolved {
-        let model = model.filter(|m| !m.is_empty());
-        let get = |m: Option<&str>| {
-            self.rates
-                .get(&(
-                    product.to_string(),
-                    action.to_string(),
-                    m.map(str::to_string),
-                ))
-                .cloned()
-                .unwrap_or_default()
-        };
-        Resolved {
-            model_rows: if model.is_some() {
-                get(model)
-            } else {
-                Vec::new()
-            },
-            generic_rows: get(None),
-        }
-    }
-}
-
-/// The rate rows that can price one (product, action, model).
-#[derive(Debug, Clone, Default)]
-struct Resolved {
-    model_rows: Vec<RateRow>,
-    generic_rows: Vec<RateRow>,
-}
-
-impl Resolved {
-    /// Contract section 3, step 2: the model's row in effect at t, else the generic row.
-    fn at(&self, t_us: i64) -> Option<&RateRow> {
-        fn in_effect(rows: &[RateRow], t_us: i64) -> Option<&RateRow> {
-            rows.iter().rev().find(|r| r.from_us <= t_us)
-        }
-        in_effect(&self.model_rows, t_us).or_else(|| in_effect(&self.generic_rows, t_us))
-    }
-}
-
-/// Contract section 3, step 3: max(minimum, ceil(q / increment) × increment × credits_per_unit),
-/// rounded half-even to 0.001, in exact decimal. `quantity_milli` is the quantity × 1000.
-/// Returns thousandths of a credit, or None on overflow.
-pub fn price_milli(quantity_milli: i64, rate: &RateRow) -> Option<i64> {
-    let q = Decimal::new(quantity_milli, 3);
-    let inc = rate.increment;
-    // Exact ceil(q / inc): bring both to one scale and divide the integer mantissas.
-    let scale = q.scale().max(inc.scale());
-    let (mut qs, mut is) = (q, inc);
-    qs.rescale(scale);
-    is.rescale(scale);
-    if qs.scale() != scale || is.scale() != scale || is.mantissa() <= 0 {
-        return None;
-    }
-    let (qm, im) = (qs.mantissa(), is.mantissa());
-    let n = qm.div_euclid(im) + i128::from(qm.rem_euclid(im) != 0);
-    let units = Decimal::try_from_i128_with_scale(n, 0).ok()?;
-    let raw = units.checked_mul(inc)?.checked_mul(rate.credits_per_unit)?;
-    to_milli(raw.max(rate.minimum))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -717,7 +481,13 @@ struct Tmpl {
     action: &'static str,
     model: Option<&'static str>,
     qty: Qty,
-    rates: Resolved,
+}
+
+impl Tmpl {
+    /// The rate that prices this template's events at `t_us` (contract section 3, step 2).
+    fn rate_at<'b>(&self, book: &'b PriceBook, t_us: i64) -> Option<&'b Rate> {
+        book.lookup(self.product, self.action, self.model, t_us)
+    }
 }
 
 struct Catalog {
@@ -772,7 +542,7 @@ struct Layout {
     perm: Option<Perm>,
     /// Cumulative thresholds over the permuted index for EVENT_KINDS.
     kind_cum: [u64; 7],
-    /// Injected count per kind (KINDS order).
+    /// Injected count per kind (SHARES order).
     counts: [u64; 10],
     b_total: u64,
 }
@@ -812,12 +582,15 @@ impl Layout {
             }
             // The f64 is a rate of injection only: it picks counts, never an amount.
             let d = (opts.events as f64 * rate).round() as u128;
-            for (c, k) in counts.iter_mut().zip(KINDS) {
-                *c = ((d * u128::from(k.share_percent()) + 50) / 100).max(1) as u64;
+            for (c, (_, share)) in counts.iter_mut().zip(SHARES) {
+                *c = ((d * u128::from(share) + 50) / 100).max(1) as u64;
             }
         }
-        let event_injected: u64 = EVENT_KINDS.iter().map(|k| counts[k.index()]).sum::<u64>()
-            + counts[Kind::OverLimitUsage.index()];
+        let event_injected: u64 = EVENT_KINDS
+            .iter()
+            .map(|k| counts[kind_index(*k)])
+            .sum::<u64>()
+            + counts[kind_index(Kind::OverLimitUsage)];
         if event_injected > opts.events {
             return Err(GenerateError::InvalidOptions(format!(
                 "{} events are too few for discrepancy_rate {rate}: every kind is injected at \
@@ -825,7 +598,7 @@ impl Layout {
                 opts.events
             )));
         }
-        let c_ol = counts[Kind::OverLimitUsage.index()];
+        let c_ol = counts[kind_index(Kind::OverLimitUsage)];
         let n_ol = if c_ol == 0 {
             0
         } else {
@@ -848,7 +621,7 @@ impl Layout {
         let mut kind_cum = [0u64; 7];
         let mut c = 0;
         for (slot, k) in kind_cum.iter_mut().zip(EVENT_KINDS) {
-            c += counts[k.index()];
+            c += counts[kind_index(k)];
             *slot = c;
         }
         let perm = (m_n > 0 && c > 0).then(|| Perm::new(m_n, opts.seed));
@@ -878,7 +651,7 @@ impl Layout {
 
     /// Over-limit account j (= account a_n + j): (first global index, covered, over).
     fn ol(&self, j: u64) -> (u64, u64, u64) {
-        let c_ol = self.counts[Kind::OverLimitUsage.index()];
+        let c_ol = self.counts[kind_index(Kind::OverLimitUsage)];
         let (b, b_before) = split(self.b_total, self.n_ol, j);
         let (m, m_before) = split(c_ol, self.n_ol, j);
         (self.m_n + b_before + m_before, b, m)
@@ -1242,8 +1015,8 @@ impl BucketWriter {
 
     fn truth(&mut self, id: &str, kind: Kind) -> Result<(), GenerateError> {
         self.truth.rows.id.append_value(id);
-        self.truth.rows.kind.append_value(kind.as_str());
-        self.by_kind[kind.index()] += 1;
+        self.truth.rows.kind.append_value(kind.name());
+        self.by_kind[kind_index(kind)] += 1;
         self.truth.maybe_flush()
     }
 }
@@ -1261,6 +1034,7 @@ struct BucketOut {
 
 struct Ctx {
     seed: u64,
+    book: PriceBook,
     layout: Layout,
     normal: Catalog,
     positive: Catalog,
@@ -1286,14 +1060,16 @@ impl Ctx {
     }
 
     fn price(&self, t: &Tmpl, quantity: i64, at: i64) -> Result<Option<i64>, GenerateError> {
-        match t.rates.at(at) {
+        match t.rate_at(&self.book, at) {
             None => Ok(None),
-            Some(r) => price_milli(quantity, r).map(Some).ok_or_else(|| {
-                GenerateError::PriceBook(format!(
-                    "{}/{}/{:?}: price overflows",
-                    t.product, t.action, t.model
-                ))
-            }),
+            Some(r) => credits_for(r, Milli(quantity))
+                .map(|c| Some(c.0))
+                .ok_or_else(|| {
+                    GenerateError::PriceBook(format!(
+                        "{}/{}/{:?}: price overflows",
+                        t.product, t.action, t.model
+                    ))
+                }),
         }
     }
 
@@ -1390,7 +1166,7 @@ impl Ctx {
         }
 
         let events = self.layout.events;
-        let c_orphan = self.layout.counts[Kind::OrphanDebit.index()];
+        let c_orphan = self.layout.counts[kind_index(Kind::OrphanDebit)];
         for j in self.layout.share_range(c_orphan, a) {
             let mut rng = Rng::new(self.seed, S_ORPHAN, j);
             let entry = self.entry_id(4 * events + j);
@@ -1405,7 +1181,7 @@ impl Ctx {
             w.entry(&entry, &acct, event_id, kind, credits, rng.event_time())?;
             w.truth(&entry, Kind::OrphanDebit)?;
         }
-        let c_manual = self.layout.counts[Kind::ManualAdjustment.index()];
+        let c_manual = self.layout.counts[kind_index(Kind::ManualAdjustment)];
         for j in self.layout.share_range(c_manual, a) {
             let mut rng = Rng::new(self.seed, S_MANUAL, j);
             let entry = self.entry_id(4 * events + c_orphan + j);
@@ -1690,10 +1466,10 @@ impl Ctx {
                 w.conflicting_copies += 1;
                 w.entry(&self.event_entry(i, 0), acct, eid, "debit", e, rec)?;
             }
-            Kind::OrphanDebit | Kind::ManualAdjustment | Kind::OverLimitUsage => {
+            Kind::OrphanDebit | Kind::ManualAdjustment | Kind::OverLimitUsage | Kind::LateEvent => {
                 return Err(GenerateError::InvalidOptions(format!(
                     "internal: {} is not an event kind",
-                    kind.as_str()
+                    kind.name()
                 )));
             }
         }
@@ -1834,7 +1610,6 @@ impl AllocWriters {
 fn write_allocations(
     out: &Path,
     ctx: &Ctx,
-    book: &PriceBook,
     summary: &[(i64, Option<i64>)],
 ) -> Result<(u64, u64), GenerateError> {
     let mut wr = AllocWriters {
@@ -1849,13 +1624,19 @@ fn write_allocations(
             GrantRows::default(),
         )?,
     };
+    let book = &ctx.book;
     let mix: Vec<(&str, u64)> = PLAN_MIX
         .iter()
         .copied()
         .filter(|(p, _)| book.plans.contains_key(*p))
         .collect();
     let mix_total: u64 = mix.iter().map(|m| m.1).sum();
-    if mix.is_empty() || !book.plans.get("pro").is_some_and(|p| p.block) {
+    if mix.is_empty()
+        || !book
+            .plans
+            .get("pro")
+            .is_some_and(|p| p.overage == Overage::Block)
+    {
         return Err(GenerateError::PriceBook(
             "plan `pro` with overage = \"block\" is required (over-limit accounts use it)".into(),
         ));
@@ -1888,7 +1669,7 @@ fn write_allocations(
                     .chance(500_000)
                     .then(|| PERIOD_START_US - rng.range(1, 34) * 30 * DAY_US);
                 let anchor = anchor.map(first_of_month_us);
-                let plan_included = book.plans[plan].included;
+                let plan_included = book.plans[plan].included_credits.0;
                 let with_grants = rng.chance(250_000);
                 let included = if with_grants || plan_included >= required {
                     plan_included
@@ -1987,23 +1768,29 @@ fn first_of_month_us(t_us: i64) -> i64 {
 // Entry point
 // ---------------------------------------------------------------------------------------------
 
-fn build_catalog(book: &PriceBook, specs: &[Spec]) -> Vec<(Tmpl, u64)> {
+fn build_catalog(specs: &[Spec]) -> Vec<(Tmpl, u64)> {
     specs
         .iter()
         .map(|&(product, action, model, qty, weight)| {
-            let rates = book.resolve(product, action, model);
-            (
-                Tmpl {
-                    product,
-                    action,
-                    model,
-                    qty,
-                    rates,
-                },
-                weight,
-            )
+            let tmpl = Tmpl {
+                product,
+                action,
+                model,
+                qty,
+            };
+            (tmpl, weight)
         })
         .collect()
+}
+
+/// The embedded price book, parsed by the crate's own price-book reader.
+fn embedded_book() -> Result<PriceBook, GenerateError> {
+    PriceBook::parse(PRICEBOOK_TOML, "pricebook.toml").map_err(|e| {
+        GenerateError::PriceBook(match e {
+            TallyError::Config { message, .. } => message,
+            other => other.to_string(),
+        })
+    })
 }
 
 fn rfc3339(us: i64) -> String {
@@ -2017,11 +1804,13 @@ fn rfc3339(us: i64) -> String {
 /// Write a deterministic synthetic data root at `opts.out` (see the module docs).
 pub fn generate(opts: &GenerateOptions) -> Result<GenerateReport, GenerateError> {
     let layout = Layout::new(opts)?;
-    let book = PriceBook::parse(PRICEBOOK_TOML)?;
+    let book = embedded_book()?;
 
-    let normal = build_catalog(&book, NORMAL_SPECS);
+    let normal = build_catalog(NORMAL_SPECS);
     for (t, _) in &normal {
-        if t.rates.at(PERIOD_START_US).is_none() || t.rates.at(EVENT_WINDOW_END_US).is_none() {
+        if t.rate_at(&book, PERIOD_START_US).is_none()
+            || t.rate_at(&book, EVENT_WINDOW_END_US).is_none()
+        {
             return Err(GenerateError::PriceBook(format!(
                 "{}/{}/{:?} must be priced through the period",
                 t.product, t.action, t.model
@@ -2031,15 +1820,16 @@ pub fn generate(opts: &GenerateOptions) -> Result<GenerateReport, GenerateError>
     let positive: Vec<(Tmpl, u64)> = normal
         .iter()
         .filter(|(t, _)| {
-            t.rates
-                .at(PERIOD_START_US)
+            t.rate_at(&book, PERIOD_START_US)
                 .is_some_and(|r| r.credits_per_unit > Decimal::ZERO)
         })
         .cloned()
         .collect();
-    let unpriced = build_catalog(&book, UNPRICED_SPECS);
+    let unpriced = build_catalog(UNPRICED_SPECS);
     for (t, _) in &unpriced {
-        if t.rates.at(PERIOD_START_US).is_some() || t.rates.at(EVENT_WINDOW_END_US).is_some() {
+        if t.rate_at(&book, PERIOD_START_US).is_some()
+            || t.rate_at(&book, EVENT_WINDOW_END_US).is_some()
+        {
             return Err(GenerateError::PriceBook(format!(
                 "{}/{}/{:?} is meant to be unpriced but has a rate",
                 t.product, t.action, t.model
@@ -2081,6 +1871,7 @@ pub fn generate(opts: &GenerateOptions) -> Result<GenerateReport, GenerateError>
 
     let ctx = Ctx {
         seed: opts.seed,
+        book,
         layout,
         normal: Catalog::new(normal),
         positive: Catalog::new(positive),
@@ -2133,7 +1924,7 @@ pub fn generate(opts: &GenerateOptions) -> Result<GenerateReport, GenerateError>
     fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
     debug_assert_eq!(truth_written, truth_rows);
 
-    let (allocation_rows, grant_rows) = write_allocations(out, &ctx, &book, &summary)?;
+    let (allocation_rows, grant_rows) = write_allocations(out, &ctx, &summary)?;
 
     let pb = out.join("pricebook.toml");
     fs::write(&pb, PRICEBOOK_TOML).map_err(io_err(&pb))?;
@@ -2148,8 +1939,8 @@ pub fn generate(opts: &GenerateOptions) -> Result<GenerateReport, GenerateError>
     };
 
     let mut kinds = serde_json::Map::new();
-    for (k, c) in KINDS.iter().zip(by_kind) {
-        kinds.insert(k.as_str().to_string(), c.into());
+    for ((k, _), c) in SHARES.iter().zip(by_kind) {
+        kinds.insert(k.name().to_string(), c.into());
     }
     let manifest = serde_json::json!({
         "generator": "tally generate",
@@ -2212,7 +2003,7 @@ mod tests {
     }
 
     fn book() -> PriceBook {
-        PriceBook::parse(PRICEBOOK_TOML).unwrap()
+        embedded_book().unwrap()
     }
 
     /// Price of `quantity` (a decimal string) for a key at 2026-11-10, as a decimal string.
@@ -2233,11 +2024,10 @@ mod tests {
         quantity: &str,
         t: i64,
     ) -> Option<String> {
-        let q = to_milli(quantity.parse::<Decimal>().unwrap()).unwrap();
-        let rates = book().resolve(product, action, model);
-        rates
-            .at(t)
-            .map(|r| Decimal::new(price_milli(q, r).unwrap(), 3).to_string())
+        let q = Milli::from_decimal(quantity.parse::<Decimal>().unwrap()).unwrap();
+        book()
+            .lookup(product, action, model, t)
+            .map(|r| credits_for(r, q).unwrap().to_string())
     }
 
     #[test]
@@ -2293,12 +2083,14 @@ mod tests {
         );
         assert_eq!(price("captions", "chat_edit", None, "0").unwrap(), "0.000");
         // Minimum and half-even rounding to the thousandth.
-        let r = |cpu: &str, inc: &str, min: &str| RateRow {
-            from_us: 0,
+        let r = |cpu: &str, inc: &str, min: &str| Rate {
+            unit: String::new(),
             credits_per_unit: cpu.parse().unwrap(),
             increment: inc.parse().unwrap(),
             minimum: min.parse().unwrap(),
+            effective_from: 0,
         };
+        let price_milli = |q: i64, rate: &Rate| credits_for(rate, Milli(q)).map(|c| c.0);
         assert_eq!(price_milli(0, &r("2", "1", "5")), Some(5_000));
         assert_eq!(price_milli(1_000, &r("0.0005", "1", "0")), Some(0)); // 0.0005 → 0.000
         assert_eq!(price_milli(3_000, &r("0.0005", "1", "0")), Some(2)); // 0.0015 → 0.002
@@ -2489,10 +2281,9 @@ mod tests {
         // classify events; collect chargeable consumption per account
         let mut chargeable: BTreeMap<String, Vec<(i64, String, i64)>> = BTreeMap::new();
         for (id, u) in &events {
-            let rate = book.resolve(&u.product, &u.action, u.model.as_deref());
-            let price = rate
-                .at(u.occurred)
-                .map(|r| price_milli(u.quantity, r).unwrap());
+            let price = book
+                .lookup(&u.product, &u.action, u.model.as_deref(), u.occurred)
+                .map(|r| credits_for(r, Milli(u.quantity)).unwrap().0);
             let succeeded = u.status == "succeeded";
             let expected = if succeeded { price } else { Some(0) };
             let entries = by_event.get(id).cloned().unwrap_or_default();
@@ -2539,7 +2330,7 @@ mod tests {
             for b in &batches {
                 for i in 0..b.num_rows() {
                     let plan = s(b, "plan_id", i).unwrap();
-                    let block = book.plans[&plan].block;
+                    let block = book.plans[&plan].overage == Overage::Block;
                     plans.insert(
                         s(b, "account_id", i).unwrap(),
                         (dec(b, "included_credits", i), block),
@@ -2649,7 +2440,7 @@ mod tests {
             let ids: BTreeSet<&String> = t.iter().map(|(id, _)| id).collect();
             assert_eq!(ids.len(), t.len(), "one truth kind per id");
             let kinds: BTreeSet<&str> = t.iter().map(|(_, k)| k.as_str()).collect();
-            let all: BTreeSet<&str> = KINDS.iter().map(|k| k.as_str()).collect();
+            let all: BTreeSet<&str> = SHARES.iter().map(|(k, _)| k.name()).collect();
             assert_eq!(kinds, all, "every kind is injected");
             let t: BTreeSet<(String, String)> = t.into_iter().collect();
             let want = expected_discrepancies(&dir);

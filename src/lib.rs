@@ -296,6 +296,7 @@ pub fn run_job(req: &JobRequest) -> Result<JobOutcome> {
         &req.progress,
     )?;
     let stage = req.progress.stage("write");
+    let rows_in = (output.discrepancies.len() + output.rejects.len()) as u64;
     let staging = write::create_staging(&req.out)?;
     let written = write_outputs(&staging, &output, inputs);
     if let Err(e) = written {
@@ -303,7 +304,7 @@ pub fn run_job(req: &JobRequest) -> Result<JobOutcome> {
         return Err(e);
     }
     write::publish(&staging, &req.out)?;
-    stage.done(output.discrepancies.len() as u64 + output.rejects.len() as u64);
+    stage.done(rows_in, rows_in);
     Ok(JobOutcome::Published {
         discrepancies: output.discrepancies.len() as u64,
         rejects: output.rejects.len() as u64,

@@ -540,12 +540,13 @@ pub fn read_dataset<T: Send>(
     files: &[InputFile],
     specs: &[ColSpec],
     parse_row: &(dyn Fn(&Batch, usize, RowRef) -> Parsed<T> + Sync),
+    file_done: &(dyn Fn() + Sync),
 ) -> Result<(Vec<T>, Vec<Reject>, u64)> {
     let per_file: Vec<Result<Vec<Parsed<T>>>> = files
         .par_iter()
         .enumerate()
         .map(|(index, file)| {
-            read_file(file, specs, &|batch: &Batch, out: &mut Vec<Parsed<T>>| {
+            let parsed = read_file(file, specs, &|batch: &Batch, out: &mut Vec<Parsed<T>>| {
                 for i in 0..batch.len {
                     let at = RowRef {
                         file: index as u32,
@@ -553,7 +554,9 @@ pub fn read_dataset<T: Send>(
                     };
                     out.push(parse_row(batch, i, at));
                 }
-            })
+            });
+            file_done();
+            parsed
         })
         .collect();
     let mut rows = Vec::new();

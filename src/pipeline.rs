@@ -106,22 +106,33 @@ pub fn run(settings: RunSettings, progress: &Progress) -> Result<RunOutput> {
         dataset_files(root, Dataset::Debits, true)?,
     ];
 
-    let stage = progress.stage("load");
+    let file_count = files.iter().map(|f| f.len() as u64).sum();
+    let stage = progress.counted("load", file_count);
     let (usage_rows, mut rejects, usage_read) =
-        load::read_dataset(&files[0], &load::USAGE_COLUMNS, &load::parse_usage)?;
+        load::read_dataset(&files[0], &load::USAGE_COLUMNS, &load::parse_usage, &|| {
+            stage.tick()
+        })?;
     let (alloc_rows, r, alloc_read) = load::read_dataset(
         &files[1],
         &load::ALLOCATION_COLUMNS,
         &load::parse_allocation,
+        &|| stage.tick(),
     )?;
     rejects.extend(r);
     let (grant_rows, r, grant_read) =
-        load::read_dataset(&files[2], &load::GRANT_COLUMNS, &load::parse_grant)?;
+        load::read_dataset(&files[2], &load::GRANT_COLUMNS, &load::parse_grant, &|| {
+            stage.tick()
+        })?;
     rejects.extend(r);
     let (debit_rows, r, debit_read) =
-        load::read_dataset(&files[3], &load::DEBIT_COLUMNS, &load::parse_debit)?;
+        load::read_dataset(&files[3], &load::DEBIT_COLUMNS, &load::parse_debit, &|| {
+            stage.tick()
+        })?;
     rejects.extend(r);
-    stage.done(usage_read + alloc_read + grant_read + debit_read);
+    let rows_read = usage_read + alloc_read + grant_read + debit_read;
+    let rows_parsed =
+        (usage_rows.len() + alloc_rows.len() + grant_rows.len() + debit_rows.len()) as u64;
+    stage.done(rows_read, rows_parsed);
 
     let stage = progress.stage("validate");
     let allocations = validate::allocations(alloc_rows, &book, &files[1], &mut rejects);
@@ -129,8 +140,10 @@ pub fn run(settings: RunSettings, progress: &Progress) -> Result<RunOutput> {
     let debits = validate::debits(debit_rows, &files[3], &mut rejects);
     let deduped = validate::dedup_usage(usage_rows, &files[0], &mut rejects);
     let identical = deduped.identical_copies;
-    stage.done(deduped.events.len() as u64);
+    let kept = allocations.values().map(|a| a.len()).sum::<usize>() + grants.len() + debits.len();
+    stage.done(rows_parsed, (kept + deduped.events.len()) as u64);
     let stage = progress.stage("window");
+    let events_total = deduped.events.len() as u64;
     let (accounts, outside) = window::place(
         window::RunWindow {
             mode: settings.mode,
@@ -143,17 +156,26 @@ pub fn run(settings: RunSettings, progress: &Progress) -> Result<RunOutput> {
         grants,
         &mut rejects,
     );
-    stage.done(accounts.len() as u64);
+    let in_window: u64 = accounts
+        .iter()
+        .flat_map(|a| &a.periods)
+        .map(|p| p.events.len() as u64)
+        .sum();
+    stage.done(events_total, in_window);
 
-    let stage = progress.stage("price, consume, reconcile");
+    let stage = progress.counted(
+        "price, consume, reconcile",
+        u64::from(settings.buckets.max(1)),
+    );
     let ctx = RunContext {
         book: &book,
         mode: settings.mode,
         as_of: settings.as_of,
         settle_from: settings.as_of.saturating_sub(settings.settle_micros),
     };
-    let mut results = process_buckets(&ctx, accounts, settings.buckets)?;
-    stage.done(results.len() as u64);
+    let mut results = process_buckets(&ctx, accounts, settings.buckets, &stage)?;
+    let discrepancy_rows: usize = results.iter().map(|(_, r)| r.discrepancies.len()).sum();
+    stage.done(in_window, discrepancy_rows as u64);
 
     // Collect in output order: accounts by id (bytes), periods already in order.
     results.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
@@ -222,6 +244,7 @@ fn process_buckets(
     ctx: &RunContext<'_>,
     accounts: Vec<AccountWork>,
     buckets: u32,
+    stage: &crate::progress::Stage,
 ) -> Result<Vec<(String, AccountResult)>> {
     let mut grouped: Vec<Vec<AccountWork>> = (0..buckets.max(1)).map(|_| Vec::new()).collect();
     for account in accounts {
@@ -230,13 +253,15 @@ fn process_buckets(
     let per_bucket: Vec<Result<Vec<(String, AccountResult)>>> = grouped
         .into_par_iter()
         .map(|bucket| {
-            bucket
+            let done = bucket
                 .into_iter()
                 .map(|work| {
                     let id = work.account_id.clone();
                     process_account(ctx, work).map(|r| (id, r))
                 })
-                .collect()
+                .collect();
+            stage.tick();
+            done
         })
         .collect();
     let mut all = Vec::new();

@@ -1,28 +1,46 @@
-//! Stage progress: a spinner on a terminal, and one structured log line per stage
-//! (`stage`, `rows`, `duration_ms`) everywhere, so cron logs show where time went.
+//! Stage progress: a progress bar (or a spinner where the amount of work is unknown) on a
+//! terminal, nothing under cron, and one structured log line per stage everywhere
+//! (`stage`, `rows_in`, `rows_out`, `duration_ms`), so cron logs show where time went.
 
 use indicatif::{ProgressBar, ProgressStyle};
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Progress {
-    /// Draw spinners (only when stderr is a terminal).
+    /// Draw bars and spinners (only when stderr is a terminal).
     pub interactive: bool,
 }
 
 pub struct Stage {
     name: &'static str,
     started: Instant,
-    spinner: Option<ProgressBar>,
+    bar: Option<ProgressBar>,
 }
 
 impl Progress {
+    /// A stage of unknown length: a spinner.
     pub fn stage(&self, name: &'static str) -> Stage {
-        let spinner = self.interactive.then(|| {
-            let bar = ProgressBar::new_spinner();
+        self.start(name, None)
+    }
+
+    /// A stage of `len` steps: a bar advanced with [`Stage::tick`].
+    pub fn counted(&self, name: &'static str, len: u64) -> Stage {
+        self.start(name, Some(len))
+    }
+
+    fn start(&self, name: &'static str, len: Option<u64>) -> Stage {
+        let bar = self.interactive.then(|| {
+            let (bar, template) = match len {
+                Some(n) => (
+                    ProgressBar::new(n),
+                    "{msg:28} [{bar:30}] {pos}/{len} [{elapsed}]",
+                ),
+                None => (ProgressBar::new_spinner(), "{spinner} {msg} [{elapsed}]"),
+            };
             bar.set_style(
-                ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
-                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                ProgressStyle::with_template(template)
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
             );
             bar.set_message(name);
             bar.enable_steady_tick(Duration::from_millis(120));
@@ -31,18 +49,31 @@ impl Progress {
         Stage {
             name,
             started: Instant::now(),
-            spinner,
+            bar,
         }
     }
 }
 
 impl Stage {
-    /// Finish the stage, logging the rows it produced and how long it took.
-    pub fn done(self, rows: u64) {
+    /// One step of a counted stage done (callable from any thread).
+    pub fn tick(&self) {
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+        }
+    }
+
+    /// Finish the stage, logging rows in and out and how long it took.
+    pub fn done(self, rows_in: u64, rows_out: u64) {
         let ms = self.started.elapsed().as_millis() as u64;
-        if let Some(bar) = &self.spinner {
+        if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
-        tracing::info!(stage = self.name, rows, duration_ms = ms, "stage done");
+        tracing::info!(
+            stage = self.name,
+            rows_in,
+            rows_out,
+            duration_ms = ms,
+            "stage done"
+        );
     }
 }
