@@ -714,7 +714,10 @@ pub fn parse_usage(batch: &Batch, row: usize, at: RowRef) -> Parsed<UsageRow> {
     let Some(status) = EventStatus::parse(&status_text) else {
         return Parsed::Rejected(c.reject(
             Reason::UnknownStatus,
-            format!("status \"{status_text}\" is not one of succeeded, failed, cancelled"),
+            format!(
+                "status {} is not one of succeeded, failed, cancelled",
+                quoted(&status_text)
+            ),
         ));
     };
     Parsed::Row(UsageRow {
@@ -764,7 +767,10 @@ pub fn parse_allocation(batch: &Batch, row: usize, at: RowRef) -> Parsed<Allocat
     let Some(status) = AllocationStatus::parse(&status_text) else {
         return Parsed::Rejected(c.reject(
             Reason::UnknownStatus,
-            format!("status \"{status_text}\" is not one of active, cancelled"),
+            format!(
+                "status {} is not one of active, cancelled",
+                quoted(&status_text)
+            ),
         ));
     };
     Parsed::Row(AllocationRow {
@@ -795,7 +801,10 @@ pub fn parse_grant(batch: &Batch, row: usize, at: RowRef) -> Parsed<GrantRow> {
     let Some(kind) = GrantKind::parse_grant(&kind_text) else {
         return Parsed::Rejected(c.reject(
             Reason::BadValue,
-            format!("kind \"{kind_text}\" is not one of rollover, promo, compensation, top_up"),
+            format!(
+                "kind {} is not one of rollover, promo, compensation, top_up",
+                quoted(&kind_text)
+            ),
         ));
     };
     if credits.0 <= 0 {
@@ -842,7 +851,10 @@ pub fn parse_debit(batch: &Batch, row: usize, at: RowRef) -> Parsed<DebitRow> {
     let Some(kind) = EntryKind::parse(&kind_text) else {
         return Parsed::Rejected(c.reject(
             Reason::BadValue,
-            format!("kind \"{kind_text}\" is not one of debit, refund, adjustment"),
+            format!(
+                "kind {} is not one of debit, refund, adjustment",
+                quoted(&kind_text)
+            ),
         ));
     };
     if credits.0 < 0 {

@@ -58,6 +58,17 @@ impl Reason {
     }
 }
 
+/// A value quoted in a reject detail, cut to 64 characters so that a huge bad value does
+/// not bloat `rejects` (the byte length tells how long it was).
+pub fn quoted(value: &str) -> String {
+    const SHOWN: usize = 64;
+    if value.chars().count() <= SHOWN {
+        return format!("\"{value}\"");
+    }
+    let head: String = value.chars().take(SHOWN).collect();
+    format!("\"{head}…\" ({} bytes)", value.len())
+}
+
 /// Where a row came from: the index of its file in the dataset's sorted file list, and
 /// its 0-based row in that file. Ordering by `RowRef` is ordering by (file path, row).
 #[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

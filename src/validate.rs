@@ -40,8 +40,8 @@ pub fn allocations(
                 row.at,
                 Reason::UnknownPlan,
                 format!(
-                    "plan_id \"{}\" is not a plan of the price book ([plans.{}] is missing)",
-                    row.plan_id, row.plan_id
+                    "plan_id {} is not a plan of the price book",
+                    quoted(&row.plan_id)
                 ),
             ));
             continue;
@@ -72,10 +72,10 @@ pub fn allocations(
                     period.at,
                     Reason::OverlappingPeriod,
                     format!(
-                        "period {}..{} of account \"{}\" overlaps the allocation at {}",
+                        "period {}..{} of account {} overlaps the allocation at {}",
                         crate::time::format_instant(period.period_start),
                         crate::time::format_instant(period.period_end),
-                        period.account_id,
+                        quoted(&period.account_id),
                         at_text(files, other)
                     ),
                 )),
@@ -111,8 +111,8 @@ fn first_of_each_id<T>(
                         at_of(row),
                         Reason::BadValue,
                         format!(
-                            "{id_column} \"{}\" repeats the row at {}",
-                            id_of(row),
+                            "{id_column} {} repeats the row at {}",
+                            quoted(id_of(row)),
                             at_text(files, *earlier.get())
                         ),
                     ));
@@ -220,8 +220,8 @@ pub fn dedup_usage(rows: Vec<UsageRow>, files: &[InputFile], rejects: &mut Vec<R
                     loser.at,
                     Reason::ConflictingDuplicate,
                     format!(
-                        "event_id \"{}\" {} from the copy kept at {}",
-                        loser.event_id,
+                        "event_id {} {} from the copy kept at {}",
+                        quoted(&loser.event_id),
                         describe_difference(loser, winner),
                         at_text(files, winner.at)
                     ),

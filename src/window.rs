@@ -215,8 +215,8 @@ pub fn place(
                     at: usage.at,
                     reason: Reason::NoAllocation,
                     detail: format!(
-                        "no allocation of account \"{}\" contains occurred_at {}",
-                        usage.account_id,
+                        "no allocation of account {} contains occurred_at {}",
+                        quoted(&usage.account_id),
                         format_instant(usage.occurred_at)
                     ),
                 });
@@ -260,8 +260,8 @@ pub fn place(
                     at: entry.at,
                     reason: Reason::NoAllocation,
                     detail: format!(
-                        "its event \"{}\" was rejected no_allocation",
-                        entry.event_id.as_deref().unwrap_or_default()
+                        "its event {} was rejected no_allocation",
+                        quoted(entry.event_id.as_deref().unwrap_or_default())
                     ),
                 }),
                 None => {
@@ -274,9 +274,9 @@ pub fn place(
                             at: entry.at,
                             reason: Reason::NoAllocation,
                             detail: format!(
-                                "no allocation of account \"{}\" contains recorded_at {} and no \
+                                "no allocation of account {} contains recorded_at {} and no \
                              usage event matches its event_id",
-                                entry.account_id,
+                                quoted(&entry.account_id),
                                 format_instant(entry.recorded_at)
                             ),
                         }),

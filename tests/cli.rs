@@ -3,6 +3,7 @@
 mod bad_data;
 mod close;
 mod common;
+mod corrupt_at_scale;
 mod generated;
 mod golden;
 mod operations;
