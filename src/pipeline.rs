@@ -205,6 +205,9 @@ pub fn run(settings: RunSettings, progress: &Progress) -> Result<RunOutput> {
         rejected: counts[0].rejected,
         outside_window: outside.usage_rows,
     };
+    if settings.mode == Mode::Close {
+        check_one_invoice_and_renewal_per_period(&out)?;
+    }
     let accounted =
         usage.events_in_window + usage.identical_duplicates + usage.rejected + usage.outside_window;
     if accounted != usage.rows_read {
@@ -236,6 +239,40 @@ pub fn run(settings: RunSettings, progress: &Progress) -> Result<RunOutput> {
         billed_events: out.billed_events,
         totals: out.totals,
     })
+}
+
+/// Every closed account-period has exactly one invoice and one renewal.
+fn check_one_invoice_and_renewal_per_period(out: &AccountResult) -> Result<()> {
+    let periods = out.totals.account_periods as usize;
+    let mut invoiced: Vec<(&str, Micros)> = out
+        .invoices
+        .iter()
+        .map(|i| (i.account_id.as_str(), i.period_start))
+        .collect();
+    invoiced.sort_unstable();
+    invoiced.dedup();
+    let mut renewed: Vec<(&str, Micros)> = out
+        .renewals
+        .iter()
+        .map(|r| (r.account_id.as_str(), r.period_start))
+        .collect();
+    renewed.sort_unstable();
+    renewed.dedup();
+    let holds = out.invoices.len() == periods
+        && out.renewals.len() == periods
+        && invoiced.len() == periods
+        && renewed == invoiced;
+    if holds {
+        Ok(())
+    } else {
+        Err(TallyError::Invariant(format!(
+            "{periods} closed account-periods but {} invoices ({} distinct) and {} renewals ({} distinct)",
+            out.invoices.len(),
+            invoiced.len(),
+            out.renewals.len(),
+            renewed.len()
+        )))
+    }
 }
 
 /// Group accounts into buckets and process the buckets in parallel; each bucket's accounts

@@ -435,3 +435,58 @@ fn job_out_placeholders_and_alerts_on_a_no_op_close_and_an_empty_window() {
         "tally: alert: only 0 events in the window, fewer than the alert minimum of 1 (stale export?)\n"
     );
 }
+
+/// Amounts near the fixed-point limit: a typed error (exit 4, one line), never a silent
+/// wrap, and nothing published.
+#[test]
+fn credits_near_the_fixed_point_limit_stop_the_run_before_publishing() {
+    use tally::amount::Milli;
+    use tally::time::parse_instant;
+    use tally::write::{write_parquet, Table};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    for d in ["usage", "allocations", "grants", "debits"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy(
+        repo().join("fixtures/pricebook.toml"),
+        root.join("pricebook.toml"),
+    )
+    .unwrap();
+    let t = |s: &str| parse_instant(s).unwrap();
+    let huge = Milli(999_999_999_999_999_000); // 999,999,999,999,999 credits: a valid input
+    let allocations = Table::default()
+        .str("account_id", ["a"])
+        .str("plan_id", ["max"])
+        .ts("period_start", [t("2026-11-01T00:00:00Z")])
+        .ts("period_end", [t("2026-12-01T00:00:00Z")])
+        .credits("included_credits", [huge])
+        .opt_ts("billing_anchor", [None])
+        .str("status", ["active"])
+        .finish();
+    write_parquet(&root.join("allocations/part-0.parquet"), &allocations).unwrap();
+    let ids: Vec<String> = (0..20).map(|i| format!("g{i}")).collect();
+    let grants = Table::default()
+        .str("grant_id", ids.iter().map(String::as_str))
+        .str("account_id", ids.iter().map(|_| "a"))
+        .str("kind", ids.iter().map(|_| "promo"))
+        .credits("credits", ids.iter().map(|_| huge))
+        .ts(
+            "effective_at",
+            ids.iter().map(|_| t("2026-11-01T00:00:00Z")),
+        )
+        .opt_ts("expires_at", ids.iter().map(|_| None))
+        .opt_i32("priority", ids.iter().map(|_| None))
+        .finish();
+    write_parquet(&root.join("grants/part-0.parquet"), &grants).unwrap();
+    let out_dir = tmp.path().join("out");
+    let out = cmd("reconcile", &root, &out_dir).output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with("tally: amount overflow: ") && stderr(&out).lines().count() == 1,
+        "{}",
+        stderr(&out)
+    );
+    assert!(!out_dir.exists());
+    assert!(leftovers(tmp.path()).is_empty());
+}
