@@ -48,9 +48,8 @@ pub struct PriceBook {
     /// ISO 4217 minor-unit exponent (USD 2, JPY 0, BHD 3).
     pub exponent: u32,
     pub plans: BTreeMap<String, Plan>,
-    /// Versions of each key, sorted by `effective_from`.
-    pub rates: HashMap<RateKey, Vec<Rate>>,
-    /// The same versions indexed product → action for lookups without allocating.
+    /// The rate versions, product → action → generic / by model, each sorted by
+    /// `effective_from` (lookups borrow the event's strings, no allocation).
     index: HashMap<String, HashMap<String, ActionRates>>,
 }
 
@@ -244,42 +243,22 @@ impl PriceBook {
             rates.entry(key).or_default().push(rate);
         }
         let mut index: HashMap<String, HashMap<String, ActionRates>> = HashMap::new();
-        for ((product, action, model), versions) in rates.iter_mut() {
+        for ((product, action, model), mut versions) in rates {
             versions.sort_by_key(|v| v.effective_from);
-            let entry = index
-                .entry(product.clone())
-                .or_default()
-                .entry(action.clone())
-                .or_default();
+            let entry = index.entry(product).or_default().entry(action).or_default();
             match model {
                 Some(m) => {
-                    entry.by_model.insert(m.clone(), versions.clone());
+                    entry.by_model.insert(m, versions);
                 }
-                None => entry.generic = versions.clone(),
+                None => entry.generic = versions,
             }
         }
         Ok(PriceBook {
             currency,
             exponent,
             plans,
-            rates,
             index,
         })
-    }
-
-    /// The version of (product, action, model) in effect at `t`.
-    pub fn rate_at(
-        &self,
-        product: &str,
-        action: &str,
-        model: Option<&str>,
-        t: Micros,
-    ) -> Option<&Rate> {
-        let rates = self.index.get(product)?.get(action)?;
-        match model {
-            Some(m) => in_effect(rates.by_model.get(m)?, t),
-            None => in_effect(&rates.generic, t),
-        }
     }
 
     /// The rate for an event: model-specific if in effect, else the generic one.

@@ -9,7 +9,7 @@
 //! `every_corpus_file_has_a_test` fails when a corpus file is not named by any test here.
 
 use crate::common::*;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Output;
 use tempfile::TempDir;
 
@@ -27,20 +27,6 @@ fn corpus_dir() -> PathBuf {
 
 fn good_root() -> PathBuf {
     repo().join("fixtures/golden/pricing_and_kinds/data")
-}
-
-/// Copy a folder and everything under it.
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 /// A copy of the good data root in a temporary folder.
