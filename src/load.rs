@@ -469,7 +469,7 @@ fn read_file<T: Send>(
                         .map_err(|e| {
                             TallyError::input(&file.rel_path, format!("cannot read: {}", plain(e)))
                         })?;
-                let mut out = Vec::new();
+                let mut out = Vec::with_capacity(row_group_rows[rg] as usize);
                 let mut first_row = offsets[rg];
                 for batch in reader {
                     let batch = batch.map_err(|e| {
@@ -504,9 +504,10 @@ fn read_file<T: Send>(
             })
         })
         .collect();
-    let mut all = Vec::new();
+    let parts = parts.into_iter().collect::<Result<Vec<_>>>()?;
+    let mut all = Vec::with_capacity(parts.iter().map(Vec::len).sum());
     for part in parts {
-        all.extend(part?);
+        all.extend(part);
     }
     Ok(all)
 }
@@ -559,11 +560,14 @@ pub fn read_dataset<T: Send>(
             parsed
         })
         .collect();
-    let mut rows = Vec::new();
+    let per_file = per_file.into_iter().collect::<Result<Vec<_>>>()?;
+    // One allocation of the final size: growing a multi-GB vector by doubling costs copies
+    // and page faults on fresh memory.
+    let mut rows = Vec::with_capacity(per_file.iter().map(Vec::len).sum());
     let mut rejects = Vec::new();
     let mut read = 0u64;
     for file_rows in per_file {
-        for parsed in file_rows? {
+        for parsed in file_rows {
             read += 1;
             match parsed {
                 Parsed::Row(r) => rows.push(r),

@@ -229,11 +229,13 @@ pub fn dedup_usage(rows: Vec<UsageRow>, files: &[InputFile], rejects: &mut Vec<R
             }
         }
     }
-    let events = rows
-        .into_iter()
-        .zip(losing)
-        .filter_map(|(row, lost)| (!lost).then_some(row))
-        .collect();
+    let kept = losing.iter().filter(|&&lost| !lost).count();
+    let mut events = Vec::with_capacity(kept);
+    events.extend(
+        rows.into_iter()
+            .zip(losing)
+            .filter_map(|(row, lost)| (!lost).then_some(row)),
+    );
     Deduped {
         events,
         conflicting,
