@@ -233,19 +233,19 @@ fn process_period(
             result.billed_events.push(BilledEventRow {
                 invoice_id: close::invoice_id(&alloc.account_id, alloc.period_start),
                 event_id: u.event_id.clone(),
-                account_id: u.account_id.clone(),
+                account_id: u.account_id.to_string(),
                 occurred_at: u.occurred_at,
                 credits,
             });
             // A late event is billed as a prior-period adjustment line.
             let product = match event.late_from {
                 Some(_) => format!("{PRIOR_PERIOD_PREFIX}{}", u.product),
-                None => u.product.clone(),
+                None => u.product.to_string(),
             };
             let key = (
                 product,
-                u.action.clone(),
-                (u.model.is_none(), u.model.clone()),
+                u.action.to_string(),
+                (u.model.is_none(), u.model.as_deref().map(str::to_string)),
             );
             let line = lines.entry(key).or_insert((0, Milli::ZERO, Milli::ZERO));
             line.0 += 1;

@@ -5,6 +5,7 @@
 
 use crate::amount::{milli_from_decimal_parts, milli_from_f64, AmountError, Milli};
 use crate::error::{Result, TallyError};
+use crate::model::Shared;
 use crate::model::*;
 use crate::time::Micros;
 use arrow::array::{
@@ -298,6 +299,21 @@ pub struct Batch {
     pub len: usize,
     /// Row number in the file of the batch's first row.
     pub first_row: u64,
+    /// Shared copies of repeated strings (accounts, products, actions, models).
+    interned: std::cell::RefCell<std::collections::HashMap<Box<str>, Shared>>,
+}
+
+impl Batch {
+    /// One shared copy of `s` per batch.
+    fn intern(&self, s: &str) -> Shared {
+        let mut map = self.interned.borrow_mut();
+        if let Some(shared) = map.get(s) {
+            return shared.clone();
+        }
+        let shared: Shared = s.into();
+        map.insert(s.into(), shared.clone());
+        shared
+    }
 }
 
 thread_local! {
@@ -496,6 +512,7 @@ fn read_file<T: Send>(
                         columns,
                         len: batch.num_rows(),
                         first_row,
+                        interned: Default::default(),
                     };
                     each_batch(&decoded, &mut out);
                     first_row += batch.num_rows() as u64;
@@ -612,6 +629,11 @@ impl RowCheck<'_> {
     }
 
     fn str(&self, index: usize) -> std::result::Result<Option<String>, Reject> {
+        self.checked_str(index).map(|s| s.map(str::to_string))
+    }
+
+    /// The value within the length limit, borrowed from the batch.
+    fn checked_str(&self, index: usize) -> std::result::Result<Option<&str>, Reject> {
         match self.batch.columns[index].str(self.row) {
             None => Ok(None),
             Some(s) if s.len() > MAX_STRING_BYTES => Err(self.reject(
@@ -622,12 +644,24 @@ impl RowCheck<'_> {
                     s.len()
                 ),
             )),
-            Some(s) => Ok(Some(s.to_string())),
+            Some(s) => Ok(Some(s)),
         }
     }
 
     fn required_str(&self, index: usize) -> std::result::Result<String, Reject> {
         Ok(self.str(index)?.unwrap_or_default())
+    }
+
+    /// A required string shared with equal values of the batch.
+    fn shared(&self, index: usize) -> std::result::Result<Shared, Reject> {
+        self.checked_str(index)
+            .map(|s| self.batch.intern(s.unwrap_or_default()))
+    }
+
+    /// An optional string shared with equal values of the batch.
+    fn opt_shared(&self, index: usize) -> std::result::Result<Option<Shared>, Reject> {
+        self.checked_str(index)
+            .map(|s| s.map(|s| self.batch.intern(s)))
     }
 
     fn milli(&self, index: usize) -> std::result::Result<Milli, Reject> {
@@ -701,10 +735,10 @@ pub fn parse_usage(batch: &Batch, row: usize, at: RowRef) -> Parsed<UsageRow> {
         return Parsed::Rejected(r);
     }
     let event_id = try_row!(c.required_str(0));
-    let account_id = try_row!(c.required_str(1));
-    let product = try_row!(c.required_str(2));
-    let action = try_row!(c.required_str(3));
-    let model = try_row!(c.str(4)).filter(|m| !m.is_empty());
+    let account_id = try_row!(c.shared(1));
+    let product = try_row!(c.shared(2));
+    let action = try_row!(c.shared(3));
+    let model = try_row!(c.opt_shared(4)).filter(|m| !m.is_empty());
     let quantity = try_row!(c.milli(5));
     let status_text = try_row!(c.required_str(6));
     let occurred_at = try_row!(c.micros(7)).unwrap_or_default();
@@ -847,7 +881,7 @@ pub fn parse_debit(batch: &Batch, row: usize, at: RowRef) -> Parsed<DebitRow> {
         return Parsed::Rejected(r);
     }
     let entry_id = try_row!(c.required_str(0));
-    let account_id = try_row!(c.required_str(1));
+    let account_id = try_row!(c.shared(1));
     let event_id = try_row!(c.str(2));
     let kind_text = try_row!(c.required_str(3));
     let credits = try_row!(c.milli(4));

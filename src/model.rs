@@ -104,16 +104,20 @@ impl EventStatus {
     }
 }
 
+/// A string shared by many rows (account, product, action, model): interned per batch
+/// when read, so a million events of one account hold one copy of its id.
+pub type Shared = std::sync::Arc<str>;
+
 /// A validated usage row (one copy of an event).
 #[derive(Clone, Debug)]
 pub struct UsageRow {
     pub at: RowRef,
     pub event_id: String,
-    pub account_id: String,
-    pub product: String,
-    pub action: String,
+    pub account_id: Shared,
+    pub product: Shared,
+    pub action: Shared,
     /// `None` for a null or empty model.
-    pub model: Option<String>,
+    pub model: Option<Shared>,
     pub quantity: Milli,
     pub status: EventStatus,
     pub occurred_at: Micros,
@@ -260,7 +264,7 @@ impl EntryKind {
 pub struct DebitRow {
     pub at: RowRef,
     pub entry_id: String,
-    pub account_id: String,
+    pub account_id: Shared,
     pub event_id: Option<String>,
     pub kind: EntryKind,
     pub credits: Milli,

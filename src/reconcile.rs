@@ -170,13 +170,13 @@ pub fn event_row(
     entry_ids.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
     Ok(DiscrepancyRow {
         kind,
-        account_id: event.account_id.clone(),
+        account_id: event.account_id.to_string(),
         event_id: Some(event.event_id.clone()),
         entry_ids,
         occurred_at: Some(event.occurred_at),
-        product: Some(event.product.clone()),
-        action: Some(event.action.clone()),
-        model: event.model.clone(),
+        product: Some(event.product.to_string()),
+        action: Some(event.action.to_string()),
+        model: event.model.as_deref().map(str::to_string),
         expected_credits: expected,
         recorded_credits: recorded,
         delta_credits: delta,
@@ -196,7 +196,7 @@ pub fn unattached_kind(entry: &DebitRow) -> Option<Kind> {
 pub fn entry_row(kind: Kind, entry: &DebitRow) -> DiscrepancyRow {
     DiscrepancyRow {
         kind,
-        account_id: entry.account_id.clone(),
+        account_id: entry.account_id.to_string(),
         event_id: entry.event_id.clone(),
         entry_ids: vec![entry.entry_id.clone()],
         occurred_at: None,

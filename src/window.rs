@@ -159,12 +159,12 @@ fn place_late(
     if history.closed.is_empty() || history.billed.contains(&usage.event_id) {
         return None;
     }
-    let allocs = allocations.get(&usage.account_id)?;
+    let allocs = allocations.get(&*usage.account_id)?;
     let closed = &allocs[containing(allocs, usage.occurred_at)?];
     if !history.is_closed(&usage.account_id, closed.period_start) {
         return None;
     }
-    let (account, _) = covered.get(usage.account_id.as_str())?;
+    let (account, _) = covered.get(&*usage.account_id)?;
     let period = accounts[*account]
         .periods
         .iter()
