@@ -1,0 +1,344 @@
+#!/usr/bin/env bash
+# benches/bench.sh SIZE... — tally against a bare scan and against the same reconciliation
+# in DuckDB SQL (benches/reconcile.sql), on data made by `tally generate`.
+#
+#   benches/bench.sh            # 1m
+#   benches/bench.sh 1m 10m     # sizes: events, with an optional k/m suffix (100k, 1m, 10m, 2500000)
+#
+# Environment:
+#   BENCH_DIR     work folder: venv, generated data, outputs, logs, results (default /tmp/tally-bench)
+#   TALLY         the tally binary (default $CARGO_TARGET_DIR or ~/.cache/tally-target, release/tally)
+#   DUCKDB_SPEC   what pip installs (default duckdb==2.0.1, the version the README figures used)
+#   BENCH_RUNS    runs per measurement (default 3; sizes of 20m events and up always run once)
+#   BENCH_MEM_HEADROOM_GB   GiB kept free when deciding whether a size fits (default 2)
+#   BENCH_MEM_SAFETY        factor on the memory estimate scaled from the 1m run (default 1.25)
+#
+# See benches/README.md for what each row measures.
+set -euo pipefail
+
+BENCH_DIR=${BENCH_DIR:-/tmp/tally-bench}
+TALLY_SRC=${TALLY:-${CARGO_TARGET_DIR:-$HOME/.cache/tally-target}/release/tally}
+DUCKDB_SPEC=${DUCKDB_SPEC:-duckdb==2.0.1}
+BENCH_RUNS=${BENCH_RUNS:-3}
+HEADROOM_GB=${BENCH_MEM_HEADROOM_GB:-2}
+RECONCILE_AS_OF=2026-11-20T00:00:00Z
+CLOSE_AS_OF=2026-12-01T00:00:00Z
+SETTLE_SECONDS=900          # tally's default --settle 15m
+SEED=1
+RATE=0.01
+SAFETY=${BENCH_MEM_SAFETY:-1.25}   # margin on the linear memory estimate (allocator growth, hash-table doubling)
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+SQL="$HERE/reconcile.sql"
+VENV="$BENCH_DIR/venv"
+PY="$VENV/bin/python"
+
+die() { echo "bench: $*" >&2; exit 2; }
+log() { echo "bench: $*" >&2; }
+
+[[ -x "$TALLY_SRC" ]] || die "no tally binary at $TALLY_SRC (build it with cargo build --release, or set TALLY)"
+[[ -x /usr/bin/time ]] || die "/usr/bin/time (GNU time) is needed"
+[[ -f "$SQL" ]] || die "missing $SQL"
+mkdir -p "$BENCH_DIR/bin"
+# Run a private copy, so that a rebuild during the benchmark cannot mix two binaries in one table.
+TALLY="$BENCH_DIR/bin/tally"
+cp -p "$TALLY_SRC" "$TALLY.new" && mv "$TALLY.new" "$TALLY"
+
+# ---- sizes -------------------------------------------------------------------------------
+# "1m" -> 1000000, "100k" -> 100000, "2500000" -> 2500000
+parse_size() {
+    local s=${1,,} n
+    case "$s" in
+        *[0-9]m) n=${s%m}; echo $((n * 1000000)) ;;
+        *[0-9]k) n=${s%k}; echo $((n * 1000)) ;;
+        *)       echo "$s" ;;
+    esac
+}
+
+# ---- DuckDB from PyPI, in a venv ---------------------------------------------------------
+setup_duckdb() {
+    if [[ -x "$PY" ]] && "$PY" -c 'import duckdb' 2>/dev/null; then
+        return
+    fi
+    log "installing $DUCKDB_SPEC into $VENV"
+    python3 -m venv "$VENV"
+    "$PY" -m pip install --quiet "$DUCKDB_SPEC"
+}
+
+# The DuckDB runner: parameters as SQL variables, then the whole script in one connection.
+# shellcheck disable=SC2016
+DUCKDB_RUNNER='
+import os, sys, duckdb
+sql, data, rates, plans, out, as_of, settle = sys.argv[1:8]
+os.makedirs(out, exist_ok=True)
+c = duckdb.connect()
+c.execute("PRAGMA threads=2")
+c.execute("SET VARIABLE data = ?", [data])
+c.execute("SET VARIABLE ratecard = ?", [rates])
+c.execute("SET VARIABLE plans = ?", [plans])
+c.execute("SET VARIABLE out = ?", [out])
+c.execute("SET VARIABLE as_of = ?::TIMESTAMPTZ", [as_of])
+c.execute("SET VARIABLE settle_seconds = ?", [int(settle)])
+c.execute(open(sql).read())
+'
+
+# pricebook.toml -> the rate-card and plan-id CSVs reconcile.sql reads (once per data set,
+# untimed).
+RATECARD_PY='
+import csv, sys, tomllib
+from datetime import timezone
+book = tomllib.load(open(sys.argv[1], "rb"))
+with open(sys.argv[3], "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["plan_id"])
+    for plan_id in book.get("plans", {}):
+        w.writerow([plan_id])
+with open(sys.argv[2], "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["product", "action", "model", "credits_per_unit", "increment", "minimum", "effective_from"])
+    for r in book.get("rates", []):
+        t = r["effective_from"]
+        if getattr(t, "tzinfo", None) is None:
+            t = t.replace(tzinfo=timezone.utc)
+        w.writerow([r["product"], r["action"], r.get("model") or "", r["credits_per_unit"],
+                    r.get("increment", "1"), r.get("minimum", "0"),
+                    t.astimezone(timezone.utc).isoformat()])
+'
+
+# ---- data: generated once per size, cached -----------------------------------------------
+ensure_data() {   # label events
+    local label=$1 events=$2 dir="$BENCH_DIR/data-$1"
+    if [[ ! -f "$dir/generate.json" ]]; then
+        rm -rf "$dir" "$dir.partial"
+        log "generating $label: $events events, $((events / 100)) accounts, seed $SEED, rate $RATE"
+        "$TALLY" generate --out "$dir.partial" --accounts $((events / 100)) --events "$events" \
+            --seed "$SEED" --discrepancy-rate "$RATE" >&2
+        mv "$dir.partial" "$dir"
+    fi
+    if [[ ! -f "$dir.rates.csv" || ! -f "$dir.plans.csv" ]]; then
+        python3 -c "$RATECARD_PY" "$dir/pricebook.toml" "$dir.rates.csv" "$dir.plans.csv"
+    fi
+}
+
+# ---- timing ------------------------------------------------------------------------------
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+# CPU seconds the whole machine has spent busy since boot (all cores), from /proc/stat.
+# Compared with the CPU time of the measured commands it shows how much other processes
+# took during a measurement.
+OUR_CPU=0
+busy_cpu_s() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / {print ($2 + $3 + $4 + $7 + $8 + $9) / hz}' /proc/stat; }
+
+# measure LABEL TOOL RUNS OUTDIR -- CMD...   -> sets M_WALL (s), M_CPU (user+sys s) and M_RSS (KB),
+# each the median over the runs
+measure() {
+    local label=$1 tool=$2 runs=$3 out=$4; shift 5
+    local walls=() cpus=() rsss=() i tf logf rc
+    tf=$(mktemp)
+    for ((i = 1; i <= runs; i++)); do
+        rm -rf "$out"                       # close over its own output would be a no-op
+        logf="$BENCH_DIR/logs/$label-$tool-$i.log"
+        rc=0
+        /usr/bin/time -f '%e %M %U %S' -o "$tf" "$@" >"$logf" 2>&1 || rc=$?
+        # tally exits 1 when an [alert] threshold is passed: still a finished run
+        if [[ $rc -ne 0 && ! ( $tool == tally-* && $rc -eq 1 ) ]]; then
+            rm -f "$tf"
+            die "$tool failed at $label (exit $rc); see $logf"
+        fi
+        walls+=("$(awk 'END {print $1}' "$tf")")
+        rsss+=("$(awk 'END {print $2}' "$tf")")
+        cpus+=("$(awk 'END {print $3 + $4}' "$tf")")
+        OUR_CPU=$(awk -v a="$OUR_CPU" 'END {print a + $3 + $4}' "$tf")
+        log "  $tool run $i/$runs: $(awk 'END {printf "%s s wall, %.2f s cpu, %.0f MB", $1, $3 + $4, $2/1024}' "$tf")"
+    done
+    rm -f "$tf"
+    M_WALL=$(printf '%s\n' "${walls[@]}" | median)
+    M_RSS=$(printf '%s\n' "${rsss[@]}" | median)
+    M_CPU=$(printf '%s\n' "${cpus[@]}" | median)
+}
+
+# ---- memory gate -------------------------------------------------------------------------
+# The 1m peak RSS (the larger of tally reconcile and tally close) for this tally binary, in KB; measured if missing.
+binary_key() { stat -c '%Y-%s' "$TALLY"; }
+RSS1M_FILE="$BENCH_DIR/peak-rss-1m.txt"    # "<binary key> <KB>"
+
+peak_rss_1m() {
+    if [[ -f "$RSS1M_FILE" ]] && [[ $(awk '{print $1}' "$RSS1M_FILE") == "$(binary_key)" ]]; then
+        awk '{print $2}' "$RSS1M_FILE"
+        return
+    fi
+    log "no 1m measurement for this tally binary yet: measuring 1m once to estimate memory"
+    ensure_data 1m 1000000
+    local o="$BENCH_DIR/out-1m" r c
+    mkdir -p "$BENCH_DIR/logs"
+    measure 1m tally-reconcile 1 "$o/reconcile" -- "$TALLY" reconcile --data "$BENCH_DIR/data-1m" \
+        --as-of "$RECONCILE_AS_OF" --out "$o/reconcile" --log-format json
+    r=$M_RSS
+    measure 1m tally-close 1 "$o/close" -- "$TALLY" close --data "$BENCH_DIR/data-1m" \
+        --as-of "$CLOSE_AS_OF" --out "$o/close" --log-format json
+    c=$M_RSS
+    echo "$(binary_key) $(( r > c ? r : c ))" >"$RSS1M_FILE"
+    awk '{print $2}' "$RSS1M_FILE"
+}
+
+# fits LABEL EVENTS -> 0 if the size fits in memory and on disk, else prints why and returns 1
+fits() {
+    local label=$1 events=$2 per1m need_kb total_kb avail_kb budget_kb disk_need disk_avail
+    [[ $events -le 1000000 ]] && return 0
+    per1m=$(peak_rss_1m) || die "could not measure the 1m run's peak RSS"
+    [[ $per1m =~ ^[0-9]+$ ]] || die "could not measure the 1m run's peak RSS"
+    need_kb=$(awk -v p="$per1m" -v n="$events" -v s="$SAFETY" 'BEGIN {printf "%d", p * n / 1e6 * s}')
+    total_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)
+    avail_kb=$(awk '/^MemAvailable:/ {print $2}' /proc/meminfo)
+    budget_kb=$(( total_kb - HEADROOM_GB * 1024 * 1024 ))
+    (( avail_kb - 1024 * 1024 < budget_kb )) && budget_kb=$(( avail_kb - 1024 * 1024 ))
+    if (( need_kb > budget_kb )); then
+        awk -v l="$label" -v p="$per1m" -v n="$need_kb" -v b="$budget_kb" -v t="$total_kb" -v a="$avail_kb" -v s="$SAFETY" 'BEGIN {
+            printf "bench: SKIPPING %s: it would not fit in memory. tally peaked at %.2f GiB at 1m events;\n", l, p/1048576
+            printf "bench:   scaled linearly (x%s margin) %s needs about %.1f GiB, but the budget is %.1f GiB\n", s, l, n/1048576, b/1048576
+            printf "bench:   (MemTotal %.1f GiB minus BENCH_MEM_HEADROOM_GB; MemAvailable now %.1f GiB). Nothing was generated or run.\n", t/1048576, a/1048576
+        }' >&2
+        return 1
+    fi
+    # disk: scale the 1m data set (about 47 MB per 1m events); x1.5 for outputs
+    if [[ ! -f "$BENCH_DIR/data-$label/generate.json" ]]; then
+        disk_need=$(( $(du -sk "$BENCH_DIR/data-1m" | awk '{print $1}') * events / 1000000 * 3 / 2 ))
+        disk_avail=$(df -Pk "$BENCH_DIR" | awk 'NR==2 {print $4}')
+        if (( disk_need > disk_avail )); then
+            log "SKIPPING $label: needs about $((disk_need / 1048576)) GB of disk, $((disk_avail / 1048576)) GB free in $BENCH_DIR"
+            return 1
+        fi
+    fi
+    return 0
+}
+
+# ---- one size ----------------------------------------------------------------------------
+bench_size() {
+    local label=$1 events=$2 runs=$BENCH_RUNS data out
+    (( events >= 20000000 )) && runs=1
+    data="$BENCH_DIR/data-$label"
+    out="$BENCH_DIR/out-$label"
+    ensure_data "$label" "$events"
+    mkdir -p "$out" "$BENCH_DIR/logs"
+
+    local load0 usage_rows debit_rows disk busy0 t0
+    load0=$(cut -d' ' -f1-3 /proc/loadavg)
+    usage_rows=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["counts"]["usage_rows"])' "$data/generate.json")
+    debit_rows=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["counts"]["debit_rows"])' "$data/generate.json")
+    disk=$(du -sh "$data" | awk '{print $1}')
+    log "$label: $events events ($usage_rows usage rows, $debit_rows debit rows, $disk on disk), $runs run(s) each, load average $load0"
+
+    local w_scan c_scan r_scan w_rec c_rec r_rec w_close c_close r_close w_duck c_duck r_duck
+    OUR_CPU=0 busy0=$(busy_cpu_s) t0=$(date +%s.%N)
+    measure "$label" tally-scan "$runs" "$out/none" -- "$TALLY" scan --data "$data" --log-format json
+    w_scan=$M_WALL c_scan=$M_CPU r_scan=$M_RSS
+    measure "$label" tally-reconcile "$runs" "$out/reconcile" -- "$TALLY" reconcile --data "$data" \
+        --as-of "$RECONCILE_AS_OF" --out "$out/reconcile" --log-format json
+    w_rec=$M_WALL c_rec=$M_CPU r_rec=$M_RSS
+    measure "$label" tally-close "$runs" "$out/close" -- "$TALLY" close --data "$data" \
+        --as-of "$CLOSE_AS_OF" --out "$out/close" --log-format json
+    w_close=$M_WALL c_close=$M_CPU r_close=$M_RSS
+    measure "$label" duckdb "$runs" "$out/duckdb" -- "$PY" -c "$DUCKDB_RUNNER" "$SQL" "$data" \
+        "$data.rates.csv" "$data.plans.csv" "$out/duckdb" "$RECONCILE_AS_OF" "$SETTLE_SECONDS"
+    w_duck=$M_WALL c_duck=$M_CPU r_duck=$M_RSS
+
+    if [[ $label == 1m ]]; then
+        echo "$(binary_key) $(( r_rec > r_close ? r_rec : r_close ))" >"$RSS1M_FILE"
+    fi
+
+    local foreign
+    foreign=$(awk -v b0="$busy0" -v b1="$(busy_cpu_s)" -v ours="$OUR_CPU" -v t0="$t0" -v t1="$(date +%s.%N)" -v n="$(nproc)" 'BEGIN {
+        f = b1 - b0 - ours; if (f < 0) f = 0
+        printf "%.1f %.1f", f, 100 * f / ((t1 - t0) * n)
+    }')
+    local tally_version duck_version results="$BENCH_DIR/results-$label.md"
+    tally_version="$("$TALLY" --version) (binary of $(date -u -r "$TALLY" +%Y-%m-%dT%H:%MZ))"
+    duck_version=$("$PY" -c 'import duckdb; print(duckdb.__version__)')
+    {
+        echo "### $label: $events events ($usage_rows usage rows, $debit_rows ledger rows, $disk of Parquet)"
+        echo
+        echo "$(nproc) cores, $(awk '/^MemTotal:/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo);" \
+             "$tally_version; DuckDB $duck_version (PRAGMA threads=2); median of $runs run(s);" \
+             "load average at start $load0; $(date -u +%Y-%m-%dT%H:%MZ)"
+        echo
+        echo "| tool | wall s | peak RSS MB | events/s | CPU s (user+sys) |"
+        echo "|---|---:|---:|---:|---:|"
+        for row in "tally scan (bare decode)|$w_scan|$r_scan|$c_scan" \
+                   "tally reconcile|$w_rec|$r_rec|$c_rec" \
+                   "tally close|$w_close|$r_close|$c_close" \
+                   "DuckDB SQL reconcile (reconcile.sql)|$w_duck|$r_duck|$c_duck"; do
+            IFS='|' read -r name w r c <<<"$row"
+            awk -v n="$name" -v w="$w" -v r="$r" -v c="$c" -v e="$events" 'BEGIN {
+                printf "| %s | %.2f | %.0f | %s | %.2f |\n", n, w, r / 1024, (w > 0) ? sprintf("%.0f", e / w) : "n/a", c
+            }'
+        done
+        echo
+        awk -v d="$w_duck" -v t="$w_rec" -v s="$w_scan" -v rd="$r_duck" -v rt="$r_rec" 'BEGIN {
+            if (t > 0) printf "- tally reconcile vs DuckDB: speed-up %.2fx (duckdb_time / tally_time; above 1 means tally is faster); memory %.2fx DuckDB'"'"'s\n", d / t, rt / rd
+            if (s > 0) printf "- tally reconcile / scan: %.1fx (tally_time / scan_time)\n", t / s
+        }'
+        # where tally's time goes, from the JSON log of its last reconcile and close runs
+        for tool in reconcile close; do
+            "$PY" - "$tool" "$BENCH_DIR/logs/$label-tally-$tool-$runs.log" <<'PYEOF'
+import json, sys
+tool, path = sys.argv[1:3]
+stages = []
+for line in open(path, errors="replace"):
+    try:
+        f = json.loads(line).get("fields", {})
+    except ValueError:
+        continue
+    if f.get("message") == "stage done":
+        stages.append(f"{f['stage']} {f['duration_ms'] / 1000:.2f} s")
+if stages:
+    print(f"- tally {tool} stages (its JSON log, last run): " + "; ".join(stages))
+PYEOF
+        done
+        # other processes' CPU during the measurements (bench bookkeeping included, a few %)
+        awk -v f="$foreign" 'BEGIN {
+            split(f, x, " ")
+            if (x[2] > 10)
+                printf "- WARNING: other processes used %s CPU-s (%s%% of the machine) during these measurements: wall times are inflated and noisy; CPU s is the steadier column\n", x[1], x[2]
+            else
+                printf "- machine otherwise idle: other processes used %s CPU-s (%s%% of the machine) during these measurements\n", x[1], x[2]
+        }'
+        # DuckDB's discrepancies against tally's (a correctness check, not timed): counts per
+        # kind against summary.json, then row by row against discrepancies.parquet
+        "$PY" - "$out/reconcile" "$out/duckdb" <<'PYEOF'
+import json, sys, duckdb
+tally_out, duck_out = sys.argv[1:3]
+tally = {k["kind"]: k["count"] for k in json.load(open(f"{tally_out}/summary.json"))["discrepancies"]["by_kind"]}
+duck = dict(duckdb.sql(f"SELECT kind, count(*) FROM '{duck_out}/discrepancies.parquet' GROUP BY kind").fetchall())
+diff = [f"{k} {tally.get(k, 0)} vs {duck.get(k, 0)}" for k in sorted(set(tally) | set(duck))
+        if tally.get(k, 0) != duck.get(k, 0)]
+print(f"- discrepancy rows: tally {sum(tally.values())}, DuckDB {sum(duck.values())}; "
+      + ("every kind matches" if not diff else "differing kinds (tally vs DuckDB): " + ", ".join(diff))
+      + (" (over_limit_usage needs grant consumption, which the SQL does not model)" if "over_limit_usage" in " ".join(diff) else ""))
+cols = ("kind, account_id, event_id, entry_ids, occurred_at, product, action, model, "
+        "expected_credits, recorded_credits, delta_credits")
+def only(a, b):
+    return dict(duckdb.sql(f"SELECT kind, count(*) FROM (SELECT {cols} FROM '{a}/discrepancies.parquet' "
+                           f"EXCEPT ALL SELECT {cols} FROM '{b}/discrepancies.parquet') GROUP BY kind").fetchall())
+in_tally, in_duck = only(tally_out, duck_out), only(duck_out, tally_out)
+fmt = lambda d: ", ".join(f"{k} {n}" for k, n in sorted(d.items())) or "none"
+print(f"- row by row (every column): rows only in tally's output: {fmt(in_tally)}; only in DuckDB's: {fmt(in_duck)}")
+PYEOF
+    } >"$results"
+    cat "$results"
+    echo
+}
+
+# ---- main --------------------------------------------------------------------------------
+(( $# )) || set -- 1m
+setup_duckdb
+mkdir -p "$BENCH_DIR/logs"
+for arg in "$@"; do
+    label=${arg,,}
+    events=$(parse_size "$label")
+    [[ $events =~ ^[0-9]+$ && $events -ge 100 ]] || die "bad size '$arg' (use e.g. 1m, 10m, 500k)"
+    if ! fits "$label" "$events"; then
+        echo
+        continue
+    fi
+    bench_size "$label" "$events"
+done
