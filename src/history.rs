@@ -17,8 +17,8 @@ pub struct History {
     pub closed: HashSet<(String, Micros)>,
     /// Every event_id billed on an earlier invoice.
     pub billed: HashSet<String>,
-    /// How many earlier close folders were read.
-    pub closes: u64,
+    /// The earlier close folders read: (name under the history folder, its manifest.json).
+    pub folders: Vec<(String, std::path::PathBuf)>,
 }
 
 impl History {
@@ -94,7 +94,11 @@ pub fn load(dir: &Path, exclude: &Path) -> Result<History> {
         if manifest["tool"] != "tally" || manifest["command"] != "close" {
             continue;
         }
-        history.closes += 1;
+        let name = folder
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        history.folders.push((name, manifest_path.clone()));
         let invoices = folder.join("invoices.parquet");
         read_columns(&invoices, &mut |batch| {
             let accounts = column(batch, "account_id", &invoices)?.as_string::<i32>();

@@ -253,7 +253,20 @@ pub fn run_job(req: &JobRequest) -> Result<JobOutcome> {
     }
     let _lock = lock_output(&req.out)?;
     check_replaceable(&req.out)?;
-    let inputs = fingerprint_inputs(&req.data)?;
+    let history = match &req.history {
+        Some(dir) => history::load(dir, &req.out)?,
+        None => history::History::default(),
+    };
+    let mut inputs = fingerprint_inputs(&req.data)?;
+    // Earlier closes change what this close covers: they are inputs too (by their manifest,
+    // which holds the checksums of everything they wrote).
+    for (name, manifest) in &history.folders {
+        inputs.push(FileEntry {
+            path: format!("history/{name}/manifest.json"),
+            rows: None,
+            sha256: write::sha256_file(manifest)?,
+        });
+    }
     let manifest_path = req.out.join("manifest.json");
     if req.mode == Mode::Close && manifest_path.exists() {
         let text = std::fs::read_to_string(&manifest_path)
@@ -280,10 +293,6 @@ pub fn run_job(req: &JobRequest) -> Result<JobOutcome> {
             Some(changes) => tracing::warn!(%changes, "replacing an earlier close (--force)"),
         }
     }
-    let history = match &req.history {
-        Some(dir) => history::load(dir, &req.out)?,
-        None => history::History::default(),
-    };
     let output = pipeline::run(
         RunSettings {
             history: std::sync::Arc::new(history),

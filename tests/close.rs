@@ -403,4 +403,15 @@ fn late_events_are_reported_and_billed_on_the_next_invoice() {
             .count(),
         1
     );
+    // Earlier closes are inputs: the same third close again is a no-op, but re-running the
+    // second one now that a later close exists is refused (its coverage would change).
+    let again = close("2027-01-01T00:00:00Z", "2027-01-01");
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already closed"));
+    let redo = close("2026-12-31T08:00:00Z", "2026-12-31");
+    assert_eq!(redo.status.code(), Some(3));
+    assert!(
+        stderr(&redo).contains("history/2027-01-01/manifest.json is new"),
+        "{}",
+        stderr(&redo)
+    );
 }
