@@ -18,7 +18,6 @@ use std::collections::{BTreeMap, HashMap};
 pub struct RunContext<'a> {
     pub book: &'a PriceBook,
     pub mode: Mode,
-    pub as_of: Micros,
     /// as-of − settle.
     pub settle_from: Micros,
 }

@@ -125,16 +125,26 @@ pub struct UsageRow {
 }
 
 impl UsageRow {
+    /// The columns (other than `ingested_at`) in which two copies of an event differ.
+    pub fn differing_fields(&self, other: &UsageRow) -> Vec<&'static str> {
+        [
+            ("event_id", self.event_id == other.event_id),
+            ("account_id", self.account_id == other.account_id),
+            ("product", self.product == other.product),
+            ("action", self.action == other.action),
+            ("model", self.model == other.model),
+            ("quantity", self.quantity == other.quantity),
+            ("status", self.status == other.status),
+            ("occurred_at", self.occurred_at == other.occurred_at),
+        ]
+        .into_iter()
+        .filter_map(|(name, equal)| (!equal).then_some(name))
+        .collect()
+    }
+
     /// Copies are one event when everything but `ingested_at` (and where they were read) is equal.
     pub fn same_event_as(&self, other: &UsageRow) -> bool {
-        self.event_id == other.event_id
-            && self.account_id == other.account_id
-            && self.product == other.product
-            && self.action == other.action
-            && self.model == other.model
-            && self.quantity == other.quantity
-            && self.status == other.status
-            && self.occurred_at == other.occurred_at
+        self.differing_fields(other).is_empty()
     }
 }
 

@@ -170,7 +170,6 @@ pub fn run(settings: RunSettings, progress: &Progress) -> Result<RunOutput> {
     let ctx = RunContext {
         book: &book,
         mode: settings.mode,
-        as_of: settings.as_of,
         settle_from: settings.as_of.saturating_sub(settings.settle_micros),
     };
     let mut results = process_buckets(&ctx, accounts, settings.buckets, &stage)?;

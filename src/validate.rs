@@ -220,9 +220,9 @@ pub fn dedup_usage(rows: Vec<UsageRow>, files: &[InputFile], rejects: &mut Vec<R
                     loser.at,
                     Reason::ConflictingDuplicate,
                     format!(
-                        "event_id {} {} from the copy kept at {}",
+                        "event_id {} differs in {} from the copy kept at {}",
                         quoted(&loser.event_id),
-                        describe_difference(loser, winner),
+                        loser.differing_fields(winner).join(", "),
                         at_text(files, winner.at)
                     ),
                 ));
@@ -245,29 +245,3 @@ pub fn dedup_usage(rows: Vec<UsageRow>, files: &[InputFile], rejects: &mut Vec<R
 
 /// A fast, stable hasher for hash maps keyed by ids.
 pub type FastHash = rustc_hash::FxBuildHasher;
-
-fn describe_difference(a: &UsageRow, b: &UsageRow) -> String {
-    let mut fields = Vec::new();
-    if a.account_id != b.account_id {
-        fields.push("account_id");
-    }
-    if a.product != b.product {
-        fields.push("product");
-    }
-    if a.action != b.action {
-        fields.push("action");
-    }
-    if a.model != b.model {
-        fields.push("model");
-    }
-    if a.quantity != b.quantity {
-        fields.push("quantity");
-    }
-    if a.status != b.status {
-        fields.push("status");
-    }
-    if a.occurred_at != b.occurred_at {
-        fields.push("occurred_at");
-    }
-    format!("differs in {}", fields.join(", "))
-}

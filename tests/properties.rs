@@ -134,7 +134,7 @@ proptest! {
         let overage = if block { "\"block\"".to_string() } else { "{ price_per_credit = \"0.05\" }".to_string() };
         let book = book(&overage, ["0", "20", "1000"][cap as usize]);
         let as_of = START + periods as i64 * 30 * DAY;
-        let ctx = RunContext { book: &book, mode: Mode::Close, as_of, settle_from: as_of - 900_000_000 };
+        let ctx = RunContext { book: &book, mode: Mode::Close, settle_from: as_of - 900_000_000 };
         let granted_at_start: i64 = grants.iter().map(|g| g.credits.0).sum();
         let result = process_account(&ctx, work(periods, grants.clone(), events)).unwrap();
         prop_assert_eq!(result.invoices.len(), periods);
@@ -179,7 +179,7 @@ proptest! {
         let overage = if block { "\"block\"".to_string() } else { "{ price_per_credit = \"0.05\" }".to_string() };
         let book = book(&overage, "0");
         let as_of = START + 29 * DAY;
-        let ctx = RunContext { book: &book, mode: Mode::Reconcile, as_of, settle_from: as_of - 900_000_000 };
+        let ctx = RunContext { book: &book, mode: Mode::Reconcile, settle_from: as_of - 900_000_000 };
         let events: Vec<_> = events.into_iter().filter(|(u, _)| u.occurred_at < as_of).collect();
         let result = process_account(&ctx, work(1, grants, events)).unwrap();
         prop_assert_eq!(result.balances.len(), 1);
