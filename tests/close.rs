@@ -124,15 +124,9 @@ fn next_root(
 }
 
 fn run(cmd: &str, data: &Path, as_of: &str, out: &Path) -> std::process::Output {
-    tally(&[
-        cmd,
-        "--data",
-        data.to_str().unwrap(),
-        "--as-of",
-        as_of,
-        "--out",
-        out.to_str().unwrap(),
-    ])
+    run_command(cmd, data, as_of, out)
+        .output()
+        .expect("tally runs")
 }
 
 #[test]

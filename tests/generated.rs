@@ -23,18 +23,14 @@ fn generate(dir: &Path, accounts: &str, events: &str, seed: &str, rate: &str) {
 }
 
 fn reconcile(data: &Path, out: &Path, extra: &[&str]) {
-    let mut args = vec![
-        "reconcile",
-        "--data",
-        data.to_str().unwrap(),
-        "--as-of",
-        "2026-11-20T00:00:00Z",
-        "--out",
-        out.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    tally_ok(&args);
+    let output = run_command("reconcile", data, AS_OF, out)
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
 }
+
+const AS_OF: &str = "2026-11-20T00:00:00Z";
 
 /// (id, kind): the event id, or the entry id for orphan/manual rows.
 fn found(out: &Path) -> BTreeSet<(String, String)> {
@@ -110,16 +106,7 @@ fn same_inputs_give_byte_identical_outputs_whatever_the_threads_and_buckets() {
     let second = tmp.path().join("second");
     reconcile(&data, &second, &["--buckets", "7"]);
     let third = tmp.path().join("third");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args([
-            "reconcile",
-            "--data",
-            data.to_str().unwrap(),
-            "--as-of",
-            "2026-11-20T00:00:00Z",
-            "--out",
-            third.to_str().unwrap(),
-        ])
+    let out = run_command("reconcile", &data, AS_OF, &third)
         .env("RAYON_NUM_THREADS", "1")
         .output()
         .unwrap();

@@ -28,23 +28,12 @@ fn generated(dir: &Path, events: u64) -> PathBuf {
 }
 
 fn cmd(command: &str, data: &Path, out: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tally"));
     let as_of = if command == "close" {
         CLOSE_AS_OF
     } else {
         AS_OF
     };
-    c.args([
-        command,
-        "--data",
-        data.to_str().unwrap(),
-        "--as-of",
-        as_of,
-        "--out",
-        out.to_str().unwrap(),
-    ])
-    .env("TALLY_LOG", "warn");
-    c
+    run_command(command, data, as_of, out)
 }
 
 fn leftovers(parent: &Path) -> Vec<String> {

@@ -10,13 +10,29 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The real binary with `args`, quiet logs; callers may add environment before running.
+pub fn tally_command(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tally"));
+    c.args(args).env("TALLY_LOG", "warn");
+    c
+}
+
+/// `tally COMMAND --data DATA --as-of AS_OF --out OUT`, not yet run.
+pub fn run_command(command: &str, data: &Path, as_of: &str, out: &Path) -> Command {
+    tally_command(&[
+        command,
+        "--data",
+        data.to_str().unwrap(),
+        "--as-of",
+        as_of,
+        "--out",
+        out.to_str().unwrap(),
+    ])
+}
+
 /// Run the real binary.
 pub fn tally(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tally"))
-        .args(args)
-        .env("TALLY_LOG", "warn")
-        .output()
-        .expect("tally runs")
+    tally_command(args).output().expect("tally runs")
 }
 
 pub fn tally_ok(args: &[&str]) -> Output {
