@@ -177,15 +177,35 @@ pub fn summary(out: &RunOutput) -> Result<Summary> {
             remaining: t.remaining_credits,
         },
         close,
-        // Every equation was asserted during the run; a broken one stops it before publishing.
-        conservation: Conservation {
-            usage_rows: true,
-            account_periods_checked: t.account_periods,
-            account_periods: true,
-            close: true,
-            holds: true,
-        },
+        conservation: conservation(out),
     })
+}
+
+/// The conservation equations, recomputed on the run's totals. Each was also asserted per
+/// account-period during the run (a broken one stops it before publishing), so in a
+/// published summary they hold; computing them here keeps the file honest on its own.
+fn conservation(out: &RunOutput) -> Conservation {
+    let u = &out.usage;
+    let t = &out.totals;
+    let usage_rows =
+        u.rows_read == u.events_in_window + u.identical_duplicates + u.rejected + u.outside_window;
+    let consumed_plus = |x: Milli| t.consumed_credits.checked_add(x).ok();
+    let used: Option<Milli> = out
+        .invoices
+        .iter()
+        .try_fold(Milli::ZERO, |acc, i| acc.checked_add(i.credits_used).ok());
+    let account_periods = consumed_plus(t.remaining_credits) == Some(t.granted_credits)
+        && (out.settings.mode == Mode::Reconcile || used == consumed_plus(t.overage_credits));
+    let close = out.settings.mode == Mode::Reconcile
+        || Milli::sum([t.expired_credits, t.rollover_credits, t.carried_credits]).ok()
+            == Some(t.remaining_credits);
+    Conservation {
+        usage_rows,
+        account_periods_checked: t.account_periods,
+        account_periods,
+        close,
+        holds: usage_rows && account_periods && close,
+    }
 }
 
 pub fn summary_markdown(out: &RunOutput, s: &Summary) -> Result<String> {
