@@ -81,9 +81,32 @@ impl fmt::Display for Milli {
     }
 }
 
+/// In JSON (read by people) a decimal string with 3 places; in binary formats (shard
+/// partials) the integer number of thousandths.
 impl serde::Serialize for Milli {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
+        if s.is_human_readable() {
+            s.serialize_str(&self.to_string())
+        } else {
+            s.serialize_i64(self.0)
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Milli {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Milli, D::Error> {
+        use serde::de::Error;
+        if d.is_human_readable() {
+            let text = String::deserialize(d)?;
+            text.parse::<Decimal>()
+                .ok()
+                .and_then(Milli::from_decimal)
+                .ok_or_else(|| {
+                    D::Error::custom(format!("{text} is not an amount with at most 3 decimals"))
+                })
+        } else {
+            i64::deserialize(d).map(Milli)
+        }
     }
 }
 

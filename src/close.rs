@@ -10,7 +10,7 @@ use crate::time::{next_anniversary, Micros};
 use chrono::{TimeZone, Utc};
 use std::collections::BTreeMap;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InvoiceRow {
     pub invoice_id: String,
     pub account_id: String,
@@ -30,7 +30,7 @@ pub struct InvoiceRow {
     pub unreconciled_credits: Milli,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InvoiceLineRow {
     pub invoice_id: String,
     pub product: String,
@@ -41,7 +41,7 @@ pub struct InvoiceLineRow {
     pub credits: Milli,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RenewalRow {
     pub account_id: String,
     pub period_start: Micros,

@@ -23,7 +23,7 @@ pub struct RunContext<'a> {
 }
 
 /// One row of `balances`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BalanceRow {
     pub account_id: String,
     pub plan_id: String,
@@ -35,7 +35,7 @@ pub struct BalanceRow {
 }
 
 /// Counters summed over accounts for `summary.json`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Totals {
     pub account_periods: u64,
     pub events_in_window: u64,
@@ -77,7 +77,7 @@ impl Totals {
 pub const PRIOR_PERIOD_PREFIX: &str = "prior_period:";
 
 /// One row of `billed_events` (close): an event billed on an invoice.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BilledEventRow {
     pub invoice_id: String,
     pub event_id: String,
@@ -87,7 +87,7 @@ pub struct BilledEventRow {
 }
 
 /// Everything one account contributes to the outputs.
-#[derive(Default)]
+#[derive(Default, serde::Serialize, serde::Deserialize)]
 pub struct AccountResult {
     pub discrepancies: Vec<DiscrepancyRow>,
     pub balances: Vec<BalanceRow>,

@@ -29,6 +29,8 @@ pub struct JobFile {
     pub settle: Option<String>,
     pub as_of: Option<String>,
     pub buckets: Option<u32>,
+    /// Working memory the run aims to stay within, e.g. "2GiB" (default 2 GiB).
+    pub memory_budget: Option<String>,
     /// (close) the folder of earlier close outputs, for late events and never closing a
     /// period twice.
     pub history: Option<PathBuf>,
@@ -89,4 +91,29 @@ impl JobFile {
         }
         Ok(job)
     }
+}
+
+/// A size such as `2GiB`, `512MiB`, `1.5GB` or `4000000` (bytes).
+pub fn parse_bytes(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        _ => return None,
+    };
+    let value =
+        rust_decimal::Decimal::from_str_exact(number).ok()? * rust_decimal::Decimal::from(scale);
+    let bytes = u64::try_from(value.trunc()).ok()?;
+    (bytes > 0).then_some(bytes)
 }

@@ -22,6 +22,8 @@ pub mod pricebook;
 pub mod progress;
 pub mod reconcile;
 pub mod report;
+pub mod route;
+pub mod spill;
 pub mod summary;
 pub mod time;
 pub mod validate;
@@ -111,6 +113,9 @@ pub struct JobRequest {
     pub settle_micros: i64,
     pub force: bool,
     pub buckets: u32,
+    /// Bucket groups processed one after another (None: sized from the memory budget).
+    pub groups: Option<u32>,
+    pub memory_budget_bytes: u64,
     pub alert: Alert,
     pub progress: Progress,
     /// A folder of earlier close outputs (`--history`): their periods are not closed again,
@@ -176,10 +181,7 @@ pub fn fingerprint_inputs(data: &Path) -> Result<Vec<FileEntry>> {
 }
 
 fn parquet_rows(path: &Path) -> Option<u64> {
-    use parquet::file::reader::{FileReader, SerializedFileReader};
-    let file = std::fs::File::open(path).ok()?;
-    let reader = SerializedFileReader::new(file).ok()?;
-    u64::try_from(reader.metadata().file_metadata().num_rows()).ok()
+    load::footer_rows(path)
 }
 
 /// What changed between the inputs of an earlier run and now, or `None` when identical.
@@ -301,6 +303,8 @@ pub fn run_job(req: &JobRequest) -> Result<JobOutcome> {
             as_of: req.as_of,
             settle_micros: req.settle_micros,
             buckets: req.buckets,
+            groups: req.groups,
+            memory_budget_bytes: req.memory_budget_bytes,
         },
         &req.progress,
     )?;

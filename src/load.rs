@@ -88,7 +88,7 @@ pub struct ColSpec {
     pub required: bool,
 }
 
-const fn col(name: &'static str, ty: ColType, required: bool) -> ColSpec {
+pub const fn col(name: &'static str, ty: ColType, required: bool) -> ColSpec {
     ColSpec { name, ty, required }
 }
 
@@ -527,6 +527,40 @@ fn read_file<T: Send>(
         all.extend(part);
     }
     Ok(all)
+}
+
+/// The row count in a Parquet file's footer; `None` if it cannot be read (the load then
+/// reports the file with its exact problem).
+pub fn footer_rows(path: &Path) -> Option<u64> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let read = || {
+        let file = File::open(path).ok()?;
+        let reader = SerializedFileReader::new(file).ok()?;
+        u64::try_from(reader.metadata().file_metadata().num_rows()).ok()
+    };
+    let was = DECODING.with(|d| d.replace(true));
+    let rows = std::panic::catch_unwind(read).ok().flatten();
+    DECODING.with(|d| d.set(was));
+    rows
+}
+
+/// Read every file with `specs` (files in parallel, row groups in parallel), calling
+/// `each_batch(file index, batch, out)`; returns each file's `out`, in file order.
+pub fn map_files<T: Send>(
+    files: &[InputFile],
+    specs: &[ColSpec],
+    each_batch: &(dyn Fn(usize, &Batch, &mut Vec<T>) + Sync),
+) -> Result<Vec<Vec<T>>> {
+    let per_file: Vec<Result<Vec<T>>> = files
+        .par_iter()
+        .enumerate()
+        .map(|(index, file)| {
+            read_file(file, specs, &|batch: &Batch, out: &mut Vec<T>| {
+                each_batch(index, batch, out)
+            })
+        })
+        .collect();
+    per_file.into_iter().collect()
 }
 
 /// Decode the contract's columns of every file and count rows, doing nothing else: the

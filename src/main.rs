@@ -61,9 +61,16 @@ struct RunArgs {
     /// Events this recent without ledger entries are pending, not missing (15m, 900s, 1h).
     #[arg(long)]
     settle: Option<String>,
-    /// Account buckets for parallel work (output does not depend on it).
+    /// Account buckets for parallel work, 1..=4096 (output does not depend on it).
     #[arg(long)]
     buckets: Option<u32>,
+    /// Working memory to stay within, e.g. 2GiB (default): past it the run processes its
+    /// account buckets in groups, one after another, spilling rows to a temporary folder.
+    #[arg(long)]
+    memory_budget: Option<String>,
+    /// Process the buckets in exactly this many groups (default: from --memory-budget).
+    #[arg(long)]
+    groups: Option<u32>,
 }
 
 #[derive(Args, Clone)]
@@ -173,10 +180,25 @@ fn request(
         .buckets
         .or_else(|| job.as_ref().and_then(|j| j.buckets))
         .unwrap_or(tally::pipeline::DEFAULT_BUCKETS);
-    if buckets == 0 || buckets > 1 << 16 {
+    if buckets == 0 || buckets > tally::route::MAX_BUCKETS {
         return Err(config_error(format!(
-            "--buckets {buckets} must be in 1..=65536"
+            "--buckets {buckets} must be in 1..={}",
+            tally::route::MAX_BUCKETS
         )));
+    }
+    let budget_text = args
+        .memory_budget
+        .or_else(|| job.as_ref().and_then(|j| j.memory_budget.clone()));
+    let memory_budget_bytes = match budget_text {
+        None => tally::pipeline::DEFAULT_MEMORY_BUDGET_BYTES,
+        Some(text) => tally::job::parse_bytes(&text).ok_or_else(|| {
+            config_error(format!(
+                "--memory-budget {text} is not a size such as 2GiB, 512MiB or 4GB"
+            ))
+        })?,
+    };
+    if args.groups == Some(0) {
+        return Err(config_error("--groups must be at least 1".into()));
     }
     let mut alert = Alert::default();
     if let Some(j) = &job {
@@ -205,6 +227,8 @@ fn request(
         settle_micros,
         force,
         buckets,
+        groups: args.groups,
+        memory_budget_bytes,
         alert,
         progress: Progress {
             interactive: std::io::stderr().is_terminal(),

@@ -4,7 +4,9 @@ use crate::amount::Milli;
 use crate::time::Micros;
 
 /// The four input datasets, in the order rejects are written.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Dataset {
     Usage,
     Allocations,
@@ -31,7 +33,9 @@ impl Dataset {
 }
 
 /// Why a row was not used. The names are the contract's `rejects.reason` values.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Reason {
     NullRequired,
     BadValue,
@@ -71,14 +75,16 @@ pub fn quoted(value: &str) -> String {
 
 /// Where a row came from: the index of its file in the dataset's sorted file list, and
 /// its 0-based row in that file. Ordering by `RowRef` is ordering by (file path, row).
-#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct RowRef {
     pub file: u32,
     pub row: u64,
 }
 
 /// A row that was not used, with the contract's reason and a detail naming column and value.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Reject {
     pub dataset: Dataset,
     pub at: RowRef,
@@ -94,6 +100,13 @@ pub enum EventStatus {
 }
 
 impl EventStatus {
+    /// The inverse of `status as u8` (spill files).
+    pub fn from_code(code: u8) -> Option<Self> {
+        [Self::Succeeded, Self::Failed, Self::Cancelled]
+            .into_iter()
+            .find(|s| *s as u8 == code)
+    }
+
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "succeeded" => Some(EventStatus::Succeeded),
@@ -148,7 +161,7 @@ impl UsageRow {
     }
 }
 
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum AllocationStatus {
     Active,
     Cancelled,
@@ -171,7 +184,7 @@ impl AllocationStatus {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct AllocationRow {
     pub at: RowRef,
     pub account_id: String,
@@ -184,7 +197,9 @@ pub struct AllocationRow {
 }
 
 /// Grant kinds, in the order of the `balances` columns. `Plan` is the allocation's credits.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum GrantKind {
     Rollover,
     Plan,
@@ -238,7 +253,7 @@ impl GrantKind {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct GrantRow {
     pub at: RowRef,
     pub grant_id: String,
@@ -259,6 +274,13 @@ pub enum EntryKind {
 }
 
 impl EntryKind {
+    /// The inverse of `kind as u8` (spill files).
+    pub fn from_code(code: u8) -> Option<Self> {
+        [Self::Debit, Self::Refund, Self::Adjustment]
+            .into_iter()
+            .find(|k| *k as u8 == code)
+    }
+
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "debit" => Some(EntryKind::Debit),

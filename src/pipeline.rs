@@ -10,6 +10,8 @@ use crate::load::{self, InputFile};
 use crate::model::*;
 use crate::pricebook::PriceBook;
 use crate::reconcile::DiscrepancyRow;
+use crate::route::Layout;
+use crate::spill::{self, SpillFiles};
 use crate::time::Micros;
 use crate::window::{self, AccountWork};
 use crate::{validate, Progress};
@@ -20,6 +22,9 @@ use std::path::{Path, PathBuf};
 /// a bucket is the unit of parallel work (and later of sharding).
 pub const DEFAULT_BUCKETS: u32 = 64;
 
+/// Default working-memory budget: 2 GiB (groups are sized so that one fits in it).
+pub const DEFAULT_MEMORY_BUDGET_BYTES: u64 = 2 << 30;
+
 #[derive(Clone, Debug)]
 pub struct RunSettings {
     pub data: PathBuf,
@@ -27,6 +32,11 @@ pub struct RunSettings {
     pub as_of: Micros,
     pub settle_micros: i64,
     pub buckets: u32,
+    /// Number of bucket groups processed one after another (None: sized from
+    /// `memory_budget_bytes`).
+    pub groups: Option<u32>,
+    /// Working memory a run aims to stay within (it picks the group count from it).
+    pub memory_budget_bytes: u64,
     /// Earlier closes (their closed periods and billed events); empty without `--history`.
     pub history: std::sync::Arc<crate::history::History>,
 }
@@ -89,8 +99,30 @@ fn dataset_files(root: &Path, dataset: Dataset, required: bool) -> Result<Vec<In
     }
 }
 
-pub fn run(settings: RunSettings, progress: &Progress) -> Result<RunOutput> {
-    let root = &settings.data;
+/// The rows one shard computed, before they are put in output order. A whole run is
+/// one partial; `tally merge` finishes the partials of every shard the same way.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+pub struct Partial {
+    /// Per account, in no particular order.
+    pub results: Vec<(String, AccountResult)>,
+    pub rejects: Vec<Reject>,
+    /// Rows of each dataset this shard accounts for (each row is accounted for by exactly
+    /// one shard: the one that processed or rejected it).
+    pub rows_read: [u64; 4],
+    pub identical_duplicates: u64,
+    pub outside_usage: u64,
+    pub outside_entries: u64,
+}
+
+/// The price book, input files and settings of a run.
+pub struct Inputs {
+    pub book: PriceBook,
+    pub pricebook_path: PathBuf,
+    /// Input files of each dataset (index = `Dataset as usize`).
+    pub files: [Vec<InputFile>; 4],
+}
+
+pub fn inputs(root: &Path) -> Result<Inputs> {
     if !root.is_dir() {
         return Err(TallyError::config(
             root.display().to_string(),
@@ -105,79 +137,315 @@ pub fn run(settings: RunSettings, progress: &Progress) -> Result<RunOutput> {
         dataset_files(root, Dataset::Grants, false)?,
         dataset_files(root, Dataset::Debits, true)?,
     ];
+    Ok(Inputs {
+        book,
+        pricebook_path,
+        files,
+    })
+}
 
-    let file_count = files.iter().map(|f| f.len() as u64).sum();
-    let stage = progress.counted("load", file_count);
-    let (usage_rows, mut rejects, usage_read) =
-        load::read_dataset(&files[0], &load::USAGE_COLUMNS, &load::parse_usage, &|| {
-            stage.tick()
-        })?;
-    let (alloc_rows, r, alloc_read) = load::read_dataset(
+/// A whole run on this machine: one shard of one.
+pub fn run(settings: RunSettings, progress: &Progress) -> Result<RunOutput> {
+    let inputs = inputs(&settings.data)?;
+    let layout = layout(&settings, &inputs, 0, 1)?;
+    let partial = compute(&settings, &inputs, &layout, progress)?;
+    finish(settings, inputs, vec![partial])
+}
+
+/// Rows in the usage and ledger files, from their Parquet footers (0 for unreadable files:
+/// the load reports them).
+fn big_rows(inputs: &Inputs) -> u64 {
+    [Dataset::Usage, Dataset::Debits]
+        .iter()
+        .flat_map(|d| &inputs.files[*d as usize])
+        .map(|f| load::footer_rows(&f.abs_path).unwrap_or(0))
+        .sum()
+}
+
+/// How this run is split: the shard, and groups sized to the memory budget (or forced).
+pub fn layout(settings: &RunSettings, inputs: &Inputs, shard: u32, shards: u32) -> Result<Layout> {
+    let buckets = settings.buckets;
+    let groups = match settings.groups {
+        Some(g) => g,
+        None => crate::route::groups_for(
+            big_rows(inputs),
+            settings.memory_budget_bytes,
+            buckets,
+            shards,
+        ),
+    };
+    Ok(Layout {
+        buckets,
+        shard,
+        shards,
+        groups: groups.clamp(1, buckets.div_ceil(shards).max(1)),
+    })
+}
+
+/// Load, validate, place and process the accounts of one shard, group by group.
+pub fn compute(
+    settings: &RunSettings,
+    inputs: &Inputs,
+    layout: &Layout,
+    progress: &Progress,
+) -> Result<Partial> {
+    let files = &inputs.files;
+    let mut partial = Partial::default();
+    let first_shard = layout.shard == 0;
+
+    // Allocations and grants are small: every shard reads and validates all of them;
+    // shard 0 reports their rejects and counts.
+    let stage = progress.counted("load plans", (files[1].len() + files[2].len()) as u64);
+    let (alloc_rows, mut small_rejects, alloc_read) = load::read_dataset(
         &files[1],
         &load::ALLOCATION_COLUMNS,
         &load::parse_allocation,
         &|| stage.tick(),
     )?;
-    rejects.extend(r);
     let (grant_rows, r, grant_read) =
         load::read_dataset(&files[2], &load::GRANT_COLUMNS, &load::parse_grant, &|| {
             stage.tick()
         })?;
-    rejects.extend(r);
-    let (debit_rows, r, debit_read) =
-        load::read_dataset(&files[3], &load::DEBIT_COLUMNS, &load::parse_debit, &|| {
-            stage.tick()
-        })?;
-    rejects.extend(r);
-    let rows_read = usage_read + alloc_read + grant_read + debit_read;
-    let rows_parsed =
-        (usage_rows.len() + alloc_rows.len() + grant_rows.len() + debit_rows.len()) as u64;
-    stage.done(rows_read, rows_parsed);
-
-    let stage = progress.stage("validate");
-    let allocations = validate::allocations(alloc_rows, &book, &files[1], &mut rejects);
-    let grants = validate::grants(grant_rows, &files[2], &mut rejects);
-    let debits = validate::debits(debit_rows, &files[3], &mut rejects);
-    let deduped = validate::dedup_usage(usage_rows, &files[0], &mut rejects);
-    let identical = deduped.identical_copies;
-    let kept = allocations.values().map(|a| a.len()).sum::<usize>() + grants.len() + debits.len();
-    stage.done(rows_parsed, (kept + deduped.events.len()) as u64);
-    let stage = progress.stage("window");
-    let events_total = deduped.events.len() as u64;
-    let (accounts, outside) = window::place(
-        window::RunWindow {
-            mode: settings.mode,
-            as_of: settings.as_of,
-            history: &settings.history,
-        },
-        &allocations,
-        deduped,
-        debits,
-        grants,
-        &mut rejects,
+    small_rejects.extend(r);
+    let allocations =
+        validate::allocations(alloc_rows, &inputs.book, &files[1], &mut small_rejects);
+    let grants = validate::grants(grant_rows, &files[2], &mut small_rejects);
+    stage.done(
+        alloc_read + grant_read,
+        (allocations.len() + grants.len()) as u64,
     );
-    let in_window: u64 = accounts
-        .iter()
-        .flat_map(|a| &a.periods)
-        .map(|p| p.events.len() as u64)
-        .sum();
-    stage.done(events_total, in_window);
+    if first_shard {
+        partial.rejects = small_rejects;
+        partial.rows_read[Dataset::Allocations as usize] = alloc_read;
+        partial.rows_read[Dataset::Grants as usize] = grant_read;
+    }
 
-    let stage = progress.counted(
-        "price, consume, reconcile",
-        u64::from(settings.buckets.max(1)),
-    );
     let ctx = RunContext {
-        book: &book,
+        book: &inputs.book,
         mode: settings.mode,
         settle_from: settings.as_of.saturating_sub(settings.settle_micros),
     };
-    let mut results = process_buckets(&ctx, accounts, settings.buckets, &stage)?;
-    let discrepancy_rows: usize = results.iter().map(|(_, r)| r.discrepancies.len()).sum();
-    stage.done(in_window, discrepancy_rows as u64);
+    let shared = Shared {
+        settings,
+        ctx: &ctx,
+        layout,
+        allocations: &allocations,
+        grants: &grants,
+        files,
+    };
+    if !layout.is_split() {
+        let stage = progress.counted(
+            "load usage and ledger",
+            (files[0].len() + files[3].len()) as u64,
+        );
+        let (usage, r, usage_read) =
+            load::read_dataset(&files[0], &load::USAGE_COLUMNS, &load::parse_usage, &|| {
+                stage.tick()
+            })?;
+        partial.rejects.extend(r);
+        let (debits, r, debit_read) =
+            load::read_dataset(&files[3], &load::DEBIT_COLUMNS, &load::parse_debit, &|| {
+                stage.tick()
+            })?;
+        partial.rejects.extend(r);
+        stage.done(usage_read + debit_read, (usage.len() + debits.len()) as u64);
+        partial.rows_read[Dataset::Usage as usize] = usage_read;
+        partial.rows_read[Dataset::Debits as usize] = debit_read;
+        shared.process_group(0, usage, debits, &mut partial, progress)?;
+        return Ok(partial);
+    }
 
+    // Split: find the rows whose bucket an id join decides, spill the others by group.
+    let stage = progress.stage("route");
+    let cross = crate::route::find_cross_bucket(&files[0], &files[3], layout)?;
+    let (cross_events, cross_entries) = cross.counts();
+    stage.done(cross_events as u64, cross_entries as u64);
+
+    let spill_dir = tempfile::Builder::new()
+        .prefix("tally-spill-")
+        .tempdir()
+        .map_err(|e| TallyError::io(&std::env::temp_dir(), e))?;
+    let stage = progress.counted("load and spill", (files[0].len() + files[3].len()) as u64);
+    let usage_spill = SpillFiles::create(spill_dir.path(), Dataset::Usage, layout.groups)?;
+    let usage = spill::route_dataset(
+        &files[0],
+        &load::USAGE_COLUMNS,
+        &load::parse_usage,
+        layout,
+        &cross,
+        &usage_spill,
+        &|| stage.tick(),
+    )?;
+    let debit_spill = SpillFiles::create(spill_dir.path(), Dataset::Debits, layout.groups)?;
+    let debits = spill::route_dataset(
+        &files[3],
+        &load::DEBIT_COLUMNS,
+        &load::parse_debit,
+        layout,
+        &cross,
+        &debit_spill,
+        &|| stage.tick(),
+    )?;
+    let usage_paths = usage_spill.finish()?;
+    let debit_paths = debit_spill.finish()?;
+    stage.done(
+        usage.spilled + debits.spilled,
+        (usage.candidates.len() + debits.candidates.len()) as u64,
+    );
+
+    let (usage_dest, debit_dest) =
+        crate::route::resolve(&usage.candidates, &debits.candidates, layout);
+    let mut usage_extra: Vec<Vec<UsageRow>> = (0..layout.groups).map(|_| Vec::new()).collect();
+    let mut debit_extra: Vec<Vec<DebitRow>> = (0..layout.groups).map(|_| Vec::new()).collect();
+    for (row, bucket) in usage.candidates.into_iter().zip(usage_dest) {
+        if layout.owns(bucket) {
+            usage_extra[layout.group_of(bucket)].push(row);
+        }
+    }
+    for (row, bucket) in debits.candidates.into_iter().zip(debit_dest) {
+        if layout.owns(bucket) {
+            debit_extra[layout.group_of(bucket)].push(row);
+        }
+    }
+    partial.rejects.extend(usage.rejects);
+    partial.rejects.extend(debits.rejects);
+    for r in &partial.rejects {
+        if matches!(r.dataset, Dataset::Usage | Dataset::Debits) {
+            partial.rows_read[r.dataset as usize] += 1;
+        }
+    }
+    partial.rows_read[Dataset::Usage as usize] +=
+        usage.spilled + usage_extra.iter().map(|v| v.len() as u64).sum::<u64>();
+    partial.rows_read[Dataset::Debits as usize] +=
+        debits.spilled + debit_extra.iter().map(|v| v.len() as u64).sum::<u64>();
+
+    for (group, (u_extra, d_extra)) in usage_extra.into_iter().zip(debit_extra).enumerate() {
+        let mut usage: Vec<UsageRow> = spill::read_group(&usage_paths[group])?;
+        std::fs::remove_file(&usage_paths[group])
+            .map_err(|e| TallyError::io(&usage_paths[group], e))?;
+        usage.extend(u_extra);
+        usage.par_sort_unstable_by_key(|r| r.at);
+        let mut debits: Vec<DebitRow> = spill::read_group(&debit_paths[group])?;
+        std::fs::remove_file(&debit_paths[group])
+            .map_err(|e| TallyError::io(&debit_paths[group], e))?;
+        debits.extend(d_extra);
+        debits.par_sort_unstable_by_key(|r| r.at);
+        shared.process_group(group, usage, debits, &mut partial, progress)?;
+    }
+    Ok(partial)
+}
+
+/// What every group of a run shares.
+struct Shared<'a> {
+    settings: &'a RunSettings,
+    ctx: &'a RunContext<'a>,
+    layout: &'a Layout,
+    allocations: &'a std::collections::HashMap<String, Vec<AllocationRow>>,
+    grants: &'a [GrantRow],
+    files: &'a [Vec<InputFile>; 4],
+}
+
+impl Shared<'_> {
+    /// Validate, place and process the usage and ledger rows of one group (rows in
+    /// (file, row) order).
+    fn process_group(
+        &self,
+        group: usize,
+        usage: Vec<UsageRow>,
+        debits: Vec<DebitRow>,
+        partial: &mut Partial,
+        progress: &Progress,
+    ) -> Result<()> {
+        let layout = self.layout;
+        if layout.groups > 1 {
+            tracing::info!(group = group + 1, groups = layout.groups, "group");
+        }
+        let stage = progress.stage("validate");
+        let rows_in = (usage.len() + debits.len()) as u64;
+        let rejects = &mut partial.rejects;
+        let debits = validate::debits(debits, &self.files[3], rejects);
+        let deduped = validate::dedup_usage(usage, &self.files[0], rejects);
+        partial.identical_duplicates += deduped.identical_copies;
+        stage.done(rows_in, (deduped.events.len() + debits.len()) as u64);
+
+        let stage = progress.stage("window");
+        let events_total = deduped.events.len() as u64;
+        let owns = |account: &str| {
+            let bucket = layout.bucket(account);
+            layout.owns(bucket) && layout.group_of(bucket) == group
+        };
+        let whole = !layout.is_split();
+        let owns_here = |account: &str| whole || owns(account);
+        let (accounts, outside) = window::place(
+            window::RunWindow {
+                mode: self.settings.mode,
+                as_of: self.settings.as_of,
+                history: &self.settings.history,
+                owns: &owns_here,
+            },
+            self.allocations,
+            deduped,
+            debits,
+            self.grants,
+            rejects,
+        );
+        if outside.misrouted > 0 {
+            return Err(TallyError::Invariant(format!(
+                "{} events or entries reached group {group} of shard {} but belong to another",
+                outside.misrouted, layout.shard
+            )));
+        }
+        partial.outside_usage += outside.usage_rows;
+        partial.outside_entries += outside.ledger_entries;
+        let in_window: u64 = accounts
+            .iter()
+            .flat_map(|a| &a.periods)
+            .map(|p| p.events.len() as u64)
+            .sum();
+        stage.done(events_total, in_window);
+
+        let stage = progress.counted(
+            "price, consume, reconcile",
+            u64::from(self.settings.buckets.max(1)),
+        );
+        let results = process_buckets(self.ctx, accounts, self.settings.buckets, &stage)?;
+        let discrepancy_rows: usize = results.iter().map(|(_, r)| r.discrepancies.len()).sum();
+        stage.done(in_window, discrepancy_rows as u64);
+        partial.results.extend(results);
+        Ok(())
+    }
+}
+
+/// Put the partials of every shard (one for a whole run) in output order, check the
+/// run's invariants and return what `write` needs.
+pub fn finish(settings: RunSettings, inputs: Inputs, partials: Vec<Partial>) -> Result<RunOutput> {
+    let Inputs {
+        book,
+        pricebook_path,
+        files,
+    } = inputs;
+    let mut results = Vec::new();
+    let mut rejects = Vec::new();
+    let mut rows_read = [0u64; 4];
+    let (mut identical, mut outside_usage, mut outside_entries) = (0, 0, 0);
+    for p in partials {
+        results.extend(p.results);
+        rejects.extend(p.rejects);
+        for (total, n) in rows_read.iter_mut().zip(p.rows_read) {
+            *total += n;
+        }
+        identical += p.identical_duplicates;
+        outside_usage += p.outside_usage;
+        outside_entries += p.outside_entries;
+    }
     // Collect in output order: accounts by id (bytes), periods already in order.
     results.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    if let Some(pair) = results.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(TallyError::Invariant(format!(
+            "account {} was processed twice",
+            quoted(&pair[0].0)
+        )));
+    }
     let mut out = AccountResult::default();
     for (_, result) in results {
         out.absorb(result)?;
@@ -185,12 +453,19 @@ pub fn run(settings: RunSettings, progress: &Progress) -> Result<RunOutput> {
     out.discrepancies
         .sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
     rejects.sort_by_key(|r| (r.dataset, r.at));
+    if let Some(pair) = rejects
+        .windows(2)
+        .find(|w| (w[0].dataset, w[0].at) == (w[1].dataset, w[1].at))
+    {
+        return Err(TallyError::Invariant(format!(
+            "{} row {} was rejected twice",
+            pair[0].dataset.name(),
+            pair[0].at.row
+        )));
+    }
 
     let mut counts: [DatasetCounts; 4] = Default::default();
-    for (i, read) in [usage_read, alloc_read, grant_read, debit_read]
-        .into_iter()
-        .enumerate()
-    {
+    for (i, read) in rows_read.into_iter().enumerate() {
         counts[i].files = files[i].len() as u64;
         counts[i].rows_read = read;
     }
@@ -198,11 +473,11 @@ pub fn run(settings: RunSettings, progress: &Progress) -> Result<RunOutput> {
         counts[r.dataset as usize].rejected += 1;
     }
     let usage = UsageCounts {
-        rows_read: usage_read,
+        rows_read: rows_read[Dataset::Usage as usize],
         events_in_window: out.totals.events_in_window,
         identical_duplicates: identical,
         rejected: counts[0].rejected,
-        outside_window: outside.usage_rows,
+        outside_window: outside_usage,
     };
     if settings.mode == Mode::Close {
         check_one_invoice_and_renewal_per_period(&out)?;
@@ -226,7 +501,7 @@ pub fn run(settings: RunSettings, progress: &Progress) -> Result<RunOutput> {
         pricebook_path,
         counts,
         usage,
-        ledger_entries_outside: outside.ledger_entries,
+        ledger_entries_outside: outside_entries,
         discrepancies: out.discrepancies,
         rejects,
         balances: out.balances,

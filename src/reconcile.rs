@@ -8,7 +8,9 @@ use crate::price::Price;
 use crate::time::Micros;
 
 /// Discrepancy kinds, in the order of the contract's table (which is also the row order).
-#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum Kind {
     OrphanDebit,
     ManualAdjustment,
@@ -62,7 +64,7 @@ impl Kind {
 }
 
 /// One row of `discrepancies`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DiscrepancyRow {
     pub kind: Kind,
     pub account_id: String,

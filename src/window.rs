@@ -54,6 +54,9 @@ pub struct AccountWork {
 pub struct Outside {
     pub usage_rows: u64,
     pub ledger_entries: u64,
+    /// Events or unattached entries of an account another group owns: a routing bug,
+    /// checked by the pipeline (always 0).
+    pub misrouted: u64,
 }
 
 /// Where an event goes.
@@ -76,6 +79,8 @@ enum EntryTarget {
     Unattached(usize, usize),
     Rejected(Reject),
     Outside,
+    /// Unattached, of an account processed elsewhere (a routing bug).
+    Misrouted,
 }
 
 /// The allocation of `allocs` (sorted, non-overlapping) containing `t`.
@@ -95,12 +100,13 @@ fn covered_periods<'a>(
     as_of: Micros,
     allocations: &'a HashMap<String, Vec<AllocationRow>>,
     history: &History,
+    owns: &dyn Fn(&str) -> bool,
 ) -> (Vec<AccountWork>, Covered<'a>) {
     let mut accounts: Vec<AccountWork> = Vec::new();
     let mut covered: Covered<'a> = HashMap::default();
     let mut names: Vec<&String> = allocations.keys().collect();
     names.sort();
-    for account_id in names {
+    for account_id in names.into_iter().filter(|a| owns(a)) {
         let allocs = &allocations[account_id];
         let mut period_of = HashMap::new();
         let mut periods = Vec::new();
@@ -177,6 +183,8 @@ pub struct RunWindow<'a> {
     pub mode: Mode,
     pub as_of: Micros,
     pub history: &'a History,
+    /// Whether an account is processed here (its bucket is in this group and shard).
+    pub owns: &'a (dyn Fn(&str) -> bool + Sync),
 }
 
 const NO_EVENT: u32 = u32::MAX;
@@ -220,18 +228,20 @@ pub fn place(
     allocations: &HashMap<String, Vec<AllocationRow>>,
     deduped: Deduped,
     debits: Vec<DebitRow>,
-    grants: Vec<GrantRow>,
+    grants: &[GrantRow],
     rejects: &mut Vec<Reject>,
 ) -> (Vec<AccountWork>, Outside) {
     let RunWindow {
         mode,
         as_of,
         history,
+        owns,
     } = window;
-    let (mut accounts, covered) = covered_periods(mode, as_of, allocations, history);
+    let (mut accounts, covered) = covered_periods(mode, as_of, allocations, history, owns);
     let events = deduped.events;
     let mut outside = Outside::default();
 
+    outside.misrouted = events.iter().filter(|u| !owns(&u.account_id)).count() as u64;
     let placements: Vec<Placement> = events
         .iter()
         .map(|usage| {
@@ -288,6 +298,7 @@ pub fn place(
                         quoted(entry.event_id.as_deref().unwrap_or_default())
                     ),
                 }),
+                None if !owns(&entry.account_id) => EntryTarget::Misrouted,
                 None => {
                     match place_instant(allocations, &covered, &entry.account_id, entry.recorded_at)
                     {
@@ -318,6 +329,7 @@ pub fn place(
             EntryTarget::Unattached(a, p) => accounts[a].periods[p].unattached.push(entry),
             EntryTarget::Rejected(r) => rejects.push(r),
             EntryTarget::Outside => outside.ledger_entries += 1,
+            EntryTarget::Misrouted => outside.misrouted += 1,
         }
     }
     // Size every period's event list first: no reallocation while moving events in.
@@ -354,7 +366,7 @@ pub fn place(
         .collect();
     for grant in grants {
         if let Some(&i) = index.get(&grant.account_id) {
-            accounts[i].grants.push(grant);
+            accounts[i].grants.push(grant.clone());
         }
     }
     (accounts, outside)

@@ -1,0 +1,260 @@
+//! Routing rows to account buckets when a run is split: into groups that run one after
+//! another (memory bounded by a group, not by the month) and into shards on other machines.
+//!
+//! The contract's work is local to an account except for three joins on ids: usage dedup
+//! (by `event_id`; copies may name different accounts), attaching ledger entries to events
+//! (by `event_id`; an entry may name another account than its event) and repeated
+//! `entry_id`s. A row normally goes to its own account's bucket. The rows those joins could
+//! send elsewhere are found by a light pass over the id columns ([`find_cross_bucket`]):
+//! ids whose rows fall in more than one bucket. Those rows ("candidates", few in real data)
+//! are kept whole and routed exactly, with the contract's rules, by [`resolve`]: all copies
+//! of an event go with the winning copy's account, an entry goes with its event (else its
+//! own account), and every copy of an `entry_id` goes with the first copy.
+
+use crate::error::Result;
+use crate::load::{self, Batch, ColSpec, ColType, InputFile};
+use crate::model::{DebitRow, UsageRow};
+use crate::pipeline::bucket_of;
+use crate::validate::FastHash;
+use rayon::prelude::*;
+use std::collections::{HashMap, HashSet};
+
+/// The most buckets a run may use (bucket numbers must fit in 16 bits below).
+pub const MAX_BUCKETS: u32 = 4096;
+
+/// How a run is split: `shards` machines (this one is `shard`) and, on each, `groups`
+/// groups of buckets processed one after another. Bucket `b` belongs to shard
+/// `b mod shards` and, there, to group `(b div shards) mod groups`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub buckets: u32,
+    pub shard: u32,
+    pub shards: u32,
+    pub groups: u32,
+}
+
+impl Layout {
+    pub fn whole(buckets: u32) -> Layout {
+        Layout {
+            buckets,
+            shard: 0,
+            shards: 1,
+            groups: 1,
+        }
+    }
+
+    /// More than one group or shard: rows must be routed.
+    pub fn is_split(&self) -> bool {
+        self.shards > 1 || self.groups > 1
+    }
+
+    pub fn owns(&self, bucket: u32) -> bool {
+        bucket % self.shards == self.shard
+    }
+
+    pub fn group_of(&self, bucket: u32) -> usize {
+        ((bucket / self.shards) % self.groups) as usize
+    }
+
+    pub fn bucket(&self, account_id: &str) -> u32 {
+        bucket_of(account_id, self.buckets)
+    }
+
+    /// The bucket of a row by its raw `account_id` cell (null or unreadable: bucket 0):
+    /// where a rejected row is reported.
+    pub fn raw_bucket(&self, batch: &Batch, row: usize) -> u32 {
+        batch.columns[1]
+            .str(row)
+            .map_or(0, |account| self.bucket(account))
+    }
+}
+
+const LOW: u64 = 0xFFFF;
+/// Marks a ledger row whose event is a cross-bucket event (never a real bucket).
+const TIED_TO_EVENT: u64 = LOW;
+
+/// The 48 high bits of an id's hash. Two ids sharing them are both treated as candidates
+/// (harmless: candidates are routed exactly, by their full ids).
+fn id_key(id: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(id.as_bytes()) & !LOW
+}
+
+/// Ids (by [`id_key`]) whose rows fall in more than one bucket.
+#[derive(Default)]
+pub struct CrossBucket {
+    events: HashSet<u64, FastHash>,
+    entries: HashSet<u64, FastHash>,
+}
+
+impl CrossBucket {
+    pub fn event(&self, event_id: &str) -> bool {
+        !self.events.is_empty() && self.events.contains(&id_key(event_id))
+    }
+
+    pub fn entry(&self, entry_id: &str) -> bool {
+        !self.entries.is_empty() && self.entries.contains(&id_key(entry_id))
+    }
+
+    /// Whether a valid usage row must be routed by [`resolve`].
+    pub fn usage_candidate(&self, u: &UsageRow) -> bool {
+        self.event(&u.event_id)
+    }
+
+    /// Whether a valid ledger row must be routed by [`resolve`].
+    pub fn debit_candidate(&self, d: &DebitRow) -> bool {
+        self.entry(&d.entry_id) || d.event_id.as_deref().is_some_and(|e| self.event(e))
+    }
+
+    pub fn counts(&self) -> (usize, usize) {
+        (self.events.len(), self.entries.len())
+    }
+}
+
+const fn light(name: &'static str, required: bool) -> ColSpec {
+    load::col(name, ColType::Str, required)
+}
+const USAGE_IDS: [ColSpec; 2] = [light("event_id", true), light("account_id", true)];
+const DEBIT_IDS: [ColSpec; 3] = [
+    light("entry_id", true),
+    light("account_id", true),
+    light("event_id", false),
+];
+
+/// Sorted keys → the ids (high bits) that occur with more than one low value.
+fn mixed_ids(mut keys: Vec<u64>) -> HashSet<u64, FastHash> {
+    keys.par_sort_unstable();
+    let mut mixed = HashSet::default();
+    for run in keys.chunk_by(|a, b| a & !LOW == b & !LOW) {
+        if run.first().map(|k| k & LOW) != run.last().map(|k| k & LOW) {
+            mixed.insert(run[0] & !LOW);
+        }
+    }
+    mixed
+}
+
+/// Concatenate per-file key vectors without holding two full copies.
+fn concat(parts: Vec<Vec<u64>>) -> Vec<u64> {
+    let mut all = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+    for part in parts {
+        all.extend_from_slice(&part);
+    }
+    all
+}
+
+/// The light pass: read only the id and account columns (8 bytes kept per row).
+pub fn find_cross_bucket(
+    usage: &[InputFile],
+    debits: &[InputFile],
+    layout: &Layout,
+) -> Result<CrossBucket> {
+    // Round 1: event ids over usage and ledger rows, with the row's own bucket.
+    let event_keys = |batch: &Batch, id_col: usize, out: &mut Vec<u64>| {
+        for row in 0..batch.len {
+            if let (Some(id), Some(account)) =
+                (batch.columns[id_col].str(row), batch.columns[1].str(row))
+            {
+                out.push(id_key(id) | u64::from(layout.bucket(account)));
+            }
+        }
+    };
+    let mut parts = load::map_files(usage, &USAGE_IDS, &|_, batch, out| {
+        event_keys(batch, 0, out)
+    })?;
+    parts.extend(load::map_files(debits, &DEBIT_IDS, &|_, batch, out| {
+        event_keys(batch, 2, out)
+    })?);
+    let events = mixed_ids(concat(parts));
+
+    // Round 2: entry ids, with the row's bucket, or a mark when its event crosses buckets
+    // (so that every copy of such an entry is a candidate too).
+    let found = CrossBucket {
+        events,
+        entries: HashSet::default(),
+    };
+    let parts = load::map_files(debits, &DEBIT_IDS, &|_, batch, out| {
+        for row in 0..batch.len {
+            let (Some(entry), Some(account)) =
+                (batch.columns[0].str(row), batch.columns[1].str(row))
+            else {
+                continue;
+            };
+            let tied = batch.columns[2].str(row).is_some_and(|e| found.event(e));
+            let low = if tied {
+                TIED_TO_EVENT
+            } else {
+                u64::from(layout.bucket(account))
+            };
+            out.push(id_key(entry) | low);
+        }
+    })?;
+    let entries = mixed_ids(concat(parts));
+    Ok(CrossBucket {
+        events: found.events,
+        entries,
+    })
+}
+
+/// Where each candidate goes: the destination bucket of every candidate row (same order
+/// as the inputs). Every shard computes the same answer from the same candidates.
+pub fn resolve(usage: &[UsageRow], debits: &[DebitRow], layout: &Layout) -> (Vec<u32>, Vec<u32>) {
+    // Events: the winner is the copy with the earliest ingested_at (nulls last), then
+    // (file, row): the rule of `validate::dedup_usage`.
+    let mut winner: HashMap<&str, &UsageRow, FastHash> = HashMap::default();
+    for u in usage {
+        let key = |r: &UsageRow| (r.ingested_at.is_none(), r.ingested_at, r.at);
+        winner
+            .entry(u.event_id.as_str())
+            .and_modify(|w| {
+                if key(u) < key(w) {
+                    *w = u;
+                }
+            })
+            .or_insert(u);
+    }
+    let event_bucket: HashMap<&str, u32, FastHash> = winner
+        .iter()
+        .map(|(id, w)| (*id, layout.bucket(&w.account_id)))
+        .collect();
+    let usage_dest = usage
+        .iter()
+        .map(|u| event_bucket[u.event_id.as_str()])
+        .collect();
+
+    // Entries: the first copy (by file, row) goes with its event if it has one, else with
+    // its own account; every later copy follows the first.
+    let mut first: HashMap<&str, &DebitRow, FastHash> = HashMap::default();
+    for d in debits {
+        first
+            .entry(d.entry_id.as_str())
+            .and_modify(|f| {
+                if d.at < f.at {
+                    *f = d;
+                }
+            })
+            .or_insert(d);
+    }
+    let debit_dest = debits
+        .iter()
+        .map(|d| {
+            let f = first[d.entry_id.as_str()];
+            f.event_id
+                .as_deref()
+                .and_then(|e| event_bucket.get(e).copied())
+                .unwrap_or_else(|| layout.bucket(&f.account_id))
+        })
+        .collect();
+    (usage_dest, debit_dest)
+}
+
+/// How many groups a run needs to stay within `budget_bytes`, from the row counts in the
+/// Parquet footers (measured: about 400 bytes of working memory per usage or ledger row).
+pub fn groups_for(rows: u64, budget_bytes: u64, buckets: u32, shards: u32) -> u32 {
+    const BYTES_PER_ROW: u64 = 400;
+    let per_shard = rows.div_ceil(u64::from(shards.max(1)));
+    let wanted = (per_shard * BYTES_PER_ROW)
+        .div_ceil(budget_bytes.max(1))
+        .max(1);
+    // A group holds at least one bucket of this shard.
+    let buckets_here = u64::from(buckets.div_ceil(shards.max(1)).max(1));
+    wanted.min(buckets_here) as u32
+}
