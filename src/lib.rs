@@ -23,6 +23,7 @@ pub mod progress;
 pub mod reconcile;
 pub mod report;
 pub mod route;
+pub mod shard;
 pub mod spill;
 pub mod summary;
 pub mod time;
@@ -116,6 +117,8 @@ pub struct JobRequest {
     /// Bucket groups processed one after another (None: sized from the memory budget).
     pub groups: Option<u32>,
     pub memory_budget_bytes: u64,
+    /// `(I, N)`: compute only shard I of N and write it under `out/shard=I/`.
+    pub shard: Option<(u32, u32)>,
     pub alert: Alert,
     pub progress: Progress,
     /// A folder of earlier close outputs (`--history`): their periods are not closed again,
@@ -135,6 +138,8 @@ pub enum JobOutcome {
     /// `close` over a period already closed with the same inputs: nothing was written.
     /// The alert thresholds are checked again against the published summary.
     AlreadyClosed { alert: Option<String> },
+    /// One shard's part written (`tally merge` publishes the output).
+    ShardWritten { folder: PathBuf, accounts: u64 },
 }
 
 /// Decode the needed columns of every input file and count the rows (the benchmark's bare
@@ -245,16 +250,25 @@ pub fn lock_output(out: &Path) -> Result<OutputLock> {
     }
 }
 
-/// Run `reconcile` or `close` end to end and publish the output folder.
-pub fn run_job(req: &JobRequest) -> Result<JobOutcome> {
+/// What every run holds before it computes: the output lock, earlier closes and the
+/// fingerprint of its inputs.
+pub(crate) struct Prepared {
+    pub _lock: OutputLock,
+    pub history: history::History,
+    pub inputs: Vec<FileEntry>,
+}
+
+/// Check the data root, lock `out`, refuse a foreign folder, read the history and
+/// fingerprint the inputs.
+pub(crate) fn prepare(req: &JobRequest, out: &Path) -> Result<Prepared> {
     if !req.data.is_dir() {
         return Err(TallyError::config(
             req.data.display().to_string(),
             "data root is not a folder",
         ));
     }
-    let _lock = lock_output(&req.out)?;
-    check_replaceable(&req.out)?;
+    let lock = lock_output(out)?;
+    check_replaceable(out)?;
     let history = match &req.history {
         Some(dir) => history::load(dir, &req.out)?,
         None => history::History::default(),
@@ -269,49 +283,75 @@ pub fn run_job(req: &JobRequest) -> Result<JobOutcome> {
             sha256: write::sha256_file(manifest)?,
         });
     }
+    Ok(Prepared {
+        _lock: lock,
+        history,
+        inputs,
+    })
+}
+
+/// A close whose output folder already holds a close: `Some(outcome)` when it was made
+/// from the same inputs (nothing to do), an error (exit 3) when from other inputs unless
+/// `--force`, `None` when the close should run.
+pub(crate) fn check_earlier_close(
+    req: &JobRequest,
+    inputs: &[FileEntry],
+) -> Result<Option<JobOutcome>> {
     let manifest_path = req.out.join("manifest.json");
-    if req.mode == Mode::Close && manifest_path.exists() {
-        let text = std::fs::read_to_string(&manifest_path)
-            .map_err(|e| TallyError::io(&manifest_path, e))?;
-        let old: Manifest = serde_json::from_str(&text).map_err(|e| {
-            TallyError::input(
-                manifest_path.display().to_string(),
-                format!("unreadable manifest: {e}"),
-            )
-        })?;
-        match describe_changes(&old, req, &inputs) {
-            None => {
-                let figures = AlertFigures::from_summary(&req.out.join("summary.json"))?;
-                return Ok(JobOutcome::AlreadyClosed {
-                    alert: check_alert(&req.alert, &figures),
-                });
-            }
-            Some(changes) if !req.force => {
-                return Err(TallyError::Refused(format!(
-                    "{} already holds a close with other inputs ({changes}); rerun with --force to replace it",
-                    req.out.display()
-                )))
-            }
-            Some(changes) => tracing::warn!(%changes, "replacing an earlier close (--force)"),
+    if req.mode != Mode::Close || !manifest_path.exists() {
+        return Ok(None);
+    }
+    let text =
+        std::fs::read_to_string(&manifest_path).map_err(|e| TallyError::io(&manifest_path, e))?;
+    let old: Manifest = serde_json::from_str(&text).map_err(|e| {
+        TallyError::input(
+            manifest_path.display().to_string(),
+            format!("unreadable manifest: {e}"),
+        )
+    })?;
+    match describe_changes(&old, req, inputs) {
+        None => {
+            let figures = AlertFigures::from_summary(&req.out.join("summary.json"))?;
+            Ok(Some(JobOutcome::AlreadyClosed {
+                alert: check_alert(&req.alert, &figures),
+            }))
+        }
+        Some(changes) if !req.force => Err(TallyError::Refused(format!(
+            "{} already holds a close with other inputs ({changes}); rerun with --force to replace it",
+            req.out.display()
+        ))),
+        Some(changes) => {
+            tracing::warn!(%changes, "replacing an earlier close (--force)");
+            Ok(None)
         }
     }
-    let output = pipeline::run(
+}
+
+impl JobRequest {
+    pub(crate) fn settings(&self, history: history::History) -> RunSettings {
         RunSettings {
             history: std::sync::Arc::new(history),
-            data: req.data.clone(),
-            mode: req.mode,
-            as_of: req.as_of,
-            settle_micros: req.settle_micros,
-            buckets: req.buckets,
-            groups: req.groups,
-            memory_budget_bytes: req.memory_budget_bytes,
-        },
-        &req.progress,
-    )?;
+            data: self.data.clone(),
+            mode: self.mode,
+            as_of: self.as_of,
+            settle_micros: self.settle_micros,
+            buckets: self.buckets,
+            groups: self.groups,
+            memory_budget_bytes: self.memory_budget_bytes,
+        }
+    }
+}
+
+/// Write a run's outputs to a staging folder and publish it as `req.out`.
+pub(crate) fn publish_run(
+    req: &JobRequest,
+    output: &RunOutput,
+    inputs: Vec<FileEntry>,
+) -> Result<JobOutcome> {
     let stage = req.progress.stage("write");
     let rows_in = (output.discrepancies.len() + output.rejects.len()) as u64;
     let staging = write::create_staging(&req.out)?;
-    let written = write_outputs(&staging, &output, inputs);
+    let written = write_outputs(&staging, output, inputs);
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&staging);
         return Err(e);
@@ -321,8 +361,22 @@ pub fn run_job(req: &JobRequest) -> Result<JobOutcome> {
     Ok(JobOutcome::Published {
         discrepancies: output.discrepancies.len() as u64,
         rejects: output.rejects.len() as u64,
-        alert: check_alert(&req.alert, &AlertFigures::of(&output)),
+        alert: check_alert(&req.alert, &AlertFigures::of(output)),
     })
+}
+
+/// Run `reconcile` or `close` end to end and publish the output folder (or, with a
+/// shard, this shard's part under `out/shard=I/`).
+pub fn run_job(req: &JobRequest) -> Result<JobOutcome> {
+    if let Some((shard, shards)) = req.shard {
+        return shard::run_shard(req, shard, shards);
+    }
+    let prepared = prepare(req, &req.out)?;
+    if let Some(done) = check_earlier_close(req, &prepared.inputs)? {
+        return Ok(done);
+    }
+    let output = pipeline::run(req.settings(prepared.history), &req.progress)?;
+    publish_run(req, &output, prepared.inputs)
 }
 
 fn check_alert(alert: &Alert, f: &AlertFigures) -> Option<String> {
@@ -357,7 +411,7 @@ fn check_alert(alert: &Alert, f: &AlertFigures) -> Option<String> {
 }
 
 /// Refuse to replace a folder that is not a tally output: `--out` must never wipe other data.
-fn check_replaceable(out: &Path) -> Result<()> {
+pub(crate) fn check_replaceable(out: &Path) -> Result<()> {
     if !out.exists() {
         return Ok(());
     }
@@ -377,10 +431,12 @@ fn check_replaceable(out: &Path) -> Result<()> {
     if empty {
         return Ok(());
     }
-    let manifest = std::fs::read_to_string(out.join("manifest.json")).ok();
-    let is_tally = manifest
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .is_some_and(|v| v["tool"] == "tally");
+    let is_tally = ["manifest.json", shard::SHARD_MANIFEST].iter().any(|name| {
+        std::fs::read_to_string(out.join(name))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .is_some_and(|v| v["tool"] == "tally")
+    });
     if is_tally {
         Ok(())
     } else {
@@ -389,7 +445,7 @@ fn check_replaceable(out: &Path) -> Result<()> {
 }
 
 /// Write every output file into `dir` (the staging folder); the manifest comes last.
-fn write_outputs(dir: &Path, output: &RunOutput, inputs: Vec<FileEntry>) -> Result<()> {
+pub(crate) fn write_outputs(dir: &Path, output: &RunOutput, inputs: Vec<FileEntry>) -> Result<()> {
     let mut outputs = Vec::new();
     let tables = write::output_tables(output);
     for (name, batch) in &tables {

@@ -37,6 +37,9 @@ enum Command {
     Close(CloseArgs),
     /// Write a deterministic synthetic data root with injected discrepancies.
     Generate(GenerateArgs),
+    /// Combine the shard folders of a sharded run into one output folder, identical to a
+    /// run on one machine.
+    Merge(MergeArgs),
     /// Benchmark baseline: decode the contract's columns of every input file, nothing else.
     Scan {
         #[arg(long)]
@@ -71,6 +74,11 @@ struct RunArgs {
     /// Process the buckets in exactly this many groups (default: from --memory-budget).
     #[arg(long)]
     groups: Option<u32>,
+    /// Compute only shard I of N (accounts whose bucket mod N is I) into OUT/shard=I/;
+    /// `tally merge` then publishes OUT. Under a Kubernetes Indexed Job the default is
+    /// $JOB_COMPLETION_INDEX/$TALLY_SHARDS.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<String>,
 }
 
 #[derive(Args, Clone)]
@@ -84,6 +92,25 @@ struct CloseArgs {
     /// that arrive late for them are reported `late_event` and billed on the next invoice.
     #[arg(long)]
     history: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+struct MergeArgs {
+    /// Shard folders (shard=I/), or folders holding them.
+    #[arg(required = true, value_name = "SHARDS")]
+    sources: Vec<PathBuf>,
+    /// The output folder; it appears whole or not at all.
+    #[arg(long)]
+    out: PathBuf,
+    /// Job file whose [alert] thresholds apply to the merged run.
+    #[arg(long)]
+    job: Option<PathBuf>,
+    /// Data root, if it is mounted elsewhere than where the shards ran.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Replace an earlier close in --out made from other inputs.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args, Clone)]
@@ -121,6 +148,44 @@ fn init_logging(format: &str) {
 
 fn config_error(message: String) -> anyhow::Error {
     anyhow::Error::new(TallyError::config("command line", message))
+}
+
+/// The alert thresholds of a job file (none without one).
+fn alert_of(job: Option<&JobFile>) -> anyhow::Result<Alert> {
+    let mut alert = Alert::default();
+    if let Some(j) = job {
+        alert.max_discrepancies = j.alert.max_discrepancies;
+        alert.min_events_in_window = j.alert.min_events_in_window;
+        alert.max_rejected_rows = j.alert.max_rejected_rows;
+        if let Some(text) = &j.alert.max_abs_delta_credits {
+            let d = rust_decimal::Decimal::from_str_exact(text)
+                .ok()
+                .and_then(Milli::from_decimal)
+                .ok_or_else(|| {
+                    config_error(format!(
+                        "alert.max_abs_delta_credits = {text} is not a decimal"
+                    ))
+                })?;
+            alert.max_abs_delta_credits = Some(d);
+        }
+    }
+    Ok(alert)
+}
+
+/// Under a Kubernetes Indexed Job: shard $JOB_COMPLETION_INDEX of $TALLY_SHARDS (the
+/// Job's `completions`, which Kubernetes does not expose itself).
+fn shard_from_env(buckets: u32) -> anyhow::Result<Option<(u32, u32)>> {
+    let Ok(index) = std::env::var("JOB_COMPLETION_INDEX") else {
+        return Ok(None);
+    };
+    let shards = std::env::var("TALLY_SHARDS").map_err(|_| {
+        config_error(format!(
+            "JOB_COMPLETION_INDEX={index} is set but TALLY_SHARDS is not: set it to the Job's completions (or pass --shard I/N)"
+        ))
+    })?;
+    tally::shard::parse_shard(&format!("{index}/{shards}"), buckets)
+        .map(Some)
+        .map_err(config_error)
 }
 
 fn request(
@@ -200,23 +265,11 @@ fn request(
     if args.groups == Some(0) {
         return Err(config_error("--groups must be at least 1".into()));
     }
-    let mut alert = Alert::default();
-    if let Some(j) = &job {
-        alert.max_discrepancies = j.alert.max_discrepancies;
-        alert.min_events_in_window = j.alert.min_events_in_window;
-        alert.max_rejected_rows = j.alert.max_rejected_rows;
-        if let Some(text) = &j.alert.max_abs_delta_credits {
-            let d = rust_decimal::Decimal::from_str_exact(text)
-                .ok()
-                .and_then(Milli::from_decimal)
-                .ok_or_else(|| {
-                    config_error(format!(
-                        "alert.max_abs_delta_credits = {text} is not a decimal"
-                    ))
-                })?;
-            alert.max_abs_delta_credits = Some(d);
-        }
-    }
+    let alert = alert_of(job.as_ref())?;
+    let shard = match args.shard {
+        Some(text) => Some(tally::shard::parse_shard(&text, buckets).map_err(config_error)?),
+        None => shard_from_env(buckets)?,
+    };
     let history = history.or_else(|| job.as_ref().and_then(|j| j.history.clone()));
     Ok(JobRequest {
         history,
@@ -229,6 +282,7 @@ fn request(
         buckets,
         groups: args.groups,
         memory_budget_bytes,
+        shard,
         alert,
         progress: Progress {
             interactive: std::io::stderr().is_terminal(),
@@ -241,6 +295,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Reconcile(a) => (a, Mode::Reconcile, false, None),
         Command::Close(c) => (c.run, Mode::Close, c.force, c.history),
         Command::Generate(g) => return generate(g),
+        Command::Merge(m) => return merge(m),
         Command::Scan { data } => {
             let started = std::time::Instant::now();
             let rows = tally::scan(&data)?;
@@ -270,6 +325,49 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             );
             alert_exit(alert)
         }
+        JobOutcome::ShardWritten { folder, accounts } => {
+            println!(
+                "{}: {} shard written: {accounts} accounts; when all shards are written, publish with `tally merge --out FINAL {out}`",
+                folder.display(),
+                mode.name()
+            );
+            Ok(0)
+        }
+    }
+}
+
+fn merge(m: MergeArgs) -> anyhow::Result<u8> {
+    let job = match &m.job {
+        Some(path) => Some(JobFile::load(path)?),
+        None => None,
+    };
+    let req = tally::shard::MergeRequest {
+        sources: m.sources,
+        out: m.out.clone(),
+        data: m.data,
+        force: m.force,
+        alert: alert_of(job.as_ref())?,
+        progress: Progress {
+            interactive: std::io::stderr().is_terminal(),
+        },
+    };
+    let out = m.out.display();
+    match tally::shard::merge(&req)? {
+        JobOutcome::AlreadyClosed { alert } => {
+            println!("{out}: already closed with the same inputs; nothing to do");
+            alert_exit(alert)
+        }
+        JobOutcome::Published {
+            discrepancies,
+            rejects,
+            alert,
+        } => {
+            println!(
+                "{out}: merged and published: {discrepancies} discrepancies, {rejects} rejected rows"
+            );
+            alert_exit(alert)
+        }
+        JobOutcome::ShardWritten { .. } => Ok(0),
     }
 }
 

@@ -264,7 +264,7 @@ pub fn compute(
     let spill_dir = tempfile::Builder::new()
         .prefix("tally-spill-")
         .tempdir()
-        .map_err(|e| TallyError::io(&std::env::temp_dir(), e))?;
+        .map_err(|e| TallyError::io(std::env::temp_dir(), e))?;
     let stage = progress.counted("load and spill", (files[0].len() + files[3].len()) as u64);
     let usage_spill = SpillFiles::create(spill_dir.path(), Dataset::Usage, layout.groups)?;
     let usage = spill::route_dataset(
@@ -340,7 +340,7 @@ struct Shared<'a> {
     settings: &'a RunSettings,
     ctx: &'a RunContext<'a>,
     layout: &'a Layout,
-    allocations: &'a std::collections::HashMap<String, Vec<AllocationRow>>,
+    allocations: &'a validate::Allocations,
     grants: &'a [GrantRow],
     files: &'a [Vec<InputFile>; 4],
 }

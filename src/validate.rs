@@ -23,6 +23,9 @@ fn reject(dataset: Dataset, at: RowRef, reason: Reason, detail: String) -> Rejec
     }
 }
 
+/// Valid allocations by account, each list sorted by `period_start`.
+pub type Allocations = HashMap<String, Vec<AllocationRow>, FastHash>;
+
 /// allocations: unknown_plan, then overlapping_period among the rows that passed every
 /// earlier check (both rows of an overlap are rejected). Returns valid allocations grouped
 /// by account, each sorted by `period_start`.
@@ -31,8 +34,8 @@ pub fn allocations(
     book: &PriceBook,
     files: &[InputFile],
     rejects: &mut Vec<Reject>,
-) -> HashMap<String, Vec<AllocationRow>> {
-    let mut by_account: HashMap<String, Vec<AllocationRow>> = HashMap::new();
+) -> Allocations {
+    let mut by_account: Allocations = HashMap::default();
     for row in rows {
         if !book.plans.contains_key(&row.plan_id) {
             rejects.push(reject(

@@ -5,7 +5,7 @@
 use crate::history::History;
 use crate::model::*;
 use crate::time::{format_instant, Micros};
-use crate::validate::{Deduped, FastHash};
+use crate::validate::{Allocations, Deduped, FastHash};
 use rayon::prelude::*;
 use std::collections::HashMap;
 
@@ -98,7 +98,7 @@ type Covered<'a> = HashMap<&'a str, (usize, HashMap<usize, usize>), FastHash>;
 fn covered_periods<'a>(
     mode: Mode,
     as_of: Micros,
-    allocations: &'a HashMap<String, Vec<AllocationRow>>,
+    allocations: &'a Allocations,
     history: &History,
     owns: &dyn Fn(&str) -> bool,
 ) -> (Vec<AccountWork>, Covered<'a>) {
@@ -135,7 +135,7 @@ fn covered_periods<'a>(
 
 /// Place an instant of an account: in a covered period, in no allocation, or elsewhere.
 fn place_instant(
-    allocations: &HashMap<String, Vec<AllocationRow>>,
+    allocations: &Allocations,
     covered: &Covered<'_>,
     account_id: &str,
     t: Micros,
@@ -156,7 +156,7 @@ fn place_instant(
 /// closed, and was not billed there: billed in the account's first covered period that
 /// starts at or after that period's end (if this run covers one).
 fn place_late(
-    allocations: &HashMap<String, Vec<AllocationRow>>,
+    allocations: &Allocations,
     covered: &Covered<'_>,
     accounts: &[AccountWork],
     history: &History,
@@ -225,7 +225,7 @@ fn join_on_event_id(events: &[UsageRow], debits: &[DebitRow]) -> Vec<u32> {
 
 pub fn place(
     window: RunWindow<'_>,
-    allocations: &HashMap<String, Vec<AllocationRow>>,
+    allocations: &Allocations,
     deduped: Deduped,
     debits: Vec<DebitRow>,
     grants: &[GrantRow],
@@ -241,7 +241,6 @@ pub fn place(
     let events = deduped.events;
     let mut outside = Outside::default();
 
-    outside.misrouted = events.iter().filter(|u| !owns(&u.account_id)).count() as u64;
     let placements: Vec<Placement> = events
         .iter()
         .map(|usage| {
@@ -273,6 +272,15 @@ pub fn place(
     outside.usage_rows = placements
         .iter()
         .filter(|p| matches!(p, Placement::Outside))
+        .count() as u64;
+    // Accounts processed here all have covered periods; an event of another account that
+    // reached this group would look "outside" or "no allocation": count it instead.
+    outside.misrouted = events
+        .iter()
+        .zip(&placements)
+        .filter(|(u, p)| {
+            matches!(p, Placement::Outside | Placement::NoAllocation) && !owns(&u.account_id)
+        })
         .count() as u64;
 
     // Attach entries by event_id: a merge join of the two sides sorted by id hash (linear,

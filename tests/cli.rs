@@ -8,3 +8,4 @@ mod generated;
 mod golden;
 mod operations;
 mod properties;
+mod sharding;

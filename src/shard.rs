@@ -1,0 +1,383 @@
+//! Scale-out: `--shard I/N` computes the accounts of shard I (buckets `b mod N = I`) and
+//! writes its part to `OUT/shard=I/`; `tally merge` finishes the parts of all N shards into
+//! one output folder, byte-identical to a run on one machine.
+//!
+//! A shard folder holds `partial.bin` (the shard's rows before output ordering, postcard)
+//! and `shard.json` (what it was made from: command, as-of, settle, buckets, N, I and the
+//! input fingerprint, plus the checksum of `partial.bin`). It is published atomically like
+//! any output folder, so a killed shard leaves either its previous part or nothing.
+
+use crate::error::{Result, TallyError};
+use crate::pipeline::{self, Partial, RunSettings};
+use crate::report::FileEntry;
+use crate::{prepare, publish_run, write, JobOutcome, JobRequest};
+use serde::{Deserialize, Serialize};
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+pub const SHARD_MANIFEST: &str = "shard.json";
+pub const PARTIAL: &str = "partial.bin";
+
+/// `shard.json`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ShardManifest {
+    pub tool: String,
+    pub version: String,
+    pub command: String,
+    pub as_of: String,
+    pub settle_seconds: i64,
+    pub buckets: u32,
+    pub shard: u32,
+    pub shards: u32,
+    /// The data root, as the shard was given it (the merge reads the price book and the
+    /// file list from it).
+    pub data: PathBuf,
+    pub inputs: Vec<FileEntry>,
+    pub partial_sha256: String,
+    pub accounts: u64,
+}
+
+/// The folder of shard `shard` under `out`.
+pub fn shard_folder(out: &Path, shard: u32) -> PathBuf {
+    out.join(format!("shard={shard}"))
+}
+
+/// `I/N` → (I, N), with 0 ≤ I < N ≤ buckets.
+pub fn parse_shard(text: &str, buckets: u32) -> std::result::Result<(u32, u32), String> {
+    let (i, n) = text
+        .split_once('/')
+        .ok_or_else(|| format!("--shard {text} is not of the form I/N, e.g. 0/4"))?;
+    let i: u32 = i
+        .trim()
+        .parse()
+        .map_err(|_| format!("--shard {text}: {i} is not a number"))?;
+    let n: u32 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("--shard {text}: {n} is not a number"))?;
+    if n == 0 || i >= n {
+        return Err(format!(
+            "--shard {text}: I must be in 0..N and N at least 1"
+        ));
+    }
+    if n > buckets {
+        return Err(format!(
+            "--shard {text}: {n} shards exceed the {buckets} account buckets; raise --buckets"
+        ));
+    }
+    Ok((i, n))
+}
+
+/// Compute shard `shard` of `shards` and publish it under `req.out/shard=I/`.
+pub fn run_shard(req: &JobRequest, shard: u32, shards: u32) -> Result<JobOutcome> {
+    let folder = shard_folder(&req.out, shard);
+    let prepared = prepare(req, &folder)?;
+    let settings = req.settings(prepared.history);
+    let inputs = pipeline::inputs(&settings.data)?;
+    let layout = pipeline::layout(&settings, &inputs, shard, shards)?;
+    let partial = pipeline::compute(&settings, &inputs, &layout, &req.progress)?;
+    let accounts = partial.results.len() as u64;
+
+    let stage = req.progress.stage("write");
+    let staging = write::create_staging(&folder)?;
+    let written = write_shard(
+        &staging,
+        &settings,
+        &partial,
+        prepared.inputs,
+        shard,
+        shards,
+    );
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e);
+    }
+    write::publish(&staging, &folder)?;
+    stage.done(accounts, accounts);
+    Ok(JobOutcome::ShardWritten { folder, accounts })
+}
+
+fn write_shard(
+    dir: &Path,
+    settings: &RunSettings,
+    partial: &Partial,
+    inputs: Vec<FileEntry>,
+    shard: u32,
+    shards: u32,
+) -> Result<()> {
+    let path = dir.join(PARTIAL);
+    let file = std::fs::File::create(&path).map_err(|e| TallyError::io(&path, e))?;
+    let mut w = BufWriter::with_capacity(1 << 20, file);
+    postcard::to_io(partial, &mut w).map_err(|e| TallyError::output(PARTIAL, e))?;
+    let file = w
+        .into_inner()
+        .map_err(|e| TallyError::io(&path, e.into_error()))?;
+    file.sync_all().map_err(|e| TallyError::io(&path, e))?;
+    let manifest = ShardManifest {
+        tool: "tally".into(),
+        version: write::VERSION.into(),
+        command: settings.mode.name().into(),
+        as_of: crate::time::format_instant(settings.as_of),
+        settle_seconds: settings.settle_micros / 1_000_000,
+        buckets: settings.buckets,
+        shard,
+        shards,
+        data: settings.data.clone(),
+        inputs,
+        partial_sha256: write::sha256_file(&path)?,
+        accounts: partial.results.len() as u64,
+    };
+    let json = serde_json::to_string_pretty(&manifest)
+        .map_err(|e| TallyError::output(SHARD_MANIFEST, e))?;
+    write::write_bytes(&dir.join(SHARD_MANIFEST), format!("{json}\n").as_bytes())
+}
+
+/// The shard folders named by `sources`: each is a shard folder (with `shard.json`) or a
+/// folder holding `shard=I/` folders.
+fn shard_folders(sources: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    for source in sources {
+        if source.join(SHARD_MANIFEST).is_file() {
+            found.push(source.clone());
+            continue;
+        }
+        let entries = std::fs::read_dir(source).map_err(|e| TallyError::io(source, e))?;
+        let mut here: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("shard="))
+            .map(|e| e.path())
+            .filter(|p| p.is_dir())
+            .collect();
+        if here.is_empty() {
+            return Err(TallyError::Refused(format!(
+                "{} holds no shard folders (shard=I/ with {SHARD_MANIFEST}); run the shards first",
+                source.display()
+            )));
+        }
+        here.sort();
+        found.extend(here);
+    }
+    Ok(found)
+}
+
+fn read_manifest(folder: &Path) -> Result<ShardManifest> {
+    let path = folder.join(SHARD_MANIFEST);
+    let text = std::fs::read_to_string(&path).map_err(|_| {
+        TallyError::Refused(format!(
+            "{} has no readable {SHARD_MANIFEST}: the shard did not finish; rerun it",
+            folder.display()
+        ))
+    })?;
+    serde_json::from_str(&text).map_err(|e| {
+        TallyError::Refused(format!(
+            "{} is not a tally shard manifest ({e}); rerun the shard",
+            path.display()
+        ))
+    })
+}
+
+/// What makes two shards parts of the same run (everything but the shard's own fields).
+fn run_identity(m: &ShardManifest) -> ShardManifest {
+    ShardManifest {
+        shard: 0,
+        partial_sha256: String::new(),
+        accounts: 0,
+        ..m.clone()
+    }
+}
+
+/// Describe how shard `b` differs from shard `a` (for the refusal message).
+fn differences(a: &ShardManifest, b: &ShardManifest) -> String {
+    let mut what = Vec::new();
+    if a.command != b.command {
+        what.push(format!("command {} vs {}", b.command, a.command));
+    }
+    if a.as_of != b.as_of {
+        what.push(format!("as-of {} vs {}", b.as_of, a.as_of));
+    }
+    if a.settle_seconds != b.settle_seconds {
+        what.push("settle".to_string());
+    }
+    if a.buckets != b.buckets {
+        what.push(format!("buckets {} vs {}", b.buckets, a.buckets));
+    }
+    if a.shards != b.shards {
+        what.push(format!("{} shards vs {}", b.shards, a.shards));
+    }
+    if a.version != b.version {
+        what.push(format!("tally {} vs {}", b.version, a.version));
+    }
+    if a.data != b.data {
+        what.push("data root".to_string());
+    }
+    if a.inputs != b.inputs {
+        let changed: Vec<&str> = b
+            .inputs
+            .iter()
+            .filter(|f| !a.inputs.contains(f))
+            .map(|f| f.path.as_str())
+            .chain(
+                a.inputs
+                    .iter()
+                    .filter(|f| !b.inputs.iter().any(|g| g.path == f.path))
+                    .map(|f| f.path.as_str()),
+            )
+            .collect();
+        what.push(format!("inputs differ: {}", changed.join(", ")));
+    }
+    what.join("; ")
+}
+
+/// What `tally merge` needs besides the shard folders.
+pub struct MergeRequest {
+    pub sources: Vec<PathBuf>,
+    pub out: PathBuf,
+    /// Overrides the data root recorded by the shards.
+    pub data: Option<PathBuf>,
+    pub force: bool,
+    pub alert: crate::Alert,
+    pub progress: crate::Progress,
+}
+
+/// Check that the shard folders are exactly shards 0..N of one run, then finish and
+/// publish the run's outputs to `req.out`.
+pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
+    let folders = shard_folders(&req.sources)?;
+    let stage = req.progress.stage("merge");
+    let manifests = folders
+        .iter()
+        .map(|f| read_manifest(f))
+        .collect::<Result<Vec<_>>>()?;
+    let first = &manifests[0];
+    let identity = run_identity(first);
+    for (folder, m) in folders.iter().zip(&manifests) {
+        if run_identity(m) != identity {
+            return Err(TallyError::Refused(format!(
+                "{} is a shard of another run than {} ({}); rerun it with the same inputs and settings",
+                folder.display(),
+                folders[0].display(),
+                differences(first, m)
+            )));
+        }
+    }
+    let n = first.shards;
+    let mut seen: Vec<Option<&PathBuf>> = vec![None; n as usize];
+    for (folder, m) in folders.iter().zip(&manifests) {
+        let slot = seen.get_mut(m.shard as usize).ok_or_else(|| {
+            TallyError::Refused(format!(
+                "{} claims shard {} of {n}",
+                folder.display(),
+                m.shard
+            ))
+        })?;
+        if let Some(other) = slot {
+            return Err(TallyError::Refused(format!(
+                "shard {} of {n} is given twice: {} and {}",
+                m.shard,
+                other.display(),
+                folder.display()
+            )));
+        }
+        *slot = Some(folder);
+    }
+    let missing: Vec<String> = seen
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.is_none())
+        .map(|(i, _)| format!("shard={i}"))
+        .collect();
+    if !missing.is_empty() {
+        return Err(TallyError::Refused(format!(
+            "missing {} of {n} shards: {}; run them (e.g. --shard {}/{n}) before merging",
+            missing.len(),
+            missing.join(", "),
+            missing[0].trim_start_matches("shard=")
+        )));
+    }
+
+    let mode = match first.command.as_str() {
+        "reconcile" => crate::model::Mode::Reconcile,
+        "close" => crate::model::Mode::Close,
+        other => {
+            return Err(TallyError::Refused(format!(
+                "{} holds shards of an unknown command `{other}`",
+                folders[0].display()
+            )))
+        }
+    };
+    let as_of = crate::time::parse_instant(&first.as_of).ok_or_else(|| {
+        TallyError::Refused(format!("{} has an unreadable as-of", folders[0].display()))
+    })?;
+    let data = req.data.clone().unwrap_or_else(|| first.data.clone());
+    let job = JobRequest {
+        data: data.clone(),
+        out: req.out.clone(),
+        mode,
+        as_of,
+        settle_micros: first.settle_seconds * 1_000_000,
+        force: req.force,
+        buckets: first.buckets,
+        groups: None,
+        memory_budget_bytes: pipeline::DEFAULT_MEMORY_BUDGET_BYTES,
+        shard: None,
+        alert: req.alert.clone(),
+        progress: req.progress,
+        history: None,
+    };
+    let _lock = crate::lock_output(&req.out)?;
+    crate::check_replaceable(&req.out)?;
+    if let Some(done) = crate::check_earlier_close(&job, &first.inputs)? {
+        return Ok(done);
+    }
+
+    let inputs = pipeline::inputs(&data)?;
+    let listed: Vec<&str> = inputs
+        .files
+        .iter()
+        .flatten()
+        .map(|f| f.rel_path.as_str())
+        .collect();
+    let fingerprinted: Vec<&str> = first
+        .inputs
+        .iter()
+        .map(|f| f.path.as_str())
+        .filter(|p| *p != "pricebook.toml" && !p.starts_with("history/"))
+        .collect();
+    if listed != fingerprinted {
+        return Err(TallyError::Refused(format!(
+            "the data root {} no longer holds the files the shards read; merge where the shards ran, or rerun them",
+            data.display()
+        )));
+    }
+    let mut partials = Vec::with_capacity(folders.len());
+    for (folder, m) in folders.iter().zip(&manifests) {
+        partials.push(read_partial(folder, m)?);
+    }
+    stage.done(n.into(), partials.len() as u64);
+    let settings = job.settings(crate::history::History::default());
+    let output = pipeline::finish(settings, inputs, partials)?;
+    publish_run(&job, &output, first.inputs.clone())
+}
+
+fn read_partial(folder: &Path, m: &ShardManifest) -> Result<Partial> {
+    let path = folder.join(PARTIAL);
+    let refuse = |why: String| {
+        TallyError::Refused(format!(
+            "{}: {why}; rerun shard {} of {}",
+            path.display(),
+            m.shard,
+            m.shards
+        ))
+    };
+    let bytes = std::fs::read(&path).map_err(|e| refuse(format!("cannot read it ({e})")))?;
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&bytes))
+    };
+    if sha != m.partial_sha256 {
+        return Err(refuse(format!(
+            "its checksum does not match {SHARD_MANIFEST}"
+        )));
+    }
+    postcard::from_bytes(&bytes).map_err(|e| refuse(format!("cannot be decoded ({e})")))
+}
