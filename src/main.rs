@@ -64,17 +64,18 @@ struct RunArgs {
     /// Events this recent without ledger entries are pending, not missing (15m, 900s, 1h).
     #[arg(long)]
     settle: Option<String>,
-    /// Account buckets for parallel work, 1..=4096 (output does not depend on it).
+    /// Account buckets for parallel work, 1..=65536 (output does not depend on it).
     #[arg(long)]
     buckets: Option<u32>,
     /// Working memory to stay within, e.g. 2GiB (default): past it the run processes its
     /// account buckets in groups, one after another, spilling rows to a temporary folder.
     #[arg(long)]
     memory_budget: Option<String>,
-    /// Process the buckets in exactly this many groups (default: from --memory-budget).
+    /// Process the accounts in this many groups, 1..=256 (default: from --memory-budget).
     #[arg(long)]
     groups: Option<u32>,
-    /// Compute only shard I of N (accounts whose bucket mod N is I) into OUT/shard=I/;
+    /// Compute only shard I of N (of the 4096 account partitions, those p with p mod N = I)
+    /// into OUT/shard=I/;
     /// `tally merge` then publishes OUT. Under a Kubernetes Indexed Job the default is
     /// $JOB_COMPLETION_INDEX/$TALLY_SHARDS.
     #[arg(long, value_name = "I/N")]
@@ -174,7 +175,7 @@ fn alert_of(job: Option<&JobFile>) -> anyhow::Result<Alert> {
 
 /// Under a Kubernetes Indexed Job: shard $JOB_COMPLETION_INDEX of $TALLY_SHARDS (the
 /// Job's `completions`, which Kubernetes does not expose itself).
-fn shard_from_env(buckets: u32) -> anyhow::Result<Option<(u32, u32)>> {
+fn shard_from_env() -> anyhow::Result<Option<(u32, u32)>> {
     let Ok(index) = std::env::var("JOB_COMPLETION_INDEX") else {
         return Ok(None);
     };
@@ -183,7 +184,7 @@ fn shard_from_env(buckets: u32) -> anyhow::Result<Option<(u32, u32)>> {
             "JOB_COMPLETION_INDEX={index} is set but TALLY_SHARDS is not: set it to the Job's completions (or pass --shard I/N)"
         ))
     })?;
-    tally::shard::parse_shard(&format!("{index}/{shards}"), buckets)
+    tally::shard::parse_shard(&format!("{index}/{shards}"))
         .map(Some)
         .map_err(config_error)
 }
@@ -267,8 +268,8 @@ fn request(
     }
     let alert = alert_of(job.as_ref())?;
     let shard = match args.shard {
-        Some(text) => Some(tally::shard::parse_shard(&text, buckets).map_err(config_error)?),
-        None => shard_from_env(buckets)?,
+        Some(text) => Some(tally::shard::parse_shard(&text).map_err(config_error)?),
+        None => shard_from_env()?,
     };
     let history = history.or_else(|| job.as_ref().and_then(|j| j.history.clone()));
     Ok(JobRequest {

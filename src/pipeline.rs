@@ -32,7 +32,7 @@ pub struct RunSettings {
     pub as_of: Micros,
     pub settle_micros: i64,
     pub buckets: u32,
-    /// Number of bucket groups processed one after another (None: sized from
+    /// Number of account groups processed one after another (None: sized from
     /// `memory_budget_bytes`).
     pub groups: Option<u32>,
     /// Working memory a run aims to stay within (it picks the group count from it).
@@ -164,21 +164,14 @@ fn big_rows(inputs: &Inputs) -> u64 {
 
 /// How this run is split: the shard, and groups sized to the memory budget (or forced).
 pub fn layout(settings: &RunSettings, inputs: &Inputs, shard: u32, shards: u32) -> Result<Layout> {
-    let buckets = settings.buckets;
     let groups = match settings.groups {
         Some(g) => g,
-        None => crate::route::groups_for(
-            big_rows(inputs),
-            settings.memory_budget_bytes,
-            buckets,
-            shards,
-        ),
+        None => crate::route::groups_for(big_rows(inputs), settings.memory_budget_bytes, shards),
     };
     Ok(Layout {
-        buckets,
         shard,
         shards,
-        groups: groups.clamp(1, buckets.div_ceil(shards).max(1)),
+        groups: groups.clamp(1, crate::route::max_groups(shards)),
     })
 }
 
@@ -255,7 +248,7 @@ pub fn compute(
         return Ok(partial);
     }
 
-    // Split: find the rows whose bucket an id join decides, spill the others by group.
+    // Split: find the rows whose partition an id join decides, spill the others by group.
     let stage = progress.stage("route");
     let cross = crate::route::find_cross_bucket(&files[0], &files[3], layout)?;
     let (cross_events, cross_entries) = cross.counts();
@@ -297,14 +290,14 @@ pub fn compute(
         crate::route::resolve(&usage.candidates, &debits.candidates, layout);
     let mut usage_extra: Vec<Vec<UsageRow>> = (0..layout.groups).map(|_| Vec::new()).collect();
     let mut debit_extra: Vec<Vec<DebitRow>> = (0..layout.groups).map(|_| Vec::new()).collect();
-    for (row, bucket) in usage.candidates.into_iter().zip(usage_dest) {
-        if layout.owns(bucket) {
-            usage_extra[layout.group_of(bucket)].push(row);
+    for (row, partition) in usage.candidates.into_iter().zip(usage_dest) {
+        if layout.owns(partition) {
+            usage_extra[layout.group_of(partition)].push(row);
         }
     }
-    for (row, bucket) in debits.candidates.into_iter().zip(debit_dest) {
-        if layout.owns(bucket) {
-            debit_extra[layout.group_of(bucket)].push(row);
+    for (row, partition) in debits.candidates.into_iter().zip(debit_dest) {
+        if layout.owns(partition) {
+            debit_extra[layout.group_of(partition)].push(row);
         }
     }
     partial.rejects.extend(usage.rejects);
@@ -371,8 +364,8 @@ impl Shared<'_> {
         let stage = progress.stage("window");
         let events_total = deduped.events.len() as u64;
         let owns = |account: &str| {
-            let bucket = layout.bucket(account);
-            layout.owns(bucket) && layout.group_of(bucket) == group
+            let partition = layout.partition(account);
+            layout.owns(partition) && layout.group_of(partition) == group
         };
         let whole = !layout.is_split();
         let owns_here = |account: &str| whole || owns(account);

@@ -1,12 +1,16 @@
-//! Routing rows to account buckets when a run is split: into groups that run one after
+//! Routing rows to account partitions when a run is split: into groups that run one after
 //! another (memory bounded by a group, not by the month) and into shards on other machines.
+//!
+//! Accounts are spread over [`PARTITIONS`] fixed partitions by a seeded hash of their id,
+//! independent of `--buckets` (which only spreads work over threads): a shard and a group
+//! are sets of partitions, so their size does not depend on the bucket count a job picks.
 //!
 //! The contract's work is local to an account except for three joins on ids: usage dedup
 //! (by `event_id`; copies may name different accounts), attaching ledger entries to events
 //! (by `event_id`; an entry may name another account than its event) and repeated
-//! `entry_id`s. A row normally goes to its own account's bucket. The rows those joins could
+//! `entry_id`s. A row normally goes to its own account's partition. The rows those joins could
 //! send elsewhere are found by a light pass over the id columns ([`find_cross_bucket`]):
-//! ids whose rows fall in more than one bucket. Those rows ("candidates", few in real data)
+//! ids whose rows fall in more than one partition. Those rows ("candidates", few in real data)
 //! are kept whole and routed exactly, with the contract's rules, by [`resolve`]: all copies
 //! of an event go with the winning copy's account, an entry goes with its event (else its
 //! own account), and every copy of an `entry_id` goes with the first copy.
@@ -14,29 +18,40 @@
 use crate::error::Result;
 use crate::load::{self, Batch, ColSpec, ColType, InputFile};
 use crate::model::{DebitRow, UsageRow};
-use crate::pipeline::bucket_of;
 use crate::validate::FastHash;
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
 
-/// The most buckets a run may use (bucket numbers must fit in 16 bits below).
-pub const MAX_BUCKETS: u32 = 4096;
+/// The most `--buckets` a run may use.
+pub const MAX_BUCKETS: u32 = 65_536;
+
+/// Fixed account partitions: the units of shards and groups (at most this many shards).
+pub const PARTITIONS: u32 = 4096;
+/// The most groups a run uses: each keeps two spill files open while loading, and a group
+/// of 1/256 of the month is small enough for any budget we expect.
+pub const MAX_GROUPS: u32 = 256;
+/// Seed of the partition hash (not 0: partitions must not line up with work buckets).
+const PARTITION_SEED: u64 = 0x7461_6c6c_7970_6172;
+
+/// The partition of an account.
+pub fn partition_of(account_id: &str) -> u32 {
+    (xxhash_rust::xxh3::xxh3_64_with_seed(account_id.as_bytes(), PARTITION_SEED)
+        % u64::from(PARTITIONS)) as u32
+}
 
 /// How a run is split: `shards` machines (this one is `shard`) and, on each, `groups`
-/// groups of buckets processed one after another. Bucket `b` belongs to shard
-/// `b mod shards` and, there, to group `(b div shards) mod groups`.
+/// groups of partitions processed one after another. Partition `p` belongs to shard
+/// `p mod shards` and, there, to group `(p div shards) mod groups`.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Layout {
-    pub buckets: u32,
     pub shard: u32,
     pub shards: u32,
     pub groups: u32,
 }
 
 impl Layout {
-    pub fn whole(buckets: u32) -> Layout {
+    pub fn whole() -> Layout {
         Layout {
-            buckets,
             shard: 0,
             shards: 1,
             groups: 1,
@@ -48,29 +63,29 @@ impl Layout {
         self.shards > 1 || self.groups > 1
     }
 
-    pub fn owns(&self, bucket: u32) -> bool {
-        bucket % self.shards == self.shard
+    pub fn owns(&self, partition: u32) -> bool {
+        partition % self.shards == self.shard
     }
 
-    pub fn group_of(&self, bucket: u32) -> usize {
-        ((bucket / self.shards) % self.groups) as usize
+    pub fn group_of(&self, partition: u32) -> usize {
+        ((partition / self.shards) % self.groups) as usize
     }
 
-    pub fn bucket(&self, account_id: &str) -> u32 {
-        bucket_of(account_id, self.buckets)
+    pub fn partition(&self, account_id: &str) -> u32 {
+        partition_of(account_id)
     }
 
-    /// The bucket of a row by its raw `account_id` cell (null or unreadable: bucket 0):
-    /// where a rejected row is reported.
-    pub fn raw_bucket(&self, batch: &Batch, row: usize) -> u32 {
+    /// The partition of a row by its raw `account_id` cell (null or unreadable: 0): where
+    /// a rejected row is reported.
+    pub fn raw_partition(&self, batch: &Batch, row: usize) -> u32 {
         batch.columns[1]
             .str(row)
-            .map_or(0, |account| self.bucket(account))
+            .map_or(0, |account| self.partition(account))
     }
 }
 
 const LOW: u64 = 0xFFFF;
-/// Marks a ledger row whose event is a cross-bucket event (never a real bucket).
+/// Marks a ledger row whose event is a cross-partition event (never a real partition).
 const TIED_TO_EVENT: u64 = LOW;
 
 /// The 48 high bits of an id's hash. Two ids sharing them are both treated as candidates
@@ -79,7 +94,7 @@ fn id_key(id: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(id.as_bytes()) & !LOW
 }
 
-/// Ids (by [`id_key`]) whose rows fall in more than one bucket.
+/// Ids (by [`id_key`]) whose rows fall in more than one partition.
 #[derive(Default)]
 pub struct CrossBucket {
     events: HashSet<u64, FastHash>,
@@ -147,13 +162,13 @@ pub fn find_cross_bucket(
     debits: &[InputFile],
     layout: &Layout,
 ) -> Result<CrossBucket> {
-    // Round 1: event ids over usage and ledger rows, with the row's own bucket.
+    // Round 1: event ids over usage and ledger rows, with the row's own partition.
     let event_keys = |batch: &Batch, id_col: usize, out: &mut Vec<u64>| {
         for row in 0..batch.len {
             if let (Some(id), Some(account)) =
                 (batch.columns[id_col].str(row), batch.columns[1].str(row))
             {
-                out.push(id_key(id) | u64::from(layout.bucket(account)));
+                out.push(id_key(id) | u64::from(layout.partition(account)));
             }
         }
     };
@@ -165,7 +180,7 @@ pub fn find_cross_bucket(
     })?);
     let events = mixed_ids(concat(parts));
 
-    // Round 2: entry ids, with the row's bucket, or a mark when its event crosses buckets
+    // Round 2: entry ids, with the row's partition, or a mark when its event crosses
     // (so that every copy of such an entry is a candidate too).
     let found = CrossBucket {
         events,
@@ -182,7 +197,7 @@ pub fn find_cross_bucket(
             let low = if tied {
                 TIED_TO_EVENT
             } else {
-                u64::from(layout.bucket(account))
+                u64::from(layout.partition(account))
             };
             out.push(id_key(entry) | low);
         }
@@ -194,7 +209,7 @@ pub fn find_cross_bucket(
     })
 }
 
-/// Where each candidate goes: the destination bucket of every candidate row (same order
+/// Where each candidate goes: the destination partition of every candidate row (same order
 /// as the inputs). Every shard computes the same answer from the same candidates.
 pub fn resolve(usage: &[UsageRow], debits: &[DebitRow], layout: &Layout) -> (Vec<u32>, Vec<u32>) {
     // Events: the winner is the copy with the earliest ingested_at (nulls last), then
@@ -211,13 +226,13 @@ pub fn resolve(usage: &[UsageRow], debits: &[DebitRow], layout: &Layout) -> (Vec
             })
             .or_insert(u);
     }
-    let event_bucket: HashMap<&str, u32, FastHash> = winner
+    let event_partition: HashMap<&str, u32, FastHash> = winner
         .iter()
-        .map(|(id, w)| (*id, layout.bucket(&w.account_id)))
+        .map(|(id, w)| (*id, layout.partition(&w.account_id)))
         .collect();
     let usage_dest = usage
         .iter()
-        .map(|u| event_bucket[u.event_id.as_str()])
+        .map(|u| event_partition[u.event_id.as_str()])
         .collect();
 
     // Entries: the first copy (by file, row) goes with its event if it has one, else with
@@ -239,22 +254,28 @@ pub fn resolve(usage: &[UsageRow], debits: &[DebitRow], layout: &Layout) -> (Vec
             let f = first[d.entry_id.as_str()];
             f.event_id
                 .as_deref()
-                .and_then(|e| event_bucket.get(e).copied())
-                .unwrap_or_else(|| layout.bucket(&f.account_id))
+                .and_then(|e| event_partition.get(e).copied())
+                .unwrap_or_else(|| layout.partition(&f.account_id))
         })
         .collect();
     (usage_dest, debit_dest)
 }
 
+/// Working memory of a group per usage or ledger row it holds (measured at 100M events:
+/// rows, dedup index, placed events and their entries).
+pub const BYTES_PER_ROW: u64 = 600;
+
 /// How many groups a run needs to stay within `budget_bytes`, from the row counts in the
-/// Parquet footers (measured: about 400 bytes of working memory per usage or ledger row).
-pub fn groups_for(rows: u64, budget_bytes: u64, buckets: u32, shards: u32) -> u32 {
-    const BYTES_PER_ROW: u64 = 400;
+/// Parquet footers.
+pub fn groups_for(rows: u64, budget_bytes: u64, shards: u32) -> u32 {
     let per_shard = rows.div_ceil(u64::from(shards.max(1)));
     let wanted = (per_shard * BYTES_PER_ROW)
         .div_ceil(budget_bytes.max(1))
         .max(1);
-    // A group holds at least one bucket of this shard.
-    let buckets_here = u64::from(buckets.div_ceil(shards.max(1)).max(1));
-    wanted.min(buckets_here) as u32
+    wanted.min(u64::from(max_groups(shards))) as u32
+}
+
+/// The most groups a shard of `shards` can have (each holds at least one partition).
+pub fn max_groups(shards: u32) -> u32 {
+    PARTITIONS.div_ceil(shards.max(1)).min(MAX_GROUPS)
 }

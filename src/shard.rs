@@ -1,4 +1,4 @@
-//! Scale-out: `--shard I/N` computes the accounts of shard I (buckets `b mod N = I`) and
+//! Scale-out: `--shard I/N` computes the accounts of shard I (partitions `p mod N = I`) and
 //! writes its part to `OUT/shard=I/`; `tally merge` finishes the parts of all N shards into
 //! one output folder, byte-identical to a run on one machine.
 //!
@@ -42,8 +42,8 @@ pub fn shard_folder(out: &Path, shard: u32) -> PathBuf {
     out.join(format!("shard={shard}"))
 }
 
-/// `I/N` → (I, N), with 0 ≤ I < N ≤ buckets.
-pub fn parse_shard(text: &str, buckets: u32) -> std::result::Result<(u32, u32), String> {
+/// `I/N` → (I, N), with 0 ≤ I < N ≤ the number of account partitions.
+pub fn parse_shard(text: &str) -> std::result::Result<(u32, u32), String> {
     let (i, n) = text
         .split_once('/')
         .ok_or_else(|| format!("--shard {text} is not of the form I/N, e.g. 0/4"))?;
@@ -60,9 +60,10 @@ pub fn parse_shard(text: &str, buckets: u32) -> std::result::Result<(u32, u32), 
             "--shard {text}: I must be in 0..N and N at least 1"
         ));
     }
-    if n > buckets {
+    let most = crate::route::PARTITIONS;
+    if n > most {
         return Err(format!(
-            "--shard {text}: {n} shards exceed the {buckets} account buckets; raise --buckets"
+            "--shard {text}: at most {most} shards (the account partitions)"
         ));
     }
     Ok((i, n))

@@ -1,7 +1,7 @@
 //! A split run's first full pass: parse every usage and ledger row once and write each
 //! valid row to the spill file of its group (a compact binary record, postcard), so that
 //! the groups can then be processed one after another with only one group in memory.
-//! Rejected rows and candidates (rows whose bucket `route::resolve` decides) stay in memory;
+//! Rejected rows and candidates (rows whose partition `route::resolve` decides) stay in memory;
 //! both are few.
 
 use crate::error::{Result, TallyError};
@@ -228,9 +228,9 @@ pub fn read_group<T: Spillable>(path: &Path) -> Result<Vec<T>> {
 
 /// What the pass keeps in memory for a dataset.
 pub struct Routed<T> {
-    /// Rejected rows whose account bucket this shard owns.
+    /// Rejected rows whose account partition this shard owns.
     pub rejects: Vec<Reject>,
-    /// Valid rows whose bucket `route::resolve` decides (every shard keeps all of them).
+    /// Valid rows whose partition `route::resolve` decides (every shard keeps all of them).
     pub candidates: Vec<T>,
     /// Valid rows written to this shard's spill files.
     pub spilled: u64,
@@ -243,7 +243,7 @@ enum Item<T> {
     Failed(TallyError),
 }
 
-/// Parse every row of a dataset; spill the valid rows of this shard's buckets by group,
+/// Parse every row of a dataset; spill the valid rows of this shard's partitions by group,
 /// keep rejects (of this shard) and candidates (all).
 pub fn route_dataset<T: Spillable>(
     files: &[InputFile],
@@ -266,14 +266,14 @@ pub fn route_dataset<T: Spillable>(
             match parse_row(batch, i, at) {
                 Parsed::Row(row) if row.is_candidate(cross) => out.push(Item::Candidate(row)),
                 Parsed::Row(row) => {
-                    let bucket = layout.bucket(row.account());
-                    if layout.owns(bucket) {
-                        row.encode(&mut encoded[layout.group_of(bucket)]);
+                    let partition = layout.partition(row.account());
+                    if layout.owns(partition) {
+                        row.encode(&mut encoded[layout.group_of(partition)]);
                         spilled += 1;
                     }
                 }
                 Parsed::Rejected(reject) => {
-                    if layout.owns(layout.raw_bucket(batch, i)) {
+                    if layout.owns(layout.raw_partition(batch, i)) {
                         out.push(Item::Reject(reject));
                     }
                 }

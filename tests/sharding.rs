@@ -154,7 +154,7 @@ fn golden_scenarios_split_into_groups_and_shards_give_the_same_bytes() {
         let settle = args.get("settle").and_then(|s| s.as_str()).unwrap_or("15m");
         let data = dir.join("data");
         let tmp = tempfile::tempdir().unwrap();
-        // Few accounts: 4 buckets make most cross-account rows cross buckets too.
+        // Few accounts, few work buckets; cross-account rows cross partitions.
         let base = ["--settle", settle, "--buckets", "4"];
         let single = tmp.path().join("single");
         run_ok(command, &data, as_of, &single, &base);
