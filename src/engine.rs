@@ -101,6 +101,20 @@ pub struct AccountResult {
 }
 
 impl AccountResult {
+    /// Drop spare capacity: a split run holds every account's result until the end, and
+    /// a vector grown by `push` keeps room for 4 rows (a million accounts × a few spare
+    /// balance and discrepancy rows was over a GB at 100M events).
+    pub fn shrink(&mut self) {
+        self.discrepancies.shrink_to_fit();
+        self.balances.shrink_to_fit();
+        self.invoices.shrink_to_fit();
+        self.invoice_lines.shrink_to_fit();
+        self.renewals.shrink_to_fit();
+        self.allocations_next.shrink_to_fit();
+        self.grants_next.shrink_to_fit();
+        self.billed_events.shrink_to_fit();
+    }
+
     /// Append another account's rows (accounts are absorbed in account order, so every
     /// table stays in its documented order except discrepancies, which are sorted after).
     pub fn absorb(&mut self, mut r: AccountResult) -> Result<()> {

@@ -254,10 +254,7 @@ pub fn compute(
     let (cross_events, cross_entries) = cross.counts();
     stage.done(cross_events as u64, cross_entries as u64);
 
-    let spill_dir = tempfile::Builder::new()
-        .prefix("tally-spill-")
-        .tempdir()
-        .map_err(|e| TallyError::io(std::env::temp_dir(), e))?;
+    let spill_dir = spill::spill_dir()?;
     let stage = progress.counted("load and spill", (files[0].len() + files[3].len()) as u64);
     let usage_spill = SpillFiles::create(spill_dir.path(), Dataset::Usage, layout.groups)?;
     let usage = spill::route_dataset(
@@ -279,8 +276,8 @@ pub fn compute(
         &debit_spill,
         &|| stage.tick(),
     )?;
-    let usage_paths = usage_spill.finish()?;
-    let debit_paths = debit_spill.finish()?;
+    let usage_files = usage_spill.finish()?;
+    let debit_files = debit_spill.finish()?;
     stage.done(
         usage.spilled + debits.spilled,
         (usage.candidates.len() + debits.candidates.len()) as u64,
@@ -313,16 +310,15 @@ pub fn compute(
         debits.spilled + debit_extra.iter().map(|v| v.len() as u64).sum::<u64>();
 
     for (group, (u_extra, d_extra)) in usage_extra.into_iter().zip(debit_extra).enumerate() {
-        let mut usage: Vec<UsageRow> = spill::read_group(&usage_paths[group])?;
-        std::fs::remove_file(&usage_paths[group])
-            .map_err(|e| TallyError::io(&usage_paths[group], e))?;
+        let stage = progress.stage("read spill");
+        let mut usage: Vec<UsageRow> = spill::read_group(&usage_files[group], u_extra.len())?;
         usage.extend(u_extra);
         usage.par_sort_unstable_by_key(|r| r.at);
-        let mut debits: Vec<DebitRow> = spill::read_group(&debit_paths[group])?;
-        std::fs::remove_file(&debit_paths[group])
-            .map_err(|e| TallyError::io(&debit_paths[group], e))?;
+        let mut debits: Vec<DebitRow> = spill::read_group(&debit_files[group], d_extra.len())?;
         debits.extend(d_extra);
         debits.par_sort_unstable_by_key(|r| r.at);
+        let rows = (usage.len() + debits.len()) as u64;
+        stage.done(rows, rows);
         shared.process_group(group, usage, debits, &mut partial, progress)?;
     }
     Ok(partial)
@@ -561,7 +557,10 @@ fn process_buckets(
                 .into_iter()
                 .map(|work| {
                     let id = work.account_id.clone();
-                    process_account(ctx, work).map(|r| (id, r))
+                    process_account(ctx, work).map(|mut r| {
+                        r.shrink();
+                        (id, r)
+                    })
                 })
                 .collect();
             stage.tick();

@@ -14,16 +14,60 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+
+const SPILL_PREFIX: &str = "tally-spill-";
+
+/// A fresh spill folder under the temporary folder (`$TMPDIR`), named with this process's
+/// id and removed when dropped (also when the run fails). Folders left by a killed run
+/// (their process is gone) are removed first.
+pub fn spill_dir() -> Result<tempfile::TempDir> {
+    let tmp = std::env::temp_dir();
+    remove_orphans(&tmp);
+    tempfile::Builder::new()
+        .prefix(&format!("{SPILL_PREFIX}{}-", std::process::id()))
+        .tempdir_in(&tmp)
+        .map_err(|e| TallyError::io(&tmp, e))
+}
+
+/// Remove `tally-spill-PID-*` folders whose process no longer exists (best effort).
+fn remove_orphans(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(SPILL_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if !process_alive(pid) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
 
 /// A row that can be written to a spill file and read back.
 pub trait Spillable: Sized + Send {
     fn account(&self) -> &str;
     fn at(&self) -> RowRef;
     fn is_candidate(&self, cross: &CrossBucket) -> bool;
+    /// Whether the raw row could be a candidate (checked before parsing, so that a shard
+    /// parses only its own rows and possible candidates).
+    fn raw_candidate(batch: &Batch, row: usize, cross: &CrossBucket) -> bool;
     fn encode(&self, out: &mut Vec<u8>);
     /// Decode every record of a spill file's bytes.
-    fn decode_all(bytes: &[u8], file: &Path) -> Result<Vec<Self>>;
+    fn decode_all(bytes: &[u8], file: &Path, rows: usize) -> Result<Vec<Self>>;
 }
 
 #[derive(Serialize, Deserialize)]
@@ -88,6 +132,9 @@ impl Spillable for UsageRow {
     fn is_candidate(&self, cross: &CrossBucket) -> bool {
         cross.usage_candidate(self)
     }
+    fn raw_candidate(batch: &Batch, row: usize, cross: &CrossBucket) -> bool {
+        batch.columns[0].str(row).is_some_and(|e| cross.event(e))
+    }
     fn encode(&self, out: &mut Vec<u8>) {
         push_record(
             out,
@@ -106,9 +153,9 @@ impl Spillable for UsageRow {
             },
         );
     }
-    fn decode_all(mut bytes: &[u8], file: &Path) -> Result<Vec<Self>> {
+    fn decode_all(mut bytes: &[u8], file: &Path, count: usize) -> Result<Vec<Self>> {
         let mut strings = Interner::default();
-        let mut rows = Vec::new();
+        let mut rows = Vec::with_capacity(count);
         while !bytes.is_empty() {
             let (r, rest): (UsageRecord<'_>, _) =
                 postcard::take_from_bytes(bytes).map_err(|e| corrupt(file, e))?;
@@ -143,6 +190,10 @@ impl Spillable for DebitRow {
     fn is_candidate(&self, cross: &CrossBucket) -> bool {
         cross.debit_candidate(self)
     }
+    fn raw_candidate(batch: &Batch, row: usize, cross: &CrossBucket) -> bool {
+        batch.columns[0].str(row).is_some_and(|e| cross.entry(e))
+            || batch.columns[2].str(row).is_some_and(|e| cross.event(e))
+    }
     fn encode(&self, out: &mut Vec<u8>) {
         push_record(
             out,
@@ -158,9 +209,9 @@ impl Spillable for DebitRow {
             },
         );
     }
-    fn decode_all(mut bytes: &[u8], file: &Path) -> Result<Vec<Self>> {
+    fn decode_all(mut bytes: &[u8], file: &Path, count: usize) -> Result<Vec<Self>> {
         let mut strings = Interner::default();
-        let mut rows = Vec::new();
+        let mut rows = Vec::with_capacity(count);
         while !bytes.is_empty() {
             let (r, rest): (DebitRecord<'_>, _) =
                 postcard::take_from_bytes(bytes).map_err(|e| corrupt(file, e))?;
@@ -186,6 +237,13 @@ impl Spillable for DebitRow {
 pub struct SpillFiles {
     paths: Vec<PathBuf>,
     writers: Vec<Mutex<BufWriter<File>>>,
+    rows: Vec<AtomicU64>,
+}
+
+/// A written spill file and how many rows it holds.
+pub struct SpillFile {
+    pub path: PathBuf,
+    pub rows: u64,
 }
 
 impl SpillFiles {
@@ -198,32 +256,50 @@ impl SpillFiles {
             writers.push(Mutex::new(BufWriter::with_capacity(1 << 20, file)));
             paths.push(path);
         }
-        Ok(SpillFiles { paths, writers })
+        let rows = (0..groups).map(|_| AtomicU64::new(0)).collect();
+        Ok(SpillFiles {
+            paths,
+            writers,
+            rows,
+        })
     }
 
-    fn append(&self, group: usize, bytes: &[u8]) -> Result<()> {
+    fn append(&self, group: usize, bytes: &[u8], rows: u64) -> Result<()> {
+        self.rows[group].fetch_add(rows, Ordering::Relaxed);
         let mut w = self.writers[group].lock().expect("spill writer lock");
         w.write_all(bytes)
             .map_err(|e| TallyError::io(&self.paths[group], e))
     }
 
     /// Flush every writer; after this the files can be read.
-    pub fn finish(self) -> Result<Vec<PathBuf>> {
+    pub fn finish(self) -> Result<Vec<SpillFile>> {
         for (w, path) in self.writers.into_iter().zip(&self.paths) {
             w.into_inner()
                 .expect("spill writer lock")
                 .flush()
                 .map_err(|e| TallyError::io(path, e))?;
         }
-        Ok(self.paths)
+        Ok(self
+            .paths
+            .into_iter()
+            .zip(self.rows)
+            .map(|(path, rows)| SpillFile {
+                path,
+                rows: rows.into_inner(),
+            })
+            .collect())
     }
 }
 
 /// Read one group's spill file back (in no particular order: row groups were written
 /// concurrently; the caller sorts).
-pub fn read_group<T: Spillable>(path: &Path) -> Result<Vec<T>> {
+/// `extra` rows will be added by the caller: room is made for them too. The file is
+/// removed once read.
+pub fn read_group<T: Spillable>(file: &SpillFile, extra: usize) -> Result<Vec<T>> {
+    let path = &file.path;
     let bytes = std::fs::read(path).map_err(|e| TallyError::io(path, e))?;
-    T::decode_all(&bytes, path)
+    std::fs::remove_file(path).map_err(|e| TallyError::io(path, e))?;
+    T::decode_all(&bytes, path, file.rows as usize + extra)
 }
 
 /// What the pass keeps in memory for a dataset.
@@ -257,18 +333,28 @@ pub fn route_dataset<T: Spillable>(
     let groups = layout.groups as usize;
     let per_file = load::map_files(files, specs, &|index, batch, out: &mut Vec<Item<T>>| {
         let mut encoded: Vec<Vec<u8>> = vec![Vec::new(); groups];
+        let mut counts = vec![0u64; groups];
         let mut spilled = 0u64;
         for i in 0..batch.len {
             let at = RowRef {
                 file: index as u32,
                 row: batch.first_row + i as u64,
             };
+            // Another shard's row that cannot be a candidate: not even parsed here.
+            if layout.shards > 1
+                && !layout.owns(layout.raw_partition(batch, i))
+                && !T::raw_candidate(batch, i, cross)
+            {
+                continue;
+            }
             match parse_row(batch, i, at) {
                 Parsed::Row(row) if row.is_candidate(cross) => out.push(Item::Candidate(row)),
                 Parsed::Row(row) => {
                     let partition = layout.partition(row.account());
                     if layout.owns(partition) {
-                        row.encode(&mut encoded[layout.group_of(partition)]);
+                        let group = layout.group_of(partition);
+                        row.encode(&mut encoded[group]);
+                        counts[group] += 1;
                         spilled += 1;
                     }
                 }
@@ -281,7 +367,7 @@ pub fn route_dataset<T: Spillable>(
         }
         for (group, bytes) in encoded.iter().enumerate() {
             if !bytes.is_empty() {
-                if let Err(e) = spill.append(group, bytes) {
+                if let Err(e) = spill.append(group, bytes, counts[group]) {
                     out.push(Item::Failed(e));
                 }
             }

@@ -126,10 +126,14 @@ fn first_of_each_id<T>(
             }
         }
     }
-    rows.into_iter()
-        .zip(repeated)
-        .filter_map(|(row, r)| (!r).then_some(row))
-        .collect()
+    let mut rows = rows;
+    let mut index = 0;
+    rows.retain(|_| {
+        let r = repeated[index];
+        index += 1;
+        !r
+    });
+    rows
 }
 
 /// grants: a repeated `grant_id` is `bad_value`; the first row by (file, row) is kept.
@@ -171,7 +175,7 @@ pub struct Deduped {
     /// One row per event_id: the winning copy.
     pub events: Vec<UsageRow>,
     /// event_ids whose copies differed (reported `conflicting_duplicate`).
-    pub conflicting: std::collections::HashSet<String>,
+    pub conflicting: std::collections::HashSet<String, FastHash>,
     /// Losing copies equal to the winner: counted only.
     pub identical_copies: u64,
 }
@@ -200,7 +204,7 @@ pub fn dedup_usage(rows: Vec<UsageRow>, files: &[InputFile], rejects: &mut Vec<R
     drop(first);
     // Decide every group with copies: the winner, identical losers, conflicting losers.
     let mut losing = vec![false; rows.len()];
-    let mut conflicting = std::collections::HashSet::new();
+    let mut conflicting = std::collections::HashSet::default();
     let mut identical_copies = 0u64;
     let mut groups: Vec<Vec<u32>> = copies_of.into_values().collect();
     groups.sort_unstable_by_key(|g| g[0]);
@@ -232,15 +236,16 @@ pub fn dedup_usage(rows: Vec<UsageRow>, files: &[InputFile], rejects: &mut Vec<R
             }
         }
     }
-    let kept = losing.iter().filter(|&&lost| !lost).count();
-    let mut events = Vec::with_capacity(kept);
-    events.extend(
-        rows.into_iter()
-            .zip(losing)
-            .filter_map(|(row, lost)| (!lost).then_some(row)),
-    );
+    // In place: no second multi-GB vector (and no fresh pages to fault in).
+    let mut rows = rows;
+    let mut index = 0;
+    rows.retain(|_| {
+        let lost = losing[index];
+        index += 1;
+        !lost
+    });
     Deduped {
-        events,
+        events: rows,
         conflicting,
         identical_copies,
     }

@@ -93,7 +93,7 @@ fn containing(allocs: &[AllocationRow], t: Micros) -> Option<usize> {
 
 /// Covered account-periods: account_id → (index in the account list, allocation index →
 /// period index).
-type Covered<'a> = HashMap<&'a str, (usize, HashMap<usize, usize>), FastHash>;
+type Covered<'a> = HashMap<&'a str, (usize, HashMap<usize, usize, FastHash>), FastHash>;
 
 fn covered_periods<'a>(
     mode: Mode,
@@ -108,7 +108,7 @@ fn covered_periods<'a>(
     names.sort();
     for account_id in names.into_iter().filter(|a| owns(a)) {
         let allocs = &allocations[account_id];
-        let mut period_of = HashMap::new();
+        let mut period_of: HashMap<usize, usize, FastHash> = HashMap::default();
         let mut periods = Vec::new();
         for (i, a) in allocs.iter().enumerate() {
             let closed_before = history.is_closed(account_id, a.period_start);
@@ -358,7 +358,8 @@ pub fn place(
             Placement::Late(a, p, from) => (a, p, Some(from)),
             Placement::NoAllocation | Placement::Outside => continue,
         };
-        let conflicting = deduped.conflicting.contains(&usage.event_id);
+        let conflicting =
+            !deduped.conflicting.is_empty() && deduped.conflicting.contains(&usage.event_id);
         accounts[a].periods[p].events.push(EventWork {
             usage,
             entries,

@@ -208,17 +208,29 @@ fn a_killed_shard_rerun_alone_gives_the_same_merge() {
             &["--shard", &format!("{i}/3")],
         );
     }
-    // Kill a rerun of shard 1 at a few moments, then rerun it alone to the end.
+    // Kill a rerun of shard 1 at a few moments, then rerun it alone to the end. Spill
+    // folders left by the killed runs are removed by the next run.
+    let spill_tmp = tmp.path().join("tmp");
+    std::fs::create_dir_all(&spill_tmp).unwrap();
     for delay_ms in [5, 40, 120] {
         let mut child = run_command("reconcile", &data, AS_OF, &shards)
             .args(["--shard", "1/3"])
+            .env("TMPDIR", &spill_tmp)
+            .stdout(std::process::Stdio::null())
             .spawn()
             .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         let _ = child.kill();
         let _ = child.wait();
     }
-    run_ok("reconcile", &data, AS_OF, &shards, &["--shard", "1/3"]);
+    let rerun = run_command("reconcile", &data, AS_OF, &shards)
+        .args(["--shard", "1/3"])
+        .env("TMPDIR", &spill_tmp)
+        .output()
+        .unwrap();
+    assert!(rerun.status.success(), "{}", stderr(&rerun));
+    let left: Vec<_> = std::fs::read_dir(&spill_tmp).unwrap().collect();
+    assert!(left.is_empty(), "spill folders left behind: {left:?}");
     let merged = tmp.path().join("merged");
     tally_ok(&[
         "merge",
