@@ -7,6 +7,7 @@
 //! then an atomic rename). The binary in `main.rs` is a thin clap layer over [`run_job`].
 
 pub mod amount;
+pub mod billed;
 pub mod close;
 pub mod consume;
 pub mod engine;
@@ -448,6 +449,11 @@ pub(crate) fn check_replaceable(out: &Path) -> Result<()> {
 pub(crate) fn write_outputs(dir: &Path, output: &RunOutput, inputs: Vec<FileEntry>) -> Result<()> {
     let mut outputs = Vec::new();
     let tables = write::output_tables(output);
+    if output.settings.mode == Mode::Close {
+        let name = "billed_events.parquet";
+        let rows = write::write_billed_events(&dir.join(name), &output.billed)?;
+        outputs.push((name.to_string(), Some(rows)));
+    }
     for (name, batch) in &tables {
         write::write_parquet(&dir.join(name), batch)?;
         outputs.push((name.to_string(), Some(batch.num_rows() as u64)));

@@ -1,10 +1,9 @@
 //! The whole run, data flowing one way: load → validate → place in window → (per account,
 //! in parallel by bucket) price → consume → reconcile → close → collect. Writing is `write`.
 
+use crate::billed::BilledRun;
 use crate::close::{InvoiceLineRow, InvoiceRow, RenewalRow};
-use crate::engine::{
-    process_account, AccountResult, BalanceRow, BilledEventRow, RunContext, Totals,
-};
+use crate::engine::{process_account, AccountResult, BalanceRow, RunContext, Totals};
 use crate::error::{Result, TallyError};
 use crate::load::{self, InputFile};
 use crate::model::*;
@@ -17,6 +16,7 @@ use crate::window::{self, AccountWork};
 use crate::{validate, Progress};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Default number of account buckets. Work is grouped by `hash(account_id) mod buckets`;
 /// a bucket is the unit of parallel work (and later of sharding).
@@ -81,7 +81,10 @@ pub struct RunOutput {
     pub renewals: Vec<RenewalRow>,
     pub allocations_next: Vec<AllocationRow>,
     pub grants_next: Vec<GrantRow>,
-    pub billed_events: Vec<BilledEventRow>,
+    /// `billed_events` (close), as runs merged by account when written.
+    pub billed: Vec<BilledRun>,
+    /// Folders of run files, removed once the run output is dropped.
+    pub scratch: Vec<Arc<tempfile::TempDir>>,
     pub totals: Totals,
 }
 
@@ -112,6 +115,11 @@ pub struct Partial {
     pub identical_duplicates: u64,
     pub outside_usage: u64,
     pub outside_entries: u64,
+    /// `billed_events` (close), one run per group, each in account order.
+    pub billed: Vec<BilledRun>,
+    /// The folder holding this partial's run files, kept until the outputs are written.
+    #[serde(skip)]
+    pub scratch: Option<Arc<tempfile::TempDir>>,
 }
 
 /// The price book, input files and settings of a run.
@@ -218,7 +226,8 @@ pub fn compute(
         mode: settings.mode,
         settle_from: settings.as_of.saturating_sub(settings.settle_micros),
     };
-    let shared = Shared {
+    let mut shared = Shared {
+        scratch: None,
         settings,
         ctx: &ctx,
         layout,
@@ -254,7 +263,9 @@ pub fn compute(
     let (cross_events, cross_entries) = cross.counts();
     stage.done(cross_events as u64, cross_entries as u64);
 
-    let spill_dir = spill::spill_dir()?;
+    let spill_dir = Arc::new(spill::spill_dir()?);
+    partial.scratch = Some(spill_dir.clone());
+    shared.scratch = Some(spill_dir.path());
     let stage = progress.counted("load and spill", (files[0].len() + files[3].len()) as u64);
     let usage_spill = SpillFiles::create(spill_dir.path(), Dataset::Usage, layout.groups)?;
     let usage = spill::route_dataset(
@@ -327,6 +338,8 @@ pub fn compute(
 /// What every group of a run shares.
 struct Shared<'a> {
     settings: &'a RunSettings,
+    /// Where a split run writes its billed-event runs (None: a whole run keeps them).
+    scratch: Option<&'a Path>,
     ctx: &'a RunContext<'a>,
     layout: &'a Layout,
     allocations: &'a validate::Allocations,
@@ -397,11 +410,33 @@ impl Shared<'_> {
             "price, consume, reconcile",
             u64::from(self.settings.buckets.max(1)),
         );
-        let results = process_buckets(self.ctx, accounts, self.settings.buckets, &stage)?;
+        let mut results = process_buckets(self.ctx, accounts, self.settings.buckets, &stage)?;
         let discrepancy_rows: usize = results.iter().map(|(_, r)| r.discrepancies.len()).sum();
         stage.done(in_window, discrepancy_rows as u64);
+        if self.settings.mode == Mode::Close {
+            partial.billed.push(self.billed_run(group, &mut results)?);
+        }
         partial.results.extend(results);
         Ok(())
+    }
+
+    /// Take the group's billed events out of its results, in account order: kept in
+    /// memory for a whole run, written to a run file for a split one.
+    fn billed_run(
+        &self,
+        group: usize,
+        results: &mut [(String, AccountResult)],
+    ) -> Result<BilledRun> {
+        results.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        let mut rows = Vec::with_capacity(results.iter().map(|(_, r)| r.billed_events.len()).sum());
+        for (_, r) in results.iter_mut() {
+            rows.append(&mut r.billed_events);
+            r.billed_events = Vec::new();
+        }
+        match self.scratch {
+            None => Ok(BilledRun::Memory(rows)),
+            Some(dir) => crate::billed::write_run(&dir.join(format!("billed-{group}.bin")), &rows),
+        }
     }
 }
 
@@ -417,7 +452,11 @@ pub fn finish(settings: RunSettings, inputs: Inputs, partials: Vec<Partial>) -> 
     let mut rejects = Vec::new();
     let mut rows_read = [0u64; 4];
     let (mut identical, mut outside_usage, mut outside_entries) = (0, 0, 0);
+    let mut billed = Vec::new();
+    let mut scratch = Vec::new();
     for p in partials {
+        billed.extend(p.billed);
+        scratch.extend(p.scratch);
         results.extend(p.results);
         rejects.extend(p.rejects);
         for (total, n) in rows_read.iter_mut().zip(p.rows_read) {
@@ -499,7 +538,8 @@ pub fn finish(settings: RunSettings, inputs: Inputs, partials: Vec<Partial>) -> 
         renewals: out.renewals,
         allocations_next: out.allocations_next,
         grants_next: out.grants_next,
-        billed_events: out.billed_events,
+        billed,
+        scratch,
         totals: out.totals,
     })
 }

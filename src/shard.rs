@@ -7,6 +7,7 @@
 //! input fingerprint, plus the checksum of `partial.bin`). It is published atomically like
 //! any output folder, so a killed shard leaves either its previous part or nothing.
 
+use crate::billed::BilledRun;
 use crate::error::{Result, TallyError};
 use crate::pipeline::{self, Partial, RunSettings};
 use crate::report::FileEntry;
@@ -34,6 +35,9 @@ pub struct ShardManifest {
     pub data: PathBuf,
     pub inputs: Vec<FileEntry>,
     pub partial_sha256: String,
+    /// The shard's billed-event run files (close), beside `partial.bin`.
+    #[serde(default)]
+    pub billed: Vec<FileEntry>,
     pub accounts: u64,
 }
 
@@ -76,7 +80,7 @@ pub fn run_shard(req: &JobRequest, shard: u32, shards: u32) -> Result<JobOutcome
     let settings = req.settings(prepared.history);
     let inputs = pipeline::inputs(&settings.data)?;
     let layout = pipeline::layout(&settings, &inputs, shard, shards)?;
-    let partial = pipeline::compute(&settings, &inputs, &layout, &req.progress)?;
+    let mut partial = pipeline::compute(&settings, &inputs, &layout, &req.progress)?;
     let accounts = partial.results.len() as u64;
 
     let stage = req.progress.stage("write");
@@ -84,7 +88,7 @@ pub fn run_shard(req: &JobRequest, shard: u32, shards: u32) -> Result<JobOutcome
     let written = write_shard(
         &staging,
         &settings,
-        &partial,
+        &mut partial,
         prepared.inputs,
         shard,
         shards,
@@ -101,11 +105,34 @@ pub fn run_shard(req: &JobRequest, shard: u32, shards: u32) -> Result<JobOutcome
 fn write_shard(
     dir: &Path,
     settings: &RunSettings,
-    partial: &Partial,
+    partial: &mut Partial,
     inputs: Vec<FileEntry>,
     shard: u32,
     shards: u32,
 ) -> Result<()> {
+    // Billed-event runs become files of the shard folder, named relative to it.
+    let mut billed = Vec::new();
+    for (k, run) in std::mem::take(&mut partial.billed).into_iter().enumerate() {
+        let name = format!("billed-{k}.bin");
+        let target = dir.join(&name);
+        let rows = run.rows();
+        match run {
+            BilledRun::Memory(rows) => {
+                crate::billed::write_run(&target, &rows)?;
+            }
+            BilledRun::File(path, _) => {
+                std::fs::copy(&path, &target).map_err(|e| TallyError::io(&target, e))?;
+            }
+        }
+        billed.push(FileEntry {
+            sha256: write::sha256_file(&target)?,
+            path: name.clone(),
+            rows: Some(rows),
+        });
+        partial
+            .billed
+            .push(BilledRun::File(PathBuf::from(name), rows));
+    }
     let path = dir.join(PARTIAL);
     let file = std::fs::File::create(&path).map_err(|e| TallyError::io(&path, e))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
@@ -126,6 +153,7 @@ fn write_shard(
         data: settings.data.clone(),
         inputs,
         partial_sha256: write::sha256_file(&path)?,
+        billed,
         accounts: partial.results.len() as u64,
     };
     let json = serde_json::to_string_pretty(&manifest)
@@ -182,6 +210,7 @@ fn run_identity(m: &ShardManifest) -> ShardManifest {
     ShardManifest {
         shard: 0,
         partial_sha256: String::new(),
+        billed: Vec::new(),
         accounts: 0,
         ..m.clone()
     }
@@ -380,5 +409,32 @@ fn read_partial(folder: &Path, m: &ShardManifest) -> Result<Partial> {
             "its checksum does not match {SHARD_MANIFEST}"
         )));
     }
-    postcard::from_bytes(&bytes).map_err(|e| refuse(format!("cannot be decoded ({e})")))
+    let mut partial: Partial =
+        postcard::from_bytes(&bytes).map_err(|e| refuse(format!("cannot be decoded ({e})")))?;
+    for run in &mut partial.billed {
+        let BilledRun::File(name, rows) = run else {
+            return Err(refuse("it holds billed events outside run files".into()));
+        };
+        let listed = m
+            .billed
+            .iter()
+            .find(|f| Path::new(&f.path) == name.as_path() && f.rows == Some(*rows))
+            .ok_or_else(|| {
+                refuse(format!(
+                    "{} is not listed in {SHARD_MANIFEST}",
+                    name.display()
+                ))
+            })?;
+        let file = folder.join(name.as_path());
+        let sha = write::sha256_file(&file)
+            .map_err(|_| refuse(format!("{} cannot be read", name.display())))?;
+        if sha != listed.sha256 {
+            return Err(refuse(format!(
+                "{} does not match its checksum in {SHARD_MANIFEST}",
+                name.display()
+            )));
+        }
+        *name = file;
+    }
+    Ok(partial)
 }

@@ -358,8 +358,7 @@ pub fn grants_next_table(out: &RunOutput) -> RecordBatch {
 }
 
 /// Events billed on each invoice (close): what a later close reads to find late events.
-pub fn billed_events_table(out: &RunOutput) -> RecordBatch {
-    let rows = &out.billed_events;
+pub fn billed_events_batch(rows: &[crate::engine::BilledEventRow]) -> RecordBatch {
     Table::default()
         .str("invoice_id", rows.iter().map(|r| r.invoice_id.as_str()))
         .str("event_id", rows.iter().map(|r| r.event_id.as_str()))
@@ -369,35 +368,72 @@ pub fn billed_events_table(out: &RunOutput) -> RecordBatch {
         .finish()
 }
 
+/// Rows per batch handed to the Parquet writer when streaming `billed_events`.
+const BILLED_CHUNK_ROWS: usize = 1 << 16;
+
+/// Stream `billed_events.parquet` from the run's billed-event runs (merged in account
+/// order), never holding more than a chunk and a row group; returns the row count.
+pub fn write_billed_events(path: &Path, runs: &[crate::billed::BilledRun]) -> Result<u64> {
+    let mut out = ParquetOut::create(path, billed_events_batch(&[]).schema())?;
+    let rows = crate::billed::for_each_chunk(runs, BILLED_CHUNK_ROWS, |rows| {
+        out.write(&billed_events_batch(rows))
+    })?;
+    out.finish()?;
+    Ok(rows)
+}
+
 // ---- files -----------------------------------------------------------------------------
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TallyError + '_ {
     move |e| TallyError::io(path, e)
 }
 
+/// A Parquet file being written with fixed settings (same rows → same bytes).
+pub struct ParquetOut<'a> {
+    path: &'a Path,
+    writer: ArrowWriter<BufWriter<File>>,
+}
+
+impl<'a> ParquetOut<'a> {
+    pub fn create(path: &'a Path, schema: arrow::datatypes::SchemaRef) -> Result<ParquetOut<'a>> {
+        let file = File::create(path).map_err(io_err(path))?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(
+                ZstdLevel::try_new(3).expect("valid level"),
+            ))
+            .set_created_by(format!("tally {VERSION}"))
+            .set_max_row_group_row_count(Some(1 << 20))
+            .build();
+        let writer = ArrowWriter::try_new(BufWriter::new(file), schema, Some(props))
+            .map_err(|e| TallyError::output(path.display().to_string(), e))?;
+        Ok(ParquetOut { path, writer })
+    }
+
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.writer
+            .write(batch)
+            .map_err(|e| TallyError::output(self.path.display().to_string(), e))
+    }
+
+    /// Finish the footer and sync the file to disk.
+    pub fn finish(self) -> Result<()> {
+        let path = self.path;
+        let inner = self
+            .writer
+            .into_inner()
+            .map_err(|e| TallyError::output(path.display().to_string(), e))?;
+        let file = inner
+            .into_inner()
+            .map_err(|e| TallyError::io(path, e.into_error()))?;
+        file.sync_all().map_err(io_err(path))
+    }
+}
+
 /// Write a table as Parquet with fixed settings (same rows → same bytes).
 pub fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<()> {
-    let name = path.display().to_string();
-    let file = File::create(path).map_err(io_err(path))?;
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(3).expect("valid level"),
-        ))
-        .set_created_by(format!("tally {VERSION}"))
-        .set_max_row_group_row_count(Some(1 << 20))
-        .build();
-    let mut writer = ArrowWriter::try_new(BufWriter::new(file), batch.schema(), Some(props))
-        .map_err(|e| TallyError::output(&name, e))?;
-    writer
-        .write(batch)
-        .map_err(|e| TallyError::output(&name, e))?;
-    let inner = writer
-        .into_inner()
-        .map_err(|e| TallyError::output(&name, e))?;
-    let file = inner
-        .into_inner()
-        .map_err(|e| TallyError::io(path, e.into_error()))?;
-    file.sync_all().map_err(io_err(path))
+    let mut out = ParquetOut::create(path, batch.schema())?;
+    out.write(batch)?;
+    out.finish()
 }
 
 pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -435,7 +471,7 @@ pub fn output_tables(out: &RunOutput) -> Vec<(&'static str, RecordBatch)> {
             tables.push(("renewals.parquet", renewals_table(out)));
             tables.push(("allocations_next.parquet", allocations_next_table(out)));
             tables.push(("grants_next.parquet", grants_next_table(out)));
-            tables.push(("billed_events.parquet", billed_events_table(out)));
+            // billed_events.parquet is streamed: `write_billed_events`.
         }
     }
     tables

@@ -537,3 +537,37 @@ fn rows_joined_across_accounts_are_routed_exactly_when_split() {
         }
     }
 }
+
+/// More billed events than one streamed chunk (65,536 rows), from several groups' runs
+/// and from shard folders: the same billed_events.parquet bytes as a whole close.
+#[test]
+fn billed_events_stream_past_one_chunk_from_group_runs_and_shards() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    tally_ok(&[
+        "generate",
+        "--out",
+        data.to_str().unwrap(),
+        "--accounts",
+        "900",
+        "--events",
+        "150000",
+        "--seed",
+        "3",
+    ]);
+    let single = tmp.path().join("single");
+    run_ok("close", &data, CLOSE_AS_OF, &single, &[]);
+    let billed = read_parquet(&single.join("billed_events.parquet"));
+    assert!(
+        billed.num_rows() > 1 << 16,
+        "{} billed rows",
+        billed.num_rows()
+    );
+    let grouped = tmp.path().join("grouped");
+    run_ok("close", &data, CLOSE_AS_OF, &grouped, &["--groups", "7"]);
+    assert_same(&single, &grouped, "close in 7 groups");
+    let shards = tmp.path().join("shards");
+    let merged = tmp.path().join("merged");
+    shard_and_merge("close", &data, CLOSE_AS_OF, &shards, &merged, 2);
+    assert_same(&single, &merged, "close in 2 shards");
+}
