@@ -144,7 +144,7 @@ pub fn process_account(ctx: &RunContext<'_>, work: AccountWork) -> Result<Accoun
     let mut result = AccountResult::default();
     // Grant balances persist across the account's periods of this run.
     let mut balances: Vec<GrantBalance> = work.grants.iter().map(GrantBalance::from_row).collect();
-    let slot: HashMap<String, usize> = balances
+    let slot: HashMap<String, usize, crate::validate::FastHash> = balances
         .iter()
         .enumerate()
         .map(|(i, g)| (g.grant_id.clone().unwrap_or_default(), i))
@@ -172,7 +172,7 @@ fn process_period(
     ctx: &RunContext<'_>,
     mut period: PeriodWork,
     balances: &mut [GrantBalance],
-    slot: &HashMap<String, usize>,
+    slot: &HashMap<String, usize, crate::validate::FastHash>,
     result: &mut AccountResult,
 ) -> Result<Option<ClosedPeriod>> {
     let alloc = &period.allocation;

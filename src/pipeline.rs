@@ -323,16 +323,24 @@ pub fn compute(
     for (group, (u_extra, d_extra)) in usage_extra.into_iter().zip(debit_extra).enumerate() {
         let stage = progress.stage("read spill");
         let mut usage: Vec<UsageRow> = spill::read_group(&usage_files[group], u_extra.len())?;
-        usage.extend(u_extra);
-        usage.par_sort_unstable_by_key(|r| r.at);
+        append_in_order(&mut usage, u_extra, |r| r.at);
         let mut debits: Vec<DebitRow> = spill::read_group(&debit_files[group], d_extra.len())?;
-        debits.extend(d_extra);
-        debits.par_sort_unstable_by_key(|r| r.at);
+        append_in_order(&mut debits, d_extra, |r| r.at);
         let rows = (usage.len() + debits.len()) as u64;
         stage.done(rows, rows);
         shared.process_group(group, usage, debits, &mut partial, progress)?;
     }
     Ok(partial)
+}
+
+/// Add a few rows to rows already in (file, row) order, keeping the order: the stable
+/// sort finds the long sorted run and merges the short tail into it.
+fn append_in_order<T>(rows: &mut Vec<T>, extra: Vec<T>, at: impl Fn(&T) -> RowRef) {
+    if extra.is_empty() {
+        return;
+    }
+    rows.extend(extra);
+    rows.sort_by_key(at);
 }
 
 /// What every group of a run shares.

@@ -3,6 +3,7 @@
 use crate::amount::Milli;
 use crate::error::{Result, TallyError};
 use crate::time::{parse_instant, Micros};
+use crate::validate::FastHash;
 use rust_decimal::prelude::*;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -50,14 +51,14 @@ pub struct PriceBook {
     pub plans: BTreeMap<String, Plan>,
     /// The rate versions, product → action → generic / by model, each sorted by
     /// `effective_from` (lookups borrow the event's strings, no allocation).
-    index: HashMap<String, HashMap<String, ActionRates>>,
+    index: HashMap<String, HashMap<String, ActionRates, FastHash>, FastHash>,
 }
 
 /// The rates of one (product, action): the generic versions and the model-specific ones.
 #[derive(Debug, Clone, Default)]
 struct ActionRates {
     generic: Vec<Rate>,
-    by_model: HashMap<String, Vec<Rate>>,
+    by_model: HashMap<String, Vec<Rate>, FastHash>,
 }
 
 /// The version in effect at `t`: the greatest `effective_from` ≤ t.
@@ -242,7 +243,8 @@ impl PriceBook {
             }
             rates.entry(key).or_default().push(rate);
         }
-        let mut index: HashMap<String, HashMap<String, ActionRates>> = HashMap::new();
+        let mut index: HashMap<String, HashMap<String, ActionRates, FastHash>, FastHash> =
+            HashMap::default();
         for ((product, action, model), mut versions) in rates {
             versions.sort_by_key(|v| v.effective_from);
             let entry = index.entry(product).or_default().entry(action).or_default();

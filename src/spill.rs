@@ -264,10 +264,16 @@ impl SpillFiles {
         })
     }
 
+    /// Append one frame: `rows` (u32 LE), byte length (u32 LE), then the records. Frames
+    /// let a group be decoded in parallel.
     fn append(&self, group: usize, bytes: &[u8], rows: u64) -> Result<()> {
         self.rows[group].fetch_add(rows, Ordering::Relaxed);
+        let mut header = [0u8; 8];
+        header[..4].copy_from_slice(&(rows as u32).to_le_bytes());
+        header[4..].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
         let mut w = self.writers[group].lock().expect("spill writer lock");
-        w.write_all(bytes)
+        w.write_all(&header)
+            .and_then(|_| w.write_all(bytes))
             .map_err(|e| TallyError::io(&self.paths[group], e))
     }
 
@@ -291,15 +297,48 @@ impl SpillFiles {
     }
 }
 
-/// Read one group's spill file back (in no particular order: row groups were written
-/// concurrently; the caller sorts).
-/// `extra` rows will be added by the caller: room is made for them too. The file is
-/// removed once read.
+/// Read one group's spill file back in (file, row) order, decoding its frames in
+/// parallel. `extra` rows will be
+/// added by the caller: room is made for them too. The file is removed once read.
 pub fn read_group<T: Spillable>(file: &SpillFile, extra: usize) -> Result<Vec<T>> {
+    use rayon::prelude::*;
     let path = &file.path;
     let bytes = std::fs::read(path).map_err(|e| TallyError::io(path, e))?;
     std::fs::remove_file(path).map_err(|e| TallyError::io(path, e))?;
-    T::decode_all(&bytes, path, file.rows as usize + extra)
+    let mut frames = Vec::new();
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let header = bytes
+            .get(at..at + 8)
+            .ok_or_else(|| corrupt(path, "truncated frame header"))?;
+        let rows = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+        let len = u32::from_le_bytes(header[4..].try_into().expect("4 bytes")) as usize;
+        let body = bytes
+            .get(at + 8..at + 8 + len)
+            .ok_or_else(|| corrupt(path, "truncated frame"))?;
+        frames.push((body, rows));
+        at += 8 + len;
+    }
+    let decoded: Vec<Result<Vec<T>>> = frames
+        .par_iter()
+        .map(|(body, rows)| T::decode_all(body, path, *rows))
+        .collect();
+    let mut parts = decoded.into_iter().collect::<Result<Vec<_>>>()?;
+    // A frame holds rows of one batch, in row order, and batches cover disjoint row
+    // ranges: ordering the frames by their first row orders every row.
+    parts.retain(|p| !p.is_empty());
+    parts.sort_unstable_by_key(|p| p[0].at());
+    let mut all = Vec::with_capacity(file.rows as usize + extra);
+    for part in parts {
+        all.extend(part);
+    }
+    if all.len() as u64 != file.rows {
+        return Err(corrupt(
+            path,
+            format!("{} rows read, {} written", all.len(), file.rows),
+        ));
+    }
+    Ok(all)
 }
 
 /// What the pass keeps in memory for a dataset.

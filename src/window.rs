@@ -242,7 +242,7 @@ pub fn place(
     let mut outside = Outside::default();
 
     let placements: Vec<Placement> = events
-        .iter()
+        .par_iter()
         .map(|usage| {
             if usage.occurred_at >= as_of {
                 return Placement::Outside;
@@ -254,21 +254,23 @@ pub fn place(
                     return late;
                 }
             }
-            if matches!(placement, Placement::NoAllocation) {
-                rejects.push(Reject {
-                    dataset: Dataset::Usage,
-                    at: usage.at,
-                    reason: Reason::NoAllocation,
-                    detail: format!(
-                        "no allocation of account {} contains occurred_at {}",
-                        quoted(&usage.account_id),
-                        format_instant(usage.occurred_at)
-                    ),
-                });
-            }
             placement
         })
         .collect();
+    for (usage, placement) in events.iter().zip(&placements) {
+        if matches!(placement, Placement::NoAllocation) {
+            rejects.push(Reject {
+                dataset: Dataset::Usage,
+                at: usage.at,
+                reason: Reason::NoAllocation,
+                detail: format!(
+                    "no allocation of account {} contains occurred_at {}",
+                    quoted(&usage.account_id),
+                    format_instant(usage.occurred_at)
+                ),
+            });
+        }
+    }
     outside.usage_rows = placements
         .iter()
         .filter(|p| matches!(p, Placement::Outside))

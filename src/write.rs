@@ -373,10 +373,28 @@ const BILLED_CHUNK_ROWS: usize = 1 << 16;
 
 /// Stream `billed_events.parquet` from the run's billed-event runs (merged in account
 /// order), never holding more than a chunk and a row group; returns the row count.
+///
+/// Two threads: one merges the runs and builds Arrow batches, the other encodes and
+/// compresses them (each about half of the work).
 pub fn write_billed_events(path: &Path, runs: &[crate::billed::BilledRun]) -> Result<u64> {
     let mut out = ParquetOut::create(path, billed_events_batch(&[]).schema())?;
-    let rows = crate::billed::for_each_chunk(runs, BILLED_CHUNK_ROWS, |rows| {
-        out.write(&billed_events_batch(rows))
+    let (send, receive) = std::sync::mpsc::sync_channel::<RecordBatch>(2);
+    let rows = std::thread::scope(|scope| {
+        let producer = scope.spawn(move || {
+            crate::billed::for_each_chunk(runs, BILLED_CHUNK_ROWS, |rows| {
+                // A closed channel means the writer failed; it reports why.
+                let _ = send.send(billed_events_batch(rows));
+                Ok(())
+            })
+        });
+        let mut written = Ok(());
+        for batch in receive {
+            if written.is_ok() {
+                written = out.write(&batch);
+            }
+        }
+        let rows = producer.join().expect("billed-events producer panicked")?;
+        written.map(|()| rows)
     })?;
     out.finish()?;
     Ok(rows)
