@@ -1,37 +1,68 @@
-//! `billed_events` of a close: one row per billed event, so the one output that grows with
-//! the month. A split run does not hold it: each group writes its rows, in account order,
-//! to a run file; the writer merges the runs by account (an account's rows are all in one
-//! run) and streams them to Parquet. A whole run keeps its single run in memory.
+//! The close outputs that grow with the month — `billed_events` (one row per billed event)
+//! and `invoice_lines` (one per account and priced product/action/model) — are not held
+//! whole by a split run: each group writes its rows, in account order, to a run file; the
+//! writer merges the runs by account (an account's rows are all in one run) and streams
+//! them to Parquet. A whole run keeps its single run in memory.
 //!
-//! Run file: records of `u32` little-endian length + postcard `BilledEventRow`.
+//! Run file: records of `u32` little-endian length + postcard row.
 
+use crate::close::InvoiceLineRow;
 use crate::engine::BilledEventRow;
 use crate::error::{Result, TallyError};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BinaryHeap;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
+/// A row of a streamed table, ordered by its account.
+pub trait Keyed: Serialize + DeserializeOwned + Clone + Send + Sync {
+    fn account(&self) -> &str;
+}
+
+impl Keyed for BilledEventRow {
+    fn account(&self) -> &str {
+        &self.account_id
+    }
+}
+
+/// An invoice line and its account (the line itself names only its invoice).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountLine {
+    pub account_id: String,
+    pub line: InvoiceLineRow,
+}
+
+impl Keyed for AccountLine {
+    fn account(&self) -> &str {
+        &self.account_id
+    }
+}
+
 /// Rows of some accounts, in output order (accounts by id bytes).
 #[derive(Serialize, Deserialize)]
-pub enum BilledRun {
-    Memory(Vec<BilledEventRow>),
+#[serde(bound = "T: Keyed")]
+pub enum Run<T> {
+    Memory(Vec<T>),
     /// A run file and its row count.
     File(PathBuf, u64),
 }
 
-impl BilledRun {
+pub type BilledRun = Run<BilledEventRow>;
+pub type LineRun = Run<AccountLine>;
+
+impl<T> Run<T> {
     pub fn rows(&self) -> u64 {
         match self {
-            BilledRun::Memory(rows) => rows.len() as u64,
-            BilledRun::File(_, rows) => *rows,
+            Run::Memory(rows) => rows.len() as u64,
+            Run::File(_, rows) => *rows,
         }
     }
 }
 
 /// Write `rows` as a run file at `path`.
-pub fn write_run(path: &Path, rows: &[BilledEventRow]) -> Result<BilledRun> {
+pub fn write_run<T: Keyed>(path: &Path, rows: &[T]) -> Result<Run<T>> {
     let file = File::create(path).map_err(|e| TallyError::io(path, e))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
     let mut record = Vec::new();
@@ -44,7 +75,7 @@ pub fn write_run(path: &Path, rows: &[BilledEventRow]) -> Result<BilledRun> {
             .map_err(|e| TallyError::io(path, e))?;
     }
     w.flush().map_err(|e| TallyError::io(path, e))?;
-    Ok(BilledRun::File(path.to_path_buf(), rows.len() as u64))
+    Ok(Run::File(path.to_path_buf(), rows.len() as u64))
 }
 
 /// Reads one run file record by record.
@@ -66,14 +97,14 @@ impl RunReader {
         })
     }
 
-    fn next_row(&mut self) -> Result<Option<BilledEventRow>> {
+    fn next_row<T: Keyed>(&mut self) -> Result<Option<T>> {
         if self.left == 0 {
             return Ok(None);
         }
         self.left -= 1;
         let broken = |e: &dyn std::fmt::Display| {
             TallyError::Invariant(format!(
-                "billed-events run {} cannot be read back: {e}",
+                "run file {} cannot be read back: {e}",
                 self.path.display()
             ))
         };
@@ -89,13 +120,13 @@ impl RunReader {
     }
 }
 
-enum Source<'a> {
-    Memory(std::slice::Iter<'a, BilledEventRow>),
+enum Source<'a, T> {
+    Memory(std::slice::Iter<'a, T>),
     File(RunReader),
 }
 
-impl Source<'_> {
-    fn next_row(&mut self) -> Result<Option<BilledEventRow>> {
+impl<T: Keyed> Source<'_, T> {
+    fn next_row(&mut self) -> Result<Option<T>> {
         match self {
             Source::Memory(rows) => Ok(rows.next().cloned()),
             Source::File(reader) => reader.next_row(),
@@ -105,40 +136,40 @@ impl Source<'_> {
 
 /// The head row of a source, ordered for a min-heap by account id (then source index, so
 /// that the merge is deterministic; an account is never in two sources).
-struct Head {
-    row: BilledEventRow,
+struct Head<T> {
+    row: T,
     source: usize,
 }
 
-impl PartialEq for Head {
+impl<T: Keyed> PartialEq for Head<T> {
     fn eq(&self, other: &Self) -> bool {
         self.cmp(other) == std::cmp::Ordering::Equal
     }
 }
-impl Eq for Head {}
-impl PartialOrd for Head {
+impl<T: Keyed> Eq for Head<T> {}
+impl<T: Keyed> PartialOrd for Head<T> {
     fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
         Some(self.cmp(other))
     }
 }
-impl Ord for Head {
+impl<T: Keyed> Ord for Head<T> {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (other.row.account_id.as_bytes(), other.source)
-            .cmp(&(self.row.account_id.as_bytes(), self.source))
+        (other.row.account().as_bytes(), other.source)
+            .cmp(&(self.row.account().as_bytes(), self.source))
     }
 }
 
 /// Stream the rows of all runs in output order, `chunk` rows at a time.
-pub fn for_each_chunk(
-    runs: &[BilledRun],
+pub fn for_each_chunk<T: Keyed>(
+    runs: &[Run<T>],
     chunk: usize,
-    mut each: impl FnMut(&[BilledEventRow]) -> Result<()>,
+    mut each: impl FnMut(&[T]) -> Result<()>,
 ) -> Result<u64> {
     let mut sources = Vec::with_capacity(runs.len());
     for run in runs {
         sources.push(match run {
-            BilledRun::Memory(rows) => Source::Memory(rows.iter()),
-            BilledRun::File(path, rows) => Source::File(RunReader::open(path, *rows)?),
+            Run::Memory(rows) => Source::Memory(rows.iter()),
+            Run::File(path, rows) => Source::File(RunReader::open(path, *rows)?),
         });
     }
     // One run (a whole run): its rows are already in order.
@@ -151,12 +182,12 @@ pub fn for_each_chunk(
     let mut batch = Vec::with_capacity(chunk);
     let mut written = 0u64;
     while let Some(Head { row, source }) = heap.pop() {
-        let account = row.account_id.clone();
+        let account = row.account().to_string();
         batch.push(row);
         // The rest of this account comes from the same source: take it in one go.
         loop {
             match sources[source].next_row()? {
-                Some(next) if next.account_id == account => batch.push(next),
+                Some(next) if next.account() == account => batch.push(next),
                 Some(next) => {
                     heap.push(Head { row: next, source });
                     break;
@@ -199,7 +230,7 @@ mod tests {
         let b = vec![row("b", "3"), row("b", "4"), row("d", "6")];
         let runs = vec![
             write_run(&dir.path().join("a.bin"), &a).unwrap(),
-            BilledRun::Memory(b),
+            Run::Memory(b),
         ];
         let mut chunks: Vec<Vec<String>> = Vec::new();
         let rows = for_each_chunk(&runs, 2, |rows| {
@@ -216,11 +247,15 @@ mod tests {
     #[test]
     fn no_rows_still_give_one_empty_chunk() {
         let mut calls = 0;
-        let rows = for_each_chunk(&[BilledRun::Memory(Vec::new())], 4, |rows| {
-            assert!(rows.is_empty());
-            calls += 1;
-            Ok(())
-        })
+        let rows = for_each_chunk(
+            &[BilledRun::Memory(Vec::new())],
+            4,
+            |rows: &[BilledEventRow]| {
+                assert!(rows.is_empty());
+                calls += 1;
+                Ok(())
+            },
+        )
         .unwrap();
         assert_eq!((rows, calls), (0, 1));
     }

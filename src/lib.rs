@@ -451,7 +451,12 @@ pub(crate) fn write_outputs(dir: &Path, output: &RunOutput, inputs: Vec<FileEntr
     let tables = write::output_tables(output);
     if output.settings.mode == Mode::Close {
         let name = "billed_events.parquet";
-        let rows = write::write_billed_events(&dir.join(name), &output.billed)?;
+        let rows =
+            write::write_streamed(&dir.join(name), &output.billed, write::billed_events_batch)?;
+        outputs.push((name.to_string(), Some(rows)));
+        let name = "invoice_lines.parquet";
+        let rows =
+            write::write_streamed(&dir.join(name), &output.lines, write::invoice_lines_batch)?;
         outputs.push((name.to_string(), Some(rows)));
     }
     for (name, batch) in &tables {

@@ -1,8 +1,8 @@
 //! The whole run, data flowing one way: load → validate → place in window → (per account,
 //! in parallel by bucket) price → consume → reconcile → close → collect. Writing is `write`.
 
-use crate::billed::BilledRun;
-use crate::close::{InvoiceLineRow, InvoiceRow, RenewalRow};
+use crate::billed::{AccountLine, BilledRun, LineRun, Run};
+use crate::close::{InvoiceRow, RenewalRow};
 use crate::engine::{process_account, AccountResult, BalanceRow, RunContext, Totals};
 use crate::error::{Result, TallyError};
 use crate::load::{self, InputFile};
@@ -77,12 +77,13 @@ pub struct RunOutput {
     pub rejects: Vec<Reject>,
     pub balances: Vec<BalanceRow>,
     pub invoices: Vec<InvoiceRow>,
-    pub invoice_lines: Vec<InvoiceLineRow>,
     pub renewals: Vec<RenewalRow>,
     pub allocations_next: Vec<AllocationRow>,
     pub grants_next: Vec<GrantRow>,
     /// `billed_events` (close), as runs merged by account when written.
     pub billed: Vec<BilledRun>,
+    /// `invoice_lines` (close), likewise.
+    pub lines: Vec<LineRun>,
     /// Folders of run files, removed once the run output is dropped.
     pub scratch: Vec<Arc<tempfile::TempDir>>,
     pub totals: Totals,
@@ -117,6 +118,8 @@ pub struct Partial {
     pub outside_entries: u64,
     /// `billed_events` (close), one run per group, each in account order.
     pub billed: Vec<BilledRun>,
+    /// `invoice_lines` (close), likewise.
+    pub lines: Vec<LineRun>,
     /// The folder holding this partial's run files, kept until the outputs are written.
     #[serde(skip)]
     pub scratch: Option<Arc<tempfile::TempDir>>,
@@ -422,28 +425,41 @@ impl Shared<'_> {
         let discrepancy_rows: usize = results.iter().map(|(_, r)| r.discrepancies.len()).sum();
         stage.done(in_window, discrepancy_rows as u64);
         if self.settings.mode == Mode::Close {
-            partial.billed.push(self.billed_run(group, &mut results)?);
+            let (billed, lines) = self.close_runs(group, &mut results)?;
+            partial.billed.push(billed);
+            partial.lines.push(lines);
         }
         partial.results.extend(results);
         Ok(())
     }
 
-    /// Take the group's billed events out of its results, in account order: kept in
-    /// memory for a whole run, written to a run file for a split one.
-    fn billed_run(
+    /// Take the group's billed events and invoice lines out of its results, in account
+    /// order: kept in memory for a whole run, written to run files for a split one.
+    fn close_runs(
         &self,
         group: usize,
         results: &mut [(String, AccountResult)],
-    ) -> Result<BilledRun> {
+    ) -> Result<(BilledRun, LineRun)> {
         results.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        let mut rows = Vec::with_capacity(results.iter().map(|(_, r)| r.billed_events.len()).sum());
-        for (_, r) in results.iter_mut() {
-            rows.append(&mut r.billed_events);
+        let billed_rows = results.iter().map(|(_, r)| r.billed_events.len()).sum();
+        let line_rows = results.iter().map(|(_, r)| r.invoice_lines.len()).sum();
+        let mut billed = Vec::with_capacity(billed_rows);
+        let mut lines = Vec::with_capacity(line_rows);
+        for (account, r) in results.iter_mut() {
+            billed.append(&mut r.billed_events);
             r.billed_events = Vec::new();
+            lines.extend(r.invoice_lines.drain(..).map(|line| AccountLine {
+                account_id: account.clone(),
+                line,
+            }));
+            r.invoice_lines = Vec::new();
         }
         match self.scratch {
-            None => Ok(BilledRun::Memory(rows)),
-            Some(dir) => crate::billed::write_run(&dir.join(format!("billed-{group}.bin")), &rows),
+            None => Ok((Run::Memory(billed), Run::Memory(lines))),
+            Some(dir) => Ok((
+                crate::billed::write_run(&dir.join(format!("billed-{group}.bin")), &billed)?,
+                crate::billed::write_run(&dir.join(format!("lines-{group}.bin")), &lines)?,
+            )),
         }
     }
 }
@@ -461,9 +477,11 @@ pub fn finish(settings: RunSettings, inputs: Inputs, partials: Vec<Partial>) -> 
     let mut rows_read = [0u64; 4];
     let (mut identical, mut outside_usage, mut outside_entries) = (0, 0, 0);
     let mut billed = Vec::new();
+    let mut lines = Vec::new();
     let mut scratch = Vec::new();
     for p in partials {
         billed.extend(p.billed);
+        lines.extend(p.lines);
         scratch.extend(p.scratch);
         results.extend(p.results);
         rejects.extend(p.rejects);
@@ -542,11 +560,11 @@ pub fn finish(settings: RunSettings, inputs: Inputs, partials: Vec<Partial>) -> 
         rejects,
         balances: out.balances,
         invoices: out.invoices,
-        invoice_lines: out.invoice_lines,
         renewals: out.renewals,
         allocations_next: out.allocations_next,
         grants_next: out.grants_next,
         billed,
+        lines,
         scratch,
         totals: out.totals,
     })

@@ -7,7 +7,7 @@
 //! input fingerprint, plus the checksum of `partial.bin`). It is published atomically like
 //! any output folder, so a killed shard leaves either its previous part or nothing.
 
-use crate::billed::BilledRun;
+use crate::billed::Run;
 use crate::error::{Result, TallyError};
 use crate::pipeline::{self, Partial, RunSettings};
 use crate::report::FileEntry;
@@ -35,9 +35,9 @@ pub struct ShardManifest {
     pub data: PathBuf,
     pub inputs: Vec<FileEntry>,
     pub partial_sha256: String,
-    /// The shard's billed-event run files (close), beside `partial.bin`.
+    /// The shard's run files (close: billed events, invoice lines), beside `partial.bin`.
     #[serde(default)]
-    pub billed: Vec<FileEntry>,
+    pub runs: Vec<FileEntry>,
     pub accounts: u64,
 }
 
@@ -110,29 +110,13 @@ fn write_shard(
     shard: u32,
     shards: u32,
 ) -> Result<()> {
-    // Billed-event runs become files of the shard folder, named relative to it.
-    let mut billed = Vec::new();
-    for (k, run) in std::mem::take(&mut partial.billed).into_iter().enumerate() {
-        let name = format!("billed-{k}.bin");
-        let target = dir.join(&name);
-        let rows = run.rows();
-        match run {
-            BilledRun::Memory(rows) => {
-                crate::billed::write_run(&target, &rows)?;
-            }
-            BilledRun::File(path, _) => {
-                std::fs::copy(&path, &target).map_err(|e| TallyError::io(&target, e))?;
-            }
-        }
-        billed.push(FileEntry {
-            sha256: write::sha256_file(&target)?,
-            path: name.clone(),
-            rows: Some(rows),
-        });
-        partial
-            .billed
-            .push(BilledRun::File(PathBuf::from(name), rows));
-    }
+    // Run files (billed events, invoice lines) become files of the shard folder, named
+    // relative to it.
+    let mut runs = Vec::new();
+    let billed = std::mem::take(&mut partial.billed);
+    partial.billed = keep_runs(dir, "billed", billed, &mut runs)?;
+    let lines = std::mem::take(&mut partial.lines);
+    partial.lines = keep_runs(dir, "lines", lines, &mut runs)?;
     let path = dir.join(PARTIAL);
     let file = std::fs::File::create(&path).map_err(|e| TallyError::io(&path, e))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
@@ -153,12 +137,78 @@ fn write_shard(
         data: settings.data.clone(),
         inputs,
         partial_sha256: write::sha256_file(&path)?,
-        billed,
+        runs,
         accounts: partial.results.len() as u64,
     };
     let json = serde_json::to_string_pretty(&manifest)
         .map_err(|e| TallyError::output(SHARD_MANIFEST, e))?;
     write::write_bytes(&dir.join(SHARD_MANIFEST), format!("{json}\n").as_bytes())
+}
+
+/// Write `runs` into the shard folder as `{kind}-{k}.bin`, listing them in `listed`; the
+/// returned runs name the files relative to the folder.
+fn keep_runs<T: crate::billed::Keyed>(
+    dir: &Path,
+    kind: &str,
+    runs: Vec<Run<T>>,
+    listed: &mut Vec<FileEntry>,
+) -> Result<Vec<Run<T>>> {
+    let mut kept = Vec::with_capacity(runs.len());
+    for (k, run) in runs.into_iter().enumerate() {
+        let name = format!("{kind}-{k}.bin");
+        let target = dir.join(&name);
+        let rows = run.rows();
+        match run {
+            Run::Memory(rows) => {
+                crate::billed::write_run(&target, &rows)?;
+            }
+            Run::File(path, _) => {
+                std::fs::copy(&path, &target).map_err(|e| TallyError::io(&target, e))?;
+            }
+        }
+        listed.push(FileEntry {
+            sha256: write::sha256_file(&target)?,
+            path: name.clone(),
+            rows: Some(rows),
+        });
+        kept.push(Run::File(PathBuf::from(name), rows));
+    }
+    Ok(kept)
+}
+
+/// Point a shard's runs at its folder, checking each file against `shard.json`.
+fn locate_runs<T>(
+    folder: &Path,
+    m: &ShardManifest,
+    runs: &mut [Run<T>],
+    refuse: &dyn Fn(String) -> TallyError,
+) -> Result<()> {
+    for run in runs {
+        let Run::File(name, rows) = run else {
+            return Err(refuse("it holds rows outside run files".into()));
+        };
+        let listed = m
+            .runs
+            .iter()
+            .find(|f| Path::new(&f.path) == name.as_path() && f.rows == Some(*rows))
+            .ok_or_else(|| {
+                refuse(format!(
+                    "{} is not listed in {SHARD_MANIFEST}",
+                    name.display()
+                ))
+            })?;
+        let file = folder.join(name.as_path());
+        let sha = write::sha256_file(&file)
+            .map_err(|_| refuse(format!("{} cannot be read", name.display())))?;
+        if sha != listed.sha256 {
+            return Err(refuse(format!(
+                "{} does not match its checksum in {SHARD_MANIFEST}",
+                name.display()
+            )));
+        }
+        *name = file;
+    }
+    Ok(())
 }
 
 /// The shard folders named by `sources`: each is a shard folder (with `shard.json`) or a
@@ -210,7 +260,7 @@ fn run_identity(m: &ShardManifest) -> ShardManifest {
     ShardManifest {
         shard: 0,
         partial_sha256: String::new(),
-        billed: Vec::new(),
+        runs: Vec::new(),
         accounts: 0,
         ..m.clone()
     }
@@ -411,30 +461,7 @@ fn read_partial(folder: &Path, m: &ShardManifest) -> Result<Partial> {
     }
     let mut partial: Partial =
         postcard::from_bytes(&bytes).map_err(|e| refuse(format!("cannot be decoded ({e})")))?;
-    for run in &mut partial.billed {
-        let BilledRun::File(name, rows) = run else {
-            return Err(refuse("it holds billed events outside run files".into()));
-        };
-        let listed = m
-            .billed
-            .iter()
-            .find(|f| Path::new(&f.path) == name.as_path() && f.rows == Some(*rows))
-            .ok_or_else(|| {
-                refuse(format!(
-                    "{} is not listed in {SHARD_MANIFEST}",
-                    name.display()
-                ))
-            })?;
-        let file = folder.join(name.as_path());
-        let sha = write::sha256_file(&file)
-            .map_err(|_| refuse(format!("{} cannot be read", name.display())))?;
-        if sha != listed.sha256 {
-            return Err(refuse(format!(
-                "{} does not match its checksum in {SHARD_MANIFEST}",
-                name.display()
-            )));
-        }
-        *name = file;
-    }
+    locate_runs(folder, m, &mut partial.billed, &refuse)?;
+    locate_runs(folder, m, &mut partial.lines, &refuse)?;
     Ok(partial)
 }

@@ -282,16 +282,18 @@ pub fn invoices_table(out: &RunOutput) -> RecordBatch {
         .finish()
 }
 
-pub fn invoice_lines_table(out: &RunOutput) -> RecordBatch {
-    let rows = &out.invoice_lines;
+pub fn invoice_lines_batch(rows: &[crate::billed::AccountLine]) -> RecordBatch {
     Table::default()
-        .str("invoice_id", rows.iter().map(|r| r.invoice_id.as_str()))
-        .str("product", rows.iter().map(|r| r.product.as_str()))
-        .str("action", rows.iter().map(|r| r.action.as_str()))
-        .opt_str("model", rows.iter().map(|r| r.model.as_deref()))
-        .i64("event_count", rows.iter().map(|r| r.event_count))
-        .credits("quantity", rows.iter().map(|r| r.quantity))
-        .credits("credits", rows.iter().map(|r| r.credits))
+        .str(
+            "invoice_id",
+            rows.iter().map(|r| r.line.invoice_id.as_str()),
+        )
+        .str("product", rows.iter().map(|r| r.line.product.as_str()))
+        .str("action", rows.iter().map(|r| r.line.action.as_str()))
+        .opt_str("model", rows.iter().map(|r| r.line.model.as_deref()))
+        .i64("event_count", rows.iter().map(|r| r.line.event_count))
+        .credits("quantity", rows.iter().map(|r| r.line.quantity))
+        .credits("credits", rows.iter().map(|r| r.line.credits))
         .finish()
 }
 
@@ -368,32 +370,36 @@ pub fn billed_events_batch(rows: &[crate::engine::BilledEventRow]) -> RecordBatc
         .finish()
 }
 
-/// Rows per batch handed to the Parquet writer when streaming `billed_events`.
-const BILLED_CHUNK_ROWS: usize = 1 << 16;
+/// Rows per batch handed to the Parquet writer when streaming a table.
+const STREAM_CHUNK_ROWS: usize = 1 << 16;
 
-/// Stream `billed_events.parquet` from the run's billed-event runs (merged in account
-/// order), never holding more than a chunk and a row group; returns the row count.
+/// Stream a table from its runs (merged in account order), never holding more than a
+/// chunk and a row group; returns the row count. `batch` builds a chunk's Arrow batch.
 ///
 /// Two threads: one merges the runs and builds Arrow batches, the other encodes and
 /// compresses them (each about half of the work).
-pub fn write_billed_events(path: &Path, runs: &[crate::billed::BilledRun]) -> Result<u64> {
-    let mut out = ParquetOut::create(path, billed_events_batch(&[]).schema())?;
+pub fn write_streamed<T: crate::billed::Keyed>(
+    path: &Path,
+    runs: &[crate::billed::Run<T>],
+    batch: fn(&[T]) -> RecordBatch,
+) -> Result<u64> {
+    let mut out = ParquetOut::create(path, batch(&[]).schema())?;
     let (send, receive) = std::sync::mpsc::sync_channel::<RecordBatch>(2);
     let rows = std::thread::scope(|scope| {
         let producer = scope.spawn(move || {
-            crate::billed::for_each_chunk(runs, BILLED_CHUNK_ROWS, |rows| {
+            crate::billed::for_each_chunk(runs, STREAM_CHUNK_ROWS, |rows| {
                 // A closed channel means the writer failed; it reports why.
-                let _ = send.send(billed_events_batch(rows));
+                let _ = send.send(batch(rows));
                 Ok(())
             })
         });
         let mut written = Ok(());
-        for batch in receive {
+        for chunk in receive {
             if written.is_ok() {
-                written = out.write(&batch);
+                written = out.write(&chunk);
             }
         }
-        let rows = producer.join().expect("billed-events producer panicked")?;
+        let rows = producer.join().expect("stream producer panicked")?;
         written.map(|()| rows)
     })?;
     out.finish()?;
@@ -485,11 +491,11 @@ pub fn output_tables(out: &RunOutput) -> Vec<(&'static str, RecordBatch)> {
         Mode::Reconcile => tables.push(("balances.parquet", balances_table(out))),
         Mode::Close => {
             tables.push(("invoices.parquet", invoices_table(out)));
-            tables.push(("invoice_lines.parquet", invoice_lines_table(out)));
+            // invoice_lines.parquet is streamed: `write_streamed`.
             tables.push(("renewals.parquet", renewals_table(out)));
             tables.push(("allocations_next.parquet", allocations_next_table(out)));
             tables.push(("grants_next.parquet", grants_next_table(out)));
-            // billed_events.parquet is streamed: `write_billed_events`.
+            // billed_events.parquet is streamed: `write_streamed`.
         }
     }
     tables
