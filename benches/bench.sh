@@ -289,16 +289,21 @@ bench_size() {
             "$PY" - "$tool" "$BENCH_DIR/logs/$label-tally-$tool-$runs.log" <<'PYEOF'
 import json, sys
 tool, path = sys.argv[1:3]
-stages = []
+# per stage name, in first-seen order: total seconds (and how many times it ran: a run
+# past its memory budget repeats the group stages once per group)
+total, times = {}, {}
 for line in open(path, errors="replace"):
     try:
         f = json.loads(line).get("fields", {})
     except ValueError:
         continue
     if f.get("message") == "stage done":
-        stages.append(f"{f['stage']} {f['duration_ms'] / 1000:.2f} s")
-if stages:
-    print(f"- tally {tool} stages (its JSON log, last run): " + "; ".join(stages))
+        name = f["stage"]
+        total[name] = total.get(name, 0) + f["duration_ms"] / 1000
+        times[name] = times.get(name, 0) + 1
+if total:
+    parts = [f"{n} {t:.2f} s" + (f" ({times[n]}×)" if times[n] > 1 else "") for n, t in total.items()]
+    print(f"- tally {tool} stages (its JSON log, last run): " + "; ".join(parts))
 PYEOF
         done
         # other processes' CPU during the measurements (bench bookkeeping included, a few %)
