@@ -14,14 +14,14 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 TALLY=${TALLY:-tally}
 AS_OF=${AS_OF:-$(date -u +%Y-%m-%dT%H:%M:%SZ)}
 JOB="$HERE/nightly-reconcile.toml"
-OUT="$HERE/../out/nightly-reconcile"
+OUT="$HERE/../out/nightly-reconcile"   # the job file's `out`: shards go to $OUT.shards/
 
 pids=()
 for ((i = 0; i < N; i++)); do
-    "$TALLY" reconcile --job "$JOB" --as-of "$AS_OF" --out "$OUT.shards" --shard "$i/$N" &
+    "$TALLY" reconcile --job "$JOB" --as-of "$AS_OF" --shard "$i/$N" &
     pids+=($!)
 done
 for pid in "${pids[@]}"; do
     wait "$pid" || exit $?
 done
-exec "$TALLY" merge --job "$JOB" --out "$OUT" "$OUT.shards"
+exec "$TALLY" merge --job "$JOB" --out "$OUT"

@@ -74,7 +74,11 @@ pub fn write_run<T: Keyed>(path: &Path, rows: &[T]) -> Result<Run<T>> {
             .and_then(|_| w.write_all(&record))
             .map_err(|e| TallyError::io(path, e))?;
     }
-    w.flush().map_err(|e| TallyError::io(path, e))?;
+    let file = w
+        .into_inner()
+        .map_err(|e| TallyError::io(path, e.into_error()))?;
+    // Run files may be a shard's output: on disk before the shard is published.
+    file.sync_all().map_err(|e| TallyError::io(path, e))?;
     Ok(Run::File(path.to_path_buf(), rows.len() as u64))
 }
 

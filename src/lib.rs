@@ -118,7 +118,7 @@ pub struct JobRequest {
     /// Bucket groups processed one after another (None: sized from the memory budget).
     pub groups: Option<u32>,
     pub memory_budget_bytes: u64,
-    /// `(I, N)`: compute only shard I of N and write it under `out/shard=I/`.
+    /// `(I, N)`: compute only shard I of N and write it under `out.shards/shard=I/`.
     pub shard: Option<(u32, u32)>,
     pub alert: Alert,
     pub progress: Progress,
@@ -367,7 +367,7 @@ pub(crate) fn publish_run(
 }
 
 /// Run `reconcile` or `close` end to end and publish the output folder (or, with a
-/// shard, this shard's part under `out/shard=I/`).
+/// shard, this shard's part under `out.shards/shard=I/`).
 pub fn run_job(req: &JobRequest) -> Result<JobOutcome> {
     if let Some((shard, shards)) = req.shard {
         return shard::run_shard(req, shard, shards);

@@ -95,7 +95,7 @@ struct RunArgs {
     #[arg(long)]
     groups: Option<u32>,
     /// Compute only shard I of N (of the 4096 account partitions, those p with p mod N = I)
-    /// into OUT/shard=I/;
+    /// into OUT.shards/shard=I/;
     /// `tally merge` then publishes OUT. Under a Kubernetes Indexed Job the default is
     /// $JOB_COMPLETION_INDEX/$TALLY_SHARDS.
     #[arg(long, value_name = "I/N")]
@@ -117,8 +117,9 @@ struct CloseArgs {
 
 #[derive(Args, Clone)]
 struct MergeArgs {
-    /// Shard folders (shard=I/), or folders holding them.
-    #[arg(required = true, value_name = "SHARDS")]
+    /// Shard folders (shard=I/), or folders holding them (default: OUT.shards, where
+    /// `--out OUT --shard I/N` writes them).
+    #[arg(value_name = "SHARDS")]
     sources: Vec<PathBuf>,
     /// The output folder; it appears whole or not at all.
     #[arg(long)]
@@ -197,6 +198,11 @@ fn alert_of(job: Option<&JobFile>) -> anyhow::Result<Alert> {
 /// Job's `completions`, which Kubernetes does not expose itself).
 fn shard_from_env() -> anyhow::Result<Option<(u32, u32)>> {
     let Ok(index) = std::env::var("JOB_COMPLETION_INDEX") else {
+        if let Ok(n) = std::env::var("TALLY_SHARDS") {
+            return Err(config_error(format!(
+                "TALLY_SHARDS={n} is set but JOB_COMPLETION_INDEX is not: run it as an Indexed Job (or pass --shard I/N)"
+            )));
+        }
         return Ok(None);
     };
     let shards = std::env::var("TALLY_SHARDS").map_err(|_| {
@@ -283,8 +289,14 @@ fn request(
             ))
         })?,
     };
-    if args.groups == Some(0) {
-        return Err(config_error("--groups must be at least 1".into()));
+    if let Some(g) = args
+        .groups
+        .filter(|g| !(1..=tally::route::MAX_GROUPS).contains(g))
+    {
+        return Err(config_error(format!(
+            "--groups {g} must be in 1..={}",
+            tally::route::MAX_GROUPS
+        )));
     }
     let alert = alert_of(job.as_ref())?;
     let shard = match args.shard {
@@ -348,7 +360,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         JobOutcome::ShardWritten { folder, accounts } => {
             println!(
-                "{}: {} shard written: {accounts} accounts; when all shards are written, publish with `tally merge --out FINAL {out}`",
+                "{}: {} shard written: {accounts} accounts; when all shards are written, publish with `tally merge --out {out}`",
                 folder.display(),
                 mode.name()
             );

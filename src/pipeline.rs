@@ -280,6 +280,8 @@ pub fn compute(
         &usage_spill,
         &|| stage.tick(),
     )?;
+    // Done with the usage spill's writers (and their buffers) before the ledger's.
+    let usage_files = usage_spill.finish()?;
     let debit_spill = SpillFiles::create(spill_dir.path(), Dataset::Debits, layout.groups)?;
     let debits = spill::route_dataset(
         &files[3],
@@ -290,7 +292,6 @@ pub fn compute(
         &debit_spill,
         &|| stage.tick(),
     )?;
-    let usage_files = usage_spill.finish()?;
     let debit_files = debit_spill.finish()?;
     stage.done(
         usage.spilled + debits.spilled,

@@ -1,6 +1,8 @@
-//! Scale-out: `--shard I/N` computes the accounts of shard I (partitions `p mod N = I`) and
-//! writes its part to `OUT/shard=I/`; `tally merge` finishes the parts of all N shards into
-//! one output folder, byte-identical to a run on one machine.
+//! Scale-out: `--out OUT --shard I/N` computes the accounts of shard I (partitions
+//! `p mod N = I`) and writes its part to `OUT.shards/shard=I/`; `tally merge --out OUT`
+//! finishes the parts of all N shards into OUT, byte-identical to a run on one machine.
+//! Shards are given the final folder as `--out` (like a single run), so that a close's
+//! `--history` skips the run's own output the same way whether it is sharded or not.
 //!
 //! A shard folder holds `partial.bin` (the shard's rows before output ordering, postcard)
 //! and `shard.json` (what it was made from: command, as-of, settle, buckets, N, I and the
@@ -41,9 +43,19 @@ pub struct ShardManifest {
     pub accounts: u64,
 }
 
-/// The folder of shard `shard` under `out`.
+/// Where the shards of the run publishing `out` go: `OUT.shards` beside it.
+pub fn shards_root(out: &Path) -> PathBuf {
+    let mut name = out
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "out".into());
+    name.push(".shards");
+    out.with_file_name(name)
+}
+
+/// The folder of shard `shard` of the run publishing `out`.
 pub fn shard_folder(out: &Path, shard: u32) -> PathBuf {
-    out.join(format!("shard={shard}"))
+    shards_root(out).join(format!("shard={shard}"))
 }
 
 /// `I/N` → (I, N), with 0 ≤ I < N ≤ the number of account partitions.
@@ -163,7 +175,9 @@ fn keep_runs<T: crate::billed::Keyed>(
                 crate::billed::write_run(&target, &rows)?;
             }
             Run::File(path, _) => {
-                std::fs::copy(&path, &target).map_err(|e| TallyError::io(&target, e))?;
+                std::fs::copy(&path, &target)
+                    .and_then(|_| std::fs::File::open(&target)?.sync_all())
+                    .map_err(|e| TallyError::io(&target, e))?;
             }
         }
         listed.push(FileEntry {
@@ -310,6 +324,7 @@ fn differences(a: &ShardManifest, b: &ShardManifest) -> String {
 
 /// What `tally merge` needs besides the shard folders.
 pub struct MergeRequest {
+    /// Shard folders or folders holding them (empty: `OUT.shards`).
     pub sources: Vec<PathBuf>,
     pub out: PathBuf,
     /// Overrides the data root recorded by the shards.
@@ -322,7 +337,19 @@ pub struct MergeRequest {
 /// Check that the shard folders are exactly shards 0..N of one run, then finish and
 /// publish the run's outputs to `req.out`.
 pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
-    let folders = shard_folders(&req.sources)?;
+    let sources = if req.sources.is_empty() {
+        vec![shards_root(&req.out)]
+    } else {
+        req.sources.clone()
+    };
+    if let Some(missing) = sources.iter().find(|s| !s.is_dir()) {
+        return Err(TallyError::Refused(format!(
+            "{} does not exist: run the shards first (--out {} --shard I/N)",
+            missing.display(),
+            req.out.display()
+        )));
+    }
+    let folders = shard_folders(&sources)?;
     let stage = req.progress.stage("merge");
     let manifests = folders
         .iter()
@@ -341,6 +368,13 @@ pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
         }
     }
     let n = first.shards;
+    if n == 0 || n > crate::route::PARTITIONS {
+        return Err(TallyError::Refused(format!(
+            "{} claims {n} shards; a run has 1 to {}",
+            folders[0].display(),
+            crate::route::PARTITIONS
+        )));
+    }
     let mut seen: Vec<Option<&PathBuf>> = vec![None; n as usize];
     for (folder, m) in folders.iter().zip(&manifests) {
         let slot = seen.get_mut(m.shard as usize).ok_or_else(|| {
@@ -427,6 +461,16 @@ pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
         return Err(TallyError::Refused(format!(
             "the data root {} no longer holds the files the shards read; merge where the shards ran, or rerun them",
             data.display()
+        )));
+    }
+    // The price book is read again here (currency, file names): it must be the one the
+    // shards priced with.
+    let book_now = write::sha256_file(&inputs.pricebook_path)?;
+    let book_then = first.inputs.iter().find(|f| f.path == "pricebook.toml");
+    if book_then.map(|f| &f.sha256) != Some(&book_now) {
+        return Err(TallyError::Refused(format!(
+            "{} changed since the shards ran; rerun them",
+            inputs.pricebook_path.display()
         )));
     }
     let mut partials = Vec::with_capacity(folders.len());

@@ -45,7 +45,9 @@ fn remove_orphans(tmp: &Path) {
         else {
             continue;
         };
-        if !process_alive(pid) {
+        // Our own pid is not yet in use by a spill folder: one named so is a dead
+        // process's (pids are reused, e.g. pid 1 in containers).
+        if pid == std::process::id() as i32 || !process_alive(pid) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }

@@ -35,23 +35,18 @@ fn run_ok(command: &str, data: &Path, as_of: &str, out: &Path, extra: &[&str]) {
     );
 }
 
-/// Run shards 0..n into `shards`, then merge them into `out`.
-fn shard_and_merge(command: &str, data: &Path, as_of: &str, shards: &Path, out: &Path, n: u32) {
+/// Run shards 0..n of the run publishing `out` (they go to `out.shards/`), then merge
+/// them into `out`: the same `--out` for every step, as in the job files.
+fn shard_and_merge(command: &str, data: &Path, as_of: &str, out: &Path, n: u32) {
     for i in 0..n {
-        run_ok(
-            command,
-            data,
-            as_of,
-            shards,
-            &["--shard", &format!("{i}/{n}")],
-        );
+        run_ok(command, data, as_of, out, &["--shard", &format!("{i}/{n}")]);
     }
-    tally_ok(&[
-        "merge",
-        "--out",
-        out.to_str().unwrap(),
-        shards.to_str().unwrap(),
-    ]);
+    tally_ok(&["merge", "--out", out.to_str().unwrap()]);
+}
+
+/// The folder holding the shard folders of the run publishing `out`.
+fn root(out: &Path) -> PathBuf {
+    tally::shard::shards_root(out)
 }
 
 fn names(files: &[(String, Vec<u8>)]) -> Vec<&str> {
@@ -76,9 +71,9 @@ fn shards_merged_equal_the_single_run_byte_for_byte() {
     run_ok("reconcile", &data, AS_OF, &single, &[]);
     assert!(folder_bytes(&single).len() >= 7);
     for n in [1, 2, 3, 8] {
-        let shards = tmp.path().join(format!("shards-{n}"));
         let merged = tmp.path().join(format!("merged-{n}"));
-        shard_and_merge("reconcile", &data, AS_OF, &shards, &merged, n);
+        shard_and_merge("reconcile", &data, AS_OF, &merged, n);
+        assert!(root(&merged).join(format!("shard={}", n - 1)).is_dir());
         assert_same(&single, &merged, &format!("{n} shards"));
     }
 }
@@ -90,17 +85,11 @@ fn close_shards_merged_equal_the_single_close() {
     generate(&data);
     let single = tmp.path().join("single");
     run_ok("close", &data, CLOSE_AS_OF, &single, &[]);
-    let shards = tmp.path().join("shards");
     let merged = tmp.path().join("merged");
-    shard_and_merge("close", &data, CLOSE_AS_OF, &shards, &merged, 3);
+    shard_and_merge("close", &data, CLOSE_AS_OF, &merged, 3);
     assert_same(&single, &merged, "close, 3 shards");
     // Merging again into the published close is the idempotent no-op of a close.
-    let again = tally_ok(&[
-        "merge",
-        "--out",
-        merged.to_str().unwrap(),
-        shards.to_str().unwrap(),
-    ]);
+    let again = tally_ok(&["merge", "--out", merged.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&again.stdout).contains("already closed"));
 }
 
@@ -184,7 +173,7 @@ fn golden_scenarios_split_into_groups_and_shards_give_the_same_bytes() {
                 "merge",
                 "--out",
                 merged.to_str().unwrap(),
-                shards.to_str().unwrap(),
+                root(&shards).to_str().unwrap(),
             ]);
             assert_same(&single, &merged, &format!("{what} in {n} shards"));
         }
@@ -236,7 +225,7 @@ fn a_killed_shard_rerun_alone_gives_the_same_merge() {
         "merge",
         "--out",
         merged.to_str().unwrap(),
-        shards.to_str().unwrap(),
+        root(&shards).to_str().unwrap(),
     ]);
     assert_same(&single, &merged, "after a killed shard was rerun");
 }
@@ -264,9 +253,11 @@ fn merge_refuses_missing_duplicated_foreign_and_altered_shards() {
     }
     let out = tmp.path().join("out");
     let out_s = out.to_str().unwrap();
-    let shard = |i: u32| shards.join(format!("shard={i}"));
+    let shard = |i: u32| root(&shards).join(format!("shard={i}"));
+    let shards_s = root(&shards);
+    let shards_s = shards_s.to_str().unwrap();
 
-    let e = refused(&["merge", "--out", out_s, shards.to_str().unwrap()]);
+    let e = refused(&["merge", "--out", out_s, shards_s]);
     assert!(e.contains("missing 1 of 3 shards: shard=1"), "{e}");
 
     let e = refused(&[
@@ -292,8 +283,8 @@ fn merge_refuses_missing_duplicated_foreign_and_altered_shards() {
         "merge",
         "--out",
         out_s,
-        shards.to_str().unwrap(),
-        other.join("shard=1").to_str().unwrap(),
+        shards_s,
+        root(&other).join("shard=1").to_str().unwrap(),
     ]);
     assert!(
         e.contains("is a shard of another run") && e.contains("as-of"),
@@ -307,7 +298,7 @@ fn merge_refuses_missing_duplicated_foreign_and_altered_shards() {
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     std::fs::write(&partial, bytes).unwrap();
-    let e = refused(&["merge", "--out", out_s, shards.to_str().unwrap()]);
+    let e = refused(&["merge", "--out", out_s, shards_s]);
     assert!(e.contains("checksum does not match shard.json"), "{e}");
     assert!(!out.exists(), "nothing published by a refused merge");
 }
@@ -324,8 +315,8 @@ fn a_kubernetes_completion_index_selects_the_shard() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(shards.join("shard=1/shard.json").is_file());
-    assert!(!shards.join("shard=0").exists());
+    assert!(root(&shards).join("shard=1/shard.json").is_file());
+    assert!(!root(&shards).join("shard=0").exists());
 
     let out = run_command("reconcile", &data, AS_OF, &shards)
         .env("JOB_COMPLETION_INDEX", "0")
@@ -527,7 +518,7 @@ fn rows_joined_across_accounts_are_routed_exactly_when_split() {
                 "merge",
                 "--out",
                 merged.to_str().unwrap(),
-                shards.to_str().unwrap(),
+                root(&shards).to_str().unwrap(),
             ]);
             assert_same(
                 &single,
@@ -566,8 +557,54 @@ fn billed_events_stream_past_one_chunk_from_group_runs_and_shards() {
     let grouped = tmp.path().join("grouped");
     run_ok("close", &data, CLOSE_AS_OF, &grouped, &["--groups", "7"]);
     assert_same(&single, &grouped, "close in 7 groups");
-    let shards = tmp.path().join("shards");
     let merged = tmp.path().join("merged");
-    shard_and_merge("close", &data, CLOSE_AS_OF, &shards, &merged, 2);
+    shard_and_merge("close", &data, CLOSE_AS_OF, &merged, 2);
     assert_same(&single, &merged, "close in 2 shards");
+}
+
+/// A sharded close with `--history` skips its own final output like a single close does:
+/// closing the same period again is the no-op of a close, not a refusal, and the next
+/// period's sharded close sees the first as history.
+#[test]
+fn sharded_closes_with_history_behave_like_single_closes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    generate(&data);
+    let closes = tmp.path().join("closes");
+    let single_closes = tmp.path().join("single-closes");
+    let history = |dir: &Path| ["--history".to_string(), dir.to_str().unwrap().to_string()];
+    let single = single_closes.join("2026-12-01");
+    let h = history(&single_closes);
+    run_ok("close", &data, CLOSE_AS_OF, &single, &[&h[0], &h[1]]);
+    let merged = closes.join("2026-12-01");
+    let h = history(&closes);
+    for i in 0..2 {
+        run_ok(
+            "close",
+            &data,
+            CLOSE_AS_OF,
+            &merged,
+            &[&h[0], &h[1], "--shard", &format!("{i}/2")],
+        );
+    }
+    tally_ok(&["merge", "--out", merged.to_str().unwrap()]);
+    assert_same(&single, &merged, "sharded close with history");
+    // The same close again, sharded: each shard skips the published close (its own
+    // output), so the merge finds the same inputs and does nothing.
+    for i in 0..2 {
+        run_ok(
+            "close",
+            &data,
+            CLOSE_AS_OF,
+            &merged,
+            &[&h[0], &h[1], "--shard", &format!("{i}/2")],
+        );
+    }
+    let again = tally_ok(&["merge", "--out", merged.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("already closed"),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
+    assert_same(&single, &merged, "unchanged by the repeated close");
 }
