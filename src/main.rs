@@ -342,7 +342,13 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     };
     let req = request(args, mode, force, history)?;
     let out = req.out.display().to_string();
-    match tally::run_job(&req)? {
+    let outcome = tally::run_job(&req)?;
+    report(&out, &format!("{} published", mode.name()), mode, outcome)
+}
+
+/// One line on stdout for how a run ended; the exit code (1 when an alert fired).
+fn report(out: &str, published: &str, mode: Mode, outcome: JobOutcome) -> anyhow::Result<u8> {
+    match outcome {
         JobOutcome::AlreadyClosed { alert } => {
             println!("{out}: already closed with the same inputs; nothing to do");
             alert_exit(alert)
@@ -352,10 +358,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             rejects,
             alert,
         } => {
-            println!(
-                "{out}: {} published: {discrepancies} discrepancies, {rejects} rejected rows",
-                mode.name()
-            );
+            println!("{out}: {published}: {discrepancies} discrepancies, {rejects} rejected rows");
             alert_exit(alert)
         }
         JobOutcome::ShardWritten { folder, accounts } => {
@@ -384,24 +387,9 @@ fn merge(m: MergeArgs) -> anyhow::Result<u8> {
             interactive: std::io::stderr().is_terminal(),
         },
     };
-    let out = m.out.display();
-    match tally::shard::merge(&req)? {
-        JobOutcome::AlreadyClosed { alert } => {
-            println!("{out}: already closed with the same inputs; nothing to do");
-            alert_exit(alert)
-        }
-        JobOutcome::Published {
-            discrepancies,
-            rejects,
-            alert,
-        } => {
-            println!(
-                "{out}: merged and published: {discrepancies} discrepancies, {rejects} rejected rows"
-            );
-            alert_exit(alert)
-        }
-        JobOutcome::ShardWritten { .. } => Ok(0),
-    }
+    let out = m.out.display().to_string();
+    let outcome = tally::shard::merge(&req)?;
+    report(&out, "merged and published", Mode::Close, outcome)
 }
 
 /// Exit 1 with the alert's line when a threshold was crossed.
