@@ -608,3 +608,147 @@ fn sharded_closes_with_history_behave_like_single_closes() {
     );
     assert_same(&single, &merged, "unchanged by the repeated close");
 }
+
+mod random_roots {
+    //! Random small data roots whose ids collide across accounts in every way: split runs
+    //! (groups, shards) must give the bytes of the whole run.
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    struct Root {
+        accounts: usize,
+        /// (event, account, quantity units (negative = invalid), day, ingested minute, file)
+        usage: Vec<(usize, usize, i64, i64, Option<i64>, usize)>,
+        /// (entry, account, event (≥ pool: none), credits units, day, file)
+        debits: Vec<(usize, usize, usize, i64, i64, usize)>,
+    }
+
+    fn root() -> impl Strategy<Value = Root> {
+        (2usize..8).prop_flat_map(|accounts| {
+            let usage = prop::collection::vec(
+                (
+                    0usize..12,
+                    0..accounts,
+                    -1i64..5,
+                    1i64..19,
+                    prop::option::of(0i64..50),
+                    0usize..3,
+                ),
+                1..30,
+            );
+            let debits = prop::collection::vec(
+                (
+                    0usize..14,
+                    0..accounts,
+                    0usize..14,
+                    0i64..60,
+                    1i64..19,
+                    0usize..2,
+                ),
+                0..30,
+            );
+            (usage, debits).prop_map(move |(usage, debits)| Root {
+                accounts,
+                usage,
+                debits,
+            })
+        })
+    }
+
+    fn write(dir: &Path, r: &Root) {
+        use tally::amount::Milli;
+        use tally::write::{write_parquet, Table};
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::copy(
+            repo().join("fixtures/pricebook.toml"),
+            dir.join("pricebook.toml"),
+        )
+        .unwrap();
+        let accounts: Vec<String> = (0..r.accounts).map(|i| format!("acct_{i}")).collect();
+        let allocations = Table::default()
+            .str("account_id", accounts.iter().map(String::as_str))
+            .str("plan_id", accounts.iter().map(|_| "pro"))
+            .ts(
+                "period_start",
+                accounts.iter().map(|_| t("2026-11-01T00:00:00Z")),
+            )
+            .ts(
+                "period_end",
+                accounts.iter().map(|_| t("2026-12-01T00:00:00Z")),
+            )
+            .credits(
+                "included_credits",
+                accounts.iter().map(|_| Milli::from_units(200)),
+            )
+            .opt_ts("billing_anchor", accounts.iter().map(|_| None))
+            .str("status", accounts.iter().map(|_| "active"))
+            .finish();
+        std::fs::create_dir_all(dir.join("allocations")).unwrap();
+        write_parquet(&dir.join("allocations/part-0.parquet"), &allocations).unwrap();
+        let day = |d: i64| t("2026-11-01T00:00:00Z") + d * 86_400_000_000;
+        for file in 0..3 {
+            let rows: Vec<_> = r.usage.iter().filter(|u| u.5 == file).collect();
+            if rows.is_empty() {
+                continue;
+            }
+            let events: Vec<String> = rows.iter().map(|u| format!("e{}", u.0)).collect();
+            let batch = Table::default()
+                .str("event_id", events.iter().map(String::as_str))
+                .str("account_id", rows.iter().map(|u| accounts[u.1].as_str()))
+                .str("product", rows.iter().map(|_| "studio"))
+                .str("action", rows.iter().map(|_| "prompt_to_video"))
+                .opt_str("model", rows.iter().map(|_| None))
+                .credits("quantity", rows.iter().map(|u| Milli::from_units(u.2)))
+                .str("status", rows.iter().map(|_| "succeeded"))
+                .ts("occurred_at", rows.iter().map(|u| day(u.3)))
+                .opt_ts(
+                    "ingested_at",
+                    rows.iter().map(|u| u.4.map(|m| day(u.3) + m * 60_000_000)),
+                )
+                .finish();
+            std::fs::create_dir_all(dir.join("usage")).unwrap();
+            write_parquet(&dir.join(format!("usage/part-{file}.parquet")), &batch).unwrap();
+        }
+        std::fs::create_dir_all(dir.join("debits")).unwrap();
+        for file in 0..2 {
+            let rows: Vec<_> = r.debits.iter().filter(|d| d.5 == file).collect();
+            let entries: Vec<String> = rows.iter().map(|d| format!("d{}", d.0)).collect();
+            let events: Vec<Option<String>> = rows
+                .iter()
+                .map(|d| (d.2 < 13).then(|| format!("e{}", d.2)))
+                .collect();
+            let batch = Table::default()
+                .str("entry_id", entries.iter().map(String::as_str))
+                .str("account_id", rows.iter().map(|d| accounts[d.1].as_str()))
+                .opt_str("event_id", events.iter().map(|e| e.as_deref()))
+                .str("kind", rows.iter().map(|_| "debit"))
+                .credits("credits", rows.iter().map(|d| Milli::from_units(d.3)))
+                .ts("recorded_at", rows.iter().map(|d| day(d.4)))
+                .finish();
+            write_parquet(&dir.join(format!("debits/part-{file}.parquet")), &batch).unwrap();
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+        #[test]
+        fn split_runs_equal_the_whole_run(r in root()) {
+            let tmp = tempfile::tempdir().unwrap();
+            let data = tmp.path().join("data");
+            write(&data, &r);
+            for command in ["reconcile", "close"] {
+                let as_of = if command == "close" { CLOSE_AS_OF } else { AS_OF };
+                let whole = tmp.path().join(format!("{command}-whole"));
+                run_ok(command, &data, as_of, &whole, &[]);
+                let grouped = tmp.path().join(format!("{command}-groups"));
+                run_ok(command, &data, as_of, &grouped, &["--groups", "3"]);
+                assert_same(&whole, &grouped, &format!("{command} in 3 groups: {r:?}"));
+                let merged = tmp.path().join(format!("{command}-shards"));
+                shard_and_merge(command, &data, as_of, &merged, 2);
+                assert_same(&whole, &merged, &format!("{command} in 2 shards: {r:?}"));
+            }
+        }
+    }
+}
