@@ -203,22 +203,37 @@ fn join_on_event_id(events: &[UsageRow], debits: &[DebitRow]) -> Vec<u32> {
         .filter_map(|(i, d)| d.event_id.as_deref().map(|id| (id_hash(id), i as u32)))
         .collect();
     right.par_sort_unstable();
+    // Merge the two sorted sides in parallel: each chunk of entries finds its start in the
+    // events by binary search, then walks forward.
+    let chunk = right
+        .len()
+        .div_ceil(rayon::current_num_threads() * 4)
+        .max(1);
+    let left: &[(u64, u32)] = &left;
+    let matches: Vec<(u32, u32)> = right
+        .par_chunks(chunk)
+        .flat_map_iter(|part| {
+            let mut l = left.partition_point(|x| x.0 < part[0].0);
+            part.iter().filter_map(move |&(hash, entry)| {
+                while l < left.len() && left[l].0 < hash {
+                    l += 1;
+                }
+                let id = debits[entry as usize]
+                    .event_id
+                    .as_deref()
+                    .unwrap_or_default();
+                left[l..]
+                    .iter()
+                    .take_while(|&&(h, _)| h == hash)
+                    .map(|&(_, e)| e)
+                    .find(|&e| events[e as usize].event_id == id)
+                    .map(|e| (entry, e))
+            })
+        })
+        .collect();
     let mut found = vec![NO_EVENT; debits.len()];
-    let mut l = 0;
-    for &(hash, entry) in &right {
-        while l < left.len() && left[l].0 < hash {
-            l += 1;
-        }
-        let id = debits[entry as usize]
-            .event_id
-            .as_deref()
-            .unwrap_or_default();
-        found[entry as usize] = left[l..]
-            .iter()
-            .take_while(|&&(h, _)| h == hash)
-            .map(|&(_, e)| e)
-            .find(|&e| events[e as usize].event_id == id)
-            .unwrap_or(NO_EVENT);
+    for (entry, event) in matches {
+        found[entry as usize] = event;
     }
     found
 }
