@@ -4,19 +4,22 @@
 
 use crate::error::{Result, TallyError};
 use crate::time::Micros;
+use crate::validate::FastHash;
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::TimestampMicrosecondType;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use std::collections::HashSet;
-use std::path::Path;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 
 /// What earlier closes under a history folder did.
 #[derive(Clone, Debug, Default)]
 pub struct History {
-    /// (account_id, period_start) of every closed account-period.
-    pub closed: HashSet<(String, Micros)>,
-    /// Every event_id billed on an earlier invoice.
-    pub billed: HashSet<String>,
+    /// account_id → period_start of every closed account-period.
+    pub closed: HashMap<String, Vec<Micros>, FastHash>,
+    /// The `billed_events.parquet` of every earlier close. They are read for the events a
+    /// run may find late only ([`History::billed_among`]): a month of billed events would
+    /// not fit a memory budget.
+    pub billed_files: Vec<PathBuf>,
     /// The earlier close folders read: (name under the history folder, its manifest.json).
     pub folders: Vec<(String, std::path::PathBuf)>,
 }
@@ -26,7 +29,32 @@ impl History {
         !self.closed.is_empty()
             && self
                 .closed
-                .contains(&(account_id.to_string(), period_start))
+                .get(account_id)
+                .is_some_and(|starts| starts.contains(&period_start))
+    }
+
+    /// The ids among `wanted` that an earlier close billed.
+    pub fn billed_among(
+        &self,
+        wanted: &HashSet<String, FastHash>,
+    ) -> Result<HashSet<String, FastHash>> {
+        let mut billed = HashSet::default();
+        if wanted.is_empty() {
+            return Ok(billed);
+        }
+        for file in &self.billed_files {
+            read_columns(file, &mut |batch| {
+                let events = column(batch, "event_id", file)?.as_string::<i32>();
+                for i in 0..batch.num_rows() {
+                    let id = events.value(i);
+                    if wanted.contains(id) {
+                        billed.insert(id.to_string());
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        Ok(billed)
     }
 }
 
@@ -44,6 +72,19 @@ fn read_columns(
     for batch in reader {
         let batch = batch.map_err(|e| TallyError::input(&name, format!("cannot read: {e}")))?;
         each(&batch)?;
+    }
+    Ok(())
+}
+
+/// A readable Parquet file with an `event_id` column.
+fn check_billed(path: &Path) -> Result<()> {
+    let name = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|e| TallyError::io(path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
+        TallyError::input(&name, format!("not a readable earlier close output: {e}"))
+    })?;
+    if builder.schema().index_of("event_id").is_err() {
+        return Err(TallyError::input(name, "missing column `event_id`"));
     }
     Ok(())
 }
@@ -107,18 +148,17 @@ pub fn load(dir: &Path, exclude: &Path) -> Result<History> {
             for i in 0..batch.num_rows() {
                 history
                     .closed
-                    .insert((accounts.value(i).to_string(), starts.value(i)));
+                    .entry(accounts.value(i).to_string())
+                    .or_default()
+                    .push(starts.value(i));
             }
             Ok(())
         })?;
+        // Checked now (a missing or unreadable file is named before the run starts), read
+        // later for the ids that need it.
         let billed = folder.join("billed_events.parquet");
-        read_columns(&billed, &mut |batch| {
-            let events = column(batch, "event_id", &billed)?.as_string::<i32>();
-            for i in 0..batch.num_rows() {
-                history.billed.insert(events.value(i).to_string());
-            }
-            Ok(())
-        })?;
+        check_billed(&billed)?;
+        history.billed_files.push(billed);
     }
     Ok(history)
 }

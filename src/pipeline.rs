@@ -15,6 +15,7 @@ use crate::time::Micros;
 use crate::window::{self, AccountWork};
 use crate::{validate, Progress};
 use rayon::prelude::*;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -229,8 +230,13 @@ pub fn compute(
         mode: settings.mode,
         settle_from: settings.as_of.saturating_sub(settings.settle_micros),
     };
+    let history = &settings.history;
+    let may_be_late =
+        |account: &str, t: Micros| window::in_closed_period(&allocations, history, account, t);
+    let no_billed = HashSet::default();
     let mut shared = Shared {
         scratch: None,
+        billed: &no_billed,
         settings,
         ctx: &ctx,
         layout,
@@ -256,13 +262,25 @@ pub fn compute(
         stage.done(usage_read + debit_read, (usage.len() + debits.len()) as u64);
         partial.rows_read[Dataset::Usage as usize] = usage_read;
         partial.rows_read[Dataset::Debits as usize] = debit_read;
+        let wanted = usage
+            .iter()
+            .filter(|u| may_be_late(&u.account_id, u.occurred_at))
+            .map(|u| u.event_id.clone())
+            .collect();
+        let billed = history.billed_among(&wanted)?;
+        shared.billed = &billed;
         shared.process_group(0, usage, debits, &mut partial, progress)?;
         return Ok(partial);
     }
 
     // Split: find the rows whose partition an id join decides, spill the others by group.
     let stage = progress.stage("route");
-    let cross = crate::route::find_cross_bucket(&files[0], &files[3], layout)?;
+    let late_check: Option<crate::route::LateCheck<'_>> =
+        (!history.closed.is_empty()).then_some(&may_be_late as _);
+    let (cross, wanted) =
+        crate::route::find_cross_bucket(&files[0], &files[3], layout, late_check)?;
+    let billed = history.billed_among(&wanted)?;
+    shared.billed = &billed;
     let (cross_events, cross_entries) = cross.counts();
     stage.done(cross_events as u64, cross_entries as u64);
 
@@ -350,6 +368,8 @@ fn append_in_order<T>(rows: &mut Vec<T>, extra: Vec<T>, at: impl Fn(&T) -> RowRe
 /// What every group of a run shares.
 struct Shared<'a> {
     settings: &'a RunSettings,
+    /// Events earlier closes billed, among those this run may find late.
+    billed: &'a HashSet<String, crate::validate::FastHash>,
     /// Where a split run writes its billed-event runs (None: a whole run keeps them).
     scratch: Option<&'a Path>,
     ctx: &'a RunContext<'a>,
@@ -395,6 +415,7 @@ impl Shared<'_> {
                 mode: self.settings.mode,
                 as_of: self.settings.as_of,
                 history: &self.settings.history,
+                billed: self.billed,
                 owns: &owns_here,
             },
             self.allocations,

@@ -129,6 +129,12 @@ const fn light(name: &'static str, required: bool) -> ColSpec {
     load::col(name, ColType::Str, required)
 }
 const USAGE_IDS: [ColSpec; 2] = [light("event_id", true), light("account_id", true)];
+/// With `occurred_at`, when a close reads earlier closes (late events).
+const USAGE_IDS_AT: [ColSpec; 3] = [
+    light("event_id", true),
+    light("account_id", true),
+    load::col("occurred_at", ColType::Timestamp, true),
+];
 const DEBIT_IDS: [ColSpec; 3] = [
     light("entry_id", true),
     light("account_id", true),
@@ -156,12 +162,18 @@ fn concat(parts: Vec<Vec<u64>>) -> Vec<u64> {
     all
 }
 
-/// The light pass: read only the id and account columns (8 bytes kept per row).
+/// Tells whether an event of an account at an instant may be late (in a closed period).
+pub type LateCheck<'a> = &'a (dyn Fn(&str, crate::time::Micros) -> bool + Sync);
+
+/// The light pass: read only the id and account columns (8 bytes kept per row). With
+/// `late`, also `occurred_at`, returning the ids of events that may be late.
 pub fn find_cross_bucket(
     usage: &[InputFile],
     debits: &[InputFile],
     layout: &Layout,
-) -> Result<CrossBucket> {
+    late: Option<LateCheck<'_>>,
+) -> Result<(CrossBucket, HashSet<String, FastHash>)> {
+    let late_ids = std::sync::Mutex::new(HashSet::<String, FastHash>::default());
     // Round 1: event ids over usage and ledger rows, with the row's own partition.
     let event_keys = |batch: &Batch, id_col: usize, out: &mut Vec<u64>| {
         for row in 0..batch.len {
@@ -172,8 +184,30 @@ pub fn find_cross_bucket(
             }
         }
     };
-    let mut parts = load::map_files(usage, &USAGE_IDS, &|_, batch, out| {
-        event_keys(batch, 0, out)
+    let usage_specs: &[ColSpec] = if late.is_some() {
+        &USAGE_IDS_AT
+    } else {
+        &USAGE_IDS
+    };
+    let mut parts = load::map_files(usage, usage_specs, &|_, batch, out| {
+        event_keys(batch, 0, out);
+        if let Some(late) = late {
+            for row in 0..batch.len {
+                let (Some(id), Some(account), Some(Ok(t))) = (
+                    batch.columns[0].str(row),
+                    batch.columns[1].str(row),
+                    batch.columns[2].micros(row),
+                ) else {
+                    continue;
+                };
+                if late(account, t) {
+                    late_ids
+                        .lock()
+                        .expect("late ids lock")
+                        .insert(id.to_string());
+                }
+            }
+        }
     })?;
     parts.extend(load::map_files(debits, &DEBIT_IDS, &|_, batch, out| {
         event_keys(batch, 2, out)
@@ -203,10 +237,13 @@ pub fn find_cross_bucket(
         }
     })?;
     let entries = mixed_ids(concat(parts));
-    Ok(CrossBucket {
-        events: found.events,
-        entries,
-    })
+    Ok((
+        CrossBucket {
+            events: found.events,
+            entries,
+        },
+        late_ids.into_inner().expect("late ids lock"),
+    ))
 }
 
 /// Where each candidate goes: the destination partition of every candidate row (same order

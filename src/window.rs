@@ -7,7 +7,7 @@ use crate::model::*;
 use crate::time::{format_instant, Micros};
 use crate::validate::{Allocations, Deduped, FastHash};
 use rayon::prelude::*;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// 64-bit hash of an id for sorted-index joins (equal ids are always compared as strings).
 fn id_hash(id: &str) -> u64 {
@@ -160,9 +160,10 @@ fn place_late(
     covered: &Covered<'_>,
     accounts: &[AccountWork],
     history: &History,
+    billed: &HashSet<String, FastHash>,
     usage: &UsageRow,
 ) -> Option<Placement> {
-    if history.closed.is_empty() || history.billed.contains(&usage.event_id) {
+    if history.closed.is_empty() || billed.contains(&usage.event_id) {
         return None;
     }
     let allocs = allocations.get(&*usage.account_id)?;
@@ -178,11 +179,28 @@ fn place_late(
     Some(Placement::Late(*account, period, closed.period_start))
 }
 
+/// Whether `t` falls in an account-period an earlier close closed: an event there may be
+/// late (a superset: the run decides with the winning copy's account).
+pub fn in_closed_period(
+    allocations: &Allocations,
+    history: &History,
+    account_id: &str,
+    t: Micros,
+) -> bool {
+    !history.closed.is_empty()
+        && allocations.get(account_id).is_some_and(|allocs| {
+            containing(allocs, t)
+                .is_some_and(|i| history.is_closed(account_id, allocs[i].period_start))
+        })
+}
+
 /// Which periods a run covers: its mode, as-of, and the periods earlier closes closed.
 pub struct RunWindow<'a> {
     pub mode: Mode,
     pub as_of: Micros,
     pub history: &'a History,
+    /// Events an earlier close billed, among those this run may find late.
+    pub billed: &'a HashSet<String, FastHash>,
     /// Whether an account is processed here (its bucket is in this group and shard).
     pub owns: &'a (dyn Fn(&str) -> bool + Sync),
 }
@@ -250,6 +268,7 @@ pub fn place(
         mode,
         as_of,
         history,
+        billed,
         owns,
     } = window;
     let (mut accounts, covered) = covered_periods(mode, as_of, allocations, history, owns);
@@ -265,7 +284,9 @@ pub fn place(
             let placement =
                 place_instant(allocations, &covered, &usage.account_id, usage.occurred_at);
             if matches!(placement, Placement::Outside) {
-                if let Some(late) = place_late(allocations, &covered, &accounts, history, usage) {
+                if let Some(late) =
+                    place_late(allocations, &covered, &accounts, history, billed, usage)
+                {
                     return late;
                 }
             }

@@ -311,6 +311,17 @@ fn close_outputs_are_deterministic() {
 /// bills it on the account's next invoice as a prior-period line.
 #[test]
 fn late_events_are_reported_and_billed_on_the_next_invoice() {
+    late_events(&[]);
+}
+
+/// The same in a split run (2 groups: the light pass finds the events that may be late and
+/// reads the earlier closes' billed events for those only).
+#[test]
+fn late_events_are_found_the_same_way_in_a_split_run() {
+    late_events(&["--groups", "2"]);
+}
+
+fn late_events(extra: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("data");
     first_root(&root);
@@ -327,17 +338,23 @@ fn late_events_are_reported_and_billed_on_the_next_invoice() {
     write_parquet(&root.join("allocations/part-1.parquet"), &dec).unwrap();
     let closes = tmp.path().join("closes");
     let close = |as_of: &str, name: &str| {
-        tally(&[
+        let out = closes.join(name);
+        let args = [
             "close",
             "--data",
             root.to_str().unwrap(),
             "--as-of",
             as_of,
             "--out",
-            closes.join(name).to_str().unwrap(),
+            out.to_str().unwrap(),
             "--history",
             closes.to_str().unwrap(),
-        ])
+        ]
+        .iter()
+        .chain(extra)
+        .copied()
+        .collect::<Vec<_>>();
+        tally(&args)
     };
     assert!(close("2026-12-01T00:00:00Z", "2026-12-01").status.success());
 
