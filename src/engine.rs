@@ -12,6 +12,7 @@ use crate::pricebook::{Overage, PriceBook};
 use crate::reconcile::{self, DiscrepancyRow, Kind};
 use crate::time::Micros;
 use crate::window::{AccountWork, PeriodWork};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 /// Settings shared by every account of a run.
@@ -229,7 +230,12 @@ fn process_period(
     };
     let mut recorded_period = Milli::ZERO;
     let mut credits_used = Milli::ZERO;
-    let mut lines: BTreeMap<close::LineKey, close::LineTotals> = BTreeMap::new();
+    // Keys borrow the events' strings (a late event's product gets its prefix): no
+    // allocation per event; owned once per line below.
+    type BorrowedKey<'e> = (Cow<'e, str>, &'e str, (bool, Option<&'e str>));
+    let mut borrowed_lines: BTreeMap<BorrowedKey<'_>, close::LineTotals> = BTreeMap::new();
+    let invoice_id =
+        (ctx.mode == Mode::Close).then(|| close::invoice_id(&alloc.account_id, alloc.period_start));
     for (i, event) in period.events.iter().enumerate() {
         let price = prices[i];
         let verdict = reconcile::classify(&event.usage, price, &event.entries, ctx.settle_from)?;
@@ -244,23 +250,21 @@ fn process_period(
         if let (Price::Charged(credits), Mode::Close) = (price, ctx.mode) {
             let u = &event.usage;
             result.billed_events.push(BilledEventRow {
-                invoice_id: close::invoice_id(&alloc.account_id, alloc.period_start),
+                invoice_id: invoice_id.clone().unwrap_or_default(),
                 event_id: u.event_id.clone(),
                 account_id: u.account_id.to_string(),
                 occurred_at: u.occurred_at,
                 credits,
             });
             // A late event is billed as a prior-period adjustment line.
-            let product = match event.late_from {
-                Some(_) => format!("{PRIOR_PERIOD_PREFIX}{}", u.product),
-                None => u.product.to_string(),
+            let product: Cow<'_, str> = match event.late_from {
+                Some(_) => Cow::Owned(format!("{PRIOR_PERIOD_PREFIX}{}", u.product)),
+                None => Cow::Borrowed(&u.product),
             };
-            let key = (
-                product,
-                u.action.to_string(),
-                (u.model.is_none(), u.model.as_deref().map(str::to_string)),
-            );
-            let line = lines.entry(key).or_insert((0, Milli::ZERO, Milli::ZERO));
+            let key = (product, &*u.action, (u.model.is_none(), u.model.as_deref()));
+            let line = borrowed_lines
+                .entry(key)
+                .or_insert((0, Milli::ZERO, Milli::ZERO));
             line.0 += 1;
             line.1 = line.1.checked_add(u.quantity)?;
             line.2 = line.2.checked_add(credits)?;
@@ -322,6 +326,20 @@ fn process_period(
     totals.overage_credits = consumption.overage;
     totals.remaining_credits = remaining;
 
+    // Same order: the owned keys compare as the borrowed ones did.
+    let lines: BTreeMap<close::LineKey, close::LineTotals> = borrowed_lines
+        .into_iter()
+        .map(|((product, action, (no_model, model)), totals)| {
+            (
+                (
+                    product.into_owned(),
+                    action.to_string(),
+                    (no_model, model.map(str::to_string)),
+                ),
+                totals,
+            )
+        })
+        .collect();
     let closed = match ctx.mode {
         Mode::Reconcile => {
             result.balances.push(BalanceRow {
