@@ -7,7 +7,6 @@
 //! then an atomic rename). The binary in `main.rs` is a thin clap layer over [`run_job`].
 
 pub mod amount;
-pub mod billed;
 pub mod close;
 pub mod consume;
 pub mod engine;
@@ -24,6 +23,7 @@ pub mod progress;
 pub mod reconcile;
 pub mod report;
 pub mod route;
+pub mod runs;
 pub mod shard;
 pub mod spill;
 pub mod summary;
@@ -203,19 +203,26 @@ fn describe_changes(old: &Manifest, req: &JobRequest, inputs: &[FileEntry]) -> O
     if old.settings.settle_seconds != req.settle_micros / 1_000_000 {
         changes.push(format!("settle was {}s", old.settings.settle_seconds));
     }
-    for f in inputs {
-        match old.inputs.iter().find(|o| o.path == f.path) {
+    changes.extend(input_changes(&old.inputs, inputs));
+    (!changes.is_empty()).then(|| changes.join(", "))
+}
+
+/// How the input files `new` differ from `old`: "X is new", "X changed", "X is gone".
+pub(crate) fn input_changes(old: &[FileEntry], new: &[FileEntry]) -> Vec<String> {
+    let mut changes = Vec::new();
+    for f in new {
+        match old.iter().find(|o| o.path == f.path) {
             None => changes.push(format!("{} is new", f.path)),
             Some(o) if o.sha256 != f.sha256 => changes.push(format!("{} changed", f.path)),
             Some(_) => {}
         }
     }
-    for o in &old.inputs {
-        if !inputs.iter().any(|f| f.path == o.path) {
+    for o in old {
+        if !new.iter().any(|f| f.path == o.path) {
             changes.push(format!("{} is gone", o.path));
         }
     }
-    (!changes.is_empty()).then(|| changes.join(", "))
+    changes
 }
 
 /// Holds an exclusive lock beside the output folder for the whole run, so that two runs

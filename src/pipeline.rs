@@ -1,7 +1,6 @@
 //! The whole run, data flowing one way: load → validate → place in window → (per account,
 //! in parallel by bucket) price → consume → reconcile → close → collect. Writing is `write`.
 
-use crate::billed::{AccountLine, BilledRun, LineRun, Run};
 use crate::close::{InvoiceRow, RenewalRow};
 use crate::engine::{process_account, AccountResult, BalanceRow, RunContext, Totals};
 use crate::error::{Result, TallyError};
@@ -10,6 +9,7 @@ use crate::model::*;
 use crate::pricebook::PriceBook;
 use crate::reconcile::DiscrepancyRow;
 use crate::route::Layout;
+use crate::runs::{AccountLine, BilledRun, LineRun, Run};
 use crate::spill::{self, SpillFiles};
 use crate::time::Micros;
 use crate::window::{self, AccountWork};
@@ -318,18 +318,8 @@ pub fn compute(
 
     let (usage_dest, debit_dest) =
         crate::route::resolve(&usage.candidates, &debits.candidates, layout);
-    let mut usage_extra: Vec<Vec<UsageRow>> = (0..layout.groups).map(|_| Vec::new()).collect();
-    let mut debit_extra: Vec<Vec<DebitRow>> = (0..layout.groups).map(|_| Vec::new()).collect();
-    for (row, partition) in usage.candidates.into_iter().zip(usage_dest) {
-        if layout.owns(partition) {
-            usage_extra[layout.group_of(partition)].push(row);
-        }
-    }
-    for (row, partition) in debits.candidates.into_iter().zip(debit_dest) {
-        if layout.owns(partition) {
-            debit_extra[layout.group_of(partition)].push(row);
-        }
-    }
+    let usage_extra = by_group(usage.candidates, usage_dest, layout);
+    let debit_extra = by_group(debits.candidates, debit_dest, layout);
     partial.rejects.extend(usage.rejects);
     partial.rejects.extend(debits.rejects);
     for r in &partial.rejects {
@@ -353,6 +343,17 @@ pub fn compute(
         shared.process_group(group, usage, debits, &mut partial, progress)?;
     }
     Ok(partial)
+}
+
+/// This shard's candidates by group, from their destination partitions.
+fn by_group<T>(rows: Vec<T>, partitions: Vec<u32>, layout: &Layout) -> Vec<Vec<T>> {
+    let mut groups: Vec<Vec<T>> = (0..layout.groups).map(|_| Vec::new()).collect();
+    for (row, partition) in rows.into_iter().zip(partitions) {
+        if layout.owns(partition) {
+            groups[layout.group_of(partition)].push(row);
+        }
+    }
+    groups
 }
 
 /// Add a few rows to rows already in (file, row) order, keeping the order: the stable
@@ -479,8 +480,8 @@ impl Shared<'_> {
         match self.scratch {
             None => Ok((Run::Memory(billed), Run::Memory(lines))),
             Some(dir) => Ok((
-                crate::billed::write_run(&dir.join(format!("billed-{group}.bin")), &billed)?,
-                crate::billed::write_run(&dir.join(format!("lines-{group}.bin")), &lines)?,
+                crate::runs::write_run(&dir.join(format!("billed-{group}.bin")), &billed)?,
+                crate::runs::write_run(&dir.join(format!("lines-{group}.bin")), &lines)?,
             )),
         }
     }

@@ -18,7 +18,7 @@
 use crate::error::Result;
 use crate::load::{self, Batch, ColSpec, ColType, InputFile};
 use crate::model::{DebitRow, UsageRow};
-use crate::validate::FastHash;
+use crate::validate::{winner_key, FastHash};
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
 
@@ -50,14 +50,6 @@ pub struct Layout {
 }
 
 impl Layout {
-    pub fn whole() -> Layout {
-        Layout {
-            shard: 0,
-            shards: 1,
-            groups: 1,
-        }
-    }
-
     /// More than one group or shard: rows must be routed.
     pub fn is_split(&self) -> bool {
         self.shards > 1 || self.groups > 1
@@ -249,15 +241,13 @@ pub fn find_cross_bucket(
 /// Where each candidate goes: the destination partition of every candidate row (same order
 /// as the inputs). Every shard computes the same answer from the same candidates.
 pub fn resolve(usage: &[UsageRow], debits: &[DebitRow], layout: &Layout) -> (Vec<u32>, Vec<u32>) {
-    // Events: the winner is the copy with the earliest ingested_at (nulls last), then
-    // (file, row): the rule of `validate::dedup_usage`.
+    // Events: the winner by the rule of `validate::dedup_usage`.
     let mut winner: HashMap<&str, &UsageRow, FastHash> = HashMap::default();
     for u in usage {
-        let key = |r: &UsageRow| (r.ingested_at.is_none(), r.ingested_at, r.at);
         winner
             .entry(u.event_id.as_str())
             .and_modify(|w| {
-                if key(u) < key(w) {
+                if winner_key(u) < winner_key(w) {
                     *w = u;
                 }
             })

@@ -9,10 +9,10 @@
 //! input fingerprint, plus the checksum of `partial.bin`). It is published atomically like
 //! any output folder, so a killed shard leaves either its previous part or nothing.
 
-use crate::billed::Run;
 use crate::error::{Result, TallyError};
 use crate::pipeline::{self, Partial, RunSettings};
 use crate::report::FileEntry;
+use crate::runs::Run;
 use crate::{prepare, publish_run, write, JobOutcome, JobRequest};
 use serde::{Deserialize, Serialize};
 use std::io::BufWriter;
@@ -159,7 +159,7 @@ fn write_shard(
 
 /// Write `runs` into the shard folder as `{kind}-{k}.bin`, listing them in `listed`; the
 /// returned runs name the files relative to the folder.
-fn keep_runs<T: crate::billed::Keyed>(
+fn keep_runs<T: crate::runs::Keyed>(
     dir: &Path,
     kind: &str,
     runs: Vec<Run<T>>,
@@ -172,7 +172,7 @@ fn keep_runs<T: crate::billed::Keyed>(
         let rows = run.rows();
         match run {
             Run::Memory(rows) => {
-                crate::billed::write_run(&target, &rows)?;
+                crate::runs::write_run(&target, &rows)?;
             }
             Run::File(path, _) => {
                 std::fs::copy(&path, &target)
@@ -305,19 +305,10 @@ fn differences(a: &ShardManifest, b: &ShardManifest) -> String {
         what.push("data root".to_string());
     }
     if a.inputs != b.inputs {
-        let changed: Vec<&str> = b
-            .inputs
-            .iter()
-            .filter(|f| !a.inputs.contains(f))
-            .map(|f| f.path.as_str())
-            .chain(
-                a.inputs
-                    .iter()
-                    .filter(|f| !b.inputs.iter().any(|g| g.path == f.path))
-                    .map(|f| f.path.as_str()),
-            )
-            .collect();
-        what.push(format!("inputs differ: {}", changed.join(", ")));
+        what.push(format!(
+            "inputs differ: {}",
+            crate::input_changes(&a.inputs, &b.inputs).join(", ")
+        ));
     }
     what.join("; ")
 }

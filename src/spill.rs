@@ -381,17 +381,17 @@ pub fn route_dataset<T: Spillable>(
                 file: index as u32,
                 row: batch.first_row + i as u64,
             };
+            // A valid row's account is its raw `account_id` cell: one hash serves the skip,
+            // the spill and the reject.
+            let partition = layout.raw_partition(batch, i);
             // Another shard's row that cannot be a candidate: not even parsed here.
-            if layout.shards > 1
-                && !layout.owns(layout.raw_partition(batch, i))
-                && !T::raw_candidate(batch, i, cross)
-            {
+            if layout.shards > 1 && !layout.owns(partition) && !T::raw_candidate(batch, i, cross) {
                 continue;
             }
             match parse_row(batch, i, at) {
                 Parsed::Row(row) if row.is_candidate(cross) => out.push(Item::Candidate(row)),
                 Parsed::Row(row) => {
-                    let partition = layout.partition(row.account());
+                    debug_assert_eq!(partition, layout.partition(row.account()));
                     if layout.owns(partition) {
                         let group = layout.group_of(partition);
                         row.encode(&mut encoded[group]);
@@ -400,7 +400,7 @@ pub fn route_dataset<T: Spillable>(
                     }
                 }
                 Parsed::Rejected(reject) => {
-                    if layout.owns(layout.raw_partition(batch, i)) {
+                    if layout.owns(partition) {
                         out.push(Item::Reject(reject));
                     }
                 }

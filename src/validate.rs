@@ -170,6 +170,12 @@ pub fn debits(
     )
 }
 
+/// The order in which copies of an event compete; the least wins: the earliest
+/// `ingested_at` (nulls last), then the first file path, then the first row.
+pub fn winner_key(r: &UsageRow) -> (bool, Option<crate::time::Micros>, RowRef) {
+    (r.ingested_at.is_none(), r.ingested_at, r.at)
+}
+
 /// The result of usage dedup.
 pub struct Deduped {
     /// One row per event_id: the winning copy.
@@ -209,11 +215,7 @@ pub fn dedup_usage(rows: Vec<UsageRow>, files: &[InputFile], rejects: &mut Vec<R
     let mut groups: Vec<Vec<u32>> = copies_of.into_values().collect();
     groups.sort_unstable_by_key(|g| g[0]);
     for mut group in groups {
-        // (ingested_at nulls last, file, row)
-        group.sort_by_key(|&i| {
-            let r = &rows[i as usize];
-            (r.ingested_at.is_none(), r.ingested_at, r.at)
-        });
+        group.sort_by_key(|&i| winner_key(&rows[i as usize]));
         let winner = &rows[group[0] as usize];
         for &loser_index in &group[1..] {
             let loser = &rows[loser_index as usize];

@@ -163,20 +163,33 @@ fn place_late(
     billed: &HashSet<String, FastHash>,
     usage: &UsageRow,
 ) -> Option<Placement> {
-    if history.closed.is_empty() || billed.contains(&usage.event_id) {
+    if billed.contains(&usage.event_id) {
         return None;
     }
-    let allocs = allocations.get(&*usage.account_id)?;
-    let closed = &allocs[containing(allocs, usage.occurred_at)?];
-    if !history.is_closed(&usage.account_id, closed.period_start) {
-        return None;
-    }
+    let closed = closed_period(allocations, history, &usage.account_id, usage.occurred_at)?;
     let (account, _) = covered.get(&*usage.account_id)?;
     let period = accounts[*account]
         .periods
         .iter()
         .position(|p| p.allocation.period_start >= closed.period_end)?;
     Some(Placement::Late(*account, period, closed.period_start))
+}
+
+/// The allocation containing `t`, if an earlier close closed it.
+fn closed_period<'a>(
+    allocations: &'a Allocations,
+    history: &History,
+    account_id: &str,
+    t: Micros,
+) -> Option<&'a AllocationRow> {
+    if history.closed.is_empty() {
+        return None;
+    }
+    let allocs = allocations.get(account_id)?;
+    let alloc = &allocs[containing(allocs, t)?];
+    history
+        .is_closed(account_id, alloc.period_start)
+        .then_some(alloc)
 }
 
 /// Whether `t` falls in an account-period an earlier close closed: an event there may be
@@ -187,11 +200,7 @@ pub fn in_closed_period(
     account_id: &str,
     t: Micros,
 ) -> bool {
-    !history.closed.is_empty()
-        && allocations.get(account_id).is_some_and(|allocs| {
-            containing(allocs, t)
-                .is_some_and(|i| history.is_closed(account_id, allocs[i].period_start))
-        })
+    closed_period(allocations, history, account_id, t).is_some()
 }
 
 /// Which periods a run covers: its mode, as-of, and the periods earlier closes closed.

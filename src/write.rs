@@ -282,7 +282,7 @@ pub fn invoices_table(out: &RunOutput) -> RecordBatch {
         .finish()
 }
 
-pub fn invoice_lines_batch(rows: &[crate::billed::AccountLine]) -> RecordBatch {
+pub fn invoice_lines_batch(rows: &[crate::runs::AccountLine]) -> RecordBatch {
     Table::default()
         .str(
             "invoice_id",
@@ -378,16 +378,16 @@ const STREAM_CHUNK_ROWS: usize = 1 << 16;
 ///
 /// Two threads: one merges the runs and builds Arrow batches, the other encodes and
 /// compresses them (each about half of the work).
-pub fn write_streamed<T: crate::billed::Keyed>(
+pub fn write_streamed<T: crate::runs::Keyed>(
     path: &Path,
-    runs: &[crate::billed::Run<T>],
+    runs: &[crate::runs::Run<T>],
     batch: fn(&[T]) -> RecordBatch,
 ) -> Result<u64> {
     let mut out = ParquetOut::create(path, batch(&[]).schema())?;
     let (send, receive) = std::sync::mpsc::sync_channel::<RecordBatch>(2);
     let rows = std::thread::scope(|scope| {
         let producer = scope.spawn(move || {
-            crate::billed::for_each_chunk(runs, STREAM_CHUNK_ROWS, |rows| {
+            crate::runs::for_each_chunk(runs, STREAM_CHUNK_ROWS, |rows| {
                 // A closed channel means the writer failed; it reports why.
                 let _ = send.send(batch(rows));
                 Ok(())
