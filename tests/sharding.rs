@@ -382,19 +382,17 @@ fn write_debits(path: &Path, rows: &[Debit<'_>]) {
     tally::write::write_parquet(path, &batch).unwrap();
 }
 
-/// Rows whose id joins cross accounts: event copies naming different accounts (the winner
-/// in another file and account), entries naming another account than their event,
-/// repeated entry ids across accounts, an entry whose first copy follows an event of a
-/// third account, an invalid copy that must not win.
-fn cross_account_root(root: &Path) {
+/// A data root with the fixtures' price book and a November `pro` allocation for each of
+/// `acct_0`..`acct_{n-1}`; returns the account ids.
+fn november_root(root: &Path, n: usize) -> Vec<String> {
     use tally::amount::Milli;
-    std::fs::create_dir_all(root).unwrap();
+    std::fs::create_dir_all(root.join("allocations")).unwrap();
     std::fs::copy(
         repo().join("fixtures/pricebook.toml"),
         root.join("pricebook.toml"),
     )
     .unwrap();
-    let accounts: Vec<String> = (0..12).map(|i| format!("acct_{i}")).collect();
+    let accounts: Vec<String> = (0..n).map(|i| format!("acct_{i}")).collect();
     let allocations = tally::write::Table::default()
         .str("account_id", accounts.iter().map(String::as_str))
         .str("plan_id", accounts.iter().map(|_| "pro"))
@@ -413,8 +411,16 @@ fn cross_account_root(root: &Path) {
         .opt_ts("billing_anchor", accounts.iter().map(|_| None))
         .str("status", accounts.iter().map(|_| "active"))
         .finish();
-    std::fs::create_dir_all(root.join("allocations")).unwrap();
     tally::write::write_parquet(&root.join("allocations/part-0.parquet"), &allocations).unwrap();
+    accounts
+}
+
+/// Rows whose id joins cross accounts: event copies naming different accounts (the winner
+/// in another file and account), entries naming another account than their event,
+/// repeated entry ids across accounts, an entry whose first copy follows an event of a
+/// third account, an invalid copy that must not win.
+fn cross_account_root(root: &Path) {
+    let accounts = november_root(root, 12);
     let day = "2026-11-10T00:00:00Z";
     let mut usage0: Vec<Usage<'_>> = vec![
         // x1: the copy of acct_0 is ingested later than acct_5's (in part-1): acct_5 wins.
@@ -657,76 +663,59 @@ mod random_roots {
     }
 
     fn write(dir: &Path, r: &Root) {
-        use tally::amount::Milli;
-        use tally::write::{write_parquet, Table};
-        std::fs::create_dir_all(dir).unwrap();
-        std::fs::copy(
-            repo().join("fixtures/pricebook.toml"),
-            dir.join("pricebook.toml"),
-        )
-        .unwrap();
-        let accounts: Vec<String> = (0..r.accounts).map(|i| format!("acct_{i}")).collect();
-        let allocations = Table::default()
-            .str("account_id", accounts.iter().map(String::as_str))
-            .str("plan_id", accounts.iter().map(|_| "pro"))
-            .ts(
-                "period_start",
-                accounts.iter().map(|_| t("2026-11-01T00:00:00Z")),
-            )
-            .ts(
-                "period_end",
-                accounts.iter().map(|_| t("2026-12-01T00:00:00Z")),
-            )
-            .credits(
-                "included_credits",
-                accounts.iter().map(|_| Milli::from_units(200)),
-            )
-            .opt_ts("billing_anchor", accounts.iter().map(|_| None))
-            .str("status", accounts.iter().map(|_| "active"))
-            .finish();
-        std::fs::create_dir_all(dir.join("allocations")).unwrap();
-        write_parquet(&dir.join("allocations/part-0.parquet"), &allocations).unwrap();
-        let day = |d: i64| t("2026-11-01T00:00:00Z") + d * 86_400_000_000;
+        let accounts = november_root(dir, r.accounts);
+        let at = |day: i64, minute: i64| format!("2026-11-{:02}T00:{minute:02}:00Z", day + 1);
         for file in 0..3 {
             let rows: Vec<_> = r.usage.iter().filter(|u| u.5 == file).collect();
             if rows.is_empty() {
                 continue;
             }
-            let events: Vec<String> = rows.iter().map(|u| format!("e{}", u.0)).collect();
-            let batch = Table::default()
-                .str("event_id", events.iter().map(String::as_str))
-                .str("account_id", rows.iter().map(|u| accounts[u.1].as_str()))
-                .str("product", rows.iter().map(|_| "studio"))
-                .str("action", rows.iter().map(|_| "prompt_to_video"))
-                .opt_str("model", rows.iter().map(|_| None))
-                .credits("quantity", rows.iter().map(|u| Milli::from_units(u.2)))
-                .str("status", rows.iter().map(|_| "succeeded"))
-                .ts("occurred_at", rows.iter().map(|u| day(u.3)))
-                .opt_ts(
-                    "ingested_at",
-                    rows.iter().map(|u| u.4.map(|m| day(u.3) + m * 60_000_000)),
-                )
-                .finish();
-            std::fs::create_dir_all(dir.join("usage")).unwrap();
-            write_parquet(&dir.join(format!("usage/part-{file}.parquet")), &batch).unwrap();
+            let text: Vec<(String, String, Option<String>)> = rows
+                .iter()
+                .map(|u| (format!("e{}", u.0), at(u.3, 0), u.4.map(|m| at(u.3, m))))
+                .collect();
+            let usage: Vec<Usage<'_>> = rows
+                .iter()
+                .zip(&text)
+                .map(|(u, (id, occurred, ingested))| {
+                    (
+                        id.as_str(),
+                        accounts[u.1].as_str(),
+                        u.2,
+                        occurred.as_str(),
+                        ingested.as_deref(),
+                    )
+                })
+                .collect();
+            write_usage(&dir.join(format!("usage/part-{file}.parquet")), &usage);
         }
-        std::fs::create_dir_all(dir.join("debits")).unwrap();
         for file in 0..2 {
             let rows: Vec<_> = r.debits.iter().filter(|d| d.5 == file).collect();
-            let entries: Vec<String> = rows.iter().map(|d| format!("d{}", d.0)).collect();
-            let events: Vec<Option<String>> = rows
+            // Event numbers past the usage pool name no event.
+            let text: Vec<(String, Option<String>, String)> = rows
                 .iter()
-                .map(|d| (d.2 < 13).then(|| format!("e{}", d.2)))
+                .map(|d| {
+                    (
+                        format!("d{}", d.0),
+                        (d.2 < 13).then(|| format!("e{}", d.2)),
+                        at(d.4, 0),
+                    )
+                })
                 .collect();
-            let batch = Table::default()
-                .str("entry_id", entries.iter().map(String::as_str))
-                .str("account_id", rows.iter().map(|d| accounts[d.1].as_str()))
-                .opt_str("event_id", events.iter().map(|e| e.as_deref()))
-                .str("kind", rows.iter().map(|_| "debit"))
-                .credits("credits", rows.iter().map(|d| Milli::from_units(d.3)))
-                .ts("recorded_at", rows.iter().map(|d| day(d.4)))
-                .finish();
-            write_parquet(&dir.join(format!("debits/part-{file}.parquet")), &batch).unwrap();
+            let debits: Vec<Debit<'_>> = rows
+                .iter()
+                .zip(&text)
+                .map(|(d, (id, event, recorded))| {
+                    (
+                        id.as_str(),
+                        accounts[d.1].as_str(),
+                        event.as_deref(),
+                        d.3,
+                        recorded.as_str(),
+                    )
+                })
+                .collect();
+            write_debits(&dir.join(format!("debits/part-{file}.parquet")), &debits);
         }
     }
 
