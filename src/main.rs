@@ -25,7 +25,8 @@ const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 
 /// Keep freed memory for a second before returning it to the OS (mimalloc's default is
 /// 10 ms): a split run frees a group's rows and allocates the next group's at once, and
-/// re-faulting fresh pages cost ~10% of a run. Never returning it (-1) was faster still but
+/// re-faulting fresh pages cost about 10% of a 10M run (single runs by hand; compare with
+/// `MIMALLOC_PURGE_DELAY=10 benches/bench.sh 10m`). Never returning it (-1) was faster but
 /// raised the peak by fragmentation (4.8 GB at 100M events). `MIMALLOC_PURGE_DELAY`
 /// overrides it.
 fn tune_allocator() {
