@@ -49,15 +49,9 @@ fn data_with(name: &str, at: &str) -> TempDir {
 /// `tally reconcile --data <tmp> --as-of .. --out <tmp>/out`.
 fn reconcile(tmp: &TempDir) -> Output {
     let data = tmp.path();
-    tally(&[
-        "reconcile",
-        "--data",
-        data.to_str().unwrap(),
-        "--as-of",
-        AS_OF,
-        "--out",
-        data.join("out").to_str().unwrap(),
-    ])
+    run_command("reconcile", data, AS_OF, &data.join("out"))
+        .output()
+        .expect("tally runs")
 }
 
 /// Exit code 2, exactly `expected` on stderr (one line), nothing on stdout, no output folder

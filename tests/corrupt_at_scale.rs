@@ -1859,15 +1859,9 @@ fn generate(dir: &Path, accounts: u64, events: u64, seed: u64) {
 }
 
 fn reconcile(data: &Path, out: &Path) -> Output {
-    tally(&[
-        "reconcile",
-        "--data",
-        data.to_str().unwrap(),
-        "--as-of",
-        AS_OF,
-        "--out",
-        out.to_str().unwrap(),
-    ])
+    run_command("reconcile", data, AS_OF, out)
+        .output()
+        .expect("tally runs")
 }
 
 fn seed() -> u64 {
