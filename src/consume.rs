@@ -104,9 +104,28 @@ pub struct PeriodConsumption {
 
 /// Consume `pool` (the grants effective at some instant of the period, the plan included)
 /// with `charges` = (occurred_at, credits), already in (occurred_at, event_id) order.
-pub fn consume(
+pub fn consume(pool: Vec<GrantBalance>, charges: &[(Micros, Milli)]) -> Result<PeriodConsumption> {
+    consume_traced(pool, charges, |_| {})
+}
+
+/// One draw of an event on a grant, for `tally explain`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Draw {
+    /// Index into `charges`.
+    pub charge: usize,
+    /// Position of the grant in consumption order (= index into `grants_after`).
+    pub grant: usize,
+    pub taken: Milli,
+    /// What the grant has left after this draw.
+    pub left: Milli,
+}
+
+/// [`consume`], calling `on_draw` for every credit taken from a grant (the same loop: what
+/// `tally explain` shows is what the run computed).
+pub fn consume_traced(
     mut pool: Vec<GrantBalance>,
     charges: &[(Micros, Milli)],
+    mut on_draw: impl FnMut(Draw),
 ) -> Result<PeriodConsumption> {
     pool.sort_by(consumption_order);
     let mut granted = ByKind::default();
@@ -117,10 +136,10 @@ pub fn consume(
     let mut consumed = ByKind::default();
     let mut overage = Milli::ZERO;
     let mut coverage = Vec::with_capacity(charges.len());
-    for &(t, credits) in charges {
+    for (charge, &(t, credits)) in charges.iter().enumerate() {
         let mut need = credits;
         let mut covered = Coverage::default();
-        for g in pool.iter_mut() {
+        for (position, g) in pool.iter_mut().enumerate() {
             if !need.is_positive() {
                 break;
             }
@@ -133,6 +152,12 @@ pub fn consume(
             let k = g.kind.index();
             covered.by_kind[k] = covered.by_kind[k].checked_add(take)?;
             consumed[k] = consumed[k].checked_add(take)?;
+            on_draw(Draw {
+                charge,
+                grant: position,
+                taken: take,
+                left: g.remaining,
+            });
         }
         covered.overage = need;
         overage = overage.checked_add(need)?;

@@ -141,7 +141,43 @@ fn invariant(holds: bool, what: impl FnOnce() -> String) -> Result<()> {
     }
 }
 
+/// What `tally explain` shows of one account-period: the values the run computed, kept
+/// as the run computed them.
+#[derive(Clone, Debug)]
+pub struct PeriodTrace {
+    pub allocation: AllocationRow,
+    /// The period's grants (the plan included) in consumption order, each with its
+    /// credits at the start of the period and what it had left at the end.
+    pub grants: Vec<(GrantBalance, Milli)>,
+    /// Every event of the period in (occurred_at, event_id) order.
+    pub events: Vec<EventTrace>,
+    /// Entries attached to no event, with their discrepancy kind (`None`: a refund).
+    pub unattached: Vec<(DebitRow, Option<Kind>)>,
+}
+
+/// One event as the run saw it.
+#[derive(Clone, Debug)]
+pub struct EventTrace {
+    pub work: crate::window::EventWork,
+    pub price: Price,
+    /// Credits taken from the period's grants (`grant` indexes `PeriodTrace::grants`).
+    pub draws: Vec<consume::Draw>,
+    pub overage: Milli,
+    pub verdict: reconcile::EventVerdict,
+    /// The discrepancy rows written for it, in the order written.
+    pub kinds: Vec<Kind>,
+}
+
 pub fn process_account(ctx: &RunContext<'_>, work: AccountWork) -> Result<AccountResult> {
+    process_account_traced(ctx, work, None)
+}
+
+/// [`process_account`], also recording every period's trace when `trace` is given.
+pub fn process_account_traced(
+    ctx: &RunContext<'_>,
+    work: AccountWork,
+    mut trace: Option<&mut Vec<PeriodTrace>>,
+) -> Result<AccountResult> {
     let mut result = AccountResult::default();
     // Grant balances persist across the account's periods of this run.
     let mut balances: Vec<GrantBalance> = work.grants.iter().map(GrantBalance::from_row).collect();
@@ -153,7 +189,14 @@ pub fn process_account(ctx: &RunContext<'_>, work: AccountWork) -> Result<Accoun
     let mut last_rollover = None;
     let mut last_period_end = None;
     for period in work.periods {
-        let closed = process_period(ctx, period, &mut balances, &slot, &mut result)?;
+        let closed = process_period(
+            ctx,
+            period,
+            &mut balances,
+            &slot,
+            &mut result,
+            trace.as_deref_mut(),
+        )?;
         if let Some(closed) = closed {
             last_period_end = Some(closed.renewal.period_end);
             last_rollover = closed.rollover_grant;
@@ -175,6 +218,7 @@ fn process_period(
     balances: &mut [GrantBalance],
     slot: &HashMap<String, usize, crate::validate::FastHash>,
     result: &mut AccountResult,
+    trace: Option<&mut Vec<PeriodTrace>>,
 ) -> Result<Option<ClosedPeriod>> {
     let alloc = &period.allocation;
     let plan = &ctx.book.plans[&alloc.plan_id];
@@ -211,7 +255,20 @@ fn process_period(
         })
         .collect();
     let charges: Vec<(Micros, Milli)> = charged.iter().map(|&(_, t, c)| (t, c)).collect();
-    let consumption = consume::consume(pool, &charges)?;
+    let mut draws: Vec<consume::Draw> = Vec::new();
+    let consumption = if trace.is_some() {
+        consume::consume_traced(pool, &charges, |d| draws.push(d))?
+    } else {
+        consume::consume(pool, &charges)?
+    };
+    let mut event_traces: Vec<EventTrace> = Vec::new();
+    let mut draws_by_event: Vec<Vec<consume::Draw>> = match trace {
+        Some(_) => vec![Vec::new(); period.events.len()],
+        None => Vec::new(),
+    };
+    for d in &draws {
+        draws_by_event[charged[d.charge].0].push(*d);
+    }
     for g in &consumption.grants_after {
         if let Some(id) = &g.grant_id {
             balances[slot[id]].remaining = g.remaining;
@@ -284,6 +341,17 @@ fn process_period(
         if event.late_from.is_some() {
             kinds.push(Kind::LateEvent);
         }
+        if trace.is_some() {
+            let draws_of_event = std::mem::take(&mut draws_by_event[i]);
+            event_traces.push(EventTrace {
+                work: event.clone(),
+                price,
+                draws: draws_of_event,
+                overage: overage_of[i],
+                verdict: verdict.clone(),
+                kinds: kinds.clone(),
+            });
+        }
         for kind in kinds {
             result.discrepancies.push(reconcile::event_row(
                 kind,
@@ -321,6 +389,26 @@ fn process_period(
     invariant(granted == consumed.checked_add(remaining)?, || {
         format!("{}: granted ≠ consumed + remaining", place())
     })?;
+    if let Some(trace) = trace {
+        let mut grants: Vec<(GrantBalance, Milli)> = consumption
+            .grants_after
+            .iter()
+            .map(|g| (g.clone(), g.remaining))
+            .collect();
+        for d in &draws {
+            grants[d.grant].1 = grants[d.grant].1.checked_add(d.taken)?;
+        }
+        trace.push(PeriodTrace {
+            allocation: alloc.clone(),
+            grants,
+            events: event_traces,
+            unattached: period
+                .unattached
+                .iter()
+                .map(|e| (e.clone(), reconcile::unattached_kind(e)))
+                .collect(),
+        });
+    }
     totals.granted_credits = granted;
     totals.consumed_credits = consumed;
     totals.overage_credits = consumption.overage;

@@ -107,13 +107,18 @@ impl EventStatus {
             .find(|s| *s as u8 == code)
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "succeeded" => Some(EventStatus::Succeeded),
-            "failed" => Some(EventStatus::Failed),
-            "cancelled" => Some(EventStatus::Cancelled),
-            _ => None,
+    pub fn name(self) -> &'static str {
+        match self {
+            EventStatus::Succeeded => "succeeded",
+            EventStatus::Failed => "failed",
+            EventStatus::Cancelled => "cancelled",
         }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Succeeded, Self::Failed, Self::Cancelled]
+            .into_iter()
+            .find(|status| status.name() == s)
     }
 }
 
@@ -281,13 +286,18 @@ impl EntryKind {
             .find(|k| *k as u8 == code)
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "debit" => Some(EntryKind::Debit),
-            "refund" => Some(EntryKind::Refund),
-            "adjustment" => Some(EntryKind::Adjustment),
-            _ => None,
+    pub fn name(self) -> &'static str {
+        match self {
+            EntryKind::Debit => "debit",
+            EntryKind::Refund => "refund",
+            EntryKind::Adjustment => "adjustment",
         }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Debit, Self::Refund, Self::Adjustment]
+            .into_iter()
+            .find(|kind| kind.name() == s)
     }
 }
 

@@ -40,6 +40,8 @@ pub struct RunSettings {
     pub memory_budget_bytes: u64,
     /// Earlier closes (their closed periods and billed events); empty without `--history`.
     pub history: std::sync::Arc<crate::history::History>,
+    /// `tally explain`: keep what the window gave this account (`Partial::traced`).
+    pub trace_account: Option<String>,
 }
 
 /// The bucket of an account: a stable hash (xxh3, seed 0) of its id, modulo `buckets`.
@@ -124,6 +126,18 @@ pub struct Partial {
     /// The folder holding this partial's run files, kept until the outputs are written.
     #[serde(skip)]
     pub scratch: Option<Arc<tempfile::TempDir>>,
+    /// With `RunSettings::trace_account`: that account's inputs as the run placed them.
+    #[serde(skip)]
+    pub traced: Option<Traced>,
+}
+
+/// One account's valid plan rows and grants, and its work in the window (`None`: no
+/// covered period), for `tally explain`.
+#[derive(Clone, Debug, Default)]
+pub struct Traced {
+    pub allocations: Vec<AllocationRow>,
+    pub grants: Vec<GrantRow>,
+    pub work: Option<window::AccountWork>,
 }
 
 /// The price book, input files and settings of a run.
@@ -430,6 +444,20 @@ impl Shared<'_> {
                 "{} events or entries reached group {group} of shard {} but belong to another",
                 outside.misrouted, layout.shard
             )));
+        }
+        if let Some(account) = &self.settings.trace_account {
+            if owns_here(account) {
+                partial.traced = Some(Traced {
+                    allocations: self.allocations.get(account).cloned().unwrap_or_default(),
+                    grants: self
+                        .grants
+                        .iter()
+                        .filter(|g| &g.account_id == account)
+                        .cloned()
+                        .collect(),
+                    work: accounts.iter().find(|w| &w.account_id == account).cloned(),
+                });
+            }
         }
         partial.outside_usage += outside.usage_rows;
         partial.outside_entries += outside.ledger_entries;

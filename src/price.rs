@@ -53,13 +53,39 @@ pub fn price_event(book: &PriceBook, event: &UsageRow) -> Result<Price> {
 /// credits = max(minimum, ceil(quantity / increment) × increment × credits_per_unit),
 /// rounded half-even to 0.001. `None` on overflow.
 pub fn credits_for(rate: &Rate, quantity: Milli) -> Option<Milli> {
+    arithmetic(rate, quantity).map(|a| a.credits)
+}
+
+/// The steps of pricing one quantity, as `tally explain` shows them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Arithmetic {
+    /// ceil(quantity / increment).
+    pub increments: i128,
+    /// increments × increment: the quantity billed.
+    pub billed_quantity: Decimal,
+    /// billed_quantity × credits_per_unit.
+    pub raw_credits: Decimal,
+    /// The minimum decided the charge (raw < minimum).
+    pub minimum_applied: bool,
+    /// max(minimum, raw) rounded half-even to 0.001.
+    pub credits: Milli,
+}
+
+/// Price `quantity` at `rate`, keeping every step. `None` on overflow.
+pub fn arithmetic(rate: &Rate, quantity: Milli) -> Option<Arithmetic> {
     let increments = increments_ceil(quantity, rate.increment)?;
-    let raw = Decimal::from_i128_with_scale(increments, 0)
-        .checked_mul(rate.increment)?
-        .checked_mul(rate.credits_per_unit)?;
-    let charged = raw.max(rate.minimum);
+    let billed_quantity =
+        Decimal::from_i128_with_scale(increments, 0).checked_mul(rate.increment)?;
+    let raw_credits = billed_quantity.checked_mul(rate.credits_per_unit)?;
+    let charged = raw_credits.max(rate.minimum);
     let rounded = charged.round_dp_with_strategy(3, RoundingStrategy::MidpointNearestEven);
-    Milli::from_decimal(rounded)
+    Some(Arithmetic {
+        increments,
+        billed_quantity,
+        raw_credits,
+        minimum_applied: raw_credits < rate.minimum,
+        credits: Milli::from_decimal(rounded)?,
+    })
 }
 
 /// ceil(quantity / increment) in exact integer arithmetic: quantity = q/10^3 and

@@ -40,6 +40,17 @@ pub struct Rate {
     pub effective_from: Micros,
 }
 
+/// The outcome of a rate lookup.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RateChoice<'a> {
+    /// The version in effect (`None`: the event is unpriced).
+    pub rate: Option<&'a Rate>,
+    /// The model's own rate (else the generic rate of the product and action).
+    pub model_specific: bool,
+    /// The event's model has rate rows of its own (none in effect, if not chosen).
+    pub model_key_exists: bool,
+}
+
 /// (product, action, model); `None` is the generic rate of the action.
 pub type RateKey = (String, String, Option<String>);
 
@@ -271,11 +282,33 @@ impl PriceBook {
         model: Option<&str>,
         t: Micros,
     ) -> Option<&Rate> {
-        let rates = self.index.get(product)?.get(action)?;
-        model
-            .and_then(|m| rates.by_model.get(m))
-            .and_then(|versions| in_effect(versions, t))
-            .or_else(|| in_effect(&rates.generic, t))
+        self.choose(product, action, model, t).rate
+    }
+
+    /// The rate for an event and why it was chosen (the lookup `tally explain` reports).
+    pub fn choose(
+        &self,
+        product: &str,
+        action: &str,
+        model: Option<&str>,
+        t: Micros,
+    ) -> RateChoice<'_> {
+        let Some(rates) = self.index.get(product).and_then(|p| p.get(action)) else {
+            return RateChoice::default();
+        };
+        let model_versions = model.and_then(|m| rates.by_model.get(m));
+        if let Some(rate) = model_versions.and_then(|versions| in_effect(versions, t)) {
+            return RateChoice {
+                rate: Some(rate),
+                model_specific: true,
+                model_key_exists: true,
+            };
+        }
+        RateChoice {
+            rate: in_effect(&rates.generic, t),
+            model_specific: false,
+            model_key_exists: model_versions.is_some(),
+        }
     }
 
     /// Convert a major-unit amount to minor units, half-even.
