@@ -11,6 +11,7 @@ pub mod close;
 pub mod consume;
 pub mod engine;
 pub mod error;
+pub mod explain;
 pub mod generate;
 pub mod history;
 pub mod job;
@@ -346,6 +347,7 @@ impl JobRequest {
             buckets: self.buckets,
             groups: self.groups,
             memory_budget_bytes: self.memory_budget_bytes,
+            trace_account: None,
         }
     }
 }

@@ -61,6 +61,9 @@ enum Command {
     /// Combine the shard folders of a sharded run into one output folder, identical to a
     /// run on one machine.
     Merge(MergeArgs),
+    /// Audit trail of one event, ledger entry or account: the rows seen, the rate and
+    /// arithmetic, the grants drawn, the entries and the verdict (as the run computes them).
+    Explain(ExplainArgs),
     /// Benchmark baseline: decode the contract's columns of every input file, nothing else.
     Scan {
         #[arg(long)]
@@ -117,6 +120,45 @@ struct CloseArgs {
 }
 
 #[derive(Args, Clone)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["event", "entry", "account"])))]
+struct ExplainArgs {
+    /// Job file holding data, settle and history (flags override it); a `close` job
+    /// file explains as the close.
+    #[arg(long)]
+    job: Option<PathBuf>,
+    /// Data root, as given to the run being explained.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// The run's instant (RFC 3339), as given to the run being explained.
+    #[arg(long)]
+    as_of: Option<String>,
+    /// The run's settle window (15m, 900s, 1h; default 15m).
+    #[arg(long)]
+    settle: Option<String>,
+    /// Explain as `close --as-of` computes it (default: as `reconcile`).
+    #[arg(long)]
+    close: bool,
+    /// Close only: the --history folder the close read.
+    #[arg(long)]
+    history: Option<PathBuf>,
+    /// Close only: the close's output folder (skipped inside --history, as the close did).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// A usage event_id.
+    #[arg(long)]
+    event: Option<String>,
+    /// A ledger entry_id.
+    #[arg(long)]
+    entry: Option<String>,
+    /// An account_id: its periods, grants, balance timeline and invoices.
+    #[arg(long)]
+    account: Option<String>,
+    /// Print JSON instead of plain words.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Clone)]
 struct MergeArgs {
     /// Shard folders (shard=I/), or folders holding them (default: OUT.shards, where
     /// `--out OUT --shard I/N` writes them).
@@ -151,14 +193,16 @@ struct GenerateArgs {
     discrepancy_rate: f64,
 }
 
-fn init_logging(format: &str) {
+/// `default_level` applies without `TALLY_LOG` (explain logs warnings only: its output is
+/// the answer on stdout).
+fn init_logging(format: &str, default_level: &str) {
     let json = match format {
         "json" => true,
         "human" => false,
         _ => !std::io::stderr().is_terminal(),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -216,6 +260,85 @@ fn shard_from_env() -> anyhow::Result<Option<(u32, u32)>> {
         .map_err(config_error)
 }
 
+/// `--as-of`: an RFC 3339 instant or `now`.
+fn parse_as_of(text: &str) -> anyhow::Result<tally::time::Micros> {
+    if text == "now" {
+        return Ok(chrono::Utc::now().timestamp() * 1_000_000);
+    }
+    tally::time::parse_instant(text).ok_or_else(|| {
+        config_error(format!(
+            "--as-of {text} is not an RFC 3339 instant such as 2026-11-20T00:00:00Z"
+        ))
+    })
+}
+
+/// `--settle` (default 15m).
+fn parse_settle(text: Option<String>) -> anyhow::Result<i64> {
+    let text = text.unwrap_or_else(|| "15m".into());
+    tally::time::parse_duration_micros(&text).ok_or_else(|| {
+        config_error(format!(
+            "--settle {text} is not a duration such as 15m, 900s or 1h"
+        ))
+    })
+}
+
+fn explain(x: ExplainArgs) -> anyhow::Result<u8> {
+    let job = match &x.job {
+        Some(path) => Some(JobFile::load(path)?),
+        None => None,
+    };
+    let close = x.close || job.as_ref().and_then(|j| j.command.as_deref()) == Some("close");
+    let data = x
+        .data
+        .or_else(|| job.as_ref().map(|j| j.data.clone()))
+        .ok_or_else(|| config_error("--data (or a --job file with `data`) is required".into()))?;
+    let as_of_text = x
+        .as_of
+        .or_else(|| job.as_ref().and_then(|j| j.as_of.clone()))
+        .ok_or_else(|| {
+            config_error("--as-of is required: the as-of of the run to explain".into())
+        })?;
+    let target = match (x.event, x.entry, x.account) {
+        (Some(id), _, _) => tally::explain::Target::Event(id),
+        (_, Some(id), _) => tally::explain::Target::Entry(id),
+        (_, _, Some(id)) => tally::explain::Target::Account(id),
+        _ => {
+            return Err(config_error(
+                "one of --event, --entry or --account is required".into(),
+            ))
+        }
+    };
+    let as_of = parse_as_of(&as_of_text)?;
+    let req = tally::explain::ExplainRequest {
+        data,
+        mode: if close { Mode::Close } else { Mode::Reconcile },
+        as_of,
+        settle_micros: parse_settle(
+            x.settle
+                .or_else(|| job.as_ref().and_then(|j| j.settle.clone())),
+        )?,
+        history: x
+            .history
+            .or_else(|| job.as_ref().and_then(|j| j.history.clone())),
+        out: x
+            .out
+            .or_else(|| job.as_ref().map(|j| tally::job::expand_out(&j.out, as_of))),
+        target,
+    };
+    let explanation = tally::explain::explain(&req)?;
+    if x.json {
+        let json = serde_json::to_string_pretty(&explanation)?;
+        println!("{json}");
+    } else {
+        let book = tally::pricebook::PriceBook::load(
+            &req.data.join("pricebook.toml"),
+            &req.data.join("pricebook.toml").display().to_string(),
+        )?;
+        print!("{}", tally::explain::render_text(&explanation, &book));
+    }
+    Ok(0)
+}
+
 fn request(
     args: RunArgs,
     mode: Mode,
@@ -251,24 +374,11 @@ fn request(
         .as_of
         .or_else(|| job.as_ref().and_then(|j| j.as_of.clone()))
         .ok_or_else(|| config_error("--as-of is required (an RFC 3339 instant or `now`)".into()))?;
-    let as_of = if as_of_text == "now" {
-        chrono::Utc::now().timestamp() * 1_000_000
-    } else {
-        tally::time::parse_instant(&as_of_text).ok_or_else(|| {
-            config_error(format!(
-                "--as-of {as_of_text} is not an RFC 3339 instant such as 2026-11-20T00:00:00Z"
-            ))
-        })?
-    };
-    let settle_text = args
-        .settle
-        .or_else(|| job.as_ref().and_then(|j| j.settle.clone()))
-        .unwrap_or_else(|| "15m".into());
-    let settle_micros = tally::time::parse_duration_micros(&settle_text).ok_or_else(|| {
-        config_error(format!(
-            "--settle {settle_text} is not a duration such as 15m, 900s or 1h"
-        ))
-    })?;
+    let as_of = parse_as_of(&as_of_text)?;
+    let settle_micros = parse_settle(
+        args.settle
+            .or_else(|| job.as_ref().and_then(|j| j.settle.clone())),
+    )?;
     let buckets = args
         .buckets
         .or_else(|| job.as_ref().and_then(|j| j.buckets))
@@ -330,6 +440,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Close(c) => (c.run, Mode::Close, c.force, c.history),
         Command::Generate(g) => return generate(g),
         Command::Merge(m) => return merge(m),
+        Command::Explain(x) => return explain(x),
         Command::Scan { data } => {
             let started = std::time::Instant::now();
             let rows = tally::scan(&data)?;
@@ -444,7 +555,11 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    init_logging(&cli.log_format);
+    let level = match cli.command {
+        Command::Explain(_) => "warn",
+        _ => "info",
+    };
+    init_logging(&cli.log_format, level);
     std::panic::set_hook(Box::new(|info| {
         // A decoder panic on corrupt input is caught and reported as an input error.
         if !tally::load::decoding_input() {

@@ -4,6 +4,7 @@ mod bad_data;
 mod close;
 mod common;
 mod corrupt_at_scale;
+mod explain;
 mod generated;
 mod golden;
 mod operations;

@@ -393,6 +393,29 @@ fn late_events(extra: &[&str]) {
         "kind,account_id,event_id,entry_ids,occurred_at,product,action,model,expected_credits,recorded_credits,delta_credits\n\
          late_event,acct_pro,e_late,d_late,2026-11-29T10:00:00Z,captions,chat_edit,,6.000,6.000,0.000\n"
     );
+    // explain, given the close's --history and --out, tells the same story.
+    let explained = tally_ok(&[
+        "explain",
+        "--close",
+        "--data",
+        root.to_str().unwrap(),
+        "--as-of",
+        "2026-12-31T08:00:00Z",
+        "--history",
+        closes.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--event",
+        "e_late",
+        "--json",
+    ]);
+    let x: serde_json::Value = serde_json::from_slice(&explained.stdout).unwrap();
+    let event = &x["event"];
+    assert_eq!(event["placement"], "in_window", "{event}");
+    assert_eq!(event["period"]["period_start"], "2026-12-01T00:00:00Z");
+    assert!(event["late_from"].is_string(), "{event}");
+    assert_eq!(event["verdict"], "matched");
+    assert_eq!(event["discrepancies"][0]["kind"], "late_event");
     let renewals = render(&out.join("renewals.parquet"), &[]);
     assert_eq!(
         renewals.lines().count(),

@@ -1,0 +1,1601 @@
+//! `tally explain`: the audit trail of one event, ledger entry or account, in plain words
+//! and as JSON. It runs the real pipeline for the one account partition involved (the
+//! same routing as a sharded run, so the account's figures are the run's figures) and
+//! asks the engine to keep its working: the rate it chose, the arithmetic, each grant
+//! drawn, the verdict. Nothing here prices or classifies on its own.
+
+use crate::amount::Milli;
+use crate::consume::{Draw, GrantBalance};
+use crate::engine::{self, AccountResult, EventTrace, PeriodTrace, RunContext};
+use crate::error::{Result, TallyError};
+use crate::history::History;
+use crate::load::{self, Batch, ColSpec, InputFile, Parsed};
+use crate::model::*;
+use crate::pipeline::{self, RunSettings, Traced};
+use crate::price::{self, Price};
+use crate::pricebook::{Overage, PriceBook};
+use crate::reconcile::{DiscrepancyRow, Kind};
+use crate::route::{self, Layout};
+use crate::time::{format_instant, Micros};
+use crate::Progress;
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+/// What to explain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Event(String),
+    Entry(String),
+    Account(String),
+}
+
+pub struct ExplainRequest {
+    pub data: PathBuf,
+    pub mode: Mode,
+    pub as_of: Micros,
+    pub settle_micros: i64,
+    /// Earlier close outputs (close only), as the close was given them.
+    pub history: Option<PathBuf>,
+    /// The close's own output folder, skipped in `history` as the close skipped it.
+    pub out: Option<PathBuf>,
+    pub target: Target,
+}
+
+// ---- the explanation (serialized as the `--json` output) --------------------------------
+
+#[derive(Serialize, Debug)]
+pub struct Explanation {
+    pub command: &'static str,
+    pub as_of: String,
+    pub settle_seconds: i64,
+    pub target: TargetView,
+    /// Every usage row carrying the event's id (the event's, or the entry's event's).
+    pub usage_rows: Vec<SeenRow>,
+    /// Every ledger row carrying the entry's id (`--entry`).
+    pub entry_rows: Vec<SeenRow>,
+    pub event: Option<EventExplanation>,
+    pub entry: Option<EntryExplanation>,
+    pub account: Option<AccountExplanation>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct TargetView {
+    pub kind: &'static str,
+    pub id: String,
+}
+
+/// One input row found for the target, and what the run did with it.
+#[derive(Serialize, Debug)]
+pub struct SeenRow {
+    pub file: String,
+    pub row: u64,
+    /// `kept`, `identical_copy` (counted, not used) or `rejected`.
+    pub fate: &'static str,
+    pub reason: Option<&'static str>,
+    pub detail: Option<String>,
+    pub account_id: Option<String>,
+    /// The row's values as read (absent for a row that failed to parse).
+    pub values: Option<String>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct PeriodView {
+    pub plan_id: String,
+    pub period_start: String,
+    pub period_end: String,
+    pub status: &'static str,
+    pub included_credits: Milli,
+}
+
+#[derive(Serialize, Debug)]
+pub struct RateView {
+    pub product: String,
+    pub action: String,
+    /// `None`: the generic rate of the product and action.
+    pub model: Option<String>,
+    pub unit: String,
+    pub credits_per_unit: String,
+    pub increment: String,
+    pub minimum: String,
+    pub effective_from: String,
+    /// Why this row: `model` (the model's own rate), `generic` (the event has no model)
+    /// or `generic_fallback` (the model has no rate in effect).
+    pub choice: &'static str,
+}
+
+#[derive(Serialize, Debug)]
+pub struct ArithmeticView {
+    pub quantity: Milli,
+    pub increments: String,
+    pub billed_quantity: String,
+    pub raw_credits: String,
+    pub minimum_applied: bool,
+    pub credits: Milli,
+}
+
+#[derive(Serialize, Debug)]
+pub struct DrawView {
+    /// `None`: the allocation's plan credits.
+    pub grant_id: Option<String>,
+    pub kind: &'static str,
+    pub taken: Milli,
+    pub left: Milli,
+}
+
+#[derive(Serialize, Debug)]
+pub struct EntryView {
+    pub entry_id: String,
+    pub account_id: String,
+    pub event_id: Option<String>,
+    pub kind: &'static str,
+    pub credits: Milli,
+    pub recorded_at: String,
+    pub file: String,
+    pub row: u64,
+}
+
+/// A discrepancy row exactly as the run writes it.
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct DiscrepancyView {
+    pub kind: &'static str,
+    pub account_id: String,
+    pub event_id: Option<String>,
+    pub entry_ids: Vec<String>,
+    pub occurred_at: Option<String>,
+    pub expected_credits: Option<Milli>,
+    pub recorded_credits: Milli,
+    pub delta_credits: Option<Milli>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct EventExplanation {
+    pub event_id: String,
+    pub account_id: String,
+    pub product: String,
+    pub action: String,
+    pub model: Option<String>,
+    pub quantity: Milli,
+    pub status: &'static str,
+    pub occurred_at: String,
+    /// `in_window`, `no_allocation` or `outside_window`.
+    pub placement: &'static str,
+    pub placement_detail: String,
+    pub period: Option<PeriodView>,
+    /// A late event: the start of the earlier-closed period it occurred in.
+    pub late_from: Option<String>,
+    pub conflicting_copies: bool,
+    pub chargeable: bool,
+    pub rate: Option<RateView>,
+    pub arithmetic: Option<ArithmeticView>,
+    /// `None` for an unpriced event (and outside the window).
+    pub expected_credits: Option<Milli>,
+    pub grants: Vec<DrawView>,
+    pub overage_credits: Milli,
+    pub entries: Vec<EntryView>,
+    pub recorded_credits: Option<Milli>,
+    /// `matched`, `pending`, or the first discrepancy kind that applies.
+    pub verdict: Option<String>,
+    /// The contract's rule behind the verdict, with this event's figures.
+    pub verdict_reason: Option<String>,
+    pub discrepancies: Vec<DiscrepancyView>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct EntryExplanation {
+    pub entry: Option<EntryView>,
+    /// `attached` (see `event`), `unattached`, `no_allocation`, `outside_window`,
+    /// `after_as_of` or `rejected`.
+    pub placement: &'static str,
+    pub placement_detail: String,
+    pub period: Option<PeriodView>,
+    /// For an unattached entry: its discrepancy kind, or `counted` for a refund.
+    pub verdict: Option<String>,
+    pub discrepancies: Vec<DiscrepancyView>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct AllocationView {
+    pub file: String,
+    pub row: u64,
+    pub period: PeriodView,
+    /// Covered by this run (its events are in the window).
+    pub covered: bool,
+}
+
+#[derive(Serialize, Debug)]
+pub struct GrantView {
+    pub grant_id: Option<String>,
+    pub kind: &'static str,
+    pub priority: i64,
+    pub effective_at: String,
+    pub expires_at: Option<String>,
+    pub start_credits: Milli,
+    pub left_credits: Milli,
+}
+
+#[derive(Serialize, Debug)]
+pub struct TimelineRow {
+    pub occurred_at: String,
+    pub event_id: String,
+    pub status: &'static str,
+    pub expected_credits: Option<Milli>,
+    pub draws: Vec<DrawView>,
+    pub overage_credits: Milli,
+    /// Credits left in all of the period's grants after this event.
+    pub balance_after: Milli,
+    pub verdict: String,
+}
+
+#[derive(Serialize, Debug)]
+pub struct BalanceView {
+    pub granted_credits: Milli,
+    pub used_credits: Milli,
+    pub overage_credits: Milli,
+    pub remaining_credits: Milli,
+}
+
+#[derive(Serialize, Debug)]
+pub struct InvoiceView {
+    pub invoice_id: String,
+    pub currency: String,
+    pub plan_price_minor: i64,
+    pub credits_used: Milli,
+    pub overage_credits: Milli,
+    pub overage_amount_minor: i64,
+    pub total_minor: i64,
+    pub recorded_credits: Milli,
+    pub unreconciled_credits: Milli,
+    pub lines: Vec<LineView>,
+    pub rollover_credits: Milli,
+    pub expired_credits: Milli,
+    pub carried_grant_credits: Milli,
+    pub next_period: Option<String>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct LineView {
+    pub product: String,
+    pub action: String,
+    pub model: Option<String>,
+    pub event_count: i64,
+    pub quantity: Milli,
+    pub credits: Milli,
+}
+
+#[derive(Serialize, Debug)]
+pub struct PeriodExplanation {
+    pub period: PeriodView,
+    pub grants: Vec<GrantView>,
+    pub timeline: Vec<TimelineRow>,
+    pub unattached: Vec<EntryView>,
+    /// Reconcile: the account-period's `balances` row.
+    pub balance: Option<BalanceView>,
+    /// Close: the invoice, its lines and the renewal.
+    pub invoice: Option<InvoiceView>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct AccountExplanation {
+    pub account_id: String,
+    pub allocations: Vec<AllocationView>,
+    pub periods: Vec<PeriodExplanation>,
+    pub discrepancies: Vec<DiscrepancyView>,
+}
+
+// ---- finding the rows -------------------------------------------------------------------
+
+/// Every row of `files` whose column `id_col` equals `id`, parsed, in (file, row) order.
+fn rows_with_id<T: Send>(
+    files: &[InputFile],
+    specs: &[ColSpec],
+    id_col: usize,
+    id: &str,
+    parse: &(dyn Fn(&Batch, usize, RowRef) -> Parsed<T> + Sync),
+) -> Result<Vec<(RowRef, Parsed<T>)>> {
+    let per_file = load::map_files(files, specs, &|file, batch, out| {
+        for row in 0..batch.len {
+            if batch.columns[id_col].str(row) == Some(id) {
+                let at = RowRef {
+                    file: file as u32,
+                    row: batch.first_row + row as u64,
+                };
+                out.push((at, parse(batch, row, at)));
+            }
+        }
+    })?;
+    let mut rows: Vec<(RowRef, Parsed<T>)> = per_file.into_iter().flatten().collect();
+    rows.sort_by_key(|(at, _)| *at);
+    Ok(rows)
+}
+
+/// The copies of one event and the winning one (the same winner rule as dedup).
+struct Copies {
+    rows: Vec<(RowRef, Parsed<UsageRow>)>,
+    winner: Option<UsageRow>,
+}
+
+fn copies_of(files: &[InputFile], event_id: &str) -> Result<Copies> {
+    let rows = rows_with_id(files, &load::USAGE_COLUMNS, 0, event_id, &load::parse_usage)?;
+    let winner = rows
+        .iter()
+        .filter_map(|(_, p)| match p {
+            Parsed::Row(u) => Some(u),
+            Parsed::Rejected(_) => None,
+        })
+        .min_by_key(|u| crate::validate::winner_key(u))
+        .cloned();
+    Ok(Copies { rows, winner })
+}
+
+// ---- running the account ----------------------------------------------------------------
+
+/// The run's view of one account: its inputs as placed, the engine's result and trace.
+struct AccountRun {
+    traced: Traced,
+    rejects: Vec<Reject>,
+    result: AccountResult,
+    periods: Vec<PeriodTrace>,
+}
+
+fn run_account(
+    req: &ExplainRequest,
+    inputs: &pipeline::Inputs,
+    account: &str,
+) -> Result<AccountRun> {
+    let history = match (&req.history, req.mode) {
+        (Some(dir), Mode::Close) => {
+            let exclude = req.out.clone().unwrap_or_default();
+            crate::history::load(dir, &exclude)?
+        }
+        _ => History::default(),
+    };
+    let settings = RunSettings {
+        data: req.data.clone(),
+        mode: req.mode,
+        as_of: req.as_of,
+        settle_micros: req.settle_micros,
+        buckets: 1,
+        groups: Some(1),
+        memory_budget_bytes: pipeline::DEFAULT_MEMORY_BUDGET_BYTES,
+        history: std::sync::Arc::new(history),
+        trace_account: Some(account.to_string()),
+    };
+    // Only the account's partition: rows reach it by the same routing as a sharded run.
+    let layout = Layout {
+        shard: route::partition_of(account),
+        shards: route::PARTITIONS,
+        groups: 1,
+    };
+    let quiet = Progress { interactive: false };
+    let partial = pipeline::compute(&settings, inputs, &layout, &quiet)?;
+    let traced = partial.traced.unwrap_or_default();
+    let ctx = RunContext {
+        book: &inputs.book,
+        mode: req.mode,
+        settle_from: req.as_of.saturating_sub(req.settle_micros),
+    };
+    let mut periods = Vec::new();
+    let result = match traced.work.clone() {
+        Some(work) => engine::process_account_traced(&ctx, work, Some(&mut periods))?,
+        None => AccountResult::default(),
+    };
+    Ok(AccountRun {
+        traced,
+        rejects: partial.rejects,
+        result,
+        periods,
+    })
+}
+
+// ---- the explanation --------------------------------------------------------------------
+
+pub fn explain(req: &ExplainRequest) -> Result<Explanation> {
+    let inputs = pipeline::inputs(&req.data)?;
+    let mut explanation = Explanation {
+        command: req.mode.name(),
+        as_of: format_instant(req.as_of),
+        settle_seconds: req.settle_micros / 1_000_000,
+        target: match &req.target {
+            Target::Event(id) => TargetView {
+                kind: "event",
+                id: id.clone(),
+            },
+            Target::Entry(id) => TargetView {
+                kind: "entry",
+                id: id.clone(),
+            },
+            Target::Account(id) => TargetView {
+                kind: "account",
+                id: id.clone(),
+            },
+        },
+        usage_rows: Vec::new(),
+        entry_rows: Vec::new(),
+        event: None,
+        entry: None,
+        account: None,
+    };
+    match &req.target {
+        Target::Event(event_id) => {
+            let copies = copies_of(&inputs.files[0], event_id)?;
+            if copies.rows.is_empty() {
+                return Err(not_found("usage", "event_id", event_id, &inputs.files[0]));
+            }
+            let run = match &copies.winner {
+                Some(w) => Some(run_account(req, &inputs, &w.account_id)?),
+                None => None,
+            };
+            explanation.usage_rows = seen_usage(&inputs, &copies, run.as_ref());
+            if let (Some(winner), Some(run)) = (&copies.winner, &run) {
+                explanation.event = Some(explain_event(req, &inputs, run, winner)?);
+            }
+        }
+        Target::Entry(entry_id) => {
+            let rows = rows_with_id(
+                &inputs.files[3],
+                &load::DEBIT_COLUMNS,
+                0,
+                entry_id,
+                &load::parse_debit,
+            )?;
+            if rows.is_empty() {
+                return Err(not_found("debits", "entry_id", entry_id, &inputs.files[3]));
+            }
+            // For a repeated id the first valid row by (file, row) is kept.
+            let kept: Option<DebitRow> = rows.iter().find_map(|(_, p)| match p {
+                Parsed::Row(d) => Some(d.clone()),
+                Parsed::Rejected(_) => None,
+            });
+            let copies = match kept.as_ref().and_then(|k| k.event_id.as_deref()) {
+                Some(event_id) => Some(copies_of(&inputs.files[0], event_id)?),
+                None => None,
+            };
+            let winner = copies.as_ref().and_then(|c| c.winner.clone());
+            let account = match (&winner, &kept) {
+                (Some(w), _) => Some(w.account_id.to_string()),
+                (None, Some(k)) => Some(k.account_id.to_string()),
+                (None, None) => None,
+            };
+            let run = match &account {
+                Some(a) => Some(run_account(req, &inputs, a)?),
+                None => None,
+            };
+            explanation.entry_rows = seen_entries(&inputs, &rows, kept.as_ref(), run.as_ref());
+            if let Some(copies) = &copies {
+                explanation.usage_rows = seen_usage(&inputs, copies, run.as_ref());
+            }
+            if let Some(run) = &run {
+                let entry = explain_entry(req, &inputs, run, kept.as_ref(), winner.as_ref())?;
+                if entry.placement == "attached" {
+                    if let Some(w) = &winner {
+                        explanation.event = Some(explain_event(req, &inputs, run, w)?);
+                    }
+                }
+                explanation.entry = Some(entry);
+            } else {
+                explanation.entry = Some(EntryExplanation {
+                    entry: None,
+                    placement: "rejected",
+                    placement_detail: "every row with this entry_id was rejected".into(),
+                    period: None,
+                    verdict: None,
+                    discrepancies: Vec::new(),
+                });
+            }
+        }
+        Target::Account(account_id) => {
+            let run = run_account(req, &inputs, account_id)?;
+            if run.traced.allocations.is_empty() && run.traced.grants.is_empty() {
+                return Err(not_found(
+                    "allocations",
+                    "account_id",
+                    account_id,
+                    &inputs.files[1],
+                ));
+            }
+            explanation.account = Some(explain_account(&inputs, &run)?);
+        }
+    }
+    Ok(explanation)
+}
+
+fn not_found(dataset: &str, column: &str, id: &str, files: &[InputFile]) -> TallyError {
+    let flag = match column {
+        "event_id" => "--event",
+        "entry_id" => "--entry",
+        _ => "--account",
+    };
+    TallyError::config(
+        format!("{flag} {id}"),
+        format!(
+            "no row of {dataset} ({} files) has {column} {}; check the id and --data",
+            files.len(),
+            quoted(id)
+        ),
+    )
+}
+
+fn rel(inputs: &pipeline::Inputs, dataset: Dataset, at: RowRef) -> String {
+    inputs.files[dataset as usize]
+        .get(at.file as usize)
+        .map_or_else(|| "?".into(), |f| f.rel_path.clone())
+}
+
+fn find_reject(run: Option<&AccountRun>, dataset: Dataset, at: RowRef) -> Option<&Reject> {
+    run?.rejects
+        .iter()
+        .find(|r| r.dataset == dataset && r.at == at)
+}
+
+fn usage_values(u: &UsageRow) -> String {
+    format!(
+        "{} / {} / {}, quantity {}, {}, occurred {}, ingested {}",
+        u.product,
+        u.action,
+        u.model.as_deref().unwrap_or("(no model)"),
+        u.quantity,
+        u.status.name(),
+        format_instant(u.occurred_at),
+        u.ingested_at.map_or_else(|| "null".into(), format_instant)
+    )
+}
+
+fn seen_usage(
+    inputs: &pipeline::Inputs,
+    copies: &Copies,
+    run: Option<&AccountRun>,
+) -> Vec<SeenRow> {
+    copies
+        .rows
+        .iter()
+        .map(|(at, parsed)| {
+            let file = rel(inputs, Dataset::Usage, *at);
+            let rejected = |r: &Reject| SeenRow {
+                file: file.clone(),
+                row: at.row,
+                fate: "rejected",
+                reason: Some(r.reason.name()),
+                detail: Some(r.detail.clone()),
+                account_id: None,
+                values: None,
+            };
+            match parsed {
+                Parsed::Rejected(r) => rejected(r),
+                Parsed::Row(u) => {
+                    let mut seen = match find_reject(run, Dataset::Usage, *at) {
+                        Some(r) => rejected(r),
+                        None => {
+                            let is_winner = copies.winner.as_ref().is_some_and(|w| w.at == u.at);
+                            SeenRow {
+                                file: file.clone(),
+                                row: at.row,
+                                fate: if is_winner { "kept" } else { "identical_copy" },
+                                reason: None,
+                                detail: (!is_winner).then(|| {
+                                    "equal to the kept copy in every column but ingested_at: counted, not used".into()
+                                }),
+                                account_id: None,
+                                values: None,
+                            }
+                        }
+                    };
+                    seen.account_id = Some(u.account_id.to_string());
+                    seen.values = Some(usage_values(u));
+                    seen
+                }
+            }
+        })
+        .collect()
+}
+
+fn seen_entries(
+    inputs: &pipeline::Inputs,
+    rows: &[(RowRef, Parsed<DebitRow>)],
+    kept: Option<&DebitRow>,
+    run: Option<&AccountRun>,
+) -> Vec<SeenRow> {
+    rows.iter()
+        .map(|(at, parsed)| {
+            let file = rel(inputs, Dataset::Debits, *at);
+            match parsed {
+                Parsed::Rejected(r) => SeenRow {
+                    file,
+                    row: at.row,
+                    fate: "rejected",
+                    reason: Some(r.reason.name()),
+                    detail: Some(r.detail.clone()),
+                    account_id: None,
+                    values: None,
+                },
+                Parsed::Row(d) => {
+                    let is_kept = kept.is_some_and(|k| k.at == d.at);
+                    let reject = find_reject(run, Dataset::Debits, *at);
+                    let (fate, reason, detail) = match (reject, is_kept) {
+                        (Some(r), _) => ("rejected", Some(r.reason.name()), Some(r.detail.clone())),
+                        (None, true) => ("kept", None, None),
+                        (None, false) => (
+                            "rejected",
+                            Some(Reason::BadValue.name()),
+                            Some("repeated entry_id: the first row by (file, row) is kept".into()),
+                        ),
+                    };
+                    SeenRow {
+                        file,
+                        row: at.row,
+                        fate,
+                        reason,
+                        detail,
+                        account_id: Some(d.account_id.to_string()),
+                        values: Some(format!(
+                            "{} {} for event {}, recorded {}",
+                            d.kind.name(),
+                            d.credits,
+                            d.event_id
+                                .as_deref()
+                                .map_or_else(|| "(none)".into(), quoted),
+                            format_instant(d.recorded_at)
+                        )),
+                    }
+                }
+            }
+        })
+        .collect()
+}
+
+fn period_view(a: &AllocationRow) -> PeriodView {
+    PeriodView {
+        plan_id: a.plan_id.clone(),
+        period_start: format_instant(a.period_start),
+        period_end: format_instant(a.period_end),
+        status: a.status.name(),
+        included_credits: a.included_credits,
+    }
+}
+
+fn entry_view(inputs: &pipeline::Inputs, d: &DebitRow) -> EntryView {
+    EntryView {
+        entry_id: d.entry_id.clone(),
+        account_id: d.account_id.to_string(),
+        event_id: d.event_id.clone(),
+        kind: d.kind.name(),
+        credits: d.credits,
+        recorded_at: format_instant(d.recorded_at),
+        file: rel(inputs, Dataset::Debits, d.at),
+        row: d.at.row,
+    }
+}
+
+fn discrepancy_view(d: &DiscrepancyRow) -> DiscrepancyView {
+    DiscrepancyView {
+        kind: d.kind.name(),
+        account_id: d.account_id.clone(),
+        event_id: d.event_id.clone(),
+        entry_ids: d.entry_ids.clone(),
+        occurred_at: d.occurred_at.map(format_instant),
+        expected_credits: d.expected_credits,
+        recorded_credits: d.recorded_credits,
+        delta_credits: d.delta_credits,
+    }
+}
+
+fn draw_views(grants: &[(GrantBalance, Milli)], draws: &[Draw]) -> Vec<DrawView> {
+    draws
+        .iter()
+        .map(|d| DrawView {
+            grant_id: grants[d.grant].0.grant_id.clone(),
+            kind: grants[d.grant].0.kind.name(),
+            taken: d.taken,
+            left: d.left,
+        })
+        .collect()
+}
+
+/// The period trace and event trace of an event in the window.
+fn find_event(run: &AccountRun, at: RowRef) -> Option<(&PeriodTrace, &EventTrace)> {
+    run.periods.iter().find_map(|p| {
+        p.events
+            .iter()
+            .find(|e| e.work.usage.at == at)
+            .map(|e| (p, e))
+    })
+}
+
+/// The allocation of the account containing `t`, if any.
+fn allocation_at(run: &AccountRun, t: Micros) -> Option<&AllocationRow> {
+    run.traced
+        .allocations
+        .iter()
+        .find(|a| a.period_start <= t && t < a.period_end)
+}
+
+/// Why an event or entry of the account at `t` is outside this run's window.
+fn outside_reason(req: &ExplainRequest, run: &AccountRun, t: Micros, what: &str) -> String {
+    if t >= req.as_of {
+        return format!("{what} at or after as-of {}", format_instant(req.as_of));
+    }
+    match allocation_at(run, t) {
+        None => format!("{what} in no allocation of the account"),
+        Some(a) => {
+            let period = format!(
+                "[{}, {})",
+                format_instant(a.period_start),
+                format_instant(a.period_end)
+            );
+            match req.mode {
+                Mode::Reconcile => format!(
+                    "its period {period} is not the one containing as-of (closed periods are close's work: explain with --close)"
+                ),
+                Mode::Close if a.period_end > req.as_of => format!(
+                    "its period {period} has not ended by as-of (open periods are reconcile's work: explain without --close)"
+                ),
+                Mode::Close => format!(
+                    "its period {period} was closed by an earlier close (--history) and it is not a late event of this close"
+                ),
+            }
+        }
+    }
+}
+
+fn rate_and_arithmetic(
+    book: &PriceBook,
+    u: &UsageRow,
+    price: Price,
+) -> Result<(Option<RateView>, Option<ArithmeticView>)> {
+    if u.status != EventStatus::Succeeded {
+        return Ok((None, None));
+    }
+    let choice = book.choose(&u.product, &u.action, u.model.as_deref(), u.occurred_at);
+    let Some(rate) = choice.rate else {
+        return Ok((None, None));
+    };
+    let a = price::arithmetic(rate, u.quantity).ok_or_else(|| {
+        TallyError::Overflow(format!("pricing event {} overflows", quoted(&u.event_id)))
+    })?;
+    // The engine priced it with the same rate: the trace and the arithmetic must agree.
+    if price != Price::Charged(a.credits) {
+        return Err(TallyError::Invariant(format!(
+            "explain: event {} priced {price:?} by the run but {} by its rate",
+            quoted(&u.event_id),
+            a.credits
+        )));
+    }
+    let rate_view = RateView {
+        product: u.product.to_string(),
+        action: u.action.to_string(),
+        model: if choice.model_specific {
+            u.model.as_deref().map(str::to_string)
+        } else {
+            None
+        },
+        unit: rate.unit.clone(),
+        credits_per_unit: rate.credits_per_unit.normalize().to_string(),
+        increment: rate.increment.normalize().to_string(),
+        minimum: rate.minimum.normalize().to_string(),
+        effective_from: format_instant(rate.effective_from),
+        choice: match (choice.model_specific, u.model.is_some()) {
+            (true, _) => "model",
+            (false, false) => "generic",
+            (false, true) => "generic_fallback",
+        },
+    };
+    let arithmetic = ArithmeticView {
+        quantity: u.quantity,
+        increments: a.increments.to_string(),
+        billed_quantity: a.billed_quantity.normalize().to_string(),
+        raw_credits: a.raw_credits.normalize().to_string(),
+        minimum_applied: a.minimum_applied,
+        credits: a.credits,
+    };
+    Ok((Some(rate_view), Some(arithmetic)))
+}
+
+fn verdict_name(e: &EventTrace) -> String {
+    match (e.verdict.primary, e.verdict.pending) {
+        (Some(kind), _) => kind.name().to_string(),
+        (None, true) => "pending".into(),
+        (None, false) => "matched".into(),
+    }
+}
+
+/// Label for a timeline row: the verdict plus the extra kinds reported for the event.
+fn verdict_label(e: &EventTrace) -> String {
+    let mut label = verdict_name(e);
+    for kind in &e.kinds {
+        if Some(*kind) != e.verdict.primary {
+            label.push_str(" + ");
+            label.push_str(kind.name());
+        }
+    }
+    label
+}
+
+/// The rule of contract section 5 that decided the verdict, with the event's figures.
+fn verdict_reason(req: &ExplainRequest, e: &EventTrace) -> String {
+    let u = &e.work.usage;
+    let recorded = e.verdict.recorded;
+    let expected = e.price.expected();
+    let debits = e
+        .work
+        .entries
+        .iter()
+        .filter(|d| d.kind != EntryKind::Refund)
+        .count();
+    let settle_from = format_instant(req.as_of.saturating_sub(req.settle_micros));
+    match (e.verdict.primary, e.verdict.pending) {
+        (Some(Kind::AccountMismatch), _) => {
+            let others: Vec<String> = e
+                .work
+                .entries
+                .iter()
+                .filter(|d| d.account_id != u.account_id)
+                .map(|d| format!("{} is recorded for account {}", quoted(&d.entry_id), quoted(&d.account_id)))
+                .collect();
+            format!("{}; the event belongs to account {}", others.join("; "), quoted(&u.account_id))
+        }
+        (Some(Kind::UnpricedEvent), _) => "no rate is in effect for it: expected is unknown".into(),
+        (Some(Kind::ChargedFailedEvent), _) => format!(
+            "the event {} (costs 0) but its net recorded is {recorded} > 0",
+            u.status.name()
+        ),
+        (Some(Kind::MissingDebit), _) => format!(
+            "expected {} > 0 and no ledger entry was recorded; it occurred before {settle_from} (as-of − settle), so it is not pending",
+            opt_milli(expected)
+        ),
+        (Some(Kind::DuplicateDebit), _) => format!(
+            "{debits} debit entries and net recorded {recorded} > expected {}",
+            opt_milli(expected)
+        ),
+        (Some(Kind::AmountMismatch), _) => format!(
+            "net recorded {recorded} ≠ expected {}",
+            opt_milli(expected)
+        ),
+        (Some(kind), _) => kind.name().to_string(),
+        (None, true) => format!(
+            "no entry yet, and it occurred at or after {settle_from} (as-of − settle): pending, not missing"
+        ),
+        (None, false) => format!(
+            "net recorded {recorded} = expected {}",
+            opt_milli(expected)
+        ),
+    }
+}
+
+fn explain_event(
+    req: &ExplainRequest,
+    inputs: &pipeline::Inputs,
+    run: &AccountRun,
+    winner: &UsageRow,
+) -> Result<EventExplanation> {
+    let mut x = EventExplanation {
+        event_id: winner.event_id.clone(),
+        account_id: winner.account_id.to_string(),
+        product: winner.product.to_string(),
+        action: winner.action.to_string(),
+        model: winner.model.as_deref().map(str::to_string),
+        quantity: winner.quantity,
+        status: winner.status.name(),
+        occurred_at: format_instant(winner.occurred_at),
+        placement: "outside_window",
+        placement_detail: String::new(),
+        period: None,
+        late_from: None,
+        conflicting_copies: false,
+        chargeable: winner.status == EventStatus::Succeeded,
+        rate: None,
+        arithmetic: None,
+        expected_credits: None,
+        grants: Vec::new(),
+        overage_credits: Milli::ZERO,
+        entries: Vec::new(),
+        recorded_credits: None,
+        verdict: None,
+        verdict_reason: None,
+        discrepancies: Vec::new(),
+    };
+    let Some((period, event)) = find_event(run, winner.at) else {
+        if let Some(r) = find_reject(Some(run), Dataset::Usage, winner.at) {
+            x.placement = "no_allocation";
+            x.placement_detail = r.detail.clone();
+        } else {
+            x.placement_detail = outside_reason(req, run, winner.occurred_at, "occurred");
+        }
+        return Ok(x);
+    };
+    x.placement = "in_window";
+    x.period = Some(period_view(&period.allocation));
+    x.placement_detail = format!(
+        "in the {} period [{}, {}) of plan {}",
+        if req.mode == Mode::Close {
+            "closed"
+        } else {
+            "open"
+        },
+        format_instant(period.allocation.period_start),
+        format_instant(period.allocation.period_end),
+        period.allocation.plan_id
+    );
+    x.late_from = event.work.late_from.map(format_instant);
+    x.conflicting_copies = event.work.conflicting;
+    let (rate, arithmetic) = rate_and_arithmetic(&inputs.book, winner, event.price)?;
+    x.rate = rate;
+    x.arithmetic = arithmetic;
+    x.expected_credits = event.price.expected();
+    x.grants = draw_views(&period.grants, &event.draws);
+    x.overage_credits = event.overage;
+    x.entries = event
+        .work
+        .entries
+        .iter()
+        .map(|d| entry_view(inputs, d))
+        .collect();
+    x.recorded_credits = Some(event.verdict.recorded);
+    x.verdict = Some(verdict_name(event));
+    x.verdict_reason = Some(verdict_reason(req, event));
+    x.discrepancies = run
+        .result
+        .discrepancies
+        .iter()
+        .filter(|d| d.occurred_at.is_some() && d.event_id.as_deref() == Some(&winner.event_id))
+        .map(discrepancy_view)
+        .collect();
+    Ok(x)
+}
+
+fn explain_entry(
+    req: &ExplainRequest,
+    inputs: &pipeline::Inputs,
+    run: &AccountRun,
+    kept: Option<&DebitRow>,
+    winner: Option<&UsageRow>,
+) -> Result<EntryExplanation> {
+    let mut x = EntryExplanation {
+        entry: kept.map(|k| entry_view(inputs, k)),
+        placement: "rejected",
+        placement_detail: String::new(),
+        period: None,
+        verdict: None,
+        discrepancies: Vec::new(),
+    };
+    let Some(kept) = kept else {
+        x.placement_detail = "every row with this entry_id was rejected".into();
+        return Ok(x);
+    };
+    let attached = run.periods.iter().find(|p| {
+        p.events
+            .iter()
+            .any(|e| e.work.entries.iter().any(|d| d.at == kept.at))
+    });
+    if let Some(p) = attached {
+        x.placement = "attached";
+        x.placement_detail =
+            "attached to its event: it follows the event's window and verdict".into();
+        x.period = Some(period_view(&p.allocation));
+        return Ok(x);
+    }
+    if let Some((p, (_, kind))) = run.periods.iter().find_map(|p| {
+        p.unattached
+            .iter()
+            .find(|(d, _)| d.at == kept.at)
+            .map(|u| (p, u))
+    }) {
+        x.placement = "unattached";
+        x.placement_detail = match &kept.event_id {
+            None => "no event_id: placed by its own account and recorded_at".into(),
+            Some(e) => format!(
+                "event_id {} is not a valid usage event: placed by its own account and recorded_at",
+                quoted(e)
+            ),
+        };
+        x.period = Some(period_view(&p.allocation));
+        x.verdict = Some(kind.map_or_else(|| "counted".into(), |k| k.name().to_string()));
+        x.discrepancies = run
+            .result
+            .discrepancies
+            .iter()
+            .filter(|d| d.occurred_at.is_none() && d.entry_ids == [kept.entry_id.clone()])
+            .map(discrepancy_view)
+            .collect();
+        return Ok(x);
+    }
+    if let Some(r) = find_reject(Some(run), Dataset::Debits, kept.at) {
+        x.placement = if r.reason == Reason::NoAllocation {
+            "no_allocation"
+        } else {
+            "rejected"
+        };
+        x.placement_detail = r.detail.clone();
+        return Ok(x);
+    }
+    if kept.recorded_at >= req.as_of {
+        x.placement = "after_as_of";
+        x.placement_detail = format!(
+            "recorded at or after as-of {}: ignored by this run",
+            format_instant(req.as_of)
+        );
+        return Ok(x);
+    }
+    x.placement = "outside_window";
+    x.placement_detail = match winner {
+        Some(w) => format!(
+            "attached to event {}, which is outside the window: {}",
+            quoted(&w.event_id),
+            outside_reason(req, run, w.occurred_at, "it occurred")
+        ),
+        None => outside_reason(req, run, kept.recorded_at, "recorded"),
+    };
+    Ok(x)
+}
+
+fn explain_account(inputs: &pipeline::Inputs, run: &AccountRun) -> Result<AccountExplanation> {
+    let covered = |a: &AllocationRow| {
+        run.periods
+            .iter()
+            .any(|p| p.allocation.period_start == a.period_start)
+    };
+    let allocations = run
+        .traced
+        .allocations
+        .iter()
+        .map(|a| AllocationView {
+            file: rel(inputs, Dataset::Allocations, a.at),
+            row: a.at.row,
+            period: period_view(a),
+            covered: covered(a),
+        })
+        .collect();
+    let mut periods = Vec::new();
+    for p in &run.periods {
+        let start = p.allocation.period_start;
+        let mut balance = Milli::sum(p.grants.iter().map(|(_, s)| *s))?;
+        let mut timeline = Vec::with_capacity(p.events.len());
+        for e in &p.events {
+            for d in &e.draws {
+                balance = balance.checked_sub(d.taken)?;
+            }
+            timeline.push(TimelineRow {
+                occurred_at: format_instant(e.work.usage.occurred_at),
+                event_id: e.work.usage.event_id.clone(),
+                status: e.work.usage.status.name(),
+                expected_credits: e.price.expected(),
+                draws: draw_views(&p.grants, &e.draws),
+                overage_credits: e.overage,
+                balance_after: balance,
+                verdict: verdict_label(e),
+            });
+        }
+        let balance = run
+            .result
+            .balances
+            .iter()
+            .find(|b| b.period_start == start)
+            .map(|b| {
+                let total = |k: &[Milli; 5]| Milli::sum(k.iter().copied());
+                let granted = total(&b.granted)?;
+                let used = total(&b.used)?;
+                Ok::<_, TallyError>(BalanceView {
+                    granted_credits: granted,
+                    used_credits: used.checked_add(b.overage)?,
+                    overage_credits: b.overage,
+                    remaining_credits: granted.checked_sub(used)?,
+                })
+            })
+            .transpose()?;
+        let invoice = run
+            .result
+            .invoices
+            .iter()
+            .find(|i| i.period_start == start)
+            .map(|i| {
+                let renewal = run.result.renewals.iter().find(|r| r.period_start == start);
+                InvoiceView {
+                    invoice_id: i.invoice_id.clone(),
+                    currency: i.currency.clone(),
+                    plan_price_minor: i.plan_price_minor,
+                    credits_used: i.credits_used,
+                    overage_credits: i.overage_credits,
+                    overage_amount_minor: i.overage_amount_minor,
+                    total_minor: i.total_minor,
+                    recorded_credits: i.recorded_credits,
+                    unreconciled_credits: i.unreconciled_credits,
+                    lines: run
+                        .result
+                        .invoice_lines
+                        .iter()
+                        .filter(|l| l.invoice_id == i.invoice_id)
+                        .map(|l| LineView {
+                            product: l.product.clone(),
+                            action: l.action.clone(),
+                            model: l.model.clone(),
+                            event_count: l.event_count,
+                            quantity: l.quantity,
+                            credits: l.credits,
+                        })
+                        .collect(),
+                    rollover_credits: renewal.map_or(Milli::ZERO, |r| r.rollover_credits),
+                    expired_credits: renewal.map_or(Milli::ZERO, |r| r.expired_credits),
+                    carried_grant_credits: renewal.map_or(Milli::ZERO, |r| r.carried_grant_credits),
+                    next_period: renewal.and_then(|r| {
+                        Some(format!(
+                            "[{}, {})",
+                            format_instant(r.next_period_start?),
+                            format_instant(r.next_period_end?)
+                        ))
+                    }),
+                }
+            });
+        periods.push(PeriodExplanation {
+            period: period_view(&p.allocation),
+            grants: p
+                .grants
+                .iter()
+                .map(|(g, start_credits)| GrantView {
+                    grant_id: g.grant_id.clone(),
+                    kind: g.kind.name(),
+                    priority: g.priority,
+                    effective_at: format_instant(g.effective_at),
+                    expires_at: g.expires_at.map(format_instant),
+                    start_credits: *start_credits,
+                    left_credits: g.remaining,
+                })
+                .collect(),
+            timeline,
+            unattached: p
+                .unattached
+                .iter()
+                .map(|(d, _)| entry_view(inputs, d))
+                .collect(),
+            balance,
+            invoice,
+        });
+    }
+    Ok(AccountExplanation {
+        account_id: run
+            .traced
+            .allocations
+            .first()
+            .map(|a| a.account_id.clone())
+            .or_else(|| run.traced.grants.first().map(|g| g.account_id.clone()))
+            .unwrap_or_default(),
+        allocations,
+        periods,
+        discrepancies: run
+            .result
+            .discrepancies
+            .iter()
+            .map(discrepancy_view)
+            .collect(),
+    })
+}
+
+// ---- plain words --------------------------------------------------------------------------
+
+fn opt_milli(m: Option<Milli>) -> String {
+    m.map_or_else(|| "none (unpriced)".into(), |m| m.to_string())
+}
+
+fn grant_name(grant_id: &Option<String>, kind: &str) -> String {
+    match grant_id {
+        None => "plan credits".into(),
+        Some(id) => format!("{kind} grant {}", quoted(id)),
+    }
+}
+
+/// The explanation as a person reads it.
+pub fn render_text(x: &Explanation, book: &PriceBook) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "{} {} — {} as of {} (settle {} s)",
+        x.target.kind,
+        quoted(&x.target.id),
+        x.command,
+        x.as_of,
+        x.settle_seconds
+    );
+    if !x.entry_rows.is_empty() {
+        let _ = writeln!(
+            t,
+            "\nLedger rows with this entry_id ({}):",
+            x.entry_rows.len()
+        );
+        for r in &x.entry_rows {
+            write_seen(&mut t, r);
+        }
+    }
+    if let Some(e) = &x.entry {
+        write_entry(&mut t, e);
+    }
+    if !x.usage_rows.is_empty() {
+        let _ = writeln!(
+            t,
+            "\nUsage rows with this event_id ({}):",
+            x.usage_rows.len()
+        );
+        for r in &x.usage_rows {
+            write_seen(&mut t, r);
+        }
+    }
+    if let Some(e) = &x.event {
+        write_event(&mut t, e, book);
+    } else if x.target.kind == "event" {
+        let _ = writeln!(
+            t,
+            "\nEvery copy was rejected: the event is not in any window."
+        );
+    }
+    if let Some(a) = &x.account {
+        write_account(&mut t, a, book);
+    }
+    t
+}
+
+fn write_seen(t: &mut String, r: &SeenRow) {
+    let _ = write!(
+        t,
+        "  {} row {}: {}",
+        r.file,
+        r.row,
+        r.fate.replace('_', " ")
+    );
+    if let Some(reason) = r.reason {
+        let _ = write!(t, " ({reason})");
+    }
+    if let Some(a) = &r.account_id {
+        let _ = write!(t, ", account {}", quoted(a));
+    }
+    let _ = writeln!(t);
+    if let Some(v) = &r.values {
+        let _ = writeln!(t, "      {v}");
+    }
+    if let Some(d) = &r.detail {
+        let _ = writeln!(t, "      {d}");
+    }
+}
+
+fn write_entry(t: &mut String, e: &EntryExplanation) {
+    let _ = writeln!(
+        t,
+        "\nEntry: {} — {}",
+        e.placement.replace('_', " "),
+        e.placement_detail
+    );
+    if let Some(p) = &e.period {
+        let _ = writeln!(
+            t,
+            "  period [{}, {}) of plan {}",
+            p.period_start, p.period_end, p.plan_id
+        );
+    }
+    if let Some(v) = &e.verdict {
+        let _ = writeln!(t, "  verdict: {v}");
+    }
+    write_discrepancies(t, &e.discrepancies);
+}
+
+fn write_discrepancies(t: &mut String, rows: &[DiscrepancyView]) {
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(t, "  discrepancy rows written ({}):", rows.len());
+    for d in rows {
+        let _ = writeln!(
+            t,
+            "    {}: expected {}, recorded {}, delta {}{}",
+            d.kind,
+            opt_milli(d.expected_credits),
+            d.recorded_credits,
+            d.delta_credits
+                .map_or_else(|| "none".into(), |m| m.to_string()),
+            if d.entry_ids.is_empty() {
+                String::new()
+            } else {
+                format!(", entries {}", d.entry_ids.join(", "))
+            }
+        );
+    }
+}
+
+fn write_event(t: &mut String, e: &EventExplanation, book: &PriceBook) {
+    let _ = writeln!(
+        t,
+        "\nEvent {} of account {}: {} / {} / {}, quantity {}, {}, occurred {}",
+        quoted(&e.event_id),
+        quoted(&e.account_id),
+        e.product,
+        e.action,
+        e.model.as_deref().unwrap_or("(no model)"),
+        e.quantity,
+        e.status,
+        e.occurred_at
+    );
+    let _ = writeln!(
+        t,
+        "  window: {} — {}",
+        e.placement.replace('_', " "),
+        e.placement_detail
+    );
+    if e.placement != "in_window" {
+        return;
+    }
+    if let Some(late) = &e.late_from {
+        let _ = writeln!(
+            t,
+            "  late: it occurred in the period starting {late}, closed earlier; billed on this invoice as a prior-period line"
+        );
+    }
+    if e.conflicting_copies {
+        let _ = writeln!(t, "  its copies differ: reported conflicting_duplicate");
+    }
+    match (&e.rate, &e.arithmetic) {
+        (Some(r), Some(a)) => {
+            let why = match r.choice {
+                "model" => format!(
+                    "the model's own rate ({})",
+                    r.model.as_deref().unwrap_or("")
+                ),
+                "generic_fallback" => format!(
+                    "no rate for model {} in effect then, so the generic rate of {} / {}",
+                    e.model.as_deref().map_or_else(String::new, quoted),
+                    r.product,
+                    r.action
+                ),
+                _ => format!(
+                    "the generic rate of {} / {} (no model)",
+                    r.product, r.action
+                ),
+            };
+            let _ = writeln!(t, "  rate: {why}, effective from {}", r.effective_from);
+            let _ = writeln!(
+                t,
+                "        {} credits per {}, increment {}, minimum {}",
+                r.credits_per_unit, r.unit, r.increment, r.minimum
+            );
+            let _ = writeln!(
+                t,
+                "  arithmetic: ceil({} / {}) = {} increments × {} = {} {}(s) × {} = {} credits{}; rounded to the thousandth: {} credits",
+                a.quantity,
+                r.increment,
+                a.increments,
+                r.increment,
+                a.billed_quantity,
+                r.unit,
+                r.credits_per_unit,
+                a.raw_credits,
+                if a.minimum_applied {
+                    format!(", below the minimum {}, so {}", r.minimum, r.minimum)
+                } else {
+                    String::new()
+                },
+                a.credits
+            );
+        }
+        _ if !e.chargeable => {
+            let _ = writeln!(t, "  price: not chargeable ({}): expected 0", e.status);
+        }
+        _ => {
+            let _ = writeln!(
+                t,
+                "  price: no rate of {} / {} / {} is in effect at {}: unpriced, consumes nothing",
+                e.product,
+                e.action,
+                e.model.as_deref().unwrap_or("(no model)"),
+                e.occurred_at
+            );
+        }
+    }
+    if !e.grants.is_empty() || e.overage_credits.is_positive() {
+        let _ = writeln!(t, "  consumed:");
+        for g in &e.grants {
+            let _ = writeln!(
+                t,
+                "    {} from {} ({} left)",
+                g.taken,
+                grant_name(&g.grant_id, g.kind),
+                g.left
+            );
+        }
+        if e.overage_credits.is_positive() {
+            let block = e
+                .period
+                .as_ref()
+                .and_then(|p| book.plans.get(&p.plan_id))
+                .is_some_and(|plan| plan.overage == Overage::Block);
+            let _ = writeln!(
+                t,
+                "    {} overage (no grant left){}",
+                e.overage_credits,
+                if block {
+                    ": the plan blocks overage, reported over_limit_usage, not billed"
+                } else {
+                    ": billed at the plan's price per credit"
+                }
+            );
+        }
+    }
+    if e.entries.is_empty() {
+        let _ = writeln!(t, "  ledger entries: none");
+    } else {
+        let _ = writeln!(t, "  ledger entries ({}):", e.entries.len());
+        for d in &e.entries {
+            let _ = writeln!(
+                t,
+                "    {} {} {} of account {}, recorded {} ({} row {})",
+                quoted(&d.entry_id),
+                d.kind,
+                d.credits,
+                quoted(&d.account_id),
+                d.recorded_at,
+                d.file,
+                d.row
+            );
+        }
+    }
+    let _ = writeln!(
+        t,
+        "  expected {}, recorded {} (debits + adjustments − refunds)",
+        opt_milli(e.expected_credits),
+        e.recorded_credits.unwrap_or_default()
+    );
+    let _ = writeln!(
+        t,
+        "  verdict: {} — {}",
+        e.verdict.as_deref().unwrap_or("not in this run"),
+        e.verdict_reason.as_deref().unwrap_or("")
+    );
+    write_discrepancies(t, &e.discrepancies);
+}
+
+fn write_account(t: &mut String, a: &AccountExplanation, book: &PriceBook) {
+    let _ = writeln!(t, "\nAccount {}", quoted(&a.account_id));
+    let _ = writeln!(t, "  allocations ({}):", a.allocations.len());
+    for al in &a.allocations {
+        let _ = writeln!(
+            t,
+            "    [{}, {}) plan {}, {} credits, {}{} ({} row {})",
+            al.period.period_start,
+            al.period.period_end,
+            al.period.plan_id,
+            al.period.included_credits,
+            al.period.status,
+            if al.covered { ", in this run" } else { "" },
+            al.file,
+            al.row
+        );
+    }
+    let money = |minor: i64| crate::amount::format_minor(minor, book.exponent);
+    for p in &a.periods {
+        let _ = writeln!(
+            t,
+            "\nPeriod [{}, {}) of plan {}",
+            p.period.period_start, p.period.period_end, p.period.plan_id
+        );
+        let _ = writeln!(t, "  grants, in consumption order:");
+        for g in &p.grants {
+            let _ = writeln!(
+                t,
+                "    {} (priority {}, from {}{}): {} at start, {} left",
+                grant_name(&g.grant_id, g.kind),
+                g.priority,
+                g.effective_at,
+                g.expires_at
+                    .as_ref()
+                    .map_or_else(|| ", never expires".into(), |e| format!(" until {e}")),
+                g.start_credits,
+                g.left_credits
+            );
+        }
+        let _ = writeln!(t, "  timeline ({} events):", p.timeline.len());
+        for e in &p.timeline {
+            let draws: Vec<String> = e
+                .draws
+                .iter()
+                .map(|d| format!("{} from {}", d.taken, grant_name(&d.grant_id, d.kind)))
+                .collect();
+            let _ = writeln!(
+                t,
+                "    {} {} {} expected {}{}{} → balance {} [{}]",
+                e.occurred_at,
+                quoted(&e.event_id),
+                e.status,
+                opt_milli(e.expected_credits),
+                if draws.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", draws.join(", "))
+                },
+                if e.overage_credits.is_positive() {
+                    format!(", {} overage", e.overage_credits)
+                } else {
+                    String::new()
+                },
+                e.balance_after,
+                e.verdict
+            );
+        }
+        for d in &p.unattached {
+            let _ = writeln!(
+                t,
+                "    entry {} {} {} recorded {} (no event)",
+                quoted(&d.entry_id),
+                d.kind,
+                d.credits,
+                d.recorded_at
+            );
+        }
+        if let Some(b) = &p.balance {
+            let _ = writeln!(
+                t,
+                "  balance: granted {}, used {} (overage {}), remaining {}",
+                b.granted_credits, b.used_credits, b.overage_credits, b.remaining_credits
+            );
+        }
+        if let Some(i) = &p.invoice {
+            let overage = match book.plans.get(&p.period.plan_id).map(|plan| &plan.overage) {
+                Some(Overage::PricePerCredit(price_per_credit)) => format!(
+                    "overage {} credits × {} = {} {} (rounded half-even once per invoice)",
+                    i.overage_credits,
+                    price_per_credit.normalize(),
+                    money(i.overage_amount_minor),
+                    i.currency
+                ),
+                _ => format!(
+                    "overage {} (the plan blocks overage)",
+                    money(i.overage_amount_minor)
+                ),
+            };
+            let _ = writeln!(
+                t,
+                "  invoice {}: plan {} {} + {overage} = total {} {}",
+                i.invoice_id,
+                money(i.plan_price_minor),
+                i.currency,
+                money(i.total_minor),
+                i.currency
+            );
+            let _ = writeln!(
+                t,
+                "    credits used {}, recorded {}, unreconciled {}",
+                i.credits_used, i.recorded_credits, i.unreconciled_credits
+            );
+            for l in &i.lines {
+                let _ = writeln!(
+                    t,
+                    "    line {} / {} / {}: {} events, quantity {}, {} credits",
+                    l.product,
+                    l.action,
+                    l.model.as_deref().unwrap_or("(no model)"),
+                    l.event_count,
+                    l.quantity,
+                    l.credits
+                );
+            }
+            let _ = writeln!(
+                t,
+                "    renewal: rolled over {}, expired {}, carried {}, next period {}",
+                i.rollover_credits,
+                i.expired_credits,
+                i.carried_grant_credits,
+                i.next_period.as_deref().unwrap_or("none (no renewal)")
+            );
+        }
+    }
+    let _ = writeln!(t);
+    let _ = writeln!(
+        t,
+        "Discrepancies of the account ({}):",
+        a.discrepancies.len()
+    );
+    for d in &a.discrepancies {
+        let _ = writeln!(
+            t,
+            "  {} {} expected {}, recorded {}",
+            d.kind,
+            d.event_id
+                .as_deref()
+                .map_or_else(|| "(no event)".into(), quoted),
+            opt_milli(d.expected_credits),
+            d.recorded_credits
+        );
+    }
+}

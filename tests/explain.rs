@@ -1,0 +1,437 @@
+//! `tally explain` agrees with what `reconcile` and `close` wrote: every discrepancy row of
+//! the bundled generated data root is explained with the same figures and verdict, every
+//! account's balance, invoice and lines match the run's tables, and the plain-words form of
+//! hand-worked scenarios is held to golden files.
+
+use crate::common::*;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+const AS_OF: &str = "2026-11-20T00:00:00Z";
+const CLOSE_AS_OF: &str = "2026-12-01T00:00:00Z";
+
+fn demo() -> std::path::PathBuf {
+    repo().join("fixtures/demo")
+}
+
+/// `tally explain ... --json`, parsed.
+fn explain_json(data: &Path, as_of: &str, extra: &[&str]) -> Value {
+    let mut args = vec![
+        "explain",
+        "--data",
+        data.to_str().unwrap(),
+        "--as-of",
+        as_of,
+    ];
+    args.extend_from_slice(extra);
+    args.push("--json");
+    let out = tally_ok(&args);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+/// The rows of an output table in their golden CSV form, as column → value maps.
+fn table(path: &Path) -> Vec<BTreeMap<String, String>> {
+    let text = render(path, &[]);
+    let mut reader = csv::Reader::from_reader(text.as_bytes());
+    let headers = reader.headers().unwrap().clone();
+    reader
+        .records()
+        .map(|r| {
+            let r = r.unwrap();
+            headers
+                .iter()
+                .zip(r.iter())
+                .map(|(h, v)| (h.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+/// A JSON value in the golden CSV form (null → "", lists joined with `;`).
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items.iter().map(cell).collect::<Vec<_>>().join(";"),
+        other => other.to_string(),
+    }
+}
+
+/// A discrepancy of explain's JSON in the table's columns (product/action/model are not
+/// repeated in explain's rows: the event carries them).
+fn as_row(d: &Value) -> BTreeMap<String, String> {
+    [
+        "kind",
+        "account_id",
+        "event_id",
+        "entry_ids",
+        "occurred_at",
+        "expected_credits",
+        "recorded_credits",
+        "delta_credits",
+    ]
+    .iter()
+    .map(|k| (k.to_string(), cell(&d[k])))
+    .collect()
+}
+
+fn without_event_columns(row: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    row.iter()
+        .filter(|(k, _)| !["product", "action", "model"].contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+const PRIMARY: [&str; 8] = [
+    "orphan_debit",
+    "manual_adjustment",
+    "account_mismatch",
+    "unpriced_event",
+    "charged_failed_event",
+    "missing_debit",
+    "duplicate_debit",
+    "amount_mismatch",
+];
+
+/// Explain every discrepancy row of a run and check explain shows that very row, with the
+/// verdict its kind implies; the rows explain shows for all of them are exactly the file's.
+fn check_every_discrepancy(data: &Path, as_of: &str, out: &Path, mode: &[&str]) {
+    let rows = table(&out.join("discrepancies.parquet"));
+    assert!(
+        rows.len() >= 50,
+        "the demo root has discrepancies of every kind"
+    );
+    let mut shown: BTreeSet<BTreeMap<String, String>> = BTreeSet::new();
+    let mut explained_events = BTreeMap::new();
+    for row in &rows {
+        let kind = row["kind"].as_str();
+        let wanted = without_event_columns(row);
+        if kind == "orphan_debit" || kind == "manual_adjustment" {
+            let entry_id = &row["entry_ids"];
+            let mut args = mode.to_vec();
+            args.extend(["--entry", entry_id.as_str()]);
+            let x = explain_json(data, as_of, &args);
+            let entry = &x["entry"];
+            assert_eq!(entry["placement"], "unattached", "{entry_id}: {entry}");
+            assert_eq!(entry["verdict"], kind, "{entry_id}");
+            let rows: Vec<_> = entry["discrepancies"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(as_row)
+                .collect();
+            assert_eq!(rows, vec![wanted.clone()], "{entry_id}");
+            shown.extend(rows);
+            continue;
+        }
+        let event_id = row["event_id"].clone();
+        let x = explained_events.entry(event_id.clone()).or_insert_with(|| {
+            let mut args = mode.to_vec();
+            args.extend(["--event", event_id.as_str()]);
+            explain_json(data, as_of, &args)
+        });
+        let event = &x["event"];
+        assert_eq!(event["placement"], "in_window", "{event_id}: {event}");
+        for column in ["product", "action", "model"] {
+            assert_eq!(cell(&event[column]), row[column], "{event_id} {column}");
+        }
+        let rows: Vec<_> = event["discrepancies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(as_row)
+            .collect();
+        assert!(
+            rows.contains(&wanted),
+            "{event_id}: explain shows {rows:?}, the run wrote {wanted:?}"
+        );
+        shown.extend(rows);
+        match kind {
+            k if PRIMARY.contains(&k) => assert_eq!(event["verdict"], k, "{event_id}"),
+            "conflicting_duplicate" => {
+                assert_eq!(event["conflicting_copies"], true, "{event_id}");
+                let losers = x["usage_rows"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|r| r["reason"] == "conflicting_duplicate")
+                    .count();
+                assert!(losers >= 1, "{event_id}: the losing copy is shown");
+            }
+            "over_limit_usage" => {
+                assert_ne!(event["overage_credits"], "0.000", "{event_id}");
+            }
+            "late_event" => assert!(!event["late_from"].is_null(), "{event_id}"),
+            other => panic!("unexpected kind {other}"),
+        }
+        // The arithmetic explain shows is what the run expected; the draws and the
+        // overage add up to it.
+        if let Some(a) = event["arithmetic"].as_object() {
+            assert_eq!(a["credits"], event["expected_credits"], "{event_id}");
+            let drawn: i64 = event["grants"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|g| milli(&g["taken"]))
+                .sum::<i64>()
+                + milli(&event["overage_credits"]);
+            assert_eq!(drawn, milli(&event["expected_credits"]), "{event_id}");
+        }
+    }
+    let written: BTreeSet<_> = rows.iter().map(without_event_columns).collect();
+    assert_eq!(
+        shown, written,
+        "explain shows exactly the rows the run wrote"
+    );
+}
+
+/// "12.345" → 12345.
+fn milli(v: &Value) -> i64 {
+    let s = v
+        .as_str()
+        .unwrap_or_else(|| panic!("not a credit amount: {v}"));
+    let (units, frac) = s.split_once('.').unwrap();
+    let negative = units.starts_with('-');
+    let magnitude =
+        units.trim_start_matches('-').parse::<i64>().unwrap() * 1000 + frac.parse::<i64>().unwrap();
+    if negative {
+        -magnitude
+    } else {
+        magnitude
+    }
+}
+
+#[test]
+fn explain_agrees_with_every_discrepancy_row_of_a_generated_reconcile() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let run = run_command("reconcile", &demo(), AS_OF, &out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    check_every_discrepancy(&demo(), AS_OF, &out, &[]);
+
+    // Every account's balance timeline ends where balances.parquet says.
+    let balances = table(&out.join("balances.parquet"));
+    assert!(!balances.is_empty());
+    for b in &balances {
+        let x = explain_json(&demo(), AS_OF, &["--account", &b["account_id"]]);
+        let periods = x["account"]["periods"].as_array().unwrap();
+        assert_eq!(periods.len(), 1, "{}", b["account_id"]);
+        let p = &periods[0];
+        assert_eq!(p["period"]["period_start"], b["period_start"].as_str());
+        let balance = &p["balance"];
+        for column in [
+            "granted_credits",
+            "used_credits",
+            "overage_credits",
+            "remaining_credits",
+        ] {
+            assert_eq!(
+                cell(&balance[column]),
+                b[column],
+                "{} {column}",
+                b["account_id"]
+            );
+        }
+        let left: i64 = p["grants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| milli(&g["left_credits"]))
+            .sum();
+        assert_eq!(left, milli(&balance["remaining_credits"].clone()));
+        if let Some(last) = p["timeline"].as_array().unwrap().last() {
+            assert_eq!(milli(&last["balance_after"]), left, "{}", b["account_id"]);
+        }
+    }
+}
+
+#[test]
+fn explain_agrees_with_every_discrepancy_row_and_invoice_of_a_generated_close() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let run = run_command("close", &demo(), CLOSE_AS_OF, &out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    check_every_discrepancy(&demo(), CLOSE_AS_OF, &out, &["--close"]);
+
+    let invoices = table(&out.join("invoices.parquet"));
+    let lines = table(&out.join("invoice_lines.parquet"));
+    assert!(!invoices.is_empty());
+    for inv in &invoices {
+        let x = explain_json(
+            &demo(),
+            CLOSE_AS_OF,
+            &["--close", "--account", &inv["account_id"]],
+        );
+        let periods = x["account"]["periods"].as_array().unwrap();
+        let p = periods
+            .iter()
+            .find(|p| p["period"]["period_start"] == inv["period_start"].as_str())
+            .unwrap_or_else(|| panic!("{}: no period", inv["invoice_id"]));
+        let i = &p["invoice"];
+        for column in [
+            "invoice_id",
+            "plan_price_minor",
+            "credits_used",
+            "overage_credits",
+            "overage_amount_minor",
+            "total_minor",
+            "recorded_credits",
+            "unreconciled_credits",
+        ] {
+            assert_eq!(
+                cell(&i[column]),
+                inv[column],
+                "{} {column}",
+                inv["invoice_id"]
+            );
+        }
+        let wanted: Vec<Vec<String>> = lines
+            .iter()
+            .filter(|l| l["invoice_id"] == inv["invoice_id"])
+            .map(|l| {
+                [
+                    "product",
+                    "action",
+                    "model",
+                    "event_count",
+                    "quantity",
+                    "credits",
+                ]
+                .iter()
+                .map(|c| l[*c].clone())
+                .collect()
+            })
+            .collect();
+        let shown: Vec<Vec<String>> = i["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                [
+                    "product",
+                    "action",
+                    "model",
+                    "event_count",
+                    "quantity",
+                    "credits",
+                ]
+                .iter()
+                .map(|c| cell(&l[*c]))
+                .collect()
+            })
+            .collect();
+        assert_eq!(shown, wanted, "{}", inv["invoice_id"]);
+    }
+}
+
+#[test]
+fn explain_says_why_an_event_is_outside_the_window_and_where_to_look() {
+    // The demo's events are in November: reconcile as of December 2 covers the December
+    // period, so a November event is the close's work.
+    let x = explain_json(
+        &demo(),
+        "2026-12-02T00:00:00Z",
+        &["--event", "evt-d029801d427f8bbf"],
+    );
+    let event = &x["event"];
+    assert_eq!(event["placement"], "outside_window");
+    assert!(
+        event["placement_detail"]
+            .as_str()
+            .unwrap()
+            .contains("explain with --close"),
+        "{event}"
+    );
+    // As of before it occurred: at or after as-of.
+    let x = explain_json(
+        &demo(),
+        "2026-11-02T00:00:00Z",
+        &["--event", "evt-d029801d427f8bbf"],
+    );
+    assert!(x["event"]["placement_detail"]
+        .as_str()
+        .unwrap()
+        .contains("at or after as-of"));
+}
+
+#[test]
+fn explain_of_an_unknown_id_is_a_one_line_error_with_exit_2() {
+    for (flag, id) in [
+        ("--event", "evt-nope"),
+        ("--entry", "led-nope"),
+        ("--account", "acct-nope"),
+    ] {
+        let out = tally(&[
+            "explain",
+            "--data",
+            demo().to_str().unwrap(),
+            "--as-of",
+            AS_OF,
+            flag,
+            id,
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{flag}");
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(
+            err.starts_with(&format!("tally: {flag} {id}: no row of ")),
+            "{err}"
+        );
+    }
+    // Exactly one target.
+    let out = tally(&["explain", "--data", "x", "--as-of", AS_OF]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// `fixtures/golden/<scenario>/explain/<kind>-<id>.txt`: explain's plain words for the
+/// scenario's run, reviewed by hand against the scenario's NOTES.md.
+/// `UPDATE_GOLDEN=1` rewrites them (review the diff).
+#[test]
+fn explain_plain_words_match_the_golden_files() {
+    let golden = repo().join("fixtures/golden");
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for scenario in std::fs::read_dir(&golden).unwrap() {
+        let dir = scenario.unwrap().path();
+        let explain_dir = dir.join("explain");
+        if !explain_dir.is_dir() {
+            continue;
+        }
+        let args: toml::Table =
+            toml::from_str(&std::fs::read_to_string(dir.join("args.toml")).unwrap()).unwrap();
+        for file in std::fs::read_dir(&explain_dir).unwrap() {
+            let path = file.unwrap().path();
+            let name = path.file_stem().unwrap().to_str().unwrap().to_string();
+            let (kind, id) = name.split_once('-').unwrap();
+            let mut command = vec![
+                "explain".to_string(),
+                "--data".into(),
+                dir.join("data").to_str().unwrap().into(),
+                "--as-of".into(),
+                args["as_of"].as_str().unwrap().into(),
+                format!("--{kind}"),
+                id.into(),
+            ];
+            if args["command"].as_str() == Some("close") {
+                command.push("--close".into());
+            }
+            let command: Vec<&str> = command.iter().map(String::as_str).collect();
+            let text = String::from_utf8(tally_ok(&command).stdout).unwrap();
+            // The data root's absolute path does not appear: explain names files
+            // relative to it.
+            if std::env::var_os("UPDATE_GOLDEN").is_some() {
+                std::fs::write(&path, &text).unwrap();
+            } else if std::fs::read_to_string(&path).unwrap() != text {
+                failures.push(format!("{} differs; actual:\n{text}", path.display()));
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "golden explain files: {checked}");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
