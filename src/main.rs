@@ -71,9 +71,10 @@ enum Command {
     },
 }
 
+/// What a run reads and when: shared by the runs and by `explain`.
 #[derive(Args, Clone)]
-struct RunArgs {
-    /// Job file holding data, out, settle and alert thresholds (flags override it).
+struct SourceArgs {
+    /// Job file holding data, out, settle, history and alert thresholds (flags override it).
     #[arg(long)]
     job: Option<PathBuf>,
     /// Data root: pricebook.toml, usage/, allocations/, grants/ (optional), debits/.
@@ -82,12 +83,71 @@ struct RunArgs {
     /// The run's instant (RFC 3339, e.g. 2026-11-20T00:00:00Z), or `now`.
     #[arg(long)]
     as_of: Option<String>,
-    /// Output folder; it appears whole or not at all.
-    #[arg(long)]
-    out: Option<PathBuf>,
     /// Events this recent without ledger entries are pending, not missing (15m, 900s, 1h).
     #[arg(long)]
     settle: Option<String>,
+}
+
+/// `SourceArgs` with the job file applied.
+struct Source {
+    job: Option<JobFile>,
+    data: PathBuf,
+    as_of: tally::time::Micros,
+    settle_micros: i64,
+}
+
+impl SourceArgs {
+    /// Load the job file (checking that it is for `mode`, when given), then take each
+    /// setting from its flag, else from the job file.
+    fn resolve(self, mode: Option<Mode>) -> anyhow::Result<Source> {
+        let job = match &self.job {
+            Some(path) => Some(JobFile::load(path)?),
+            None => None,
+        };
+        if let (Some(j), Some(mode)) = (&job, mode) {
+            if let Some(c) = j.command.as_ref().filter(|c| *c != mode.name()) {
+                return Err(anyhow::Error::new(TallyError::config(
+                    self.job
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                    format!("this job file is for `{c}`, not `{}`", mode.name()),
+                )));
+            }
+        }
+        let data = self
+            .data
+            .or_else(|| job.as_ref().map(|j| j.data.clone()))
+            .ok_or_else(|| {
+                config_error("--data (or a --job file with `data`) is required".into())
+            })?;
+        let as_of_text = self
+            .as_of
+            .or_else(|| job.as_ref().and_then(|j| j.as_of.clone()))
+            .ok_or_else(|| {
+                config_error("--as-of is required (an RFC 3339 instant or `now`)".into())
+            })?;
+        let as_of = parse_as_of(&as_of_text)?;
+        let settle_micros = parse_settle(
+            self.settle
+                .or_else(|| job.as_ref().and_then(|j| j.settle.clone())),
+        )?;
+        Ok(Source {
+            job,
+            data,
+            as_of,
+            settle_micros,
+        })
+    }
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// Output folder; it appears whole or not at all.
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Account buckets for parallel work, 1..=65536 (output does not depend on it).
     #[arg(long)]
     buckets: Option<u32>,
@@ -122,19 +182,10 @@ struct CloseArgs {
 #[derive(Args, Clone)]
 #[command(group(clap::ArgGroup::new("target").required(true).args(["event", "entry", "account"])))]
 struct ExplainArgs {
-    /// Job file holding data, settle and history (flags override it); a `close` job
-    /// file explains as the close.
-    #[arg(long)]
-    job: Option<PathBuf>,
-    /// Data root, as given to the run being explained.
-    #[arg(long)]
-    data: Option<PathBuf>,
-    /// The run's instant (RFC 3339), as given to the run being explained.
-    #[arg(long)]
-    as_of: Option<String>,
-    /// The run's settle window (15m, 900s, 1h; default 15m).
-    #[arg(long)]
-    settle: Option<String>,
+    /// The run to explain: its job file, data root, as-of and settle (a `close` job file
+    /// explains as the close).
+    #[command(flatten)]
+    source: SourceArgs,
     /// Explain as `close --as-of` computes it (default: as `reconcile`).
     #[arg(long)]
     close: bool,
@@ -283,21 +334,13 @@ fn parse_settle(text: Option<String>) -> anyhow::Result<i64> {
 }
 
 fn explain(x: ExplainArgs) -> anyhow::Result<u8> {
-    let job = match &x.job {
-        Some(path) => Some(JobFile::load(path)?),
-        None => None,
-    };
+    let Source {
+        job,
+        data,
+        as_of,
+        settle_micros,
+    } = x.source.resolve(None)?;
     let close = x.close || job.as_ref().and_then(|j| j.command.as_deref()) == Some("close");
-    let data = x
-        .data
-        .or_else(|| job.as_ref().map(|j| j.data.clone()))
-        .ok_or_else(|| config_error("--data (or a --job file with `data`) is required".into()))?;
-    let as_of_text = x
-        .as_of
-        .or_else(|| job.as_ref().and_then(|j| j.as_of.clone()))
-        .ok_or_else(|| {
-            config_error("--as-of is required: the as-of of the run to explain".into())
-        })?;
     let target = match (x.event, x.entry, x.account) {
         (Some(id), _, _) => tally::explain::Target::Event(id),
         (_, Some(id), _) => tally::explain::Target::Entry(id),
@@ -308,15 +351,11 @@ fn explain(x: ExplainArgs) -> anyhow::Result<u8> {
             ))
         }
     };
-    let as_of = parse_as_of(&as_of_text)?;
     let req = tally::explain::ExplainRequest {
         data,
         mode: if close { Mode::Close } else { Mode::Reconcile },
         as_of,
-        settle_micros: parse_settle(
-            x.settle
-                .or_else(|| job.as_ref().and_then(|j| j.settle.clone())),
-        )?,
+        settle_micros,
         history: x
             .history
             .or_else(|| job.as_ref().and_then(|j| j.history.clone())),
@@ -345,40 +384,16 @@ fn request(
     force: bool,
     history: Option<PathBuf>,
 ) -> anyhow::Result<JobRequest> {
-    let job = match &args.job {
-        Some(path) => Some(JobFile::load(path)?),
-        None => None,
-    };
-    if let Some(j) = &job {
-        if let Some(c) = &j.command {
-            if c != mode.name() {
-                return Err(anyhow::Error::new(TallyError::config(
-                    args.job
-                        .as_ref()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_default(),
-                    format!("this job file is for `{c}`, not `{}`", mode.name()),
-                )));
-            }
-        }
-    }
-    let data = args
-        .data
-        .or_else(|| job.as_ref().map(|j| j.data.clone()))
-        .ok_or_else(|| config_error("--data (or a --job file with `data`) is required".into()))?;
+    let Source {
+        job,
+        data,
+        as_of,
+        settle_micros,
+    } = args.source.resolve(Some(mode))?;
     let out = args
         .out
         .or_else(|| job.as_ref().map(|j| j.out.clone()))
         .ok_or_else(|| config_error("--out (or a --job file with `out`) is required".into()))?;
-    let as_of_text = args
-        .as_of
-        .or_else(|| job.as_ref().and_then(|j| j.as_of.clone()))
-        .ok_or_else(|| config_error("--as-of is required (an RFC 3339 instant or `now`)".into()))?;
-    let as_of = parse_as_of(&as_of_text)?;
-    let settle_micros = parse_settle(
-        args.settle
-            .or_else(|| job.as_ref().and_then(|j| j.settle.clone())),
-    )?;
     let buckets = args
         .buckets
         .or_else(|| job.as_ref().and_then(|j| j.buckets))

@@ -290,40 +290,24 @@ fn explain_agrees_with_every_discrepancy_row_and_invoice_of_a_generated_close() 
                 inv["invoice_id"]
             );
         }
+        const LINE_COLUMNS: [&str; 6] = [
+            "product",
+            "action",
+            "model",
+            "event_count",
+            "quantity",
+            "credits",
+        ];
         let wanted: Vec<Vec<String>> = lines
             .iter()
             .filter(|l| l["invoice_id"] == inv["invoice_id"])
-            .map(|l| {
-                [
-                    "product",
-                    "action",
-                    "model",
-                    "event_count",
-                    "quantity",
-                    "credits",
-                ]
-                .iter()
-                .map(|c| l[*c].clone())
-                .collect()
-            })
+            .map(|l| LINE_COLUMNS.iter().map(|c| l[*c].clone()).collect())
             .collect();
         let shown: Vec<Vec<String>> = i["lines"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|l| {
-                [
-                    "product",
-                    "action",
-                    "model",
-                    "event_count",
-                    "quantity",
-                    "credits",
-                ]
-                .iter()
-                .map(|c| cell(&l[*c]))
-                .collect()
-            })
+            .map(|l| LINE_COLUMNS.iter().map(|c| cell(&l[*c])).collect())
             .collect();
         assert_eq!(shown, wanted, "{}", inv["invoice_id"]);
     }
