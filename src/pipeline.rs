@@ -88,6 +88,8 @@ pub struct RunOutput {
     /// Folders of run files, removed once the run output is dropped.
     pub scratch: Vec<Arc<tempfile::TempDir>>,
     pub totals: Totals,
+    /// Figures only `report.html` shows (credits by product, top accounts).
+    pub breakdown: crate::breakdown::Breakdown,
 }
 
 fn dataset_files(root: &Path, dataset: Dataset, required: bool) -> Result<Vec<InputFile>> {
@@ -121,6 +123,9 @@ pub struct Partial {
     pub billed: Vec<BilledRun>,
     /// `invoice_lines` (close), likewise.
     pub lines: Vec<LineRun>,
+    /// Credits by product/action/model over this shard's accounts (for `report.html`).
+    #[serde(default)]
+    pub mix: crate::breakdown::Mix,
     /// The folder holding this partial's run files, kept until the outputs are written.
     #[serde(skip)]
     pub scratch: Option<Arc<tempfile::TempDir>>,
@@ -447,6 +452,9 @@ impl Shared<'_> {
         let mut results = process_buckets(self.ctx, accounts, self.settings.buckets, &stage)?;
         let discrepancy_rows: usize = results.iter().map(|(_, r)| r.discrepancies.len()).sum();
         stage.done(in_window, discrepancy_rows as u64);
+        for (_, r) in results.iter_mut() {
+            partial.mix.merge(std::mem::take(&mut r.mix))?;
+        }
         if self.settings.mode == Mode::Close {
             let (billed, lines) = self.close_runs(group, &mut results)?;
             partial.billed.push(billed);
@@ -502,7 +510,9 @@ pub fn finish(settings: RunSettings, inputs: Inputs, partials: Vec<Partial>) -> 
     let mut billed = Vec::new();
     let mut lines = Vec::new();
     let mut scratch = Vec::new();
+    let mut breakdown = crate::breakdown::Breakdown::default();
     for p in partials {
+        breakdown.mix.merge(p.mix)?;
         billed.extend(p.billed);
         lines.extend(p.lines);
         scratch.extend(p.scratch);
@@ -523,6 +533,9 @@ pub fn finish(settings: RunSettings, inputs: Inputs, partials: Vec<Partial>) -> 
             quoted(&pair[0].0)
         )));
     }
+    (breakdown.top_accounts, breakdown.unreconciled_accounts) =
+        crate::breakdown::top_accounts(&results)?;
+    breakdown.accounts = results.len() as u64;
     let mut out = AccountResult::default();
     for (_, result) in results {
         out.absorb(result)?;
@@ -590,6 +603,7 @@ pub fn finish(settings: RunSettings, inputs: Inputs, partials: Vec<Partial>) -> 
         lines,
         scratch,
         totals: out.totals,
+        breakdown,
     })
 }
 
