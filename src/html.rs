@@ -117,7 +117,7 @@ fn hbar_chart(title: &str, bars: &[Bar]) -> String {
     let height = ROW_H * bars.len() as f64 + 8.0;
     let max = bars.iter().map(|b| b.magnitude).fold(0.0, f64::max);
     let mut svg = format!(
-        "<svg class=\"chart\" role=\"img\" aria-label=\"{}\" viewBox=\"0 0 {width} {height}\" width=\"{width}\" height=\"{height}\" xmlns=\"http://www.w3.org/2000/svg\">",
+        "<svg class=\"chart\" role=\"img\" aria-label=\"{}\" viewBox=\"0 0 {width} {height}\" width=\"{width}\" height=\"{height}\">",
         esc(title)
     );
     let _ = write!(svg, "<title>{}</title>", esc(title));
@@ -177,7 +177,7 @@ fn column_chart(title: &str, bars: &[Bar]) -> String {
     let labelled =
         |i: usize| i == last || (i % every == 0 && (last - i >= every || last % every == 0));
     let mut svg = format!(
-        "<svg class=\"chart\" role=\"img\" aria-label=\"{}\" viewBox=\"0 0 {width:.1} {height}\" width=\"{width:.1}\" height=\"{height}\" xmlns=\"http://www.w3.org/2000/svg\">",
+        "<svg class=\"chart\" role=\"img\" aria-label=\"{}\" viewBox=\"0 0 {width:.1} {height}\" width=\"{width:.1}\" height=\"{height}\">",
         esc(title)
     );
     let _ = write!(svg, "<title>{}</title>", esc(title));
@@ -325,6 +325,11 @@ fn totals(
             &n(s.usage.identical_duplicates),
             None,
         ),
+    );
+    row(
+        h,
+        "usage rows rejected",
+        fig("usage.rejected", &n(s.usage.rejected), None),
     );
     row(
         h,
