@@ -344,7 +344,7 @@ pub fn write_report_files(
                 .or_default()
                 .push((key, figures));
         }
-        let mut ranked: Vec<((&str, &str), MixFigures, Vec<(&MixKey, &MixFigures)>)> =
+        let mut ranked: Vec<(ProductKey<'_>, MixFigures, MixLines<'_>)> =
             Vec::with_capacity(groups.len());
         for (key, lines) in groups {
             let mut sum = MixFigures::default();
@@ -381,6 +381,11 @@ pub fn write_report_files(
     }
     Ok(files)
 }
+
+/// (product, action) of a group of lines.
+type ProductKey<'a> = (&'a str, &'a str);
+/// Lines of the credits-by-product breakdown, borrowed.
+type MixLines<'a> = Vec<(&'a MixKey, &'a MixFigures)>;
 
 /// The columns of `credits-by-product.csv` and `product-NN.csv`.
 pub const MIX_COLUMNS: [&str; 8] = [

@@ -174,8 +174,9 @@ fn column_chart(title: &str, bars: &[Bar]) -> String {
     let last = bars.len() - 1;
     // The last column (often "no event date") is always labelled; the label before it is
     // dropped when too close.
-    let labelled =
-        |i: usize| i == last || (i % every == 0 && (last - i >= every || last % every == 0));
+    let labelled = |i: usize| {
+        i == last || (i.is_multiple_of(every) && (last - i >= every || last.is_multiple_of(every)))
+    };
     let mut svg = format!(
         "<svg class=\"chart\" role=\"img\" aria-label=\"{}\" viewBox=\"0 0 {width:.1} {height}\" width=\"{width:.1}\" height=\"{height}\">",
         esc(title)
