@@ -8,7 +8,7 @@
 use crate::amount::Milli;
 use crate::engine::AccountResult;
 use crate::error::Result;
-use crate::model::UsageRow;
+use crate::model::{Shared, UsageRow};
 use crate::price::Price;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -49,23 +49,23 @@ impl MixFigures {
 }
 
 /// (product, action, model is null, model): ordered by product, action, then model with a
-/// null model last, comparing bytes — the order of `invoice_lines`.
-pub type MixKey = (String, String, bool, Option<String>);
-type BorrowedKey<'a> = (&'a str, &'a str, bool, Option<&'a str>);
+/// null model last, comparing bytes — the order of `invoice_lines`. The strings are the
+/// input's shared (interned) ones: a key costs no string allocation.
+pub type MixKey = (Shared, Shared, bool, Option<Shared>);
+type BorrowedKey<'a> = (&'a Shared, &'a Shared, Option<&'a Shared>);
 
 /// The lines of one account-period, borrowing the events' strings (no allocation per event).
 #[derive(Default)]
 pub struct PeriodMix<'a> {
-    lines: BTreeMap<BorrowedKey<'a>, MixFigures>,
+    lines: rustc_hash::FxHashMap<BorrowedKey<'a>, MixFigures>,
 }
 
 impl<'a> PeriodMix<'a> {
     /// Count one event of the window.
     pub fn add(&mut self, u: &'a UsageRow, price: Price, recorded: Milli) -> Result<()> {
-        let model = u.model.as_deref();
         let line = self
             .lines
-            .entry((&u.product, &u.action, model.is_none(), model))
+            .entry((&u.product, &u.action, u.model.as_ref()))
             .or_default();
         let mut one = MixFigures {
             events: 1,
@@ -81,17 +81,56 @@ impl<'a> PeriodMix<'a> {
     }
 
     /// Add the period's lines to its account's.
-    pub fn fold_into(self, mix: &mut Mix) -> Result<()> {
-        for ((product, action, no_model, model), figures) in self.lines {
-            let key = (
-                product.to_string(),
-                action.to_string(),
-                no_model,
-                model.map(str::to_string),
-            );
-            mix.add_line(key, &figures)?;
+    pub fn fold_into(self, lines: &mut AccountMix) {
+        lines.extend(
+            self.lines
+                .into_iter()
+                .map(|((product, action, model), figures)| {
+                    let key = (
+                        product.clone(),
+                        action.clone(),
+                        model.is_none(),
+                        model.cloned(),
+                    );
+                    (key, figures)
+                }),
+        );
+    }
+}
+
+/// The lines of one account (a key may repeat across its periods); the pipeline sums them
+/// per bucket with [`MixSum`].
+pub type AccountMix = Vec<(MixKey, MixFigures)>;
+
+/// Sums lines by key in a hash map (cheap per line); past [`MAX_MIX_LINES`] keys they move
+/// to a bounded [`Mix`].
+#[derive(Default)]
+pub struct MixSum {
+    lines: rustc_hash::FxHashMap<MixKey, MixFigures>,
+    mix: Mix,
+}
+
+impl MixSum {
+    pub fn add(&mut self, lines: AccountMix) -> Result<()> {
+        for (key, figures) in lines {
+            self.lines.entry(key).or_default().add(&figures)?;
+        }
+        if self.lines.len() > MAX_MIX_LINES {
+            self.flush()?;
         }
         Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        for (key, figures) in self.lines.drain() {
+            self.mix.add_line(key, &figures)?;
+        }
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> Result<Mix> {
+        self.flush()?;
+        Ok(self.mix)
     }
 }
 
@@ -108,7 +147,7 @@ fn coarsen(key: MixKey, level: u8) -> MixKey {
     match level {
         0 => key,
         1 => (key.0, key.1, true, None),
-        _ => (String::new(), String::new(), true, None),
+        _ => (Shared::from(""), Shared::from(""), true, None),
     }
 }
 
@@ -220,7 +259,7 @@ mod tests {
     use super::*;
 
     fn key(p: &str, a: &str, m: Option<&str>) -> MixKey {
-        (p.into(), a.into(), m.is_none(), m.map(String::from))
+        (p.into(), a.into(), m.is_none(), m.map(Shared::from))
     }
 
     fn one(credits: i64) -> MixFigures {

@@ -99,9 +99,9 @@ pub struct AccountResult {
     pub grants_next: Vec<GrantRow>,
     pub billed_events: Vec<BilledEventRow>,
     pub totals: Totals,
-    /// Credits by product/action/model (for `report.html`; the pipeline takes it per group).
+    /// Credits by product/action/model (for `report.html`; the pipeline takes it per bucket).
     #[serde(default)]
-    pub mix: crate::breakdown::Mix,
+    pub mix: crate::breakdown::AccountMix,
 }
 
 impl AccountResult {
@@ -132,7 +132,7 @@ impl AccountResult {
             .sort_by(|a, b| a.grant_id.as_bytes().cmp(b.grant_id.as_bytes()));
         self.grants_next.append(&mut r.grants_next);
         self.billed_events.append(&mut r.billed_events);
-        self.mix.merge(std::mem::take(&mut r.mix))?;
+        self.mix.append(&mut r.mix);
         self.totals.add(&r.totals)
     }
 }
@@ -308,7 +308,7 @@ fn process_period(
         }
     }
     totals.recorded_credits = recorded_period;
-    mix.fold_into(&mut result.mix)?;
+    mix.fold_into(&mut result.mix);
 
     // Conservation, checked on independent sums before anything is published.
     let granted = consume::sum_kinds(&consumption.granted)?;

@@ -17,7 +17,7 @@ use crate::model::{Dataset, Reason};
 use crate::pipeline::RunOutput;
 use crate::reconcile::Kind;
 use crate::write::cell;
-use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Int64Type, Schema};
 use arrow::record_batch::RecordBatch;
 use std::borrow::Cow;
@@ -69,29 +69,67 @@ fn header(schema: &Schema) -> Vec<String> {
     names
 }
 
-fn record(batch: &RecordBatch, row: usize, exponent: u32) -> Vec<String> {
-    let schema = batch.schema();
-    let mut cells = Vec::with_capacity(batch.num_columns() + 2);
-    for (field, column) in schema.fields().iter().zip(batch.columns()) {
-        cells.push(sheet_cell(column, row));
-        if money_column(field.name(), field.data_type()).is_some() {
-            cells.push(if column.is_null(row) {
-                String::new()
-            } else {
-                format_minor(column.as_primitive::<Int64Type>().value(row), exponent)
-            });
-        }
-    }
-    cells
+/// Which money columns a table has (`X_minor` followed by `X`), by column index.
+fn money_flags(schema: &Schema) -> Vec<bool> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| money_column(f.name(), f.data_type()).is_some())
+        .collect()
 }
 
-/// One value for a spreadsheet: text neutralised, everything else as [`cell`] renders it.
-fn sheet_cell(column: &ArrayRef, row: usize) -> String {
-    let text = cell(column, row);
-    match column.data_type() {
-        DataType::Utf8 | DataType::List(_) => safe_text(&text).into_owned(),
-        _ => text,
+/// Write one row: text neutralised, credits with 3 decimals, instants RFC 3339, money
+/// followed by its formatted amount. Common types are written without a string per cell
+/// (`invoice_lines.csv` can hold tens of millions of rows).
+fn write_row<W: Write>(
+    w: &mut csv::Writer<W>,
+    batch: &RecordBatch,
+    row: usize,
+    money: &[bool],
+    exponent: u32,
+    buf: &mut String,
+) -> Result<()> {
+    use std::fmt::Write as _;
+    for (column, &is_money) in batch.columns().iter().zip(money) {
+        buf.clear();
+        if column.is_null(row) {
+            w.write_field("").map_err(csv_err)?;
+            if is_money {
+                w.write_field("").map_err(csv_err)?;
+            }
+            continue;
+        }
+        match column.data_type() {
+            DataType::Utf8 => {
+                let text = column.as_string::<i32>().value(row);
+                w.write_field(safe_text(text).as_bytes()).map_err(csv_err)?;
+            }
+            DataType::Decimal128(_, 3) => {
+                let millis = column
+                    .as_primitive::<arrow::datatypes::Decimal128Type>()
+                    .value(row) as i64;
+                let _ = write!(buf, "{}", Milli(millis));
+                w.write_field(buf.as_bytes()).map_err(csv_err)?;
+            }
+            DataType::Int64 => {
+                let v = column.as_primitive::<Int64Type>().value(row);
+                let _ = write!(buf, "{v}");
+                w.write_field(buf.as_bytes()).map_err(csv_err)?;
+                if is_money {
+                    w.write_field(format_minor(v, exponent)).map_err(csv_err)?;
+                }
+            }
+            DataType::List(_) => {
+                let text = cell(column, row);
+                w.write_field(safe_text(&text).as_bytes())
+                    .map_err(csv_err)?;
+            }
+            _ => {
+                w.write_field(cell(column, row)).map_err(csv_err)?;
+            }
+        }
     }
+    w.write_record(None::<&[u8]>).map_err(csv_err)
 }
 
 fn csv_err(e: csv::Error) -> TallyError {
@@ -112,9 +150,10 @@ pub fn sheet_csv_rows(
 ) -> Result<Vec<u8>> {
     let mut w = csv_writer(Vec::new());
     w.write_record(header(&batch.schema())).map_err(csv_err)?;
+    let money = money_flags(&batch.schema());
+    let mut buf = String::new();
     for row in rows {
-        w.write_record(record(batch, row, exponent))
-            .map_err(csv_err)?;
+        write_row(&mut w, batch, row, &money, exponent, &mut buf)?;
     }
     w.into_inner()
         .map_err(|e| TallyError::output("csv", e.to_string()))
@@ -135,13 +174,14 @@ pub fn write_streamed_csv<T: crate::runs::Keyed>(
 ) -> Result<u64> {
     let file = File::create(path).map_err(|e| TallyError::io(path, e))?;
     let mut w = csv_writer(BufWriter::with_capacity(1 << 20, file));
-    w.write_record(header(&batch(&[]).schema()))
-        .map_err(csv_err)?;
+    let schema = batch(&[]).schema();
+    w.write_record(header(&schema)).map_err(csv_err)?;
+    let money = money_flags(&schema);
+    let mut buf = String::new();
     let rows = crate::runs::for_each_chunk(runs, 1 << 16, |rows| {
         let chunk = batch(rows);
         for row in 0..chunk.num_rows() {
-            w.write_record(record(&chunk, row, exponent))
-                .map_err(csv_err)?;
+            write_row(&mut w, &chunk, row, &money, exponent, &mut buf)?;
         }
         Ok(())
     })?;
@@ -340,7 +380,7 @@ pub fn write_report_files(
         let mut groups: BTreeMap<(&str, &str), Vec<(&MixKey, &MixFigures)>> = BTreeMap::new();
         for (key, figures) in &lines {
             groups
-                .entry((key.0.as_str(), key.1.as_str()))
+                .entry((&*key.0, &*key.1))
                 .or_default()
                 .push((key, figures));
         }

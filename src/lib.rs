@@ -522,8 +522,9 @@ pub(crate) fn write_outputs(dir: &Path, output: &RunOutput, inputs: Vec<FileEntr
     write::write_bytes(&dir.join("report.html"), html.as_bytes())?;
     outputs.push(("report.html".to_string(), None));
     outputs.sort();
+    // Checksums in parallel (the order of the list is kept).
     let outputs = outputs
-        .into_iter()
+        .into_par_iter()
         .map(|(path, rows)| {
             Ok(FileEntry {
                 sha256: write::sha256_file(&dir.join(&path))?,
