@@ -273,6 +273,34 @@ mod tests {
     }
 
     #[test]
+    fn top_accounts_rank_by_absolute_unreconciled_credits_then_id() {
+        let account = |id: &str, expected: i64, recorded: i64| {
+            let mut r = AccountResult::default();
+            r.totals.expected_credits = Milli(expected);
+            r.totals.recorded_credits = Milli(recorded);
+            (id.to_string(), r)
+        };
+        let mut results = vec![
+            account("b", 100, 100),
+            account("c", 100, 40),
+            account("a", 10, 70),
+            account("d", 0, 5),
+        ];
+        for i in 0..30 {
+            results.push(account(&format!("z{i:02}"), 0, 1));
+        }
+        let (top, unreconciled) = top_accounts(&results).unwrap();
+        assert_eq!(unreconciled, 33);
+        assert_eq!(top.len(), TOP_ACCOUNTS);
+        let ids: Vec<&str> = top.iter().take(5).map(|a| a.account_id.as_str()).collect();
+        // |60| ties: "a" before "c"; "b" (0) is never listed.
+        assert_eq!(ids, ["a", "c", "d", "z00", "z01"]);
+        assert_eq!(top[0].unreconciled_credits, Milli(60));
+        assert_eq!(top[1].unreconciled_credits, Milli(-60));
+        assert_eq!(top[19].account_id, "z16");
+    }
+
+    #[test]
     fn lines_sort_by_product_action_then_null_model_last() {
         let mut mix = Mix::default();
         mix.add_line(key("b", "x", None), &one(1)).unwrap();

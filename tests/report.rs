@@ -335,6 +335,32 @@ fn check_report(out: &Path) {
         "only {counted} figures checked against their rows"
     );
 
+    // At close, a top account's unreconciled credits are its invoices' Σ unreconciled.
+    if summary["close"].is_object() {
+        let (header, invoices) = read_csv(&out.join("invoices.csv"));
+        let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+        let mut checked = 0;
+        for rank in 1..=tally::breakdown::TOP_ACCOUNTS {
+            let Some(figure) = shown.get(&format!("accounts.{rank}.unreconciled_credits")) else {
+                break;
+            };
+            let file = out.join(format!("report/account-{rank:02}.csv"));
+            if !file.is_file() {
+                continue;
+            }
+            let (h, rows) = read_csv(&file);
+            let account = &rows[0][h.iter().position(|c| c == "account_id").unwrap()];
+            let sum: i128 = invoices
+                .iter()
+                .filter(|r| &r[col("account_id")] == account)
+                .map(|r| thousandths(&r[col("unreconciled_credits")]))
+                .sum();
+            assert_eq!(sum, thousandths(figure), "account {account}");
+            checked += 1;
+        }
+        assert!(checked > 0);
+    }
+
     // Every report/ file is in the manifest, with its rows.
     let manifest = json(&out.join("manifest.json"));
     let listed: BTreeMap<String, Option<u64>> = manifest["outputs"]
