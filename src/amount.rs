@@ -73,12 +73,6 @@ impl Milli {
     }
 }
 
-/// Money in minor units as a decimal string with the currency's exponent digits:
-/// (999, 2) → "9.99", (-5, 2) → "-0.05", (1200, 0) → "1200".
-pub fn format_minor(minor: i64, exponent: u32) -> String {
-    Decimal::new(minor, exponent).to_string()
-}
-
 impl fmt::Display for Milli {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let sign = if self.0 < 0 { "-" } else { "" };

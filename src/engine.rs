@@ -99,6 +99,9 @@ pub struct AccountResult {
     pub grants_next: Vec<GrantRow>,
     pub billed_events: Vec<BilledEventRow>,
     pub totals: Totals,
+    /// Credits by product/action/model (for `report.html`; the pipeline takes it per bucket).
+    #[serde(default)]
+    pub mix: crate::breakdown::AccountMix,
 }
 
 impl AccountResult {
@@ -129,6 +132,7 @@ impl AccountResult {
             .sort_by(|a, b| a.grant_id.as_bytes().cmp(b.grant_id.as_bytes()));
         self.grants_next.append(&mut r.grants_next);
         self.billed_events.append(&mut r.billed_events);
+        self.mix.append(&mut r.mix);
         self.totals.add(&r.totals)
     }
 }
@@ -293,11 +297,13 @@ fn process_period(
     let mut borrowed_lines: BTreeMap<BorrowedKey<'_>, close::LineTotals> = BTreeMap::new();
     let invoice_id =
         (ctx.mode == Mode::Close).then(|| close::invoice_id(&alloc.account_id, alloc.period_start));
+    let mut mix = crate::breakdown::PeriodMix::default();
     for (i, event) in period.events.iter().enumerate() {
         let price = prices[i];
         let verdict = reconcile::classify(&event.usage, price, &event.entries, ctx.settle_from)?;
         totals.entries_in_window += event.entries.len() as u64;
         recorded_period = recorded_period.checked_add(verdict.recorded)?;
+        mix.add(&event.usage, price, verdict.recorded)?;
         if let Some(expected) = price.expected() {
             totals.expected_credits = totals.expected_credits.checked_add(expected)?;
         }
@@ -370,6 +376,7 @@ fn process_period(
         }
     }
     totals.recorded_credits = recorded_period;
+    mix.fold_into(&mut result.mix);
 
     // Conservation, checked on independent sums before anything is published.
     let granted = consume::sum_kinds(&consumption.granted)?;

@@ -1463,7 +1463,7 @@ fn write_account(t: &mut String, a: &AccountExplanation, book: &PriceBook) {
             al.row
         );
     }
-    let money = |minor: i64| crate::amount::format_minor(minor, book.exponent);
+    let money = |minor: i64| crate::export::format_minor(minor, book.exponent);
     for p in &a.periods {
         let _ = writeln!(
             t,

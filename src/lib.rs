@@ -7,13 +7,16 @@
 //! then an atomic rename). The binary in `main.rs` is a thin clap layer over [`run_job`].
 
 pub mod amount;
+pub mod breakdown;
 pub mod close;
 pub mod consume;
 pub mod engine;
 pub mod error;
 pub mod explain;
+pub mod export;
 pub mod generate;
 pub mod history;
+pub mod html;
 pub mod job;
 pub mod load;
 pub mod model;
@@ -467,6 +470,14 @@ pub(crate) fn write_outputs(dir: &Path, output: &RunOutput, inputs: Vec<FileEntr
         let rows =
             write::write_streamed(&dir.join(name), &output.lines, write::invoice_lines_batch)?;
         outputs.push((name.to_string(), Some(rows)));
+        let name = "invoice_lines.csv";
+        let rows = export::write_streamed_csv(
+            &dir.join(name),
+            &output.lines,
+            write::invoice_lines_batch,
+            output.book.exponent,
+        )?;
+        outputs.push((name.to_string(), Some(rows)));
     }
     for (name, batch) in &tables {
         write::write_parquet(&dir.join(name), batch)?;
@@ -477,6 +488,12 @@ pub(crate) fn write_outputs(dir: &Path, output: &RunOutput, inputs: Vec<FileEntr
                 "discrepancies.csv".to_string(),
                 Some(batch.num_rows() as u64),
             ));
+        } else {
+            // Every other table also as a spreadsheet CSV (see `export`).
+            let csv = name.replace(".parquet", ".csv");
+            let bytes = export::sheet_csv(batch, output.book.exponent)?;
+            write::write_bytes(&dir.join(&csv), &bytes)?;
+            outputs.push((csv, Some(batch.num_rows() as u64)));
         }
     }
     let summary = report::summary(output)?;
@@ -487,9 +504,29 @@ pub(crate) fn write_outputs(dir: &Path, output: &RunOutput, inputs: Vec<FileEntr
     let md = report::summary_markdown(output, &summary)?;
     write::write_bytes(&dir.join("summary.md"), md.as_bytes())?;
     outputs.push(("summary.md".to_string(), None));
+    let table = |wanted: &str| {
+        tables
+            .iter()
+            .find(|(name, _)| *name == wanted)
+            .map(|(_, batch)| batch)
+            .ok_or_else(|| TallyError::Invariant(format!("no {wanted} table")))
+    };
+    let files = export::write_report_files(
+        dir,
+        output,
+        table("discrepancies.parquet")?,
+        table("rejects.parquet")?,
+    )?;
+    for f in files.all() {
+        outputs.push((f.path.clone(), Some(f.rows)));
+    }
+    let html = html::render(output, &summary, &files);
+    write::write_bytes(&dir.join("report.html"), html.as_bytes())?;
+    outputs.push(("report.html".to_string(), None));
     outputs.sort();
+    // Checksums in parallel (the order of the list is kept).
     let outputs = outputs
-        .into_iter()
+        .into_par_iter()
         .map(|(path, rows)| {
             Ok(FileEntry {
                 sha256: write::sha256_file(&dir.join(&path))?,

@@ -90,6 +90,8 @@ pub struct RunOutput {
     /// Folders of run files, removed once the run output is dropped.
     pub scratch: Vec<Arc<tempfile::TempDir>>,
     pub totals: Totals,
+    /// Figures only `report.html` shows (credits by product, top accounts).
+    pub breakdown: crate::breakdown::Breakdown,
 }
 
 fn dataset_files(root: &Path, dataset: Dataset, required: bool) -> Result<Vec<InputFile>> {
@@ -123,6 +125,9 @@ pub struct Partial {
     pub billed: Vec<BilledRun>,
     /// `invoice_lines` (close), likewise.
     pub lines: Vec<LineRun>,
+    /// Credits by product/action/model over this shard's accounts (for `report.html`).
+    #[serde(default)]
+    pub mix: crate::breakdown::Mix,
     /// The folder holding this partial's run files, kept until the outputs are written.
     #[serde(skip)]
     pub scratch: Option<Arc<tempfile::TempDir>>,
@@ -472,9 +477,11 @@ impl Shared<'_> {
             "price, consume, reconcile",
             u64::from(self.settings.buckets.max(1)),
         );
-        let mut results = process_buckets(self.ctx, accounts, self.settings.buckets, &stage)?;
+        let (mut results, mix) =
+            process_buckets(self.ctx, accounts, self.settings.buckets, &stage)?;
         let discrepancy_rows: usize = results.iter().map(|(_, r)| r.discrepancies.len()).sum();
         stage.done(in_window, discrepancy_rows as u64);
+        partial.mix.merge(mix)?;
         if self.settings.mode == Mode::Close {
             let (billed, lines) = self.close_runs(group, &mut results)?;
             partial.billed.push(billed);
@@ -530,7 +537,9 @@ pub fn finish(settings: RunSettings, inputs: Inputs, partials: Vec<Partial>) -> 
     let mut billed = Vec::new();
     let mut lines = Vec::new();
     let mut scratch = Vec::new();
+    let mut breakdown = crate::breakdown::Breakdown::default();
     for p in partials {
+        breakdown.mix.merge(p.mix)?;
         billed.extend(p.billed);
         lines.extend(p.lines);
         scratch.extend(p.scratch);
@@ -551,6 +560,9 @@ pub fn finish(settings: RunSettings, inputs: Inputs, partials: Vec<Partial>) -> 
             quoted(&pair[0].0)
         )));
     }
+    (breakdown.top_accounts, breakdown.unreconciled_accounts) =
+        crate::breakdown::top_accounts(&results)?;
+    breakdown.accounts = results.len() as u64;
     let mut out = AccountResult::default();
     for (_, result) in results {
         out.absorb(result)?;
@@ -618,6 +630,7 @@ pub fn finish(settings: RunSettings, inputs: Inputs, partials: Vec<Partial>) -> 
         lines,
         scratch,
         totals: out.totals,
+        breakdown,
     })
 }
 
@@ -657,36 +670,42 @@ fn check_one_invoice_and_renewal_per_period(out: &AccountResult) -> Result<()> {
 
 /// Group accounts into buckets and process the buckets in parallel; each bucket's accounts
 /// run one after another. The result does not depend on the bucket count or thread count.
+/// The accounts' credits by product are taken out of their results and folded per bucket.
 fn process_buckets(
     ctx: &RunContext<'_>,
     accounts: Vec<AccountWork>,
     buckets: u32,
     stage: &crate::progress::Stage,
-) -> Result<Vec<(String, AccountResult)>> {
+) -> Result<(Vec<(String, AccountResult)>, crate::breakdown::Mix)> {
     let mut grouped: Vec<Vec<AccountWork>> = (0..buckets.max(1)).map(|_| Vec::new()).collect();
     for account in accounts {
         grouped[bucket_of(&account.account_id, buckets) as usize].push(account);
     }
-    let per_bucket: Vec<Result<Vec<(String, AccountResult)>>> = grouped
+    type Bucket = (Vec<(String, AccountResult)>, crate::breakdown::Mix);
+    let per_bucket: Vec<Result<Bucket>> = grouped
         .into_par_iter()
         .map(|bucket| {
+            let mut mix = crate::breakdown::MixSum::default();
             let done = bucket
                 .into_iter()
                 .map(|work| {
                     let id = work.account_id.clone();
-                    process_account(ctx, work).map(|mut r| {
-                        r.shrink();
-                        (id, r)
-                    })
+                    let mut r = process_account(ctx, work)?;
+                    r.shrink();
+                    mix.add(std::mem::take(&mut r.mix))?;
+                    Ok((id, r))
                 })
-                .collect();
+                .collect::<Result<Vec<_>>>();
             stage.tick();
-            done
+            Ok((done?, mix.finish()?))
         })
         .collect();
     let mut all = Vec::new();
+    let mut mix = crate::breakdown::Mix::default();
     for bucket in per_bucket {
-        all.extend(bucket?);
+        let (results, bucket_mix) = bucket?;
+        all.extend(results);
+        mix.merge(bucket_mix)?;
     }
-    Ok(all)
+    Ok((all, mix))
 }

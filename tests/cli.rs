@@ -9,4 +9,5 @@ mod generated;
 mod golden;
 mod operations;
 mod properties;
+mod report;
 mod sharding;

@@ -79,18 +79,27 @@ pub fn render(path: &Path, drop_columns: &[&str]) -> String {
     String::from_utf8(tally::write::table_csv(&projected).unwrap()).unwrap()
 }
 
-/// Every file of a folder with its bytes, sorted by name.
+/// Every file of a folder and its subfolders (`report/`) with its bytes, sorted by path
+/// relative to the folder (`/`-separated).
 pub fn folder_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            (
-                e.file_name().to_string_lossy().into_owned(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect();
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(folder) = stack.pop() {
+        for e in std::fs::read_dir(&folder).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path.strip_prefix(dir).unwrap();
+                let name = rel
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                files.push((name, std::fs::read(&path).unwrap()));
+            }
+        }
+    }
     files.sort();
     files
 }

@@ -1,0 +1,348 @@
+//! The figures `report.html` needs that the run's tables do not hold, collected cheaply:
+//! credits by product/action/model over the events in the window (a small map, folded per
+//! account-period, per account, per group and per shard — never per event), and the
+//! accounts with the most unreconciled credits (recorded − expected, from each account's
+//! totals). Memory is bounded by [`MAX_MIX_LINES`] and [`TOP_ACCOUNTS`], whatever the run's
+//! size.
+
+use crate::amount::Milli;
+use crate::engine::AccountResult;
+use crate::error::Result;
+use crate::model::{Shared, UsageRow};
+use crate::price::Price;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The most (product, action, model) lines kept. Past it the model is dropped from the key
+/// (one line per product/action), and past it again everything is one line. Which of the
+/// three forms a run ends in depends only on how many distinct keys the run has, never on
+/// the order accounts, groups or shards are folded in, so outputs stay byte-identical.
+pub const MAX_MIX_LINES: usize = 10_000;
+
+/// How many accounts the report ranks by unreconciled credits.
+pub const TOP_ACCOUNTS: usize = 20;
+
+/// What the events of one (product, action, model) line add up to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MixFigures {
+    /// Events in the window, any status.
+    pub events: u64,
+    /// `succeeded` events with a rate (the ones that cost credits, possibly 0).
+    pub chargeable_events: u64,
+    /// Σ quantity of the chargeable events (in the rate's unit).
+    pub quantity: Milli,
+    /// Σ expected credits (= Σ over chargeable events; other events expect 0).
+    pub expected_credits: Milli,
+    /// Σ net recorded on these events (entries attached to them), any status.
+    pub recorded_credits: Milli,
+}
+
+impl MixFigures {
+    fn add(&mut self, o: &MixFigures) -> Result<()> {
+        self.events += o.events;
+        self.chargeable_events += o.chargeable_events;
+        self.quantity = self.quantity.checked_add(o.quantity)?;
+        self.expected_credits = self.expected_credits.checked_add(o.expected_credits)?;
+        self.recorded_credits = self.recorded_credits.checked_add(o.recorded_credits)?;
+        Ok(())
+    }
+}
+
+/// (product, action, model is null, model): ordered by product, action, then model with a
+/// null model last, comparing bytes — the order of `invoice_lines`. The strings are the
+/// input's shared (interned) ones: a key costs no string allocation.
+pub type MixKey = (Shared, Shared, bool, Option<Shared>);
+type BorrowedKey<'a> = (&'a Shared, &'a Shared, Option<&'a Shared>);
+
+/// The lines of one account-period, borrowing the events' strings (no allocation per event).
+#[derive(Default)]
+pub struct PeriodMix<'a> {
+    lines: rustc_hash::FxHashMap<BorrowedKey<'a>, MixFigures>,
+}
+
+impl<'a> PeriodMix<'a> {
+    /// Count one event of the window.
+    pub fn add(&mut self, u: &'a UsageRow, price: Price, recorded: Milli) -> Result<()> {
+        let line = self
+            .lines
+            .entry((&u.product, &u.action, u.model.as_ref()))
+            .or_default();
+        let mut one = MixFigures {
+            events: 1,
+            recorded_credits: recorded,
+            ..MixFigures::default()
+        };
+        if let Price::Charged(credits) = price {
+            one.chargeable_events = 1;
+            one.quantity = u.quantity;
+            one.expected_credits = credits;
+        }
+        line.add(&one)
+    }
+
+    /// Add the period's lines to its account's.
+    pub fn fold_into(self, lines: &mut AccountMix) {
+        lines.extend(
+            self.lines
+                .into_iter()
+                .map(|((product, action, model), figures)| {
+                    let key = (
+                        product.clone(),
+                        action.clone(),
+                        model.is_none(),
+                        model.cloned(),
+                    );
+                    (key, figures)
+                }),
+        );
+    }
+}
+
+/// The lines of one account (a key may repeat across its periods); the pipeline sums them
+/// per bucket with [`MixSum`].
+pub type AccountMix = Vec<(MixKey, MixFigures)>;
+
+/// Sums lines by key in a hash map (cheap per line); past [`MAX_MIX_LINES`] keys they move
+/// to a bounded [`Mix`].
+#[derive(Default)]
+pub struct MixSum {
+    lines: rustc_hash::FxHashMap<MixKey, MixFigures>,
+    mix: Mix,
+}
+
+impl MixSum {
+    pub fn add(&mut self, lines: AccountMix) -> Result<()> {
+        for (key, figures) in lines {
+            self.lines.entry(key).or_default().add(&figures)?;
+        }
+        if self.lines.len() > MAX_MIX_LINES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        for (key, figures) in self.lines.drain() {
+            self.mix.add_line(key, &figures)?;
+        }
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> Result<Mix> {
+        self.flush()?;
+        Ok(self.mix)
+    }
+}
+
+/// Credits by (product, action, model), bounded to [`MAX_MIX_LINES`] lines.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mix {
+    /// 0: by product, action and model; 1: models merged; 2: one line for everything.
+    pub level: u8,
+    pub lines: BTreeMap<MixKey, MixFigures>,
+}
+
+/// The key of a line at a level of detail.
+fn coarsen(key: MixKey, level: u8) -> MixKey {
+    match level {
+        0 => key,
+        1 => (key.0, key.1, true, None),
+        _ => (Shared::from(""), Shared::from(""), true, None),
+    }
+}
+
+impl Mix {
+    pub fn add_line(&mut self, key: MixKey, figures: &MixFigures) -> Result<()> {
+        let key = coarsen(key, self.level);
+        self.lines.entry(key).or_default().add(figures)?;
+        while self.lines.len() > MAX_MIX_LINES && self.level < 2 {
+            self.coarsen_to(self.level + 1)?;
+        }
+        Ok(())
+    }
+
+    fn coarsen_to(&mut self, level: u8) -> Result<()> {
+        self.level = level;
+        let old = std::mem::take(&mut self.lines);
+        for (key, figures) in old {
+            self.lines
+                .entry(coarsen(key, level))
+                .or_default()
+                .add(&figures)?;
+        }
+        Ok(())
+    }
+
+    /// Fold another account's, group's or shard's lines into these.
+    pub fn merge(&mut self, other: Mix) -> Result<()> {
+        if other.level > self.level {
+            self.coarsen_to(other.level)?;
+        }
+        for (key, figures) in other.lines {
+            self.add_line(key, &figures)?;
+        }
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+}
+
+/// One account's reconciliation figures over the run's window.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountFigures {
+    pub account_id: String,
+    pub events_in_window: u64,
+    pub expected_credits: Milli,
+    pub recorded_credits: Milli,
+    /// recorded − expected (at close, Σ of the account's invoices' `unreconciled_credits`).
+    pub unreconciled_credits: Milli,
+    pub discrepancy_rows: u64,
+}
+
+/// What the report adds to a run's outputs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Breakdown {
+    pub mix: Mix,
+    /// The [`TOP_ACCOUNTS`] accounts with the largest |unreconciled credits| (then account
+    /// id, bytes); accounts with 0 are never listed.
+    pub top_accounts: Vec<AccountFigures>,
+    /// Accounts processed in the run.
+    pub accounts: u64,
+    /// Accounts whose unreconciled credits are not 0.
+    pub unreconciled_accounts: u64,
+}
+
+/// Rank accounts by |recorded − expected| (largest first, then account id bytes), keeping
+/// the first [`TOP_ACCOUNTS`] with a non-zero figure.
+pub fn top_accounts(results: &[(String, AccountResult)]) -> Result<(Vec<AccountFigures>, u64)> {
+    let mut ranked: Vec<(u64, &str, &AccountResult, Milli)> = Vec::new();
+    let mut unreconciled_accounts = 0u64;
+    for (id, r) in results {
+        let t = &r.totals;
+        let unreconciled = t.recorded_credits.checked_sub(t.expected_credits)?;
+        if unreconciled == Milli::ZERO {
+            continue;
+        }
+        unreconciled_accounts += 1;
+        ranked.push((unreconciled.0.unsigned_abs(), id.as_str(), r, unreconciled));
+        if ranked.len() > 4 * TOP_ACCOUNTS {
+            keep_top(&mut ranked);
+        }
+    }
+    keep_top(&mut ranked);
+    let top = ranked
+        .into_iter()
+        .map(|(_, id, r, unreconciled)| AccountFigures {
+            account_id: id.to_string(),
+            events_in_window: r.totals.events_in_window,
+            expected_credits: r.totals.expected_credits,
+            recorded_credits: r.totals.recorded_credits,
+            unreconciled_credits: unreconciled,
+            discrepancy_rows: r.discrepancies.len() as u64,
+        })
+        .collect();
+    Ok((top, unreconciled_accounts))
+}
+
+fn keep_top<T>(ranked: &mut Vec<(u64, &str, T, Milli)>) {
+    ranked.sort_by(|a, b| {
+        b.0.cmp(&a.0)
+            .then_with(|| a.1.as_bytes().cmp(b.1.as_bytes()))
+    });
+    ranked.truncate(TOP_ACCOUNTS);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(p: &str, a: &str, m: Option<&str>) -> MixKey {
+        (p.into(), a.into(), m.is_none(), m.map(Shared::from))
+    }
+
+    fn one(credits: i64) -> MixFigures {
+        MixFigures {
+            events: 1,
+            chargeable_events: 1,
+            quantity: Milli(1000),
+            expected_credits: Milli(credits),
+            recorded_credits: Milli(credits),
+        }
+    }
+
+    #[test]
+    fn top_accounts_rank_by_absolute_unreconciled_credits_then_id() {
+        let account = |id: &str, expected: i64, recorded: i64| {
+            let mut r = AccountResult::default();
+            r.totals.expected_credits = Milli(expected);
+            r.totals.recorded_credits = Milli(recorded);
+            (id.to_string(), r)
+        };
+        let mut results = vec![
+            account("b", 100, 100),
+            account("c", 100, 40),
+            account("a", 10, 70),
+            account("d", 0, 5),
+        ];
+        for i in 0..30 {
+            results.push(account(&format!("z{i:02}"), 0, 1));
+        }
+        let (top, unreconciled) = top_accounts(&results).unwrap();
+        assert_eq!(unreconciled, 33);
+        assert_eq!(top.len(), TOP_ACCOUNTS);
+        let ids: Vec<&str> = top.iter().take(5).map(|a| a.account_id.as_str()).collect();
+        // |60| ties: "a" before "c"; "b" (0) is never listed.
+        assert_eq!(ids, ["a", "c", "d", "z00", "z01"]);
+        assert_eq!(top[0].unreconciled_credits, Milli(60));
+        assert_eq!(top[1].unreconciled_credits, Milli(-60));
+        assert_eq!(top[19].account_id, "z16");
+    }
+
+    #[test]
+    fn lines_sort_by_product_action_then_null_model_last() {
+        let mut mix = Mix::default();
+        mix.add_line(key("b", "x", None), &one(1)).unwrap();
+        mix.add_line(key("a", "y", Some("m")), &one(1)).unwrap();
+        mix.add_line(key("a", "y", None), &one(1)).unwrap();
+        mix.add_line(key("a", "y", Some("l")), &one(1)).unwrap();
+        let keys: Vec<_> = mix.lines.keys().cloned().collect();
+        assert_eq!(
+            keys,
+            vec![
+                key("a", "y", Some("l")),
+                key("a", "y", Some("m")),
+                key("a", "y", None),
+                key("b", "x", None)
+            ]
+        );
+    }
+
+    #[test]
+    fn too_many_lines_coarsen_the_same_way_in_any_merge_order() {
+        let lines: Vec<MixKey> = (0..MAX_MIX_LINES + 5)
+            .map(|i| key(&format!("p{}", i % 3), "act", Some(&format!("m{i}"))))
+            .collect();
+        let mut forward = Mix::default();
+        for k in &lines {
+            forward.add_line(k.clone(), &one(2)).unwrap();
+        }
+        // Two halves folded separately, then merged the other way round.
+        let (a, b) = lines.split_at(lines.len() / 2);
+        let mut left = Mix::default();
+        let mut right = Mix::default();
+        for k in a {
+            left.add_line(k.clone(), &one(2)).unwrap();
+        }
+        for k in b.iter().rev() {
+            right.add_line(k.clone(), &one(2)).unwrap();
+        }
+        right.merge(left).unwrap();
+        assert_eq!(forward, right);
+        assert_eq!(forward.level, 1);
+        assert_eq!(forward.lines.len(), 3);
+        let total: u64 = forward.lines.values().map(|f| f.events).sum();
+        assert_eq!(total, lines.len() as u64);
+    }
+}

@@ -1,0 +1,550 @@
+//! CSV exports for spreadsheets, and the `report/` files `report.html` links to.
+//!
+//! Every spreadsheet CSV follows the same rules (README, "CSV exports"): a header row;
+//! RFC 3339 UTC instants; credits as text with exactly three decimals; a money column
+//! `X_minor` (integer minor units, as in the Parquet) followed by `X`, the same amount
+//! formatted with the currency's exponent (`-12.34`, JPY `1234`, BHD `1.234`); lists joined
+//! with `;`; null as an empty cell; and text cells that a spreadsheet would read as a
+//! formula (starting with `=`, `+`, `-`, `@`, tab or carriage return) prefixed with `'`.
+//!
+//! `discrepancies.csv` is not one of these: it keeps the contract's exact form (every value
+//! equal to the Parquet's, see [`crate::write::table_csv`]).
+
+use crate::amount::Milli;
+use crate::breakdown::{MixFigures, MixKey};
+use crate::error::{Result, TallyError};
+use crate::model::{Dataset, Reason};
+use crate::pipeline::RunOutput;
+use crate::reconcile::Kind;
+use crate::write::cell;
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{DataType, Int64Type, Schema};
+use arrow::record_batch::RecordBatch;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+/// The folder (inside the run folder) of the CSV files `report.html` links to.
+pub const REPORT_DIR: &str = "report";
+
+/// A text cell a spreadsheet would read as a formula gets a leading apostrophe (OWASP's
+/// advice for CSV injection); any other text is unchanged.
+pub fn safe_text(text: &str) -> Cow<'_, str> {
+    match text.as_bytes().first() {
+        Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r') => Cow::Owned(format!("'{text}")),
+        _ => Cow::Borrowed(text),
+    }
+}
+
+/// An amount of minor units as a decimal string with the currency's exponent: `-1234`
+/// USD (2) is `-12.34`, JPY (0) `-1234`, BHD (3) `-1.234`. Exact integer arithmetic.
+pub fn format_minor(minor: i64, exponent: u32) -> String {
+    let sign = if minor < 0 { "-" } else { "" };
+    let abs = u128::from(minor.unsigned_abs());
+    if exponent == 0 {
+        return format!("{sign}{abs}");
+    }
+    let scale = 10u128.pow(exponent);
+    let width = exponent as usize;
+    format!("{sign}{}.{:0width$}", abs / scale, abs % scale)
+}
+
+/// The column holding minor units of money: `X_minor` (INT64), followed in a spreadsheet
+/// CSV by `X`, the formatted amount.
+fn money_column(name: &str, data_type: &DataType) -> Option<String> {
+    let base = name.strip_suffix("_minor")?;
+    (*data_type == DataType::Int64).then(|| base.to_string())
+}
+
+fn header(schema: &Schema) -> Vec<String> {
+    let mut names = Vec::new();
+    for f in schema.fields() {
+        names.push(f.name().clone());
+        if let Some(formatted) = money_column(f.name(), f.data_type()) {
+            names.push(formatted);
+        }
+    }
+    names
+}
+
+/// Which money columns a table has (`X_minor` followed by `X`), by column index.
+fn money_flags(schema: &Schema) -> Vec<bool> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| money_column(f.name(), f.data_type()).is_some())
+        .collect()
+}
+
+/// Write one row: text neutralised, credits with 3 decimals, instants RFC 3339, money
+/// followed by its formatted amount. Common types are written without a string per cell
+/// (`invoice_lines.csv` can hold tens of millions of rows).
+fn write_row<W: Write>(
+    w: &mut csv::Writer<W>,
+    batch: &RecordBatch,
+    row: usize,
+    money: &[bool],
+    exponent: u32,
+    buf: &mut String,
+) -> Result<()> {
+    use std::fmt::Write as _;
+    for (column, &is_money) in batch.columns().iter().zip(money) {
+        buf.clear();
+        if column.is_null(row) {
+            w.write_field("").map_err(csv_err)?;
+            if is_money {
+                w.write_field("").map_err(csv_err)?;
+            }
+            continue;
+        }
+        match column.data_type() {
+            DataType::Utf8 => {
+                let text = column.as_string::<i32>().value(row);
+                w.write_field(safe_text(text).as_bytes()).map_err(csv_err)?;
+            }
+            DataType::Decimal128(_, 3) => {
+                let millis = column
+                    .as_primitive::<arrow::datatypes::Decimal128Type>()
+                    .value(row) as i64;
+                let _ = write!(buf, "{}", Milli(millis));
+                w.write_field(buf.as_bytes()).map_err(csv_err)?;
+            }
+            DataType::Int64 => {
+                let v = column.as_primitive::<Int64Type>().value(row);
+                let _ = write!(buf, "{v}");
+                w.write_field(buf.as_bytes()).map_err(csv_err)?;
+                if is_money {
+                    w.write_field(format_minor(v, exponent)).map_err(csv_err)?;
+                }
+            }
+            DataType::List(_) => {
+                let text = cell(column, row);
+                w.write_field(safe_text(&text).as_bytes())
+                    .map_err(csv_err)?;
+            }
+            _ => {
+                w.write_field(cell(column, row)).map_err(csv_err)?;
+            }
+        }
+    }
+    w.write_record(None::<&[u8]>).map_err(csv_err)
+}
+
+fn csv_err(e: csv::Error) -> TallyError {
+    TallyError::output("csv", e)
+}
+
+fn csv_writer<W: Write>(w: W) -> csv::Writer<W> {
+    csv::WriterBuilder::new()
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(w)
+}
+
+/// A spreadsheet CSV of some rows of a table (in the given order).
+pub fn sheet_csv_rows(
+    batch: &RecordBatch,
+    rows: impl IntoIterator<Item = usize>,
+    exponent: u32,
+) -> Result<Vec<u8>> {
+    let mut w = csv_writer(Vec::new());
+    w.write_record(header(&batch.schema())).map_err(csv_err)?;
+    let money = money_flags(&batch.schema());
+    let mut buf = String::new();
+    for row in rows {
+        write_row(&mut w, batch, row, &money, exponent, &mut buf)?;
+    }
+    w.into_inner()
+        .map_err(|e| TallyError::output("csv", e.to_string()))
+}
+
+/// A spreadsheet CSV of a whole table.
+pub fn sheet_csv(batch: &RecordBatch, exponent: u32) -> Result<Vec<u8>> {
+    sheet_csv_rows(batch, 0..batch.num_rows(), exponent)
+}
+
+/// Stream a table from its runs into a spreadsheet CSV (like
+/// [`crate::write::write_streamed`] does Parquet), a chunk at a time; returns the rows.
+pub fn write_streamed_csv<T: crate::runs::Keyed>(
+    path: &Path,
+    runs: &[crate::runs::Run<T>],
+    batch: fn(&[T]) -> RecordBatch,
+    exponent: u32,
+) -> Result<u64> {
+    let file = File::create(path).map_err(|e| TallyError::io(path, e))?;
+    let mut w = csv_writer(BufWriter::with_capacity(1 << 20, file));
+    let schema = batch(&[]).schema();
+    w.write_record(header(&schema)).map_err(csv_err)?;
+    let money = money_flags(&schema);
+    let mut buf = String::new();
+    let rows = crate::runs::for_each_chunk(runs, 1 << 16, |rows| {
+        let chunk = batch(rows);
+        for row in 0..chunk.num_rows() {
+            write_row(&mut w, &chunk, row, &money, exponent, &mut buf)?;
+        }
+        Ok(())
+    })?;
+    let file = w
+        .into_inner()
+        .map_err(|e| TallyError::output(path.display().to_string(), e.to_string()))?
+        .into_inner()
+        .map_err(|e| TallyError::io(path, e.into_error()))?;
+    file.sync_all().map_err(|e| TallyError::io(path, e))?;
+    Ok(rows)
+}
+
+// ---- the report/ files ------------------------------------------------------------------
+
+/// Days since 1970-01-01 of an instant (its UTC date).
+pub fn utc_day(t: crate::time::Micros) -> i64 {
+    t.div_euclid(86_400 * crate::time::MICROS_PER_SECOND)
+}
+
+/// `YYYY-MM-DD` of a day number.
+pub fn day_label(day: i64) -> String {
+    let t = day.saturating_mul(86_400 * crate::time::MICROS_PER_SECOND);
+    let stamp = crate::time::format_instant(t);
+    stamp.split('T').next().unwrap_or(&stamp).to_string()
+}
+
+/// A CSV file `report.html` links to, and how many data rows it holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Linked {
+    /// Relative to the run folder, `/`-separated.
+    pub path: String,
+    pub rows: u64,
+}
+
+/// Discrepancy rows of one UTC day of `occurred_at` (or of none: orphan and manual entries).
+pub struct DayGroup {
+    /// `None`: rows without an event date.
+    pub day: Option<i64>,
+    pub rows: u64,
+    pub delta: Milli,
+    pub file: Linked,
+}
+
+pub struct RejectGroup {
+    pub dataset: Dataset,
+    pub reason: Reason,
+    pub file: Linked,
+}
+
+/// The lines of one (product, action), summed.
+pub struct ProductGroup {
+    pub product: String,
+    pub action: String,
+    pub figures: MixFigures,
+    /// Its (product, action, model) lines, in `file`.
+    pub file: Linked,
+}
+
+/// The most product/action rows `report.html` shows (all are in `credits-by-product.csv`).
+pub const SHOWN_PRODUCTS: usize = 50;
+
+/// Everything under `report/`, by the figure that links to it.
+#[derive(Default)]
+pub struct ReportFiles {
+    pub kinds: BTreeMap<Kind, Linked>,
+    pub days: Vec<DayGroup>,
+    pub rejects: Vec<RejectGroup>,
+    /// Aligned with `breakdown.top_accounts`; `None` for an account without discrepancy rows.
+    pub accounts: Vec<Option<Linked>>,
+    /// Every (product, action, model) line.
+    pub products: Option<Linked>,
+    /// The [`SHOWN_PRODUCTS`] product/actions with the most expected credits (then bytes).
+    pub product_groups: Vec<ProductGroup>,
+    /// Product/actions beyond those shown.
+    pub more_product_groups: usize,
+}
+
+impl ReportFiles {
+    /// Every file, for the manifest.
+    pub fn all(&self) -> Vec<&Linked> {
+        let mut all: Vec<&Linked> = self.kinds.values().collect();
+        all.extend(self.days.iter().map(|d| &d.file));
+        all.extend(self.rejects.iter().map(|r| &r.file));
+        all.extend(self.accounts.iter().flatten());
+        all.extend(&self.products);
+        all.extend(self.product_groups.iter().map(|g| &g.file));
+        all
+    }
+}
+
+fn write_rows(
+    dir: &Path,
+    name: String,
+    batch: &RecordBatch,
+    rows: &[usize],
+    exponent: u32,
+) -> Result<Linked> {
+    let path = format!("{REPORT_DIR}/{name}");
+    let bytes = sheet_csv_rows(batch, rows.iter().copied(), exponent)?;
+    crate::write::write_bytes(&dir.join(&path), &bytes)?;
+    Ok(Linked {
+        path,
+        rows: rows.len() as u64,
+    })
+}
+
+/// Write `report/` under `dir`: the discrepancy rows of each kind, of each day and of each
+/// top account, the rejects of each (dataset, reason), and credits by product/action/model.
+/// File names never hold an id: kinds, dates, datasets and reasons are fixed vocabularies,
+/// accounts and product/actions are numbered by rank. Only non-empty files are written.
+pub fn write_report_files(
+    dir: &Path,
+    out: &RunOutput,
+    discrepancies: &RecordBatch,
+    rejects: &RecordBatch,
+) -> Result<ReportFiles> {
+    let report_dir = dir.join(REPORT_DIR);
+    std::fs::create_dir_all(&report_dir).map_err(|e| TallyError::io(&report_dir, e))?;
+    let exponent = out.book.exponent;
+    let mut files = ReportFiles::default();
+
+    let mut by_kind: BTreeMap<Kind, Vec<usize>> = BTreeMap::new();
+    // (no date, day): dated rows by day, then the rows without a date.
+    let mut by_day: BTreeMap<(bool, i64), (Vec<usize>, Milli)> = BTreeMap::new();
+    for (i, d) in out.discrepancies.iter().enumerate() {
+        by_kind.entry(d.kind).or_default().push(i);
+        let key = match d.occurred_at {
+            Some(t) => (false, utc_day(t)),
+            None => (true, 0),
+        };
+        let day = by_day.entry(key).or_default();
+        day.0.push(i);
+        // A summary figure, like summary.json's: saturating, unpriced rows count 0.
+        day.1 = Milli(
+            day.1
+                 .0
+                .saturating_add(d.delta_credits.unwrap_or_default().0),
+        );
+    }
+    for (kind, rows) in by_kind {
+        let name = format!("discrepancies-kind-{}.csv", kind.name());
+        files
+            .kinds
+            .insert(kind, write_rows(dir, name, discrepancies, &rows, exponent)?);
+    }
+    for ((no_date, day), (rows, delta)) in by_day {
+        let label = if no_date {
+            "none".to_string()
+        } else {
+            day_label(day)
+        };
+        let name = format!("discrepancies-day-{label}.csv");
+        files.days.push(DayGroup {
+            day: (!no_date).then_some(day),
+            rows: rows.len() as u64,
+            delta,
+            file: write_rows(dir, name, discrepancies, &rows, exponent)?,
+        });
+    }
+
+    let mut by_reason: BTreeMap<(Dataset, Reason), Vec<usize>> = BTreeMap::new();
+    for (i, r) in out.rejects.iter().enumerate() {
+        by_reason.entry((r.dataset, r.reason)).or_default().push(i);
+    }
+    for ((dataset, reason), rows) in by_reason {
+        let name = format!("rejects-{}-{}.csv", dataset.name(), reason.name());
+        files.rejects.push(RejectGroup {
+            dataset,
+            reason,
+            file: write_rows(dir, name, rejects, &rows, exponent)?,
+        });
+    }
+
+    // Discrepancies are in account order: an account's rows are one range.
+    for (rank, account) in out.breakdown.top_accounts.iter().enumerate() {
+        let id = account.account_id.as_bytes();
+        let start = out
+            .discrepancies
+            .partition_point(|d| d.account_id.as_bytes() < id);
+        let end = out
+            .discrepancies
+            .partition_point(|d| d.account_id.as_bytes() <= id);
+        let rows: Vec<usize> = (start..end).collect();
+        files.accounts.push(if rows.is_empty() {
+            None
+        } else {
+            let name = format!("account-{:02}.csv", rank + 1);
+            Some(write_rows(dir, name, discrepancies, &rows, exponent)?)
+        });
+    }
+
+    let mix = &out.breakdown.mix;
+    if !mix.is_empty() {
+        let lines: Vec<(&MixKey, &MixFigures)> = mix.lines.iter().collect();
+        files.products = Some(write_mix(dir, "credits-by-product.csv".into(), &lines)?);
+        let mut groups: BTreeMap<(&str, &str), Vec<(&MixKey, &MixFigures)>> = BTreeMap::new();
+        for (key, figures) in &lines {
+            groups
+                .entry((&*key.0, &*key.1))
+                .or_default()
+                .push((key, figures));
+        }
+        let mut ranked: Vec<(ProductKey<'_>, MixFigures, MixLines<'_>)> =
+            Vec::with_capacity(groups.len());
+        for (key, lines) in groups {
+            let mut sum = MixFigures::default();
+            for (_, f) in &lines {
+                sum.events += f.events;
+                sum.chargeable_events += f.chargeable_events;
+                sum.quantity = sum.quantity.checked_add(f.quantity)?;
+                sum.expected_credits = sum.expected_credits.checked_add(f.expected_credits)?;
+                sum.recorded_credits = sum.recorded_credits.checked_add(f.recorded_credits)?;
+            }
+            ranked.push((key, sum, lines));
+        }
+        ranked.sort_by(|a, b| {
+            b.1.expected_credits
+                .cmp(&a.1.expected_credits)
+                .then_with(|| b.1.events.cmp(&a.1.events))
+                .then_with(|| {
+                    (a.0 .0.as_bytes(), a.0 .1.as_bytes())
+                        .cmp(&(b.0 .0.as_bytes(), b.0 .1.as_bytes()))
+                })
+        });
+        files.more_product_groups = ranked.len().saturating_sub(SHOWN_PRODUCTS);
+        for (rank, ((product, action), figures, lines)) in
+            ranked.into_iter().take(SHOWN_PRODUCTS).enumerate()
+        {
+            let name = format!("product-{:02}.csv", rank + 1);
+            files.product_groups.push(ProductGroup {
+                product: product.to_string(),
+                action: action.to_string(),
+                figures,
+                file: write_mix(dir, name, &lines)?,
+            });
+        }
+    }
+    Ok(files)
+}
+
+/// (product, action) of a group of lines.
+type ProductKey<'a> = (&'a str, &'a str);
+/// Lines of the credits-by-product breakdown, borrowed.
+type MixLines<'a> = Vec<(&'a MixKey, &'a MixFigures)>;
+
+/// The columns of `credits-by-product.csv` and `product-NN.csv`.
+pub const MIX_COLUMNS: [&str; 8] = [
+    "product",
+    "action",
+    "model",
+    "events",
+    "chargeable_events",
+    "quantity",
+    "expected_credits",
+    "recorded_credits",
+];
+
+fn write_mix(dir: &Path, name: String, lines: &[(&MixKey, &MixFigures)]) -> Result<Linked> {
+    let path = format!("{REPORT_DIR}/{name}");
+    let mut w = csv_writer(Vec::new());
+    w.write_record(MIX_COLUMNS).map_err(csv_err)?;
+    for ((product, action, _, model), f) in lines {
+        w.write_record([
+            safe_text(product).into_owned(),
+            safe_text(action).into_owned(),
+            model
+                .as_deref()
+                .map(safe_text)
+                .unwrap_or_default()
+                .into_owned(),
+            f.events.to_string(),
+            f.chargeable_events.to_string(),
+            f.quantity.to_string(),
+            f.expected_credits.to_string(),
+            f.recorded_credits.to_string(),
+        ])
+        .map_err(csv_err)?;
+    }
+    let bytes = w
+        .into_inner()
+        .map_err(|e| TallyError::output("csv", e.to_string()))?;
+    crate::write::write_bytes(&dir.join(&path), &bytes)?;
+    Ok(Linked {
+        path,
+        rows: lines.len() as u64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::write::Table;
+
+    #[test]
+    fn money_is_formatted_with_the_currency_exponent() {
+        assert_eq!(format_minor(1234, 2), "12.34");
+        assert_eq!(format_minor(-1234, 2), "-12.34");
+        assert_eq!(format_minor(-5, 2), "-0.05");
+        assert_eq!(format_minor(0, 2), "0.00");
+        assert_eq!(format_minor(7, 2), "0.07");
+        assert_eq!(format_minor(1234, 0), "1234");
+        assert_eq!(format_minor(-1234, 0), "-1234");
+        assert_eq!(format_minor(0, 0), "0");
+        assert_eq!(format_minor(1234, 3), "1.234");
+        assert_eq!(format_minor(-1, 3), "-0.001");
+        assert_eq!(format_minor(10_000, 4), "1.0000");
+        assert_eq!(format_minor(i64::MIN, 2), "-92233720368547758.08");
+        assert_eq!(format_minor(i64::MAX, 0), "9223372036854775807");
+    }
+
+    #[test]
+    fn credits_keep_three_decimals() {
+        assert_eq!(Milli(-5).to_string(), "-0.005");
+        assert_eq!(Milli(0).to_string(), "0.000");
+        assert_eq!(Milli(1500).to_string(), "1.500");
+        assert_eq!(Milli(-40_000).to_string(), "-40.000");
+    }
+
+    #[test]
+    fn formula_like_text_is_neutralised_and_nothing_else() {
+        for bad in ["=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx"] {
+            assert_eq!(safe_text(bad), format!("'{bad}"));
+        }
+        for good in ["acct-1", "", "a=b", "'quoted", "1.5", " =x"] {
+            assert_eq!(safe_text(good), good);
+        }
+    }
+
+    #[test]
+    fn a_sheet_csv_adds_formatted_money_after_minor_units() {
+        let batch = Table::default()
+            .str("invoice_id", ["=HYPERLINK(\"x\")", "INV-b"])
+            .ts("period_start", [0, 1_500_000])
+            .i64("total_minor", [-1234, 5])
+            .credits("credits_used", [Milli(-5), Milli(12_000)])
+            .opt_str("model", [None, Some("-m")])
+            .i64("event_count", [3, 4])
+            .finish();
+        let usd = String::from_utf8(sheet_csv(&batch, 2).unwrap()).unwrap();
+        assert_eq!(
+            usd,
+            "invoice_id,period_start,total_minor,total,credits_used,model,event_count\n\
+             \"'=HYPERLINK(\"\"x\"\")\",1970-01-01T00:00:00Z,-1234,-12.34,-0.005,,3\n\
+             INV-b,1970-01-01T00:00:01.500Z,5,0.05,12.000,'-m,4\n"
+        );
+        let jpy = String::from_utf8(sheet_csv(&batch, 0).unwrap()).unwrap();
+        assert!(
+            jpy.contains(",-1234,-1234,") && jpy.contains(",5,5,"),
+            "{jpy}"
+        );
+        let bhd = String::from_utf8(sheet_csv(&batch, 3).unwrap()).unwrap();
+        assert!(
+            bhd.contains(",-1234,-1.234,") && bhd.contains(",5,0.005,"),
+            "{bhd}"
+        );
+    }
+
+    #[test]
+    fn days_are_utc_dates() {
+        assert_eq!(day_label(0), "1970-01-01");
+        let t = crate::time::parse_instant("2026-11-03T23:59:59.999999Z").unwrap();
+        assert_eq!(day_label(utc_day(t)), "2026-11-03");
+        let t = crate::time::parse_instant("1969-12-31T23:00:00Z").unwrap();
+        assert_eq!(day_label(utc_day(t)), "1969-12-31");
+    }
+}
