@@ -253,7 +253,15 @@ fn process_period(
         .enumerate()
         .filter_map(|(i, p)| match p {
             Price::Charged(c) if c.is_positive() => {
-                Some((i, period.events[i].usage.occurred_at, *c))
+                let event = &period.events[i];
+                // A late event is billed in this period: it draws on this period's grants
+                // as if it occurred at the period start (it sorts first: it occurred
+                // before the start).
+                let at = match event.late_from {
+                    Some(_) => alloc.period_start,
+                    None => event.usage.occurred_at,
+                };
+                Some((i, at, *c))
             }
             _ => None,
         })

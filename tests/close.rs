@@ -379,7 +379,10 @@ fn late_events(extra: &[&str]) {
     // November is not invoiced or renewed again; December is, with the late event on it.
     let invoices = render(&out.join("invoices.parquet"), &[]);
     assert_eq!(invoices.lines().count(), 2, "{invoices}");
-    assert!(invoices.contains("INV-acct_pro-20261201T000000Z,acct_pro,pro,2026-12-01T00:00:00Z,2026-12-31T08:00:00Z,USD,999,200.000,8.000,"), "{invoices}");
+    // The late event draws on December's plan as if it occurred on December 1 (not on the
+    // top-up that was usable on November 29): rollover 0, plan 8, promo 0, compensation 0,
+    // top_up 0.
+    assert!(invoices.contains("INV-acct_pro-20261201T000000Z,acct_pro,pro,2026-12-01T00:00:00Z,2026-12-31T08:00:00Z,USD,999,200.000,8.000,0.000,8.000,0.000,0.000,0.000,"), "{invoices}");
     let lines = render(&out.join("invoice_lines.parquet"), &[]);
     assert_eq!(
         lines,
