@@ -28,19 +28,19 @@ pub struct MixFigures {
     /// Events in the window, any status.
     pub events: u64,
     /// `succeeded` events with a rate (the ones that cost credits, possibly 0).
-    pub chargeable_events: u64,
-    /// Σ quantity of the chargeable events (in the rate's unit).
+    pub priced_events: u64,
+    /// Σ quantity of the priced events (in the rate's unit).
     pub quantity: Milli,
-    /// Σ expected credits (= Σ over chargeable events; other events expect 0).
+    /// Σ expected credits (= Σ over priced events; other events expect 0).
     pub expected_credits: Milli,
     /// Σ net recorded on these events (entries attached to them), any status.
     pub recorded_credits: Milli,
 }
 
 impl MixFigures {
-    fn add(&mut self, o: &MixFigures) -> Result<()> {
+    pub fn add(&mut self, o: &MixFigures) -> Result<()> {
         self.events += o.events;
-        self.chargeable_events += o.chargeable_events;
+        self.priced_events += o.priced_events;
         self.quantity = self.quantity.checked_add(o.quantity)?;
         self.expected_credits = self.expected_credits.checked_add(o.expected_credits)?;
         self.recorded_credits = self.recorded_credits.checked_add(o.recorded_credits)?;
@@ -73,7 +73,7 @@ impl<'a> PeriodMix<'a> {
             ..MixFigures::default()
         };
         if let Price::Charged(credits) = price {
-            one.chargeable_events = 1;
+            one.priced_events = 1;
             one.quantity = u.quantity;
             one.expected_credits = credits;
         }
@@ -265,7 +265,7 @@ mod tests {
     fn one(credits: i64) -> MixFigures {
         MixFigures {
             events: 1,
-            chargeable_events: 1,
+            priced_events: 1,
             quantity: Milli(1000),
             expected_credits: Milli(credits),
             recorded_credits: Milli(credits),

@@ -35,6 +35,27 @@ pub struct BalanceRow {
     pub overage: Milli,
 }
 
+impl BalanceRow {
+    /// `granted_credits`: Σ over kinds of the credits at the start of the period.
+    pub fn granted_credits(&self) -> Milli {
+        Milli(self.granted.iter().map(|m| m.0).sum())
+    }
+
+    /// `used_credits`: consumed from grants + overage.
+    pub fn used_credits(&self) -> Milli {
+        Milli(self.consumed_credits().0 + self.overage.0)
+    }
+
+    /// `remaining_credits`: granted − consumed.
+    pub fn remaining_credits(&self) -> Milli {
+        Milli(self.granted_credits().0 - self.consumed_credits().0)
+    }
+
+    fn consumed_credits(&self) -> Milli {
+        Milli(self.used.iter().map(|m| m.0).sum())
+    }
+}
+
 /// Counters summed over accounts for `summary.json`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Totals {

@@ -135,7 +135,8 @@ pub struct EntryView {
     pub row: u64,
 }
 
-/// A discrepancy row exactly as the run writes it.
+/// A discrepancy row with the values the run writes (its product, action and model are
+/// the event's, shown once on the event).
 #[derive(Serialize, Debug, Clone, PartialEq, Eq)]
 pub struct DiscrepancyView {
     pub kind: &'static str,
@@ -165,6 +166,8 @@ pub struct EventExplanation {
     /// A late event: the start of the earlier-closed period it occurred in.
     pub late_from: Option<String>,
     pub conflicting_copies: bool,
+    /// `succeeded`: only those are chargeable (contract section 3); a succeeded event
+    /// without a rate is still unpriced.
     pub chargeable: bool,
     pub rate: Option<RateView>,
     pub arithmetic: Option<ArithmeticView>,
@@ -278,9 +281,18 @@ pub struct PeriodExplanation {
 #[derive(Serialize, Debug)]
 pub struct AccountExplanation {
     pub account_id: String,
+    /// The account's valid allocations.
     pub allocations: Vec<AllocationView>,
+    /// Its allocation and grant rows that were rejected, with the reason.
+    pub rejected_rows: Vec<SeenRow>,
     pub periods: Vec<PeriodExplanation>,
     pub discrepancies: Vec<DiscrepancyView>,
+}
+
+/// An id as explain prints it: whole (however long) and escaped, so that two ids are never
+/// shown alike and an id cannot start a line of its own.
+fn q(id: &str) -> String {
+    format!("{id:?}")
 }
 
 // ---- finding the rows -------------------------------------------------------------------
@@ -485,19 +497,67 @@ pub fn explain(req: &ExplainRequest) -> Result<Explanation> {
             }
         }
         Target::Account(account_id) => {
+            let rejected_rows = rejected_plan_rows(&inputs, account_id)?;
             let run = run_account(req, &inputs, account_id)?;
-            if run.traced.allocations.is_empty() && run.traced.grants.is_empty() {
+            if run.traced.allocations.is_empty()
+                && run.traced.grants.is_empty()
+                && rejected_rows.is_empty()
+            {
                 return Err(not_found(
-                    "allocations",
+                    "allocations or grants",
                     "account_id",
                     account_id,
                     &inputs.files[1],
                 ));
             }
-            explanation.account = Some(explain_account(&inputs, &run)?);
+            let mut account = explain_account(&inputs, &run)?;
+            account.account_id = account_id.clone();
+            account.rejected_rows = rejected_rows;
+            explanation.account = Some(account);
         }
     }
     Ok(explanation)
+}
+
+/// The account's allocation and grant rows that the run rejects, with its reasons (the plan
+/// datasets are small: they are read and validated again here, as every run does).
+fn rejected_plan_rows(inputs: &pipeline::Inputs, account_id: &str) -> Result<Vec<SeenRow>> {
+    let plans = pipeline::load_plans(inputs, &Progress { interactive: false })?;
+    let allocation_rows = rows_with_id(
+        &inputs.files[1],
+        &load::ALLOCATION_COLUMNS,
+        0,
+        account_id,
+        &load::parse_allocation,
+    )?;
+    let grant_rows = rows_with_id(
+        &inputs.files[2],
+        &load::GRANT_COLUMNS,
+        1,
+        account_id,
+        &load::parse_grant,
+    )?;
+    let ats = allocation_rows
+        .iter()
+        .map(|(at, _)| (Dataset::Allocations, *at))
+        .chain(grant_rows.iter().map(|(at, _)| (Dataset::Grants, *at)));
+    Ok(ats
+        .filter_map(|(dataset, at)| {
+            let r = plans
+                .rejects
+                .iter()
+                .find(|r| r.dataset == dataset && r.at == at)?;
+            Some(SeenRow {
+                file: rel(inputs, dataset, at),
+                row: at.row,
+                fate: "rejected",
+                reason: Some(r.reason.name()),
+                detail: Some(r.detail.clone()),
+                account_id: Some(account_id.to_string()),
+                values: None,
+            })
+        })
+        .collect())
 }
 
 fn not_found(dataset: &str, column: &str, id: &str, files: &[InputFile]) -> TallyError {
@@ -511,7 +571,7 @@ fn not_found(dataset: &str, column: &str, id: &str, files: &[InputFile]) -> Tall
         format!(
             "no row of {dataset} ({} files) has {column} {}; check the id and --data",
             files.len(),
-            quoted(id)
+            q(id)
         ),
     )
 }
@@ -750,13 +810,13 @@ fn rate_and_arithmetic(
         return Ok((None, None));
     };
     let a = price::arithmetic(rate, u.quantity).ok_or_else(|| {
-        TallyError::Overflow(format!("pricing event {} overflows", quoted(&u.event_id)))
+        TallyError::Overflow(format!("pricing event {} overflows", q(&u.event_id)))
     })?;
     // The engine priced it with the same rate: the trace and the arithmetic must agree.
     if price != Price::Charged(a.credits) {
         return Err(TallyError::Invariant(format!(
             "explain: event {} priced {price:?} by the run but {} by its rate",
-            quoted(&u.event_id),
+            q(&u.event_id),
             a.credits
         )));
     }
@@ -815,12 +875,7 @@ fn verdict_reason(req: &ExplainRequest, e: &EventTrace) -> String {
     let u = &e.work.usage;
     let recorded = e.verdict.recorded;
     let expected = e.price.expected();
-    let debits = e
-        .work
-        .entries
-        .iter()
-        .filter(|d| d.kind != EntryKind::Refund)
-        .count();
+    let debits = e.verdict.debit_entries;
     let settle_from = format_instant(req.as_of.saturating_sub(req.settle_micros));
     match (e.verdict.primary, e.verdict.pending) {
         (Some(Kind::AccountMismatch), _) => {
@@ -829,9 +884,9 @@ fn verdict_reason(req: &ExplainRequest, e: &EventTrace) -> String {
                 .entries
                 .iter()
                 .filter(|d| d.account_id != u.account_id)
-                .map(|d| format!("{} is recorded for account {}", quoted(&d.entry_id), quoted(&d.account_id)))
+                .map(|d| format!("{} is recorded for account {}", q(&d.entry_id), q(&d.account_id)))
                 .collect();
-            format!("{}; the event belongs to account {}", others.join("; "), quoted(&u.account_id))
+            format!("{}; the event belongs to account {}", others.join("; "), q(&u.account_id))
         }
         (Some(Kind::UnpricedEvent), _) => "no rate is in effect for it: expected is unknown".into(),
         (Some(Kind::ChargedFailedEvent), _) => format!(
@@ -984,7 +1039,7 @@ fn explain_entry(
             None => "no event_id: placed by its own account and recorded_at".into(),
             Some(e) => format!(
                 "event_id {} is not a valid usage event: placed by its own account and recorded_at",
-                quoted(e)
+                q(e)
             ),
         };
         x.period = Some(period_view(&p.allocation));
@@ -1019,7 +1074,7 @@ fn explain_entry(
     x.placement_detail = match winner {
         Some(w) => format!(
             "attached to event {}, which is outside the window: {}",
-            quoted(&w.event_id),
+            q(&w.event_id),
             outside_reason(req, run, w.occurred_at, "it occurred")
         ),
         None => outside_reason(req, run, kept.recorded_at, "recorded"),
@@ -1069,18 +1124,12 @@ fn explain_account(inputs: &pipeline::Inputs, run: &AccountRun) -> Result<Accoun
             .balances
             .iter()
             .find(|b| b.period_start == start)
-            .map(|b| {
-                let total = |k: &[Milli; 5]| Milli::sum(k.iter().copied());
-                let granted = total(&b.granted)?;
-                let used = total(&b.used)?;
-                Ok::<_, TallyError>(BalanceView {
-                    granted_credits: granted,
-                    used_credits: used.checked_add(b.overage)?,
-                    overage_credits: b.overage,
-                    remaining_credits: granted.checked_sub(used)?,
-                })
-            })
-            .transpose()?;
+            .map(|b| BalanceView {
+                granted_credits: b.granted_credits(),
+                used_credits: b.used_credits(),
+                overage_credits: b.overage,
+                remaining_credits: b.remaining_credits(),
+            });
         let invoice = run
             .result
             .invoices
@@ -1150,14 +1199,9 @@ fn explain_account(inputs: &pipeline::Inputs, run: &AccountRun) -> Result<Accoun
         });
     }
     Ok(AccountExplanation {
-        account_id: run
-            .traced
-            .allocations
-            .first()
-            .map(|a| a.account_id.clone())
-            .or_else(|| run.traced.grants.first().map(|g| g.account_id.clone()))
-            .unwrap_or_default(),
+        account_id: String::new(),
         allocations,
+        rejected_rows: Vec::new(),
         periods,
         discrepancies: run
             .result
@@ -1177,7 +1221,7 @@ fn opt_milli(m: Option<Milli>) -> String {
 fn grant_name(grant_id: &Option<String>, kind: &str) -> String {
     match grant_id {
         None => "plan credits".into(),
-        Some(id) => format!("{kind} grant {}", quoted(id)),
+        Some(id) => format!("{kind} grant {}", q(id)),
     }
 }
 
@@ -1188,7 +1232,7 @@ pub fn render_text(x: &Explanation, book: &PriceBook) -> String {
         t,
         "{} {} — {} as of {} (settle {} s)",
         x.target.kind,
-        quoted(&x.target.id),
+        q(&x.target.id),
         x.command,
         x.as_of,
         x.settle_seconds
@@ -1200,7 +1244,7 @@ pub fn render_text(x: &Explanation, book: &PriceBook) -> String {
             x.entry_rows.len()
         );
         for r in &x.entry_rows {
-            write_seen(&mut t, r);
+            write_seen(&mut t, "  ", r);
         }
     }
     if let Some(e) = &x.entry {
@@ -1213,7 +1257,7 @@ pub fn render_text(x: &Explanation, book: &PriceBook) -> String {
             x.usage_rows.len()
         );
         for r in &x.usage_rows {
-            write_seen(&mut t, r);
+            write_seen(&mut t, "  ", r);
         }
     }
     if let Some(e) = &x.event {
@@ -1230,10 +1274,10 @@ pub fn render_text(x: &Explanation, book: &PriceBook) -> String {
     t
 }
 
-fn write_seen(t: &mut String, r: &SeenRow) {
+fn write_seen(t: &mut String, indent: &str, r: &SeenRow) {
     let _ = write!(
         t,
-        "  {} row {}: {}",
+        "{indent}{} row {}: {}",
         r.file,
         r.row,
         r.fate.replace('_', " ")
@@ -1242,14 +1286,14 @@ fn write_seen(t: &mut String, r: &SeenRow) {
         let _ = write!(t, " ({reason})");
     }
     if let Some(a) = &r.account_id {
-        let _ = write!(t, ", account {}", quoted(a));
+        let _ = write!(t, ", account {}", q(a));
     }
     let _ = writeln!(t);
     if let Some(v) = &r.values {
-        let _ = writeln!(t, "      {v}");
+        let _ = writeln!(t, "{indent}    {v}");
     }
     if let Some(d) = &r.detail {
-        let _ = writeln!(t, "      {d}");
+        let _ = writeln!(t, "{indent}    {d}");
     }
 }
 
@@ -1300,8 +1344,8 @@ fn write_event(t: &mut String, e: &EventExplanation, book: &PriceBook) {
     let _ = writeln!(
         t,
         "\nEvent {} of account {}: {} / {} / {}, quantity {}, {}, occurred {}",
-        quoted(&e.event_id),
-        quoted(&e.account_id),
+        q(&e.event_id),
+        q(&e.account_id),
         e.product,
         e.action,
         e.model.as_deref().unwrap_or("(no model)"),
@@ -1421,10 +1465,10 @@ fn write_event(t: &mut String, e: &EventExplanation, book: &PriceBook) {
             let _ = writeln!(
                 t,
                 "    {} {} {} of account {}, recorded {} ({} row {})",
-                quoted(&d.entry_id),
+                q(&d.entry_id),
                 d.kind,
                 d.credits,
-                quoted(&d.account_id),
+                q(&d.account_id),
                 d.recorded_at,
                 d.file,
                 d.row
@@ -1447,7 +1491,7 @@ fn write_event(t: &mut String, e: &EventExplanation, book: &PriceBook) {
 }
 
 fn write_account(t: &mut String, a: &AccountExplanation, book: &PriceBook) {
-    let _ = writeln!(t, "\nAccount {}", quoted(&a.account_id));
+    let _ = writeln!(t, "\nAccount {}", q(&a.account_id));
     let _ = writeln!(t, "  allocations ({}):", a.allocations.len());
     for al in &a.allocations {
         let _ = writeln!(
@@ -1462,6 +1506,12 @@ fn write_account(t: &mut String, a: &AccountExplanation, book: &PriceBook) {
             al.file,
             al.row
         );
+    }
+    if !a.rejected_rows.is_empty() {
+        let _ = writeln!(t, "  rejected plan rows ({}):", a.rejected_rows.len());
+        for r in &a.rejected_rows {
+            write_seen(t, "    ", r);
+        }
     }
     let money = |minor: i64| crate::export::format_minor(minor, book.exponent);
     for p in &a.periods {
@@ -1496,7 +1546,7 @@ fn write_account(t: &mut String, a: &AccountExplanation, book: &PriceBook) {
                 t,
                 "    {} {} {} expected {}{}{} → balance {} [{}]",
                 e.occurred_at,
-                quoted(&e.event_id),
+                q(&e.event_id),
                 e.status,
                 opt_milli(e.expected_credits),
                 if draws.is_empty() {
@@ -1517,7 +1567,7 @@ fn write_account(t: &mut String, a: &AccountExplanation, book: &PriceBook) {
             let _ = writeln!(
                 t,
                 "    entry {} {} {} recorded {} (no event)",
-                quoted(&d.entry_id),
+                q(&d.entry_id),
                 d.kind,
                 d.credits,
                 d.recorded_at

@@ -209,7 +209,7 @@ pub fn day_label(day: i64) -> String {
 }
 
 /// A CSV file `report.html` links to, and how many data rows it holds.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Linked {
     /// Relative to the run folder, `/`-separated.
     pub path: String,
@@ -246,6 +246,9 @@ pub const SHOWN_PRODUCTS: usize = 50;
 /// Everything under `report/`, by the figure that links to it.
 #[derive(Default)]
 pub struct ReportFiles {
+    /// Every discrepancy row, neutralised for spreadsheets (the contract's
+    /// `discrepancies.csv` keeps raw values for diffing and joins).
+    pub discrepancies: Linked,
     pub kinds: BTreeMap<Kind, Linked>,
     pub days: Vec<DayGroup>,
     pub rejects: Vec<RejectGroup>,
@@ -262,7 +265,8 @@ pub struct ReportFiles {
 impl ReportFiles {
     /// Every file, for the manifest.
     pub fn all(&self) -> Vec<&Linked> {
-        let mut all: Vec<&Linked> = self.kinds.values().collect();
+        let mut all: Vec<&Linked> = vec![&self.discrepancies];
+        all.extend(self.kinds.values());
         all.extend(self.days.iter().map(|d| &d.file));
         all.extend(self.rejects.iter().map(|r| &r.file));
         all.extend(self.accounts.iter().flatten());
@@ -301,7 +305,16 @@ pub fn write_report_files(
     let report_dir = dir.join(REPORT_DIR);
     std::fs::create_dir_all(&report_dir).map_err(|e| TallyError::io(&report_dir, e))?;
     let exponent = out.book.exponent;
-    let mut files = ReportFiles::default();
+    let mut files = ReportFiles {
+        discrepancies: write_rows(
+            dir,
+            "discrepancies.csv".into(),
+            discrepancies,
+            &(0..discrepancies.num_rows()).collect::<Vec<_>>(),
+            exponent,
+        )?,
+        ..ReportFiles::default()
+    };
 
     let mut by_kind: BTreeMap<Kind, Vec<usize>> = BTreeMap::new();
     // (no date, day): dated rows by day, then the rows without a date.
@@ -389,11 +402,7 @@ pub fn write_report_files(
         for (key, lines) in groups {
             let mut sum = MixFigures::default();
             for (_, f) in &lines {
-                sum.events += f.events;
-                sum.chargeable_events += f.chargeable_events;
-                sum.quantity = sum.quantity.checked_add(f.quantity)?;
-                sum.expected_credits = sum.expected_credits.checked_add(f.expected_credits)?;
-                sum.recorded_credits = sum.recorded_credits.checked_add(f.recorded_credits)?;
+                sum.add(f)?;
             }
             ranked.push((key, sum, lines));
         }
@@ -433,7 +442,7 @@ pub const MIX_COLUMNS: [&str; 8] = [
     "action",
     "model",
     "events",
-    "chargeable_events",
+    "priced_events",
     "quantity",
     "expected_credits",
     "recorded_credits",
@@ -453,7 +462,7 @@ fn write_mix(dir: &Path, name: String, lines: &[(&MixKey, &MixFigures)]) -> Resu
                 .unwrap_or_default()
                 .into_owned(),
             f.events.to_string(),
-            f.chargeable_events.to_string(),
+            f.priced_events.to_string(),
             f.quantity.to_string(),
             f.expected_credits.to_string(),
             f.recorded_credits.to_string(),

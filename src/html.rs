@@ -2,8 +2,10 @@
 //! script, no external asset). Every figure is printed from the run's integers (the same
 //! values as `summary.json`); only the charts' bar lengths are computed in floating point.
 //!
-//! Each figure is an element with `data-figure="<summary.json path>"`; a figure that links
-//! to the rows behind it says how they relate: `data-count` (the CSV's data rows are the
+//! Each figure is an element with `data-figure="<key>"`: the figure's summary.json path
+//! when it is one (`usage.rows_read`, `discrepancies.by_kind.missing_debit.count`...), else
+//! a key of the report's own (`by_day.*`, `products.*`, `accounts.*`, `rejects.*`,
+//! `rejected_rows`); a figure that links to the rows behind it says how they relate: `data-count` (the CSV's data rows are the
 //! figure) or `data-sum="<column>"` (the column's sum is the figure). Tests check both.
 
 use crate::amount::Milli;
@@ -371,7 +373,7 @@ fn totals(
         fig(
             "discrepancies.total",
             &n(s.discrepancies.total),
-            Some(("discrepancies.csv", Rel::Count)),
+            Some((files.discrepancies.path.as_str(), Rel::Count)),
         ),
     );
     row(
@@ -652,9 +654,9 @@ fn products(h: &mut String, out: &RunOutput, s: &Summary, files: &ReportFiles) {
             esc(&action),
             fig(&format!("{key}.events"), &g.figures.events.to_string(), Some((path, Rel::Sum("events")))),
             fig(
-                &format!("{key}.chargeable_events"),
-                &g.figures.chargeable_events.to_string(),
-                Some((path, Rel::Sum("chargeable_events")))
+                &format!("{key}.priced_events"),
+                &g.figures.priced_events.to_string(),
+                Some((path, Rel::Sum("priced_events")))
             ),
             fig(
                 &format!("{key}.expected_credits"),
@@ -829,7 +831,7 @@ fn conservation(h: &mut String, s: &Summary) {
 }
 
 fn file_list(h: &mut String, close: bool, files: &ReportFiles) {
-    let mut names = vec!["discrepancies.csv", "rejects.csv"];
+    let mut names = vec![files.discrepancies.path.as_str(), "rejects.csv"];
     if close {
         names.extend([
             "invoices.csv",
@@ -851,7 +853,7 @@ fn file_list(h: &mut String, close: bool, files: &ReportFiles) {
     if let Some(p) = &files.products {
         let _ = write!(h, " · <a href=\"{}\">{}</a>", esc(&p.path), esc(&p.path));
     }
-    h.push_str(" · <a href=\"summary.json\">summary.json</a> · <a href=\"manifest.json\">manifest.json</a></p>\n<p class=\"note\">CSV files open in any spreadsheet: a header row, instants in RFC 3339 UTC, credits with three decimals, money as minor units followed by the formatted amount. <code>discrepancies.csv</code> holds exactly the Parquet's values; the other CSV files prefix a text cell that starts with = + - @ (a formula to a spreadsheet) with <code>'</code>.</p>\n</section>\n");
+    h.push_str(" · <a href=\"summary.json\">summary.json</a> · <a href=\"manifest.json\">manifest.json</a></p>\n<p class=\"note\">CSV files open in any spreadsheet: a header row, instants in RFC 3339 UTC, credits with three decimals, money as minor units followed by the formatted amount. <code>discrepancies.csv</code> holds exactly the Parquet's values (for diffs and joins); every other CSV file, <code>report/discrepancies.csv</code> with the same rows among them, prefixes a text cell that starts with = + - @ (a formula to a spreadsheet) with <code>'</code>. Spreadsheets still turn ids that look like numbers or dates (000123, 1E5, 2026-11-01) into numbers or dates when a CSV is opened directly: import with the id columns as text to keep them.</p>\n</section>\n");
 }
 
 #[cfg(test)]

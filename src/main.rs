@@ -196,13 +196,13 @@ struct ExplainArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     /// A usage event_id.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     event: Option<String>,
     /// A ledger entry_id.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     entry: Option<String>,
     /// An account_id: its periods, grants, balance timeline and invoices.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     account: Option<String>,
     /// Print JSON instead of plain words.
     #[arg(long)]
@@ -351,17 +351,35 @@ fn explain(x: ExplainArgs) -> anyhow::Result<u8> {
             ))
         }
     };
+    if x.history.is_some() && !close {
+        return Err(config_error(
+            "--history is read by a close: add --close (or pass the close's --job)".into(),
+        ));
+    }
+    let history = match close {
+        true => x
+            .history
+            .or_else(|| job.as_ref().and_then(|j| j.history.clone())),
+        false => None,
+    };
+    let out = x
+        .out
+        .or_else(|| job.as_ref().map(|j| tally::job::expand_out(&j.out, as_of)));
+    if history.is_some() && out.is_none() {
+        // Without it the close's own folder inside the history would count as an earlier
+        // close, and its periods would look closed already.
+        return Err(config_error(
+            "--history needs the close's --out (the close skipped its own folder in the history)"
+                .into(),
+        ));
+    }
     let req = tally::explain::ExplainRequest {
         data,
         mode: if close { Mode::Close } else { Mode::Reconcile },
         as_of,
         settle_micros,
-        history: x
-            .history
-            .or_else(|| job.as_ref().and_then(|j| j.history.clone())),
-        out: x
-            .out
-            .or_else(|| job.as_ref().map(|j| tally::job::expand_out(&j.out, as_of))),
+        history,
+        out,
         target,
     };
     let explanation = tally::explain::explain(&req)?;

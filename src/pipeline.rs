@@ -206,6 +206,44 @@ pub fn layout(settings: &RunSettings, inputs: &Inputs, shard: u32, shards: u32) 
     })
 }
 
+/// The valid allocations and grants of a run, and the rejects of both datasets.
+pub struct Plans {
+    pub allocations: validate::Allocations,
+    pub grants: Vec<GrantRow>,
+    pub rejects: Vec<Reject>,
+    /// Rows read: allocations, grants.
+    pub rows_read: [u64; 2],
+}
+
+/// Read and validate the allocations and grants.
+pub fn load_plans(inputs: &Inputs, progress: &Progress) -> Result<Plans> {
+    let files = &inputs.files;
+    let stage = progress.counted("load plans", (files[1].len() + files[2].len()) as u64);
+    let (alloc_rows, mut rejects, alloc_read) = load::read_dataset(
+        &files[1],
+        &load::ALLOCATION_COLUMNS,
+        &load::parse_allocation,
+        &|| stage.tick(),
+    )?;
+    let (grant_rows, r, grant_read) =
+        load::read_dataset(&files[2], &load::GRANT_COLUMNS, &load::parse_grant, &|| {
+            stage.tick()
+        })?;
+    rejects.extend(r);
+    let allocations = validate::allocations(alloc_rows, &inputs.book, &files[1], &mut rejects);
+    let grants = validate::grants(grant_rows, &files[2], &mut rejects);
+    stage.done(
+        alloc_read + grant_read,
+        (allocations.len() + grants.len()) as u64,
+    );
+    Ok(Plans {
+        allocations,
+        grants,
+        rejects,
+        rows_read: [alloc_read, grant_read],
+    })
+}
+
 /// Load, validate, place and process the accounts of one shard, group by group.
 pub fn compute(
     settings: &RunSettings,
@@ -219,25 +257,12 @@ pub fn compute(
 
     // Allocations and grants are small: every shard reads and validates all of them;
     // shard 0 reports their rejects and counts.
-    let stage = progress.counted("load plans", (files[1].len() + files[2].len()) as u64);
-    let (alloc_rows, mut small_rejects, alloc_read) = load::read_dataset(
-        &files[1],
-        &load::ALLOCATION_COLUMNS,
-        &load::parse_allocation,
-        &|| stage.tick(),
-    )?;
-    let (grant_rows, r, grant_read) =
-        load::read_dataset(&files[2], &load::GRANT_COLUMNS, &load::parse_grant, &|| {
-            stage.tick()
-        })?;
-    small_rejects.extend(r);
-    let allocations =
-        validate::allocations(alloc_rows, &inputs.book, &files[1], &mut small_rejects);
-    let grants = validate::grants(grant_rows, &files[2], &mut small_rejects);
-    stage.done(
-        alloc_read + grant_read,
-        (allocations.len() + grants.len()) as u64,
-    );
+    let Plans {
+        allocations,
+        grants,
+        rejects: small_rejects,
+        rows_read: [alloc_read, grant_read],
+    } = load_plans(inputs, progress)?;
     if first_shard {
         partial.rejects = small_rejects;
         partial.rows_read[Dataset::Allocations as usize] = alloc_read;

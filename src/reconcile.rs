@@ -104,6 +104,8 @@ pub struct EventVerdict {
     pub primary: Option<Kind>,
     pub pending: bool,
     pub recorded: Milli,
+    /// Entries that count as debits (`debit`, and `adjustment` attached to the event).
+    pub debit_entries: usize,
 }
 
 /// Net recorded = Σ debit + adjustment − Σ refund.
@@ -152,6 +154,7 @@ pub fn classify(
         primary,
         pending: pending && primary.is_none(),
         recorded,
+        debit_entries,
     })
 }
 

@@ -213,22 +213,17 @@ pub fn rejects_table(out: &RunOutput) -> RecordBatch {
 
 pub fn balances_table(out: &RunOutput) -> RecordBatch {
     let rows = &out.balances;
-    let total = |k: &[Milli; 5]| Milli(k.iter().map(|m| m.0).sum());
     let mut t = Table::default()
         .str("account_id", rows.iter().map(|r| r.account_id.as_str()))
         .str("plan_id", rows.iter().map(|r| r.plan_id.as_str()))
         .ts("period_start", rows.iter().map(|r| r.period_start))
         .ts("period_end", rows.iter().map(|r| r.period_end))
-        .credits("granted_credits", rows.iter().map(|r| total(&r.granted)))
-        .credits(
-            "used_credits",
-            rows.iter().map(|r| Milli(total(&r.used).0 + r.overage.0)),
-        )
+        .credits("granted_credits", rows.iter().map(|r| r.granted_credits()))
+        .credits("used_credits", rows.iter().map(|r| r.used_credits()))
         .credits("overage_credits", rows.iter().map(|r| r.overage))
         .credits(
             "remaining_credits",
-            rows.iter()
-                .map(|r| Milli(total(&r.granted).0 - total(&r.used).0)),
+            rows.iter().map(|r| r.remaining_credits()),
         );
     for kind in GrantKind::ALL {
         let k = kind.index();

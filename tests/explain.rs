@@ -419,3 +419,37 @@ fn explain_plain_words_match_the_golden_files() {
     assert!(checked >= 4, "golden explain files: {checked}");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+#[test]
+fn explain_refuses_history_it_cannot_read_as_the_close_did() {
+    let demo = demo();
+    let base = [
+        "explain",
+        "--data",
+        demo.to_str().unwrap(),
+        "--as-of",
+        CLOSE_AS_OF,
+    ];
+    let cases: [(&[&str], &str); 2] = [
+        (
+            &["--history", "/tmp", "--event", "evt-d029801d427f8bbf"],
+            "tally: command line: --history is read by a close: add --close",
+        ),
+        (
+            &[
+                "--close",
+                "--history",
+                "/tmp",
+                "--event",
+                "evt-d029801d427f8bbf",
+            ],
+            "tally: command line: --history needs the close's --out",
+        ),
+    ];
+    for (extra, message) in cases {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let out = tally(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&out).starts_with(message), "{}", stderr(&out));
+    }
+}

@@ -606,6 +606,12 @@ fn ids_are_escaped_in_the_report_and_neutralised_in_spreadsheet_csvs() {
     assert!(events.contains(&"'+evt-2") && events.contains(&"'-no-such-event"));
     assert!(rows.iter().any(|r| r[entries] == "'-e2"));
     assert!(rows.iter().all(|r| r[account] == HOSTILE_ACCOUNT));
+    // The report links its discrepancy total to the neutralised copy, never to the raw file.
+    let links = hrefs(&html);
+    assert!(links.iter().any(|h| h == "report/discrepancies.csv"));
+    assert!(!links.iter().any(|h| h == "discrepancies.csv"), "{links:?}");
+    let all = std::fs::read_to_string(out.join("report/discrepancies.csv")).unwrap();
+    assert!(all.contains(",\"'=HYPERLINK(") && !all.contains(",\"=HYPERLINK("));
     let (_, products) = read_csv(&out.join("report/credits-by-product.csv"));
     assert!(products.iter().any(|r| r[0] == "'@studio"), "{products:?}");
     assert!(products.iter().any(|r| r[2] == HOSTILE_MODEL));
