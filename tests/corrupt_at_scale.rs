@@ -1842,22 +1842,6 @@ fn corrupt(orig: &Original, seed: u64) -> (Vec<BadFile>, Expected) {
 
 // ---- running tally ------------------------------------------------------------------------
 
-fn generate(dir: &Path, accounts: u64, events: u64, seed: u64) {
-    tally_ok(&[
-        "generate",
-        "--out",
-        dir.to_str().unwrap(),
-        "--accounts",
-        &accounts.to_string(),
-        "--events",
-        &events.to_string(),
-        "--seed",
-        &seed.to_string(),
-        "--discrepancy-rate",
-        "0",
-    ]);
-}
-
 fn reconcile(data: &Path, out: &Path) -> Output {
     run_command("reconcile", data, AS_OF, out)
         .output()
@@ -1908,7 +1892,7 @@ fn bad_rows_are_rejected_exactly_and_good_rows_are_untouched() {
     let seed = seed();
     let tmp = tempfile::tempdir().unwrap();
     let clean = tmp.path().join("clean");
-    generate(&clean, 200, 50_000, seed);
+    generate(&clean, 200, 50_000, seed, "0");
     let base = tmp.path().join("base");
     let out = reconcile(&clean, &base);
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
@@ -2301,7 +2285,7 @@ fn broken_bytes(b: &[u8], rng: &mut SplitMix) -> Vec<(&'static str, Vec<u8>)> {
 fn each_bad_file_alone_stops_the_run_with_exit_2_naming_it() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    generate(&data, 60, 6000, seed());
+    generate(&data, 60, 6000, seed(), "0");
     let out = tmp.path().join("out");
     let good = reconcile(&data, &out);
     assert_eq!(good.status.code(), Some(0), "{}", describe(&good));
@@ -2378,7 +2362,7 @@ fn each_bad_file_alone_stops_the_run_with_exit_2_naming_it() {
 fn flipped_bytes_never_crash_the_run() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    generate(&data, 40, 4000, seed());
+    generate(&data, 40, 4000, seed(), "0");
     let out = tmp.path().join("out");
     let mut rng = SplitMix(seed() ^ 0xF11B);
     let mut outcomes = BTreeMap::new();

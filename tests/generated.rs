@@ -6,22 +6,6 @@ use arrow::array::AsArray;
 use std::collections::BTreeSet;
 use std::path::Path;
 
-fn generate(dir: &Path, accounts: &str, events: &str, seed: &str, rate: &str) {
-    tally_ok(&[
-        "generate",
-        "--out",
-        dir.to_str().unwrap(),
-        "--accounts",
-        accounts,
-        "--events",
-        events,
-        "--seed",
-        seed,
-        "--discrepancy-rate",
-        rate,
-    ]);
-}
-
 fn reconcile(data: &Path, out: &Path, extra: &[&str]) {
     let output = run_command("reconcile", data, AS_OF, out)
         .args(extra)
@@ -64,7 +48,7 @@ fn truth(data: &Path) -> BTreeSet<(String, String)> {
 fn reconcile_finds_every_injected_discrepancy_and_nothing_else() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    generate(&data, "300", "60000", "11", "0.03");
+    generate(&data, 300, 60_000, 11, "0.03");
     let out = tmp.path().join("out");
     reconcile(&data, &out, &[]);
     let expected = truth(&data);
@@ -100,7 +84,7 @@ fn reconcile_finds_every_injected_discrepancy_and_nothing_else() {
 fn same_inputs_give_byte_identical_outputs_whatever_the_threads_and_buckets() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    generate(&data, "120", "20000", "5", "0.05");
+    generate(&data, 120, 20_000, 5, "0.05");
     let first = tmp.path().join("first");
     reconcile(&data, &first, &[]);
     let second = tmp.path().join("second");
@@ -127,8 +111,8 @@ fn same_inputs_give_byte_identical_outputs_whatever_the_threads_and_buckets() {
 #[test]
 fn generate_is_deterministic() {
     let tmp = tempfile::tempdir().unwrap();
-    generate(&tmp.path().join("a"), "50", "5000", "3", "0.05");
-    generate(&tmp.path().join("b"), "50", "5000", "3", "0.05");
+    generate(&tmp.path().join("a"), 50, 5000, 3, "0.05");
+    generate(&tmp.path().join("b"), 50, 5000, 3, "0.05");
     let walk = |root: &Path| {
         let mut files = Vec::new();
         let mut stack = vec![root.to_path_buf()];

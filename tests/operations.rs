@@ -11,19 +11,7 @@ const CLOSE_AS_OF: &str = "2026-12-01T00:00:00Z";
 
 fn generated(dir: &Path, events: u64) -> PathBuf {
     let data = dir.join("data");
-    tally_ok(&[
-        "generate",
-        "--out",
-        data.to_str().unwrap(),
-        "--accounts",
-        "400",
-        "--events",
-        &events.to_string(),
-        "--seed",
-        "9",
-        "--discrepancy-rate",
-        "0.02",
-    ]);
+    generate(&data, 400, events, 9, "0.02");
     data
 }
 

@@ -383,19 +383,7 @@ fn check_report(out: &Path) {
 
 fn generated(dir: &Path) -> PathBuf {
     let data = dir.join("data");
-    tally_ok(&[
-        "generate",
-        "--out",
-        data.to_str().unwrap(),
-        "--accounts",
-        "60",
-        "--events",
-        "8000",
-        "--seed",
-        "23",
-        "--discrepancy-rate",
-        "0.05",
-    ]);
+    generate(&data, 60, 8000, 23, "0.05");
     data
 }
 

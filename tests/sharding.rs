@@ -7,20 +7,9 @@ use std::path::{Path, PathBuf};
 const AS_OF: &str = "2026-11-20T00:00:00Z";
 const CLOSE_AS_OF: &str = "2026-12-01T00:00:00Z";
 
-fn generate(dir: &Path) {
-    tally_ok(&[
-        "generate",
-        "--out",
-        dir.to_str().unwrap(),
-        "--accounts",
-        "300",
-        "--events",
-        "30000",
-        "--seed",
-        "7",
-        "--discrepancy-rate",
-        "0.05",
-    ]);
+/// The generated root most tests here split.
+fn generate_root(dir: &Path) {
+    generate(dir, 300, 30_000, 7, "0.05");
 }
 
 fn run_ok(command: &str, data: &Path, as_of: &str, out: &Path, extra: &[&str]) {
@@ -66,7 +55,7 @@ fn assert_same(single: &Path, other: &Path, what: &str) {
 fn shards_merged_equal_the_single_run_byte_for_byte() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    generate(&data);
+    generate_root(&data);
     let single = tmp.path().join("single");
     run_ok("reconcile", &data, AS_OF, &single, &[]);
     assert!(folder_bytes(&single).len() >= 7);
@@ -82,7 +71,7 @@ fn shards_merged_equal_the_single_run_byte_for_byte() {
 fn close_shards_merged_equal_the_single_close() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    generate(&data);
+    generate_root(&data);
     let single = tmp.path().join("single");
     run_ok("close", &data, CLOSE_AS_OF, &single, &[]);
     let merged = tmp.path().join("merged");
@@ -97,7 +86,7 @@ fn close_shards_merged_equal_the_single_close() {
 fn bucket_groups_equal_the_single_run_byte_for_byte() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    generate(&data);
+    generate_root(&data);
     let single = tmp.path().join("single");
     run_ok("reconcile", &data, AS_OF, &single, &[]);
     for extra in [
@@ -184,7 +173,7 @@ fn golden_scenarios_split_into_groups_and_shards_give_the_same_bytes() {
 fn a_killed_shard_rerun_alone_gives_the_same_merge() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    generate(&data);
+    generate_root(&data);
     let single = tmp.path().join("single");
     run_ok("reconcile", &data, AS_OF, &single, &[]);
     let shards = tmp.path().join("shards");
@@ -240,7 +229,7 @@ fn refused(args: &[&str]) -> String {
 fn merge_refuses_missing_duplicated_foreign_and_altered_shards() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    generate(&data);
+    generate_root(&data);
     let shards = tmp.path().join("shards");
     for i in [0, 2] {
         run_ok(
@@ -307,7 +296,7 @@ fn merge_refuses_missing_duplicated_foreign_and_altered_shards() {
 fn a_kubernetes_completion_index_selects_the_shard() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    generate(&data);
+    generate_root(&data);
     let shards = tmp.path().join("shards");
     let out = run_command("reconcile", &data, AS_OF, &shards)
         .env("JOB_COMPLETION_INDEX", "1")
@@ -541,17 +530,7 @@ fn rows_joined_across_accounts_are_routed_exactly_when_split() {
 fn billed_events_stream_past_one_chunk_from_group_runs_and_shards() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    tally_ok(&[
-        "generate",
-        "--out",
-        data.to_str().unwrap(),
-        "--accounts",
-        "900",
-        "--events",
-        "150000",
-        "--seed",
-        "3",
-    ]);
+    generate(&data, 900, 150_000, 3, "0.01");
     let single = tmp.path().join("single");
     run_ok("close", &data, CLOSE_AS_OF, &single, &[]);
     let billed = read_parquet(&single.join("billed_events.parquet"));
@@ -575,7 +554,7 @@ fn billed_events_stream_past_one_chunk_from_group_runs_and_shards() {
 fn sharded_closes_with_history_behave_like_single_closes() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    generate(&data);
+    generate_root(&data);
     let closes = tmp.path().join("closes");
     let single_closes = tmp.path().join("single-closes");
     let history = |dir: &Path| ["--history".to_string(), dir.to_str().unwrap().to_string()];

@@ -47,6 +47,23 @@ pub fn tally_ok(args: &[&str]) -> Output {
     out
 }
 
+/// `tally generate` into `dir`: a deterministic data root with injected discrepancies.
+pub fn generate(dir: &Path, accounts: u64, events: u64, seed: u64, discrepancy_rate: &str) {
+    tally_ok(&[
+        "generate",
+        "--out",
+        dir.to_str().unwrap(),
+        "--accounts",
+        &accounts.to_string(),
+        "--events",
+        &events.to_string(),
+        "--seed",
+        &seed.to_string(),
+        "--discrepancy-rate",
+        discrepancy_rate,
+    ]);
+}
+
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
