@@ -281,12 +281,52 @@ pub fn render(out: &RunOutput, s: &Summary, files: &ReportFiles) -> String {
     h
 }
 
-fn row(h: &mut String, label: &str, figure: String) {
+/// One row of a figures table: what it is, its `data-figure` key, the figure, the rows
+/// behind it, and a unit printed after it (money's currency).
+struct FigureRow<'a> {
+    label: &'a str,
+    key: &'a str,
+    value: String,
+    link: Option<(&'a str, Rel<'a>)>,
+    unit: &'a str,
+}
+
+fn figure_row<'a>(
+    label: &'a str,
+    key: &'a str,
+    value: String,
+    link: Option<(&'a str, Rel<'a>)>,
+) -> FigureRow<'a> {
+    FigureRow {
+        label,
+        key,
+        value,
+        link,
+        unit: "",
+    }
+}
+
+/// A table of figures under a heading.
+fn figure_table(h: &mut String, heading: &str, rows: &[FigureRow<'_>]) {
     let _ = writeln!(
         h,
-        "<tr><th>{}</th><td class=\"num\">{figure}</td></tr>",
-        esc(label)
+        "<table class=\"figures\">\n<thead><tr><th>{}</th><th class=\"num\"></th></tr></thead>\n<tbody>",
+        esc(heading)
     );
+    for r in rows {
+        let unit = if r.unit.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", esc(r.unit))
+        };
+        let _ = writeln!(
+            h,
+            "<tr><th>{}</th><td class=\"num\">{}{unit}</td></tr>",
+            esc(r.label),
+            fig(r.key, &r.value, r.link)
+        );
+    }
+    h.push_str("</tbody>\n</table>\n");
 }
 
 fn totals(
@@ -305,236 +345,183 @@ fn totals(
         "balances.csv"
     };
     let rejected: u64 = s.datasets.values().map(|d| d.rejected).sum();
-    h.push_str("<section id=\"totals\">\n<h2>Totals</h2>\n<div class=\"grid\">\n<table class=\"figures\">\n<thead><tr><th>usage and ledger</th><th class=\"num\"></th></tr></thead>\n<tbody>\n");
-    row(
+    h.push_str("<section id=\"totals\">\n<h2>Totals</h2>\n<div class=\"grid\">\n");
+    let (u, e) = (&s.usage, &s.events);
+    figure_table(
         h,
-        "usage rows read",
-        fig("usage.rows_read", &n(s.usage.rows_read), None),
+        "usage and ledger",
+        &[
+            figure_row("usage rows read", "usage.rows_read", n(u.rows_read), None),
+            figure_row(
+                "events in the window",
+                "usage.events_in_window",
+                n(u.events_in_window),
+                linked(products, Rel::Sum("events")),
+            ),
+            figure_row(
+                "identical duplicates",
+                "usage.identical_duplicates",
+                n(u.identical_duplicates),
+                None,
+            ),
+            figure_row("usage rows rejected", "usage.rejected", n(u.rejected), None),
+            figure_row(
+                "usage rows outside the window",
+                "usage.outside_window",
+                n(u.outside_window),
+                None,
+            ),
+            figure_row("matched events", "events.matched", n(e.matched), None),
+            figure_row(
+                "pending events (within settle)",
+                "events.pending",
+                n(e.pending),
+                None,
+            ),
+            figure_row(
+                "events with a discrepancy",
+                "events.with_discrepancy",
+                n(e.with_discrepancy),
+                None,
+            ),
+            figure_row(
+                "ledger entries in the window",
+                "ledger.entries_in_window",
+                n(s.ledger.entries_in_window),
+                None,
+            ),
+            figure_row(
+                "discrepancy rows",
+                "discrepancies.total",
+                n(s.discrepancies.total),
+                Some((files.discrepancies.path.as_str(), Rel::Count)),
+            ),
+            figure_row(
+                "Σ |delta| credits",
+                "discrepancies.abs_delta_credits",
+                s.discrepancies.abs_delta_credits.to_string(),
+                None,
+            ),
+            figure_row(
+                "rows rejected (all datasets)",
+                "rejected_rows",
+                n(rejected),
+                Some(("rejects.csv", Rel::Count)),
+            ),
+            figure_row(
+                "account-periods",
+                "conservation.account_periods_checked",
+                n(s.conservation.account_periods_checked),
+                Some((periods_csv, Rel::Count)),
+            ),
+        ],
     );
-    row(
-        h,
-        "events in the window",
-        fig(
-            "usage.events_in_window",
-            &n(s.usage.events_in_window),
-            linked(products, Rel::Sum("events")),
-        ),
-    );
-    row(
-        h,
-        "identical duplicates",
-        fig(
-            "usage.identical_duplicates",
-            &n(s.usage.identical_duplicates),
-            None,
-        ),
-    );
-    row(
-        h,
-        "usage rows rejected",
-        fig("usage.rejected", &n(s.usage.rejected), None),
-    );
-    row(
-        h,
-        "usage rows outside the window",
-        fig("usage.outside_window", &n(s.usage.outside_window), None),
-    );
-    row(
-        h,
-        "matched events",
-        fig("events.matched", &n(s.events.matched), None),
-    );
-    row(
-        h,
-        "pending events (within settle)",
-        fig("events.pending", &n(s.events.pending), None),
-    );
-    row(
-        h,
-        "events with a discrepancy",
-        fig(
-            "events.with_discrepancy",
-            &n(s.events.with_discrepancy),
-            None,
-        ),
-    );
-    row(
-        h,
-        "ledger entries in the window",
-        fig(
-            "ledger.entries_in_window",
-            &n(s.ledger.entries_in_window),
-            None,
-        ),
-    );
-    row(
-        h,
-        "discrepancy rows",
-        fig(
-            "discrepancies.total",
-            &n(s.discrepancies.total),
-            Some((files.discrepancies.path.as_str(), Rel::Count)),
-        ),
-    );
-    row(
-        h,
-        "Σ |delta| credits",
-        fig(
-            "discrepancies.abs_delta_credits",
-            &s.discrepancies.abs_delta_credits.to_string(),
-            None,
-        ),
-    );
-    row(
-        h,
-        "rows rejected (all datasets)",
-        fig(
-            "rejected_rows",
-            &n(rejected),
-            Some(("rejects.csv", Rel::Count)),
-        ),
-    );
-    row(
-        h,
-        "account-periods",
-        fig(
-            "conservation.account_periods_checked",
-            &n(s.conservation.account_periods_checked),
-            Some((periods_csv, Rel::Count)),
-        ),
-    );
-    h.push_str("</tbody>\n</table>\n<table class=\"figures\">\n<thead><tr><th>credits</th><th class=\"num\"></th></tr></thead>\n<tbody>\n");
     let c = &s.credits;
-    row(
+    figure_table(
         h,
-        "credits expected",
-        fig(
-            "credits.expected",
-            &c.expected.to_string(),
-            linked(products, Rel::Sum("expected_credits")),
-        ),
+        "credits",
+        &[
+            figure_row(
+                "credits expected",
+                "credits.expected",
+                c.expected.to_string(),
+                linked(products, Rel::Sum("expected_credits")),
+            ),
+            figure_row(
+                "credits recorded",
+                "credits.recorded",
+                c.recorded.to_string(),
+                close.then_some(("invoices.csv", Rel::Sum("recorded_credits"))),
+            ),
+            figure_row(
+                "credits granted",
+                "credits.granted",
+                c.granted.to_string(),
+                (!close).then_some(("balances.csv", Rel::Sum("granted_credits"))),
+            ),
+            figure_row(
+                "credits consumed from grants",
+                "credits.consumed",
+                c.consumed.to_string(),
+                Some((periods_csv, Rel::Rows)),
+            ),
+            figure_row(
+                "overage credits",
+                "credits.overage",
+                c.overage.to_string(),
+                Some((periods_csv, Rel::Sum("overage_credits"))),
+            ),
+            figure_row(
+                "credits remaining",
+                "credits.remaining",
+                c.remaining.to_string(),
+                Some(if close {
+                    ("renewals.csv", Rel::Rows)
+                } else {
+                    ("balances.csv", Rel::Sum("remaining_credits"))
+                }),
+            ),
+        ],
     );
-    let recorded_link = close.then_some(("invoices.csv", Rel::Sum("recorded_credits")));
-    row(
-        h,
-        "credits recorded",
-        fig("credits.recorded", &c.recorded.to_string(), recorded_link),
-    );
-    let granted_link = (!close).then_some(("balances.csv", Rel::Sum("granted_credits")));
-    row(
-        h,
-        "credits granted",
-        fig("credits.granted", &c.granted.to_string(), granted_link),
-    );
-    row(
-        h,
-        "credits consumed from grants",
-        fig(
-            "credits.consumed",
-            &c.consumed.to_string(),
-            Some((periods_csv, Rel::Rows)),
-        ),
-    );
-    row(
-        h,
-        "overage credits",
-        fig(
-            "credits.overage",
-            &c.overage.to_string(),
-            Some((periods_csv, Rel::Sum("overage_credits"))),
-        ),
-    );
-    let remaining_link = if close {
-        ("renewals.csv", Rel::Rows)
-    } else {
-        ("balances.csv", Rel::Sum("remaining_credits"))
-    };
-    row(
-        h,
-        "credits remaining",
-        fig(
-            "credits.remaining",
-            &c.remaining.to_string(),
-            Some(remaining_link),
-        ),
-    );
-    h.push_str("</tbody>\n</table>\n");
     if let Some(cl) = &s.close {
-        let cur = esc(&s.currency);
-        h.push_str("<table class=\"figures\">\n<thead><tr><th>close</th><th class=\"num\"></th></tr></thead>\n<tbody>\n");
-        row(
-            h,
-            "invoices",
-            fig(
-                "close.invoices",
-                &n(cl.invoices),
-                Some(("invoices.csv", Rel::Count)),
-            ),
-        );
-        let _ = writeln!(
-            h,
-            "<tr><th>invoiced total</th><td class=\"num\">{} {cur}</td></tr>",
-            fig(
-                "close.total",
-                &format_minor(cl.total_minor, exponent),
-                Some(("invoices.csv", Rel::Sum("total"))),
+        let money = |label, key, minor: i64, column| FigureRow {
+            unit: &s.currency,
+            ..figure_row(
+                label,
+                key,
+                format_minor(minor, exponent),
+                Some(("invoices.csv", Rel::Sum(column))),
             )
-        );
-        let _ = writeln!(
+        };
+        figure_table(
             h,
-            "<tr><th>invoiced total, minor units</th><td class=\"num\">{}</td></tr>",
-            fig(
-                "close.total_minor",
-                &cl.total_minor.to_string(),
-                Some(("invoices.csv", Rel::Sum("total_minor"))),
-            )
+            "close",
+            &[
+                figure_row(
+                    "invoices",
+                    "close.invoices",
+                    n(cl.invoices),
+                    Some(("invoices.csv", Rel::Count)),
+                ),
+                money("invoiced total", "close.total", cl.total_minor, "total"),
+                figure_row(
+                    "invoiced total, minor units",
+                    "close.total_minor",
+                    cl.total_minor.to_string(),
+                    Some(("invoices.csv", Rel::Sum("total_minor"))),
+                ),
+                money(
+                    "of which overage",
+                    "close.overage_amount",
+                    cl.overage_amount_minor,
+                    "overage_amount",
+                ),
+                figure_row(
+                    "credits rolled over",
+                    "close.rollover_credits",
+                    cl.rollover_credits.to_string(),
+                    Some(("renewals.csv", Rel::Sum("rollover_credits"))),
+                ),
+                figure_row(
+                    "credits expired",
+                    "close.expired_credits",
+                    cl.expired_credits.to_string(),
+                    Some(("renewals.csv", Rel::Sum("expired_credits"))),
+                ),
+                figure_row(
+                    "grant credits carried",
+                    "close.carried_credits",
+                    cl.carried_credits.to_string(),
+                    Some(("renewals.csv", Rel::Sum("carried_grant_credits"))),
+                ),
+                figure_row(
+                    "periods renewed",
+                    "close.renewed_periods",
+                    n(cl.renewed_periods),
+                    Some(("allocations_next.csv", Rel::Count)),
+                ),
+            ],
         );
-        let _ = writeln!(
-            h,
-            "<tr><th>of which overage</th><td class=\"num\">{} {cur}</td></tr>",
-            fig(
-                "close.overage_amount",
-                &format_minor(cl.overage_amount_minor, exponent),
-                Some(("invoices.csv", Rel::Sum("overage_amount"))),
-            )
-        );
-        row(
-            h,
-            "credits rolled over",
-            fig(
-                "close.rollover_credits",
-                &cl.rollover_credits.to_string(),
-                Some(("renewals.csv", Rel::Sum("rollover_credits"))),
-            ),
-        );
-        row(
-            h,
-            "credits expired",
-            fig(
-                "close.expired_credits",
-                &cl.expired_credits.to_string(),
-                Some(("renewals.csv", Rel::Sum("expired_credits"))),
-            ),
-        );
-        row(
-            h,
-            "grant credits carried",
-            fig(
-                "close.carried_credits",
-                &cl.carried_credits.to_string(),
-                Some(("renewals.csv", Rel::Sum("carried_grant_credits"))),
-            ),
-        );
-        row(
-            h,
-            "periods renewed",
-            fig(
-                "close.renewed_periods",
-                &n(cl.renewed_periods),
-                Some(("allocations_next.csv", Rel::Count)),
-            ),
-        );
-        h.push_str("</tbody>\n</table>\n");
     }
     h.push_str("</div>\n");
     let _ = writeln!(
