@@ -86,6 +86,8 @@ pub struct PeriodView {
     pub period_end: String,
     pub status: &'static str,
     pub included_credits: Milli,
+    /// The plan's overage price per credit (major units); `None`: the plan blocks overage.
+    pub overage_price_per_credit: Option<String>,
 }
 
 #[derive(Serialize, Debug)]
@@ -242,6 +244,10 @@ pub struct BalanceView {
 pub struct InvoiceView {
     pub invoice_id: String,
     pub currency: String,
+    /// Each `*_minor` amount formatted with the currency's exponent (as in the CSV files).
+    pub plan_price: String,
+    pub overage_amount: String,
+    pub total: String,
     pub plan_price_minor: i64,
     pub credits_used: Milli,
     pub overage_credits: Milli,
@@ -249,21 +255,11 @@ pub struct InvoiceView {
     pub total_minor: i64,
     pub recorded_credits: Milli,
     pub unreconciled_credits: Milli,
-    pub lines: Vec<LineView>,
+    pub lines: Vec<crate::close::InvoiceLineRow>,
     pub rollover_credits: Milli,
     pub expired_credits: Milli,
     pub carried_grant_credits: Milli,
     pub next_period: Option<String>,
-}
-
-#[derive(Serialize, Debug)]
-pub struct LineView {
-    pub product: String,
-    pub action: String,
-    pub model: Option<String>,
-    pub event_count: i64,
-    pub quantity: Milli,
-    pub credits: Milli,
 }
 
 #[derive(Serialize, Debug)]
@@ -497,8 +493,8 @@ pub fn explain(req: &ExplainRequest) -> Result<Explanation> {
             }
         }
         Target::Account(account_id) => {
-            let rejected_rows = rejected_plan_rows(&inputs, account_id)?;
             let run = run_account(req, &inputs, account_id)?;
+            let rejected_rows = rejected_plan_rows(&inputs, &run, account_id)?;
             if run.traced.allocations.is_empty()
                 && run.traced.grants.is_empty()
                 && rejected_rows.is_empty()
@@ -519,10 +515,12 @@ pub fn explain(req: &ExplainRequest) -> Result<Explanation> {
     Ok(explanation)
 }
 
-/// The account's allocation and grant rows that the run rejects, with its reasons (the plan
-/// datasets are small: they are read and validated again here, as every run does).
-fn rejected_plan_rows(inputs: &pipeline::Inputs, account_id: &str) -> Result<Vec<SeenRow>> {
-    let plans = pipeline::load_plans(inputs, &Progress { interactive: false })?;
+/// The account's allocation and grant rows that the run rejected, with its reasons.
+fn rejected_plan_rows(
+    inputs: &pipeline::Inputs,
+    run: &AccountRun,
+    account_id: &str,
+) -> Result<Vec<SeenRow>> {
     let allocation_rows = rows_with_id(
         &inputs.files[1],
         &load::ALLOCATION_COLUMNS,
@@ -543,8 +541,9 @@ fn rejected_plan_rows(inputs: &pipeline::Inputs, account_id: &str) -> Result<Vec
         .chain(grant_rows.iter().map(|(at, _)| (Dataset::Grants, *at)));
     Ok(ats
         .filter_map(|(dataset, at)| {
-            let r = plans
-                .rejects
+            let r = run
+                .traced
+                .plan_rejects
                 .iter()
                 .find(|r| r.dataset == dataset && r.at == at)?;
             Some(SeenRow {
@@ -703,13 +702,17 @@ fn seen_entries(
         .collect()
 }
 
-fn period_view(a: &AllocationRow) -> PeriodView {
+fn period_view(book: &PriceBook, a: &AllocationRow) -> PeriodView {
     PeriodView {
         plan_id: a.plan_id.clone(),
         period_start: format_instant(a.period_start),
         period_end: format_instant(a.period_end),
         status: a.status.name(),
         included_credits: a.included_credits,
+        overage_price_per_credit: match book.plans.get(&a.plan_id).map(|p| &p.overage) {
+            Some(Overage::PricePerCredit(price)) => Some(price.normalize().to_string()),
+            _ => None,
+        },
     }
 }
 
@@ -958,7 +961,7 @@ fn explain_event(
         return Ok(x);
     };
     x.placement = "in_window";
-    x.period = Some(period_view(&period.allocation));
+    x.period = Some(period_view(&inputs.book, &period.allocation));
     x.placement_detail = format!(
         "in the {} period [{}, {}) of plan {}",
         if req.mode == Mode::Close {
@@ -1025,7 +1028,7 @@ fn explain_entry(
         x.placement = "attached";
         x.placement_detail =
             "attached to its event: it follows the event's window and verdict".into();
-        x.period = Some(period_view(&p.allocation));
+        x.period = Some(period_view(&inputs.book, &p.allocation));
         return Ok(x);
     }
     if let Some((p, (_, kind))) = run.periods.iter().find_map(|p| {
@@ -1042,7 +1045,7 @@ fn explain_entry(
                 q(e)
             ),
         };
-        x.period = Some(period_view(&p.allocation));
+        x.period = Some(period_view(&inputs.book, &p.allocation));
         x.verdict = Some(kind.map_or_else(|| "counted".into(), |k| k.name().to_string()));
         x.discrepancies = run
             .result
@@ -1095,7 +1098,7 @@ fn explain_account(inputs: &pipeline::Inputs, run: &AccountRun) -> Result<Accoun
         .map(|a| AllocationView {
             file: rel(inputs, Dataset::Allocations, a.at),
             row: a.at.row,
-            period: period_view(a),
+            period: period_view(&inputs.book, a),
             covered: covered(a),
         })
         .collect();
@@ -1137,9 +1140,13 @@ fn explain_account(inputs: &pipeline::Inputs, run: &AccountRun) -> Result<Accoun
             .find(|i| i.period_start == start)
             .map(|i| {
                 let renewal = run.result.renewals.iter().find(|r| r.period_start == start);
+                let money = |minor| crate::export::format_minor(minor, inputs.book.exponent);
                 InvoiceView {
                     invoice_id: i.invoice_id.clone(),
                     currency: i.currency.clone(),
+                    plan_price: money(i.plan_price_minor),
+                    overage_amount: money(i.overage_amount_minor),
+                    total: money(i.total_minor),
                     plan_price_minor: i.plan_price_minor,
                     credits_used: i.credits_used,
                     overage_credits: i.overage_credits,
@@ -1152,14 +1159,7 @@ fn explain_account(inputs: &pipeline::Inputs, run: &AccountRun) -> Result<Accoun
                         .invoice_lines
                         .iter()
                         .filter(|l| l.invoice_id == i.invoice_id)
-                        .map(|l| LineView {
-                            product: l.product.clone(),
-                            action: l.action.clone(),
-                            model: l.model.clone(),
-                            event_count: l.event_count,
-                            quantity: l.quantity,
-                            credits: l.credits,
-                        })
+                        .cloned()
                         .collect(),
                     rollover_credits: renewal.map_or(Milli::ZERO, |r| r.rollover_credits),
                     expired_credits: renewal.map_or(Milli::ZERO, |r| r.expired_credits),
@@ -1174,7 +1174,7 @@ fn explain_account(inputs: &pipeline::Inputs, run: &AccountRun) -> Result<Accoun
                 }
             });
         periods.push(PeriodExplanation {
-            period: period_view(&p.allocation),
+            period: period_view(&inputs.book, &p.allocation),
             grants: p
                 .grants
                 .iter()
@@ -1226,7 +1226,7 @@ fn grant_name(grant_id: &Option<String>, kind: &str) -> String {
 }
 
 /// The explanation as a person reads it.
-pub fn render_text(x: &Explanation, book: &PriceBook) -> String {
+pub fn render_text(x: &Explanation) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
@@ -1261,7 +1261,7 @@ pub fn render_text(x: &Explanation, book: &PriceBook) -> String {
         }
     }
     if let Some(e) = &x.event {
-        write_event(&mut t, e, book);
+        write_event(&mut t, e);
     } else if x.target.kind == "event" {
         let _ = writeln!(
             t,
@@ -1269,7 +1269,7 @@ pub fn render_text(x: &Explanation, book: &PriceBook) -> String {
         );
     }
     if let Some(a) = &x.account {
-        write_account(&mut t, a, book);
+        write_account(&mut t, a);
     }
     t
 }
@@ -1340,7 +1340,7 @@ fn write_discrepancies(t: &mut String, rows: &[DiscrepancyView]) {
     }
 }
 
-fn write_event(t: &mut String, e: &EventExplanation, book: &PriceBook) {
+fn write_event(t: &mut String, e: &EventExplanation) {
     let _ = writeln!(
         t,
         "\nEvent {} of account {}: {} / {} / {}, quantity {}, {}, occurred {}",
@@ -1443,8 +1443,7 @@ fn write_event(t: &mut String, e: &EventExplanation, book: &PriceBook) {
             let block = e
                 .period
                 .as_ref()
-                .and_then(|p| book.plans.get(&p.plan_id))
-                .is_some_and(|plan| plan.overage == Overage::Block);
+                .is_some_and(|p| p.overage_price_per_credit.is_none());
             let _ = writeln!(
                 t,
                 "    {} overage (no grant left){}",
@@ -1490,7 +1489,7 @@ fn write_event(t: &mut String, e: &EventExplanation, book: &PriceBook) {
     write_discrepancies(t, &e.discrepancies);
 }
 
-fn write_account(t: &mut String, a: &AccountExplanation, book: &PriceBook) {
+fn write_account(t: &mut String, a: &AccountExplanation) {
     let _ = writeln!(t, "\nAccount {}", q(&a.account_id));
     let _ = writeln!(t, "  allocations ({}):", a.allocations.len());
     for al in &a.allocations {
@@ -1513,7 +1512,6 @@ fn write_account(t: &mut String, a: &AccountExplanation, book: &PriceBook) {
             write_seen(t, "    ", r);
         }
     }
-    let money = |minor: i64| crate::export::format_minor(minor, book.exponent);
     for p in &a.periods {
         let _ = writeln!(
             t,
@@ -1581,27 +1579,17 @@ fn write_account(t: &mut String, a: &AccountExplanation, book: &PriceBook) {
             );
         }
         if let Some(i) = &p.invoice {
-            let overage = match book.plans.get(&p.period.plan_id).map(|plan| &plan.overage) {
-                Some(Overage::PricePerCredit(price_per_credit)) => format!(
-                    "overage {} credits × {} = {} {} (rounded half-even once per invoice)",
-                    i.overage_credits,
-                    price_per_credit.normalize(),
-                    money(i.overage_amount_minor),
-                    i.currency
+            let overage = match &p.period.overage_price_per_credit {
+                Some(price_per_credit) => format!(
+                    "overage {} credits × {price_per_credit} = {} {} (rounded half-even once per invoice)",
+                    i.overage_credits, i.overage_amount, i.currency
                 ),
-                _ => format!(
-                    "overage {} (the plan blocks overage)",
-                    money(i.overage_amount_minor)
-                ),
+                None => format!("overage {} (the plan blocks overage)", i.overage_amount),
             };
             let _ = writeln!(
                 t,
                 "  invoice {}: plan {} {} + {overage} = total {} {}",
-                i.invoice_id,
-                money(i.plan_price_minor),
-                i.currency,
-                money(i.total_minor),
-                i.currency
+                i.invoice_id, i.plan_price, i.currency, i.total, i.currency
             );
             let _ = writeln!(
                 t,

@@ -387,11 +387,7 @@ fn explain(x: ExplainArgs) -> anyhow::Result<u8> {
         let json = serde_json::to_string_pretty(&explanation)?;
         println!("{json}");
     } else {
-        let book = tally::pricebook::PriceBook::load(
-            &req.data.join("pricebook.toml"),
-            &req.data.join("pricebook.toml").display().to_string(),
-        )?;
-        print!("{}", tally::explain::render_text(&explanation, &book));
+        print!("{}", tally::explain::render_text(&explanation));
     }
     Ok(0)
 }

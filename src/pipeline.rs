@@ -140,6 +140,8 @@ pub struct Partial {
 /// covered period), for `tally explain`.
 #[derive(Clone, Debug, Default)]
 pub struct Traced {
+    /// Every allocation and grant reject of the run.
+    pub plan_rejects: Vec<Reject>,
     pub allocations: Vec<AllocationRow>,
     pub grants: Vec<GrantRow>,
     pub work: Option<window::AccountWork>,
@@ -263,6 +265,12 @@ pub fn compute(
         rejects: small_rejects,
         rows_read: [alloc_read, grant_read],
     } = load_plans(inputs, progress)?;
+    // `tally explain` shows the traced account's rejected plan rows: keep them all (rejects
+    // carry no account id; explain finds the account's rows by their place).
+    let plan_rejects = match settings.trace_account {
+        Some(_) => small_rejects.clone(),
+        None => Vec::new(),
+    };
     if first_shard {
         partial.rejects = small_rejects;
         partial.rows_read[Dataset::Allocations as usize] = alloc_read;
@@ -286,6 +294,7 @@ pub fn compute(
         layout,
         allocations: &allocations,
         grants: &grants,
+        plan_rejects: &plan_rejects,
         files,
     };
     if !layout.is_split() {
@@ -421,6 +430,8 @@ struct Shared<'a> {
     layout: &'a Layout,
     allocations: &'a validate::Allocations,
     grants: &'a [GrantRow],
+    /// Every allocation and grant reject (kept only for `RunSettings::trace_account`).
+    plan_rejects: &'a [Reject],
     files: &'a [Vec<InputFile>; 4],
 }
 
@@ -478,6 +489,7 @@ impl Shared<'_> {
         if let Some(account) = &self.settings.trace_account {
             if owns_here(account) {
                 partial.traced = Some(Traced {
+                    plan_rejects: self.plan_rejects.to_vec(),
                     allocations: self.allocations.get(account).cloned().unwrap_or_default(),
                     grants: self
                         .grants
