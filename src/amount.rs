@@ -232,11 +232,6 @@ fn format_decimal(unscaled: i128, scale: i8) -> String {
     format!("{sign}{int}.{frac}")
 }
 
-/// Convert an integer count of units to thousandths.
-pub fn milli_from_i64(v: i64) -> std::result::Result<Milli, AmountError> {
-    milli_from_decimal_parts(i128::from(v), 0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
