@@ -107,6 +107,31 @@ struct Bar {
     href: Option<String>,
 }
 
+/// The opening of a chart's `<svg>`, titled for screen readers and tooltips.
+fn svg_open(title: &str, width: f64, height: f64) -> String {
+    format!(
+        "<svg class=\"chart\" role=\"img\" aria-label=\"{t}\" viewBox=\"0 0 {width:.1} {height:.1}\" width=\"{width:.1}\" height=\"{height:.1}\"><title>{t}</title>",
+        t = esc(title)
+    )
+}
+
+/// A bar's length on a scale where `max` fills `full`; a non-zero bar stays visible.
+fn bar_length(magnitude: f64, max: f64, full: f64) -> f64 {
+    if max > 0.0 {
+        (magnitude / max * full).max(if magnitude > 0.0 { 1.5 } else { 0.0 })
+    } else {
+        0.0
+    }
+}
+
+/// A bar's shapes, inside a link to its rows when it has one.
+fn push_bar(svg: &mut String, href: Option<&str>, body: &str) {
+    let _ = match href {
+        Some(href) => write!(svg, "<a href=\"{}\">{body}</a>", esc(href)),
+        None => write!(svg, "<g>{body}</g>"),
+    };
+}
+
 /// Horizontal bars, one per row (labels left, values right).
 fn hbar_chart(title: &str, bars: &[Bar]) -> String {
     if bars.is_empty() {
@@ -118,18 +143,10 @@ fn hbar_chart(title: &str, bars: &[Bar]) -> String {
     let width = LABEL_W + BAR_W + 110.0;
     let height = ROW_H * bars.len() as f64 + 8.0;
     let max = bars.iter().map(|b| b.magnitude).fold(0.0, f64::max);
-    let mut svg = format!(
-        "<svg class=\"chart\" role=\"img\" aria-label=\"{}\" viewBox=\"0 0 {width} {height}\" width=\"{width}\" height=\"{height}\">",
-        esc(title)
-    );
-    let _ = write!(svg, "<title>{}</title>", esc(title));
+    let mut svg = svg_open(title, width, height);
     for (i, bar) in bars.iter().enumerate() {
         let y = 4.0 + ROW_H * i as f64;
-        let len = if max > 0.0 {
-            (bar.magnitude / max * BAR_W).max(if bar.magnitude > 0.0 { 1.5 } else { 0.0 })
-        } else {
-            0.0
-        };
+        let len = bar_length(bar.magnitude, max, BAR_W);
         let label = shorten(&bar.label, 30);
         let tip = format!("{}: {}", bar.label, bar.value);
         let body = format!(
@@ -144,14 +161,7 @@ fn hbar_chart(title: &str, bars: &[Bar]) -> String {
             y + 15.0,
             esc(&bar.value)
         );
-        match &bar.href {
-            Some(href) => {
-                let _ = write!(svg, "<a href=\"{}\">{body}</a>", esc(href));
-            }
-            None => {
-                let _ = write!(svg, "<g>{body}</g>");
-            }
-        }
+        push_bar(&mut svg, bar.href.as_deref(), &body);
     }
     svg.push_str("</svg>");
     svg
@@ -179,11 +189,7 @@ fn column_chart(title: &str, bars: &[Bar]) -> String {
     let labelled = |i: usize| {
         i == last || (i.is_multiple_of(every) && (last - i >= every || last.is_multiple_of(every)))
     };
-    let mut svg = format!(
-        "<svg class=\"chart\" role=\"img\" aria-label=\"{}\" viewBox=\"0 0 {width:.1} {height}\" width=\"{width:.1}\" height=\"{height}\">",
-        esc(title)
-    );
-    let _ = write!(svg, "<title>{}</title>", esc(title));
+    let mut svg = svg_open(title, width, height);
     let _ = write!(
         svg,
         "<line class=\"axis\" x1=\"{LEFT}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\"/>",
@@ -193,11 +199,7 @@ fn column_chart(title: &str, bars: &[Bar]) -> String {
     );
     for (i, bar) in bars.iter().enumerate() {
         let x = LEFT + step * i as f64;
-        let h = if max > 0.0 {
-            (bar.magnitude / max * PLOT_H).max(if bar.magnitude > 0.0 { 1.5 } else { 0.0 })
-        } else {
-            0.0
-        };
+        let h = bar_length(bar.magnitude, max, PLOT_H);
         let tip = format!("{}: {}", bar.label, bar.value);
         let mut body = format!(
             "<title>{}</title><rect class=\"bar\" x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{h:.1}\"/>",
@@ -215,14 +217,7 @@ fn column_chart(title: &str, bars: &[Bar]) -> String {
                 esc(&shorten(&bar.label, 12))
             );
         }
-        match &bar.href {
-            Some(href) => {
-                let _ = write!(svg, "<a href=\"{}\">{body}</a>", esc(href));
-            }
-            None => {
-                let _ = write!(svg, "<g>{body}</g>");
-            }
-        }
+        push_bar(&mut svg, bar.href.as_deref(), &body);
     }
     svg.push_str("</svg>");
     svg
