@@ -343,7 +343,7 @@ fn process_period(
             let u = &event.usage;
             result.billed_events.push(BilledEventRow {
                 invoice_id: invoice_id.clone().unwrap_or_default(),
-                event_id: u.event_id.clone(),
+                event_id: u.event_id.to_string(),
                 account_id: u.account_id.to_string(),
                 occurred_at: u.occurred_at,
                 credits,

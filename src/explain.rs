@@ -718,9 +718,9 @@ fn period_view(book: &PriceBook, a: &AllocationRow) -> PeriodView {
 
 fn entry_view(inputs: &pipeline::Inputs, d: &DebitRow) -> EntryView {
     EntryView {
-        entry_id: d.entry_id.clone(),
+        entry_id: d.entry_id.to_string(),
         account_id: d.account_id.to_string(),
-        event_id: d.event_id.clone(),
+        event_id: d.event_id.as_ref().map(|id| id.to_string()),
         kind: d.kind.name(),
         credits: d.credits,
         recorded_at: format_instant(d.recorded_at),
@@ -733,7 +733,7 @@ fn discrepancy_view(d: &DiscrepancyRow) -> DiscrepancyView {
     DiscrepancyView {
         kind: d.kind.name(),
         account_id: d.account_id.clone(),
-        event_id: d.event_id.clone(),
+        event_id: d.event_id.as_ref().map(|id| id.to_string()),
         entry_ids: d.entry_ids.clone(),
         occurred_at: d.occurred_at.map(format_instant),
         expected_credits: d.expected_credits,
@@ -926,7 +926,7 @@ fn explain_event(
     winner: &UsageRow,
 ) -> Result<EventExplanation> {
     let mut x = EventExplanation {
-        event_id: winner.event_id.clone(),
+        event_id: winner.event_id.to_string(),
         account_id: winner.account_id.to_string(),
         product: winner.product.to_string(),
         action: winner.action.to_string(),
@@ -1113,7 +1113,7 @@ fn explain_account(inputs: &pipeline::Inputs, run: &AccountRun) -> Result<Accoun
             }
             timeline.push(TimelineRow {
                 occurred_at: format_instant(e.work.usage.occurred_at),
-                event_id: e.work.usage.event_id.clone(),
+                event_id: e.work.usage.event_id.to_string(),
                 status: e.work.usage.status.name(),
                 expected_credits: e.price.expected(),
                 draws: draw_views(&p.grants, &e.draws),

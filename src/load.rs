@@ -686,6 +686,21 @@ impl RowCheck<'_> {
         Ok(self.str(index)?.unwrap_or_default())
     }
 
+    /// A required value borrowed from the batch (checked non-null by `nulls` first).
+    fn required_ref(&self, index: usize) -> std::result::Result<&str, Reject> {
+        Ok(self.checked_str(index)?.unwrap_or_default())
+    }
+
+    /// A required id (inline up to 24 bytes: no heap allocation for typical ids).
+    fn required_id(&self, index: usize) -> std::result::Result<Id, Reject> {
+        self.required_ref(index).map(Id::new)
+    }
+
+    /// An optional id.
+    fn opt_id(&self, index: usize) -> std::result::Result<Option<Id>, Reject> {
+        self.checked_str(index).map(|s| s.map(Id::new))
+    }
+
     /// A required string shared with equal values of the batch.
     fn shared(&self, index: usize) -> std::result::Result<Shared, Reject> {
         self.checked_str(index)
@@ -768,13 +783,13 @@ pub fn parse_usage(batch: &Batch, row: usize, at: RowRef) -> Parsed<UsageRow> {
     if let Some(r) = c.nulls() {
         return Parsed::Rejected(r);
     }
-    let event_id = try_row!(c.required_str(0));
+    let event_id = try_row!(c.required_id(0));
     let account_id = try_row!(c.shared(1));
     let product = try_row!(c.shared(2));
     let action = try_row!(c.shared(3));
     let model = try_row!(c.opt_shared(4)).filter(|m| !m.is_empty());
     let quantity = try_row!(c.milli(5));
-    let status_text = try_row!(c.required_str(6));
+    let status_text = try_row!(c.required_ref(6));
     let occurred_at = try_row!(c.micros(7)).unwrap_or_default();
     let ingested_at = try_row!(c.micros(8));
     if quantity.0 < 0 {
@@ -914,10 +929,10 @@ pub fn parse_debit(batch: &Batch, row: usize, at: RowRef) -> Parsed<DebitRow> {
     if let Some(r) = c.nulls() {
         return Parsed::Rejected(r);
     }
-    let entry_id = try_row!(c.required_str(0));
+    let entry_id = try_row!(c.required_id(0));
     let account_id = try_row!(c.shared(1));
-    let event_id = try_row!(c.str(2));
-    let kind_text = try_row!(c.required_str(3));
+    let event_id = try_row!(c.opt_id(2));
+    let kind_text = try_row!(c.required_ref(3));
     let credits = try_row!(c.milli(4));
     let recorded_at = try_row!(c.micros(5)).unwrap_or_default();
     let Some(kind) = EntryKind::parse(&kind_text) else {

@@ -126,11 +126,15 @@ impl EventStatus {
 /// when read, so a million events of one account hold one copy of its id.
 pub type Shared = std::sync::Arc<str>;
 
+/// An event or entry id: kept inline up to 24 bytes (no heap allocation per row for
+/// typical ids), on the heap past that.
+pub type Id = compact_str::CompactString;
+
 /// A validated usage row (one copy of an event).
 #[derive(Clone, Debug)]
 pub struct UsageRow {
     pub at: RowRef,
-    pub event_id: String,
+    pub event_id: Id,
     pub account_id: Shared,
     pub product: Shared,
     pub action: Shared,
@@ -305,9 +309,9 @@ impl EntryKind {
 #[derive(Clone, Debug)]
 pub struct DebitRow {
     pub at: RowRef,
-    pub entry_id: String,
+    pub entry_id: Id,
     pub account_id: Shared,
-    pub event_id: Option<String>,
+    pub event_id: Option<Id>,
     pub kind: EntryKind,
     pub credits: Milli,
     pub recorded_at: Micros,

@@ -318,7 +318,7 @@ pub fn compute(
         let wanted = usage
             .iter()
             .filter(|u| may_be_late(&u.account_id, u.occurred_at))
-            .map(|u| u.event_id.clone())
+            .map(|u| u.event_id.to_string())
             .collect();
         let billed = history.billed_among(&wanted)?;
         shared.billed = &billed;

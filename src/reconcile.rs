@@ -171,12 +171,12 @@ pub fn event_row(
         Some(e) => Some(recorded.checked_sub(e)?),
         None => None,
     };
-    let mut entry_ids: Vec<String> = entries.iter().map(|e| e.entry_id.clone()).collect();
+    let mut entry_ids: Vec<String> = entries.iter().map(|e| e.entry_id.to_string()).collect();
     entry_ids.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
     Ok(DiscrepancyRow {
         kind,
         account_id: event.account_id.to_string(),
-        event_id: Some(event.event_id.clone()),
+        event_id: Some(event.event_id.to_string()),
         entry_ids,
         occurred_at: Some(event.occurred_at),
         product: Some(event.product.to_string()),
@@ -202,8 +202,8 @@ pub fn entry_row(kind: Kind, entry: &DebitRow) -> DiscrepancyRow {
     DiscrepancyRow {
         kind,
         account_id: entry.account_id.to_string(),
-        event_id: entry.event_id.clone(),
-        entry_ids: vec![entry.entry_id.clone()],
+        event_id: entry.event_id.as_ref().map(|id| id.to_string()),
+        entry_ids: vec![entry.entry_id.to_string()],
         occurred_at: None,
         product: None,
         action: None,

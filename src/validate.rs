@@ -181,7 +181,7 @@ pub struct Deduped {
     /// One row per event_id: the winning copy.
     pub events: Vec<UsageRow>,
     /// event_ids whose copies differed (reported `conflicting_duplicate`).
-    pub conflicting: std::collections::HashSet<String, FastHash>,
+    pub conflicting: std::collections::HashSet<Id, FastHash>,
     /// Losing copies equal to the winner: counted only.
     pub identical_copies: u64,
 }

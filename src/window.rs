@@ -163,7 +163,7 @@ fn place_late(
     billed: &HashSet<String, FastHash>,
     usage: &UsageRow,
 ) -> Option<Placement> {
-    if billed.contains(&usage.event_id) {
+    if billed.contains(usage.event_id.as_str()) {
         return None;
     }
     let closed = closed_period(allocations, history, &usage.account_id, usage.occurred_at)?;

@@ -59,7 +59,7 @@ prop_compose! {
         let status = match status { 0 => EventStatus::Failed, 1 => EventStatus::Cancelled, _ => EventStatus::Succeeded };
         (UsageRow {
             at: at(),
-            event_id: format!("e{i:03}"),
+            event_id: format!("e{i:03}").into(),
             account_id: "a".into(),
             product: "studio".into(),
             action: "video".into(),
@@ -93,7 +93,7 @@ fn work(periods: usize, grants: Vec<GrantRow>, events: Vec<(UsageRow, Milli)>) -
         let p = ((usage.occurred_at - START) / (30 * DAY)) as usize;
         let entries = smallvec::smallvec![DebitRow {
             at: at(),
-            entry_id: format!("d{i:03}"),
+            entry_id: format!("d{i:03}").into(),
             account_id: "a".into(),
             event_id: Some(usage.event_id.clone()),
             kind: EntryKind::Debit,
