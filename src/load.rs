@@ -798,12 +798,12 @@ pub fn parse_usage(batch: &Batch, row: usize, at: RowRef) -> Parsed<UsageRow> {
             format!("quantity {quantity} is negative"),
         ));
     }
-    let Some(status) = EventStatus::parse(&status_text) else {
+    let Some(status) = EventStatus::parse(status_text) else {
         return Parsed::Rejected(c.reject(
             Reason::UnknownStatus,
             format!(
                 "status {} is not one of succeeded, failed, cancelled",
-                quoted(&status_text)
+                quoted(status_text)
             ),
         ));
     };
@@ -935,12 +935,12 @@ pub fn parse_debit(batch: &Batch, row: usize, at: RowRef) -> Parsed<DebitRow> {
     let kind_text = try_row!(c.required_ref(3));
     let credits = try_row!(c.milli(4));
     let recorded_at = try_row!(c.micros(5)).unwrap_or_default();
-    let Some(kind) = EntryKind::parse(&kind_text) else {
+    let Some(kind) = EntryKind::parse(kind_text) else {
         return Parsed::Rejected(c.reject(
             Reason::BadValue,
             format!(
                 "kind {} is not one of debit, refund, adjustment",
-                quoted(&kind_text)
+                quoted(kind_text)
             ),
         ));
     };
