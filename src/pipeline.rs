@@ -286,6 +286,14 @@ pub fn compute(
     let may_be_late =
         |account: &str, t: Micros| window::in_closed_period(&allocations, history, account, t);
     let no_billed = HashSet::default();
+    let accounts_by_group =
+        window::accounts_by_group(&allocations, layout.groups as usize, &|account| {
+            let partition = layout.partition(account);
+            match layout.is_split() {
+                false => Some(0),
+                true => layout.owns(partition).then(|| layout.group_of(partition)),
+            }
+        });
     let mut shared = Shared {
         scratch: None,
         billed: &no_billed,
@@ -295,6 +303,7 @@ pub fn compute(
         allocations: &allocations,
         grants: &grants,
         plan_rejects: &plan_rejects,
+        accounts_by_group,
         files,
     };
     if !layout.is_split() {
@@ -432,6 +441,8 @@ struct Shared<'a> {
     grants: &'a [GrantRow],
     /// Every allocation and grant reject (kept only for `RunSettings::trace_account`).
     plan_rejects: &'a [Reject],
+    /// The accounts with valid allocations of each of this shard's groups, sorted.
+    accounts_by_group: Vec<Vec<&'a str>>,
     files: &'a [Vec<InputFile>; 4],
 }
 
@@ -473,6 +484,7 @@ impl Shared<'_> {
                 history: &self.settings.history,
                 billed: self.billed,
                 owns: &owns_here,
+                group_accounts: &self.accounts_by_group[group],
             },
             self.allocations,
             deduped,
