@@ -300,7 +300,8 @@ pub struct Batch {
     /// Row number in the file of the batch's first row.
     pub first_row: u64,
     /// Shared copies of repeated strings (accounts, products, actions, models).
-    interned: std::cell::RefCell<std::collections::HashMap<Box<str>, Shared>>,
+    interned:
+        std::cell::RefCell<std::collections::HashMap<Box<str>, Shared, crate::validate::FastHash>>,
 }
 
 impl Batch {

@@ -67,13 +67,11 @@ pub trait Spillable: Sized + Send {
     /// Whether the raw row could be a candidate (checked before parsing, so that a shard
     /// parses only its own rows and possible candidates).
     fn raw_candidate(batch: &Batch, row: usize, cross: &CrossBucket) -> bool;
-    fn encode(&self, out: &mut Vec<u8>);
-    /// Decode the first record of `bytes`; the rest of the bytes follow it.
-    fn decode<'a>(
-        bytes: &'a [u8],
-        strings: &mut Interner<'a>,
-        file: &Path,
-    ) -> Result<(Self, &'a [u8])>;
+    /// Append the row's record to a frame (its repeated strings as codes of `strings`).
+    fn encode(&self, out: &mut Vec<u8>, strings: &mut FrameStrings);
+    /// Decode the first record of `bytes` (string codes index `strings`); the rest of the
+    /// bytes follow it.
+    fn decode<'a>(bytes: &'a [u8], strings: &[Shared], file: &Path) -> Result<(Self, &'a [u8])>;
 }
 
 #[derive(Serialize, Deserialize)]
@@ -81,11 +79,11 @@ struct UsageRecord<'a> {
     file: u32,
     row: u64,
     event_id: &'a str,
-    account_id: &'a str,
-    product: &'a str,
-    action: &'a str,
-    #[serde(borrow)]
-    model: Option<&'a str>,
+    /// Codes in the frame's string table (also `product`, `action`, `model`).
+    account_id: u32,
+    product: u32,
+    action: u32,
+    model: Option<u32>,
     quantity: i64,
     status: u8,
     occurred_at: i64,
@@ -97,7 +95,8 @@ struct DebitRecord<'a> {
     file: u32,
     row: u64,
     entry_id: &'a str,
-    account_id: &'a str,
+    /// A code in the frame's string table.
+    account_id: u32,
     #[serde(borrow)]
     event_id: Option<&'a str>,
     kind: u8,
@@ -105,14 +104,41 @@ struct DebitRecord<'a> {
     recorded_at: i64,
 }
 
-/// One shared copy of each repeated string of a spill file (accounts, products, ...).
+/// The string table of a frame being written: each repeated string (account, product,
+/// action, model) is written once per frame and referred to by its code. Rows of a batch
+/// share one `Shared` per distinct string (`Batch::intern`), so the table is keyed by the
+/// shared copy's address, not by hashing its text (an unshared equal string only costs a
+/// second table entry).
 #[derive(Default)]
-pub struct Interner<'a>(HashMap<&'a str, Shared, FastHash>);
+pub struct FrameStrings {
+    codes: HashMap<(usize, usize), u32, FastHash>,
+    strings: Vec<Shared>,
+}
 
-impl<'a> Interner<'a> {
-    fn get(&mut self, s: &'a str) -> Shared {
-        self.0.entry(s).or_insert_with(|| s.into()).clone()
+impl FrameStrings {
+    fn code(&mut self, s: &Shared) -> u32 {
+        let key = (s.as_ptr() as usize, s.len());
+        *self.codes.entry(key).or_insert_with(|| {
+            self.strings.push(s.clone());
+            (self.strings.len() - 1) as u32
+        })
     }
+
+    /// The table as a frame writes it: a postcard sequence of strings.
+    fn encode(&self) -> Vec<u8> {
+        let texts: Vec<&str> = self.strings.iter().map(|s| &**s).collect();
+        postcard::to_stdvec(&texts).expect("postcard into a Vec")
+    }
+}
+
+/// The shared string of a code.
+fn string_of(strings: &[Shared], code: u32, file: &Path) -> Result<Shared> {
+    strings.get(code as usize).cloned().ok_or_else(|| {
+        corrupt(
+            file,
+            format!("string code {code} is not in its frame's table"),
+        )
+    })
 }
 
 fn corrupt(file: &Path, e: impl std::fmt::Display) -> TallyError {
@@ -141,17 +167,17 @@ impl Spillable for UsageRow {
     fn raw_candidate(batch: &Batch, row: usize, cross: &CrossBucket) -> bool {
         batch.columns[0].str(row).is_some_and(|e| cross.event(e))
     }
-    fn encode(&self, out: &mut Vec<u8>) {
+    fn encode(&self, out: &mut Vec<u8>, strings: &mut FrameStrings) {
         push_record(
             out,
             &UsageRecord {
                 file: self.at.file,
                 row: self.at.row,
                 event_id: &self.event_id,
-                account_id: &self.account_id,
-                product: &self.product,
-                action: &self.action,
-                model: self.model.as_deref(),
+                account_id: strings.code(&self.account_id),
+                product: strings.code(&self.product),
+                action: strings.code(&self.action),
+                model: self.model.as_ref().map(|m| strings.code(m)),
                 quantity: self.quantity.0,
                 status: self.status as u8,
                 occurred_at: self.occurred_at,
@@ -159,11 +185,7 @@ impl Spillable for UsageRow {
             },
         );
     }
-    fn decode<'a>(
-        bytes: &'a [u8],
-        strings: &mut Interner<'a>,
-        file: &Path,
-    ) -> Result<(Self, &'a [u8])> {
+    fn decode<'a>(bytes: &'a [u8], strings: &[Shared], file: &Path) -> Result<(Self, &'a [u8])> {
         let (r, rest): (UsageRecord<'a>, _) =
             postcard::take_from_bytes(bytes).map_err(|e| corrupt(file, e))?;
         let row = UsageRow {
@@ -172,10 +194,10 @@ impl Spillable for UsageRow {
                 row: r.row,
             },
             event_id: Id::new(r.event_id),
-            account_id: strings.get(r.account_id),
-            product: strings.get(r.product),
-            action: strings.get(r.action),
-            model: r.model.map(|m| strings.get(m)),
+            account_id: string_of(strings, r.account_id, file)?,
+            product: string_of(strings, r.product, file)?,
+            action: string_of(strings, r.action, file)?,
+            model: r.model.map(|m| string_of(strings, m, file)).transpose()?,
             quantity: crate::amount::Milli(r.quantity),
             status: EventStatus::from_code(r.status).ok_or_else(|| corrupt(file, "status"))?,
             occurred_at: r.occurred_at,
@@ -199,14 +221,14 @@ impl Spillable for DebitRow {
         batch.columns[0].str(row).is_some_and(|e| cross.entry(e))
             || batch.columns[2].str(row).is_some_and(|e| cross.event(e))
     }
-    fn encode(&self, out: &mut Vec<u8>) {
+    fn encode(&self, out: &mut Vec<u8>, strings: &mut FrameStrings) {
         push_record(
             out,
             &DebitRecord {
                 file: self.at.file,
                 row: self.at.row,
                 entry_id: &self.entry_id,
-                account_id: &self.account_id,
+                account_id: strings.code(&self.account_id),
                 event_id: self.event_id.as_deref(),
                 kind: self.kind as u8,
                 credits: self.credits.0,
@@ -214,11 +236,7 @@ impl Spillable for DebitRow {
             },
         );
     }
-    fn decode<'a>(
-        bytes: &'a [u8],
-        strings: &mut Interner<'a>,
-        file: &Path,
-    ) -> Result<(Self, &'a [u8])> {
+    fn decode<'a>(bytes: &'a [u8], strings: &[Shared], file: &Path) -> Result<(Self, &'a [u8])> {
         let (r, rest): (DebitRecord<'a>, _) =
             postcard::take_from_bytes(bytes).map_err(|e| corrupt(file, e))?;
         let row = DebitRow {
@@ -227,7 +245,7 @@ impl Spillable for DebitRow {
                 row: r.row,
             },
             entry_id: Id::new(r.entry_id),
-            account_id: strings.get(r.account_id),
+            account_id: string_of(strings, r.account_id, file)?,
             event_id: r.event_id.map(Id::new),
             kind: EntryKind::from_code(r.kind).ok_or_else(|| corrupt(file, "kind"))?,
             credits: crate::amount::Milli(r.credits),
@@ -236,6 +254,9 @@ impl Spillable for DebitRow {
         Ok((row, rest))
     }
 }
+
+/// Bytes of a frame header: rows, string-table length, records length (u32 LE each).
+const FRAME_HEADER_BYTES: usize = 12;
 
 /// The spill files of one dataset: one per group, removed with the folder.
 pub struct SpillFiles {
@@ -268,16 +289,26 @@ impl SpillFiles {
         })
     }
 
-    /// Append one frame: `rows` (u32 LE), byte length (u32 LE), then the records. Frames
-    /// let a group be decoded in parallel.
-    fn append(&self, group: usize, bytes: &[u8], rows: u64) -> Result<()> {
+    /// Append one frame: `rows`, the string table's byte length and the records' byte
+    /// length (u32 LE each), then the table, then the records. Frames let a group be
+    /// decoded in parallel.
+    fn append(
+        &self,
+        group: usize,
+        strings: &FrameStrings,
+        records: &[u8],
+        rows: u64,
+    ) -> Result<()> {
         self.rows[group].fetch_add(rows, Ordering::Relaxed);
-        let mut header = [0u8; 8];
+        let table = strings.encode();
+        let mut header = [0u8; FRAME_HEADER_BYTES];
         header[..4].copy_from_slice(&(rows as u32).to_le_bytes());
-        header[4..].copy_from_slice(&(bytes.len() as u32).to_le_bytes());
+        header[4..8].copy_from_slice(&(table.len() as u32).to_le_bytes());
+        header[8..].copy_from_slice(&(records.len() as u32).to_le_bytes());
         let mut w = self.writers[group].lock().expect("spill writer lock");
         w.write_all(&header)
-            .and_then(|_| w.write_all(bytes))
+            .and_then(|_| w.write_all(&table))
+            .and_then(|_| w.write_all(records))
             .map_err(|e| TallyError::io(&self.paths[group], e))
     }
 
@@ -345,7 +376,7 @@ pub fn read_group<T: Spillable>(file: &SpillFile, extra: usize) -> Result<Vec<T>
     }
     let outcomes: Vec<Result<()>> = jobs
         .into_par_iter()
-        .map(|(frame, slots)| decode_frame(frame.body, slots, path))
+        .map(|(frame, slots)| decode_frame(frame, slots, path))
         .collect();
     if outcomes.iter().any(Result::is_err) {
         // A failed frame dropped what it had decoded; drop the whole frames' rows too.
@@ -367,26 +398,36 @@ pub fn read_group<T: Spillable>(file: &SpillFile, extra: usize) -> Result<Vec<T>
     Ok(all)
 }
 
-/// One frame of a spill file: its records and their count, and its first row.
+/// One frame of a spill file: its string table, its records and their count, and its
+/// first row.
 struct Frame<'a> {
+    strings: Vec<&'a str>,
     body: &'a [u8],
     rows: usize,
     first: RowRef,
 }
 
-/// Split a spill file into its frames (header: rows u32 LE, byte length u32 LE).
+/// Split a spill file into its frames (see `SpillFiles::append`).
 fn frames_of<'a>(bytes: &'a [u8], path: &Path) -> Result<Vec<Frame<'a>>> {
     let mut frames = Vec::new();
     let mut at = 0usize;
+    let u32_at = |b: &[u8], i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
     while at < bytes.len() {
         let header = bytes
-            .get(at..at + 8)
+            .get(at..at + FRAME_HEADER_BYTES)
             .ok_or_else(|| corrupt(path, "truncated frame header"))?;
-        let rows = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
-        let len = u32::from_le_bytes(header[4..].try_into().expect("4 bytes")) as usize;
-        let body = bytes
-            .get(at + 8..at + 8 + len)
-            .ok_or_else(|| corrupt(path, "truncated frame"))?;
+        let rows = u32_at(header, 0) as usize;
+        let table_len = u32_at(header, 4) as usize;
+        let body_len = u32_at(header, 8) as usize;
+        let table_at = at + FRAME_HEADER_BYTES;
+        let body_at = table_at + table_len;
+        let (Some(table), Some(body)) = (
+            bytes.get(table_at..body_at),
+            bytes.get(body_at..body_at + body_len),
+        ) else {
+            return Err(corrupt(path, "truncated frame"));
+        };
+        let strings: Vec<&str> = postcard::from_bytes(table).map_err(|e| corrupt(path, e))?;
         // Every record starts with its (file, row).
         let ((file, row), _): ((u32, u64), _) =
             postcard::take_from_bytes(body).map_err(|e| corrupt(path, e))?;
@@ -394,11 +435,12 @@ fn frames_of<'a>(bytes: &'a [u8], path: &Path) -> Result<Vec<Frame<'a>>> {
             return Err(corrupt(path, "empty frame"));
         }
         frames.push(Frame {
+            strings,
             body,
             rows,
             first: RowRef { file, row },
         });
-        at += 8 + len;
+        at = body_at + body_len;
     }
     Ok(frames)
 }
@@ -406,16 +448,17 @@ fn frames_of<'a>(bytes: &'a [u8], path: &Path) -> Result<Vec<Frame<'a>>> {
 /// Decode exactly `slots.len()` records of `body` into `slots`. On an error, the rows
 /// decoded so far are dropped and every slot is left unwritten.
 fn decode_frame<T: Spillable>(
-    body: &[u8],
+    frame: &Frame<'_>,
     slots: &mut [std::mem::MaybeUninit<T>],
     path: &Path,
 ) -> Result<()> {
-    let mut strings = Interner::default();
-    let mut rest = body;
+    // One shared copy of each of the frame's strings, for all its rows.
+    let strings: Vec<Shared> = frame.strings.iter().map(|&s| Shared::from(s)).collect();
+    let mut rest = frame.body;
     let mut written = 0;
     let mut outcome = Ok(());
     for slot in slots.iter_mut() {
-        match T::decode(rest, &mut strings, path) {
+        match T::decode(rest, &strings, path) {
             Ok((row, after)) => {
                 slot.write(row);
                 written += 1;
@@ -471,6 +514,7 @@ pub fn route_dataset<T: Spillable>(
     let groups = layout.groups as usize;
     let per_file = load::map_files(files, specs, &|index, batch, out: &mut Vec<Item<T>>| {
         let mut encoded: Vec<Vec<u8>> = vec![Vec::new(); groups];
+        let mut strings: Vec<FrameStrings> = (0..groups).map(|_| FrameStrings::default()).collect();
         let mut counts = vec![0u64; groups];
         let mut spilled = 0u64;
         for i in 0..batch.len {
@@ -491,7 +535,7 @@ pub fn route_dataset<T: Spillable>(
                     debug_assert_eq!(partition, layout.partition(row.account()));
                     if layout.owns(partition) {
                         let group = layout.group_of(partition);
-                        row.encode(&mut encoded[group]);
+                        row.encode(&mut encoded[group], &mut strings[group]);
                         counts[group] += 1;
                         spilled += 1;
                     }
@@ -505,7 +549,7 @@ pub fn route_dataset<T: Spillable>(
         }
         for (group, bytes) in encoded.iter().enumerate() {
             if !bytes.is_empty() {
-                if let Err(e) = spill.append(group, bytes, counts[group]) {
+                if let Err(e) = spill.append(group, &strings[group], bytes, counts[group]) {
                     out.push(Item::Failed(e));
                 }
             }
@@ -554,9 +598,11 @@ mod tests {
     fn spill_of(dir: &Path, frames: &[Vec<UsageRow>]) -> SpillFile {
         let files = SpillFiles::create(dir, Dataset::Usage, 1).unwrap();
         for rows in frames {
-            let mut bytes = Vec::new();
-            rows.iter().for_each(|r| r.encode(&mut bytes));
-            files.append(0, &bytes, rows.len() as u64).unwrap();
+            let (mut bytes, mut strings) = (Vec::new(), FrameStrings::default());
+            rows.iter().for_each(|r| r.encode(&mut bytes, &mut strings));
+            files
+                .append(0, &strings, &bytes, rows.len() as u64)
+                .unwrap();
         }
         files.finish().unwrap().pop().unwrap()
     }
@@ -632,6 +678,46 @@ mod tests {
             message.contains("1 rows in its frames, 2 written"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn a_string_code_outside_the_frame_table_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = SpillFiles::create(dir.path(), Dataset::Usage, 1).unwrap();
+        let (mut bytes, mut strings) = (Vec::new(), FrameStrings::default());
+        usage(0, 0, "a").encode(&mut bytes, &mut strings);
+        // The records refer to four strings; the frame is written with an empty table.
+        files
+            .append(0, &FrameStrings::default(), &bytes, 1)
+            .unwrap();
+        let file = files.finish().unwrap().pop().unwrap();
+        let message = error_of(&file);
+        assert!(
+            message.contains("string code 0 is not in its frame's table"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn repeated_strings_are_written_once_per_frame_and_shared_when_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let account: Shared = "acct-shared".into();
+        let rows: Vec<UsageRow> = (0..3)
+            .map(|i| UsageRow {
+                account_id: account.clone(),
+                ..usage(0, i, &format!("e{i}"))
+            })
+            .collect();
+        let file = spill_of(dir.path(), &[rows]);
+        let text = std::fs::read(&file.path).unwrap();
+        let written = text.windows(11).filter(|w| w == b"acct-shared").count();
+        assert_eq!(written, 1);
+        let back: Vec<UsageRow> = read_group(&file, 0).unwrap();
+        assert!(std::sync::Arc::ptr_eq(
+            &back[0].account_id,
+            &back[2].account_id
+        ));
+        assert_eq!(&*back[1].account_id, "acct-shared");
     }
 
     #[test]

@@ -91,40 +91,70 @@ pub fn allocations(
     by_account
 }
 
+/// Every row whose id repeats an earlier row's, as (row, first row with that id), by row.
+/// Ids are hashed and sorted with their row numbers in parallel, and only rows of equal
+/// hash are compared as strings: cache-friendly at millions of rows, where a hash map of
+/// borrowed ids is bound by cache misses into the rows.
+fn repeats<T: Sync>(rows: &[T], id_of: impl Fn(&T) -> &str + Sync) -> Vec<(u32, u32)> {
+    use rayon::prelude::*;
+    assert!(rows.len() < u32::MAX as usize, "row numbers fit in u32");
+    let mut keyed: Vec<(u64, u32)> = rows
+        .par_iter()
+        .enumerate()
+        .map(|(i, row)| (xxhash_rust::xxh3::xxh3_64(id_of(row).as_bytes()), i as u32))
+        .collect();
+    keyed.par_sort_unstable();
+    let mut found = Vec::new();
+    let mut run_start = 0;
+    while run_start < keyed.len() {
+        let hash = keyed[run_start].0;
+        let run_end = run_start
+            + keyed[run_start..]
+                .iter()
+                .take_while(|(h, _)| *h == hash)
+                .count();
+        // Rows of one hash, by row number: each repeats the first earlier row with its id
+        // (distinct ids of one hash are compared apart).
+        let run = &keyed[run_start..run_end];
+        for (k, &(_, row)) in run.iter().enumerate().skip(1) {
+            let id = id_of(&rows[row as usize]);
+            if let Some(&(_, first)) = run[..k]
+                .iter()
+                .find(|(_, earlier)| id_of(&rows[*earlier as usize]) == id)
+            {
+                found.push((row, first));
+            }
+        }
+        run_start = run_end;
+    }
+    found.sort_unstable();
+    found
+}
+
 /// Keep the first row (by file, row) of every id; later rows are `bad_value`.
-fn first_of_each_id<T>(
+fn first_of_each_id<T: Sync>(
     rows: Vec<T>,
     dataset: Dataset,
     id_column: &str,
-    id_of: impl Fn(&T) -> &str,
+    id_of: impl Fn(&T) -> &str + Sync,
     at_of: impl Fn(&T) -> RowRef,
     files: &[InputFile],
     rejects: &mut Vec<Reject>,
 ) -> Vec<T> {
     let mut repeated = vec![false; rows.len()];
-    {
-        let mut first: HashMap<&str, RowRef, FastHash> =
-            HashMap::with_capacity_and_hasher(rows.len(), FastHash::default());
-        for (i, row) in rows.iter().enumerate() {
-            match first.entry(id_of(row)) {
-                std::collections::hash_map::Entry::Occupied(earlier) => {
-                    repeated[i] = true;
-                    rejects.push(reject(
-                        dataset,
-                        at_of(row),
-                        Reason::BadValue,
-                        format!(
-                            "{id_column} {} repeats the row at {}",
-                            quoted(id_of(row)),
-                            at_text(files, *earlier.get())
-                        ),
-                    ));
-                }
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(at_of(row));
-                }
-            }
-        }
+    for (index, first) in repeats(&rows, &id_of) {
+        repeated[index as usize] = true;
+        let (row, first) = (&rows[index as usize], &rows[first as usize]);
+        rejects.push(reject(
+            dataset,
+            at_of(row),
+            Reason::BadValue,
+            format!(
+                "{id_column} {} repeats the row at {}",
+                quoted(id_of(row)),
+                at_text(files, at_of(first))
+            ),
+        ));
     }
     let mut rows = rows;
     let mut index = 0;
@@ -191,29 +221,23 @@ pub struct Deduped {
 /// winner are identical duplicates; losing copies that differ are rejected
 /// `conflicting_duplicate`.
 pub fn dedup_usage(rows: Vec<UsageRow>, files: &[InputFile], rejects: &mut Vec<Reject>) -> Deduped {
-    // First pass, borrowing ids: the first copy of each event_id, and which rows repeat one.
-    let mut first: HashMap<&str, u32, FastHash> =
-        HashMap::with_capacity_and_hasher(rows.len(), FastHash::default());
-    let mut copies_of: HashMap<u32, Vec<u32>> = HashMap::new();
-    for (i, row) in rows.iter().enumerate() {
-        let i = i as u32;
-        match first.entry(row.event_id.as_str()) {
-            std::collections::hash_map::Entry::Occupied(e) => copies_of
-                .entry(*e.get())
-                .or_insert_with(|| vec![*e.get()])
-                .push(i),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(i);
-            }
+    // The copies of each repeated event_id: its first row, then the others by row.
+    let mut copies_of: Vec<(u32, u32)> = repeats(&rows, |r| r.event_id.as_str())
+        .into_iter()
+        .map(|(row, first)| (first, row))
+        .collect();
+    copies_of.sort_unstable();
+    let mut groups: Vec<Vec<u32>> = Vec::new();
+    for (first, row) in copies_of {
+        match groups.last_mut() {
+            Some(group) if group[0] == first => group.push(row),
+            _ => groups.push(vec![first, row]),
         }
     }
-    drop(first);
     // Decide every group with copies: the winner, identical losers, conflicting losers.
     let mut losing = vec![false; rows.len()];
     let mut conflicting = std::collections::HashSet::default();
     let mut identical_copies = 0u64;
-    let mut groups: Vec<Vec<u32>> = copies_of.into_values().collect();
-    groups.sort_unstable_by_key(|g| g[0]);
     for mut group in groups {
         group.sort_by_key(|&i| winner_key(&rows[i as usize]));
         let winner = &rows[group[0] as usize];
