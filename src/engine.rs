@@ -237,6 +237,32 @@ pub fn process_account_traced(
     Ok(result)
 }
 
+/// Order a period's events by (occurred_at, event_id) (ids are unique after dedup, so
+/// the order is total). The ~300-byte works are not sorted themselves: (occurred_at, row)
+/// pairs are, and the works move once, only when they were out of order.
+fn sort_events(events: &mut Vec<crate::window::EventWork>) {
+    let id = |i: u32| events[i as usize].usage.event_id.as_bytes();
+    let mut order: Vec<(Micros, u32)> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.usage.occurred_at, i as u32))
+        .collect();
+    order.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| id(a.1).cmp(id(b.1))));
+    if order
+        .iter()
+        .enumerate()
+        .all(|(at, &(_, i))| at == i as usize)
+    {
+        return;
+    }
+    let mut works: Vec<Option<crate::window::EventWork>> = events.drain(..).map(Some).collect();
+    events.extend(
+        order
+            .iter()
+            .map(|&(_, i)| works[i as usize].take().expect("each event once")),
+    );
+}
+
 fn process_period(
     ctx: &RunContext<'_>,
     mut period: PeriodWork,
@@ -247,10 +273,7 @@ fn process_period(
 ) -> Result<Option<ClosedPeriod>> {
     let alloc = &period.allocation;
     let plan = &ctx.book.plans[&alloc.plan_id];
-    period.events.sort_by(|a, b| {
-        (a.usage.occurred_at, a.usage.event_id.as_bytes())
-            .cmp(&(b.usage.occurred_at, b.usage.event_id.as_bytes()))
-    });
+    sort_events(&mut period.events);
     let prices: Vec<Price> = period
         .events
         .iter()

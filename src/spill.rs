@@ -255,6 +255,11 @@ impl Spillable for DebitRow {
     }
 }
 
+/// Write buffer of each spill file: 64 MiB over all groups, from 64 KiB to 1 MiB each.
+fn buffer_bytes(groups: u32) -> usize {
+    ((64usize << 20) / groups.max(1) as usize).clamp(64 << 10, 1 << 20)
+}
+
 /// Bytes of a frame header: rows, string-table length, records length (u32 LE each).
 const FRAME_HEADER_BYTES: usize = 12;
 
@@ -278,7 +283,10 @@ impl SpillFiles {
         for g in 0..groups {
             let path = dir.join(format!("{}-{g}.bin", dataset.name()));
             let file = File::create(&path).map_err(|e| TallyError::io(&path, e))?;
-            writers.push(Mutex::new(BufWriter::with_capacity(1 << 20, file)));
+            writers.push(Mutex::new(BufWriter::with_capacity(
+                buffer_bytes(groups),
+                file,
+            )));
             paths.push(path);
         }
         let rows = (0..groups).map(|_| AtomicU64::new(0)).collect();

@@ -91,9 +91,18 @@ fn containing(allocs: &[AllocationRow], t: Micros) -> Option<usize> {
     (t < allocs[i].period_end).then_some(i)
 }
 
-/// Covered account-periods: account_id → (index in the account list, allocation index →
-/// period index).
-type Covered<'a> = HashMap<&'a str, (usize, HashMap<usize, usize, FastHash>), FastHash>;
+/// What the window knows of an account of this group: its valid allocations and, when it
+/// has covered periods, its index in the account list and the period index of each of its
+/// allocations (`None`: not covered).
+struct AccountSlot<'a> {
+    allocs: &'a [AllocationRow],
+    covered: Option<(usize, Vec<Option<usize>>)>,
+}
+
+/// The group's accounts with allocations, by id: a map of one group's accounts (small
+/// enough to stay in cache), looked up once per event and entry, instead of the run's
+/// allocation map (a million accounts at 100M events) and a second map of covered ones.
+type Covered<'a> = HashMap<&'a str, AccountSlot<'a>, FastHash>;
 
 fn covered_periods<'a>(
     mode: Mode,
@@ -103,15 +112,16 @@ fn covered_periods<'a>(
     group_accounts: &[&'a str],
 ) -> (Vec<AccountWork>, Covered<'a>) {
     let mut accounts: Vec<AccountWork> = Vec::new();
-    let mut covered: Covered<'a> = HashMap::default();
+    let mut covered: Covered<'a> =
+        HashMap::with_capacity_and_hasher(group_accounts.len(), FastHash::default());
     for &account_id in group_accounts {
         let allocs = &allocations[account_id];
-        let mut period_of: HashMap<usize, usize, FastHash> = HashMap::default();
+        let mut period_of: Vec<Option<usize>> = vec![None; allocs.len()];
         let mut periods = Vec::new();
         for (i, a) in allocs.iter().enumerate() {
             let closed_before = history.is_closed(account_id, a.period_start);
             if mode.covers(a.period_start, a.period_end, as_of) && !closed_before {
-                period_of.insert(i, periods.len());
+                period_of[i] = Some(periods.len());
                 periods.push(PeriodWork {
                     allocation: a.clone(),
                     events: Vec::new(),
@@ -119,35 +129,39 @@ fn covered_periods<'a>(
                 });
             }
         }
+        let mut slot = AccountSlot {
+            allocs,
+            covered: None,
+        };
         if !periods.is_empty() {
-            covered.insert(account_id, (accounts.len(), period_of));
+            slot.covered = Some((accounts.len(), period_of));
             accounts.push(AccountWork {
                 account_id: account_id.to_string(),
                 periods,
                 grants: Vec::new(),
             });
         }
+        covered.insert(account_id, slot);
     }
     (accounts, covered)
 }
 
-/// Place an instant of an account: in a covered period, in no allocation, or elsewhere.
-fn place_instant(
-    allocations: &Allocations,
-    covered: &Covered<'_>,
-    account_id: &str,
-    t: Micros,
-) -> Placement {
-    let Some(alloc) = allocations
+/// Place an instant of an account of this group: in a covered period, in no allocation,
+/// or elsewhere. (An account of another group reads as having no allocation: the caller
+/// counts such rows as misrouted.)
+fn place_instant(covered: &Covered<'_>, account_id: &str, t: Micros) -> Placement {
+    let Some((slot, alloc)) = covered
         .get(account_id)
-        .and_then(|allocs| containing(allocs, t))
+        .and_then(|slot| Some((slot, containing(slot.allocs, t)?)))
     else {
         return Placement::NoAllocation;
     };
-    covered
-        .get(account_id)
-        .and_then(|(account, period_of)| period_of.get(&alloc).map(|p| (*account, *p)))
-        .map_or(Placement::Outside, |(a, p)| Placement::InWindow(a, p))
+    match &slot.covered {
+        Some((account, period_of)) => period_of[alloc].map_or(Placement::Outside, |period| {
+            Placement::InWindow(*account, period)
+        }),
+        None => Placement::Outside,
+    }
 }
 
 /// An event outside the run's periods that occurred in a period an earlier close already
@@ -165,7 +179,7 @@ fn place_late(
         return None;
     }
     let closed = closed_period(allocations, history, &usage.account_id, usage.occurred_at)?;
-    let (account, _) = covered.get(&*usage.account_id)?;
+    let (account, _) = covered.get(&*usage.account_id)?.covered.as_ref()?;
     let period = accounts[*account]
         .periods
         .iter()
@@ -310,8 +324,7 @@ pub fn place(
             if usage.occurred_at >= as_of {
                 return Placement::Outside;
             }
-            let placement =
-                place_instant(allocations, &covered, &usage.account_id, usage.occurred_at);
+            let placement = place_instant(&covered, &usage.account_id, usage.occurred_at);
             if matches!(placement, Placement::Outside) {
                 if let Some(late) =
                     place_late(allocations, &covered, &accounts, history, billed, usage)
@@ -374,24 +387,21 @@ pub fn place(
                     ),
                 }),
                 None if !owns(&entry.account_id) => EntryTarget::Misrouted,
-                None => {
-                    match place_instant(allocations, &covered, &entry.account_id, entry.recorded_at)
-                    {
-                        Placement::InWindow(a, p) => EntryTarget::Unattached(a, p),
-                        Placement::Outside | Placement::Late(..) => EntryTarget::Outside,
-                        Placement::NoAllocation => EntryTarget::Rejected(Reject {
-                            dataset: Dataset::Debits,
-                            at: entry.at,
-                            reason: Reason::NoAllocation,
-                            detail: format!(
-                                "no allocation of account {} contains recorded_at {} and no \
+                None => match place_instant(&covered, &entry.account_id, entry.recorded_at) {
+                    Placement::InWindow(a, p) => EntryTarget::Unattached(a, p),
+                    Placement::Outside | Placement::Late(..) => EntryTarget::Outside,
+                    Placement::NoAllocation => EntryTarget::Rejected(Reject {
+                        dataset: Dataset::Debits,
+                        at: entry.at,
+                        reason: Reason::NoAllocation,
+                        detail: format!(
+                            "no allocation of account {} contains recorded_at {} and no \
                              usage event matches its event_id",
-                                quoted(&entry.account_id),
-                                format_instant(entry.recorded_at)
-                            ),
-                        }),
-                    }
-                }
+                            quoted(&entry.account_id),
+                            format_instant(entry.recorded_at)
+                        ),
+                    }),
+                },
             }
         })
         .collect();
