@@ -300,19 +300,19 @@ pub struct Batch {
     /// Row number in the file of the batch's first row.
     pub first_row: u64,
     /// Shared copies of repeated strings (accounts, products, actions, models).
-    interned:
-        std::cell::RefCell<std::collections::HashMap<Box<str>, Shared, crate::validate::FastHash>>,
+    interned: std::cell::RefCell<std::collections::HashSet<Shared, crate::validate::FastHash>>,
 }
 
 impl Batch {
     /// One shared copy of `s` per batch.
     fn intern(&self, s: &str) -> Shared {
-        let mut map = self.interned.borrow_mut();
-        if let Some(shared) = map.get(s) {
+        let mut set = self.interned.borrow_mut();
+        if let Some(shared) = set.get(s) {
             return shared.clone();
         }
+        // The set holds the shared copy itself (no second boxed key per distinct string).
         let shared: Shared = s.into();
-        map.insert(s.into(), shared.clone());
+        set.insert(shared.clone());
         shared
     }
 }
@@ -455,6 +455,21 @@ fn read_file<T: Send>(
     specs: &[ColSpec],
     each_batch: &(dyn Fn(&Batch, &mut Vec<T>) + Sync),
 ) -> Result<Vec<T>> {
+    let parts = read_row_groups(file, specs, each_batch)?;
+    let mut all = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+    for part in parts {
+        all.extend(part);
+    }
+    Ok(all)
+}
+
+/// Read one file (row groups in parallel), calling `each_batch(batch, out)` with one `out`
+/// per row group; returns them in row-group order.
+fn read_row_groups<T: Send>(
+    file: &InputFile,
+    specs: &[ColSpec],
+    each_batch: &(dyn Fn(&Batch, &mut Vec<T>) + Sync),
+) -> Result<Vec<Vec<T>>> {
     check_magic(file)?;
     let (metadata, indices) = guard_decoding(file, || open_checked(file, specs))?;
     let row_group_rows: Vec<u64> = metadata
@@ -522,12 +537,7 @@ fn read_file<T: Send>(
             })
         })
         .collect();
-    let parts = parts.into_iter().collect::<Result<Vec<_>>>()?;
-    let mut all = Vec::with_capacity(parts.iter().map(Vec::len).sum());
-    for part in parts {
-        all.extend(part);
-    }
-    Ok(all)
+    parts.into_iter().collect()
 }
 
 /// The row count in a Parquet file's footer; `None` if it cannot be read (the load then
@@ -562,6 +572,29 @@ pub fn map_files<T: Send>(
         })
         .collect();
     per_file.into_iter().collect()
+}
+
+/// Like [`map_files`], but returns the `out` of every row group (file by file, row groups
+/// in order) instead of one per file: nothing is copied into per-file vectors.
+pub fn map_row_groups<T: Send>(
+    files: &[InputFile],
+    specs: &[ColSpec],
+    each_batch: &(dyn Fn(usize, &Batch, &mut Vec<T>) + Sync),
+) -> Result<Vec<Vec<T>>> {
+    let per_file: Vec<Result<Vec<Vec<T>>>> = files
+        .par_iter()
+        .enumerate()
+        .map(|(index, file)| {
+            read_row_groups(file, specs, &|batch: &Batch, out: &mut Vec<T>| {
+                each_batch(index, batch, out)
+            })
+        })
+        .collect();
+    let mut parts = Vec::new();
+    for file_parts in per_file {
+        parts.extend(file_parts?);
+    }
+    Ok(parts)
 }
 
 /// Decode the contract's columns of every file and count rows, doing nothing else: the

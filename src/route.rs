@@ -133,25 +133,47 @@ const DEBIT_IDS: [ColSpec; 3] = [
     light("event_id", false),
 ];
 
-/// Sorted keys → the ids (high bits) that occur with more than one low value.
-fn mixed_ids(mut keys: Vec<u64>) -> HashSet<u64, FastHash> {
-    keys.par_sort_unstable();
-    let mut mixed = HashSet::default();
-    for run in keys.chunk_by(|a, b| a & !LOW == b & !LOW) {
-        if run.first().map(|k| k & LOW) != run.last().map(|k| k & LOW) {
-            mixed.insert(run[0] & !LOW);
+/// Key buckets of [`mixed_ids`], by the top bits of a key.
+const KEY_BUCKET_BITS: u32 = 8;
+
+/// Keys (in parts) → the ids (high bits) that occur with more than one low value. The keys
+/// are scattered into buckets by their top bits (each part freed once placed: the keys are
+/// held about once, not in parts and in one copy), then each bucket is sorted and scanned
+/// on its own, in parallel: an id's keys all share its bucket.
+fn mixed_ids(parts: Vec<Vec<u64>>) -> HashSet<u64, FastHash> {
+    let bucket_of = |key: u64| (key >> (64 - KEY_BUCKET_BITS)) as usize;
+    let buckets_n = 1usize << KEY_BUCKET_BITS;
+    let counts = parts
+        .par_iter()
+        .map(|part| {
+            let mut counts = vec![0usize; buckets_n];
+            part.iter().for_each(|&k| counts[bucket_of(k)] += 1);
+            counts
+        })
+        .reduce(
+            || vec![0usize; buckets_n],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                a
+            },
+        );
+    let mut buckets: Vec<Vec<u64>> = counts.iter().map(|&n| Vec::with_capacity(n)).collect();
+    for part in parts {
+        for key in part {
+            buckets[bucket_of(key)].push(key);
         }
     }
-    mixed
-}
-
-/// Concatenate per-file key vectors without holding two full copies.
-fn concat(parts: Vec<Vec<u64>>) -> Vec<u64> {
-    let mut all = Vec::with_capacity(parts.iter().map(Vec::len).sum());
-    for part in parts {
-        all.extend_from_slice(&part);
-    }
-    all
+    let mixed: Vec<Vec<u64>> = buckets
+        .into_par_iter()
+        .map(|mut keys| {
+            keys.sort_unstable();
+            keys.chunk_by(|a, b| a & !LOW == b & !LOW)
+                .filter(|run| run.first().map(|k| k & LOW) != run.last().map(|k| k & LOW))
+                .map(|run| run[0] & !LOW)
+                .collect()
+        })
+        .collect();
+    mixed.into_iter().flatten().collect()
 }
 
 /// Tells whether an event of an account at an instant may be late (in a closed period).
@@ -181,7 +203,7 @@ pub fn find_cross_bucket(
     } else {
         &USAGE_IDS
     };
-    let mut parts = load::map_files(usage, usage_specs, &|_, batch, out| {
+    let mut parts = load::map_row_groups(usage, usage_specs, &|_, batch, out| {
         event_keys(batch, 0, out);
         if let Some(late) = late {
             for row in 0..batch.len {
@@ -201,10 +223,12 @@ pub fn find_cross_bucket(
             }
         }
     })?;
-    parts.extend(load::map_files(debits, &DEBIT_IDS, &|_, batch, out| {
-        event_keys(batch, 2, out)
-    })?);
-    let events = mixed_ids(concat(parts));
+    parts.extend(load::map_row_groups(
+        debits,
+        &DEBIT_IDS,
+        &|_, batch, out| event_keys(batch, 2, out),
+    )?);
+    let events = mixed_ids(parts);
 
     // Round 2: entry ids, with the row's partition, or a mark when its event crosses
     // (so that every copy of such an entry is a candidate too).
@@ -212,7 +236,7 @@ pub fn find_cross_bucket(
         events,
         entries: HashSet::default(),
     };
-    let parts = load::map_files(debits, &DEBIT_IDS, &|_, batch, out| {
+    let parts = load::map_row_groups(debits, &DEBIT_IDS, &|_, batch, out| {
         for row in 0..batch.len {
             let (Some(entry), Some(account)) =
                 (batch.columns[0].str(row), batch.columns[1].str(row))
@@ -228,7 +252,7 @@ pub fn find_cross_bucket(
             out.push(id_key(entry) | low);
         }
     })?;
-    let entries = mixed_ids(concat(parts));
+    let entries = mixed_ids(parts);
     Ok((
         CrossBucket {
             events: found.events,
@@ -322,6 +346,25 @@ mod tests {
     use super::*;
 
     const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn mixed_ids_are_ids_seen_with_two_low_values_across_parts() {
+        let (a, b, c) = (id_key("evt-a"), id_key("evt-b"), id_key("evt-c"));
+        // An id in the highest and one in the lowest key bucket too.
+        let (high, low) = (!LOW, 1u64 << 16);
+        let parts = vec![
+            vec![a | 3, b | 7, high | 2, low | 9],
+            vec![c | 5, a | 3],
+            vec![],
+            vec![b | 8, c | 5, high | 4, low | 9],
+        ];
+        let mut mixed: Vec<u64> = mixed_ids(parts).into_iter().collect();
+        mixed.sort_unstable();
+        let mut expected = vec![b, high];
+        expected.sort_unstable();
+        assert_eq!(mixed, expected);
+        assert!(mixed_ids(Vec::new()).is_empty());
+    }
 
     #[test]
     fn small_runs_are_one_group() {
