@@ -101,9 +101,11 @@ pub const PRIOR_PERIOD_PREFIX: &str = "prior_period:";
 /// One row of `billed_events` (close): an event billed on an invoice.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BilledEventRow {
-    pub invoice_id: String,
-    pub event_id: String,
-    pub account_id: String,
+    /// Shared by the rows of one invoice (and `account_id` by the rows of one account):
+    /// no string allocated per billed event.
+    pub invoice_id: crate::model::Shared,
+    pub event_id: crate::model::Id,
+    pub account_id: crate::model::Shared,
     pub occurred_at: Micros,
     pub credits: Milli,
 }
@@ -349,6 +351,7 @@ fn process_period(
     let mut borrowed_lines: BTreeMap<BorrowedKey<'_>, close::LineTotals> = BTreeMap::new();
     let invoice_id =
         (ctx.mode == Mode::Close).then(|| close::invoice_id(&alloc.account_id, alloc.period_start));
+    let billed_invoice_id: crate::model::Shared = invoice_id.as_deref().unwrap_or_default().into();
     let mut mix = crate::breakdown::PeriodMix::default();
     for (i, event) in period.events.iter().enumerate() {
         let price = prices[i];
@@ -365,9 +368,9 @@ fn process_period(
         if let (Price::Charged(credits), Mode::Close) = (price, ctx.mode) {
             let u = &event.usage;
             result.billed_events.push(BilledEventRow {
-                invoice_id: invoice_id.clone().unwrap_or_default(),
-                event_id: u.event_id.to_string(),
-                account_id: u.account_id.to_string(),
+                invoice_id: billed_invoice_id.clone(),
+                event_id: u.event_id.clone(),
+                account_id: u.account_id.clone(),
                 occurred_at: u.occurred_at,
                 credits,
             });

@@ -532,7 +532,9 @@ impl Shared<'_> {
         stage.done(in_window, discrepancy_rows as u64);
         partial.mix.merge(mix)?;
         if self.settings.mode == Mode::Close {
+            let stage = progress.stage("billed events and invoice lines");
             let (billed, lines) = self.close_runs(group, &mut results)?;
+            stage.done(billed.rows(), lines.rows());
             partial.billed.push(billed);
             partial.lines.push(lines);
         }

@@ -19,11 +19,50 @@ use std::path::{Path, PathBuf};
 /// A row of a streamed table, ordered by its account.
 pub trait Keyed: Serialize + DeserializeOwned + Clone + Send + Sync {
     fn account(&self) -> &str;
+
+    /// Whether [`Keyed::decode`] uses the previous row (the reader then keeps a copy).
+    const USES_PREVIOUS: bool = false;
+
+    /// Decode a record written by [`write_run`]; `previous` is the record before it in
+    /// the same run (rows of an account are adjacent: what they share can be reused).
+    fn decode(bytes: &[u8], previous: Option<&Self>) -> postcard::Result<Self> {
+        let _ = previous;
+        postcard::from_bytes(bytes)
+    }
+}
+
+/// A billed event as a run file holds it (the same bytes as `BilledEventRow`), borrowed.
+#[derive(Deserialize)]
+struct BilledRecord<'a> {
+    invoice_id: &'a str,
+    event_id: &'a str,
+    account_id: &'a str,
+    occurred_at: crate::time::Micros,
+    credits: crate::amount::Milli,
 }
 
 impl Keyed for BilledEventRow {
     fn account(&self) -> &str {
         &self.account_id
+    }
+
+    const USES_PREVIOUS: bool = true;
+
+    /// The invoice and account of the previous row are shared when equal (one copy per
+    /// account, not two strings allocated per billed event).
+    fn decode(bytes: &[u8], previous: Option<&Self>) -> postcard::Result<Self> {
+        let r: BilledRecord<'_> = postcard::from_bytes(bytes)?;
+        let shared = |text: &str, prev: Option<&crate::model::Shared>| match prev {
+            Some(p) if &**p == text => p.clone(),
+            _ => crate::model::Shared::from(text),
+        };
+        Ok(BilledEventRow {
+            invoice_id: shared(r.invoice_id, previous.map(|p| &p.invoice_id)),
+            event_id: crate::model::Id::new(r.event_id),
+            account_id: shared(r.account_id, previous.map(|p| &p.account_id)),
+            occurred_at: r.occurred_at,
+            credits: r.credits,
+        })
     }
 }
 
@@ -74,34 +113,36 @@ pub fn write_run<T: Keyed>(path: &Path, rows: &[T]) -> Result<Run<T>> {
             .and_then(|_| w.write_all(&record))
             .map_err(|e| TallyError::io(path, e))?;
     }
-    let file = w
-        .into_inner()
+    // Not synced: a run file in the spill folder lives only as long as the run; a shard
+    // syncs the run files it keeps (`shard::keep_runs`).
+    w.into_inner()
         .map_err(|e| TallyError::io(path, e.into_error()))?;
-    // Run files may be a shard's output: on disk before the shard is published.
-    file.sync_all().map_err(|e| TallyError::io(path, e))?;
     Ok(Run::File(path.to_path_buf(), rows.len() as u64))
 }
 
 /// Reads one run file record by record.
-struct RunReader {
+struct RunReader<T> {
     path: PathBuf,
     reader: BufReader<File>,
     left: u64,
     buf: Vec<u8>,
+    /// The row read last (for `Keyed::decode`).
+    previous: Option<T>,
 }
 
-impl RunReader {
-    fn open(path: &Path, rows: u64) -> Result<RunReader> {
+impl<T: Keyed> RunReader<T> {
+    fn open(path: &Path, rows: u64) -> Result<RunReader<T>> {
         let file = File::open(path).map_err(|e| TallyError::io(path, e))?;
         Ok(RunReader {
             path: path.to_path_buf(),
             reader: BufReader::with_capacity(1 << 20, file),
             left: rows,
             buf: Vec::new(),
+            previous: None,
         })
     }
 
-    fn next_row<T: Keyed>(&mut self) -> Result<Option<T>> {
+    fn next_row(&mut self) -> Result<Option<T>> {
         if self.left == 0 {
             return Ok(None);
         }
@@ -118,15 +159,17 @@ impl RunReader {
         self.reader
             .read_exact(&mut self.buf)
             .map_err(|e| broken(&e))?;
-        postcard::from_bytes(&self.buf)
-            .map(Some)
-            .map_err(|e| broken(&e))
+        let row = T::decode(&self.buf, self.previous.as_ref()).map_err(|e| broken(&e))?;
+        if T::USES_PREVIOUS {
+            self.previous = Some(row.clone());
+        }
+        Ok(Some(row))
     }
 }
 
 enum Source<'a, T> {
     Memory(std::slice::Iter<'a, T>),
-    File(RunReader),
+    File(RunReader<T>),
 }
 
 impl<T: Keyed> Source<'_, T> {
@@ -219,9 +262,9 @@ mod tests {
 
     fn row(account: &str, event: &str) -> BilledEventRow {
         BilledEventRow {
-            invoice_id: format!("INV-{account}"),
-            event_id: event.to_string(),
-            account_id: account.to_string(),
+            invoice_id: format!("INV-{account}").into(),
+            event_id: event.into(),
+            account_id: account.into(),
             occurred_at: 0,
             credits: Milli(1000),
         }
@@ -238,7 +281,7 @@ mod tests {
         ];
         let mut chunks: Vec<Vec<String>> = Vec::new();
         let rows = for_each_chunk(&runs, 2, |rows| {
-            chunks.push(rows.iter().map(|r| r.event_id.clone()).collect());
+            chunks.push(rows.iter().map(|r| r.event_id.to_string()).collect());
             Ok(())
         })
         .unwrap();
@@ -246,6 +289,25 @@ mod tests {
         // Accounts a, b, c, d in order; a chunk closes once it holds ≥ 2 rows, never
         // splitting an account.
         assert_eq!(chunks, vec![vec!["1", "2"], vec!["3", "4"], vec!["5", "6"]]);
+    }
+
+    #[test]
+    fn billed_rows_read_back_equal_and_share_their_account_and_invoice() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = vec![row("a", "1"), row("a", "2"), row("b", "3")];
+        let runs = vec![write_run(&dir.path().join("billed.bin"), &rows).unwrap()];
+        let mut back = Vec::new();
+        for_each_chunk(&runs, 10, |chunk: &[BilledEventRow]| {
+            back.extend_from_slice(chunk);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(back, rows);
+        let shared =
+            |x: &crate::model::Shared, y: &crate::model::Shared| std::sync::Arc::ptr_eq(x, y);
+        assert!(shared(&back[0].account_id, &back[1].account_id));
+        assert!(shared(&back[0].invoice_id, &back[1].invoice_id));
+        assert!(!shared(&back[1].account_id, &back[2].account_id));
     }
 
     #[test]

@@ -175,11 +175,13 @@ fn keep_runs<T: crate::runs::Keyed>(
                 crate::runs::write_run(&target, &rows)?;
             }
             Run::File(path, _) => {
-                std::fs::copy(&path, &target)
-                    .and_then(|_| std::fs::File::open(&target)?.sync_all())
-                    .map_err(|e| TallyError::io(&target, e))?;
+                std::fs::copy(&path, &target).map_err(|e| TallyError::io(&target, e))?;
             }
         }
+        // A shard's output: on disk before the shard is published.
+        std::fs::File::open(&target)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| TallyError::io(&target, e))?;
         listed.push(FileEntry {
             sha256: write::sha256_file(&target)?,
             path: name.clone(),

@@ -357,9 +357,9 @@ pub fn grants_next_table(out: &RunOutput) -> RecordBatch {
 /// Events billed on each invoice (close): what a later close reads to find late events.
 pub fn billed_events_batch(rows: &[crate::engine::BilledEventRow]) -> RecordBatch {
     Table::default()
-        .str("invoice_id", rows.iter().map(|r| r.invoice_id.as_str()))
+        .str("invoice_id", rows.iter().map(|r| &*r.invoice_id))
         .str("event_id", rows.iter().map(|r| r.event_id.as_str()))
-        .str("account_id", rows.iter().map(|r| r.account_id.as_str()))
+        .str("account_id", rows.iter().map(|r| &*r.account_id))
         .ts("occurred_at", rows.iter().map(|r| r.occurred_at))
         .credits("credits", rows.iter().map(|r| r.credits))
         .finish()
