@@ -672,7 +672,7 @@ struct RowCheck<'a> {
     specs: &'a [ColSpec],
 }
 
-impl RowCheck<'_> {
+impl<'a> RowCheck<'a> {
     fn reject(&self, reason: Reason, detail: String) -> Reject {
         Reject {
             dataset: self.dataset,
@@ -701,7 +701,7 @@ impl RowCheck<'_> {
     }
 
     /// The value within the length limit, borrowed from the batch.
-    fn checked_str(&self, index: usize) -> std::result::Result<Option<&str>, Reject> {
+    fn checked_str(&self, index: usize) -> std::result::Result<Option<&'a str>, Reject> {
         match self.batch.columns[index].str(self.row) {
             None => Ok(None),
             Some(s) if s.len() > MAX_STRING_BYTES => Err(self.reject(
@@ -721,30 +721,8 @@ impl RowCheck<'_> {
     }
 
     /// A required value borrowed from the batch (checked non-null by `nulls` first).
-    fn required_ref(&self, index: usize) -> std::result::Result<&str, Reject> {
+    fn required_ref(&self, index: usize) -> std::result::Result<&'a str, Reject> {
         Ok(self.checked_str(index)?.unwrap_or_default())
-    }
-
-    /// A required id (inline up to 24 bytes: no heap allocation for typical ids).
-    fn required_id(&self, index: usize) -> std::result::Result<Id, Reject> {
-        self.required_ref(index).map(Id::new)
-    }
-
-    /// An optional id.
-    fn opt_id(&self, index: usize) -> std::result::Result<Option<Id>, Reject> {
-        self.checked_str(index).map(|s| s.map(Id::new))
-    }
-
-    /// A required string shared with equal values of the batch.
-    fn shared(&self, index: usize) -> std::result::Result<Shared, Reject> {
-        self.checked_str(index)
-            .map(|s| self.batch.intern(s.unwrap_or_default()))
-    }
-
-    /// An optional string shared with equal values of the batch.
-    fn opt_shared(&self, index: usize) -> std::result::Result<Option<Shared>, Reject> {
-        self.checked_str(index)
-            .map(|s| s.map(|s| self.batch.intern(s)))
     }
 
     fn milli(&self, index: usize) -> std::result::Result<Milli, Reject> {
@@ -811,17 +789,77 @@ macro_rules! try_row {
     };
 }
 
+/// A valid usage row still borrowing its strings from the batch: what the spill pass
+/// encodes without building (and dropping) a `UsageRow`.
+#[derive(Clone, Copy, Debug)]
+pub struct UsageRef<'a> {
+    pub at: RowRef,
+    pub event_id: &'a str,
+    pub account_id: &'a str,
+    pub product: &'a str,
+    pub action: &'a str,
+    /// `None` for a null or empty model.
+    pub model: Option<&'a str>,
+    pub quantity: Milli,
+    pub status: EventStatus,
+    pub occurred_at: Micros,
+    pub ingested_at: Option<Micros>,
+}
+
+impl UsageRef<'_> {
+    /// The owned row (repeated strings shared within the batch).
+    pub fn to_row(&self, batch: &Batch) -> UsageRow {
+        UsageRow {
+            at: self.at,
+            event_id: Id::new(self.event_id),
+            account_id: batch.intern(self.account_id),
+            product: batch.intern(self.product),
+            action: batch.intern(self.action),
+            model: self.model.map(|m| batch.intern(m)),
+            quantity: self.quantity,
+            status: self.status,
+            occurred_at: self.occurred_at,
+            ingested_at: self.ingested_at,
+        }
+    }
+}
+
+impl UsageRow {
+    pub fn as_ref(&self) -> UsageRef<'_> {
+        UsageRef {
+            at: self.at,
+            event_id: &self.event_id,
+            account_id: &self.account_id,
+            product: &self.product,
+            action: &self.action,
+            model: self.model.as_deref(),
+            quantity: self.quantity,
+            status: self.status,
+            occurred_at: self.occurred_at,
+            ingested_at: self.ingested_at,
+        }
+    }
+}
+
 /// usage: null_required → bad_value → negative_quantity → unknown_status.
 pub fn parse_usage(batch: &Batch, row: usize, at: RowRef) -> Parsed<UsageRow> {
+    match check_usage(batch, row, at) {
+        Parsed::Row(r) => Parsed::Row(r.to_row(batch)),
+        Parsed::Rejected(r) => Parsed::Rejected(r),
+    }
+}
+
+/// [`parse_usage`]'s checks, the strings left in the batch.
+pub fn check_usage(batch: &Batch, row: usize, at: RowRef) -> Parsed<UsageRef<'_>> {
     let c = checker(Dataset::Usage, &USAGE_COLUMNS, batch, row, at);
     if let Some(r) = c.nulls() {
         return Parsed::Rejected(r);
     }
-    let event_id = try_row!(c.required_id(0));
-    let account_id = try_row!(c.shared(1));
-    let product = try_row!(c.shared(2));
-    let action = try_row!(c.shared(3));
-    let model = try_row!(c.opt_shared(4)).filter(|m| !m.is_empty());
+    let event_id = try_row!(c.required_ref(0));
+    let account_id = try_row!(c.required_ref(1));
+    let product = try_row!(c.required_ref(2));
+    let action = try_row!(c.required_ref(3));
+    let model = try_row!(c.checked_str(4)).filter(|m| !m.is_empty());
     let quantity = try_row!(c.milli(5));
     let status_text = try_row!(c.required_ref(6));
     let occurred_at = try_row!(c.micros(7)).unwrap_or_default();
@@ -841,7 +879,7 @@ pub fn parse_usage(batch: &Batch, row: usize, at: RowRef) -> Parsed<UsageRow> {
             ),
         ));
     };
-    Parsed::Row(UsageRow {
+    Parsed::Row(UsageRef {
         at,
         event_id,
         account_id,
@@ -957,15 +995,64 @@ pub fn parse_grant(batch: &Batch, row: usize, at: RowRef) -> Parsed<GrantRow> {
     })
 }
 
+/// A valid ledger row still borrowing its strings from the batch (see [`UsageRef`]).
+#[derive(Clone, Copy, Debug)]
+pub struct DebitRef<'a> {
+    pub at: RowRef,
+    pub entry_id: &'a str,
+    pub account_id: &'a str,
+    pub event_id: Option<&'a str>,
+    pub kind: EntryKind,
+    pub credits: Milli,
+    pub recorded_at: Micros,
+}
+
+impl DebitRef<'_> {
+    /// The owned row (the account shared within the batch).
+    pub fn to_row(&self, batch: &Batch) -> DebitRow {
+        DebitRow {
+            at: self.at,
+            entry_id: Id::new(self.entry_id),
+            account_id: batch.intern(self.account_id),
+            event_id: self.event_id.map(Id::new),
+            kind: self.kind,
+            credits: self.credits,
+            recorded_at: self.recorded_at,
+        }
+    }
+}
+
+impl DebitRow {
+    pub fn as_ref(&self) -> DebitRef<'_> {
+        DebitRef {
+            at: self.at,
+            entry_id: &self.entry_id,
+            account_id: &self.account_id,
+            event_id: self.event_id.as_deref(),
+            kind: self.kind,
+            credits: self.credits,
+            recorded_at: self.recorded_at,
+        }
+    }
+}
+
 /// debits: null_required → bad_value (repeated ids are checked in `validate`).
 pub fn parse_debit(batch: &Batch, row: usize, at: RowRef) -> Parsed<DebitRow> {
+    match check_debit(batch, row, at) {
+        Parsed::Row(r) => Parsed::Row(r.to_row(batch)),
+        Parsed::Rejected(r) => Parsed::Rejected(r),
+    }
+}
+
+/// [`parse_debit`]'s checks, the strings left in the batch.
+pub fn check_debit(batch: &Batch, row: usize, at: RowRef) -> Parsed<DebitRef<'_>> {
     let c = checker(Dataset::Debits, &DEBIT_COLUMNS, batch, row, at);
     if let Some(r) = c.nulls() {
         return Parsed::Rejected(r);
     }
-    let entry_id = try_row!(c.required_id(0));
-    let account_id = try_row!(c.shared(1));
-    let event_id = try_row!(c.opt_id(2));
+    let entry_id = try_row!(c.required_ref(0));
+    let account_id = try_row!(c.required_ref(1));
+    let event_id = try_row!(c.checked_str(2));
     let kind_text = try_row!(c.required_ref(3));
     let credits = try_row!(c.milli(4));
     let recorded_at = try_row!(c.micros(5)).unwrap_or_default();
@@ -983,7 +1070,7 @@ pub fn parse_debit(batch: &Batch, row: usize, at: RowRef) -> Parsed<DebitRow> {
             c.reject(Reason::BadValue, format!("credits {credits} is negative")),
         );
     }
-    Parsed::Row(DebitRow {
+    Parsed::Row(DebitRef {
         at,
         entry_id,
         account_id,

@@ -155,7 +155,8 @@ struct RunArgs {
     /// account buckets in groups, one after another, spilling rows to a temporary folder.
     #[arg(long)]
     memory_budget: Option<String>,
-    /// Process the accounts in this many groups, 1..=256 (default: from --memory-budget).
+    /// Process the accounts in this many groups, 1..=256 (default: enough for
+    /// --memory-budget and at least one per 524,288 usage + ledger rows).
     #[arg(long)]
     groups: Option<u32>,
     /// Compute only shard I of N (of the 4096 account partitions, those p with p mod N = I)

@@ -354,7 +354,6 @@ pub fn compute(
     let usage = spill::route_dataset(
         &files[0],
         &load::USAGE_COLUMNS,
-        &load::parse_usage,
         layout,
         &cross,
         &usage_spill,
@@ -366,7 +365,6 @@ pub fn compute(
     let debits = spill::route_dataset(
         &files[3],
         &load::DEBIT_COLUMNS,
-        &load::parse_debit,
         layout,
         &cross,
         &debit_spill,

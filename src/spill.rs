@@ -59,16 +59,23 @@ fn process_alive(pid: i32) -> bool {
     rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
-/// A row that can be written to a spill file and read back.
+/// A row that can be written to a spill file and read back. The pass that writes the
+/// spill checks rows as `Ref`s (strings borrowed from the batch) and builds an owned row
+/// only for the few it keeps in memory (candidates).
 pub trait Spillable: Sized + Send {
-    fn account(&self) -> &str;
+    /// The checked row, its strings still in the batch.
+    type Ref<'a>;
+    /// Check a row of a batch (the contract's validation of the dataset).
+    fn check(batch: &Batch, row: usize, at: RowRef) -> Parsed<Self::Ref<'_>>;
+    fn to_row(r: &Self::Ref<'_>, batch: &Batch) -> Self;
+    fn account<'a>(r: &Self::Ref<'a>) -> &'a str;
     fn at(&self) -> RowRef;
-    fn is_candidate(&self, cross: &CrossBucket) -> bool;
+    fn is_candidate(r: &Self::Ref<'_>, cross: &CrossBucket) -> bool;
     /// Whether the raw row could be a candidate (checked before parsing, so that a shard
     /// parses only its own rows and possible candidates).
     fn raw_candidate(batch: &Batch, row: usize, cross: &CrossBucket) -> bool;
     /// Append the row's record to a frame (its repeated strings as codes of `strings`).
-    fn encode(&self, out: &mut Vec<u8>, strings: &mut FrameStrings);
+    fn encode<'a>(r: &Self::Ref<'a>, out: &mut Vec<u8>, strings: &mut FrameStrings<'a>);
     /// Decode the first record of `bytes` (string codes index `strings`); the rest of the
     /// bytes follow it.
     fn decode<'a>(bytes: &'a [u8], strings: &[Shared], file: &Path) -> Result<(Self, &'a [u8])>;
@@ -105,29 +112,24 @@ struct DebitRecord<'a> {
 }
 
 /// The string table of a frame being written: each repeated string (account, product,
-/// action, model) is written once per frame and referred to by its code. Rows of a batch
-/// share one `Shared` per distinct string (`Batch::intern`), so the table is keyed by the
-/// shared copy's address, not by hashing its text (an unshared equal string only costs a
-/// second table entry).
+/// action, model) is written once per frame and referred to by its code.
 #[derive(Default)]
-pub struct FrameStrings {
-    codes: HashMap<(usize, usize), u32, FastHash>,
-    strings: Vec<Shared>,
+pub struct FrameStrings<'a> {
+    codes: HashMap<&'a str, u32, FastHash>,
+    strings: Vec<&'a str>,
 }
 
-impl FrameStrings {
-    fn code(&mut self, s: &Shared) -> u32 {
-        let key = (s.as_ptr() as usize, s.len());
-        *self.codes.entry(key).or_insert_with(|| {
-            self.strings.push(s.clone());
+impl<'a> FrameStrings<'a> {
+    fn code(&mut self, s: &'a str) -> u32 {
+        *self.codes.entry(s).or_insert_with(|| {
+            self.strings.push(s);
             (self.strings.len() - 1) as u32
         })
     }
 
     /// The table as a frame writes it: a postcard sequence of strings.
     fn encode(&self) -> Vec<u8> {
-        let texts: Vec<&str> = self.strings.iter().map(|s| &**s).collect();
-        postcard::to_stdvec(&texts).expect("postcard into a Vec")
+        postcard::to_stdvec(&self.strings).expect("postcard into a Vec")
     }
 }
 
@@ -155,33 +157,40 @@ fn push_record(out: &mut Vec<u8>, record: &impl Serialize) {
 }
 
 impl Spillable for UsageRow {
-    fn account(&self) -> &str {
-        &self.account_id
+    type Ref<'a> = load::UsageRef<'a>;
+    fn check(batch: &Batch, row: usize, at: RowRef) -> Parsed<Self::Ref<'_>> {
+        load::check_usage(batch, row, at)
+    }
+    fn to_row(r: &Self::Ref<'_>, batch: &Batch) -> Self {
+        r.to_row(batch)
+    }
+    fn account<'a>(r: &Self::Ref<'a>) -> &'a str {
+        r.account_id
     }
     fn at(&self) -> RowRef {
         self.at
     }
-    fn is_candidate(&self, cross: &CrossBucket) -> bool {
-        cross.usage_candidate(self)
+    fn is_candidate(r: &Self::Ref<'_>, cross: &CrossBucket) -> bool {
+        cross.event(r.event_id)
     }
     fn raw_candidate(batch: &Batch, row: usize, cross: &CrossBucket) -> bool {
         batch.columns[0].str(row).is_some_and(|e| cross.event(e))
     }
-    fn encode(&self, out: &mut Vec<u8>, strings: &mut FrameStrings) {
+    fn encode<'a>(r: &Self::Ref<'a>, out: &mut Vec<u8>, strings: &mut FrameStrings<'a>) {
         push_record(
             out,
             &UsageRecord {
-                file: self.at.file,
-                row: self.at.row,
-                event_id: &self.event_id,
-                account_id: strings.code(&self.account_id),
-                product: strings.code(&self.product),
-                action: strings.code(&self.action),
-                model: self.model.as_ref().map(|m| strings.code(m)),
-                quantity: self.quantity.0,
-                status: self.status as u8,
-                occurred_at: self.occurred_at,
-                ingested_at: self.ingested_at,
+                file: r.at.file,
+                row: r.at.row,
+                event_id: r.event_id,
+                account_id: strings.code(r.account_id),
+                product: strings.code(r.product),
+                action: strings.code(r.action),
+                model: r.model.map(|m| strings.code(m)),
+                quantity: r.quantity.0,
+                status: r.status as u8,
+                occurred_at: r.occurred_at,
+                ingested_at: r.ingested_at,
             },
         );
     }
@@ -208,31 +217,38 @@ impl Spillable for UsageRow {
 }
 
 impl Spillable for DebitRow {
-    fn account(&self) -> &str {
-        &self.account_id
+    type Ref<'a> = load::DebitRef<'a>;
+    fn check(batch: &Batch, row: usize, at: RowRef) -> Parsed<Self::Ref<'_>> {
+        load::check_debit(batch, row, at)
+    }
+    fn to_row(r: &Self::Ref<'_>, batch: &Batch) -> Self {
+        r.to_row(batch)
+    }
+    fn account<'a>(r: &Self::Ref<'a>) -> &'a str {
+        r.account_id
     }
     fn at(&self) -> RowRef {
         self.at
     }
-    fn is_candidate(&self, cross: &CrossBucket) -> bool {
-        cross.debit_candidate(self)
+    fn is_candidate(r: &Self::Ref<'_>, cross: &CrossBucket) -> bool {
+        cross.entry(r.entry_id) || r.event_id.is_some_and(|e| cross.event(e))
     }
     fn raw_candidate(batch: &Batch, row: usize, cross: &CrossBucket) -> bool {
         batch.columns[0].str(row).is_some_and(|e| cross.entry(e))
             || batch.columns[2].str(row).is_some_and(|e| cross.event(e))
     }
-    fn encode(&self, out: &mut Vec<u8>, strings: &mut FrameStrings) {
+    fn encode<'a>(r: &Self::Ref<'a>, out: &mut Vec<u8>, strings: &mut FrameStrings<'a>) {
         push_record(
             out,
             &DebitRecord {
-                file: self.at.file,
-                row: self.at.row,
-                entry_id: &self.entry_id,
-                account_id: strings.code(&self.account_id),
-                event_id: self.event_id.as_deref(),
-                kind: self.kind as u8,
-                credits: self.credits.0,
-                recorded_at: self.recorded_at,
+                file: r.at.file,
+                row: r.at.row,
+                entry_id: r.entry_id,
+                account_id: strings.code(r.account_id),
+                event_id: r.event_id,
+                kind: r.kind as u8,
+                credits: r.credits.0,
+                recorded_at: r.recorded_at,
             },
         );
     }
@@ -513,7 +529,6 @@ enum Item<T> {
 pub fn route_dataset<T: Spillable>(
     files: &[InputFile],
     specs: &[ColSpec],
-    parse_row: &(dyn Fn(&Batch, usize, RowRef) -> Parsed<T> + Sync),
     layout: &Layout,
     cross: &CrossBucket,
     spill: &SpillFiles,
@@ -537,13 +552,15 @@ pub fn route_dataset<T: Spillable>(
             if layout.shards > 1 && !layout.owns(partition) && !T::raw_candidate(batch, i, cross) {
                 continue;
             }
-            match parse_row(batch, i, at) {
-                Parsed::Row(row) if row.is_candidate(cross) => out.push(Item::Candidate(row)),
+            match T::check(batch, i, at) {
+                Parsed::Row(row) if T::is_candidate(&row, cross) => {
+                    out.push(Item::Candidate(T::to_row(&row, batch)))
+                }
                 Parsed::Row(row) => {
-                    debug_assert_eq!(partition, layout.partition(row.account()));
+                    debug_assert_eq!(partition, layout.partition(T::account(&row)));
                     if layout.owns(partition) {
                         let group = layout.group_of(partition);
-                        row.encode(&mut encoded[group], &mut strings[group]);
+                        T::encode(&row, &mut encoded[group], &mut strings[group]);
                         counts[group] += 1;
                         spilled += 1;
                     }
@@ -607,7 +624,8 @@ mod tests {
         let files = SpillFiles::create(dir, Dataset::Usage, 1).unwrap();
         for rows in frames {
             let (mut bytes, mut strings) = (Vec::new(), FrameStrings::default());
-            rows.iter().for_each(|r| r.encode(&mut bytes, &mut strings));
+            rows.iter()
+                .for_each(|r| UsageRow::encode(&r.as_ref(), &mut bytes, &mut strings));
             files
                 .append(0, &strings, &bytes, rows.len() as u64)
                 .unwrap();
@@ -693,7 +711,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let files = SpillFiles::create(dir.path(), Dataset::Usage, 1).unwrap();
         let (mut bytes, mut strings) = (Vec::new(), FrameStrings::default());
-        usage(0, 0, "a").encode(&mut bytes, &mut strings);
+        let row = usage(0, 0, "a");
+        UsageRow::encode(&row.as_ref(), &mut bytes, &mut strings);
         // The records refer to four strings; the frame is written with an empty table.
         files
             .append(0, &FrameStrings::default(), &bytes, 1)
