@@ -96,6 +96,11 @@ pub fn allocations(
 /// hash are compared as strings: cache-friendly at millions of rows, where a hash map of
 /// borrowed ids is bound by cache misses into the rows.
 fn repeats<T: Sync>(rows: &[T], id_of: impl Fn(&T) -> &str + Sync) -> Vec<(u32, u32)> {
+    repeats_in(&id_hashes(rows, &id_of), rows, id_of)
+}
+
+/// (xxh3 of the id, row) of every row, sorted.
+pub fn id_hashes<T: Sync>(rows: &[T], id_of: &(impl Fn(&T) -> &str + Sync)) -> Vec<(u64, u32)> {
     use rayon::prelude::*;
     assert!(rows.len() < u32::MAX as usize, "row numbers fit in u32");
     let mut keyed: Vec<(u64, u32)> = rows
@@ -104,6 +109,11 @@ fn repeats<T: Sync>(rows: &[T], id_of: impl Fn(&T) -> &str + Sync) -> Vec<(u32, 
         .map(|(i, row)| (xxhash_rust::xxh3::xxh3_64(id_of(row).as_bytes()), i as u32))
         .collect();
     keyed.par_sort_unstable();
+    keyed
+}
+
+/// [`repeats`] from the rows' sorted id hashes.
+fn repeats_in<T>(keyed: &[(u64, u32)], rows: &[T], id_of: impl Fn(&T) -> &str) -> Vec<(u32, u32)> {
     let mut found = Vec::new();
     let mut run_start = 0;
     while run_start < keyed.len() {
@@ -214,6 +224,9 @@ pub struct Deduped {
     pub conflicting: std::collections::HashSet<Id, FastHash>,
     /// Losing copies equal to the winner: counted only.
     pub identical_copies: u64,
+    /// (xxh3 of `event_id`, index in `events`) of every event, sorted: the window's join
+    /// of ledger entries to events uses the hashes dedup computed.
+    pub by_id_hash: Vec<(u64, u32)>,
 }
 
 /// Dedup validated usage rows by `event_id`. The winner is the copy with the earliest
@@ -222,7 +235,11 @@ pub struct Deduped {
 /// `conflicting_duplicate`.
 pub fn dedup_usage(rows: Vec<UsageRow>, files: &[InputFile], rejects: &mut Vec<Reject>) -> Deduped {
     // The copies of each repeated event_id: its first row, then the others by row.
-    let mut copies_of: Vec<(u32, u32)> = repeats(&rows, |r| r.event_id.as_str())
+    fn event_id(r: &UsageRow) -> &str {
+        &r.event_id
+    }
+    let mut by_id_hash = id_hashes(&rows, &event_id);
+    let mut copies_of: Vec<(u32, u32)> = repeats_in(&by_id_hash, &rows, event_id)
         .into_iter()
         .map(|(row, first)| (first, row))
         .collect();
@@ -270,12 +287,72 @@ pub fn dedup_usage(rows: Vec<UsageRow>, files: &[InputFile], rejects: &mut Vec<R
         index += 1;
         !lost
     });
+    // The kept rows' hashes, renumbered to their places after the retain (an increasing
+    // renumbering: the pairs stay sorted).
+    let mut kept_before = Vec::with_capacity(losing.len());
+    let mut kept = 0u32;
+    for &lost in &losing {
+        kept_before.push(kept);
+        kept += u32::from(!lost);
+    }
+    by_id_hash.retain(|&(_, i)| !losing[i as usize]);
+    by_id_hash
+        .iter_mut()
+        .for_each(|(_, i)| *i = kept_before[*i as usize]);
     Deduped {
         events: rows,
         conflicting,
         identical_copies,
+        by_id_hash,
     }
 }
 
 /// A fast, stable hasher for hash maps keyed by ids.
 pub type FastHash = rustc_hash::FxBuildHasher;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(row: u64, event: &str, ingested_at: Option<i64>) -> UsageRow {
+        UsageRow {
+            at: RowRef { file: 0, row },
+            event_id: Id::new(event),
+            account_id: "acct-1".into(),
+            product: "video".into(),
+            action: "generate".into(),
+            model: None,
+            quantity: crate::amount::Milli(1000),
+            status: EventStatus::Succeeded,
+            occurred_at: 5,
+            ingested_at,
+        }
+    }
+
+    #[test]
+    fn dedup_keeps_the_winners_and_their_sorted_id_hashes() {
+        // "b" has an earlier-ingested copy later in the file: that copy wins.
+        let rows = vec![
+            usage(0, "a", Some(1)),
+            usage(1, "b", Some(9)),
+            usage(2, "a", Some(1)),
+            usage(3, "c", None),
+            usage(4, "b", Some(2)),
+        ];
+        let mut rejects = Vec::new();
+        let deduped = dedup_usage(rows, &[], &mut rejects);
+        let kept: Vec<(&str, u64)> = deduped
+            .events
+            .iter()
+            .map(|e| (e.event_id.as_str(), e.at.row))
+            .collect();
+        assert_eq!(kept, [("a", 0), ("c", 3), ("b", 4)]);
+        assert_eq!(deduped.identical_copies, 2);
+        assert!(rejects.is_empty());
+        // The hashes dedup hands to the window: the kept events', renumbered, sorted.
+        assert_eq!(
+            deduped.by_id_hash,
+            id_hashes(&deduped.events, &|r: &UsageRow| r.event_id.as_str())
+        );
+    }
+}

@@ -249,13 +249,14 @@ pub fn accounts_by_group<'a>(
 const NO_EVENT: u32 = u32::MAX;
 
 /// For every entry, the index of the event its `event_id` names (`NO_EVENT` if none).
-fn join_on_event_id(events: &[UsageRow], debits: &[DebitRow]) -> Vec<u32> {
-    let mut left: Vec<(u64, u32)> = events
-        .par_iter()
-        .enumerate()
-        .map(|(i, e)| (id_hash(&e.event_id), i as u32))
-        .collect();
-    left.par_sort_unstable();
+/// A merge join of the events' sorted (id hash, index) pairs (from dedup) with the
+/// entries' (sorted here); equal hashes are compared as strings.
+fn join_on_event_id(
+    events: &[UsageRow],
+    by_id_hash: &[(u64, u32)],
+    debits: &[DebitRow],
+) -> Vec<u32> {
+    let left = by_id_hash;
     let mut right: Vec<(u64, u32)> = debits
         .par_iter()
         .enumerate()
@@ -268,7 +269,6 @@ fn join_on_event_id(events: &[UsageRow], debits: &[DebitRow]) -> Vec<u32> {
         .len()
         .div_ceil(rayon::current_num_threads() * 4)
         .max(1);
-    let left: &[(u64, u32)] = &left;
     let matches: Vec<(u32, u32)> = right
         .par_chunks(chunk)
         .flat_map_iter(|part| {
@@ -365,7 +365,7 @@ pub fn place(
 
     // Attach entries by event_id: a merge join of the two sides sorted by id hash (linear,
     // cache-friendly; a hash map or binary search per entry is cache-miss bound at 10M+).
-    let event_of_entry = join_on_event_id(&events, &debits);
+    let event_of_entry = join_on_event_id(&events, &deduped.by_id_hash, &debits);
     let targets: Vec<EntryTarget> = debits
         .par_iter()
         .zip(event_of_entry.par_iter())
