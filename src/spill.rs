@@ -120,6 +120,13 @@ pub struct FrameStrings<'a> {
 }
 
 impl<'a> FrameStrings<'a> {
+    fn with_capacity(strings: usize) -> FrameStrings<'a> {
+        FrameStrings {
+            codes: HashMap::with_capacity_and_hasher(strings, FastHash::default()),
+            strings: Vec::with_capacity(strings),
+        }
+    }
+
     fn code(&mut self, s: &'a str) -> u32 {
         *self.codes.entry(s).or_insert_with(|| {
             self.strings.push(s);
@@ -275,6 +282,10 @@ impl Spillable for DebitRow {
 fn buffer_bytes(groups: u32) -> usize {
     ((64usize << 20) / groups.max(1) as usize).clamp(64 << 10, 1 << 20)
 }
+
+/// About the bytes of a spilled record (usage ~45, ledger ~60 at generated ids' lengths):
+/// frame buffers start at this many per row.
+const RECORD_BYTES_GUESS: usize = 64;
 
 /// Bytes of a frame header: rows, string-table length, records length (u32 LE each).
 const FRAME_HEADER_BYTES: usize = 12;
@@ -536,8 +547,14 @@ pub fn route_dataset<T: Spillable>(
 ) -> Result<Routed<T>> {
     let groups = layout.groups as usize;
     let per_file = load::map_files(files, specs, &|index, batch, out: &mut Vec<Item<T>>| {
-        let mut encoded: Vec<Vec<u8>> = vec![Vec::new(); groups];
-        let mut strings: Vec<FrameStrings> = (0..groups).map(|_| FrameStrings::default()).collect();
+        // Sized for an even share of the batch (no regrowth per frame in the common case).
+        let share = batch.len / groups + 1;
+        let mut encoded: Vec<Vec<u8>> = (0..groups)
+            .map(|_| Vec::with_capacity(share * RECORD_BYTES_GUESS))
+            .collect();
+        let mut strings: Vec<FrameStrings> = (0..groups)
+            .map(|_| FrameStrings::with_capacity(share + 8))
+            .collect();
         let mut counts = vec![0u64; groups];
         let mut spilled = 0u64;
         for i in 0..batch.len {
