@@ -207,7 +207,7 @@ fits() {
         return 1
     fi
     # disk: scale the 1m data set (about 47 MB per 1m events); x1.5 for outputs; plus tally's
-    # spill files (about 75 bytes per row, two rows per event) and DuckDB's temporary files
+    # spill files (budgeted at 75 bytes per row, two rows per event; about 50 measured) and DuckDB's temporary files
     if [[ ! -f "$BENCH_DIR/data-$label/generate.json" ]]; then
         disk_need=$(( $(du -sk "$BENCH_DIR/data-1m" | awk '{print $1}') * events / 1000000 * 3 / 2 + events * 150 / 1024 ))
         disk_avail=$(df -Pk "$BENCH_DIR" | awk 'NR==2 {print $4}')
