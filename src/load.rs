@@ -455,12 +455,16 @@ fn read_file<T: Send>(
     specs: &[ColSpec],
     each_batch: &(dyn Fn(&Batch, &mut Vec<T>) + Sync),
 ) -> Result<Vec<T>> {
-    let parts = read_row_groups(file, specs, each_batch)?;
+    read_row_groups(file, specs, each_batch).map(concat)
+}
+
+/// Row-group outputs put together in order (one allocation of the final size).
+fn concat<T>(parts: Vec<Vec<T>>) -> Vec<T> {
     let mut all = Vec::with_capacity(parts.iter().map(Vec::len).sum());
     for part in parts {
         all.extend(part);
     }
-    Ok(all)
+    all
 }
 
 /// Read one file (row groups in parallel), calling `each_batch(batch, out)` with one `out`
@@ -562,16 +566,10 @@ pub fn map_files<T: Send>(
     specs: &[ColSpec],
     each_batch: &(dyn Fn(usize, &Batch, &mut Vec<T>) + Sync),
 ) -> Result<Vec<Vec<T>>> {
-    let per_file: Vec<Result<Vec<T>>> = files
-        .par_iter()
-        .enumerate()
-        .map(|(index, file)| {
-            read_file(file, specs, &|batch: &Batch, out: &mut Vec<T>| {
-                each_batch(index, batch, out)
-            })
-        })
-        .collect();
-    per_file.into_iter().collect()
+    Ok(row_groups_per_file(files, specs, each_batch)?
+        .into_iter()
+        .map(concat)
+        .collect())
 }
 
 /// Like [`map_files`], but returns the `out` of every row group (file by file, row groups
@@ -581,6 +579,19 @@ pub fn map_row_groups<T: Send>(
     specs: &[ColSpec],
     each_batch: &(dyn Fn(usize, &Batch, &mut Vec<T>) + Sync),
 ) -> Result<Vec<Vec<T>>> {
+    Ok(row_groups_per_file(files, specs, each_batch)?
+        .into_iter()
+        .flatten()
+        .collect())
+}
+
+/// Every file's row-group outputs (files in parallel). Of several bad files, the error is
+/// the first file's in file order (not whichever thread failed first).
+fn row_groups_per_file<T: Send>(
+    files: &[InputFile],
+    specs: &[ColSpec],
+    each_batch: &(dyn Fn(usize, &Batch, &mut Vec<T>) + Sync),
+) -> Result<Vec<Vec<Vec<T>>>> {
     let per_file: Vec<Result<Vec<Vec<T>>>> = files
         .par_iter()
         .enumerate()
@@ -590,11 +601,7 @@ pub fn map_row_groups<T: Send>(
             })
         })
         .collect();
-    let mut parts = Vec::new();
-    for file_parts in per_file {
-        parts.extend(file_parts?);
-    }
-    Ok(parts)
+    per_file.into_iter().collect()
 }
 
 /// Decode the contract's columns of every file and count rows, doing nothing else: the
