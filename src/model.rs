@@ -123,7 +123,8 @@ impl EventStatus {
 }
 
 /// A string shared by many rows (account, product, action, model): interned per batch
-/// when read, so a million events of one account hold one copy of its id.
+/// when a whole run reads them, per spill frame when a split run reads its rows back, so
+/// the events of one account in a batch or frame hold one copy of its id.
 pub type Shared = std::sync::Arc<str>;
 
 /// An event or entry id: kept inline up to 24 bytes (no heap allocation per row for

@@ -102,16 +102,6 @@ impl CrossBucket {
         !self.entries.is_empty() && self.entries.contains(&id_key(entry_id))
     }
 
-    /// Whether a valid usage row must be routed by [`resolve`].
-    pub fn usage_candidate(&self, u: &UsageRow) -> bool {
-        self.event(&u.event_id)
-    }
-
-    /// Whether a valid ledger row must be routed by [`resolve`].
-    pub fn debit_candidate(&self, d: &DebitRow) -> bool {
-        self.entry(&d.entry_id) || d.event_id.as_deref().is_some_and(|e| self.event(e))
-    }
-
     pub fn counts(&self) -> (usize, usize) {
         (self.events.len(), self.entries.len())
     }
@@ -327,7 +317,9 @@ pub fn resolve(usage: &[UsageRow], debits: &[DebitRow], layout: &Layout) -> (Vec
 /// rows, dedup index, placed events and their entries).
 pub const BYTES_PER_ROW: u64 = 600;
 
-/// Usage and ledger rows a group holds at most by default, whatever the memory budget:
+/// Usage and ledger rows a group holds by default (on average: a group is a set of account
+/// partitions, so a heavy account can make one larger; and past 256 groups, at 134M rows,
+/// groups grow), whatever the memory budget:
 /// a small group's rows, dedup index and placed events stay in cache and its pages are
 /// reused, so more, smaller groups are faster, not only leaner. `tally reconcile` on the
 /// 10M-event bench data by group count (2 cores, hand runs, noisy ±1 s): 6 groups (what a
@@ -340,7 +332,10 @@ pub const TARGET_ROWS_PER_GROUP: u64 = 512 * 1024;
 /// `TARGET_ROWS_PER_GROUP` rows, from the row counts in the Parquet footers.
 pub fn groups_for(rows: u64, budget_bytes: u64, shards: u32) -> u32 {
     let per_shard = rows.div_ceil(u64::from(shards.max(1)));
-    let for_memory = (per_shard * BYTES_PER_ROW).div_ceil(budget_bytes.max(1));
+    // Saturating: row counts come from files' footers, which may be corrupt or hostile.
+    let for_memory = per_shard
+        .saturating_mul(BYTES_PER_ROW)
+        .div_ceil(budget_bytes.max(1));
     let for_speed = per_shard.div_ceil(TARGET_ROWS_PER_GROUP);
     for_memory
         .max(for_speed)
@@ -409,6 +404,7 @@ mod tests {
     fn groups_stop_at_the_limit_and_at_one_partition_each() {
         assert_eq!(groups_for(200_000_000, 2 * GIB, 1), MAX_GROUPS);
         assert_eq!(groups_for(u64::from(u32::MAX), 1, 1), MAX_GROUPS);
+        assert_eq!(groups_for(u64::MAX, 2 * GIB, 1), MAX_GROUPS);
         // 4096 partitions over 1024 shards: 4 partitions, so at most 4 groups a shard.
         assert_eq!(groups_for(20_000_000_000, 2 * GIB, 1024), 4);
     }

@@ -69,7 +69,6 @@ pub trait Spillable: Sized + Send {
     fn check(batch: &Batch, row: usize, at: RowRef) -> Parsed<Self::Ref<'_>>;
     fn to_row(r: &Self::Ref<'_>, batch: &Batch) -> Self;
     fn account<'a>(r: &Self::Ref<'a>) -> &'a str;
-    fn at(&self) -> RowRef;
     fn is_candidate(r: &Self::Ref<'_>, cross: &CrossBucket) -> bool;
     /// Whether the raw row could be a candidate (checked before parsing, so that a shard
     /// parses only its own rows and possible candidates).
@@ -174,9 +173,6 @@ impl Spillable for UsageRow {
     fn account<'a>(r: &Self::Ref<'a>) -> &'a str {
         r.account_id
     }
-    fn at(&self) -> RowRef {
-        self.at
-    }
     fn is_candidate(r: &Self::Ref<'_>, cross: &CrossBucket) -> bool {
         cross.event(r.event_id)
     }
@@ -233,9 +229,6 @@ impl Spillable for DebitRow {
     }
     fn account<'a>(r: &Self::Ref<'a>) -> &'a str {
         r.account_id
-    }
-    fn at(&self) -> RowRef {
-        self.at
     }
     fn is_candidate(r: &Self::Ref<'_>, cross: &CrossBucket) -> bool {
         cross.entry(r.entry_id) || r.event_id.is_some_and(|e| cross.event(e))
@@ -462,13 +455,13 @@ fn frames_of<'a>(bytes: &'a [u8], path: &Path) -> Result<Vec<Frame<'a>>> {
         ) else {
             return Err(corrupt(path, "truncated frame"));
         };
+        if rows == 0 {
+            return Err(corrupt(path, "empty frame"));
+        }
         let strings: Vec<&str> = postcard::from_bytes(table).map_err(|e| corrupt(path, e))?;
         // Every record starts with its (file, row).
         let ((file, row), _): ((u32, u64), _) =
             postcard::take_from_bytes(body).map_err(|e| corrupt(path, e))?;
-        if rows == 0 {
-            return Err(corrupt(path, "empty frame"));
-        }
         frames.push(Frame {
             strings,
             body,
@@ -547,8 +540,9 @@ pub fn route_dataset<T: Spillable>(
 ) -> Result<Routed<T>> {
     let groups = layout.groups as usize;
     let per_file = load::map_files(files, specs, &|index, batch, out: &mut Vec<Item<T>>| {
-        // Sized for an even share of the batch (no regrowth per frame in the common case).
-        let share = batch.len / groups + 1;
+        // Sized for an even share of the batch (no regrowth per frame in the common case);
+        // a shard spills only its own partitions' rows.
+        let share = batch.len / (groups * layout.shards.max(1) as usize) + 1;
         let mut encoded: Vec<Vec<u8>> = (0..groups)
             .map(|_| Vec::with_capacity(share * RECORD_BYTES_GUESS))
             .collect();
@@ -687,7 +681,7 @@ mod tests {
     }
 
     #[test]
-    fn a_frame_with_fewer_records_than_its_header_fails_and_drops_what_it_decoded() {
+    fn a_frame_with_fewer_records_than_its_header_fails() {
         let dir = tempfile::tempdir().unwrap();
         let good = vec![usage(0, 0, "a"), usage(0, 1, "b")];
         let short = vec![usage(1, 0, "c"), usage(1, 1, "d")];
@@ -696,6 +690,88 @@ mod tests {
         file.rows = 5;
         let message = error_of(&file);
         assert!(message.contains("cannot be read back"), "{message}");
+    }
+
+    static LIVE_COUNTED: AtomicU64 = AtomicU64::new(0);
+
+    /// A row that counts its live copies: read-back must drop every row it decoded when a
+    /// frame fails, and nothing twice.
+    struct Counted(u64);
+
+    impl Counted {
+        fn new(row: u64) -> Counted {
+            LIVE_COUNTED.fetch_add(1, Ordering::SeqCst);
+            Counted(row)
+        }
+    }
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            LIVE_COUNTED.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Spillable for Counted {
+        type Ref<'a> = u64;
+        fn check(batch: &Batch, row: usize, _: RowRef) -> Parsed<u64> {
+            Parsed::Row(batch.first_row + row as u64)
+        }
+        fn to_row(r: &u64, _: &Batch) -> Self {
+            Counted::new(*r)
+        }
+        fn account<'a>(_: &u64) -> &'a str {
+            ""
+        }
+        fn is_candidate(_: &u64, _: &CrossBucket) -> bool {
+            false
+        }
+        fn raw_candidate(_: &Batch, _: usize, _: &CrossBucket) -> bool {
+            false
+        }
+        fn encode<'a>(r: &u64, out: &mut Vec<u8>, _: &mut FrameStrings<'a>) {
+            push_record(out, &(0u32, *r));
+        }
+        fn decode<'a>(bytes: &'a [u8], _: &[Shared], file: &Path) -> Result<(Self, &'a [u8])> {
+            let ((_, row), rest): ((u32, u64), _) =
+                postcard::take_from_bytes(bytes).map_err(|e| corrupt(file, e))?;
+            Ok((Counted::new(row), rest))
+        }
+    }
+
+    #[test]
+    fn read_back_drops_every_decoded_row_once_whether_it_succeeds_or_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |rows: &[&[u64]], claimed_first: Option<u32>| {
+            let files = SpillFiles::create(dir.path(), Dataset::Usage, 1).unwrap();
+            for frame in rows {
+                let mut bytes = Vec::new();
+                frame
+                    .iter()
+                    .for_each(|r| Counted::encode(r, &mut bytes, &mut FrameStrings::default()));
+                files
+                    .append(0, &FrameStrings::default(), &bytes, frame.len() as u64)
+                    .unwrap();
+            }
+            let file = files.finish().unwrap().pop().unwrap();
+            if let Some(rows) = claimed_first {
+                claim_rows(&file, rows);
+            }
+            file
+        };
+        // Whole: five rows live, none once dropped.
+        let file = write(&[&[10, 11, 12], &[0, 1]], None);
+        let rows: Vec<Counted> = read_group(&file, 0).unwrap();
+        let order: Vec<u64> = rows.iter().map(|c| c.0).collect();
+        assert_eq!(order, [0, 1, 10, 11, 12]);
+        assert_eq!(LIVE_COUNTED.load(Ordering::SeqCst), 5);
+        drop(rows);
+        assert_eq!(LIVE_COUNTED.load(Ordering::SeqCst), 0);
+        // The first frame (rows 10..) claims a fourth row it does not hold: it fails after
+        // decoding three, the other frame decodes whole; all five are dropped.
+        let mut file = write(&[&[10, 11, 12], &[0, 1]], Some(4));
+        file.rows = 6;
+        assert!(read_group::<Counted>(&file, 0).is_err());
+        assert_eq!(LIVE_COUNTED.load(Ordering::SeqCst), 0);
     }
 
     #[test]
