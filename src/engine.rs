@@ -532,3 +532,50 @@ fn process_period(
     result.totals.add(&totals)?;
     Ok(closed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{EventStatus, Id, RowRef, UsageRow};
+    use crate::window::{Entries, EventWork};
+
+    fn work(row: u64, id: &str, occurred_at: Micros) -> EventWork {
+        EventWork {
+            usage: UsageRow {
+                at: RowRef { file: 0, row },
+                event_id: Id::new(id),
+                account_id: "acct-1".into(),
+                product: "video".into(),
+                action: "generate".into(),
+                model: None,
+                quantity: Milli(1000),
+                status: EventStatus::Succeeded,
+                occurred_at,
+                ingested_at: None,
+            },
+            entries: Entries::new(),
+            conflicting: false,
+            late_from: None,
+        }
+    }
+
+    /// Contract: "Chargeable events consume, in order of (`occurred_at`, `event_id`)";
+    /// section 7: "id tie-breaks compare bytes".
+    #[test]
+    fn period_events_are_ordered_by_occurred_at_then_event_id_bytes() {
+        let mut events = vec![
+            work(0, "b", 20),
+            work(1, "a", 20),
+            work(2, "Z", 20),
+            work(3, "z", 10),
+            work(4, "é", 20),
+        ];
+        sort_events(&mut events);
+        let order: Vec<&str> = events.iter().map(|e| e.usage.event_id.as_str()).collect();
+        assert_eq!(order, ["z", "Z", "a", "b", "é"]);
+        // Already in order: unchanged.
+        sort_events(&mut events);
+        let rows: Vec<u64> = events.iter().map(|e| e.usage.at.row).collect();
+        assert_eq!(rows, [3, 2, 1, 0, 4]);
+    }
+}

@@ -99,14 +99,21 @@ fn repeats<T: Sync>(rows: &[T], id_of: impl Fn(&T) -> &str + Sync) -> Vec<(u32, 
     repeats_in(&id_hashes(rows, &id_of), rows, id_of)
 }
 
-/// (xxh3 of the id, row) of every row, sorted.
+/// 64-bit hash of an id for sorted-index joins (equal ids are always compared as
+/// strings). Dedup sorts the events by it and the window's ledger join looks entries up
+/// in that order: both must use this one function.
+pub fn id_hash(id: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(id.as_bytes())
+}
+
+/// ([`id_hash`] of the id, row) of every row, sorted.
 pub fn id_hashes<T: Sync>(rows: &[T], id_of: &(impl Fn(&T) -> &str + Sync)) -> Vec<(u64, u32)> {
     use rayon::prelude::*;
     assert!(rows.len() < u32::MAX as usize, "row numbers fit in u32");
     let mut keyed: Vec<(u64, u32)> = rows
         .par_iter()
         .enumerate()
-        .map(|(i, row)| (xxhash_rust::xxh3::xxh3_64(id_of(row).as_bytes()), i as u32))
+        .map(|(i, row)| (id_hash(id_of(row)), i as u32))
         .collect();
     keyed.par_sort_unstable();
     keyed
@@ -224,7 +231,7 @@ pub struct Deduped {
     pub conflicting: std::collections::HashSet<Id, FastHash>,
     /// Losing copies equal to the winner: counted only.
     pub identical_copies: u64,
-    /// (xxh3 of `event_id`, index in `events`) of every event, sorted: the window's join
+    /// ([`id_hash`] of `event_id`, index in `events`) of every event, sorted: the window's join
     /// of ledger entries to events uses the hashes dedup computed.
     pub by_id_hash: Vec<(u64, u32)>,
 }
@@ -327,6 +334,118 @@ mod tests {
             occurred_at: 5,
             ingested_at,
         }
+    }
+
+    fn files() -> Vec<InputFile> {
+        ["usage/a.parquet", "usage/b.parquet"]
+            .map(|p| InputFile {
+                rel_path: p.into(),
+                abs_path: p.into(),
+            })
+            .to_vec()
+    }
+
+    fn at(file: u32, row: u64) -> RowRef {
+        RowRef { file, row }
+    }
+
+    /// Contract, usage: "Copies that differ: the one with the earliest `ingested_at` (then
+    /// first file path, then row) is the event; the event is also reported as a
+    /// `conflicting_duplicate`"; section 7: "a null `ingested_at` sorts last", "extra
+    /// identical copies are only counted".
+    #[test]
+    fn dedup_follows_the_contracts_winner_rule() {
+        let copy = |file: u32, row: u64, id: &str, ingested: Option<i64>, quantity: i64| UsageRow {
+            at: at(file, row),
+            quantity: crate::amount::Milli(quantity),
+            ..usage(row, id, ingested)
+        };
+        let rows = vec![
+            // "n": the null ingested_at sorts last, so the later-file copy wins.
+            copy(0, 0, "n", None, 1000),
+            copy(1, 0, "n", Some(7), 2000),
+            // "f": equal ingested_at: the first file path wins, whatever the row.
+            copy(1, 1, "f", Some(3), 1000),
+            copy(0, 9, "f", Some(3), 2000),
+            // "r": same file and ingested_at: the first row wins; an identical copy counts.
+            copy(0, 5, "r", Some(3), 1000),
+            copy(0, 4, "r", Some(3), 2000),
+            copy(0, 6, "r", Some(3), 2000),
+        ];
+        let mut rejects = Vec::new();
+        let deduped = dedup_usage(rows, &files(), &mut rejects);
+        let mut kept: Vec<(String, RowRef)> = deduped
+            .events
+            .iter()
+            .map(|e| (e.event_id.to_string(), e.at))
+            .collect();
+        kept.sort();
+        assert_eq!(
+            kept,
+            [
+                ("f".into(), at(0, 9)),
+                ("n".into(), at(1, 0)),
+                ("r".into(), at(0, 4))
+            ]
+        );
+        let mut lost: Vec<(RowRef, Reason)> = rejects.iter().map(|r| (r.at, r.reason)).collect();
+        lost.sort();
+        assert_eq!(
+            lost,
+            [
+                (at(0, 0), Reason::ConflictingDuplicate),
+                (at(0, 5), Reason::ConflictingDuplicate),
+                (at(1, 1), Reason::ConflictingDuplicate),
+            ]
+        );
+        assert_eq!(deduped.identical_copies, 1);
+        let mut conflicting: Vec<&str> = deduped.conflicting.iter().map(Id::as_str).collect();
+        conflicting.sort();
+        assert_eq!(conflicting, ["f", "n", "r"]);
+    }
+
+    /// Contract section 7: "debits: ... bad_value (... repeated entry_id). For a repeated
+    /// id the first row by (file, row) is kept."
+    #[test]
+    fn a_repeated_entry_id_keeps_the_first_row_by_file_and_row() {
+        let entry = |file: u32, row: u64, id: &str| DebitRow {
+            at: at(file, row),
+            entry_id: Id::new(id),
+            account_id: "acct-1".into(),
+            event_id: None,
+            kind: EntryKind::Debit,
+            credits: crate::amount::Milli(1000),
+            recorded_at: 5,
+        };
+        let rows = vec![
+            entry(0, 0, "x"),
+            entry(0, 1, "y"),
+            entry(0, 2, "x"),
+            entry(1, 0, "x"),
+        ];
+        let mut rejects = Vec::new();
+        let kept = debits(rows, &files(), &mut rejects);
+        let kept: Vec<RowRef> = kept.iter().map(|d| d.at).collect();
+        assert_eq!(kept, [at(0, 0), at(0, 1)]);
+        let lost: Vec<(RowRef, Reason, &str)> = rejects
+            .iter()
+            .map(|r| (r.at, r.reason, r.detail.as_str()))
+            .collect();
+        assert_eq!(
+            lost,
+            [
+                (
+                    at(0, 2),
+                    Reason::BadValue,
+                    "entry_id \"x\" repeats the row at usage/a.parquet row 0"
+                ),
+                (
+                    at(1, 0),
+                    Reason::BadValue,
+                    "entry_id \"x\" repeats the row at usage/a.parquet row 0"
+                ),
+            ]
+        );
     }
 
     #[test]

@@ -5,14 +5,9 @@
 use crate::history::History;
 use crate::model::*;
 use crate::time::{format_instant, Micros};
-use crate::validate::{Allocations, Deduped, FastHash};
+use crate::validate::{id_hash, Allocations, Deduped, FastHash};
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
-
-/// 64-bit hash of an id for sorted-index joins (equal ids are always compared as strings).
-fn id_hash(id: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(id.as_bytes())
-}
 
 /// The ledger entries of one event.
 pub type Entries = smallvec::SmallVec<[DebitRow; 1]>;
