@@ -13,6 +13,8 @@
 #   BENCH_MEM_HEADROOM_GB   GiB kept free when deciding whether a size fits (default 2)
 #   BENCH_MEM_SAFETY        factor on the memory estimate scaled from the 1m run (default 1.25)
 #   BENCH_TALLY_CAP_GB      tally's expected peak past its memory budget, GiB (default 5)
+#   BENCH_GROUPS  also time `tally reconcile --groups N` for each N listed, e.g. "6 39 256"
+#                 (the default group count's trade-off; default: none)
 #
 # See benches/README.md for what each row measures.
 set -euo pipefail
@@ -248,6 +250,14 @@ bench_size() {
     measure "$label" duckdb "$runs" "$out/duckdb" -- "$PY" -c "$DUCKDB_RUNNER" "$SQL" "$data" \
         "$data.rates.csv" "$data.plans.csv" "$out/duckdb" "$RECONCILE_AS_OF" "$SETTLE_SECONDS"
     w_duck=$M_WALL c_duck=$M_CPU r_duck=$M_RSS
+    # Optional: the same reconcile at forced group counts (row "tally reconcile --groups N").
+    local group_rows=() g
+    for g in ${BENCH_GROUPS:-}; do
+        measure "$label" "tally-reconcile-groups-$g" "$runs" "$out/reconcile-groups" -- "$TALLY" \
+            reconcile --data "$data" --as-of "$RECONCILE_AS_OF" --out "$out/reconcile-groups" \
+            --groups "$g" --log-format json
+        group_rows+=("tally reconcile --groups $g|$M_WALL|$M_RSS|$M_CPU")
+    done
 
     if [[ $label == 1m ]]; then
         echo "$(binary_key) $(( r_rec > r_close ? r_rec : r_close ))" >"$RSS1M_FILE"
@@ -273,7 +283,8 @@ bench_size() {
         for row in "tally scan (bare decode)|$w_scan|$r_scan|$c_scan" \
                    "tally reconcile|$w_rec|$r_rec|$c_rec" \
                    "tally close|$w_close|$r_close|$c_close" \
-                   "DuckDB SQL reconcile (reconcile.sql)|$w_duck|$r_duck|$c_duck"; do
+                   "DuckDB SQL reconcile (reconcile.sql)|$w_duck|$r_duck|$c_duck" \
+                   ${group_rows[@]+"${group_rows[@]}"}; do
             IFS='|' read -r name w r c <<<"$row"
             awk -v n="$name" -v w="$w" -v r="$r" -v c="$c" -v e="$events" 'BEGIN {
                 printf "| %s | %.2f | %.0f | %s | %.2f |\n", n, w, r / 1024, (w > 0) ? sprintf("%.0f", e / w) : "n/a", c

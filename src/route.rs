@@ -317,15 +317,12 @@ pub fn resolve(usage: &[UsageRow], debits: &[DebitRow], layout: &Layout) -> (Vec
 /// rows, dedup index, placed events and their entries).
 pub const BYTES_PER_ROW: u64 = 600;
 
-/// Usage and ledger rows a group holds by default (on average: a group is a set of account
-/// partitions, so a heavy account can make one larger; and past 256 groups, at 134M rows,
-/// groups grow), whatever the memory budget:
-/// a small group's rows, dedup index and placed events stay in cache and its pages are
-/// reused, so more, smaller groups are faster, not only leaner. `tally reconcile` on the
-/// 10M-event bench data by group count (2 cores, hand runs, noisy ±1 s): 6 groups (what a
-/// 2 GiB budget alone gives) 13.9 s / 1.46 GB, 16: 12.2 s, 32: 11.0 s / 0.51 GB, 57:
-/// 10.8 s, 128: 11.7 s, 256: 12.5 s. At 1M events 1 group and 4 groups take the same time
-/// (4 groups: half the memory).
+/// Usage and ledger rows a group holds by default, whatever the memory budget (on average:
+/// a group is a set of account partitions, so a heavy account makes its group larger; past
+/// 256 groups, at 134M rows, groups grow). Small groups keep a group's rows, dedup index
+/// and placed events small: `tally reconcile` on the 10M-event bench data by group count
+/// (`BENCH_GROUPS`, benches/README.md): 6 groups (what a 2 GiB budget alone gives) 9.9 s /
+/// 1.5 GB, 16: 9.5 s / 0.74 GB, 39 (this default): 9.2 s / 0.47 GB, 128: 9.4 s, 256: 9.9 s.
 pub const TARGET_ROWS_PER_GROUP: u64 = 512 * 1024;
 
 /// How many groups a run uses: enough to stay within `budget_bytes`, and at least one per
