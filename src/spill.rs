@@ -68,7 +68,6 @@ pub trait Spillable: Sized + Send {
     /// Check a row of a batch (the contract's validation of the dataset).
     fn check(batch: &Batch, row: usize, at: RowRef) -> Parsed<Self::Ref<'_>>;
     fn to_row(r: &Self::Ref<'_>, batch: &Batch) -> Self;
-    fn account<'a>(r: &Self::Ref<'a>) -> &'a str;
     fn is_candidate(r: &Self::Ref<'_>, cross: &CrossBucket) -> bool;
     /// Whether the raw row could be a candidate (checked before parsing, so that a shard
     /// parses only its own rows and possible candidates).
@@ -170,9 +169,6 @@ impl Spillable for UsageRow {
     fn to_row(r: &Self::Ref<'_>, batch: &Batch) -> Self {
         r.to_row(batch)
     }
-    fn account<'a>(r: &Self::Ref<'a>) -> &'a str {
-        r.account_id
-    }
     fn is_candidate(r: &Self::Ref<'_>, cross: &CrossBucket) -> bool {
         cross.event(r.event_id)
     }
@@ -226,9 +222,6 @@ impl Spillable for DebitRow {
     }
     fn to_row(r: &Self::Ref<'_>, batch: &Batch) -> Self {
         r.to_row(batch)
-    }
-    fn account<'a>(r: &Self::Ref<'a>) -> &'a str {
-        r.account_id
     }
     fn is_candidate(r: &Self::Ref<'_>, cross: &CrossBucket) -> bool {
         cross.entry(r.entry_id) || r.event_id.is_some_and(|e| cross.event(e))
@@ -568,7 +561,6 @@ pub fn route_dataset<T: Spillable>(
                     out.push(Item::Candidate(T::to_row(&row, batch)))
                 }
                 Parsed::Row(row) => {
-                    debug_assert_eq!(partition, layout.partition(T::account(&row)));
                     if layout.owns(partition) {
                         let group = layout.group_of(partition);
                         T::encode(&row, &mut encoded[group], &mut strings[group]);
@@ -718,9 +710,6 @@ mod tests {
         }
         fn to_row(r: &u64, _: &Batch) -> Self {
             Counted::new(*r)
-        }
-        fn account<'a>(_: &u64) -> &'a str {
-            ""
         }
         fn is_candidate(_: &u64, _: &CrossBucket) -> bool {
             false
