@@ -392,16 +392,38 @@ pub fn compute(
     partial.rows_read[Dataset::Debits as usize] +=
         debits.spilled + debit_extra.iter().map(|v| v.len() as u64).sum::<u64>();
 
-    for (group, (u_extra, d_extra)) in usage_extra.into_iter().zip(debit_extra).enumerate() {
-        let stage = progress.stage("read spill");
+    // Read group g + 1 back while group g is processed: processing leaves a core idle in
+    // its sequential steps (placing events, collecting results) and reading the spill
+    // fills it. At most two groups' rows are in memory at once. The read-back logs its
+    // stage line but draws no bar (two bars at once would fight over the terminal line).
+    let read_back = |group: usize, (u_extra, d_extra): (Vec<UsageRow>, Vec<DebitRow>)| {
+        let stage = Progress::default().stage("read spill");
         let mut usage: Vec<UsageRow> = spill::read_group(&usage_files[group], u_extra.len())?;
         append_in_order(&mut usage, u_extra, |r| r.at);
         let mut debits: Vec<DebitRow> = spill::read_group(&debit_files[group], d_extra.len())?;
         append_in_order(&mut debits, d_extra, |r| r.at);
         let rows = (usage.len() + debits.len()) as u64;
         stage.done(rows, rows);
-        shared.process_group(group, usage, debits, &mut partial, progress)?;
+        Ok::<_, TallyError>((usage, debits))
+    };
+    let mut extras = usage_extra.into_iter().zip(debit_extra);
+    let mut next = extras.next().map(|e| read_back(0, e)).transpose()?;
+    for group in 0..layout.groups as usize {
+        let (usage, debits) = next
+            .take()
+            .expect("a group's rows are read before it is processed");
+        let following = extras.next();
+        let (processed, read) = rayon::join(
+            || shared.process_group(group, usage, debits, &mut partial, progress),
+            || following.map(|e| read_back(group + 1, e)).transpose(),
+        );
+        processed?;
+        next = read?;
     }
+    assert!(
+        next.is_none() && extras.next().is_none(),
+        "every group is read back once"
+    );
     Ok(partial)
 }
 
