@@ -457,53 +457,29 @@ pub(crate) fn check_replaceable(out: &Path) -> Result<()> {
     }
 }
 
+/// The files one writing job made: (path under the output folder, rows if a table).
+type Written = Vec<(String, Option<u64>)>;
+
+/// One independent part of the output (a table and its CSV, a close stream, report/...).
+type WriteJob<'a> = Box<dyn Fn() -> Result<Written> + Send + Sync + 'a>;
+
+/// Run writing jobs in parallel; the first failure in job order is the error reported
+/// (the same whichever thread fails first).
+fn run_write_jobs(jobs: Vec<WriteJob<'_>>) -> Result<Written> {
+    let done: Vec<Result<Written>> = jobs.par_iter().map(|job| job()).collect();
+    let mut written = Written::new();
+    for files in done {
+        written.extend(files?);
+    }
+    Ok(written)
+}
+
 /// Write every output file into `dir` (the staging folder); the manifest comes last.
+/// Files that do not depend on each other are written in parallel (each is encoded,
+/// written and synced on its own; the manifest lists them in path order whatever order
+/// they finished in).
 pub(crate) fn write_outputs(dir: &Path, output: &RunOutput, inputs: Vec<FileEntry>) -> Result<()> {
-    let mut outputs = Vec::new();
     let tables = write::output_tables(output);
-    if output.settings.mode == Mode::Close {
-        let name = "billed_events.parquet";
-        let rows =
-            write::write_streamed(&dir.join(name), &output.billed, write::billed_events_batch)?;
-        outputs.push((name.to_string(), Some(rows)));
-        let name = "invoice_lines.parquet";
-        let rows =
-            write::write_streamed(&dir.join(name), &output.lines, write::invoice_lines_batch)?;
-        outputs.push((name.to_string(), Some(rows)));
-        let name = "invoice_lines.csv";
-        let rows = export::write_streamed_csv(
-            &dir.join(name),
-            &output.lines,
-            write::invoice_lines_batch,
-            output.book.exponent,
-        )?;
-        outputs.push((name.to_string(), Some(rows)));
-    }
-    for (name, batch) in &tables {
-        write::write_parquet(&dir.join(name), batch)?;
-        outputs.push((name.to_string(), Some(batch.num_rows() as u64)));
-        if *name == "discrepancies.parquet" {
-            write::write_bytes(&dir.join("discrepancies.csv"), &write::table_csv(batch)?)?;
-            outputs.push((
-                "discrepancies.csv".to_string(),
-                Some(batch.num_rows() as u64),
-            ));
-        } else {
-            // Every other table also as a spreadsheet CSV (see `export`).
-            let csv = name.replace(".parquet", ".csv");
-            let bytes = export::sheet_csv(batch, output.book.exponent)?;
-            write::write_bytes(&dir.join(&csv), &bytes)?;
-            outputs.push((csv, Some(batch.num_rows() as u64)));
-        }
-    }
-    let summary = report::summary(output)?;
-    let json = serde_json::to_string_pretty(&summary)
-        .map_err(|e| TallyError::output("summary.json", e))?;
-    write::write_bytes(&dir.join("summary.json"), format!("{json}\n").as_bytes())?;
-    outputs.push(("summary.json".to_string(), None));
-    let md = report::summary_markdown(output, &summary)?;
-    write::write_bytes(&dir.join("summary.md"), md.as_bytes())?;
-    outputs.push(("summary.md".to_string(), None));
     let table = |wanted: &str| {
         tables
             .iter()
@@ -511,18 +487,78 @@ pub(crate) fn write_outputs(dir: &Path, output: &RunOutput, inputs: Vec<FileEntr
             .map(|(_, batch)| batch)
             .ok_or_else(|| TallyError::Invariant(format!("no {wanted} table")))
     };
-    let files = export::write_report_files(
-        dir,
-        output,
-        table("discrepancies.parquet")?,
-        table("rejects.parquet")?,
-    )?;
-    for f in files.all() {
-        outputs.push((f.path.clone(), Some(f.rows)));
+    let discrepancies = table("discrepancies.parquet")?;
+    let rejects = table("rejects.parquet")?;
+    let summary = report::summary(output)?;
+    let exponent = output.book.exponent;
+    let mut jobs: Vec<WriteJob<'_>> = Vec::new();
+    if output.settings.mode == Mode::Close {
+        jobs.push(Box::new(|| {
+            let name = "billed_events.parquet";
+            let rows =
+                write::write_streamed(&dir.join(name), &output.billed, write::billed_events_batch)?;
+            Ok(vec![(name.to_string(), Some(rows))])
+        }));
+        jobs.push(Box::new(|| {
+            let name = "invoice_lines.parquet";
+            let rows =
+                write::write_streamed(&dir.join(name), &output.lines, write::invoice_lines_batch)?;
+            Ok(vec![(name.to_string(), Some(rows))])
+        }));
+        jobs.push(Box::new(|| {
+            let name = "invoice_lines.csv";
+            let rows = export::write_streamed_csv(
+                &dir.join(name),
+                &output.lines,
+                write::invoice_lines_batch,
+                exponent,
+            )?;
+            Ok(vec![(name.to_string(), Some(rows))])
+        }));
     }
-    let html = html::render(output, &summary, &files);
-    write::write_bytes(&dir.join("report.html"), html.as_bytes())?;
-    outputs.push(("report.html".to_string(), None));
+    for (name, batch) in &tables {
+        let rows = Some(batch.num_rows() as u64);
+        jobs.push(Box::new(move || {
+            write::write_parquet(&dir.join(name), batch)?;
+            Ok(vec![(name.to_string(), rows)])
+        }));
+        jobs.push(Box::new(move || {
+            if *name == "discrepancies.parquet" {
+                write::write_bytes(&dir.join("discrepancies.csv"), &write::table_csv(batch)?)?;
+                Ok(vec![("discrepancies.csv".to_string(), rows)])
+            } else {
+                // Every other table also as a spreadsheet CSV (see `export`).
+                let csv = name.replace(".parquet", ".csv");
+                write::write_bytes(&dir.join(&csv), &export::sheet_csv(batch, exponent)?)?;
+                Ok(vec![(csv, rows)])
+            }
+        }));
+    }
+    jobs.push(Box::new(|| {
+        let json = serde_json::to_string_pretty(&summary)
+            .map_err(|e| TallyError::output("summary.json", e))?;
+        write::write_bytes(&dir.join("summary.json"), format!("{json}\n").as_bytes())?;
+        let md = report::summary_markdown(output, &summary)?;
+        write::write_bytes(&dir.join("summary.md"), md.as_bytes())?;
+        Ok(vec![
+            ("summary.json".to_string(), None),
+            ("summary.md".to_string(), None),
+        ])
+    }));
+    // report/ and report.html, which links to its files.
+    jobs.push(Box::new(|| {
+        let files = export::write_report_files(dir, output, discrepancies, rejects)?;
+        let mut written: Written = files
+            .all()
+            .into_iter()
+            .map(|f| (f.path.clone(), Some(f.rows)))
+            .collect();
+        let html = html::render(output, &summary, &files);
+        write::write_bytes(&dir.join("report.html"), html.as_bytes())?;
+        written.push(("report.html".to_string(), None));
+        Ok(written)
+    }));
+    let mut outputs = run_write_jobs(jobs)?;
     outputs.sort();
     // Checksums in parallel (the order of the list is kept).
     let outputs = outputs
