@@ -19,6 +19,7 @@ pub mod history;
 pub mod html;
 pub mod job;
 pub mod load;
+pub mod memory;
 pub mod model;
 pub mod pipeline;
 pub mod price;

@@ -15,27 +15,6 @@ use tally::{Alert, JobOutcome, JobRequest, Progress, TallyError};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-extern "C" {
-    /// mimalloc's option setter (in the linked C library; `libmimalloc-sys` exposes it only
-    /// with its `extended` feature).
-    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
-}
-/// `mi_option_purge_delay` in mimalloc's `mi_option_e`.
-const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
-
-/// Keep freed memory for a second before returning it to the OS (mimalloc's default is
-/// 10 ms): a split run frees a group's rows and allocates the next group's at once, and
-/// re-faulting fresh pages cost about 10% of a 10M run (single runs by hand; compare with
-/// `MIMALLOC_PURGE_DELAY=10 benches/bench.sh 10m`). Never returning it (-1) was faster but
-/// raised the peak by fragmentation (4.8 GB at 100M events). `MIMALLOC_PURGE_DELAY`
-/// overrides it.
-fn tune_allocator() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: sets a process-wide integer option; valid at any time.
-        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 1000) };
-    }
-}
-
 #[derive(Parser)]
 #[command(
     name = "tally",
@@ -576,7 +555,7 @@ fn generate(g: GenerateArgs) -> anyhow::Result<u8> {
 }
 
 fn main() -> ExitCode {
-    tune_allocator();
+    tally::memory::tune();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

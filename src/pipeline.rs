@@ -406,6 +406,7 @@ pub fn compute(
         stage.done(rows, rows);
         Ok::<_, TallyError>((usage, debits))
     };
+    let _kept = crate::memory::GroupPhase::start();
     let mut extras = usage_extra.into_iter().zip(debit_extra);
     let mut next = extras.next().map(|e| read_back(0, e)).transpose()?;
     for group in 0..layout.groups as usize {
