@@ -625,7 +625,9 @@ pub fn finish(settings: RunSettings, inputs: Inputs, partials: Vec<Partial>) -> 
         outside_entries += p.outside_entries;
     }
     // Collect in output order: accounts by id (bytes), periods already in order.
-    results.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    // Stable parallel sorts: the same order as `sort_by`, on both cores (at 100M events
+    // a million accounts' results and discrepancy rows).
+    results.par_sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     if let Some(pair) = results.windows(2).find(|w| w[0].0 == w[1].0) {
         return Err(TallyError::Invariant(format!(
             "account {} was processed twice",
@@ -640,8 +642,8 @@ pub fn finish(settings: RunSettings, inputs: Inputs, partials: Vec<Partial>) -> 
         out.absorb(result)?;
     }
     out.discrepancies
-        .sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
-    rejects.sort_by_key(|r| (r.dataset, r.at));
+        .par_sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+    rejects.par_sort_by_key(|r| (r.dataset, r.at));
     if let Some(pair) = rejects
         .windows(2)
         .find(|w| (w[0].dataset, w[0].at) == (w[1].dataset, w[1].at))
