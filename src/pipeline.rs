@@ -23,7 +23,8 @@ use std::sync::Arc;
 /// a bucket is the unit of parallel work (and later of sharding).
 pub const DEFAULT_BUCKETS: u32 = 64;
 
-/// Default working-memory budget: 2 GiB (groups are sized so that one fits in it).
+/// Default working-memory budget: 2 GiB (groups are sized so that one group's working set
+/// and the next group's rows, read back meanwhile, fit in it).
 pub const DEFAULT_MEMORY_BUDGET_BYTES: u64 = 2 << 30;
 
 #[derive(Clone, Debug)]
@@ -394,25 +395,34 @@ pub fn compute(
 
     // Read group g + 1 back while group g is processed: processing leaves a core idle in
     // its sequential steps (placing events, collecting results) and reading the spill
-    // fills it. At most two groups' rows are in memory at once. The read-back logs its
-    // stage line but draws no bar (two bars at once would fight over the terminal line).
+    // fills it. At most two groups' rows are in memory at once (`route::groups_for` sizes
+    // groups for that). The read-back draws no bar and its stage line is logged after the
+    // group's stages (see `progress::log_stage`).
     let read_back = |group: usize, (u_extra, d_extra): (Vec<UsageRow>, Vec<DebitRow>)| {
-        let stage = Progress::default().stage("read spill");
+        let started = std::time::Instant::now();
         let mut usage: Vec<UsageRow> = spill::read_group(&usage_files[group], u_extra.len())?;
         append_in_order(&mut usage, u_extra, |r| r.at);
         let mut debits: Vec<DebitRow> = spill::read_group(&debit_files[group], d_extra.len())?;
         append_in_order(&mut debits, d_extra, |r| r.at);
-        let rows = (usage.len() + debits.len()) as u64;
-        stage.done(rows, rows);
-        Ok::<_, TallyError>((usage, debits))
+        Ok::<_, TallyError>(ReadBack {
+            usage,
+            debits,
+            took: started.elapsed(),
+        })
     };
     let _kept = crate::memory::GroupPhase::start();
     let mut extras = usage_extra.into_iter().zip(debit_extra);
     let mut next = extras.next().map(|e| read_back(0, e)).transpose()?;
     for group in 0..layout.groups as usize {
-        let (usage, debits) = next
+        let ReadBack {
+            usage,
+            debits,
+            took,
+        } = next
             .take()
             .expect("a group's rows are read before it is processed");
+        let rows = (usage.len() + debits.len()) as u64;
+        crate::progress::log_stage("read spill", rows, rows, took);
         let following = extras.next();
         let (processed, read) = rayon::join(
             || shared.process_group(group, usage, debits, &mut partial, progress),
@@ -426,6 +436,14 @@ pub fn compute(
         "every group is read back once"
     );
     Ok(partial)
+}
+
+/// A group's rows read back from its spill files (and its candidates), and how long that
+/// took.
+struct ReadBack {
+    usage: Vec<UsageRow>,
+    debits: Vec<DebitRow>,
+    took: std::time::Duration,
 }
 
 /// This shard's candidates by group, from their destination partitions.

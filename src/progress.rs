@@ -64,16 +64,23 @@ impl Stage {
 
     /// Finish the stage, logging rows in and out and how long it took.
     pub fn done(self, rows_in: u64, rows_out: u64) {
-        let ms = self.started.elapsed().as_millis() as u64;
+        let took = self.started.elapsed();
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
-        tracing::info!(
-            stage = self.name,
-            rows_in,
-            rows_out,
-            duration_ms = ms,
-            "stage done"
-        );
+        log_stage(self.name, rows_in, rows_out, took);
     }
+}
+
+/// The log line of a finished stage. A stage run in the background, beside one that draws
+/// a bar, is timed by its caller and logged with this once the bar is gone (a line written
+/// while a bar is drawn would break the terminal's line).
+pub fn log_stage(name: &'static str, rows_in: u64, rows_out: u64, took: Duration) {
+    tracing::info!(
+        stage = name,
+        rows_in,
+        rows_out,
+        duration_ms = took.as_millis() as u64,
+        "stage done"
+    );
 }

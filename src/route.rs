@@ -317,6 +317,11 @@ pub fn resolve(usage: &[UsageRow], debits: &[DebitRow], layout: &Layout) -> (Vec
 /// rows, dedup index, placed events and their entries).
 pub const BYTES_PER_ROW: u64 = 600;
 
+/// Memory per row of the next group, read back while a group is processed (the decoded
+/// `UsageRow`/`DebitRow` of about 120 bytes, their inline ids, shared strings and vector
+/// slack): a run holds one group's working set and the next group's rows.
+pub const READ_AHEAD_BYTES_PER_ROW: u64 = 200;
+
 /// Usage and ledger rows a group holds by default, whatever the memory budget (on average:
 /// a group is a set of account partitions, so a heavy account makes its group larger; past
 /// 256 groups, at 134M rows, groups grow). Small groups keep a group's rows, dedup index
@@ -325,13 +330,14 @@ pub const BYTES_PER_ROW: u64 = 600;
 /// 1.5 GB, 16: 9.5 s / 0.74 GB, 39 (this default): 9.2 s / 0.47 GB, 128: 9.4 s, 256: 9.9 s.
 pub const TARGET_ROWS_PER_GROUP: u64 = 512 * 1024;
 
-/// How many groups a run uses: enough to stay within `budget_bytes`, and at least one per
-/// `TARGET_ROWS_PER_GROUP` rows, from the row counts in the Parquet footers.
+/// How many groups a run uses: enough that one group's working set and the next group's
+/// rows stay within `budget_bytes`, and at least one per `TARGET_ROWS_PER_GROUP` rows, from
+/// the row counts in the Parquet footers.
 pub fn groups_for(rows: u64, budget_bytes: u64, shards: u32) -> u32 {
     let per_shard = rows.div_ceil(u64::from(shards.max(1)));
     // Saturating: row counts come from files' footers, which may be corrupt or hostile.
     let for_memory = per_shard
-        .saturating_mul(BYTES_PER_ROW)
+        .saturating_mul(BYTES_PER_ROW + READ_AHEAD_BYTES_PER_ROW)
         .div_ceil(budget_bytes.max(1));
     let for_speed = per_shard.div_ceil(TARGET_ROWS_PER_GROUP);
     for_memory
@@ -393,7 +399,7 @@ mod tests {
         let rows = 4 * TARGET_ROWS_PER_GROUP;
         assert_eq!(
             groups_for(rows, 64 << 20, 1),
-            (rows * BYTES_PER_ROW).div_ceil(64 << 20) as u32
+            (rows * (BYTES_PER_ROW + READ_AHEAD_BYTES_PER_ROW)).div_ceil(64 << 20) as u32
         );
     }
 

@@ -252,7 +252,7 @@ const NO_EVENT: u32 = u32::MAX;
 /// 10M). So the merge records, for an entry whose hash names a single event, that event
 /// unchecked, and the ids are compared afterwards in entry order: the entries are read in
 /// sequence and their events, logged in about the same order, nearly so. Only a hash that
-/// names two events (a 64-bit collision) is resolved by comparing strings in the merge.
+/// names two or more events (a 64-bit collision) is resolved by comparing strings in the merge.
 fn join_on_event_id(
     events: &[UsageRow],
     by_id_hash: &[(u64, u32)],

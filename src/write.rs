@@ -476,7 +476,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// The output files of a run, in the order they are written and listed in the manifest.
+/// The output tables of a run (written in parallel; the manifest lists every file by path).
 pub fn output_tables(out: &RunOutput) -> Vec<(&'static str, RecordBatch)> {
     let mut tables = vec![
         ("discrepancies.parquet", discrepancies_table(out)),
