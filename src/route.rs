@@ -326,8 +326,9 @@ pub const READ_AHEAD_BYTES_PER_ROW: u64 = 200;
 /// a group is a set of account partitions, so a heavy account makes its group larger; past
 /// 256 groups, at 134M rows, groups grow). Small groups keep a group's rows, dedup index
 /// and placed events small: `tally reconcile` on the 10M-event bench data by group count
-/// (`BENCH_GROUPS`, benches/README.md): 6 groups (what a 2 GiB budget alone gives) 9.9 s /
-/// 1.5 GB, 16: 9.5 s / 0.74 GB, 39 (this default): 9.2 s / 0.47 GB, 128: 9.4 s, 256: 9.9 s.
+/// (`BENCH_GROUPS`, benches/README.md, before the read-ahead): 6 groups (what a 2 GiB budget
+/// alone gave then; 8 now) 9.9 s / 1.5 GB, 16: 9.5 s / 0.74 GB, 39 (this default): 9.2 s /
+/// 0.47 GB, 128: 9.4 s, 256: 9.9 s.
 pub const TARGET_ROWS_PER_GROUP: u64 = 512 * 1024;
 
 /// How many groups a run uses: enough that one group's working set and the next group's
