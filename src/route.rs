@@ -163,7 +163,7 @@ fn mixed_ids(parts: impl IntoIterator<Item = BucketedKeys>) -> HashSet<u64, Fast
             for piece in pieces {
                 keys.extend_from_slice(&piece);
             }
-            keys.sort_unstable();
+            radsort::sort(&mut keys);
             keys.chunk_by(|a, b| a & !LOW == b & !LOW)
                 .filter(|run| run.first().map(|k| k & LOW) != run.last().map(|k| k & LOW))
                 .map(|run| run[0] & !LOW)

@@ -115,7 +115,9 @@ pub fn id_hashes<T: Sync>(rows: &[T], id_of: &(impl Fn(&T) -> &str + Sync)) -> V
         .enumerate()
         .map(|(i, row)| (id_hash(id_of(row)), i as u32))
         .collect();
-    keyed.par_sort_unstable();
+    // A stable radix sort by hash of pairs made in row order is the order of (hash, row)
+    // (about twice as fast as a parallel comparison sort of a group's pairs).
+    radsort::sort_by_key(&mut keyed, |pair| pair.0);
     keyed
 }
 
@@ -446,6 +448,23 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    /// The radix sort by hash alone must give the (hash, row) order the joins rely on,
+    /// also for repeated ids (equal hashes) and many rows.
+    #[test]
+    fn id_hashes_are_sorted_by_hash_then_row() {
+        let ids: Vec<String> = (0..5_000u64)
+            .map(|i| format!("evt-{}", (i * 7919) % 1_300))
+            .collect();
+        let keyed = id_hashes(&ids, &|id: &String| id.as_str());
+        let mut expected: Vec<(u64, u32)> = ids
+            .iter()
+            .enumerate()
+            .map(|(row, id)| (id_hash(id), row as u32))
+            .collect();
+        expected.sort_unstable();
+        assert_eq!(keyed, expected);
     }
 
     #[test]

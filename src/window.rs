@@ -264,7 +264,8 @@ fn join_on_event_id(
         .enumerate()
         .filter_map(|(i, d)| d.event_id.as_deref().map(|id| (id_hash(id), i as u32)))
         .collect();
-    right.par_sort_unstable();
+    // Stable by hash over pairs made in entry order: (hash, entry) order.
+    radsort::sort_by_key(&mut right, |pair| pair.0);
     // Merge the two sorted sides in parallel: each chunk of entries finds its start in the
     // events by binary search, then walks forward.
     let chunk = right
