@@ -286,7 +286,9 @@ fn join_on_event_id(
                 while l < left.len() && left[l].0 < hash {
                     l += 1;
                 }
-                let same_hash = &left[l..left[l..].partition_point(|x| x.0 == hash) + l];
+                // Usually none or one: walked, not searched.
+                let run = left[l..].iter().take_while(|x| x.0 == hash).count();
+                let same_hash = &left[l..l + run];
                 match same_hash {
                     [] => None,
                     // Checked below, in entry order.
