@@ -24,15 +24,25 @@ const SPILL_PREFIX: &str = "tally-spill-";
 /// (their process is gone) are removed first.
 pub fn spill_dir() -> Result<tempfile::TempDir> {
     let tmp = std::env::temp_dir();
-    remove_orphans(&tmp);
+    // A folder named with our own pid is stale only before our first spill folder: a run
+    // makes more than one (the light pass's scratch files, then the spill), and a process
+    // may run more than one job. Held while cleaning and creating, so that a first call's
+    // cleaning cannot remove a folder another thread has just made.
+    static MADE_ONE: Mutex<bool> = Mutex::new(false);
+    let mut made_one = MADE_ONE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    remove_orphans(&tmp, !*made_one);
+    *made_one = true;
     tempfile::Builder::new()
         .prefix(&format!("{SPILL_PREFIX}{}-", std::process::id()))
         .tempdir_in(&tmp)
         .map_err(|e| TallyError::io(&tmp, e))
 }
 
-/// Remove `tally-spill-PID-*` folders whose process no longer exists (best effort).
-fn remove_orphans(tmp: &Path) {
+/// Remove `tally-spill-PID-*` folders whose process no longer exists (best effort), and
+/// with `own_pid_is_stale`, those named with this process's pid.
+fn remove_orphans(tmp: &Path, own_pid_is_stale: bool) {
     let Ok(entries) = std::fs::read_dir(tmp) else {
         return;
     };
@@ -45,9 +55,10 @@ fn remove_orphans(tmp: &Path) {
         else {
             continue;
         };
-        // Our own pid is not yet in use by a spill folder: one named so is a dead
-        // process's (pids are reused, e.g. pid 1 in containers).
-        if pid == std::process::id() as i32 || !process_alive(pid) {
+        // Before our first spill folder, one named with our pid is a dead process's (pids
+        // are reused, e.g. pid 1 in containers).
+        let own = pid == std::process::id() as i32;
+        if (own && own_pid_is_stale) || (!own && !process_alive(pid)) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
@@ -634,6 +645,16 @@ mod tests {
                 .unwrap();
         }
         files.finish().unwrap().pop().unwrap()
+    }
+
+    /// Folders named with this process's pid are cleaned only before its first spill
+    /// folder: later ones (a run makes two) leave the earlier in place.
+    #[test]
+    fn a_later_spill_folder_leaves_the_earlier_in_place() {
+        let first = spill_dir().unwrap();
+        let second = spill_dir().unwrap();
+        assert!(first.path().is_dir());
+        assert!(second.path().is_dir());
     }
 
     #[test]
