@@ -92,11 +92,16 @@ pub fn allocations(
 }
 
 /// Every row whose id repeats an earlier row's, as (row, first row with that id), by row.
-/// Ids are hashed and sorted with their row numbers in parallel, and only rows of equal
-/// hash are compared as strings: cache-friendly at millions of rows, where a hash map of
-/// borrowed ids is bound by cache misses into the rows.
 fn repeats<T: Sync>(rows: &[T], id_of: impl Fn(&T) -> &str + Sync) -> Vec<(u32, u32)> {
-    repeats_in(&id_hashes(rows, &id_of), rows, id_of)
+    let mut found: Vec<(u32, u32)> = copies_in(&id_hashes(rows, &id_of), rows, id_of)
+        .into_iter()
+        .flat_map(|group| {
+            let first = group[0];
+            group.into_iter().skip(1).map(move |row| (row, first))
+        })
+        .collect();
+    found.sort_unstable();
+    found
 }
 
 /// 64-bit hash of an id for sorted-index joins (equal ids are always compared as
@@ -121,33 +126,33 @@ pub fn id_hashes<T: Sync>(rows: &[T], id_of: &(impl Fn(&T) -> &str + Sync)) -> V
     keyed
 }
 
-/// [`repeats`] from the rows' sorted id hashes.
-fn repeats_in<T>(keyed: &[(u64, u32)], rows: &[T], id_of: impl Fn(&T) -> &str) -> Vec<(u32, u32)> {
-    let mut found = Vec::new();
-    let mut run_start = 0;
-    while run_start < keyed.len() {
-        let hash = keyed[run_start].0;
-        let run_end = run_start
-            + keyed[run_start..]
-                .iter()
-                .take_while(|(h, _)| *h == hash)
-                .count();
-        // Rows of one hash, by row number: each repeats the first earlier row with its id
-        // (distinct ids of one hash are compared apart).
-        let run = &keyed[run_start..run_end];
-        for (k, &(_, row)) in run.iter().enumerate().skip(1) {
+/// The rows of every id held by more than one row, from the rows' sorted id hashes
+/// ([`id_hashes`]): each group by row number (its first is the id's first row), groups by
+/// their first row. Ids are hashed and sorted with their row numbers in parallel, and only
+/// rows of equal hash are compared as strings: cache-friendly at millions of rows, where a
+/// hash map of borrowed ids is bound by cache misses into the rows.
+fn copies_in<T>(keyed: &[(u64, u32)], rows: &[T], id_of: impl Fn(&T) -> &str) -> Vec<Vec<u32>> {
+    let mut groups: Vec<Vec<u32>> = Vec::new();
+    for run in keyed
+        .chunk_by(|a, b| a.0 == b.0)
+        .filter(|run| run.len() > 1)
+    {
+        // Rows of one hash, by row number; distinct ids of one hash are told apart.
+        let mut by_id: Vec<Vec<u32>> = Vec::new();
+        for &(_, row) in run {
             let id = id_of(&rows[row as usize]);
-            if let Some(&(_, first)) = run[..k]
-                .iter()
-                .find(|(_, earlier)| id_of(&rows[*earlier as usize]) == id)
+            match by_id
+                .iter_mut()
+                .find(|group| id_of(&rows[group[0] as usize]) == id)
             {
-                found.push((row, first));
+                Some(group) => group.push(row),
+                None => by_id.push(vec![row]),
             }
         }
-        run_start = run_end;
+        groups.extend(by_id.into_iter().filter(|group| group.len() > 1));
     }
-    found.sort_unstable();
-    found
+    groups.sort_unstable_by_key(|group| group[0]);
+    groups
 }
 
 /// Keep the first row (by file, row) of every id; later rows are `bad_value`.
@@ -248,18 +253,7 @@ pub fn dedup_usage(rows: Vec<UsageRow>, files: &[InputFile], rejects: &mut Vec<R
         &r.event_id
     }
     let mut by_id_hash = id_hashes(&rows, &event_id);
-    let mut copies_of: Vec<(u32, u32)> = repeats_in(&by_id_hash, &rows, event_id)
-        .into_iter()
-        .map(|(row, first)| (first, row))
-        .collect();
-    copies_of.sort_unstable();
-    let mut groups: Vec<Vec<u32>> = Vec::new();
-    for (first, row) in copies_of {
-        match groups.last_mut() {
-            Some(group) if group[0] == first => group.push(row),
-            _ => groups.push(vec![first, row]),
-        }
-    }
+    let groups = copies_in(&by_id_hash, &rows, event_id);
     // Decide every group with copies: the winner, identical losers, conflicting losers.
     let mut losing = vec![false; rows.len()];
     let mut conflicting = std::collections::HashSet::default();
@@ -465,6 +459,17 @@ mod tests {
             .collect();
         expected.sort_unstable();
         assert_eq!(keyed, expected);
+    }
+
+    /// Equal hashes are not equal ids: the hash index is forged so that four rows of two
+    /// ids, and a fifth id alone, share one hash.
+    #[test]
+    fn copies_are_told_apart_by_id_under_one_hash() {
+        let ids = ["a", "b", "a", "b", "c", "d", "d"];
+        let keyed: Vec<(u64, u32)> = vec![(7, 0), (7, 1), (7, 2), (7, 3), (7, 4), (9, 5), (9, 6)];
+        let groups = copies_in(&keyed, &ids, |id: &&str| id);
+        assert_eq!(groups, vec![vec![0, 2], vec![1, 3], vec![5, 6]]);
+        assert_eq!(repeats(&ids, |id: &&str| id), vec![(2, 0), (3, 1), (6, 5)]);
     }
 
     #[test]
