@@ -628,6 +628,16 @@ pub enum Parsed<T> {
     Rejected(Reject),
 }
 
+impl<T> Parsed<T> {
+    /// The row made into another type; a reject stays as it is.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Parsed<U> {
+        match self {
+            Parsed::Row(r) => Parsed::Row(f(r)),
+            Parsed::Rejected(r) => Parsed::Rejected(r),
+        }
+    }
+}
+
 /// Read all files of one dataset with `parse_row`, keeping (file, row) order.
 pub fn read_dataset<T: Send>(
     files: &[InputFile],
@@ -703,10 +713,6 @@ impl<'a> RowCheck<'a> {
             })
     }
 
-    fn str(&self, index: usize) -> std::result::Result<Option<String>, Reject> {
-        self.checked_str(index).map(|s| s.map(str::to_string))
-    }
-
     /// The value within the length limit, borrowed from the batch.
     fn checked_str(&self, index: usize) -> std::result::Result<Option<&'a str>, Reject> {
         match self.batch.columns[index].str(self.row) {
@@ -723,8 +729,9 @@ impl<'a> RowCheck<'a> {
         }
     }
 
+    /// A required value, owned (plan rows are few; usage and ledger rows borrow).
     fn required_str(&self, index: usize) -> std::result::Result<String, Reject> {
-        Ok(self.str(index)?.unwrap_or_default())
+        self.required_ref(index).map(str::to_string)
     }
 
     /// A required value borrowed from the batch (checked non-null by `nulls` first).
@@ -850,10 +857,7 @@ impl UsageRow {
 
 /// usage: null_required → bad_value → negative_quantity → unknown_status.
 pub fn parse_usage(batch: &Batch, row: usize, at: RowRef) -> Parsed<UsageRow> {
-    match check_usage(batch, row, at) {
-        Parsed::Row(r) => Parsed::Row(r.to_row(batch)),
-        Parsed::Rejected(r) => Parsed::Rejected(r),
-    }
+    check_usage(batch, row, at).map(|r| r.to_row(batch))
 }
 
 /// [`parse_usage`]'s checks, the strings left in the batch.
@@ -1045,10 +1049,7 @@ impl DebitRow {
 
 /// debits: null_required → bad_value (repeated ids are checked in `validate`).
 pub fn parse_debit(batch: &Batch, row: usize, at: RowRef) -> Parsed<DebitRow> {
-    match check_debit(batch, row, at) {
-        Parsed::Row(r) => Parsed::Row(r.to_row(batch)),
-        Parsed::Rejected(r) => Parsed::Rejected(r),
-    }
+    check_debit(batch, row, at).map(|r| r.to_row(batch))
 }
 
 /// [`parse_debit`]'s checks, the strings left in the batch.
