@@ -106,6 +106,12 @@ impl CrossBucket {
         !self.entries.is_empty() && self.entries.contains(&id_key(entry_id))
     }
 
+    /// Whether a ledger row is a candidate (routed by [`resolve`]): its entry id crosses,
+    /// or the event it names does.
+    pub fn ledger_row(&self, entry_id: Option<&str>, event_id: Option<&str>) -> bool {
+        entry_id.is_some_and(|e| self.entry(e)) || event_id.is_some_and(|e| self.event(e))
+    }
+
     pub fn counts(&self) -> (usize, usize) {
         (self.events.len(), self.entries.len())
     }

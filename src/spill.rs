@@ -235,11 +235,10 @@ impl Spillable for DebitRow {
         r.to_row(batch)
     }
     fn is_candidate(r: &Self::Ref<'_>, cross: &CrossBucket) -> bool {
-        cross.entry(r.entry_id) || r.event_id.is_some_and(|e| cross.event(e))
+        cross.ledger_row(Some(r.entry_id), r.event_id)
     }
     fn raw_candidate(batch: &Batch, row: usize, cross: &CrossBucket) -> bool {
-        batch.columns[0].str(row).is_some_and(|e| cross.entry(e))
-            || batch.columns[2].str(row).is_some_and(|e| cross.event(e))
+        cross.ledger_row(batch.columns[0].str(row), batch.columns[2].str(row))
     }
     fn encode<'a>(r: &Self::Ref<'a>, out: &mut Vec<u8>, strings: &mut FrameStrings<'a>) {
         push_record(
