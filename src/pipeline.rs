@@ -289,11 +289,7 @@ pub fn compute(
     let no_billed = HashSet::default();
     let accounts_by_group =
         window::accounts_by_group(&allocations, layout.groups as usize, &|account| {
-            let partition = layout.partition(account);
-            match layout.is_split() {
-                false => Some(0),
-                true => layout.owns(partition).then(|| layout.group_of(partition)),
-            }
+            layout.group_of_account(account)
         });
     let mut shared = Shared {
         scratch: None,
@@ -510,12 +506,7 @@ impl Shared<'_> {
 
         let stage = progress.stage("window");
         let events_total = deduped.events.len() as u64;
-        let owns = |account: &str| {
-            let partition = layout.partition(account);
-            layout.owns(partition) && layout.group_of(partition) == group
-        };
-        let whole = !layout.is_split();
-        let owns_here = |account: &str| whole || owns(account);
+        let owns_here = |account: &str| layout.group_of_account(account) == Some(group);
         let (accounts, outside) = window::place(
             window::RunWindow {
                 mode: self.settings.mode,

@@ -71,6 +71,16 @@ impl Layout {
         partition_of(account_id)
     }
 
+    /// The group of this shard that processes an account (`None`: another shard's). A run
+    /// that is not split is one group.
+    pub fn group_of_account(&self, account_id: &str) -> Option<usize> {
+        if !self.is_split() {
+            return Some(0);
+        }
+        let partition = self.partition(account_id);
+        self.owns(partition).then(|| self.group_of(partition))
+    }
+
     /// The partition of a row by its raw `account_id` cell (null or unreadable: 0): where
     /// a rejected row is reported.
     pub fn raw_partition(&self, batch: &Batch, row: usize) -> u32 {
