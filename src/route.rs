@@ -152,16 +152,20 @@ const KEY_BUCKET_BITS: u32 = 8;
 pub struct BucketedKeys(Vec<Vec<u64>>);
 
 impl BucketedKeys {
-    /// Each bucket's vector is sized exactly (growing vectors would hold up to twice the
-    /// keys' memory).
     fn new(keys: &[u64]) -> BucketedKeys {
-        let bucket_of = |key: u64| (key >> (64 - KEY_BUCKET_BITS)) as usize;
-        let mut counts = vec![0usize; 1 << KEY_BUCKET_BITS];
-        keys.iter().for_each(|&k| counts[bucket_of(k)] += 1);
-        let mut buckets: Vec<Vec<u64>> = counts.iter().map(|&n| Vec::with_capacity(n)).collect();
-        keys.iter().for_each(|&k| buckets[bucket_of(k)].push(k));
-        BucketedKeys(buckets)
+        BucketedKeys(by_top_bits(keys, KEY_BUCKET_BITS))
     }
+}
+
+/// `keys` filed by their top `bits` bits, in order within a bucket. Each bucket's vector is
+/// sized exactly (growing vectors would hold up to twice the keys' memory).
+fn by_top_bits(keys: &[u64], bits: u32) -> Vec<Vec<u64>> {
+    let bucket_of = |key: u64| (key >> (64 - bits)) as usize;
+    let mut counts = vec![0usize; 1 << bits];
+    keys.iter().for_each(|&k| counts[bucket_of(k)] += 1);
+    let mut buckets: Vec<Vec<u64>> = counts.iter().map(|&n| Vec::with_capacity(n)).collect();
+    keys.iter().for_each(|&k| buckets[bucket_of(k)].push(k));
+    buckets
 }
 
 /// Keys of all row groups → the ids (high bits) that occur with more than one low value.
@@ -233,17 +237,13 @@ impl EntryHashes {
 
     /// File one batch's hashes.
     fn add(&self, hashes: &[u64]) {
-        let mut by_file: Vec<Vec<u8>> = vec![Vec::new(); self.files.len()];
-        for h in hashes {
-            by_file[(h >> (64 - ENTRY_HASH_FILE_BITS)) as usize]
-                .extend_from_slice(&h.to_le_bytes());
-        }
-        for (bucket, bytes) in by_file.iter().enumerate() {
-            if bytes.is_empty() {
+        for (bucket, hashes) in by_top_bits(hashes, ENTRY_HASH_FILE_BITS).iter().enumerate() {
+            if hashes.is_empty() {
                 continue;
             }
+            let bytes: Vec<u8> = hashes.iter().flat_map(|h| h.to_le_bytes()).collect();
             let mut file = self.files[bucket].lock().expect("entry hash file lock");
-            if let Err(e) = file.write_all(bytes) {
+            if let Err(e) = file.write_all(&bytes) {
                 let path = Self::path(self.dir.path(), bucket);
                 self.failed
                     .lock()
