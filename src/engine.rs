@@ -536,22 +536,14 @@ fn process_period(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{EventStatus, Id, RowRef, UsageRow};
+    use crate::model::UsageRow;
     use crate::window::{Entries, EventWork};
 
     fn work(row: u64, id: &str, occurred_at: Micros) -> EventWork {
         EventWork {
             usage: UsageRow {
-                at: RowRef { file: 0, row },
-                event_id: Id::new(id),
-                account_id: "acct-1".into(),
-                product: "video".into(),
-                action: "generate".into(),
-                model: None,
-                quantity: Milli(1000),
-                status: EventStatus::Succeeded,
                 occurred_at,
-                ingested_at: None,
+                ..UsageRow::sample(row, id)
             },
             entries: Entries::new(),
             conflicting: false,

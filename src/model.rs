@@ -353,3 +353,39 @@ impl Mode {
         }
     }
 }
+
+/// Valid rows for unit tests: one account, product and action, no model; a test changes
+/// what it looks at with struct update syntax (`UsageRow { quantity, ..UsageRow::sample(..) }`).
+#[cfg(test)]
+impl UsageRow {
+    pub fn sample(row: u64, event_id: &str) -> UsageRow {
+        UsageRow {
+            at: RowRef { file: 0, row },
+            event_id: Id::new(event_id),
+            account_id: "acct-1".into(),
+            product: "video".into(),
+            action: "generate".into(),
+            model: None,
+            quantity: Milli(1000),
+            status: EventStatus::Succeeded,
+            occurred_at: 1_000,
+            ingested_at: None,
+        }
+    }
+}
+
+#[cfg(test)]
+impl DebitRow {
+    /// A debit of 1 credit (entry id `entry-ROW`) naming `event_id`.
+    pub fn sample(row: u64, event_id: Option<&str>) -> DebitRow {
+        DebitRow {
+            at: RowRef { file: 0, row },
+            entry_id: Id::new(format!("entry-{row}")),
+            account_id: "acct-1".into(),
+            event_id: event_id.map(Id::new),
+            kind: EntryKind::Debit,
+            credits: Milli(1000),
+            recorded_at: 1_000,
+        }
+    }
+}

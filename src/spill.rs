@@ -620,15 +620,9 @@ mod tests {
     fn usage(file: u32, row: u64, event: &str) -> UsageRow {
         UsageRow {
             at: RowRef { file, row },
-            event_id: Id::new(event),
-            account_id: "acct-1".into(),
-            product: "video".into(),
-            action: "generate".into(),
             model: Some("m1".into()),
             quantity: crate::amount::Milli(1500),
-            status: EventStatus::Succeeded,
-            occurred_at: 1_000,
-            ingested_at: None,
+            ..UsageRow::sample(row, event)
         }
     }
 

@@ -319,16 +319,9 @@ mod tests {
 
     fn usage(row: u64, event: &str, ingested_at: Option<i64>) -> UsageRow {
         UsageRow {
-            at: RowRef { file: 0, row },
-            event_id: Id::new(event),
-            account_id: "acct-1".into(),
-            product: "video".into(),
-            action: "generate".into(),
-            model: None,
-            quantity: crate::amount::Milli(1000),
-            status: EventStatus::Succeeded,
             occurred_at: 5,
             ingested_at,
+            ..UsageRow::sample(row, event)
         }
     }
 

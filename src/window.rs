@@ -525,33 +525,13 @@ pub fn place(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::amount::Milli;
 
     fn event(row: u64, id: &str) -> UsageRow {
-        UsageRow {
-            at: RowRef { file: 0, row },
-            event_id: Id::new(id),
-            account_id: "acct-1".into(),
-            product: "video".into(),
-            action: "generate".into(),
-            model: None,
-            quantity: Milli(1000),
-            status: EventStatus::Succeeded,
-            occurred_at: 1_000,
-            ingested_at: None,
-        }
+        UsageRow::sample(row, id)
     }
 
     fn entry(row: u64, event_id: Option<&str>) -> DebitRow {
-        DebitRow {
-            at: RowRef { file: 0, row },
-            entry_id: Id::new(format!("entry-{row}")),
-            account_id: "acct-1".into(),
-            event_id: event_id.map(Id::new),
-            kind: EntryKind::Debit,
-            credits: Milli(1000),
-            recorded_at: 1_000,
-        }
+        DebitRow::sample(row, event_id)
     }
 
     fn sorted_hashes(events: &[UsageRow]) -> Vec<(u64, u32)> {
