@@ -3,8 +3,8 @@
 //! mimalloc returns freed pages to the OS after a delay; a page asked for again later is
 //! faulted in and zeroed by the kernel. A split run frees one group's rows and allocates
 //! the next group's straight after, so returning them only to fault them in again costs
-//! time: on the 100M-event bench data, the 1 s delay below for the whole run took 107.6 s
-//! (44 s of it in the kernel), never returning anything 97.1 s, but never returning
+//! time: on the 100M-event bench data (single runs), the 1 s delay below for the whole run
+//! took 107.6 s (44 s of it in the kernel), never returning anything 97.1 s, but never returning
 //! anything for the whole run raised the peak from 2.6 to 4.9 GB (the light pass and the
 //! spill pass free large buffers the groups never reuse).
 //!

@@ -198,8 +198,8 @@ fn mixed_ids(parts: impl IntoIterator<Item = BucketedKeys>) -> HashSet<u64, Fast
 }
 
 /// Scratch files of [`EntryHashes`], by the top bits of a hash: few, so that a small run
-/// does not pay for creating and reading many files (256 cost a 1M-event run 0.2 s of
-/// kernel time); at 100M rows a file holds 50 MB, sorted two at a time.
+/// does not pay for creating and reading many files (256 cost a 1M-event run about 0.2 s
+/// of kernel time, timed by hand); at 100M rows a file holds 50 MB, sorted two at a time.
 const ENTRY_HASH_FILE_BITS: u32 = 4;
 
 /// The 64-bit hashes of the ledger's entry ids, written while round 1 reads the ledger,

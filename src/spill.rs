@@ -365,7 +365,7 @@ impl SpillFiles {
 
 /// Read one group's spill file back in (file, row) order, decoding its frames in
 /// parallel straight into their places in one vector (no per-frame vectors copied
-/// together: at 10M events that copy and its fresh pages cost about a second). `extra`
+/// together: at 10M events that copy and its fresh pages cost about a second, timed by hand). `extra`
 /// rows will be added by the caller: room is made for them too. The file is mapped, not
 /// read into a buffer, and removed once mapped.
 pub fn read_group<T: Spillable>(file: &SpillFile, extra: usize) -> Result<Vec<T>> {

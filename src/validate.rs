@@ -121,7 +121,8 @@ pub fn id_hashes<T: Sync>(rows: &[T], id_of: &(impl Fn(&T) -> &str + Sync)) -> V
         .map(|(i, row)| (id_hash(id_of(row)), i as u32))
         .collect();
     // A stable radix sort by hash of pairs made in row order is the order of (hash, row)
-    // (about twice as fast as a parallel comparison sort of a group's pairs).
+    // (the 10M validate stage, mostly these sorts, took 0.81 s with a parallel comparison
+    // sort and 0.43 s with this one in the bench runs before and after; benches/README).
     radsort::sort_by_key(&mut keyed, |pair| pair.0);
     keyed
 }
