@@ -6,9 +6,10 @@
 //! size.
 
 use crate::amount::Milli;
+use crate::dict::Dicts;
 use crate::engine::AccountResult;
 use crate::error::Result;
-use crate::model::{Shared, UsageRow};
+use crate::model::{Shared, Usage};
 use crate::price::Price;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -50,23 +51,23 @@ impl MixFigures {
 
 /// (product, action, model is null, model): ordered by product, action, then model with a
 /// null model last, comparing bytes — the order of `invoice_lines`. The strings are the
-/// input's shared (interned) ones: a key costs no string allocation.
+/// run's shared ones: a key costs no string allocation.
 pub type MixKey = (Shared, Shared, bool, Option<Shared>);
-type BorrowedKey<'a> = (&'a Shared, &'a Shared, Option<&'a Shared>);
 
-/// The lines of one account-period, borrowing the events' strings (no allocation per event).
+/// The lines of one account-period, by sku: a handful per period, found by a linear
+/// search, with an index past [`LINEAR_LINES`] (a period with many distinct skus).
 #[derive(Default)]
-pub struct PeriodMix<'a> {
-    lines: rustc_hash::FxHashMap<BorrowedKey<'a>, MixFigures>,
+pub struct PeriodMix {
+    lines: Vec<(u32, MixFigures)>,
+    index: Option<rustc_hash::FxHashMap<u32, usize>>,
 }
 
-impl<'a> PeriodMix<'a> {
+/// Lines a period's mix searches linearly before it indexes them.
+const LINEAR_LINES: usize = 32;
+
+impl PeriodMix {
     /// Count one event of the window.
-    pub fn add(&mut self, u: &'a UsageRow, price: Price, recorded: Milli) -> Result<()> {
-        let line = self
-            .lines
-            .entry((&u.product, &u.action, u.model.as_ref()))
-            .or_default();
+    pub fn add(&mut self, u: &Usage, price: Price, recorded: Milli) -> Result<()> {
         let mut one = MixFigures {
             events: 1,
             recorded_credits: recorded,
@@ -74,27 +75,38 @@ impl<'a> PeriodMix<'a> {
         };
         if let Price::Charged(credits) = price {
             one.priced_events = 1;
-            one.quantity = u.quantity;
+            one.quantity = u.quantity();
             one.expected_credits = credits;
         }
-        line.add(&one)
+        let found = match &self.index {
+            Some(index) => index.get(&u.sku).copied(),
+            None => self.lines.iter().position(|(sku, _)| *sku == u.sku),
+        };
+        match found {
+            Some(at) => return self.lines[at].1.add(&one),
+            None => self.lines.push((u.sku, one)),
+        }
+        if let Some(index) = &mut self.index {
+            index.insert(u.sku, self.lines.len() - 1);
+        } else if self.lines.len() > LINEAR_LINES {
+            let lines = self.lines.iter().enumerate();
+            self.index = Some(lines.map(|(at, (sku, _))| (*sku, at)).collect());
+        }
+        Ok(())
     }
 
     /// Add the period's lines to its account's.
-    pub fn fold_into(self, lines: &mut AccountMix) {
-        lines.extend(
-            self.lines
-                .into_iter()
-                .map(|((product, action, model), figures)| {
-                    let key = (
-                        product.clone(),
-                        action.clone(),
-                        model.is_none(),
-                        model.cloned(),
-                    );
-                    (key, figures)
-                }),
-        );
+    pub fn fold_into(self, lines: &mut AccountMix, dicts: &Dicts) {
+        lines.extend(self.lines.into_iter().map(|(sku, figures)| {
+            let model = dicts.model(sku).cloned();
+            let key = (
+                dicts.product(sku).clone(),
+                dicts.action(sku).clone(),
+                model.is_none(),
+                model,
+            );
+            (key, figures)
+        }));
     }
 }
 

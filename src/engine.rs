@@ -7,17 +7,19 @@ use crate::close::{self, ClosedPeriod, InvoiceLineRow, InvoiceRow, PeriodFigures
 use crate::consume::{self, ByKind, GrantBalance};
 use crate::error::{Result, TallyError};
 use crate::model::*;
-use crate::price::{price_event, Price};
+use crate::price::{Price, RateTable};
 use crate::pricebook::{Overage, PriceBook};
 use crate::reconcile::{self, DiscrepancyRow, Kind};
 use crate::time::Micros;
-use crate::window::{AccountWork, PeriodWork};
-use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use crate::window::{AccountWork, GroupWork, PeriodWork};
+use std::collections::BTreeMap;
 
 /// Settings shared by every account of a run.
 pub struct RunContext<'a> {
     pub book: &'a PriceBook,
+    /// The price book's rates by the run's skus.
+    pub rates: &'a RateTable,
+    pub dicts: &'a crate::dict::Dicts,
     pub mode: Mode,
     /// as-of − settle.
     pub settle_from: Micros,
@@ -182,10 +184,21 @@ pub struct PeriodTrace {
     pub unattached: Vec<(DebitRow, Option<Kind>)>,
 }
 
+/// An event of the window as `tally explain` shows it (its rows with their strings).
+#[derive(Clone, Debug)]
+pub struct TracedWork {
+    pub usage: UsageRow,
+    pub entries: Vec<DebitRow>,
+    /// Its copies differed (reported `conflicting_duplicate`).
+    pub conflicting: bool,
+    /// Set for a late event: the start of the earlier-closed period it occurred in.
+    pub late_from: Option<Micros>,
+}
+
 /// One event as the run saw it.
 #[derive(Clone, Debug)]
 pub struct EventTrace {
-    pub work: crate::window::EventWork,
+    pub work: TracedWork,
     pub price: Price,
     /// Credits taken from the period's grants (`grant` indexes `PeriodTrace::grants`).
     pub draws: Vec<consume::Draw>,
@@ -195,32 +208,33 @@ pub struct EventTrace {
     pub kinds: Vec<Kind>,
 }
 
-pub fn process_account(ctx: &RunContext<'_>, work: AccountWork) -> Result<AccountResult> {
-    process_account_traced(ctx, work, None)
-}
-
-/// [`process_account`], also recording every period's trace when `trace` is given.
-pub fn process_account_traced(
+/// Process one account of a group's work (`trace`: also record every period's trace).
+pub fn process_account(
     ctx: &RunContext<'_>,
-    work: AccountWork,
+    group: &GroupWork<'_>,
+    work: &AccountWork<'_>,
     mut trace: Option<&mut Vec<PeriodTrace>>,
 ) -> Result<AccountResult> {
     let mut result = AccountResult::default();
     // Grant balances persist across the account's periods of this run.
-    let mut balances: Vec<GrantBalance> = work.grants.iter().map(GrantBalance::from_row).collect();
-    let slot: HashMap<String, usize, crate::validate::FastHash> = balances
-        .iter()
-        .enumerate()
-        .map(|(i, g)| (g.grant_id.clone().unwrap_or_default(), i))
-        .collect();
+    let mut state = AccountState {
+        account: work.account,
+        balances: work.grants.iter().map(GrantBalance::from_row).collect(),
+        slot: work
+            .grants
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (g.grant_id.as_str(), i))
+            .collect(),
+    };
     let mut last_rollover = None;
     let mut last_period_end = None;
-    for period in work.periods {
+    for period in &work.periods {
         let closed = process_period(
             ctx,
+            group,
             period,
-            &mut balances,
-            &slot,
+            &mut state,
             &mut result,
             trace.as_deref_mut(),
         )?;
@@ -234,52 +248,40 @@ pub fn process_account_traced(
         }
     }
     if let Some(end) = last_period_end {
-        result.grants_next = close::grants_next(&balances, end, last_rollover);
+        result.grants_next = close::grants_next(&state.balances, end, last_rollover);
     }
     Ok(result)
 }
 
-/// Order a period's events by (occurred_at, event_id) (ids are unique after dedup, so
-/// the order is total). The ~300-byte works are not sorted themselves: (occurred_at, row)
-/// pairs are, and the works move once, only when they were out of order.
-fn sort_events(events: &mut Vec<crate::window::EventWork>) {
-    let id = |i: u32| events[i as usize].usage.event_id.as_bytes();
-    let mut order: Vec<(Micros, u32)> = events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (e.usage.occurred_at, i as u32))
-        .collect();
-    order.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| id(a.1).cmp(id(b.1))));
-    if order
-        .iter()
-        .enumerate()
-        .all(|(at, &(_, i))| at == i as usize)
-    {
-        return;
-    }
-    let mut works: Vec<Option<crate::window::EventWork>> = events.drain(..).map(Some).collect();
-    events.extend(
-        order
-            .iter()
-            .map(|&(_, i)| works[i as usize].take().expect("each event once")),
-    );
+/// The invoice line of an event: its sku, and whether it is a late event's line.
+type LineOf = (u32, bool);
+
+/// A period's account and its grants' balances, which its periods share.
+struct AccountState<'w> {
+    account: u32,
+    balances: Vec<GrantBalance>,
+    /// The index in `balances` of each grant id (accounts with grants only).
+    slot: rustc_hash::FxHashMap<&'w str, usize>,
 }
 
 fn process_period(
     ctx: &RunContext<'_>,
-    mut period: PeriodWork,
-    balances: &mut [GrantBalance],
-    slot: &HashMap<String, usize, crate::validate::FastHash>,
+    group: &GroupWork<'_>,
+    period: &PeriodWork<'_>,
+    state: &mut AccountState<'_>,
     result: &mut AccountResult,
     trace: Option<&mut Vec<PeriodTrace>>,
 ) -> Result<Option<ClosedPeriod>> {
-    let alloc = &period.allocation;
+    let account = state.account;
+    let balances = &mut state.balances;
+    let alloc = period.allocation;
     let plan = &ctx.book.plans[&alloc.plan_id];
-    sort_events(&mut period.events);
-    let prices: Vec<Price> = period
-        .events
+    let events = &group.events[period.events.clone()];
+    let unattached = &group.unattached[period.unattached.clone()];
+    let dicts = ctx.dicts;
+    let prices: Vec<Price> = events
         .iter()
-        .map(|e| price_event(ctx.book, &e.usage))
+        .map(|e| ctx.rates.price(&e.usage, &group.usage_ids))
         .collect::<Result<_>>()?;
 
     // Consume: the plan plus every grant effective at some instant of the whole period.
@@ -299,11 +301,11 @@ fn process_period(
         .enumerate()
         .filter_map(|(i, p)| match p {
             Price::Charged(c) if c.is_positive() => {
-                let event = &period.events[i];
+                let event = &events[i];
                 // A late event is billed in this period: it draws on this period's grants
                 // as if it occurred at the period start (it sorts first: it occurred
                 // before the start).
-                let at = match event.late_from {
+                let at = match event.late_from() {
                     Some(_) => alloc.period_start,
                     None => event.usage.occurred_at,
                 };
@@ -321,7 +323,7 @@ fn process_period(
     };
     let mut event_traces: Vec<EventTrace> = Vec::new();
     let mut draws_by_event: Vec<Vec<consume::Draw>> = match trace {
-        Some(_) => vec![Vec::new(); period.events.len()],
+        Some(_) => vec![Vec::new(); events.len()],
         None => Vec::new(),
     };
     for d in &draws {
@@ -329,10 +331,10 @@ fn process_period(
     }
     for g in &consumption.grants_after {
         if let Some(id) = &g.grant_id {
-            balances[slot[id]].remaining = g.remaining;
+            balances[state.slot[id.as_str()]].remaining = g.remaining;
         }
     }
-    let mut overage_of = vec![Milli::ZERO; period.events.len()];
+    let mut overage_of = vec![Milli::ZERO; events.len()];
     for (&(i, _, _), cov) in charged.iter().zip(&consumption.coverage) {
         overage_of[i] = cov.overage;
     }
@@ -340,25 +342,26 @@ fn process_period(
     // Reconcile every event, then every unattached entry.
     let mut totals = Totals {
         account_periods: 1,
-        events_in_window: period.events.len() as u64,
+        events_in_window: events.len() as u64,
         ..Totals::default()
     };
     let mut recorded_period = Milli::ZERO;
     let mut credits_used = Milli::ZERO;
-    // Keys borrow the events' strings (a late event's product gets its prefix): no
-    // allocation per event; owned once per line below.
-    type BorrowedKey<'e> = (Cow<'e, str>, &'e str, (bool, Option<&'e str>));
-    let mut borrowed_lines: BTreeMap<BorrowedKey<'_>, close::LineTotals> = BTreeMap::new();
+    let mut line_totals: rustc_hash::FxHashMap<LineOf, close::LineTotals> =
+        rustc_hash::FxHashMap::default();
     let invoice_id =
         (ctx.mode == Mode::Close).then(|| close::invoice_id(&alloc.account_id, alloc.period_start));
     let billed_invoice_id: crate::model::Shared = invoice_id.as_deref().unwrap_or_default().into();
+    let account_shared = dicts.account(account);
     let mut mix = crate::breakdown::PeriodMix::default();
-    for (i, event) in period.events.iter().enumerate() {
+    for (i, event) in events.iter().enumerate() {
+        let u = &event.usage;
         let price = prices[i];
-        let verdict = reconcile::classify(&event.usage, price, &event.entries, ctx.settle_from)?;
-        totals.entries_in_window += event.entries.len() as u64;
+        let entries = &group.entries[event.entries()];
+        let verdict = reconcile::classify(u, price, entries, ctx.settle_from)?;
+        totals.entries_in_window += entries.len() as u64;
         recorded_period = recorded_period.checked_add(verdict.recorded)?;
-        mix.add(&event.usage, price, verdict.recorded)?;
+        mix.add(u, price, verdict.recorded)?;
         if let Some(expected) = price.expected() {
             totals.expected_credits = totals.expected_credits.checked_add(expected)?;
         }
@@ -366,25 +369,19 @@ fn process_period(
             credits_used = credits_used.checked_add(credits)?;
         }
         if let (Price::Charged(credits), Mode::Close) = (price, ctx.mode) {
-            let u = &event.usage;
             result.billed_events.push(BilledEventRow {
                 invoice_id: billed_invoice_id.clone(),
-                event_id: u.event_id.clone(),
-                account_id: u.account_id.clone(),
+                event_id: group.usage_ids.id(u.id)?,
+                account_id: account_shared.clone(),
                 occurred_at: u.occurred_at,
                 credits,
             });
             // A late event is billed as a prior-period adjustment line.
-            let product: Cow<'_, str> = match event.late_from {
-                Some(_) => Cow::Owned(format!("{PRIOR_PERIOD_PREFIX}{}", u.product)),
-                None => Cow::Borrowed(&u.product),
-            };
-            let key = (product, &*u.action, (u.model.is_none(), u.model.as_deref()));
-            let line = borrowed_lines
-                .entry(key)
+            let line = line_totals
+                .entry((u.sku, event.late_from().is_some()))
                 .or_insert((0, Milli::ZERO, Milli::ZERO));
             line.0 += 1;
-            line.1 = line.1.checked_add(u.quantity)?;
+            line.1 = line.1.checked_add(u.quantity())?;
             line.2 = line.2.checked_add(credits)?;
         }
         if verdict.pending {
@@ -393,19 +390,27 @@ fn process_period(
             totals.matched_events += 1;
         }
         let mut kinds: Vec<Kind> = verdict.primary.into_iter().collect();
-        if event.conflicting {
+        if u.conflicting() {
             kinds.push(Kind::ConflictingDuplicate);
         }
         if plan.overage == Overage::Block && overage_of[i].is_positive() {
             kinds.push(Kind::OverLimitUsage);
         }
-        if event.late_from.is_some() {
+        if event.late_from().is_some() {
             kinds.push(Kind::LateEvent);
         }
         if trace.is_some() {
             let draws_of_event = std::mem::take(&mut draws_by_event[i]);
             event_traces.push(EventTrace {
-                work: event.clone(),
+                work: TracedWork {
+                    usage: UsageRow::from_compact(u, dicts, &group.usage_ids)?,
+                    entries: entries
+                        .iter()
+                        .map(|d| DebitRow::from_compact(d, dicts, &group.debit_ids))
+                        .collect::<Result<_>>()?,
+                    conflicting: u.conflicting(),
+                    late_from: event.late_from(),
+                },
                 price,
                 draws: draws_of_event,
                 overage: overage_of[i],
@@ -416,22 +421,26 @@ fn process_period(
         for kind in kinds {
             result.discrepancies.push(reconcile::event_row(
                 kind,
-                &event.usage,
+                u,
                 price,
-                &event.entries,
+                entries,
                 verdict.recorded,
+                dicts,
+                (&group.usage_ids, &group.debit_ids),
             )?);
         }
     }
-    for entry in &period.unattached {
+    for entry in unattached {
         totals.entries_in_window += 1;
         recorded_period = recorded_period.checked_add(entry.signed_credits())?;
         if let Some(kind) = reconcile::unattached_kind(entry) {
-            result.discrepancies.push(reconcile::entry_row(kind, entry));
+            result
+                .discrepancies
+                .push(reconcile::entry_row(kind, entry, dicts, &group.debit_ids)?);
         }
     }
     totals.recorded_credits = recorded_period;
-    mix.fold_into(&mut result.mix);
+    mix.fold_into(&mut result.mix, dicts);
 
     // Conservation, checked on independent sums before anything is published.
     let granted = consume::sum_kinds(&consumption.granted)?;
@@ -464,11 +473,15 @@ fn process_period(
             allocation: alloc.clone(),
             grants,
             events: event_traces,
-            unattached: period
-                .unattached
+            unattached: unattached
                 .iter()
-                .map(|e| (e.clone(), reconcile::unattached_kind(e)))
-                .collect(),
+                .map(|e| {
+                    Ok((
+                        DebitRow::from_compact(e, dicts, &group.debit_ids)?,
+                        reconcile::unattached_kind(e),
+                    ))
+                })
+                .collect::<Result<_>>()?,
         });
     }
     totals.granted_credits = granted;
@@ -476,20 +489,24 @@ fn process_period(
     totals.overage_credits = consumption.overage;
     totals.remaining_credits = remaining;
 
-    // Same order: the owned keys compare as the borrowed ones did.
-    let lines: BTreeMap<close::LineKey, close::LineTotals> = borrowed_lines
-        .into_iter()
-        .map(|((product, action, (no_model, model)), totals)| {
+    // Lines by (product, action, model with null last) as strings: the order of
+    // `invoice_lines`.
+    let mut lines: BTreeMap<close::LineKey, close::LineTotals> = BTreeMap::new();
+    for ((sku, late), figures) in line_totals {
+        let product = match late {
+            true => format!("{PRIOR_PERIOD_PREFIX}{}", dicts.product(sku)),
+            false => dicts.product(sku).to_string(),
+        };
+        let model = dicts.model(sku).map(|m| m.to_string());
+        lines.insert(
             (
-                (
-                    product.into_owned(),
-                    action.to_string(),
-                    (no_model, model.map(str::to_string)),
-                ),
-                totals,
-            )
-        })
-        .collect();
+                product,
+                dicts.action(sku).to_string(),
+                (model.is_none(), model),
+            ),
+            figures,
+        );
+    }
     let closed = match ctx.mode {
         Mode::Reconcile => {
             result.balances.push(BalanceRow {
@@ -531,43 +548,4 @@ fn process_period(
     };
     result.totals.add(&totals)?;
     Ok(closed)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::UsageRow;
-    use crate::window::{Entries, EventWork};
-
-    fn work(row: u64, id: &str, occurred_at: Micros) -> EventWork {
-        EventWork {
-            usage: UsageRow {
-                occurred_at,
-                ..UsageRow::sample(row, id)
-            },
-            entries: Entries::new(),
-            conflicting: false,
-            late_from: None,
-        }
-    }
-
-    /// Contract: "Chargeable events consume, in order of (`occurred_at`, `event_id`)";
-    /// section 7: "id tie-breaks compare bytes".
-    #[test]
-    fn period_events_are_ordered_by_occurred_at_then_event_id_bytes() {
-        let mut events = vec![
-            work(0, "b", 20),
-            work(1, "a", 20),
-            work(2, "Z", 20),
-            work(3, "z", 10),
-            work(4, "é", 20),
-        ];
-        sort_events(&mut events);
-        let order: Vec<&str> = events.iter().map(|e| e.usage.event_id.as_str()).collect();
-        assert_eq!(order, ["z", "Z", "a", "b", "é"]);
-        // Already in order: unchanged.
-        sort_events(&mut events);
-        let rows: Vec<u64> = events.iter().map(|e| e.usage.at.row).collect();
-        assert_eq!(rows, [3, 2, 1, 0, 4]);
-    }
 }

@@ -6,7 +6,7 @@
 
 use crate::amount::Milli;
 use crate::consume::{Draw, GrantBalance};
-use crate::engine::{self, AccountResult, EventTrace, PeriodTrace, RunContext};
+use crate::engine::{AccountResult, EventTrace, PeriodTrace};
 use crate::error::{Result, TallyError};
 use crate::history::History;
 use crate::load::{self, Batch, ColSpec, InputFile, Parsed};
@@ -377,17 +377,9 @@ fn run_account(
     };
     let quiet = Progress { interactive: false };
     let partial = pipeline::compute(&settings, inputs, &layout, &quiet)?;
-    let traced = partial.traced.unwrap_or_default();
-    let ctx = RunContext {
-        book: &inputs.book,
-        mode: req.mode,
-        settle_from: req.as_of.saturating_sub(req.settle_micros),
-    };
-    let mut periods = Vec::new();
-    let result = match traced.work.clone() {
-        Some(work) => engine::process_account_traced(&ctx, work, Some(&mut periods))?,
-        None => AccountResult::default(),
-    };
+    let mut traced = partial.traced.unwrap_or_default();
+    let result = traced.result.take().unwrap_or_default();
+    let periods = std::mem::take(&mut traced.periods);
     Ok(AccountRun {
         traced,
         rejects: partial.rejects,

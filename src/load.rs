@@ -9,10 +9,10 @@ use crate::model::Shared;
 use crate::model::*;
 use crate::time::Micros;
 use arrow::array::{
-    Array, ArrayRef, AsArray, Decimal128Array, Decimal256Array, Float64Array, Int64Array,
-    StringArray, UInt64Array,
+    Array, ArrayRef, AsArray, Decimal128Array, Decimal256Array, Float64Array, Int32Array,
+    Int64Array, StringArray, UInt64Array,
 };
-use arrow::datatypes::{DataType, TimeUnit};
+use arrow::datatypes::{DataType, Int32Type, TimeUnit};
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
 };
@@ -75,6 +75,9 @@ fn walk(dir: &Path, rel: &str, out: &mut Vec<InputFile>) -> Result<()> {
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum ColType {
     Str,
+    /// A string whose values repeat (accounts, products, statuses...): read as a
+    /// dictionary, so that each distinct value is decoded and looked up once per batch.
+    Label,
     /// Credits or quantity: any integer, DECIMAL or DOUBLE.
     Number,
     Timestamp,
@@ -94,30 +97,30 @@ pub const fn col(name: &'static str, ty: ColType, required: bool) -> ColSpec {
 
 pub const USAGE_COLUMNS: [ColSpec; 9] = [
     col("event_id", ColType::Str, true),
-    col("account_id", ColType::Str, true),
-    col("product", ColType::Str, true),
-    col("action", ColType::Str, true),
-    col("model", ColType::Str, false),
+    col("account_id", ColType::Label, true),
+    col("product", ColType::Label, true),
+    col("action", ColType::Label, true),
+    col("model", ColType::Label, false),
     col("quantity", ColType::Number, true),
-    col("status", ColType::Str, true),
+    col("status", ColType::Label, true),
     col("occurred_at", ColType::Timestamp, true),
     col("ingested_at", ColType::Timestamp, false),
 ];
 
 pub const ALLOCATION_COLUMNS: [ColSpec; 7] = [
     col("account_id", ColType::Str, true),
-    col("plan_id", ColType::Str, true),
+    col("plan_id", ColType::Label, true),
     col("period_start", ColType::Timestamp, true),
     col("period_end", ColType::Timestamp, true),
     col("included_credits", ColType::Number, true),
     col("billing_anchor", ColType::Timestamp, false),
-    col("status", ColType::Str, true),
+    col("status", ColType::Label, true),
 ];
 
 pub const GRANT_COLUMNS: [ColSpec; 7] = [
     col("grant_id", ColType::Str, true),
     col("account_id", ColType::Str, true),
-    col("kind", ColType::Str, true),
+    col("kind", ColType::Label, true),
     col("credits", ColType::Number, true),
     col("effective_at", ColType::Timestamp, true),
     col("expires_at", ColType::Timestamp, false),
@@ -126,16 +129,16 @@ pub const GRANT_COLUMNS: [ColSpec; 7] = [
 
 pub const DEBIT_COLUMNS: [ColSpec; 6] = [
     col("entry_id", ColType::Str, true),
-    col("account_id", ColType::Str, true),
+    col("account_id", ColType::Label, true),
     col("event_id", ColType::Str, false),
-    col("kind", ColType::Str, true),
+    col("kind", ColType::Label, true),
     col("credits", ColType::Number, true),
     col("recorded_at", ColType::Timestamp, true),
 ];
 
 fn type_allowed(ty: ColType, dt: &DataType) -> bool {
     match ty {
-        ColType::Str => match dt {
+        ColType::Str | ColType::Label => match dt {
             DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
             DataType::Dictionary(_, value) => matches!(
                 value.as_ref(),
@@ -157,7 +160,7 @@ fn type_allowed(ty: ColType, dt: &DataType) -> bool {
 
 fn expected_types(ty: ColType) -> &'static str {
     match ty {
-        ColType::Str => "a UTF8 string",
+        ColType::Str | ColType::Label => "a UTF8 string",
         ColType::Number => "INT32/INT64, DECIMAL(p, s) or DOUBLE",
         ColType::Timestamp => "a TIMESTAMP",
         ColType::Integer => "INT32/INT64",
@@ -168,6 +171,8 @@ fn expected_types(ty: ColType) -> &'static str {
 pub enum Column {
     Absent,
     Str(StringArray),
+    /// A string column read as a dictionary: a key per row into the distinct values.
+    Dict(Int32Array, StringArray),
     Int(Int64Array),
     UInt(UInt64Array),
     Dec128(Decimal128Array, i8),
@@ -186,8 +191,23 @@ impl Column {
         };
         Ok(match (ty, array.data_type()) {
             (_, DataType::Null) => Column::Absent,
-            (ColType::Str, DataType::Utf8) => Column::Str(array.as_string::<i32>().clone()),
-            (ColType::Str, _) => Column::Str(cast(&DataType::Utf8)?.as_string::<i32>().clone()),
+            (ColType::Str | ColType::Label, DataType::Dictionary(..)) => {
+                let dict = cast(&DataType::Dictionary(
+                    Box::new(DataType::Int32),
+                    Box::new(DataType::Utf8),
+                ))?;
+                let dict = dict.as_dictionary::<Int32Type>();
+                Column::Dict(
+                    dict.keys().clone(),
+                    dict.values().as_string::<i32>().clone(),
+                )
+            }
+            (ColType::Str | ColType::Label, DataType::Utf8) => {
+                Column::Str(array.as_string::<i32>().clone())
+            }
+            (ColType::Str | ColType::Label, _) => {
+                Column::Str(cast(&DataType::Utf8)?.as_string::<i32>().clone())
+            }
             (ColType::Number | ColType::Integer, DataType::UInt64) => {
                 Column::UInt(array.as_primitive().clone())
             }
@@ -221,6 +241,7 @@ impl Column {
         match self {
             Column::Absent => true,
             Column::Str(a) => a.is_null(i),
+            Column::Dict(keys, values) => keys.is_null(i) || values.is_null(keys.value(i) as usize),
             Column::Int(a) => a.is_null(i),
             Column::UInt(a) => a.is_null(i),
             Column::Dec128(a, _) => a.is_null(i),
@@ -233,6 +254,10 @@ impl Column {
     pub fn str(&self, i: usize) -> Option<&str> {
         match self {
             Column::Str(a) if !a.is_null(i) => Some(a.value(i)),
+            Column::Dict(keys, values) if !keys.is_null(i) => {
+                let key = keys.value(i) as usize;
+                (!values.is_null(key)).then(|| values.value(key))
+            }
             _ => None,
         }
     }
@@ -445,7 +470,46 @@ fn open_checked(
             Err(_) => indices.push(None),
         }
     }
-    Ok((metadata, indices))
+    Ok((with_dictionary_hints(metadata, specs, &indices), indices))
+}
+
+/// Ask the reader for the `Label` columns as dictionaries (a dictionary-encoded column
+/// then decodes each distinct value once per row group, not once per row). A file whose
+/// hints the reader refuses is read as it is.
+fn with_dictionary_hints(
+    metadata: ArrowReaderMetadata,
+    specs: &[ColSpec],
+    indices: &[Option<usize>],
+) -> ArrowReaderMetadata {
+    let schema = metadata.schema().clone();
+    let mut fields: Vec<arrow::datatypes::FieldRef> = schema.fields().iter().cloned().collect();
+    let mut hinted = false;
+    for (spec, index) in specs.iter().zip(indices) {
+        let Some(index) = *index else { continue };
+        let field = &fields[index];
+        let plain_string = matches!(
+            field.data_type(),
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+        );
+        if spec.ty == ColType::Label && plain_string {
+            let dictionary =
+                DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+            fields[index] = std::sync::Arc::new(field.as_ref().clone().with_data_type(dictionary));
+            hinted = true;
+        }
+    }
+    if !hinted {
+        return metadata;
+    }
+    let schema = std::sync::Arc::new(arrow::datatypes::Schema::new_with_metadata(
+        fields,
+        schema.metadata().clone(),
+    ));
+    ArrowReaderMetadata::try_new(
+        metadata.metadata().clone(),
+        ArrowReaderOptions::new().with_schema(schema),
+    )
+    .unwrap_or(metadata)
 }
 
 /// Read every row group of `file`, calling `each_batch` for each decoded batch; returns the
@@ -467,13 +531,18 @@ fn concat<T>(parts: Vec<Vec<T>>) -> Vec<T> {
     all
 }
 
-/// Read one file (row groups in parallel), calling `each_batch(batch, out)` with one `out`
-/// per row group; returns them in row-group order.
-fn read_row_groups<T: Send>(
-    file: &InputFile,
-    specs: &[ColSpec],
-    each_batch: &(dyn Fn(&Batch, &mut Vec<T>) + Sync),
-) -> Result<Vec<Vec<T>>> {
+/// A file whose footer was read and whose schema was checked: what decoding one of its
+/// row groups needs.
+pub struct OpenedFile {
+    metadata: ArrowReaderMetadata,
+    mask: ProjectionMask,
+    /// Rows of each row group, and the file row of each one's first row.
+    row_group_rows: Vec<u64>,
+    row_group_first: Vec<u64>,
+}
+
+/// Check a file's magic bytes, read its footer and check its schema against `specs`.
+pub fn open_file(file: &InputFile, specs: &[ColSpec]) -> Result<OpenedFile> {
     check_magic(file)?;
     let (metadata, indices) = guard_decoding(file, || open_checked(file, specs))?;
     let row_group_rows: Vec<u64> = metadata
@@ -482,66 +551,211 @@ fn read_row_groups<T: Send>(
         .iter()
         .map(|rg| rg.num_rows().max(0) as u64)
         .collect();
-    let mut offsets = Vec::with_capacity(row_group_rows.len());
+    let mut row_group_first = Vec::with_capacity(row_group_rows.len());
     let mut acc = 0u64;
     for n in &row_group_rows {
-        offsets.push(acc);
-        acc += n;
+        row_group_first.push(acc);
+        acc = acc.saturating_add(*n);
+    }
+    if acc >= crate::model::MAX_ROWS_PER_FILE {
+        return Err(TallyError::input(
+            &file.rel_path,
+            format!(
+                "{acc} rows is more than a file may hold ({}); split the file",
+                crate::model::MAX_ROWS_PER_FILE - 1
+            ),
+        ));
     }
     let roots: Vec<usize> = indices.iter().flatten().copied().collect();
     let mask = ProjectionMask::roots(metadata.parquet_schema(), roots);
-    let parts: Vec<Result<Vec<T>>> = (0..row_group_rows.len())
+    Ok(OpenedFile {
+        metadata,
+        mask,
+        row_group_rows,
+        row_group_first,
+    })
+}
+
+/// Decode one row group of an opened file, calling `each_batch` for each batch in order.
+fn decode_row_group(
+    file: &InputFile,
+    opened: &OpenedFile,
+    specs: &[ColSpec],
+    rg: usize,
+    each_batch: &mut dyn FnMut(&Batch),
+) -> Result<()> {
+    guard_decoding(file, || {
+        let handle = File::open(&file.abs_path)
+            .map_err(|e| TallyError::input(&file.rel_path, format!("cannot open: {e}")))?;
+        let reader =
+            ParquetRecordBatchReaderBuilder::new_with_metadata(handle, opened.metadata.clone())
+                .with_projection(opened.mask.clone())
+                .with_row_groups(vec![rg])
+                .with_batch_size(BATCH_ROWS)
+                .build()
+                .map_err(|e| {
+                    TallyError::input(&file.rel_path, format!("cannot read: {}", plain(e)))
+                })?;
+        let mut first_row = opened.row_group_first[rg];
+        for batch in reader {
+            let batch = batch.map_err(|e| {
+                TallyError::input(
+                    &file.rel_path,
+                    format!("row group {rg} is corrupt or truncated: {}", plain(e)),
+                )
+            })?;
+            let schema = batch.schema();
+            let mut columns = Vec::with_capacity(specs.len());
+            for spec in specs {
+                let column = match schema.index_of(spec.name) {
+                    Ok(i) => {
+                        Column::from_array(batch.column(i), spec.ty, &file.rel_path, spec.name)?
+                    }
+                    Err(_) => Column::Absent,
+                };
+                columns.push(column);
+            }
+            let decoded = Batch {
+                columns,
+                len: batch.num_rows(),
+                first_row,
+                interned: Default::default(),
+            };
+            each_batch(&decoded);
+            first_row += batch.num_rows() as u64;
+        }
+        Ok(())
+    })
+}
+
+/// Read one file (row groups in parallel), calling `each_batch(batch, out)` with one `out`
+/// per row group; returns them in row-group order.
+fn read_row_groups<T: Send>(
+    file: &InputFile,
+    specs: &[ColSpec],
+    each_batch: &(dyn Fn(&Batch, &mut Vec<T>) + Sync),
+) -> Result<Vec<Vec<T>>> {
+    let opened = open_file(file, specs)?;
+    let parts: Vec<Result<Vec<T>>> = (0..opened.row_group_rows.len())
         .into_par_iter()
         .map(|rg| {
-            guard_decoding(file, || {
-                let handle = File::open(&file.abs_path)
-                    .map_err(|e| TallyError::input(&file.rel_path, format!("cannot open: {e}")))?;
-                let reader =
-                    ParquetRecordBatchReaderBuilder::new_with_metadata(handle, metadata.clone())
-                        .with_projection(mask.clone())
-                        .with_row_groups(vec![rg])
-                        .with_batch_size(BATCH_ROWS)
-                        .build()
-                        .map_err(|e| {
-                            TallyError::input(&file.rel_path, format!("cannot read: {}", plain(e)))
-                        })?;
-                let mut out = Vec::with_capacity(row_group_rows[rg] as usize);
-                let mut first_row = offsets[rg];
-                for batch in reader {
-                    let batch = batch.map_err(|e| {
-                        TallyError::input(
-                            &file.rel_path,
-                            format!("row group {rg} is corrupt or truncated: {}", plain(e)),
-                        )
-                    })?;
-                    let schema = batch.schema();
-                    let mut columns = Vec::with_capacity(specs.len());
-                    for spec in specs {
-                        let column = match schema.index_of(spec.name) {
-                            Ok(i) => Column::from_array(
-                                batch.column(i),
-                                spec.ty,
-                                &file.rel_path,
-                                spec.name,
-                            )?,
-                            Err(_) => Column::Absent,
-                        };
-                        columns.push(column);
-                    }
-                    let decoded = Batch {
-                        columns,
-                        len: batch.num_rows(),
-                        first_row,
-                        interned: Default::default(),
-                    };
-                    each_batch(&decoded, &mut out);
-                    first_row += batch.num_rows() as u64;
-                }
-                Ok(out)
-            })
+            let mut out = Vec::with_capacity(opened.row_group_rows[rg] as usize);
+            decode_row_group(file, &opened, specs, rg, &mut |batch| {
+                each_batch(batch, &mut out)
+            })?;
+            Ok(out)
         })
         .collect();
     parts.into_iter().collect()
+}
+
+/// One row group of a dataset, in a [`Plan`].
+#[derive(Clone, Copy, Debug)]
+pub struct Unit {
+    /// Its place in the plan's list (row groups of all files, in order).
+    pub index: usize,
+    /// Index of the file in the dataset's file list.
+    pub file: usize,
+    pub row_group: usize,
+    pub rows: u64,
+    /// Rows of the dataset before this row group (in file, row group order).
+    pub offset: u64,
+}
+
+/// Every row group of a dataset's files, footers read and schemas checked before any row
+/// is decoded: a reader can size its output, and number row groups, up front.
+pub struct Plan {
+    opened: Vec<OpenedFile>,
+    pub units: Vec<Unit>,
+    /// The first file that could not be opened (files after it are not read): reported
+    /// unless a file before it fails while its rows are decoded.
+    open_error: Option<TallyError>,
+}
+
+impl Plan {
+    /// Open every file (in parallel).
+    pub fn open(files: &[InputFile], specs: &[ColSpec]) -> Plan {
+        let opened: Vec<Result<OpenedFile>> = if files.len() as u64 > crate::model::MAX_FILES {
+            vec![Err(TallyError::input(
+                files[0].rel_path.clone(),
+                format!(
+                    "the dataset has {} files, more than {} (merge some)",
+                    files.len(),
+                    crate::model::MAX_FILES
+                ),
+            ))]
+        } else {
+            files.par_iter().map(|f| open_file(f, specs)).collect()
+        };
+        let mut plan = Plan {
+            opened: Vec::with_capacity(opened.len()),
+            units: Vec::new(),
+            open_error: None,
+        };
+        let mut offset = 0u64;
+        for (index, file) in opened.into_iter().enumerate() {
+            match file {
+                Ok(file) => {
+                    for (rg, &rows) in file.row_group_rows.iter().enumerate() {
+                        plan.units.push(Unit {
+                            index: plan.units.len(),
+                            file: index,
+                            row_group: rg,
+                            rows,
+                            offset,
+                        });
+                        offset = offset.saturating_add(rows);
+                    }
+                    plan.opened.push(file);
+                }
+                Err(e) => {
+                    plan.open_error = Some(e);
+                    break;
+                }
+            }
+        }
+        plan
+    }
+
+    /// Rows in the row groups that will be decoded.
+    pub fn rows(&self) -> u64 {
+        self.units
+            .last()
+            .map_or(0, |u| u.offset.saturating_add(u.rows))
+    }
+
+    /// Decode every row group in parallel, each with its own state (`states`, one per
+    /// unit); the states come back in unit order. Of several failures, the first in
+    /// (file, row group) order is reported.
+    pub fn decode<S: Send>(
+        self,
+        files: &[InputFile],
+        specs: &[ColSpec],
+        states: Vec<S>,
+        each_batch: &(dyn Fn(&Unit, &mut S, &Batch) + Sync),
+        unit_done: &(dyn Fn(&Unit) + Sync),
+    ) -> Result<Vec<S>> {
+        assert_eq!(states.len(), self.units.len(), "one state per row group");
+        let opened = &self.opened;
+        let done: Vec<Result<S>> = self
+            .units
+            .par_iter()
+            .zip(states)
+            .map(|(unit, mut state)| {
+                let file = &files[unit.file];
+                decode_row_group(file, &opened[unit.file], specs, unit.row_group, &mut |b| {
+                    each_batch(unit, &mut state, b)
+                })?;
+                unit_done(unit);
+                Ok(state)
+            })
+            .collect();
+        let done = done.into_iter().collect::<Result<Vec<S>>>()?;
+        match self.open_error {
+            Some(e) => Err(e),
+            None => Ok(done),
+        }
+    }
 }
 
 /// The row count in a Parquet file's footer; `None` if it cannot be read (the load then

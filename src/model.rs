@@ -131,6 +131,217 @@ pub type Shared = std::sync::Arc<str>;
 /// typical ids), on the heap past that.
 pub type Id = compact_str::CompactString;
 
+/// A row's place packed in 64 bits: the file's index in its dataset (top 24 bits) and the
+/// 0-based row in the file (low 40 bits). Ordering by `At` is ordering by (file, row).
+#[derive(
+    Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, bytemuck::Pod, bytemuck::Zeroable,
+)]
+#[repr(transparent)]
+pub struct At(pub u64);
+
+/// The most files a dataset may have, and rows a file may have (the bits of [`At`]).
+pub const MAX_FILES: u64 = 1 << 24;
+pub const MAX_ROWS_PER_FILE: u64 = 1 << 40;
+
+impl At {
+    pub fn new(file: u32, row: u64) -> At {
+        assert!(
+            u64::from(file) < MAX_FILES && row < MAX_ROWS_PER_FILE,
+            "file and row counts are checked against MAX_FILES and MAX_ROWS_PER_FILE on load"
+        );
+        At((u64::from(file) << 40) | row)
+    }
+
+    pub fn file(self) -> u32 {
+        (self.0 >> 40) as u32
+    }
+
+    pub fn row(self) -> u64 {
+        self.0 & (MAX_ROWS_PER_FILE - 1)
+    }
+
+    pub fn row_ref(self) -> RowRef {
+        RowRef {
+            file: self.file(),
+            row: self.row(),
+        }
+    }
+}
+
+impl From<RowRef> for At {
+    fn from(r: RowRef) -> At {
+        At::new(r.file, r.row)
+    }
+}
+
+/// No instant (a null `ingested_at`); sorts after every real instant (years ≤ 9999).
+pub const NO_INSTANT: Micros = Micros::MAX;
+
+/// A valid usage row as the pipeline carries it: 64 bytes, strings as codes of the run's
+/// [`crate::dict::Dicts`] and its id in an [`crate::dict::Ids`] arena.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+pub struct Usage {
+    pub at: At,
+    /// [`crate::validate::id_hash`] of the event id.
+    pub id_hash: u64,
+    pub id: crate::dict::IdRef,
+    pub occurred_at: Micros,
+    /// [`NO_INSTANT`] when null.
+    pub ingested_at: Micros,
+    /// Thousandths.
+    pub quantity: i64,
+    pub account: u32,
+    /// (product, action, model).
+    pub sku: u32,
+    /// `EventStatus as u8`.
+    pub status: u8,
+    /// [`Usage::CONFLICTING`] once dedup has run.
+    pub flags: u8,
+    pub _pad: [u8; 6],
+}
+
+impl Usage {
+    /// Its copies differed (reported `conflicting_duplicate`).
+    pub const CONFLICTING: u8 = 1;
+
+    pub fn status(&self) -> EventStatus {
+        EventStatus::from_code(self.status).unwrap_or(EventStatus::Cancelled)
+    }
+
+    pub fn quantity(&self) -> Milli {
+        Milli(self.quantity)
+    }
+
+    pub fn ingested(&self) -> Option<Micros> {
+        (self.ingested_at != NO_INSTANT).then_some(self.ingested_at)
+    }
+
+    pub fn conflicting(&self) -> bool {
+        self.flags & Usage::CONFLICTING != 0
+    }
+}
+
+/// A valid ledger row as the pipeline carries it: 64 bytes (see [`Usage`]).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+pub struct Debit {
+    pub at: At,
+    pub entry_hash: u64,
+    /// 0 without an event id.
+    pub event_hash: u64,
+    pub entry_id: crate::dict::IdRef,
+    /// `IdRef::NONE` without an event id.
+    pub event_id: crate::dict::IdRef,
+    /// Thousandths.
+    pub credits: i64,
+    pub recorded_at: Micros,
+    pub account: u32,
+    /// `EntryKind as u8`.
+    pub kind: u8,
+    pub _pad: [u8; 3],
+}
+
+impl Debit {
+    pub fn kind(&self) -> EntryKind {
+        EntryKind::from_code(self.kind).unwrap_or(EntryKind::Debit)
+    }
+
+    pub fn has_event(&self) -> bool {
+        !self.event_id.is_none()
+    }
+
+    pub fn credits(&self) -> Milli {
+        Milli(self.credits)
+    }
+
+    /// The entry's signed effect on the recorded net: debits and adjustments add, refunds subtract.
+    pub fn signed_credits(&self) -> Milli {
+        match self.kind() {
+            EntryKind::Refund => Milli(-self.credits),
+            EntryKind::Debit | EntryKind::Adjustment => Milli(self.credits),
+        }
+    }
+}
+
+/// A compact row ([`Usage`], [`Debit`]): plain bytes, written to a spill file and read
+/// back as they are, its ids in a chunk of an [`crate::dict::Ids`].
+pub trait CompactRow: bytemuck::Pod + Send + Sync {
+    fn at(&self) -> At;
+    /// The row with its id references moved to chunk `chunk`.
+    fn in_chunk(self, chunk: u32) -> Self;
+    /// Whether the row's codes and id references hold in a chunk of `ids` bytes (a damaged
+    /// spill file must fail, not panic later).
+    fn is_sound(&self, ids: &[u8]) -> bool;
+    /// The row with its ids copied from `from` to `to` (chunk number `chunk` of its new
+    /// [`crate::dict::Ids`]).
+    fn move_ids(self, from: &crate::dict::Ids, to: &mut crate::dict::IdChunk, chunk: u32) -> Self;
+}
+
+/// Whether `id` names a whole id inside `chunk` (its 2-byte length and its bytes).
+fn id_fits(id: crate::dict::IdRef, chunk: &[u8]) -> bool {
+    let at = id.offset() as usize;
+    match chunk.get(at..at + 2) {
+        Some(len) => at + 2 + u16::from_le_bytes([len[0], len[1]]) as usize <= chunk.len(),
+        None => false,
+    }
+}
+
+impl CompactRow for Usage {
+    fn at(&self) -> At {
+        self.at
+    }
+    fn in_chunk(self, chunk: u32) -> Usage {
+        Usage {
+            id: self.id.in_chunk(chunk),
+            ..self
+        }
+    }
+    fn is_sound(&self, ids: &[u8]) -> bool {
+        id_fits(self.id, ids) && EventStatus::from_code(self.status).is_some()
+    }
+    fn move_ids(self, from: &crate::dict::Ids, to: &mut crate::dict::IdChunk, chunk: u32) -> Usage {
+        let offset = to.push_bytes(from.bytes(self.id));
+        Usage {
+            id: crate::dict::IdRef::new(chunk, offset),
+            ..self
+        }
+    }
+}
+
+impl CompactRow for Debit {
+    fn at(&self) -> At {
+        self.at
+    }
+    fn in_chunk(self, chunk: u32) -> Debit {
+        Debit {
+            entry_id: self.entry_id.in_chunk(chunk),
+            event_id: match self.event_id.is_none() {
+                true => self.event_id,
+                false => self.event_id.in_chunk(chunk),
+            },
+            ..self
+        }
+    }
+    fn is_sound(&self, ids: &[u8]) -> bool {
+        id_fits(self.entry_id, ids)
+            && (self.event_id.is_none() || id_fits(self.event_id, ids))
+            && EntryKind::from_code(self.kind).is_some()
+    }
+    fn move_ids(self, from: &crate::dict::Ids, to: &mut crate::dict::IdChunk, chunk: u32) -> Debit {
+        let entry = to.push_bytes(from.bytes(self.entry_id));
+        let event = match self.event_id.is_none() {
+            true => self.event_id,
+            false => crate::dict::IdRef::new(chunk, to.push_bytes(from.bytes(self.event_id))),
+        };
+        Debit {
+            entry_id: crate::dict::IdRef::new(chunk, entry),
+            event_id: event,
+            ..self
+        }
+    }
+}
+
 /// A validated usage row (one copy of an event).
 #[derive(Clone, Debug)]
 pub struct UsageRow {
@@ -351,6 +562,124 @@ impl Mode {
             Mode::Reconcile => period_start <= as_of && as_of < period_end,
             Mode::Close => period_end <= as_of,
         }
+    }
+}
+
+impl UsageRow {
+    /// The row with its strings, from a compact row (what `tally explain` shows).
+    pub fn from_compact(
+        u: &Usage,
+        dicts: &crate::dict::Dicts,
+        ids: &crate::dict::Ids,
+    ) -> crate::error::Result<UsageRow> {
+        Ok(UsageRow {
+            at: u.at.row_ref(),
+            event_id: ids.id(u.id)?,
+            account_id: dicts.account(u.account).clone(),
+            product: dicts.product(u.sku).clone(),
+            action: dicts.action(u.sku).clone(),
+            model: dicts.model(u.sku).cloned(),
+            quantity: u.quantity(),
+            status: u.status(),
+            occurred_at: u.occurred_at,
+            ingested_at: u.ingested(),
+        })
+    }
+}
+
+impl Usage {
+    /// The compact form of a row with strings: its labels coded in `dicts`, its id
+    /// written to `ids` (chunk number `chunk`). For building rows by hand, as tests do.
+    pub fn from_row(
+        row: &UsageRow,
+        dicts: &crate::dict::DictBuilder,
+        ids: &mut crate::dict::IdChunk,
+        chunk: u32,
+    ) -> Usage {
+        Usage {
+            at: At::from(row.at),
+            id_hash: crate::validate::id_hash(&row.event_id),
+            id: crate::dict::IdRef::new(chunk, ids.push(&row.event_id)),
+            occurred_at: row.occurred_at,
+            ingested_at: row.ingested_at.unwrap_or(NO_INSTANT),
+            quantity: row.quantity.0,
+            account: dicts.accounts.code(&row.account_id),
+            sku: dicts.sku(&row.product, &row.action, row.model.as_deref()),
+            status: row.status as u8,
+            flags: 0,
+            _pad: [0; 6],
+        }
+    }
+}
+
+impl Debit {
+    /// The compact form of a row with strings (see [`Usage::from_row`]).
+    pub fn from_row(
+        row: &DebitRow,
+        dicts: &crate::dict::DictBuilder,
+        ids: &mut crate::dict::IdChunk,
+        chunk: u32,
+    ) -> Debit {
+        Debit {
+            at: At::from(row.at),
+            entry_hash: crate::validate::id_hash(&row.entry_id),
+            event_hash: row.event_id.as_deref().map_or(0, crate::validate::id_hash),
+            entry_id: crate::dict::IdRef::new(chunk, ids.push(&row.entry_id)),
+            event_id: match &row.event_id {
+                Some(e) => crate::dict::IdRef::new(chunk, ids.push(e)),
+                None => crate::dict::IdRef::NONE,
+            },
+            credits: row.credits.0,
+            recorded_at: row.recorded_at,
+            account: dicts.accounts.code(&row.account_id),
+            kind: row.kind as u8,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// Rows with strings made compact, all in chunk 0 of their ids (tests and examples).
+pub fn compact_rows(
+    usage: &[UsageRow],
+    debits: &[DebitRow],
+    dicts: &crate::dict::DictBuilder,
+) -> (Vec<Usage>, crate::dict::Ids, Vec<Debit>, crate::dict::Ids) {
+    let mut usage_chunk = crate::dict::IdChunk::default();
+    let usage: Vec<Usage> = usage
+        .iter()
+        .map(|u| Usage::from_row(u, dicts, &mut usage_chunk, 0))
+        .collect();
+    let mut debit_chunk = crate::dict::IdChunk::default();
+    let debits: Vec<Debit> = debits
+        .iter()
+        .map(|d| Debit::from_row(d, dicts, &mut debit_chunk, 0))
+        .collect();
+    let mut usage_ids = crate::dict::Ids::default();
+    usage_ids.push(usage_chunk);
+    let mut debit_ids = crate::dict::Ids::default();
+    debit_ids.push(debit_chunk);
+    (usage, usage_ids, debits, debit_ids)
+}
+
+impl DebitRow {
+    /// The row with its strings, from a compact row (what `tally explain` shows).
+    pub fn from_compact(
+        d: &Debit,
+        dicts: &crate::dict::Dicts,
+        ids: &crate::dict::Ids,
+    ) -> crate::error::Result<DebitRow> {
+        Ok(DebitRow {
+            at: d.at.row_ref(),
+            entry_id: ids.id(d.entry_id)?,
+            account_id: dicts.account(d.account).clone(),
+            event_id: match d.has_event() {
+                true => Some(ids.id(d.event_id)?),
+                false => None,
+            },
+            kind: d.kind(),
+            credits: d.credits(),
+            recorded_at: d.recorded_at,
+        })
     }
 }
 

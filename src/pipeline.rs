@@ -2,17 +2,20 @@
 //! in parallel by bucket) price → consume → reconcile → close → collect. Writing is `write`.
 
 use crate::close::{InvoiceRow, RenewalRow};
+use crate::dict::{DictBuilder, Dicts, IdChunk, Ids};
 use crate::engine::{process_account, AccountResult, BalanceRow, RunContext, Totals};
 use crate::error::{Result, TallyError};
 use crate::load::{self, InputFile};
 use crate::model::*;
+use crate::price::RateTable;
 use crate::pricebook::PriceBook;
 use crate::reconcile::DiscrepancyRow;
 use crate::route::Layout;
+use crate::rows::{self, DebitSource, UsageSource};
 use crate::runs::{AccountLine, BilledRun, LineRun, Run};
 use crate::spill::{self, SpillFiles};
 use crate::time::Micros;
-use crate::window::{self, AccountWork};
+use crate::window::{self, GroupWork};
 use crate::{validate, Progress};
 use rayon::prelude::*;
 use std::collections::HashSet;
@@ -43,11 +46,6 @@ pub struct RunSettings {
     pub history: std::sync::Arc<crate::history::History>,
     /// `tally explain`: keep what the window gave this account (`Partial::traced`).
     pub trace_account: Option<String>,
-}
-
-/// The bucket of an account: a stable hash (xxh3, seed 0) of its id, modulo `buckets`.
-pub fn bucket_of(account_id: &str, buckets: u32) -> u32 {
-    (xxhash_rust::xxh3::xxh3_64(account_id.as_bytes()) % u64::from(buckets.max(1))) as u32
 }
 
 /// Per-dataset row counts for the conservation check.
@@ -132,20 +130,22 @@ pub struct Partial {
     /// The folder holding this partial's run files, kept until the outputs are written.
     #[serde(skip)]
     pub scratch: Option<Arc<tempfile::TempDir>>,
-    /// With `RunSettings::trace_account`: that account's inputs as the run placed them.
+    /// With `RunSettings::trace_account`: that account's inputs and what the run did.
     #[serde(skip)]
     pub traced: Option<Traced>,
 }
 
-/// One account's valid plan rows and grants, and its work in the window (`None`: no
-/// covered period), for `tally explain`.
-#[derive(Clone, Debug, Default)]
+/// One account's valid plan rows and grants, and what the engine did with it, for
+/// `tally explain`.
+#[derive(Default)]
 pub struct Traced {
     /// Every allocation and grant reject of the run.
     pub plan_rejects: Vec<Reject>,
     pub allocations: Vec<AllocationRow>,
     pub grants: Vec<GrantRow>,
-    pub work: Option<window::AccountWork>,
+    /// The account's result and its periods' traces (none without a covered period).
+    pub result: Option<AccountResult>,
+    pub periods: Vec<crate::engine::PeriodTrace>,
 }
 
 /// The price book, input files and settings of a run.
@@ -212,7 +212,8 @@ pub fn layout(settings: &RunSettings, inputs: &Inputs, shard: u32, shards: u32) 
 /// The valid allocations and grants of a run, and the rejects of both datasets.
 pub struct Plans {
     pub allocations: validate::Allocations,
-    pub grants: Vec<GrantRow>,
+    /// Valid grants of the accounts with allocations, by account code (input order).
+    pub grants: Vec<Vec<GrantRow>>,
     pub rejects: Vec<Reject>,
     /// Rows read: allocations, grants.
     pub rows_read: [u64; 2],
@@ -234,17 +235,29 @@ pub fn load_plans(inputs: &Inputs, progress: &Progress) -> Result<Plans> {
         })?;
     rejects.extend(r);
     let allocations = validate::allocations(alloc_rows, &inputs.book, &files[1], &mut rejects);
-    let grants = validate::grants(grant_rows, &files[2], &mut rejects);
-    stage.done(
-        alloc_read + grant_read,
-        (allocations.len() + grants.len()) as u64,
-    );
+    let valid_grants = validate::grants(grant_rows, &files[2], &mut rejects);
+    let valid = valid_grants.len();
+    let mut grants: Vec<Vec<GrantRow>> = vec![Vec::new(); allocations.len()];
+    for grant in valid_grants {
+        if let Some(code) = allocations.code(&grant.account_id) {
+            grants[code as usize].push(grant);
+        }
+    }
+    stage.done(alloc_read + grant_read, (allocations.len() + valid) as u64);
     Ok(Plans {
         allocations,
         grants,
         rejects,
         rows_read: [alloc_read, grant_read],
     })
+}
+
+/// A group's valid usage and ledger rows in (file, row) order, and their ids.
+pub struct GroupRows {
+    pub usage: Vec<Usage>,
+    pub usage_ids: Ids,
+    pub debits: Vec<Debit>,
+    pub debit_ids: Ids,
 }
 
 /// Load, validate, place and process the accounts of one shard, group by group.
@@ -277,58 +290,67 @@ pub fn compute(
         partial.rows_read[Dataset::Allocations as usize] = alloc_read;
         partial.rows_read[Dataset::Grants as usize] = grant_read;
     }
-
-    let ctx = RunContext {
-        book: &inputs.book,
-        mode: settings.mode,
-        settle_from: settings.as_of.saturating_sub(settings.settle_micros),
-    };
     let history = &settings.history;
     let may_be_late =
         |account: &str, t: Micros| window::in_closed_period(&allocations, history, account, t);
-    let no_billed = HashSet::default();
     let accounts_by_group =
         window::accounts_by_group(&allocations, layout.groups as usize, &|account| {
             layout.group_of_account(account)
         });
-    let mut shared = Shared {
-        scratch: None,
-        billed: &no_billed,
+    let builder = DictBuilder::new(allocations.accounts.iter().map(String::as_str));
+    let mut context = Context {
         settings,
-        ctx: &ctx,
         layout,
         allocations: &allocations,
         grants: &grants,
         plan_rejects: &plan_rejects,
         accounts_by_group,
         files,
+        book: &inputs.book,
+        scratch: None,
     };
+
     if !layout.is_split() {
+        // One group: what its stages free, the next ones reuse (see `memory`).
+        let _kept = crate::memory::GroupPhase::start();
         let stage = progress.counted(
             "load usage and ledger",
             (files[0].len() + files[3].len()) as u64,
         );
-        let (usage, r, usage_read) =
-            load::read_dataset(&files[0], &load::USAGE_COLUMNS, &load::parse_usage, &|| {
-                stage.tick()
-            })?;
-        partial.rejects.extend(r);
-        let (debits, r, debit_read) =
-            load::read_dataset(&files[3], &load::DEBIT_COLUMNS, &load::parse_debit, &|| {
-                stage.tick()
-            })?;
-        partial.rejects.extend(r);
-        stage.done(usage_read + debit_read, (usage.len() + debits.len()) as u64);
-        partial.rows_read[Dataset::Usage as usize] = usage_read;
-        partial.rows_read[Dataset::Debits as usize] = debit_read;
-        let wanted = usage
-            .iter()
-            .filter(|u| may_be_late(&u.account_id, u.occurred_at))
-            .map(|u| u.event_id.to_string())
-            .collect();
+        let usage = rows::load(&UsageSource { dicts: &builder }, &files[0], &|| {
+            stage.tick()
+        })?;
+        let debits = rows::load(&DebitSource { dicts: &builder }, &files[3], &|| {
+            stage.tick()
+        })?;
+        stage.done(
+            usage.read + debits.read,
+            (usage.rows.len() + debits.rows.len()) as u64,
+        );
+        partial.rejects.extend(usage.rejects);
+        partial.rejects.extend(debits.rejects);
+        partial.rows_read[Dataset::Usage as usize] = usage.read;
+        partial.rows_read[Dataset::Debits as usize] = debits.read;
+        let dicts = builder.freeze();
+        let wanted = match history.closed.is_empty() {
+            true => HashSet::default(),
+            false => usage
+                .rows
+                .iter()
+                .filter(|u| may_be_late(dicts.account(u.account), u.occurred_at))
+                .map(|u| String::from_utf8_lossy(usage.ids.bytes(u.id)).into_owned())
+                .collect(),
+        };
         let billed = history.billed_among(&wanted)?;
-        shared.billed = &billed;
-        shared.process_group(0, usage, debits, &mut partial, progress)?;
+        let rates = RateTable::new(&inputs.book, &dicts);
+        let run = RunState::new(&context, &dicts, &rates, &billed, Vec::new());
+        let rows = GroupRows {
+            usage: usage.rows,
+            usage_ids: usage.ids,
+            debits: debits.rows,
+            debit_ids: debits.ids,
+        };
+        run.process_group(0, rows, &mut partial, progress)?;
         return Ok(partial);
     }
 
@@ -339,18 +361,17 @@ pub fn compute(
     let (cross, wanted) =
         crate::route::find_cross_bucket(&files[0], &files[3], layout, late_check)?;
     let billed = history.billed_among(&wanted)?;
-    shared.billed = &billed;
     let (cross_events, cross_entries) = cross.counts();
     stage.done(cross_events as u64, cross_entries as u64);
 
     let spill_dir = Arc::new(spill::spill_dir()?);
     partial.scratch = Some(spill_dir.clone());
-    shared.scratch = Some(spill_dir.path());
+    context.scratch = Some(spill_dir.path());
     let stage = progress.counted("load and spill", (files[0].len() + files[3].len()) as u64);
     let usage_spill = SpillFiles::create(spill_dir.path(), Dataset::Usage, layout.groups)?;
     let usage = spill::route_dataset(
+        &UsageSource { dicts: &builder },
         &files[0],
-        &load::USAGE_COLUMNS,
         layout,
         &cross,
         &usage_spill,
@@ -360,8 +381,8 @@ pub fn compute(
     let usage_files = usage_spill.finish()?;
     let debit_spill = SpillFiles::create(spill_dir.path(), Dataset::Debits, layout.groups)?;
     let debits = spill::route_dataset(
+        &DebitSource { dicts: &builder },
         &files[3],
-        &load::DEBIT_COLUMNS,
         layout,
         &cross,
         &debit_spill,
@@ -372,11 +393,18 @@ pub fn compute(
         usage.spilled + debits.spilled,
         (usage.candidates.len() + debits.candidates.len()) as u64,
     );
-
-    let (usage_dest, debit_dest) =
-        crate::route::resolve(&usage.candidates, &debits.candidates, layout);
-    let usage_extra = by_group(usage.candidates, usage_dest, layout);
-    let debit_extra = by_group(debits.candidates, debit_dest, layout);
+    let dicts = builder.freeze();
+    let partitions = account_partitions(&dicts);
+    let (usage_dest, debit_dest) = crate::route::resolve(
+        &usage.candidates,
+        &usage.candidate_ids,
+        &debits.candidates,
+        &debits.candidate_ids,
+        &|account| partitions[account as usize],
+    );
+    let usage_extra = by_group(usage.candidates, &usage_dest, layout);
+    let debit_extra = by_group(debits.candidates, &debit_dest, layout);
+    let (usage_candidate_ids, debit_candidate_ids) = (usage.candidate_ids, debits.candidate_ids);
     partial.rejects.extend(usage.rejects);
     partial.rejects.extend(debits.rejects);
     for r in &partial.rejects {
@@ -388,40 +416,40 @@ pub fn compute(
         usage.spilled + usage_extra.iter().map(|v| v.len() as u64).sum::<u64>();
     partial.rows_read[Dataset::Debits as usize] +=
         debits.spilled + debit_extra.iter().map(|v| v.len() as u64).sum::<u64>();
+    let rates = RateTable::new(&inputs.book, &dicts);
+    let run = RunState::new(&context, &dicts, &rates, &billed, partitions);
 
     // Read group g + 1 back while group g is processed: processing leaves a core idle in
     // its sequential steps (placing events, collecting results) and reading the spill
     // fills it. At most two groups' rows are in memory at once (`route::groups_for` sizes
     // groups for that). The read-back draws no bar and its stage line is logged after the
     // group's stages (see `progress::log_stage`).
-    let read_back = |group: usize, (u_extra, d_extra): (Vec<UsageRow>, Vec<DebitRow>)| {
+    let read_back = |group: usize, (u_extra, d_extra): (Vec<Usage>, Vec<Debit>)| {
         let started = std::time::Instant::now();
-        let mut usage: Vec<UsageRow> = spill::read_group(&usage_files[group], u_extra.len())?;
-        append_in_order(&mut usage, u_extra, |r| r.at);
-        let mut debits: Vec<DebitRow> = spill::read_group(&debit_files[group], d_extra.len())?;
-        append_in_order(&mut debits, d_extra, |r| r.at);
-        Ok::<_, TallyError>(ReadBack {
+        let (mut usage, mut usage_ids) = spill::read_group(&usage_files[group], u_extra.len())?;
+        append_candidates(&mut usage, &mut usage_ids, u_extra, &usage_candidate_ids);
+        let (mut debits, mut debit_ids) = spill::read_group(&debit_files[group], d_extra.len())?;
+        append_candidates(&mut debits, &mut debit_ids, d_extra, &debit_candidate_ids);
+        let rows = GroupRows {
             usage,
+            usage_ids,
             debits,
-            took: started.elapsed(),
-        })
+            debit_ids,
+        };
+        Ok::<_, TallyError>((rows, started.elapsed()))
     };
     let _kept = crate::memory::GroupPhase::start();
     let mut extras = usage_extra.into_iter().zip(debit_extra);
     let mut next = extras.next().map(|e| read_back(0, e)).transpose()?;
     for group in 0..layout.groups as usize {
-        let ReadBack {
-            usage,
-            debits,
-            took,
-        } = next
+        let (rows, took) = next
             .take()
             .expect("a group's rows are read before it is processed");
-        let rows = (usage.len() + debits.len()) as u64;
-        crate::progress::log_stage("read spill", rows, rows, took);
+        let count = (rows.usage.len() + rows.debits.len()) as u64;
+        crate::progress::log_stage("read spill", count, count, took);
         let following = extras.next();
         let (processed, read) = rayon::join(
-            || shared.process_group(group, usage, debits, &mut partial, progress),
+            || run.process_group(group, rows, &mut partial, progress),
             || following.map(|e| read_back(group + 1, e)).transpose(),
         );
         processed?;
@@ -434,18 +462,19 @@ pub fn compute(
     Ok(partial)
 }
 
-/// A group's rows read back from its spill files (and its candidates), and how long that
-/// took.
-struct ReadBack {
-    usage: Vec<UsageRow>,
-    debits: Vec<DebitRow>,
-    took: std::time::Duration,
+/// The partition of every account code of a run.
+fn account_partitions(dicts: &Dicts) -> Vec<u32> {
+    dicts
+        .accounts
+        .par_iter()
+        .map(|a| crate::route::partition_of(a))
+        .collect()
 }
 
 /// This shard's candidates by group, from their destination partitions.
-fn by_group<T>(rows: Vec<T>, partitions: Vec<u32>, layout: &Layout) -> Vec<Vec<T>> {
+fn by_group<T>(rows: Vec<T>, partitions: &[u32], layout: &Layout) -> Vec<Vec<T>> {
     let mut groups: Vec<Vec<T>> = (0..layout.groups).map(|_| Vec::new()).collect();
-    for (row, partition) in rows.into_iter().zip(partitions) {
+    for (row, &partition) in rows.into_iter().zip(partitions) {
         if layout.owns(partition) {
             groups[layout.group_of(partition)].push(row);
         }
@@ -453,73 +482,134 @@ fn by_group<T>(rows: Vec<T>, partitions: Vec<u32>, layout: &Layout) -> Vec<Vec<T
     groups
 }
 
-/// Add a few rows to rows already in (file, row) order, keeping the order: the stable
-/// sort finds the long sorted run and merges the short tail into it.
-fn append_in_order<T>(rows: &mut Vec<T>, extra: Vec<T>, at: impl Fn(&T) -> RowRef) {
+/// Add a group's candidates (their ids in `from`) to its rows, which are in (file, row)
+/// order, keeping the order: the stable sort finds the long sorted run and merges the
+/// short tail into it. The candidates' ids become a chunk of the group's.
+fn append_candidates<R: CompactRow>(rows: &mut Vec<R>, ids: &mut Ids, extra: Vec<R>, from: &Ids) {
     if extra.is_empty() {
         return;
     }
-    rows.extend(extra);
-    rows.sort_by_key(at);
+    let chunk_no = ids.len() as u32;
+    let mut chunk = IdChunk::default();
+    rows.extend(
+        extra
+            .into_iter()
+            .map(|r| r.move_ids(from, &mut chunk, chunk_no)),
+    );
+    ids.push(chunk);
+    rows.sort_by_key(|r| r.at());
 }
 
 /// What every group of a run shares.
-struct Shared<'a> {
+struct Context<'a> {
     settings: &'a RunSettings,
-    /// Events earlier closes billed, among those this run may find late.
-    billed: &'a HashSet<String, crate::validate::FastHash>,
-    /// Where a split run writes its billed-event runs (None: a whole run keeps them).
-    scratch: Option<&'a Path>,
-    ctx: &'a RunContext<'a>,
     layout: &'a Layout,
     allocations: &'a validate::Allocations,
-    grants: &'a [GrantRow],
+    grants: &'a [Vec<GrantRow>],
     /// Every allocation and grant reject (kept only for `RunSettings::trace_account`).
     plan_rejects: &'a [Reject],
-    /// The accounts with valid allocations of each of this shard's groups, sorted.
-    accounts_by_group: Vec<Vec<&'a str>>,
+    /// The codes of the accounts with valid allocations of each of this shard's groups.
+    accounts_by_group: Vec<Vec<u32>>,
     files: &'a [Vec<InputFile>; 4],
+    book: &'a PriceBook,
+    /// Where a split run writes its billed-event runs (None: a whole run keeps them).
+    scratch: Option<&'a Path>,
 }
 
-impl Shared<'_> {
+/// What every group shares once the input is decoded: the run's codes and rates.
+struct RunState<'a> {
+    context: &'a Context<'a>,
+    dicts: &'a Dicts,
+    ctx: RunContext<'a>,
+    /// Events earlier closes billed, among those this run may find late.
+    billed: &'a HashSet<String, crate::validate::FastHash>,
+    /// The partition of every account code (empty for a run in one group).
+    partitions: Vec<u32>,
+}
+
+impl<'a> RunState<'a> {
+    fn new(
+        context: &'a Context<'a>,
+        dicts: &'a Dicts,
+        rates: &'a RateTable,
+        billed: &'a HashSet<String, crate::validate::FastHash>,
+        partitions: Vec<u32>,
+    ) -> RunState<'a> {
+        let settings = context.settings;
+        RunState {
+            context,
+            dicts,
+            ctx: RunContext {
+                book: context.book,
+                rates,
+                dicts,
+                mode: settings.mode,
+                settle_from: settings.as_of.saturating_sub(settings.settle_micros),
+            },
+            billed,
+            partitions,
+        }
+    }
+
+    /// Whether group `group` of this shard processes an account (by code).
+    fn owns(&self, group: usize, account: u32) -> bool {
+        let layout = self.context.layout;
+        if !layout.is_split() {
+            return true;
+        }
+        let partition = self.partitions[account as usize];
+        layout.owns(partition) && layout.group_of(partition) == group
+    }
+
     /// Validate, place and process the usage and ledger rows of one group (rows in
     /// (file, row) order).
     fn process_group(
         &self,
         group: usize,
-        usage: Vec<UsageRow>,
-        debits: Vec<DebitRow>,
+        rows: GroupRows,
         partial: &mut Partial,
         progress: &Progress,
     ) -> Result<()> {
-        let layout = self.layout;
+        let context = self.context;
+        let layout = context.layout;
+        let settings = context.settings;
         if layout.groups > 1 {
             tracing::info!(group = group + 1, groups = layout.groups, "group");
         }
         let stage = progress.stage("validate");
-        let rows_in = (usage.len() + debits.len()) as u64;
+        let rows_in = (rows.usage.len() + rows.debits.len()) as u64;
         let rejects = &mut partial.rejects;
-        let debits = validate::debits(debits, &self.files[3], rejects);
-        let deduped = validate::dedup_usage(usage, &self.files[0], rejects);
+        let GroupRows {
+            usage,
+            usage_ids,
+            debits,
+            debit_ids,
+        } = rows;
+        let debits = validate::debits(debits, &debit_ids, &context.files[3], rejects);
+        let deduped =
+            validate::dedup_usage(usage, &usage_ids, self.dicts, &context.files[0], rejects);
         partial.identical_duplicates += deduped.identical_copies;
         stage.done(rows_in, (deduped.events.len() + debits.len()) as u64);
 
         let stage = progress.stage("window");
         let events_total = deduped.events.len() as u64;
-        let owns_here = |account: &str| layout.group_of_account(account) == Some(group);
-        let (accounts, outside) = window::place(
+        let owns_here = |account: u32| self.owns(group, account);
+        let (work, outside) = window::place(
             window::RunWindow {
-                mode: self.settings.mode,
-                as_of: self.settings.as_of,
-                history: &self.settings.history,
+                mode: settings.mode,
+                as_of: settings.as_of,
+                history: &settings.history,
                 billed: self.billed,
                 owns: &owns_here,
-                group_accounts: &self.accounts_by_group[group],
+                group_accounts: &context.accounts_by_group[group],
+                dicts: self.dicts,
             },
-            self.allocations,
+            context.allocations,
+            context.grants,
             deduped,
+            usage_ids,
             debits,
-            self.grants,
+            debit_ids,
             rejects,
         );
         if outside.misrouted > 0 {
@@ -528,42 +618,28 @@ impl Shared<'_> {
                 outside.misrouted, layout.shard
             )));
         }
-        if let Some(account) = &self.settings.trace_account {
-            if owns_here(account) {
-                partial.traced = Some(Traced {
-                    plan_rejects: self.plan_rejects.to_vec(),
-                    allocations: self.allocations.get(account).cloned().unwrap_or_default(),
-                    grants: self
-                        .grants
-                        .iter()
-                        .filter(|g| &g.account_id == account)
-                        .cloned()
-                        .collect(),
-                    work: accounts.iter().find(|w| &w.account_id == account).cloned(),
-                });
-            }
-        }
         partial.outside_usage += outside.usage_rows;
         partial.outside_entries += outside.ledger_entries;
-        let in_window: u64 = accounts
-            .iter()
-            .flat_map(|a| &a.periods)
-            .map(|p| p.events.len() as u64)
-            .sum();
+        let in_window = work.events.len() as u64;
         stage.done(events_total, in_window);
 
         let stage = progress.counted(
             "price, consume, reconcile",
-            u64::from(self.settings.buckets.max(1)),
+            u64::from(settings.buckets.max(1)),
         );
-        let (mut results, mix) =
-            process_buckets(self.ctx, accounts, self.settings.buckets, &stage)?;
+        let (mut results, mix) = process_buckets(&self.ctx, &work, settings.buckets, &stage)?;
         let discrepancy_rows: usize = results.iter().map(|(_, r)| r.discrepancies.len()).sum();
         stage.done(in_window, discrepancy_rows as u64);
         partial.mix.merge(mix)?;
-        if self.settings.mode == Mode::Close {
+        if let Some(account) = &settings.trace_account {
+            if let Some(traced) = self.trace(group, account, &work)? {
+                partial.traced = Some(traced);
+            }
+        }
+        drop(work);
+        if settings.mode == Mode::Close {
             let stage = progress.stage("billed events and invoice lines");
-            let (billed, lines) = self.close_runs(group, &mut results)?;
+            let (billed, lines) = close_runs(context.scratch, group, &mut results)?;
             stage.done(billed.rows(), lines.rows());
             partial.billed.push(billed);
             partial.lines.push(lines);
@@ -572,34 +648,66 @@ impl Shared<'_> {
         Ok(())
     }
 
-    /// Take the group's billed events and invoice lines out of its results, in account
-    /// order: kept in memory for a whole run, written to run files for a split one.
-    fn close_runs(
-        &self,
-        group: usize,
-        results: &mut [(String, AccountResult)],
-    ) -> Result<(BilledRun, LineRun)> {
-        results.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        let billed_rows = results.iter().map(|(_, r)| r.billed_events.len()).sum();
-        let line_rows = results.iter().map(|(_, r)| r.invoice_lines.len()).sum();
-        let mut billed = Vec::with_capacity(billed_rows);
-        let mut lines = Vec::with_capacity(line_rows);
-        for (account, r) in results.iter_mut() {
-            billed.append(&mut r.billed_events);
-            r.billed_events = Vec::new();
-            lines.extend(r.invoice_lines.drain(..).map(|line| AccountLine {
-                account_id: account.clone(),
-                line,
-            }));
-            r.invoice_lines = Vec::new();
+    /// `tally explain`: the traced account's rows and what the engine did with it, when
+    /// this group owns it.
+    fn trace(&self, group: usize, account: &str, work: &GroupWork<'_>) -> Result<Option<Traced>> {
+        let context = self.context;
+        let code = context.allocations.code(account);
+        let owned = match code {
+            Some(code) => self.owns(group, code),
+            None => context.layout.group_of_account(account) == Some(group),
+        };
+        if !owned {
+            return Ok(None);
         }
-        match self.scratch {
-            None => Ok((Run::Memory(billed), Run::Memory(lines))),
-            Some(dir) => Ok((
-                crate::runs::write_run(&dir.join(format!("billed-{group}.bin")), &billed)?,
-                crate::runs::write_run(&dir.join(format!("lines-{group}.bin")), &lines)?,
-            )),
+        let mut traced = Traced {
+            plan_rejects: context.plan_rejects.to_vec(),
+            allocations: context
+                .allocations
+                .get(account)
+                .cloned()
+                .unwrap_or_default(),
+            grants: code
+                .map(|c| context.grants[c as usize].clone())
+                .unwrap_or_default(),
+            result: None,
+            periods: Vec::new(),
+        };
+        if let Some(account_work) = work.accounts.iter().find(|a| Some(a.account) == code) {
+            let result = process_account(&self.ctx, work, account_work, Some(&mut traced.periods))?;
+            traced.result = Some(result);
         }
+        Ok(Some(traced))
+    }
+}
+
+/// Take the group's billed events and invoice lines out of its results, in account
+/// order: kept in memory for a whole run, written to run files for a split one.
+fn close_runs(
+    scratch: Option<&Path>,
+    group: usize,
+    results: &mut [(String, AccountResult)],
+) -> Result<(BilledRun, LineRun)> {
+    results.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    let billed_rows = results.iter().map(|(_, r)| r.billed_events.len()).sum();
+    let line_rows = results.iter().map(|(_, r)| r.invoice_lines.len()).sum();
+    let mut billed = Vec::with_capacity(billed_rows);
+    let mut lines = Vec::with_capacity(line_rows);
+    for (account, r) in results.iter_mut() {
+        billed.append(&mut r.billed_events);
+        r.billed_events = Vec::new();
+        lines.extend(r.invoice_lines.drain(..).map(|line| AccountLine {
+            account_id: account.clone(),
+            line,
+        }));
+        r.invoice_lines = Vec::new();
+    }
+    match scratch {
+        None => Ok((Run::Memory(billed), Run::Memory(lines))),
+        Some(dir) => Ok((
+            crate::runs::write_run(&dir.join(format!("billed-{group}.bin")), &billed)?,
+            crate::runs::write_run(&dir.join(format!("lines-{group}.bin")), &lines)?,
+        )),
     }
 }
 
@@ -751,41 +859,39 @@ fn check_one_invoice_and_renewal_per_period(out: &AccountResult) -> Result<()> {
     }
 }
 
-/// Group accounts into buckets and process the buckets in parallel; each bucket's accounts
-/// run one after another. The result does not depend on the bucket count or thread count.
-/// The accounts' credits by product are taken out of their results and folded per bucket.
+/// Process the accounts of a group's work in parallel, in `buckets` runs of consecutive
+/// accounts (each run's accounts one after another). The result does not depend on the
+/// bucket count or thread count. The accounts' credits by product are taken out of their
+/// results and folded per bucket.
 fn process_buckets(
     ctx: &RunContext<'_>,
-    accounts: Vec<AccountWork>,
+    work: &GroupWork<'_>,
     buckets: u32,
     stage: &crate::progress::Stage,
 ) -> Result<(Vec<(String, AccountResult)>, crate::breakdown::Mix)> {
-    let mut grouped: Vec<Vec<AccountWork>> = (0..buckets.max(1)).map(|_| Vec::new()).collect();
-    for account in accounts {
-        grouped[bucket_of(&account.account_id, buckets) as usize].push(account);
-    }
+    let per_bucket = work.accounts.len().div_ceil(buckets.max(1) as usize).max(1);
     type Bucket = (Vec<(String, AccountResult)>, crate::breakdown::Mix);
-    let per_bucket: Vec<Result<Bucket>> = grouped
-        .into_par_iter()
-        .map(|bucket| {
+    let done: Vec<Result<Bucket>> = work
+        .accounts
+        .par_chunks(per_bucket)
+        .map(|accounts| {
             let mut mix = crate::breakdown::MixSum::default();
-            let done = bucket
-                .into_iter()
-                .map(|work| {
-                    let id = work.account_id.clone();
-                    let mut r = process_account(ctx, work)?;
+            let results = accounts
+                .iter()
+                .map(|account| {
+                    let mut r = process_account(ctx, work, account, None)?;
                     r.shrink();
                     mix.add(std::mem::take(&mut r.mix))?;
-                    Ok((id, r))
+                    Ok((ctx.dicts.account(account.account).to_string(), r))
                 })
                 .collect::<Result<Vec<_>>>();
             stage.tick();
-            Ok((done?, mix.finish()?))
+            Ok((results?, mix.finish()?))
         })
         .collect();
-    let mut all = Vec::new();
+    let mut all = Vec::with_capacity(work.accounts.len());
     let mut mix = crate::breakdown::Mix::default();
-    for bucket in per_bucket {
+    for bucket in done {
         let (results, bucket_mix) = bucket?;
         all.extend(results);
         mix.merge(bucket_mix)?;

@@ -2,7 +2,7 @@
 
 use crate::amount::Milli;
 use crate::error::{Result, TallyError};
-use crate::model::{EventStatus, UsageRow};
+use crate::model::{EventStatus, Usage, UsageRow};
 use crate::pricebook::{PriceBook, Rate};
 use rust_decimal::{Decimal, RoundingStrategy};
 
@@ -25,6 +25,162 @@ impl Price {
             Price::Unpriced => None,
             Price::Charged(c) => Some(c),
         }
+    }
+}
+
+/// The price book's rates by the skus of a run (a sku is a (product, action, model) of
+/// the run's dictionaries): an event's rate is found by its sku code, not by hashing its
+/// strings, and each rate carries its formula in integers.
+pub struct RateTable {
+    by_sku: Vec<SkuRates>,
+}
+
+#[derive(Default)]
+struct SkuRates {
+    /// The model's own versions (none without a model or without rows for it).
+    by_model: Vec<Version>,
+    generic: Vec<Version>,
+}
+
+/// A rate version and its formula in integers.
+struct Version {
+    rate: Rate,
+    fast: Option<IntegerRate>,
+}
+
+impl Version {
+    fn of(rate: &Rate) -> Version {
+        Version {
+            rate: rate.clone(),
+            fast: IntegerRate::of(rate),
+        }
+    }
+}
+
+impl RateTable {
+    pub fn new(book: &PriceBook, dicts: &crate::dict::Dicts) -> RateTable {
+        let by_sku = (0..dicts.skus.len() as u32)
+            .map(|sku| {
+                let (by_model, generic) = book.versions(
+                    dicts.product(sku),
+                    dicts.action(sku),
+                    dicts.model(sku).map(|m| &**m),
+                );
+                SkuRates {
+                    by_model: by_model
+                        .unwrap_or_default()
+                        .iter()
+                        .map(Version::of)
+                        .collect(),
+                    generic: generic.iter().map(Version::of).collect(),
+                }
+            })
+            .collect();
+        RateTable { by_sku }
+    }
+
+    /// What an event should have cost (the contract's section 3, as [`price_event`]).
+    pub fn price(&self, event: &Usage, ids: &crate::dict::Ids) -> Result<Price> {
+        if event.status() != EventStatus::Succeeded {
+            return Ok(Price::NotChargeable);
+        }
+        let rates = &self.by_sku[event.sku as usize];
+        let t = event.occurred_at;
+        let version = version_at(&rates.by_model, t).or_else(|| version_at(&rates.generic, t));
+        let Some(version) = version else {
+            return Ok(Price::Unpriced);
+        };
+        let quantity = event.quantity();
+        let credits = match &version.fast {
+            Some(fast) => fast.credits(quantity),
+            None => None,
+        };
+        credits
+            .or_else(|| credits_for(&version.rate, quantity))
+            .map(Price::Charged)
+            .ok_or_else(|| {
+                TallyError::Overflow(format!(
+                    "pricing event \"{}\" (quantity {quantity}) exceeds the credit range",
+                    String::from_utf8_lossy(ids.bytes(event.id))
+                ))
+            })
+    }
+}
+
+/// The version in effect at `t`: the greatest `effective_from` ≤ t.
+fn version_at(versions: &[Version], t: crate::time::Micros) -> Option<&Version> {
+    let after = versions.partition_point(|v| v.rate.effective_from <= t);
+    after.checked_sub(1).map(|i| &versions[i])
+}
+
+/// A rate's formula in integers: credits = max(minimum, ceil(q / increment) × increment ×
+/// credits_per_unit), rounded half-even to thousandths, with each decimal as (mantissa,
+/// scale). It is used only where `Decimal` is exact too (every value below 2^96, scales
+/// at most 28), so the two always agree; elsewhere `credits_for` decides.
+#[derive(Clone, Copy, Debug)]
+struct IntegerRate {
+    increment: i128,
+    increment_scale: u32,
+    per_unit: i128,
+    /// Scale of increment × credits_per_unit.
+    raw_scale: u32,
+    minimum: i128,
+    minimum_scale: u32,
+}
+
+/// `Decimal` holds mantissas below 2^96.
+const DECIMAL_LIMIT: i128 = 1 << 96;
+
+impl IntegerRate {
+    fn of(rate: &Rate) -> Option<IntegerRate> {
+        let raw_scale = rate.increment.scale() + rate.credits_per_unit.scale();
+        (raw_scale <= 28 && rate.increment.mantissa() > 0).then_some(IntegerRate {
+            increment: rate.increment.mantissa(),
+            increment_scale: rate.increment.scale(),
+            per_unit: rate.credits_per_unit.mantissa(),
+            raw_scale,
+            minimum: rate.minimum.mantissa(),
+            minimum_scale: rate.minimum.scale(),
+        })
+    }
+
+    /// The credits for `quantity`, or `None` where the integer form does not apply.
+    fn credits(&self, quantity: Milli) -> Option<Milli> {
+        let small = |v: i128| (v.abs() < DECIMAL_LIMIT).then_some(v);
+        // ceil(q / increment) = ceil(q × 10^s / (m × 10^3)) for q in thousandths.
+        let numerator =
+            i128::from(quantity.0).checked_mul(10i128.checked_pow(self.increment_scale)?)?;
+        let denominator = self.increment.checked_mul(1_000)?;
+        let increments = small(
+            numerator.div_euclid(denominator) + i128::from(numerator.rem_euclid(denominator) != 0),
+        )?;
+        let billed = small(increments.checked_mul(self.increment)?)?;
+        let raw = small(billed.checked_mul(self.per_unit)?)?;
+        // max(minimum, raw) at the larger of the two scales.
+        let scale = self.raw_scale.max(self.minimum_scale);
+        let raw = raw.checked_mul(10i128.checked_pow(scale - self.raw_scale)?)?;
+        let minimum = self
+            .minimum
+            .checked_mul(10i128.checked_pow(scale - self.minimum_scale)?)?;
+        let charged = raw.max(minimum);
+        let millis = if scale <= 3 {
+            charged.checked_mul(10i128.pow(3 - scale))?
+        } else {
+            round_half_even(charged, 10i128.checked_pow(scale - 3)?)
+        };
+        (millis.abs() < crate::amount::INPUT_LIMIT_MILLIS)
+            .then_some(Milli(i64::try_from(millis).ok()?))
+    }
+}
+
+/// `value / divisor` rounded half to even (`divisor` > 0).
+fn round_half_even(value: i128, divisor: i128) -> i128 {
+    let quotient = value.div_euclid(divisor);
+    let remainder = value.rem_euclid(divisor);
+    match (2 * remainder).cmp(&divisor) {
+        std::cmp::Ordering::Less => quotient,
+        std::cmp::Ordering::Greater => quotient + 1,
+        std::cmp::Ordering::Equal => quotient + (quotient & 1),
     }
 }
 
@@ -74,8 +230,10 @@ pub struct Arithmetic {
 /// Price `quantity` at `rate`, keeping every step. `None` on overflow.
 pub fn arithmetic(rate: &Rate, quantity: Milli) -> Option<Arithmetic> {
     let increments = increments_ceil(quantity, rate.increment)?;
-    let billed_quantity =
-        Decimal::from_i128_with_scale(increments, 0).checked_mul(rate.increment)?;
+    // (A quantity past Decimal's range is an overflow, not a panic.)
+    let billed_quantity = Decimal::try_from_i128_with_scale(increments, 0)
+        .ok()?
+        .checked_mul(rate.increment)?;
     let raw_credits = billed_quantity.checked_mul(rate.credits_per_unit)?;
     let charged = raw_credits.max(rate.minimum);
     let rounded = charged.round_dp_with_strategy(3, RoundingStrategy::MidpointNearestEven);
@@ -152,6 +310,49 @@ mod tests {
             Some(Milli(3_000))
         );
         assert_eq!(credits_for(&rate("8", "1", "0"), Milli(0)), Some(Milli(0)));
+    }
+
+    /// The integer formula and `Decimal` give the same credits wherever the integer one
+    /// applies; it applies to ordinary rates (so this test compares something).
+    #[test]
+    fn the_integer_formula_applies_to_ordinary_rates() {
+        for (cpu, inc, min, q) in [
+            ("8", "1", "0", 4200),
+            ("8", "4", "0", 4200),
+            ("2", "0.5", "0", 1200),
+            ("1", "1", "5", 2000),
+            ("0.0125", "1", "0", 1000),
+            ("0.0135", "1", "0", 1000),
+            ("0.0001", "1", "0", 1000),
+        ] {
+            let r = rate(cpu, inc, min);
+            let fast = IntegerRate::of(&r).and_then(|f| f.credits(Milli(q)));
+            assert!(fast.is_some(), "{cpu} {inc} {min} {q}");
+            assert_eq!(fast, credits_for(&r, Milli(q)));
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        #[test]
+        fn the_integer_formula_agrees_with_decimal(
+            cpu in 0i64..100_000_000, cpu_scale in 0u32..12,
+            inc in 1i64..1_000_000, inc_scale in 0u32..10,
+            min in 0i64..10_000_000, min_scale in 0u32..10,
+            q in proptest::prop_oneof![0i64..100_000, 0i64..i64::MAX],
+        ) {
+            let r = Rate {
+                unit: "second".into(),
+                credits_per_unit: Decimal::new(cpu, cpu_scale),
+                increment: Decimal::new(inc, inc_scale),
+                minimum: Decimal::new(min, min_scale),
+                effective_from: 0,
+            };
+            let slow = credits_for(&r, Milli(q));
+            if let Some(fast) = IntegerRate::of(&r).and_then(|f| f.credits(Milli(q))) {
+                proptest::prop_assert_eq!(Some(fast), slow);
+            }
+        }
     }
 
     #[test]

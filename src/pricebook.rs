@@ -274,6 +274,21 @@ impl PriceBook {
         })
     }
 
+    /// The versions of a (product, action) rate: the model's own (`None` without a model
+    /// or without rows for it) and the generic ones (empty without any).
+    pub fn versions(
+        &self,
+        product: &str,
+        action: &str,
+        model: Option<&str>,
+    ) -> (Option<&[Rate]>, &[Rate]) {
+        let Some(rates) = self.index.get(product).and_then(|p| p.get(action)) else {
+            return (None, &[]);
+        };
+        let by_model = model.and_then(|m| rates.by_model.get(m)).map(Vec::as_slice);
+        (by_model, &rates.generic)
+    }
+
     /// The rate for an event: model-specific if in effect, else the generic one.
     pub fn lookup(
         &self,

@@ -2,8 +2,9 @@
 //! (contract section 5) and produce discrepancy rows.
 
 use crate::amount::Milli;
+use crate::dict::{Dicts, Ids};
 use crate::error::Result;
-use crate::model::{DebitRow, EntryKind, EventStatus, UsageRow};
+use crate::model::{Debit, EntryKind, EventStatus, Usage};
 use crate::price::Price;
 use crate::time::Micros;
 
@@ -109,16 +110,16 @@ pub struct EventVerdict {
 }
 
 /// Net recorded = Σ debit + adjustment − Σ refund.
-pub fn net_recorded(entries: &[DebitRow]) -> Result<Milli> {
-    Milli::sum(entries.iter().map(DebitRow::signed_credits))
+pub fn net_recorded(entries: &[Debit]) -> Result<Milli> {
+    Milli::sum(entries.iter().map(Debit::signed_credits))
 }
 
 /// Classify one event in the window against its ledger entries.
 /// `settle_from` = as-of − settle: an event at or after it with no entries yet is pending.
 pub fn classify(
-    event: &UsageRow,
+    event: &Usage,
     price: Price,
-    entries: &[DebitRow],
+    entries: &[Debit],
     settle_from: Micros,
 ) -> Result<EventVerdict> {
     let recorded = net_recorded(entries)?;
@@ -128,13 +129,13 @@ pub fn classify(
         && event.occurred_at >= settle_from;
     let debit_entries = entries
         .iter()
-        .filter(|e| matches!(e.kind, EntryKind::Debit | EntryKind::Adjustment))
+        .filter(|e| matches!(e.kind(), EntryKind::Debit | EntryKind::Adjustment))
         .count();
-    let primary = if entries.iter().any(|e| e.account_id != event.account_id) {
+    let primary = if entries.iter().any(|e| e.account != event.account) {
         Some(Kind::AccountMismatch)
     } else if price == Price::Unpriced {
         Some(Kind::UnpricedEvent)
-    } else if event.status != EventStatus::Succeeded && recorded.is_positive() {
+    } else if event.status() != EventStatus::Succeeded && recorded.is_positive() {
         Some(Kind::ChargedFailedEvent)
     } else if pending {
         None
@@ -158,30 +159,36 @@ pub fn classify(
     })
 }
 
-/// A discrepancy row for an event (all its entries together).
+/// A discrepancy row for an event (all its entries together). `ids`: the usage and the
+/// ledger ids of the rows.
 pub fn event_row(
     kind: Kind,
-    event: &UsageRow,
+    event: &Usage,
     price: Price,
-    entries: &[DebitRow],
+    entries: &[Debit],
     recorded: Milli,
+    dicts: &Dicts,
+    ids: (&Ids, &Ids),
 ) -> Result<DiscrepancyRow> {
     let expected = price.expected();
     let delta = match expected {
         Some(e) => Some(recorded.checked_sub(e)?),
         None => None,
     };
-    let mut entry_ids: Vec<String> = entries.iter().map(|e| e.entry_id.to_string()).collect();
+    let mut entry_ids: Vec<String> = entries
+        .iter()
+        .map(|e| ids.1.str(e.entry_id).map(str::to_string))
+        .collect::<Result<_>>()?;
     entry_ids.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
     Ok(DiscrepancyRow {
         kind,
-        account_id: event.account_id.to_string(),
-        event_id: Some(event.event_id.to_string()),
+        account_id: dicts.account(event.account).to_string(),
+        event_id: Some(ids.0.str(event.id)?.to_string()),
         entry_ids,
         occurred_at: Some(event.occurred_at),
-        product: Some(event.product.to_string()),
-        action: Some(event.action.to_string()),
-        model: event.model.as_deref().map(str::to_string),
+        product: Some(dicts.product(event.sku).to_string()),
+        action: Some(dicts.action(event.sku).to_string()),
+        model: dicts.model(event.sku).map(|m| m.to_string()),
         expected_credits: expected,
         recorded_credits: recorded,
         delta_credits: delta,
@@ -189,48 +196,50 @@ pub fn event_row(
 }
 
 /// The kind for a ledger entry attached to no event, or `None` for a refund (counted only).
-pub fn unattached_kind(entry: &DebitRow) -> Option<Kind> {
-    match (entry.kind, &entry.event_id) {
+pub fn unattached_kind(entry: &Debit) -> Option<Kind> {
+    match (entry.kind(), entry.has_event()) {
         (EntryKind::Refund, _) => None,
-        (EntryKind::Adjustment, None) => Some(Kind::ManualAdjustment),
+        (EntryKind::Adjustment, false) => Some(Kind::ManualAdjustment),
         (EntryKind::Debit | EntryKind::Adjustment, _) => Some(Kind::OrphanDebit),
     }
 }
 
 /// A discrepancy row for one unattached entry.
-pub fn entry_row(kind: Kind, entry: &DebitRow) -> DiscrepancyRow {
-    DiscrepancyRow {
+pub fn entry_row(kind: Kind, entry: &Debit, dicts: &Dicts, ids: &Ids) -> Result<DiscrepancyRow> {
+    Ok(DiscrepancyRow {
         kind,
-        account_id: entry.account_id.to_string(),
-        event_id: entry.event_id.as_ref().map(|id| id.to_string()),
-        entry_ids: vec![entry.entry_id.to_string()],
+        account_id: dicts.account(entry.account).to_string(),
+        event_id: match entry.has_event() {
+            true => Some(ids.str(entry.event_id)?.to_string()),
+            false => None,
+        },
+        entry_ids: vec![ids.str(entry.entry_id)?.to_string()],
         occurred_at: None,
         product: None,
         action: None,
         model: None,
         expected_credits: Some(Milli::ZERO),
-        recorded_credits: entry.credits,
-        delta_credits: Some(entry.credits),
-    }
+        recorded_credits: entry.credits(),
+        delta_credits: Some(entry.credits()),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::RowRef;
+    use crate::dict::DictBuilder;
+    use crate::model::{compact_rows, DebitRow, RowRef, UsageRow};
+
+    const SETTLE_FROM: Micros = 1_000;
 
     fn event(status: EventStatus, occurred_at: Micros) -> UsageRow {
         UsageRow {
-            at: RowRef { file: 0, row: 0 },
             event_id: "e1".into(),
             account_id: "a".into(),
-            product: "studio".into(),
-            action: "prompt_to_video".into(),
-            model: None,
             quantity: Milli::from_units(5),
             status,
             occurred_at,
-            ingested_at: None,
+            ..UsageRow::sample(0, "e1")
         }
     }
 
@@ -246,13 +255,19 @@ mod tests {
         }
     }
 
-    const SETTLE_FROM: Micros = 1_000;
     fn charged(c: i64) -> Price {
         Price::Charged(Milli::from_units(c))
     }
 
+    /// The verdict on an event with strings, through its compact form.
+    fn verdict(ev: &UsageRow, price: Price, entries: &[DebitRow]) -> EventVerdict {
+        let dicts = DictBuilder::new(["a", "b"].into_iter());
+        let (usage, _, debits, _) = compact_rows(std::slice::from_ref(ev), entries, &dicts);
+        classify(&usage[0], price, &debits, SETTLE_FROM).unwrap()
+    }
+
     fn kind_of(ev: &UsageRow, price: Price, entries: &[DebitRow]) -> Option<Kind> {
-        classify(ev, price, entries, SETTLE_FROM).unwrap().primary
+        verdict(ev, price, entries).primary
     }
 
     #[test]
@@ -304,26 +319,64 @@ mod tests {
     #[test]
     fn recent_events_without_entries_are_pending() {
         let recent = event(EventStatus::Succeeded, SETTLE_FROM);
-        let v = classify(&recent, charged(40), &[], SETTLE_FROM).unwrap();
+        let v = verdict(&recent, charged(40), &[]);
         assert_eq!((v.primary, v.pending), (None, true));
         let older = event(EventStatus::Succeeded, SETTLE_FROM - 1);
-        let v = classify(&older, charged(40), &[], SETTLE_FROM).unwrap();
+        let v = verdict(&older, charged(40), &[]);
         assert_eq!((v.primary, v.pending), (Some(Kind::MissingDebit), false));
         // expected 0: never pending, matched.
-        let v = classify(&recent, charged(0), &[], SETTLE_FROM).unwrap();
+        let v = verdict(&recent, charged(0), &[]);
         assert_eq!((v.primary, v.pending), (None, false));
     }
 
     #[test]
     fn unattached_entries() {
+        let dicts = DictBuilder::new(["a"].into_iter());
+        let kind = |e: &DebitRow| {
+            let (_, _, debits, _) = compact_rows(&[], std::slice::from_ref(e), &dicts);
+            unattached_kind(&debits[0])
+        };
         let mut e = entry("x", EntryKind::Debit, 3, "a");
         e.event_id = None;
-        assert_eq!(unattached_kind(&e), Some(Kind::OrphanDebit));
+        assert_eq!(kind(&e), Some(Kind::OrphanDebit));
         e.kind = EntryKind::Adjustment;
-        assert_eq!(unattached_kind(&e), Some(Kind::ManualAdjustment));
+        assert_eq!(kind(&e), Some(Kind::ManualAdjustment));
         e.event_id = Some("gone".into());
-        assert_eq!(unattached_kind(&e), Some(Kind::OrphanDebit));
+        assert_eq!(kind(&e), Some(Kind::OrphanDebit));
         e.kind = EntryKind::Refund;
-        assert_eq!(unattached_kind(&e), None);
+        assert_eq!(kind(&e), None);
+    }
+
+    #[test]
+    fn rows_carry_the_strings_of_their_codes() {
+        let builder = DictBuilder::new(["a"].into_iter());
+        let ev = UsageRow {
+            model: Some("veo-3".into()),
+            ..event(EventStatus::Succeeded, 10)
+        };
+        let entries = [
+            entry("d2", EntryKind::Debit, 40, "a"),
+            entry("d1", EntryKind::Debit, 1, "a"),
+        ];
+        let (usage, usage_ids, debits, debit_ids) =
+            compact_rows(std::slice::from_ref(&ev), &entries, &builder);
+        let dicts = builder.freeze();
+        let row = event_row(
+            Kind::AmountMismatch,
+            &usage[0],
+            charged(40),
+            &debits,
+            Milli::from_units(41),
+            &dicts,
+            (&usage_ids, &debit_ids),
+        )
+        .unwrap();
+        assert_eq!(row.account_id, "a");
+        assert_eq!(row.event_id.as_deref(), Some("e1"));
+        assert_eq!(row.entry_ids, ["d1", "d2"]);
+        assert_eq!(row.product.as_deref(), Some("video"));
+        assert_eq!(row.action.as_deref(), Some("generate"));
+        assert_eq!(row.model.as_deref(), Some("veo-3"));
+        assert_eq!(row.delta_credits, Some(Milli::from_units(1)));
     }
 }

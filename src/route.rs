@@ -15,10 +15,11 @@
 //! of an event go with the winning copy's account, an entry goes with its event (else its
 //! own account), and every copy of an `entry_id` goes with the first copy.
 
+use crate::dict::Ids;
 use crate::error::{Result, TallyError};
 use crate::load::{self, Batch, ColSpec, ColType, InputFile};
-use crate::model::{DebitRow, UsageRow};
-use crate::validate::{winner_key, FastHash};
+use crate::model::{Debit, Usage};
+use crate::validate::{winner_order, FastHash};
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -405,34 +406,41 @@ pub fn find_cross_bucket(
 
 /// Where each candidate goes: the destination partition of every candidate row (same order
 /// as the inputs). Every shard computes the same answer from the same candidates.
-pub fn resolve(usage: &[UsageRow], debits: &[DebitRow], layout: &Layout) -> (Vec<u32>, Vec<u32>) {
+/// `partition_of` gives the partition of an account code.
+pub fn resolve(
+    usage: &[Usage],
+    usage_ids: &Ids,
+    debits: &[Debit],
+    debit_ids: &Ids,
+    partition_of: &dyn Fn(u32) -> u32,
+) -> (Vec<u32>, Vec<u32>) {
     // Events: the winner by the rule of `validate::dedup_usage`.
-    let mut winner: HashMap<&str, &UsageRow, FastHash> = HashMap::default();
+    let mut winner: HashMap<&[u8], &Usage, FastHash> = HashMap::default();
     for u in usage {
         winner
-            .entry(u.event_id.as_str())
+            .entry(usage_ids.bytes(u.id))
             .and_modify(|w| {
-                if winner_key(u) < winner_key(w) {
+                if winner_order(u) < winner_order(w) {
                     *w = u;
                 }
             })
             .or_insert(u);
     }
-    let event_partition: HashMap<&str, u32, FastHash> = winner
+    let event_partition: HashMap<&[u8], u32, FastHash> = winner
         .iter()
-        .map(|(id, w)| (*id, layout.partition(&w.account_id)))
+        .map(|(id, w)| (*id, partition_of(w.account)))
         .collect();
     let usage_dest = usage
         .iter()
-        .map(|u| event_partition[u.event_id.as_str()])
+        .map(|u| event_partition[usage_ids.bytes(u.id)])
         .collect();
 
     // Entries: the first copy (by file, row) goes with its event if it has one, else with
     // its own account; every later copy follows the first.
-    let mut first: HashMap<&str, &DebitRow, FastHash> = HashMap::default();
+    let mut first: HashMap<&[u8], &Debit, FastHash> = HashMap::default();
     for d in debits {
         first
-            .entry(d.entry_id.as_str())
+            .entry(debit_ids.bytes(d.entry_id))
             .and_modify(|f| {
                 if d.at < f.at {
                     *f = d;
@@ -443,11 +451,12 @@ pub fn resolve(usage: &[UsageRow], debits: &[DebitRow], layout: &Layout) -> (Vec
     let debit_dest = debits
         .iter()
         .map(|d| {
-            let f = first[d.entry_id.as_str()];
-            f.event_id
-                .as_deref()
-                .and_then(|e| event_partition.get(e).copied())
-                .unwrap_or_else(|| layout.partition(&f.account_id))
+            let f = first[debit_ids.bytes(d.entry_id)];
+            let event = f
+                .has_event()
+                .then(|| event_partition.get(debit_ids.bytes(f.event_id)).copied())
+                .flatten();
+            event.unwrap_or_else(|| partition_of(f.account))
         })
         .collect();
     (usage_dest, debit_dest)

@@ -1,9 +1,11 @@
 //! Stage 2: the checks that need more than one row: unknown plans, overlapping periods,
 //! repeated ids, and usage dedup. Every rejected row gets the contract's reason.
 
+use crate::dict::{Dicts, Ids};
 use crate::load::InputFile;
 use crate::model::*;
 use crate::pricebook::PriceBook;
+use rayon::prelude::*;
 use std::collections::HashMap;
 
 /// "usage/part-0.parquet row 3": where a row is, for reject details.
@@ -23,8 +25,43 @@ fn reject(dataset: Dataset, at: RowRef, reason: Reason, detail: String) -> Rejec
     }
 }
 
-/// Valid allocations by account, each list sorted by `period_start`.
-pub type Allocations = HashMap<String, Vec<AllocationRow>, FastHash>;
+/// The valid allocations of a run, by account: the accounts sorted by bytes (an account's
+/// position is its code in the run's [`Dicts`]), each one's periods sorted by start.
+#[derive(Clone, Debug, Default)]
+pub struct Allocations {
+    pub accounts: Vec<String>,
+    pub periods: Vec<Vec<AllocationRow>>,
+}
+
+impl Allocations {
+    /// The code of an account with valid allocations.
+    pub fn code(&self, account_id: &str) -> Option<u32> {
+        self.accounts
+            .binary_search_by(|a| a.as_bytes().cmp(account_id.as_bytes()))
+            .ok()
+            .map(|i| i as u32)
+    }
+
+    /// The periods of an account, by id.
+    pub fn get(&self, account_id: &str) -> Option<&Vec<AllocationRow>> {
+        self.code(account_id).map(|c| &self.periods[c as usize])
+    }
+
+    /// The periods of an account, by code (none for an account without allocations).
+    pub fn of(&self, account: u32) -> &[AllocationRow] {
+        self.periods
+            .get(account as usize)
+            .map_or(&[], Vec::as_slice)
+    }
+
+    pub fn len(&self) -> usize {
+        self.accounts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.accounts.is_empty()
+    }
+}
 
 /// allocations: unknown_plan, then overlapping_period among the rows that passed every
 /// earlier check (both rows of an overlap are rejected). Returns valid allocations grouped
@@ -35,7 +72,7 @@ pub fn allocations(
     files: &[InputFile],
     rejects: &mut Vec<Reject>,
 ) -> Allocations {
-    let mut by_account: Allocations = HashMap::default();
+    let mut by_account: HashMap<String, Vec<AllocationRow>, FastHash> = HashMap::default();
     for row in rows {
         if !book.plans.contains_key(&row.plan_id) {
             rejects.push(reject(
@@ -87,13 +124,22 @@ pub fn allocations(
         }
         *periods = kept;
     }
-    by_account.retain(|_, periods| !periods.is_empty());
-    by_account
+    let mut accounts: Vec<(String, Vec<AllocationRow>)> = by_account
+        .into_iter()
+        .filter(|(_, periods)| !periods.is_empty())
+        .collect();
+    accounts.par_sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    let (accounts, periods) = accounts.into_iter().unzip();
+    Allocations { accounts, periods }
 }
 
 /// Every row whose id repeats an earlier row's, as (row, first row with that id), by row.
-fn repeats<T: Sync>(rows: &[T], id_of: impl Fn(&T) -> &str + Sync) -> Vec<(u32, u32)> {
-    let mut found: Vec<(u32, u32)> = copies_in(&id_hashes(rows, &id_of), rows, id_of)
+fn repeats<'a, T: Sync>(
+    rows: &'a [T],
+    hash_of: impl Fn(&T) -> u64 + Sync,
+    id_of: impl Fn(&'a T) -> &'a [u8],
+) -> Vec<(u32, u32)> {
+    let mut found: Vec<(u32, u32)> = copies_in(&hash_pairs(rows, hash_of), rows, id_of)
         .into_iter()
         .flat_map(|group| {
             let first = group[0];
@@ -111,28 +157,66 @@ pub fn id_hash(id: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(id.as_bytes())
 }
 
-/// ([`id_hash`] of the id, row) of every row, sorted.
-pub fn id_hashes<T: Sync>(rows: &[T], id_of: &(impl Fn(&T) -> &str + Sync)) -> Vec<(u64, u32)> {
-    use rayon::prelude::*;
+/// (hash, row) of every row, sorted: by hash, then row.
+pub fn hash_pairs<T: Sync>(rows: &[T], hash_of: impl Fn(&T) -> u64 + Sync) -> Vec<(u64, u32)> {
     assert!(rows.len() < u32::MAX as usize, "row numbers fit in u32");
-    let mut keyed: Vec<(u64, u32)> = rows
+    let pairs: Vec<(u64, u32)> = rows
         .par_iter()
         .enumerate()
-        .map(|(i, row)| (id_hash(id_of(row)), i as u32))
+        .map(|(i, row)| (hash_of(row), i as u32))
         .collect();
-    // A stable radix sort by hash of pairs made in row order is the order of (hash, row)
-    // (the 10M validate stage, mostly these sorts, took 0.81 s with a parallel comparison
-    // sort and 0.43 s with this one in the bench runs before and after; benches/README).
-    radsort::sort_by_key(&mut keyed, |pair| pair.0);
-    keyed
+    sort_hash_pairs(pairs)
 }
 
-/// The rows of every id held by more than one row, from the rows' sorted id hashes
-/// ([`id_hashes`]): each group by row number (its first is the id's first row), groups by
-/// their first row. Ids are hashed and sorted with their row numbers in parallel, and only
-/// rows of equal hash are compared as strings: cache-friendly at millions of rows, where a
-/// hash map of borrowed ids is bound by cache misses into the rows.
-fn copies_in<T>(keyed: &[(u64, u32)], rows: &[T], id_of: impl Fn(&T) -> &str) -> Vec<Vec<u32>> {
+/// Top bits that file (hash, row) pairs into the buckets of [`sort_hash_pairs`].
+const PAIR_BUCKET_BITS: u32 = 10;
+
+/// Sort (hash, row) pairs by hash, then row: filed into buckets by the hash's top bits
+/// (one pass), then the buckets (each a few hundred KB at 10M pairs, in cache) sorted in
+/// parallel. A full sort of 10M pairs compares across 160 MB; a least-significant-digit
+/// radix sort makes 8 passes over it.
+pub fn sort_hash_pairs(mut pairs: Vec<(u64, u32)>) -> Vec<(u64, u32)> {
+    if pairs.len() < 1 << 16 {
+        pairs.sort_unstable();
+        return pairs;
+    }
+    let bucket_of = |hash: u64| (hash >> (64 - PAIR_BUCKET_BITS)) as usize;
+    let mut starts = vec![0usize; (1 << PAIR_BUCKET_BITS) + 1];
+    for &(hash, _) in &pairs {
+        starts[bucket_of(hash) + 1] += 1;
+    }
+    for b in 1..starts.len() {
+        starts[b] += starts[b - 1];
+    }
+    let mut sorted = vec![(0u64, 0u32); pairs.len()];
+    let mut next = starts.clone();
+    for &pair in &pairs {
+        let b = bucket_of(pair.0);
+        sorted[next[b]] = pair;
+        next[b] += 1;
+    }
+    drop(pairs);
+    let mut buckets: Vec<&mut [(u64, u32)]> = Vec::with_capacity(1 << PAIR_BUCKET_BITS);
+    let mut rest: &mut [(u64, u32)] = &mut sorted;
+    for b in 0..1 << PAIR_BUCKET_BITS {
+        let (here, after) = rest.split_at_mut(starts[b + 1] - starts[b]);
+        buckets.push(here);
+        rest = after;
+    }
+    buckets
+        .into_par_iter()
+        .for_each(|bucket| bucket.sort_unstable());
+    sorted
+}
+
+/// The rows of every id held by more than one row, from the rows' sorted (hash, row)
+/// pairs ([`hash_pairs`]): each group by row number (its first is the id's first row),
+/// groups by their first row. Only rows of equal hash are compared as strings.
+fn copies_in<'a, T>(
+    keyed: &[(u64, u32)],
+    rows: &'a [T],
+    id_of: impl Fn(&'a T) -> &'a [u8],
+) -> Vec<Vec<u32>> {
     let mut groups: Vec<Vec<u32>> = Vec::new();
     for run in keyed
         .chunk_by(|a, b| a.0 == b.0)
@@ -156,28 +240,39 @@ fn copies_in<T>(keyed: &[(u64, u32)], rows: &[T], id_of: impl Fn(&T) -> &str) ->
     groups
 }
 
-/// Keep the first row (by file, row) of every id; later rows are `bad_value`.
-fn first_of_each_id<T: Sync>(
-    rows: Vec<T>,
+/// How rows of one dataset name their repeated ids in rejects.
+struct IdRule<'a, T> {
     dataset: Dataset,
-    id_column: &str,
-    id_of: impl Fn(&T) -> &str + Sync,
-    at_of: impl Fn(&T) -> RowRef,
+    id_column: &'a str,
+    id_text: &'a dyn Fn(&T) -> String,
+    at_of: &'a dyn Fn(&T) -> RowRef,
+}
+
+/// Keep the first row (by file, row) of every id; the later rows `found` ([`repeats`])
+/// are `bad_value`.
+fn first_of_each_id<T>(
+    rows: Vec<T>,
+    found: Vec<(u32, u32)>,
+    rule: IdRule<'_, T>,
     files: &[InputFile],
     rejects: &mut Vec<Reject>,
 ) -> Vec<T> {
+    if found.is_empty() {
+        return rows;
+    }
     let mut repeated = vec![false; rows.len()];
-    for (index, first) in repeats(&rows, &id_of) {
+    for (index, first) in found {
         repeated[index as usize] = true;
         let (row, first) = (&rows[index as usize], &rows[first as usize]);
         rejects.push(reject(
-            dataset,
-            at_of(row),
+            rule.dataset,
+            (rule.at_of)(row),
             Reason::BadValue,
             format!(
-                "{id_column} {} repeats the row at {}",
-                quoted(id_of(row)),
-                at_text(files, at_of(first))
+                "{} {} repeats the row at {}",
+                rule.id_column,
+                quoted(&(rule.id_text)(row)),
+                at_text(files, (rule.at_of)(first))
             ),
         ));
     }
@@ -197,32 +292,31 @@ pub fn grants(
     files: &[InputFile],
     rejects: &mut Vec<Reject>,
 ) -> Vec<GrantRow> {
-    first_of_each_id(
-        rows,
-        Dataset::Grants,
-        "grant_id",
-        |g| &g.grant_id,
-        |g| g.at,
-        files,
-        rejects,
-    )
+    let found = repeats(&rows, |g| id_hash(&g.grant_id), |g| g.grant_id.as_bytes());
+    let rule = IdRule {
+        dataset: Dataset::Grants,
+        id_column: "grant_id",
+        id_text: &|g: &GrantRow| g.grant_id.clone(),
+        at_of: &|g: &GrantRow| g.at,
+    };
+    first_of_each_id(rows, found, rule, files, rejects)
 }
 
 /// debits: a repeated `entry_id` is `bad_value`; the first row by (file, row) is kept.
 pub fn debits(
-    rows: Vec<DebitRow>,
+    rows: Vec<Debit>,
+    ids: &Ids,
     files: &[InputFile],
     rejects: &mut Vec<Reject>,
-) -> Vec<DebitRow> {
-    first_of_each_id(
-        rows,
-        Dataset::Debits,
-        "entry_id",
-        |d| &d.entry_id,
-        |d| d.at,
-        files,
-        rejects,
-    )
+) -> Vec<Debit> {
+    let found = repeats(&rows, |d| d.entry_hash, |d| ids.bytes(d.entry_id));
+    let rule = IdRule {
+        dataset: Dataset::Debits,
+        id_column: "entry_id",
+        id_text: &|d: &Debit| String::from_utf8_lossy(ids.bytes(d.entry_id)).into_owned(),
+        at_of: &|d: &Debit| d.at.row_ref(),
+    };
+    first_of_each_id(rows, found, rule, files, rejects)
 }
 
 /// The order in which copies of an event compete; the least wins: the earliest
@@ -231,12 +325,45 @@ pub fn winner_key(r: &UsageRow) -> (bool, Option<crate::time::Micros>, RowRef) {
     (r.ingested_at.is_none(), r.ingested_at, r.at)
 }
 
+/// [`winner_key`] of a compact row (a null `ingested_at` is `NO_INSTANT`, after every
+/// instant).
+pub fn winner_order(r: &Usage) -> (crate::time::Micros, At) {
+    (r.ingested_at, r.at)
+}
+
+/// The columns (other than `ingested_at`) in which two copies of an event differ.
+pub fn differing_fields(a: &Usage, b: &Usage, dicts: &Dicts) -> Vec<&'static str> {
+    let words = |u: &Usage| dicts.skus[u.sku as usize];
+    let (wa, wb) = (words(a), words(b));
+    [
+        ("account_id", a.account == b.account),
+        ("product", wa[0] == wb[0]),
+        ("action", wa[1] == wb[1]),
+        ("model", wa[2] == wb[2]),
+        ("quantity", a.quantity == b.quantity),
+        ("status", a.status == b.status),
+        ("occurred_at", a.occurred_at == b.occurred_at),
+    ]
+    .into_iter()
+    .filter_map(|(name, equal)| (!equal).then_some(name))
+    .collect()
+}
+
+/// Copies are one event when everything but `ingested_at` (and where they were read) is
+/// equal (their ids are: they are copies).
+pub fn same_event(a: &Usage, b: &Usage) -> bool {
+    a.account == b.account
+        && a.sku == b.sku
+        && a.quantity == b.quantity
+        && a.status == b.status
+        && a.occurred_at == b.occurred_at
+}
+
 /// The result of usage dedup.
 pub struct Deduped {
-    /// One row per event_id: the winning copy.
-    pub events: Vec<UsageRow>,
-    /// event_ids whose copies differed (reported `conflicting_duplicate`).
-    pub conflicting: std::collections::HashSet<Id, FastHash>,
+    /// One row per event_id: the winning copy (flagged [`Usage::CONFLICTING`] when its
+    /// copies differed).
+    pub events: Vec<Usage>,
     /// Losing copies equal to the winner: counted only.
     pub identical_copies: u64,
     /// ([`id_hash`] of `event_id`, index in `events`) of every event, sorted: the window's join
@@ -248,43 +375,52 @@ pub struct Deduped {
 /// `ingested_at` (null last), then first file path, then row. Losing copies equal to the
 /// winner are identical duplicates; losing copies that differ are rejected
 /// `conflicting_duplicate`.
-pub fn dedup_usage(rows: Vec<UsageRow>, files: &[InputFile], rejects: &mut Vec<Reject>) -> Deduped {
-    // The copies of each repeated event_id: its first row, then the others by row.
-    fn event_id(r: &UsageRow) -> &str {
-        &r.event_id
+pub fn dedup_usage(
+    rows: Vec<Usage>,
+    ids: &Ids,
+    dicts: &Dicts,
+    files: &[InputFile],
+    rejects: &mut Vec<Reject>,
+) -> Deduped {
+    let mut by_id_hash = hash_pairs(&rows, |r: &Usage| r.id_hash);
+    let groups = copies_in(&by_id_hash, &rows, |r: &Usage| ids.bytes(r.id));
+    if groups.is_empty() {
+        return Deduped {
+            events: rows,
+            identical_copies: 0,
+            by_id_hash,
+        };
     }
-    let mut by_id_hash = id_hashes(&rows, &event_id);
-    let groups = copies_in(&by_id_hash, &rows, event_id);
     // Decide every group with copies: the winner, identical losers, conflicting losers.
+    let mut rows = rows;
     let mut losing = vec![false; rows.len()];
-    let mut conflicting = std::collections::HashSet::default();
     let mut identical_copies = 0u64;
     for mut group in groups {
-        group.sort_by_key(|&i| winner_key(&rows[i as usize]));
-        let winner = &rows[group[0] as usize];
+        group.sort_by_key(|&i| winner_order(&rows[i as usize]));
+        let winner_index = group[0] as usize;
+        let winner = rows[winner_index];
         for &loser_index in &group[1..] {
-            let loser = &rows[loser_index as usize];
+            let loser = rows[loser_index as usize];
             losing[loser_index as usize] = true;
-            if loser.same_event_as(winner) {
+            if same_event(&loser, &winner) {
                 identical_copies += 1;
             } else {
-                conflicting.insert(winner.event_id.clone());
+                rows[winner_index].flags |= Usage::CONFLICTING;
                 rejects.push(reject(
                     Dataset::Usage,
-                    loser.at,
+                    loser.at.row_ref(),
                     Reason::ConflictingDuplicate,
                     format!(
                         "event_id {} differs in {} from the copy kept at {}",
-                        quoted(&loser.event_id),
-                        loser.differing_fields(winner).join(", "),
-                        at_text(files, winner.at)
+                        quoted(&String::from_utf8_lossy(ids.bytes(loser.id))),
+                        differing_fields(&loser, &winner, dicts).join(", "),
+                        at_text(files, winner.at.row_ref())
                     ),
                 ));
             }
         }
     }
     // In place: no second multi-GB vector (and no fresh pages to fault in).
-    let mut rows = rows;
     let mut index = 0;
     rows.retain(|_| {
         let lost = losing[index];
@@ -305,7 +441,6 @@ pub fn dedup_usage(rows: Vec<UsageRow>, files: &[InputFile], rejects: &mut Vec<R
         .for_each(|(_, i)| *i = kept_before[*i as usize]);
     Deduped {
         events: rows,
-        conflicting,
         identical_copies,
         by_id_hash,
     }
@@ -317,6 +452,7 @@ pub type FastHash = rustc_hash::FxBuildHasher;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dict::DictBuilder;
 
     fn usage(row: u64, event: &str, ingested_at: Option<i64>) -> UsageRow {
         UsageRow {
@@ -337,6 +473,47 @@ mod tests {
 
     fn at(file: u32, row: u64) -> RowRef {
         RowRef { file, row }
+    }
+
+    /// Dedup of rows with strings: (kept rows by id and place, conflicting ids, identical
+    /// copies, rejects).
+    struct Outcome {
+        kept: Vec<(String, RowRef)>,
+        conflicting: Vec<String>,
+        identical: u64,
+        rejects: Vec<Reject>,
+        deduped: Deduped,
+        ids: Ids,
+    }
+
+    fn dedup(rows: &[UsageRow]) -> Outcome {
+        let builder = DictBuilder::new(["acct-1"].into_iter());
+        let (compact, ids, _, _) = compact_rows(rows, &[], &builder);
+        let dicts = builder.freeze();
+        let mut rejects = Vec::new();
+        let deduped = dedup_usage(compact, &ids, &dicts, &files(), &mut rejects);
+        let name = |u: &Usage| ids.str(u.id).unwrap().to_string();
+        let mut kept: Vec<(String, RowRef)> = deduped
+            .events
+            .iter()
+            .map(|e| (name(e), e.at.row_ref()))
+            .collect();
+        kept.sort();
+        let mut conflicting: Vec<String> = deduped
+            .events
+            .iter()
+            .filter(|e| e.conflicting())
+            .map(name)
+            .collect();
+        conflicting.sort();
+        Outcome {
+            kept,
+            conflicting,
+            identical: deduped.identical_copies,
+            rejects,
+            deduped,
+            ids,
+        }
     }
 
     /// Contract, usage: "Copies that differ: the one with the earliest `ingested_at` (then
@@ -362,23 +539,17 @@ mod tests {
             copy(0, 4, "r", Some(3), 2000),
             copy(0, 6, "r", Some(3), 2000),
         ];
-        let mut rejects = Vec::new();
-        let deduped = dedup_usage(rows, &files(), &mut rejects);
-        let mut kept: Vec<(String, RowRef)> = deduped
-            .events
-            .iter()
-            .map(|e| (e.event_id.to_string(), e.at))
-            .collect();
-        kept.sort();
+        let out = dedup(&rows);
         assert_eq!(
-            kept,
+            out.kept,
             [
                 ("f".into(), at(0, 9)),
                 ("n".into(), at(1, 0)),
                 ("r".into(), at(0, 4))
             ]
         );
-        let mut lost: Vec<(RowRef, Reason)> = rejects.iter().map(|r| (r.at, r.reason)).collect();
+        let mut lost: Vec<(RowRef, Reason)> =
+            out.rejects.iter().map(|r| (r.at, r.reason)).collect();
         lost.sort();
         assert_eq!(
             lost,
@@ -388,10 +559,36 @@ mod tests {
                 (at(1, 1), Reason::ConflictingDuplicate),
             ]
         );
-        assert_eq!(deduped.identical_copies, 1);
-        let mut conflicting: Vec<&str> = deduped.conflicting.iter().map(Id::as_str).collect();
-        conflicting.sort();
-        assert_eq!(conflicting, ["f", "n", "r"]);
+        assert_eq!(out.identical, 1);
+        assert_eq!(out.conflicting, ["f", "n", "r"]);
+        let detail = &out
+            .rejects
+            .iter()
+            .find(|r| r.at == at(1, 1))
+            .unwrap()
+            .detail;
+        assert_eq!(
+            detail,
+            "event_id \"f\" differs in quantity from the copy kept at usage/a.parquet row 9"
+        );
+    }
+
+    /// Copies that differ in their labels name each differing column.
+    #[test]
+    fn a_conflicting_copy_names_the_columns_it_differs_in() {
+        let first = usage(0, "x", Some(1));
+        let other = UsageRow {
+            account_id: "acct-2".into(),
+            model: Some("m".into()),
+            occurred_at: 9,
+            ..usage(1, "x", Some(2))
+        };
+        let out = dedup(&[first, other]);
+        assert_eq!(
+            out.rejects[0].detail,
+            "event_id \"x\" differs in account_id, model, occurred_at from the copy kept at \
+             usage/a.parquet row 0"
+        );
     }
 
     /// Contract section 7: "debits: ... bad_value (... repeated entry_id). For a repeated
@@ -401,11 +598,7 @@ mod tests {
         let entry = |file: u32, row: u64, id: &str| DebitRow {
             at: at(file, row),
             entry_id: Id::new(id),
-            account_id: "acct-1".into(),
-            event_id: None,
-            kind: EntryKind::Debit,
-            credits: crate::amount::Milli(1000),
-            recorded_at: 5,
+            ..DebitRow::sample(row, None)
         };
         let rows = vec![
             entry(0, 0, "x"),
@@ -413,9 +606,11 @@ mod tests {
             entry(0, 2, "x"),
             entry(1, 0, "x"),
         ];
+        let builder = DictBuilder::new(["acct-1"].into_iter());
+        let (_, _, compact, ids) = compact_rows(&[], &rows, &builder);
         let mut rejects = Vec::new();
-        let kept = debits(rows, &files(), &mut rejects);
-        let kept: Vec<RowRef> = kept.iter().map(|d| d.at).collect();
+        let kept = debits(compact, &ids, &files(), &mut rejects);
+        let kept: Vec<RowRef> = kept.iter().map(|d| d.at.row_ref()).collect();
         assert_eq!(kept, [at(0, 0), at(0, 1)]);
         let lost: Vec<(RowRef, Reason, &str)> = rejects
             .iter()
@@ -438,21 +633,28 @@ mod tests {
         );
     }
 
-    /// The radix sort by hash alone must give the (hash, row) order the joins rely on,
-    /// also for repeated ids (equal hashes) and many rows.
+    /// The bucketed sort must give the (hash, row) order the joins rely on, also for
+    /// repeated ids (equal hashes), many rows (past the size sorted in one piece) and
+    /// hashes in the lowest and highest buckets.
     #[test]
-    fn id_hashes_are_sorted_by_hash_then_row() {
-        let ids: Vec<String> = (0..5_000u64)
-            .map(|i| format!("evt-{}", (i * 7919) % 1_300))
-            .collect();
-        let keyed = id_hashes(&ids, &|id: &String| id.as_str());
-        let mut expected: Vec<(u64, u32)> = ids
-            .iter()
-            .enumerate()
-            .map(|(row, id)| (id_hash(id), row as u32))
-            .collect();
-        expected.sort_unstable();
-        assert_eq!(keyed, expected);
+    fn hash_pairs_are_sorted_by_hash_then_row() {
+        for n in [5_000u64, 200_000] {
+            let ids: Vec<String> = (0..n)
+                .map(|i| format!("evt-{}", (i * 7919) % (n / 4)))
+                .collect();
+            let mut hashes: Vec<u64> = ids.iter().map(|id| id_hash(id)).collect();
+            hashes[0] = 0;
+            hashes[1] = u64::MAX;
+            hashes[2] = u64::MAX;
+            let keyed = hash_pairs(&hashes, |h| *h);
+            let mut expected: Vec<(u64, u32)> = hashes
+                .iter()
+                .enumerate()
+                .map(|(row, h)| (*h, row as u32))
+                .collect();
+            expected.sort_unstable();
+            assert_eq!(keyed, expected);
+        }
     }
 
     /// Equal hashes are not equal ids: the hash index is forged so that four rows of two
@@ -461,9 +663,12 @@ mod tests {
     fn copies_are_told_apart_by_id_under_one_hash() {
         let ids = ["a", "b", "a", "b", "c", "d", "d"];
         let keyed: Vec<(u64, u32)> = vec![(7, 0), (7, 1), (7, 2), (7, 3), (7, 4), (9, 5), (9, 6)];
-        let groups = copies_in(&keyed, &ids, |id: &&str| id);
+        let groups = copies_in(&keyed, &ids, |id: &&str| id.as_bytes());
         assert_eq!(groups, vec![vec![0, 2], vec![1, 3], vec![5, 6]]);
-        assert_eq!(repeats(&ids, |id: &&str| id), vec![(2, 0), (3, 1), (6, 5)]);
+        assert_eq!(
+            repeats(&ids, |id| id_hash(id), |id: &&str| id.as_bytes()),
+            vec![(2, 0), (3, 1), (6, 5)]
+        );
     }
 
     #[test]
@@ -476,20 +681,20 @@ mod tests {
             usage(3, "c", None),
             usage(4, "b", Some(2)),
         ];
-        let mut rejects = Vec::new();
-        let deduped = dedup_usage(rows, &[], &mut rejects);
-        let kept: Vec<(&str, u64)> = deduped
+        let out = dedup(&rows);
+        let kept: Vec<(&str, u64)> = out
+            .deduped
             .events
             .iter()
-            .map(|e| (e.event_id.as_str(), e.at.row))
+            .map(|e| (out.ids.str(e.id).unwrap(), e.at.row()))
             .collect();
         assert_eq!(kept, [("a", 0), ("c", 3), ("b", 4)]);
-        assert_eq!(deduped.identical_copies, 2);
-        assert!(rejects.is_empty());
+        assert_eq!(out.identical, 2);
+        assert!(out.rejects.is_empty());
         // The hashes dedup hands to the window: the kept events', renumbered, sorted.
         assert_eq!(
-            deduped.by_id_hash,
-            id_hashes(&deduped.events, &|r: &UsageRow| r.event_id.as_str())
+            out.deduped.by_id_hash,
+            hash_pairs(&out.deduped.events, |r: &Usage| r.id_hash)
         );
     }
 }

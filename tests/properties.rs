@@ -2,10 +2,12 @@
 
 use proptest::prelude::*;
 use tally::amount::Milli;
-use tally::engine::{process_account, RunContext};
+use tally::dict::DictBuilder;
+use tally::engine::{process_account, AccountResult, RunContext};
 use tally::model::*;
+use tally::price::RateTable;
 use tally::pricebook::PriceBook;
-use tally::window::{AccountWork, EventWork, PeriodWork};
+use tally::window::{sort_events, AccountWork, EventWork, GroupWork, PeriodWork};
 
 const DAY: i64 = 86_400_000_000;
 const START: i64 = 1_793_491_200_000_000; // 2026-11-01T00:00:00Z
@@ -72,26 +74,33 @@ prop_compose! {
     }
 }
 
-fn work(periods: usize, grants: Vec<GrantRow>, events: Vec<(UsageRow, Milli)>) -> AccountWork {
-    let mut ps: Vec<PeriodWork> = (0..periods)
-        .map(|p| PeriodWork {
-            allocation: AllocationRow {
-                at: at(),
-                account_id: "a".into(),
-                plan_id: "p".into(),
-                period_start: START + p as i64 * 30 * DAY,
-                period_end: START + (p as i64 + 1) * 30 * DAY,
-                included_credits: Milli::from_units(50),
-                billing_anchor: None,
-                status: AllocationStatus::Active,
-            },
-            events: Vec::new(),
-            unattached: Vec::new(),
+fn allocations(periods: usize) -> Vec<AllocationRow> {
+    (0..periods)
+        .map(|p| AllocationRow {
+            at: at(),
+            account_id: "a".into(),
+            plan_id: "p".into(),
+            period_start: START + p as i64 * 30 * DAY,
+            period_end: START + (p as i64 + 1) * 30 * DAY,
+            included_credits: Milli::from_units(50),
+            billing_anchor: None,
+            status: AllocationStatus::Active,
         })
-        .collect();
+        .collect()
+}
+
+/// Account "a"'s work as the window would place it: its events by period, in consumption
+/// order, each with one debit of `recorded` credits.
+fn work<'a>(
+    allocations: &'a [AllocationRow],
+    grants: &'a [GrantRow],
+    events: Vec<(UsageRow, Milli)>,
+    dicts: &DictBuilder,
+) -> GroupWork<'a> {
+    let mut by_period: Vec<Vec<(UsageRow, DebitRow)>> = vec![Vec::new(); allocations.len()];
     for (i, (usage, recorded)) in events.into_iter().enumerate() {
         let p = ((usage.occurred_at - START) / (30 * DAY)) as usize;
-        let entries = smallvec::smallvec![DebitRow {
+        let entry = DebitRow {
             at: at(),
             entry_id: format!("d{i:03}").into(),
             account_id: "a".into(),
@@ -99,19 +108,71 @@ fn work(periods: usize, grants: Vec<GrantRow>, events: Vec<(UsageRow, Milli)>) -
             kind: EntryKind::Debit,
             credits: recorded,
             recorded_at: usage.occurred_at,
-        }];
-        ps[p].events.push(EventWork {
-            usage,
-            entries,
-            conflicting: false,
-            late_from: None,
+        };
+        by_period[p].push((usage, entry));
+    }
+    let (usage, entries): (Vec<UsageRow>, Vec<DebitRow>) =
+        by_period.iter().flatten().cloned().unzip();
+    let (usage, usage_ids, entries, debit_ids) = compact_rows(&usage, &entries, dicts);
+    let mut events: Vec<EventWork> = usage
+        .iter()
+        .enumerate()
+        .map(|(i, u)| EventWork {
+            usage: *u,
+            first_entry: i as u32,
+            entry_count: 1,
+            late_from: NO_INSTANT,
+        })
+        .collect();
+    let mut periods = Vec::new();
+    let mut first = 0;
+    for (allocation, rows) in allocations.iter().zip(&by_period) {
+        let range = first..first + rows.len();
+        sort_events(&mut events[range.clone()], &usage_ids);
+        periods.push(PeriodWork {
+            allocation,
+            events: range,
+            unattached: 0..0,
         });
+        first += rows.len();
     }
-    AccountWork {
-        account_id: "a".into(),
-        periods: ps,
-        grants,
+    GroupWork {
+        accounts: vec![AccountWork {
+            account: 0,
+            periods,
+            grants,
+        }],
+        events,
+        entries,
+        unattached: Vec::new(),
+        usage_ids,
+        debit_ids,
     }
+}
+
+/// Process account "a" in `mode`.
+fn process(
+    book: &PriceBook,
+    mode: Mode,
+    as_of: i64,
+    periods: usize,
+    grants: &[GrantRow],
+    events: Vec<(UsageRow, Milli)>,
+) -> AccountResult {
+    let builder = DictBuilder::new(["a"].into_iter());
+    let allocations = allocations(periods);
+    // The skus are made while the rows are made compact: the rates come after.
+    let group = work(&allocations, grants, events, &builder);
+    let dicts = builder.freeze();
+    let rates = RateTable::new(book, &dicts);
+    let ctx = RunContext {
+        book,
+        rates: &rates,
+        dicts: &dicts,
+        mode,
+        settle_from: as_of - 900_000_000,
+    };
+    process_account(&ctx, &group, &group.accounts[0], None).unwrap()
 }
 
 fn scenario() -> impl Strategy<Value = (usize, Vec<GrantRow>, Vec<(UsageRow, Milli)>, bool, u8)> {
@@ -134,9 +195,8 @@ proptest! {
         let overage = if block { "\"block\"".to_string() } else { "{ price_per_credit = \"0.05\" }".to_string() };
         let book = book(&overage, ["0", "20", "1000"][cap as usize]);
         let as_of = START + periods as i64 * 30 * DAY;
-        let ctx = RunContext { book: &book, mode: Mode::Close, settle_from: as_of - 900_000_000 };
         let granted_at_start: i64 = grants.iter().map(|g| g.credits.0).sum();
-        let result = process_account(&ctx, work(periods, grants.clone(), events)).unwrap();
+        let result = process(&book, Mode::Close, as_of, periods, &grants, events);
         prop_assert_eq!(result.invoices.len(), periods);
         prop_assert_eq!(result.renewals.len(), periods);
         let mut consumed_total = 0i64;
@@ -179,9 +239,8 @@ proptest! {
         let overage = if block { "\"block\"".to_string() } else { "{ price_per_credit = \"0.05\" }".to_string() };
         let book = book(&overage, "0");
         let as_of = START + 29 * DAY;
-        let ctx = RunContext { book: &book, mode: Mode::Reconcile, settle_from: as_of - 900_000_000 };
         let events: Vec<_> = events.into_iter().filter(|(u, _)| u.occurred_at < as_of).collect();
-        let result = process_account(&ctx, work(1, grants, events)).unwrap();
+        let result = process(&book, Mode::Reconcile, as_of, 1, &grants, events);
         prop_assert_eq!(result.balances.len(), 1);
         let b = &result.balances[0];
         for k in 0..5 { prop_assert!(b.used[k] <= b.granted[k]); }
