@@ -11,7 +11,7 @@ use crate::price::{Price, RateTable};
 use crate::pricebook::{Overage, PriceBook};
 use crate::reconcile::{self, DiscrepancyRow, Kind};
 use crate::time::Micros;
-use crate::window::{AccountWork, GroupWork, PeriodWork};
+use crate::window::{AccountWork, BucketWork, PeriodWork};
 use std::collections::BTreeMap;
 
 /// Settings shared by every account of a run.
@@ -211,7 +211,7 @@ pub struct EventTrace {
 /// Process one account of a group's work (`trace`: also record every period's trace).
 pub fn process_account(
     ctx: &RunContext<'_>,
-    group: &GroupWork<'_>,
+    group: &BucketWork<'_>,
     work: &AccountWork<'_>,
     mut trace: Option<&mut Vec<PeriodTrace>>,
 ) -> Result<AccountResult> {
@@ -266,7 +266,7 @@ struct AccountState<'w> {
 
 fn process_period(
     ctx: &RunContext<'_>,
-    group: &GroupWork<'_>,
+    group: &BucketWork<'_>,
     period: &PeriodWork<'_>,
     state: &mut AccountState<'_>,
     result: &mut AccountResult,
@@ -281,7 +281,7 @@ fn process_period(
     let dicts = ctx.dicts;
     let prices: Vec<Price> = events
         .iter()
-        .map(|e| ctx.rates.price(&e.usage, &group.usage_ids))
+        .map(|e| ctx.rates.price(&e.usage, group.usage_ids))
         .collect::<Result<_>>()?;
 
     // Consume: the plan plus every grant effective at some instant of the whole period.
@@ -403,10 +403,10 @@ fn process_period(
             let draws_of_event = std::mem::take(&mut draws_by_event[i]);
             event_traces.push(EventTrace {
                 work: TracedWork {
-                    usage: UsageRow::from_compact(u, dicts, &group.usage_ids)?,
+                    usage: UsageRow::from_compact(u, dicts, group.usage_ids)?,
                     entries: entries
                         .iter()
-                        .map(|d| DebitRow::from_compact(d, dicts, &group.debit_ids))
+                        .map(|d| DebitRow::from_compact(d, dicts, group.debit_ids))
                         .collect::<Result<_>>()?,
                     conflicting: u.conflicting(),
                     late_from: event.late_from(),
@@ -426,7 +426,7 @@ fn process_period(
                 entries,
                 verdict.recorded,
                 dicts,
-                (&group.usage_ids, &group.debit_ids),
+                (group.usage_ids, group.debit_ids),
             )?);
         }
     }
@@ -436,7 +436,7 @@ fn process_period(
         if let Some(kind) = reconcile::unattached_kind(entry) {
             result
                 .discrepancies
-                .push(reconcile::entry_row(kind, entry, dicts, &group.debit_ids)?);
+                .push(reconcile::entry_row(kind, entry, dicts, group.debit_ids)?);
         }
     }
     totals.recorded_credits = recorded_period;
@@ -477,7 +477,7 @@ fn process_period(
                 .iter()
                 .map(|e| {
                     Ok((
-                        DebitRow::from_compact(e, dicts, &group.debit_ids)?,
+                        DebitRow::from_compact(e, dicts, group.debit_ids)?,
                         reconcile::unattached_kind(e),
                     ))
                 })

@@ -127,7 +127,8 @@ struct RunArgs {
     /// Output folder; it appears whole or not at all.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Account buckets for parallel work, 1..=65536 (output does not depend on it).
+    /// Account buckets for parallel work, 1..=65536 (default: one per 32K rows of a group;
+    /// output does not depend on it).
     #[arg(long)]
     buckets: Option<u32>,
     /// Working memory to stay within, e.g. 2GiB (default): past it the run processes its
@@ -391,8 +392,14 @@ fn request(
     let buckets = args
         .buckets
         .or_else(|| job.as_ref().and_then(|j| j.buckets))
-        .unwrap_or(tally::pipeline::DEFAULT_BUCKETS);
-    if buckets == 0 || buckets > tally::route::MAX_BUCKETS {
+        .unwrap_or(tally::pipeline::AUTOMATIC_BUCKETS);
+    if buckets > tally::route::MAX_BUCKETS
+        || (buckets == 0
+            && args
+                .buckets
+                .or(job.as_ref().and_then(|j| j.buckets))
+                .is_some())
+    {
         return Err(config_error(format!(
             "--buckets {buckets} must be in 1..={}",
             tally::route::MAX_BUCKETS

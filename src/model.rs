@@ -196,7 +196,7 @@ pub struct Usage {
     pub sku: u32,
     /// `EventStatus as u8`.
     pub status: u8,
-    /// [`Usage::CONFLICTING`] once dedup has run.
+    /// [`Usage::CONFLICTING`] and [`Usage::LOST`], set by dedup.
     pub flags: u8,
     pub _pad: [u8; 6],
 }
@@ -204,6 +204,12 @@ pub struct Usage {
 impl Usage {
     /// Its copies differed (reported `conflicting_duplicate`).
     pub const CONFLICTING: u8 = 1;
+    /// A losing copy of an event (not used: rejected or counted by dedup).
+    pub const LOST: u8 = 2;
+
+    pub fn lost(&self) -> bool {
+        self.flags & Usage::LOST != 0
+    }
 
     pub fn status(&self) -> EventStatus {
         EventStatus::from_code(self.status).unwrap_or(EventStatus::Cancelled)
@@ -239,10 +245,19 @@ pub struct Debit {
     pub account: u32,
     /// `EntryKind as u8`.
     pub kind: u8,
-    pub _pad: [u8; 3],
+    /// [`Debit::REPEATED`], set by validation.
+    pub flags: u8,
+    pub _pad: [u8; 2],
 }
 
 impl Debit {
+    /// A later row of a repeated `entry_id` (rejected, not used).
+    pub const REPEATED: u8 = 1;
+
+    pub fn repeated(&self) -> bool {
+        self.flags & Debit::REPEATED != 0
+    }
+
     pub fn kind(&self) -> EntryKind {
         EntryKind::from_code(self.kind).unwrap_or(EntryKind::Debit)
     }
@@ -633,7 +648,8 @@ impl Debit {
             recorded_at: row.recorded_at,
             account: dicts.accounts.code(&row.account_id),
             kind: row.kind as u8,
-            _pad: [0; 3],
+            flags: 0,
+            _pad: [0; 2],
         }
     }
 }

@@ -15,16 +15,16 @@ use crate::rows::{self, DebitSource, UsageSource};
 use crate::runs::{AccountLine, BilledRun, LineRun, Run};
 use crate::spill::{self, SpillFiles};
 use crate::time::Micros;
-use crate::window::{self, GroupWork};
+use crate::window;
 use crate::{validate, Progress};
 use rayon::prelude::*;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Default number of account buckets. Work is grouped by `hash(account_id) mod buckets`;
-/// a bucket is the unit of parallel work (and later of sharding).
-pub const DEFAULT_BUCKETS: u32 = 64;
+/// `buckets` of a run that sizes its account buckets itself: a group's accounts are split
+/// into buckets of consecutive accounts holding about 32K rows each (see `window`).
+pub const AUTOMATIC_BUCKETS: u32 = 0;
 
 /// Default working-memory budget: 2 GiB (groups are sized so that one group's working set
 /// and the next group's rows, read back meanwhile, fit in it).
@@ -36,6 +36,8 @@ pub struct RunSettings {
     pub mode: Mode,
     pub as_of: Micros,
     pub settle_micros: i64,
+    /// Account buckets of a group, the units of parallel work; [`AUTOMATIC_BUCKETS`]: sized
+    /// from the group's rows.
     pub buckets: u32,
     /// Number of account groups processed one after another (None: sized from
     /// `memory_budget_bytes`).
@@ -578,40 +580,81 @@ impl<'a> RunState<'a> {
         }
         let stage = progress.stage("validate");
         let rows_in = (rows.usage.len() + rows.debits.len()) as u64;
-        let rejects = &mut partial.rejects;
         let GroupRows {
-            usage,
+            mut usage,
             usage_ids,
-            debits,
+            mut debits,
             debit_ids,
         } = rows;
-        let debits = validate::debits(debits, &debit_ids, &context.files[3], rejects);
-        let deduped =
-            validate::dedup_usage(usage, &usage_ids, self.dicts, &context.files[0], rejects);
+        let rejects = &mut partial.rejects;
+        let entries = validate::debits(&mut debits, &debit_ids, &context.files[3], rejects);
+        let deduped = validate::dedup_usage(
+            &mut usage,
+            &usage_ids,
+            self.dicts,
+            &context.files[0],
+            rejects,
+        );
         partial.identical_duplicates += deduped.identical_copies;
-        stage.done(rows_in, (deduped.events.len() + debits.len()) as u64);
+        stage.done(rows_in, (deduped.events + entries) as u64);
 
-        let stage = progress.stage("window");
-        let events_total = deduped.events.len() as u64;
         let owns_here = |account: u32| self.owns(group, account);
-        let (work, outside) = window::place(
+        let work = window::Group::new(
             window::RunWindow {
                 mode: settings.mode,
                 as_of: settings.as_of,
                 history: &settings.history,
                 billed: self.billed,
                 owns: &owns_here,
-                group_accounts: &context.accounts_by_group[group],
                 dicts: self.dicts,
             },
             context.allocations,
             context.grants,
-            deduped,
-            usage_ids,
-            debits,
-            debit_ids,
-            rejects,
+            &context.accounts_by_group[group],
+            (&usage, &usage_ids),
+            (&debits, &debit_ids),
+            &deduped.by_id_hash,
+            (settings.buckets != AUTOMATIC_BUCKETS).then_some(settings.buckets as usize),
         );
+        drop(deduped);
+        let bucket_rows = work.bucket_rows();
+        let buckets = work.buckets() + 1;
+        let stage = progress.counted("window, price, consume, reconcile", buckets as u64);
+        let done: Vec<Result<BucketDone>> = (0..buckets)
+            .into_par_iter()
+            .map(|b| {
+                let placed = work.place(
+                    b,
+                    &bucket_rows.usage[b],
+                    &bucket_rows.debits[b],
+                    &bucket_rows.local_of_row,
+                );
+                let done = self.process_bucket(placed, settings.trace_account.as_deref());
+                stage.tick();
+                done
+            })
+            .collect();
+        let mut events_in_window = 0u64;
+        let mut discrepancy_rows = 0usize;
+        let mut outside = window::Outside::default();
+        let mut results = Vec::new();
+        for bucket in done {
+            let bucket = bucket?;
+            events_in_window += bucket.events;
+            outside.add(&bucket.outside);
+            partial.rejects.extend(bucket.rejects);
+            discrepancy_rows += bucket
+                .results
+                .iter()
+                .map(|(_, r)| r.discrepancies.len())
+                .sum::<usize>();
+            results.extend(bucket.results);
+            partial.mix.merge(bucket.mix)?;
+            if let Some(traced) = bucket.traced {
+                partial.traced = Some(traced);
+            }
+        }
+        stage.done(rows_in, discrepancy_rows as u64);
         if outside.misrouted > 0 {
             return Err(TallyError::Invariant(format!(
                 "{} events or entries reached group {group} of shard {} but belong to another",
@@ -620,20 +663,10 @@ impl<'a> RunState<'a> {
         }
         partial.outside_usage += outside.usage_rows;
         partial.outside_entries += outside.ledger_entries;
-        let in_window = work.events.len() as u64;
-        stage.done(events_total, in_window);
-
-        let stage = progress.counted(
-            "price, consume, reconcile",
-            u64::from(settings.buckets.max(1)),
-        );
-        let (mut results, mix) = process_buckets(&self.ctx, &work, settings.buckets, &stage)?;
-        let discrepancy_rows: usize = results.iter().map(|(_, r)| r.discrepancies.len()).sum();
-        stage.done(in_window, discrepancy_rows as u64);
-        partial.mix.merge(mix)?;
+        let _ = events_in_window;
         if let Some(account) = &settings.trace_account {
-            if let Some(traced) = self.trace(group, account, &work)? {
-                partial.traced = Some(traced);
+            if partial.traced.is_none() && self.owns_account(group, account) {
+                partial.traced = Some(self.untraced(account));
             }
         }
         drop(work);
@@ -648,19 +681,69 @@ impl<'a> RunState<'a> {
         Ok(())
     }
 
-    /// `tally explain`: the traced account's rows and what the engine did with it, when
-    /// this group owns it.
-    fn trace(&self, group: usize, account: &str, work: &GroupWork<'_>) -> Result<Option<Traced>> {
+    /// Process a placed bucket's accounts one after another (`trace`: the account
+    /// `tally explain` asks about, traced if it is one of them).
+    fn process_bucket(
+        &self,
+        placed: window::Placed<'_>,
+        trace: Option<&str>,
+    ) -> Result<BucketDone> {
+        let work = &placed.work;
+        let mut mix = crate::breakdown::MixSum::default();
+        let mut results = Vec::with_capacity(work.accounts.len());
+        let mut traced = None;
+        for account in &work.accounts {
+            let id = self.dicts.account(account.account);
+            let mut r = match trace {
+                Some(t) if t == &**id => {
+                    let mut periods = Vec::new();
+                    let r = process_account(&self.ctx, work, account, Some(&mut periods))?;
+                    let mut t = self.untraced(id);
+                    t.result = Some(AccountResult {
+                        discrepancies: r.discrepancies.clone(),
+                        balances: r.balances.clone(),
+                        invoices: r.invoices.clone(),
+                        invoice_lines: r.invoice_lines.clone(),
+                        renewals: r.renewals.clone(),
+                        allocations_next: r.allocations_next.clone(),
+                        grants_next: r.grants_next.clone(),
+                        billed_events: r.billed_events.clone(),
+                        totals: r.totals.clone(),
+                        mix: Default::default(),
+                    });
+                    t.periods = periods;
+                    traced = Some(t);
+                    r
+                }
+                _ => process_account(&self.ctx, work, account, None)?,
+            };
+            r.shrink();
+            mix.add(std::mem::take(&mut r.mix))?;
+            results.push((id.to_string(), r));
+        }
+        Ok(BucketDone {
+            results,
+            mix: mix.finish()?,
+            rejects: placed.rejects,
+            outside: placed.outside,
+            events: work.events.len() as u64,
+            traced,
+        })
+    }
+
+    /// Whether group `group` processes the account `account_id`.
+    fn owns_account(&self, group: usize, account_id: &str) -> bool {
+        match self.context.allocations.code(account_id) {
+            Some(code) => self.owns(group, code),
+            None => self.context.layout.group_of_account(account_id) == Some(group),
+        }
+    }
+
+    /// The traced account's plan rows, before the engine's part.
+    fn untraced(&self, account: &str) -> Traced {
         let context = self.context;
         let code = context.allocations.code(account);
-        let owned = match code {
-            Some(code) => self.owns(group, code),
-            None => context.layout.group_of_account(account) == Some(group),
-        };
-        if !owned {
-            return Ok(None);
-        }
-        let mut traced = Traced {
+        Traced {
             plan_rejects: context.plan_rejects.to_vec(),
             allocations: context
                 .allocations
@@ -672,13 +755,18 @@ impl<'a> RunState<'a> {
                 .unwrap_or_default(),
             result: None,
             periods: Vec::new(),
-        };
-        if let Some(account_work) = work.accounts.iter().find(|a| Some(a.account) == code) {
-            let result = process_account(&self.ctx, work, account_work, Some(&mut traced.periods))?;
-            traced.result = Some(result);
         }
-        Ok(Some(traced))
     }
+}
+
+/// What processing one bucket gives.
+struct BucketDone {
+    results: Vec<(String, AccountResult)>,
+    mix: crate::breakdown::Mix,
+    rejects: Vec<Reject>,
+    outside: window::Outside,
+    events: u64,
+    traced: Option<Traced>,
 }
 
 /// Take the group's billed events and invoice lines out of its results, in account
@@ -857,44 +945,4 @@ fn check_one_invoice_and_renewal_per_period(out: &AccountResult) -> Result<()> {
             renewed.len()
         )))
     }
-}
-
-/// Process the accounts of a group's work in parallel, in `buckets` runs of consecutive
-/// accounts (each run's accounts one after another). The result does not depend on the
-/// bucket count or thread count. The accounts' credits by product are taken out of their
-/// results and folded per bucket.
-fn process_buckets(
-    ctx: &RunContext<'_>,
-    work: &GroupWork<'_>,
-    buckets: u32,
-    stage: &crate::progress::Stage,
-) -> Result<(Vec<(String, AccountResult)>, crate::breakdown::Mix)> {
-    let per_bucket = work.accounts.len().div_ceil(buckets.max(1) as usize).max(1);
-    type Bucket = (Vec<(String, AccountResult)>, crate::breakdown::Mix);
-    let done: Vec<Result<Bucket>> = work
-        .accounts
-        .par_chunks(per_bucket)
-        .map(|accounts| {
-            let mut mix = crate::breakdown::MixSum::default();
-            let results = accounts
-                .iter()
-                .map(|account| {
-                    let mut r = process_account(ctx, work, account, None)?;
-                    r.shrink();
-                    mix.add(std::mem::take(&mut r.mix))?;
-                    Ok((ctx.dicts.account(account.account).to_string(), r))
-                })
-                .collect::<Result<Vec<_>>>();
-            stage.tick();
-            Ok((results?, mix.finish()?))
-        })
-        .collect();
-    let mut all = Vec::with_capacity(work.accounts.len());
-    let mut mix = crate::breakdown::Mix::default();
-    for bucket in done {
-        let (results, bucket_mix) = bucket?;
-        all.extend(results);
-        mix.merge(bucket_mix)?;
-    }
-    Ok((all, mix))
 }

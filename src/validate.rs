@@ -303,20 +303,39 @@ pub fn grants(
 }
 
 /// debits: a repeated `entry_id` is `bad_value`; the first row by (file, row) is kept.
+/// The rows stay where they are: later copies are flagged [`Debit::REPEATED`]. Returns
+/// the rows kept.
 pub fn debits(
-    rows: Vec<Debit>,
+    rows: &mut [Debit],
     ids: &Ids,
     files: &[InputFile],
     rejects: &mut Vec<Reject>,
-) -> Vec<Debit> {
-    let found = repeats(&rows, |d| d.entry_hash, |d| ids.bytes(d.entry_id));
-    let rule = IdRule {
-        dataset: Dataset::Debits,
-        id_column: "entry_id",
-        id_text: &|d: &Debit| String::from_utf8_lossy(ids.bytes(d.entry_id)).into_owned(),
-        at_of: &|d: &Debit| d.at.row_ref(),
-    };
-    first_of_each_id(rows, found, rule, files, rejects)
+) -> usize {
+    let keyed = hash_pairs(rows, |d| d.entry_hash);
+    let groups = copies_in(&keyed, rows, |d| ids.bytes(d.entry_id));
+    drop(keyed);
+    let mut repeated = 0;
+    for mut group in groups {
+        // The first row by (file, row) is kept (rows may not be in file order).
+        group.sort_by_key(|&i| rows[i as usize].at);
+        let first = rows[group[0] as usize];
+        for &i in &group[1..] {
+            let row = &mut rows[i as usize];
+            row.flags |= Debit::REPEATED;
+            repeated += 1;
+            rejects.push(reject(
+                Dataset::Debits,
+                row.at.row_ref(),
+                Reason::BadValue,
+                format!(
+                    "entry_id {} repeats the row at {}",
+                    quoted(&String::from_utf8_lossy(ids.bytes(row.entry_id))),
+                    at_text(files, first.at.row_ref())
+                ),
+            ));
+        }
+    }
+    rows.len() - repeated
 }
 
 /// The order in which copies of an event compete; the least wins: the earliest
@@ -361,47 +380,40 @@ pub fn same_event(a: &Usage, b: &Usage) -> bool {
 
 /// The result of usage dedup.
 pub struct Deduped {
-    /// One row per event_id: the winning copy (flagged [`Usage::CONFLICTING`] when its
-    /// copies differed).
-    pub events: Vec<Usage>,
+    /// Events: rows that are the winning copy of their event_id.
+    pub events: usize,
     /// Losing copies equal to the winner: counted only.
     pub identical_copies: u64,
-    /// ([`id_hash`] of `event_id`, index in `events`) of every event, sorted: the window's join
-    /// of ledger entries to events uses the hashes dedup computed.
+    /// ([`id_hash`] of `event_id`, row) of every event (winning copy), sorted: the window's
+    /// join of ledger entries to events uses the hashes dedup computed.
     pub by_id_hash: Vec<(u64, u32)>,
 }
 
 /// Dedup validated usage rows by `event_id`. The winner is the copy with the earliest
 /// `ingested_at` (null last), then first file path, then row. Losing copies equal to the
 /// winner are identical duplicates; losing copies that differ are rejected
-/// `conflicting_duplicate`.
+/// `conflicting_duplicate`. Rows stay where they are: losers are flagged [`Usage::LOST`],
+/// winners of differing copies [`Usage::CONFLICTING`].
 pub fn dedup_usage(
-    rows: Vec<Usage>,
+    rows: &mut [Usage],
     ids: &Ids,
     dicts: &Dicts,
     files: &[InputFile],
     rejects: &mut Vec<Reject>,
 ) -> Deduped {
-    let mut by_id_hash = hash_pairs(&rows, |r: &Usage| r.id_hash);
-    let groups = copies_in(&by_id_hash, &rows, |r: &Usage| ids.bytes(r.id));
-    if groups.is_empty() {
-        return Deduped {
-            events: rows,
-            identical_copies: 0,
-            by_id_hash,
-        };
-    }
+    let mut by_id_hash = hash_pairs(rows, |r: &Usage| r.id_hash);
+    let groups = copies_in(&by_id_hash, rows, |r: &Usage| ids.bytes(r.id));
     // Decide every group with copies: the winner, identical losers, conflicting losers.
-    let mut rows = rows;
-    let mut losing = vec![false; rows.len()];
     let mut identical_copies = 0u64;
+    let mut lost = 0usize;
     for mut group in groups {
         group.sort_by_key(|&i| winner_order(&rows[i as usize]));
         let winner_index = group[0] as usize;
         let winner = rows[winner_index];
         for &loser_index in &group[1..] {
             let loser = rows[loser_index as usize];
-            losing[loser_index as usize] = true;
+            rows[loser_index as usize].flags |= Usage::LOST;
+            lost += 1;
             if same_event(&loser, &winner) {
                 identical_copies += 1;
             } else {
@@ -420,27 +432,11 @@ pub fn dedup_usage(
             }
         }
     }
-    // In place: no second multi-GB vector (and no fresh pages to fault in).
-    let mut index = 0;
-    rows.retain(|_| {
-        let lost = losing[index];
-        index += 1;
-        !lost
-    });
-    // The kept rows' hashes, renumbered to their places after the retain (an increasing
-    // renumbering: the pairs stay sorted).
-    let mut kept_before = Vec::with_capacity(losing.len());
-    let mut kept = 0u32;
-    for &lost in &losing {
-        kept_before.push(kept);
-        kept += u32::from(!lost);
+    if lost > 0 {
+        by_id_hash.retain(|&(_, i)| !rows[i as usize].lost());
     }
-    by_id_hash.retain(|&(_, i)| !losing[i as usize]);
-    by_id_hash
-        .iter_mut()
-        .for_each(|(_, i)| *i = kept_before[*i as usize]);
     Deduped {
-        events: rows,
+        events: rows.len() - lost,
         identical_copies,
         by_id_hash,
     }
@@ -483,6 +479,7 @@ mod tests {
         identical: u64,
         rejects: Vec<Reject>,
         deduped: Deduped,
+        rows: Vec<Usage>,
         ids: Ids,
     }
 
@@ -491,16 +488,15 @@ mod tests {
         let (compact, ids, _, _) = compact_rows(rows, &[], &builder);
         let dicts = builder.freeze();
         let mut rejects = Vec::new();
-        let deduped = dedup_usage(compact, &ids, &dicts, &files(), &mut rejects);
+        let mut compact = compact;
+        let deduped = dedup_usage(&mut compact, &ids, &dicts, &files(), &mut rejects);
         let name = |u: &Usage| ids.str(u.id).unwrap().to_string();
-        let mut kept: Vec<(String, RowRef)> = deduped
-            .events
-            .iter()
-            .map(|e| (name(e), e.at.row_ref()))
-            .collect();
+        let events: Vec<Usage> = compact.into_iter().filter(|u| !u.lost()).collect();
+        assert_eq!(events.len(), deduped.events);
+        let mut kept: Vec<(String, RowRef)> =
+            events.iter().map(|e| (name(e), e.at.row_ref())).collect();
         kept.sort();
-        let mut conflicting: Vec<String> = deduped
-            .events
+        let mut conflicting: Vec<String> = events
             .iter()
             .filter(|e| e.conflicting())
             .map(name)
@@ -512,6 +508,7 @@ mod tests {
             identical: deduped.identical_copies,
             rejects,
             deduped,
+            rows: events,
             ids,
         }
     }
@@ -607,10 +604,14 @@ mod tests {
             entry(1, 0, "x"),
         ];
         let builder = DictBuilder::new(["acct-1"].into_iter());
-        let (_, _, compact, ids) = compact_rows(&[], &rows, &builder);
+        let (_, _, mut compact, ids) = compact_rows(&[], &rows, &builder);
         let mut rejects = Vec::new();
-        let kept = debits(compact, &ids, &files(), &mut rejects);
-        let kept: Vec<RowRef> = kept.iter().map(|d| d.at.row_ref()).collect();
+        assert_eq!(debits(&mut compact, &ids, &files(), &mut rejects), 2);
+        let kept: Vec<RowRef> = compact
+            .iter()
+            .filter(|d| !d.repeated())
+            .map(|d| d.at.row_ref())
+            .collect();
         assert_eq!(kept, [at(0, 0), at(0, 1)]);
         let lost: Vec<(RowRef, Reason, &str)> = rejects
             .iter()
@@ -683,18 +684,19 @@ mod tests {
         ];
         let out = dedup(&rows);
         let kept: Vec<(&str, u64)> = out
-            .deduped
-            .events
+            .rows
             .iter()
             .map(|e| (out.ids.str(e.id).unwrap(), e.at.row()))
             .collect();
         assert_eq!(kept, [("a", 0), ("c", 3), ("b", 4)]);
         assert_eq!(out.identical, 2);
         assert!(out.rejects.is_empty());
-        // The hashes dedup hands to the window: the kept events', renumbered, sorted.
-        assert_eq!(
-            out.deduped.by_id_hash,
-            hash_pairs(&out.deduped.events, |r: &Usage| r.id_hash)
-        );
+        // The hashes dedup hands to the window: the winners', by their rows, sorted.
+        let mut expected: Vec<(u64, u32)> = [(0, "a"), (3, "c"), (4, "b")]
+            .iter()
+            .map(|&(row, id)| (id_hash(id), row))
+            .collect();
+        expected.sort_unstable();
+        assert_eq!(out.deduped.by_id_hash, expected);
     }
 }

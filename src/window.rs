@@ -1,17 +1,18 @@
 //! Stage 2b: place every event and ledger entry: in the run's window (attached to its
 //! account-period), outside it, or rejected `no_allocation` (contract section 7, "Window").
 //!
-//! The result is one flat [`GroupWork`] per group: the events of every covered
-//! account-period, each period's events together and in consumption order
-//! ((occurred_at, event_id)), every event's ledger entries, and the unattached entries of
-//! each period. Accounts and periods refer to their rows by ranges: nothing is allocated
-//! per event or per account-period, and the engine reads each period's rows in sequence.
+//! A group's accounts are split into buckets of consecutive accounts (by code, which is
+//! by account id). Each bucket gathers its events and entries from the group's rows
+//! (which stay where they were loaded) into a small flat [`BucketWork`]: every covered
+//! account-period's events together in consumption order ((occurred_at, event_id)), each
+//! event's ledger entries after it in that order, and each period's unattached entries.
+//! Buckets are placed and processed independently, in parallel, each in cache.
 
 use crate::dict::{Dicts, Ids};
 use crate::history::History;
 use crate::model::*;
 use crate::time::{format_instant, Micros};
-use crate::validate::{hash_pairs, Allocations, Deduped, FastHash};
+use crate::validate::{hash_pairs, Allocations, FastHash};
 use rayon::prelude::*;
 use std::collections::HashSet;
 use std::ops::Range;
@@ -20,7 +21,7 @@ use std::ops::Range;
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct EventWork {
     pub usage: Usage,
-    /// Its entries: `GroupWork::entries[first_entry..first_entry + entry_count]`.
+    /// Its entries: `BucketWork::entries[first_entry..first_entry + entry_count]`.
     pub first_entry: u32,
     pub entry_count: u32,
     /// For a late event, the start of the earlier-closed period it occurred in
@@ -39,14 +40,14 @@ impl EventWork {
     }
 }
 
-/// A covered account-period and where its rows are in the group's work.
+/// A covered account-period and where its rows are in its bucket's work.
 #[derive(Clone, Debug)]
 pub struct PeriodWork<'a> {
     pub allocation: &'a AllocationRow,
-    /// Its events: `GroupWork::events[events]`, by (occurred_at, event_id).
+    /// Its events: `BucketWork::events[events]`, by (occurred_at, event_id).
     pub events: Range<usize>,
     /// Entries attached to no event, placed here by their own account and `recorded_at`:
-    /// `GroupWork::unattached[unattached]`, by (file, row).
+    /// `BucketWork::unattached[unattached]`, by (file, row).
     pub unattached: Range<usize>,
 }
 
@@ -61,16 +62,16 @@ pub struct AccountWork<'a> {
     pub grants: &'a [GrantRow],
 }
 
-/// A group's work, ready for the engine.
-pub struct GroupWork<'a> {
+/// A bucket's work, ready for the engine.
+pub struct BucketWork<'a> {
     /// Accounts with covered periods, by code (= by account id).
     pub accounts: Vec<AccountWork<'a>>,
     pub events: Vec<EventWork>,
     pub entries: Vec<Debit>,
     pub unattached: Vec<Debit>,
     /// The ids of `events` (usage) and of `entries` and `unattached` (ledger).
-    pub usage_ids: Ids,
-    pub debit_ids: Ids,
+    pub usage_ids: &'a Ids,
+    pub debit_ids: &'a Ids,
 }
 
 /// Counts of rows that were read but not used by this run.
@@ -83,10 +84,18 @@ pub struct Outside {
     pub misrouted: u64,
 }
 
+impl Outside {
+    pub fn add(&mut self, o: &Outside) {
+        self.usage_rows += o.usage_rows;
+        self.ledger_entries += o.ledger_entries;
+        self.misrouted += o.misrouted;
+    }
+}
+
 /// Where an event goes.
-#[derive(Copy, Clone, PartialEq, Eq)]
+#[derive(Copy, Clone, PartialEq, Eq, Debug)]
 enum Placement {
-    /// The covered account-period (its slot: the group's periods numbered in order).
+    /// The covered account-period (its slot: the bucket's periods numbered in order).
     InWindow(u32),
     /// A late event: billed in this slot; it occurred in the earlier-closed period
     /// starting at the given instant.
@@ -105,28 +114,6 @@ fn containing(allocs: &[AllocationRow], t: Micros) -> Option<usize> {
 
 const NONE: u32 = u32::MAX;
 
-/// What the window knows of the group's accounts: for each known account code, the
-/// account's index in the group (`NONE`: another group's); for each account of the
-/// group, the slot of each of its allocations (`NONE`: not covered).
-struct Slots {
-    index_of: Vec<u32>,
-    /// Per account of the group: its first entry in `slot_of_alloc`.
-    first_alloc: Vec<u32>,
-    slot_of_alloc: Vec<u32>,
-    /// The account of each slot (index into the group's accounts).
-    account_of_slot: Vec<u32>,
-}
-
-impl Slots {
-    /// The group's index of an account with covered periods.
-    fn account(&self, code: u32) -> Option<usize> {
-        match self.index_of.get(code as usize) {
-            Some(&i) if i != NONE && i != UNCOVERED => Some(i as usize),
-            _ => None,
-        }
-    }
-}
-
 /// Which periods a run covers: its mode, as-of, and the periods earlier closes closed.
 pub struct RunWindow<'a> {
     pub mode: Mode,
@@ -137,9 +124,6 @@ pub struct RunWindow<'a> {
     /// Whether an account (by code) is processed here (its partition is in this group
     /// and shard).
     pub owns: &'a (dyn Fn(u32) -> bool + Sync),
-    /// The codes of the accounts with valid allocations processed here, in order
-    /// (`accounts_by_group`).
-    pub group_accounts: &'a [u32],
     pub dicts: &'a Dicts,
 }
 
@@ -157,126 +141,6 @@ pub fn accounts_by_group(
         }
     }
     by_group
-}
-
-/// The covered periods of the group's accounts, and their slots.
-fn covered_periods<'a>(
-    window: &RunWindow<'_>,
-    allocations: &'a Allocations,
-    grants: &'a [Vec<GrantRow>],
-) -> (Vec<AccountWork<'a>>, Slots) {
-    let mut accounts: Vec<AccountWork<'a>> = Vec::new();
-    let mut slots = Slots {
-        index_of: vec![NONE; allocations.len()],
-        first_alloc: Vec::with_capacity(window.group_accounts.len()),
-        slot_of_alloc: Vec::new(),
-        account_of_slot: Vec::new(),
-    };
-    for &code in window.group_accounts {
-        let allocs = allocations.of(code);
-        let account_id = &allocations.accounts[code as usize];
-        let first = slots.slot_of_alloc.len() as u32;
-        let mut periods = Vec::new();
-        for a in allocs {
-            let closed_before = window.history.is_closed(account_id, a.period_start);
-            if window
-                .mode
-                .covers(a.period_start, a.period_end, window.as_of)
-                && !closed_before
-            {
-                slots.slot_of_alloc.push(slots.account_of_slot.len() as u32);
-                slots.account_of_slot.push(accounts.len() as u32);
-                periods.push(PeriodWork {
-                    allocation: a,
-                    events: 0..0,
-                    unattached: 0..0,
-                });
-            } else {
-                slots.slot_of_alloc.push(NONE);
-            }
-        }
-        if periods.is_empty() {
-            // Allocations, but none covered: its rows are outside (or no_allocation).
-            slots.slot_of_alloc.truncate(first as usize);
-            slots.index_of[code as usize] = UNCOVERED;
-            continue;
-        }
-        slots.index_of[code as usize] = slots.first_alloc.len() as u32;
-        slots.first_alloc.push(first);
-        accounts.push(AccountWork {
-            account: code,
-            periods,
-            grants: grants.get(code as usize).map_or(&[], Vec::as_slice),
-        });
-    }
-    (accounts, slots)
-}
-
-/// Marks, in `Slots::index_of`, an account of the group with no covered period.
-const UNCOVERED: u32 = NONE - 1;
-
-/// Place an instant of an account: in a covered period (its slot), in no allocation, or
-/// elsewhere. (An account of another group reads as having no allocation: the caller
-/// counts such rows as misrouted.)
-fn place_instant(slots: &Slots, allocations: &Allocations, account: u32, t: Micros) -> Placement {
-    let index = match slots.index_of.get(account as usize) {
-        Some(&i) if i != NONE => i,
-        _ => return Placement::NoAllocation,
-    };
-    let Some(alloc) = containing(allocations.of(account), t) else {
-        return Placement::NoAllocation;
-    };
-    if index == UNCOVERED {
-        return Placement::Outside;
-    }
-    match slots.slot_of_alloc[(slots.first_alloc[index as usize] as usize) + alloc] {
-        NONE => Placement::Outside,
-        slot => Placement::InWindow(slot),
-    }
-}
-
-/// An event outside the run's periods that occurred in a period an earlier close already
-/// closed, and was not billed there: billed in the account's first covered period that
-/// starts at or after that period's end (if this run covers one).
-fn place_late(
-    slots: &Slots,
-    accounts: &[AccountWork<'_>],
-    allocations: &Allocations,
-    window: &RunWindow<'_>,
-    usage: &Usage,
-    ids: &Ids,
-) -> Option<Placement> {
-    let account_id = window.dicts.account(usage.account);
-    let closed = closed_period(allocations, window.history, account_id, usage.occurred_at)?;
-    let event_id = std::str::from_utf8(ids.bytes(usage.id)).ok()?;
-    if window.billed.contains(event_id) {
-        return None;
-    }
-    let index = slots.account(usage.account)?;
-    let first_slot = slots.first_slot_of(index)?;
-    let position = accounts[index]
-        .periods
-        .iter()
-        .position(|p| p.allocation.period_start >= closed.period_end)?;
-    Some(Placement::Late(
-        first_slot + position as u32,
-        closed.period_start,
-    ))
-}
-
-impl Slots {
-    /// The slot of an account's first covered period.
-    fn first_slot_of(&self, index: usize) -> Option<u32> {
-        let first = self.first_alloc[index] as usize;
-        let end = self
-            .first_alloc
-            .get(index + 1)
-            .map_or(self.slot_of_alloc.len(), |&e| e as usize);
-        self.slot_of_alloc[first..end]
-            .iter()
-            .copied()
-            .find(|&s| s != NONE)
-    }
 }
 
 /// The allocation containing `t`, if an earlier close closed it.
@@ -311,7 +175,7 @@ const NO_EVENT: u32 = u32::MAX;
 
 /// For every entry, the index of the event its `event_id` names (`NO_EVENT` if none).
 /// A merge join of the events' sorted (id hash, index) pairs (from dedup) with the
-/// entries' (sorted here).
+/// entries' (sorted here). Repeated entries name no event.
 ///
 /// Equal hashes must still be compared as strings, but comparing them in hash order
 /// reads two rows at random per entry (a cache miss each). So the merge records, for an
@@ -328,7 +192,10 @@ fn join_on_event_id(
 ) -> Vec<u32> {
     let left = by_id_hash;
     let attached: Vec<u32> = (0..debits.len() as u32)
-        .filter(|&i| debits[i as usize].has_event())
+        .filter(|&i| {
+            let d = &debits[i as usize];
+            d.has_event() && !d.repeated()
+        })
         .collect();
     let right: Vec<(u64, u32)> = hash_pairs(&attached, |&i| debits[i as usize].event_hash)
         .into_iter()
@@ -381,10 +248,546 @@ fn join_on_event_id(
     found
 }
 
+/// A group's rows after validation, and what its buckets share.
+pub struct Group<'a> {
+    pub window: RunWindow<'a>,
+    pub allocations: &'a Allocations,
+    /// Valid grants by account code.
+    pub grants: &'a [Vec<GrantRow>],
+    /// The group's accounts with valid allocations, by code.
+    pub accounts: &'a [u32],
+    pub usage: &'a [Usage],
+    pub usage_ids: &'a Ids,
+    pub debits: &'a [Debit],
+    pub debit_ids: &'a Ids,
+    /// For each known account code, its bucket (`NONE`: not one of the group's).
+    bucket_of_code: Vec<u32>,
+    buckets: usize,
+    /// For each ledger row, the row of the event it is attached to (`NO_EVENT`: none).
+    event_of_entry: Vec<u32>,
+}
+
+/// Rows a bucket holds on average: small enough that a bucket's work stays in cache.
+const ROWS_PER_BUCKET: usize = 32 * 1024;
+
+/// The rows of each bucket: indices into the group's usage and ledger rows.
+pub struct BucketRows {
+    pub usage: Vec<Vec<u32>>,
+    pub debits: Vec<Vec<u32>>,
+    /// For each usage row, its index among its bucket's (`u32::MAX` for a lost copy).
+    pub local_of_row: Vec<u32>,
+}
+
+impl<'a> Group<'a> {
+    /// Join the group's entries to its events and split its accounts into buckets
+    /// (`buckets`: how many; `None`: about one per [`ROWS_PER_BUCKET`] rows).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        window: RunWindow<'a>,
+        allocations: &'a Allocations,
+        grants: &'a [Vec<GrantRow>],
+        accounts: &'a [u32],
+        (usage, usage_ids): (&'a [Usage], &'a Ids),
+        (debits, debit_ids): (&'a [Debit], &'a Ids),
+        by_id_hash: &[(u64, u32)],
+        buckets: Option<usize>,
+    ) -> Group<'a> {
+        let event_of_entry = join_on_event_id(usage, usage_ids, by_id_hash, debits, debit_ids);
+        let buckets = buckets
+            .unwrap_or((usage.len() + debits.len()) / ROWS_PER_BUCKET)
+            .clamp(1, accounts.len().max(1));
+        let mut bucket_of_code = vec![NONE; allocations.len()];
+        for (i, &code) in accounts.iter().enumerate() {
+            bucket_of_code[code as usize] = (i * buckets / accounts.len()) as u32;
+        }
+        Group {
+            window,
+            allocations,
+            grants,
+            accounts,
+            usage,
+            usage_ids,
+            debits,
+            debit_ids,
+            bucket_of_code,
+            buckets,
+            event_of_entry,
+        }
+    }
+
+    /// Buckets of accounts: `0..buckets()`, and one more for the rows of accounts the
+    /// group does not have (accounts without allocations, or another group's).
+    pub fn buckets(&self) -> usize {
+        self.buckets
+    }
+
+    /// The bucket of an account code (the last one for an account not of the group).
+    fn bucket_of(&self, account: u32) -> usize {
+        match self.bucket_of_code.get(account as usize) {
+            Some(&b) if b != NONE => b as usize,
+            _ => self.buckets,
+        }
+    }
+
+    /// The accounts of bucket `b` (none for the last).
+    fn accounts_of(&self, b: usize) -> &'a [u32] {
+        let n = self.accounts.len();
+        if b >= self.buckets {
+            return &[];
+        }
+        // The inverse of `i * buckets / n`: the first index of each bucket.
+        let first = |b: usize| (b * n).div_ceil(self.buckets);
+        &self.accounts[first(b)..first(b + 1)]
+    }
+
+    /// The rows of every bucket: events by their account's bucket, entries by their
+    /// event's (attached) or their own account's (unattached). Lost copies and repeated
+    /// entries are left out.
+    pub fn bucket_rows(&self) -> BucketRows {
+        let buckets = self.buckets + 1;
+        let usage = split_by(buckets, self.usage.len(), &|i| {
+            (!self.usage[i].lost()).then(|| self.bucket_of(self.usage[i].account))
+        });
+        let debits = split_by(buckets, self.debits.len(), &|i| {
+            let d = &self.debits[i];
+            if d.repeated() {
+                return None;
+            }
+            Some(match self.event_of_entry[i] {
+                NO_EVENT => self.bucket_of(d.account),
+                event => self.bucket_of(self.usage[event as usize].account),
+            })
+        });
+        let mut local_of_row = vec![NONE; self.usage.len()];
+        for rows in &usage {
+            for (k, &row) in rows.iter().enumerate() {
+                local_of_row[row as usize] = k as u32;
+            }
+        }
+        BucketRows {
+            usage,
+            debits,
+            local_of_row,
+        }
+    }
+}
+
+/// Row indices `0..rows` by bucket (in row order within a bucket); `None`: left out.
+fn split_by(
+    buckets: usize,
+    rows: usize,
+    bucket_of: &(dyn Fn(usize) -> Option<usize> + Sync),
+) -> Vec<Vec<u32>> {
+    let of: Vec<u32> = (0..rows)
+        .into_par_iter()
+        .map(|i| bucket_of(i).map_or(NONE, |b| b as u32))
+        .collect();
+    let mut counts = vec![0usize; buckets];
+    for &b in &of {
+        if b != NONE {
+            counts[b as usize] += 1;
+        }
+    }
+    let mut split: Vec<Vec<u32>> = counts.iter().map(|&n| Vec::with_capacity(n)).collect();
+    for (i, &b) in of.iter().enumerate() {
+        if b != NONE {
+            split[b as usize].push(i as u32);
+        }
+    }
+    split
+}
+
+/// A bucket placed: its work, the rows it rejected and those outside the window.
+pub struct Placed<'a> {
+    pub work: BucketWork<'a>,
+    pub rejects: Vec<Reject>,
+    pub outside: Outside,
+}
+
+/// The bucket's accounts with covered periods, and the slot of each of their
+/// allocations (`NONE`: not covered).
+struct Slots {
+    /// Per account of the bucket (its place in `Group::accounts_of`): its first entry in
+    /// `slot_of_alloc`, or `NONE` without a covered period.
+    first_alloc: Vec<u32>,
+    slot_of_alloc: Vec<u32>,
+    /// Per account of the bucket: its index in `BucketWork::accounts`.
+    work_of: Vec<u32>,
+}
+
+impl<'a> Group<'a> {
+    /// The bucket's covered periods (their slots numbered account by account, period by
+    /// period).
+    fn covered(&self, bucket_accounts: &[u32]) -> (Vec<AccountWork<'a>>, Slots) {
+        let window = &self.window;
+        let mut accounts = Vec::new();
+        let mut slots = Slots {
+            first_alloc: Vec::with_capacity(bucket_accounts.len()),
+            slot_of_alloc: Vec::new(),
+            work_of: Vec::with_capacity(bucket_accounts.len()),
+        };
+        let mut next_slot = 0u32;
+        for &code in bucket_accounts {
+            let allocs = self.allocations.of(code);
+            let account_id = &self.allocations.accounts[code as usize];
+            let first = slots.slot_of_alloc.len();
+            let mut periods = Vec::new();
+            for a in allocs {
+                let closed_before = window.history.is_closed(account_id, a.period_start);
+                if window
+                    .mode
+                    .covers(a.period_start, a.period_end, window.as_of)
+                    && !closed_before
+                {
+                    slots.slot_of_alloc.push(next_slot);
+                    next_slot += 1;
+                    periods.push(PeriodWork {
+                        allocation: a,
+                        events: 0..0,
+                        unattached: 0..0,
+                    });
+                } else {
+                    slots.slot_of_alloc.push(NONE);
+                }
+            }
+            if periods.is_empty() {
+                slots.slot_of_alloc.truncate(first);
+                slots.first_alloc.push(NONE);
+                slots.work_of.push(NONE);
+                continue;
+            }
+            slots.first_alloc.push(first as u32);
+            slots.work_of.push(accounts.len() as u32);
+            accounts.push(AccountWork {
+                account: code,
+                periods,
+                grants: self.grants.get(code as usize).map_or(&[], Vec::as_slice),
+            });
+        }
+        (accounts, slots)
+    }
+
+    /// Place an instant of an account: in a covered period (its slot), in no allocation,
+    /// or elsewhere. An account that is not the bucket's reads as having no allocation
+    /// (the caller counts such rows as misrouted when another group owns them).
+    fn place_instant(&self, bucket: usize, slots: &Slots, account: u32, t: Micros) -> Placement {
+        if self.bucket_of(account) != bucket || bucket == self.buckets {
+            return Placement::NoAllocation;
+        }
+        let Some(alloc) = containing(self.allocations.of(account), t) else {
+            return Placement::NoAllocation;
+        };
+        let accounts = self.accounts_of(bucket);
+        let index = accounts
+            .binary_search(&account)
+            .expect("an account of the bucket is in its list");
+        match slots.first_alloc[index] {
+            NONE => Placement::Outside,
+            first => match slots.slot_of_alloc[first as usize + alloc] {
+                NONE => Placement::Outside,
+                slot => Placement::InWindow(slot),
+            },
+        }
+    }
+
+    /// An event outside the run's periods that occurred in a period an earlier close
+    /// already closed, and was not billed there: billed in the account's first covered
+    /// period that starts at or after that period's end (if this run covers one).
+    fn place_late(
+        &self,
+        bucket: usize,
+        slots: &Slots,
+        accounts: &[AccountWork<'_>],
+        usage: &Usage,
+    ) -> Option<Placement> {
+        let window = &self.window;
+        let account_id = window.dicts.account(usage.account);
+        let closed = closed_period(
+            self.allocations,
+            window.history,
+            account_id,
+            usage.occurred_at,
+        )?;
+        let event_id = std::str::from_utf8(self.usage_ids.bytes(usage.id)).ok()?;
+        if window.billed.contains(event_id) {
+            return None;
+        }
+        if self.bucket_of(usage.account) != bucket {
+            return None;
+        }
+        let bucket_accounts = self.accounts_of(bucket);
+        let index = bucket_accounts.binary_search(&usage.account).ok()?;
+        let work = slots.work_of[index];
+        if work == NONE {
+            return None;
+        }
+        let first_slot = slots.slot_of_alloc[slots.first_alloc[index] as usize..]
+            .iter()
+            .copied()
+            .find(|&s| s != NONE)?;
+        let position = accounts[work as usize]
+            .periods
+            .iter()
+            .position(|p| p.allocation.period_start >= closed.period_end)?;
+        Some(Placement::Late(
+            first_slot + position as u32,
+            closed.period_start,
+        ))
+    }
+
+    /// Place bucket `bucket`'s events and entries (`usage_rows`, `debit_rows`: its rows from
+    /// [`Group::bucket_rows`]; `local_of_row`: each usage row's index in its bucket).
+    pub fn place(
+        &self,
+        bucket: usize,
+        usage_rows: &[u32],
+        debit_rows: &[u32],
+        local_of_row: &[u32],
+    ) -> Placed<'a> {
+        let window = &self.window;
+        let bucket_accounts = self.accounts_of(bucket);
+        let (mut accounts, slots) = self.covered(bucket_accounts);
+        let slot_count = slots.slot_of_alloc.iter().filter(|&&s| s != NONE).count();
+        let mut rejects = Vec::new();
+        let mut outside = Outside::default();
+        let as_of = window.as_of;
+        let may_be_late = !window.history.closed.is_empty();
+
+        // The bucket's rows, gathered once (the group's rows are read in row order).
+        let usage: Vec<Usage> = usage_rows.iter().map(|&r| self.usage[r as usize]).collect();
+        let debits: Vec<Debit> = debit_rows
+            .iter()
+            .map(|&r| self.debits[r as usize])
+            .collect();
+        let placements: Vec<Placement> = usage
+            .iter()
+            .map(|usage| {
+                if usage.occurred_at >= as_of {
+                    return Placement::Outside;
+                }
+                let placement =
+                    self.place_instant(bucket, &slots, usage.account, usage.occurred_at);
+                if may_be_late && placement == Placement::Outside {
+                    if let Some(late) = self.place_late(bucket, &slots, &accounts, usage) {
+                        return late;
+                    }
+                }
+                placement
+            })
+            .collect();
+        for (usage, placement) in usage.iter().zip(&placements) {
+            match placement {
+                Placement::NoAllocation => {
+                    rejects.push(Reject {
+                        dataset: Dataset::Usage,
+                        at: usage.at.row_ref(),
+                        reason: Reason::NoAllocation,
+                        detail: format!(
+                            "no allocation of account {} contains occurred_at {}",
+                            quoted(window.dicts.account(usage.account)),
+                            format_instant(usage.occurred_at)
+                        ),
+                    });
+                    if !(window.owns)(usage.account) {
+                        outside.misrouted += 1;
+                    }
+                }
+                Placement::Outside => {
+                    outside.usage_rows += 1;
+                    // An event of another group's account that reached this one would
+                    // look "outside" or "no allocation": count it instead.
+                    if !(window.owns)(usage.account) {
+                        outside.misrouted += 1;
+                    }
+                }
+                Placement::InWindow(_) | Placement::Late(..) => {}
+            }
+        }
+
+        // Every placed event's position in the bucket's work: by slot, then (occurred_at,
+        // event_id).
+        let slot_of = |p: &Placement| match *p {
+            Placement::InWindow(slot) | Placement::Late(slot, _) => Some(slot as usize),
+            Placement::NoAllocation | Placement::Outside => None,
+        };
+        let mut event_start = vec![0usize; slot_count + 1];
+        for p in &placements {
+            if let Some(slot) = slot_of(p) {
+                event_start[slot + 1] += 1;
+            }
+        }
+        prefix_sums(&mut event_start);
+        let placed_count = event_start[slot_count];
+        // (bucket-local event index) in slot order, each slot then ordered.
+        let mut order = vec![0u32; placed_count];
+        let mut next = event_start.clone();
+        for (k, p) in placements.iter().enumerate() {
+            if let Some(slot) = slot_of(p) {
+                order[next[slot]] = k as u32;
+                next[slot] += 1;
+            }
+        }
+        let usage_at = |k: u32| &usage[k as usize];
+        for w in event_start.windows(2) {
+            let period = &mut order[w[0]..w[1]];
+            let ordered = |a: &u32, b: &u32| {
+                let (a, b) = (usage_at(*a), usage_at(*b));
+                a.occurred_at
+                    .cmp(&b.occurred_at)
+                    .then_with(|| self.usage_ids.bytes(a.id).cmp(self.usage_ids.bytes(b.id)))
+            };
+            if !period
+                .windows(2)
+                .all(|p| ordered(&p[0], &p[1]) != std::cmp::Ordering::Greater)
+            {
+                period.sort_unstable_by(ordered);
+            }
+        }
+        // position of each bucket-local event (NONE: not placed).
+        let mut position = vec![NONE; usage.len()];
+        for (at, &k) in order.iter().enumerate() {
+            position[k as usize] = at as u32;
+        }
+
+        // Entries: attached to a placed event, unattached in a covered period, outside,
+        // or rejected. An entry's event is in this bucket (`Group::bucket_rows`).
+        let mut entries_per_event = vec![0u32; placed_count];
+        let mut unattached_start = vec![0usize; slot_count + 1];
+        let mut targets: Vec<EntryTarget> = Vec::with_capacity(debits.len());
+        for (entry, &row) in debits.iter().zip(debit_rows) {
+            let event = self.event_of_entry[row as usize];
+            let local = match event {
+                NO_EVENT => NONE,
+                event => local_of_row[event as usize],
+            };
+            let target = self.entry_target(bucket, &slots, entry, local, &placements);
+            match target {
+                EntryTarget::Event(k) => entries_per_event[position[k as usize] as usize] += 1,
+                EntryTarget::Unattached(slot) => unattached_start[slot as usize + 1] += 1,
+                EntryTarget::NoAllocation => rejects.push(Reject {
+                    dataset: Dataset::Debits,
+                    at: entry.at.row_ref(),
+                    reason: Reason::NoAllocation,
+                    detail: match self.event_of_entry[row as usize] {
+                        NO_EVENT => format!(
+                            "no allocation of account {} contains recorded_at {} and no \
+                             usage event matches its event_id",
+                            quoted(window.dicts.account(entry.account)),
+                            format_instant(entry.recorded_at)
+                        ),
+                        _ => format!(
+                            "its event {} was rejected no_allocation",
+                            quoted(&String::from_utf8_lossy(
+                                self.debit_ids.bytes(entry.event_id)
+                            ))
+                        ),
+                    },
+                }),
+                EntryTarget::Outside => outside.ledger_entries += 1,
+                EntryTarget::Misrouted => outside.misrouted += 1,
+            }
+            targets.push(target);
+        }
+        prefix_sums(&mut unattached_start);
+
+        // The events in order, each with the range of its entries.
+        let mut events: Vec<EventWork> = Vec::with_capacity(placed_count);
+        let mut first = 0u32;
+        for (at, &k) in order.iter().enumerate() {
+            let count = entries_per_event[at];
+            events.push(EventWork {
+                usage: *usage_at(k),
+                first_entry: first,
+                entry_count: count,
+                late_from: match placements[k as usize] {
+                    Placement::Late(_, from) => from,
+                    _ => NO_INSTANT,
+                },
+            });
+            first += count;
+        }
+        let zero: Debit = bytemuck::Zeroable::zeroed();
+        let mut entries = vec![zero; first as usize];
+        let mut filled: Vec<u32> = events.iter().map(|e| e.first_entry).collect();
+        let mut unattached = vec![zero; unattached_start[slot_count]];
+        let mut next_unattached = unattached_start.clone();
+        for (&entry, target) in debits.iter().zip(&targets) {
+            match *target {
+                EntryTarget::Event(k) => {
+                    let at = position[k as usize] as usize;
+                    entries[filled[at] as usize] = entry;
+                    filled[at] += 1;
+                }
+                EntryTarget::Unattached(slot) => {
+                    unattached[next_unattached[slot as usize]] = entry;
+                    next_unattached[slot as usize] += 1;
+                }
+                EntryTarget::NoAllocation | EntryTarget::Outside | EntryTarget::Misrouted => {}
+            }
+        }
+        debug_assert!(filled
+            .iter()
+            .zip(events.iter().skip(1))
+            .all(|(f, e)| *f == e.first_entry));
+
+        // Ranges of every period (slots are numbered account by account, period by period).
+        let mut slot = 0;
+        for period in accounts.iter_mut().flat_map(|a| a.periods.iter_mut()) {
+            period.events = event_start[slot]..event_start[slot + 1];
+            period.unattached = unattached_start[slot]..unattached_start[slot + 1];
+            slot += 1;
+        }
+        assert_eq!(slot, slot_count, "one slot per covered period");
+        Placed {
+            work: BucketWork {
+                accounts,
+                events,
+                entries,
+                unattached,
+                usage_ids: self.usage_ids,
+                debit_ids: self.debit_ids,
+            },
+            rejects,
+            outside,
+        }
+    }
+
+    /// Where a ledger entry of this bucket goes (`event`: the bucket-local index of its
+    /// event, `NONE` without one).
+    fn entry_target(
+        &self,
+        bucket: usize,
+        slots: &Slots,
+        entry: &Debit,
+        event: u32,
+        placements: &[Placement],
+    ) -> EntryTarget {
+        if entry.recorded_at >= self.window.as_of {
+            return EntryTarget::Outside;
+        }
+        if event != NONE {
+            let k = event;
+            return match placements[k as usize] {
+                Placement::InWindow(_) | Placement::Late(..) => EntryTarget::Event(k),
+                Placement::Outside => EntryTarget::Outside,
+                Placement::NoAllocation => EntryTarget::NoAllocation,
+            };
+        }
+        if !(self.window.owns)(entry.account) {
+            return EntryTarget::Misrouted;
+        }
+        match self.place_instant(bucket, slots, entry.account, entry.recorded_at) {
+            Placement::InWindow(slot) => EntryTarget::Unattached(slot),
+            Placement::Outside | Placement::Late(..) => EntryTarget::Outside,
+            Placement::NoAllocation => EntryTarget::NoAllocation,
+        }
+    }
+}
+
 /// Where a ledger entry goes.
 #[derive(Copy, Clone)]
 enum EntryTarget {
-    /// Attached to the event with this index in the deduped event list.
+    /// Attached to this bucket-local event.
     Event(u32),
     /// Unattached, in this slot.
     Unattached(u32),
@@ -394,266 +797,10 @@ enum EntryTarget {
     Misrouted,
 }
 
-/// Place a group's events and entries (both in (file, row) order).
-#[allow(clippy::too_many_arguments)]
-pub fn place<'a>(
-    window: RunWindow<'_>,
-    allocations: &'a Allocations,
-    grants: &'a [Vec<GrantRow>],
-    deduped: Deduped,
-    usage_ids: Ids,
-    debits: Vec<Debit>,
-    debit_ids: Ids,
-    rejects: &mut Vec<Reject>,
-) -> (GroupWork<'a>, Outside) {
-    let (mut accounts, slots) = covered_periods(&window, allocations, grants);
-    let events = deduped.events;
-    let mut outside = Outside::default();
-    let as_of = window.as_of;
-    let may_be_late = !window.history.closed.is_empty();
-
-    let placements: Vec<Placement> = events
-        .par_iter()
-        .map(|usage| {
-            if usage.occurred_at >= as_of {
-                return Placement::Outside;
-            }
-            let placement = place_instant(&slots, allocations, usage.account, usage.occurred_at);
-            if may_be_late && placement == Placement::Outside {
-                if let Some(late) =
-                    place_late(&slots, &accounts, allocations, &window, usage, &usage_ids)
-                {
-                    return late;
-                }
-            }
-            placement
-        })
-        .collect();
-    for (usage, placement) in events.iter().zip(&placements) {
-        match placement {
-            Placement::NoAllocation => {
-                rejects.push(Reject {
-                    dataset: Dataset::Usage,
-                    at: usage.at.row_ref(),
-                    reason: Reason::NoAllocation,
-                    detail: format!(
-                        "no allocation of account {} contains occurred_at {}",
-                        quoted(window.dicts.account(usage.account)),
-                        format_instant(usage.occurred_at)
-                    ),
-                });
-                if !(window.owns)(usage.account) {
-                    outside.misrouted += 1;
-                }
-            }
-            Placement::Outside => {
-                outside.usage_rows += 1;
-                // Accounts processed here all have covered periods or allocations; an
-                // event of another account that reached this group would look "outside"
-                // or "no allocation": count it instead.
-                if !(window.owns)(usage.account) {
-                    outside.misrouted += 1;
-                }
-            }
-            Placement::InWindow(_) | Placement::Late(..) => {}
-        }
-    }
-
-    // Attach entries by event_id: a merge join of the two sides sorted by id hash (linear,
-    // cache-friendly; a hash map or binary search per entry is cache-miss bound at 10M+).
-    let event_of_entry = join_on_event_id(
-        &events,
-        &usage_ids,
-        &deduped.by_id_hash,
-        &debits,
-        &debit_ids,
-    );
-    drop(deduped.by_id_hash);
-    let targets: Vec<EntryTarget> = debits
-        .par_iter()
-        .zip(event_of_entry.par_iter())
-        .map(|(entry, &event)| {
-            if entry.recorded_at >= as_of {
-                return EntryTarget::Outside;
-            }
-            if event != NO_EVENT {
-                return match placements[event as usize] {
-                    Placement::InWindow(_) | Placement::Late(..) => EntryTarget::Event(event),
-                    Placement::Outside => EntryTarget::Outside,
-                    Placement::NoAllocation => EntryTarget::NoAllocation,
-                };
-            }
-            if !(window.owns)(entry.account) {
-                return EntryTarget::Misrouted;
-            }
-            match place_instant(&slots, allocations, entry.account, entry.recorded_at) {
-                Placement::InWindow(slot) => EntryTarget::Unattached(slot),
-                Placement::Outside | Placement::Late(..) => EntryTarget::Outside,
-                Placement::NoAllocation => EntryTarget::NoAllocation,
-            }
-        })
-        .collect();
-    drop(event_of_entry);
-
-    // Events by slot (counting sort, stable: (file, row) order within a slot), and
-    // where each event's entries will be.
-    let slot_count = slots.account_of_slot.len();
-    let slot_of = |p: &Placement| match *p {
-        Placement::InWindow(slot) | Placement::Late(slot, _) => Some(slot as usize),
-        Placement::NoAllocation | Placement::Outside => None,
-    };
-    let mut event_start = vec![0usize; slot_count + 1];
-    for p in &placements {
-        if let Some(slot) = slot_of(p) {
-            event_start[slot + 1] += 1;
-        }
-    }
-    prefix_sums(&mut event_start);
-    let mut entries_per_event = vec![0u32; events.len()];
-    let mut unattached_start = vec![0usize; slot_count + 1];
-    for (entry, target) in debits.iter().zip(&targets) {
-        match *target {
-            EntryTarget::Event(e) => entries_per_event[e as usize] += 1,
-            EntryTarget::Unattached(slot) => unattached_start[slot as usize + 1] += 1,
-            EntryTarget::NoAllocation => {
-                let detail = match event_of_entry_id(entry, &debit_ids) {
-                    Some(event_id) => {
-                        format!("its event {} was rejected no_allocation", quoted(&event_id))
-                    }
-                    None => format!(
-                        "no allocation of account {} contains recorded_at {} and no \
-                         usage event matches its event_id",
-                        quoted(window.dicts.account(entry.account)),
-                        format_instant(entry.recorded_at)
-                    ),
-                };
-                rejects.push(Reject {
-                    dataset: Dataset::Debits,
-                    at: entry.at.row_ref(),
-                    reason: Reason::NoAllocation,
-                    detail,
-                });
-            }
-            EntryTarget::Outside => outside.ledger_entries += 1,
-            EntryTarget::Misrouted => outside.misrouted += 1,
-        }
-    }
-    prefix_sums(&mut unattached_start);
-
-    // Each placed event's entries go together, in (file, row) order, in the order the
-    // events will have.
-    let mut placed: Vec<EventWork> = vec![
-        EventWork {
-            usage: bytemuck::Zeroable::zeroed(),
-            first_entry: 0,
-            entry_count: 0,
-            late_from: NO_INSTANT,
-        };
-        event_start[slot_count]
-    ];
-    let mut next_event = event_start.clone();
-    let mut position_of_event = vec![NO_EVENT; events.len()];
-    for (i, (usage, p)) in events.iter().zip(&placements).enumerate() {
-        let Some(slot) = slot_of(p) else { continue };
-        let at = next_event[slot];
-        next_event[slot] += 1;
-        position_of_event[i] = at as u32;
-        placed[at] = EventWork {
-            usage: *usage,
-            first_entry: 0,
-            entry_count: entries_per_event[i],
-            late_from: match *p {
-                Placement::Late(_, from) => from,
-                _ => NO_INSTANT,
-            },
-        };
-    }
-    drop(events);
-    drop(placements);
-    let mut first = 0u32;
-    for event in placed.iter_mut() {
-        event.first_entry = first;
-        first += event.entry_count;
-    }
-    let mut entries: Vec<Debit> = vec![bytemuck::Zeroable::zeroed(); first as usize];
-    let mut filled: Vec<u32> = placed.iter().map(|e| e.first_entry).collect();
-    let mut unattached: Vec<Debit> =
-        vec![bytemuck::Zeroable::zeroed(); unattached_start[slot_count]];
-    let mut next_unattached = unattached_start.clone();
-    let mut moved = 0usize;
-    for (entry, target) in debits.iter().zip(&targets) {
-        match *target {
-            EntryTarget::Event(e) => {
-                let position = position_of_event[e as usize] as usize;
-                entries[filled[position] as usize] = *entry;
-                filled[position] += 1;
-                moved += 1;
-            }
-            EntryTarget::Unattached(slot) => {
-                unattached[next_unattached[slot as usize]] = *entry;
-                next_unattached[slot as usize] += 1;
-                moved += 1;
-            }
-            EntryTarget::NoAllocation | EntryTarget::Outside | EntryTarget::Misrouted => {}
-        }
-    }
-    assert_eq!(
-        moved,
-        entries.len() + unattached.len(),
-        "every attached or unattached ledger entry is placed exactly once"
-    );
-    drop(debits);
-    drop(targets);
-
-    // Ranges of every period (slots are numbered account by account, period by period),
-    // then its events in consumption order.
-    let mut slot = 0;
-    for period in accounts.iter_mut().flat_map(|a| a.periods.iter_mut()) {
-        period.events = event_start[slot]..event_start[slot + 1];
-        period.unattached = unattached_start[slot]..unattached_start[slot + 1];
-        slot += 1;
-    }
-    assert_eq!(slot, slot_count, "one slot per covered period");
-    sort_periods(&mut placed, &event_start, &usage_ids);
-    (
-        GroupWork {
-            accounts,
-            events: placed,
-            entries,
-            unattached,
-            usage_ids,
-            debit_ids,
-        },
-        outside,
-    )
-}
-
 fn prefix_sums(counts: &mut [usize]) {
     for i in 1..counts.len() {
         counts[i] += counts[i - 1];
     }
-}
-
-/// The event id an entry names, if any (for its reject detail).
-fn event_of_entry_id(entry: &Debit, ids: &Ids) -> Option<String> {
-    entry
-        .has_event()
-        .then(|| String::from_utf8_lossy(ids.bytes(entry.event_id)).into_owned())
-}
-
-/// Order every period's events by (occurred_at, event_id) (ids are unique after dedup,
-/// so the order is total; id ties compare bytes), the periods in parallel.
-fn sort_periods(events: &mut [EventWork], starts: &[usize], ids: &Ids) {
-    let mut periods: Vec<&mut [EventWork]> = Vec::with_capacity(starts.len());
-    let mut rest = events;
-    for w in starts.windows(2) {
-        let (here, after) = rest.split_at_mut(w[1] - w[0]);
-        periods.push(here);
-        rest = after;
-    }
-    periods.into_par_iter().for_each(|period| {
-        sort_events(period, ids);
-    });
 }
 
 /// Order one period's events by (occurred_at, event_id bytes).

@@ -7,7 +7,7 @@ use tally::engine::{process_account, AccountResult, RunContext};
 use tally::model::*;
 use tally::price::RateTable;
 use tally::pricebook::PriceBook;
-use tally::window::{sort_events, AccountWork, EventWork, GroupWork, PeriodWork};
+use tally::window::{sort_events, AccountWork, BucketWork, EventWork, PeriodWork};
 
 const DAY: i64 = 86_400_000_000;
 const START: i64 = 1_793_491_200_000_000; // 2026-11-01T00:00:00Z
@@ -96,7 +96,8 @@ fn work<'a>(
     grants: &'a [GrantRow],
     events: Vec<(UsageRow, Milli)>,
     dicts: &DictBuilder,
-) -> GroupWork<'a> {
+    ids: &'a mut (tally::dict::Ids, tally::dict::Ids),
+) -> BucketWork<'a> {
     let mut by_period: Vec<Vec<(UsageRow, DebitRow)>> = vec![Vec::new(); allocations.len()];
     for (i, (usage, recorded)) in events.into_iter().enumerate() {
         let p = ((usage.occurred_at - START) / (30 * DAY)) as usize;
@@ -114,6 +115,8 @@ fn work<'a>(
     let (usage, entries): (Vec<UsageRow>, Vec<DebitRow>) =
         by_period.iter().flatten().cloned().unzip();
     let (usage, usage_ids, entries, debit_ids) = compact_rows(&usage, &entries, dicts);
+    *ids = (usage_ids, debit_ids);
+    let (usage_ids, debit_ids) = (&ids.0, &ids.1);
     let mut events: Vec<EventWork> = usage
         .iter()
         .enumerate()
@@ -128,7 +131,7 @@ fn work<'a>(
     let mut first = 0;
     for (allocation, rows) in allocations.iter().zip(&by_period) {
         let range = first..first + rows.len();
-        sort_events(&mut events[range.clone()], &usage_ids);
+        sort_events(&mut events[range.clone()], usage_ids);
         periods.push(PeriodWork {
             allocation,
             events: range,
@@ -136,7 +139,7 @@ fn work<'a>(
         });
         first += rows.len();
     }
-    GroupWork {
+    BucketWork {
         accounts: vec![AccountWork {
             account: 0,
             periods,
@@ -162,7 +165,8 @@ fn process(
     let builder = DictBuilder::new(["a"].into_iter());
     let allocations = allocations(periods);
     // The skus are made while the rows are made compact: the rates come after.
-    let group = work(&allocations, grants, events, &builder);
+    let mut ids = Default::default();
+    let group = work(&allocations, grants, events, &builder, &mut ids);
     let dicts = builder.freeze();
     let rates = RateTable::new(book, &dicts);
     let ctx = RunContext {
