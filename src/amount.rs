@@ -73,6 +73,26 @@ impl Milli {
     }
 }
 
+impl Milli {
+    /// The amount as `Display` writes it, appended to `out` (no formatting machinery:
+    /// output files write millions of amounts).
+    pub fn push_to(self, out: &mut String) {
+        if self.0 < 0 {
+            out.push('-');
+        }
+        let abs = self.0.unsigned_abs();
+        out.push_str(itoa::Buffer::new().format(abs / SCALE as u64));
+        let fraction = (abs % SCALE as u64) as u16;
+        let digits = [
+            b'.',
+            b'0' + (fraction / 100) as u8,
+            b'0' + (fraction / 10 % 10) as u8,
+            b'0' + (fraction % 10) as u8,
+        ];
+        out.push_str(std::str::from_utf8(&digits).expect("ASCII digits"));
+    }
+}
+
 impl fmt::Display for Milli {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let sign = if self.0 < 0 { "-" } else { "" };
@@ -271,6 +291,22 @@ mod tests {
         assert_eq!(Milli(40_000).to_string(), "40.000");
         assert_eq!(Milli(-8).to_string(), "-0.008");
         assert_eq!(Milli(0).to_string(), "0.000");
+        for m in [
+            0,
+            1,
+            -1,
+            999,
+            -1000,
+            40_000,
+            123_456_789,
+            i64::MAX,
+            i64::MIN,
+            -8,
+        ] {
+            let mut pushed = String::new();
+            Milli(m).push_to(&mut pushed);
+            assert_eq!(pushed, Milli(m).to_string());
+        }
     }
 
     #[test]

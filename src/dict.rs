@@ -77,7 +77,8 @@ impl InternerInner {
             return code;
         }
         let code = u32::try_from(self.strings.len()).expect("fewer than 2^32 distinct strings");
-        assert!(code != NO_WORD, "fewer than 2^32 - 1 distinct strings");
+        // The two highest values mark a missing or bad label while rows are read.
+        assert!(code < u32::MAX - 1, "fewer than 2^32 - 2 distinct strings");
         let shared: Shared = s.into();
         self.strings.push(shared.clone());
         self.codes.insert(shared, code);

@@ -16,7 +16,7 @@ use crate::error::{Result, TallyError};
 use crate::model::{Dataset, Reason};
 use crate::pipeline::RunOutput;
 use crate::reconcile::Kind;
-use crate::write::cell;
+use crate::write::push_cell;
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Int64Type, Schema};
 use arrow::record_batch::RecordBatch;
@@ -89,7 +89,6 @@ fn write_row<W: Write>(
     exponent: u32,
     buf: &mut String,
 ) -> Result<()> {
-    use std::fmt::Write as _;
     for (column, &is_money) in batch.columns().iter().zip(money) {
         buf.clear();
         if column.is_null(row) {
@@ -104,28 +103,21 @@ fn write_row<W: Write>(
                 let text = column.as_string::<i32>().value(row);
                 w.write_field(safe_text(text).as_bytes()).map_err(csv_err)?;
             }
-            DataType::Decimal128(_, 3) => {
-                let millis = column
-                    .as_primitive::<arrow::datatypes::Decimal128Type>()
-                    .value(row) as i64;
-                let _ = write!(buf, "{}", Milli(millis));
-                w.write_field(buf.as_bytes()).map_err(csv_err)?;
-            }
             DataType::Int64 => {
                 let v = column.as_primitive::<Int64Type>().value(row);
-                let _ = write!(buf, "{v}");
-                w.write_field(buf.as_bytes()).map_err(csv_err)?;
+                w.write_field(itoa::Buffer::new().format(v))
+                    .map_err(csv_err)?;
                 if is_money {
                     w.write_field(format_minor(v, exponent)).map_err(csv_err)?;
                 }
             }
             DataType::List(_) => {
-                let text = cell(column, row);
-                w.write_field(safe_text(&text).as_bytes())
-                    .map_err(csv_err)?;
+                push_cell(buf, column, row);
+                w.write_field(safe_text(buf).as_bytes()).map_err(csv_err)?;
             }
             _ => {
-                w.write_field(cell(column, row)).map_err(csv_err)?;
+                push_cell(buf, column, row);
+                w.write_field(buf.as_bytes()).map_err(csv_err)?;
             }
         }
     }
@@ -276,16 +268,62 @@ impl ReportFiles {
     }
 }
 
-fn write_rows(
-    dir: &Path,
-    name: String,
-    batch: &RecordBatch,
-    rows: &[usize],
-    exponent: u32,
-) -> Result<Linked> {
+/// A table's spreadsheet CSV rendered once, row by row: the files of `report/` that hold
+/// some of its rows copy their bytes (the discrepancy rows go to four files).
+pub struct Rendered {
+    header: Vec<u8>,
+    bytes: Vec<u8>,
+    /// Where each row's line ends in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl Rendered {
+    pub fn of(batch: &RecordBatch, exponent: u32) -> Result<Rendered> {
+        let schema = batch.schema();
+        let mut w = csv_writer(Vec::new());
+        w.write_record(header(&schema)).map_err(csv_err)?;
+        w.flush().map_err(|e| TallyError::output("csv", e))?;
+        let header_end = w.get_ref().len();
+        let money = money_flags(&schema);
+        let mut buf = String::new();
+        let mut ends = Vec::with_capacity(batch.num_rows());
+        for row in 0..batch.num_rows() {
+            write_row(&mut w, batch, row, &money, exponent, &mut buf)?;
+            w.flush().map_err(|e| TallyError::output("csv", e))?;
+            ends.push(w.get_ref().len());
+        }
+        let mut bytes = w
+            .into_inner()
+            .map_err(|e| TallyError::output("csv", e.to_string()))?;
+        let header = bytes[..header_end].to_vec();
+        bytes.drain(..header_end);
+        ends.iter_mut().for_each(|end| *end -= header_end);
+        Ok(Rendered {
+            header,
+            bytes,
+            ends,
+        })
+    }
+
+    /// The CSV file of some of the rows (in the given order).
+    fn file(&self, rows: &[usize]) -> Vec<u8> {
+        let line = |row: usize| {
+            let start = if row == 0 { 0 } else { self.ends[row - 1] };
+            &self.bytes[start..self.ends[row]]
+        };
+        let size: usize = rows.iter().map(|&r| line(r).len()).sum();
+        let mut out = Vec::with_capacity(self.header.len() + size);
+        out.extend_from_slice(&self.header);
+        for &row in rows {
+            out.extend_from_slice(line(row));
+        }
+        out
+    }
+}
+
+fn write_rows(dir: &Path, name: String, rendered: &Rendered, rows: &[usize]) -> Result<Linked> {
     let path = format!("{REPORT_DIR}/{name}");
-    let bytes = sheet_csv_rows(batch, rows.iter().copied(), exponent)?;
-    crate::write::write_bytes(&dir.join(&path), &bytes)?;
+    crate::write::write_bytes(&dir.join(&path), &rendered.file(rows))?;
     Ok(Linked {
         path,
         rows: rows.len() as u64,
@@ -305,14 +343,11 @@ pub fn write_report_files(
     let report_dir = dir.join(REPORT_DIR);
     std::fs::create_dir_all(&report_dir).map_err(|e| TallyError::io(&report_dir, e))?;
     let exponent = out.book.exponent;
+    let rejects = Rendered::of(rejects, exponent)?;
+    let discrepancies = Rendered::of(discrepancies, exponent)?;
+    let all: Vec<usize> = (0..discrepancies.ends.len()).collect();
     let mut files = ReportFiles {
-        discrepancies: write_rows(
-            dir,
-            "discrepancies.csv".into(),
-            discrepancies,
-            &(0..discrepancies.num_rows()).collect::<Vec<_>>(),
-            exponent,
-        )?,
+        discrepancies: write_rows(dir, "discrepancies.csv".into(), &discrepancies, &all)?,
         ..ReportFiles::default()
     };
 
@@ -338,7 +373,7 @@ pub fn write_report_files(
         let name = format!("discrepancies-kind-{}.csv", kind.name());
         files
             .kinds
-            .insert(kind, write_rows(dir, name, discrepancies, &rows, exponent)?);
+            .insert(kind, write_rows(dir, name, &discrepancies, &rows)?);
     }
     for ((no_date, day), (rows, delta)) in by_day {
         let label = if no_date {
@@ -351,7 +386,7 @@ pub fn write_report_files(
             day: (!no_date).then_some(day),
             rows: rows.len() as u64,
             delta,
-            file: write_rows(dir, name, discrepancies, &rows, exponent)?,
+            file: write_rows(dir, name, &discrepancies, &rows)?,
         });
     }
 
@@ -364,7 +399,7 @@ pub fn write_report_files(
         files.rejects.push(RejectGroup {
             dataset,
             reason,
-            file: write_rows(dir, name, rejects, &rows, exponent)?,
+            file: write_rows(dir, name, &rejects, &rows)?,
         });
     }
 
@@ -382,7 +417,7 @@ pub fn write_report_files(
             None
         } else {
             let name = format!("account-{:02}.csv", rank + 1);
-            Some(write_rows(dir, name, discrepancies, &rows, exponent)?)
+            Some(write_rows(dir, name, &discrepancies, &rows)?)
         });
     }
 

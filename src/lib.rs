@@ -288,7 +288,9 @@ pub(crate) fn prepare(req: &JobRequest, out: &Path) -> Result<Prepared> {
         Some(dir) => history::load(dir, &req.out)?,
         None => history::History::default(),
     };
+    let stage = req.progress.stage("fingerprint inputs");
     let mut inputs = fingerprint_inputs(&req.data)?;
+    stage.done(inputs.len() as u64, inputs.len() as u64);
     // Earlier closes change what this close covers: they are inputs too (by their manifest,
     // which holds the checksums of everything they wrote).
     for (name, manifest) in &history.folders {

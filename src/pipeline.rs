@@ -313,8 +313,6 @@ pub fn compute(
     };
 
     if !layout.is_split() {
-        // One group: what its stages free, the next ones reuse (see `memory`).
-        let _kept = crate::memory::GroupPhase::start();
         let stage = progress.counted(
             "load usage and ledger",
             (files[0].len() + files[3].len()) as u64,
@@ -440,7 +438,7 @@ pub fn compute(
         };
         Ok::<_, TallyError>((rows, started.elapsed()))
     };
-    let _kept = crate::memory::GroupPhase::start();
+    let _returned = crate::memory::GroupPhase::start();
     let mut extras = usage_extra.into_iter().zip(debit_extra);
     let mut next = extras.next().map(|e| read_back(0, e)).transpose()?;
     for group in 0..layout.groups as usize {
@@ -598,6 +596,7 @@ impl<'a> RunState<'a> {
         partial.identical_duplicates += deduped.identical_copies;
         stage.done(rows_in, (deduped.events + entries) as u64);
 
+        let stage = progress.stage("join ledger to events");
         let owns_here = |account: u32| self.owns(group, account);
         let work = window::Group::new(
             window::RunWindow {
@@ -613,12 +612,13 @@ impl<'a> RunState<'a> {
             &context.accounts_by_group[group],
             (&usage, &usage_ids),
             (&debits, &debit_ids),
-            &deduped.by_id_hash,
+            &deduped.index,
             (settings.buckets != AUTOMATIC_BUCKETS).then_some(settings.buckets as usize),
         );
         drop(deduped);
         let bucket_rows = work.bucket_rows();
         let buckets = work.buckets() + 1;
+        stage.done(debits.len() as u64, buckets as u64);
         let stage = progress.counted("window, price, consume, reconcile", buckets as u64);
         let done: Vec<Result<BucketDone>> = (0..buckets)
             .into_par_iter()

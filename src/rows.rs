@@ -13,43 +13,22 @@ use crate::load::{self, Batch, Column, InputFile, Parsed, Plan, Unit, MAX_STRING
 use crate::model::*;
 use crate::route::CrossBucket;
 use crate::validate::id_hash;
-use arrow::array::{Array, Int32Array, StringArray};
+use arrow::array::{Array, StringArray};
 use bytemuck::Zeroable;
 use rustc_hash::FxHashMap;
 
-/// The code of one row's label, or why it has none.
-#[derive(Copy, Clone, PartialEq, Eq)]
-enum Label {
-    Null,
-    /// Too long, or not a value the column allows (an unknown status).
-    Bad,
-    Code(u32),
-}
-
-/// A label value's code, or `BAD`.
+/// A label value with no code: null.
+const NULL: u32 = u32::MAX;
+/// A label value with no code: too long, or not a value the column allows (an unknown
+/// status). (Codes of the run's dictionaries stay below both.)
 const BAD: u32 = u32::MAX - 1;
-
-/// The codes of a label column's values for one batch. A dictionary column's values are
-/// coded once (and reused while the next batches of the row group share them); a plain
-/// column's values through a small cache of the batch.
-enum LabelCodes<'b> {
-    Absent,
-    Dict {
-        keys: &'b Int32Array,
-        codes: std::sync::Arc<Vec<u32>>,
-    },
-    Plain {
-        values: &'b StringArray,
-        cache: FxHashMap<&'b str, u32>,
-    },
-}
 
 /// Codes of the last dictionary seen in a column: the batches of a row group share one.
 /// The values are kept (not only their address), so that the address cannot be reused by
 /// another dictionary while it is remembered.
 #[derive(Default)]
 pub struct DictMemo {
-    values: Option<(StringArray, std::sync::Arc<Vec<u32>>)>,
+    values: Option<(StringArray, Vec<u32>)>,
 }
 
 /// The same dictionary values (the same buffers), not merely equal ones.
@@ -59,58 +38,53 @@ fn same_values(a: &StringArray, b: &StringArray) -> bool {
         && a.value_offsets().as_ptr() == b.value_offsets().as_ptr()
 }
 
-impl<'b> LabelCodes<'b> {
-    fn new(column: &'b Column, memo: &mut DictMemo, code: &dyn Fn(&str) -> u32) -> Self {
-        match column {
-            Column::Absent => LabelCodes::Absent,
-            Column::Dict(keys, values) => {
-                let same = memo
-                    .values
-                    .as_ref()
-                    .is_some_and(|(seen, _)| same_values(seen, values));
-                if !same {
-                    let codes: Vec<u32> = (0..values.len())
-                        .map(|i| match values.is_null(i) {
-                            true => BAD,
-                            false => checked(values.value(i), code),
-                        })
-                        .collect();
-                    memo.values = Some((values.clone(), std::sync::Arc::new(codes)));
-                }
-                let codes = memo.values.as_ref().expect("set above").1.clone();
-                LabelCodes::Dict { keys, codes }
+/// The code of every row of a label column (`NULL`, `BAD` or a code). A dictionary
+/// column's distinct values are coded once (and again only when a batch brings another
+/// dictionary); a plain column's through a cache of the batch.
+fn label_codes(column: &Column, memo: &mut DictMemo, code: &dyn Fn(&str) -> u32) -> Vec<u32> {
+    match column {
+        Column::Dict(keys, values) => {
+            let same = memo
+                .values
+                .as_ref()
+                .is_some_and(|(seen, _)| same_values(seen, values));
+            if !same {
+                let codes: Vec<u32> = (0..values.len())
+                    .map(|i| match values.is_null(i) {
+                        // A null dictionary value: the contract's checks decide the row.
+                        true => BAD,
+                        false => checked(values.value(i), code),
+                    })
+                    .collect();
+                memo.values = Some((values.clone(), codes));
             }
-            Column::Str(values) => LabelCodes::Plain {
-                values,
-                cache: FxHashMap::default(),
-            },
-            // Not a string column: `Column::from_array` never makes one for a label.
-            _ => LabelCodes::Absent,
+            let codes = &memo.values.as_ref().expect("set above").1;
+            let mut out: Vec<u32> = keys.values().iter().map(|&k| codes[k as usize]).collect();
+            if let Some(nulls) = keys.nulls() {
+                for i in nulls
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, v)| (!v).then_some(i))
+                {
+                    out[i] = NULL;
+                }
+            }
+            out
         }
-    }
-
-    fn get(&mut self, row: usize, code: &dyn Fn(&str) -> u32) -> Label {
-        let c = match self {
-            LabelCodes::Absent => return Label::Null,
-            LabelCodes::Dict { keys, codes } => {
-                if keys.is_null(row) {
-                    return Label::Null;
-                }
-                // A null dictionary value is `BAD`: the contract's checks decide the row.
-                codes[keys.value(row) as usize]
-            }
-            LabelCodes::Plain { values, cache } => {
-                if values.is_null(row) {
-                    return Label::Null;
-                }
-                let value = values.value(row);
-                *cache.entry(value).or_insert_with(|| checked(value, code))
-            }
-        };
-        match c {
-            BAD => Label::Bad,
-            c => Label::Code(c),
+        Column::Str(values) => {
+            let mut cache: FxHashMap<&str, u32> = FxHashMap::default();
+            (0..values.len())
+                .map(|i| match values.is_null(i) {
+                    true => NULL,
+                    false => {
+                        let value = values.value(i);
+                        *cache.entry(value).or_insert_with(|| checked(value, code))
+                    }
+                })
+                .collect()
         }
+        // Absent (all null); a label column is never anything else.
+        _ => vec![NULL; 0],
     }
 }
 
@@ -122,6 +96,11 @@ fn checked(value: &str, code: &dyn Fn(&str) -> u32) -> u32 {
     }
 }
 
+/// A label's code at `row` (an absent column is all null).
+fn at(codes: &[u32], row: usize) -> u32 {
+    codes.get(row).copied().unwrap_or(NULL)
+}
+
 fn status_code(s: &str) -> u32 {
     EventStatus::parse(s).map_or(BAD, |status| status as u32)
 }
@@ -130,10 +109,134 @@ fn kind_code(s: &str) -> u32 {
     EntryKind::parse(s).map_or(BAD, |kind| kind as u32)
 }
 
+/// A number that is not a valid amount here (null, out of range, or negative: the
+/// contract's checks decide).
+const NOT_AN_AMOUNT: i64 = -1;
+
+/// Every row's amount in thousandths, when valid and ≥ 0 (else [`NOT_AN_AMOUNT`]).
+fn amounts(column: &Column, rows: usize) -> Vec<i64> {
+    const LIMIT: i128 = crate::amount::INPUT_LIMIT_MILLIS;
+    let valid = |v: i128| {
+        if (0..LIMIT).contains(&v) {
+            v as i64
+        } else {
+            NOT_AN_AMOUNT
+        }
+    };
+    let mut out: Vec<i64> = match column {
+        // Scale 3 (DECIMAL(p, 3)): the unscaled value is the amount in thousandths.
+        Column::Dec128(a, 3) => a.values().iter().map(|&v| valid(v)).collect(),
+        Column::Int(a) => a
+            .values()
+            .iter()
+            .map(|&v| valid(i128::from(v) * 1000))
+            .collect(),
+        _ => (0..rows)
+            .map(|i| match column.milli(i) {
+                Some(Ok(m)) if m.0 >= 0 => m.0,
+                _ => NOT_AN_AMOUNT,
+            })
+            .collect(),
+    };
+    if let Some(nulls) = column_nulls(column) {
+        for i in nulls
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| (!v).then_some(i))
+        {
+            out[i] = NOT_AN_AMOUNT;
+        }
+    }
+    out
+}
+
+/// A timestamp that is not a valid instant (out of range; or null where one is required).
+const NOT_AN_INSTANT: i64 = i64::MIN;
+
+/// Every row's instant in microseconds; `null` for a null cell, [`NOT_AN_INSTANT`] for one
+/// out of range.
+fn instants(column: &Column, rows: usize, null: i64) -> Vec<i64> {
+    match column {
+        Column::Ts(a, arrow::datatypes::TimeUnit::Microsecond) => {
+            const MIN: i64 = -62_135_596_800 * 1_000_000;
+            const MAX: i64 = 253_402_300_800 * 1_000_000;
+            let mut out: Vec<i64> = a
+                .values()
+                .iter()
+                .map(|&v| {
+                    if (MIN..MAX).contains(&v) {
+                        v
+                    } else {
+                        NOT_AN_INSTANT
+                    }
+                })
+                .collect();
+            if let Some(nulls) = a.nulls() {
+                for i in nulls
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, v)| (!v).then_some(i))
+                {
+                    out[i] = null;
+                }
+            }
+            out
+        }
+        _ => (0..rows)
+            .map(|i| match column.micros(i) {
+                None => null,
+                Some(Ok(t)) => t,
+                Some(Err(_)) => NOT_AN_INSTANT,
+            })
+            .collect(),
+    }
+}
+
+/// The null buffer of a number column.
+fn column_nulls(column: &Column) -> Option<&arrow::buffer::NullBuffer> {
+    match column {
+        Column::Int(a) => a.nulls(),
+        Column::UInt(a) => a.nulls(),
+        Column::Dec128(a, _) => a.nulls(),
+        Column::Dec256(a, _) => a.nulls(),
+        Column::Double(a) => a.nulls(),
+        _ => None,
+    }
+}
+
 /// What a row group's reader keeps between batches.
 #[derive(Default)]
 pub struct Memos {
     labels: [DictMemo; 5],
+    skus: SkuCache,
+}
+
+/// Recently seen (product, action, model) words and their skus: a direct-mapped cache in
+/// front of the run's sku dictionary (most batches have few skus).
+struct SkuCache {
+    slots: Vec<([u32; 3], u32)>,
+}
+
+impl Default for SkuCache {
+    fn default() -> Self {
+        SkuCache {
+            slots: vec![([NULL; 3], 0); 1 << 10],
+        }
+    }
+}
+
+impl SkuCache {
+    fn sku(&mut self, key: [u32; 3], dicts: &DictBuilder) -> u32 {
+        let h = key[0]
+            .wrapping_mul(0x9E37_79B9)
+            .wrapping_add(key[1].wrapping_mul(0x85EB_CA6B))
+            .wrapping_add(key[2].wrapping_mul(0xC2B2_AE35));
+        let slot = &mut self.slots[(h >> 22) as usize];
+        if slot.0 != key {
+            *slot = (key, dicts.skus.code(key));
+        }
+        slot.1
+    }
 }
 
 /// A required id within the length limit, else `None`.
@@ -147,33 +250,52 @@ pub struct UsageFields<'b> {
     pub event_id: &'b str,
 }
 
-/// Parses the usage rows of one batch.
+/// Parses the usage rows of one batch: each column is converted for every row first
+/// (codes, amounts, instants), then rows are made from the converted columns.
 pub struct UsageParser<'b> {
     batch: &'b Batch,
     file: u32,
     dicts: &'b DictBuilder,
-    account: LabelCodes<'b>,
-    product: LabelCodes<'b>,
-    action: LabelCodes<'b>,
-    model: LabelCodes<'b>,
-    status: LabelCodes<'b>,
-    skus: FxHashMap<[u32; 3], u32>,
+    account: Vec<u32>,
+    sku: Vec<u32>,
+    status: Vec<u32>,
+    quantity: Vec<i64>,
+    occurred_at: Vec<i64>,
+    ingested_at: Vec<i64>,
 }
 
 impl<'b> UsageParser<'b> {
     pub fn new(batch: &'b Batch, file: u32, dicts: &'b DictBuilder, memos: &mut Memos) -> Self {
         let c = &batch.columns;
+        let n = batch.len;
         let [m0, m1, m2, m3, m4] = &mut memos.labels;
+        let account = label_codes(&c[1], m0, &|s| dicts.accounts.code(s));
+        let product = label_codes(&c[2], m1, &|s| dicts.words.code(s));
+        let action = label_codes(&c[3], m2, &|s| dicts.words.code(s));
+        let model = label_codes(&c[4], m3, &|s| model_word(dicts, s));
+        let sku = (0..n)
+            .map(|i| {
+                let (p, a) = (at(&product, i), at(&action, i));
+                let m = match at(&model, i) {
+                    NULL => NO_WORD,
+                    m => m,
+                };
+                match p >= BAD || a >= BAD || m == BAD {
+                    true => BAD,
+                    false => memos.skus.sku([p, a, m], dicts),
+                }
+            })
+            .collect();
         UsageParser {
             batch,
             file,
             dicts,
-            account: LabelCodes::new(&c[1], m0, &|s| dicts.accounts.code(s)),
-            product: LabelCodes::new(&c[2], m1, &|s| dicts.words.code(s)),
-            action: LabelCodes::new(&c[3], m2, &|s| dicts.words.code(s)),
-            model: LabelCodes::new(&c[4], m3, &|s| model_word(dicts, s)),
-            status: LabelCodes::new(&c[6], m4, &status_code),
-            skus: FxHashMap::default(),
+            account,
+            sku,
+            status: label_codes(&c[6], m4, &status_code),
+            quantity: amounts(&c[5], n),
+            occurred_at: instants(&c[7], n, NOT_AN_INSTANT),
+            ingested_at: instants(&c[8], n, NO_INSTANT),
         }
     }
 
@@ -208,50 +330,25 @@ impl<'b> UsageParser<'b> {
         }
     }
 
-    fn fast(&mut self, i: usize) -> Option<UsageFields<'b>> {
-        let c = &self.batch.columns;
-        let dicts = self.dicts;
-        let event_id = id_of(&c[0], i)?;
-        let Label::Code(account) = self.account.get(i, &|s| dicts.accounts.code(s)) else {
-            return None;
-        };
-        let Label::Code(product) = self.product.get(i, &|s| dicts.words.code(s)) else {
-            return None;
-        };
-        let Label::Code(action) = self.action.get(i, &|s| dicts.words.code(s)) else {
-            return None;
-        };
-        let model = match self.model.get(i, &|s| model_word(dicts, s)) {
-            Label::Null => NO_WORD,
-            Label::Code(word) => word,
-            Label::Bad => return None,
-        };
-        let quantity = match c[5].milli(i) {
-            Some(Ok(q)) if q.0 >= 0 => q,
-            _ => return None,
-        };
-        let Label::Code(status) = self.status.get(i, &status_code) else {
-            return None;
-        };
-        let occurred_at = match c[7].micros(i) {
-            Some(Ok(t)) => t,
-            _ => return None,
-        };
-        let ingested_at = match c[8].micros(i) {
-            None => NO_INSTANT,
-            Some(Ok(t)) => t,
-            Some(Err(_)) => return None,
-        };
-        let key = [product, action, model];
-        let sku = *self.skus.entry(key).or_insert_with(|| dicts.skus.code(key));
-        Some(UsageFields {
+    fn fast(&self, i: usize) -> Option<UsageFields<'b>> {
+        let event_id = id_of(&self.batch.columns[0], i)?;
+        let (account, sku, status) = (at(&self.account, i), self.sku[i], at(&self.status, i));
+        let (quantity, occurred_at, ingested_at) =
+            (self.quantity[i], self.occurred_at[i], self.ingested_at[i]);
+        let valid = account < BAD
+            && sku < BAD
+            && status < BAD
+            && quantity >= 0
+            && occurred_at != NOT_AN_INSTANT
+            && ingested_at != NOT_AN_INSTANT;
+        valid.then(|| UsageFields {
             usage: Usage {
                 at: At::new(self.file, self.batch.first_row + i as u64),
                 id_hash: id_hash(event_id),
                 id: IdRef::NONE,
                 occurred_at,
                 ingested_at,
-                quantity: quantity.0,
+                quantity,
                 account,
                 sku,
                 status: status as u8,
@@ -278,25 +375,30 @@ pub struct DebitFields<'b> {
     pub event_id: Option<&'b str>,
 }
 
-/// Parses the ledger rows of one batch.
+/// Parses the ledger rows of one batch (column by column, as [`UsageParser`]).
 pub struct DebitParser<'b> {
     batch: &'b Batch,
     file: u32,
     dicts: &'b DictBuilder,
-    account: LabelCodes<'b>,
-    kind: LabelCodes<'b>,
+    account: Vec<u32>,
+    kind: Vec<u32>,
+    credits: Vec<i64>,
+    recorded_at: Vec<i64>,
 }
 
 impl<'b> DebitParser<'b> {
     pub fn new(batch: &'b Batch, file: u32, dicts: &'b DictBuilder, memos: &mut Memos) -> Self {
         let c = &batch.columns;
+        let n = batch.len;
         let [m0, m1, ..] = &mut memos.labels;
         DebitParser {
             batch,
             file,
             dicts,
-            account: LabelCodes::new(&c[1], m0, &|s| dicts.accounts.code(s)),
-            kind: LabelCodes::new(&c[3], m1, &kind_code),
+            account: label_codes(&c[1], m0, &|s| dicts.accounts.code(s)),
+            kind: label_codes(&c[3], m1, &kind_code),
+            credits: amounts(&c[4], n),
+            recorded_at: instants(&c[5], n, NOT_AN_INSTANT),
         }
     }
 
@@ -330,36 +432,24 @@ impl<'b> DebitParser<'b> {
         }
     }
 
-    fn fast(&mut self, i: usize) -> Option<DebitFields<'b>> {
+    fn fast(&self, i: usize) -> Option<DebitFields<'b>> {
         let c = &self.batch.columns;
-        let dicts = self.dicts;
         let entry_id = id_of(&c[0], i)?;
-        let Label::Code(account) = self.account.get(i, &|s| dicts.accounts.code(s)) else {
-            return None;
-        };
         let event_id = match c[2].is_null(i) {
             true => None,
             false => Some(id_of(&c[2], i)?),
         };
-        let Label::Code(kind) = self.kind.get(i, &kind_code) else {
-            return None;
-        };
-        let credits = match c[4].milli(i) {
-            Some(Ok(v)) if v.0 >= 0 => v,
-            _ => return None,
-        };
-        let recorded_at = match c[5].micros(i) {
-            Some(Ok(t)) => t,
-            _ => return None,
-        };
-        Some(DebitFields {
+        let (account, kind) = (at(&self.account, i), at(&self.kind, i));
+        let (credits, recorded_at) = (self.credits[i], self.recorded_at[i]);
+        let valid = account < BAD && kind < BAD && credits >= 0 && recorded_at != NOT_AN_INSTANT;
+        valid.then(|| DebitFields {
             debit: Debit {
                 at: At::new(self.file, self.batch.first_row + i as u64),
                 entry_hash: id_hash(entry_id),
                 event_hash: event_id.map_or(0, id_hash),
                 entry_id: IdRef::NONE,
                 event_id: IdRef::NONE,
-                credits: credits.0,
+                credits,
                 recorded_at,
                 account,
                 kind: kind as u8,
@@ -439,6 +529,8 @@ pub trait Source: Sync {
     where
         Self: 'b;
     fn specs(&self) -> &'static [load::ColSpec];
+    /// About the bytes a row's ids take in an id chunk (for sizing chunks up front).
+    fn id_bytes_per_row(&self) -> usize;
     fn parser<'b>(&'b self, batch: &'b Batch, file: u32, memos: &mut Memos) -> Self::Parser<'b>;
     /// Whether a row could be a candidate, from its raw cells (so that a shard parses
     /// only its own rows and possible candidates).
@@ -458,6 +550,9 @@ impl Source for UsageSource<'_> {
         Self: 'b;
     fn specs(&self) -> &'static [load::ColSpec] {
         &load::USAGE_COLUMNS
+    }
+    fn id_bytes_per_row(&self) -> usize {
+        24
     }
     fn parser<'b>(&'b self, batch: &'b Batch, file: u32, memos: &mut Memos) -> UsageParser<'b> {
         UsageParser::new(batch, file, self.dicts, memos)
@@ -480,6 +575,9 @@ impl Source for DebitSource<'_> {
         Self: 'b;
     fn specs(&self) -> &'static [load::ColSpec] {
         &load::DEBIT_COLUMNS
+    }
+    fn id_bytes_per_row(&self) -> usize {
+        48
     }
     fn parser<'b>(&'b self, batch: &'b Batch, file: u32, memos: &mut Memos) -> DebitParser<'b> {
         DebitParser::new(batch, file, self.dicts, memos)
@@ -535,7 +633,7 @@ pub fn load<S: Source>(
         parts.push(Part {
             slots: here,
             written: 0,
-            ids: IdChunk::with_capacity(unit.rows as usize * 24),
+            ids: IdChunk::with_capacity(unit.rows as usize * source.id_bytes_per_row()),
             rejects: Vec::new(),
             read: 0,
             memos: Memos::default(),

@@ -7,12 +7,72 @@ pub type Micros = i64;
 
 pub const MICROS_PER_SECOND: i64 = 1_000_000;
 
-/// Render an instant as RFC 3339 with `Z`, fractional seconds only when non-zero.
+/// Render an instant as RFC 3339 with `Z`, fractional seconds only when non-zero (3
+/// digits for whole milliseconds, else 6): chrono's `to_rfc3339_opts(AutoSi, true)`.
 pub fn format_instant(t: Micros) -> String {
-    match Utc.timestamp_micros(t).single() {
-        Some(dt) => dt.to_rfc3339_opts(SecondsFormat::AutoSi, true),
-        None => format!("@{t}us"),
+    let mut out = String::with_capacity(27);
+    push_instant(&mut out, t);
+    out
+}
+
+/// [`format_instant`] appended to `out` (no allocation per instant: output files render
+/// millions of them).
+pub fn push_instant(out: &mut String, t: Micros) {
+    let seconds = t.div_euclid(MICROS_PER_SECOND);
+    let micros = t.rem_euclid(MICROS_PER_SECOND) as u32;
+    let (days, second_of_day) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+    let (year, month, day) = civil_from_days(days);
+    if !(0..=9999).contains(&year) {
+        // Years chrono writes with a sign or more digits: let it.
+        match Utc.timestamp_micros(t).single() {
+            Some(dt) => out.push_str(&dt.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
+            None => out.push_str(&format!("@{t}us")),
+        }
+        return;
     }
+    let mut digits = *b"0000-00-00T00:00:00.000000Z";
+    let put = |digits: &mut [u8; 27], at: usize, value: u32, width: usize| {
+        let mut v = value;
+        for i in (0..width).rev() {
+            digits[at + i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(&mut digits, 0, year as u32, 4);
+    put(&mut digits, 5, month, 2);
+    put(&mut digits, 8, day, 2);
+    let sod = second_of_day as u32;
+    put(&mut digits, 11, sod / 3600, 2);
+    put(&mut digits, 14, sod / 60 % 60, 2);
+    put(&mut digits, 17, sod % 60, 2);
+    let end = match micros {
+        0 => 19,
+        m if m % 1000 == 0 => {
+            put(&mut digits, 20, m / 1000, 3);
+            23
+        }
+        m => {
+            put(&mut digits, 20, m, 6);
+            26
+        }
+    };
+    digits[end] = b'Z';
+    out.push_str(std::str::from_utf8(&digits[..=end]).expect("ASCII digits"));
+}
+
+/// (year, month, day) of a day number (days since 1970-01-01), proleptic Gregorian:
+/// Howard Hinnant's `civil_from_days`.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
 }
 
 /// Parse an RFC 3339 instant (`2026-11-20T00:00:00Z`), or a date (`2026-11-20`, midnight
@@ -133,6 +193,45 @@ mod tests {
             next_anniversary(t("2026-12-15T00:00:00Z"), t("2026-12-01T00:00:00Z")),
             Some(t("2026-12-15T00:00:00Z"))
         );
+    }
+
+    /// The fast rendering is chrono's, across the years tally handles and at the edges
+    /// of days, months, leap years and fractions.
+    #[test]
+    fn instants_render_as_chrono_does() {
+        let chrono = |t: Micros| {
+            Utc.timestamp_micros(t)
+                .single()
+                .unwrap()
+                .to_rfc3339_opts(SecondsFormat::AutoSi, true)
+        };
+        let mut t: Micros = -62_135_596_800 * 1_000_000;
+        let end: Micros = 253_402_300_799 * 1_000_000;
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        while t < end {
+            for probe in [t, t + 1, t + 999, t + 1000, t + 999_999, t - 1] {
+                assert_eq!(format_instant(probe), chrono(probe), "{probe}");
+            }
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            t += (state % (40 * 86_400 * 1_000_000)) as i64;
+        }
+        for edge in [
+            "2028-02-29T23:59:59.999999Z",
+            "2000-02-29T00:00:00Z",
+            "1970-01-01T00:00:00Z",
+            "1969-12-31T23:59:59.999Z",
+            "2100-03-01T00:00:00.000001Z",
+            "0001-01-01T00:00:00Z",
+            "9999-12-31T23:59:59.5Z",
+        ] {
+            let t = parse_instant(edge).unwrap();
+            assert_eq!(format_instant(t), chrono(t));
+        }
+        // Past year 9999 chrono's form is kept.
+        let far = 253_402_300_800 * 1_000_000;
+        assert_eq!(format_instant(far), chrono(far));
     }
 
     #[test]

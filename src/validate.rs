@@ -137,9 +137,11 @@ pub fn allocations(
 fn repeats<'a, T: Sync>(
     rows: &'a [T],
     hash_of: impl Fn(&T) -> u64 + Sync,
-    id_of: impl Fn(&'a T) -> &'a [u8],
+    id_of: impl Fn(&'a T) -> &'a [u8] + Sync,
 ) -> Vec<(u32, u32)> {
-    let mut found: Vec<(u32, u32)> = copies_in(&hash_pairs(rows, hash_of), rows, id_of)
+    let index = HashIndex::of(rows, HashIndex::bits_for(rows.len()), |r| Some(hash_of(r)));
+    let mut found: Vec<(u32, u32)> = index
+        .copies(rows, id_of)
         .into_iter()
         .flat_map(|group| {
             let first = group[0];
@@ -150,94 +152,267 @@ fn repeats<'a, T: Sync>(
     found
 }
 
-/// 64-bit hash of an id for sorted-index joins (equal ids are always compared as
-/// strings). Dedup sorts the events by it and the window's ledger join looks entries up
-/// in that order: both must use this one function.
+/// 64-bit hash of an id for the hash joins (equal ids are always compared as strings).
+/// Dedup files the events by it and the window's ledger join looks entries up by it: both
+/// must use this one function.
 pub fn id_hash(id: &str) -> u64 {
     xxhash_rust::xxh3::xxh3_64(id.as_bytes())
 }
 
-/// (hash, row) of every row, sorted: by hash, then row.
-pub fn hash_pairs<T: Sync>(rows: &[T], hash_of: impl Fn(&T) -> u64 + Sync) -> Vec<(u64, u32)> {
-    assert!(rows.len() < u32::MAX as usize, "row numbers fit in u32");
-    let pairs: Vec<(u64, u32)> = rows
-        .par_iter()
-        .enumerate()
-        .map(|(i, row)| (hash_of(row), i as u32))
-        .collect();
-    sort_hash_pairs(pairs)
+/// (hash, row) pairs of a set of rows, filed into partitions by the hash's top bits: the
+/// rows that share an id are in one partition, and a partition (a few thousand pairs)
+/// is matched in cache, all partitions in parallel. Within a partition pairs are in row
+/// order.
+pub struct HashIndex {
+    bits: u32,
+    pairs: Vec<(u64, u32)>,
+    /// Partition `p` is `pairs[starts[p]..starts[p + 1]]`.
+    starts: Vec<usize>,
 }
 
-/// Top bits that file (hash, row) pairs into the buckets of [`sort_hash_pairs`].
-const PAIR_BUCKET_BITS: u32 = 10;
+/// Marks a forgotten pair's row (rows stay below it, so a partition stays in row order).
+const FORGOTTEN: u32 = 1 << 31;
 
-/// Sort (hash, row) pairs by hash, then row: filed into buckets by the hash's top bits
-/// (one pass), then the buckets (each a few hundred KB at 10M pairs, in cache) sorted in
-/// parallel. A full sort of 10M pairs compares across 160 MB; a least-significant-digit
-/// radix sort makes 8 passes over it.
-pub fn sort_hash_pairs(mut pairs: Vec<(u64, u32)>) -> Vec<(u64, u32)> {
-    if pairs.len() < 1 << 16 {
-        pairs.sort_unstable();
-        return pairs;
-    }
-    let bucket_of = |hash: u64| (hash >> (64 - PAIR_BUCKET_BITS)) as usize;
-    let mut starts = vec![0usize; (1 << PAIR_BUCKET_BITS) + 1];
-    for &(hash, _) in &pairs {
-        starts[bucket_of(hash) + 1] += 1;
-    }
-    for b in 1..starts.len() {
-        starts[b] += starts[b - 1];
-    }
-    let mut sorted = vec![(0u64, 0u32); pairs.len()];
-    let mut next = starts.clone();
-    for &pair in &pairs {
-        let b = bucket_of(pair.0);
-        sorted[next[b]] = pair;
-        next[b] += 1;
-    }
-    drop(pairs);
-    let mut buckets: Vec<&mut [(u64, u32)]> = Vec::with_capacity(1 << PAIR_BUCKET_BITS);
-    let mut rest: &mut [(u64, u32)] = &mut sorted;
-    for b in 0..1 << PAIR_BUCKET_BITS {
-        let (here, after) = rest.split_at_mut(starts[b + 1] - starts[b]);
-        buckets.push(here);
-        rest = after;
-    }
-    buckets
-        .into_par_iter()
-        .for_each(|bucket| bucket.sort_unstable());
-    sorted
-}
+/// Pairs a partition holds on average (about 128 KB: a partition's hash table stays in
+/// the core's cache).
+const PAIRS_PER_PARTITION: usize = 8 * 1024;
 
-/// The rows of every id held by more than one row, from the rows' sorted (hash, row)
-/// pairs ([`hash_pairs`]): each group by row number (its first is the id's first row),
-/// groups by their first row. Only rows of equal hash are compared as strings.
-fn copies_in<'a, T>(
-    keyed: &[(u64, u32)],
-    rows: &'a [T],
-    id_of: impl Fn(&'a T) -> &'a [u8],
-) -> Vec<Vec<u32>> {
-    let mut groups: Vec<Vec<u32>> = Vec::new();
-    for run in keyed
-        .chunk_by(|a, b| a.0 == b.0)
-        .filter(|run| run.len() > 1)
-    {
-        // Rows of one hash, by row number; distinct ids of one hash are told apart.
-        let mut by_id: Vec<Vec<u32>> = Vec::new();
-        for &(_, row) in run {
-            let id = id_of(&rows[row as usize]);
-            match by_id
-                .iter_mut()
-                .find(|group| id_of(&rows[group[0] as usize]) == id)
-            {
-                Some(group) => group.push(row),
-                None => by_id.push(vec![row]),
+impl HashIndex {
+    /// The partition bits for `rows` rows (two indexes matched against each other must use
+    /// the same).
+    pub fn bits_for(rows: usize) -> u32 {
+        (rows / PAIRS_PER_PARTITION).max(1).ilog2().clamp(4, 16)
+    }
+
+    /// The index of `rows` (`hash_of`: `None` leaves a row out).
+    pub fn of<T: Sync>(
+        rows: &[T],
+        bits: u32,
+        hash_of: impl Fn(&T) -> Option<u64> + Sync,
+    ) -> HashIndex {
+        assert!(
+            rows.len() < FORGOTTEN as usize,
+            "row numbers fit in 31 bits (groups are far smaller)"
+        );
+        let partitions = 1usize << bits;
+        let partition = |hash: u64| (hash >> (64 - bits)) as usize;
+        // Chunks of rows, each counted then filed by one task, into ranges of the pairs
+        // that depend only on the counts: the same pairs whatever the threads.
+        let chunk = rows.len().div_ceil(64).max(1 << 14);
+        let counts: Vec<Vec<usize>> = rows
+            .par_chunks(chunk)
+            .map(|part| {
+                let mut count = vec![0usize; partitions];
+                part.iter()
+                    .filter_map(&hash_of)
+                    .for_each(|h| count[partition(h)] += 1);
+                count
+            })
+            .collect();
+        let mut starts = vec![0usize; partitions + 1];
+        let mut at: Vec<Vec<usize>> = vec![vec![0; partitions]; counts.len()];
+        let mut total = 0;
+        for p in 0..partitions {
+            starts[p] = total;
+            for (c, count) in counts.iter().enumerate() {
+                at[c][p] = total;
+                total += count[p];
             }
         }
-        groups.extend(by_id.into_iter().filter(|group| group.len() > 1));
+        starts[partitions] = total;
+        let mut pairs = vec![(0u64, 0u32); total];
+        let out = SharedSlice::new(&mut pairs);
+        rows.par_chunks(chunk)
+            .zip(at.into_par_iter())
+            .enumerate()
+            .for_each(|(c, (part, mut next))| {
+                for (k, row) in part.iter().enumerate() {
+                    if let Some(h) = hash_of(row) {
+                        let p = partition(h);
+                        // SAFETY: chunk c writes only the positions `at[c][p]..` it counted
+                        // for each partition p; no two chunks' ranges overlap.
+                        unsafe { out.write(next[p], (h, (c * chunk + k) as u32)) };
+                        next[p] += 1;
+                    }
+                }
+            });
+        HashIndex {
+            bits,
+            pairs,
+            starts,
+        }
     }
-    groups.sort_unstable_by_key(|group| group[0]);
-    groups
+
+    /// The partition bits of this index.
+    pub fn bits(&self) -> u32 {
+        self.bits
+    }
+
+    fn partition(&self, p: usize) -> &[(u64, u32)] {
+        &self.pairs[self.starts[p]..self.starts[p + 1]]
+    }
+
+    fn partitions(&self) -> usize {
+        self.starts.len() - 1
+    }
+
+    /// Leave row `row` (filed under `hash`) out of [`HashIndex::matches`]: dedup forgets
+    /// the losing copies (a row's partition is in row order: found by binary search).
+    pub fn forget(&mut self, hash: u64, row: u32) {
+        let p = (hash >> (64 - self.bits)) as usize;
+        let partition = &mut self.pairs[self.starts[p]..self.starts[p + 1]];
+        let at = partition
+            .binary_search_by_key(&row, |pair| pair.1 & !FORGOTTEN)
+            .expect("a forgotten row is in its hash's partition");
+        partition[at].1 |= FORGOTTEN;
+    }
+
+    /// For each row of `other` (indexed with the same bits) whose hash is the hash of a
+    /// row of this index: (other row, this row). When one row has the hash, it is paired
+    /// unchecked (the caller compares the ids, in its own order: comparing here would read
+    /// two rows at random per pair); when several do (a 64-bit collision),
+    /// `same_id(this row, other row)` chooses among them. Forgotten rows are left out.
+    pub fn matches(
+        &self,
+        other: &HashIndex,
+        same_id: &(dyn Fn(u32, u32) -> bool + Sync),
+    ) -> Vec<(u32, u32)> {
+        assert_eq!(
+            self.bits, other.bits,
+            "indexes matched with the same partitions"
+        );
+        const SEVERAL: u32 = u32::MAX;
+        (0..self.partitions())
+            .into_par_iter()
+            .flat_map_iter(|p| {
+                let mine = self.partition(p);
+                let mut row_of: rustc_hash::FxHashMap<u64, u32> =
+                    rustc_hash::FxHashMap::with_capacity_and_hasher(mine.len(), Default::default());
+                let mut colliding: Vec<(u64, u32)> = Vec::new();
+                for &(h, row) in mine.iter().filter(|(_, row)| row & FORGOTTEN == 0) {
+                    match row_of.entry(h) {
+                        std::collections::hash_map::Entry::Vacant(slot) => {
+                            slot.insert(row);
+                        }
+                        std::collections::hash_map::Entry::Occupied(mut slot) => {
+                            if *slot.get() != SEVERAL {
+                                colliding.push((h, *slot.get()));
+                                slot.insert(SEVERAL);
+                            }
+                            colliding.push((h, row));
+                        }
+                    }
+                }
+                let mut found = Vec::new();
+                for &(h, theirs) in other.partition(p) {
+                    match row_of.get(&h) {
+                        None => {}
+                        Some(&SEVERAL) => {
+                            let candidates = colliding.iter().filter(|c| c.0 == h);
+                            if let Some(&(_, row)) =
+                                candidates.into_iter().find(|c| same_id(c.1, theirs))
+                            {
+                                found.push((theirs, row));
+                            }
+                        }
+                        Some(&row) => found.push((theirs, row)),
+                    }
+                }
+                found
+            })
+            .collect()
+    }
+
+    /// The rows of every id held by more than one row: each group by row number (its first
+    /// is the id's first row), groups by their first row. Rows of one hash are compared as
+    /// strings (distinct ids of one hash are told apart).
+    pub fn copies<'a, T: Sync>(
+        &self,
+        rows: &'a [T],
+        id_of: impl Fn(&'a T) -> &'a [u8] + Sync,
+    ) -> Vec<Vec<u32>> {
+        let mut groups: Vec<Vec<u32>> = (0..self.partitions())
+            .into_par_iter()
+            .flat_map_iter(|p| {
+                let pairs = self.partition(p);
+                // The first row of each hash; hashes seen again collect their rows.
+                let mut first: rustc_hash::FxHashMap<u64, u32> =
+                    rustc_hash::FxHashMap::with_capacity_and_hasher(
+                        pairs.len(),
+                        Default::default(),
+                    );
+                let mut repeated: Vec<(u64, u32)> = Vec::new();
+                for &(h, row) in pairs {
+                    match first.entry(h) {
+                        std::collections::hash_map::Entry::Occupied(f) => {
+                            repeated.push((h, *f.get()));
+                            repeated.push((h, row));
+                        }
+                        std::collections::hash_map::Entry::Vacant(slot) => {
+                            slot.insert(row);
+                        }
+                    }
+                }
+                // A hash with three rows pushed its first row twice.
+                repeated.sort_unstable();
+                repeated.dedup();
+                let mut groups = Vec::new();
+                for run in repeated.chunk_by(|a, b| a.0 == b.0) {
+                    groups.extend(copies_of_one_hash(run, rows, &id_of));
+                }
+                groups
+            })
+            .collect();
+        groups.sort_unstable_by_key(|group| group[0]);
+        groups
+    }
+}
+
+/// The groups (two rows or more) of one id among rows sharing one hash, each by row.
+fn copies_of_one_hash<'a, T>(
+    run: &[(u64, u32)],
+    rows: &'a [T],
+    id_of: &impl Fn(&'a T) -> &'a [u8],
+) -> Vec<Vec<u32>> {
+    let mut by_id: Vec<Vec<u32>> = Vec::new();
+    for &(_, row) in run {
+        let id = id_of(&rows[row as usize]);
+        match by_id
+            .iter_mut()
+            .find(|group| id_of(&rows[group[0] as usize]) == id)
+        {
+            Some(group) => group.push(row),
+            None => by_id.push(vec![row]),
+        }
+    }
+    by_id.retain(|group| group.len() > 1);
+    by_id
+}
+
+/// A slice written at disjoint positions from several threads.
+struct SharedSlice<T> {
+    ptr: *mut T,
+    len: usize,
+}
+
+// SAFETY: threads write disjoint positions only (see `write`), and the slice outlives them.
+unsafe impl<T: Send> Sync for SharedSlice<T> {}
+
+impl<T> SharedSlice<T> {
+    fn new(slice: &mut [T]) -> SharedSlice<T> {
+        SharedSlice {
+            ptr: slice.as_mut_ptr(),
+            len: slice.len(),
+        }
+    }
+
+    /// # Safety
+    /// No other thread writes or reads position `at` while the slice is shared.
+    unsafe fn write(&self, at: usize, value: T) {
+        assert!(at < self.len, "a position inside the slice");
+        // SAFETY: in bounds (checked), and exclusive by the caller's contract.
+        unsafe { self.ptr.add(at).write(value) };
+    }
 }
 
 /// How rows of one dataset name their repeated ids in rejects.
@@ -311,9 +486,11 @@ pub fn debits(
     files: &[InputFile],
     rejects: &mut Vec<Reject>,
 ) -> usize {
-    let keyed = hash_pairs(rows, |d| d.entry_hash);
-    let groups = copies_in(&keyed, rows, |d| ids.bytes(d.entry_id));
-    drop(keyed);
+    let index = HashIndex::of(rows, HashIndex::bits_for(rows.len()), |d| {
+        Some(d.entry_hash)
+    });
+    let groups = index.copies(rows, |d| ids.bytes(d.entry_id));
+    drop(index);
     let mut repeated = 0;
     for mut group in groups {
         // The first row by (file, row) is kept (rows may not be in file order).
@@ -384,9 +561,9 @@ pub struct Deduped {
     pub events: usize,
     /// Losing copies equal to the winner: counted only.
     pub identical_copies: u64,
-    /// ([`id_hash`] of `event_id`, row) of every event (winning copy), sorted: the window's
-    /// join of ledger entries to events uses the hashes dedup computed.
-    pub by_id_hash: Vec<(u64, u32)>,
+    /// The usage rows by [`id_hash`] of `event_id` (losing copies included, flagged): the
+    /// window's join of ledger entries to events uses the index dedup made.
+    pub index: HashIndex,
 }
 
 /// Dedup validated usage rows by `event_id`. The winner is the copy with the earliest
@@ -401,8 +578,10 @@ pub fn dedup_usage(
     files: &[InputFile],
     rejects: &mut Vec<Reject>,
 ) -> Deduped {
-    let mut by_id_hash = hash_pairs(rows, |r: &Usage| r.id_hash);
-    let groups = copies_in(&by_id_hash, rows, |r: &Usage| ids.bytes(r.id));
+    let mut index = HashIndex::of(rows, HashIndex::bits_for(rows.len()), |r: &Usage| {
+        Some(r.id_hash)
+    });
+    let groups = index.copies(rows, |r: &Usage| ids.bytes(r.id));
     // Decide every group with copies: the winner, identical losers, conflicting losers.
     let mut identical_copies = 0u64;
     let mut lost = 0usize;
@@ -413,6 +592,7 @@ pub fn dedup_usage(
         for &loser_index in &group[1..] {
             let loser = rows[loser_index as usize];
             rows[loser_index as usize].flags |= Usage::LOST;
+            index.forget(loser.id_hash, loser_index);
             lost += 1;
             if same_event(&loser, &winner) {
                 identical_copies += 1;
@@ -432,13 +612,10 @@ pub fn dedup_usage(
             }
         }
     }
-    if lost > 0 {
-        by_id_hash.retain(|&(_, i)| !rows[i as usize].lost());
-    }
     Deduped {
         events: rows.len() - lost,
         identical_copies,
-        by_id_hash,
+        index,
     }
 }
 
@@ -634,42 +811,72 @@ mod tests {
         );
     }
 
-    /// The bucketed sort must give the (hash, row) order the joins rely on, also for
-    /// repeated ids (equal hashes), many rows (past the size sorted in one piece) and
-    /// hashes in the lowest and highest buckets.
+    /// The index files every kept row once, in its hash's partition, in row order within
+    /// a partition, whatever the thread count; at many rows (many chunks) and at the
+    /// lowest and highest hashes too.
     #[test]
-    fn hash_pairs_are_sorted_by_hash_then_row() {
-        for n in [5_000u64, 200_000] {
-            let ids: Vec<String> = (0..n)
-                .map(|i| format!("evt-{}", (i * 7919) % (n / 4)))
-                .collect();
-            let mut hashes: Vec<u64> = ids.iter().map(|id| id_hash(id)).collect();
+    fn the_index_files_every_row_in_its_partition_in_row_order() {
+        for n in [5_000u64, 300_000] {
+            let mut hashes: Vec<u64> = (0..n).map(|i| id_hash(&format!("evt-{i}"))).collect();
             hashes[0] = 0;
             hashes[1] = u64::MAX;
-            hashes[2] = u64::MAX;
-            let keyed = hash_pairs(&hashes, |h| *h);
+            let index = HashIndex::of(&hashes, HashIndex::bits_for(hashes.len()), |h| {
+                (*h % 7 != 3).then_some(*h)
+            });
+            let mut filed: Vec<(u64, u32)> = Vec::new();
+            for p in 0..index.partitions() {
+                let part = index.partition(p);
+                assert!(part.windows(2).all(|w| w[0].1 < w[1].1));
+                assert!(part
+                    .iter()
+                    .all(|(h, _)| (h >> (64 - index.bits())) as usize == p));
+                filed.extend_from_slice(part);
+            }
+            filed.sort_unstable();
             let mut expected: Vec<(u64, u32)> = hashes
                 .iter()
                 .enumerate()
+                .filter(|(_, h)| *h % 7 != 3)
                 .map(|(row, h)| (*h, row as u32))
                 .collect();
             expected.sort_unstable();
-            assert_eq!(keyed, expected);
+            assert_eq!(filed, expected);
         }
     }
 
-    /// Equal hashes are not equal ids: the hash index is forged so that four rows of two
-    /// ids, and a fifth id alone, share one hash.
+    /// Equal hashes are not equal ids: the index is forged so that four rows of two ids,
+    /// and a fifth id alone, share one hash.
     #[test]
     fn copies_are_told_apart_by_id_under_one_hash() {
         let ids = ["a", "b", "a", "b", "c", "d", "d"];
-        let keyed: Vec<(u64, u32)> = vec![(7, 0), (7, 1), (7, 2), (7, 3), (7, 4), (9, 5), (9, 6)];
-        let groups = copies_in(&keyed, &ids, |id: &&str| id.as_bytes());
+        let forged = [7u64, 7, 7, 7, 7, 9, 9];
+        let index = HashIndex::of(&forged, 4, |h| Some(*h));
+        let groups = index.copies(&ids, |id: &&str| id.as_bytes());
         assert_eq!(groups, vec![vec![0, 2], vec![1, 3], vec![5, 6]]);
         assert_eq!(
             repeats(&ids, |id| id_hash(id), |id: &&str| id.as_bytes()),
             vec![(2, 0), (3, 1), (6, 5)]
         );
+    }
+
+    /// A hash held by one row is paired unchecked; one held by several is decided by
+    /// comparing ids; forgotten rows are not paired.
+    #[test]
+    fn matches_pair_rows_of_one_hash_and_tell_collisions_apart() {
+        let mine = [5u64, 6, 6, 8];
+        let theirs = [6u64, 5, 9, 8, 6];
+        let my_ids = ["x", "y", "z", "w"];
+        let their_ids = ["z", "q", "n", "w", "y"];
+        let a = HashIndex::of(&mine, 4, |h| Some(*h));
+        let b = HashIndex::of(&theirs, 4, |h| Some(*h));
+        let same = |m: u32, t: u32| my_ids[m as usize] == their_ids[t as usize];
+        let mut a = a;
+        a.forget(8, 3);
+        let mut found = a.matches(&b, &same);
+        found.sort_unstable();
+        // theirs 0 ("z", hash 6) finds mine 2 among two; 1 ("q", hash 5) is paired with
+        // mine 0 unchecked; 4 ("y", hash 6) finds mine 1; 3 (hash 8): mine 3 is forgotten.
+        assert_eq!(found, vec![(0, 2), (1, 0), (4, 1)]);
     }
 
     #[test]
@@ -691,12 +898,14 @@ mod tests {
         assert_eq!(kept, [("a", 0), ("c", 3), ("b", 4)]);
         assert_eq!(out.identical, 2);
         assert!(out.rejects.is_empty());
-        // The hashes dedup hands to the window: the winners', by their rows, sorted.
-        let mut expected: Vec<(u64, u32)> = [(0, "a"), (3, "c"), (4, "b")]
+        // The index dedup hands to the window holds every row, the losers forgotten.
+        assert_eq!(out.deduped.index.pairs.len(), rows.len());
+        let forgotten = out
+            .deduped
+            .index
+            .pairs
             .iter()
-            .map(|&(row, id)| (id_hash(id), row))
-            .collect();
-        expected.sort_unstable();
-        assert_eq!(out.deduped.by_id_hash, expected);
+            .filter(|p| p.1 & FORGOTTEN != 0);
+        assert_eq!(forgotten.count(), 2);
     }
 }

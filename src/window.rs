@@ -12,7 +12,7 @@ use crate::dict::{Dicts, Ids};
 use crate::history::History;
 use crate::model::*;
 use crate::time::{format_instant, Micros};
-use crate::validate::{hash_pairs, Allocations, FastHash};
+use crate::validate::{Allocations, FastHash, HashIndex};
 use rayon::prelude::*;
 use std::collections::HashSet;
 use std::ops::Range;
@@ -173,65 +173,31 @@ pub fn in_closed_period(
 
 const NO_EVENT: u32 = u32::MAX;
 
-/// For every entry, the index of the event its `event_id` names (`NO_EVENT` if none).
-/// A merge join of the events' sorted (id hash, index) pairs (from dedup) with the
-/// entries' (sorted here). Repeated entries name no event.
+/// For every entry, the row of the event its `event_id` names (`NO_EVENT` if none): the
+/// entries' event id hashes matched with dedup's index of the usage rows (winning copies
+/// only). Repeated entries name no event.
 ///
-/// Equal hashes must still be compared as strings, but comparing them in hash order
-/// reads two rows at random per entry (a cache miss each). So the merge records, for an
-/// entry whose hash names a single event, that event unchecked, and the ids are compared
-/// afterwards in entry order: the entries are read in sequence and their events, logged
-/// in about the same order, nearly so. Only a hash that names two or more events (a
-/// 64-bit collision) is resolved by comparing strings in the merge.
+/// Equal hashes must still be compared as strings, but comparing them as they are matched
+/// reads two rows at random per entry (a cache miss each). So an entry whose hash names a
+/// single event is matched unchecked, and the ids are compared afterwards in entry order:
+/// the entries are read in sequence and their events, logged in about the same order,
+/// nearly so. Only a hash that names two or more events (a 64-bit collision) is resolved
+/// by comparing strings while matching.
 fn join_on_event_id(
     events: &[Usage],
     usage_ids: &Ids,
-    by_id_hash: &[(u64, u32)],
+    index: &HashIndex,
     debits: &[Debit],
     debit_ids: &Ids,
 ) -> Vec<u32> {
-    let left = by_id_hash;
-    let attached: Vec<u32> = (0..debits.len() as u32)
-        .filter(|&i| {
-            let d = &debits[i as usize];
-            d.has_event() && !d.repeated()
-        })
-        .collect();
-    let right: Vec<(u64, u32)> = hash_pairs(&attached, |&i| debits[i as usize].event_hash)
-        .into_iter()
-        .map(|(hash, k)| (hash, attached[k as usize]))
-        .collect();
-    drop(attached);
-    // Merge the two sorted sides in parallel: each chunk of entries finds its start in the
-    // events by binary search, then walks forward.
-    let chunk = right
-        .len()
-        .div_ceil(rayon::current_num_threads() * 4)
-        .max(1);
+    let entries = HashIndex::of(debits, index.bits(), |d| {
+        (d.has_event() && !d.repeated()).then_some(d.event_hash)
+    });
     let event_id_of = |entry: u32| debit_ids.bytes(debits[entry as usize].event_id);
-    let matches: Vec<(u32, u32)> = right
-        .par_chunks(chunk)
-        .flat_map_iter(|part| {
-            let mut l = left.partition_point(|x| x.0 < part[0].0);
-            part.iter().filter_map(move |&(hash, entry)| {
-                while l < left.len() && left[l].0 < hash {
-                    l += 1;
-                }
-                // Usually none or one: walked, not searched.
-                let run = left[l..].iter().take_while(|x| x.0 == hash).count();
-                match &left[l..l + run] {
-                    [] => None,
-                    // Checked below, in entry order.
-                    [(_, event)] => Some((entry, *event)),
-                    colliding => colliding
-                        .iter()
-                        .map(|&(_, e)| e)
-                        .find(|&e| usage_ids.bytes(events[e as usize].id) == event_id_of(entry))
-                        .map(|e| (entry, e)),
-                }
-            })
-        })
-        .collect();
+    let same_id =
+        |event: u32, entry: u32| usage_ids.bytes(events[event as usize].id) == event_id_of(entry);
+    let matches = index.matches(&entries, &same_id);
+    drop(entries);
     let mut found = vec![NO_EVENT; debits.len()];
     for (entry, event) in matches {
         found[entry as usize] = event;
@@ -239,9 +205,7 @@ fn join_on_event_id(
     // The check of single-event matches: an entry whose id only shares the hash of an
     // event names no event.
     found.par_iter_mut().enumerate().for_each(|(entry, event)| {
-        if *event != NO_EVENT
-            && usage_ids.bytes(events[*event as usize].id) != event_id_of(entry as u32)
-        {
+        if *event != NO_EVENT && !same_id(*event, entry as u32) {
             *event = NO_EVENT;
         }
     });
@@ -289,10 +253,10 @@ impl<'a> Group<'a> {
         accounts: &'a [u32],
         (usage, usage_ids): (&'a [Usage], &'a Ids),
         (debits, debit_ids): (&'a [Debit], &'a Ids),
-        by_id_hash: &[(u64, u32)],
+        index: &HashIndex,
         buckets: Option<usize>,
     ) -> Group<'a> {
-        let event_of_entry = join_on_event_id(usage, usage_ids, by_id_hash, debits, debit_ids);
+        let event_of_entry = join_on_event_id(usage, usage_ids, index, debits, debit_ids);
         let buckets = buckets
             .unwrap_or((usage.len() + debits.len()) / ROWS_PER_BUCKET)
             .clamp(1, accounts.len().max(1));
@@ -345,9 +309,20 @@ impl<'a> Group<'a> {
     /// entries are left out.
     pub fn bucket_rows(&self) -> BucketRows {
         let buckets = self.buckets + 1;
-        let usage = split_by(buckets, self.usage.len(), &|i| {
-            (!self.usage[i].lost()).then(|| self.bucket_of(self.usage[i].account))
+        let usage_bucket: Vec<u32> = self
+            .usage
+            .par_iter()
+            .map(|u| match u.lost() {
+                true => NONE,
+                false => self.bucket_of(u.account) as u32,
+            })
+            .collect();
+        let usage = split_by(buckets, self.usage.len(), &|i| match usage_bucket[i] {
+            NONE => None,
+            b => Some(b as usize),
         });
+        // An attached entry's bucket is its event's (looked up in the events' buckets,
+        // 4 bytes a row, not in the rows themselves).
         let debits = split_by(buckets, self.debits.len(), &|i| {
             let d = &self.debits[i];
             if d.repeated() {
@@ -355,9 +330,10 @@ impl<'a> Group<'a> {
             }
             Some(match self.event_of_entry[i] {
                 NO_EVENT => self.bucket_of(d.account),
-                event => self.bucket_of(self.usage[event as usize].account),
+                event => usage_bucket[event as usize] as usize,
             })
         });
+        drop(usage_bucket);
         let mut local_of_row = vec![NONE; self.usage.len()];
         for rows in &usage {
             for (k, &row) in rows.iter().enumerate() {
@@ -841,8 +817,13 @@ mod tests {
         compact_rows(&events, &entries, &DictBuilder::new(["acct-1"].into_iter()))
     }
 
-    fn sorted_hashes(events: &[Usage]) -> Vec<(u64, u32)> {
-        hash_pairs(events, |e: &Usage| e.id_hash)
+    fn index_of(events: &[Usage]) -> HashIndex {
+        HashIndex::of(events, 4, |e: &Usage| Some(e.id_hash))
+    }
+
+    /// An index forged to file every row of `events` under one hash.
+    fn forged(events: &[Usage], hash: u64) -> HashIndex {
+        HashIndex::of(events, 4, |_| Some(hash))
     }
 
     #[test]
@@ -857,35 +838,39 @@ mod tests {
                 Some("evt-c"),
             ],
         );
-        let found = join_on_event_id(
-            &events,
-            &usage_ids,
-            &sorted_hashes(&events),
-            &debits,
-            &debit_ids,
-        );
+        let found = join_on_event_id(&events, &usage_ids, &index_of(&events), &debits, &debit_ids);
         assert_eq!(found, vec![2, NO_EVENT, NO_EVENT, 0, 2]);
     }
 
     /// Equal 64-bit hashes are not equal ids. No two short ids are known to collide, so the
-    /// events' hash index is forged: event 0 ("evt-x") is filed under the hash of "evt-y".
+    /// events' index is forged: events are filed under the hash of "evt-y".
     #[test]
     fn an_id_that_only_shares_a_hash_names_no_event() {
         let y = crate::validate::id_hash("evt-y");
-        // One event under the hash: the unchecked match is refused by the check.
-        let (events, usage_ids, debits, debit_ids) = rows(&["evt-x", "evt-y"], &[Some("evt-y")]);
-        let lone = vec![(y, 0)];
+        // One event under the hash ("evt-x"): the unchecked match is refused by the check.
+        let (events, usage_ids, debits, debit_ids) = rows(&["evt-x"], &[Some("evt-y")]);
         assert_eq!(
-            join_on_event_id(&events, &usage_ids, &lone, &debits, &debit_ids),
+            join_on_event_id(
+                &events,
+                &usage_ids,
+                &forged(&events, y),
+                &debits,
+                &debit_ids
+            ),
             vec![NO_EVENT]
         );
-        // Two events under it: the merge compares strings and finds the right one.
+        // Two events under it: the match compares strings and finds the right one.
         let (events, usage_ids, mut debits, debit_ids) =
             rows(&["evt-x", "evt-y"], &[Some("evt-y"), Some("evt-z")]);
         debits[1].event_hash = y;
-        let colliding = vec![(y, 0), (y, 1)];
         assert_eq!(
-            join_on_event_id(&events, &usage_ids, &colliding, &debits, &debit_ids),
+            join_on_event_id(
+                &events,
+                &usage_ids,
+                &forged(&events, y),
+                &debits,
+                &debit_ids
+            ),
             vec![1, NO_EVENT]
         );
     }

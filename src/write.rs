@@ -6,7 +6,7 @@ use crate::amount::Milli;
 use crate::error::{Result, TallyError};
 use crate::model::{GrantKind, Mode};
 use crate::pipeline::RunOutput;
-use crate::time::{format_instant, Micros};
+use crate::time::Micros;
 use arrow::array::{
     Array, ArrayRef, AsArray, Decimal128Array, Int32Array, Int64Array, ListBuilder, StringArray,
     StringBuilder, TimestampMicrosecondArray,
@@ -130,9 +130,14 @@ pub fn table_csv(batch: &RecordBatch) -> Result<Vec<u8>> {
     let csv_err = |e: csv::Error| TallyError::output("csv", e);
     w.write_record(schema.fields().iter().map(|f| f.name().as_str()))
         .map_err(csv_err)?;
+    let mut text = String::new();
     for row in 0..batch.num_rows() {
-        let record: Vec<String> = batch.columns().iter().map(|c| cell(c, row)).collect();
-        w.write_record(&record).map_err(csv_err)?;
+        for column in batch.columns() {
+            text.clear();
+            push_cell(&mut text, column, row);
+            w.write_field(text.as_bytes()).map_err(csv_err)?;
+        }
+        w.write_record(None::<&[u8]>).map_err(csv_err)?;
     }
     w.into_inner()
         .map_err(|e| TallyError::output("csv", e.to_string()))
@@ -140,39 +145,59 @@ pub fn table_csv(batch: &RecordBatch) -> Result<Vec<u8>> {
 
 /// One value rendered as text.
 pub fn cell(array: &ArrayRef, row: usize) -> String {
+    let mut text = String::new();
+    push_cell(&mut text, array, row);
+    text
+}
+
+/// [`cell`] appended to `out` (nothing for a null): no string per cell.
+pub fn push_cell(out: &mut String, array: &ArrayRef, row: usize) {
     if array.is_null(row) {
-        return String::new();
+        return;
     }
     match array.data_type() {
-        DataType::Utf8 => array.as_string::<i32>().value(row).to_string(),
+        DataType::Utf8 => out.push_str(array.as_string::<i32>().value(row)),
         DataType::Decimal128(_, 3) => Milli(
             array
                 .as_primitive::<arrow::datatypes::Decimal128Type>()
                 .value(row) as i64,
         )
-        .to_string(),
-        DataType::Timestamp(TimeUnit::Microsecond, _) => format_instant(
+        .push_to(out),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => crate::time::push_instant(
+            out,
             array
                 .as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
                 .value(row),
         ),
-        DataType::Int64 => array
-            .as_primitive::<arrow::datatypes::Int64Type>()
-            .value(row)
-            .to_string(),
-        DataType::Int32 => array
-            .as_primitive::<arrow::datatypes::Int32Type>()
-            .value(row)
-            .to_string(),
-        DataType::Boolean => array.as_boolean().value(row).to_string(),
+        DataType::Int64 => out.push_str(
+            itoa::Buffer::new().format(
+                array
+                    .as_primitive::<arrow::datatypes::Int64Type>()
+                    .value(row),
+            ),
+        ),
+        DataType::Int32 => out.push_str(
+            itoa::Buffer::new().format(
+                array
+                    .as_primitive::<arrow::datatypes::Int32Type>()
+                    .value(row),
+            ),
+        ),
+        DataType::Boolean => out.push_str(if array.as_boolean().value(row) {
+            "true"
+        } else {
+            "false"
+        }),
         DataType::List(_) => {
             let list = array.as_list::<i32>().value(row);
-            (0..list.len())
-                .map(|i| cell(&list, i))
-                .collect::<Vec<_>>()
-                .join(";")
+            for i in 0..list.len() {
+                if i > 0 {
+                    out.push(';');
+                }
+                push_cell(out, &list, i);
+            }
         }
-        other => format!("<{other}>"),
+        other => out.push_str(&format!("<{other}>")),
     }
 }
 
