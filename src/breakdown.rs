@@ -54,18 +54,15 @@ impl MixFigures {
 /// run's shared ones: a key costs no string allocation.
 pub type MixKey = (Shared, Shared, bool, Option<Shared>);
 
-/// The lines of one account-period, by sku: a handful per period, found by a linear
-/// search, with an index past [`LINEAR_LINES`] (a period with many distinct skus).
+/// Credits by sku over a bucket's events: the engine adds every event of the window here
+/// (a sku is a run's (product, action, model) code), and the bucket's lines become string
+/// keys once, in [`SkuMix::finish`].
 #[derive(Default)]
-pub struct PeriodMix {
-    lines: Vec<(u32, MixFigures)>,
-    index: Option<rustc_hash::FxHashMap<u32, usize>>,
+pub struct SkuMix {
+    lines: rustc_hash::FxHashMap<u32, MixFigures>,
 }
 
-/// Lines a period's mix searches linearly before it indexes them.
-const LINEAR_LINES: usize = 32;
-
-impl PeriodMix {
+impl SkuMix {
     /// Count one event of the window.
     pub fn add(&mut self, u: &Usage, price: Price, recorded: Milli) -> Result<()> {
         let mut one = MixFigures {
@@ -78,26 +75,13 @@ impl PeriodMix {
             one.quantity = u.quantity();
             one.expected_credits = credits;
         }
-        let found = match &self.index {
-            Some(index) => index.get(&u.sku).copied(),
-            None => self.lines.iter().position(|(sku, _)| *sku == u.sku),
-        };
-        match found {
-            Some(at) => return self.lines[at].1.add(&one),
-            None => self.lines.push((u.sku, one)),
-        }
-        if let Some(index) = &mut self.index {
-            index.insert(u.sku, self.lines.len() - 1);
-        } else if self.lines.len() > LINEAR_LINES {
-            let lines = self.lines.iter().enumerate();
-            self.index = Some(lines.map(|(at, (sku, _))| (*sku, at)).collect());
-        }
-        Ok(())
+        self.lines.entry(u.sku).or_default().add(&one)
     }
 
-    /// Add the period's lines to its account's.
-    pub fn fold_into(self, lines: &mut AccountMix, dicts: &Dicts) {
-        lines.extend(self.lines.into_iter().map(|(sku, figures)| {
+    /// The lines by (product, action, model), bounded like every [`Mix`].
+    pub fn finish(self, dicts: &Dicts) -> Result<Mix> {
+        let mut mix = Mix::default();
+        for (sku, figures) in self.lines {
             let model = dicts.model(sku).cloned();
             let key = (
                 dicts.product(sku).clone(),
@@ -105,44 +89,9 @@ impl PeriodMix {
                 model.is_none(),
                 model,
             );
-            (key, figures)
-        }));
-    }
-}
-
-/// The lines of one account (a key may repeat across its periods); the pipeline sums them
-/// per bucket with [`MixSum`].
-pub type AccountMix = Vec<(MixKey, MixFigures)>;
-
-/// Sums lines by key in a hash map (cheap per line); past [`MAX_MIX_LINES`] keys they move
-/// to a bounded [`Mix`].
-#[derive(Default)]
-pub struct MixSum {
-    lines: rustc_hash::FxHashMap<MixKey, MixFigures>,
-    mix: Mix,
-}
-
-impl MixSum {
-    pub fn add(&mut self, lines: AccountMix) -> Result<()> {
-        for (key, figures) in lines {
-            self.lines.entry(key).or_default().add(&figures)?;
+            mix.add_line(key, &figures)?;
         }
-        if self.lines.len() > MAX_MIX_LINES {
-            self.flush()?;
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<()> {
-        for (key, figures) in self.lines.drain() {
-            self.mix.add_line(key, &figures)?;
-        }
-        Ok(())
-    }
-
-    pub fn finish(mut self) -> Result<Mix> {
-        self.flush()?;
-        Ok(self.mix)
+        Ok(mix)
     }
 }
 

@@ -113,7 +113,7 @@ pub struct BilledEventRow {
 }
 
 /// Everything one account contributes to the outputs.
-#[derive(Default, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct AccountResult {
     pub discrepancies: Vec<DiscrepancyRow>,
     pub balances: Vec<BalanceRow>,
@@ -124,9 +124,6 @@ pub struct AccountResult {
     pub grants_next: Vec<GrantRow>,
     pub billed_events: Vec<BilledEventRow>,
     pub totals: Totals,
-    /// Credits by product/action/model (for `report.html`; the pipeline takes it per bucket).
-    #[serde(default)]
-    pub mix: crate::breakdown::AccountMix,
 }
 
 impl AccountResult {
@@ -157,7 +154,6 @@ impl AccountResult {
             .sort_by(|a, b| a.grant_id.as_bytes().cmp(b.grant_id.as_bytes()));
         self.grants_next.append(&mut r.grants_next);
         self.billed_events.append(&mut r.billed_events);
-        self.mix.append(&mut r.mix);
         self.totals.add(&r.totals)
     }
 }
@@ -208,11 +204,13 @@ pub struct EventTrace {
     pub kinds: Vec<Kind>,
 }
 
-/// Process one account of a group's work (`trace`: also record every period's trace).
+/// Process one account of a bucket's work (`trace`: also record every period's trace),
+/// adding its events' credits by product to `mix`.
 pub fn process_account(
     ctx: &RunContext<'_>,
     group: &BucketWork<'_>,
     work: &AccountWork<'_>,
+    mix: &mut crate::breakdown::SkuMix,
     mut trace: Option<&mut Vec<PeriodTrace>>,
 ) -> Result<AccountResult> {
     let mut result = AccountResult::default();
@@ -236,6 +234,7 @@ pub fn process_account(
             period,
             &mut state,
             &mut result,
+            mix,
             trace.as_deref_mut(),
         )?;
         if let Some(closed) = closed {
@@ -270,6 +269,7 @@ fn process_period(
     period: &PeriodWork<'_>,
     state: &mut AccountState<'_>,
     result: &mut AccountResult,
+    mix: &mut crate::breakdown::SkuMix,
     trace: Option<&mut Vec<PeriodTrace>>,
 ) -> Result<Option<ClosedPeriod>> {
     let account = state.account;
@@ -349,11 +349,10 @@ fn process_period(
     let mut credits_used = Milli::ZERO;
     let mut line_totals: rustc_hash::FxHashMap<LineOf, close::LineTotals> =
         rustc_hash::FxHashMap::default();
-    let invoice_id =
-        (ctx.mode == Mode::Close).then(|| close::invoice_id(&alloc.account_id, alloc.period_start));
-    let billed_invoice_id: crate::model::Shared = invoice_id.as_deref().unwrap_or_default().into();
+    // Billed events of one invoice share its id.
+    let billed_invoice_id: Option<crate::model::Shared> = (ctx.mode == Mode::Close)
+        .then(|| close::invoice_id(&alloc.account_id, alloc.period_start).into());
     let account_shared = dicts.account(account);
-    let mut mix = crate::breakdown::PeriodMix::default();
     for (i, event) in events.iter().enumerate() {
         let u = &event.usage;
         let price = prices[i];
@@ -368,9 +367,9 @@ fn process_period(
         if let Price::Charged(credits) = price {
             credits_used = credits_used.checked_add(credits)?;
         }
-        if let (Price::Charged(credits), Mode::Close) = (price, ctx.mode) {
+        if let (Price::Charged(credits), Some(invoice_id)) = (price, &billed_invoice_id) {
             result.billed_events.push(BilledEventRow {
-                invoice_id: billed_invoice_id.clone(),
+                invoice_id: invoice_id.clone(),
                 event_id: group.usage_ids.id(u.id)?,
                 account_id: account_shared.clone(),
                 occurred_at: u.occurred_at,
@@ -389,7 +388,7 @@ fn process_period(
         } else if verdict.primary.is_none() {
             totals.matched_events += 1;
         }
-        let mut kinds: Vec<Kind> = verdict.primary.into_iter().collect();
+        let mut kinds: smallvec::SmallVec<[Kind; 4]> = verdict.primary.into_iter().collect();
         if u.conflicting() {
             kinds.push(Kind::ConflictingDuplicate);
         }
@@ -415,7 +414,7 @@ fn process_period(
                 draws: draws_of_event,
                 overage: overage_of[i],
                 verdict: verdict.clone(),
-                kinds: kinds.clone(),
+                kinds: kinds.to_vec(),
             });
         }
         for kind in kinds {
@@ -440,7 +439,6 @@ fn process_period(
         }
     }
     totals.recorded_credits = recorded_period;
-    mix.fold_into(&mut result.mix, dicts);
 
     // Conservation, checked on independent sums before anything is published.
     let granted = consume::sum_kinds(&consumption.granted)?;

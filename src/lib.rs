@@ -22,6 +22,7 @@ pub mod job;
 pub mod load;
 pub mod memory;
 pub mod model;
+pub mod partition;
 pub mod pipeline;
 pub mod price;
 pub mod pricebook;
@@ -167,8 +168,13 @@ pub fn scan(data: &Path) -> Result<u64> {
     Ok(rows)
 }
 
-/// Fingerprint every input: the price book and every dataset file, with sha256 and rows.
+/// Fingerprint every input: the price book and every dataset file, with sha256 and rows
+/// (files in parallel).
 pub fn fingerprint_inputs(data: &Path) -> Result<Vec<FileEntry>> {
+    fingerprint_files(data, true)
+}
+
+fn fingerprint_files(data: &Path, parallel: bool) -> Result<Vec<FileEntry>> {
     let mut paths: Vec<(String, PathBuf, bool)> = vec![(
         "pricebook.toml".to_string(),
         data.join("pricebook.toml"),
@@ -179,18 +185,19 @@ pub fn fingerprint_inputs(data: &Path) -> Result<Vec<FileEntry>> {
             paths.push((f.rel_path, f.abs_path, true));
         }
     }
-    paths
-        .into_par_iter()
-        .map(|(rel, abs, parquet)| {
-            let sha256 = write::sha256_file(&abs)?;
-            let rows = if parquet { parquet_rows(&abs) } else { None };
-            Ok(FileEntry {
-                path: rel,
-                rows,
-                sha256,
-            })
+    let entry = |(rel, abs, parquet): (String, PathBuf, bool)| {
+        let sha256 = write::sha256_file(&abs)?;
+        let rows = if parquet { parquet_rows(&abs) } else { None };
+        Ok(FileEntry {
+            path: rel,
+            rows,
+            sha256,
         })
-        .collect()
+    };
+    match parallel {
+        true => paths.into_par_iter().map(entry).collect(),
+        false => paths.into_iter().map(entry).collect(),
+    }
 }
 
 fn parquet_rows(path: &Path) -> Option<u64> {
@@ -265,16 +272,13 @@ pub fn lock_output(out: &Path) -> Result<OutputLock> {
     }
 }
 
-/// What every run holds before it computes: the output lock, earlier closes and the
-/// fingerprint of its inputs.
+/// What every run holds before it computes: the output lock and earlier closes.
 pub(crate) struct Prepared {
     pub _lock: OutputLock,
     pub history: history::History,
-    pub inputs: Vec<FileEntry>,
 }
 
-/// Check the data root, lock `out`, refuse a foreign folder, read the history and
-/// fingerprint the inputs.
+/// Check the data root, lock `out`, refuse a foreign folder and read the history.
 pub(crate) fn prepare(req: &JobRequest, out: &Path) -> Result<Prepared> {
     if !req.data.is_dir() {
         return Err(TallyError::config(
@@ -288,11 +292,22 @@ pub(crate) fn prepare(req: &JobRequest, out: &Path) -> Result<Prepared> {
         Some(dir) => history::load(dir, &req.out)?,
         None => history::History::default(),
     };
-    let stage = req.progress.stage("fingerprint inputs");
-    let mut inputs = fingerprint_inputs(&req.data)?;
-    stage.done(inputs.len() as u64, inputs.len() as u64);
-    // Earlier closes change what this close covers: they are inputs too (by their manifest,
-    // which holds the checksums of everything they wrote).
+    Ok(Prepared {
+        _lock: lock,
+        history,
+    })
+}
+
+/// The fingerprint of a run's inputs: every input file (`parallel`: files in parallel),
+/// and the earlier closes it reads, which change what a close covers (by their manifest,
+/// which holds the checksums of everything they wrote).
+pub(crate) fn fingerprint(
+    req: &JobRequest,
+    history: &history::History,
+    parallel: bool,
+) -> Result<Vec<FileEntry>> {
+    let started = std::time::Instant::now();
+    let mut inputs = fingerprint_files(&req.data, parallel)?;
     for (name, manifest) in &history.folders {
         inputs.push(FileEntry {
             path: format!("history/{name}/manifest.json"),
@@ -300,10 +315,26 @@ pub(crate) fn prepare(req: &JobRequest, out: &Path) -> Result<Prepared> {
             sha256: write::sha256_file(manifest)?,
         });
     }
-    Ok(Prepared {
-        _lock: lock,
-        history,
-        inputs,
+    let files = inputs.len() as u64;
+    progress::log_stage("fingerprint inputs", files, files, started.elapsed());
+    Ok(inputs)
+}
+
+/// Run `work` while the inputs are fingerprinted on a thread of their own (sha256 of every
+/// input file: it fills the time the pipeline leaves a core idle). A fingerprint error
+/// is reported first, as if the inputs had been read before the run.
+pub(crate) fn beside_fingerprint<T: Send>(
+    req: &JobRequest,
+    history: &history::History,
+    work: impl FnOnce() -> Result<T> + Send,
+) -> Result<(T, Vec<FileEntry>)> {
+    std::thread::scope(|scope| {
+        let fingerprinted = scope.spawn(|| fingerprint(req, history, false));
+        let done = work();
+        let inputs = fingerprinted
+            .join()
+            .unwrap_or_else(|_| Err(TallyError::Invariant("fingerprinting failed".into())))?;
+        Ok((done?, inputs))
     })
 }
 
@@ -390,11 +421,20 @@ pub fn run_job(req: &JobRequest) -> Result<JobOutcome> {
         return shard::run_shard(req, shard, shards);
     }
     let prepared = prepare(req, &req.out)?;
-    if let Some(done) = check_earlier_close(req, &prepared.inputs)? {
-        return Ok(done);
+    let settings = req.settings(prepared.history.clone());
+    if req.mode == Mode::Close && req.out.join("manifest.json").exists() {
+        // The inputs decide whether this close was already made: fingerprint them first.
+        let inputs = fingerprint(req, &prepared.history, true)?;
+        if let Some(done) = check_earlier_close(req, &inputs)? {
+            return Ok(done);
+        }
+        let output = pipeline::run(settings, &req.progress)?;
+        return publish_run(req, &output, inputs);
     }
-    let output = pipeline::run(req.settings(prepared.history), &req.progress)?;
-    publish_run(req, &output, prepared.inputs)
+    let (output, inputs) = beside_fingerprint(req, &prepared.history, || {
+        pipeline::run(settings, &req.progress)
+    })?;
+    publish_run(req, &output, inputs)
 }
 
 fn check_alert(alert: &Alert, f: &AlertFigures) -> Option<String> {

@@ -317,12 +317,15 @@ pub fn compute(
             "load usage and ledger",
             (files[0].len() + files[3].len()) as u64,
         );
-        let usage = rows::load(&UsageSource { dicts: &builder }, &files[0], &|| {
-            stage.tick()
-        })?;
-        let debits = rows::load(&DebitSource { dicts: &builder }, &files[3], &|| {
-            stage.tick()
-        })?;
+        let usage_source = UsageSource { dicts: &builder };
+        let debit_source = DebitSource { dicts: &builder };
+        // Both datasets at once: their row groups share the cores (one dataset's last row
+        // groups alone would leave a core idle).
+        let (usage, debits) = rayon::join(
+            || rows::load(&usage_source, &files[0], &|| stage.tick()),
+            || rows::load(&debit_source, &files[3], &|| stage.tick()),
+        );
+        let (usage, debits) = (usage?, debits?);
         stage.done(
             usage.read + debits.read,
             (usage.rows.len() + debits.rows.len()) as u64,
@@ -584,15 +587,22 @@ impl<'a> RunState<'a> {
             mut debits,
             debit_ids,
         } = rows;
-        let rejects = &mut partial.rejects;
-        let entries = validate::debits(&mut debits, &debit_ids, &context.files[3], rejects);
-        let deduped = validate::dedup_usage(
-            &mut usage,
-            &usage_ids,
-            self.dicts,
-            &context.files[0],
-            rejects,
+        let (mut debit_rejects, mut usage_rejects) = (Vec::new(), Vec::new());
+        let files = &context.files;
+        let (entries, deduped) = rayon::join(
+            || validate::debits(&mut debits, &debit_ids, &files[3], &mut debit_rejects),
+            || {
+                validate::dedup_usage(
+                    &mut usage,
+                    &usage_ids,
+                    self.dicts,
+                    &files[0],
+                    &mut usage_rejects,
+                )
+            },
         );
+        partial.rejects.extend(debit_rejects);
+        partial.rejects.extend(usage_rejects);
         partial.identical_duplicates += deduped.identical_copies;
         stage.done(rows_in, (deduped.events + entries) as u64);
 
@@ -625,8 +635,8 @@ impl<'a> RunState<'a> {
             .map(|b| {
                 let placed = work.place(
                     b,
-                    &bucket_rows.usage[b],
-                    &bucket_rows.debits[b],
+                    bucket_rows.usage.partition(b),
+                    bucket_rows.debits.partition(b),
                     &bucket_rows.local_of_row,
                 );
                 let done = self.process_bucket(placed, settings.trace_account.as_deref());
@@ -689,7 +699,7 @@ impl<'a> RunState<'a> {
         trace: Option<&str>,
     ) -> Result<BucketDone> {
         let work = &placed.work;
-        let mut mix = crate::breakdown::MixSum::default();
+        let mut mix = crate::breakdown::SkuMix::default();
         let mut results = Vec::with_capacity(work.accounts.len());
         let mut traced = None;
         for account in &work.accounts {
@@ -697,33 +707,22 @@ impl<'a> RunState<'a> {
             let mut r = match trace {
                 Some(t) if t == &**id => {
                     let mut periods = Vec::new();
-                    let r = process_account(&self.ctx, work, account, Some(&mut periods))?;
+                    let r =
+                        process_account(&self.ctx, work, account, &mut mix, Some(&mut periods))?;
                     let mut t = self.untraced(id);
-                    t.result = Some(AccountResult {
-                        discrepancies: r.discrepancies.clone(),
-                        balances: r.balances.clone(),
-                        invoices: r.invoices.clone(),
-                        invoice_lines: r.invoice_lines.clone(),
-                        renewals: r.renewals.clone(),
-                        allocations_next: r.allocations_next.clone(),
-                        grants_next: r.grants_next.clone(),
-                        billed_events: r.billed_events.clone(),
-                        totals: r.totals.clone(),
-                        mix: Default::default(),
-                    });
+                    t.result = Some(r.clone());
                     t.periods = periods;
                     traced = Some(t);
                     r
                 }
-                _ => process_account(&self.ctx, work, account, None)?,
+                _ => process_account(&self.ctx, work, account, &mut mix, None)?,
             };
             r.shrink();
-            mix.add(std::mem::take(&mut r.mix))?;
             results.push((id.to_string(), r));
         }
         Ok(BucketDone {
             results,
-            mix: mix.finish()?,
+            mix: mix.finish(self.dicts)?,
             rejects: placed.rejects,
             outside: placed.outside,
             events: work.events.len() as u64,

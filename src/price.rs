@@ -115,72 +115,95 @@ fn version_at(versions: &[Version], t: crate::time::Micros) -> Option<&Version> 
 
 /// A rate's formula in integers: credits = max(minimum, ceil(q / increment) × increment ×
 /// credits_per_unit), rounded half-even to thousandths, with each decimal as (mantissa,
-/// scale). It is used only where `Decimal` is exact too (every value below 2^96, scales
-/// at most 28), so the two always agree; elsewhere `credits_for` decides.
+/// scale) and the powers of ten worked out once per rate. It is used only where `Decimal`
+/// is exact too (every intermediate value below 2^96, scales at most 28), so the two
+/// always agree (a property test compares them); elsewhere `credits_for` decides.
 #[derive(Clone, Copy, Debug)]
 struct IntegerRate {
-    increment: i128,
-    increment_scale: u32,
-    per_unit: i128,
-    /// Scale of increment × credits_per_unit.
-    raw_scale: u32,
-    minimum: i128,
-    minimum_scale: u32,
+    /// 10^(increment's scale): the quantity in the increment's scale, times 1000.
+    quantity_factor: u128,
+    /// The increment's mantissa × 1000 (quantities are thousandths).
+    denominator: u128,
+    increment: u128,
+    per_unit: u128,
+    /// 10^(scale − scale of increment × credits_per_unit), where `scale` is the larger of
+    /// that and the minimum's.
+    raw_factor: u128,
+    /// The minimum at `scale`.
+    minimum: u128,
+    /// From `scale` to thousandths.
+    to_millis: ToMillis,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum ToMillis {
+    Times(u128),
+    /// Divided, rounding half to even.
+    Over(u128),
 }
 
 /// `Decimal` holds mantissas below 2^96.
-const DECIMAL_LIMIT: i128 = 1 << 96;
+const DECIMAL_LIMIT: u128 = 1 << 96;
 
 impl IntegerRate {
     fn of(rate: &Rate) -> Option<IntegerRate> {
         let raw_scale = rate.increment.scale() + rate.credits_per_unit.scale();
-        (raw_scale <= 28 && rate.increment.mantissa() > 0).then_some(IntegerRate {
-            increment: rate.increment.mantissa(),
-            increment_scale: rate.increment.scale(),
-            per_unit: rate.credits_per_unit.mantissa(),
-            raw_scale,
-            minimum: rate.minimum.mantissa(),
-            minimum_scale: rate.minimum.scale(),
+        let minimum_scale = rate.minimum.scale();
+        let unsigned = |d: rust_decimal::Decimal| u128::try_from(d.mantissa()).ok();
+        if raw_scale > 28 || rate.increment.mantissa() <= 0 {
+            return None;
+        }
+        let scale = raw_scale.max(minimum_scale);
+        Some(IntegerRate {
+            quantity_factor: 10u128.checked_pow(rate.increment.scale())?,
+            denominator: unsigned(rate.increment)?.checked_mul(1_000)?,
+            increment: unsigned(rate.increment)?,
+            per_unit: unsigned(rate.credits_per_unit)?,
+            raw_factor: 10u128.checked_pow(scale - raw_scale)?,
+            minimum: unsigned(rate.minimum)?
+                .checked_mul(10u128.checked_pow(scale - minimum_scale)?)?,
+            to_millis: match scale <= 3 {
+                true => ToMillis::Times(10u128.pow(3 - scale)),
+                false => ToMillis::Over(10u128.checked_pow(scale - 3)?),
+            },
         })
     }
 
     /// The credits for `quantity`, or `None` where the integer form does not apply.
     fn credits(&self, quantity: Milli) -> Option<Milli> {
-        let small = |v: i128| (v.abs() < DECIMAL_LIMIT).then_some(v);
+        let small = |v: u128| (v < DECIMAL_LIMIT).then_some(v);
         // ceil(q / increment) = ceil(q × 10^s / (m × 10^3)) for q in thousandths.
-        let numerator =
-            i128::from(quantity.0).checked_mul(10i128.checked_pow(self.increment_scale)?)?;
-        let denominator = self.increment.checked_mul(1_000)?;
-        let increments = small(
-            numerator.div_euclid(denominator) + i128::from(numerator.rem_euclid(denominator) != 0),
-        )?;
+        let numerator = u128::try_from(quantity.0)
+            .ok()?
+            .checked_mul(self.quantity_factor)?;
+        let (quotient, remainder) = divide(numerator, self.denominator);
+        let increments = small(quotient + u128::from(remainder != 0))?;
         let billed = small(increments.checked_mul(self.increment)?)?;
         let raw = small(billed.checked_mul(self.per_unit)?)?;
         // max(minimum, raw) at the larger of the two scales.
-        let scale = self.raw_scale.max(self.minimum_scale);
-        let raw = raw.checked_mul(10i128.checked_pow(scale - self.raw_scale)?)?;
-        let minimum = self
-            .minimum
-            .checked_mul(10i128.checked_pow(scale - self.minimum_scale)?)?;
-        let charged = raw.max(minimum);
-        let millis = if scale <= 3 {
-            charged.checked_mul(10i128.pow(3 - scale))?
-        } else {
-            round_half_even(charged, 10i128.checked_pow(scale - 3)?)
+        let charged = raw.checked_mul(self.raw_factor)?.max(self.minimum);
+        let millis = match self.to_millis {
+            ToMillis::Times(factor) => charged.checked_mul(factor)?,
+            ToMillis::Over(divisor) => {
+                let (quotient, remainder) = divide(charged, divisor);
+                match (2 * remainder).cmp(&divisor) {
+                    std::cmp::Ordering::Less => quotient,
+                    std::cmp::Ordering::Greater => quotient + 1,
+                    std::cmp::Ordering::Equal => quotient + (quotient & 1),
+                }
+            }
         };
-        (millis.abs() < crate::amount::INPUT_LIMIT_MILLIS)
+        (millis < crate::amount::INPUT_LIMIT_MILLIS as u128)
             .then_some(Milli(i64::try_from(millis).ok()?))
     }
 }
 
-/// `value / divisor` rounded half to even (`divisor` > 0).
-fn round_half_even(value: i128, divisor: i128) -> i128 {
-    let quotient = value.div_euclid(divisor);
-    let remainder = value.rem_euclid(divisor);
-    match (2 * remainder).cmp(&divisor) {
-        std::cmp::Ordering::Less => quotient,
-        std::cmp::Ordering::Greater => quotient + 1,
-        std::cmp::Ordering::Equal => quotient + (quotient & 1),
+/// (quotient, remainder), in 64 bits when both fit (a 128-bit division is several times
+/// slower).
+fn divide(n: u128, d: u128) -> (u128, u128) {
+    match (u64::try_from(n), u64::try_from(d)) {
+        (Ok(n), Ok(d)) => (u128::from(n / d), u128::from(n % d)),
+        _ => (n / d, n % d),
     }
 }
 

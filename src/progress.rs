@@ -14,7 +14,23 @@ pub struct Progress {
 pub struct Stage {
     name: &'static str,
     started: Instant,
+    /// The process's CPU time (user + system, all threads) when the stage started.
+    cpu_started: Duration,
     bar: Option<ProgressBar>,
+}
+
+/// CPU time the process has used so far (user + system, all threads).
+fn cpu_time() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes the struct it is given; RUSAGE_SELF is always valid.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let time = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
+    time(usage.ru_utime) + time(usage.ru_stime)
 }
 
 impl Progress {
@@ -49,6 +65,7 @@ impl Progress {
         Stage {
             name,
             started: Instant::now(),
+            cpu_started: cpu_time(),
             bar,
         }
     }
@@ -62,13 +79,22 @@ impl Stage {
         }
     }
 
-    /// Finish the stage, logging rows in and out and how long it took.
+    /// Finish the stage, logging rows in and out, how long it took and the CPU time the
+    /// process used meanwhile (`cpu_ms` / `duration_ms` tells how parallel it ran).
     pub fn done(self, rows_in: u64, rows_out: u64) {
         let took = self.started.elapsed();
+        let cpu = cpu_time().saturating_sub(self.cpu_started);
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
-        log_stage(self.name, rows_in, rows_out, took);
+        tracing::info!(
+            stage = self.name,
+            rows_in,
+            rows_out,
+            duration_ms = took.as_millis() as u64,
+            cpu_ms = cpu.as_millis() as u64,
+            "stage done"
+        );
     }
 }
 

@@ -89,10 +89,12 @@ pub fn parse_shard(text: &str) -> std::result::Result<(u32, u32), String> {
 pub fn run_shard(req: &JobRequest, shard: u32, shards: u32) -> Result<JobOutcome> {
     let folder = shard_folder(&req.out, shard);
     let prepared = prepare(req, &folder)?;
-    let settings = req.settings(prepared.history);
-    let inputs = pipeline::inputs(&settings.data)?;
-    let layout = pipeline::layout(&settings, &inputs, shard, shards)?;
-    let mut partial = pipeline::compute(&settings, &inputs, &layout, &req.progress)?;
+    let settings = req.settings(prepared.history.clone());
+    let (mut partial, fingerprint) = crate::beside_fingerprint(req, &prepared.history, || {
+        let inputs = pipeline::inputs(&settings.data)?;
+        let layout = pipeline::layout(&settings, &inputs, shard, shards)?;
+        pipeline::compute(&settings, &inputs, &layout, &req.progress)
+    })?;
     let accounts = partial.results.len() as u64;
 
     let stage = req.progress.stage("write");
@@ -101,7 +103,7 @@ pub fn run_shard(req: &JobRequest, shard: u32, shards: u32) -> Result<JobOutcome
         &staging,
         &settings,
         &mut partial,
-        prepared.inputs,
+        fingerprint,
         shard,
         shards,
     );

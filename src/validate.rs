@@ -31,9 +31,41 @@ fn reject(dataset: Dataset, at: RowRef, reason: Reason, detail: String) -> Rejec
 pub struct Allocations {
     pub accounts: Vec<String>,
     pub periods: Vec<Vec<AllocationRow>>,
+    /// Every account's periods as (start, end), account after account: what placing an
+    /// event reads (`spans[first[code]..first[code + 1]]`).
+    spans: Vec<(crate::time::Micros, crate::time::Micros)>,
+    first: Vec<u32>,
 }
 
 impl Allocations {
+    fn new(accounts: Vec<String>, periods: Vec<Vec<AllocationRow>>) -> Allocations {
+        let mut first = Vec::with_capacity(periods.len() + 1);
+        let mut spans = Vec::new();
+        for allocs in &periods {
+            first.push(spans.len() as u32);
+            spans.extend(allocs.iter().map(|a| (a.period_start, a.period_end)));
+        }
+        first.push(spans.len() as u32);
+        Allocations {
+            accounts,
+            periods,
+            spans,
+            first,
+        }
+    }
+
+    /// The index among an account's periods of the one containing `t` (none for an
+    /// account without allocations).
+    pub fn containing(&self, account: u32, t: crate::time::Micros) -> Option<usize> {
+        let code = account as usize;
+        if code + 1 >= self.first.len() {
+            return None;
+        }
+        let spans = &self.spans[self.first[code] as usize..self.first[code + 1] as usize];
+        let i = spans.partition_point(|s| s.0 <= t).checked_sub(1)?;
+        (t < spans[i].1).then_some(i)
+    }
+
     /// The code of an account with valid allocations.
     pub fn code(&self, account_id: &str) -> Option<u32> {
         self.accounts
@@ -130,7 +162,7 @@ pub fn allocations(
         .collect();
     accounts.par_sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     let (accounts, periods) = accounts.into_iter().unzip();
-    Allocations { accounts, periods }
+    Allocations::new(accounts, periods)
 }
 
 /// Every row whose id repeats an earlier row's, as (row, first row with that id), by row.
@@ -194,52 +226,14 @@ impl HashIndex {
             rows.len() < FORGOTTEN as usize,
             "row numbers fit in 31 bits (groups are far smaller)"
         );
-        let partitions = 1usize << bits;
-        let partition = |hash: u64| (hash >> (64 - bits)) as usize;
-        // Chunks of rows, each counted then filed by one task, into ranges of the pairs
-        // that depend only on the counts: the same pairs whatever the threads.
-        let chunk = rows.len().div_ceil(64).max(1 << 14);
-        let counts: Vec<Vec<usize>> = rows
-            .par_chunks(chunk)
-            .map(|part| {
-                let mut count = vec![0usize; partitions];
-                part.iter()
-                    .filter_map(&hash_of)
-                    .for_each(|h| count[partition(h)] += 1);
-                count
-            })
-            .collect();
-        let mut starts = vec![0usize; partitions + 1];
-        let mut at: Vec<Vec<usize>> = vec![vec![0; partitions]; counts.len()];
-        let mut total = 0;
-        for p in 0..partitions {
-            starts[p] = total;
-            for (c, count) in counts.iter().enumerate() {
-                at[c][p] = total;
-                total += count[p];
-            }
-        }
-        starts[partitions] = total;
-        let mut pairs = vec![(0u64, 0u32); total];
-        let out = SharedSlice::new(&mut pairs);
-        rows.par_chunks(chunk)
-            .zip(at.into_par_iter())
-            .enumerate()
-            .for_each(|(c, (part, mut next))| {
-                for (k, row) in part.iter().enumerate() {
-                    if let Some(h) = hash_of(row) {
-                        let p = partition(h);
-                        // SAFETY: chunk c writes only the positions `at[c][p]..` it counted
-                        // for each partition p; no two chunks' ranges overlap.
-                        unsafe { out.write(next[p], (h, (c * chunk + k) as u32)) };
-                        next[p] += 1;
-                    }
-                }
-            });
+        let filed = crate::partition::file(rows.len(), 1 << bits, &|row| {
+            let hash = hash_of(&rows[row])?;
+            Some(((hash >> (64 - bits)) as usize, (hash, row as u32)))
+        });
         HashIndex {
             bits,
-            pairs,
-            starts,
+            pairs: filed.items,
+            starts: filed.starts,
         }
     }
 
@@ -387,32 +381,6 @@ fn copies_of_one_hash<'a, T>(
     }
     by_id.retain(|group| group.len() > 1);
     by_id
-}
-
-/// A slice written at disjoint positions from several threads.
-struct SharedSlice<T> {
-    ptr: *mut T,
-    len: usize,
-}
-
-// SAFETY: threads write disjoint positions only (see `write`), and the slice outlives them.
-unsafe impl<T: Send> Sync for SharedSlice<T> {}
-
-impl<T> SharedSlice<T> {
-    fn new(slice: &mut [T]) -> SharedSlice<T> {
-        SharedSlice {
-            ptr: slice.as_mut_ptr(),
-            len: slice.len(),
-        }
-    }
-
-    /// # Safety
-    /// No other thread writes or reads position `at` while the slice is shared.
-    unsafe fn write(&self, at: usize, value: T) {
-        assert!(at < self.len, "a position inside the slice");
-        // SAFETY: in bounds (checked), and exclusive by the caller's contract.
-        unsafe { self.ptr.add(at).write(value) };
-    }
 }
 
 /// How rows of one dataset name their repeated ids in rejects.

@@ -226,6 +226,8 @@ pub struct Group<'a> {
     pub debit_ids: &'a Ids,
     /// For each known account code, its bucket (`NONE`: not one of the group's).
     bucket_of_code: Vec<u32>,
+    /// For each known account code of the group, its index among its bucket's accounts.
+    index_in_bucket: Vec<u32>,
     buckets: usize,
     /// For each ledger row, the row of the event it is attached to (`NO_EVENT`: none).
     event_of_entry: Vec<u32>,
@@ -236,8 +238,8 @@ const ROWS_PER_BUCKET: usize = 32 * 1024;
 
 /// The rows of each bucket: indices into the group's usage and ledger rows.
 pub struct BucketRows {
-    pub usage: Vec<Vec<u32>>,
-    pub debits: Vec<Vec<u32>>,
+    pub usage: crate::partition::Filed<u32>,
+    pub debits: crate::partition::Filed<u32>,
     /// For each usage row, its index among its bucket's (`u32::MAX` for a lost copy).
     pub local_of_row: Vec<u32>,
 }
@@ -261,8 +263,12 @@ impl<'a> Group<'a> {
             .unwrap_or((usage.len() + debits.len()) / ROWS_PER_BUCKET)
             .clamp(1, accounts.len().max(1));
         let mut bucket_of_code = vec![NONE; allocations.len()];
+        let mut index_in_bucket = vec![NONE; allocations.len()];
+        let first = |b: usize| (b * accounts.len()).div_ceil(buckets);
         for (i, &code) in accounts.iter().enumerate() {
-            bucket_of_code[code as usize] = (i * buckets / accounts.len()) as u32;
+            let bucket = i * buckets / accounts.len();
+            bucket_of_code[code as usize] = bucket as u32;
+            index_in_bucket[code as usize] = (i - first(bucket)) as u32;
         }
         Group {
             window,
@@ -274,6 +280,7 @@ impl<'a> Group<'a> {
             debits,
             debit_ids,
             bucket_of_code,
+            index_in_bucket,
             buckets,
             event_of_entry,
         }
@@ -335,8 +342,8 @@ impl<'a> Group<'a> {
         });
         drop(usage_bucket);
         let mut local_of_row = vec![NONE; self.usage.len()];
-        for rows in &usage {
-            for (k, &row) in rows.iter().enumerate() {
+        for b in 0..usage.partitions() {
+            for (k, &row) in usage.partition(b).iter().enumerate() {
                 local_of_row[row as usize] = k as u32;
             }
         }
@@ -353,24 +360,8 @@ fn split_by(
     buckets: usize,
     rows: usize,
     bucket_of: &(dyn Fn(usize) -> Option<usize> + Sync),
-) -> Vec<Vec<u32>> {
-    let of: Vec<u32> = (0..rows)
-        .into_par_iter()
-        .map(|i| bucket_of(i).map_or(NONE, |b| b as u32))
-        .collect();
-    let mut counts = vec![0usize; buckets];
-    for &b in &of {
-        if b != NONE {
-            counts[b as usize] += 1;
-        }
-    }
-    let mut split: Vec<Vec<u32>> = counts.iter().map(|&n| Vec::with_capacity(n)).collect();
-    for (i, &b) in of.iter().enumerate() {
-        if b != NONE {
-            split[b as usize].push(i as u32);
-        }
-    }
-    split
+) -> crate::partition::Filed<u32> {
+    crate::partition::file(rows, buckets, &|row| Some((bucket_of(row)?, row as u32)))
 }
 
 /// A bucket placed: its work, the rows it rejected and those outside the window.
@@ -450,13 +441,10 @@ impl<'a> Group<'a> {
         if self.bucket_of(account) != bucket || bucket == self.buckets {
             return Placement::NoAllocation;
         }
-        let Some(alloc) = containing(self.allocations.of(account), t) else {
+        let Some(alloc) = self.allocations.containing(account, t) else {
             return Placement::NoAllocation;
         };
-        let accounts = self.accounts_of(bucket);
-        let index = accounts
-            .binary_search(&account)
-            .expect("an account of the bucket is in its list");
+        let index = self.index_in_bucket[account as usize] as usize;
         match slots.first_alloc[index] {
             NONE => Placement::Outside,
             first => match slots.slot_of_alloc[first as usize + alloc] {
@@ -491,8 +479,7 @@ impl<'a> Group<'a> {
         if self.bucket_of(usage.account) != bucket {
             return None;
         }
-        let bucket_accounts = self.accounts_of(bucket);
-        let index = bucket_accounts.binary_search(&usage.account).ok()?;
+        let index = self.index_in_bucket[usage.account as usize] as usize;
         let work = slots.work_of[index];
         if work == NONE {
             return None;
@@ -604,20 +591,16 @@ impl<'a> Group<'a> {
             }
         }
         let usage_at = |k: u32| &usage[k as usize];
+        let mut keys: Vec<(Micros, u32)> = Vec::new();
         for w in event_start.windows(2) {
             let period = &mut order[w[0]..w[1]];
-            let ordered = |a: &u32, b: &u32| {
-                let (a, b) = (usage_at(*a), usage_at(*b));
-                a.occurred_at
-                    .cmp(&b.occurred_at)
-                    .then_with(|| self.usage_ids.bytes(a.id).cmp(self.usage_ids.bytes(b.id)))
-            };
-            if !period
-                .windows(2)
-                .all(|p| ordered(&p[0], &p[1]) != std::cmp::Ordering::Greater)
-            {
-                period.sort_unstable_by(ordered);
-            }
+            keys.clear();
+            keys.extend(period.iter().map(|&k| (usage_at(k).occurred_at, k)));
+            sort_by_time_then_id(&mut keys, &|k| self.usage_ids.bytes(usage_at(k).id));
+            period
+                .iter_mut()
+                .zip(&keys)
+                .for_each(|(slot, &(_, k))| *slot = k);
         }
         // position of each bucket-local event (NONE: not placed).
         let mut position = vec![NONE; usage.len()];
@@ -776,6 +759,23 @@ enum EntryTarget {
 fn prefix_sums(counts: &mut [usize]) {
     for i in 1..counts.len() {
         counts[i] += counts[i - 1];
+    }
+}
+
+/// Order (occurred_at, event) keys by occurred_at, then event id bytes (ties are rare:
+/// the keys are sorted as plain numbers, then each run of one instant by id).
+fn sort_by_time_then_id<'i>(keys: &mut [(Micros, u32)], id_of: &dyn Fn(u32) -> &'i [u8]) {
+    if keys.windows(2).any(|w| w[0] > w[1]) {
+        keys.sort_unstable();
+    }
+    let mut start = 0;
+    while start < keys.len() {
+        let t = keys[start].0;
+        let end = start + keys[start..].iter().take_while(|k| k.0 == t).count();
+        if end - start > 1 {
+            keys[start..end].sort_unstable_by(|a, b| id_of(a.1).cmp(id_of(b.1)));
+        }
+        start = end;
     }
 }
 

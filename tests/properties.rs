@@ -176,7 +176,8 @@ fn process(
         mode,
         settle_from: as_of - 900_000_000,
     };
-    process_account(&ctx, &group, &group.accounts[0], None).unwrap()
+    let mut mix = tally::breakdown::SkuMix::default();
+    process_account(&ctx, &group, &group.accounts[0], &mut mix, None).unwrap()
 }
 
 fn scenario() -> impl Strategy<Value = (usize, Vec<GrantRow>, Vec<(UsageRow, Milli)>, bool, u8)> {
