@@ -71,22 +71,16 @@ pub fn consumption_order(a: &GrantBalance, b: &GrantBalance) -> Ordering {
         .then_with(|| expiry(a).cmp(&expiry(b)))
         .then_with(|| a.effective_at.cmp(&b.effective_at))
         .then_with(|| b.is_plan().cmp(&a.is_plan()))
-        .then_with(|| {
-            let id = |g: &GrantBalance| g.grant_id.as_deref().unwrap_or("").as_bytes().to_vec();
-            id(a).cmp(&id(b))
-        })
+        .then_with(|| grant_id_bytes(a).cmp(grant_id_bytes(b)))
+}
+
+/// A grant's id as bytes ("" for the plan): id tie-breaks compare bytes.
+fn grant_id_bytes(g: &GrantBalance) -> &[u8] {
+    g.grant_id.as_deref().unwrap_or("").as_bytes()
 }
 
 /// Credits per grant kind, indexed by `GrantKind::index`.
 pub type ByKind = [Milli; 5];
-
-/// How one event was covered.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Coverage {
-    pub by_kind: ByKind,
-    /// What no grant covered.
-    pub overage: Milli,
-}
 
 /// The outcome of one account-period.
 #[derive(Clone, Debug, Default)]
@@ -96,8 +90,8 @@ pub struct PeriodConsumption {
     /// Consumed, by kind.
     pub consumed: ByKind,
     pub overage: Milli,
-    /// One per chargeable event, in the order given.
-    pub coverage: Vec<Coverage>,
+    /// What no grant covered of each charge, in the order given.
+    pub overage_of: Vec<Milli>,
     /// The period's grants after consumption, in consumption order.
     pub grants_after: Vec<GrantBalance>,
 }
@@ -135,10 +129,9 @@ pub fn consume_traced(
     }
     let mut consumed = ByKind::default();
     let mut overage = Milli::ZERO;
-    let mut coverage = Vec::with_capacity(charges.len());
+    let mut overage_of = Vec::with_capacity(charges.len());
     for (charge, &(t, credits)) in charges.iter().enumerate() {
         let mut need = credits;
-        let mut covered = Coverage::default();
         for (position, g) in pool.iter_mut().enumerate() {
             if !need.is_positive() {
                 break;
@@ -150,7 +143,6 @@ pub fn consume_traced(
             g.remaining = g.remaining.checked_sub(take)?;
             need = need.checked_sub(take)?;
             let k = g.kind.index();
-            covered.by_kind[k] = covered.by_kind[k].checked_add(take)?;
             consumed[k] = consumed[k].checked_add(take)?;
             on_draw(Draw {
                 charge,
@@ -159,15 +151,14 @@ pub fn consume_traced(
                 left: g.remaining,
             });
         }
-        covered.overage = need;
         overage = overage.checked_add(need)?;
-        coverage.push(covered);
+        overage_of.push(need);
     }
     Ok(PeriodConsumption {
         granted,
         consumed,
         overage,
-        coverage,
+        overage_of,
         grants_after: pool,
     })
 }
@@ -201,15 +192,12 @@ mod tests {
             grant("r", GrantKind::Rollover, 10, 0, Some(100)),
         ];
         let out = consume(pool, &[(5, Milli::from_units(35))]).unwrap();
-        let c = &out.coverage[0];
-        assert_eq!(
-            c.by_kind[GrantKind::Rollover.index()],
-            Milli::from_units(10)
-        );
-        assert_eq!(c.by_kind[GrantKind::Plan.index()], Milli::from_units(10));
-        assert_eq!(c.by_kind[GrantKind::Promo.index()], Milli::from_units(10));
-        assert_eq!(c.by_kind[GrantKind::TopUp.index()], Milli::from_units(5));
-        assert_eq!(c.overage, Milli::ZERO);
+        let c = &out.consumed;
+        assert_eq!(c[GrantKind::Rollover.index()], Milli::from_units(10));
+        assert_eq!(c[GrantKind::Plan.index()], Milli::from_units(10));
+        assert_eq!(c[GrantKind::Promo.index()], Milli::from_units(10));
+        assert_eq!(c[GrantKind::TopUp.index()], Milli::from_units(5));
+        assert_eq!(out.overage_of, [Milli::ZERO]);
     }
 
     #[test]
@@ -224,9 +212,9 @@ mod tests {
             ],
         )
         .unwrap();
-        assert_eq!(out.coverage[0].overage, Milli::from_units(1));
-        assert_eq!(out.coverage[1].overage, Milli::ZERO);
-        assert_eq!(out.coverage[2].overage, Milli::from_units(1));
+        assert_eq!(out.overage_of[0], Milli::from_units(1));
+        assert_eq!(out.overage_of[1], Milli::ZERO);
+        assert_eq!(out.overage_of[2], Milli::from_units(1));
         assert_eq!(out.granted[GrantKind::TopUp.index()], Milli::from_units(10));
     }
 

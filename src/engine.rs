@@ -335,8 +335,8 @@ fn process_period(
         }
     }
     let mut overage_of = vec![Milli::ZERO; events.len()];
-    for (&(i, _, _), cov) in charged.iter().zip(&consumption.coverage) {
-        overage_of[i] = cov.overage;
+    for (&(i, _, _), &overage) in charged.iter().zip(&consumption.overage_of) {
+        overage_of[i] = overage;
     }
 
     // Reconcile every event, then every unattached entry.

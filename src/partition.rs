@@ -27,7 +27,7 @@ impl<T> Filed<T> {
 pub fn file<T: Copy + Default + Send + Sync>(
     rows: usize,
     partitions: usize,
-    item: &(dyn Fn(usize) -> Option<(usize, T)> + Sync),
+    item: impl Fn(usize) -> Option<(usize, T)> + Sync,
 ) -> Filed<T> {
     let chunk = rows.div_ceil(64).max(1 << 14);
     let chunks: Vec<std::ops::Range<usize>> = (0..rows.div_ceil(chunk))
@@ -39,7 +39,7 @@ pub fn file<T: Copy + Default + Send + Sync>(
             let mut count = vec![0usize; partitions];
             range
                 .clone()
-                .filter_map(item)
+                .filter_map(&item)
                 .for_each(|(p, _)| count[p] += 1);
             count
         })
@@ -61,7 +61,7 @@ pub fn file<T: Copy + Default + Send + Sync>(
         .into_par_iter()
         .zip(at.into_par_iter())
         .for_each(|(range, mut next)| {
-            for (p, value) in range.filter_map(item) {
+            for (p, value) in range.filter_map(&item) {
                 // SAFETY: this chunk writes only the positions it counted for each
                 // partition, from `at[c][p]` on; no two chunks' ranges overlap.
                 unsafe { out.write(next[p], value) };
@@ -106,7 +106,7 @@ mod tests {
     #[test]
     fn rows_are_filed_in_order_within_their_partition() {
         for rows in [0usize, 1, 1000, (1 << 14) + 1, 3 * (1 << 14) + 7, 300_000] {
-            let filed = file(rows, 7, &|r| (r % 5 != 2).then_some((r * 31 % 7, r as u32)));
+            let filed = file(rows, 7, |r| (r % 5 != 2).then_some((r * 31 % 7, r as u32)));
             let mut seen = 0;
             for p in 0..filed.partitions() {
                 let part = filed.partition(p);

@@ -226,7 +226,7 @@ impl HashIndex {
             rows.len() < FORGOTTEN as usize,
             "row numbers fit in 31 bits (groups are far smaller)"
         );
-        let filed = crate::partition::file(rows.len(), 1 << bits, &|row| {
+        let filed = crate::partition::file(rows.len(), 1 << bits, |row| {
             let hash = hash_of(&rows[row])?;
             Some(((hash >> (64 - bits)) as usize, (hash, row as u32)))
         });

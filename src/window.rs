@@ -324,23 +324,22 @@ impl<'a> Group<'a> {
                 false => self.bucket_of(u.account) as u32,
             })
             .collect();
-        let usage = split_by(buckets, self.usage.len(), &|i| match usage_bucket[i] {
-            NONE => None,
-            b => Some(b as usize),
-        });
+        let usage = split_by(buckets, &usage_bucket);
         // An attached entry's bucket is its event's (looked up in the events' buckets,
         // 4 bytes a row, not in the rows themselves).
-        let debits = split_by(buckets, self.debits.len(), &|i| {
-            let d = &self.debits[i];
-            if d.repeated() {
-                return None;
-            }
-            Some(match self.event_of_entry[i] {
-                NO_EVENT => self.bucket_of(d.account),
-                event => usage_bucket[event as usize] as usize,
+        let debit_bucket: Vec<u32> = self
+            .debits
+            .par_iter()
+            .zip(self.event_of_entry.par_iter())
+            .map(|(d, &event)| match (d.repeated(), event) {
+                (true, _) => NONE,
+                (false, NO_EVENT) => self.bucket_of(d.account) as u32,
+                (false, event) => usage_bucket[event as usize],
             })
-        });
+            .collect();
         drop(usage_bucket);
+        let debits = split_by(buckets, &debit_bucket);
+        drop(debit_bucket);
         let mut local_of_row = vec![NONE; self.usage.len()];
         for b in 0..usage.partitions() {
             for (k, &row) in usage.partition(b).iter().enumerate() {
@@ -356,12 +355,13 @@ impl<'a> Group<'a> {
 }
 
 /// Row indices `0..rows` by bucket (in row order within a bucket); `None`: left out.
-fn split_by(
-    buckets: usize,
-    rows: usize,
-    bucket_of: &(dyn Fn(usize) -> Option<usize> + Sync),
-) -> crate::partition::Filed<u32> {
-    crate::partition::file(rows, buckets, &|row| Some((bucket_of(row)?, row as u32)))
+/// Row indices by bucket (in row order within a bucket), from each row's bucket (`NONE`:
+/// left out).
+fn split_by(buckets: usize, bucket_of_row: &[u32]) -> crate::partition::Filed<u32> {
+    crate::partition::file(bucket_of_row.len(), buckets, |row| {
+        let bucket = bucket_of_row[row];
+        (bucket != NONE).then_some((bucket as usize, row as u32))
+    })
 }
 
 /// A bucket placed: its work, the rows it rejected and those outside the window.
