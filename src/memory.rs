@@ -11,13 +11,15 @@
 //! kernel) and never returning memory 9.4–9.7 s (1.4–1.7 s in the kernel), at the same
 //! peak (2.8 GiB).
 //!
-//! So [`tune`] sets the purge delay to -1: in mimalloc v2 a segment (its unit of memory
-//! from the OS) made while the delay is negative is never purged. Freed memory stays with
-//! the process and is reused by the allocations that follow; it goes back to the OS when
-//! the process exits. The peak is what the run holds at its fullest, plus what the
-//! allocator cannot reuse. [`GroupPhase`], made once the passes before a split run's groups
-//! are done, hands back what they freed (`mi_collect`): the light pass and the spill pass
-//! free large buffers that the groups, sized smaller, would not reuse.
+//! So [`KeepFreed`] sets the purge delay to -1 while a run's groups are processed (for a
+//! run in one group, from the start): in mimalloc v2 an arena or segment (its units of
+//! memory from the OS) made while the delay is negative is never purged. Freed memory
+//! stays with the process and is reused by the allocations that follow; it goes back to the
+//! OS when the process exits. The passes before a split run's groups (the spill pass) free
+//! large buffers that the groups, sized smaller, would not reuse: they run with a 1 s
+//! delay ([`tune`]), and what they freed is handed back (`mi_collect`) before the groups
+//! start. (Never purging for a whole split run kept the spill pass's buffers: a 100M run
+//! peaked at 4.7 GB.)
 //!
 //! `MIMALLOC_PURGE_DELAY` in the environment overrides all of this (for measurements).
 
@@ -41,27 +43,42 @@ fn overridden() -> bool {
     std::env::var_os("MIMALLOC_PURGE_DELAY").is_some()
 }
 
-/// The binary's setting, made at start-up: freed memory is kept for reuse.
-pub fn tune() {
+/// Keep freed memory this long before returning it (mimalloc's default is 10 ms).
+const PURGE_DELAY_MS: std::ffi::c_long = 1000;
+
+fn set_purge_delay(ms: std::ffi::c_long) {
     if !overridden() {
-        // SAFETY: an unsynchronised store to one of mimalloc's integer options, made at
-        // start-up before any other thread runs.
-        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+        // SAFETY: an unsynchronised store to one of mimalloc's integer options. It is made
+        // at start-up and between the run's parallel stages (the rayon workers idle), and
+        // a thread reading the option concurrently would see the old or the new value.
+        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, ms) };
     }
 }
 
-/// Made after a split run's light pass and spill pass: what they freed goes back to the
-/// OS (see the module doc).
-pub struct GroupPhase(());
+/// The binary's default, made at start-up: freed memory is kept for a second.
+pub fn tune() {
+    set_purge_delay(PURGE_DELAY_MS);
+}
 
-impl GroupPhase {
-    pub fn start() -> GroupPhase {
+/// While alive, freed memory is kept for reuse (see the module doc). Made when a run's
+/// groups start, after what the passes before them freed is handed back.
+pub struct KeepFreed(());
+
+impl KeepFreed {
+    pub fn start() -> KeepFreed {
         if !overridden() {
             // SAFETY: the C library is linked (`extern crate mimalloc` above); collecting
             // only returns this thread's and abandoned free pages to the OS, and does
             // nothing when mimalloc is not the global allocator (its heap is not set up).
             unsafe { mi_collect(true) };
         }
-        GroupPhase(())
+        set_purge_delay(-1);
+        KeepFreed(())
+    }
+}
+
+impl Drop for KeepFreed {
+    fn drop(&mut self) {
+        set_purge_delay(PURGE_DELAY_MS);
     }
 }

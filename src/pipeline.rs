@@ -313,6 +313,8 @@ pub fn compute(
     };
 
     if !layout.is_split() {
+        // One group: what its stages free, the next ones reuse.
+        let _kept = crate::memory::KeepFreed::start();
         let stage = progress.counted(
             "load usage and ledger",
             (files[0].len() + files[3].len()) as u64,
@@ -441,7 +443,7 @@ pub fn compute(
         };
         Ok::<_, TallyError>((rows, started.elapsed()))
     };
-    let _returned = crate::memory::GroupPhase::start();
+    let _kept = crate::memory::KeepFreed::start();
     let mut extras = usage_extra.into_iter().zip(debit_extra);
     let mut next = extras.next().map(|e| read_back(0, e)).transpose()?;
     for group in 0..layout.groups as usize {
