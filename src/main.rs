@@ -131,12 +131,12 @@ struct RunArgs {
     /// output does not depend on it).
     #[arg(long)]
     buckets: Option<u32>,
-    /// Working memory to stay within, e.g. 2GiB (default): past it the run processes its
-    /// account buckets in groups, one after another, spilling rows to a temporary folder.
+    /// Working memory to stay within, e.g. 3GiB (default): past it the run processes its
+    /// accounts in groups, one after another, spilling rows to a temporary folder.
     #[arg(long)]
     memory_budget: Option<String>,
-    /// Process the accounts in this many groups, 1..=256 (default: enough for
-    /// --memory-budget and at least one per 524,288 usage + ledger rows).
+    /// Process the accounts in this many groups, 1..=256 (default: the fewest that fit
+    /// --memory-budget).
     #[arg(long)]
     groups: Option<u32>,
     /// Compute only shard I of N (of the 4096 account partitions, those p with p mod N = I)

@@ -462,37 +462,64 @@ pub fn resolve(
     (usage_dest, debit_dest)
 }
 
-/// Working memory of a group per usage or ledger row it holds (measured at 100M events:
-/// rows, dedup index, placed events and their entries).
-pub const BYTES_PER_ROW: u64 = 600;
+/// Working memory per usage or ledger row, measured by peak RSS on the bench data
+/// (`tally generate`, 1% discrepancies), by command and by whether the run is split.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct RowCosts {
+    /// All rows in memory at once (one group): rows, ids, dedup index, placed events and
+    /// results. Reconcile: 2.7 GB for the 20.1M rows of 10M events; close also holds the
+    /// billed events: 5.0 GB.
+    pub one_group: u64,
+    /// Per row of one group of a split run: its working set, the next group's rows (read
+    /// back meanwhile) and what the allocator has freed but not yet returned. Reconcile:
+    /// 4.6 GB at 100M events in 16 groups of 12.6M rows (0.8 GB of it before the groups),
+    /// 2.8 GB at 10M in 2 groups; close: 2.25 GB at 10M in 4 groups.
+    pub split: u64,
+}
 
-/// Memory per row of the next group, read back while a group is processed (the decoded
-/// `UsageRow`/`DebitRow` of about 120 bytes, their inline ids, shared strings and vector
-/// slack): a run holds one group's working set and the next group's rows.
-pub const READ_AHEAD_BYTES_PER_ROW: u64 = 200;
+/// Reconcile's [`RowCosts`].
+pub const RECONCILE_ROW_COSTS: RowCosts = RowCosts {
+    one_group: 140,
+    split: 300,
+};
 
-/// Usage and ledger rows a group holds by default, whatever the memory budget (on average:
-/// a group is a set of account partitions, so a heavy account makes its group larger; past
-/// 256 groups, at 134M rows, groups grow). Small groups keep a group's rows, dedup index
-/// and placed events small: `tally reconcile` on the 10M-event bench data by group count
-/// (`BENCH_GROUPS`, benches/README.md, before the read-ahead): 6 groups (what a 2 GiB budget
-/// alone gave then; 8 now) 9.9 s / 1.5 GB, 16: 9.5 s / 0.74 GB, 39 (this default): 9.2 s /
-/// 0.47 GB, 128: 9.4 s, 256: 9.9 s.
-pub const TARGET_ROWS_PER_GROUP: u64 = 512 * 1024;
+/// Close's [`RowCosts`].
+pub const CLOSE_ROW_COSTS: RowCosts = RowCosts {
+    one_group: 260,
+    split: 430,
+};
 
-/// How many groups a run uses: enough that one group's working set and the next group's
-/// rows stay within `budget_bytes`, and at least one per `TARGET_ROWS_PER_GROUP` rows, from
-/// the row counts in the Parquet footers.
-pub fn groups_for(rows: u64, budget_bytes: u64, shards: u32) -> u32 {
+/// Memory per allocation or grant row, held for the whole run whatever the groups (plans,
+/// account dictionaries, a result per account): 0.8 GB for the 1.42M rows of the
+/// 100M-event bench data.
+pub const BYTES_PER_PLAN_ROW: u64 = 600;
+
+/// How many groups a run uses, from the row counts in the Parquet footers: one if all its
+/// usage and ledger rows fit the budget (less what the plans hold) at once, else enough
+/// groups that one group's rows, at the split cost per row, do. Fewer, larger groups are
+/// faster (each group is a pass of its own with sequential steps), so a run splits only
+/// as far as memory asks.
+pub fn groups_for(
+    rows: u64,
+    plan_rows: u64,
+    costs: RowCosts,
+    budget_bytes: u64,
+    shards: u32,
+) -> u32 {
     let per_shard = rows.div_ceil(u64::from(shards.max(1)));
     // Saturating: row counts come from files' footers, which may be corrupt or hostile.
-    let for_memory = per_shard
-        .saturating_mul(BYTES_PER_ROW + READ_AHEAD_BYTES_PER_ROW)
-        .div_ceil(budget_bytes.max(1));
-    let for_speed = per_shard.div_ceil(TARGET_ROWS_PER_GROUP);
-    for_memory
-        .max(for_speed)
-        .clamp(1, u64::from(max_groups(shards))) as u32
+    let plans = plan_rows.saturating_mul(BYTES_PER_PLAN_ROW);
+    // What the rows may use: the budget less the plans, at least a quarter of the budget
+    // (a budget the plans alone fill still gets groups, not a division by zero).
+    let for_rows = budget_bytes
+        .saturating_sub(plans)
+        .max(budget_bytes / 4)
+        .max(1);
+    if per_shard.saturating_mul(costs.one_group) <= for_rows {
+        return 1;
+    }
+    let groups = per_shard.saturating_mul(costs.split).div_ceil(for_rows);
+    groups.max(2).min(u64::from(max_groups(shards))) as u32
 }
 
 /// The most groups a shard of `shards` can have (each holds at least one partition).
@@ -547,36 +574,54 @@ mod tests {
         assert!(hashes.any_repeat().unwrap());
     }
 
+    const R: RowCosts = RECONCILE_ROW_COSTS;
+
     #[test]
-    fn small_runs_are_one_group() {
-        assert_eq!(groups_for(0, 2 * GIB, 1), 1);
-        assert_eq!(groups_for(TARGET_ROWS_PER_GROUP, 2 * GIB, 1), 1);
+    fn a_run_that_fits_its_budget_is_one_group() {
+        assert_eq!(groups_for(0, 0, R, 3 * GIB, 1), 1);
+        // The 10M-event bench data: 20.1M usage and ledger rows, 142K plan rows.
+        assert_eq!(groups_for(20_100_000, 142_000, R, 3 * GIB, 1), 1);
+        // At the limit and one row past it.
+        let fit = (3 * GIB) / R.one_group;
+        assert_eq!(groups_for(fit, 0, R, 3 * GIB, 1), 1);
+        // Past it, groups at the split cost: 300 / 140 of the budget, 3 groups.
+        assert_eq!(groups_for(fit + 1, 0, R, 3 * GIB, 1), 3);
     }
 
     #[test]
-    fn one_group_per_target_rows_past_the_target() {
-        assert_eq!(groups_for(TARGET_ROWS_PER_GROUP + 1, 2 * GIB, 1), 2);
-        // The 10M-event bench data: 20.1M usage and ledger rows.
-        assert_eq!(groups_for(20_100_000, 2 * GIB, 1), 39);
-        // Shards split the rows first.
-        assert_eq!(groups_for(20_100_000, 2 * GIB, 4), 10);
-    }
-
-    #[test]
-    fn a_small_budget_asks_for_more_groups_than_the_target() {
-        let rows = 4 * TARGET_ROWS_PER_GROUP;
+    fn a_split_run_has_groups_that_fit_the_budget_less_the_plans() {
+        // 100M-event bench data: 200.9M rows, 1.42M plan rows (0.85 GB).
+        let for_rows = 3 * GIB - 1_420_000 * BYTES_PER_PLAN_ROW;
+        let groups = groups_for(200_900_000, 1_420_000, R, 3 * GIB, 1);
         assert_eq!(
-            groups_for(rows, 64 << 20, 1),
-            (rows * (BYTES_PER_ROW + READ_AHEAD_BYTES_PER_ROW)).div_ceil(64 << 20) as u32
+            u64::from(groups),
+            (200_900_000 * R.split).div_ceil(for_rows)
         );
+        assert_eq!(groups, 26);
+        // Close costs more per row: the 10M-event close is split.
+        assert_eq!(
+            groups_for(20_100_000, 142_000, CLOSE_ROW_COSTS, 3 * GIB, 1),
+            3
+        );
+        // Shards split the rows first.
+        assert_eq!(groups_for(200_900_000, 1_420_000, R, 3 * GIB, 4), 7);
+    }
+
+    #[test]
+    fn plans_that_fill_the_budget_leave_a_quarter_of_it_to_the_rows() {
+        let groups = groups_for(10_000_000, 100_000_000, R, GIB, 1);
+        assert_eq!(u64::from(groups), (10_000_000 * R.split).div_ceil(GIB / 4));
     }
 
     #[test]
     fn groups_stop_at_the_limit_and_at_one_partition_each() {
-        assert_eq!(groups_for(200_000_000, 2 * GIB, 1), MAX_GROUPS);
-        assert_eq!(groups_for(u64::from(u32::MAX), 1, 1), MAX_GROUPS);
-        assert_eq!(groups_for(u64::MAX, 2 * GIB, 1), MAX_GROUPS);
+        assert_eq!(groups_for(2_000_000_000, 0, R, 2 * GIB, 1), MAX_GROUPS);
+        assert_eq!(groups_for(u64::from(u32::MAX), 0, R, 1, 1), MAX_GROUPS);
+        assert_eq!(groups_for(u64::MAX, u64::MAX, R, 2 * GIB, 1), MAX_GROUPS);
+        assert_eq!(groups_for(u64::MAX, 0, R, 0, 1), MAX_GROUPS);
         // 4096 partitions over 1024 shards: 4 partitions, so at most 4 groups a shard.
-        assert_eq!(groups_for(20_000_000_000, 2 * GIB, 1024), 4);
+        assert_eq!(groups_for(200_000_000_000, 0, R, 2 * GIB, 1024), 4);
+        // 4096 shards: one partition each, one group, however large.
+        assert_eq!(groups_for(20_000_000_000, 0, R, 2 * GIB, 4096), 1);
     }
 }
