@@ -95,10 +95,15 @@ const LOW: u64 = 0xFFFF;
 /// Marks a ledger row whose event is a cross-partition event (never a real partition).
 const TIED_TO_EVENT: u64 = LOW;
 
-/// The 48 high bits of an id's hash. Two ids sharing them are both treated as candidates
-/// (harmless: candidates are routed exactly, by their full ids).
+/// The 48 high bits of an id's hash ([`crate::validate::id_hash`], which parsed rows
+/// carry). Two ids sharing them are both treated as candidates (harmless: candidates are
+/// routed exactly, by their full ids).
 fn id_key(id: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(id.as_bytes()) & !LOW
+    key_of_hash(crate::validate::id_hash(id))
+}
+
+fn key_of_hash(hash: u64) -> u64 {
+    hash & !LOW
 }
 
 /// Ids (by [`id_key`]) whose rows fall in more than one partition.
@@ -115,6 +120,16 @@ impl CrossBucket {
 
     pub fn entry(&self, entry_id: &str) -> bool {
         !self.entries.is_empty() && self.entries.contains(&id_key(entry_id))
+    }
+
+    /// [`CrossBucket::event`] by the id's `validate::id_hash` (no hashing again).
+    pub fn event_by_hash(&self, hash: u64) -> bool {
+        !self.events.is_empty() && self.events.contains(&key_of_hash(hash))
+    }
+
+    /// [`CrossBucket::entry`] by the id's `validate::id_hash`.
+    pub fn entry_by_hash(&self, hash: u64) -> bool {
+        !self.entries.is_empty() && self.entries.contains(&key_of_hash(hash))
     }
 
     /// Whether a ledger row is a candidate (routed by [`resolve`]): its entry id crosses,

@@ -481,7 +481,7 @@ impl RowFields for UsageFields<'_> {
         }
     }
     fn is_candidate(&self, cross: &CrossBucket) -> bool {
-        cross.event(self.event_id)
+        cross.event_by_hash(self.usage.id_hash)
     }
 }
 
@@ -498,7 +498,8 @@ impl RowFields for DebitFields<'_> {
         }
     }
     fn is_candidate(&self, cross: &CrossBucket) -> bool {
-        cross.ledger_row(Some(self.entry_id), self.event_id)
+        cross.entry_by_hash(self.debit.entry_hash)
+            || (self.event_id.is_some() && cross.event_by_hash(self.debit.event_hash))
     }
 }
 
