@@ -191,7 +191,7 @@ fits() {
     [[ $events -le 1000000 ]] && return 0
     per1m=$(peak_rss_1m) || die "could not measure the 1m run's peak RSS"
     [[ $per1m =~ ^[0-9]+$ ]] || die "could not measure the 1m run's peak RSS"
-    # tally keeps to its --memory-budget (default 2 GiB) past about 3M events by processing
+    # tally keeps to its --memory-budget (default 3 GiB) past about 10M events by processing
     # groups of accounts one after another: its peak stops growing with the month (measured:
     # under 4 GiB at 100M events). Scale the 1m peak linearly, capped at that.
     need_kb=$(awk -v p="$per1m" -v n="$events" -v s="$SAFETY" -v cap="$TALLY_CAP_KB" 'BEGIN {
@@ -209,9 +209,9 @@ fits() {
         return 1
     fi
     # disk: scale the 1m data set (about 47 MB per 1m events); x1.5 for outputs; plus tally's
-    # spill files (budgeted at 75 bytes per row, two rows per event; about 50 measured) and DuckDB's temporary files
+    # spill files (budgeted at 120 bytes per row, two rows per event; about 95 measured) and DuckDB's temporary files
     if [[ ! -f "$BENCH_DIR/data-$label/generate.json" ]]; then
-        disk_need=$(( $(du -sk "$BENCH_DIR/data-1m" | awk '{print $1}') * events / 1000000 * 3 / 2 + events * 150 / 1024 ))
+        disk_need=$(( $(du -sk "$BENCH_DIR/data-1m" | awk '{print $1}') * events / 1000000 * 3 / 2 + events * 240 / 1024 ))
         disk_avail=$(df -Pk "$BENCH_DIR" | awk 'NR==2 {print $4}')
         if (( disk_need > disk_avail )); then
             log "SKIPPING $label: needs about $((disk_need / 1048576)) GB of disk, $((disk_avail / 1048576)) GB free in $BENCH_DIR"
