@@ -115,27 +115,31 @@ pub struct CrossBucket {
 
 impl CrossBucket {
     pub fn event(&self, event_id: &str) -> bool {
-        !self.events.is_empty() && self.events.contains(&id_key(event_id))
+        self.event_by_hash(crate::validate::id_hash(event_id))
     }
 
-    pub fn entry(&self, entry_id: &str) -> bool {
-        !self.entries.is_empty() && self.entries.contains(&id_key(entry_id))
-    }
-
-    /// [`CrossBucket::event`] by the id's `validate::id_hash` (no hashing again).
+    /// [`CrossBucket::event`] by the id's `validate::id_hash` (parsed rows carry it).
     pub fn event_by_hash(&self, hash: u64) -> bool {
         !self.events.is_empty() && self.events.contains(&key_of_hash(hash))
     }
 
-    /// [`CrossBucket::entry`] by the id's `validate::id_hash`.
-    pub fn entry_by_hash(&self, hash: u64) -> bool {
+    fn entry_by_hash(&self, hash: u64) -> bool {
         !self.entries.is_empty() && self.entries.contains(&key_of_hash(hash))
     }
 
     /// Whether a ledger row is a candidate (routed by [`resolve`]): its entry id crosses,
-    /// or the event it names does.
+    /// or the event it names does. By raw cells (another shard's rows).
     pub fn ledger_row(&self, entry_id: Option<&str>, event_id: Option<&str>) -> bool {
-        entry_id.is_some_and(|e| self.entry(e)) || event_id.is_some_and(|e| self.event(e))
+        self.ledger_row_by_hash(
+            entry_id.map(crate::validate::id_hash),
+            event_id.map(crate::validate::id_hash),
+        )
+    }
+
+    /// [`CrossBucket::ledger_row`] by the ids' `validate::id_hash` (parsed rows carry them).
+    pub fn ledger_row_by_hash(&self, entry_hash: Option<u64>, event_hash: Option<u64>) -> bool {
+        entry_hash.is_some_and(|h| self.entry_by_hash(h))
+            || event_hash.is_some_and(|h| self.event_by_hash(h))
     }
 
     pub fn counts(&self) -> (usize, usize) {

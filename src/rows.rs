@@ -498,8 +498,10 @@ impl RowFields for DebitFields<'_> {
         }
     }
     fn is_candidate(&self, cross: &CrossBucket) -> bool {
-        cross.entry_by_hash(self.debit.entry_hash)
-            || (self.event_id.is_some() && cross.event_by_hash(self.debit.event_hash))
+        cross.ledger_row_by_hash(
+            Some(self.debit.entry_hash),
+            self.event_id.map(|_| self.debit.event_hash),
+        )
     }
 }
 
