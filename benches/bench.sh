@@ -141,6 +141,9 @@ measure() {
     tf=$(mktemp)
     for ((i = 1; i <= runs; i++)); do
         rm -rf "$out"                       # close over its own output would be a no-op
+        # Write back what the generator or the previous run left dirty in the page cache
+        # (gigabytes at 100m), so that it is not charged to this run's disk writes.
+        sync
         logf="$BENCH_DIR/logs/$label-$tool-$i.log"
         rc=0
         /usr/bin/time -f '%e %M %U %S' -o "$tf" "$@" >"$logf" 2>&1 || rc=$?

@@ -591,7 +591,10 @@ pub struct RowCosts {
     /// Per row of one group of a split run: its working set, the next group's rows (read
     /// back meanwhile) and what the allocator has freed but not yet returned. Reconcile:
     /// 4.6 GB at 100M events in 16 groups of 12.6M rows (0.8 GB of it before the groups),
-    /// 2.8 GB at 10M in 2 groups; close: 2.25 GB at 10M in 4 groups.
+    /// 2.8 GB at 10M in 2 groups; close: 2.25 GB at 10M in 4 groups. With these costs at
+    /// the 3 GiB default (`benches/bench.sh 100m`, 2026-12-03): 3.45 GiB at 100M in 26
+    /// groups (reconcile), 3.69 GiB in 37 (close); the peak comes at the last group, as the
+    /// per-account results gather over the groups (about 2.3 GiB at the first).
     pub split: u64,
 }
 
