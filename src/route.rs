@@ -580,8 +580,9 @@ pub fn resolve(
     (usage_dest, debit_dest)
 }
 
-/// Working memory per usage or ledger row, measured by peak RSS on the bench data
-/// (`tally generate`, 1% discrepancies), by command and by whether the run is split.
+/// Working memory per usage or ledger row and per plan row, measured by peak RSS on the
+/// bench data (`tally generate`, 1% discrepancies), by command and by whether the run is
+/// split.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct RowCosts {
     /// All rows in memory at once (one group): rows, ids, dedup index, placed events and
@@ -591,29 +592,32 @@ pub struct RowCosts {
     /// Per row of one group of a split run: its working set, the next group's rows (read
     /// back meanwhile) and what the allocator has freed but not yet returned. Reconcile:
     /// 4.6 GB at 100M events in 16 groups of 12.6M rows (0.8 GB of it before the groups),
-    /// 2.8 GB at 10M in 2 groups; close: 2.25 GB at 10M in 4 groups. With these costs at
-    /// the 3 GiB default (`benches/bench.sh 100m`, 2026-12-03): 3.45 GiB at 100M in 26
-    /// groups (reconcile), 3.69 GiB in 37 (close); the peak comes at the last group, as the
-    /// per-account results gather over the groups (about 2.3 GiB at the first).
+    /// 2.8 GB at 10M in 2 groups; close: 2.25 GB at 10M in 4 groups.
     pub split: u64,
+    /// Per allocation or grant row, held for the whole run whatever the groups: the plans,
+    /// the account dictionaries and each account's results, which gather over the groups
+    /// of a split run (its peak comes at the last group). A close's results are larger
+    /// (invoices, renewals, next-period rows). At the 3 GiB default on the 100M-event
+    /// bench data (1.42M plan rows; `benches/bench.sh 100m`, 2026-12-03): reconcile 3.45
+    /// GiB in 26 groups; close 3.69 GiB in 37 groups at 600 bytes per plan row, 3.28 GiB
+    /// in 53 at 1,100 (about 2.3 GiB at the first group, rising by about 1.4 GB over the
+    /// groups).
+    pub plan_row: u64,
 }
 
 /// Reconcile's [`RowCosts`].
 pub const RECONCILE_ROW_COSTS: RowCosts = RowCosts {
     one_group: 140,
     split: 300,
+    plan_row: 600,
 };
 
 /// Close's [`RowCosts`].
 pub const CLOSE_ROW_COSTS: RowCosts = RowCosts {
     one_group: 260,
     split: 430,
+    plan_row: 1100,
 };
-
-/// Memory per allocation or grant row, held for the whole run whatever the groups (plans,
-/// account dictionaries, a result per account): 0.8 GB for the 1.42M rows of the
-/// 100M-event bench data.
-pub const BYTES_PER_PLAN_ROW: u64 = 600;
 
 /// How many groups a run uses, from the row counts in the Parquet footers: one if all its
 /// usage and ledger rows fit the budget (less what the plans hold) at once, else enough
@@ -629,7 +633,7 @@ pub fn groups_for(
 ) -> u32 {
     let per_shard = rows.div_ceil(u64::from(shards.max(1)));
     // Saturating: row counts come from files' footers, which may be corrupt or hostile.
-    let plans = plan_rows.saturating_mul(BYTES_PER_PLAN_ROW);
+    let plans = plan_rows.saturating_mul(costs.plan_row);
     // What the rows may use: the budget less the plans, at least a quarter of the budget
     // (a budget the plans alone fill still gets groups, not a division by zero).
     let for_rows = budget_bytes
@@ -767,13 +771,21 @@ mod tests {
     #[test]
     fn a_split_run_has_groups_that_fit_the_budget_less_the_plans() {
         // 100M-event bench data: 200.9M rows, 1.42M plan rows (0.85 GB).
-        let for_rows = 3 * GIB - 1_420_000 * BYTES_PER_PLAN_ROW;
+        let for_rows = 3 * GIB - 1_420_000 * R.plan_row;
         let groups = groups_for(200_900_000, 1_420_000, R, 3 * GIB, 1);
         assert_eq!(
             u64::from(groups),
             (200_900_000 * R.split).div_ceil(for_rows)
         );
         assert_eq!(groups, 26);
+        // A close also counts its larger per-account results against the plan rows.
+        let close_for_rows = 3 * GIB - 1_420_000 * CLOSE_ROW_COSTS.plan_row;
+        let close_groups = groups_for(200_900_000, 1_420_000, CLOSE_ROW_COSTS, 3 * GIB, 1);
+        assert_eq!(
+            u64::from(close_groups),
+            (200_900_000 * CLOSE_ROW_COSTS.split).div_ceil(close_for_rows)
+        );
+        assert_eq!(close_groups, 53);
         // Close costs more per row: the 10M-event close is split.
         assert_eq!(
             groups_for(20_100_000, 142_000, CLOSE_ROW_COSTS, 3 * GIB, 1),
