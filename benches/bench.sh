@@ -194,9 +194,9 @@ fits() {
     [[ $events -le 1000000 ]] && return 0
     per1m=$(peak_rss_1m) || die "could not measure the 1m run's peak RSS"
     [[ $per1m =~ ^[0-9]+$ ]] || die "could not measure the 1m run's peak RSS"
-    # tally keeps to its --memory-budget (default 3 GiB) past about 10M events by processing
-    # groups of accounts one after another: its peak stops growing with the month (measured:
-    # under 4 GiB at 100M events). Scale the 1m peak linearly, capped at that.
+    # tally sizes its work by its --memory-budget (default 3 GiB) past about 10M events,
+    # processing groups of accounts one after another: its peak stops growing with the month
+    # (measured: under 4 GiB at 100M events). Scale the 1m peak linearly, capped at that.
     need_kb=$(awk -v p="$per1m" -v n="$events" -v s="$SAFETY" -v cap="$TALLY_CAP_KB" 'BEGIN {
         x = p * n / 1e6 * s; if (x > cap) x = cap; printf "%d", x }')
     total_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)
