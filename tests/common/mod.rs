@@ -5,9 +5,12 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The repository root.
+/// The repository root: `cargo test` names it at run time. The compile-time value is only
+/// the fallback, because a test binary can be reused from another clone that shares the
+/// target folder (CI keeps one outside the clone) and that clone may be gone.
 pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
 }
 
 /// The real binary with `args`, quiet logs; callers may add environment before running.
