@@ -279,41 +279,97 @@ impl Debit {
     }
 }
 
-/// A compact row ([`Usage`], [`Debit`]): plain bytes, written to a spill file and read
-/// back as they are, its ids in a chunk of an [`crate::dict::Ids`].
+/// A compact row ([`Usage`], [`Debit`]): plain bytes in memory, its ids in a chunk of an
+/// [`crate::dict::Ids`]; written to a spill file field by field ([`CompactRow::encode`]).
+///
+/// The spill form of a row is its fields as postcard varints, each instant as a step from
+/// the previous row of its frame (a frame holds one batch's rows in file order, so steps
+/// are small), without what reading back re-derives: the id offsets (a frame's ids are
+/// stored in row order) and the id hashes (recomputed from the ids). It takes about a
+/// third of the 64 in-memory bytes: at 100M events the spill is what the disk must write
+/// and read back, so its size sets the pace of a split run.
 pub trait CompactRow: bytemuck::Pod + Send + Sync {
     fn at(&self) -> At;
-    /// The row with its id references moved to chunk `chunk`.
-    fn in_chunk(self, chunk: u32) -> Self;
-    /// Whether the row's codes and id references hold in a chunk of `ids` bytes (a damaged
-    /// spill file must fail, not panic later).
-    fn is_sound(&self, ids: &[u8]) -> bool;
     /// The row with its ids copied from `from` to `to` (chunk number `chunk` of its new
     /// [`crate::dict::Ids`]).
     fn move_ids(self, from: &crate::dict::Ids, to: &mut crate::dict::IdChunk, chunk: u32) -> Self;
+    /// Append the row's spill form to `out`, `prev` being the frame's previous row (the
+    /// first row's: a zeroed row). Its ids must be the next ones of its chunk `ids` (at
+    /// `next_id`, advanced past them): a frame's ids are written in row order.
+    fn encode(&self, prev: &Self, ids: &[u8], next_id: &mut u32, out: &mut Vec<u8>);
+    /// The next row of a frame from its spill form at the start of `bytes`, and the bytes
+    /// after it; its ids are the next ones of `ids` (at `next_id`, advanced past them),
+    /// which becomes chunk number `chunk`. `None` when the bytes or ids do not hold a
+    /// whole, sound row (a damaged spill file must fail, not panic later).
+    fn decode<'a>(
+        bytes: &'a [u8],
+        prev: &Self,
+        ids: &[u8],
+        next_id: &mut u32,
+        chunk: u32,
+    ) -> Option<(Self, &'a [u8])>;
 }
 
-/// Whether `id` names a whole id inside `chunk` (its 2-byte length and its bytes).
-fn id_fits(id: crate::dict::IdRef, chunk: &[u8]) -> bool {
-    let at = id.offset() as usize;
-    match chunk.get(at..at + 2) {
-        Some(len) => at + 2 + u16::from_le_bytes([len[0], len[1]]) as usize <= chunk.len(),
-        None => false,
-    }
+/// The next id of a chunk at `next` (its 2-byte length and its bytes): its offset and
+/// bytes; `next` moves past it. `None` when the chunk does not hold a whole id there.
+fn take_id<'a>(ids: &'a [u8], next: &mut u32) -> Option<(u32, &'a [u8])> {
+    let at = *next as usize;
+    let len = u16::from_le_bytes(ids.get(at..at + 2)?.try_into().ok()?) as usize;
+    let bytes = ids.get(at + 2..at + 2 + len)?;
+    let offset = *next;
+    *next = u32::try_from(at + 2 + len).ok()?;
+    Some((offset, bytes))
+}
+
+/// Move `next` past `id`, which must be the next id of `ids`: the reader re-derives the
+/// offsets from the order of the ids.
+fn pass_id(id: crate::dict::IdRef, ids: &[u8], next: &mut u32) {
+    assert_eq!(id.offset(), *next, "a spill frame's ids are in row order");
+    let (_, _) = take_id(ids, next).expect("a row's id is in its chunk");
+}
+
+/// Spill form of a [`Usage`] (see [`CompactRow`]).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct UsageSpill {
+    /// `at` less the previous row's.
+    at_step: u64,
+    /// `occurred_at` less the previous row's (wrapping, as every step).
+    occurred_step: i64,
+    /// `ingested_at` less `occurred_at` (0 when null, see [`SPILL_NULL`]).
+    ingested_after: i64,
+    quantity: i64,
+    account: u32,
+    sku: u32,
+    status: u8,
+    /// The row's flags, and [`SPILL_NULL`] for a null `ingested_at`.
+    flags: u8,
+}
+
+/// Spill form of a [`Debit`] (see [`CompactRow`]).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct DebitSpill {
+    /// `at` less the previous row's.
+    at_step: u64,
+    /// `recorded_at` less the previous row's (wrapping).
+    recorded_step: i64,
+    credits: i64,
+    account: u32,
+    kind: u8,
+    /// The row's flags, and [`SPILL_NULL`] for no event id.
+    flags: u8,
+}
+
+/// A flag bit of a spill form (no row flag uses it): the optional field is null.
+const SPILL_NULL: u8 = 0x80;
+
+fn spill_put<T: serde::Serialize>(value: &T, out: &mut Vec<u8>) {
+    let bytes = std::mem::take(out);
+    *out = postcard::to_extend(value, bytes).expect("writing to a vector cannot fail");
 }
 
 impl CompactRow for Usage {
     fn at(&self) -> At {
         self.at
-    }
-    fn in_chunk(self, chunk: u32) -> Usage {
-        Usage {
-            id: self.id.in_chunk(chunk),
-            ..self
-        }
-    }
-    fn is_sound(&self, ids: &[u8]) -> bool {
-        id_fits(self.id, ids) && EventStatus::from_code(self.status).is_some()
     }
     fn move_ids(self, from: &crate::dict::Ids, to: &mut crate::dict::IdChunk, chunk: u32) -> Usage {
         let offset = to.push_bytes(from.bytes(self.id));
@@ -322,26 +378,62 @@ impl CompactRow for Usage {
             ..self
         }
     }
+    fn encode(&self, prev: &Usage, ids: &[u8], next_id: &mut u32, out: &mut Vec<u8>) {
+        assert!(
+            self.flags & SPILL_NULL == 0,
+            "row flags leave the spill's null bit free"
+        );
+        let null = self.ingested_at == NO_INSTANT;
+        let wire = UsageSpill {
+            at_step: self.at.0.wrapping_sub(prev.at.0),
+            occurred_step: self.occurred_at.wrapping_sub(prev.occurred_at),
+            ingested_after: match null {
+                true => 0,
+                false => self.ingested_at.wrapping_sub(self.occurred_at),
+            },
+            quantity: self.quantity,
+            account: self.account,
+            sku: self.sku,
+            status: self.status,
+            flags: self.flags | if null { SPILL_NULL } else { 0 },
+        };
+        spill_put(&wire, out);
+        pass_id(self.id, ids, next_id);
+    }
+    fn decode<'a>(
+        bytes: &'a [u8],
+        prev: &Usage,
+        ids: &[u8],
+        next_id: &mut u32,
+        chunk: u32,
+    ) -> Option<(Usage, &'a [u8])> {
+        let (wire, rest) = postcard::take_from_bytes::<UsageSpill>(bytes).ok()?;
+        EventStatus::from_code(wire.status)?;
+        let (offset, id) = take_id(ids, next_id)?;
+        let occurred_at = prev.occurred_at.wrapping_add(wire.occurred_step);
+        let row = Usage {
+            at: At(prev.at.0.wrapping_add(wire.at_step)),
+            id_hash: crate::validate::id_hash_of_bytes(id),
+            id: crate::dict::IdRef::new(chunk, offset),
+            occurred_at,
+            ingested_at: match wire.flags & SPILL_NULL != 0 {
+                true => NO_INSTANT,
+                false => occurred_at.wrapping_add(wire.ingested_after),
+            },
+            quantity: wire.quantity,
+            account: wire.account,
+            sku: wire.sku,
+            status: wire.status,
+            flags: wire.flags & !SPILL_NULL,
+            _pad: [0; 6],
+        };
+        Some((row, rest))
+    }
 }
 
 impl CompactRow for Debit {
     fn at(&self) -> At {
         self.at
-    }
-    fn in_chunk(self, chunk: u32) -> Debit {
-        Debit {
-            entry_id: self.entry_id.in_chunk(chunk),
-            event_id: match self.event_id.is_none() {
-                true => self.event_id,
-                false => self.event_id.in_chunk(chunk),
-            },
-            ..self
-        }
-    }
-    fn is_sound(&self, ids: &[u8]) -> bool {
-        id_fits(self.entry_id, ids)
-            && (self.event_id.is_none() || id_fits(self.event_id, ids))
-            && EntryKind::from_code(self.kind).is_some()
     }
     fn move_ids(self, from: &crate::dict::Ids, to: &mut crate::dict::IdChunk, chunk: u32) -> Debit {
         let entry = to.push_bytes(from.bytes(self.entry_id));
@@ -354,6 +446,60 @@ impl CompactRow for Debit {
             event_id: event,
             ..self
         }
+    }
+    fn encode(&self, prev: &Debit, ids: &[u8], next_id: &mut u32, out: &mut Vec<u8>) {
+        assert!(
+            self.flags & SPILL_NULL == 0,
+            "row flags leave the spill's null bit free"
+        );
+        let wire = DebitSpill {
+            at_step: self.at.0.wrapping_sub(prev.at.0),
+            recorded_step: self.recorded_at.wrapping_sub(prev.recorded_at),
+            credits: self.credits,
+            account: self.account,
+            kind: self.kind,
+            flags: self.flags | if self.has_event() { 0 } else { SPILL_NULL },
+        };
+        spill_put(&wire, out);
+        pass_id(self.entry_id, ids, next_id);
+        if self.has_event() {
+            pass_id(self.event_id, ids, next_id);
+        }
+    }
+    fn decode<'a>(
+        bytes: &'a [u8],
+        prev: &Debit,
+        ids: &[u8],
+        next_id: &mut u32,
+        chunk: u32,
+    ) -> Option<(Debit, &'a [u8])> {
+        let (wire, rest) = postcard::take_from_bytes::<DebitSpill>(bytes).ok()?;
+        EntryKind::from_code(wire.kind)?;
+        let (entry_offset, entry) = take_id(ids, next_id)?;
+        let (event_id, event_hash) = match wire.flags & SPILL_NULL != 0 {
+            true => (crate::dict::IdRef::NONE, 0),
+            false => {
+                let (offset, event) = take_id(ids, next_id)?;
+                (
+                    crate::dict::IdRef::new(chunk, offset),
+                    crate::validate::id_hash_of_bytes(event),
+                )
+            }
+        };
+        let row = Debit {
+            at: At(prev.at.0.wrapping_add(wire.at_step)),
+            entry_hash: crate::validate::id_hash_of_bytes(entry),
+            event_hash,
+            entry_id: crate::dict::IdRef::new(chunk, entry_offset),
+            event_id,
+            credits: wire.credits,
+            recorded_at: prev.recorded_at.wrapping_add(wire.recorded_step),
+            account: wire.account,
+            kind: wire.kind,
+            flags: wire.flags & !SPILL_NULL,
+            _pad: [0; 2],
+        };
+        Some((row, rest))
     }
 }
 

@@ -1,7 +1,8 @@
 //! A split run's first full pass: parse every usage and ledger row once and write each
-//! valid row to the spill file of its group (its compact row's bytes, as they are, and its
-//! ids), so that the groups can then be processed one after another with only one group
-//! in memory.
+//! valid row to the spill file of its group (its compact row's spill form, see
+//! [`CompactRow`], and its ids), so that the groups can then be processed one after another
+//! with only one group in memory. A spill row takes about 49 bytes with its ids (20-byte
+//! generated ids; 64 in-memory bytes plus ids before the spill form, about 91).
 //! Rejected rows and candidates (rows whose partition `route::resolve` decides) stay in memory;
 //! both are few.
 
@@ -82,8 +83,8 @@ fn buffer_bytes(groups: u32) -> usize {
     ((64usize << 20) / groups.max(1) as usize).clamp(64 << 10, 1 << 20)
 }
 
-/// Bytes of a frame header: rows, id bytes (u32 LE each).
-const FRAME_HEADER_BYTES: usize = 8;
+/// Bytes of a frame header: rows, bytes of their spill forms, id bytes (u32 LE each).
+const FRAME_HEADER_BYTES: usize = 12;
 
 /// The spill files of one dataset: one per group, removed with the folder.
 pub struct SpillFiles {
@@ -119,20 +120,25 @@ impl SpillFiles {
         })
     }
 
-    /// Append one frame: the row count and the id chunk's length (u32 LE each), the rows
-    /// as bytes, then the id chunk. A frame holds rows of one batch in row order (their
-    /// ids in chunk 0 of the frame); frames let a group be read back in parallel.
+    /// Append one frame: the row count, the length of the rows' spill forms and the id
+    /// chunk's length (u32 LE each), the rows' spill forms ([`CompactRow::encode`]), then the
+    /// id chunk. A frame holds rows of one batch in row order (their ids in chunk 0 of the
+    /// frame, in row order); frames let a group be read back in parallel. The rows are
+    /// encoded before the file is locked, so that appends of other batches wait only for
+    /// the write.
     pub fn append<R: CompactRow>(&self, group: usize, rows: &[R], ids: &IdChunk) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
+        let encoded = encode_rows(rows, &ids.bytes);
         self.rows[group].fetch_add(rows.len() as u64, Ordering::Relaxed);
         let mut header = [0u8; FRAME_HEADER_BYTES];
         header[..4].copy_from_slice(&(rows.len() as u32).to_le_bytes());
-        header[4..].copy_from_slice(&(ids.bytes.len() as u32).to_le_bytes());
+        header[4..8].copy_from_slice(&frame_len(encoded.len()).to_le_bytes());
+        header[8..].copy_from_slice(&frame_len(ids.bytes.len()).to_le_bytes());
         let mut w = self.writers[group].lock().expect("spill writer lock");
         w.write_all(&header)
-            .and_then(|_| w.write_all(bytemuck::cast_slice(rows)))
+            .and_then(|_| w.write_all(&encoded))
             .and_then(|_| w.write_all(&ids.bytes))
             .map_err(|e| TallyError::io(&self.paths[group], e))
     }
@@ -157,7 +163,31 @@ impl SpillFiles {
     }
 }
 
-/// One frame of a spill file: its rows' bytes, its ids, their count and its first row.
+/// The spill forms of a frame's rows, each after the previous one (the first after a
+/// zeroed row).
+fn encode_rows<R: CompactRow>(rows: &[R], ids: &[u8]) -> Vec<u8> {
+    // Most rows take 20-30 bytes; room for 32 avoids regrowth in the common case.
+    let mut out = Vec::with_capacity(rows.len() * 32);
+    let mut prev = R::zeroed();
+    let mut next_id = 0u32;
+    for row in rows {
+        row.encode(&prev, ids, &mut next_id, &mut out);
+        prev = *row;
+    }
+    assert_eq!(
+        next_id as usize,
+        ids.len(),
+        "a frame's id chunk holds its rows' ids only"
+    );
+    out
+}
+
+/// A frame part's length as its header holds it: a batch is far below 4 GiB.
+fn frame_len(bytes: usize) -> u32 {
+    u32::try_from(bytes).expect("a spill frame part is under 4 GiB")
+}
+
+/// One frame of a spill file: its rows' spill forms, its ids, their count and its first row.
 struct Frame<'a> {
     rows: &'a [u8],
     ids: &'a [u8],
@@ -167,7 +197,6 @@ struct Frame<'a> {
 
 /// Split a spill file into its frames (see `SpillFiles::append`).
 fn frames_of<'a, R: CompactRow>(bytes: &'a [u8], path: &Path) -> Result<Vec<Frame<'a>>> {
-    let row_bytes = std::mem::size_of::<R>();
     let mut frames = Vec::new();
     let mut at = 0usize;
     let u32_at = |b: &[u8], i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
@@ -176,19 +205,21 @@ fn frames_of<'a, R: CompactRow>(bytes: &'a [u8], path: &Path) -> Result<Vec<Fram
             .get(at..at + FRAME_HEADER_BYTES)
             .ok_or_else(|| corrupt(path, "truncated frame header"))?;
         let count = u32_at(header, 0) as usize;
-        let ids_len = u32_at(header, 4) as usize;
+        let rows_len = u32_at(header, 4) as usize;
+        let ids_len = u32_at(header, 8) as usize;
         if count == 0 {
             return Err(corrupt(path, "empty frame"));
         }
         let rows_at = at + FRAME_HEADER_BYTES;
-        let ids_at = rows_at + count * row_bytes;
+        let ids_at = rows_at + rows_len;
         let (Some(rows), Some(ids)) = (
             bytes.get(rows_at..ids_at),
             bytes.get(ids_at..ids_at + ids_len),
         ) else {
             return Err(corrupt(path, "truncated frame"));
         };
-        let first: R = bytemuck::pod_read_unaligned(&rows[..row_bytes]);
+        let (first, _) = R::decode(rows, &R::zeroed(), ids, &mut 0, 0)
+            .ok_or_else(|| corrupt(path, "a frame's first row cannot be decoded"))?;
         frames.push(Frame {
             rows,
             ids,
@@ -198,6 +229,25 @@ fn frames_of<'a, R: CompactRow>(bytes: &'a [u8], path: &Path) -> Result<Vec<Fram
         at = ids_at + ids_len;
     }
     Ok(frames)
+}
+
+/// Decode a frame's rows into `slots` (one per row), their ids becoming chunk `chunk`;
+/// whether the frame held exactly these rows and ids.
+fn decode_frame<R: CompactRow>(frame: &Frame, chunk: u32, slots: &mut [R]) -> bool {
+    let mut bytes = frame.rows;
+    let mut prev = R::zeroed();
+    let mut next_id = 0u32;
+    for slot in slots {
+        match R::decode(bytes, &prev, frame.ids, &mut next_id, chunk) {
+            Some((row, rest)) => {
+                *slot = row;
+                prev = row;
+                bytes = rest;
+            }
+            None => return false,
+        }
+    }
+    bytes.is_empty() && next_id as usize == frame.ids.len()
 }
 
 /// Read one group's spill file back in (file, row) order, straight into one vector with
@@ -243,23 +293,12 @@ pub fn read_group<R: CompactRow>(file: &SpillFile, extra: usize) -> Result<(Vec<
     }
     let sound: Vec<bool> = jobs
         .into_par_iter()
-        .map(|(chunk, frame, slots)| {
-            let mut sound = true;
-            for (slot, bytes) in slots
-                .iter_mut()
-                .zip(frame.rows.chunks_exact(std::mem::size_of::<R>()))
-            {
-                let row: R = bytemuck::pod_read_unaligned(bytes);
-                sound &= row.is_sound(frame.ids);
-                *slot = row.in_chunk(chunk);
-            }
-            sound
-        })
+        .map(|(chunk, frame, slots)| decode_frame(frame, chunk, slots))
         .collect();
     if sound.iter().any(|ok| !ok) {
         return Err(corrupt(
             path,
-            "a row refers to ids or codes its frame does not hold",
+            "a frame's rows do not decode to whole rows and ids",
         ));
     }
     let mut ids = Ids::default();
@@ -490,19 +529,59 @@ mod tests {
         );
     }
 
-    /// A row whose id reference points past its frame's ids is refused, not read.
+    /// A row whose id runs past its frame's ids is refused, not read.
     #[test]
     fn an_id_outside_the_frame_fails() {
         let dir = tempfile::tempdir().unwrap();
-        let files = SpillFiles::create(dir.path(), Dataset::Usage, 1).unwrap();
+        let file = spill_of(dir.path(), &[vec![usage(0, 0, "a"), usage(0, 1, "b")]]);
+        let mut bytes = std::fs::read(&file.path).unwrap();
+        let rows_len = u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize;
+        // The ids: [1, 0, 'a', 1, 0, 'b']; the second now claims 1000 bytes.
+        let second_len = FRAME_HEADER_BYTES + rows_len + 3;
+        bytes[second_len..second_len + 2].copy_from_slice(&1000u16.to_le_bytes());
+        std::fs::write(&file.path, bytes).unwrap();
+        let message = error_of(&file);
+        assert!(
+            message.contains("rows do not decode to whole rows and ids"),
+            "{message}"
+        );
+    }
+
+    /// Every field comes back as written, nulls and extreme instants included (steps
+    /// wrap), with the id hashes recomputed and the id offsets re-derived.
+    #[test]
+    fn rows_come_back_field_for_field() {
+        let dir = tempfile::tempdir().unwrap();
         let dicts = DictBuilder::new(std::iter::empty());
         let mut ids = IdChunk::default();
-        let mut row = Usage::from_row(&usage(0, 0, "a"), &dicts, &mut ids, 0);
-        row.id = crate::dict::IdRef::new(0, 1000);
-        files.append(0, &[row], &ids).unwrap();
+        let mut rows = Vec::new();
+        for (i, (occurred, ingested)) in [
+            (1_700_000_000_000_000, Some(1_700_000_000_500_000)),
+            (i64::MIN + 1, None),
+            (i64::MAX - 1, Some(i64::MIN + 1)),
+            (0, Some(0)),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let row = UsageRow {
+                occurred_at: occurred,
+                ingested_at: ingested,
+                ..usage(2, 10 + i as u64 * 7, &format!("evt-{i}"))
+            };
+            rows.push(Usage::from_row(&row, &dicts, &mut ids, 0));
+        }
+        rows[2].flags = Usage::CONFLICTING;
+        let files = SpillFiles::create(dir.path(), Dataset::Usage, 1).unwrap();
+        files.append(0, &rows, &ids).unwrap();
         let file = files.finish().unwrap().pop().unwrap();
-        let message = error_of(&file);
-        assert!(message.contains("refers to ids or codes"), "{message}");
+        let (back, back_ids) = read_group::<Usage>(&file, 0).unwrap();
+        assert_eq!(back.len(), rows.len());
+        for (i, (got, want)) in back.iter().zip(&rows).enumerate() {
+            // Chunk 0 in both: only the frame's chunk number could differ.
+            assert_eq!(got, want, "row {i}");
+            assert_eq!(back_ids.str(got.id).unwrap(), format!("evt-{i}"));
+        }
     }
 
     #[test]
@@ -521,13 +600,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let files = SpillFiles::create(dir.path(), Dataset::Debits, 1).unwrap();
         let dicts = DictBuilder::new(std::iter::empty());
+        let mut written = Vec::new();
         for (row, event) in [(0, Some("evt-a")), (1, None)] {
             let mut ids = IdChunk::default();
-            let debit = Debit::from_row(&DebitRow::sample(row, event), &dicts, &mut ids, 0);
+            let debit = DebitRow {
+                kind: EntryKind::Refund,
+                credits: crate::amount::Milli(-7),
+                recorded_at: -5 + row as i64,
+                ..DebitRow::sample(row, event)
+            };
+            let debit = Debit::from_row(&debit, &dicts, &mut ids, 0);
             files.append(0, &[debit], &ids).unwrap();
+            written.push(debit);
         }
         let file = files.finish().unwrap().pop().unwrap();
         let (rows, ids) = read_group::<Debit>(&file, 0).unwrap();
+        // Each row was its own frame (chunk 0 when written): only the chunk differs.
+        assert_eq!(rows[0], written[0]);
+        assert_eq!(
+            rows[1],
+            Debit {
+                entry_id: written[1].entry_id.in_chunk(1),
+                ..written[1]
+            }
+        );
         assert_eq!(ids.str(rows[0].entry_id).unwrap(), "entry-0");
         assert_eq!(ids.str(rows[0].event_id).unwrap(), "evt-a");
         assert_eq!(ids.str(rows[1].entry_id).unwrap(), "entry-1");

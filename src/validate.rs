@@ -188,7 +188,12 @@ fn repeats<'a, T: Sync>(
 /// Dedup files the events by it and the window's ledger join looks entries up by it: both
 /// must use this one function.
 pub fn id_hash(id: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(id.as_bytes())
+    id_hash_of_bytes(id.as_bytes())
+}
+
+/// [`id_hash`] of an id's bytes (as an id chunk holds them).
+pub fn id_hash_of_bytes(id: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(id)
 }
 
 /// (hash, row) pairs of a set of rows, filed into partitions by the hash's top bits: the
