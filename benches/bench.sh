@@ -212,9 +212,9 @@ fits() {
         return 1
     fi
     # disk: scale the 1m data set (about 47 MB per 1m events); x1.5 for outputs; plus tally's
-    # spill files (budgeted at 120 bytes per row, two rows per event; about 95 measured) and DuckDB's temporary files
+    # spill files (budgeted at 64 bytes per row, two rows per event; about 49 measured) and DuckDB's temporary files
     if [[ ! -f "$BENCH_DIR/data-$label/generate.json" ]]; then
-        disk_need=$(( $(du -sk "$BENCH_DIR/data-1m" | awk '{print $1}') * events / 1000000 * 3 / 2 + events * 240 / 1024 ))
+        disk_need=$(( $(du -sk "$BENCH_DIR/data-1m" | awk '{print $1}') * events / 1000000 * 3 / 2 + events * 128 / 1024 ))
         disk_avail=$(df -Pk "$BENCH_DIR" | awk 'NR==2 {print $4}')
         if (( disk_need > disk_avail )); then
             log "SKIPPING $label: needs about $((disk_need / 1048576)) GB of disk, $((disk_avail / 1048576)) GB free in $BENCH_DIR"
