@@ -308,6 +308,33 @@ pub trait CompactRow: bytemuck::Pod + Send + Sync {
         next_id: &mut u32,
         chunk: u32,
     ) -> Option<(Self, &'a [u8])>;
+    /// Whether the row's dictionary codes are codes of the run's dictionaries (a row read
+    /// back with others would panic later, on lookup).
+    fn codes_within(&self, limits: &CodeLimits) -> bool;
+}
+
+/// How many codes the run's dictionaries hold: a row read back from a spill file must
+/// stay below them.
+#[derive(Copy, Clone, Debug)]
+pub struct CodeLimits {
+    pub accounts: u32,
+    pub skus: u32,
+}
+
+impl CodeLimits {
+    /// No limit (tests of the spill form alone).
+    pub const ANY: CodeLimits = CodeLimits {
+        accounts: u32::MAX,
+        skus: u32::MAX,
+    };
+
+    pub fn of(dicts: &crate::dict::Dicts) -> CodeLimits {
+        let count = |n: usize| u32::try_from(n).expect("fewer than 2^32 codes");
+        CodeLimits {
+            accounts: count(dicts.accounts.len()),
+            skus: count(dicts.skus.len()),
+        }
+    }
 }
 
 /// The next id of a chunk at `next` (its 2-byte length and its bytes): its offset and
@@ -429,6 +456,9 @@ impl CompactRow for Usage {
         };
         Some((row, rest))
     }
+    fn codes_within(&self, limits: &CodeLimits) -> bool {
+        self.account < limits.accounts && self.sku < limits.skus
+    }
 }
 
 impl CompactRow for Debit {
@@ -500,6 +530,9 @@ impl CompactRow for Debit {
             _pad: [0; 2],
         };
         Some((row, rest))
+    }
+    fn codes_within(&self, limits: &CodeLimits) -> bool {
+        self.account < limits.accounts
     }
 }
 

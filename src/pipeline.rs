@@ -440,11 +440,14 @@ pub fn compute(
     // fills it. At most two groups' rows are in memory at once (`route::groups_for` sizes
     // groups for that). The read-back draws no bar and its stage line is logged after the
     // group's stages (see `progress::log_stage`).
+    let limits = crate::model::CodeLimits::of(&dicts);
     let read_back = |group: usize, (u_extra, d_extra): (Vec<Usage>, Vec<Debit>)| {
         let started = std::time::Instant::now();
-        let (mut usage, mut usage_ids) = spill::read_group(&usage_files[group], u_extra.len())?;
+        let (mut usage, mut usage_ids) =
+            spill::read_group(&usage_files[group], u_extra.len(), &limits)?;
         append_candidates(&mut usage, &mut usage_ids, u_extra, &usage_candidate_ids);
-        let (mut debits, mut debit_ids) = spill::read_group(&debit_files[group], d_extra.len())?;
+        let (mut debits, mut debit_ids) =
+            spill::read_group(&debit_files[group], d_extra.len(), &limits)?;
         append_candidates(&mut debits, &mut debit_ids, d_extra, &debit_candidate_ids);
         let rows = GroupRows {
             usage,

@@ -83,8 +83,20 @@ fn buffer_bytes(groups: u32) -> usize {
     ((64usize << 20) / groups.max(1) as usize).clamp(64 << 10, 1 << 20)
 }
 
-/// Bytes of a frame header: rows, bytes of their spill forms, id bytes (u32 LE each).
-const FRAME_HEADER_BYTES: usize = 12;
+/// Bytes of a frame header: rows, bytes of their spill forms, id bytes (u32 LE each), and
+/// the frame's checksum ([`frame_checksum`], u64 LE).
+const FRAME_HEADER_BYTES: usize = 20;
+
+/// xxh3 of a frame's encoded rows and ids: a damaged spill file fails the run when read
+/// back instead of decoding to other rows (a flipped bit in a varint still decodes, and a
+/// wrong step would shift every later instant of its frame). xxh3 hashes at about memory
+/// speed: small beside decoding the frame.
+fn frame_checksum(rows: &[u8], ids: &[u8]) -> u64 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    hasher.update(rows);
+    hasher.update(ids);
+    hasher.digest()
+}
 
 /// The spill files of one dataset: one per group, removed with the folder.
 pub struct SpillFiles {
@@ -135,7 +147,8 @@ impl SpillFiles {
         let mut header = [0u8; FRAME_HEADER_BYTES];
         header[..4].copy_from_slice(&(rows.len() as u32).to_le_bytes());
         header[4..8].copy_from_slice(&frame_len(encoded.len()).to_le_bytes());
-        header[8..].copy_from_slice(&frame_len(ids.bytes.len()).to_le_bytes());
+        header[8..12].copy_from_slice(&frame_len(ids.bytes.len()).to_le_bytes());
+        header[12..].copy_from_slice(&frame_checksum(&encoded, &ids.bytes).to_le_bytes());
         let mut w = self.writers[group].lock().expect("spill writer lock");
         w.write_all(&header)
             .and_then(|_| w.write_all(&encoded))
@@ -218,6 +231,10 @@ fn frames_of<'a, R: CompactRow>(bytes: &'a [u8], path: &Path) -> Result<Vec<Fram
         ) else {
             return Err(corrupt(path, "truncated frame"));
         };
+        let checksum = u64::from_le_bytes(header[12..20].try_into().expect("8 bytes"));
+        if frame_checksum(rows, ids) != checksum {
+            return Err(corrupt(path, "a frame's checksum does not match its bytes"));
+        }
         let (first, _) = R::decode(rows, &R::zeroed(), ids, &mut 0, 0)
             .ok_or_else(|| corrupt(path, "a frame's first row cannot be decoded"))?;
         frames.push(Frame {
@@ -232,19 +249,24 @@ fn frames_of<'a, R: CompactRow>(bytes: &'a [u8], path: &Path) -> Result<Vec<Fram
 }
 
 /// Decode a frame's rows into `slots` (one per row), their ids becoming chunk `chunk`;
-/// whether the frame held exactly these rows and ids.
-fn decode_frame<R: CompactRow>(frame: &Frame, chunk: u32, slots: &mut [R]) -> bool {
+/// whether the frame held exactly these rows and ids, with codes within `limits`.
+fn decode_frame<R: CompactRow>(
+    frame: &Frame,
+    chunk: u32,
+    limits: &CodeLimits,
+    slots: &mut [R],
+) -> bool {
     let mut bytes = frame.rows;
     let mut prev = R::zeroed();
     let mut next_id = 0u32;
     for slot in slots {
         match R::decode(bytes, &prev, frame.ids, &mut next_id, chunk) {
-            Some((row, rest)) => {
+            Some((row, rest)) if row.codes_within(limits) => {
                 *slot = row;
                 prev = row;
                 bytes = rest;
             }
-            None => return false,
+            _ => return false,
         }
     }
     bytes.is_empty() && next_id as usize == frame.ids.len()
@@ -253,7 +275,11 @@ fn decode_frame<R: CompactRow>(frame: &Frame, chunk: u32, slots: &mut [R]) -> bo
 /// Read one group's spill file back in (file, row) order, straight into one vector with
 /// room for `extra` more rows; its ids, one chunk per frame. The file is mapped, not read
 /// into a buffer, and removed once mapped.
-pub fn read_group<R: CompactRow>(file: &SpillFile, extra: usize) -> Result<(Vec<R>, Ids)> {
+pub fn read_group<R: CompactRow>(
+    file: &SpillFile,
+    extra: usize,
+    limits: &CodeLimits,
+) -> Result<(Vec<R>, Ids)> {
     use rayon::prelude::*;
     let path = &file.path;
     let opened = File::open(path).map_err(|e| TallyError::io(path, e))?;
@@ -293,12 +319,12 @@ pub fn read_group<R: CompactRow>(file: &SpillFile, extra: usize) -> Result<(Vec<
     }
     let sound: Vec<bool> = jobs
         .into_par_iter()
-        .map(|(chunk, frame, slots)| decode_frame(frame, chunk, slots))
+        .map(|(chunk, frame, slots)| decode_frame(frame, chunk, limits, slots))
         .collect();
     if sound.iter().any(|ok| !ok) {
         return Err(corrupt(
             path,
-            "a frame's rows do not decode to whole rows and ids",
+            "a frame's rows do not decode to whole rows and ids (with codes of the run's dictionaries)",
         ));
     }
     let mut ids = Ids::default();
@@ -460,7 +486,7 @@ mod tests {
     }
 
     fn error_of(file: &SpillFile) -> String {
-        match read_group::<Usage>(file, 0) {
+        match read_group::<Usage>(file, 0, &CodeLimits::ANY) {
             Ok(_) => panic!("a corrupt spill file was read"),
             Err(e) => e.to_string(),
         }
@@ -483,7 +509,7 @@ mod tests {
         let late = vec![usage(1, 0, "c"), usage(1, 1, "d")];
         let early = vec![usage(0, 5, "a"), usage(0, 6, "b")];
         let file = spill_of(dir.path(), &[late, early]);
-        let (rows, ids) = read_group::<Usage>(&file, 3).unwrap();
+        let (rows, ids) = read_group::<Usage>(&file, 3, &CodeLimits::ANY).unwrap();
         let names: Vec<&str> = rows.iter().map(|r| ids.str(r.id).unwrap()).collect();
         assert_eq!(names, ["a", "b", "c", "d"]);
         assert!(rows.capacity() >= 7);
@@ -496,7 +522,10 @@ mod tests {
     fn an_empty_spill_file_reads_as_no_rows() {
         let dir = tempfile::tempdir().unwrap();
         let file = spill_of(dir.path(), &[]);
-        assert!(read_group::<Usage>(&file, 0).unwrap().0.is_empty());
+        assert!(read_group::<Usage>(&file, 0, &CodeLimits::ANY)
+            .unwrap()
+            .0
+            .is_empty());
     }
 
     /// Rewrite the file's first frame header to claim `rows` rows.
@@ -529,6 +558,119 @@ mod tests {
         );
     }
 
+    /// Recompute the first frame's checksum after a test changed its bytes: what a writer
+    /// bug (rather than a damaged disk) would leave, which the decoder must still refuse.
+    fn reseal_first_frame(bytes: &mut [u8]) {
+        let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().unwrap()) as usize;
+        let (rows_len, ids_len) = (u32_at(4), u32_at(8));
+        let rows_at = FRAME_HEADER_BYTES;
+        let ids_at = rows_at + rows_len;
+        let checksum = frame_checksum(&bytes[rows_at..ids_at], &bytes[ids_at..ids_at + ids_len]);
+        bytes[12..20].copy_from_slice(&checksum.to_le_bytes());
+    }
+
+    /// Any flipped bit of a frame's rows or ids fails the checksum, before decoding.
+    #[test]
+    fn a_flipped_bit_fails_the_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = spill_of(dir.path(), &[vec![usage(0, 0, "a"), usage(0, 1, "b")]]);
+        let clean = std::fs::read(&file.path).unwrap();
+        for at in FRAME_HEADER_BYTES..clean.len() {
+            let mut bytes = clean.clone();
+            bytes[at] ^= 0x10;
+            let message = match frames_of::<Usage>(&bytes, &file.path) {
+                Ok(_) => panic!("byte {at} flipped was not noticed"),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                message.contains("checksum does not match"),
+                "byte {at}: {message}"
+            );
+        }
+    }
+
+    /// A frame whose header claims fewer rows than it holds leaves bytes undecoded: refused.
+    #[test]
+    fn rows_left_over_in_a_frame_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = spill_of(dir.path(), &[vec![usage(0, 0, "a"), usage(0, 1, "b")]]);
+        claim_rows(&file, 1);
+        file.rows = 1;
+        let message = error_of(&file);
+        assert!(
+            message.contains("rows do not decode to whole rows and ids"),
+            "{message}"
+        );
+    }
+
+    /// A status code no status has (a writer bug) is refused, first row or later.
+    #[test]
+    fn an_unknown_status_code_fails() {
+        for bad_row in [0, 1] {
+            let dir = tempfile::tempdir().unwrap();
+            let files = SpillFiles::create(dir.path(), Dataset::Usage, 1).unwrap();
+            let dicts = DictBuilder::new(std::iter::empty());
+            let mut ids = IdChunk::default();
+            let mut rows: Vec<Usage> = [usage(0, 0, "a"), usage(0, 1, "b")]
+                .iter()
+                .map(|r| Usage::from_row(r, &dicts, &mut ids, 0))
+                .collect();
+            rows[bad_row].status = 7;
+            files.append(0, &rows, &ids).unwrap();
+            let file = files.finish().unwrap().pop().unwrap();
+            let message = error_of(&file);
+            let expected = match bad_row {
+                0 => "first row cannot be decoded",
+                _ => "rows do not decode to whole rows and ids",
+            };
+            assert!(message.contains(expected), "row {bad_row}: {message}");
+        }
+    }
+
+    /// An account or sku code past the run's dictionaries (a writer bug) is refused when
+    /// read back, not looked up later; the limit itself is a valid read.
+    #[test]
+    fn codes_past_the_dictionaries_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = SpillFiles::create(dir.path(), Dataset::Usage, 1).unwrap();
+        let dicts = DictBuilder::new(std::iter::empty());
+        let mut ids = IdChunk::default();
+        let mut row = Usage::from_row(&usage(0, 0, "a"), &dicts, &mut ids, 0);
+        (row.account, row.sku) = (4, 2);
+        files.append(0, &[row], &ids).unwrap();
+        let file = files.finish().unwrap().pop().unwrap();
+        let copy = dir.path().join("copy.bin");
+        let copied = |limits: CodeLimits| {
+            std::fs::copy(&file.path, &copy).unwrap();
+            let spilled = SpillFile {
+                path: copy.clone(),
+                rows: 1,
+            };
+            read_group::<Usage>(&spilled, 0, &limits).map(|(rows, _)| rows.len())
+        };
+        let at_limit = CodeLimits {
+            accounts: 5,
+            skus: 3,
+        };
+        assert_eq!(copied(at_limit).unwrap(), 1);
+        for limits in [
+            CodeLimits {
+                accounts: 4,
+                ..at_limit
+            },
+            CodeLimits {
+                skus: 2,
+                ..at_limit
+            },
+        ] {
+            let message = copied(limits).unwrap_err().to_string();
+            assert!(
+                message.contains("do not decode to whole rows"),
+                "{limits:?}: {message}"
+            );
+        }
+    }
+
     /// A row whose id runs past its frame's ids is refused, not read.
     #[test]
     fn an_id_outside_the_frame_fails() {
@@ -539,6 +681,7 @@ mod tests {
         // The ids: [1, 0, 'a', 1, 0, 'b']; the second now claims 1000 bytes.
         let second_len = FRAME_HEADER_BYTES + rows_len + 3;
         bytes[second_len..second_len + 2].copy_from_slice(&1000u16.to_le_bytes());
+        reseal_first_frame(&mut bytes);
         std::fs::write(&file.path, bytes).unwrap();
         let message = error_of(&file);
         assert!(
@@ -575,7 +718,7 @@ mod tests {
         let files = SpillFiles::create(dir.path(), Dataset::Usage, 1).unwrap();
         files.append(0, &rows, &ids).unwrap();
         let file = files.finish().unwrap().pop().unwrap();
-        let (back, back_ids) = read_group::<Usage>(&file, 0).unwrap();
+        let (back, back_ids) = read_group::<Usage>(&file, 0, &CodeLimits::ANY).unwrap();
         assert_eq!(back.len(), rows.len());
         for (i, (got, want)) in back.iter().zip(&rows).enumerate() {
             // Chunk 0 in both: only the frame's chunk number could differ.
@@ -614,7 +757,7 @@ mod tests {
             written.push(debit);
         }
         let file = files.finish().unwrap().pop().unwrap();
-        let (rows, ids) = read_group::<Debit>(&file, 0).unwrap();
+        let (rows, ids) = read_group::<Debit>(&file, 0, &CodeLimits::ANY).unwrap();
         // Each row was its own frame (chunk 0 when written): only the chunk differs.
         assert_eq!(rows[0], written[0]);
         assert_eq!(
@@ -706,7 +849,7 @@ mod tests {
             files.append(0, rows, ids).unwrap();
         }
         let file = files.finish().unwrap().pop().unwrap();
-        let (rows, ids) = read_group::<R>(&file, 0).unwrap();
+        let (rows, ids) = read_group::<R>(&file, 0, &CodeLimits::ANY).unwrap();
         let names = rows.iter().map(|r| ids_of(r, &ids)).collect();
         (rows, names)
     }

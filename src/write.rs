@@ -670,6 +670,10 @@ mod tests {
             .str("account_id", ids.iter().map(|_| "acct-1"))
             .str("event_id", ids.iter().map(String::as_str))
             .str_lists("entry_ids", lists.iter().map(Vec::as_slice))
+            .ts(
+                "occurred_at",
+                (0..1000).map(|i| 1_700_000_000_000_000 + i * 1_000),
+            )
             .finish();
         write_parquet(&path, &batch).unwrap();
         let reader = SerializedFileReader::new(File::open(&path).unwrap()).unwrap();
@@ -683,5 +687,6 @@ mod tests {
         assert!(dictionary(0), "account_id keeps its dictionary");
         assert!(!dictionary(1), "event_id is written plain");
         assert!(!dictionary(2), "entry_ids items are written plain");
+        assert!(!dictionary(3), "occurred_at is written plain");
     }
 }
