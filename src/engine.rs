@@ -492,16 +492,14 @@ fn process_period(
     let mut lines: BTreeMap<close::LineKey, close::LineTotals> = BTreeMap::new();
     for ((sku, late), figures) in line_totals {
         let product = match late {
-            true => format!("{PRIOR_PERIOD_PREFIX}{}", dicts.product(sku)),
-            false => dicts.product(sku).to_string(),
+            true => {
+                crate::model::Shared::from(format!("{PRIOR_PERIOD_PREFIX}{}", dicts.product(sku)))
+            }
+            false => dicts.product(sku).clone(),
         };
-        let model = dicts.model(sku).map(|m| m.to_string());
+        let model = dicts.model(sku).cloned();
         lines.insert(
-            (
-                product,
-                dicts.action(sku).to_string(),
-                (model.is_none(), model),
-            ),
+            (product, dicts.action(sku).clone(), (model.is_none(), model)),
             figures,
         );
     }

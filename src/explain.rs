@@ -1150,7 +1150,7 @@ fn explain_account(inputs: &pipeline::Inputs, run: &AccountRun) -> Result<Accoun
                         .result
                         .invoice_lines
                         .iter()
-                        .filter(|l| l.invoice_id == i.invoice_id)
+                        .filter(|l| *l.invoice_id == *i.invoice_id)
                         .cloned()
                         .collect(),
                     rollover_credits: renewal.map_or(Milli::ZERO, |r| r.rollover_credits),

@@ -803,8 +803,9 @@ fn close_runs(
     for (account, r) in results.iter_mut() {
         billed.append(&mut r.billed_events);
         r.billed_events = Vec::new();
+        let account_id = crate::model::Shared::from(account.as_str());
         lines.extend(r.invoice_lines.drain(..).map(|line| AccountLine {
-            account_id: account.clone(),
+            account_id: account_id.clone(),
             line,
         }));
         r.invoice_lines = Vec::new();

@@ -305,12 +305,9 @@ pub fn invoices_table(out: &RunOutput) -> RecordBatch {
 
 pub fn invoice_lines_batch(rows: &[crate::runs::AccountLine]) -> RecordBatch {
     Table::default()
-        .str(
-            "invoice_id",
-            rows.iter().map(|r| r.line.invoice_id.as_str()),
-        )
-        .str("product", rows.iter().map(|r| r.line.product.as_str()))
-        .str("action", rows.iter().map(|r| r.line.action.as_str()))
+        .str("invoice_id", rows.iter().map(|r| &*r.line.invoice_id))
+        .str("product", rows.iter().map(|r| &*r.line.product))
+        .str("action", rows.iter().map(|r| &*r.line.action))
         .opt_str("model", rows.iter().map(|r| r.line.model.as_deref()))
         .i64("event_count", rows.iter().map(|r| r.line.event_count))
         .credits("quantity", rows.iter().map(|r| r.line.quantity))

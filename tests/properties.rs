@@ -210,7 +210,7 @@ proptest! {
             // credits used = consumed from grants + overage
             prop_assert_eq!(inv.credits_used.0, from + inv.overage_credits.0);
             // invoice total = sum of its lines
-            let lines: i64 = result.invoice_lines.iter().filter(|l| l.invoice_id == inv.invoice_id).map(|l| l.credits.0).sum();
+            let lines: i64 = result.invoice_lines.iter().filter(|l| *l.invoice_id == *inv.invoice_id).map(|l| l.credits.0).sum();
             prop_assert_eq!(lines, inv.credits_used.0);
             prop_assert_eq!(inv.total_minor, inv.plan_price_minor + inv.overage_amount_minor);
             if block { prop_assert_eq!(inv.overage_amount_minor, 0); }
