@@ -333,20 +333,29 @@ mod tests {
         assert_eq!(chunks, vec![vec!["1", "2"], vec!["3", "4"], vec!["5", "6"]]);
     }
 
-    #[test]
-    fn billed_rows_read_back_equal_and_share_their_account_and_invoice() {
+    /// `rows` written to a run file and read back.
+    fn through_a_run_file<T: Keyed>(rows: &[T]) -> Vec<T> {
         let dir = tempfile::tempdir().unwrap();
-        let rows = vec![row("a", "1"), row("a", "2"), row("b", "3")];
-        let runs = vec![write_run(&dir.path().join("billed.bin"), &rows).unwrap()];
+        let runs = vec![write_run(&dir.path().join("run.bin"), rows).unwrap()];
         let mut back = Vec::new();
-        for_each_chunk(&runs, 10, |chunk: &[BilledEventRow]| {
+        for_each_chunk(&runs, 10, |chunk: &[T]| {
             back.extend_from_slice(chunk);
             Ok(())
         })
         .unwrap();
+        back
+    }
+
+    /// The same string, not merely an equal one.
+    fn shared(x: &crate::model::Shared, y: &crate::model::Shared) -> bool {
+        std::sync::Arc::ptr_eq(x, y)
+    }
+
+    #[test]
+    fn billed_rows_read_back_equal_and_share_their_account_and_invoice() {
+        let rows = vec![row("a", "1"), row("a", "2"), row("b", "3")];
+        let back = through_a_run_file(&rows);
         assert_eq!(back, rows);
-        let shared =
-            |x: &crate::model::Shared, y: &crate::model::Shared| std::sync::Arc::ptr_eq(x, y);
         assert!(shared(&back[0].account_id, &back[1].account_id));
         assert!(shared(&back[0].invoice_id, &back[1].invoice_id));
         assert!(!shared(&back[1].account_id, &back[2].account_id));
@@ -371,23 +380,14 @@ mod tests {
     /// borrowed record must match the bytes `AccountLine` writes, field for field).
     #[test]
     fn invoice_lines_read_back_equal_and_share_what_repeats() {
-        let dir = tempfile::tempdir().unwrap();
         let rows = vec![
             line("a", "video", "generate", Some("m1")),
             line("a", "video", "upscale", Some("m1")),
             line("a", "video", "upscale", None),
             line("b", "image", "generate", None),
         ];
-        let runs = vec![write_run(&dir.path().join("lines.bin"), &rows).unwrap()];
-        let mut back = Vec::new();
-        for_each_chunk(&runs, 10, |chunk: &[AccountLine]| {
-            back.extend_from_slice(chunk);
-            Ok(())
-        })
-        .unwrap();
+        let back = through_a_run_file(&rows);
         assert_eq!(back, rows);
-        let shared =
-            |x: &crate::model::Shared, y: &crate::model::Shared| std::sync::Arc::ptr_eq(x, y);
         let (l0, l1, l2, l3) = (&back[0], &back[1], &back[2], &back[3]);
         assert!(shared(&l0.account_id, &l1.account_id));
         assert!(shared(&l0.line.invoice_id, &l1.line.invoice_id));

@@ -200,13 +200,19 @@ fn frame_len(bytes: usize) -> u32 {
     u32::try_from(bytes).expect("a spill frame part is under 4 GiB")
 }
 
-/// One frame of a spill file: its rows' spill forms, its ids, their count and its first row.
+/// One frame of a spill file: its rows' spill forms, its ids, their count, its first row
+/// and its checksum (checked when the frame is decoded, frames in parallel).
 struct Frame<'a> {
     rows: &'a [u8],
     ids: &'a [u8],
     count: usize,
     first: At,
+    checksum: u64,
 }
+
+const CHECKSUM_MISMATCH: &str = "a frame's checksum does not match its bytes";
+const ROWS_DO_NOT_DECODE: &str =
+    "a frame's rows do not decode to whole rows and ids (with codes of the run's dictionaries)";
 
 /// Split a spill file into its frames (see `SpillFiles::append`).
 fn frames_of<'a, R: CompactRow>(bytes: &'a [u8], path: &Path) -> Result<Vec<Frame<'a>>> {
@@ -232,30 +238,42 @@ fn frames_of<'a, R: CompactRow>(bytes: &'a [u8], path: &Path) -> Result<Vec<Fram
             return Err(corrupt(path, "truncated frame"));
         };
         let checksum = u64::from_le_bytes(header[12..20].try_into().expect("8 bytes"));
-        if frame_checksum(rows, ids) != checksum {
-            return Err(corrupt(path, "a frame's checksum does not match its bytes"));
-        }
-        let (first, _) = R::decode(rows, &R::zeroed(), ids, &mut 0, 0)
-            .ok_or_else(|| corrupt(path, "a frame's first row cannot be decoded"))?;
+        // Only the first row here (the frames' order); the checksum and the other rows are
+        // checked by `decode_frame`, in parallel. A first row that does not decode names
+        // the damage the checksum finds, if it finds one.
+        let Some((first, _)) = R::decode(rows, &R::zeroed(), ids, &mut 0, 0) else {
+            return Err(corrupt(
+                path,
+                match frame_checksum(rows, ids) == checksum {
+                    true => "a frame's first row cannot be decoded",
+                    false => CHECKSUM_MISMATCH,
+                },
+            ));
+        };
         frames.push(Frame {
             rows,
             ids,
             count,
             first: first.at(),
+            checksum,
         });
         at = ids_at + ids_len;
     }
     Ok(frames)
 }
 
-/// Decode a frame's rows into `slots` (one per row), their ids becoming chunk `chunk`;
-/// whether the frame held exactly these rows and ids, with codes within `limits`.
+/// Check a frame's checksum and decode its rows into `slots` (one per row), their ids
+/// becoming chunk `chunk`: the frame's ids, or why the frame is refused (its rows must
+/// decode whole, use exactly its ids and carry codes within `limits`).
 fn decode_frame<R: CompactRow>(
     frame: &Frame,
     chunk: u32,
     limits: &CodeLimits,
     slots: &mut [R],
-) -> bool {
+) -> std::result::Result<IdChunk, &'static str> {
+    if frame_checksum(frame.rows, frame.ids) != frame.checksum {
+        return Err(CHECKSUM_MISMATCH);
+    }
     let mut bytes = frame.rows;
     let mut prev = R::zeroed();
     let mut next_id = 0u32;
@@ -266,10 +284,15 @@ fn decode_frame<R: CompactRow>(
                 prev = row;
                 bytes = rest;
             }
-            _ => return false,
+            _ => return Err(ROWS_DO_NOT_DECODE),
         }
     }
-    bytes.is_empty() && next_id as usize == frame.ids.len()
+    match bytes.is_empty() && next_id as usize == frame.ids.len() {
+        true => Ok(IdChunk {
+            bytes: frame.ids.to_vec(),
+        }),
+        false => Err(ROWS_DO_NOT_DECODE),
+    }
 }
 
 /// Read one group's spill file back in (file, row) order, straight into one vector with
@@ -317,21 +340,13 @@ pub fn read_group<R: CompactRow>(
         jobs.push((chunk as u32, frame, here));
         rest = after;
     }
-    let sound: Vec<bool> = jobs
+    let decoded: Vec<std::result::Result<IdChunk, &str>> = jobs
         .into_par_iter()
         .map(|(chunk, frame, slots)| decode_frame(frame, chunk, limits, slots))
         .collect();
-    if sound.iter().any(|ok| !ok) {
-        return Err(corrupt(
-            path,
-            "a frame's rows do not decode to whole rows and ids (with codes of the run's dictionaries)",
-        ));
-    }
     let mut ids = Ids::default();
-    for frame in &frames {
-        ids.push(IdChunk {
-            bytes: frame.ids.to_vec(),
-        });
+    for chunk in decoded {
+        ids.push(chunk.map_err(|why| corrupt(path, why))?);
     }
     Ok((rows, ids))
 }
@@ -470,19 +485,34 @@ mod tests {
         }
     }
 
-    /// A spill file of one group holding `frames` (each written as one frame).
-    fn spill_of(dir: &Path, frames: &[Vec<UsageRow>]) -> SpillFile {
-        let files = SpillFiles::create(dir, Dataset::Usage, 1).unwrap();
+    /// Usage rows in compact form (labels of an empty dictionary), their ids in one chunk.
+    fn compact(rows: &[UsageRow]) -> (Vec<Usage>, IdChunk) {
         let dicts = DictBuilder::new(std::iter::empty());
-        for rows in frames {
-            let mut ids = IdChunk::default();
-            let compact: Vec<Usage> = rows
-                .iter()
-                .map(|r| Usage::from_row(r, &dicts, &mut ids, 0))
-                .collect();
-            files.append(0, &compact, &ids).unwrap();
+        let mut ids = IdChunk::default();
+        let rows = rows
+            .iter()
+            .map(|r| Usage::from_row(r, &dicts, &mut ids, 0))
+            .collect();
+        (rows, ids)
+    }
+
+    /// A spill file of one group holding `frames` of compact rows (each one frame).
+    fn spill_frames<R: CompactRow>(
+        dir: &Path,
+        dataset: Dataset,
+        frames: &[(Vec<R>, IdChunk)],
+    ) -> SpillFile {
+        let files = SpillFiles::create(dir, dataset, 1).unwrap();
+        for (rows, ids) in frames {
+            files.append(0, rows, ids).unwrap();
         }
         files.finish().unwrap().pop().unwrap()
+    }
+
+    /// A spill file of one group holding `frames` of usage rows (each one frame).
+    fn spill_of(dir: &Path, frames: &[Vec<UsageRow>]) -> SpillFile {
+        let frames: Vec<_> = frames.iter().map(|rows| compact(rows)).collect();
+        spill_frames(dir, Dataset::Usage, &frames)
     }
 
     fn error_of(file: &SpillFile) -> String {
@@ -569,7 +599,8 @@ mod tests {
         bytes[12..20].copy_from_slice(&checksum.to_le_bytes());
     }
 
-    /// Any flipped bit of a frame's rows or ids fails the checksum, before decoding.
+    /// Any flipped bit of a frame's rows or ids fails the checksum (in the first row or
+    /// after it), whatever it does to decoding.
     #[test]
     fn a_flipped_bit_fails_the_checksum() {
         let dir = tempfile::tempdir().unwrap();
@@ -578,10 +609,9 @@ mod tests {
         for at in FRAME_HEADER_BYTES..clean.len() {
             let mut bytes = clean.clone();
             bytes[at] ^= 0x10;
-            let message = match frames_of::<Usage>(&bytes, &file.path) {
-                Ok(_) => panic!("byte {at} flipped was not noticed"),
-                Err(e) => e.to_string(),
-            };
+            // Reading a group removes its file: write it anew each time.
+            std::fs::write(&file.path, &bytes).unwrap();
+            let message = error_of(&file);
             assert!(
                 message.contains("checksum does not match"),
                 "byte {at}: {message}"
@@ -608,16 +638,9 @@ mod tests {
     fn an_unknown_status_code_fails() {
         for bad_row in [0, 1] {
             let dir = tempfile::tempdir().unwrap();
-            let files = SpillFiles::create(dir.path(), Dataset::Usage, 1).unwrap();
-            let dicts = DictBuilder::new(std::iter::empty());
-            let mut ids = IdChunk::default();
-            let mut rows: Vec<Usage> = [usage(0, 0, "a"), usage(0, 1, "b")]
-                .iter()
-                .map(|r| Usage::from_row(r, &dicts, &mut ids, 0))
-                .collect();
+            let (mut rows, ids) = compact(&[usage(0, 0, "a"), usage(0, 1, "b")]);
             rows[bad_row].status = 7;
-            files.append(0, &rows, &ids).unwrap();
-            let file = files.finish().unwrap().pop().unwrap();
+            let file = spill_frames(dir.path(), Dataset::Usage, &[(rows, ids)]);
             let message = error_of(&file);
             let expected = match bad_row {
                 0 => "first row cannot be decoded",
@@ -632,13 +655,9 @@ mod tests {
     #[test]
     fn codes_past_the_dictionaries_fail() {
         let dir = tempfile::tempdir().unwrap();
-        let files = SpillFiles::create(dir.path(), Dataset::Usage, 1).unwrap();
-        let dicts = DictBuilder::new(std::iter::empty());
-        let mut ids = IdChunk::default();
-        let mut row = Usage::from_row(&usage(0, 0, "a"), &dicts, &mut ids, 0);
-        (row.account, row.sku) = (4, 2);
-        files.append(0, &[row], &ids).unwrap();
-        let file = files.finish().unwrap().pop().unwrap();
+        let (mut rows, ids) = compact(&[usage(0, 0, "a")]);
+        (rows[0].account, rows[0].sku) = (4, 2);
+        let file = spill_frames(dir.path(), Dataset::Usage, &[(rows, ids)]);
         let copy = dir.path().join("copy.bin");
         let copied = |limits: CodeLimits| {
             std::fs::copy(&file.path, &copy).unwrap();
@@ -695,9 +714,7 @@ mod tests {
     #[test]
     fn rows_come_back_field_for_field() {
         let dir = tempfile::tempdir().unwrap();
-        let dicts = DictBuilder::new(std::iter::empty());
-        let mut ids = IdChunk::default();
-        let mut rows = Vec::new();
+        let mut written = Vec::new();
         for (i, (occurred, ingested)) in [
             (1_700_000_000_000_000, Some(1_700_000_000_500_000)),
             (i64::MIN + 1, None),
@@ -707,17 +724,15 @@ mod tests {
         .into_iter()
         .enumerate()
         {
-            let row = UsageRow {
+            written.push(UsageRow {
                 occurred_at: occurred,
                 ingested_at: ingested,
                 ..usage(2, 10 + i as u64 * 7, &format!("evt-{i}"))
-            };
-            rows.push(Usage::from_row(&row, &dicts, &mut ids, 0));
+            });
         }
+        let (mut rows, ids) = compact(&written);
         rows[2].flags = Usage::CONFLICTING;
-        let files = SpillFiles::create(dir.path(), Dataset::Usage, 1).unwrap();
-        files.append(0, &rows, &ids).unwrap();
-        let file = files.finish().unwrap().pop().unwrap();
+        let file = spill_frames(dir.path(), Dataset::Usage, &[(rows.clone(), ids)]);
         let (back, back_ids) = read_group::<Usage>(&file, 0, &CodeLimits::ANY).unwrap();
         assert_eq!(back.len(), rows.len());
         for (i, (got, want)) in back.iter().zip(&rows).enumerate() {
@@ -741,9 +756,8 @@ mod tests {
     #[test]
     fn ledger_rows_come_back_with_their_ids() {
         let dir = tempfile::tempdir().unwrap();
-        let files = SpillFiles::create(dir.path(), Dataset::Debits, 1).unwrap();
         let dicts = DictBuilder::new(std::iter::empty());
-        let mut written = Vec::new();
+        let mut frames = Vec::new();
         for (row, event) in [(0, Some("evt-a")), (1, None)] {
             let mut ids = IdChunk::default();
             let debit = DebitRow {
@@ -752,11 +766,10 @@ mod tests {
                 recorded_at: -5 + row as i64,
                 ..DebitRow::sample(row, event)
             };
-            let debit = Debit::from_row(&debit, &dicts, &mut ids, 0);
-            files.append(0, &[debit], &ids).unwrap();
-            written.push(debit);
+            frames.push((vec![Debit::from_row(&debit, &dicts, &mut ids, 0)], ids));
         }
-        let file = files.finish().unwrap().pop().unwrap();
+        let written: Vec<Debit> = frames.iter().map(|(rows, _)| rows[0]).collect();
+        let file = spill_frames(dir.path(), Dataset::Debits, &frames);
         let (rows, ids) = read_group::<Debit>(&file, 0, &CodeLimits::ANY).unwrap();
         // Each row was its own frame (chunk 0 when written): only the chunk differs.
         assert_eq!(rows[0], written[0]);
@@ -844,11 +857,7 @@ mod tests {
         ids_of: impl Fn(&R, &Ids) -> Vec<Option<String>>,
     ) -> (Vec<R>, Vec<Vec<Option<String>>>) {
         let dir = tempfile::tempdir().unwrap();
-        let files = SpillFiles::create(dir.path(), dataset, 1).unwrap();
-        for (rows, ids) in frames {
-            files.append(0, rows, ids).unwrap();
-        }
-        let file = files.finish().unwrap().pop().unwrap();
+        let file = spill_frames(dir.path(), dataset, frames);
         let (rows, ids) = read_group::<R>(&file, 0, &CodeLimits::ANY).unwrap();
         let names = rows.iter().map(|r| ids_of(r, &ids)).collect();
         (rows, names)

@@ -431,9 +431,11 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TallyError + '_ {
 }
 
 /// zstd level of every Parquet output. Level 1, not 3: with [`UNIQUE_ID_COLUMNS`] written
-/// plain, a 10M-event close's write stage took 7.6 CPU-s against 8.9 (medians of 3
-/// alternating runs; wall 4.43 s against 4.92) and its Parquet outputs 170.1 MB against
-/// 173.4 (ids, the bulk of them, are random: a stronger level gains little on them).
+/// plain, a 10M-event close's write stage took 7.6 CPU-s against 8.9 (by hand: medians of
+/// 3 alternating runs, the stage's `cpu_ms` in the JSON log; wall 4.43 s against 4.92) and
+/// its Parquet outputs 170.1 MB against 173.4 (ids, the bulk of them, are random: a
+/// stronger level gains little on them). At 100M the bench's close write took 55.2 s
+/// against 55.7 s before (one run each, benches/README): within its noise.
 const ZSTD_LEVEL: i32 = 1;
 
 /// Columns whose values are (nearly) all distinct, ids and instants: written plain, because a
