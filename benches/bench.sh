@@ -212,7 +212,8 @@ fits() {
         return 1
     fi
     # disk: scale the 1m data set (about 47 MB per 1m events); x1.5 for outputs; plus tally's
-    # spill files (budgeted at 64 bytes per row, two rows per event; about 49 measured) and DuckDB's temporary files
+    # spill files (budgeted at 64 bytes per row, two rows per event; about 30 measured on generated ids,
+    # about 50 with ids of other shapes) and DuckDB's temporary files
     if [[ ! -f "$BENCH_DIR/data-$label/generate.json" ]]; then
         disk_need=$(( $(du -sk "$BENCH_DIR/data-1m" | awk '{print $1}') * events / 1000000 * 3 / 2 + events * 128 / 1024 ))
         disk_avail=$(df -Pk "$BENCH_DIR" | awk 'NR==2 {print $4}')

@@ -18,6 +18,7 @@ pub mod export;
 pub mod generate;
 pub mod history;
 pub mod html;
+pub mod idpack;
 pub mod job;
 pub mod load;
 pub mod memory;

@@ -285,10 +285,11 @@ impl Debit {
 /// The spill form of a row is its fields as postcard varints, each instant as a step from
 /// the previous row of its frame (a frame holds one batch's rows in file order, so steps
 /// are small), without what reading back re-derives: the id offsets (a frame's ids are
-/// stored in row order) and the id hashes (recomputed from the ids). On the bench data a
-/// spilled row takes about 49 bytes with its ids (measured with `du` on a 10M-event run in
-/// 4 groups: 991 MB for 20.1M rows), against 64 bytes plus ids in memory: at 100M events
-/// the spill is what the disk must write and read back.
+/// stored in row order) and the id hashes (recomputed from the ids). The frame's ids are
+/// packed by [`crate::idpack`]. On the bench data a spilled row takes about 30 bytes with
+/// its ids (the largest size of the spill folder of a 10M-event run in 4 groups: 599 MB
+/// for 20.1M rows; 991 MB with unpacked ids), against 64 bytes plus ids in memory: at 100M
+/// events the spill is what the disk must write and read back.
 pub trait CompactRow: bytemuck::Pod + Send + Sync {
     fn at(&self) -> At;
     /// The row with its ids copied from `from` to `to` (chunk number `chunk` of its new

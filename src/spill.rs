@@ -1,8 +1,9 @@
 //! A split run's first full pass: parse every usage and ledger row once and write each
 //! valid row to the spill file of its group (its compact row's spill form, see
 //! [`CompactRow`], and its ids), so that the groups can then be processed one after another
-//! with only one group in memory. A spill row takes about 49 bytes with its ids (20-byte
-//! generated ids; 64 in-memory bytes plus ids before the spill form, about 91).
+//! with only one group in memory. A spill row takes about 30 bytes with its ids (20-byte
+//! generated ids packed by [`crate::idpack`]; 49 bytes with the ids as they are in memory,
+//! 91 with the in-memory rows before the spill form).
 //! Rejected rows and candidates (rows whose partition `route::resolve` decides) stay in memory;
 //! both are few.
 
@@ -133,8 +134,8 @@ impl SpillFiles {
     }
 
     /// Append one frame: the row count, the length of the rows' spill forms and the id
-    /// chunk's length (u32 LE each), the rows' spill forms ([`CompactRow::encode`]), then the
-    /// id chunk. A frame holds rows of one batch in row order (their ids in chunk 0 of the
+    /// chunk's spill form's length (u32 LE each), the rows' checksum, the rows' spill forms
+    /// ([`CompactRow::encode`]), then the id chunk's spill form ([`crate::idpack`]). A frame holds rows of one batch in row order (their ids in chunk 0 of the
     /// frame, in row order); frames let a group be read back in parallel. The rows are
     /// encoded before the file is locked, so that appends of other batches wait only for
     /// the write.
@@ -143,16 +144,18 @@ impl SpillFiles {
             return Ok(());
         }
         let encoded = encode_rows(rows, &ids.bytes);
+        let mut packed_ids = Vec::with_capacity(ids.bytes.len() / 2);
+        crate::idpack::pack(&ids.bytes, &mut packed_ids);
         self.rows[group].fetch_add(rows.len() as u64, Ordering::Relaxed);
         let mut header = [0u8; FRAME_HEADER_BYTES];
         header[..4].copy_from_slice(&(rows.len() as u32).to_le_bytes());
         header[4..8].copy_from_slice(&frame_len(encoded.len()).to_le_bytes());
-        header[8..12].copy_from_slice(&frame_len(ids.bytes.len()).to_le_bytes());
-        header[12..].copy_from_slice(&frame_checksum(&encoded, &ids.bytes).to_le_bytes());
+        header[8..12].copy_from_slice(&frame_len(packed_ids.len()).to_le_bytes());
+        header[12..].copy_from_slice(&frame_checksum(&encoded, &packed_ids).to_le_bytes());
         let mut w = self.writers[group].lock().expect("spill writer lock");
         w.write_all(&header)
             .and_then(|_| w.write_all(&encoded))
-            .and_then(|_| w.write_all(&ids.bytes))
+            .and_then(|_| w.write_all(&packed_ids))
             .map_err(|e| TallyError::io(&self.paths[group], e))
     }
 
@@ -240,8 +243,11 @@ fn frames_of<'a, R: CompactRow>(bytes: &'a [u8], path: &Path) -> Result<Vec<Fram
         let checksum = u64::from_le_bytes(header[12..20].try_into().expect("8 bytes"));
         // Only the first row here (the frames' order); the checksum and the other rows are
         // checked by `decode_frame`, in parallel. A first row that does not decode names
-        // the damage the checksum finds, if it finds one.
-        let Some((first, _)) = R::decode(rows, &R::zeroed(), ids, &mut 0, 0) else {
+        // the damage the checksum finds, if it finds one. A row has at most two ids (a
+        // damaged second id that the first row does not need is `decode_frame`'s to find).
+        let mut first_ids = Vec::new();
+        let _whole_ids_only = crate::idpack::unpack(ids, &mut first_ids, 2);
+        let Some((first, _)) = R::decode(rows, &R::zeroed(), &first_ids, &mut 0, 0) else {
             return Err(corrupt(
                 path,
                 match frame_checksum(rows, ids) == checksum {
@@ -274,11 +280,14 @@ fn decode_frame<R: CompactRow>(
     if frame_checksum(frame.rows, frame.ids) != frame.checksum {
         return Err(CHECKSUM_MISMATCH);
     }
+    // Unpacked ids take about twice their spill form (generated ids: 22 bytes for 9).
+    let mut ids = Vec::with_capacity(frame.ids.len() * 5 / 2);
+    crate::idpack::unpack(frame.ids, &mut ids, usize::MAX).ok_or(ROWS_DO_NOT_DECODE)?;
     let mut bytes = frame.rows;
     let mut prev = R::zeroed();
     let mut next_id = 0u32;
     for slot in slots {
-        match R::decode(bytes, &prev, frame.ids, &mut next_id, chunk) {
+        match R::decode(bytes, &prev, &ids, &mut next_id, chunk) {
             Some((row, rest)) if row.codes_within(limits) => {
                 *slot = row;
                 prev = row;
@@ -287,10 +296,8 @@ fn decode_frame<R: CompactRow>(
             _ => return Err(ROWS_DO_NOT_DECODE),
         }
     }
-    match bytes.is_empty() && next_id as usize == frame.ids.len() {
-        true => Ok(IdChunk {
-            bytes: frame.ids.to_vec(),
-        }),
+    match bytes.is_empty() && next_id as usize == ids.len() {
+        true => Ok(IdChunk { bytes: ids }),
         false => Err(ROWS_DO_NOT_DECODE),
     }
 }
@@ -697,8 +704,9 @@ mod tests {
         let file = spill_of(dir.path(), &[vec![usage(0, 0, "a"), usage(0, 1, "b")]]);
         let mut bytes = std::fs::read(&file.path).unwrap();
         let rows_len = u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize;
-        // The ids: [1, 0, 'a', 1, 0, 'b']; the second now claims 1000 bytes.
-        let second_len = FRAME_HEADER_BYTES + rows_len + 3;
+        // The ids' spill form: [0, 1, 0, 'a', 0, 1, 0, 'b'] (raw ids); the second now
+        // claims 1000 bytes.
+        let second_len = FRAME_HEADER_BYTES + rows_len + 5;
         bytes[second_len..second_len + 2].copy_from_slice(&1000u16.to_le_bytes());
         reseal_first_frame(&mut bytes);
         std::fs::write(&file.path, bytes).unwrap();
