@@ -717,6 +717,39 @@ mod tests {
         );
     }
 
+    /// Packed ids (`crate::idpack`) come back as written; a packed id naming a prefix the
+    /// frame never wrote is refused, not read, even under a valid checksum.
+    #[test]
+    fn packed_ids_come_back_and_a_bad_one_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = ["evt-14a8e8b38896c4e3", "evt-5a03daef623eb279", "plain"];
+        let rows: Vec<UsageRow> = (0..3).map(|i| usage(0, i, events[i as usize])).collect();
+        let file = spill_of(dir.path(), std::slice::from_ref(&rows));
+        let clean = std::fs::read(&file.path).unwrap();
+        let rows_len = u32::from_le_bytes(clean[4..8].try_into().unwrap()) as usize;
+        let ids_len = u32::from_le_bytes(clean[8..12].try_into().unwrap()) as usize;
+        // "evt-" and 8 bytes, then 8 bytes under the first prefix, then "plain" raw.
+        assert_eq!(ids_len, (1 + 1 + 4 + 8) + (1 + 8) + (1 + 2 + 5));
+        let (back, ids) = read_group::<Usage>(&file, 0, &CodeLimits::ANY).unwrap();
+        let names: Vec<String> = back
+            .iter()
+            .map(|u| ids.id(u.id).unwrap().to_string())
+            .collect();
+        assert_eq!(names, events);
+
+        let mut bytes = clean;
+        let second = FRAME_HEADER_BYTES + rows_len + 14;
+        // The second id's tag: from the slot in use to the other one, still empty.
+        bytes[second] ^= 1;
+        reseal_first_frame(&mut bytes);
+        std::fs::write(&file.path, bytes).unwrap();
+        let message = error_of(&file);
+        assert!(
+            message.contains("rows do not decode to whole rows and ids"),
+            "{message}"
+        );
+    }
+
     /// Every field comes back as written, nulls and extreme instants included (steps
     /// wrap), with the id hashes recomputed and the id offsets re-derived.
     #[test]
