@@ -2,8 +2,9 @@
 //! length and its bytes) made smaller for the trip through the spill file.
 //!
 //! Event and ledger ids are mostly a short fixed prefix and lowercase hex digits
-//! (`evt-14a8e8b38896c4e3`, `led-…`, the last group of a UUID): written as the prefix and
-//! the hex digits as bytes, a generated 20-byte id takes 9 bytes instead of 22, and the
+//! (`evt-14a8e8b38896c4e3`, `led-…`): written as the prefix (once per frame while the ids
+//! share it) and the hex digits as bytes, a generated 20-byte id takes 9 bytes instead of
+//! 22 (a UUID, whose prefix differs per id, 32 instead of 38), and the
 //! spill of the bench data about 30 bytes a row instead of 49 (`du` of a split run's spill
 //! folder, see README "Scaling"). Ids of any other shape are copied as they are. What a
 //! split run pays for the spill is mostly the kernel moving its bytes (into the page cache
@@ -17,9 +18,10 @@
 //!   frame alternates between entry and event ids), so a prefix is written once per frame
 //!   in the common case. Both sides update the two slots by the same rule.
 //!
-//! Unpacking checks every length against the input and [`MAX_ID_BYTES`] and returns `None`
-//! for bytes that are not a packed chunk (the frame's checksum finds damage first; this
-//! only keeps a bad file from panicking).
+//! Unpacking checks every length against the input, [`MAX_ID_BYTES`] and the 4 GiB an id
+//! chunk may hold, and returns `None` for bytes that are not a packed chunk (a damaged
+//! frame fails its checksum; this keeps bytes that pass it from panicking or allocating
+//! without bound).
 
 use crate::dict::MAX_ID_BYTES;
 
@@ -31,6 +33,9 @@ const PREFIX_1: u8 = 3;
 const _: () = assert!(PREFIX_1 == PREFIX_0 + 1);
 /// Hex digits packed at most (63 bytes: what the header byte holds).
 const MAX_PACKED_BYTES: usize = 63;
+/// The most bytes an id chunk holds (its ids' offsets are u32): a packed id of 2 bytes may
+/// stand for 259, so unpacking bounds what it writes by this, not by its input.
+const MAX_CHUNK_BYTES: usize = u32::MAX as usize;
 /// Fewer hex digits than this are not worth packing.
 const MIN_HEX_DIGITS: usize = 8;
 
@@ -77,9 +82,9 @@ const HEX_PAIR: [[u8; 2]; 256] = {
     table
 };
 
-/// The split of an id into a prefix and an even number of trailing lowercase hex digits
-/// worth packing (at least [`MIN_HEX_DIGITS`], at most [`MAX_PACKED_BYTES`] bytes' worth):
-/// the prefix's length.
+/// The split of an id into a prefix of at most 255 bytes and an even number of trailing
+/// lowercase hex digits worth packing (at least [`MIN_HEX_DIGITS`], at most
+/// [`MAX_PACKED_BYTES`] bytes' worth): the prefix's length.
 fn hex_split(id: &[u8]) -> Option<usize> {
     let digits = id
         .iter()
@@ -173,7 +178,7 @@ pub fn unpack(packed: &[u8], out: &mut Vec<u8>, max_ids: usize) -> Option<()> {
         if tag == RAW {
             let len = u16::from_le_bytes(packed.get(at..at + 2)?.try_into().ok()?) as usize;
             let id = packed.get(at + 2..at + 2 + len)?;
-            if header != RAW || len > MAX_ID_BYTES {
+            if header != RAW || len > MAX_ID_BYTES || out.len() + 2 + len > MAX_CHUNK_BYTES {
                 return None;
             }
             out.extend_from_slice(&(len as u16).to_le_bytes());
@@ -199,7 +204,7 @@ pub fn unpack(packed: &[u8], out: &mut Vec<u8>, max_ids: usize) -> Option<()> {
         let digits = packed.get(at..at + bytes)?;
         at += bytes;
         let len = prefix_len + 2 * bytes;
-        if bytes == 0 || len > MAX_ID_BYTES {
+        if bytes == 0 || len > MAX_ID_BYTES || out.len() + 2 + len > MAX_CHUNK_BYTES {
             return None;
         }
         out.extend_from_slice(&(len as u16).to_le_bytes());
@@ -340,12 +345,83 @@ mod tests {
         assert_eq!(unpacked(&raw), None);
     }
 
+    #[test]
+    fn a_slot_prefix_may_split_an_id_where_hex_split_would_not() {
+        // The first id leaves "aa" as its prefix (126 digits at most are packed); the next
+        // ones reuse it although `hex_split` would take all their digits.
+        let ids = [
+            "a".repeat(128),
+            format!("aa{}", "0".repeat(20)),
+            format!("aa{}", "0".repeat(126)),
+        ];
+        assert_eq!(hex_split(ids[1].as_bytes()), Some(0));
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let chunk = chunk_of(&refs);
+        let spill = packed(&chunk);
+        assert_eq!(spill[1 + 1 + 2 + 63], (10 << 2) | PREFIX_1);
+        assert_eq!(unpacked(&spill), Some(chunk));
+    }
+
+    #[test]
+    fn the_prefix_used_less_recently_is_replaced() {
+        let id = |prefix: &str| format!("{prefix}-0123456789abcdef");
+        let ids = [id("a"), id("b"), id("c"), id("a"), id("c"), id("b")];
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let chunk = chunk_of(&refs);
+        let spill = packed(&chunk);
+        let mut tags = Vec::new();
+        let mut at = 0;
+        while at < spill.len() {
+            let tag = spill[at] & 3;
+            tags.push(tag);
+            at += 1 + 8 + if tag == NEW_PREFIX { 1 + 2 } else { 0 };
+        }
+        // a and b fill both slots; c replaces a (used before b); a replaces b; c is found;
+        // b replaces a (used before c).
+        assert_eq!(
+            tags,
+            [NEW_PREFIX, NEW_PREFIX, NEW_PREFIX, NEW_PREFIX, PREFIX_1, NEW_PREFIX]
+        );
+        assert_eq!(unpacked(&spill), Some(chunk));
+    }
+
+    #[test]
+    fn unpacking_appends_after_what_the_output_holds() {
+        let chunk = chunk_of(&["evt-14a8e8b38896c4e3", "evt-5a03daef623eb279"]);
+        let mut out = chunk_of(&["earlier"]);
+        unpack(&packed(&chunk), &mut out, usize::MAX).unwrap();
+        let mut expected = chunk_of(&["earlier"]);
+        expected.extend_from_slice(&chunk);
+        assert_eq!(out, expected);
+    }
+
+    /// The ids of an id chunk's bytes, or `None` if they do not split into whole ids.
+    fn whole_ids(chunk: &[u8]) -> Option<usize> {
+        let (mut at, mut ids) = (0, 0);
+        while at < chunk.len() {
+            let len = u16::from_le_bytes(chunk.get(at..at + 2)?.try_into().ok()?) as usize;
+            chunk.get(at + 2..at + 2 + len)?;
+            at += 2 + len;
+            ids += 1;
+        }
+        Some(ids)
+    }
+
     proptest! {
+        #[test]
+        fn any_bytes_unpack_to_whole_ids_or_none(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let mut out = Vec::new();
+            let _ = unpack(&bytes, &mut out, usize::MAX);
+            prop_assert!(whole_ids(&out).is_some());
+        }
+
         #[test]
         fn any_chunk_comes_back_as_it_was(
             ids in proptest::collection::vec(
                 prop_oneof![
                     "[a-z]{0,5}-?[0-9a-f]{0,40}",
+                    "[a-z-]{0,3}[0-9a-f]{100,140}",
+                    "[a-z]{250,260}[0-9a-f]{6,20}",
                     "[0-9a-fA-F-]{0,40}",
                     ".{0,12}",
                 ],

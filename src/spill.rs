@@ -84,7 +84,8 @@ fn buffer_bytes(groups: u32) -> usize {
     ((64usize << 20) / groups.max(1) as usize).clamp(64 << 10, 1 << 20)
 }
 
-/// Bytes of a frame header: rows, bytes of their spill forms, id bytes (u32 LE each), and
+/// Bytes of a frame header: rows, bytes of their spill forms, bytes of the ids' spill form
+/// (u32 LE each), and
 /// the frame's checksum ([`frame_checksum`], u64 LE).
 const FRAME_HEADER_BYTES: usize = 20;
 
@@ -133,10 +134,11 @@ impl SpillFiles {
         })
     }
 
-    /// Append one frame: the row count, the length of the rows' spill forms and the id
-    /// chunk's spill form's length (u32 LE each), the rows' checksum, the rows' spill forms
-    /// ([`CompactRow::encode`]), then the id chunk's spill form ([`crate::idpack`]). A frame holds rows of one batch in row order (their ids in chunk 0 of the
-    /// frame, in row order); frames let a group be read back in parallel. The rows are
+    /// Append one frame: the row count, the length of the rows' spill forms and the length
+    /// of the id chunk's spill form (u32 LE each), the xxh3 checksum of both (u64 LE), the
+    /// rows' spill forms ([`CompactRow::encode`]), then the id chunk's spill form
+    /// ([`crate::idpack`]). A frame holds rows of one batch in row order (their ids in chunk
+    /// 0 of the frame, in row order); frames let a group be read back in parallel. The rows are
     /// encoded before the file is locked, so that appends of other batches wait only for
     /// the write.
     pub fn append<R: CompactRow>(&self, group: usize, rows: &[R], ids: &IdChunk) -> Result<()> {
@@ -203,8 +205,8 @@ fn frame_len(bytes: usize) -> u32 {
     u32::try_from(bytes).expect("a spill frame part is under 4 GiB")
 }
 
-/// One frame of a spill file: its rows' spill forms, its ids, their count, its first row
-/// and its checksum (checked when the frame is decoded, frames in parallel).
+/// One frame of a spill file: its rows' spill forms, its ids' spill form, their count, its
+/// first row and its checksum (checked when the frame is decoded, frames in parallel).
 struct Frame<'a> {
     rows: &'a [u8],
     ids: &'a [u8],
@@ -280,9 +282,14 @@ fn decode_frame<R: CompactRow>(
     if frame_checksum(frame.rows, frame.ids) != frame.checksum {
         return Err(CHECKSUM_MISMATCH);
     }
-    // Unpacked ids take about twice their spill form (generated ids: 22 bytes for 9).
+    // Generated ids unpack to 2.44 times their spill form (22 bytes for 9); the chunk is
+    // kept while its group is processed, so room left over by ids of other shapes (a raw
+    // id unpacks to its own size less one byte) is given back.
     let mut ids = Vec::with_capacity(frame.ids.len() * 5 / 2);
     crate::idpack::unpack(frame.ids, &mut ids, usize::MAX).ok_or(ROWS_DO_NOT_DECODE)?;
+    if ids.capacity() - ids.len() > ids.len() / 16 {
+        ids.shrink_to_fit();
+    }
     let mut bytes = frame.rows;
     let mut prev = R::zeroed();
     let mut next_id = 0u32;
