@@ -704,6 +704,18 @@ mod tests {
         }
     }
 
+    /// `bytes` (a damaged copy of `file`) with its first frame's checksum made to match
+    /// again are refused as rows that do not decode: the checks past the checksum hold.
+    fn assert_refused_resealed(file: &SpillFile, mut bytes: Vec<u8>) {
+        reseal_first_frame(&mut bytes);
+        std::fs::write(&file.path, bytes).unwrap();
+        let message = error_of(file);
+        assert!(
+            message.contains("rows do not decode to whole rows and ids"),
+            "{message}"
+        );
+    }
+
     /// A row whose id runs past its frame's ids is refused, not read.
     #[test]
     fn an_id_outside_the_frame_fails() {
@@ -715,13 +727,7 @@ mod tests {
         // claims 1000 bytes.
         let second_len = FRAME_HEADER_BYTES + rows_len + 5;
         bytes[second_len..second_len + 2].copy_from_slice(&1000u16.to_le_bytes());
-        reseal_first_frame(&mut bytes);
-        std::fs::write(&file.path, bytes).unwrap();
-        let message = error_of(&file);
-        assert!(
-            message.contains("rows do not decode to whole rows and ids"),
-            "{message}"
-        );
+        assert_refused_resealed(&file, bytes);
     }
 
     /// Packed ids (`crate::idpack`) come back as written; a packed id naming a prefix the
@@ -748,13 +754,7 @@ mod tests {
         let second = FRAME_HEADER_BYTES + rows_len + 14;
         // The second id's tag: from the slot in use to the other one, still empty.
         bytes[second] ^= 1;
-        reseal_first_frame(&mut bytes);
-        std::fs::write(&file.path, bytes).unwrap();
-        let message = error_of(&file);
-        assert!(
-            message.contains("rows do not decode to whole rows and ids"),
-            "{message}"
-        );
+        assert_refused_resealed(&file, bytes);
     }
 
     /// Every field comes back as written, nulls and extreme instants included (steps
