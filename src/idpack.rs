@@ -4,10 +4,10 @@
 //! Event and ledger ids are mostly a short fixed prefix and lowercase hex digits
 //! (`evt-14a8e8b38896c4e3`, `led-…`): written as the prefix (once per frame while the ids
 //! share it) and the hex digits as bytes, a generated 20-byte id takes 9 bytes instead of
-//! 22 (a UUID, whose prefix differs per id, 32 instead of 38), and the
-//! spill of the bench data about 30 bytes a row instead of 49 (`du` of a split run's spill
-//! folder, see README "Scaling"). Ids of any other shape are copied as they are. What a
-//! split run pays for the spill is mostly the kernel moving its bytes (into the page cache
+//! 22 (a UUID, whose prefix differs per id, 32 instead of 38), and the spill of the bench
+//! data about 30 bytes a row instead of 49 (the largest size of a split run's spill folder,
+//! `benches/spill-size.sh`). Ids of any other shape are copied as they are. What a split
+//! run pays for the spill is mostly the kernel moving its bytes (into the page cache
 //! and back, write-back to disk past the dirty limit), so fewer bytes is less time.
 //!
 //! An id is one of:
@@ -131,11 +131,8 @@ fn in_a_slot(
 pub fn pack(chunk: &[u8], out: &mut Vec<u8>) {
     let mut prefixes = Prefixes::<&[u8]>::default();
     let mut packed = [0u8; MAX_PACKED_BYTES];
-    let mut at = 0;
-    while at < chunk.len() {
-        let len = u16::from_le_bytes([chunk[at], chunk[at + 1]]) as usize;
-        let id = &chunk[at + 2..at + 2 + len];
-        at += 2 + len;
+    let mut next = 0;
+    while let Some((_, id)) = crate::model::take_id(chunk, &mut next) {
         if let Some((slot, bytes)) = in_a_slot(&prefixes, id, &mut packed) {
             let prefix = prefixes.slots[slot].expect("a slot in use");
             prefixes.use_slot(Some(slot), prefix);
@@ -145,7 +142,7 @@ pub fn pack(chunk: &[u8], out: &mut Vec<u8>) {
         }
         let Some(split) = hex_split(id) else {
             out.push(RAW);
-            out.extend_from_slice(&(len as u16).to_le_bytes());
+            out.extend_from_slice(&(id.len() as u16).to_le_bytes());
             out.extend_from_slice(id);
             continue;
         };
@@ -161,6 +158,13 @@ pub fn pack(chunk: &[u8], out: &mut Vec<u8>) {
         out.extend_from_slice(prefix);
         out.extend_from_slice(&packed[..bytes]);
     }
+}
+
+/// Where an unpacked id's prefix comes from: new (its bytes in the packed chunk) or a
+/// slot's (the range of the output it was written to).
+enum Prefix<'a> {
+    New(&'a [u8]),
+    Seen(usize, usize),
 }
 
 /// Append the id chunk that `packed` is the spill form of to `out`, stopping after
@@ -187,19 +191,22 @@ pub fn unpack(packed: &[u8], out: &mut Vec<u8>, max_ids: usize) -> Option<()> {
             at += 2 + len;
             continue;
         }
-        // The prefix: in `packed` (a new one) or in `out` (a slot's).
-        let (new_prefix, slot) = match tag {
+        let (slot, prefix) = match tag {
             NEW_PREFIX => {
                 let len = usize::from(*packed.get(at)?);
                 let prefix = packed.get(at + 1..at + 1 + len)?;
                 at += 1 + len;
-                (Some(prefix), None)
+                (None, Prefix::New(prefix))
             }
-            _ => (None, Some(usize::from(tag - PREFIX_0))),
+            _ => {
+                let slot = usize::from(tag - PREFIX_0);
+                let (start, len) = prefixes.slots[slot]?;
+                (Some(slot), Prefix::Seen(start, len))
+            }
         };
-        let prefix_len = match (new_prefix, slot) {
-            (Some(prefix), _) => prefix.len(),
-            (None, slot) => prefixes.slots[slot?]?.1,
+        let prefix_len = match prefix {
+            Prefix::New(bytes) => bytes.len(),
+            Prefix::Seen(_, len) => len,
         };
         let bytes = usize::from(header >> 2);
         let digits = packed.get(at..at + bytes)?;
@@ -210,12 +217,9 @@ pub fn unpack(packed: &[u8], out: &mut Vec<u8>, max_ids: usize) -> Option<()> {
         }
         out.extend_from_slice(&(len as u16).to_le_bytes());
         let prefix_at = out.len();
-        match (new_prefix, slot) {
-            (Some(prefix), _) => out.extend_from_slice(prefix),
-            (None, slot) => {
-                let (start, len) = prefixes.slots[slot?]?;
-                out.extend_from_within(start..start + len);
-            }
+        match prefix {
+            Prefix::New(bytes) => out.extend_from_slice(bytes),
+            Prefix::Seen(start, len) => out.extend_from_within(start..start + len),
         }
         prefixes.use_slot(slot, (prefix_at, prefix_len));
         let mut hex = [[0u8; 2]; MAX_PACKED_BYTES];
@@ -398,11 +402,9 @@ mod tests {
 
     /// The ids of an id chunk's bytes, or `None` if they do not split into whole ids.
     fn whole_ids(chunk: &[u8]) -> Option<usize> {
-        let (mut at, mut ids) = (0, 0);
-        while at < chunk.len() {
-            let len = u16::from_le_bytes(chunk.get(at..at + 2)?.try_into().ok()?) as usize;
-            chunk.get(at + 2..at + 2 + len)?;
-            at += 2 + len;
+        let (mut next, mut ids) = (0, 0);
+        while (next as usize) < chunk.len() {
+            crate::model::take_id(chunk, &mut next)?;
             ids += 1;
         }
         Some(ids)

@@ -287,8 +287,8 @@ impl Debit {
 /// are small), without what reading back re-derives: the id offsets (a frame's ids are
 /// stored in row order) and the id hashes (recomputed from the ids). The frame's ids are
 /// packed by [`crate::idpack`]. On the bench data a spilled row takes about 30 bytes with
-/// its ids (the largest size of the spill folder of a 10M-event run in 4 groups: 599 MB
-/// for 20.1M rows; 991 MB with unpacked ids), against 64 bytes plus ids in memory: at 100M
+/// its ids (the largest size of the spill folder of a 10M-event run in 4 groups,
+/// `benches/spill-size.sh`: 599 MB for 20.1M rows; 991 MB with unpacked ids), against 64 bytes plus ids in memory: at 100M
 /// events the spill is what the disk must write and read back.
 pub trait CompactRow: bytemuck::Pod + Send + Sync {
     fn at(&self) -> At;
@@ -342,7 +342,7 @@ impl CodeLimits {
 
 /// The next id of a chunk at `next` (its 2-byte length and its bytes): its offset and
 /// bytes; `next` moves past it. `None` when the chunk does not hold a whole id there.
-fn take_id<'a>(ids: &'a [u8], next: &mut u32) -> Option<(u32, &'a [u8])> {
+pub(crate) fn take_id<'a>(ids: &'a [u8], next: &mut u32) -> Option<(u32, &'a [u8])> {
     let at = *next as usize;
     let len = u16::from_le_bytes(ids.get(at..at + 2)?.try_into().ok()?) as usize;
     let bytes = ids.get(at + 2..at + 2 + len)?;

@@ -85,8 +85,7 @@ fn buffer_bytes(groups: u32) -> usize {
 }
 
 /// Bytes of a frame header: rows, bytes of their spill forms, bytes of the ids' spill form
-/// (u32 LE each), and
-/// the frame's checksum ([`frame_checksum`], u64 LE).
+/// (u32 LE each), and the frame's checksum ([`frame_checksum`], u64 LE).
 const FRAME_HEADER_BYTES: usize = 20;
 
 /// xxh3 of a frame's encoded rows and ids: a damaged spill file fails the run when read

@@ -650,10 +650,27 @@ mod tests {
         RowRef { file, row }
     }
 
+    /// An allocation row at `row` of file 0, its period from day `start` to day `end`.
+    fn allocation(row: u64, account: &str, plan: &str, start: i64, end: i64) -> AllocationRow {
+        const DAY: i64 = 86_400_000_000;
+        AllocationRow {
+            at: at(0, row),
+            account_id: account.into(),
+            plan_id: plan.into(),
+            period_start: start * DAY,
+            period_end: end * DAY,
+            included_credits: crate::amount::Milli::from_units(200),
+            billing_anchor: None,
+            status: AllocationStatus::Active,
+        }
+    }
+
     /// Allocations by account code (account ids in byte order), each account's periods by
-    /// start; an unknown plan and every period overlapping another are rejected, the
-    /// latter naming the first period it overlaps; an account left without periods has no
-    /// code.
+    /// start. Contract: "Two rows of one account whose periods overlap are both rejected
+    /// (`overlapping_period`)", and validation runs "unknown_plan → overlapping_period
+    /// (only among rows that passed every earlier check)": a row of an unknown plan is
+    /// rejected for that alone and rejects no period it overlaps. Each overlap reject
+    /// names the first period it overlaps; an account left without periods has no code.
     #[test]
     fn allocations_are_sorted_by_account_and_overlaps_rejected() {
         let book = crate::pricebook::PriceBook::parse(
@@ -661,26 +678,16 @@ mod tests {
             "pricebook.toml",
         )
         .unwrap();
-        let day = 86_400_000_000i64;
-        let period = |row: u64, account: &str, plan: &str, start: i64, end: i64| AllocationRow {
-            at: at(0, row),
-            account_id: account.into(),
-            plan_id: plan.into(),
-            period_start: start * day,
-            period_end: end * day,
-            included_credits: crate::amount::Milli::from_units(200),
-            billing_anchor: None,
-            status: AllocationStatus::Active,
-        };
         let rows = vec![
-            period(0, "b", "pro", 20, 30),
-            period(1, "b", "pro", 5, 15),
-            period(2, "a", "pro", 0, 30),
-            period(3, "b", "pro", 0, 10),
-            period(4, "c", "gold", 0, 30),
-            period(5, "d", "pro", 0, 30),
-            period(6, "d", "pro", 29, 40),
-            period(7, "b", "pro", 30, 60),
+            allocation(0, "b", "pro", 20, 30),
+            allocation(1, "b", "pro", 5, 15),
+            allocation(2, "a", "pro", 0, 30),
+            allocation(3, "b", "pro", 0, 10),
+            allocation(4, "c", "gold", 0, 30),
+            allocation(5, "d", "pro", 0, 30),
+            allocation(6, "d", "pro", 29, 40),
+            allocation(7, "b", "pro", 30, 60),
+            allocation(8, "a", "gold", 10, 20),
         ];
         let mut rejects = Vec::new();
         let found = allocations(rows, &book, &files(), &mut rejects);
@@ -697,39 +704,18 @@ mod tests {
             .iter()
             .map(|r| (r.at.row, r.reason, r.detail.as_str()))
             .collect();
-        assert_eq!(seen.len(), 5, "{seen:?}");
-        assert_eq!(seen[0].0, 1);
-        assert_eq!(seen[0].1, Reason::OverlappingPeriod);
-        assert!(
-            seen[0]
-                .2
-                .ends_with("overlaps the allocation at usage/a.parquet row 3"),
-            "{}",
-            seen[0].2
-        );
-        assert_eq!((seen[1].0, seen[1].1), (3, Reason::OverlappingPeriod));
-        assert!(
-            seen[1].2.ends_with("at usage/a.parquet row 1"),
-            "{}",
-            seen[1].2
-        );
+        let overlap = Reason::OverlappingPeriod;
+        let unknown = Reason::UnknownPlan;
         assert_eq!(
-            (seen[2].0, seen[2].1, seen[2].2),
-            (
-                4,
-                Reason::UnknownPlan,
-                "plan_id \"gold\" is not a plan of the price book"
-            )
-        );
-        assert!(
-            seen[3].2.ends_with("at usage/a.parquet row 6"),
-            "{}",
-            seen[3].2
-        );
-        assert!(
-            seen[4].2.ends_with("at usage/a.parquet row 5"),
-            "{}",
-            seen[4].2
+            seen,
+            [
+                (1, overlap, "period 1970-01-06T00:00:00Z..1970-01-16T00:00:00Z of account \"b\" overlaps the allocation at usage/a.parquet row 3"),
+                (3, overlap, "period 1970-01-01T00:00:00Z..1970-01-11T00:00:00Z of account \"b\" overlaps the allocation at usage/a.parquet row 1"),
+                (4, unknown, "plan_id \"gold\" is not a plan of the price book"),
+                (5, overlap, "period 1970-01-01T00:00:00Z..1970-01-31T00:00:00Z of account \"d\" overlaps the allocation at usage/a.parquet row 6"),
+                (6, overlap, "period 1970-01-30T00:00:00Z..1970-02-10T00:00:00Z of account \"d\" overlaps the allocation at usage/a.parquet row 5"),
+                (8, unknown, "plan_id \"gold\" is not a plan of the price book"),
+            ]
         );
     }
 
@@ -737,18 +723,8 @@ mod tests {
     /// run's buffer keeps its room for the next account.
     #[test]
     fn kept_periods_are_sized_exactly() {
-        let row = AllocationRow {
-            at: at(0, 0),
-            account_id: "a".into(),
-            plan_id: "pro".into(),
-            period_start: 0,
-            period_end: 10,
-            included_credits: crate::amount::Milli::from_units(1),
-            billing_anchor: None,
-            status: AllocationStatus::Active,
-        };
-        let mut run = Vec::new();
-        run.push(row.clone());
+        let mut run = vec![allocation(0, "a", "pro", 0, 10)];
+        run.reserve(3);
         let room = run.capacity();
         let kept = without_overlaps(&mut run, &files(), &mut Vec::new());
         assert_eq!((kept.len(), kept.capacity()), (1, 1));
