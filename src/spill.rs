@@ -88,6 +88,38 @@ fn buffer_bytes(groups: u32) -> usize {
 /// (u32 LE each), and the frame's checksum ([`frame_checksum`], u64 LE).
 const FRAME_HEADER_BYTES: usize = 20;
 
+/// A frame header's fields (see `SpillFiles::append`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+struct FrameHeader {
+    rows: u32,
+    rows_bytes: u32,
+    ids_bytes: u32,
+    checksum: u64,
+}
+
+impl FrameHeader {
+    fn to_bytes(self) -> [u8; FRAME_HEADER_BYTES] {
+        let mut bytes = [0u8; FRAME_HEADER_BYTES];
+        bytes[..4].copy_from_slice(&self.rows.to_le_bytes());
+        bytes[4..8].copy_from_slice(&self.rows_bytes.to_le_bytes());
+        bytes[8..12].copy_from_slice(&self.ids_bytes.to_le_bytes());
+        bytes[12..].copy_from_slice(&self.checksum.to_le_bytes());
+        bytes
+    }
+
+    /// The header at the start of `bytes` (`None`: fewer bytes than a header).
+    fn read(bytes: &[u8]) -> Option<FrameHeader> {
+        let bytes = bytes.get(..FRAME_HEADER_BYTES)?;
+        let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().expect("4 bytes"));
+        Some(FrameHeader {
+            rows: u32_at(0),
+            rows_bytes: u32_at(4),
+            ids_bytes: u32_at(8),
+            checksum: u64::from_le_bytes(bytes[12..].try_into().expect("8 bytes")),
+        })
+    }
+}
+
 /// xxh3 of a frame's encoded rows and ids: a damaged spill file fails the run when read
 /// back instead of decoding to other rows (a flipped bit in a varint still decodes, and a
 /// wrong step would shift every later instant of its frame). xxh3 hashes at about memory
@@ -148,11 +180,13 @@ impl SpillFiles {
         let mut packed_ids = Vec::with_capacity(ids.bytes.len() / 2);
         crate::idpack::pack(&ids.bytes, &mut packed_ids);
         self.rows[group].fetch_add(rows.len() as u64, Ordering::Relaxed);
-        let mut header = [0u8; FRAME_HEADER_BYTES];
-        header[..4].copy_from_slice(&(rows.len() as u32).to_le_bytes());
-        header[4..8].copy_from_slice(&frame_len(encoded.len()).to_le_bytes());
-        header[8..12].copy_from_slice(&frame_len(packed_ids.len()).to_le_bytes());
-        header[12..].copy_from_slice(&frame_checksum(&encoded, &packed_ids).to_le_bytes());
+        let header = FrameHeader {
+            rows: frame_len(rows.len()),
+            rows_bytes: frame_len(encoded.len()),
+            ids_bytes: frame_len(packed_ids.len()),
+            checksum: frame_checksum(&encoded, &packed_ids),
+        }
+        .to_bytes();
         let mut w = self.writers[group].lock().expect("spill writer lock");
         w.write_all(&header)
             .and_then(|_| w.write_all(&encoded))
@@ -222,14 +256,12 @@ const ROWS_DO_NOT_DECODE: &str =
 fn frames_of<'a, R: CompactRow>(bytes: &'a [u8], path: &Path) -> Result<Vec<Frame<'a>>> {
     let mut frames = Vec::new();
     let mut at = 0usize;
-    let u32_at = |b: &[u8], i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
     while at < bytes.len() {
-        let header = bytes
-            .get(at..at + FRAME_HEADER_BYTES)
+        let header = FrameHeader::read(&bytes[at..])
             .ok_or_else(|| corrupt(path, "truncated frame header"))?;
-        let count = u32_at(header, 0) as usize;
-        let rows_len = u32_at(header, 4) as usize;
-        let ids_len = u32_at(header, 8) as usize;
+        let count = header.rows as usize;
+        let rows_len = header.rows_bytes as usize;
+        let ids_len = header.ids_bytes as usize;
         if count == 0 {
             return Err(corrupt(path, "empty frame"));
         }
@@ -241,7 +273,7 @@ fn frames_of<'a, R: CompactRow>(bytes: &'a [u8], path: &Path) -> Result<Vec<Fram
         ) else {
             return Err(corrupt(path, "truncated frame"));
         };
-        let checksum = u64::from_le_bytes(header[12..20].try_into().expect("8 bytes"));
+        let checksum = header.checksum;
         // Only the first row here (the frames' order); the checksum and the other rows are
         // checked by `decode_frame`, in parallel. A first row that does not decode names
         // the damage the checksum finds, if it finds one. A row has at most two ids (a
@@ -574,7 +606,8 @@ mod tests {
     /// Rewrite the file's first frame header to claim `rows` rows.
     fn claim_rows(file: &SpillFile, rows: u32) {
         let mut bytes = std::fs::read(&file.path).unwrap();
-        bytes[..4].copy_from_slice(&rows.to_le_bytes());
+        let header = FrameHeader::read(&bytes).unwrap();
+        bytes[..FRAME_HEADER_BYTES].copy_from_slice(&FrameHeader { rows, ..header }.to_bytes());
         std::fs::write(&file.path, bytes).unwrap();
     }
 
@@ -601,15 +634,28 @@ mod tests {
         );
     }
 
+    /// A header comes back as written, field for field; fewer bytes than a header are none.
+    #[test]
+    fn a_frame_header_round_trips() {
+        let header = FrameHeader {
+            rows: 3,
+            rows_bytes: u32::MAX,
+            ids_bytes: 1 << 20,
+            checksum: u64::MAX - 1,
+        };
+        let bytes = header.to_bytes();
+        assert_eq!(FrameHeader::read(&bytes), Some(header));
+        assert_eq!(FrameHeader::read(&bytes[..FRAME_HEADER_BYTES - 1]), None);
+    }
+
     /// Recompute the first frame's checksum after a test changed its bytes: what a writer
     /// bug (rather than a damaged disk) would leave, which the decoder must still refuse.
     fn reseal_first_frame(bytes: &mut [u8]) {
-        let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().unwrap()) as usize;
-        let (rows_len, ids_len) = (u32_at(4), u32_at(8));
-        let rows_at = FRAME_HEADER_BYTES;
-        let ids_at = rows_at + rows_len;
-        let checksum = frame_checksum(&bytes[rows_at..ids_at], &bytes[ids_at..ids_at + ids_len]);
-        bytes[12..20].copy_from_slice(&checksum.to_le_bytes());
+        let header = FrameHeader::read(bytes).unwrap();
+        let ids_at = FRAME_HEADER_BYTES + header.rows_bytes as usize;
+        let ids_end = ids_at + header.ids_bytes as usize;
+        let checksum = frame_checksum(&bytes[FRAME_HEADER_BYTES..ids_at], &bytes[ids_at..ids_end]);
+        bytes[..FRAME_HEADER_BYTES].copy_from_slice(&FrameHeader { checksum, ..header }.to_bytes());
     }
 
     /// Any flipped bit of a frame's rows or ids fails the checksum (in the first row or
@@ -721,7 +767,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = spill_of(dir.path(), &[vec![usage(0, 0, "a"), usage(0, 1, "b")]]);
         let mut bytes = std::fs::read(&file.path).unwrap();
-        let rows_len = u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize;
+        let rows_len = FrameHeader::read(&bytes).unwrap().rows_bytes as usize;
         // The ids' spill form: [0, 1, 0, 'a', 0, 1, 0, 'b'] (raw ids); the second now
         // claims 1000 bytes.
         let second_len = FRAME_HEADER_BYTES + rows_len + 5;
@@ -738,8 +784,8 @@ mod tests {
         let rows: Vec<UsageRow> = (0..3).map(|i| usage(0, i, events[i as usize])).collect();
         let file = spill_of(dir.path(), std::slice::from_ref(&rows));
         let clean = std::fs::read(&file.path).unwrap();
-        let rows_len = u32::from_le_bytes(clean[4..8].try_into().unwrap()) as usize;
-        let ids_len = u32::from_le_bytes(clean[8..12].try_into().unwrap()) as usize;
+        let header = FrameHeader::read(&clean).unwrap();
+        let (rows_len, ids_len) = (header.rows_bytes as usize, header.ids_bytes as usize);
         // "evt-" and 8 bytes, then 8 bytes under the first prefix, then "plain" raw.
         assert_eq!(ids_len, (1 + 1 + 4 + 8) + (1 + 8) + (1 + 2 + 5));
         let (back, ids) = read_group::<Usage>(&file, 0, &CodeLimits::ANY).unwrap();
