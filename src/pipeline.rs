@@ -367,7 +367,7 @@ pub fn compute(
             debits: debits.rows,
             debit_ids: debits.ids,
         };
-        run.process_group(0, rows, &mut partial, progress)?;
+        let _ = run.process_group(0, rows, &mut partial, progress)?;
         return Ok(partial);
     }
 
@@ -442,13 +442,24 @@ pub fn compute(
     // groups for that). The read-back draws no bar and its stage line is logged after the
     // group's stages (see `progress::log_stage`).
     let limits = crate::model::CodeLimits::of(&dicts);
-    let read_back = |group: usize, (u_extra, d_extra): (Vec<Usage>, Vec<Debit>)| {
+    // The rows of group g + 2 go into group g's vectors, sized once for the largest group.
+    let most_usage = most_rows(&usage_files, &usage_extra);
+    let most_debits = most_rows(&debit_files, &debit_extra);
+    let read_back = |group: usize,
+                     (u_extra, d_extra): (Vec<Usage>, Vec<Debit>),
+                     buffers: Option<(Vec<Usage>, Vec<Debit>)>| {
         let started = std::time::Instant::now();
+        let (usage_buffer, debit_buffer) = buffers.unwrap_or_else(|| {
+            (
+                Vec::with_capacity(most_usage),
+                Vec::with_capacity(most_debits),
+            )
+        });
         let (mut usage, mut usage_ids) =
-            spill::read_group(&usage_files[group], u_extra.len(), &limits)?;
+            spill::read_group(&usage_files[group], u_extra.len(), &limits, usage_buffer)?;
         append_candidates(&mut usage, &mut usage_ids, u_extra, &usage_candidate_ids);
         let (mut debits, mut debit_ids) =
-            spill::read_group(&debit_files[group], d_extra.len(), &limits)?;
+            spill::read_group(&debit_files[group], d_extra.len(), &limits, debit_buffer)?;
         append_candidates(&mut debits, &mut debit_ids, d_extra, &debit_candidate_ids);
         let rows = GroupRows {
             usage,
@@ -464,7 +475,8 @@ pub fn compute(
     // 5.6 GB peak, against 4.6 GB with the delay).
     crate::memory::hand_back_freed();
     let mut extras = usage_extra.into_iter().zip(debit_extra);
-    let mut next = extras.next().map(|e| read_back(0, e)).transpose()?;
+    let mut next = extras.next().map(|e| read_back(0, e, None)).transpose()?;
+    let mut spare = None;
     for group in 0..layout.groups as usize {
         let (rows, took) = next
             .take()
@@ -472,11 +484,16 @@ pub fn compute(
         let count = (rows.usage.len() + rows.debits.len()) as u64;
         crate::progress::log_stage("read spill", count, count, took);
         let following = extras.next();
+        let buffers = spare.take();
         let (processed, read) = rayon::join(
             || run.process_group(group, rows, &mut partial, progress),
-            || following.map(|e| read_back(group + 1, e)).transpose(),
+            || {
+                following
+                    .map(|e| read_back(group + 1, e, buffers))
+                    .transpose()
+            },
         );
-        processed?;
+        spare = Some(processed?);
         next = read?;
     }
     assert!(
@@ -495,6 +512,16 @@ fn account_partitions(dicts: &Dicts) -> Vec<u32> {
         .collect()
 }
 
+/// The most rows a group of one dataset has: its spilled rows and its candidates.
+fn most_rows<R>(files: &[spill::SpillFile], candidates: &[Vec<R>]) -> usize {
+    files
+        .iter()
+        .zip(candidates)
+        .map(|(file, extra)| file.rows as usize + extra.len())
+        .max()
+        .unwrap_or(0)
+}
+
 /// This shard's candidates by group, from their destination partitions.
 fn by_group<T>(rows: Vec<T>, partitions: &[u32], layout: &Layout) -> Vec<Vec<T>> {
     let mut groups: Vec<Vec<T>> = (0..layout.groups).map(|_| Vec::new()).collect();
@@ -507,21 +534,41 @@ fn by_group<T>(rows: Vec<T>, partitions: &[u32], layout: &Layout) -> Vec<Vec<T>>
 }
 
 /// Add a group's candidates (their ids in `from`) to its rows, which are in (file, row)
-/// order, keeping the order: the stable sort finds the long sorted run and merges the
-/// short tail into it. The candidates' ids become a chunk of the group's.
+/// order, keeping the order. The candidates' ids become a chunk of the group's.
 fn append_candidates<R: CompactRow>(rows: &mut Vec<R>, ids: &mut Ids, extra: Vec<R>, from: &Ids) {
     if extra.is_empty() {
         return;
     }
     let chunk_no = ids.len() as u32;
     let mut chunk = IdChunk::default();
-    rows.extend(
-        extra
-            .into_iter()
-            .map(|r| r.move_ids(from, &mut chunk, chunk_no)),
-    );
+    let mut extra: Vec<R> = extra
+        .into_iter()
+        .map(|r| r.move_ids(from, &mut chunk, chunk_no))
+        .collect();
     ids.push(chunk);
-    rows.sort_by_key(|r| r.at());
+    extra.sort_unstable_by_key(|r| r.at());
+    merge_in(rows, &extra);
+}
+
+/// Merge `extra` into `rows`, both in (file, row) order and no place in both, in place:
+/// each row of `rows` is moved at most once, in blocks, and nothing else is allocated (a
+/// stable sort of the appended rows, what this replaced, took a scratch buffer of half a
+/// group's rows, fresh memory that the kernel zeroes, for every group and dataset).
+fn merge_in<R: CompactRow>(rows: &mut Vec<R>, extra: &[R]) {
+    let mut unplaced = rows.len();
+    rows.extend_from_slice(extra);
+    for (k, item) in extra.iter().enumerate().rev() {
+        // Rows from `at` to `unplaced` come after `item` and before the later extra rows,
+        // already placed: they move up by the extra rows from `item` on.
+        let at = rows[..unplaced].partition_point(|r| r.at() < item.at());
+        rows.copy_within(at..unplaced, at + k + 1);
+        rows[at + k] = *item;
+        unplaced = at;
+    }
+    assert!(
+        rows.windows(2).all(|w| w[0].at() < w[1].at()),
+        "a group's rows are in strict (file, row) order once its candidates are merged in"
+    );
 }
 
 /// What every group of a run shares.
@@ -586,14 +633,14 @@ impl<'a> RunState<'a> {
     }
 
     /// Validate, place and process the usage and ledger rows of one group (rows in
-    /// (file, row) order).
+    /// (file, row) order). Returns the group's row vectors, emptied, for a later group.
     fn process_group(
         &self,
         group: usize,
         rows: GroupRows,
         partial: &mut Partial,
         progress: &Progress,
-    ) -> Result<()> {
+    ) -> Result<(Vec<Usage>, Vec<Debit>)> {
         let context = self.context;
         let layout = context.layout;
         let settings = context.settings;
@@ -709,7 +756,9 @@ impl<'a> RunState<'a> {
             partial.lines.push(lines);
         }
         partial.results.extend(results);
-        Ok(())
+        usage.clear();
+        debits.clear();
+        Ok((usage, debits))
     }
 
     /// Process a placed bucket's accounts one after another (`trace`: the account
@@ -965,5 +1014,63 @@ fn check_one_invoice_and_renewal_per_period(out: &AccountResult) -> Result<()> {
             out.renewals.len(),
             renewed.len()
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::At;
+    use proptest::prelude::*;
+
+    fn usage_at(places: &[u64]) -> Vec<Usage> {
+        places
+            .iter()
+            .map(|&p| Usage {
+                at: At(p),
+                ..bytemuck::Zeroable::zeroed()
+            })
+            .collect()
+    }
+
+    fn places(rows: &[Usage]) -> Vec<u64> {
+        rows.iter().map(|r| r.at.0).collect()
+    }
+
+    #[test]
+    fn merge_in_places_rows_before_between_and_after() {
+        let mut rows = usage_at(&[10, 20, 30]);
+        merge_in(&mut rows, &usage_at(&[5, 15, 16, 40]));
+        assert_eq!(places(&rows), [5, 10, 15, 16, 20, 30, 40]);
+        let mut empty = Vec::new();
+        merge_in(&mut empty, &usage_at(&[1, 2]));
+        assert_eq!(places(&empty), [1, 2]);
+    }
+
+    #[test]
+    #[should_panic(expected = "strict (file, row) order")]
+    fn merge_in_refuses_a_place_in_both() {
+        let mut rows = usage_at(&[10, 20]);
+        merge_in(&mut rows, &usage_at(&[20]));
+    }
+
+    proptest! {
+        /// Merging equals sorting the union (what the stable sort it replaced did).
+        #[test]
+        fn merge_in_is_a_sort_of_the_union(
+            all in proptest::collection::btree_set(0u64..10_000, 0..400),
+            picks in proptest::collection::vec(any::<bool>(), 400),
+        ) {
+            let (mut rows, mut extra) = (Vec::new(), Vec::new());
+            for (&place, &pick) in all.iter().zip(&picks) {
+                match pick {
+                    true => extra.push(place),
+                    false => rows.push(place),
+                }
+            }
+            let mut merged = usage_at(&rows);
+            merge_in(&mut merged, &usage_at(&extra));
+            prop_assert_eq!(places(&merged), all.into_iter().collect::<Vec<_>>());
+        }
     }
 }
