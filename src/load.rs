@@ -1182,6 +1182,14 @@ pub fn parse_grant(batch: &Batch, row: usize, at: RowRef) -> Parsed<GrantRow> {
     let effective_at = try_row!(c.micros(4)).unwrap_or_default();
     let expires_at = try_row!(c.micros(5));
     let priority = try_row!(c.int(6));
+    if let Some(p) = priority.filter(|&p| i32::try_from(p).is_err()) {
+        // `grants_next.parquet` carries the priority on, in the INT32 of the input schema
+        // (as `tally generate` writes it): a wider one could not be carried unchanged.
+        return Parsed::Rejected(c.reject(
+            Reason::BadValue,
+            format!("priority: {p} does not fit a 32-bit integer"),
+        ));
+    }
     let Some(kind) = GrantKind::parse_grant(&kind_text) else {
         return Parsed::Rejected(c.reject(
             Reason::BadValue,

@@ -370,8 +370,9 @@ pub fn grants_next_table(out: &RunOutput) -> RecordBatch {
         .opt_i32(
             "priority",
             rows.iter().map(|r| {
-                r.priority
-                    .map(|p| p.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32)
+                r.priority.map(|p| {
+                    i32::try_from(p).expect("grant priorities are validated to fit 32 bits")
+                })
             }),
         )
         .finish()

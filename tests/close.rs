@@ -452,3 +452,47 @@ fn late_events(extra: &[&str]) {
         stderr(&redo)
     );
 }
+
+/// Grant priorities at the limit of 32 bits carry into `grants_next` unchanged (it writes
+/// the input schema's INT32); one past the limit is `bad_value` (it could not be carried).
+#[test]
+fn grant_priorities_carry_at_the_32_bit_limit_and_one_past_is_rejected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    first_root(&root);
+    let max = i64::from(i32::MAX);
+    let min = i64::from(i32::MIN);
+    // Effective after the period: copied unchanged, not consumed.
+    let grants = Table::default()
+        .str("grant_id", ["g-max", "g-min", "g-past-max", "g-past-min"])
+        .str("account_id", ["acct_pro"; 4])
+        .str("kind", ["promo"; 4])
+        .credits("credits", [Milli::from_units(10); 4])
+        .ts("effective_at", [t("2026-12-05T00:00:00Z"); 4])
+        .opt_ts("expires_at", [None; 4])
+        .i64("priority", [max, min, max + 1, min - 1])
+        .finish();
+    write_parquet(&root.join("grants/part-0.parquet"), &grants).unwrap();
+    let out = tmp.path().join("close");
+    assert!(run("close", &root, "2026-12-01T00:00:00Z", &out)
+        .status
+        .success());
+    let next = render(&out.join("grants_next.parquet"), &[]);
+    assert!(
+        next.contains("\ng-max,acct_pro,promo,10.000,2026-12-05T00:00:00Z,,2147483647\n"),
+        "{next}"
+    );
+    assert!(
+        next.contains("\ng-min,acct_pro,promo,10.000,2026-12-05T00:00:00Z,,-2147483648\n"),
+        "{next}"
+    );
+    assert!(!next.contains("g-past"), "{next}");
+    let rejects = render(&out.join("rejects.parquet"), &[]);
+    assert!(
+        rejects.contains(
+            "\ngrants,grants/part-0.parquet,2,bad_value,priority: 2147483648 does not fit a 32-bit integer\n\
+             grants,grants/part-0.parquet,3,bad_value,priority: -2147483649 does not fit a 32-bit integer\n"
+        ),
+        "{rejects}"
+    );
+}

@@ -558,7 +558,8 @@ fn seen(cell: &Cell) -> Seen<i128> {
             Seen::Ok(i128::from(*v))
         }
         Cell::T(_) => Seen::Bad,
-        Cell::I(v) if i64::try_from(*v).is_ok() => Seen::Ok(*v),
+        // Integer cells are grant priorities: they must fit 32 bits (grants_next's INT32).
+        Cell::I(v) if i32::try_from(*v).is_ok() => Seen::Ok(*v),
         Cell::I(_) => Seen::Bad,
     }
 }
