@@ -339,6 +339,26 @@ pub(crate) fn beside_fingerprint<T: Send>(
     })
 }
 
+/// A reconcile never replaces a close (its invoices and next-period inputs: finance's
+/// record of a closed month), with or without `--force`: an `--out` that holds a close is
+/// refused (exit 3) before anything is computed.
+pub(crate) fn refuse_reconcile_over_close(req: &JobRequest) -> Result<()> {
+    if req.mode != Mode::Reconcile {
+        return Ok(());
+    }
+    let holds_close = std::fs::read_to_string(req.out.join("manifest.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .is_some_and(|manifest| manifest["command"] == "close");
+    match holds_close {
+        true => Err(TallyError::Refused(format!(
+            "{} holds a close; a reconcile does not replace a close: choose another --out folder",
+            req.out.display()
+        ))),
+        false => Ok(()),
+    }
+}
+
 /// A close whose output folder already holds a close: `Some(outcome)` when it was made
 /// from the same inputs (nothing to do), an error (exit 3) when from other inputs unless
 /// `--force`, `None` when the close should run.
@@ -422,6 +442,7 @@ pub fn run_job(req: &JobRequest) -> Result<JobOutcome> {
         return shard::run_shard(req, shard, shards);
     }
     let prepared = prepare(req, &req.out)?;
+    refuse_reconcile_over_close(req)?;
     let settings = req.settings(prepared.history.clone());
     if req.mode == Mode::Close && req.out.join("manifest.json").exists() {
         // The inputs decide whether this close was already made: fingerprint them first.

@@ -435,6 +435,7 @@ pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
     };
     let _lock = crate::lock_output(&req.out)?;
     crate::check_replaceable(&req.out)?;
+    crate::refuse_reconcile_over_close(&job)?;
     if let Some(done) = crate::check_earlier_close(&job, &first.inputs)? {
         return Ok(done);
     }

@@ -245,6 +245,21 @@ fn close_is_idempotent_and_refuses_changed_inputs() {
         "a no-op close leaves the folder untouched"
     );
 
+    // A reconcile pointed at the close's folder: refused with exit 3, the close untouched.
+    let reconcile = run("reconcile", &root, "2026-12-01T00:00:00Z", &out);
+    assert_eq!(reconcile.status.code(), Some(3));
+    assert_eq!(
+        stderr(&reconcile),
+        format!(
+            "tally: refused: {} holds a close; a reconcile does not replace a close: choose another --out folder\n",
+            out.display()
+        )
+    );
+    assert!(
+        before == folder_bytes(&out),
+        "a refused reconcile leaves the close untouched"
+    );
+
     // One changed byte in one input: refused with exit 3, naming the file.
     std::fs::write(
         root.join("pricebook.toml"),
