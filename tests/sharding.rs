@@ -80,6 +80,20 @@ fn close_shards_merged_equal_the_single_close() {
     // Merging again into the published close is the idempotent no-op of a close.
     let again = tally_ok(&["merge", "--out", merged.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&again.stdout).contains("already closed"));
+    // A reconcile's shards merged into the published close: refused, the close untouched.
+    let before = folder_bytes(&merged);
+    std::fs::remove_dir_all(root(&merged)).unwrap();
+    run_ok("reconcile", &data, AS_OF, &merged, &["--shard", "0/1"]);
+    let refused = tally(&["merge", "--out", merged.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
+    assert_eq!(
+        stderr(&refused),
+        format!(
+            "tally: refused: {} holds a close; a reconcile does not replace a close: choose another --out folder\n",
+            merged.display()
+        )
+    );
+    assert!(before == folder_bytes(&merged), "the close is untouched");
 }
 
 #[test]
