@@ -289,6 +289,7 @@ pub(crate) fn prepare(req: &JobRequest, out: &Path) -> Result<Prepared> {
     }
     let lock = lock_output(out)?;
     check_replaceable(out)?;
+    refuse_reconcile_over_close(req)?;
     let history = match &req.history {
         Some(dir) => history::load(dir, &req.out)?,
         None => history::History::default(),
@@ -442,7 +443,6 @@ pub fn run_job(req: &JobRequest) -> Result<JobOutcome> {
         return shard::run_shard(req, shard, shards);
     }
     let prepared = prepare(req, &req.out)?;
-    refuse_reconcile_over_close(req)?;
     let settings = req.settings(prepared.history.clone());
     if req.mode == Mode::Close && req.out.join("manifest.json").exists() {
         // The inputs decide whether this close was already made: fingerprint them first.
@@ -546,7 +546,7 @@ fn run_write_jobs(jobs: Vec<WriteJob<'_>>) -> Result<Written> {
 /// written and synced on its own; the manifest lists them in path order whatever order
 /// they finished in).
 pub(crate) fn write_outputs(dir: &Path, output: &RunOutput, inputs: Vec<FileEntry>) -> Result<()> {
-    let tables = write::output_tables(output);
+    let tables = write::output_tables(output)?;
     let table = |wanted: &str| {
         tables
             .iter()

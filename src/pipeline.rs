@@ -484,7 +484,9 @@ pub fn compute(
         let count = (rows.usage.len() + rows.debits.len()) as u64;
         crate::progress::log_stage("read spill", count, count, took);
         let following = extras.next();
-        let buffers = spare.take();
+        // The last group has no following one: its spare vectors are freed now, not kept
+        // through the group (where a split run peaks).
+        let buffers = spare.take().filter(|_| following.is_some());
         let (processed, read) = rayon::join(
             || run.process_group(group, rows, &mut partial, progress),
             || {

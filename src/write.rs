@@ -357,25 +357,34 @@ pub fn allocations_next_table(out: &RunOutput) -> RecordBatch {
         .finish()
 }
 
-/// In the `grants` input schema.
-pub fn grants_next_table(out: &RunOutput) -> RecordBatch {
+/// In the `grants` input schema. Priorities are validated to fit its INT32 (`load`); one
+/// that does not (a shard partial of an older build, merged) stops the run.
+pub fn grants_next_table(out: &RunOutput) -> Result<RecordBatch> {
     let rows = &out.grants_next;
-    Table::default()
+    let priorities = rows
+        .iter()
+        .map(|r| {
+            r.priority
+                .map(|p| {
+                    i32::try_from(p).map_err(|_| {
+                        TallyError::Invariant(format!(
+                            "grant {} has priority {p}, past the 32 bits grants_next.parquet holds",
+                            r.grant_id
+                        ))
+                    })
+                })
+                .transpose()
+        })
+        .collect::<Result<Vec<Option<i32>>>>()?;
+    Ok(Table::default()
         .str("grant_id", rows.iter().map(|r| r.grant_id.as_str()))
         .str("account_id", rows.iter().map(|r| r.account_id.as_str()))
         .str("kind", rows.iter().map(|r| r.kind.name()))
         .credits("credits", rows.iter().map(|r| r.credits))
         .ts("effective_at", rows.iter().map(|r| r.effective_at))
         .opt_ts("expires_at", rows.iter().map(|r| r.expires_at))
-        .opt_i32(
-            "priority",
-            rows.iter().map(|r| {
-                r.priority.map(|p| {
-                    i32::try_from(p).expect("grant priorities are validated to fit 32 bits")
-                })
-            }),
-        )
-        .finish()
+        .opt_i32("priority", priorities)
+        .finish())
 }
 
 /// Events billed on each invoice (close): what a later close reads to find late events.
@@ -519,7 +528,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 }
 
 /// The output tables of a run (written in parallel; the manifest lists every file by path).
-pub fn output_tables(out: &RunOutput) -> Vec<(&'static str, RecordBatch)> {
+pub fn output_tables(out: &RunOutput) -> Result<Vec<(&'static str, RecordBatch)>> {
     let mut tables = vec![
         ("discrepancies.parquet", discrepancies_table(out)),
         ("rejects.parquet", rejects_table(out)),
@@ -531,11 +540,11 @@ pub fn output_tables(out: &RunOutput) -> Vec<(&'static str, RecordBatch)> {
             // invoice_lines.parquet is streamed: `write_streamed`.
             tables.push(("renewals.parquet", renewals_table(out)));
             tables.push(("allocations_next.parquet", allocations_next_table(out)));
-            tables.push(("grants_next.parquet", grants_next_table(out)));
+            tables.push(("grants_next.parquet", grants_next_table(out)?));
             // billed_events.parquet is streamed: `write_streamed`.
         }
     }
-    tables
+    Ok(tables)
 }
 
 // ---- atomic publish ----------------------------------------------------------------------

@@ -80,20 +80,33 @@ fn close_shards_merged_equal_the_single_close() {
     // Merging again into the published close is the idempotent no-op of a close.
     let again = tally_ok(&["merge", "--out", merged.to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&again.stdout).contains("already closed"));
-    // A reconcile's shards merged into the published close: refused, the close untouched.
-    let before = folder_bytes(&merged);
-    std::fs::remove_dir_all(root(&merged)).unwrap();
-    run_ok("reconcile", &data, AS_OF, &merged, &["--shard", "0/1"]);
-    let refused = tally(&["merge", "--out", merged.to_str().unwrap()]);
-    assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
-    assert_eq!(
-        stderr(&refused),
+    let refusal = |out: &Path| {
         format!(
             "tally: refused: {} holds a close; a reconcile does not replace a close: choose another --out folder\n",
-            merged.display()
+            out.display()
         )
-    );
+    };
+    // A reconcile shard aimed at the published close: refused before it computes.
+    let before = folder_bytes(&merged);
+    let shard = run_command("reconcile", &data, AS_OF, &merged)
+        .args(["--shard", "0/1"])
+        .output()
+        .unwrap();
+    assert_eq!(shard.status.code(), Some(3), "{}", stderr(&shard));
+    assert_eq!(stderr(&shard), refusal(&merged));
+    // Reconcile shards made before a close was published there, merged after: refused.
+    let later = tmp.path().join("later");
+    run_ok("reconcile", &data, AS_OF, &later, &["--shard", "0/1"]);
+    run_ok("close", &data, CLOSE_AS_OF, &later, &[]);
+    let closed = folder_bytes(&later);
+    let merge = tally(&["merge", "--out", later.to_str().unwrap()]);
+    assert_eq!(merge.status.code(), Some(3), "{}", stderr(&merge));
+    assert_eq!(stderr(&merge), refusal(&later));
     assert!(before == folder_bytes(&merged), "the close is untouched");
+    assert!(
+        closed == folder_bytes(&later),
+        "the later close is untouched"
+    );
 }
 
 #[test]
