@@ -2,6 +2,7 @@
 //! scale of the contract's DECIMAL(18,3) outputs. No floating point ever holds an amount.
 
 use crate::error::{Result, TallyError};
+use arrow::datatypes::i256;
 use rust_decimal::{Decimal, RoundingStrategy};
 use std::fmt;
 
@@ -240,15 +241,76 @@ pub fn milli_from_decimal_parts(
     Ok(Milli(millis as i64))
 }
 
-fn format_decimal(unscaled: i128, scale: i8) -> String {
-    if scale <= 0 {
-        return format!("{unscaled}e{}", -scale);
+/// Convert an unscaled DECIMAL wider than 38 digits (Parquet DECIMAL(p > 38, s), e.g.
+/// BigQuery's BIGNUMERIC) to thousandths, half-even. The digits past thousandths are
+/// dropped in 256 bits first, so that an ordinary value of a wide type (1.5 stored as
+/// 15 × 10^37) reads like any decimal instead of failing the 128-bit conversion.
+pub fn milli_from_decimal256(unscaled: i256, scale: i8) -> std::result::Result<Milli, AmountError> {
+    if let Some(narrow) = unscaled.to_i128() {
+        return milli_from_decimal_parts(narrow, scale);
     }
-    let digits = unscaled.unsigned_abs().to_string();
+    let out_of_range = || {
+        let digits = unscaled.to_string();
+        let (negative, digits) = match digits.strip_prefix('-') {
+            Some(rest) => (true, rest.to_string()),
+            None => (false, digits),
+        };
+        AmountError::OutOfRange(format_digits(negative, &digits, scale))
+    };
+    // Past 128 bits, a value with 3 decimals or fewer is far beyond 10^15.
+    if scale <= 3 {
+        return Err(out_of_range());
+    }
+    let drop = (i32::from(scale) - 3) as u32;
+    // |unscaled| < 2^255 < 6 × 10^76: dropping 78 or more digits leaves less than 0.06 of
+    // a thousandth, which rounds to 0.
+    if drop > 77 {
+        return Ok(Milli::ZERO);
+    }
+    // |i256::MIN| does not fit; MIN + 1 rounds the same (2^255 is no multiple of 5, so no
+    // tie and no exact result changes by one unit).
+    let magnitude = unscaled.checked_abs().unwrap_or(i256::MAX);
+    // Drop all but the last digit (remembering whether anything non-zero went), then the
+    // last digit decides the rounding: one exact half-even step without 10^drop (which
+    // does not fit 256 bits at drop = 77).
+    let ten = i256::from_i128(10);
+    let divisor = ten.wrapping_pow(drop - 1);
+    let (kept, rest) = magnitude.wrapping_div_rem(divisor);
+    let (quotient, last) = kept.wrapping_div_rem(ten);
+    let last = last.as_i128();
+    let odd = quotient.wrapping_rem(i256::from_i128(2)) != i256::ZERO;
+    let away = last > 5 || (last == 5 && (rest != i256::ZERO || odd));
+    let rounded = if away {
+        quotient.wrapping_add(i256::ONE)
+    } else {
+        quotient
+    };
+    match rounded.to_i128() {
+        Some(millis) if millis < INPUT_LIMIT_MILLIS => {
+            let millis = millis as i64;
+            Ok(Milli(if unscaled.is_negative() {
+                -millis
+            } else {
+                millis
+            }))
+        }
+        _ => Err(out_of_range()),
+    }
+}
+
+fn format_decimal(unscaled: i128, scale: i8) -> String {
+    format_digits(unscaled < 0, &unscaled.unsigned_abs().to_string(), scale)
+}
+
+/// `digits` (of the magnitude) × 10^-scale as decimal text.
+fn format_digits(negative: bool, digits: &str, scale: i8) -> String {
+    let sign = if negative { "-" } else { "" };
+    if scale <= 0 {
+        return format!("{sign}{digits}e{}", -scale);
+    }
     let scale = scale as usize;
     let padded = format!("{digits:0>width$}", width = scale + 1);
     let (int, frac) = padded.split_at(padded.len() - scale);
-    let sign = if unscaled < 0 { "-" } else { "" };
     format!("{sign}{int}.{frac}")
 }
 
@@ -284,6 +346,102 @@ mod tests {
         assert_eq!(milli_from_decimal_parts(5, -2).unwrap(), Milli(500_000));
         assert!(milli_from_decimal_parts(1_000_000_000_000_000, 0).is_err());
         assert!(milli_from_decimal_parts(999_999_999_999_999, 0).is_ok());
+    }
+
+    fn wide(digits: &str) -> i256 {
+        i256::from_string(digits).unwrap()
+    }
+
+    /// `digits` followed by `zeros` zeros.
+    fn wide_shifted(digits: &str, zeros: usize) -> i256 {
+        wide(&format!("{digits}{}", "0".repeat(zeros)))
+    }
+
+    #[test]
+    fn wide_decimals_drop_digits_before_the_128_bit_conversion() {
+        // 2.5 as DECIMAL(76, 38) is 25 × 10^37, past i128 (1.5 still fits).
+        assert!(wide_shifted("25", 37).to_i128().is_none());
+        assert_eq!(
+            milli_from_decimal256(wide_shifted("25", 37), 38),
+            Ok(Milli(2500))
+        );
+        assert_eq!(
+            milli_from_decimal256(wide_shifted("-25", 37), 38),
+            Ok(Milli(-2500))
+        );
+        // Ties to even at the thousandth, and a digit far below the tie breaks it.
+        assert_eq!(
+            milli_from_decimal256(wide_shifted("20005", 36), 40),
+            Ok(Milli(2000))
+        );
+        assert_eq!(
+            milli_from_decimal256(wide_shifted("20015", 36), 40),
+            Ok(Milli(2002))
+        );
+        assert_eq!(
+            milli_from_decimal256(wide_shifted("-20015", 36), 40),
+            Ok(Milli(-2002))
+        );
+        let above_tie = wide(&format!("20005{}1", "0".repeat(35)));
+        assert_eq!(milli_from_decimal256(above_tie, 40), Ok(Milli(2001)));
+        // At the input limit and one past it.
+        let largest = wide_shifted("999999999999999999", 35);
+        assert_eq!(
+            milli_from_decimal256(largest, 38),
+            Ok(Milli(999_999_999_999_999_999))
+        );
+        assert_eq!(
+            milli_from_decimal256(wide_shifted("1", 53), 38),
+            Err(AmountError::OutOfRange(format!(
+                "1000000000000000.{}",
+                "0".repeat(38)
+            )))
+        );
+        // Past 128 bits with 3 decimals or fewer: far out of range.
+        assert_eq!(
+            milli_from_decimal256(wide_shifted("1", 39), 3),
+            Err(AmountError::OutOfRange(format!("1{}.000", "0".repeat(36))))
+        );
+        assert_eq!(
+            milli_from_decimal256(wide_shifted("-1", 39), 0),
+            Err(AmountError::OutOfRange(format!("-1{}e0", "0".repeat(39))))
+        );
+    }
+
+    #[test]
+    fn wide_decimals_with_77_or_more_digits_to_drop_are_thousandths_below_one() {
+        // Dropping 77 digits: 5 × 10^76 is a tie to even (0), anything above rounds to 1.
+        let tie = wide_shifted("5", 76);
+        assert_eq!(milli_from_decimal256(tie, 80), Ok(Milli::ZERO));
+        let above = tie.wrapping_add(i256::ONE);
+        assert_eq!(milli_from_decimal256(above, 80), Ok(Milli(1)));
+        assert_eq!(
+            milli_from_decimal256(above.wrapping_neg(), 80),
+            Ok(Milli(-1))
+        );
+        assert_eq!(milli_from_decimal256(i256::MIN, 80), Ok(Milli(-1)));
+        // 78 or more: less than 0.06 of a thousandth.
+        assert_eq!(milli_from_decimal256(i256::MAX, 81), Ok(Milli::ZERO));
+        assert_eq!(milli_from_decimal256(i256::MIN, 127), Ok(Milli::ZERO));
+    }
+
+    proptest::proptest! {
+        /// A value written with more digits (a wider type, a larger scale) reads the same.
+        #[test]
+        fn wide_decimals_read_like_narrow_ones(
+            unscaled in proptest::prelude::any::<i64>(),
+            scale in 0i8..=18,
+            extra in 0u32..=57,
+        ) {
+            // |i64| × 10^57 < 10^76 fits 256 bits. Only the values compare: an error's
+            // text shows the digits as written.
+            let widened = i256::from_i128(i128::from(unscaled))
+                .wrapping_mul(i256::from_i128(10).wrapping_pow(extra));
+            proptest::prop_assert_eq!(
+                milli_from_decimal256(widened, scale + extra as i8).ok(),
+                milli_from_decimal_parts(i128::from(unscaled), scale).ok()
+            );
+        }
     }
 
     #[test]

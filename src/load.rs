@@ -3,7 +3,9 @@
 //! order. Schema problems (missing required column, type not allowed) stop the run (exit 2);
 //! row problems never do.
 
-use crate::amount::{milli_from_decimal_parts, milli_from_f64, AmountError, Milli};
+use crate::amount::{
+    milli_from_decimal256, milli_from_decimal_parts, milli_from_f64, AmountError, Milli,
+};
 use crate::error::{Result, TallyError};
 use crate::model::Shared;
 use crate::model::*;
@@ -137,6 +139,15 @@ pub const DEBIT_COLUMNS: [ColSpec; 6] = [
 ];
 
 fn type_allowed(ty: ColType, dt: &DataType) -> bool {
+    // A dictionary of allowed values is allowed: a writer may store any column that way
+    // (numbers and instants are read through their values, see `Column::from_array`).
+    if let (
+        ColType::Number | ColType::Timestamp | ColType::Integer,
+        DataType::Dictionary(_, value),
+    ) = (ty, dt)
+    {
+        return type_allowed(ty, value);
+    }
     match ty {
         ColType::Str | ColType::Label => match dt {
             DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
@@ -146,11 +157,17 @@ fn type_allowed(ty: ColType, dt: &DataType) -> bool {
             ),
             _ => false,
         },
+        // Decimal32/Decimal64 are how a file's stored Arrow schema may name a Parquet
+        // DECIMAL(p <= 18, s).
         ColType::Number => {
             dt.is_integer()
                 || matches!(
                     dt,
-                    DataType::Decimal128(..) | DataType::Decimal256(..) | DataType::Float64
+                    DataType::Decimal32(..)
+                        | DataType::Decimal64(..)
+                        | DataType::Decimal128(..)
+                        | DataType::Decimal256(..)
+                        | DataType::Float64
                 )
         }
         ColType::Timestamp => matches!(dt, DataType::Timestamp(..)),
@@ -207,6 +224,14 @@ impl Column {
             }
             (ColType::Str | ColType::Label, _) => {
                 Column::Str(cast(&DataType::Utf8)?.as_string::<i32>().clone())
+            }
+            // Numbers and instants stored as a dictionary: read through their values.
+            (_, DataType::Dictionary(_, value)) => {
+                return Column::from_array(&cast(value)?, ty, file, name);
+            }
+            (ColType::Number, DataType::Decimal32(_, s) | DataType::Decimal64(_, s)) => {
+                let wide = cast(&DataType::Decimal128(38, *s))?;
+                Column::Dec128(wide.as_primitive().clone(), *s)
             }
             (ColType::Number | ColType::Integer, DataType::UInt64) => {
                 Column::UInt(array.as_primitive().clone())
@@ -271,10 +296,7 @@ impl Column {
             Column::Int(a) => milli_from_decimal_parts(i128::from(a.value(i)), 0),
             Column::UInt(a) => milli_from_decimal_parts(i128::from(a.value(i)), 0),
             Column::Dec128(a, s) => milli_from_decimal_parts(a.value(i), *s),
-            Column::Dec256(a, s) => match a.value(i).to_i128() {
-                Some(v) => milli_from_decimal_parts(v, *s),
-                None => Err(AmountError::OutOfRange(a.value(i).to_string())),
-            },
+            Column::Dec256(a, s) => milli_from_decimal256(a.value(i), *s),
             Column::Double(a) => milli_from_f64(a.value(i)),
             _ => return None,
         })

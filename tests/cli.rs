@@ -7,6 +7,7 @@ mod corrupt_at_scale;
 mod explain;
 mod generated;
 mod golden;
+mod input_types;
 mod operations;
 mod properties;
 mod report;

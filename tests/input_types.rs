@@ -1,0 +1,153 @@
+//! Other physical encodings of the same values are read like the fixtures' own (contract
+//! section 2: amounts as INT32/INT64, DECIMAL(p, s) or DOUBLE, timestamps of any unit,
+//! any Parquet writer): golden scenarios whose inputs are rewritten with every amount as a
+//! wide DECIMAL(76, 38) (BigQuery's BIGNUMERIC: 1.5 is stored as 15 × 10^37, past 128
+//! bits), as DECIMAL(9, 3) and DECIMAL(18, 3) in the Arrow schema a writer stores as
+//! `Decimal32`/`Decimal64`, or with amounts, instants and priorities dictionary-encoded,
+//! give the same outputs as the scenario's own inputs.
+
+use crate::common::*;
+use arrow::datatypes::{DataType, Field, Schema};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use std::path::Path;
+use std::sync::Arc;
+
+/// The columns the contract reads as credit amounts or quantities.
+const AMOUNTS: [&str; 3] = ["quantity", "included_credits", "credits"];
+
+#[derive(Clone, Copy, Debug)]
+enum Encoding {
+    /// Amounts as DECIMAL(76, 38).
+    WideDecimal,
+    /// Amounts as Arrow Decimal32(9, 3).
+    Decimal32,
+    /// Amounts as Arrow Decimal64(18, 3).
+    Decimal64,
+    /// Amounts, instants and priorities as dictionaries of their values.
+    Dictionary,
+}
+
+/// The type a column takes in `encoding` (`None`: left as it is).
+fn encoded_type(encoding: Encoding, name: &str, dt: &DataType) -> Option<DataType> {
+    let amount = AMOUNTS.contains(&name);
+    let dictionary = || DataType::Dictionary(Box::new(DataType::Int32), Box::new(dt.clone()));
+    match encoding {
+        Encoding::WideDecimal if amount => Some(DataType::Decimal256(76, 38)),
+        Encoding::Decimal32 if amount => Some(DataType::Decimal32(9, 3)),
+        Encoding::Decimal64 if amount => Some(DataType::Decimal64(18, 3)),
+        Encoding::Dictionary
+            if amount || name == "priority" || matches!(dt, DataType::Timestamp(..)) =>
+        {
+            Some(dictionary())
+        }
+        _ => None,
+    }
+}
+
+fn encode(batch: &RecordBatch, encoding: Encoding) -> RecordBatch {
+    let mut fields = Vec::new();
+    let mut columns = Vec::new();
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        match encoded_type(encoding, field.name(), field.data_type()) {
+            Some(to) => {
+                let cast = arrow::compute::cast(column, &to)
+                    .unwrap_or_else(|e| panic!("{} as {to}: {e}", field.name()));
+                fields.push(Field::new(field.name(), to, field.is_nullable()));
+                columns.push(cast);
+            }
+            None => {
+                fields.push(field.as_ref().clone());
+                columns.push(column.clone());
+            }
+        }
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+}
+
+/// Copy a data root with every Parquet file rewritten in `encoding` (with its Arrow
+/// schema stored in the file, as pyarrow and arrow-rs writers do).
+fn rewrite_root(from: &Path, to: &Path, encoding: Encoding) {
+    copy_dir(from, to);
+    for (rel, _) in folder_bytes(to) {
+        if !rel.ends_with(".parquet") {
+            continue;
+        }
+        let path = to.join(&rel);
+        let batch = encode(&read_parquet(&path), encoding);
+        let file = std::fs::File::create(&path).unwrap();
+        let mut writer = ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+    }
+}
+
+/// Every output but the manifest (which holds the inputs' sha256), as text.
+fn outputs(out: &Path) -> Vec<(String, String)> {
+    folder_bytes(out)
+        .into_iter()
+        .filter(|(name, _)| name != "manifest.json")
+        .map(|(name, bytes)| {
+            let text = if name.ends_with(".parquet") {
+                render(&out.join(&name), &[])
+            } else {
+                String::from_utf8(bytes).unwrap()
+            };
+            (name, text)
+        })
+        .collect()
+}
+
+/// The outputs of a run, or why it failed.
+fn run(
+    command: &str,
+    data: &Path,
+    as_of: &str,
+    out: &Path,
+) -> Result<Vec<(String, String)>, String> {
+    let run = run_command(command, data, as_of, out).output().unwrap();
+    match run.status.code() {
+        Some(0) => Ok(outputs(out)),
+        code => Err(format!("exit {code:?}: {}", stderr(&run))),
+    }
+}
+
+fn same_outputs_in_every_encoding(scenario: &str, command: &str, as_of: &str) {
+    let data = repo().join("fixtures/golden").join(scenario).join("data");
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = run(command, &data, as_of, &tmp.path().join("reference")).unwrap();
+    let mut failures = Vec::new();
+    for encoding in [
+        Encoding::WideDecimal,
+        Encoding::Decimal32,
+        Encoding::Decimal64,
+        Encoding::Dictionary,
+    ] {
+        let root = tmp.path().join(format!("{encoding:?}"));
+        rewrite_root(&data, &root, encoding);
+        let out = tmp.path().join(format!("{encoding:?}-out"));
+        match run(command, &root, as_of, &out) {
+            Err(why) => failures.push(format!("{encoding:?}: {why}")),
+            Ok(actual) if actual != reference => {
+                let differing: Vec<&str> = reference
+                    .iter()
+                    .filter(|file| !actual.contains(file))
+                    .map(|(name, _)| name.as_str())
+                    .collect();
+                failures.push(format!("{encoding:?}: {differing:?} differ"));
+            }
+            Ok(_) => {}
+        }
+    }
+    assert!(failures.is_empty(), "{scenario}: {failures:#?}");
+}
+
+#[test]
+fn reconcile_reads_wide_narrow_and_dictionary_encoded_numbers_alike() {
+    same_outputs_in_every_encoding("pricing_and_kinds", "reconcile", "2026-11-20T12:00:00Z");
+}
+
+#[test]
+fn close_reads_wide_narrow_and_dictionary_encoded_numbers_alike() {
+    same_outputs_in_every_encoding("close_renewal_grants", "close", "2026-12-01T06:00:00Z");
+}
