@@ -34,7 +34,7 @@ pub enum TallyError {
     #[error("invariant broken: {0}")]
     Invariant(String),
 
-    /// Writing an output file failed inside a library we call.
+    /// Writing an output or scratch file failed (in our code or inside a library we call).
     #[error("writing {file}: {message}")]
     Output { file: String, message: String },
 }
@@ -58,6 +58,16 @@ impl TallyError {
         TallyError::Io {
             path: path.into(),
             source,
+        }
+    }
+
+    /// Writing (or making a folder for) an output, the output lock or a scratch file
+    /// failed: exit 4 whatever the cause (disk full, permissions of the output root or
+    /// of `$TMPDIR`), never the exit 2 of an unreadable input.
+    pub fn write(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+        TallyError::Output {
+            file: path.as_ref().display().to_string(),
+            message: source.to_string(),
         }
     }
 

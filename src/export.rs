@@ -164,7 +164,7 @@ pub fn write_streamed_csv<T: crate::runs::Keyed>(
     batch: fn(&[T]) -> RecordBatch,
     exponent: u32,
 ) -> Result<u64> {
-    let file = File::create(path).map_err(|e| TallyError::io(path, e))?;
+    let file = File::create(path).map_err(|e| TallyError::write(path, e))?;
     let mut w = csv_writer(BufWriter::with_capacity(1 << 20, file));
     let schema = batch(&[]).schema();
     w.write_record(header(&schema)).map_err(csv_err)?;
@@ -181,8 +181,8 @@ pub fn write_streamed_csv<T: crate::runs::Keyed>(
         .into_inner()
         .map_err(|e| TallyError::output(path.display().to_string(), e.to_string()))?
         .into_inner()
-        .map_err(|e| TallyError::io(path, e.into_error()))?;
-    file.sync_all().map_err(|e| TallyError::io(path, e))?;
+        .map_err(|e| TallyError::write(path, e.into_error()))?;
+    file.sync_all().map_err(|e| TallyError::write(path, e))?;
     Ok(rows)
 }
 
@@ -341,7 +341,7 @@ pub fn write_report_files(
     rejects: &RecordBatch,
 ) -> Result<ReportFiles> {
     let report_dir = dir.join(REPORT_DIR);
-    std::fs::create_dir_all(&report_dir).map_err(|e| TallyError::io(&report_dir, e))?;
+    std::fs::create_dir_all(&report_dir).map_err(|e| TallyError::write(&report_dir, e))?;
     let exponent = out.book.exponent;
     let rejects = Rendered::of(rejects, exponent)?;
     let discrepancies = Rendered::of(discrepancies, exponent)?;

@@ -58,6 +58,11 @@ impl History {
     }
 }
 
+/// `path` made absolute against the working folder (lexically: it may not exist yet).
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 fn read_columns(
     path: &Path,
     each: &mut dyn FnMut(&arrow::record_batch::RecordBatch) -> Result<()>,
@@ -105,16 +110,35 @@ fn column<'a>(
         })
 }
 
-/// Read every close output folder directly under `dir` (a folder whose manifest.json says
-/// `"command": "close"`), except `exclude` (the run's own output folder).
-pub fn load(dir: &Path, exclude: &Path) -> Result<History> {
+/// Read every earlier close under `dir`: each folder directly under it whose manifest.json
+/// says `"command": "close"` with an as-of before `as_of`, except `exclude` (the run's
+/// own output folder). Skipped: folders whose names start with `.` or `_` (a run's staging
+/// folder, left behind when a run is killed while publishing, or a hidden backup) and
+/// closes at or after this run's as-of (a backup copy of this very close, kept beside it
+/// before a `--force` rerun, or a later close when an earlier month is rerun): they are not
+/// earlier closes, and reading them would leave this run nothing to close.
+///
+/// A missing `dir` is refused (a typo in the path would silently close periods twice)
+/// unless `exclude` lies inside it: then this is the first close of a job that keeps its
+/// closes there.
+pub fn load(dir: &Path, exclude: &Path, as_of: Micros) -> Result<History> {
     let mut history = History::default();
     if !dir.is_dir() {
-        return Ok(history);
+        if absolute(exclude).starts_with(absolute(dir)) {
+            return Ok(history);
+        }
+        return Err(TallyError::config(
+            dir.display().to_string(),
+            "the history folder does not exist: check the path (without its earlier closes a close would close their periods again), or create it empty before the first close",
+        ));
     }
     let mut folders: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| TallyError::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+            !name.is_some_and(|n| n.starts_with('.') || n.starts_with('_'))
+        })
         .filter(|p| p.join("manifest.json").is_file())
         .collect();
     folders.sort();
@@ -133,6 +157,23 @@ pub fn load(dir: &Path, exclude: &Path) -> Result<History> {
             )
         })?;
         if manifest["tool"] != "tally" || manifest["command"] != "close" {
+            continue;
+        }
+        let close_as_of = manifest["as_of"]
+            .as_str()
+            .and_then(crate::time::parse_instant)
+            .ok_or_else(|| {
+                TallyError::input(
+                    manifest_path.display().to_string(),
+                    "unreadable manifest: `as_of` is not an instant",
+                )
+            })?;
+        if close_as_of >= as_of {
+            tracing::info!(
+                folder = %folder.display(),
+                as_of = %manifest["as_of"].as_str().unwrap_or_default(),
+                "history: skipped a close that is not earlier than this run"
+            );
             continue;
         }
         let name = folder

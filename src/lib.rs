@@ -251,7 +251,7 @@ pub fn lock_output(out: &Path) -> Result<OutputLock> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    std::fs::create_dir_all(&parent).map_err(|e| TallyError::io(&parent, e))?;
+    std::fs::create_dir_all(&parent).map_err(|e| TallyError::write(&parent, e))?;
     let name = out
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -262,14 +262,14 @@ pub fn lock_output(out: &Path) -> Result<OutputLock> {
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|e| TallyError::io(&path, e))?;
+        .map_err(|e| TallyError::write(&path, e))?;
     match file.try_lock() {
         Ok(()) => Ok(OutputLock { _file: file }),
         Err(std::fs::TryLockError::WouldBlock) => Err(TallyError::Refused(format!(
             "another tally run is writing {} right now; wait for it to finish",
             out.display()
         ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(TallyError::io(&path, e)),
+        Err(std::fs::TryLockError::Error(e)) => Err(TallyError::write(&path, e)),
     }
 }
 
@@ -291,7 +291,7 @@ pub(crate) fn prepare(req: &JobRequest, out: &Path) -> Result<Prepared> {
     check_replaceable(out)?;
     refuse_reconcile_over_close(req)?;
     let history = match &req.history {
-        Some(dir) => history::load(dir, &req.out)?,
+        Some(dir) => history::load(dir, &req.out, req.as_of)?,
         None => history::History::default(),
     };
     Ok(Prepared {

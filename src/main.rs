@@ -23,10 +23,17 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 )]
 struct Cli {
     /// Log format: `auto` (human on a terminal, JSON lines otherwise), `human` or `json`.
-    #[arg(long, global = true, default_value = "auto")]
-    log_format: String,
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Copy, Clone, clap::ValueEnum)]
+enum LogFormat {
+    Auto,
+    Human,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -70,6 +77,8 @@ struct SourceArgs {
 /// `SourceArgs` with the job file applied.
 struct Source {
     job: Option<JobFile>,
+    /// The job file's path (named in errors about its settings).
+    job_path: Option<PathBuf>,
     data: PathBuf,
     as_of: tally::time::Micros,
     settle_micros: i64,
@@ -100,19 +109,27 @@ impl SourceArgs {
             .ok_or_else(|| {
                 config_error("--data (or a --job file with `data`) is required".into())
             })?;
-        let as_of_text = self
-            .as_of
-            .or_else(|| job.as_ref().and_then(|j| j.as_of.clone()))
-            .ok_or_else(|| {
-                config_error("--as-of is required (an RFC 3339 instant or `now`)".into())
-            })?;
-        let as_of = parse_as_of(&as_of_text)?;
-        let settle_micros = parse_settle(
-            self.settle
-                .or_else(|| job.as_ref().and_then(|j| j.settle.clone())),
-        )?;
+        let job_path = self.job.as_deref();
+        let (as_of_text, as_of_origin) = setting(
+            self.as_of,
+            "--as-of",
+            job.as_ref().and_then(|j| j.as_of.clone()),
+            "as_of",
+            job_path,
+        )
+        .ok_or_else(|| config_error("--as-of is required (an RFC 3339 instant or `now`)".into()))?;
+        let as_of = parse_as_of(&as_of_text, &as_of_origin)?;
+        let settle = setting(
+            self.settle,
+            "--settle",
+            job.as_ref().and_then(|j| j.settle.clone()),
+            "settle",
+            job_path,
+        );
+        let settle_micros = parse_settle(settle)?;
         Ok(Source {
             job,
+            job_path: self.job,
             data,
             as_of,
             settle_micros,
@@ -227,11 +244,11 @@ struct GenerateArgs {
 
 /// `default_level` applies without `TALLY_LOG` (explain logs warnings only: its output is
 /// the answer on stdout).
-fn init_logging(format: &str, default_level: &str) {
+fn init_logging(format: LogFormat, default_level: &str) {
     let json = match format {
-        "json" => true,
-        "human" => false,
-        _ => !std::io::stderr().is_terminal(),
+        LogFormat::Json => true,
+        LogFormat::Human => false,
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
@@ -249,8 +266,74 @@ fn config_error(message: String) -> anyhow::Error {
     anyhow::Error::new(TallyError::config("command line", message))
 }
 
+/// Where a setting came from, for its error message: a flag on the command line, or a key
+/// of the job file (so that on-call looks in the right place).
+struct Origin {
+    place: String,
+    name: String,
+    job_file: bool,
+}
+
+impl Origin {
+    /// A bad text value: `tally: command line: --flag VALUE WHY` or
+    /// `tally: JOB: key = "VALUE" WHY`.
+    fn bad(&self, value: &str, why: &str) -> anyhow::Error {
+        let shown = if self.job_file {
+            format!("{value:?}")
+        } else {
+            value.to_string()
+        };
+        self.bad_shown(&shown, why)
+    }
+
+    /// A bad number: as [`Origin::bad`], unquoted in the job file too.
+    fn bad_number(&self, value: u32, why: &str) -> anyhow::Error {
+        self.bad_shown(&value.to_string(), why)
+    }
+
+    fn bad_shown(&self, shown: &str, why: &str) -> anyhow::Error {
+        let setting = if self.job_file {
+            format!("{} = {shown}", self.name)
+        } else {
+            format!("{} {shown}", self.name)
+        };
+        anyhow::Error::new(TallyError::config(&self.place, format!("{setting} {why}")))
+    }
+}
+
+/// A setting from its flag, else from the job file's key, with where it came from.
+fn setting<T>(
+    flag_value: Option<T>,
+    flag: &str,
+    job_value: Option<T>,
+    key: &str,
+    job_path: Option<&std::path::Path>,
+) -> Option<(T, Origin)> {
+    match (flag_value, job_value) {
+        (Some(v), _) => Some((
+            v,
+            Origin {
+                place: "command line".into(),
+                name: flag.into(),
+                job_file: false,
+            },
+        )),
+        (None, Some(v)) => Some((
+            v,
+            Origin {
+                place: job_path
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                name: key.into(),
+                job_file: true,
+            },
+        )),
+        (None, None) => None,
+    }
+}
+
 /// The alert thresholds of a job file (none without one).
-fn alert_of(job: Option<&JobFile>) -> anyhow::Result<Alert> {
+fn alert_of(job: Option<&JobFile>, job_path: Option<&std::path::Path>) -> anyhow::Result<Alert> {
     let mut alert = Alert::default();
     if let Some(j) = job {
         alert.max_discrepancies = j.alert.max_discrepancies;
@@ -261,8 +344,11 @@ fn alert_of(job: Option<&JobFile>) -> anyhow::Result<Alert> {
                 .ok()
                 .and_then(Milli::from_decimal)
                 .ok_or_else(|| {
-                    config_error(format!(
-                        "alert.max_abs_delta_credits = {text} is not a decimal"
+                    anyhow::Error::new(TallyError::config(
+                        job_path
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_default(),
+                        format!("alert.max_abs_delta_credits = {text:?} is not a decimal"),
                     ))
                 })?;
             alert.max_abs_delta_credits = Some(d);
@@ -293,25 +379,25 @@ fn shard_from_env() -> anyhow::Result<Option<(u32, u32)>> {
 }
 
 /// `--as-of`: an RFC 3339 instant or `now`.
-fn parse_as_of(text: &str) -> anyhow::Result<tally::time::Micros> {
+fn parse_as_of(text: &str, origin: &Origin) -> anyhow::Result<tally::time::Micros> {
     if text == "now" {
         return Ok(chrono::Utc::now().timestamp() * 1_000_000);
     }
     tally::time::parse_instant(text).ok_or_else(|| {
-        config_error(format!(
-            "--as-of {text} is not an RFC 3339 instant such as 2026-11-20T00:00:00Z"
-        ))
+        origin.bad(
+            text,
+            "is not an RFC 3339 instant such as 2026-11-20T00:00:00Z",
+        )
     })
 }
 
 /// `--settle` (default 15m).
-fn parse_settle(text: Option<String>) -> anyhow::Result<i64> {
-    let text = text.unwrap_or_else(|| "15m".into());
-    tally::time::parse_duration_micros(&text).ok_or_else(|| {
-        config_error(format!(
-            "--settle {text} is not a duration such as 15m, 900s or 1h"
-        ))
-    })
+fn parse_settle(setting: Option<(String, Origin)>) -> anyhow::Result<i64> {
+    let Some((text, origin)) = setting else {
+        return Ok(tally::time::parse_duration_micros("15m").expect("the default settle"));
+    };
+    tally::time::parse_duration_micros(&text)
+        .ok_or_else(|| origin.bad(&text, "is not a duration such as 15m, 900s or 1h"))
 }
 
 fn explain(x: ExplainArgs) -> anyhow::Result<u8> {
@@ -320,6 +406,7 @@ fn explain(x: ExplainArgs) -> anyhow::Result<u8> {
         data,
         as_of,
         settle_micros,
+        ..
     } = x.source.resolve(None)?;
     let close = x.close || job.as_ref().and_then(|j| j.command.as_deref()) == Some("close");
     let target = match (x.event, x.entry, x.account) {
@@ -381,40 +468,42 @@ fn request(
 ) -> anyhow::Result<JobRequest> {
     let Source {
         job,
+        job_path,
         data,
         as_of,
         settle_micros,
     } = args.source.resolve(Some(mode))?;
+    let job_path = job_path.as_deref();
     let out = args
         .out
         .or_else(|| job.as_ref().map(|j| j.out.clone()))
         .ok_or_else(|| config_error("--out (or a --job file with `out`) is required".into()))?;
-    let buckets = args
-        .buckets
-        .or_else(|| job.as_ref().and_then(|j| j.buckets))
-        .unwrap_or(tally::pipeline::AUTOMATIC_BUCKETS);
-    if buckets > tally::route::MAX_BUCKETS
-        || (buckets == 0
-            && args
-                .buckets
-                .or(job.as_ref().and_then(|j| j.buckets))
-                .is_some())
-    {
-        return Err(config_error(format!(
-            "--buckets {buckets} must be in 1..={}",
-            tally::route::MAX_BUCKETS
-        )));
-    }
-    let budget_text = args
-        .memory_budget
-        .or_else(|| job.as_ref().and_then(|j| j.memory_budget.clone()));
-    let memory_budget_bytes = match budget_text {
+    let buckets = match setting(
+        args.buckets,
+        "--buckets",
+        job.as_ref().and_then(|j| j.buckets),
+        "buckets",
+        job_path,
+    ) {
+        None => tally::pipeline::AUTOMATIC_BUCKETS,
+        Some((b, origin)) if b == 0 || b > tally::route::MAX_BUCKETS => {
+            return Err(
+                origin.bad_number(b, &format!("must be in 1..={}", tally::route::MAX_BUCKETS))
+            );
+        }
+        Some((b, _)) => b,
+    };
+    let budget = setting(
+        args.memory_budget,
+        "--memory-budget",
+        job.as_ref().and_then(|j| j.memory_budget.clone()),
+        "memory_budget",
+        job_path,
+    );
+    let memory_budget_bytes = match budget {
         None => tally::pipeline::DEFAULT_MEMORY_BUDGET_BYTES,
-        Some(text) => tally::job::parse_bytes(&text).ok_or_else(|| {
-            config_error(format!(
-                "--memory-budget {text} is not a size such as 2GiB, 512MiB or 4GB"
-            ))
-        })?,
+        Some((text, origin)) => tally::job::parse_bytes(&text)
+            .ok_or_else(|| origin.bad(&text, "is not a size such as 2GiB, 512MiB or 4GB"))?,
     };
     if let Some(g) = args
         .groups
@@ -425,12 +514,24 @@ fn request(
             tally::route::MAX_GROUPS
         )));
     }
-    let alert = alert_of(job.as_ref())?;
+    let alert = alert_of(job.as_ref(), job_path)?;
     let shard = match args.shard {
         Some(text) => Some(tally::shard::parse_shard(&text).map_err(config_error)?),
         None => shard_from_env()?,
     };
-    let history = history.or_else(|| job.as_ref().and_then(|j| j.history.clone()));
+    let job_history = job.as_ref().and_then(|j| j.history.clone());
+    if let (Mode::Reconcile, Some(dir)) = (mode, &job_history) {
+        // Read by a reconcile it would move events of closed periods out of its window,
+        // and `explain` (which reads it for a close only) would disagree with the run.
+        return Err(anyhow::Error::new(TallyError::config(
+            job_path.map(|p| p.display().to_string()).unwrap_or_default(),
+            format!(
+                "history = {:?} is a close setting; a reconcile does not read earlier closes: remove it from this job file",
+                dir.display().to_string()
+            ),
+        )));
+    }
+    let history = history.or(job_history);
     Ok(JobRequest {
         history,
         data,
@@ -510,7 +611,7 @@ fn merge(m: MergeArgs) -> anyhow::Result<u8> {
         out: m.out.clone(),
         data: m.data,
         force: m.force,
-        alert: alert_of(job.as_ref())?,
+        alert: alert_of(job.as_ref(), m.job.as_deref())?,
         progress: Progress {
             interactive: std::io::stderr().is_terminal(),
         },
@@ -565,17 +666,21 @@ fn main() -> ExitCode {
     tally::memory::tune();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
+        Err(e) if !e.use_stderr() => {
+            // --help and --version: clap's own text on stdout.
             let _ = e.print();
-            return ExitCode::from(code);
+            return ExitCode::from(0);
+        }
+        Err(e) => {
+            eprintln!("tally: command line: {}", clap_error_line(&e));
+            return ExitCode::from(2);
         }
     };
     let level = match cli.command {
         Command::Explain(_) => "warn",
         _ => "info",
     };
-    init_logging(&cli.log_format, level);
+    init_logging(cli.log_format, level);
     std::panic::set_hook(Box::new(|info| {
         // A decoder panic on corrupt input is caught and reported as an input error.
         if !tally::load::decoding_input() {
@@ -599,6 +704,20 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// A flag-parsing error on one line, like every other failure: clap's first line without
+/// its `error: ` prefix, its tip when it has one, and where to look.
+fn clap_error_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("cannot read the flags");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let tip = lines
+        .find_map(|l| l.strip_prefix("tip: "))
+        .map(|t| format!(" ({t})"))
+        .unwrap_or_default();
+    format!("{first}{tip}; `tally --help` lists the commands and flags")
 }
 
 /// The error on one line (our errors' messages already name their cause).

@@ -340,7 +340,7 @@ impl EntryHashes {
         let files = (0..1 << ENTRY_HASH_FILE_BITS)
             .map(|bucket| {
                 let path = Self::path(dir.path(), bucket);
-                let file = File::create(&path).map_err(|e| TallyError::io(&path, e))?;
+                let file = File::create(&path).map_err(|e| TallyError::write(&path, e))?;
                 Ok(Mutex::new(BufWriter::with_capacity(64 << 10, file)))
             })
             .collect::<Result<_>>()?;
@@ -368,7 +368,7 @@ impl EntryHashes {
                 self.failed
                     .lock()
                     .expect("entry hash error lock")
-                    .get_or_insert(TallyError::io(&path, e));
+                    .get_or_insert(TallyError::write(&path, e));
             }
         }
     }
@@ -386,7 +386,7 @@ impl EntryHashes {
             file.into_inner()
                 .expect("entry hash file lock")
                 .flush()
-                .map_err(|e| TallyError::io(&path, e))?;
+                .map_err(|e| TallyError::write(&path, e))?;
         }
         let has_repeat = |bucket: usize| -> Result<bool> {
             let path = Self::path(dir.path(), bucket);

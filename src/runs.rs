@@ -144,7 +144,7 @@ impl<T> Run<T> {
 
 /// Write `rows` as a run file at `path`.
 pub fn write_run<T: Keyed>(path: &Path, rows: &[T]) -> Result<Run<T>> {
-    let file = File::create(path).map_err(|e| TallyError::io(path, e))?;
+    let file = File::create(path).map_err(|e| TallyError::write(path, e))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
     let mut record = Vec::new();
     for row in rows {
@@ -153,12 +153,12 @@ pub fn write_run<T: Keyed>(path: &Path, rows: &[T]) -> Result<Run<T>> {
             postcard::to_extend(row, record).map_err(|e| TallyError::output("billed run", e))?;
         w.write_all(&(record.len() as u32).to_le_bytes())
             .and_then(|_| w.write_all(&record))
-            .map_err(|e| TallyError::io(path, e))?;
+            .map_err(|e| TallyError::write(path, e))?;
     }
     // Not synced: a run file in the spill folder lives only as long as the run; a shard
     // syncs the run files it keeps (`shard::keep_runs`).
     w.into_inner()
-        .map_err(|e| TallyError::io(path, e.into_error()))?;
+        .map_err(|e| TallyError::write(path, e.into_error()))?;
     Ok(Run::File(path.to_path_buf(), rows.len() as u64))
 }
 

@@ -132,13 +132,13 @@ fn write_shard(
     let lines = std::mem::take(&mut partial.lines);
     partial.lines = keep_runs(dir, "lines", lines, &mut runs)?;
     let path = dir.join(PARTIAL);
-    let file = std::fs::File::create(&path).map_err(|e| TallyError::io(&path, e))?;
+    let file = std::fs::File::create(&path).map_err(|e| TallyError::write(&path, e))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
     postcard::to_io(partial, &mut w).map_err(|e| TallyError::output(PARTIAL, e))?;
     let file = w
         .into_inner()
-        .map_err(|e| TallyError::io(&path, e.into_error()))?;
-    file.sync_all().map_err(|e| TallyError::io(&path, e))?;
+        .map_err(|e| TallyError::write(&path, e.into_error()))?;
+    file.sync_all().map_err(|e| TallyError::write(&path, e))?;
     let manifest = ShardManifest {
         tool: "tally".into(),
         version: write::VERSION.into(),
@@ -177,13 +177,13 @@ fn keep_runs<T: crate::runs::Keyed>(
                 crate::runs::write_run(&target, &rows)?;
             }
             Run::File(path, _) => {
-                std::fs::copy(&path, &target).map_err(|e| TallyError::io(&target, e))?;
+                std::fs::copy(&path, &target).map_err(|e| TallyError::write(&target, e))?;
             }
         }
         // A shard's output: on disk before the shard is published.
         std::fs::File::open(&target)
             .and_then(|f| f.sync_all())
-            .map_err(|e| TallyError::io(&target, e))?;
+            .map_err(|e| TallyError::write(&target, e))?;
         listed.push(FileEntry {
             sha256: write::sha256_file(&target)?,
             path: name.clone(),

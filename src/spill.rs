@@ -39,7 +39,7 @@ pub fn spill_dir() -> Result<tempfile::TempDir> {
     tempfile::Builder::new()
         .prefix(&format!("{SPILL_PREFIX}{}-", std::process::id()))
         .tempdir_in(&tmp)
-        .map_err(|e| TallyError::io(&tmp, e))
+        .map_err(|e| TallyError::write(&tmp, e))
 }
 
 /// Remove `tally-spill-PID-*` folders whose process no longer exists (best effort), and
@@ -150,7 +150,7 @@ impl SpillFiles {
         let mut writers = Vec::new();
         for g in 0..groups {
             let path = dir.join(format!("{}-{g}.bin", dataset.name()));
-            let file = File::create(&path).map_err(|e| TallyError::io(&path, e))?;
+            let file = File::create(&path).map_err(|e| TallyError::write(&path, e))?;
             writers.push(Mutex::new(BufWriter::with_capacity(
                 buffer_bytes(groups),
                 file,
@@ -191,7 +191,7 @@ impl SpillFiles {
         w.write_all(&header)
             .and_then(|_| w.write_all(&encoded))
             .and_then(|_| w.write_all(&packed_ids))
-            .map_err(|e| TallyError::io(&self.paths[group], e))
+            .map_err(|e| TallyError::write(&self.paths[group], e))
     }
 
     /// Flush every writer; after this the files can be read.
@@ -200,7 +200,7 @@ impl SpillFiles {
             w.into_inner()
                 .expect("spill writer lock")
                 .flush()
-                .map_err(|e| TallyError::io(path, e))?;
+                .map_err(|e| TallyError::write(path, e))?;
         }
         Ok(self
             .paths

@@ -436,8 +436,14 @@ pub fn write_streamed<T: crate::runs::Keyed>(
 
 // ---- files -----------------------------------------------------------------------------
 
+/// A failure reading a file (an input's bytes for the manifest): exit 2.
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TallyError + '_ {
     move |e| TallyError::io(path, e)
+}
+
+/// A failure writing an output (disk full, no permission on the output root): exit 4.
+fn write_err(path: &Path) -> impl Fn(std::io::Error) -> TallyError + '_ {
+    move |e| TallyError::write(path, e)
 }
 
 /// zstd level of every Parquet output. Level 1, not 3: with [`UNIQUE_ID_COLUMNS`] written
@@ -462,7 +468,7 @@ pub struct ParquetOut<'a> {
 
 impl<'a> ParquetOut<'a> {
     pub fn create(path: &'a Path, schema: arrow::datatypes::SchemaRef) -> Result<ParquetOut<'a>> {
-        let file = File::create(path).map_err(io_err(path))?;
+        let file = File::create(path).map_err(write_err(path))?;
         let mut props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(
                 ZstdLevel::try_new(ZSTD_LEVEL).expect("valid level"),
@@ -494,8 +500,8 @@ impl<'a> ParquetOut<'a> {
             .map_err(|e| TallyError::output(path.display().to_string(), e))?;
         let file = inner
             .into_inner()
-            .map_err(|e| TallyError::io(path, e.into_error()))?;
-        file.sync_all().map_err(io_err(path))
+            .map_err(|e| TallyError::write(path, e.into_error()))?;
+        file.sync_all().map_err(write_err(path))
     }
 }
 
@@ -507,9 +513,9 @@ pub fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<()> {
 }
 
 pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut file = File::create(path).map_err(io_err(path))?;
-    file.write_all(bytes).map_err(io_err(path))?;
-    file.sync_all().map_err(io_err(path))
+    let mut file = File::create(path).map_err(write_err(path))?;
+    file.write_all(bytes).map_err(write_err(path))?;
+    file.sync_all().map_err(write_err(path))
 }
 
 /// sha256 of a file, hex.
@@ -593,13 +599,13 @@ pub fn clean_stale_staging(target: &Path) -> Result<()> {
 /// Create a fresh staging folder beside `target`.
 pub fn create_staging(target: &Path) -> Result<PathBuf> {
     let (parent, prefix) = staging_prefix(target)?;
-    std::fs::create_dir_all(&parent).map_err(io_err(&parent))?;
+    std::fs::create_dir_all(&parent).map_err(write_err(&parent))?;
     clean_stale_staging(target)?;
     let staging = parent.join(format!("{prefix}{}", std::process::id()));
     if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(io_err(&staging))?;
+        std::fs::remove_dir_all(&staging).map_err(write_err(&staging))?;
     }
-    std::fs::create_dir(&staging).map_err(io_err(&staging))?;
+    std::fs::create_dir(&staging).map_err(write_err(&staging))?;
     Ok(staging)
 }
 
@@ -611,19 +617,19 @@ pub fn publish(staging: &Path, target: &Path) -> Result<()> {
     let (parent, prefix) = staging_prefix(target)?;
     File::open(staging)
         .and_then(|d| d.sync_all())
-        .map_err(io_err(staging))?;
+        .map_err(write_err(staging))?;
     if target.exists() {
         if exchange(staging, target).is_ok() {
             // `staging` now holds the previous output.
-            std::fs::remove_dir_all(staging).map_err(io_err(staging))?;
+            std::fs::remove_dir_all(staging).map_err(write_err(staging))?;
         } else {
             let old = parent.join(format!("{prefix}{}-old", std::process::id()));
-            std::fs::rename(target, &old).map_err(io_err(target))?;
-            std::fs::rename(staging, target).map_err(io_err(target))?;
-            std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
+            std::fs::rename(target, &old).map_err(write_err(target))?;
+            std::fs::rename(staging, target).map_err(write_err(target))?;
+            std::fs::remove_dir_all(&old).map_err(write_err(&old))?;
         }
     } else {
-        std::fs::rename(staging, target).map_err(io_err(target))?;
+        std::fs::rename(staging, target).map_err(write_err(target))?;
     }
     if let Ok(dir) = File::open(&parent) {
         let _ = dir.sync_all();
