@@ -226,8 +226,10 @@ pub fn milli_from_decimal_parts(
             let divisor = 10i128.pow(drop);
             let quotient = unscaled / divisor;
             let remainder = (unscaled % divisor).abs();
-            let twice = remainder * 2;
-            let away = twice > divisor || (twice == divisor && quotient % 2 != 0);
+            // Compared with what is left to the divisor, not doubled: 2 × remainder passes
+            // i128 when 38 digits are dropped (a DECIMAL(76, 41) value that fits 128 bits).
+            let rest = divisor - remainder;
+            let away = remainder > rest || (remainder == rest && quotient % 2 != 0);
             if away {
                 quotient + unscaled.signum()
             } else {
@@ -345,6 +347,19 @@ mod tests {
         assert_eq!(milli_from_decimal_parts(5, 0).unwrap(), Milli(5000));
         assert_eq!(milli_from_decimal_parts(5, -2).unwrap(), Milli(500_000));
         assert!(milli_from_decimal_parts(1_000_000_000_000_000, 0).is_err());
+        // 38 digits dropped: 0.0009 as 9 × 10^37 at scale 41 (a remainder twice of which
+        // would not fit i128); ties and the digit above a tie.
+        let nine = 9 * 10i128.pow(37);
+        assert_eq!(milli_from_decimal_parts(nine, 41).unwrap(), Milli(1));
+        assert_eq!(milli_from_decimal_parts(-nine, 41).unwrap(), Milli(-1));
+        let tie = 5 * 10i128.pow(37);
+        assert_eq!(milli_from_decimal_parts(tie, 41).unwrap(), Milli(0));
+        assert_eq!(milli_from_decimal_parts(tie + 1, 41).unwrap(), Milli(1));
+        assert_eq!(
+            milli_from_decimal_parts(10i128.pow(38) + tie, 41).unwrap(),
+            Milli(2)
+        );
+        assert_eq!(milli_from_decimal_parts(i128::MAX, 41).unwrap(), Milli(2));
         assert!(milli_from_decimal_parts(999_999_999_999_999, 0).is_ok());
     }
 

@@ -354,6 +354,7 @@ fn run_account(
     let history = match (&req.history, req.mode) {
         (Some(dir), Mode::Close) => {
             let exclude = req.out.clone().unwrap_or_default();
+            crate::history::check_layout(dir, &exclude)?;
             crate::history::load(dir, &exclude, req.as_of)?
         }
         _ => History::default(),

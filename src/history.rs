@@ -58,11 +58,6 @@ impl History {
     }
 }
 
-/// `path` made absolute against the working folder (lexically: it may not exist yet).
-fn absolute(path: &Path) -> PathBuf {
-    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
-}
-
 fn read_columns(
     path: &Path,
     each: &mut dyn FnMut(&arrow::record_batch::RecordBatch) -> Result<()>,
@@ -110,27 +105,53 @@ fn column<'a>(
         })
 }
 
+/// Refuse a close whose output folder is not directly inside its history folder: the next
+/// close, reading that history, would not see this one and would close its periods again.
+/// Paths are compared after making them absolute and folding `.` and `..` (without
+/// following symbolic links: neither folder need exist yet).
+pub fn check_layout(dir: &Path, out: &Path) -> Result<()> {
+    let (dir_abs, out_abs) = (normalised(dir), normalised(out));
+    if out_abs.parent() == Some(dir_abs.as_path()) {
+        return Ok(());
+    }
+    Err(TallyError::config(
+        dir.display().to_string(),
+        format!(
+            "the close's output folder {} is not directly inside this history folder, so the next close would not read it and would close its periods again: write closes to {}/<name>",
+            out.display(),
+            dir.display()
+        ),
+    ))
+}
+
+/// `path` made absolute against the working folder, `.` and `..` folded lexically.
+fn normalised(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut out = PathBuf::new();
+    for part in absolute.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 /// Read every earlier close under `dir`: each folder directly under it whose manifest.json
-/// says `"command": "close"` with an as-of before `as_of`, except `exclude` (the run's
-/// own output folder). Skipped: folders whose names start with `.` or `_` (a run's staging
-/// folder, left behind when a run is killed while publishing, or a hidden backup) and
-/// closes at or after this run's as-of (a backup copy of this very close, kept beside it
-/// before a `--force` rerun, or a later close when an earlier month is rerun): they are not
-/// earlier closes, and reading them would leave this run nothing to close.
-///
-/// A missing `dir` is refused (a typo in the path would silently close periods twice)
-/// unless `exclude` lies inside it: then this is the first close of a job that keeps its
-/// closes there.
+/// says `"command": "close"`, except `exclude` (the run's own output folder). Skipped as
+/// well: folders whose names start with `.` or `_` (a run's staging folder, left behind
+/// when a run is killed while publishing, or a hidden backup) and closes made at this
+/// run's own as-of (a backup copy of this very close kept beside it before a `--force`
+/// rerun): reading them would leave this run nothing to close. Closes at a later as-of are
+/// read: their periods are closed, whichever month is re-run. A `dir` that does not exist
+/// yet holds no closes (the first close; [`check_layout`] has put its output inside it).
 pub fn load(dir: &Path, exclude: &Path, as_of: Micros) -> Result<History> {
     let mut history = History::default();
     if !dir.is_dir() {
-        if absolute(exclude).starts_with(absolute(dir)) {
-            return Ok(history);
-        }
-        return Err(TallyError::config(
-            dir.display().to_string(),
-            "the history folder does not exist: check the path (without its earlier closes a close would close their periods again), or create it empty before the first close",
-        ));
+        return Ok(history);
     }
     let mut folders: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| TallyError::io(dir, e))?
@@ -168,11 +189,10 @@ pub fn load(dir: &Path, exclude: &Path, as_of: Micros) -> Result<History> {
                     "unreadable manifest: `as_of` is not an instant",
                 )
             })?;
-        if close_as_of >= as_of {
+        if close_as_of == as_of {
             tracing::info!(
                 folder = %folder.display(),
-                as_of = %manifest["as_of"].as_str().unwrap_or_default(),
-                "history: skipped a close that is not earlier than this run"
+                "history: skipped a close made at this run's as-of (a copy of this close)"
             );
             continue;
         }

@@ -287,6 +287,10 @@ pub(crate) fn prepare(req: &JobRequest, out: &Path) -> Result<Prepared> {
             "data root is not a folder",
         ));
     }
+    if let Some(dir) = &req.history {
+        // Before the lock, which makes the output's parent folder.
+        history::check_layout(dir, &req.out)?;
+    }
     let lock = lock_output(out)?;
     check_replaceable(out)?;
     refuse_reconcile_over_close(req)?;

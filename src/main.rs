@@ -434,10 +434,10 @@ fn explain(x: ExplainArgs) -> anyhow::Result<u8> {
         .out
         .or_else(|| job.as_ref().map(|j| tally::job::expand_out(&j.out, as_of)));
     if history.is_some() && out.is_none() {
-        // Without it the close's own folder inside the history would count as an earlier
-        // close, and its periods would look closed already.
+        // The close was checked to write directly inside its history and skipped its own
+        // folder there; explain does both the same way.
         return Err(config_error(
-            "--history needs the close's --out (the close skipped its own folder in the history)"
+            "--history needs the close's --out (a close writes directly inside its history folder and skips its own folder there)"
                 .into(),
         ));
     }
@@ -709,15 +709,26 @@ fn main() -> ExitCode {
 /// A flag-parsing error on one line, like every other failure: clap's first line without
 /// its `error: ` prefix, its tip when it has one, and where to look.
 fn clap_error_line(e: &clap::Error) -> String {
+    if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        return "a command is required (reconcile, close, merge, explain, generate or scan); `tally --help` lists them".into();
+    }
     let text = e.render().to_string();
     let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
     let first = lines.next().unwrap_or("cannot read the flags");
     let first = first.strip_prefix("error: ").unwrap_or(first);
-    let tip = lines
-        .find_map(|l| l.strip_prefix("tip: "))
-        .map(|t| format!(" ({t})"))
-        .unwrap_or_default();
-    format!("{first}{tip}; `tally --help` lists the commands and flags")
+    // clap's tip ("a similar argument exists") and the values a flag takes.
+    let extra: Vec<&str> = lines
+        .filter_map(|l| {
+            l.strip_prefix("tip: ")
+                .or_else(|| l.starts_with("[possible values").then_some(l))
+        })
+        .collect();
+    let extra = if extra.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", extra.join("; "))
+    };
+    format!("{first}{extra}; `tally --help` lists the commands and flags")
 }
 
 /// The error on one line (our errors' messages already name their cause).

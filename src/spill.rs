@@ -367,7 +367,7 @@ pub fn read_group<R: CompactRow>(
         true => None,
         false => Some(unsafe { memmap2::Mmap::map(&opened) }.map_err(|e| TallyError::io(path, e))?),
     };
-    std::fs::remove_file(path).map_err(|e| TallyError::io(path, e))?;
+    std::fs::remove_file(path).map_err(|e| TallyError::write(path, e))?;
     let bytes: &[u8] = map.as_deref().unwrap_or_default();
     let mut frames = frames_of::<R>(bytes, path)?;
     let total: usize = frames.iter().map(|f| f.count).sum();

@@ -455,28 +455,26 @@ fn late_events(extra: &[&str]) {
             .count(),
         1
     );
-    // Earlier closes are inputs: the same third close again is a no-op, and so is the
-    // second one re-run now that a later close exists (a close reads only closes before
-    // its as-of: the later one is not its history, so nothing it read has changed).
+    // Earlier closes are inputs: the same third close again is a no-op, but re-running the
+    // second one now that a later close exists is refused (its coverage would change).
     let again = close("2027-01-01T00:00:00Z", "2027-01-01");
     assert!(String::from_utf8_lossy(&again.stdout).contains("already closed"));
     let redo = close("2026-12-31T08:00:00Z", "2026-12-31");
-    assert_eq!(redo.status.code(), Some(0), "{}", stderr(&redo));
+    assert_eq!(redo.status.code(), Some(3));
     assert!(
-        String::from_utf8_lossy(&redo.stdout).contains("already closed"),
+        stderr(&redo).contains("history/2027-01-01/manifest.json is new"),
         "{}",
-        String::from_utf8_lossy(&redo.stdout)
+        stderr(&redo)
     );
 }
 
-/// Grant priorities at the limit of 32 bits carry into `grants_next` unchanged (it writes
-/// the input schema's INT32); one past the limit is `bad_value` (it could not be carried).
-/// The history folder holds earlier closes only: a backup copy of this close kept beside
-/// it before a `--force` rerun, and a staging folder a killed run left there, are not read
-/// (each made the forced close invoice nothing); a history folder that does not exist is
-/// refused unless the close's own output goes inside it (the first close).
+/// What a close reads from its history folder: not a backup copy of this very close kept
+/// beside it before a `--force` rerun, nor a folder named `.*` (a staging folder a killed
+/// run left there) or `_*`, even when they hold an earlier close (each made the forced
+/// close invoice nothing). A close whose output is not directly inside its history folder
+/// is refused: the next close would not see it and would close its periods again.
 #[test]
-fn history_reads_only_earlier_closes_and_refuses_a_missing_folder() {
+fn history_skips_copies_of_this_close_and_hidden_folders_and_refuses_an_output_outside_it() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("data");
     first_root(&root);
@@ -503,10 +501,18 @@ fn history_reads_only_earlier_closes_and_refuses_a_missing_folder() {
     let invoices = read_parquet(&closes.join("2026-12-01/invoices.parquet")).num_rows();
     assert!(invoices > 0);
     copy_dir(&closes.join("2026-12-01"), &closes.join("2026-12-01.bak"));
-    copy_dir(
-        &closes.join("2026-12-01"),
-        &closes.join(".2026-12-01.tally-staging-99999"),
-    );
+    // Hidden copies with an earlier as-of: only their names keep them out.
+    for hidden in [".2026-12-01.tally-staging-99999", "_2026-12-01.partial"] {
+        let copy = closes.join(hidden);
+        copy_dir(&closes.join("2026-12-01"), &copy);
+        let manifest = std::fs::read_to_string(copy.join("manifest.json")).unwrap();
+        let earlier = manifest.replace(
+            "\"as_of\": \"2026-12-01T00:00:00Z\"",
+            "\"as_of\": \"2026-11-30T00:00:00Z\"",
+        );
+        assert_ne!(manifest, earlier);
+        std::fs::write(copy.join("manifest.json"), earlier).unwrap();
+    }
     write_usage(
         &root.join("usage/part-extra.parquet"),
         &[(
@@ -527,11 +533,11 @@ fn history_reads_only_earlier_closes_and_refuses_a_missing_folder() {
     );
     let manifest = std::fs::read_to_string(closes.join("2026-12-01/manifest.json")).unwrap();
     assert!(
-        !manifest.contains(".bak") && !manifest.contains("staging"),
+        !manifest.contains(".bak") && !manifest.contains("staging") && !manifest.contains("_2026"),
         "{manifest}"
     );
 
-    let elsewhere = tmp.path().join("elsewhere");
+    let elsewhere = tmp.path().join("elsewhere/2026-12-01");
     let missing = tmp.path().join("no-such-closes");
     let out = tally(&[
         "close",
@@ -548,13 +554,31 @@ fn history_reads_only_earlier_closes_and_refuses_a_missing_folder() {
     assert_eq!(
         stderr(&out),
         format!(
-            "tally: {}: the history folder does not exist: check the path (without its earlier closes a close would close their periods again), or create it empty before the first close\n",
+            "tally: {}: the close's output folder {} is not directly inside this history folder, so the next close would not read it and would close its periods again: write closes to {}/<name>\n",
+            missing.display(),
+            elsewhere.display(),
             missing.display()
         )
     );
-    assert!(!elsewhere.exists());
+    assert!(!elsewhere.exists() && !missing.exists());
+    // `..` is folded: an output that is inside the history folder after all is accepted.
+    let roundabout = closes.join("x/../2026-12-01");
+    let again = tally(&[
+        "close",
+        "--data",
+        root.to_str().unwrap(),
+        "--as-of",
+        "2026-12-01T00:00:00Z",
+        "--out",
+        roundabout.to_str().unwrap(),
+        "--history",
+        closes.to_str().unwrap(),
+    ]);
+    assert!(again.status.success(), "{}", stderr(&again));
 }
 
+/// Grant priorities at the limit of 32 bits carry into `grants_next` unchanged (it writes
+/// the input schema's INT32); one past the limit is `bad_value` (it could not be carried).
 #[test]
 fn grant_priorities_carry_at_the_32_bit_limit_and_one_past_is_rejected() {
     let tmp = tempfile::tempdir().unwrap();

@@ -1,7 +1,7 @@
 //! Other physical encodings of the same values are read like the fixtures' own (contract
 //! section 2: amounts as INT32/INT64, DECIMAL(p, s) or DOUBLE, timestamps of any unit,
 //! any Parquet writer): golden scenarios whose inputs are rewritten with every amount as a
-//! wide DECIMAL(76, 38) (BigQuery's BIGNUMERIC: 1.5 is stored as 15 × 10^37, past 128
+//! wide DECIMAL(76, 38) (BigQuery's BIGNUMERIC: 2.5 is stored as 25 × 10^37, past 128
 //! bits), as DECIMAL(9, 3) and DECIMAL(18, 3) in the Arrow schema a writer stores as
 //! `Decimal32`/`Decimal64`, or with amounts, instants and priorities dictionary-encoded,
 //! give the same outputs as the scenario's own inputs.
