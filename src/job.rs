@@ -5,7 +5,7 @@
 //! data = "../fixtures/demo"      # relative paths are relative to the job file's folder
 //! out = "../out/nightly"
 //! settle = "15m"
-//! as_of = "now"                  # optional; an RFC 3339 instant, or "now" (the default)
+//! as_of = "now"                  # optional if --as-of is given; an RFC 3339 instant or "now"
 //! [alert]
 //! max_discrepancies = 100
 //! max_abs_delta_credits = "500"
@@ -29,7 +29,7 @@ pub struct JobFile {
     pub settle: Option<String>,
     pub as_of: Option<String>,
     pub buckets: Option<u32>,
-    /// Working memory the run aims to stay within, e.g. "2GiB" (default 2 GiB).
+    /// Working memory the run sizes its groups by, e.g. "3GiB" (default 3 GiB).
     pub memory_budget: Option<String>,
     /// (close) the folder of earlier close outputs, for late events and never closing a
     /// period twice.

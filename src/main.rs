@@ -1,7 +1,8 @@
 //! The `tally` binary: a thin clap layer over the library. Exit codes are a contract:
-//! 0 ok · 1 finished, discrepancies above the job's alert threshold · 2 bad configuration
-//! or unreadable input · 3 refused (close over a changed closed period, run in progress)
-//! · 4 internal error.
+//! 0 ok · 1 finished and published, but a job `[alert]` threshold was crossed · 2 bad
+//! configuration or unreadable input · 3 refused (close over a changed closed period, run
+//! in progress, a folder that is not a tally output, a reconcile over a close, a bad shard
+//! set) · 4 internal error or an output that could not be written.
 
 use clap::{Args, Parser, Subcommand};
 use std::io::IsTerminal;

@@ -1,7 +1,7 @@
 //! A split run's first full pass: parse every usage and ledger row once and write each
 //! valid row to the spill file of its group (its compact row's spill form, see
 //! [`CompactRow`], and its ids), so that the groups can then be processed one after another
-//! with only one group in memory. A spill row takes about 30 bytes with its ids (20-byte
+//! with at most two groups' rows in memory (the next one is read back meanwhile). A spill row takes about 30 bytes with its ids (20-byte
 //! generated ids packed by [`crate::idpack`]; 49 bytes with the ids as they are in memory,
 //! 91 with the in-memory rows before the spill form).
 //! Rejected rows and candidates (rows whose partition `route::resolve` decides) stay in memory;
