@@ -79,7 +79,9 @@ impl RateTable {
         RateTable { by_sku }
     }
 
-    /// What an event should have cost (the contract's section 3, as [`price_event`]).
+    /// What an event should have cost (the contract's section 3): what [`price_event`], the
+    /// reference without the per-sku table and the integer fast path, gives (a proptest
+    /// compares them).
     pub fn price(&self, event: &Usage, ids: &crate::dict::Ids) -> Result<Price> {
         if event.status() != EventStatus::Succeeded {
             return Ok(Price::NotChargeable);
@@ -207,6 +209,9 @@ fn divide(n: u128, d: u128) -> (u128, u128) {
     }
 }
 
+/// What an event should have cost, straight from the contract's section 3: the price book's
+/// lookup and the decimal arithmetic. The reference the run's [`RateTable::price`] is held
+/// to (a proptest), and what a reader checks the contract against.
 pub fn price_event(book: &PriceBook, event: &UsageRow) -> Result<Price> {
     if event.status != EventStatus::Succeeded {
         return Ok(Price::NotChargeable);
@@ -375,6 +380,108 @@ mod tests {
             if let Some(fast) = IntegerRate::of(&r).and_then(|f| f.credits(Milli(q))) {
                 proptest::prop_assert_eq!(Some(fast), slow);
             }
+        }
+    }
+
+    /// A price book with what the fast path must get right: model rates that beat the
+    /// generic one, effective-dated rows (a model rate that starts later than the generic
+    /// one), fractional increments and prices, minimums, a rate whose integer form overflows.
+    const EQUIVALENCE_BOOK: &str = r#"
+currency = "USD"
+[plans.pro]
+price = "9.99"
+included_credits = "200"
+[[rates]]
+product = "studio"
+action = "prompt_to_video"
+unit = "second"
+credits_per_unit = "8"
+effective_from = 2026-01-01T00:00:00Z
+[[rates]]
+product = "studio"
+action = "prompt_to_video"
+unit = "second"
+credits_per_unit = "9.5"
+increment = "0.5"
+minimum = "3"
+effective_from = 2026-11-15T00:00:00Z
+[[rates]]
+product = "studio"
+action = "prompt_to_video"
+model = "veo-3"
+unit = "second"
+credits_per_unit = "12.125"
+increment = "2"
+effective_from = 2026-11-10T00:00:00Z
+[[rates]]
+product = "studio"
+action = "genai_image"
+model = "flux"
+unit = "image"
+credits_per_unit = "0.333"
+increment = "0.001"
+minimum = "0.5"
+effective_from = 2026-01-01T00:00:00Z
+[[rates]]
+product = "captions"
+action = "chat_edit"
+unit = "message"
+credits_per_unit = "123456789.987"
+increment = "0.3"
+effective_from = 2026-01-01T00:00:00Z
+"#;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+        /// The run's pricing (`RateTable::price`: per-sku versions and an integer fast path)
+        /// gives what the reference (`price_event`: the price book's lookup and decimal
+        /// arithmetic, the unoptimised path) gives, for any event.
+        #[test]
+        fn the_rate_table_prices_like_the_reference(
+            sku in 0usize..6,
+            quantity in proptest::prop_oneof![0i64..50_000, 0i64..i64::MAX / 2],
+            status in 0usize..3,
+            // 2025-12-01 .. 2026-12-01, so that every effective date is crossed.
+            occurred_at in 1_764_547_200_000_000i64..1_796_083_200_000_000,
+        ) {
+            use crate::model::{RowRef, UsageRow};
+            let book = PriceBook::parse(EQUIVALENCE_BOOK, "test").unwrap();
+            let (product, action, model) = [
+                ("studio", "prompt_to_video", None),
+                ("studio", "prompt_to_video", Some("veo-3")),
+                // No model rate: the generic one.
+                ("studio", "prompt_to_video", Some("hailuo")),
+                ("studio", "genai_image", Some("flux")),
+                // No rate at all: unpriced.
+                ("studio", "genai_image", Some("dall-e")),
+                ("captions", "chat_edit", None),
+            ][sku];
+            let row = UsageRow {
+                at: RowRef { file: 0, row: 0 },
+                event_id: "evt-1".into(),
+                account_id: "acct".into(),
+                product: product.into(),
+                action: action.into(),
+                model: model.map(Into::into),
+                quantity: Milli(quantity),
+                status: [
+                    EventStatus::Succeeded,
+                    EventStatus::Failed,
+                    EventStatus::Cancelled,
+                ][status],
+                occurred_at,
+                ingested_at: None,
+            };
+            let builder = crate::dict::DictBuilder::new(["acct"].into_iter());
+            let mut chunk = crate::dict::IdChunk::default();
+            let usage = Usage::from_row(&row, &builder, &mut chunk, 0);
+            let mut ids = crate::dict::Ids::default();
+            proptest::prop_assert_eq!(ids.push(chunk), 0);
+            let table = RateTable::new(&book, &builder.freeze());
+            let reference = price_event(&book, &row);
+            let fast = table.price(&usage, &ids);
+            proptest::prop_assert_eq!(fast.as_ref().ok(), reference.as_ref().ok());
+            proptest::prop_assert_eq!(fast.is_err(), reference.is_err());
         }
     }
 
