@@ -479,8 +479,8 @@ fn history_skips_copies_of_this_close_and_hidden_folders_and_refuses_an_output_o
     let root = tmp.path().join("data");
     first_root(&root);
     let closes = tmp.path().join("closes");
-    let close = |extra: &[&str]| {
-        let out = closes.join("2026-12-01");
+    // The close at 2026-12-01 into `out` with `history`.
+    let close_into = |out: &Path, history: &Path, extra: &[&str]| {
         let mut args = vec![
             "close",
             "--data",
@@ -490,11 +490,12 @@ fn history_skips_copies_of_this_close_and_hidden_folders_and_refuses_an_output_o
             "--out",
             out.to_str().unwrap(),
             "--history",
-            closes.to_str().unwrap(),
+            history.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
         tally(&args)
     };
+    let close = |extra: &[&str]| close_into(&closes.join("2026-12-01"), &closes, extra);
     // The first close: `closes/` does not exist yet, and the output goes inside it.
     let first = close(&[]);
     assert!(first.status.success(), "{}", stderr(&first));
@@ -539,17 +540,7 @@ fn history_skips_copies_of_this_close_and_hidden_folders_and_refuses_an_output_o
 
     let elsewhere = tmp.path().join("elsewhere/2026-12-01");
     let missing = tmp.path().join("no-such-closes");
-    let out = tally(&[
-        "close",
-        "--data",
-        root.to_str().unwrap(),
-        "--as-of",
-        "2026-12-01T00:00:00Z",
-        "--out",
-        elsewhere.to_str().unwrap(),
-        "--history",
-        missing.to_str().unwrap(),
-    ]);
+    let out = close_into(&elsewhere, &missing, &[]);
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         stderr(&out),
@@ -563,17 +554,7 @@ fn history_skips_copies_of_this_close_and_hidden_folders_and_refuses_an_output_o
     assert!(!elsewhere.exists() && !missing.exists());
     // `..` is folded: an output that is inside the history folder after all is accepted.
     let roundabout = closes.join("x/../2026-12-01");
-    let again = tally(&[
-        "close",
-        "--data",
-        root.to_str().unwrap(),
-        "--as-of",
-        "2026-12-01T00:00:00Z",
-        "--out",
-        roundabout.to_str().unwrap(),
-        "--history",
-        closes.to_str().unwrap(),
-    ]);
+    let again = close_into(&roundabout, &closes, &[]);
     assert!(again.status.success(), "{}", stderr(&again));
 }
 
