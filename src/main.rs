@@ -13,6 +13,31 @@ use tally::job::JobFile;
 use tally::model::Mode;
 use tally::{Alert, JobOutcome, JobRequest, Progress, TallyError};
 
+/// A line on stdout that never panics: a reader that went away (`| head`, a dead logger)
+/// must not turn a published run into a crash or change its exit code.
+macro_rules! out_line {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// Text on stdout, as [`out_line!`] without the newline.
+macro_rules! out_text {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// A line on stderr that never panics (see [`out_line!`]).
+macro_rules! err_line {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -253,9 +278,12 @@ fn init_logging(format: LogFormat, default_level: &str) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    // A log line that cannot be written (stderr closed) is dropped: reporting it would
+    // write to the same closed stderr, panic, and abort the run.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     if json {
         builder.json().with_current_span(false).init();
     } else {
@@ -454,9 +482,9 @@ fn explain(x: ExplainArgs) -> anyhow::Result<u8> {
     let explanation = tally::explain::explain(&req)?;
     if x.json {
         let json = serde_json::to_string_pretty(&explanation)?;
-        println!("{json}");
+        out_line!("{json}");
     } else {
-        print!("{}", tally::explain::render_text(&explanation));
+        out_text!("{}", tally::explain::render_text(&explanation));
     }
     Ok(0)
 }
@@ -562,7 +590,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Scan { data } => {
             let started = std::time::Instant::now();
             let rows = tally::scan(&data)?;
-            println!(
+            out_line!(
                 "{}: scanned {rows} rows in {:.3} s",
                 data.display(),
                 started.elapsed().as_secs_f64()
@@ -580,7 +608,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
 fn report(out: &str, published: &str, mode: Mode, outcome: JobOutcome) -> anyhow::Result<u8> {
     match outcome {
         JobOutcome::AlreadyClosed { alert } => {
-            println!("{out}: already closed with the same inputs; nothing to do");
+            out_line!("{out}: already closed with the same inputs; nothing to do");
             alert_exit(alert)
         }
         JobOutcome::Published {
@@ -588,11 +616,11 @@ fn report(out: &str, published: &str, mode: Mode, outcome: JobOutcome) -> anyhow
             rejects,
             alert,
         } => {
-            println!("{out}: {published}: {discrepancies} discrepancies, {rejects} rejected rows");
+            out_line!("{out}: {published}: {discrepancies} discrepancies, {rejects} rejected rows");
             alert_exit(alert)
         }
         JobOutcome::ShardWritten { folder, accounts } => {
-            println!(
+            out_line!(
                 "{}: {} shard written: {accounts} accounts; when all shards are written, publish with `tally merge --out {out}`",
                 folder.display(),
                 mode.name()
@@ -626,7 +654,7 @@ fn merge(m: MergeArgs) -> anyhow::Result<u8> {
 fn alert_exit(alert: Option<String>) -> anyhow::Result<u8> {
     match alert {
         Some(why) => {
-            eprintln!("tally: alert: {why}");
+            err_line!("tally: alert: {why}");
             Ok(1)
         }
         None => Ok(0),
@@ -650,7 +678,7 @@ fn generate(g: GenerateArgs) -> anyhow::Result<u8> {
         };
         anyhow::Error::new(wrapped)
     })?;
-    println!(
+    out_line!(
         "{}: {} usage rows, {} debit rows, {} allocations, {} grants, {} injected discrepancies; reconcile with --as-of {}",
         g.out.display(),
         report.usage_rows,
@@ -673,7 +701,7 @@ fn main() -> ExitCode {
             return ExitCode::from(0);
         }
         Err(e) => {
-            eprintln!("tally: command line: {}", clap_error_line(&e));
+            err_line!("tally: command line: {}", clap_error_line(&e));
             return ExitCode::from(2);
         }
     };
@@ -685,7 +713,7 @@ fn main() -> ExitCode {
     std::panic::set_hook(Box::new(|info| {
         // A decoder panic on corrupt input is caught and reported as an input error.
         if !tally::load::decoding_input() {
-            eprintln!(
+            err_line!(
                 "tally: internal error: {}",
                 info.to_string().replace('\n', " ")
             );
@@ -701,7 +729,7 @@ fn main() -> ExitCode {
             let code = e
                 .downcast_ref::<TallyError>()
                 .map_or(4, |t| t.exit_code() as u8);
-            eprintln!("tally: {}", one_line(&e));
+            err_line!("tally: {}", one_line(&e));
             ExitCode::from(code)
         }
     }

@@ -142,6 +142,26 @@ fn a_bad_setting_names_the_job_file_key_or_the_flag_it_came_from() {
     );
 }
 
+/// A reader that went away (stdout and stderr pipes closed before tally writes to them:
+/// `| head`, a dead logger) changes nothing: the run publishes and exits 0 (it aborted
+/// with 134 on a failed log line, and a failed summary line made it exit 4).
+#[test]
+fn closed_stdout_and_stderr_do_not_change_the_outcome() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let mut child = run_command("reconcile", &repo().join("fixtures/demo"), AS_OF, &out)
+        .env("TALLY_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    drop(child.stderr.take());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(out.join("manifest.json").is_file());
+}
+
 /// Flags the parser refuses fail like everything else: one `tally:` line, exit 2.
 #[test]
 fn unknown_or_malformed_flags_are_one_line_and_exit_2() {
