@@ -13,7 +13,7 @@ pub enum TallyError {
     #[error("{file}: {message}")]
     Input { file: String, message: String },
 
-    /// An I/O failure while reading or writing, with the path involved.
+    /// An I/O failure while reading an input, with the path involved.
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -71,6 +71,15 @@ impl TallyError {
         }
     }
 
+    /// Reading back a scratch file this run wrote (spill, key scratch) failed: exit 4, an
+    /// internal failure, never the exit 2 of an unreadable input.
+    pub fn scratch(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+        TallyError::Invariant(format!(
+            "scratch file {} cannot be read back: {source}",
+            path.as_ref().display()
+        ))
+    }
+
     pub fn output(file: impl Into<String>, message: impl ToString) -> Self {
         TallyError::Output {
             file: file.into(),
@@ -82,14 +91,10 @@ impl TallyError {
     pub fn exit_code(&self) -> i32 {
         match self {
             TallyError::Config { .. } | TallyError::Input { .. } => 2,
-            TallyError::Io { source, .. } => match source.kind() {
-                std::io::ErrorKind::NotFound
-                | std::io::ErrorKind::PermissionDenied
-                | std::io::ErrorKind::ReadOnlyFilesystem
-                | std::io::ErrorKind::StorageFull
-                | std::io::ErrorKind::InvalidData => 2,
-                _ => 4,
-            },
+            // Reads of inputs (data root, price book, job file, earlier closes): whatever
+            // the cause (a link loop, a name too long, a device), the input is unusable.
+            // Writes are `Output` and scratch reads `Invariant`: exit 4.
+            TallyError::Io { .. } => 2,
             TallyError::Refused(_) => 3,
             TallyError::Overflow(_) | TallyError::Invariant(_) | TallyError::Output { .. } => 4,
         }

@@ -110,7 +110,7 @@ fn column<'a>(
 /// Paths are compared after making them absolute and folding `.` and `..` (without
 /// following symbolic links: neither folder need exist yet).
 pub fn check_layout(dir: &Path, out: &Path) -> Result<()> {
-    let (dir_abs, out_abs) = (normalised(dir), normalised(out));
+    let (dir_abs, out_abs) = (crate::normalised(dir), crate::normalised(out));
     if out_abs.parent() == Some(dir_abs.as_path()) {
         return Ok(());
     }
@@ -122,22 +122,6 @@ pub fn check_layout(dir: &Path, out: &Path) -> Result<()> {
             dir.display()
         ),
     ))
-}
-
-/// `path` made absolute against the working folder, `.` and `..` folded lexically.
-fn normalised(path: &Path) -> PathBuf {
-    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-    let mut out = PathBuf::new();
-    for part in absolute.components() {
-        match part {
-            std::path::Component::CurDir => {}
-            std::path::Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    out
 }
 
 /// Read every earlier close under `dir`: each folder directly under it whose manifest.json

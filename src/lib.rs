@@ -279,6 +279,47 @@ pub(crate) struct Prepared {
     pub history: history::History,
 }
 
+/// `path` made absolute against the working folder, `.` and `..` folded lexically
+/// (without following links: the path need not exist yet).
+pub(crate) fn normalised(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut out = PathBuf::new();
+    for part in absolute.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// Refuse an output folder inside one of the data root's dataset folders, where the next
+/// run would read this run's outputs as input (unless a `.`/`_` folder on the way hides it).
+fn refuse_out_inside_a_dataset(data: &Path, out: &Path) -> Result<()> {
+    let out_abs = normalised(out);
+    for dataset in ["usage", "allocations", "grants", "debits"] {
+        let Ok(inside) = out_abs.strip_prefix(normalised(&data.join(dataset))) else {
+            continue;
+        };
+        let hidden = inside.components().any(|c| {
+            let name = c.as_os_str().to_string_lossy();
+            name.starts_with('.') || name.starts_with('_')
+        });
+        if !hidden {
+            return Err(TallyError::config(
+                out.display().to_string(),
+                format!(
+                    "the output folder is inside the data root's {dataset}/ folder, so the next run would read this run's outputs as {dataset} input: write outputs outside the dataset folders"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Check the data root, lock `out`, refuse a foreign folder and read the history.
 pub(crate) fn prepare(req: &JobRequest, out: &Path) -> Result<Prepared> {
     if !req.data.is_dir() {
@@ -287,6 +328,7 @@ pub(crate) fn prepare(req: &JobRequest, out: &Path) -> Result<Prepared> {
             "data root is not a folder",
         ));
     }
+    refuse_out_inside_a_dataset(&req.data, &req.out)?;
     if let Some(dir) = &req.history {
         // Before the lock, which makes the output's parent folder.
         history::check_layout(dir, &req.out)?;

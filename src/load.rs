@@ -38,32 +38,88 @@ pub struct InputFile {
 
 /// Find `*.parquet` files under `root/dataset`, recursively, skipping names that start with
 /// `.` or `_`; sorted by relative path (bytes). A missing folder is `None`.
+///
+/// Symbolic links are followed, but a folder reached a second time (a link loop, or two
+/// links to one folder) is refused rather than read again or walked forever, and so are
+/// names that are not UTF-8 (rejects and the dedup tie-break name files by their path as
+/// text), broken links (a partition on an unmounted volume would otherwise vanish
+/// silently) and `*.parquet` entries that are not regular files (a pipe or a device would
+/// block the run). Each is exit 2 naming the path.
 pub fn find_files(root: &Path, dataset: &str) -> Result<Option<Vec<InputFile>>> {
     let dir = root.join(dataset);
     if !dir.is_dir() {
         return Ok(None);
     }
     let mut files = Vec::new();
-    walk(&dir, dataset, &mut files)?;
+    let mut seen = std::collections::HashSet::new();
+    walk(&dir, dataset, &mut seen, &mut files)?;
     files.sort_by(|a, b| a.rel_path.as_bytes().cmp(b.rel_path.as_bytes()));
     Ok(Some(files))
 }
 
-fn walk(dir: &Path, rel: &str, out: &mut Vec<InputFile>) -> Result<()> {
+/// The most folders below a dataset folder (a guard against runaway trees).
+const MAX_FOLDERS: usize = 1_000_000;
+
+fn walk(
+    dir: &Path,
+    rel: &str,
+    seen: &mut std::collections::HashSet<(u64, u64)>,
+    out: &mut Vec<InputFile>,
+) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir).map_err(|e| TallyError::io(dir, e))?;
+    if !seen.insert((meta.dev(), meta.ino())) {
+        return Err(TallyError::input(
+            rel,
+            "this folder is reached a second time through a symbolic link (a link loop, or two links to one folder), so its files would be read twice: remove the extra link",
+        ));
+    }
+    if seen.len() > MAX_FOLDERS {
+        return Err(TallyError::input(
+            rel,
+            format!("more than {MAX_FOLDERS} folders under the dataset: is a link pointing at a large tree?"),
+        ));
+    }
     let entries = std::fs::read_dir(dir).map_err(|e| TallyError::io(dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| TallyError::io(dir, e))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || name.starts_with('_') {
+        let raw_name = entry.file_name();
+        let shown = raw_name.to_string_lossy();
+        if shown.starts_with('.') || shown.starts_with('_') {
             continue;
         }
+        let child_rel = format!("{rel}/{shown}");
+        let Some(name) = raw_name.to_str() else {
+            return Err(TallyError::input(
+                child_rel,
+                "the name is not UTF-8: rename it (rejects and the manifest name files by their path as text)",
+            ));
+        };
         let path = entry.path();
-        let child_rel = format!("{rel}/{name}");
         let file_type = entry.file_type().map_err(|e| TallyError::io(&path, e))?;
-        let is_dir = file_type.is_dir() || (file_type.is_symlink() && path.is_dir());
-        if is_dir {
-            walk(&path, &child_rel, out)?;
+        // Through a link: what it points at (an error here is a broken or looping link).
+        let target_type = if file_type.is_symlink() {
+            match std::fs::metadata(&path) {
+                Ok(m) => m.file_type(),
+                Err(e) => {
+                    return Err(TallyError::input(
+                        child_rel,
+                        format!("a symbolic link that cannot be followed ({e}): fix or remove it"),
+                    ))
+                }
+            }
+        } else {
+            file_type
+        };
+        if target_type.is_dir() {
+            walk(&path, &child_rel, seen, out)?;
         } else if name.ends_with(".parquet") {
+            if !target_type.is_file() {
+                return Err(TallyError::input(
+                    child_rel,
+                    "not a regular file (a pipe, socket or device): only Parquet files belong in a dataset folder",
+                ));
+            }
             out.push(InputFile {
                 rel_path: child_rel,
                 abs_path: path,

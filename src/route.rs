@@ -390,7 +390,7 @@ impl EntryHashes {
         }
         let has_repeat = |bucket: usize| -> Result<bool> {
             let path = Self::path(dir.path(), bucket);
-            let bytes = std::fs::read(&path).map_err(|e| TallyError::io(&path, e))?;
+            let bytes = std::fs::read(&path).map_err(|e| TallyError::scratch(&path, e))?;
             let hashes: Vec<u64> = bytes
                 .chunks_exact(8)
                 .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))

@@ -354,10 +354,10 @@ pub fn read_group<R: CompactRow>(
 ) -> Result<(Vec<R>, Ids)> {
     use rayon::prelude::*;
     let path = &file.path;
-    let opened = File::open(path).map_err(|e| TallyError::io(path, e))?;
+    let opened = File::open(path).map_err(|e| TallyError::scratch(path, e))?;
     let empty = opened
         .metadata()
-        .map_err(|e| TallyError::io(path, e))?
+        .map_err(|e| TallyError::scratch(path, e))?
         .len()
         == 0;
     // SAFETY: the spill file is private to this run (a fresh folder of this process) and
@@ -365,7 +365,9 @@ pub fn read_group<R: CompactRow>(
     // mapping valid until it is dropped.
     let map = match empty {
         true => None,
-        false => Some(unsafe { memmap2::Mmap::map(&opened) }.map_err(|e| TallyError::io(path, e))?),
+        false => {
+            Some(unsafe { memmap2::Mmap::map(&opened) }.map_err(|e| TallyError::scratch(path, e))?)
+        }
     };
     std::fs::remove_file(path).map_err(|e| TallyError::write(path, e))?;
     let bytes: &[u8] = map.as_deref().unwrap_or_default();

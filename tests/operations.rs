@@ -142,6 +142,90 @@ fn a_bad_setting_names_the_job_file_key_or_the_flag_it_came_from() {
     );
 }
 
+/// Data roots whose file system is odd stop the run with exit 2 and one line naming the
+/// path, instead of reading files twice, walking a link loop forever, blocking on a pipe,
+/// dropping a partition behind a broken link or mangling a name; and an output folder
+/// inside a dataset folder is refused (the next run would read it as input).
+#[test]
+fn odd_data_root_file_systems_are_refused_with_exit_2() {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::symlink;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    copy_dir(&repo().join("fixtures/demo"), &data);
+    let usage = data.join("usage");
+    let refused = |made: &Path, message: &str| {
+        let out = tmp.path().join("out");
+        let run = run_command("reconcile", &data, AS_OF, &out)
+            .output()
+            .unwrap();
+        assert_eq!(
+            run.status.code(),
+            Some(2),
+            "{}: {}",
+            made.display(),
+            stderr(&run)
+        );
+        assert!(
+            stderr(&run).starts_with(message) && stderr(&run).lines().count() == 1,
+            "{}: {}",
+            made.display(),
+            stderr(&run)
+        );
+        assert!(!out.exists());
+        let _ = std::fs::remove_file(made);
+    };
+    let lp = usage.join("loop");
+    symlink(".", &lp).unwrap();
+    refused(
+        &lp,
+        "tally: usage/loop: this folder is reached a second time through a symbolic link",
+    );
+    let fifo = usage.join("fifo.parquet");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    refused(
+        &fifo,
+        "tally: usage/fifo.parquet: not a regular file (a pipe, socket or device)",
+    );
+    let broken = usage.join("date=2026-11-30");
+    symlink("/nonexistent/partition", &broken).unwrap();
+    refused(&broken, "tally: usage/date=2026-11-30: a symbolic link that cannot be followed (No such file or directory");
+    let looping = usage.join("a.parquet");
+    symlink("a.parquet", &looping).unwrap();
+    refused(
+        &looping,
+        "tally: usage/a.parquet: a symbolic link that cannot be followed (Too many levels of symbolic links",
+    );
+    let not_utf8 = usage.join(std::ffi::OsStr::from_bytes(b"\xff.parquet"));
+    std::fs::copy(usage.join("../allocations/part-0.parquet"), &not_utf8).unwrap();
+    refused(
+        &not_utf8,
+        "tally: usage/\u{fffd}.parquet: the name is not UTF-8",
+    );
+
+    // Outputs inside a dataset folder: refused, unless a `_`/`.` folder hides them.
+    let inside = usage.join("run");
+    let run = run_command("reconcile", &data, AS_OF, &inside)
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(2), "{}", stderr(&run));
+    assert!(
+        stderr(&run).contains("the output folder is inside the data root's usage/ folder"),
+        "{}",
+        stderr(&run)
+    );
+    assert!(!inside.exists());
+    let hidden = usage.join("_runs/nightly");
+    let run = run_command("reconcile", &data, AS_OF, &hidden)
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
+}
+
 /// A reader that went away (stdout and stderr pipes closed before tally writes to them:
 /// `| head`, a dead logger) changes nothing: the run publishes and exits 0 (it aborted
 /// with 134 on a failed log line, and a failed summary line made it exit 4).
