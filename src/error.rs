@@ -65,10 +65,7 @@ impl TallyError {
     /// failed: exit 4 whatever the cause (disk full, permissions of the output root or
     /// of `$TMPDIR`), never the exit 2 of an unreadable input.
     pub fn write(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
-        TallyError::Output {
-            file: path.as_ref().display().to_string(),
-            message: source.to_string(),
-        }
+        TallyError::output(path.as_ref().display().to_string(), source)
     }
 
     /// Reading back a scratch file this run wrote (spill, key scratch) failed: exit 4, an

@@ -141,8 +141,8 @@ pub fn load(dir: &Path, exclude: &Path, as_of: Micros) -> Result<History> {
         .map_err(|e| TallyError::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
-            !name.is_some_and(|n| n.starts_with('.') || n.starts_with('_'))
+            !p.file_name()
+                .is_some_and(|n| crate::load::is_hidden(&n.to_string_lossy()))
         })
         .filter(|p| p.join("manifest.json").is_file())
         .collect();

@@ -304,10 +304,9 @@ fn refuse_out_inside_a_dataset(data: &Path, out: &Path) -> Result<()> {
         let Ok(inside) = out_abs.strip_prefix(normalised(&data.join(dataset))) else {
             continue;
         };
-        let hidden = inside.components().any(|c| {
-            let name = c.as_os_str().to_string_lossy();
-            name.starts_with('.') || name.starts_with('_')
-        });
+        let hidden = inside
+            .components()
+            .any(|c| load::is_hidden(&c.as_os_str().to_string_lossy()));
         if !hidden {
             return Err(TallyError::config(
                 out.display().to_string(),

@@ -50,34 +50,35 @@ pub fn find_files(root: &Path, dataset: &str) -> Result<Option<Vec<InputFile>>> 
     if !dir.is_dir() {
         return Ok(None);
     }
+    let meta = std::fs::metadata(&dir).map_err(|e| TallyError::io(&dir, e))?;
     let mut files = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    walk(&dir, dataset, &mut seen, &mut files)?;
+    walk(&dir, &meta, dataset, &mut seen, &mut files)?;
     files.sort_by(|a, b| a.rel_path.as_bytes().cmp(b.rel_path.as_bytes()));
     Ok(Some(files))
 }
 
-/// The most folders below a dataset folder (a guard against runaway trees).
-const MAX_FOLDERS: usize = 1_000_000;
+/// Names the data root hides: a name starting with `.` or `_` is skipped, whatever it
+/// holds (staging folders, `_SUCCESS`, `.crc` files); so are output folders under such a
+/// name, and earlier closes in a history folder.
+pub fn is_hidden(name: &str) -> bool {
+    name.starts_with('.') || name.starts_with('_')
+}
 
+/// Walk folder `dir` (its metadata `meta`, links followed), `seen` holding the (device,
+/// inode) of every folder walked so far.
 fn walk(
     dir: &Path,
+    meta: &std::fs::Metadata,
     rel: &str,
     seen: &mut std::collections::HashSet<(u64, u64)>,
     out: &mut Vec<InputFile>,
 ) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(dir).map_err(|e| TallyError::io(dir, e))?;
     if !seen.insert((meta.dev(), meta.ino())) {
         return Err(TallyError::input(
             rel,
             "this folder is reached a second time through a symbolic link (a link loop, or two links to one folder), so its files would be read twice: remove the extra link",
-        ));
-    }
-    if seen.len() > MAX_FOLDERS {
-        return Err(TallyError::input(
-            rel,
-            format!("more than {MAX_FOLDERS} folders under the dataset: is a link pointing at a large tree?"),
         ));
     }
     let entries = std::fs::read_dir(dir).map_err(|e| TallyError::io(dir, e))?;
@@ -85,7 +86,7 @@ fn walk(
         let entry = entry.map_err(|e| TallyError::io(dir, e))?;
         let raw_name = entry.file_name();
         let shown = raw_name.to_string_lossy();
-        if shown.starts_with('.') || shown.starts_with('_') {
+        if is_hidden(&shown) {
             continue;
         }
         let child_rel = format!("{rel}/{shown}");
@@ -96,25 +97,21 @@ fn walk(
             ));
         };
         let path = entry.path();
-        let file_type = entry.file_type().map_err(|e| TallyError::io(&path, e))?;
-        // Through a link: what it points at (an error here is a broken or looping link).
-        let target_type = if file_type.is_symlink() {
-            match std::fs::metadata(&path) {
-                Ok(m) => m.file_type(),
-                Err(e) => {
-                    return Err(TallyError::input(
-                        child_rel,
-                        format!("a symbolic link that cannot be followed ({e}): fix or remove it"),
-                    ))
-                }
+        // What the entry is, through a link (an error there is a broken or looping link).
+        let meta = std::fs::metadata(&path).map_err(|e| {
+            if entry.file_type().is_ok_and(|t| t.is_symlink()) {
+                TallyError::input(
+                    &child_rel,
+                    format!("a symbolic link that cannot be followed ({e}): fix or remove it"),
+                )
+            } else {
+                TallyError::io(&path, e)
             }
-        } else {
-            file_type
-        };
-        if target_type.is_dir() {
-            walk(&path, &child_rel, seen, out)?;
+        })?;
+        if meta.is_dir() {
+            walk(&path, &meta, &child_rel, seen, out)?;
         } else if name.ends_with(".parquet") {
-            if !target_type.is_file() {
+            if !meta.is_file() {
                 return Err(TallyError::input(
                     child_rel,
                     "not a regular file (a pipe, socket or device): only Parquet files belong in a dataset folder",

@@ -304,6 +304,25 @@ struct Origin {
 }
 
 impl Origin {
+    fn flag(flag: &str) -> Origin {
+        Origin {
+            place: "command line".into(),
+            name: flag.into(),
+            job_file: false,
+        }
+    }
+
+    /// A key of the job file at `job_path`.
+    fn job_key(job_path: Option<&std::path::Path>, key: &str) -> Origin {
+        Origin {
+            place: job_path
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            name: key.into(),
+            job_file: true,
+        }
+    }
+
     /// A bad text value: `tally: command line: --flag VALUE WHY` or
     /// `tally: JOB: key = "VALUE" WHY`.
     fn bad(&self, value: &str, why: &str) -> anyhow::Error {
@@ -339,24 +358,8 @@ fn setting<T>(
     job_path: Option<&std::path::Path>,
 ) -> Option<(T, Origin)> {
     match (flag_value, job_value) {
-        (Some(v), _) => Some((
-            v,
-            Origin {
-                place: "command line".into(),
-                name: flag.into(),
-                job_file: false,
-            },
-        )),
-        (None, Some(v)) => Some((
-            v,
-            Origin {
-                place: job_path
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
-                name: key.into(),
-                job_file: true,
-            },
-        )),
+        (Some(v), _) => Some((v, Origin::flag(flag))),
+        (None, Some(v)) => Some((v, Origin::job_key(job_path, key))),
         (None, None) => None,
     }
 }
@@ -373,12 +376,8 @@ fn alert_of(job: Option<&JobFile>, job_path: Option<&std::path::Path>) -> anyhow
                 .ok()
                 .and_then(Milli::from_decimal)
                 .ok_or_else(|| {
-                    anyhow::Error::new(TallyError::config(
-                        job_path
-                            .map(|p| p.display().to_string())
-                            .unwrap_or_default(),
-                        format!("alert.max_abs_delta_credits = {text:?} is not a decimal"),
-                    ))
+                    Origin::job_key(job_path, "alert.max_abs_delta_credits")
+                        .bad(text, "is not a decimal")
                 })?;
             alert.max_abs_delta_credits = Some(d);
         }
@@ -420,10 +419,13 @@ fn parse_as_of(text: &str, origin: &Origin) -> anyhow::Result<tally::time::Micro
     })
 }
 
+/// `--settle` without a flag or job key: 15 minutes.
+const DEFAULT_SETTLE_MICROS: i64 = 15 * 60 * 1_000_000;
+
 /// `--settle` (default 15m).
 fn parse_settle(setting: Option<(String, Origin)>) -> anyhow::Result<i64> {
     let Some((text, origin)) = setting else {
-        return Ok(tally::time::parse_duration_micros("15m").expect("the default settle"));
+        return Ok(DEFAULT_SETTLE_MICROS);
     };
     tally::time::parse_duration_micros(&text)
         .ok_or_else(|| origin.bad(&text, "is not a duration such as 15m, 900s or 1h"))
@@ -552,13 +554,10 @@ fn request(
     if let (Mode::Reconcile, Some(dir)) = (mode, &job_history) {
         // Read by a reconcile it would move events of closed periods out of its window,
         // and `explain` (which reads it for a close only) would disagree with the run.
-        return Err(anyhow::Error::new(TallyError::config(
-            job_path.map(|p| p.display().to_string()).unwrap_or_default(),
-            format!(
-                "history = {:?} is a close setting; a reconcile does not read earlier closes: remove it from this job file",
-                dir.display().to_string()
-            ),
-        )));
+        return Err(Origin::job_key(job_path, "history").bad(
+            &dir.display().to_string(),
+            "is a close setting; a reconcile does not read earlier closes: remove it from this job file",
+        ));
     }
     let history = history.or(job_history);
     Ok(JobRequest {
