@@ -201,7 +201,8 @@ fn odd_data_root_file_systems_are_refused_with_exit_2() {
         "tally: usage/a.parquet: a symbolic link that cannot be followed (Too many levels of symbolic links",
     );
     let not_utf8 = usage.join(std::ffi::OsStr::from_bytes(b"\xff.parquet"));
-    std::fs::copy(usage.join("../allocations/part-0.parquet"), &not_utf8).unwrap();
+    // A valid usage file: only its name is wrong.
+    std::fs::copy(usage.join("bucket=9/part-0.parquet"), &not_utf8).unwrap();
     refused(
         &not_utf8,
         "tally: usage/\u{fffd}.parquet: the name is not UTF-8",
