@@ -359,7 +359,7 @@ pub fn compute(
                 .collect(),
         };
         let billed = history.billed_among(&wanted)?;
-        let rates = RateTable::new(&inputs.book, &dicts);
+        let rates = RateTable::new(&inputs.book, &dicts).naming_files(&files[0]);
         let run = RunState::new(&context, &dicts, &rates, &billed, Vec::new());
         let rows = GroupRows {
             usage: usage.rows,
@@ -433,7 +433,7 @@ pub fn compute(
         usage.spilled + usage_extra.iter().map(|v| v.len() as u64).sum::<u64>();
     partial.rows_read[Dataset::Debits as usize] +=
         debits.spilled + debit_extra.iter().map(|v| v.len() as u64).sum::<u64>();
-    let rates = RateTable::new(&inputs.book, &dicts);
+    let rates = RateTable::new(&inputs.book, &dicts).naming_files(&files[0]);
     let run = RunState::new(&context, &dicts, &rates, &billed, partitions);
 
     // Read group g + 1 back while group g is processed: processing leaves a core idle in

@@ -33,6 +33,9 @@ impl Price {
 /// strings, and each rate carries its formula in integers.
 pub struct RateTable {
     by_sku: Vec<SkuRates>,
+    /// The usage files' paths (relative to the data root), by file index: an event whose
+    /// charge overflows is named by its file and row ([`RateTable::naming_files`]).
+    usage_files: Vec<String>,
 }
 
 #[derive(Default)]
@@ -76,7 +79,16 @@ impl RateTable {
                 }
             })
             .collect();
-        RateTable { by_sku }
+        RateTable {
+            by_sku,
+            usage_files: Vec::new(),
+        }
+    }
+
+    /// Name the usage files (by file index) in overflow errors.
+    pub fn naming_files(mut self, usage_files: &[crate::load::InputFile]) -> RateTable {
+        self.usage_files = usage_files.iter().map(|f| f.rel_path.clone()).collect();
+        self
     }
 
     /// What an event should have cost (the contract's section 3): what [`price_event`], the
@@ -101,12 +113,36 @@ impl RateTable {
             .or_else(|| credits_for(&version.rate, quantity))
             .map(Price::Charged)
             .ok_or_else(|| {
-                TallyError::Overflow(format!(
-                    "pricing event \"{}\" (quantity {quantity}) exceeds the credit range",
-                    String::from_utf8_lossy(ids.bytes(event.id))
-                ))
+                let (file, row) = (event.at.file() as usize, event.at.row());
+                let place = match self.usage_files.get(file) {
+                    Some(path) => format!("{path} row {row}"),
+                    None => format!("usage file #{file} row {row}"),
+                };
+                overflow(
+                    &place,
+                    &String::from_utf8_lossy(ids.bytes(event.id)),
+                    quantity,
+                    &version.rate,
+                )
             })
     }
+}
+
+/// A charge of 10^15 credits or more: the run stops (exit 4) naming the row, since the
+/// row is valid input (|quantity| < 10^15) and rejecting it would change the dedup and
+/// window outcomes the contract fixes for valid rows (README, "Choices where the contract
+/// is silent").
+fn overflow(place: &str, event_id: &str, quantity: Milli, rate: &Rate) -> TallyError {
+    let unit = match rate.unit.as_str() {
+        "" => "unit",
+        unit => unit,
+    };
+    TallyError::Overflow(format!(
+        "{place}: event \"{event_id}\" costs 10^15 credits or more (quantity {quantity} at {} \
+         credits per {unit}), past what a credit amount holds (DECIMAL(18,3)); correct the \
+         row's quantity or remove the row, then rerun",
+        rate.credits_per_unit
+    ))
 }
 
 /// The version in effect at `t`: the greatest `effective_from` ≤ t.
@@ -226,10 +262,8 @@ pub fn price_event(book: &PriceBook, event: &UsageRow) -> Result<Price> {
         Some(rate) => credits_for(rate, event.quantity)
             .map(Price::Charged)
             .ok_or_else(|| {
-                TallyError::Overflow(format!(
-                    "pricing event \"{}\" (quantity {}) exceeds the credit range",
-                    event.event_id, event.quantity
-                ))
+                let place = format!("usage file #{} row {}", event.at.file, event.at.row);
+                overflow(&place, &event.event_id, event.quantity, rate)
             }),
     }
 }

@@ -676,3 +676,116 @@ fn credits_near_the_fixed_point_limit_stop_the_run_before_publishing() {
     assert!(!out_dir.exists());
     assert!(leftovers(tmp.path()).is_empty());
 }
+
+/// A usage row whose quantity costs 10^15 credits or more at its rate is valid input
+/// (|quantity| < 10^15): outside the window it is not priced and the run goes on; in the
+/// window its charge cannot be written, and the run stops (exit 4, nothing published)
+/// with one line naming the file, the row and how to fix it. The largest quantity that
+/// prices within range is charged.
+#[test]
+fn a_charge_past_the_credit_range_stops_the_run_naming_the_row() {
+    use tally::amount::Milli;
+    use tally::time::parse_instant;
+    use tally::write::{write_parquet, Table};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    for d in ["usage", "allocations", "grants", "debits"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    // 8 credits per second in whole seconds: 124,999,999,999,999 s cost
+    // 999,999,999,999,992 credits; 0.001 s more bills one more second, 10^15 credits.
+    std::fs::write(
+        root.join("pricebook.toml"),
+        "currency = \"USD\"\n\
+         [plans.max]\nprice = \"24.99\"\nincluded_credits = \"500\"\n\
+         overage = { price_per_credit = \"0.05\" }\n\
+         [[rates]]\nproduct = \"studio\"\naction = \"prompt_to_video\"\nunit = \"second\"\n\
+         credits_per_unit = \"8\"\neffective_from = 2026-01-01T00:00:00Z\n",
+    )
+    .unwrap();
+    let t = |s: &str| parse_instant(s).unwrap();
+    let allocations = Table::default()
+        .str("account_id", ["a"])
+        .str("plan_id", ["max"])
+        .ts("period_start", [t("2026-11-01T00:00:00Z")])
+        .ts("period_end", [t("2026-12-01T00:00:00Z")])
+        .credits("included_credits", [Milli(500_000)])
+        .opt_ts("billing_anchor", [None])
+        .str("status", ["active"])
+        .finish();
+    write_parquet(&root.join("allocations/part-0.parquet"), &allocations).unwrap();
+    let limit = Milli(124_999_999_999_999_000);
+    let usage = |rows: &[(&str, Milli, &str)]| {
+        Table::default()
+            .str("event_id", rows.iter().map(|r| r.0))
+            .str("account_id", rows.iter().map(|_| "a"))
+            .str("product", rows.iter().map(|_| "studio"))
+            .str("action", rows.iter().map(|_| "prompt_to_video"))
+            .opt_str("model", rows.iter().map(|_| None))
+            .credits("quantity", rows.iter().map(|r| r.1))
+            .str("status", rows.iter().map(|_| "succeeded"))
+            .ts("occurred_at", rows.iter().map(|r| t(r.2)))
+            .opt_ts("ingested_at", rows.iter().map(|_| None))
+            .finish()
+    };
+    let past = Milli(limit.0 + 1);
+    let file = root.join("usage/part-0.parquet");
+    // At the limit in the window; past it after as-of and in no allocation.
+    write_parquet(
+        &file,
+        &usage(&[
+            ("e-limit", limit, "2026-11-10T00:00:00Z"),
+            ("e-later", past, "2026-11-25T00:00:00Z"),
+            ("e-before", past, "2026-10-10T00:00:00Z"),
+        ]),
+    )
+    .unwrap();
+    let out_dir = tmp.path().join("out");
+    let out = cmd("reconcile", &root, &out_dir).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let discrepancies = render(
+        &out_dir.join("discrepancies.parquet"),
+        &["entry_ids", "occurred_at", "product", "action", "model"],
+    );
+    assert_eq!(
+        discrepancies,
+        "kind,account_id,event_id,expected_credits,recorded_credits,delta_credits\n\
+         missing_debit,a,e-limit,999999999999992.000,0.000,-999999999999992.000\n"
+    );
+    assert_eq!(
+        render(&out_dir.join("rejects.parquet"), &["detail"]),
+        "dataset,file,row,reason\nusage,usage/part-0.parquet,2,no_allocation\n"
+    );
+
+    // One past the limit, in the window.
+    write_parquet(
+        &file,
+        &usage(&[
+            ("e-limit", limit, "2026-11-10T00:00:00Z"),
+            ("e-past", past, "2026-11-11T00:00:00Z"),
+        ]),
+    )
+    .unwrap();
+    let out_dir = tmp.path().join("stopped");
+    let out = cmd("reconcile", &root, &out_dir).output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        "tally: amount overflow: usage/part-0.parquet row 1: event \"e-past\" costs 10^15 \
+         credits or more (quantity 124999999999999.001 at 8 credits per second), past what a \
+         credit amount holds (DECIMAL(18,3)); correct the row's quantity or remove the row, \
+         then rerun\n"
+    );
+    assert!(!out_dir.exists());
+    // A split run (rows read back from the spill) names the same row.
+    let out = run_command("reconcile", &root, AS_OF, &out_dir)
+        .args(["--groups", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("usage/part-0.parquet row 1: event \"e-past\""),
+        "{}",
+        stderr(&out)
+    );
+}
