@@ -622,6 +622,28 @@ fn job_out_placeholders_and_alerts_on_a_no_op_close_and_an_empty_window() {
     );
 }
 
+/// A data root at `root` with `book` as its price book and one allocation: account "a" on
+/// plan "max" for November 2026 with `included` credits (no usage, grants or ledger rows).
+fn account_a_in_november(root: &Path, book: &str, included: tally::amount::Milli) {
+    use tally::time::parse_instant;
+    use tally::write::{write_parquet, Table};
+    for d in ["usage", "allocations", "grants", "debits"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::write(root.join("pricebook.toml"), book).unwrap();
+    let t = |s: &str| parse_instant(s).unwrap();
+    let allocations = Table::default()
+        .str("account_id", ["a"])
+        .str("plan_id", ["max"])
+        .ts("period_start", [t("2026-11-01T00:00:00Z")])
+        .ts("period_end", [t("2026-12-01T00:00:00Z")])
+        .credits("included_credits", [included])
+        .opt_ts("billing_anchor", [None])
+        .str("status", ["active"])
+        .finish();
+    write_parquet(&root.join("allocations/part-0.parquet"), &allocations).unwrap();
+}
+
 /// Amounts near the fixed-point limit: a typed error (exit 4, one line), never a silent
 /// wrap, and nothing published.
 #[test]
@@ -631,26 +653,10 @@ fn credits_near_the_fixed_point_limit_stop_the_run_before_publishing() {
     use tally::write::{write_parquet, Table};
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("data");
-    for d in ["usage", "allocations", "grants", "debits"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy(
-        repo().join("fixtures/pricebook.toml"),
-        root.join("pricebook.toml"),
-    )
-    .unwrap();
-    let t = |s: &str| parse_instant(s).unwrap();
+    let book = std::fs::read_to_string(repo().join("fixtures/pricebook.toml")).unwrap();
     let huge = Milli(999_999_999_999_999_000); // 999,999,999,999,999 credits: a valid input
-    let allocations = Table::default()
-        .str("account_id", ["a"])
-        .str("plan_id", ["max"])
-        .ts("period_start", [t("2026-11-01T00:00:00Z")])
-        .ts("period_end", [t("2026-12-01T00:00:00Z")])
-        .credits("included_credits", [huge])
-        .opt_ts("billing_anchor", [None])
-        .str("status", ["active"])
-        .finish();
-    write_parquet(&root.join("allocations/part-0.parquet"), &allocations).unwrap();
+    account_a_in_november(&root, &book, huge);
+    let t = |s: &str| parse_instant(s).unwrap();
     let ids: Vec<String> = (0..20).map(|i| format!("g{i}")).collect();
     let grants = Table::default()
         .str("grant_id", ids.iter().map(String::as_str))
@@ -689,31 +695,15 @@ fn a_charge_past_the_credit_range_stops_the_run_naming_the_row() {
     use tally::write::{write_parquet, Table};
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("data");
-    for d in ["usage", "allocations", "grants", "debits"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
     // 8 credits per second in whole seconds: 124,999,999,999,999 s cost
     // 999,999,999,999,992 credits; 0.001 s more bills one more second, 10^15 credits.
-    std::fs::write(
-        root.join("pricebook.toml"),
-        "currency = \"USD\"\n\
+    let book = "currency = \"USD\"\n\
          [plans.max]\nprice = \"24.99\"\nincluded_credits = \"500\"\n\
          overage = { price_per_credit = \"0.05\" }\n\
          [[rates]]\nproduct = \"studio\"\naction = \"prompt_to_video\"\nunit = \"second\"\n\
-         credits_per_unit = \"8\"\neffective_from = 2026-01-01T00:00:00Z\n",
-    )
-    .unwrap();
+         credits_per_unit = \"8\"\neffective_from = 2026-01-01T00:00:00Z\n";
+    account_a_in_november(&root, book, Milli(500_000));
     let t = |s: &str| parse_instant(s).unwrap();
-    let allocations = Table::default()
-        .str("account_id", ["a"])
-        .str("plan_id", ["max"])
-        .ts("period_start", [t("2026-11-01T00:00:00Z")])
-        .ts("period_end", [t("2026-12-01T00:00:00Z")])
-        .credits("included_credits", [Milli(500_000)])
-        .opt_ts("billing_anchor", [None])
-        .str("status", ["active"])
-        .finish();
-    write_parquet(&root.join("allocations/part-0.parquet"), &allocations).unwrap();
     let limit = Milli(124_999_999_999_999_000);
     let usage = |rows: &[(&str, Milli, &str)]| {
         Table::default()
