@@ -12,9 +12,11 @@
 //! peak (2.8 GiB).
 //!
 //! So [`KeepFreed`] sets the purge delay to -1 while a run in one group computes: in
-//! mimalloc v2 an arena or segment (its units of memory from the OS) made while the delay
-//! is negative is never purged. Freed memory stays with the process and is reused by the
-//! allocations that follow; it goes back to the OS when the process exits.
+//! mimalloc v3 (the version `libmimalloc-sys` builds by default) an arena's pages freed
+//! while the delay is negative are not scheduled for purging (`mi_arena_schedule_purge`
+//! returns at once), so not even [`hand_back_freed`] returns them. Freed memory stays with
+//! the process and is reused by the allocations that follow; it goes back to the OS when
+//! the process exits.
 //!
 //! A split run keeps the 1 s delay ([`tune`]) throughout: its passes before the groups
 //! (the spill pass) free large buffers that the groups would not reuse, and what they
