@@ -9,7 +9,7 @@
 #   BENCH_DIR     work folder: venv, generated data, outputs, logs, results (default /tmp/tally-bench)
 #   TALLY         the tally binary (default $CARGO_TARGET_DIR or ~/.cache/tally-target, release/tally)
 #   DUCKDB_SPEC   what pip installs (default duckdb==2.0.1, the version the README figures used)
-#   BENCH_RUNS    runs per measurement (default 3; sizes of 20m events and up always run once)
+#   BENCH_RUNS    runs per measurement (default 3; sizes of 50m events and up always run once: a 100m DuckDB run takes 4–5 minutes)
 #   BENCH_MEM_HEADROOM_GB   GiB kept free when deciding whether a size fits (default 2)
 #   BENCH_MEM_SAFETY        factor on the memory estimate scaled from the 1m run (default 1.25)
 #   BENCH_TALLY_CAP_GB      tally's expected peak past its memory budget, GiB (default 5)
@@ -241,7 +241,7 @@ fits() {
 # ---- one size ----------------------------------------------------------------------------
 bench_size() {
     local label=$1 events=$2 runs=$BENCH_RUNS data out
-    (( events >= 20000000 )) && runs=1
+    (( events >= 50000000 )) && runs=1
     data="$BENCH_DIR/data-$label"
     out="$BENCH_DIR/out-$label"
     ensure_data "$label" "$events"
