@@ -127,13 +127,13 @@ ensure_data() {   # label events
 # ---- warm inputs -------------------------------------------------------------------------
 # Read every input file once before a size is measured, so that each tool starts from the
 # same page cache. On a VM the host may take back memory the guest leaves idle: inputs read
-# minutes earlier came back at 0.5 GB/s instead of 7.5 GB/s (`dd` of the 4.7 GB of 100m
+# minutes earlier came back at 0.5 GB/s instead of 7.5 GB/s (`dd` of the 5.0 GB of 100m
 # data, 2026-12-03), which charged the first measured tool (the bare scan) for reading them.
 warm_inputs() {   # data dir
     local t0 bytes
     t0=$(date +%s.%N)
-    bytes=$(find "$1" -type f \( -name '*.parquet' -o -name pricebook.toml \) -print0 \
-        | xargs -0 cat | wc -c)
+    bytes=$(find -L "$1" -type f \( -name '*.parquet' -o -name pricebook.toml \) -print0 \
+        | xargs -0 -r cat | wc -c)
     log "  inputs read once into the page cache: $(awk -v b="$bytes" 'BEGIN {printf "%.2f GB", b / 1e9}') in $(awk -v t0="$t0" -v t1="$(date +%s.%N)" 'BEGIN {printf "%.1f s", t1 - t0}')"
 }
 

@@ -805,8 +805,13 @@ fn rate_and_arithmetic(
     let Some(rate) = choice.rate else {
         return Ok((None, None));
     };
+    // The run priced this event with the same rate (an overflow would have stopped it,
+    // naming the row), so the steps cannot overflow here.
     let a = price::arithmetic(rate, u.quantity).ok_or_else(|| {
-        TallyError::Overflow(format!("pricing event {} overflows", q(&u.event_id)))
+        TallyError::Invariant(format!(
+            "explain: event {} was priced by the run but its arithmetic overflows",
+            q(&u.event_id)
+        ))
     })?;
     // The engine priced it with the same rate: the trace and the arithmetic must agree.
     if price != Price::Charged(a.credits) {

@@ -141,7 +141,7 @@ fn overflow(place: &str, event_id: &str, quantity: Milli, rate: &Rate) -> TallyE
         "{place}: event \"{event_id}\" costs 10^15 credits or more (quantity {quantity} at {} \
          credits per {unit}), past what a credit amount holds (DECIMAL(18,3)); correct the \
          row's quantity or remove the row, then rerun",
-        rate.credits_per_unit
+        rate.credits_per_unit.normalize()
     ))
 }
 

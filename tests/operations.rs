@@ -695,13 +695,14 @@ fn a_charge_past_the_credit_range_stops_the_run_naming_the_row() {
     use tally::write::{write_parquet, Table};
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("data");
-    // 8 credits per second in whole seconds: 124,999,999,999,999 s cost
+    // 8 credits per second (written 8.000; the message shows 8) in whole seconds:
+    // 124,999,999,999,999 s cost
     // 999,999,999,999,992 credits; 0.001 s more bills one more second, 10^15 credits.
     let book = "currency = \"USD\"\n\
          [plans.max]\nprice = \"24.99\"\nincluded_credits = \"500\"\n\
          overage = { price_per_credit = \"0.05\" }\n\
          [[rates]]\nproduct = \"studio\"\naction = \"prompt_to_video\"\nunit = \"second\"\n\
-         credits_per_unit = \"8\"\neffective_from = 2026-01-01T00:00:00Z\n";
+         credits_per_unit = \"8.000\"\neffective_from = 2026-01-01T00:00:00Z\n";
     account_a_in_november(&root, book, Milli(500_000));
     let t = |s: &str| parse_instant(s).unwrap();
     let limit = Milli(124_999_999_999_999_000);
