@@ -696,8 +696,8 @@ fn a_charge_past_the_credit_range_stops_the_run_naming_the_row() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("data");
     // 8 credits per second (written 8.000; the message shows 8) in whole seconds:
-    // 124,999,999,999,999 s cost
-    // 999,999,999,999,992 credits; 0.001 s more bills one more second, 10^15 credits.
+    // 124,999,999,999,999 s cost 999,999,999,999,992 credits; 0.001 s more bills one more
+    // second, 10^15 credits.
     let book = "currency = \"USD\"\n\
          [plans.max]\nprice = \"24.99\"\nincluded_credits = \"500\"\n\
          overage = { price_per_credit = \"0.05\" }\n\
