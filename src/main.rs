@@ -434,12 +434,14 @@ fn parse_settle(setting: Option<(String, Origin)>) -> anyhow::Result<i64> {
 fn explain(x: ExplainArgs) -> anyhow::Result<u8> {
     let Source {
         job,
+        job_path,
         data,
         as_of,
         settle_micros,
-        ..
     } = x.source.resolve(None)?;
     let close = x.close || job.as_ref().and_then(|j| j.command.as_deref()) == Some("close");
+    let mode = if close { Mode::Close } else { Mode::Reconcile };
+    refuse_reconcile_history(mode, job.as_ref(), job_path.as_deref())?;
     let target = match (x.event, x.entry, x.account) {
         (Some(id), _, _) => tally::explain::Target::Event(id),
         (_, Some(id), _) => tally::explain::Target::Entry(id),
@@ -474,7 +476,7 @@ fn explain(x: ExplainArgs) -> anyhow::Result<u8> {
     }
     let req = tally::explain::ExplainRequest {
         data,
-        mode: if close { Mode::Close } else { Mode::Reconcile },
+        mode,
         as_of,
         settle_micros,
         history,
@@ -489,6 +491,23 @@ fn explain(x: ExplainArgs) -> anyhow::Result<u8> {
         out_text!("{}", tally::explain::render_text(&explanation));
     }
     Ok(0)
+}
+
+/// A reconcile job file with `history` is refused, by the run and by `explain` alike: read
+/// by a reconcile it would move events of closed periods out of its window, and ignored it
+/// would leave a job file that says something the run does not do.
+fn refuse_reconcile_history(
+    mode: Mode,
+    job: Option<&JobFile>,
+    job_path: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    match (mode, job.and_then(|j| j.history.as_ref())) {
+        (Mode::Reconcile, Some(dir)) => Err(Origin::job_key(job_path, "history").bad(
+            &dir.display().to_string(),
+            "is a close setting; a reconcile does not read earlier closes: remove it from this job file",
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn request(
@@ -550,15 +569,8 @@ fn request(
         Some(text) => Some(tally::shard::parse_shard(&text).map_err(config_error)?),
         None => shard_from_env()?,
     };
+    refuse_reconcile_history(mode, job.as_ref(), job_path)?;
     let job_history = job.as_ref().and_then(|j| j.history.clone());
-    if let (Mode::Reconcile, Some(dir)) = (mode, &job_history) {
-        // Read by a reconcile it would move events of closed periods out of its window,
-        // and `explain` (which reads it for a close only) would disagree with the run.
-        return Err(Origin::job_key(job_path, "history").bad(
-            &dir.display().to_string(),
-            "is a close setting; a reconcile does not read earlier closes: remove it from this job file",
-        ));
-    }
     let history = history.or(job_history);
     Ok(JobRequest {
         history,

@@ -127,19 +127,22 @@ fn a_bad_setting_names_the_job_file_key_or_the_flag_it_came_from() {
         stderr(&out),
         "tally: command line: --settle soon is not a duration such as 15m, 900s or 1h\n"
     );
-    // `history` belongs to a close: a reconcile job holding it is refused, not obeyed.
+    // `history` belongs to a close: a reconcile job holding it is refused, not obeyed, by
+    // the run and by `explain` of that job alike.
     std::fs::write(&job, job_text("history = \"closes\"\n")).unwrap();
+    let refusal = format!(
+        "tally: {}: history = {:?} is a close setting; a reconcile does not read earlier closes: remove it from this job file\n",
+        job.display(),
+        // Relative paths in a job file are resolved against its folder.
+        tmp.path().join("closes").display().to_string()
+    );
     let out = tally(&["reconcile", "--job", job.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
-    assert_eq!(
-        stderr(&out),
-        format!(
-            "tally: {}: history = {:?} is a close setting; a reconcile does not read earlier closes: remove it from this job file\n",
-            job.display(),
-            // Relative paths in a job file are resolved against its folder.
-            tmp.path().join("closes").display().to_string()
-        )
-    );
+    assert_eq!(stderr(&out), refusal);
+    let explain = ["explain", "--job", job.to_str().unwrap(), "--account", "a"];
+    let out = tally(&explain);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(stderr(&out), refusal);
 }
 
 /// Data roots whose file system is odd stop the run with exit 2 and one line naming the
