@@ -421,7 +421,12 @@ pub fn explain(req: &ExplainRequest) -> Result<Explanation> {
         Target::Event(event_id) => {
             let copies = copies_of(&inputs.files[0], event_id)?;
             if copies.rows.is_empty() {
-                return Err(not_found("usage", "event_id", event_id, &inputs.files[0]));
+                return Err(not_found(
+                    "usage",
+                    "event_id",
+                    event_id,
+                    inputs.files[0].len(),
+                ));
             }
             let run = match &copies.winner {
                 Some(w) => Some(run_account(req, &inputs, &w.account_id)?),
@@ -441,7 +446,12 @@ pub fn explain(req: &ExplainRequest) -> Result<Explanation> {
                 &load::parse_debit,
             )?;
             if rows.is_empty() {
-                return Err(not_found("debits", "entry_id", entry_id, &inputs.files[3]));
+                return Err(not_found(
+                    "debits",
+                    "entry_id",
+                    entry_id,
+                    inputs.files[3].len(),
+                ));
             }
             // For a repeated id the first valid row by (file, row) is kept.
             let kept: Option<DebitRow> = rows.iter().find_map(|(_, p)| match p {
@@ -492,11 +502,24 @@ pub fn explain(req: &ExplainRequest) -> Result<Explanation> {
                 && run.traced.grants.is_empty()
                 && rejected_rows.is_empty()
             {
+                let (usage_rows, ledger_rows) = usage_and_ledger_rows_of(&inputs, account_id)?;
+                if usage_rows + ledger_rows > 0 {
+                    // A real account, only not a planned one: say so, not "check the id".
+                    return Err(TallyError::config(
+                        format!("--account {account_id}"),
+                        format!(
+                            "account_id {} has no allocation or grant rows, so its \
+                             {usage_rows} usage and {ledger_rows} ledger rows are in no \
+                             period; explain each with --event or --entry",
+                            q(account_id)
+                        ),
+                    ));
+                }
                 return Err(not_found(
                     "allocations or grants",
                     "account_id",
                     account_id,
-                    &inputs.files[1],
+                    inputs.files[1].len() + inputs.files[2].len(),
                 ));
             }
             let mut account = explain_account(&inputs, &run)?;
@@ -552,7 +575,7 @@ fn rejected_plan_rows(
         .collect())
 }
 
-fn not_found(dataset: &str, column: &str, id: &str, files: &[InputFile]) -> TallyError {
+fn not_found(dataset: &str, column: &str, id: &str, files: usize) -> TallyError {
     let flag = match column {
         "event_id" => "--event",
         "entry_id" => "--entry",
@@ -561,11 +584,26 @@ fn not_found(dataset: &str, column: &str, id: &str, files: &[InputFile]) -> Tall
     TallyError::config(
         format!("{flag} {id}"),
         format!(
-            "no row of {dataset} ({} files) has {column} {}; check the id and --data",
-            files.len(),
+            "no row of {dataset} ({files} files) has {column} {}; check the id and --data",
             q(id)
         ),
     )
+}
+
+/// How many usage rows and ledger rows name `account_id` (an account without allocation or
+/// grant rows may still have some: none of them is in a period).
+fn usage_and_ledger_rows_of(inputs: &pipeline::Inputs, account_id: &str) -> Result<(u64, u64)> {
+    const ACCOUNT: [ColSpec; 1] = [load::col("account_id", load::ColType::Label, true)];
+    let count = |files: &[InputFile]| -> Result<u64> {
+        let per_file = load::map_files(files, &ACCOUNT, &|_, batch, out: &mut Vec<u64>| {
+            let rows = (0..batch.len)
+                .filter(|&row| batch.columns[0].str(row) == Some(account_id))
+                .count();
+            out.push(rows as u64);
+        })?;
+        Ok(per_file.into_iter().flatten().sum())
+    };
+    Ok((count(&inputs.files[0])?, count(&inputs.files[3])?))
 }
 
 fn rel(inputs: &pipeline::Inputs, dataset: Dataset, at: RowRef) -> String {

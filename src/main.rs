@@ -431,6 +431,22 @@ fn parse_settle(setting: Option<(String, Origin)>) -> anyhow::Result<i64> {
         .ok_or_else(|| origin.bad(&text, "is not a duration such as 15m, 900s or 1h"))
 }
 
+/// The flags of `tally explain` (none of them is taken as an id).
+const EXPLAIN_FLAGS: [&str; 12] = [
+    "--job",
+    "--log-format",
+    "--data",
+    "--as-of",
+    "--settle",
+    "--close",
+    "--history",
+    "--out",
+    "--event",
+    "--entry",
+    "--account",
+    "--json",
+];
+
 fn explain(x: ExplainArgs) -> anyhow::Result<u8> {
     let Source {
         job,
@@ -442,6 +458,19 @@ fn explain(x: ExplainArgs) -> anyhow::Result<u8> {
     let close = x.close || job.as_ref().and_then(|j| j.command.as_deref()) == Some("close");
     let mode = if close { Mode::Close } else { Mode::Reconcile };
     refuse_reconcile_history(mode, job.as_ref(), job_path.as_deref())?;
+    // Ids may start with '-' (the flags take hyphen values), so `--entry --json` would take
+    // `--json` as the id: one of explain's own flags is refused as a missing value.
+    for (flag, id) in [
+        ("--event", &x.event),
+        ("--entry", &x.entry),
+        ("--account", &x.account),
+    ] {
+        if let Some(id) = id.as_deref().filter(|id| EXPLAIN_FLAGS.contains(id)) {
+            return Err(config_error(format!(
+                "{flag} needs an id: {id} is one of explain's flags (put the id right after {flag})"
+            )));
+        }
+    }
     let target = match (x.event, x.entry, x.account) {
         (Some(id), _, _) => tally::explain::Target::Event(id),
         (_, Some(id), _) => tally::explain::Target::Entry(id),
@@ -774,4 +803,32 @@ fn clap_error_line(e: &clap::Error) -> String {
 /// The error on one line (our errors' messages already name their cause).
 fn one_line(e: &anyhow::Error) -> String {
     e.to_string().replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// `EXPLAIN_FLAGS` is every long flag of `tally explain` (one added later must be
+    /// refused as an id too).
+    #[test]
+    fn explain_flags_are_the_subcommand_s_flags() {
+        let cli = Cli::command();
+        let explain = cli
+            .find_subcommand("explain")
+            .expect("an explain subcommand");
+        // Its own flags and the global ones (`--log-format`).
+        let globals = cli.get_arguments().filter(|a| a.is_global_set());
+        let mut flags: Vec<String> = explain
+            .get_arguments()
+            .chain(globals)
+            .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+            .filter(|f| f != "--help")
+            .collect();
+        flags.sort();
+        let mut listed: Vec<String> = EXPLAIN_FLAGS.iter().map(|f| f.to_string()).collect();
+        listed.sort();
+        assert_eq!(flags, listed);
+    }
 }

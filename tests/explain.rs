@@ -374,9 +374,84 @@ fn explain_of_an_unknown_id_is_a_one_line_error_with_exit_2() {
             "{err}"
         );
     }
+    // The account's message counts the allocation and grant files it looked in.
+    let out = tally(&[
+        "explain",
+        "--data",
+        demo().to_str().unwrap(),
+        "--as-of",
+        AS_OF,
+        "--account",
+        "acct-nope",
+    ]);
+    assert_eq!(
+        stderr(&out),
+        "tally: --account acct-nope: no row of allocations or grants (2 files) has account_id \
+         \"acct-nope\"; check the id and --data\n"
+    );
     // Exactly one target.
     let out = tally(&["explain", "--data", "x", "--as-of", AS_OF]);
     assert_eq!(out.status.code(), Some(2));
+    // Ids may start with '-', but not be one of explain's flags: a missing value.
+    let out = tally(&[
+        "explain",
+        "--data",
+        demo().to_str().unwrap(),
+        "--as-of",
+        AS_OF,
+        "--entry",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "tally: command line: --entry needs an id: --json is one of explain's flags (put the \
+         id right after --entry)\n"
+    );
+}
+
+/// An account with usage rows but no allocation or grant rows is a real id: explain says
+/// its rows are in no period (and how to explain them) rather than "check the id".
+#[test]
+fn explain_of_an_account_with_usage_but_no_plan_names_its_rows() {
+    use tally::amount::Milli;
+    use tally::time::parse_instant;
+    use tally::write::{write_parquet, Table};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    copy_dir(&demo(), &root);
+    let t = |s: &str| parse_instant(s).unwrap();
+    let usage = Table::default()
+        .str("event_id", ["evt-unplanned-1", "evt-unplanned-2"])
+        .str("account_id", ["acct-unplanned", "acct-unplanned"])
+        .str("product", ["studio", "studio"])
+        .str("action", ["prompt_to_video", "prompt_to_video"])
+        .opt_str("model", [None, None])
+        .credits("quantity", [Milli(4_000), Milli(2_000)])
+        .str("status", ["succeeded", "succeeded"])
+        .ts(
+            "occurred_at",
+            [t("2026-11-10T00:00:00Z"), t("2026-11-11T00:00:00Z")],
+        )
+        .opt_ts("ingested_at", [None, None])
+        .finish();
+    write_parquet(&root.join("usage/unplanned.parquet"), &usage).unwrap();
+    let out = tally(&[
+        "explain",
+        "--data",
+        root.to_str().unwrap(),
+        "--as-of",
+        AS_OF,
+        "--account",
+        "acct-unplanned",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "tally: --account acct-unplanned: account_id \"acct-unplanned\" has no allocation or \
+         grant rows, so its 2 usage and 0 ledger rows are in no period; explain each with \
+         --event or --entry\n"
+    );
 }
 
 /// `fixtures/golden/<scenario>/explain/<kind>-<id>.txt`: explain's plain words for the
