@@ -74,6 +74,7 @@ pub struct SeenRow {
     pub fate: &'static str,
     pub reason: Option<&'static str>,
     pub detail: Option<String>,
+    /// The row's `account_id` as read, also for a rejected row (absent when null).
     pub account_id: Option<String>,
     /// The row's values as read (absent for a row that failed to parse).
     pub values: Option<String>,
@@ -293,14 +294,24 @@ fn q(id: &str) -> String {
 
 // ---- finding the rows -------------------------------------------------------------------
 
+/// A row holding an id: its place, what parsing made of it, and its `account_id` cell as
+/// read (also for a rejected row, so that explain names the account a rejected copy
+/// was written for).
+type IdRow<T> = (RowRef, Parsed<T>, Option<String>);
+
+/// The `account_id` column of each dataset's specs (allocations, which find rows by it,
+/// use their id column).
+const USAGE_ACCOUNT: usize = 1;
+const DEBIT_ACCOUNT: usize = 1;
+
 /// Every row of `files` whose column `id_col` equals `id`, parsed, in (file, row) order.
 fn rows_with_id<T: Send>(
     files: &[InputFile],
     specs: &[ColSpec],
-    id_col: usize,
+    (id_col, account_col): (usize, usize),
     id: &str,
     parse: &(dyn Fn(&Batch, usize, RowRef) -> Parsed<T> + Sync),
-) -> Result<Vec<(RowRef, Parsed<T>)>> {
+) -> Result<Vec<IdRow<T>>> {
     let per_file = load::map_files(files, specs, &|file, batch, out| {
         for row in 0..batch.len {
             if batch.columns[id_col].str(row) == Some(id) {
@@ -308,26 +319,34 @@ fn rows_with_id<T: Send>(
                     file: file as u32,
                     row: batch.first_row + row as u64,
                 };
-                out.push((at, parse(batch, row, at)));
+                let account = batch.columns[account_col].str(row).map(str::to_string);
+                out.push((at, parse(batch, row, at), account));
             }
         }
     })?;
-    let mut rows: Vec<(RowRef, Parsed<T>)> = per_file.into_iter().flatten().collect();
-    rows.sort_by_key(|(at, _)| *at);
+    let mut rows: Vec<IdRow<T>> = per_file.into_iter().flatten().collect();
+    rows.sort_by_key(|(at, _, _)| *at);
     Ok(rows)
 }
 
 /// The copies of one event and the winning one (the same winner rule as dedup).
 struct Copies {
-    rows: Vec<(RowRef, Parsed<UsageRow>)>,
+    rows: Vec<IdRow<UsageRow>>,
     winner: Option<UsageRow>,
 }
 
 fn copies_of(files: &[InputFile], event_id: &str) -> Result<Copies> {
-    let rows = rows_with_id(files, &load::USAGE_COLUMNS, 0, event_id, &load::parse_usage)?;
+    let columns = (0, USAGE_ACCOUNT);
+    let rows = rows_with_id(
+        files,
+        &load::USAGE_COLUMNS,
+        columns,
+        event_id,
+        &load::parse_usage,
+    )?;
     let winner = rows
         .iter()
-        .filter_map(|(_, p)| match p {
+        .filter_map(|(_, p, _)| match p {
             Parsed::Row(u) => Some(u),
             Parsed::Rejected(_) => None,
         })
@@ -441,7 +460,7 @@ pub fn explain(req: &ExplainRequest) -> Result<Explanation> {
             let rows = rows_with_id(
                 &inputs.files[3],
                 &load::DEBIT_COLUMNS,
-                0,
+                (0, DEBIT_ACCOUNT),
                 entry_id,
                 &load::parse_debit,
             )?;
@@ -454,7 +473,7 @@ pub fn explain(req: &ExplainRequest) -> Result<Explanation> {
                 ));
             }
             // For a repeated id the first valid row by (file, row) is kept.
-            let kept: Option<DebitRow> = rows.iter().find_map(|(_, p)| match p {
+            let kept: Option<DebitRow> = rows.iter().find_map(|(_, p, _)| match p {
                 Parsed::Row(d) => Some(d.clone()),
                 Parsed::Rejected(_) => None,
             });
@@ -540,21 +559,21 @@ fn rejected_plan_rows(
     let allocation_rows = rows_with_id(
         &inputs.files[1],
         &load::ALLOCATION_COLUMNS,
-        0,
+        (0, 0),
         account_id,
         &load::parse_allocation,
     )?;
     let grant_rows = rows_with_id(
         &inputs.files[2],
         &load::GRANT_COLUMNS,
-        1,
+        (1, 1),
         account_id,
         &load::parse_grant,
     )?;
     let ats = allocation_rows
         .iter()
-        .map(|(at, _)| (Dataset::Allocations, *at))
-        .chain(grant_rows.iter().map(|(at, _)| (Dataset::Grants, *at)));
+        .map(|(at, _, _)| (Dataset::Allocations, *at))
+        .chain(grant_rows.iter().map(|(at, _, _)| (Dataset::Grants, *at)));
     Ok(ats
         .filter_map(|(dataset, at)| {
             let r = run
@@ -639,7 +658,7 @@ fn seen_usage(
     copies
         .rows
         .iter()
-        .map(|(at, parsed)| {
+        .map(|(at, parsed, account)| {
             let file = rel(inputs, Dataset::Usage, *at);
             let rejected = |r: &Reject| SeenRow {
                 file: file.clone(),
@@ -647,7 +666,7 @@ fn seen_usage(
                 fate: "rejected",
                 reason: Some(r.reason.name()),
                 detail: Some(r.detail.clone()),
-                account_id: None,
+                account_id: account.clone(),
                 values: None,
             };
             match parsed {
@@ -681,12 +700,12 @@ fn seen_usage(
 
 fn seen_entries(
     inputs: &pipeline::Inputs,
-    rows: &[(RowRef, Parsed<DebitRow>)],
+    rows: &[IdRow<DebitRow>],
     kept: Option<&DebitRow>,
     run: Option<&AccountRun>,
 ) -> Vec<SeenRow> {
     rows.iter()
-        .map(|(at, parsed)| {
+        .map(|(at, parsed, account)| {
             let file = rel(inputs, Dataset::Debits, *at);
             match parsed {
                 Parsed::Rejected(r) => SeenRow {
@@ -695,7 +714,7 @@ fn seen_entries(
                     fate: "rejected",
                     reason: Some(r.reason.name()),
                     detail: Some(r.detail.clone()),
-                    account_id: None,
+                    account_id: account.clone(),
                     values: None,
                 },
                 Parsed::Row(d) => {
