@@ -299,19 +299,18 @@ fn q(id: &str) -> String {
 /// was written for).
 type IdRow<T> = (RowRef, Parsed<T>, Option<String>);
 
-/// The `account_id` column of each dataset's specs (allocations, which find rows by it,
-/// use their id column).
-const USAGE_ACCOUNT: usize = 1;
-const DEBIT_ACCOUNT: usize = 1;
-
 /// Every row of `files` whose column `id_col` equals `id`, parsed, in (file, row) order.
 fn rows_with_id<T: Send>(
     files: &[InputFile],
     specs: &[ColSpec],
-    (id_col, account_col): (usize, usize),
+    id_col: usize,
     id: &str,
     parse: &(dyn Fn(&Batch, usize, RowRef) -> Parsed<T> + Sync),
 ) -> Result<Vec<IdRow<T>>> {
+    let account_col = specs
+        .iter()
+        .position(|spec| spec.name == "account_id")
+        .expect("every dataset has an account_id column");
     let per_file = load::map_files(files, specs, &|file, batch, out| {
         for row in 0..batch.len {
             if batch.columns[id_col].str(row) == Some(id) {
@@ -336,14 +335,7 @@ struct Copies {
 }
 
 fn copies_of(files: &[InputFile], event_id: &str) -> Result<Copies> {
-    let columns = (0, USAGE_ACCOUNT);
-    let rows = rows_with_id(
-        files,
-        &load::USAGE_COLUMNS,
-        columns,
-        event_id,
-        &load::parse_usage,
-    )?;
+    let rows = rows_with_id(files, &load::USAGE_COLUMNS, 0, event_id, &load::parse_usage)?;
     let winner = rows
         .iter()
         .filter_map(|(_, p, _)| match p {
@@ -460,7 +452,7 @@ pub fn explain(req: &ExplainRequest) -> Result<Explanation> {
             let rows = rows_with_id(
                 &inputs.files[3],
                 &load::DEBIT_COLUMNS,
-                (0, DEBIT_ACCOUNT),
+                0,
                 entry_id,
                 &load::parse_debit,
             )?;
@@ -559,14 +551,14 @@ fn rejected_plan_rows(
     let allocation_rows = rows_with_id(
         &inputs.files[1],
         &load::ALLOCATION_COLUMNS,
-        (0, 0),
+        0,
         account_id,
         &load::parse_allocation,
     )?;
     let grant_rows = rows_with_id(
         &inputs.files[2],
         &load::GRANT_COLUMNS,
-        (1, 1),
+        1,
         account_id,
         &load::parse_grant,
     )?;

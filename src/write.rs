@@ -437,7 +437,7 @@ pub fn write_streamed<T: crate::runs::Keyed>(
 // ---- files -----------------------------------------------------------------------------
 
 /// A failure reading a file for its sha256 (an input, an earlier close's manifest, an
-/// output or shard file read back): [`TallyError::io`]'s exit code by its kind.
+/// output or shard file read back): [`TallyError::io`], exit 2 whatever its kind.
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TallyError + '_ {
     move |e| TallyError::io(path, e)
 }
