@@ -69,6 +69,15 @@ pub struct AccountLine {
     pub line: InvoiceLineRow,
 }
 
+/// An invoice line and its account, borrowed: serializes to the bytes of an [`AccountLine`]
+/// (postcard writes a string and a shared string alike, and a nested struct's fields in
+/// order), so a group's lines are written without a shared account string each.
+#[derive(Serialize)]
+pub struct AccountLineRef<'a> {
+    pub account_id: &'a str,
+    pub line: &'a InvoiceLineRow,
+}
+
 /// An invoice line as a run file holds it (the same bytes as `AccountLine`: postcard
 /// writes a nested struct's fields in order), borrowed.
 #[derive(Deserialize)]
@@ -142,24 +151,31 @@ impl<T> Run<T> {
     }
 }
 
-/// Write `rows` as a run file at `path`.
-pub fn write_run<T: Keyed>(path: &Path, rows: &[T]) -> Result<Run<T>> {
+/// Write `rows` as a run file at `path`. A row may be given as any value that serializes
+/// to the bytes of a `T` (a borrowed form of it: a group's rows are written straight from
+/// its account results, not copied into one vector first).
+pub fn write_run<T: Keyed, R: Serialize>(
+    path: &Path,
+    rows: impl IntoIterator<Item = R>,
+) -> Result<Run<T>> {
     let file = File::create(path).map_err(|e| TallyError::write(path, e))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
     let mut record = Vec::new();
+    let mut count = 0u64;
     for row in rows {
         record.clear();
         record =
-            postcard::to_extend(row, record).map_err(|e| TallyError::output("billed run", e))?;
+            postcard::to_extend(&row, record).map_err(|e| TallyError::output("billed run", e))?;
         w.write_all(&(record.len() as u32).to_le_bytes())
             .and_then(|_| w.write_all(&record))
             .map_err(|e| TallyError::write(path, e))?;
+        count += 1;
     }
     // Not synced: a run file in the spill folder lives only as long as the run; a shard
     // syncs the run files it keeps (`shard::keep_runs`).
     w.into_inner()
         .map_err(|e| TallyError::write(path, e.into_error()))?;
-    Ok(Run::File(path.to_path_buf(), rows.len() as u64))
+    Ok(Run::File(path.to_path_buf(), count))
 }
 
 /// Reads one run file record by record.

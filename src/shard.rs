@@ -174,7 +174,7 @@ fn keep_runs<T: crate::runs::Keyed>(
         let rows = run.rows();
         match run {
             Run::Memory(rows) => {
-                crate::runs::write_run(&target, &rows)?;
+                crate::runs::write_run::<T, _>(&target, &rows)?;
             }
             Run::File(path, _) => {
                 std::fs::copy(&path, &target).map_err(|e| TallyError::write(&target, e))?;
