@@ -103,11 +103,12 @@ pub const PRIOR_PERIOD_PREFIX: &str = "prior_period:";
 /// One row of `billed_events` (close): an event billed on an invoice.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BilledEventRow {
-    /// Shared by the rows of one invoice (and `account_id` by the rows of one account):
-    /// no string allocated per billed event.
+    /// Shared by the rows of one account (and `invoice_id` by the rows of one invoice): no
+    /// string allocated per billed event. Account and invoice come first so that a run
+    /// file's record shares them with the record before it (`runs::write_run`).
+    pub account_id: crate::model::Shared,
     pub invoice_id: crate::model::Shared,
     pub event_id: crate::model::Id,
-    pub account_id: crate::model::Shared,
     pub occurred_at: Micros,
     pub credits: Milli,
 }

@@ -4,7 +4,13 @@
 //! writer merges the runs by account (an account's rows are all in one run) and streams
 //! them to Parquet. A whole run keeps its single run in memory.
 //!
-//! Run file: records of `u32` little-endian length + postcard row.
+//! Run file: [`RUN_MAGIC`], then one record per row: the postcard bytes of the row,
+//! front-coded against the record before it (two varints: how many leading bytes it
+//! shares with the previous record, how many bytes follow; then those bytes). A row's
+//! account comes first in its bytes, then its invoice, so consecutive rows of an invoice
+//! write only what differs: a billed event about 30 bytes instead of 82 (the 100M-event
+//! close's billed run files, written and read back through the kernel, 2.9 GB instead of
+//! 7.9).
 
 use crate::close::InvoiceLineRow;
 use crate::engine::BilledEventRow;
@@ -34,9 +40,9 @@ pub trait Keyed: Serialize + DeserializeOwned + Clone + Send + Sync {
 /// A billed event as a run file holds it (the same bytes as `BilledEventRow`), borrowed.
 #[derive(Deserialize)]
 struct BilledRecord<'a> {
+    account_id: &'a str,
     invoice_id: &'a str,
     event_id: &'a str,
-    account_id: &'a str,
     occurred_at: crate::time::Micros,
     credits: crate::amount::Milli,
 }
@@ -53,9 +59,9 @@ impl Keyed for BilledEventRow {
     fn decode(bytes: &[u8], previous: Option<&Self>) -> postcard::Result<Self> {
         let r: BilledRecord<'_> = postcard::from_bytes(bytes)?;
         Ok(BilledEventRow {
+            account_id: shared(r.account_id, previous.map(|p| &p.account_id)),
             invoice_id: shared(r.invoice_id, previous.map(|p| &p.invoice_id)),
             event_id: crate::model::Id::new(r.event_id),
-            account_id: shared(r.account_id, previous.map(|p| &p.account_id)),
             occurred_at: r.occurred_at,
             credits: r.credits,
         })
@@ -151,6 +157,35 @@ impl<T> Run<T> {
     }
 }
 
+/// The first bytes of a run file: a file of another format (another tally's) is refused
+/// when read back, not misread.
+pub const RUN_MAGIC: &[u8; 8] = b"TALLYRN2";
+
+/// Whether the file at `path` starts as a run file of this format does.
+pub fn is_run_file(path: &Path) -> std::io::Result<bool> {
+    let mut magic = [0u8; 8];
+    let mut file = File::open(path)?;
+    match file.read_exact(&mut magic) {
+        Ok(()) => Ok(&magic == RUN_MAGIC),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The most bytes a record may have when read back: a row is a few strings of at most
+/// [`crate::load::MAX_STRING_BYTES`] and numbers (a damaged length must not allocate
+/// without bound).
+const MAX_RECORD_BYTES: usize = 16 * crate::load::MAX_STRING_BYTES;
+
+/// Append `value` as a LEB128 varint.
+fn put_varint(out: &mut Vec<u8>, mut value: usize) {
+    while value >= 0x80 {
+        out.push(value as u8 | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
 /// Write `rows` as a run file at `path`. A row may be given as any value that serializes
 /// to the bytes of a `T` (a borrowed form of it: a group's rows are written straight from
 /// its account results, not copied into one vector first).
@@ -160,15 +195,26 @@ pub fn write_run<T: Keyed, R: Serialize>(
 ) -> Result<Run<T>> {
     let file = File::create(path).map_err(|e| TallyError::write(path, e))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
-    let mut record = Vec::new();
+    w.write_all(RUN_MAGIC)
+        .map_err(|e| TallyError::write(path, e))?;
+    let (mut record, mut previous, mut head) = (Vec::new(), Vec::new(), Vec::new());
     let mut count = 0u64;
     for row in rows {
         record.clear();
         record =
             postcard::to_extend(&row, record).map_err(|e| TallyError::output("billed run", e))?;
-        w.write_all(&(record.len() as u32).to_le_bytes())
-            .and_then(|_| w.write_all(&record))
+        let shared = record
+            .iter()
+            .zip(&previous)
+            .take_while(|(a, b)| a == b)
+            .count();
+        head.clear();
+        put_varint(&mut head, shared);
+        put_varint(&mut head, record.len() - shared);
+        w.write_all(&head)
+            .and_then(|_| w.write_all(&record[shared..]))
             .map_err(|e| TallyError::write(path, e))?;
+        std::mem::swap(&mut record, &mut previous);
         count += 1;
     }
     // Not synced: a run file in the spill folder lives only as long as the run; a shard
@@ -183,6 +229,7 @@ struct RunReader<T> {
     path: PathBuf,
     reader: BufReader<File>,
     left: u64,
+    /// The record read last, whole (the next one starts with a prefix of it).
     buf: Vec<u8>,
     /// The row read last (for `Keyed::decode`).
     previous: Option<T>,
@@ -191,13 +238,51 @@ struct RunReader<T> {
 impl<T: Keyed> RunReader<T> {
     fn open(path: &Path, rows: u64) -> Result<RunReader<T>> {
         let file = File::open(path).map_err(|e| TallyError::io(path, e))?;
-        Ok(RunReader {
+        let mut reader = RunReader {
             path: path.to_path_buf(),
             reader: BufReader::with_capacity(1 << 20, file),
             left: rows,
             buf: Vec::new(),
             previous: None,
-        })
+        };
+        let mut magic = [0u8; 8];
+        reader
+            .reader
+            .read_exact(&mut magic)
+            .map_err(|e| reader.broken(&e))?;
+        if &magic != RUN_MAGIC {
+            return Err(reader.broken(&format!(
+                "it does not start with {:?} (written by another tally?)",
+                String::from_utf8_lossy(RUN_MAGIC)
+            )));
+        }
+        Ok(reader)
+    }
+
+    fn broken(&self, e: &dyn std::fmt::Display) -> TallyError {
+        TallyError::Invariant(format!(
+            "run file {} cannot be read back: {e}",
+            self.path.display()
+        ))
+    }
+
+    /// A LEB128 varint of at most [`MAX_RECORD_BYTES`].
+    fn varint(&mut self) -> Result<usize> {
+        let mut value = 0usize;
+        for shift in (0..).step_by(7).take(4) {
+            let mut byte = [0u8; 1];
+            self.reader
+                .read_exact(&mut byte)
+                .map_err(|e| self.broken(&e))?;
+            value |= usize::from(byte[0] & 0x7f) << shift;
+            if byte[0] & 0x80 == 0 {
+                return match value <= MAX_RECORD_BYTES {
+                    true => Ok(value),
+                    false => Err(self.broken(&format!("a record length of {value} bytes"))),
+                };
+            }
+        }
+        Err(self.broken(&"a record length past 4 bytes of varint"))
     }
 
     fn next_row(&mut self) -> Result<Option<T>> {
@@ -205,19 +290,20 @@ impl<T: Keyed> RunReader<T> {
             return Ok(None);
         }
         self.left -= 1;
-        let broken = |e: &dyn std::fmt::Display| {
-            TallyError::Invariant(format!(
-                "run file {} cannot be read back: {e}",
-                self.path.display()
-            ))
-        };
-        let mut len = [0u8; 4];
-        self.reader.read_exact(&mut len).map_err(|e| broken(&e))?;
-        self.buf.resize(u32::from_le_bytes(len) as usize, 0);
-        self.reader
-            .read_exact(&mut self.buf)
-            .map_err(|e| broken(&e))?;
-        let row = T::decode(&self.buf, self.previous.as_ref()).map_err(|e| broken(&e))?;
+        let shared = self.varint()?;
+        let rest = self.varint()?;
+        if shared > self.buf.len() || shared + rest > MAX_RECORD_BYTES {
+            return Err(self.broken(&format!(
+                "a record shares {shared} bytes with a previous one of {}",
+                self.buf.len()
+            )));
+        }
+        self.buf.resize(shared + rest, 0);
+        let (reader, tail) = (&mut self.reader, &mut self.buf[shared..]);
+        if let Err(e) = reader.read_exact(tail) {
+            return Err(self.broken(&e));
+        }
+        let row = T::decode(&self.buf, self.previous.as_ref()).map_err(|e| self.broken(&e))?;
         if T::USES_PREVIOUS {
             self.previous = Some(row.clone());
         }
@@ -431,5 +517,65 @@ mod tests {
         )
         .unwrap();
         assert_eq!((rows, calls), (0, 1));
+    }
+
+    /// A record is written as what differs from the record before it: consecutive billed
+    /// events of one invoice share their account, their invoice and the start of their
+    /// event ids.
+    #[test]
+    fn a_record_writes_only_what_differs_from_the_one_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.bin");
+        let rows = [row("acct-1", "evt-0001"), row("acct-1", "evt-0002")];
+        let _: BilledRun = write_run(&path, &rows).unwrap();
+        let (first, second) = (
+            postcard::to_allocvec(&rows[0]).unwrap(),
+            postcard::to_allocvec(&rows[1]).unwrap(),
+        );
+        // Each string is its length byte and bytes: "acct-1", "INV-acct-1", "evt-000".
+        let shared = (1 + 6) + (1 + 10) + (1 + 7);
+        assert_eq!(first[..shared], second[..shared]);
+        assert_ne!(first[shared], second[shared]);
+        let mut expected = RUN_MAGIC.to_vec();
+        expected.extend([0, first.len() as u8]);
+        expected.extend(&first);
+        expected.extend([shared as u8, (second.len() - shared) as u8]);
+        expected.extend(&second[shared..]);
+        assert_eq!(std::fs::read(&path).unwrap(), expected);
+        assert_eq!(through_a_run_file(&rows), rows);
+    }
+
+    /// A run file that is not what this tally writes (another format, cut short, a
+    /// damaged length) stops the run with the file named, without reading past what it
+    /// holds or allocating what a damaged length asks.
+    #[test]
+    fn a_damaged_run_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.bin");
+        let rows = [row("a", "1"), row("a", "2")];
+        let _: BilledRun = write_run(&path, &rows).unwrap();
+        let good = std::fs::read(&path).unwrap();
+        let read = |bytes: &[u8]| {
+            std::fs::write(&path, bytes).unwrap();
+            let runs = [BilledRun::File(path.clone(), 2)];
+            for_each_chunk(&runs, 10, |_: &[BilledEventRow]| Ok(()))
+                .unwrap_err()
+                .to_string()
+        };
+        let named = format!("run file {} cannot be read back: ", path.display());
+        let mut other = good.clone();
+        other[7] = b'1';
+        assert!(read(&other).contains(&format!(
+            "{named}it does not start with \"TALLYRN2\" (written by another tally?)"
+        )));
+        assert!(read(&good[..good.len() - 1]).contains(&format!("{named}failed to fill")));
+        let mut long = good[..8].to_vec();
+        long.extend([0, 0xff, 0xff, 0x7f]);
+        assert!(read(&long).contains(&format!("{named}a record length of 2097151 bytes")));
+        let mut shares = good.clone();
+        shares[8] = 5;
+        assert!(read(&shares).contains(&format!(
+            "{named}a record shares 5 bytes with a previous one of 0"
+        )));
     }
 }

@@ -224,6 +224,16 @@ fn locate_runs<T>(
                 name.display()
             )));
         }
+        // Checked before the merge starts writing: a shard of a build whose run files had
+        // another format (its checksum matches: it is that build's file).
+        let ours = crate::runs::is_run_file(&file)
+            .map_err(|_| refuse(format!("{} cannot be read", name.display())))?;
+        if !ours {
+            return Err(refuse(format!(
+                "{} is not a run file of this tally build (written by another version?); compute the shard again with this binary",
+                name.display()
+            )));
+        }
         *name = file;
     }
     Ok(())

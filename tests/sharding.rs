@@ -319,6 +319,61 @@ fn merge_refuses_missing_duplicated_foreign_and_altered_shards() {
     assert!(!out.exists(), "nothing published by a refused merge");
 }
 
+/// A shard whose run file has another format (a shard computed by an earlier tally build:
+/// the checksum in its shard.json matches the file) is refused before anything is written,
+/// naming the file and what to do.
+#[test]
+fn merge_refuses_a_run_file_of_another_format() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    generate_root(&data);
+    let shards = tmp.path().join("shards");
+    for i in 0..2 {
+        run_ok(
+            "close",
+            &data,
+            CLOSE_AS_OF,
+            &shards,
+            &["--shard", &format!("{i}/2")],
+        );
+    }
+    let shard = root(&shards).join("shard=0");
+    let run = shard.join("billed-0.bin");
+    // The same records without the format mark, listed with their own checksum.
+    let other = std::fs::read(&run).unwrap()[8..].to_vec();
+    std::fs::write(&run, &other).unwrap();
+    let listing = shard.join("shard.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&listing).unwrap()).unwrap();
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&other))
+    };
+    let runs = manifest["runs"].as_array_mut().unwrap();
+    let entry = runs
+        .iter_mut()
+        .find(|f| f["path"] == "billed-0.bin")
+        .unwrap();
+    entry["sha256"] = sha.into();
+    std::fs::write(&listing, serde_json::to_vec(&manifest).unwrap()).unwrap();
+
+    let out = tmp.path().join("out");
+    let e = refused(&[
+        "merge",
+        "--out",
+        out.to_str().unwrap(),
+        root(&shards).to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains(
+            "billed-0.bin is not a run file of this tally build (written by another version?); \
+             compute the shard again with this binary; rerun shard 0 of 2"
+        ),
+        "{e}"
+    );
+    assert!(!out.exists(), "nothing published by a refused merge");
+}
+
 #[test]
 fn a_kubernetes_completion_index_selects_the_shard() {
     let tmp = tempfile::tempdir().unwrap();
