@@ -8,9 +8,8 @@
 //! front-coded against the record before it (two varints: how many leading bytes it
 //! shares with the previous record, how many bytes follow; then those bytes). A row's
 //! account comes first in its bytes, then its invoice, so consecutive rows of an invoice
-//! write only what differs: a billed event about 30 bytes instead of 82 (the 100M-event
-//! close's billed run files, written and read back through the kernel, 2.9 GB instead of
-//! 7.9).
+//! write only what differs: a billed event 29 bytes instead of 80 (a 10M-event close's
+//! run files, written and read back through the kernel, 325 MB instead of 942).
 
 use crate::close::InvoiceLineRow;
 use crate::engine::BilledEventRow;
