@@ -156,34 +156,56 @@ pub fn sheet_csv(batch: &RecordBatch, exponent: u32) -> Result<Vec<u8>> {
     sheet_csv_rows(batch, 0..batch.num_rows(), exponent)
 }
 
-/// Stream a table from its runs into a spreadsheet CSV (like
-/// [`crate::write::write_streamed`] does Parquet), a chunk at a time; returns the rows.
-pub fn write_streamed_csv<T: crate::runs::Keyed>(
-    path: &Path,
-    runs: &[crate::runs::Run<T>],
-    batch: fn(&[T]) -> RecordBatch,
+/// A spreadsheet CSV written a batch at a time (a table streamed from its runs beside its
+/// Parquet file: [`crate::write::write_streamed`]).
+pub struct StreamedCsv<'a> {
+    path: &'a Path,
+    w: csv::Writer<BufWriter<File>>,
+    money: Vec<bool>,
     exponent: u32,
-) -> Result<u64> {
-    let file = File::create(path).map_err(|e| TallyError::write(path, e))?;
-    let mut w = csv_writer(BufWriter::with_capacity(1 << 20, file));
-    let schema = batch(&[]).schema();
-    w.write_record(header(&schema)).map_err(csv_err)?;
-    let money = money_flags(&schema);
-    let mut buf = String::new();
-    let rows = crate::runs::for_each_chunk(runs, 1 << 16, |rows| {
-        let chunk = batch(rows);
+    buf: String,
+}
+
+impl<'a> StreamedCsv<'a> {
+    /// Create the file and write the header of `schema`.
+    pub fn create(path: &'a Path, schema: &Schema, exponent: u32) -> Result<StreamedCsv<'a>> {
+        let file = File::create(path).map_err(|e| TallyError::write(path, e))?;
+        let mut w = csv_writer(BufWriter::with_capacity(1 << 20, file));
+        w.write_record(header(schema)).map_err(csv_err)?;
+        Ok(StreamedCsv {
+            path,
+            w,
+            money: money_flags(schema),
+            exponent,
+            buf: String::new(),
+        })
+    }
+
+    pub fn write(&mut self, chunk: &RecordBatch) -> Result<()> {
         for row in 0..chunk.num_rows() {
-            write_row(&mut w, &chunk, row, &money, exponent, &mut buf)?;
+            write_row(
+                &mut self.w,
+                chunk,
+                row,
+                &self.money,
+                self.exponent,
+                &mut self.buf,
+            )?;
         }
         Ok(())
-    })?;
-    let file = w
-        .into_inner()
-        .map_err(|e| TallyError::output(path.display().to_string(), e.to_string()))?
-        .into_inner()
-        .map_err(|e| TallyError::write(path, e.into_error()))?;
-    file.sync_all().map_err(|e| TallyError::write(path, e))?;
-    Ok(rows)
+    }
+
+    /// Flush and sync the file.
+    pub fn finish(self) -> Result<()> {
+        let path = self.path;
+        let file = self
+            .w
+            .into_inner()
+            .map_err(|e| TallyError::output(path.display().to_string(), e.to_string()))?
+            .into_inner()
+            .map_err(|e| TallyError::write(path, e.into_error()))?;
+        file.sync_all().map_err(|e| TallyError::write(path, e))
+    }
 }
 
 // ---- the report/ files ------------------------------------------------------------------

@@ -607,25 +607,29 @@ pub(crate) fn write_outputs(dir: &Path, output: &RunOutput, inputs: Vec<FileEntr
     if output.settings.mode == Mode::Close {
         jobs.push(Box::new(|| {
             let name = "billed_events.parquet";
-            let rows =
-                write::write_streamed(&dir.join(name), &output.billed, write::billed_events_batch)?;
+            let rows = write::write_streamed(
+                &dir.join(name),
+                &output.billed,
+                write::billed_events_batch,
+                None,
+            )?;
             Ok(vec![(name.to_string(), Some(rows))])
         }));
         jobs.push(Box::new(|| {
-            let name = "invoice_lines.parquet";
-            let rows =
-                write::write_streamed(&dir.join(name), &output.lines, write::invoice_lines_batch)?;
-            Ok(vec![(name.to_string(), Some(rows))])
-        }));
-        jobs.push(Box::new(|| {
-            let name = "invoice_lines.csv";
-            let rows = export::write_streamed_csv(
+            let (name, csv_name) = ("invoice_lines.parquet", "invoice_lines.csv");
+            let csv_path = dir.join(csv_name);
+            let schema = write::invoice_lines_batch(&[]).schema();
+            let csv = export::StreamedCsv::create(&csv_path, &schema, exponent)?;
+            let rows = write::write_streamed(
                 &dir.join(name),
                 &output.lines,
                 write::invoice_lines_batch,
-                exponent,
+                Some(csv),
             )?;
-            Ok(vec![(name.to_string(), Some(rows))])
+            Ok(vec![
+                (name.to_string(), Some(rows)),
+                (csv_name.to_string(), Some(rows)),
+            ])
         }));
     }
     for (name, batch) in &tables {

@@ -25,15 +25,12 @@ use std::path::{Path, PathBuf};
 pub trait Keyed: Serialize + DeserializeOwned + Clone + Send + Sync {
     fn account(&self) -> &str;
 
-    /// Whether [`Keyed::decode`] uses the previous row (the reader then keeps a copy).
-    const USES_PREVIOUS: bool = false;
+    /// What decoding keeps from one record to the next of a run: the strings the next
+    /// row may share (rows of an account are adjacent).
+    type Kept: Default + Send;
 
-    /// Decode a record written by [`write_run`]; `previous` is the record before it in
-    /// the same run (rows of an account are adjacent: what they share can be reused).
-    fn decode(bytes: &[u8], previous: Option<&Self>) -> postcard::Result<Self> {
-        let _ = previous;
-        postcard::from_bytes(bytes)
-    }
+    /// Decode a record written by [`write_run`], sharing what equals a kept string.
+    fn decode(bytes: &[u8], kept: &mut Self::Kept) -> postcard::Result<Self>;
 }
 
 /// A billed event as a run file holds it (the same bytes as `BilledEventRow`), borrowed.
@@ -51,15 +48,17 @@ impl Keyed for BilledEventRow {
         &self.account_id
     }
 
-    const USES_PREVIOUS: bool = true;
+    /// The account and invoice of the row before.
+    type Kept = [Option<crate::model::Shared>; 2];
 
     /// The invoice and account of the previous row are shared when equal (one copy per
     /// account, not two strings allocated per billed event).
-    fn decode(bytes: &[u8], previous: Option<&Self>) -> postcard::Result<Self> {
+    fn decode(bytes: &[u8], kept: &mut Self::Kept) -> postcard::Result<Self> {
         let r: BilledRecord<'_> = postcard::from_bytes(bytes)?;
+        let [account, invoice] = kept;
         Ok(BilledEventRow {
-            account_id: shared(r.account_id, previous.map(|p| &p.account_id)),
-            invoice_id: shared(r.invoice_id, previous.map(|p| &p.invoice_id)),
+            account_id: shared(r.account_id, account),
+            invoice_id: shared(r.invoice_id, invoice),
             event_id: crate::model::Id::new(r.event_id),
             occurred_at: r.occurred_at,
             credits: r.credits,
@@ -97,11 +96,12 @@ struct LineRecord<'a> {
     credits: crate::amount::Milli,
 }
 
-/// `text` as the previous row's string when they are equal (one copy shared), else new.
-fn shared(text: &str, previous: Option<&crate::model::Shared>) -> crate::model::Shared {
-    match previous {
-        Some(p) if &**p == text => p.clone(),
-        _ => crate::model::Shared::from(text),
+/// `text` as the kept string when they are equal (one copy shared), else a new string,
+/// kept for the rows after.
+fn shared(text: &str, kept: &mut Option<crate::model::Shared>) -> crate::model::Shared {
+    match kept {
+        Some(k) if &**k == text => k.clone(),
+        _ => kept.insert(crate::model::Shared::from(text)).clone(),
     }
 }
 
@@ -110,23 +110,22 @@ impl Keyed for AccountLine {
         &self.account_id
     }
 
-    const USES_PREVIOUS: bool = true;
+    /// The account, invoice, product, action and model last read.
+    type Kept = [Option<crate::model::Shared>; 5];
 
     /// The account, invoice and labels of the previous line are shared when equal: an
     /// invoice's lines are adjacent and ordered by product, so most lines allocate only
     /// their action (a 100M-event close merges 19M lines).
-    fn decode(bytes: &[u8], previous: Option<&Self>) -> postcard::Result<Self> {
+    fn decode(bytes: &[u8], kept: &mut Self::Kept) -> postcard::Result<Self> {
         let r: LineRecord<'_> = postcard::from_bytes(bytes)?;
-        let prev = previous.map(|p| &p.line);
+        let [account, invoice, product, action, model] = kept;
         Ok(AccountLine {
-            account_id: shared(r.account_id, previous.map(|p| &p.account_id)),
+            account_id: shared(r.account_id, account),
             line: InvoiceLineRow {
-                invoice_id: shared(r.invoice_id, prev.map(|p| &p.invoice_id)),
-                product: shared(r.product, prev.map(|p| &p.product)),
-                action: shared(r.action, prev.map(|p| &p.action)),
-                model: r
-                    .model
-                    .map(|m| shared(m, prev.and_then(|p| p.model.as_ref()))),
+                invoice_id: shared(r.invoice_id, invoice),
+                product: shared(r.product, product),
+                action: shared(r.action, action),
+                model: r.model.map(|m| shared(m, model)),
                 event_count: r.event_count,
                 quantity: r.quantity,
                 credits: r.credits,
@@ -224,14 +223,14 @@ pub fn write_run<T: Keyed, R: Serialize>(
 }
 
 /// Reads one run file record by record.
-struct RunReader<T> {
+struct RunReader<T: Keyed> {
     path: PathBuf,
     reader: BufReader<File>,
     left: u64,
     /// The record read last, whole (the next one starts with a prefix of it).
     buf: Vec<u8>,
-    /// The row read last (for `Keyed::decode`).
-    previous: Option<T>,
+    /// What decoding keeps for the next record.
+    kept: T::Kept,
 }
 
 impl<T: Keyed> RunReader<T> {
@@ -242,7 +241,7 @@ impl<T: Keyed> RunReader<T> {
             reader: BufReader::with_capacity(1 << 20, file),
             left: rows,
             buf: Vec::new(),
-            previous: None,
+            kept: T::Kept::default(),
         };
         let mut magic = [0u8; 8];
         reader
@@ -302,15 +301,12 @@ impl<T: Keyed> RunReader<T> {
         if let Err(e) = reader.read_exact(tail) {
             return Err(self.broken(&e));
         }
-        let row = T::decode(&self.buf, self.previous.as_ref()).map_err(|e| self.broken(&e))?;
-        if T::USES_PREVIOUS {
-            self.previous = Some(row.clone());
-        }
+        let row = T::decode(&self.buf, &mut self.kept).map_err(|e| self.broken(&e))?;
         Ok(Some(row))
     }
 }
 
-enum Source<'a, T> {
+enum Source<'a, T: Keyed> {
     Memory(std::slice::Iter<'a, T>),
     File(RunReader<T>),
 }

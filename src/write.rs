@@ -403,21 +403,41 @@ const STREAM_CHUNK_ROWS: usize = 1 << 16;
 
 /// Stream a table from its runs (merged in account order), never holding more than a
 /// chunk and a row group; returns the row count. `batch` builds a chunk's Arrow batch.
+/// With `csv`, the same batches also go to its spreadsheet CSV (the runs are merged once
+/// for both files).
 ///
-/// Two threads: one merges the runs and builds Arrow batches, the other encodes and
-/// compresses them (each about half of the work).
+/// Threads: one merges the runs and builds Arrow batches, one encodes and compresses them
+/// into Parquet (each about half of the work), one writes the CSV.
 pub fn write_streamed<T: crate::runs::Keyed>(
     path: &Path,
     runs: &[crate::runs::Run<T>],
     batch: fn(&[T]) -> RecordBatch,
+    csv: Option<crate::export::StreamedCsv<'_>>,
 ) -> Result<u64> {
     let mut out = ParquetOut::create(path, batch(&[]).schema())?;
     let (send, receive) = std::sync::mpsc::sync_channel::<RecordBatch>(2);
+    let (csv_send, csv_receive) = std::sync::mpsc::sync_channel::<RecordBatch>(2);
     let rows = std::thread::scope(|scope| {
+        let with_csv = csv.is_some();
+        let csv_writer = csv.map(|mut csv| {
+            scope.spawn(move || {
+                let mut written = Ok(());
+                for chunk in csv_receive {
+                    if written.is_ok() {
+                        written = csv.write(&chunk);
+                    }
+                }
+                written.and_then(|()| csv.finish())
+            })
+        });
         let producer = scope.spawn(move || {
             crate::runs::for_each_chunk(runs, STREAM_CHUNK_ROWS, |rows| {
-                // A closed channel means the writer failed; it reports why.
-                let _ = send.send(batch(rows));
+                let chunk = batch(rows);
+                // A closed channel means that writer failed; it reports why.
+                if with_csv {
+                    let _ = csv_send.send(chunk.clone());
+                }
+                let _ = send.send(chunk);
                 Ok(())
             })
         });
@@ -428,6 +448,9 @@ pub fn write_streamed<T: crate::runs::Keyed>(
             }
         }
         let rows = producer.join().expect("stream producer panicked")?;
+        if let Some(csv_writer) = csv_writer {
+            csv_writer.join().expect("stream CSV writer panicked")?;
+        }
         written.map(|()| rows)
     })?;
     out.finish()?;
