@@ -355,10 +355,11 @@ fn process_period(
         .then(|| close::invoice_id(&alloc.account_id, alloc.period_start).into());
     let account_shared = dicts.account(account);
     if billed_invoice_id.is_some() {
-        // Sized once: grown row by row, the vectors of a 100M-event close copied their
-        // billed events about twice over into fresh memory.
+        // Sized for the period at once: grown row by row, the vectors of a 100M-event
+        // close copied their billed events about twice over into fresh memory. (Not
+        // `reserve_exact`: an account's later periods then grow it geometrically.)
         let billed = prices.iter().filter(|p| matches!(p, Price::Charged(_)));
-        result.billed_events.reserve_exact(billed.count());
+        result.billed_events.reserve(billed.count());
     }
     for (i, event) in events.iter().enumerate() {
         let u = &event.usage;

@@ -88,40 +88,39 @@ fn write_row<W: Write>(
     money: &[bool],
     exponent: u32,
     buf: &mut String,
-) -> Result<()> {
+) -> std::result::Result<(), csv::Error> {
     for (column, &is_money) in batch.columns().iter().zip(money) {
         buf.clear();
         if column.is_null(row) {
-            w.write_field("").map_err(csv_err)?;
+            w.write_field("")?;
             if is_money {
-                w.write_field("").map_err(csv_err)?;
+                w.write_field("")?;
             }
             continue;
         }
         match column.data_type() {
             DataType::Utf8 => {
                 let text = column.as_string::<i32>().value(row);
-                w.write_field(safe_text(text).as_bytes()).map_err(csv_err)?;
+                w.write_field(safe_text(text).as_bytes())?;
             }
             DataType::Int64 => {
                 let v = column.as_primitive::<Int64Type>().value(row);
-                w.write_field(itoa::Buffer::new().format(v))
-                    .map_err(csv_err)?;
+                w.write_field(itoa::Buffer::new().format(v))?;
                 if is_money {
-                    w.write_field(format_minor(v, exponent)).map_err(csv_err)?;
+                    w.write_field(format_minor(v, exponent))?;
                 }
             }
             DataType::List(_) => {
                 push_cell(buf, column, row);
-                w.write_field(safe_text(buf).as_bytes()).map_err(csv_err)?;
+                w.write_field(safe_text(buf).as_bytes())?;
             }
             _ => {
                 push_cell(buf, column, row);
-                w.write_field(buf.as_bytes()).map_err(csv_err)?;
+                w.write_field(buf.as_bytes())?;
             }
         }
     }
-    w.write_record(None::<&[u8]>).map_err(csv_err)
+    w.write_record(None::<&[u8]>)
 }
 
 fn csv_err(e: csv::Error) -> TallyError {
@@ -145,7 +144,7 @@ pub fn sheet_csv_rows(
     let money = money_flags(&batch.schema());
     let mut buf = String::new();
     for row in rows {
-        write_row(&mut w, batch, row, &money, exponent, &mut buf)?;
+        write_row(&mut w, batch, row, &money, exponent, &mut buf).map_err(csv_err)?;
     }
     w.into_inner()
         .map_err(|e| TallyError::output("csv", e.to_string()))
@@ -171,7 +170,8 @@ impl<'a> StreamedCsv<'a> {
     pub fn create(path: &'a Path, schema: &Schema, exponent: u32) -> Result<StreamedCsv<'a>> {
         let file = File::create(path).map_err(|e| TallyError::write(path, e))?;
         let mut w = csv_writer(BufWriter::with_capacity(1 << 20, file));
-        w.write_record(header(schema)).map_err(csv_err)?;
+        w.write_record(header(schema))
+            .map_err(|e| TallyError::output(path.display().to_string(), e))?;
         Ok(StreamedCsv {
             path,
             w,
@@ -190,7 +190,9 @@ impl<'a> StreamedCsv<'a> {
                 &self.money,
                 self.exponent,
                 &mut self.buf,
-            )?;
+            )
+            // Named: a full disk says which file it stopped.
+            .map_err(|e| TallyError::output(self.path.display().to_string(), e))?;
         }
         Ok(())
     }
@@ -310,7 +312,7 @@ impl Rendered {
         let mut buf = String::new();
         let mut ends = Vec::with_capacity(batch.num_rows());
         for row in 0..batch.num_rows() {
-            write_row(&mut w, batch, row, &money, exponent, &mut buf)?;
+            write_row(&mut w, batch, row, &money, exponent, &mut buf).map_err(csv_err)?;
             w.flush().map_err(|e| TallyError::output("csv", e))?;
             ends.push(w.get_ref().len());
         }
@@ -612,5 +614,28 @@ mod tests {
         assert_eq!(day_label(utc_day(t)), "2026-11-03");
         let t = crate::time::parse_instant("1969-12-31T23:00:00Z").unwrap();
         assert_eq!(day_label(utc_day(t)), "1969-12-31");
+    }
+
+    /// A streamed CSV that cannot be written (a full disk: `/dev/full`) names its file.
+    #[test]
+    fn a_streamed_csv_names_its_file_when_it_cannot_be_written() {
+        let path = Path::new("/dev/full");
+        if !path.exists() {
+            return;
+        }
+        let text = "x".repeat(1000);
+        let column = arrow::array::StringArray::from(vec![text.as_str(); 2000]);
+        let batch = RecordBatch::try_from_iter([(
+            "event_id",
+            std::sync::Arc::new(column) as arrow::array::ArrayRef,
+        )])
+        .unwrap();
+        let mut csv = StreamedCsv::create(path, &batch.schema(), 2).unwrap();
+        // 2 MB of rows: past the 1 MiB buffer, so the write itself reaches the device.
+        let e = csv.write(&batch).unwrap_err().to_string();
+        assert!(
+            e.starts_with("writing /dev/full: ") && e.contains("No space left on device"),
+            "{e}"
+        );
     }
 }

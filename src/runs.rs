@@ -2,7 +2,8 @@
 //! and `invoice_lines` (one per account and priced product/action/model) — are not held
 //! whole by a split run: each group writes its rows, in account order, to a run file; the
 //! writer merges the runs by account (an account's rows are all in one run) and streams
-//! them to Parquet. A whole run keeps its single run in memory.
+//! them to Parquet (and, for the invoice lines, from the same merge to their CSV). A whole
+//! run keeps its single run in memory.
 //!
 //! Run file: [`RUN_MAGIC`], then one record per row: the postcard bytes of the row,
 //! front-coded against the record before it (two varints: how many leading bytes it
@@ -170,9 +171,10 @@ pub fn is_run_file(path: &Path) -> std::io::Result<bool> {
     }
 }
 
-/// The most bytes a record may have when read back: a row is a few strings of at most
-/// [`crate::load::MAX_STRING_BYTES`] and numbers (a damaged length must not allocate
-/// without bound).
+/// The most bytes a record may have (checked when written and when read back: a damaged
+/// length must not allocate without bound). The largest a row can be is an invoice line
+/// of about 20.6 KB: five strings of at most [`crate::load::MAX_STRING_BYTES`] (the
+/// invoice id and a prior-period product a few bytes more) and numbers.
 const MAX_RECORD_BYTES: usize = 16 * crate::load::MAX_STRING_BYTES;
 
 /// Append `value` as a LEB128 varint.
@@ -199,8 +201,15 @@ pub fn write_run<T: Keyed, R: Serialize>(
     let mut count = 0u64;
     for row in rows {
         record.clear();
-        record =
-            postcard::to_extend(&row, record).map_err(|e| TallyError::output("billed run", e))?;
+        record = postcard::to_extend(&row, record)
+            .map_err(|e| TallyError::output(path.display().to_string(), e))?;
+        if record.len() > MAX_RECORD_BYTES {
+            return Err(TallyError::Invariant(format!(
+                "a row of {} bytes for run file {}, past the {MAX_RECORD_BYTES} a record may have",
+                record.len(),
+                path.display()
+            )));
+        }
         let shared = record
             .iter()
             .zip(&previous)
@@ -264,8 +273,8 @@ impl<T: Keyed> RunReader<T> {
         ))
     }
 
-    /// A LEB128 varint of at most [`MAX_RECORD_BYTES`].
-    fn varint(&mut self) -> Result<usize> {
+    /// A LEB128 varint of at most [`MAX_RECORD_BYTES`] (`what` it counts, for the error).
+    fn varint(&mut self, what: &str) -> Result<usize> {
         let mut value = 0usize;
         for shift in (0..).step_by(7).take(4) {
             let mut byte = [0u8; 1];
@@ -276,11 +285,11 @@ impl<T: Keyed> RunReader<T> {
             if byte[0] & 0x80 == 0 {
                 return match value <= MAX_RECORD_BYTES {
                     true => Ok(value),
-                    false => Err(self.broken(&format!("a record length of {value} bytes"))),
+                    false => Err(self.broken(&format!("{what} of {value} bytes"))),
                 };
             }
         }
-        Err(self.broken(&"a record length past 4 bytes of varint"))
+        Err(self.broken(&format!("{what} past 4 bytes of varint")))
     }
 
     fn next_row(&mut self) -> Result<Option<T>> {
@@ -288,12 +297,18 @@ impl<T: Keyed> RunReader<T> {
             return Ok(None);
         }
         self.left -= 1;
-        let shared = self.varint()?;
-        let rest = self.varint()?;
-        if shared > self.buf.len() || shared + rest > MAX_RECORD_BYTES {
+        let shared = self.varint("a record's shared prefix")?;
+        let rest = self.varint("a record's length")?;
+        if shared > self.buf.len() {
             return Err(self.broken(&format!(
                 "a record shares {shared} bytes with a previous one of {}",
                 self.buf.len()
+            )));
+        }
+        if shared + rest > MAX_RECORD_BYTES {
+            return Err(self.broken(&format!(
+                "a record of {} bytes, past the {MAX_RECORD_BYTES} a record may have",
+                shared + rest
             )));
         }
         self.buf.resize(shared + rest, 0);
@@ -566,11 +581,57 @@ mod tests {
         assert!(read(&good[..good.len() - 1]).contains(&format!("{named}failed to fill")));
         let mut long = good[..8].to_vec();
         long.extend([0, 0xff, 0xff, 0x7f]);
-        assert!(read(&long).contains(&format!("{named}a record length of 2097151 bytes")));
+        assert!(read(&long).contains(&format!("{named}a record's length of 2097151 bytes")));
+        // A second record whose length passes the limit (the first is under 128 bytes).
+        let first_end = 8 + 2 + usize::from(good[9]);
+        let mut past = good[..first_end].to_vec();
+        past.extend([good[9], 0x80, 0x80, 0x04]);
+        let whole = usize::from(good[9]) + 65536;
+        assert!(read(&past).contains(&format!(
+            "{named}a record of {whole} bytes, past the 65536 a record may have"
+        )));
         let mut shares = good.clone();
         shares[8] = 5;
         assert!(read(&shares).contains(&format!(
             "{named}a record shares 5 bytes with a previous one of 0"
         )));
+    }
+
+    /// The borrowed form a group writes its invoice lines in is byte for byte the owned
+    /// form's (what a shard or a whole run writes, and what the reader expects).
+    #[test]
+    fn a_borrowed_invoice_line_serializes_as_the_owned_one() {
+        for model in [Some("m1"), None] {
+            let owned = line("acct-1", "video", "generate", model);
+            let borrowed = AccountLineRef {
+                account_id: &owned.account_id,
+                line: &owned.line,
+            };
+            assert_eq!(
+                postcard::to_allocvec(&borrowed).unwrap(),
+                postcard::to_allocvec(&owned).unwrap()
+            );
+        }
+    }
+
+    /// Rows at the string limit: records of thousands of bytes (lengths and shared
+    /// prefixes of two and three varint bytes) come back whole.
+    #[test]
+    fn rows_at_the_string_limit_read_back_whole() {
+        let limit = crate::load::MAX_STRING_BYTES;
+        let long = |c: char, n: usize| c.to_string().repeat(n);
+        let billed = vec![
+            row(&long('a', limit), &long('e', limit)),
+            row(&long('a', limit), &format!("{}x", long('e', limit - 1))),
+            row("b", &long('e', 127)),
+            row("b", &long('e', 128)),
+        ];
+        assert_eq!(through_a_run_file(&billed), billed);
+        let prior = format!("{}{}", crate::engine::PRIOR_PERIOD_PREFIX, long('p', limit));
+        let mut widest = line(&long('a', limit), &prior, &long('c', limit), None);
+        widest.line.model = Some(long('m', limit).into());
+        let lines = vec![widest.clone(), widest];
+        assert!(postcard::to_allocvec(&lines[0]).unwrap().len() > 5 * limit);
+        assert_eq!(through_a_run_file(&lines), lines);
     }
 }

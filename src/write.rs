@@ -447,11 +447,14 @@ pub fn write_streamed<T: crate::runs::Keyed>(
                 written = out.write(&chunk);
             }
         }
-        let rows = producer.join().expect("stream producer panicked")?;
-        if let Some(csv_writer) = csv_writer {
-            csv_writer.join().expect("stream CSV writer panicked")?;
-        }
-        written.map(|()| rows)
+        let rows = producer.join().expect("stream producer panicked");
+        let csv_written = csv_writer.map(|w| w.join().expect("stream CSV writer panicked"));
+        // The first failure in file order (the Parquet file, then its CSV), as the write
+        // jobs report theirs.
+        let rows = rows?;
+        written?;
+        csv_written.transpose()?;
+        Ok(rows)
     })?;
     out.finish()?;
     Ok(rows)

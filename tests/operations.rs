@@ -506,25 +506,32 @@ fn read_only_and_full_disks_give_a_clear_line_and_nothing_partial() {
         stderr(&out)
     );
 
-    let full = tmp.path().join("full");
-    assert!(mount_tmpfs(&full, "size=96k"));
-    let out = cmd("reconcile", &data, &full.join("out")).output().unwrap();
-    let left = std::fs::read_dir(&full)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect::<Vec<_>>();
-    umount(&full);
-    // Exit 4 whichever writer fills the disk first (it was 2 or 4 by that race).
-    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("No space left on device") && stderr(&out).lines().count() == 1,
-        "{}",
-        stderr(&out)
-    );
-    assert!(
-        left.iter().all(|n| !n.contains("staging") && n != "out"),
-        "left behind: {left:?}"
-    );
+    // A reconcile, and a close (whose invoice lines stream to Parquet and CSV at once),
+    // each on a disk too small for its outputs.
+    for command in ["reconcile", "close"] {
+        let full = tmp.path().join(format!("full-{command}"));
+        assert!(mount_tmpfs(&full, "size=96k"));
+        let out = cmd(command, &data, &full.join("out")).output().unwrap();
+        let left = std::fs::read_dir(&full)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect::<Vec<_>>();
+        umount(&full);
+        // Exit 4 whichever writer fills the disk first (it was 2 or 4 by that race), and
+        // the line names the file it stopped.
+        assert_eq!(out.status.code(), Some(4), "{command}: {}", stderr(&out));
+        assert!(
+            stderr(&out).starts_with(&format!("tally: writing {}/", full.display()))
+                && stderr(&out).contains("No space left on device")
+                && stderr(&out).lines().count() == 1,
+            "{command}: {}",
+            stderr(&out)
+        );
+        assert!(
+            left.iter().all(|n| !n.contains("staging") && n != "out"),
+            "{command}: left behind: {left:?}"
+        );
+    }
 }
 
 fn unsafe_uid() -> u32 {
