@@ -852,18 +852,24 @@ fn close_runs(
     results.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     let runs = match scratch {
         None => {
-            let billed_rows = results.iter().map(|(_, r)| r.billed_events.len()).sum();
-            let line_rows = results.iter().map(|(_, r)| r.invoice_lines.len()).sum();
-            let mut billed = Vec::with_capacity(billed_rows);
-            let mut lines = Vec::with_capacity(line_rows);
-            for (account, r) in results.iter_mut() {
-                billed.append(&mut r.billed_events);
-                let account_id = crate::model::Shared::from(account.as_str());
-                lines.extend(r.invoice_lines.drain(..).map(|line| AccountLine {
-                    account_id: account_id.clone(),
-                    line,
-                }));
-            }
+            // Each account's rows moved, not copied (see `Run::Memory`).
+            let billed = results
+                .iter_mut()
+                .map(|(_, r)| std::mem::take(&mut r.billed_events))
+                .collect();
+            let lines = results
+                .iter_mut()
+                .map(|(account, r)| {
+                    let account_id = crate::model::Shared::from(account.as_str());
+                    let lines = std::mem::take(&mut r.invoice_lines).into_iter();
+                    lines
+                        .map(|line| AccountLine {
+                            account_id: account_id.clone(),
+                            line,
+                        })
+                        .collect()
+                })
+                .collect();
             (Run::Memory(billed), Run::Memory(lines))
         }
         Some(dir) => {

@@ -173,8 +173,8 @@ fn keep_runs<T: crate::runs::Keyed>(
         let target = dir.join(&name);
         let rows = run.rows();
         match run {
-            Run::Memory(rows) => {
-                crate::runs::write_run::<T, _>(&target, &rows)?;
+            Run::Memory(accounts) => {
+                crate::runs::write_run::<T, _>(&target, accounts.iter().flatten())?;
             }
             Run::File(path, _) => {
                 std::fs::copy(&path, &target).map_err(|e| TallyError::write(&target, e))?;
