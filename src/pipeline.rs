@@ -894,8 +894,7 @@ fn close_runs(
                     )
                 },
             );
-            let (billed, lines) = (billed?, lines?);
-            (billed, lines)
+            (billed?, lines?)
         }
     };
     for (_, r) in results.iter_mut() {
