@@ -171,7 +171,7 @@ impl<'a> StreamedCsv<'a> {
         let file = File::create(path).map_err(|e| TallyError::write(path, e))?;
         let mut w = csv_writer(BufWriter::with_capacity(1 << 20, file));
         w.write_record(header(schema))
-            .map_err(|e| TallyError::output(path.display().to_string(), e))?;
+            .map_err(|e| failed_writing(path, e))?;
         Ok(StreamedCsv {
             path,
             w,
@@ -191,8 +191,7 @@ impl<'a> StreamedCsv<'a> {
                 self.exponent,
                 &mut self.buf,
             )
-            // Named: a full disk says which file it stopped.
-            .map_err(|e| TallyError::output(self.path.display().to_string(), e))?;
+            .map_err(|e| failed_writing(self.path, e))?;
         }
         Ok(())
     }
@@ -203,11 +202,17 @@ impl<'a> StreamedCsv<'a> {
         let file = self
             .w
             .into_inner()
-            .map_err(|e| TallyError::output(path.display().to_string(), e.to_string()))?
+            .map_err(|e| failed_writing(path, e))?
             .into_inner()
             .map_err(|e| TallyError::write(path, e.into_error()))?;
         file.sync_all().map_err(|e| TallyError::write(path, e))
     }
+}
+
+/// Writing the CSV at `path` failed: named, so that a full disk says which file it
+/// stopped.
+fn failed_writing(path: &Path, e: impl ToString) -> TallyError {
+    TallyError::output(path.display().to_string(), e)
 }
 
 // ---- the report/ files ------------------------------------------------------------------

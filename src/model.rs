@@ -414,8 +414,9 @@ fn row_flags(spilled: u8) -> (u8, bool) {
 /// a micro-benchmark by hand of 5M usage rows: 64-66 ns a row with postcard's writer,
 /// 18-20 ns by hand, both writing into fresh memory; two alternating 100M reconciles each
 /// cannot show it past their noise: the spill pass's CPU 59.4 and 63.0 s against 61.5 and
-/// 66.8). A property test holds the two encodings equal.
-struct SpillBytes {
+/// 66.8). A property test holds the two encodings equal. The close's run files write each
+/// record's head with it too (`runs::write_run`).
+pub(crate) struct SpillBytes {
     bytes: [u8; SpillBytes::MAX],
     len: usize,
 }
@@ -424,14 +425,14 @@ impl SpillBytes {
     /// The largest form, a usage row's: four 10-byte varints, two 5-byte ones, two bytes.
     const MAX: usize = 4 * 10 + 2 * 5 + 2;
 
-    fn new() -> SpillBytes {
+    pub(crate) fn new() -> SpillBytes {
         SpillBytes {
             bytes: [0; SpillBytes::MAX],
             len: 0,
         }
     }
 
-    fn unsigned(&mut self, mut value: u64) -> &mut SpillBytes {
+    pub(crate) fn unsigned(&mut self, mut value: u64) -> &mut SpillBytes {
         while value >= 0x80 {
             self.bytes[self.len] = value as u8 | 0x80;
             self.len += 1;
@@ -450,7 +451,7 @@ impl SpillBytes {
         self
     }
 
-    fn append_to(&self, out: &mut Vec<u8>) {
+    pub(crate) fn append_to(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.bytes[..self.len]);
     }
 }

@@ -873,19 +873,19 @@ fn close_runs(
             (Run::Memory(billed), Run::Memory(lines))
         }
         Some(dir) => {
-            let results = &*results;
+            let written: &[(String, AccountResult)] = results;
             // Two files: one core each (the next group's read-back is beside this).
             let (billed, lines) = rayon::join(
                 || {
                     crate::runs::write_run(
                         &dir.join(format!("billed-{group}.bin")),
-                        results.iter().flat_map(|(_, r)| &r.billed_events),
+                        written.iter().flat_map(|(_, r)| &r.billed_events),
                     )
                 },
                 || {
                     crate::runs::write_run(
                         &dir.join(format!("lines-{group}.bin")),
-                        results.iter().flat_map(|(account, r)| {
+                        written.iter().flat_map(|(account, r)| {
                             r.invoice_lines.iter().map(|line| AccountLineRef {
                                 account_id: account,
                                 line,
@@ -894,13 +894,14 @@ fn close_runs(
                     )
                 },
             );
+            // Written: the accounts' rows are freed now, not kept with their results.
+            for (_, r) in results.iter_mut() {
+                r.billed_events = Vec::new();
+                r.invoice_lines = Vec::new();
+            }
             (billed?, lines?)
         }
     };
-    for (_, r) in results.iter_mut() {
-        r.billed_events = Vec::new();
-        r.invoice_lines = Vec::new();
-    }
     Ok(runs)
 }
 

@@ -416,25 +416,28 @@ pub fn write_streamed<T: crate::runs::Keyed>(
 ) -> Result<u64> {
     let mut out = ParquetOut::create(path, batch(&[]).schema())?;
     let (send, receive) = std::sync::mpsc::sync_channel::<RecordBatch>(2);
-    let (csv_send, csv_receive) = std::sync::mpsc::sync_channel::<RecordBatch>(2);
     let rows = std::thread::scope(|scope| {
-        let with_csv = csv.is_some();
-        let csv_writer = csv.map(|mut csv| {
-            scope.spawn(move || {
-                let mut written = Ok(());
-                for chunk in csv_receive {
-                    if written.is_ok() {
-                        written = csv.write(&chunk);
+        let (csv_send, csv_writer) = match csv {
+            Some(mut csv) => {
+                let (csv_send, csv_receive) = std::sync::mpsc::sync_channel::<RecordBatch>(2);
+                let writer = scope.spawn(move || {
+                    let mut written = Ok(());
+                    for chunk in csv_receive {
+                        if written.is_ok() {
+                            written = csv.write(&chunk);
+                        }
                     }
-                }
-                written.and_then(|()| csv.finish())
-            })
-        });
+                    written.and_then(|()| csv.finish())
+                });
+                (Some(csv_send), Some(writer))
+            }
+            None => (None, None),
+        };
         let producer = scope.spawn(move || {
             crate::runs::for_each_chunk(runs, STREAM_CHUNK_ROWS, |rows| {
                 let chunk = batch(rows);
                 // A closed channel means that writer failed; it reports why.
-                if with_csv {
+                if let Some(csv_send) = &csv_send {
                     let _ = csv_send.send(chunk.clone());
                 }
                 let _ = send.send(chunk);
