@@ -1,4 +1,4 @@
-//! How freed memory goes back to the OS (the binary's allocator is mimalloc).
+//! How the process gets and frees memory (the binary's allocator is mimalloc).
 //!
 //! mimalloc returns freed pages to the OS after a delay (10 ms by default); a page asked
 //! for again later is faulted in and zeroed by the kernel. On this project's machines
@@ -27,6 +27,20 @@
 //! never purging for the whole split run, 4.7 GB in 256 groups).
 //!
 //! `MIMALLOC_PURGE_DELAY` in the environment overrides all of this (for measurements).
+//!
+//! Transparent huge pages are turned off for the process ([`tune`]). mimalloc asks for
+//! them (`madvise`), and on this project's machines a huge page is the slow kind of fresh
+//! memory. Our reading of why (not measured on the host): the VM's balloon device offers
+//! free page reporting (feature bit 5 in `/sys/bus/virtio/devices/virtio0/features`), so
+//! free 2 MiB blocks are handed back to the host and a huge page faulted in is likely one
+//! the host must back again; the kernel's time then swings from run to run with what the
+//! host holds. On the 10M-event bench data in one group, 8 alternating runs each
+//! (2026-12-03 evening): 4.42–5.12 s with huge pages off (1.4–2.5 s in the kernel)
+//! against 4.33–7.81 s with them (1.4–8.2 s in the kernel), peak 2.59–2.62 GB against
+//! 2.66–2.69; no compaction stalls in either (`compact_stall` in `/proc/vmstat`). An
+//! earlier series (the same morning's machine state) found the medians equal and only the
+//! spread narrower. `MIMALLOC_ALLOW_THP` in the environment (mimalloc's own switch)
+//! overrides this: set to 1 it leaves huge pages to the system's policy.
 
 // The C library these functions live in comes with the `mimalloc` crate; naming the crate
 // here links it into every binary of this library (the tally binary also makes it the
@@ -60,9 +74,51 @@ fn set_purge_delay(ms: std::ffi::c_long) {
     }
 }
 
-/// The binary's default, made at start-up: freed memory is kept for a second.
+/// The binary's defaults, made at start-up: freed memory is kept for a second, and no
+/// transparent huge pages.
 pub fn tune() {
     set_purge_delay(PURGE_DELAY_MS);
+    disable_transparent_huge_pages();
+}
+
+/// Turn transparent huge pages off for this process (and what it starts), unless
+/// `MIMALLOC_ALLOW_THP` decides (see the module doc). The flag is checked when a page is
+/// faulted in, so it holds for memory mimalloc reserved before `main` too. A kernel
+/// without the call (before 3.15) leaves huge pages as they were: only slower.
+fn disable_transparent_huge_pages() {
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl with PR_SET_THP_DISABLE reads no pointers; it only sets a flag of the
+    // calling process.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    /// The process's huge-page flag: `Some(true)` when off, `None` when the kernel has no
+    /// such call.
+    fn huge_pages_disabled() -> Option<bool> {
+        // SAFETY: the call only reads the process's flag.
+        match unsafe { libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0) } {
+            -1 => None,
+            flag => Some(flag == 1),
+        }
+    }
+
+    #[test]
+    fn tune_turns_huge_pages_off() {
+        // The flag is inherited: when the test's parent set it, the assertion holds
+        // whatever tune does (cargo and CI do not set it).
+        if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() || huge_pages_disabled().is_none() {
+            return;
+        }
+        super::tune();
+        assert_eq!(huge_pages_disabled(), Some(true));
+    }
 }
 
 /// Return what has been freed to the OS now, rather than after the delay.
