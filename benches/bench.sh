@@ -31,6 +31,10 @@ SEED=1
 RATE=0.01
 SAFETY=${BENCH_MEM_SAFETY:-1.25}   # margin on the linear memory estimate (allocator growth, hash-table doubling)
 TALLY_CAP_KB=$(( ${BENCH_TALLY_CAP_GB:-5} * 1024 * 1024 ))   # tally's bounded peak (budget + outputs), with margin
+# DuckDB's temporary files when it runs out of memory, with margin: a 100m run wrote up to
+# 35.6 GB (356 bytes an event; `du` each second, 2026-12-03). They go under out-SIZE/ (the
+# runner sets temp_directory), not into the caller's folder.
+DUCKDB_TMP_BYTES_PER_EVENT=450
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SQL="$HERE/reconcile.sql"
@@ -77,6 +81,7 @@ sql, data, rates, plans, out, as_of, settle = sys.argv[1:8]
 os.makedirs(out, exist_ok=True)
 c = duckdb.connect()
 c.execute("PRAGMA threads=2")
+c.execute("SET temp_directory = \x27" + (out + ".tmp").replace("\x27", "\x27\x27") + "\x27")
 c.execute("SET VARIABLE data = ?", [data])
 c.execute("SET VARIABLE ratecard = ?", [rates])
 c.execute("SET VARIABLE plans = ?", [plans])
@@ -203,7 +208,7 @@ peak_rss_1m() {
 
 # fits LABEL EVENTS -> 0 if the size fits in memory and on disk, else prints why and returns 1
 fits() {
-    local label=$1 events=$2 per1m need_kb total_kb avail_kb budget_kb disk_need disk_avail
+    local label=$1 events=$2 per1m need_kb total_kb avail_kb budget_kb disk_need disk_avail out_kb
     [[ $events -le 1000000 ]] && return 0
     per1m=$(peak_rss_1m) || die "could not measure the 1m run's peak RSS"
     [[ $per1m =~ ^[0-9]+$ ]] || die "could not measure the 1m run's peak RSS"
@@ -224,16 +229,22 @@ fits() {
         }' >&2
         return 1
     fi
-    # disk: scale the 1m data set (about 47 MB per 1m events); x1.5 for outputs; plus tally's
-    # spill files (budgeted at 64 bytes per row, two rows per event; about 30 measured on generated ids,
-    # about 50 with ids of other shapes) and DuckDB's temporary files
+    # disk: the data set, unless already generated (the 1m set scaled: about 47 MB per 1m
+    # events), x1.5 for the data and its outputs; then the runs' scratch, the larger of
+    # tally's spill files (budgeted at 64 bytes per row, two rows per event; about 30
+    # measured on generated ids, about 50 with ids of other shapes) and DuckDB's temporary
+    # files (DUCKDB_TMP_BYTES_PER_EVENT). The size's earlier outputs are replaced, so they
+    # count as free.
+    disk_need=$(( events * DUCKDB_TMP_BYTES_PER_EVENT / 1024 ))
     if [[ ! -f "$BENCH_DIR/data-$label/generate.json" ]]; then
-        disk_need=$(( $(du -sk "$BENCH_DIR/data-1m" | awk '{print $1}') * events / 1000000 * 3 / 2 + events * 128 / 1024 ))
-        disk_avail=$(df -Pk "$BENCH_DIR" | awk 'NR==2 {print $4}')
-        if (( disk_need > disk_avail )); then
-            log "SKIPPING $label: needs about $((disk_need / 1048576)) GB of disk, $((disk_avail / 1048576)) GB free in $BENCH_DIR"
-            return 1
-        fi
+        disk_need=$(( disk_need + $(du -sk "$BENCH_DIR/data-1m" | awk '{print $1}') * events / 1000000 * 3 / 2 ))
+    fi
+    out_kb=0
+    [[ -d "$BENCH_DIR/out-$label" ]] && out_kb=$(du -sk "$BENCH_DIR/out-$label" | awk '{print $1}')
+    disk_avail=$(( $(df -Pk "$BENCH_DIR" | awk 'NR==2 {print $4}') + out_kb ))
+    if (( disk_need > disk_avail )); then
+        log "SKIPPING $label: needs about $((disk_need / 1048576)) GB of disk (data, outputs and DuckDB's temporary files), $((disk_avail / 1048576)) GB free in $BENCH_DIR"
+        return 1
     fi
     return 0
 }

@@ -35,9 +35,9 @@
 //! free 2 MiB blocks are handed back to the host and a huge page faulted in is likely one
 //! the host must back again; the kernel's time then swings from run to run with what the
 //! host holds. On the 10M-event bench data in one group, 8 alternating runs each
-//! (2026-12-03 evening): 4.42–5.12 s with huge pages off (1.4–2.5 s in the kernel)
-//! against 4.33–7.81 s with them (1.4–8.2 s in the kernel), peak 2.59–2.62 GB against
-//! 2.66–2.69; no compaction stalls in either (`compact_stall` in `/proc/vmstat`). An
+//! (2026-12-03, about 18:10 UTC): 4.42–5.12 s with huge pages off (1.4–2.5 s in the kernel)
+//! against 4.33–7.81 s with them (1.4–8.2 s in the kernel), peak 2.47–2.50 GiB against
+//! 2.54–2.56; no compaction stalls in either (`compact_stall` in `/proc/vmstat`). An
 //! earlier series (the same morning's machine state) found the medians equal and only the
 //! spread narrower. `MIMALLOC_ALLOW_THP` in the environment (mimalloc's own switch)
 //! overrides this: set to 1 it leaves huge pages to the system's policy.
