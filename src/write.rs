@@ -450,8 +450,13 @@ pub fn write_streamed<T: crate::runs::Keyed>(
                 written = out.write(&chunk);
             }
         }
-        let rows = producer.join().expect("stream producer panicked");
-        let csv_written = csv_writer.map(|w| w.join().expect("stream CSV writer panicked"));
+        // A thread that panicked has had its message printed by the panic hook: carry its
+        // panic on unchanged (main maps it to exit 4) instead of panicking a second time.
+        let rows = producer
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        let csv_written =
+            csv_writer.map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
         // The first failure in file order (the Parquet file, then its CSV), as the write
         // jobs report theirs.
         let rows = rows?;
@@ -733,5 +738,34 @@ mod tests {
         assert!(!dictionary(1), "event_id is written plain");
         assert!(!dictionary(2), "entry_ids items are written plain");
         assert!(!dictionary(3), "occurred_at is written plain");
+    }
+
+    /// A panic while a streamed table is built reaches the caller as the same panic, its
+    /// own message, not a second one naming the thread (stderr would show two).
+    #[test]
+    fn a_panic_in_the_stream_producer_reaches_the_caller_unchanged() {
+        use crate::engine::BilledEventRow;
+        fn batch(rows: &[BilledEventRow]) -> RecordBatch {
+            if !rows.is_empty() {
+                panic!("building a chunk failed");
+            }
+            billed_events_batch(rows)
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("billed_events.parquet");
+        let row = BilledEventRow {
+            account_id: "acct-1".into(),
+            invoice_id: "INV-acct-1".into(),
+            event_id: "evt-1".into(),
+            occurred_at: 0,
+            credits: crate::amount::Milli(1000),
+        };
+        let runs = [crate::runs::Run::Memory(vec![vec![row]])];
+        let caught = std::panic::catch_unwind(|| write_streamed(&path, &runs, batch, None));
+        let payload = caught.expect_err("the producer's panic reaches the caller");
+        assert_eq!(
+            payload.downcast_ref::<&str>(),
+            Some(&"building a chunk failed")
+        );
     }
 }
