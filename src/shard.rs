@@ -372,6 +372,17 @@ pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
             )));
         }
     }
+    // Partial files and run files are read as this binary writes them: shards of another
+    // tally version (a deploy between the shards and their merge) are refused by name
+    // rather than decoded.
+    if first.version != write::VERSION {
+        return Err(TallyError::Refused(format!(
+            "{} was computed by tally {}, and this is tally {}; merge with the version that ran the shards, or rerun them with this one",
+            folders[0].display(),
+            first.version,
+            write::VERSION
+        )));
+    }
     let n = first.shards;
     if n == 0 || n > crate::route::PARTITIONS {
         return Err(TallyError::Refused(format!(

@@ -323,6 +323,45 @@ fn merge_refuses_missing_duplicated_foreign_and_altered_shards() {
 /// the checksum in its shard.json matches the file) is refused before anything is written,
 /// naming the file and what to do.
 #[test]
+fn merge_refuses_shards_of_another_tally_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    generate_root(&data);
+    let shards = tmp.path().join("shards");
+    for i in 0..2 {
+        run_ok(
+            "reconcile",
+            &data,
+            AS_OF,
+            &shards,
+            &["--shard", &format!("{i}/2")],
+        );
+        // Both shards as an earlier release would have listed them.
+        let listing = root(&shards).join(format!("shard={i}")).join("shard.json");
+        let mut manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&listing).unwrap()).unwrap();
+        manifest["version"] = "0.0.1".into();
+        std::fs::write(&listing, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    }
+    let out = tmp.path().join("out");
+    let e = refused(&[
+        "merge",
+        "--out",
+        out.to_str().unwrap(),
+        root(&shards).to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains(&format!(
+            "shard=0 was computed by tally 0.0.1, and this is tally {}; merge with the version \
+             that ran the shards, or rerun them with this one",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{e}"
+    );
+    assert!(!out.exists(), "nothing is published");
+}
+
+#[test]
 fn merge_refuses_a_run_file_of_another_format() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
