@@ -319,37 +319,57 @@ fn merge_refuses_missing_duplicated_foreign_and_altered_shards() {
     assert!(!out.exists(), "nothing published by a refused merge");
 }
 
-/// A shard whose run file has another format (a shard computed by an earlier tally build:
-/// the checksum in its shard.json matches the file) is refused before anything is written,
-/// naming the file and what to do.
-#[test]
-fn merge_refuses_shards_of_another_tally_version() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
+/// Two shards of `command` on the generated root, in `tmp/shards.shards/`; the run's
+/// `--out` (`tmp/shards`).
+fn two_shards(tmp: &Path, command: &str, as_of: &str) -> PathBuf {
+    let data = tmp.join("data");
     generate_root(&data);
-    let shards = tmp.path().join("shards");
+    let shards = tmp.join("shards");
     for i in 0..2 {
         run_ok(
-            "reconcile",
+            command,
             &data,
-            AS_OF,
+            as_of,
             &shards,
             &["--shard", &format!("{i}/2")],
         );
-        // Both shards as an earlier release would have listed them.
-        let listing = root(&shards).join(format!("shard={i}")).join("shard.json");
-        let mut manifest: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&listing).unwrap()).unwrap();
-        manifest["version"] = "0.0.1".into();
-        std::fs::write(&listing, serde_json::to_vec(&manifest).unwrap()).unwrap();
     }
-    let out = tmp.path().join("out");
+    shards
+}
+
+/// Rewrite a shard's `shard.json` through `edit`.
+fn edit_listing(listing: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(listing).unwrap()).unwrap();
+    edit(&mut manifest);
+    std::fs::write(listing, serde_json::to_vec(&manifest).unwrap()).unwrap();
+}
+
+/// `tally merge` of the shards into `tmp/out`, refused: its stderr.
+fn refused_merge(tmp: &Path, shards: &Path) -> String {
+    let out = tmp.join("out");
     let e = refused(&[
         "merge",
         "--out",
         out.to_str().unwrap(),
-        root(&shards).to_str().unwrap(),
+        root(shards).to_str().unwrap(),
     ]);
+    assert!(!out.exists(), "nothing is published");
+    e
+}
+
+/// Shards that another tally version listed are refused before their files are decoded,
+/// naming both versions and what to do.
+#[test]
+fn merge_refuses_shards_of_another_tally_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = two_shards(tmp.path(), "reconcile", AS_OF);
+    for i in 0..2 {
+        // Both shards as an earlier release would have listed them.
+        let listing = root(&shards).join(format!("shard={i}")).join("shard.json");
+        edit_listing(&listing, |m| m["version"] = "0.0.1".into());
+    }
+    let e = refused_merge(tmp.path(), &shards);
     assert!(
         e.contains(&format!(
             "shard=0 was computed by tally 0.0.1, and this is tally {}; merge with the version \
@@ -358,51 +378,33 @@ fn merge_refuses_shards_of_another_tally_version() {
         )),
         "{e}"
     );
-    assert!(!out.exists(), "nothing is published");
 }
 
+/// A shard whose run file has another format (a shard computed by an earlier tally build:
+/// the checksum in its shard.json matches the file) is refused before anything is written,
+/// naming the file and what to do.
 #[test]
 fn merge_refuses_a_run_file_of_another_format() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    generate_root(&data);
-    let shards = tmp.path().join("shards");
-    for i in 0..2 {
-        run_ok(
-            "close",
-            &data,
-            CLOSE_AS_OF,
-            &shards,
-            &["--shard", &format!("{i}/2")],
-        );
-    }
+    let shards = two_shards(tmp.path(), "close", CLOSE_AS_OF);
     let shard = root(&shards).join("shard=0");
     let run = shard.join("billed-0.bin");
     // The same records without the format mark, listed with their own checksum.
     let other = std::fs::read(&run).unwrap()[8..].to_vec();
     std::fs::write(&run, &other).unwrap();
-    let listing = shard.join("shard.json");
-    let mut manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&listing).unwrap()).unwrap();
     let sha = {
         use sha2::Digest;
         hex::encode(sha2::Sha256::digest(&other))
     };
-    let runs = manifest["runs"].as_array_mut().unwrap();
-    let entry = runs
-        .iter_mut()
-        .find(|f| f["path"] == "billed-0.bin")
-        .unwrap();
-    entry["sha256"] = sha.into();
-    std::fs::write(&listing, serde_json::to_vec(&manifest).unwrap()).unwrap();
-
-    let out = tmp.path().join("out");
-    let e = refused(&[
-        "merge",
-        "--out",
-        out.to_str().unwrap(),
-        root(&shards).to_str().unwrap(),
-    ]);
+    edit_listing(&shard.join("shard.json"), |m| {
+        let runs = m["runs"].as_array_mut().unwrap();
+        let entry = runs
+            .iter_mut()
+            .find(|f| f["path"] == "billed-0.bin")
+            .unwrap();
+        entry["sha256"] = sha.into();
+    });
+    let e = refused_merge(tmp.path(), &shards);
     assert!(
         e.contains(
             "billed-0.bin is not a run file of this tally build (written by another version?); \
@@ -410,7 +412,6 @@ fn merge_refuses_a_run_file_of_another_format() {
         ),
         "{e}"
     );
-    assert!(!out.exists(), "nothing published by a refused merge");
 }
 
 #[test]
