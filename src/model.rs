@@ -452,7 +452,11 @@ impl SpillBytes {
     }
 
     pub(crate) fn append_to(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.bytes[..self.len]);
+        out.extend_from_slice(self.as_bytes());
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
     }
 }
 

@@ -205,7 +205,7 @@ pub fn write_run<T: Keyed, R: Serialize>(
     let mut w = BufWriter::with_capacity(1 << 20, file);
     w.write_all(RUN_MAGIC)
         .map_err(|e| TallyError::write(path, e))?;
-    let (mut record, mut previous, mut head) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut record, mut previous) = (Vec::new(), Vec::new());
     let mut count = 0u64;
     for row in rows {
         record.clear();
@@ -225,12 +225,10 @@ pub fn write_run<T: Keyed, R: Serialize>(
             .count();
         // The head in postcard's encoding of a `RecordHead`, written by hand as the spill
         // rows are (through postcard's serializer it took 15 % more of the stage).
-        head.clear();
-        crate::model::SpillBytes::new()
-            .unsigned(shared as u64)
-            .unsigned((record.len() - shared) as u64)
-            .append_to(&mut head);
-        w.write_all(&head)
+        let mut head = crate::model::SpillBytes::new();
+        head.unsigned(shared as u64)
+            .unsigned((record.len() - shared) as u64);
+        w.write_all(head.as_bytes())
             .and_then(|_| w.write_all(&record[shared..]))
             .map_err(|e| TallyError::write(path, e))?;
         std::mem::swap(&mut record, &mut previous);

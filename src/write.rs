@@ -421,13 +421,7 @@ pub fn write_streamed<T: crate::runs::Keyed>(
             Some(mut csv) => {
                 let (csv_send, csv_receive) = std::sync::mpsc::sync_channel::<RecordBatch>(2);
                 let writer = scope.spawn(move || {
-                    let mut written = Ok(());
-                    for chunk in csv_receive {
-                        if written.is_ok() {
-                            written = csv.write(&chunk);
-                        }
-                    }
-                    written.and_then(|()| csv.finish())
+                    write_each(csv_receive, |chunk| csv.write(chunk)).and_then(|()| csv.finish())
                 });
                 (Some(csv_send), Some(writer))
             }
@@ -444,12 +438,7 @@ pub fn write_streamed<T: crate::runs::Keyed>(
                 Ok(())
             })
         });
-        let mut written = Ok(());
-        for chunk in receive {
-            if written.is_ok() {
-                written = out.write(&chunk);
-            }
-        }
+        let written = write_each(receive, |chunk| out.write(chunk));
         // A thread that panicked has had its message printed by the panic hook: carry its
         // panic on unchanged (main maps it to exit 4) instead of panicking a second time.
         let rows = producer
@@ -466,6 +455,21 @@ pub fn write_streamed<T: crate::runs::Keyed>(
     })?;
     out.finish()?;
     Ok(rows)
+}
+
+/// Write every chunk received; after a failure, keep draining the channel (so that the
+/// producer is not blocked) and return the first error.
+fn write_each(
+    chunks: std::sync::mpsc::Receiver<RecordBatch>,
+    mut write: impl FnMut(&RecordBatch) -> Result<()>,
+) -> Result<()> {
+    let mut written = Ok(());
+    for chunk in chunks {
+        if written.is_ok() {
+            written = write(&chunk);
+        }
+    }
+    written
 }
 
 // ---- files -----------------------------------------------------------------------------
