@@ -842,3 +842,74 @@ mod random_roots {
         }
     }
 }
+
+fn strings(batch: &arrow::record_batch::RecordBatch, name: &str) -> Vec<String> {
+    use arrow::array::{Array, AsArray};
+    let a = batch.column_by_name(name).unwrap().as_string::<i32>();
+    (0..a.len()).map(|i| a.value(i).to_string()).collect()
+}
+
+/// The contract's row order (section 7): "close tables by (account_id, period_start)".
+/// Invoices are in that order; invoice lines and billed events, which name their invoice,
+/// follow their invoices' order (billed events also by their own account_id).
+fn assert_close_row_order(out: &Path, what: &str) {
+    use arrow::array::AsArray;
+    use arrow::datatypes::TimestampMicrosecondType;
+    let invoices = read_parquet(&out.join("invoices.parquet"));
+    let accounts = strings(&invoices, "account_id");
+    let starts = invoices
+        .column_by_name("period_start")
+        .unwrap()
+        .as_primitive::<TimestampMicrosecondType>();
+    let keys: Vec<(&String, i64)> = accounts
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (a, starts.value(i)))
+        .collect();
+    assert!(keys.len() > 100, "{what}: enough invoices to show an order");
+    assert!(
+        keys.windows(2).all(|w| w[0] < w[1]),
+        "{what}: invoices by (account_id, period_start)"
+    );
+    let place: std::collections::HashMap<String, usize> = strings(&invoices, "invoice_id")
+        .into_iter()
+        .enumerate()
+        .map(|(i, id)| (id, i))
+        .collect();
+    for table in ["invoice_lines.parquet", "billed_events.parquet"] {
+        let batch = read_parquet(&out.join(table));
+        let places: Vec<usize> = strings(&batch, "invoice_id")
+            .iter()
+            .map(|id| place[id])
+            .collect();
+        assert!(places.len() > keys.len(), "{what}: {table} has rows");
+        assert!(
+            places.windows(2).all(|w| w[0] <= w[1]),
+            "{what}: {table} in its invoices' (account_id, period_start) order"
+        );
+    }
+    let billed = read_parquet(&out.join("billed_events.parquet"));
+    let billed_accounts = strings(&billed, "account_id");
+    assert!(
+        billed_accounts.windows(2).all(|w| w[0] <= w[1]),
+        "{what}: billed events by account_id"
+    );
+}
+
+/// A close split into groups (its billed events and invoice lines go through run files
+/// and are merged by account) and one sharded and merged keep the contract's row order.
+#[test]
+fn split_and_sharded_closes_keep_the_contract_row_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    generate_root(&data);
+    let single = tmp.path().join("single");
+    run_ok("close", &data, CLOSE_AS_OF, &single, &[]);
+    assert_close_row_order(&single, "one group");
+    let grouped = tmp.path().join("grouped");
+    run_ok("close", &data, CLOSE_AS_OF, &grouped, &["--groups", "4"]);
+    assert_close_row_order(&grouped, "4 groups");
+    let sharded = tmp.path().join("sharded");
+    shard_and_merge("close", &data, CLOSE_AS_OF, &sharded, 3);
+    assert_close_row_order(&sharded, "3 shards merged");
+}
