@@ -497,14 +497,8 @@ fn read_only_and_full_disks_give_a_clear_line_and_nothing_partial() {
     let out = cmd("reconcile", &data, &ro.join("out")).output().unwrap();
     umount(&ro);
     // An output that cannot be written is exit 4 (README), whatever the cause.
-    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
-    assert!(
-        stderr(&out).starts_with(&format!("tally: writing {}", ro.display()))
-            && stderr(&out).contains("Read-only file system")
-            && stderr(&out).lines().count() == 1,
-        "{}",
-        stderr(&out)
-    );
+    let read_only = format!("tally: writing {}", ro.display());
+    assert_write_failed(&out, &read_only, "Read-only file system", "reconcile");
 
     // A reconcile, and a close (whose invoice lines stream to Parquet and CSV at once),
     // each on a disk too small for its outputs.
@@ -519,19 +513,24 @@ fn read_only_and_full_disks_give_a_clear_line_and_nothing_partial() {
         umount(&full);
         // Exit 4 whichever writer fills the disk first (it was 2 or 4 by that race), and
         // the line names the file it stopped.
-        assert_eq!(out.status.code(), Some(4), "{command}: {}", stderr(&out));
-        assert!(
-            stderr(&out).starts_with(&format!("tally: writing {}/", full.display()))
-                && stderr(&out).contains("No space left on device")
-                && stderr(&out).lines().count() == 1,
-            "{command}: {}",
-            stderr(&out)
-        );
+        let in_full = format!("tally: writing {}/", full.display());
+        assert_write_failed(&out, &in_full, "No space left on device", command);
         assert!(
             left.iter().all(|n| !n.contains("staging") && n != "out"),
             "{command}: left behind: {left:?}"
         );
     }
+}
+
+/// A run that could not write its outputs: exit 4 and one stderr line starting with
+/// `line_start` and naming the `cause`.
+fn assert_write_failed(out: &std::process::Output, line_start: &str, cause: &str, what: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(4), "{what}: {err}");
+    assert!(
+        err.starts_with(line_start) && err.contains(cause) && err.lines().count() == 1,
+        "{what}: {err}"
+    );
 }
 
 fn unsafe_uid() -> u32 {
