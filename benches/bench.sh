@@ -32,8 +32,8 @@ RATE=0.01
 SAFETY=${BENCH_MEM_SAFETY:-1.25}   # margin on the linear memory estimate (allocator growth, hash-table doubling)
 TALLY_CAP_KB=$(( ${BENCH_TALLY_CAP_GB:-5} * 1024 * 1024 ))   # tally's bounded peak (budget + outputs), with margin
 # DuckDB's temporary files when it runs out of memory, with margin: a 100m run wrote up to
-# 35.6 GB (356 bytes an event; `du` each second, 2026-12-03). They go under out-SIZE/ (the
-# runner sets temp_directory), not into the caller's folder.
+# 36.4 GB (364 bytes an event; benches/duckdb-temp-size.sh, 2026-12-03). They go under
+# out-SIZE/ (benches/duckdb_run.py sets temp_directory), not into the caller's folder.
 DUCKDB_TMP_BYTES_PER_EVENT=450
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -47,6 +47,7 @@ log() { echo "bench: $*" >&2; }
 [[ -x "$TALLY_SRC" ]] || die "no tally binary at $TALLY_SRC (build it with cargo build --release, or set TALLY)"
 [[ -x /usr/bin/time ]] || die "/usr/bin/time (GNU time) is needed"
 [[ -f "$SQL" ]] || die "missing $SQL"
+[[ -f "$HERE/duckdb_run.py" ]] || die "missing $HERE/duckdb_run.py"
 mkdir -p "$BENCH_DIR/bin"
 # Run a private copy, so that a rebuild during the benchmark cannot mix two binaries in one table.
 TALLY="$BENCH_DIR/bin/tally"
@@ -74,22 +75,7 @@ setup_duckdb() {
 }
 
 # The DuckDB runner: parameters as SQL variables, then the whole script in one connection.
-# shellcheck disable=SC2016
-DUCKDB_RUNNER='
-import os, sys, duckdb
-sql, data, rates, plans, out, as_of, settle = sys.argv[1:8]
-os.makedirs(out, exist_ok=True)
-c = duckdb.connect()
-c.execute("PRAGMA threads=2")
-c.execute("SET temp_directory = \x27" + (out + ".tmp").replace("\x27", "\x27\x27") + "\x27")
-c.execute("SET VARIABLE data = ?", [data])
-c.execute("SET VARIABLE ratecard = ?", [rates])
-c.execute("SET VARIABLE plans = ?", [plans])
-c.execute("SET VARIABLE out = ?", [out])
-c.execute("SET VARIABLE as_of = ?::TIMESTAMPTZ", [as_of])
-c.execute("SET VARIABLE settle_seconds = ?", [int(settle)])
-c.execute(open(sql).read())
-'
+RUNNER="$HERE/duckdb_run.py"
 
 # pricebook.toml -> the rate-card and plan-id CSVs reconcile.sql reads (once per data set,
 # untimed).
@@ -276,7 +262,7 @@ bench_size() {
     measure "$label" tally-close "$runs" "$out/close" -- "$TALLY" close --data "$data" \
         --as-of "$CLOSE_AS_OF" --out "$out/close" --log-format json
     w_close=$M_WALL c_close=$M_CPU r_close=$M_RSS
-    measure "$label" duckdb "$runs" "$out/duckdb" -- "$PY" -c "$DUCKDB_RUNNER" "$SQL" "$data" \
+    measure "$label" duckdb "$runs" "$out/duckdb" -- "$PY" "$RUNNER" "$SQL" "$data" \
         "$data.rates.csv" "$data.plans.csv" "$out/duckdb" "$RECONCILE_AS_OF" "$SETTLE_SECONDS"
     w_duck=$M_WALL c_duck=$M_CPU r_duck=$M_RSS
     # Optional: the same reconcile at forced group counts (row "tally reconcile --groups N").
