@@ -375,8 +375,11 @@ pub fn compute(
     let stage = progress.stage("route");
     let late_check: Option<crate::route::LateCheck<'_>> =
         (!history.closed.is_empty()).then_some(&may_be_late as _);
-    let (cross, wanted) =
-        crate::route::find_cross_bucket(&files[0], &files[3], layout, late_check)?;
+    let crate::route::LightPass {
+        cross,
+        late_ids: wanted,
+        counts: [usage_counts, debit_counts],
+    } = crate::route::find_cross_bucket(&files[0], &files[3], layout, late_check)?;
     let billed = history.billed_among(&wanted)?;
     let (cross_events, cross_entries) = cross.counts();
     stage.done(cross_events as u64, cross_entries as u64);
@@ -391,6 +394,7 @@ pub fn compute(
         &files[0],
         layout,
         &cross,
+        &usage_counts,
         &usage_spill,
         &|| stage.tick(),
     )?;
@@ -402,6 +406,7 @@ pub fn compute(
         &files[3],
         layout,
         &cross,
+        &debit_counts,
         &debit_spill,
         &|| stage.tick(),
     )?;
@@ -436,11 +441,12 @@ pub fn compute(
     let rates = RateTable::new(&inputs.book, &dicts).naming_files(&files[0]);
     let run = RunState::new(&context, &dicts, &rates, &billed, partitions);
 
-    // Read group g + 1 back while group g is processed: processing leaves a core idle in
-    // its sequential steps (placing events, collecting results) and reading the spill
-    // fills it. At most two groups' rows are in memory at once (`route::groups_for` sizes
-    // groups for that). The read-back draws no bar and its stage line is logged after the
-    // group's stages (see `progress::log_stage`).
+    // The first group's rows are in memory (the spill pass kept them); read group g + 1
+    // back while group g is processed: processing leaves a core idle in its sequential
+    // steps (placing events, collecting results) and reading the spill fills it. At most
+    // two groups' rows are in memory at once (`route::groups_for` sizes groups for that).
+    // The read-back draws no bar and its stage line is logged after the group's stages
+    // (see `progress::log_stage`).
     let limits = crate::model::CodeLimits::of(&dicts);
     // The rows of group g + 2 go into group g's vectors, sized once for the largest group.
     let most_usage = most_rows(&usage_files, &usage_extra);
@@ -475,14 +481,26 @@ pub fn compute(
     // 5.6 GB peak, against 4.6 GB with the delay).
     crate::memory::hand_back_freed();
     let mut extras = usage_extra.into_iter().zip(debit_extra);
-    let mut next = extras.next().map(|e| read_back(0, e, None)).transpose()?;
+    let mut next = extras.next().map(|(u_extra, d_extra)| {
+        let (mut usage, mut usage_ids) = (usage.first_group, usage.first_group_ids);
+        let (mut debits, mut debit_ids) = (debits.first_group, debits.first_group_ids);
+        // Nothing else runs now: both datasets at once.
+        rayon::join(
+            || append_candidates(&mut usage, &mut usage_ids, u_extra, &usage_candidate_ids),
+            || append_candidates(&mut debits, &mut debit_ids, d_extra, &debit_candidate_ids),
+        );
+        GroupRows {
+            usage,
+            usage_ids,
+            debits,
+            debit_ids,
+        }
+    });
     let mut spare = None;
     for group in 0..layout.groups as usize {
-        let (rows, took) = next
+        let rows = next
             .take()
             .expect("a group's rows are read before it is processed");
-        let count = (rows.usage.len() + rows.debits.len()) as u64;
-        crate::progress::log_stage("read spill", count, count, took);
         let following = extras.next();
         // The last group has no following one: its spare vectors are freed now, not kept
         // through the group (where a split run peaks).
@@ -496,7 +514,14 @@ pub fn compute(
             },
         );
         spare = Some(processed?);
-        next = read?;
+        next = match read? {
+            Some((rows, took)) => {
+                let count = (rows.usage.len() + rows.debits.len()) as u64;
+                crate::progress::log_stage("read spill", count, count, took);
+                Some(rows)
+            }
+            None => None,
+        };
     }
     assert!(
         next.is_none() && extras.next().is_none(),

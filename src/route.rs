@@ -415,6 +415,66 @@ impl EntryHashes {
 /// Tells whether an event of an account at an instant may be late (in a closed period).
 pub type LateCheck<'a> = &'a (dyn Fn(&str, crate::time::Micros) -> bool + Sync);
 
+/// What the light pass finds.
+pub struct LightPass {
+    pub cross: CrossBucket,
+    /// The ids of events that may be late (with `late`; else empty).
+    pub late_ids: HashSet<String, FastHash>,
+    /// Rows by group of this shard, usage then ledger.
+    pub counts: [GroupCounts; 2],
+}
+
+/// A dataset's rows by group of this shard, counted by the light pass from their
+/// `account_id` cells: at least the rows each group's spill gets (rejected rows and
+/// candidates are counted in their own account's group too). The spill pass keeps the
+/// first group's rows in memory, each row group's in a place of its own, by these counts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupCounts {
+    /// Rows of the first group, per row group of the dataset (files in order, row groups
+    /// in order: a [`load::Plan`]'s units).
+    pub first_group_by_unit: Vec<u64>,
+    /// Rows per group.
+    pub by_group: Vec<u64>,
+}
+
+impl GroupCounts {
+    fn of(parts: &[Vec<LightOut>], groups: usize) -> GroupCounts {
+        let mut counts = GroupCounts {
+            first_group_by_unit: Vec::with_capacity(parts.len()),
+            by_group: vec![0; groups],
+        };
+        for unit in parts {
+            let mut first = 0;
+            for out in unit {
+                for (total, n) in counts.by_group.iter_mut().zip(&out.by_group) {
+                    *total += n;
+                }
+                first += out.by_group.first().copied().unwrap_or(0);
+            }
+            counts.first_group_by_unit.push(first);
+        }
+        counts
+    }
+
+    /// Rows of the first group.
+    pub fn first_group(&self) -> u64 {
+        self.first_group_by_unit.iter().sum()
+    }
+
+    /// Rows of the largest group.
+    pub fn most(&self) -> u64 {
+        self.by_group.iter().copied().max().unwrap_or(0)
+    }
+}
+
+/// What the light pass keeps of one batch.
+struct LightOut {
+    keys: BucketedKeys,
+    /// Rows by group of this shard (rows of other shards and without an account are not
+    /// counted).
+    by_group: Vec<u64>,
+}
+
 /// The light pass: read only the id and account columns (8 bytes kept per row). With
 /// `late`, also `occurred_at`, returning the ids of events that may be late.
 pub fn find_cross_bucket(
@@ -422,26 +482,35 @@ pub fn find_cross_bucket(
     debits: &[InputFile],
     layout: &Layout,
     late: Option<LateCheck<'_>>,
-) -> Result<(CrossBucket, HashSet<String, FastHash>)> {
+) -> Result<LightPass> {
     let late_ids = std::sync::Mutex::new(HashSet::<String, FastHash>::default());
     // Round 1: event ids over usage and ledger rows, with the row's own partition.
-    let event_keys = |batch: &Batch, id_col: usize, out: &mut Vec<BucketedKeys>| {
+    let event_keys = |batch: &Batch, id_col: usize, out: &mut Vec<LightOut>| {
         let mut keys = Vec::with_capacity(batch.len);
+        let mut by_group = vec![0u64; layout.groups as usize];
         for row in 0..batch.len {
-            if let (Some(id), Some(account)) =
-                (batch.columns[id_col].str(row), batch.columns[1].str(row))
-            {
-                keys.push(id_key(id) | u64::from(layout.partition(account)));
+            let Some(account) = batch.columns[1].str(row) else {
+                continue;
+            };
+            let partition = layout.partition(account);
+            if layout.owns(partition) {
+                by_group[layout.group_of(partition)] += 1;
+            }
+            if let Some(id) = batch.columns[id_col].str(row) {
+                keys.push(id_key(id) | u64::from(partition));
             }
         }
-        out.push(BucketedKeys::new(&keys));
+        out.push(LightOut {
+            keys: BucketedKeys::new(&keys),
+            by_group,
+        });
     };
     let usage_specs: &[ColSpec] = if late.is_some() {
         &USAGE_IDS_AT
     } else {
         &USAGE_IDS
     };
-    let mut parts = load::map_row_groups(usage, usage_specs, &|_, batch, out| {
+    let usage_parts = load::map_row_groups(usage, usage_specs, &|_, batch, out| {
         event_keys(batch, 0, out);
         if let Some(late) = late {
             for row in 0..batch.len {
@@ -462,23 +531,29 @@ pub fn find_cross_bucket(
         }
     })?;
     let entry_hashes = EntryHashes::create()?;
-    parts.extend(load::map_row_groups(
-        debits,
-        &DEBIT_IDS,
-        &|_, batch, out| {
-            event_keys(batch, 2, out);
-            // The rows round 2 would key: an entry id and an account.
-            let hashes: Vec<u64> = (0..batch.len)
-                .filter_map(|row| {
-                    let entry = batch.columns[0].str(row)?;
-                    batch.columns[1].str(row)?;
-                    Some(crate::validate::id_hash(entry))
-                })
-                .collect();
-            entry_hashes.add(&hashes);
-        },
-    )?);
-    let events = mixed_ids(parts.into_iter().flatten());
+    let debit_parts = load::map_row_groups(debits, &DEBIT_IDS, &|_, batch, out| {
+        event_keys(batch, 2, out);
+        // The rows round 2 would key: an entry id and an account.
+        let hashes: Vec<u64> = (0..batch.len)
+            .filter_map(|row| {
+                let entry = batch.columns[0].str(row)?;
+                batch.columns[1].str(row)?;
+                Some(crate::validate::id_hash(entry))
+            })
+            .collect();
+        entry_hashes.add(&hashes);
+    })?;
+    let groups = layout.groups as usize;
+    let counts = [
+        GroupCounts::of(&usage_parts, groups),
+        GroupCounts::of(&debit_parts, groups),
+    ];
+    let keys = usage_parts
+        .into_iter()
+        .chain(debit_parts)
+        .flatten()
+        .map(|out| out.keys);
+    let events = mixed_ids(keys);
 
     // Round 2: entry ids, with the row's partition, or a mark when its event crosses
     // (so that every copy of such an entry is a candidate too). It is skipped when no two
@@ -491,8 +566,13 @@ pub fn find_cross_bucket(
         events,
         entries: HashSet::default(),
     };
+    let late_ids = late_ids.into_inner().expect("late ids lock");
     if !entry_hashes.any_repeat()? {
-        return Ok((found, late_ids.into_inner().expect("late ids lock")));
+        return Ok(LightPass {
+            cross: found,
+            late_ids,
+            counts,
+        });
     }
     let parts = load::map_row_groups(debits, &DEBIT_IDS, &|_, batch, out| {
         let mut keys = Vec::with_capacity(batch.len);
@@ -513,13 +593,14 @@ pub fn find_cross_bucket(
         out.push(BucketedKeys::new(&keys));
     })?;
     let entries = mixed_ids(parts.into_iter().flatten());
-    Ok((
-        CrossBucket {
+    Ok(LightPass {
+        cross: CrossBucket {
             events: found.events,
             entries,
         },
-        late_ids.into_inner().expect("late ids lock"),
-    ))
+        late_ids,
+        counts,
+    })
 }
 
 /// Where each candidate goes: the destination partition of every candidate row (same order
