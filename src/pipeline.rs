@@ -2,7 +2,7 @@
 //! in parallel by bucket) price → consume → reconcile → close → collect. Writing is `write`.
 
 use crate::close::{InvoiceRow, RenewalRow};
-use crate::dict::{DictBuilder, Dicts, IdChunk, Ids};
+use crate::dict::{DictBuilder, Dicts, Ids};
 use crate::engine::{process_account, AccountResult, BalanceRow, RunContext, Totals};
 use crate::error::{Result, TallyError};
 use crate::load::{self, InputFile};
@@ -461,12 +461,20 @@ pub fn compute(
                 Vec::with_capacity(most_debits),
             )
         });
-        let (mut usage, mut usage_ids) =
-            spill::read_group(&usage_files[group], u_extra.len(), &limits, usage_buffer)?;
-        append_candidates(&mut usage, &mut usage_ids, u_extra, &usage_candidate_ids);
-        let (mut debits, mut debit_ids) =
-            spill::read_group(&debit_files[group], d_extra.len(), &limits, debit_buffer)?;
-        append_candidates(&mut debits, &mut debit_ids, d_extra, &debit_candidate_ids);
+        let (usage, usage_ids) = spill::read_group(
+            &usage_files[group],
+            u_extra,
+            &usage_candidate_ids,
+            &limits,
+            usage_buffer,
+        )?;
+        let (debits, debit_ids) = spill::read_group(
+            &debit_files[group],
+            d_extra,
+            &debit_candidate_ids,
+            &limits,
+            debit_buffer,
+        )?;
         let rows = GroupRows {
             usage,
             usage_ids,
@@ -566,14 +574,8 @@ fn append_candidates<R: CompactRow>(rows: &mut Vec<R>, ids: &mut Ids, extra: Vec
     if extra.is_empty() {
         return;
     }
-    let chunk_no = ids.len() as u32;
-    let mut chunk = IdChunk::default();
-    let mut extra: Vec<R> = extra
-        .into_iter()
-        .map(|r| r.move_ids(from, &mut chunk, chunk_no))
-        .collect();
+    let (extra, chunk) = spill::candidates_of(extra, from, ids.len() as u32);
     ids.push(chunk);
-    extra.sort_unstable_by_key(|r| r.at());
     merge_in(rows, &extra);
 }
 

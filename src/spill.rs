@@ -307,15 +307,19 @@ fn frames_of<'a, R: CompactRow>(bytes: &'a [u8], path: &Path) -> Result<Vec<Fram
     Ok(frames)
 }
 
-/// Check a frame's checksum and decode its rows into `slots` (one per row), their ids
-/// becoming chunk `chunk`: the frame's ids, or why the frame is refused (its rows must
-/// decode whole, use exactly its ids and carry codes within `limits`).
+/// Check a frame's checksum and decode its rows into `slots` (one per row and per row of
+/// `extra`, which are merged in by place: rows in (file, row) order that belong among or
+/// after the frame's), their ids becoming chunk `chunk`: the frame's ids, or why the frame
+/// is refused (its rows must decode whole, use exactly its ids and carry codes within
+/// `limits`).
 fn decode_frame<R: CompactRow>(
     frame: &Frame,
     chunk: u32,
     limits: &CodeLimits,
+    extra: &[R],
     slots: &mut [R],
 ) -> std::result::Result<IdChunk, &'static str> {
+    assert_eq!(slots.len(), frame.count + extra.len());
     if frame_checksum(frame.rows, frame.ids) != frame.checksum {
         return Err(CHECKSUM_MISMATCH);
     }
@@ -330,15 +334,30 @@ fn decode_frame<R: CompactRow>(
     let mut bytes = frame.rows;
     let mut prev = R::zeroed();
     let mut next_id = 0u32;
-    for slot in slots {
-        match R::decode(bytes, &prev, &ids, &mut next_id, chunk) {
+    let (mut slot, mut extra) = (0, extra.iter().peekable());
+    for _ in 0..frame.count {
+        let row = match R::decode(bytes, &prev, &ids, &mut next_id, chunk) {
             Some((row, rest)) if row.codes_within(limits) => {
-                *slot = row;
                 prev = row;
                 bytes = rest;
+                row
             }
             _ => return Err(ROWS_DO_NOT_DECODE),
+        };
+        while let Some(e) = extra.next_if(|e| e.at() < row.at()) {
+            slots[slot] = *e;
+            slot += 1;
         }
+        assert!(
+            extra.peek().is_none_or(|e| e.at() != row.at()),
+            "no place is both spilled and among the candidates"
+        );
+        slots[slot] = row;
+        slot += 1;
+    }
+    for e in extra {
+        slots[slot] = *e;
+        slot += 1;
     }
     match bytes.is_empty() && next_id as usize == ids.len() {
         true => Ok(IdChunk { bytes: ids }),
@@ -346,15 +365,17 @@ fn decode_frame<R: CompactRow>(
     }
 }
 
-/// Read one group's spill file back in (file, row) order, straight into one vector with
-/// room for `extra` more rows; its ids, one chunk per frame. The file is mapped, not read
-/// into a buffer, and removed once mapped. The rows go into `buffer` (cleared) when it has
-/// room for them: an earlier group's, whose memory is mapped already (a fresh vector's
-/// pages are zeroed by the kernel as they are first touched: at 100M events, about 5
-/// CPU-seconds over the groups, `perf`).
+/// Read one group's spill file back in (file, row) order, straight into one vector, with
+/// the group's candidates `extra` (their ids in `extra_ids`) merged in by place as the
+/// frames are decoded; its ids, one chunk per frame, then the candidates' chunk. The file
+/// is mapped, not read into a buffer, and removed once mapped. The rows go into `buffer`
+/// (cleared) when it has room for them: an earlier group's, whose memory is mapped already
+/// (a fresh vector's pages are zeroed by the kernel as they are first touched: at 100M
+/// events, about 5 CPU-seconds over the groups, `perf`).
 pub fn read_group<R: CompactRow>(
     file: &SpillFile,
-    extra: usize,
+    extra: Vec<R>,
+    extra_ids: &Ids,
     limits: &CodeLimits,
     buffer: Vec<R>,
 ) -> Result<(Vec<R>, Ids)> {
@@ -388,30 +409,56 @@ pub fn read_group<R: CompactRow>(
     // A frame holds rows of one batch, in row order, and batches cover disjoint row
     // ranges: ordering the frames by their first row orders every row.
     frames.sort_unstable_by_key(|f| f.first);
+    let (extra, extra_chunk) = candidates_of(extra, extra_ids, frames.len() as u32);
+    // The candidates each frame takes: those before the next frame's first row (the
+    // first frame also those before its own, the last all after it).
+    let mut ends: Vec<usize> = frames[1.min(frames.len())..]
+        .iter()
+        .map(|f| extra.partition_point(|e| e.at() < f.first))
+        .collect();
+    ends.push(extra.len());
     let mut rows = buffer;
     rows.clear();
-    if rows.capacity() < total + extra {
+    if rows.capacity() < total + extra.len() {
         // The old buffer is freed first, and not grown: growing copies its old bytes.
         rows = Vec::new();
-        rows.reserve_exact(total + extra);
+        rows.reserve_exact(total + extra.len());
     }
-    rows.resize(total, R::zeroed());
+    rows.resize(total + extra.len(), R::zeroed());
     let mut jobs = Vec::with_capacity(frames.len());
     let mut rest: &mut [R] = &mut rows;
-    for (chunk, frame) in frames.iter().enumerate() {
-        let (here, after) = rest.split_at_mut(frame.count);
-        jobs.push((chunk as u32, frame, here));
+    let mut taken = 0;
+    for (chunk, (frame, &end)) in frames.iter().zip(&ends).enumerate() {
+        let (here, after) = rest.split_at_mut(frame.count + end - taken);
+        jobs.push((chunk as u32, frame, &extra[taken..end], here));
         rest = after;
+        taken = end;
+    }
+    if frames.is_empty() {
+        rest.copy_from_slice(&extra);
     }
     let decoded: Vec<std::result::Result<IdChunk, &str>> = jobs
         .into_par_iter()
-        .map(|(chunk, frame, slots)| decode_frame(frame, chunk, limits, slots))
+        .map(|(chunk, frame, extra, slots)| decode_frame(frame, chunk, limits, extra, slots))
         .collect();
     let mut ids = Ids::default();
     for chunk in decoded {
         ids.push(chunk.map_err(|why| corrupt(path, why))?);
     }
+    ids.push(extra_chunk);
     Ok((rows, ids))
+}
+
+/// A group's candidates in (file, row) order, their ids (in `from`) moved to one chunk,
+/// which is to be chunk number `chunk` of the group's ids.
+pub fn candidates_of<R: CompactRow>(extra: Vec<R>, from: &Ids, chunk: u32) -> (Vec<R>, IdChunk) {
+    let mut ids = IdChunk::default();
+    let mut extra: Vec<R> = extra
+        .into_iter()
+        .map(|r| r.move_ids(from, &mut ids, chunk))
+        .collect();
+    extra.sort_unstable_by_key(|r| r.at());
+    (extra, ids)
 }
 
 /// What the pass keeps in memory for a dataset.
@@ -760,6 +807,17 @@ mod tests {
         files.finish().unwrap().pop().unwrap()
     }
 
+    /// A spill file's rows and ids, without candidates.
+    fn read_back<R: CompactRow>(file: &SpillFile) -> Result<(Vec<R>, Ids)> {
+        read_group::<R>(
+            file,
+            Vec::new(),
+            &Ids::default(),
+            &CodeLimits::ANY,
+            Vec::new(),
+        )
+    }
+
     /// A spill file of one group holding `frames` of usage rows (each one frame).
     fn spill_of(dir: &Path, frames: &[Vec<UsageRow>]) -> SpillFile {
         let frames: Vec<_> = frames.iter().map(|rows| compact(rows)).collect();
@@ -767,7 +825,7 @@ mod tests {
     }
 
     fn error_of(file: &SpillFile) -> String {
-        match read_group::<Usage>(file, 0, &CodeLimits::ANY, Vec::new()) {
+        match read_back::<Usage>(file) {
             Ok(_) => panic!("a corrupt spill file was read"),
             Err(e) => e.to_string(),
         }
@@ -784,29 +842,60 @@ mod tests {
     }
 
     #[test]
-    fn frames_come_back_in_row_order_with_room_for_extra_rows() {
+    fn frames_come_back_in_row_order_with_the_candidates_merged_in() {
         let dir = tempfile::tempdir().unwrap();
         // Frames written out of order (parallel readers append as they finish).
-        let late = vec![usage(1, 0, "c"), usage(1, 1, "d")];
-        let early = vec![usage(0, 5, "a"), usage(0, 6, "b")];
+        let late = vec![usage(1, 0, "c"), usage(1, 2, "d")];
+        let early = vec![usage(0, 5, "a"), usage(0, 7, "b")];
         let file = spill_of(dir.path(), &[late, early]);
-        let (rows, ids) = read_group::<Usage>(&file, 3, &CodeLimits::ANY, Vec::new()).unwrap();
+        // Candidates before, within and between the frames and after them, not in order.
+        let (extra, extra_ids) = compact(&[
+            usage(1, 9, "z"),
+            usage(0, 6, "ab"),
+            usage(0, 1, "0"),
+            usage(0, 9, "b2"),
+            usage(1, 1, "cd"),
+        ]);
+        let mut from = Ids::default();
+        from.push(extra_ids);
+        let (rows, ids) =
+            read_group::<Usage>(&file, extra, &from, &CodeLimits::ANY, Vec::new()).unwrap();
         let names: Vec<&str> = rows.iter().map(|r| ids.str(r.id).unwrap()).collect();
-        assert_eq!(names, ["a", "b", "c", "d"]);
-        assert!(rows.capacity() >= 7);
-        assert_eq!(rows[0].quantity, 1500);
-        assert_eq!(rows[0].at.row_ref(), RowRef { file: 0, row: 5 });
+        assert_eq!(names, ["0", "a", "ab", "b", "b2", "c", "cd", "d", "z"]);
+        assert_eq!(rows[1].quantity, 1500);
+        assert_eq!(rows[1].at.row_ref(), RowRef { file: 0, row: 5 });
         assert!(!file.path.exists(), "the spill file is removed once read");
+    }
+
+    #[test]
+    fn candidates_alone_come_back_in_row_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = spill_of(dir.path(), &[]);
+        let (extra, extra_ids) = compact(&[usage(2, 0, "b"), usage(0, 3, "a")]);
+        let mut from = Ids::default();
+        from.push(extra_ids);
+        let (rows, ids) =
+            read_group::<Usage>(&file, extra, &from, &CodeLimits::ANY, Vec::new()).unwrap();
+        let names: Vec<&str> = rows.iter().map(|r| ids.str(r.id).unwrap()).collect();
+        assert_eq!(names, ["a", "b"]);
+    }
+
+    #[test]
+    #[should_panic(expected = "no place is both spilled and among the candidates")]
+    fn a_candidate_in_a_spilled_rows_place_stops_the_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = spill_of(dir.path(), &[vec![usage(0, 1, "a"), usage(0, 2, "b")]]);
+        let (extra, extra_ids) = compact(&[usage(0, 2, "c")]);
+        let mut from = Ids::default();
+        from.push(extra_ids);
+        let _ = read_group::<Usage>(&file, extra, &from, &CodeLimits::ANY, Vec::new());
     }
 
     #[test]
     fn an_empty_spill_file_reads_as_no_rows() {
         let dir = tempfile::tempdir().unwrap();
         let file = spill_of(dir.path(), &[]);
-        assert!(read_group::<Usage>(&file, 0, &CodeLimits::ANY, Vec::new())
-            .unwrap()
-            .0
-            .is_empty());
+        assert!(read_back::<Usage>(&file).unwrap().0.is_empty());
     }
 
     /// Rewrite the file's first frame header to claim `rows` rows.
@@ -930,7 +1019,8 @@ mod tests {
                 path: copy.clone(),
                 rows: 1,
             };
-            read_group::<Usage>(&spilled, 0, &limits, Vec::new()).map(|(rows, _)| rows.len())
+            read_group::<Usage>(&spilled, Vec::new(), &Ids::default(), &limits, Vec::new())
+                .map(|(rows, _)| rows.len())
         };
         let at_limit = CodeLimits {
             accounts: 5,
@@ -994,7 +1084,7 @@ mod tests {
         let (rows_len, ids_len) = (header.rows_bytes as usize, header.ids_bytes as usize);
         // "evt-" and 8 bytes, then 8 bytes under the first prefix, then "plain" raw.
         assert_eq!(ids_len, (1 + 1 + 4 + 8) + (1 + 8) + (1 + 2 + 5));
-        let (back, ids) = read_group::<Usage>(&file, 0, &CodeLimits::ANY, Vec::new()).unwrap();
+        let (back, ids) = read_back::<Usage>(&file).unwrap();
         let names: Vec<String> = back
             .iter()
             .map(|u| ids.id(u.id).unwrap().to_string())
@@ -1032,7 +1122,7 @@ mod tests {
         let (mut rows, ids) = compact(&written);
         rows[2].flags = Usage::CONFLICTING;
         let file = spill_frames(dir.path(), Dataset::Usage, &[(rows.clone(), ids)]);
-        let (back, back_ids) = read_group::<Usage>(&file, 0, &CodeLimits::ANY, Vec::new()).unwrap();
+        let (back, back_ids) = read_back::<Usage>(&file).unwrap();
         assert_eq!(back.len(), rows.len());
         for (i, (got, want)) in back.iter().zip(&rows).enumerate() {
             // Chunk 0 in both: only the frame's chunk number could differ.
@@ -1069,7 +1159,7 @@ mod tests {
         }
         let written: Vec<Debit> = frames.iter().map(|(rows, _)| rows[0]).collect();
         let file = spill_frames(dir.path(), Dataset::Debits, &frames);
-        let (rows, ids) = read_group::<Debit>(&file, 0, &CodeLimits::ANY, Vec::new()).unwrap();
+        let (rows, ids) = read_back::<Debit>(&file).unwrap();
         // Each row was its own frame (chunk 0 when written): only the chunk differs.
         assert_eq!(rows[0], written[0]);
         assert_eq!(
@@ -1157,7 +1247,7 @@ mod tests {
     ) -> (Vec<R>, Vec<Vec<Option<String>>>) {
         let dir = tempfile::tempdir().unwrap();
         let file = spill_frames(dir.path(), dataset, frames);
-        let (rows, ids) = read_group::<R>(&file, 0, &CodeLimits::ANY, Vec::new()).unwrap();
+        let (rows, ids) = read_back::<R>(&file).unwrap();
         let names = rows.iter().map(|r| ids_of(r, &ids)).collect();
         (rows, names)
     }
