@@ -28,7 +28,7 @@ pub const AUTOMATIC_BUCKETS: u32 = 0;
 
 /// Default working-memory budget: 3 GiB (`route::groups_for` picks the group count from
 /// it). The 10M-event bench reconcile fits in one group (2.6 GiB peak); a 100M-event
-/// month is split (26 groups reconcile, 53 close) and peaks at 3.15–3.64 / 3.00–3.40 GiB
+/// month is split (26 groups reconcile, 53 close) and peaks at 3.12–3.64 / 2.98–3.40 GiB
 /// (`benches/bench.sh 100m` and runs by hand, 2026-12-03): under 4 GiB, not under the
 /// budget itself.
 pub const DEFAULT_MEMORY_BUDGET_BYTES: u64 = 3 << 30;

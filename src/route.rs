@@ -680,8 +680,8 @@ pub struct RowCosts {
     /// of a split run (its peak comes at the last group). A close's results are larger
     /// (invoices, renewals, next-period rows). At the 3 GiB default on the 100M-event
     /// bench data (1.42M plan rows; `benches/bench.sh 100m`, 2026-12-03): reconcile
-    /// 3.15-3.64 GiB in 26 groups; close 3.69 GiB in 37 groups at 600 bytes per plan row,
-    /// 3.00-3.40 GiB in 53 at 1,100 (about 2.3 GiB at the first group, rising by about
+    /// 3.12-3.64 GiB in 26 groups; close 3.69 GiB in 37 groups at 600 bytes per plan row,
+    /// 2.98-3.40 GiB in 53 at 1,100 (about 2.3 GiB at the first group, rising by about
     /// 1.4 GB over the groups).
     pub plan_row: u64,
 }
