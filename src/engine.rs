@@ -142,6 +142,38 @@ impl AccountResult {
         self.billed_events.shrink_to_fit();
     }
 
+    /// An empty result with room for the rows of `results` in every table (so that
+    /// absorbing them never grows a table, which would copy it into fresh memory).
+    pub fn with_room_for<'r>(results: impl Iterator<Item = &'r AccountResult>) -> AccountResult {
+        let mut rows = [0usize; 8];
+        for r in results {
+            let lens = [
+                r.discrepancies.len(),
+                r.balances.len(),
+                r.invoices.len(),
+                r.invoice_lines.len(),
+                r.renewals.len(),
+                r.allocations_next.len(),
+                r.grants_next.len(),
+                r.billed_events.len(),
+            ];
+            for (total, n) in rows.iter_mut().zip(lens) {
+                *total += n;
+            }
+        }
+        AccountResult {
+            discrepancies: Vec::with_capacity(rows[0]),
+            balances: Vec::with_capacity(rows[1]),
+            invoices: Vec::with_capacity(rows[2]),
+            invoice_lines: Vec::with_capacity(rows[3]),
+            renewals: Vec::with_capacity(rows[4]),
+            allocations_next: Vec::with_capacity(rows[5]),
+            grants_next: Vec::with_capacity(rows[6]),
+            billed_events: Vec::with_capacity(rows[7]),
+            totals: Totals::default(),
+        }
+    }
+
     /// Append another account's rows (accounts are absorbed in account order, so every
     /// table stays in its documented order except discrepancies, which are sorted after).
     pub fn absorb(&mut self, mut r: AccountResult) -> Result<()> {
