@@ -317,7 +317,7 @@ fn decode_frame<R: CompactRow>(
     chunk: u32,
     limits: &CodeLimits,
     extra: &[R],
-    slots: &mut [R],
+    slots: &mut [MaybeUninit<R>],
 ) -> std::result::Result<IdChunk, &'static str> {
     assert_eq!(slots.len(), frame.count + extra.len());
     if frame_checksum(frame.rows, frame.ids) != frame.checksum {
@@ -345,20 +345,21 @@ fn decode_frame<R: CompactRow>(
             _ => return Err(ROWS_DO_NOT_DECODE),
         };
         while let Some(e) = extra.next_if(|e| e.at() < row.at()) {
-            slots[slot] = *e;
+            slots[slot].write(*e);
             slot += 1;
         }
         assert!(
             extra.peek().is_none_or(|e| e.at() != row.at()),
             "no place is both spilled and among the candidates"
         );
-        slots[slot] = row;
+        slots[slot].write(row);
         slot += 1;
     }
     for e in extra {
-        slots[slot] = *e;
+        slots[slot].write(*e);
         slot += 1;
     }
+    assert_eq!(slot, slots.len(), "a frame fills its every slot");
     match bytes.is_empty() && next_id as usize == ids.len() {
         true => Ok(IdChunk { bytes: ids }),
         false => Err(ROWS_DO_NOT_DECODE),
@@ -424,9 +425,10 @@ pub fn read_group<R: CompactRow>(
         rows = Vec::new();
         rows.reserve_exact(total + extra.len());
     }
-    rows.resize(total + extra.len(), R::zeroed());
+    // The rows are written into the vector's spare room, not zero-filled first (a pass over
+    // a group's rows of memory for nothing: 25 GB over the groups of a 100M-event run).
     let mut jobs = Vec::with_capacity(frames.len());
-    let mut rest: &mut [R] = &mut rows;
+    let mut rest = &mut rows.spare_capacity_mut()[..total + extra.len()];
     let mut taken = 0;
     for (chunk, (frame, &end)) in frames.iter().zip(&ends).enumerate() {
         let (here, after) = rest.split_at_mut(frame.count + end - taken);
@@ -435,7 +437,9 @@ pub fn read_group<R: CompactRow>(
         taken = end;
     }
     if frames.is_empty() {
-        rest.copy_from_slice(&extra);
+        for (slot, e) in rest.iter_mut().zip(&extra) {
+            slot.write(*e);
+        }
     }
     let decoded: Vec<std::result::Result<IdChunk, &str>> = jobs
         .into_par_iter()
@@ -446,6 +450,10 @@ pub fn read_group<R: CompactRow>(
         ids.push(chunk.map_err(|why| corrupt(path, why))?);
     }
     ids.push(extra_chunk);
+    // SAFETY: every frame decoded whole, so each job wrote every slot of its range
+    // (`decode_frame` asserts it), and the ranges (with the candidates' when there are no
+    // frames) cover the first `total + extra.len()` slots.
+    unsafe { rows.set_len(total + extra.len()) };
     Ok((rows, ids))
 }
 
