@@ -371,7 +371,8 @@ pub fn compute(
         return Ok(partial);
     }
 
-    // Split: find the rows whose partition an id join decides, spill the others by group.
+    // Split: find the rows whose partition an id join decides; keep the first group's
+    // other rows in memory and spill the rest by group.
     let stage = progress.stage("route");
     let late_check: Option<crate::route::LateCheck<'_>> =
         (!history.closed.is_empty()).then_some(&may_be_late as _);

@@ -456,11 +456,6 @@ impl GroupCounts {
         counts
     }
 
-    /// Rows of the first group.
-    pub fn first_group(&self) -> u64 {
-        self.first_group_by_unit.iter().sum()
-    }
-
     /// Rows of the largest group.
     pub fn most(&self) -> u64 {
         self.by_group.iter().copied().max().unwrap_or(0)

@@ -1,5 +1,5 @@
 //! A split run's first full pass: parse every usage and ledger row once and write each
-//! valid row to the spill file of its group (its compact row's spill form, see
+//! valid row of the groups after the first to the spill file of its group (its compact row's spill form, see
 //! [`CompactRow`], and its ids), so that the groups can then be processed one after another
 //! with at most two groups' rows in memory (the next one is read back meanwhile). A spill row takes about 30 bytes with its ids (20-byte
 //! generated ids packed by [`crate::idpack`]; 49 bytes with the ids as they are in memory,
@@ -9,8 +9,8 @@
 //! ends, so its read-back would have nothing to overlap with (20M events in 4 groups: about
 //! 0.7-1.7 s with both cores idle but one). Each row group writes them into a place of its
 //! own in one vector, sized by the light pass's count of the row group's first-group rows,
-//! and the places are closed up once the pass is done: no vector grows and no row is
-//! copied twice.
+//! and the places are closed up once the pass is done (each row moved down once): no
+//! vector grows into fresh memory.
 
 use crate::dict::{IdChunk, Ids};
 use crate::error::{Result, TallyError};
@@ -257,6 +257,7 @@ struct Frame<'a> {
 const CHECKSUM_MISMATCH: &str = "a frame's checksum does not match its bytes";
 const ROWS_DO_NOT_DECODE: &str =
     "a frame's rows do not decode to whole rows and ids (with codes of the run's dictionaries)";
+const ROWS_OUT_OF_ORDER: &str = "rows out of (file, row) order";
 
 /// Split a spill file into its frames (see `SpillFiles::append`).
 fn frames_of<'a, R: CompactRow>(bytes: &'a [u8], path: &Path) -> Result<Vec<Frame<'a>>> {
@@ -308,17 +309,17 @@ fn frames_of<'a, R: CompactRow>(bytes: &'a [u8], path: &Path) -> Result<Vec<Fram
 }
 
 /// Check a frame's checksum and decode its rows into `slots` (one per row and per row of
-/// `extra`, which are merged in by place: rows in (file, row) order that belong among or
-/// after the frame's), their ids becoming chunk `chunk`: the frame's ids, or why the frame
-/// is refused (its rows must decode whole, use exactly its ids and carry codes within
-/// `limits`).
+/// `extra`, which are merged in by place: rows in (file, row) order that belong before,
+/// among or after the frame's), their ids becoming chunk `chunk`: the frame's ids, or why
+/// the frame is refused (its rows must decode whole, in (file, row) order, use exactly its
+/// ids and carry codes within `limits`).
 fn decode_frame<R: CompactRow>(
     frame: &Frame,
     chunk: u32,
     limits: &CodeLimits,
     extra: &[R],
     slots: &mut [MaybeUninit<R>],
-) -> std::result::Result<IdChunk, &'static str> {
+) -> std::result::Result<(IdChunk, At), &'static str> {
     assert_eq!(slots.len(), frame.count + extra.len());
     if frame_checksum(frame.rows, frame.ids) != frame.checksum {
         return Err(CHECKSUM_MISMATCH);
@@ -335,9 +336,12 @@ fn decode_frame<R: CompactRow>(
     let mut prev = R::zeroed();
     let mut next_id = 0u32;
     let (mut slot, mut extra) = (0, extra.iter().peekable());
-    for _ in 0..frame.count {
+    for i in 0..frame.count {
         let row = match R::decode(bytes, &prev, &ids, &mut next_id, chunk) {
             Some((row, rest)) if row.codes_within(limits) => {
+                if i > 0 && row.at() <= prev.at() {
+                    return Err(ROWS_OUT_OF_ORDER);
+                }
                 prev = row;
                 bytes = rest;
                 row
@@ -361,7 +365,7 @@ fn decode_frame<R: CompactRow>(
     }
     assert_eq!(slot, slots.len(), "a frame fills its every slot");
     match bytes.is_empty() && next_id as usize == ids.len() {
-        true => Ok(IdChunk { bytes: ids }),
+        true => Ok((IdChunk { bytes: ids }, prev.at())),
         false => Err(ROWS_DO_NOT_DECODE),
     }
 }
@@ -441,15 +445,26 @@ pub fn read_group<R: CompactRow>(
             slot.write(*e);
         }
     }
-    let decoded: Vec<std::result::Result<IdChunk, &str>> = jobs
+    let decoded: Vec<std::result::Result<(IdChunk, At), &str>> = jobs
         .into_par_iter()
         .map(|(chunk, frame, extra, slots)| decode_frame(frame, chunk, limits, extra, slots))
         .collect();
     let mut ids = Ids::default();
-    for chunk in decoded {
-        ids.push(chunk.map_err(|why| corrupt(path, why))?);
+    let mut last_rows = Vec::with_capacity(frames.len());
+    for decoded in decoded {
+        let (chunk, last) = decoded.map_err(|why| corrupt(path, why))?;
+        ids.push(chunk);
+        last_rows.push(last);
     }
     ids.push(extra_chunk);
+    // Frames hold rows of disjoint batches: each frame's last row comes before the next
+    // frame's first (a damaged file whose checksums hold would otherwise give rows out of
+    // order, which the group's stages take for granted).
+    if (last_rows.iter().zip(&frames[1.min(frames.len())..]))
+        .any(|(&last, next)| last >= next.first)
+    {
+        return Err(corrupt(path, ROWS_OUT_OF_ORDER));
+    }
     // SAFETY: every frame decoded whole, so each job wrote every slot of its range
     // (`decode_frame` asserts it), and the ranges (with the candidates' when there are no
     // frames) cover the first `total + extra.len()` slots.
@@ -873,6 +888,34 @@ mod tests {
         assert_eq!(rows[1].quantity, 1500);
         assert_eq!(rows[1].at.row_ref(), RowRef { file: 0, row: 5 });
         assert!(!file.path.exists(), "the spill file is removed once read");
+    }
+
+    #[test]
+    fn frames_whose_rows_overlap_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = spill_of(
+            dir.path(),
+            &[
+                vec![usage(0, 1, "a"), usage(0, 3, "b")],
+                vec![usage(0, 2, "c")],
+            ],
+        );
+        let message = error_of(&file);
+        assert!(
+            message.contains("rows out of (file, row) order"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn rows_out_of_order_within_a_frame_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = spill_of(dir.path(), &[vec![usage(0, 3, "a"), usage(0, 2, "b")]]);
+        let message = error_of(&file);
+        assert!(
+            message.contains("rows out of (file, row) order"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -1308,6 +1351,8 @@ mod tests {
                 0..4,
             ),
         ) {
+            let mut frames = frames;
+            in_row_order(&mut frames, |f| &mut f.0);
             let written: Vec<(Vec<Usage>, IdChunk)> = frames
                 .into_iter()
                 .map(|fields| {
@@ -1356,6 +1401,9 @@ mod tests {
                 1..40,
             ),
         ) {
+            let mut frames = vec![fields];
+            in_row_order(&mut frames, |f| &mut f.0);
+            let fields = frames.pop().unwrap();
             let mut ids = IdChunk::default();
             let rows: Vec<Debit> = fields.into_iter().map(|f| any_debit(f, &mut ids)).collect();
             let chunk = ids_of_chunk(&ids);
@@ -1368,6 +1416,25 @@ mod tests {
             let got: Vec<Debit> = back.iter().map(without_refs_debit).collect();
             proptest::prop_assert_eq!(got, want_rows);
             proptest::prop_assert_eq!(names, want_names);
+        }
+    }
+
+    /// Make generated frames what a spill file holds (the read-back refuses anything else):
+    /// rows of a frame in strictly increasing `at` (the place, field `at` of each row's
+    /// fields) and frames of disjoint places, frame k's in the k-th 2^56 of the places.
+    fn in_row_order<T>(frames: &mut [Vec<T>], at: impl Fn(&mut T) -> &mut u64) {
+        for (k, rows) in frames.iter_mut().enumerate() {
+            let mut keyed: Vec<(u64, T)> = rows
+                .drain(..)
+                .map(|mut row| {
+                    let place = at(&mut row);
+                    *place = ((k as u64) << 56) | (*place >> 8);
+                    (*place, row)
+                })
+                .collect();
+            keyed.sort_by_key(|(place, _)| *place);
+            keyed.dedup_by_key(|(place, _)| *place);
+            rows.extend(keyed.into_iter().map(|(_, row)| row));
         }
     }
 
