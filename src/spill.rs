@@ -890,32 +890,23 @@ mod tests {
         assert!(!file.path.exists(), "the spill file is removed once read");
     }
 
+    /// Frames whose rows overlap, and rows out of order within a frame, are refused.
     #[test]
-    fn frames_whose_rows_overlap_fail() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = spill_of(
-            dir.path(),
-            &[
+    fn rows_out_of_order_fail() {
+        for frames in [
+            vec![
                 vec![usage(0, 1, "a"), usage(0, 3, "b")],
                 vec![usage(0, 2, "c")],
             ],
-        );
-        let message = error_of(&file);
-        assert!(
-            message.contains("rows out of (file, row) order"),
-            "{message}"
-        );
-    }
-
-    #[test]
-    fn rows_out_of_order_within_a_frame_fail() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = spill_of(dir.path(), &[vec![usage(0, 3, "a"), usage(0, 2, "b")]]);
-        let message = error_of(&file);
-        assert!(
-            message.contains("rows out of (file, row) order"),
-            "{message}"
-        );
+            vec![vec![usage(0, 3, "a"), usage(0, 2, "b")]],
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let message = error_of(&spill_of(dir.path(), &frames));
+            assert!(
+                message.contains("rows out of (file, row) order"),
+                "{message}"
+            );
+        }
     }
 
     #[test]
