@@ -413,7 +413,7 @@ pub fn compute(
     )?;
     let debit_files = debit_spill.finish()?;
     stage.done(
-        usage.spilled + debits.spilled,
+        usage.grouped + debits.grouped,
         (usage.candidates.len() + debits.candidates.len()) as u64,
     );
     let dicts = builder.freeze();
@@ -436,9 +436,9 @@ pub fn compute(
         }
     }
     partial.rows_read[Dataset::Usage as usize] +=
-        usage.spilled + usage_extra.iter().map(|v| v.len() as u64).sum::<u64>();
+        usage.grouped + usage_extra.iter().map(|v| v.len() as u64).sum::<u64>();
     partial.rows_read[Dataset::Debits as usize] +=
-        debits.spilled + debit_extra.iter().map(|v| v.len() as u64).sum::<u64>();
+        debits.grouped + debit_extra.iter().map(|v| v.len() as u64).sum::<u64>();
     let rates = RateTable::new(&inputs.book, &dicts).naming_files(&files[0]);
     let run = RunState::new(&context, &dicts, &rates, &billed, partitions);
 

@@ -433,32 +433,28 @@ pub struct GroupCounts {
     /// Rows of the first group, per row group of the dataset (files in order, row groups
     /// in order: a [`load::Plan`]'s units).
     pub first_group_by_unit: Vec<u64>,
-    /// Rows per group.
-    pub by_group: Vec<u64>,
+    /// Rows of the largest group (the first group's vector is reused for later groups).
+    pub largest_group: u64,
 }
 
 impl GroupCounts {
     fn of(parts: &[Vec<LightOut>], groups: usize) -> GroupCounts {
-        let mut counts = GroupCounts {
-            first_group_by_unit: Vec::with_capacity(parts.len()),
-            by_group: vec![0; groups],
-        };
-        for unit in parts {
-            let mut first = 0;
-            for out in unit {
-                for (total, n) in counts.by_group.iter_mut().zip(&out.by_group) {
-                    *total += n;
+        let mut by_group = vec![0u64; groups];
+        let first_group_by_unit = parts
+            .iter()
+            .map(|unit| {
+                for out in unit {
+                    for (total, n) in by_group.iter_mut().zip(&out.by_group) {
+                        *total += n;
+                    }
                 }
-                first += out.by_group.first().copied().unwrap_or(0);
-            }
-            counts.first_group_by_unit.push(first);
+                unit.iter().map(|out| out.by_group[0]).sum()
+            })
+            .collect();
+        GroupCounts {
+            first_group_by_unit,
+            largest_group: by_group.into_iter().max().unwrap_or(0),
         }
-        counts
-    }
-
-    /// Rows of the largest group.
-    pub fn most(&self) -> u64 {
-        self.by_group.iter().copied().max().unwrap_or(0)
     }
 }
 
