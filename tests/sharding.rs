@@ -849,27 +849,53 @@ fn strings(batch: &arrow::record_batch::RecordBatch, name: &str) -> Vec<String> 
     (0..a.len()).map(|i| a.value(i).to_string()).collect()
 }
 
-/// The contract's row order (section 7): "close tables by (account_id, period_start)".
-/// Invoices are in that order; invoice lines and billed events, which name their invoice,
-/// follow their invoices' order (billed events also by their own account_id).
-fn assert_close_row_order(out: &Path, what: &str) {
+/// Each row's (account_id, period instant) of a table, the instant from `period`.
+fn account_periods(batch: &arrow::record_batch::RecordBatch, period: &str) -> Vec<(String, i64)> {
     use arrow::array::AsArray;
     use arrow::datatypes::TimestampMicrosecondType;
-    let invoices = read_parquet(&out.join("invoices.parquet"));
-    let accounts = strings(&invoices, "account_id");
-    let starts = invoices
-        .column_by_name("period_start")
+    let instants = batch
+        .column_by_name(period)
         .unwrap()
         .as_primitive::<TimestampMicrosecondType>();
-    let keys: Vec<(&String, i64)> = accounts
-        .iter()
+    strings(batch, "account_id")
+        .into_iter()
         .enumerate()
-        .map(|(i, a)| (a, starts.value(i)))
-        .collect();
+        .map(|(i, account)| (account, instants.value(i)))
+        .collect()
+}
+
+/// The contract's row order (section 7): "close tables by (account_id, period_start)".
+/// Invoices and next allocations are in that order, renewals by (account_id, period_end)
+/// (they name the closed period by its end) and next grants by account_id; invoice lines
+/// and billed events, which name their invoice, follow their invoices' order (billed
+/// events also by their own account_id).
+fn assert_close_row_order(out: &Path, what: &str) {
+    let invoices = read_parquet(&out.join("invoices.parquet"));
+    let keys = account_periods(&invoices, "period_start");
     assert!(keys.len() > 100, "{what}: enough invoices to show an order");
     assert!(
         keys.windows(2).all(|w| w[0] < w[1]),
         "{what}: invoices by (account_id, period_start)"
+    );
+    for (table, period) in [
+        ("renewals.parquet", "period_end"),
+        ("allocations_next.parquet", "period_start"),
+    ] {
+        let rows = account_periods(&read_parquet(&out.join(table)), period);
+        assert!(rows.len() > 100, "{what}: {table} has rows");
+        assert!(
+            rows.windows(2).all(|w| w[0] < w[1]),
+            "{what}: {table} by (account_id, {period})"
+        );
+    }
+    let grant_accounts = strings(
+        &read_parquet(&out.join("grants_next.parquet")),
+        "account_id",
+    );
+    assert!(!grant_accounts.is_empty(), "{what}: grants_next has rows");
+    assert!(
+        grant_accounts.windows(2).all(|w| w[0] <= w[1]),
+        "{what}: grants_next by account_id"
     );
     let place: std::collections::HashMap<String, usize> = strings(&invoices, "invoice_id")
         .into_iter()
