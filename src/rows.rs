@@ -38,27 +38,35 @@ fn same_values(a: &StringArray, b: &StringArray) -> bool {
         && a.value_offsets().as_ptr() == b.value_offsets().as_ptr()
 }
 
+impl DictMemo {
+    /// `f` of each of `values` (`None`: a null value), computed again only when `values`
+    /// are not the dictionary seen last.
+    pub fn per_value(&mut self, values: &StringArray, f: &dyn Fn(Option<&str>) -> u32) -> &[u32] {
+        let same = self
+            .values
+            .as_ref()
+            .is_some_and(|(seen, _)| same_values(seen, values));
+        if !same {
+            let mapped: Vec<u32> = (0..values.len())
+                .map(|i| f((!values.is_null(i)).then(|| values.value(i))))
+                .collect();
+            self.values = Some((values.clone(), mapped));
+        }
+        &self.values.as_ref().expect("set above").1
+    }
+}
+
 /// The code of every row of a label column (`NULL`, `BAD` or a code). A dictionary
 /// column's distinct values are coded once (and again only when a batch brings another
 /// dictionary); a plain column's through a cache of the batch.
 fn label_codes(column: &Column, memo: &mut DictMemo, code: &dyn Fn(&str) -> u32) -> Vec<u32> {
     match column {
         Column::Dict(keys, values) => {
-            let same = memo
-                .values
-                .as_ref()
-                .is_some_and(|(seen, _)| same_values(seen, values));
-            if !same {
-                let codes: Vec<u32> = (0..values.len())
-                    .map(|i| match values.is_null(i) {
-                        // A null dictionary value: the contract's checks decide the row.
-                        true => BAD,
-                        false => checked(values.value(i), code),
-                    })
-                    .collect();
-                memo.values = Some((values.clone(), codes));
-            }
-            let codes = &memo.values.as_ref().expect("set above").1;
+            let codes = memo.per_value(values, &|value| match value {
+                // A null dictionary value: the contract's checks decide the row.
+                None => BAD,
+                Some(value) => checked(value, code),
+            });
             let mut out: Vec<u32> = keys.values().iter().map(|&k| codes[k as usize]).collect();
             if let Some(nulls) = keys.nulls() {
                 for i in nulls

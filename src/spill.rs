@@ -16,7 +16,7 @@ use crate::dict::{IdChunk, Ids};
 use crate::error::{Result, TallyError};
 use crate::load::{InputFile, Parsed, Plan, Unit};
 use crate::model::*;
-use crate::route::{CrossBucket, GroupCounts, Layout};
+use crate::route::{AccountPartitions, CrossBucket, GroupCounts, Layout, NO_ACCOUNT};
 use crate::rows::{FilesDone, Memos, RowFields, RowParser, Source};
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -516,6 +516,7 @@ struct RowGroupOut<'h, R> {
     grouped: u64,
     failed: Option<TallyError>,
     memos: Memos,
+    accounts: AccountPartitions,
 }
 
 /// Parse every row of a dataset; keep the first group's valid rows in memory (each row
@@ -568,6 +569,7 @@ pub fn route_dataset<S: Source>(
                 grouped: 0,
                 failed: None,
                 memos: Memos::default(),
+                accounts: AccountPartitions::default(),
             }
         })
         .collect();
@@ -590,10 +592,15 @@ pub fn route_dataset<S: Source>(
                 })
                 .collect();
             let mut parser = source.parser(batch, unit.file as u32, &mut out.memos);
-            for i in 0..batch.len {
-                // A valid row's account is its raw `account_id` cell: one hash serves the
-                // skip, the spill and the reject.
-                let partition = layout.raw_partition(batch, i);
+            let partitions = out.accounts.of_rows(&batch.columns[1], batch.len);
+            for (i, &partition) in partitions.iter().enumerate() {
+                // A valid row's account is its raw `account_id` cell: one partition serves
+                // the skip, the spill and the reject (a row without an account is reported
+                // with partition 0's).
+                let partition = match partition {
+                    NO_ACCOUNT => 0,
+                    partition => partition,
+                };
                 // Another shard's row that cannot be a candidate: not even parsed here.
                 if layout.shards > 1
                     && !layout.owns(partition)
