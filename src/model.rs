@@ -359,7 +359,8 @@ fn pass_id(id: crate::dict::IdRef, ids: &[u8], next: &mut u32) {
 }
 
 /// Spill form of a [`Usage`] (see [`CompactRow`]).
-#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, PartialEq)]
+#[cfg_attr(test, derive(serde::Serialize, serde::Deserialize))]
 struct UsageSpill {
     /// `at` less the previous row's.
     at_step: u64,
@@ -376,7 +377,8 @@ struct UsageSpill {
 }
 
 /// Spill form of a [`Debit`] (see [`CompactRow`]).
-#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, PartialEq)]
+#[cfg_attr(test, derive(serde::Serialize, serde::Deserialize))]
 struct DebitSpill {
     /// `at` less the previous row's.
     at_step: u64,
@@ -408,7 +410,7 @@ fn row_flags(spilled: u8) -> (u8, bool) {
 
 /// A row's spill form being written, in postcard's encoding of its wire struct (fields in
 /// order; integers wider than a byte as LEB128 varints, signed ones zigzagged first; a byte
-/// as itself), which `decode` reads with postcard. Written by hand into a buffer on the
+/// as itself), which `decode` reads by hand too ([`SpillReader`]). Written by hand into a buffer on the
 /// stack and appended to the frame at once: postcard's serializer appended each field with
 /// a call to `memcpy` (serializing took 7-11 % of the 100M spill pass's samples, `perf`;
 /// a micro-benchmark by hand of 5M usage rows: 64-66 ns a row with postcard's writer,
@@ -460,7 +462,75 @@ impl SpillBytes {
     }
 }
 
+/// A spill form being read: postcard's decoding of [`SpillBytes`]' encoding, by hand.
+/// `postcard::take_from_bytes` went through serde's visitors with a bounds-checked pop per
+/// byte (3.6 % of a 20M-event split reconcile's `perf` samples, on the read-back that runs
+/// beside each group). It takes what postcard takes and refuses what it refuses (a varint
+/// past its type's bytes or bits, bytes that end inside a form): a property test holds
+/// the two equal over any bytes.
+struct SpillReader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> SpillReader<'a> {
+    /// A varint of at most `max_bytes` bytes whose last byte is at most `max_last`.
+    #[inline(always)]
+    fn varint(&mut self, max_bytes: usize, max_last: u8) -> Option<u64> {
+        let mut value = 0u64;
+        for (i, &byte) in self.bytes.iter().take(max_bytes).enumerate() {
+            value |= u64::from(byte & 0x7F) << (7 * i);
+            if byte & 0x80 == 0 {
+                if i == max_bytes - 1 && byte > max_last {
+                    return None;
+                }
+                self.bytes = &self.bytes[i + 1..];
+                return Some(value);
+            }
+        }
+        None
+    }
+
+    #[inline(always)]
+    fn unsigned(&mut self) -> Option<u64> {
+        self.varint(10, 1)
+    }
+
+    #[inline(always)]
+    fn unsigned32(&mut self) -> Option<u32> {
+        self.varint(5, 0x0F).map(|value| value as u32)
+    }
+
+    #[inline(always)]
+    fn signed(&mut self) -> Option<i64> {
+        let zigzag = self.unsigned()?;
+        Some((zigzag >> 1) as i64 ^ -((zigzag & 1) as i64))
+    }
+
+    #[inline(always)]
+    fn byte(&mut self) -> Option<u8> {
+        let (&byte, rest) = self.bytes.split_first()?;
+        self.bytes = rest;
+        Some(byte)
+    }
+}
+
 impl UsageSpill {
+    /// The form at the start of `bytes`, and the bytes after it.
+    fn take_from(bytes: &[u8]) -> Option<(UsageSpill, &[u8])> {
+        let mut r = SpillReader { bytes };
+        let wire = UsageSpill {
+            at_step: r.unsigned()?,
+            occurred_step: r.signed()?,
+            ingested_after: r.signed()?,
+            quantity: r.signed()?,
+            account: r.unsigned32()?,
+            sku: r.unsigned32()?,
+            status: r.byte()?,
+            flags: r.byte()?,
+        };
+        Some((wire, r.bytes))
+    }
+
     fn append_to(&self, out: &mut Vec<u8>) {
         SpillBytes::new()
             .unsigned(self.at_step)
@@ -476,6 +546,20 @@ impl UsageSpill {
 }
 
 impl DebitSpill {
+    /// The form at the start of `bytes`, and the bytes after it.
+    fn take_from(bytes: &[u8]) -> Option<(DebitSpill, &[u8])> {
+        let mut r = SpillReader { bytes };
+        let wire = DebitSpill {
+            at_step: r.unsigned()?,
+            recorded_step: r.signed()?,
+            credits: r.signed()?,
+            account: r.unsigned32()?,
+            kind: r.byte()?,
+            flags: r.byte()?,
+        };
+        Some((wire, r.bytes))
+    }
+
     fn append_to(&self, out: &mut Vec<u8>) {
         SpillBytes::new()
             .unsigned(self.at_step)
@@ -524,7 +608,7 @@ impl CompactRow for Usage {
         next_id: &mut u32,
         chunk: u32,
     ) -> Option<(Usage, &'a [u8])> {
-        let (wire, rest) = postcard::take_from_bytes::<UsageSpill>(bytes).ok()?;
+        let (wire, rest) = UsageSpill::take_from(bytes)?;
         EventStatus::from_code(wire.status)?;
         let (offset, id) = take_id(ids, next_id)?;
         let occurred_at = prev.occurred_at.wrapping_add(wire.occurred_step);
@@ -590,7 +674,7 @@ impl CompactRow for Debit {
         next_id: &mut u32,
         chunk: u32,
     ) -> Option<(Debit, &'a [u8])> {
-        let (wire, rest) = postcard::take_from_bytes::<DebitSpill>(bytes).ok()?;
+        let (wire, rest) = DebitSpill::take_from(bytes)?;
         EntryKind::from_code(wire.kind)?;
         let (entry_offset, entry) = take_id(ids, next_id)?;
         let (flags, no_event) = row_flags(wire.flags);
@@ -1062,6 +1146,18 @@ mod spill_form_tests {
         let bytes = by_hand(|out| most.append_to(out));
         assert_eq!(bytes.len(), SpillBytes::MAX, "the largest form");
         assert_eq!(bytes, postcard::to_allocvec(&most).unwrap());
+        assert_eq!(UsageSpill::take_from(&bytes), Some((most, &[][..])));
+        // One past the limits: a u32 of 33 bits (the sku's last byte), a u64 of 65 bits
+        // (at_step's), an eleventh byte of a u64, a form cut short.
+        let mut sku_past = bytes.clone();
+        sku_past[SpillBytes::MAX - 3] = 0x10;
+        assert_eq!(UsageSpill::take_from(&sku_past), None);
+        let mut at_past = bytes.clone();
+        at_past[9] = 0x02;
+        assert_eq!(UsageSpill::take_from(&at_past), None);
+        let eleven = [[0xFF; 10].as_slice(), &[0x00]].concat();
+        assert_eq!(UsageSpill::take_from(&eleven), None);
+        assert_eq!(UsageSpill::take_from(&bytes[..bytes.len() - 1]), None);
         let least = UsageSpill {
             at_step: 0,
             occurred_step: 0,
@@ -1089,7 +1185,28 @@ mod spill_form_tests {
             prop_assert_eq!(by_hand(|out| wire.append_to(out)), postcard::to_allocvec(&wire).unwrap());
         }
 
-        /// Written forms (with bytes after them) are read back whole by postcard.
+        /// The hand reader takes what postcard takes from any bytes (bytes of varint
+        /// shapes: runs of continued bytes, the last bytes' limits) and refuses the rest.
+        #[test]
+        fn spill_reader_reads_as_postcard(
+            bytes in proptest::collection::vec(
+                proptest::prop_oneof![
+                    0x80u8..=0xFF,
+                    0u8..=0x7F,
+                    proptest::strategy::Just(0x01u8),
+                    proptest::strategy::Just(0x02u8),
+                    proptest::strategy::Just(0x0Fu8),
+                    proptest::strategy::Just(0x10u8),
+                ],
+                0..64,
+            ),
+        ) {
+            prop_assert_eq!(UsageSpill::take_from(&bytes), postcard::take_from_bytes(&bytes).ok());
+            prop_assert_eq!(DebitSpill::take_from(&bytes), postcard::take_from_bytes(&bytes).ok());
+        }
+
+        /// Written forms (with bytes after them) are read back whole by postcard and by
+        /// the hand reader.
         #[test]
         fn spill_forms_read_back(
             usage in any_usage_spill(),
@@ -1098,9 +1215,11 @@ mod spill_form_tests {
         ) {
             let mut bytes = by_hand(|out| usage.append_to(out));
             bytes.extend_from_slice(&after);
+            prop_assert_eq!(UsageSpill::take_from(&bytes), postcard::take_from_bytes(&bytes).ok());
             prop_assert_eq!(postcard::take_from_bytes(&bytes).ok(), Some((usage, &after[..])));
             let mut bytes = by_hand(|out| debit.append_to(out));
             bytes.extend_from_slice(&after);
+            prop_assert_eq!(DebitSpill::take_from(&bytes), postcard::take_from_bytes(&bytes).ok());
             prop_assert_eq!(postcard::take_from_bytes(&bytes).ok(), Some((debit, &after[..])));
         }
     }
