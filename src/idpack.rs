@@ -215,18 +215,22 @@ pub fn unpack(packed: &[u8], out: &mut Vec<u8>, max_ids: usize) -> Option<()> {
         if bytes == 0 || len > MAX_ID_BYTES || out.len() + 2 + len > MAX_CHUNK_BYTES {
             return None;
         }
+        // Byte by byte and pair by pair into room reserved at once: the prefix and digits
+        // of an id are a few bytes each, and a copy of a length known only at run time
+        // is a call to `memcpy`. Those calls (two an id) took 18 % of a 20M-event split
+        // reconcile's read-back samples (`perf`); this way the read-back of a group took
+        // 488-558 ms against 539-594 (hand runs, alternating), for more instructions.
+        out.reserve(2 + len);
         out.extend_from_slice(&(len as u16).to_le_bytes());
         let prefix_at = out.len();
         match prefix {
-            Prefix::New(bytes) => out.extend_from_slice(bytes),
-            Prefix::Seen(start, len) => out.extend_from_within(start..start + len),
+            Prefix::New(bytes) => bytes.iter().for_each(|&b| out.push(b)),
+            Prefix::Seen(start, len) => (start..start + len).for_each(|i| out.push(out[i])),
         }
         prefixes.use_slot(slot, (prefix_at, prefix_len));
-        let mut hex = [[0u8; 2]; MAX_PACKED_BYTES];
-        for (pair, &byte) in hex.iter_mut().zip(digits) {
-            *pair = HEX_PAIR[usize::from(byte)];
+        for &byte in digits {
+            out.extend_from_slice(&HEX_PAIR[usize::from(byte)]);
         }
-        out.extend_from_slice(hex[..bytes].as_flattened());
     }
     Some(())
 }
