@@ -12,7 +12,7 @@ use crate::model::*;
 use crate::time::Micros;
 use arrow::array::{
     Array, ArrayRef, AsArray, Decimal128Array, Decimal256Array, Float64Array, Int32Array,
-    Int64Array, StringArray, UInt64Array,
+    Int64Array, StringArray, StringViewArray, UInt64Array,
 };
 use arrow::datatypes::{DataType, Int32Type, TimeUnit};
 use parquet::arrow::arrow_reader::{
@@ -241,6 +241,8 @@ fn expected_types(ty: ColType) -> &'static str {
 pub enum Column {
     Absent,
     Str(StringArray),
+    /// A string column read as views into its decoded pages.
+    View(StringViewArray),
     /// A string column read as a dictionary: a key per row into the distinct values.
     Dict(Int32Array, StringArray),
     Int(Int64Array),
@@ -274,6 +276,9 @@ impl Column {
             }
             (ColType::Str | ColType::Label, DataType::Utf8) => {
                 Column::Str(array.as_string::<i32>().clone())
+            }
+            (ColType::Str | ColType::Label, DataType::Utf8View) => {
+                Column::View(array.as_string_view().clone())
             }
             (ColType::Str | ColType::Label, _) => {
                 Column::Str(cast(&DataType::Utf8)?.as_string::<i32>().clone())
@@ -319,6 +324,7 @@ impl Column {
         match self {
             Column::Absent => true,
             Column::Str(a) => a.is_null(i),
+            Column::View(a) => a.is_null(i),
             Column::Dict(keys, values) => keys.is_null(i) || values.is_null(keys.value(i) as usize),
             Column::Int(a) => a.is_null(i),
             Column::UInt(a) => a.is_null(i),
@@ -332,6 +338,7 @@ impl Column {
     pub fn str(&self, i: usize) -> Option<&str> {
         match self {
             Column::Str(a) if !a.is_null(i) => Some(a.value(i)),
+            Column::View(a) if !a.is_null(i) => Some(a.value(i)),
             Column::Dict(keys, values) if !keys.is_null(i) => {
                 let key = keys.value(i) as usize;
                 (!values.is_null(key)).then(|| values.value(key))
@@ -566,10 +573,17 @@ fn with_dictionary_hints(
             field.data_type(),
             DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
         );
-        if spec.ty == ColType::Label && plain_string {
-            let dictionary =
-                DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
-            fields[index] = std::sync::Arc::new(field.as_ref().clone().with_data_type(dictionary));
+        let wanted = match spec.ty {
+            ColType::Label if plain_string => {
+                DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
+            }
+            // Ids: views into the decoded pages, not a copy of every string into one
+            // buffer (the copy and its growth were a few % of a load, `perf`).
+            ColType::Str if plain_string => DataType::Utf8View,
+            _ => continue,
+        };
+        if *field.data_type() != wanted {
+            fields[index] = std::sync::Arc::new(field.as_ref().clone().with_data_type(wanted));
             hinted = true;
         }
     }

@@ -79,21 +79,29 @@ fn label_codes(column: &Column, memo: &mut DictMemo, code: &dyn Fn(&str) -> u32)
             }
             out
         }
-        Column::Str(values) => {
-            let mut cache: FxHashMap<&str, u32> = FxHashMap::default();
-            (0..values.len())
-                .map(|i| match values.is_null(i) {
-                    true => NULL,
-                    false => {
-                        let value = values.value(i);
-                        *cache.entry(value).or_insert_with(|| checked(value, code))
-                    }
-                })
-                .collect()
-        }
+        Column::Str(values) => plain_label_codes(values.len(), |i| column.str(i), code),
+        // Labels are asked for as dictionaries; a file whose hint the reader refused may
+        // still hold views.
+        Column::View(values) => plain_label_codes(values.len(), |i| column.str(i), code),
         // Absent (all null); a label column is never anything else.
         _ => vec![NULL; 0],
     }
+}
+
+/// The codes of a plain (not dictionary) label column's `rows` values, through a cache of
+/// the batch.
+fn plain_label_codes<'a>(
+    rows: usize,
+    value: impl Fn(usize) -> Option<&'a str>,
+    code: &dyn Fn(&str) -> u32,
+) -> Vec<u32> {
+    let mut cache: FxHashMap<&str, u32> = FxHashMap::default();
+    (0..rows)
+        .map(|i| match value(i) {
+            None => NULL,
+            Some(value) => *cache.entry(value).or_insert_with(|| checked(value, code)),
+        })
+        .collect()
 }
 
 /// `code(value)`, or `BAD` when the value is longer than the limit.
