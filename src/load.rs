@@ -552,13 +552,13 @@ fn open_checked(
             Err(_) => indices.push(None),
         }
     }
-    Ok((with_dictionary_hints(metadata, specs, &indices), indices))
+    Ok((with_read_hints(metadata, specs, &indices), indices))
 }
 
 /// Ask the reader for the `Label` columns as dictionaries (a dictionary-encoded column
-/// then decodes each distinct value once per row group, not once per row). A file whose
-/// hints the reader refuses is read as it is.
-fn with_dictionary_hints(
+/// then decodes each distinct value once per row group, not once per row) and for plain
+/// `Str` columns as string views. A file whose hints the reader refuses is read as it is.
+fn with_read_hints(
     metadata: ArrowReaderMetadata,
     specs: &[ColSpec],
     indices: &[Option<usize>],
@@ -1398,4 +1398,68 @@ pub fn check_debit(batch: &Batch, row: usize, at: RowRef) -> Parsed<DebitRef<'_>
         credits,
         recorded_at,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{LargeStringArray, RecordBatch};
+    use std::sync::Arc;
+
+    /// Plain string columns come back as views (`Str`: ids) or dictionaries (`Label`),
+    /// whether the file stores UTF8 or LARGE UTF8, with nulls where the file has them.
+    #[test]
+    fn string_columns_are_read_as_views_and_labels_as_dictionaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ids.parquet");
+        let long = "evt-0123456789abcdef0123"; // past a view's 12 inline bytes
+        let ids: ArrayRef = Arc::new(StringArray::from(vec![Some(long), None, Some("e-1")]));
+        let large: ArrayRef = Arc::new(LargeStringArray::from(vec![Some("a"), Some(long), None]));
+        let labels: ArrayRef = Arc::new(StringArray::from(vec![Some("x"), Some("x"), None]));
+        let batch =
+            RecordBatch::try_from_iter([("id", ids), ("large", large), ("label", labels)]).unwrap();
+        let mut writer = parquet::arrow::ArrowWriter::try_new(
+            File::create(&path).unwrap(),
+            batch.schema(),
+            None,
+        )
+        .unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+        let file = InputFile {
+            rel_path: "ids.parquet".into(),
+            abs_path: path,
+        };
+        let specs = [
+            col("id", ColType::Str, true),
+            col("large", ColType::Str, true),
+            col("label", ColType::Label, true),
+        ];
+        let seen = map_files(
+            &[file],
+            &specs,
+            &|_, batch, out: &mut Vec<Vec<Option<String>>>| {
+                assert!(matches!(batch.columns[0], Column::View(_)));
+                assert!(matches!(batch.columns[1], Column::View(_)));
+                assert!(matches!(batch.columns[2], Column::Dict(..)));
+                for column in &batch.columns {
+                    out.push(
+                        (0..batch.len)
+                            .map(|i| column.str(i).map(str::to_string))
+                            .collect(),
+                    );
+                }
+            },
+        )
+        .unwrap();
+        let text = |v: [Option<&str>; 3]| v.map(|s| s.map(str::to_string)).to_vec();
+        assert_eq!(
+            seen[0],
+            [
+                text([Some(long), None, Some("e-1")]),
+                text([Some("a"), Some(long), None]),
+                text([Some("x"), Some("x"), None]),
+            ]
+        );
+    }
 }
