@@ -557,7 +557,8 @@ fn open_checked(
 
 /// Ask the reader for the `Label` columns as dictionaries (a dictionary-encoded column
 /// then decodes each distinct value once per row group, not once per row) and for plain
-/// `Str` columns as string views. A file whose hints the reader refuses is read as it is.
+/// `Str` columns as string views. A file whose hints the reader refuses is read as it is
+/// (all of them: slower, never wrong, as every reader of a column takes each form).
 fn with_read_hints(
     metadata: ArrowReaderMetadata,
     specs: &[ColSpec],
@@ -577,8 +578,9 @@ fn with_read_hints(
             ColType::Label if plain_string => {
                 DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
             }
-            // Ids: views into the decoded pages, not a copy of every string into one
-            // buffer (the copy and its growth were a few % of a load, `perf`).
+            // Ids (and the plans' account ids): views into the decoded pages, not a copy
+            // of every string into one buffer (the copy and its growth were a few % of a
+            // load, `perf`).
             ColType::Str if plain_string => DataType::Utf8View,
             _ => continue,
         };
@@ -814,19 +816,21 @@ impl Plan {
     }
 
     /// Decode every row group in parallel, each with its own state (`states`, one per
-    /// unit); the states come back in unit order. Of several failures, the first in
+    /// unit); what `finish` makes of each unit's state once its rows are decoded comes
+    /// back in unit order (a state may hold what only the decoding needs, freed then
+    /// rather than when every unit is done). Of several failures, the first in
     /// (file, row group) order is reported.
-    pub fn decode<S: Send>(
+    pub fn decode<S: Send, T: Send>(
         self,
         files: &[InputFile],
         specs: &[ColSpec],
         states: Vec<S>,
         each_batch: &(dyn Fn(&Unit, &mut S, &Batch) + Sync),
-        unit_done: &(dyn Fn(&Unit) + Sync),
-    ) -> Result<Vec<S>> {
+        finish: &(dyn Fn(&Unit, S) -> T + Sync),
+    ) -> Result<Vec<T>> {
         assert_eq!(states.len(), self.units.len(), "one state per row group");
         let opened = &self.opened;
-        let done: Vec<Result<S>> = self
+        let done: Vec<Result<T>> = self
             .units
             .par_iter()
             .zip(states)
@@ -835,11 +839,10 @@ impl Plan {
                 decode_row_group(file, &opened[unit.file], specs, unit.row_group, &mut |b| {
                     each_batch(unit, &mut state, b)
                 })?;
-                unit_done(unit);
-                Ok(state)
+                Ok(finish(unit, state))
             })
             .collect();
-        let done = done.into_iter().collect::<Result<Vec<S>>>()?;
+        let done = done.into_iter().collect::<Result<Vec<T>>>()?;
         match self.open_error {
             Some(e) => Err(e),
             None => Ok(done),
@@ -872,19 +875,6 @@ pub fn map_files<T: Send>(
     Ok(row_groups_per_file(files, specs, each_batch)?
         .into_iter()
         .map(concat)
-        .collect())
-}
-
-/// Like [`map_files`], but returns the `out` of every row group (file by file, row groups
-/// in order) instead of one per file: nothing is copied into per-file vectors.
-pub fn map_row_groups<T: Send>(
-    files: &[InputFile],
-    specs: &[ColSpec],
-    each_batch: &(dyn Fn(usize, &Batch, &mut Vec<T>) + Sync),
-) -> Result<Vec<Vec<T>>> {
-    Ok(row_groups_per_file(files, specs, each_batch)?
-        .into_iter()
-        .flatten()
         .collect())
 }
 

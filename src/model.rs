@@ -1158,6 +1158,26 @@ mod spill_form_tests {
         let eleven = [[0xFF; 10].as_slice(), &[0x00]].concat();
         assert_eq!(UsageSpill::take_from(&eleven), None);
         assert_eq!(UsageSpill::take_from(&bytes[..bytes.len() - 1]), None);
+        // A u32 of six bytes (the account's: five continued).
+        let mut six = bytes[..40].to_vec();
+        six.extend_from_slice(&[0xFF; 5]);
+        six.extend_from_slice(&[0x00; 8]);
+        assert_eq!(UsageSpill::take_from(&six), None);
+        // The ledger's form at its limits, and one past the account's.
+        let most = DebitSpill {
+            at_step: u64::MAX,
+            recorded_step: i64::MIN,
+            credits: i64::MAX,
+            account: u32::MAX,
+            kind: u8::MAX,
+            flags: u8::MAX,
+        };
+        let bytes = by_hand(|out| most.append_to(out));
+        assert_eq!(bytes, postcard::to_allocvec(&most).unwrap());
+        assert_eq!(DebitSpill::take_from(&bytes), Some((most, &[][..])));
+        let mut account_past = bytes.clone();
+        account_past[34] = 0x10;
+        assert_eq!(DebitSpill::take_from(&account_past), None);
         let least = UsageSpill {
             at_step: 0,
             occurred_step: 0,
@@ -1185,22 +1205,30 @@ mod spill_form_tests {
             prop_assert_eq!(by_hand(|out| wire.append_to(out)), postcard::to_allocvec(&wire).unwrap());
         }
 
-        /// The hand reader takes what postcard takes from any bytes (bytes of varint
-        /// shapes: runs of continued bytes, the last bytes' limits) and refuses the rest.
+        /// The hand reader takes what postcard takes from any bytes of varint shapes (runs
+        /// of 0 to 11 continued bytes, each ended by a byte at or past a type's last-byte
+        /// limit, or not ended) and refuses the rest.
         #[test]
         fn spill_reader_reads_as_postcard(
-            bytes in proptest::collection::vec(
-                proptest::prop_oneof![
-                    0x80u8..=0xFF,
-                    0u8..=0x7F,
-                    proptest::strategy::Just(0x01u8),
-                    proptest::strategy::Just(0x02u8),
-                    proptest::strategy::Just(0x0Fu8),
-                    proptest::strategy::Just(0x10u8),
-                ],
-                0..64,
+            varints in proptest::collection::vec(
+                (
+                    proptest::collection::vec(0x80u8..=0xFF, 0..=11),
+                    proptest::option::of(proptest::prop_oneof![
+                        proptest::strategy::Just(0x00u8),
+                        proptest::strategy::Just(0x01u8),
+                        proptest::strategy::Just(0x02u8),
+                        proptest::strategy::Just(0x0Fu8),
+                        proptest::strategy::Just(0x10u8),
+                        proptest::strategy::Just(0x7Fu8),
+                    ]),
+                ),
+                0..10,
             ),
         ) {
+            let bytes: Vec<u8> = varints
+                .iter()
+                .flat_map(|(continued, last)| continued.iter().copied().chain(*last))
+                .collect();
             prop_assert_eq!(UsageSpill::take_from(&bytes), postcard::take_from_bytes(&bytes).ok());
             prop_assert_eq!(DebitSpill::take_from(&bytes), postcard::take_from_bytes(&bytes).ok());
         }

@@ -88,8 +88,8 @@ impl Layout {
 pub const NO_ACCOUNT: u32 = u32::MAX;
 
 /// Each row's partition by its raw `account_id` cell. A dictionary column's distinct
-/// values are hashed once per row group (its batches share the dictionary), not once per
-/// row: the light and spill passes each hashed every row's account (1.4 % and 0.8 % of a
+/// values are hashed once per dictionary (a row group's batches share one, unless its
+/// pages fall back to plain encoding), not once per row: the light and spill passes each hashed every row's account (1.4 % and 0.8 % of a
 /// 20M-event run's `perf` samples, besides the light pass decoding each row's account
 /// as a string).
 #[derive(Default)]
@@ -97,7 +97,8 @@ pub struct AccountPartitions(crate::rows::DictMemo);
 
 impl AccountPartitions {
     /// The partition of each of the `rows` rows of an `account_id` column ([`NO_ACCOUNT`]
-    /// for a null).
+    /// for a null, and for a key past the dictionary, which the Parquet reader refuses
+    /// before this sees it).
     pub fn of_rows(&mut self, column: &Column, rows: usize) -> Vec<u32> {
         match column {
             Column::Dict(keys, values) => {
@@ -518,14 +519,14 @@ fn light_read<T: Send>(
             accounts: AccountPartitions::default(),
         })
         .collect();
-    let units = plan.decode(
+    // A unit's partitions memo is freed as soon as its rows are read.
+    plan.decode(
         files,
         specs,
         states,
         &|_, unit, batch| each_batch(batch, unit),
-        &|_| {},
-    )?;
-    Ok(units.into_iter().map(|unit| unit.outs).collect())
+        &|_, unit| unit.outs,
+    )
 }
 
 /// The light pass: read only the id and account columns (8 bytes kept per row). With
@@ -538,6 +539,7 @@ pub fn find_cross_bucket(
 ) -> Result<LightPass> {
     let late_ids = std::sync::Mutex::new(HashSet::<String, FastHash>::default());
     // Round 1: event ids over usage and ledger rows, with the row's own partition.
+    // Returns the rows' partitions, for what else the pass reads of the batch.
     let event_keys = |batch: &Batch, id_col: usize, unit: &mut LightUnit<LightOut>| {
         let partitions = unit.accounts.of_rows(&batch.columns[1], batch.len);
         let mut keys = Vec::with_capacity(batch.len);
@@ -557,6 +559,7 @@ pub fn find_cross_bucket(
             keys: BucketedKeys::new(&keys),
             by_group,
         });
+        partitions
     };
     let usage_specs: &[ColSpec] = if late.is_some() {
         &USAGE_IDS_AT
@@ -585,14 +588,11 @@ pub fn find_cross_bucket(
     })?;
     let entry_hashes = EntryHashes::create()?;
     let debit_parts = light_read(debits, &DEBIT_IDS, &|batch, unit| {
-        event_keys(batch, 2, unit);
+        let partitions = event_keys(batch, 2, unit);
         // The rows round 2 would key: an entry id and an account.
-        let hashes: Vec<u64> = (0..batch.len)
-            .filter_map(|row| {
-                let entry = batch.columns[0].str(row)?;
-                batch.columns[1].str(row)?;
-                Some(crate::validate::id_hash(entry))
-            })
+        let hashes: Vec<u64> = (partitions.iter().enumerate())
+            .filter(|&(_, &partition)| partition != NO_ACCOUNT)
+            .filter_map(|(row, _)| batch.columns[0].str(row).map(crate::validate::id_hash))
             .collect();
         entry_hashes.add(&hashes);
     })?;
@@ -820,11 +820,13 @@ mod tests {
         assert_ne!(first[0], first[1], "two accounts (in 4096 partitions)");
         let same = Column::Dict(Int32Array::from(vec![0, 0]), values);
         assert_eq!(memo.of_rows(&same, 2), cells(&same, 2));
+        // As many values as the first dictionary, in another order: a memo that compared
+        // only lengths would answer with the first one's partitions.
         let other = Column::Dict(
-            Int32Array::from(vec![0, 1]),
-            StringArray::from(vec!["acct-3", "acct-1"]),
+            Int32Array::from(vec![0, 1, 2]),
+            StringArray::from(vec![Some("acct-3"), Some("acct-1"), None]),
         );
-        assert_eq!(memo.of_rows(&other, 2), [first[0], first[1]]);
+        assert_eq!(memo.of_rows(&other, 3), [first[0], first[1], NO_ACCOUNT]);
         let plain = Column::Str(StringArray::from(vec![Some("acct-1"), None]));
         assert_eq!(memo.of_rows(&plain, 2), [first[1], NO_ACCOUNT]);
         assert_eq!(memo.of_rows(&Column::Absent, 3), [NO_ACCOUNT; 3]);

@@ -67,7 +67,10 @@ fn label_codes(column: &Column, memo: &mut DictMemo, code: &dyn Fn(&str) -> u32)
                 None => BAD,
                 Some(value) => checked(value, code),
             });
-            let mut out: Vec<u32> = keys.values().iter().map(|&k| codes[k as usize]).collect();
+            // A null row's key may be any value: it is overwritten below.
+            let mut out: Vec<u32> = (keys.values().iter())
+                .map(|&k| codes.get(k as usize).copied().unwrap_or(BAD))
+                .collect();
             if let Some(nulls) = keys.nulls() {
                 for i in nulls
                     .iter()
@@ -682,7 +685,10 @@ pub fn load<S: Source>(
                 }
             }
         },
-        &|unit| done.unit_done(unit),
+        &|unit, part| {
+            done.unit_done(unit);
+            part
+        },
     )?;
     let mut ids = Ids::default();
     let mut rejects = Vec::new();

@@ -519,6 +519,32 @@ struct RowGroupOut<'h, R> {
     accounts: AccountPartitions,
 }
 
+/// What the spill pass keeps of a row group once its rows are read (its memos, the codes
+/// and partitions of its dictionaries, are freed then).
+struct RowGroupDone<R> {
+    rejects: Vec<Reject>,
+    candidates: Vec<R>,
+    candidate_ids: IdChunk,
+    held: usize,
+    held_ids: IdChunk,
+    grouped: u64,
+    failed: Option<TallyError>,
+}
+
+impl<R> RowGroupOut<'_, R> {
+    fn finished(self) -> RowGroupDone<R> {
+        RowGroupDone {
+            rejects: self.rejects,
+            candidates: self.candidates,
+            candidate_ids: self.candidate_ids,
+            held: self.held,
+            held_ids: self.held_ids,
+            grouped: self.grouped,
+            failed: self.failed,
+        }
+    }
+}
+
 /// Parse every row of a dataset; keep the first group's valid rows in memory (each row
 /// group's in a place of its own, sized by the light pass's `counts`), spill the other
 /// groups' valid rows of this shard by group, keep rejects (of this shard) and candidates
@@ -643,7 +669,10 @@ pub fn route_dataset<S: Source>(
                 }
             }
         },
-        &|unit| done.unit_done(unit),
+        &|unit, out| {
+            done.unit_done(unit);
+            out.finished()
+        },
     )?;
     let mut routed = Routed {
         rejects: Vec::new(),
