@@ -1408,14 +1408,7 @@ mod tests {
         let labels: ArrayRef = Arc::new(StringArray::from(vec![Some("x"), Some("x"), None]));
         let batch =
             RecordBatch::try_from_iter([("id", ids), ("large", large), ("label", labels)]).unwrap();
-        let mut writer = parquet::arrow::ArrowWriter::try_new(
-            File::create(&path).unwrap(),
-            batch.schema(),
-            None,
-        )
-        .unwrap();
-        writer.write(&batch).unwrap();
-        writer.close().unwrap();
+        crate::write::write_parquet(&path, &batch).unwrap();
         let file = InputFile {
             rel_path: "ids.parquet".into(),
             abs_path: path,

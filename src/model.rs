@@ -411,12 +411,12 @@ fn row_flags(spilled: u8) -> (u8, bool) {
 /// A row's spill form being written, in postcard's encoding of its wire struct (fields in
 /// order; integers wider than a byte as LEB128 varints, signed ones zigzagged first; a byte
 /// as itself), which `decode` reads by hand too ([`SpillReader`]). Written by hand into a
-/// buffer on the stack and appended to the frame at once: postcard's serializer appended each field with
-/// a call to `memcpy` (serializing took 7-11 % of the 100M spill pass's samples, `perf`;
-/// a micro-benchmark by hand of 5M usage rows: 64-66 ns a row with postcard's writer,
-/// 18-20 ns by hand, both writing into fresh memory; two alternating 100M reconciles each
-/// cannot show it past their noise: the spill pass's CPU 59.4 and 63.0 s against 61.5 and
-/// 66.8). A property test holds the two encodings equal. The close's run files write each
+/// buffer on the stack and appended to the frame at once: postcard's serializer appended
+/// each field with a call to `memcpy` (serializing took 7-11 % of the 100M spill pass's
+/// samples, `perf`; a micro-benchmark by hand of 5M usage rows: 64-66 ns a row with
+/// postcard's writer, 18-20 ns by hand, both writing into fresh memory; two alternating
+/// 100M reconciles each cannot show it past their noise: the spill pass's CPU 59.4 and
+/// 63.0 s against 61.5 and 66.8). A property test holds the two encodings equal. The close's run files write each
 /// record's head with it too (`runs::write_run`).
 pub(crate) struct SpillBytes {
     bytes: [u8; SpillBytes::MAX],

@@ -523,14 +523,11 @@ pub fn compute(
             },
         );
         spare = Some(processed?);
-        next = match read? {
-            Some((rows, took)) => {
-                let count = (rows.usage.len() + rows.debits.len()) as u64;
-                crate::progress::log_stage("read spill", count, count, took);
-                Some(rows)
-            }
-            None => None,
-        };
+        next = read?.map(|(rows, took)| {
+            let count = (rows.usage.len() + rows.debits.len()) as u64;
+            crate::progress::log_stage("read spill", count, count, took);
+            rows
+        });
     }
     assert!(
         next.is_none() && extras.next().is_none(),

@@ -20,7 +20,6 @@ use crate::error::{Result, TallyError};
 use crate::load::{self, Batch, ColSpec, ColType, Column, InputFile};
 use crate::model::{Debit, Usage};
 use crate::validate::{winner_order, FastHash};
-use arrow::array::Array;
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -101,23 +100,13 @@ impl AccountPartitions {
     /// before this sees it).
     pub fn of_rows(&mut self, column: &Column, rows: usize) -> Vec<u32> {
         match column {
-            Column::Dict(keys, values) => {
-                let by_value = self
-                    .0
-                    .per_value(values, &|value| value.map_or(NO_ACCOUNT, partition_of));
-                // A null row's key may be any value: it is overwritten below.
-                let mut partitions: Vec<u32> = (keys.values().iter())
-                    .map(|&key| by_value.get(key as usize).copied().unwrap_or(NO_ACCOUNT))
-                    .collect();
-                if let Some(nulls) = keys.nulls() {
-                    for (partition, valid) in partitions.iter_mut().zip(nulls.iter()) {
-                        if !valid {
-                            *partition = NO_ACCOUNT;
-                        }
-                    }
-                }
-                partitions
-            }
+            Column::Dict(keys, values) => self.0.key_codes(
+                keys,
+                values,
+                &|value| value.map_or(NO_ACCOUNT, partition_of),
+                NO_ACCOUNT,
+                NO_ACCOUNT,
+            ),
             _ => (0..rows)
                 .map(|row| column.str(row).map_or(NO_ACCOUNT, partition_of))
                 .collect(),

@@ -13,7 +13,7 @@ use crate::load::{self, Batch, Column, InputFile, Parsed, Plan, Unit, MAX_STRING
 use crate::model::*;
 use crate::route::CrossBucket;
 use crate::validate::id_hash;
-use arrow::array::{Array, StringArray};
+use arrow::array::{Array, Int32Array, StringArray};
 use bytemuck::Zeroable;
 use rustc_hash::FxHashMap;
 
@@ -39,9 +39,18 @@ fn same_values(a: &StringArray, b: &StringArray) -> bool {
 }
 
 impl DictMemo {
-    /// `f` of each of `values` (`None`: a null value), computed again only when `values`
-    /// are not the dictionary seen last.
-    pub fn per_value(&mut self, values: &StringArray, f: &dyn Fn(Option<&str>) -> u32) -> &[u32] {
+    /// The code of every row of a dictionary column (`keys` into `values`): `f` of its
+    /// value (`None`: a null value), computed once per dictionary (again only when
+    /// `values` are not the dictionary seen last); `null` for a null key and `past` for a
+    /// key past the dictionary (which the Parquet reader refuses first).
+    pub fn key_codes(
+        &mut self,
+        keys: &Int32Array,
+        values: &StringArray,
+        f: &dyn Fn(Option<&str>) -> u32,
+        null: u32,
+        past: u32,
+    ) -> Vec<u32> {
         let same = self
             .values
             .as_ref()
@@ -52,7 +61,19 @@ impl DictMemo {
                 .collect();
             self.values = Some((values.clone(), mapped));
         }
-        &self.values.as_ref().expect("set above").1
+        let by_value = &self.values.as_ref().expect("set above").1;
+        // A null row's key may be any value: it is overwritten below.
+        let mut codes: Vec<u32> = (keys.values().iter())
+            .map(|&key| by_value.get(key as usize).copied().unwrap_or(past))
+            .collect();
+        if let Some(nulls) = keys.nulls() {
+            for (code, valid) in codes.iter_mut().zip(nulls.iter()) {
+                if !valid {
+                    *code = null;
+                }
+            }
+        }
+        codes
     }
 }
 
@@ -60,28 +81,13 @@ impl DictMemo {
 /// column's distinct values are coded once (and again only when a batch brings another
 /// dictionary); a plain column's through a cache of the batch.
 fn label_codes(column: &Column, memo: &mut DictMemo, code: &dyn Fn(&str) -> u32) -> Vec<u32> {
+    let value_code = |value: Option<&str>| match value {
+        // A null dictionary value: the contract's checks decide the row.
+        None => BAD,
+        Some(value) => checked(value, code),
+    };
     match column {
-        Column::Dict(keys, values) => {
-            let codes = memo.per_value(values, &|value| match value {
-                // A null dictionary value: the contract's checks decide the row.
-                None => BAD,
-                Some(value) => checked(value, code),
-            });
-            // A null row's key may be any value: it is overwritten below.
-            let mut out: Vec<u32> = (keys.values().iter())
-                .map(|&k| codes.get(k as usize).copied().unwrap_or(BAD))
-                .collect();
-            if let Some(nulls) = keys.nulls() {
-                for i in nulls
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, v)| (!v).then_some(i))
-                {
-                    out[i] = NULL;
-                }
-            }
-            out
-        }
+        Column::Dict(keys, values) => memo.key_codes(keys, values, &value_code, NULL, BAD),
         Column::Str(values) => plain_label_codes(values.len(), |i| column.str(i), code),
         // Labels are asked for as dictionaries; a file whose hint the reader refused may
         // still hold views.

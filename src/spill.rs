@@ -503,24 +503,18 @@ pub struct Routed<R> {
     pub grouped: u64,
 }
 
-/// What the pass keeps of one row group.
+/// What the pass keeps of one row group while it reads it.
 struct RowGroupOut<'h, R> {
-    rejects: Vec<Reject>,
-    candidates: Vec<R>,
-    candidate_ids: IdChunk,
     /// The row group's place in the first group's vector (as many rows as the light pass
-    /// counted), filled from its start; `held` rows are written.
+    /// counted), filled from its start; `done.held` rows are written.
     place: &'h mut [MaybeUninit<R>],
-    held: usize,
-    held_ids: IdChunk,
-    grouped: u64,
-    failed: Option<TallyError>,
+    /// The codes and partitions of the row group's dictionaries: freed once it is read.
     memos: Memos,
     accounts: AccountPartitions,
+    done: RowGroupDone<R>,
 }
 
-/// What the spill pass keeps of a row group once its rows are read (its memos, the codes
-/// and partitions of its dictionaries, are freed then).
+/// What the pass keeps of one row group once it is read.
 struct RowGroupDone<R> {
     rejects: Vec<Reject>,
     candidates: Vec<R>,
@@ -529,20 +523,6 @@ struct RowGroupDone<R> {
     held_ids: IdChunk,
     grouped: u64,
     failed: Option<TallyError>,
-}
-
-impl<R> RowGroupOut<'_, R> {
-    fn finished(self) -> RowGroupDone<R> {
-        RowGroupDone {
-            rejects: self.rejects,
-            candidates: self.candidates,
-            candidate_ids: self.candidate_ids,
-            held: self.held,
-            held_ids: self.held_ids,
-            grouped: self.grouped,
-            failed: self.failed,
-        }
-    }
 }
 
 /// Parse every row of a dataset; keep the first group's valid rows in memory (each row
@@ -586,16 +566,18 @@ pub fn route_dataset<S: Source>(
             let (place, rest) = std::mem::take(&mut free).split_at_mut(rows);
             free = rest;
             RowGroupOut {
-                rejects: Vec::new(),
-                candidates: Vec::new(),
-                candidate_ids: IdChunk::default(),
                 place,
-                held: 0,
-                held_ids: IdChunk::with_capacity(rows * source.id_bytes_per_row()),
-                grouped: 0,
-                failed: None,
                 memos: Memos::default(),
                 accounts: AccountPartitions::default(),
+                done: RowGroupDone {
+                    rejects: Vec::new(),
+                    candidates: Vec::new(),
+                    candidate_ids: IdChunk::default(),
+                    held: 0,
+                    held_ids: IdChunk::with_capacity(rows * source.id_bytes_per_row()),
+                    grouped: 0,
+                    failed: None,
+                },
             }
         })
         .collect();
@@ -619,6 +601,7 @@ pub fn route_dataset<S: Source>(
                 .collect();
             let mut parser = source.parser(batch, unit.file as u32, &mut out.memos);
             let partitions = out.accounts.of_rows(&batch.columns[1], batch.len);
+            let kept = &mut out.done;
             for (i, &partition) in partitions.iter().enumerate() {
                 // A valid row's account is its raw `account_id` cell: one partition serves
                 // the skip, the spill and the reject (a row without an account is reported
@@ -636,42 +619,42 @@ pub fn route_dataset<S: Source>(
                 }
                 match parser.parse(i) {
                     Parsed::Row(fields) if fields.is_candidate(cross) => {
-                        let row = fields.store(&mut out.candidate_ids, unit.index as u32);
-                        out.candidates.push(row);
+                        let row = fields.store(&mut kept.candidate_ids, unit.index as u32);
+                        kept.candidates.push(row);
                     }
                     Parsed::Row(fields) => {
                         if !layout.owns(partition) {
                             continue;
                         }
-                        out.grouped += 1;
+                        kept.grouped += 1;
                         let group = layout.group_of(partition);
                         if group > 0 {
                             let (rows, ids) = &mut frames[group];
                             rows.push(fields.store(ids, 0));
-                        } else if out.held < out.place.len() {
-                            let row = fields.store(&mut out.held_ids, unit.index as u32);
-                            out.place[out.held].write(row);
-                            out.held += 1;
+                        } else if kept.held < out.place.len() {
+                            let row = fields.store(&mut kept.held_ids, unit.index as u32);
+                            out.place[kept.held].write(row);
+                            kept.held += 1;
                         } else {
-                            out.failed.get_or_insert_with(|| changed(files, unit));
+                            kept.failed.get_or_insert_with(|| changed(files, unit));
                         }
                     }
                     Parsed::Rejected(reject) => {
                         if layout.owns(partition) {
-                            out.rejects.push(reject);
+                            kept.rejects.push(reject);
                         }
                     }
                 }
             }
             for (group, (rows, ids)) in frames.iter().enumerate().skip(1) {
                 if let Err(e) = spill.append(group, rows, ids) {
-                    out.failed.get_or_insert(e);
+                    kept.failed.get_or_insert(e);
                 }
             }
         },
         &|unit, out| {
             done.unit_done(unit);
-            out.finished()
+            out.done
         },
     )?;
     let mut routed = Routed {
@@ -870,6 +853,14 @@ mod tests {
         files.finish().unwrap().pop().unwrap()
     }
 
+    /// A usage spill file's rows and ids read back with `candidates` merged in.
+    fn read_with(file: &SpillFile, candidates: &[UsageRow]) -> Result<(Vec<Usage>, Ids)> {
+        let (extra, extra_ids) = compact(candidates);
+        let mut from = Ids::default();
+        from.push(extra_ids);
+        read_group::<Usage>(file, extra, &from, &CodeLimits::ANY, Vec::new())
+    }
+
     /// A spill file's rows and ids, without candidates.
     fn read_back<R: CompactRow>(file: &SpillFile) -> Result<(Vec<R>, Ids)> {
         read_group::<R>(
@@ -912,17 +903,14 @@ mod tests {
         let early = vec![usage(0, 5, "a"), usage(0, 7, "b")];
         let file = spill_of(dir.path(), &[late, early]);
         // Candidates before, within and between the frames and after them, not in order.
-        let (extra, extra_ids) = compact(&[
+        let candidates = [
             usage(1, 9, "z"),
             usage(0, 6, "ab"),
             usage(0, 1, "0"),
             usage(0, 9, "b2"),
             usage(1, 1, "cd"),
-        ]);
-        let mut from = Ids::default();
-        from.push(extra_ids);
-        let (rows, ids) =
-            read_group::<Usage>(&file, extra, &from, &CodeLimits::ANY, Vec::new()).unwrap();
+        ];
+        let (rows, ids) = read_with(&file, &candidates).unwrap();
         let names: Vec<&str> = rows.iter().map(|r| ids.str(r.id).unwrap()).collect();
         assert_eq!(names, ["0", "a", "ab", "b", "b2", "c", "cd", "d", "z"]);
         assert_eq!(rows[1].quantity, 1500);
@@ -953,11 +941,7 @@ mod tests {
     fn candidates_alone_come_back_in_row_order() {
         let dir = tempfile::tempdir().unwrap();
         let file = spill_of(dir.path(), &[]);
-        let (extra, extra_ids) = compact(&[usage(2, 0, "b"), usage(0, 3, "a")]);
-        let mut from = Ids::default();
-        from.push(extra_ids);
-        let (rows, ids) =
-            read_group::<Usage>(&file, extra, &from, &CodeLimits::ANY, Vec::new()).unwrap();
+        let (rows, ids) = read_with(&file, &[usage(2, 0, "b"), usage(0, 3, "a")]).unwrap();
         let names: Vec<&str> = rows.iter().map(|r| ids.str(r.id).unwrap()).collect();
         assert_eq!(names, ["a", "b"]);
     }
@@ -967,10 +951,7 @@ mod tests {
     fn a_candidate_in_a_spilled_rows_place_stops_the_run() {
         let dir = tempfile::tempdir().unwrap();
         let file = spill_of(dir.path(), &[vec![usage(0, 1, "a"), usage(0, 2, "b")]]);
-        let (extra, extra_ids) = compact(&[usage(0, 2, "c")]);
-        let mut from = Ids::default();
-        from.push(extra_ids);
-        let _ = read_group::<Usage>(&file, extra, &from, &CodeLimits::ANY, Vec::new());
+        let _ = read_with(&file, &[usage(0, 2, "c")]);
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! bits), as DECIMAL(9, 3) and DECIMAL(18, 3) in the Arrow schema a writer stores as
 //! `Decimal32`/`Decimal64`, or with amounts, instants and priorities dictionary-encoded,
 //! give the same outputs as the scenario's own inputs; so do inputs with every string as
-//! LARGE UTF8, as string views or as a dictionary with 16-bit keys, whole and split in
-//! two groups (the light pass and the spill read ids and accounts by other paths).
+//! LARGE UTF8, as string views or as a dictionary with 16-bit keys (contract section 2:
+//! "Strings: UTF8 (dictionary-encoded or not)"), whole and split in two groups (the light
+//! pass and the spill read ids and accounts by other paths).
 
 use crate::common::*;
 use arrow::datatypes::{DataType, Field, Schema};
