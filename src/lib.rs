@@ -640,12 +640,12 @@ pub(crate) fn write_outputs(dir: &Path, output: &RunOutput, inputs: Vec<FileEntr
         }));
         jobs.push(Box::new(move || {
             if *name == "discrepancies.parquet" {
-                write::write_bytes(&dir.join("discrepancies.csv"), &write::table_csv(batch)?)?;
+                write::write_table_csv(&dir.join("discrepancies.csv"), batch)?;
                 Ok(vec![("discrepancies.csv".to_string(), rows)])
             } else {
                 // Every other table also as a spreadsheet CSV (see `export`).
                 let csv = name.replace(".parquet", ".csv");
-                write::write_bytes(&dir.join(&csv), &export::sheet_csv(batch, exponent)?)?;
+                export::write_sheet_csv(&dir.join(&csv), batch, exponent)?;
                 Ok(vec![(csv, rows)])
             }
         }));

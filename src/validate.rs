@@ -296,15 +296,17 @@ impl HashIndex {
     }
 
     /// For each row of `other` (indexed with the same bits) whose hash is the hash of a
-    /// row of this index: (other row, this row). When one row has the hash, it is paired
-    /// unchecked (the caller compares the ids, in its own order: comparing here would read
-    /// two rows at random per pair); when several do (a 64-bit collision),
+    /// row of this index: (other row, this row), by partition. When one row has the hash,
+    /// it is paired unchecked (the caller compares the ids, in its own order: comparing
+    /// here would read two rows at random per pair); when several do (a 64-bit collision),
     /// `same_id(this row, other row)` chooses among them. Forgotten rows are left out.
+    /// The pairs stay in one small vector per partition: gathering them into one vector
+    /// grew it into fresh memory every group (about 25K page faults a group at 20M events).
     pub fn matches(
         &self,
         other: &HashIndex,
         same_id: &(dyn Fn(u32, u32) -> bool + Sync),
-    ) -> Vec<(u32, u32)> {
+    ) -> Vec<Vec<(u32, u32)>> {
         assert_eq!(
             self.bits, other.bits,
             "indexes matched with the same partitions"
@@ -312,7 +314,7 @@ impl HashIndex {
         const SEVERAL: u32 = u32::MAX;
         (0..self.partitions())
             .into_par_iter()
-            .flat_map_iter(|p| {
+            .map(|p| {
                 let mine = self.partition(p);
                 let mut row_of: rustc_hash::FxHashMap<u64, u32> =
                     rustc_hash::FxHashMap::with_capacity_and_hasher(mine.len(), Default::default());
@@ -331,7 +333,7 @@ impl HashIndex {
                         }
                     }
                 }
-                let mut found = Vec::new();
+                let mut found = Vec::with_capacity(other.partition(p).len());
                 for &(h, theirs) in other.partition(p) {
                     match row_of.get(&h) {
                         None => {}
@@ -955,7 +957,7 @@ mod tests {
         let same = |m: u32, t: u32| my_ids[m as usize] == their_ids[t as usize];
         let mut a = a;
         a.forget(8, 3);
-        let mut found = a.matches(&b, &same);
+        let mut found: Vec<(u32, u32)> = a.matches(&b, &same).concat();
         found.sort_unstable();
         // theirs 0 ("z", hash 6) finds mine 2 among two; 1 ("q", hash 5) is paired with
         // mine 0 unchecked; 4 ("y", hash 6) finds mine 1; 3 (hash 8): mine 3 is forgotten.

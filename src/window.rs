@@ -199,7 +199,7 @@ fn join_on_event_id(
     let matches = index.matches(&entries, &same_id);
     drop(entries);
     let mut found = vec![NO_EVENT; debits.len()];
-    for (entry, event) in matches {
+    for &(entry, event) in matches.iter().flatten() {
         found[entry as usize] = event;
     }
     // The check of single-event matches: an entry whose id only shares the hash of an
