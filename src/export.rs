@@ -139,23 +139,15 @@ pub fn sheet_csv_rows(
     rows: impl IntoIterator<Item = usize>,
     exponent: u32,
 ) -> Result<Vec<u8>> {
-    sheet_csv_into(Vec::new(), batch, rows, exponent).map_err(csv_err)
-}
-
-fn sheet_csv_into<W: Write>(
-    out: W,
-    batch: &RecordBatch,
-    rows: impl IntoIterator<Item = usize>,
-    exponent: u32,
-) -> std::result::Result<W, csv::Error> {
-    let mut w = csv_writer(out);
-    w.write_record(header(&batch.schema()))?;
+    let mut w = csv_writer(Vec::new());
+    w.write_record(header(&batch.schema())).map_err(csv_err)?;
     let money = money_flags(&batch.schema());
     let mut buf = String::new();
     for row in rows {
-        write_row(&mut w, batch, row, &money, exponent, &mut buf)?;
+        write_row(&mut w, batch, row, &money, exponent, &mut buf).map_err(csv_err)?;
     }
-    w.into_inner().map_err(|e| e.into_error().into())
+    w.into_inner()
+        .map_err(|e| TallyError::output("csv", e.to_string()))
 }
 
 /// A spreadsheet CSV of a whole table.
@@ -163,11 +155,12 @@ pub fn sheet_csv(batch: &RecordBatch, exponent: u32) -> Result<Vec<u8>> {
     sheet_csv_rows(batch, 0..batch.num_rows(), exponent)
 }
 
-/// [`sheet_csv`], written to `path` as it is made (not gathered in memory first).
+/// [`sheet_csv`], written to `path` as it is made (not gathered in memory first), by the
+/// same writer as a streamed table's CSV.
 pub fn write_sheet_csv(path: &Path, batch: &RecordBatch, exponent: u32) -> Result<()> {
-    crate::write::write_through(path, |out| {
-        sheet_csv_into(out, batch, 0..batch.num_rows(), exponent).map(drop)
-    })
+    let mut csv = StreamedCsv::create(path, &batch.schema(), exponent)?;
+    csv.write(batch)?;
+    csv.finish()
 }
 
 /// A spreadsheet CSV written a batch at a time (a table streamed from its runs beside its

@@ -311,9 +311,11 @@ pub fn compute(
         window::accounts_by_group(&allocations, layout.groups as usize, &|account| {
             layout.group_of_account(account)
         });
-    // At most one result per account the groups process, gathered over the groups: room
-    // for all of them at once, so that the vector is never grown (each growth copies every
-    // result so far into fresh memory, 12-15K page faults a group at 20M events).
+    // At most one result per account the groups process (a bucket's results are those of
+    // its accounts with covered periods), gathered over the groups: room for all of them
+    // at once, so that the vector is never grown (each growth copied every result so far
+    // into fresh memory: 12-15K page faults a group at 20M events, `perf record -e
+    // page-faults` by call site, benches/README.md "... morning: fresh pages").
     partial
         .results
         .reserve_exact(accounts_by_group.iter().map(Vec::len).sum());

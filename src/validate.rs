@@ -301,7 +301,8 @@ impl HashIndex {
     /// here would read two rows at random per pair); when several do (a 64-bit collision),
     /// `same_id(this row, other row)` chooses among them. Forgotten rows are left out.
     /// The pairs stay in one small vector per partition: gathering them into one vector
-    /// grew it into fresh memory every group (10-30K page faults a group at 20M events).
+    /// grew it into fresh memory every group (10-30K page faults a group at 20M events,
+    /// benches/README.md "Profiles and experiments (2026-12-04, morning: fresh pages)").
     pub fn matches(
         &self,
         other: &HashIndex,

@@ -557,10 +557,11 @@ pub fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<()> {
     out.finish()
 }
 
-/// Create `path`, write it through a 1 MiB buffer with `fill`, then flush and sync it. A
-/// large CSV made this way is not first gathered into one vector (which grows into fresh
-/// memory as it doubles: at 20M events about 20K page faults for two CSVs of 27 and 38 MB,
-/// and a copy of each).
+/// Create `path`, write it through a 1 MiB buffer with `fill`, then flush and sync it (a
+/// write larger than the buffer goes straight to the file). A large CSV made this way is
+/// not first gathered into one vector, which grows into fresh memory as it doubles (at 20M
+/// events about 20K page faults for two CSVs of 27 and 38 MB, and a copy of each;
+/// `benches/ab.sh` counts a run's faults).
 pub fn write_through<E: std::fmt::Display>(
     path: &Path,
     fill: impl FnOnce(&mut BufWriter<File>) -> std::result::Result<(), E>,
@@ -575,9 +576,7 @@ pub fn write_through<E: std::fmt::Display>(
 }
 
 pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut file = File::create(path).map_err(write_err(path))?;
-    file.write_all(bytes).map_err(write_err(path))?;
-    file.sync_all().map_err(write_err(path))
+    write_through(path, |out| out.write_all(bytes))
 }
 
 /// sha256 of a file, hex.

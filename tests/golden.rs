@@ -52,6 +52,9 @@ pub fn run_scenario(name: &str) {
     ]);
     let expected = dir.join("expected");
     let mut failures = Vec::new();
+    // Contract section 6: "discrepancies.parquet and discrepancies.csv (same rows, for
+    // finance)": the CSV as written (streamed to the file) against the Parquet's rows
+    // rendered in memory, byte for byte.
     let csv = std::fs::read_to_string(out.join("discrepancies.csv")).unwrap();
     assert_eq!(
         csv,
