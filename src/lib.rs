@@ -11,6 +11,7 @@ pub mod breakdown;
 pub mod close;
 pub mod consume;
 pub mod dict;
+pub mod direct;
 pub mod engine;
 pub mod error;
 pub mod explain;

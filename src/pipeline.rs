@@ -3,6 +3,7 @@
 
 use crate::close::{InvoiceRow, RenewalRow};
 use crate::dict::{DictBuilder, Dicts, Ids};
+use crate::direct::AlignedBuf;
 use crate::engine::{process_account, AccountResult, BalanceRow, RunContext, Totals};
 use crate::error::{Result, TallyError};
 use crate::load::{self, InputFile};
@@ -460,9 +461,16 @@ pub fn compute(
     // The rows of group g + 2 go into group g's vectors, sized once for the largest group.
     let most_usage = most_rows(&usage_files, &usage_extra);
     let most_debits = most_rows(&debit_files, &debit_extra);
+    // The spill files' bytes go into one buffer, reused file after file, sized once for
+    // the largest.
+    let most_bytes = (usage_files.iter().chain(&debit_files))
+        .map(|f| usize::try_from(f.bytes).expect("a spill file fits in memory"))
+        .max()
+        .unwrap_or(0);
     let read_back = |group: usize,
                      (u_extra, d_extra): (Vec<Usage>, Vec<Debit>),
-                     buffers: Option<(Vec<Usage>, Vec<Debit>)>| {
+                     buffers: Option<(Vec<Usage>, Vec<Debit>)>,
+                     bytes: Option<AlignedBuf>| {
         let started = std::time::Instant::now();
         let (usage_buffer, debit_buffer) = buffers.unwrap_or_else(|| {
             (
@@ -470,12 +478,14 @@ pub fn compute(
                 Vec::with_capacity(most_debits),
             )
         });
+        let mut bytes = bytes.unwrap_or_else(|| AlignedBuf::new(most_bytes));
         let (usage, usage_ids) = spill::read_group(
             &usage_files[group],
             u_extra,
             &usage_candidate_ids,
             &limits,
             usage_buffer,
+            &mut bytes,
         )?;
         let (debits, debit_ids) = spill::read_group(
             &debit_files[group],
@@ -483,6 +493,7 @@ pub fn compute(
             &debit_candidate_ids,
             &limits,
             debit_buffer,
+            &mut bytes,
         )?;
         let rows = GroupRows {
             usage,
@@ -490,7 +501,7 @@ pub fn compute(
             debits,
             debit_ids,
         };
-        Ok::<_, TallyError>((rows, started.elapsed()))
+        Ok::<_, TallyError>((rows, bytes, started.elapsed()))
     };
     // Freed memory goes back to the OS after a second here (no `KeepFreed`): a group's
     // buffers are mostly reused by the next group within that second, and never returning
@@ -514,24 +525,27 @@ pub fn compute(
         }
     });
     let mut spare = None;
+    let mut spare_bytes = None;
     for group in 0..layout.groups as usize {
         let rows = next
             .take()
             .expect("a group's rows are read before it is processed");
         let following = extras.next();
-        // The last group has no following one: its spare vectors are freed now, not kept
-        // through the group (where a split run peaks).
+        // The last group has no following one: its spare vectors (and the read buffer) are
+        // freed now, not kept through the group (where a split run peaks).
         let buffers = spare.take().filter(|_| following.is_some());
+        let bytes = spare_bytes.take().filter(|_| following.is_some());
         let (processed, read) = rayon::join(
             || run.process_group(group, rows, &mut partial, progress),
             || {
                 following
-                    .map(|e| read_back(group + 1, e, buffers))
+                    .map(|e| read_back(group + 1, e, buffers, bytes))
                     .transpose()
             },
         );
         spare = Some(processed?);
-        next = read?.map(|(rows, took)| {
+        next = read?.map(|(rows, bytes, took)| {
+            spare_bytes = Some(bytes);
             let count = (rows.usage.len() + rows.debits.len()) as u64;
             crate::progress::log_stage("read spill", count, count, took);
             rows

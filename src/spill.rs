@@ -13,13 +13,12 @@
 //! vector grows into fresh memory.
 
 use crate::dict::{IdChunk, Ids};
+use crate::direct::{AlignedBuf, AppendFiles};
 use crate::error::{Result, TallyError};
 use crate::load::{InputFile, Parsed, Plan, Unit};
 use crate::model::*;
 use crate::route::{AccountPartitions, CrossBucket, GroupCounts, Layout, NO_ACCOUNT};
 use crate::rows::{FilesDone, Memos, RowFields, RowParser, Source};
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -137,38 +136,29 @@ fn frame_checksum(rows: &[u8], ids: &[u8]) -> u64 {
     hasher.digest()
 }
 
-/// The spill files of one dataset: one per group, removed with the folder.
+/// The spill files of one dataset: one per group, removed with the folder. Written past the
+/// page cache where the file system allows ([`crate::direct`]).
 pub struct SpillFiles {
-    paths: Vec<PathBuf>,
-    writers: Vec<Mutex<BufWriter<File>>>,
+    out: AppendFiles,
     rows: Vec<AtomicU64>,
 }
 
-/// A written spill file and how many rows it holds.
+/// A written spill file, how many rows and bytes it holds.
 pub struct SpillFile {
     pub path: PathBuf,
     pub rows: u64,
+    pub bytes: u64,
 }
 
 impl SpillFiles {
     pub fn create(dir: &Path, dataset: Dataset, groups: u32) -> Result<SpillFiles> {
-        let mut paths = Vec::new();
-        let mut writers = Vec::new();
-        for g in 0..groups {
-            let path = dir.join(format!("{}-{g}.bin", dataset.name()));
-            let file = File::create(&path).map_err(|e| TallyError::write(&path, e))?;
-            writers.push(Mutex::new(BufWriter::with_capacity(
-                buffer_bytes(groups),
-                file,
-            )));
-            paths.push(path);
-        }
+        let paths = (0..groups)
+            .map(|g| dir.join(format!("{}-{g}.bin", dataset.name())))
+            .collect();
+        let out = AppendFiles::create(paths, buffer_bytes(groups))
+            .map_err(|(path, e)| TallyError::write(path, e))?;
         let rows = (0..groups).map(|_| AtomicU64::new(0)).collect();
-        Ok(SpillFiles {
-            paths,
-            writers,
-            rows,
-        })
+        Ok(SpillFiles { out, rows })
     }
 
     /// Append one frame: the row count, the length of the rows' spill forms and the length
@@ -177,7 +167,7 @@ impl SpillFiles {
     /// ([`crate::idpack`]). A frame holds rows of one batch in row order (their ids in chunk
     /// 0 of the frame, in row order); frames let a group be read back in parallel. The rows are
     /// encoded before the file is locked, so that appends of other batches wait only for
-    /// the write.
+    /// the copy into its buffer.
     pub fn append<R: CompactRow>(&self, group: usize, rows: &[R], ids: &IdChunk) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
@@ -193,28 +183,24 @@ impl SpillFiles {
             checksum: frame_checksum(&encoded, &packed_ids),
         }
         .to_bytes();
-        let mut w = self.writers[group].lock().expect("spill writer lock");
-        w.write_all(&header)
-            .and_then(|_| w.write_all(&encoded))
-            .and_then(|_| w.write_all(&packed_ids))
-            .map_err(|e| TallyError::write(&self.paths[group], e))
+        self.out
+            .append(group, &[&header, &encoded, &packed_ids])
+            .map_err(|(path, e)| TallyError::write(path, e))
     }
 
-    /// Flush every writer; after this the files can be read.
+    /// Write out every buffer; after this the files can be read.
     pub fn finish(self) -> Result<Vec<SpillFile>> {
-        for (w, path) in self.writers.into_iter().zip(&self.paths) {
-            w.into_inner()
-                .expect("spill writer lock")
-                .flush()
-                .map_err(|e| TallyError::write(path, e))?;
-        }
-        Ok(self
-            .paths
+        let written = self
+            .out
+            .finish()
+            .map_err(|(path, e)| TallyError::write(path, e))?;
+        Ok(written
             .into_iter()
             .zip(self.rows)
-            .map(|(path, rows)| SpillFile {
+            .map(|((path, bytes), rows)| SpillFile {
                 path,
                 rows: rows.into_inner(),
+                bytes,
             })
             .collect())
     }
@@ -373,36 +359,25 @@ fn decode_frame<R: CompactRow>(
 /// Read one group's spill file back in (file, row) order, straight into one vector, with
 /// the group's candidates `extra` (their ids in `extra_ids`) merged in by place as the
 /// frames are decoded; its ids, one chunk per frame, then the candidates' chunk. The file
-/// is mapped, not read into a buffer, and removed once mapped. The rows go into `buffer`
-/// (cleared) when it has room for them: an earlier group's, whose memory is mapped already
-/// (a fresh vector's pages are zeroed by the kernel as they are first touched: at 100M
-/// events, about 5 CPU-seconds over the groups, `perf`).
+/// is read whole into `bytes` (unbuffered where the file system allows; a buffer reused
+/// group after group, grown when a file is larger) and removed once read. The rows go into
+/// `buffer` (cleared) when it has room for them: an earlier group's, whose memory is mapped
+/// already (a fresh vector's pages are zeroed by the kernel as they are first touched: at
+/// 100M events, about 5 CPU-seconds over the groups, `perf`).
 pub fn read_group<R: CompactRow>(
     file: &SpillFile,
     extra: Vec<R>,
     extra_ids: &Ids,
     limits: &CodeLimits,
     buffer: Vec<R>,
+    bytes: &mut AlignedBuf,
 ) -> Result<(Vec<R>, Ids)> {
     use rayon::prelude::*;
     let path = &file.path;
-    let opened = File::open(path).map_err(|e| TallyError::scratch(path, e))?;
-    let empty = opened
-        .metadata()
-        .map_err(|e| TallyError::scratch(path, e))?
-        .len()
-        == 0;
-    // SAFETY: the spill file is private to this run (a fresh folder of this process) and
-    // no one writes it after `SpillFiles::finish`; it is unlinked below, which keeps the
-    // mapping valid until it is dropped.
-    let map = match empty {
-        true => None,
-        false => {
-            Some(unsafe { memmap2::Mmap::map(&opened) }.map_err(|e| TallyError::scratch(path, e))?)
-        }
-    };
+    let length = usize::try_from(file.bytes).expect("a spill file fits in memory");
+    let bytes =
+        crate::direct::read_into(path, length, bytes).map_err(|e| TallyError::scratch(path, e))?;
     std::fs::remove_file(path).map_err(|e| TallyError::write(path, e))?;
-    let bytes: &[u8] = map.as_deref().unwrap_or_default();
     let mut frames = frames_of::<R>(bytes, path)?;
     let total: usize = frames.iter().map(|f| f.count).sum();
     if total as u64 != file.rows {
@@ -858,7 +833,14 @@ mod tests {
         let (extra, extra_ids) = compact(candidates);
         let mut from = Ids::default();
         from.push(extra_ids);
-        read_group::<Usage>(file, extra, &from, &CodeLimits::ANY, Vec::new())
+        read_group::<Usage>(
+            file,
+            extra,
+            &from,
+            &CodeLimits::ANY,
+            Vec::new(),
+            &mut AlignedBuf::default(),
+        )
     }
 
     /// A spill file's rows and ids, without candidates.
@@ -869,6 +851,7 @@ mod tests {
             &Ids::default(),
             &CodeLimits::ANY,
             Vec::new(),
+            &mut AlignedBuf::default(),
         )
     }
 
@@ -1081,9 +1064,17 @@ mod tests {
             let spilled = SpillFile {
                 path: copy.clone(),
                 rows: 1,
+                bytes: file.bytes,
             };
-            read_group::<Usage>(&spilled, Vec::new(), &Ids::default(), &limits, Vec::new())
-                .map(|(rows, _)| rows.len())
+            read_group::<Usage>(
+                &spilled,
+                Vec::new(),
+                &Ids::default(),
+                &limits,
+                Vec::new(),
+                &mut AlignedBuf::default(),
+            )
+            .map(|(rows, _)| rows.len())
         };
         let at_limit = CodeLimits {
             accounts: 5,
@@ -1112,8 +1103,14 @@ mod tests {
     /// again are refused as rows that do not decode: the checks past the checksum hold.
     fn assert_refused_resealed(file: &SpillFile, mut bytes: Vec<u8>) {
         reseal_first_frame(&mut bytes);
+        // The frame may have grown or shrunk: the file is read at its new length.
+        let file = SpillFile {
+            path: file.path.clone(),
+            rows: file.rows,
+            bytes: bytes.len() as u64,
+        };
         std::fs::write(&file.path, bytes).unwrap();
-        let message = error_of(file);
+        let message = error_of(&file);
         assert!(
             message.contains("rows do not decode to whole rows and ids"),
             "{message}"
@@ -1197,11 +1194,30 @@ mod tests {
     #[test]
     fn a_truncated_frame_fails() {
         let dir = tempfile::tempdir().unwrap();
-        let file = spill_of(dir.path(), &[vec![usage(0, 0, "a")]]);
+        let mut file = spill_of(dir.path(), &[vec![usage(0, 0, "a")]]);
         let bytes = std::fs::read(&file.path).unwrap();
         std::fs::write(&file.path, &bytes[..bytes.len() - 3]).unwrap();
+        file.bytes -= 3;
         let message = error_of(&file);
         assert!(message.contains("truncated frame"), "{message}");
+    }
+
+    /// A spill file shorter than the bytes written to it fails the read, naming both.
+    #[test]
+    fn a_file_shorter_than_written_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = spill_of(dir.path(), &[vec![usage(0, 0, "a")]]);
+        let bytes = std::fs::read(&file.path).unwrap();
+        assert_eq!(bytes.len() as u64, file.bytes);
+        std::fs::write(&file.path, &bytes[..bytes.len() - 3]).unwrap();
+        let message = error_of(&file);
+        let expected = format!(
+            "invariant broken: scratch file {} cannot be read back: {} bytes where {} were written",
+            file.path.display(),
+            file.bytes - 3,
+            file.bytes
+        );
+        assert_eq!(message, expected);
     }
 
     /// Ledger rows keep a missing event id missing when their ids move chunks.

@@ -1,0 +1,488 @@
+//! Scratch files written and read past the page cache (`O_DIRECT`), through buffers that
+//! are reused.
+//!
+//! A split run writes its spill once and reads it back once, soon after. Through the page
+//! cache, each written byte is first copied into a fresh page-cache page (the kernel zeroes
+//! and maps it) and each read byte is mapped from it again: at 100M events the copy into
+//! fresh pages alone was 17-25 % of the spill pass (6-8 CPU-s, `perf`), and a nightly run
+//! pays it in full (back-to-back runs reuse the pages the previous run's spill freed, which
+//! is why benches hide it). On the bench machine, 3 GB written through the page cache cost
+//! 5.4 CPU-s into fresh pages; with `O_DIRECT` 0.12-0.18 CPU-s (1.6 s of device time), and
+//! read back with `O_DIRECT` into one reused buffer 0.08 CPU-s.
+//!
+//! Unbuffered I/O needs aligned buffers, offsets and lengths ([`ALIGN`]): a file's last
+//! block is written padded and the file then cut to its length. A file system that refuses
+//! `O_DIRECT` (at open, or on a first write or read: tmpfs, some network and FUSE file
+//! systems) gets the same calls through its page cache instead: the flag only changes
+//! where the bytes go, never which bytes.
+//!
+//! [`AppendFiles`] overlaps the device time of writes with the work that makes the bytes:
+//! appenders fill per-file buffers and hand full ones to one writer thread.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+
+/// Alignment of unbuffered buffers, file offsets and lengths: the largest logical block
+/// size of common devices (512 and 4096 bytes).
+pub const ALIGN: usize = 4096;
+
+/// `n` rounded up to a multiple of [`ALIGN`].
+pub fn aligned(n: usize) -> usize {
+    n.div_ceil(ALIGN) * ALIGN
+}
+
+/// A byte buffer whose first byte is [`ALIGN`]-aligned: a vector over-allocated by `ALIGN`
+/// bytes and used from its first aligned byte (moving the vector does not move its bytes).
+/// Its pages are the allocator's zeroed ones, touched when first written.
+#[derive(Default)]
+pub struct AlignedBuf {
+    bytes: Vec<u8>,
+    start: usize,
+}
+
+impl AlignedBuf {
+    /// A buffer of at least `len` bytes (rounded up to a multiple of [`ALIGN`]).
+    pub fn new(len: usize) -> AlignedBuf {
+        let bytes = vec![0u8; aligned(len) + ALIGN];
+        let start = bytes.as_ptr().align_offset(ALIGN);
+        assert!(start < ALIGN, "a byte buffer can be aligned");
+        AlignedBuf { bytes, start }
+    }
+
+    /// Its bytes (a multiple of [`ALIGN`]).
+    pub fn len(&self) -> usize {
+        (self.bytes.len().saturating_sub(ALIGN)) / ALIGN * ALIGN
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes[self.start..self.start + self.len()]
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        let len = self.len();
+        &mut self.bytes[self.start..self.start + len]
+    }
+}
+
+/// Whether `file` is open with `O_DIRECT`.
+fn is_direct(file: &File) -> bool {
+    // SAFETY: F_GETFL on an open descriptor only reads its flags.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    flags >= 0 && flags & libc::O_DIRECT != 0
+}
+
+/// Go on through the page cache: the file system refused an unbuffered call.
+fn stop_direct(file: &File) -> io::Result<()> {
+    // SAFETY: F_GETFL / F_SETFL on an open descriptor only change its status flags.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0
+        || unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_DIRECT) } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `EINVAL` from an unbuffered call: alignment or a file system without `O_DIRECT`.
+fn refused(e: &io::Error, file: &File) -> bool {
+    e.raw_os_error() == Some(libc::EINVAL) && is_direct(file)
+}
+
+/// Open `path` with `options` and `O_DIRECT`, or without it where the file system refuses
+/// the flag.
+fn open_direct(path: &Path, options: &mut OpenOptions) -> io::Result<File> {
+    match options.clone().custom_flags(libc::O_DIRECT).open(path) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => options.open(path),
+        opened => opened,
+    }
+}
+
+/// Write `bytes` at `offset` (both aligned when the file is unbuffered).
+fn write_at(file: &File, bytes: &[u8], offset: u64) -> io::Result<()> {
+    match file.write_all_at(bytes, offset) {
+        // A partial write before the refusal is written again, whole.
+        Err(e) if refused(&e, file) => {
+            stop_direct(file)?;
+            file.write_all_at(bytes, offset)
+        }
+        written => written,
+    }
+}
+
+/// Read the file at `path`, `len` bytes long, into `buffer` (replaced by a larger one when
+/// it is too small): its bytes, the first `len` of the buffer.
+pub fn read_into<'b>(path: &Path, len: usize, buffer: &'b mut AlignedBuf) -> io::Result<&'b [u8]> {
+    if buffer.len() < len {
+        // Freed first, not grown: growing would copy the old bytes into fresh pages.
+        *buffer = AlignedBuf::default();
+        *buffer = AlignedBuf::new(len);
+    }
+    let file = open_direct(path, OpenOptions::new().read(true))?;
+    let whole = aligned(len);
+    let slice = buffer.as_mut_slice();
+    let mut done = 0;
+    while done < len {
+        // An unbuffered read must be of whole blocks: ask for the rest rounded up (the
+        // file ends before the buffer does).
+        match file.read_at(&mut slice[done..whole], done as u64) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("{done} bytes where {len} were written"),
+                ))
+            }
+            Ok(n) => {
+                done += n;
+                // A short read inside the file leaves the next read unaligned.
+                if done < len && done % ALIGN != 0 && is_direct(&file) {
+                    stop_direct(&file)?;
+                }
+            }
+            Err(e) if refused(&e, &file) => stop_direct(&file)?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(&buffer.as_slice()[..len])
+}
+
+/// A full buffer on its way to the writer thread.
+struct Block {
+    file: usize,
+    buffer: AlignedBuf,
+    offset: u64,
+    /// Bytes to write from the buffer's start (a multiple of [`ALIGN`]).
+    len: usize,
+}
+
+/// The buffer being filled for one file.
+struct Tail {
+    buffer: AlignedBuf,
+    filled: usize,
+    /// Bytes of the file handed to the writer so far (where `buffer` goes).
+    offset: u64,
+}
+
+/// The first failed write: the file's index and the error.
+type Failure = Arc<Mutex<Option<(usize, io::Error)>>>;
+
+/// Files appended to by many threads and written by one writer thread, unbuffered where
+/// the file system allows. Each file has a buffer being filled; a full one goes to the
+/// writer and a free one takes its place (appenders wait when every spare buffer is being
+/// written: memory is bounded by `files + SPARE_BUFFERS` buffers).
+pub struct AppendFiles {
+    paths: Vec<PathBuf>,
+    files: Arc<Vec<File>>,
+    tails: Vec<Mutex<Tail>>,
+    full: Option<SyncSender<Block>>,
+    free: Mutex<Receiver<AlignedBuf>>,
+    failed: Failure,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Buffers beyond one a file: those being written or waiting for the writer.
+const SPARE_BUFFERS: usize = 4;
+
+/// Why an append or the finish failed: the file's path and the error.
+pub type AppendError = (PathBuf, io::Error);
+
+impl AppendFiles {
+    /// Create (truncate) the files at `paths`, each with a buffer of `buffer_bytes`
+    /// (rounded up to a multiple of [`ALIGN`]).
+    pub fn create(paths: Vec<PathBuf>, buffer_bytes: usize) -> Result<AppendFiles, AppendError> {
+        let mut files = Vec::with_capacity(paths.len());
+        for path in &paths {
+            let file = open_direct(
+                path,
+                OpenOptions::new().write(true).create(true).truncate(true),
+            )
+            .map_err(|e| (path.clone(), e))?;
+            files.push(file);
+        }
+        Self::over(paths, files, buffer_bytes)
+    }
+
+    /// Appends to `files` (opened, at `paths`), and their writer thread.
+    fn over(
+        paths: Vec<PathBuf>,
+        files: Vec<File>,
+        buffer_bytes: usize,
+    ) -> Result<AppendFiles, AppendError> {
+        let files = Arc::new(files);
+        let tails = paths
+            .iter()
+            .map(|_| {
+                Mutex::new(Tail {
+                    buffer: AlignedBuf::new(buffer_bytes),
+                    filled: 0,
+                    offset: 0,
+                })
+            })
+            .collect();
+        let (full_tx, full_rx) = sync_channel::<Block>(SPARE_BUFFERS);
+        let (free_tx, free_rx) = sync_channel::<AlignedBuf>(SPARE_BUFFERS);
+        for _ in 0..SPARE_BUFFERS {
+            free_tx
+                .send(AlignedBuf::new(buffer_bytes))
+                .expect("the pool has room for its buffers");
+        }
+        let failed = Failure::default();
+        let writer = {
+            let (files, failed) = (files.clone(), failed.clone());
+            std::thread::Builder::new()
+                .name("tally-spill-writer".into())
+                .spawn(move || write_blocks(&files, full_rx, free_tx, &failed))
+                .map_err(|e| (paths.first().cloned().unwrap_or_default(), e))?
+        };
+        Ok(AppendFiles {
+            paths,
+            files,
+            tails,
+            full: Some(full_tx),
+            free: Mutex::new(free_rx),
+            failed,
+            writer: Some(writer),
+        })
+    }
+
+    /// Append `parts`, one after another, to file `file`; with other appends to the same
+    /// file, whole and in some order.
+    pub fn append(&self, file: usize, parts: &[&[u8]]) -> Result<(), AppendError> {
+        let mut tail = self.tails[file].lock().expect("append buffer lock");
+        for part in parts {
+            let mut rest = *part;
+            while !rest.is_empty() {
+                let room = tail.buffer.len() - tail.filled;
+                let n = room.min(rest.len());
+                let filled = tail.filled;
+                tail.buffer.as_mut_slice()[filled..filled + n].copy_from_slice(&rest[..n]);
+                tail.filled += n;
+                rest = &rest[n..];
+                if tail.filled == tail.buffer.len() {
+                    self.hand_over(file, &mut tail)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Send a file's full buffer to the writer and take a free one.
+    fn hand_over(&self, file: usize, tail: &mut Tail) -> Result<(), AppendError> {
+        let free = self
+            .free
+            .lock()
+            .expect("free buffer lock")
+            .recv()
+            .map_err(|_| self.failure(file))?;
+        let buffer = std::mem::replace(&mut tail.buffer, free);
+        let len = tail.filled;
+        let block = Block {
+            file,
+            buffer,
+            offset: tail.offset,
+            len,
+        };
+        tail.offset += len as u64;
+        tail.filled = 0;
+        let full = self.full.as_ref().expect("the writer runs until finish");
+        full.send(block).map_err(|_| self.failure(file))
+    }
+
+    /// The writer's error (it stopped at its first).
+    fn failure(&self, file: usize) -> AppendError {
+        match self.failed.lock().expect("failure lock").take() {
+            Some((at, e)) => (self.paths[at].clone(), e),
+            None => (
+                self.paths[file].clone(),
+                io::Error::other("the spill writer thread stopped"),
+            ),
+        }
+    }
+
+    /// Write every buffer's rest (its last block padded), wait for the writer and cut each
+    /// file to its length: the files and their lengths.
+    pub fn finish(mut self) -> Result<Vec<(PathBuf, u64)>, AppendError> {
+        let mut lengths = Vec::with_capacity(self.tails.len());
+        for file in 0..self.tails.len() {
+            let mut tail = self.tails[file].lock().expect("append buffer lock");
+            let length = tail.offset + tail.filled as u64;
+            if tail.filled > 0 {
+                tail.filled = aligned(tail.filled);
+                self.hand_over(file, &mut tail)?;
+            }
+            lengths.push(length);
+        }
+        self.stop_writer();
+        if let Some((file, e)) = self.failed.lock().expect("failure lock").take() {
+            return Err((self.paths[file].clone(), e));
+        }
+        for ((file, path), &length) in self.files.iter().zip(&self.paths).zip(&lengths) {
+            file.set_len(length).map_err(|e| (path.clone(), e))?;
+        }
+        Ok(self.paths.drain(..).zip(lengths).collect())
+    }
+
+    /// Close the writer's queue and wait until it has written what it holds.
+    fn stop_writer(&mut self) {
+        self.full = None;
+        if let Some(writer) = self.writer.take() {
+            writer
+                .join()
+                .expect("the spill writer thread does not panic");
+        }
+    }
+}
+
+impl Drop for AppendFiles {
+    /// A failed run's files are not finished: the writer still stops before the files (and
+    /// their folder) go.
+    fn drop(&mut self) {
+        self.stop_writer();
+    }
+}
+
+/// The writer thread: write each block where it goes and hand its buffer back; stop at
+/// the first error (recorded in `failed`) or when the queue closes.
+fn write_blocks(
+    files: &[File],
+    full: Receiver<Block>,
+    free: SyncSender<AlignedBuf>,
+    failed: &Mutex<Option<(usize, io::Error)>>,
+) {
+    for block in full {
+        let bytes = &block.buffer.as_slice()[..block.len];
+        if let Err(e) = write_at(&files[block.file], bytes, block.offset) {
+            *failed.lock().expect("failure lock") = Some((block.file, e));
+            return;
+        }
+        // The pool is closed only when the appenders are gone.
+        let _ = free.send(block.buffer);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(n: usize, seed: u8) -> Vec<u8> {
+        (0..n).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
+    }
+
+    /// Parts smaller than, equal to and larger than a buffer, over two files, come back
+    /// whole and in order, the files cut to their lengths; also read into a buffer that is
+    /// too small (replaced) and one that is large enough (kept).
+    #[test]
+    fn appended_parts_come_back_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = vec![dir.path().join("a"), dir.path().join("b")];
+        let files = AppendFiles::create(paths.clone(), ALIGN).unwrap();
+        let parts = [
+            bytes(1, 1),
+            bytes(ALIGN, 2),
+            bytes(3 * ALIGN + 17, 3),
+            bytes(5, 4),
+        ];
+        let mut expected = [Vec::new(), Vec::new()];
+        for (i, part) in parts.iter().enumerate() {
+            files.append(i % 2, &[part, part]).unwrap();
+            expected[i % 2].extend_from_slice(part);
+            expected[i % 2].extend_from_slice(part);
+        }
+        let written = files.finish().unwrap();
+        let mut buffer = AlignedBuf::new(1);
+        for ((path, length), expected) in written.iter().zip(&expected) {
+            assert_eq!(*length as usize, expected.len());
+            assert_eq!(std::fs::metadata(path).unwrap().len(), *length);
+            let read = read_into(path, *length as usize, &mut buffer).unwrap();
+            assert_eq!(read, &expected[..]);
+        }
+        assert!(buffer.len() >= expected[0].len().max(expected[1].len()));
+    }
+
+    #[test]
+    fn an_empty_file_stays_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("empty");
+        let written = AppendFiles::create(vec![path.clone()], 1)
+            .unwrap()
+            .finish()
+            .unwrap();
+        assert_eq!(written, vec![(path.clone(), 0)]);
+        let mut buffer = AlignedBuf::default();
+        assert!(read_into(&path, 0, &mut buffer).unwrap().is_empty());
+    }
+
+    /// A file shorter than the length it should have fails the read.
+    #[test]
+    fn a_short_file_fails_the_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("short");
+        std::fs::write(&path, bytes(100, 0)).unwrap();
+        let e = read_into(&path, 101, &mut AlignedBuf::default()).unwrap_err();
+        assert_eq!(e.to_string(), "100 bytes where 101 were written");
+    }
+
+    /// An unbuffered write the file system refuses (here: unaligned) is made through the
+    /// page cache, and the file stays buffered.
+    #[test]
+    fn a_refused_write_goes_through_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("unaligned");
+        let options = &mut OpenOptions::new();
+        let file = open_direct(&path, options.write(true).create(true).truncate(true)).unwrap();
+        write_at(&file, b"abc", 1).unwrap();
+        assert!(!is_direct(&file));
+        assert_eq!(std::fs::read(&path).unwrap(), b"\0abc");
+    }
+
+    /// Appends from many threads to one file each come back whole.
+    #[test]
+    fn parallel_appends_stay_whole() {
+        use rayon::prelude::*;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("many");
+        let files = AppendFiles::create(vec![path.clone()], 2 * ALIGN).unwrap();
+        (0u8..64).into_par_iter().for_each(|i| {
+            let part = vec![i; 1000 + usize::from(i) * 97];
+            files.append(0, &[&part]).unwrap();
+        });
+        let (_, length) = files.finish().unwrap().pop().unwrap();
+        let mut buffer = AlignedBuf::default();
+        let mut read = read_into(&path, length as usize, &mut buffer).unwrap();
+        let mut seen = [false; 64];
+        while let Some(&i) = read.first() {
+            let n = 1000 + usize::from(i) * 97;
+            assert!(read[..n].iter().all(|&b| b == i), "part {i} is whole");
+            assert!(!std::mem::replace(&mut seen[usize::from(i)], true));
+            read = &read[n..];
+        }
+        assert!(seen.iter().all(|&s| s));
+    }
+
+    /// A write the file system refuses stops the writer: the append or finish after it
+    /// reports the error with the file's path.
+    #[test]
+    fn a_failed_write_is_reported_with_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("full");
+        std::fs::write(&path, b"").unwrap();
+        // A descriptor open for reading only: its writes fail (EBADF).
+        let read_only = File::open(&path).unwrap();
+        let files = AppendFiles::over(vec![path.clone()], vec![read_only], ALIGN).unwrap();
+        let part = bytes(3 * ALIGN, 9);
+        let appended = files.append(0, &[&part]);
+        let result = appended.and_then(|_| files.finish().map(|_| ()));
+        let (at, e) = result.unwrap_err();
+        assert_eq!(at, path);
+        assert_eq!(e.raw_os_error(), Some(libc::EBADF), "{e}");
+    }
+}
