@@ -18,13 +18,20 @@
 //! the process and is reused by the allocations that follow; it goes back to the OS when
 //! the process exits.
 //!
-//! A split run keeps the 1 s delay ([`tune`]) throughout: its passes before the groups
+//! A split run keeps the 3 s delay ([`tune`]) throughout: its passes before the groups
 //! (the spill pass) free large buffers that the groups would not reuse, and what they
 //! freed is handed back ([`hand_back_freed`]) before the groups start; within the groups,
-//! a group's buffers are mostly reused by the next one within the second, and never
+//! a group's buffers are mostly reused by the next one within the delay, and never
 //! purging let the allocator's holdings grow group after group (fragmentation: a
-//! 100M-event reconcile in 16 groups peaked at 5.6 GB, against 4.6 GB with the delay;
-//! never purging for the whole split run, 4.7 GB in 256 groups).
+//! 100M-event reconcile in 16 groups peaked at 5.6 GB, against 4.6 GB with a 1 s delay;
+//! never purging for the whole split run, 4.7 GB in 256 groups). The delay was 1 s until
+//! 2026-12-04; 3 s covers a whole group at 100M events (26 groups of about 1.5 s), and on
+//! the bench data, alternating runs, outputs byte-identical: 100M reconcile 2.31-2.37M
+//! page faults against 3.33-3.48M, 58.2 / 57.4 s against 58.2 / 59.0 s, peak 3.21-3.24
+//! GiB against 3.16-3.17; 20M 0.80-0.86M faults against 0.98-1.06M, 11.10-11.33 s against
+//! 11.27-11.61 s, peak 2.59-2.64 GiB against 2.51-2.56. A 10 s delay cut the 100M faults
+//! to 1.65M but peaked at up to 3.49 GiB (`MIMALLOC_PURGE_DELAY=10000`, which also skips
+//! the hand-back before the groups; 3000 so: 3.23-3.31 GiB).
 //!
 //! `MIMALLOC_PURGE_DELAY` in the environment overrides all of this (for measurements).
 //!
@@ -63,7 +70,7 @@ fn overridden() -> bool {
 }
 
 /// Keep freed memory this long before returning it (mimalloc's default is 10 ms).
-const PURGE_DELAY_MS: std::ffi::c_long = 1000;
+const PURGE_DELAY_MS: std::ffi::c_long = 3000;
 
 fn set_purge_delay(ms: std::ffi::c_long) {
     if !overridden() {
@@ -74,8 +81,8 @@ fn set_purge_delay(ms: std::ffi::c_long) {
     }
 }
 
-/// The binary's defaults, made at start-up: freed memory is kept for a second, and no
-/// transparent huge pages.
+/// The binary's defaults, made at start-up: freed memory is kept for three seconds, and
+/// no transparent huge pages.
 pub fn tune() {
     set_purge_delay(PURGE_DELAY_MS);
     disable_transparent_huge_pages();
