@@ -12,9 +12,10 @@
 //!
 //! Unbuffered I/O needs aligned buffers, offsets and lengths ([`ALIGN`]): a file's last
 //! block is written padded and the file then cut to its length. A file system that refuses
-//! `O_DIRECT` (at open, or on a first write or read: tmpfs, some network and FUSE file
-//! systems) gets the same calls through its page cache instead: the flag only changes
-//! where the bytes go, never which bytes.
+//! `O_DIRECT` (at open, or with `EINVAL` on a write or read: tmpfs before Linux 6.6, some
+//! network and FUSE file systems) gets the same calls through its page cache instead: the
+//! flag only changes where the bytes go, never which bytes. (tmpfs since 6.6 accepts the
+//! flag and keeps the bytes in memory, as it always does.)
 //!
 //! [`AppendFiles`] overlaps the device time of writes with the work that makes the bytes:
 //! appenders fill per-file buffers and hand full ones to one writer thread.
@@ -38,7 +39,7 @@ pub fn aligned(n: usize) -> usize {
 
 /// A byte buffer whose first byte is [`ALIGN`]-aligned: a vector over-allocated by `ALIGN`
 /// bytes and used from its first aligned byte (moving the vector does not move its bytes).
-/// Its pages are the allocator's zeroed ones, touched when first written.
+/// A large buffer's pages are the kernel's zeroed ones, touched when first written.
 #[derive(Default)]
 pub struct AlignedBuf {
     bytes: Vec<u8>,
@@ -70,6 +71,14 @@ impl AlignedBuf {
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         let len = self.len();
         &mut self.bytes[self.start..self.start + len]
+    }
+}
+
+/// An error like `e` (same OS code, or same kind and message): `io::Error` is not `Clone`.
+fn copy_of(e: &io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(e.kind(), e.to_string()),
     }
 }
 
@@ -127,13 +136,19 @@ pub fn read_into<'b>(path: &Path, len: usize, buffer: &'b mut AlignedBuf) -> io:
         *buffer = AlignedBuf::new(len);
     }
     let file = open_direct(path, OpenOptions::new().read(true))?;
-    let whole = aligned(len);
-    let slice = buffer.as_mut_slice();
+    read_whole(&file, len, &mut buffer.as_mut_slice()[..aligned(len)])?;
+    Ok(&buffer.as_slice()[..len])
+}
+
+/// Read the first `len` bytes of `file` into `into` (at least `len` bytes rounded up to
+/// [`ALIGN`]; aligned when the file is unbuffered, else the file system refuses and the
+/// read goes through the page cache).
+fn read_whole(file: &File, len: usize, into: &mut [u8]) -> io::Result<()> {
     let mut done = 0;
     while done < len {
         // An unbuffered read must be of whole blocks: ask for the rest rounded up (the
         // file ends before the buffer does).
-        match file.read_at(&mut slice[done..whole], done as u64) {
+        match file.read_at(&mut into[done..], done as u64) {
             Ok(0) => {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -143,16 +158,16 @@ pub fn read_into<'b>(path: &Path, len: usize, buffer: &'b mut AlignedBuf) -> io:
             Ok(n) => {
                 done += n;
                 // A short read inside the file leaves the next read unaligned.
-                if done < len && done % ALIGN != 0 && is_direct(&file) {
-                    stop_direct(&file)?;
+                if done < len && done % ALIGN != 0 && is_direct(file) {
+                    stop_direct(file)?;
                 }
             }
-            Err(e) if refused(&e, &file) => stop_direct(&file)?,
+            Err(e) if refused(&e, file) => stop_direct(file)?,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(&buffer.as_slice()[..len])
+    Ok(())
 }
 
 /// A full buffer on its way to the writer thread.
@@ -172,8 +187,9 @@ struct Tail {
     offset: u64,
 }
 
-/// The first failed write: the file's index and the error.
-type Failure = Arc<Mutex<Option<(usize, io::Error)>>>;
+/// The first failed write: the file's index and the error (kept: every appender that
+/// finds the writer stopped reports it, whichever file it was appending to).
+type Failure = Arc<Mutex<Option<(usize, Arc<io::Error>)>>>;
 
 /// Files appended to by many threads and written by one writer thread, unbuffered where
 /// the file system allows. Each file has a buffer being filled; a full one goes to the
@@ -241,7 +257,13 @@ impl AppendFiles {
             std::thread::Builder::new()
                 .name("tally-spill-writer".into())
                 .spawn(move || write_blocks(&files, full_rx, free_tx, &failed))
-                .map_err(|e| (paths.first().cloned().unwrap_or_default(), e))?
+                .map_err(|e| {
+                    let path = paths.first().cloned().unwrap_or_default();
+                    (
+                        path,
+                        io::Error::new(e.kind(), format!("no spill writer thread: {e}")),
+                    )
+                })?
         };
         Ok(AppendFiles {
             paths,
@@ -297,10 +319,10 @@ impl AppendFiles {
         full.send(block).map_err(|_| self.failure(file))
     }
 
-    /// The writer's error (it stopped at its first).
+    /// The writer's error (it stopped at its first), with its file's path.
     fn failure(&self, file: usize) -> AppendError {
-        match self.failed.lock().expect("failure lock").take() {
-            Some((at, e)) => (self.paths[at].clone(), e),
+        match &*self.failed.lock().expect("failure lock") {
+            Some((at, e)) => (self.paths[*at].clone(), copy_of(e)),
             None => (
                 self.paths[file].clone(),
                 io::Error::other("the spill writer thread stopped"),
@@ -322,8 +344,8 @@ impl AppendFiles {
             lengths.push(length);
         }
         self.stop_writer();
-        if let Some((file, e)) = self.failed.lock().expect("failure lock").take() {
-            return Err((self.paths[file].clone(), e));
+        if self.failed.lock().expect("failure lock").is_some() {
+            return Err(self.failure(0));
         }
         for ((file, path), &length) in self.files.iter().zip(&self.paths).zip(&lengths) {
             file.set_len(length).map_err(|e| (path.clone(), e))?;
@@ -356,12 +378,12 @@ fn write_blocks(
     files: &[File],
     full: Receiver<Block>,
     free: SyncSender<AlignedBuf>,
-    failed: &Mutex<Option<(usize, io::Error)>>,
+    failed: &Mutex<Option<(usize, Arc<io::Error>)>>,
 ) {
     for block in full {
         let bytes = &block.buffer.as_slice()[..block.len];
         if let Err(e) = write_at(&files[block.file], bytes, block.offset) {
-            *failed.lock().expect("failure lock") = Some((block.file, e));
+            *failed.lock().expect("failure lock") = Some((block.file, Arc::new(e)));
             return;
         }
         // The pool is closed only when the appenders are gone.
@@ -398,14 +420,19 @@ mod tests {
             expected[i % 2].extend_from_slice(part);
         }
         let written = files.finish().unwrap();
+        // The first file is the longer: the one-block buffer is replaced for it, and kept
+        // for the second.
+        assert!(expected[0].len() > ALIGN && expected[1].len() < expected[0].len());
         let mut buffer = AlignedBuf::new(1);
+        let mut starts = Vec::new();
         for ((path, length), expected) in written.iter().zip(&expected) {
             assert_eq!(*length as usize, expected.len());
             assert_eq!(std::fs::metadata(path).unwrap().len(), *length);
             let read = read_into(path, *length as usize, &mut buffer).unwrap();
             assert_eq!(read, &expected[..]);
+            starts.push(read.as_ptr());
         }
-        assert!(buffer.len() >= expected[0].len().max(expected[1].len()));
+        assert_eq!(starts[0], starts[1], "a buffer large enough is kept");
     }
 
     #[test]
@@ -431,17 +458,36 @@ mod tests {
         assert_eq!(e.to_string(), "100 bytes where 101 were written");
     }
 
-    /// An unbuffered write the file system refuses (here: unaligned) is made through the
-    /// page cache, and the file stays buffered.
+    /// An unaligned write and read on a file opened for unbuffered I/O: a file system that
+    /// checks alignment (ext4, xfs) refuses them with `EINVAL` and they go through the page
+    /// cache, the file staying buffered; one that does not (tmpfs since Linux 6.6) takes
+    /// them as they are. The bytes are the same either way.
     #[test]
-    fn a_refused_write_goes_through_the_page_cache() {
+    fn refused_unaligned_calls_go_through_the_page_cache() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("unaligned");
         let options = &mut OpenOptions::new();
         let file = open_direct(&path, options.write(true).create(true).truncate(true)).unwrap();
         write_at(&file, b"abc", 1).unwrap();
-        assert!(!is_direct(&file));
         assert_eq!(std::fs::read(&path).unwrap(), b"\0abc");
+
+        let file = open_direct(&path, OpenOptions::new().read(true)).unwrap();
+        let mut buffer = AlignedBuf::new(2 * ALIGN);
+        // One byte past an aligned start: unaligned for an unbuffered read.
+        let into = &mut buffer.as_mut_slice()[1..];
+        read_whole(&file, 4, into).unwrap();
+        assert_eq!(&into[..4], b"\0abc");
+    }
+
+    /// The appended files are opened unbuffered wherever the file system allows it.
+    #[test]
+    fn appended_files_are_unbuffered_where_the_file_system_allows() {
+        let dir = tempfile::tempdir().unwrap();
+        let probe = dir.path().join("probe");
+        let options = &mut OpenOptions::new();
+        let allowed = is_direct(&open_direct(&probe, options.write(true).create(true)).unwrap());
+        let files = AppendFiles::create(vec![dir.path().join("a")], ALIGN).unwrap();
+        assert_eq!(is_direct(&files.files[0]), allowed);
     }
 
     /// Appends from many threads to one file each come back whole.
@@ -468,8 +514,38 @@ mod tests {
         assert!(seen.iter().all(|&s| s));
     }
 
-    /// A write the file system refuses stops the writer: the append or finish after it
-    /// reports the error with the file's path.
+    /// A failed write (here: a descriptor open for reading only) stops the writer, and every
+    /// append and the finish after it report that error with its file's path, also appends
+    /// to another file.
+    #[test]
+    fn a_failed_write_is_reported_with_its_file_by_every_later_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bad, good) = (dir.path().join("bad"), dir.path().join("good"));
+        std::fs::write(&bad, b"").unwrap();
+        let read_only = File::open(&bad).unwrap();
+        let writable = File::create(&good).unwrap();
+        let paths = vec![bad.clone(), good.clone()];
+        let files = AppendFiles::over(paths, vec![read_only, writable], ALIGN).unwrap();
+        let block = bytes(ALIGN, 5);
+        files.append(0, &[&block]).unwrap();
+        // Once the writer has stopped, the spare buffers run out and the next hand-over
+        // fails: within the spares and one more.
+        let mut errors = Vec::new();
+        for _ in 0..3 * SPARE_BUFFERS {
+            if let Err(e) = files.append(1, &[&block]) {
+                errors.push(e);
+            }
+        }
+        assert!(errors.len() >= SPARE_BUFFERS, "{} errors", errors.len());
+        let (at, e) = files.finish().map(|_| ()).unwrap_err();
+        errors.push((at, e));
+        for (at, e) in errors {
+            assert_eq!(at, bad);
+            assert_eq!(e.raw_os_error(), Some(libc::EBADF), "{e}");
+        }
+    }
+
+    /// A single failed write is reported with its file's path.
     #[test]
     fn a_failed_write_is_reported_with_its_file() {
         let dir = tempfile::tempdir().unwrap();

@@ -167,7 +167,8 @@ impl SpillFiles {
     /// ([`crate::idpack`]). A frame holds rows of one batch in row order (their ids in chunk
     /// 0 of the frame, in row order); frames let a group be read back in parallel. The rows are
     /// encoded before the file is locked, so that appends of other batches wait only for
-    /// the copy into its buffer.
+    /// the copy into its buffer (and, when every spare buffer is being written, for the
+    /// writer thread to hand one back).
     pub fn append<R: CompactRow>(&self, group: usize, rows: &[R], ids: &IdChunk) -> Result<()> {
         if rows.is_empty() {
             return Ok(());
