@@ -18,7 +18,9 @@
 //! flag and keeps the bytes in memory, as it always does.)
 //!
 //! [`AppendFiles`] overlaps the device time of writes with the work that makes the bytes:
-//! appenders fill per-file buffers and hand full ones to one writer thread.
+//! appenders fill per-file buffers and hand full ones to one writer thread. [`ReadAhead`]
+//! does the same for many files read from start to end at once (the close's run files,
+//! merged): one I/O thread reads each file's next chunk while its current one is used.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -136,19 +138,19 @@ pub fn read_into<'b>(path: &Path, len: usize, buffer: &'b mut AlignedBuf) -> io:
         *buffer = AlignedBuf::new(len);
     }
     let file = open_direct(path, OpenOptions::new().read(true))?;
-    read_whole(&file, len, &mut buffer.as_mut_slice()[..aligned(len)])?;
+    read_whole(&file, 0, len, &mut buffer.as_mut_slice()[..aligned(len)])?;
     Ok(&buffer.as_slice()[..len])
 }
 
-/// Read the first `len` bytes of `file` into `into` (at least `len` bytes rounded up to
-/// [`ALIGN`]; aligned when the file is unbuffered, else the file system refuses and the
-/// read goes through the page cache).
-fn read_whole(file: &File, len: usize, into: &mut [u8]) -> io::Result<()> {
+/// Read the `len` bytes of `file` from `offset` (a multiple of [`ALIGN`]) into `into` (at
+/// least `len` bytes rounded up to [`ALIGN`]; aligned when the file is unbuffered, else the
+/// file system refuses and the read goes through the page cache).
+fn read_whole(file: &File, offset: u64, len: usize, into: &mut [u8]) -> io::Result<()> {
     let mut done = 0;
     while done < len {
         // An unbuffered read must be of whole blocks: ask for the rest rounded up (the
         // file ends before the buffer does).
-        match file.read_at(&mut into[done..], done as u64) {
+        match file.read_at(&mut into[done..], offset + done as u64) {
             Ok(0) => {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -168,6 +170,138 @@ fn read_whole(file: &File, len: usize, into: &mut [u8]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A chunk to read ahead, and where its buffer goes back.
+struct ReadRequest {
+    file: Arc<File>,
+    offset: u64,
+    len: usize,
+    buffer: AlignedBuf,
+    reply: SyncSender<(AlignedBuf, io::Result<usize>)>,
+}
+
+/// Sequential readers of many files at once ([`AheadReader`]), unbuffered where the file
+/// system allows, each with its next chunk read by one shared I/O thread while the reader
+/// consumes the current one: the device's time stays off the thread that reads.
+pub struct ReadAhead {
+    requests: Option<std::sync::mpsc::Sender<ReadRequest>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ReadAhead {
+    pub fn start() -> io::Result<ReadAhead> {
+        let (requests, queue) = std::sync::mpsc::channel::<ReadRequest>();
+        let thread = std::thread::Builder::new()
+            .name("tally-read-ahead".into())
+            .spawn(move || {
+                for mut request in queue {
+                    let into = &mut request.buffer.as_mut_slice()[..aligned(request.len)];
+                    let read = read_whole(&request.file, request.offset, request.len, into)
+                        .map(|()| request.len);
+                    // A reader dropped early no longer waits for its chunk.
+                    let _ = request.reply.send((request.buffer, read));
+                }
+            })
+            .map_err(|e| io::Error::new(e.kind(), format!("no read-ahead thread: {e}")))?;
+        Ok(ReadAhead {
+            requests: Some(requests),
+            thread: Some(thread),
+        })
+    }
+
+    /// A reader of the file at `path`, `chunk` bytes (rounded up to [`ALIGN`]) at a time.
+    pub fn open(&self, path: &Path, chunk: usize) -> io::Result<AheadReader> {
+        let file = open_direct(path, OpenOptions::new().read(true))?;
+        let length = file.metadata()?.len();
+        let chunk = aligned(chunk.max(1));
+        let mut reader = AheadReader {
+            file: Arc::new(file),
+            length,
+            next_offset: 0,
+            chunk,
+            current: AlignedBuf::new(chunk),
+            pos: 0,
+            end: 0,
+            pending: None,
+            requests: self
+                .requests
+                .clone()
+                .expect("the I/O thread runs until dropped"),
+        };
+        reader.ask_for_next(AlignedBuf::new(chunk))?;
+        Ok(reader)
+    }
+}
+
+impl Drop for ReadAhead {
+    /// Waits for the I/O thread, which ends once every reader is dropped too.
+    fn drop(&mut self) {
+        self.requests = None;
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("the read-ahead thread does not panic");
+        }
+    }
+}
+
+/// One file read from start to end through a [`ReadAhead`].
+pub struct AheadReader {
+    file: Arc<File>,
+    length: u64,
+    /// Where the next chunk to ask for starts.
+    next_offset: u64,
+    chunk: usize,
+    current: AlignedBuf,
+    pos: usize,
+    end: usize,
+    /// The chunk being read ahead, when there is one.
+    pending: Option<Receiver<(AlignedBuf, io::Result<usize>)>>,
+    requests: std::sync::mpsc::Sender<ReadRequest>,
+}
+
+impl AheadReader {
+    /// Ask the I/O thread for the next chunk into `buffer` (none past the end).
+    fn ask_for_next(&mut self, buffer: AlignedBuf) -> io::Result<()> {
+        if self.next_offset >= self.length {
+            return Ok(());
+        }
+        let len = (self.length - self.next_offset).min(self.chunk as u64) as usize;
+        let (reply, pending) = sync_channel(1);
+        let request = ReadRequest {
+            file: self.file.clone(),
+            offset: self.next_offset,
+            len,
+            buffer,
+            reply,
+        };
+        self.requests
+            .send(request)
+            .map_err(|_| io::Error::other("the read-ahead thread stopped"))?;
+        self.next_offset += len as u64;
+        self.pending = Some(pending);
+        Ok(())
+    }
+}
+
+impl io::Read for AheadReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.end {
+            let Some(pending) = self.pending.take() else {
+                return Ok(0);
+            };
+            let (buffer, read) = pending
+                .recv()
+                .map_err(|_| io::Error::other("the read-ahead thread stopped"))?;
+            let len = read?;
+            let used = std::mem::replace(&mut self.current, buffer);
+            (self.pos, self.end) = (0, len);
+            self.ask_for_next(used)?;
+        }
+        let n = out.len().min(self.end - self.pos);
+        out[..n].copy_from_slice(&self.current.as_slice()[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
 }
 
 /// A full buffer on its way to the writer thread.
@@ -475,8 +609,43 @@ mod tests {
         let mut buffer = AlignedBuf::new(2 * ALIGN);
         // One byte past an aligned start: unaligned for an unbuffered read.
         let into = &mut buffer.as_mut_slice()[1..];
-        read_whole(&file, 4, into).unwrap();
+        read_whole(&file, 0, 4, into).unwrap();
         assert_eq!(&into[..4], b"\0abc");
+    }
+
+    /// Files of every length around the chunk size come back whole through read-ahead
+    /// readers open at once, read in pieces of odd sizes.
+    #[test]
+    fn read_ahead_readers_give_back_each_file_whole() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let lengths = [0, 1, ALIGN - 1, ALIGN, ALIGN + 1, 2 * ALIGN, 3 * ALIGN + 17];
+        let contents: Vec<Vec<u8>> = (lengths.iter().enumerate())
+            .map(|(i, &n)| bytes(n, i as u8))
+            .collect();
+        let ahead = ReadAhead::start().unwrap();
+        let mut readers: Vec<AheadReader> = (contents.iter().enumerate())
+            .map(|(i, content)| {
+                let path = dir.path().join(format!("f{i}"));
+                std::fs::write(&path, content).unwrap();
+                ahead.open(&path, ALIGN).unwrap()
+            })
+            .collect();
+        let mut read: Vec<Vec<u8>> = vec![Vec::new(); readers.len()];
+        // Round robin, 1000 bytes at a time: every reader has a chunk in flight.
+        let mut piece = [0u8; 1000];
+        loop {
+            let mut any = false;
+            for (reader, got) in readers.iter_mut().zip(&mut read) {
+                let n = reader.read(&mut piece).unwrap();
+                got.extend_from_slice(&piece[..n]);
+                any |= n > 0;
+            }
+            if !any {
+                break;
+            }
+        }
+        assert_eq!(read, contents);
     }
 
     /// The appended files are opened unbuffered wherever the file system allows it.
