@@ -154,7 +154,11 @@ fn read_whole(file: &File, offset: u64, len: usize, into: &mut [u8]) -> io::Resu
             Ok(0) => {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    format!("{done} bytes where {len} were written"),
+                    format!(
+                        "{} bytes where {} were written",
+                        offset + done as u64,
+                        offset + len as u64
+                    ),
                 ))
             }
             Ok(n) => {
@@ -183,7 +187,8 @@ struct ReadRequest {
 
 /// Sequential readers of many files at once ([`AheadReader`]), unbuffered where the file
 /// system allows, each with its next chunk read by one shared I/O thread while the reader
-/// consumes the current one: the device's time stays off the thread that reads.
+/// consumes the current one: the device's time stays off the thread that reads. Drop the
+/// readers first: dropping this waits for its thread, which ends with the last reader.
 pub struct ReadAhead {
     requests: Option<std::sync::mpsc::Sender<ReadRequest>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -228,6 +233,7 @@ impl ReadAhead {
                 .requests
                 .clone()
                 .expect("the I/O thread runs until dropped"),
+            failed: false,
         };
         reader.ask_for_next(AlignedBuf::new(chunk))?;
         Ok(reader)
@@ -257,6 +263,8 @@ pub struct AheadReader {
     /// The chunk being read ahead, when there is one.
     pending: Option<Receiver<(AlignedBuf, io::Result<usize>)>>,
     requests: std::sync::mpsc::Sender<ReadRequest>,
+    /// A read failed: every later one fails too (not a false end of file).
+    failed: bool,
 }
 
 impl AheadReader {
@@ -283,19 +291,38 @@ impl AheadReader {
     }
 }
 
+impl AheadReader {
+    /// Make the next chunk the current one and ask for the one after it (`false`: the
+    /// file is read to its end).
+    fn next_chunk(&mut self) -> io::Result<bool> {
+        let Some(pending) = self.pending.take() else {
+            return Ok(false);
+        };
+        let (buffer, read) = pending
+            .recv()
+            .map_err(|_| io::Error::other("the read-ahead thread stopped"))?;
+        let len = read?;
+        let used = std::mem::replace(&mut self.current, buffer);
+        (self.pos, self.end) = (0, len);
+        self.ask_for_next(used)?;
+        Ok(true)
+    }
+}
+
 impl io::Read for AheadReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         while self.pos == self.end {
-            let Some(pending) = self.pending.take() else {
-                return Ok(0);
-            };
-            let (buffer, read) = pending
-                .recv()
-                .map_err(|_| io::Error::other("the read-ahead thread stopped"))?;
-            let len = read?;
-            let used = std::mem::replace(&mut self.current, buffer);
-            (self.pos, self.end) = (0, len);
-            self.ask_for_next(used)?;
+            if self.failed {
+                return Err(io::Error::other("an earlier read of this file failed"));
+            }
+            match self.next_chunk() {
+                Ok(true) => {}
+                Ok(false) => return Ok(0),
+                Err(e) => {
+                    self.failed = true;
+                    return Err(e);
+                }
+            }
         }
         let n = out.len().min(self.end - self.pos);
         out[..n].copy_from_slice(&self.current.as_slice()[self.pos..self.pos + n]);
@@ -529,8 +556,12 @@ fn write_blocks(
 mod tests {
     use super::*;
 
+    /// `n` bytes that do not repeat with any period a chunk or block size divides (so that
+    /// a chunk read from the wrong offset shows).
     fn bytes(n: usize, seed: u8) -> Vec<u8> {
-        (0..n).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
+        (0..n as u64)
+            .map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8 ^ seed)
+            .collect()
     }
 
     /// Parts smaller than, equal to and larger than a buffer, over two files, come back
@@ -646,6 +677,28 @@ mod tests {
             }
         }
         assert_eq!(read, contents);
+    }
+
+    /// A file cut short while it is read fails the read that reaches the cut, naming where,
+    /// and every read after it (not a false end of file).
+    #[test]
+    fn a_file_cut_short_while_read_fails_every_later_read() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cut");
+        let content = bytes(3 * ALIGN, 7);
+        std::fs::write(&path, &content).unwrap();
+        let ahead = ReadAhead::start().unwrap();
+        let mut reader = ahead.open(&path, ALIGN).unwrap();
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(ALIGN as u64).unwrap();
+        let mut got = Vec::new();
+        let e = reader.read_to_end(&mut got).unwrap_err();
+        let expected = format!("{ALIGN} bytes where {} were written", 2 * ALIGN);
+        assert_eq!(e.to_string(), expected);
+        assert_eq!(got, &content[..ALIGN]);
+        let again = reader.read(&mut [0u8; 10]).unwrap_err();
+        assert_eq!(again.to_string(), "an earlier read of this file failed");
     }
 
     /// The appended files are opened unbuffered wherever the file system allows it.
