@@ -117,6 +117,19 @@ fn open_direct(path: &Path, options: &mut OpenOptions) -> io::Result<File> {
     }
 }
 
+/// Create (or truncate) the file at `path` for writing, unbuffered where allowed.
+fn create_direct(path: &Path) -> io::Result<File> {
+    open_direct(
+        path,
+        OpenOptions::new().write(true).create(true).truncate(true),
+    )
+}
+
+/// Open the file at `path` for reading, unbuffered where allowed.
+fn open_direct_to_read(path: &Path) -> io::Result<File> {
+    open_direct(path, OpenOptions::new().read(true))
+}
+
 /// Write `bytes` at `offset` (both aligned when the file is unbuffered).
 fn write_at(file: &File, bytes: &[u8], offset: u64) -> io::Result<()> {
     match file.write_all_at(bytes, offset) {
@@ -137,7 +150,7 @@ pub fn read_into<'b>(path: &Path, len: usize, buffer: &'b mut AlignedBuf) -> io:
         *buffer = AlignedBuf::default();
         *buffer = AlignedBuf::new(len);
     }
-    let file = open_direct(path, OpenOptions::new().read(true))?;
+    let file = open_direct_to_read(path)?;
     read_whole(&file, 0, len, &mut buffer.as_mut_slice()[..aligned(len)])?;
     Ok(&buffer.as_slice()[..len])
 }
@@ -217,7 +230,7 @@ impl ReadAhead {
 
     /// A reader of the file at `path`, `chunk` bytes (rounded up to [`ALIGN`]) at a time.
     pub fn open(&self, path: &Path, chunk: usize) -> io::Result<AheadReader> {
-        let file = open_direct(path, OpenOptions::new().read(true))?;
+        let file = open_direct_to_read(path)?;
         let length = file.metadata()?.len();
         let chunk = aligned(chunk.max(1));
         let mut reader = AheadReader {
@@ -289,9 +302,7 @@ impl AheadReader {
         self.pending = Some(pending);
         Ok(())
     }
-}
 
-impl AheadReader {
     /// Make the next chunk the current one and ask for the one after it (`false`: the
     /// file is read to its end).
     fn next_chunk(&mut self) -> io::Result<bool> {
@@ -328,6 +339,28 @@ impl io::Read for AheadReader {
         out[..n].copy_from_slice(&self.current.as_slice()[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
+    }
+}
+
+/// One file of an [`AppendFiles`] written through [`io::Write`] ([`AppendFiles::writer`]).
+pub struct FileWriter<'a> {
+    files: &'a AppendFiles,
+    file: usize,
+    tail: std::sync::MutexGuard<'a, Tail>,
+}
+
+impl io::Write for FileWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let (files, file) = (self.files, self.file);
+        files
+            .copy_in(file, &mut self.tail, bytes)
+            .map_err(|(_, e)| e)?;
+        Ok(bytes.len())
+    }
+
+    /// Buffers are written when full or at [`AppendFiles::finish`].
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -378,12 +411,7 @@ impl AppendFiles {
     pub fn create(paths: Vec<PathBuf>, buffer_bytes: usize) -> Result<AppendFiles, AppendError> {
         let mut files = Vec::with_capacity(paths.len());
         for path in &paths {
-            let file = open_direct(
-                path,
-                OpenOptions::new().write(true).create(true).truncate(true),
-            )
-            .map_err(|e| (path.clone(), e))?;
-            files.push(file);
+            files.push(create_direct(path).map_err(|e| (path.clone(), e))?);
         }
         Self::over(paths, files, buffer_bytes)
     }
@@ -416,13 +444,13 @@ impl AppendFiles {
         let writer = {
             let (files, failed) = (files.clone(), failed.clone());
             std::thread::Builder::new()
-                .name("tally-spill-writer".into())
+                .name("tally-scratch-writer".into())
                 .spawn(move || write_blocks(&files, full_rx, free_tx, &failed))
                 .map_err(|e| {
                     let path = paths.first().cloned().unwrap_or_default();
                     (
                         path,
-                        io::Error::new(e.kind(), format!("no spill writer thread: {e}")),
+                        io::Error::new(e.kind(), format!("no scratch writer thread: {e}")),
                     )
                 })?
         };
@@ -442,17 +470,32 @@ impl AppendFiles {
     pub fn append(&self, file: usize, parts: &[&[u8]]) -> Result<(), AppendError> {
         let mut tail = self.tails[file].lock().expect("append buffer lock");
         for part in parts {
-            let mut rest = *part;
-            while !rest.is_empty() {
-                let room = tail.buffer.len() - tail.filled;
-                let n = room.min(rest.len());
-                let filled = tail.filled;
-                tail.buffer.as_mut_slice()[filled..filled + n].copy_from_slice(&rest[..n]);
-                tail.filled += n;
-                rest = &rest[n..];
-                if tail.filled == tail.buffer.len() {
-                    self.hand_over(file, &mut tail)?;
-                }
+            self.copy_in(file, &mut tail, part)?;
+        }
+        Ok(())
+    }
+
+    /// File `file` written by one thread through [`io::Write`]: the writer holds the file's
+    /// buffer, so its many small writes (a run file's records) are copied straight into it,
+    /// without a lock or a buffer of their own each.
+    pub fn writer(&self, file: usize) -> FileWriter<'_> {
+        FileWriter {
+            files: self,
+            file,
+            tail: self.tails[file].lock().expect("append buffer lock"),
+        }
+    }
+
+    /// Copy `bytes` into a file's buffer, handing each full buffer to the writer.
+    fn copy_in(&self, file: usize, tail: &mut Tail, mut bytes: &[u8]) -> Result<(), AppendError> {
+        while !bytes.is_empty() {
+            let n = (tail.buffer.len() - tail.filled).min(bytes.len());
+            let filled = tail.filled;
+            tail.buffer.as_mut_slice()[filled..filled + n].copy_from_slice(&bytes[..n]);
+            tail.filled += n;
+            bytes = &bytes[n..];
+            if tail.filled == tail.buffer.len() {
+                self.hand_over(file, tail)?;
             }
         }
         Ok(())
@@ -480,15 +523,22 @@ impl AppendFiles {
         full.send(block).map_err(|_| self.failure(file))
     }
 
-    /// The writer's error (it stopped at its first), with its file's path.
+    /// The writer thread's error (it stopped at its first), with its file's path.
+    fn recorded_failure(&self) -> Option<AppendError> {
+        let failed = self.failed.lock().expect("failure lock");
+        failed
+            .as_ref()
+            .map(|(at, e)| (self.paths[*at].clone(), copy_of(e)))
+    }
+
+    /// Why file `file` cannot go on: the writer thread's error, else that it stopped.
     fn failure(&self, file: usize) -> AppendError {
-        match &*self.failed.lock().expect("failure lock") {
-            Some((at, e)) => (self.paths[*at].clone(), copy_of(e)),
-            None => (
+        self.recorded_failure().unwrap_or_else(|| {
+            (
                 self.paths[file].clone(),
-                io::Error::other("the spill writer thread stopped"),
-            ),
-        }
+                io::Error::other("the scratch writer thread stopped"),
+            )
+        })
     }
 
     /// Write every buffer's rest (its last block padded), wait for the writer and cut each
@@ -505,8 +555,8 @@ impl AppendFiles {
             lengths.push(length);
         }
         self.stop_writer();
-        if self.failed.lock().expect("failure lock").is_some() {
-            return Err(self.failure(0));
+        if let Some(failure) = self.recorded_failure() {
+            return Err(failure);
         }
         for ((file, path), &length) in self.files.iter().zip(&self.paths).zip(&lengths) {
             file.set_len(length).map_err(|e| (path.clone(), e))?;
@@ -520,7 +570,7 @@ impl AppendFiles {
         if let Some(writer) = self.writer.take() {
             writer
                 .join()
-                .expect("the spill writer thread does not panic");
+                .expect("the scratch writer thread does not panic");
         }
     }
 }
@@ -631,12 +681,11 @@ mod tests {
     fn refused_unaligned_calls_go_through_the_page_cache() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("unaligned");
-        let options = &mut OpenOptions::new();
-        let file = open_direct(&path, options.write(true).create(true).truncate(true)).unwrap();
+        let file = create_direct(&path).unwrap();
         write_at(&file, b"abc", 1).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"\0abc");
 
-        let file = open_direct(&path, OpenOptions::new().read(true)).unwrap();
+        let file = open_direct_to_read(&path).unwrap();
         let mut buffer = AlignedBuf::new(2 * ALIGN);
         // One byte past an aligned start: unaligned for an unbuffered read.
         let into = &mut buffer.as_mut_slice()[1..];
@@ -706,8 +755,7 @@ mod tests {
     fn appended_files_are_unbuffered_where_the_file_system_allows() {
         let dir = tempfile::tempdir().unwrap();
         let probe = dir.path().join("probe");
-        let options = &mut OpenOptions::new();
-        let allowed = is_direct(&open_direct(&probe, options.write(true).create(true)).unwrap());
+        let allowed = is_direct(&create_direct(&probe).unwrap());
         let files = AppendFiles::create(vec![dir.path().join("a")], ALIGN).unwrap();
         assert_eq!(is_direct(&files.files[0]), allowed);
     }

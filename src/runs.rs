@@ -28,7 +28,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BinaryHeap;
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 /// A row of a streamed table, ordered by its account.
@@ -211,7 +211,7 @@ pub fn write_run<T: Keyed, R: Serialize>(
 ) -> Result<Run<T>> {
     let out = crate::direct::AppendFiles::create(vec![path.to_path_buf()], 1 << 20)
         .map_err(|(path, e)| TallyError::write(path, e))?;
-    let mut w = BufWriter::with_capacity(256 << 10, AppendTo(&out));
+    let mut w = out.writer(0);
     w.write_all(RUN_MAGIC)
         .map_err(|e| TallyError::write(path, e))?;
     let (mut record, mut previous) = (Vec::new(), Vec::new());
@@ -245,25 +245,10 @@ pub fn write_run<T: Keyed, R: Serialize>(
     }
     // Not synced: a run file in the spill folder lives only as long as the run; a shard
     // syncs the run files it keeps (`shard::keep_runs`).
-    w.into_inner()
-        .map_err(|e| TallyError::write(path, e.into_error()))?;
+    drop(w);
     out.finish()
         .map_err(|(path, e)| TallyError::write(path, e))?;
     Ok(Run::File(path.to_path_buf(), count))
-}
-
-/// Bytes written to the one file of an [`AppendFiles`].
-struct AppendTo<'a>(&'a crate::direct::AppendFiles);
-
-impl Write for AppendTo<'_> {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.append(0, &[bytes]).map_err(|(_, e)| e)?;
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// How much of a run file is read at a time (twice this per file while a merge reads it:
