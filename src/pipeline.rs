@@ -453,7 +453,11 @@ pub fn compute(
 
     // The first group's rows are in memory (the spill pass kept them); read group g + 1
     // back while group g is processed: processing leaves a core idle in its sequential
-    // steps (placing events, collecting results) and reading the spill fills it. At most
+    // steps (placing events, collecting results) and reading the spill fills it. The
+    // read-back runs on a thread of its own, not on a worker of the pool: its unbuffered
+    // reads wait on the disk, and a worker waiting there is a core lost to processing (a
+    // 20M-event reconcile's groups ran at about 1.5 cores then; its frames are still
+    // decoded by the pool). At most
     // two groups' rows are in memory at once (`route::groups_for` sizes groups for that).
     // The read-back draws no bar and its stage line is logged after the group's stages
     // (see `progress::log_stage`).
@@ -535,14 +539,18 @@ pub fn compute(
         // freed now, not kept through the group (where a split run peaks).
         let buffers = spare.take().filter(|_| following.is_some());
         let bytes = spare_bytes.take().filter(|_| following.is_some());
-        let (processed, read) = rayon::join(
-            || run.process_group(group, rows, &mut partial, progress),
-            || {
+        let (processed, read) = std::thread::scope(|scope| {
+            let reader = scope.spawn(|| {
                 following
                     .map(|e| read_back(group + 1, e, buffers, bytes))
                     .transpose()
-            },
-        );
+            });
+            let processed = run.process_group(group, rows, &mut partial, progress);
+            let read = reader
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (processed, read)
+        });
         spare = Some(processed?);
         next = read?.map(|(rows, bytes, took)| {
             spare_bytes = Some(bytes);
