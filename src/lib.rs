@@ -19,7 +19,6 @@ pub mod export;
 pub mod generate;
 pub mod history;
 pub mod html;
-pub mod idpack;
 pub mod job;
 pub mod load;
 pub mod memory;

@@ -286,10 +286,10 @@ impl Debit {
 /// the previous row of its frame (a frame holds one batch's rows in file order, so steps
 /// are small), without what reading back re-derives: the id offsets (a frame's ids are
 /// stored in row order) and the id hashes (recomputed from the ids). The frame's ids are
-/// packed by [`crate::idpack`]. On the bench data a spilled row takes about 30 bytes with
-/// its ids (the largest size of the spill folder of a 10M-event run in 4 groups,
-/// `benches/spill-size.sh`: 599 MB for 20.1M rows; 991 MB with unpacked ids), against 64 bytes plus ids in memory: at 100M
-/// events the spill is what the disk must write and read back.
+/// written as they are in memory. On the bench data a spilled row takes about 50 bytes
+/// with its ids (the largest size of the spill folder of a 20M-event reconcile in 4
+/// groups, `benches/spill-size.sh`: 1.49 GB for the 30.1M rows of its 3 spilled groups),
+/// against 64 bytes plus ids in memory.
 pub trait CompactRow: bytemuck::Pod + Send + Sync {
     fn at(&self) -> At;
     /// The row with its ids copied from `from` to `to` (chunk number `chunk` of its new

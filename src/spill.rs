@@ -1,9 +1,9 @@
 //! A split run's first full pass: parse every usage and ledger row once and write each
 //! valid row of the groups after the first to the spill file of its group (its compact row's spill form, see
 //! [`CompactRow`], and its ids), so that the groups can then be processed one after another
-//! with at most two groups' rows in memory (the next one is read back meanwhile). A spill row takes about 30 bytes with its ids (20-byte
-//! generated ids packed by [`crate::idpack`]; 49 bytes with the ids as they are in memory,
-//! 91 with the in-memory rows before the spill form).
+//! with at most two groups' rows in memory (the next one is read back meanwhile). A spill
+//! row takes about 49 bytes with its ids, which are written as they are in memory (91 with
+//! the in-memory rows before the spill form).
 //! Rejected rows and candidates (rows whose partition `route::resolve` decides) stay in memory;
 //! both are few. So do the first group's rows: that group is processed as soon as the pass
 //! ends, so its read-back would have nothing to overlap with (20M events in 4 groups: about
@@ -163,8 +163,8 @@ impl SpillFiles {
 
     /// Append one frame: the row count, the length of the rows' spill forms and the length
     /// of the id chunk's spill form (u32 LE each), the xxh3 checksum of both (u64 LE), the
-    /// rows' spill forms ([`CompactRow::encode`]), then the id chunk's spill form
-    /// ([`crate::idpack`]). A frame holds rows of one batch in row order (their ids in chunk
+    /// rows' spill forms ([`CompactRow::encode`]), then the id chunk's bytes as they are
+    /// in memory. A frame holds rows of one batch in row order (their ids in chunk
     /// 0 of the frame, in row order); frames let a group be read back in parallel. The rows are
     /// encoded before the file is locked, so that appends of other batches wait only for
     /// the copy into its buffer (and, when every spare buffer is being written, for the
@@ -174,18 +174,16 @@ impl SpillFiles {
             return Ok(());
         }
         let encoded = encode_rows(rows, &ids.bytes);
-        let mut packed_ids = Vec::with_capacity(ids.bytes.len() / 2);
-        crate::idpack::pack(&ids.bytes, &mut packed_ids);
         self.rows[group].fetch_add(rows.len() as u64, Ordering::Relaxed);
         let header = FrameHeader {
             rows: frame_len(rows.len()),
             rows_bytes: frame_len(encoded.len()),
-            ids_bytes: frame_len(packed_ids.len()),
-            checksum: frame_checksum(&encoded, &packed_ids),
+            ids_bytes: frame_len(ids.bytes.len()),
+            checksum: frame_checksum(&encoded, &ids.bytes),
         }
         .to_bytes();
         self.out
-            .append(group, &[&header, &encoded, &packed_ids])
+            .append(group, &[&header, &encoded, &ids.bytes])
             .map_err(|(path, e)| TallyError::write(path, e))
     }
 
@@ -273,7 +271,7 @@ fn frames_of<'a, R: CompactRow>(bytes: &'a [u8], path: &Path) -> Result<Vec<Fram
         // the damage the checksum finds, if it finds one. A row has at most two ids (a
         // damaged second id that the first row does not need is `decode_frame`'s to find).
         let mut first_ids = Vec::new();
-        let _whole_ids_only = crate::idpack::unpack(ids, &mut first_ids, 2);
+        let _whole_ids_only = whole_ids(ids, &mut first_ids, 2);
         let Some((first, _)) = R::decode(rows, &R::zeroed(), &first_ids, &mut 0, 0) else {
             return Err(corrupt(
                 path,
@@ -311,14 +309,8 @@ fn decode_frame<R: CompactRow>(
     if frame_checksum(frame.rows, frame.ids) != frame.checksum {
         return Err(CHECKSUM_MISMATCH);
     }
-    // Generated ids unpack to 2.44 times their spill form (22 bytes for 9); the chunk is
-    // kept while its group is processed, so room left over by ids of other shapes (a raw
-    // id unpacks to its own size less one byte) is given back.
-    let mut ids = Vec::with_capacity(frame.ids.len() * 5 / 2);
-    crate::idpack::unpack(frame.ids, &mut ids, usize::MAX).ok_or(ROWS_DO_NOT_DECODE)?;
-    if ids.capacity() - ids.len() > ids.len() / 16 {
-        ids.shrink_to_fit();
-    }
+    let mut ids = Vec::with_capacity(frame.ids.len());
+    whole_ids(frame.ids, &mut ids, usize::MAX).ok_or(ROWS_DO_NOT_DECODE)?;
     let mut bytes = frame.rows;
     let mut prev = R::zeroed();
     let mut next_id = 0u32;
@@ -355,6 +347,26 @@ fn decode_frame<R: CompactRow>(
         true => Ok((IdChunk { bytes: ids }, prev.at())),
         false => Err(ROWS_DO_NOT_DECODE),
     }
+}
+
+/// Append the first `max_ids` ids of `chunk` (a frame's ids) to `out`; `None` when
+/// `chunk` is not whole ids of the lengths an input's ids may have. Only whole ids are
+/// appended: on `None`, `out` holds the ids before the first that is not one (a damaged
+/// frame fails its checksum; this keeps bytes that pass it from giving ids no input has).
+fn whole_ids(chunk: &[u8], out: &mut Vec<u8>, max_ids: usize) -> Option<()> {
+    let (mut next, mut ids, mut whole) = (0u32, 0, true);
+    while (next as usize) < chunk.len() && ids < max_ids {
+        let at = next;
+        match crate::model::take_id(chunk, &mut next) {
+            Some((_, id)) if id.len() <= crate::dict::MAX_ID_BYTES => ids += 1,
+            _ => {
+                (next, whole) = (at, false);
+                break;
+            }
+        }
+    }
+    out.extend_from_slice(&chunk[..next as usize]);
+    whole.then_some(())
 }
 
 /// Read one group's spill file back in (file, row) order, straight into one vector, with
@@ -1125,26 +1137,23 @@ mod tests {
         let file = spill_of(dir.path(), &[vec![usage(0, 0, "a"), usage(0, 1, "b")]]);
         let mut bytes = std::fs::read(&file.path).unwrap();
         let rows_len = FrameHeader::read(&bytes).unwrap().rows_bytes as usize;
-        // The ids' spill form: [0, 1, 0, 'a', 0, 1, 0, 'b'] (raw ids); the second now
-        // claims 1000 bytes.
-        let second_len = FRAME_HEADER_BYTES + rows_len + 5;
+        // The ids: [1, 0, 'a', 1, 0, 'b'] (each a u16 LE length and its bytes); the second
+        // now claims 1000 bytes.
+        let second_len = FRAME_HEADER_BYTES + rows_len + 3;
         bytes[second_len..second_len + 2].copy_from_slice(&1000u16.to_le_bytes());
         assert_refused_resealed(&file, bytes);
     }
 
-    /// Packed ids (`crate::idpack`) come back as written; a packed id naming a prefix the
-    /// frame never wrote is refused, not read, even under a valid checksum.
+    /// Ids come back byte for byte, the longest an input may hold included; an id longer
+    /// than that is refused, not read, even under a valid checksum.
     #[test]
-    fn packed_ids_come_back_and_a_bad_one_fails() {
+    fn ids_come_back_and_one_longer_than_an_input_id_fails() {
         let dir = tempfile::tempdir().unwrap();
-        let events = ["evt-14a8e8b38896c4e3", "evt-5a03daef623eb279", "plain"];
-        let rows: Vec<UsageRow> = (0..3).map(|i| usage(0, i, events[i as usize])).collect();
+        let longest = "a".repeat(crate::dict::MAX_ID_BYTES);
+        let events = ["evt-14a8e8b38896c4e3", longest.as_str()];
+        let rows: Vec<UsageRow> = (0..2).map(|i| usage(0, i, events[i as usize])).collect();
         let file = spill_of(dir.path(), std::slice::from_ref(&rows));
         let clean = std::fs::read(&file.path).unwrap();
-        let header = FrameHeader::read(&clean).unwrap();
-        let (rows_len, ids_len) = (header.rows_bytes as usize, header.ids_bytes as usize);
-        // "evt-" and 8 bytes, then 8 bytes under the first prefix, then "plain" raw.
-        assert_eq!(ids_len, (1 + 1 + 4 + 8) + (1 + 8) + (1 + 2 + 5));
         let (back, ids) = read_back::<Usage>(&file).unwrap();
         let names: Vec<String> = back
             .iter()
@@ -1152,10 +1161,19 @@ mod tests {
             .collect();
         assert_eq!(names, events);
 
+        // The second id one byte longer: its length, one more byte at the end of the ids
+        // (the end of the file: one frame) and the frame's count of id bytes.
         let mut bytes = clean;
-        let second = FRAME_HEADER_BYTES + rows_len + 14;
-        // The second id's tag: from the slot in use to the other one, still empty.
-        bytes[second] ^= 1;
+        let header = FrameHeader::read(&bytes).unwrap();
+        let second = FRAME_HEADER_BYTES + header.rows_bytes as usize + 2 + events[0].len();
+        let longer = (longest.len() + 1) as u16;
+        bytes[second..second + 2].copy_from_slice(&longer.to_le_bytes());
+        bytes.push(b'a');
+        let header = FrameHeader {
+            ids_bytes: header.ids_bytes + 1,
+            ..header
+        };
+        bytes[..FRAME_HEADER_BYTES].copy_from_slice(&header.to_bytes());
         assert_refused_resealed(&file, bytes);
     }
 
