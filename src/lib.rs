@@ -591,7 +591,10 @@ fn run_write_jobs(jobs: Vec<WriteJob<'_>>) -> Result<Written> {
 /// written and synced on its own; the manifest lists them in path order whatever order
 /// they finished in).
 pub(crate) fn write_outputs(dir: &Path, output: &RunOutput, inputs: Vec<FileEntry>) -> Result<()> {
-    let tables = write::output_tables(output)?;
+    // The summary beside the tables (each alone keeps a core idle for part of its time).
+    let (tables, summary) =
+        rayon::join(|| write::output_tables(output), || report::summary(output));
+    let (tables, summary) = (tables?, summary?);
     let table = |wanted: &str| {
         tables
             .iter()
@@ -601,7 +604,6 @@ pub(crate) fn write_outputs(dir: &Path, output: &RunOutput, inputs: Vec<FileEntr
     };
     let discrepancies = table("discrepancies.parquet")?;
     let rejects = table("rejects.parquet")?;
-    let summary = report::summary(output)?;
     let exponent = output.book.exponent;
     let mut jobs: Vec<WriteJob<'_>> = Vec::new();
     if output.settings.mode == Mode::Close {
