@@ -147,35 +147,42 @@ struct Piece {
 type LineFn<'a> =
     dyn Fn(&mut csv::Writer<Vec<u8>>, usize, &mut String) -> csv::Result<()> + Sync + 'a;
 
+/// The CSV lines of `rows`, each written by `line`, as one piece.
+fn render_piece(rows: std::ops::Range<usize>, line: &LineFn<'_>) -> csv::Result<Piece> {
+    let mut w = csv_writer(Vec::new());
+    let mut ends = Vec::with_capacity(rows.len());
+    let mut buf = String::new();
+    for row in rows {
+        line(&mut w, row, &mut buf)?;
+        w.flush()?;
+        ends.push(w.get_ref().len());
+    }
+    let bytes = w.into_inner().map_err(|e| e.into_error())?;
+    Ok(Piece { bytes, ends })
+}
+
 /// The CSV lines of `rows`, each written by `line`, in pieces of [`PIECE_ROWS`] rows
 /// rendered on the pool's threads; the pieces in row order. Rendering a row is what
 /// writing a CSV costs (a 20M-event reconcile's balances.csv took 0.19 s of its 0.8 s
 /// write, rendered on one thread); a CSV writer holds no state from one record to the
 /// next, so the pieces put together are the file one writer would have written.
+///
+/// Call it only from a worker of the pool or from a thread that no worker waits for: a
+/// worker blocked on the caller cannot render the caller's pieces, and with one worker
+/// the run deadlocks (a streamed table's CSV thread is such a caller: [`StreamedCsv`]
+/// renders on its own thread).
 fn render_lines(rows: std::ops::Range<usize>, line: &LineFn<'_>) -> csv::Result<Vec<Piece>> {
     use rayon::prelude::*;
     let starts: Vec<usize> = rows.clone().step_by(PIECE_ROWS).collect();
     starts
         .into_par_iter()
-        .map(|start| {
-            let end = (start + PIECE_ROWS).min(rows.end);
-            let mut w = csv_writer(Vec::new());
-            let mut ends = Vec::with_capacity(end - start);
-            let mut buf = String::new();
-            for row in start..end {
-                line(&mut w, row, &mut buf)?;
-                w.flush()?;
-                ends.push(w.get_ref().len());
-            }
-            let bytes = w.into_inner().map_err(|e| e.into_error())?;
-            Ok(Piece { bytes, ends })
-        })
+        .map(|start| render_piece(start..(start + PIECE_ROWS).min(rows.end), line))
         .collect()
 }
 
 /// Write the CSV lines of rows `0..rows` (each written by `line`) to `out`, rendered in
 /// parallel a window of pieces at a time: memory holds a window (four pieces a thread),
-/// not the file.
+/// not the file. The callers [`render_lines`] allows only.
 pub(crate) fn write_lines<W: Write>(
     out: &mut W,
     rows: usize,
@@ -212,17 +219,26 @@ pub fn sheet_csv(batch: &RecordBatch, exponent: u32) -> Result<Vec<u8>> {
     sheet_csv_rows(batch, 0..batch.num_rows(), exponent)
 }
 
-/// [`sheet_csv`], written to `path` as it is made (not gathered in memory first), by the
-/// same writer as a streamed table's CSV.
+/// [`sheet_csv`], written to `path` as it is made (not gathered in memory first), its rows
+/// rendered in parallel ([`write_lines`]: from a worker of the pool, a write job).
 pub fn write_sheet_csv(path: &Path, batch: &RecordBatch, exponent: u32) -> Result<()> {
-    let mut csv = StreamedCsv::create(path, &batch.schema(), exponent)?;
-    csv.write(batch)?;
-    csv.finish()
+    let schema = batch.schema();
+    let mut w = csv_writer(Vec::new());
+    w.write_record(header(&schema)).map_err(csv_err)?;
+    let header = w.into_inner().map_err(|e| failed_writing(path, e))?;
+    let money = money_flags(&schema);
+    crate::write::write_through(path, |out| {
+        out.write_all(&header)?;
+        write_lines(out, batch.num_rows(), &|w, row, buf| {
+            write_row(w, batch, row, &money, exponent, buf)
+        })
+    })
 }
 
 /// A spreadsheet CSV written a batch at a time (a table streamed from its runs beside its
-/// Parquet file: [`crate::write::write_streamed`]), each batch's lines rendered in
-/// parallel ([`write_lines`]).
+/// Parquet file: [`crate::write::write_streamed`]), on the thread that calls it: that is a
+/// thread of its own, which a worker of the pool waits for, so it must not ask the pool
+/// to render (see [`render_lines`]).
 pub struct StreamedCsv<'a> {
     path: &'a Path,
     out: BufWriter<File>,
@@ -252,10 +268,15 @@ impl<'a> StreamedCsv<'a> {
 
     pub fn write(&mut self, chunk: &RecordBatch) -> Result<()> {
         let (money, exponent) = (&self.money, self.exponent);
-        write_lines(&mut self.out, chunk.num_rows(), &|w, row, buf| {
-            write_row(w, chunk, row, money, exponent, buf)
-        })
-        .map_err(|e| failed_writing(self.path, e))
+        let line: &LineFn<'_> = &|w, row, buf| write_row(w, chunk, row, money, exponent, buf);
+        for start in (0..chunk.num_rows()).step_by(PIECE_ROWS) {
+            let piece = render_piece(start..(start + PIECE_ROWS).min(chunk.num_rows()), line)
+                .map_err(|e| failed_writing(self.path, e))?;
+            self.out
+                .write_all(&piece.bytes)
+                .map_err(|e| failed_writing(self.path, e))?;
+        }
+        Ok(())
     }
 
     /// Flush and sync the file.
@@ -393,17 +414,18 @@ impl Rendered {
         })
     }
 
+    /// The CSV line of `row`.
+    fn line(&self, row: usize) -> &[u8] {
+        let start = if row == 0 { 0 } else { self.ends[row - 1] };
+        &self.bytes[start..self.ends[row]]
+    }
+
     /// The CSV file of some of the rows (in the given order).
+    #[cfg(test)]
     fn file(&self, rows: &[usize]) -> Vec<u8> {
-        let line = |row: usize| {
-            let start = if row == 0 { 0 } else { self.ends[row - 1] };
-            &self.bytes[start..self.ends[row]]
-        };
-        let size: usize = rows.iter().map(|&r| line(r).len()).sum();
-        let mut out = Vec::with_capacity(self.header.len() + size);
-        out.extend_from_slice(&self.header);
+        let mut out = self.header.clone();
         for &row in rows {
-            out.extend_from_slice(line(row));
+            out.extend_from_slice(self.line(row));
         }
         out
     }
@@ -411,7 +433,13 @@ impl Rendered {
 
 fn write_rows(dir: &Path, name: String, rendered: &Rendered, rows: &[usize]) -> Result<Linked> {
     let path = format!("{REPORT_DIR}/{name}");
-    crate::write::write_bytes(&dir.join(&path), &rendered.file(rows))?;
+    // Line by line through the file's buffer: no copy of the file's rows in memory (the
+    // report's files are written in parallel, each beside the others).
+    crate::write::write_through(&dir.join(&path), |out| {
+        out.write_all(&rendered.header)?;
+        rows.iter()
+            .try_for_each(|&row| out.write_all(rendered.line(row)))
+    })?;
     Ok(Linked {
         path,
         rows: rows.len() as u64,
@@ -500,13 +528,15 @@ pub fn write_report_files(
             wanted.push((format!("account-{:02}.csv", rank + 1), &discrepancies, rows));
         }
     }
-    let written: Vec<Linked> = {
+    let written: Vec<Result<Linked>> = {
         use rayon::prelude::*;
         wanted
             .into_par_iter()
             .map(|(name, rendered, rows)| write_rows(dir, name, rendered, rows))
-            .collect::<Result<_>>()?
+            .collect()
     };
+    // The first failure in the report's order, whichever failed first in time.
+    let written: Vec<Linked> = written.into_iter().collect::<Result<_>>()?;
     let mut written = written.into_iter();
     let mut next = || written.next().expect("a file for each wanted one");
     let mut files = ReportFiles {

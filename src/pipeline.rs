@@ -530,6 +530,12 @@ pub fn compute(
     });
     let mut spare = None;
     let mut spare_bytes = None;
+    // The read-back thread asks the pool to decode its frames while this thread waits for
+    // it: were this a worker of the pool, a pool of one worker would never decode them.
+    assert!(
+        rayon::current_thread_index().is_none(),
+        "a split run's groups are driven from outside the thread pool"
+    );
     for group in 0..layout.groups as usize {
         let rows = next
             .take()

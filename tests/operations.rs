@@ -464,6 +464,48 @@ fn outputs_are_identical_across_thread_counts_and_file_order() {
     }
 }
 
+/// A close at one thread finishes, with the bytes of a close at two, on data with more
+/// invoice lines than one CSV piece (8,192 rows): a streamed CSV whose writer thread asked
+/// the pool to render its rows deadlocked at one thread, whose only worker was waiting for
+/// that very thread (caught by review, reproduced at 100,000 events).
+#[test]
+fn a_close_at_one_thread_finishes_with_the_bytes_of_two() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    generate(&data, 2_000, 100_000, 3, "0.02");
+    let mut outputs = Vec::new();
+    for threads in ["1", "2"] {
+        let out = tmp.path().join(format!("out-{threads}"));
+        let mut child = cmd("close", &data, &out)
+            .env("RAYON_NUM_THREADS", threads)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("a close at {threads} thread(s) still runs after 60 s (deadlocked?)");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(status.success(), "close at {threads} thread(s): {status}");
+        outputs.push(folder_bytes(&out));
+    }
+    assert!(outputs[0] == outputs[1], "1 and 2 threads differ");
+    let csv = std::fs::read_to_string(tmp.path().join("out-1/invoice_lines.csv")).unwrap();
+    let lines = csv.lines().count() - 1;
+    assert!(
+        lines > 8_192,
+        "{lines} invoice lines: not more than one CSV piece"
+    );
+}
+
 fn mount_tmpfs(dir: &Path, options: &str) -> bool {
     std::fs::create_dir_all(dir).unwrap();
     Command::new("mount")
