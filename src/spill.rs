@@ -89,8 +89,8 @@ fn buffer_bytes(groups: u32) -> usize {
     ((64usize << 20) / groups.max(1) as usize).clamp(64 << 10, 1 << 20)
 }
 
-/// Bytes of a frame header: rows, bytes of their spill forms, bytes of the ids' spill form
-/// (u32 LE each), and the frame's checksum ([`frame_checksum`], u64 LE).
+/// Bytes of a frame header: rows, bytes of their spill forms, bytes of their ids (the id
+/// chunk as in memory; u32 LE each), and the frame's checksum ([`frame_checksum`], u64 LE).
 const FRAME_HEADER_BYTES: usize = 20;
 
 /// A frame header's fields (see `SpillFiles::append`).
@@ -162,7 +162,7 @@ impl SpillFiles {
     }
 
     /// Append one frame: the row count, the length of the rows' spill forms and the length
-    /// of the id chunk's spill form (u32 LE each), the xxh3 checksum of both (u64 LE), the
+    /// of the id chunk (u32 LE each), the xxh3 checksum of both (u64 LE), the
     /// rows' spill forms ([`CompactRow::encode`]), then the id chunk's bytes as they are
     /// in memory. A frame holds rows of one batch in row order (their ids in chunk
     /// 0 of the frame, in row order); frames let a group be read back in parallel. The rows are
@@ -229,7 +229,7 @@ fn frame_len(bytes: usize) -> u32 {
     u32::try_from(bytes).expect("a spill frame part is under 4 GiB")
 }
 
-/// One frame of a spill file: its rows' spill forms, its ids' spill form, their count, its
+/// One frame of a spill file: its rows' spill forms, its ids, their count, its
 /// first row and its checksum (checked when the frame is decoded, frames in parallel).
 struct Frame<'a> {
     rows: &'a [u8],
