@@ -784,6 +784,17 @@ mod tests {
             let path = dir.path().join("sheet.csv");
             write_sheet_csv(&path, &batch, 2).unwrap();
             assert!(std::fs::read(&path).unwrap() == one_writer, "{rows} rows");
+            // Streamed in two chunks, each rendered piece by piece on this thread.
+            let streamed = dir.path().join("streamed.csv");
+            let mut csv = StreamedCsv::create(&streamed, &batch.schema(), 2).unwrap();
+            let half = rows / 2;
+            csv.write(&batch.slice(0, half)).unwrap();
+            csv.write(&batch.slice(half, rows - half)).unwrap();
+            csv.finish().unwrap();
+            assert!(
+                std::fs::read(&streamed).unwrap() == one_writer,
+                "{rows} rows, streamed"
+            );
             let rendered = Rendered::of(&batch, 2).unwrap();
             let all: Vec<usize> = (0..rows).collect();
             assert!(rendered.file(&all) == one_writer, "{rows} rows, rendered");
