@@ -127,10 +127,20 @@ fn csv_err(e: csv::Error) -> TallyError {
     TallyError::output("csv", e)
 }
 
-fn csv_writer<W: Write>(w: W) -> csv::Writer<W> {
+/// A CSV writer of this project's form (`\n` line ends, quoting only where needed).
+pub(crate) fn csv_writer<W: Write>(w: W) -> csv::Writer<W> {
     csv::WriterBuilder::new()
         .terminator(csv::Terminator::Any(b'\n'))
         .from_writer(w)
+}
+
+/// The header line of a CSV with these column names.
+pub(crate) fn header_line<I: IntoIterator<Item = T>, T: AsRef<[u8]>>(
+    names: I,
+) -> csv::Result<Vec<u8>> {
+    let mut w = csv_writer(Vec::new());
+    w.write_record(names)?;
+    w.into_inner().map_err(|e| e.into_error().into())
 }
 
 /// Rows one thread renders at a time when a CSV is rendered in parallel: a piece is worth
@@ -223,12 +233,9 @@ pub fn sheet_csv(batch: &RecordBatch, exponent: u32) -> Result<Vec<u8>> {
 /// rendered in parallel ([`write_lines`]: from a worker of the pool, a write job).
 pub fn write_sheet_csv(path: &Path, batch: &RecordBatch, exponent: u32) -> Result<()> {
     let schema = batch.schema();
-    let mut w = csv_writer(Vec::new());
-    w.write_record(header(&schema)).map_err(csv_err)?;
-    let header = w.into_inner().map_err(|e| failed_writing(path, e))?;
     let money = money_flags(&schema);
     crate::write::write_through(path, |out| {
-        out.write_all(&header)?;
+        out.write_all(&header_line(header(&schema))?)?;
         write_lines(out, batch.num_rows(), &|w, row, buf| {
             write_row(w, batch, row, &money, exponent, buf)
         })
@@ -236,45 +243,45 @@ pub fn write_sheet_csv(path: &Path, batch: &RecordBatch, exponent: u32) -> Resul
 }
 
 /// A spreadsheet CSV written a batch at a time (a table streamed from its runs beside its
-/// Parquet file: [`crate::write::write_streamed`]), on the thread that calls it: that is a
-/// thread of its own, which a worker of the pool waits for, so it must not ask the pool
-/// to render (see [`render_lines`]).
+/// Parquet file: [`crate::write::write_streamed`]), row by row on the thread that calls
+/// it: that is a thread of its own, which a worker of the pool waits for, so it must not
+/// ask the pool to render (see [`render_lines`]).
 pub struct StreamedCsv<'a> {
     path: &'a Path,
-    out: BufWriter<File>,
+    w: csv::Writer<BufWriter<File>>,
     money: Vec<bool>,
     exponent: u32,
+    buf: String,
 }
 
 impl<'a> StreamedCsv<'a> {
-    /// Create the file and write the header of `schema`.
+    /// Create the file and write the header of `schema` (into the buffer: a file that
+    /// cannot be written fails at a later write, named).
     pub fn create(path: &'a Path, schema: &Schema, exponent: u32) -> Result<StreamedCsv<'a>> {
         let file = File::create(path).map_err(|e| TallyError::write(path, e))?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
-        // Into the buffer only: a file that cannot be written fails at the first write
-        // past it (or at `finish`), named.
-        let mut w = csv_writer(Vec::new());
-        w.write_record(header(schema)).map_err(csv_err)?;
-        let header = w.into_inner().map_err(|e| failed_writing(path, e))?;
-        out.write_all(&header)
+        let mut w = csv_writer(BufWriter::with_capacity(1 << 20, file));
+        w.write_record(header(schema))
             .map_err(|e| failed_writing(path, e))?;
         Ok(StreamedCsv {
             path,
-            out,
+            w,
             money: money_flags(schema),
             exponent,
+            buf: String::new(),
         })
     }
 
     pub fn write(&mut self, chunk: &RecordBatch) -> Result<()> {
-        let (money, exponent) = (&self.money, self.exponent);
-        let line: &LineFn<'_> = &|w, row, buf| write_row(w, chunk, row, money, exponent, buf);
-        for start in (0..chunk.num_rows()).step_by(PIECE_ROWS) {
-            let piece = render_piece(start..(start + PIECE_ROWS).min(chunk.num_rows()), line)
-                .map_err(|e| failed_writing(self.path, e))?;
-            self.out
-                .write_all(&piece.bytes)
-                .map_err(|e| failed_writing(self.path, e))?;
+        for row in 0..chunk.num_rows() {
+            write_row(
+                &mut self.w,
+                chunk,
+                row,
+                &self.money,
+                self.exponent,
+                &mut self.buf,
+            )
+            .map_err(|e| failed_writing(self.path, e))?;
         }
         Ok(())
     }
@@ -283,7 +290,9 @@ impl<'a> StreamedCsv<'a> {
     pub fn finish(self) -> Result<()> {
         let path = self.path;
         let file = self
-            .out
+            .w
+            .into_inner()
+            .map_err(|e| failed_writing(path, e))?
             .into_inner()
             .map_err(|e| TallyError::write(path, e.into_error()))?;
         file.sync_all().map_err(|e| TallyError::write(path, e))
@@ -390,11 +399,7 @@ pub struct Rendered {
 impl Rendered {
     pub fn of(batch: &RecordBatch, exponent: u32) -> Result<Rendered> {
         let schema = batch.schema();
-        let mut w = csv_writer(Vec::new());
-        w.write_record(header(&schema)).map_err(csv_err)?;
-        let header = w
-            .into_inner()
-            .map_err(|e| TallyError::output("csv", e.to_string()))?;
+        let header = header_line(header(&schema)).map_err(csv_err)?;
         let money = money_flags(&schema);
         let pieces = render_lines(0..batch.num_rows(), &|w, row, buf| {
             write_row(w, batch, row, &money, exponent, buf)

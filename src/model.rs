@@ -341,10 +341,15 @@ impl CodeLimits {
 }
 
 /// The next id of a chunk at `next` (its 2-byte length and its bytes): its offset and
-/// bytes; `next` moves past it. `None` when the chunk does not hold a whole id there.
+/// bytes; `next` moves past it. `None` when the chunk does not hold a whole id there, or
+/// one longer than an input's ids may be ([`crate::dict::MAX_ID_BYTES`]: a spill frame
+/// that passes its checksum still cannot give an id no input has).
 pub(crate) fn take_id<'a>(ids: &'a [u8], next: &mut u32) -> Option<(u32, &'a [u8])> {
     let at = *next as usize;
     let len = u16::from_le_bytes(ids.get(at..at + 2)?.try_into().ok()?) as usize;
+    if len > crate::dict::MAX_ID_BYTES {
+        return None;
+    }
     let bytes = ids.get(at + 2..at + 2 + len)?;
     let offset = *next;
     *next = u32::try_from(at + 2 + len).ok()?;

@@ -268,11 +268,9 @@ fn frames_of<'a, R: CompactRow>(bytes: &'a [u8], path: &Path) -> Result<Vec<Fram
         let checksum = header.checksum;
         // Only the first row here (the frames' order); the checksum and the other rows are
         // checked by `decode_frame`, in parallel. A first row that does not decode names
-        // the damage the checksum finds, if it finds one. A row has at most two ids (a
-        // damaged second id that the first row does not need is `decode_frame`'s to find).
-        let mut first_ids = Vec::new();
-        let _whole_ids_only = whole_ids(ids, &mut first_ids, 2);
-        let Some((first, _)) = R::decode(rows, &R::zeroed(), &first_ids, &mut 0, 0) else {
+        // the damage the checksum finds, if it finds one. The first row reads only its own
+        // ids from the frame's chunk (a damaged later id is `decode_frame`'s to find).
+        let Some((first, _)) = R::decode(rows, &R::zeroed(), ids, &mut 0, 0) else {
             return Err(corrupt(
                 path,
                 match frame_checksum(rows, ids) == checksum {
@@ -309,8 +307,8 @@ fn decode_frame<R: CompactRow>(
     if frame_checksum(frame.rows, frame.ids) != frame.checksum {
         return Err(CHECKSUM_MISMATCH);
     }
-    let mut ids = Vec::with_capacity(frame.ids.len());
-    whole_ids(frame.ids, &mut ids, usize::MAX).ok_or(ROWS_DO_NOT_DECODE)?;
+    // The frame's ids are its chunk as in memory: each row's are checked as it decodes.
+    let ids = frame.ids.to_vec();
     let mut bytes = frame.rows;
     let mut prev = R::zeroed();
     let mut next_id = 0u32;
@@ -347,26 +345,6 @@ fn decode_frame<R: CompactRow>(
         true => Ok((IdChunk { bytes: ids }, prev.at())),
         false => Err(ROWS_DO_NOT_DECODE),
     }
-}
-
-/// Append the first `max_ids` ids of `chunk` (a frame's ids) to `out`; `None` when
-/// `chunk` is not whole ids of the lengths an input's ids may have. Only whole ids are
-/// appended: on `None`, `out` holds the ids before the first that is not one (a damaged
-/// frame fails its checksum; this keeps bytes that pass it from giving ids no input has).
-fn whole_ids(chunk: &[u8], out: &mut Vec<u8>, max_ids: usize) -> Option<()> {
-    let (mut next, mut ids, mut whole) = (0u32, 0, true);
-    while (next as usize) < chunk.len() && ids < max_ids {
-        let at = next;
-        match crate::model::take_id(chunk, &mut next) {
-            Some((_, id)) if id.len() <= crate::dict::MAX_ID_BYTES => ids += 1,
-            _ => {
-                (next, whole) = (at, false);
-                break;
-            }
-        }
-    }
-    out.extend_from_slice(&chunk[..next as usize]);
-    whole.then_some(())
 }
 
 /// Read one group's spill file back in (file, row) order, straight into one vector, with

@@ -135,11 +135,8 @@ pub fn write_table_csv(path: &Path, batch: &RecordBatch) -> Result<()> {
 
 fn table_csv_into<W: Write>(mut out: W, batch: &RecordBatch) -> std::result::Result<W, csv::Error> {
     let schema = batch.schema();
-    let mut header = csv::WriterBuilder::new()
-        .terminator(csv::Terminator::Any(b'\n'))
-        .from_writer(Vec::new());
-    header.write_record(schema.fields().iter().map(|f| f.name().as_str()))?;
-    out.write_all(&header.into_inner().map_err(|e| e.into_error())?)?;
+    let names = schema.fields().iter().map(|f| f.name().as_str());
+    out.write_all(&crate::export::header_line(names)?)?;
     crate::export::write_lines(&mut out, batch.num_rows(), &|w, row, text| {
         for column in batch.columns() {
             text.clear();
