@@ -194,12 +194,61 @@ fn starts_with_magic(r: &mut impl Read) -> std::io::Result<bool> {
 const MAX_RECORD_BYTES: usize = 16 * crate::load::MAX_STRING_BYTES;
 
 /// What comes before a record's bytes: how many leading bytes it shares with the record
-/// before it and how many follow (each a LEB128 varint, as postcard writes a u32; read
-/// with postcard).
-#[derive(Deserialize)]
+/// before it and how many follow, each a LEB128 varint as postcard writes a u32.
+#[derive(Debug, PartialEq, Eq)]
 struct RecordHead {
     shared: u32,
     rest: u32,
+}
+
+/// Why a record's head could not be read.
+#[derive(Debug)]
+enum HeadError {
+    /// The file ends before the head's first byte.
+    EndBeforeRecord,
+    /// The file ends inside the head.
+    EndInsideHead,
+    /// A varint longer than a u32's five bytes, or past `u32::MAX`.
+    BadLength,
+    /// Reading the file failed.
+    Io(std::io::Error),
+}
+
+impl RecordHead {
+    /// Read a head, byte by byte as postcard's reader did, taking what postcard takes and
+    /// refusing what it refuses; unlike postcard's `from_io`, which reported any failed read
+    /// as "unexpected end", a failed read is reported as itself.
+    fn read(r: &mut impl Read) -> std::result::Result<RecordHead, HeadError> {
+        let shared = Self::varint(r, true)?;
+        let rest = Self::varint(r, false)?;
+        Ok(RecordHead { shared, rest })
+    }
+
+    fn varint(r: &mut impl Read, first: bool) -> std::result::Result<u32, HeadError> {
+        let mut value = 0u32;
+        for i in 0..5 {
+            let mut byte = [0u8; 1];
+            if let Err(e) = r.read_exact(&mut byte) {
+                return Err(match e.kind() {
+                    std::io::ErrorKind::UnexpectedEof if first && i == 0 => {
+                        HeadError::EndBeforeRecord
+                    }
+                    std::io::ErrorKind::UnexpectedEof => HeadError::EndInsideHead,
+                    _ => HeadError::Io(e),
+                });
+            }
+            let byte = byte[0];
+            value |= u32::from(byte & 0x7F) << (7 * i);
+            if byte & 0x80 == 0 {
+                // The fifth byte holds the top 4 bits of a u32.
+                return match i == 4 && byte > 0x0F {
+                    true => Err(HeadError::BadLength),
+                    false => Ok(value),
+                };
+            }
+        }
+        Err(HeadError::BadLength)
+    }
 }
 
 /// Write `rows` as a run file at `path`. A row may be given as any value that serializes
@@ -260,6 +309,8 @@ struct RunReader<T: Keyed> {
     path: PathBuf,
     reader: crate::direct::AheadReader,
     left: u64,
+    /// The rows the file was written with.
+    rows: u64,
     /// The record read last, whole (the next one starts with a prefix of it).
     buf: Vec<u8>,
     /// What decoding keeps for the next record.
@@ -275,6 +326,7 @@ impl<T: Keyed> RunReader<T> {
             path: path.to_path_buf(),
             reader,
             left: rows,
+            rows,
             buf: Vec::new(),
             kept: T::Kept::default(),
         };
@@ -300,9 +352,16 @@ impl<T: Keyed> RunReader<T> {
             return Ok(None);
         }
         self.left -= 1;
-        let head = postcard::from_io::<RecordHead, _>((&mut self.reader, &mut [0u8; 0]))
-            .map(|(head, _)| head);
-        let head = head.map_err(|e| self.broken(&e))?;
+        let head = RecordHead::read(&mut self.reader).map_err(|e| match e {
+            HeadError::EndBeforeRecord => self.broken(&format!(
+                "the file ends after {} of the {} records written",
+                self.rows - (self.left + 1),
+                self.rows
+            )),
+            HeadError::EndInsideHead => self.broken(&"the file ends inside a record's head"),
+            HeadError::BadLength => self.broken(&"a record's head holds a damaged length"),
+            HeadError::Io(e) => self.broken(&e),
+        })?;
         let (shared, rest) = (head.shared as usize, head.rest as usize);
         if rest > MAX_RECORD_BYTES {
             return Err(self.broken(&format!("a record's length of {rest} bytes")));
@@ -590,11 +649,24 @@ mod tests {
             "{named}it does not start with \"TALLYRN2\" (written by another tally?)"
         )));
         assert!(read(&good[..good.len() - 1]).contains(&format!("{named}failed to fill")));
+        // Cut before the second record, and inside its head (its `shared` byte only).
+        let first_end = 8 + 2 + usize::from(good[9]);
+        assert!(read(&good[..first_end]).contains(&format!(
+            "{named}the file ends after 1 of the 2 records written"
+        )));
+        assert!(read(&good[..first_end + 1])
+            .contains(&format!("{named}the file ends inside a record's head")));
+        // A sixth byte of a varint, and a fifth past a u32.
+        let mut six = good[..8].to_vec();
+        six.extend([0x80, 0x80, 0x80, 0x80, 0x80, 0x00]);
+        assert!(read(&six).contains(&format!("{named}a record's head holds a damaged length")));
+        let mut wide = good[..8].to_vec();
+        wide.extend([0x80, 0x80, 0x80, 0x80, 0x10]);
+        assert!(read(&wide).contains(&format!("{named}a record's head holds a damaged length")));
         let mut long = good[..8].to_vec();
         long.extend([0, 0xff, 0xff, 0x7f]);
         assert!(read(&long).contains(&format!("{named}a record's length of 2097151 bytes")));
         // A second record whose length passes the limit (the first is under 128 bytes).
-        let first_end = 8 + 2 + usize::from(good[9]);
         let mut past = good[..first_end].to_vec();
         past.extend([good[9], 0x80, 0x80, 0x04]);
         let whole = usize::from(good[9]) + 65536;
@@ -606,6 +678,42 @@ mod tests {
         assert!(read(&shares).contains(&format!(
             "{named}a record shares 5 bytes with a previous one of 0"
         )));
+    }
+
+    /// A record head is read as postcard reads two u32 varints (every length at the edges
+    /// of one to five bytes), and a failed read is reported as itself, not as an end.
+    #[test]
+    fn record_heads_read_as_postcard_reads_them_and_name_a_failed_read() {
+        for value in [
+            0u32,
+            127,
+            128,
+            16_383,
+            16_384,
+            (1 << 28) - 1,
+            1 << 28,
+            u32::MAX,
+        ] {
+            let bytes = postcard::to_allocvec(&(value, 7u32)).unwrap();
+            let head = RecordHead::read(&mut &bytes[..]).unwrap();
+            assert_eq!(
+                head,
+                RecordHead {
+                    shared: value,
+                    rest: 7
+                }
+            );
+        }
+        struct Failing;
+        impl Read for Failing {
+            fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::other("the disk went away"))
+            }
+        }
+        match RecordHead::read(&mut Failing) {
+            Err(HeadError::Io(e)) => assert_eq!(e.to_string(), "the disk went away"),
+            other => panic!("{other:?}"),
+        }
     }
 
     /// The borrowed form a group writes its invoice lines in is byte for byte the owned
