@@ -169,9 +169,14 @@ pub struct CrossBucket {
 }
 
 /// A set of keys ([`id_key`]s) asked about once per row, almost always for a key it does not
-/// hold: a bit per slot of a small filter (about 8 bits a key, a few tens of KB that stay
-/// in the core's cache) answers most of those without touching the hash table (the table's
-/// lookups were 3 % of the spill pass's samples at 20M, about 9 ns a ledger row).
+/// hold: a bit per slot of a small filter (8-16 bits a key, 32 KB for the 20K ids of the
+/// 20M bench data, which stay in the core's cache) answers most of those without touching
+/// the hash table (the table's lookups were 3 % of the spill pass's samples at 20M, about
+/// 9 ns a ledger row). The filter stops at [`MAX_FILTER_BITS`]: past it (a data root where
+/// millions of ids cross) it no longer stays in cache and only thins the lookups.
+/// The largest [`KeySet`] filter: 4 MiB.
+const MAX_FILTER_BITS: usize = 1 << 25;
+
 #[derive(Default)]
 struct KeySet {
     keys: HashSet<u64, FastHash>,
@@ -185,7 +190,9 @@ impl KeySet {
         if keys.is_empty() {
             return KeySet::default();
         }
-        let bits = (keys.len() * 8).next_power_of_two().max(64);
+        let bits = (keys.len() * 8)
+            .next_power_of_two()
+            .clamp(64, MAX_FILTER_BITS);
         let mask = (bits - 1) as u64;
         let mut filter = vec![0u64; bits / 64];
         for &key in &keys {
@@ -920,6 +927,14 @@ mod tests {
         );
         let empty = KeySet::new(HashSet::default());
         assert!(!empty.contains(key(1)) && !empty.contains(0) && empty.len() == 0);
+        // At the filter's cap and past it: the filter stops growing, members still found.
+        let at_cap = MAX_FILTER_BITS / 8;
+        for n in [at_cap, at_cap + 1] {
+            let members: HashSet<u64, FastHash> = (0..n as u64).map(key).collect();
+            let set = KeySet::new(members.clone());
+            assert_eq!(set.filter.len() * 64, MAX_FILTER_BITS, "{n} keys");
+            assert!(members.iter().all(|&k| set.contains(k)), "{n} keys");
+        }
     }
 
     /// The table gives every partition the group `Layout` computes, or none for another
@@ -1041,6 +1056,34 @@ mod tests {
     }
 
     /// A repeat is found across batches and buckets; distinct hashes are no repeat.
+    /// Each scratch file holds exactly the hashes with its top 4 bits, whichever batch
+    /// brought them (a repeat split across two files would go unseen).
+    #[test]
+    fn each_entry_hash_file_holds_the_hashes_of_its_top_bits() {
+        let hashes: Vec<u64> = (0..20_000u64)
+            .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i << 7))
+            .chain([0, u64::MAX, 1 << 60, (1 << 60) - 1])
+            .collect();
+        let entry_hashes = EntryHashes::create().unwrap();
+        entry_hashes.add(&hashes[..7_000]);
+        entry_hashes.add(&hashes[7_000..]);
+        for file in &entry_hashes.files {
+            file.lock().unwrap().flush().unwrap();
+        }
+        for bucket in 0..16usize {
+            let bytes = std::fs::read(EntryHashes::path(entry_hashes.dir.path(), bucket)).unwrap();
+            let mut held: Vec<u64> = (bytes.chunks_exact(8))
+                .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            let mut expected: Vec<u64> = (hashes.iter().copied())
+                .filter(|h| (h >> 60) as usize == bucket)
+                .collect();
+            held.sort_unstable();
+            expected.sort_unstable();
+            assert_eq!(held, expected, "file {bucket}");
+        }
+    }
+
     #[test]
     fn entry_hashes_tell_whether_any_entry_id_repeats() {
         let distinct: Vec<u64> = (0..10_000u64)

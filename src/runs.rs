@@ -217,27 +217,39 @@ enum HeadError {
 impl RecordHead {
     /// Read a head, byte by byte as postcard's reader did, taking what postcard takes and
     /// refusing what it refuses; unlike postcard's `from_io`, which reported any failed read
-    /// as "unexpected end", a failed read is reported as itself.
+    /// as "unexpected end", a failed read is reported as itself. (Byte by byte, as postcard
+    /// read: decoding from the read-ahead's buffer at once would be faster; not measured.)
     fn read(r: &mut impl Read) -> std::result::Result<RecordHead, HeadError> {
         let shared = Self::varint(r, true)?;
         let rest = Self::varint(r, false)?;
         Ok(RecordHead { shared, rest })
     }
 
+    /// The next byte (`None`: the end of the file). Read with `read`, not `read_exact`: an
+    /// error of the reader's own kind "unexpected end" (the read-ahead's for a file that
+    /// shrank while read: "N bytes where M were written") is passed on as it is, not taken
+    /// for the end of the file.
+    fn byte(r: &mut impl Read) -> std::io::Result<Option<u8>> {
+        let mut byte = [0u8; 1];
+        loop {
+            match r.read(&mut byte) {
+                Ok(0) => return Ok(None),
+                Ok(_) => return Ok(Some(byte[0])),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     fn varint(r: &mut impl Read, first: bool) -> std::result::Result<u32, HeadError> {
         let mut value = 0u32;
         for i in 0..5 {
-            let mut byte = [0u8; 1];
-            if let Err(e) = r.read_exact(&mut byte) {
-                return Err(match e.kind() {
-                    std::io::ErrorKind::UnexpectedEof if first && i == 0 => {
-                        HeadError::EndBeforeRecord
-                    }
-                    std::io::ErrorKind::UnexpectedEof => HeadError::EndInsideHead,
-                    _ => HeadError::Io(e),
-                });
-            }
-            let byte = byte[0];
+            let byte = match Self::byte(r) {
+                Ok(Some(byte)) => byte,
+                Ok(None) if first && i == 0 => return Err(HeadError::EndBeforeRecord),
+                Ok(None) => return Err(HeadError::EndInsideHead),
+                Err(e) => return Err(HeadError::Io(e)),
+            };
             value |= u32::from(byte & 0x7F) << (7 * i);
             if byte & 0x80 == 0 {
                 // The fifth byte holds the top 4 bits of a u32.
@@ -713,6 +725,53 @@ mod tests {
         match RecordHead::read(&mut Failing) {
             Err(HeadError::Io(e)) => assert_eq!(e.to_string(), "the disk went away"),
             other => panic!("{other:?}"),
+        }
+        // The read-ahead reports a file that shrank as an "unexpected end" error of its
+        // own: passed on as it is, not taken for the file's end.
+        struct Shrunk;
+        impl Read for Shrunk {
+            fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "10 bytes where 20 were written",
+                ))
+            }
+        }
+        match RecordHead::read(&mut Shrunk) {
+            Err(HeadError::Io(e)) => assert_eq!(e.to_string(), "10 bytes where 20 were written"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Bytes postcard refuses as a head, or finds too short, are refused or found short
+    /// alike (a varint past five bytes, a fifth byte past a u32, every cut).
+    #[test]
+    fn record_heads_refuse_what_postcard_refuses() {
+        let cases: [&[u8]; 9] = [
+            &[0x80, 0x80, 0x80, 0x80, 0x10, 0],
+            &[0xFF, 0xFF, 0xFF, 0xFF, 0x0F, 0],
+            &[0x80, 0x80, 0x80, 0x80, 0x80, 0x00, 0],
+            &[0, 0x80, 0x80, 0x80, 0x80, 0x1F],
+            &[0, 0xFF, 0xFF, 0xFF, 0xFF, 0x0F],
+            &[0x80],
+            &[0x05, 0x80, 0x80],
+            &[],
+            &[0x7F],
+        ];
+        for bytes in cases {
+            let ours = RecordHead::read(&mut &bytes[..]);
+            let theirs = postcard::take_from_bytes::<(u32, u32)>(bytes);
+            match (&ours, &theirs) {
+                (Ok(head), Ok(((shared, rest), _))) => {
+                    assert_eq!((head.shared, head.rest), (*shared, *rest), "{bytes:x?}")
+                }
+                (Err(HeadError::BadLength), Err(postcard::Error::DeserializeBadVarint))
+                | (
+                    Err(HeadError::EndBeforeRecord | HeadError::EndInsideHead),
+                    Err(postcard::Error::DeserializeUnexpectedEnd),
+                ) => {}
+                _ => panic!("{bytes:x?}: ours {ours:?}, postcard's {theirs:?}"),
+            }
         }
     }
 

@@ -128,9 +128,12 @@ impl FrameHeader {
 /// CRC-32 of a frame's encoded rows and ids (widened to the header's 64 bits): a damaged
 /// spill file fails the run when read back instead of decoding to other rows (a flipped
 /// bit in a varint still decodes, and a wrong step would shift every later instant of its
-/// frame). A CRC detects every burst of up to 32 flipped bits, the damage storage does;
-/// `crc32fast` folds with the CPU's carry-less multiply, faster than the xxh3 it replaced
-/// (xxh3's streaming hasher was 3.4 % of a 20M-event reconcile's group phase, `perf`).
+/// frame). A CRC-32 finds every burst of up to 32 flipped bits; other damage (a whole
+/// sector, say) passes it about once in 2^32 frames, against 2^64 for the 64-bit xxh3 it
+/// replaced, and must then also decode to whole rows in order with the run's codes to go
+/// unnoticed. The trade: `crc32fast` folds with the CPU's carry-less multiply, at half
+/// xxh3's samples (xxh3's streaming hasher was 3.4 % of a 20M-event reconcile's group
+/// phase, `perf`).
 fn frame_checksum(rows: &[u8], ids: &[u8]) -> u64 {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(rows);
@@ -557,7 +560,15 @@ pub fn route_dataset<S: Source>(
         states,
         &|unit, out, batch| {
             let mut parser = source.parser(batch, unit.file as u32, &mut out.memos);
-            let partitions = out.accounts.of_rows(&batch.columns[1], batch.len);
+            // A valid row's account is its raw `account_id` cell: one partition serves the
+            // skip, the spill and the reject (a row without an account is reported with
+            // partition 0's).
+            let mut partitions = out.accounts.of_rows(&batch.columns[1], batch.len);
+            for partition in &mut partitions {
+                if *partition == NO_ACCOUNT {
+                    *partition = 0;
+                }
+            }
             // Each group's frame sized for the rows whose account is in it (an upper bound:
             // rejects and candidates among them are not spilled), ids at the source's bytes
             // a row. A batch holds a few accounts' rows, so a group's share of it is far
@@ -566,11 +577,6 @@ pub fn route_dataset<S: Source>(
             // regrowth was 0.75 % of a 20M reconcile's samples).
             let mut sizes = vec![0usize; groups];
             for &partition in &partitions {
-                let partition = if partition == NO_ACCOUNT {
-                    0
-                } else {
-                    partition
-                };
                 if let Some(group) = group_table.group(partition) {
                     sizes[group] += 1;
                 }
@@ -586,13 +592,6 @@ pub fn route_dataset<S: Source>(
                 .collect();
             let kept = &mut out.done;
             for (i, &partition) in partitions.iter().enumerate() {
-                // A valid row's account is its raw `account_id` cell: one partition serves
-                // the skip, the spill and the reject (a row without an account is reported
-                // with partition 0's).
-                let partition = match partition {
-                    NO_ACCOUNT => 0,
-                    partition => partition,
-                };
                 let group = group_table.group(partition);
                 // Another shard's row that cannot be a candidate: not even parsed here.
                 if group.is_none() && !source.raw_candidate(batch, i, cross) {
@@ -1011,7 +1010,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = spill_of(dir.path(), &[vec![usage(0, 0, "a"), usage(0, 1, "b")]]);
         let clean = std::fs::read(&file.path).unwrap();
-        for at in FRAME_HEADER_BYTES..clean.len() {
+        // From the checksum field on (its CRC-32 bytes and the four zero bytes above them).
+        for at in 12..clean.len() {
             let mut bytes = clean.clone();
             bytes[at] ^= 0x10;
             // Reading a group removes its file: write it anew each time.
