@@ -218,7 +218,8 @@ impl RecordHead {
     /// Read a head, byte by byte as postcard's reader did, taking what postcard takes and
     /// refusing what it refuses; unlike postcard's `from_io`, which reported any failed read
     /// as "unexpected end", a failed read is reported as itself. (Byte by byte, as postcard
-    /// read: decoding from the read-ahead's buffer at once would be faster; not measured.)
+    /// read: decoding a whole head in place from the read-ahead's buffer was no faster, 532
+    /// samples against 472 for the run reading of a 20M close, `perf`.)
     fn read(r: &mut impl Read) -> std::result::Result<RecordHead, HeadError> {
         let shared = Self::varint(r, true)?;
         let rest = Self::varint(r, false)?;
