@@ -147,7 +147,8 @@ pub(crate) fn header_line<I: IntoIterator<Item = T>, T: AsRef<[u8]>>(
 /// a task, and a window of pieces in memory stays small (see [`write_lines`]).
 const PIECE_ROWS: usize = 8192;
 
-/// The CSV lines of some consecutive rows, and where each line ends in `bytes`.
+/// The CSV lines of some consecutive rows, and (when asked for) where each line ends in
+/// `bytes`.
 struct Piece {
     bytes: Vec<u8>,
     ends: Vec<usize>,
@@ -157,15 +158,23 @@ struct Piece {
 type LineFn<'a> =
     dyn Fn(&mut csv::Writer<Vec<u8>>, usize, &mut String) -> csv::Result<()> + Sync + 'a;
 
-/// The CSV lines of `rows`, each written by `line`, as one piece.
-fn render_piece(rows: std::ops::Range<usize>, line: &LineFn<'_>) -> csv::Result<Piece> {
+/// The CSV lines of `rows`, each written by `line`, as one piece; with `line_ends`, where
+/// each ends (the writer is flushed after every line for it: a file written whole needs no
+/// ends, and its writer flushes only when its buffer fills).
+fn render_piece(
+    rows: std::ops::Range<usize>,
+    line: &LineFn<'_>,
+    line_ends: bool,
+) -> csv::Result<Piece> {
     let mut w = csv_writer(Vec::new());
-    let mut ends = Vec::with_capacity(rows.len());
+    let mut ends = Vec::with_capacity(if line_ends { rows.len() } else { 0 });
     let mut buf = String::new();
     for row in rows {
         line(&mut w, row, &mut buf)?;
-        w.flush()?;
-        ends.push(w.get_ref().len());
+        if line_ends {
+            w.flush()?;
+            ends.push(w.get_ref().len());
+        }
     }
     let bytes = w.into_inner().map_err(|e| e.into_error())?;
     Ok(Piece { bytes, ends })
@@ -181,12 +190,16 @@ fn render_piece(rows: std::ops::Range<usize>, line: &LineFn<'_>) -> csv::Result<
 /// worker blocked on the caller cannot render the caller's pieces, and with one worker
 /// the run deadlocks (a streamed table's CSV thread is such a caller: [`StreamedCsv`]
 /// renders on its own thread).
-fn render_lines(rows: std::ops::Range<usize>, line: &LineFn<'_>) -> csv::Result<Vec<Piece>> {
+fn render_lines(
+    rows: std::ops::Range<usize>,
+    line: &LineFn<'_>,
+    line_ends: bool,
+) -> csv::Result<Vec<Piece>> {
     use rayon::prelude::*;
     let starts: Vec<usize> = rows.clone().step_by(PIECE_ROWS).collect();
     starts
         .into_par_iter()
-        .map(|start| render_piece(start..(start + PIECE_ROWS).min(rows.end), line))
+        .map(|start| render_piece(start..(start + PIECE_ROWS).min(rows.end), line, line_ends))
         .collect()
 }
 
@@ -200,7 +213,7 @@ pub(crate) fn write_lines<W: Write>(
 ) -> csv::Result<()> {
     let window = PIECE_ROWS * 4 * rayon::current_num_threads().max(1);
     for start in (0..rows).step_by(window) {
-        for piece in render_lines(start..(start + window).min(rows), line)? {
+        for piece in render_lines(start..(start + window).min(rows), line, false)? {
             out.write_all(&piece.bytes)?;
         }
     }
@@ -401,9 +414,11 @@ impl Rendered {
         let schema = batch.schema();
         let header = header_line(header(&schema)).map_err(csv_err)?;
         let money = money_flags(&schema);
-        let pieces = render_lines(0..batch.num_rows(), &|w, row, buf| {
-            write_row(w, batch, row, &money, exponent, buf)
-        })
+        let pieces = render_lines(
+            0..batch.num_rows(),
+            &|w, row, buf| write_row(w, batch, row, &money, exponent, buf),
+            true,
+        )
         .map_err(csv_err)?;
         let mut bytes = Vec::with_capacity(pieces.iter().map(|p| p.bytes.len()).sum());
         let mut ends = Vec::with_capacity(batch.num_rows());

@@ -168,15 +168,15 @@ pub struct CrossBucket {
     entries: KeySet,
 }
 
+/// The largest [`KeySet`] filter: 4 MiB.
+const MAX_FILTER_BITS: usize = 1 << 25;
+
 /// A set of keys ([`id_key`]s) asked about once per row, almost always for a key it does not
 /// hold: a bit per slot of a small filter (8-16 bits a key, 32 KB for the 20K ids of the
 /// 20M bench data, which stay in the core's cache) answers most of those without touching
 /// the hash table (the table's lookups were 3 % of the spill pass's samples at 20M, about
 /// 9 ns a ledger row). The filter stops at [`MAX_FILTER_BITS`]: past it (a data root where
 /// millions of ids cross) it no longer stays in cache and only thins the lookups.
-/// The largest [`KeySet`] filter: 4 MiB.
-const MAX_FILTER_BITS: usize = 1 << 25;
-
 #[derive(Default)]
 struct KeySet {
     keys: HashSet<u64, FastHash>,
@@ -868,6 +868,17 @@ mod tests {
 
     const GIB: u64 = 1 << 30;
 
+    /// `i`'s bits spread over the whole word (Fibonacci hashing): distinct for distinct
+    /// `i`, and every bucket of the top bits filled.
+    fn spread(i: u64) -> u64 {
+        i.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+
+    /// `n` spread keys, then `edges` (keys at the ends of buckets).
+    fn spread_keys(n: u64, edges: &[u64]) -> Vec<u64> {
+        (0..n).map(spread).chain(edges.iter().copied()).collect()
+    }
+
     /// Each row's partition as `partition_of` gives it from the row's cell, for a
     /// dictionary column (null keys and a null value among them), a plain one and an
     /// absent one; a batch with the same dictionary reuses the hashed values, one with
@@ -910,7 +921,7 @@ mod tests {
     /// them keys sharing a member's filter bit) out; an empty set holds nothing.
     #[test]
     fn a_key_set_holds_exactly_its_keys() {
-        let key = |i: u64| key_of_hash(i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let key = |i: u64| key_of_hash(spread(i));
         let members: HashSet<u64, FastHash> = (0..3_000).map(key).collect();
         let set = KeySet::new(members.clone());
         assert_eq!(set.len(), 3_000);
@@ -964,10 +975,7 @@ mod tests {
     /// A batch's bucket holds the batch's keys with that top byte, in the batch's order.
     #[test]
     fn bucketed_keys_hold_each_key_in_its_top_bytes_bucket_in_order() {
-        let keys: Vec<u64> = (0..5_000u64)
-            .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i << 3))
-            .chain([0, u64::MAX, 1 << 56, (1 << 56) - 1])
-            .collect();
+        let keys = spread_keys(5_000, &[0, u64::MAX, 1 << 56, (1 << 56) - 1]);
         let filed = BucketedKeys::new(&keys);
         for bucket in 0..256usize {
             let expected: Vec<u64> = (keys.iter().copied())
@@ -1006,7 +1014,7 @@ mod tests {
         pairs
             .iter()
             .map(|&(id, low)| {
-                let id = (0x5Au64 << 56) | (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 8);
+                let id = (0x5Au64 << 56) | (spread(id) >> 8);
                 (id & !LOW) | u64::from(low)
             })
             .collect()
@@ -1045,7 +1053,7 @@ mod tests {
         ) {
             let mut hashes: Vec<u64> = values
                 .iter()
-                .map(|v| (0x3u64 << 60) | (v.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 4))
+                .map(|v| (0x3u64 << 60) | (spread(*v) >> 4))
                 .collect();
             hashes.extend(std::iter::repeat_n(0, zeros));
             let mut sorted = hashes.clone();
@@ -1055,15 +1063,11 @@ mod tests {
         }
     }
 
-    /// A repeat is found across batches and buckets; distinct hashes are no repeat.
     /// Each scratch file holds exactly the hashes with its top 4 bits, whichever batch
     /// brought them (a repeat split across two files would go unseen).
     #[test]
     fn each_entry_hash_file_holds_the_hashes_of_its_top_bits() {
-        let hashes: Vec<u64> = (0..20_000u64)
-            .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i << 7))
-            .chain([0, u64::MAX, 1 << 60, (1 << 60) - 1])
-            .collect();
+        let hashes = spread_keys(20_000, &[0, u64::MAX, 1 << 60, (1 << 60) - 1]);
         let entry_hashes = EntryHashes::create().unwrap();
         entry_hashes.add(&hashes[..7_000]);
         entry_hashes.add(&hashes[7_000..]);
@@ -1084,11 +1088,10 @@ mod tests {
         }
     }
 
+    /// A repeat is found across batches and buckets; distinct hashes are no repeat.
     #[test]
     fn entry_hashes_tell_whether_any_entry_id_repeats() {
-        let distinct: Vec<u64> = (0..10_000u64)
-            .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
-            .collect();
+        let distinct: Vec<u64> = (0..10_000u64).map(spread).collect();
         let hashes = EntryHashes::create().unwrap();
         hashes.add(&distinct[..5_000]);
         hashes.add(&distinct[5_000..]);

@@ -103,12 +103,15 @@ struct FrameHeader {
 }
 
 impl FrameHeader {
+    /// Where the checksum starts in a header's bytes (after the three u32 counts).
+    const CHECKSUM_AT: usize = 12;
+
     fn to_bytes(self) -> [u8; FRAME_HEADER_BYTES] {
         let mut bytes = [0u8; FRAME_HEADER_BYTES];
         bytes[..4].copy_from_slice(&self.rows.to_le_bytes());
         bytes[4..8].copy_from_slice(&self.rows_bytes.to_le_bytes());
-        bytes[8..12].copy_from_slice(&self.ids_bytes.to_le_bytes());
-        bytes[12..].copy_from_slice(&self.checksum.to_le_bytes());
+        bytes[8..Self::CHECKSUM_AT].copy_from_slice(&self.ids_bytes.to_le_bytes());
+        bytes[Self::CHECKSUM_AT..].copy_from_slice(&self.checksum.to_le_bytes());
         bytes
     }
 
@@ -120,7 +123,7 @@ impl FrameHeader {
             rows: u32_at(0),
             rows_bytes: u32_at(4),
             ids_bytes: u32_at(8),
-            checksum: u64::from_le_bytes(bytes[12..].try_into().expect("8 bytes")),
+            checksum: u64::from_le_bytes(bytes[Self::CHECKSUM_AT..].try_into().expect("8 bytes")),
         })
     }
 }
@@ -1011,7 +1014,7 @@ mod tests {
         let file = spill_of(dir.path(), &[vec![usage(0, 0, "a"), usage(0, 1, "b")]]);
         let clean = std::fs::read(&file.path).unwrap();
         // From the checksum field on (its CRC-32 bytes and the four zero bytes above them).
-        for at in 12..clean.len() {
+        for at in FrameHeader::CHECKSUM_AT..clean.len() {
             let mut bytes = clean.clone();
             bytes[at] ^= 0x10;
             // Reading a group removes its file: write it anew each time.
