@@ -186,26 +186,33 @@ fn render_piece(
 /// write, rendered on one thread); a CSV writer holds no state from one record to the
 /// next, so the pieces put together are the file one writer would have written.
 ///
-/// Call it only from a worker of the pool or from a thread that no worker waits for: a
-/// worker blocked on the caller cannot render the caller's pieces, and with one worker
-/// the run deadlocks (a streamed table's CSV thread is such a caller: [`StreamedCsv`]
-/// renders on its own thread).
+/// Only a worker of the pool hands pieces to the pool; any other thread renders them
+/// itself, one after another. A thread outside the pool may be one that a worker waits for
+/// (a streamed table's CSV thread, [`StreamedCsv`]): asking the pool from there deadlocked a
+/// close at one thread, whose only worker was the one waiting. A worker that waits on its
+/// own pieces renders them itself meanwhile, so from a worker the pool always gets on.
 fn render_lines(
     rows: std::ops::Range<usize>,
     line: &LineFn<'_>,
     line_ends: bool,
 ) -> csv::Result<Vec<Piece>> {
     use rayon::prelude::*;
-    let starts: Vec<usize> = rows.clone().step_by(PIECE_ROWS).collect();
-    starts
-        .into_par_iter()
-        .map(|start| render_piece(start..(start + PIECE_ROWS).min(rows.end), line, line_ends))
-        .collect()
+    let pieces = rows.clone().step_by(PIECE_ROWS);
+    let piece =
+        |start: usize| render_piece(start..(start + PIECE_ROWS).min(rows.end), line, line_ends);
+    match rayon::current_thread_index() {
+        Some(_) => pieces
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(piece)
+            .collect(),
+        None => pieces.map(piece).collect(),
+    }
 }
 
 /// Write the CSV lines of rows `0..rows` (each written by `line`) to `out`, rendered in
-/// parallel a window of pieces at a time: memory holds a window (four pieces a thread),
-/// not the file. The callers [`render_lines`] allows only.
+/// parallel (from a worker of the pool, see [`render_lines`]) a window of pieces at a
+/// time: memory holds a window (four pieces a thread), not the file.
 pub(crate) fn write_lines<W: Write>(
     out: &mut W,
     rows: usize,
@@ -257,8 +264,8 @@ pub fn write_sheet_csv(path: &Path, batch: &RecordBatch, exponent: u32) -> Resul
 
 /// A spreadsheet CSV written a batch at a time (a table streamed from its runs beside its
 /// Parquet file: [`crate::write::write_streamed`]), row by row on the thread that calls
-/// it: that is a thread of its own, which a worker of the pool waits for, so it must not
-/// ask the pool to render (see [`render_lines`]).
+/// it: a thread of its own, which a worker of the pool waits for (so it renders its rows
+/// itself, as [`render_lines`] would on such a thread).
 pub struct StreamedCsv<'a> {
     path: &'a Path,
     w: csv::Writer<BufWriter<File>>,
@@ -788,6 +795,17 @@ mod tests {
     /// the ones a single writer makes, at the piece and window sizes and one past them.
     #[test]
     fn csv_rendered_in_pieces_is_the_one_writer_csv() {
+        // On this thread (outside the pool: pieces one after another) and on a worker of
+        // a pool of two (pieces in parallel).
+        csv_in_pieces_is_the_one_writer_csv();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        pool.install(csv_in_pieces_is_the_one_writer_csv);
+    }
+
+    fn csv_in_pieces_is_the_one_writer_csv() {
         let window = PIECE_ROWS * 4 * rayon::current_num_threads();
         let dir = tempfile::tempdir().unwrap();
         for rows in [
