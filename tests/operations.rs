@@ -464,6 +464,50 @@ fn outputs_are_identical_across_thread_counts_and_file_order() {
     }
 }
 
+/// The manifest lists every file of a published folder but itself, each once, with the
+/// sha256 of the bytes on disk (recomputed here from the files): for a reconcile and for a
+/// close, whose largest files (`billed_events`, `invoice_lines` and its CSV) are streamed
+/// from run files, on data with more billed events than one streamed chunk (65,536 rows).
+#[test]
+fn the_manifest_lists_every_output_with_the_sha256_of_its_bytes() {
+    use sha2::Digest;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = generated(tmp.path(), 80_000);
+    for (command, as_of) in [("reconcile", AS_OF), ("close", CLOSE_AS_OF)] {
+        let out = tmp.path().join(command);
+        let run = run_command(command, &data, as_of, &out).output().unwrap();
+        assert!(run.status.success(), "{}", stderr(&run));
+        let manifest = json(&out.join("manifest.json"));
+        let listed: Vec<(String, String)> = (manifest["outputs"].as_array().unwrap().iter())
+            .map(|o| {
+                let text = |key: &str| o[key].as_str().unwrap().to_string();
+                (text("path"), text("sha256"))
+            })
+            .collect();
+        let on_disk: Vec<(String, String)> = folder_bytes(&out)
+            .into_iter()
+            .filter(|(name, _)| name != "manifest.json")
+            .map(|(name, bytes)| (name, hex::encode(sha2::Sha256::digest(&bytes))))
+            .collect();
+        // Both in path order: the manifest lists its outputs sorted by path.
+        assert_eq!(listed, on_disk, "{command}");
+        if command == "close" {
+            let rows = |path: &str| {
+                (manifest["outputs"].as_array().unwrap().iter())
+                    .find(|o| o["path"] == path)
+                    .and_then(|o| o["rows"].as_u64())
+                    .unwrap()
+            };
+            assert!(rows("invoice_lines.csv") > 0);
+            let billed = rows("billed_events.parquet");
+            assert!(
+                billed > 65_536,
+                "only {billed} billed events: one streamed chunk"
+            );
+        }
+    }
+}
+
 /// A close at one thread finishes, with the bytes of a close at two, on data with more
 /// invoice lines than one CSV piece (8,192 rows): a streamed CSV whose writer thread asked
 /// the pool to render its rows deadlocked at one thread, whose only worker was waiting for
