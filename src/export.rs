@@ -16,13 +16,12 @@ use crate::error::{Result, TallyError};
 use crate::model::{Dataset, Reason};
 use crate::pipeline::RunOutput;
 use crate::reconcile::Kind;
-use crate::write::push_cell;
+use crate::write::{push_cell, HashedFile};
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Int64Type, Schema};
 use arrow::record_batch::RecordBatch;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
@@ -251,7 +250,11 @@ pub fn sheet_csv(batch: &RecordBatch, exponent: u32) -> Result<Vec<u8>> {
 
 /// [`sheet_csv`], written to `path` as it is made (not gathered in memory first), its rows
 /// rendered in parallel ([`write_lines`]: from a worker of the pool, a write job).
-pub fn write_sheet_csv(path: &Path, batch: &RecordBatch, exponent: u32) -> Result<()> {
+pub fn write_sheet_csv(
+    path: &Path,
+    batch: &RecordBatch,
+    exponent: u32,
+) -> Result<crate::write::Sha256Hex> {
     let schema = batch.schema();
     let money = money_flags(&schema);
     crate::write::write_through(path, |out| {
@@ -268,7 +271,7 @@ pub fn write_sheet_csv(path: &Path, batch: &RecordBatch, exponent: u32) -> Resul
 /// itself, as [`render_lines`] would on such a thread).
 pub struct StreamedCsv<'a> {
     path: &'a Path,
-    w: csv::Writer<BufWriter<File>>,
+    w: csv::Writer<BufWriter<HashedFile>>,
     money: Vec<bool>,
     exponent: u32,
     buf: String,
@@ -278,7 +281,7 @@ impl<'a> StreamedCsv<'a> {
     /// Create the file and write the header of `schema` (into the buffer: a file that
     /// cannot be written fails at a later write, named).
     pub fn create(path: &'a Path, schema: &Schema, exponent: u32) -> Result<StreamedCsv<'a>> {
-        let file = File::create(path).map_err(|e| TallyError::write(path, e))?;
+        let file = HashedFile::create(path)?;
         let mut w = csv_writer(BufWriter::with_capacity(1 << 20, file));
         w.write_record(header(schema))
             .map_err(|e| failed_writing(path, e))?;
@@ -306,16 +309,11 @@ impl<'a> StreamedCsv<'a> {
         Ok(())
     }
 
-    /// Flush and sync the file.
-    pub fn finish(self) -> Result<()> {
+    /// Flush and sync the file; its sha256.
+    pub fn finish(self) -> Result<crate::write::Sha256Hex> {
         let path = self.path;
-        let file = self
-            .w
-            .into_inner()
-            .map_err(|e| failed_writing(path, e))?
-            .into_inner()
-            .map_err(|e| TallyError::write(path, e.into_error()))?;
-        file.sync_all().map_err(|e| TallyError::write(path, e))
+        let buffered = self.w.into_inner().map_err(|e| failed_writing(path, e))?;
+        HashedFile::finish_buffered(buffered, path)
     }
 }
 
@@ -345,6 +343,8 @@ pub struct Linked {
     /// Relative to the run folder, `/`-separated.
     pub path: String,
     pub rows: u64,
+    /// The file's sha256, for the manifest.
+    pub sha256: crate::write::Sha256Hex,
 }
 
 /// Discrepancy rows of one UTC day of `occurred_at` (or of none: orphan and manual entries).
@@ -462,7 +462,7 @@ fn write_rows(dir: &Path, name: String, rendered: &Rendered, rows: &[usize]) -> 
     let path = format!("{REPORT_DIR}/{name}");
     // Line by line through the file's buffer: no copy of the file's rows in memory (the
     // report's files are written in parallel, each beside the others).
-    crate::write::write_through(&dir.join(&path), |out| {
+    let sha256 = crate::write::write_through(&dir.join(&path), |out| {
         out.write_all(&rendered.header)?;
         rows.iter()
             .try_for_each(|&row| out.write_all(rendered.line(row)))
@@ -470,6 +470,7 @@ fn write_rows(dir: &Path, name: String, rendered: &Rendered, rows: &[usize]) -> 
     Ok(Linked {
         path,
         rows: rows.len() as u64,
+        sha256,
     })
 }
 
@@ -678,10 +679,11 @@ fn write_mix(dir: &Path, name: String, lines: &[(&MixKey, &MixFigures)]) -> Resu
     let bytes = w
         .into_inner()
         .map_err(|e| TallyError::output("csv", e.to_string()))?;
-    crate::write::write_bytes(&dir.join(&path), &bytes)?;
+    let sha256 = crate::write::write_bytes(&dir.join(&path), &bytes)?;
     Ok(Linked {
         path,
         rows: lines.len() as u64,
+        sha256,
     })
 }
 

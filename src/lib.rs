@@ -569,8 +569,18 @@ pub(crate) fn check_replaceable(out: &Path) -> Result<()> {
     }
 }
 
-/// The files one writing job made: (path under the output folder, rows if a table).
-type Written = Vec<(String, Option<u64>)>;
+/// The files one writing job made, as the manifest lists them: path under the output
+/// folder, rows if a table, and the sha256 of the bytes written.
+type Written = Vec<FileEntry>;
+
+/// A file of a writing job, for the manifest.
+fn written(path: &str, rows: Option<u64>, sha256: write::Sha256Hex) -> FileEntry {
+    FileEntry {
+        path: path.to_string(),
+        rows,
+        sha256,
+    }
+}
 
 /// One independent part of the output (a table and its CSV, a close stream, report/...).
 type WriteJob<'a> = Box<dyn Fn() -> Result<Written> + Send + Sync + 'a>;
@@ -609,86 +619,80 @@ pub(crate) fn write_outputs(dir: &Path, output: &RunOutput, inputs: Vec<FileEntr
     if output.settings.mode == Mode::Close {
         jobs.push(Box::new(|| {
             let name = "billed_events.parquet";
-            let rows = write::write_streamed(
+            let billed = write::write_streamed(
                 &dir.join(name),
                 &output.billed,
                 write::billed_events_batch,
                 None,
             )?;
-            Ok(vec![(name.to_string(), Some(rows))])
+            Ok(vec![written(name, Some(billed.rows), billed.sha256)])
         }));
         jobs.push(Box::new(|| {
             let (name, csv_name) = ("invoice_lines.parquet", "invoice_lines.csv");
             let csv_path = dir.join(csv_name);
             let schema = write::invoice_lines_batch(&[]).schema();
             let csv = export::StreamedCsv::create(&csv_path, &schema, exponent)?;
-            let rows = write::write_streamed(
+            let lines = write::write_streamed(
                 &dir.join(name),
                 &output.lines,
                 write::invoice_lines_batch,
                 Some(csv),
             )?;
+            let csv_sha256 = lines
+                .csv_sha256
+                .ok_or_else(|| TallyError::Invariant(format!("{csv_name} was not written")))?;
             Ok(vec![
-                (name.to_string(), Some(rows)),
-                (csv_name.to_string(), Some(rows)),
+                written(name, Some(lines.rows), lines.sha256),
+                written(csv_name, Some(lines.rows), csv_sha256),
             ])
         }));
     }
     for (name, batch) in &tables {
         let rows = Some(batch.num_rows() as u64);
         jobs.push(Box::new(move || {
-            write::write_parquet(&dir.join(name), batch)?;
-            Ok(vec![(name.to_string(), rows)])
+            let sha256 = write::write_parquet(&dir.join(name), batch)?;
+            Ok(vec![written(name, rows, sha256)])
         }));
         jobs.push(Box::new(move || {
             if *name == "discrepancies.parquet" {
-                write::write_table_csv(&dir.join("discrepancies.csv"), batch)?;
-                Ok(vec![("discrepancies.csv".to_string(), rows)])
+                let csv = "discrepancies.csv";
+                let sha256 = write::write_table_csv(&dir.join(csv), batch)?;
+                Ok(vec![written(csv, rows, sha256)])
             } else {
                 // Every other table also as a spreadsheet CSV (see `export`).
                 let csv = name.replace(".parquet", ".csv");
-                export::write_sheet_csv(&dir.join(&csv), batch, exponent)?;
-                Ok(vec![(csv, rows)])
+                let sha256 = export::write_sheet_csv(&dir.join(&csv), batch, exponent)?;
+                Ok(vec![written(&csv, rows, sha256)])
             }
         }));
     }
     jobs.push(Box::new(|| {
         let json = serde_json::to_string_pretty(&summary)
             .map_err(|e| TallyError::output("summary.json", e))?;
-        write::write_bytes(&dir.join("summary.json"), format!("{json}\n").as_bytes())?;
+        let (json_name, md_name) = ("summary.json", "summary.md");
+        let json_sha256 = write::write_bytes(&dir.join(json_name), format!("{json}\n").as_bytes())?;
         let md = report::summary_markdown(output, &summary)?;
-        write::write_bytes(&dir.join("summary.md"), md.as_bytes())?;
+        let md_sha256 = write::write_bytes(&dir.join(md_name), md.as_bytes())?;
         Ok(vec![
-            ("summary.json".to_string(), None),
-            ("summary.md".to_string(), None),
+            written(json_name, None, json_sha256),
+            written(md_name, None, md_sha256),
         ])
     }));
     // report/ and report.html, which links to its files.
     jobs.push(Box::new(|| {
         let files = export::write_report_files(dir, output, discrepancies, rejects)?;
-        let mut written: Written = files
-            .all()
-            .into_iter()
-            .map(|f| (f.path.clone(), Some(f.rows)))
+        let mut report: Written = (files.all().into_iter())
+            .map(|f| written(&f.path, Some(f.rows), f.sha256.clone()))
             .collect();
         let html = html::render(output, &summary, &files);
-        write::write_bytes(&dir.join("report.html"), html.as_bytes())?;
-        written.push(("report.html".to_string(), None));
-        Ok(written)
+        let html_name = "report.html";
+        let html_sha256 = write::write_bytes(&dir.join(html_name), html.as_bytes())?;
+        report.push(written(html_name, None, html_sha256));
+        Ok(report)
     }));
+    // Every file's sha256 was made as it was written (`write::HashedFile`); listed by path.
     let mut outputs = run_write_jobs(jobs)?;
-    outputs.sort();
-    // Checksums in parallel (the order of the list is kept).
-    let outputs = outputs
-        .into_par_iter()
-        .map(|(path, rows)| {
-            Ok(FileEntry {
-                sha256: write::sha256_file(&dir.join(&path))?,
-                path,
-                rows,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    outputs.sort_by(|a, b| a.path.cmp(&b.path));
     let manifest = Manifest {
         tool: "tally".into(),
         version: write::VERSION.into(),
@@ -702,5 +706,6 @@ pub(crate) fn write_outputs(dir: &Path, output: &RunOutput, inputs: Vec<FileEntr
     };
     let json = serde_json::to_string_pretty(&manifest)
         .map_err(|e| TallyError::output("manifest.json", e))?;
-    write::write_bytes(&dir.join("manifest.json"), format!("{json}\n").as_bytes())
+    write::write_bytes(&dir.join("manifest.json"), format!("{json}\n").as_bytes())?;
+    Ok(())
 }

@@ -15,7 +15,6 @@ use crate::report::FileEntry;
 use crate::runs::Run;
 use crate::{prepare, publish_run, write, JobOutcome, JobRequest};
 use serde::{Deserialize, Serialize};
-use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 pub const SHARD_MANIFEST: &str = "shard.json";
@@ -131,14 +130,9 @@ fn write_shard(
     partial.billed = keep_runs(dir, "billed", billed, &mut runs)?;
     let lines = std::mem::take(&mut partial.lines);
     partial.lines = keep_runs(dir, "lines", lines, &mut runs)?;
-    let path = dir.join(PARTIAL);
-    let file = std::fs::File::create(&path).map_err(|e| TallyError::write(&path, e))?;
-    let mut w = BufWriter::with_capacity(1 << 20, file);
-    postcard::to_io(partial, &mut w).map_err(|e| TallyError::output(PARTIAL, e))?;
-    let file = w
-        .into_inner()
-        .map_err(|e| TallyError::write(&path, e.into_error()))?;
-    file.sync_all().map_err(|e| TallyError::write(&path, e))?;
+    let partial_sha256 = write::write_through(&dir.join(PARTIAL), |w| {
+        postcard::to_io(&*partial, w).map(drop)
+    })?;
     let manifest = ShardManifest {
         tool: "tally".into(),
         version: write::VERSION.into(),
@@ -150,13 +144,14 @@ fn write_shard(
         shards,
         data: settings.data.clone(),
         inputs,
-        partial_sha256: write::sha256_file(&path)?,
+        partial_sha256,
         runs,
         accounts: partial.results.len() as u64,
     };
     let json = serde_json::to_string_pretty(&manifest)
         .map_err(|e| TallyError::output(SHARD_MANIFEST, e))?;
-    write::write_bytes(&dir.join(SHARD_MANIFEST), format!("{json}\n").as_bytes())
+    write::write_bytes(&dir.join(SHARD_MANIFEST), format!("{json}\n").as_bytes())?;
+    Ok(())
 }
 
 /// Write `runs` into the shard folder as `{kind}-{k}.bin`, listing them in `listed`; the

@@ -128,8 +128,9 @@ pub fn table_csv(batch: &RecordBatch) -> Result<Vec<u8>> {
     table_csv_into(Vec::new(), batch).map_err(|e| TallyError::output("csv", e))
 }
 
-/// [`table_csv`], written to `path` as it is made (not gathered in memory first).
-pub fn write_table_csv(path: &Path, batch: &RecordBatch) -> Result<()> {
+/// [`table_csv`], written to `path` as it is made (not gathered in memory first); its
+/// sha256.
+pub fn write_table_csv(path: &Path, batch: &RecordBatch) -> Result<Sha256Hex> {
     write_through(path, |out| table_csv_into(out, batch).map(drop))
 }
 
@@ -405,8 +406,17 @@ pub fn billed_events_batch(rows: &[crate::engine::BilledEventRow]) -> RecordBatc
 /// Rows per batch handed to the Parquet writer when streaming a table.
 const STREAM_CHUNK_ROWS: usize = 1 << 16;
 
+/// What [`write_streamed`] wrote: the table's rows, and the sha256 of its Parquet file and
+/// of its CSV (when asked for one).
+#[derive(Debug)]
+pub struct Streamed {
+    pub rows: u64,
+    pub sha256: Sha256Hex,
+    pub csv_sha256: Option<Sha256Hex>,
+}
+
 /// Stream a table from its runs (merged in account order), never holding more than a
-/// chunk and a row group; returns the row count. `batch` builds a chunk's Arrow batch.
+/// chunk and a row group. `batch` builds a chunk's Arrow batch.
 /// With `csv`, the same batches also go to its spreadsheet CSV (the runs are merged once
 /// for both files).
 ///
@@ -417,7 +427,7 @@ pub fn write_streamed<T: crate::runs::Keyed>(
     runs: &[crate::runs::Run<T>],
     batch: fn(&[T]) -> RecordBatch,
     csv: Option<crate::export::StreamedCsv<'_>>,
-) -> Result<u64> {
+) -> Result<Streamed> {
     let mut out = ParquetOut::create(path, batch(&[]).schema())?;
     let (send, receive) = std::sync::mpsc::sync_channel::<RecordBatch>(2);
     let rows = std::thread::scope(|scope| {
@@ -454,11 +464,15 @@ pub fn write_streamed<T: crate::runs::Keyed>(
         // jobs report theirs.
         let rows = rows?;
         written?;
-        csv_written.transpose()?;
-        Ok(rows)
+        let csv_sha256 = csv_written.transpose()?;
+        Ok((rows, csv_sha256))
     })?;
-    out.finish()?;
-    Ok(rows)
+    let (rows, csv_sha256) = rows;
+    Ok(Streamed {
+        rows,
+        sha256: out.finish()?,
+        csv_sha256,
+    })
 }
 
 /// Write every chunk received; after a failure, keep draining the channel (so that the
@@ -506,12 +520,12 @@ const UNIQUE_ID_COLUMNS: [&str; 3] = ["event_id", "entry_ids.list.item", "occurr
 /// A Parquet file being written with fixed settings (same rows → same bytes).
 pub struct ParquetOut<'a> {
     path: &'a Path,
-    writer: ArrowWriter<BufWriter<File>>,
+    writer: ArrowWriter<BufWriter<HashedFile>>,
 }
 
 impl<'a> ParquetOut<'a> {
     pub fn create(path: &'a Path, schema: arrow::datatypes::SchemaRef) -> Result<ParquetOut<'a>> {
-        let file = File::create(path).map_err(write_err(path))?;
+        let file = HashedFile::create(path)?;
         let mut props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(
                 ZstdLevel::try_new(ZSTD_LEVEL).expect("valid level"),
@@ -534,46 +548,89 @@ impl<'a> ParquetOut<'a> {
             .map_err(|e| TallyError::output(self.path.display().to_string(), e))
     }
 
-    /// Finish the footer and sync the file to disk.
-    pub fn finish(self) -> Result<()> {
+    /// Finish the footer and sync the file to disk; the file's sha256.
+    pub fn finish(self) -> Result<Sha256Hex> {
         let path = self.path;
         let inner = self
             .writer
             .into_inner()
             .map_err(|e| TallyError::output(path.display().to_string(), e))?;
-        let file = inner
-            .into_inner()
-            .map_err(|e| TallyError::write(path, e.into_error()))?;
-        file.sync_all().map_err(write_err(path))
+        HashedFile::finish_buffered(inner, path)
     }
 }
 
-/// Write a table as Parquet with fixed settings (same rows → same bytes).
-pub fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<()> {
+/// Write a table as Parquet with fixed settings (same rows → same bytes); its sha256.
+pub fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<Sha256Hex> {
     let mut out = ParquetOut::create(path, batch.schema())?;
     out.write(batch)?;
     out.finish()
 }
 
-/// Create `path`, write it through a 1 MiB buffer with `fill`, then flush and sync it (a
-/// write larger than the buffer goes straight to the file). A large CSV made this way is
-/// not first gathered into one vector, which grows into fresh memory as it doubles (at 20M
-/// events about 20K page faults for two CSVs of 27 and 38 MB, and a copy of each;
-/// `benches/ab.sh` counts a run's faults).
-pub fn write_through<E: std::fmt::Display>(
-    path: &Path,
-    fill: impl FnOnce(&mut BufWriter<File>) -> std::result::Result<(), E>,
-) -> Result<()> {
-    let file = File::create(path).map_err(write_err(path))?;
-    let mut out = BufWriter::with_capacity(1 << 20, file);
-    fill(&mut out).map_err(|e| TallyError::output(path.display().to_string(), e))?;
-    let file = out
-        .into_inner()
-        .map_err(|e| TallyError::write(path, e.into_error()))?;
-    file.sync_all().map_err(write_err(path))
+/// The sha256 of a file's bytes, as lowercase hex (the manifest's form).
+pub type Sha256Hex = String;
+
+/// An output file being written: every byte that reaches the file also goes through
+/// sha256, so that the manifest's checksum of an output is made as it is written instead
+/// of by reading the file again afterwards (at a 100M-event close, about 4 GB read back).
+/// The file is created empty, and only the bytes the file took are hashed (a short write
+/// hashes its prefix), so the checksum is the file's on disk.
+pub struct HashedFile {
+    file: File,
+    hasher: Sha256,
 }
 
-pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+impl HashedFile {
+    /// Create (or truncate) `path`.
+    pub fn create(path: &Path) -> Result<HashedFile> {
+        Ok(HashedFile {
+            file: File::create(path).map_err(write_err(path))?,
+            hasher: Sha256::new(),
+        })
+    }
+
+    /// Sync the file to disk; the sha256 of everything written to it.
+    pub fn finish(self, path: &Path) -> Result<Sha256Hex> {
+        self.file.sync_all().map_err(write_err(path))?;
+        Ok(hex::encode(self.hasher.finalize()))
+    }
+
+    /// Flush `buffered` into its file, then [`HashedFile::finish`] it.
+    pub fn finish_buffered(buffered: BufWriter<HashedFile>, path: &Path) -> Result<Sha256Hex> {
+        buffered
+            .into_inner()
+            .map_err(|e| TallyError::write(path, e.into_error()))?
+            .finish(path)
+    }
+}
+
+impl Write for HashedFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let written = self.file.write(buf)?;
+        self.hasher.update(&buf[..written]);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Create `path`, write it through a 1 MiB buffer with `fill` (a write larger than the
+/// buffer goes straight to the file), then flush and sync it; its sha256 ([`HashedFile`]).
+/// A large CSV made this way is not first gathered into one vector, which grows into fresh
+/// memory as it doubles (at 20M events about 20K page faults for two CSVs of 27 and 38 MB,
+/// and a copy of each; `benches/ab.sh` counts a run's faults).
+pub fn write_through<E: std::fmt::Display>(
+    path: &Path,
+    fill: impl FnOnce(&mut BufWriter<HashedFile>) -> std::result::Result<(), E>,
+) -> Result<Sha256Hex> {
+    let mut out = BufWriter::with_capacity(1 << 20, HashedFile::create(path)?);
+    fill(&mut out).map_err(|e| TallyError::output(path.display().to_string(), e))?;
+    HashedFile::finish_buffered(out, path)
+}
+
+/// Write `bytes` as the file `path`; its sha256.
+pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<Sha256Hex> {
     write_through(path, |out| out.write_all(bytes))
 }
 
@@ -737,6 +794,30 @@ mod tests {
     use super::*;
     use parquet::basic::Encoding;
     use parquet::file::reader::{FileReader, SerializedFileReader};
+
+    /// The sha256 made while writing is the file's: for writes that stay in the buffer,
+    /// one larger than the buffer (it goes straight to the file) and an empty file; a
+    /// file written over is hashed from empty.
+    #[test]
+    fn a_file_written_through_is_hashed_as_it_is_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.bin");
+        let large: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, b"older, longer content that must not count").unwrap();
+        let sha256 = write_through(&path, |out| {
+            out.write_all(b"head,")?;
+            out.write_all(&large)?;
+            out.write_all(b"tail\n")
+        })
+        .unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 3_000_010);
+        assert_eq!(sha256, sha256_file(&path).unwrap());
+        assert_eq!(write_bytes(&path, b"").unwrap(), sha256_file(&path).unwrap());
+        assert_eq!(
+            sha256_file(&path).unwrap(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
 
     /// Id columns are written plain (no dictionary to fill and drop); others keep theirs.
     #[test]
