@@ -812,7 +812,10 @@ mod tests {
         .unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 3_000_010);
         assert_eq!(sha256, sha256_file(&path).unwrap());
-        assert_eq!(write_bytes(&path, b"").unwrap(), sha256_file(&path).unwrap());
+        assert_eq!(
+            write_bytes(&path, b"").unwrap(),
+            sha256_file(&path).unwrap()
+        );
         assert_eq!(
             sha256_file(&path).unwrap(),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
