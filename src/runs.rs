@@ -221,8 +221,12 @@ impl RecordHead {
     /// read: decoding a whole head in place from the read-ahead's buffer was no faster, 532
     /// samples against 472 for the run reading of a 20M close, `perf`.)
     fn read(r: &mut impl Read) -> std::result::Result<RecordHead, HeadError> {
-        let shared = Self::varint(r, true)?;
-        let rest = Self::varint(r, false)?;
+        // The file may end only before a record's first byte.
+        let first = Self::byte(r)
+            .map_err(HeadError::Io)?
+            .ok_or(HeadError::EndBeforeRecord)?;
+        let shared = Self::varint(first, r)?;
+        let rest = Self::varint(Self::byte_inside(r)?, r)?;
         Ok(RecordHead { shared, rest })
     }
 
@@ -242,15 +246,20 @@ impl RecordHead {
         }
     }
 
-    fn varint(r: &mut impl Read, first: bool) -> std::result::Result<u32, HeadError> {
+    /// A byte after a head's first: the file ending here cuts the head.
+    fn byte_inside(r: &mut impl Read) -> std::result::Result<u8, HeadError> {
+        Self::byte(r)
+            .map_err(HeadError::Io)?
+            .ok_or(HeadError::EndInsideHead)
+    }
+
+    /// A varint whose first byte is `byte`, the rest read from `r`.
+    fn varint(mut byte: u8, r: &mut impl Read) -> std::result::Result<u32, HeadError> {
         let mut value = 0u32;
         for i in 0..5 {
-            let byte = match Self::byte(r) {
-                Ok(Some(byte)) => byte,
-                Ok(None) if first && i == 0 => return Err(HeadError::EndBeforeRecord),
-                Ok(None) => return Err(HeadError::EndInsideHead),
-                Err(e) => return Err(HeadError::Io(e)),
-            };
+            if i > 0 {
+                byte = Self::byte_inside(r)?;
+            }
             value |= u32::from(byte & 0x7F) << (7 * i);
             if byte & 0x80 == 0 {
                 // The fifth byte holds the top 4 bits of a u32.
