@@ -458,6 +458,19 @@ impl Rendered {
     }
 }
 
+/// Where the link to a file of rows goes in [`ReportFiles`].
+#[derive(Clone, Copy)]
+enum Slot {
+    Discrepancies,
+    Kind(Kind),
+    /// Index into `days`.
+    Day(usize),
+    /// Index into `rejects`.
+    Reject(usize),
+    /// Rank (from 0) of a top account.
+    Account(usize),
+}
+
 fn write_rows(dir: &Path, name: String, rendered: &Rendered, rows: &[usize]) -> Result<Linked> {
     let path = format!("{REPORT_DIR}/{name}");
     // Line by line through the file's buffer: no copy of the file's rows in memory (the
@@ -527,70 +540,72 @@ pub fn write_report_files(
         })
         .collect();
 
-    // Every file of rows, in the order the report lists them, written in parallel (each
-    // copies its rows' lines and is synced on its own).
-    let mut wanted: Vec<(String, &Rendered, &[usize])> =
-        vec![("discrepancies.csv".into(), &discrepancies, &all)];
-    for (kind, rows) in &by_kind {
+    // Every file of rows, in the order the report lists them, each with the place in
+    // `files` its link goes to; the files are written in parallel (each copies its rows'
+    // lines and is synced on its own).
+    let mut files = ReportFiles {
+        accounts: vec![None; by_account.len()],
+        ..ReportFiles::default()
+    };
+    let mut wanted: Vec<(Slot, String, &Rendered, &[usize])> = vec![(
+        Slot::Discrepancies,
+        "discrepancies.csv".into(),
+        &discrepancies,
+        &all,
+    )];
+    for (&kind, rows) in &by_kind {
         let name = format!("discrepancies-kind-{}.csv", kind.name());
-        wanted.push((name, &discrepancies, rows));
+        wanted.push((Slot::Kind(kind), name, &discrepancies, rows));
     }
-    for (&(no_date, day), (rows, _)) in &by_day {
+    for (&(no_date, day), (rows, delta)) in &by_day {
         let label = if no_date {
             "none".to_string()
         } else {
             day_label(day)
         };
-        wanted.push((
-            format!("discrepancies-day-{label}.csv"),
-            &discrepancies,
-            rows,
-        ));
-    }
-    for ((dataset, reason), rows) in &by_reason {
-        let name = format!("rejects-{}-{}.csv", dataset.name(), reason.name());
-        wanted.push((name, &rejects, rows));
-    }
-    for (rank, rows) in by_account.iter().enumerate() {
-        if !rows.is_empty() {
-            wanted.push((format!("account-{:02}.csv", rank + 1), &discrepancies, rows));
-        }
-    }
-    let written: Vec<Result<Linked>> = {
-        use rayon::prelude::*;
-        wanted
-            .into_par_iter()
-            .map(|(name, rendered, rows)| write_rows(dir, name, rendered, rows))
-            .collect()
-    };
-    // The first failure in the report's order, whichever failed first in time.
-    let written: Vec<Linked> = written.into_iter().collect::<Result<_>>()?;
-    let mut written = written.into_iter();
-    let mut next = || written.next().expect("a file for each wanted one");
-    let mut files = ReportFiles {
-        discrepancies: next(),
-        ..ReportFiles::default()
-    };
-    for kind in by_kind.into_keys() {
-        files.kinds.insert(kind, next());
-    }
-    for ((no_date, day), (rows, delta)) in by_day {
+        let name = format!("discrepancies-day-{label}.csv");
+        wanted.push((Slot::Day(files.days.len()), name, &discrepancies, rows));
         files.days.push(DayGroup {
             day: (!no_date).then_some(day),
             rows: rows.len() as u64,
-            delta,
-            file: next(),
+            delta: *delta,
+            file: Linked::default(),
         });
     }
-    for (dataset, reason) in by_reason.into_keys() {
+    for (&(dataset, reason), rows) in &by_reason {
+        let name = format!("rejects-{}-{}.csv", dataset.name(), reason.name());
+        wanted.push((Slot::Reject(files.rejects.len()), name, &rejects, rows));
         files.rejects.push(RejectGroup {
             dataset,
             reason,
-            file: next(),
+            file: Linked::default(),
         });
     }
-    for rows in &by_account {
-        files.accounts.push((!rows.is_empty()).then(&mut next));
+    for (rank, rows) in by_account.iter().enumerate() {
+        if !rows.is_empty() {
+            let name = format!("account-{:02}.csv", rank + 1);
+            wanted.push((Slot::Account(rank), name, &discrepancies, rows));
+        }
+    }
+    let written: Vec<Result<(Slot, Linked)>> = {
+        use rayon::prelude::*;
+        wanted
+            .into_par_iter()
+            .map(|(slot, name, rendered, rows)| Ok((slot, write_rows(dir, name, rendered, rows)?)))
+            .collect()
+    };
+    // The first failure in the report's order, whichever failed first in time.
+    for file in written {
+        let (slot, linked) = file?;
+        match slot {
+            Slot::Discrepancies => files.discrepancies = linked,
+            Slot::Kind(kind) => {
+                files.kinds.insert(kind, linked);
+            }
+            Slot::Day(i) => files.days[i].file = linked,
+            Slot::Reject(i) => files.rejects[i].file = linked,
+            Slot::Account(rank) => files.accounts[rank] = Some(linked),
+        }
     }
 
     let mix = &out.breakdown.mix;
