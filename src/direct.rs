@@ -550,6 +550,10 @@ impl AppendFiles {
             let length = tail.offset + tail.filled as u64;
             if tail.filled > 0 {
                 tail.filled = aligned(tail.filled);
+                // The free buffer this takes is not used again, but taking it keeps the
+                // pool drained: the writer hands every written buffer back into a pool
+                // of SPARE_BUFFERS places, and with the pool full it would wait there,
+                // not take the next block, and this send would wait for it.
                 self.hand_over(file, &mut tail)?;
             }
             lengths.push(length);

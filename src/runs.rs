@@ -456,13 +456,22 @@ pub fn for_each_chunk<T: Keyed>(
     mut each: impl FnMut(&[T]) -> Result<()>,
 ) -> Result<u64> {
     // Declared before the sources: dropped after them (its thread ends with their readers).
-    let ahead = crate::direct::ReadAhead::start()
-        .map_err(|e| TallyError::Invariant(format!("run files cannot be read: {e}")))?;
+    // Started only for run files: runs all in memory (a run in one group) read nothing.
+    let ahead = match runs.iter().any(|run| matches!(run, Run::File(..))) {
+        true => Some(
+            crate::direct::ReadAhead::start()
+                .map_err(|e| TallyError::Invariant(format!("run files cannot be read: {e}")))?,
+        ),
+        false => None,
+    };
     let mut sources = Vec::with_capacity(runs.len());
     for run in runs {
-        sources.push(match run {
-            Run::Memory(accounts) => Source::Memory(accounts.iter().flatten()),
-            Run::File(path, rows) => Source::File(RunReader::open(path, *rows, &ahead)?),
+        sources.push(match (run, &ahead) {
+            (Run::Memory(accounts), _) => Source::Memory(accounts.iter().flatten()),
+            (Run::File(path, rows), Some(ahead)) => {
+                Source::File(RunReader::open(path, *rows, ahead)?)
+            }
+            (Run::File(..), None) => unreachable!("a run file starts the read-ahead"),
         });
     }
     // One run (a whole run): its rows are already in order.
