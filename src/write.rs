@@ -492,8 +492,9 @@ fn write_each(
 
 // ---- files -----------------------------------------------------------------------------
 
-/// A failure reading a file for its sha256 (an input, an earlier close's manifest, an
-/// output or shard file read back): [`TallyError::io`], exit 2 whatever its kind.
+/// A failure reading a file for its sha256 (an input, an earlier close's manifest, a
+/// shard's run file read back or checked at a merge): [`TallyError::io`], exit 2 whatever
+/// its kind.
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TallyError + '_ {
     move |e| TallyError::io(path, e)
 }

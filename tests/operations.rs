@@ -467,15 +467,24 @@ fn outputs_are_identical_across_thread_counts_and_file_order() {
 /// The manifest lists every file of a published folder but itself, each once, with the
 /// sha256 of the bytes on disk (recomputed here from the files): for a reconcile and for a
 /// close, whose largest files (`billed_events`, `invoice_lines` and its CSV) are streamed
-/// from run files, on data with more billed events than one streamed chunk (65,536 rows).
+/// past one chunk (65,536 rows), merged from runs in memory (one group) and from run files
+/// (`--groups 2`).
 #[test]
 fn the_manifest_lists_every_output_with_the_sha256_of_its_bytes() {
     use sha2::Digest;
     let tmp = tempfile::tempdir().unwrap();
     let data = generated(tmp.path(), 80_000);
-    for (command, as_of) in [("reconcile", AS_OF), ("close", CLOSE_AS_OF)] {
-        let out = tmp.path().join(command);
-        let run = run_command(command, &data, as_of, &out).output().unwrap();
+    let runs = [
+        ("reconcile", AS_OF, "1"),
+        ("close", CLOSE_AS_OF, "1"),
+        ("close", CLOSE_AS_OF, "2"),
+    ];
+    for (command, as_of, groups) in runs {
+        let out = tmp.path().join(format!("{command}-{groups}"));
+        let run = run_command(command, &data, as_of, &out)
+            .args(["--groups", groups])
+            .output()
+            .unwrap();
         assert!(run.status.success(), "{}", stderr(&run));
         let manifest = json(&out.join("manifest.json"));
         let listed: Vec<(String, String)> = (manifest["outputs"].as_array().unwrap().iter())
@@ -490,7 +499,7 @@ fn the_manifest_lists_every_output_with_the_sha256_of_its_bytes() {
             .map(|(name, bytes)| (name, hex::encode(sha2::Sha256::digest(&bytes))))
             .collect();
         // Both in path order: the manifest lists its outputs sorted by path.
-        assert_eq!(listed, on_disk, "{command}");
+        assert_eq!(listed, on_disk, "{command} in {groups} groups");
         if command == "close" {
             let rows = |path: &str| {
                 (manifest["outputs"].as_array().unwrap().iter())
