@@ -130,9 +130,7 @@ fn write_shard(
     partial.billed = keep_runs(dir, "billed", billed, &mut runs)?;
     let lines = std::mem::take(&mut partial.lines);
     partial.lines = keep_runs(dir, "lines", lines, &mut runs)?;
-    let partial_sha256 = write::write_through(&dir.join(PARTIAL), |w| {
-        postcard::to_io(&*partial, w).map(drop)
-    })?;
+    let partial_sha256 = write::write_through(&dir.join(PARTIAL), |w| serialize_to(&*partial, w))?;
     let manifest = ShardManifest {
         tool: "tally".into(),
         version: write::VERSION.into(),
@@ -152,6 +150,52 @@ fn write_shard(
         .map_err(|e| TallyError::output(SHARD_MANIFEST, e))?;
     write::write_bytes(&dir.join(SHARD_MANIFEST), format!("{json}\n").as_bytes())?;
     Ok(())
+}
+
+/// Serialize `value` with postcard into `out`; a failed write is reported as itself.
+/// (postcard's `to_io` reports any failed write as "SerializeBufferFull", which would hide
+/// a full disk: the writer in between keeps the real error.)
+fn serialize_to(
+    value: &impl Serialize,
+    out: impl std::io::Write,
+) -> std::result::Result<(), String> {
+    let mut failed = None;
+    let serialized = postcard::to_io(
+        value,
+        KeepIoError {
+            inner: out,
+            failed: &mut failed,
+        },
+    )
+    .map(drop);
+    match (failed, serialized) {
+        (Some(e), _) => Err(e.to_string()),
+        (None, serialized) => serialized.map_err(|e| e.to_string()),
+    }
+}
+
+/// A writer that keeps the first error of `inner` in `failed` (and reports a stand-in).
+struct KeepIoError<'a, W> {
+    inner: W,
+    failed: &'a mut Option<std::io::Error>,
+}
+
+impl<W: std::io::Write> std::io::Write for KeepIoError<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.inner.write(buf).map_err(|e| self.keep(e))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush().map_err(|e| self.keep(e))
+    }
+}
+
+impl<W> KeepIoError<'_, W> {
+    fn keep(&mut self, e: std::io::Error) -> std::io::Error {
+        let stand_in = std::io::Error::new(e.kind(), "kept by KeepIoError");
+        self.failed.get_or_insert(e);
+        stand_in
+    }
 }
 
 /// Write `runs` into the shard folder as `{kind}-{k}.bin`, listing them in `listed`; the
@@ -520,4 +564,63 @@ fn read_partial(folder: &Path, m: &ShardManifest) -> Result<Partial> {
     locate_runs(folder, m, &mut partial.billed, &refuse)?;
     locate_runs(folder, m, &mut partial.lines, &refuse)?;
     Ok(partial)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that takes `room` bytes, then fails as a full disk does.
+    #[derive(Debug)]
+    struct FullAfter {
+        room: usize,
+        taken: Vec<u8>,
+    }
+
+    impl std::io::Write for FullAfter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.room == 0 {
+                return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+            }
+            let n = buf.len().min(self.room);
+            self.room -= n;
+            self.taken.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A partial written whole has postcard's bytes; a full disk is named as itself, not
+    /// as postcard's "SerializeBufferFull".
+    #[test]
+    fn a_failed_write_of_a_serialized_value_is_reported_as_itself() {
+        let value: Vec<String> = (0..100).map(|i| format!("account-{i}")).collect();
+        let expected = postcard::to_allocvec(&value).unwrap();
+        let mut whole = FullAfter {
+            room: usize::MAX,
+            taken: Vec::new(),
+        };
+        serialize_to(&value, &mut whole).unwrap();
+        assert_eq!(whole.taken, expected);
+
+        let full = FullAfter {
+            room: 10,
+            taken: Vec::new(),
+        };
+        let error = serialize_to(&value, full).unwrap_err();
+        let disk_full = std::io::Error::from_raw_os_error(libc::ENOSPC).to_string();
+        assert_eq!(error, disk_full);
+        // Without the writer in between, postcard says something else.
+        let bare = postcard::to_io(
+            &value,
+            FullAfter {
+                room: 10,
+                taken: Vec::new(),
+            },
+        );
+        assert_ne!(bare.unwrap_err().to_string(), disk_full);
+    }
 }
