@@ -575,23 +575,26 @@ pub type Sha256Hex = String;
 /// of by reading the file again afterwards (at a 100M-event close, about 4 GB read back).
 /// The file is created empty, and only the bytes the file took are hashed (a short write
 /// hashes its prefix), so the checksum is the file's on disk.
-pub struct HashedFile {
-    file: File,
+pub type HashedFile = Hashed<File>;
+
+/// A writer that hashes (sha256) the bytes each write to `inner` took: [`HashedFile`].
+pub struct Hashed<W> {
+    inner: W,
     hasher: Sha256,
 }
 
 impl HashedFile {
     /// Create (or truncate) `path`.
     pub fn create(path: &Path) -> Result<HashedFile> {
-        Ok(HashedFile {
-            file: File::create(path).map_err(write_err(path))?,
+        Ok(Hashed {
+            inner: File::create(path).map_err(write_err(path))?,
             hasher: Sha256::new(),
         })
     }
 
     /// Sync the file to disk; the sha256 of everything written to it.
     pub fn finish(self, path: &Path) -> Result<Sha256Hex> {
-        self.file.sync_all().map_err(write_err(path))?;
+        self.inner.sync_all().map_err(write_err(path))?;
         Ok(hex::encode(self.hasher.finalize()))
     }
 
@@ -604,15 +607,15 @@ impl HashedFile {
     }
 }
 
-impl Write for HashedFile {
+impl<W: Write> Write for Hashed<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let written = self.file.write(buf)?;
+        let written = self.inner.write(buf)?;
         self.hasher.update(&buf[..written]);
         Ok(written)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()
+        self.inner.flush()
     }
 }
 
@@ -795,6 +798,42 @@ mod tests {
     use super::*;
     use parquet::basic::Encoding;
     use parquet::file::reader::{FileReader, SerializedFileReader};
+
+    /// A writer that takes at most 3 bytes a call (as a file may take part of a write).
+    struct Short(Vec<u8>);
+
+    impl Write for Short {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(3);
+            self.0.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Short writes hash only what the writer took: the hash is that of the bytes it holds
+    /// (through a buffer, and with writes larger than the buffer going straight through).
+    #[test]
+    fn short_writes_hash_only_the_bytes_taken() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8).collect();
+        let hashed = Hashed {
+            inner: Short(Vec::new()),
+            hasher: Sha256::new(),
+        };
+        let mut out = BufWriter::with_capacity(64, hashed);
+        out.write_all(&data[..10]).unwrap();
+        out.write_all(&data[10..5_000]).unwrap();
+        out.write_all(&data[5_000..]).unwrap();
+        let hashed = out.into_inner().map_err(|e| e.into_error()).unwrap();
+        assert_eq!(hashed.inner.0, data);
+        assert_eq!(
+            hex::encode(hashed.hasher.finalize()),
+            hex::encode(Sha256::digest(&data))
+        );
+    }
 
     /// The sha256 made while writing is the file's: for writes that stay in the buffer,
     /// one larger than the buffer (it goes straight to the file) and an empty file; a
