@@ -519,6 +519,14 @@ impl<'a> SpillReader<'a> {
     }
 }
 
+/// The u32 varint that is the whole of `bytes`, as postcard reads one (at most five bytes,
+/// the fifth at most 0x0F); `None` when `bytes` is not exactly one.
+pub(crate) fn whole_u32_varint(bytes: &[u8]) -> Option<u32> {
+    let mut r = SpillReader { bytes };
+    let value = r.unsigned32()?;
+    r.bytes.is_empty().then_some(value)
+}
+
 impl UsageSpill {
     /// The form at the start of `bytes`, and the bytes after it.
     fn take_from(bytes: &[u8]) -> Option<(UsageSpill, &[u8])> {

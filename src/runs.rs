@@ -253,23 +253,17 @@ impl RecordHead {
             .ok_or(HeadError::EndInsideHead)
     }
 
-    /// A varint whose first byte is `byte`, the rest read from `r`.
-    fn varint(mut byte: u8, r: &mut impl Read) -> std::result::Result<u32, HeadError> {
-        let mut value = 0u32;
-        for i in 0..5 {
-            if i > 0 {
-                byte = Self::byte_inside(r)?;
-            }
-            value |= u32::from(byte & 0x7F) << (7 * i);
-            if byte & 0x80 == 0 {
-                // The fifth byte holds the top 4 bits of a u32.
-                return match i == 4 && byte > 0x0F {
-                    true => Err(HeadError::BadLength),
-                    false => Ok(value),
-                };
-            }
+    /// A varint whose first byte is `first`: its bytes are read up to the one that ends it
+    /// (or five, a u32's most) and decoded as the spill forms' are
+    /// ([`crate::model::whole_u32_varint`]).
+    fn varint(first: u8, r: &mut impl Read) -> std::result::Result<u32, HeadError> {
+        let mut bytes = [first, 0, 0, 0, 0];
+        let mut len = 1;
+        while bytes[len - 1] & 0x80 != 0 && len < bytes.len() {
+            bytes[len] = Self::byte_inside(r)?;
+            len += 1;
         }
-        Err(HeadError::BadLength)
+        crate::model::whole_u32_varint(&bytes[..len]).ok_or(HeadError::BadLength)
     }
 }
 
