@@ -193,23 +193,40 @@ impl KeySet {
         let bits = (keys.len() * 8)
             .next_power_of_two()
             .clamp(64, MAX_FILTER_BITS);
-        let mask = (bits - 1) as u64;
-        let mut filter = vec![0u64; bits / 64];
+        let mut set = KeySet {
+            keys: HashSet::default(),
+            filter: vec![0u64; bits / 64],
+            mask: (bits - 1) as u64,
+        };
         for &key in &keys {
-            let bit = (key >> 16) & mask;
-            filter[(bit / 64) as usize] |= 1 << (bit % 64);
+            let (word, bit) = set.filter_bit(key);
+            set.filter[word] |= bit;
         }
-        KeySet { keys, filter, mask }
+        set.keys = keys;
+        set
+    }
+
+    /// The filter's word and bit for `key`: from the key's bits above the 16 a key clears,
+    /// which are uniform (an `id_key` is xxh3 output).
+    #[inline]
+    fn filter_bit(&self, key: u64) -> (usize, u64) {
+        let bit = (key >> 16) & self.mask;
+        ((bit / 64) as usize, 1 << (bit % 64))
+    }
+
+    /// Whether `key`'s filter bit is set (a member's always is).
+    #[inline]
+    fn passes_filter(&self, key: u64) -> bool {
+        if self.filter.is_empty() {
+            return false;
+        }
+        let (word, bit) = self.filter_bit(key);
+        self.filter[word] & bit != 0
     }
 
     #[inline]
     fn contains(&self, key: u64) -> bool {
-        if self.filter.is_empty() {
-            return false;
-        }
-        // The key's bits above the 16 a key clears: uniform (an `id_key` is xxh3 output).
-        let bit = (key >> 16) & self.mask;
-        self.filter[(bit / 64) as usize] & (1 << (bit % 64)) != 0 && self.keys.contains(&key)
+        self.passes_filter(key) && self.keys.contains(&key)
     }
 
     fn len(&self) -> usize {
@@ -458,9 +475,9 @@ impl EntryHashes {
 
     /// File one batch's hashes.
     fn add(&self, hashes: &[u64]) {
-        // Filed by their top 8 bits: a file's bucket (the top 4) is 16 of those, in a row.
+        // Filed by their top byte: a file's bucket (its top bits) is a run of those.
         let (filed, starts) = by_next_byte(hashes, 0);
-        let per_file = 1 << (8 - ENTRY_HASH_FILE_BITS);
+        let per_file = 1 << (KEY_BUCKET_BITS - ENTRY_HASH_FILE_BITS);
         for bucket in 0..1usize << ENTRY_HASH_FILE_BITS {
             let hashes = &filed[starts[bucket * per_file]..starts[(bucket + 1) * per_file]];
             if hashes.is_empty() {
@@ -929,8 +946,7 @@ mod tests {
         let mut sharing_a_bit = 0;
         for k in (3_000..200_000).map(key) {
             assert!(!set.contains(k), "{k:#x} is not a member");
-            let bit = (k >> 16) & set.mask;
-            sharing_a_bit += usize::from(set.filter[(bit / 64) as usize] & (1 << (bit % 64)) != 0);
+            sharing_a_bit += usize::from(set.passes_filter(k));
         }
         assert!(
             sharing_a_bit > 0,
