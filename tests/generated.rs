@@ -7,11 +7,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 fn reconcile(data: &Path, out: &Path, extra: &[&str]) {
-    let output = run_command("reconcile", data, AS_OF, out)
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", stderr(&output));
+    succeeded(run_command("reconcile", data, AS_OF, out).args(extra));
 }
 
 const AS_OF: &str = "2026-11-20T00:00:00Z";
@@ -90,11 +86,7 @@ fn same_inputs_give_byte_identical_outputs_whatever_the_threads_and_buckets() {
     let second = tmp.path().join("second");
     reconcile(&data, &second, &["--buckets", "7"]);
     let third = tmp.path().join("third");
-    let out = run_command("reconcile", &data, AS_OF, &third)
-        .env("RAYON_NUM_THREADS", "1")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    succeeded(run_command("reconcile", &data, AS_OF, &third).env("RAYON_NUM_THREADS", "1"));
     let a = folder_bytes(&first);
     assert!(
         a.len() >= 7,
@@ -175,11 +167,7 @@ fn discrepancies_csv_holds_the_parquet_rows_cell_by_cell_past_the_csv_window() {
     let data = tmp.path().join("data");
     generate(&data, 1_000, 150_000, 7, "0.5");
     let out = tmp.path().join("out");
-    let run = run_command("reconcile", &data, AS_OF, &out)
-        .env("RAYON_NUM_THREADS", "2")
-        .output()
-        .unwrap();
-    assert!(run.status.success(), "{}", stderr(&run));
+    succeeded(run_command("reconcile", &data, AS_OF, &out).env("RAYON_NUM_THREADS", "2"));
     let batch = read_parquet(&out.join("discrepancies.parquet"));
     assert!(
         batch.num_rows() > 65_536,

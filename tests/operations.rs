@@ -464,14 +464,18 @@ fn outputs_are_identical_across_thread_counts_and_file_order() {
     }
 }
 
-/// The manifest lists every file of a published folder but itself, each once, with the
-/// sha256 of the bytes on disk (recomputed here from the files): for a reconcile and for a
-/// close, whose largest files (`billed_events`, `invoice_lines` and its CSV) are streamed
-/// past one chunk (65,536 rows), merged from runs in memory (one group) and from run files
-/// (`--groups 2`).
+/// Contract section 6: the manifest lists "every input and output with rows and sha256".
+/// Every file of a published folder but the manifest itself is listed once, with the
+/// sha256 of its bytes on disk and, for a table (Parquet or CSV, `report/` included), its
+/// rows as read back here; every input listed has the sha256 of its file and, for a
+/// Parquet file, its rows. For a reconcile and for a close, whose largest files
+/// (`billed_events`, `invoice_lines` and its CSV) are streamed past one chunk (65,536
+/// rows), merged from runs in memory (one group) and from run files (`--groups 2`).
 #[test]
-fn the_manifest_lists_every_output_with_the_sha256_of_its_bytes() {
+fn the_manifest_lists_every_input_and_output_with_rows_and_sha256() {
     use sha2::Digest;
+    let sha256 = |path: &Path| hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()));
+    let is_table = |path: &str| path.ends_with(".parquet") || path.ends_with(".csv");
     let tmp = tempfile::tempdir().unwrap();
     let data = generated(tmp.path(), 80_000);
     let runs = [
@@ -481,31 +485,42 @@ fn the_manifest_lists_every_output_with_the_sha256_of_its_bytes() {
     ];
     for (command, as_of, groups) in runs {
         let out = tmp.path().join(format!("{command}-{groups}"));
-        let run = run_command(command, &data, as_of, &out)
-            .args(["--groups", groups])
-            .output()
-            .unwrap();
-        assert!(run.status.success(), "{}", stderr(&run));
+        succeeded(run_command(command, &data, as_of, &out).args(["--groups", groups]));
         let manifest = json(&out.join("manifest.json"));
-        let listed: Vec<(String, String)> = (manifest["outputs"].as_array().unwrap().iter())
-            .map(|o| {
-                let text = |key: &str| o[key].as_str().unwrap().to_string();
-                (text("path"), text("sha256"))
-            })
-            .collect();
-        let on_disk: Vec<(String, String)> = folder_bytes(&out)
+        let entries = |key: &str| -> Vec<(String, Option<u64>, String)> {
+            (manifest[key].as_array().unwrap().iter())
+                .map(|e| {
+                    let path = e["path"].as_str().unwrap().to_string();
+                    (
+                        path,
+                        e["rows"].as_u64(),
+                        e["sha256"].as_str().unwrap().into(),
+                    )
+                })
+                .collect()
+        };
+        let on_disk: Vec<(String, Option<u64>, String)> = folder_bytes(&out)
             .into_iter()
             .filter(|(name, _)| name != "manifest.json")
-            .map(|(name, bytes)| (name, hex::encode(sha2::Sha256::digest(&bytes))))
+            .map(|(name, bytes)| {
+                let rows = is_table(&name).then(|| table_rows(&out.join(&name)));
+                let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+                (name, rows, sha256)
+            })
             .collect();
         // Both in path order: the manifest lists its outputs sorted by path.
-        assert_eq!(listed, on_disk, "{command} in {groups} groups");
+        let outputs = entries("outputs");
+        assert_eq!(outputs, on_disk, "{command} in {groups} groups");
+        for (path, rows, listed) in entries("inputs") {
+            let file = data.join(&path);
+            assert_eq!(listed, sha256(&file), "input {path}");
+            let parquet = path.ends_with(".parquet");
+            assert_eq!(rows, parquet.then(|| table_rows(&file)), "input {path}");
+        }
         if command == "close" {
-            let rows = |path: &str| {
-                (manifest["outputs"].as_array().unwrap().iter())
-                    .find(|o| o["path"] == path)
-                    .and_then(|o| o["rows"].as_u64())
-                    .unwrap()
+            let rows = |wanted: &str| {
+                let found = outputs.iter().find(|(path, _, _)| path == wanted);
+                found.and_then(|(_, rows, _)| *rows).unwrap()
             };
             assert!(rows("invoice_lines.csv") > 0);
             let billed = rows("billed_events.parquet");

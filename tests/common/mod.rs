@@ -67,6 +67,23 @@ pub fn generate(dir: &Path, accounts: u64, events: u64, seed: u64, discrepancy_r
     ]);
 }
 
+/// Run `command` to its end and assert that it succeeded (its stderr in the message).
+pub fn succeeded(command: &mut Command) -> Output {
+    let output = command.output().expect("tally runs");
+    assert!(output.status.success(), "{}", stderr(&output));
+    output
+}
+
+/// Rows of a table file as the manifest counts them: a Parquet file's rows, a CSV's
+/// records after its header.
+pub fn table_rows(path: &Path) -> u64 {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("parquet") => read_parquet(path).num_rows() as u64,
+        Some("csv") => csv::Reader::from_path(path).unwrap().records().count() as u64,
+        _ => panic!("{} is not a table", path.display()),
+    }
+}
+
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
