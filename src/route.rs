@@ -84,9 +84,10 @@ impl Layout {
 }
 
 /// Each partition's group on this shard, looked up instead of computed: [`Layout::owns`]
-/// and [`Layout::group_of`] divide by run-time counts (tens of cycles each), and the light
-/// and spill passes ask for every row (the spill pass counting each batch's rows by group
-/// that way cost more than the regrowth the counts spared: 500 more samples at 20M).
+/// and [`Layout::group_of`] divide by run-time counts, and the light and spill passes ask
+/// for every row (the spill pass counting each batch's rows by group that way cost more
+/// than the frames' regrowth the counts spared; the `perf` counts are in benches/README.md,
+/// "Profiles and experiments (2026-12-04, late evening: where the split's time goes)").
 pub struct GroupTable(Vec<u16>);
 
 impl GroupTable {
@@ -172,11 +173,12 @@ pub struct CrossBucket {
 const MAX_FILTER_BITS: usize = 1 << 25;
 
 /// A set of keys ([`id_key`]s) asked about once per row, almost always for a key it does not
-/// hold: a bit per slot of a small filter (8-16 bits a key, 32 KB for the 20K ids of the
-/// 20M bench data, which stay in the core's cache) answers most of those without touching
-/// the hash table (the table's lookups were 3 % of the spill pass's samples at 20M, about
-/// 9 ns a ledger row). The filter stops at [`MAX_FILTER_BITS`]: past it (a data root where
-/// millions of ids cross) it no longer stays in cache and only thins the lookups.
+/// hold: a bit per slot of a small filter (8-16 bits a key, small enough for the core's
+/// cache when few ids cross, as on generated data) answers most of those without touching
+/// the hash table, whose lookups miss the cache (measured: benches/README.md, "Profiles and
+/// experiments (2026-12-04, late evening: where the split's time goes)"). The filter stops at [`MAX_FILTER_BITS`]:
+/// past it (a data root where millions of ids cross) it no longer stays in cache and only
+/// thins the lookups.
 #[derive(Default)]
 struct KeySet {
     keys: HashSet<u64, FastHash>,
@@ -293,8 +295,8 @@ const _: () = assert!(KEY_BUCKET_BITS == 8 && ENTRY_HASH_FILE_BITS <= 8);
 /// so that no pass over all keys is needed to group them and the keys are held once (at
 /// 100M events + 100M ledger rows: 1.6 GB). One vector in bucket order and the buckets'
 /// bounds (a vector per bucket took 256 allocations a batch and a `push` per key that
-/// loaded its bucket's vector: `by_top_bits`, as it was, 7.7 % of the light pass's samples
-/// at 20M).
+/// loaded its bucket's vector; measured in benches/README.md, "Profiles and experiments
+/// (2026-12-04, late evening: where the split's time goes)").
 pub struct BucketedKeys {
     keys: Vec<u64>,
     /// Bucket `b` is `keys[starts[b]..starts[b + 1]]`.

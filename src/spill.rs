@@ -134,9 +134,9 @@ impl FrameHeader {
 /// frame). A CRC-32 finds every burst of up to 32 flipped bits; other damage (a whole
 /// sector, say) passes it about once in 2^32 frames, against 2^64 for the 64-bit xxh3 it
 /// replaced, and must then also decode to whole rows in order with the run's codes to go
-/// unnoticed. The trade: `crc32fast` folds with the CPU's carry-less multiply, at half
-/// xxh3's samples (xxh3's streaming hasher was 3.4 % of a 20M-event reconcile's group
-/// phase, `perf`).
+/// unnoticed. The trade: `crc32fast` folds with the CPU's carry-less multiply, at about
+/// half the CPU of xxh3's streaming hasher (`perf` counts in benches/README.md, "Profiles
+/// and experiments (2026-12-04, late evening: where the split's time goes)").
 fn frame_checksum(rows: &[u8], ids: &[u8]) -> u64 {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(rows);
@@ -575,9 +575,8 @@ pub fn route_dataset<S: Source>(
             // Each group's frame sized for the rows whose account is in it (an upper bound:
             // rejects and candidates among them are not spilled), ids at the source's bytes
             // a row. A batch holds a few accounts' rows, so a group's share of it is far
-            // from even, and a frame that outgrows its vectors copies them (sized for an
-            // even share, and ids at 24 bytes a row for the ledger's 44, the frames'
-            // regrowth was 0.75 % of a 20M reconcile's samples).
+            // from even, and a frame that outgrows its vectors copies them (as frames sized
+            // for an even share, and ids at 24 bytes a row for the ledger's 44, did).
             let mut sizes = vec![0usize; groups];
             for &partition in &partitions {
                 if let Some(group) = group_table.group(partition) {
