@@ -175,10 +175,10 @@ const MAX_FILTER_BITS: usize = 1 << 25;
 /// A set of keys ([`id_key`]s) asked about once per row, almost always for a key it does not
 /// hold: a bit per slot of a small filter (8-16 bits a key, small enough for the core's
 /// cache when few ids cross, as on generated data) answers most of those without touching
-/// the hash table, whose lookups miss the cache (measured: benches/README.md, "Profiles and
-/// experiments (2026-12-04, late evening: where the split's time goes)"). The filter stops at [`MAX_FILTER_BITS`]:
-/// past it (a data root where millions of ids cross) it no longer stays in cache and only
-/// thins the lookups.
+/// the hash table, whose lookups miss the cache (measured: benches/README.md, "Profiles
+/// and experiments (2026-12-04, late evening: where the split's time goes)"). The filter
+/// stops at [`MAX_FILTER_BITS`]: past it (a data root where millions of ids cross) it no
+/// longer stays in cache and only thins the lookups.
 #[derive(Default)]
 struct KeySet {
     keys: HashSet<u64, FastHash>,

@@ -219,7 +219,8 @@ impl RecordHead {
     /// refusing what it refuses; unlike postcard's `from_io`, which reported any failed read
     /// as "unexpected end", a failed read is reported as itself. (Byte by byte, as postcard
     /// read: decoding a whole head in place from the read-ahead's buffer was no faster;
-    /// benches/README.md, "Profiles and experiments (2026-12-04, late evening: where the split's time goes)".)
+    /// benches/README.md, "Profiles and experiments (2026-12-04, late evening: where the
+    /// split's time goes)".)
     fn read(r: &mut impl Read) -> std::result::Result<RecordHead, HeadError> {
         // The file may end only before a record's first byte.
         let first = Self::byte(r)
