@@ -43,8 +43,7 @@ fn truth(data: &Path) -> BTreeSet<(String, String)> {
 #[test]
 fn reconcile_finds_every_injected_discrepancy_and_nothing_else() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    generate(&data, 300, 60_000, 11, "0.03");
+    let data = generated_data(tmp.path(), 300, 60_000, 11, "0.03");
     let out = tmp.path().join("out");
     reconcile(&data, &out, &[]);
     let expected = truth(&data);
@@ -79,8 +78,7 @@ fn reconcile_finds_every_injected_discrepancy_and_nothing_else() {
 #[test]
 fn same_inputs_give_byte_identical_outputs_whatever_the_threads_and_buckets() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    generate(&data, 120, 20_000, 5, "0.05");
+    let data = generated_data(tmp.path(), 120, 20_000, 5, "0.05");
     let first = tmp.path().join("first");
     reconcile(&data, &first, &[]);
     let second = tmp.path().join("second");
@@ -164,8 +162,7 @@ fn cell_matches(column: &arrow::array::ArrayRef, row: usize, cell: &str) -> Resu
 #[test]
 fn discrepancies_csv_holds_the_parquet_rows_cell_by_cell_past_the_csv_window() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    generate(&data, 1_000, 150_000, 7, "0.5");
+    let data = generated_data(tmp.path(), 1_000, 150_000, 7, "0.5");
     let out = tmp.path().join("out");
     succeeded(run_command("reconcile", &data, AS_OF, &out).env("RAYON_NUM_THREADS", "2"));
     let batch = read_parquet(&out.join("discrepancies.parquet"));

@@ -10,9 +10,7 @@ const AS_OF: &str = "2026-11-20T00:00:00Z";
 const CLOSE_AS_OF: &str = "2026-12-01T00:00:00Z";
 
 fn generated(dir: &Path, events: u64) -> PathBuf {
-    let data = dir.join("data");
-    generate(&data, 400, events, 9, "0.02");
-    data
+    generated_data(dir, 400, events, 9, "0.02")
 }
 
 fn cmd(command: &str, data: &Path, out: &Path) -> Command {

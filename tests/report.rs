@@ -366,9 +366,7 @@ fn check_report(out: &Path) {
 }
 
 fn generated(dir: &Path) -> PathBuf {
-    let data = dir.join("data");
-    generate(&data, 60, 8000, 23, "0.05");
-    data
+    generated_data(dir, 60, 8000, 23, "0.05")
 }
 
 fn run(command: &str, data: &Path, as_of: &str, out: &Path) {

@@ -84,6 +84,19 @@ pub fn table_rows(path: &Path) -> u64 {
     }
 }
 
+/// [`generate`] into `dir/data`, the data root returned.
+pub fn generated_data(
+    dir: &Path,
+    accounts: u64,
+    events: u64,
+    seed: u64,
+    discrepancy_rate: &str,
+) -> PathBuf {
+    let data = dir.join("data");
+    generate(&data, accounts, events, seed, discrepancy_rate);
+    data
+}
+
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
