@@ -2,7 +2,7 @@
 
 use crate::common::*;
 use arrow::array::AsArray;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tally::amount::Milli;
 use tally::time::parse_instant;
 use tally::write::{write_parquet, Table};
@@ -93,6 +93,13 @@ fn first_root(root: &Path) {
     );
 }
 
+/// [`first_root`] made in `dir/data`, the data root returned.
+fn first_data(dir: &Path) -> PathBuf {
+    let root = dir.join("data");
+    first_root(&root);
+    root
+}
+
 /// The next period's data root: the price book, the previous close's allocations_next and
 /// grants_next as they are, and the new period's usage and debits.
 fn next_root(
@@ -135,9 +142,7 @@ fn three_periods_chain_through_the_next_inputs_without_hand_edits() {
     let p1 = tmp.path().join("p1");
     first_root(&p1);
     let out1 = tmp.path().join("close1");
-    assert!(run("close", &p1, "2026-12-01T00:00:00Z", &out1)
-        .status
-        .success());
+    run_command_ok("close", &p1, "2026-12-01T00:00:00Z", &out1);
     assert_eq!(
         render(&out1.join("renewals.parquet"), &[]),
         "account_id,period_end,next_period_start,next_period_end,plan_id,plan_credits_unused,rollover_credits,expired_credits,next_included_credits,carried_grant_credits\n\
@@ -167,18 +172,14 @@ fn three_periods_chain_through_the_next_inputs_without_hand_edits() {
         &[("d3", "acct_pro", "e3", 240, "2026-12-10T10:00:01Z")],
     );
     let mid = tmp.path().join("reconcile2");
-    assert!(run("reconcile", &p2, "2026-12-20T00:00:00Z", &mid)
-        .status
-        .success());
+    run_command_ok("reconcile", &p2, "2026-12-20T00:00:00Z", &mid);
     assert_eq!(
         render(&mid.join("balances.parquet"), &[]).lines().nth(1).unwrap(),
         "acct_pro,pro,2026-12-01T00:00:00Z,2026-12-31T08:00:00Z,356.000,240.000,0.000,116.000,\
          56.000,56.000,0.000,200.000,184.000,16.000,0.000,0.000,0.000,0.000,0.000,0.000,100.000,0.000,100.000"
     );
     let out2 = tmp.path().join("close2");
-    assert!(run("close", &p2, "2026-12-31T08:00:00Z", &out2)
-        .status
-        .success());
+    run_command_ok("close", &p2, "2026-12-31T08:00:00Z", &out2);
     let inv = read_parquet(&out2.join("invoices.parquet"));
     assert_eq!(inv.num_rows(), 1);
 
@@ -198,9 +199,7 @@ fn three_periods_chain_through_the_next_inputs_without_hand_edits() {
         &[("d4", "acct_pro", "e4", 336, "2027-01-05T10:00:01Z")],
     );
     let out3 = tmp.path().join("close3");
-    assert!(run("close", &p3, "2027-01-31T08:00:00Z", &out3)
-        .status
-        .success());
+    run_command_ok("close", &p3, "2027-01-31T08:00:00Z", &out3);
     let invoices = render(&out3.join("invoices.parquet"), &[]);
     assert!(
         invoices.contains(",USD,999,200.000,336.000,16.000,200.000,0.000,0.000,100.000,20.000,0,999,336.000,0.000\n"),
@@ -223,12 +222,9 @@ fn three_periods_chain_through_the_next_inputs_without_hand_edits() {
 #[test]
 fn close_is_idempotent_and_refuses_changed_inputs() {
     let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("data");
-    first_root(&root);
+    let root = first_data(tmp.path());
     let out = tmp.path().join("close");
-    assert!(run("close", &root, "2026-12-01T00:00:00Z", &out)
-        .status
-        .success());
+    run_command_ok("close", &root, "2026-12-01T00:00:00Z", &out);
     let before = folder_bytes(&out);
 
     let again = run("close", &root, "2026-12-01T00:00:00Z", &out);
@@ -305,16 +301,11 @@ fn close_is_idempotent_and_refuses_changed_inputs() {
 #[test]
 fn close_outputs_are_deterministic() {
     let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("data");
-    first_root(&root);
+    let root = first_data(tmp.path());
     let a = tmp.path().join("a");
     let b = tmp.path().join("b");
-    assert!(run("close", &root, "2026-12-01T00:00:00Z", &a)
-        .status
-        .success());
-    assert!(run("close", &root, "2026-12-01T00:00:00Z", &b)
-        .status
-        .success());
+    run_command_ok("close", &root, "2026-12-01T00:00:00Z", &a);
+    run_command_ok("close", &root, "2026-12-01T00:00:00Z", &b);
     assert!(folder_bytes(&a) == folder_bytes(&b));
     let lines = read_parquet(&a.join("invoice_lines.parquet"));
     let actions = lines.column_by_name("action").unwrap().as_string::<i32>();
@@ -338,8 +329,7 @@ fn late_events_are_found_the_same_way_in_a_split_run() {
 
 fn late_events(extra: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("data");
-    first_root(&root);
+    let root = first_data(tmp.path());
     // December allocation for acct_pro already in the data root (the export keeps history).
     let dec = Table::default()
         .str("account_id", ["acct_pro"])
@@ -476,8 +466,7 @@ fn late_events(extra: &[&str]) {
 #[test]
 fn history_skips_copies_of_this_close_and_hidden_folders_and_refuses_an_output_outside_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("data");
-    first_root(&root);
+    let root = first_data(tmp.path());
     let closes = tmp.path().join("closes");
     // The close at 2026-12-01 into `out` with `history`.
     let close_into = |out: &Path, history: &Path, extra: &[&str]| {
@@ -563,8 +552,7 @@ fn history_skips_copies_of_this_close_and_hidden_folders_and_refuses_an_output_o
 #[test]
 fn grant_priorities_carry_at_the_32_bit_limit_and_one_past_is_rejected() {
     let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("data");
-    first_root(&root);
+    let root = first_data(tmp.path());
     let max = i64::from(i32::MAX);
     let min = i64::from(i32::MIN);
     // Effective after the period: copied unchanged, not consumed.
@@ -579,9 +567,7 @@ fn grant_priorities_carry_at_the_32_bit_limit_and_one_past_is_rejected() {
         .finish();
     write_parquet(&root.join("grants/part-0.parquet"), &grants).unwrap();
     let out = tmp.path().join("close");
-    assert!(run("close", &root, "2026-12-01T00:00:00Z", &out)
-        .status
-        .success());
+    run_command_ok("close", &root, "2026-12-01T00:00:00Z", &out);
     let next = render(&out.join("grants_next.parquet"), &[]);
     assert!(
         next.contains("\ng-max,acct_pro,promo,10.000,2026-12-05T00:00:00Z,,2147483647\n"),

@@ -2285,8 +2285,7 @@ fn broken_bytes(b: &[u8], rng: &mut SplitMix) -> Vec<(&'static str, Vec<u8>)> {
 #[test]
 fn each_bad_file_alone_stops_the_run_with_exit_2_naming_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    generate(&data, 60, 6000, seed(), "0");
+    let data = generated_data(tmp.path(), 60, 6000, seed(), "0");
     let out = tmp.path().join("out");
     let good = reconcile(&data, &out);
     assert_eq!(good.status.code(), Some(0), "{}", describe(&good));
@@ -2362,8 +2361,7 @@ fn each_bad_file_alone_stops_the_run_with_exit_2_naming_it() {
 #[test]
 fn flipped_bytes_never_crash_the_run() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    generate(&data, 40, 4000, seed(), "0");
+    let data = generated_data(tmp.path(), 40, 4000, seed(), "0");
     let out = tmp.path().join("out");
     let mut rng = SplitMix(seed() ^ 0xF11B);
     let mut outcomes = BTreeMap::new();

@@ -213,10 +213,7 @@ fn milli(v: &Value) -> i64 {
 fn explain_agrees_with_every_discrepancy_row_of_a_generated_reconcile() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    let run = run_command("reconcile", &demo(), AS_OF, &out)
-        .output()
-        .unwrap();
-    assert!(run.status.success(), "{}", stderr(&run));
+    run_command_ok("reconcile", &demo(), AS_OF, &out);
     check_every_discrepancy(&demo(), AS_OF, &out, &[]);
 
     // Every account's balance timeline ends where balances.parquet says.
@@ -259,10 +256,7 @@ fn explain_agrees_with_every_discrepancy_row_of_a_generated_reconcile() {
 fn explain_agrees_with_every_discrepancy_row_and_invoice_of_a_generated_close() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    let run = run_command("close", &demo(), CLOSE_AS_OF, &out)
-        .output()
-        .unwrap();
-    assert!(run.status.success(), "{}", stderr(&run));
+    run_command_ok("close", &demo(), CLOSE_AS_OF, &out);
     check_every_discrepancy(&demo(), CLOSE_AS_OF, &out, &["--close"]);
 
     let invoices = table(&out.join("invoices.parquet"));

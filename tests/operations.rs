@@ -375,11 +375,7 @@ fn sigkill_at_random_moments_never_leaves_a_partial_output() {
     for command in ["reconcile", "close"] {
         let reference_dir = tmp.path().join(format!("{command}-reference"));
         let started = Instant::now();
-        assert!(cmd(command, &data, &reference_dir)
-            .output()
-            .unwrap()
-            .status
-            .success());
+        succeeded(&mut cmd(command, &data, &reference_dir));
         let runtime = started.elapsed();
         let reference = folder_bytes(&reference_dir);
         let out = tmp.path().join(format!("{command}-out"));
@@ -449,12 +445,7 @@ fn outputs_are_identical_across_thread_counts_and_file_order() {
     let mut outputs = Vec::new();
     for (threads, root) in [("1", &data), ("2", &data), ("8", &data), ("2", &shuffled)] {
         let out = tmp.path().join(format!("out-{threads}-{}", outputs.len()));
-        let status = cmd("reconcile", root, &out)
-            .env("RAYON_NUM_THREADS", threads)
-            .output()
-            .unwrap()
-            .status;
-        assert!(status.success());
+        succeeded(cmd("reconcile", root, &out).env("RAYON_NUM_THREADS", threads));
         outputs.push(folder_bytes(&out));
     }
     for o in &outputs[1..] {
@@ -537,8 +528,7 @@ fn the_manifest_lists_every_input_and_output_with_rows_and_sha256() {
 #[test]
 fn a_close_at_one_thread_finishes_with_the_bytes_of_two() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    generate(&data, 2_000, 100_000, 3, "0.02");
+    let data = generated_data(tmp.path(), 2_000, 100_000, 3, "0.02");
     let mut outputs = Vec::new();
     for threads in ["1", "2"] {
         let out = tmp.path().join(format!("out-{threads}"));
@@ -677,11 +667,7 @@ fn out_never_replaces_a_folder_that_is_not_a_tally_output() {
     // An empty folder is fine.
     let empty = tmp.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
-    assert!(cmd("reconcile", &data, &empty)
-        .output()
-        .unwrap()
-        .status
-        .success());
+    succeeded(&mut cmd("reconcile", &data, &empty));
 }
 
 #[test]

@@ -369,19 +369,15 @@ fn generated(dir: &Path) -> PathBuf {
     generated_data(dir, 60, 8000, 23, "0.05")
 }
 
-fn run(command: &str, data: &Path, as_of: &str, out: &Path) {
-    succeeded(&mut run_command(command, data, as_of, out));
-}
-
 #[test]
 fn report_html_renders_the_summary_figures_and_links_to_their_rows() {
     let tmp = tempfile::tempdir().unwrap();
     let data = generated(tmp.path());
     let reconcile = tmp.path().join("reconcile");
-    run("reconcile", &data, AS_OF, &reconcile);
+    run_command_ok("reconcile", &data, AS_OF, &reconcile);
     check_report(&reconcile);
     let close = tmp.path().join("close");
-    run("close", &data, CLOSE_AS_OF, &close);
+    run_command_ok("close", &data, CLOSE_AS_OF, &close);
     check_report(&close);
     // The close figures are there (and non-trivial on generated data).
     let summary = json(&close.join("summary.json"));
@@ -410,7 +406,7 @@ fn spreadsheet_csvs_hold_the_parquet_rows_with_formatted_money() {
         let args: toml::Table =
             toml::from_str(&std::fs::read_to_string(dir.join("args.toml")).unwrap()).unwrap();
         let out = tmp.path().join(scenario);
-        run(
+        run_command_ok(
             args["command"].as_str().unwrap(),
             &dir.join("data"),
             args["as_of"].as_str().unwrap(),
@@ -547,7 +543,7 @@ fn ids_are_escaped_in_the_report_and_neutralised_in_spreadsheet_csvs() {
     let data = tmp.path().join("data");
     hostile_root(&data);
     let out = tmp.path().join("out");
-    run("reconcile", &data, AS_OF, &out);
+    run_command_ok("reconcile", &data, AS_OF, &out);
     check_report(&out);
 
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 const AS_OF: &str = "2026-11-20T00:00:00Z";
 const CLOSE_AS_OF: &str = "2026-12-01T00:00:00Z";
 
-/// The generated root most tests here split.
-fn generate_root(dir: &Path) {
-    generate(dir, 300, 30_000, 7, "0.05");
+/// The generated root most tests here split, made in `dir/data` and returned.
+fn generate_root(dir: &Path) -> PathBuf {
+    generated_data(dir, 300, 30_000, 7, "0.05")
 }
 
 fn run_ok(command: &str, data: &Path, as_of: &str, out: &Path, extra: &[&str]) {
@@ -24,13 +24,30 @@ fn run_ok(command: &str, data: &Path, as_of: &str, out: &Path, extra: &[&str]) {
     );
 }
 
+/// Run shards 0..n of the run publishing `out`, each with `extra` then `--shard i/n`.
+fn run_shards(command: &str, data: &Path, as_of: &str, out: &Path, n: u32, extra: &[&str]) {
+    for i in 0..n {
+        let shard = format!("{i}/{n}");
+        let args = [extra, &["--shard", &shard]].concat();
+        run_ok(command, data, as_of, out, &args);
+    }
+}
+
 /// Run shards 0..n of the run publishing `out` (they go to `out.shards/`), then merge
 /// them into `out`: the same `--out` for every step, as in the job files.
 fn shard_and_merge(command: &str, data: &Path, as_of: &str, out: &Path, n: u32) {
-    for i in 0..n {
-        run_ok(command, data, as_of, out, &["--shard", &format!("{i}/{n}")]);
-    }
+    run_shards(command, data, as_of, out, n, &[]);
     tally_ok(&["merge", "--out", out.to_str().unwrap()]);
+}
+
+/// `tally merge` of the shard folders of the run publishing `shards` into `merged`.
+fn merge_shards_into(shards: &Path, merged: &Path) {
+    tally_ok(&[
+        "merge",
+        "--out",
+        merged.to_str().unwrap(),
+        root(shards).to_str().unwrap(),
+    ]);
 }
 
 /// The folder holding the shard folders of the run publishing `out`.
@@ -54,8 +71,7 @@ fn assert_same(single: &Path, other: &Path, what: &str) {
 #[test]
 fn shards_merged_equal_the_single_run_byte_for_byte() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    generate_root(&data);
+    let data = generate_root(tmp.path());
     let single = tmp.path().join("single");
     run_ok("reconcile", &data, AS_OF, &single, &[]);
     assert!(folder_bytes(&single).len() >= 7);
@@ -70,8 +86,7 @@ fn shards_merged_equal_the_single_run_byte_for_byte() {
 #[test]
 fn close_shards_merged_equal_the_single_close() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    generate_root(&data);
+    let data = generate_root(tmp.path());
     let single = tmp.path().join("single");
     run_ok("close", &data, CLOSE_AS_OF, &single, &[]);
     let merged = tmp.path().join("merged");
@@ -112,8 +127,7 @@ fn close_shards_merged_equal_the_single_close() {
 #[test]
 fn bucket_groups_equal_the_single_run_byte_for_byte() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    generate_root(&data);
+    let data = generate_root(tmp.path());
     let single = tmp.path().join("single");
     run_ok("reconcile", &data, AS_OF, &single, &[]);
     for extra in [
@@ -175,22 +189,9 @@ fn golden_scenarios_split_into_groups_and_shards_give_the_same_bytes() {
         assert_same(&single, &grouped, &format!("{what} in 4 groups"));
         for n in [2, 4] {
             let shards = tmp.path().join(format!("shards-{n}"));
-            for i in 0..n {
-                run_ok(
-                    command,
-                    &data,
-                    as_of,
-                    &shards,
-                    &[&base[..], &["--shard", &format!("{i}/{n}")]].concat(),
-                );
-            }
+            run_shards(command, &data, as_of, &shards, n, &base);
             let merged = tmp.path().join(format!("merged-{n}"));
-            tally_ok(&[
-                "merge",
-                "--out",
-                merged.to_str().unwrap(),
-                root(&shards).to_str().unwrap(),
-            ]);
+            merge_shards_into(&shards, &merged);
             assert_same(&single, &merged, &format!("{what} in {n} shards"));
         }
     }
@@ -199,20 +200,11 @@ fn golden_scenarios_split_into_groups_and_shards_give_the_same_bytes() {
 #[test]
 fn a_killed_shard_rerun_alone_gives_the_same_merge() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    generate_root(&data);
+    let data = generate_root(tmp.path());
     let single = tmp.path().join("single");
     run_ok("reconcile", &data, AS_OF, &single, &[]);
     let shards = tmp.path().join("shards");
-    for i in 0..3 {
-        run_ok(
-            "reconcile",
-            &data,
-            AS_OF,
-            &shards,
-            &["--shard", &format!("{i}/3")],
-        );
-    }
+    run_shards("reconcile", &data, AS_OF, &shards, 3, &[]);
     // Kill a rerun of shard 1 at a few moments, then rerun it alone to the end. Spill
     // folders left by the killed runs are removed by the next run.
     let spill_tmp = tmp.path().join("tmp");
@@ -228,21 +220,15 @@ fn a_killed_shard_rerun_alone_gives_the_same_merge() {
         let _ = child.kill();
         let _ = child.wait();
     }
-    let rerun = run_command("reconcile", &data, AS_OF, &shards)
-        .args(["--shard", "1/3"])
-        .env("TMPDIR", &spill_tmp)
-        .output()
-        .unwrap();
-    assert!(rerun.status.success(), "{}", stderr(&rerun));
+    succeeded(
+        run_command("reconcile", &data, AS_OF, &shards)
+            .args(["--shard", "1/3"])
+            .env("TMPDIR", &spill_tmp),
+    );
     let left: Vec<_> = std::fs::read_dir(&spill_tmp).unwrap().collect();
     assert!(left.is_empty(), "spill folders left behind: {left:?}");
     let merged = tmp.path().join("merged");
-    tally_ok(&[
-        "merge",
-        "--out",
-        merged.to_str().unwrap(),
-        root(&shards).to_str().unwrap(),
-    ]);
+    merge_shards_into(&shards, &merged);
     assert_same(&single, &merged, "after a killed shard was rerun");
 }
 
@@ -255,8 +241,7 @@ fn refused(args: &[&str]) -> String {
 #[test]
 fn merge_refuses_missing_duplicated_foreign_and_altered_shards() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    generate_root(&data);
+    let data = generate_root(tmp.path());
     let shards = tmp.path().join("shards");
     for i in [0, 2] {
         run_ok(
@@ -322,18 +307,9 @@ fn merge_refuses_missing_duplicated_foreign_and_altered_shards() {
 /// Two shards of `command` on the generated root, in `tmp/shards.shards/`; the run's
 /// `--out` (`tmp/shards`).
 fn two_shards(tmp: &Path, command: &str, as_of: &str) -> PathBuf {
-    let data = tmp.join("data");
-    generate_root(&data);
+    let data = generate_root(tmp);
     let shards = tmp.join("shards");
-    for i in 0..2 {
-        run_ok(
-            command,
-            &data,
-            as_of,
-            &shards,
-            &["--shard", &format!("{i}/2")],
-        );
-    }
+    run_shards(command, &data, as_of, &shards, 2, &[]);
     shards
 }
 
@@ -417,15 +393,13 @@ fn merge_refuses_a_run_file_of_another_format() {
 #[test]
 fn a_kubernetes_completion_index_selects_the_shard() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    generate_root(&data);
+    let data = generate_root(tmp.path());
     let shards = tmp.path().join("shards");
-    let out = run_command("reconcile", &data, AS_OF, &shards)
-        .env("JOB_COMPLETION_INDEX", "1")
-        .env("TALLY_SHARDS", "2")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    succeeded(
+        run_command("reconcile", &data, AS_OF, &shards)
+            .env("JOB_COMPLETION_INDEX", "1")
+            .env("TALLY_SHARDS", "2"),
+    );
     assert!(root(&shards).join("shard=1/shard.json").is_file());
     assert!(!root(&shards).join("shard=0").exists());
 
@@ -621,22 +595,16 @@ fn rows_joined_across_accounts_are_routed_exactly_when_split() {
                 continue;
             }
             let shards = tmp.path().join(format!("s-{buckets}-{n_text}"));
-            for i in 0..n {
-                run_ok(
-                    "reconcile",
-                    &data,
-                    AS_OF,
-                    &shards,
-                    &["--buckets", buckets, "--shard", &format!("{i}/{n}")],
-                );
-            }
+            run_shards(
+                "reconcile",
+                &data,
+                AS_OF,
+                &shards,
+                n,
+                &["--buckets", buckets],
+            );
             let merged = tmp.path().join(format!("m-{buckets}-{n_text}"));
-            tally_ok(&[
-                "merge",
-                "--out",
-                merged.to_str().unwrap(),
-                root(&shards).to_str().unwrap(),
-            ]);
+            merge_shards_into(&shards, &merged);
             assert_same(
                 &single,
                 &merged,
@@ -651,8 +619,7 @@ fn rows_joined_across_accounts_are_routed_exactly_when_split() {
 #[test]
 fn billed_events_stream_past_one_chunk_from_group_runs_and_shards() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    generate(&data, 900, 150_000, 3, "0.01");
+    let data = generated_data(tmp.path(), 900, 150_000, 3, "0.01");
     let single = tmp.path().join("single");
     run_ok("close", &data, CLOSE_AS_OF, &single, &[]);
     let billed = read_parquet(&single.join("billed_events.parquet"));
@@ -675,8 +642,7 @@ fn billed_events_stream_past_one_chunk_from_group_runs_and_shards() {
 #[test]
 fn sharded_closes_with_history_behave_like_single_closes() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    generate_root(&data);
+    let data = generate_root(tmp.path());
     let closes = tmp.path().join("closes");
     let single_closes = tmp.path().join("single-closes");
     let history = |dir: &Path| ["--history".to_string(), dir.to_str().unwrap().to_string()];
@@ -685,28 +651,12 @@ fn sharded_closes_with_history_behave_like_single_closes() {
     run_ok("close", &data, CLOSE_AS_OF, &single, &[&h[0], &h[1]]);
     let merged = closes.join("2026-12-01");
     let h = history(&closes);
-    for i in 0..2 {
-        run_ok(
-            "close",
-            &data,
-            CLOSE_AS_OF,
-            &merged,
-            &[&h[0], &h[1], "--shard", &format!("{i}/2")],
-        );
-    }
+    run_shards("close", &data, CLOSE_AS_OF, &merged, 2, &[&h[0], &h[1]]);
     tally_ok(&["merge", "--out", merged.to_str().unwrap()]);
     assert_same(&single, &merged, "sharded close with history");
     // The same close again, sharded: each shard skips the published close (its own
     // output), so the merge finds the same inputs and does nothing.
-    for i in 0..2 {
-        run_ok(
-            "close",
-            &data,
-            CLOSE_AS_OF,
-            &merged,
-            &[&h[0], &h[1], "--shard", &format!("{i}/2")],
-        );
-    }
+    run_shards("close", &data, CLOSE_AS_OF, &merged, 2, &[&h[0], &h[1]]);
     let again = tally_ok(&["merge", "--out", merged.to_str().unwrap()]);
     assert!(
         String::from_utf8_lossy(&again.stdout).contains("already closed"),
@@ -927,8 +877,7 @@ fn assert_close_row_order(out: &Path, what: &str) {
 #[test]
 fn split_and_sharded_closes_keep_the_contract_row_order() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    generate_root(&data);
+    let data = generate_root(tmp.path());
     let single = tmp.path().join("single");
     run_ok("close", &data, CLOSE_AS_OF, &single, &[]);
     assert_close_row_order(&single, "one group");

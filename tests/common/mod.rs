@@ -74,6 +74,11 @@ pub fn succeeded(command: &mut Command) -> Output {
     output
 }
 
+/// [`run_command`] run to its end, asserting that it succeeded (its stderr in the message).
+pub fn run_command_ok(command: &str, data: &Path, as_of: &str, out: &Path) -> Output {
+    succeeded(&mut run_command(command, data, as_of, out))
+}
+
 /// Rows of a table file as the manifest counts them: a Parquet file's rows, a CSV's
 /// records after its header.
 pub fn table_rows(path: &Path) -> u64 {
