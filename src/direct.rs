@@ -4,11 +4,11 @@
 //! A split run writes its spill once and reads it back once, soon after. Through the page
 //! cache, each written byte is first copied into a fresh page-cache page (the kernel zeroes
 //! and maps it) and each read byte is mapped from it again: at 100M events the copy into
-//! fresh pages alone was 17-25 % of the spill pass (6-8 CPU-s, `perf`), and a nightly run
-//! pays it in full (back-to-back runs reuse the pages the previous run's spill freed, which
-//! is why benches hide it). On the bench machine, 3 GB written through the page cache cost
-//! 5.4 CPU-s into fresh pages; with `O_DIRECT` 0.12-0.18 CPU-s (1.6 s of device time), and
-//! read back with `O_DIRECT` into one reused buffer 0.08 CPU-s.
+//! fresh pages alone was a large share of the spill pass's CPU, and a nightly run pays it
+//! in full (back-to-back runs reuse the pages the previous run's spill freed, which is why
+//! benches hide it). Written with `O_DIRECT`, and read back with `O_DIRECT` into one reused
+//! buffer, the same bytes cost a small fraction of that CPU (measured: benches/README.md,
+//! "Profiles and experiments (2026-12-04, morning: fresh pages)").
 //!
 //! Unbuffered I/O needs aligned buffers, offsets and lengths ([`ALIGN`]): a file's last
 //! block is written padded and the file then cut to its length. A file system that refuses

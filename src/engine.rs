@@ -129,8 +129,10 @@ pub struct AccountResult {
 
 impl AccountResult {
     /// Drop spare capacity: a split run holds every account's result until the end, and
-    /// a vector grown by `push` keeps room for 4 rows (a million accounts × a few spare
-    /// balance and discrepancy rows was over a GB at 100M events).
+    /// a vector grown by `push` keeps room for 4 rows (at 100M events a million accounts'
+    /// spare balance and discrepancy rows add up: benches/README.md, "Figures moved from
+    /// source comments (2026-12-05)"; the peak it saved: "2026-11-25: a 2 GiB budget,
+    /// 524,288 rows per group (before)", its profiles).
     pub fn shrink(&mut self) {
         self.discrepancies.shrink_to_fit();
         self.balances.shrink_to_fit();

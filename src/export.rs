@@ -181,9 +181,11 @@ fn render_piece(
 
 /// The CSV lines of `rows`, each written by `line`, in pieces of [`PIECE_ROWS`] rows
 /// rendered on the pool's threads; the pieces in row order. Rendering a row is what
-/// writing a CSV costs (a 20M-event reconcile's balances.csv took 0.19 s of its 0.8 s
-/// write, rendered on one thread); a CSV writer holds no state from one record to the
-/// next, so the pieces put together are the file one writer would have written.
+/// writing a CSV costs (one large CSV rendered on one thread took a good part of a
+/// reconcile's write stage; measured: benches/README.md, "Profiles and experiments
+/// (2026-12-04, night: the read-back's own thread, spill ids as they are, CSVs in
+/// pieces)"); a CSV writer holds no state from one record to the next, so the pieces put
+/// together are the file one writer would have written.
 ///
 /// Only a worker of the pool hands pieces to the pool; any other thread renders them
 /// itself, one after another. A thread outside the pool may be one that a worker waits for

@@ -579,8 +579,10 @@ fn with_read_hints(
                 DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
             }
             // Ids (and the plans' account ids): views into the decoded pages, not a copy
-            // of every string into one buffer (the copy and its growth were a few % of a
-            // load, `perf`).
+            // of every string into one buffer (the copy and its growth cost the load time;
+            // measured: benches/README.md, "Profiles and experiments (2026-12-04, after
+            // midnight: per-row work, ids as views)", and "Figures moved from source
+            // comments (2026-12-05)").
             ColType::Str if plain_string => DataType::Utf8View,
             _ => continue,
         };

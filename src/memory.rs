@@ -2,14 +2,13 @@
 //!
 //! mimalloc returns freed pages to the OS after a delay (10 ms by default); a page asked
 //! for again later is faulted in and zeroed by the kernel. On this project's machines
-//! (virtual machines) a page fault is expensive: touching fresh memory runs at about
-//! 1.3 GB/s with 4 KiB pages, against 18 GB/s for writing memory already mapped (a C
-//! program timing both, by hand). A run allocates and frees large buffers stage after
-//! stage (decoded batches, sort buffers, each bucket's work), so returning them only to
-//! fault them in again costs seconds: on the 10M-event bench data in one group, 4
-//! alternating runs each, the default delay took 10.5–12.7 s (3.2–4.4 s of it in the
-//! kernel) and never returning memory 9.4–9.7 s (1.4–1.7 s in the kernel), at the same
-//! peak (2.8 GiB).
+//! (virtual machines) a page fault is expensive: touching fresh memory is many times
+//! slower than writing memory already mapped. A run allocates and frees large buffers
+//! stage after stage (decoded batches, sort buffers, each bucket's work), so returning
+//! them only to fault them in again costs seconds: on the 10M-event bench data in one
+//! group, never returning memory beat the default delay, mostly in kernel time, at the
+//! same peak. (Both measured by hand: benches/README.md, "Figures moved from source
+//! comments (2026-12-05)".)
 //!
 //! So [`KeepFreed`] sets the purge delay to -1 while a run in one group computes: in
 //! mimalloc v3 (the version `libmimalloc-sys` builds by default) an arena's pages freed
@@ -23,15 +22,13 @@
 //! freed is handed back ([`hand_back_freed`]) before the groups start; within the groups,
 //! a group's buffers are mostly reused by the next one within the delay, and never
 //! purging let the allocator's holdings grow group after group (fragmentation: a
-//! 100M-event reconcile in 16 groups peaked at 5.6 GB, against 4.6 GB with a 1 s delay;
-//! never purging for the whole split run, 4.7 GB in 256 groups). The delay was 1 s until
-//! 2026-12-04; 3 s covers a whole group at 100M events (26 groups of about 1.5 s), and on
-//! the bench data, alternating runs, outputs byte-identical: 100M reconcile 2.31-2.37M
-//! page faults against 3.33-3.48M, 58.2 / 57.4 s against 58.2 / 59.0 s, peak 3.21-3.24
-//! GiB against 3.16-3.17; 20M 0.80-0.86M faults against 0.98-1.06M, 11.10-11.33 s against
-//! 11.27-11.61 s, peak 2.59-2.64 GiB against 2.51-2.56. A 10 s delay cut the 100M faults
-//! to 1.65M but peaked at up to 3.49 GiB (`MIMALLOC_PURGE_DELAY=10000`, which also skips
-//! the hand-back before the groups; 3000 so: 3.23-3.31 GiB).
+//! 100M-event reconcile peaked higher than with a 1 s delay). The delay was 1 s until
+//! 2026-12-04; 3 s covers a whole group at 100M events, and on the bench data it cut the
+//! page faults for a slightly higher peak, outputs byte-identical; a 10 s delay cut them
+//! further but raised the peak more. (Measured with alternating runs: benches/README.md,
+//! "Profiles and experiments (2026-12-04, evening: the spill past the page cache)"; the
+//! fragmentation, a group's length and the 3 s delay's peak set through the environment:
+//! "Figures moved from source comments (2026-12-05)".)
 //!
 //! `MIMALLOC_PURGE_DELAY` in the environment overrides all of this (for measurements).
 //!
@@ -41,13 +38,14 @@
 //! free page reporting (feature bit 5 in `/sys/bus/virtio/devices/virtio0/features`), so
 //! free 2 MiB blocks are handed back to the host and a huge page faulted in is likely one
 //! the host must back again; the kernel's time then swings from run to run with what the
-//! host holds. On the 10M-event bench data in one group, 8 alternating runs each
-//! (2026-12-03, about 18:10 UTC): 4.42–5.12 s with huge pages off (1.4–2.5 s in the kernel)
-//! against 4.33–7.81 s with them (1.4–8.2 s in the kernel), peak 2.47–2.50 GiB against
-//! 2.54–2.56; no compaction stalls in either (`compact_stall` in `/proc/vmstat`). An
-//! earlier series (the same morning's machine state) found the medians equal and only the
-//! spread narrower. `MIMALLOC_ALLOW_THP` in the environment (mimalloc's own switch)
-//! overrides this: set to 1 it leaves huge pages to the system's policy.
+//! host holds. On the 10M-event bench data in one group, alternating runs with huge pages
+//! off took away the slow runs and their kernel time at a slightly lower peak, with no
+//! compaction stalls in either (measured: benches/README.md, "Profiles and experiments
+//! (2026-12-03, night: transparent huge pages off)"). An earlier series (the same
+//! morning's machine state) found the medians equal and only the spread narrower
+//! ("Profiles and experiments (2026-12-03, this pass)"). `MIMALLOC_ALLOW_THP` in the
+//! environment (mimalloc's own switch) overrides this: set to 1 it leaves huge pages to
+//! the system's policy.
 
 // The C library these functions live in comes with the `mimalloc` crate; naming the crate
 // here links it into every binary of this library (the tally binary also makes it the

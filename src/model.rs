@@ -286,10 +286,10 @@ impl Debit {
 /// the previous row of its frame (a frame holds one batch's rows in file order, so steps
 /// are small), without what reading back re-derives: the id offsets (a frame's ids are
 /// stored in row order) and the id hashes (recomputed from the ids). The frame's ids are
-/// written as they are in memory. On the bench data a spilled row takes about 50 bytes
-/// with its ids (the largest size of the spill folder of a 20M-event reconcile in 4
-/// groups, `benches/spill-size.sh`: 1.49 GB for the 30.1M rows of its 3 spilled groups),
-/// against 64 bytes plus ids in memory.
+/// written as they are in memory. On the bench data a spilled row with its ids takes fewer
+/// bytes than the row alone in memory, 64 bytes before its ids (the spill folder's largest
+/// size, `benches/spill-size.sh`: benches/README.md, "Profiles and experiments (2026-12-04,
+/// night: the read-back's own thread, spill ids as they are, CSVs in pieces)").
 pub trait CompactRow: bytemuck::Pod + Send + Sync {
     fn at(&self) -> At;
     /// The row with its ids copied from `from` to `to` (chunk number `chunk` of its new
@@ -417,12 +417,12 @@ fn row_flags(spilled: u8) -> (u8, bool) {
 /// order; integers wider than a byte as LEB128 varints, signed ones zigzagged first; a byte
 /// as itself), which `decode` reads by hand too ([`SpillReader`]). Written by hand into a
 /// buffer on the stack and appended to the frame at once: postcard's serializer appended
-/// each field with a call to `memcpy` (serializing took 7-11 % of the 100M spill pass's
-/// samples, `perf`; a micro-benchmark by hand of 5M usage rows: 64-66 ns a row with
-/// postcard's writer, 18-20 ns by hand, both writing into fresh memory; two alternating
-/// 100M reconciles each cannot show it past their noise: the spill pass's CPU 59.4 and
-/// 63.0 s against 61.5 and 66.8). A property test holds the two encodings equal. The close's run files write each
-/// record's head with it too (`runs::write_run`).
+/// each field with a call to `memcpy`, a visible share of the spill pass's samples, and
+/// writing by hand is several times faster in a micro-benchmark, though whole 100M runs
+/// cannot show it past their noise (measured: benches/README.md, "Profiles and experiments
+/// (2026-12-03, late morning)"; the `perf` share: "Figures moved from source comments
+/// (2026-12-05)"). A property test holds the two encodings equal. The close's run files
+/// write each record's head with it too (`runs::write_run`).
 pub(crate) struct SpillBytes {
     bytes: [u8; SpillBytes::MAX],
     len: usize,
@@ -469,10 +469,12 @@ impl SpillBytes {
 
 /// A spill form being read: postcard's decoding of [`SpillBytes`]' encoding, by hand.
 /// `postcard::take_from_bytes` went through serde's visitors with a bounds-checked pop per
-/// byte (3.6 % of a 20M-event split reconcile's `perf` samples, on the read-back that runs
-/// beside each group). It takes what postcard takes and refuses what it refuses (a varint
-/// past its type's bytes or bits, bytes that end inside a form): a property test holds
-/// the two equal over any bytes.
+/// byte, on the read-back that runs beside each group (its `perf` share: benches/README.md,
+/// "Figures moved from source comments (2026-12-05)"; the hand reader's gain: "Profiles
+/// and experiments (2026-12-04, after midnight: per-row work, ids as views)", bdce7e2).
+/// It takes what postcard takes and refuses what it refuses (a varint past its type's
+/// bytes or bits, bytes that end inside a form): a property test holds the two equal over
+/// any bytes.
 struct SpillReader<'a> {
     bytes: &'a [u8],
 }

@@ -28,10 +28,10 @@ use std::sync::Arc;
 pub const AUTOMATIC_BUCKETS: u32 = 0;
 
 /// Default working-memory budget: 3 GiB (`route::groups_for` picks the group count from
-/// it). The 10M-event bench reconcile fits in one group (2.6 GiB peak); a 100M-event
-/// month is split (26 groups reconcile, 53 close) and peaks at 3.12–3.64 / 2.98–3.40 GiB
-/// (`benches/bench.sh 100m` and runs by hand, 2026-12-03): under 4 GiB, not under the
-/// budget itself.
+/// it). The 10M-event bench reconcile fits in one group; a 100M-event month is split (26
+/// groups reconcile, 53 close) and peaks under 4 GiB, not under the budget itself
+/// (`benches/bench.sh 100m` and runs by hand: benches/README.md, "The README's performance
+/// text of 2026-12-03", and the later benches under "Figures").
 pub const DEFAULT_MEMORY_BUDGET_BYTES: u64 = 3 << 30;
 
 #[derive(Clone, Debug)]
@@ -315,8 +315,9 @@ pub fn compute(
     // At most one result per account the groups process (a bucket's results are those of
     // its accounts with covered periods), gathered over the groups: room for all of them
     // at once, so that the vector is never grown (each growth copied every result so far
-    // into fresh memory: 12-15K page faults a group at 20M events, `perf record -e
-    // page-faults` by call site, benches/README.md "... morning: fresh pages").
+    // into fresh memory; the faults counted by call site: benches/README.md, "Profiles and
+    // experiments (2026-12-04, morning: fresh pages)" and "Figures moved from source
+    // comments (2026-12-05)").
     partial
         .results
         .reserve_exact(accounts_by_group.iter().map(Vec::len).sum());
@@ -456,8 +457,9 @@ pub fn compute(
     // steps (placing events, collecting results) and reading the spill fills it. The
     // read-back runs on a thread of its own, not on a worker of the pool: its unbuffered
     // reads wait on the disk, and a worker waiting there is a core lost to processing (a
-    // 20M-event reconcile's groups ran at about 1.5 cores then; its frames are still
-    // decoded by the pool). At most
+    // 20M-event reconcile's groups then fell short of two cores: benches/README.md,
+    // "Profiles and experiments (2026-12-04, night: the read-back's own thread, spill ids
+    // as they are, CSVs in pieces)"; its frames are still decoded by the pool). At most
     // two groups' rows are in memory at once (`route::groups_for` sizes groups for that).
     // The read-back draws no bar and its stage line is logged after the group's stages
     // (see `progress::log_stage`).
@@ -509,8 +511,9 @@ pub fn compute(
     };
     // Freed memory goes back to the OS after the purge delay here (3 s, no `KeepFreed`): a
     // group's buffers are mostly reused by the next group within it, and never returning
-    // them let the allocator's holdings grow group after group (100M events in 16 groups:
-    // 5.6 GB peak, against 4.6 GB with a 1 s delay).
+    // them let the allocator's holdings grow group after group (a higher peak at 100M events
+    // than with a 1 s delay; measured: benches/README.md, "Figures moved from source
+    // comments (2026-12-05)").
     crate::memory::hand_back_freed();
     let mut extras = usage_extra.into_iter().zip(debit_extra);
     let mut next = extras.next().map(|(u_extra, d_extra)| {

@@ -87,7 +87,8 @@ impl Layout {
 /// and [`Layout::group_of`] divide by run-time counts, and the light and spill passes ask
 /// for every row (the spill pass counting each batch's rows by group that way cost more
 /// than the frames' regrowth the counts spared; the `perf` counts are in benches/README.md,
-/// "Profiles and experiments (2026-12-04, late evening: where the split's time goes)").
+/// "Profiles and experiments (2026-12-04, late evening: where the split's time goes, CRC-32
+/// spill frames)").
 pub struct GroupTable(Vec<u16>);
 
 impl GroupTable {
@@ -122,8 +123,10 @@ pub const NO_ACCOUNT: u32 = u32::MAX;
 /// Each row's partition by its raw `account_id` cell. A dictionary column's distinct
 /// values are hashed once per dictionary (a row group's batches share one, unless its
 /// pages fall back to plain encoding), not once per row: the light and spill passes each
-/// hashed every row's account (1.4 % and 0.8 % of a 20M-event run's `perf` samples,
-/// besides the light pass decoding each row's account as a string).
+/// hashed every row's account, besides the light pass decoding each row's account as a
+/// string (the `perf` shares: benches/README.md, "Figures moved from source comments
+/// (2026-12-05)"; the change's gain: "Profiles and experiments (2026-12-04, after
+/// midnight: per-row work, ids as views)", f8ec1d7).
 #[derive(Default)]
 pub struct AccountPartitions(crate::rows::DictMemo);
 
@@ -176,9 +179,9 @@ const MAX_FILTER_BITS: usize = 1 << 25;
 /// hold: a bit per slot of a small filter (8-16 bits a key, small enough for the core's
 /// cache when few ids cross, as on generated data) answers most of those without touching
 /// the hash table, whose lookups miss the cache (measured: benches/README.md, "Profiles
-/// and experiments (2026-12-04, late evening: where the split's time goes)"). The filter
-/// stops at [`MAX_FILTER_BITS`]: past it (a data root where millions of ids cross) it no
-/// longer stays in cache and only thins the lookups.
+/// and experiments (2026-12-04, late evening: where the split's time goes, CRC-32 spill
+/// frames)"). The filter stops at [`MAX_FILTER_BITS`]: past it (a data root where millions
+/// of ids cross) it no longer stays in cache and only thins the lookups.
 #[derive(Default)]
 struct KeySet {
     keys: HashSet<u64, FastHash>,
@@ -296,7 +299,7 @@ const _: () = assert!(KEY_BUCKET_BITS == 8 && ENTRY_HASH_FILE_BITS <= 8);
 /// 100M events + 100M ledger rows: 1.6 GB). One vector in bucket order and the buckets'
 /// bounds (a vector per bucket took 256 allocations a batch and a `push` per key that
 /// loaded its bucket's vector; measured in benches/README.md, "Profiles and experiments
-/// (2026-12-04, late evening: where the split's time goes)").
+/// (2026-12-04, late evening: where the split's time goes, CRC-32 spill frames)").
 pub struct BucketedKeys {
     keys: Vec<u64>,
     /// Bucket `b` is `keys[starts[b]..starts[b + 1]]`.
@@ -336,7 +339,8 @@ fn mixed_ids(parts: impl IntoIterator<Item = BucketedKeys>) -> HashSet<u64, Fast
 /// The ids among one key bucket's keys that occur with more than one low value. The keys
 /// are filed by their next 8 bits into sub-buckets small enough (about 3K keys at 100M
 /// rows) that a hash table of each stays in the core's cache: a radix sort of the whole
-/// bucket, what this replaced, took a quarter of the light pass (`perf`, 10M events).
+/// bucket, what this replaced, took a large share of the light pass (`perf`, 10M events;
+/// benches/README.md, "Figures moved from source comments (2026-12-05)").
 fn mixed_in_bucket(keys: &[u64]) -> Vec<u64> {
     let (filed, starts) = by_next_byte(keys, KEY_BUCKET_BITS);
     let mut table = Vec::new();
@@ -438,8 +442,10 @@ fn mixed_among(keys: &[u64], table: &mut Vec<u64>, mixed: &mut Vec<u64>) {
 }
 
 /// Scratch files of [`EntryHashes`], by the top bits of a hash: few, so that a small run
-/// does not pay for creating and reading many files (256 cost a 1M-event run about 0.2 s
-/// of kernel time, timed by hand); at 100M rows a file holds 50 MB, sorted two at a time.
+/// does not pay for creating and reading many files (256 cost a 1M-event run noticeable
+/// kernel time, timed by hand: benches/README.md, "2026-11-25: a 2 GiB budget, 524,288
+/// rows per group (before)", its profiles' third pass); at 100M rows a file holds 50 MB,
+/// sorted two at a time.
 const ENTRY_HASH_FILE_BITS: u32 = 4;
 
 /// The 64-bit hashes of the ledger's entry ids, written while round 1 reads the ledger,
@@ -815,22 +821,25 @@ pub fn resolve(
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct RowCosts {
     /// All rows in memory at once (one group): rows, ids, dedup index, placed events and
-    /// results. Reconcile: 2.7 GB for the 20.1M rows of 10M events; close also holds the
-    /// billed events: 5.0 GB.
+    /// results; a close also holds the billed events. From the peak RSS of the 10M-event
+    /// bench data's 20.1M rows in one group, by hand, per row (benches/README.md, "Figures
+    /// moved from source comments (2026-12-05)").
     pub one_group: u64,
     /// Per row of one group of a split run: its working set, the next group's rows (read
-    /// back meanwhile) and what the allocator has freed but not yet returned. Reconcile:
-    /// 4.6 GB at 100M events in 16 groups of 12.6M rows (0.8 GB of it before the groups),
-    /// 2.8 GB at 10M in 2 groups; close: 2.25 GB at 10M in 4 groups.
+    /// back meanwhile) and what the allocator has freed but not yet returned. From the
+    /// peak RSS of split runs by hand (reconcile at 100M events in 16 groups, less what it
+    /// held before the groups, and at 10M in 2; close at 10M in 4), per row of a group
+    /// (benches/README.md, "Figures moved from source comments (2026-12-05)").
     pub split: u64,
     /// Per allocation or grant row, held for the whole run whatever the groups: the plans,
     /// the account dictionaries and each account's results, which gather over the groups
     /// of a split run (its peak comes at the last group). A close's results are larger
-    /// (invoices, renewals, next-period rows). At the 3 GiB default on the 100M-event
-    /// bench data (1.42M plan rows; `benches/bench.sh 100m`, 2026-12-03): reconcile
-    /// 3.12-3.64 GiB in 26 groups; close 3.69 GiB in 37 groups at 600 bytes per plan row,
-    /// 2.98-3.40 GiB in 53 at 1,100 (about 2.3 GiB at the first group, rising by about
-    /// 1.4 GB over the groups).
+    /// (invoices, renewals, next-period rows): at the 3 GiB default on the 100M-event bench
+    /// data (1.42M plan rows), a close counted at 600 bytes a plan row (37 groups) peaked
+    /// above the reconcile, its results climbing over the groups; at 1,100 (53 groups) it
+    /// peaks within the reconcile's range (`benches/bench.sh 100m`: benches/README.md,
+    /// "2026-12-02/03: the 3 GiB whole-run budget (before the compact spill)" and "The
+    /// README's performance text of 2026-12-03").
     pub plan_row: u64,
 }
 

@@ -9,17 +9,20 @@
 //! front-coded against the record before it (two varints: how many leading bytes it
 //! shares with the previous record, how many bytes follow; then those bytes). A row's
 //! account comes first in its bytes, then its invoice, so consecutive rows of an invoice
-//! write only what differs: a billed event 29 bytes instead of 80 (a 10M-event close's
-//! run files, written and read back through the kernel, 324 MB instead of 943;
-//! `benches/run-file-size.sh`).
+//! write only what differs: a billed event takes about a third of the bytes it took
+//! whole, and a close's run files, written and read back through the kernel, shrink alike
+//! (measured with `benches/run-file-size.sh`: benches/README.md, "Profiles and experiments
+//! (2026-12-03, evening: the close's run files)").
 //!
 //! A run file is written and read back past the page cache ([`crate::direct`]: written with
 //! `O_DIRECT` by a writer thread; read with `O_DIRECT` a chunk at a time, the next chunk of
 //! every file read ahead by one I/O thread while the merge decodes the current one). At
-//! 100M events the run files are about 3.2 GB: copying them into fresh page-cache pages
-//! made the groups' "billed events and invoice lines" stage 16.7 s, against 10.7 s
-//! unbuffered; read back through the page cache from the disk, the merge's write stage
-//! took 35.6-36.1 s, against 32.0 s with the read-ahead (one close each, by hand).
+//! 100M events the run files are gigabytes (benches/README.md, "Figures moved from source
+//! comments (2026-12-05)"): copying them into fresh page-cache pages made the groups'
+//! "billed events and invoice lines" stage much slower than writing them unbuffered, and
+//! read back through the page cache from the disk, the merge's write stage was slower
+//! than with the read-ahead (one close each, by hand: benches/README.md, "Profiles and
+//! experiments (2026-12-04, evening: the spill past the page cache)", 7f12f4b and 29cf7c6).
 
 use crate::close::InvoiceLineRow;
 use crate::engine::BilledEventRow;
@@ -149,7 +152,8 @@ impl Keyed for AccountLine {
 #[serde(bound = "T: Keyed")]
 pub enum Run<T> {
     /// In memory: each account's rows, moved out of its result (not copied into one
-    /// vector: a 1M-event close's billed events are 72 MB of fresh memory).
+    /// vector, all of it fresh memory; measured: benches/README.md, "Profiles and
+    /// experiments (2026-12-03, evening: the close's run files)", f434bb5).
     Memory(Vec<Vec<T>>),
     /// A run file and its row count.
     File(PathBuf, u64),
@@ -220,7 +224,7 @@ impl RecordHead {
     /// as "unexpected end", a failed read is reported as itself. (Byte by byte, as postcard
     /// read: decoding a whole head in place from the read-ahead's buffer was no faster;
     /// benches/README.md, "Profiles and experiments (2026-12-04, late evening: where the
-    /// split's time goes)".)
+    /// split's time goes, CRC-32 spill frames)".)
     fn read(r: &mut impl Read) -> std::result::Result<RecordHead, HeadError> {
         // The file may end only before a record's first byte.
         let first = Self::byte(r)
@@ -299,7 +303,8 @@ pub fn write_run<T: Keyed, R: Serialize>(
             .take_while(|(a, b)| a == b)
             .count();
         // The head in postcard's encoding of a `RecordHead`, written by hand as the spill
-        // rows are (through postcard's serializer it took 15 % more of the stage).
+        // rows are (through postcard's serializer it took more of the stage; measured:
+        // benches/README.md, "Figures moved from source comments (2026-12-05)").
         let mut head = crate::model::SpillBytes::new();
         head.unsigned(shared as u64)
             .unsigned((record.len() - shared) as u64);

@@ -2,15 +2,18 @@
 //! valid row of the groups after the first to the spill file of its group (its compact row's spill form, see
 //! [`CompactRow`], and its ids), so that the groups can then be processed one after another
 //! with at most two groups' rows in memory (the next one is read back meanwhile). A spill
-//! row takes about 49 bytes with its ids, which are written as they are in memory (91 with
-//! the in-memory rows before the spill form).
+//! row with its ids, which are written as they are in memory, takes about half the bytes
+//! the in-memory rows did before the spill form (benches/README.md, "2026-12-03: a compact
+//! spill form, lighter Parquet writing (an hour earlier)"; now: "Profiles and experiments
+//! (2026-12-04, night: the read-back's own thread, spill ids as they are, CSVs in pieces)").
 //! Rejected rows and candidates (rows whose partition `route::resolve` decides) stay in memory;
 //! both are few. So do the first group's rows: that group is processed as soon as the pass
-//! ends, so its read-back would have nothing to overlap with (20M events in 4 groups: about
-//! 0.7-1.7 s with both cores idle but one). Each row group writes them into a place of its
-//! own in one vector, sized by the light pass's count of the row group's first-group rows,
-//! and the places are closed up once the pass is done (each row moved down once): no
-//! vector grows into fresh memory.
+//! ends, so its read-back would have nothing to overlap with (at 20M events in 4 groups it
+//! ran alone, both cores idle but one: benches/README.md, "Profiles and experiments
+//! (2026-12-03, late night: the first group in memory)"). Each row group writes them into
+//! a place of its own in one vector, sized by the light pass's count of the row group's
+//! first-group rows, and the places are closed up once the pass is done (each row moved
+//! down once): no vector grows into fresh memory.
 
 use crate::dict::{IdChunk, Ids};
 use crate::direct::{AlignedBuf, AppendFiles};
@@ -136,7 +139,8 @@ impl FrameHeader {
 /// replaced, and must then also decode to whole rows in order with the run's codes to go
 /// unnoticed. The trade: `crc32fast` folds with the CPU's carry-less multiply, at about
 /// half the CPU of xxh3's streaming hasher (`perf` counts in benches/README.md, "Profiles
-/// and experiments (2026-12-04, late evening: where the split's time goes)").
+/// and experiments (2026-12-04, late evening: where the split's time goes, CRC-32 spill
+/// frames)").
 fn frame_checksum(rows: &[u8], ids: &[u8]) -> u64 {
     let mut hasher = crc32fast::Hasher::new();
     hasher.update(rows);
@@ -361,8 +365,9 @@ fn decode_frame<R: CompactRow>(
 /// is read whole into `bytes` (unbuffered where the file system allows; a buffer reused
 /// group after group, grown when a file is larger) and removed once read. The rows go into
 /// `buffer` (cleared) when it has room for them: an earlier group's, whose memory is mapped
-/// already (a fresh vector's pages are zeroed by the kernel as they are first touched: at
-/// 100M events, about 5 CPU-seconds over the groups, `perf`).
+/// already (a fresh vector's pages are zeroed by the kernel as they are first touched,
+/// seconds of CPU over the groups at 100M events: benches/README.md, "Figures moved from
+/// source comments (2026-12-05)").
 pub fn read_group<R: CompactRow>(
     file: &SpillFile,
     extra: Vec<R>,
@@ -407,7 +412,8 @@ pub fn read_group<R: CompactRow>(
     }
     // The rows are written into the vector's spare room, not zero-filled first (a pass over
     // a group's rows of memory for nothing: 64 bytes for each of the 193M rows read back in
-    // a 100M-event run, about 12 GB).
+    // a 100M-event run, about 12 GB; measured: benches/README.md, "Profiles and experiments
+    // (2026-12-03, late night: the first group in memory)", d10b024).
     let mut jobs = Vec::with_capacity(frames.len());
     let mut rest = &mut rows.spare_capacity_mut()[..total + extra.len()];
     let mut taken = 0;

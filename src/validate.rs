@@ -158,7 +158,8 @@ fn without_overlaps(
     rejects: &mut Vec<Reject>,
 ) -> Vec<AllocationRow> {
     // Sized exactly: an account's periods are kept for the whole run (a vector grown by
-    // push would hold room for 4 rows, 0.4 GB more at 1.4M accounts).
+    // push would hold room for 4 rows, which raised the 100M-event peak; measured:
+    // benches/README.md, "2026-12-03, morning, later: allocations validated by one sort").
     if periods.len() == 1 {
         return vec![periods.pop().expect("one period")];
     }
@@ -301,8 +302,9 @@ impl HashIndex {
     /// here would read two rows at random per pair); when several do (a 64-bit collision),
     /// `same_id(this row, other row)` chooses among them. Forgotten rows are left out.
     /// The pairs stay in one small vector per partition: gathering them into one vector
-    /// grew it into fresh memory every group (10-30K page faults a group at 20M events,
-    /// benches/README.md "Profiles and experiments (2026-12-04, morning: fresh pages)").
+    /// grew it into fresh memory every group (the faults counted by call site:
+    /// benches/README.md, "Profiles and experiments (2026-12-04, morning: fresh pages)" and
+    /// "Figures moved from source comments (2026-12-05)").
     pub fn matches(
         &self,
         other: &HashIndex,

@@ -505,17 +505,18 @@ fn write_err(path: &Path) -> impl Fn(std::io::Error) -> TallyError + '_ {
 }
 
 /// zstd level of every Parquet output. Level 1, not 3: with [`UNIQUE_ID_COLUMNS`] written
-/// plain, a 10M-event close's write stage took 7.6 CPU-s against 8.9 (by hand: medians of
-/// 3 alternating runs, the stage's `cpu_ms` in the JSON log; wall 4.43 s against 4.92) and
-/// its Parquet outputs 170.1 MB against 173.4 (ids, the bulk of them, are random: a
-/// stronger level gains little on them). At 100M the bench's close write took 55.2 s
-/// against 55.7 s before (one run each, benches/README): within its noise.
+/// plain, a 10M-event close's write stage took less CPU (medians of alternating runs by
+/// hand, the stage's `cpu_ms` in the JSON log) and its Parquet outputs were barely larger
+/// (ids, the bulk of them, are random: a stronger level gains little on them); at 100M the
+/// bench's close write was level within its noise (benches/README.md, "Figures moved from
+/// source comments (2026-12-05)").
 const ZSTD_LEVEL: i32 = 1;
 
 /// Columns whose values are (nearly) all distinct, ids and instants: written plain, because a
 /// dictionary of them only fills up and falls back (the writer's interning of
-/// `billed_events.event_id` was 5% of a 10M close's write stage). Other columns keep the
-/// writer's dictionaries.
+/// `billed_events.event_id` was a visible share of a 10M close's write stage:
+/// benches/README.md, "Figures moved from source comments (2026-12-05)"). Other columns
+/// keep the writer's dictionaries.
 const UNIQUE_ID_COLUMNS: [&str; 3] = ["event_id", "entry_ids.list.item", "occurred_at"];
 
 /// A Parquet file being written with fixed settings (same rows → same bytes).
@@ -622,8 +623,9 @@ impl<W: Write> Write for Hashed<W> {
 /// Create `path`, write it through a 1 MiB buffer with `fill` (a write larger than the
 /// buffer goes straight to the file), then flush and sync it; its sha256 ([`HashedFile`]).
 /// A large CSV made this way is not first gathered into one vector, which grows into fresh
-/// memory as it doubles (at 20M events about 20K page faults for two CSVs of 27 and 38 MB,
-/// and a copy of each; `benches/ab.sh` counts a run's faults).
+/// memory as it doubles, and is copied (`benches/ab.sh` counts a run's faults; measured:
+/// benches/README.md, "Profiles and experiments (2026-12-04, morning: fresh pages)" and
+/// "Figures moved from source comments (2026-12-05)").
 pub fn write_through<E: std::fmt::Display>(
     path: &Path,
     fill: impl FnOnce(&mut BufWriter<HashedFile>) -> std::result::Result<(), E>,
@@ -673,8 +675,9 @@ pub fn output_tables(out: &RunOutput) -> Result<Vec<(&'static str, RecordBatch)>
             // billed_events.parquet is streamed: `write_streamed`.
         }
     }
-    // Built in parallel: each is a pass over its rows (the discrepancies' and balances'
-    // took 85 ms one after the other at 20M events, with the other core idle).
+    // Built in parallel: each is a pass over its rows (the discrepancies' and balances',
+    // built one after the other, left the other core idle: benches/README.md, "Figures
+    // moved from source comments (2026-12-05)").
     builds
         .into_par_iter()
         .map(|(name, build)| Ok((name, build(out)?)))
