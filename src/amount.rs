@@ -30,7 +30,7 @@ impl Milli {
             .checked_add(other.0)
             .filter(|v| v.abs() <= OUTPUT_LIMIT_MILLIS)
             .map(Milli)
-            .ok_or_else(|| TallyError::Overflow(format!("{self} + {other}")))
+            .ok_or_else(|| TallyError::SumOverflow(format!("{self} + {other}")))
     }
 
     pub fn checked_sub(self, other: Milli) -> Result<Milli> {
@@ -38,7 +38,7 @@ impl Milli {
             .checked_sub(other.0)
             .filter(|v| v.abs() <= OUTPUT_LIMIT_MILLIS)
             .map(Milli)
-            .ok_or_else(|| TallyError::Overflow(format!("{self} - {other}")))
+            .ok_or_else(|| TallyError::SumOverflow(format!("{self} - {other}")))
     }
 
     pub fn is_positive(self) -> bool {

@@ -271,7 +271,14 @@ pub fn process_account(
             &mut result,
             mix,
             trace.as_deref_mut(),
-        )?;
+        )
+        .map_err(|e| {
+            e.sum_of(
+                || period_place(period.allocation),
+                "check the usage quantities, ledger credits and grants of that account-period, \
+                 then rerun",
+            )
+        })?;
         if let Some(closed) = closed {
             last_period_end = Some(closed.renewal.period_end);
             last_rollover = closed.rollover_grant;
@@ -285,6 +292,15 @@ pub fn process_account(
         result.grants_next = close::grants_next(&state.balances, end, last_rollover);
     }
     Ok(result)
+}
+
+/// An account-period as messages name it.
+fn period_place(alloc: &AllocationRow) -> String {
+    format!(
+        "account \"{}\" period starting {}",
+        alloc.account_id,
+        crate::time::format_instant(alloc.period_start)
+    )
 }
 
 /// The invoice line of an event: its sku, and whether it is a late event's line.
@@ -486,13 +502,7 @@ fn process_period(
     let granted = consume::sum_kinds(&consumption.granted)?;
     let consumed = consume::sum_kinds(&consumption.consumed)?;
     let remaining = Milli::sum(consumption.grants_after.iter().map(|g| g.remaining))?;
-    let place = || {
-        format!(
-            "account \"{}\" period starting {}",
-            alloc.account_id,
-            crate::time::format_instant(alloc.period_start)
-        )
-    };
+    let place = || period_place(alloc);
     invariant(
         credits_used == consumed.checked_add(consumption.overage)?,
         || format!("{}: credits used ≠ consumed + overage", place()),

@@ -29,6 +29,11 @@ pub enum TallyError {
     #[error("amount overflow: {0}")]
     Overflow(String),
 
+    /// A sum of amounts passed what DECIMAL(18,3) holds (its two operands): the stage that
+    /// summed names whose sum it was ([`TallyError::sum_of`]); nothing is published.
+    #[error("amount overflow: {0}")]
+    SumOverflow(String),
+
     /// An invariant (conservation, one invoice per account-period, ...) does not hold;
     /// the run stops before anything is published.
     #[error("invariant broken: {0}")]
@@ -77,6 +82,20 @@ impl TallyError {
         ))
     }
 
+    /// A [`TallyError::SumOverflow`] named by whose sum it was (`whose`, e.g. an
+    /// account-period) and what to check; any other error as it is. The sum's operands alone
+    /// tell an on-call engineer nothing about where to look.
+    pub fn sum_of(self, whose: impl FnOnce() -> String, check: &str) -> Self {
+        match self {
+            TallyError::SumOverflow(sum) => TallyError::Overflow(format!(
+                "{}: credits sum past the largest amount an output holds \
+                 (999999999999999.999, DECIMAL(18,3)): {sum}; {check}",
+                whose()
+            )),
+            other => other,
+        }
+    }
+
     pub fn output(file: impl Into<String>, message: impl ToString) -> Self {
         TallyError::Output {
             file: file.into(),
@@ -93,7 +112,10 @@ impl TallyError {
             // Writes are `Output` and scratch reads `Invariant`: exit 4.
             TallyError::Io { .. } => 2,
             TallyError::Refused(_) => 3,
-            TallyError::Overflow(_) | TallyError::Invariant(_) | TallyError::Output { .. } => 4,
+            TallyError::Overflow(_)
+            | TallyError::SumOverflow(_)
+            | TallyError::Invariant(_)
+            | TallyError::Output { .. } => 4,
         }
     }
 }

@@ -388,7 +388,8 @@ fn run_account(
         groups: 1,
     };
     let quiet = Progress { interactive: false };
-    let partial = pipeline::compute(&settings, inputs, &layout, &quiet)?;
+    let partial =
+        pipeline::compute(&settings, inputs, &layout, &quiet).map_err(pipeline::run_totals)?;
     let mut traced = partial.traced.unwrap_or_default();
     let result = traced.result.take().unwrap_or_default();
     let periods = std::mem::take(&mut traced.periods);

@@ -188,8 +188,18 @@ pub fn inputs(root: &Path) -> Result<Inputs> {
 pub fn run(settings: RunSettings, progress: &Progress) -> Result<RunOutput> {
     let inputs = inputs(&settings.data)?;
     let layout = layout(&settings, &inputs, 0, 1)?;
-    let partial = compute(&settings, &inputs, &layout, progress)?;
-    finish(settings, inputs, vec![partial])
+    let partial = compute(&settings, &inputs, &layout, progress).map_err(run_totals)?;
+    finish(settings, inputs, vec![partial]).map_err(run_totals)
+}
+
+/// A sum that overflowed outside every account-period ([`crate::engine`] names those) is
+/// one of the run's totals over all accounts.
+pub fn run_totals(e: TallyError) -> TallyError {
+    e.sum_of(
+        || "the run's totals over every account".to_string(),
+        "each data root's totals are summed on their own: run the accounts in several data \
+         roots",
+    )
 }
 
 /// Rows in the files of `datasets`, from their Parquet footers (0 for unreadable files:

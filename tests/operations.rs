@@ -728,6 +728,16 @@ fn job_out_placeholders_and_alerts_on_a_no_op_close_and_an_empty_window() {
 /// A data root at `root` with `book` as its price book and one allocation: account "a" on
 /// plan "max" for November 2026 with `included` credits (no usage, grants or ledger rows).
 fn account_a_in_november(root: &Path, book: &str, included: tally::amount::Milli) {
+    accounts_in_november(root, book, &["a"], included);
+}
+
+/// A data root of `accounts`, each with November 2026 on plan "max" with `included` credits.
+fn accounts_in_november(
+    root: &Path,
+    book: &str,
+    accounts: &[&str],
+    included: tally::amount::Milli,
+) {
     use tally::time::parse_instant;
     use tally::write::{write_parquet, Table};
     for d in ["usage", "allocations", "grants", "debits"] {
@@ -736,15 +746,36 @@ fn account_a_in_november(root: &Path, book: &str, included: tally::amount::Milli
     std::fs::write(root.join("pricebook.toml"), book).unwrap();
     let t = |s: &str| parse_instant(s).unwrap();
     let allocations = Table::default()
-        .str("account_id", ["a"])
-        .str("plan_id", ["max"])
-        .ts("period_start", [t("2026-11-01T00:00:00Z")])
-        .ts("period_end", [t("2026-12-01T00:00:00Z")])
-        .credits("included_credits", [included])
-        .opt_ts("billing_anchor", [None])
-        .str("status", ["active"])
+        .str("account_id", accounts.iter().copied())
+        .str("plan_id", accounts.iter().map(|_| "max"))
+        .ts(
+            "period_start",
+            accounts.iter().map(|_| t("2026-11-01T00:00:00Z")),
+        )
+        .ts(
+            "period_end",
+            accounts.iter().map(|_| t("2026-12-01T00:00:00Z")),
+        )
+        .credits("included_credits", accounts.iter().map(|_| included))
+        .opt_ts("billing_anchor", accounts.iter().map(|_| None))
+        .str("status", accounts.iter().map(|_| "active"))
         .finish();
     write_parquet(&root.join("allocations/part-0.parquet"), &allocations).unwrap();
+}
+
+/// The one line a run stopped by a sum past DECIMAL(18,3) prints, naming whose sum it was
+/// (`whose`) before the sum itself and ending with what to do.
+fn assert_sum_overflow(out: &std::process::Output, whose: &str) {
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(out));
+    let message = stderr(out);
+    let expected = format!(
+        "tally: amount overflow: {whose}: credits sum past the largest amount an output holds \
+         (999999999999999.999, DECIMAL(18,3)): "
+    );
+    assert!(
+        message.starts_with(&expected) && message.lines().count() == 1,
+        "{message}"
+    );
 }
 
 /// Amounts near the fixed-point limit: a typed error (exit 4, one line), never a silent
@@ -776,14 +807,38 @@ fn credits_near_the_fixed_point_limit_stop_the_run_before_publishing() {
     write_parquet(&root.join("grants/part-0.parquet"), &grants).unwrap();
     let out_dir = tmp.path().join("out");
     let out = cmd("reconcile", &root, &out_dir).output().unwrap();
-    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
-    assert!(
-        stderr(&out).starts_with("tally: amount overflow: ") && stderr(&out).lines().count() == 1,
-        "{}",
-        stderr(&out)
-    );
+    assert_sum_overflow(&out, "account \"a\" period starting 2026-11-01T00:00:00Z");
+    assert!(stderr(&out).trim_end().ends_with(
+        "; check the usage quantities, ledger credits and grants of that account-period, then \
+         rerun"
+    ));
     assert!(!out_dir.exists());
     assert!(leftovers(tmp.path()).is_empty());
+}
+
+/// Sums that fit every account-period but not the run's totals over all accounts stop the
+/// run the same way, named as the run's totals (no account is to blame), reconcile and
+/// close alike.
+#[test]
+fn the_run_totals_past_the_fixed_point_limit_stop_the_run_named_as_such() {
+    use tally::amount::Milli;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    let book = std::fs::read_to_string(repo().join("fixtures/pricebook.toml")).unwrap();
+    // 600,000,000,000,000 credits each: every account's figures fit, their sum does not.
+    let large = Milli(600_000_000_000_000_000);
+    accounts_in_november(&root, &book, &["a", "b"], large);
+    for command in ["reconcile", "close"] {
+        let out_dir = tmp.path().join(command);
+        let out = cmd(command, &root, &out_dir).output().unwrap();
+        assert_sum_overflow(&out, "the run's totals over every account");
+        assert!(!out_dir.exists());
+    }
+    assert!(leftovers(tmp.path()).is_empty());
+    // One account alone is within range: the same figures publish.
+    let one = tmp.path().join("one");
+    accounts_in_november(&one, &book, &["a"], large);
+    succeeded(&mut cmd("reconcile", &one, &tmp.path().join("one-out")));
 }
 
 /// A usage row whose quantity costs 10^15 credits or more at its rate is valid input
