@@ -19,6 +19,7 @@ pub mod export;
 pub mod generate;
 pub mod history;
 pub mod html;
+pub mod interrupt;
 pub mod job;
 pub mod load;
 pub mod memory;
@@ -484,6 +485,7 @@ pub(crate) fn publish_run(
 /// Run `reconcile` or `close` end to end and publish the output folder (or, with a
 /// shard, this shard's part under `out.shards/shard=I/`).
 pub fn run_job(req: &JobRequest) -> Result<JobOutcome> {
+    spill::sweep_orphans();
     if let Some((shard, shards)) = req.shard {
         return shard::run_shard(req, shard, shards);
     }

@@ -752,6 +752,9 @@ fn main() -> ExitCode {
         _ => "info",
     };
     init_logging(cli.log_format, level);
+    if let Err(e) = tally::interrupt::watch() {
+        tracing::warn!(error = %e, "cannot watch for SIGINT/SIGTERM: an interrupted run will leave its scratch folders to the next run");
+    }
     std::panic::set_hook(Box::new(|info| {
         // A decoder panic on corrupt input is caught and reported as an input error.
         if !tally::load::decoding_input() {

@@ -29,6 +29,9 @@ use std::sync::Mutex;
 
 const SPILL_PREFIX: &str = "tally-spill-";
 
+/// Whether this process has made a spill folder yet (see [`spill_dir`]).
+static MADE_ONE: Mutex<bool> = Mutex::new(false);
+
 /// A fresh spill folder under the temporary folder (`$TMPDIR`), named with this process's
 /// id and removed when dropped (also when the run fails). Folders left by a killed run
 /// (their process is gone) are removed first.
@@ -38,16 +41,27 @@ pub fn spill_dir() -> Result<tempfile::TempDir> {
     // makes more than one (the light pass's scratch files, then the spill), and a process
     // may run more than one job. Held while cleaning and creating, so that a first call's
     // cleaning cannot remove a folder another thread has just made.
-    static MADE_ONE: Mutex<bool> = Mutex::new(false);
     let mut made_one = MADE_ONE
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     remove_orphans(&tmp, !*made_one);
     *made_one = true;
-    tempfile::Builder::new()
+    let dir = tempfile::Builder::new()
         .prefix(&format!("{SPILL_PREFIX}{}-", std::process::id()))
         .tempdir_in(&tmp)
-        .map_err(|e| TallyError::write(&tmp, e))
+        .map_err(|e| TallyError::write(&tmp, e))?;
+    crate::interrupt::remember(dir.path().to_path_buf());
+    Ok(dir)
+}
+
+/// Remove the spill folders of runs that were killed (their process is gone), at the start
+/// of every run: a run that does not split makes no spill folder of its own, and would
+/// otherwise leave a killed split run's gigabytes in `$TMPDIR` until a split run came.
+pub fn sweep_orphans() {
+    let made_one = MADE_ONE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    remove_orphans(&std::env::temp_dir(), !*made_one);
 }
 
 /// Remove `tally-spill-PID-*` folders whose process no longer exists (best effort), and

@@ -737,6 +737,7 @@ pub fn create_staging(target: &Path) -> Result<PathBuf> {
         std::fs::remove_dir_all(&staging).map_err(write_err(&staging))?;
     }
     std::fs::create_dir(&staging).map_err(write_err(&staging))?;
+    crate::interrupt::remember(staging.clone());
     Ok(staging)
 }
 
@@ -749,6 +750,8 @@ pub fn publish(staging: &Path, target: &Path) -> Result<()> {
     File::open(staging)
         .and_then(|d| d.sync_all())
         .map_err(write_err(staging))?;
+    // An interrupt waits for the rename instead of removing a folder being renamed.
+    let mut published = crate::interrupt::publishing();
     if target.exists() {
         if exchange(staging, target).is_ok() {
             // `staging` now holds the previous output.
@@ -762,6 +765,8 @@ pub fn publish(staging: &Path, target: &Path) -> Result<()> {
     } else {
         std::fs::rename(staging, target).map_err(write_err(target))?;
     }
+    published.push(target.to_path_buf());
+    drop(published);
     if let Ok(dir) = File::open(&parent) {
         let _ = dir.sync_all();
     }

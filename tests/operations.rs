@@ -359,6 +359,93 @@ fn next(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The `tally-spill-*` folders in `tmpdir`.
+fn spill_folders(tmpdir: &Path) -> Vec<String> {
+    std::fs::read_dir(tmpdir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("tally-spill-"))
+        .collect()
+}
+
+/// SIGTERM and SIGINT while a split run spills: the run removes its spill folder, publishes
+/// nothing, says so on one line and exits 128 + the signal (143, 130), as cron and
+/// Kubernetes report a stopped job; the next run publishes the undisturbed bytes.
+#[test]
+fn an_interrupted_run_removes_its_spill_says_so_and_exits_128_plus_the_signal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = generated(tmp.path(), 300_000);
+    let tmpdir = tmp.path().join("tmp");
+    std::fs::create_dir(&tmpdir).unwrap();
+    let reference = tmp.path().join("reference");
+    succeeded(cmd("reconcile", &data, &reference).args(["--groups", "4"]));
+    for (signal, name, code) in [
+        (libc::SIGTERM, "SIGTERM", 143),
+        (libc::SIGINT, "SIGINT", 130),
+    ] {
+        let out = tmp.path().join(format!("out-{name}"));
+        let child = cmd("reconcile", &data, &out)
+            .args(["--groups", "4"])
+            .env("TMPDIR", &tmpdir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Signal once the spill folder exists: the run is past its light pass.
+        let started = Instant::now();
+        while spill_folders(&tmpdir).is_empty() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "no spill folder appeared"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // SAFETY: the pid is our own child's, not yet waited for.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+        let ended = child.wait_with_output().unwrap();
+        let message = stderr(&ended);
+        assert_eq!(ended.status.code(), Some(code), "{message}");
+        assert!(
+            message.starts_with(&format!(
+                "tally: interrupted by {name}: nothing published (an output appears whole or not \
+                 at all); removed "
+            )) && message.lines().count() == 1,
+            "{message}"
+        );
+        assert!(
+            spill_folders(&tmpdir).is_empty(),
+            "{:?}",
+            spill_folders(&tmpdir)
+        );
+        assert!(!out.exists());
+        assert!(leftovers(tmp.path()).is_empty());
+        succeeded(
+            cmd("reconcile", &data, &out)
+                .args(["--groups", "4"])
+                .env("TMPDIR", &tmpdir),
+        );
+        assert!(folder_bytes(&out) == folder_bytes(&reference));
+    }
+}
+
+/// A spill folder left by a killed run (its process gone) is removed by the next run of any
+/// kind, also one that does not split; a live process's folder is left alone.
+#[test]
+fn every_run_removes_the_spill_folders_of_killed_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = generated(tmp.path(), 2_000);
+    let tmpdir = tmp.path().join("tmp");
+    // Pid 0x7fff_fff0 is above Linux's pid limit: no process has it.
+    let orphan = tmpdir.join("tally-spill-2147483632-AbCdEf");
+    std::fs::create_dir_all(orphan.join("usage")).unwrap();
+    std::fs::write(orphan.join("usage/group-1.bin"), vec![0u8; 4096]).unwrap();
+    let live = tmpdir.join(format!("tally-spill-{}-AbCdEf", std::process::id()));
+    std::fs::create_dir_all(&live).unwrap();
+    succeeded(cmd("reconcile", &data, &tmp.path().join("out")).env("TMPDIR", &tmpdir));
+    assert!(!orphan.exists());
+    assert!(live.exists());
+}
+
 /// SIGKILL at random moments across 50 runs (25 reconcile, 25 close): the target path never
 /// holds a partial folder, a leftover staging folder is cleaned by the next run, and the
 /// rerun's output is byte-identical to an undisturbed run. `TALLY_KILL_EVENTS` sets the
