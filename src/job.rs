@@ -11,6 +11,7 @@
 //! max_abs_delta_credits = "500"
 //! min_events_in_window = 1          # alert on an empty or stale export
 //! max_rejected_rows = 1000
+//! min_invoices = 1                  # (close) alert on a close that closed nothing
 //! ```
 //!
 //! `out` may contain `{as_of}` (e.g. `20261201T000000Z`) or `{as_of_date}` (`2026-12-01`),
@@ -45,6 +46,36 @@ pub struct AlertConfig {
     pub max_abs_delta_credits: Option<String>,
     pub min_events_in_window: Option<u64>,
     pub max_rejected_rows: Option<u64>,
+    /// (close) fewer invoices than this alerts.
+    pub min_invoices: Option<u64>,
+}
+
+/// The placeholders an output path may hold.
+pub const OUT_PLACEHOLDERS: [&str; 2] = ["{as_of}", "{as_of_date}"];
+
+/// Refuse an output path with a brace that is not one of [`OUT_PLACEHOLDERS`]: a misspelt
+/// placeholder would otherwise be a literal folder name, and every run (every month's close)
+/// would write to that one folder.
+pub fn check_placeholders(out: &Path) -> std::result::Result<(), String> {
+    let text = out.to_string_lossy();
+    let mut stripped = text.to_string();
+    for known in OUT_PLACEHOLDERS {
+        stripped = stripped.replace(known, "");
+    }
+    match stripped.find(['{', '}']) {
+        None => Ok(()),
+        Some(at) => {
+            let unknown: String = stripped[at..]
+                .chars()
+                .take_while(|c| *c != '/')
+                .take(40)
+                .collect();
+            Err(format!(
+                "out \"{text}\" holds \"{unknown}\", which is not a placeholder: use {{as_of}} \
+                 (e.g. 20261201T000000Z) or {{as_of_date}} (2026-12-01), and no other braces"
+            ))
+        }
+    }
 }
 
 /// Replace `{as_of}` and `{as_of_date}` in an output path.
@@ -83,6 +114,7 @@ impl JobFile {
         if job.data.is_relative() {
             job.data = base.join(&job.data);
         }
+        check_placeholders(&job.out).map_err(|e| TallyError::config(&name, e))?;
         if job.out.is_relative() {
             job.out = base.join(&job.out);
         }

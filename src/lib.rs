@@ -63,6 +63,9 @@ pub struct Alert {
     pub min_events_in_window: Option<u64>,
     /// More rejected rows (all datasets) than this alerts.
     pub max_rejected_rows: Option<u64>,
+    /// (close) Fewer invoices than this alerts: a close that closed nothing (an as-of before
+    /// every period's end, a data root without the month) otherwise exits 0.
+    pub min_invoices: Option<u64>,
 }
 
 /// The figures of a run that alert thresholds look at.
@@ -72,6 +75,8 @@ pub struct AlertFigures {
     pub abs_delta: Milli,
     pub events_in_window: u64,
     pub rejected_rows: u64,
+    /// 0 for a reconcile.
+    pub invoices: u64,
 }
 
 impl AlertFigures {
@@ -81,6 +86,7 @@ impl AlertFigures {
             abs_delta: report::abs_delta(&output.discrepancies),
             events_in_window: output.usage.events_in_window,
             rejected_rows: output.rejects.len() as u64,
+            invoices: output.invoices.len() as u64,
         }
     }
 
@@ -111,6 +117,7 @@ impl AlertFigures {
             abs_delta: abs,
             events_in_window: v["usage"]["events_in_window"].as_u64().unwrap_or(0),
             rejected_rows: rejected,
+            invoices: v["close"]["invoices"].as_u64().unwrap_or(0),
         })
     }
 }
@@ -532,6 +539,13 @@ fn check_alert(alert: &Alert, f: &AlertFigures) -> Option<String> {
         return Some(format!(
             "{} rejected rows exceed the alert threshold of {max}",
             f.rejected_rows
+        ));
+    }
+    if let Some(min) = alert.min_invoices.filter(|&m| f.invoices < m) {
+        return Some(format!(
+            "only {} invoices, fewer than the alert minimum of {min} (an as-of before every \
+             period's end, or a data root without the month?)",
+            f.invoices
         ));
     }
     None

@@ -276,8 +276,7 @@ fn init_logging(format: LogFormat, default_level: &str) {
         LogFormat::Human => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("TALLY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let (filter, refused) = log_filter(std::env::var("TALLY_LOG").ok(), default_level);
     // A log line that cannot be written (stderr closed) is dropped: reporting it would
     // write to the same closed stderr, panic, and abort the run.
     let builder = tracing_subscriber::fmt()
@@ -288,6 +287,35 @@ fn init_logging(format: LogFormat, default_level: &str) {
         builder.json().with_current_span(false).init();
     } else {
         builder.compact().init();
+    }
+    if let Some(value) = refused {
+        tracing::warn!(
+            TALLY_LOG = %value,
+            using = default_level,
+            "TALLY_LOG is not a log level (error, warn, info, debug, trace or off) nor a list of \
+             target=level directives; logging at the default level"
+        );
+    }
+}
+
+/// The log filter `TALLY_LOG` asks for, or `default_level` (and the refused value) when it
+/// is not a level or a directive list: a word tracing would take as a target name (`loud`)
+/// would silence every line, and a nightly job's log with it. Unset or empty is the default.
+fn log_filter(
+    value: Option<String>,
+    default_level: &str,
+) -> (tracing_subscriber::EnvFilter, Option<String>) {
+    let default = || tracing_subscriber::EnvFilter::new(default_level);
+    let Some(value) = value.filter(|v| !v.trim().is_empty()) else {
+        return (default(), None);
+    };
+    let level = ["error", "warn", "info", "debug", "trace", "off"]
+        .iter()
+        .any(|l| value.trim().eq_ignore_ascii_case(l));
+    let directives = value.contains('=');
+    match tracing_subscriber::EnvFilter::try_new(value.trim()) {
+        Ok(filter) if level || directives => (filter, None),
+        _ => (default(), Some(value)),
     }
 }
 
@@ -371,6 +399,7 @@ fn alert_of(job: Option<&JobFile>, job_path: Option<&std::path::Path>) -> anyhow
         alert.max_discrepancies = j.alert.max_discrepancies;
         alert.min_events_in_window = j.alert.min_events_in_window;
         alert.max_rejected_rows = j.alert.max_rejected_rows;
+        alert.min_invoices = j.alert.min_invoices;
         if let Some(text) = &j.alert.max_abs_delta_credits {
             let d = rust_decimal::Decimal::from_str_exact(text)
                 .ok()
@@ -537,7 +566,14 @@ fn refuse_reconcile_history(
             &dir.display().to_string(),
             "is a close setting; a reconcile does not read earlier closes: remove it from this job file",
         )),
-        _ => Ok(()),
+        _ => match (mode, job.and_then(|j| j.alert.min_invoices)) {
+            (Mode::Reconcile, Some(min)) => Err(Origin::job_key(job_path, "alert.min_invoices")
+                .bad(
+                    &min.to_string(),
+                    "is a close setting; a reconcile writes no invoices: remove it from this job file",
+                )),
+            _ => Ok(()),
+        },
     }
 }
 
@@ -555,6 +591,9 @@ fn request(
         settle_micros,
     } = args.source.resolve(Some(mode))?;
     let job_path = job_path.as_deref();
+    if let Some(out) = &args.out {
+        tally::job::check_placeholders(out).map_err(|e| config_error(format!("--{e}")))?;
+    }
     let out = args
         .out
         .or_else(|| job.as_ref().map(|j| j.out.clone()))

@@ -359,6 +359,146 @@ fn next(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// A close that closes no period (its as-of before every period's end) publishes and, with
+/// `min_invoices`, alerts (exit 1) instead of passing as a good month; a reconcile job with
+/// that close-only key is refused (exit 2) before it runs.
+#[test]
+fn a_close_that_closes_nothing_alerts_with_min_invoices() {
+    let tmp = tempfile::tempdir().unwrap();
+    let _data = generated(tmp.path(), 2_000);
+    let job = tmp.path().join("close.toml");
+    std::fs::write(
+        &job,
+        "command = \"close\"\ndata = \"data\"\nout = \"closes/{as_of_date}\"\n[alert]\nmin_invoices = 1\n",
+    )
+    .unwrap();
+    let early = tally(&["close", "--job", job.to_str().unwrap(), "--as-of", AS_OF]);
+    assert_eq!(early.status.code(), Some(1), "{}", stderr(&early));
+    assert_eq!(
+        stderr(&early),
+        "tally: alert: only 0 invoices, fewer than the alert minimum of 1 (an as-of before every \
+         period's end, or a data root without the month?)\n"
+    );
+    let due = tally(&[
+        "close",
+        "--job",
+        job.to_str().unwrap(),
+        "--as-of",
+        CLOSE_AS_OF,
+    ]);
+    assert_eq!(due.status.code(), Some(0), "{}", stderr(&due));
+
+    let nightly = tmp.path().join("nightly.toml");
+    std::fs::write(
+        &nightly,
+        "command = \"reconcile\"\ndata = \"data\"\nout = \"nightly\"\n[alert]\nmin_invoices = 1\n",
+    )
+    .unwrap();
+    let refused = tally(&[
+        "reconcile",
+        "--job",
+        nightly.to_str().unwrap(),
+        "--as-of",
+        AS_OF,
+    ]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert_eq!(
+        stderr(&refused),
+        format!(
+            "tally: {}: alert.min_invoices = \"1\" is a close setting; a reconcile writes no \
+             invoices: remove it from this job file\n",
+            nightly.display()
+        )
+    );
+    assert!(!tmp.path().join("nightly").exists());
+}
+
+/// A misspelt placeholder in a job's `out` (or in `--out`) is refused (exit 2) before the
+/// run: as a literal folder name it would send every month's close to one folder.
+#[test]
+fn an_unknown_placeholder_in_out_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = generated(tmp.path(), 2_000);
+    let job = tmp.path().join("close.toml");
+    std::fs::write(
+        &job,
+        "command = \"close\"\ndata = \"data\"\nout = \"closes/{asof}\"\n",
+    )
+    .unwrap();
+    let out = tally(&[
+        "close",
+        "--job",
+        job.to_str().unwrap(),
+        "--as-of",
+        CLOSE_AS_OF,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "tally: {}: out \"closes/{{asof}}\" holds \"{{asof}}\", which is not a placeholder: \
+             use {{as_of}} (e.g. 20261201T000000Z) or {{as_of_date}} (2026-12-01), and no other \
+             braces\n",
+            job.display()
+        )
+    );
+    let flag_out = tmp.path().join("x-{as_of_dat}");
+    let out = cmd("reconcile", &data, &flag_out).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).starts_with(&format!(
+            "tally: command line: --out \"{}\" holds \"{{as_of_dat}}\"",
+            flag_out.display()
+        )),
+        "{}",
+        stderr(&out)
+    );
+    let listed: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert_eq!(
+        listed.len(),
+        2,
+        "only the data root and the job file: {listed:?}"
+    );
+    // The known placeholders still expand.
+    let dated = tmp.path().join("x-{as_of_date}");
+    succeeded(&mut cmd("reconcile", &data, &dated));
+    assert!(tmp
+        .path()
+        .join("x-2026-11-20")
+        .join("manifest.json")
+        .exists());
+}
+
+/// `TALLY_LOG` that is neither a level nor target=level directives would silence every log
+/// line (tracing takes a bare word for a target name): the run warns once and logs at the
+/// default level instead; an empty value is the default.
+#[test]
+fn a_tally_log_that_is_not_a_level_warns_and_keeps_the_default() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = generated(tmp.path(), 2_000);
+    for (value, warns) in [
+        ("loud", true),
+        ("", false),
+        ("debug", false),
+        ("tally=warn", false),
+    ] {
+        let out = cmd("reconcile", &data, &tmp.path().join("out"))
+            .env("TALLY_LOG", value)
+            .args(["--log-format", "json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let log = stderr(&out);
+        assert_eq!(
+            log.contains("TALLY_LOG is not a log level"),
+            warns,
+            "{value}: {log}"
+        );
+        let stage_lines = log.lines().filter(|l| l.contains("stage done")).count();
+        assert_eq!(stage_lines > 0, value != "tally=warn", "{value}: {log}");
+    }
+}
+
 /// The `tally-spill-*` folders in `tmpdir`.
 fn spill_folders(tmpdir: &Path) -> Vec<String> {
     std::fs::read_dir(tmpdir)
