@@ -681,8 +681,30 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     };
     let req = request(args, mode, force, history)?;
     let out = req.out.display().to_string();
+    // The settings as resolved (an `as_of = "now"` becomes an instant only here): what an
+    // on-call engineer needs to rerun a failed night exactly.
+    tracing::info!(
+        command = mode.name(),
+        version = env!("CARGO_PKG_VERSION"),
+        as_of = %tally::time::format_instant(req.as_of),
+        settle_seconds = req.settle_micros / 1_000_000,
+        data = %req.data.display(),
+        out = %out,
+        history = %req.history.as_ref().map_or(String::new(), |h| h.display().to_string()),
+        memory_budget_bytes = req.memory_budget_bytes,
+        groups = %req.groups.map_or("from the budget".to_string(), |g| g.to_string()),
+        shard = %req.shard.map_or(String::new(), |(i, n)| format!("{i}/{n}")),
+        "run start"
+    );
+    let started = std::time::Instant::now();
     let outcome = tally::run_job(&req)?;
-    report(&out, &format!("{} published", mode.name()), mode, outcome)
+    let code = report(&out, &format!("{} published", mode.name()), mode, outcome)?;
+    tracing::info!(
+        exit_code = code,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "run done"
+    );
+    Ok(code)
 }
 
 /// One line on stdout for how a run ended; the exit code (1 when an alert fired).

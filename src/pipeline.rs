@@ -227,11 +227,29 @@ pub fn layout(settings: &RunSettings, inputs: &Inputs, shard: u32, shards: u32) 
             shards,
         ),
     };
-    Ok(Layout {
+    let layout = Layout {
         shard,
         shards,
         groups: groups.clamp(1, crate::route::max_groups(shards)),
-    })
+    };
+    if layout.groups != groups {
+        tracing::warn!(
+            asked = groups,
+            groups = layout.groups,
+            shards,
+            "the group count is limited by the shard count: each group needs a partition of \
+             this shard's"
+        );
+    }
+    tracing::debug!(
+        groups = layout.groups,
+        forced = settings.groups.is_some(),
+        shard,
+        shards,
+        memory_budget_bytes = settings.memory_budget_bytes,
+        "layout"
+    );
+    Ok(layout)
 }
 
 /// The valid allocations and grants of a run, and the rejects of both datasets.

@@ -396,6 +396,7 @@ pub fn read_group<R: CompactRow>(
     let bytes =
         crate::direct::read_into(path, length, bytes).map_err(|e| TallyError::scratch(path, e))?;
     std::fs::remove_file(path).map_err(|e| TallyError::write(path, e))?;
+    tracing::debug!(file = %path.display(), bytes = length, rows = file.rows, candidates = extra.len(), "spill file read back");
     let mut frames = frames_of::<R>(bytes, path)?;
     let total: usize = frames.iter().map(|f| f.count).sum();
     if total as u64 != file.rows {

@@ -767,6 +767,7 @@ pub fn publish(staging: &Path, target: &Path) -> Result<()> {
     }
     published.push(target.to_path_buf());
     drop(published);
+    tracing::debug!(staging = %staging.display(), target = %target.display(), "published");
     if let Ok(dir) = File::open(&parent) {
         let _ = dir.sync_all();
     }

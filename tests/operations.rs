@@ -496,6 +496,22 @@ fn a_tally_log_that_is_not_a_level_warns_and_keeps_the_default() {
         );
         let stage_lines = log.lines().filter(|l| l.contains("stage done")).count();
         assert_eq!(stage_lines > 0, value != "tally=warn", "{value}: {log}");
+        // At info and below: the run's settings as resolved, and how it ended.
+        let line = |message: &str| {
+            log.lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .find(|v| v["fields"]["message"] == message)
+        };
+        if value != "tally=warn" {
+            let start = line("run start").expect("a run start line");
+            assert_eq!(start["fields"]["command"], "reconcile");
+            assert_eq!(start["fields"]["as_of"], AS_OF);
+            assert_eq!(
+                line("run done").expect("a run done line")["fields"]["exit_code"],
+                0
+            );
+        }
+        assert_eq!(line("layout").is_some(), value == "debug", "{value}: {log}");
     }
 }
 
