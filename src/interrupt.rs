@@ -13,7 +13,13 @@
 //! `write::create_staging`).
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
+
+/// Set once a signal came: the watcher is removing the run's folders and will end the
+/// process. Work failing meanwhile (its spill folder gone) must not print its own error or
+/// exit first: [`wait_if_stopping`].
+static STOPPING: AtomicBool = AtomicBool::new(false);
 
 /// Folders this process is making that an interrupted run must not leave behind (spill
 /// folders, staging folders). Paths are never reused within a process, so one that is
@@ -40,6 +46,14 @@ pub fn remember(folder: PathBuf) {
         scratch.remove(0);
     }
     scratch.push(folder);
+}
+
+/// If a signal came, never return: the watcher ends the process with its one line and exit
+/// code. Called where a failed run would print its error and exit.
+pub fn wait_if_stopping() {
+    while STOPPING.load(Ordering::SeqCst) {
+        std::thread::park_timeout(std::time::Duration::from_secs(1));
+    }
 }
 
 /// Hold this while renaming a staging folder into place; push the target once it is there.
@@ -79,6 +93,7 @@ pub fn watch() -> std::io::Result<()> {
                     SIGTERM => "SIGTERM",
                     _ => "SIGHUP",
                 };
+                STOPPING.store(true, Ordering::SeqCst);
                 // Never released: the process ends below, and no publish may start.
                 let published = publishing();
                 let removed = remove_remembered();

@@ -818,6 +818,7 @@ fn main() -> ExitCode {
     }
     std::panic::set_hook(Box::new(|info| {
         // A decoder panic on corrupt input is caught and reported as an input error.
+        tally::interrupt::wait_if_stopping();
         if !tally::load::decoding_input() {
             err_line!(
                 "tally: internal error: {}",
@@ -827,11 +828,14 @@ fn main() -> ExitCode {
     }));
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli)));
     let Ok(outcome) = outcome else {
+        tally::interrupt::wait_if_stopping();
         return ExitCode::from(4);
     };
     match outcome {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
+            // Failed because an interrupt is removing its folders: the watcher says so.
+            tally::interrupt::wait_if_stopping();
             let code = e
                 .downcast_ref::<TallyError>()
                 .map_or(4, |t| t.exit_code() as u8);
