@@ -14,7 +14,7 @@ pub enum TallyError {
     Input { file: String, message: String },
 
     /// An I/O failure while reading an input, with the path involved.
-    #[error("{path}: {source}")]
+    #[error("{path}: {source}{}", read_hint(source.kind()))]
     Io {
         path: PathBuf,
         #[source]
@@ -70,7 +70,11 @@ impl TallyError {
     /// failed: exit 4 whatever the cause (disk full, permissions of the output root or
     /// of `$TMPDIR`), never the exit 2 of an unreadable input.
     pub fn write(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
-        TallyError::output(path.as_ref().display().to_string(), source)
+        let hint = write_hint(source.kind());
+        TallyError::output(
+            path.as_ref().display().to_string(),
+            format!("{source}{hint}"),
+        )
     }
 
     /// Reading back a scratch file this run wrote (spill, key scratch) failed: exit 4, an
@@ -121,3 +125,36 @@ impl TallyError {
 }
 
 pub type Result<T> = std::result::Result<T, TallyError>;
+
+/// What to do about an input that cannot be read, for the causes the operating system's
+/// own words leave open (appended to its message).
+fn read_hint(kind: std::io::ErrorKind) -> &'static str {
+    match kind {
+        std::io::ErrorKind::PermissionDenied => {
+            "; the user running tally cannot read it: check its owner and mode, and its folders'"
+        }
+        _ => "",
+    }
+}
+
+/// What to do about an output, lock or scratch file that cannot be written (appended to
+/// the operating system's message).
+fn write_hint(kind: std::io::ErrorKind) -> &'static str {
+    use std::io::ErrorKind;
+    match kind {
+        ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem => {
+            "; the user running tally cannot write there: check the folder's owner and mode \
+             (a run by hand as another user, such as root, leaves files this user cannot \
+             replace) and that the file system is writable"
+        }
+        ErrorKind::AlreadyExists | ErrorKind::NotADirectory => {
+            "; a part of the path is a file, not a folder: choose another output path or move \
+             the file"
+        }
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => {
+            "; free space there (the output, or under $TMPDIR the spill of a split run: about 50 \
+             bytes a usage or ledger row), or point TMPDIR at a larger disk"
+        }
+        _ => "",
+    }
+}

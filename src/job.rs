@@ -114,6 +114,16 @@ impl JobFile {
         if job.data.is_relative() {
             job.data = base.join(&job.data);
         }
+        if let Some(c) = job
+            .command
+            .as_ref()
+            .filter(|c| !["reconcile", "close"].contains(&c.as_str()))
+        {
+            return Err(TallyError::config(
+                &name,
+                format!("command = \"{c}\" is not a command: use \"reconcile\" or \"close\""),
+            ));
+        }
         check_placeholders(&job.out).map_err(|e| TallyError::config(&name, e))?;
         if job.out.is_relative() {
             job.out = base.join(&job.out);

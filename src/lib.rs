@@ -195,7 +195,13 @@ fn fingerprint_files(data: &Path, parallel: bool) -> Result<Vec<FileEntry>> {
         }
     }
     let entry = |(rel, abs, parquet): (String, PathBuf, bool)| {
-        let sha256 = write::sha256_file(&abs)?;
+        let sha256 = match write::sha256_file(&abs) {
+            // The price book's own words (the load beside this reports the same).
+            Err(TallyError::Io { source, .. }) if !parquet => {
+                return Err(pricebook::unreadable(&abs.display().to_string(), &source));
+            }
+            other => other?,
+        };
         let rows = if parquet { parquet_rows(&abs) } else { None };
         Ok(FileEntry {
             path: rel,

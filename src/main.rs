@@ -443,7 +443,8 @@ fn parse_as_of(text: &str, origin: &Origin) -> anyhow::Result<tally::time::Micro
     tally::time::parse_instant(text).ok_or_else(|| {
         origin.bad(
             text,
-            "is not an RFC 3339 instant such as 2026-11-20T00:00:00Z",
+            "is not an RFC 3339 instant such as 2026-11-20T00:00:00Z, a date such as 2026-11-20 \
+             (its midnight, UTC) or `now`",
         )
     })
 }
@@ -622,8 +623,12 @@ fn request(
     );
     let memory_budget_bytes = match budget {
         None => tally::pipeline::DEFAULT_MEMORY_BUDGET_BYTES,
-        Some((text, origin)) => tally::job::parse_bytes(&text)
-            .ok_or_else(|| origin.bad(&text, "is not a size such as 2GiB, 512MiB or 4GB"))?,
+        Some((text, origin)) => tally::job::parse_bytes(&text).ok_or_else(|| {
+            origin.bad(
+                &text,
+                "is not a size of more than 0 bytes, such as 3GiB, 512MiB or 4GB",
+            )
+        })?,
     };
     if let Some(g) = args
         .groups

@@ -210,11 +210,24 @@ impl Ctx<'_> {
     }
 }
 
+/// A price book that cannot be read (a configuration error): a missing one says where it
+/// belongs, since a data root without one is usually the wrong folder.
+pub fn unreadable(display_name: &str, e: &std::io::Error) -> TallyError {
+    let message = match e.kind() {
+        std::io::ErrorKind::NotFound => format!(
+            "cannot read: {e}; a data root holds its pricebook.toml beside the usage/, \
+             allocations/, grants/ and debits/ folders: is --data (or the job's `data`) the \
+             data root?"
+        ),
+        _ => format!("cannot read: {e}"),
+    };
+    TallyError::config(display_name, message)
+}
+
 impl PriceBook {
     /// Read and validate `pricebook.toml`. Every problem is a configuration error (exit 2).
     pub fn load(path: &Path, display_name: &str) -> Result<PriceBook> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| TallyError::config(display_name, format!("cannot read: {e}")))?;
+        let text = std::fs::read_to_string(path).map_err(|e| unreadable(display_name, &e))?;
         PriceBook::parse(&text, display_name)
     }
 

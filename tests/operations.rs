@@ -85,22 +85,36 @@ fn a_bad_setting_names_the_job_file_key_or_the_flag_it_came_from() {
         ),
         (
             "as_of = \"tomorrow\"\n",
-            "as_of = \"tomorrow\" is not an RFC 3339 instant such as 2026-11-20T00:00:00Z",
+            "as_of = \"tomorrow\" is not an RFC 3339 instant such as 2026-11-20T00:00:00Z, a date \
+             such as 2026-11-20 (its midnight, UTC) or `now`",
         ),
         (
             "memory_budget = \"lots\"\n",
-            "memory_budget = \"lots\" is not a size such as 2GiB, 512MiB or 4GB",
+            "memory_budget = \"lots\" is not a size of more than 0 bytes, such as 3GiB, 512MiB or \
+             4GB",
+        ),
+        (
+            "memory_budget = \"0GiB\"\n",
+            "memory_budget = \"0GiB\" is not a size of more than 0 bytes, such as 3GiB, 512MiB or \
+             4GB",
         ),
         ("buckets = 0\n", "buckets = 0 must be in 1..=65536"),
+        (
+            "command = \"reconcil\"\n",
+            "command = \"reconcil\" is not a command: use \"reconcile\" or \"close\"",
+        ),
         (
             "[alert]\nmax_abs_delta_credits = \"many\"\n",
             "alert.max_abs_delta_credits = \"many\" is not a decimal",
         ),
     ];
     for (extra, message) in cases {
-        // A repeated key is a TOML error: the case's `as_of` replaces the default one.
+        // A repeated key is a TOML error: the case's `as_of` (or `command`) replaces the
+        // default one.
         let text = if extra.starts_with("as_of") {
             job_text("").replace("as_of = \"2026-11-20T00:00:00Z\"\n", extra)
+        } else if extra.starts_with("command") {
+            job_text("").replace("command = \"reconcile\"\n", extra)
         } else {
             job_text(extra)
         };
@@ -513,6 +527,43 @@ fn a_tally_log_that_is_not_a_level_warns_and_keeps_the_default() {
         }
         assert_eq!(line("layout").is_some(), value == "debug", "{value}: {log}");
     }
+}
+
+/// Failures whose operating-system words leave the fix open say it: a data root without its
+/// price book (exit 2) asks whether `--data` is the data root, and an output path through a
+/// file (exit 4) says that a part of it is a file.
+#[test]
+fn io_failures_say_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = generated(tmp.path(), 2_000);
+    let no_book = tmp.path().join("no-book");
+    copy_dir(&data, &no_book);
+    std::fs::remove_file(no_book.join("pricebook.toml")).unwrap();
+    let out = cmd("reconcile", &no_book, &tmp.path().join("out"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "tally: {}: cannot read: No such file or directory (os error 2); a data root holds \
+             its pricebook.toml beside the usage/, allocations/, grants/ and debits/ folders: is \
+             --data (or the job's `data`) the data root?\n",
+            no_book.join("pricebook.toml").display()
+        )
+    );
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, b"not a folder").unwrap();
+    let out = cmd("reconcile", &data, &file.join("out")).output().unwrap();
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "tally: writing {}: File exists (os error 17); a part of the path is a file, not a \
+             folder: choose another output path or move the file\n",
+            file.display()
+        )
+    );
+    assert_eq!(out.status.code(), Some(4));
 }
 
 /// The `tally-spill-*` folders in `tmpdir`.
