@@ -1032,29 +1032,11 @@ fn accounts_in_november(
     accounts: &[&str],
     included: tally::amount::Milli,
 ) {
-    use tally::time::parse_instant;
-    use tally::write::{write_parquet, Table};
     for d in ["usage", "allocations", "grants", "debits"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
     std::fs::write(root.join("pricebook.toml"), book).unwrap();
-    let t = |s: &str| parse_instant(s).unwrap();
-    let allocations = Table::default()
-        .str("account_id", accounts.iter().copied())
-        .str("plan_id", accounts.iter().map(|_| "max"))
-        .ts(
-            "period_start",
-            accounts.iter().map(|_| t("2026-11-01T00:00:00Z")),
-        )
-        .ts(
-            "period_end",
-            accounts.iter().map(|_| t("2026-12-01T00:00:00Z")),
-        )
-        .credits("included_credits", accounts.iter().map(|_| included))
-        .opt_ts("billing_anchor", accounts.iter().map(|_| None))
-        .str("status", accounts.iter().map(|_| "active"))
-        .finish();
-    write_parquet(&root.join("allocations/part-0.parquet"), &allocations).unwrap();
+    write_november_allocations(root, accounts, "max", included);
 }
 
 /// The one line a run stopped by a sum past DECIMAL(18,3) prints, naming whose sum it was

@@ -470,33 +470,15 @@ fn write_debits(path: &Path, rows: &[Debit<'_>]) {
 /// A data root with the fixtures' price book and a November `pro` allocation for each of
 /// `acct_0`..`acct_{n-1}`; returns the account ids.
 fn november_root(root: &Path, n: usize) -> Vec<String> {
-    use tally::amount::Milli;
-    std::fs::create_dir_all(root.join("allocations")).unwrap();
+    std::fs::create_dir_all(root).unwrap();
     std::fs::copy(
         repo().join("fixtures/pricebook.toml"),
         root.join("pricebook.toml"),
     )
     .unwrap();
     let accounts: Vec<String> = (0..n).map(|i| format!("acct_{i}")).collect();
-    let allocations = tally::write::Table::default()
-        .str("account_id", accounts.iter().map(String::as_str))
-        .str("plan_id", accounts.iter().map(|_| "pro"))
-        .ts(
-            "period_start",
-            accounts.iter().map(|_| t("2026-11-01T00:00:00Z")),
-        )
-        .ts(
-            "period_end",
-            accounts.iter().map(|_| t("2026-12-01T00:00:00Z")),
-        )
-        .credits(
-            "included_credits",
-            accounts.iter().map(|_| Milli::from_units(200)),
-        )
-        .opt_ts("billing_anchor", accounts.iter().map(|_| None))
-        .str("status", accounts.iter().map(|_| "active"))
-        .finish();
-    tally::write::write_parquet(&root.join("allocations/part-0.parquet"), &allocations).unwrap();
+    let ids: Vec<&str> = accounts.iter().map(String::as_str).collect();
+    write_november_allocations(root, &ids, "pro", tally::amount::Milli::from_units(200));
     accounts
 }
 

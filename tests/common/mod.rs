@@ -176,3 +176,31 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// `allocations/part-0.parquet` under `root`: each of `accounts` active on `plan_id` for
+/// November 2026 with `included` credits, no billing anchor.
+pub fn write_november_allocations(
+    root: &Path,
+    accounts: &[&str],
+    plan_id: &str,
+    included: tally::amount::Milli,
+) {
+    let t = |s: &str| tally::time::parse_instant(s).unwrap();
+    std::fs::create_dir_all(root.join("allocations")).unwrap();
+    let allocations = tally::write::Table::default()
+        .str("account_id", accounts.iter().copied())
+        .str("plan_id", accounts.iter().map(|_| plan_id))
+        .ts(
+            "period_start",
+            accounts.iter().map(|_| t("2026-11-01T00:00:00Z")),
+        )
+        .ts(
+            "period_end",
+            accounts.iter().map(|_| t("2026-12-01T00:00:00Z")),
+        )
+        .credits("included_credits", accounts.iter().map(|_| included))
+        .opt_ts("billing_anchor", accounts.iter().map(|_| None))
+        .str("status", accounts.iter().map(|_| "active"))
+        .finish();
+    tally::write::write_parquet(&root.join("allocations/part-0.parquet"), &allocations).unwrap();
+}
