@@ -281,7 +281,7 @@ fn init_logging(format: LogFormat, default_level: &str) {
     // write to the same closed stderr, panic, and abort the run.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(tally::progress::log_writer)
         .log_internal_errors(false);
     if json {
         builder.json().with_current_span(false).init();

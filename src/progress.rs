@@ -2,8 +2,45 @@
 //! terminal, nothing under cron, and one structured log line per stage everywhere
 //! (`stage`, `rows_in`, `rows_out`, `duration_ms`), so cron logs show where time went.
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressStyle, WeakProgressBar};
+use std::io::Write;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// The bar or spinner on the terminal now (at most one: a stage run in the background draws
+/// none). Weak: a stage dropped on an error takes its bar off the terminal.
+static DRAWN: Mutex<Option<WeakProgressBar>> = Mutex::new(None);
+
+fn drawn() -> Option<ProgressBar> {
+    DRAWN
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .as_ref()
+        .and_then(WeakProgressBar::upgrade)
+}
+
+/// Where log lines go: stderr, with the bar on the terminal (if any) lifted while a line is
+/// written, so that a line logged during a stage (a group starting, a warning) does not
+/// land at the end of the bar's line. The log writes each line whole in one call.
+pub struct LogWriter;
+
+/// The [`LogWriter`] (the binary's log subscriber makes one a line).
+pub fn log_writer() -> LogWriter {
+    LogWriter
+}
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match drawn() {
+            Some(bar) => bar.suspend(|| std::io::stderr().write(buf)),
+            None => std::io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Progress {
@@ -60,6 +97,9 @@ impl Progress {
             );
             bar.set_message(name);
             bar.enable_steady_tick(Duration::from_millis(120));
+            *DRAWN
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(bar.downgrade());
             bar
         });
         Stage {
