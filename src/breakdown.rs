@@ -182,7 +182,15 @@ pub fn top_accounts(results: &[(String, AccountResult)]) -> Result<(Vec<AccountF
     let mut unreconciled_accounts = 0u64;
     for (id, r) in results {
         let t = &r.totals;
-        let unreconciled = t.recorded_credits.checked_sub(t.expected_credits)?;
+        let unreconciled = t
+            .recorded_credits
+            .checked_sub(t.expected_credits)
+            .map_err(|e| {
+                e.sum_of(
+                    || format!("account \"{id}\" over the run's periods"),
+                    "check its usage quantities and ledger credits, then rerun",
+                )
+            })?;
         if unreconciled == Milli::ZERO {
             continue;
         }

@@ -418,7 +418,10 @@ fn process_period(
         let verdict = reconcile::classify(u, price, entries, ctx.settle_from)?;
         totals.entries_in_window += entries.len() as u64;
         recorded_period = recorded_period.checked_add(verdict.recorded)?;
-        mix.add(u, price, verdict.recorded)?;
+        // The mix sums a bucket's accounts together: past the range, that is the run's
+        // totals, not this account-period's.
+        mix.add(u, price, verdict.recorded)
+            .map_err(crate::pipeline::run_totals)?;
         if let Some(expected) = price.expected() {
             totals.expected_credits = totals.expected_credits.checked_add(expected)?;
         }

@@ -500,7 +500,14 @@ pub fn write_report_files(
     rejects: &RecordBatch,
 ) -> Result<ReportFiles> {
     let report_dir = dir.join(REPORT_DIR);
-    std::fs::create_dir_all(&report_dir).map_err(|e| TallyError::write(&report_dir, e))?;
+    // Not `create_dir_all`: a staging folder an interrupt has just removed must stay gone,
+    // not be made again (with what the writers put in it before the process ends).
+    match std::fs::create_dir(&report_dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            return Err(TallyError::write(&report_dir, e));
+        }
+        _ => {}
+    }
     let exponent = out.book.exponent;
     let rejects = Rendered::of(rejects, exponent)?;
     let discrepancies = Rendered::of(discrepancies, exponent)?;

@@ -12,9 +12,13 @@
 //! SIGKILL cannot be caught: what it leaves, the next run removes (`spill::sweep_orphans`,
 //! `write::create_staging`).
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The watcher thread's name: a panic there must not wait for the watcher.
+const WATCHER: &str = "tally-signals";
 
 /// Set once a signal came: the watcher is removing the run's folders and will end the
 /// process. Work failing meanwhile (its spill folder gone) must not print its own error or
@@ -39,21 +43,49 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Remember `folder` for removal if the run is interrupted.
-pub fn remember(folder: PathBuf) {
+/// Remember `folder` for removal if the run is interrupted; false once an interrupt is
+/// being handled (the watcher's list is final then): the caller must not make the folder,
+/// or remove it if made, and stop (its error is never printed: the watcher ends the run).
+#[must_use]
+pub fn remember(folder: PathBuf) -> bool {
     let mut scratch = lock(&SCRATCH);
+    if STOPPING.load(Ordering::SeqCst) {
+        return false;
+    }
     if scratch.len() == MAX_SCRATCH {
         scratch.remove(0);
     }
     scratch.push(folder);
+    true
+}
+
+/// Forget `folder`: it was removed or published as the run went on.
+pub fn forget(folder: &Path) {
+    lock(&SCRATCH).retain(|f| f != folder);
+}
+
+/// The error of work refused because an interrupt is being handled (never printed: the
+/// watcher ends the process with its own line).
+pub fn interrupted() -> crate::error::TallyError {
+    crate::error::TallyError::Invariant("the run is being interrupted".into())
 }
 
 /// If a signal came, never return: the watcher ends the process with its one line and exit
 /// code. Called where a failed run would print its error and exit.
 pub fn wait_if_stopping() {
+    if std::thread::current().name() == Some(WATCHER) {
+        return;
+    }
     while STOPPING.load(Ordering::SeqCst) {
         std::thread::park_timeout(std::time::Duration::from_secs(1));
     }
+}
+
+/// Called by the binary just before it exits on its own: a signal that comes after this
+/// waits for good (the process is ending), and one that came before has the watcher's line
+/// and exit code, never both the run's and the watcher's.
+pub fn claim_exit() {
+    std::mem::forget(publishing());
 }
 
 /// Hold this while renaming a staging folder into place; push the target once it is there.
@@ -78,47 +110,93 @@ pub fn message(signal_name: &str, published: &[PathBuf], removed: usize) -> Stri
     }
 }
 
-/// Watch for SIGINT, SIGTERM and SIGHUP on a thread of its own (the binary calls this
-/// once, before any work). On one: wait for a publish in progress, remove the folders
-/// remembered, print [`message`] and exit 128 + the signal.
+/// Whether `signal` was ignored when the process started (`nohup` ignores SIGHUP, a
+/// shell's background job SIGINT): a handler would undo what the caller asked for.
+fn ignored_at_start(signal: i32) -> bool {
+    let mut old = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
+    // SAFETY: a null new action only reads the current one into `old`.
+    let rc = unsafe { libc::sigaction(signal, std::ptr::null(), old.as_mut_ptr()) };
+    // SAFETY: sigaction filled `old` when it returned 0.
+    rc == 0 && unsafe { old.assume_init() }.sa_sigaction == libc::SIG_IGN
+}
+
+/// Watch for SIGINT, SIGTERM and SIGHUP (those not ignored at start) on a thread of its
+/// own; the binary calls this once, before any work. On one: wait for a publish in
+/// progress, remove the folders remembered, print [`message`] (a closed stderr is not an
+/// error here) and exit 128 + the signal. A second signal while that runs ends the process
+/// at once by the signal's default action: cleaning up never keeps a run from stopping.
 pub fn watch() -> std::io::Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    let watched: Vec<i32> = [SIGINT, SIGTERM, SIGHUP]
+        .into_iter()
+        .filter(|&s| !ignored_at_start(s))
+        .collect();
+    let second_ends = Arc::new(AtomicBool::new(false));
+    for &signal in &watched {
+        signal_hook::flag::register_conditional_default(signal, Arc::clone(&second_ends))?;
+    }
+    let mut signals = signal_hook::iterator::Signals::new(&watched)?;
     std::thread::Builder::new()
-        .name("tally-signals".into())
+        .name(WATCHER.into())
         .spawn(move || {
             if let Some(signal) = signals.forever().next() {
+                second_ends.store(true, Ordering::SeqCst);
                 let name = match signal {
                     SIGINT => "SIGINT",
                     SIGTERM => "SIGTERM",
                     _ => "SIGHUP",
                 };
-                STOPPING.store(true, Ordering::SeqCst);
-                // Never released: the process ends below, and no publish may start.
+                // First the publish lock: a publish in progress ends, and a run that has
+                // claimed its own exit ([`claim_exit`]) keeps it. Never released: the process
+                // ends below, and no publish may start.
                 let published = publishing();
+                // Then no folder may be remembered (or made) any more: the list is final.
+                {
+                    let _scratch = lock(&SCRATCH);
+                    STOPPING.store(true, Ordering::SeqCst);
+                }
                 let removed = remove_remembered();
-                eprintln!("{}", message(name, &published, removed));
+                let _ = writeln!(std::io::stderr(), "{}", message(name, &published, removed));
                 std::process::exit(128 + signal);
             }
         })?;
     Ok(())
 }
 
-/// Remove every remembered folder that still exists; how many were removed. Other
-/// threads may still be writing into them: a removal that meets a file made meanwhile is
-/// tried again a few times, and what is left the next run removes.
+/// Remove every remembered folder; how many existed and are gone at the end.
 fn remove_remembered() -> usize {
     let folders = lock(&SCRATCH).clone();
-    let mut removed = 0;
-    for folder in folders.iter().filter(|f| f.exists()) {
-        for _ in 0..5 {
-            if std::fs::remove_dir_all(folder).is_ok() || !folder.exists() {
-                removed += 1;
-                break;
-            }
+    folders
+        .iter()
+        .filter(|f| remove_while_written(f) == Some(true))
+        .count()
+}
+
+/// Remove `folder`, which other threads may still be writing into, or be about to make (it
+/// is remembered before it is made). Three rounds a moment apart: each renames the folder
+/// first, so that writes meet a missing path instead of filling a half-removed folder, then
+/// removes the renamed one. `None` if it never existed; else whether it is gone (what is
+/// left the next run removes: a renamed folder keeps its prefix and pid).
+fn remove_while_written(folder: &Path) -> Option<bool> {
+    let mut renamed = folder.as_os_str().to_owned();
+    renamed.push(".removing");
+    let renamed = PathBuf::from(renamed);
+    let mut existed = false;
+    for round in 0..3 {
+        if folder.exists() {
+            existed = true;
+            let doomed = match std::fs::rename(folder, &renamed) {
+                Ok(()) => renamed.as_path(),
+                Err(_) => folder,
+            };
+            let _ = std::fs::remove_dir_all(doomed);
+        }
+        if round < 2 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
-    removed
+    let _ = std::fs::remove_dir_all(&renamed);
+    existed.then(|| !folder.exists() && !renamed.exists())
 }
 
 #[cfg(test)]
@@ -133,8 +211,8 @@ mod tests {
         std::fs::create_dir_all(scratch.join("inner")).unwrap();
         std::fs::write(scratch.join("inner/file"), b"x").unwrap();
         std::fs::create_dir(&kept).unwrap();
-        remember(scratch.clone());
-        remember(tmp.path().join("never-made"));
+        assert!(remember(scratch.clone()));
+        assert!(remember(tmp.path().join("never-made")));
         let removed = remove_remembered();
         assert!(removed >= 1);
         assert!(!scratch.exists());
@@ -158,7 +236,9 @@ mod tests {
     #[test]
     fn the_list_keeps_at_most_its_limit() {
         for i in 0..MAX_SCRATCH + 1 {
-            remember(PathBuf::from(format!("/nonexistent/tally-limit-{i}")));
+            assert!(remember(PathBuf::from(format!(
+                "/nonexistent/tally-limit-{i}"
+            ))));
         }
         let scratch = lock(&SCRATCH);
         assert_eq!(scratch.len(), MAX_SCRATCH);

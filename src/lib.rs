@@ -548,9 +548,12 @@ fn check_alert(alert: &Alert, f: &AlertFigures) -> Option<String> {
         ));
     }
     if let Some(min) = alert.min_invoices.filter(|&m| f.invoices < m) {
+        let why = match f.invoices {
+            0 => " (an as-of before every period's end, or a data root without the month?)",
+            _ => "",
+        };
         return Some(format!(
-            "only {} invoices, fewer than the alert minimum of {min} (an as-of before every \
-             period's end, or a data root without the month?)",
+            "only {} invoices, fewer than the alert minimum of {min}{why}",
             f.invoices
         ));
     }

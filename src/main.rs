@@ -818,8 +818,13 @@ fn main() -> ExitCode {
         _ => "info",
     };
     init_logging(cli.log_format, level);
-    if let Err(e) = tally::interrupt::watch() {
-        tracing::warn!(error = %e, "cannot watch for SIGINT/SIGTERM: an interrupted run will leave its scratch folders to the next run");
+    // The commands that make spill and staging folders; `generate` writes its data root in
+    // place and `scan` nothing, so a signal ends them as it ends any program.
+    let makes_scratch = !matches!(cli.command, Command::Generate(_) | Command::Scan { .. });
+    if makes_scratch {
+        if let Err(e) = tally::interrupt::watch() {
+            tracing::warn!(error = %e, "cannot watch for SIGINT/SIGTERM: an interrupted run will leave its scratch folders to the next run");
+        }
     }
     std::panic::set_hook(Box::new(|info| {
         // A decoder panic on corrupt input is caught and reported as an input error.
@@ -833,14 +838,18 @@ fn main() -> ExitCode {
     }));
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli)));
     let Ok(outcome) = outcome else {
-        tally::interrupt::wait_if_stopping();
+        tally::interrupt::claim_exit();
         return ExitCode::from(4);
     };
     match outcome {
-        Ok(code) => ExitCode::from(code),
+        Ok(code) => {
+            // A signal that came as the run finished: its line and exit code, not both.
+            tally::interrupt::claim_exit();
+            ExitCode::from(code)
+        }
         Err(e) => {
             // Failed because an interrupt is removing its folders: the watcher says so.
-            tally::interrupt::wait_if_stopping();
+            tally::interrupt::claim_exit();
             let code = e
                 .downcast_ref::<TallyError>()
                 .map_or(4, |t| t.exit_code() as u8);

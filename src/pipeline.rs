@@ -93,7 +93,7 @@ pub struct RunOutput {
     /// `invoice_lines` (close), likewise.
     pub lines: Vec<LineRun>,
     /// Folders of run files, removed once the run output is dropped.
-    pub scratch: Vec<Arc<tempfile::TempDir>>,
+    pub scratch: Vec<Arc<spill::SpillDir>>,
     pub totals: Totals,
     /// Figures only `report.html` shows (credits by product, top accounts).
     pub breakdown: crate::breakdown::Breakdown,
@@ -135,7 +135,7 @@ pub struct Partial {
     pub mix: crate::breakdown::Mix,
     /// The folder holding this partial's run files, kept until the outputs are written.
     #[serde(skip)]
-    pub scratch: Option<Arc<tempfile::TempDir>>,
+    pub scratch: Option<Arc<spill::SpillDir>>,
     /// With `RunSettings::trace_account`: that account's inputs and what the run did.
     #[serde(skip)]
     pub traced: Option<Traced>,

@@ -454,7 +454,7 @@ const ENTRY_HASH_FILE_BITS: u32 = 4;
 /// in memory (0.8 GB at 100M rows, past the light pass's peak) or reading the ledger's id
 /// columns a second time.
 struct EntryHashes {
-    dir: tempfile::TempDir,
+    dir: crate::spill::SpillDir,
     files: Vec<Mutex<BufWriter<File>>>,
     /// The first write error (reported once the pass is done).
     failed: Mutex<Option<TallyError>>,

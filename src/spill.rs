@@ -22,6 +22,7 @@ use crate::load::{InputFile, Parsed, Plan, Unit};
 use crate::model::*;
 use crate::route::{AccountPartitions, CrossBucket, GroupCounts, GroupTable, Layout, NO_ACCOUNT};
 use crate::rows::{FilesDone, Memos, RowFields, RowParser, Source};
+use std::fs::File;
 use std::mem::MaybeUninit;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,10 +33,33 @@ const SPILL_PREFIX: &str = "tally-spill-";
 /// Whether this process has made a spill folder yet (see [`spill_dir`]).
 static MADE_ONE: Mutex<bool> = Mutex::new(false);
 
+/// The file in a spill folder that its run holds locked while the folder is in use.
+const OWNER_LOCK: &str = "owner.lock";
+
+/// A spill folder, and the lock on its [`OWNER_LOCK`] that tells other runs it is live
+/// (removed with the folder when dropped).
+pub struct SpillDir {
+    dir: tempfile::TempDir,
+    _owner: File,
+}
+
+impl SpillDir {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SpillDir {
+    /// The folder goes (with the `TempDir` dropped after this), so an interrupt need not.
+    fn drop(&mut self) {
+        crate::interrupt::forget(self.dir.path());
+    }
+}
+
 /// A fresh spill folder under the temporary folder (`$TMPDIR`), named with this process's
 /// id and removed when dropped (also when the run fails). Folders left by a killed run
-/// (their process is gone) are removed first.
-pub fn spill_dir() -> Result<tempfile::TempDir> {
+/// are removed first ([`remove_orphans`]).
+pub fn spill_dir() -> Result<SpillDir> {
     let tmp = std::env::temp_dir();
     // A folder named with our own pid is stale only before our first spill folder: a run
     // makes more than one (the light pass's scratch files, then the spill), and a process
@@ -50,8 +74,19 @@ pub fn spill_dir() -> Result<tempfile::TempDir> {
         .prefix(&format!("{SPILL_PREFIX}{}-", std::process::id()))
         .tempdir_in(&tmp)
         .map_err(|e| TallyError::write(&tmp, e))?;
-    crate::interrupt::remember(dir.path().to_path_buf());
-    Ok(dir)
+    let lock = dir.path().join(OWNER_LOCK);
+    let owner = File::create(&lock).map_err(|e| TallyError::write(&lock, e))?;
+    owner.try_lock().map_err(|e| match e {
+        std::fs::TryLockError::Error(e) => TallyError::write(&lock, e),
+        std::fs::TryLockError::WouldBlock => {
+            TallyError::Invariant(format!("{} is locked as it is made", lock.display()))
+        }
+    })?;
+    if !crate::interrupt::remember(dir.path().to_path_buf()) {
+        // Dropped: the folder goes with it.
+        return Err(crate::interrupt::interrupted());
+    }
+    Ok(SpillDir { dir, _owner: owner })
 }
 
 /// Remove the spill folders of runs that were killed (their process is gone), at the start
@@ -64,8 +99,12 @@ pub fn sweep_orphans() {
     remove_orphans(&std::env::temp_dir(), !*made_one);
 }
 
-/// Remove `tally-spill-PID-*` folders whose process no longer exists (best effort), and
-/// with `own_pid_is_stale`, those named with this process's pid.
+/// Remove the `tally-spill-*` folders no live run holds (best effort). A folder's run holds
+/// its [`OWNER_LOCK`] locked, so a lock that can be taken is a dead run's, whatever the pid
+/// in the name says: runs in other pid namespaces (containers sharing `$TMPDIR`, each run
+/// pid 1) see each other's pids as gone. A folder without the lock file (being made right
+/// now, or left by an older tally) falls back to the pid: gone, and the folder older than a
+/// minute; with `own_pid_is_stale`, named with this process's pid (pids are reused).
 fn remove_orphans(tmp: &Path, own_pid_is_stale: bool) {
     let Ok(entries) = std::fs::read_dir(tmp) else {
         return;
@@ -74,16 +113,25 @@ fn remove_orphans(tmp: &Path, own_pid_is_stale: bool) {
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some(pid) = name
             .strip_prefix(SPILL_PREFIX)
-            .and_then(|rest| rest.split('-').next())
+            .and_then(|rest| rest.split(['-', '.']).next())
             .and_then(|pid| pid.parse::<i32>().ok())
         else {
             continue;
         };
-        // Before our first spill folder, one named with our pid is a dead process's (pids
-        // are reused, e.g. pid 1 in containers).
-        let own = pid == std::process::id() as i32;
-        if (own && own_pid_is_stale) || (!own && !process_alive(pid)) {
-            let _ = std::fs::remove_dir_all(entry.path());
+        let folder = entry.path();
+        let stale = match File::open(folder.join(OWNER_LOCK)) {
+            Ok(lock) => lock.try_lock().is_ok(),
+            Err(_) => {
+                let own = pid == std::process::id() as i32;
+                let old = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() > 60));
+                (own && own_pid_is_stale) || (!own && !process_alive(pid) && old)
+            }
+        };
+        if stale {
+            let _ = std::fs::remove_dir_all(&folder);
         }
     }
 }

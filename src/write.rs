@@ -736,8 +736,11 @@ pub fn create_staging(target: &Path) -> Result<PathBuf> {
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(write_err(&staging))?;
     }
+    // Remembered before it is made: an interrupt then either removes it or stops us first.
+    if !crate::interrupt::remember(staging.clone()) {
+        return Err(crate::interrupt::interrupted());
+    }
     std::fs::create_dir(&staging).map_err(write_err(&staging))?;
-    crate::interrupt::remember(staging.clone());
     Ok(staging)
 }
 
@@ -767,6 +770,7 @@ pub fn publish(staging: &Path, target: &Path) -> Result<()> {
     }
     published.push(target.to_path_buf());
     drop(published);
+    crate::interrupt::forget(staging);
     tracing::debug!(staging = %staging.display(), target = %target.display(), "published");
     if let Ok(dir) = File::open(&parent) {
         let _ = dir.sync_all();

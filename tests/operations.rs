@@ -635,22 +635,127 @@ fn an_interrupted_run_removes_its_spill_says_so_and_exits_128_plus_the_signal() 
     }
 }
 
-/// A spill folder left by a killed run (its process gone) is removed by the next run of any
-/// kind, also one that does not split; a live process's folder is left alone.
+/// A spill folder left by a killed run is removed by the next run of any kind, also one
+/// that does not split. A run holds its folder's `owner.lock` locked, so liveness does not
+/// rest on the pid in the name (runs in other pid namespaces sharing `$TMPDIR` see each
+/// other's pids as gone): a folder whose lock is held stays, whatever its pid says. A
+/// folder without the lock file (an older tally's) goes by its pid, once a minute old.
 #[test]
 fn every_run_removes_the_spill_folders_of_killed_runs() {
     let tmp = tempfile::tempdir().unwrap();
     let data = generated(tmp.path(), 2_000);
     let tmpdir = tmp.path().join("tmp");
-    // Pid 0x7fff_fff0 is above Linux's pid limit: no process has it.
-    let orphan = tmpdir.join("tally-spill-2147483632-AbCdEf");
-    std::fs::create_dir_all(orphan.join("usage")).unwrap();
-    std::fs::write(orphan.join("usage/group-1.bin"), vec![0u8; 4096]).unwrap();
-    let live = tmpdir.join(format!("tally-spill-{}-AbCdEf", std::process::id()));
-    std::fs::create_dir_all(&live).unwrap();
+    // Pids from 0x7fff_ff00 are above Linux's pid limit: no process here has them.
+    let folder = |pid: u32, with_lock: bool| {
+        let path = tmpdir.join(format!("tally-spill-{pid}-AbCdEf"));
+        std::fs::create_dir_all(path.join("usage")).unwrap();
+        std::fs::write(path.join("usage/group-1.bin"), vec![0u8; 4096]).unwrap();
+        let lock = with_lock.then(|| std::fs::File::create(path.join("owner.lock")).unwrap());
+        (path, lock)
+    };
+    let (dead, _) = folder(2_147_483_392, true);
+    // Locked as a live run in another pid namespace holds it: its pid is gone here.
+    let (elsewhere, held) = folder(2_147_483_393, true);
+    held.as_ref().unwrap().lock().unwrap();
+    let (old_lockless, _) = folder(2_147_483_394, false);
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+    std::fs::File::open(&old_lockless)
+        .unwrap()
+        .set_modified(two_hours_ago)
+        .unwrap();
+    let (new_lockless, _) = folder(2_147_483_395, false);
     succeeded(cmd("reconcile", &data, &tmp.path().join("out")).env("TMPDIR", &tmpdir));
-    assert!(!orphan.exists());
-    assert!(live.exists());
+    assert!(!dead.exists());
+    assert!(
+        elsewhere.exists(),
+        "a folder whose lock is held was removed"
+    );
+    assert!(!old_lockless.exists());
+    assert!(
+        new_lockless.exists(),
+        "a folder still being made may not have its lock yet"
+    );
+    drop(held);
+}
+
+/// A run started with SIGHUP ignored (`nohup`) keeps it ignored: a hang-up does not stop
+/// it, and it publishes as usual.
+#[test]
+fn a_signal_ignored_at_start_stays_ignored() {
+    use std::os::unix::process::CommandExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = generated(tmp.path(), 300_000);
+    let tmpdir = tmp.path().join("tmp");
+    std::fs::create_dir(&tmpdir).unwrap();
+    let out = tmp.path().join("out");
+    let mut command = cmd("reconcile", &data, &out);
+    command.args(["--groups", "4"]).env("TMPDIR", &tmpdir);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while spill_folders(&tmpdir).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no spill folder appeared"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // SAFETY: the pid is our own child's, not yet waited for.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGHUP) }, 0);
+    let ended = child.wait_with_output().unwrap();
+    assert!(ended.status.success(), "{}", stderr(&ended));
+    assert!(out.join("manifest.json").exists());
+}
+
+/// An interrupted run whose stderr reader is gone (a dead `logger`) still ends, with the
+/// signal's exit code: its one line cannot be written, and that is no reason to hang.
+#[test]
+fn an_interrupted_run_without_stderr_still_ends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = generated(tmp.path(), 300_000);
+    let tmpdir = tmp.path().join("tmp");
+    std::fs::create_dir(&tmpdir).unwrap();
+    let mut child = cmd("reconcile", &data, &tmp.path().join("out"))
+        .args(["--groups", "4"])
+        .env("TMPDIR", &tmpdir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take()); // the reader goes away
+    let started = Instant::now();
+    while spill_folders(&tmpdir).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no spill folder appeared"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // SAFETY: the pid is our own child's, not yet waited for.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let waited = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if waited.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("the interrupted run did not end within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(143));
+    assert!(spill_folders(&tmpdir).is_empty());
 }
 
 /// SIGKILL at random moments across 50 runs (25 reconcile, 25 close): the target path never
@@ -1115,6 +1220,72 @@ fn the_run_totals_past_the_fixed_point_limit_stop_the_run_named_as_such() {
     let one = tmp.path().join("one");
     accounts_in_november(&one, &book, &["a"], large);
     succeeded(&mut cmd("reconcile", &one, &tmp.path().join("one-out")));
+}
+
+/// Which sum an overflow names: two accounts' charges that fit each account but not their
+/// bucket's credits by product are the run's totals (not the account whose event came
+/// second); one account whose recorded credits minus expected ones pass the range is that
+/// account, not the run.
+#[test]
+fn an_overflow_names_the_sum_it_happened_in() {
+    use tally::amount::Milli;
+    use tally::time::parse_instant;
+    use tally::write::{write_parquet, Table};
+    let tmp = tempfile::tempdir().unwrap();
+    let t = |s: &str| parse_instant(s).unwrap();
+    let book = "currency = \"USD\"\n\
+         [plans.max]\nprice = \"24.99\"\nincluded_credits = \"500\"\n\
+         overage = { price_per_credit = \"0.05\" }\n\
+         [[rates]]\nproduct = \"studio\"\naction = \"prompt_to_video\"\nunit = \"second\"\n\
+         credits_per_unit = \"8\"\neffective_from = 2026-01-01T00:00:00Z\n";
+    // 75,000,000,000,000 s at 8 credits: 6 × 10^14 credits, within range alone.
+    let seconds = Milli(75_000_000_000_000_000);
+    let usage = |rows: &[(&str, &str)]| {
+        Table::default()
+            .str("event_id", rows.iter().map(|r| r.0))
+            .str("account_id", rows.iter().map(|r| r.1))
+            .str("product", rows.iter().map(|_| "studio"))
+            .str("action", rows.iter().map(|_| "prompt_to_video"))
+            .opt_str("model", rows.iter().map(|_| None))
+            .credits("quantity", rows.iter().map(|_| seconds))
+            .str("status", rows.iter().map(|_| "succeeded"))
+            .ts(
+                "occurred_at",
+                rows.iter().map(|_| t("2026-11-10T00:00:00Z")),
+            )
+            .opt_ts("ingested_at", rows.iter().map(|_| None))
+            .finish()
+    };
+    let two = tmp.path().join("two");
+    accounts_in_november(&two, book, &["a", "b"], Milli(500_000));
+    write_parquet(
+        &two.join("usage/part-0.parquet"),
+        &usage(&[("e-a", "a"), ("e-b", "b")]),
+    )
+    .unwrap();
+    let out = cmd("reconcile", &two, &tmp.path().join("two-out"))
+        .output()
+        .unwrap();
+    assert_sum_overflow(&out, "the run's totals over every account");
+
+    // One account: a 6 × 10^14 charge and a refund of as much, so that recorded − expected
+    // is −1.2 × 10^15.
+    let one = tmp.path().join("one");
+    accounts_in_november(&one, book, &["a"], Milli(500_000));
+    write_parquet(&one.join("usage/part-0.parquet"), &usage(&[("e-a", "a")])).unwrap();
+    let refund = Table::default()
+        .str("entry_id", ["r-1"])
+        .str("account_id", ["a"])
+        .opt_str("event_id", [None])
+        .str("kind", ["refund"])
+        .credits("credits", [Milli(600_000_000_000_000_000)])
+        .ts("recorded_at", [t("2026-11-11T00:00:00Z")])
+        .finish();
+    write_parquet(&one.join("debits/part-0.parquet"), &refund).unwrap();
+    let out = cmd("reconcile", &one, &tmp.path().join("one-out"))
+        .output()
+        .unwrap();
+    assert_sum_overflow(&out, "account \"a\" over the run's periods");
 }
 
 /// A usage row whose quantity costs 10^15 credits or more at its rate is valid input
