@@ -74,14 +74,19 @@ pub fn spill_dir() -> Result<SpillDir> {
         .prefix(&format!("{SPILL_PREFIX}{}-", std::process::id()))
         .tempdir_in(&tmp)
         .map_err(|e| TallyError::write(&tmp, e))?;
+    // Locked under another name, then renamed into place (the lock stays with the file):
+    // another run's sweep must never find an `owner.lock` not yet locked, take its lock and
+    // remove a live folder.
+    let making = dir.path().join(format!("{OWNER_LOCK}.new"));
     let lock = dir.path().join(OWNER_LOCK);
-    let owner = File::create(&lock).map_err(|e| TallyError::write(&lock, e))?;
+    let owner = File::create(&making).map_err(|e| TallyError::write(&making, e))?;
     owner.try_lock().map_err(|e| match e {
-        std::fs::TryLockError::Error(e) => TallyError::write(&lock, e),
+        std::fs::TryLockError::Error(e) => TallyError::write(&making, e),
         std::fs::TryLockError::WouldBlock => {
-            TallyError::Invariant(format!("{} is locked as it is made", lock.display()))
+            TallyError::Invariant(format!("{} is locked as it is made", making.display()))
         }
     })?;
+    std::fs::rename(&making, &lock).map_err(|e| TallyError::write(&lock, e))?;
     if !crate::interrupt::remember(dir.path().to_path_buf()) {
         // Dropped: the folder goes with it.
         return Err(crate::interrupt::interrupted());
@@ -941,6 +946,28 @@ mod tests {
             Ok(_) => panic!("a corrupt spill file was read"),
             Err(e) => e.to_string(),
         }
+    }
+
+    /// Another run's sweep beside folders being made (here a thread sweeping without the
+    /// process's own guard, as another process would) never takes a live folder's lock or
+    /// removes it: the lock file is locked before it has its name.
+    #[test]
+    fn a_sweep_beside_folders_being_made_never_takes_a_live_one() {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        let stop = Arc::new(AtomicBool::new(false));
+        let sweeping = Arc::clone(&stop);
+        let sweeper = std::thread::spawn(move || {
+            while !sweeping.load(Ordering::Relaxed) {
+                remove_orphans(&std::env::temp_dir(), false);
+            }
+        });
+        for _ in 0..5_000 {
+            let dir = spill_dir().unwrap();
+            assert!(dir.path().join(OWNER_LOCK).is_file());
+        }
+        stop.store(true, Ordering::Relaxed);
+        sweeper.join().unwrap();
     }
 
     /// Folders named with this process's pid are cleaned only before its first spill
