@@ -3,7 +3,7 @@
 
 use crate::common::*;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const AS_OF: &str = "2026-11-20T00:00:00Z";
@@ -34,12 +34,7 @@ fn leftovers(parent: &Path) -> Vec<String> {
 fn discrepancies_above_the_job_threshold_exit_1_after_publishing() {
     let tmp = tempfile::tempdir().unwrap();
     let data = generated(tmp.path(), 5_000);
-    let job = tmp.path().join("job.toml");
-    std::fs::write(
-        &job,
-        "command = \"reconcile\"\ndata = \"data\"\nout = \"out\"\nas_of = \"2026-11-20T00:00:00Z\"\n[alert]\nmax_discrepancies = 10\n",
-    )
-    .unwrap();
+    let job = write_job(tmp.path(), "job.toml", "command = \"reconcile\"\ndata = \"data\"\nout = \"out\"\nas_of = \"2026-11-20T00:00:00Z\"\n[alert]\nmax_discrepancies = 10\n");
     let out = tally(&["reconcile", "--job", job.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
@@ -300,27 +295,13 @@ fn unknown_or_malformed_flags_are_one_line_and_exit_2() {
 #[test]
 fn a_job_file_for_the_other_command_is_refused_with_exit_2() {
     let tmp = tempfile::tempdir().unwrap();
-    let job = tmp.path().join("job.toml");
-    std::fs::write(
-        &job,
+    let job = write_job(
+        tmp.path(),
+        "job.toml",
         "command = \"close\"\ndata = \"data\"\nout = \"out\"\n",
-    )
-    .unwrap();
-    let out = tally(&[
-        "reconcile",
-        "--job",
-        job.to_str().unwrap(),
-        "--as-of",
-        AS_OF,
-    ]);
-    assert_eq!(out.status.code(), Some(2));
-    assert_eq!(
-        stderr(&out),
-        format!(
-            "tally: {}: this job file is for `close`, not `reconcile`\n",
-            job.display()
-        )
     );
+    let out = with_job("reconcile", &job, AS_OF);
+    assert_refused_naming(&out, &job, "this job file is for `close`, not `reconcile`");
 }
 
 #[test]
@@ -380,49 +361,27 @@ fn next(state: &mut u64) -> u64 {
 fn a_close_that_closes_nothing_alerts_with_min_invoices() {
     let tmp = tempfile::tempdir().unwrap();
     let _data = generated(tmp.path(), 2_000);
-    let job = tmp.path().join("close.toml");
-    std::fs::write(
-        &job,
-        "command = \"close\"\ndata = \"data\"\nout = \"closes/{as_of_date}\"\n[alert]\nmin_invoices = 1\n",
-    )
-    .unwrap();
-    let early = tally(&["close", "--job", job.to_str().unwrap(), "--as-of", AS_OF]);
+    let job = write_job(tmp.path(), "close.toml", "command = \"close\"\ndata = \"data\"\nout = \"closes/{as_of_date}\"\n[alert]\nmin_invoices = 1\n");
+    let early = with_job("close", &job, AS_OF);
     assert_eq!(early.status.code(), Some(1), "{}", stderr(&early));
     assert_eq!(
         stderr(&early),
         "tally: alert: only 0 invoices, fewer than the alert minimum of 1 (an as-of before every \
          period's end, or a data root without the month?)\n"
     );
-    let due = tally(&[
-        "close",
-        "--job",
-        job.to_str().unwrap(),
-        "--as-of",
-        CLOSE_AS_OF,
-    ]);
+    let due = with_job("close", &job, CLOSE_AS_OF);
     assert_eq!(due.status.code(), Some(0), "{}", stderr(&due));
 
-    let nightly = tmp.path().join("nightly.toml");
-    std::fs::write(
-        &nightly,
+    let nightly = write_job(
+        tmp.path(),
+        "nightly.toml",
         "command = \"reconcile\"\ndata = \"data\"\nout = \"nightly\"\n[alert]\nmin_invoices = 1\n",
-    )
-    .unwrap();
-    let refused = tally(&[
-        "reconcile",
-        "--job",
-        nightly.to_str().unwrap(),
-        "--as-of",
-        AS_OF,
-    ]);
-    assert_eq!(refused.status.code(), Some(2));
-    assert_eq!(
-        stderr(&refused),
-        format!(
-            "tally: {}: alert.min_invoices = \"1\" is a close setting; a reconcile writes no \
-             invoices: remove it from this job file\n",
-            nightly.display()
-        )
+    );
+    assert_refused_naming(
+        &with_job("reconcile", &nightly, AS_OF),
+        &nightly,
+        "alert.min_invoices = \"1\" is a close setting; a reconcile writes no invoices: \
+         remove it from this job file",
     );
     assert!(!tmp.path().join("nightly").exists());
 }
@@ -433,28 +392,16 @@ fn a_close_that_closes_nothing_alerts_with_min_invoices() {
 fn an_unknown_placeholder_in_out_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let data = generated(tmp.path(), 2_000);
-    let job = tmp.path().join("close.toml");
-    std::fs::write(
-        &job,
+    let job = write_job(
+        tmp.path(),
+        "close.toml",
         "command = \"close\"\ndata = \"data\"\nout = \"closes/{asof}\"\n",
-    )
-    .unwrap();
-    let out = tally(&[
-        "close",
-        "--job",
-        job.to_str().unwrap(),
-        "--as-of",
-        CLOSE_AS_OF,
-    ]);
-    assert_eq!(out.status.code(), Some(2));
-    assert_eq!(
-        stderr(&out),
-        format!(
-            "tally: {}: out \"closes/{{asof}}\" holds \"{{asof}}\", which is not a placeholder: \
-             use {{as_of}} (e.g. 20261201T000000Z) or {{as_of_date}} (2026-12-01), and no other \
-             braces\n",
-            job.display()
-        )
+    );
+    assert_refused_naming(
+        &with_job("close", &job, CLOSE_AS_OF),
+        &job,
+        "out \"closes/{asof}\" holds \"{asof}\", which is not a placeholder: use {as_of} (e.g. \
+         20261201T000000Z) or {as_of_date} (2026-12-01), and no other braces",
     );
     let flag_out = tmp.path().join("x-{as_of_dat}");
     let out = cmd("reconcile", &data, &flag_out).output().unwrap();
@@ -566,6 +513,28 @@ fn io_failures_say_what_to_do() {
     assert_eq!(out.status.code(), Some(4));
 }
 
+/// A job file `name` in `dir` holding `text`; its path.
+fn write_job(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let job = dir.join(name);
+    std::fs::write(&job, text).unwrap();
+    job
+}
+
+/// A run refused as bad configuration (exit 2) with one line naming `file` and saying
+/// `message`.
+fn assert_refused_naming(out: &Output, file: &Path, message: &str) {
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(out));
+    assert_eq!(
+        stderr(out),
+        format!("tally: {}: {message}\n", file.display())
+    );
+}
+
+/// `tally COMMAND --job JOB --as-of AS_OF`, run.
+fn with_job(command: &str, job: &Path, as_of: &str) -> Output {
+    tally(&[command, "--job", job.to_str().unwrap(), "--as-of", as_of])
+}
+
 /// The `tally-spill-*` folders in `tmpdir`.
 fn spill_folders(tmpdir: &Path) -> Vec<String> {
     std::fs::read_dir(tmpdir)
@@ -573,6 +542,20 @@ fn spill_folders(tmpdir: &Path) -> Vec<String> {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with("tally-spill-"))
         .collect()
+}
+
+/// Send `signal` to `child` once it has a spill folder in `tmpdir` (past its light pass).
+fn signal_when_spilling(child: &std::process::Child, tmpdir: &Path, signal: i32) {
+    let started = Instant::now();
+    while spill_folders(tmpdir).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no spill folder appeared"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // SAFETY: the pid is our own child's, not yet waited for.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
 }
 
 /// SIGTERM and SIGINT while a split run spills: the run removes its spill folder, publishes
@@ -599,16 +582,7 @@ fn an_interrupted_run_removes_its_spill_says_so_and_exits_128_plus_the_signal() 
             .spawn()
             .unwrap();
         // Signal once the spill folder exists: the run is past its light pass.
-        let started = Instant::now();
-        while spill_folders(&tmpdir).is_empty() {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "no spill folder appeared"
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        // SAFETY: the pid is our own child's, not yet waited for.
-        assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+        signal_when_spilling(&child, &tmpdir, signal);
         let ended = child.wait_with_output().unwrap();
         let message = stderr(&ended);
         assert_eq!(ended.status.code(), Some(code), "{message}");
@@ -702,16 +676,7 @@ fn a_signal_ignored_at_start_stays_ignored() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    while spill_folders(&tmpdir).is_empty() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no spill folder appeared"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    // SAFETY: the pid is our own child's, not yet waited for.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGHUP) }, 0);
+    signal_when_spilling(&child, &tmpdir, libc::SIGHUP);
     let ended = child.wait_with_output().unwrap();
     assert!(ended.status.success(), "{}", stderr(&ended));
     assert!(out.join("manifest.json").exists());
@@ -733,16 +698,7 @@ fn an_interrupted_run_without_stderr_still_ends() {
         .spawn()
         .unwrap();
     drop(child.stderr.take()); // the reader goes away
-    let started = Instant::now();
-    while spill_folders(&tmpdir).is_empty() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "no spill folder appeared"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    // SAFETY: the pid is our own child's, not yet waited for.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    signal_when_spilling(&child, &tmpdir, libc::SIGTERM);
     let waited = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -1073,21 +1029,8 @@ fn out_never_replaces_a_folder_that_is_not_a_tally_output() {
 fn job_out_placeholders_and_alerts_on_a_no_op_close_and_an_empty_window() {
     let tmp = tempfile::tempdir().unwrap();
     let _data = generated(tmp.path(), 5_000);
-    let job = tmp.path().join("close.toml");
-    std::fs::write(
-        &job,
-        "command = \"close\"\ndata = \"data\"\nout = \"closes/{as_of_date}\"\n[alert]\nmax_discrepancies = 10\n",
-    )
-    .unwrap();
-    let run = || {
-        tally(&[
-            "close",
-            "--job",
-            job.to_str().unwrap(),
-            "--as-of",
-            CLOSE_AS_OF,
-        ])
-    };
+    let job = write_job(tmp.path(), "close.toml", "command = \"close\"\ndata = \"data\"\nout = \"closes/{as_of_date}\"\n[alert]\nmax_discrepancies = 10\n");
+    let run = || with_job("close", &job, CLOSE_AS_OF);
     let first = run();
     assert_eq!(first.status.code(), Some(1), "{}", stderr(&first));
     assert!(tmp
@@ -1103,20 +1046,9 @@ fn job_out_placeholders_and_alerts_on_a_no_op_close_and_an_empty_window() {
         "tally: alert: 100 discrepancy rows exceed the alert threshold of 10\n"
     );
 
-    let nightly = tmp.path().join("nightly.toml");
-    std::fs::write(
-        &nightly,
-        "command = \"reconcile\"\ndata = \"data\"\nout = \"nightly\"\n[alert]\nmin_events_in_window = 1\n",
-    )
-    .unwrap();
+    let nightly = write_job(tmp.path(), "nightly.toml", "command = \"reconcile\"\ndata = \"data\"\nout = \"nightly\"\n[alert]\nmin_events_in_window = 1\n");
     // Past the period: no allocation covers as-of, nothing in the window.
-    let empty = tally(&[
-        "reconcile",
-        "--job",
-        nightly.to_str().unwrap(),
-        "--as-of",
-        "2026-12-05T00:00:00Z",
-    ]);
+    let empty = with_job("reconcile", &nightly, "2026-12-05T00:00:00Z");
     assert_eq!(empty.status.code(), Some(1));
     assert_eq!(
         stderr(&empty),
