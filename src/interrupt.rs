@@ -26,9 +26,8 @@ const WATCHER: &str = "tally-signals";
 static STOPPING: AtomicBool = AtomicBool::new(false);
 
 /// Folders this process is making that an interrupted run must not leave behind (spill
-/// folders, staging folders). Paths are never reused within a process, so one that is
-/// already gone (finished, published or dropped) is simply skipped when removing.
-static SCRATCH: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// folders, staging folders), forgotten once removed or published as the run goes on.
+static SCRATCH: Mutex<Remembered> = Mutex::new(Remembered::new());
 
 /// Held while an output is published, and by the watcher while it cleans up: a staging
 /// folder is either removed before its rename or renamed whole, never both at once. Holds
@@ -38,6 +37,30 @@ static PUBLISHING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 /// The most folders remembered; a process runs one job, which makes a few. Past this the
 /// oldest are forgotten (the next run's sweep still removes them).
 const MAX_SCRATCH: usize = 1024;
+
+/// A bounded list of folders to remove (at most [`MAX_SCRATCH`], oldest dropped first).
+struct Remembered {
+    folders: Vec<PathBuf>,
+}
+
+impl Remembered {
+    const fn new() -> Remembered {
+        Remembered {
+            folders: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, folder: PathBuf) {
+        if self.folders.len() == MAX_SCRATCH {
+            self.folders.remove(0);
+        }
+        self.folders.push(folder);
+    }
+
+    fn forget(&mut self, folder: &Path) {
+        self.folders.retain(|f| f != folder);
+    }
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -52,16 +75,13 @@ pub fn remember(folder: PathBuf) -> bool {
     if STOPPING.load(Ordering::SeqCst) {
         return false;
     }
-    if scratch.len() == MAX_SCRATCH {
-        scratch.remove(0);
-    }
-    scratch.push(folder);
+    scratch.add(folder);
     true
 }
 
 /// Forget `folder`: it was removed or published as the run went on.
 pub fn forget(folder: &Path) {
-    lock(&SCRATCH).retain(|f| f != folder);
+    lock(&SCRATCH).forget(folder);
 }
 
 /// The error of work refused because an interrupt is being handled (never printed: the
@@ -155,7 +175,8 @@ pub fn watch() -> std::io::Result<()> {
                     let _scratch = lock(&SCRATCH);
                     STOPPING.store(true, Ordering::SeqCst);
                 }
-                let removed = remove_remembered();
+                let folders = lock(&SCRATCH).folders.clone();
+                let removed = remove_all(&folders);
                 let _ = writeln!(std::io::stderr(), "{}", message(name, &published, removed));
                 std::process::exit(128 + signal);
             }
@@ -163,9 +184,8 @@ pub fn watch() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Remove every remembered folder; how many existed and are gone at the end.
-fn remove_remembered() -> usize {
-    let folders = lock(&SCRATCH).clone();
+/// Remove `folders`; how many existed and are gone at the end.
+fn remove_all(folders: &[PathBuf]) -> usize {
     folders
         .iter()
         .filter(|f| remove_while_written(f) == Some(true))
@@ -203,19 +223,21 @@ fn remove_while_written(folder: &Path) -> Option<bool> {
 mod tests {
     use super::*;
 
+    // The tests work on lists of their own: the process's list holds the live folders of
+    // other tests running beside them (spill folders), which they must not remove.
+
     #[test]
-    fn remembered_folders_are_removed_and_gone_ones_skipped() {
+    fn folders_are_removed_and_never_made_ones_not_counted() {
         let tmp = tempfile::tempdir().unwrap();
         let kept = tmp.path().join("kept");
         let scratch = tmp.path().join("scratch");
         std::fs::create_dir_all(scratch.join("inner")).unwrap();
         std::fs::write(scratch.join("inner/file"), b"x").unwrap();
         std::fs::create_dir(&kept).unwrap();
-        assert!(remember(scratch.clone()));
-        assert!(remember(tmp.path().join("never-made")));
-        let removed = remove_remembered();
-        assert!(removed >= 1);
+        let removed = remove_all(&[scratch.clone(), tmp.path().join("never-made")]);
+        assert_eq!(removed, 1);
         assert!(!scratch.exists());
+        assert!(!tmp.path().join("scratch.removing").exists());
         assert!(kept.exists());
     }
 
@@ -234,17 +256,17 @@ mod tests {
     }
 
     #[test]
-    fn the_list_keeps_at_most_its_limit() {
+    fn the_list_keeps_at_most_its_limit_and_forgets_on_request() {
+        let mut list = Remembered::new();
         for i in 0..MAX_SCRATCH + 1 {
-            assert!(remember(PathBuf::from(format!(
-                "/nonexistent/tally-limit-{i}"
-            ))));
+            list.add(PathBuf::from(format!("/nonexistent/tally-limit-{i}")));
         }
-        let scratch = lock(&SCRATCH);
-        assert_eq!(scratch.len(), MAX_SCRATCH);
-        assert!(!scratch.contains(&PathBuf::from("/nonexistent/tally-limit-0")));
-        assert!(scratch.contains(&PathBuf::from(format!(
-            "/nonexistent/tally-limit-{MAX_SCRATCH}"
-        ))));
+        assert_eq!(list.folders.len(), MAX_SCRATCH);
+        assert_eq!(list.folders[0], PathBuf::from("/nonexistent/tally-limit-1"));
+        let last = PathBuf::from(format!("/nonexistent/tally-limit-{MAX_SCRATCH}"));
+        assert_eq!(list.folders.last(), Some(&last));
+        list.forget(&last);
+        assert_eq!(list.folders.len(), MAX_SCRATCH - 1);
+        assert!(!list.folders.contains(&last));
     }
 }
