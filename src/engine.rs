@@ -421,7 +421,7 @@ fn process_period(
         // The mix sums a bucket's accounts together: past the range, that is the run's
         // totals, not this account-period's.
         mix.add(u, price, verdict.recorded)
-            .map_err(crate::pipeline::run_totals)?;
+            .map_err(TallyError::in_run_totals)?;
         if let Some(expected) = price.expected() {
             totals.expected_credits = totals.expected_credits.checked_add(expected)?;
         }

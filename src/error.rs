@@ -100,6 +100,16 @@ impl TallyError {
         }
     }
 
+    /// A [`TallyError::SumOverflow`] outside every account-period (which the engine names)
+    /// is one of the run's totals over all accounts.
+    pub fn in_run_totals(self) -> Self {
+        self.sum_of(
+            || "the run's totals over every account".to_string(),
+            "each data root's totals are summed on their own: run the accounts in several data \
+             roots",
+        )
+    }
+
     pub fn output(file: impl Into<String>, message: impl ToString) -> Self {
         TallyError::Output {
             file: file.into(),

@@ -388,8 +388,7 @@ fn run_account(
         groups: 1,
     };
     let quiet = Progress { interactive: false };
-    let partial =
-        pipeline::compute(&settings, inputs, &layout, &quiet).map_err(pipeline::run_totals)?;
+    let partial = pipeline::compute(&settings, inputs, &layout, &quiet)?;
     let mut traced = partial.traced.unwrap_or_default();
     let result = traced.result.take().unwrap_or_default();
     let periods = std::mem::take(&mut traced.periods);

@@ -188,18 +188,8 @@ pub fn inputs(root: &Path) -> Result<Inputs> {
 pub fn run(settings: RunSettings, progress: &Progress) -> Result<RunOutput> {
     let inputs = inputs(&settings.data)?;
     let layout = layout(&settings, &inputs, 0, 1)?;
-    let partial = compute(&settings, &inputs, &layout, progress).map_err(run_totals)?;
-    finish(settings, inputs, vec![partial]).map_err(run_totals)
-}
-
-/// A sum that overflowed outside every account-period ([`crate::engine`] names those) is
-/// one of the run's totals over all accounts.
-pub fn run_totals(e: TallyError) -> TallyError {
-    e.sum_of(
-        || "the run's totals over every account".to_string(),
-        "each data root's totals are summed on their own: run the accounts in several data \
-         roots",
-    )
+    let partial = compute(&settings, &inputs, &layout, progress)?;
+    finish(settings, inputs, vec![partial])
 }
 
 /// Rows in the files of `datasets`, from their Parquet footers (0 for unreadable files:
@@ -303,8 +293,19 @@ pub struct GroupRows {
     pub debit_ids: Ids,
 }
 
-/// Load, validate, place and process the accounts of one shard, group by group.
+/// Load, validate, place and process the accounts of one shard, group by group. A sum that
+/// overflows outside every account-period is named as the run's totals
+/// ([`TallyError::in_run_totals`]), here for every caller (a run, a shard, explain).
 pub fn compute(
+    settings: &RunSettings,
+    inputs: &Inputs,
+    layout: &Layout,
+    progress: &Progress,
+) -> Result<Partial> {
+    compute_groups(settings, inputs, layout, progress).map_err(TallyError::in_run_totals)
+}
+
+fn compute_groups(
     settings: &RunSettings,
     inputs: &Inputs,
     layout: &Layout,
@@ -999,8 +1000,18 @@ fn close_runs(
 }
 
 /// Put the partials of every shard (one for a whole run) in output order, check the
-/// run's invariants and return what `write` needs.
+/// run's invariants and return what `write` needs. Its sums are the run's totals
+/// ([`TallyError::in_run_totals`]), for a run and a merge alike.
 pub fn finish(settings: RunSettings, inputs: Inputs, partials: Vec<Partial>) -> Result<RunOutput> {
+    order_outputs(settings, inputs, partials).map_err(TallyError::in_run_totals)
+}
+
+/// [`finish`]'s work.
+fn order_outputs(
+    settings: RunSettings,
+    inputs: Inputs,
+    partials: Vec<Partial>,
+) -> Result<RunOutput> {
     let Inputs {
         book,
         pricebook_path,

@@ -92,7 +92,7 @@ pub fn run_shard(req: &JobRequest, shard: u32, shards: u32) -> Result<JobOutcome
     let (mut partial, fingerprint) = crate::beside_fingerprint(req, &prepared.history, || {
         let inputs = pipeline::inputs(&settings.data)?;
         let layout = pipeline::layout(&settings, &inputs, shard, shards)?;
-        pipeline::compute(&settings, &inputs, &layout, &req.progress).map_err(pipeline::run_totals)
+        pipeline::compute(&settings, &inputs, &layout, &req.progress)
     })?;
     let accounts = partial.results.len() as u64;
 
@@ -535,7 +535,7 @@ pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
     }
     stage.done(n.into(), partials.len() as u64);
     let settings = job.settings(crate::history::History::default());
-    let output = pipeline::finish(settings, inputs, partials).map_err(pipeline::run_totals)?;
+    let output = pipeline::finish(settings, inputs, partials)?;
     publish_run(&job, &output, first.inputs.clone())
 }
 
