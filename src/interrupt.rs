@@ -20,9 +20,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// The watcher thread's name: a panic there must not wait for the watcher.
 const WATCHER: &str = "tally-signals";
 
-/// Set once a signal came: the watcher is removing the run's folders and will end the
-/// process. Work failing meanwhile (its spill folder gone) must not print its own error or
-/// exit first: [`wait_if_stopping`].
+/// Set once the watcher holds the publish lock and is removing the run's folders: no folder
+/// may be remembered any more ([`remember`]), and a thread panicking meanwhile (its spill
+/// folder gone) waits instead of printing ([`wait_if_stopping`]). The main thread's own
+/// exit goes through [`claim_exit`].
 static STOPPING: AtomicBool = AtomicBool::new(false);
 
 /// Folders this process is making that an interrupted run must not leave behind (spill
@@ -90,8 +91,8 @@ pub fn interrupted() -> crate::error::TallyError {
     crate::error::TallyError::Invariant("the run is being interrupted".into())
 }
 
-/// If a signal came, never return: the watcher ends the process with its one line and exit
-/// code. Called where a failed run would print its error and exit.
+/// If a signal is being handled, never return: the watcher ends the process with its one
+/// line and exit code. The panic hook calls this (a worker's panic must not print first).
 pub fn wait_if_stopping() {
     if std::thread::current().name() == Some(WATCHER) {
         return;
