@@ -91,6 +91,11 @@ pub fn interrupted() -> crate::error::TallyError {
     crate::error::TallyError::Invariant("the run is being interrupted".into())
 }
 
+/// Whether a signal is being handled (the watcher will end the process).
+pub fn stopping() -> bool {
+    STOPPING.load(Ordering::SeqCst)
+}
+
 /// If a signal is being handled, never return: the watcher ends the process with its one
 /// line and exit code. The panic hook calls this (a worker's panic must not print first).
 pub fn wait_if_stopping() {

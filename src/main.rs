@@ -702,14 +702,36 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         "run start"
     );
     let started = std::time::Instant::now();
-    let outcome = tally::run_job(&req)?;
-    let code = report(&out, &format!("{} published", mode.name()), mode, outcome)?;
-    tracing::info!(
-        exit_code = code,
-        duration_ms = started.elapsed().as_millis() as u64,
-        "run done"
-    );
-    Ok(code)
+    let ended = tally::run_job(&req)
+        .map_err(anyhow::Error::from)
+        .and_then(|outcome| report(&out, &format!("{} published", mode.name()), mode, outcome));
+    log_run_done(&ended, started.elapsed());
+    ended
+}
+
+/// The `run done` log line, for a failed run too (with its error, as stderr's last line
+/// says it), so that a log collector sees how every started run ended. Not when a signal
+/// is ending the run: the watcher's line says that.
+fn log_run_done(ended: &anyhow::Result<u8>, took: std::time::Duration) {
+    if tally::interrupt::stopping() {
+        return;
+    }
+    let duration_ms = took.as_millis() as u64;
+    match ended {
+        Ok(code) => tracing::info!(exit_code = code, duration_ms, "run done"),
+        Err(e) => tracing::info!(
+            exit_code = exit_code_of(e),
+            duration_ms,
+            error = %one_line(e),
+            "run done"
+        ),
+    }
+}
+
+/// The exit code of a failed command (README, "Exit codes"): its [`TallyError`]'s, else 4.
+fn exit_code_of(e: &anyhow::Error) -> u8 {
+    e.downcast_ref::<TallyError>()
+        .map_or(4, |t| t.exit_code() as u8)
 }
 
 /// One line on stdout for how a run ended; the exit code (1 when an alert fired).
@@ -850,9 +872,7 @@ fn main() -> ExitCode {
         Err(e) => {
             // Failed because an interrupt is removing its folders: the watcher says so.
             tally::interrupt::claim_exit();
-            let code = e
-                .downcast_ref::<TallyError>()
-                .map_or(4, |t| t.exit_code() as u8);
+            let code = exit_code_of(&e);
             err_line!("tally: {}", one_line(&e));
             ExitCode::from(code)
         }

@@ -513,6 +513,40 @@ fn io_failures_say_what_to_do() {
     assert_eq!(out.status.code(), Some(4));
 }
 
+/// A failed run logs `run done` too, with its exit code and the error stderr's last line
+/// gives (a log collector sees how every started run ended); a successful one has no error.
+#[test]
+fn a_failed_run_logs_how_it_ended() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = generated(tmp.path(), 2_000);
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, b"not a folder").unwrap();
+    let run_done = |out: &Path| {
+        let output = cmd("reconcile", &data, out)
+            .env("TALLY_LOG", "info")
+            .args(["--log-format", "json"])
+            .output()
+            .unwrap();
+        let log = stderr(&output);
+        let done = (log.lines())
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["fields"]["message"] == "run done")
+            .unwrap_or_else(|| panic!("no run done line: {log}"));
+        (output, log, done["fields"].clone())
+    };
+    let (output, log, done) = run_done(&file.join("out"));
+    assert_eq!(output.status.code(), Some(4));
+    assert_eq!(done["exit_code"], 4);
+    let last = log.lines().last().unwrap();
+    assert_eq!(format!("tally: {}", done["error"].as_str().unwrap()), last);
+    assert!(last.contains("a part of the path is a file"), "{log}");
+
+    let (output, _, done) = run_done(&tmp.path().join("out"));
+    assert!(output.status.success());
+    assert_eq!(done["exit_code"], 0);
+    assert!(done.get("error").is_none(), "{done}");
+}
+
 /// A job file `name` in `dir` holding `text`; its path.
 fn write_job(dir: &Path, name: &str, text: &str) -> PathBuf {
     let job = dir.join(name);
