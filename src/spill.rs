@@ -51,8 +51,21 @@ impl SpillDir {
 
 impl Drop for SpillDir {
     /// The folder goes (with the `TempDir` dropped after this), so an interrupt need not.
+    /// Its lock file is removed last: a run killed while removing the folder leaves it
+    /// with an `owner.lock` no one holds, or empty, both of which the next run's sweep
+    /// removes at once ([`remove_orphans`]).
     fn drop(&mut self) {
-        crate::interrupt::forget(self.dir.path());
+        let path = self.dir.path();
+        if let Ok(entries) = std::fs::read_dir(path) {
+            for entry in entries.flatten().filter(|e| e.file_name() != OWNER_LOCK) {
+                let _ = match entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    true => std::fs::remove_dir_all(entry.path()),
+                    false => std::fs::remove_file(entry.path()),
+                };
+            }
+        }
+        let _ = std::fs::remove_file(path.join(OWNER_LOCK));
+        crate::interrupt::forget(path);
     }
 }
 
@@ -70,26 +83,56 @@ pub fn spill_dir() -> Result<SpillDir> {
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     remove_orphans(&tmp, !*made_one);
     *made_one = true;
+    // A run in another pid namespace sharing `$TMPDIR` sees our pid as gone, and may sweep
+    // the folder in the moment before its lock is in place (an empty folder of a gone
+    // pid is a killed run's): then make another.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match make_spill_dir(&tmp) {
+            Err(MakeError::Swept(_)) if attempts < MAKE_ATTEMPTS => continue,
+            Err(MakeError::Swept(e) | MakeError::Failed(e)) => return Err(e),
+            Ok(dir) => return Ok(dir),
+        }
+    }
+}
+
+/// How many times [`spill_dir`] makes a folder that other runs' sweeps keep removing.
+const MAKE_ATTEMPTS: u32 = 8;
+
+enum MakeError {
+    /// The folder was removed while being made (by another run's sweep).
+    Swept(TallyError),
+    Failed(TallyError),
+}
+
+fn make_spill_dir(tmp: &Path) -> std::result::Result<SpillDir, MakeError> {
     let dir = tempfile::Builder::new()
         .prefix(&format!("{SPILL_PREFIX}{}-", std::process::id()))
-        .tempdir_in(&tmp)
-        .map_err(|e| TallyError::write(&tmp, e))?;
+        .tempdir_in(tmp)
+        .map_err(|e| MakeError::Failed(TallyError::write(tmp, e)))?;
+    let failed = |path: &Path, e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::NotFound => MakeError::Swept(TallyError::write(path, e)),
+        _ => MakeError::Failed(TallyError::write(path, e)),
+    };
     // Locked under another name, then renamed into place (the lock stays with the file):
     // another run's sweep must never find an `owner.lock` not yet locked, take its lock and
     // remove a live folder.
     let making = dir.path().join(format!("{OWNER_LOCK}.new"));
     let lock = dir.path().join(OWNER_LOCK);
-    let owner = File::create(&making).map_err(|e| TallyError::write(&making, e))?;
+    let owner = File::create(&making).map_err(|e| failed(&making, e))?;
     owner.try_lock().map_err(|e| match e {
-        std::fs::TryLockError::Error(e) => TallyError::write(&making, e),
-        std::fs::TryLockError::WouldBlock => {
-            TallyError::Invariant(format!("{} is locked as it is made", making.display()))
-        }
+        std::fs::TryLockError::Error(e) => failed(&making, e),
+        // Another run's sweep holds it, and is removing the folder.
+        std::fs::TryLockError::WouldBlock => MakeError::Swept(TallyError::Invariant(format!(
+            "{} is locked by another run as it is made",
+            making.display()
+        ))),
     })?;
-    std::fs::rename(&making, &lock).map_err(|e| TallyError::write(&lock, e))?;
+    std::fs::rename(&making, &lock).map_err(|e| failed(&lock, e))?;
     if !crate::interrupt::remember(dir.path().to_path_buf()) {
         // Dropped: the folder goes with it.
-        return Err(crate::interrupt::interrupted());
+        return Err(MakeError::Failed(crate::interrupt::interrupted()));
     }
     Ok(SpillDir { dir, _owner: owner })
 }
@@ -107,9 +150,12 @@ pub fn sweep_orphans() {
 /// Remove the `tally-spill-*` folders no live run holds (best effort). A folder's run holds
 /// its [`OWNER_LOCK`] locked, so a lock that can be taken is a dead run's, whatever the pid
 /// in the name says: runs in other pid namespaces (containers sharing `$TMPDIR`, each run
-/// pid 1) see each other's pids as gone. A folder without the lock file (being made right
-/// now, or left by an older tally) falls back to the pid: gone, and the folder older than a
-/// minute; with `own_pid_is_stale`, named with this process's pid (pids are reused).
+/// pid 1) see each other's pids as gone. A folder without the lock file falls back to the
+/// pid (gone; with `own_pid_is_stale`, named with this process's pid, as pids are reused):
+/// then it goes if it is older than a minute (an older tally's), or if it holds nothing but
+/// an `owner.lock.new` no one holds ([`remove_unmade`]: a run killed while making or
+/// removing it; a live run in another pid namespace caught making it makes another, see
+/// [`spill_dir`]).
 fn remove_orphans(tmp: &Path, own_pid_is_stale: bool) {
     let Ok(entries) = std::fs::read_dir(tmp) else {
         return;
@@ -128,17 +174,46 @@ fn remove_orphans(tmp: &Path, own_pid_is_stale: bool) {
             Ok(lock) => lock.try_lock().is_ok(),
             Err(_) => {
                 let own = pid == std::process::id() as i32;
+                let gone = match own {
+                    true => own_pid_is_stale,
+                    false => !process_alive(pid),
+                };
                 let old = entry
                     .metadata()
                     .and_then(|m| m.modified())
                     .is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() > 60));
-                (own && own_pid_is_stale) || (!own && !process_alive(pid) && old)
+                if gone && !own && !old {
+                    remove_unmade(&folder);
+                    continue;
+                }
+                gone
             }
         };
         if stale {
             let _ = std::fs::remove_dir_all(&folder);
         }
     }
+}
+
+/// Remove a folder that holds nothing, or nothing but an `owner.lock.new` no one holds: its
+/// run was killed before its lock was in place, or after it was removed (it goes last).
+/// The `.new` file's lock is held while the folder is removed, and the folder is removed
+/// only if empty, so that a run making it meanwhile fails to lock it or finds it gone, and
+/// makes another, rather than losing a folder it uses.
+fn remove_unmade(folder: &Path) {
+    let making = folder.join(format!("{OWNER_LOCK}.new"));
+    let _held = match File::open(&making) {
+        Ok(file) => match file.try_lock() {
+            Ok(()) => {
+                let _ = std::fs::remove_file(&making);
+                Some(file)
+            }
+            Err(_) => return,
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(_) => return,
+    };
+    let _ = std::fs::remove_dir(folder);
 }
 
 fn process_alive(pid: i32) -> bool {
@@ -968,6 +1043,46 @@ mod tests {
         }
         stop.store(true, Ordering::Relaxed);
         sweeper.join().unwrap();
+    }
+
+    /// A spill folder goes whole when dropped, whatever it holds (its lock file last).
+    #[test]
+    fn a_dropped_spill_folder_is_removed_whole() {
+        let dir = spill_dir().unwrap();
+        let path = dir.path().to_path_buf();
+        std::fs::create_dir(path.join("nested")).unwrap();
+        std::fs::write(path.join("nested/a.bin"), b"a").unwrap();
+        std::fs::write(path.join("b.bin"), b"b").unwrap();
+        drop(dir);
+        assert!(!path.exists());
+    }
+
+    /// An unmade folder goes only when it is empty, or holds nothing but an
+    /// `owner.lock.new` no one holds.
+    #[test]
+    fn only_unmade_folders_are_removed_as_unmade() {
+        let tmp = tempfile::tempdir().unwrap();
+        let making = |name: &str, files: &[&str]| {
+            let folder = tmp.path().join(name);
+            std::fs::create_dir(&folder).unwrap();
+            for file in files {
+                std::fs::write(folder.join(file), b"").unwrap();
+            }
+            folder
+        };
+        let empty = making("empty", &[]);
+        let unheld = making("unheld", &["owner.lock.new"]);
+        let held = making("held", &["owner.lock.new"]);
+        let lock = File::open(held.join("owner.lock.new")).unwrap();
+        lock.lock().unwrap();
+        let in_use = making("in-use", &["usage-1.bin"]);
+        for folder in [&empty, &unheld, &held, &in_use] {
+            remove_unmade(folder);
+        }
+        assert!(!empty.exists());
+        assert!(!unheld.exists());
+        assert!(held.join("owner.lock.new").exists());
+        assert!(in_use.join("usage-1.bin").exists());
     }
 
     /// Folders named with this process's pid are cleaned only before its first spill

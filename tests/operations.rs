@@ -647,7 +647,9 @@ fn an_interrupted_run_removes_its_spill_says_so_and_exits_128_plus_the_signal() 
 /// that does not split. A run holds its folder's `owner.lock` locked, so liveness does not
 /// rest on the pid in the name (runs in other pid namespaces sharing `$TMPDIR` see each
 /// other's pids as gone): a folder whose lock is held stays, whatever its pid says. A
-/// folder without the lock file (an older tally's) goes by its pid, once a minute old.
+/// folder without the lock file goes by its pid: at once if it is empty or holds only an
+/// `owner.lock.new` no one holds (a run killed while making or removing it), else once a
+/// minute old (an older tally's).
 #[test]
 fn every_run_removes_the_spill_folders_of_killed_runs() {
     let tmp = tempfile::tempdir().unwrap();
@@ -672,7 +674,25 @@ fn every_run_removes_the_spill_folders_of_killed_runs() {
         .set_modified(two_hours_ago)
         .unwrap();
     let (new_lockless, _) = folder(2_147_483_395, false);
+    let unmade = |pid: u32, making: bool| {
+        let path = tmpdir.join(format!("tally-spill-{pid}-AbCdEf"));
+        std::fs::create_dir_all(&path).unwrap();
+        let file = making.then(|| std::fs::File::create(path.join("owner.lock.new")).unwrap());
+        (path, file)
+    };
+    let (empty, _) = unmade(2_147_483_396, false);
+    let (killed_making, _) = unmade(2_147_483_397, true);
+    // Being made by a live run in another pid namespace: it holds the lock.
+    let (being_made, making) = unmade(2_147_483_398, true);
+    making.as_ref().unwrap().lock().unwrap();
     succeeded(cmd("reconcile", &data, &tmp.path().join("out")).env("TMPDIR", &tmpdir));
+    assert!(!empty.exists(), "an empty folder of a gone run was kept");
+    assert!(
+        !killed_making.exists(),
+        "a folder whose making was killed was kept"
+    );
+    assert!(being_made.exists(), "a folder being made was removed");
+    drop(making);
     assert!(!dead.exists());
     assert!(
         elsewhere.exists(),
