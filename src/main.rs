@@ -96,7 +96,9 @@ struct SourceArgs {
     #[arg(long)]
     as_of: Option<String>,
     /// Events this recent without ledger entries are pending, not missing (15m, 900s, 1h).
-    #[arg(long)]
+    // A value may start with '-', so that `--settle -5m` is refused as a duration, not as
+    // an unknown flag `-5`.
+    #[arg(long, allow_hyphen_values = true)]
     settle: Option<String>,
 }
 

@@ -122,18 +122,24 @@ fn a_bad_setting_names_the_job_file_key_or_the_flag_it_came_from() {
         );
     }
     std::fs::write(&job, job_text("")).unwrap();
-    let out = tally(&[
-        "reconcile",
-        "--job",
-        job.to_str().unwrap(),
-        "--settle",
-        "soon",
-    ]);
-    assert_eq!(out.status.code(), Some(2));
-    assert_eq!(
-        stderr(&out),
-        "tally: command line: --settle soon is not a duration such as 15m, 900s or 1h\n"
-    );
+    // A negative window is refused as a duration too (not as an unknown flag `-5`).
+    for settle in ["soon", "-5m"] {
+        let out = tally(&[
+            "reconcile",
+            "--job",
+            job.to_str().unwrap(),
+            "--settle",
+            settle,
+        ]);
+        assert_eq!(out.status.code(), Some(2));
+        assert_eq!(
+            stderr(&out),
+            format!(
+                "tally: command line: --settle {settle} is not a duration such as 15m, 900s or \
+                 1h\n"
+            )
+        );
+    }
     // `history` belongs to a close: a reconcile job holding it is refused, not obeyed, by
     // the run and by `explain` of that job alike.
     std::fs::write(&job, job_text("history = \"closes\"\n")).unwrap();
