@@ -39,23 +39,23 @@ const OWNER_LOCK: &str = "owner.lock";
 /// A spill folder, and the lock on its [`OWNER_LOCK`] that tells other runs it is live
 /// (removed with the folder when dropped).
 pub struct SpillDir {
-    dir: tempfile::TempDir,
-    _owner: File,
+    path: PathBuf,
+    /// `None` only while the folder is being made.
+    owner: Option<File>,
 }
 
 impl SpillDir {
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        &self.path
     }
 }
 
 impl Drop for SpillDir {
-    /// The folder goes (with the `TempDir` dropped after this), so an interrupt need not.
-    /// Its lock file is removed last: a run killed while removing the folder leaves it
-    /// with an `owner.lock` no one holds, or empty, both of which the next run's sweep
-    /// removes at once ([`remove_orphans`]).
+    /// The folder goes, so an interrupt need not. Its lock file is removed last: a run
+    /// killed while removing the folder leaves it with an `owner.lock` no one holds, or
+    /// empty, both of which the next run's sweep removes at once ([`remove_orphans`]).
     fn drop(&mut self) {
-        let path = self.dir.path();
+        let path = &self.path;
         if let Ok(entries) = std::fs::read_dir(path) {
             for entry in entries.flatten().filter(|e| e.file_name() != OWNER_LOCK) {
                 let _ = match entry.file_type().is_ok_and(|t| t.is_dir()) {
@@ -65,6 +65,8 @@ impl Drop for SpillDir {
             }
         }
         let _ = std::fs::remove_file(path.join(OWNER_LOCK));
+        let _ = std::fs::remove_dir(path);
+        drop(self.owner.take());
         crate::interrupt::forget(path);
     }
 }
@@ -83,58 +85,82 @@ pub fn spill_dir() -> Result<SpillDir> {
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     remove_orphans(&tmp, !*made_one);
     *made_one = true;
-    // A run in another pid namespace sharing `$TMPDIR` sees our pid as gone, and may sweep
-    // the folder in the moment before its lock is in place (an empty folder of a gone
-    // pid is a killed run's): then make another.
+    // Made again when its name is taken (a run of the same pid in another pid namespace
+    // sharing `$TMPDIR`), or when such a run's sweep removes it in the moment before its
+    // lock is in place (it sees our pid as gone, and an empty folder of a gone pid as a
+    // killed run's).
     let mut attempts = 0;
     loop {
         attempts += 1;
         match make_spill_dir(&tmp) {
-            Err(MakeError::Swept(_)) if attempts < MAKE_ATTEMPTS => continue,
-            Err(MakeError::Swept(e) | MakeError::Failed(e)) => return Err(e),
+            Err(MakeError::Again(_)) if attempts < MAKE_ATTEMPTS => continue,
+            Err(MakeError::Again(e) | MakeError::Failed(e)) => return Err(e),
             Ok(dir) => return Ok(dir),
         }
     }
 }
 
-/// How many times [`spill_dir`] makes a folder that other runs' sweeps keep removing.
+/// How many times [`spill_dir`] makes a folder that other runs keep taking.
 const MAKE_ATTEMPTS: u32 = 8;
 
 enum MakeError {
-    /// The folder was removed while being made (by another run's sweep).
-    Swept(TallyError),
+    /// The folder's name was taken, or the folder removed while being made (by another
+    /// run's sweep): make another.
+    Again(TallyError),
     Failed(TallyError),
 }
 
+/// A name no earlier spill folder of this process had: the time and a count.
+fn unique_suffix() -> String {
+    static MADE: AtomicU64 = AtomicU64::new(0);
+    let count = MADE.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{nanos:08x}{count:x}")
+}
+
 fn make_spill_dir(tmp: &Path) -> std::result::Result<SpillDir, MakeError> {
-    let dir = tempfile::Builder::new()
-        .prefix(&format!("{SPILL_PREFIX}{}-", std::process::id()))
-        .tempdir_in(tmp)
-        .map_err(|e| MakeError::Failed(TallyError::write(tmp, e)))?;
+    let path = tmp.join(format!(
+        "{SPILL_PREFIX}{}-{}",
+        std::process::id(),
+        unique_suffix()
+    ));
+    // Remembered before it is made: an interrupt then either removes it (in rounds, for a
+    // folder being made) or stops us first, and never ends the process with it half made.
+    if !crate::interrupt::remember(path.clone()) {
+        return Err(MakeError::Failed(crate::interrupt::interrupted()));
+    }
+    if let Err(e) = std::fs::create_dir(&path) {
+        crate::interrupt::forget(&path);
+        return Err(match e.kind() {
+            std::io::ErrorKind::AlreadyExists => MakeError::Again(TallyError::write(&path, e)),
+            _ => MakeError::Failed(TallyError::write(tmp, e)),
+        });
+    }
+    // Dropped on any failure below: the folder goes with it.
+    let mut dir = SpillDir { path, owner: None };
     let failed = |path: &Path, e: std::io::Error| match e.kind() {
-        std::io::ErrorKind::NotFound => MakeError::Swept(TallyError::write(path, e)),
+        std::io::ErrorKind::NotFound => MakeError::Again(TallyError::write(path, e)),
         _ => MakeError::Failed(TallyError::write(path, e)),
     };
     // Locked under another name, then renamed into place (the lock stays with the file):
     // another run's sweep must never find an `owner.lock` not yet locked, take its lock and
     // remove a live folder.
-    let making = dir.path().join(format!("{OWNER_LOCK}.new"));
-    let lock = dir.path().join(OWNER_LOCK);
+    let making = dir.path.join(format!("{OWNER_LOCK}.new"));
+    let lock = dir.path.join(OWNER_LOCK);
     let owner = File::create(&making).map_err(|e| failed(&making, e))?;
     owner.try_lock().map_err(|e| match e {
         std::fs::TryLockError::Error(e) => failed(&making, e),
         // Another run's sweep holds it, and is removing the folder.
-        std::fs::TryLockError::WouldBlock => MakeError::Swept(TallyError::Invariant(format!(
+        std::fs::TryLockError::WouldBlock => MakeError::Again(TallyError::Invariant(format!(
             "{} is locked by another run as it is made",
             making.display()
         ))),
     })?;
     std::fs::rename(&making, &lock).map_err(|e| failed(&lock, e))?;
-    if !crate::interrupt::remember(dir.path().to_path_buf()) {
-        // Dropped: the folder goes with it.
-        return Err(MakeError::Failed(crate::interrupt::interrupted()));
-    }
-    Ok(SpillDir { dir, _owner: owner })
+    dir.owner = Some(owner);
+    Ok(dir)
 }
 
 /// Remove the spill folders of runs that were killed (their process is gone), at the start
