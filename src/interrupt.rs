@@ -91,11 +91,6 @@ pub fn interrupted() -> crate::error::TallyError {
     crate::error::TallyError::Invariant("the run is being interrupted".into())
 }
 
-/// Whether a signal is being handled (the watcher will end the process).
-pub fn stopping() -> bool {
-    STOPPING.load(Ordering::SeqCst)
-}
-
 /// If a signal is being handled, never return: the watcher ends the process with its one
 /// line and exit code. The panic hook calls this (a worker's panic must not print first).
 pub fn wait_if_stopping() {
@@ -107,11 +102,13 @@ pub fn wait_if_stopping() {
     }
 }
 
-/// Called by the binary just before it exits on its own: a signal that comes after this
-/// waits for good (the process is ending), and one that came before has the watcher's line
-/// and exit code, never both the run's and the watcher's.
+/// Called by the binary before it says how it ended (its `run done` line, its error line)
+/// and exits on its own: a signal that comes after this waits for good (the process is
+/// ending), and one that came before has the watcher's line and exit code, never both the
+/// run's and the watcher's. Later calls return at once.
 pub fn claim_exit() {
-    std::mem::forget(publishing());
+    static CLAIMED: std::sync::Once = std::sync::Once::new();
+    CLAIMED.call_once(|| std::mem::forget(publishing()));
 }
 
 /// Hold this while renaming a staging folder into place; push the target once it is there.
@@ -215,13 +212,13 @@ fn remove_while_written(folder: &Path) -> Option<bool> {
                 Ok(()) => renamed.as_path(),
                 Err(_) => folder,
             };
-            let _ = std::fs::remove_dir_all(doomed);
+            crate::spill::remove_lock_last(doomed);
         }
         if round < 2 {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     }
-    let _ = std::fs::remove_dir_all(&renamed);
+    crate::spill::remove_lock_last(&renamed);
     existed.then(|| !folder.exists() && !renamed.exists())
 }
 

@@ -713,11 +713,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
 
 /// The `run done` log line, for a failed run too (with its error, as stderr's last line
 /// says it), so that a log collector sees how every started run ended. Not when a signal
-/// is ending the run: the watcher's line says that.
+/// is ending the run: the watcher's line says that (the exit is claimed first, so that a
+/// signal is either handled before, and this never returns, or waits for good).
 fn log_run_done(ended: &anyhow::Result<u8>, took: std::time::Duration) {
-    if tally::interrupt::stopping() {
-        return;
-    }
+    tally::interrupt::claim_exit();
     let duration_ms = took.as_millis() as u64;
     match ended {
         Ok(code) => tracing::info!(exit_code = code, duration_ms, "run done"),

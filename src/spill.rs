@@ -55,20 +55,29 @@ impl Drop for SpillDir {
     /// killed while removing the folder leaves it with an `owner.lock` no one holds, or
     /// empty, both of which the next run's sweep removes at once ([`remove_orphans`]).
     fn drop(&mut self) {
-        let path = &self.path;
-        if let Ok(entries) = std::fs::read_dir(path) {
-            for entry in entries.flatten().filter(|e| e.file_name() != OWNER_LOCK) {
-                let _ = match entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    true => std::fs::remove_dir_all(entry.path()),
-                    false => std::fs::remove_file(entry.path()),
-                };
-            }
-        }
-        let _ = std::fs::remove_file(path.join(OWNER_LOCK));
-        let _ = std::fs::remove_dir(path);
+        remove_lock_last(&self.path);
         drop(self.owner.take());
-        crate::interrupt::forget(path);
+        crate::interrupt::forget(&self.path);
     }
+}
+
+/// Remove a folder (best effort), its [`OWNER_LOCK`] last: a process that dies while
+/// removing it (SIGKILL, or the process exiting on a signal meanwhile) leaves a folder with
+/// its lock file, which the next run's sweep takes as a dead run's, or an empty one, which
+/// it removes at once ([`remove_orphans`]); never a lockless folder of spill files, which
+/// only goes once a minute old. Every remover of spill folders goes through this: a run's
+/// own, the sweep and the interrupt watcher.
+pub fn remove_lock_last(folder: &Path) {
+    if let Ok(entries) = std::fs::read_dir(folder) {
+        for entry in entries.flatten().filter(|e| e.file_name() != OWNER_LOCK) {
+            let _ = match entry.file_type().is_ok_and(|t| t.is_dir()) {
+                true => std::fs::remove_dir_all(entry.path()),
+                false => std::fs::remove_file(entry.path()),
+            };
+        }
+    }
+    let _ = std::fs::remove_file(folder.join(OWNER_LOCK));
+    let _ = std::fs::remove_dir(folder);
 }
 
 /// A fresh spill folder under the temporary folder (`$TMPDIR`), named with this process's
@@ -180,8 +189,9 @@ pub fn sweep_orphans() {
 /// pid (gone; with `own_pid_is_stale`, named with this process's pid, as pids are reused):
 /// then it goes if it is older than a minute (an older tally's), or if it holds nothing but
 /// an `owner.lock.new` no one holds ([`remove_unmade`]: a run killed while making or
-/// removing it; a live run in another pid namespace caught making it makes another, see
-/// [`spill_dir`]).
+/// removing it; a live run in another pid namespace caught making it, maybe with our very
+/// pid (each container's run is pid 1), makes another, see [`spill_dir`]). A folder being
+/// removed stays locked while anything but its lock is left in it ([`remove_lock_last`]).
 fn remove_orphans(tmp: &Path, own_pid_is_stale: bool) {
     let Ok(entries) = std::fs::read_dir(tmp) else {
         return;
@@ -196,11 +206,15 @@ fn remove_orphans(tmp: &Path, own_pid_is_stale: bool) {
             continue;
         };
         let folder = entry.path();
-        let stale = match File::open(folder.join(OWNER_LOCK)) {
-            Ok(lock) => lock.try_lock().is_ok(),
+        match File::open(folder.join(OWNER_LOCK)) {
+            // Held while the folder is removed: another sweep leaves it alone meanwhile.
+            Ok(lock) => {
+                if lock.try_lock().is_ok() {
+                    remove_lock_last(&folder);
+                }
+            }
             Err(_) => {
-                let own = pid == std::process::id() as i32;
-                let gone = match own {
+                let gone = match pid == std::process::id() as i32 {
                     true => own_pid_is_stale,
                     false => !process_alive(pid),
                 };
@@ -208,15 +222,12 @@ fn remove_orphans(tmp: &Path, own_pid_is_stale: bool) {
                     .metadata()
                     .and_then(|m| m.modified())
                     .is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() > 60));
-                if gone && !own && !old {
-                    remove_unmade(&folder);
-                    continue;
+                match (gone, old) {
+                    (true, true) => remove_lock_last(&folder),
+                    (true, false) => remove_unmade(&folder),
+                    (false, _) => {}
                 }
-                gone
             }
-        };
-        if stale {
-            let _ = std::fs::remove_dir_all(&folder);
         }
     }
 }
@@ -1109,6 +1120,41 @@ mod tests {
         assert!(!unheld.exists());
         assert!(held.join("owner.lock.new").exists());
         assert!(in_use.join("usage-1.bin").exists());
+    }
+
+    /// Before this process's first spill folder, a folder named with its pid is a dead
+    /// run's only by its lock or, lockless, when empty or holding only an unheld
+    /// `owner.lock.new`: a live run of the same pid in another pid namespace (each
+    /// container's run is pid 1) may be making it, and keeps a young one with anything
+    /// else in it. Removed folders go whole, `.removing` ones (an interrupted run's) too.
+    #[test]
+    fn own_pid_folders_go_by_their_lock_or_when_unmade() {
+        let tmp = tempfile::tempdir().unwrap();
+        let pid = std::process::id();
+        let folder = |suffix: &str, files: &[&str]| {
+            let folder = tmp.path().join(format!("{SPILL_PREFIX}{pid}-{suffix}"));
+            std::fs::create_dir_all(folder.join("nested")).unwrap();
+            std::fs::write(folder.join("nested/x.bin"), b"x").unwrap();
+            for file in files {
+                std::fs::write(folder.join(file), b"").unwrap();
+            }
+            folder
+        };
+        let dead = folder("dead", &[OWNER_LOCK, "usage-1.bin"]);
+        let removing = folder("gone.removing", &[OWNER_LOCK, "debits-1.bin"]);
+        let held = folder("held", &[OWNER_LOCK, "usage-1.bin"]);
+        let lock = File::open(held.join(OWNER_LOCK)).unwrap();
+        lock.lock().unwrap();
+        let being_made = folder("made", &["owner.lock.new"]);
+        let unmade = tmp.path().join(format!("{SPILL_PREFIX}{pid}-unmade"));
+        std::fs::create_dir(&unmade).unwrap();
+        std::fs::write(unmade.join("owner.lock.new"), b"").unwrap();
+        remove_orphans(tmp.path(), true);
+        assert!(!dead.exists());
+        assert!(!removing.exists());
+        assert!(held.join("usage-1.bin").exists());
+        assert!(being_made.join("nested/x.bin").exists());
+        assert!(!unmade.exists());
     }
 
     /// Folders named with this process's pid are cleaned only before its first spill
