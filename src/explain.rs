@@ -403,6 +403,8 @@ fn run_account(
 // ---- the explanation --------------------------------------------------------------------
 
 pub fn explain(req: &ExplainRequest) -> Result<Explanation> {
+    // It may split its run like `reconcile` does, into spill folders of its own.
+    crate::spill::sweep_orphans();
     let inputs = pipeline::inputs(&req.data)?;
     let mut explanation = Explanation {
         command: req.mode.name(),

@@ -80,20 +80,22 @@ pub fn remove_lock_last(folder: &Path) {
     let _ = std::fs::remove_dir(folder);
 }
 
+/// [`MADE_ONE`], locked.
+fn made_one() -> std::sync::MutexGuard<'static, bool> {
+    MADE_ONE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A fresh spill folder under the temporary folder (`$TMPDIR`), named with this process's
-/// id and removed when dropped (also when the run fails). Folders left by a killed run
-/// are removed first ([`remove_orphans`]).
+/// id and removed when dropped (also when the run fails). Folders left by killed runs are
+/// removed once per command, at its start ([`sweep_orphans`]), not here: a run makes
+/// several spill folders.
 pub fn spill_dir() -> Result<SpillDir> {
     let tmp = std::env::temp_dir();
-    // A folder named with our own pid is stale only before our first spill folder: a run
-    // makes more than one (the light pass's scratch files, then the spill), and a process
-    // may run more than one job. Held while cleaning and creating, so that a first call's
-    // cleaning cannot remove a folder another thread has just made.
-    let mut made_one = MADE_ONE
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    remove_orphans(&tmp, !*made_one);
-    *made_one = true;
+    // From now on a folder named with our own pid may be ours: a sweep (which holds the
+    // flag's lock while it sweeps) no longer takes one for a dead process's.
+    *made_one() = true;
     // Made again when its name is taken (a run of the same pid in another pid namespace
     // sharing `$TMPDIR`), or when such a run's sweep removes it in the moment before its
     // lock is in place (it sees our pid as gone, and an empty folder of a gone pid as a
@@ -173,12 +175,12 @@ fn make_spill_dir(tmp: &Path) -> std::result::Result<SpillDir, MakeError> {
 }
 
 /// Remove the spill folders of runs that were killed (their process is gone), at the start
-/// of every run: a run that does not split makes no spill folder of its own, and would
-/// otherwise leave a killed split run's gigabytes in `$TMPDIR` until a split run came.
+/// of every command that may make spill folders (a run, `explain`): a run that does not
+/// split makes no spill folder of its own, and would otherwise leave a killed split run's
+/// gigabytes in `$TMPDIR` until a split run came. Before this process's first spill folder,
+/// one named with its pid is a dead process's (pids are reused).
 pub fn sweep_orphans() {
-    let made_one = MADE_ONE
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let made_one = made_one();
     remove_orphans(&std::env::temp_dir(), !*made_one);
 }
 
@@ -1096,17 +1098,21 @@ mod tests {
 
     /// An unmade folder goes only when it is empty, or holds nothing but an
     /// `owner.lock.new` no one holds.
+    /// `folder`, made holding `files` (paths inside it, empty files) and their folders.
+    fn folder_holding(folder: PathBuf, files: &[&str]) -> PathBuf {
+        std::fs::create_dir_all(&folder).unwrap();
+        for file in files {
+            let path = folder.join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, b"").unwrap();
+        }
+        folder
+    }
+
     #[test]
     fn only_unmade_folders_are_removed_as_unmade() {
         let tmp = tempfile::tempdir().unwrap();
-        let making = |name: &str, files: &[&str]| {
-            let folder = tmp.path().join(name);
-            std::fs::create_dir(&folder).unwrap();
-            for file in files {
-                std::fs::write(folder.join(file), b"").unwrap();
-            }
-            folder
-        };
+        let making = |name: &str, files: &[&str]| folder_holding(tmp.path().join(name), files);
         let empty = making("empty", &[]);
         let unheld = making("unheld", &["owner.lock.new"]);
         let held = making("held", &["owner.lock.new"]);
@@ -1132,23 +1138,21 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let pid = std::process::id();
         let folder = |suffix: &str, files: &[&str]| {
-            let folder = tmp.path().join(format!("{SPILL_PREFIX}{pid}-{suffix}"));
-            std::fs::create_dir_all(folder.join("nested")).unwrap();
-            std::fs::write(folder.join("nested/x.bin"), b"x").unwrap();
-            for file in files {
-                std::fs::write(folder.join(file), b"").unwrap();
-            }
-            folder
+            folder_holding(
+                tmp.path().join(format!("{SPILL_PREFIX}{pid}-{suffix}")),
+                files,
+            )
         };
-        let dead = folder("dead", &[OWNER_LOCK, "usage-1.bin"]);
-        let removing = folder("gone.removing", &[OWNER_LOCK, "debits-1.bin"]);
-        let held = folder("held", &[OWNER_LOCK, "usage-1.bin"]);
+        let dead = folder("dead", &[OWNER_LOCK, "usage-1.bin", "nested/x.bin"]);
+        let removing = folder(
+            "gone.removing",
+            &[OWNER_LOCK, "debits-1.bin", "nested/x.bin"],
+        );
+        let held = folder("held", &[OWNER_LOCK, "usage-1.bin", "nested/x.bin"]);
         let lock = File::open(held.join(OWNER_LOCK)).unwrap();
         lock.lock().unwrap();
-        let being_made = folder("made", &["owner.lock.new"]);
-        let unmade = tmp.path().join(format!("{SPILL_PREFIX}{pid}-unmade"));
-        std::fs::create_dir(&unmade).unwrap();
-        std::fs::write(unmade.join("owner.lock.new"), b"").unwrap();
+        let being_made = folder("made", &["owner.lock.new", "nested/x.bin"]);
+        let unmade = folder("unmade", &["owner.lock.new"]);
         remove_orphans(tmp.path(), true);
         assert!(!dead.exists());
         assert!(!removing.exists());
@@ -1157,14 +1161,32 @@ mod tests {
         assert!(!unmade.exists());
     }
 
-    /// Folders named with this process's pid are cleaned only before its first spill
-    /// folder: later ones (a run makes two) leave the earlier in place.
+    /// Folders named with this process's pid are taken for a dead process's only before its
+    /// first spill folder: a sweep after it (a later run of the process) leaves a live one
+    /// in place, whatever it holds.
     #[test]
-    fn a_later_spill_folder_leaves_the_earlier_in_place() {
+    fn a_sweep_after_the_first_spill_folder_leaves_own_pid_folders_in_place() {
         let first = spill_dir().unwrap();
-        let second = spill_dir().unwrap();
-        assert!(first.path().is_dir());
-        assert!(second.path().is_dir());
+        // Lockless and two hours old: a dead process's, were it not named with our pid.
+        let ours = std::env::temp_dir().join(format!(
+            "{SPILL_PREFIX}{}-old-lockless-test",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&ours).unwrap();
+        std::fs::write(ours.join("usage-1.bin"), b"x").unwrap();
+        let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        File::open(&ours)
+            .unwrap()
+            .set_modified(two_hours_ago)
+            .unwrap();
+        sweep_orphans();
+        let kept = ours.join("usage-1.bin").is_file();
+        std::fs::remove_dir_all(&ours).unwrap();
+        assert!(
+            kept,
+            "a folder named with the live process's pid was removed"
+        );
+        assert!(first.path().join(OWNER_LOCK).is_file());
     }
 
     #[test]
