@@ -174,11 +174,11 @@ pub fn watch() -> std::io::Result<()> {
                 // ends below, and no publish may start.
                 let published = publishing();
                 // Then no folder may be remembered (or made) any more: the list is final.
-                {
-                    let _scratch = lock(&SCRATCH);
+                let folders = {
+                    let scratch = lock(&SCRATCH);
                     STOPPING.store(true, Ordering::SeqCst);
-                }
-                let folders = lock(&SCRATCH).folders.clone();
+                    scratch.folders.clone()
+                };
                 let removed = remove_all(&folders);
                 let _ = writeln!(std::io::stderr(), "{}", message(name, &published, removed));
                 std::process::exit(128 + signal);

@@ -55,8 +55,9 @@ pub const OUT_PLACEHOLDERS: [&str; 2] = ["{as_of}", "{as_of_date}"];
 
 /// Refuse an output path with a brace that is not one of [`OUT_PLACEHOLDERS`]: a misspelt
 /// placeholder would otherwise be a literal folder name, and every run (every month's close)
-/// would write to that one folder.
-pub fn check_placeholders(out: &Path) -> std::result::Result<(), String> {
+/// would write to that one folder. `name` is how the message names the setting (`out`,
+/// `--out`).
+pub fn check_placeholders(name: &str, out: &Path) -> std::result::Result<(), String> {
     let text = out.to_string_lossy();
     let mut stripped = text.to_string();
     for known in OUT_PLACEHOLDERS {
@@ -71,7 +72,7 @@ pub fn check_placeholders(out: &Path) -> std::result::Result<(), String> {
                 .take(40)
                 .collect();
             Err(format!(
-                "out \"{text}\" holds \"{unknown}\", which is not a placeholder: use {{as_of}} \
+                "{name} \"{text}\" holds \"{unknown}\", which is not a placeholder: use {{as_of}} \
                  (e.g. 20261201T000000Z) or {{as_of_date}} (2026-12-01), and no other braces"
             ))
         }
@@ -124,7 +125,7 @@ impl JobFile {
                 format!("command = \"{c}\" is not a command: use \"reconcile\" or \"close\""),
             ));
         }
-        check_placeholders(&job.out).map_err(|e| TallyError::config(&name, e))?;
+        check_placeholders("out", &job.out).map_err(|e| TallyError::config(&name, e))?;
         if job.out.is_relative() {
             job.out = base.join(&job.out);
         }

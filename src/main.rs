@@ -491,7 +491,7 @@ fn explain(x: ExplainArgs) -> anyhow::Result<u8> {
     } = x.source.resolve(None)?;
     let close = x.close || job.as_ref().and_then(|j| j.command.as_deref()) == Some("close");
     let mode = if close { Mode::Close } else { Mode::Reconcile };
-    refuse_reconcile_history(mode, job.as_ref(), job_path.as_deref())?;
+    refuse_close_settings(mode, job.as_ref(), job_path.as_deref())?;
     // Ids may start with '-' (the flags take hyphen values), so `--entry --json` would take
     // `--json` as the id: one of explain's own flags is refused as a missing value.
     for (flag, id) in [
@@ -556,28 +556,35 @@ fn explain(x: ExplainArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// A reconcile job file with `history` is refused, by the run and by `explain` alike: read
-/// by a reconcile it would move events of closed periods out of its window, and ignored it
-/// would leave a job file that says something the run does not do.
-fn refuse_reconcile_history(
+/// A reconcile job file with a close's setting is refused, by the run and by `explain`
+/// alike: `history`, read by a reconcile, would move events of closed periods out of its
+/// window, and `alert.min_invoices` would never be met; ignored, either would leave a job
+/// file that says something the run does not do.
+fn refuse_close_settings(
     mode: Mode,
     job: Option<&JobFile>,
     job_path: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
-    match (mode, job.and_then(|j| j.history.as_ref())) {
-        (Mode::Reconcile, Some(dir)) => Err(Origin::job_key(job_path, "history").bad(
-            &dir.display().to_string(),
-            "is a close setting; a reconcile does not read earlier closes: remove it from this job file",
-        )),
-        _ => match (mode, job.and_then(|j| j.alert.min_invoices)) {
-            (Mode::Reconcile, Some(min)) => Err(Origin::job_key(job_path, "alert.min_invoices")
-                .bad(
-                    &min.to_string(),
-                    "is a close setting; a reconcile writes no invoices: remove it from this job file",
-                )),
-            _ => Ok(()),
-        },
+    let (Mode::Reconcile, Some(job)) = (mode, job) else {
+        return Ok(());
+    };
+    let refused = |key: &str, value: String, why: &str| {
+        Err(Origin::job_key(job_path, key).bad(
+            &value,
+            &format!("is a close setting; a reconcile {why}: remove it from this job file"),
+        ))
+    };
+    if let Some(dir) = &job.history {
+        return refused(
+            "history",
+            dir.display().to_string(),
+            "does not read earlier closes",
+        );
     }
+    if let Some(min) = job.alert.min_invoices {
+        return refused("alert.min_invoices", min.to_string(), "writes no invoices");
+    }
+    Ok(())
 }
 
 fn request(
@@ -595,7 +602,7 @@ fn request(
     } = args.source.resolve(Some(mode))?;
     let job_path = job_path.as_deref();
     if let Some(out) = &args.out {
-        tally::job::check_placeholders(out).map_err(|e| config_error(format!("--{e}")))?;
+        tally::job::check_placeholders("--out", out).map_err(config_error)?;
     }
     let out = args
         .out
@@ -646,7 +653,7 @@ fn request(
         Some(text) => Some(tally::shard::parse_shard(&text).map_err(config_error)?),
         None => shard_from_env()?,
     };
-    refuse_reconcile_history(mode, job.as_ref(), job_path)?;
+    refuse_close_settings(mode, job.as_ref(), job_path)?;
     let job_history = job.as_ref().and_then(|j| j.history.clone());
     let history = history.or(job_history);
     Ok(JobRequest {
@@ -860,19 +867,15 @@ fn main() -> ExitCode {
         }
     }));
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli)));
+    // A signal that came as the command finished (or made it fail, removing its folders):
+    // the watcher's line and exit code, not both.
+    tally::interrupt::claim_exit();
     let Ok(outcome) = outcome else {
-        tally::interrupt::claim_exit();
         return ExitCode::from(4);
     };
     match outcome {
-        Ok(code) => {
-            // A signal that came as the run finished: its line and exit code, not both.
-            tally::interrupt::claim_exit();
-            ExitCode::from(code)
-        }
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
-            // Failed because an interrupt is removing its folders: the watcher says so.
-            tally::interrupt::claim_exit();
             let code = exit_code_of(&e);
             err_line!("tally: {}", one_line(&e));
             ExitCode::from(code)
