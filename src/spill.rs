@@ -1181,7 +1181,7 @@ mod tests {
             .unwrap();
         sweep_orphans();
         let kept = ours.join("usage-1.bin").is_file();
-        std::fs::remove_dir_all(&ours).unwrap();
+        let _ = std::fs::remove_dir_all(&ours);
         assert!(
             kept,
             "a folder named with the live process's pid was removed"
