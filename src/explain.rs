@@ -894,8 +894,8 @@ fn rate_and_arithmetic(
     let arithmetic = ArithmeticView {
         quantity: u.quantity,
         increments: a.increments.to_string(),
-        billed_quantity: a.billed_quantity.normalize().to_string(),
-        raw_credits: a.raw_credits.normalize().to_string(),
+        billed_quantity: a.billed_quantity.to_string(),
+        raw_credits: a.raw_credits.to_string(),
         minimum_applied: a.minimum_applied,
         credits: a.credits,
     };
