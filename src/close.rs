@@ -251,11 +251,18 @@ fn expires_by(g: &GrantBalance, period_end: Micros) -> bool {
 /// The account's grants for the next period's input, after its last closed period: every
 /// grant with credits left that does not expire by `last_period_end` (grants effective at or
 /// after it are unchanged), plus the rollover grant of the last renewal.
+///
+/// An input grant that is the rollover this close writes (its id, kind and start: this
+/// close's own `grants_next` fed back into its inputs, then the close run again with
+/// `--force`) is not carried: the rollover is worked out again, and written once (or not
+/// at all, when the period no longer renews). Any other input grant of the account with
+/// the rollover's id is an error: `grants_next` is in the input schema, where `grant_id` is
+/// unique.
 pub fn grants_next(
     balances: &[GrantBalance],
     last_period_end: Micros,
     rollover: Option<GrantRow>,
-) -> Vec<GrantRow> {
+) -> Result<Vec<GrantRow>> {
     let mut next: Vec<GrantRow> = balances
         .iter()
         .filter(|g| !g.is_plan() && g.remaining.is_positive() && !expires_by(g, last_period_end))
@@ -265,7 +272,118 @@ pub fn grants_next(
                 ..row.clone()
             })
         })
+        .filter(|row| !is_own_rollover(row, last_period_end))
         .collect();
-    next.extend(rollover);
-    next
+    if let Some(rollover) = rollover {
+        if let Some(taken) = next.iter().find(|g| g.grant_id == rollover.grant_id) {
+            return Err(TallyError::Input {
+                file: "grants".into(),
+                message: format!(
+                    "grant \"{}\" of account \"{}\" ({}, effective {}) has the id of the \
+                     rollover grant this close writes for that account's next period (from {}), \
+                     and grants_next cannot hold two grants with one id; give that grant \
+                     another id and rerun",
+                    taken.grant_id,
+                    taken.account_id,
+                    taken.kind.name(),
+                    crate::time::format_instant(taken.effective_at),
+                    crate::time::format_instant(rollover.effective_at),
+                ),
+            });
+        }
+        next.push(rollover);
+    }
+    Ok(next)
+}
+
+/// Whether `row` is the rollover grant a close of its account's period ending
+/// `period_end` writes (see [`rollover_grant_id`]).
+fn is_own_rollover(row: &GrantRow, period_end: Micros) -> bool {
+    row.kind == GrantKind::Rollover
+        && row.effective_at == period_end
+        && row.grant_id == rollover_grant_id(&row.account_id, period_end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOV: Micros = 1_761_955_200_000_000; // 2025-11-01T00:00:00Z
+    const DEC: Micros = 1_764_547_200_000_000; // 2025-12-01T00:00:00Z
+    const JAN: Micros = 1_767_225_600_000_000; // 2026-01-01T00:00:00Z
+
+    fn grant(id: &str, kind: GrantKind, units: i64, effective_at: Micros) -> GrantRow {
+        GrantRow {
+            at: RowRef { file: 0, row: 0 },
+            grant_id: id.into(),
+            account_id: "acct".into(),
+            kind,
+            credits: Milli::from_units(units),
+            effective_at,
+            expires_at: None,
+            priority: None,
+        }
+    }
+
+    fn rollover(units: i64) -> GrantRow {
+        GrantRow {
+            expires_at: Some(JAN),
+            ..grant(
+                &rollover_grant_id("acct", DEC),
+                GrantKind::Rollover,
+                units,
+                DEC,
+            )
+        }
+    }
+
+    fn balances(rows: &[GrantRow]) -> Vec<GrantBalance> {
+        rows.iter().map(GrantBalance::from_row).collect()
+    }
+
+    #[test]
+    fn the_instants_are_the_months_they_are_named_after() {
+        assert_eq!(compact_stamp(NOV), "20251101T000000Z");
+        assert_eq!(compact_stamp(DEC), "20251201T000000Z");
+        assert_eq!(compact_stamp(JAN), "20260101T000000Z");
+    }
+
+    /// A close run again over inputs holding its own grants_next: the fed-back rollover (of
+    /// a stale amount here) is replaced by the one worked out again, not carried beside it.
+    #[test]
+    fn a_fed_back_rollover_is_replaced_by_the_one_worked_out_again() {
+        let inputs = [grant("topup", GrantKind::TopUp, 5, NOV), rollover(40)];
+        let next = grants_next(&balances(&inputs), DEC, Some(rollover(56))).unwrap();
+        assert_eq!(next, vec![inputs[0].clone(), rollover(56)]);
+        // The period no longer renews: no rollover at all, the fed-back one neither.
+        let next = grants_next(&balances(&inputs), DEC, None).unwrap();
+        assert_eq!(next, vec![inputs[0].clone()]);
+    }
+
+    /// Only the rollover of this close is replaced: another rollover grant (an earlier
+    /// period's, or one starting at another instant) is carried as any grant is.
+    #[test]
+    fn other_rollover_grants_are_carried() {
+        let inputs = [
+            grant(&rollover_grant_id("acct", NOV), GrantKind::Rollover, 7, NOV),
+            grant(&rollover_grant_id("acct", DEC), GrantKind::Rollover, 8, NOV),
+        ];
+        let next = grants_next(&balances(&inputs), DEC, None).unwrap();
+        assert_eq!(next, inputs.to_vec());
+    }
+
+    #[test]
+    fn another_grant_with_the_rollovers_id_is_an_input_error() {
+        let promo = grant(&rollover_grant_id("acct", DEC), GrantKind::Promo, 3, NOV);
+        let err = grants_next(&balances(&[promo]), DEC, Some(rollover(56))).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert_eq!(
+            err.to_string(),
+            "grants: grant \"rollover-acct-20251201T000000Z\" of account \"acct\" (promo, \
+             effective 2025-11-01T00:00:00Z) has the id of the rollover grant this close \
+             writes for that account's next period (from 2025-12-01T00:00:00Z), and \
+             grants_next cannot hold two grants with one id; give that grant another id and \
+             rerun"
+        );
+    }
 }

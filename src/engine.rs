@@ -289,7 +289,7 @@ pub fn process_account(
         }
     }
     if let Some(end) = last_period_end {
-        result.grants_next = close::grants_next(&state.balances, end, last_rollover);
+        result.grants_next = close::grants_next(&state.balances, end, last_rollover)?;
     }
     Ok(result)
 }

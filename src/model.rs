@@ -855,7 +855,7 @@ impl GrantKind {
     }
 }
 
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GrantRow {
     pub at: RowRef,
     pub grant_id: String,

@@ -298,6 +298,69 @@ fn close_is_idempotent_and_refuses_changed_inputs() {
     assert_eq!(after_force.status.code(), Some(0));
 }
 
+/// A grants file as a close's grants_next writes it: one rollover-shaped or other grant of
+/// `acct_pro` starting at `effective_at`.
+fn write_one_grant(path: &Path, grant_id: &str, kind: &str, units: i64, effective_at: &str) {
+    let grants = Table::default()
+        .str("grant_id", [grant_id])
+        .str("account_id", ["acct_pro"])
+        .str("kind", [kind])
+        .credits("credits", [Milli::from_units(units)])
+        .ts("effective_at", [t(effective_at)])
+        .opt_ts("expires_at", [Some(t("2026-12-31T08:00:00Z"))])
+        .opt_i32("priority", [None])
+        .finish();
+    write_parquet(path, &grants).unwrap();
+}
+
+/// The close's own rollover fed back into its inputs (an operator put grants_next in
+/// grants/ and then closed the period again): written once, worked out again, not copied
+/// beside the new one (grants_next would hold one grant_id twice, and the next run would
+/// reject one of the two). Another grant of the account with the rollover's id is exit 2.
+#[test]
+fn a_close_over_its_own_fed_back_rollover_writes_it_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = first_data(tmp.path());
+    let first = tmp.path().join("close1");
+    run_command_ok("close", &root, "2026-12-01T00:00:00Z", &first);
+
+    // A stale amount (40, not 56): the rollover is worked out again, not copied.
+    let fed_back = root.join("grants/from-close1.parquet");
+    let rollover = "rollover-acct_pro-20261201T000000Z";
+    write_one_grant(&fed_back, rollover, "rollover", 40, "2026-12-01T00:00:00Z");
+    let again = tmp.path().join("close2");
+    run_command_ok("close", &root, "2026-12-01T00:00:00Z", &again);
+    for table in [
+        "grants_next",
+        "renewals",
+        "invoices",
+        "allocations_next",
+        "rejects",
+    ] {
+        let file = format!("{table}.parquet");
+        assert!(
+            std::fs::read(first.join(&file)).unwrap() == std::fs::read(again.join(&file)).unwrap(),
+            "{table} differs"
+        );
+    }
+
+    write_one_grant(&fed_back, rollover, "promo", 40, "2026-11-05T00:00:00Z");
+    let refused = run(
+        "close",
+        &root,
+        "2026-12-01T00:00:00Z",
+        &tmp.path().join("close3"),
+    );
+    assert_eq!(refused.status.code(), Some(2));
+    assert_eq!(
+        stderr(&refused),
+        "tally: grants: grant \"rollover-acct_pro-20261201T000000Z\" of account \"acct_pro\" \
+         (promo, effective 2026-11-05T00:00:00Z) has the id of the rollover grant this close \
+         writes for that account's next period (from 2026-12-01T00:00:00Z), and grants_next \
+         cannot hold two grants with one id; give that grant another id and rerun\n"
+    );
+}
+
 #[test]
 fn close_outputs_are_deterministic() {
     let tmp = tempfile::tempdir().unwrap();
