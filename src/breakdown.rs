@@ -31,18 +31,44 @@ pub struct MixFigures {
     /// `succeeded` events with a rate (the ones that cost credits, possibly 0).
     pub priced_events: u64,
     /// Σ quantity of the priced events (in the rate's unit).
-    pub quantity: Milli,
+    pub quantity: QuantitySum,
     /// Σ expected credits (= Σ over priced events; other events expect 0).
     pub expected_credits: Milli,
     /// Σ net recorded on these events (entries attached to them), any status.
     pub recorded_credits: Milli,
 }
 
+/// A sum of event quantities in thousandths, for the report's CSV files (text, not a
+/// DECIMAL(18,3) column): it has no output limit, so that two valid events of 6 × 10^14
+/// seconds do not stop a run. 128 bits cannot overflow: each quantity is below 10^18
+/// thousandths and a run has fewer than 2^64 events (below 2 × 10^37 in all).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuantitySum(i128);
+
+impl QuantitySum {
+    pub fn of(quantity: Milli) -> QuantitySum {
+        QuantitySum(i128::from(quantity.0))
+    }
+
+    fn plus(self, other: QuantitySum) -> QuantitySum {
+        QuantitySum(self.0 + other.0)
+    }
+}
+
+/// As [`Milli`] writes amounts: three decimals (`1200000000000000.000`).
+impl std::fmt::Display for QuantitySum {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sign = if self.0 < 0 { "-" } else { "" };
+        let abs = self.0.unsigned_abs();
+        write!(f, "{sign}{}.{:03}", abs / 1000, abs % 1000)
+    }
+}
+
 impl MixFigures {
     pub fn add(&mut self, o: &MixFigures) -> Result<()> {
         self.events += o.events;
         self.priced_events += o.priced_events;
-        self.quantity = self.quantity.checked_add(o.quantity)?;
+        self.quantity = self.quantity.plus(o.quantity);
         self.expected_credits = self.expected_credits.checked_add(o.expected_credits)?;
         self.recorded_credits = self.recorded_credits.checked_add(o.recorded_credits)?;
         Ok(())
@@ -72,7 +98,7 @@ impl SkuMix {
         };
         if let Price::Charged(credits) = price {
             one.priced_events = 1;
-            one.quantity = u.quantity();
+            one.quantity = QuantitySum::of(u.quantity());
             one.expected_credits = credits;
         }
         self.lines.entry(u.sku).or_default().add(&one)
@@ -231,11 +257,29 @@ mod tests {
         (p.into(), a.into(), m.is_none(), m.map(Shared::from))
     }
 
+    /// Quantities past what an output amount holds still add up (the report's CSV is
+    /// text): a run of two valid events of 6 × 10^14 seconds each is not stopped.
+    #[test]
+    fn quantities_add_past_the_output_limit() {
+        let big = MixFigures {
+            events: 1,
+            priced_events: 1,
+            quantity: QuantitySum::of(Milli(600_000_000_000_000_000)),
+            ..MixFigures::default()
+        };
+        let mut sum = big;
+        sum.add(&big).unwrap();
+        assert_eq!(sum.quantity.to_string(), "1200000000000000.000");
+        let most = QuantitySum::of(Milli(-999_999_999_999_999_999));
+        assert_eq!(most.to_string(), "-999999999999999.999");
+        assert_eq!(QuantitySum::of(Milli(5)).to_string(), "0.005");
+    }
+
     fn one(credits: i64) -> MixFigures {
         MixFigures {
             events: 1,
             priced_events: 1,
-            quantity: Milli(1000),
+            quantity: QuantitySum::of(Milli(1000)),
             expected_credits: Milli(credits),
             recorded_credits: Milli(credits),
         }
