@@ -209,10 +209,7 @@ pub fn layout(settings: &RunSettings, inputs: &Inputs, shard: u32, shards: u32) 
         None => crate::route::groups_for(
             footer_rows(inputs, &[Dataset::Usage, Dataset::Debits]),
             footer_rows(inputs, &[Dataset::Allocations, Dataset::Grants]),
-            match settings.mode {
-                Mode::Reconcile => crate::route::RECONCILE_ROW_COSTS,
-                Mode::Close => crate::route::CLOSE_ROW_COSTS,
-            },
+            row_costs(settings.mode),
             settings.memory_budget_bytes,
             shards,
         ),
@@ -240,6 +237,56 @@ pub fn layout(settings: &RunSettings, inputs: &Inputs, shard: u32, shards: u32) 
         "layout"
     );
     Ok(layout)
+}
+
+/// The working memory per row the budget counts for a run of `mode`.
+fn row_costs(mode: Mode) -> crate::route::RowCosts {
+    match mode {
+        Mode::Reconcile => crate::route::RECONCILE_ROW_COSTS,
+        Mode::Close => crate::route::CLOSE_ROW_COSTS,
+    }
+}
+
+/// How many times the rows the budget plans for a group a group may hold before a split
+/// run warns: groups vary a little around the average (their partitions are hashed), and
+/// the budget is not a hard cap (README, "Scaling").
+const OVERSIZED_GROUP_FACTOR: u64 = 2;
+
+/// Warn when a group of a split run holds far more rows than the budget plans for one:
+/// its accounts hold a large share of the month (an account's rows are never split), so
+/// the run's peak will pass the budget. An on-call engineer reading a memory kill in the
+/// log should find why, and the fix (a larger budget), before it happens.
+fn warn_of_an_oversized_group(
+    settings: &RunSettings,
+    plan_rows: u64,
+    layout: &Layout,
+    usage: &crate::route::GroupCounts,
+    debits: &crate::route::GroupCounts,
+) {
+    let fit_rows = crate::route::rows_per_group(
+        plan_rows,
+        row_costs(settings.mode),
+        settings.memory_budget_bytes,
+    );
+    let oversized = crate::route::oversized_group(usage, debits, fit_rows, OVERSIZED_GROUP_FACTOR);
+    if let Some((group, rows)) = oversized {
+        let tenths = rows.saturating_mul(10) / fit_rows;
+        tracing::warn!(
+            group = group + 1,
+            groups = layout.groups,
+            rows,
+            rows_per_group = fit_rows,
+            memory_budget_bytes = settings.memory_budget_bytes,
+            "group {} of {} holds {rows} usage and ledger rows, {}.{} times the {fit_rows} the \
+             memory budget plans for a group: its accounts hold a large share of the month, and \
+             an account's rows are never split over groups, so the run's peak will pass the \
+             budget; give the job more memory and a larger --memory-budget",
+            group + 1,
+            layout.groups,
+            tenths / 10,
+            tenths % 10,
+        );
+    }
 }
 
 /// The valid allocations and grants of a run, and the rejects of both datasets.
@@ -423,6 +470,8 @@ fn compute_groups(
     let billed = history.billed_among(&wanted)?;
     let (cross_events, cross_entries) = cross.counts();
     stage.done(cross_events as u64, cross_entries as u64);
+    let plan_rows = alloc_read + grant_read;
+    warn_of_an_oversized_group(settings, plan_rows, layout, &usage_counts, &debit_counts);
 
     let spill_dir = Arc::new(spill::spill_dir()?);
     partial.scratch = Some(spill_dir.clone());

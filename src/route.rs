@@ -565,6 +565,8 @@ pub struct GroupCounts {
     pub first_group_by_unit: Vec<u64>,
     /// Rows of the largest group (the first group's vector is reused for later groups).
     pub largest_group: u64,
+    /// Rows by group.
+    pub by_group: Vec<u64>,
 }
 
 impl GroupCounts {
@@ -583,7 +585,8 @@ impl GroupCounts {
             .collect();
         GroupCounts {
             first_group_by_unit,
-            largest_group: by_group.into_iter().max().unwrap_or(0),
+            largest_group: by_group.iter().copied().max().unwrap_or(0),
+            by_group,
         }
     }
 }
@@ -870,19 +873,48 @@ pub fn groups_for(
     shards: u32,
 ) -> u32 {
     let per_shard = rows.div_ceil(u64::from(shards.max(1)));
-    // Saturating: row counts come from files' footers, which may be corrupt or hostile.
-    let plans = plan_rows.saturating_mul(costs.plan_row);
-    // What the rows may use: the budget less the plans, at least a quarter of the budget
-    // (a budget the plans alone fill still gets groups, not a division by zero).
-    let for_rows = budget_bytes
-        .saturating_sub(plans)
-        .max(budget_bytes / 4)
-        .max(1);
+    let for_rows = bytes_for_rows(plan_rows, costs, budget_bytes);
     if per_shard.saturating_mul(costs.one_group) <= for_rows {
         return 1;
     }
     let groups = per_shard.saturating_mul(costs.split).div_ceil(for_rows);
     groups.max(2).min(u64::from(max_groups(shards))) as u32
+}
+
+/// What the usage and ledger rows may use of the budget: the budget less what the plans
+/// hold, at least a quarter of the budget (a budget the plans alone fill still gets
+/// groups, not a division by zero).
+fn bytes_for_rows(plan_rows: u64, costs: RowCosts, budget_bytes: u64) -> u64 {
+    // Saturating: row counts come from files' footers, which may be corrupt or hostile.
+    let plans = plan_rows.saturating_mul(costs.plan_row);
+    budget_bytes
+        .saturating_sub(plans)
+        .max(budget_bytes / 4)
+        .max(1)
+}
+
+/// How many of a split run's usage and ledger rows one group can hold within the budget
+/// (at the split cost per row).
+pub fn rows_per_group(plan_rows: u64, costs: RowCosts, budget_bytes: u64) -> u64 {
+    (bytes_for_rows(plan_rows, costs, budget_bytes) / costs.split).max(1)
+}
+
+/// The group of a split run (its number, its usage and ledger rows) holding more rows
+/// than `factor` times what the budget plans for a group, if any: the largest. Groups are
+/// sets of account partitions, so a group is larger than the average when its accounts
+/// hold a large share of the month, and an account's rows are never split over groups.
+pub fn oversized_group(
+    usage: &GroupCounts,
+    debits: &GroupCounts,
+    fit_rows: u64,
+    factor: u64,
+) -> Option<(usize, u64)> {
+    let rows =
+        |g: usize| usage.by_group.get(g).unwrap_or(&0) + debits.by_group.get(g).unwrap_or(&0);
+    (0..usage.by_group.len().max(debits.by_group.len()))
+        .map(|g| (g, rows(g)))
+        .max_by_key(|&(g, rows)| (rows, std::cmp::Reverse(g)))
+        .filter(|&(_, rows)| rows > fit_rows.saturating_mul(factor))
 }
 
 /// The most groups a shard of `shards` can have (each holds at least one partition).
@@ -1171,6 +1203,38 @@ mod tests {
     fn plans_that_fill_the_budget_leave_a_quarter_of_it_to_the_rows() {
         let groups = groups_for(10_000_000, 100_000_000, R, GIB, 1);
         assert_eq!(u64::from(groups), (10_000_000 * R.split).div_ceil(GIB / 4));
+    }
+
+    fn counts(by_group: &[u64]) -> GroupCounts {
+        GroupCounts {
+            first_group_by_unit: Vec::new(),
+            largest_group: by_group.iter().copied().max().unwrap_or(0),
+            by_group: by_group.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_group_is_oversized_one_row_past_the_factor() {
+        // The 100M bench data's groups: 26 of about 7.7M rows, within the budget's 7.9M.
+        let fit = rows_per_group(1_420_000, R, 3 * GIB);
+        assert_eq!(fit, (3 * GIB - 1_420_000 * R.plan_row) / R.split);
+        let usage = counts(&[10, 30, 5]);
+        // Usage and ledger rows of a group add up: group 2 holds 30 + 11 = 41.
+        let debits = counts(&[10, 11, 30]);
+        assert_eq!(oversized_group(&usage, &debits, 20, 2), Some((1, 41)));
+        assert_eq!(oversized_group(&usage, &debits, 20, 3), None);
+        // At the limit: 40 rows is not past 2 × 20; one row more is.
+        let at_limit = counts(&[10, 29, 5]);
+        assert_eq!(oversized_group(&at_limit, &debits, 20, 2), None);
+        assert_eq!(oversized_group(&usage, &counts(&[0, 10, 0]), 20, 2), None);
+        // Equal groups: the first is named.
+        assert_eq!(
+            oversized_group(&counts(&[50, 50]), &counts(&[]), 20, 2),
+            Some((0, 50))
+        );
+        // No rows, or a budget that holds no row: never a division by zero.
+        assert_eq!(oversized_group(&counts(&[]), &counts(&[]), 20, 2), None);
+        assert_eq!(rows_per_group(0, R, 1), 1);
     }
 
     #[test]

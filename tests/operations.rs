@@ -482,6 +482,57 @@ fn a_tally_log_that_is_not_a_level_warns_and_keeps_the_default() {
     }
 }
 
+/// A split run whose accounts are few and large warns that a group passes the budget (an
+/// account's rows are never split), naming the group and the figures; the same budget over
+/// many small accounts, whose groups are near the average, does not warn.
+#[test]
+fn a_group_far_past_the_budget_is_warned_of() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (accounts, warns) in [(2, true), (1_000, false)] {
+        let data = tmp.path().join(format!("data-{accounts}"));
+        generate(&data, accounts, 20_000, 7, "0.01");
+        let out = cmd(
+            "reconcile",
+            &data,
+            &tmp.path().join(format!("out-{accounts}")),
+        )
+        .args(["--memory-budget", "1MiB", "--log-format", "json"])
+        .output()
+        .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let log = stderr(&out);
+        let warning = log
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| v["level"] == "WARN");
+        assert_eq!(warning.is_some(), warns, "{accounts} accounts: {log}");
+        if let Some(w) = warning {
+            let fields = &w["fields"];
+            // What 1 MiB less the plans holds at 300 bytes a row of a split reconcile.
+            let fit = fields["rows_per_group"].as_u64().unwrap();
+            assert!((3_000..=3_495).contains(&fit), "{log}");
+            let rows = fields["rows"].as_u64().unwrap();
+            assert!(rows > 2 * fit, "{log}");
+            let tenths = rows * 10 / fit;
+            assert_eq!(
+                fields["message"].as_str().unwrap(),
+                format!(
+                    "group {} of {} holds {rows} usage and ledger rows, {}.{} times the {fit} \
+                     the memory budget plans for a group: its accounts hold a large share of \
+                     the month, and an account's rows are never split over groups, so the run's \
+                     peak will pass the budget; give the job more memory and a larger \
+                     --memory-budget",
+                    fields["group"],
+                    fields["groups"],
+                    tenths / 10,
+                    tenths % 10
+                ),
+                "{log}"
+            );
+        }
+    }
+}
+
 /// Failures whose operating-system words leave the fix open say it: a data root without its
 /// price book (exit 2) asks whether `--data` is the data root, and an output path through a
 /// file (exit 4) says that a part of it is a file.
