@@ -100,7 +100,7 @@ impl Totals {
 /// Invoice lines of late events carry this prefix on their product.
 pub const PRIOR_PERIOD_PREFIX: &str = "prior_period:";
 
-/// One row of `billed_events` (close): an event billed on an invoice.
+/// One row of `billed_events` (close): an event of an invoice's period, billed or not.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BilledEventRow {
     /// Shared by the rows of one account (and `invoice_id` by the rows of one invoice): no
@@ -110,7 +110,10 @@ pub struct BilledEventRow {
     pub invoice_id: crate::model::Shared,
     pub event_id: crate::model::Id,
     pub occurred_at: Micros,
-    pub credits: Milli,
+    /// What the invoice billed for it; `None` for an event that costs nothing to bill (not
+    /// `succeeded`, or without a rate). Those are listed too, so that a later close knows
+    /// this one saw them and does not take them for late events.
+    pub credits: Option<Milli>,
 }
 
 /// Everything one account contributes to the outputs.
@@ -408,8 +411,7 @@ fn process_period(
         // Sized for the period at once: grown row by row, the vectors of a 100M-event
         // close copied their billed events about twice over into fresh memory. (Not
         // `reserve_exact`: an account's later periods then grow it geometrically.)
-        let billed = prices.iter().filter(|p| matches!(p, Price::Charged(_)));
-        result.billed_events.reserve(billed.count());
+        result.billed_events.reserve(events.len());
     }
     for (i, event) in events.iter().enumerate() {
         let u = &event.usage;
@@ -428,14 +430,19 @@ fn process_period(
         if let Price::Charged(credits) = price {
             credits_used = credits_used.checked_add(credits)?;
         }
-        if let (Price::Charged(credits), Some(invoice_id)) = (price, &billed_invoice_id) {
+        if let Some(invoice_id) = &billed_invoice_id {
             result.billed_events.push(BilledEventRow {
                 invoice_id: invoice_id.clone(),
                 event_id: group.usage_ids.id(u.id)?,
                 account_id: account_shared.clone(),
                 occurred_at: u.occurred_at,
-                credits,
+                credits: match price {
+                    Price::Charged(credits) => Some(credits),
+                    Price::NotChargeable | Price::Unpriced => None,
+                },
             });
+        }
+        if let (Price::Charged(credits), Some(_)) = (price, &billed_invoice_id) {
             // A late event is billed as a prior-period adjustment line.
             let line = line_totals
                 .entry((u.sku, event.late_from().is_some()))

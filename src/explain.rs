@@ -1412,9 +1412,14 @@ fn write_event(t: &mut String, e: &EventExplanation) {
         return;
     }
     if let Some(late) = &e.late_from {
+        // Only a succeeded, priced event has an invoice line (contract section 6, Close).
+        let billed = match e.chargeable && e.rate.is_some() {
+            true => "billed on this invoice as a prior-period line",
+            false => "reconciled with this invoice's period (it costs nothing, so no invoice line)",
+        };
         let _ = writeln!(
             t,
-            "  late: it occurred in the period starting {late}, closed earlier; billed on this invoice as a prior-period line"
+            "  late: it occurred in the period starting {late}, closed earlier; {billed}"
         );
     }
     if e.conflicting_copies {

@@ -53,7 +53,7 @@ struct BilledRecord<'a> {
     invoice_id: &'a str,
     event_id: &'a str,
     occurred_at: crate::time::Micros,
-    credits: crate::amount::Milli,
+    credits: Option<crate::amount::Milli>,
 }
 
 impl Keyed for BilledEventRow {
@@ -173,7 +173,7 @@ impl<T> Run<T> {
 
 /// The first bytes of a run file: a file of another format (another tally's) is refused
 /// when read back, not misread.
-pub const RUN_MAGIC: &[u8; 8] = b"TALLYRN2";
+pub const RUN_MAGIC: &[u8; 8] = b"TALLYRN3";
 
 /// Whether the file at `path` starts as a run file of this format does.
 pub fn is_run_file(path: &Path) -> std::io::Result<bool> {
@@ -521,14 +521,19 @@ mod tests {
             event_id: event.into(),
             account_id: account.into(),
             occurred_at: 0,
-            credits: Milli(1000),
+            credits: Some(Milli(1000)),
         }
     }
 
     #[test]
     fn runs_merge_by_account_and_chunks_end_at_account_boundaries() {
         let dir = tempfile::tempdir().unwrap();
-        let a = vec![row("a", "1"), row("a", "2"), row("c", "5")];
+        // An event of the period that was not billed round-trips its null credits.
+        let unbilled = BilledEventRow {
+            credits: None,
+            ..row("c", "5")
+        };
+        let a = vec![row("a", "1"), row("a", "2"), unbilled];
         let b = vec![row("b", "3"), row("b", "4"), row("d", "6")];
         let runs = vec![
             write_run(&dir.path().join("a.bin"), &a).unwrap(),
@@ -677,7 +682,7 @@ mod tests {
         let mut other = good.clone();
         other[7] = b'1';
         assert!(read(&other).contains(&format!(
-            "{named}it does not start with \"TALLYRN2\" (written by another tally?)"
+            "{named}it does not start with \"TALLYRN3\" (written by another tally?)"
         )));
         assert!(read(&good[..good.len() - 1]).contains(&format!("{named}failed to fill")));
         // Cut before the second record, and inside its head (its `shared` byte only).

@@ -392,14 +392,15 @@ pub fn grants_next_table(out: &RunOutput) -> Result<RecordBatch> {
         .finish())
 }
 
-/// Events billed on each invoice (close): what a later close reads to find late events.
+/// The events of each invoice's period (close), with the credits billed for them (null
+/// for those that cost nothing to bill): what a later close reads to find late events.
 pub fn billed_events_batch(rows: &[crate::engine::BilledEventRow]) -> RecordBatch {
     Table::default()
         .str("invoice_id", rows.iter().map(|r| &*r.invoice_id))
         .str("event_id", rows.iter().map(|r| r.event_id.as_str()))
         .str("account_id", rows.iter().map(|r| &*r.account_id))
         .ts("occurred_at", rows.iter().map(|r| r.occurred_at))
-        .credits("credits", rows.iter().map(|r| r.credits))
+        .opt_credits("credits", rows.iter().map(|r| r.credits))
         .finish()
 }
 
@@ -927,7 +928,7 @@ mod tests {
             invoice_id: "INV-acct-1".into(),
             event_id: "evt-1".into(),
             occurred_at: 0,
-            credits: crate::amount::Milli(1000),
+            credits: Some(crate::amount::Milli(1000)),
         };
         let runs = [crate::runs::Run::Memory(vec![vec![row]])];
         let caught = std::panic::catch_unwind(|| write_streamed(&path, &runs, batch, None));

@@ -404,6 +404,33 @@ fn late_events(extra: &[&str]) {
         .str("status", ["active"])
         .finish();
     write_parquet(&root.join("allocations/part-1.parquet"), &dec).unwrap();
+    // November events the November close sees but bills nothing for: a failed event that
+    // was charged anyway, and an event without a rate. Later closes must not take them for
+    // late events (nor count the failed event's debit on a later invoice).
+    let unbilled = Table::default()
+        .str("event_id", ["e_failed", "e_unpriced"])
+        .str("account_id", ["acct_pro"; 2])
+        .str("product", ["captions"; 2])
+        .str("action", ["chat_edit", "no_such_action"])
+        .opt_str("model", [None, None])
+        .credits("quantity", [Milli::from_units(1); 2])
+        .str("status", ["failed", "succeeded"])
+        .ts(
+            "occurred_at",
+            [t("2026-11-20T10:00:00Z"), t("2026-11-21T10:00:00Z")],
+        )
+        .finish();
+    write_parquet(&root.join("usage/part-unbilled.parquet"), &unbilled).unwrap();
+    write_debits(
+        &root.join("debits/part-unbilled.parquet"),
+        &[(
+            "d_failed",
+            "acct_pro",
+            "e_failed",
+            2,
+            "2026-11-20T10:00:01Z",
+        )],
+    );
     let closes = tmp.path().join("closes");
     let close = |as_of: &str, name: &str| {
         let out = closes.join(name);
@@ -425,6 +452,25 @@ fn late_events(extra: &[&str]) {
         tally(&args)
     };
     assert!(close("2026-12-01T00:00:00Z", "2026-12-01").status.success());
+    let first_discrepancies =
+        std::fs::read_to_string(closes.join("2026-12-01/discrepancies.csv")).unwrap();
+    assert!(
+        first_discrepancies.contains("\ncharged_failed_event,acct_pro,e_failed,d_failed,")
+            && first_discrepancies.contains("\nunpriced_event,acct_pro,e_unpriced,,"),
+        "{first_discrepancies}"
+    );
+    // The November close lists every event of its invoices' periods, the unbilled ones
+    // with null credits: the next close knows it saw them.
+    let billed = render(
+        &closes.join("2026-12-01/billed_events.parquet"),
+        &["occurred_at"],
+    );
+    assert!(
+        billed.contains("\nINV-acct_pro-20261101T000000Z,e_failed,acct_pro,\n")
+            && billed.contains("\nINV-acct_pro-20261101T000000Z,e_unpriced,acct_pro,\n")
+            && billed.contains("\nINV-acct_pro-20261101T000000Z,e1,acct_pro,144.000\n"),
+        "{billed}"
+    );
 
     // After the November close, a November event shows up, and December usage.
     write_usage(
@@ -450,7 +496,8 @@ fn late_events(extra: &[&str]) {
     // The late event draws on December's plan as if it occurred on December 1 (not on the
     // top-up that was usable on November 29): rollover 0, plan 8, promo 0, compensation 0,
     // top_up 0.
-    assert!(invoices.contains("INV-acct_pro-20261201T000000Z,acct_pro,pro,2026-12-01T00:00:00Z,2026-12-31T08:00:00Z,USD,999,200.000,8.000,0.000,8.000,0.000,0.000,0.000,"), "{invoices}");
+    // Recorded: the late event's 6 and December's 2, not November's failed event's 2 again.
+    assert!(invoices.contains("INV-acct_pro-20261201T000000Z,acct_pro,pro,2026-12-01T00:00:00Z,2026-12-31T08:00:00Z,USD,999,200.000,8.000,0.000,8.000,0.000,0.000,0.000,0.000,0,999,8.000,0.000\n"), "{invoices}");
     let lines = render(&out.join("invoice_lines.parquet"), &[]);
     assert_eq!(
         lines,
