@@ -127,40 +127,131 @@ pub fn consume_traced(
         let k = g.kind.index();
         granted[k] = granted[k].checked_add(g.remaining)?;
     }
-    let mut consumed = ByKind::default();
-    let mut overage = Milli::ZERO;
-    let mut overage_of = Vec::with_capacity(charges.len());
-    for (charge, &(t, credits)) in charges.iter().enumerate() {
-        let mut need = credits;
-        for (position, g) in pool.iter_mut().enumerate() {
-            if !need.is_positive() {
-                break;
-            }
-            if !g.remaining.is_positive() || !g.usable_at(t) {
-                continue;
-            }
-            let take = need.min(g.remaining);
-            g.remaining = g.remaining.checked_sub(take)?;
-            need = need.checked_sub(take)?;
-            let k = g.kind.index();
-            consumed[k] = consumed[k].checked_add(take)?;
-            on_draw(Draw {
-                charge,
-                grant: position,
-                taken: take,
-                left: g.remaining,
-            });
-        }
-        overage = overage.checked_add(need)?;
-        overage_of.push(need);
+    let mut taken = Taken {
+        consumed: ByKind::default(),
+        overage: Milli::ZERO,
+        overage_of: Vec::with_capacity(charges.len()),
+    };
+    // The engine's charges come in time order (a late event draws at the period start and
+    // sorts first); any other order is priced by scanning every grant for every charge.
+    if charges.windows(2).all(|w| w[0].0 <= w[1].0) {
+        draw_in_time_order(&mut pool, charges, &mut taken, &mut on_draw)?;
+    } else {
+        draw_by_scanning(&mut pool, charges, &mut taken, &mut on_draw)?;
     }
     Ok(PeriodConsumption {
         granted,
-        consumed,
-        overage,
-        overage_of,
+        consumed: taken.consumed,
+        overage: taken.overage,
+        overage_of: taken.overage_of,
         grants_after: pool,
     })
+}
+
+/// What the charges took, so far.
+struct Taken {
+    consumed: ByKind,
+    overage: Milli,
+    overage_of: Vec<Milli>,
+}
+
+impl Taken {
+    /// Take what grant `position` of `pool` can give of `need`; what is still needed.
+    fn draw(
+        &mut self,
+        pool: &mut [GrantBalance],
+        charge: usize,
+        position: usize,
+        need: Milli,
+        on_draw: &mut impl FnMut(Draw),
+    ) -> Result<Milli> {
+        let g = &mut pool[position];
+        let take = need.min(g.remaining);
+        g.remaining = g.remaining.checked_sub(take)?;
+        let k = g.kind.index();
+        self.consumed[k] = self.consumed[k].checked_add(take)?;
+        on_draw(Draw {
+            charge,
+            grant: position,
+            taken: take,
+            left: g.remaining,
+        });
+        need.checked_sub(take)
+    }
+
+    fn uncovered(&mut self, need: Milli) -> Result<()> {
+        self.overage = self.overage.checked_add(need)?;
+        self.overage_of.push(need);
+        Ok(())
+    }
+}
+
+/// The contract's rule as written: each charge looks at every grant in consumption order
+/// (events × grants steps). The reference [`draw_in_time_order`] is held to.
+fn draw_by_scanning(
+    pool: &mut [GrantBalance],
+    charges: &[(Micros, Milli)],
+    taken: &mut Taken,
+    on_draw: &mut impl FnMut(Draw),
+) -> Result<()> {
+    for (charge, &(t, credits)) in charges.iter().enumerate() {
+        let mut need = credits;
+        for position in 0..pool.len() {
+            if !need.is_positive() {
+                break;
+            }
+            let g = &pool[position];
+            if !g.remaining.is_positive() || !g.usable_at(t) {
+                continue;
+            }
+            need = taken.draw(pool, charge, position, need, on_draw)?;
+        }
+        taken.uncovered(need)?;
+    }
+    Ok(())
+}
+
+/// The same draws for charges in time order, in (events + grants) × log(grants) steps: the
+/// grants usable now with credits left are kept by consumption position; a grant joins
+/// when time reaches its `effective_at` and leaves, for good, once used up or expired (time
+/// only moves on). An account-period with 100,000 grants and 100,000 events took 17–26 s
+/// by scanning (an audit's repro).
+fn draw_in_time_order(
+    pool: &mut [GrantBalance],
+    charges: &[(Micros, Milli)],
+    taken: &mut Taken,
+    on_draw: &mut impl FnMut(Draw),
+) -> Result<()> {
+    let mut by_start: Vec<usize> = (0..pool.len()).collect();
+    by_start.sort_by_key(|&p| (pool[p].effective_at, p));
+    let mut joined = 0;
+    let mut live = std::collections::BTreeSet::new();
+    for (charge, &(t, credits)) in charges.iter().enumerate() {
+        while let Some(&position) = by_start.get(joined).filter(|&&p| pool[p].effective_at <= t) {
+            live.insert(position);
+            joined += 1;
+        }
+        let mut need = credits;
+        let mut from = 0;
+        while need.is_positive() {
+            let Some(&position) = live.range(from..).next() else {
+                break;
+            };
+            from = position + 1;
+            let g = &pool[position];
+            if !g.remaining.is_positive() || !g.usable_at(t) {
+                // Used up, or expired (it joined at its start, and time only moves on).
+                live.remove(&position);
+                continue;
+            }
+            need = taken.draw(pool, charge, position, need, on_draw)?;
+            if !pool[position].remaining.is_positive() {
+                live.remove(&position);
+            }
+        }
+        taken.uncovered(need)?;
+    }
+    Ok(())
 }
 
 pub fn sum_kinds(kinds: &ByKind) -> Result<Milli> {
@@ -234,6 +325,73 @@ mod tests {
         assert_eq!(order, ["c", "b", "a"]);
         assert_eq!(out.grants_after[0].remaining, Milli::ZERO);
         assert_eq!(out.grants_after[1].remaining, Milli::from_units(4));
+    }
+
+    /// Charges out of time order (not what the engine gives) are drawn by the scan: a
+    /// grant that expired for a later charge is still there for an earlier one after it.
+    #[test]
+    fn charges_out_of_time_order_draw_as_the_rule_says() {
+        let pool = vec![grant("t", GrantKind::TopUp, 10, 0, Some(50))];
+        let charges = [(60, Milli::from_units(1)), (10, Milli::from_units(3))];
+        let out = consume(pool, &charges).unwrap();
+        assert_eq!(out.overage_of, [Milli::from_units(1), Milli::ZERO]);
+        assert_eq!(out.grants_after[0].remaining, Milli::from_units(7));
+    }
+
+    /// A path's draws, the grants' credits left, and what each kind gave and each charge
+    /// lacked.
+    type Outcome = (Vec<Draw>, Vec<Milli>, ByKind, Vec<Milli>);
+
+    /// Every draw of the scan and of the time-ordered path, and what they leave.
+    fn both_paths(pool: &[GrantBalance], charges: &[(Micros, Milli)]) -> [Outcome; 2] {
+        let run = |time_ordered: bool| {
+            let mut pool = pool.to_vec();
+            pool.sort_by(consumption_order);
+            let mut taken = Taken {
+                consumed: ByKind::default(),
+                overage: Milli::ZERO,
+                overage_of: Vec::new(),
+            };
+            let mut draws = Vec::new();
+            let mut on_draw = |d| draws.push(d);
+            match time_ordered {
+                true => draw_in_time_order(&mut pool, charges, &mut taken, &mut on_draw),
+                false => draw_by_scanning(&mut pool, charges, &mut taken, &mut on_draw),
+            }
+            .unwrap();
+            let left = pool.iter().map(|g| g.remaining).collect();
+            (draws, left, taken.consumed, taken.overage_of)
+        };
+        [run(false), run(true)]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+        /// The time-ordered path makes the scan's draws, one for one, on grants that start,
+        /// expire and run out at every point of the charges' times.
+        #[test]
+        fn the_time_ordered_path_draws_as_the_scan_does(
+            grants in proptest::collection::vec(
+                (0usize..4, 0i64..20, 0i64..40, proptest::option::of(1i64..40)),
+                0..12,
+            ),
+            times in proptest::collection::vec((0i64..50, 0i64..15), 0..40),
+        ) {
+            let kinds = [GrantKind::Rollover, GrantKind::Promo, GrantKind::Compensation, GrantKind::TopUp];
+            let mut pool: Vec<GrantBalance> = grants
+                .iter()
+                .enumerate()
+                .map(|(i, &(kind, credits, start, length))| {
+                    grant(&format!("g{i}"), kinds[kind], credits, start, length.map(|l| start + l))
+                })
+                .collect();
+            pool.push(GrantBalance::plan(Milli::from_units(10), 5, 30));
+            let mut charges: Vec<(Micros, Milli)> =
+                times.iter().map(|&(t, c)| (t, Milli(c * 500))).collect();
+            charges.sort_by_key(|c| c.0);
+            let [scan, ordered] = both_paths(&pool, &charges);
+            proptest::prop_assert_eq!(scan, ordered);
+        }
     }
 
     #[test]
