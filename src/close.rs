@@ -192,9 +192,21 @@ pub fn close_period(
     expired = expired.checked_add(plan_unused.checked_sub(rollover)?)?;
     let anchor = allocation.billing_anchor.unwrap_or(allocation.period_start);
     let next_end = if renews {
-        Some(next_anniversary(anchor, period_end).ok_or_else(|| {
-            TallyError::Overflow(format!("next period end of invoice {id} is out of range"))
-        })?)
+        // The next period is the next close's input: past year 9999 it could not be read
+        // back (nor written in RFC 3339).
+        let end = next_anniversary(anchor, period_end)
+            .filter(|&end| end < crate::time::END_OF_INSTANTS)
+            .ok_or_else(|| TallyError::Input {
+                file: "allocations".into(),
+                message: format!(
+                    "account \"{}\" period starting {}: its next period would end past year \
+                     9999, which an input cannot hold; check its period_end and billing_anchor, \
+                     then rerun",
+                    allocation.account_id,
+                    crate::time::format_instant(allocation.period_start),
+                ),
+            })?;
+        Some(end)
     } else {
         None
     };

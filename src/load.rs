@@ -389,12 +389,9 @@ impl Column {
             TimeUnit::Microsecond => Some(v),
             TimeUnit::Nanosecond => Some(v.div_euclid(1_000)),
         };
-        // Years 0001..=9999: every instant renders and date arithmetic stays in range.
-        const MIN: i64 = -62_135_596_800 * 1_000_000; // 0001-01-01T00:00:00Z
-        const MAX: i64 = 253_402_300_800 * 1_000_000; // 10000-01-01T00:00:00Z
         Some(
             converted
-                .filter(|m| (MIN..MAX).contains(m))
+                .filter(|m| (crate::time::FIRST_INSTANT..crate::time::END_OF_INSTANTS).contains(m))
                 .ok_or_else(|| format!("{v} {unit:?}s since the epoch")),
         )
     }
@@ -523,6 +520,21 @@ fn open_checked(
     let schema = metadata.schema().clone();
     let mut indices = Vec::with_capacity(specs.len());
     for spec in specs {
+        // Two columns of the name: which one holds the data is anyone's guess.
+        let named = schema
+            .fields()
+            .iter()
+            .filter(|f| f.name() == spec.name)
+            .count();
+        if named > 1 {
+            return Err(TallyError::input(
+                &file.rel_path,
+                format!(
+                    "{named} columns are named `{}`; a file must have one column of each name",
+                    spec.name
+                ),
+            ));
+        }
         match schema.index_of(spec.name) {
             Ok(index) => {
                 let dt = schema.field(index).data_type();

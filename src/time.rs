@@ -7,6 +7,13 @@ pub type Micros = i64;
 
 pub const MICROS_PER_SECOND: i64 = 1_000_000;
 
+/// The first instant an input may hold: 0001-01-01T00:00:00Z (years 0001..=9999: every
+/// instant renders in RFC 3339 and date arithmetic stays in range).
+pub const FIRST_INSTANT: Micros = -62_135_596_800 * MICROS_PER_SECOND;
+
+/// The first instant past what an input may hold: 10000-01-01T00:00:00Z.
+pub const END_OF_INSTANTS: Micros = 253_402_300_800 * MICROS_PER_SECOND;
+
 /// Render an instant as RFC 3339 with `Z`, fractional seconds only when non-zero (3
 /// digits for whole milliseconds, else 6): chrono's `to_rfc3339_opts(AutoSi, true)`.
 pub fn format_instant(t: Micros) -> String {

@@ -200,6 +200,15 @@ fn usage_without_event_id_is_exit_2() {
 }
 
 #[test]
+fn usage_with_two_event_id_columns_is_exit_2() {
+    assert_input_refused(
+        "usage_two_event_id_columns.parquet",
+        USAGE,
+        "2 columns are named `event_id`; a file must have one column of each name",
+    );
+}
+
+#[test]
 fn usage_quantity_float32_is_exit_2() {
     assert_input_refused(
         "usage_quantity_float32.parquet",

@@ -361,6 +361,58 @@ fn a_close_over_its_own_fed_back_rollover_writes_it_once() {
     );
 }
 
+/// A renewal whose next period would end past year 9999 (which no input can hold, so the
+/// next close could not read it back) is exit 2 naming the account-period; the period
+/// before it renews.
+#[test]
+fn a_renewal_past_year_9999_is_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    std::fs::create_dir_all(root.join("allocations")).unwrap();
+    std::fs::copy(
+        repo().join("fixtures/pricebook.toml"),
+        root.join("pricebook.toml"),
+    )
+    .unwrap();
+    let write_period = |start: &str, end: &str| {
+        let allocations = Table::default()
+            .str("account_id", ["acct_pro"])
+            .str("plan_id", ["pro"])
+            .ts("period_start", [t(start)])
+            .ts("period_end", [t(end)])
+            .credits("included_credits", [Milli::from_units(200)])
+            .opt_ts("billing_anchor", [None])
+            .str("status", ["active"])
+            .finish();
+        write_parquet(&root.join("allocations/part-0.parquet"), &allocations).unwrap();
+    };
+    write_usage(&root.join("usage/part-0.parquet"), &[]);
+    write_debits(&root.join("debits/part-0.parquet"), &[]);
+    write_period("9999-10-01T00:00:00Z", "9999-11-01T00:00:00Z");
+    let out = tmp.path().join("out");
+    run_command_ok("close", &root, "9999-12-01T00:00:00Z", &out);
+    let next = render(&out.join("allocations_next.parquet"), &[]);
+    assert!(
+        next.contains(",9999-11-01T00:00:00Z,9999-12-01T00:00:00Z,"),
+        "{next}"
+    );
+
+    write_period("9999-11-01T00:00:00Z", "9999-12-01T00:00:00Z");
+    let refused = run(
+        "close",
+        &root,
+        "9999-12-01T00:00:00Z",
+        &tmp.path().join("out2"),
+    );
+    assert_eq!(refused.status.code(), Some(2));
+    assert_eq!(
+        stderr(&refused),
+        "tally: allocations: account \"acct_pro\" period starting 9999-11-01T00:00:00Z: its \
+         next period would end past year 9999, which an input cannot hold; check its \
+         period_end and billing_anchor, then rerun\n"
+    );
+}
+
 #[test]
 fn close_outputs_are_deterministic() {
     let tmp = tempfile::tempdir().unwrap();

@@ -100,6 +100,13 @@ def parquet_corpus() -> None:
 
     # Wrong schema.
     write_parquet("usage_no_event_id.parquet", usage.drop_columns(["event_id"]))
+    # A second `event_id` column (other ids) after the first: which one is the data?
+    write_parquet(
+        "usage_two_event_id_columns.parquet",
+        usage.append_column(
+            "event_id", pc.binary_join_element_wise(usage["event_id"], "-other", "")
+        ),
+    )
     write_parquet(
         "usage_quantity_float32.parquet",
         replace_column(usage, "quantity", pc.cast(usage["quantity"], pa.float32())),
