@@ -208,6 +208,24 @@ fn conservation(out: &RunOutput) -> Conservation {
     }
 }
 
+/// An id as the text of a Markdown table cell: the characters that would end the cell,
+/// start markup or raw HTML are backslash-escaped and control characters (a newline would
+/// end the table) written as `\u{..}`, so that `summary.md` shows every id as it is.
+fn md_text(id: &str) -> String {
+    let mut out = String::with_capacity(id.len());
+    for c in id.chars() {
+        match c {
+            '\\' | '|' | '<' | '>' | '&' | '[' | ']' | '`' | '*' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_control() => out.push_str(&c.escape_unicode().to_string()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 pub fn summary_markdown(out: &RunOutput, s: &Summary) -> Result<String> {
     let mut md = String::new();
     let _ = writeln!(md, "# tally {} — as of {}\n", s.command, s.as_of);
@@ -280,7 +298,13 @@ pub fn summary_markdown(out: &RunOutput, s: &Summary) -> Result<String> {
             "| account | rows | Σ abs(delta) credits |\n|---|---:|---:|"
         );
         for a in top {
-            let _ = writeln!(md, "| {} | {} | {} |", a.account_id, a.count, a.abs_delta);
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} |",
+                md_text(&a.account_id),
+                a.count,
+                a.abs_delta
+            );
         }
     }
     let _ = writeln!(
@@ -321,4 +345,22 @@ pub struct Manifest {
     pub settings: ManifestSettings,
     pub inputs: Vec<FileEntry>,
     pub outputs: Vec<FileEntry>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_in_markdown_cells_cannot_end_the_cell_or_the_table() {
+        assert_eq!(md_text("acct_pro-1"), "acct_pro-1");
+        assert_eq!(md_text("a|b"), "a\\|b");
+        assert_eq!(md_text("<script>&"), "\\<script\\>\\&");
+        assert_eq!(md_text("x\ny\r"), "x\\u{a}y\\u{d}");
+        assert_eq!(
+            md_text("[l](u) `c` *e* \\"),
+            "\\[l\\](u) \\`c\\` \\*e\\* \\\\"
+        );
+        assert_eq!(md_text("ünï 名"), "ünï 名");
+    }
 }
