@@ -308,6 +308,12 @@ pub fn grants_next(
     Ok(next)
 }
 
+/// Whether `row` is a rollover grant as a close writes it: its id names its own account
+/// and start (see [`rollover_grant_id`]).
+pub fn is_written_rollover(row: &GrantRow) -> bool {
+    is_own_rollover(row, row.effective_at)
+}
+
 /// Whether `row` is the rollover grant a close of its account's period ending
 /// `period_end` writes (see [`rollover_grant_id`]).
 fn is_own_rollover(row: &GrantRow, period_end: Micros) -> bool {

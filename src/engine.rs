@@ -297,6 +297,12 @@ pub fn process_account(
     Ok(result)
 }
 
+/// A (product, action, model) as messages name it: `studio/prompt_to_video/veo-3`.
+fn sku_place(dicts: &crate::dict::Dicts, sku: u32) -> String {
+    let model = dicts.model(sku).map_or("(no model)", |m| m.as_ref());
+    format!("{}/{}/{model}", dicts.product(sku), dicts.action(sku))
+}
+
 /// An account-period as messages name it.
 fn period_place(alloc: &AllocationRow) -> String {
     format!(
@@ -448,7 +454,18 @@ fn process_period(
                 .entry((u.sku, event.late_from().is_some()))
                 .or_insert((0, Milli::ZERO, Milli::ZERO));
             line.0 += 1;
-            line.1 = line.1.checked_add(u.quantity())?;
+            // A quantity, not credits: named as such, not as the period's credits sum.
+            line.1 = line.1.checked_add(u.quantity()).map_err(|_| {
+                TallyError::Overflow(format!(
+                    "{}: the quantities of its {} events sum past what \
+                     invoice_lines.quantity holds (999999999999999.999, DECIMAL(18,3)): {} + {}; \
+                     check those events' quantities, then rerun",
+                    period_place(alloc),
+                    sku_place(ctx.dicts, u.sku),
+                    line.1,
+                    u.quantity()
+                ))
+            })?;
             line.2 = line.2.checked_add(credits)?;
         }
         if verdict.pending {

@@ -1130,6 +1130,7 @@ fn order_outputs(
     };
     if settings.mode == Mode::Close {
         check_one_invoice_and_renewal_per_period(&out)?;
+        check_grants_next_ids_are_unique(&out.grants_next)?;
     }
     let accounted =
         usage.events_in_window + usage.identical_duplicates + usage.rejected + usage.outside_window;
@@ -1195,6 +1196,36 @@ fn gather<T>(gathered: &mut Vec<T>, more: Vec<T>) {
 }
 
 /// Every closed account-period has exactly one invoice and one renewal.
+/// `grants_next` is the next period's grants input, where `grant_id` is unique. Each
+/// account checks its own carried grants against its rollover (`close::grants_next`); an
+/// input grant of another account named like this account's rollover
+/// (`rollover-{account}-{stamp}`) is found only here, across accounts: exit 2 naming both.
+fn check_grants_next_ids_are_unique(grants: &[GrantRow]) -> Result<()> {
+    let mut ids: Vec<&GrantRow> = grants.iter().collect();
+    ids.par_sort_unstable_by(|a, b| a.grant_id.as_bytes().cmp(b.grant_id.as_bytes()));
+    let Some(pair) = ids.windows(2).find(|w| w[0].grant_id == w[1].grant_id) else {
+        return Ok(());
+    };
+    let (written, taken) = match crate::close::is_written_rollover(pair[1]) {
+        true => (pair[1], pair[0]),
+        false => (pair[0], pair[1]),
+    };
+    Err(TallyError::Input {
+        file: "grants".into(),
+        message: format!(
+            "grant \"{}\" of account \"{}\" ({}, effective {}) has the id of the {} grant \
+             this close writes for account \"{}\", and grants_next cannot hold two grants with \
+             one id; give that grant another id and rerun",
+            taken.grant_id,
+            taken.account_id,
+            taken.kind.name(),
+            crate::time::format_instant(taken.effective_at),
+            written.kind.name(),
+            written.account_id,
+        ),
+    })
+}
+
 fn check_one_invoice_and_renewal_per_period(out: &AccountResult) -> Result<()> {
     let periods = out.totals.account_periods as usize;
     let mut invoiced: Vec<(&str, Micros)> = out

@@ -301,9 +301,20 @@ fn close_is_idempotent_and_refuses_changed_inputs() {
 /// A grants file as a close's grants_next writes it: one rollover-shaped or other grant of
 /// `acct_pro` starting at `effective_at`.
 fn write_one_grant(path: &Path, grant_id: &str, kind: &str, units: i64, effective_at: &str) {
+    write_one_grant_of(path, "acct_pro", grant_id, kind, units, effective_at);
+}
+
+fn write_one_grant_of(
+    path: &Path,
+    account: &str,
+    grant_id: &str,
+    kind: &str,
+    units: i64,
+    effective_at: &str,
+) {
     let grants = Table::default()
         .str("grant_id", [grant_id])
-        .str("account_id", ["acct_pro"])
+        .str("account_id", [account])
         .str("kind", [kind])
         .credits("credits", [Milli::from_units(units)])
         .ts("effective_at", [t(effective_at)])
@@ -359,6 +370,30 @@ fn a_close_over_its_own_fed_back_rollover_writes_it_once() {
          writes for that account's next period (from 2026-12-01T00:00:00Z), and grants_next \
          cannot hold two grants with one id; give that grant another id and rerun\n"
     );
+
+    // Another account's grant with that id: found across accounts, exit 2 naming both.
+    write_one_grant_of(
+        &fed_back,
+        "acct_free",
+        rollover,
+        "promo",
+        40,
+        "2026-11-05T00:00:00Z",
+    );
+    let refused = run(
+        "close",
+        &root,
+        "2026-12-01T00:00:00Z",
+        &tmp.path().join("close4"),
+    );
+    assert_eq!(refused.status.code(), Some(2));
+    assert_eq!(
+        stderr(&refused),
+        "tally: grants: grant \"rollover-acct_pro-20261201T000000Z\" of account \"acct_free\" \
+         (promo, effective 2026-11-05T00:00:00Z) has the id of the rollover grant this close \
+         writes for account \"acct_pro\", and grants_next cannot hold two grants with one id; \
+         give that grant another id and rerun\n"
+    );
 }
 
 /// A renewal whose next period would end past year 9999 (which no input can hold, so the
@@ -410,6 +445,58 @@ fn a_renewal_past_year_9999_is_exit_2() {
         "tally: allocations: account \"acct_pro\" period starting 9999-11-01T00:00:00Z: its \
          next period would end past year 9999, which an input cannot hold; check its \
          period_end and billing_anchor, then rerun\n"
+    );
+}
+
+/// Two valid events whose quantities sum past what `invoice_lines.quantity` holds: the
+/// reconcile (no such column) publishes, the close stops with exit 4 naming the sum as the
+/// quantity it is, not as credits.
+#[test]
+fn an_invoice_lines_quantity_past_its_column_is_named_as_a_quantity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = first_data(tmp.path());
+    let book = std::fs::read_to_string(root.join("pricebook.toml")).unwrap();
+    let tiny = "\n[[rates]]\nproduct = \"captions\"\naction = \"tiny\"\nunit = \"second\"\n\
+                credits_per_unit = \"0.000001\"\neffective_from = 2026-01-01T00:00:00Z\n";
+    std::fs::write(root.join("pricebook.toml"), book + tiny).unwrap();
+    write_usage(
+        &root.join("usage/part-big.parquet"),
+        &[
+            (
+                "big1",
+                "acct_pro",
+                "tiny",
+                600_000_000_000_000,
+                "2026-11-07T10:00:00Z",
+            ),
+            (
+                "big2",
+                "acct_pro",
+                "tiny",
+                600_000_000_000_000,
+                "2026-11-08T10:00:00Z",
+            ),
+        ],
+    );
+    run_command_ok(
+        "reconcile",
+        &root,
+        "2026-11-20T00:00:00Z",
+        &tmp.path().join("rec"),
+    );
+    let close = run(
+        "close",
+        &root,
+        "2026-12-01T00:00:00Z",
+        &tmp.path().join("close"),
+    );
+    assert_eq!(close.status.code(), Some(4), "{}", stderr(&close));
+    assert_eq!(
+        stderr(&close),
+        "tally: amount overflow: account \"acct_pro\" period starting 2026-11-01T00:00:00Z: the \
+         quantities of its captions/tiny/(no model) events sum past what invoice_lines.quantity \
+         holds (999999999999999.999, DECIMAL(18,3)): 600000000000000.000 + \
+         600000000000000.000; check those events' quantities, then rerun\n"
     );
 }
 
