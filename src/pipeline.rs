@@ -271,6 +271,17 @@ fn warn_of_an_oversized_group(
     let oversized = crate::route::oversized_group(usage, debits, fit_rows, OVERSIZED_GROUP_FACTOR);
     if let Some((group, rows)) = oversized {
         let tenths = rows.saturating_mul(10) / fit_rows;
+        // Groups near their average are too few for the budget (forced by --groups, or at
+        // the most a shard allows); one far past it holds accounts with much of the month.
+        let all_rows: u64 = usage.by_group.iter().chain(&debits.by_group).sum();
+        let average = all_rows / u64::from(layout.groups.max(1));
+        let why = match rows > average.saturating_mul(OVERSIZED_GROUP_FACTOR) {
+            true => {
+                "its accounts hold a large share of the month, and an account's rows are never \
+                 split over groups"
+            }
+            false => "the run has too few groups for the budget (forced by --groups, or the most groups the shard allows)",
+        };
         tracing::warn!(
             group = group + 1,
             groups = layout.groups,
@@ -278,9 +289,8 @@ fn warn_of_an_oversized_group(
             rows_per_group = fit_rows,
             memory_budget_bytes = settings.memory_budget_bytes,
             "group {} of {} holds {rows} usage and ledger rows, {}.{} times the {fit_rows} the \
-             memory budget plans for a group: its accounts hold a large share of the month, and \
-             an account's rows are never split over groups, so the run's peak will pass the \
-             budget; give the job more memory and a larger --memory-budget",
+             memory budget plans for a group: {why}, so the run's peak will pass the budget; \
+             give the job more memory and a larger --memory-budget",
             group + 1,
             layout.groups,
             tenths / 10,

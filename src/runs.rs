@@ -1,5 +1,6 @@
-//! The close outputs that grow with the month — `billed_events` (one row per billed event)
-//! and `invoice_lines` (one per account and priced product/action/model) — are not held
+//! The close outputs that grow with the month — `billed_events` (one row per event of an
+//! invoice's period) and `invoice_lines` (one per account and priced product/action/model)
+//! — are not held
 //! whole by a split run: each group writes its rows, in account order, to a run file; the
 //! writer merges the runs by account (an account's rows are all in one run) and streams
 //! them to Parquet (and, for the invoice lines, from the same merge to their CSV). A whole
