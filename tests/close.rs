@@ -298,13 +298,9 @@ fn close_is_idempotent_and_refuses_changed_inputs() {
     assert_eq!(after_force.status.code(), Some(0));
 }
 
-/// A grants file as a close's grants_next writes it: one rollover-shaped or other grant of
-/// `acct_pro` starting at `effective_at`.
-fn write_one_grant(path: &Path, grant_id: &str, kind: &str, units: i64, effective_at: &str) {
-    write_one_grant_of(path, "acct_pro", grant_id, kind, units, effective_at);
-}
-
-fn write_one_grant_of(
+/// A grants file as a close's grants_next writes it: one grant of `account`, expiring at
+/// the end of acct_pro's December period.
+fn write_one_grant(
     path: &Path,
     account: &str,
     grant_id: &str,
@@ -338,7 +334,14 @@ fn a_close_over_its_own_fed_back_rollover_writes_it_once() {
     // A stale amount (40, not 56): the rollover is worked out again, not copied.
     let fed_back = root.join("grants/from-close1.parquet");
     let rollover = "rollover-acct_pro-20261201T000000Z";
-    write_one_grant(&fed_back, rollover, "rollover", 40, "2026-12-01T00:00:00Z");
+    write_one_grant(
+        &fed_back,
+        "acct_pro",
+        rollover,
+        "rollover",
+        40,
+        "2026-12-01T00:00:00Z",
+    );
     let again = tmp.path().join("close2");
     run_command_ok("close", &root, "2026-12-01T00:00:00Z", &again);
     for table in [
@@ -355,40 +358,35 @@ fn a_close_over_its_own_fed_back_rollover_writes_it_once() {
         );
     }
 
-    write_one_grant(&fed_back, rollover, "promo", 40, "2026-11-05T00:00:00Z");
-    let refused = run(
-        "close",
-        &root,
-        "2026-12-01T00:00:00Z",
-        &tmp.path().join("close3"),
-    );
-    assert_eq!(refused.status.code(), Some(2));
+    // A promo named like the rollover, of the account (found with its carried grants) or of
+    // another account (found across accounts): exit 2 naming it.
+    let refused_with = |account: &str, out: &str| {
+        write_one_grant(
+            &fed_back,
+            account,
+            rollover,
+            "promo",
+            40,
+            "2026-11-05T00:00:00Z",
+        );
+        let refused = run(
+            "close",
+            &root,
+            "2026-12-01T00:00:00Z",
+            &tmp.path().join(out),
+        );
+        assert_eq!(refused.status.code(), Some(2));
+        stderr(&refused)
+    };
     assert_eq!(
-        stderr(&refused),
+        refused_with("acct_pro", "close3"),
         "tally: grants: grant \"rollover-acct_pro-20261201T000000Z\" of account \"acct_pro\" \
          (promo, effective 2026-11-05T00:00:00Z) has the id of the rollover grant this close \
          writes for that account's next period (from 2026-12-01T00:00:00Z), and grants_next \
          cannot hold two grants with one id; give that grant another id and rerun\n"
     );
-
-    // Another account's grant with that id: found across accounts, exit 2 naming both.
-    write_one_grant_of(
-        &fed_back,
-        "acct_free",
-        rollover,
-        "promo",
-        40,
-        "2026-11-05T00:00:00Z",
-    );
-    let refused = run(
-        "close",
-        &root,
-        "2026-12-01T00:00:00Z",
-        &tmp.path().join("close4"),
-    );
-    assert_eq!(refused.status.code(), Some(2));
     assert_eq!(
-        stderr(&refused),
+        refused_with("acct_free", "close4"),
         "tally: grants: grant \"rollover-acct_pro-20261201T000000Z\" of account \"acct_free\" \
          (promo, effective 2026-11-05T00:00:00Z) has the id of the rollover grant this close \
          writes for account \"acct_pro\", and grants_next cannot hold two grants with one id; \
