@@ -890,9 +890,22 @@ fn clap_error_line(e: &clap::Error) -> String {
         return "a command is required (reconcile, close, merge, explain, generate or scan); `tally --help` lists them".into();
     }
     let text = e.render().to_string();
-    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let mut lines = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .peekable();
     let first = lines.next().unwrap_or("cannot read the flags");
     let first = first.strip_prefix("error: ").unwrap_or(first);
+    // A first line ending in ':' is followed by what it is about (the missing flags).
+    let mut first = first.to_string();
+    if first.ends_with(':') {
+        let mut named = Vec::new();
+        while let Some(l) = lines.next_if(|l| !l.starts_with("Usage:") && !l.starts_with("tip: ")) {
+            named.push(l);
+        }
+        first = format!("{first} {}", named.join(", "));
+    }
     // clap's tip ("a similar argument exists") and the values a flag takes.
     let extra: Vec<&str> = lines
         .filter_map(|l| {

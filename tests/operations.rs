@@ -283,6 +283,11 @@ fn unknown_or_malformed_flags_are_one_line_and_exit_2() {
             &["recocile"][..],
             "tally: command line: unrecognized subcommand 'recocile' (a similar subcommand exists: 'reconcile')",
         ),
+        // The flag that is missing is named (clap puts it on the line after).
+        (
+            &["merge"][..],
+            "tally: command line: the following required arguments were not provided: --out <OUT>;",
+        ),
     ] {
         let out = tally(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
