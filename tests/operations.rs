@@ -397,6 +397,70 @@ fn a_close_that_closes_nothing_alerts_with_min_invoices() {
     assert!(!tmp.path().join("nightly").exists());
 }
 
+/// The job files cron runs (jobs/), on the bundled fixtures: both publish with exit 0; the
+/// close alerts (exit 1, published) on a data root whose month has no usage yet (the export
+/// late at 00:30 on the 1st), which it would otherwise invoice as a month without usage.
+#[test]
+fn the_shipped_jobs_run_and_the_close_alerts_before_the_usage_lands() {
+    let tmp = tempfile::tempdir().unwrap();
+    let job = |name: &str| repo().join("jobs").join(name);
+    let run_job = |command: &str, job: &Path, data: &Path, as_of: &str, out: &str| {
+        let closes = tmp.path().join(out).join("closes");
+        let mut c = tally_command(&[command, "--job", job.to_str().unwrap(), "--as-of", as_of]);
+        c.arg("--data").arg(data);
+        match command {
+            "close" => c
+                .arg("--history")
+                .arg(&closes)
+                .arg("--out")
+                .arg(closes.join("2026-12-01")),
+            _ => c.arg("--out").arg(tmp.path().join(out)),
+        };
+        c.output().unwrap()
+    };
+    let demo = repo().join("fixtures/demo");
+    let nightly = run_job(
+        "reconcile",
+        &job("nightly-reconcile.toml"),
+        &demo,
+        AS_OF,
+        "nightly",
+    );
+    assert_eq!(nightly.status.code(), Some(0), "{}", stderr(&nightly));
+    let close = run_job(
+        "close",
+        &job("period-close.toml"),
+        &demo,
+        CLOSE_AS_OF,
+        "close",
+    );
+    assert_eq!(close.status.code(), Some(0), "{}", stderr(&close));
+
+    let early = tmp.path().join("early");
+    copy_dir(&demo, &early);
+    for dataset in ["usage", "debits"] {
+        std::fs::remove_dir_all(early.join(dataset)).unwrap();
+        std::fs::create_dir(early.join(dataset)).unwrap();
+    }
+    let close = run_job(
+        "close",
+        &job("period-close.toml"),
+        &early,
+        CLOSE_AS_OF,
+        "early-close",
+    );
+    assert_eq!(close.status.code(), Some(1), "{}", stderr(&close));
+    assert_eq!(
+        stderr(&close),
+        "tally: alert: only 0 events in the window, fewer than the alert minimum of 1 (stale \
+         export?)\n"
+    );
+    let published = tmp
+        .path()
+        .join("early-close/closes/2026-12-01/invoices.parquet");
+    assert!(published.exists(), "an alert comes after publishing");
+}
+
 /// A misspelt placeholder in a job's `out` (or in `--out`) is refused (exit 2) before the
 /// run: as a literal folder name it would send every month's close to one folder.
 #[test]
