@@ -86,16 +86,19 @@ enum Command {
 /// What a run reads and when: shared by the runs and by `explain`.
 #[derive(Args, Clone)]
 struct SourceArgs {
-    /// Job file holding data, out, settle, history and alert thresholds (flags override it).
+    /// Job file holding data, out, as_of, settle, history, memory_budget, buckets and
+    /// [alert] thresholds (flags override it).
     #[arg(long)]
     job: Option<PathBuf>,
     /// Data root: pricebook.toml, usage/, allocations/, grants/ (optional), debits/.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// The run's instant (RFC 3339, e.g. 2026-11-20T00:00:00Z), or `now`.
+    /// The run's instant: RFC 3339 (2026-11-20T00:00:00Z), a date (2026-11-20, its
+    /// midnight UTC), or `now`.
     #[arg(long)]
     as_of: Option<String>,
-    /// Events this recent without ledger entries are pending, not missing (15m, 900s, 1h).
+    /// Events this recent without ledger entries are pending, not missing (15m, 900s, 1h;
+    /// default 15m).
     // A value may start with '-', so that `--settle -5m` is refused as a duration, not as
     // an unknown flag `-5`.
     #[arg(long, allow_hyphen_values = true)]
