@@ -133,8 +133,11 @@ pub fn consume_traced(
         overage_of: Vec::with_capacity(charges.len()),
     };
     // The engine's charges come in time order (a late event draws at the period start and
-    // sorts first); any other order is priced by scanning every grant for every charge.
-    if charges.windows(2).all(|w| w[0].0 <= w[1].0) {
+    // sorts first); any other order is priced by scanning every grant for every charge, and
+    // so is a period of few grants (nearly all of them): a few steps an event, where the
+    // time-ordered path would build a set per period.
+    let time_ordered = charges.windows(2).all(|w| w[0].0 <= w[1].0);
+    if time_ordered && pool.len() > SCAN_GRANTS_UP_TO {
         draw_in_time_order(&mut pool, charges, &mut taken, &mut on_draw)?;
     } else {
         draw_by_scanning(&mut pool, charges, &mut taken, &mut on_draw)?;
@@ -147,6 +150,10 @@ pub fn consume_traced(
         grants_after: pool,
     })
 }
+
+/// A period with at most this many grants (the plan included) is drawn by scanning them
+/// for every charge: at most this many steps a charge.
+const SCAN_GRANTS_UP_TO: usize = 32;
 
 /// What the charges took, so far.
 struct Taken {
