@@ -519,15 +519,17 @@ pub fn run_job(req: &JobRequest) -> Result<JobOutcome> {
     publish_run(req, &output, inputs)
 }
 
+/// Every [alert] threshold the run crossed, on one line (`; ` between them), or `None`.
 fn check_alert(alert: &Alert, f: &AlertFigures) -> Option<String> {
+    let mut crossed = Vec::new();
     if let Some(max) = alert.max_discrepancies.filter(|&m| f.discrepancies > m) {
-        return Some(format!(
+        crossed.push(format!(
             "{} discrepancy rows exceed the alert threshold of {max}",
             f.discrepancies
         ));
     }
     if let Some(max) = alert.max_abs_delta_credits.filter(|&m| f.abs_delta > m) {
-        return Some(format!(
+        crossed.push(format!(
             "Σ |delta| of {} credits exceeds the alert threshold of {max}",
             f.abs_delta
         ));
@@ -536,13 +538,13 @@ fn check_alert(alert: &Alert, f: &AlertFigures) -> Option<String> {
         .min_events_in_window
         .filter(|&m| f.events_in_window < m)
     {
-        return Some(format!(
+        crossed.push(format!(
             "only {} events in the window, fewer than the alert minimum of {min} (stale export?)",
             f.events_in_window
         ));
     }
     if let Some(max) = alert.max_rejected_rows.filter(|&m| f.rejected_rows > m) {
-        return Some(format!(
+        crossed.push(format!(
             "{} rejected rows exceed the alert threshold of {max}",
             f.rejected_rows
         ));
@@ -552,12 +554,12 @@ fn check_alert(alert: &Alert, f: &AlertFigures) -> Option<String> {
             0 => " (an as-of before every period's end, or a data root without the month?)",
             _ => "",
         };
-        return Some(format!(
+        crossed.push(format!(
             "only {} invoices, fewer than the alert minimum of {min}{why}",
             f.invoices
         ));
     }
-    None
+    (!crossed.is_empty()).then(|| crossed.join("; "))
 }
 
 /// Refuse to replace a folder that is not a tally output: `--out` must never wipe other data.

@@ -382,6 +382,16 @@ fn a_close_that_closes_nothing_alerts_with_min_invoices() {
     );
     let due = with_job("close", &job, CLOSE_AS_OF);
     assert_eq!(due.status.code(), Some(0), "{}", stderr(&due));
+    // Every threshold crossed is named, on the one line.
+    let both = write_job(tmp.path(), "both.toml", "command = \"close\"\ndata = \"data\"\nout = \"both/{as_of_date}\"\n[alert]\nmin_invoices = 1\nmin_events_in_window = 1\n");
+    let early = with_job("close", &both, AS_OF);
+    assert_eq!(early.status.code(), Some(1), "{}", stderr(&early));
+    assert_eq!(
+        stderr(&early),
+        "tally: alert: only 0 events in the window, fewer than the alert minimum of 1 (stale \
+         export?); only 0 invoices, fewer than the alert minimum of 1 (an as-of before every \
+         period's end, or a data root without the month?)\n"
+    );
 
     let nightly = write_job(
         tmp.path(),
