@@ -534,6 +534,75 @@ fn cross_account_root(root: &Path) {
     write_debits(&root.join("debits/part-1.parquet"), &debits1);
 }
 
+/// A split run whose ledger charges other accounts' events warns that those rows, held in
+/// memory until their groups run, pass what the budget plans for a group; the same rows
+/// charging their own accounts do not.
+#[test]
+fn many_rows_joined_across_accounts_are_warned_of() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (across, warns) in [(1, true), (0, false)] {
+        let root = tmp.path().join(format!("data-{across}"));
+        let accounts = november_root(&root, 100);
+        let day = "2026-11-10T00:00:00Z";
+        let events: Vec<String> = (0..3_000).map(|i| format!("e{i}")).collect();
+        let entries: Vec<String> = (0..3_000).map(|i| format!("d{i}")).collect();
+        let usage: Vec<Usage<'_>> = (events.iter().enumerate())
+            .map(|(i, e)| (e.as_str(), accounts[i % 100].as_str(), 1, day, None))
+            .collect();
+        let debits: Vec<Debit<'_>> = (entries.iter().zip(&events).enumerate())
+            .map(|(i, (d, e))| {
+                (
+                    d.as_str(),
+                    accounts[(i + across) % 100].as_str(),
+                    Some(e.as_str()),
+                    8,
+                    day,
+                )
+            })
+            .collect();
+        write_usage(&root.join("usage/part-0.parquet"), &usage);
+        write_debits(&root.join("debits/part-0.parquet"), &debits);
+        let out = run_command(
+            "reconcile",
+            &root,
+            AS_OF,
+            &tmp.path().join(format!("out-{across}")),
+        )
+        .args(["--memory-budget", "256KiB", "--log-format", "json"])
+        .output()
+        .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        let log = stderr(&out);
+        let warning = log
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| {
+                v["level"] == "WARN"
+                    && v["fields"]["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("join ids across accounts")
+            });
+        assert_eq!(warning.is_some(), warns, "{log}");
+        if let Some(w) = warning {
+            let fields = &w["fields"];
+            // Every usage and ledger row: each entry names another account's event.
+            assert_eq!(fields["rows"], 6_000, "{log}");
+            let fit = fields["rows_per_group"].as_u64().unwrap();
+            assert_eq!(
+                fields["message"].as_str().unwrap(),
+                format!(
+                    "6000 usage and ledger rows join ids across accounts (ledger entries naming \
+                     another account's event, event ids used by several accounts), more than the \
+                     {fit} rows the memory budget plans for a group: they stay in memory until \
+                     their groups run, so the run's peak will pass the budget; give the job more \
+                     memory and a larger --memory-budget"
+                )
+            );
+        }
+    }
+}
+
 #[test]
 fn rows_joined_across_accounts_are_routed_exactly_when_split() {
     let tmp = tempfile::tempdir().unwrap();
