@@ -471,6 +471,75 @@ fn the_shipped_jobs_run_and_the_close_alerts_before_the_usage_lands() {
     assert!(published.exists(), "an alert comes after publishing");
 }
 
+/// jobs/sharded-local.sh: N shard processes and the merge publish the single run's
+/// outputs wherever the job file and its `out` are (JOB and OUT together); a bad N, or a
+/// JOB without its OUT, is exit 2 before any shard starts.
+#[test]
+fn the_local_sharded_job_publishes_the_single_runs_outputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = repo().join("fixtures/demo");
+    let job = write_job(
+        tmp.path(),
+        "nightly.toml",
+        &format!(
+            "command = \"reconcile\"\ndata = {:?}\nout = \"ignored\"\n",
+            demo.to_str().unwrap()
+        ),
+    );
+    let script = |n: &str, job: Option<&Path>, out: Option<&Path>| {
+        let mut c = Command::new("bash");
+        c.arg(repo().join("jobs/sharded-local.sh")).arg(n);
+        c.env("TALLY", env!("CARGO_BIN_EXE_tally"))
+            .env("AS_OF", AS_OF)
+            .env("TALLY_LOG", "warn");
+        c.env_remove("JOB").env_remove("OUT");
+        if let Some(job) = job {
+            c.env("JOB", job);
+        }
+        if let Some(out) = out {
+            c.env("OUT", out);
+        }
+        c.output().unwrap()
+    };
+    let sharded = tmp.path().join("deployed/out/nightly");
+    let out = script("3", Some(&job), Some(&sharded));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let single = tmp.path().join("single");
+    let run = tally_command(&[
+        "reconcile",
+        "--job",
+        job.to_str().unwrap(),
+        "--as-of",
+        AS_OF,
+    ])
+    .arg("--out")
+    .arg(&single)
+    .output()
+    .unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    for table in [
+        "discrepancies.parquet",
+        "balances.parquet",
+        "rejects.parquet",
+    ] {
+        assert!(
+            std::fs::read(sharded.join(table)).unwrap()
+                == std::fs::read(single.join(table)).unwrap(),
+            "{table} differs"
+        );
+    }
+
+    let bad_n = script("zero", None, None);
+    assert_eq!(bad_n.status.code(), Some(2));
+    assert_eq!(
+        stderr(&bad_n),
+        "sharded-local.sh: usage: sharded-local.sh N (N shards, a positive count)\n"
+    );
+    let job_alone = script("2", Some(&job), None);
+    assert_eq!(job_alone.status.code(), Some(2));
+    assert!(stderr(&job_alone).starts_with("sharded-local.sh: set JOB and OUT together"));
+}
+
 /// A misspelt placeholder in a job's `out` (or in `--out`) is refused (exit 2) before the
 /// run: as a literal folder name it would send every month's close to one folder.
 #[test]
