@@ -153,8 +153,6 @@ fn read_hint(kind: std::io::ErrorKind) -> &'static str {
     }
 }
 
-/// What to do about an output, lock or scratch file that cannot be written (appended to
-/// the operating system's message).
 /// The kind of the operating-system error a library's message quotes (`... (os error
 /// 28)`), if any.
 fn os_error_in(message: &str) -> Option<std::io::ErrorKind> {
@@ -163,6 +161,8 @@ fn os_error_in(message: &str) -> Option<std::io::ErrorKind> {
     Some(std::io::Error::from_raw_os_error(code.parse().ok()?).kind())
 }
 
+/// What to do about an output, lock or scratch file that cannot be written (appended to
+/// the operating system's message).
 fn write_hint(kind: std::io::ErrorKind) -> &'static str {
     use std::io::ErrorKind;
     match kind {

@@ -445,10 +445,24 @@ pub(crate) fn check_earlier_close(
                 alert: check_alert(&req.alert, &figures),
             }))
         }
-        Some(changes) if !req.force => Err(TallyError::Refused(format!(
-            "{} already holds a close with other inputs ({changes}); rerun with --force to replace it",
-            req.out.display()
-        ))),
+        Some(changes) if !req.force => {
+            // A close under `history` that this one did not see is a later close: it was
+            // built on this one's invoices and renewals.
+            let later_close = inputs.iter().any(|f| {
+                f.path.starts_with("history/") && !old.inputs.iter().any(|o| o.path == f.path)
+            });
+            let advice = match later_close {
+                true => {
+                    "a later close exists and was built on this one: check this month with \
+                     `tally explain`, and rerun with --force only to redo the later closes too"
+                }
+                false => "rerun with --force to replace it",
+            };
+            Err(TallyError::Refused(format!(
+                "{} already holds a close with other inputs ({changes}); {advice}",
+                req.out.display()
+            )))
+        }
         Some(changes) => {
             tracing::warn!(%changes, "replacing an earlier close (--force)");
             Ok(None)

@@ -86,8 +86,8 @@ enum Command {
 /// What a run reads and when: shared by the runs and by `explain`.
 #[derive(Args, Clone)]
 struct SourceArgs {
-    /// Job file holding data, out, as_of, settle, history, memory_budget, buckets and
-    /// [alert] thresholds (flags override it).
+    /// Job file holding command, data, out, as_of, settle, history, memory_budget, buckets
+    /// and [alert] thresholds (flags override it).
     #[arg(long)]
     job: Option<PathBuf>,
     /// Data root: pricebook.toml, usage/, allocations/, grants/ (optional), debits/.

@@ -699,7 +699,7 @@ fn late_events(extra: &[&str]) {
     let redo = close("2026-12-31T08:00:00Z", "2026-12-31");
     assert_eq!(redo.status.code(), Some(3));
     assert!(
-        stderr(&redo).contains("history/2027-01-01/manifest.json is new"),
+        stderr(&redo).contains("history/2027-01-01/manifest.json is new); a later close exists and was built on this one: check this month with `tally explain`, and rerun with --force only to redo the later closes too\n"),
         "{}",
         stderr(&redo)
     );
