@@ -1643,7 +1643,11 @@ fn write_account(t: &mut String, a: &AccountExplanation) {
             let _ = writeln!(
                 t,
                 "  invoice {}: plan {} {} + {overage} = total {} {}",
-                i.invoice_id, i.plan_price, i.currency, i.total, i.currency
+                q(&i.invoice_id),
+                i.plan_price,
+                i.currency,
+                i.total,
+                i.currency
             );
             let _ = writeln!(
                 t,
