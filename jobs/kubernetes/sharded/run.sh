@@ -6,9 +6,21 @@ set -eu
 AS_OF=${AS_OF:-$(date -u +%Y-%m-%dT%H:%M:%SZ)}
 echo "sharded reconcile as of $AS_OF"
 
-wait_for() {   # job-name → 0 when Complete, 1 when Failed
+wait_for() {   # job-name → 0 when Complete, 1 when Failed (or the API unreachable for 5 min)
+    misses=0
     while :; do
-        state=$(kubectl get "$1" -o jsonpath='{range .status.conditions[?(@.status=="True")]}{.type} {end}')
+        # A passing API error must not end the driver while its shards run (the merge would
+        # never start): only 20 failed reads in a row (5 minutes) do.
+        if ! state=$(kubectl get "$1" -o jsonpath='{range .status.conditions[?(@.status=="True")]}{.type} {end}'); then
+            misses=$((misses + 1))
+            if [ "$misses" -ge 20 ]; then
+                echo "cannot read $1 from the API for 5 minutes: kubectl describe $1" >&2
+                return 1
+            fi
+            sleep 15
+            continue
+        fi
+        misses=0
         case " $state " in
             *" Complete "*) return 0 ;;
             *" Failed "*) echo "$1 failed: kubectl describe $1" >&2; return 1 ;;
