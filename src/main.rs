@@ -925,6 +925,39 @@ fn clap_error_line(e: &clap::Error) -> String {
 }
 
 /// The error on one line (our errors' messages already name their cause).
+/// Control characters (a corrupt file's bytes quoted in a library's message: NUL, form
+/// feed, a bare CR) are written `\u{..}`, so that the line stays one line of text.
 fn one_line(e: &anyhow::Error) -> String {
-    e.to_string().replace('\n', " ")
+    let text = e.to_string();
+    let mut line = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => line.push(' '),
+            c if c.is_control() => line.extend(c.escape_unicode()),
+            c => line.push(c),
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A corrupt file's bytes quoted in a library's message (a byte-flip fuzz of the
+    /// fixtures found one in a debits footer) stay on the one line: control characters are
+    /// written `\u{..}`, a newline becomes a space.
+    #[test]
+    fn an_error_line_holds_no_control_characters() {
+        let e = anyhow::anyhow!(
+            "debits/part-0.parquet: not a readable Parquet file: incompatible arrow schema, \
+             expected field named account_id got \u{8}\0\u{c}\r\nnext"
+        );
+        assert_eq!(
+            one_line(&e),
+            "debits/part-0.parquet: not a readable Parquet file: incompatible arrow schema, \
+             expected field named account_id got \\u{8}\\u{0}\\u{c}\\u{d} next"
+        );
+        assert_eq!(one_line(&anyhow::anyhow!("plain ünï 名")), "plain ünï 名");
+    }
 }
