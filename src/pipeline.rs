@@ -258,16 +258,11 @@ const OVERSIZED_GROUP_FACTOR: u64 = 2;
 /// log should find why, and the fix (a larger budget), before it happens.
 fn warn_of_an_oversized_group(
     settings: &RunSettings,
-    plan_rows: u64,
+    fit_rows: u64,
     layout: &Layout,
     usage: &crate::route::GroupCounts,
     debits: &crate::route::GroupCounts,
 ) {
-    let fit_rows = crate::route::rows_per_group(
-        plan_rows,
-        row_costs(settings.mode),
-        settings.memory_budget_bytes,
-    );
     let oversized = crate::route::oversized_group(usage, debits, fit_rows, OVERSIZED_GROUP_FACTOR);
     if let Some((group, rows)) = oversized {
         let tenths = rows.saturating_mul(10) / fit_rows;
@@ -303,12 +298,7 @@ fn warn_of_an_oversized_group(
 /// event, an event id used by several accounts) outnumber what the budget plans for a
 /// group: the spill pass keeps them all in memory until their groups run, on top of the
 /// groups' own rows (1M such ledger rows took a run to 1.13 GB at a 128 MiB budget).
-fn warn_of_many_joined_rows(settings: &RunSettings, plan_rows: u64, joined_rows: u64) {
-    let fit_rows = crate::route::rows_per_group(
-        plan_rows,
-        row_costs(settings.mode),
-        settings.memory_budget_bytes,
-    );
+fn warn_of_many_joined_rows(settings: &RunSettings, fit_rows: u64, joined_rows: u64) {
     if joined_rows > fit_rows {
         tracing::warn!(
             rows = joined_rows,
@@ -504,8 +494,13 @@ fn compute_groups(
     let billed = history.billed_among(&wanted)?;
     let (cross_events, cross_entries) = cross.counts();
     stage.done(cross_events as u64, cross_entries as u64);
-    let plan_rows = alloc_read + grant_read;
-    warn_of_an_oversized_group(settings, plan_rows, layout, &usage_counts, &debit_counts);
+    // What one group may hold at the budget, for the warnings of a run past it.
+    let fit_rows = crate::route::rows_per_group(
+        alloc_read + grant_read,
+        row_costs(settings.mode),
+        settings.memory_budget_bytes,
+    );
+    warn_of_an_oversized_group(settings, fit_rows, layout, &usage_counts, &debit_counts);
 
     let spill_dir = Arc::new(spill::spill_dir()?);
     partial.scratch = Some(spill_dir.clone());
@@ -540,7 +535,7 @@ fn compute_groups(
     );
     warn_of_many_joined_rows(
         settings,
-        plan_rows,
+        fit_rows,
         (usage.candidates.len() + debits.candidates.len()) as u64,
     );
     let dicts = builder.freeze();

@@ -563,13 +563,16 @@ pub struct GroupCounts {
     /// Rows of the first group, per row group of the dataset (files in order, row groups
     /// in order: a [`load::Plan`]'s units).
     pub first_group_by_unit: Vec<u64>,
-    /// Rows of the largest group (the first group's vector is reused for later groups).
-    pub largest_group: u64,
     /// Rows by group.
     pub by_group: Vec<u64>,
 }
 
 impl GroupCounts {
+    /// Rows of the largest group (the first group's vector is reused for later groups).
+    pub fn largest_group(&self) -> u64 {
+        self.by_group.iter().copied().max().unwrap_or(0)
+    }
+
     fn of(parts: &[Vec<LightOut>], groups: usize) -> GroupCounts {
         let mut by_group = vec![0u64; groups];
         let first_group_by_unit = parts
@@ -585,7 +588,6 @@ impl GroupCounts {
             .collect();
         GroupCounts {
             first_group_by_unit,
-            largest_group: by_group.iter().copied().max().unwrap_or(0),
             by_group,
         }
     }
@@ -1208,7 +1210,6 @@ mod tests {
     fn counts(by_group: &[u64]) -> GroupCounts {
         GroupCounts {
             first_group_by_unit: Vec::new(),
-            largest_group: by_group.iter().copied().max().unwrap_or(0),
             by_group: by_group.to_vec(),
         }
     }

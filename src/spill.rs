@@ -719,7 +719,7 @@ pub fn route_dataset<S: Source>(
     let room = places
         .iter()
         .sum::<usize>()
-        .max(counts.largest_group as usize);
+        .max(counts.largest_group() as usize);
     let room = room + room / 64;
     let mut first_group: Vec<S::Row> = Vec::with_capacity(room);
     let mut free = first_group.spare_capacity_mut();
@@ -1096,8 +1096,6 @@ mod tests {
         assert!(!path.exists());
     }
 
-    /// An unmade folder goes only when it is empty, or holds nothing but an
-    /// `owner.lock.new` no one holds.
     /// `folder`, made holding `files` (paths inside it, empty files) and their folders.
     fn folder_holding(folder: PathBuf, files: &[&str]) -> PathBuf {
         std::fs::create_dir_all(&folder).unwrap();
@@ -1109,6 +1107,8 @@ mod tests {
         folder
     }
 
+    /// An unmade folder goes only when it is empty, or holds nothing but an
+    /// `owner.lock.new` no one holds.
     #[test]
     fn only_unmade_folders_are_removed_as_unmade() {
         let tmp = tempfile::tempdir().unwrap();
