@@ -267,14 +267,14 @@ fn expires_by(g: &GrantBalance, period_end: Micros) -> bool {
 /// An input grant that is the rollover this close writes (its id, kind and start: this
 /// close's own `grants_next` fed back into its inputs, then the close run again with
 /// `--force`) is not carried: the rollover is worked out again, and written once (or not
-/// at all, when the period no longer renews). Any other input grant of the account with
-/// the rollover's id is an error: `grants_next` is in the input schema, where `grant_id` is
-/// unique.
+/// at all, when the period no longer renews). Any other input grant with the rollover's id
+/// is left here for the run-wide check of `grants_next`'s ids (`pipeline`), which refuses it
+/// whichever account it is of.
 pub fn grants_next(
     balances: &[GrantBalance],
     last_period_end: Micros,
     rollover: Option<GrantRow>,
-) -> Result<Vec<GrantRow>> {
+) -> Vec<GrantRow> {
     let mut next: Vec<GrantRow> = balances
         .iter()
         .filter(|g| !g.is_plan() && g.remaining.is_positive() && !expires_by(g, last_period_end))
@@ -286,26 +286,8 @@ pub fn grants_next(
         })
         .filter(|row| !is_own_rollover(row, last_period_end))
         .collect();
-    if let Some(rollover) = rollover {
-        if let Some(taken) = next.iter().find(|g| g.grant_id == rollover.grant_id) {
-            return Err(TallyError::Input {
-                file: "grants".into(),
-                message: format!(
-                    "grant \"{}\" of account \"{}\" ({}, effective {}) has the id of the \
-                     rollover grant this close writes for that account's next period (from {}), \
-                     and grants_next cannot hold two grants with one id; give that grant \
-                     another id and rerun",
-                    taken.grant_id,
-                    taken.account_id,
-                    taken.kind.name(),
-                    crate::time::format_instant(taken.effective_at),
-                    crate::time::format_instant(rollover.effective_at),
-                ),
-            });
-        }
-        next.push(rollover);
-    }
-    Ok(next)
+    next.extend(rollover);
+    next
 }
 
 /// Whether `row` is a rollover grant as a close writes it: its id names its own account
@@ -371,10 +353,10 @@ mod tests {
     #[test]
     fn a_fed_back_rollover_is_replaced_by_the_one_worked_out_again() {
         let inputs = [grant("topup", GrantKind::TopUp, 5, NOV), rollover(40)];
-        let next = grants_next(&balances(&inputs), DEC, Some(rollover(56))).unwrap();
+        let next = grants_next(&balances(&inputs), DEC, Some(rollover(56)));
         assert_eq!(next, vec![inputs[0].clone(), rollover(56)]);
         // The period no longer renews: no rollover at all, the fed-back one neither.
-        let next = grants_next(&balances(&inputs), DEC, None).unwrap();
+        let next = grants_next(&balances(&inputs), DEC, None);
         assert_eq!(next, vec![inputs[0].clone()]);
     }
 
@@ -386,22 +368,21 @@ mod tests {
             grant(&rollover_grant_id("acct", NOV), GrantKind::Rollover, 7, NOV),
             grant(&rollover_grant_id("acct", DEC), GrantKind::Rollover, 8, NOV),
         ];
-        let next = grants_next(&balances(&inputs), DEC, None).unwrap();
+        let next = grants_next(&balances(&inputs), DEC, None);
         assert_eq!(next, inputs.to_vec());
     }
 
+    /// Another grant with the rollover's id is kept beside it here: the run-wide check of
+    /// grants_next's ids refuses it (`pipeline::check_grants_next_ids_are_unique`).
     #[test]
-    fn another_grant_with_the_rollovers_id_is_an_input_error() {
+    fn another_grant_with_the_rollovers_id_is_left_to_the_run_wide_check() {
         let promo = grant(&rollover_grant_id("acct", DEC), GrantKind::Promo, 3, NOV);
-        let err = grants_next(&balances(&[promo]), DEC, Some(rollover(56))).unwrap_err();
-        assert_eq!(err.exit_code(), 2);
-        assert_eq!(
-            err.to_string(),
-            "grants: grant \"rollover-acct-20251201T000000Z\" of account \"acct\" (promo, \
-             effective 2025-11-01T00:00:00Z) has the id of the rollover grant this close \
-             writes for that account's next period (from 2025-12-01T00:00:00Z), and \
-             grants_next cannot hold two grants with one id; give that grant another id and \
-             rerun"
+        let next = grants_next(
+            &balances(std::slice::from_ref(&promo)),
+            DEC,
+            Some(rollover(56)),
         );
+        assert_eq!(next, vec![promo, rollover(56)]);
+        assert!(is_written_rollover(&next[1]) && !is_written_rollover(&next[0]));
     }
 }

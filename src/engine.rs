@@ -292,7 +292,7 @@ pub fn process_account(
         }
     }
     if let Some(end) = last_period_end {
-        result.grants_next = close::grants_next(&state.balances, end, last_rollover)?;
+        result.grants_next = close::grants_next(&state.balances, end, last_rollover);
     }
     Ok(result)
 }
@@ -437,36 +437,38 @@ fn process_period(
             credits_used = credits_used.checked_add(credits)?;
         }
         if let Some(invoice_id) = &billed_invoice_id {
+            // Every event of the period is listed, the unbilled with no credits; the billed
+            // ones also make the invoice lines (a late event a prior-period line).
+            let billed = match price {
+                Price::Charged(credits) => Some(credits),
+                Price::NotChargeable | Price::Unpriced => None,
+            };
             result.billed_events.push(BilledEventRow {
                 invoice_id: invoice_id.clone(),
                 event_id: group.usage_ids.id(u.id)?,
                 account_id: account_shared.clone(),
                 occurred_at: u.occurred_at,
-                credits: match price {
-                    Price::Charged(credits) => Some(credits),
-                    Price::NotChargeable | Price::Unpriced => None,
-                },
+                credits: billed,
             });
-        }
-        if let (Price::Charged(credits), Some(_)) = (price, &billed_invoice_id) {
-            // A late event is billed as a prior-period adjustment line.
-            let line = line_totals
-                .entry((u.sku, event.late_from().is_some()))
-                .or_insert((0, Milli::ZERO, Milli::ZERO));
-            line.0 += 1;
-            // A quantity, not credits: named as such, not as the period's credits sum.
-            line.1 = line.1.checked_add(u.quantity()).map_err(|_| {
-                TallyError::Overflow(format!(
-                    "{}: the quantities of its {} events sum past what \
-                     invoice_lines.quantity holds (999999999999999.999, DECIMAL(18,3)): {} + {}; \
-                     check those events' quantities, then rerun",
-                    period_place(alloc),
-                    sku_place(ctx.dicts, u.sku),
-                    line.1,
-                    u.quantity()
-                ))
-            })?;
-            line.2 = line.2.checked_add(credits)?;
+            if let Some(credits) = billed {
+                let line = line_totals
+                    .entry((u.sku, event.late_from().is_some()))
+                    .or_insert((0, Milli::ZERO, Milli::ZERO));
+                line.0 += 1;
+                // A quantity, not credits: named as such, not as the period's credits sum.
+                line.1 = line.1.checked_add(u.quantity()).map_err(|_| {
+                    TallyError::Overflow(format!(
+                        "{}: the quantities of its {} events sum past what \
+                         invoice_lines.quantity holds (999999999999999.999, DECIMAL(18,3)): \
+                         {} + {}; check those events' quantities, then rerun",
+                        period_place(alloc),
+                        sku_place(ctx.dicts, u.sku),
+                        line.1,
+                        u.quantity()
+                    ))
+                })?;
+                line.2 = line.2.checked_add(credits)?;
+            }
         }
         if verdict.pending {
             totals.pending_events += 1;

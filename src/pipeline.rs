@@ -1230,10 +1230,10 @@ fn gather<T>(gathered: &mut Vec<T>, more: Vec<T>) {
 }
 
 /// Every closed account-period has exactly one invoice and one renewal.
-/// `grants_next` is the next period's grants input, where `grant_id` is unique. Each
-/// account checks its own carried grants against its rollover (`close::grants_next`); an
-/// input grant of another account named like this account's rollover
-/// (`rollover-{account}-{stamp}`) is found only here, across accounts: exit 2 naming both.
+/// `grants_next` is the next period's grants input, where `grant_id` is unique: an input
+/// grant named like the rollover a close writes (`rollover-{account}-{stamp}`), of that
+/// account or of another, is exit 2 naming both (a fed-back rollover of the close itself
+/// is replaced, not kept: `close::grants_next`).
 fn check_grants_next_ids_are_unique(grants: &[GrantRow]) -> Result<()> {
     let mut ids: Vec<&GrantRow> = grants.iter().collect();
     ids.par_sort_unstable_by(|a, b| a.grant_id.as_bytes().cmp(b.grant_id.as_bytes()));
@@ -1311,6 +1311,45 @@ mod tests {
 
     fn places(rows: &[Usage]) -> Vec<u64> {
         rows.iter().map(|r| r.at.0).collect()
+    }
+
+    fn grant(id: &str, account: &str, kind: GrantKind, effective_at: Micros) -> GrantRow {
+        GrantRow {
+            at: RowRef { file: 0, row: 0 },
+            grant_id: id.into(),
+            account_id: account.into(),
+            kind,
+            credits: crate::amount::Milli::from_units(5),
+            effective_at,
+            expires_at: None,
+            priority: None,
+        }
+    }
+
+    /// One grant_id twice in grants_next, whoever's grants they are, is exit 2 naming the
+    /// input grant and the rollover written under its id (in either order of the two).
+    #[test]
+    fn grants_next_ids_are_unique_across_accounts() {
+        const DEC: Micros = 1_764_547_200_000_000; // 2025-12-01T00:00:00Z
+        let id = crate::close::rollover_grant_id("a", DEC);
+        let rollover = grant(&id, "a", GrantKind::Rollover, DEC);
+        let promo = grant(&id, "b", GrantKind::Promo, DEC - 86_400_000_000);
+        let other = grant("topup-1", "b", GrantKind::TopUp, DEC);
+        assert!(check_grants_next_ids_are_unique(&[rollover.clone(), other.clone()]).is_ok());
+        for rows in [
+            [rollover.clone(), promo.clone(), other.clone()],
+            [promo.clone(), other.clone(), rollover.clone()],
+        ] {
+            let err = check_grants_next_ids_are_unique(&rows).unwrap_err();
+            assert_eq!(err.exit_code(), 2);
+            assert_eq!(
+                err.to_string(),
+                "grants: grant \"rollover-a-20251201T000000Z\" of account \"b\" (promo, effective \
+                 2025-11-30T00:00:00Z) has the id of the rollover grant this close writes for \
+                 account \"a\", and grants_next cannot hold two grants with one id; give that \
+                 grant another id and rerun"
+            );
+        }
     }
 
     #[test]

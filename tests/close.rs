@@ -382,8 +382,8 @@ fn a_close_over_its_own_fed_back_rollover_writes_it_once() {
         refused_with("acct_pro", "close3"),
         "tally: grants: grant \"rollover-acct_pro-20261201T000000Z\" of account \"acct_pro\" \
          (promo, effective 2026-11-05T00:00:00Z) has the id of the rollover grant this close \
-         writes for that account's next period (from 2026-12-01T00:00:00Z), and grants_next \
-         cannot hold two grants with one id; give that grant another id and rerun\n"
+         writes for account \"acct_pro\", and grants_next cannot hold two grants with one id; \
+         give that grant another id and rerun\n"
     );
     assert_eq!(
         refused_with("acct_free", "close4"),
