@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Write the data roots of benches/odd-shapes.sh (pyarrow).
+
+    odd_shapes.py grants ROOT EVENTS GRANTS   one account, EVENTS events on Nov 1-18 and
+        GRANTS grants effective on Nov 19 (usable by no event: every event passes them)
+    odd_shapes.py rowgroups ROOT ROWS         ROWS usage and ROWS ledger rows, one row a
+        row group
+    odd_shapes.py flat ROOT ROWS              the same rows in one row group (the baseline)
+
+The price book is the fixtures' (fixtures/pricebook.toml); the account has one November
+`max` allocation.
+"""
+
+import os
+import shutil
+import sys
+import datetime as dt
+from decimal import Decimal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+UTC = dt.timezone.utc
+TS = pa.timestamp("us", tz="UTC")
+CREDITS = pa.decimal128(18, 3)
+
+
+def at(day, second=0):
+    return dt.datetime(2026, 11, day, tzinfo=UTC) + dt.timedelta(seconds=second)
+
+
+def root(path):
+    shutil.rmtree(path, ignore_errors=True)
+    for folder in ("usage", "debits", "allocations", "grants"):
+        os.makedirs(os.path.join(path, folder))
+    shutil.copy(os.path.join(REPO, "fixtures", "pricebook.toml"), path)
+    allocations = pa.table(
+        {
+            "account_id": ["a1"],
+            "plan_id": ["max"],
+            "period_start": pa.array([at(1)], TS),
+            "period_end": pa.array([dt.datetime(2026, 12, 1, tzinfo=UTC)], TS),
+            "included_credits": pa.array([Decimal("500")], CREDITS),
+            "billing_anchor": pa.array([None], TS),
+            "status": ["active"],
+        }
+    )
+    pq.write_table(allocations, os.path.join(path, "allocations", "a.parquet"))
+
+
+def usage_and_debits(path, rows, row_group_size):
+    ids = [f"e{i:08d}" for i in range(rows)]
+    times = pa.array([at(i % 18 + 1, i // 18 % 86_400) for i in range(rows)], TS)
+    usage = pa.table(
+        {
+            "event_id": ids,
+            "account_id": ["a1"] * rows,
+            "product": ["studio"] * rows,
+            "action": ["prompt_to_video"] * rows,
+            "model": pa.array([None] * rows, pa.string()),
+            "quantity": pa.array([Decimal("2")] * rows, CREDITS),
+            "status": ["succeeded"] * rows,
+            "occurred_at": times,
+        }
+    )
+    debits = pa.table(
+        {
+            "entry_id": [f"d{i:08d}" for i in range(rows)],
+            "account_id": ["a1"] * rows,
+            "event_id": ids,
+            "kind": ["debit"] * rows,
+            "credits": pa.array([Decimal("16")] * rows, CREDITS),
+            "recorded_at": times,
+        }
+    )
+    pq.write_table(usage, os.path.join(path, "usage", "u.parquet"), row_group_size=row_group_size)
+    pq.write_table(debits, os.path.join(path, "debits", "d.parquet"), row_group_size=row_group_size)
+
+
+def grants(path, count):
+    table = pa.table(
+        {
+            "grant_id": [f"g{i:08d}" for i in range(count)],
+            "account_id": ["a1"] * count,
+            "kind": ["promo"] * count,
+            "credits": pa.array([Decimal("1000")] * count, CREDITS),
+            "effective_at": pa.array([at(19)] * count, TS),
+            "expires_at": pa.array([None] * count, TS),
+            "priority": pa.array([i % 1000 for i in range(count)], pa.int32()),
+        }
+    )
+    pq.write_table(table, os.path.join(path, "grants", "g.parquet"))
+
+
+def main():
+    shape, path = sys.argv[1], sys.argv[2]
+    root(path)
+    if shape == "grants":
+        events, count = int(sys.argv[3]), int(sys.argv[4])
+        usage_and_debits(path, events, 1 << 20)
+        grants(path, count)
+    elif shape == "rowgroups":
+        usage_and_debits(path, int(sys.argv[3]), 1)
+    elif shape == "flat":
+        usage_and_debits(path, int(sys.argv[3]), 1 << 20)
+    else:
+        sys.exit(f"odd_shapes.py: unknown shape {shape!r}")
+
+
+if __name__ == "__main__":
+    main()
