@@ -512,6 +512,20 @@ mod tests {
         assert_eq!(a.credits, Milli(2));
     }
 
+    /// Contract 3: "rounded to the thousandth of a credit, ties to even", in the exact
+    /// arithmetic too (the steps kept whole, rounded once).
+    #[test]
+    fn the_exact_arithmetic_rounds_ties_to_even() {
+        let tie = |cpu: &str, q: i64| arithmetic(&rate(cpu, "1", "0"), Milli(q)).unwrap().credits;
+        assert_eq!(tie("0.0005", 1000), Milli(0));
+        assert_eq!(tie("0.0005", 3000), Milli(2));
+        assert_eq!(tie("0.0005", 5000), Milli(2));
+        assert_eq!(tie("0.0005", 7000), Milli(4));
+        // One part in 10^28 past the tie rounds up; below it, down.
+        assert_eq!(tie("0.0005000000000000000000000001", 1000), Milli(1));
+        assert_eq!(tie("0.0014999999999999999999999999", 1000), Milli(1));
+    }
+
     /// An increment with 28 decimals divides a large quantity into more increments than
     /// 128 bits hold: still priced (it used to be called an overflow).
     #[test]
