@@ -157,6 +157,65 @@ fn shift_right_half_even(numerator: i128, shift: u32) -> i128 {
     }
 }
 
+/// Why a decimal string could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecimalTextError {
+    /// Not a plain decimal (`-12.345`): letters, an exponent, two points, nothing.
+    NotADecimal,
+    /// A plain decimal with more significant digits, or more after the point, than a
+    /// `rust_decimal` holds (28; 29 below 2^96).
+    TooManyDigits,
+}
+
+/// The most digits after the point a decimal string may have once its trailing zeros are
+/// dropped (`rust_decimal`'s largest scale).
+pub const MAX_DECIMAL_PLACES: u32 = 28;
+
+/// A decimal string read exactly (never rounded). Trailing zeros after the point count
+/// for nothing: `8.0000000000000000000000000000` is 8, though written with 29 digits, past
+/// the 96 bits `rust_decimal` keeps (refused as "not a decimal" before 2026-12-05).
+pub fn exact_decimal(text: &str) -> std::result::Result<Decimal, DecimalTextError> {
+    let text = text.trim();
+    if let Ok(d) = Decimal::from_str_exact(text) {
+        return Ok(d);
+    }
+    if !is_plain_decimal(text) {
+        return Err(DecimalTextError::NotADecimal);
+    }
+    let without_trailing_zeros = match text.contains('.') {
+        true => text.trim_end_matches('0').trim_end_matches('.'),
+        false => text,
+    };
+    // Leading zeros hold no digit either ("000…08"); one stays before a point.
+    let (sign, digits) = match without_trailing_zeros.as_bytes().first() {
+        Some(b'+' | b'-') => without_trailing_zeros.split_at(1),
+        _ => ("", without_trailing_zeros),
+    };
+    let significant = digits.trim_start_matches('0');
+    let shortened = match significant.as_bytes().first() {
+        None => "0".to_string(),
+        Some(b'.') => format!("{sign}0{significant}"),
+        Some(_) => format!("{sign}{significant}"),
+    };
+    Decimal::from_str_exact(&shortened).map_err(|_| DecimalTextError::TooManyDigits)
+}
+
+/// An optional sign, then digits with at most one point among or around them (at least one
+/// digit): what [`exact_decimal`] may shorten without changing its value.
+fn is_plain_decimal(text: &str) -> bool {
+    let unsigned = text.strip_prefix(['+', '-']).unwrap_or(text);
+    let mut points = 0;
+    let mut digits = 0;
+    for b in unsigned.bytes() {
+        match b {
+            b'0'..=b'9' => digits += 1,
+            b'.' => points += 1,
+            _ => return false,
+        }
+    }
+    digits > 0 && points <= 1
+}
+
 /// Why a number could not become an amount.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AmountError {
@@ -319,6 +378,35 @@ fn format_digits(negative: bool, digits: &str, scale: i8) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimal_strings_are_read_exactly_whatever_their_zeros() {
+        let d = |t: &str| exact_decimal(t).map(|d| d.normalize().to_string());
+        // 29 digits written, 1 significant: 8 (past rust_decimal's 96 bits as written).
+        assert_eq!(d("8.0000000000000000000000000000"), Ok("8".into()));
+        assert_eq!(d("-0008.50000000000000000000000000000"), Ok("-8.5".into()));
+        assert_eq!(d("0000000000000000000000000000000000.5"), Ok("0.5".into()));
+        assert_eq!(d(" 9.99 "), Ok("9.99".into()));
+        assert_eq!(d("0.000000000000000000000000000000"), Ok("0".into()));
+        // At the limit of places and one past it.
+        let at_limit = format!("0.{}1", "0".repeat(MAX_DECIMAL_PLACES as usize - 1));
+        assert_eq!(d(&at_limit), Ok(at_limit.clone()));
+        let past = format!("0.{}1", "0".repeat(MAX_DECIMAL_PLACES as usize));
+        assert_eq!(d(&past), Err(DecimalTextError::TooManyDigits));
+        // Digits in all: 2^96 - 1 fits, 2^96 does not.
+        assert!(d("79228162514264337593543950335").is_ok());
+        assert_eq!(
+            d("79228162514264337593543950336"),
+            Err(DecimalTextError::TooManyDigits)
+        );
+        assert_eq!(
+            d("1.00000000000000000000000000001"),
+            Err(DecimalTextError::TooManyDigits)
+        );
+        for bad in ["", "-", ".", "1e3", "1.2.3", "9,99", "ten", "0x10", "1 000"] {
+            assert_eq!(d(bad), Err(DecimalTextError::NotADecimal), "{bad:?}");
+        }
+    }
 
     #[test]
     fn doubles_round_from_their_exact_binary_value() {

@@ -406,7 +406,7 @@ fn alert_of(job: Option<&JobFile>, job_path: Option<&std::path::Path>) -> anyhow
         alert.max_rejected_rows = j.alert.max_rejected_rows;
         alert.min_invoices = j.alert.min_invoices;
         if let Some(text) = &j.alert.max_abs_delta_credits {
-            let d = rust_decimal::Decimal::from_str_exact(text)
+            let d = tally::amount::exact_decimal(text)
                 .ok()
                 .and_then(Milli::from_decimal)
                 .ok_or_else(|| {

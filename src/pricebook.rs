@@ -1,6 +1,6 @@
 //! The price book: plans and the effective-dated rate card (`pricebook.toml`).
 
-use crate::amount::Milli;
+use crate::amount::{exact_decimal, DecimalTextError, Milli, MAX_DECIMAL_PLACES};
 use crate::error::{Result, TallyError};
 use crate::time::{parse_instant, Micros};
 use crate::validate::FastHash;
@@ -175,14 +175,19 @@ impl Ctx<'_> {
     /// A decimal from a string ("9.99") or a TOML integer/float-free number.
     fn decimal(&self, what: &str, value: &toml::Value) -> Result<Decimal> {
         let parsed = match value {
-            toml::Value::String(s) => Decimal::from_str_exact(s.trim()).ok(),
-            toml::Value::Integer(i) => Some(Decimal::from(*i)),
-            _ => None,
+            toml::Value::String(s) => exact_decimal(s),
+            toml::Value::Integer(i) => Ok(Decimal::from(*i)),
+            _ => Err(DecimalTextError::NotADecimal),
         };
-        parsed.ok_or_else(|| {
-            self.err(format!(
+        parsed.map_err(|e| match e {
+            DecimalTextError::NotADecimal => self.err(format!(
                 "{what} = {value} is not a decimal; write it as a string such as \"9.99\""
-            ))
+            )),
+            DecimalTextError::TooManyDigits => self.err(format!(
+                "{what} = {value} has more digits than tally holds: at most {MAX_DECIMAL_PLACES} \
+                 after the point and 28 significant digits (trailing zeros do not count); \
+                 write it with fewer digits"
+            )),
         })
     }
 

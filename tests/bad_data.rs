@@ -301,6 +301,47 @@ fn pricebook_price_with_too_many_decimals_is_exit_2() {
 }
 
 #[test]
+fn pricebook_rate_with_too_many_digits_is_exit_2() {
+    assert_pricebook_refused(
+        "pricebook_rate_too_many_digits.toml",
+        "[[rates]] #2: credits_per_unit = \"0.00000000000000000000000000001\" has more \
+         digits than tally holds: at most 28 after the point and 28 significant digits \
+         (trailing zeros do not count); write it with fewer digits",
+    );
+}
+
+/// The positive twin: trailing zeros past the 28 places are no digits (the decimal is 8).
+#[test]
+fn pricebook_rate_with_trailing_zeros_past_28_places_prices_as_written() {
+    let plain = good_copy();
+    let zeros = good_copy();
+    let book = zeros.path().join(PRICEBOOK);
+    let text = std::fs::read_to_string(&book).unwrap();
+    let written = text.replacen(
+        "credits_per_unit = \"8\"",
+        "credits_per_unit = \"8.0000000000000000000000000000\"",
+        2,
+    );
+    assert_ne!(written, text);
+    std::fs::write(&book, written).unwrap();
+    for tmp in [&plain, &zeros] {
+        let out = reconcile(tmp);
+        assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    }
+    for table in [
+        "discrepancies.parquet",
+        "balances.parquet",
+        "rejects.parquet",
+    ] {
+        assert_eq!(
+            std::fs::read(plain.path().join("out").join(table)).unwrap(),
+            std::fs::read(zeros.path().join("out").join(table)).unwrap(),
+            "{table}"
+        );
+    }
+}
+
+#[test]
 fn pricebook_syntax_error_is_exit_2() {
     assert_pricebook_refused(
         "pricebook_syntax_error.toml",

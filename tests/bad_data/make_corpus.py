@@ -159,6 +159,11 @@ def pricebook_corpus() -> None:
         "pricebook_price_too_precise.toml",
         replace_once(book, 'price = "9.99"', 'price = "9.999"'),
     )
+    # One digit past the 28 places a price book decimal may have (trailing zeros aside).
+    write_text(
+        "pricebook_rate_too_many_digits.toml",
+        replace_once(book, 'credits_per_unit = "14"', 'credits_per_unit = "0.00000000000000000000000000001"'),
+    )
     # A missing closing quote: TOML syntax error on line 12.
     write_text(
         "pricebook_syntax_error.toml",
