@@ -140,6 +140,37 @@ fn a_bad_setting_names_the_job_file_key_or_the_flag_it_came_from() {
             )
         );
     }
+    // The longest settle, 7 days, and one past it (a second; also `15M`, 15 months).
+    let at_limit = tally(&[
+        "reconcile",
+        "--job",
+        job.to_str().unwrap(),
+        "--settle",
+        "7d",
+    ]);
+    // Accepted: the run goes on to the data root (which this job's folder lacks).
+    assert!(
+        stderr(&at_limit).ends_with("data: data root is not a folder\n"),
+        "{}",
+        stderr(&at_limit)
+    );
+    for settle in ["604801s", "15M"] {
+        let out = tally(&[
+            "reconcile",
+            "--job",
+            job.to_str().unwrap(),
+            "--settle",
+            settle,
+        ]);
+        assert_eq!(out.status.code(), Some(2));
+        assert_eq!(
+            stderr(&out),
+            format!(
+                "tally: command line: --settle {settle} is longer than 7 days: events that old \
+                 without a debit are missing it, not pending (`M` is months, `m` minutes)\n"
+            )
+        );
+    }
     // `history` belongs to a close: a reconcile job holding it is refused, not obeyed, by
     // the run and by `explain` of that job alike.
     std::fs::write(&job, job_text("history = \"closes\"\n")).unwrap();
