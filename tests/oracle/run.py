@@ -1,7 +1,7 @@
 """Differential test of tally against the oracle of the contract.
 
     python tests/oracle/run.py --tally PATH [--seeds 0..300] [--command reconcile|close|both]
-                               [--keep DIR]
+                               [--tally-args "--groups 3"] [--keep DIR]
 
 First checks the oracle itself against the hand-worked golden fixtures, then, for every
 seed, generates a data root, runs tally and the oracle on it and compares every output
@@ -10,6 +10,7 @@ summary; exits 1 if there is any disagreement (tally or golden), else 0.
 """
 import argparse
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -69,13 +70,13 @@ def generate(seed, work):
     return as_ofs
 
 
-def run_one(tally, seed, command, work, as_of, settle):
+def run_one(tally, extra, seed, command, work, as_of, settle):
     """Run tally and the oracle on seed's root for one command; -> disagreements."""
     root = os.path.join(work, f"seed-{seed}", "data")
     out = os.path.join(work, f"seed-{seed}", command)
     shutil.rmtree(out, ignore_errors=True)
     cmd = [tally, command, "--data", root, "--as-of", as_of, "--settle", settle, "--out", out,
-           "--log-format", "json"]
+           "--log-format", "json", *extra]
     p = subprocess.run(cmd, capture_output=True, text=True,
                        env=dict(os.environ, TALLY_LOG="error"))
     if p.returncode != 0:
@@ -87,7 +88,7 @@ def run_one(tally, seed, command, work, as_of, settle):
     return compare.compare_run(root, out, command, shown, result)
 
 
-def run_seed(tally, seed, commands, work):
+def run_seed(tally, extra, seed, commands, work):
     """-> {command: disagreements}; a generator, oracle or reader failure counts as one."""
     def error(e):
         return [("error", None, type(e).__name__, str(e)[-400:], None)]
@@ -98,7 +99,7 @@ def run_seed(tally, seed, commands, work):
     found = {}
     for c in commands:
         try:
-            found[c] = run_one(tally, seed, c, work, *as_ofs[c])
+            found[c] = run_one(tally, extra, seed, c, work, *as_ofs[c])
         except Exception as e:
             found[c] = error(e)
     return found
@@ -109,6 +110,9 @@ def main():
     ap.add_argument("--tally", required=True, help="the tally binary to test")
     ap.add_argument("--seeds", default="0..300", help="A..B (B excluded), N or N,M,...")
     ap.add_argument("--command", default="both", choices=["reconcile", "close", "both"])
+    ap.add_argument("--tally-args", default="",
+                    help="more flags for every tally run, e.g. \"--memory-budget 1KiB\" "
+                         "(a split run, each account its own group) or \"--groups 3\"")
     ap.add_argument("--keep", help="keep every data root and output under this folder")
     a = ap.parse_args()
     commands = ["reconcile", "close"] if a.command == "both" else [a.command]
@@ -119,7 +123,8 @@ def main():
     runs = bad_runs = disagreements = 0
     for seed in seeds(a.seeds):
         seed_bad = False
-        for command, diffs in run_seed(os.path.abspath(a.tally), seed, commands, work).items():
+        found = run_seed(os.path.abspath(a.tally), shlex.split(a.tally_args), seed, commands, work)
+        for command, diffs in found.items():
             runs += 1
             if diffs:
                 seed_bad = True
