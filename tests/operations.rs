@@ -122,55 +122,41 @@ fn a_bad_setting_names_the_job_file_key_or_the_flag_it_came_from() {
         );
     }
     std::fs::write(&job, job_text("")).unwrap();
-    // A negative window is refused as a duration too (not as an unknown flag `-5`).
-    for settle in ["soon", "-5m"] {
-        let out = tally(&[
+    // A settle flag's refusals: not a duration (a negative window too, not taken for an
+    // unknown flag `-5`), and longer than the 7-day limit (one second past it; `15M`, 15
+    // months). At the limit the run goes on, to the data root this job's folder lacks.
+    let not_a_duration = "is not a duration such as 15m, 900s or 1h";
+    let too_long = "is longer than 7 days: events that old without a debit are missing it, not \
+                    pending (`M` is months, `m` minutes)";
+    let settle_cases = [
+        ("soon", not_a_duration),
+        ("-5m", not_a_duration),
+        ("604801s", too_long),
+        ("15M", too_long),
+    ];
+    let settle_run = |settle: &str| {
+        tally(&[
             "reconcile",
             "--job",
             job.to_str().unwrap(),
             "--settle",
             settle,
-        ]);
+        ])
+    };
+    for (settle, why) in settle_cases {
+        let out = settle_run(settle);
         assert_eq!(out.status.code(), Some(2));
         assert_eq!(
             stderr(&out),
-            format!(
-                "tally: command line: --settle {settle} is not a duration such as 15m, 900s or \
-                 1h\n"
-            )
+            format!("tally: command line: --settle {settle} {why}\n")
         );
     }
-    // The longest settle, 7 days, and one past it (a second; also `15M`, 15 months).
-    let at_limit = tally(&[
-        "reconcile",
-        "--job",
-        job.to_str().unwrap(),
-        "--settle",
-        "7d",
-    ]);
-    // Accepted: the run goes on to the data root (which this job's folder lacks).
+    let at_limit = settle_run("7d");
     assert!(
         stderr(&at_limit).ends_with("data: data root is not a folder\n"),
         "{}",
         stderr(&at_limit)
     );
-    for settle in ["604801s", "15M"] {
-        let out = tally(&[
-            "reconcile",
-            "--job",
-            job.to_str().unwrap(),
-            "--settle",
-            settle,
-        ]);
-        assert_eq!(out.status.code(), Some(2));
-        assert_eq!(
-            stderr(&out),
-            format!(
-                "tally: command line: --settle {settle} is longer than 7 days: events that old \
-                 without a debit are missing it, not pending (`M` is months, `m` minutes)\n"
-            )
-        );
-    }
     // `history` belongs to a close: a reconcile job holding it is refused, not obeyed, by
     // the run and by `explain` of that job alike.
     std::fs::write(&job, job_text("history = \"closes\"\n")).unwrap();
