@@ -5,6 +5,7 @@ use crate::amount::Milli;
 use crate::consume::{GrantBalance, PeriodConsumption};
 use crate::error::{Result, TallyError};
 use crate::model::*;
+use crate::price::Exact;
 use crate::pricebook::{Overage, Plan, PriceBook};
 use crate::time::{next_anniversary, Micros};
 use chrono::{TimeZone, Utc};
@@ -77,19 +78,21 @@ pub fn rollover_grant_id(account_id: &str, next_period_start: Micros) -> String 
 }
 
 /// overage_amount_minor = round half-even(overage × price_per_credit × 10^exponent); 0 for block.
+/// The product is exact (unbounded integers): `Decimal` would round a product past its 28
+/// digits first (overage 0.001 at 5.000000000000000000000000001 USD a credit is 0.5 cents
+/// and a bit, 1 cent; rounded twice it was 0).
 pub fn overage_amount_minor(book: &PriceBook, plan: &Plan, overage: Milli) -> Result<i64> {
     match &plan.overage {
         Overage::Block => Ok(0),
-        Overage::PricePerCredit(price) => overage
-            .to_decimal()
-            .checked_mul(*price)
-            .and_then(|amount| book.to_minor_half_even(amount))
-            .ok_or_else(|| {
+        Overage::PricePerCredit(price) => {
+            let amount = Exact::of(overage.to_decimal()).times(&Exact::of(*price));
+            i64::try_from(amount.half_even_at(book.exponent)).map_err(|_| {
                 TallyError::Overflow(format!(
                     "overage {overage} × {price} {} does not fit minor units",
                     book.currency
                 ))
-            }),
+            })
+        }
     }
 }
 
@@ -307,6 +310,31 @@ fn is_own_rollover(row: &GrantRow, period_end: Micros) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A one-plan USD price book with overage at `price_per_credit`.
+    fn overage_book(price_per_credit: &str) -> PriceBook {
+        let text = format!(
+            "currency = \"USD\"\n[plans.pro]\nprice = \"10\"\nincluded_credits = \"100\"\n\
+             overage = {{ price_per_credit = \"{price_per_credit}\" }}\n"
+        );
+        PriceBook::parse(&text, "pricebook.toml").unwrap()
+    }
+
+    #[test]
+    fn overage_money_is_rounded_once_from_the_exact_product() {
+        let cents = |price: &str, overage_millis: i64| {
+            let book = overage_book(price);
+            overage_amount_minor(&book, &book.plans["pro"], Milli(overage_millis)).unwrap()
+        };
+        // 0.001 credits at 5 USD: 0.5 cents, a tie, to the even 0.
+        assert_eq!(cents("5", 1), 0);
+        assert_eq!(cents("15", 1), 2);
+        // A hair past the tie (the product has 30 places, past Decimal's 28): 1 cent. Rounded
+        // to 28 places first it was the tie, and 0.
+        assert_eq!(cents("5.000000000000000000000000001", 1), 1);
+        assert_eq!(cents("4.999999999999999999999999999", 1), 0);
+        assert_eq!(cents("0.05", 1_234_567), 6173);
+    }
 
     const NOV: Micros = 1_761_955_200_000_000; // 2025-11-01T00:00:00Z
     const DEC: Micros = 1_764_547_200_000_000; // 2025-12-01T00:00:00Z

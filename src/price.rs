@@ -286,7 +286,7 @@ pub struct Exact {
 }
 
 impl Exact {
-    fn of(value: Decimal) -> Exact {
+    pub fn of(value: Decimal) -> Exact {
         Exact {
             mantissa: BigInt::from(value.mantissa()),
             scale: value.scale(),
@@ -300,7 +300,7 @@ impl Exact {
         }
     }
 
-    fn times(&self, other: &Exact) -> Exact {
+    pub fn times(&self, other: &Exact) -> Exact {
         Exact {
             mantissa: &self.mantissa * &other.mantissa,
             scale: self.scale + other.scale,
@@ -319,10 +319,16 @@ impl Exact {
 
     /// Rounded half to even at thousandths, in thousandths.
     fn millis(&self) -> BigInt {
-        if self.scale <= 3 {
-            return self.at_scale(3);
+        self.half_even_at(3)
+    }
+
+    /// Rounded half to even at `places` decimals, in units of 10^−`places` (money in minor
+    /// units: `places` is the currency's exponent).
+    pub fn half_even_at(&self, places: u32) -> BigInt {
+        if self.scale <= places {
+            return self.at_scale(places);
         }
-        let divisor = BigInt::from(10u32).pow(self.scale - 3);
+        let divisor = BigInt::from(10u32).pow(self.scale - places);
         let (quotient, remainder) = self.mantissa.div_mod_floor(&divisor);
         // Floor division: 0 <= remainder < divisor, also for a negative mantissa.
         match (remainder * 2u32).cmp(&divisor) {

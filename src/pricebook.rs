@@ -343,14 +343,6 @@ impl PriceBook {
             model_key_exists: model_versions.is_some(),
         }
     }
-
-    /// Convert a major-unit amount to minor units, half-even.
-    pub fn to_minor_half_even(&self, amount: Decimal) -> Option<i64> {
-        let scaled = amount.checked_mul(Decimal::from(10i64.pow(self.exponent)))?;
-        scaled
-            .round_dp_with_strategy(0, RoundingStrategy::MidpointNearestEven)
-            .to_i64()
-    }
 }
 
 /// A TOML syntax error as one line with its line and column.
