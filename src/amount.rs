@@ -162,8 +162,9 @@ fn shift_right_half_even(numerator: i128, shift: u32) -> i128 {
 pub enum DecimalTextError {
     /// Not a plain decimal (`-12.345`): letters, an exponent, two points, nothing.
     NotADecimal,
-    /// A plain decimal with more significant digits, or more after the point, than a
-    /// `rust_decimal` holds (28; 29 below 2^96).
+    /// A plain decimal with more than [`MAX_DECIMAL_PLACES`] after the point, or a value
+    /// whose digits, without the point, pass [`MAX_DECIMAL_DIGITS`] (`rust_decimal`'s 96
+    /// bits); trailing zeros after the point do not count.
     TooManyDigits,
 }
 
@@ -171,16 +172,21 @@ pub enum DecimalTextError {
 /// dropped (`rust_decimal`'s largest scale).
 pub const MAX_DECIMAL_PLACES: u32 = 28;
 
+/// The largest digits a decimal string may have with its point removed (2^96 − 1).
+pub const MAX_DECIMAL_DIGITS: &str = "79228162514264337593543950335";
+
 /// A decimal string read exactly (never rounded). Trailing zeros after the point count
 /// for nothing: `8.0000000000000000000000000000` is 8, though written with 29 digits, past
 /// the 96 bits `rust_decimal` keeps (refused as "not a decimal" before 2026-12-05).
 pub fn exact_decimal(text: &str) -> std::result::Result<Decimal, DecimalTextError> {
-    let text = text.trim();
-    if let Ok(d) = Decimal::from_str_exact(text) {
-        return Ok(d);
-    }
+    // ASCII blanks only, and no `_` (rust_decimal reads `9_.9_9` as 9.99): a price is
+    // written as plain digits.
+    let text = text.trim_matches(|c: char| c.is_ascii_whitespace());
     if !is_plain_decimal(text) {
         return Err(DecimalTextError::NotADecimal);
+    }
+    if let Ok(d) = Decimal::from_str_exact(text) {
+        return Ok(d);
     }
     let without_trailing_zeros = match text.contains('.') {
         true => text.trim_end_matches('0').trim_end_matches('.'),
@@ -200,8 +206,17 @@ pub fn exact_decimal(text: &str) -> std::result::Result<Decimal, DecimalTextErro
     Decimal::from_str_exact(&shortened).map_err(|_| DecimalTextError::TooManyDigits)
 }
 
+/// Why a [`DecimalTextError::TooManyDigits`] decimal was refused, and what to do.
+pub fn too_many_digits() -> String {
+    format!(
+        "has more digits than tally holds: at most {MAX_DECIMAL_PLACES} after the point, and \
+         at most {MAX_DECIMAL_DIGITS} with the point removed (trailing zeros after the point \
+         do not count); write it with fewer digits"
+    )
+}
+
 /// An optional sign, then digits with at most one point among or around them (at least one
-/// digit): what [`exact_decimal`] may shorten without changing its value.
+/// digit): the only form [`exact_decimal`] reads.
 fn is_plain_decimal(text: &str) -> bool {
     let unsigned = text.strip_prefix(['+', '-']).unwrap_or(text);
     let mut points = 0;
@@ -393,8 +408,10 @@ mod tests {
         assert_eq!(d(&at_limit), Ok(at_limit.clone()));
         let past = format!("0.{}1", "0".repeat(MAX_DECIMAL_PLACES as usize));
         assert_eq!(d(&past), Err(DecimalTextError::TooManyDigits));
-        // Digits in all: 2^96 - 1 fits, 2^96 does not.
-        assert!(d("79228162514264337593543950335").is_ok());
+        // Digits in all: 2^96 - 1 fits (29 digits, with a point anywhere), 2^96 does not.
+        assert!(d(MAX_DECIMAL_DIGITS).is_ok());
+        assert!(d("7.9228162514264337593543950335").is_ok());
+        assert!(d("7.92281625142643375935439503350000").is_ok());
         assert_eq!(
             d("79228162514264337593543950336"),
             Err(DecimalTextError::TooManyDigits)
@@ -403,7 +420,21 @@ mod tests {
             d("1.00000000000000000000000000001"),
             Err(DecimalTextError::TooManyDigits)
         );
-        for bad in ["", "-", ".", "1e3", "1.2.3", "9,99", "ten", "0x10", "1 000"] {
+        for bad in [
+            "",
+            "-",
+            ".",
+            "1e3",
+            "1.2.3",
+            "9,99",
+            "ten",
+            "0x10",
+            "1 000",
+            "9.9_9",
+            "1_000",
+            "9_.99",
+            "9.99\u{a0}",
+        ] {
             assert_eq!(d(bad), Err(DecimalTextError::NotADecimal), "{bad:?}");
         }
     }

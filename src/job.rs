@@ -4,7 +4,7 @@
 //! command = "reconcile"          # or "close"
 //! data = "../fixtures/demo"      # relative paths are relative to the job file's folder
 //! out = "../out/nightly"
-//! settle = "15m"
+//! settle = "15m"                 # at most "7d" (events this recent without a debit are pending)
 //! as_of = "now"                  # optional if --as-of is given; an RFC 3339 instant or "now"
 //! [alert]
 //! max_discrepancies = 100

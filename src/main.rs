@@ -98,7 +98,7 @@ struct SourceArgs {
     #[arg(long)]
     as_of: Option<String>,
     /// Events this recent without ledger entries are pending, not missing (15m, 900s, 1h;
-    /// default 15m).
+    /// default 15m; at most 7 days).
     // A value may start with '-', so that `--settle -5m` is refused as a duration, not as
     // an unknown flag `-5`.
     #[arg(long, allow_hyphen_values = true)]
@@ -406,14 +406,15 @@ fn alert_of(job: Option<&JobFile>, job_path: Option<&std::path::Path>) -> anyhow
         alert.max_rejected_rows = j.alert.max_rejected_rows;
         alert.min_invoices = j.alert.min_invoices;
         if let Some(text) = &j.alert.max_abs_delta_credits {
-            let d = tally::amount::exact_decimal(text)
-                .ok()
-                .and_then(Milli::from_decimal)
-                .ok_or_else(|| {
-                    Origin::job_key(job_path, "alert.max_abs_delta_credits")
-                        .bad(text, "is not a decimal")
-                })?;
-            alert.max_abs_delta_credits = Some(d);
+            use tally::amount::{exact_decimal, too_many_digits, DecimalTextError};
+            let origin = Origin::job_key(job_path, "alert.max_abs_delta_credits");
+            let d = exact_decimal(text).map_err(|e| match e {
+                DecimalTextError::NotADecimal => origin.bad(text, "is not a decimal"),
+                DecimalTextError::TooManyDigits => origin.bad(text, &too_many_digits()),
+            })?;
+            let credits = Milli::from_decimal(d)
+                .ok_or_else(|| origin.bad(text, "is out of range (|x| must be < 10^15)"))?;
+            alert.max_abs_delta_credits = Some(credits);
         }
     }
     Ok(alert)
@@ -470,10 +471,16 @@ fn parse_settle(setting: Option<(String, Origin)>) -> anyhow::Result<i64> {
     let settle = tally::time::parse_duration_micros(&text)
         .ok_or_else(|| origin.bad(&text, "is not a duration such as 15m, 900s or 1h"))?;
     if settle > MAX_SETTLE_MICROS {
+        let unit_hint = match text.contains('M') {
+            true => " (`M` is months; minutes are `m`)",
+            false => "",
+        };
         return Err(origin.bad(
             &text,
-            "is longer than 7 days: events that old without a debit are missing it, not \
-             pending (`M` is months, `m` minutes)",
+            &format!(
+                "is longer than 7 days: events that old without a debit are missing it, not \
+                 pending{unit_hint}"
+            ),
         ));
     }
     Ok(settle)

@@ -1,6 +1,6 @@
 //! The price book: plans and the effective-dated rate card (`pricebook.toml`).
 
-use crate::amount::{exact_decimal, DecimalTextError, Milli, MAX_DECIMAL_PLACES};
+use crate::amount::{exact_decimal, too_many_digits, DecimalTextError, Milli};
 use crate::error::{Result, TallyError};
 use crate::time::{parse_instant, Micros};
 use crate::validate::FastHash;
@@ -183,11 +183,9 @@ impl Ctx<'_> {
             DecimalTextError::NotADecimal => self.err(format!(
                 "{what} = {value} is not a decimal; write it as a string such as \"9.99\""
             )),
-            DecimalTextError::TooManyDigits => self.err(format!(
-                "{what} = {value} has more digits than tally holds: at most {MAX_DECIMAL_PLACES} \
-                 after the point and 28 significant digits (trailing zeros do not count); \
-                 write it with fewer digits"
-            )),
+            DecimalTextError::TooManyDigits => {
+                self.err(format!("{what} = {value} {}", too_many_digits()))
+            }
         })
     }
 

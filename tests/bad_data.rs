@@ -305,8 +305,9 @@ fn pricebook_rate_with_too_many_digits_is_exit_2() {
     assert_pricebook_refused(
         "pricebook_rate_too_many_digits.toml",
         "[[rates]] #2: credits_per_unit = \"0.00000000000000000000000000001\" has more \
-         digits than tally holds: at most 28 after the point and 28 significant digits \
-         (trailing zeros do not count); write it with fewer digits",
+         digits than tally holds: at most 28 after the point, and at most \
+         79228162514264337593543950335 with the point removed (trailing zeros after the point \
+         do not count); write it with fewer digits",
     );
 }
 

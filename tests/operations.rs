@@ -102,6 +102,23 @@ fn a_bad_setting_names_the_job_file_key_or_the_flag_it_came_from() {
             "[alert]\nmax_abs_delta_credits = \"many\"\n",
             "alert.max_abs_delta_credits = \"many\" is not a decimal",
         ),
+        (
+            "[alert]\nmax_abs_delta_credits = \"0.00000000000000000000000000001\"\n",
+            "alert.max_abs_delta_credits = \"0.00000000000000000000000000001\" has more digits \
+             than tally holds: at most 28 after the point, and at most \
+             79228162514264337593543950335 with the point removed (trailing zeros after the \
+             point do not count); write it with fewer digits",
+        ),
+        (
+            "[alert]\nmax_abs_delta_credits = \"1000000000000000\"\n",
+            "alert.max_abs_delta_credits = \"1000000000000000\" is out of range (|x| must be \
+             < 10^15)",
+        ),
+        (
+            "settle = \"8d\"\n",
+            "settle = \"8d\" is longer than 7 days: events that old without a debit are missing \
+             it, not pending",
+        ),
     ];
     for (extra, message) in cases {
         // A repeated key is a TOML error: the case's `as_of` (or `command`) replaces the
@@ -127,12 +144,13 @@ fn a_bad_setting_names_the_job_file_key_or_the_flag_it_came_from() {
     // months). At the limit the run goes on, to the data root this job's folder lacks.
     let not_a_duration = "is not a duration such as 15m, 900s or 1h";
     let too_long = "is longer than 7 days: events that old without a debit are missing it, not \
-                    pending (`M` is months, `m` minutes)";
+                    pending";
+    let months = format!("{too_long} (`M` is months; minutes are `m`)");
     let settle_cases = [
         ("soon", not_a_duration),
         ("-5m", not_a_duration),
         ("604801s", too_long),
-        ("15M", too_long),
+        ("15M", months.as_str()),
     ];
     let settle_run = |settle: &str| {
         tally(&[
@@ -151,6 +169,21 @@ fn a_bad_setting_names_the_job_file_key_or_the_flag_it_came_from() {
             format!("tally: command line: --settle {settle} {why}\n")
         );
     }
+    // `explain` reads the settle the same way (one flag, one job key, one parser).
+    let explain_settle = tally(&[
+        "explain",
+        "--job",
+        job.to_str().unwrap(),
+        "--account",
+        "a",
+        "--settle",
+        "15M",
+    ]);
+    assert_eq!(explain_settle.status.code(), Some(2));
+    assert_eq!(
+        stderr(&explain_settle),
+        format!("tally: command line: --settle 15M {months}\n")
+    );
     let at_limit = settle_run("7d");
     assert!(
         stderr(&at_limit).ends_with("data: data root is not a folder\n"),
