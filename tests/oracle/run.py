@@ -37,6 +37,9 @@ def seeds(text):
 
 def report(label, diffs, other="tally"):
     for table, row, column, want, got in diffs[:SHOWN_PER_RUN]:
+        if table == "error":
+            print(f"  {label}: error: {column}: {want}")
+            continue
         where = f"{table}" + ("" if row is None else f" row {row}") + f" {column}"
         print(f"  {label}: {where}: oracle {compare.show(want)} | {other} {compare.show(got)}")
     if len(diffs) > SHOWN_PER_RUN:
@@ -115,13 +118,21 @@ def main():
                          "(a split run, each account its own group) or \"--groups 3\"")
     ap.add_argument("--keep", help="keep every data root and output under this folder")
     a = ap.parse_args()
+    if not (os.path.isfile(a.tally) and os.access(a.tally, os.X_OK)):
+        ap.error(f"--tally {a.tally}: not an executable file (build it: cargo build --release)")
+    try:
+        chosen = list(seeds(a.seeds))
+    except ValueError:
+        ap.error(f"--seeds {a.seeds}: not A..B, N or N,M,...")
+    if not chosen:
+        ap.error(f"--seeds {a.seeds}: no seeds (A..B excludes B)")
     commands = ["reconcile", "close"] if a.command == "both" else [a.command]
     start = time.monotonic()
     golden = golden_self_check()
     work = a.keep or tempfile.mkdtemp(prefix="tally-oracle-")
     os.makedirs(work, exist_ok=True)
     runs = bad_runs = disagreements = 0
-    for seed in seeds(a.seeds):
+    for seed in chosen:
         seed_bad = False
         found = run_seed(os.path.abspath(a.tally), shlex.split(a.tally_args), seed, commands, work)
         for command, diffs in found.items():
@@ -137,7 +148,7 @@ def main():
             shutil.rmtree(os.path.join(work, f"seed-{seed}"), ignore_errors=True)
     if not a.keep and not bad_runs:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"oracle: {runs} runs ({len(seeds(a.seeds))} seeds x {'+'.join(commands)}), "
+    print(f"oracle: {runs} runs ({len(chosen)} seeds x {'+'.join(commands)}), "
           f"{disagreements} disagreement(s) in {bad_runs} run(s); golden self-check: "
           f"{golden} disagreement(s); {time.monotonic() - start:.0f}s")
     sys.exit(1 if disagreements or golden else 0)
