@@ -202,8 +202,37 @@ fn footer_rows(inputs: &Inputs, datasets: &[Dataset]) -> u64 {
         .sum()
 }
 
+/// What reading one usage or ledger file holds until its rows are read: its footer and
+/// schema as the Parquet reader keeps them, about 14 KB for the contract's columns (40,000
+/// one-row files took 0.55 GB: benches/README.md, "Profiles and experiments (2026-12-05,
+/// later morning: odd input shapes)"). The budget counts rows, not files.
+const FOOTER_BYTES_PER_FILE: u64 = 14 * 1024;
+
+/// Warn when the usage and ledger files are so many that their footers alone, held while
+/// the files are read, take more than a quarter of the memory budget: a writer that
+/// flushes a file every few rows (a streaming sink) makes a month of small files, and the
+/// run's peak then passes the budget however its groups are sized.
+fn warn_of_many_files(settings: &RunSettings, inputs: &Inputs) {
+    let files = (inputs.files[Dataset::Usage as usize].len()
+        + inputs.files[Dataset::Debits as usize].len()) as u64;
+    let footer_bytes = files.saturating_mul(FOOTER_BYTES_PER_FILE);
+    if footer_bytes > settings.memory_budget_bytes / 4 {
+        tracing::warn!(
+            files,
+            footer_bytes,
+            memory_budget_bytes = settings.memory_budget_bytes,
+            "usage and debits are {files} files: reading them holds about {} MiB of Parquet \
+             footers (about 14 KB a file), more than a quarter of the memory budget, on top \
+             of the rows; compact them into fewer, larger files (a day's rows a file) before \
+             the run, or give the job more memory and a larger --memory-budget",
+            footer_bytes.div_ceil(1 << 20)
+        );
+    }
+}
+
 /// How this run is split: the shard, and groups sized to the memory budget (or forced).
 pub fn layout(settings: &RunSettings, inputs: &Inputs, shard: u32, shards: u32) -> Result<Layout> {
+    warn_of_many_files(settings, inputs);
     let groups = match settings.groups {
         Some(g) => g,
         None => crate::route::groups_for(

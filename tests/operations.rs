@@ -741,6 +741,71 @@ fn a_group_far_past_the_budget_is_warned_of() {
     }
 }
 
+/// Usage and ledger files so many that their footers (about 14 KB each while read) pass a
+/// quarter of the memory budget are warned of, with what to do; at exactly a quarter they
+/// are not.
+#[test]
+fn many_small_files_warn_past_a_quarter_of_the_budget() {
+    const FOOTER_BYTES_PER_FILE: u64 = 14 * 1024;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = generated(tmp.path(), 2_000);
+    fn parquet_files_under(dir: &Path) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                found.extend(parquet_files_under(&path));
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                found.push(path);
+            }
+        }
+        found
+    }
+    let parquet_files = |dataset: &str| parquet_files_under(&data.join(dataset));
+    // More files of the same rows: their events are identical copies, counted, not used.
+    let usage = parquet_files("usage");
+    for i in 0..40 {
+        std::fs::copy(
+            &usage[0],
+            data.join("usage").join(format!("copy-{i}.parquet")),
+        )
+        .unwrap();
+    }
+    let files = (parquet_files("usage").len() + parquet_files("debits").len()) as u64;
+    let warnings = |budget_bytes: u64| {
+        let mut command = cmd("reconcile", &data, &tmp.path().join("out"));
+        command.args([
+            "--memory-budget",
+            &budget_bytes.to_string(),
+            "--log-format",
+            "json",
+        ]);
+        let out = command.output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        std::fs::remove_dir_all(tmp.path().join("out")).unwrap();
+        stderr(&out)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["level"] == "WARN" && v["fields"]["footer_bytes"].is_u64())
+            .collect::<Vec<_>>()
+    };
+    let at_limit = files * FOOTER_BYTES_PER_FILE * 4;
+    assert_eq!(warnings(at_limit), Vec::<serde_json::Value>::new());
+    let past = warnings(at_limit - 4);
+    assert_eq!(past.len(), 1, "{past:?}");
+    let footer_bytes = files * FOOTER_BYTES_PER_FILE;
+    assert_eq!(
+        past[0]["fields"]["message"].as_str().unwrap(),
+        format!(
+            "usage and debits are {files} files: reading them holds about {} MiB of Parquet \
+             footers (about 14 KB a file), more than a quarter of the memory budget, on top of \
+             the rows; compact them into fewer, larger files (a day's rows a file) before the \
+             run, or give the job more memory and a larger --memory-budget",
+            footer_bytes.div_ceil(1 << 20)
+        )
+    );
+}
+
 /// Failures whose operating-system words leave the fix open say it: a data root without its
 /// price book (exit 2) asks whether `--data` is the data root, and an output path through a
 /// file (exit 4) says that a part of it is a file.
