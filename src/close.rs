@@ -311,10 +311,11 @@ fn is_own_rollover(row: &GrantRow, period_end: Micros) -> bool {
 mod tests {
     use super::*;
 
-    /// A one-plan USD price book with overage at `price_per_credit`.
-    fn overage_book(price_per_credit: &str) -> PriceBook {
+    /// A one-plan price book in `currency` with overage at `price_per_credit`.
+    fn overage_book(currency: &str, price_per_credit: &str) -> PriceBook {
         let text = format!(
-            "currency = \"USD\"\n[plans.pro]\nprice = \"10\"\nincluded_credits = \"100\"\n\
+            "currency = \"{currency}\"\n[plans.pro]\nprice = \"10\"\n\
+             included_credits = \"100\"\n\
              overage = {{ price_per_credit = \"{price_per_credit}\" }}\n"
         );
         PriceBook::parse(&text, "pricebook.toml").unwrap()
@@ -322,10 +323,11 @@ mod tests {
 
     #[test]
     fn overage_money_is_rounded_once_from_the_exact_product() {
-        let cents = |price: &str, overage_millis: i64| {
-            let book = overage_book(price);
+        let minor = |currency: &str, price: &str, overage_millis: i64| {
+            let book = overage_book(currency, price);
             overage_amount_minor(&book, &book.plans["pro"], Milli(overage_millis)).unwrap()
         };
+        let cents = |price: &str, overage_millis: i64| minor("USD", price, overage_millis);
         // 0.001 credits at 5 USD: 0.5 cents, a tie, to the even 0.
         assert_eq!(cents("5", 1), 0);
         assert_eq!(cents("15", 1), 2);
@@ -334,6 +336,18 @@ mod tests {
         assert_eq!(cents("5.000000000000000000000000001", 1), 1);
         assert_eq!(cents("4.999999999999999999999999999", 1), 0);
         assert_eq!(cents("0.05", 1_234_567), 6173);
+        // 999,999,999,999.999 credits at a price of only 14 decimals: 499999999999998.5 cents
+        // and a hair, so ...999 (rust_decimal's product, cut to 96 bits, was the tie: ...998).
+        assert_eq!(
+            cents("4.99999999999999", 999_999_999_999_999),
+            499_999_999_999_999
+        );
+        // Yen have no minor unit, dinars three: ties go to even there too.
+        assert_eq!(minor("JPY", "5", 500), 2);
+        assert_eq!(minor("JPY", "5", 300), 2);
+        assert_eq!(minor("JPY", "5.000000000000000000000000001", 100), 1);
+        assert_eq!(minor("BHD", "0.0005", 1_000), 0);
+        assert_eq!(minor("BHD", "0.0015", 1_000), 2);
     }
 
     const NOV: Micros = 1_761_955_200_000_000; // 2025-11-01T00:00:00Z

@@ -412,6 +412,9 @@ fn alert_of(job: Option<&JobFile>, job_path: Option<&std::path::Path>) -> anyhow
                 DecimalTextError::NotADecimal => origin.bad(text, "is not a decimal"),
                 DecimalTextError::TooManyDigits => origin.bad(text, &too_many_digits()),
             })?;
+            if d.is_sign_negative() && !d.is_zero() {
+                return Err(origin.bad(text, "must not be negative (it bounds |delta|)"));
+            }
             let credits = Milli::from_decimal(d)
                 .ok_or_else(|| origin.bad(text, "is out of range (|x| must be < 10^15)"))?;
             alert.max_abs_delta_credits = Some(credits);

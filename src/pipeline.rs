@@ -203,13 +203,14 @@ fn footer_rows(inputs: &Inputs, datasets: &[Dataset]) -> u64 {
 }
 
 /// What reading one usage or ledger file holds until its rows are read: its footer and
-/// schema as the Parquet reader keeps them, about 14 KB for the contract's columns (40,000
+/// schema as the Parquet reader keeps them, about 14 KiB for the contract's columns (40,000
 /// one-row files took 0.55 GB: benches/README.md, "Profiles and experiments (2026-12-05,
 /// later morning: odd input shapes)"). The budget counts rows, not files.
 const FOOTER_BYTES_PER_FILE: u64 = 14 * 1024;
 
 /// Warn when the usage and ledger files are so many that their footers alone, held while
-/// the files are read, take more than a quarter of the memory budget: a writer that
+/// the files are read, take more than a quarter of the memory budget (at the 3 GiB default:
+/// past 56,173 files): a writer that
 /// flushes a file every few rows (a streaming sink) makes a month of small files, and the
 /// run's peak then passes the budget however its groups are sized.
 fn warn_of_many_files(settings: &RunSettings, inputs: &Inputs) {
@@ -217,15 +218,17 @@ fn warn_of_many_files(settings: &RunSettings, inputs: &Inputs) {
         + inputs.files[Dataset::Debits as usize].len()) as u64;
     let footer_bytes = files.saturating_mul(FOOTER_BYTES_PER_FILE);
     if footer_bytes > settings.memory_budget_bytes / 4 {
+        let tenths_of_mib = (footer_bytes.saturating_mul(10) + (1 << 19)) >> 20;
         tracing::warn!(
             files,
             footer_bytes,
             memory_budget_bytes = settings.memory_budget_bytes,
-            "usage and debits are {files} files: reading them holds about {} MiB of Parquet \
-             footers (about 14 KB a file), more than a quarter of the memory budget, on top \
-             of the rows; compact them into fewer, larger files (a day's rows a file) before \
-             the run, or give the job more memory and a larger --memory-budget",
-            footer_bytes.div_ceil(1 << 20)
+            "usage and debits are {files} files: reading them holds about {}.{} MiB of \
+             Parquet footers (about 14 KiB a file), more than a quarter of the memory budget, \
+             on top of the rows; compact them into fewer, larger files (a day's rows a file) \
+             before the run, or give the job more memory and a larger --memory-budget",
+            tenths_of_mib / 10,
+            tenths_of_mib % 10
         );
     }
 }

@@ -110,6 +110,10 @@ fn a_bad_setting_names_the_job_file_key_or_the_flag_it_came_from() {
              point do not count); write it with fewer digits",
         ),
         (
+            "[alert]\nmax_abs_delta_credits = \"-5\"\n",
+            "alert.max_abs_delta_credits = \"-5\" must not be negative (it bounds |delta|)",
+        ),
+        (
             "[alert]\nmax_abs_delta_credits = \"1000000000000000\"\n",
             "alert.max_abs_delta_credits = \"1000000000000000\" is out of range (|x| must be \
              < 10^15)",
@@ -707,11 +711,16 @@ fn a_group_far_past_the_budget_is_warned_of() {
         let out = command.output().unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
         let log = stderr(&out);
-        // The group warning (1 MiB is also past the footers' quarter: that warning too).
-        let warning = log
+        // The group warning; 1 MiB is also past the footers' quarter, whose warning comes
+        // first, and no other warns.
+        let warnings: Vec<serde_json::Value> = log
             .lines()
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .find(|v| v["level"] == "WARN" && v["fields"]["group"].is_u64());
+            .filter(|v| v["level"] == "WARN")
+            .collect();
+        assert!(warnings[0]["fields"]["footer_bytes"].is_u64(), "{log}");
+        assert_eq!(warnings.len(), 1 + usize::from(why.is_some()), "{log}");
+        let warning = warnings.get(1).cloned();
         assert_eq!(
             warning.is_some(),
             why.is_some(),
@@ -795,14 +804,17 @@ fn many_small_files_warn_past_a_quarter_of_the_budget() {
     let past = warnings(at_limit - 4);
     assert_eq!(past.len(), 1, "{past:?}");
     let footer_bytes = files * FOOTER_BYTES_PER_FILE;
+    // Rounded to the nearest tenth of a MiB.
+    let tenths = (footer_bytes * 10 + (1 << 19)) >> 20;
     assert_eq!(
         past[0]["fields"]["message"].as_str().unwrap(),
         format!(
-            "usage and debits are {files} files: reading them holds about {} MiB of Parquet \
-             footers (about 14 KB a file), more than a quarter of the memory budget, on top of \
-             the rows; compact them into fewer, larger files (a day's rows a file) before the \
-             run, or give the job more memory and a larger --memory-budget",
-            footer_bytes.div_ceil(1 << 20)
+            "usage and debits are {files} files: reading them holds about {}.{} MiB of \
+             Parquet footers (about 14 KiB a file), more than a quarter of the memory budget, \
+             on top of the rows; compact them into fewer, larger files (a day's rows a file) \
+             before the run, or give the job more memory and a larger --memory-budget",
+            tenths / 10,
+            tenths % 10
         )
     );
 }
