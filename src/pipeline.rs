@@ -1261,7 +1261,6 @@ fn gather<T>(gathered: &mut Vec<T>, more: Vec<T>) {
     }
 }
 
-/// Every closed account-period has exactly one invoice and one renewal.
 /// `grants_next` is the next period's grants input, where `grant_id` is unique: an input
 /// grant named like the rollover a close writes (`rollover-{account}-{stamp}`), of that
 /// account or of another, is exit 2 naming both (a fed-back rollover of the close itself
@@ -1292,6 +1291,7 @@ fn check_grants_next_ids_are_unique(grants: &[GrantRow]) -> Result<()> {
     })
 }
 
+/// Every closed account-period has exactly one invoice and one renewal.
 fn check_one_invoice_and_renewal_per_period(out: &AccountResult) -> Result<()> {
     let periods = out.totals.account_periods as usize;
     let mut invoiced: Vec<(&str, Micros)> = out
