@@ -206,13 +206,19 @@ pub fn exact_decimal(text: &str) -> std::result::Result<Decimal, DecimalTextErro
     Decimal::from_str_exact(&shortened).map_err(|_| DecimalTextError::TooManyDigits)
 }
 
-/// Why a [`DecimalTextError::TooManyDigits`] decimal was refused, and what to do.
-pub fn too_many_digits() -> String {
-    format!(
-        "has more digits than tally holds: at most {MAX_DECIMAL_PLACES} after the point, and \
-         at most {MAX_DECIMAL_DIGITS} with the point removed (trailing zeros after the point \
-         do not count); write it with fewer digits"
-    )
+/// What is wrong with the text, as a message goes on after `{key} = {value} `.
+impl fmt::Display for DecimalTextError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecimalTextError::NotADecimal => write!(f, "is not a decimal"),
+            DecimalTextError::TooManyDigits => write!(
+                f,
+                "has more digits than tally holds: at most {MAX_DECIMAL_PLACES} after the \
+                 point, and at most {MAX_DECIMAL_DIGITS} with the point removed (trailing \
+                 zeros after the point do not count); write it with fewer digits"
+            ),
+        }
+    }
 }
 
 /// An optional sign, then digits with at most one point among or around them (at least one

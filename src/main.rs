@@ -406,12 +406,9 @@ fn alert_of(job: Option<&JobFile>, job_path: Option<&std::path::Path>) -> anyhow
         alert.max_rejected_rows = j.alert.max_rejected_rows;
         alert.min_invoices = j.alert.min_invoices;
         if let Some(text) = &j.alert.max_abs_delta_credits {
-            use tally::amount::{exact_decimal, too_many_digits, DecimalTextError};
             let origin = Origin::job_key(job_path, "alert.max_abs_delta_credits");
-            let d = exact_decimal(text).map_err(|e| match e {
-                DecimalTextError::NotADecimal => origin.bad(text, "is not a decimal"),
-                DecimalTextError::TooManyDigits => origin.bad(text, &too_many_digits()),
-            })?;
+            let d =
+                tally::amount::exact_decimal(text).map_err(|e| origin.bad(text, &e.to_string()))?;
             if d.is_sign_negative() && !d.is_zero() {
                 return Err(origin.bad(text, "must not be negative (it bounds |delta|)"));
             }

@@ -1,6 +1,6 @@
 //! The price book: plans and the effective-dated rate card (`pricebook.toml`).
 
-use crate::amount::{exact_decimal, too_many_digits, DecimalTextError, Milli};
+use crate::amount::{exact_decimal, DecimalTextError, Milli};
 use crate::error::{Result, TallyError};
 use crate::time::{parse_instant, Micros};
 use crate::validate::FastHash;
@@ -179,13 +179,13 @@ impl Ctx<'_> {
             toml::Value::Integer(i) => Ok(Decimal::from(*i)),
             _ => Err(DecimalTextError::NotADecimal),
         };
-        parsed.map_err(|e| match e {
-            DecimalTextError::NotADecimal => self.err(format!(
-                "{what} = {value} is not a decimal; write it as a string such as \"9.99\""
-            )),
-            DecimalTextError::TooManyDigits => {
-                self.err(format!("{what} = {value} {}", too_many_digits()))
-            }
+        parsed.map_err(|e| {
+            // A TOML float (`9.99` unquoted) is the usual slip: say how to write it.
+            let how = match e {
+                DecimalTextError::NotADecimal => "; write it as a string such as \"9.99\"",
+                DecimalTextError::TooManyDigits => "",
+            };
+            self.err(format!("{what} = {value} {e}{how}"))
         })
     }
 
