@@ -57,6 +57,11 @@ impl GrantBalance {
         self.effective_at <= t && self.expires_at.is_none_or(|e| t < e)
     }
 
+    /// Has credits left and is usable at `t`: a charge at `t` can draw on it.
+    fn can_give_at(&self, t: Micros) -> bool {
+        self.remaining.is_positive() && self.usable_at(t)
+    }
+
     /// Effective at some instant of [start, end).
     pub fn overlaps(&self, start: Micros, end: Micros) -> bool {
         self.effective_at < end && self.expires_at.is_none_or(|e| e > start)
@@ -127,11 +132,7 @@ pub fn consume_traced(
         let k = g.kind.index();
         granted[k] = granted[k].checked_add(g.remaining)?;
     }
-    let mut taken = Taken {
-        consumed: ByKind::default(),
-        overage: Milli::ZERO,
-        overage_of: Vec::with_capacity(charges.len()),
-    };
+    let mut taken = Taken::new(charges.len());
     // The engine's charges come in time order (a late event draws at the period start and
     // sorts first); any other order is priced by scanning every grant for every charge, and
     // so is a period of few grants (nearly all of them): a few steps an event, where the
@@ -163,6 +164,14 @@ struct Taken {
 }
 
 impl Taken {
+    fn new(charges: usize) -> Taken {
+        Taken {
+            consumed: ByKind::default(),
+            overage: Milli::ZERO,
+            overage_of: Vec::with_capacity(charges),
+        }
+    }
+
     /// Take what grant `position` of `pool` can give of `need`; what is still needed.
     fn draw(
         &mut self,
@@ -207,8 +216,7 @@ fn draw_by_scanning(
             if !need.is_positive() {
                 break;
             }
-            let g = &pool[position];
-            if !g.remaining.is_positive() || !g.usable_at(t) {
+            if !pool[position].can_give_at(t) {
                 continue;
             }
             need = taken.draw(pool, charge, position, need, on_draw)?;
@@ -245,8 +253,7 @@ fn draw_in_time_order(
                 break;
             };
             from = position + 1;
-            let g = &pool[position];
-            if !g.remaining.is_positive() || !g.usable_at(t) {
+            if !pool[position].can_give_at(t) {
                 // Used up, or expired (it joined at its start, and time only moves on).
                 live.remove(&position);
                 continue;
@@ -354,11 +361,7 @@ mod tests {
         let run = |time_ordered: bool| {
             let mut pool = pool.to_vec();
             pool.sort_by(consumption_order);
-            let mut taken = Taken {
-                consumed: ByKind::default(),
-                overage: Milli::ZERO,
-                overage_of: Vec::new(),
-            };
+            let mut taken = Taken::new(charges.len());
             let mut draws = Vec::new();
             let mut on_draw = |d| draws.push(d);
             match time_ordered {
