@@ -7,16 +7,19 @@
 #              (each event passes them all), against the same events with 1 grant
 #   row groups ROWS usage and ROWS ledger rows one row a row group, against the same rows
 #              in one row group, and against `tally scan` of the same files
+#   files      FILES usage and FILES ledger rows one row a file, against the same rows in
+#              one file each: the peak's growth per file (what reading a file's footer
+#              holds, pipeline::FOOTER_BYTES_PER_FILE)
 #
 # Prints wall seconds and peak RSS of each run and the ratios. Environment: TALLY (default
 # $CARGO_TARGET_DIR or ~/.cache/tally-target, release/tally), BENCH_DIR (default
 # /tmp/tally-bench: its venv gets pyarrow), EVENTS and GRANTS (default 100000 each), ROWS
-# (default 100000).
+# (default 100000), FILES (default 20000).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 TALLY=${TALLY:-${CARGO_TARGET_DIR:-$HOME/.cache/tally-target}/release/tally}
 BENCH_DIR=${BENCH_DIR:-/tmp/tally-bench}
-EVENTS=${EVENTS:-100000} GRANTS=${GRANTS:-100000} ROWS=${ROWS:-100000}
+EVENTS=${EVENTS:-100000} GRANTS=${GRANTS:-100000} ROWS=${ROWS:-100000} FILES=${FILES:-20000}
 WORK="$BENCH_DIR/odd-shapes"
 VENV="$BENCH_DIR/venv"
 [[ -x $TALLY ]] || { echo "odd-shapes: no tally binary at $TALLY" >&2; exit 2; }
@@ -59,3 +62,13 @@ scan_peak=$peak scan_wall=$wall
 reconcile "$WORK/rowgroups" --memory-budget 128MiB
 measure "reconcile, one row a row group" -- "${RUN[@]}"
 echo "row groups: peak $(ratio "$peak" "$flat_peak")x the one-row-group run's, $(ratio "$peak" "$scan_peak")x the scan's; time $(ratio "$wall" "$scan_wall")x the scan's"
+
+make flat "$WORK/files-flat" "$FILES"
+make files "$WORK/files" "$FILES"
+reconcile "$WORK/files-flat" --memory-budget 128MiB
+measure "reconcile, $FILES + $FILES rows, one file each" -- "${RUN[@]}"
+one_file_peak=$peak
+reconcile "$WORK/files" --memory-budget 128MiB
+measure "reconcile, one row a file" -- "${RUN[@]}"
+per_file_kib=$(awk -v p="$peak" -v b="$one_file_peak" -v n="$FILES" 'BEGIN { printf "%.1f", (p - b) * 1024 / (2 * n) }')
+echo "files: peak $(ratio "$peak" "$one_file_peak")x the one-file run's: ${per_file_kib} KiB more a file"

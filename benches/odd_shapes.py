@@ -6,6 +6,8 @@
     odd_shapes.py rowgroups ROOT ROWS         ROWS usage and ROWS ledger rows, one row a
         row group
     odd_shapes.py flat ROOT ROWS              the same rows in one row group (the baseline)
+    odd_shapes.py files ROOT ROWS             ROWS usage and ROWS ledger rows, one row a
+        file (as a streaming sink that flushes every row writes them)
 
 The price book is the fixtures' (fixtures/pricebook.toml); the account has one November
 `max` allocation.
@@ -49,7 +51,7 @@ def root(path):
     pq.write_table(allocations, os.path.join(path, "allocations", "a.parquet"))
 
 
-def usage_and_debits(path, rows, row_group_size):
+def usage_and_debits(path, rows, row_group_size, one_file_a_row=False):
     ids = [f"e{i:08d}" for i in range(rows)]
     times = pa.array([at(i % 18 + 1, i // 18 % 86_400) for i in range(rows)], TS)
     usage = pa.table(
@@ -74,6 +76,11 @@ def usage_and_debits(path, rows, row_group_size):
             "recorded_at": times,
         }
     )
+    if one_file_a_row:
+        for i in range(rows):
+            pq.write_table(usage.slice(i, 1), os.path.join(path, "usage", f"u{i:08d}.parquet"))
+            pq.write_table(debits.slice(i, 1), os.path.join(path, "debits", f"d{i:08d}.parquet"))
+        return
     pq.write_table(usage, os.path.join(path, "usage", "u.parquet"), row_group_size=row_group_size)
     pq.write_table(debits, os.path.join(path, "debits", "d.parquet"), row_group_size=row_group_size)
 
@@ -104,6 +111,8 @@ def main():
         usage_and_debits(path, int(sys.argv[3]), 1)
     elif shape == "flat":
         usage_and_debits(path, int(sys.argv[3]), 1 << 20)
+    elif shape == "files":
+        usage_and_debits(path, int(sys.argv[3]), 1, one_file_a_row=True)
     else:
         sys.exit(f"odd_shapes.py: unknown shape {shape!r}")
 

@@ -203,16 +203,17 @@ fn footer_rows(inputs: &Inputs, datasets: &[Dataset]) -> u64 {
 }
 
 /// What reading one usage or ledger file holds until its rows are read: its footer and
-/// schema as the Parquet reader keeps them, about 14 KiB for the contract's columns (40,000
-/// one-row files took 0.55 GB: benches/README.md, "Profiles and experiments (2026-12-05,
-/// later morning: odd input shapes)"). The budget counts rows, not files.
-const FOOTER_BYTES_PER_FILE: u64 = 14 * 1024;
+/// schema as the Parquet reader keeps them, about 12 KiB for the contract's columns
+/// (`benches/odd-shapes.sh`, "files": 11.7 and 11.8 KiB more peak a file over 40,000 and
+/// 80,000 one-row files, against the same rows in two files). The budget counts rows, not
+/// files.
+const FOOTER_BYTES_PER_FILE: u64 = 12 * 1024;
 
 /// Warn when the usage and ledger files are so many that their footers alone, held while
 /// the files are read, take more than a quarter of the memory budget (at the 3 GiB default:
-/// past 56,173 files): a writer that
-/// flushes a file every few rows (a streaming sink) makes a month of small files, and the
-/// run's peak then passes the budget however its groups are sized.
+/// past 65,536 files): a writer that flushes a file every few rows (a streaming sink) makes
+/// a month of small files, and the run's peak then passes the budget however its groups
+/// are sized.
 fn warn_of_many_files(settings: &RunSettings, inputs: &Inputs) {
     let files = (inputs.files[Dataset::Usage as usize].len()
         + inputs.files[Dataset::Debits as usize].len()) as u64;
@@ -224,7 +225,7 @@ fn warn_of_many_files(settings: &RunSettings, inputs: &Inputs) {
             footer_bytes,
             memory_budget_bytes = settings.memory_budget_bytes,
             "usage and debits are {files} files: reading them holds about {}.{} MiB of \
-             Parquet footers (about 14 KiB a file), more than a quarter of the memory budget, \
+             Parquet footers (about 12 KiB a file), more than a quarter of the memory budget, \
              on top of the rows; compact them into fewer, larger files (a day's rows a file) \
              before the run, or give the job more memory and a larger --memory-budget",
             tenths_of_mib / 10,

@@ -751,12 +751,12 @@ fn a_group_far_past_the_budget_is_warned_of() {
     }
 }
 
-/// Usage and ledger files so many that their footers (about 14 KB each while read) pass a
+/// Usage and ledger files so many that their footers (about 12 KiB each while read) pass a
 /// quarter of the memory budget are warned of, with what to do; at exactly a quarter they
 /// are not.
 #[test]
 fn many_small_files_warn_past_a_quarter_of_the_budget() {
-    const FOOTER_BYTES_PER_FILE: u64 = 14 * 1024;
+    const FOOTER_BYTES_PER_FILE: u64 = 12 * 1024;
     let tmp = tempfile::tempdir().unwrap();
     let data = generated(tmp.path(), 2_000);
     fn parquet_files_under(dir: &Path) -> Vec<PathBuf> {
@@ -810,7 +810,7 @@ fn many_small_files_warn_past_a_quarter_of_the_budget() {
         past[0]["fields"]["message"].as_str().unwrap(),
         format!(
             "usage and debits are {files} files: reading them holds about {}.{} MiB of \
-             Parquet footers (about 14 KiB a file), more than a quarter of the memory budget, \
+             Parquet footers (about 12 KiB a file), more than a quarter of the memory budget, \
              on top of the rows; compact them into fewer, larger files (a day's rows a file) \
              before the run, or give the job more memory and a larger --memory-budget",
             tenths / 10,
