@@ -321,6 +321,9 @@ mod tests {
         PriceBook::parse(&text, "pricebook.toml").unwrap()
     }
 
+    /// Contract 7, Close: "`overage_amount_minor` = round half-even(overage_credits ×
+    /// price_per_credit × 10^exponent), once per invoice", with section 3's "All arithmetic
+    /// is exact decimal": the product is not rounded before that one rounding.
     #[test]
     fn overage_money_is_rounded_once_from_the_exact_product() {
         let minor = |currency: &str, price: &str, overage_millis: i64| {
