@@ -8,8 +8,8 @@
 #   row groups ROWS usage and ROWS ledger rows one row a row group, against the same rows
 #              in one row group, and against `tally scan` of the same files
 #   files      FILES usage and FILES ledger rows one row a file, against the same rows in
-#              one file each: the peak's growth per file (what reading a file's footer
-#              holds, pipeline::FOOTER_BYTES_PER_FILE)
+#              one file each: the peak's growth per file (what a file costs beyond its
+#              rows; past load::MAX_KEPT_FOOTERS files a footer is read again, not kept)
 #
 # Prints wall seconds and peak RSS of each run and the ratios. Environment: TALLY (default
 # $CARGO_TARGET_DIR or ~/.cache/tally-target, release/tally), BENCH_DIR (default

@@ -202,41 +202,8 @@ fn footer_rows(inputs: &Inputs, datasets: &[Dataset]) -> u64 {
         .sum()
 }
 
-/// What reading one usage or ledger file holds until its rows are read: its footer and
-/// schema as the Parquet reader keeps them, about 12 KiB for the contract's columns
-/// (`benches/odd-shapes.sh`, "files": 11.7 and 11.8 KiB more peak a file over 40,000 and
-/// 80,000 one-row files, against the same rows in two files). The budget counts rows, not
-/// files.
-const FOOTER_BYTES_PER_FILE: u64 = 12 * 1024;
-
-/// Warn when the usage and ledger files are so many that their footers alone, held while
-/// the files are read, take more than a quarter of the memory budget (at the 3 GiB default:
-/// past 65,536 files): a writer that flushes a file every few rows (a streaming sink) makes
-/// a month of small files, and the run's peak then passes the budget however its groups
-/// are sized.
-fn warn_of_many_files(settings: &RunSettings, inputs: &Inputs) {
-    let files = (inputs.files[Dataset::Usage as usize].len()
-        + inputs.files[Dataset::Debits as usize].len()) as u64;
-    let footer_bytes = files.saturating_mul(FOOTER_BYTES_PER_FILE);
-    if footer_bytes > settings.memory_budget_bytes / 4 {
-        let tenths_of_mib = (footer_bytes.saturating_mul(10) + (1 << 19)) >> 20;
-        tracing::warn!(
-            files,
-            footer_bytes,
-            memory_budget_bytes = settings.memory_budget_bytes,
-            "usage and debits are {files} files: reading them holds about {}.{} MiB of \
-             Parquet footers (about 12 KiB a file), more than a quarter of the memory budget, \
-             on top of the rows; compact them into fewer, larger files (a day's rows a file) \
-             before the run, or give the job more memory and a larger --memory-budget",
-            tenths_of_mib / 10,
-            tenths_of_mib % 10
-        );
-    }
-}
-
 /// How this run is split: the shard, and groups sized to the memory budget (or forced).
 pub fn layout(settings: &RunSettings, inputs: &Inputs, shard: u32, shards: u32) -> Result<Layout> {
-    warn_of_many_files(settings, inputs);
     let groups = match settings.groups {
         Some(g) => g,
         None => crate::route::groups_for(
