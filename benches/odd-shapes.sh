@@ -9,7 +9,8 @@
 #              in one row group, and against `tally scan` of the same files
 #   files      FILES usage and FILES ledger rows one row a file, against the same rows in
 #              one file each: the peak's growth per file (what a file costs beyond its
-#              rows; past load::MAX_KEPT_FOOTERS files a footer is read again, not kept)
+#              rows; past load::MAX_KEPT_FOOTERS files a footer is read again, not kept;
+#              pipeline::BYTES_PER_FILE)
 #
 # Prints wall seconds and peak RSS of each run and the ratios. Environment: TALLY (default
 # $CARGO_TARGET_DIR or ~/.cache/tally-target, release/tally), BENCH_DIR (default
@@ -29,7 +30,7 @@ VENV="$BENCH_DIR/venv"
 mkdir -p "$WORK"
 
 make() { "$VENV/bin/python" "$HERE/odd_shapes.py" "$@"; }
-# measure LABEL -- COMMAND...: prints "LABEL wall_s peak_mb" and keeps them in $wall $peak.
+# measure LABEL -- COMMAND...: prints "LABEL wall_s peak_mib" and keeps them in $wall $peak.
 measure() {
     local label=$1; shift 2
     rm -rf "$WORK/out"
@@ -37,7 +38,7 @@ measure() {
         { echo "odd-shapes: $label failed: see $WORK/log" >&2; exit 1; }
     read -r wall peak_kb <"$WORK/time"
     peak=$((peak_kb / 1024))
-    printf '%-44s %8.2f s %7d MB\n' "$label" "$wall" "$peak"
+    printf '%-44s %8.2f s %7d MiB\n' "$label" "$wall" "$peak"
 }
 # The reconcile of data root $1 (more flags after it), as a command line for measure.
 reconcile() { RUN=("$TALLY" reconcile --data "$1" --as-of 2026-11-20T00:00:00Z --out "$WORK/out" "${@:2}"); }

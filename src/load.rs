@@ -640,8 +640,9 @@ fn concat<T>(parts: Vec<Vec<T>>) -> Vec<T> {
 /// row groups needs.
 pub struct OpenedFile {
     /// The footer as the reader holds it (about 12 KiB for the contract's columns), while
-    /// kept: [`Plan`] drops it once the file's row groups are decoded, or right after the
-    /// check when the dataset has many files, and [`OpenedFile::footer`] reads it again.
+    /// kept: it is dropped once the file's last row group is decoded, and right after the
+    /// start-of-run check for a dataset's files past the first [`MAX_KEPT_FOOTERS`];
+    /// [`OpenedFile::footer`] reads a dropped one again.
     metadata: std::sync::Mutex<Option<ArrowReaderMetadata>>,
     mask: ProjectionMask,
     /// Rows of each row group, and the file row of each one's first row.
@@ -649,6 +650,9 @@ pub struct OpenedFile {
     row_group_first: Vec<u64>,
     /// Row groups not yet decoded (the footer is dropped when the last one is).
     row_groups_left: std::sync::atomic::AtomicUsize,
+    /// Times the footer was read again (for the tests: once per file, however many of its
+    /// row groups are decoded at once).
+    footer_rereads: std::sync::atomic::AtomicUsize,
 }
 
 impl OpenedFile {
@@ -658,25 +662,25 @@ impl OpenedFile {
     }
 
     /// The footer: the one kept, else read again and checked against the first reading
-    /// (the same row groups of the same rows), then kept until the file is decoded.
+    /// (the same columns at the same places, the same row groups of the same rows), then
+    /// kept until the file is decoded. Decoding uses the first reading's projection, so a
+    /// file rewritten with its columns moved would otherwise be read from the wrong ones.
     fn footer(&self, file: &InputFile, specs: &[ColSpec]) -> Result<ArrowReaderMetadata> {
         let mut kept = self.kept();
         if let Some(metadata) = &*kept {
             return Ok(metadata.clone());
         }
+        self.footer_rereads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         check_magic(file)?;
-        let (metadata, _) = guard_decoding(file, || open_checked(file, specs))?;
-        let same = metadata
-            .metadata()
-            .row_groups()
-            .iter()
-            .map(|rg| rg.num_rows().max(0) as u64)
-            .eq(self.row_group_rows.iter().copied());
+        let (metadata, indices) = guard_decoding(file, || open_checked(file, specs))?;
+        let same = projection(&metadata, &indices) == self.mask
+            && row_group_rows(&metadata) == self.row_group_rows;
         if !same {
             return Err(TallyError::input(
                 &file.rel_path,
-                "the file changed while the run read it (its row groups differ from the \
-                 first reading of its footer); rerun once the file is complete",
+                "the file changed while the run read it (its columns or row groups differ \
+                 from the first reading of its footer); rerun once the file is complete",
             ));
         }
         *kept = Some(metadata.clone());
@@ -707,12 +711,7 @@ impl OpenedFile {
 pub fn open_file(file: &InputFile, specs: &[ColSpec]) -> Result<OpenedFile> {
     check_magic(file)?;
     let (metadata, indices) = guard_decoding(file, || open_checked(file, specs))?;
-    let row_group_rows: Vec<u64> = metadata
-        .metadata()
-        .row_groups()
-        .iter()
-        .map(|rg| rg.num_rows().max(0) as u64)
-        .collect();
+    let row_group_rows = row_group_rows(&metadata);
     let mut row_group_first = Vec::with_capacity(row_group_rows.len());
     let mut acc = 0u64;
     for n in &row_group_rows {
@@ -728,15 +727,33 @@ pub fn open_file(file: &InputFile, specs: &[ColSpec]) -> Result<OpenedFile> {
             ),
         ));
     }
-    let roots: Vec<usize> = indices.iter().flatten().copied().collect();
-    let mask = ProjectionMask::roots(metadata.parquet_schema(), roots);
+    let mask = projection(&metadata, &indices);
+    // A file without row groups has none to decode: its footer goes now.
+    let kept = (!row_group_rows.is_empty()).then_some(metadata);
     Ok(OpenedFile {
-        metadata: std::sync::Mutex::new(Some(metadata)),
+        metadata: std::sync::Mutex::new(kept),
         mask,
         row_groups_left: std::sync::atomic::AtomicUsize::new(row_group_rows.len()),
         row_group_rows,
         row_group_first,
+        footer_rereads: std::sync::atomic::AtomicUsize::new(0),
     })
+}
+
+/// Rows of each row group, as the footer gives them.
+fn row_group_rows(metadata: &ArrowReaderMetadata) -> Vec<u64> {
+    metadata
+        .metadata()
+        .row_groups()
+        .iter()
+        .map(|rg| rg.num_rows().max(0) as u64)
+        .collect()
+}
+
+/// The columns to decode: those `open_checked` found for the specs.
+fn projection(metadata: &ArrowReaderMetadata, indices: &[Option<usize>]) -> ProjectionMask {
+    let roots: Vec<usize> = indices.iter().flatten().copied().collect();
+    ProjectionMask::roots(metadata.parquet_schema(), roots)
 }
 
 /// Decode one row group of an opened file, calling `each_batch` for each batch in order.
@@ -827,16 +844,20 @@ pub struct Unit {
 
 /// The most footers a [`Plan`] keeps from its start-of-run check until their files are
 /// decoded (about 12 MiB of them: `benches/odd-shapes.sh`, "files", measured 11.7 KiB a
-/// file held). The footers of a dataset's later files are dropped once checked and read
-/// again when their rows are: a month of small files (a streaming sink flushing every few
-/// rows) would otherwise hold every file's footer on top of the rows, past any budget
-/// (40,000 one-row usage and ledger files each took 0.95 GB); a second reading of a footer
-/// costs about as much as the first.
+/// file held). Keeping them spares an ordinary dataset of tens or hundreds of files a
+/// second reading of each footer. The footers of a dataset's later files are dropped once
+/// checked and read again when their rows are: a month of small files (a streaming sink
+/// flushing every few rows) would otherwise hold every file's footer on top of the rows,
+/// past any budget (40,000 one-row usage and 40,000 one-row ledger files: about 990 MiB
+/// peak, now about 280 MiB); a second reading of a footer costs about as much as the
+/// first.
 pub const MAX_KEPT_FOOTERS: usize = 1024;
 
 /// Every row group of a dataset's files, footers read and schemas checked before any row
 /// is decoded: a reader can size its output, and number row groups, up front.
 pub struct Plan {
+    /// The columns the files were checked for (and a dropped footer is read again for).
+    specs: Vec<ColSpec>,
     opened: Vec<OpenedFile>,
     pub units: Vec<Unit>,
     /// The first file that could not be opened (files after it are not read): reported
@@ -876,6 +897,7 @@ impl Plan {
                 .collect()
         };
         let mut plan = Plan {
+            specs: specs.to_vec(),
             opened: Vec::with_capacity(opened.len()),
             units: Vec::new(),
             open_error: None,
@@ -920,13 +942,12 @@ impl Plan {
     pub fn decode<S: Send, T: Send>(
         self,
         files: &[InputFile],
-        specs: &[ColSpec],
         states: Vec<S>,
         each_batch: &(dyn Fn(&Unit, &mut S, &Batch) + Sync),
         finish: &(dyn Fn(&Unit, S) -> T + Sync),
     ) -> Result<Vec<T>> {
         assert_eq!(states.len(), self.units.len(), "one state per row group");
-        let opened = &self.opened;
+        let (opened, specs) = (&self.opened, &self.specs);
         let done: Vec<Result<T>> = self
             .units
             .par_iter()
@@ -1491,6 +1512,7 @@ pub fn check_debit(batch: &Batch, row: usize, at: RowRef) -> Parsed<DebitRef<'_>
 mod tests {
     use super::*;
     use arrow::array::{LargeStringArray, RecordBatch};
+    use std::sync::atomic::Ordering;
     use std::sync::Arc;
 
     /// Plain string columns come back as views (`Str`: ids) or dictionaries (`Label`),
@@ -1566,14 +1588,27 @@ mod tests {
         crate::write::write_parquet(path, &batch).unwrap();
     }
 
-    /// Every id of a plan's files, in unit order.
-    fn decode_ids(plan: Plan, files: &[InputFile], specs: &[ColSpec]) -> Result<Vec<String>> {
+    /// `batch` written in row groups of `rows_per_group` rows.
+    fn write_in_row_groups(path: &Path, batch: &RecordBatch, rows_per_group: usize) {
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_max_row_group_row_count(Some(rows_per_group))
+            .build();
+        let file = File::create(path).unwrap();
+        let mut writer =
+            parquet::arrow::ArrowWriter::try_new(file, batch.schema(), Some(props)).unwrap();
+        writer.write(batch).unwrap();
+        writer.close().unwrap();
+    }
+
+    /// Every id of a plan's files, in unit order; asserts each batch's id column is read
+    /// as string views (the read hints hold for a footer read again too).
+    fn decode_ids(plan: Plan, files: &[InputFile]) -> Result<Vec<String>> {
         let states = vec![Vec::new(); plan.units.len()];
         let per_unit = plan.decode(
             files,
-            specs,
             states,
             &|_, ids: &mut Vec<String>, batch| {
+                assert!(matches!(batch.columns[0], Column::View(_)));
                 ids.extend((0..batch.len).map(|i| batch.columns[0].str(i).unwrap().to_string()))
             },
             &|_, ids| ids,
@@ -1582,8 +1617,7 @@ mod tests {
     }
 
     /// A plan keeps the footers of its first files only (at the limit: all of them; one
-    /// past it: the last is read again when decoded), reads the same rows either way, and
-    /// holds no footer once its files are decoded.
+    /// past it: the last is read again when decoded), and reads the same rows either way.
     #[test]
     fn a_plan_keeps_its_first_footers_and_reads_the_others_again() {
         let dir = tempfile::tempdir().unwrap();
@@ -1600,46 +1634,86 @@ mod tests {
                 (0..3).map(|f| f < keep).collect::<Vec<_>>(),
                 "keep {keep}"
             );
-            assert_eq!(
-                decode_ids(plan, &files, &specs).unwrap(),
-                expected,
-                "keep {keep}"
-            );
-        }
-        let plan = Plan::open_keeping(&files, &specs, 3);
-        for unit in &plan.units {
-            let opened = &plan.opened[unit.file];
-            let mut seen = 0;
-            decode_row_group(
-                &files[unit.file],
-                opened,
-                &specs,
-                unit.row_group,
-                &mut |b| seen += b.len,
-            )
-            .unwrap();
-            assert_eq!(seen, unit.rows as usize);
-            assert!(
-                !opened.footer_kept(),
-                "dropped once its one row group is decoded"
-            );
+            assert_eq!(decode_ids(plan, &files).unwrap(), expected, "keep {keep}");
         }
     }
 
-    /// A file whose footer was dropped and that changed before its rows were read is
-    /// refused, naming it.
+    /// A file of many row groups whose footer was dropped, decoded in parallel: its footer
+    /// is read again once, kept while its row groups are decoded, and dropped after the
+    /// last; a kept footer is dropped after the last row group too.
+    #[test]
+    fn a_footer_is_read_again_once_and_dropped_after_the_last_row_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<String> = (0..64).map(|r| format!("id-{r}")).collect();
+        let column: ArrayRef = Arc::new(StringArray::from(ids.clone()));
+        let batch = RecordBatch::try_from_iter([("id", column)]).unwrap();
+        let files: Vec<InputFile> = (0..2)
+            .map(|f| {
+                let path = dir.path().join(format!("groups-{f}.parquet"));
+                write_in_row_groups(&path, &batch, 4);
+                InputFile {
+                    rel_path: format!("groups-{f}.parquet"),
+                    abs_path: path,
+                }
+            })
+            .collect();
+        let specs = [col("id", ColType::Str, true)];
+        let plan = Plan::open_keeping(&files, &specs, 1);
+        assert_eq!(plan.units.len(), 32, "16 row groups a file");
+        let opened = &plan.opened;
+        let decoded: Vec<usize> = plan
+            .units
+            .par_iter()
+            .map(|unit| {
+                let mut rows = 0;
+                let file = &files[unit.file];
+                decode_row_group(file, &opened[unit.file], &specs, unit.row_group, &mut |b| {
+                    rows += b.len
+                })
+                .unwrap();
+                rows
+            })
+            .collect();
+        assert_eq!(decoded, vec![4; 32]);
+        let rereads = |f: usize| opened[f].footer_rereads.load(Ordering::Relaxed);
+        assert_eq!((rereads(0), rereads(1)), (0, 1));
+        assert!(opened.iter().all(|o| !o.footer_kept()));
+        let plan = Plan::open_keeping(&files, &specs, 1);
+        assert_eq!(
+            decode_ids(plan, &files).unwrap(),
+            [ids.clone(), ids].concat()
+        );
+    }
+
+    /// A file whose footer was dropped and that changed before its rows were read (more
+    /// rows; the same rows with its columns moved) is refused, naming it.
     #[test]
     fn a_file_changed_before_its_footer_is_read_again_is_refused() {
         let dir = tempfile::tempdir().unwrap();
+        let refused = "ids-1.parquet: the file changed while the run read it (its columns or \
+                       row groups differ from the first reading of its footer); rerun once the \
+                       file is complete";
         let files = id_files(dir.path(), 2);
         let specs = [col("id", ColType::Str, true)];
         let plan = Plan::open_keeping(&files, &specs, 1);
         write_ids(&files[1].abs_path, &["a".into(), "b".into(), "c".into()]);
-        let error = decode_ids(plan, &files, &specs).unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            "ids-1.parquet: the file changed while the run read it (its row groups differ \
-             from the first reading of its footer); rerun once the file is complete"
-        );
+        let error = decode_ids(plan, &files).unwrap_err();
+        assert_eq!(error.to_string(), refused);
+
+        let two_columns = |first: &str, second: &str| {
+            let ids: ArrayRef = Arc::new(StringArray::from(vec!["a", "b"]));
+            let other: ArrayRef = Arc::new(StringArray::from(vec!["x", "y"]));
+            let (first, second) = match first {
+                "id" => ((first, ids), (second, other)),
+                _ => ((first, other), (second, ids)),
+            };
+            let batch = RecordBatch::try_from_iter([first, second]).unwrap();
+            crate::write::write_parquet(&files[1].abs_path, &batch).unwrap();
+        };
+        two_columns("id", "other");
+        let plan = Plan::open_keeping(&files, &specs, 1);
+        two_columns("other", "id");
+        let error = decode_ids(plan, &files).unwrap_err();
+        assert_eq!(error.to_string(), refused);
     }
 }

@@ -202,8 +202,40 @@ fn footer_rows(inputs: &Inputs, datasets: &[Dataset]) -> u64 {
         .sum()
 }
 
+/// What a usage or ledger file costs a run beyond its rows: its name, its row-group table
+/// and the per-row-group work of its reading, about 3 KiB (`benches/odd-shapes.sh`,
+/// "files": 2.7 KiB more peak a file over 40,000 one-row usage and 40,000 one-row ledger
+/// files, against the same rows in two files). Its footer (about 12 KiB) is kept only for
+/// a dataset's first `load::MAX_KEPT_FOOTERS` files. The budget counts rows, not files.
+const BYTES_PER_FILE: u64 = 3 * 1024;
+
+/// Warn when the usage and ledger files are so many that what they cost beyond their rows
+/// takes more than a quarter of the memory budget (at the 3 GiB default: past 262,144
+/// files): a writer that flushes a file every few rows (a streaming sink) makes a month of
+/// small files, and the run's peak then passes the budget however its groups are sized.
+fn warn_of_many_files(settings: &RunSettings, inputs: &Inputs) {
+    let files = (inputs.files[Dataset::Usage as usize].len()
+        + inputs.files[Dataset::Debits as usize].len()) as u64;
+    let file_bytes = files.saturating_mul(BYTES_PER_FILE);
+    if file_bytes > settings.memory_budget_bytes / 4 {
+        let tenths_of_mib = (file_bytes.saturating_mul(10) + (1 << 19)) >> 20;
+        tracing::warn!(
+            files,
+            file_bytes,
+            memory_budget_bytes = settings.memory_budget_bytes,
+            "usage and debits are {files} files: reading them takes about {}.{} MiB beyond \
+             their rows (about 3 KiB a file), more than a quarter of the memory budget; \
+             compact them into fewer, larger files (a day's rows a file) before the run, or \
+             give the job more memory and a larger --memory-budget",
+            tenths_of_mib / 10,
+            tenths_of_mib % 10
+        );
+    }
+}
+
 /// How this run is split: the shard, and groups sized to the memory budget (or forced).
 pub fn layout(settings: &RunSettings, inputs: &Inputs, shard: u32, shards: u32) -> Result<Layout> {
+    warn_of_many_files(settings, inputs);
     let groups = match settings.groups {
         Some(g) => g,
         None => crate::route::groups_for(

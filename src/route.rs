@@ -625,7 +625,6 @@ fn light_read<T: Send>(
     // A unit's partitions memo is freed as soon as its rows are read.
     plan.decode(
         files,
-        specs,
         states,
         &|_, unit, batch| each_batch(batch, unit),
         &|_, unit| unit.outs,

@@ -671,7 +671,6 @@ pub fn load<S: Source>(
     let done = FilesDone::new(files.len(), &units, file_done);
     let parts = plan.decode(
         files,
-        specs,
         parts,
         &|unit, part, batch| {
             part.read += batch.len as u64;

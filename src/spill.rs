@@ -747,7 +747,6 @@ pub fn route_dataset<S: Source>(
     let done = FilesDone::new(files.len(), &units, file_done);
     let outs = plan.decode(
         files,
-        source.specs(),
         states,
         &|unit, out, batch| {
             let mut parser = source.parser(batch, unit.file as u32, &mut out.memos);

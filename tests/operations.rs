@@ -803,6 +803,62 @@ fn more_files_than_the_kept_footers_give_the_same_results() {
     }
 }
 
+/// Usage and ledger files so many that what they cost beyond their rows (about 3 KiB a
+/// file) passes a quarter of the memory budget are warned of, with what to do; at exactly a
+/// quarter they are not.
+#[test]
+fn many_small_files_warn_past_a_quarter_of_the_budget() {
+    const BYTES_PER_FILE: u64 = 3 * 1024;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = generated(tmp.path(), 2_000);
+    let parquet_files = |dataset: &str| walk_parquet(&data.join(dataset));
+    // More files of the same rows: their events are identical copies, counted, not used.
+    let usage = parquet_files("usage");
+    for i in 0..40 {
+        std::fs::copy(
+            &usage[0],
+            data.join("usage").join(format!("copy-{i}.parquet")),
+        )
+        .unwrap();
+    }
+    let files = (parquet_files("usage").len() + parquet_files("debits").len()) as u64;
+    let warnings = |budget_bytes: u64| {
+        let mut command = cmd("reconcile", &data, &tmp.path().join("out"));
+        command.args([
+            "--memory-budget",
+            &budget_bytes.to_string(),
+            "--log-format",
+            "json",
+        ]);
+        let out = command.output().unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+        std::fs::remove_dir_all(tmp.path().join("out")).unwrap();
+        stderr(&out)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["level"] == "WARN" && v["fields"]["file_bytes"].is_u64())
+            .collect::<Vec<_>>()
+    };
+    let at_limit = files * BYTES_PER_FILE * 4;
+    assert_eq!(warnings(at_limit), Vec::<serde_json::Value>::new());
+    let past = warnings(at_limit - 4);
+    assert_eq!(past.len(), 1, "{past:?}");
+    let file_bytes = files * BYTES_PER_FILE;
+    // Rounded to the nearest tenth of a MiB.
+    let tenths = (file_bytes * 10 + (1 << 19)) >> 20;
+    assert_eq!(
+        past[0]["fields"]["message"].as_str().unwrap(),
+        format!(
+            "usage and debits are {files} files: reading them takes about {}.{} MiB beyond \
+             their rows (about 3 KiB a file), more than a quarter of the memory budget; \
+             compact them into fewer, larger files (a day's rows a file) before the run, or \
+             give the job more memory and a larger --memory-budget",
+            tenths / 10,
+            tenths % 10
+        )
+    );
+}
+
 fn walk_parquet(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
