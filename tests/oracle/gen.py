@@ -126,11 +126,12 @@ def num_array(R, vals):
                     pa.decimal128(p, s))
 
 
-def write_dataset(R, root, ds, rows):
+def write_dataset(R, root, ds, rows, names=None):
     os.makedirs(os.path.join(root, ds), exist_ok=True)
-    names = [f"{ds}/part-0.parquet", f"{ds}/date=2026-11-01/part-1.parquet", f"{ds}/b/x.parquet",
-             f"{ds}/a.parquet", f"{ds}/A.parquet", f"{ds}/a-b/x.parquet", f"{ds}/a/x.parquet",
-             f"{ds}/a.b/x.parquet"]
+    names = [f"{ds}/{n}" for n in names] if names else [
+        f"{ds}/part-0.parquet", f"{ds}/date=2026-11-01/part-1.parquet", f"{ds}/b/x.parquet",
+        f"{ds}/a.parquet", f"{ds}/A.parquet", f"{ds}/a-b/x.parquet", f"{ds}/a/x.parquet",
+        f"{ds}/a.b/x.parquet"]
     R.shuffle(names)
     parts = [[] for _ in range(R.choice([1, 1, 2, 3]))]
     for r in rows:
@@ -172,7 +173,9 @@ def write_dataset(R, root, ds, rows):
 
 # ------------------------------------------------------------------------------ the root
 
-def gen(seed, root):
+def gen(seed, root, info=None):
+    """`info` (a dict) asks for a first close of a history sequence (an as-of earlier in the
+    periods, so that later periods remain to close) and receives the generator's state."""
     R = random.Random(seed)
     shutil.rmtree(root, ignore_errors=True)
     os.makedirs(root)
@@ -239,7 +242,8 @@ def gen(seed, root):
     R.shuffle(allocations)
 
     ends = sorted(pe for v in periods.values() for _, pe in v)
-    t_close = R.choice(ends[len(ends) // 3:]) + R.choice([0, 0, 5 * MIN, 20 * MIN, DAY, 3 * DAY, 1])
+    t_close = R.choice(ends[len(ends) // 3:] if info is None else ends[:max(1, len(ends) * 2 // 3)]) \
+        + R.choice([0, 0, 5 * MIN, 20 * MIN, DAY, 3 * DAY, 1])
     ps, pe = R.choice(R.choice(list(periods.values())))
     t_rec = R.choice([ps + R.randint(0, (pe - ps) // MIN) * MIN, ps + R.randint(1, 20) * DAY
                       + R.randint(0, 10**6) * 1000 + R.choice([0, 1]), ps, pe - 1, pe])
@@ -417,6 +421,190 @@ def gen(seed, root):
     if grants or R.random() < 0.5:   # grants/ is optional
         write_dataset(R, root, "grants", grants)
 
-    def iso(us):
-        return from_us(us).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if info is not None:
+        info.update(R=R, accounts=accounts, periods=periods, overlapped=overlapped,
+                    events=events, grants=grants, rates=rates, t_close=t_close, settle=settle)
     return {"reconcile": (iso(t_rec), settle), "close": (iso(t_close), settle)}
+
+
+def iso(us):
+    return from_us(us).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# ------------------------------------------------------------------------------ history
+
+def gen_history(seed, work):
+    """A sequence of closes over one data root, for `close --history` (README: Late events).
+
+    Writes `work/data` as gen() does (with a first as-of earlier in the periods) and, for
+    every later close k, `work/stage-k/{usage,debits}/...`: the rows that arrive between
+    close k-1 and close k, which the runner copies into the root before close k. Ledger
+    entries recorded before the late event they name reached the log are written one stage
+    earlier (an orphan in the earlier close, attached to the late event in the later one).
+    With some seeds an account "short" of hour-long periods around the first as-of is added
+    (late events that a close within --settle of them bills: pending).
+    Returns a dict: settle, closes (as-ofs, increasing), first_history (whether the first
+    close passes --history too), out_forms (how each later close spells its --out:
+    "", "./" or "zz/../" before its name), backups / futures / recons (close indexes before
+    which a copy made at the same as-of, a `_`- or `.`-named folder (futures: index -> prefix)
+    holding a later close, or a reconcile
+    output is put into the history folder), refusals (whether to try the no-op and refusal
+    cases at the end).
+    """
+    info = {}
+    root = os.path.join(work, "data")
+    gen(seed, root, info)
+    R, accounts, periods = info["R"], info["accounts"], info["periods"]
+    rates, settle = info["rates"], info["settle"]
+    t0 = info["t_close"]
+    if R.random() < 0.4:
+        # an account of short periods around the first as-of: its late events can be billed
+        # by a close within --settle of them (pending late events)
+        acct, plan = "short", R.choice(["blk", "ovg", "free", "ovg2"])
+        cuts = [t0 - 3 * HOUR, t0 - R.choice([5 * MIN, 1, 2 * MIN, 40 * MIN]),
+                t0 + R.choice([20 * MIN, 1, 3 * HOUR, 1])]
+        cuts.append(cuts[-1] + DAY)
+        periods[acct] = list(zip(cuts, cuts[1:]))
+        accounts = accounts + [acct]
+        write_dataset(R, root, "allocations", [
+            dict(account_id=acct, plan_id=plan, period_start=ps, period_end=pe,
+                 included_credits=Decimal(R.choice(["5", "40"])), billing_anchor=None,
+                 status="active") for ps, pe in periods[acct]],
+            names=["short.parquet", "short/x.parquet", "date=short/x.parquet"])
+    ends = sorted({pe for v in periods.values() for _, pe in v})
+    closes = [t0]
+    for _ in range(R.choice([1, 1, 1, 2])):
+        later = [e for e in ends if e > closes[-1]]
+        if len(closes) == 1 and "short" in periods and R.random() < 0.7:
+            t = periods["short"][1][1] + R.choice([0, 1])   # the close of short's 2nd period
+        elif later and R.random() < 0.85:
+            t = R.choice(later[:3]) + R.choice([0, 0, MIN, DAY, 1])
+        else:
+            t = closes[-1] + R.choice([DAY, 20 * DAY, 45 * DAY])
+        closes.append(t)
+    stages = {k: dict(usage=[], debits=[]) for k in range(len(closes))}
+    used_ids = {e["event_id"] for e in info["events"]}
+
+    def expected(e):
+        qty = Decimal(e["quantity"]).quantize(Decimal("0.001"))
+        return price(rates, e["product"], e["action"], e["model"] or None, qty,
+                     e["occurred_at"]) or Decimal(0)
+
+    def entry(k, acct, eid, kind, credits, at):
+        # stage of an entry: the first close whose as-of is after it was recorded
+        s = next((j for j, t in enumerate(closes) if at < t), len(closes) - 1)
+        s = min(max(s, 0), k)
+        stages[s]["debits"].append(dict(
+            entry_id=f"L{k}d{sum(len(v['debits']) for v in stages.values()):03d}",
+            account_id=acct, event_id=eid, kind=kind, credits=credits, recorded_at=at))
+
+    for k in range(1, len(closes)):
+        prev, now = closes[k - 1], closes[k]
+        closed = [(a, ps, pe) for a in accounts for ps, pe in periods[a] if pe <= prev]
+        if not closed:
+            continue
+        late = []
+        for i in range(R.randint(2, 10)):
+            short = [c for c in closed if c[0] == "short"]
+            acct, ps, pe = R.choice(short if short and R.random() < 0.3 else closed)
+            t = R.choice([ps, ps, pe - 1, ps + 1, pe - settle_us(settle), pe - 1 - R.randint(
+                0, settle_us(settle)) if acct == "short" else pe - 1,
+                          ps + R.randint(0, max(0, (pe - ps) // 10**6 - 1)) * 10**6])
+            # rates that change (priced at occurred_at, not at the billing period's start)
+            product, action, model = R.choice(SKUS if R.random() < 0.7 else [
+                ("s", "gen", "m2"), ("c", "edit", ""), ("c", "edit", None)])
+            eid = R.choice([f"L{k}-{i:02d}", f"L{k}-{i:02d}", f"e{i:02d}L{k}", f"\u00e9L{k}{i}"])
+            if eid in used_ids:
+                continue
+            used_ids.add(eid)
+            e = dict(event_id=eid, account_id=acct, product=product, action=action,
+                     model=model, quantity=R.choice(DOUBLES) if R.random() < 0.1
+                     else Decimal(R.choice(QUANTITIES + ["40", "150"])), occurred_at=t,
+                     status=R.choices(["succeeded", "failed", "cancelled"], [6, 2, 1])[0],
+                     ingested_at=None if R.random() < 0.15 else prev + R.randint(1, 10**4) * 10**6)
+            late.append(e)
+            if R.random() < 0.15:   # a copy of the late event: identical or conflicting
+                late.append(dict(e, ingested_at=None) if R.random() < 0.6 else
+                            dict(e, ingested_at=prev + 2 * 10**10, status="failed"))
+            exp = expected(e) if e["status"] == "succeeded" or R.random() < 0.3 else Decimal(0)
+            after = prev + R.randint(1, 200) * MIN   # recorded after the earlier close
+            r = R.random()
+            if r < 0.3:
+                entry(k, acct, eid, "debit", exp, after)
+            elif r < 0.42:   # recorded before the event reached the log
+                entry(k, acct, eid, "debit", exp, t + 5 * 10**6)
+            elif r < 0.5:
+                entry(k, acct, eid, "debit", exp, after)
+                entry(k, acct, eid, "refund", exp, after + 7)
+            elif r < 0.56:
+                entry(k, acct, eid, "debit", exp, after)
+                entry(k, acct, eid, R.choice(["debit", "adjustment"]), exp, after + 1)
+            elif r < 0.62:
+                entry(k, acct, eid, "debit", exp + 1, after)
+            elif r < 0.66:
+                entry(k, R.choice(accounts), eid, "debit", exp, after)
+            elif r < 0.7:
+                entry(k, acct, eid, "adjustment", exp, after)
+            elif r < 0.74:
+                entry(k, acct, eid, "debit", exp, now + R.choice([0, -1]))
+        stages[k]["usage"] += late
+        # copies of events an earlier close saw: identical (counted) or conflicting (the
+        # loser rejected); still seen, so outside
+        old = [e for e in info["events"] if e["occurred_at"] < prev]
+        for _ in range(R.randint(0, 3) if old else 0):
+            e = R.choice(old)
+            ing = prev + R.randint(1, 100) * 10**6
+            nxt = [ps for ps, pe in periods.get(e["account_id"], []) if prev < pe <= now]
+            r = R.random()
+            if r < 0.45:
+                stages[k]["usage"].append(dict(e, ingested_at=ing))
+            elif nxt and r < 0.75:
+                # a conflicting copy that wins (ingested first) and moves the seen event
+                # into a period this close covers
+                stages[k]["usage"].append(dict(e, ingested_at=e["occurred_at"] - 10**6,
+                                               occurred_at=nxt[0] + HOUR))
+            else:
+                q = e["quantity"] if isinstance(e["quantity"], Decimal) else Decimal(1)
+                stages[k]["usage"].append(dict(e, ingested_at=ing, quantity=q + 1))
+        # on-time events at the start of the periods this close covers, for accounts with
+        # late events: late events draw before them
+        for acct in dict.fromkeys(e["account_id"] for e in late):
+            for ps, pe in periods[acct]:
+                if prev < pe <= now and R.random() < 0.6:
+                    eid = f"S{k}-{acct}-{ps % 997}"
+                    if eid in used_ids:
+                        continue
+                    used_ids.add(eid)
+                    product, action, model = R.choice(SKUS[:9])
+                    e = dict(event_id=eid, account_id=acct, product=product, action=action,
+                             model=model, quantity=Decimal(R.choice(["3", "10", "1"])),
+                             occurred_at=ps, status="succeeded", ingested_at=ps + 10**6)
+                    stages[k]["usage"].append(e)
+                    entry(k, acct, eid, "debit", expected(e), ps + 5 * 10**6)
+        # unattached entries recorded in closed periods (outside) and in the new ones
+        for _ in range(R.randint(0, 3)):
+            acct = R.choice(accounts)
+            ps, pe = R.choice(periods[acct])
+            entry(k, acct, R.choice([None, "nope", ""]), R.choice(["debit", "adjustment", "refund"]),
+                  Decimal(R.choice(["1", "2.5", "7"])), R.choice([ps + DAY, pe - 1, prev + MIN]))
+
+    # stage 0 rows go into the root itself (before the first close); later ones are staged
+    for k, rows in stages.items():
+        target = root if k == 0 else os.path.join(work, f"stage-{k}")
+        for ds in ("usage", "debits"):
+            if rows[ds]:
+                R.shuffle(rows[ds])
+                write_dataset(R, target, ds, rows[ds], names=[
+                    f"late-{k}/part-0.parquet", f"date=late{k}/x.parquet", f"late{k}.parquet"])
+    n = len(closes)
+    return dict(settle=settle, closes=[iso(t) for t in closes],
+                first_history=R.random() < 0.5,
+                out_forms=[""] + [R.choice(["", "", "", "./", "zz/../"]) for _ in range(n - 1)],
+                backups={k for k in range(1, n) if R.random() < 0.25},
+                futures={k: R.choice(["_", "."]) for k in range(1, n) if R.random() < 0.15},
+                recons={k for k in range(1, n) if R.random() < 0.15},
+                refusals=R.random() < 0.5)
+
+
+def settle_us(settle):
+    return parse_settle(settle)

@@ -6,10 +6,14 @@ choice documented in tally's README, and every such place carries a comment nami
 README section ("README: <section>"). Amounts are exact `Decimal`s (thousandths), instants
 are integer microseconds since the epoch (UTC). Nothing here imports tally code.
 
-    run(root, command, as_of_us, settle_us) -> {table name: [row dict], "summary": {...}}
+    run(root, command, as_of_us, settle_us, history=None, own_out=None)
+        -> {table name: [row dict], "summary": {...}, "history_read": [folder names]}
+
+`history`/`own_out` model `tally close --history DIR --out OUT` (README: Late events).
 """
 import calendar
 import datetime as dt
+import json
 import math
 import os
 import tomllib
@@ -32,7 +36,9 @@ NEVER = 1 << 63                             # sorts after every instant (expires
 
 KINDS = ["orphan_debit", "manual_adjustment", "account_mismatch", "unpriced_event",
          "charged_failed_event", "missing_debit", "duplicate_debit", "amount_mismatch",
-         "conflicting_duplicate", "over_limit_usage"]
+         "conflicting_duplicate", "over_limit_usage",
+         # README: Late events — `late_event` comes after over_limit_usage in the kind order.
+         "late_event"]
 GRANT_KINDS = ["rollover", "plan", "promo", "compensation", "top_up"]
 DEFAULT_PRIORITY = {"rollover": 0, "plan": 1, "promo": 2, "compensation": 2, "top_up": 3}
 DATASETS = ["usage", "allocations", "grants", "debits"]
@@ -89,10 +95,14 @@ SCHEMAS = {
     "grants_next": [("grant_id", "str"), ("account_id", "str"), ("kind", "str"),
                     ("credits", _CR), ("effective_at", "ts"), ("expires_at", "ts"),
                     ("priority", "int32")],
+    # README: Outputs — billed_events.parquet (close; no CSV).
+    "billed_events": [("invoice_id", "str"), ("event_id", "str"), ("account_id", "str"),
+                      ("occurred_at", "ts"), ("credits", _CR)],
 }
 TABLES = {"reconcile": ["discrepancies", "rejects", "balances"],
           "close": ["discrepancies", "rejects", "invoices", "invoice_lines", "renewals",
-                    "allocations_next", "grants_next"]}
+                    "allocations_next", "grants_next", "billed_events"]}
+NO_CSV = {"billed_events"}   # README: CSV exports — billed_events has no CSV (no golden CSV)
 
 
 class _Bad:
@@ -224,10 +234,44 @@ def price(rates, product, action, model, quantity, t):
     return q3(max(rate["min"], units * rate["inc"] * rate["cpu"]))
 
 
+# ------------------------------------------------------------------------------ history
+
+def read_history(history, own_out, as_of):
+    """README: Late events — the earlier closes directly under `history`: every folder whose
+    manifest.json says `"command": "close"`, except the run's own output folder (`own_out`,
+    after folding `.` and `..`), names starting with `.` or `_`, and closes made at this
+    run's own as-of. -> (closed {(account_id, period_start)}, seen {event_id}, [folder])."""
+    closed, seen, read = set(), set(), []
+    if history is None or not os.path.isdir(history):
+        return closed, seen, read   # DIR may not exist yet (the first close creates it)
+    own = os.path.normpath(os.path.abspath(own_out)) if own_out else None
+    for name in sorted(os.listdir(history), key=b):
+        path = os.path.join(history, name)
+        if name[0] in "._" or not os.path.isdir(path) \
+                or os.path.normpath(os.path.abspath(path)) == own:
+            continue
+        try:
+            with open(os.path.join(path, "manifest.json")) as f:
+                manifest = json.load(f)
+        except FileNotFoundError:
+            continue
+        if manifest.get("command") != "close" or parse_instant(manifest["as_of"]) == as_of:
+            continue
+        inv = pq.read_table(os.path.join(path, "invoices.parquet"),
+                            columns=["account_id", "period_start"])
+        starts = inv.column("period_start").cast(pa.int64()).to_pylist()
+        closed.update(zip(inv.column("account_id").to_pylist(), starts))
+        seen.update(pq.read_table(os.path.join(path, "billed_events.parquet"),
+                                  columns=["event_id"]).column("event_id").to_pylist())
+        read.append(name)
+    return closed, seen, read
+
+
 # ------------------------------------------------------------------------------ the run
 
-def run(root, command, as_of, settle):
+def run(root, command, as_of, settle, history=None, own_out=None):
     currency, plans, rates = load_pricebook(root)
+    closed, seen, history_read = read_history(history, own_out, as_of)
     read = {ds: read_dataset(root, ds) for ds in DATASETS}
     rejects = []
 
@@ -287,7 +331,8 @@ def run(root, command, as_of, settle):
             return a["period_start"] <= as_of < a["period_end"]
     else:                        # every period with period_end <= as-of
         def covered(a):
-            return a["period_end"] <= as_of
+            # README: Late events — a closed account-period is never closed again.
+            return a["period_end"] <= as_of and (a["account_id"], a["period_start"]) not in closed
 
     # ---- grants
     grants = first_of_id("grants", [r for r in read["grants"] if check(
@@ -335,10 +380,22 @@ def run(root, command, as_of, settle):
             no_alloc_events.add(e["event_id"])
             continue
         valid_events[e["event_id"]] = e
-        if e["occurred_at"] >= as_of or not covered(a):
+        if e["occurred_at"] >= as_of:
             outside += 1
             continue
-        e["alloc"], e["entries"] = a, []
+        bill, late = (a if covered(a) else None), False
+        if bill is None and (a["account_id"], a["period_start"]) in closed \
+                and e["event_id"] not in seen:
+            # README: Late events — an event of a closed account-period that no earlier close
+            # saw is billed on the account's first covered period starting at or after the
+            # closed period's end; without one it stays outside (a later close bills it).
+            bill = next((c for c in allocs[a["account_id"]] if covered(c)
+                         and c["period_start"] >= a["period_end"]), None)
+            late = bill is not None
+        if bill is None:
+            outside += 1
+            continue
+        e["alloc"], e["entries"], e["late"] = bill, [], late
         e["expected"] = ZERO if e["status"] != "succeeded" else price(
             rates, e["product"], e["action"], e["model"], e["quantity"], e["occurred_at"])
         window.append(e)
@@ -416,6 +473,8 @@ def run(root, command, as_of, settle):
             kinds.append("conflicting_duplicate")
         if e["overage"] > 0 and plans[e["alloc"]["plan_id"]]["ppc"] is None:
             kinds.append("over_limit_usage")
+        if e["late"]:   # README: Late events — an extra row, the event's own amounts
+            kinds.append("late_event")
         for k in kinds:
             # README: Choices — an unpriced event's rows (account_mismatch too) have null
             # expected and delta.
@@ -490,6 +549,7 @@ def run(root, command, as_of, settle):
             "close.carried_credits": total(p["carried"] for p in periods),
             "close.renewed_periods": sum(p["renew"] for p in periods)})
     out["summary"] = summary
+    out["history_read"] = history_read
     return out
 
 
@@ -518,9 +578,11 @@ def _consume(a, plan, grants, left, events):
         return (prio, expiry, g["effective_at"], g is not plan_grant, b(g["grant_id"] or ""))
     draw = sorted([plan_grant] + usable, key=order)
     overage = ZERO
-    for e in sorted(events, key=lambda e: (e["occurred_at"], b(e["event_id"]))):
+    # README: Late events — late events draw first (before an on-time event at the period
+    # start too), as if they occurred at the period start.
+    for e in sorted(events, key=lambda e: (not e["late"], e["occurred_at"], b(e["event_id"]))):
         need = e["expected"] or ZERO   # failed, cancelled and unpriced events consume nothing
-        t = e["occurred_at"]
+        t = start if e["late"] else e["occurred_at"]
         for g in draw:
             if need > 0 and g["effective_at"] <= t and (g["expires_at"] is None
                                                         or t < g["expires_at"]):
@@ -581,7 +643,7 @@ def _close_tables(currency, periods, grants, left, window, unattached):
     entries_of = {}
     for en in unattached:
         entries_of.setdefault(id(en["alloc"]), []).append(en)
-    invoices, lines, renewals, allocations_next = [], [], [], []
+    invoices, lines, renewals, allocations_next, billed_events = [], [], [], [], []
     for p in periods:   # already by (account_id, period_start)
         a, plan = p["alloc"], p["plan"]
         invoice_id = f"INV-{a['account_id']}-{stamp(a['period_start'])}"  # README: Close
@@ -606,7 +668,9 @@ def _close_tables(currency, periods, grants, left, window, unattached):
         for e in billed:
             # README: Choices — the line's model is the event's own, also when the generic
             # rate priced it.
-            g = groups.setdefault((e["product"], e["action"], e["model"]), [0, ZERO, ZERO])
+            # README: Late events — a late event's line is `prior_period:{product}`.
+            product = "prior_period:" + e["product"] if e["late"] else e["product"]
+            g = groups.setdefault((product, e["action"], e["model"]), [0, ZERO, ZERO])
             # README: Choices — the quantity is the logged one (4.2 s stays 4.2).
             g[0], g[1], g[2] = g[0] + 1, g[1] + e["quantity"], g[2] + e["expected"]
         for (product, action, model), (n, qty, credits) in sorted(
@@ -614,6 +678,13 @@ def _close_tables(currency, periods, grants, left, window, unattached):
                                                 b(kv[0][2] or ""))):
             lines.append(dict(invoice_id=invoice_id, product=product, action=action,
                               model=model, event_count=n, quantity=qty, credits=credits))
+        # README: Outputs — billed_events: every event of the invoice's period (late ones
+        # included) by (occurred_at, event_id), credits null when not succeeded or unpriced.
+        for e in sorted(p["events"], key=lambda e: (e["occurred_at"], b(e["event_id"]))):
+            billed_events.append(dict(
+                invoice_id=invoice_id, event_id=e["event_id"], account_id=e["account_id"],
+                occurred_at=e["occurred_at"],
+                credits=e["expected"] if e["status"] == "succeeded" else None))
         anchor = a["billing_anchor"] if a["billing_anchor"] is not None else a["period_start"]
         p["next_end"] = next_anniversary(anchor, a["period_end"]) if p["renew"] else None
         renewals.append(dict(
@@ -655,4 +726,5 @@ def _close_tables(currency, periods, grants, left, window, unattached):
                                     expires_at=p["next_end"], priority=None))
     grants_next.sort(key=lambda g: (b(g["account_id"]), b(g["grant_id"])))
     return dict(invoices=invoices, invoice_lines=lines, renewals=renewals,
-                allocations_next=allocations_next, grants_next=grants_next)
+                allocations_next=allocations_next, grants_next=grants_next,
+                billed_events=billed_events)
