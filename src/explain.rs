@@ -351,6 +351,8 @@ fn copies_of(files: &[InputFile], event_id: &str) -> Result<Copies> {
 
 /// The run's view of one account: its inputs as placed, the engine's result and trace.
 struct AccountRun {
+    /// The earlier closes the run read (empty without `--history`).
+    history: std::sync::Arc<History>,
     traced: Traced,
     rejects: Vec<Reject>,
     result: AccountResult,
@@ -381,6 +383,7 @@ fn run_account(
         history: std::sync::Arc::new(history),
         trace_account: Some(account.to_string()),
     };
+    let history = settings.history.clone();
     // Only the account's partition: rows reach it by the same routing as a sharded run.
     let layout = Layout {
         shard: route::partition_of(account),
@@ -393,6 +396,7 @@ fn run_account(
     let result = traced.result.take().unwrap_or_default();
     let periods = std::mem::take(&mut traced.periods);
     Ok(AccountRun {
+        history,
         traced,
         rejects: partial.rejects,
         result,
@@ -836,8 +840,13 @@ fn outside_reason(req: &ExplainRequest, run: &AccountRun, t: Micros, what: &str)
                 Mode::Close if a.period_end > req.as_of => format!(
                     "its period {period} has not ended by as-of (open periods are reconcile's work: explain without --close)"
                 ),
-                Mode::Close => format!(
+                Mode::Close if run.history.is_closed(&a.account_id, a.period_start) => format!(
                     "its period {period} was closed by an earlier close (--history) and it is not a late event of this close"
+                ),
+                // A covered period: the event was seen by an earlier close (window.rs,
+                // `seen_by_an_earlier_close`).
+                Mode::Close => format!(
+                    "an earlier close (--history) saw this event (its billed_events.parquet lists it): it belongs to that close and is not billed again in its period {period}"
                 ),
             }
         }

@@ -498,6 +498,16 @@ impl<'a> Group<'a> {
         ))
     }
 
+    /// An event an earlier close saw (its `billed_events.parquet` lists the id) belongs to
+    /// that close: a copy that won the dedup since and names an instant in a period this
+    /// run covers is not billed again (it stays outside, its entries with it). `billed`
+    /// holds the ids of events with a copy in a closed period, so the billed copy is found
+    /// while it is among the inputs.
+    fn seen_by_an_earlier_close(&self, usage: &Usage) -> bool {
+        std::str::from_utf8(self.usage_ids.bytes(usage.id))
+            .is_ok_and(|event_id| self.window.billed.contains(event_id))
+    }
+
     /// Place bucket `bucket`'s events and entries (`usage_rows`, `debit_rows`: its rows from
     /// [`Group::bucket_rows`]; `local_of_row`: each usage row's index in its bucket).
     pub fn place(
@@ -530,9 +540,15 @@ impl<'a> Group<'a> {
                 }
                 let placement =
                     self.place_instant(bucket, &slots, usage.account, usage.occurred_at);
-                if may_be_late && placement == Placement::Outside {
-                    if let Some(late) = self.place_late(bucket, &slots, &accounts, usage) {
-                        return late;
+                if may_be_late {
+                    if placement == Placement::Outside {
+                        if let Some(late) = self.place_late(bucket, &slots, &accounts, usage) {
+                            return late;
+                        }
+                    } else if matches!(placement, Placement::InWindow(_))
+                        && self.seen_by_an_earlier_close(usage)
+                    {
+                        return Placement::Outside;
                     }
                 }
                 placement

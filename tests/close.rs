@@ -705,6 +705,131 @@ fn late_events(extra: &[&str]) {
     );
 }
 
+/// An event an earlier close saw belongs to that close. A copy of it that arrives later,
+/// wins the contract's dedup (it has an `ingested_at`, the copy the November close billed
+/// had none: null sorts last) and names an instant in a period the next close covers is
+/// not billed again there: the event stays outside with its entry, in one group and split.
+#[test]
+fn an_event_an_earlier_close_saw_is_not_billed_again_when_a_copy_moves_it() {
+    for extra in [&[][..], &["--groups", "2"][..]] {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = first_data(tmp.path());
+        let dec = Table::default()
+            .str("account_id", ["acct_pro"])
+            .str("plan_id", ["pro"])
+            .ts("period_start", [t("2026-12-01T00:00:00Z")])
+            .ts("period_end", [t("2026-12-31T08:00:00Z")])
+            .credits("included_credits", [Milli::from_units(200)])
+            .opt_ts("billing_anchor", [Some(t("2026-10-31T08:00:00Z"))])
+            .str("status", ["active"])
+            .finish();
+        write_parquet(&root.join("allocations/part-1.parquet"), &dec).unwrap();
+        let closes = tmp.path().join("closes");
+        let close = |as_of: &str, name: &str| {
+            let out = closes.join(name);
+            let mut args = vec![
+                "close",
+                "--data",
+                root.to_str().unwrap(),
+                "--as-of",
+                as_of,
+                "--out",
+                out.to_str().unwrap(),
+                "--history",
+                closes.to_str().unwrap(),
+            ];
+            args.extend_from_slice(extra);
+            let done = tally(&args);
+            assert!(done.status.success(), "{}", stderr(&done));
+            out
+        };
+        let first = close("2026-12-01T00:00:00Z", "2026-12-01");
+        let billed = render(&first.join("billed_events.parquet"), &["occurred_at"]);
+        assert!(
+            billed.contains("\nINV-acct_pro-20261101T000000Z,e1,acct_pro,144.000\n"),
+            "{billed}"
+        );
+
+        // After the November close: a copy of e1 naming December 2 (one AI twin, not
+        // three), and a December event with its debit.
+        let copy = Table::default()
+            .str("event_id", ["e1", "e_dec"])
+            .str("account_id", ["acct_pro"; 2])
+            .str("product", ["captions"; 2])
+            .str("action", ["ai_twin_creation", "chat_edit"])
+            .opt_str("model", [None, None])
+            .credits("quantity", [Milli::from_units(1); 2])
+            .str("status", ["succeeded"; 2])
+            .ts(
+                "occurred_at",
+                [t("2026-12-02T09:00:00Z"), t("2026-12-02T10:00:00Z")],
+            )
+            .opt_ts(
+                "ingested_at",
+                [
+                    Some(t("2026-12-02T09:00:05Z")),
+                    Some(t("2026-12-02T10:00:05Z")),
+                ],
+            )
+            .finish();
+        write_parquet(&root.join("usage/part-dec.parquet"), &copy).unwrap();
+        write_debits(
+            &root.join("debits/part-dec.parquet"),
+            &[("d_dec", "acct_pro", "e_dec", 2, "2026-12-02T10:00:01Z")],
+        );
+        let second = close("2026-12-31T08:00:00Z", "2026-12-31");
+        let lines = render(&second.join("invoice_lines.parquet"), &[]);
+        assert_eq!(
+            lines,
+            "invoice_id,product,action,model,event_count,quantity,credits\n\
+             INV-acct_pro-20261201T000000Z,captions,chat_edit,,1,1.000,2.000\n",
+            "{extra:?}"
+        );
+        let billed = render(&second.join("billed_events.parquet"), &["occurred_at"]);
+        assert_eq!(
+            billed,
+            "invoice_id,event_id,account_id,credits\n\
+             INV-acct_pro-20261201T000000Z,e_dec,acct_pro,2.000\n",
+            "{extra:?}"
+        );
+        let discrepancies = std::fs::read_to_string(second.join("discrepancies.csv")).unwrap();
+        assert_eq!(
+            discrepancies.lines().count(),
+            1,
+            "{extra:?}: {discrepancies}"
+        );
+        // Conservation holds with e1's two copies counted (one event outside the window).
+        let summary = json(&second.join("summary.json"));
+        assert_eq!(summary["conservation"]["holds"], true, "{summary}");
+        // explain, given the close's --history and --out, says why.
+        let explained = tally_ok(&[
+            "explain",
+            "--close",
+            "--data",
+            root.to_str().unwrap(),
+            "--as-of",
+            "2026-12-31T08:00:00Z",
+            "--history",
+            closes.to_str().unwrap(),
+            "--out",
+            second.to_str().unwrap(),
+            "--event",
+            "e1",
+            "--json",
+        ]);
+        let x: serde_json::Value = serde_json::from_slice(&explained.stdout).unwrap();
+        let event = &x["event"];
+        assert_eq!(event["placement"], "outside_window", "{event}");
+        assert_eq!(
+            event["placement_detail"],
+            "an earlier close (--history) saw this event (its billed_events.parquet lists it): \
+             it belongs to that close and is not billed again in its period \
+             [2026-12-01T00:00:00Z, 2026-12-31T08:00:00Z)",
+            "{event}"
+        );
+    }
+}
+
 /// What a close reads from its history folder: not a backup copy of this very close kept
 /// beside it before a `--force` rerun, nor a folder named `.*` (a staging folder a killed
 /// run left there) or `_*`, even when they hold an earlier close (each made the forced

@@ -372,6 +372,16 @@ def run(root, command, as_of, settle, history=None, own_out=None):
                 reject("usage", c, "conflicting_duplicate")
         events.append(winner)
 
+    # README: Late events — an event an earlier close saw belongs to it: a copy that wins
+    # the dedup since and lies in a covered period is not billed again. tally finds such an
+    # event by the ids of the copies in closed periods, so only while the copy the earlier
+    # close saw is among the inputs.
+    closed_copies = set()
+    for r in passed:
+        a = alloc_at(r["account_id"], r["occurred_at"])
+        if a is not None and (a["account_id"], a["period_start"]) in closed:
+            closed_copies.add(r["event_id"])
+
     valid_events, no_alloc_events, window, outside = {}, set(), [], 0
     for e in events:   # section 7 "Window of an event"
         a = alloc_at(e["account_id"], e["occurred_at"])
@@ -384,7 +394,9 @@ def run(root, command, as_of, settle, history=None, own_out=None):
             outside += 1
             continue
         bill, late = (a if covered(a) else None), False
-        if bill is None and (a["account_id"], a["period_start"]) in closed \
+        if bill is not None and e["event_id"] in seen and e["event_id"] in closed_copies:
+            bill = None
+        elif bill is None and (a["account_id"], a["period_start"]) in closed \
                 and e["event_id"] not in seen:
             # README: Late events — an event of a closed account-period that no earlier close
             # saw is billed on the account's first covered period starting at or after the
