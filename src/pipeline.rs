@@ -867,6 +867,15 @@ impl<'a> RunState<'a> {
         } = rows;
         let (mut debit_rejects, mut usage_rejects) = (Vec::new(), Vec::new());
         let files = &context.files;
+        // Every valid copy, before dedup marks the losing ones.
+        let seen = window::seen_in_closed_periods(
+            &usage,
+            &usage_ids,
+            self.dicts,
+            context.allocations,
+            &settings.history,
+            self.billed,
+        );
         let (entries, deduped) = rayon::join(
             || validate::debits(&mut debits, &debit_ids, &files[3], &mut debit_rejects),
             || {
@@ -892,6 +901,7 @@ impl<'a> RunState<'a> {
                 as_of: settings.as_of,
                 history: &settings.history,
                 billed: self.billed,
+                seen: &seen,
                 owns: &owns_here,
                 dicts: self.dicts,
             },

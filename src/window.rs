@@ -121,6 +121,9 @@ pub struct RunWindow<'a> {
     pub history: &'a History,
     /// Events an earlier close billed, among those this run may find late.
     pub billed: &'a HashSet<String, FastHash>,
+    /// Events of the group an earlier close saw that have a valid copy in a closed period
+    /// (see [`seen_in_closed_periods`]).
+    pub seen: &'a HashSet<String, FastHash>,
     /// Whether an account (by code) is processed here (its partition is in this group
     /// and shard).
     pub owns: &'a (dyn Fn(u32) -> bool + Sync),
@@ -169,6 +172,37 @@ pub fn in_closed_period(
     t: Micros,
 ) -> bool {
     closed_period(allocations, history, account_id, t).is_some()
+}
+
+/// The events among `usage` (a group's valid rows, every copy of its events) that an
+/// earlier close saw (`billed`) and that have a copy in a closed period: what
+/// [`RunWindow::seen`] holds. Decided from the valid copies only, so that a run in one
+/// group and a split run (whose light pass also sees rows rejected later) agree.
+pub fn seen_in_closed_periods(
+    usage: &[Usage],
+    usage_ids: &Ids,
+    dicts: &Dicts,
+    allocations: &Allocations,
+    history: &History,
+    billed: &HashSet<String, FastHash>,
+) -> HashSet<String, FastHash> {
+    if billed.is_empty() {
+        return HashSet::default();
+    }
+    usage
+        .iter()
+        .filter(|u| {
+            in_closed_period(
+                allocations,
+                history,
+                dicts.account(u.account),
+                u.occurred_at,
+            )
+        })
+        .filter_map(|u| std::str::from_utf8(usage_ids.bytes(u.id)).ok())
+        .filter(|event_id| billed.contains(*event_id))
+        .map(str::to_string)
+        .collect()
 }
 
 const NO_EVENT: u32 = u32::MAX;
@@ -500,12 +534,13 @@ impl<'a> Group<'a> {
 
     /// An event an earlier close saw (its `billed_events.parquet` lists the id) belongs to
     /// that close: a copy that won the dedup since and names an instant in a period this
-    /// run covers is not billed again (it stays outside, its entries with it). `billed`
-    /// holds the ids of events with a copy in a closed period, so the billed copy is found
-    /// while it is among the inputs.
+    /// run covers is not billed again (it stays outside, its entries with it), while a
+    /// valid copy of it in a closed period is among the inputs.
     fn seen_by_an_earlier_close(&self, usage: &Usage) -> bool {
-        std::str::from_utf8(self.usage_ids.bytes(usage.id))
-            .is_ok_and(|event_id| self.window.billed.contains(event_id))
+        let seen = self.window.seen;
+        !seen.is_empty()
+            && std::str::from_utf8(self.usage_ids.bytes(usage.id))
+                .is_ok_and(|event_id| seen.contains(event_id))
     }
 
     /// Place bucket `bucket`'s events and entries (`usage_rows`, `debit_rows`: its rows from

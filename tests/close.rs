@@ -798,9 +798,21 @@ fn an_event_an_earlier_close_saw_is_not_billed_again_when_a_copy_moves_it() {
             1,
             "{extra:?}: {discrepancies}"
         );
-        // Conservation holds with e1's two copies counted (one event outside the window).
+        // e1 and e2 (whose period is closed) outside, e1's November copy rejected as a
+        // conflicting duplicate; their entries d1 and d2 outside.
         let summary = json(&second.join("summary.json"));
         assert_eq!(summary["conservation"]["holds"], true, "{summary}");
+        assert_eq!(
+            (
+                &summary["usage"]["rows_read"],
+                &summary["usage"]["events_in_window"]
+            ),
+            (&serde_json::json!(4), &serde_json::json!(1)),
+            "{summary}"
+        );
+        assert_eq!(summary["usage"]["rejected"], 1, "{summary}");
+        assert_eq!(summary["usage"]["outside_window"], 2, "{summary}");
+        assert_eq!(summary["ledger"]["outside_window"], 2, "{summary}");
         // explain, given the close's --history and --out, says why.
         let explained = tally_ok(&[
             "explain",
@@ -826,6 +838,99 @@ fn an_event_an_earlier_close_saw_is_not_billed_again_when_a_copy_moves_it() {
              it belongs to that close and is not billed again in its period \
              [2026-12-01T00:00:00Z, 2026-12-31T08:00:00Z)",
             "{event}"
+        );
+    }
+}
+
+/// The other side of the rule above: a copy that moves an event into a covered period is
+/// billed there as an ordinary event when no earlier close saw the event (its other copy
+/// arrived in a closed period after that period's close), and when the only copy left in
+/// a closed period is a rejected row (the rule needs a valid one); one group and split
+/// runs agree.
+#[test]
+fn a_moved_copy_is_billed_when_no_earlier_close_saw_its_event_or_no_valid_copy_is_closed() {
+    for extra in [&[][..], &["--groups", "2"][..]] {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = first_data(tmp.path());
+        let dec = Table::default()
+            .str("account_id", ["acct_pro"])
+            .str("plan_id", ["pro"])
+            .ts("period_start", [t("2026-12-01T00:00:00Z")])
+            .ts("period_end", [t("2026-12-31T08:00:00Z")])
+            .credits("included_credits", [Milli::from_units(200)])
+            .opt_ts("billing_anchor", [Some(t("2026-10-31T08:00:00Z"))])
+            .str("status", ["active"])
+            .finish();
+        write_parquet(&root.join("allocations/part-1.parquet"), &dec).unwrap();
+        let closes = tmp.path().join("closes");
+        let close = |as_of: &str, name: &str| {
+            let out = closes.join(name);
+            let mut args = vec![
+                "close",
+                "--data",
+                root.to_str().unwrap(),
+                "--as-of",
+                as_of,
+                "--out",
+                out.to_str().unwrap(),
+                "--history",
+                closes.to_str().unwrap(),
+            ];
+            args.extend_from_slice(extra);
+            let done = tally(&args);
+            assert!(done.status.success(), "{}", stderr(&done));
+            out
+        };
+        close("2026-12-01T00:00:00Z", "2026-12-01");
+        // After the November close: e1's copy the close saw is gone from the export, and
+        // only a rejected copy of it (an unknown status) is left in November; e_new, which
+        // no close saw, has a November copy and a December copy; the December copies win
+        // the dedup (they have an ingested_at, the November ones none).
+        std::fs::remove_file(root.join("usage/part-0.parquet")).unwrap();
+        let copies = Table::default()
+            .str("event_id", ["e1", "e_new", "e1", "e_new"])
+            .str("account_id", ["acct_pro"; 4])
+            .str("product", ["captions"; 4])
+            .str(
+                "action",
+                [
+                    "ai_twin_creation",
+                    "chat_edit",
+                    "ai_twin_creation",
+                    "chat_edit",
+                ],
+            )
+            .opt_str("model", [None; 4])
+            .credits("quantity", [Milli::from_units(1); 4])
+            .str("status", ["bogus", "succeeded", "succeeded", "succeeded"])
+            .ts(
+                "occurred_at",
+                [
+                    t("2026-11-05T10:00:00Z"),
+                    t("2026-11-20T10:00:00Z"),
+                    t("2026-12-02T09:00:00Z"),
+                    t("2026-12-03T09:00:00Z"),
+                ],
+            )
+            .opt_ts(
+                "ingested_at",
+                [
+                    None,
+                    None,
+                    Some(t("2026-12-02T09:00:05Z")),
+                    Some(t("2026-12-03T09:00:05Z")),
+                ],
+            )
+            .finish();
+        write_parquet(&root.join("usage/part-dec.parquet"), &copies).unwrap();
+        let second = close("2026-12-31T08:00:00Z", "2026-12-31");
+        let billed = render(&second.join("billed_events.parquet"), &["occurred_at"]);
+        assert_eq!(
+            billed,
+            "invoice_id,event_id,account_id,credits\n\
+             INV-acct_pro-20261201T000000Z,e1,acct_pro,48.000\n\
+             INV-acct_pro-20261201T000000Z,e_new,acct_pro,2.000\n",
+            "{extra:?}"
         );
     }
 }
