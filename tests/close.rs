@@ -512,6 +512,83 @@ fn close_outputs_are_deterministic() {
     assert_eq!(actions.value(0), "chat_edit");
 }
 
+/// [`first_data`] with acct_pro's December allocation already in the data root (the
+/// export keeps history).
+fn data_with_december(dir: &Path) -> PathBuf {
+    let root = first_data(dir);
+    let dec = Table::default()
+        .str("account_id", ["acct_pro"])
+        .str("plan_id", ["pro"])
+        .ts("period_start", [t("2026-12-01T00:00:00Z")])
+        .ts("period_end", [t("2026-12-31T08:00:00Z")])
+        .credits("included_credits", [Milli::from_units(200)])
+        .opt_ts("billing_anchor", [Some(t("2026-10-31T08:00:00Z"))])
+        .str("status", ["active"])
+        .finish();
+    write_parquet(&root.join("allocations/part-1.parquet"), &dec).unwrap();
+    root
+}
+
+/// A close of `root` at `as_of` into `closes/name` with `--history closes` (and `extra`
+/// flags).
+fn history_close(
+    root: &Path,
+    closes: &Path,
+    as_of: &str,
+    name: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    let out = closes.join(name);
+    let mut args = vec![
+        "close",
+        "--data",
+        root.to_str().unwrap(),
+        "--as-of",
+        as_of,
+        "--out",
+        out.to_str().unwrap(),
+        "--history",
+        closes.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    tally(&args)
+}
+
+/// [`history_close`], which must succeed; its output folder returned.
+fn close_into(root: &Path, closes: &Path, as_of: &str, name: &str, extra: &[&str]) -> PathBuf {
+    let done = history_close(root, closes, as_of, name, extra);
+    assert!(done.status.success(), "{}", stderr(&done));
+    closes.join(name)
+}
+
+/// `tally explain --close --json` of event `event_id`, given the close's data root, as-of,
+/// `--history` and `--out`: the explanation's `event` object.
+fn explain_event_of_close(
+    root: &Path,
+    closes: &Path,
+    out: &Path,
+    as_of: &str,
+    event_id: &str,
+) -> serde_json::Value {
+    let explained = tally_ok(&[
+        "explain",
+        "--close",
+        "--data",
+        root.to_str().unwrap(),
+        "--as-of",
+        as_of,
+        "--history",
+        closes.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--event",
+        event_id,
+        "--json",
+    ]);
+    let x: serde_json::Value = serde_json::from_slice(&explained.stdout).unwrap();
+    x["event"].clone()
+}
+
 /// A usage event that arrives after its period was closed: the next close (with
 /// `--history`) does not close that period again; it reports the event `late_event` and
 /// bills it on the account's next invoice as a prior-period line.
@@ -529,18 +606,7 @@ fn late_events_are_found_the_same_way_in_a_split_run() {
 
 fn late_events(extra: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
-    let root = first_data(tmp.path());
-    // December allocation for acct_pro already in the data root (the export keeps history).
-    let dec = Table::default()
-        .str("account_id", ["acct_pro"])
-        .str("plan_id", ["pro"])
-        .ts("period_start", [t("2026-12-01T00:00:00Z")])
-        .ts("period_end", [t("2026-12-31T08:00:00Z")])
-        .credits("included_credits", [Milli::from_units(200)])
-        .opt_ts("billing_anchor", [Some(t("2026-10-31T08:00:00Z"))])
-        .str("status", ["active"])
-        .finish();
-    write_parquet(&root.join("allocations/part-1.parquet"), &dec).unwrap();
+    let root = data_with_december(tmp.path());
     // November events the November close sees but bills nothing for: a failed event that
     // was charged anyway, and an event without a rate. Later closes must not take them for
     // late events (nor count the failed event's debit on a later invoice).
@@ -569,25 +635,7 @@ fn late_events(extra: &[&str]) {
         )],
     );
     let closes = tmp.path().join("closes");
-    let close = |as_of: &str, name: &str| {
-        let out = closes.join(name);
-        let args = [
-            "close",
-            "--data",
-            root.to_str().unwrap(),
-            "--as-of",
-            as_of,
-            "--out",
-            out.to_str().unwrap(),
-            "--history",
-            closes.to_str().unwrap(),
-        ]
-        .iter()
-        .chain(extra)
-        .copied()
-        .collect::<Vec<_>>();
-        tally(&args)
-    };
+    let close = |as_of: &str, name: &str| history_close(&root, &closes, as_of, name, extra);
     assert!(close("2026-12-01T00:00:00Z", "2026-12-01").status.success());
     let first_discrepancies =
         std::fs::read_to_string(closes.join("2026-12-01/discrepancies.csv")).unwrap();
@@ -649,23 +697,7 @@ fn late_events(extra: &[&str]) {
          late_event,acct_pro,e_late,d_late,2026-11-29T10:00:00Z,captions,chat_edit,,6.000,6.000,0.000\n"
     );
     // explain, given the close's --history and --out, tells the same story.
-    let explained = tally_ok(&[
-        "explain",
-        "--close",
-        "--data",
-        root.to_str().unwrap(),
-        "--as-of",
-        "2026-12-31T08:00:00Z",
-        "--history",
-        closes.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--event",
-        "e_late",
-        "--json",
-    ]);
-    let x: serde_json::Value = serde_json::from_slice(&explained.stdout).unwrap();
-    let event = &x["event"];
+    let event = explain_event_of_close(&root, &closes, &out, "2026-12-31T08:00:00Z", "e_late");
     assert_eq!(event["placement"], "in_window", "{event}");
     assert_eq!(event["period"]["period_start"], "2026-12-01T00:00:00Z");
     assert!(event["late_from"].is_string(), "{event}");
@@ -713,36 +745,9 @@ fn late_events(extra: &[&str]) {
 fn an_event_an_earlier_close_saw_is_not_billed_again_when_a_copy_moves_it() {
     for extra in [&[][..], &["--groups", "2"][..]] {
         let tmp = tempfile::tempdir().unwrap();
-        let root = first_data(tmp.path());
-        let dec = Table::default()
-            .str("account_id", ["acct_pro"])
-            .str("plan_id", ["pro"])
-            .ts("period_start", [t("2026-12-01T00:00:00Z")])
-            .ts("period_end", [t("2026-12-31T08:00:00Z")])
-            .credits("included_credits", [Milli::from_units(200)])
-            .opt_ts("billing_anchor", [Some(t("2026-10-31T08:00:00Z"))])
-            .str("status", ["active"])
-            .finish();
-        write_parquet(&root.join("allocations/part-1.parquet"), &dec).unwrap();
+        let root = data_with_december(tmp.path());
         let closes = tmp.path().join("closes");
-        let close = |as_of: &str, name: &str| {
-            let out = closes.join(name);
-            let mut args = vec![
-                "close",
-                "--data",
-                root.to_str().unwrap(),
-                "--as-of",
-                as_of,
-                "--out",
-                out.to_str().unwrap(),
-                "--history",
-                closes.to_str().unwrap(),
-            ];
-            args.extend_from_slice(extra);
-            let done = tally(&args);
-            assert!(done.status.success(), "{}", stderr(&done));
-            out
-        };
+        let close = |as_of: &str, name: &str| close_into(&root, &closes, as_of, name, extra);
         let first = close("2026-12-01T00:00:00Z", "2026-12-01");
         let billed = render(&first.join("billed_events.parquet"), &["occurred_at"]);
         assert!(
@@ -814,23 +819,7 @@ fn an_event_an_earlier_close_saw_is_not_billed_again_when_a_copy_moves_it() {
         assert_eq!(summary["usage"]["outside_window"], 2, "{summary}");
         assert_eq!(summary["ledger"]["outside_window"], 2, "{summary}");
         // explain, given the close's --history and --out, says why.
-        let explained = tally_ok(&[
-            "explain",
-            "--close",
-            "--data",
-            root.to_str().unwrap(),
-            "--as-of",
-            "2026-12-31T08:00:00Z",
-            "--history",
-            closes.to_str().unwrap(),
-            "--out",
-            second.to_str().unwrap(),
-            "--event",
-            "e1",
-            "--json",
-        ]);
-        let x: serde_json::Value = serde_json::from_slice(&explained.stdout).unwrap();
-        let event = &x["event"];
+        let event = explain_event_of_close(&root, &closes, &second, "2026-12-31T08:00:00Z", "e1");
         assert_eq!(event["placement"], "outside_window", "{event}");
         assert_eq!(
             event["placement_detail"],
@@ -851,36 +840,9 @@ fn an_event_an_earlier_close_saw_is_not_billed_again_when_a_copy_moves_it() {
 fn a_moved_copy_is_billed_when_no_earlier_close_saw_its_event_or_no_valid_copy_is_closed() {
     for extra in [&[][..], &["--groups", "2"][..]] {
         let tmp = tempfile::tempdir().unwrap();
-        let root = first_data(tmp.path());
-        let dec = Table::default()
-            .str("account_id", ["acct_pro"])
-            .str("plan_id", ["pro"])
-            .ts("period_start", [t("2026-12-01T00:00:00Z")])
-            .ts("period_end", [t("2026-12-31T08:00:00Z")])
-            .credits("included_credits", [Milli::from_units(200)])
-            .opt_ts("billing_anchor", [Some(t("2026-10-31T08:00:00Z"))])
-            .str("status", ["active"])
-            .finish();
-        write_parquet(&root.join("allocations/part-1.parquet"), &dec).unwrap();
+        let root = data_with_december(tmp.path());
         let closes = tmp.path().join("closes");
-        let close = |as_of: &str, name: &str| {
-            let out = closes.join(name);
-            let mut args = vec![
-                "close",
-                "--data",
-                root.to_str().unwrap(),
-                "--as-of",
-                as_of,
-                "--out",
-                out.to_str().unwrap(),
-                "--history",
-                closes.to_str().unwrap(),
-            ];
-            args.extend_from_slice(extra);
-            let done = tally(&args);
-            assert!(done.status.success(), "{}", stderr(&done));
-            out
-        };
+        let close = |as_of: &str, name: &str| close_into(&root, &closes, as_of, name, extra);
         close("2026-12-01T00:00:00Z", "2026-12-01");
         // After the November close: e1's copy the close saw is gone from the export, and
         // only a rejected copy of it (an unknown status) is left in November; e_new, which
