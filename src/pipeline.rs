@@ -867,15 +867,6 @@ impl<'a> RunState<'a> {
         } = rows;
         let (mut debit_rejects, mut usage_rejects) = (Vec::new(), Vec::new());
         let files = &context.files;
-        // Every valid copy, before dedup marks the losing ones.
-        let seen = window::seen_in_closed_periods(
-            &usage,
-            &usage_ids,
-            self.dicts,
-            context.allocations,
-            &settings.history,
-            self.billed,
-        );
         let (entries, deduped) = rayon::join(
             || validate::debits(&mut debits, &debit_ids, &files[3], &mut debit_rejects),
             || {
@@ -892,6 +883,14 @@ impl<'a> RunState<'a> {
         partial.rejects.extend(usage_rejects);
         partial.identical_duplicates += deduped.identical_copies;
         stage.done(rows_in, (deduped.events + entries) as u64);
+        let seen = window::seen_in_closed_periods(
+            &usage,
+            &usage_ids,
+            self.dicts,
+            context.allocations,
+            &settings.history,
+            self.billed,
+        );
 
         let stage = progress.stage("join ledger to events");
         let owns_here = |account: u32| self.owns(group, account);

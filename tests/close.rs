@@ -740,10 +740,12 @@ fn late_events(extra: &[&str]) {
 /// An event an earlier close saw belongs to that close. A copy of it that arrives later,
 /// wins the contract's dedup (it has an `ingested_at`, the copy the November close billed
 /// had none: null sorts last) and names an instant in a period the next close covers is
-/// not billed again there: the event stays outside with its entry, in one group and split.
+/// not billed again there: the event stays outside with its entry, in one group and split;
+/// also when the copy names another account (e2, billed to acct_free, moved to acct_pro:
+/// its copies cross account partitions and are routed together).
 #[test]
 fn an_event_an_earlier_close_saw_is_not_billed_again_when_a_copy_moves_it() {
-    for extra in [&[][..], &["--groups", "2"][..]] {
+    for extra in [&[][..], &["--groups", "2"][..], &["--groups", "3"][..]] {
         let tmp = tempfile::tempdir().unwrap();
         let root = data_with_december(tmp.path());
         let closes = tmp.path().join("closes");
@@ -751,29 +753,36 @@ fn an_event_an_earlier_close_saw_is_not_billed_again_when_a_copy_moves_it() {
         let first = close("2026-12-01T00:00:00Z", "2026-12-01");
         let billed = render(&first.join("billed_events.parquet"), &["occurred_at"]);
         assert!(
-            billed.contains("\nINV-acct_pro-20261101T000000Z,e1,acct_pro,144.000\n"),
+            billed.contains("\nINV-acct_pro-20261101T000000Z,e1,acct_pro,144.000\n")
+                && billed.contains("\nINV-acct_free-20261101T000000Z,e2,acct_free,"),
             "{billed}"
         );
 
         // After the November close: a copy of e1 naming December 2 (one AI twin, not
-        // three), and a December event with its debit.
+        // three), a copy of e2 naming acct_pro on December 2, and a December event with
+        // its debit.
         let copy = Table::default()
-            .str("event_id", ["e1", "e_dec"])
-            .str("account_id", ["acct_pro"; 2])
-            .str("product", ["captions"; 2])
-            .str("action", ["ai_twin_creation", "chat_edit"])
-            .opt_str("model", [None, None])
-            .credits("quantity", [Milli::from_units(1); 2])
-            .str("status", ["succeeded"; 2])
+            .str("event_id", ["e1", "e_dec", "e2"])
+            .str("account_id", ["acct_pro"; 3])
+            .str("product", ["captions"; 3])
+            .str("action", ["ai_twin_creation", "chat_edit", "chat_edit"])
+            .opt_str("model", [None; 3])
+            .credits("quantity", [Milli::from_units(1); 3])
+            .str("status", ["succeeded"; 3])
             .ts(
                 "occurred_at",
-                [t("2026-12-02T09:00:00Z"), t("2026-12-02T10:00:00Z")],
+                [
+                    t("2026-12-02T09:00:00Z"),
+                    t("2026-12-02T10:00:00Z"),
+                    t("2026-12-02T11:00:00Z"),
+                ],
             )
             .opt_ts(
                 "ingested_at",
                 [
                     Some(t("2026-12-02T09:00:05Z")),
                     Some(t("2026-12-02T10:00:05Z")),
+                    Some(t("2026-12-02T11:00:05Z")),
                 ],
             )
             .finish();
@@ -803,8 +812,8 @@ fn an_event_an_earlier_close_saw_is_not_billed_again_when_a_copy_moves_it() {
             1,
             "{extra:?}: {discrepancies}"
         );
-        // e1 and e2 (whose period is closed) outside, e1's November copy rejected as a
-        // conflicting duplicate; their entries d1 and d2 outside.
+        // e1 and e2 outside, their November copies rejected as conflicting duplicates;
+        // their entries d1 and d2 outside.
         let summary = json(&second.join("summary.json"));
         assert_eq!(summary["conservation"]["holds"], true, "{summary}");
         assert_eq!(
@@ -812,10 +821,10 @@ fn an_event_an_earlier_close_saw_is_not_billed_again_when_a_copy_moves_it() {
                 &summary["usage"]["rows_read"],
                 &summary["usage"]["events_in_window"]
             ),
-            (&serde_json::json!(4), &serde_json::json!(1)),
+            (&serde_json::json!(5), &serde_json::json!(1)),
             "{summary}"
         );
-        assert_eq!(summary["usage"]["rejected"], 1, "{summary}");
+        assert_eq!(summary["usage"]["rejected"], 2, "{summary}");
         assert_eq!(summary["usage"]["outside_window"], 2, "{summary}");
         assert_eq!(summary["ledger"]["outside_window"], 2, "{summary}");
         // explain, given the close's --history and --out, says why.

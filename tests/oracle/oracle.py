@@ -374,8 +374,8 @@ def run(root, command, as_of, settle, history=None, own_out=None):
 
     # README: Late events — an event an earlier close saw belongs to it: a copy that wins
     # the dedup since and lies in a covered period is not billed again. tally finds such an
-    # event by the ids of the copies in closed periods, so only while the copy the earlier
-    # close saw is among the inputs.
+    # event by the ids of its valid copies (rows that pass row validation) in closed
+    # periods, so only while such a copy is among the inputs.
     closed_copies = set()
     for r in passed:
         a = alloc_at(r["account_id"], r["occurred_at"])
