@@ -563,6 +563,15 @@ def gen_history(seed, work):
                 # into a period this close covers
                 stages[k]["usage"].append(dict(e, ingested_at=e["occurred_at"] - 10**6,
                                                occurred_at=nxt[0] + HOUR))
+            elif r < 0.85 and (others := [(a, ps) for a, spans in periods.items()
+                                          if a != e["account_id"]
+                                          for ps, pe in spans if prev < pe <= now]):
+                # the same, onto another account's covered period (the copies cross
+                # accounts: tally routes them together)
+                a, ps = R.choice(others)
+                stages[k]["usage"].append(dict(e, account_id=a,
+                                               ingested_at=e["occurred_at"] - 10**6,
+                                               occurred_at=ps + HOUR))
             else:
                 q = e["quantity"] if isinstance(e["quantity"], Decimal) else Decimal(1)
                 stages[k]["usage"].append(dict(e, ingested_at=ing, quantity=q + 1))
