@@ -882,7 +882,7 @@ impl<'a> RunState<'a> {
         partial.rejects.extend(debit_rejects);
         partial.rejects.extend(usage_rejects);
         partial.identical_duplicates += deduped.identical_copies;
-        stage.done(rows_in, (deduped.events + entries) as u64);
+        // With --history: the events an earlier close saw that dedup has just moved.
         let seen = window::seen_in_closed_periods(
             &usage,
             &usage_ids,
@@ -891,6 +891,7 @@ impl<'a> RunState<'a> {
             &settings.history,
             self.billed,
         );
+        stage.done(rows_in, (deduped.events + entries) as u64);
 
         let stage = progress.stage("join ledger to events");
         let owns_here = |account: u32| self.owns(group, account);

@@ -179,8 +179,9 @@ pub fn in_closed_period(
 /// [`RunWindow::seen`] holds. Decided from the valid copies only, so that a run in one
 /// group and a split run (whose light pass also sees rows rejected later) agree. Only the
 /// losing copies are looked at: the set is asked about winners in covered periods, which
-/// are not closed, so their copy in a closed period is another row, a loser (looking at
-/// every row cost about 1 µs a row with a closed month among the inputs).
+/// are not closed, so their copy in a closed period is another row, a loser (looking up
+/// every row's period would cost each group a pass over all its rows when a closed month
+/// is among the inputs).
 pub fn seen_in_closed_periods(
     usage: &[Usage],
     usage_ids: &Ids,
@@ -579,18 +580,15 @@ impl<'a> Group<'a> {
                 }
                 let placement =
                     self.place_instant(bucket, &slots, usage.account, usage.occurred_at);
-                if may_be_late {
-                    if placement == Placement::Outside {
-                        if let Some(late) = self.place_late(bucket, &slots, &accounts, usage) {
-                            return late;
-                        }
-                    } else if matches!(placement, Placement::InWindow(_))
-                        && self.seen_by_an_earlier_close(usage)
-                    {
-                        return Placement::Outside;
+                match placement {
+                    Placement::Outside if may_be_late => self
+                        .place_late(bucket, &slots, &accounts, usage)
+                        .unwrap_or(placement),
+                    Placement::InWindow(_) if self.seen_by_an_earlier_close(usage) => {
+                        Placement::Outside
                     }
+                    _ => placement,
                 }
-                placement
             })
             .collect();
         for (usage, placement) in usage.iter().zip(&placements) {
