@@ -26,6 +26,7 @@ pub mod memory;
 pub mod model;
 pub mod partition;
 pub mod pipeline;
+pub mod positional;
 pub mod price;
 pub mod pricebook;
 pub mod progress;

@@ -9,6 +9,7 @@ use crate::amount::{
 use crate::error::{Result, TallyError};
 use crate::model::Shared;
 use crate::model::*;
+use crate::positional::PositionalFile;
 use crate::time::Micros;
 use arrow::array::{
     Array, ArrayRef, AsArray, Decimal128Array, Decimal256Array, Float64Array, Int32Array,
@@ -20,7 +21,6 @@ use parquet::arrow::arrow_reader::{
 };
 use parquet::arrow::ProjectionMask;
 use rayon::prelude::*;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 /// Identifiers longer than this are rejected `bad_value` (a limit on everything).
@@ -453,29 +453,21 @@ fn guard_decoding<T>(file: &InputFile, f: impl FnOnce() -> Result<T>) -> Result<
 
 /// Check the magic bytes at both ends: arrow-rs reads only the footer, and a file cut
 /// short or a text file must be named as such.
-fn check_magic(file: &InputFile) -> Result<()> {
-    use std::io::{Read, Seek, SeekFrom};
+fn check_magic(file: &InputFile, handle: &PositionalFile) -> Result<()> {
+    use parquet::file::reader::Length;
     let fail = |why: &str| Err(TallyError::input(&file.rel_path, why.to_string()));
-    let mut handle = File::open(&file.abs_path)
-        .map_err(|e| TallyError::input(&file.rel_path, format!("cannot open: {e}")))?;
-    let len = handle
-        .metadata()
-        .map_err(|e| TallyError::input(&file.rel_path, format!("cannot open: {e}")))?
-        .len();
+    let len = handle.len();
     if len == 0 {
         return fail("empty file (0 bytes), not Parquet; remove it or restore the original");
     }
     let mut head = [0u8; 4];
-    if len < 12 || handle.read_exact(&mut head).is_err() || &head != b"PAR1" {
+    if len < 12 || handle.read_exact_at(&mut head, 0).is_err() || &head != b"PAR1" {
         return fail(
             "not a Parquet file (it does not start with PAR1); remove it or restore the original",
         );
     }
     let mut tail = [0u8; 4];
-    let read_tail = handle
-        .seek(SeekFrom::End(-4))
-        .and_then(|_| handle.read_exact(&mut tail));
-    if read_tail.is_err() || &tail != b"PAR1" {
+    if handle.read_exact_at(&mut tail, len - 4).is_err() || &tail != b"PAR1" {
         return fail(
             "truncated Parquet file (it does not end with PAR1); restore the complete file",
         );
@@ -500,15 +492,15 @@ fn plain(e: impl std::fmt::Display) -> String {
     text.replace('\n', " ")
 }
 
-/// Read one file's metadata and check its schema against `specs`.
+/// Read one file's metadata (from `handle`, the file opened) and check its schema
+/// against `specs`.
 fn open_checked(
     file: &InputFile,
+    handle: &PositionalFile,
     specs: &[ColSpec],
 ) -> Result<(ArrowReaderMetadata, Vec<Option<usize>>)> {
-    let handle = File::open(&file.abs_path)
-        .map_err(|e| TallyError::input(&file.rel_path, format!("cannot open: {e}")))?;
     let metadata = ArrowReaderMetadata::load(
-        &handle,
+        handle,
         ArrowReaderOptions::new().with_skip_arrow_metadata(false),
     )
     .map_err(|e| {
@@ -665,15 +657,20 @@ impl OpenedFile {
     /// (the same columns at the same places, the same row groups of the same rows), then
     /// kept until the file is decoded. Decoding uses the first reading's projection, so a
     /// file rewritten with its columns moved would otherwise be read from the wrong ones.
-    fn footer(&self, file: &InputFile, specs: &[ColSpec]) -> Result<ArrowReaderMetadata> {
+    fn footer(
+        &self,
+        file: &InputFile,
+        handle: &PositionalFile,
+        specs: &[ColSpec],
+    ) -> Result<ArrowReaderMetadata> {
         let mut kept = self.kept();
         if let Some(metadata) = &*kept {
             return Ok(metadata.clone());
         }
         self.footer_rereads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        check_magic(file)?;
-        let (metadata, indices) = guard_decoding(file, || open_checked(file, specs))?;
+        check_magic(file, handle)?;
+        let (metadata, indices) = guard_decoding(file, || open_checked(file, handle, specs))?;
         let same = projection(&metadata, &indices) == self.mask
             && row_group_rows(&metadata) == self.row_group_rows;
         if !same {
@@ -709,8 +706,9 @@ impl OpenedFile {
 
 /// Check a file's magic bytes, read its footer and check its schema against `specs`.
 pub fn open_file(file: &InputFile, specs: &[ColSpec]) -> Result<OpenedFile> {
-    check_magic(file)?;
-    let (metadata, indices) = guard_decoding(file, || open_checked(file, specs))?;
+    let handle = PositionalFile::open(file)?;
+    check_magic(file, &handle)?;
+    let (metadata, indices) = guard_decoding(file, || open_checked(file, &handle, specs))?;
     let row_group_rows = row_group_rows(&metadata);
     let mut row_group_first = Vec::with_capacity(row_group_rows.len());
     let mut acc = 0u64;
@@ -764,10 +762,10 @@ fn decode_row_group(
     rg: usize,
     each_batch: &mut dyn FnMut(&Batch),
 ) -> Result<()> {
-    let metadata = opened.footer(file, specs)?;
+    // One handle for the footer (when read again) and the row group's column chunks.
+    let handle = PositionalFile::open(file)?;
+    let metadata = opened.footer(file, &handle, specs)?;
     let outcome = guard_decoding(file, || {
-        let handle = File::open(&file.abs_path)
-            .map_err(|e| TallyError::input(&file.rel_path, format!("cannot open: {e}")))?;
         let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(handle, metadata)
             .with_projection(opened.mask.clone())
             .with_row_groups(vec![rg])
@@ -973,7 +971,7 @@ impl Plan {
 pub fn footer_rows(path: &Path) -> Option<u64> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     let read = || {
-        let file = File::open(path).ok()?;
+        let file = PositionalFile::open_path(path).ok()?;
         let reader = SerializedFileReader::new(file).ok()?;
         u64::try_from(reader.metadata().file_metadata().num_rows()).ok()
     };
@@ -1512,6 +1510,7 @@ pub fn check_debit(batch: &Batch, row: usize, at: RowRef) -> Parsed<DebitRef<'_>
 mod tests {
     use super::*;
     use arrow::array::{LargeStringArray, RecordBatch};
+    use std::fs::File;
     use std::sync::atomic::Ordering;
     use std::sync::Arc;
 

@@ -193,11 +193,15 @@ pub fn run(settings: RunSettings, progress: &Progress) -> Result<RunOutput> {
 }
 
 /// Rows in the files of `datasets`, from their Parquet footers (0 for unreadable files:
-/// the load reports them).
+/// the load reports them). Files in parallel: a month of small files is many footers.
 fn footer_rows(inputs: &Inputs, datasets: &[Dataset]) -> u64 {
-    datasets
+    use rayon::prelude::*;
+    let files: Vec<&InputFile> = datasets
         .iter()
         .flat_map(|d| &inputs.files[*d as usize])
+        .collect();
+    files
+        .par_iter()
         .map(|f| load::footer_rows(&f.abs_path).unwrap_or(0))
         .sum()
 }

@@ -645,7 +645,10 @@ pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<Sha256Hex> {
 pub fn sha256_file(path: &Path) -> Result<String> {
     let mut file = File::open(path).map_err(io_err(path))?;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
+    // A buffer no larger than the file: a fresh 1 MiB buffer is zeroed for each file, which
+    // for a month of small input files (160,000 of 4 KiB) was most of the fingerprint's time.
+    let len = file.metadata().map_err(io_err(path))?.len();
+    let mut buf = vec![0u8; len.clamp(1, 1 << 20) as usize];
     loop {
         let n = file.read(&mut buf).map_err(io_err(path))?;
         if n == 0 {
@@ -851,7 +854,8 @@ mod tests {
 
     /// The sha256 made while writing is the file's: for writes that stay in the buffer,
     /// one larger than the buffer (it goes straight to the file) and an empty file; a
-    /// file written over is hashed from empty.
+    /// file written over is hashed from empty; `sha256_file` of a file larger than its
+    /// 1 MiB read buffer, of an empty one and of a 5-byte one.
     #[test]
     fn a_file_written_through_is_hashed_as_it_is_on_disk() {
         let dir = tempfile::tempdir().unwrap();
@@ -873,6 +877,12 @@ mod tests {
         assert_eq!(
             sha256_file(&path).unwrap(),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        // A file smaller than the read buffer (sized to the file), hashed whole.
+        write_bytes(&path, b"hello").unwrap();
+        assert_eq!(
+            sha256_file(&path).unwrap(),
+            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
         );
     }
 
