@@ -190,3 +190,70 @@ def compare_golden(expected_dir, command, result):
     diffs += [("counts.toml", None, k, result["summary"][COUNTS[k]], v)
               for k, v in counts.items() if result["summary"][COUNTS[k]] != v]
     return diffs
+
+
+# ------------------------------------------------------------------------------ shards
+
+def tree(folder):
+    """{relative path: sha256} of every file under folder, hidden ones included."""
+    files = {}
+    for d, _, names in os.walk(folder):
+        for n in names:
+            p = os.path.join(d, n)
+            files[os.path.relpath(p, folder)] = sha256(p)
+    return files
+
+
+def _flat(v, at=""):
+    """A JSON value as {path: leaf}, for naming the keys two summaries differ at."""
+    if isinstance(v, dict):
+        return {k: x for key, val in v.items() for k, x in _flat(val, f"{at}.{key}").items()}
+    if isinstance(v, list):
+        return {k: x for i, val in enumerate(v) for k, x in _flat(val, f"{at}[{i}]").items()}
+    return {at or ".": v}
+
+
+def _file_diffs(name, a, b):
+    """Where two files that hash differently differ: rows and columns of a Parquet file,
+    keys of a JSON file, the first line of a text file."""
+    if name.endswith(".parquet"):
+        ta, tb = pq.read_table(a), pq.read_table(b)
+        if ta.schema != tb.schema:
+            return [(name, None, "(schema)", str(ta.schema), str(tb.schema))]
+        ra, rb = ta.to_pylist(), tb.to_pylist()
+        diffs = compare_rows(name, ra, rb, ta.column_names)
+        if diffs:
+            return diffs
+        ma, mb = pq.ParquetFile(a).metadata, pq.ParquetFile(b).metadata
+        return [(name, None, "(bytes: same rows and values; row groups, encoding or metadata)",
+                 f"{ma.num_row_groups} row group(s), {os.path.getsize(a)} bytes",
+                 f"{mb.num_row_groups} row group(s), {os.path.getsize(b)} bytes")]
+    if name.endswith(".json"):
+        with open(a) as f:
+            ja = _flat(json.load(f))
+        with open(b) as f:
+            jb = _flat(json.load(f))
+        diffs = [(name, None, k, ja.get(k, "(absent)"), jb.get(k, "(absent)"))
+                 for k in sorted(set(ja) | set(jb)) if ja.get(k, "(absent)") != jb.get(k, "(absent)")]
+        return diffs or [(name, None, "(bytes: same JSON values)", sha256(a), sha256(b))]
+    with open(a, "rb") as f:
+        la = f.read().split(b"\n")
+    with open(b, "rb") as f:
+        lb = f.read().split(b"\n")
+    for i, (x, y) in enumerate(zip(la, lb)):
+        if x != y:
+            return [(name, i + 1, "(line)", x.decode(errors="replace"), y.decode(errors="replace"))]
+    return [(name, None, "(line count)", len(la), len(lb))]
+
+
+def compare_trees(one, merged):
+    """A merged sharded output folder against the one-machine run's: the same files (every
+    file, hidden ones and subfolders included), each byte-identical; for a file that is not,
+    where it differs. -> disagreements (file, row, column, one-machine value, merged value)."""
+    ta, tb = tree(one), tree(merged)
+    diffs = [(p, None, "(file)", "present" if p in ta else "(absent)",
+              "present" if p in tb else "(absent)") for p in sorted(set(ta) ^ set(tb))]
+    for p in sorted(set(ta) & set(tb)):
+        if ta[p] != tb[p]:
+            diffs += _file_diffs(p, os.path.join(one, p), os.path.join(merged, p))
+    return diffs

@@ -2,13 +2,16 @@
 
     python tests/oracle/run.py --tally PATH [--seeds 0..300]
                                [--command reconcile|close|both|history]
-                               [--tally-args "--groups 3"] [--keep DIR]
+                               [--tally-args "--groups 3"] [--shards N] [--keep DIR]
 
 First checks the oracle itself against the hand-worked golden fixtures, then, for every
 seed, generates a data root, runs tally and the oracle on it and compares every output
 table (with `history`: a sequence of closes with `--history`, each compared, then the
-no-op and refusal cases; see README.md, "Sequences of closes"). Prints each disagreement (seed, table, row, column, both values) and a one-line
-summary; exits 1 if there is any disagreement (tally or golden), else 0.
+no-op and refusal cases; see README.md, "Sequences of closes"). With `--shards N`, every
+tally run is also made as N shards + `tally merge` into a folder of its own, and the merged
+folder must hold the one-machine run's files byte for byte, with the same exit code (see
+README.md, "Sharded runs"). Prints each disagreement (seed, table, row, column, both values)
+and a one-line summary; exits 1 if there is any disagreement (tally or golden), else 0.
 """
 import argparse
 import os
@@ -37,13 +40,14 @@ def seeds(text):
     return [int(s) for s in text.split(",")]
 
 
-def report(label, diffs, other="tally"):
+def report(label, diffs, other="tally", want_name="oracle"):
     for table, row, column, want, got in diffs[:SHOWN_PER_RUN]:
         if table == "error":
             print(f"  {label}: error: {column}: {want}")
             continue
         where = f"{table}" + ("" if row is None else f" row {row}") + f" {column}"
-        print(f"  {label}: {where}: oracle {compare.show(want)} | {other} {compare.show(got)}")
+        print(f"  {label}: {where}: {want_name} {compare.show(want)} | {other} "
+              f"{compare.show(got)}")
     if len(diffs) > SHOWN_PER_RUN:
         print(f"  {label}: ... and {len(diffs) - SHOWN_PER_RUN} more")
 
@@ -75,15 +79,91 @@ def generate(seed, work):
     return as_ofs
 
 
-def run_one(tally, extra, seed, command, work, as_of, settle):
-    """Run tally and the oracle on seed's root for one command; -> disagreements."""
+def run_tally(cmd):
+    return subprocess.run(cmd, capture_output=True, text=True,
+                          env=dict(os.environ, TALLY_LOG="error"))
+
+
+# ------------------------------------------------------------------------------ shards
+
+SHARDED = " sharded"   # the suffix of a sharded run's label: `seed 7 close-2 sharded: ...`
+
+
+def tally_sharded(tally, extra, command, flags, out, n):
+    """`tally COMMAND FLAGS --out OUT --shard I/N EXTRA` for every I in 0..N (each writes
+    OUT.shards/shard=I/), then, if every shard exited 0, `tally merge --out OUT` (README:
+    Commands, "Many machines"). -> (exit code, command lines, stderr, whether the merge
+    ran): the code is the first shard's non-zero exit, else the merge's. Every shard runs
+    even after one fails (so that a refusal is checked to write nothing from any of them);
+    the merge does not (a driver would not start it, and it would only report the missing
+    shard)."""
+    cmds, first = [], None
+    for i in range(n):
+        cmd = [tally, command, *flags, "--out", out, "--shard", f"{i}/{n}", *extra]
+        p = run_tally(cmd)
+        cmds.append(cmd)
+        if p.returncode and first is None:
+            first = (p.returncode, cmds, p.stderr, False)
+    if first:
+        return first
+    cmd = [tally, "merge", "--out", out, "--log-format", "json"]
+    p = run_tally(cmd)
+    return p.returncode, cmds + [cmd], p.stderr, True
+
+
+def check_sharded(tally, extra, n, command, flags, out, one_out, one_code, unchanged=False):
+    """The run of `flags` made as n shards + merge into `out` against the same run made on
+    one machine into `one_out` (exit `one_code`): the same exit code; when both published
+    (exit 0 and not a no-op), every file of `out` byte-identical to `one_out`'s. With
+    `unchanged` (a no-op or a refusal over an existing close), `out` must not be rewritten;
+    a refused run (exit other than 0) over an `out` that did not exist must not write `out`,
+    nor `out.shards` when a shard refused (a merge's refusal comes after the shards wrote).
+    -> disagreements (one-machine value, then the sharded one)."""
+    before = compare.tree(out) if unchanged else None
+    existed = {p: os.path.exists(p) for p in (out, out + ".shards")}
+    code, cmds, err, merged = tally_sharded(tally, extra, command, flags, out, n)
+    if merged:
+        existed.pop(out + ".shards")
+    shown = " && ".join(" ".join(c) for c in cmds)
+    diffs = []
+    if code != one_code:
+        diffs.append(("exit", None, shown, one_code, f"{code}: {err.strip()[-300:]}"))
+    if unchanged:
+        if compare.tree(out) != before:
+            diffs.append(("exit", None, f"{out} rewritten", "unchanged", "rewritten"))
+    elif code == 0 and one_code == 0:
+        diffs += compare.compare_trees(one_out, out)
+    if code != 0:
+        diffs += [("exit", None, f"{p} written by a refused run", "absent", "present")
+                  for p, was in existed.items() if not was and os.path.exists(p)]
+    return diffs
+
+
+def run_one(tally, extra, seed, command, work, as_of, settle, shards=0):
+    """Run tally and the oracle on seed's root for one command; -> disagreements, or with
+    `shards`, {command: disagreements, command sharded: disagreements}."""
     root = os.path.join(work, f"seed-{seed}", "data")
     out = os.path.join(work, f"seed-{seed}", command)
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [tally, command, "--data", root, "--as-of", as_of, "--settle", settle, "--out", out,
-           "--log-format", "json", *extra]
-    p = subprocess.run(cmd, capture_output=True, text=True,
-                       env=dict(os.environ, TALLY_LOG="error"))
+    flags = ["--data", root, "--as-of", as_of, "--settle", settle, "--log-format", "json"]
+    cmd = [tally, command, *flags[:6], "--out", out, *flags[6:], *extra]
+    p = run_tally(cmd)
+    if shards:
+        sout = os.path.join(work, f"seed-{seed}", "sharded", command)
+        shutil.rmtree(sout, ignore_errors=True)
+        shutil.rmtree(sout + ".shards", ignore_errors=True)
+        os.makedirs(os.path.dirname(sout), exist_ok=True)
+        sharded = check_sharded(tally, extra, shards, command, flags, sout, out, p.returncode)
+        try:
+            one = one_oracle(p, cmd, root, out, command, as_of, settle)
+        except Exception as e:
+            one = [("error", None, type(e).__name__, str(e)[-400:], None)]
+        return {command: one, command + SHARDED: sharded}
+    return one_oracle(p, cmd, root, out, command, as_of, settle)
+
+
+def one_oracle(p, cmd, root, out, command, as_of, settle):
+    """A one-machine run `p` (command line `cmd`) against the oracle; -> disagreements."""
     if p.returncode != 0:
         return [("tally", None, f"exit {p.returncode}: {' '.join(cmd)}", 0,
                  p.stderr.strip()[-400:])]
@@ -93,8 +173,9 @@ def run_one(tally, extra, seed, command, work, as_of, settle):
     return compare.compare_run(root, out, command, shown, result)
 
 
-def run_seed(tally, extra, seed, commands, work):
-    """-> {command: disagreements}; a generator, oracle or reader failure counts as one."""
+def run_seed(tally, extra, seed, commands, work, shards=0):
+    """-> {command: disagreements} (and {command sharded: ...} with `shards`); a generator,
+    oracle or reader failure counts as one."""
     def error(e):
         return [("error", None, type(e).__name__, str(e)[-400:], None)]
     try:
@@ -104,7 +185,8 @@ def run_seed(tally, extra, seed, commands, work):
     found = {}
     for c in commands:
         try:
-            found[c] = run_one(tally, extra, seed, c, work, *as_ofs[c])
+            got = run_one(tally, extra, seed, c, work, *as_ofs[c], shards=shards)
+            found.update(got if shards else {c: got})
         except Exception as e:
             found[c] = error(e)
     return found
@@ -115,41 +197,46 @@ def run_seed(tally, extra, seed, commands, work):
 def tally_close(tally, extra, root, as_of, settle, out, history=None):
     cmd = [tally, "close", "--data", root, "--as-of", as_of, "--settle", settle, "--out", out,
            "--log-format", "json", *(["--history", history] if history else []), *extra]
-    p = subprocess.run(cmd, capture_output=True, text=True,
-                       env=dict(os.environ, TALLY_LOG="error"))
-    return p, cmd
+    return run_tally(cmd), cmd
 
 
 def check_close(tally, extra, root, as_of, settle, out, history=None):
-    """One close run by tally and by the oracle (with `--history` when given); -> diffs."""
+    """One close run by tally and by the oracle (with `--history` when given);
+    -> (diffs, tally's exit code)."""
     p, cmd = tally_close(tally, extra, root, as_of, settle, out, history)
     if p.returncode != 0:
         return [("tally", None, f"exit {p.returncode}: {' '.join(cmd)}", 0,
-                 p.stderr.strip()[-400:])]
+                 p.stderr.strip()[-400:])], p.returncode
     result = oracle.run(root, "close", oracle.parse_instant(as_of), oracle.parse_settle(settle),
                         history=history, own_out=out)
     shown = compare.csv_cell(oracle.parse_instant(as_of), "ts")
-    return compare.compare_run(root, out, "close", shown, result, history)
+    return compare.compare_run(root, out, "close", shown, result, history), 0
 
 
 def expect_exit(tally, extra, root, as_of, settle, out, history, code, unchanged=None):
-    """A no-op or refused close: exit `code`, and `unchanged` (a folder) not rewritten."""
-    before = unchanged and compare.sha256(os.path.join(unchanged, "manifest.json"))
+    """A no-op or refused close: exit `code`, and `unchanged` (a folder) not rewritten (no
+    file of it added, removed or changed); -> (diffs, tally's exit code)."""
+    before = unchanged and compare.tree(unchanged)
     existed = os.path.exists(out)
     p, cmd = tally_close(tally, extra, root, as_of, settle, out, history)
     diffs = []
     if p.returncode != code:
         diffs.append(("exit", None, " ".join(cmd), code,
                       f"{p.returncode}: {p.stderr.strip()[-300:]}"))
-    if unchanged and compare.sha256(os.path.join(unchanged, "manifest.json")) != before:
+    if unchanged and compare.tree(unchanged) != before:
         diffs.append(("exit", None, f"{unchanged} rewritten", "unchanged", "rewritten"))
     if code != 0 and not existed and os.path.exists(out):
         diffs.append(("exit", None, f"{out} written by a refused run", "absent", "present"))
-    return diffs
+    return diffs, p.returncode
 
 
-def run_history_seed(tally, extra, seed, work):
-    """A sequence of closes over one root (gen.gen_history); -> {label: disagreements}."""
+def run_history_seed(tally, extra, seed, work, shards=0):
+    """A sequence of closes over one root (gen.gen_history); -> {label: disagreements}.
+
+    With `shards`, the same sequence is also made with every tally run as that many shards
+    + merge, in a history folder of its own (`shist`, holding merged closes and their
+    `.shards` folders), each step right after the one-machine step over the same root, and
+    compared with it (`{label} sharded`: exit code, and every file when both published)."""
     base = os.path.join(work, f"seed-{seed}")
     shutil.rmtree(base, ignore_errors=True)
     try:
@@ -157,16 +244,34 @@ def run_history_seed(tally, extra, seed, work):
     except Exception as e:
         return {"history gen": [("error", None, type(e).__name__, str(e)[-400:], None)]}
     root, hist, settle = os.path.join(base, "data"), os.path.join(base, "hist"), plan["settle"]
+    shist = os.path.join(base, "shist")
     with open(os.path.join(base, "as_of.toml"), "w") as f:
         f.write(f'settle = "{settle}"\ncloses = {plan["closes"]}\n'.replace("'", '"'))
     found = {}
 
     def check(label, fn, *args, **kw):
+        """found[label] = fn's disagreements; -> tally's exit code (None: fn failed)."""
         try:
-            found[label] = fn(tally, extra, *args, **kw)
+            found[label], code = fn(tally, extra, *args, **kw)
+            return code
         except Exception as e:
             found[label] = [("error", None, type(e).__name__, str(e)[-400:], None)]
-    runs = []   # (out, as_of, history) of every close made, for the refusals
+            return None
+
+    def sharded(label, code, command, as_of, out, history, one_out, unchanged=False):
+        """The step `label` (exit `code` on one machine, output `one_out`) again as shards
+        + merge into `out`, with `--history shist` when the one-machine step had one."""
+        if not shards or code is None:
+            return
+        flags = ["--data", root, "--as-of", as_of, "--settle", settle, "--log-format", "json",
+                 *(["--history", shist] if history else [])]
+        try:
+            found[label + SHARDED] = check_sharded(tally, extra, shards, command, flags, out,
+                                                   one_out, code, unchanged)
+        except Exception as e:
+            found[label + SHARDED] = [("error", None, type(e).__name__, str(e)[-400:], None)]
+
+    runs = []   # (out name, as_of, history) of every close made, for the refusals
     for k, as_of in enumerate(plan["closes"]):
         stage = os.path.join(base, f"stage-{k}")
         if os.path.isdir(stage):   # the rows that arrived since the last close
@@ -174,37 +279,58 @@ def run_history_seed(tally, extra, seed, work):
         history = hist if k or plan["first_history"] else None
         n = k + 1
         if k in plan["backups"]:    # a copy at this very as-of: the close skips it
-            check(f"close-{n} backup", check_close, root, as_of, settle,
-                  os.path.join(hist, f"backup-{n}"), hist)
+            name = f"backup-{n}"
+            code = check(f"close-{n} backup", check_close, root, as_of, settle,
+                         os.path.join(hist, name), hist)
+            sharded(f"close-{n} backup", code, "close", as_of, os.path.join(shist, name), hist,
+                    os.path.join(hist, name))
         if k in plan["futures"]:    # a `_`/`.` folder holding a later close: never read
             later = oracle.from_us(oracle.parse_instant(as_of) + 60 * 86400 * 10**6)
-            check(f"close-{n} _future", check_close, root, later.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                  settle, os.path.join(hist, f"{plan['futures'][k]}future-{n}"))
+            later = later.strftime("%Y-%m-%dT%H:%M:%SZ")
+            name = f"{plan['futures'][k]}future-{n}"
+            code = check(f"close-{n} _future", check_close, root, later, settle,
+                         os.path.join(hist, name))
+            sharded(f"close-{n} _future", code, "close", later, os.path.join(shist, name), None,
+                    os.path.join(hist, name))
         if k in plan["recons"]:     # a reconcile's folder: not a close, not read
-            p = subprocess.run([tally, "reconcile", "--data", root, "--as-of", as_of,
-                                "--settle", settle, "--out", os.path.join(hist, f"recon-{n}"),
-                                "--log-format", "json", *extra], capture_output=True,
-                               text=True, env=dict(os.environ, TALLY_LOG="error"))
-            if p.returncode:
-                found[f"recon-{n}"] = [("tally", None, f"reconcile exit {p.returncode}", 0,
-                                        p.stderr.strip()[-300:])]
+            name = f"recon-{n}"
+            p = run_tally([tally, "reconcile", "--data", root, "--as-of", as_of,
+                           "--settle", settle, "--out", os.path.join(hist, name),
+                           "--log-format", "json", *extra])
+            found[f"recon-{n}"] = [("tally", None, f"reconcile exit {p.returncode}", 0,
+                                    p.stderr.strip()[-300:])] if p.returncode else []
+            sharded(f"recon-{n}", p.returncode, "reconcile", as_of, os.path.join(shist, name),
+                    None, os.path.join(hist, name))
         # README: Late events — --out directly inside DIR "after folding . and ..".
-        out = os.path.join(hist, plan["out_forms"][k] + f"close-{n}")
-        check(f"close-{n}", check_close, root, as_of, settle, out, history)
-        runs.append((out, as_of, history))
+        name = plan["out_forms"][k] + f"close-{n}"
+        code = check(f"close-{n}", check_close, root, as_of, settle, os.path.join(hist, name),
+                     history)
+        sharded(f"close-{n}", code, "close", as_of, os.path.join(shist, name), history,
+                os.path.join(hist, name))
+        runs.append((name, as_of, history))
     if plan["refusals"]:
-        last_out, last_as_of, last_hist = runs[-1]
+        last_name, last_as_of, last_hist = runs[-1]
+        last_out = os.path.join(hist, last_name)
         # the same close again: "already closed with the same inputs", exit 0, nothing written
-        check("no-op", expect_exit, root, last_as_of, settle, last_out, last_hist, 0,
-              unchanged=last_out)
+        code = check("no-op", expect_exit, root, last_as_of, settle, last_out, last_hist, 0,
+                     unchanged=last_out)
+        sharded("no-op", code, "close", last_as_of, os.path.join(shist, last_name), last_hist,
+                last_out, unchanged=True)
         if len(runs) > 1:   # the first close again, its inputs (data, history) changed: exit 3
-            check("re-close-1", expect_exit, root, runs[0][1], settle, runs[0][0], runs[0][2], 3,
-                  unchanged=runs[0][0])
+            first = os.path.join(hist, runs[0][0])
+            code = check("re-close-1", expect_exit, root, runs[0][1], settle, first, runs[0][2],
+                         3, unchanged=first)
+            sharded("re-close-1", code, "close", runs[0][1], os.path.join(shist, runs[0][0]),
+                    runs[0][2], first, unchanged=True)
         # --out not directly inside the history folder: exit 2
-        check("out-nested", expect_exit, root, last_as_of, settle,
-              os.path.join(hist, "sub", "close-x"), hist, 2)
-        check("out-outside", expect_exit, root, last_as_of, settle,
-              os.path.join(base, "close-x"), hist, 2)
+        code = check("out-nested", expect_exit, root, last_as_of, settle,
+                     os.path.join(hist, "sub", "close-x"), hist, 2)
+        sharded("out-nested", code, "close", last_as_of, os.path.join(shist, "sub", "close-x"),
+                hist, None)
+        code = check("out-outside", expect_exit, root, last_as_of, settle,
+                     os.path.join(base, "close-x"), hist, 2)
+        sharded("out-outside", code, "close", last_as_of, os.path.join(base, "sclose-x"), hist,
+                None)
     return found
 
 
@@ -219,8 +345,14 @@ def main():
     ap.add_argument("--tally-args", default="",
                     help="more flags for every tally run, e.g. \"--memory-budget 1KiB\" "
                          "(a split run, each account its own group) or \"--groups 3\"")
+    ap.add_argument("--shards", type=int, default=0, metavar="N",
+                    help="also make every tally run as N shards (--shard I/N) + `tally merge` "
+                         "into a folder of its own; the merged folder must be byte-identical "
+                         "to the one-machine run's, with the same exit code (N >= 2)")
     ap.add_argument("--keep", help="keep every data root and output under this folder")
     a = ap.parse_args()
+    if a.shards and a.shards < 2:
+        ap.error(f"--shards {a.shards}: at least 2 (without the flag: no sharded runs)")
     if not (os.path.isfile(a.tally) and os.access(a.tally, os.X_OK)):
         ap.error(f"--tally {a.tally}: not an executable file (build it: cargo build --release)")
     try:
@@ -235,17 +367,18 @@ def main():
     golden = golden_self_check()
     work = a.keep or tempfile.mkdtemp(prefix="tally-oracle-")
     os.makedirs(work, exist_ok=True)
-    runs = bad_runs = disagreements = 0
+    runs = bad_runs = disagreements = sharded_runs = 0
     for seed in chosen:
         seed_bad = False
         if a.command == "history":
             found = run_history_seed(os.path.abspath(a.tally), shlex.split(a.tally_args), seed,
-                                     work)
+                                     work, a.shards)
         else:
             found = run_seed(os.path.abspath(a.tally), shlex.split(a.tally_args), seed,
-                             commands, work)
+                             commands, work, a.shards)
         for command, diffs in found.items():
             runs += 1
+            sharded_runs += command.endswith(SHARDED)
             if diffs:
                 seed_bad = True
                 bad_runs += 1
@@ -253,15 +386,26 @@ def main():
                 print(f"seed {seed} {command}: {len(diffs)} disagreement(s)"
                       f" (data root: {os.path.join(work, f'seed-{seed}', 'data')})")
                 if a.command == "history":
-                    print(f"  (history: {os.path.join(work, f'seed-{seed}', 'hist')}; the root"
-                          f" holds the last close's rows: stage-K/ are the rows added before"
-                          f" close K+1)")
-                report(f"seed {seed} {command}", diffs)
+                    print(f"  (history: {os.path.join(work, f'seed-{seed}', 'hist')}"
+                          + (f", sharded: {os.path.join(work, f'seed-{seed}', 'shist')}"
+                             if a.shards else "")
+                          + "; the root holds the last close's rows: stage-K/ are the rows"
+                            " added before close K+1)")
+                elif command.endswith(SHARDED):
+                    print(f"  (one machine: {os.path.join(work, f'seed-{seed}', command.split()[0])}"
+                          f", merged: {os.path.join(work, f'seed-{seed}', 'sharded', command.split()[0])})")
+                if command.endswith(SHARDED):
+                    report(f"seed {seed} {command}", diffs, other=f"{a.shards} shards",
+                           want_name="one machine")
+                else:
+                    report(f"seed {seed} {command}", diffs)
         if not a.keep and not seed_bad:
             shutil.rmtree(os.path.join(work, f"seed-{seed}"), ignore_errors=True)
     if not a.keep and not bad_runs:
         shutil.rmtree(work, ignore_errors=True)
     what = "history sequences" if a.command == "history" else "+".join(commands)
+    if a.shards:
+        what += f"; {sharded_runs} of the runs {a.shards} shards + merge against one machine"
     print(f"oracle: {runs} runs ({len(chosen)} seeds x {what}), "
           f"{disagreements} disagreement(s) in {bad_runs} run(s); golden self-check: "
           f"{golden} disagreement(s); {time.monotonic() - start:.0f}s")
