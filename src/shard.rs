@@ -89,11 +89,15 @@ pub fn run_shard(req: &JobRequest, shard: u32, shards: u32) -> Result<JobOutcome
     let folder = shard_folder(&req.out, shard);
     let prepared = prepare(req, &folder)?;
     let settings = req.settings(prepared.history.clone());
-    let (mut partial, fingerprint) = crate::beside_fingerprint(req, &prepared.history, || {
+    let compute = || {
         let inputs = pipeline::inputs(&settings.data)?;
         let layout = pipeline::layout(&settings, &inputs, shard, shards)?;
         pipeline::compute(&settings, &inputs, &layout, &req.progress)
-    })?;
+    };
+    let (mut partial, fingerprint) = match refuse_a_close_over_other_inputs(req, &prepared)? {
+        Some(inputs) => (compute()?, inputs),
+        None => crate::beside_fingerprint(req, &prepared.history, compute)?,
+    };
     let accounts = partial.results.len() as u64;
 
     let stage = req.progress.stage("write");
@@ -113,6 +117,24 @@ pub fn run_shard(req: &JobRequest, shard: u32, shards: u32) -> Result<JobOutcome
     write::publish(&staging, &folder)?;
     stage.done(accounts, accounts);
     Ok(JobOutcome::ShardWritten { folder, accounts })
+}
+
+/// A close shard whose `--out` already holds a close: the inputs fingerprinted first, and
+/// a close of other inputs refused (exit 3, without `--force`) before the shard computes,
+/// as a run on one machine is; the merge would refuse it too, but only after every shard
+/// had computed the whole close. A close of the same inputs is computed all the same: the
+/// merge then finds nothing to do, and needs the shard folders to find it. `None` (not
+/// fingerprinted) for a reconcile or an `--out` without a close.
+fn refuse_a_close_over_other_inputs(
+    req: &JobRequest,
+    prepared: &crate::Prepared,
+) -> Result<Option<Vec<FileEntry>>> {
+    if req.mode != crate::model::Mode::Close || !req.out.join("manifest.json").exists() {
+        return Ok(None);
+    }
+    let inputs = crate::fingerprint(req, &prepared.history, true)?;
+    crate::check_earlier_close(req, &inputs)?;
+    Ok(Some(inputs))
 }
 
 fn write_shard(

@@ -124,6 +124,60 @@ fn close_shards_merged_equal_the_single_close() {
     );
 }
 
+/// A close shard over a close of other inputs is refused before it computes (exit 3, the
+/// message of a run on one machine; its shard folder untouched), as it would be by the
+/// merge only after every shard had computed the whole close. With `--force` the shards
+/// compute, and the merge needs `--force` too. Over a close of the same inputs a shard
+/// computes as usual and the merge finds nothing to do.
+#[test]
+fn a_close_shard_over_a_close_of_other_inputs_is_refused_before_it_computes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = generate_root(tmp.path());
+    let out = tmp.path().join("close");
+    shard_and_merge("close", &data, CLOSE_AS_OF, &out, 2);
+    let closed = folder_bytes(&out);
+    let shards = folder_bytes(&root(&out));
+
+    // Same inputs: the shards compute (their folders rewritten with the same rows), the
+    // merge is the no-op of a close.
+    run_shards("close", &data, CLOSE_AS_OF, &out, 2, &[]);
+    let again = tally_ok(&["merge", "--out", out.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already closed"));
+    assert!(closed == folder_bytes(&out), "the close is untouched");
+
+    let book = data.join("pricebook.toml");
+    let edited = std::fs::read_to_string(&book).unwrap() + "\n# edited\n";
+    std::fs::write(&book, edited).unwrap();
+    for i in 0..2 {
+        let shard = run_command("close", &data, CLOSE_AS_OF, &out)
+            .args(["--shard", &format!("{i}/2")])
+            .output()
+            .unwrap();
+        assert_eq!(shard.status.code(), Some(3), "{}", stderr(&shard));
+        assert_eq!(
+            stderr(&shard),
+            format!(
+                "tally: refused: {} already holds a close with other inputs (pricebook.toml \
+                 changed); rerun with --force to replace it\n",
+                out.display()
+            )
+        );
+    }
+    assert!(closed == folder_bytes(&out), "the close is untouched");
+    assert!(
+        shards == folder_bytes(&root(&out)),
+        "the refused shards wrote nothing"
+    );
+
+    run_shards("close", &data, CLOSE_AS_OF, &out, 2, &["--force"]);
+    let merge = tally(&["merge", "--out", out.to_str().unwrap()]);
+    assert_eq!(merge.status.code(), Some(3), "{}", stderr(&merge));
+    tally_ok(&["merge", "--out", out.to_str().unwrap(), "--force"]);
+    let single = tmp.path().join("single");
+    run_ok("close", &data, CLOSE_AS_OF, &single, &[]);
+    assert_same(&single, &out, "a forced sharded close of the edited inputs");
+}
+
 #[test]
 fn bucket_groups_equal_the_single_run_byte_for_byte() {
     let tmp = tempfile::tempdir().unwrap();
