@@ -427,6 +427,16 @@ pub(crate) fn check_earlier_close(
     req: &JobRequest,
     inputs: &[FileEntry],
 ) -> Result<Option<JobOutcome>> {
+    check_earlier_close_advising(req, inputs, "rerun")
+}
+
+/// [`check_earlier_close`], its refusal's advice starting with `rerun` (what to run again
+/// with `--force`: a shard's says every shard and the merge).
+pub(crate) fn check_earlier_close_advising(
+    req: &JobRequest,
+    inputs: &[FileEntry],
+    rerun: &str,
+) -> Result<Option<JobOutcome>> {
     let manifest_path = req.out.join("manifest.json");
     if req.mode != Mode::Close || !manifest_path.exists() {
         return Ok(None);
@@ -453,11 +463,11 @@ pub(crate) fn check_earlier_close(
                 f.path.starts_with("history/") && !old.inputs.iter().any(|o| o.path == f.path)
             });
             let advice = match later_close {
-                true => {
+                true => format!(
                     "a later close exists and was built on this one: check this month with \
-                     `tally explain`, and rerun with --force only to redo the later closes too"
-                }
-                false => "rerun with --force to replace it",
+                     `tally explain`, and {rerun} with --force only to redo the later closes too"
+                ),
+                false => format!("{rerun} with --force to replace it"),
             };
             Err(TallyError::Refused(format!(
                 "{} already holds a close with other inputs ({changes}); {advice}",

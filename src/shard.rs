@@ -88,6 +88,8 @@ pub fn parse_shard(text: &str) -> std::result::Result<(u32, u32), String> {
 pub fn run_shard(req: &JobRequest, shard: u32, shards: u32) -> Result<JobOutcome> {
     let folder = shard_folder(&req.out, shard);
     let prepared = prepare(req, &folder)?;
+    // What the merge would refuse of `--out`, refused before the shard computes.
+    crate::check_replaceable(&req.out)?;
     let settings = req.settings(prepared.history.clone());
     let compute = || {
         let inputs = pipeline::inputs(&settings.data)?;
@@ -122,9 +124,10 @@ pub fn run_shard(req: &JobRequest, shard: u32, shards: u32) -> Result<JobOutcome
 /// A close shard whose `--out` already holds a close: the inputs fingerprinted first, and
 /// a close of other inputs refused (exit 3, without `--force`) before the shard computes,
 /// as a run on one machine is; the merge would refuse it too, but only after every shard
-/// had computed the whole close. A close of the same inputs is computed all the same: the
-/// merge then finds nothing to do, and needs the shard folders to find it. `None` (not
-/// fingerprinted) for a reconcile or an `--out` without a close.
+/// had computed the whole close. So replacing a sharded close takes `--force` on every
+/// shard and on the merge, as the refusal says. A close of the same inputs is computed
+/// all the same: the merge then finds nothing to do, and needs the shard folders to find
+/// it. `None` (not fingerprinted) for a reconcile or an `--out` without a close.
 fn refuse_a_close_over_other_inputs(
     req: &JobRequest,
     prepared: &crate::Prepared,
@@ -133,7 +136,7 @@ fn refuse_a_close_over_other_inputs(
         return Ok(None);
     }
     let inputs = crate::fingerprint(req, &prepared.history, true)?;
-    crate::check_earlier_close(req, &inputs)?;
+    crate::check_earlier_close_advising(req, &inputs, "rerun every shard and then the merge")?;
     Ok(Some(inputs))
 }
 

@@ -125,10 +125,11 @@ fn close_shards_merged_equal_the_single_close() {
 }
 
 /// A close shard over a close of other inputs is refused before it computes (exit 3, the
-/// message of a run on one machine; its shard folder untouched), as it would be by the
-/// merge only after every shard had computed the whole close. With `--force` the shards
-/// compute, and the merge needs `--force` too. Over a close of the same inputs a shard
-/// computes as usual and the merge finds nothing to do.
+/// one-machine message with the shards' advice; its shard folder untouched), as it would
+/// be by the merge only after every shard had computed the whole close. With `--force` the
+/// shards compute, and the merge needs `--force` too. Over a close of the same inputs a
+/// shard computes as usual and the merge finds nothing to do. A shard whose `--out` is not
+/// a tally output is refused as the merge and a run on one machine are.
 #[test]
 fn a_close_shard_over_a_close_of_other_inputs_is_refused_before_it_computes() {
     let tmp = tempfile::tempdir().unwrap();
@@ -158,7 +159,7 @@ fn a_close_shard_over_a_close_of_other_inputs_is_refused_before_it_computes() {
             stderr(&shard),
             format!(
                 "tally: refused: {} already holds a close with other inputs (pricebook.toml \
-                 changed); rerun with --force to replace it\n",
+                 changed); rerun every shard and then the merge with --force to replace it\n",
                 out.display()
             )
         );
@@ -168,6 +169,12 @@ fn a_close_shard_over_a_close_of_other_inputs_is_refused_before_it_computes() {
         shards == folder_bytes(&root(&out)),
         "the refused shards wrote nothing"
     );
+    // `--force` on the merge alone (enough before the shards refused early): the shards in
+    // place are the first close's, so the merge finds that close and replaces nothing.
+    let merge = tally(&["merge", "--out", out.to_str().unwrap(), "--force"]);
+    assert_eq!(merge.status.code(), Some(0), "{}", stderr(&merge));
+    assert!(String::from_utf8_lossy(&merge.stdout).contains("already closed"));
+    assert!(closed == folder_bytes(&out), "the close is untouched");
 
     run_shards("close", &data, CLOSE_AS_OF, &out, 2, &["--force"]);
     let merge = tally(&["merge", "--out", out.to_str().unwrap()]);
@@ -176,6 +183,32 @@ fn a_close_shard_over_a_close_of_other_inputs_is_refused_before_it_computes() {
     let single = tmp.path().join("single");
     run_ok("close", &data, CLOSE_AS_OF, &single, &[]);
     assert_same(&single, &out, "a forced sharded close of the edited inputs");
+
+    // An --out holding files of someone else's (a manifest.json among them).
+    let foreign = tmp.path().join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::write(foreign.join("manifest.json"), "{}").unwrap();
+    for command in ["close", "reconcile"] {
+        let as_of = if command == "close" {
+            CLOSE_AS_OF
+        } else {
+            AS_OF
+        };
+        let shard = run_command(command, &data, as_of, &foreign)
+            .args(["--shard", "0/2"])
+            .output()
+            .unwrap();
+        assert_eq!(shard.status.code(), Some(3), "{}", stderr(&shard));
+        assert_eq!(
+            stderr(&shard),
+            format!(
+                "tally: refused: {} holds files but no tally manifest.json; tally replaces only \
+                 its own output folders: choose a new or empty folder\n",
+                foreign.display()
+            )
+        );
+        assert!(!root(&foreign).join("shard=0").exists(), "{command}");
+    }
 }
 
 #[test]
