@@ -124,6 +124,16 @@ fn close_shards_merged_equal_the_single_close() {
     );
 }
 
+/// Run `command --shard shard` publishing `out`: refused with exit 3; its stderr.
+fn refused_shard(command: &str, data: &Path, as_of: &str, out: &Path, shard: &str) -> String {
+    let output = run_command(command, data, as_of, out)
+        .args(["--shard", shard])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    stderr(&output)
+}
+
 /// A close shard over a close of other inputs is refused before it computes (exit 3, the
 /// one-machine message with the shards' advice; its shard folder untouched), as it would
 /// be by the merge only after every shard had computed the whole close. With `--force` the
@@ -150,13 +160,8 @@ fn a_close_shard_over_a_close_of_other_inputs_is_refused_before_it_computes() {
     let edited = std::fs::read_to_string(&book).unwrap() + "\n# edited\n";
     std::fs::write(&book, edited).unwrap();
     for i in 0..2 {
-        let shard = run_command("close", &data, CLOSE_AS_OF, &out)
-            .args(["--shard", &format!("{i}/2")])
-            .output()
-            .unwrap();
-        assert_eq!(shard.status.code(), Some(3), "{}", stderr(&shard));
         assert_eq!(
-            stderr(&shard),
+            refused_shard("close", &data, CLOSE_AS_OF, &out, &format!("{i}/2")),
             format!(
                 "tally: refused: {} already holds a close with other inputs (pricebook.toml \
                  changed); rerun every shard and then the merge with --force to replace it\n",
@@ -194,13 +199,8 @@ fn a_close_shard_over_a_close_of_other_inputs_is_refused_before_it_computes() {
         } else {
             AS_OF
         };
-        let shard = run_command(command, &data, as_of, &foreign)
-            .args(["--shard", "0/2"])
-            .output()
-            .unwrap();
-        assert_eq!(shard.status.code(), Some(3), "{}", stderr(&shard));
         assert_eq!(
-            stderr(&shard),
+            refused_shard(command, &data, as_of, &foreign, "0/2"),
             format!(
                 "tally: refused: {} holds files but no tally manifest.json; tally replaces only \
                  its own output folders: choose a new or empty folder\n",
