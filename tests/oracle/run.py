@@ -2,12 +2,14 @@
 
     python tests/oracle/run.py --tally PATH [--seeds 0..300]
                                [--command reconcile|close|both|history]
-                               [--tally-args "--groups 3"] [--shards N] [--keep DIR]
+                               [--tally-args "--groups 3"] [--shards N] [--text-ids]
+                               [--keep DIR]
 
 First checks the oracle itself against the hand-worked golden fixtures, then, for every
 seed, generates a data root, runs tally and the oracle on it and compares every output
-table (with `history`: a sequence of closes with `--history`, each compared, then the
-no-op and refusal cases; see README.md, "Sequences of closes"). With `--shards N`, every
+table, its CSV copy, the manifest's listing of every output file and the conservation
+identities of summary.json (with `history`: a sequence of closes with `--history`, each
+compared, then the no-op and refusal cases; see README.md, "Sequences of closes"). With `--shards N`, every
 tally run is also made as N shards + `tally merge` into a folder of its own, and the merged
 folder must hold the one-machine run's files byte for byte, with the same exit code (see
 README.md, "Sharded runs"). Prints each disagreement (seed, table, row, column, both values)
@@ -32,6 +34,25 @@ GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "f
 SHOWN_PER_RUN = 20
 
 
+# --text-ids: ids and names that a spreadsheet would read as a formula or that need quoting
+# (README: CSV exports — the `'` prefix, RFC 4180 quoting), in place of gen.py's plain ones.
+TEXT_ACCOUNTS = ["acc-A", "=acc", "-5", "+1", "@a", "\tT", "a,b", 'q"x', "l\nm", "\rcr", "' x",
+                 "a\u00e9", "-1.5", "b"]
+TEXT_GRANT_IDS = ["g1", "-g", "=g", 'g,"1"', "ga", "@gB", "g10", "+g2", "Ga", "g", "g\u00e9",
+                  "\th"]
+TEXT_SKUS = [("=p", "-a", '@m,"x"'), ("+p", "a\nb", None), ("=p", "-a", None)]
+TEXT_RATE = ('\n[[rates]]\nproduct = "=p"\naction = "-a"\nmodel = "@m,\\"x\\""\nunit = "u"\n'
+             'credits_per_unit = "2"\neffective_from = 2026-01-01T00:00:00Z\n')
+
+
+def use_text_ids():
+    """gen.py with TEXT_ACCOUNTS, TEXT_GRANT_IDS, TEXT_SKUS (and a rate for the first, so
+    that it reaches invoice_lines); every other choice of the generator as before."""
+    gen.ACCOUNTS, gen.GRANT_IDS, gen.SKUS = TEXT_ACCOUNTS, TEXT_GRANT_IDS, gen.SKUS + TEXT_SKUS
+    plain = gen.pricebook
+    gen.pricebook = lambda R, currency: plain(R, currency) + TEXT_RATE
+
+
 def seeds(text):
     """`0..300` (end excluded), `7`, or `1,5,9`."""
     if ".." in text:
@@ -46,6 +67,10 @@ def report(label, diffs, other="tally", want_name="oracle"):
             print(f"  {label}: error: {column}: {want}")
             continue
         where = f"{table}" + ("" if row is None else f" row {row}") + f" {column}"
+        if table.endswith("(conservation)"):   # both sides are tally's (compare.check_conservation)
+            print(f"  {label}: {where}: right-hand side {compare.show(want)} | left-hand side "
+                  f"{compare.show(got)}")
+            continue
         print(f"  {label}: {where}: {want_name} {compare.show(want)} | {other} "
               f"{compare.show(got)}")
     if len(diffs) > SHOWN_PER_RUN:
@@ -350,7 +375,13 @@ def main():
                          "into a folder of its own; the merged folder must be byte-identical "
                          "to the one-machine run's, with the same exit code (N >= 2)")
     ap.add_argument("--keep", help="keep every data root and output under this folder")
+    ap.add_argument("--text-ids", action="store_true",
+                    help="accounts, grant ids, products, actions and models starting with = + - "
+                         "@ tab CR or holding , \" and line breaks (the CSV exports' prefix and "
+                         "quoting), instead of the generator's plain ones")
     a = ap.parse_args()
+    if a.text_ids:
+        use_text_ids()
     if a.shards and a.shards < 2:
         ap.error(f"--shards {a.shards}: at least 2 (without the flag: no sharded runs)")
     if not (os.path.isfile(a.tally) and os.access(a.tally, os.X_OK)):
@@ -406,6 +437,7 @@ def main():
     what = "history sequences" if a.command == "history" else "+".join(commands)
     if a.shards:
         what += f"; {sharded_runs} of the runs {a.shards} shards + merge against one machine"
+    what += "; --text-ids" if a.text_ids else ""
     print(f"oracle: {runs} runs ({len(chosen)} seeds x {what}), "
           f"{disagreements} disagreement(s) in {bad_runs} run(s); golden self-check: "
           f"{golden} disagreement(s); {time.monotonic() - start:.0f}s")
