@@ -102,10 +102,9 @@ impl ChunkReader for PositionalFile {
         }))
     }
 
-    /// Every range by positional reads into a zeroed buffer (safe code; a fresh buffer of
-    /// the allocator's is mostly already zero, and the 20M bench data reads level with
-    /// arrow-rs's unzeroed reads: benches/README.md, "Profiles and experiments (2026-12-05,
-    /// afternoon: small files read by position)").
+    /// Every range by positional reads into a zeroed buffer: safe code, and the 20M bench
+    /// data reads level with arrow-rs's reads into unzeroed buffers (benches/README.md,
+    /// "Profiles and experiments (2026-12-05, afternoon: small files read by position)").
     fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
         let mut buffer = vec![0u8; length];
         let read = fill_at(&mut buffer, start, |part, offset| {
