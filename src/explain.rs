@@ -777,6 +777,15 @@ fn entry_view(inputs: &pipeline::Inputs, d: &DebitRow) -> EntryView {
     }
 }
 
+/// The views of `rows` in the order the run writes them ([`DiscrepancyRow::sort_key`], as
+/// `discrepancies.parquet`), not the engine's order, so that an answer's rows can be read
+/// against the published file line by line.
+fn published_views<'a>(rows: impl Iterator<Item = &'a DiscrepancyRow>) -> Vec<DiscrepancyView> {
+    let mut rows: Vec<&DiscrepancyRow> = rows.collect();
+    rows.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+    rows.into_iter().map(discrepancy_view).collect()
+}
+
 fn discrepancy_view(d: &DiscrepancyRow) -> DiscrepancyView {
     DiscrepancyView {
         kind: d.kind.name(),
@@ -1048,13 +1057,10 @@ fn explain_event(
     x.recorded_credits = Some(event.verdict.recorded);
     x.verdict = Some(verdict_name(event));
     x.verdict_reason = Some(verdict_reason(req, event));
-    x.discrepancies = run
-        .result
-        .discrepancies
-        .iter()
-        .filter(|d| d.occurred_at.is_some() && d.event_id.as_deref() == Some(&winner.event_id))
-        .map(discrepancy_view)
-        .collect();
+    x.discrepancies =
+        published_views(run.result.discrepancies.iter().filter(|d| {
+            d.occurred_at.is_some() && d.event_id.as_deref() == Some(&winner.event_id)
+        }));
     Ok(x)
 }
 
@@ -1105,13 +1111,12 @@ fn explain_entry(
         };
         x.period = Some(period_view(&inputs.book, &p.allocation));
         x.verdict = Some(kind.map_or_else(|| "counted".into(), |k| k.name().to_string()));
-        x.discrepancies = run
-            .result
-            .discrepancies
-            .iter()
-            .filter(|d| d.occurred_at.is_none() && d.entry_ids == [kept.entry_id.clone()])
-            .map(discrepancy_view)
-            .collect();
+        x.discrepancies = published_views(
+            run.result
+                .discrepancies
+                .iter()
+                .filter(|d| d.occurred_at.is_none() && d.entry_ids == [kept.entry_id.clone()]),
+        );
         return Ok(x);
     }
     if let Some(r) = find_reject(Some(run), Dataset::Debits, kept.at) {
@@ -1261,12 +1266,7 @@ fn explain_account(inputs: &pipeline::Inputs, run: &AccountRun) -> Result<Accoun
         allocations,
         rejected_rows: Vec::new(),
         periods,
-        discrepancies: run
-            .result
-            .discrepancies
-            .iter()
-            .map(discrepancy_view)
-            .collect(),
+        discrepancies: published_views(run.result.discrepancies.iter()),
     })
 }
 

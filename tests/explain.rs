@@ -194,6 +194,31 @@ fn check_every_discrepancy(data: &Path, as_of: &str, out: &Path, mode: &[&str]) 
 }
 
 /// "12.345" → 12345.
+/// `x` (explain `--account` of `account`) shows the account's rows of `discrepancies`
+/// (the published table), in the table's order; their count.
+fn account_rows_in_published_order(
+    x: &Value,
+    discrepancies: &[BTreeMap<String, String>],
+    account: &str,
+) -> usize {
+    let published: Vec<_> = discrepancies
+        .iter()
+        .filter(|d| d["account_id"] == account)
+        .map(without_event_columns)
+        .collect();
+    let shown: Vec<_> = x["account"]["discrepancies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(as_row)
+        .collect();
+    assert_eq!(
+        shown, published,
+        "{account}: the rows, in the published order"
+    );
+    published.len()
+}
+
 fn milli(v: &Value) -> i64 {
     let s = v
         .as_str()
@@ -216,11 +241,16 @@ fn explain_agrees_with_every_discrepancy_row_of_a_generated_reconcile() {
     run_command_ok("reconcile", &demo(), AS_OF, &out);
     check_every_discrepancy(&demo(), AS_OF, &out, &[]);
 
-    // Every account's balance timeline ends where balances.parquet says.
+    // Every account's balance timeline ends where balances.parquet says, and its
+    // discrepancy rows are the file's rows of the account, in the file's order.
     let balances = table(&out.join("balances.parquet"));
+    let discrepancies = table(&out.join("discrepancies.parquet"));
     assert!(!balances.is_empty());
+    let mut accounts_with_rows = 0;
     for b in &balances {
         let x = explain_json(&demo(), AS_OF, &["--account", &b["account_id"]]);
+        let rows = account_rows_in_published_order(&x, &discrepancies, &b["account_id"]);
+        accounts_with_rows += usize::from(rows > 1);
         let periods = x["account"]["periods"].as_array().unwrap();
         assert_eq!(periods.len(), 1, "{}", b["account_id"]);
         let p = &periods[0];
@@ -250,6 +280,7 @@ fn explain_agrees_with_every_discrepancy_row_of_a_generated_reconcile() {
             assert_eq!(milli(&last["balance_after"]), left, "{}", b["account_id"]);
         }
     }
+    assert!(accounts_with_rows > 10, "accounts with rows to order");
 }
 
 #[test]
@@ -261,13 +292,17 @@ fn explain_agrees_with_every_discrepancy_row_and_invoice_of_a_generated_close() 
 
     let invoices = table(&out.join("invoices.parquet"));
     let lines = table(&out.join("invoice_lines.parquet"));
+    let discrepancies = table(&out.join("discrepancies.parquet"));
     assert!(!invoices.is_empty());
+    let mut accounts_with_rows = 0;
     for inv in &invoices {
         let x = explain_json(
             &demo(),
             CLOSE_AS_OF,
             &["--close", "--account", &inv["account_id"]],
         );
+        let rows = account_rows_in_published_order(&x, &discrepancies, &inv["account_id"]);
+        accounts_with_rows += usize::from(rows > 1);
         let periods = x["account"]["periods"].as_array().unwrap();
         let p = periods
             .iter()
@@ -312,6 +347,26 @@ fn explain_agrees_with_every_discrepancy_row_and_invoice_of_a_generated_close() 
             .collect();
         assert_eq!(shown, wanted, "{}", inv["invoice_id"]);
     }
+    assert!(accounts_with_rows > 10, "accounts with rows to order");
+}
+
+/// An account's rows as `discrepancies.parquet` orders them (the contract's order: events
+/// first, then entries without one, by kind), not as the engine made them (period by
+/// period, entry by entry): `fixtures/explain-order/NOTES.md`.
+#[test]
+fn explain_of_an_account_lists_its_rows_in_the_published_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = repo().join("fixtures/explain-order");
+    let out = tmp.path().join("out");
+    run_command_ok("close", &data, CLOSE_AS_OF, &out);
+    let discrepancies = table(&out.join("discrepancies.parquet"));
+    let kinds: Vec<&str> = discrepancies.iter().map(|d| d["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["amount_mismatch", "orphan_debit", "manual_adjustment"]
+    );
+    let x = explain_json(&data, CLOSE_AS_OF, &["--close", "--account", "A"]);
+    assert_eq!(account_rows_in_published_order(&x, &discrepancies, "A"), 3);
 }
 
 #[test]
