@@ -504,14 +504,23 @@ def check_event_body(run, ev, ck, account_doc=None):
                   (ev["expected_credits"], ev["overage_credits"]))
 
 
-def check_event(run, eid, ck):
-    code, doc, err = run.explain("event", eid)
+def explained(run, kind, the_id, dataset, rows_key, ck):
+    """`explain --{kind} the_id`: its JSON document after the checks every target shares
+    (exit 0, credits as texts, the target, its input rows), or None after a bad exit."""
+    code, doc, err = run.explain(kind, the_id)
     if code != 0 or not isinstance(doc, dict):
         ck.bad("exit", 0, f"{code}: {err.strip()[:300]}")
+        return None
+    credits_texts(doc, kind, ck)
+    ck.eq("target", [kind, the_id], [doc["target"]["kind"], doc["target"]["id"]])
+    check_rows(run, dataset, run.ids[dataset][the_id], doc[rows_key], ck, dataset)
+    return doc
+
+
+def check_event(run, eid, ck):
+    doc = explained(run, "event", eid, "usage", "usage_rows", ck)
+    if doc is None:
         return
-    credits_texts(doc, "event", ck)
-    ck.eq("target", ["event", eid], [doc["target"]["kind"], doc["target"]["id"]])
-    check_rows(run, "usage", run.ids["usage"][eid], doc["usage_rows"], ck, "usage")
     ev = doc["event"]
     if ev is None:
         # every row rejected at validation: no event, and no discrepancy row for it
@@ -527,13 +536,9 @@ def check_event(run, eid, ck):
 # ------------------------------------------------------------------------------ entries
 
 def check_entry(run, entry_id, ck):
-    code, doc, err = run.explain("entry", entry_id)
-    if code != 0 or not isinstance(doc, dict):
-        ck.bad("exit", 0, f"{code}: {err.strip()[:300]}")
+    doc = explained(run, "entry", entry_id, "debits", "entry_rows", ck)
+    if doc is None:
         return
-    credits_texts(doc, "entry", ck)
-    ck.eq("target", ["entry", entry_id], [doc["target"]["kind"], doc["target"]["id"]])
-    check_rows(run, "debits", run.ids["debits"][entry_id], doc["entry_rows"], ck, "debits")
     en, ev = doc["entry"], doc["event"]
     want = run.by_entry.get(entry_id, [])
     if en is None:
