@@ -196,13 +196,14 @@ pub fn run(settings: RunSettings, progress: &Progress) -> Result<RunOutput> {
 /// the load reports them). Files in parallel: a month of small files is many footers.
 fn footer_rows(inputs: &Inputs, datasets: &[Dataset]) -> u64 {
     use rayon::prelude::*;
-    let files: Vec<&InputFile> = datasets
+    datasets
         .iter()
-        .flat_map(|d| &inputs.files[*d as usize])
-        .collect();
-    files
-        .par_iter()
-        .map(|f| load::footer_rows(&f.abs_path).unwrap_or(0))
+        .map(|d| {
+            inputs.files[*d as usize]
+                .par_iter()
+                .map(|f| load::footer_rows(&f.abs_path).unwrap_or(0))
+                .sum::<u64>()
+        })
         .sum()
 }
 

@@ -204,7 +204,7 @@ pub fn seen_in_closed_periods(
                 u.occurred_at,
             )
         })
-        .filter_map(|u| std::str::from_utf8(usage_ids.bytes(u.id)).ok())
+        .filter_map(|u| usage_ids.str(u.id).ok())
         .filter(|event_id| billed.contains(*event_id))
         .map(str::to_string)
         .collect()
@@ -511,7 +511,7 @@ impl<'a> Group<'a> {
             account_id,
             usage.occurred_at,
         )?;
-        let event_id = std::str::from_utf8(self.usage_ids.bytes(usage.id)).ok()?;
+        let event_id = self.usage_ids.str(usage.id).ok()?;
         if window.billed.contains(event_id) {
             return None;
         }
@@ -544,7 +544,9 @@ impl<'a> Group<'a> {
     fn seen_by_an_earlier_close(&self, usage: &Usage) -> bool {
         let seen = self.window.seen;
         !seen.is_empty()
-            && std::str::from_utf8(self.usage_ids.bytes(usage.id))
+            && self
+                .usage_ids
+                .str(usage.id)
                 .is_ok_and(|event_id| seen.contains(event_id))
     }
 

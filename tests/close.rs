@@ -538,20 +538,11 @@ fn history_close(
     name: &str,
     extra: &[&str],
 ) -> std::process::Output {
-    let out = closes.join(name);
-    let mut args = vec![
-        "close",
-        "--data",
-        root.to_str().unwrap(),
-        "--as-of",
-        as_of,
-        "--out",
-        out.to_str().unwrap(),
-        "--history",
-        closes.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    tally(&args)
+    run_command("close", root, as_of, &closes.join(name))
+        .args(["--history", closes.to_str().unwrap()])
+        .args(extra)
+        .output()
+        .expect("tally runs")
 }
 
 /// [`history_close`], which must succeed; its output folder returned.
@@ -570,23 +561,17 @@ fn explain_event_of_close(
     as_of: &str,
     event_id: &str,
 ) -> serde_json::Value {
-    let explained = tally_ok(&[
-        "explain",
+    let (closes, out) = (closes.to_str().unwrap(), out.to_str().unwrap());
+    let args = [
         "--close",
-        "--data",
-        root.to_str().unwrap(),
-        "--as-of",
-        as_of,
         "--history",
-        closes.to_str().unwrap(),
+        closes,
         "--out",
-        out.to_str().unwrap(),
+        out,
         "--event",
         event_id,
-        "--json",
-    ]);
-    let x: serde_json::Value = serde_json::from_slice(&explained.stdout).unwrap();
-    x["event"].clone()
+    ];
+    explain_json(root, as_of, &args)["event"].clone()
 }
 
 /// A usage event that arrives after its period was closed: the next close (with

@@ -15,21 +15,6 @@ fn demo() -> std::path::PathBuf {
     repo().join("fixtures/demo")
 }
 
-/// `tally explain ... --json`, parsed.
-fn explain_json(data: &Path, as_of: &str, extra: &[&str]) -> Value {
-    let mut args = vec![
-        "explain",
-        "--data",
-        data.to_str().unwrap(),
-        "--as-of",
-        as_of,
-    ];
-    args.extend_from_slice(extra);
-    args.push("--json");
-    let out = tally_ok(&args);
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
 /// The rows of an output table in their golden CSV form, as column → value maps.
 fn table(path: &Path) -> Vec<BTreeMap<String, String>> {
     let text = render(path, &[]);

@@ -33,6 +33,21 @@ pub fn run_command(command: &str, data: &Path, as_of: &str, out: &Path) -> Comma
     ])
 }
 
+/// `tally explain --data data --as-of as_of extra... --json`, which must succeed, parsed.
+pub fn explain_json(data: &Path, as_of: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "explain",
+        "--data",
+        data.to_str().unwrap(),
+        "--as-of",
+        as_of,
+    ];
+    args.extend_from_slice(extra);
+    args.push("--json");
+    let out = tally_ok(&args);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
 /// Run the real binary.
 pub fn tally(args: &[&str]) -> Output {
     tally_command(args).output().expect("tally runs")
