@@ -646,8 +646,9 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     let mut file = File::open(path).map_err(io_err(path))?;
     let mut hasher = Sha256::new();
     // A buffer about the file's size: a fresh 1 MiB buffer is zeroed for each file, which
-    // for a month of small input files (160,000 of 4 KiB) was most of the fingerprint's
-    // time. At least 8 KiB: a file whose size reads 0 may still hold bytes (a pipe, a
+    // for a month of small input files (160,000 of 4 KiB) was about a third of the
+    // fingerprint's samples (benches/README.md, "Profiles and experiments (2026-12-05,
+    // afternoon: small files read by position)"). At least 8 KiB: a file whose size reads 0 may still hold bytes (a pipe, a
     // file system that does not know sizes), read 8 KiB a call rather than 1 byte.
     let len = file.metadata().map_err(io_err(path))?.len();
     let mut buf = vec![0u8; len.clamp(8 << 10, 1 << 20) as usize];

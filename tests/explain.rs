@@ -335,9 +335,11 @@ fn explain_agrees_with_every_discrepancy_row_and_invoice_of_a_generated_close() 
     assert!(accounts_with_rows > 10, "accounts with rows to order");
 }
 
-/// An account's rows as `discrepancies.parquet` orders them (the contract's order: events
-/// first, then entries without one, by kind), not as the engine made them (period by
-/// period, entry by entry): `fixtures/explain-order/NOTES.md`.
+/// An account's rows as `discrepancies.parquet` orders them, not as the engine made them
+/// (period by period, entry by entry): `fixtures/explain-order/NOTES.md`. The contract
+/// (section 7, "Row order"): "discrepancies by (account_id, occurred_at nulls last,
+/// event_id, kind in the order of the table in section 5, entry_ids)", so the event's row
+/// first, then `orphan_debit` before `manual_adjustment`.
 #[test]
 fn explain_of_an_account_lists_its_rows_in_the_published_order() {
     let tmp = tempfile::tempdir().unwrap();
