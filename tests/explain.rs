@@ -558,3 +558,249 @@ fn explain_refuses_history_it_cannot_read_as_the_close_did() {
         assert!(stderr(&out).starts_with(message), "{}", stderr(&out));
     }
 }
+
+/// docs/explain-json.md read as the test holds it: each object's fields in order (from the
+/// `| \`field\` |` rows of its table) and each place's object (from its `At:` line; the
+/// top level is the place "").
+struct JsonDoc {
+    fields: BTreeMap<String, Vec<String>>,
+    places: BTreeMap<String, String>,
+}
+
+fn explain_json_doc() -> JsonDoc {
+    let text = std::fs::read_to_string(repo().join("docs/explain-json.md")).unwrap();
+    let ticked = |s: &str| -> Vec<String> {
+        s.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect()
+    };
+    let mut doc = JsonDoc {
+        fields: BTreeMap::new(),
+        places: BTreeMap::new(),
+    };
+    let mut object: Option<String> = None;
+    for line in text.lines() {
+        if let Some(heading) = line.strip_prefix("## ") {
+            let name = ticked(heading).into_iter().next().expect("## `Object`");
+            assert!(
+                doc.fields.insert(name.clone(), Vec::new()).is_none(),
+                "{name} twice"
+            );
+            object = Some(name);
+        } else if let (Some(at), Some(name)) = (line.strip_prefix("At: "), &object) {
+            let mut places = ticked(at);
+            if at.starts_with("the top level") {
+                places.push(String::new());
+            }
+            assert!(!places.is_empty(), "{name}: an At: line without places");
+            for place in places {
+                let earlier = doc.places.insert(place.clone(), name.clone());
+                assert!(earlier.is_none(), "place {place:?} listed twice");
+            }
+        } else if let (Some(row), Some(name)) = (line.strip_prefix("| `"), &object) {
+            let field = row.split('`').next().unwrap().to_string();
+            doc.fields.get_mut(name).unwrap().push(field);
+        }
+    }
+    doc
+}
+
+/// A JSON value with each object's keys in the order printed (serde_json's `Value` sorts
+/// them), for the test of the documented fields' order.
+enum Ordered {
+    Object(Vec<(String, Ordered)>),
+    Array(Vec<Ordered>),
+    Scalar,
+}
+
+impl<'de> serde::Deserialize<'de> for Ordered {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Ordered, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Ordered;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("JSON")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Ordered, A::Error> {
+                let mut fields = Vec::new();
+                while let Some(entry) = a.next_entry::<String, Ordered>()? {
+                    fields.push(entry);
+                }
+                Ok(Ordered::Object(fields))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Ordered, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = a.next_element::<Ordered>()? {
+                    items.push(item);
+                }
+                Ok(Ordered::Array(items))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Ordered, E> {
+                Ok(Ordered::Scalar)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Ordered, E> {
+                Ok(Ordered::Scalar)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Ordered, E> {
+                Ok(Ordered::Scalar)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Ordered, E> {
+                Ok(Ordered::Scalar)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Ordered, E> {
+                Ok(Ordered::Scalar)
+            }
+            fn visit_unit<E>(self) -> Result<Ordered, E> {
+                Ok(Ordered::Scalar)
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
+/// Every object of `value` with its place (`event.rate`, lists as `[]`: `event.grants[]`)
+/// and its keys in order.
+fn json_objects(value: &Ordered, place: &str, out: &mut Vec<(String, Vec<String>)>) {
+    match value {
+        Ordered::Object(fields) => {
+            out.push((
+                place.to_string(),
+                fields.iter().map(|(k, _)| k.clone()).collect(),
+            ));
+            for (key, v) in fields {
+                let inner = match place {
+                    "" => key.clone(),
+                    _ => format!("{place}.{key}"),
+                };
+                json_objects(v, &inner, out);
+            }
+        }
+        Ordered::Array(items) => {
+            for item in items {
+                json_objects(item, &format!("{place}[]"), out);
+            }
+        }
+        Ordered::Scalar => {}
+    }
+}
+
+/// `tally explain ... --json`'s output, with its keys in order.
+fn explain_ordered(data: &Path, as_of: &str, extra: &[&str]) -> Ordered {
+    let mut args = vec![
+        "explain",
+        "--data",
+        data.to_str().unwrap(),
+        "--as-of",
+        as_of,
+    ];
+    args.extend_from_slice(extra);
+    args.push("--json");
+    let out = tally_ok(&args);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+/// The first row of each discrepancy kind of a run's table, explained (its event, or its
+/// entry for an unattached entry's row), with an attached entry and the rows' accounts.
+fn explain_a_row_of_each_kind(data: &Path, as_of: &str, out: &Path, mode: &[&str]) -> Vec<Ordered> {
+    let rows = table(&out.join("discrepancies.parquet"));
+    let mut kinds = BTreeSet::new();
+    let mut accounts = BTreeSet::new();
+    let mut targets = Vec::new();
+    for row in &rows {
+        if !kinds.insert(row["kind"].clone()) {
+            continue;
+        }
+        accounts.insert(row["account_id"].clone());
+        let entry = row["entry_ids"].split(';').next().unwrap_or("").to_string();
+        // As check_every_discrepancy: these rows' event ids name no usage row.
+        if ["orphan_debit", "manual_adjustment"].contains(&row["kind"].as_str()) {
+            targets.push(("--entry", entry));
+        } else {
+            targets.push(("--event", row["event_id"].clone()));
+            if !entry.is_empty() {
+                targets.push(("--entry", entry));
+            }
+        }
+    }
+    targets.extend(accounts.into_iter().map(|a| ("--account", a)));
+    targets
+        .iter()
+        .map(|(flag, id)| {
+            let mut args = mode.to_vec();
+            args.extend([*flag, id.as_str()]);
+            explain_ordered(data, as_of, &args)
+        })
+        .collect()
+}
+
+/// The `--json` output is the documented one: explanations of events, entries and
+/// accounts at reconcile and at close (the demo root's rows of every discrepancy kind,
+/// and the accounts of a root whose allocation and grant rows are rejected) hold, at
+/// every place, the fields docs/explain-json.md lists for the object found there, in
+/// its order; every place the page lists is seen.
+#[test]
+fn explain_json_fields_are_the_documented_ones() {
+    let doc = explain_json_doc();
+    for (place, object) in &doc.places {
+        assert!(
+            doc.fields.contains_key(object),
+            "{place}: no table {object}"
+        );
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut explained = Vec::new();
+    for (command, as_of, mode) in [
+        ("reconcile", AS_OF, &[][..]),
+        ("close", CLOSE_AS_OF, &["--close"][..]),
+    ] {
+        let out = tmp.path().join(command);
+        run_command_ok(command, &demo(), as_of, &out);
+        explained.extend(explain_a_row_of_each_kind(&demo(), as_of, &out, mode));
+    }
+    let rejects = repo().join("fixtures/golden/rejects_and_types/data");
+    let rejects_as_of = "2026-11-20T12:00:00Z";
+    let mut plan_accounts = BTreeSet::new();
+    for file in ["allocations/part-0.parquet", "grants/part-0.parquet"] {
+        for row in table(&rejects.join(file)) {
+            plan_accounts.insert(row["account_id"].clone());
+        }
+    }
+    plan_accounts.remove("");
+    for account in &plan_accounts {
+        explained.push(explain_ordered(
+            &rejects,
+            rejects_as_of,
+            &["--account", account],
+        ));
+    }
+
+    let mut seen = BTreeSet::new();
+    for x in &explained {
+        let mut objects = Vec::new();
+        json_objects(x, "", &mut objects);
+        for (place, keys) in objects {
+            let object = doc
+                .places
+                .get(&place)
+                .unwrap_or_else(|| panic!("an object at {place:?} is not in docs/explain-json.md"));
+            assert_eq!(
+                keys, doc.fields[object],
+                "the fields of {object} at {place:?}"
+            );
+            seen.insert(place);
+        }
+    }
+    let unseen: Vec<&String> = doc.places.keys().filter(|p| !seen.contains(*p)).collect();
+    assert!(
+        unseen.is_empty(),
+        "places documented but never seen: {unseen:?}"
+    );
+}
