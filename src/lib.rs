@@ -196,14 +196,16 @@ fn fingerprint_files(data: &Path, parallel: bool) -> Result<Vec<FileEntry>> {
         }
     }
     let entry = |(rel, abs, parquet): (String, PathBuf, bool)| {
-        let sha256 = match write::sha256_file(&abs) {
-            // The price book's own words (the load beside this reports the same).
-            Err(TallyError::Io { source, .. }) if !parquet => {
-                return Err(pricebook::unreadable(&abs.display().to_string(), &source));
-            }
-            other => other?,
+        let (sha256, rows) = match parquet {
+            true => load::sha256_and_rows(&abs)?,
+            false => match write::sha256_file(&abs) {
+                // The price book's own words (the load beside this reports the same).
+                Err(TallyError::Io { source, .. }) => {
+                    return Err(pricebook::unreadable(&abs.display().to_string(), &source));
+                }
+                other => (other?, None),
+            },
         };
-        let rows = if parquet { parquet_rows(&abs) } else { None };
         Ok(FileEntry {
             path: rel,
             rows,
@@ -214,10 +216,6 @@ fn fingerprint_files(data: &Path, parallel: bool) -> Result<Vec<FileEntry>> {
         true => paths.into_par_iter().map(entry).collect(),
         false => paths.into_iter().map(entry).collect(),
     }
-}
-
-fn parquet_rows(path: &Path) -> Option<u64> {
-    load::footer_rows(path)
 }
 
 /// What changed between the inputs of an earlier run and now, or `None` when identical.

@@ -969,9 +969,29 @@ impl Plan {
 /// The row count in a Parquet file's footer; `None` if it cannot be read (the load then
 /// reports the file with its exact problem).
 pub fn footer_rows(path: &Path) -> Option<u64> {
+    rows_in_footer(PositionalFile::open_path(path).ok()?)
+}
+
+/// An input Parquet file's sha256 and the row count in its footer (`None` when the footer
+/// cannot be read), for the manifest: one open, and a small file read once for both.
+pub fn sha256_and_rows(path: &Path) -> Result<(String, Option<u64>)> {
+    let file = PositionalFile::open_path(path).map_err(|e| TallyError::io(path, e))?;
+    let sha256 = match file.whole() {
+        Some(bytes) => crate::write::sha256_hex(bytes),
+        None => crate::write::sha256_read(
+            file.read_from(0),
+            parquet::file::reader::Length::len(&file),
+            path,
+        )?,
+    };
+    Ok((sha256, rows_in_footer(file)))
+}
+
+/// The row count in the footer of an open file (`None` when it cannot be read; a decoder
+/// panic on a hostile footer is one too).
+fn rows_in_footer(file: PositionalFile) -> Option<u64> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
-    let read = || {
-        let file = PositionalFile::open_path(path).ok()?;
+    let read = move || {
         let reader = SerializedFileReader::new(file).ok()?;
         u64::try_from(reader.metadata().file_metadata().num_rows()).ok()
     };
@@ -1562,6 +1582,34 @@ mod tests {
                 text([Some("x"), Some("x"), None]),
             ]
         );
+    }
+
+    /// The manifest's sha256 and row count of an input file, read once, are the file's
+    /// sha256 and its footer's rows: for a file held whole (small), one read by position
+    /// (past the limit: 20,000 distinct ids) and a file that is not Parquet (no rows).
+    #[test]
+    fn sha256_and_rows_are_the_files_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = dir.path().join("small.parquet");
+        write_ids(&small, &["a".to_string(), "b".to_string()]);
+        let large = dir.path().join("large.parquet");
+        let ids: Vec<String> = (0..20_000)
+            .map(|i| format!("id-{i:08}-{}", i * 7919))
+            .collect();
+        write_ids(&large, &ids);
+        let text = dir.path().join("text.parquet");
+        std::fs::write(&text, "not parquet").unwrap();
+        let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+        assert!(size(&small) <= crate::positional::WHOLE_FILE_BYTES);
+        assert!(size(&large) > crate::positional::WHOLE_FILE_BYTES);
+        for (path, rows) in [(&small, Some(2)), (&large, Some(20_000)), (&text, None)] {
+            let (sha256, got_rows) = sha256_and_rows(path).unwrap();
+            assert_eq!(sha256, crate::write::sha256_file(path).unwrap(), "{path:?}");
+            assert_eq!(got_rows, rows, "{path:?}");
+            assert_eq!(footer_rows(path), rows, "{path:?}");
+        }
+        let missing = dir.path().join("missing.parquet");
+        assert!(sha256_and_rows(&missing).is_err());
     }
 
     /// `files` one-column Parquet files of ids in `dir`, file `f` holding `f + 1` rows.

@@ -1,4 +1,5 @@
-//! An input Parquet file read by position (`pread`), for the Parquet reader.
+//! An input Parquet file read by position (`pread`), or read whole when small, for the
+//! Parquet reader.
 //!
 //! The reader asks its file for the footer, and for each page of a row group's columns,
 //! one range at a time (a page's header through `get_read`, its data through
@@ -9,22 +10,43 @@
 //! positional read is one call, shares no file position with any other reader of the
 //! handle, and needs no handle of its own: the load opens a file once for its magic-byte
 //! check and footer, and once for each row group it decodes.
+//!
+//! A file of at most [`WHOLE_FILE_BYTES`] is read whole when it is opened (one positional
+//! read of its size) and its handle closed at once; every range is then a
+//! slice of those bytes, without a system call. A 4 KiB file of one row group was about
+//! 40 positional reads over a run (the footer, each column's page header and data, the
+//! footer again for the layout, the fingerprint and a re-check).
 
 use crate::error::{Result, TallyError};
 use crate::load::InputFile;
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use parquet::file::reader::{ChunkReader, Length};
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
+/// Files up to this size are read whole at open. Each open of a file reads all of it (the
+/// load opens a file once for its footer and once for each row group), so the limit is
+/// where copying a whole file a few times still costs less than the positional reads of
+/// its ranges: small (a streaming sink's files are a few KiB), and far below the row
+/// groups of ordinary files.
+pub const WHOLE_FILE_BYTES: u64 = 64 * 1024;
+
 /// An open input file and its length (read once, at open: every range of the file is
-/// checked against the same length), read by position.
+/// checked against the same length), read by position or held whole.
 #[derive(Clone)]
 pub struct PositionalFile {
-    file: Arc<File>,
+    contents: Contents,
     len: u64,
+}
+
+#[derive(Clone)]
+enum Contents {
+    /// The file's bytes (a small file, read whole at open).
+    Whole(Bytes),
+    /// The open file, read by position.
+    Handle(Arc<File>),
 }
 
 impl PositionalFile {
@@ -34,20 +56,72 @@ impl PositionalFile {
             .map_err(|e| TallyError::input(&file.rel_path, format!("cannot open: {e}")))
     }
 
-    /// Open a file by its path (the caller names it in an error).
+    /// Open a file by its path (the caller names it in an error); a file of at most
+    /// [`WHOLE_FILE_BYTES`] is read whole.
     pub fn open_path(path: &std::path::Path) -> std::io::Result<PositionalFile> {
         let handle = File::open(path)?;
         let len = handle.metadata()?.len();
+        // Not a size of 0: a file whose size reads 0 may still hold bytes (a file system
+        // that does not know sizes), which reads by position find.
+        if (1..=WHOLE_FILE_BYTES).contains(&len) {
+            // Its size's bytes, as the length of a file read by position is its size at
+            // open; fewer if it was cut short since (the magic-byte check then says so).
+            let mut bytes = vec![0u8; len as usize];
+            let read = fill_at(&mut bytes, 0, |part, offset| handle.read_at(part, offset))?;
+            bytes.truncate(read);
+            return Ok(PositionalFile {
+                len: read as u64,
+                contents: Contents::Whole(bytes.into()),
+            });
+        }
         Ok(PositionalFile {
-            file: Arc::new(handle),
+            contents: Contents::Handle(Arc::new(handle)),
             len,
         })
     }
 
+    /// The file's bytes when it was read whole at open.
+    pub fn whole(&self) -> Option<&Bytes> {
+        match &self.contents {
+            Contents::Whole(bytes) => Some(bytes),
+            Contents::Handle(_) => None,
+        }
+    }
+
+    /// A reader of the file from `start` to its end (past the end: nothing to read, as a
+    /// file gives).
+    pub fn read_from(&self, start: u64) -> RangeRead {
+        match &self.contents {
+            Contents::Whole(bytes) => {
+                let from = usize::try_from(start).map_or(bytes.len(), |s| s.min(bytes.len()));
+                RangeRead::Whole(bytes.slice(from..).reader())
+            }
+            Contents::Handle(file) => RangeRead::Handle(std::io::BufReader::new(PositionalRead {
+                file: Arc::clone(file),
+                offset: start,
+            })),
+        }
+    }
+
     /// `buf.len()` bytes at `offset`, whole or an error.
     pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        self.file.read_exact_at(buf, offset)
+        match &self.contents {
+            Contents::Whole(bytes) => {
+                let range = in_bounds(offset, buf.len(), bytes.len())
+                    .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+                buf.copy_from_slice(&bytes[range]);
+                Ok(())
+            }
+            Contents::Handle(file) => file.read_exact_at(buf, offset),
+        }
     }
+}
+
+/// `offset..offset + length` when it lies within `0..len`.
+fn in_bounds(offset: u64, length: usize, len: usize) -> Option<std::ops::Range<usize>> {
+    let start = usize::try_from(offset).ok()?;
+    let end = start.checked_add(length)?;
+    (end <= len).then_some(start..end)
 }
 
 impl Length for PositionalFile {
@@ -67,6 +141,22 @@ impl Read for PositionalRead {
         let read = self.file.read_at(buf, self.offset)?;
         self.offset += read as u64;
         Ok(read)
+    }
+}
+
+/// A [`Read`] from an offset of a [`PositionalFile`]: buffered positional reads, or the
+/// bytes of a file held whole.
+pub enum RangeRead {
+    Handle(std::io::BufReader<PositionalRead>),
+    Whole(bytes::buf::Reader<Bytes>),
+}
+
+impl Read for RangeRead {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            RangeRead::Handle(read) => read.read(buf),
+            RangeRead::Whole(read) => read.read(buf),
+        }
     }
 }
 
@@ -93,40 +183,54 @@ fn fill_at(
 
 impl ChunkReader for PositionalFile {
     // Buffered, as arrow-rs's own: its callers read a few bytes at a time (page headers).
-    type T = std::io::BufReader<PositionalRead>;
+    type T = RangeRead;
 
     fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
-        Ok(std::io::BufReader::new(PositionalRead {
-            file: Arc::clone(&self.file),
-            offset: start,
-        }))
+        Ok(self.read_from(start))
     }
 
-    /// Every range by positional reads into a zeroed buffer: safe code, and the 20M bench
-    /// data reads level with arrow-rs's reads into unzeroed buffers (benches/README.md,
-    /// "Profiles and experiments (2026-12-05, afternoon: small files read by position)").
+    /// A range within the length read at open: a slice of a file held whole, else
+    /// positional reads into a zeroed buffer: safe code,
+    /// and the 20M bench data reads level with arrow-rs's reads into unzeroed buffers
+    /// (benches/README.md, "Profiles and experiments (2026-12-05, afternoon: small files
+    /// read by position)").
     fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        // Within the length read at open, whether the file has grown since or not.
+        let available = self.len.saturating_sub(start).min(length as u64) as usize;
+        if available < length {
+            return Err(short_read(length, available));
+        }
+        let file = match &self.contents {
+            Contents::Whole(bytes) => {
+                let start = start as usize; // within `len`, the bytes' length
+                return Ok(bytes.slice(start..start + length));
+            }
+            Contents::Handle(file) => file,
+        };
         let mut buffer = vec![0u8; length];
         let read = fill_at(&mut buffer, start, |part, offset| {
-            self.file.read_at(part, offset)
+            file.read_at(part, offset)
         })?;
         if read != length {
-            return Err(parquet::errors::ParquetError::EOF(format!(
-                "Expected to read {length} bytes, read only {read}"
-            )));
+            return Err(short_read(length, read));
         }
         Ok(buffer.into())
     }
+}
+
+/// The error of a range that runs past the end of the file.
+fn short_read(length: usize, read: usize) -> parquet::errors::ParquetError {
+    parquet::errors::ParquetError::EOF(format!("Expected to read {length} bytes, read only {read}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A file of `len` bytes, byte `i` being `i % 251` (so a range read from the wrong
-    /// offset shows), opened for positional reads.
+    /// A file of `len` bytes (`data-{len}.bin`), byte `i` being `i % 251` (so a range read
+    /// from the wrong offset shows), opened.
     fn file_of(dir: &std::path::Path, len: usize) -> PositionalFile {
-        let path = dir.join("data.bin");
+        let path = dir.join(format!("data-{len}.bin"));
         let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
         std::fs::write(&path, bytes).unwrap();
         PositionalFile::open_path(&path).unwrap()
@@ -137,44 +241,79 @@ mod tests {
     }
 
     /// A range gives the file's bytes at its offset: empty, one byte, small and large
-    /// (a few MiB, as a large page), from the start, the middle and up to the end.
+    /// (a few MiB, as a large page), from the start, the middle and up to the end; of a
+    /// file held whole (at the limit) and of one read by position.
     #[test]
     fn a_range_is_the_files_bytes_at_its_offset() {
         let dir = tempfile::tempdir().unwrap();
-        let len = 5 << 20;
-        let file = file_of(dir.path(), len);
-        assert_eq!(file.len(), len as u64);
-        for length in [0, 1, 4096, 3 << 20] {
-            for start in [0, 7, len - length] {
-                let got = file.get_bytes(start as u64, length).unwrap();
-                assert_eq!(&got[..], &expected(start, length)[..], "{start}+{length}");
+        for len in [WHOLE_FILE_BYTES as usize, 5 << 20] {
+            let file = file_of(dir.path(), len);
+            assert_eq!(file.len(), len as u64);
+            for length in [0, 1, 4096, 3 << 20].map(|l: usize| l.min(len)) {
+                for start in [0, 7.min(len - length), len - length] {
+                    let got = file.get_bytes(start as u64, length).unwrap();
+                    assert_eq!(
+                        &got[..],
+                        &expected(start, length)[..],
+                        "{len}: {start}+{length}"
+                    );
+                    let mut buf = vec![0u8; length];
+                    file.read_exact_at(&mut buf, start as u64).unwrap();
+                    assert_eq!(buf, expected(start, length), "{len}: {start}+{length}");
+                }
             }
         }
     }
 
     /// A range past the end is an error saying how much was read (a truncated file must
-    /// fail, not decode zeros).
+    /// fail, not decode zeros), the same for a file held whole and one read by position.
     #[test]
     fn a_range_past_the_end_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let len = 1 << 20;
-        let file = file_of(dir.path(), len);
-        for length in [16, 300 << 10] {
-            let start = len - length + 5;
-            let error = file.get_bytes(start as u64, length).unwrap_err();
-            assert_eq!(
-                error.to_string(),
-                format!(
-                    "EOF: Expected to read {length} bytes, read only {}",
-                    length - 5
-                )
-            );
+        for len in [WHOLE_FILE_BYTES as usize, 1 << 20] {
+            let file = file_of(dir.path(), len);
+            for length in [16, 40 << 10] {
+                let start = len - length + 5;
+                let error = file.get_bytes(start as u64, length).unwrap_err();
+                assert_eq!(
+                    error.to_string(),
+                    format!(
+                        "EOF: Expected to read {length} bytes, read only {}",
+                        length - 5
+                    ),
+                    "{len}"
+                );
+                let mut buf = vec![0u8; length];
+                assert!(file.read_exact_at(&mut buf, start as u64).is_err(), "{len}");
+            }
+            for start in [len as u64 + 10, u64::MAX] {
+                let error = file.get_bytes(start, 1).unwrap_err();
+                assert_eq!(
+                    error.to_string(),
+                    "EOF: Expected to read 1 bytes, read only 0",
+                    "{len}"
+                );
+            }
         }
-        let error = file.get_bytes(len as u64 + 10, 1).unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            "EOF: Expected to read 1 bytes, read only 0"
-        );
+    }
+
+    /// Files of at most WHOLE_FILE_BYTES are read whole at open (one byte past it is read
+    /// by position); a file whose size reads 0 is read by position (its bytes, if any,
+    /// are found by reading).
+    #[test]
+    fn files_up_to_the_limit_are_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let limit = WHOLE_FILE_BYTES as usize;
+        for (len, whole) in [(0, false), (1, true), (limit, true), (limit + 1, false)] {
+            let file = file_of(dir.path(), len);
+            assert_eq!(file.whole().is_some(), whole, "{len} bytes");
+            if let Some(bytes) = file.whole() {
+                assert_eq!(&bytes[..], &expected(0, len)[..]);
+            }
+            let mut all = Vec::new();
+            file.read_from(0).read_to_end(&mut all).unwrap();
+            assert_eq!(all, expected(0, len), "{len} bytes");
+        }
     }
 
     /// The fill loop asks again for the rest after a short read, again for the same part
@@ -209,23 +348,43 @@ mod tests {
     }
 
     /// Readers share no file position: `get_read` readers each read on from their own
-    /// offset, and threads reading ranges of clones of one handle at once each get their
-    /// own range (a reader that sought a shared handle would read at another's offset).
+    /// offset (of a file held whole too, and to its end), and threads reading ranges of
+    /// clones of one handle at once each get their own range (a reader that sought a
+    /// shared handle would read at another's offset).
     #[test]
     fn readers_and_threads_read_at_their_own_offsets() {
         let dir = tempfile::tempdir().unwrap();
-        let file = file_of(dir.path(), 4 << 20);
-        let mut first = file.get_read(10).unwrap();
-        let mut second = file.get_read(90_000).unwrap();
-        let mut a = vec![0u8; 20_000];
-        let mut b = vec![0u8; 10_000];
-        first.read_exact(&mut a).unwrap();
-        second.read_exact(&mut b).unwrap();
-        assert_eq!(a, expected(10, 20_000));
-        assert_eq!(b, expected(90_000, 10_000));
-        let mut c = [0u8; 3];
-        first.read_exact(&mut c).unwrap();
-        assert_eq!(c[..], expected(20_010, 3)[..]);
+        let small = file_of(dir.path(), 50_000);
+        assert!(small.whole().is_some());
+        let mut tail = Vec::new();
+        small
+            .get_read(49_990)
+            .unwrap()
+            .read_to_end(&mut tail)
+            .unwrap();
+        assert_eq!(tail, expected(49_990, 10));
+        let mut past = Vec::new();
+        small
+            .get_read(60_000)
+            .unwrap()
+            .read_to_end(&mut past)
+            .unwrap();
+        assert!(past.is_empty());
+        let large = file_of(dir.path(), 4 << 20);
+        for file in [&small, &large] {
+            let mut first = file.get_read(10).unwrap();
+            let mut second = file.get_read(30_000).unwrap();
+            let mut a = vec![0u8; 15_000];
+            let mut b = vec![0u8; 10_000];
+            first.read_exact(&mut a).unwrap();
+            second.read_exact(&mut b).unwrap();
+            assert_eq!(a, expected(10, 15_000));
+            assert_eq!(b, expected(30_000, 10_000));
+            let mut c = [0u8; 3];
+            first.read_exact(&mut c).unwrap();
+            assert_eq!(c[..], expected(15_010, 3)[..]);
+        }
+        let file = large;
         std::thread::scope(|scope| {
             for t in 0..4usize {
                 let file = file.clone();
@@ -241,17 +400,20 @@ mod tests {
     }
 
     /// The length is the file's at open: a file appended to later keeps its first length
-    /// (the footer and every range are read against one length).
+    /// (the footer and every range are read against one length), held whole or not.
     #[test]
     fn the_length_is_read_once_at_open() {
         use std::io::Write;
         let dir = tempfile::tempdir().unwrap();
-        let file = file_of(dir.path(), 1000);
-        let mut more = std::fs::OpenOptions::new()
-            .append(true)
-            .open(dir.path().join("data.bin"))
-            .unwrap();
-        more.write_all(&[1; 500]).unwrap();
-        assert_eq!(file.len(), 1000);
+        for len in [1000, 100_000] {
+            let file = file_of(dir.path(), len);
+            let mut more = std::fs::OpenOptions::new()
+                .append(true)
+                .open(dir.path().join(format!("data-{len}.bin")))
+                .unwrap();
+            more.write_all(&[1; 500]).unwrap();
+            assert_eq!(file.len(), len as u64);
+            assert!(file.get_bytes(len as u64, 1).is_err(), "{len}");
+        }
     }
 }
