@@ -33,8 +33,9 @@ use std::sync::Arc;
 /// groups of ordinary files.
 pub const WHOLE_FILE_BYTES: u64 = 64 * 1024;
 
-/// An open input file and its length (read once, at open: every range of the file is
-/// checked against the same length), read by position or held whole.
+/// An open input file and its length (read once, at open: every range `get_bytes` and
+/// `read_exact_at` are asked for is checked against the same length; a `get_read` reader
+/// reads on to the file's end), read by position or held whole.
 #[derive(Clone)]
 pub struct PositionalFile {
     contents: Contents,
@@ -64,13 +65,9 @@ impl PositionalFile {
         // Not a size of 0: a file whose size reads 0 may still hold bytes (a file system
         // that does not know sizes), which reads by position find.
         if (1..=WHOLE_FILE_BYTES).contains(&len) {
-            // Its size's bytes, as the length of a file read by position is its size at
-            // open; fewer if it was cut short since (the magic-byte check then says so).
-            let mut bytes = vec![0u8; len as usize];
-            let read = fill_at(&mut bytes, 0, |part, offset| handle.read_at(part, offset))?;
-            bytes.truncate(read);
+            let bytes = read_whole(len, |part, offset| handle.read_at(part, offset))?;
             return Ok(PositionalFile {
-                len: read as u64,
+                len: bytes.len() as u64,
                 contents: Contents::Whole(bytes.into()),
             });
         }
@@ -103,12 +100,13 @@ impl PositionalFile {
         }
     }
 
-    /// `buf.len()` bytes at `offset`, whole or an error.
+    /// `buf.len()` bytes at `offset` within the length read at open, whole or an error
+    /// (`UnexpectedEof` past that length, in both modes).
     pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let range = in_bounds(offset, buf.len(), self.len)
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
         match &self.contents {
             Contents::Whole(bytes) => {
-                let range = in_bounds(offset, buf.len(), bytes.len())
-                    .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
                 buf.copy_from_slice(&bytes[range]);
                 Ok(())
             }
@@ -118,10 +116,23 @@ impl PositionalFile {
 }
 
 /// `offset..offset + length` when it lies within `0..len`.
-fn in_bounds(offset: u64, length: usize, len: usize) -> Option<std::ops::Range<usize>> {
+fn in_bounds(offset: u64, length: usize, len: u64) -> Option<std::ops::Range<usize>> {
     let start = usize::try_from(offset).ok()?;
     let end = start.checked_add(length)?;
-    (end <= len).then_some(start..end)
+    (end as u64 <= len).then_some(start..end)
+}
+
+/// A small file's bytes, read whole by `read_at` (a positional read): its size's bytes,
+/// as the length of a file read by position is its size at open; fewer if it was cut
+/// short since (the magic-byte check then says so).
+fn read_whole(
+    len: u64,
+    read_at: impl FnMut(&mut [u8], u64) -> std::io::Result<usize>,
+) -> std::io::Result<Vec<u8>> {
+    let mut bytes = vec![0u8; len as usize];
+    let read = fill_at(&mut bytes, 0, read_at)?;
+    bytes.truncate(read);
+    Ok(bytes)
 }
 
 impl Length for PositionalFile {
@@ -195,6 +206,10 @@ impl ChunkReader for PositionalFile {
     /// (benches/README.md, "Profiles and experiments (2026-12-05, afternoon: small files
     /// read by position)").
     fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        // Nothing at any offset, as a positional read of nothing gives.
+        if length == 0 {
+            return Ok(Bytes::new());
+        }
         // Within the length read at open, whether the file has grown since or not.
         let available = self.len.saturating_sub(start).min(length as u64) as usize;
         if available < length {
@@ -293,8 +308,31 @@ mod tests {
                     "EOF: Expected to read 1 bytes, read only 0",
                     "{len}"
                 );
+                // Nothing is nothing, wherever it is asked for.
+                assert!(file.get_bytes(start, 0).unwrap().is_empty(), "{len}");
+                let error = file.read_exact_at(&mut [0u8; 1], start).unwrap_err();
+                assert_eq!(error.kind(), std::io::ErrorKind::UnexpectedEof, "{len}");
             }
         }
+    }
+
+    /// A file read whole is its size's bytes, or the bytes there were when it was cut
+    /// short after its size was read (its length then is theirs).
+    #[test]
+    fn a_file_read_whole_is_what_was_there() {
+        let source: Vec<u8> = (0..100u8).collect();
+        let from = |available: usize| {
+            let source = &source;
+            move |part: &mut [u8], offset: u64| {
+                let from = (offset as usize).min(available);
+                let n = part.len().min(available - from).min(30);
+                part[..n].copy_from_slice(&source[from..from + n]);
+                Ok(n)
+            }
+        };
+        assert_eq!(read_whole(100, from(100)).unwrap(), source);
+        assert_eq!(read_whole(100, from(64)).unwrap(), source[..64]);
+        assert!(read_whole(100, from(0)).unwrap().is_empty());
     }
 
     /// Files of at most WHOLE_FILE_BYTES are read whole at open (one byte past it is read
