@@ -559,23 +559,25 @@ fn explain_refuses_history_it_cannot_read_as_the_close_did() {
     }
 }
 
-/// docs/explain-json.md read as the test holds it: each object's fields in order (from the
-/// `| \`field\` |` rows of its table) and each place's object (from its `At:` line; the
-/// top level is the place "").
+/// docs/explain-json.md read as the test holds it: each object's fields in order with
+/// their value column (from the `| \`field\` | value |` rows of its table) and each
+/// place's object (from its `At:` line; the top level is the place "").
 struct JsonDoc {
-    fields: BTreeMap<String, Vec<String>>,
+    fields: BTreeMap<String, Vec<(String, String)>>,
     places: BTreeMap<String, String>,
+}
+
+/// The names in backticks of a line of the page.
+fn ticked(s: &str) -> Vec<String> {
+    s.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
 }
 
 fn explain_json_doc() -> JsonDoc {
     let text = std::fs::read_to_string(repo().join("docs/explain-json.md")).unwrap();
-    let ticked = |s: &str| -> Vec<String> {
-        s.split('`')
-            .skip(1)
-            .step_by(2)
-            .map(str::to_string)
-            .collect()
-    };
     let mut doc = JsonDoc {
         fields: BTreeMap::new(),
         places: BTreeMap::new(),
@@ -600,19 +602,66 @@ fn explain_json_doc() -> JsonDoc {
                 assert!(earlier.is_none(), "place {place:?} listed twice");
             }
         } else if let (Some(row), Some(name)) = (line.strip_prefix("| `"), &object) {
-            let field = row.split('`').next().unwrap().to_string();
-            doc.fields.get_mut(name).unwrap().push(field);
+            let cells: Vec<&str> = row.split(" | ").collect();
+            assert!(
+                cells.len() >= 3,
+                "{name}: a field row without a value: {line}"
+            );
+            let field = cells[0].trim_end_matches('`').to_string();
+            doc.fields
+                .get_mut(name)
+                .unwrap()
+                .push((field, cells[1].to_string()));
         }
+    }
+    for name in doc.fields.keys() {
+        assert!(
+            doc.places.values().any(|o| o == name),
+            "table {name} has no At: place"
+        );
     }
     doc
 }
 
+/// What a value column promises, checked against the page itself: a field whose value is
+/// an object or a list of objects has that object's table at its place.
+fn check_nested_places(doc: &JsonDoc) {
+    for (place, object) in &doc.places {
+        for (field, value) in &doc.fields[object] {
+            let value = value.trim_end_matches(" or null");
+            let nested = match value.strip_prefix("list of ") {
+                Some(items) if items.starts_with('`') => Some(("[]".to_string(), items)),
+                Some(_) => None,
+                None if value.starts_with('`') => Some((String::new(), value)),
+                None => None,
+            };
+            let Some((suffix, named)) = nested else {
+                continue;
+            };
+            let inner = match place.as_str() {
+                "" => format!("{field}{suffix}"),
+                _ => format!("{place}.{field}{suffix}"),
+            };
+            let named = named.trim_matches('`');
+            assert_eq!(
+                doc.places.get(&inner).map(String::as_str),
+                Some(named),
+                "{object}.{field} is {value}, but {inner:?} is not listed at {named}"
+            );
+        }
+    }
+}
+
 /// A JSON value with each object's keys in the order printed (serde_json's `Value` sorts
-/// them), for the test of the documented fields' order.
+/// them), for the test of the documented fields.
 enum Ordered {
     Object(Vec<(String, Ordered)>),
     Array(Vec<Ordered>),
-    Scalar,
+    Str(String),
+    Int,
+    Float,
+    Bool,
+    Null,
 }
 
 impl<'de> serde::Deserialize<'de> for Ordered {
@@ -644,22 +693,22 @@ impl<'de> serde::Deserialize<'de> for Ordered {
                 Ok(Ordered::Array(items))
             }
             fn visit_bool<E>(self, _: bool) -> Result<Ordered, E> {
-                Ok(Ordered::Scalar)
+                Ok(Ordered::Bool)
             }
             fn visit_i64<E>(self, _: i64) -> Result<Ordered, E> {
-                Ok(Ordered::Scalar)
+                Ok(Ordered::Int)
             }
             fn visit_u64<E>(self, _: u64) -> Result<Ordered, E> {
-                Ok(Ordered::Scalar)
+                Ok(Ordered::Int)
             }
             fn visit_f64<E>(self, _: f64) -> Result<Ordered, E> {
-                Ok(Ordered::Scalar)
+                Ok(Ordered::Float)
             }
-            fn visit_str<E>(self, _: &str) -> Result<Ordered, E> {
-                Ok(Ordered::Scalar)
+            fn visit_str<E>(self, v: &str) -> Result<Ordered, E> {
+                Ok(Ordered::Str(v.to_string()))
             }
             fn visit_unit<E>(self) -> Result<Ordered, E> {
-                Ok(Ordered::Scalar)
+                Ok(Ordered::Null)
             }
         }
         d.deserialize_any(Visit)
@@ -667,14 +716,15 @@ impl<'de> serde::Deserialize<'de> for Ordered {
 }
 
 /// Every object of `value` with its place (`event.rate`, lists as `[]`: `event.grants[]`)
-/// and its keys in order.
-fn json_objects(value: &Ordered, place: &str, out: &mut Vec<(String, Vec<String>)>) {
+/// and its fields in order.
+fn json_objects<'v>(
+    value: &'v Ordered,
+    place: &str,
+    out: &mut Vec<(String, &'v [(String, Ordered)])>,
+) {
     match value {
         Ordered::Object(fields) => {
-            out.push((
-                place.to_string(),
-                fields.iter().map(|(k, _)| k.clone()).collect(),
-            ));
+            out.push((place.to_string(), fields));
             for (key, v) in fields {
                 let inner = match place {
                     "" => key.clone(),
@@ -688,7 +738,58 @@ fn json_objects(value: &Ordered, place: &str, out: &mut Vec<(String, Vec<String>
                 json_objects(item, &format!("{place}[]"), out);
             }
         }
-        Ordered::Scalar => {}
+        _ => {}
+    }
+}
+
+/// Digits, at least one.
+fn digits(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Whether `v` is of the form the page's value column `value` names (`credits or null`,
+/// `instant`, `list of ids`, `` `Rate` `` ...).
+fn has_documented_form(value: &str, v: &Ordered) -> bool {
+    let (value, nullable) = match value.strip_suffix(" or null") {
+        Some(base) => (base, true),
+        None => (value, false),
+    };
+    let unsigned = |s: &str| s.strip_prefix('-').unwrap_or(s).to_string();
+    let text = |check: &dyn Fn(&str) -> bool| matches!(v, Ordered::Str(s) if check(s));
+    match (value, v) {
+        (_, Ordered::Null) => nullable,
+        ("credits" | "quantity", _) => text(&|s| {
+            let s = unsigned(s);
+            matches!(s.split_once('.'), Some((whole, frac)) if digits(whole) && frac.len() == 3 && digits(frac))
+        }),
+        // Exact, without trailing zeros ("8", "0.0125").
+        ("decimal", _) => text(&|s| match unsigned(s).split_once('.') {
+            Some((whole, frac)) => digits(whole) && digits(frac) && !frac.ends_with('0'),
+            None => digits(&unsigned(s)),
+        }),
+        ("money", _) => text(&|s| match unsigned(s).split_once('.') {
+            Some((whole, frac)) => digits(whole) && digits(frac),
+            None => digits(&unsigned(s)),
+        }),
+        // RFC 3339 in UTC, no fraction or 3 or 6 digits of one.
+        ("instant", _) => text(&|s| {
+            let (seconds, fraction) = match s.strip_suffix('Z').and_then(|t| t.split_once('.')) {
+                Some((seconds, fraction)) => (seconds.to_string(), fraction.len()),
+                None => (s.strip_suffix('Z').unwrap_or("").to_string(), 0),
+            };
+            [0, 3, 6].contains(&fraction)
+                && chrono::NaiveDateTime::parse_from_str(&seconds, "%Y-%m-%dT%H:%M:%S").is_ok()
+        }),
+        ("id" | "string", _) => text(&|_| true),
+        ("integer" | "minor", Ordered::Int) => true,
+        ("boolean", Ordered::Bool) => true,
+        ("list of ids", Ordered::Array(items)) => {
+            items.iter().all(|i| matches!(i, Ordered::Str(_)))
+        }
+        // Objects and lists of them: their own tables hold them at their places.
+        (list, Ordered::Array(_)) if list.starts_with("list of `") => true,
+        (object, Ordered::Object(_)) if object.starts_with('`') => true,
+        _ => false,
     }
 }
 
@@ -755,6 +856,7 @@ fn explain_json_fields_are_the_documented_ones() {
             "{place}: no table {object}"
         );
     }
+    check_nested_places(&doc);
     let tmp = tempfile::tempdir().unwrap();
     let mut explained = Vec::new();
     for (command, as_of, mode) in [
@@ -786,15 +888,20 @@ fn explain_json_fields_are_the_documented_ones() {
     for x in &explained {
         let mut objects = Vec::new();
         json_objects(x, "", &mut objects);
-        for (place, keys) in objects {
+        for (place, fields) in objects {
             let object = doc
                 .places
                 .get(&place)
                 .unwrap_or_else(|| panic!("an object at {place:?} is not in docs/explain-json.md"));
-            assert_eq!(
-                keys, doc.fields[object],
-                "the fields of {object} at {place:?}"
-            );
+            let keys: Vec<&String> = fields.iter().map(|(k, _)| k).collect();
+            let documented: Vec<&String> = doc.fields[object].iter().map(|(f, _)| f).collect();
+            assert_eq!(keys, documented, "the fields of {object} at {place:?}");
+            for ((field, v), (_, value)) in fields.iter().zip(&doc.fields[object]) {
+                assert!(
+                    has_documented_form(value, v),
+                    "{place:?}.{field}: not of the form {value:?}"
+                );
+            }
             seen.insert(place);
         }
     }
