@@ -793,21 +793,6 @@ fn has_documented_form(value: &str, v: &Ordered) -> bool {
     }
 }
 
-/// `tally explain ... --json`'s output, with its keys in order.
-fn explain_ordered(data: &Path, as_of: &str, extra: &[&str]) -> Ordered {
-    let mut args = vec![
-        "explain",
-        "--data",
-        data.to_str().unwrap(),
-        "--as-of",
-        as_of,
-    ];
-    args.extend_from_slice(extra);
-    args.push("--json");
-    let out = tally_ok(&args);
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"))
-}
-
 /// The first row of each discrepancy kind of a run's table, explained (its event, or its
 /// entry for an unattached entry's row), with an attached entry and the rows' accounts.
 fn explain_a_row_of_each_kind(data: &Path, as_of: &str, out: &Path, mode: &[&str]) -> Vec<Ordered> {
@@ -837,7 +822,7 @@ fn explain_a_row_of_each_kind(data: &Path, as_of: &str, out: &Path, mode: &[&str
         .map(|(flag, id)| {
             let mut args = mode.to_vec();
             args.extend([*flag, id.as_str()]);
-            explain_ordered(data, as_of, &args)
+            explain_json_as::<Ordered>(data, as_of, &args)
         })
         .collect()
 }
@@ -877,7 +862,7 @@ fn explain_json_fields_are_the_documented_ones() {
     }
     plan_accounts.remove("");
     for account in &plan_accounts {
-        explained.push(explain_ordered(
+        explained.push(explain_json_as::<Ordered>(
             &rejects,
             rejects_as_of,
             &["--account", account],

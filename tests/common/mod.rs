@@ -35,6 +35,15 @@ pub fn run_command(command: &str, data: &Path, as_of: &str, out: &Path) -> Comma
 
 /// `tally explain --data data --as-of as_of extra... --json`, which must succeed, parsed.
 pub fn explain_json(data: &Path, as_of: &str, extra: &[&str]) -> serde_json::Value {
+    explain_json_as(data, as_of, extra)
+}
+
+/// [`explain_json`] parsed as a `T`.
+pub fn explain_json_as<T: serde::de::DeserializeOwned>(
+    data: &Path,
+    as_of: &str,
+    extra: &[&str],
+) -> T {
     let mut args = vec![
         "explain",
         "--data",
