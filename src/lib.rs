@@ -420,7 +420,8 @@ pub(crate) fn refuse_reconcile_over_close(req: &JobRequest) -> Result<()> {
 
 /// A close whose output folder already holds a close: `Some(outcome)` when it was made
 /// from the same inputs (nothing to do), an error (exit 3) when from other inputs unless
-/// `--force`, `None` when the close should run.
+/// `--force`, `None` when the close should run. A folder holding a reconcile's output is
+/// refused the same way, saying so.
 pub(crate) fn check_earlier_close(
     req: &JobRequest,
     inputs: &[FileEntry],
@@ -454,6 +455,17 @@ pub(crate) fn check_earlier_close_advising(
                 alert: check_alert(&req.alert, &figures),
             }))
         }
+        // Not a close: a reconcile's folder (the job's `out` pointed at it by mistake, or
+        // reused on purpose); replaced only with --force, as a close of other inputs is.
+        Some(_) if old.command != Mode::Close.name() && !req.force => {
+            Err(TallyError::Refused(format!(
+                "{} holds the output of a {} (as-of {}), not a close; {rerun} with --force \
+                 to replace it with this close",
+                req.out.display(),
+                old.command,
+                old.as_of
+            )))
+        }
         Some(changes) if !req.force => {
             // A close under `history` that this one did not see is a later close: it was
             // built on this one's invoices and renewals.
@@ -473,7 +485,12 @@ pub(crate) fn check_earlier_close_advising(
             )))
         }
         Some(changes) => {
-            tracing::warn!(%changes, "replacing an earlier close (--force)");
+            match old.command == Mode::Close.name() {
+                true => tracing::warn!(%changes, "replacing an earlier close (--force)"),
+                false => {
+                    tracing::warn!(%changes, "replacing the output of a {} (--force)", old.command)
+                }
+            }
             Ok(None)
         }
     }

@@ -298,6 +298,49 @@ fn close_is_idempotent_and_refuses_changed_inputs() {
     assert_eq!(after_force.status.code(), Some(0));
 }
 
+/// A close pointed at a reconcile's folder is refused (exit 3) saying what the folder
+/// holds (it said "already holds a close" before), the folder untouched; with --force
+/// the close replaces it and is the same close as one into an empty folder.
+#[test]
+fn a_close_over_a_reconcile_folder_is_refused_naming_what_it_holds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = first_data(tmp.path());
+    let out = tmp.path().join("out");
+    run_command_ok("reconcile", &root, "2026-11-20T00:00:00Z", &out);
+    let before = folder_bytes(&out);
+    let refused = run("close", &root, "2026-12-01T00:00:00Z", &out);
+    assert_eq!(refused.status.code(), Some(3));
+    assert_eq!(
+        stderr(&refused),
+        format!(
+            "tally: refused: {} holds the output of a reconcile (as-of 2026-11-20T00:00:00Z), not a close; rerun with --force to replace it with this close\n",
+            out.display()
+        )
+    );
+    assert!(
+        before == folder_bytes(&out),
+        "a refused close leaves the folder untouched"
+    );
+
+    let forced = tally(&[
+        "close",
+        "--data",
+        root.to_str().unwrap(),
+        "--as-of",
+        "2026-12-01T00:00:00Z",
+        "--out",
+        out.to_str().unwrap(),
+        "--force",
+    ]);
+    assert_eq!(forced.status.code(), Some(0), "{}", stderr(&forced));
+    let fresh = tmp.path().join("fresh");
+    run_command_ok("close", &root, "2026-12-01T00:00:00Z", &fresh);
+    assert!(
+        folder_bytes(&out) == folder_bytes(&fresh),
+        "the forced close is the close of the same inputs"
+    );
+}
+
 /// A grants file as a close's grants_next writes it: one grant of `account`, expiring at
 /// the end of acct_pro's December period.
 fn write_one_grant(
