@@ -208,6 +208,13 @@ def ts_text(us):
     return csv_cell(us, "ts")
 
 
+def credits_text(v):
+    """`40.000`, `-0.005`; a zero is `0.000` whatever its sign (a DECIMAL(18,3) has no
+    negative zero: the oracle's Decimal arithmetic can make one, e.g. an entry of -0.0004
+    credits rounded to thousandths, left unattached)."""
+    return f"{(abs(v) if not v else v):.3f}"
+
+
 def money_text(minor, exponent):
     """`1234` -> `12.34` (2), `1234` (0), `1.234` (3), `-5` -> `-0.05`."""
     if exponent == 0:
@@ -239,7 +246,7 @@ def export_cell(row, c, code, neutralise):
     if v is None:
         return ""
     if code == "credits":
-        return f"{v:.3f}"
+        return credits_text(v)
     if code == "ts":
         return ts_text(v)
     if code in ("int64", "int32"):
@@ -439,7 +446,7 @@ def csv_cell(v, code):
     if code == "list":
         return ";".join(v)
     if code == "credits":
-        return f"{v:.3f}"
+        return credits_text(v)
     if code == "ts":
         d = from_us(v)
         frac = "" if not d.microsecond else f".{d.microsecond // 1000:03d}" \

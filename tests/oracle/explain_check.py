@@ -777,14 +777,8 @@ def main():
     if a.text_ids:
         import run as runner   # run.py's use_text_ids: gen.py with other ids, nothing else
         runner.use_text_ids()
-    if not (os.path.isfile(a.tally) and os.access(a.tally, os.X_OK)):
-        ap.error(f"--tally {a.tally}: not an executable file")
-    if ".." in a.seeds:
-        lo, hi = a.seeds.split("..")
-        chosen = list(range(int(lo), int(hi)))
-    else:
-        chosen = [int(s) for s in a.seeds.split(",")]
-    tally = os.path.abspath(a.tally)
+    import run as runner
+    tally, chosen = runner.binary_and_seeds(ap, a)
     commands = {"both": ["reconcile", "close"]}.get(a.command, [a.command])
     start = time.monotonic()
     work = a.keep or tempfile.mkdtemp(prefix="tally-explain-")

@@ -61,6 +61,21 @@ def seeds(text):
     return [int(s) for s in text.split(",")]
 
 
+def binary_and_seeds(ap, a):
+    """The tally binary (absolute) and the seeds of parsed arguments `a` (`--tally`,
+    `--seeds`), checked: `ap.error` (exit 2) for a binary that is not executable or seeds
+    that are not A..B, N or N,M,... (run.py, explain_check.py and rerun_check.py)."""
+    if not (os.path.isfile(a.tally) and os.access(a.tally, os.X_OK)):
+        ap.error(f"--tally {a.tally}: not an executable file (build it: cargo build --release)")
+    try:
+        chosen = list(seeds(a.seeds))
+    except ValueError:
+        ap.error(f"--seeds {a.seeds}: not A..B, N or N,M,...")
+    if not chosen:
+        ap.error(f"--seeds {a.seeds}: no seeds (A..B excludes B)")
+    return os.path.abspath(a.tally), chosen
+
+
 def report(label, diffs, other="tally", want_name="oracle"):
     for table, row, column, want, got in diffs[:SHOWN_PER_RUN]:
         if table == "error":
@@ -384,14 +399,7 @@ def main():
         use_text_ids()
     if a.shards and a.shards < 2:
         ap.error(f"--shards {a.shards}: at least 2 (without the flag: no sharded runs)")
-    if not (os.path.isfile(a.tally) and os.access(a.tally, os.X_OK)):
-        ap.error(f"--tally {a.tally}: not an executable file (build it: cargo build --release)")
-    try:
-        chosen = list(seeds(a.seeds))
-    except ValueError:
-        ap.error(f"--seeds {a.seeds}: not A..B, N or N,M,...")
-    if not chosen:
-        ap.error(f"--seeds {a.seeds}: no seeds (A..B excludes B)")
+    binary, chosen = binary_and_seeds(ap, a)
     commands = {"both": ["reconcile", "close"], "history": ["history"]}.get(a.command,
                                                                              [a.command])
     start = time.monotonic()
@@ -402,10 +410,10 @@ def main():
     for seed in chosen:
         seed_bad = False
         if a.command == "history":
-            found = run_history_seed(os.path.abspath(a.tally), shlex.split(a.tally_args), seed,
+            found = run_history_seed(binary, shlex.split(a.tally_args), seed,
                                      work, a.shards)
         else:
-            found = run_seed(os.path.abspath(a.tally), shlex.split(a.tally_args), seed,
+            found = run_seed(binary, shlex.split(a.tally_args), seed,
                              commands, work, a.shards)
         for command, diffs in found.items():
             runs += 1
