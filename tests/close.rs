@@ -136,6 +136,33 @@ fn run(cmd: &str, data: &Path, as_of: &str, out: &Path) -> std::process::Output 
         .expect("tally runs")
 }
 
+/// `tally close --force` of `data` at `as_of` into `out`.
+fn close_forced(data: &Path, as_of: &str, out: &Path) -> std::process::Output {
+    run_command("close", data, as_of, out)
+        .arg("--force")
+        .output()
+        .expect("tally runs")
+}
+
+/// A run refused with exit 3 and exactly `message` (after `tally: refused: OUT `) on
+/// stderr, its output folder as it was (`before`).
+fn assert_refused(
+    ran: &std::process::Output,
+    out: &Path,
+    message: &str,
+    before: &[(String, Vec<u8>)],
+) {
+    assert_eq!(ran.status.code(), Some(3), "{}", stderr(ran));
+    assert_eq!(
+        stderr(ran),
+        format!("tally: refused: {} {message}\n", out.display())
+    );
+    assert!(
+        before == folder_bytes(out),
+        "a refused run leaves {out:?} untouched"
+    );
+}
+
 #[test]
 fn three_periods_chain_through_the_next_inputs_without_hand_edits() {
     let tmp = tempfile::tempdir().unwrap();
@@ -243,17 +270,11 @@ fn close_is_idempotent_and_refuses_changed_inputs() {
 
     // A reconcile pointed at the close's folder: refused with exit 3, the close untouched.
     let reconcile = run("reconcile", &root, "2026-12-01T00:00:00Z", &out);
-    assert_eq!(reconcile.status.code(), Some(3));
-    assert_eq!(
-        stderr(&reconcile),
-        format!(
-            "tally: refused: {} holds a close; a reconcile does not replace a close: choose another --out folder\n",
-            out.display()
-        )
-    );
-    assert!(
-        before == folder_bytes(&out),
-        "a refused reconcile leaves the close untouched"
+    assert_refused(
+        &reconcile,
+        &out,
+        "holds a close; a reconcile does not replace a close: choose another --out folder",
+        &before,
     );
 
     // One changed byte in one input: refused with exit 3, naming the file.
@@ -263,33 +284,18 @@ fn close_is_idempotent_and_refuses_changed_inputs() {
     )
     .unwrap();
     let refused = run("close", &root, "2026-12-01T00:00:00Z", &out);
-    assert_eq!(refused.status.code(), Some(3));
-    assert_eq!(
-        stderr(&refused),
-        format!(
-            "tally: refused: {} already holds a close with other inputs (pricebook.toml changed); rerun with --force to replace it\n",
-            out.display()
-        )
-    );
-    assert!(
-        before == folder_bytes(&out),
-        "a refused close leaves the folder untouched"
+    assert_refused(
+        &refused,
+        &out,
+        "already holds a close with other inputs (pricebook.toml changed); rerun with --force to replace it",
+        &before,
     );
 
     // A different as-of is a different close too.
     let other = run("close", &root, "2026-12-02T00:00:00Z", &out);
     assert_eq!(other.status.code(), Some(3));
 
-    let forced = tally(&[
-        "close",
-        "--data",
-        root.to_str().unwrap(),
-        "--as-of",
-        "2026-12-01T00:00:00Z",
-        "--out",
-        out.to_str().unwrap(),
-        "--force",
-    ]);
+    let forced = close_forced(&root, "2026-12-01T00:00:00Z", &out);
     assert_eq!(forced.status.code(), Some(0));
     let manifest = json(&out.join("manifest.json"));
     assert_eq!(manifest["command"], "close");
@@ -309,29 +315,14 @@ fn a_close_over_a_reconcile_folder_is_refused_naming_what_it_holds() {
     run_command_ok("reconcile", &root, "2026-11-20T00:00:00Z", &out);
     let before = folder_bytes(&out);
     let refused = run("close", &root, "2026-12-01T00:00:00Z", &out);
-    assert_eq!(refused.status.code(), Some(3));
-    assert_eq!(
-        stderr(&refused),
-        format!(
-            "tally: refused: {} holds the output of a reconcile (as-of 2026-11-20T00:00:00Z), not a close; rerun with --force to replace it with this close\n",
-            out.display()
-        )
-    );
-    assert!(
-        before == folder_bytes(&out),
-        "a refused close leaves the folder untouched"
+    assert_refused(
+        &refused,
+        &out,
+        "holds the output of a reconcile (as-of 2026-11-20T00:00:00Z), not a close; rerun with --force to replace it with this close",
+        &before,
     );
 
-    let forced = tally(&[
-        "close",
-        "--data",
-        root.to_str().unwrap(),
-        "--as-of",
-        "2026-12-01T00:00:00Z",
-        "--out",
-        out.to_str().unwrap(),
-        "--force",
-    ]);
+    let forced = close_forced(&root, "2026-12-01T00:00:00Z", &out);
     assert_eq!(forced.status.code(), Some(0), "{}", stderr(&forced));
     let fresh = tmp.path().join("fresh");
     run_command_ok("close", &root, "2026-12-01T00:00:00Z", &fresh);
