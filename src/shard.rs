@@ -87,9 +87,10 @@ pub fn parse_shard(text: &str) -> std::result::Result<(u32, u32), String> {
 /// Compute shard `shard` of `shards` and publish it under `req.out/shard=I/`.
 pub fn run_shard(req: &JobRequest, shard: u32, shards: u32) -> Result<JobOutcome> {
     let folder = shard_folder(&req.out, shard);
-    let prepared = prepare(req, &folder)?;
-    // What the merge would refuse of `--out`, refused before the shard computes.
+    // What the merge would refuse of `--out`, refused before the shard computes, and
+    // before its lock makes the shards' folder beside `--out`.
     crate::check_replaceable(&req.out)?;
+    let prepared = prepare(req, &folder)?;
     let settings = req.settings(prepared.history.clone());
     let compute = || {
         let inputs = pipeline::inputs(&settings.data)?;
@@ -358,6 +359,42 @@ fn run_identity(m: &ShardManifest) -> ShardManifest {
     }
 }
 
+/// The shards are shards of one run, else exit 3 naming one that is not: the run most of
+/// them belong to names the odd one out (shard 0 too, when it is the odd one); without a
+/// majority (two shards, or as many runs as shards), the first two that differ are named
+/// and the message says to rerun whichever is not of the run meant.
+fn check_one_run(folders: &[PathBuf], manifests: &[ShardManifest]) -> Result<()> {
+    let identities: Vec<ShardManifest> = manifests.iter().map(run_identity).collect();
+    let members = |identity: &ShardManifest| identities.iter().filter(|i| *i == identity).count();
+    let Some(odd) = identities.iter().position(|i| *i != identities[0]) else {
+        return Ok(());
+    };
+    let majority = identities
+        .iter()
+        .position(|i| members(i) * 2 > identities.len());
+    let message = match majority {
+        Some(m) => {
+            let odd = (0..identities.len())
+                .find(|&k| identities[k] != identities[m])
+                .expect("a shard differs from the majority");
+            format!(
+                "{} is a shard of another run than {} ({}); rerun it with the same inputs and settings",
+                folders[odd].display(),
+                folders[m].display(),
+                differences(&manifests[m], &manifests[odd])
+            )
+        }
+        None => format!(
+            "{} and {} are shards of different runs ({}); rerun the one not made from the \
+             inputs and settings of the run you mean",
+            folders[odd].display(),
+            folders[0].display(),
+            differences(&manifests[0], &manifests[odd])
+        ),
+    };
+    Err(TallyError::Refused(message))
+}
+
 /// Describe how shard `b` differs from shard `a` (for the refusal message).
 fn differences(a: &ShardManifest, b: &ShardManifest) -> String {
     let mut what = Vec::new();
@@ -424,18 +461,8 @@ pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
         .iter()
         .map(|f| read_manifest(f))
         .collect::<Result<Vec<_>>>()?;
+    check_one_run(&folders, &manifests)?;
     let first = &manifests[0];
-    let identity = run_identity(first);
-    for (folder, m) in folders.iter().zip(&manifests) {
-        if run_identity(m) != identity {
-            return Err(TallyError::Refused(format!(
-                "{} is a shard of another run than {} ({}); rerun it with the same inputs and settings",
-                folder.display(),
-                folders[0].display(),
-                differences(first, m)
-            )));
-        }
-    }
     // Partial files and run files are read as this binary writes them: shards of another
     // tally version (a deploy between the shards and their merge) are refused by name
     // rather than decoded.

@@ -207,7 +207,8 @@ fn a_close_shard_over_a_close_of_other_inputs_is_refused_before_it_computes() {
                 foreign.display()
             )
         );
-        assert!(!root(&foreign).join("shard=0").exists(), "{command}");
+        // Refused before anything is made beside it (not even the shards' folder).
+        assert!(!root(&foreign).exists(), "{command}");
     }
 }
 
@@ -374,8 +375,49 @@ fn merge_refuses_missing_duplicated_foreign_and_altered_shards() {
         shards_s,
         root(&other).join("shard=1").to_str().unwrap(),
     ]);
+    assert_eq!(
+        e,
+        format!(
+            "tally: refused: {} is a shard of another run than {} (as-of 2026-11-19T00:00:00Z vs {AS_OF}); rerun it with the same inputs and settings\n",
+            root(&other).join("shard=1").display(),
+            shard(0).display()
+        )
+    );
+    // Shard 0 the odd one of three: named (not a good shard), against the other two.
+    run_ok(
+        "reconcile",
+        &data,
+        "2026-11-19T00:00:00Z",
+        &other,
+        &["--shard", "0/3"],
+    );
+    run_ok("reconcile", &data, AS_OF, &shards, &["--shard", "1/3"]);
+    let e = refused(&[
+        "merge",
+        "--out",
+        out_s,
+        root(&other).join("shard=0").to_str().unwrap(),
+        shard(1).to_str().unwrap(),
+        shard(2).to_str().unwrap(),
+    ]);
+    assert_eq!(
+        e,
+        format!(
+            "tally: refused: {} is a shard of another run than {} (as-of 2026-11-19T00:00:00Z vs {AS_OF}); rerun it with the same inputs and settings\n",
+            root(&other).join("shard=0").display(),
+            shard(1).display()
+        )
+    );
+    // Two shards of two runs: no majority, both named.
+    let e = refused(&[
+        "merge",
+        "--out",
+        out_s,
+        root(&other).join("shard=0").to_str().unwrap(),
+        shard(1).to_str().unwrap(),
+    ]);
     assert!(
-        e.contains("is a shard of another run") && e.contains("as-of"),
+        e.contains("are shards of different runs") && e.contains("rerun the one not made"),
         "{e}"
     );
 
