@@ -1,7 +1,7 @@
 """Re-runs over an existing output folder and the refusals of `close`, against tally's README.
 
-    python tests/oracle/rerun_check.py --tally PATH [--seeds 0..100] [--part plain|history|both]
-                                       [--keep DIR]
+    python tests/oracle/rerun_check.py --tally PATH [--seeds 0..100]
+                                       [--part plain|history|sharded|both|all] [--keep DIR]
 
 For every seed, gen.py writes the same data root (and as-of and settle) run.py uses, and
 tally is run over output folders that already hold something: the same close again (a
@@ -11,10 +11,15 @@ and the oracle's tables), `reconcile` over a close, `--out` naming a folder that
 tally output, a held output lock; with `--part history`, the same over a sequence of closes
 with `--history` (gen.gen_history): the last close re-run, changed and forced with a backup
 copy of it kept beside it, `--out` not directly inside the history folder, and the next
-close, which must read the right earlier closes. Expected exit codes and texts come from
-tally's README only ("Close", "Late events", "Outputs", the `--force` row and the exit
-codes); see tests/oracle/README.md, "Re-runs and refusals". Prints each disagreement (seed,
-case, what, expected value | tally's value) and one summary line; exits 1 on any.
+close, which must read the right earlier closes; with `--part sharded`, the close made as N
+shards + `tally merge`: the same sharded close again, its shards after the inputs changed
+(refused), `--force` on the merge alone, on the shards only, on both, reconcile shards and
+merges over the close, a foreign `--out`, and merges given missing, duplicated, altered or
+foreign shards. Expected exit codes and texts come from tally's README only ("Close", "Late
+events", "Outputs", "Many machines", the `--force` and `--shard` rows and the exit codes;
+jobs/README.md on shards); see tests/oracle/README.md, "Re-runs and refusals". Prints each
+disagreement (seed, case, what, expected value | tally's value) and one summary line;
+exits 1 on any.
 """
 import argparse
 import fcntl
@@ -731,20 +736,497 @@ def history_seed(binary, seed, work):
     return found
 
 
+# ------------------------------------------------------------------------------ sharded
+
+# README: Many machines — a close shard refused for other inputs gets "the message of a run on
+# one machine, advising `--force` on every shard and then the merge"
+SHARD_LOCK = re.compile(r"^\.shard=\d+\.tally-lock$")
+
+
+def shards_of(out):
+    return out + ".shards"
+
+
+def snapshot_shards(folder):
+    """snapshot() of a shards folder (OUT.shards) without the shards' lock files
+    (`.shard=I.tally-lock`, README: Outputs — a run's lock file stays; taking it is not a
+    write of the shards)."""
+    snap = snapshot(folder)
+    return None if snap is None else {p: v for p, v in snap.items()
+                                      if not SHARD_LOCK.match(os.path.basename(p))}
+
+
+def merge_run(binary, out, shards=(), force=False, extra=()):
+    """`tally merge --out OUT [--force] [SHARDS...]`, logs off."""
+    cmd = [binary, "merge", "--out", out, *(["--force"] if force else []), *extra, *shards]
+    return Ran(cmd, subprocess.run(cmd, capture_output=True, text=True,
+                                   env=dict(os.environ, TALLY_LOG="off")))
+
+
+def shard_case(binary, command, root, as_of, settle, out, i, n, want, force=False, names=(),
+               advice=False, noted=None):
+    """`COMMAND ... --out OUT --shard I/N` (README: the `--shard` row — "compute only shard I
+    of N and write it to `OUT.shards/shard=I/`"). Always: OUT not written (a shard never
+    publishes OUT), the other shards' folders not written, nothing left beside OUT but
+    `OUT.shards` and lock files, nothing in `OUT.shards` but `shard=I` and its lock. Exit 0:
+    `OUT.shards/shard=I/shard.json` there (README: Many machines). Otherwise one stderr line,
+    `shard=I` not written and `OUT.shards` not created (refused "before it computes"); with
+    `names` the line names every changed input (README: Close — "naming every input that
+    changed"), with `advice` it advises `--force` and the merge. -> (Case, Ran)."""
+    c = Case()
+    sh = shards_of(out)
+    mine = os.path.join(sh, f"shard={i}")
+    o_before, s_before = snapshot(out), snapshot_shards(sh)
+    side, s_side = beside(out), beside(mine)
+    ran = tally(binary, command, root, as_of, settle, out, force=force,
+                extra=("--shard", f"{i}/{n}"))
+    c.diffs += exit_diff(ran, want)
+    c.diffs += snapshot_diffs(o_before, snapshot(out), "OUT")
+    s_after = snapshot_shards(sh)
+    if isinstance(want, tuple):   # left open: noted
+        note(None, None, f"{noted}: shard exit {ran.code}", ran.said().replace(out, "OUT"))
+    if ran.code == 0 and (want == 0 or isinstance(want, tuple)):
+        keep = lambda snap: None if snap is None else {   # noqa: E731
+            p: v for p, v in snap.items() if p.split(os.sep)[0] != f"shard={i}"}
+        c.diffs += snapshot_diffs(keep(s_before), keep(s_after) if s_before else None,
+                                  "OUT.shards (other shards)")
+        if not os.path.isfile(os.path.join(mine, "shard.json")):
+            c.diffs.append(("OUT.shards", None, f"shard={i}/shard.json", "present",
+                            "(absent)"))
+    else:
+        c.diffs += one_line(ran)
+        c.diffs += snapshot_diffs(s_before, s_after, "OUT.shards")
+    allowed = {os.path.basename(out), f".{os.path.basename(out)}.tally-lock",
+               os.path.basename(sh), f".{os.path.basename(sh)}.tally-lock"}
+    after = beside(out)
+    if side is not None and after is not None:
+        c.diffs += [("beside OUT", None, x, "(absent)", "left by the run")
+                    for x in sorted(after - side - allowed)]
+    got = beside(mine)
+    if s_side is not None and got is not None:
+        c.diffs += [("OUT.shards", None, x, "(absent)", "left by the run")
+                    for x in sorted(got - s_side - {f"shard={i}", f".shard={i}.tally-lock"})]
+    if names:
+        missing = [p for p in names if not named(p, ran.err)]
+        if missing:
+            c.diffs.append(("message", None, "(names every changed input)", " and ".join(missing),
+                            ran.err.strip()[-300:] or "(nothing)"))
+    if advice and ran.code != 0 and not ("--force" in ran.err and "merge" in ran.err):
+        c.diffs.append(("message", None, "(advises --force on every shard and the merge)",
+                        "--force ... merge", ran.err.strip()[-300:] or "(nothing)"))
+    return c, ran
+
+
+def sharded_merge_case(binary, out, want, shards=(), force=False, noop=False, names=(),
+                       shard_named=None, either=None):
+    """`tally merge --out OUT [--force] [SHARDS]`. Always: the shard folders it read not
+    written (README: Many machines — "The merge leaves `OUT.shards/` in place"), nothing left
+    beside OUT but its lock. `noop`: exit 0, "nothing to do", OUT not written. Refused:
+    one stderr line, OUT not written (not created when absent); `shard_named` (I, N, kind):
+    the line names the shard (jobs/README: "the message
+    names it and says which `--shard` to rerun", see shard_message). `either` (a label): exit 3 or the no-op,
+    OUT not written either way; which one is noted. -> (Case, Ran)."""
+    c = Case()
+    sources = list(shards) or [shards_of(out)]
+    s_before = {s: snapshot_shards(s) for s in sources}
+    before, side = snapshot(out), beside(out)
+    parent = os.path.dirname(os.path.abspath(out))
+    ran = merge_run(binary, out, shards, force)
+    if either:
+        note(None, None, f"{either}: exit {ran.code}" + (
+            ", nothing to do" if ran.code == 0 and NOTHING_TO_DO in ran.out + ran.err else ""),
+            (ran.err.strip() or ran.out.strip())[-200:].replace(out, "OUT"))
+        want, noop = (3, False) if ran.code == 3 else (0, True)
+    c.diffs += exit_diff(ran, want)
+    for s in sources:
+        c.diffs += snapshot_diffs(s_before[s], snapshot_shards(s), f"shards {os.path.basename(s)}")
+    allowed = {os.path.basename(out), f".{os.path.basename(out)}.tally-lock"} | {
+        os.path.basename(s) for s in sources}
+    after = beside(out)
+    if side is not None and after is not None:
+        c.diffs += [("beside OUT", None, x, "(absent)", "left by the run")
+                    for x in sorted(after - side - allowed)]
+    if noop:
+        if NOTHING_TO_DO not in ran.out + ran.err:
+            c.diffs.append(("message", None, "(stdout or stderr)", NOTHING_TO_DO,
+                            ran.said() or "(nothing)"))
+        c.diffs += snapshot_diffs(before, snapshot(out), "OUT")
+    elif want != 0:
+        c.diffs += one_line(ran)
+        c.diffs += snapshot_diffs(before, snapshot(out), "OUT")
+        if side is None and os.path.exists(parent):
+            c.diffs.append(("OUT's parent", None, parent, "(absent)", "created by a refused run"))
+        if names:
+            k = sum(named(p, ran.err) for p in names)
+            note(None, None, "merge without --force over a close of other inputs: names "
+                 + ("every" if k == len(names) else "some" if k else "none")
+                 + " of the changed inputs", f"{k} of {len(names)}")
+        if shard_named is not None and ran.code != 0:
+            c.diffs += shard_message(ran, *shard_named)
+    return c, ran
+
+
+def shard_message(ran, i, n, kind):
+    """jobs/README: `tally merge` adds exit 3 for a missing, duplicated, altered or foreign
+    shard, "the message names it and says which `--shard` to rerun". Missing and altered:
+    the line names shard I (`shard=I`, `shard I`, `I/N`) and says to (re)run it. Duplicated
+    (nothing to rerun: the list is wrong) and foreign (with two runs' shards the merge
+    cannot tell which run is the odd one, and with N = 2 nothing says it): the line names a
+    shard; whether it is I, and whether it says `--shard`, is noted."""
+    err = ran.err
+    me = re.compile(rf"shard[= ]{i}\b|\b{i}/{n}\b|\b{i} of {n}\b")
+    first = re.search(rf"shard[= ](\d+)\b|\b(\d+)/{n}\b", err)
+    if not first:
+        return [("message", None, "(names the shard)", f"shard={i}" if kind == "strict" else
+                 "a shard", err.strip()[-300:] or "(nothing)")]
+    if kind == "strict":
+        diffs = []
+        if not me.search(err):
+            diffs.append(("message", None, "(names the shard)", f"shard={i}",
+                          err.strip()[-300:] or "(nothing)"))
+        if not re.search(r"\b(re)?run\b", err):
+            diffs.append(("message", None, "(says which --shard to rerun)", "(re)run ...",
+                          err.strip()[-300:] or "(nothing)"))
+        note(None, None, "merge refusal (missing, altered): the advice "
+             + ("spells --shard I/N" if f"--shard {i}/{n}" in err else "does not spell --shard"))
+        return diffs
+    if kind == "dup":
+        note(None, None, "merge refusal, duplicated shard: "
+             + ("names it" if me.search(err) else "names another shard")
+             + (", says --shard" if "--shard" in err else ", no --shard advice"))
+    else:
+        says = first.group(1) or first.group(2)
+        note(None, None, f"merge refusal, foreign shard (N={n}): the first shard named "
+             + ("is the foreign one" if says == str(i) else "is a good one"),
+             err.strip().split(": ", 2)[-1][:160])
+    return []
+
+
+def copy_shards(src, dst, drop=()):
+    """A copy of a shards folder (only its `shard=I` folders), without those in `drop`."""
+    shutil.rmtree(dst, ignore_errors=True)
+    os.makedirs(dst)
+    for name in sorted(os.listdir(src)):
+        if name.startswith("shard=") and int(name[6:]) not in drop:
+            shutil.copytree(os.path.join(src, name), os.path.join(dst, name))
+    return dst
+
+
+def alter_shard(R, folder):
+    """Change one byte of a shard's file, or its shard.json's as-of. -> what was done."""
+    files = sorted(f for f in os.listdir(folder) if not f.startswith("."))
+    kind = R.choice(["partial.bin", "run file", "shard.json"])
+    if kind == "shard.json":
+        p = os.path.join(folder, "shard.json")
+        with open(p) as f:
+            text = f.read()
+        new = re.sub(r'("as_of"\s*:\s*")(\d{4})', lambda m: m.group(1) + str(int(m.group(2)) - 1),
+                     text, count=1)
+        if new != text:
+            with open(p, "w") as f:
+                f.write(new)
+            return "shard.json: as_of a year earlier"
+        kind = "partial.bin"
+    runs = [f for f in files if f.endswith(".bin") and f != "partial.bin"]
+    name = R.choice(runs) if kind == "run file" and runs else "partial.bin"
+    p = os.path.join(folder, name)
+    with open(p, "r+b") as f:
+        data = bytearray(f.read())
+        if data:
+            k = R.randrange(len(data))
+            data[k] ^= 0x01
+        else:
+            data = bytearray(b"\0")
+        f.seek(0)
+        f.write(data)
+    return f"{name}: one byte changed"
+
+
+def sharded_seed(binary, seed, work):
+    """Re-runs and refusals of a sharded close (README: the `--shard` and `--force` rows,
+    "Many machines", Close's re-run paragraph, exit 3; jobs/README on shards) over one
+    root's close made as N shards (N = 2 or 3) + `tally merge`. -> {case: Case}."""
+    base = os.path.join(work, f"seed-{seed}", "sharded")
+    shutil.rmtree(base, ignore_errors=True)
+    root = os.path.join(base, "data")
+    as_ofs = gen.gen(seed, root)
+    (as_of, settle), (r_as_of, r_settle) = as_ofs["close"], as_ofs["reconcile"]
+    R = random.Random(f"rerun-sharded-{seed}")
+    n = R.choice([2, 3])
+    with open(os.path.join(base, "as_of.toml"), "w") as f:
+        f.write(f'close = ["{as_of}", "{settle}"]\nreconcile = ["{r_as_of}", "{r_settle}"]\n'
+                f"shards = {n}\n")
+    out, found = os.path.join(base, "close"), {}
+    sh = shards_of(out)
+    log = open(os.path.join(base, "cases.txt"), "w")
+
+    def step(label, c_and_ran):
+        c, ran = c_and_ran[0], c_and_ran[1]
+        found[label] = c
+        log.write(f"{label}: {ran.shown()}\n  exit {ran.code}: {ran.said()}\n")
+        return ran
+
+    def shards_all(label, want, **kw):
+        """Every shard I of N; -> whether every one exited `want`."""
+        ok = True
+        for i in range(n):
+            ran = step(f"{label}: shard {i}/N", shard_case(binary, "close", root, as_of, settle,
+                                                         out, i, n, want, **kw))
+            ok = ok and ran.code == want
+        return ok
+
+    def fresh_close(label, folder):
+        """A one-machine close of the current inputs into an empty folder."""
+        shutil.rmtree(folder, ignore_errors=True)
+        made = tally(binary, "close", root, as_of, settle, folder)
+        log.write(f"({label}): {made.shown()}\n  exit {made.code}: {made.said()}\n")
+        return made
+
+    def against_one(label, folder):
+        f = Case("one machine", "merged")
+        made = fresh_close(label, folder)
+        if made.code != 0:
+            f.diffs.append(("one-machine close", None, made.shown(), 0,
+                            f"{made.code}: {made.said()}"))
+        else:
+            f.diffs += compare.compare_trees(folder, out)
+        found[label] = f
+
+    try:
+        # 1. the sharded close: shards write OUT.shards/shard=I only, the merge publishes OUT
+        if not shards_all("close", 0):
+            return found
+        if os.path.exists(out):
+            c = Case()
+            c.diffs.append(("OUT", None, "(after the shards, before the merge)", "(absent)",
+                            "present"))
+            found["close: OUT before the merge"] = c
+        c = Case("oracle")
+        side = beside(out)
+        ran = merge_run(binary, out)
+        c.diffs += exit_diff(ran, 0)
+        c.diffs += beside_diffs(side, beside(out), out)
+        if ran.code == 0:
+            c.diffs += oracle_diffs(root, out, "close", as_of, settle)
+            if not os.path.isdir(sh):   # README: "The merge leaves `OUT.shards/` in place"
+                c.diffs.append(("OUT.shards", None, "(after the merge)", "present", "(absent)"))
+        step("close: merge", (c, ran))
+        if ran.code != 0:
+            return found
+        against_one("close = one machine", os.path.join(base, "one"))
+
+        # 2. the same sharded close again: shards compute as usual, the merge is the no-op
+        old = snapshot_shards(sh)
+        shards_all("no-op", 0)
+        new = snapshot_shards(sh)
+        same = {p: v[0] for p, v in old.items() if v[0] != "dir" and "/" in p} == \
+            {p: v[0] for p, v in new.items() if v[0] != "dir" and "/" in p}
+        note(seed, "no-op", "no-op shards: shard files " + ("byte-identical to the first run's"
+                                                            if same else "differ in bytes"))
+        step("no-op: merge", sharded_merge_case(binary, out, 0, noop=True))
+        if R.random() < 0.5:   # "a merge can be run again from it"
+            step("no-op: merge again", sharded_merge_case(binary, out, 0, noop=True,
+                                                          force=R.random() < 0.5))
+
+        # 3. changed inputs: every shard refused before it computes; the merge then finds
+        # the shards already there, which are of the close OUT holds
+        kinds = ["add-usage", "drop-usage", "grant", "add-debit", "remove-file", "pricebook"]
+        for k in range(R.choice([1, 1, 2])):
+            log.write(f"  (change: {change_inputs(R, root, k, kinds)})\n")
+        changed = changed_inputs(out, root, None, as_of)
+        if not changed:
+            log.write("  (no input changed)\n")
+            return found
+        book = "pricebook.toml" in changed
+        shards_all("changed", 3, names=changed, advice=True)
+        step("changed: one machine", refused_case(binary, "close", root, as_of, settle, out, 3,
+                                                  names=changed))
+        # README: Many machines — "the merge also refuses if `pricebook.toml` changed
+        # since"; merged into a folder holding the same close is "the usual no-op": which
+        # comes first is not said
+        step("changed: merge", sharded_merge_case(
+            binary, out, 0, noop=True,
+            either="merge of the refused shards' predecessors, pricebook.toml changed"
+            if book else None))
+        # "`--force` on the merge alone merges the shards already there, if any"
+        step("changed: merge --force alone", sharded_merge_case(
+            binary, out, 0, force=True, noop=True,
+            either="merge --force alone, pricebook.toml changed" if book else None))
+        if R.random() < 0.3:   # no shards there at all: a missing shard (exit 3)
+            aside = sh + "-aside"
+            os.rename(sh, aside)
+            try:
+                step("changed: merge --force alone, no shards",
+                     sharded_merge_case(binary, out, 3, force=True, shards=()))
+            finally:
+                shutil.rmtree(sh, ignore_errors=True)
+                os.rename(aside, sh)
+        old_shards = copy_shards(sh, os.path.join(base, "old.shards"))
+
+        # 4. --force on every shard: each replaces shard=I; the merge without --force is the
+        # close over a close of other inputs (exit 3), with --force it replaces the close
+        if not shards_all("force", 0, force=True):
+            return found
+        if R.random() < 0.7:
+            step("force: merge without --force", sharded_merge_case(binary, out, 3,
+                                                                    names=changed))
+        c = Case("oracle")
+        side = beside(out)
+        ran = merge_run(binary, out, force=True)
+        c.diffs += exit_diff(ran, 0)
+        c.diffs += beside_diffs(side, beside(out), out)
+        if ran.code == 0:
+            c.diffs += oracle_diffs(root, out, "close", as_of, settle)
+        step("force: merge --force", (c, ran))
+        if ran.code != 0:
+            return found
+        against_one("force = fresh one-machine close", os.path.join(base, "fresh"))
+        if R.random() < 0.5:
+            shards_all("no-op after force", 0)
+            step("no-op after force: merge", sharded_merge_case(binary, out, 0, noop=True))
+
+        # 5. reconcile shards and their merge over the close: exit 3 (README: exit 3 — "a
+        # shard of one, or its `merge` ... a `merge` too, even with `--force`")
+        i = R.randrange(n)
+        step("reconcile shard over close", shard_case(binary, "reconcile", root, r_as_of,
+                                                      r_settle, out, i, n, 3))
+        recon = os.path.join(base, "reconcile")
+        r_ok = True
+        for i in range(n):
+            ran = step(f"reconcile: shard {i}/N", shard_case(binary, "reconcile", root, r_as_of,
+                                                             r_settle, recon, i, n, 0))
+            r_ok = r_ok and ran.code == 0
+        if r_ok:   # kept for a foreign shard below (the close over reconcile replaces them)
+            recon_shards = copy_shards(shards_of(recon), os.path.join(base, "recon-kept.shards"))
+            step("reconcile merge over close", sharded_merge_case(
+                binary, out, 3, shards=[shards_of(recon)]))
+            step("reconcile merge --force over close", sharded_merge_case(
+                binary, out, 3, shards=[shards_of(recon)], force=True))
+
+        if r_ok and R.random() < 0.4:
+            # a close made as shards over a reconcile's (merged) folder: README Close — "A close
+            # over a folder holding a reconcile's output is refused the same way (exit 3 ...),
+            # and `--force` replaces it"; whether its shards refuse or only the merge is not
+            # said (Many machines speaks of "a close of other inputs"): noted
+            c = Case("oracle")
+            ran = merge_run(binary, recon)
+            c.diffs += exit_diff(ran, 0)
+            if ran.code == 0:
+                c.diffs += oracle_diffs(root, recon, "reconcile", r_as_of, r_settle)
+            step("reconcile: merge", (c, ran))
+            if ran.code == 0:
+                codes = [step(f"close over reconcile: shard {i}/N", shard_case(
+                    binary, "close", root, as_of, settle, recon, i, n, (0, 3),
+                    noted="close shard over a reconcile folder")).code for i in range(n)]
+                if all(code == 0 for code in codes):
+                    step("close over reconcile: merge", sharded_merge_case(binary, recon, 3))
+                for i in range(n):
+                    step(f"close --force over reconcile: shard {i}/N", shard_case(
+                        binary, "close", root, as_of, settle, recon, i, n, 0, force=True))
+                c = Case("oracle")
+                ran = merge_run(binary, recon, force=True)
+                c.diffs += exit_diff(ran, 0)
+                if ran.code == 0:
+                    c.diffs += oracle_diffs(root, recon, "close", as_of, settle)
+                step("close --force over reconcile: merge --force", (c, ran))
+
+        # 6. --out a folder that is not a tally output: the shard refused as the merge would
+        # be (exit 3, before it computes), with --force too; the merge too
+        foreign = os.path.join(base, "foreign")
+        what = foreign_folder(R, foreign)
+        i = R.randrange(n)
+        for force in (False, True):
+            step(f"foreign ({what}) shard{' --force' if force else ''}", shard_case(
+                binary, "close", root, as_of, settle, foreign, i, n, 3, force=force))
+        for force in (False, True):
+            step(f"foreign ({what}) merge{' --force' if force else ''}", sharded_merge_case(
+                binary, foreign, 3, shards=[sh], force=force))
+
+        # 7. merge given a missing, duplicated, altered or foreign shard: exit 3 naming it
+        # (README: exit 3; jobs/README: "the message names it and says which `--shard` to
+        # rerun"), into a new folder or over the close OUT holds (which the good shards are)
+        bad = os.path.join(base, "bad")
+
+        def bad_merge(label, srcs, i, kind="strict", over_close=None):
+            if over_close is None:
+                over_close = R.random() < 0.3
+            target = out if over_close else os.path.join(base, "merged-new")
+            shutil.rmtree(os.path.join(base, "merged-new"), ignore_errors=True)
+            where = "over the close" if target == out else "new folder"
+            step(f"merge {label} ({where})", sharded_merge_case(
+                binary, target, 3, shards=srcs, shard_named=(i, n, kind)))
+
+        i = R.randrange(n)
+        if R.random() < 0.5:
+            bad_merge(f"missing shard={i}", [copy_shards(sh, bad, drop=[i])], i)
+        else:
+            bad_merge(f"missing shard={i} (listed)",
+                      [os.path.join(sh, f"shard={j}") for j in range(n) if j != i], i)
+        i = R.randrange(n)
+        v = R.choice(["listed twice", "in two folders"])
+        if v == "listed twice":
+            srcs = [os.path.join(sh, f"shard={j}") for j in range(n)] + \
+                [os.path.join(sh, f"shard={i}")]
+        else:
+            dup = copy_shards(sh, os.path.join(base, "dup"), drop=[j for j in range(n) if j != i])
+            srcs = [sh, dup]
+        bad_merge(f"duplicated shard={i} ({v})", srcs, i, "dup")
+        i = R.randrange(n)
+        copy_shards(sh, bad)
+        what = alter_shard(R, os.path.join(bad, f"shard={i}"))
+        label = f"altered shard={i} ({what.split(':')[0]})"
+        if what.startswith("shard.json"):
+            bad_merge(label, [bad], i)
+        elif R.random() >= 0.3:
+            bad_merge(label, [bad], i, over_close=False)
+        else:
+            # README (merge): over a folder holding the same close the no-op is decided from
+            # the shards' shard.json before their other files are read, so a damaged
+            # partial.bin or run file is not found there (a new folder refuses it, above).
+            step(f"merge {label} (over the close)",
+                 sharded_merge_case(binary, out, 0, shards=[bad], noop=True))
+        i = R.randrange(n)
+        kind = R.choice(["old inputs", "reconcile", "other as-of", "other N"]
+                        if r_ok else ["old inputs", "other as-of", "other N"])
+        copy_shards(sh, bad, drop=[i])
+        if kind == "old inputs":
+            src = os.path.join(old_shards, f"shard={i}")
+        elif kind == "reconcile":
+            src = os.path.join(recon_shards, f"shard={i}")
+        else:
+            other = os.path.join(base, "other")
+            shutil.rmtree(shards_of(other), ignore_errors=True)
+            t = gen.iso(oracle.parse_instant(as_of) + R.choice([1, 10**6]))
+            m = n + 1 if kind == "other N" else n
+            ran = tally(binary, "close", root, as_of if kind == "other N" else t, settle, other,
+                        extra=("--shard", f"{i}/{m}"))
+            log.write(f"({kind} shard): {ran.shown()}\n  exit {ran.code}: {ran.said()}\n")
+            src = os.path.join(shards_of(other), f"shard={i}")
+        if os.path.isdir(src):
+            shutil.copytree(src, os.path.join(bad, f"shard={i}"))
+            bad_merge(f"foreign shard={i} ({kind})", [bad], i, "foreign")
+    finally:
+        log.close()
+    return found
+
+
 # ------------------------------------------------------------------------------ main
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tally", required=True, help="the tally binary to test")
     ap.add_argument("--seeds", default="0..100", help="A..B (B excluded), N or N,M,...")
-    ap.add_argument("--part", default="both", choices=["plain", "history", "both"],
+    ap.add_argument("--part", default="all",
+                    choices=["plain", "history", "sharded", "both", "all"],
                     help="plain: re-runs over one root's close; history: over a sequence of "
-                         "closes with --history")
+                         "closes with --history; sharded: over a close made as N shards + "
+                         "merge; both: plain+history; all: the three")
     ap.add_argument("--keep", help="keep every root and output under this folder")
     a = ap.parse_args()
     import run as runner
     binary, chosen = runner.binary_and_seeds(ap, a)
-    parts = {"both": ["plain", "history"]}.get(a.part, [a.part])
+    parts = {"both": ["plain", "history"], "all": ["plain", "history", "sharded"]}.get(
+        a.part, [a.part])
     start = time.monotonic()
     work = a.keep or tempfile.mkdtemp(prefix="tally-rerun-")
     os.makedirs(work, exist_ok=True)
@@ -754,14 +1236,16 @@ def main():
         for part in parts:
             AT[:] = [seed, part]
             try:
-                found = (plain_seed if part == "plain" else history_seed)(binary, seed, work)
+                found = {"plain": plain_seed, "history": history_seed,
+                         "sharded": sharded_seed}[part](binary, seed, work)
             except Exception as e:
                 c = Case()
                 c.diffs.append(("error", None, type(e).__name__, str(e)[-400:], None))
                 found = {"(checker)": c}
             for label, c in found.items():
                 runs += 1
-                KINDS[f"{part} " + re.sub(r"(close|backup|fresh)-\d", r"\1-K", label)] += 1
+                KINDS[f"{part} " + re.sub(r"shard=\d", "shard=I", re.sub(
+                    r"(close|backup|fresh)-\d", r"\1-K", label))] += 1
                 if not c.diffs:
                     continue
                 seed_bad = True

@@ -20,7 +20,20 @@ MODE:
                  the real run (tally wiping other data)
   noop-no-alert  a close that found nothing to do and exited 1 (a job's `[alert]` crossed):
                  exit 0, its `tally: alert:` line dropped (the retry hiding the alert)
+
+Sharded (rerun_check.py --part sharded):
+  shard-ignore   a close shard refused for other inputs (exit 3): run again with --force, so
+                 the shard computes and replaces OUT.shards/shard=I (the behaviour before
+                 the shards refused)
+  shard-wipe     a close shard refused (exit 3): its OUT.shards/shard=I removed
+  merge-force    `merge --force` that found nothing to do: the close replaced anyway by a
+                 close --force of the shards' data root as it is now (--force on the merge
+                 alone replacing the close)
+  merge-dup      `merge` refused for a shard given twice: run again with each folder once
+                 (duplicates silently dropped)
 """
+import json
+import re
 import os
 import shutil
 import subprocess
@@ -49,8 +62,42 @@ def main():
     if mode == "force-backup" and command == "close" and "--force" in args and had_close:
         shutil.rmtree(out + ".old", ignore_errors=True)
         shutil.copytree(out, out + ".old")
-    p = subprocess.run([os.environ["TALLY_REAL"], *args], capture_output=True, text=True)
+    real = os.environ["TALLY_REAL"]
+    p = subprocess.run([real, *args], capture_output=True, text=True)
     stdout, stderr = p.stdout, p.stderr
+    shard = arg(args, "--shard")
+    if command == "close" and shard and p.returncode == 3:
+        if mode == "shard-ignore" and "other inputs" in stderr:
+            p = subprocess.run([real, *args, "--force"], capture_output=True, text=True)
+            stdout, stderr = p.stdout, p.stderr
+        elif mode == "shard-wipe":
+            shutil.rmtree(os.path.join(out + ".shards", f"shard={shard.split('/')[0]}"),
+                          ignore_errors=True)
+    if command == "merge" and mode == "merge-force" and "--force" in args \
+            and p.returncode == 0 and "nothing to do" in stdout:
+        with open(os.path.join(out, "manifest.json")) as f:
+            m = json.load(f)
+        with open(os.path.join(out + ".shards", "shard=0", "shard.json")) as f:
+            data = json.load(f)["data"]
+        p = subprocess.run([real, "close", "--data", data, "--as-of", m["as_of"], "--settle",
+                            f"{m['settings']['settle_seconds']}s", "--out", out, "--force"],
+                           capture_output=True, text=True)
+        stdout, stderr = p.stdout, p.stderr
+    if command == "merge" and mode == "merge-dup" and p.returncode == 3 \
+            and "given twice" in stderr:
+        dup = re.search(r"given twice: .* and (\S+)$", stderr.strip()).group(1)
+        rest, once = [], False
+        for a in args[1:]:
+            if a == dup and once:
+                continue
+            once = once or a == dup
+            if not a.startswith("-") and os.path.abspath(a) == os.path.dirname(dup):
+                rest += [os.path.join(a, d) for d in sorted(os.listdir(a))
+                         if d.startswith("shard=") and os.path.join(a, d) != dup]
+            else:
+                rest.append(a)
+        p = subprocess.run([real, "merge", *rest], capture_output=True, text=True)
+        stdout, stderr = p.stdout, p.stderr
     if command == "close" and out:
         if mode == "noop-write" and p.returncode == 0 and "nothing to do" in stdout:
             with open(os.path.join(out, "summary.md"), "a") as f:
