@@ -392,14 +392,12 @@ fn merge_refuses_missing_duplicated_foreign_and_altered_shards() {
         &["--shard", "0/3"],
     );
     run_ok("reconcile", &data, AS_OF, &shards, &["--shard", "1/3"]);
-    let e = refused(&[
-        "merge",
-        "--out",
-        out_s,
-        root(&other).join("shard=0").to_str().unwrap(),
-        shard(1).to_str().unwrap(),
-        shard(2).to_str().unwrap(),
-    ]);
+    let merge_of = |shards: &[PathBuf]| {
+        let mut args = vec!["merge", "--out", out_s];
+        args.extend(shards.iter().map(|s| s.to_str().unwrap()));
+        refused(&args)
+    };
+    let e = merge_of(&[root(&other).join("shard=0"), shard(1), shard(2)]);
     assert_eq!(
         e,
         format!(
@@ -409,13 +407,7 @@ fn merge_refuses_missing_duplicated_foreign_and_altered_shards() {
         )
     );
     // Two shards of two runs: no majority, both named.
-    let e = refused(&[
-        "merge",
-        "--out",
-        out_s,
-        root(&other).join("shard=0").to_str().unwrap(),
-        shard(1).to_str().unwrap(),
-    ]);
+    let e = merge_of(&[root(&other).join("shard=0"), shard(1)]);
     assert!(
         e.contains("are shards of different runs") && e.contains("rerun the one not made"),
         "{e}"

@@ -537,11 +537,7 @@ def plain_seed(binary, seed, work):
     R = random.Random(f"rerun-{seed}")
     out, found = os.path.join(base, "close"), {}
     with open(os.path.join(base, "cases.txt"), "w") as log:
-        def step(label, c_and_ran):
-            c, ran = c_and_ran[0], c_and_ran[1]
-            found[label] = c
-            log.write(f"{label}: {ran.shown()}\n  exit {ran.code}: {ran.said()}\n")
-            return ran
+        step = stepper(found, log)
 
         ran = step("close", publish_case(binary, "close", root, as_of, settle, out))
         if ran.code != 0:
@@ -648,11 +644,7 @@ def history_seed(binary, seed, work):
         f.write(f'settle = "{settle}"\ncloses = {closes}\n'.replace("'", '"'))
     log = open(os.path.join(base, "cases.txt"), "w")
 
-    def step(label, c_and_ran):
-        c, ran = c_and_ran[0], c_and_ran[1]
-        found[label] = c
-        log.write(f"{label}: {ran.shown()}\n  exit {ran.code}: {ran.said()}\n")
-        return ran
+    step = stepper(found, log)
 
     def stage(k, only=None):
         src = os.path.join(base, f"stage-{k}")
@@ -912,6 +904,17 @@ def copy_shards(src, dst, drop=()):
     return dst
 
 
+def stepper(found, log):
+    """A part's `step(label, (case, ran))`: the case recorded under its label in `found`,
+    the command and its exit and output written to the part's cases.txt (`log`)."""
+    def step(label, c_and_ran):
+        c, ran = c_and_ran[0], c_and_ran[1]
+        found[label] = c
+        log.write(f"{label}: {ran.shown()}\n  exit {ran.code}: {ran.said()}\n")
+        return ran
+    return step
+
+
 def alter_shard(R, folder):
     """Change one byte of a shard's file, or its shard.json's as-of. -> what was done."""
     files = sorted(f for f in os.listdir(folder) if not f.startswith("."))
@@ -960,11 +963,7 @@ def sharded_seed(binary, seed, work):
     sh = shards_of(out)
     log = open(os.path.join(base, "cases.txt"), "w")
 
-    def step(label, c_and_ran):
-        c, ran = c_and_ran[0], c_and_ran[1]
-        found[label] = c
-        log.write(f"{label}: {ran.shown()}\n  exit {ran.code}: {ran.said()}\n")
-        return ran
+    step = stepper(found, log)
 
     def shards_all(label, want, **kw):
         """Every shard I of N; -> whether every one exited `want`."""
