@@ -595,8 +595,10 @@ fn read_partial(folder: &Path, m: &ShardManifest) -> Result<Partial> {
     let path = folder.join(PARTIAL);
     let refuse = |why: String| {
         TallyError::Refused(format!(
-            "{}: {why}; rerun shard {} of {}",
+            "{}: {why}; rerun shard {} of {} (--shard {}/{})",
             path.display(),
+            m.shard,
+            m.shards,
             m.shard,
             m.shards
         ))

@@ -505,7 +505,7 @@ fn merge_refuses_a_run_file_of_another_format() {
     assert!(
         e.contains(
             "billed-0.bin is not a run file of this tally build (written by another version?); \
-             compute the shard again with this binary; rerun shard 0 of 2"
+             compute the shard again with this binary; rerun shard 0 of 2 (--shard 0/2)"
         ),
         "{e}"
     );
