@@ -530,6 +530,18 @@ pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
         TallyError::Refused(format!("{} has an unreadable as-of", folders[0].display()))
     })?;
     let data = req.data.clone().unwrap_or_else(|| first.data.clone());
+    // The shards record --data as they were given it: a relative one names a folder
+    // relative to where they ran, which the merge (often elsewhere) may not be.
+    if req.data.is_none() && !data.is_dir() {
+        return Err(TallyError::config(
+            data.display().to_string(),
+            format!(
+                "the data root recorded by the shards ({}) is not a folder here; run the \
+                 merge where the shards ran, or give it --data",
+                folders[0].join(SHARD_MANIFEST).display()
+            ),
+        ));
+    }
     let job = JobRequest {
         data: data.clone(),
         out: req.out.clone(),

@@ -1060,3 +1060,55 @@ fn split_and_sharded_closes_keep_the_contract_row_order() {
     shard_and_merge("close", &data, CLOSE_AS_OF, &sharded, 3);
     assert_close_row_order(&sharded, "3 shards merged");
 }
+
+/// Shards given a relative --data record it as given: a merge run from another folder
+/// cannot find it and says so (exit 2, naming the shard manifest and what to do), and
+/// `merge --data` there merges them.
+#[test]
+fn a_merge_elsewhere_of_shards_given_a_relative_data_root_says_how_to_find_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let here = tmp.path().join("here");
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let data = generate_root(&here);
+    let relative = data.strip_prefix(&here).unwrap();
+    let out = tmp.path().join("out");
+    for i in 0..2 {
+        let ran = tally_command(&[
+            "reconcile",
+            "--data",
+            relative.to_str().unwrap(),
+            "--as-of",
+            AS_OF,
+            "--out",
+            out.to_str().unwrap(),
+            "--shard",
+            &format!("{i}/2"),
+        ])
+        .current_dir(&here)
+        .output()
+        .unwrap();
+        assert!(ran.status.success(), "{}", stderr(&ran));
+    }
+    let merge = |extra: &[&str]| {
+        let mut args = vec!["merge", "--out", out.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        tally_command(&args)
+            .current_dir(&elsewhere)
+            .output()
+            .unwrap()
+    };
+    let lost = merge(&[]);
+    assert_eq!(lost.status.code(), Some(2));
+    assert_eq!(
+        stderr(&lost),
+        format!(
+            "tally: {}: the data root recorded by the shards ({}) is not a folder here; run the merge where the shards ran, or give it --data\n",
+            relative.display(),
+            root(&out).join("shard=0").join("shard.json").display()
+        )
+    );
+    assert!(!out.exists(), "nothing published");
+    let found = merge(&["--data", data.to_str().unwrap()]);
+    assert!(found.status.success(), "{}", stderr(&found));
+}
