@@ -1074,20 +1074,11 @@ fn a_merge_elsewhere_of_shards_given_a_relative_data_root_says_how_to_find_it() 
     let relative = data.strip_prefix(&here).unwrap();
     let out = tmp.path().join("out");
     for i in 0..2 {
-        let ran = tally_command(&[
-            "reconcile",
-            "--data",
-            relative.to_str().unwrap(),
-            "--as-of",
-            AS_OF,
-            "--out",
-            out.to_str().unwrap(),
-            "--shard",
-            &format!("{i}/2"),
-        ])
-        .current_dir(&here)
-        .output()
-        .unwrap();
+        let ran = run_command("reconcile", relative, AS_OF, &out)
+            .args(["--shard", &format!("{i}/2")])
+            .current_dir(&here)
+            .output()
+            .unwrap();
         assert!(ran.status.success(), "{}", stderr(&ran));
     }
     let merge = |extra: &[&str]| {
