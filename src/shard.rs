@@ -31,8 +31,8 @@ pub struct ShardManifest {
     pub buckets: u32,
     pub shard: u32,
     pub shards: u32,
-    /// The data root, as the shard was given it (the merge reads the price book and the
-    /// file list from it).
+    /// The data root, made absolute against the folder the shard ran in (the merge reads
+    /// the price book and the file list from it, wherever it runs).
     pub data: PathBuf,
     pub inputs: Vec<FileEntry>,
     pub partial_sha256: String,
@@ -166,7 +166,9 @@ fn write_shard(
         buckets: settings.buckets,
         shard,
         shards,
-        data: settings.data.clone(),
+        // Absolute: a relative --data named a folder relative to where the shard ran,
+        // which the merge (often run elsewhere) is not.
+        data: crate::normalised(&settings.data),
         inputs,
         partial_sha256,
         runs,
@@ -366,33 +368,26 @@ fn run_identity(m: &ShardManifest) -> ShardManifest {
 fn check_one_run(folders: &[PathBuf], manifests: &[ShardManifest]) -> Result<()> {
     let identities: Vec<ShardManifest> = manifests.iter().map(run_identity).collect();
     let members = |identity: &ShardManifest| identities.iter().filter(|i| *i == identity).count();
-    let Some(odd) = identities.iter().position(|i| *i != identities[0]) else {
-        return Ok(());
-    };
     let majority = identities
         .iter()
         .position(|i| members(i) * 2 > identities.len());
-    let message = match majority {
-        Some(m) => {
-            let odd = (0..identities.len())
-                .find(|&k| identities[k] != identities[m])
-                .expect("a shard differs from the majority");
-            format!(
-                "{} is a shard of another run than {} ({}); rerun it with the same inputs and settings",
-                folders[odd].display(),
-                folders[m].display(),
-                differences(&manifests[m], &manifests[odd])
-            )
-        }
-        None => format!(
-            "{} and {} are shards of different runs ({}); rerun the one not made from the \
-             inputs and settings of the run you mean",
-            folders[odd].display(),
-            folders[0].display(),
-            differences(&manifests[0], &manifests[odd])
-        ),
+    // The odd one out is judged against the majority's run, else against shard 0's.
+    let reference = majority.unwrap_or(0);
+    let Some(odd) = identities.iter().position(|i| *i != identities[reference]) else {
+        return Ok(());
     };
-    Err(TallyError::Refused(message))
+    let (odd_folder, reference_folder) = (folders[odd].display(), folders[reference].display());
+    let differences = differences(&manifests[reference], &manifests[odd]);
+    Err(TallyError::Refused(match majority {
+        Some(_) => format!(
+            "{odd_folder} is a shard of another run than {reference_folder} ({differences}); \
+             rerun it with the same inputs and settings"
+        ),
+        None => format!(
+            "{odd_folder} and {reference_folder} are shards of different runs ({differences}); \
+             rerun the one not made from the inputs and settings of the run you mean"
+        ),
+    }))
 }
 
 /// Describe how shard `b` differs from shard `a` (for the refusal message).
@@ -530,14 +525,13 @@ pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
         TallyError::Refused(format!("{} has an unreadable as-of", folders[0].display()))
     })?;
     let data = req.data.clone().unwrap_or_else(|| first.data.clone());
-    // The shards record --data as they were given it: a relative one names a folder
-    // relative to where they ran, which the merge (often elsewhere) may not be.
+    // The shards' data root may not be mounted where the merge runs (another machine).
     if req.data.is_none() && !data.is_dir() {
         return Err(TallyError::config(
             data.display().to_string(),
             format!(
-                "the data root recorded by the shards ({}) is not a folder here; run the \
-                 merge where the shards ran, or give it --data",
+                "the data root recorded by the shards ({}) is not a folder here; give the \
+                 merge --data with the data root as this machine sees it",
                 folders[0].join(SHARD_MANIFEST).display()
             ),
         ));

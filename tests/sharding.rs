@@ -1061,26 +1061,31 @@ fn split_and_sharded_closes_keep_the_contract_row_order() {
     assert_close_row_order(&sharded, "3 shards merged");
 }
 
-/// Shards given a relative --data record it as given: a merge run from another folder
-/// cannot find it and says so (exit 2, naming the shard manifest and what to do), and
-/// `merge --data` there merges them.
+/// Shards given a relative --data record it made absolute: a merge run from another
+/// folder finds it and publishes the one-machine bytes. A data root that is not there
+/// where the merge runs (moved, or mounted elsewhere on another machine) is exit 2 naming
+/// the shard manifest and saying to give --data; `merge --data` then merges them.
 #[test]
-fn a_merge_elsewhere_of_shards_given_a_relative_data_root_says_how_to_find_it() {
+fn a_merge_elsewhere_finds_the_shards_data_root_or_says_how_to() {
     let tmp = tempfile::tempdir().unwrap();
     let here = tmp.path().join("here");
     let elsewhere = tmp.path().join("elsewhere");
     std::fs::create_dir_all(&elsewhere).unwrap();
     let data = generate_root(&here);
     let relative = data.strip_prefix(&here).unwrap();
+    let single = tmp.path().join("single");
+    run_ok("reconcile", &data, AS_OF, &single, &[]);
     let out = tmp.path().join("out");
-    for i in 0..2 {
-        let ran = run_command("reconcile", relative, AS_OF, &out)
-            .args(["--shard", &format!("{i}/2")])
-            .current_dir(&here)
-            .output()
-            .unwrap();
-        assert!(ran.status.success(), "{}", stderr(&ran));
-    }
+    let shards = || {
+        for i in 0..2 {
+            let ran = run_command("reconcile", relative, AS_OF, &out)
+                .args(["--shard", &format!("{i}/2")])
+                .current_dir(&here)
+                .output()
+                .unwrap();
+            assert!(ran.status.success(), "{}", stderr(&ran));
+        }
+    };
     let merge = |extra: &[&str]| {
         let mut args = vec!["merge", "--out", out.to_str().unwrap()];
         args.extend_from_slice(extra);
@@ -1089,17 +1094,27 @@ fn a_merge_elsewhere_of_shards_given_a_relative_data_root_says_how_to_find_it() 
             .output()
             .unwrap()
     };
+    shards();
+    let found = merge(&[]);
+    assert!(found.status.success(), "{}", stderr(&found));
+    assert_same(&single, &out, "merged from another folder");
+
+    // The data root moved away: named, with what to do.
+    std::fs::remove_dir_all(&out).unwrap();
+    let moved = tmp.path().join("moved");
+    std::fs::rename(&data, &moved).unwrap();
     let lost = merge(&[]);
     assert_eq!(lost.status.code(), Some(2));
     assert_eq!(
         stderr(&lost),
         format!(
-            "tally: {}: the data root recorded by the shards ({}) is not a folder here; run the merge where the shards ran, or give it --data\n",
-            relative.display(),
+            "tally: {}: the data root recorded by the shards ({}) is not a folder here; give the merge --data with the data root as this machine sees it\n",
+            data.display(),
             root(&out).join("shard=0").join("shard.json").display()
         )
     );
     assert!(!out.exists(), "nothing published");
-    let found = merge(&["--data", data.to_str().unwrap()]);
-    assert!(found.status.success(), "{}", stderr(&found));
+    let given = merge(&["--data", moved.to_str().unwrap()]);
+    assert!(given.status.success(), "{}", stderr(&given));
+    assert_same(&single, &out, "merged with --data");
 }
