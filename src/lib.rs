@@ -448,6 +448,7 @@ pub(crate) fn check_earlier_close_advising(
             format!("unreadable manifest: {e}"),
         )
     })?;
+    let holds_a_close = old.command == Mode::Close.name();
     match describe_changes(&old, req, inputs) {
         None => {
             let figures = AlertFigures::from_summary(&req.out.join("summary.json"))?;
@@ -457,15 +458,13 @@ pub(crate) fn check_earlier_close_advising(
         }
         // Not a close: a reconcile's folder (the job's `out` pointed at it by mistake, or
         // reused on purpose); replaced only with --force, as a close of other inputs is.
-        Some(_) if old.command != Mode::Close.name() && !req.force => {
-            Err(TallyError::Refused(format!(
-                "{} holds the output of a {} (as-of {}), not a close; {rerun} with --force \
+        Some(_) if !holds_a_close && !req.force => Err(TallyError::Refused(format!(
+            "{} holds the output of a {} (as-of {}), not a close; {rerun} with --force \
                  to replace it with this close",
-                req.out.display(),
-                old.command,
-                old.as_of
-            )))
-        }
+            req.out.display(),
+            old.command,
+            old.as_of
+        ))),
         Some(changes) if !req.force => {
             // A close under `history` that this one did not see is a later close: it was
             // built on this one's invoices and renewals.
@@ -485,7 +484,7 @@ pub(crate) fn check_earlier_close_advising(
             )))
         }
         Some(changes) => {
-            match old.command == Mode::Close.name() {
+            match holds_a_close {
                 true => tracing::warn!(%changes, "replacing an earlier close (--force)"),
                 false => {
                     tracing::warn!(%changes, "replacing the output of a {} (--force)", old.command)
