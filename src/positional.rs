@@ -200,26 +200,22 @@ impl ChunkReader for PositionalFile {
         Ok(self.read_from(start))
     }
 
-    /// A range within the length read at open: a slice of a file held whole, else
-    /// positional reads into a zeroed buffer: safe code,
-    /// and the 20M bench data reads level with arrow-rs's reads into unzeroed buffers
-    /// (benches/README.md, "Profiles and experiments (2026-12-05, afternoon: small files
+    /// A range within the length read at open (whether the file has grown since or not):
+    /// a slice of a file held whole, else positional reads into a zeroed buffer (safe code;
+    /// the 20M bench data reads level with arrow-rs's reads into unzeroed buffers:
+    /// benches/README.md, "Profiles and experiments (2026-12-05, afternoon: small files
     /// read by position)").
     fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
         // Nothing at any offset, as a positional read of nothing gives.
         if length == 0 {
             return Ok(Bytes::new());
         }
-        // Within the length read at open, whether the file has grown since or not.
-        let available = self.len.saturating_sub(start).min(length as u64) as usize;
-        if available < length {
-            return Err(short_read(length, available));
-        }
+        let Some(range) = in_bounds(start, length, self.len) else {
+            let available = self.len.saturating_sub(start).min(length as u64);
+            return Err(short_read(length, available as usize));
+        };
         let file = match &self.contents {
-            Contents::Whole(bytes) => {
-                let start = start as usize; // within `len`, the bytes' length
-                return Ok(bytes.slice(start..start + length));
-            }
+            Contents::Whole(bytes) => return Ok(bytes.slice(range)),
             Contents::Handle(file) => file,
         };
         let mut buffer = vec![0u8; length];
