@@ -1262,7 +1262,7 @@ fn outputs_are_identical_across_thread_counts_and_file_order() {
 /// Every file of a published folder but the manifest itself is listed once, with the
 /// sha256 of its bytes on disk and, for a table (Parquet or CSV, `report/` included), its
 /// rows as read back here; every input listed has the sha256 of its file and, for a
-/// Parquet file, its rows. For a reconcile and for a close, whose largest files
+/// Parquet file, its rows (files held whole and files read by position among them). For a reconcile and for a close, whose largest files
 /// (`billed_events`, `invoice_lines` and its CSV) are streamed past one chunk (65,536
 /// rows), merged from runs in memory (one group) and from run files (`--groups 2`).
 #[test]
@@ -1305,12 +1305,26 @@ fn the_manifest_lists_every_input_and_output_with_rows_and_sha256() {
         // Both in path order: the manifest lists its outputs sorted by path.
         let outputs = entries("outputs");
         assert_eq!(outputs, on_disk, "{command} in {groups} groups");
+        // Inputs small enough to be read whole and larger ones read by position (the
+        // fingerprint reads them two ways): both are listed as the files are.
+        let (mut whole, mut by_position) = (0, 0);
         for (path, rows, listed) in entries("inputs") {
             let file = data.join(&path);
             assert_eq!(listed, sha256(&file), "input {path}");
             let parquet = path.ends_with(".parquet");
             assert_eq!(rows, parquet.then(|| table_rows(&file)), "input {path}");
+            if parquet {
+                let size = std::fs::metadata(&file).unwrap().len();
+                match size <= tally::positional::WHOLE_FILE_BYTES {
+                    true => whole += 1,
+                    false => by_position += 1,
+                }
+            }
         }
+        assert!(
+            whole > 0 && by_position > 0,
+            "{whole} small and {by_position} large inputs"
+        );
         if command == "close" {
             let rows = |wanted: &str| {
                 let found = outputs.iter().find(|(path, _, _)| path == wanted);

@@ -126,11 +126,18 @@ fn close_shards_merged_equal_the_single_close() {
 
 /// Run `command --shard shard` publishing `out`: refused with exit 3; its stderr.
 fn refused_shard(command: &str, data: &Path, as_of: &str, out: &Path, shard: &str) -> String {
-    let output = run_command(command, data, as_of, out)
-        .args(["--shard", shard])
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    refused_by(run_command(command, data, as_of, out).args(["--shard", shard]))
+}
+
+/// Run `command`: refused with exit 3; its stderr.
+fn refused_by(command: &mut std::process::Command) -> String {
+    let output = command.output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "{command:?}: {}",
+        stderr(&output)
+    );
     stderr(&output)
 }
 
@@ -321,9 +328,7 @@ fn a_killed_shard_rerun_alone_gives_the_same_merge() {
 }
 
 fn refused(args: &[&str]) -> String {
-    let out = tally(args);
-    assert_eq!(out.status.code(), Some(3), "{args:?}: {}", stderr(&out));
-    stderr(&out)
+    refused_by(&mut tally_command(args))
 }
 
 #[test]
