@@ -178,44 +178,46 @@ pub fn scan(data: &Path) -> Result<u64> {
     Ok(rows)
 }
 
-/// Fingerprint every input: the price book and every dataset file, with sha256 and rows
-/// (files in parallel).
-pub fn fingerprint_inputs(data: &Path) -> Result<Vec<FileEntry>> {
-    fingerprint_files(data, true)
-}
-
-fn fingerprint_files(data: &Path, parallel: bool) -> Result<Vec<FileEntry>> {
-    let mut paths: Vec<(String, PathBuf, bool)> = vec![(
-        "pricebook.toml".to_string(),
-        data.join("pricebook.toml"),
-        false,
-    )];
-    for d in Dataset::ALL {
-        for f in load::find_files(data, d.name())?.unwrap_or_default() {
-            paths.push((f.rel_path, f.abs_path, true));
+/// Fingerprint every input: the price book and every dataset file of `census`, with
+/// sha256 and rows (files in parallel if `parallel`). A small file's checksum and every
+/// file's rows come from the census; larger files are read and hashed here.
+fn fingerprint_files(
+    data: &Path,
+    census: &pipeline::Census,
+    parallel: bool,
+) -> Result<Vec<FileEntry>> {
+    let pricebook = data.join("pricebook.toml");
+    let pricebook_entry = match write::sha256_file(&pricebook) {
+        // The price book's own words (the load beside this reports the same).
+        Err(TallyError::Io { source, .. }) => {
+            return Err(pricebook::unreadable(
+                &pricebook.display().to_string(),
+                &source,
+            ));
         }
-    }
-    let entry = |(rel, abs, parquet): (String, PathBuf, bool)| {
-        let (sha256, rows) = match parquet {
-            true => load::sha256_and_rows(&abs)?,
-            false => match write::sha256_file(&abs) {
-                // The price book's own words (the load beside this reports the same).
-                Err(TallyError::Io { source, .. }) => {
-                    return Err(pricebook::unreadable(&abs.display().to_string(), &source));
-                }
-                other => (other?, None),
-            },
+        sha256 => FileEntry {
+            path: "pricebook.toml".to_string(),
+            rows: None,
+            sha256: sha256?,
+        },
+    };
+    let entry = |(file, read): &(load::InputFile, load::FooterRead)| {
+        let sha256 = match &read.small_sha256 {
+            Some(sha256) => sha256.clone(),
+            None => load::file_sha256(&file.abs_path)?,
         };
         Ok(FileEntry {
-            path: rel,
-            rows,
+            path: file.rel_path.clone(),
+            rows: read.rows,
             sha256,
         })
     };
-    match parallel {
-        true => paths.into_par_iter().map(entry).collect(),
-        false => paths.into_iter().map(entry).collect(),
-    }
+    let files: Vec<&(load::InputFile, load::FooterRead)> = census.files.iter().flatten().collect();
+    let entries: Result<Vec<FileEntry>> = match parallel {
+        true => files.into_par_iter().map(entry).collect(),
+        false => files.into_iter().map(entry).collect(),
+    };
+    Ok(std::iter::once(pricebook_entry).chain(entries?).collect())
 }
 
 /// What changed between the inputs of an earlier run and now, or `None` when identical.
@@ -364,10 +366,11 @@ pub(crate) fn prepare(req: &JobRequest, out: &Path) -> Result<Prepared> {
 pub(crate) fn fingerprint(
     req: &JobRequest,
     history: &history::History,
+    census: &pipeline::Census,
     parallel: bool,
 ) -> Result<Vec<FileEntry>> {
     let started = std::time::Instant::now();
-    let mut inputs = fingerprint_files(&req.data, parallel)?;
+    let mut inputs = fingerprint_files(&req.data, census, parallel)?;
     for (name, manifest) in &history.folders {
         inputs.push(FileEntry {
             path: format!("history/{name}/manifest.json"),
@@ -386,10 +389,11 @@ pub(crate) fn fingerprint(
 pub(crate) fn beside_fingerprint<T: Send>(
     req: &JobRequest,
     history: &history::History,
+    census: &pipeline::Census,
     work: impl FnOnce() -> Result<T> + Send,
 ) -> Result<(T, Vec<FileEntry>)> {
     std::thread::scope(|scope| {
-        let fingerprinted = scope.spawn(|| fingerprint(req, history, false));
+        let fingerprinted = scope.spawn(|| fingerprint(req, history, census, false));
         let done = work();
         let inputs = fingerprinted
             .join()
@@ -543,17 +547,18 @@ pub fn run_job(req: &JobRequest) -> Result<JobOutcome> {
     }
     let prepared = prepare(req, &req.out)?;
     let settings = req.settings(prepared.history.clone());
+    let census = pipeline::Census::take(&req.data)?;
     if req.mode == Mode::Close && req.out.join("manifest.json").exists() {
         // The inputs decide whether this close was already made: fingerprint them first.
-        let inputs = fingerprint(req, &prepared.history, true)?;
+        let inputs = fingerprint(req, &prepared.history, &census, true)?;
         if let Some(done) = check_earlier_close(req, &inputs)? {
             return Ok(done);
         }
-        let output = pipeline::run(settings, &req.progress)?;
+        let output = pipeline::run(settings, &census, &req.progress)?;
         return publish_run(req, &output, inputs);
     }
-    let (output, inputs) = beside_fingerprint(req, &prepared.history, || {
-        pipeline::run(settings, &req.progress)
+    let (output, inputs) = beside_fingerprint(req, &prepared.history, &census, || {
+        pipeline::run(settings, &census, &req.progress)
     })?;
     publish_run(req, &output, inputs)
 }

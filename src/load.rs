@@ -976,25 +976,42 @@ impl Plan {
     }
 }
 
-/// The row count in a Parquet file's footer; `None` if it cannot be read (the load then
-/// reports the file with its exact problem).
-pub fn footer_rows(path: &Path) -> Option<u64> {
-    rows_in_footer(PositionalFile::open_path(path).ok()?)
+/// What one open of an input Parquet file tells before a run: the row count in its footer
+/// (`None` if it cannot be read: the load then reports the file with its exact problem),
+/// and the sha256 of a file small enough to be held whole (`None` for a larger file, whose
+/// bytes are hashed beside the run, and for a file that cannot be opened: the fingerprint
+/// opens it again and reports why).
+pub struct FooterRead {
+    pub rows: Option<u64>,
+    pub small_sha256: Option<String>,
 }
 
-/// An input Parquet file's sha256 and the row count in its footer (`None` when the footer
-/// cannot be read), for the manifest: one open, and a small file read once for both.
-pub fn sha256_and_rows(path: &Path) -> Result<(String, Option<u64>)> {
+/// [`FooterRead`] of a file: one open, and a small file read once for both.
+pub fn read_footer(path: &Path) -> FooterRead {
+    let Ok(file) = PositionalFile::open_path(path) else {
+        return FooterRead {
+            rows: None,
+            small_sha256: None,
+        };
+    };
+    let small_sha256 = file.whole().map(|bytes| crate::write::sha256_hex(bytes));
+    FooterRead {
+        rows: rows_in_footer(file),
+        small_sha256,
+    }
+}
+
+/// An input Parquet file's sha256, read by position (a small file in one read).
+pub fn file_sha256(path: &Path) -> Result<String> {
     let file = PositionalFile::open_path(path).map_err(|e| TallyError::io(path, e))?;
-    let sha256 = match file.whole() {
-        Some(bytes) => crate::write::sha256_hex(bytes),
+    match file.whole() {
+        Some(bytes) => Ok(crate::write::sha256_hex(bytes)),
         None => crate::write::sha256_read(
             file.read_from(0),
             parquet::file::reader::Length::len(&file),
             path,
-        )?,
-    };
-    Ok((sha256, rows_in_footer(file)))
+        ),
+    }
 }
 
 /// The row count in the footer of an open file (`None` when it cannot be read; a decoder
@@ -1598,11 +1615,12 @@ mod tests {
         );
     }
 
-    /// The manifest's sha256 and row count of an input file, read once, are the file's
-    /// sha256 and its footer's rows: for a file held whole (small), one read by position
-    /// (past the limit: 20,000 distinct ids) and a file that is not Parquet (no rows).
+    /// What one open of an input file tells (its footer's rows, the sha256 of a file held
+    /// whole) and `file_sha256` are the file's own: for a file held whole (small), one read
+    /// by position (past the limit: 20,000 distinct ids), a file that is not Parquet (no
+    /// rows) and a missing file (nothing, and `file_sha256` an error).
     #[test]
-    fn sha256_and_rows_are_the_files_own() {
+    fn footer_reads_and_sha256_are_the_files_own() {
         let dir = tempfile::tempdir().unwrap();
         let small = dir.path().join("small.parquet");
         write_ids(&small, &["a".to_string(), "b".to_string()]);
@@ -1616,14 +1634,22 @@ mod tests {
         let size = |p: &Path| std::fs::metadata(p).unwrap().len();
         assert!(size(&small) <= crate::positional::WHOLE_FILE_BYTES);
         assert!(size(&large) > crate::positional::WHOLE_FILE_BYTES);
-        for (path, rows) in [(&small, Some(2)), (&large, Some(20_000)), (&text, None)] {
-            let (sha256, got_rows) = sha256_and_rows(path).unwrap();
-            assert_eq!(sha256, crate::write::sha256_file(path).unwrap(), "{path:?}");
-            assert_eq!(got_rows, rows, "{path:?}");
-            assert_eq!(footer_rows(path), rows, "{path:?}");
+        for (path, rows, held_whole) in [
+            (&small, Some(2), true),
+            (&large, Some(20_000), false),
+            (&text, None, true),
+        ] {
+            let sha256 = crate::write::sha256_file(path).unwrap();
+            assert_eq!(file_sha256(path).unwrap(), sha256, "{path:?}");
+            let read = read_footer(path);
+            assert_eq!(read.rows, rows, "{path:?}");
+            let small_sha256 = held_whole.then_some(sha256);
+            assert_eq!(read.small_sha256, small_sha256, "{path:?}");
         }
         let missing = dir.path().join("missing.parquet");
-        assert!(sha256_and_rows(&missing).is_err());
+        assert!(file_sha256(&missing).is_err());
+        let read = read_footer(&missing);
+        assert_eq!((read.rows, read.small_sha256), (None, None));
     }
 
     /// Footers are read without their column statistics (tally never uses them): a file
@@ -1654,7 +1680,7 @@ mod tests {
         let (metadata, _) = open_checked(&file, &handle, &specs).unwrap();
         let column = metadata.metadata().row_group(0).column(0);
         assert!(column.statistics().is_none());
-        assert_eq!(footer_rows(&path), Some(2));
+        assert_eq!(read_footer(&path).rows, Some(2));
     }
 
     /// `files` one-column Parquet files of ids in `dir`, file `f` holding `f + 1` rows.

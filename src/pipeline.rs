@@ -185,26 +185,59 @@ pub fn inputs(root: &Path) -> Result<Inputs> {
 }
 
 /// A whole run on this machine: one shard of one.
-pub fn run(settings: RunSettings, progress: &Progress) -> Result<RunOutput> {
+pub fn run(settings: RunSettings, census: &Census, progress: &Progress) -> Result<RunOutput> {
     let inputs = inputs(&settings.data)?;
-    let layout = layout(&settings, &inputs, 0, 1)?;
+    let layout = layout(&settings, census, 0, 1)?;
     let partial = compute(&settings, &inputs, &layout, progress)?;
     finish(settings, inputs, vec![partial])
 }
 
-/// Rows in the files of `datasets`, from their Parquet footers (0 for unreadable files:
-/// the load reports them). Files in parallel: a month of small files is many footers.
-fn footer_rows(inputs: &Inputs, datasets: &[Dataset]) -> u64 {
-    use rayon::prelude::*;
-    datasets
-        .iter()
-        .map(|d| {
-            inputs.files[*d as usize]
-                .par_iter()
-                .map(|f| load::footer_rows(&f.abs_path).unwrap_or(0))
-                .sum::<u64>()
-        })
-        .sum()
+/// The input files of a data root with what one open of each tells (its footer's rows,
+/// the sha256 of a small file), taken once before a run: the layout sizes the groups by
+/// the rows, and the fingerprint lists rows and checksums in the manifest without opening
+/// a small file again (a month of small files spends its time opening and parsing them).
+pub struct Census {
+    /// Each dataset's files (index = `Dataset as usize`; a missing folder has none: the
+    /// run's own listing reports it), each with its [`load::FooterRead`].
+    pub files: [Vec<(InputFile, load::FooterRead)>; 4],
+}
+
+impl Census {
+    /// List every dataset of `root` and read each file's footer (files in parallel).
+    pub fn take(root: &Path) -> Result<Census> {
+        let started = std::time::Instant::now();
+        let mut files: [Vec<(InputFile, load::FooterRead)>; 4] = Default::default();
+        for d in Dataset::ALL {
+            let listed = load::find_files(root, d.name())?.unwrap_or_default();
+            files[d as usize] = listed
+                .into_par_iter()
+                .map(|f| {
+                    let read = load::read_footer(&f.abs_path);
+                    (f, read)
+                })
+                .collect();
+        }
+        let census = Census { files };
+        let count = census.files.iter().map(|f| f.len() as u64).sum();
+        crate::progress::log_stage("read footers", count, count, started.elapsed());
+        Ok(census)
+    }
+
+    /// Rows in the files of `datasets`, from their footers (0 for unreadable files: the
+    /// load reports them).
+    fn rows(&self, datasets: &[Dataset]) -> u64 {
+        (datasets.iter())
+            .flat_map(|d| &self.files[*d as usize])
+            .map(|(_, read)| read.rows.unwrap_or(0))
+            .sum()
+    }
+
+    /// How many files `datasets` have.
+    fn file_count(&self, datasets: &[Dataset]) -> u64 {
+        (datasets.iter())
+            .map(|d| self.files[*d as usize].len() as u64)
+            .sum()
+    }
 }
 
 /// What a usage or ledger file costs a run beyond its rows: its name, its row-group table
@@ -218,9 +251,8 @@ const BYTES_PER_FILE: u64 = 3 * 1024;
 /// takes more than a quarter of the memory budget (at the 3 GiB default: past 262,144
 /// files): a writer that flushes a file every few rows (a streaming sink) makes a month of
 /// small files, and the run's peak then passes the budget however its groups are sized.
-fn warn_of_many_files(settings: &RunSettings, inputs: &Inputs) {
-    let files = (inputs.files[Dataset::Usage as usize].len()
-        + inputs.files[Dataset::Debits as usize].len()) as u64;
+fn warn_of_many_files(settings: &RunSettings, census: &Census) {
+    let files = census.file_count(&[Dataset::Usage, Dataset::Debits]);
     let file_bytes = files.saturating_mul(BYTES_PER_FILE);
     if file_bytes > settings.memory_budget_bytes / 4 {
         let tenths_of_mib = (file_bytes.saturating_mul(10) + (1 << 19)) >> 20;
@@ -239,13 +271,13 @@ fn warn_of_many_files(settings: &RunSettings, inputs: &Inputs) {
 }
 
 /// How this run is split: the shard, and groups sized to the memory budget (or forced).
-pub fn layout(settings: &RunSettings, inputs: &Inputs, shard: u32, shards: u32) -> Result<Layout> {
-    warn_of_many_files(settings, inputs);
+pub fn layout(settings: &RunSettings, census: &Census, shard: u32, shards: u32) -> Result<Layout> {
+    warn_of_many_files(settings, census);
     let groups = match settings.groups {
         Some(g) => g,
         None => crate::route::groups_for(
-            footer_rows(inputs, &[Dataset::Usage, Dataset::Debits]),
-            footer_rows(inputs, &[Dataset::Allocations, Dataset::Grants]),
+            census.rows(&[Dataset::Usage, Dataset::Debits]),
+            census.rows(&[Dataset::Allocations, Dataset::Grants]),
             row_costs(settings.mode),
             settings.memory_budget_bytes,
             shards,

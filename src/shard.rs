@@ -92,14 +92,16 @@ pub fn run_shard(req: &JobRequest, shard: u32, shards: u32) -> Result<JobOutcome
     crate::check_replaceable(&req.out)?;
     let prepared = prepare(req, &folder)?;
     let settings = req.settings(prepared.history.clone());
+    let census = pipeline::Census::take(&req.data)?;
     let compute = || {
         let inputs = pipeline::inputs(&settings.data)?;
-        let layout = pipeline::layout(&settings, &inputs, shard, shards)?;
+        let layout = pipeline::layout(&settings, &census, shard, shards)?;
         pipeline::compute(&settings, &inputs, &layout, &req.progress)
     };
-    let (mut partial, fingerprint) = match refuse_a_close_over_other_inputs(req, &prepared)? {
+    let refused = refuse_a_close_over_other_inputs(req, &prepared, &census)?;
+    let (mut partial, fingerprint) = match refused {
         Some(inputs) => (compute()?, inputs),
-        None => crate::beside_fingerprint(req, &prepared.history, compute)?,
+        None => crate::beside_fingerprint(req, &prepared.history, &census, compute)?,
     };
     let accounts = partial.results.len() as u64;
 
@@ -132,11 +134,12 @@ pub fn run_shard(req: &JobRequest, shard: u32, shards: u32) -> Result<JobOutcome
 fn refuse_a_close_over_other_inputs(
     req: &JobRequest,
     prepared: &crate::Prepared,
+    census: &pipeline::Census,
 ) -> Result<Option<Vec<FileEntry>>> {
     if req.mode != crate::model::Mode::Close || !req.out.join("manifest.json").exists() {
         return Ok(None);
     }
-    let inputs = crate::fingerprint(req, &prepared.history, true)?;
+    let inputs = crate::fingerprint(req, &prepared.history, census, true)?;
     crate::check_earlier_close_advising(req, &inputs, "rerun every shard and then the merge")?;
     Ok(Some(inputs))
 }
