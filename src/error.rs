@@ -77,6 +77,24 @@ impl TallyError {
         }
     }
 
+    /// The temporary folder (`$TMPDIR`) could not take a split run's spill folder: exit
+    /// 4, and for a folder that is not there (or is a file), a hint that it is the
+    /// temporary folder (the operating system's words name only the path).
+    pub fn temp_folder(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+        use std::io::ErrorKind;
+        let hint = match source.kind() {
+            ErrorKind::NotFound | ErrorKind::NotADirectory => {
+                "; it is the temporary folder ($TMPDIR) a split run spills to: create it, or \
+                 point TMPDIR at a folder that exists"
+            }
+            kind => write_hint(kind),
+        };
+        TallyError::Output {
+            file: path.as_ref().display().to_string(),
+            message: format!("{source}{hint}"),
+        }
+    }
+
     /// Reading back a scratch file this run wrote (spill, key scratch) failed: exit 4, an
     /// internal failure, never the exit 2 of an unreadable input.
     pub fn scratch(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {

@@ -8,7 +8,7 @@
 //! as_of = "now"                  # optional if --as-of is given; an RFC 3339 instant or "now"
 //! [alert]
 //! max_discrepancies = 100
-//! max_abs_delta_credits = "500"
+//! max_abs_delta_credits = "500"    # a decimal string or a whole number (not a float)
 //! min_events_in_window = 1          # alert on an empty or stale export
 //! max_rejected_rows = 1000
 //! min_invoices = 1                  # (close) alert on a close that closed nothing
@@ -43,7 +43,8 @@ pub struct JobFile {
 #[serde(deny_unknown_fields)]
 pub struct AlertConfig {
     pub max_discrepancies: Option<u64>,
-    pub max_abs_delta_credits: Option<String>,
+    /// A decimal string ("500.5") or a TOML integer.
+    pub max_abs_delta_credits: Option<toml::Value>,
     pub min_events_in_window: Option<u64>,
     pub max_rejected_rows: Option<u64>,
     /// (close) fewer invoices than this alerts.

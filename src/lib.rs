@@ -157,8 +157,13 @@ pub enum JobOutcome {
     /// `close` over a period already closed with the same inputs: nothing was written.
     /// The alert thresholds are checked again against the published summary.
     AlreadyClosed { alert: Option<String> },
-    /// One shard's part written (`tally merge` publishes the output).
-    ShardWritten { folder: PathBuf, accounts: u64 },
+    /// One shard's part written (`tally merge` publishes the output). `forced`: the shard
+    /// ran with `--force` (a close), so the merge needs it too.
+    ShardWritten {
+        folder: PathBuf,
+        accounts: u64,
+        forced: bool,
+    },
 }
 
 /// Decode the needed columns of every input file and count the rows (the benchmark's bare

@@ -148,7 +148,9 @@ impl SourceArgs {
             "as_of",
             job_path,
         )
-        .ok_or_else(|| config_error("--as-of is required (an RFC 3339 instant or `now`)".into()))?;
+        .ok_or_else(|| {
+            config_error("--as-of is required (an RFC 3339 instant, a date or `now`)".into())
+        })?;
         let as_of = parse_as_of(&as_of_text, &as_of_origin)?;
         let settle = setting(
             self.settle,
@@ -291,7 +293,12 @@ fn init_logging(format: LogFormat, default_level: &str) {
     if json {
         builder.json().with_current_span(false).init();
     } else {
-        builder.compact().init();
+        // Colour codes only for a person at a terminal: a human log written to a file or
+        // a pipe (`--log-format human 2>run.log`) stays plain text. NO_COLOR (set and not
+        // empty) turns them off at a terminal too.
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        let ansi = std::io::stderr().is_terminal() && !no_color;
+        builder.compact().with_ansi(ansi).init();
     }
     if let Some(value) = refused {
         tracing::warn!(
@@ -405,15 +412,28 @@ fn alert_of(job: Option<&JobFile>, job_path: Option<&std::path::Path>) -> anyhow
         alert.min_events_in_window = j.alert.min_events_in_window;
         alert.max_rejected_rows = j.alert.max_rejected_rows;
         alert.min_invoices = j.alert.min_invoices;
-        if let Some(text) = &j.alert.max_abs_delta_credits {
+        if let Some(value) = &j.alert.max_abs_delta_credits {
             let origin = Origin::job_key(job_path, "alert.max_abs_delta_credits");
-            let d =
-                tally::amount::exact_decimal(text).map_err(|e| origin.bad(text, &e.to_string()))?;
+            // A decimal string ("500.5") or a TOML integer (500), as the price book's
+            // amounts; a TOML float is refused: credits never pass through floating point.
+            // A refusal shows the value as it was written (a string quoted, a number not).
+            let bad = |why: &str| match value {
+                toml::Value::String(s) => origin.bad(s, why),
+                other => origin.bad_shown(&other.to_string(), why),
+            };
+            let text = match value {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                _ => return Err(bad(
+                    "is not a decimal: write it as a string such as \"500.5\" or as a whole number",
+                )),
+            };
+            let d = tally::amount::exact_decimal(&text).map_err(|e| bad(&e.to_string()))?;
             if d.is_sign_negative() && !d.is_zero() {
-                return Err(origin.bad(text, "must not be negative (it bounds |delta|)"));
+                return Err(bad("must not be negative (it bounds |delta|)"));
             }
             let credits = Milli::from_decimal(d)
-                .ok_or_else(|| origin.bad(text, "is out of range (|x| must be < 10^15)"))?;
+                .ok_or_else(|| bad("is out of range (|x| must be < 10^15)"))?;
             alert.max_abs_delta_credits = Some(credits);
         }
     }
@@ -436,9 +456,24 @@ fn shard_from_env() -> anyhow::Result<Option<(u32, u32)>> {
             "JOB_COMPLETION_INDEX={index} is set but TALLY_SHARDS is not: set it to the Job's completions (or pass --shard I/N)"
         ))
     })?;
-    tally::shard::parse_shard(&format!("{index}/{shards}"))
-        .map(Some)
-        .map_err(config_error)
+    let number = |name: &str, value: &str| {
+        value.trim().parse::<u32>().map_err(|_| {
+            config_error(format!(
+                "{name}={value} is not a number (JOB_COMPLETION_INDEX and TALLY_SHARDS select the shard)"
+            ))
+        })
+    };
+    let (i, n) = (
+        number("JOB_COMPLETION_INDEX", &index)?,
+        number("TALLY_SHARDS", &shards)?,
+    );
+    tally::shard::check_shard(i, n, "JOB_COMPLETION_INDEX", "TALLY_SHARDS")
+        .map(|()| Some((i, n)))
+        .map_err(|why| {
+            config_error(format!(
+                "JOB_COMPLETION_INDEX={i} and TALLY_SHARDS={n}: {why}; set TALLY_SHARDS to the Job's completions"
+            ))
+        })
 }
 
 /// `--as-of`: an RFC 3339 instant or `now`.
@@ -780,9 +815,16 @@ fn report(out: &str, published: &str, mode: Mode, outcome: JobOutcome) -> anyhow
             out_line!("{out}: {published}: {discrepancies} discrepancies, {rejects} rejected rows");
             alert_exit(alert)
         }
-        JobOutcome::ShardWritten { folder, accounts } => {
+        JobOutcome::ShardWritten {
+            folder,
+            accounts,
+            forced,
+        } => {
+            // Shards run with --force replace a close of other inputs: the merge needs the
+            // flag too, or it refuses that close.
+            let force = if forced { " --force" } else { "" };
             out_line!(
-                "{}: {} shard written: {accounts} accounts; when all shards are written, publish with `tally merge --out {out}`",
+                "{}: {} shard written: {accounts} accounts; when all shards are written, publish with `tally merge --out {out}{force}`",
                 folder.display(),
                 mode.name()
             );

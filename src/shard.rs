@@ -70,18 +70,24 @@ pub fn parse_shard(text: &str) -> std::result::Result<(u32, u32), String> {
         .trim()
         .parse()
         .map_err(|_| format!("--shard {text}: {n} is not a number"))?;
+    check_shard(i, n, "I", "N").map_err(|why| format!("--shard {text}: {why}"))?;
+    Ok((i, n))
+}
+
+/// Shard `i` of `n` is one: 0 ≤ i < n ≤ the number of account partitions. The reason it is
+/// not names the two numbers as the caller calls them (`I`/`N` of `--shard I/N`, or the
+/// environment variables of a Kubernetes Indexed Job).
+pub fn check_shard(i: u32, n: u32, i_name: &str, n_name: &str) -> std::result::Result<(), String> {
     if n == 0 || i >= n {
         return Err(format!(
-            "--shard {text}: I must be in 0..N and N at least 1"
+            "{i_name} must be in 0..{n_name} and {n_name} at least 1"
         ));
     }
     let most = crate::route::PARTITIONS;
     if n > most {
-        return Err(format!(
-            "--shard {text}: at most {most} shards (the account partitions)"
-        ));
+        return Err(format!("at most {most} shards (the account partitions)"));
     }
-    Ok((i, n))
+    Ok(())
 }
 
 /// Compute shard `shard` of `shards` and publish it under `req.out/shard=I/`.
@@ -121,7 +127,11 @@ pub fn run_shard(req: &JobRequest, shard: u32, shards: u32) -> Result<JobOutcome
     }
     write::publish(&staging, &folder)?;
     stage.done(accounts, accounts);
-    Ok(JobOutcome::ShardWritten { folder, accounts })
+    Ok(JobOutcome::ShardWritten {
+        folder,
+        accounts,
+        forced: req.force,
+    })
 }
 
 /// A close shard whose `--out` already holds a close: the inputs fingerprinted first, and

@@ -146,7 +146,7 @@ fn make_spill_dir(tmp: &Path) -> std::result::Result<SpillDir, MakeError> {
         crate::interrupt::forget(&path);
         return Err(match e.kind() {
             std::io::ErrorKind::AlreadyExists => MakeError::Again(TallyError::write(&path, e)),
-            _ => MakeError::Failed(TallyError::write(tmp, e)),
+            _ => MakeError::Failed(TallyError::temp_folder(tmp, e)),
         });
     }
     // Dropped on any failure below: the folder goes with it.

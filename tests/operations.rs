@@ -30,6 +30,33 @@ fn leftovers(parent: &Path) -> Vec<String> {
         .collect()
 }
 
+/// `max_abs_delta_credits` is a decimal string or a TOML integer, as the price book's
+/// amounts are: both alert alike past it (exit 1), and neither below it.
+#[test]
+fn the_delta_threshold_is_a_decimal_string_or_a_whole_number() {
+    let tmp = tempfile::tempdir().unwrap();
+    let _data = generated(tmp.path(), 5_000);
+    let run = |threshold: &str| {
+        let text = format!(
+            "command = \"reconcile\"\ndata = \"data\"\nout = \"out\"\nas_of = \
+             \"2026-11-20T00:00:00Z\"\n[alert]\nmax_abs_delta_credits = {threshold}\n"
+        );
+        let job = write_job(tmp.path(), "job.toml", &text);
+        tally(&["reconcile", "--job", job.to_str().unwrap()])
+    };
+    let (number, string) = (run("1"), run("\"1\""));
+    assert_eq!(number.status.code(), Some(1), "{}", stderr(&number));
+    assert!(
+        stderr(&number).contains("credits exceeds the alert threshold of 1"),
+        "{}",
+        stderr(&number)
+    );
+    assert_eq!(stderr(&number), stderr(&string));
+    assert_eq!(string.status.code(), Some(1));
+    let under = run("999999999");
+    assert_eq!(under.status.code(), Some(0), "{}", stderr(&under));
+}
+
 #[test]
 fn discrepancies_above_the_job_threshold_exit_1_after_publishing() {
     let tmp = tempfile::tempdir().unwrap();
@@ -108,6 +135,15 @@ fn a_bad_setting_names_the_job_file_key_or_the_flag_it_came_from() {
              than tally holds: at most 28 after the point, and at most \
              79228162514264337593543950335 with the point removed (trailing zeros after the \
              point do not count); write it with fewer digits",
+        ),
+        (
+            "[alert]\nmax_abs_delta_credits = 50.5\n",
+            "alert.max_abs_delta_credits = 50.5 is not a decimal: write it as a string such as \
+             \"500.5\" or as a whole number",
+        ),
+        (
+            "[alert]\nmax_abs_delta_credits = -5\n",
+            "alert.max_abs_delta_credits = -5 must not be negative (it bounds |delta|)",
         ),
         (
             "[alert]\nmax_abs_delta_credits = \"-5\"\n",
@@ -641,6 +677,27 @@ fn an_unknown_placeholder_in_out_is_refused() {
 /// `TALLY_LOG` that is neither a level nor target=level directives would silence every log
 /// line (tracing takes a bare word for a target name): the run warns once and logs at the
 /// default level instead; an empty value is the default.
+/// A human log written to a file or a pipe (not a terminal) is plain text: no colour
+/// codes, which a log file or a collector would keep as escape characters.
+#[test]
+fn a_human_log_to_a_pipe_has_no_colour_codes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = generated(tmp.path(), 2_000);
+    let out = cmd("reconcile", &data, &tmp.path().join("out"))
+        .env("TALLY_LOG", "info")
+        .env_remove("NO_COLOR")
+        .args(["--log-format", "human"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = stderr(&out);
+    assert!(log.contains("run done"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a piped log: {log:?}"
+    );
+}
+
 #[test]
 fn a_tally_log_that_is_not_a_level_warns_and_keeps_the_default() {
     let tmp = tempfile::tempdir().unwrap();
@@ -963,6 +1020,39 @@ fn assert_refused_naming(out: &Output, file: &Path, message: &str) {
 /// `tally COMMAND --job JOB --as-of AS_OF`, run.
 fn with_job(command: &str, job: &Path, as_of: &str) -> Output {
     tally(&[command, "--job", job.to_str().unwrap(), "--as-of", as_of])
+}
+
+/// A split run whose temporary folder is missing, or is a file, fails (exit 4, nothing
+/// published) with one line naming the path and saying it is `$TMPDIR`, the spill's folder:
+/// the operating system's words name only the path.
+#[test]
+fn a_missing_temporary_folder_is_named_as_the_spill_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = generated(tmp.path(), 2_000);
+    let a_file = tmp.path().join("a-file");
+    std::fs::write(&a_file, "not a folder").unwrap();
+    let missing = tmp.path().join("missing");
+    for (tmpdir, why) in [
+        (&missing, "No such file or directory (os error 2)"),
+        (&a_file, "Not a directory (os error 20)"),
+    ] {
+        let out = tmp.path().join("out");
+        let ended = cmd("reconcile", &data, &out)
+            .args(["--groups", "2"])
+            .env("TMPDIR", tmpdir)
+            .output()
+            .unwrap();
+        assert_eq!(ended.status.code(), Some(4), "{}", stderr(&ended));
+        assert_eq!(
+            stderr(&ended),
+            format!(
+                "tally: writing {}: {why}; it is the temporary folder ($TMPDIR) a split run \
+                 spills to: create it, or point TMPDIR at a folder that exists\n",
+                tmpdir.display()
+            )
+        );
+        assert!(!out.exists(), "nothing published");
+    }
 }
 
 /// The `tally-spill-*` folders in `tmpdir`.

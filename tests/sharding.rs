@@ -189,6 +189,15 @@ fn a_close_shard_over_a_close_of_other_inputs_is_refused_before_it_computes() {
     assert!(closed == folder_bytes(&out), "the close is untouched");
 
     run_shards("close", &data, CLOSE_AS_OF, &out, 2, &["--force"]);
+    // A forced shard's last line says to merge with --force: the merge without it refuses.
+    let shard = run_command("close", &data, CLOSE_AS_OF, &out)
+        .args(["--force", "--shard", "1/2"])
+        .output()
+        .unwrap();
+    assert_eq!(shard.status.code(), Some(0), "{}", stderr(&shard));
+    let hint = format!("publish with `tally merge --out {} --force`", out.display());
+    let said = String::from_utf8_lossy(&shard.stdout);
+    assert!(said.trim_end().ends_with(&hint), "{said}");
     let merge = tally(&["merge", "--out", out.to_str().unwrap()]);
     assert_eq!(merge.status.code(), Some(3), "{}", stderr(&merge));
     tally_ok(&["merge", "--out", out.to_str().unwrap(), "--force"]);
@@ -539,6 +548,31 @@ fn a_kubernetes_completion_index_selects_the_shard() {
         stderr(&out).contains("TALLY_SHARDS is not"),
         "{}",
         stderr(&out)
+    );
+
+    // Both set, but not a shard: the refusal names the variables, not a flag never given.
+    let out = run_command("reconcile", &data, AS_OF, &shards)
+        .env("JOB_COMPLETION_INDEX", "5")
+        .env("TALLY_SHARDS", "3")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "tally: command line: JOB_COMPLETION_INDEX=5 and TALLY_SHARDS=3: JOB_COMPLETION_INDEX \
+         must be in 0..TALLY_SHARDS and TALLY_SHARDS at least 1; set TALLY_SHARDS to the Job's \
+         completions\n"
+    );
+    let out = run_command("reconcile", &data, AS_OF, &shards)
+        .env("JOB_COMPLETION_INDEX", "1")
+        .env("TALLY_SHARDS", "two")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "tally: command line: TALLY_SHARDS=two is not a number (JOB_COMPLETION_INDEX and \
+         TALLY_SHARDS select the shard)\n"
     );
 
     let out = run_command("reconcile", &data, AS_OF, &shards)
