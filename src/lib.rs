@@ -217,7 +217,7 @@ fn fingerprint_files(
             sha256,
         })
     };
-    let files: Vec<&(load::InputFile, load::FooterRead)> = census.files.iter().flatten().collect();
+    let files: Vec<&(load::InputFile, load::FooterRead)> = census.all().collect();
     let entries: Result<Vec<FileEntry>> = match parallel {
         true => files.into_par_iter().map(entry).collect(),
         false => files.into_iter().map(entry).collect(),

@@ -99,8 +99,15 @@ pub struct RunOutput {
     pub breakdown: crate::breakdown::Breakdown,
 }
 
-fn dataset_files(root: &Path, dataset: Dataset, required: bool) -> Result<Vec<InputFile>> {
-    match load::find_files(root, dataset.name())? {
+/// A dataset's files as `listed` (`None`: no folder), a missing folder refused if the
+/// dataset is `required`.
+fn dataset_files(
+    root: &Path,
+    dataset: Dataset,
+    required: bool,
+    listed: Option<Vec<InputFile>>,
+) -> Result<Vec<InputFile>> {
+    match listed {
         Some(files) => Ok(files),
         None if !required => Ok(Vec::new()),
         None => Err(TallyError::input(
@@ -162,7 +169,23 @@ pub struct Inputs {
     pub files: [Vec<InputFile>; 4],
 }
 
+/// The price book and input files of a data root, listing its datasets.
 pub fn inputs(root: &Path) -> Result<Inputs> {
+    inputs_of(root, &|d| load::find_files(root, d.name()))
+}
+
+/// [`inputs`], its files as the census listed them: the files a run loads are the files
+/// its manifest lists.
+pub fn inputs_listed(root: &Path, census: &Census) -> Result<Inputs> {
+    inputs_of(root, &|d| Ok(census.listed(d)))
+}
+
+/// The price book and input files of a data root, each dataset's files as `list` gives
+/// them (`None`: no folder).
+fn inputs_of(
+    root: &Path,
+    list: &dyn Fn(Dataset) -> Result<Option<Vec<InputFile>>>,
+) -> Result<Inputs> {
     if !root.is_dir() {
         return Err(TallyError::config(
             root.display().to_string(),
@@ -172,10 +195,15 @@ pub fn inputs(root: &Path) -> Result<Inputs> {
     let pricebook_path = root.join("pricebook.toml");
     let book = PriceBook::load(&pricebook_path, &pricebook_path.display().to_string())?;
     let files = [
-        dataset_files(root, Dataset::Usage, true)?,
-        dataset_files(root, Dataset::Allocations, true)?,
-        dataset_files(root, Dataset::Grants, false)?,
-        dataset_files(root, Dataset::Debits, true)?,
+        dataset_files(root, Dataset::Usage, true, list(Dataset::Usage)?)?,
+        dataset_files(
+            root,
+            Dataset::Allocations,
+            true,
+            list(Dataset::Allocations)?,
+        )?,
+        dataset_files(root, Dataset::Grants, false, list(Dataset::Grants)?)?,
+        dataset_files(root, Dataset::Debits, true, list(Dataset::Debits)?)?,
     ];
     Ok(Inputs {
         book,
@@ -186,7 +214,7 @@ pub fn inputs(root: &Path) -> Result<Inputs> {
 
 /// A whole run on this machine: one shard of one.
 pub fn run(settings: RunSettings, census: &Census, progress: &Progress) -> Result<RunOutput> {
-    let inputs = inputs(&settings.data)?;
+    let inputs = inputs_listed(&settings.data, census)?;
     let layout = layout(&settings, census, 0, 1)?;
     let partial = compute(&settings, &inputs, &layout, progress)?;
     finish(settings, inputs, vec![partial])
@@ -197,46 +225,63 @@ pub fn run(settings: RunSettings, census: &Census, progress: &Progress) -> Resul
 /// the rows, and the fingerprint lists rows and checksums in the manifest without opening
 /// a small file again (a month of small files spends its time opening and parsing them).
 pub struct Census {
-    /// Each dataset's files (index = `Dataset as usize`; a missing folder has none: the
-    /// run's own listing reports it), each with its [`load::FooterRead`].
-    pub files: [Vec<(InputFile, load::FooterRead)>; 4],
+    /// Each dataset's files (index = `Dataset as usize`), each with its
+    /// [`load::FooterRead`]; `None`: the dataset has no folder (the run's inputs refuse a
+    /// required one missing).
+    pub files: [Option<Vec<(InputFile, load::FooterRead)>>; 4],
 }
 
 impl Census {
     /// List every dataset of `root` and read each file's footer (files in parallel).
     pub fn take(root: &Path) -> Result<Census> {
         let started = std::time::Instant::now();
-        let mut files: [Vec<(InputFile, load::FooterRead)>; 4] = Default::default();
+        let mut files: [Option<Vec<(InputFile, load::FooterRead)>>; 4] = Default::default();
         for d in Dataset::ALL {
-            let listed = load::find_files(root, d.name())?.unwrap_or_default();
-            files[d as usize] = listed
-                .into_par_iter()
-                .map(|f| {
-                    let read = load::read_footer(&f.abs_path);
-                    (f, read)
-                })
-                .collect();
+            let Some(listed) = load::find_files(root, d.name())? else {
+                continue;
+            };
+            let read = listed.into_par_iter().map(|f| {
+                let read = load::read_footer(&f.abs_path);
+                (f, read)
+            });
+            files[d as usize] = Some(read.collect());
         }
         let census = Census { files };
-        let count = census.files.iter().map(|f| f.len() as u64).sum();
+        let count = census.file_count(&Dataset::ALL);
         crate::progress::log_stage("read footers", count, count, started.elapsed());
         Ok(census)
+    }
+
+    /// Every file listed, with its footer's reading, in dataset order.
+    pub fn all(&self) -> impl Iterator<Item = &(InputFile, load::FooterRead)> {
+        self.files.iter().flatten().flatten()
+    }
+
+    /// The files of dataset `d` as listed (`None`: no folder).
+    fn listed(&self, d: Dataset) -> Option<Vec<InputFile>> {
+        let files = self.files[d as usize].as_ref()?;
+        Some(files.iter().map(|(f, _)| f.clone()).collect())
+    }
+
+    /// The files of `datasets`, with their footers' readings.
+    fn of<'a>(
+        &'a self,
+        datasets: &'a [Dataset],
+    ) -> impl Iterator<Item = &'a (InputFile, load::FooterRead)> {
+        (datasets.iter()).flat_map(|d| self.files[*d as usize].iter().flatten())
     }
 
     /// Rows in the files of `datasets`, from their footers (0 for unreadable files: the
     /// load reports them).
     fn rows(&self, datasets: &[Dataset]) -> u64 {
-        (datasets.iter())
-            .flat_map(|d| &self.files[*d as usize])
+        self.of(datasets)
             .map(|(_, read)| read.rows.unwrap_or(0))
             .sum()
     }
 
     /// How many files `datasets` have.
     fn file_count(&self, datasets: &[Dataset]) -> u64 {
-        (datasets.iter())
-            .map(|d| self.files[*d as usize].len() as u64)
-            .sum()
+        self.of(datasets).count() as u64
     }
 }
 

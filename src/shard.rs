@@ -100,7 +100,7 @@ pub fn run_shard(req: &JobRequest, shard: u32, shards: u32) -> Result<JobOutcome
     let settings = req.settings(prepared.history.clone());
     let census = pipeline::Census::take(&req.data)?;
     let compute = || {
-        let inputs = pipeline::inputs(&settings.data)?;
+        let inputs = pipeline::inputs_listed(&settings.data, &census)?;
         let layout = pipeline::layout(&settings, &census, shard, shards)?;
         pipeline::compute(&settings, &inputs, &layout, &req.progress)
     };
