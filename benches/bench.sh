@@ -216,11 +216,10 @@ fits() {
         return 1
     fi
     # disk: the data set, unless already generated (the 1m set scaled: about 47 MB per 1m
-    # events), x1.5 for the data and its outputs; then the runs' scratch, the larger of
-    # tally's spill files (budgeted at 64 bytes per row, two rows per event; about 30
-    # measured on generated ids, about 50 with ids of other shapes) and DuckDB's temporary
-    # files (DUCKDB_TMP_BYTES_PER_EVENT). The size's earlier outputs are replaced, so they
-    # count as free.
+    # events), x1.5 for the data and its outputs; then the runs' scratch, budgeted as
+    # DuckDB's temporary files (DUCKDB_TMP_BYTES_PER_EVENT, 450 bytes an event), which
+    # are larger than tally's spill files (about 50 bytes a usage or ledger row, two rows
+    # an event). The size's earlier outputs are replaced, so they count as free.
     disk_need=$(( events * DUCKDB_TMP_BYTES_PER_EVENT / 1024 ))
     if [[ ! -f "$BENCH_DIR/data-$label/generate.json" ]]; then
         disk_need=$(( disk_need + $(du -sk "$BENCH_DIR/data-1m" | awk '{print $1}') * events / 1000000 * 3 / 2 ))

@@ -4,9 +4,11 @@
 //! Shards are given the final folder as `--out` (like a single run), so that a close's
 //! `--history` skips the run's own output the same way whether it is sharded or not.
 //!
-//! A shard folder holds `partial.bin` (the shard's rows before output ordering, postcard)
-//! and `shard.json` (what it was made from: command, as-of, settle, buckets, N, I and the
-//! input fingerprint, plus the checksum of `partial.bin`). It is published atomically like
+//! A shard folder holds `partial.bin` (the shard's rows before output ordering, postcard),
+//! a close shard's run files (`billed-K.bin`, `lines-K.bin`: its billed events and invoice
+//! lines in order) and `shard.json` (what it was made from: command, as-of, settle,
+//! buckets, N, I and the input fingerprint, plus the checksums of `partial.bin` and of each
+//! run file). It is published atomically like
 //! any output folder, so a killed shard leaves either its previous part or nothing.
 
 use crate::error::{Result, TallyError};
