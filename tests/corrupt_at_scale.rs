@@ -2334,7 +2334,13 @@ fn each_bad_file_alone_stops_the_run_with_exit_2_naming_it() {
             cases.push((rel, b"not parquet".to_vec(), None, false));
         }
     }
-    assert!(cases.len() >= 100, "{} cases", cases.len());
+    // The counts the README's Tests section gives: a case added or lost shows here.
+    let refused = cases.iter().filter(|case| case.3).count();
+    assert_eq!(
+        (refused, cases.len() - refused),
+        (127, 16),
+        "refused and skipped files"
+    );
 
     for (rel, bytes, word, refused) in &cases {
         let path = data.join(rel);
