@@ -71,28 +71,30 @@ impl TallyError {
     /// of `$TMPDIR`), never the exit 2 of an unreadable input.
     pub fn write(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
         let hint = write_hint(source.kind());
+        TallyError::output_with(path, source, hint)
+    }
+
+    /// An [`TallyError::Output`] of `path` saying `source`, then `hint`.
+    fn output_with(path: impl AsRef<std::path::Path>, source: std::io::Error, hint: &str) -> Self {
         TallyError::Output {
             file: path.as_ref().display().to_string(),
             message: format!("{source}{hint}"),
         }
     }
 
-    /// The temporary folder (`$TMPDIR`) could not take a split run's spill folder: exit
+    /// The temporary folder (`$TMPDIR`) could not take a split or sharded run's spill folder: exit
     /// 4, and for a folder that is not there (or is a file), a hint that it is the
     /// temporary folder (the operating system's words name only the path).
     pub fn temp_folder(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
         use std::io::ErrorKind;
         let hint = match source.kind() {
             ErrorKind::NotFound | ErrorKind::NotADirectory => {
-                "; it is the temporary folder ($TMPDIR) a split run spills to: create it, or \
-                 point TMPDIR at a folder that exists"
+                "; it is the temporary folder ($TMPDIR) a split or sharded run spills to: \
+                 create it, or point TMPDIR at a folder that exists"
             }
             kind => write_hint(kind),
         };
-        TallyError::Output {
-            file: path.as_ref().display().to_string(),
-            message: format!("{source}{hint}"),
-        }
+        TallyError::output_with(path, source, hint)
     }
 
     /// Reading back a scratch file this run wrote (spill, key scratch) failed: exit 4, an

@@ -34,6 +34,17 @@ pub struct InputFile {
     /// Path relative to the data root, `/`-separated (the `rejects.file` value).
     pub rel_path: String,
     pub abs_path: PathBuf,
+    /// The file as the run's first reading saw it (`pipeline::Census`, whose rows the
+    /// manifest lists), which every later opening must see again; `None` when listed
+    /// without a reading (`explain`, the merge's check) or its footer could not be read.
+    pub first_seen: Option<Seen>,
+}
+
+/// A file's size and footer row count as a reading saw them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seen {
+    pub bytes: u64,
+    pub rows: u64,
 }
 
 /// Find `*.parquet` files under `root/dataset`, recursively, skipping names that start with
@@ -120,6 +131,7 @@ fn walk(
             out.push(InputFile {
                 rel_path: child_rel,
                 abs_path: path,
+                first_seen: None,
             });
         }
     }
@@ -719,6 +731,7 @@ pub fn open_file(file: &InputFile, specs: &[ColSpec]) -> Result<OpenedFile> {
     let handle = PositionalFile::open(file)?;
     check_magic(file, &handle)?;
     let (metadata, indices) = guard_decoding(file, || open_checked(file, &handle, specs))?;
+    check_first_seen(file, &handle, &metadata)?;
     let row_group_rows = row_group_rows(&metadata);
     let mut row_group_first = Vec::with_capacity(row_group_rows.len());
     let mut acc = 0u64;
@@ -746,6 +759,34 @@ pub fn open_file(file: &InputFile, specs: &[ColSpec]) -> Result<OpenedFile> {
         row_group_first,
         footer_rereads: std::sync::atomic::AtomicUsize::new(0),
     })
+}
+
+/// Refuse a file that is not as the run's first reading saw it (another size or footer
+/// row count): it changed since, and the manifest (whose rows come from that reading)
+/// would not describe what the run read.
+fn check_first_seen(
+    file: &InputFile,
+    handle: &PositionalFile,
+    metadata: &ArrowReaderMetadata,
+) -> Result<()> {
+    let Some(first) = file.first_seen else {
+        return Ok(());
+    };
+    let now = Seen {
+        bytes: parquet::file::reader::Length::len(handle),
+        rows: u64::try_from(metadata.metadata().file_metadata().num_rows()).unwrap_or(u64::MAX),
+    };
+    if now != first {
+        return Err(TallyError::input(
+            &file.rel_path,
+            format!(
+                "the file changed while the run read it ({} bytes and {} rows at the run's \
+                 first reading, {} bytes and {} rows now); rerun once the file is complete",
+                first.bytes, first.rows, now.bytes, now.rows
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Rows of each row group, as the footer gives them.
@@ -976,27 +1017,36 @@ impl Plan {
     }
 }
 
-/// What one open of an input Parquet file tells before a run: the row count in its footer
-/// (`None` if it cannot be read: the load then reports the file with its exact problem),
-/// and the sha256 of a file small enough to be held whole (`None` for a larger file, whose
-/// bytes are hashed beside the run, and for a file that cannot be opened: the fingerprint
-/// opens it again and reports why).
+/// What one open of an input Parquet file tells before a run: its size and the row count
+/// in its footer (`None` if it cannot be read: the load then reports the file with its
+/// exact problem), and the sha256 of a file held whole (at most
+/// [`crate::positional::WHOLE_FILE_BYTES`], and not of a size that reads 0; `None` for
+/// another file, whose bytes are hashed beside the run, and for a file that cannot be
+/// opened: the fingerprint opens it again and reports why).
 pub struct FooterRead {
-    pub rows: Option<u64>,
-    pub small_sha256: Option<String>,
+    pub seen: Option<Seen>,
+    pub small_sha256: Option<[u8; 32]>,
+}
+
+impl FooterRead {
+    /// The footer's row count, if it could be read.
+    pub fn rows(&self) -> Option<u64> {
+        self.seen.map(|seen| seen.rows)
+    }
 }
 
 /// [`FooterRead`] of a file: one open, and a small file read once for both.
 pub fn read_footer(path: &Path) -> FooterRead {
     let Ok(file) = PositionalFile::open_path(path) else {
         return FooterRead {
-            rows: None,
+            seen: None,
             small_sha256: None,
         };
     };
-    let small_sha256 = file.whole().map(|bytes| crate::write::sha256_hex(bytes));
+    let bytes = parquet::file::reader::Length::len(&file);
+    let small_sha256 = file.whole().map(|whole| crate::write::sha256(whole));
     FooterRead {
-        rows: rows_in_footer(file),
+        seen: rows_in_footer(file).map(|rows| Seen { bytes, rows }),
         small_sha256,
     }
 }
@@ -1581,6 +1631,7 @@ mod tests {
         let file = InputFile {
             rel_path: "ids.parquet".into(),
             abs_path: path,
+            first_seen: None,
         };
         let specs = [
             col("id", ColType::Str, true),
@@ -1642,14 +1693,55 @@ mod tests {
             let sha256 = crate::write::sha256_file(path).unwrap();
             assert_eq!(file_sha256(path).unwrap(), sha256, "{path:?}");
             let read = read_footer(path);
-            assert_eq!(read.rows, rows, "{path:?}");
-            let small_sha256 = held_whole.then_some(sha256);
-            assert_eq!(read.small_sha256, small_sha256, "{path:?}");
+            assert_eq!(read.rows(), rows, "{path:?}");
+            let bytes = size(path);
+            assert_eq!(read.seen, rows.map(|rows| Seen { bytes, rows }), "{path:?}");
+            let small_sha256 = read.small_sha256.map(hex::encode);
+            assert_eq!(small_sha256, held_whole.then_some(sha256), "{path:?}");
         }
         let missing = dir.path().join("missing.parquet");
         assert!(file_sha256(&missing).is_err());
         let read = read_footer(&missing);
-        assert_eq!((read.rows, read.small_sha256), (None, None));
+        assert_eq!((read.seen, read.small_sha256), (None, None));
+    }
+
+    /// A file listed with the run's first reading of it opens while it is as that reading
+    /// saw it, and is refused (exit 2, naming both readings) once it holds other rows, or
+    /// the same rows in another size: it changed during the run, and the manifest's rows
+    /// would not be what the run read. A file listed without a reading is not checked.
+    #[test]
+    fn a_file_unlike_its_first_reading_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ids.parquet");
+        write_ids(&path, &["a".to_string(), "b".to_string()]);
+        let first = read_footer(&path).seen.unwrap();
+        assert_eq!(first.rows, 2);
+        let file = |first_seen| InputFile {
+            rel_path: "ids.parquet".into(),
+            abs_path: path.clone(),
+            first_seen,
+        };
+        let specs = [col("id", ColType::Str, true)];
+        assert!(open_file(&file(Some(first)), &specs).is_ok());
+        write_ids(&path, &["a".to_string(), "b".to_string(), "c".to_string()]);
+        let now = read_footer(&path).seen.unwrap();
+        let refused = open_file(&file(Some(first)), &specs).err().unwrap();
+        assert_eq!(
+            refused.to_string(),
+            format!(
+                "ids.parquet: the file changed while the run read it ({} bytes and 2 rows at \
+                 the run's first reading, {} bytes and 3 rows now); rerun once the file is \
+                 complete",
+                first.bytes, now.bytes
+            )
+        );
+        let same_rows = Seen {
+            bytes: now.bytes + 1,
+            rows: 3,
+        };
+        assert!(open_file(&file(Some(same_rows)), &specs).is_err());
+        assert!(open_file(&file(Some(now)), &specs).is_ok());
+        assert!(open_file(&file(None), &specs).is_ok());
     }
 
     /// Footers are read without their column statistics (tally never uses them): a file
@@ -1674,13 +1766,14 @@ mod tests {
         let file = InputFile {
             rel_path: "ids.parquet".into(),
             abs_path: path.clone(),
+            first_seen: None,
         };
         let handle = PositionalFile::open(&file).unwrap();
         let specs = [col("id", ColType::Str, true)];
         let (metadata, _) = open_checked(&file, &handle, &specs).unwrap();
         let column = metadata.metadata().row_group(0).column(0);
         assert!(column.statistics().is_none());
-        assert_eq!(read_footer(&path).rows, Some(2));
+        assert_eq!(read_footer(&path).rows(), Some(2));
     }
 
     /// `files` one-column Parquet files of ids in `dir`, file `f` holding `f + 1` rows.
@@ -1695,6 +1788,7 @@ mod tests {
                 InputFile {
                     rel_path: format!("ids-{f}.parquet"),
                     abs_path: path,
+                    first_seen: None,
                 }
             })
             .collect()
@@ -1775,6 +1869,7 @@ mod tests {
         let mut files = vec![InputFile {
             rel_path: "empty.parquet".into(),
             abs_path: empty,
+            first_seen: None,
         }];
         for f in 1..=MAX_KEPT_FOOTERS {
             let path = dir.path().join(format!("one-{f:04}.parquet"));
@@ -1782,6 +1877,7 @@ mod tests {
             files.push(InputFile {
                 rel_path: format!("one-{f:04}.parquet"),
                 abs_path: path,
+                first_seen: None,
             });
         }
         let specs = [col("id", ColType::Str, true)];
@@ -1815,6 +1911,7 @@ mod tests {
                 InputFile {
                     rel_path: format!("groups-{f}.parquet"),
                     abs_path: path,
+                    first_seen: None,
                 }
             })
             .collect();

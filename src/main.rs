@@ -470,13 +470,19 @@ fn shard_from_env() -> anyhow::Result<Option<(u32, u32)>> {
     tally::shard::check_shard(i, n, "JOB_COMPLETION_INDEX", "TALLY_SHARDS")
         .map(|()| Some((i, n)))
         .map_err(|why| {
+            // An index past the count: TALLY_SHARDS is not the Job's completions.
+            let advice = match i >= n {
+                true => "; set TALLY_SHARDS to the Job's completions",
+                false => "",
+            };
             config_error(format!(
-                "JOB_COMPLETION_INDEX={i} and TALLY_SHARDS={n}: {why}; set TALLY_SHARDS to the Job's completions"
+                "JOB_COMPLETION_INDEX={i} and TALLY_SHARDS={n}: {why}{advice}"
             ))
         })
 }
 
-/// `--as-of`: an RFC 3339 instant or `now`.
+/// `--as-of`: an RFC 3339 instant (without an offset: UTC), a date (its midnight, UTC) or
+/// `now`.
 fn parse_as_of(text: &str, origin: &Origin) -> anyhow::Result<tally::time::Micros> {
     if text == "now" {
         return Ok(chrono::Utc::now().timestamp() * 1_000_000);

@@ -220,14 +220,17 @@ pub fn run(settings: RunSettings, census: &Census, progress: &Progress) -> Resul
     finish(settings, inputs, vec![partial])
 }
 
-/// The input files of a data root with what one open of each tells (its footer's rows,
-/// the sha256 of a small file), taken once before a run: the layout sizes the groups by
-/// the rows, and the fingerprint lists rows and checksums in the manifest without opening
-/// a small file again (a month of small files spends its time opening and parsing them).
+/// The input files of a data root with what one open of each tells (its size and footer's
+/// rows; a file of at most 64 KiB is read whole and hashed), taken once before a run: the
+/// run loads the files of this listing, the layout sizes the groups by the rows, the
+/// fingerprint lists rows and checksums in the manifest without opening a small file
+/// again (a month of small files spends its time opening and parsing them), and every
+/// later opening of a file checks it is as this reading saw it
+/// ([`InputFile::first_seen`]).
 pub struct Census {
-    /// Each dataset's files (index = `Dataset as usize`), each with its
-    /// [`load::FooterRead`]; `None`: the dataset has no folder (the run's inputs refuse a
-    /// required one missing).
+    /// Each dataset's files (index = `Dataset as usize`, each with `first_seen` set), each
+    /// with its [`load::FooterRead`]; `None`: the dataset has no folder (the run's inputs
+    /// refuse a required one missing).
     pub files: [Option<Vec<(InputFile, load::FooterRead)>>; 4],
 }
 
@@ -240,15 +243,16 @@ impl Census {
             let Some(listed) = load::find_files(root, d.name())? else {
                 continue;
             };
-            let read = listed.into_par_iter().map(|f| {
+            let read = listed.into_par_iter().map(|mut f| {
                 let read = load::read_footer(&f.abs_path);
+                f.first_seen = read.seen;
                 (f, read)
             });
             files[d as usize] = Some(read.collect());
         }
         let census = Census { files };
         let count = census.file_count(&Dataset::ALL);
-        crate::progress::log_stage("read footers", count, count, started.elapsed());
+        crate::progress::log_stage("open inputs", count, count, started.elapsed());
         Ok(census)
     }
 
@@ -275,7 +279,7 @@ impl Census {
     /// load reports them).
     fn rows(&self, datasets: &[Dataset]) -> u64 {
         self.of(datasets)
-            .map(|(_, read)| read.rows.unwrap_or(0))
+            .map(|(_, read)| read.rows().unwrap_or(0))
             .sum()
     }
 

@@ -111,6 +111,7 @@ pub fn run_shard(req: &JobRequest, shard: u32, shards: u32) -> Result<JobOutcome
         Some(inputs) => (compute()?, inputs),
         None => crate::beside_fingerprint(req, &prepared.history, &census, compute)?,
     };
+    drop(census);
     let accounts = partial.results.len() as u64;
 
     let stage = req.progress.stage("write");

@@ -647,6 +647,7 @@ mod tests {
             .map(|p| InputFile {
                 rel_path: p.into(),
                 abs_path: p.into(),
+                first_seen: None,
             })
             .to_vec()
     }

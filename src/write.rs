@@ -650,7 +650,12 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 
 /// sha256 of bytes in memory, hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+    hex::encode(sha256(bytes))
+}
+
+/// sha256 of bytes in memory.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
 }
 
 /// sha256 of what `reader` reads to its end, hex: `len` is the size expected (the read

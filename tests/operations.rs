@@ -674,9 +674,6 @@ fn an_unknown_placeholder_in_out_is_refused() {
         .exists());
 }
 
-/// `TALLY_LOG` that is neither a level nor target=level directives would silence every log
-/// line (tracing takes a bare word for a target name): the run warns once and logs at the
-/// default level instead; an empty value is the default.
 /// A human log written to a file or a pipe (not a terminal) is plain text: no colour
 /// codes, which a log file or a collector would keep as escape characters.
 #[test]
@@ -698,6 +695,9 @@ fn a_human_log_to_a_pipe_has_no_colour_codes() {
     );
 }
 
+/// `TALLY_LOG` that is neither a level nor target=level directives would silence every log
+/// line (tracing takes a bare word for a target name): the run warns once and logs at the
+/// default level instead; an empty value is the default.
 #[test]
 fn a_tally_log_that_is_not_a_level_warns_and_keeps_the_default() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1046,8 +1046,8 @@ fn a_missing_temporary_folder_is_named_as_the_spill_folder() {
         assert_eq!(
             stderr(&ended),
             format!(
-                "tally: writing {}: {why}; it is the temporary folder ($TMPDIR) a split run \
-                 spills to: create it, or point TMPDIR at a folder that exists\n",
+                "tally: writing {}: {why}; it is the temporary folder ($TMPDIR) a split or \
+                 sharded run spills to: create it, or point TMPDIR at a folder that exists\n",
                 tmpdir.display()
             )
         );
@@ -1395,6 +1395,14 @@ fn the_manifest_lists_every_input_and_output_with_rows_and_sha256() {
         // Both in path order: the manifest lists its outputs sorted by path.
         let outputs = entries("outputs");
         assert_eq!(outputs, on_disk, "{command} in {groups} groups");
+        // Every input, in order: the price book, then each dataset's Parquet files (usage,
+        // allocations, grants, debits) by path.
+        let listed: Vec<String> = entries("inputs").into_iter().map(|e| e.0).collect();
+        let mut expected = vec!["pricebook.toml".to_string()];
+        for dataset in ["usage", "allocations", "grants", "debits"] {
+            expected.extend(parquet_files_under(&data, dataset));
+        }
+        assert_eq!(listed, expected, "{command} in {groups} groups");
         // Inputs small enough to be read whole and larger ones read by position (the
         // fingerprint reads them two ways): both are listed as the files are.
         let (mut whole, mut by_position) = (0, 0);
@@ -1428,6 +1436,32 @@ fn the_manifest_lists_every_input_and_output_with_rows_and_sha256() {
             );
         }
     }
+}
+
+/// The `*.parquet` files under `root/dataset`, as paths relative to `root` (`/`-separated),
+/// sorted by their bytes (names starting with `.` or `_` skipped, as tally skips them).
+fn parquet_files_under(root: &Path, dataset: &str) -> Vec<String> {
+    fn walk(dir: &Path, rel: &str, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().into_string().unwrap();
+            if name.starts_with('.') || name.starts_with('_') {
+                continue;
+            }
+            let child = format!("{rel}/{name}");
+            if entry.file_type().unwrap().is_dir() {
+                walk(&entry.path(), &child, out);
+            } else if name.ends_with(".parquet") {
+                out.push(child);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    if root.join(dataset).is_dir() {
+        walk(&root.join(dataset), dataset, &mut files);
+    }
+    files.sort();
+    files
 }
 
 /// A close at one thread finishes, with the bytes of a close at two, on data with more

@@ -564,6 +564,17 @@ fn a_kubernetes_completion_index_selects_the_shard() {
          completions\n"
     );
     let out = run_command("reconcile", &data, AS_OF, &shards)
+        .env("JOB_COMPLETION_INDEX", "0")
+        .env("TALLY_SHARDS", "5000")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "tally: command line: JOB_COMPLETION_INDEX=0 and TALLY_SHARDS=5000: at most 4096 \
+         shards (the account partitions)\n"
+    );
+    let out = run_command("reconcile", &data, AS_OF, &shards)
         .env("JOB_COMPLETION_INDEX", "1")
         .env("TALLY_SHARDS", "two")
         .output()
