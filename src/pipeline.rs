@@ -289,10 +289,11 @@ impl Census {
     }
 }
 
-/// What a usage or ledger file costs a run beyond its rows: its name, its row-group table
-/// and the per-row-group work of its reading, about 3 KiB (`benches/odd-shapes.sh`,
-/// "files": 2.7 KiB more peak a file over 40,000 one-row usage and 40,000 one-row ledger
-/// files, against the same rows in two files). Its footer (about 12 KiB) is kept only for
+/// What a usage or ledger file costs a run beyond its rows: its name (twice: the census's
+/// and the load's), its row-group table and the per-row-group work of its reading, about 3
+/// KiB (`benches/odd-shapes.sh`, "files": 2.8 KiB more peak a file over 40,000 one-row
+/// usage and 40,000 one-row ledger files, against the same rows in two files; 2.7 before
+/// the census). Its footer (about 12 KiB) is kept only for
 /// a dataset's first `load::MAX_KEPT_FOOTERS` files. The budget counts rows, not files.
 const BYTES_PER_FILE: u64 = 3 * 1024;
 
