@@ -551,40 +551,36 @@ fn a_kubernetes_completion_index_selects_the_shard() {
     );
 
     // Both set, but not a shard: the refusal names the variables, not a flag never given.
-    let out = run_command("reconcile", &data, AS_OF, &shards)
-        .env("JOB_COMPLETION_INDEX", "5")
-        .env("TALLY_SHARDS", "3")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert_eq!(
-        stderr(&out),
-        "tally: command line: JOB_COMPLETION_INDEX=5 and TALLY_SHARDS=3: JOB_COMPLETION_INDEX \
-         must be in 0..TALLY_SHARDS and TALLY_SHARDS at least 1; set TALLY_SHARDS to the Job's \
-         completions\n"
-    );
-    let out = run_command("reconcile", &data, AS_OF, &shards)
-        .env("JOB_COMPLETION_INDEX", "0")
-        .env("TALLY_SHARDS", "5000")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert_eq!(
-        stderr(&out),
-        "tally: command line: JOB_COMPLETION_INDEX=0 and TALLY_SHARDS=5000: at most 4096 \
-         shards (the account partitions)\n"
-    );
-    let out = run_command("reconcile", &data, AS_OF, &shards)
-        .env("JOB_COMPLETION_INDEX", "1")
-        .env("TALLY_SHARDS", "two")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert_eq!(
-        stderr(&out),
-        "tally: command line: TALLY_SHARDS=two is not a number (JOB_COMPLETION_INDEX and \
-         TALLY_SHARDS select the shard)\n"
-    );
+    let refusals = [
+        (
+            "5",
+            "3",
+            "JOB_COMPLETION_INDEX=5 and TALLY_SHARDS=3: JOB_COMPLETION_INDEX must be in \
+             0..TALLY_SHARDS and TALLY_SHARDS at least 1; set TALLY_SHARDS to the Job's \
+             completions",
+        ),
+        (
+            "0",
+            "5000",
+            "JOB_COMPLETION_INDEX=0 and TALLY_SHARDS=5000: at most 4096 shards (the account \
+             partitions)",
+        ),
+        (
+            "1",
+            "two",
+            "TALLY_SHARDS=two is not a number (JOB_COMPLETION_INDEX and TALLY_SHARDS select \
+             the shard)",
+        ),
+    ];
+    for (index, shard_count, message) in refusals {
+        let out = run_command("reconcile", &data, AS_OF, &shards)
+            .env("JOB_COMPLETION_INDEX", index)
+            .env("TALLY_SHARDS", shard_count)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        assert_eq!(stderr(&out), format!("tally: command line: {message}\n"));
+    }
 
     let out = run_command("reconcile", &data, AS_OF, &shards)
         .args(["--shard", "3/3"])
