@@ -1455,6 +1455,55 @@ mod tests {
         }
     }
 
+    /// The run loads the files of its census's listing, which the manifest lists: a usage
+    /// file added after the census is not loaded (its rows are not read); a census taken
+    /// after it lists and loads it.
+    #[test]
+    fn a_run_loads_the_files_its_census_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        crate::generate::generate(&crate::generate::GenerateOptions {
+            out: root.clone(),
+            accounts: 40,
+            events: 300,
+            seed: 7,
+            discrepancy_rate: 0.05,
+        })
+        .unwrap();
+        let settings = RunSettings {
+            data: root.clone(),
+            mode: Mode::Reconcile,
+            as_of: crate::time::parse_instant("2026-11-20T00:00:00Z").unwrap(),
+            settle_micros: 15 * 60 * 1_000_000,
+            buckets: AUTOMATIC_BUCKETS,
+            groups: None,
+            memory_budget_bytes: DEFAULT_MEMORY_BUDGET_BYTES,
+            history: Default::default(),
+            trace_account: None,
+        };
+        let quiet = Progress { interactive: false };
+        let usage_rows = |census: &Census| census.rows(&[Dataset::Usage]);
+        let usage_read = |output: &RunOutput| {
+            let counts = &output.counts[Dataset::Usage as usize];
+            (counts.files, counts.rows_read)
+        };
+
+        let census = Census::take(&root).unwrap();
+        let usage = census.files[Dataset::Usage as usize].as_ref().unwrap();
+        let (files, rows) = (usage.len() as u64, usage_rows(&census));
+        let late = root.join("usage/late-arrival.parquet");
+        std::fs::copy(&usage[0].0.abs_path, &late).unwrap();
+        let output = run(settings.clone(), &census, &quiet).unwrap();
+        assert_eq!(usage_read(&output), (files, rows));
+
+        let again = Census::take(&root).unwrap();
+        let added = again.all().filter(|(f, _)| f.abs_path == late).count();
+        assert_eq!(added, 1);
+        let output = run(settings, &again, &quiet).unwrap();
+        assert_eq!(usage_read(&output), (files + 1, usage_rows(&again)));
+        assert!(usage_rows(&again) > rows);
+    }
+
     /// One grant_id twice in grants_next, whoever's grants they are, is exit 2 naming the
     /// input grant and the rollover written under its id (in either order of the two).
     #[test]
