@@ -8,6 +8,7 @@ mod explain;
 mod generated;
 mod golden;
 mod input_types;
+mod jobs;
 mod operations;
 mod properties;
 mod report;
