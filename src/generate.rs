@@ -1979,6 +1979,20 @@ pub fn generate(opts: &GenerateOptions) -> Result<GenerateReport, GenerateError>
     Ok(report)
 }
 
+/// A small generated data root at `root` (40 accounts, 300 events, seed 7), for unit
+/// tests that need real input files.
+#[cfg(test)]
+pub(crate) fn small_root(root: &std::path::Path) {
+    generate(&GenerateOptions {
+        out: root.to_path_buf(),
+        accounts: 40,
+        events: 300,
+        seed: 7,
+        discrepancy_rate: 0.05,
+    })
+    .unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

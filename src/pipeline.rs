@@ -1462,14 +1462,7 @@ mod tests {
     fn a_run_loads_the_files_its_census_listed() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
-        crate::generate::generate(&crate::generate::GenerateOptions {
-            out: root.clone(),
-            accounts: 40,
-            events: 300,
-            seed: 7,
-            discrepancy_rate: 0.05,
-        })
-        .unwrap();
+        crate::generate::small_root(&root);
         let settings = RunSettings {
             data: root.clone(),
             mode: Mode::Reconcile,

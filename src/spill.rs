@@ -911,14 +911,7 @@ mod tests {
     fn generated(name: &str) -> (tempfile::TempDir, Vec<InputFile>) {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join(name);
-        crate::generate::generate(&crate::generate::GenerateOptions {
-            out: root.clone(),
-            accounts: 40,
-            events: 300,
-            seed: 7,
-            discrepancy_rate: 0.05,
-        })
-        .unwrap();
+        crate::generate::small_root(&root);
         let files = crate::pipeline::inputs(&root).unwrap().files;
         (dir, files[0].clone())
     }
