@@ -4,7 +4,9 @@
 //! temporary folder, runs the repository's job files on the bundled fixtures and publishes.
 //! A job line that quotes wrongly, names a job file or flag that does not exist, or points
 //! its `--out` outside the close's `history` fails here, not on the first night in
-//! production. The schedulers themselves (cron's clock, systemd, a cluster) are not run.
+//! production. The sharded reconcile's Indexed Job and merge Job run too, every index as
+//! Kubernetes starts it, and must publish what one run publishes. The schedulers themselves
+//! (cron's clock, systemd, a cluster, the sharded driver's kubectl) are not run.
 
 use crate::common::repo;
 use std::path::{Path, PathBuf};
@@ -88,6 +90,42 @@ impl Installed {
 
     fn out(&self) -> PathBuf {
         self.root.join("out")
+    }
+
+    /// A ConfigMap's job file installed where the pods mount it (`/etc/tally`), its
+    /// claims' paths (`/data`, `/out`) mapped as the containers' are.
+    fn install_config_map(&self, job: &str, text: &str) {
+        let root = self.root.display();
+        let text = text
+            .replace("\"/data\"", &format!("\"{root}/data\""))
+            .replace("\"/out/", &format!("\"{root}/out/"));
+        std::fs::write(self.root.join("etc/tally").join(job), text).unwrap();
+    }
+
+    /// A container's program and its arguments, with the pods' mounts (`/etc/tally`,
+    /// `/out`, `/scratch`) mapped into this installation.
+    fn container(&self, manifest: &Manifest) -> (String, Vec<String>) {
+        let mut words: Vec<String> = (manifest.command.iter())
+            .chain(&manifest.args)
+            .map(|word| self.mount(word))
+            .collect();
+        let program = words.remove(0);
+        (program, words)
+    }
+
+    fn mount(&self, word: &str) -> String {
+        let root = self.root.display();
+        let word = word
+            .replace("/usr/local/bin/tally", &format!("{root}/bin/tally"))
+            .replace("/etc/tally/", &format!("{root}/etc/tally/"))
+            .replace("\"/out/", &format!("\"{root}/out/"));
+        // A whole argument naming a mount (an args item, not inside a shell line).
+        for mount in ["/out/", "/scratch"] {
+            if word.starts_with(mount) {
+                return format!("{root}{word}");
+            }
+        }
+        word
     }
 
     fn syslog(&self) -> String {
@@ -283,9 +321,14 @@ fn the_systemd_services_run_the_installed_jobs() {
 /// `NAME.toml: |`) and the container's `command` and `args` as the container would get
 /// them (`$$` is Kubernetes' escape for `$`; a `>-` item is folded into one line).
 struct Manifest {
-    job_file: String,
+    /// The ConfigMap's job file, if the manifest has one.
+    job_file: Option<String>,
     command: Vec<String>,
     args: Vec<String>,
+    /// The container's `env` (name, value).
+    env: Vec<(String, String)>,
+    /// `completions` of an Indexed Job.
+    completions: Option<u32>,
 }
 
 fn manifest(file: &str) -> Manifest {
@@ -304,18 +347,19 @@ fn manifest(file: &str) -> Manifest {
             .position(|l| l.trim_start().starts_with(key))
             .unwrap_or_else(|| panic!("{file}: no {key}"))
     };
-    let toml_at = (lines.iter())
+    let job_file = (lines.iter())
         .position(|l| l.trim_end().ends_with(".toml: |"))
-        .unwrap_or_else(|| panic!("{file}: no job file in a ConfigMap"));
-    let job_lines = block(toml_at);
-    let depth = (job_lines.iter())
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| indent(l))
-        .min()
-        .unwrap();
-    let job_file: String = (job_lines.iter())
-        .map(|l| format!("{}\n", l.get(depth..).unwrap_or("")))
-        .collect();
+        .map(|at| {
+            let job_lines = block(at);
+            let depth = (job_lines.iter())
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| indent(l))
+                .min()
+                .unwrap();
+            (job_lines.iter())
+                .map(|l| format!("{}\n", l.get(depth..).unwrap_or("")))
+                .collect::<String>()
+        });
     let command_line = lines[find("command: [")].trim_start();
     let command: Vec<String> = command_line["command: [".len()..]
         .trim_end_matches(']')
@@ -323,7 +367,11 @@ fn manifest(file: &str) -> Manifest {
         .map(|word| word.trim().trim_matches('"').to_string())
         .collect();
     let mut args = Vec::new();
-    let mut items = block(find("args:")).into_iter().peekable();
+    let not_comment = |l: &&str| !l.trim().is_empty() && !l.trim_start().starts_with('#');
+    let mut items = block(find("args:"))
+        .into_iter()
+        .filter(not_comment)
+        .peekable();
     while let Some(line) = items.next() {
         let item = line.trim_start().strip_prefix("- ").expect("an args item");
         let text = match item {
@@ -335,14 +383,40 @@ fn manifest(file: &str) -> Manifest {
                 }
                 folded.join(" ")
             }
-            plain => plain.to_string(),
+            // A double-quoted scalar (`"__AS_OF__"`) is its text without the quotes.
+            plain => match plain.strip_prefix('"').and_then(|p| p.strip_suffix('"')) {
+                Some(quoted) => quoted.to_string(),
+                None => plain.to_string(),
+            },
         };
         args.push(text.replace("$$", "$"));
     }
+    // `- name: X` then `value: Y` (or `value: "Y"`), each pair an item of `env:`.
+    let mut env = Vec::new();
+    if let Some(at) = lines.iter().position(|l| l.trim() == "env:") {
+        let items: Vec<&str> = block(at).into_iter().filter(not_comment).collect();
+        let value_of = |l: &str, key: &str| {
+            let l = l.trim().trim_start_matches("- ");
+            l.strip_prefix(key)
+                .map(|v| v.trim().trim_matches('"').to_string())
+        };
+        for pair in items.windows(2) {
+            if let (Some(name), Some(value)) =
+                (value_of(pair[0], "name:"), value_of(pair[1], "value:"))
+            {
+                env.push((name, value));
+            }
+        }
+    }
+    let completions = (lines.iter())
+        .find_map(|l| l.trim().strip_prefix("completions:"))
+        .map(|v| v.split('#').next().unwrap().trim().parse().unwrap());
     Manifest {
         job_file,
         command,
         args,
+        env,
+        completions,
     }
 }
 
@@ -370,31 +444,19 @@ fn the_kubernetes_cronjobs_hold_and_run_the_repository_jobs() {
         ("cronjob-close.yaml", "period-close.toml"),
     ] {
         let manifest = manifest(file);
-        toml::from_str::<tally::job::JobFile>(&manifest.job_file)
+        let job_file = manifest
+            .job_file
+            .clone()
+            .expect("a ConfigMap with the job file");
+        toml::from_str::<tally::job::JobFile>(&job_file)
             .unwrap_or_else(|e| panic!("{file}: not a job file: {e}"));
         let repo_job = std::fs::read_to_string(repo().join("jobs").join(job)).unwrap();
-        assert_eq!(settings(&manifest.job_file), settings(&repo_job), "{file}");
+        assert_eq!(settings(&job_file), settings(&repo_job), "{file}");
 
-        // The ConfigMap's job file installed where the pod mounts it, its claims' paths
-        // (`/data`, `/out`) mapped as the container's are.
         let installed = Installed::new();
+        installed.install_config_map(job, &job_file);
         let root = installed.root.display().to_string();
-        let job_file = (manifest.job_file)
-            .replace("\"/data\"", &format!("\"{root}/data\""))
-            .replace("\"/out/", &format!("\"{root}/out/"));
-        std::fs::write(installed.root.join("etc/tally").join(job), job_file).unwrap();
-        let mount = |word: &str| {
-            word.replace("/usr/local/bin/tally", &format!("{root}/bin/tally"))
-                .replace("/etc/tally/", &format!("{root}/etc/tally/"))
-                .replace("\"/out/", &format!("\"{root}/out/"))
-        };
-        let mut words: Vec<String> = manifest
-            .command
-            .iter()
-            .chain(&manifest.args)
-            .map(|w| mount(w))
-            .collect();
-        let program = words.remove(0);
+        let (program, words) = installed.container(&manifest);
         let writes = match job {
             "nightly-reconcile.toml" => Writes::Reconcile,
             _ => Writes::Close,
@@ -415,4 +477,73 @@ fn the_kubernetes_cronjobs_hold_and_run_the_repository_jobs() {
             String::from_utf8_lossy(&ran.stderr)
         );
     }
+}
+
+/// The sharded reconcile's Indexed Job, every index run as Kubernetes starts it (its
+/// `JOB_COMPLETION_INDEX`, the Job's `TALLY_SHARDS`, `TMPDIR` and the driver's `__AS_OF__`
+/// filled in), then its merge Job: the merge publishes what one run of the same job file
+/// publishes, byte for byte. The driver itself (`run.sh`, kubectl) is not run.
+#[test]
+fn the_kubernetes_sharded_jobs_publish_what_one_run_does() {
+    let shards = manifest("sharded/shards-job.yaml");
+    let merge = manifest("sharded/merge-job.yaml");
+    let config = manifest("cronjob-reconcile.yaml").job_file.unwrap();
+    let installed = Installed::new();
+    installed.install_config_map("nightly-reconcile.toml", &config);
+    std::fs::create_dir_all(installed.root.join("scratch")).unwrap();
+    let completions = shards.completions.expect("an Indexed Job's completions");
+    let tally_shards = (shards.env.iter())
+        .find(|(name, _)| name == "TALLY_SHARDS")
+        .map(|(_, value)| value.parse::<u32>().unwrap());
+    assert_eq!(
+        tally_shards,
+        Some(completions),
+        "TALLY_SHARDS is the completions"
+    );
+    let as_of = "2026-11-20T00:00:00Z";
+    let run_container = |manifest: &Manifest, index: Option<u32>| {
+        let (program, words) = installed.container(manifest);
+        let words: Vec<String> = (words.iter())
+            .map(|word| word.replace("__AS_OF__", as_of))
+            .collect();
+        let mut command = Command::new(&program);
+        command
+            .args(&words)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin");
+        for (name, value) in &manifest.env {
+            command.env(name, installed.mount(value));
+        }
+        command.env("TALLY_LOG", "warn");
+        if let Some(index) = index {
+            command.env("JOB_COMPLETION_INDEX", index.to_string());
+        }
+        let ran = command.output().unwrap();
+        assert!(
+            ran.status.success(),
+            "{program} {words:?} (index {index:?}): {}",
+            String::from_utf8_lossy(&ran.stderr)
+        );
+    };
+    for index in 0..completions {
+        run_container(&shards, Some(index));
+    }
+    run_container(&merge, None);
+
+    let single = installed.root.join("single");
+    let job = installed.root.join("etc/tally/nightly-reconcile.toml");
+    crate::common::tally_ok(&[
+        "reconcile",
+        "--job",
+        job.to_str().unwrap(),
+        "--as-of",
+        as_of,
+        "--out",
+        single.to_str().unwrap(),
+    ]);
+    let merged = installed.out().join("nightly-reconcile");
+    assert!(
+        crate::common::folder_bytes(&merged) == crate::common::folder_bytes(&single),
+        "the merged sharded run differs from one run"
+    );
 }
