@@ -92,6 +92,10 @@ impl TallyError {
                 "; it is the temporary folder ($TMPDIR) a split or sharded run spills to: \
                  create it, or point TMPDIR at a folder that exists"
             }
+            ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem => {
+                "; it is the temporary folder ($TMPDIR) a split or sharded run spills to: make \
+                 it writable for the user running tally, or point TMPDIR at a folder that is"
+            }
             kind => write_hint(kind),
         };
         TallyError::output_with(path, source, hint)
@@ -164,7 +168,7 @@ pub type Result<T> = std::result::Result<T, TallyError>;
 
 /// What to do about an input that cannot be read, for the causes the operating system's
 /// own words leave open (appended to its message).
-fn read_hint(kind: std::io::ErrorKind) -> &'static str {
+pub(crate) fn read_hint(kind: std::io::ErrorKind) -> &'static str {
     match kind {
         std::io::ErrorKind::PermissionDenied => {
             "; the user running tally cannot read it: check its owner and mode, and its folders'"
@@ -206,6 +210,37 @@ fn write_hint(kind: std::io::ErrorKind) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The temporary folder's errors say it is `$TMPDIR` and what to do, for a folder that
+    /// is missing, a file, or not writable (runs as root, as CI's, cannot see the last).
+    #[test]
+    fn a_temporary_folder_error_names_tmpdir_and_the_fix() {
+        let said = |code: i32| {
+            TallyError::temp_folder("/t", std::io::Error::from_raw_os_error(code)).to_string()
+        };
+        for (code, fix) in [
+            (
+                libc::ENOENT,
+                "create it, or point TMPDIR at a folder that exists",
+            ),
+            (
+                libc::ENOTDIR,
+                "create it, or point TMPDIR at a folder that exists",
+            ),
+            (
+                libc::EACCES,
+                "make it writable for the user running tally, or point TMPDIR at a folder that is",
+            ),
+        ] {
+            let message = said(code);
+            assert!(
+                message.contains("it is the temporary folder ($TMPDIR)") && message.ends_with(fix),
+                "{message}"
+            );
+        }
+        // Other causes get the hint of any write (a full disk).
+        assert!(said(libc::ENOSPC).contains("free space there"));
+    }
 
     /// A library's words around an OS error get the hint an error of ours would.
     #[test]

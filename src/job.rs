@@ -51,6 +51,29 @@ pub struct AlertConfig {
     pub min_invoices: Option<u64>,
 }
 
+/// A job file's parse error as one line: its place (`line N, column M`), and the parser's
+/// words with Rust's type names said as a job file's reader would (`u64` is a whole
+/// number), plus how to write what was most likely meant.
+fn job_error(text: &str, e: &toml::de::Error) -> String {
+    let message = crate::pricebook::toml_error(text, e)
+        .replace("expected u64", "expected a whole number of 0 or more")
+        .replace("expected u32", "expected a whole number of 0 or more")
+        .replace(
+            "invalid type: map, expected a string",
+            "a TOML date-time, expected a string",
+        );
+    let how = if message.contains("date-time, expected a string") {
+        "; write an instant in quotes: as_of = \"2026-11-20T00:00:00Z\""
+    } else if message.contains("missing field") {
+        "; a job file needs data and out (paths relative to the job file's folder)"
+    } else if message.contains("expected a string") {
+        "; write the value in quotes, e.g. settle = \"15m\""
+    } else {
+        ""
+    };
+    format!("{message}{how}")
+}
+
 /// The placeholders an output path may hold.
 pub const OUT_PLACEHOLDERS: [&str; 2] = ["{as_of}", "{as_of_date}"];
 
@@ -101,15 +124,16 @@ impl JobFile {
     /// Read a job file; relative `data`/`out` paths are resolved against its folder.
     pub fn load(path: &Path) -> Result<JobFile> {
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| TallyError::config(&name, format!("cannot read job file: {e}")))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            let hint = crate::error::read_hint(e.kind());
+            TallyError::config(&name, format!("cannot read job file: {e}{hint}"))
+        })?;
+        // The error's line and column and the parser's words, on one line (its own text
+        // draws the line with a caret over several lines, which a one-line error folds).
         let mut job: JobFile = toml::from_str(&text).map_err(|e| {
             TallyError::config(
                 &name,
-                format!(
-                    "not a valid job file: {}",
-                    e.to_string().replace('\n', " ").trim()
-                ),
+                format!("not a valid job file: {}", job_error(&text, &e)),
             )
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
@@ -160,4 +184,30 @@ pub fn parse_bytes(text: &str) -> Option<u64> {
         rust_decimal::Decimal::from_str_exact(number).ok()? * rust_decimal::Decimal::from(scale);
     let bytes = u64::try_from(value.trunc()).ok()?;
     (bytes > 0).then_some(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job file that cannot be read as a job file is refused on one line with the place,
+    /// the parser's words in a job file's terms and the usual fix.
+    #[test]
+    fn a_job_file_parse_error_is_one_line_with_the_fix() {
+        let refused = |text: &str| {
+            let e = toml::from_str::<JobFile>(text).err().unwrap();
+            job_error(text, &e)
+        };
+        assert_eq!(
+            refused("command = \"reconcile\"\nout = \"o\"\n"),
+            "line 1, column 1: missing field `data`; a job file needs data and out (paths \
+             relative to the job file's folder)"
+        );
+        let settle = refused("data = \"d\"\nout = \"o\"\nbuckets = \"4\"\n");
+        assert!(!settle.contains('\n'), "{settle}");
+        assert!(
+            settle.starts_with("line 3, column 11: invalid type: string"),
+            "{settle}"
+        );
+    }
 }

@@ -341,12 +341,7 @@ fn refuse_out_inside_a_dataset(data: &Path, out: &Path) -> Result<()> {
 
 /// Check the data root, lock `out`, refuse a foreign folder and read the history.
 pub(crate) fn prepare(req: &JobRequest, out: &Path) -> Result<Prepared> {
-    if !req.data.is_dir() {
-        return Err(TallyError::config(
-            req.data.display().to_string(),
-            "data root is not a folder",
-        ));
-    }
+    pipeline::check_data_root(&req.data)?;
     refuse_out_inside_a_dataset(&req.data, &req.out)?;
     if let Some(dir) = &req.history {
         // Before the lock, which makes the output's parent folder.

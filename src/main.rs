@@ -335,6 +335,11 @@ fn config_error(message: String) -> anyhow::Error {
     anyhow::Error::new(TallyError::config("command line", message))
 }
 
+/// A bad setting from the environment (a Kubernetes Indexed Job's variables).
+fn environment_error(message: String) -> anyhow::Error {
+    anyhow::Error::new(TallyError::config("environment", message))
+}
+
 /// Where a setting came from, for its error message: a flag on the command line, or a key
 /// of the job file (so that on-call looks in the right place).
 struct Origin {
@@ -445,20 +450,20 @@ fn alert_of(job: Option<&JobFile>, job_path: Option<&std::path::Path>) -> anyhow
 fn shard_from_env() -> anyhow::Result<Option<(u32, u32)>> {
     let Ok(index) = std::env::var("JOB_COMPLETION_INDEX") else {
         if let Ok(n) = std::env::var("TALLY_SHARDS") {
-            return Err(config_error(format!(
+            return Err(environment_error(format!(
                 "TALLY_SHARDS={n} is set but JOB_COMPLETION_INDEX is not: run it as an Indexed Job (or pass --shard I/N)"
             )));
         }
         return Ok(None);
     };
     let shards = std::env::var("TALLY_SHARDS").map_err(|_| {
-        config_error(format!(
+        environment_error(format!(
             "JOB_COMPLETION_INDEX={index} is set but TALLY_SHARDS is not: set it to the Job's completions (or pass --shard I/N)"
         ))
     })?;
     let number = |name: &str, value: &str| {
         value.trim().parse::<u32>().map_err(|_| {
-            config_error(format!(
+            environment_error(format!(
                 "{name}={value} is not a number (JOB_COMPLETION_INDEX and TALLY_SHARDS select the shard)"
             ))
         })
@@ -475,7 +480,7 @@ fn shard_from_env() -> anyhow::Result<Option<(u32, u32)>> {
                 true => "; set TALLY_SHARDS to the Job's completions",
                 false => "",
             };
-            config_error(format!(
+            environment_error(format!(
                 "JOB_COMPLETION_INDEX={i} and TALLY_SHARDS={n}: {why}{advice}"
             ))
         })

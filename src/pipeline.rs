@@ -99,6 +99,21 @@ pub struct RunOutput {
     pub breakdown: crate::breakdown::Breakdown,
 }
 
+/// Refuse a data root that is not a folder, saying whether it is missing (a typo, or a
+/// relative path taken from another folder than meant) or something else.
+pub fn check_data_root(root: &Path) -> Result<()> {
+    let why = match std::fs::metadata(root) {
+        Ok(meta) if meta.is_dir() => return Ok(()),
+        Ok(_) => "data root is not a folder",
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            "data root does not exist (a relative --data is taken from the working folder, a \
+             job file's data from the job file's folder)"
+        }
+        Err(_) => "data root cannot be read",
+    };
+    Err(TallyError::config(root.display().to_string(), why))
+}
+
 /// A dataset's files as `listed` (`None`: no folder), a missing folder refused if the
 /// dataset is `required`.
 fn dataset_files(
@@ -110,6 +125,14 @@ fn dataset_files(
     match listed {
         Some(files) => Ok(files),
         None if !required => Ok(Vec::new()),
+        None if root.join(dataset.name()).exists() => Err(TallyError::input(
+            root.join(dataset.name()).display().to_string(),
+            format!(
+                "is not a folder: a data root holds the {} Parquet files in a `{}/` folder",
+                dataset.name(),
+                dataset.name()
+            ),
+        )),
         None => Err(TallyError::input(
             root.join(dataset.name()).display().to_string(),
             format!(
@@ -186,12 +209,7 @@ fn inputs_of(
     root: &Path,
     list: &dyn Fn(Dataset) -> Result<Option<Vec<InputFile>>>,
 ) -> Result<Inputs> {
-    if !root.is_dir() {
-        return Err(TallyError::config(
-            root.display().to_string(),
-            "data root is not a folder",
-        ));
-    }
+    check_data_root(root)?;
     let pricebook_path = root.join("pricebook.toml");
     let book = PriceBook::load(&pricebook_path, &pricebook_path.display().to_string())?;
     let files = [

@@ -96,14 +96,9 @@ struct RawPlan {
     included_credits: toml::Value,
     refresh: Option<bool>,
     rollover_cap: Option<toml::Value>,
-    overage: Option<RawOverage>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum RawOverage {
-    Word(String),
-    Priced { price_per_credit: toml::Value },
+    /// `"block"` or `{ price_per_credit = "0.05" }`, read by hand so that anything else is
+    /// refused in those words (serde's untagged enums name only the Rust type).
+    overage: Option<toml::Value>,
 }
 
 #[derive(Deserialize)]
@@ -222,7 +217,7 @@ pub fn unreadable(display_name: &str, e: &std::io::Error) -> TallyError {
              allocations/, grants/ and debits/ folders: is --data (or the job's `data`) the \
              data root?"
         ),
-        _ => format!("cannot read: {e}"),
+        kind => format!("cannot read: {e}{}", crate::error::read_hint(kind)),
     };
     TallyError::config(display_name, message)
 }
@@ -377,16 +372,18 @@ fn parse_plan(ctx: &Ctx, plan_id: &str, raw: RawPlan, exponent: u32) -> Result<P
     };
     let overage = match raw.overage {
         None => Overage::Block,
-        Some(RawOverage::Word(w)) if w == "block" => Overage::Block,
-        Some(RawOverage::Word(w)) => {
+        Some(toml::Value::String(w)) if w == "block" => Overage::Block,
+        Some(toml::Value::Table(t)) if t.len() == 1 && t.contains_key("price_per_credit") => {
+            Overage::PricePerCredit(
+                ctx.non_negative(&at("overage.price_per_credit"), &t["price_per_credit"])?,
+            )
+        }
+        Some(other) => {
             return Err(ctx.err(format!(
-                "{} = \"{w}\" is not valid; use \"block\" or {{ price_per_credit = \"0.05\" }}",
+                "{} = {other} is not valid; use \"block\" or {{ price_per_credit = \"0.05\" }}",
                 at("overage")
             )))
         }
-        Some(RawOverage::Priced { price_per_credit }) => Overage::PricePerCredit(
-            ctx.non_negative(&at("overage.price_per_credit"), &price_per_credit)?,
-        ),
     };
     Ok(Plan {
         plan_id: plan_id.to_string(),
@@ -431,6 +428,23 @@ fn parse_rate(ctx: &Ctx, index: usize, raw: RawRate) -> Result<(RateKey, Rate)> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A price book the user running tally cannot read says so, with what to check (as an
+    /// unreadable dataset file does); other causes keep the operating system's words.
+    #[test]
+    fn an_unreadable_price_book_says_what_to_check() {
+        let denied = std::io::Error::from_raw_os_error(libc::EACCES);
+        assert_eq!(
+            unreadable("data/pricebook.toml", &denied).to_string(),
+            "data/pricebook.toml: cannot read: Permission denied (os error 13); the user \
+             running tally cannot read it: check its owner and mode, and its folders'"
+        );
+        let io = std::io::Error::from_raw_os_error(libc::EIO);
+        assert_eq!(
+            unreadable("p.toml", &io).to_string(),
+            "p.toml: cannot read: Input/output error (os error 5)"
+        );
+    }
 
     const BOOK: &str = r#"
 currency = "USD"

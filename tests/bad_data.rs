@@ -9,7 +9,7 @@
 //! `every_corpus_file_has_a_test` fails when a corpus file is not named by any test here.
 
 use crate::common::*;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use tempfile::TempDir;
 
@@ -109,8 +109,47 @@ fn missing_data_root_is_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         stderr(&out),
-        format!("tally: {}: data root is not a folder\n", missing.display())
+        format!(
+            "tally: {}: data root does not exist (a relative --data is taken from the working \
+             folder, a job file's data from the job file's folder)\n",
+            missing.display()
+        )
     );
+    // A file where the data root should be; a file where a dataset folder should be.
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "not a folder").unwrap();
+    let out = reconcile_data(&file, tmp.path());
+    assert_eq!(
+        stderr(&out),
+        format!("tally: {}: data root is not a folder\n", file.display())
+    );
+    let root = good_copy();
+    let usage = root.path().join("usage");
+    std::fs::remove_dir_all(&usage).unwrap();
+    std::fs::write(&usage, "a file").unwrap();
+    let out = reconcile_data(root.path(), tmp.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "tally: {}: is not a folder: a data root holds the usage Parquet files in a `usage/` \
+             folder\n",
+            usage.display()
+        )
+    );
+}
+
+/// `tally reconcile` of `data` into a fresh folder under `tmp`.
+fn reconcile_data(data: &Path, tmp: &Path) -> std::process::Output {
+    tally(&[
+        "reconcile",
+        "--data",
+        data.to_str().unwrap(),
+        "--as-of",
+        "2026-11-20T00:00:00Z",
+        "--out",
+        tmp.join("out-of-data").to_str().unwrap(),
+    ])
 }
 
 #[test]
@@ -355,6 +394,15 @@ fn pricebook_unknown_overage_is_exit_2() {
     assert_pricebook_refused(
         "pricebook_unknown_overage.toml",
         "plans.pro.overage = \"charge\" is not valid; \
+         use \"block\" or { price_per_credit = \"0.05\" }",
+    );
+}
+
+#[test]
+fn pricebook_overage_table_wrong_key_is_exit_2() {
+    assert_pricebook_refused(
+        "pricebook_overage_table_wrong_key.toml",
+        "plans.max.overage = { price = \"0.05\" } is not valid; \
          use \"block\" or { price_per_credit = \"0.05\" }",
     );
 }

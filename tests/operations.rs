@@ -105,6 +105,28 @@ fn a_bad_setting_names_the_job_file_key_or_the_flag_it_came_from() {
             "settle = \"soon\"\n",
             "settle = \"soon\" is not a duration such as 15m, 900s or 1h",
         ),
+        // The TOML parser's refusals: one line with the place, plain words, the fix.
+        (
+            "settel = \"1h\"\n",
+            "not a valid job file: line 5, column 1: unknown field `settel`, expected one of \
+             `command`, `data`, `out`, `settle`, `as_of`, `buckets`, `memory_budget`, \
+             `history`, `alert`",
+        ),
+        (
+            "settle = 15\n",
+            "not a valid job file: line 5, column 10: invalid type: integer `15`, expected a \
+             string; write the value in quotes, e.g. settle = \"15m\"",
+        ),
+        (
+            "as_of = 2026-11-20T00:00:00Z\n",
+            "not a valid job file: line 4, column 9: a TOML date-time, expected a string; write \
+             an instant in quotes: as_of = \"2026-11-20T00:00:00Z\"",
+        ),
+        (
+            "[alert]\nmax_discrepancies = -1\n",
+            "not a valid job file: line 6, column 21: invalid value: integer `-1`, expected a \
+             whole number of 0 or more",
+        ),
         (
             "as_of = \"tomorrow\"\n",
             "as_of = \"tomorrow\" is not an RFC 3339 instant such as 2026-11-20T00:00:00Z, a date \
@@ -226,7 +248,10 @@ fn a_bad_setting_names_the_job_file_key_or_the_flag_it_came_from() {
     );
     let at_limit = settle_run("7d");
     assert!(
-        stderr(&at_limit).ends_with("data: data root is not a folder\n"),
+        stderr(&at_limit).ends_with(
+            "data: data root does not exist (a relative --data is taken from the working \
+             folder, a job file's data from the job file's folder)\n"
+        ),
         "{}",
         stderr(&at_limit)
     );

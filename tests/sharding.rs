@@ -579,7 +579,7 @@ fn a_kubernetes_completion_index_selects_the_shard() {
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(2));
-        assert_eq!(stderr(&out), format!("tally: command line: {message}\n"));
+        assert_eq!(stderr(&out), format!("tally: environment: {message}\n"));
     }
 
     let out = run_command("reconcile", &data, AS_OF, &shards)

@@ -173,6 +173,11 @@ def pricebook_corpus() -> None:
         "pricebook_unknown_overage.toml",
         replace_once(book, 'rollover_cap = "100"\noverage = "block"', 'rollover_cap = "100"\noverage = "charge"'),
     )
+    # An overage table with another key than price_per_credit.
+    write_text(
+        "pricebook_overage_table_wrong_key.toml",
+        replace_once(book, 'overage = { price_per_credit = "0.05" }', 'overage = { price = "0.05" }'),
+    )
 
 
 if __name__ == "__main__":
