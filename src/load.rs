@@ -458,10 +458,31 @@ fn guard_decoding<T>(file: &InputFile, f: impl FnOnce() -> Result<T>) -> Result<
             .unwrap_or("decoder panic");
         Err(TallyError::input(
             &file.rel_path,
-            format!("corrupt Parquet file: {why}"),
+            format!("corrupt Parquet file: {why}{RESTORE}"),
         ))
     })
 }
+
+/// What to do about a file whose bytes are damaged (the Parquet library's words say what
+/// it found, not what to do).
+const RESTORE: &str = "; restore the file from its source or export it again";
+
+/// The names of a file's columns for a message, in file order: at most
+/// [`LISTED_COLUMNS`], then how many more.
+fn column_names(schema: &arrow::datatypes::Schema) -> String {
+    let names: Vec<String> = (schema.fields().iter())
+        .take(LISTED_COLUMNS)
+        .map(|f| format!("`{}`", f.name()))
+        .collect();
+    let more = schema.fields().len().saturating_sub(LISTED_COLUMNS);
+    match more {
+        0 => names.join(", "),
+        _ => format!("{} and {more} more", names.join(", ")),
+    }
+}
+
+/// Columns a missing-column message lists (a wide export's are many).
+const LISTED_COLUMNS: usize = 16;
 
 /// Check the magic bytes at both ends: arrow-rs reads only the footer, and a file cut
 /// short or a text file must be named as such.
@@ -569,9 +590,14 @@ fn open_checked(
                 return Err(TallyError::input(
                     &file.rel_path,
                     format!(
-                        "missing required column `{}` ({})",
+                        "missing required column `{}` ({}); {}",
                         spec.name,
-                        expected_types(spec.ty)
+                        expected_types(spec.ty),
+                        match column_names(&schema) {
+                            none if none.is_empty() => "the file has no columns".to_string(),
+                            names =>
+                                format!("the file's columns are {names} (names are case-sensitive)"),
+                        }
                     ),
                 ))
             }
@@ -828,7 +854,10 @@ fn decode_row_group(
             let batch = batch.map_err(|e| {
                 TallyError::input(
                     &file.rel_path,
-                    format!("row group {rg} is corrupt or truncated: {}", plain(e)),
+                    format!(
+                        "row group {rg} is corrupt or truncated: {}{RESTORE}",
+                        plain(e)
+                    ),
                 )
             })?;
             let schema = batch.schema();
@@ -1742,6 +1771,26 @@ mod tests {
         assert!(open_file(&file(Some(same_rows)), &specs).is_err());
         assert!(open_file(&file(Some(now)), &specs).is_ok());
         assert!(open_file(&file(None), &specs).is_ok());
+    }
+
+    /// A missing-column message lists the file's columns in order, at most
+    /// `LISTED_COLUMNS` of them, then how many more: at the limit all, one past it one more.
+    #[test]
+    fn a_missing_column_message_lists_at_most_sixteen_columns() {
+        use arrow::datatypes::{DataType, Field, Schema};
+        let schema = |n: usize| {
+            Schema::new(
+                (0..n)
+                    .map(|i| Field::new(format!("c{i}"), DataType::Utf8, true))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let at_limit = column_names(&schema(LISTED_COLUMNS));
+        assert!(at_limit.starts_with("`c0`, `c1`, ") && at_limit.ends_with("`c15`"));
+        assert!(!at_limit.contains("more"));
+        let past = column_names(&schema(LISTED_COLUMNS + 1));
+        assert!(past.ends_with("`c15` and 1 more"), "{past}");
+        assert_eq!(column_names(&schema(0)), "");
     }
 
     /// Footers are read without their column statistics (tally never uses them): a file

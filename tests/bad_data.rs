@@ -212,7 +212,8 @@ fn usage_corrupt_page_is_exit_2() {
     assert_input_refused(
         "usage_corrupt_page.parquet",
         USAGE,
-        "row group 0 is corrupt or truncated: Data corruption detected",
+        "row group 0 is corrupt or truncated: Data corruption detected; restore the file from \
+         its source or export it again",
     );
 }
 
@@ -223,7 +224,8 @@ fn usage_negative_chunk_size_is_exit_2() {
     assert_input_refused(
         "usage_negative_chunk_size.parquet",
         USAGE,
-        "corrupt Parquet file: column start and length should not be negative",
+        "corrupt Parquet file: column start and length should not be negative; restore the \
+         file from its source or export it again",
     );
 }
 
@@ -234,7 +236,9 @@ fn usage_without_event_id_is_exit_2() {
     assert_input_refused(
         "usage_no_event_id.parquet",
         USAGE,
-        "missing required column `event_id` (a UTF8 string)",
+        "missing required column `event_id` (a UTF8 string); the file's columns are \
+         `account_id`, `product`, `action`, `model`, `quantity`, `status`, `occurred_at`, \
+         `ingested_at` (names are case-sensitive)",
     );
 }
 
