@@ -1057,13 +1057,6 @@ pub struct FooterRead {
     pub small_sha256: Option<[u8; 32]>,
 }
 
-impl FooterRead {
-    /// The footer's row count, if it could be read.
-    pub fn rows(&self) -> Option<u64> {
-        self.seen.map(|seen| seen.rows)
-    }
-}
-
 /// [`FooterRead`] of a file: one open, and a small file read once for both.
 pub fn read_footer(path: &Path) -> FooterRead {
     let Ok(file) = PositionalFile::open_path(path) else {
@@ -1077,19 +1070,6 @@ pub fn read_footer(path: &Path) -> FooterRead {
     FooterRead {
         seen: rows_in_footer(file).map(|rows| Seen { bytes, rows }),
         small_sha256,
-    }
-}
-
-/// An input Parquet file's sha256, read by position (a small file in one read).
-pub fn file_sha256(path: &Path) -> Result<String> {
-    let file = PositionalFile::open_path(path).map_err(|e| TallyError::io(path, e))?;
-    match file.whole() {
-        Some(bytes) => Ok(crate::write::sha256_hex(bytes)),
-        None => crate::write::sha256_read(
-            file.read_from(0),
-            parquet::file::reader::Length::len(&file),
-            path,
-        ),
     }
 }
 
@@ -1695,10 +1675,10 @@ mod tests {
         );
     }
 
-    /// What one open of an input file tells (its footer's rows, the sha256 of a file held
-    /// whole) and `file_sha256` are the file's own: for a file held whole (small), one read
-    /// by position (past the limit: 20,000 distinct ids), a file that is not Parquet (no
-    /// rows) and a missing file (nothing, and `file_sha256` an error).
+    /// What one open of an input file tells (its size and footer's rows, the sha256 of a
+    /// file held whole) is the file's own: for a file held whole (small), one read by
+    /// position (past the limit: 20,000 distinct ids), a file that is not Parquet (no rows)
+    /// and a missing file (nothing).
     #[test]
     fn footer_reads_and_sha256_are_the_files_own() {
         let dir = tempfile::tempdir().unwrap();
@@ -1720,16 +1700,13 @@ mod tests {
             (&text, None, true),
         ] {
             let sha256 = crate::write::sha256_file(path).unwrap();
-            assert_eq!(file_sha256(path).unwrap(), sha256, "{path:?}");
             let read = read_footer(path);
-            assert_eq!(read.rows(), rows, "{path:?}");
             let bytes = size(path);
             assert_eq!(read.seen, rows.map(|rows| Seen { bytes, rows }), "{path:?}");
             let small_sha256 = read.small_sha256.map(hex::encode);
             assert_eq!(small_sha256, held_whole.then_some(sha256), "{path:?}");
         }
         let missing = dir.path().join("missing.parquet");
-        assert!(file_sha256(&missing).is_err());
         let read = read_footer(&missing);
         assert_eq!((read.seen, read.small_sha256), (None, None));
     }
@@ -1822,7 +1799,7 @@ mod tests {
         let (metadata, _) = open_checked(&file, &handle, &specs).unwrap();
         let column = metadata.metadata().row_group(0).column(0);
         assert!(column.statistics().is_none());
-        assert_eq!(read_footer(&path).rows(), Some(2));
+        assert_eq!(read_footer(&path).seen.map(|seen| seen.rows), Some(2));
     }
 
     /// `files` one-column Parquet files of ids in `dir`, file `f` holding `f + 1` rows.

@@ -246,25 +246,42 @@ pub fn run(settings: RunSettings, census: &Census, progress: &Progress) -> Resul
 /// later opening of a file checks it is as this reading saw it
 /// ([`InputFile::first_seen`]).
 pub struct Census {
-    /// Each dataset's files (index = `Dataset as usize`, each with `first_seen` set), each
-    /// with its [`load::FooterRead`]; `None`: the dataset has no folder (the run's inputs
-    /// refuse a required one missing).
-    pub files: [Option<Vec<(InputFile, load::FooterRead)>>; 4],
+    /// Each dataset's files (index = `Dataset as usize`); `None`: the dataset has no folder
+    /// (the run's inputs refuse a required one missing).
+    pub files: [Option<Vec<CensusFile>>; 4],
+}
+
+/// An input file as the census read it.
+pub struct CensusFile {
+    /// With `first_seen` set from the reading (`None`: its footer could not be read).
+    pub file: InputFile,
+    /// The sha256 of a file held whole ([`load::FooterRead::small_sha256`]).
+    pub small_sha256: Option<[u8; 32]>,
+}
+
+impl CensusFile {
+    /// The footer's row count, if it could be read.
+    pub fn rows(&self) -> Option<u64> {
+        self.file.first_seen.map(|seen| seen.rows)
+    }
 }
 
 impl Census {
     /// List every dataset of `root` and read each file's footer (files in parallel).
     pub fn take(root: &Path) -> Result<Census> {
         let started = std::time::Instant::now();
-        let mut files: [Option<Vec<(InputFile, load::FooterRead)>>; 4] = Default::default();
+        let mut files: [Option<Vec<CensusFile>>; 4] = Default::default();
         for d in Dataset::ALL {
             let Some(listed) = load::find_files(root, d.name())? else {
                 continue;
             };
-            let read = listed.into_par_iter().map(|mut f| {
-                let read = load::read_footer(&f.abs_path);
-                f.first_seen = read.seen;
-                (f, read)
+            let read = listed.into_par_iter().map(|mut file| {
+                let read = load::read_footer(&file.abs_path);
+                file.first_seen = read.seen;
+                CensusFile {
+                    file,
+                    small_sha256: read.small_sha256,
+                }
             });
             files[d as usize] = Some(read.collect());
         }
@@ -275,21 +292,18 @@ impl Census {
     }
 
     /// Every file listed, with its footer's reading, in dataset order.
-    pub fn all(&self) -> impl Iterator<Item = &(InputFile, load::FooterRead)> {
+    pub fn all(&self) -> impl Iterator<Item = &CensusFile> {
         self.files.iter().flatten().flatten()
     }
 
     /// The files of dataset `d` as listed (`None`: no folder).
     fn listed(&self, d: Dataset) -> Option<Vec<InputFile>> {
         let files = self.files[d as usize].as_ref()?;
-        Some(files.iter().map(|(f, _)| f.clone()).collect())
+        Some(files.iter().map(|listed| listed.file.clone()).collect())
     }
 
     /// The files of `datasets`, with their footers' readings.
-    fn of<'a>(
-        &'a self,
-        datasets: &'a [Dataset],
-    ) -> impl Iterator<Item = &'a (InputFile, load::FooterRead)> {
+    fn of<'a>(&'a self, datasets: &'a [Dataset]) -> impl Iterator<Item = &'a CensusFile> {
         (datasets.iter()).flat_map(|d| self.files[*d as usize].iter().flatten())
     }
 
@@ -297,7 +311,7 @@ impl Census {
     /// load reports them).
     fn rows(&self, datasets: &[Dataset]) -> u64 {
         self.of(datasets)
-            .map(|(_, read)| read.rows().unwrap_or(0))
+            .map(|listed| listed.rows().unwrap_or(0))
             .sum()
     }
 
@@ -1503,12 +1517,15 @@ mod tests {
         let usage = census.files[Dataset::Usage as usize].as_ref().unwrap();
         let (files, rows) = (usage.len() as u64, usage_rows(&census));
         let late = root.join("usage/late-arrival.parquet");
-        std::fs::copy(&usage[0].0.abs_path, &late).unwrap();
+        std::fs::copy(&usage[0].file.abs_path, &late).unwrap();
         let output = run(settings.clone(), &census, &quiet).unwrap();
         assert_eq!(usage_read(&output), (files, rows));
 
         let again = Census::take(&root).unwrap();
-        let added = again.all().filter(|(f, _)| f.abs_path == late).count();
+        let added = again
+            .all()
+            .filter(|listed| listed.file.abs_path == late)
+            .count();
         assert_eq!(added, 1);
         let output = run(settings, &again, &quiet).unwrap();
         assert_eq!(usage_read(&output), (files + 1, usage_rows(&again)));

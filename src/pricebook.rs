@@ -231,7 +231,14 @@ impl PriceBook {
 
     pub fn parse(text: &str, display_name: &str) -> Result<PriceBook> {
         let ctx = Ctx { file: display_name };
-        let raw: RawBook = toml::from_str(text).map_err(|e| ctx.err(toml_error(text, &e)))?;
+        let raw: RawBook = toml::from_str(text).map_err(|e| {
+            let said = toml_error(text, &e);
+            // Without a place, the words alone would not say the price book is at fault.
+            ctx.err(match e.span() {
+                Some(_) => said,
+                None => format!("not a valid price book: {said}"),
+            })
+        })?;
         let currency = raw
             .currency
             .ok_or_else(|| ctx.err("`currency` is required (an ISO 4217 code such as \"USD\")"))?;
@@ -338,7 +345,8 @@ impl PriceBook {
     }
 }
 
-/// A TOML syntax error as one line with its line and column.
+/// A TOML error as one line: its line and column (when the parser gives a place) and the
+/// parser's words. Shared by the price book and job files, each of which says whose it is.
 pub(crate) fn toml_error(text: &str, e: &toml::de::Error) -> String {
     let message = e.message().replace('\n', " ");
     match e.span() {
@@ -348,7 +356,7 @@ pub(crate) fn toml_error(text: &str, e: &toml::de::Error) -> String {
             let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
             format!("line {line}, column {column}: {message}")
         }
-        None => format!("not a valid price book: {message}"),
+        None => message,
     }
 }
 

@@ -20,7 +20,7 @@ use parquet::schema::types::ColumnPath;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -643,24 +643,8 @@ pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<Sha256Hex> {
 
 /// sha256 of a file, hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let file = File::open(path).map_err(io_err(path))?;
+    let mut file = File::open(path).map_err(io_err(path))?;
     let len = file.metadata().map_err(io_err(path))?.len();
-    sha256_read(file, len, path)
-}
-
-/// sha256 of bytes in memory, hex.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(sha256(bytes))
-}
-
-/// sha256 of bytes in memory.
-pub fn sha256(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
-}
-
-/// sha256 of what `reader` reads to its end, hex: `len` is the size expected (the read
-/// buffer's), `path` names the file in an error.
-pub fn sha256_read(mut reader: impl std::io::Read, len: u64, path: &Path) -> Result<String> {
     let mut hasher = Sha256::new();
     // A buffer about the file's size: a fresh 1 MiB buffer is zeroed for each file, which
     // for a month of small input files (160,000 of 4 KiB) was about a third of the
@@ -669,13 +653,18 @@ pub fn sha256_read(mut reader: impl std::io::Read, len: u64, path: &Path) -> Res
     // file system that does not know sizes), read 8 KiB a call rather than 1 byte.
     let mut buf = vec![0u8; len.clamp(8 << 10, 1 << 20) as usize];
     loop {
-        let n = reader.read(&mut buf).map_err(io_err(path))?;
+        let n = file.read(&mut buf).map_err(io_err(path))?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
     }
     Ok(hex::encode(hasher.finalize()))
+}
+
+/// sha256 of bytes in memory.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
 }
 
 /// The output tables of a run (written in parallel; the manifest lists every file by path).

@@ -1464,7 +1464,8 @@ fn the_manifest_lists_every_input_and_output_with_rows_and_sha256() {
 }
 
 /// The `*.parquet` files under `root/dataset`, as paths relative to `root` (`/`-separated),
-/// sorted by their bytes (names starting with `.` or `_` skipped, as tally skips them).
+/// sorted by their bytes: contract section 7, "Only `*.parquet` files are read; names
+/// starting with `.` or `_` are skipped", walked here independently of tally's listing.
 fn parquet_files_under(root: &Path, dataset: &str) -> Vec<String> {
     fn walk(dir: &Path, rel: &str, out: &mut Vec<String>) {
         for entry in std::fs::read_dir(dir).unwrap() {
