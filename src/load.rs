@@ -57,16 +57,52 @@ pub struct Seen {
 /// silently) and `*.parquet` entries that are not regular files (a pipe or a device would
 /// block the run). Each is exit 2 naming the path.
 pub fn find_files(root: &Path, dataset: &str) -> Result<Option<Vec<InputFile>>> {
+    Ok(list_dataset(root, dataset)?.map(|listing| listing.files))
+}
+
+/// A dataset folder as [`find_files`] lists it, with the files it holds that are not read.
+#[derive(Debug)]
+pub struct Listing {
+    /// The `*.parquet` files, sorted by relative path (bytes).
+    pub files: Vec<InputFile>,
+    /// Visible files not named `*.parquet` (an upper-case `.PARQUET`, a `.csv`, a
+    /// writer's `.tmp`): the run does not read them, and says so.
+    pub not_read: NotRead,
+}
+
+/// The files of a dataset folder that are not read although their names are not hidden.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct NotRead {
+    pub count: u64,
+    /// The first by relative path (bytes), so that the warning naming it is the same each
+    /// run whatever order the folder lists its entries in.
+    pub first: Option<String>,
+}
+
+impl NotRead {
+    fn note(&mut self, rel_path: String) {
+        self.count += 1;
+        if self.first.as_ref().is_none_or(|first| rel_path < *first) {
+            self.first = Some(rel_path);
+        }
+    }
+}
+
+/// [`find_files`], with the files not read.
+pub fn list_dataset(root: &Path, dataset: &str) -> Result<Option<Listing>> {
     let dir = root.join(dataset);
     if !dir.is_dir() {
         return Ok(None);
     }
     let meta = std::fs::metadata(&dir).map_err(|e| TallyError::io(&dir, e))?;
-    let mut files = Vec::new();
+    let mut listing = Listing {
+        files: Vec::new(),
+        not_read: NotRead::default(),
+    };
     let mut seen = std::collections::HashSet::new();
-    walk(&dir, &meta, dataset, &mut seen, &mut files)?;
-    files.sort_by(|a, b| a.rel_path.as_bytes().cmp(b.rel_path.as_bytes()));
-    Ok(Some(files))
+    walk(&dir, &meta, dataset, &mut seen, &mut listing)?;
+    (listing.files).sort_by(|a, b| a.rel_path.as_bytes().cmp(b.rel_path.as_bytes()));
+    Ok(Some(listing))
 }
 
 /// Names the data root hides: a name starting with `.` or `_` is skipped, whatever it
@@ -83,7 +119,7 @@ fn walk(
     meta: &std::fs::Metadata,
     rel: &str,
     seen: &mut std::collections::HashSet<(u64, u64)>,
-    out: &mut Vec<InputFile>,
+    out: &mut Listing,
 ) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     if !seen.insert((meta.dev(), meta.ino())) {
@@ -128,11 +164,13 @@ fn walk(
                     "not a regular file (a pipe, socket or device): only Parquet files belong in a dataset folder",
                 ));
             }
-            out.push(InputFile {
+            out.files.push(InputFile {
                 rel_path: child_rel,
                 abs_path: path,
                 first_seen: None,
             });
+        } else {
+            out.not_read.note(child_rel);
         }
     }
     Ok(())

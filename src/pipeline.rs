@@ -272,10 +272,11 @@ impl Census {
         let started = std::time::Instant::now();
         let mut files: [Option<Vec<CensusFile>>; 4] = Default::default();
         for d in Dataset::ALL {
-            let Some(listed) = load::find_files(root, d.name())? else {
+            let Some(listing) = load::list_dataset(root, d.name())? else {
                 continue;
             };
-            let read = listed.into_par_iter().map(|mut file| {
+            warn_of_files_not_read(d, &listing);
+            let read = listing.files.into_par_iter().map(|mut file| {
                 let read = load::read_footer(&file.abs_path);
                 file.first_seen = read.seen;
                 CensusFile {
@@ -318,6 +319,42 @@ impl Census {
     /// How many files `datasets` have.
     fn file_count(&self, datasets: &[Dataset]) -> u64 {
         self.of(datasets).count() as u64
+    }
+}
+
+/// Warn of what a dataset folder holds that the run does not read: files not named
+/// `*.parquet` (an export's upper-case `.PARQUET` or `.csv`, a writer's `.tmp`), and a
+/// required dataset with no Parquet file at all. Either runs (an empty folder is valid
+/// input), but a month whose usage went unread would otherwise publish thousands of
+/// discrepancies with nothing in the log saying why.
+fn warn_of_files_not_read(dataset: Dataset, listing: &load::Listing) {
+    let name = dataset.name();
+    let not_read = &listing.not_read;
+    if let Some(first) = &not_read.first {
+        let count = not_read.count;
+        let files = if count == 1 { "file is" } else { "files are" };
+        tracing::warn!(
+            dataset = name,
+            files_not_read = count,
+            first = %first,
+            "{count} {files} not read under {name}/ (the first: {first}): only names ending \
+             in .parquet are, case-sensitively; rename them if they are input, else move \
+             them out of the data root or under a name starting with . or _"
+        );
+    }
+    let rows = match dataset {
+        Dataset::Usage => "usage events",
+        Dataset::Allocations => "plan allocations",
+        Dataset::Debits => "ledger entries",
+        // Optional: many products grant nothing beyond their plans.
+        Dataset::Grants => return,
+    };
+    if listing.files.is_empty() {
+        tracing::warn!(
+            dataset = name,
+            "{name}/ holds no *.parquet file, so the run reads no {rows}; if an export has \
+             not arrived yet, rerun once it has"
+        );
     }
 }
 

@@ -575,8 +575,18 @@ fn the_shipped_jobs_run_and_the_close_alerts_before_the_usage_lands() {
         "early-close",
     );
     assert_eq!(close.status.code(), Some(1), "{}", stderr(&close));
+    // The log says why before the alert does: nothing to read yet.
     assert_eq!(
-        stderr(&close),
+        dataset_warnings(&close),
+        [
+            "usage/ holds no *.parquet file, so the run reads no usage events; if an export \
+             has not arrived yet, rerun once it has",
+            "debits/ holds no *.parquet file, so the run reads no ledger entries; if an export \
+             has not arrived yet, rerun once it has",
+        ]
+    );
+    assert_eq!(
+        stderr_past_dataset_warnings(&close),
         "tally: alert: only 0 events in the window, fewer than the alert minimum of 1 (stale \
          export?)\n"
     );
@@ -938,6 +948,72 @@ fn many_small_files_warn_past_a_quarter_of_the_budget() {
             tenths / 10,
             tenths % 10
         )
+    );
+}
+
+/// The warnings a run with JSON logs wrote, by their `dataset` field.
+fn warnings_by_dataset(out: &Output) -> Vec<(String, String)> {
+    stderr(out)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["level"] == "WARN" && v["fields"]["dataset"].is_string())
+        .map(|v| {
+            let field = |name: &str| v["fields"][name].as_str().unwrap().to_string();
+            (field("dataset"), field("message"))
+        })
+        .collect()
+}
+
+/// Files in a dataset folder that are not read (an upper-case `.PARQUET`, a `.csv`) and a
+/// required dataset with no Parquet file are warned of, naming the folder and the first
+/// such file by path; hidden names are not, nor is an empty `grants/`; the run still
+/// publishes (an empty folder is valid input).
+#[test]
+fn files_not_read_and_empty_datasets_are_warned_of() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    copy_dir(&repo().join("fixtures/demo"), &data);
+    let run = |name: &str| {
+        let mut command = cmd("reconcile", &data, &tmp.path().join(name));
+        command.args(["--log-format", "json"]);
+        succeeded(&mut command)
+    };
+    assert_eq!(warnings_by_dataset(&run("clean")), vec![]);
+
+    for file in walk_parquet(&data.join("usage")) {
+        std::fs::rename(&file, file.with_extension("PARQUET")).unwrap();
+    }
+    let usage_files = walk_parquet(&data.join("usage")).len();
+    assert_eq!(usage_files, 0);
+    std::fs::write(data.join("usage/_SUCCESS"), "").unwrap();
+    std::fs::write(data.join("usage/.part-9.parquet.crc"), "").unwrap();
+    std::fs::write(data.join("debits/entries.csv"), "entry_id\n").unwrap();
+    std::fs::create_dir_all(data.join("grants")).unwrap();
+    for file in walk_parquet(&data.join("grants")) {
+        std::fs::remove_file(file).unwrap();
+    }
+    assert_eq!(
+        warnings_by_dataset(&run("renamed")),
+        [
+            (
+                "usage",
+                "16 files are not read under usage/ (the first: usage/bucket=0/part-0.PARQUET): \
+                 only names ending in .parquet are, case-sensitively; rename them if they are \
+                 input, else move them out of the data root or under a name starting with . or _",
+            ),
+            (
+                "usage",
+                "usage/ holds no *.parquet file, so the run reads no usage events; if an \
+                 export has not arrived yet, rerun once it has",
+            ),
+            (
+                "debits",
+                "1 file is not read under debits/ (the first: debits/entries.csv): only names \
+                 ending in .parquet are, case-sensitively; rename them if they are input, else \
+                 move them out of the data root or under a name starting with . or _",
+            ),
+        ]
+        .map(|(d, m)| (d.to_string(), m.to_string()))
     );
 }
 
@@ -1694,7 +1770,7 @@ fn accounts_in_november(
 /// (`whose`) before the sum itself and ending with what to do.
 fn assert_sum_overflow(out: &std::process::Output, whose: &str) {
     assert_eq!(out.status.code(), Some(4), "{}", stderr(out));
-    let message = stderr(out);
+    let message = stderr_past_dataset_warnings(out);
     let expected = format!(
         "tally: amount overflow: {whose}: credits sum past the largest amount an output holds \
          (999999999999999.999, DECIMAL(18,3)): "
@@ -1912,7 +1988,7 @@ fn a_charge_past_the_credit_range_stops_the_run_naming_the_row() {
     let out = cmd("reconcile", &root, &out_dir).output().unwrap();
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert_eq!(
-        stderr(&out),
+        stderr_past_dataset_warnings(&out),
         "tally: amount overflow: usage/part-0.parquet row 1: event \"e-past\" costs 10^15 \
          credits or more (quantity 124999999999999.001 at 8 credits per second), past what a \
          credit amount holds (DECIMAL(18,3)); correct the row's quantity or remove the row, \

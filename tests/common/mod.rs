@@ -130,6 +130,32 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// The messages of the `WARN` lines (JSON logs) that name a dataset: a dataset folder's
+/// files not read, or a required dataset with no Parquet file.
+pub fn dataset_warnings(out: &Output) -> Vec<String> {
+    stderr(out)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["level"] == "WARN" && v["fields"]["dataset"].is_string())
+        .map(|v| v["fields"]["message"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// stderr without the [`dataset_warnings`] lines: a test whose data root holds only what
+/// it tests (no ledger entries, say) sees them before the line it asserts.
+pub fn stderr_past_dataset_warnings(out: &Output) -> String {
+    let warnings = dataset_warnings(out);
+    stderr(out)
+        .lines()
+        .filter(|l| {
+            !warnings
+                .iter()
+                .any(|w| l.starts_with('{') && l.contains(w.as_str()))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
 /// Read a whole Parquet file as one batch.
 pub fn read_parquet(path: &Path) -> RecordBatch {
     let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
