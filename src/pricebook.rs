@@ -114,48 +114,23 @@ struct RawRate {
     effective_from: toml::Value,
 }
 
-/// Minor-unit exponents that are not 2 (ISO 4217). Any other three-letter code uses 2.
-const EXPONENTS: &[(&str, u32)] = &[
-    ("BIF", 0),
-    ("CLP", 0),
-    ("DJF", 0),
-    ("GNF", 0),
-    ("ISK", 0),
-    ("JPY", 0),
-    ("KMF", 0),
-    ("KRW", 0),
-    ("PYG", 0),
-    ("RWF", 0),
-    ("UGX", 0),
-    ("UYI", 0),
-    ("VND", 0),
-    ("VUV", 0),
-    ("XAF", 0),
-    ("XOF", 0),
-    ("XPF", 0),
-    ("BHD", 3),
-    ("IQD", 3),
-    ("JOD", 3),
-    ("KWD", 3),
-    ("LYD", 3),
-    ("OMR", 3),
-    ("TND", 3),
-    ("CLF", 4),
-    ("UYW", 4),
-];
+/// Why a price book's `currency` cannot be used.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CurrencyError {
+    /// Not one of ISO 4217's codes (a typo, lower case).
+    NotIso4217,
+    /// An ISO 4217 code without a minor unit (gold, a fund, the test code `XTS`): money in
+    /// it cannot be written in minor units.
+    NoMinorUnit,
+}
 
-/// The ISO 4217 minor-unit exponent of a currency code.
-pub fn currency_exponent(code: &str) -> Option<u32> {
-    let valid = code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase());
-    if !valid {
-        return None;
-    }
-    Some(
-        EXPONENTS
-            .iter()
-            .find(|(c, _)| *c == code)
-            .map_or(2, |(_, e)| *e),
-    )
+/// The ISO 4217 minor-unit exponent of a currency code (USD 2, JPY 0, BHD 3), from the
+/// `iso_currency` crate's copy of the standard's list rather than a table of our own.
+pub fn currency_exponent(code: &str) -> std::result::Result<u32, CurrencyError> {
+    let currency = iso_currency::Currency::from_code(code).ok_or(CurrencyError::NotIso4217)?;
+    (currency.exponent())
+        .map(u32::from)
+        .ok_or(CurrencyError::NoMinorUnit)
 }
 
 struct Ctx<'a> {
@@ -242,14 +217,22 @@ impl PriceBook {
         let currency = raw
             .currency
             .ok_or_else(|| ctx.err("`currency` is required (an ISO 4217 code such as \"USD\")"))?;
-        let exponent = currency_exponent(&currency).ok_or_else(|| {
-            ctx.err(format!(
-                "currency = \"{currency}\" is not an ISO 4217 code (three capital letters)"
-            ))
+        let exponent = currency_exponent(&currency).map_err(|e| {
+            ctx.err(match e {
+                CurrencyError::NotIso4217 => format!(
+                    "currency = \"{currency}\" is not an ISO 4217 code (three capital letters, \
+                     such as \"USD\", \"EUR\" or \"JPY\")"
+                ),
+                CurrencyError::NoMinorUnit => format!(
+                    "currency = \"{currency}\" has no minor unit in ISO 4217 (a metal, a fund \
+                     or a test code), so prices cannot be written in minor units: use the \
+                     currency the plans are billed in"
+                ),
+            })
         })?;
         let mut plans = BTreeMap::new();
         for (plan_id, raw_plan) in raw.plans {
-            let plan = parse_plan(&ctx, &plan_id, raw_plan, exponent)?;
+            let plan = parse_plan(&ctx, &plan_id, raw_plan, (&currency, exponent))?;
             plans.insert(plan_id, plan);
         }
         let mut rates: HashMap<RateKey, Vec<Rate>> = HashMap::new();
@@ -360,7 +343,13 @@ pub(crate) fn toml_error(text: &str, e: &toml::de::Error) -> String {
     }
 }
 
-fn parse_plan(ctx: &Ctx, plan_id: &str, raw: RawPlan, exponent: u32) -> Result<Plan> {
+/// Plan `plan_id` of a price book in `currency` (its code and ISO 4217 exponent).
+fn parse_plan(
+    ctx: &Ctx,
+    plan_id: &str,
+    raw: RawPlan,
+    (currency, exponent): (&str, u32),
+) -> Result<Plan> {
     let at = |field: &str| format!("plans.{plan_id}.{field}");
     let price = ctx.non_negative(&at("price"), &raw.price)?;
     let minor = price
@@ -369,7 +358,8 @@ fn parse_plan(ctx: &Ctx, plan_id: &str, raw: RawPlan, exponent: u32) -> Result<P
         .and_then(|m| m.to_i64())
         .ok_or_else(|| {
             ctx.err(format!(
-                "{} = {price} cannot be written in minor units ({exponent} decimals)",
+                "{} = {price} cannot be written in minor units of {currency} ({exponent} \
+                 decimals)",
                 at("price")
             ))
         })?;
@@ -519,8 +509,35 @@ effective_from = 2026-06-01T00:00:00Z
         let jpy = BOOK.replace("USD", "JPY");
         let e = PriceBook::parse(&jpy, "p.toml").unwrap_err();
         assert!(
-            e.to_string().contains("cannot be written in minor units"),
+            e.to_string()
+                .contains("cannot be written in minor units of JPY (0 decimals)"),
             "{e}"
         );
+    }
+
+    /// Exponents are ISO 4217's, including those that are not 2; a code outside the
+    /// standard, or one without a minor unit, has none.
+    #[test]
+    fn currency_exponents_are_iso_4217s() {
+        let cases = [
+            ("USD", Ok(2)),
+            ("EUR", Ok(2)),
+            ("JPY", Ok(0)),
+            ("KRW", Ok(0)),
+            ("BHD", Ok(3)),
+            ("KWD", Ok(3)),
+            ("CLF", Ok(4)),
+            ("UYW", Ok(4)),
+            ("UDS", Err(CurrencyError::NotIso4217)),
+            ("usd", Err(CurrencyError::NotIso4217)),
+            ("US", Err(CurrencyError::NotIso4217)),
+            ("USDX", Err(CurrencyError::NotIso4217)),
+            ("", Err(CurrencyError::NotIso4217)),
+            ("XAU", Err(CurrencyError::NoMinorUnit)),
+            ("XTS", Err(CurrencyError::NoMinorUnit)),
+        ];
+        for (code, exponent) in cases {
+            assert_eq!(currency_exponent(code), exponent, "{code}");
+        }
     }
 }

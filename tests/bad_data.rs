@@ -314,7 +314,26 @@ fn pricebook_without_currency_is_exit_2() {
 fn pricebook_lowercase_currency_is_exit_2() {
     assert_pricebook_refused(
         "pricebook_currency_lowercase.toml",
-        "currency = \"usd\" is not an ISO 4217 code (three capital letters)",
+        "currency = \"usd\" is not an ISO 4217 code (three capital letters, such as \"USD\", \
+         \"EUR\" or \"JPY\")",
+    );
+}
+
+#[test]
+fn pricebook_currency_not_in_iso_4217_is_exit_2() {
+    assert_pricebook_refused(
+        "pricebook_currency_unknown.toml",
+        "currency = \"UDS\" is not an ISO 4217 code (three capital letters, such as \"USD\", \
+         \"EUR\" or \"JPY\")",
+    );
+}
+
+#[test]
+fn pricebook_currency_without_a_minor_unit_is_exit_2() {
+    assert_pricebook_refused(
+        "pricebook_currency_no_minor_unit.toml",
+        "currency = \"XAU\" has no minor unit in ISO 4217 (a metal, a fund or a test code), \
+         so prices cannot be written in minor units: use the currency the plans are billed in",
     );
 }
 
@@ -339,7 +358,7 @@ fn pricebook_zero_increment_is_exit_2() {
 fn pricebook_price_with_too_many_decimals_is_exit_2() {
     assert_pricebook_refused(
         "pricebook_price_too_precise.toml",
-        "plans.pro.price = 9.999 cannot be written in minor units (2 decimals)",
+        "plans.pro.price = 9.999 cannot be written in minor units of USD (2 decimals)",
     );
 }
 

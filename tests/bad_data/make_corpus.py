@@ -138,6 +138,16 @@ def pricebook_corpus() -> None:
         "pricebook_currency_lowercase.toml",
         replace_once(book, 'currency = "USD"', 'currency = "usd"'),
     )
+    # Three capital letters, but not an ISO 4217 code (USD mistyped).
+    write_text(
+        "pricebook_currency_unknown.toml",
+        replace_once(book, 'currency = "USD"', 'currency = "UDS"'),
+    )
+    # An ISO 4217 code without a minor unit (gold).
+    write_text(
+        "pricebook_currency_no_minor_unit.toml",
+        replace_once(book, 'currency = "USD"', 'currency = "XAU"'),
+    )
     # The veo-3 rate repeated with another credits_per_unit but the same effective_from.
     write_text(
         "pricebook_duplicate_rate.toml",
