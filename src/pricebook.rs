@@ -207,7 +207,7 @@ impl PriceBook {
     pub fn parse(text: &str, display_name: &str) -> Result<PriceBook> {
         let ctx = Ctx { file: display_name };
         let raw: RawBook = toml::from_str(text).map_err(|e| {
-            let said = toml_error(text, &e);
+            let said = syntax_error(text, &e);
             // Without a place, the words alone would not say the price book is at fault.
             ctx.err(match e.span() {
                 Some(_) => said,
@@ -341,6 +341,58 @@ pub(crate) fn toml_error(text: &str, e: &toml::de::Error) -> String {
         }
         None => message,
     }
+}
+
+/// A price book's TOML error as one line, in the price book's own terms where the
+/// parser's words are not: a missing key names its plan or rate, `[rates]` (one table)
+/// written for `[[rates]]` (one of many) and a string left open say so.
+fn syntax_error(text: &str, e: &toml::de::Error) -> String {
+    let said = toml_error(text, e);
+    let message = e.message();
+    let header = e.span().and_then(|span| header_at(text, span.start));
+    if let (Some(key), Some((line, table))) = (missing_key(message), &header) {
+        let needs = match table.starts_with("[[rates]]") {
+            true => "every rate needs",
+            false => "every plan needs",
+        };
+        return format!("line {line}, column 1: {table} has no `{key}`, which {needs}");
+    }
+    let single_rates = (text.lines().enumerate())
+        .find(|(_, l)| l.split('#').next().unwrap_or("").trim() == "[rates]")
+        .map(|(i, _)| i + 1);
+    if let Some(line) = single_rates {
+        return format!(
+            "{said}; each rate is a table of its own, headed [[rates]] (two brackets), but \
+             line {line} has [rates]"
+        );
+    }
+    if message.contains("invalid basic string") || message.contains("invalid literal string") {
+        return format!("{said}; a string is not closed on this line (a missing quote)");
+    }
+    said
+}
+
+/// The key of serde's "missing field `key`".
+fn missing_key(message: &str) -> Option<&str> {
+    message.strip_prefix("missing field `")?.split('`').next()
+}
+
+/// If the line holding byte `at` of `text` is a table header, its line number and the
+/// table as messages name it: `[plans.pro]`, or `[[rates]] #N` (N counting the rates from
+/// 1, as the price book's other messages do).
+fn header_at(text: &str, at: usize) -> Option<(usize, String)> {
+    let before = text.get(..at)?;
+    let line = before.matches('\n').count() + 1;
+    let start = before.rfind('\n').map_or(0, |i| i + 1);
+    let header = text[start..].lines().next()?.split('#').next()?.trim();
+    if header == "[[rates]]" {
+        let rate = (text[..start].lines())
+            .filter(|l| l.split('#').next().unwrap_or("").trim() == "[[rates]]")
+            .count()
+            + 1;
+        return Some((line, format!("[[rates]] #{rate}")));
+    }
+    (header.starts_with("[plans.") && header.ends_with(']')).then(|| (line, header.to_string()))
 }
 
 /// Plan `plan_id` of a price book in `currency` (its code and ISO 4217 exponent).
@@ -512,6 +564,41 @@ effective_from = 2026-06-01T00:00:00Z
             e.to_string()
                 .contains("cannot be written in minor units of JPY (0 decimals)"),
             "{e}"
+        );
+    }
+
+    /// A missing key names its plan or rate (counted from 1, a comment after the header
+    /// allowed); a rate's single-bracket header and an open string say so; other parser
+    /// errors keep the parser's words.
+    #[test]
+    fn toml_errors_are_said_in_the_price_books_terms() {
+        let refused = |text: String| PriceBook::parse(&text, "p.toml").unwrap_err().to_string();
+        assert_eq!(
+            refused(BOOK.replace("price = \"9.99\"\n", "")),
+            "p.toml: line 3, column 1: [plans.pro] has no `price`, which every plan needs"
+        );
+        assert_eq!(
+            refused(
+                BOOK.replace("credits_per_unit = \"8\"\nincrement", "increment")
+                    .replacen("[[rates]]", "[[rates]]  # generic", 1)
+            ),
+            "p.toml: line 12, column 1: [[rates]] #2 has no `credits_per_unit`, which every \
+             rate needs"
+        );
+        assert_eq!(
+            refused(BOOK.replacen("[[rates]]", "[rates]", 1)),
+            "p.toml: line 12, column 1: invalid table header duplicate key `rates` in document \
+             root; each rate is a table of its own, headed [[rates]] (two brackets), but line 6 \
+             has [rates]"
+        );
+        assert_eq!(
+            refused(BOOK.replace("\"9.99\"", "\"9.99")),
+            "p.toml: line 4, column 14: invalid basic string; a string is not closed on this \
+             line (a missing quote)"
+        );
+        assert_eq!(
+            refused(BOOK.replace("[plans.pro]", "[plans.pro]\nname = 3")),
+            "p.toml: line 4, column 8: invalid type: integer `3`, expected a string"
         );
     }
 

@@ -408,7 +408,25 @@ fn pricebook_rate_with_trailing_zeros_past_28_places_prices_as_written() {
 fn pricebook_syntax_error_is_exit_2() {
     assert_pricebook_refused(
         "pricebook_syntax_error.toml",
-        "line 12, column 12: invalid basic string",
+        "line 12, column 12: invalid basic string; a string is not closed on this line (a \
+         missing quote)",
+    );
+}
+
+#[test]
+fn pricebook_rates_in_single_brackets_is_exit_2() {
+    assert_pricebook_refused(
+        "pricebook_rates_single_brackets.toml",
+        "line 33, column 1: invalid table header duplicate key `rates` in document root; each \
+         rate is a table of its own, headed [[rates]] (two brackets), but line 26 has [rates]",
+    );
+}
+
+#[test]
+fn pricebook_rate_without_a_required_key_is_exit_2() {
+    assert_pricebook_refused(
+        "pricebook_rate_missing_key.toml",
+        "line 42, column 1: [[rates]] #3 has no `credits_per_unit`, which every rate needs",
     );
 }
 

@@ -179,6 +179,16 @@ def pricebook_corpus() -> None:
         "pricebook_syntax_error.toml",
         replace_once(book, 'name = "Pro"', 'name = "Pro'),
     )
+    # The first rate headed [rates] (one table) instead of [[rates]] (one of many).
+    write_text(
+        "pricebook_rates_single_brackets.toml",
+        replace_once(book, "[[rates]]", "[rates]"),
+    )
+    # The veo-3 rate (the third) without its credits_per_unit.
+    write_text(
+        "pricebook_rate_missing_key.toml",
+        replace_once(book, 'credits_per_unit = "8"\nincrement = "4"\n', 'increment = "4"\n'),
+    )
     write_text(
         "pricebook_unknown_overage.toml",
         replace_once(book, 'rollover_cap = "100"\noverage = "block"', 'rollover_cap = "100"\noverage = "charge"'),
