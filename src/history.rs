@@ -110,6 +110,22 @@ fn column<'a>(
 /// Paths are compared after making them absolute and folding `.` and `..` (without
 /// following symbolic links: neither folder need exist yet).
 pub fn check_layout(dir: &Path, out: &Path) -> Result<()> {
+    // A history folder that is itself an output folder is an earlier close named where the
+    // folder holding the closes was meant: its periods would not count as closed, and the
+    // close would publish inside it.
+    if dir.join("manifest.json").is_file() {
+        let holder = match dir.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.display().to_string(),
+            _ => "..".to_string(),
+        };
+        return Err(TallyError::config(
+            dir.display().to_string(),
+            format!(
+                "this history folder is itself a tally output folder (it holds manifest.json); \
+                 --history names the folder holding the earlier closes, such as {holder}"
+            ),
+        ));
+    }
     let (dir_abs, out_abs) = (crate::normalised(dir), crate::normalised(out));
     if out_abs.parent() == Some(dir_abs.as_path()) {
         return Ok(());

@@ -519,11 +519,17 @@ pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
         .map(|(i, _)| format!("shard={i}"))
         .collect();
     if !missing.is_empty() {
+        // Where the merge looked, so that a shard written elsewhere (another --out, another
+        // machine's folder not yet copied) is easy to tell from one never run.
+        let looked_in: Vec<String> = sources.iter().map(|s| s.display().to_string()).collect();
         return Err(TallyError::Refused(format!(
-            "missing {} of {n} shards: {}; run them (e.g. --shard {}/{n}) before merging",
+            "missing {} of {n} shards in {}: {}; run them (e.g. --shard {}/{n} --out {}) \
+             before merging",
             missing.len(),
+            looked_in.join(", "),
             missing.join(", "),
-            missing[0].trim_start_matches("shard=")
+            missing[0].trim_start_matches("shard="),
+            req.out.display()
         )));
     }
 

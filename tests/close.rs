@@ -1008,6 +1008,23 @@ fn history_skips_copies_of_this_close_and_hidden_folders_and_refuses_an_output_o
         )
     );
     assert!(!elsewhere.exists() && !missing.exists());
+    // An earlier close given as the history folder (its parent was meant) is refused, and
+    // nothing is written inside it.
+    let earlier = closes.join("2026-12-01");
+    let before = folder_bytes(&earlier);
+    let inside = close_into(&earlier.join("next"), &earlier, &[]);
+    assert_eq!(inside.status.code(), Some(2));
+    assert_eq!(
+        stderr(&inside),
+        format!(
+            "tally: {}: this history folder is itself a tally output folder (it holds \
+             manifest.json); --history names the folder holding the earlier closes, such as \
+             {}\n",
+            earlier.display(),
+            closes.display()
+        )
+    );
+    assert_eq!(folder_bytes(&earlier), before);
     // `..` is folded: an output that is inside the history folder after all is accepted.
     let roundabout = closes.join("x/../2026-12-01");
     let again = close_into(&roundabout, &closes, &[]);

@@ -361,7 +361,13 @@ fn merge_refuses_missing_duplicated_foreign_and_altered_shards() {
     let shards_s = shards_s.to_str().unwrap();
 
     let e = refused(&["merge", "--out", out_s, shards_s]);
-    assert!(e.contains("missing 1 of 3 shards: shard=1"), "{e}");
+    assert_eq!(
+        e,
+        format!(
+            "tally: refused: missing 1 of 3 shards in {shards_s}: shard=1; run them (e.g. \
+             --shard 1/3 --out {out_s}) before merging\n"
+        )
+    );
 
     let e = refused(&[
         "merge",
