@@ -994,7 +994,45 @@ fn clap_error_line(e: &clap::Error) -> String {
     } else {
         format!(" ({})", extra.join("; "))
     };
-    format!("{first}{extra}; `tally --help` lists the commands and flags")
+    format!("{first}{extra}{}", where_to_look(e))
+}
+
+/// The end of a flag-parsing error: for a flag the command does not take but others do
+/// (`reconcile --force`), which ones; and the help that lists the command's flags.
+fn where_to_look(e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue};
+    use clap::CommandFactory;
+    let cli = Cli::command();
+    // clap's error does not say which command it was parsing: the first argument that is
+    // one of the commands' names is it.
+    let command = std::env::args().skip(1).find_map(|a| {
+        cli.get_subcommands()
+            .find(|c| c.get_name() == a)
+            .map(|c| c.get_name().to_string())
+    });
+    let Some(command) = command else {
+        return "; `tally --help` lists the commands and flags".into();
+    };
+    let unknown = match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(arg)) if e.kind() == clap::error::ErrorKind::UnknownArgument => {
+            arg.split('=').next().and_then(|a| a.strip_prefix("--"))
+        }
+        _ => None,
+    };
+    let others: Vec<&str> = unknown.map_or_else(Vec::new, |flag| {
+        cli.get_subcommands()
+            .filter(|c| c.get_arguments().any(|a| a.get_long() == Some(flag)))
+            .map(|c| c.get_name())
+            .collect()
+    });
+    let flag_of = match (unknown, others.as_slice()) {
+        (_, []) | (None, _) => String::new(),
+        (Some(flag), [one]) => format!("; --{flag} is a flag of {one}"),
+        (Some(flag), [rest @ .., last]) => {
+            format!("; --{flag} is a flag of {} and {last}", rest.join(", "))
+        }
+    };
+    format!("{flag_of}; `tally {command} --help` lists its flags")
 }
 
 /// The error on one line (our errors' messages already name their cause).

@@ -401,7 +401,19 @@ fn unknown_or_malformed_flags_are_one_line_and_exit_2() {
         // The flag that is missing is named (clap puts it on the line after).
         (
             &["merge"][..],
-            "tally: command line: the following required arguments were not provided: --out <OUT>;",
+            "tally: command line: the following required arguments were not provided: --out \
+             <OUT>; `tally merge --help` lists its flags",
+        ),
+        // A flag of other commands says whose it is.
+        (
+            &["reconcile", "--force", "--data", "x"][..],
+            "tally: command line: unexpected argument '--force' found; --force is a flag of \
+             close and merge; `tally reconcile --help` lists its flags",
+        ),
+        (
+            &["generate", "--history=h"][..],
+            "tally: command line: unexpected argument '--history' found; --history is a flag \
+             of close and explain; `tally generate --help` lists its flags",
         ),
     ] {
         let out = tally(args);
