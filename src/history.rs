@@ -114,9 +114,20 @@ pub fn check_layout(dir: &Path, out: &Path) -> Result<()> {
     // folder holding the closes was meant: its periods would not count as closed, and the
     // close would publish inside it.
     if dir.join("manifest.json").is_file() {
+        // As given where that names the folder above (`closes/2026-11`), else from the
+        // folded absolute path (`..`, `.`, `x/..` have no useful parent as written).
         let holder = match dir.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent.display().to_string(),
-            _ => "..".to_string(),
+            Some(parent)
+                if !parent.as_os_str().is_empty()
+                    && dir
+                        .file_name()
+                        .is_some_and(|name| name != "." && name != "..") =>
+            {
+                parent.display().to_string()
+            }
+            _ => crate::normalised(dir)
+                .parent()
+                .map_or_else(|| "/".to_string(), |p| p.display().to_string()),
         };
         return Err(TallyError::config(
             dir.display().to_string(),

@@ -1003,13 +1003,12 @@ fn where_to_look(e: &clap::Error) -> String {
     use clap::error::{ContextKind, ContextValue};
     use clap::CommandFactory;
     let cli = Cli::command();
-    // clap's error does not say which command it was parsing: the first argument that is
-    // one of the commands' names is it.
-    let command = std::env::args().skip(1).find_map(|a| {
-        cli.get_subcommands()
-            .find(|c| c.get_name() == a)
-            .map(|c| c.get_name().to_string())
-    });
+    // clap's error does not say which command it was parsing: parse again, errors ignored
+    // (the arguments as the OS gave them: a name that is not UTF-8 must not panic here).
+    let command = (cli.clone().ignore_errors(true))
+        .try_get_matches_from(std::env::args_os())
+        .ok()
+        .and_then(|m| m.subcommand_name().map(str::to_string));
     let Some(command) = command else {
         return "; `tally --help` lists the commands and flags".into();
     };
@@ -1019,18 +1018,31 @@ fn where_to_look(e: &clap::Error) -> String {
         }
         _ => None,
     };
-    let others: Vec<&str> = unknown.map_or_else(Vec::new, |flag| {
-        cli.get_subcommands()
-            .filter(|c| c.get_arguments().any(|a| a.get_long() == Some(flag)))
-            .map(|c| c.get_name())
-            .collect()
-    });
-    let flag_of = match (unknown, others.as_slice()) {
-        (_, []) | (None, _) => String::new(),
-        (Some(flag), [one]) => format!("; --{flag} is a flag of {one}"),
-        (Some(flag), [rest @ .., last]) => {
-            format!("; --{flag} is a flag of {} and {last}", rest.join(", "))
+    let takes =
+        |c: &clap::Command, flag: &str| c.get_arguments().any(|a| a.get_long() == Some(flag));
+    let flag_of = match unknown {
+        // A flag of this very command, refused: it came before the command's name.
+        Some(flag)
+            if cli
+                .find_subcommand(&command)
+                .is_some_and(|c| takes(c, flag)) =>
+        {
+            format!("; put --{flag} after `{command}`")
         }
+        Some(flag) => {
+            let others: Vec<&str> = (cli.get_subcommands())
+                .filter(|c| takes(c, flag))
+                .map(|c| c.get_name())
+                .collect();
+            match others.as_slice() {
+                [] => String::new(),
+                [one] => format!("; --{flag} is a flag of {one}"),
+                [rest @ .., last] => {
+                    format!("; --{flag} is a flag of {} and {last}", rest.join(", "))
+                }
+            }
+        }
+        None => String::new(),
     };
     format!("{flag_of}; `tally {command} --help` lists its flags")
 }

@@ -117,20 +117,31 @@ struct RawRate {
 /// Why a price book's `currency` cannot be used.
 #[derive(Debug, PartialEq, Eq)]
 pub enum CurrencyError {
-    /// Not one of ISO 4217's codes (a typo, lower case).
+    /// Not three capital letters (`usd`, `US`).
+    NotACode,
+    /// Three capital letters, but not one of ISO 4217's codes (`UDS`: a typo).
     NotIso4217,
-    /// An ISO 4217 code without a minor unit (gold, a fund, the test code `XTS`): money in
-    /// it cannot be written in minor units.
+    /// An ISO 4217 code without a minor unit (gold, the SDR, the test code `XTS`): money
+    /// in it cannot be written in minor units.
     NoMinorUnit,
 }
 
 /// The ISO 4217 minor-unit exponent of a currency code (USD 2, JPY 0, BHD 3), from the
 /// `iso_currency` crate's copy of the standard's list rather than a table of our own.
 pub fn currency_exponent(code: &str) -> std::result::Result<u32, CurrencyError> {
+    if code.len() != 3 || !code.bytes().all(|b| b.is_ascii_uppercase()) {
+        return Err(CurrencyError::NotACode);
+    }
     let currency = iso_currency::Currency::from_code(code).ok_or(CurrencyError::NotIso4217)?;
     (currency.exponent())
         .map(u32::from)
         .ok_or(CurrencyError::NoMinorUnit)
+}
+
+/// The code that replaced `code` in ISO 4217 (HRK by EUR), if it was replaced.
+pub fn superseded_by(code: &str) -> Option<&'static str> {
+    let currency = iso_currency::Currency::from_code(code)?;
+    currency.is_superseded().map(|newer| newer.code())
 }
 
 struct Ctx<'a> {
@@ -219,17 +230,30 @@ impl PriceBook {
             .ok_or_else(|| ctx.err("`currency` is required (an ISO 4217 code such as \"USD\")"))?;
         let exponent = currency_exponent(&currency).map_err(|e| {
             ctx.err(match e {
-                CurrencyError::NotIso4217 => format!(
+                CurrencyError::NotACode => format!(
                     "currency = \"{currency}\" is not an ISO 4217 code (three capital letters, \
                      such as \"USD\", \"EUR\" or \"JPY\")"
                 ),
+                CurrencyError::NotIso4217 => format!(
+                    "currency = \"{currency}\" is not in ISO 4217's list of currency codes (a \
+                     typo? such as \"USD\", \"EUR\" or \"JPY\")"
+                ),
                 CurrencyError::NoMinorUnit => format!(
-                    "currency = \"{currency}\" has no minor unit in ISO 4217 (a metal, a fund \
-                     or a test code), so prices cannot be written in minor units: use the \
-                     currency the plans are billed in"
+                    "currency = \"{currency}\" has no minor unit in ISO 4217 (a precious metal, \
+                     a unit of account or a test code), so prices cannot be written in minor \
+                     units: use the currency the plans are billed in"
                 ),
             })
         })?;
+        if let Some(newer) = superseded_by(&currency) {
+            // Kept as written (a rerun of an old month is billed as it was), but said once.
+            tracing::warn!(
+                currency = %currency,
+                superseded_by = newer,
+                "the price book's currency {currency} has been replaced by {newer} in ISO \
+                 4217; invoices are written in {currency} as the price book says"
+            );
+        }
         let mut plans = BTreeMap::new();
         for (plan_id, raw_plan) in raw.plans {
             let plan = parse_plan(&ctx, &plan_id, raw_plan, (&currency, exponent))?;
@@ -334,9 +358,7 @@ pub(crate) fn toml_error(text: &str, e: &toml::de::Error) -> String {
     let message = e.message().replace('\n', " ");
     match e.span() {
         Some(span) => {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            let (line, column) = line_and_column(text, span.start);
             format!("line {line}, column {column}: {message}")
         }
         None => message,
@@ -349,27 +371,53 @@ pub(crate) fn toml_error(text: &str, e: &toml::de::Error) -> String {
 fn syntax_error(text: &str, e: &toml::de::Error) -> String {
     let said = toml_error(text, e);
     let message = e.message();
-    let header = e.span().and_then(|span| header_at(text, span.start));
-    if let (Some(key), Some((line, table))) = (missing_key(message), &header) {
-        let needs = match table.starts_with("[[rates]]") {
-            true => "every rate needs",
-            false => "every plan needs",
+    let headers = headers(text);
+    let at = e.span().map(|span| line_and_column(text, span.start));
+    let header = at.and_then(|(line, _)| headers.iter().find(|h| h.line == line));
+    if let (Some(key), Some(header)) = (missing_key(message), header) {
+        let (table, needs) = match &header.kind {
+            HeaderKind::Rate(n) => (format!("[[rates]] #{n}"), "every rate needs"),
+            HeaderKind::Plan(plan) => (format!("[plans.{plan}]"), "every plan needs"),
+            HeaderKind::SingleRates | HeaderKind::Other => return said,
         };
-        return format!("line {line}, column 1: {table} has no `{key}`, which {needs}");
+        let (line, column) = (header.line, header.column);
+        return format!("line {line}, column {column}: {table} has no `{key}`, which {needs}");
     }
-    let single_rates = (text.lines().enumerate())
-        .find(|(_, l)| l.split('#').next().unwrap_or("").trim() == "[rates]")
-        .map(|(i, _)| i + 1);
-    if let Some(line) = single_rates {
+    let single_rates = headers.iter().find(|h| h.kind == HeaderKind::SingleRates);
+    let about_rates =
+        message.contains("duplicate key `rates`") || message.contains("expected a sequence");
+    if let (true, Some(single)) = (about_rates, single_rates) {
         return format!(
             "{said}; each rate is a table of its own, headed [[rates]] (two brackets), but \
-             line {line} has [rates]"
+             line {} has [rates]",
+            single.line
         );
     }
     if message.contains("invalid basic string") || message.contains("invalid literal string") {
-        return format!("{said}; a string is not closed on this line (a missing quote)");
+        let line_text = at
+            .and_then(|(line, _)| text.lines().nth(line - 1))
+            .unwrap_or("");
+        // The parser says the same of a closed string holding a control character.
+        let why = match line_text
+            .chars()
+            .any(|c| c.is_control() && c != '\t' && c != '\r')
+        {
+            true => {
+                "a string on this line holds a control character (pasted with the text?): remove it"
+            }
+            false => "a string is not closed on this line (a missing quote)",
+        };
+        return format!("{said}; {why}");
     }
     said
+}
+
+/// The 1-based line and column of byte `at` of `text`.
+fn line_and_column(text: &str, at: usize) -> (usize, usize) {
+    let before = &text[..at.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
 }
 
 /// The key of serde's "missing field `key`".
@@ -377,22 +425,78 @@ fn missing_key(message: &str) -> Option<&str> {
     message.strip_prefix("missing field `")?.split('`').next()
 }
 
-/// If the line holding byte `at` of `text` is a table header, its line number and the
-/// table as messages name it: `[plans.pro]`, or `[[rates]] #N` (N counting the rates from
-/// 1, as the price book's other messages do).
-fn header_at(text: &str, at: usize) -> Option<(usize, String)> {
-    let before = text.get(..at)?;
-    let line = before.matches('\n').count() + 1;
-    let start = before.rfind('\n').map_or(0, |i| i + 1);
-    let header = text[start..].lines().next()?.split('#').next()?.trim();
-    if header == "[[rates]]" {
-        let rate = (text[..start].lines())
-            .filter(|l| l.split('#').next().unwrap_or("").trim() == "[[rates]]")
-            .count()
-            + 1;
-        return Some((line, format!("[[rates]] #{rate}")));
+/// A table header of a price book, where it is and what it heads.
+#[derive(Debug, PartialEq, Eq)]
+struct Header {
+    line: usize,
+    column: usize,
+    kind: HeaderKind,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum HeaderKind {
+    /// `[[rates]]`, the Nth (from 1, as the price book's other messages count rates).
+    Rate(usize),
+    /// `[plans.ID]` or a table under it (`[plans.ID.overage]`).
+    Plan(String),
+    /// `[rates]`: one table where every rate is an `[[rates]]` of its own.
+    SingleRates,
+    Other,
+}
+
+/// The table headers of `text`, read line by line: enough to name a table in a message
+/// (the TOML parser has checked the syntax, or says what is wrong with it). Whitespace and
+/// quotes in a header's keys are allowed (`[[ rates ]]`, `[plans."pro"]`); lines inside a
+/// multi-line string are not headers.
+fn headers(text: &str) -> Vec<Header> {
+    let mut headers = Vec::new();
+    let mut rates = 0;
+    let mut open_multiline: Option<&str> = None;
+    for (index, line) in text.lines().enumerate() {
+        if open_multiline.is_none() {
+            if let Some(kind) = header_kind(line, rates + 1) {
+                rates += usize::from(matches!(kind, HeaderKind::Rate(_)));
+                let column = line.len() - line.trim_start().len() + 1;
+                headers.push(Header {
+                    line: index + 1,
+                    column,
+                    kind,
+                });
+            }
+        }
+        for quotes in ["\"\"\"", "\'\'\'"] {
+            if open_multiline.is_none_or(|open| open == quotes)
+                && line.matches(quotes).count() % 2 == 1
+            {
+                open_multiline = match open_multiline {
+                    Some(_) => None,
+                    None => Some(quotes),
+                };
+            }
+        }
     }
-    (header.starts_with("[plans.") && header.ends_with(']')).then(|| (line, header.to_string()))
+    headers
+}
+
+/// What `line` heads, if it is a table header (`next_rate`: the number an `[[rates]]` here
+/// would have).
+fn header_kind(line: &str, next_rate: usize) -> Option<HeaderKind> {
+    let line = line.trim();
+    let (array, inner) = if let Some(inner) = line.strip_prefix("[[") {
+        (true, inner.split("]]").next()?)
+    } else {
+        (false, line.strip_prefix('[')?.split(']').next()?)
+    };
+    let keys: Vec<String> = inner
+        .split('.')
+        .map(|k| k.trim().trim_matches(|c| c == '"' || c == '\'').to_string())
+        .collect();
+    Some(match (array, keys.as_slice()) {
+        (true, [rates]) if rates == "rates" => HeaderKind::Rate(next_rate),
+        (false, [rates]) if rates == "rates" => HeaderKind::SingleRates,
+        (false, [plans, plan, ..]) if plans == "plans" => HeaderKind::Plan(plan.clone()),
+        _ => HeaderKind::Other,
+    })
 }
 
 /// Plan `plan_id` of a price book in `currency` (its code and ISO 4217 exponent).
@@ -596,6 +700,47 @@ effective_from = 2026-06-01T00:00:00Z
             "p.toml: line 4, column 14: invalid basic string; a string is not closed on this \
              line (a missing quote)"
         );
+        // Rates counted whatever the header's spacing or quotes, not inside a multi-line
+        // string; an indented header's own column.
+        let spaced = BOOK
+            .replacen("[[rates]]", "[[ \"rates\" ]]", 1)
+            .replace(
+                "[plans.pro]",
+                "[plans.pro]\nname = \"\"\"\n[[rates]]\n\"\"\"",
+            )
+            .replace("credits_per_unit = \"8\"\nincrement", "increment")
+            .replace(
+                "[[rates]]\nproduct = \"studio\"\naction = \"prompt_to_video\"\nmodel",
+                "  [[rates]]\nproduct = \"studio\"\naction = \"prompt_to_video\"\nmodel",
+            );
+        assert_eq!(
+            refused(spaced),
+            "p.toml: line 15, column 3: [[rates]] #2 has no `credits_per_unit`, which every \
+             rate needs"
+        );
+        // A plan written only through a table under it is named as the plan.
+        assert_eq!(
+            refused(BOOK.replace(
+                "[plans.pro]\nprice = \"9.99\"\nincluded_credits = \"200\"\n",
+                "[plans.pro.overage]\nprice_per_credit = \"1\"\n"
+            )),
+            "p.toml: line 3, column 1: [plans.pro] has no `price`, which every plan needs"
+        );
+        // The [rates] hint only where the error is about rates; a control character in a
+        // closed string is not called a missing quote.
+        assert_eq!(
+            refused(
+                BOOK.replace("[plans.pro]", "[plans.pro]\nname = \"\"\"\n[rates]\n\"\"\"")
+                    .replace("\"9.99\"", "\"9.99")
+            ),
+            "p.toml: line 7, column 14: invalid basic string; a string is not closed on this \
+             line (a missing quote)"
+        );
+        assert_eq!(
+            refused(BOOK.replace("\"9.99\"", "\"9.\u{1}99\"")),
+            "p.toml: line 4, column 12: invalid basic string; a string on this line holds a \
+             control character (pasted with the text?): remove it"
+        );
         assert_eq!(
             refused(BOOK.replace("[plans.pro]", "[plans.pro]\nname = 3")),
             "p.toml: line 4, column 8: invalid type: integer `3`, expected a string"
@@ -616,15 +761,23 @@ effective_from = 2026-06-01T00:00:00Z
             ("CLF", Ok(4)),
             ("UYW", Ok(4)),
             ("UDS", Err(CurrencyError::NotIso4217)),
-            ("usd", Err(CurrencyError::NotIso4217)),
-            ("US", Err(CurrencyError::NotIso4217)),
-            ("USDX", Err(CurrencyError::NotIso4217)),
-            ("", Err(CurrencyError::NotIso4217)),
+            ("ANG", Err(CurrencyError::NotIso4217)),
+            ("usd", Err(CurrencyError::NotACode)),
+            ("US", Err(CurrencyError::NotACode)),
+            ("USDX", Err(CurrencyError::NotACode)),
+            (" USD", Err(CurrencyError::NotACode)),
+            ("", Err(CurrencyError::NotACode)),
             ("XAU", Err(CurrencyError::NoMinorUnit)),
+            ("XDR", Err(CurrencyError::NoMinorUnit)),
             ("XTS", Err(CurrencyError::NoMinorUnit)),
+            // Withdrawn codes are still codes (with a warning): a rerun of an old month.
+            ("HRK", Ok(2)),
         ];
         for (code, exponent) in cases {
             assert_eq!(currency_exponent(code), exponent, "{code}");
         }
+        assert_eq!(superseded_by("HRK"), Some("EUR"));
+        assert_eq!(superseded_by("USD"), None);
+        assert_eq!(superseded_by("UDS"), None);
     }
 }

@@ -439,6 +439,51 @@ fn differences(a: &ShardManifest, b: &ShardManifest) -> String {
     what.join("; ")
 }
 
+/// The refusal of a merge missing shards `missing` (`shard=I`): where it looked (a shard
+/// written elsewhere, another --out or a folder not yet copied, is then easy to tell from
+/// one never run) and the command that writes the first missing one, with the settings
+/// the others recorded.
+fn missing_shards(
+    req: &MergeRequest,
+    sources: &[PathBuf],
+    first: &ShardManifest,
+    missing: &[String],
+) -> TallyError {
+    const SHOWN: usize = 3;
+    let mut looked_in: Vec<String> = (sources.iter().take(SHOWN))
+        .map(|s| s.display().to_string())
+        .collect();
+    if sources.len() > SHOWN {
+        looked_in.push(format!("{} more", sources.len() - SHOWN));
+    }
+    let n = first.shards;
+    let index = missing[0].trim_start_matches("shard=");
+    let command = format!(
+        "tally {} --data {} --as-of {} --shard {index}/{n} --out {}",
+        first.command,
+        first.data.display(),
+        first.as_of,
+        req.out.display()
+    );
+    // Shards listed from elsewhere: the new shard's folder must be listed too.
+    let written_to = shards_root(&req.out);
+    let reads_it = (sources.iter()).any(|s| crate::normalised(s) == crate::normalised(&written_to));
+    let then = match reads_it {
+        true => "then merge again".to_string(),
+        false => format!(
+            "then merge again listing its folder {} too",
+            written_to.join(&missing[0]).display()
+        ),
+    };
+    TallyError::Refused(format!(
+        "missing {} of {n} shards in {}: {}; run them as the others ran (e.g. `{command}`), \
+         {then}",
+        missing.len(),
+        looked_in.join(", "),
+        missing.join(", "),
+    ))
+}
+
 /// What `tally merge` needs besides the shard folders.
 pub struct MergeRequest {
     /// Shard folders or folders holding them (empty: `OUT.shards`).
@@ -519,18 +564,7 @@ pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
         .map(|(i, _)| format!("shard={i}"))
         .collect();
     if !missing.is_empty() {
-        // Where the merge looked, so that a shard written elsewhere (another --out, another
-        // machine's folder not yet copied) is easy to tell from one never run.
-        let looked_in: Vec<String> = sources.iter().map(|s| s.display().to_string()).collect();
-        return Err(TallyError::Refused(format!(
-            "missing {} of {n} shards in {}: {}; run them (e.g. --shard {}/{n} --out {}) \
-             before merging",
-            missing.len(),
-            looked_in.join(", "),
-            missing.join(", "),
-            missing[0].trim_start_matches("shard="),
-            req.out.display()
-        )));
+        return Err(missing_shards(req, &sources, first, &missing));
     }
 
     let mode = match first.command.as_str() {

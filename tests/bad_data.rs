@@ -323,8 +323,8 @@ fn pricebook_lowercase_currency_is_exit_2() {
 fn pricebook_currency_not_in_iso_4217_is_exit_2() {
     assert_pricebook_refused(
         "pricebook_currency_unknown.toml",
-        "currency = \"UDS\" is not an ISO 4217 code (three capital letters, such as \"USD\", \
-         \"EUR\" or \"JPY\")",
+        "currency = \"UDS\" is not in ISO 4217's list of currency codes (a typo? such as \
+         \"USD\", \"EUR\" or \"JPY\")",
     );
 }
 
@@ -332,8 +332,9 @@ fn pricebook_currency_not_in_iso_4217_is_exit_2() {
 fn pricebook_currency_without_a_minor_unit_is_exit_2() {
     assert_pricebook_refused(
         "pricebook_currency_no_minor_unit.toml",
-        "currency = \"XAU\" has no minor unit in ISO 4217 (a metal, a fund or a test code), \
-         so prices cannot be written in minor units: use the currency the plans are billed in",
+        "currency = \"XAU\" has no minor unit in ISO 4217 (a precious metal, a unit of \
+         account or a test code), so prices cannot be written in minor units: use the currency \
+         the plans are billed in",
     );
 }
 

@@ -1025,6 +1025,34 @@ fn history_skips_copies_of_this_close_and_hidden_folders_and_refuses_an_output_o
         )
     );
     assert_eq!(folder_bytes(&earlier), before);
+    // Given as `..` from a folder inside it, the folder to name instead is still the one
+    // above it.
+    let inner = earlier.join("report");
+    let from_inside = tally_command(&[
+        "close",
+        "--data",
+        root.to_str().unwrap(),
+        "--as-of",
+        "2026-12-01T00:00:00Z",
+        "--out",
+        "../next",
+        "--history",
+        "..",
+    ])
+    .current_dir(&inner)
+    .output()
+    .unwrap();
+    assert_eq!(from_inside.status.code(), Some(2));
+    assert_eq!(
+        stderr(&from_inside),
+        format!(
+            "tally: ..: this history folder is itself a tally output folder (it holds \
+             manifest.json); --history names the folder holding the earlier closes, such as \
+             {}\n",
+            closes.display()
+        )
+    );
+    assert_eq!(folder_bytes(&earlier), before);
     // `..` is folded: an output that is inside the history folder after all is accepted.
     let roundabout = closes.join("x/../2026-12-01");
     let again = close_into(&roundabout, &closes, &[]);

@@ -415,6 +415,12 @@ fn unknown_or_malformed_flags_are_one_line_and_exit_2() {
             "tally: command line: unexpected argument '--history' found; --history is a flag \
              of close and explain; `tally generate --help` lists its flags",
         ),
+        // A command's name given as a flag's value is not taken for the command.
+        (
+            &["reconcil", "--data", "close"][..],
+            "tally: command line: unrecognized subcommand 'reconcil' (a similar subcommand \
+             exists: 'reconcile'); `tally --help` lists the commands and flags",
+        ),
     ] {
         let out = tally(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
@@ -424,6 +430,20 @@ fn unknown_or_malformed_flags_are_one_line_and_exit_2() {
             "{args:?}: {text}"
         );
         assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    // An argument that is not UTF-8 is refused in the same one line, never a panic.
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let out = tally_command(&["reconcil", "--data"])
+            .arg(std::ffi::OsStr::from_bytes(b"\xff"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert_eq!(
+            stderr(&out),
+            "tally: command line: unrecognized subcommand 'reconcil' (a similar subcommand \
+             exists: 'reconcile'); `tally --help` lists the commands and flags\n"
+        );
     }
     let help = tally(&["reconcile", "--help"]);
     assert_eq!(help.status.code(), Some(0));
@@ -1026,6 +1046,39 @@ fn files_not_read_and_empty_datasets_are_warned_of() {
             ),
         ]
         .map(|(d, m)| (d.to_string(), m.to_string()))
+    );
+}
+
+/// A price book in a currency ISO 4217 has withdrawn is billed as written (a rerun of an
+/// old month), with one warning naming the code that replaced it.
+#[test]
+fn a_withdrawn_currency_is_billed_as_written_with_a_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    copy_dir(&repo().join("fixtures/demo"), &data);
+    let book = std::fs::read_to_string(data.join("pricebook.toml")).unwrap();
+    let book = book.replacen("currency = \"USD\"", "currency = \"HRK\"", 1);
+    std::fs::write(data.join("pricebook.toml"), book).unwrap();
+    let mut command = cmd("close", &data, &tmp.path().join("out"));
+    command.args(["--log-format", "json"]);
+    let out = succeeded(&mut command);
+    let warnings: Vec<String> = stderr(&out)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["level"] == "WARN")
+        .map(|v| v["fields"]["message"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            "the price book's currency HRK has been replaced by EUR in ISO 4217; invoices are \
+          written in HRK as the price book says"
+        ]
+    );
+    let invoices = render(&tmp.path().join("out/invoices.parquet"), &[]);
+    assert!(
+        invoices.contains(",HRK,") && !invoices.contains(",USD,"),
+        "{invoices}"
     );
 }
 

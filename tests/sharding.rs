@@ -364,8 +364,10 @@ fn merge_refuses_missing_duplicated_foreign_and_altered_shards() {
     assert_eq!(
         e,
         format!(
-            "tally: refused: missing 1 of 3 shards in {shards_s}: shard=1; run them (e.g. \
-             --shard 1/3 --out {out_s}) before merging\n"
+            "tally: refused: missing 1 of 3 shards in {shards_s}: shard=1; run them as the \
+             others ran (e.g. `tally reconcile --data {} --as-of {AS_OF} --shard 1/3 --out \
+             {out_s}`), then merge again listing its folder {out_s}.shards/shard=1 too\n",
+            data.display()
         )
     );
 
