@@ -192,9 +192,16 @@ pub struct Inputs {
     pub files: [Vec<InputFile>; 4],
 }
 
-/// The price book and input files of a data root, listing its datasets.
+/// The price book and input files of a data root, listing its datasets (and warning, as a
+/// run's census does, of files not read and datasets without Parquet files).
 pub fn inputs(root: &Path) -> Result<Inputs> {
-    inputs_of(root, &|d| load::find_files(root, d.name()))
+    inputs_of(root, &|d| {
+        let listing = load::list_dataset(root, d.name())?;
+        if let Some(listing) = &listing {
+            warn_of_files_not_read(d, listing);
+        }
+        Ok(listing.map(|l| l.files))
+    })
 }
 
 /// [`inputs`], its files as the census listed them: the files a run loads are the files

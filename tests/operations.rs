@@ -990,7 +990,17 @@ fn warnings_by_dataset(out: &Output) -> Vec<(String, String)> {
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .filter(|v| v["level"] == "WARN" && v["fields"]["dataset"].is_string())
         .map(|v| {
-            let field = |name: &str| v["fields"][name].as_str().unwrap().to_string();
+            let fields = &v["fields"];
+            let field = |name: &str| fields[name].as_str().unwrap().to_string();
+            // The fields the README documents, as the message says them.
+            if let Some(count) = fields["files_not_read"].as_u64() {
+                let first = field("first");
+                assert!(
+                    field("message").starts_with(&format!("{count} file"))
+                        && field("message").contains(&format!("(the first: {first})")),
+                    "{v}"
+                );
+            }
             (field("dataset"), field("message"))
         })
         .collect()
@@ -1046,6 +1056,44 @@ fn files_not_read_and_empty_datasets_are_warned_of() {
             ),
         ]
         .map(|(d, m)| (d.to_string(), m.to_string()))
+    );
+    // explain lists the data root as a run does, and warns the same.
+    let explain = tally_command(&[
+        "explain",
+        "--data",
+        data.to_str().unwrap(),
+        "--as-of",
+        AS_OF,
+        "--account",
+        "acct-000001",
+        "--log-format",
+        "json",
+    ])
+    .output()
+    .unwrap();
+    let kinds: Vec<(String, String)> = warnings_by_dataset(&explain);
+    assert_eq!(
+        kinds.iter().map(|(d, _)| d.as_str()).collect::<Vec<_>>(),
+        ["usage", "usage", "debits"],
+        "{}",
+        stderr(&explain)
+    );
+
+    // Allocations without a Parquet file: warned of too (every account then lacks a plan).
+    for file in walk_parquet(&data.join("allocations")) {
+        std::fs::remove_file(file).unwrap();
+    }
+    let messages: Vec<String> = warnings_by_dataset(&run("no-plans"))
+        .into_iter()
+        .filter(|(d, _)| d == "allocations")
+        .map(|(_, m)| m)
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            "allocations/ holds no *.parquet file, so the run reads no plan allocations; if an \
+          export has not arrived yet, rerun once it has"
+        ]
     );
 }
 

@@ -144,14 +144,13 @@ pub fn dataset_warnings(out: &Output) -> Vec<String> {
 /// stderr without the [`dataset_warnings`] lines: a test whose data root holds only what
 /// it tests (no ledger entries, say) sees them before the line it asserts.
 pub fn stderr_past_dataset_warnings(out: &Output) -> String {
-    let warnings = dataset_warnings(out);
+    let is_dataset_warning = |line: &str| {
+        serde_json::from_str::<serde_json::Value>(line)
+            .is_ok_and(|v| v["level"] == "WARN" && v["fields"]["dataset"].is_string())
+    };
     stderr(out)
         .lines()
-        .filter(|l| {
-            !warnings
-                .iter()
-                .any(|w| l.starts_with('{') && l.contains(w.as_str()))
-        })
+        .filter(|l| !is_dataset_warning(l))
         .map(|l| format!("{l}\n"))
         .collect()
 }
