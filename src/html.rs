@@ -534,13 +534,14 @@ fn by_kind(h: &mut String, s: &Summary, files: &ReportFiles) {
         s.discrepancies.total
     );
     let mut bars = Vec::new();
-    let mut table = String::from("<table>\n<thead><tr><th>kind</th><th class=\"num\">rows</th><th class=\"num\">Σ delta credits</th></tr></thead>\n<tbody>\n");
+    let mut table = String::from("<table>\n<thead><tr><th>kind</th><th class=\"num\">rows</th><th class=\"num\">Σ delta credits</th><th>what it means</th></tr></thead>\n<tbody>\n");
     for k in &s.discrepancies.by_kind {
         let file = Kind::parse(k.kind).and_then(|kind| files.kinds.get(&kind));
+        let meaning = Kind::parse(k.kind).map_or("", Kind::meaning);
         let key = format!("discrepancies.by_kind.{}", k.kind);
         let _ = writeln!(
             table,
-            "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+            "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
             esc(k.kind),
             fig(
                 &format!("{key}.count"),
@@ -552,6 +553,7 @@ fn by_kind(h: &mut String, s: &Summary, files: &ReportFiles) {
                 &k.delta_credits.to_string(),
                 linked(file, Rel::Sum("delta_credits"))
             ),
+            esc(meaning),
         );
         bars.push(Bar {
             label: k.kind.to_string(),
@@ -563,7 +565,7 @@ fn by_kind(h: &mut String, s: &Summary, files: &ReportFiles) {
     table.push_str("</tbody>\n</table>\n");
     let _ = writeln!(
         h,
-        "<div class=\"grid\">\n{table}{}\n</div>\n<p class=\"note\">Σ delta = recorded − expected over the kind's rows (unpriced rows count 0). An event can have more than one row: <code>conflicting_duplicate</code>, <code>over_limit_usage</code> and <code>late_event</code> rows come in addition to its own kind.</p>\n</section>",
+        "<div class=\"grid\">\n{table}{}\n</div>\n<p class=\"note\">Σ delta = recorded − expected over the kind's rows that have a delta (an unpriced event has no expected credits: its rows count 0 here, so the column does not add up to recorded − expected). An event can have more than one row: <code>conflicting_duplicate</code>, <code>over_limit_usage</code> and <code>late_event</code> rows come in addition to its own kind.</p>\n</section>",
         hbar_chart("discrepancy rows by kind", &bars)
     );
 }

@@ -59,6 +59,46 @@ impl Kind {
         }
     }
 
+    /// What a row of this kind means, in a finance reader's words (summary.md and
+    /// report.html print it beside the kind's figures).
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Kind::OrphanDebit => {
+                "a debit or adjustment naming an event the usage does not have (or a debit \
+                 naming none): credits taken with no action to show for them"
+            }
+            Kind::ManualAdjustment => "an adjustment naming no event: for review, not an error",
+            Kind::AccountMismatch => {
+                "an entry charged to another account than its event's: one customer paid for \
+                 another's action (`tally explain --event` names both)"
+            }
+            Kind::UnpricedEvent => {
+                "the price book has no rate for the event, so it has no expected credits and \
+                 no delta: add the rate and rerun"
+            }
+            Kind::ChargedFailedEvent => {
+                "credits taken for an action that failed or was cancelled: refund them"
+            }
+            Kind::MissingDebit => {
+                "an action that cost credits has no ledger entry: credits not taken"
+            }
+            Kind::DuplicateDebit => "one action charged two or more times: refund the extra",
+            Kind::AmountMismatch => "an action charged another amount than the price book gives",
+            Kind::ConflictingDuplicate => {
+                "usage rows with one event id that differ (one copy is used); an extra row \
+                 beside the event's own"
+            }
+            Kind::OverLimitUsage => {
+                "usage past the plan's credits on a plan that blocks overage (the online \
+                 system should have refused it; not billed); an extra row beside the event's own"
+            }
+            Kind::LateEvent => {
+                "an event of a period an earlier close already closed, billed on this invoice; \
+                 an extra row beside the event's own"
+            }
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|k| k.name() == s)
     }

@@ -268,10 +268,20 @@ pub fn summary_markdown(out: &RunOutput, s: &Summary) -> Result<String> {
     let _ = writeln!(md, "| rows rejected (all datasets) | {rejected} |");
     if let Some(c) = &s.close {
         let _ = writeln!(md, "| invoices | {} |", c.invoices);
+        // Money as a reader writes it, the minor units (the files' INT64) beside it.
+        let exponent = crate::pricebook::currency_exponent(&s.currency).unwrap_or(2);
+        let money = |minor: i64| {
+            format!(
+                "{} {} ({minor} minor units)",
+                crate::export::format_minor(minor, exponent),
+                s.currency
+            )
+        };
+        let _ = writeln!(md, "| invoiced total | {} |", money(c.total_minor));
         let _ = writeln!(
             md,
-            "| invoiced total ({}, minor units) | {} |",
-            s.currency, c.total_minor
+            "| of which overage | {} |",
+            money(c.overage_amount_minor)
         );
         let _ = writeln!(
             md,
@@ -284,12 +294,38 @@ pub fn summary_markdown(out: &RunOutput, s: &Summary) -> Result<String> {
         "\n## Discrepancies by kind ({} rows)\n",
         s.discrepancies.total
     );
-    let _ = writeln!(md, "| kind | rows | Σ delta credits |\n|---|---:|---:|");
+    let _ = writeln!(
+        md,
+        "| kind | rows | Σ delta credits | what it means |\n|---|---:|---:|---|"
+    );
     for k in &s.discrepancies.by_kind {
-        let _ = writeln!(md, "| {} | {} | {} |", k.kind, k.count, k.delta_credits);
+        let kind = Kind::parse(k.kind).expect("by_kind lists Kind::ALL's names");
+        let rows = out.discrepancies.iter().filter(|d| d.kind == kind);
+        let without_delta = rows.filter(|d| d.delta_credits.is_none()).count() as u64;
+        // A kind whose rows have no delta (no expected credits) has no sum to show.
+        let delta = match (k.count, without_delta) {
+            (0, _) => k.delta_credits.to_string(),
+            (count, none) if count == none => "—".to_string(),
+            (_, 0) => k.delta_credits.to_string(),
+            (_, 1) => format!("{} (1 row without a delta)", k.delta_credits),
+            (_, none) => format!("{} ({none} rows without a delta)", k.delta_credits),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {delta} | {} |",
+            k.kind,
+            k.count,
+            kind.meaning()
+        );
     }
+    let _ = writeln!(md, "\n{}", delta_note(out, s));
     let top = summary::top_accounts(&out.discrepancies, 10)?;
     let _ = writeln!(md, "\n## Top accounts by Σ |delta|\n");
+    let _ = writeln!(
+        md,
+        "Ranked by the sum of |delta| over each account's rows (`report.html` ranks accounts \
+         by unreconciled credits, recorded − expected, instead).\n"
+    );
     if top.is_empty() {
         let _ = writeln!(md, "No discrepancies.");
     } else {
@@ -320,6 +356,28 @@ pub fn summary_markdown(out: &RunOutput, s: &Summary) -> Result<String> {
         if s.conservation.holds { "yes" } else { "NO" }
     );
     Ok(md)
+}
+
+/// Why the by-kind deltas do not add up to recorded − expected, with the figures a reader
+/// needs to reconcile them.
+fn delta_note(out: &RunOutput, s: &Summary) -> String {
+    let without: Vec<&crate::reconcile::DiscrepancyRow> = (out.discrepancies.iter())
+        .filter(|d| d.delta_credits.is_none())
+        .collect();
+    let recorded_without = Milli(
+        (without.iter())
+            .map(|d| d.recorded_credits.0)
+            .fold(0i64, i64::saturating_add),
+    );
+    let difference = Milli(s.credits.recorded.0.saturating_sub(s.credits.expected.0));
+    format!(
+        "Σ delta counts the rows that have a delta (recorded − expected of the row's event \
+         or entry): {} rows have none (events without a rate), with {recorded_without} credits \
+         recorded. `conflicting_duplicate`, `over_limit_usage` and `late_event` rows come in \
+         addition to their event's own row, and matched events and pending ones have no row, \
+         so the column does not add up to credits recorded − expected ({difference}).",
+        without.len()
+    )
 }
 
 /// One input or output file in the manifest.

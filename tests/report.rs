@@ -398,6 +398,92 @@ fn report_html_renders_the_summary_figures_and_links_to_their_rows() {
     assert!(files.contains(&"report/credits-by-product.csv".to_string()));
 }
 
+/// summary.md for a person: money formatted in its currency beside the minor units, the
+/// overage amount, each kind's meaning, a kind without deltas shown as such, and the note
+/// that says why the deltas do not add up to recorded − expected, with its figures, all
+/// from the published tables.
+#[test]
+fn summary_md_says_money_and_deltas_as_a_reader_needs_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let close = tmp.path().join("close");
+    run_command_ok("close", &repo().join("fixtures/demo"), CLOSE_AS_OF, &close);
+    let md = std::fs::read_to_string(close.join("summary.md")).unwrap();
+    let summary = json(&close.join("summary.json"));
+    let money = |minor: i64| {
+        format!(
+            "{}.{:02} USD ({minor} minor units)",
+            minor / 100,
+            minor % 100
+        )
+    };
+    let total = summary["close"]["total_minor"].as_i64().unwrap();
+    let overage = summary["close"]["overage_amount_minor"].as_i64().unwrap();
+    assert!(
+        md.contains(&format!("| invoiced total | {} |\n", money(total))),
+        "{md}"
+    );
+    assert!(
+        md.contains(&format!("| of which overage | {} |\n", money(overage))),
+        "{md}"
+    );
+
+    let rows = read_parquet(&close.join("discrepancies.parquet"));
+    let column = |name: &str| rows.column_by_name(name).unwrap().clone();
+    let kinds = column("kind");
+    let kinds = kinds
+        .as_any()
+        .downcast_ref::<arrow::array::StringArray>()
+        .unwrap();
+    let delta = column("delta_credits");
+    let recorded = column("recorded_credits");
+    let recorded = recorded
+        .as_any()
+        .downcast_ref::<arrow::array::Decimal128Array>()
+        .unwrap();
+    let without = |kind: &str| {
+        (0..rows.num_rows())
+            .filter(|&i| kinds.value(i) == kind && delta.is_null(i))
+            .count()
+    };
+    let count = |kind: &str| {
+        (0..rows.num_rows())
+            .filter(|&i| kinds.value(i) == kind)
+            .count()
+    };
+    assert!(count("unpriced_event") > 0 && without("unpriced_event") == count("unpriced_event"));
+    assert!(
+        md.contains(&format!(
+            "| unpriced_event | {} | — | the price book has no rate for the event",
+            count("unpriced_event")
+        )),
+        "{md}"
+    );
+    let mismatched = without("account_mismatch");
+    assert!(mismatched > 1 && mismatched < count("account_mismatch"));
+    assert!(
+        md.contains(&format!(
+            "({mismatched} rows without a delta) | an entry charged to another"
+        )),
+        "{md}"
+    );
+    let no_delta: Vec<usize> = (0..rows.num_rows()).filter(|&i| delta.is_null(i)).collect();
+    let recorded_without: i128 = no_delta.iter().map(|&i| recorded.value(i)).sum();
+    let expected = thousandths(summary["credits"]["expected"].as_str().unwrap());
+    let recorded_total = thousandths(summary["credits"]["recorded"].as_str().unwrap());
+    let credits = |t: i128| format!("{}.{:03}", t / 1000, t % 1000);
+    assert!(
+        md.contains(&format!(
+            "{} rows have none (events without a rate), with {} credits recorded",
+            no_delta.len(),
+            credits(recorded_without)
+        )) && md.contains(&format!(
+            "does not add up to credits recorded − expected ({}).",
+            credits(recorded_total - expected)
+        )),
+        "{md}"
+    );
+}
+
 #[test]
 fn spreadsheet_csvs_hold_the_parquet_rows_with_formatted_money() {
     let tmp = tempfile::tempdir().unwrap();
