@@ -521,7 +521,7 @@ fn totals(
     h.push_str("</div>\n");
     let _ = writeln!(
         h,
-        "<p class=\"note\">Every linked figure opens the CSV rows it counts or sums. Events are not exported one by one (a run may hold 100M): event figures link to the credits-by-product breakdown they sum. Credits have 3 decimals; money is in {} with {} decimals.</p>\n</section>",
+        "<p class=\"note\">Every linked figure opens the CSV rows it counts or sums. Events are not exported one by one (a run may hold 100M): event figures link to the credits-by-product breakdown they sum. Credits have 3 decimals; money is in {} with {} decimals. Credits remaining are the grants' unconsumed credits, including those of grants already past their expiry (a close counts them as expired). Overage credits of a plan that blocks overage (<code>overage = \"block\"</code>) are not billed (they are reported as <code>over_limit_usage</code>), so overage credits can stand beside an overage amount of 0.</p>\n</section>",
         esc(&out.book.currency),
         exponent
     );

@@ -262,8 +262,16 @@ pub fn summary_markdown(out: &RunOutput, s: &Summary) -> Result<String> {
         "| credits consumed from grants | {} |",
         s.credits.consumed
     );
-    let _ = writeln!(md, "| overage credits | {} |", s.credits.overage);
-    let _ = writeln!(md, "| credits remaining | {} |", s.credits.remaining);
+    let _ = writeln!(
+        md,
+        "| overage credits (billed only on plans with an overage price) | {} |",
+        s.credits.overage
+    );
+    let _ = writeln!(
+        md,
+        "| credits remaining (unconsumed, grants past their expiry included) | {} |",
+        s.credits.remaining
+    );
     let rejected: u64 = s.datasets.values().map(|d| d.rejected).sum();
     let _ = writeln!(md, "| rows rejected (all datasets) | {rejected} |");
     if let Some(c) = &s.close {

@@ -426,6 +426,15 @@ fn summary_md_says_money_and_deltas_as_a_reader_needs_them() {
         md.contains(&format!("| of which overage | {} |\n", money(overage))),
         "{md}"
     );
+    // What a total includes, where a reader could take it for something else.
+    assert!(md.contains(&format!(
+        "| overage credits (billed only on plans with an overage price) | {} |\n",
+        summary["credits"]["overage"].as_str().unwrap()
+    )));
+    assert!(md.contains(&format!(
+        "| credits remaining (unconsumed, grants past their expiry included) | {} |\n",
+        summary["credits"]["remaining"].as_str().unwrap()
+    )));
 
     let rows = read_parquet(&close.join("discrepancies.parquet"));
     let column = |name: &str| rows.column_by_name(name).unwrap().clone();
