@@ -496,7 +496,6 @@ fn write_rows(dir: &Path, name: String, rendered: &Rendered, rows: &[usize]) -> 
 pub fn write_report_files(
     dir: &Path,
     out: &RunOutput,
-    discrepancies: &RecordBatch,
     rejects: &RecordBatch,
 ) -> Result<ReportFiles> {
     let report_dir = dir.join(REPORT_DIR);
@@ -510,7 +509,7 @@ pub fn write_report_files(
     }
     let exponent = out.book.exponent;
     let rejects = Rendered::of(rejects, exponent)?;
-    let discrepancies = Rendered::of(discrepancies, exponent)?;
+    let discrepancies = Rendered::of(&crate::write::report_discrepancies_table(out), exponent)?;
     let all: Vec<usize> = (0..discrepancies.ends.len()).collect();
 
     let mut by_kind: BTreeMap<Kind, Vec<usize>> = BTreeMap::new();

@@ -70,7 +70,7 @@ impl Kind {
             Kind::ManualAdjustment => "an adjustment naming no event: for review, not an error",
             Kind::AccountMismatch => {
                 "an entry charged to another account than its event's: one customer paid for \
-                 another's action (`tally explain --event` names both)"
+                 another's action (the report's CSVs name that account in entry_account_ids)"
             }
             Kind::UnpricedEvent => {
                 "the price book has no rate for the event, so it has no expected credits and \
@@ -119,6 +119,11 @@ pub struct DiscrepancyRow {
     pub expected_credits: Option<Milli>,
     pub recorded_credits: Milli,
     pub delta_credits: Option<Milli>,
+    /// The accounts other than `account_id` that the row's entries were charged to (sorted,
+    /// each once; empty unless an entry is another account's: `account_mismatch`). Not a
+    /// contract column: the report's CSVs add it, so that the customer wrongly debited is
+    /// named where finance reads the row.
+    pub entry_account_ids: Vec<String>,
 }
 
 impl DiscrepancyRow {
@@ -220,6 +225,12 @@ pub fn event_row(
         .map(|e| ids.1.str(e.entry_id).map(str::to_string))
         .collect::<Result<_>>()?;
     entry_ids.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    let mut entry_account_ids: Vec<String> = (entries.iter())
+        .filter(|e| e.account != event.account)
+        .map(|e| dicts.account(e.account).to_string())
+        .collect();
+    entry_account_ids.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    entry_account_ids.dedup();
     Ok(DiscrepancyRow {
         kind,
         account_id: dicts.account(event.account).to_string(),
@@ -232,6 +243,7 @@ pub fn event_row(
         expected_credits: expected,
         recorded_credits: recorded,
         delta_credits: delta,
+        entry_account_ids,
     })
 }
 
@@ -261,6 +273,7 @@ pub fn entry_row(kind: Kind, entry: &Debit, dicts: &Dicts, ids: &Ids) -> Result<
         expected_credits: Some(Milli::ZERO),
         recorded_credits: entry.credits(),
         delta_credits: Some(entry.credits()),
+        entry_account_ids: Vec::new(),
     })
 }
 

@@ -22,6 +22,14 @@ use std::path::{Path, PathBuf};
 pub const SHARD_MANIFEST: &str = "shard.json";
 pub const PARTIAL: &str = "partial.bin";
 
+/// The layout of `partial.bin` this build writes and reads. 2: discrepancy rows carry
+/// `entry_account_ids`.
+pub const PARTIAL_FORMAT: u32 = 2;
+
+fn first_partial_format() -> u32 {
+    1
+}
+
 /// `shard.json`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ShardManifest {
@@ -38,6 +46,11 @@ pub struct ShardManifest {
     pub data: PathBuf,
     pub inputs: Vec<FileEntry>,
     pub partial_sha256: String,
+    /// The layout of `partial.bin` ([`PARTIAL_FORMAT`]; 1 in shard.json files written
+    /// before the field was). postcard is not self-describing: a partial of another layout
+    /// could decode into wrong rows, so a merge refuses it by this number first.
+    #[serde(default = "first_partial_format")]
+    pub partial_format: u32,
     /// The shard's run files (close: billed events, invoice lines), beside `partial.bin`.
     #[serde(default)]
     pub runs: Vec<FileEntry>,
@@ -187,6 +200,7 @@ fn write_shard(
         data: crate::normalised(&settings.data),
         inputs,
         partial_sha256,
+        partial_format: PARTIAL_FORMAT,
         runs,
         accounts: partial.results.len() as u64,
     };
@@ -528,6 +542,18 @@ pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
             folders[0].display(),
             first.version,
             write::VERSION
+        )));
+    }
+    if let Some((folder, m)) =
+        (folders.iter().zip(&manifests)).find(|(_, m)| m.partial_format != PARTIAL_FORMAT)
+    {
+        return Err(TallyError::Refused(format!(
+            "{} was written by another build of tally {} (its partial.bin has layout {}, this \
+             build reads {PARTIAL_FORMAT}); merge with the build that ran the shards, or rerun \
+             them with this one",
+            folder.display(),
+            m.version,
+            m.partial_format
         )));
     }
     let n = first.shards;

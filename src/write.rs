@@ -210,7 +210,25 @@ pub fn push_cell(out: &mut String, array: &ArrayRef, row: usize) {
 // ---- the tables ------------------------------------------------------------------------
 
 pub fn discrepancies_table(out: &RunOutput) -> RecordBatch {
+    discrepancy_columns(&out.discrepancies).finish()
+}
+
+/// The report's discrepancy rows (`report/discrepancies*.csv`, `report/account-*.csv`):
+/// the contract's columns, then `entry_account_ids`, the other accounts an
+/// `account_mismatch` row's entries were charged to (the customer wrongly debited, whom the
+/// contract's columns do not name).
+pub fn report_discrepancies_table(out: &RunOutput) -> RecordBatch {
     let rows = &out.discrepancies;
+    discrepancy_columns(rows)
+        .str_lists(
+            "entry_account_ids",
+            rows.iter().map(|r| r.entry_account_ids.as_slice()),
+        )
+        .finish()
+}
+
+/// The contract's `discrepancies` columns of `rows`.
+fn discrepancy_columns(rows: &[crate::reconcile::DiscrepancyRow]) -> Table {
     Table::default()
         .str("kind", rows.iter().map(|r| r.kind.name()))
         .str("account_id", rows.iter().map(|r| r.account_id.as_str()))
@@ -223,7 +241,6 @@ pub fn discrepancies_table(out: &RunOutput) -> RecordBatch {
         .opt_credits("expected_credits", rows.iter().map(|r| r.expected_credits))
         .credits("recorded_credits", rows.iter().map(|r| r.recorded_credits))
         .opt_credits("delta_credits", rows.iter().map(|r| r.delta_credits))
-        .finish()
 }
 
 pub fn rejects_table(out: &RunOutput) -> RecordBatch {

@@ -493,6 +493,73 @@ fn summary_md_says_money_and_deltas_as_a_reader_needs_them() {
     );
 }
 
+/// The report's discrepancy CSVs add `entry_account_ids` after the contract's columns: on
+/// an `account_mismatch` row, the accounts its entries were charged to (from the ledger),
+/// which the contract's columns do not name; empty on rows of events with no such entry.
+#[test]
+fn report_csvs_name_the_account_an_account_mismatch_charged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = repo().join("fixtures/demo");
+    let out = tmp.path().join("reconcile");
+    run_command_ok("reconcile", &demo, AS_OF, &out);
+    // entry_id -> account_id, from the ledger itself.
+    let mut entry_account = BTreeMap::new();
+    for entry in std::fs::read_dir(demo.join("debits")).unwrap() {
+        let batch = read_parquet(&entry.unwrap().path().join("part-0.parquet"));
+        let column = |name: &str| {
+            let c = batch.column_by_name(name).unwrap();
+            arrow::compute::cast(c, &arrow::datatypes::DataType::Utf8).unwrap()
+        };
+        let (ids, accounts) = (column("entry_id"), column("account_id"));
+        let ids = ids
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap();
+        let accounts = accounts
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap();
+        for i in 0..batch.num_rows() {
+            entry_account.insert(ids.value(i).to_string(), accounts.value(i).to_string());
+        }
+    }
+    let (header, rows) = read_csv(&out.join("report/discrepancies.csv"));
+    let (contract_header, contract_rows) = read_csv(&out.join("discrepancies.csv"));
+    assert_eq!(header[..header.len() - 1], contract_header[..]);
+    assert_eq!(header.last().unwrap(), "entry_account_ids");
+    assert_eq!(rows.len(), contract_rows.len());
+    let at = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let (kind, account, event, entries, others) = (
+        at("kind"),
+        at("account_id"),
+        at("event_id"),
+        at("entry_ids"),
+        at("entry_account_ids"),
+    );
+    let mismatched: Vec<&Vec<String>> = rows
+        .iter()
+        .filter(|r| r[kind] == "account_mismatch")
+        .collect();
+    assert!(mismatched.len() > 1);
+    for row in &mismatched {
+        let mut charged: Vec<String> = (row[entries].split(';'))
+            .map(|e| entry_account[e].clone())
+            .filter(|a| *a != row[account])
+            .collect();
+        charged.sort();
+        charged.dedup();
+        assert!(!charged.is_empty());
+        assert_eq!(row[others], charged.join(";"), "{row:?}");
+    }
+    let mismatched_events: Vec<&str> = mismatched.iter().map(|r| r[event].as_str()).collect();
+    for row in rows
+        .iter()
+        .filter(|r| !mismatched_events.contains(&r[event].as_str()))
+    {
+        assert_eq!(row[others], "", "{row:?}");
+    }
+}
+
 #[test]
 fn spreadsheet_csvs_hold_the_parquet_rows_with_formatted_money() {
     let tmp = tempfile::tempdir().unwrap();

@@ -499,6 +499,34 @@ fn merge_refuses_shards_of_another_tally_version() {
     );
 }
 
+/// Shards an earlier build of the same version wrote (their shard.json has no
+/// `partial_format`: `partial.bin` without the report's `entry_account_ids`) are refused
+/// before `partial.bin` is decoded (postcard could decode another layout into wrong rows).
+#[test]
+fn merge_refuses_partials_of_another_layout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = two_shards(tmp.path(), "reconcile", AS_OF);
+    for i in 0..2 {
+        let listing = root(&shards).join(format!("shard={i}")).join("shard.json");
+        edit_listing(&listing, |m| {
+            assert_eq!(m["partial_format"], 2);
+            m.as_object_mut().unwrap().remove("partial_format");
+        });
+    }
+    let e = refused_merge(tmp.path(), &shards);
+    let shard0 = root(&shards).join("shard=0");
+    assert_eq!(
+        e,
+        format!(
+            "tally: refused: {} was written by another build of tally {} (its partial.bin has \
+             layout 1, this build reads 2); merge with the build that ran the shards, or rerun \
+             them with this one\n",
+            shard0.display(),
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+}
+
 /// A shard whose run file has another format (a shard computed by an earlier tally build:
 /// the checksum in its shard.json matches the file) is refused before anything is written,
 /// naming the file and what to do.
