@@ -622,7 +622,7 @@ fn products(h: &mut String, out: &RunOutput, s: &Summary, files: &ReportFiles) {
         return;
     }
     let mut bars = Vec::new();
-    let mut table = String::from("<table>\n<thead><tr><th>product</th><th>action</th><th class=\"num\">events</th><th class=\"num\">chargeable events</th><th class=\"num\">expected credits</th><th class=\"num\">recorded credits</th><th class=\"num\">lines</th></tr></thead>\n<tbody>\n");
+    let mut table = String::from("<table>\n<thead><tr><th>product</th><th>action</th><th class=\"num\">events</th><th class=\"num\">priced events</th><th class=\"num\">expected credits</th><th class=\"num\">recorded credits</th><th class=\"num\">lines</th></tr></thead>\n<tbody>\n");
     for (i, g) in files.product_groups.iter().enumerate() {
         let key = format!("products.{}", i + 1);
         let path = g.file.path.as_str();
@@ -673,7 +673,7 @@ fn products(h: &mut String, out: &RunOutput, s: &Summary, files: &ReportFiles) {
     });
     let unattached = on_events.and_then(|e| s.credits.recorded.checked_sub(e).ok());
     let mut note = format!(
-        "Over the events in the window: events of any status; chargeable events are the succeeded ones with a rate, whose expected credits these are; recorded credits are the net of the ledger entries attached to the events. Each row links to its lines by model (a null model is its own line); <a href=\"{}\">all lines</a>.",
+        "Over the events in the window: events of any status; priced events (the CSV's <code>priced_events</code>) are the succeeded ones with a rate, whose expected credits these are; recorded credits are the net of the ledger entries attached to the events. Each row links to its lines by model (a null model is its own line); <a href=\"{}\">all lines</a>.",
         esc(files.products.as_ref().map_or("", |f| f.path.as_str()))
     );
     if let Some(u) = unattached {
