@@ -1003,15 +1003,6 @@ fn where_to_look(e: &clap::Error) -> String {
     use clap::error::{ContextKind, ContextValue};
     use clap::CommandFactory;
     let cli = Cli::command();
-    // clap's error does not say which command it was parsing: parse again, errors ignored
-    // (the arguments as the OS gave them: a name that is not UTF-8 must not panic here).
-    let command = (cli.clone().ignore_errors(true))
-        .try_get_matches_from(std::env::args_os())
-        .ok()
-        .and_then(|m| m.subcommand_name().map(str::to_string));
-    let Some(command) = command else {
-        return "; `tally --help` lists the commands and flags".into();
-    };
     let unknown = match e.get(ContextKind::InvalidArg) {
         Some(ContextValue::String(arg)) if e.kind() == clap::error::ErrorKind::UnknownArgument => {
             arg.split('=').next().and_then(|a| a.strip_prefix("--"))
@@ -1020,15 +1011,31 @@ fn where_to_look(e: &clap::Error) -> String {
     };
     let takes =
         |c: &clap::Command, flag: &str| c.get_arguments().any(|a| a.get_long() == Some(flag));
+    // clap's error does not say which command it was parsing: parse again, errors ignored
+    // (the arguments as the OS gave them: a name that is not UTF-8 must not panic here).
+    let parsed = (cli.clone().ignore_errors(true))
+        .try_get_matches_from(std::env::args_os())
+        .ok()
+        .and_then(|m| m.subcommand_name().map(str::to_string));
+    let Some(command) = parsed else {
+        // A command's flag given before the command's name stops the parse before it: the
+        // first argument naming a command that takes the flag is the command meant.
+        let meant = unknown.and_then(|flag| {
+            std::env::args_os().skip(1).find_map(|a| {
+                let c = cli.find_subcommand(a.to_str()?)?;
+                takes(c, flag).then(|| c.get_name().to_string())
+            })
+        });
+        return match (unknown, meant) {
+            (Some(flag), Some(command)) => {
+                format!(
+                    "; put --{flag} after `{command}`; `tally {command} --help` lists its flags"
+                )
+            }
+            _ => "; `tally --help` lists the commands and flags".into(),
+        };
+    };
     let flag_of = match unknown {
-        // A flag of this very command, refused: it came before the command's name.
-        Some(flag)
-            if cli
-                .find_subcommand(&command)
-                .is_some_and(|c| takes(c, flag)) =>
-        {
-            format!("; put --{flag} after `{command}`")
-        }
         Some(flag) => {
             let others: Vec<&str> = (cli.get_subcommands())
                 .filter(|c| takes(c, flag))

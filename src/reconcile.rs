@@ -64,13 +64,14 @@ impl Kind {
     pub fn meaning(self) -> &'static str {
         match self {
             Kind::OrphanDebit => {
-                "a debit or adjustment naming an event the usage does not have (or a debit \
-                 naming none): credits taken with no action to show for them"
+                "a debit or adjustment naming no valid usage event (absent, or its usage row \
+                 rejected), or a debit naming none: credits taken with no action to show for them"
             }
             Kind::ManualAdjustment => "an adjustment naming no event: for review, not an error",
             Kind::AccountMismatch => {
-                "an entry charged to another account than its event's: one customer paid for \
-                 another's action (the report's CSVs name that account in entry_account_ids)"
+                "an entry (a debit, adjustment or refund) on another account than its event's: \
+                 one customer charged or refunded for another's action (the report's CSVs name \
+                 that account in entry_account_ids)"
             }
             Kind::UnpricedEvent => {
                 "the price book has no rate for the event, so it has no expected credits and \
@@ -89,12 +90,13 @@ impl Kind {
                  beside the event's own"
             }
             Kind::OverLimitUsage => {
-                "usage past the plan's credits on a plan that blocks overage (the online \
-                 system should have refused it; not billed); an extra row beside the event's own"
+                "usage no grant covered (plan credits, rollovers, promos, top-ups) on a plan \
+                 that blocks overage (the online system should have refused it; not billed); an \
+                 extra row beside the event's own"
             }
             Kind::LateEvent => {
-                "an event of a period an earlier close already closed, billed on this invoice; \
-                 an extra row beside the event's own"
+                "an event of a period an earlier close already closed, billed in the \
+                 account's period this close closes; an extra row beside the event's own"
             }
         }
     }

@@ -366,25 +366,18 @@ pub fn summary_markdown(out: &RunOutput, s: &Summary) -> Result<String> {
     Ok(md)
 }
 
-/// Why the by-kind deltas do not add up to recorded − expected, with the figures a reader
-/// needs to reconcile them.
+/// What the by-kind deltas are, and why they do not add up to recorded − expected.
 fn delta_note(out: &RunOutput, s: &Summary) -> String {
-    let without: Vec<&crate::reconcile::DiscrepancyRow> = (out.discrepancies.iter())
+    let without = (out.discrepancies.iter())
         .filter(|d| d.delta_credits.is_none())
-        .collect();
-    let recorded_without = Milli(
-        (without.iter())
-            .map(|d| d.recorded_credits.0)
-            .fold(0i64, i64::saturating_add),
-    );
+        .count();
     let difference = Milli(s.credits.recorded.0.saturating_sub(s.credits.expected.0));
     format!(
-        "Σ delta counts the rows that have a delta (recorded − expected of the row's event \
-         or entry): {} rows have none (events without a rate), with {recorded_without} credits \
-         recorded. `conflicting_duplicate`, `over_limit_usage` and `late_event` rows come in \
-         addition to their event's own row, and matched events and pending ones have no row, \
-         so the column does not add up to credits recorded − expected ({difference}).",
-        without.len()
+        "Σ delta sums each row's recorded − expected where the row has one. It is not a \
+         reconciliation of credits recorded − expected ({difference}): rows of events without \
+         a rate have no delta ({without} rows); `conflicting_duplicate`, `over_limit_usage` \
+         and `late_event` rows repeat the delta of their event's own row; pending events \
+         (expected, not yet debited) and refunds attached to no event have no row."
     )
 }
 

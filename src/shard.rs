@@ -472,12 +472,21 @@ fn missing_shards(
     }
     let n = first.shards;
     let index = missing[0].trim_start_matches("shard=");
+    // The settings shard.json records that are not the defaults (another --settle or
+    // --buckets is a shard of another run, which the merge refuses).
+    let mut settings = String::new();
+    if first.settle_seconds != 900 {
+        settings.push_str(&format!(" --settle {}s", first.settle_seconds));
+    }
+    if first.buckets != crate::pipeline::AUTOMATIC_BUCKETS {
+        settings.push_str(&format!(" --buckets {}", first.buckets));
+    }
     let command = format!(
-        "tally {} --data {} --as-of {} --shard {index}/{n} --out {}",
+        "tally {} --data {} --as-of {}{settings} --shard {index}/{n} --out {}",
         first.command,
-        first.data.display(),
+        shell_word(&first.data.display().to_string()),
         first.as_of,
-        req.out.display()
+        shell_word(&req.out.display().to_string())
     );
     // Shards listed from elsewhere: the new shard's folder must be listed too.
     let written_to = shards_root(&req.out);
@@ -490,12 +499,22 @@ fn missing_shards(
         ),
     };
     TallyError::Refused(format!(
-        "missing {} of {n} shards in {}: {}; run them as the others ran (e.g. `{command}`), \
-         {then}",
+        "missing {} of {n} shards in {}: {}; run them as the others ran (e.g. `{command}`, \
+         with the same --history or --job if they had one), {then}",
         missing.len(),
         looked_in.join(", "),
         missing.join(", "),
     ))
+}
+
+/// `text` as one word of a POSIX shell command line: as it is when it holds nothing a
+/// shell would split or expand, else in single quotes.
+fn shell_word(text: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-=:,+@%".contains(c);
+    match !text.is_empty() && text.chars().all(plain) {
+        true => text.to_string(),
+        false => format!("'{}'", text.replace('\'', "'\\''")),
+    }
 }
 
 /// What `tally merge` needs besides the shard folders.
@@ -711,6 +730,17 @@ fn read_partial(folder: &Path, m: &ShardManifest) -> Result<Partial> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Paths in the advice a refusal gives are one shell word each.
+    #[test]
+    fn shell_words_quote_only_what_a_shell_would_split_or_expand() {
+        assert_eq!(shell_word("/data/out.shards"), "/data/out.shards");
+        assert_eq!(shell_word("out/shard=1"), "out/shard=1");
+        assert_eq!(shell_word("my data"), "'my data'");
+        assert_eq!(shell_word("a$b"), "'a$b'");
+        assert_eq!(shell_word("it's"), "'it'\\''s'");
+        assert_eq!(shell_word(""), "''");
+    }
 
     /// A writer that takes `room` bytes, then fails as a full disk does.
     #[derive(Debug)]

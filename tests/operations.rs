@@ -415,6 +415,12 @@ fn unknown_or_malformed_flags_are_one_line_and_exit_2() {
             "tally: command line: unexpected argument '--history' found; --history is a flag \
              of close and explain; `tally generate --help` lists its flags",
         ),
+        // A command's flag before the command's name.
+        (
+            &["--data", "x", "reconcile"][..],
+            "tally: command line: unexpected argument '--data' found ('reconcile --data' \
+             exists); put --data after `reconcile`; `tally reconcile --help` lists its flags",
+        ),
         // A command's name given as a flag's value is not taken for the command.
         (
             &["reconcil", "--data", "close"][..],

@@ -366,7 +366,8 @@ fn merge_refuses_missing_duplicated_foreign_and_altered_shards() {
         format!(
             "tally: refused: missing 1 of 3 shards in {shards_s}: shard=1; run them as the \
              others ran (e.g. `tally reconcile --data {} --as-of {AS_OF} --shard 1/3 --out \
-             {out_s}`), then merge again listing its folder {out_s}.shards/shard=1 too\n",
+             {out_s}`, with the same --history or --job if they had one), then merge again \
+             listing its folder {out_s}.shards/shard=1 too\n",
             data.display()
         )
     );
@@ -475,6 +476,55 @@ fn refused_merge(tmp: &Path, shards: &Path) -> String {
     ]);
     assert!(!out.exists(), "nothing is published");
     e
+}
+
+/// A merge missing a shard gives the command that writes it with the settings the other
+/// shards recorded (`--settle`, `--buckets`), and following it publishes what one run does.
+#[test]
+fn a_missing_shards_advice_when_followed_publishes_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = generate_root(tmp.path());
+    let shards = tmp.path().join("shards");
+    let settings = ["--settle", "1h", "--buckets", "7"];
+    for i in [0, 2] {
+        let shard = format!("{i}/3");
+        run_ok(
+            "reconcile",
+            &data,
+            AS_OF,
+            &shards,
+            &[&settings[..], &["--shard", &shard]].concat(),
+        );
+    }
+    let out = tmp.path().join("out");
+    let listed = root(&shards);
+    let merge = |extra: &[&Path]| {
+        let mut c = tally_command(&["merge", "--out", out.to_str().unwrap()]);
+        c.arg(&listed).args(extra);
+        c
+    };
+    let e = refused_by(&mut merge(&[]));
+    let advice = e.split('`').nth(1).unwrap();
+    assert_eq!(
+        advice,
+        format!(
+            "tally reconcile --data {} --as-of {AS_OF} --settle 3600s --buckets 7 --shard 1/3 \
+             --out {}",
+            data.display(),
+            out.display()
+        )
+    );
+    let words: Vec<&str> = advice.split(' ').skip(1).collect();
+    succeeded(&mut tally_command(&words));
+    let written = root(&out).join("shard=1");
+    assert!(
+        e.ends_with(&format!("listing its folder {} too\n", written.display())),
+        "{e}"
+    );
+    succeeded(&mut merge(&[&written]));
+    let single = tmp.path().join("single");
+    run_ok("reconcile", &data, AS_OF, &single, &settings);
+    assert_eq!(folder_bytes(&out), folder_bytes(&single));
 }
 
 /// Shards that another tally version listed are refused before their files are decoded,
