@@ -619,7 +619,12 @@ pub fn write_report_files(
     let mix = &out.breakdown.mix;
     if !mix.is_empty() {
         let lines: Vec<(&MixKey, &MixFigures)> = mix.lines.iter().collect();
-        files.products = Some(write_mix(dir, "credits-by-product.csv".into(), &lines)?);
+        files.products = Some(write_mix(
+            dir,
+            out,
+            "credits-by-product.csv".into(),
+            &lines,
+        )?);
         let mut groups: BTreeMap<(&str, &str), Vec<(&MixKey, &MixFigures)>> = BTreeMap::new();
         for (key, figures) in &lines {
             groups
@@ -654,7 +659,7 @@ pub fn write_report_files(
                 product: product.to_string(),
                 action: action.to_string(),
                 figures,
-                file: write_mix(dir, name, &lines)?,
+                file: write_mix(dir, out, name, &lines)?,
             });
         }
     }
@@ -667,22 +672,42 @@ type ProductKey<'a> = (&'a str, &'a str);
 type MixLines<'a> = Vec<(&'a MixKey, &'a MixFigures)>;
 
 /// The columns of `credits-by-product.csv` and `product-NN.csv`.
-pub const MIX_COLUMNS: [&str; 8] = [
+pub const MIX_COLUMNS: [&str; 9] = [
     "product",
     "action",
     "model",
     "events",
     "priced_events",
     "quantity",
+    "unit",
     "expected_credits",
     "recorded_credits",
 ];
 
-fn write_mix(dir: &Path, name: String, lines: &[(&MixKey, &MixFigures)]) -> Result<Linked> {
+/// The unit(s) a breakdown line's quantity is in, `;`-joined, from the price book: a
+/// line sums quantities of events priced by the rates of its key (several units only where
+/// rate versions of one key, or merged models, use different units).
+fn line_unit(out: &RunOutput, (product, action, _, model): &MixKey) -> String {
+    let book = &out.book;
+    let units = match out.breakdown.mix.level {
+        0 => book.units(product, action, model.as_deref(), false),
+        1 => book.units(product, action, None, true),
+        _ => book.all_units(),
+    };
+    units.join(";")
+}
+
+fn write_mix(
+    dir: &Path,
+    out: &RunOutput,
+    name: String,
+    lines: &[(&MixKey, &MixFigures)],
+) -> Result<Linked> {
     let path = format!("{REPORT_DIR}/{name}");
     let mut w = csv_writer(Vec::new());
     w.write_record(MIX_COLUMNS).map_err(csv_err)?;
-    for ((product, action, _, model), f) in lines {
+    for (key, f) in lines {
+        let (product, action, _, model) = key;
         w.write_record([
             safe_text(product).into_owned(),
             safe_text(action).into_owned(),
@@ -694,6 +719,7 @@ fn write_mix(dir: &Path, name: String, lines: &[(&MixKey, &MixFigures)]) -> Resu
             f.events.to_string(),
             f.priced_events.to_string(),
             f.quantity.to_string(),
+            safe_text(&line_unit(out, key)).into_owned(),
             f.expected_credits.to_string(),
             f.recorded_credits.to_string(),
         ])

@@ -556,6 +556,45 @@ fn report_csvs_name_the_account_an_account_mismatch_charged() {
     }
 }
 
+/// `report/credits-by-product.csv` says the unit of each line's quantity: the price book's
+/// `unit` of the rates that price the line's key (the model's own, else the action's
+/// generic rate), empty for a key without a rate.
+#[test]
+fn credits_by_product_says_each_quantitys_unit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = repo().join("fixtures/demo");
+    let out = tmp.path().join("reconcile");
+    run_command_ok("reconcile", &demo, AS_OF, &out);
+    let book: toml::Table =
+        toml::from_str(&std::fs::read_to_string(demo.join("pricebook.toml")).unwrap()).unwrap();
+    let mut units: BTreeMap<(String, String, String), std::collections::BTreeSet<String>> =
+        BTreeMap::new();
+    for rate in book["rates"].as_array().unwrap() {
+        let text = |k: &str| {
+            rate.get(k)
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_string()
+        };
+        let key = (text("product"), text("action"), text("model"));
+        units.entry(key).or_default().insert(text("unit"));
+    }
+    let (header, lines) = read_csv(&out.join("report/credits-by-product.csv"));
+    assert_eq!(header[5..8], ["quantity", "unit", "expected_credits"]);
+    let mut with_unit = 0;
+    for line in &lines {
+        let (product, action, model) = (line[0].clone(), line[1].clone(), line[2].clone());
+        let own = units.get(&(product.clone(), action.clone(), model.clone()));
+        let generic = units.get(&(product, action, String::new()));
+        let expected = own.filter(|_| !model.is_empty()).or(generic);
+        let expected: Vec<&str> =
+            expected.map_or_else(Vec::new, |u| u.iter().map(String::as_str).collect());
+        assert_eq!(line[6], expected.join(";"), "{line:?}");
+        with_unit += usize::from(!line[6].is_empty());
+    }
+    assert!(with_unit > 10 && with_unit < lines.len(), "{lines:?}");
+}
+
 #[test]
 fn spreadsheet_csvs_hold_the_parquet_rows_with_formatted_money() {
     let tmp = tempfile::tempdir().unwrap();
