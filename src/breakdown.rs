@@ -36,6 +36,9 @@ pub struct MixFigures {
     pub expected_credits: Milli,
     /// Σ net recorded on these events (entries attached to them), any status.
     pub recorded_credits: Milli,
+    /// The units of the rates that priced these events, as [`crate::price::unit_bit`]s:
+    /// a line's quantity is in these (several when rate versions changed unit).
+    pub units: u64,
 }
 
 /// A sum of event quantities in thousandths, for the report's CSV files (text, not a
@@ -71,6 +74,7 @@ impl MixFigures {
         self.quantity = self.quantity.plus(o.quantity);
         self.expected_credits = self.expected_credits.checked_add(o.expected_credits)?;
         self.recorded_credits = self.recorded_credits.checked_add(o.recorded_credits)?;
+        self.units |= o.units;
         Ok(())
     }
 }
@@ -89,8 +93,9 @@ pub struct SkuMix {
 }
 
 impl SkuMix {
-    /// Count one event of the window.
-    pub fn add(&mut self, u: &Usage, price: Price, recorded: Milli) -> Result<()> {
+    /// Count one event of the window (`unit_bit`: its rate's unit, as
+    /// [`crate::price::RateTable::unit_bit`] gives it).
+    pub fn add(&mut self, u: &Usage, price: Price, recorded: Milli, unit_bit: u64) -> Result<()> {
         let mut one = MixFigures {
             events: 1,
             recorded_credits: recorded,
@@ -100,6 +105,7 @@ impl SkuMix {
             one.priced_events = 1;
             one.quantity = QuantitySum::of(u.quantity());
             one.expected_credits = credits;
+            one.units = unit_bit;
         }
         self.lines.entry(u.sku).or_default().add(&one)
     }
@@ -282,6 +288,7 @@ mod tests {
             quantity: QuantitySum::of(Milli(1000)),
             expected_credits: Milli(credits),
             recorded_credits: Milli(credits),
+            units: 1 << (credits.unsigned_abs() % 3),
         }
     }
 
@@ -337,19 +344,21 @@ mod tests {
         let lines: Vec<MixKey> = (0..MAX_MIX_LINES + 5)
             .map(|i| key(&format!("p{}", i % 3), "act", Some(&format!("m{i}"))))
             .collect();
+        // Each line's figures (and its rate's unit) from its place in the list.
+        let figures = |i: usize| one(i as i64 % 4 + 1);
         let mut forward = Mix::default();
-        for k in &lines {
-            forward.add_line(k.clone(), &one(2)).unwrap();
+        for (i, k) in lines.iter().enumerate() {
+            forward.add_line(k.clone(), &figures(i)).unwrap();
         }
         // Two halves folded separately, then merged the other way round.
-        let (a, b) = lines.split_at(lines.len() / 2);
+        let half = lines.len() / 2;
         let mut left = Mix::default();
         let mut right = Mix::default();
-        for k in a {
-            left.add_line(k.clone(), &one(2)).unwrap();
+        for (i, k) in lines.iter().enumerate().take(half) {
+            left.add_line(k.clone(), &figures(i)).unwrap();
         }
-        for k in b.iter().rev() {
-            right.add_line(k.clone(), &one(2)).unwrap();
+        for (i, k) in lines.iter().enumerate().skip(half).rev() {
+            right.add_line(k.clone(), &figures(i)).unwrap();
         }
         right.merge(left).unwrap();
         assert_eq!(forward, right);
@@ -357,5 +366,7 @@ mod tests {
         assert_eq!(forward.lines.len(), 3);
         let total: u64 = forward.lines.values().map(|f| f.events).sum();
         assert_eq!(total, lines.len() as u64);
+        // A merged line is in every unit its models' events were priced in.
+        assert!(forward.lines.values().all(|f| f.units == 0b111));
     }
 }

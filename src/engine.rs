@@ -428,7 +428,7 @@ fn process_period(
         recorded_period = recorded_period.checked_add(verdict.recorded)?;
         // The mix sums a bucket's accounts together: past the range, that is the run's
         // totals, not this account-period's.
-        mix.add(u, price, verdict.recorded)
+        mix.add(u, price, verdict.recorded, ctx.rates.unit_bit(u))
             .map_err(TallyError::in_run_totals)?;
         if let Some(expected) = price.expected() {
             totals.expected_credits = totals.expected_credits.checked_add(expected)?;

@@ -684,17 +684,12 @@ pub const MIX_COLUMNS: [&str; 9] = [
     "recorded_credits",
 ];
 
-/// The unit(s) a breakdown line's quantity is in, `;`-joined, from the price book: a
-/// line sums quantities of events priced by the rates of its key (several units only where
-/// rate versions of one key, or merged models, use different units).
-fn line_unit(out: &RunOutput, (product, action, _, model): &MixKey) -> String {
-    let book = &out.book;
-    let units = match out.breakdown.mix.level {
-        0 => book.units(product, action, model.as_deref(), false),
-        1 => book.units(product, action, None, true),
-        _ => book.all_units(),
-    };
-    units.join(";")
+/// The unit(s) a breakdown line's quantity is in, `;`-joined in the price book's order:
+/// the units of the rates that priced its events (several where a key's rate versions, or
+/// the models a line merges, use different units; empty when none was priced or the rates
+/// have no unit).
+fn line_unit(out: &RunOutput, figures: &MixFigures) -> String {
+    crate::price::unit_names(&out.book.all_units(), figures.units).join(";")
 }
 
 fn write_mix(
@@ -706,8 +701,7 @@ fn write_mix(
     let path = format!("{REPORT_DIR}/{name}");
     let mut w = csv_writer(Vec::new());
     w.write_record(MIX_COLUMNS).map_err(csv_err)?;
-    for (key, f) in lines {
-        let (product, action, _, model) = key;
+    for ((product, action, _, model), f) in lines {
         w.write_record([
             safe_text(product).into_owned(),
             safe_text(action).into_owned(),
@@ -719,7 +713,7 @@ fn write_mix(
             f.events.to_string(),
             f.priced_events.to_string(),
             f.quantity.to_string(),
-            safe_text(&line_unit(out, key)).into_owned(),
+            safe_text(&line_unit(out, f)).into_owned(),
             f.expected_credits.to_string(),
             f.recorded_credits.to_string(),
         ])

@@ -1017,40 +1017,50 @@ fn where_to_look(e: &clap::Error) -> String {
         .try_get_matches_from(std::env::args_os())
         .ok()
         .and_then(|m| m.subcommand_name().map(str::to_string));
+    let flag_of = |flag: &str| {
+        let others: Vec<&str> = (cli.get_subcommands())
+            .filter(|c| takes(c, flag))
+            .map(|c| c.get_name())
+            .collect();
+        match others.as_slice() {
+            [] => String::new(),
+            [one] => format!("; --{flag} is a flag of {one}"),
+            [rest @ .., last] => format!("; --{flag} is a flag of {} and {last}", rest.join(", ")),
+        }
+    };
     let Some(command) = parsed else {
         // A command's flag given before the command's name stops the parse before it: the
-        // first argument naming a command that takes the flag is the command meant.
-        let meant = unknown.and_then(|flag| {
-            std::env::args_os().skip(1).find_map(|a| {
-                let c = cli.find_subcommand(a.to_str()?)?;
-                takes(c, flag).then(|| c.get_name().to_string())
-            })
+        // first argument naming a command that takes the flag is the command meant (not
+        // the flag's own value, `--out merge reconcile`).
+        let Some(flag) = unknown else {
+            return "; `tally --help` lists the commands and flags".into();
+        };
+        let takes_value = (cli.get_subcommands())
+            .flat_map(|c| c.get_arguments())
+            .find(|a| a.get_long() == Some(flag))
+            .is_some_and(|a| a.get_action().takes_values());
+        let args: Vec<String> = std::env::args_os()
+            .skip(1)
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let meant = (0..args.len()).find_map(|i| {
+            let value_of_flag = takes_value && i > 0 && args[i - 1] == format!("--{flag}");
+            let c = cli.find_subcommand(&args[i]).filter(|_| !value_of_flag)?;
+            takes(c, flag).then(|| c.get_name().to_string())
         });
-        return match (unknown, meant) {
-            (Some(flag), Some(command)) => {
+        return match meant {
+            Some(command) => {
                 format!(
                     "; put --{flag} after `{command}`; `tally {command} --help` lists its flags"
                 )
             }
-            _ => "; `tally --help` lists the commands and flags".into(),
+            None => format!(
+                "{}; `tally --help` lists the commands and flags",
+                flag_of(flag)
+            ),
         };
     };
-    let flag_of = match unknown {
-        Some(flag) => {
-            let others: Vec<&str> = (cli.get_subcommands())
-                .filter(|c| takes(c, flag))
-                .map(|c| c.get_name())
-                .collect();
-            match others.as_slice() {
-                [] => String::new(),
-                [one] => format!("; --{flag} is a flag of {one}"),
-                [rest @ .., last] => {
-                    format!("; --{flag} is a flag of {} and {last}", rest.join(", "))
-                }
-            }
-        }
-        None => String::new(),
-    };
+    let flag_of = unknown.map(flag_of).unwrap_or_default();
     format!("{flag_of}; `tally {command} --help` lists its flags")
 }
 

@@ -51,19 +51,42 @@ struct SkuRates {
 struct Version {
     rate: Rate,
     fast: Option<IntegerRate>,
+    /// Its unit as a bit of [`unit_bit`] (0 for a rate without a unit).
+    unit_bit: u64,
 }
 
 impl Version {
-    fn of(rate: &Rate) -> Version {
+    fn of(rate: &Rate, units: &[&str]) -> Version {
         Version {
             rate: rate.clone(),
             fast: IntegerRate::of(rate),
+            unit_bit: unit_bit(units, &rate.unit),
         }
     }
 }
 
+/// The bit that stands for `unit` among `units` (the price book's units, sorted:
+/// [`PriceBook::all_units`]) in a breakdown line's set of units: bit i for the i-th unit,
+/// the last bit for the 64th unit and every one after it (a price book with that many
+/// units lists them all on such a line). 0 for no unit.
+pub fn unit_bit(units: &[&str], unit: &str) -> u64 {
+    match units.binary_search(&unit) {
+        Ok(i) if !unit.is_empty() => 1 << i.min(63),
+        _ => 0,
+    }
+}
+
+/// The units of the bits of `set` ([`unit_bit`]), in the price book's order.
+pub fn unit_names<'a>(units: &[&'a str], set: u64) -> Vec<&'a str> {
+    (units.iter().enumerate())
+        .filter(|(i, _)| set & (1 << (*i).min(63)) != 0)
+        .map(|(_, unit)| *unit)
+        .collect()
+}
+
 impl RateTable {
     pub fn new(book: &PriceBook, dicts: &crate::dict::Dicts) -> RateTable {
+        let units = book.all_units();
         let by_sku = (0..dicts.skus.len() as u32)
             .map(|sku| {
                 let (by_model, generic) = book.versions(
@@ -75,9 +98,12 @@ impl RateTable {
                     by_model: by_model
                         .unwrap_or_default()
                         .iter()
-                        .map(Version::of)
+                        .map(|rate| Version::of(rate, &units))
                         .collect(),
-                    generic: generic.iter().map(Version::of).collect(),
+                    generic: generic
+                        .iter()
+                        .map(|rate| Version::of(rate, &units))
+                        .collect(),
                 }
             })
             .collect();
@@ -85,6 +111,18 @@ impl RateTable {
             by_sku,
             usage_files: Vec::new(),
         }
+    }
+
+    /// The [`unit_bit`] of the rate that prices `event` (0 when none does, or for an event
+    /// that is not charged): the report says in which units a line's quantities are.
+    pub fn unit_bit(&self, event: &Usage) -> u64 {
+        if event.status() != EventStatus::Succeeded {
+            return 0;
+        }
+        let rates = &self.by_sku[event.sku as usize];
+        let t = event.occurred_at;
+        (version_at(&rates.by_model, t).or_else(|| version_at(&rates.generic, t)))
+            .map_or(0, |version| version.unit_bit)
     }
 
     /// Name the usage files (by file index) in overflow errors.
@@ -419,6 +457,25 @@ fn increments_ceil(quantity: Milli, increment: Decimal) -> Option<BigInt> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each unit its own bit in the book's order; the 64th and later share the last; no
+    /// unit, no bit; names come back in the book's order.
+    #[test]
+    fn unit_bits_name_units_in_the_books_order() {
+        let units = ["clip", "image", "second"];
+        assert_eq!(unit_bit(&units, "clip"), 1);
+        assert_eq!(unit_bit(&units, "second"), 4);
+        assert_eq!(unit_bit(&units, ""), 0);
+        assert_eq!(unit_bit(&units, "other"), 0);
+        assert_eq!(unit_names(&units, 0b101), ["clip", "second"]);
+        assert_eq!(unit_names(&units, 0), Vec::<&str>::new());
+        let many: Vec<String> = (0..70).map(|i| format!("u{i:02}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(unit_bit(&many, "u62"), 1 << 62);
+        assert_eq!(unit_bit(&many, "u63"), 1 << 63);
+        assert_eq!(unit_bit(&many, "u69"), 1 << 63);
+        assert_eq!(unit_names(&many, 1 << 63), many[63..]);
+    }
     use std::str::FromStr;
 
     fn rate(cpu: &str, increment: &str, minimum: &str) -> Rate {

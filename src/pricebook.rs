@@ -325,40 +325,8 @@ impl PriceBook {
         self.choose(product, action, model, t).rate
     }
 
-    /// The units (`unit`, distinct, sorted; empty ones left out) in which events of
-    /// (`product`, `action`, `model`) are priced: the model's own rate versions when it has
-    /// any, else the action's generic ones; with `all_models`, every version of the action
-    /// (a breakdown line that merges models). For the report's quantities, which are in
-    /// each rate's unit.
-    pub fn units(
-        &self,
-        product: &str,
-        action: &str,
-        model: Option<&str>,
-        all_models: bool,
-    ) -> Vec<&str> {
-        let Some(rates) = self.index.get(product).and_then(|p| p.get(action)) else {
-            return Vec::new();
-        };
-        let versions: Vec<&Rate> = match (all_models, model.and_then(|m| rates.by_model.get(m))) {
-            (true, _) => rates
-                .generic
-                .iter()
-                .chain(rates.by_model.values().flatten())
-                .collect(),
-            (false, Some(own)) => own.iter().collect(),
-            (false, None) => rates.generic.iter().collect(),
-        };
-        let mut units: Vec<&str> = (versions.into_iter())
-            .map(|r| r.unit.as_str())
-            .filter(|u| !u.is_empty())
-            .collect();
-        units.sort_unstable();
-        units.dedup();
-        units
-    }
-
-    /// Every unit of the price book (distinct, sorted): a breakdown folded into one line.
+    /// Every unit of the price book (distinct, sorted, empty ones left out): the order of
+    /// a breakdown line's unit bits ([`crate::price::unit_bit`]).
     pub fn all_units(&self) -> Vec<&str> {
         let mut units: Vec<&str> = (self.index.values())
             .flat_map(|actions| actions.values())
@@ -798,25 +766,23 @@ effective_from = 2026-06-01T00:00:00Z
         );
     }
 
-    /// A line's units: the model's own versions, else the generic ones; every version of
-    /// the action for merged models; every unit of the book for one folded line.
+    /// Every unit of the book, sorted and each once, empty ones left out (the order of a
+    /// breakdown line's unit bits).
     #[test]
-    fn units_are_those_of_the_rates_that_price_a_line() {
+    fn all_units_are_sorted_and_distinct() {
         let book = BOOK.replace(
             "model = \"veo-3\"\ncredits_per_unit",
             "model = \"veo-3\"\nunit = \"clip\"\ncredits_per_unit",
         );
-        let book = PriceBook::parse(&book, "p.toml").unwrap();
-        let units = |model, all| book.units("studio", "prompt_to_video", model, all);
-        assert_eq!(units(Some("veo-3"), false), ["clip"]);
-        assert_eq!(units(Some("other"), false), ["second"]);
-        assert_eq!(units(None, false), ["second"]);
-        assert_eq!(units(None, true), ["clip", "second"]);
         assert_eq!(
-            book.units("studio", "no-such-action", None, true),
-            Vec::<&str>::new()
+            PriceBook::parse(&book, "p.toml").unwrap().all_units(),
+            ["clip", "second"]
         );
-        assert_eq!(book.all_units(), ["clip", "second"]);
+        // The veo-3 rate of BOOK has no unit: it is left out.
+        assert_eq!(
+            PriceBook::parse(BOOK, "p.toml").unwrap().all_units(),
+            ["second"]
+        );
     }
 
     /// Exponents are ISO 4217's, including those that are not 2; a code outside the

@@ -86,17 +86,18 @@ impl Kind {
             Kind::DuplicateDebit => "one action charged two or more times: refund the extra",
             Kind::AmountMismatch => "an action charged another amount than the price book gives",
             Kind::ConflictingDuplicate => {
-                "usage rows with one event id that differ (one copy is used); an extra row \
-                 beside the event's own"
+                "usage rows with one event id that differ (one copy is used); a row in addition \
+                 to the event's own, if it has one (a matched event has none)"
             }
             Kind::OverLimitUsage => {
-                "usage no grant covered (plan credits, rollovers, promos, top-ups) on a plan \
-                 that blocks overage (the online system should have refused it; not billed); an \
-                 extra row beside the event's own"
+                "usage no grant covered (plan credits or any other grant) on a plan that \
+                 blocks overage (the online system should have refused it; not billed); a row in \
+                 addition to the event's own, if it has one, with the whole event's amounts"
             }
             Kind::LateEvent => {
                 "an event of a period an earlier close already closed, billed in the \
-                 account's period this close closes; an extra row beside the event's own"
+                 account's period this close closes; a row in addition to the event's own, if it \
+                 has one"
             }
         }
     }

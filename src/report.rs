@@ -376,8 +376,9 @@ fn delta_note(out: &RunOutput, s: &Summary) -> String {
         "Σ delta sums each row's recorded − expected where the row has one. It is not a \
          reconciliation of credits recorded − expected ({difference}): rows of events without \
          a rate have no delta ({without} rows); `conflicting_duplicate`, `over_limit_usage` \
-         and `late_event` rows repeat the delta of their event's own row; pending events \
-         (expected, not yet debited) and refunds attached to no event have no row."
+         and `late_event` rows carry their event's whole delta, which the event's own row, \
+         if it has one, carries too; matched events, pending events (expected, not yet \
+         debited) and refunds attached to no event have no row."
     )
 }
 

@@ -23,8 +23,8 @@ pub const SHARD_MANIFEST: &str = "shard.json";
 pub const PARTIAL: &str = "partial.bin";
 
 /// The layout of `partial.bin` this build writes and reads. 2: discrepancy rows carry
-/// `entry_account_ids`.
-pub const PARTIAL_FORMAT: u32 = 2;
+/// `entry_account_ids`; 3: breakdown lines carry their units.
+pub const PARTIAL_FORMAT: u32 = 3;
 
 fn first_partial_format() -> u32 {
     1
@@ -481,6 +481,17 @@ fn missing_shards(
     if first.buckets != crate::pipeline::AUTOMATIC_BUCKETS {
         settings.push_str(&format!(" --buckets {}", first.buckets));
     }
+    // A close that read earlier closes lists their files as `history/...` inputs; its
+    // history folder is the one its output is directly inside (the close checks that).
+    let read_history = (first.inputs.iter()).any(|f| f.path.starts_with("history/"));
+    if read_history {
+        if let Some(history) = req.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+            settings.push_str(&format!(
+                " --history {}",
+                shell_word(&history.display().to_string())
+            ));
+        }
+    }
     let command = format!(
         "tally {} --data {} --as-of {}{settings} --shard {index}/{n} --out {}",
         first.command,
@@ -495,12 +506,12 @@ fn missing_shards(
         true => "then merge again".to_string(),
         false => format!(
             "then merge again listing its folder {} too",
-            written_to.join(&missing[0]).display()
+            shell_word(&written_to.join(&missing[0]).display().to_string())
         ),
     };
     TallyError::Refused(format!(
         "missing {} of {n} shards in {}: {}; run them as the others ran (e.g. `{command}`, \
-         with the same --history or --job if they had one), {then}",
+         or with the same --job), {then}",
         missing.len(),
         looked_in.join(", "),
         missing.join(", "),

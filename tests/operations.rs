@@ -421,6 +421,18 @@ fn unknown_or_malformed_flags_are_one_line_and_exit_2() {
             "tally: command line: unexpected argument '--data' found ('reconcile --data' \
              exists); put --data after `reconcile`; `tally reconcile --help` lists its flags",
         ),
+        // ...not the flag's own value, even when it names a command.
+        (
+            &["--out", "merge", "reconcile", "--data", "x"][..],
+            "tally: command line: unexpected argument '--out' found ('merge --out' exists); \
+             put --out after `reconcile`; `tally reconcile --help` lists its flags",
+        ),
+        // Before a command that does not take it: whose flag it is.
+        (
+            &["--force", "reconcile"][..],
+            "tally: command line: unexpected argument '--force' found; --force is a flag of \
+             close and merge; `tally --help` lists the commands and flags",
+        ),
         // A command's name given as a flag's value is not taken for the command.
         (
             &["reconcil", "--data", "close"][..],

@@ -556,43 +556,50 @@ fn report_csvs_name_the_account_an_account_mismatch_charged() {
     }
 }
 
-/// `report/credits-by-product.csv` says the unit of each line's quantity: the price book's
-/// `unit` of the rates that price the line's key (the model's own, else the action's
-/// generic rate), empty for a key without a rate.
+/// `report/credits-by-product.csv` says the unit of each line's quantity: the units of
+/// the rates that priced the line's events. A model's own rate from mid-month in another
+/// unit: its line is in both (the generic rate priced the earlier events); the same rate
+/// dated after every event: the generic unit only; an unpriced line has none.
 #[test]
-fn credits_by_product_says_each_quantitys_unit() {
+fn credits_by_product_says_the_units_its_rates_priced_in() {
     let tmp = tempfile::tempdir().unwrap();
-    let demo = repo().join("fixtures/demo");
-    let out = tmp.path().join("reconcile");
-    run_command_ok("reconcile", &demo, AS_OF, &out);
-    let book: toml::Table =
-        toml::from_str(&std::fs::read_to_string(demo.join("pricebook.toml")).unwrap()).unwrap();
-    let mut units: BTreeMap<(String, String, String), std::collections::BTreeSet<String>> =
-        BTreeMap::new();
-    for rate in book["rates"].as_array().unwrap() {
-        let text = |k: &str| {
-            rate.get(k)
-                .and_then(|v| v.as_str())
-                .unwrap_or("")
-                .to_string()
+    let data = tmp.path().join("data");
+    copy_dir(&repo().join("fixtures/demo"), &data);
+    let book = std::fs::read_to_string(data.join("pricebook.toml")).unwrap();
+    let unit_of = |from: &str, name: &str| {
+        std::fs::write(
+            data.join("pricebook.toml"),
+            format!(
+                "{book}\n[[rates]]\nproduct = \"studio\"\naction = \"prompt_to_video\"\nmodel = \
+                 \"hailuo-02\"\nunit = \"clip\"\ncredits_per_unit = \"40\"\neffective_from = {from}\n"
+            ),
+        )
+        .unwrap();
+        let out = tmp.path().join(name);
+        run_command_ok("reconcile", &data, AS_OF, &out);
+        let (header, lines) = read_csv(&out.join("report/credits-by-product.csv"));
+        assert_eq!(header[5..8], ["quantity", "unit", "expected_credits"]);
+        let unit = |product: &str, action: &str, model: &str| {
+            let line = lines
+                .iter()
+                .find(|l| l[0] == product && l[1] == action && l[2] == model);
+            line.unwrap_or_else(|| panic!("no line {product} {action} {model}"))[6].clone()
         };
-        let key = (text("product"), text("action"), text("model"));
-        units.entry(key).or_default().insert(text("unit"));
-    }
-    let (header, lines) = read_csv(&out.join("report/credits-by-product.csv"));
-    assert_eq!(header[5..8], ["quantity", "unit", "expected_credits"]);
-    let mut with_unit = 0;
-    for line in &lines {
-        let (product, action, model) = (line[0].clone(), line[1].clone(), line[2].clone());
-        let own = units.get(&(product.clone(), action.clone(), model.clone()));
-        let generic = units.get(&(product, action, String::new()));
-        let expected = own.filter(|_| !model.is_empty()).or(generic);
-        let expected: Vec<&str> =
-            expected.map_or_else(Vec::new, |u| u.iter().map(String::as_str).collect());
-        assert_eq!(line[6], expected.join(";"), "{line:?}");
-        with_unit += usize::from(!line[6].is_empty());
-    }
-    assert!(with_unit > 10 && with_unit < lines.len(), "{lines:?}");
+        (
+            unit("studio", "prompt_to_video", "hailuo-02"),
+            unit("studio", "prompt_to_video", "veo-3"),
+            unit("captions", "ai_dubbing", ""),
+        )
+    };
+    // hailuo-02's events run from 2026-11-01 to 2026-11-19.
+    assert_eq!(
+        unit_of("2026-11-10T00:00:00Z", "mid-month"),
+        ("clip;second".into(), "second".into(), String::new())
+    );
+    assert_eq!(
+        unit_of("2026-12-15T00:00:00Z", "in-advance"),
+        ("second".into(), "second".into(), String::new())
+    );
 }
 
 #[test]

@@ -366,8 +366,8 @@ fn merge_refuses_missing_duplicated_foreign_and_altered_shards() {
         format!(
             "tally: refused: missing 1 of 3 shards in {shards_s}: shard=1; run them as the \
              others ran (e.g. `tally reconcile --data {} --as-of {AS_OF} --shard 1/3 --out \
-             {out_s}`, with the same --history or --job if they had one), then merge again \
-             listing its folder {out_s}.shards/shard=1 too\n",
+             {out_s}`, or with the same --job), then merge again listing its folder \
+             {out_s}.shards/shard=1 too\n",
             data.display()
         )
     );
@@ -527,6 +527,51 @@ fn a_missing_shards_advice_when_followed_publishes_the_run() {
     assert_eq!(folder_bytes(&out), folder_bytes(&single));
 }
 
+/// A close that read earlier closes: the advice carries its `--history` (the folder its
+/// output is directly inside), and followed, the merge publishes.
+#[test]
+fn a_missing_close_shards_advice_carries_its_history() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = generate_root(tmp.path());
+    let history = tmp.path().join("closes");
+    let history_s = history.to_str().unwrap();
+    run_ok(
+        "close",
+        &data,
+        "2026-12-01T00:00:00Z",
+        &history.join("c1"),
+        &["--history", history_s],
+    );
+    let out = history.join("c2");
+    for i in [0, 2] {
+        let shard = format!("{i}/3");
+        run_ok(
+            "close",
+            &data,
+            "2026-12-02T00:00:00Z",
+            &out,
+            &["--history", history_s, "--shard", &shard],
+        );
+    }
+    let merge = || tally_command(&["merge", "--out", out.to_str().unwrap()]);
+    let e = refused_by(&mut merge());
+    let advice = e.split('`').nth(1).unwrap();
+    assert_eq!(
+        advice,
+        format!(
+            "tally close --data {} --as-of 2026-12-02T00:00:00Z --history {history_s} --shard \
+             1/3 --out {}",
+            data.display(),
+            out.display()
+        )
+    );
+    let words: Vec<&str> = advice.split(' ').skip(1).collect();
+    succeeded(&mut tally_command(&words));
+    assert!(e.ends_with("then merge again\n"), "{e}");
+    succeeded(&mut merge());
+    assert!(out.join("manifest.json").is_file());
+}
+
 /// Shards that another tally version listed are refused before their files are decoded,
 /// naming both versions and what to do.
 #[test]
@@ -559,7 +604,7 @@ fn merge_refuses_partials_of_another_layout() {
     for i in 0..2 {
         let listing = root(&shards).join(format!("shard={i}")).join("shard.json");
         edit_listing(&listing, |m| {
-            assert_eq!(m["partial_format"], 2);
+            assert_eq!(m["partial_format"], 3);
             m.as_object_mut().unwrap().remove("partial_format");
         });
     }
@@ -569,7 +614,7 @@ fn merge_refuses_partials_of_another_layout() {
         e,
         format!(
             "tally: refused: {} was written by another build of tally {} (its partial.bin has \
-             layout 1, this build reads 2); merge with the build that ran the shards, or rerun \
+             layout 1, this build reads 3); merge with the build that ran the shards, or rerun \
              them with this one\n",
             shard0.display(),
             env!("CARGO_PKG_VERSION")
