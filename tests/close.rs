@@ -936,7 +936,7 @@ fn history_skips_copies_of_this_close_and_hidden_folders_and_refuses_an_output_o
     let root = first_data(tmp.path());
     let closes = tmp.path().join("closes");
     // The close at 2026-12-01 into `out` with `history`.
-    let close_into = |out: &Path, history: &Path, extra: &[&str]| {
+    let close_command = |out: &Path, history: &Path, extra: &[&str]| {
         let mut args = vec![
             "close",
             "--data",
@@ -949,7 +949,10 @@ fn history_skips_copies_of_this_close_and_hidden_folders_and_refuses_an_output_o
             history.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
-        tally(&args)
+        tally_command(&args)
+    };
+    let close_into = |out: &Path, history: &Path, extra: &[&str]| {
+        close_command(out, history, extra).output().unwrap()
     };
     let close = |extra: &[&str]| close_into(&closes.join("2026-12-01"), &closes, extra);
     // The first close: `closes/` does not exist yet, and the output goes inside it.
@@ -1028,20 +1031,10 @@ fn history_skips_copies_of_this_close_and_hidden_folders_and_refuses_an_output_o
     // Given as `..` from a folder inside it, the folder to name instead is still the one
     // above it.
     let inner = earlier.join("report");
-    let from_inside = tally_command(&[
-        "close",
-        "--data",
-        root.to_str().unwrap(),
-        "--as-of",
-        "2026-12-01T00:00:00Z",
-        "--out",
-        "../next",
-        "--history",
-        "..",
-    ])
-    .current_dir(&inner)
-    .output()
-    .unwrap();
+    let from_inside = close_command(Path::new("../next"), Path::new(".."), &[])
+        .current_dir(&inner)
+        .output()
+        .unwrap();
     assert_eq!(from_inside.status.code(), Some(2));
     assert_eq!(
         stderr(&from_inside),
