@@ -1035,17 +1035,20 @@ fn where_to_look(e: &clap::Error) -> String {
         let Some(flag) = unknown else {
             return "; `tally --help` lists the commands and flags".into();
         };
-        let takes_value = (cli.get_subcommands())
-            .flat_map(|c| c.get_arguments())
-            .find(|a| a.get_long() == Some(flag))
-            .is_some_and(|a| a.get_action().takes_values());
+        // Every long flag that takes a value (`--out merge`: `merge` is a value).
+        let takes_value = |arg: &str| {
+            let name = arg.strip_prefix("--").filter(|n| !n.contains('='));
+            (cli.get_arguments())
+                .chain(cli.get_subcommands().flat_map(|c| c.get_arguments()))
+                .any(|a| name.is_some() && a.get_long() == name && a.get_action().takes_values())
+        };
         let args: Vec<String> = std::env::args_os()
             .skip(1)
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
         let meant = (0..args.len()).find_map(|i| {
-            let value_of_flag = takes_value && i > 0 && args[i - 1] == format!("--{flag}");
-            let c = cli.find_subcommand(&args[i]).filter(|_| !value_of_flag)?;
+            let value_of_a_flag = i > 0 && takes_value(&args[i - 1]);
+            let c = cli.find_subcommand(&args[i]).filter(|_| !value_of_a_flag)?;
             takes(c, flag).then(|| c.get_name().to_string())
         });
         return match meant {

@@ -485,12 +485,12 @@ fn missing_shards(
     // history folder is the one its output is directly inside (the close checks that).
     let read_history = (first.inputs.iter()).any(|f| f.path.starts_with("history/"));
     if read_history {
-        if let Some(history) = req.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-            settings.push_str(&format!(
-                " --history {}",
-                shell_word(&history.display().to_string())
-            ));
-        }
+        // `--out c2` is inside the working folder: its history folder is `.`.
+        let history = match req.out.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.display().to_string(),
+            _ => ".".to_string(),
+        };
+        settings.push_str(&format!(" --history {}", shell_word(&history)));
     }
     let command = format!(
         "tally {} --data {} --as-of {}{settings} --shard {index}/{n} --out {}",

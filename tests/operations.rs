@@ -427,6 +427,11 @@ fn unknown_or_malformed_flags_are_one_line_and_exit_2() {
             "tally: command line: unexpected argument '--out' found ('merge --out' exists); \
              put --out after `reconcile`; `tally reconcile --help` lists its flags",
         ),
+        (
+            &["--data", "x", "--out", "close", "reconcile"][..],
+            "tally: command line: unexpected argument '--data' found ('close --data' exists); \
+             put --data after `reconcile`; `tally reconcile --help` lists its flags",
+        ),
         // Before a command that does not take it: whose flag it is.
         (
             &["--force", "reconcile"][..],

@@ -570,6 +570,42 @@ fn a_missing_close_shards_advice_carries_its_history() {
     assert!(e.ends_with("then merge again\n"), "{e}");
     succeeded(&mut merge());
     assert!(out.join("manifest.json").is_file());
+
+    // From inside the history folder, `--out c3 --history .`: the advice says `.`.
+    let in_history = |args: &[&str]| {
+        let mut c = tally_command(args);
+        c.current_dir(&history);
+        c
+    };
+    let data_s = data.to_str().unwrap();
+    let as_of = "2026-12-03T00:00:00Z";
+    for i in [0, 2] {
+        let shard = format!("{i}/3");
+        let args = [
+            "close",
+            "--data",
+            data_s,
+            "--as-of",
+            as_of,
+            "--history",
+            ".",
+            "--shard",
+            &shard,
+            "--out",
+            "c3",
+        ];
+        succeeded(&mut in_history(&args));
+    }
+    let e = refused_by(&mut in_history(&["merge", "--out", "c3"]));
+    let advice = e.split('`').nth(1).unwrap();
+    assert_eq!(
+        advice,
+        format!("tally close --data {data_s} --as-of {as_of} --history . --shard 1/3 --out c3")
+    );
+    let words: Vec<&str> = advice.split(' ').skip(1).collect();
+    succeeded(&mut in_history(&words));
+    succeeded(&mut in_history(&["merge", "--out", "c3"]));
+    assert!(history.join("c3/manifest.json").is_file());
 }
 
 /// Shards that another tally version listed are refused before their files are decoded,
