@@ -119,10 +119,17 @@ impl RateTable {
         if event.status() != EventStatus::Succeeded {
             return 0;
         }
+        self.version_for(event)
+            .map_or(0, |version| version.unit_bit)
+    }
+
+    /// The rate version that prices `event` (the contract's lookup: the model's own
+    /// version in effect at `occurred_at`, else the generic one), for [`Self::price`] and
+    /// [`Self::unit_bit`] alike.
+    fn version_for(&self, event: &Usage) -> Option<&Version> {
         let rates = &self.by_sku[event.sku as usize];
         let t = event.occurred_at;
-        (version_at(&rates.by_model, t).or_else(|| version_at(&rates.generic, t)))
-            .map_or(0, |version| version.unit_bit)
+        version_at(&rates.by_model, t).or_else(|| version_at(&rates.generic, t))
     }
 
     /// Name the usage files (by file index) in overflow errors.
@@ -138,10 +145,7 @@ impl RateTable {
         if event.status() != EventStatus::Succeeded {
             return Ok(Price::NotChargeable);
         }
-        let rates = &self.by_sku[event.sku as usize];
-        let t = event.occurred_at;
-        let version = version_at(&rates.by_model, t).or_else(|| version_at(&rates.generic, t));
-        let Some(version) = version else {
+        let Some(version) = self.version_for(event) else {
             return Ok(Price::Unpriced);
         };
         let quantity = event.quantity();
