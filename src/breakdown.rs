@@ -94,7 +94,7 @@ pub struct SkuMix {
 
 impl SkuMix {
     /// Count one event of the window (`unit_bit`: its rate's unit, as
-    /// [`crate::price::RateTable::unit_bit`] gives it).
+    /// [`crate::price::RateTable::price_and_unit`] gives it).
     pub fn add(&mut self, u: &Usage, price: Price, recorded: Milli, unit_bit: u64) -> Result<()> {
         let mut one = MixFigures {
             events: 1,

@@ -339,10 +339,13 @@ fn process_period(
     let events = &group.events[period.events.clone()];
     let unattached = &group.unattached[period.unattached.clone()];
     let dicts = ctx.dicts;
-    let prices: Vec<Price> = events
+    // Each event's price and its rate's unit bit, from one rate lookup.
+    let (prices, unit_bits): (Vec<Price>, Vec<u64>) = events
         .iter()
-        .map(|e| ctx.rates.price(&e.usage, group.usage_ids))
-        .collect::<Result<_>>()?;
+        .map(|e| ctx.rates.price_and_unit(&e.usage, group.usage_ids))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .unzip();
 
     // Consume: the plan plus every grant effective at some instant of the whole period.
     let mut pool = vec![GrantBalance::plan(
@@ -428,7 +431,7 @@ fn process_period(
         recorded_period = recorded_period.checked_add(verdict.recorded)?;
         // The mix sums a bucket's accounts together: past the range, that is the run's
         // totals, not this account-period's.
-        mix.add(u, price, verdict.recorded, ctx.rates.unit_bit(u))
+        mix.add(u, price, verdict.recorded, unit_bits[i])
             .map_err(TallyError::in_run_totals)?;
         if let Some(expected) = price.expected() {
             totals.expected_credits = totals.expected_credits.checked_add(expected)?;

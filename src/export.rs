@@ -496,6 +496,7 @@ fn write_rows(dir: &Path, name: String, rendered: &Rendered, rows: &[usize]) -> 
 pub fn write_report_files(
     dir: &Path,
     out: &RunOutput,
+    discrepancies: &RecordBatch,
     rejects: &RecordBatch,
 ) -> Result<ReportFiles> {
     let report_dir = dir.join(REPORT_DIR);
@@ -509,7 +510,8 @@ pub fn write_report_files(
     }
     let exponent = out.book.exponent;
     let rejects = Rendered::of(rejects, exponent)?;
-    let discrepancies = Rendered::of(&crate::write::report_discrepancies_table(out), exponent)?;
+    let discrepancies = crate::write::report_discrepancies_table(discrepancies, out);
+    let discrepancies = Rendered::of(&discrepancies, exponent)?;
     let all: Vec<usize> = (0..discrepancies.ends.len()).collect();
 
     let mut by_kind: BTreeMap<Kind, Vec<usize>> = BTreeMap::new();
@@ -618,10 +620,11 @@ pub fn write_report_files(
 
     let mix = &out.breakdown.mix;
     if !mix.is_empty() {
+        let units = out.book.all_units();
         let lines: Vec<(&MixKey, &MixFigures)> = mix.lines.iter().collect();
         files.products = Some(write_mix(
             dir,
-            out,
+            &units,
             "credits-by-product.csv".into(),
             &lines,
         )?);
@@ -659,7 +662,7 @@ pub fn write_report_files(
                 product: product.to_string(),
                 action: action.to_string(),
                 figures,
-                file: write_mix(dir, out, name, &lines)?,
+                file: write_mix(dir, &units, name, &lines)?,
             });
         }
     }
@@ -688,13 +691,15 @@ pub const MIX_COLUMNS: [&str; 9] = [
 /// the units of the rates that priced its events (several where a key's rate versions, or
 /// the models a line merges, use different units; empty when none was priced or the rates
 /// have no unit).
-fn line_unit(out: &RunOutput, figures: &MixFigures) -> String {
-    crate::price::unit_names(&out.book.all_units(), figures.units).join(";")
+fn line_unit(units: &[&str], figures: &MixFigures) -> String {
+    crate::price::unit_names(units, figures.units).join(";")
 }
 
+/// Write breakdown `lines` to `report/{name}`; `units`: the price book's units
+/// ([`crate::pricebook::PriceBook::all_units`]), which the lines' unit bits index.
 fn write_mix(
     dir: &Path,
-    out: &RunOutput,
+    units: &[&str],
     name: String,
     lines: &[(&MixKey, &MixFigures)],
 ) -> Result<Linked> {
@@ -713,7 +718,7 @@ fn write_mix(
             f.events.to_string(),
             f.priced_events.to_string(),
             f.quantity.to_string(),
-            safe_text(&line_unit(out, f)).into_owned(),
+            safe_text(&line_unit(units, f)).into_owned(),
             f.expected_credits.to_string(),
             f.recorded_credits.to_string(),
         ])

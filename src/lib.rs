@@ -689,6 +689,7 @@ pub(crate) fn write_outputs(dir: &Path, output: &RunOutput, inputs: Vec<FileEntr
             .map(|(_, batch)| batch)
             .ok_or_else(|| TallyError::Invariant(format!("no {wanted} table")))
     };
+    let discrepancies = table("discrepancies.parquet")?;
     let rejects = table("rejects.parquet")?;
     let exponent = output.book.exponent;
     let mut jobs: Vec<WriteJob<'_>> = Vec::new();
@@ -756,7 +757,7 @@ pub(crate) fn write_outputs(dir: &Path, output: &RunOutput, inputs: Vec<FileEntr
     }));
     // report/ and report.html, which links to its files.
     jobs.push(Box::new(|| {
-        let files = export::write_report_files(dir, output, rejects)?;
+        let files = export::write_report_files(dir, output, discrepancies, rejects)?;
         let mut report: Written = (files.all().into_iter())
             .map(|f| written(&f.path, Some(f.rows), f.sha256.clone()))
             .collect();

@@ -501,9 +501,6 @@ fn parse_as_of(text: &str, origin: &Origin) -> anyhow::Result<tally::time::Micro
     })
 }
 
-/// `--settle` without a flag or job key: 15 minutes.
-const DEFAULT_SETTLE_MICROS: i64 = 15 * 60 * 1_000_000;
-
 /// The longest `--settle`: 7 days. Settle holds back events whose debit may still be on
 /// its way; a longer one would report a week's missing debits as merely pending, and is
 /// more likely a slip of the unit (`15M` is 15 months, `15m` 15 minutes).
@@ -512,7 +509,7 @@ const MAX_SETTLE_MICROS: i64 = 7 * 24 * 3600 * 1_000_000;
 /// `--settle` (default 15m, at most 7 days).
 fn parse_settle(setting: Option<(String, Origin)>) -> anyhow::Result<i64> {
     let Some((text, origin)) = setting else {
-        return Ok(DEFAULT_SETTLE_MICROS);
+        return Ok(tally::pipeline::DEFAULT_SETTLE_MICROS);
     };
     let settle = tally::time::parse_duration_micros(&text)
         .ok_or_else(|| origin.bad(&text, "is not a duration such as 15m, 900s or 1h"))?;

@@ -27,6 +27,9 @@ use std::sync::Arc;
 /// into buckets of consecutive accounts holding about 32K rows each (see `window`).
 pub const AUTOMATIC_BUCKETS: u32 = 0;
 
+/// `settle` of a run given none (no `--settle`, no job key): 15 minutes.
+pub const DEFAULT_SETTLE_MICROS: i64 = 15 * 60 * 1_000_000;
+
 /// Default working-memory budget: 3 GiB (`route::groups_for` picks the group count from
 /// it). The 10M-event bench reconcile fits in one group; a 100M-event month is split (26
 /// groups reconcile, 53 close) and peaks under 4 GiB, not under the budget itself
@@ -1543,7 +1546,7 @@ mod tests {
             data: root.clone(),
             mode: Mode::Reconcile,
             as_of: crate::time::parse_instant("2026-11-20T00:00:00Z").unwrap(),
-            settle_micros: 15 * 60 * 1_000_000,
+            settle_micros: DEFAULT_SETTLE_MICROS,
             buckets: AUTOMATIC_BUCKETS,
             groups: None,
             memory_budget_bytes: DEFAULT_MEMORY_BUDGET_BYTES,

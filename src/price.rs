@@ -113,19 +113,8 @@ impl RateTable {
         }
     }
 
-    /// The [`unit_bit`] of the rate that prices `event` (0 when none does, or for an event
-    /// that is not charged): the report says in which units a line's quantities are.
-    pub fn unit_bit(&self, event: &Usage) -> u64 {
-        if event.status() != EventStatus::Succeeded {
-            return 0;
-        }
-        self.version_for(event)
-            .map_or(0, |version| version.unit_bit)
-    }
-
     /// The rate version that prices `event` (the contract's lookup: the model's own
-    /// version in effect at `occurred_at`, else the generic one), for [`Self::price`] and
-    /// [`Self::unit_bit`] alike.
+    /// version in effect at `occurred_at`, else the generic one).
     fn version_for(&self, event: &Usage) -> Option<&Version> {
         let rates = &self.by_sku[event.sku as usize];
         let t = event.occurred_at;
@@ -142,11 +131,18 @@ impl RateTable {
     /// reference without the per-sku table and the integer fast path, gives (a proptest
     /// compares them).
     pub fn price(&self, event: &Usage, ids: &crate::dict::Ids) -> Result<Price> {
+        self.price_and_unit(event, ids).map(|(price, _)| price)
+    }
+
+    /// [`Self::price`], and the [`unit_bit`] of the rate that priced the event (0 when it
+    /// is not charged or has no rate): the report says in which units a line's quantities
+    /// are, from the same lookup that priced them.
+    pub fn price_and_unit(&self, event: &Usage, ids: &crate::dict::Ids) -> Result<(Price, u64)> {
         if event.status() != EventStatus::Succeeded {
-            return Ok(Price::NotChargeable);
+            return Ok((Price::NotChargeable, 0));
         }
         let Some(version) = self.version_for(event) else {
-            return Ok(Price::Unpriced);
+            return Ok((Price::Unpriced, 0));
         };
         let quantity = event.quantity();
         let credits = match &version.fast {
@@ -155,7 +151,7 @@ impl RateTable {
         };
         credits
             .or_else(|| arithmetic(&version.rate, quantity).map(|a| a.credits))
-            .map(Price::Charged)
+            .map(|credits| (Price::Charged(credits), version.unit_bit))
             .ok_or_else(|| {
                 let (file, row) = (event.at.file() as usize, event.at.row());
                 let place = match self.usage_files.get(file) {

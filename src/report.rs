@@ -277,11 +277,10 @@ pub fn summary_markdown(out: &RunOutput, s: &Summary) -> Result<String> {
     if let Some(c) = &s.close {
         let _ = writeln!(md, "| invoices | {} |", c.invoices);
         // Money as a reader writes it, the minor units (the files' INT64) beside it.
-        let exponent = crate::pricebook::currency_exponent(&s.currency).unwrap_or(2);
         let money = |minor: i64| {
             format!(
                 "{} {} ({minor} minor units)",
-                crate::export::format_minor(minor, exponent),
+                crate::export::format_minor(minor, out.book.exponent),
                 s.currency
             )
         };
@@ -306,10 +305,18 @@ pub fn summary_markdown(out: &RunOutput, s: &Summary) -> Result<String> {
         md,
         "| kind | rows | Σ delta credits | what it means |\n|---|---:|---:|---|"
     );
+    // Rows without a delta (events without a rate), by kind, in one pass.
+    let mut without_by_kind = [0u64; Kind::ALL.len()];
+    for d in out
+        .discrepancies
+        .iter()
+        .filter(|d| d.delta_credits.is_none())
+    {
+        without_by_kind[d.kind as usize] += 1;
+    }
     for k in &s.discrepancies.by_kind {
         let kind = Kind::parse(k.kind).expect("by_kind lists Kind::ALL's names");
-        let rows = out.discrepancies.iter().filter(|d| d.kind == kind);
-        let without_delta = rows.filter(|d| d.delta_credits.is_none()).count() as u64;
+        let without_delta = without_by_kind[kind as usize];
         // A kind whose rows have no delta (no expected credits) has no sum to show.
         let delta = match (k.count, without_delta) {
             (0, _) => k.delta_credits.to_string(),
@@ -326,7 +333,7 @@ pub fn summary_markdown(out: &RunOutput, s: &Summary) -> Result<String> {
             kind.meaning()
         );
     }
-    let _ = writeln!(md, "\n{}", delta_note(out, s));
+    let _ = writeln!(md, "\n{}", delta_note(without_by_kind.iter().sum(), s));
     let top = summary::top_accounts(&out.discrepancies, 10)?;
     let _ = writeln!(md, "\n## Top accounts by Σ |delta|\n");
     let _ = writeln!(
@@ -367,10 +374,7 @@ pub fn summary_markdown(out: &RunOutput, s: &Summary) -> Result<String> {
 }
 
 /// What the by-kind deltas are, and why they do not add up to recorded − expected.
-fn delta_note(out: &RunOutput, s: &Summary) -> String {
-    let without = (out.discrepancies.iter())
-        .filter(|d| d.delta_credits.is_none())
-        .count();
+fn delta_note(without: u64, s: &Summary) -> String {
     let difference = Milli(s.credits.recorded.0.saturating_sub(s.credits.expected.0));
     format!(
         "Σ delta sums each row's recorded − expected where the row has one. It is not a \

@@ -453,7 +453,7 @@ fn differences(a: &ShardManifest, b: &ShardManifest) -> String {
     what.join("; ")
 }
 
-/// The refusal of a merge missing shards `missing` (`shard=I`): where it looked (a shard
+/// The refusal of a merge missing shards `missing` (their indices): where it looked (a shard
 /// written elsewhere, another --out or a folder not yet copied, is then easy to tell from
 /// one never run) and the command that writes the first missing one, with the settings
 /// the others recorded.
@@ -461,7 +461,7 @@ fn missing_shards(
     req: &MergeRequest,
     sources: &[PathBuf],
     first: &ShardManifest,
-    missing: &[String],
+    missing: &[usize],
 ) -> TallyError {
     const SHOWN: usize = 3;
     let mut looked_in: Vec<String> = (sources.iter().take(SHOWN))
@@ -471,11 +471,12 @@ fn missing_shards(
         looked_in.push(format!("{} more", sources.len() - SHOWN));
     }
     let n = first.shards;
-    let index = missing[0].trim_start_matches("shard=");
+    let index = missing[0];
+    let folder = |i: &usize| format!("shard={i}");
     // The settings shard.json records that are not the defaults (another --settle or
     // --buckets is a shard of another run, which the merge refuses).
     let mut settings = String::new();
-    if first.settle_seconds != 900 {
+    if first.settle_seconds * 1_000_000 != crate::pipeline::DEFAULT_SETTLE_MICROS {
         settings.push_str(&format!(" --settle {}s", first.settle_seconds));
     }
     if first.buckets != crate::pipeline::AUTOMATIC_BUCKETS {
@@ -506,7 +507,7 @@ fn missing_shards(
         true => "then merge again".to_string(),
         false => format!(
             "then merge again listing its folder {} too",
-            shell_word(&written_to.join(&missing[0]).display().to_string())
+            shell_word(&written_to.join(folder(&missing[0])).display().to_string())
         ),
     };
     TallyError::Refused(format!(
@@ -514,7 +515,7 @@ fn missing_shards(
          or with the same --job), {then}",
         missing.len(),
         looked_in.join(", "),
-        missing.join(", "),
+        missing.iter().map(folder).collect::<Vec<_>>().join(", "),
     ))
 }
 
@@ -613,11 +614,9 @@ pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
         }
         *slot = Some(folder);
     }
-    let missing: Vec<String> = seen
-        .iter()
-        .enumerate()
+    let missing: Vec<usize> = (seen.iter().enumerate())
         .filter(|(_, s)| s.is_none())
-        .map(|(i, _)| format!("shard={i}"))
+        .map(|(i, _)| i)
         .collect();
     if !missing.is_empty() {
         return Err(missing_shards(req, &sources, first, &missing));

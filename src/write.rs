@@ -11,7 +11,7 @@ use arrow::array::{
     Array, ArrayRef, AsArray, Decimal128Array, Int32Array, Int64Array, ListBuilder, StringArray,
     StringBuilder, TimestampMicrosecondArray,
 };
-use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use arrow::datatypes::{DataType, Field, FieldRef, Schema, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -210,25 +210,7 @@ pub fn push_cell(out: &mut String, array: &ArrayRef, row: usize) {
 // ---- the tables ------------------------------------------------------------------------
 
 pub fn discrepancies_table(out: &RunOutput) -> RecordBatch {
-    discrepancy_columns(&out.discrepancies).finish()
-}
-
-/// The report's discrepancy rows (`report/discrepancies*.csv`, `report/account-*.csv`):
-/// the contract's columns, then `entry_account_ids`, the other accounts an
-/// `account_mismatch` row's entries were charged to (the customer wrongly debited, whom the
-/// contract's columns do not name).
-pub fn report_discrepancies_table(out: &RunOutput) -> RecordBatch {
     let rows = &out.discrepancies;
-    discrepancy_columns(rows)
-        .str_lists(
-            "entry_account_ids",
-            rows.iter().map(|r| r.entry_account_ids.as_slice()),
-        )
-        .finish()
-}
-
-/// The contract's `discrepancies` columns of `rows`.
-fn discrepancy_columns(rows: &[crate::reconcile::DiscrepancyRow]) -> Table {
     Table::default()
         .str("kind", rows.iter().map(|r| r.kind.name()))
         .str("account_id", rows.iter().map(|r| r.account_id.as_str()))
@@ -241,6 +223,32 @@ fn discrepancy_columns(rows: &[crate::reconcile::DiscrepancyRow]) -> Table {
         .opt_credits("expected_credits", rows.iter().map(|r| r.expected_credits))
         .credits("recorded_credits", rows.iter().map(|r| r.recorded_credits))
         .opt_credits("delta_credits", rows.iter().map(|r| r.delta_credits))
+        .finish()
+}
+
+/// The report's discrepancy rows (`report/discrepancies*.csv`, `report/account-*.csv`):
+/// `contract`, the run's `discrepancies` table, with one more column, `entry_account_ids`,
+/// the other accounts an `account_mismatch` row's entries are on (the customer wrongly
+/// debited, whom the contract's columns do not name). The contract's columns are shared,
+/// not built again.
+pub fn report_discrepancies_table(contract: &RecordBatch, out: &RunOutput) -> RecordBatch {
+    let rows = &out.discrepancies;
+    let extra = Table::default()
+        .str_lists(
+            "entry_account_ids",
+            rows.iter().map(|r| r.entry_account_ids.as_slice()),
+        )
+        .finish();
+    let fields: Vec<FieldRef> = (contract.schema().fields().iter())
+        .chain(extra.schema().fields())
+        .cloned()
+        .collect();
+    let columns: Vec<ArrayRef> = (contract.columns().iter())
+        .chain(extra.columns())
+        .cloned()
+        .collect();
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+        .expect("one more column of the same rows")
 }
 
 pub fn rejects_table(out: &RunOutput) -> RecordBatch {
