@@ -786,7 +786,9 @@ effective_from = 2026-06-01T00:00:00Z
     }
 
     /// Exponents are ISO 4217's, including those that are not 2; a code outside the
-    /// standard, or one without a minor unit, has none.
+    /// standard, or one without a minor unit, has none. Contract section 2: `currency =
+    /// "USD"  # ISO 4217; money is written in minor units (cents)` — so a code is one of
+    /// ISO 4217's, and one with no minor unit cannot be written.
     #[test]
     fn currency_exponents_are_iso_4217s() {
         let cases = [

@@ -282,8 +282,7 @@ fn odd_data_root_file_systems_are_refused_with_exit_2() {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::symlink;
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    copy_dir(&repo().join("fixtures/demo"), &data);
+    let data = demo_copy(tmp.path());
     let usage = data.join("usage");
     let refused = |made: &Path, message: &str| {
         let out = tmp.path().join("out");
@@ -1032,12 +1031,13 @@ fn warnings_by_dataset(out: &Output) -> Vec<(String, String)> {
 /// Files in a dataset folder that are not read (an upper-case `.PARQUET`, a `.csv`) and a
 /// required dataset with no Parquet file are warned of, naming the folder and the first
 /// such file by path; hidden names are not, nor is an empty `grants/`; the run still
-/// publishes (an empty folder is valid input).
+/// publishes (an empty folder is valid input). Contract section 7: "Only `*.parquet` files
+/// are read; names starting with `.` or `_` are skipped" — the skipped names are the
+/// contract's, the warned-of ones the rest.
 #[test]
 fn files_not_read_and_empty_datasets_are_warned_of() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    copy_dir(&repo().join("fixtures/demo"), &data);
+    let data = demo_copy(tmp.path());
     let run = |name: &str| {
         let mut command = cmd("reconcile", &data, &tmp.path().join(name));
         command.args(["--log-format", "json"]);
@@ -1125,8 +1125,7 @@ fn files_not_read_and_empty_datasets_are_warned_of() {
 #[test]
 fn a_withdrawn_currency_is_billed_as_written_with_a_warning() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    copy_dir(&repo().join("fixtures/demo"), &data);
+    let data = demo_copy(tmp.path());
     let book = std::fs::read_to_string(data.join("pricebook.toml")).unwrap();
     let book = book.replacen("currency = \"USD\"", "currency = \"HRK\"", 1);
     std::fs::write(data.join("pricebook.toml"), book).unwrap();

@@ -563,8 +563,7 @@ fn report_csvs_name_the_account_an_account_mismatch_charged() {
 #[test]
 fn credits_by_product_says_the_units_its_rates_priced_in() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    copy_dir(&repo().join("fixtures/demo"), &data);
+    let data = demo_copy(tmp.path());
     let book = std::fs::read_to_string(data.join("pricebook.toml")).unwrap();
     let unit_of = |from: &str, name: &str| {
         std::fs::write(

@@ -504,7 +504,7 @@ fn a_missing_shards_advice_when_followed_publishes_the_run() {
         c
     };
     let e = refused_by(&mut merge(&[]));
-    let advice = e.split('`').nth(1).unwrap();
+    let (advice, words) = advised(&e);
     assert_eq!(
         advice,
         format!(
@@ -514,7 +514,6 @@ fn a_missing_shards_advice_when_followed_publishes_the_run() {
             out.display()
         )
     );
-    let words: Vec<&str> = advice.split(' ').skip(1).collect();
     succeeded(&mut tally_command(&words));
     let written = root(&out).join("shard=1");
     assert!(
@@ -525,6 +524,14 @@ fn a_missing_shards_advice_when_followed_publishes_the_run() {
     let single = tmp.path().join("single");
     run_ok("reconcile", &data, AS_OF, &single, &settings);
     assert_eq!(folder_bytes(&out), folder_bytes(&single));
+}
+
+/// The command a refusal advises (between its backquotes) and its arguments after
+/// `tally`, split as a shell splits words without quotes (the tests' paths have none).
+fn advised(refusal: &str) -> (&str, Vec<&str>) {
+    let advice = (refusal.split('`').nth(1)).expect("a command in backquotes");
+    let args = (advice.strip_prefix("tally ")).expect("a tally command");
+    (advice, args.split(' ').collect())
 }
 
 /// A close that read earlier closes: the advice carries its `--history` (the folder its
@@ -555,7 +562,7 @@ fn a_missing_close_shards_advice_carries_its_history() {
     }
     let merge = || tally_command(&["merge", "--out", out.to_str().unwrap()]);
     let e = refused_by(&mut merge());
-    let advice = e.split('`').nth(1).unwrap();
+    let (advice, words) = advised(&e);
     assert_eq!(
         advice,
         format!(
@@ -565,7 +572,6 @@ fn a_missing_close_shards_advice_carries_its_history() {
             out.display()
         )
     );
-    let words: Vec<&str> = advice.split(' ').skip(1).collect();
     succeeded(&mut tally_command(&words));
     assert!(e.ends_with("then merge again\n"), "{e}");
     succeeded(&mut merge());
@@ -597,12 +603,11 @@ fn a_missing_close_shards_advice_carries_its_history() {
         succeeded(&mut in_history(&args));
     }
     let e = refused_by(&mut in_history(&["merge", "--out", "c3"]));
-    let advice = e.split('`').nth(1).unwrap();
+    let (advice, words) = advised(&e);
     assert_eq!(
         advice,
         format!("tally close --data {data_s} --as-of {as_of} --history . --shard 1/3 --out c3")
     );
-    let words: Vec<&str> = advice.split(' ').skip(1).collect();
     succeeded(&mut in_history(&words));
     succeeded(&mut in_history(&["merge", "--out", "c3"]));
     assert!(history.join("c3/manifest.json").is_file());

@@ -213,6 +213,14 @@ pub fn json(path: &Path) -> serde_json::Value {
 }
 
 /// Copy a folder and everything under it.
+/// A copy of the bundled fixtures' data root (`fixtures/demo`) at `dir/data`, for a test
+/// that changes it.
+pub fn demo_copy(dir: &Path) -> PathBuf {
+    let data = dir.join("data");
+    copy_dir(&repo().join("fixtures/demo"), &data);
+    data
+}
+
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
