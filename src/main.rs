@@ -313,6 +313,9 @@ fn init_logging(format: LogFormat, default_level: &str) {
 /// The log filter `TALLY_LOG` asks for, or `default_level` (and the refused value) when it
 /// is not a level or a directive list: a word tracing would take as a target name (`loud`)
 /// would silence every line, and a nightly job's log with it. Unset or empty is the default.
+/// Directives without a bare level (`tally::spill=debug`) keep `default_level` for every
+/// other target: tracing alone would log nothing else, so that asking for one module's
+/// detail would drop the run's warnings and its `run done` line.
 fn log_filter(
     value: Option<String>,
     default_level: &str,
@@ -321,11 +324,18 @@ fn log_filter(
     let Some(value) = value.filter(|v| !v.trim().is_empty()) else {
         return (default(), None);
     };
-    let level = ["error", "warn", "info", "debug", "trace", "off"]
-        .iter()
-        .any(|l| value.trim().eq_ignore_ascii_case(l));
+    let is_level = |part: &str| {
+        ["error", "warn", "info", "debug", "trace", "off"]
+            .iter()
+            .any(|l| part.trim().eq_ignore_ascii_case(l))
+    };
+    let level = is_level(&value);
     let directives = value.contains('=');
-    match tracing_subscriber::EnvFilter::try_new(value.trim()) {
+    let filter = match value.split(',').any(is_level) {
+        true => value.trim().to_string(),
+        false => format!("{default_level},{}", value.trim()),
+    };
+    match tracing_subscriber::EnvFilter::try_new(filter) {
         Ok(filter) if level || directives => (filter, None),
         _ => (default(), Some(value)),
     }

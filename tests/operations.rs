@@ -786,7 +786,9 @@ fn a_human_log_to_a_pipe_has_no_colour_codes() {
 
 /// `TALLY_LOG` that is neither a level nor target=level directives would silence every log
 /// line (tracing takes a bare word for a target name): the run warns once and logs at the
-/// default level instead; an empty value is the default.
+/// default level instead; an empty value is the default. Directives without a bare level
+/// keep the default level for the other targets (tracing alone would log nothing else:
+/// `tally::spill=debug` would drop every stage line and `loud=info` the whole log).
 #[test]
 fn a_tally_log_that_is_not_a_level_warns_and_keeps_the_default() {
     let tmp = tempfile::tempdir().unwrap();
@@ -796,6 +798,9 @@ fn a_tally_log_that_is_not_a_level_warns_and_keeps_the_default() {
         ("", false),
         ("debug", false),
         ("tally=warn", false),
+        ("tally::spill=debug", false),
+        ("loud=info", false),
+        ("warn,tally::progress=info", false),
     ] {
         let out = cmd("reconcile", &data, &tmp.path().join("out"))
             .env("TALLY_LOG", value)
@@ -817,7 +822,10 @@ fn a_tally_log_that_is_not_a_level_warns_and_keeps_the_default() {
                 .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
                 .find(|v| v["fields"]["message"] == message)
         };
-        if value != "tally=warn" {
+        // A bare level is the level of every target without a directive of its own.
+        let run_lines = value != "tally=warn" && !value.starts_with("warn,");
+        assert_eq!(line("run start").is_some(), run_lines, "{value}: {log}");
+        if run_lines {
             let start = line("run start").expect("a run start line");
             assert_eq!(start["fields"]["command"], "reconcile");
             assert_eq!(start["fields"]["as_of"], AS_OF);
