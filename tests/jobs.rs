@@ -4,9 +4,12 @@
 //! temporary folder, runs the repository's job files on the bundled fixtures and publishes.
 //! A job line that quotes wrongly, names a job file or flag that does not exist, or points
 //! its `--out` outside the close's `history` fails here, not on the first night in
-//! production. The sharded reconcile's Indexed Job and merge Job run too, every index as
+//! production. The sharded reconcile's driver (`run.sh`) runs as its CronJob's pod runs it,
+//! against a fake `kubectl` that answers with scripted Job conditions: it must create the
+//! merge Job only after the shards Job completed, fail when either Job fails, and ride out a
+//! passing API error. The Indexed Job and merge Job it created run too, every index as
 //! Kubernetes starts it, and must publish what one run publishes. The schedulers themselves
-//! (cron's clock, systemd, a cluster, the sharded driver's kubectl) are not run.
+//! (cron's clock, systemd, a real cluster) are not run.
 
 use crate::common::repo;
 use std::path::{Path, PathBuf};
@@ -46,15 +49,11 @@ impl Installed {
         let bin = root.join("bin");
         std::fs::create_dir_all(&bin).unwrap();
         std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_tally"), bin.join("tally")).unwrap();
-        let logger = bin.join("logger");
         let log = root.join("syslog");
-        std::fs::write(
-            &logger,
-            format!("#!/bin/sh\ncat >> {:?}\n", log.display().to_string()),
-        )
-        .unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&logger, std::fs::Permissions::from_mode(0o755)).unwrap();
+        write_script(
+            &bin.join("logger"),
+            &format!("#!/bin/sh\ncat >> {}\n", quoted(&log)),
+        );
         Installed { _tmp: tmp, root }
     }
 
@@ -103,7 +102,7 @@ impl Installed {
     }
 
     /// A container's program and its arguments, with the pods' mounts (`/etc/tally`,
-    /// `/out`, `/scratch`) mapped into this installation.
+    /// `/out`, `/scratch`, the driver's `/manifests`) mapped into this installation.
     fn container(&self, manifest: &Manifest) -> (String, Vec<String>) {
         let mut words: Vec<String> = (manifest.command.iter())
             .chain(&manifest.args)
@@ -120,7 +119,7 @@ impl Installed {
             .replace("/etc/tally/", &format!("{root}/etc/tally/"))
             .replace("\"/out/", &format!("\"{root}/out/"));
         // A whole argument naming a mount (an args item, not inside a shell line).
-        for mount in ["/out/", "/scratch"] {
+        for mount in ["/out/", "/scratch", "/manifests/"] {
             if word.starts_with(mount) {
                 return format!("{root}{word}");
             }
@@ -131,6 +130,18 @@ impl Installed {
     fn syslog(&self) -> String {
         std::fs::read_to_string(self.root.join("syslog")).unwrap_or_default()
     }
+}
+
+/// An executable shell script at `path`.
+fn write_script(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// `path` as a double-quoted shell word.
+fn quoted(path: &Path) -> String {
+    format!("{:?}", path.display().to_string())
 }
 
 fn copy_tree(from: &Path, to: &Path) {
@@ -333,6 +344,12 @@ struct Manifest {
 
 fn manifest(file: &str) -> Manifest {
     let text = std::fs::read_to_string(repo().join("jobs/kubernetes").join(file)).unwrap();
+    manifest_text(file, &text)
+}
+
+/// [`manifest`] of a manifest's `text` (one the sharded driver created, say), `name` saying
+/// which in the messages.
+fn manifest_text(name: &str, text: &str) -> Manifest {
     let lines: Vec<&str> = text.lines().collect();
     let indent = |l: &str| l.len() - l.trim_start().len();
     let block = |at: usize| -> Vec<&str> {
@@ -345,7 +362,7 @@ fn manifest(file: &str) -> Manifest {
     let find = |key: &str| {
         (lines.iter())
             .position(|l| l.trim_start().starts_with(key))
-            .unwrap_or_else(|| panic!("{file}: no {key}"))
+            .unwrap_or_else(|| panic!("{name}: no {key}"))
     };
     let job_file = (lines.iter())
         .position(|l| l.trim_end().ends_with(".toml: |"))
@@ -368,8 +385,9 @@ fn manifest(file: &str) -> Manifest {
         .collect();
     let mut args = Vec::new();
     let not_comment = |l: &&str| !l.trim().is_empty() && !l.trim_start().starts_with('#');
-    let mut items = block(find("args:"))
-        .into_iter()
+    // No `args:` (the driver's container): the command is the whole of it.
+    let args_at = (lines.iter()).position(|l| l.trim_start().starts_with("args:"));
+    let mut items = (args_at.map(&block).unwrap_or_default().into_iter())
         .filter(not_comment)
         .peekable();
     while let Some(line) = items.next() {
@@ -479,16 +497,221 @@ fn the_kubernetes_cronjobs_hold_and_run_the_repository_jobs() {
     }
 }
 
-/// The sharded reconcile's Indexed Job, every index run as Kubernetes starts it (its
-/// `JOB_COMPLETION_INDEX`, the Job's `TALLY_SHARDS`, `TMPDIR` and the driver's `__AS_OF__`
-/// filled in), then its merge Job: the merge publishes what one run of the same job file
-/// publishes, byte for byte. The driver itself (`run.sh`, kubectl) is not run.
+/// `kubectl` as the sharded driver uses it, against a scripted cluster kept in the folder
+/// `@STATE@`. `create -f FILE -o name` keeps FILE (`-`: stdin) as `created-N.yaml`, N
+/// counting the Jobs created, and prints `job.batch/<its generateName>N`.
+/// `get NAME --request-timeout=30s -o jsonpath=<the driver's>` of a Job it created prints the next line of
+/// `answers` as the Job's True conditions, as that jsonpath prints them: `RUNNING` is none
+/// yet (nothing printed), `ERR` an unreachable API (a message, exit 1). Each call is a line
+/// of `calls`. Any other use exits 9 with a message and an `unexpected:` line in `calls`:
+/// the driver takes a failed read for a passing API error, so only `calls` would show it.
+const FAKE_KUBECTL: &str = r#"#!/bin/sh
+k=@STATE@
+unexpected() {
+    echo "unexpected: kubectl $*" >> "$k/calls"
+    echo "fake kubectl: not a use the driver makes: kubectl $*" >&2
+    exit 9
+}
+case "$1" in
+create)
+    [ $# -eq 5 ] && [ "$2" = -f ] && [ "$4" = -o ] && [ "$5" = name ] || unexpected "$@"
+    n=$(($(cat "$k/created") + 1))
+    echo "$n" > "$k/created"
+    cat -- "$3" > "$k/created-$n.yaml" || unexpected "$@"
+    prefix=$(sed -n 's/^  generateName: //p' "$k/created-$n.yaml")
+    [ -n "$prefix" ] || unexpected "$@" "(no metadata.generateName)"
+    echo "job.batch/$prefix$n" >> "$k/names"
+    echo "create job.batch/$prefix$n" >> "$k/calls"
+    echo "job.batch/$prefix$n"
+    ;;
+get)
+    conditions='jsonpath={range .status.conditions[?(@.status=="True")]}{.type} {end}'
+    [ $# -eq 5 ] && [ "$3" = --request-timeout=30s ] && [ "$4" = -o ] && [ "$5" = "$conditions" ] \
+        || unexpected "$@"
+    grep -qxF -e "$2" "$k/names" || unexpected "$@" "(no such Job created)"
+    n=$(($(cat "$k/got") + 1))
+    [ "$n" -le "$(wc -l < "$k/answers")" ] || unexpected "$@" "(no answer left)"
+    echo "$n" > "$k/got"
+    answer=$(sed -n "${n}p" "$k/answers")
+    echo "get $2 -> $answer" >> "$k/calls"
+    case "$answer" in
+    ERR) echo "Unable to connect to the server: dial tcp 10.96.0.1:443: i/o timeout" >&2; exit 1 ;;
+    RUNNING) ;;
+    *) printf '%s' "$answer" ;;
+    esac
+    ;;
+*) unexpected "$@" ;;
+esac
+"#;
+
+/// `sleep` that only writes its call to the fake cluster's `calls` (the driver's 15-second
+/// polls take no time, and their place among kubectl's calls is seen).
+const FAKE_SLEEP: &str = "#!/bin/sh\necho \"sleep $*\" >> @STATE@/calls\n";
+
+/// The scripted answers of [`FAKE_KUBECTL`] to the driver's reads of a Job: its True
+/// conditions as the driver's jsonpath prints them (Kubernetes 1.31 sets
+/// `SuccessCriteriaMet` before `Complete`, `FailureTarget` before `Failed`), none while it
+/// runs, or an API that does not answer.
+const COMPLETE: &str = "SuccessCriteriaMet Complete ";
+const FAILED: &str = "FailureTarget Failed ";
+const RUNNING: &str = "RUNNING";
+const API_ERROR: &str = "ERR";
+
+/// The Jobs the fake cluster names, in the order the driver creates them.
+const SHARDS_JOB: &str = "job.batch/tally-reconcile-shards-1";
+const MERGE_JOB: &str = "job.batch/tally-reconcile-merge-2";
+
+/// A line of the fake cluster's `calls`: `job` created.
+fn created(job: &str) -> String {
+    format!("create {job}")
+}
+
+/// A line of the fake cluster's `calls`: `job` read, and the scripted answer.
+fn got(job: &str, answer: &str) -> String {
+    format!("get {job} -> {answer}")
+}
+
+/// A line of the fake cluster's `calls`: the driver's wait before its next read.
+const SLEPT: &str = "sleep 15";
+
+/// `misses` reads of `job` the API did not answer, each followed by the driver's wait (the
+/// caller drops the last wait where the driver gives up).
+fn api_errors(job: &str, misses: usize) -> Vec<String> {
+    (0..misses)
+        .flat_map(|_| [got(job, API_ERROR), SLEPT.to_string()])
+        .collect()
+}
+
+/// One run of the sharded driver: its output, every kubectl and sleep call in order, and
+/// the manifests it created (the first is `created-1.yaml`).
+struct Driven {
+    output: std::process::Output,
+    calls: Vec<String>,
+    created: Vec<String>,
+}
+
+impl Driven {
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+
+    fn stderr(&self) -> String {
+        crate::common::stderr(&self.output)
+    }
+
+    /// Everything the run did, for a failed assertion's message.
+    fn story(&self) -> String {
+        format!(
+            "exit {:?}\ncalls: {:#?}\nstdout:\n{}stderr:\n{}",
+            self.output.status.code(),
+            self.calls,
+            self.stdout(),
+            self.stderr()
+        )
+    }
+}
+
+impl Installed {
+    /// Run the sharded driver once as its CronJob's pod runs it: `run.sh` and the two Job
+    /// manifests in `manifests/` (the ConfigMap's mount, `/manifests`), the CronJob's
+    /// container command with the mount mapped, `AS_OF` only when given, and PATH the bin
+    /// folder (a [`FAKE_KUBECTL`] answering `answers` in order, a [`FAKE_SLEEP`]) then
+    /// `/usr/bin:/bin` (the real `sed` and `date`), and a local time 14 hours ahead of UTC
+    /// (the driver image's zone may be anything; the as-of must be UTC). Once per
+    /// installation.
+    fn drive(&self, answers: &[&str], as_of: Option<&str>) -> Driven {
+        let sharded = repo().join("jobs/kubernetes/sharded");
+        let manifests = self.root.join("manifests");
+        std::fs::create_dir(&manifests).unwrap();
+        let run_sh = std::fs::read_to_string(sharded.join("run.sh")).unwrap();
+        let installed = run_sh.replace("/manifests/", &format!("{}/", manifests.display()));
+        assert_ne!(
+            installed, run_sh,
+            "run.sh: its /manifests/ paths were not found"
+        );
+        std::fs::write(manifests.join("run.sh"), installed).unwrap();
+        for job in ["shards-job.yaml", "merge-job.yaml"] {
+            std::fs::copy(sharded.join(job), manifests.join(job)).unwrap();
+        }
+
+        let state = self.root.join("kubectl");
+        std::fs::create_dir(&state).unwrap();
+        for (file, text) in [("calls", ""), ("names", ""), ("created", "0"), ("got", "0")] {
+            std::fs::write(state.join(file), text).unwrap();
+        }
+        assert!(answers.iter().all(|a| !a.contains('\n')), "{answers:?}");
+        let answers: String = answers.iter().map(|a| format!("{a}\n")).collect();
+        std::fs::write(state.join("answers"), answers).unwrap();
+        let bin = self.root.join("bin");
+        for (program, script) in [("kubectl", FAKE_KUBECTL), ("sleep", FAKE_SLEEP)] {
+            write_script(
+                &bin.join(program),
+                &script.replace("@STATE@", &quoted(&state)),
+            );
+        }
+
+        let driver = manifest("sharded/driver-cronjob.yaml");
+        let (program, words) = self.container(&driver);
+        let mut command = Command::new(&program);
+        command
+            .args(&words)
+            .env_clear()
+            .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+            .env("HOME", &self.root)
+            .env("TZ", "LINT-14")
+            .current_dir(&self.root);
+        if let Some(as_of) = as_of {
+            command.env("AS_OF", as_of);
+        }
+        let output = command.output().unwrap();
+        let calls = std::fs::read_to_string(state.join("calls")).unwrap();
+        let count: usize = (std::fs::read_to_string(state.join("created")).unwrap())
+            .trim()
+            .parse()
+            .unwrap();
+        Driven {
+            output,
+            calls: calls.lines().map(str::to_string).collect(),
+            created: (1..=count)
+                .map(|n| std::fs::read_to_string(state.join(format!("created-{n}.yaml"))))
+                .collect::<Result<_, _>>()
+                .unwrap(),
+        }
+    }
+}
+
+/// A sharded Job manifest of the repository, as `run.sh` ships in the ConfigMap.
+fn sharded_manifest(job: &str) -> String {
+    std::fs::read_to_string(repo().join("jobs/kubernetes/sharded").join(job)).unwrap()
+}
+
+/// What the driver prints on a night that published, as of `as_of`.
+fn published_night(as_of: &str) -> String {
+    format!(
+        "sharded reconcile as of {as_of}\ncreated {SHARDS_JOB}\ncreated {MERGE_JOB}\n\
+         published /out/nightly-reconcile as of {as_of}\n"
+    )
+}
+
+/// The sharded reconcile as the CronJob runs it: its driver (`run.sh`, against the scripted
+/// cluster of [`FAKE_KUBECTL`] answering that each Job completed) creates the Indexed Job
+/// and the merge Job; then every index of the Job it created runs as Kubernetes starts it
+/// (its `JOB_COMPLETION_INDEX`, the Job's `TALLY_SHARDS` and `TMPDIR`, the as-of the driver
+/// wrote in), then the merge Job it created: the merge publishes what one run of the same
+/// job file publishes, byte for byte. A real cluster (its scheduling, retries, the pods
+/// running while the driver waits) is not run.
 #[test]
 fn the_kubernetes_sharded_jobs_publish_what_one_run_does() {
-    let shards = manifest("sharded/shards-job.yaml");
-    let merge = manifest("sharded/merge-job.yaml");
-    let config = manifest("cronjob-reconcile.yaml").job_file.unwrap();
     let installed = Installed::new();
+    let as_of = "2026-11-20T00:00:00Z";
+    let driven = installed.drive(&[COMPLETE, COMPLETE], Some(as_of));
+    assert!(driven.output.status.success(), "{}", driven.story());
+    let [shards, merge] = &driven.created[..] else {
+        panic!("not two Jobs created: {}", driven.story());
+    };
+    let shards = manifest_text("the driver's shards Job", shards);
+    let merge = manifest_text("the driver's merge Job", merge);
+    let config = manifest("cronjob-reconcile.yaml").job_file.unwrap();
     installed.install_config_map("nightly-reconcile.toml", &config);
     std::fs::create_dir_all(installed.root.join("scratch")).unwrap();
     let completions = shards.completions.expect("an Indexed Job's completions");
@@ -500,12 +723,12 @@ fn the_kubernetes_sharded_jobs_publish_what_one_run_does() {
         Some(completions),
         "TALLY_SHARDS is the completions"
     );
-    let as_of = "2026-11-20T00:00:00Z";
     let run_container = |manifest: &Manifest, index: Option<u32>| {
         let (program, words) = installed.container(manifest);
-        let words: Vec<String> = (words.iter())
-            .map(|word| word.replace("__AS_OF__", as_of))
-            .collect();
+        assert!(
+            words.iter().all(|word| !word.contains("__AS_OF__")),
+            "the driver left __AS_OF__ in {words:?}"
+        );
         let mut command = Command::new(&program);
         command
             .args(&words)
@@ -545,5 +768,291 @@ fn the_kubernetes_sharded_jobs_publish_what_one_run_does() {
     assert!(
         crate::common::folder_bytes(&merged) == crate::common::folder_bytes(&single),
         "the merged sharded run differs from one run"
+    );
+}
+
+/// A night that goes well: the driver creates the shards Job with the night's as-of in
+/// place of `__AS_OF__` (one instant for every shard, or the merge refuses them), reads it
+/// every 15 seconds while it runs, creates the merge Job only once the shards Job is
+/// Complete (a merge started early refuses missing shards), waits for the merge and exits
+/// 0 with the as-of it published.
+#[test]
+fn the_sharded_driver_merges_once_every_shard_finished() {
+    let installed = Installed::new();
+    let as_of = "2026-11-20T00:00:00Z";
+    let driven = installed.drive(&[RUNNING, COMPLETE, COMPLETE], Some(as_of));
+    let story = driven.story();
+    assert!(driven.output.status.success(), "{story}");
+    assert_eq!(
+        driven.calls,
+        [
+            created(SHARDS_JOB),
+            got(SHARDS_JOB, RUNNING),
+            SLEPT.to_string(),
+            got(SHARDS_JOB, COMPLETE),
+            created(MERGE_JOB),
+            got(MERGE_JOB, COMPLETE),
+        ],
+        "{story}"
+    );
+    let shards = sharded_manifest("shards-job.yaml");
+    assert!(
+        shards.contains("\"__AS_OF__\""),
+        "shards-job.yaml: no __AS_OF__"
+    );
+    assert_eq!(driven.created.len(), 2, "{story}");
+    assert_eq!(driven.created[0], shards.replace("__AS_OF__", as_of));
+    assert!(!driven.created[0].contains("__AS_OF__"), "{story}");
+    assert_eq!(driven.created[1], sharded_manifest("merge-job.yaml"));
+    assert_eq!(driven.stdout(), published_night(as_of), "{story}");
+    assert_eq!(driven.stderr(), "", "{story}");
+}
+
+/// A shard that failed for good fails the shards Job: the driver exits 1 (the CronJob's Job
+/// fails and alerts) with the `kubectl describe` to run, and never creates the merge Job,
+/// which would only refuse the missing shard.
+#[test]
+fn the_sharded_driver_fails_without_merging_when_the_shards_job_fails() {
+    let installed = Installed::new();
+    let driven = installed.drive(&[RUNNING, FAILED], Some("2026-11-20T00:00:00Z"));
+    let story = driven.story();
+    assert_eq!(driven.output.status.code(), Some(1), "{story}");
+    assert_eq!(
+        driven.calls,
+        [
+            created(SHARDS_JOB),
+            got(SHARDS_JOB, RUNNING),
+            SLEPT.to_string(),
+            got(SHARDS_JOB, FAILED),
+        ],
+        "{story}"
+    );
+    assert_eq!(driven.created.len(), 1, "{story}");
+    assert_eq!(
+        driven.stderr(),
+        format!("{SHARDS_JOB} failed: kubectl describe {SHARDS_JOB}\n"),
+        "{story}"
+    );
+    assert_eq!(
+        driven.stdout(),
+        format!("sharded reconcile as of 2026-11-20T00:00:00Z\ncreated {SHARDS_JOB}\n"),
+        "{story}"
+    );
+}
+
+/// A merge that failed (a refused shard, an `[alert]` threshold crossed: exit 1 fails the
+/// merge Job too) fails the driver: exit 1 with the `kubectl describe` to run, no
+/// "published" line, and a last line saying that tally's exit 1 is a published night with an
+/// alert and where to read which it was (the driver cannot tell them apart).
+#[test]
+fn the_sharded_driver_fails_when_the_merge_job_fails() {
+    let installed = Installed::new();
+    let driven = installed.drive(&[COMPLETE, FAILED], Some("2026-11-20T00:00:00Z"));
+    let story = driven.story();
+    assert_eq!(driven.output.status.code(), Some(1), "{story}");
+    assert_eq!(
+        driven.calls,
+        [
+            created(SHARDS_JOB),
+            got(SHARDS_JOB, COMPLETE),
+            created(MERGE_JOB),
+            got(MERGE_JOB, FAILED),
+        ],
+        "{story}"
+    );
+    assert_eq!(
+        driven.stderr(),
+        format!(
+            "{MERGE_JOB} failed: kubectl describe {MERGE_JOB}\n\
+             tally merge exits 1 when it published but crossed an [alert] threshold (the \
+             night's output is there), 2 or 3 when it refused (nothing published): kubectl \
+             logs {MERGE_JOB} says which\n"
+        ),
+        "{story}"
+    );
+    assert!(!driven.stdout().contains("published"), "{story}");
+    assert_eq!(
+        driven.stdout(),
+        format!(
+            "sharded reconcile as of 2026-11-20T00:00:00Z\ncreated {SHARDS_JOB}\n\
+             created {MERGE_JOB}\n"
+        ),
+        "{story}"
+    );
+}
+
+/// An API server that does not answer for a while (an upgrade, a leader election) must not
+/// end the driver while its shards run, or the merge would never start: 19 failed reads in
+/// a row, each followed by the 15-second wait, and the driver goes on to the merge.
+#[test]
+fn the_sharded_driver_rides_out_19_failed_reads_of_a_job() {
+    let installed = Installed::new();
+    let answers: Vec<&str> = [[API_ERROR; 19].as_slice(), &[COMPLETE, COMPLETE]].concat();
+    let as_of = "2026-11-20T00:00:00Z";
+    let driven = installed.drive(&answers, Some(as_of));
+    let story = driven.story();
+    assert!(driven.output.status.success(), "{story}");
+    let mut calls = vec![created(SHARDS_JOB)];
+    calls.extend(api_errors(SHARDS_JOB, 19));
+    calls.extend([
+        got(SHARDS_JOB, COMPLETE),
+        created(MERGE_JOB),
+        got(MERGE_JOB, COMPLETE),
+    ]);
+    assert_eq!(driven.calls, calls, "{story}");
+    assert_eq!(driven.stdout(), published_night(as_of), "{story}");
+}
+
+/// 20 failed reads in a row (5 minutes of 15-second waits) are an outage, not a passing
+/// error: the driver exits 1 saying it cannot read the Job, and does not create the merge
+/// Job blind (the shards may still be running).
+#[test]
+fn the_sharded_driver_fails_after_20_failed_reads_in_a_row() {
+    let installed = Installed::new();
+    let driven = installed.drive(&[API_ERROR; 20], Some("2026-11-20T00:00:00Z"));
+    let story = driven.story();
+    assert_eq!(driven.output.status.code(), Some(1), "{story}");
+    let mut calls = vec![created(SHARDS_JOB)];
+    calls.extend(api_errors(SHARDS_JOB, 20));
+    assert_eq!(
+        calls.pop().as_deref(),
+        Some(SLEPT),
+        "no wait after the 20th"
+    );
+    assert_eq!(driven.calls, calls, "{story}");
+    assert_eq!(driven.created.len(), 1, "{story}");
+    let stderr = driven.stderr();
+    assert_eq!(
+        stderr.lines().last(),
+        Some(
+            format!(
+                "cannot read {SHARDS_JOB} from the API (20 reads in a row failed, 15 s apart): \
+                 kubectl describe {SHARDS_JOB}"
+            )
+            .as_str()
+        ),
+        "{story}"
+    );
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|l| l.starts_with("Unable to connect to the server"))
+            .count(),
+        20,
+        "kubectl's own error reaches the log each time: {story}"
+    );
+    assert!(!driven.stdout().contains("published"), "{story}");
+}
+
+/// Only failed reads in a row count: one answer between two streaks of 19 resets the count,
+/// so a flaky API over a long night of shards does not fail a run that is going well.
+#[test]
+fn the_sharded_driver_counts_only_failed_reads_in_a_row() {
+    let installed = Installed::new();
+    let answers: Vec<&str> = [
+        [API_ERROR; 19].as_slice(),
+        &[RUNNING],
+        &[API_ERROR; 19],
+        &[COMPLETE, COMPLETE],
+    ]
+    .concat();
+    let as_of = "2026-11-20T00:00:00Z";
+    let driven = installed.drive(&answers, Some(as_of));
+    let story = driven.story();
+    assert!(driven.output.status.success(), "{story}");
+    let mut calls = vec![created(SHARDS_JOB)];
+    calls.extend(api_errors(SHARDS_JOB, 19));
+    calls.extend([got(SHARDS_JOB, RUNNING), SLEPT.to_string()]);
+    calls.extend(api_errors(SHARDS_JOB, 19));
+    calls.extend([
+        got(SHARDS_JOB, COMPLETE),
+        created(MERGE_JOB),
+        got(MERGE_JOB, COMPLETE),
+    ]);
+    assert_eq!(driven.calls, calls, "{story}");
+    assert_eq!(driven.stdout(), published_night(as_of), "{story}");
+}
+
+/// Without `AS_OF` (every scheduled night) the driver takes the UTC instant it starts, in
+/// the form `--as-of` reads (`YYYY-MM-DDTHH:MM:SSZ`), prints it, and writes that same
+/// instant into the shards Job and the "published" line: the night's as-of is in the log.
+#[test]
+fn the_sharded_driver_takes_the_utc_now_as_of_by_default() {
+    let installed = Installed::new();
+    let clock = || chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let before = clock();
+    let driven = installed.drive(&[COMPLETE, COMPLETE], None);
+    let after = clock();
+    let story = driven.story();
+    assert!(driven.output.status.success(), "{story}");
+    let stdout = driven.stdout();
+    let as_of = (stdout.lines().next())
+        .and_then(|l| l.strip_prefix("sharded reconcile as of "))
+        .unwrap_or_else(|| panic!("no as-of line: {story}"));
+    let form = "0000-00-00T00:00:00Z";
+    assert!(
+        as_of.len() == form.len()
+            && (as_of.chars().zip(form.chars())).all(|(c, f)| if f == '0' {
+                c.is_ascii_digit()
+            } else {
+                c == f
+            }),
+        "not an as-of of the form {form}: {as_of:?}"
+    );
+    assert!(
+        before.as_str() <= as_of && as_of <= after.as_str(),
+        "{as_of} is not the UTC time of the run ({before} to {after})"
+    );
+    assert_eq!(
+        driven.created.first(),
+        Some(&sharded_manifest("shards-job.yaml").replace("__AS_OF__", as_of)),
+        "{story}"
+    );
+    assert_eq!(stdout, published_night(as_of), "{story}");
+}
+
+/// A hand-set `AS_OF` goes into `sed`'s replacement text: one not of the form `--as-of`
+/// reads (a date alone, a `/` or `&` that would break or mangle the replacement) is refused
+/// with exit 2 before any Job is created, instead of shards of a mangled as-of.
+#[test]
+fn the_sharded_driver_refuses_a_hand_set_as_of_of_another_form() {
+    for as_of in [
+        "2026-11-20",
+        "2026/11/20T00:00:00Z",
+        "2026-11-20T00:00:00Z&x",
+    ] {
+        let installed = Installed::new();
+        let driven = installed.drive(&[], Some(as_of));
+        let story = driven.story();
+        assert_eq!(driven.output.status.code(), Some(2), "{story}");
+        assert_eq!(driven.calls, Vec::<String>::new(), "{story}");
+        assert_eq!(
+            driven.stderr(),
+            format!("AS_OF={as_of} is not an instant of the form 2026-11-20T00:00:00Z (UTC)\n"),
+            "{story}"
+        );
+        assert_eq!(driven.stdout(), "", "{story}");
+    }
+}
+
+/// The driver's deadline leaves room past its two Jobs' own (the shards' and the merge's
+/// `activeDeadlineSeconds`, added) for scheduling and its polls: a driver killed at its
+/// deadline fails the night's CronJob Job while the merge it created may still publish.
+#[test]
+fn the_sharded_drivers_deadline_outlasts_its_jobs() {
+    let deadline = |job: &str| -> u64 {
+        let text = sharded_manifest(job);
+        let found: Vec<u64> = (text.lines())
+            .filter_map(|l| l.trim().strip_prefix("activeDeadlineSeconds:"))
+            .map(|v| v.split('#').next().unwrap().trim().parse().unwrap())
+            .collect();
+        assert_eq!(found.len(), 1, "{job}: one activeDeadlineSeconds");
+        found[0]
+    };
+    let jobs = deadline("shards-job.yaml") + deadline("merge-job.yaml");
+    let driver = deadline("driver-cronjob.yaml");
+    assert!(
+        driver >= jobs + 15 * 60,
+        "the driver's deadline ({driver} s) leaves less than 15 minutes past its Jobs' ({jobs} s)"
     );
 }
