@@ -151,18 +151,12 @@ pub fn check_layout(dir: &Path, out: &Path) -> Result<()> {
     ))
 }
 
-/// Read every earlier close under `dir`: each folder directly under it whose manifest.json
-/// says `"command": "close"`, except `exclude` (the run's own output folder). Skipped as
-/// well: folders whose names start with `.` or `_` (a run's staging folder, left behind
-/// when a run is killed while publishing, or a hidden backup) and closes made at this
-/// run's own as-of (a backup copy of this very close kept beside it before a `--force`
-/// rerun): reading them would leave this run nothing to close. Closes at a later as-of are
-/// read: their periods are closed, whichever month is re-run. A `dir` that does not exist
-/// yet holds no closes (the first close; [`check_layout`] has put its output inside it).
-pub fn load(dir: &Path, exclude: &Path, as_of: Micros) -> Result<History> {
-    let mut history = History::default();
+/// The earlier closes under `dir` that a run at `as_of` writing `exclude` reads (see
+/// [`load`]): (name under `dir`, folder), in name order.
+pub fn earlier_closes(dir: &Path, exclude: &Path, as_of: Micros) -> Result<Vec<(String, PathBuf)>> {
+    let mut closes = Vec::new();
     if !dir.is_dir() {
-        return Ok(history);
+        return Ok(closes);
     }
     let mut folders: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| TallyError::io(dir, e))?
@@ -211,7 +205,23 @@ pub fn load(dir: &Path, exclude: &Path, as_of: Micros) -> Result<History> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        history.folders.push((name, manifest_path.clone()));
+        closes.push((name, folder));
+    }
+    Ok(closes)
+}
+
+/// Read every earlier close under `dir`: each folder directly under it whose manifest.json
+/// says `"command": "close"`, except `exclude` (the run's own output folder). Skipped as
+/// well: folders whose names start with `.` or `_` (a run's staging folder, left behind
+/// when a run is killed while publishing, or a hidden backup) and closes made at this
+/// run's own as-of (a backup copy of this very close kept beside it before a `--force`
+/// rerun): reading them would leave this run nothing to close. Closes at a later as-of are
+/// read: their periods are closed, whichever month is re-run. A `dir` that does not exist
+/// yet holds no closes (the first close; [`check_layout`] has put its output inside it).
+pub fn load(dir: &Path, exclude: &Path, as_of: Micros) -> Result<History> {
+    let mut history = History::default();
+    for (name, folder) in earlier_closes(dir, exclude, as_of)? {
+        history.folders.push((name, folder.join("manifest.json")));
         let invoices = folder.join("invoices.parquet");
         read_columns(&invoices, &mut |batch| {
             let accounts = column(batch, "account_id", &invoices)?.as_string::<i32>();

@@ -76,6 +76,9 @@ enum Command {
     /// Audit trail of one event, ledger entry or account: the rows seen, the rate and
     /// arithmetic, the grants drawn, the entries and the verdict (as the run computes them).
     Explain(ExplainArgs),
+    /// Check a published output folder against its manifest.json (every file's sha256), and
+    /// with --data / --history the inputs the run read: exit 0 when all match, 1 when not.
+    Verify(VerifyArgs),
     /// Benchmark baseline: decode the contract's columns of every input file, nothing else.
     Scan {
         #[arg(long)]
@@ -258,6 +261,19 @@ struct MergeArgs {
     /// Replace an earlier close in --out made from other inputs.
     #[arg(long)]
     force: bool,
+}
+
+#[derive(Args, Clone)]
+struct VerifyArgs {
+    /// The output folder a reconcile, close or merge published (its --out).
+    #[arg(value_name = "OUT")]
+    out: PathBuf,
+    /// Also hold the data root's files against the inputs the run read (changed, gone, new).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Also hold the earlier closes a close read (its --history folder) against the manifest.
+    #[arg(long)]
+    history: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -758,6 +774,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Generate(g) => return generate(g),
         Command::Merge(m) => return merge(m),
         Command::Explain(x) => return explain(x),
+        Command::Verify(v) => return verify(v),
         Command::Scan { data } => {
             let started = std::time::Instant::now();
             let rows = tally::scan(&data)?;
@@ -810,6 +827,63 @@ fn log_run_done(ended: &anyhow::Result<u8>, took: std::time::Duration) {
             "run done"
         ),
     }
+}
+
+/// `tally verify`: every difference on a line of its own, then one line of what was
+/// checked; exit 1 when anything differs (as `cmp` and `diff` do), 0 when all match.
+fn verify(args: VerifyArgs) -> anyhow::Result<u8> {
+    let found = tally::verify::verify(&tally::verify::VerifyRequest {
+        out: args.out.clone(),
+        data: args.data.clone(),
+        history: args.history.clone(),
+    })?;
+    for difference in &found.differences {
+        out_line!("{difference}");
+    }
+    out_line!("{}", verify_summary(&args, &found));
+    Ok(u8::from(!found.differences.is_empty()))
+}
+
+/// The last line of `tally verify`: the run, the outputs, the inputs (and those not checked).
+fn verify_summary(args: &VerifyArgs, found: &tally::verify::Verification) -> String {
+    use tally::verify::Difference::*;
+    let (outputs, inputs): (Vec<_>, Vec<_>) = (found.differences.iter())
+        .partition(|d| matches!(d, OutputChanged(_) | OutputMissing(_) | OutputNotListed(_)));
+    let plural = |n: usize, word: &str| match n {
+        1 => format!("1 {word}"),
+        _ => format!("{n} {word}s"),
+    };
+    let mut line = format!(
+        "{}: {} as of {}: ",
+        args.out.display(),
+        found.command,
+        found.as_of
+    );
+    line += &match outputs.len() {
+        0 => format!("{} as written", plural(found.outputs, "output")),
+        n => format!(
+            "{} in the {} (not as the run wrote them)",
+            plural(n, "difference"),
+            plural(found.outputs, "output")
+        ),
+    };
+    if found.inputs_checked > 0 || !inputs.is_empty() {
+        line += &match inputs.len() {
+            0 => format!("; {} as read", plural(found.inputs_checked, "input")),
+            n => format!(
+                "; {} in the inputs (the run read other files: its figures are not those of \
+                 the inputs as they are now)",
+                plural(n, "difference")
+            ),
+        };
+    }
+    if found.inputs_not_checked > 0 {
+        line += &format!(
+            "; {} not checked (--data checks the data root's, --history the earlier closes')",
+            plural(found.inputs_not_checked, "input")
+        );
+    }
+    line
 }
 
 /// The exit code of a failed command (README, "Exit codes"): its [`TallyError`]'s, else 4.
@@ -933,7 +1007,10 @@ fn main() -> ExitCode {
     init_logging(cli.log_format, level);
     // The commands that make spill and staging folders; `generate` writes its data root in
     // place and `scan` nothing, so a signal ends them as it ends any program.
-    let makes_scratch = !matches!(cli.command, Command::Generate(_) | Command::Scan { .. });
+    let makes_scratch = !matches!(
+        cli.command,
+        Command::Generate(_) | Command::Scan { .. } | Command::Verify(_)
+    );
     if makes_scratch {
         if let Err(e) = tally::interrupt::watch() {
             tracing::warn!(error = %e, "cannot watch for SIGINT/SIGTERM: an interrupted run will leave its scratch folders to the next run");

@@ -447,7 +447,7 @@ fn differences(a: &ShardManifest, b: &ShardManifest) -> String {
     if a.inputs != b.inputs {
         what.push(format!(
             "inputs differ: {}",
-            crate::input_changes(&a.inputs, &b.inputs).join(", ")
+            crate::listed_briefly(&crate::input_changes(&a.inputs, &b.inputs))
         ));
     }
     what.join("; ")

@@ -13,3 +13,4 @@ mod operations;
 mod properties;
 mod report;
 mod sharding;
+mod verify;

@@ -295,6 +295,29 @@ fn close_is_idempotent_and_refuses_changed_inputs() {
     let other = run("close", &root, "2026-12-02T00:00:00Z", &out);
     assert_eq!(other.status.code(), Some(3));
 
+    // Many changes (a month re-exported, here 6 files more): the refusal stays one line,
+    // naming the first five changes in path order and counting the rest.
+    let usage = std::fs::read_dir(root.join("usage"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .expect("a usage file at the top of usage/");
+    for i in 0..6 {
+        std::fs::copy(&usage, root.join(format!("usage/zz-{i}.parquet"))).unwrap();
+    }
+    let many = run("close", &root, "2026-12-01T00:00:00Z", &out);
+    assert_refused(
+        &many,
+        &out,
+        "already holds a close with other inputs (pricebook.toml changed, usage/zz-0.parquet \
+         is new, usage/zz-1.parquet is new, usage/zz-2.parquet is new, usage/zz-3.parquet is \
+         new and 2 more); rerun with --force to replace it",
+        &before,
+    );
+    for i in 0..6 {
+        std::fs::remove_file(root.join(format!("usage/zz-{i}.parquet"))).unwrap();
+    }
+
     let forced = close_forced(&root, "2026-12-01T00:00:00Z", &out);
     assert_eq!(forced.status.code(), Some(0));
     let manifest = json(&out.join("manifest.json"));

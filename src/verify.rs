@@ -1,0 +1,260 @@
+//! `tally verify`: whether a published output folder is still what the run wrote, and
+//! (with `--data`, `--history`) whether its inputs are still what the run read, by the
+//! sha256 of every file its `manifest.json` lists. For finance handing a month's folder to
+//! an auditor ("are these the job's files?") and for on-call before re-using a night's
+//! figures ("did an export land after the run?").
+
+use crate::error::{Result, TallyError};
+use crate::model::Dataset;
+use crate::report::{FileEntry, Manifest};
+use rayon::prelude::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// What to verify: an output folder, and the inputs to hold against its manifest.
+pub struct VerifyRequest {
+    pub out: PathBuf,
+    /// The data root the run read (its price book and datasets).
+    pub data: Option<PathBuf>,
+    /// The folder of earlier closes a close read (`--history`).
+    pub history: Option<PathBuf>,
+}
+
+/// One way a file differs from the manifest.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Difference {
+    /// An output whose bytes are not the ones written (its sha256 differs).
+    OutputChanged(String),
+    /// An output the manifest lists that is not in the folder.
+    OutputMissing(String),
+    /// A file in the folder the run did not write.
+    OutputNotListed(String),
+    /// An input whose bytes are not the ones read.
+    InputChanged(String),
+    /// An input the run read that is gone.
+    InputGone(String),
+    /// A file the run would read now that it did not read (an export that landed later).
+    InputNew(String),
+}
+
+impl std::fmt::Display for Difference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Difference::OutputChanged(p) => {
+                write!(f, "output changed: {p} (its sha256 is not the manifest's)")
+            }
+            Difference::OutputMissing(p) => write!(f, "output missing: {p}"),
+            Difference::OutputNotListed(p) => {
+                write!(
+                    f,
+                    "output not in the manifest: {p} (the run did not write it)"
+                )
+            }
+            Difference::InputChanged(p) => {
+                write!(f, "input changed: {p} (its sha256 is not the one read)")
+            }
+            Difference::InputGone(p) => write!(f, "input gone: {p}"),
+            Difference::InputNew(p) => write!(f, "input new: {p} (the run did not read it)"),
+        }
+    }
+}
+
+/// What `verify` found.
+#[derive(Debug)]
+pub struct Verification {
+    /// The manifest's command and as-of (`reconcile`, `2026-11-20T00:00:00Z`).
+    pub command: String,
+    pub as_of: String,
+    /// Outputs the manifest lists.
+    pub outputs: usize,
+    /// Inputs the manifest lists that were held against `--data` / `--history`.
+    pub inputs_checked: usize,
+    /// Inputs the manifest lists that no flag given covers (earlier closes without
+    /// `--history`, everything without `--data`).
+    pub inputs_not_checked: usize,
+    /// Every difference, outputs first, each kind in path order.
+    pub differences: Vec<Difference>,
+}
+
+/// Check `req.out` against its manifest (and the inputs given). An unreadable folder or
+/// manifest is an error (exit 2); differences are findings, not errors.
+pub fn verify(req: &VerifyRequest) -> Result<Verification> {
+    let manifest = read_manifest(&req.out)?;
+    let mut differences = output_differences(&req.out, &manifest.outputs)?;
+    let (history_inputs, data_inputs): (Vec<&FileEntry>, Vec<&FileEntry>) = (manifest.inputs)
+        .iter()
+        .partition(|f| f.path.starts_with("history/"));
+    let mut inputs_checked = 0;
+    if let Some(data) = &req.data {
+        crate::pipeline::check_data_root(data)?;
+        let now = data_root_files(data)?;
+        differences.extend(input_differences(&data_inputs, &now)?);
+        inputs_checked += data_inputs.len();
+    }
+    if let Some(history) = &req.history {
+        let as_of = crate::time::parse_instant(&manifest.as_of).ok_or_else(|| {
+            TallyError::input(
+                manifest_path(&req.out).display().to_string(),
+                "unreadable manifest: `as_of` is not an instant",
+            )
+        })?;
+        let now: Vec<(String, PathBuf)> = crate::history::earlier_closes(history, &req.out, as_of)?
+            .into_iter()
+            .map(|(name, folder)| {
+                (
+                    format!("history/{name}/manifest.json"),
+                    folder.join("manifest.json"),
+                )
+            })
+            .collect();
+        differences.extend(input_differences(&history_inputs, &now)?);
+        inputs_checked += history_inputs.len();
+    }
+    differences.sort();
+    Ok(Verification {
+        command: manifest.command,
+        as_of: manifest.as_of,
+        outputs: manifest.outputs.len(),
+        inputs_checked,
+        inputs_not_checked: manifest.inputs.len() - inputs_checked,
+        differences,
+    })
+}
+
+fn manifest_path(out: &Path) -> PathBuf {
+    out.join("manifest.json")
+}
+
+/// The folder's `manifest.json`, refused with what the folder is instead.
+fn read_manifest(out: &Path) -> Result<Manifest> {
+    let path = manifest_path(out);
+    let why = match std::fs::metadata(out) {
+        Ok(meta) if meta.is_dir() => None,
+        Ok(_) => Some("is not a folder"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("does not exist"),
+        Err(e) => return Err(TallyError::io(out, e)),
+    };
+    if let Some(why) = why {
+        return Err(TallyError::config(
+            out.display().to_string(),
+            format!("{why}: give `tally verify` the folder a run published (its --out)"),
+        ));
+    }
+    if out.join(crate::shard::SHARD_MANIFEST).is_file() {
+        return Err(TallyError::config(
+            out.display().to_string(),
+            "is a shard's part of a sharded run (it holds shard.json): `tally merge` checks \
+             its files; verify the merged folder",
+        ));
+    }
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(TallyError::config(
+                out.display().to_string(),
+                "holds no manifest.json: not a folder a tally run published",
+            ))
+        }
+        Err(e) => return Err(TallyError::io(&path, e)),
+    };
+    let manifest: Manifest = serde_json::from_str(&text).map_err(|e| {
+        TallyError::input(
+            path.display().to_string(),
+            format!("unreadable manifest: {e}"),
+        )
+    })?;
+    if manifest.tool != "tally" {
+        return Err(TallyError::input(
+            path.display().to_string(),
+            format!("not a tally manifest (its tool is {:?})", manifest.tool),
+        ));
+    }
+    Ok(manifest)
+}
+
+/// The outputs that differ from `listed`: changed, missing, and files the run did not
+/// write (`manifest.json` itself is the list, not on it).
+fn output_differences(out: &Path, listed: &[FileEntry]) -> Result<Vec<Difference>> {
+    let mut differences: Vec<Difference> = listed
+        .par_iter()
+        .map(|entry| {
+            let path = out.join(&entry.path);
+            match std::fs::metadata(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Ok(Some(Difference::OutputMissing(entry.path.clone())))
+                }
+                Err(e) => Err(TallyError::io(&path, e)),
+                Ok(_) => Ok((crate::write::sha256_file(&path)? != entry.sha256)
+                    .then(|| Difference::OutputChanged(entry.path.clone()))),
+            }
+        })
+        .filter_map(Result::transpose)
+        .collect::<Result<_>>()?;
+    let listed: std::collections::HashSet<&str> = listed.iter().map(|f| f.path.as_str()).collect();
+    for path in files_under(out, "")? {
+        if path != "manifest.json" && !listed.contains(path.as_str()) {
+            differences.push(Difference::OutputNotListed(path));
+        }
+    }
+    Ok(differences)
+}
+
+/// Every file under `dir`, as `/`-separated paths relative to it (links not followed:
+/// the run writes none), hidden names included.
+fn files_under(dir: &Path, rel: &str) -> Result<Vec<String>> {
+    let mut files = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| TallyError::io(dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| TallyError::io(dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = match rel {
+            "" => name,
+            _ => format!("{rel}/{name}"),
+        };
+        let kind = entry
+            .file_type()
+            .map_err(|e| TallyError::io(entry.path(), e))?;
+        match kind.is_dir() {
+            true => files.extend(files_under(&entry.path(), &path)?),
+            false => files.push(path),
+        }
+    }
+    Ok(files)
+}
+
+/// The inputs a run of the data root reads now, as (manifest path, file): the price book
+/// and every dataset file the run lists (the same listing: hidden names and files not
+/// named `*.parquet` are not inputs).
+fn data_root_files(data: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let pricebook = data.join("pricebook.toml");
+    let mut files = Vec::new();
+    if pricebook.exists() {
+        files.push(("pricebook.toml".to_string(), pricebook));
+    }
+    for dataset in Dataset::ALL {
+        if let Some(listing) = crate::load::list_dataset(data, dataset.name())? {
+            files.extend((listing.files.into_iter()).map(|f| (f.rel_path, f.abs_path)));
+        }
+    }
+    Ok(files)
+}
+
+/// How the inputs found `now` differ from those the manifest lists (`listed`): changed,
+/// gone, new.
+fn input_differences(listed: &[&FileEntry], now: &[(String, PathBuf)]) -> Result<Vec<Difference>> {
+    let now: BTreeMap<&str, &Path> = now.iter().map(|(p, f)| (p.as_str(), f.as_path())).collect();
+    let mut differences: Vec<Difference> = listed
+        .par_iter()
+        .map(|entry| match now.get(entry.path.as_str()) {
+            None => Ok(Some(Difference::InputGone(entry.path.clone()))),
+            Some(file) => Ok((crate::write::sha256_file(file)? != entry.sha256)
+                .then(|| Difference::InputChanged(entry.path.clone()))),
+        })
+        .filter_map(Result::transpose)
+        .collect::<Result<_>>()?;
+    let listed: std::collections::HashSet<&str> = listed.iter().map(|f| f.path.as_str()).collect();
+    for path in now.keys().filter(|p| !listed.contains(*p)) {
+        differences.push(Difference::InputNew(path.to_string()));
+    }
+    Ok(differences)
+}

@@ -1,0 +1,292 @@
+//! `tally verify`: a published folder held against its manifest.json (every output's
+//! sha256), and with `--data` / `--history` the inputs the run read. Exit 0 when all match,
+//! 1 with one line per difference, 2 when the folder is not one a run published.
+
+use crate::common::{demo_copy, json, run_command_ok, stderr, tally, tally_command};
+use std::path::Path;
+
+const AS_OF: &str = "2026-11-20T00:00:00Z";
+
+/// `tally verify OUT extra...`: its exit code and stdout.
+fn verify(out: &Path, extra: &[&str]) -> (Option<i32>, String) {
+    let ran = tally_command(&["verify", out.to_str().unwrap()])
+        .args(extra)
+        .output()
+        .expect("tally runs");
+    assert!(
+        ran.status.code() != Some(2) || !ran.stderr.is_empty(),
+        "exit 2 without a message"
+    );
+    (
+        ran.status.code(),
+        String::from_utf8_lossy(&ran.stdout).into_owned(),
+    )
+}
+
+/// The number of outputs and inputs `out`'s manifest lists.
+fn listed(out: &Path) -> (usize, usize) {
+    let manifest = json(&out.join("manifest.json"));
+    let count = |key: &str| manifest[key].as_array().unwrap().len();
+    (count("outputs"), count("inputs"))
+}
+
+/// A reconcile of a copy of the bundled data root, untouched since: every output as
+/// written, every input as read; without `--data` the inputs are counted as not checked.
+#[test]
+fn a_published_folder_verifies_as_written_and_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = demo_copy(tmp.path());
+    let out = tmp.path().join("out");
+    run_command_ok("reconcile", &data, AS_OF, &out);
+    let (outputs, inputs) = listed(&out);
+    assert!(
+        outputs > 30 && inputs > 30,
+        "{outputs} outputs, {inputs} inputs"
+    );
+    let (code, stdout) = verify(&out, &[]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert_eq!(
+        stdout,
+        format!(
+            "{}: reconcile as of {AS_OF}: {outputs} outputs as written; {inputs} inputs not \
+             checked (--data checks the data root's, --history the earlier closes')\n",
+            out.display()
+        )
+    );
+    let (code, stdout) = verify(&out, &["--data", data.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert_eq!(
+        stdout,
+        format!(
+            "{}: reconcile as of {AS_OF}: {outputs} outputs as written; {inputs} inputs as \
+             read\n",
+            out.display()
+        )
+    );
+}
+
+/// An output folder altered after the run: a byte changed (same size), a file removed, a
+/// file added at the top and one in `report/`: each named, outputs in path order by kind,
+/// exit 1. The same folder restored verifies again.
+#[test]
+fn altered_outputs_are_each_named_and_exit_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = demo_copy(tmp.path());
+    let out = tmp.path().join("out");
+    run_command_ok("reconcile", &data, AS_OF, &out);
+    let (outputs, _) = listed(&out);
+    let balances = out.join("balances.csv");
+    let original = std::fs::read(&balances).unwrap();
+    let mut altered = original.clone();
+    let last = altered.len() - 2;
+    altered[last] = if altered[last] == b'1' { b'2' } else { b'1' };
+    std::fs::write(&balances, &altered).unwrap();
+    let summary = std::fs::read(out.join("summary.md")).unwrap();
+    std::fs::remove_file(out.join("summary.md")).unwrap();
+    std::fs::write(out.join("notes.txt"), "finance's notes").unwrap();
+    std::fs::write(out.join("report/extra.csv"), "a,b\n").unwrap();
+
+    let (code, stdout) = verify(&out, &[]);
+    assert_eq!(code, Some(1), "{stdout}");
+    let (_, inputs) = listed(&out);
+    assert_eq!(
+        stdout,
+        format!(
+            "output changed: balances.csv (its sha256 is not the manifest's)\n\
+             output missing: summary.md\n\
+             output not in the manifest: notes.txt (the run did not write it)\n\
+             output not in the manifest: report/extra.csv (the run did not write it)\n\
+             {}: reconcile as of {AS_OF}: 4 differences in the {outputs} outputs (not as the \
+             run wrote them); {inputs} inputs not checked (--data checks the data root's, \
+             --history the earlier closes')\n",
+            out.display()
+        )
+    );
+
+    std::fs::write(&balances, &original).unwrap();
+    std::fs::write(out.join("summary.md"), summary).unwrap();
+    std::fs::remove_file(out.join("notes.txt")).unwrap();
+    std::fs::remove_file(out.join("report/extra.csv")).unwrap();
+    assert_eq!(verify(&out, &[]).0, Some(0));
+}
+
+/// The data root after the run: a usage file changed, another gone, a usage file and a
+/// price book edit that landed later: each named, exit 1. Files a run would not read (a
+/// `.csv`, a hidden staging file) are not inputs and not named.
+#[test]
+fn inputs_changed_since_the_run_are_each_named_and_exit_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = demo_copy(tmp.path());
+    let out = tmp.path().join("out");
+    run_command_ok("reconcile", &data, AS_OF, &out);
+    let (outputs, inputs) = listed(&out);
+    let usage = data.join("usage");
+    let mut appended = std::fs::read(usage.join("bucket=1/part-0.parquet")).unwrap();
+    appended.push(0);
+    std::fs::write(usage.join("bucket=1/part-0.parquet"), appended).unwrap();
+    std::fs::remove_file(usage.join("bucket=2/part-0.parquet")).unwrap();
+    std::fs::copy(
+        usage.join("bucket=3/part-0.parquet"),
+        usage.join("bucket=3/part-1.parquet"),
+    )
+    .unwrap();
+    std::fs::write(usage.join("bucket=3/export.csv"), "not an input").unwrap();
+    std::fs::write(usage.join("bucket=3/.part-2.parquet.tmp"), "a writer's").unwrap();
+    let pricebook = data.join("pricebook.toml");
+    let text = std::fs::read_to_string(&pricebook).unwrap();
+    std::fs::write(&pricebook, format!("{text}\n# edited after the run\n")).unwrap();
+
+    let (code, stdout) = verify(&out, &["--data", data.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert_eq!(
+        stdout,
+        format!(
+            "input changed: pricebook.toml (its sha256 is not the one read)\n\
+             input changed: usage/bucket=1/part-0.parquet (its sha256 is not the one read)\n\
+             input gone: usage/bucket=2/part-0.parquet\n\
+             input new: usage/bucket=3/part-1.parquet (the run did not read it)\n\
+             {}: reconcile as of {AS_OF}: {outputs} outputs as written; 4 differences in the \
+             inputs (the run read other files: its figures are not those of the inputs as \
+             they are now)\n",
+            out.display()
+        )
+    );
+    assert!(inputs > 4);
+}
+
+/// A close that read an earlier close (`--history`): its manifest lists that close's
+/// manifest.json as an input, checked with `--history` (a later close added beside it
+/// afterwards is new; the earlier close's manifest altered is changed) and counted as not
+/// checked without it.
+#[test]
+fn a_close_verifies_the_earlier_closes_it_read_with_history() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = demo_copy(tmp.path());
+    let closes = tmp.path().join("closes");
+    let close = |as_of: &str, name: &str| {
+        let out = closes.join(name);
+        let ran = crate::common::run_command("close", &data, as_of, &out)
+            .args(["--history", closes.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(ran.status.success(), "{}", stderr(&ran));
+        out
+    };
+    close("2026-12-01T00:00:00Z", "2026-11");
+    let december = close("2027-01-01T00:00:00Z", "2026-12");
+    let manifest = json(&december.join("manifest.json"));
+    let history: Vec<&str> = (manifest["inputs"].as_array().unwrap().iter())
+        .filter_map(|f| f["path"].as_str())
+        .filter(|p| p.starts_with("history/"))
+        .collect();
+    assert_eq!(history, ["history/2026-11/manifest.json"]);
+    let (outputs, inputs) = listed(&december);
+    let closes_arg = closes.to_str().unwrap();
+    let data_arg = data.to_str().unwrap();
+
+    let (code, stdout) = verify(&december, &["--data", data_arg]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert_eq!(
+        stdout,
+        format!(
+            "{}: close as of 2027-01-01T00:00:00Z: {outputs} outputs as written; {} inputs as \
+             read; 1 input not checked (--data checks the data root's, --history the earlier \
+             closes')\n",
+            december.display(),
+            inputs - 1
+        )
+    );
+    let both = ["--data", data_arg, "--history", closes_arg];
+    let (code, stdout) = verify(&december, &both);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.ends_with(&format!("{inputs} inputs as read\n")),
+        "{stdout}"
+    );
+
+    // A close at a later as-of made beside them: an earlier close the December close did
+    // not read (a rerun of December would).
+    close("2027-02-01T00:00:00Z", "2027-01");
+    let earlier = closes.join("2026-11/manifest.json");
+    let text = std::fs::read_to_string(&earlier).unwrap();
+    std::fs::write(&earlier, text.replace("\"tool\"", " \"tool\"")).unwrap();
+    let (code, stdout) = verify(&december, &both);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert_eq!(
+        stdout.lines().take(2).collect::<Vec<_>>(),
+        [
+            "input changed: history/2026-11/manifest.json (its sha256 is not the one read)",
+            "input new: history/2027-01/manifest.json (the run did not read it)",
+        ],
+        "{stdout}"
+    );
+}
+
+/// What is not a published folder is exit 2 with one line naming it: a path that does not
+/// exist, a file, a folder without a manifest, a shard's part, an unreadable manifest, one
+/// written by another tool.
+#[test]
+fn a_folder_a_run_did_not_publish_is_exit_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = |name: &str| tmp.path().join(name);
+    let refused = |target: &Path, message: &str| {
+        let ran = tally(&["verify", target.to_str().unwrap()]);
+        assert_eq!(ran.status.code(), Some(2), "{}", stderr(&ran));
+        assert_eq!(
+            stderr(&ran),
+            format!("tally: {}: {message}\n", target.display())
+        );
+        assert!(ran.stdout.is_empty());
+    };
+    refused(
+        &path("nope"),
+        "does not exist: give `tally verify` the folder a run published (its --out)",
+    );
+    std::fs::write(path("a-file"), "x").unwrap();
+    refused(
+        &path("a-file"),
+        "is not a folder: give `tally verify` the folder a run published (its --out)",
+    );
+    std::fs::create_dir(path("empty")).unwrap();
+    refused(
+        &path("empty"),
+        "holds no manifest.json: not a folder a tally run published",
+    );
+    std::fs::create_dir(path("shard=0")).unwrap();
+    std::fs::write(path("shard=0/shard.json"), "{}").unwrap();
+    refused(
+        &path("shard=0"),
+        "is a shard's part of a sharded run (it holds shard.json): `tally merge` checks its \
+         files; verify the merged folder",
+    );
+    std::fs::create_dir(path("garbled")).unwrap();
+    std::fs::write(path("garbled/manifest.json"), "{\"tool\": ").unwrap();
+    let ran = tally(&["verify", path("garbled").to_str().unwrap()]);
+    assert_eq!(ran.status.code(), Some(2));
+    assert!(
+        stderr(&ran).starts_with(&format!(
+            "tally: {}: unreadable manifest: ",
+            path("garbled/manifest.json").display()
+        )),
+        "{}",
+        stderr(&ran)
+    );
+    let data = demo_copy(tmp.path());
+    let out = path("out");
+    run_command_ok("reconcile", &data, AS_OF, &out);
+    let manifest = std::fs::read_to_string(out.join("manifest.json")).unwrap();
+    std::fs::write(
+        out.join("manifest.json"),
+        manifest.replace("\"tool\": \"tally\"", "\"tool\": \"other\""),
+    )
+    .unwrap();
+    let ran = tally(&["verify", out.to_str().unwrap()]);
+    assert_eq!(ran.status.code(), Some(2));
+    assert_eq!(
+        stderr(&ran),
+        format!(
+            "tally: {}: not a tally manifest (its tool is \"other\")\n",
+            out.join("manifest.json").display()
+        )
+    );
+}
