@@ -151,9 +151,18 @@ pub fn check_layout(dir: &Path, out: &Path) -> Result<()> {
     ))
 }
 
-/// The earlier closes under `dir` that a run at `as_of` writing `exclude` reads (see
-/// [`load`]): (name under `dir`, folder), in name order.
-pub fn earlier_closes(dir: &Path, exclude: &Path, as_of: Micros) -> Result<Vec<(String, PathBuf)>> {
+/// An earlier close under a history folder.
+pub struct EarlierClose {
+    /// The folder's name under the history folder.
+    pub name: String,
+    pub folder: PathBuf,
+    /// Its manifest's as-of (earlier or later than the run's).
+    pub as_of: Micros,
+}
+
+/// The closes under `dir` that a run at `as_of` writing `exclude` reads (see [`load`]), in
+/// name order.
+pub fn earlier_closes(dir: &Path, exclude: &Path, as_of: Micros) -> Result<Vec<EarlierClose>> {
     let mut closes = Vec::new();
     if !dir.is_dir() {
         return Ok(closes);
@@ -205,7 +214,11 @@ pub fn earlier_closes(dir: &Path, exclude: &Path, as_of: Micros) -> Result<Vec<(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        closes.push((name, folder));
+        closes.push(EarlierClose {
+            name,
+            folder,
+            as_of: close_as_of,
+        });
     }
     Ok(closes)
 }
@@ -220,7 +233,7 @@ pub fn earlier_closes(dir: &Path, exclude: &Path, as_of: Micros) -> Result<Vec<(
 /// yet holds no closes (the first close; [`check_layout`] has put its output inside it).
 pub fn load(dir: &Path, exclude: &Path, as_of: Micros) -> Result<History> {
     let mut history = History::default();
-    for (name, folder) in earlier_closes(dir, exclude, as_of)? {
+    for EarlierClose { name, folder, .. } in earlier_closes(dir, exclude, as_of)? {
         history.folders.push((name, folder.join("manifest.json")));
         let invoices = folder.join("invoices.parquet");
         read_columns(&invoices, &mut |batch| {

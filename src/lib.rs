@@ -240,7 +240,13 @@ fn describe_changes(old: &Manifest, req: &JobRequest, inputs: &[FileEntry]) -> O
     if old.settings.settle_seconds != req.settle_micros / 1_000_000 {
         changes.push(format!("settle was {}s", old.settings.settle_seconds));
     }
-    changes.extend(input_changes(&old.inputs, inputs));
+    // Earlier closes first: a later close among them decides the refusal's advice, and it
+    // must not be among the changes only counted.
+    let (history, files): (Vec<String>, Vec<String>) = input_changes(&old.inputs, inputs)
+        .into_iter()
+        .partition(|change| change.starts_with("history/"));
+    changes.extend(history);
+    changes.extend(files);
     (!changes.is_empty()).then(|| listed_briefly(&changes))
 }
 

@@ -844,11 +844,11 @@ fn verify(args: VerifyArgs) -> anyhow::Result<u8> {
     Ok(u8::from(!found.differences.is_empty()))
 }
 
-/// The last line of `tally verify`: the run, the outputs, the inputs (and those not checked).
+/// The last line of `tally verify`: the run, the outputs, the inputs (and those not
+/// checked, and later closes under `--history`).
 fn verify_summary(args: &VerifyArgs, found: &tally::verify::Verification) -> String {
-    use tally::verify::Difference::*;
-    let (outputs, inputs): (Vec<_>, Vec<_>) = (found.differences.iter())
-        .partition(|d| matches!(d, OutputChanged(_) | OutputMissing(_) | OutputNotListed(_)));
+    let outputs = found.differences.iter().filter(|d| d.is_output()).count();
+    let inputs = found.differences.len() - outputs;
     let plural = |n: usize, word: &str| match n {
         1 => format!("1 {word}"),
         _ => format!("{n} {word}s"),
@@ -859,21 +859,21 @@ fn verify_summary(args: &VerifyArgs, found: &tally::verify::Verification) -> Str
         found.command,
         found.as_of
     );
-    line += &match outputs.len() {
+    line += &match outputs {
         0 => format!("{} as written", plural(found.outputs, "output")),
         n => format!(
-            "{} in the {} (not as the run wrote them)",
-            plural(n, "difference"),
+            "{} (the folder is not as the run wrote it; the manifest lists {})",
+            plural(n, "output difference"),
             plural(found.outputs, "output")
         ),
     };
-    if found.inputs_checked > 0 || !inputs.is_empty() {
-        line += &match inputs.len() {
+    if found.inputs_checked > 0 || inputs > 0 {
+        line += &match inputs {
             0 => format!("; {} as read", plural(found.inputs_checked, "input")),
             n => format!(
-                "; {} in the inputs (the run read other files: its figures are not those of \
-                 the inputs as they are now)",
-                plural(n, "difference")
+                "; {} (the run read other files: its figures are not those of the inputs as \
+                 they are now)",
+                plural(n, "input difference")
             ),
         };
     }
@@ -881,6 +881,12 @@ fn verify_summary(args: &VerifyArgs, found: &tally::verify::Verification) -> Str
         line += &format!(
             "; {} not checked (--data checks the data root's, --history the earlier closes')",
             plural(found.inputs_not_checked, "input")
+        );
+    }
+    if found.later_closes > 0 {
+        line += &format!(
+            "; {} under --history, built on this one (not its inputs)",
+            plural(found.later_closes, "later close")
         );
     }
     line

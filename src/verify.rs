@@ -25,6 +25,8 @@ pub struct VerifyRequest {
 pub enum Difference {
     /// An output whose bytes are not the ones written (its sha256 differs).
     OutputChanged(String),
+    /// An output that is now a folder, a link or a special file (the run writes files).
+    OutputNotAFile(String),
     /// An output the manifest lists that is not in the folder.
     OutputMissing(String),
     /// A file in the folder the run did not write.
@@ -33,29 +35,60 @@ pub enum Difference {
     InputChanged(String),
     /// An input the run read that is gone.
     InputGone(String),
-    /// A file the run would read now that it did not read (an export that landed later).
+    /// A file the run would read now that it did not read (an export that landed later; for
+    /// a close, an earlier close made since).
     InputNew(String),
+}
+
+impl Difference {
+    pub fn is_output(&self) -> bool {
+        matches!(
+            self,
+            Difference::OutputChanged(_)
+                | Difference::OutputNotAFile(_)
+                | Difference::OutputMissing(_)
+                | Difference::OutputNotListed(_)
+        )
+    }
+}
+
+/// `path` with control characters written `\u{..}`: a file named with a newline must not
+/// print a line that reads as another finding.
+fn shown(path: &str) -> String {
+    let mut text = String::with_capacity(path.len());
+    for c in path.chars() {
+        match c.is_control() {
+            true => text.extend(c.escape_unicode()),
+            false => text.push(c),
+        }
+    }
+    text
 }
 
 impl std::fmt::Display for Difference {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
+        let (what, path, why) = match self {
             Difference::OutputChanged(p) => {
-                write!(f, "output changed: {p} (its sha256 is not the manifest's)")
+                ("output changed", p, " (its sha256 is not the manifest's)")
             }
-            Difference::OutputMissing(p) => write!(f, "output missing: {p}"),
-            Difference::OutputNotListed(p) => {
-                write!(
-                    f,
-                    "output not in the manifest: {p} (the run did not write it)"
-                )
-            }
+            Difference::OutputNotAFile(p) => (
+                "output changed",
+                p,
+                " (not a regular file: the run writes only files)",
+            ),
+            Difference::OutputMissing(p) => ("output missing", p, ""),
+            Difference::OutputNotListed(p) => (
+                "output not in the manifest",
+                p,
+                " (the run did not write it)",
+            ),
             Difference::InputChanged(p) => {
-                write!(f, "input changed: {p} (its sha256 is not the one read)")
+                ("input changed", p, " (its sha256 is not the one read)")
             }
-            Difference::InputGone(p) => write!(f, "input gone: {p}"),
-            Difference::InputNew(p) => write!(f, "input new: {p} (the run did not read it)"),
-        }
+            Difference::InputGone(p) => ("input gone", p, ""),
+            Difference::InputNew(p) => ("input new", p, " (the run did not read it)"),
+        };
+        write!(f, "{what}: {}{why}", shown(path))
     }
 }
 
@@ -72,6 +105,9 @@ pub struct Verification {
     /// Inputs the manifest lists that no flag given covers (earlier closes without
     /// `--history`, everything without `--data`).
     pub inputs_not_checked: usize,
+    /// Closes under `--history` at a later as-of than this close: built on it, not read by
+    /// it (not differences).
+    pub later_closes: usize,
     /// Every difference, outputs first, each kind in path order.
     pub differences: Vec<Difference>,
 }
@@ -86,25 +122,24 @@ pub fn verify(req: &VerifyRequest) -> Result<Verification> {
         .partition(|f| f.path.starts_with("history/"));
     let mut inputs_checked = 0;
     if let Some(data) = &req.data {
-        crate::pipeline::check_data_root(data)?;
+        check_data_root(data)?;
         let now = data_root_files(data)?;
         differences.extend(input_differences(&data_inputs, &now)?);
         inputs_checked += data_inputs.len();
     }
+    let mut later_closes = 0;
     if let Some(history) = &req.history {
-        let as_of = crate::time::parse_instant(&manifest.as_of).ok_or_else(|| {
-            TallyError::input(
-                manifest_path(&req.out).display().to_string(),
-                "unreadable manifest: `as_of` is not an instant",
-            )
-        })?;
-        let now: Vec<(String, PathBuf)> = crate::history::earlier_closes(history, &req.out, as_of)?
-            .into_iter()
-            .map(|(name, folder)| {
-                (
-                    format!("history/{name}/manifest.json"),
-                    folder.join("manifest.json"),
-                )
+        let as_of = check_history(history, &req.out, &manifest)?;
+        // A close at a later as-of is built on this one (a rerun would refuse over it), not
+        // an input it lacks: counted apart, never a difference.
+        let (later, earlier): (Vec<_>, Vec<_>) =
+            (crate::history::earlier_closes(history, &req.out, as_of)?.into_iter())
+                .partition(|close| close.as_of > as_of);
+        later_closes = later.len();
+        let now: Vec<(String, PathBuf)> = (earlier.into_iter())
+            .map(|close| {
+                let path = format!("history/{}/manifest.json", close.name);
+                (path, close.folder.join("manifest.json"))
             })
             .collect();
         differences.extend(input_differences(&history_inputs, &now)?);
@@ -117,12 +152,54 @@ pub fn verify(req: &VerifyRequest) -> Result<Verification> {
         outputs: manifest.outputs.len(),
         inputs_checked,
         inputs_not_checked: manifest.inputs.len() - inputs_checked,
+        later_closes,
         differences,
     })
 }
 
 fn manifest_path(out: &Path) -> PathBuf {
     out.join("manifest.json")
+}
+
+/// A data root a run would read (a folder with the price book and the required dataset
+/// folders), else exit 2: a mistyped `--data` would otherwise list every input as gone.
+fn check_data_root(data: &Path) -> Result<()> {
+    crate::pipeline::check_data_root(data)?;
+    let required = ["pricebook.toml", "usage", "allocations", "debits"];
+    if let Some(missing) = required.iter().find(|name| !data.join(name).exists()) {
+        return Err(TallyError::config(
+            data.display().to_string(),
+            format!("is not a data root (no {missing}): give --data the data root the run read"),
+        ));
+    }
+    Ok(())
+}
+
+/// `--history` is a close's, and an existing folder (a mistyped one would list every earlier
+/// close as gone); the close's as-of.
+fn check_history(history: &Path, out: &Path, manifest: &Manifest) -> Result<crate::time::Micros> {
+    if manifest.command != "close" {
+        return Err(TallyError::config(
+            "command line",
+            format!(
+                "--history applies to a close's folder; {} holds a {}",
+                out.display(),
+                manifest.command
+            ),
+        ));
+    }
+    if !history.is_dir() {
+        return Err(TallyError::config(
+            history.display().to_string(),
+            "is not a folder: give --history the folder of earlier closes the close read",
+        ));
+    }
+    crate::time::parse_instant(&manifest.as_of).ok_or_else(|| {
+        TallyError::input(
+            manifest_path(out).display().to_string(),
+            "unreadable manifest: `as_of` is not an instant",
+        )
+    })
 }
 
 /// The folder's `manifest.json`, refused with what the folder is instead.
@@ -163,6 +240,18 @@ fn read_manifest(out: &Path) -> Result<Manifest> {
             format!("unreadable manifest: {e}"),
         )
     })?;
+    if let Some(bad) =
+        (manifest.outputs.iter().chain(&manifest.inputs)).find(|f| !is_plain_relative(&f.path))
+    {
+        return Err(TallyError::input(
+            path.display().to_string(),
+            format!(
+                "unreadable manifest: {:?} is not a path inside the folder (absolute, or \
+                 with `.` or `..`)",
+                bad.path
+            ),
+        ));
+    }
     if manifest.tool != "tally" {
         return Err(TallyError::input(
             path.display().to_string(),
@@ -172,6 +261,15 @@ fn read_manifest(out: &Path) -> Result<Manifest> {
     Ok(manifest)
 }
 
+/// A `/`-separated relative path of plain names, as a run writes them: no root, no `.`,
+/// `..` or empty part (a hand-edited manifest must not make verify read outside OUT).
+fn is_plain_relative(path: &str) -> bool {
+    !path.is_empty()
+        && path
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != ".." && !part.contains('\0'))
+}
+
 /// The outputs that differ from `listed`: changed, missing, and files the run did not
 /// write (`manifest.json` itself is the list, not on it).
 fn output_differences(out: &Path, listed: &[FileEntry]) -> Result<Vec<Difference>> {
@@ -179,11 +277,16 @@ fn output_differences(out: &Path, listed: &[FileEntry]) -> Result<Vec<Difference
         .par_iter()
         .map(|entry| {
             let path = out.join(&entry.path);
-            match std::fs::metadata(&path) {
+            // Not following links: the run writes files only, and a link (or a pipe, which
+            // would never end a read) in its place is not what it wrote.
+            match std::fs::symlink_metadata(&path) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     Ok(Some(Difference::OutputMissing(entry.path.clone())))
                 }
                 Err(e) => Err(TallyError::io(&path, e)),
+                Ok(meta) if !meta.file_type().is_file() => {
+                    Ok(Some(Difference::OutputNotAFile(entry.path.clone())))
+                }
                 Ok(_) => Ok((crate::write::sha256_file(&path)? != entry.sha256)
                     .then(|| Difference::OutputChanged(entry.path.clone()))),
             }

@@ -865,8 +865,8 @@ fn the_sharded_driver_fails_when_the_merge_job_fails() {
         format!(
             "{MERGE_JOB} failed: kubectl describe {MERGE_JOB}\n\
              tally merge exits 1 when it published but crossed an [alert] threshold (the \
-             night's output is there), 2 or 3 when it refused (nothing published): kubectl \
-             logs {MERGE_JOB} says which\n"
+             night's output is there), 2, 3 or 4 when nothing was published: kubectl logs \
+             {MERGE_JOB} says which\n"
         ),
         "{story}"
     );
@@ -1055,4 +1055,30 @@ fn the_sharded_drivers_deadline_outlasts_its_jobs() {
         driver >= jobs + 15 * 60,
         "the driver's deadline ({driver} s) leaves less than 15 minutes past its Jobs' ({jobs} s)"
     );
+}
+
+/// The merge Job that cannot be read 20 times in a row: the driver exits 1 saying it cannot
+/// read it, without the note on tally's exit codes (the Job's end is unknown, not Failed)
+/// and without "published".
+#[test]
+fn the_sharded_driver_fails_without_the_exit_note_when_the_merge_cannot_be_read() {
+    let installed = Installed::new();
+    let answers: Vec<&str> = [[COMPLETE].as_slice(), &[API_ERROR; 20]].concat();
+    let driven = installed.drive(&answers, Some("2026-11-20T00:00:00Z"));
+    let story = driven.story();
+    assert_eq!(driven.output.status.code(), Some(1), "{story}");
+    let stderr = driven.stderr();
+    assert_eq!(
+        stderr.lines().last(),
+        Some(
+            format!(
+                "cannot read {MERGE_JOB} from the API (20 reads in a row failed, 15 s apart): \
+                 kubectl describe {MERGE_JOB}"
+            )
+            .as_str()
+        ),
+        "{story}"
+    );
+    assert!(!stderr.contains("tally merge exits 1"), "{story}");
+    assert!(!driven.stdout().contains("published"), "{story}");
 }

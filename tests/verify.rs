@@ -96,9 +96,9 @@ fn altered_outputs_are_each_named_and_exit_1() {
              output missing: summary.md\n\
              output not in the manifest: notes.txt (the run did not write it)\n\
              output not in the manifest: report/extra.csv (the run did not write it)\n\
-             {}: reconcile as of {AS_OF}: 4 differences in the {outputs} outputs (not as the \
-             run wrote them); {inputs} inputs not checked (--data checks the data root's, \
-             --history the earlier closes')\n",
+             {}: reconcile as of {AS_OF}: 4 output differences (the folder is not as the run \
+             wrote it; the manifest lists {outputs} outputs); {inputs} inputs not checked \
+             (--data checks the data root's, --history the earlier closes')\n",
             out.display()
         )
     );
@@ -145,9 +145,9 @@ fn inputs_changed_since_the_run_are_each_named_and_exit_1() {
              input changed: usage/bucket=1/part-0.parquet (its sha256 is not the one read)\n\
              input gone: usage/bucket=2/part-0.parquet\n\
              input new: usage/bucket=3/part-1.parquet (the run did not read it)\n\
-             {}: reconcile as of {AS_OF}: {outputs} outputs as written; 4 differences in the \
-             inputs (the run read other files: its figures are not those of the inputs as \
-             they are now)\n",
+             {}: reconcile as of {AS_OF}: {outputs} outputs as written; 4 input differences \
+             (the run read other files: its figures are not those of the inputs as they are \
+             now)\n",
             out.display()
         )
     );
@@ -204,9 +204,21 @@ fn a_close_verifies_the_earlier_closes_it_read_with_history() {
         "{stdout}"
     );
 
-    // A close at a later as-of made beside them: an earlier close the December close did
-    // not read (a rerun of December would).
+    // A close at a later as-of made beside them is built on this one, not an input it
+    // lacks: counted apart, exit 0.
     close("2027-02-01T00:00:00Z", "2027-01");
+    let (code, stdout) = verify(&december, &both);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.ends_with(&format!(
+            "{inputs} inputs as read; 1 later close under --history, built on this one (not \
+             its inputs)\n"
+        )),
+        "{stdout}"
+    );
+    // An earlier close made since (a rerun of December would read it), and the November
+    // close's manifest altered: both differences.
+    close("2026-11-01T00:00:00Z", "2026-10");
     let earlier = closes.join("2026-11/manifest.json");
     let text = std::fs::read_to_string(&earlier).unwrap();
     std::fs::write(&earlier, text.replace("\"tool\"", " \"tool\"")).unwrap();
@@ -216,10 +228,76 @@ fn a_close_verifies_the_earlier_closes_it_read_with_history() {
         stdout.lines().take(2).collect::<Vec<_>>(),
         [
             "input changed: history/2026-11/manifest.json (its sha256 is not the one read)",
-            "input new: history/2027-01/manifest.json (the run did not read it)",
+            "input new: history/2026-10/manifest.json (the run did not read it)",
         ],
         "{stdout}"
     );
+
+    // --history given to a reconcile's folder, or naming no folder: exit 2 (a mistyped
+    // folder would list every earlier close as gone).
+    let reconcile = tmp.path().join("reconcile");
+    run_command_ok("reconcile", &data, AS_OF, &reconcile);
+    let ran = tally(&[
+        "verify",
+        reconcile.to_str().unwrap(),
+        "--history",
+        closes_arg,
+    ]);
+    assert_eq!(ran.status.code(), Some(2));
+    assert_eq!(
+        stderr(&ran),
+        format!(
+            "tally: command line: --history applies to a close's folder; {} holds a \
+             reconcile\n",
+            reconcile.display()
+        )
+    );
+    let nope = tmp.path().join("nope");
+    let ran = tally(&[
+        "verify",
+        december.to_str().unwrap(),
+        "--history",
+        nope.to_str().unwrap(),
+    ]);
+    assert_eq!(ran.status.code(), Some(2));
+    assert_eq!(
+        stderr(&ran),
+        format!(
+            "tally: {}: is not a folder: give --history the folder of earlier closes the \
+             close read\n",
+            nope.display()
+        )
+    );
+}
+
+/// A listed output that is now a folder or a link (the run writes files only; a link may
+/// point anywhere, a pipe would never end a read) is changed; a file named with a newline
+/// is shown with `\u{a}`, so that no line reads as another finding.
+#[test]
+fn what_the_run_never_writes_is_a_difference_shown_on_its_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = demo_copy(tmp.path());
+    let out = tmp.path().join("out");
+    run_command_ok("reconcile", &data, AS_OF, &out);
+    let copy = tmp.path().join("rejects-copy.csv");
+    std::fs::rename(out.join("rejects.csv"), &copy).unwrap();
+    std::os::unix::fs::symlink(&copy, out.join("rejects.csv")).unwrap();
+    std::fs::remove_file(out.join("summary.md")).unwrap();
+    std::fs::create_dir(out.join("summary.md")).unwrap();
+    std::fs::write(out.join("x\noutput changed: invoices.csv"), "").unwrap();
+    let (code, stdout) = verify(&out, &[]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert_eq!(
+        stdout.lines().take(3).collect::<Vec<_>>(),
+        [
+            "output changed: rejects.csv (not a regular file: the run writes only files)",
+            "output changed: summary.md (not a regular file: the run writes only files)",
+            "output not in the manifest: x\\u{a}output changed: invoices.csv (the run did not \
+             write it)",
+        ],
+        "{stdout}"
+    );
+    assert_eq!(stdout.lines().count(), 4, "{stdout}");
 }
 
 /// What is not a published folder is exit 2 with one line naming it: a path that does not
@@ -289,4 +367,42 @@ fn a_folder_a_run_did_not_publish_is_exit_2() {
             out.join("manifest.json").display()
         )
     );
+    // A listed path outside the folder (a hand-edited manifest): never read.
+    std::fs::write(
+        out.join("manifest.json"),
+        manifest.replace(
+            "\"path\": \"balances.csv\"",
+            "\"path\": \"../data/pricebook.toml\"",
+        ),
+    )
+    .unwrap();
+    let ran = tally(&["verify", out.to_str().unwrap()]);
+    assert_eq!(ran.status.code(), Some(2));
+    assert_eq!(
+        stderr(&ran),
+        format!(
+            "tally: {}: unreadable manifest: \"../data/pricebook.toml\" is not a path inside \
+             the folder (absolute, or with `.` or `..`)\n",
+            out.join("manifest.json").display()
+        )
+    );
+    // A --data that is not a data root (a dataset folder given for the root).
+    std::fs::write(out.join("manifest.json"), &manifest).unwrap();
+    let usage = data.join("usage");
+    let ran = tally(&[
+        "verify",
+        out.to_str().unwrap(),
+        "--data",
+        usage.to_str().unwrap(),
+    ]);
+    assert_eq!(ran.status.code(), Some(2));
+    assert_eq!(
+        stderr(&ran),
+        format!(
+            "tally: {}: is not a data root (no pricebook.toml): give --data the data root the \
+             run read\n",
+            usage.display()
+        )
+    );
+    assert_eq!(verify(&out, &["--data", data.to_str().unwrap()]).0, Some(0));
 }

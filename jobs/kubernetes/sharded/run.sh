@@ -11,7 +11,7 @@ case "$AS_OF" in
 esac
 echo "sharded reconcile as of $AS_OF"
 
-wait_for() {   # job-name → 0 when Complete, 1 when Failed (or 20 reads in a row failed)
+wait_for() {   # job-name → 0 when Complete, 1 when Failed, 2 when 20 reads in a row failed
     misses=0
     while :; do
         # A passing API error must not end the driver while its shards run (the merge would
@@ -21,7 +21,7 @@ wait_for() {   # job-name → 0 when Complete, 1 when Failed (or 20 reads in a r
             misses=$((misses + 1))
             if [ "$misses" -ge 20 ]; then
                 echo "cannot read $1 from the API (20 reads in a row failed, 15 s apart): kubectl describe $1" >&2
-                return 1
+                return 2
             fi
             sleep 15
             continue
@@ -37,13 +37,15 @@ wait_for() {   # job-name → 0 when Complete, 1 when Failed (or 20 reads in a r
 
 shards=$(sed "s/__AS_OF__/$AS_OF/" /manifests/shards-job.yaml | kubectl create -f - -o name)
 echo "created $shards"
-wait_for "$shards"
+wait_for "$shards" || exit 1
 merge=$(kubectl create -f /manifests/merge-job.yaml -o name)
 echo "created $merge"
-if ! wait_for "$merge"; then
+waited=0
+wait_for "$merge" || waited=$?
+if [ "$waited" -eq 1 ]; then
     # The merge Job fails on tally's exit 1 too, which is a published night with an alert.
     echo "tally merge exits 1 when it published but crossed an [alert] threshold (the night's" \
-        "output is there), 2 or 3 when it refused (nothing published): kubectl logs $merge says which" >&2
-    exit 1
+        "output is there), 2, 3 or 4 when nothing was published: kubectl logs $merge says which" >&2
 fi
+[ "$waited" -eq 0 ] || exit 1
 echo "published /out/nightly-reconcile as of $AS_OF"
