@@ -412,7 +412,7 @@ fn unknown_or_malformed_flags_are_one_line_and_exit_2() {
         (
             &["generate", "--history=h"][..],
             "tally: command line: unexpected argument '--history' found; --history is a flag \
-             of close and explain; `tally generate --help` lists its flags",
+             of close, explain and verify; `tally generate --help` lists its flags",
         ),
         // A command's flag before the command's name.
         (
