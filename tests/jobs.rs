@@ -582,6 +582,16 @@ fn api_errors(job: &str, misses: usize) -> Vec<String> {
         .collect()
 }
 
+/// The calls of a night's end: the shards Job read Complete, the merge Job created and
+/// read Complete.
+fn then_merged() -> [String; 3] {
+    [
+        got(SHARDS_JOB, COMPLETE),
+        created(MERGE_JOB),
+        got(MERGE_JOB, COMPLETE),
+    ]
+}
+
 /// One run of the sharded driver: its output, every kubectl and sleep call in order, and
 /// the manifests it created (the first is `created-1.yaml`).
 struct Driven {
@@ -894,11 +904,7 @@ fn the_sharded_driver_rides_out_19_failed_reads_of_a_job() {
     assert!(driven.output.status.success(), "{story}");
     let mut calls = vec![created(SHARDS_JOB)];
     calls.extend(api_errors(SHARDS_JOB, 19));
-    calls.extend([
-        got(SHARDS_JOB, COMPLETE),
-        created(MERGE_JOB),
-        got(MERGE_JOB, COMPLETE),
-    ]);
+    calls.extend(then_merged());
     assert_eq!(driven.calls, calls, "{story}");
     assert_eq!(driven.stdout(), published_night(as_of), "{story}");
 }
@@ -964,11 +970,7 @@ fn the_sharded_driver_counts_only_failed_reads_in_a_row() {
     calls.extend(api_errors(SHARDS_JOB, 19));
     calls.extend([got(SHARDS_JOB, RUNNING), SLEPT.to_string()]);
     calls.extend(api_errors(SHARDS_JOB, 19));
-    calls.extend([
-        got(SHARDS_JOB, COMPLETE),
-        created(MERGE_JOB),
-        got(MERGE_JOB, COMPLETE),
-    ]);
+    calls.extend(then_merged());
     assert_eq!(driven.calls, calls, "{story}");
     assert_eq!(driven.stdout(), published_night(as_of), "{story}");
 }

@@ -3,7 +3,7 @@
 //! 1 with one line per difference, 2 when the folder is not one a run published.
 
 use crate::common::{demo_copy, json, run_command_ok, stderr, tally, tally_command};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 const AS_OF: &str = "2026-11-20T00:00:00Z";
 
@@ -30,14 +30,31 @@ fn listed(out: &Path) -> (usize, usize) {
     (count("outputs"), count("inputs"))
 }
 
-/// A reconcile of a copy of the bundled data root, untouched since: every output as
-/// written, every input as read; without `--data` the inputs are counted as not checked.
-#[test]
-fn a_published_folder_verifies_as_written_and_read() {
+/// A reconcile of a copy of the bundled data root (`TMP/data`) published in `TMP/out`.
+fn published_reconcile() -> (tempfile::TempDir, PathBuf, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let data = demo_copy(tmp.path());
     let out = tmp.path().join("out");
     run_command_ok("reconcile", &data, AS_OF, &out);
+    (tmp, data, out)
+}
+
+/// `tally verify args...` refused: exit 2, `message` its one stderr line, nothing on stdout.
+fn assert_refused(args: &[&Path], message: String) {
+    let ran = tally_command(&["verify"])
+        .args(args)
+        .output()
+        .expect("tally runs");
+    assert_eq!(ran.status.code(), Some(2), "{}", stderr(&ran));
+    assert_eq!(stderr(&ran), format!("tally: {message}\n"));
+    assert!(ran.stdout.is_empty());
+}
+
+/// A reconcile of a copy of the bundled data root, untouched since: every output as
+/// written, every input as read; without `--data` the inputs are counted as not checked.
+#[test]
+fn a_published_folder_verifies_as_written_and_read() {
+    let (_tmp, data, out) = published_reconcile();
     let (outputs, inputs) = listed(&out);
     assert!(
         outputs > 30 && inputs > 30,
@@ -70,10 +87,7 @@ fn a_published_folder_verifies_as_written_and_read() {
 /// exit 1. The same folder restored verifies again.
 #[test]
 fn altered_outputs_are_each_named_and_exit_1() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = demo_copy(tmp.path());
-    let out = tmp.path().join("out");
-    run_command_ok("reconcile", &data, AS_OF, &out);
+    let (_tmp, _, out) = published_reconcile();
     let (outputs, _) = listed(&out);
     let balances = out.join("balances.csv");
     let original = std::fs::read(&balances).unwrap();
@@ -115,10 +129,7 @@ fn altered_outputs_are_each_named_and_exit_1() {
 /// `.csv`, a hidden staging file) are not inputs and not named.
 #[test]
 fn inputs_changed_since_the_run_are_each_named_and_exit_1() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = demo_copy(tmp.path());
-    let out = tmp.path().join("out");
-    run_command_ok("reconcile", &data, AS_OF, &out);
+    let (_tmp, data, out) = published_reconcile();
     let (outputs, inputs) = listed(&out);
     let usage = data.join("usage");
     let mut appended = std::fs::read(usage.join("bucket=1/part-0.parquet")).unwrap();
@@ -237,36 +248,20 @@ fn a_close_verifies_the_earlier_closes_it_read_with_history() {
     // folder would list every earlier close as gone).
     let reconcile = tmp.path().join("reconcile");
     run_command_ok("reconcile", &data, AS_OF, &reconcile);
-    let ran = tally(&[
-        "verify",
-        reconcile.to_str().unwrap(),
-        "--history",
-        closes_arg,
-    ]);
-    assert_eq!(ran.status.code(), Some(2));
-    assert_eq!(
-        stderr(&ran),
+    assert_refused(
+        &[&reconcile, Path::new("--history"), &closes],
         format!(
-            "tally: command line: --history applies to a close's folder; {} holds a \
-             reconcile\n",
+            "command line: --history applies to a close's folder; {} holds a reconcile",
             reconcile.display()
-        )
+        ),
     );
     let nope = tmp.path().join("nope");
-    let ran = tally(&[
-        "verify",
-        december.to_str().unwrap(),
-        "--history",
-        nope.to_str().unwrap(),
-    ]);
-    assert_eq!(ran.status.code(), Some(2));
-    assert_eq!(
-        stderr(&ran),
+    assert_refused(
+        &[&december, Path::new("--history"), &nope],
         format!(
-            "tally: {}: is not a folder: give --history the folder of earlier closes the \
-             close read\n",
+            "{}: is not a folder: give --history the folder of earlier closes the close read",
             nope.display()
-        )
+        ),
     );
 }
 
@@ -275,10 +270,7 @@ fn a_close_verifies_the_earlier_closes_it_read_with_history() {
 /// is shown with `\u{a}`, so that no line reads as another finding.
 #[test]
 fn what_the_run_never_writes_is_a_difference_shown_on_its_line() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = demo_copy(tmp.path());
-    let out = tmp.path().join("out");
-    run_command_ok("reconcile", &data, AS_OF, &out);
+    let (tmp, _, out) = published_reconcile();
     let copy = tmp.path().join("rejects-copy.csv");
     std::fs::rename(out.join("rejects.csv"), &copy).unwrap();
     std::os::unix::fs::symlink(&copy, out.join("rejects.csv")).unwrap();
@@ -302,29 +294,19 @@ fn what_the_run_never_writes_is_a_difference_shown_on_its_line() {
 
 /// What is not a published folder is exit 2 with one line naming it: a path that does not
 /// exist, a file, a folder without a manifest, a shard's part, an unreadable manifest, one
-/// written by another tool.
+/// written by another tool, one listing a path outside the folder; and a `--data` that is
+/// not a data root.
 #[test]
 fn a_folder_a_run_did_not_publish_is_exit_2() {
-    let tmp = tempfile::tempdir().unwrap();
+    let (tmp, data, out) = published_reconcile();
     let path = |name: &str| tmp.path().join(name);
-    let refused = |target: &Path, message: &str| {
-        let ran = tally(&["verify", target.to_str().unwrap()]);
-        assert_eq!(ran.status.code(), Some(2), "{}", stderr(&ran));
-        assert_eq!(
-            stderr(&ran),
-            format!("tally: {}: {message}\n", target.display())
-        );
-        assert!(ran.stdout.is_empty());
+    let refused = |target: &Path, why: &str| {
+        assert_refused(&[target], format!("{}: {why}", target.display()));
     };
-    refused(
-        &path("nope"),
-        "does not exist: give `tally verify` the folder a run published (its --out)",
-    );
+    let publish_it = "give `tally verify` the folder a run published (its --out)";
+    refused(&path("nope"), &format!("does not exist: {publish_it}"));
     std::fs::write(path("a-file"), "x").unwrap();
-    refused(
-        &path("a-file"),
-        "is not a folder: give `tally verify` the folder a run published (its --out)",
-    );
+    refused(&path("a-file"), &format!("is not a folder: {publish_it}"));
     std::fs::create_dir(path("empty")).unwrap();
     refused(
         &path("empty"),
@@ -349,60 +331,37 @@ fn a_folder_a_run_did_not_publish_is_exit_2() {
         "{}",
         stderr(&ran)
     );
-    let data = demo_copy(tmp.path());
-    let out = path("out");
-    run_command_ok("reconcile", &data, AS_OF, &out);
-    let manifest = std::fs::read_to_string(out.join("manifest.json")).unwrap();
-    std::fs::write(
-        out.join("manifest.json"),
+
+    let manifest_path = out.join("manifest.json");
+    let manifest = std::fs::read_to_string(&manifest_path).unwrap();
+    let with_manifest = |text: String, why: &str| {
+        std::fs::write(&manifest_path, text).unwrap();
+        assert_refused(&[&out], format!("{}: {why}", manifest_path.display()));
+    };
+    with_manifest(
         manifest.replace("\"tool\": \"tally\"", "\"tool\": \"other\""),
-    )
-    .unwrap();
-    let ran = tally(&["verify", out.to_str().unwrap()]);
-    assert_eq!(ran.status.code(), Some(2));
-    assert_eq!(
-        stderr(&ran),
-        format!(
-            "tally: {}: not a tally manifest (its tool is \"other\")\n",
-            out.join("manifest.json").display()
-        )
+        "not a tally manifest (its tool is \"other\")",
     );
     // A listed path outside the folder (a hand-edited manifest): never read.
-    std::fs::write(
-        out.join("manifest.json"),
+    with_manifest(
         manifest.replace(
             "\"path\": \"balances.csv\"",
             "\"path\": \"../data/pricebook.toml\"",
         ),
-    )
-    .unwrap();
-    let ran = tally(&["verify", out.to_str().unwrap()]);
-    assert_eq!(ran.status.code(), Some(2));
-    assert_eq!(
-        stderr(&ran),
-        format!(
-            "tally: {}: unreadable manifest: \"../data/pricebook.toml\" is not a path inside \
-             the folder (absolute, or with `.` or `..`)\n",
-            out.join("manifest.json").display()
-        )
+        "unreadable manifest: \"../data/pricebook.toml\" is not a path inside the folder \
+         (absolute, or with `.` or `..`)",
     );
+    std::fs::write(&manifest_path, &manifest).unwrap();
+
     // A --data that is not a data root (a dataset folder given for the root).
-    std::fs::write(out.join("manifest.json"), &manifest).unwrap();
     let usage = data.join("usage");
-    let ran = tally(&[
-        "verify",
-        out.to_str().unwrap(),
-        "--data",
-        usage.to_str().unwrap(),
-    ]);
-    assert_eq!(ran.status.code(), Some(2));
-    assert_eq!(
-        stderr(&ran),
+    assert_refused(
+        &[&out, Path::new("--data"), &usage],
         format!(
-            "tally: {}: is not a data root (no pricebook.toml): give --data the data root the \
-             run read\n",
+            "{}: is not a data root (no pricebook.toml): give --data the data root the run \
+             read",
             usage.display()
-        )
+        ),
     );
     assert_eq!(verify(&out, &["--data", data.to_str().unwrap()]).0, Some(0));
 }
