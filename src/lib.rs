@@ -211,7 +211,12 @@ fn fingerprint_files(
     let entry = |listed: &pipeline::CensusFile| {
         let sha256 = match &listed.small_sha256 {
             Some(sha256) => hex::encode(sha256),
-            None => write::sha256_file(&listed.file.abs_path)?,
+            None => {
+                // The manifest's sha256 must be of the file the run read: the census's.
+                let (sha256, bytes, identity) = write::sha256_file_as_read(&listed.file.abs_path)?;
+                load::check_unchanged(&listed.file, bytes, None, identity)?;
+                sha256
+            }
         };
         Ok(FileEntry {
             path: listed.file.rel_path.clone(),

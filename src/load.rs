@@ -40,11 +40,34 @@ pub struct InputFile {
     pub first_seen: Option<Seen>,
 }
 
-/// A file's size and footer row count as a reading saw them.
+/// A file's size, footer row count and identity as a reading saw them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Seen {
     pub bytes: u64,
     pub rows: u64,
+    pub identity: FileIdentity,
+}
+
+/// Which file a path named (device, inode) and when it was last written: a file replaced
+/// under its name (a writer's rename of a corrected export) or rewritten in place changes
+/// it even when its size and row count stay the same.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileIdentity {
+    pub device: u64,
+    pub inode: u64,
+    pub modified_nanos: i128,
+}
+
+impl FileIdentity {
+    pub fn of(meta: &std::fs::Metadata) -> FileIdentity {
+        use std::os::unix::fs::MetadataExt;
+        FileIdentity {
+            device: meta.dev(),
+            inode: meta.ino(),
+            modified_nanos: i128::from(meta.mtime()) * 1_000_000_000
+                + i128::from(meta.mtime_nsec()),
+        }
+    }
 }
 
 /// Find `*.parquet` files under `root/dataset`, recursively, skipping names that start with
@@ -826,27 +849,53 @@ pub fn open_file(file: &InputFile, specs: &[ColSpec]) -> Result<OpenedFile> {
 }
 
 /// Refuse a file that is not as the run's first reading saw it (another size or footer
-/// row count): it changed since, and the manifest (whose rows come from that reading)
-/// would not describe what the run read.
+/// row count, or another file or modification time under its name): it changed since, and
+/// the manifest (whose rows and sha256 come from that reading) would not describe what the
+/// run read.
 fn check_first_seen(
     file: &InputFile,
     handle: &PositionalFile,
     metadata: &ArrowReaderMetadata,
 ) -> Result<()> {
+    let rows = u64::try_from(metadata.metadata().file_metadata().num_rows()).unwrap_or(u64::MAX);
+    check_unchanged(
+        file,
+        parquet::file::reader::Length::len(handle),
+        Some(rows),
+        handle.identity(),
+    )
+}
+
+/// [`check_first_seen`] of what a reading found now: `bytes`, `rows` (`None`: a reading
+/// that does not parse the footer, the inputs' sha256) and `identity`.
+pub(crate) fn check_unchanged(
+    file: &InputFile,
+    bytes: u64,
+    rows: Option<u64>,
+    identity: FileIdentity,
+) -> Result<()> {
     let Some(first) = file.first_seen else {
         return Ok(());
     };
-    let now = Seen {
-        bytes: parquet::file::reader::Length::len(handle),
-        rows: u64::try_from(metadata.metadata().file_metadata().num_rows()).unwrap_or(u64::MAX),
-    };
-    if now != first {
+    let rows = rows.unwrap_or(first.rows);
+    if bytes != first.bytes || rows != first.rows {
         return Err(TallyError::input(
             &file.rel_path,
             format!(
                 "the file changed while the run read it ({} bytes and {} rows at the run's \
-                 first reading, {} bytes and {} rows now); rerun once the file is complete",
-                first.bytes, first.rows, now.bytes, now.rows
+                 first reading, {bytes} bytes and {rows} rows now); rerun once the file is \
+                 complete",
+                first.bytes, first.rows
+            ),
+        ));
+    }
+    if identity != first.identity {
+        return Err(TallyError::input(
+            &file.rel_path,
+            format!(
+                "the file was replaced or rewritten while the run read it (the same {bytes} \
+                 bytes and {rows} rows, but another file or modification time than at the \
+                 run's first reading); rerun once the file is complete"
             ),
         ));
     }
@@ -1104,9 +1153,14 @@ pub fn read_footer(path: &Path) -> FooterRead {
         };
     };
     let bytes = parquet::file::reader::Length::len(&file);
+    let identity = file.identity();
     let small_sha256 = file.whole().map(|whole| crate::write::sha256(whole));
     FooterRead {
-        seen: rows_in_footer(file).map(|rows| Seen { bytes, rows }),
+        seen: rows_in_footer(file).map(|rows| Seen {
+            bytes,
+            rows,
+            identity,
+        }),
         small_sha256,
     }
 }
@@ -1740,7 +1794,11 @@ mod tests {
             let sha256 = crate::write::sha256_file(path).unwrap();
             let read = read_footer(path);
             let bytes = size(path);
-            assert_eq!(read.seen, rows.map(|rows| Seen { bytes, rows }), "{path:?}");
+            assert_eq!(
+                read.seen.map(|s| (s.bytes, s.rows)),
+                rows.map(|rows| (bytes, rows)),
+                "{path:?}"
+            );
             let small_sha256 = read.small_sha256.map(hex::encode);
             assert_eq!(small_sha256, held_whole.then_some(sha256), "{path:?}");
         }
@@ -1782,10 +1840,71 @@ mod tests {
         let same_rows = Seen {
             bytes: now.bytes + 1,
             rows: 3,
+            ..now
         };
         assert!(open_file(&file(Some(same_rows)), &specs).is_err());
         assert!(open_file(&file(Some(now)), &specs).is_ok());
         assert!(open_file(&file(None), &specs).is_ok());
+    }
+
+    /// A file replaced under its name by a copy of the same size and rows (a corrected
+    /// export renamed into place), or rewritten in place (its modification time moved), is
+    /// refused as well: the size and row count alone would not see it, and the manifest's
+    /// sha256 would be of another file than the rows read.
+    #[test]
+    fn a_file_replaced_with_the_same_size_and_rows_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ids.parquet");
+        write_ids(&path, &["a".to_string(), "b".to_string()]);
+        let first = read_footer(&path).seen.unwrap();
+        let file = InputFile {
+            rel_path: "ids.parquet".into(),
+            abs_path: path.clone(),
+            first_seen: Some(first),
+        };
+        let specs = [col("id", ColType::Str, true)];
+        assert!(open_file(&file, &specs).is_ok());
+        let replaced = format!(
+            "ids.parquet: the file was replaced or rewritten while the run read it (the same \
+             {} bytes and 2 rows, but another file or modification time than at the run's \
+             first reading); rerun once the file is complete",
+            first.bytes
+        );
+        // Another file renamed over it, byte for byte the same.
+        let copy = dir.path().join("copy.parquet");
+        std::fs::copy(&path, &copy).unwrap();
+        std::fs::rename(&copy, &path).unwrap();
+        let refused = open_file(&file, &specs).err().unwrap();
+        assert_eq!(refused.to_string(), replaced);
+        // The same file, written again in place (only its modification time tells).
+        let now = read_footer(&path).seen.unwrap();
+        let file = InputFile {
+            first_seen: Some(now),
+            ..file
+        };
+        assert!(open_file(&file, &specs).is_ok());
+        let bytes = std::fs::read(&path).unwrap();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+        let handle = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        std::io::Write::write_all(&mut &handle, &bytes).unwrap();
+        handle.set_modified(later).unwrap();
+        drop(handle);
+        let refused = open_file(&file, &specs).err().unwrap();
+        assert!(
+            refused
+                .to_string()
+                .contains("was replaced or rewritten while the run read it"),
+            "{refused}"
+        );
+        // The check the inputs' sha256 makes (no footer parsed: the rows are not known).
+        let again = read_footer(&path).seen.unwrap();
+        assert!(check_unchanged(&file, again.bytes, None, again.identity).is_err());
+        let file = InputFile {
+            first_seen: Some(again),
+            ..file
+        };
+        assert!(check_unchanged(&file, again.bytes, None, again.identity).is_ok());
+        assert!(check_unchanged(&file, again.bytes + 1, None, again.identity).is_err());
     }
 
     /// A missing-column message lists the file's columns in order, at most

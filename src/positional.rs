@@ -40,6 +40,8 @@ pub const WHOLE_FILE_BYTES: u64 = 64 * 1024;
 pub struct PositionalFile {
     contents: Contents,
     len: u64,
+    /// The file's identity at open (its handle's, before a small file's is closed).
+    identity: crate::load::FileIdentity,
 }
 
 #[derive(Clone)]
@@ -61,7 +63,9 @@ impl PositionalFile {
     /// [`WHOLE_FILE_BYTES`] is read whole.
     pub fn open_path(path: &std::path::Path) -> std::io::Result<PositionalFile> {
         let handle = File::open(path)?;
-        let len = handle.metadata()?.len();
+        let meta = handle.metadata()?;
+        let len = meta.len();
+        let identity = crate::load::FileIdentity::of(&meta);
         // Not a size of 0: a file whose size reads 0 may still hold bytes (a file system
         // that does not know sizes), which reads by position find.
         if (1..=WHOLE_FILE_BYTES).contains(&len) {
@@ -69,12 +73,19 @@ impl PositionalFile {
             return Ok(PositionalFile {
                 len: bytes.len() as u64,
                 contents: Contents::Whole(bytes.into()),
+                identity,
             });
         }
         Ok(PositionalFile {
             contents: Contents::Handle(Arc::new(handle)),
             len,
+            identity,
         })
+    }
+
+    /// Which file was opened, and when it was last written (see [`crate::load::FileIdentity`]).
+    pub fn identity(&self) -> crate::load::FileIdentity {
+        self.identity
     }
 
     /// The file's bytes when it was read whole at open.

@@ -668,8 +668,16 @@ pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<Sha256Hex> {
 
 /// sha256 of a file, hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
+    Ok(sha256_file_as_read(path)?.0)
+}
+
+/// [`sha256_file`], with the size and identity of the file hashed (from the handle read,
+/// so that the caller can tell whether it is the file another reading saw).
+pub fn sha256_file_as_read(path: &Path) -> Result<(String, u64, crate::load::FileIdentity)> {
     let mut file = File::open(path).map_err(io_err(path))?;
-    let len = file.metadata().map_err(io_err(path))?.len();
+    let meta = file.metadata().map_err(io_err(path))?;
+    let len = meta.len();
+    let identity = crate::load::FileIdentity::of(&meta);
     let mut hasher = Sha256::new();
     // A buffer about the file's size: a fresh 1 MiB buffer is zeroed for each file, which
     // for a month of small input files (160,000 of 4 KiB) was about a third of the
@@ -684,7 +692,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hex::encode(hasher.finalize()))
+    Ok((hex::encode(hasher.finalize()), len, identity))
 }
 
 /// sha256 of bytes in memory.
