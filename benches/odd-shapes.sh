@@ -10,7 +10,9 @@
 #   files      FILES usage and FILES ledger rows one row a file, against the same rows in
 #              one file each: the peak's growth per file (what a file costs beyond its
 #              rows; past load::MAX_KEPT_FOOTERS files a footer is read again, not kept;
-#              pipeline::BYTES_PER_FILE)
+#              pipeline::BYTES_PER_FILE); and a close run again over its own folder (nothing
+#              to do: the inputs' fingerprint and the comparison with the earlier manifest,
+#              whose cost grows with the files), against the same over the one-file root
 #
 # Prints wall seconds and peak RSS of each run and the ratios. Environment: TALLY (default
 # $CARGO_TARGET_DIR or ~/.cache/tally-target, release/tally), BENCH_DIR (default
@@ -73,3 +75,17 @@ reconcile "$WORK/files" --memory-budget 128MiB
 measure "reconcile, one row a file" -- "${RUN[@]}"
 per_file_kib=$(awk -v p="$peak" -v b="$one_file_peak" -v n="$FILES" 'BEGIN { printf "%.1f", (p - b) * 1024 / (2 * n) }')
 echo "files: peak $(ratio "$peak" "$one_file_peak")x the one-file run's: ${per_file_kib} KiB more a file"
+
+# A close, then the same close again over its folder: the second finds nothing to do.
+close_again() {
+    local root=$1 label=$2 out="$WORK/close-again"
+    rm -rf "$out"
+    "$TALLY" close --data "$root" --as-of 2026-12-01T00:00:00Z --out "$out" >/dev/null 2>&1 ||
+        { echo "odd-shapes: the close of $root failed" >&2; exit 1; }
+    measure "$label" -- "$TALLY" close --data "$root" --as-of 2026-12-01T00:00:00Z --out "$out"
+}
+close_again "$WORK/files-flat" "close again (nothing to do), one file each"
+again_base=$wall
+close_again "$WORK/files" "close again (nothing to do), one row a file"
+per_file_us=$(awk -v w="$wall" -v b="$again_base" -v n="$FILES" 'BEGIN { printf "%.1f", (w - b) * 1e6 / (2 * n) }')
+echo "files: a close run again over its folder: $wall s against $again_base s for the one-file root, ${per_file_us} us more a file"
