@@ -265,9 +265,17 @@ struct MergeArgs {
 
 #[derive(Args, Clone)]
 struct VerifyArgs {
-    /// The output folder a reconcile, close or merge published (its --out).
+    /// The output folder a reconcile, close or merge published (its --out; default: the
+    /// --job file's out).
     #[arg(value_name = "OUT")]
-    out: PathBuf,
+    out: Option<PathBuf>,
+    /// Job file: OUT, --data and --history from its out, data and history (flags override).
+    #[arg(long)]
+    job: Option<PathBuf>,
+    /// The as-of that names the folder when the --job file's out holds {as_of} or
+    /// {as_of_date} (a close's: 2026-12-01).
+    #[arg(long)]
+    as_of: Option<String>,
     /// Also hold the data root's files against the inputs the run read (changed, gone, new).
     #[arg(long)]
     data: Option<PathBuf>,
@@ -832,21 +840,65 @@ fn log_run_done(ended: &anyhow::Result<u8>, took: std::time::Duration) {
 /// `tally verify`: every difference on a line of its own, then one line of what was
 /// checked; exit 1 when anything differs (as `cmp` and `diff` do), 0 when all match.
 fn verify(args: VerifyArgs) -> anyhow::Result<u8> {
-    let found = tally::verify::verify(&tally::verify::VerifyRequest {
-        out: args.out.clone(),
-        data: args.data.clone(),
-        history: args.history.clone(),
-    })?;
+    let request = verify_request(args)?;
+    let found = tally::verify::verify(&request)?;
     for difference in &found.differences {
         out_line!("{difference}");
     }
-    out_line!("{}", verify_summary(&args, &found));
+    out_line!("{}", verify_summary(&request.out, &found));
     Ok(u8::from(!found.differences.is_empty()))
+}
+
+/// What `tally verify` checks: OUT, --data and --history, each from its flag, else from the
+/// --job file (its out, data and history, relative to the job file's folder). A job's out
+/// of one folder per as-of (`closes/{as_of_date}`) needs --as-of to name the folder, and
+/// --as-of is refused where it names nothing.
+fn verify_request(args: VerifyArgs) -> anyhow::Result<tally::verify::VerifyRequest> {
+    let job = args.job.as_deref().map(JobFile::load).transpose()?;
+    let as_of = (args.as_of.as_deref())
+        .map(|text| parse_as_of(text, &Origin::flag("--as-of")))
+        .transpose()?;
+    let templated = |out: &std::path::Path| out.to_string_lossy().contains('{');
+    let job_out = job
+        .as_ref()
+        .map(|j| j.out.clone())
+        .filter(|_| args.out.is_none());
+    if as_of.is_some() && !job_out.as_deref().is_some_and(templated) {
+        return Err(config_error(
+            "--as-of names the folder of a --job file whose out holds {as_of} or {as_of_date}; \
+             give the folder (OUT) alone otherwise"
+                .into(),
+        ));
+    }
+    let out = match (args.out, job_out, as_of) {
+        (Some(out), _, _) => out,
+        (None, Some(out), Some(as_of)) => tally::job::expand_out(&out, as_of),
+        (None, Some(out), None) if templated(&out) => {
+            return Err(config_error(format!(
+                "the --job file's out \"{}\" is one folder per as-of: give --as-of (the \
+                 run's, e.g. 2026-12-01 for a November close) or the folder (OUT)",
+                out.display()
+            )))
+        }
+        (None, Some(out), None) => out,
+        (None, None, _) => {
+            return Err(config_error(
+                "give the folder to verify (OUT), or a --job file whose out names it".into(),
+            ))
+        }
+    };
+    Ok(tally::verify::VerifyRequest {
+        out,
+        data: args.data.or_else(|| job.as_ref().map(|j| j.data.clone())),
+        history: args
+            .history
+            .or_else(|| job.as_ref().and_then(|j| j.history.clone())),
+    })
 }
 
 /// The last line of `tally verify`: the run, the outputs, the inputs (and those not
 /// checked, and later closes under `--history`).
-fn verify_summary(args: &VerifyArgs, found: &tally::verify::Verification) -> String {
+fn verify_summary(out: &std::path::Path, found: &tally::verify::Verification) -> String {
     let outputs = found.differences.iter().filter(|d| d.is_output()).count();
     let inputs = found.differences.len() - outputs;
     let plural = |n: usize, word: &str| match n {
@@ -855,7 +907,7 @@ fn verify_summary(args: &VerifyArgs, found: &tally::verify::Verification) -> Str
     };
     let mut line = format!(
         "{}: {} as of {}: ",
-        args.out.display(),
+        out.display(),
         found.command,
         found.as_of
     );

@@ -365,3 +365,96 @@ fn a_folder_a_run_did_not_publish_is_exit_2() {
     );
     assert_eq!(verify(&out, &["--data", data.to_str().unwrap()]).0, Some(0));
 }
+
+/// `--job`: the folder, the data root and (a close's) history come from the job file, as
+/// the run took them; a job's out of one folder per as-of needs `--as-of` to name the
+/// folder, and `--as-of` where it names nothing, or neither OUT nor a job, is exit 2.
+#[test]
+fn a_job_file_names_the_folder_its_data_and_its_history() {
+    let tmp = tempfile::tempdir().unwrap();
+    demo_copy(tmp.path());
+    let job = |name: &str, text: &str| {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let nightly = job(
+        "nightly.toml",
+        "command = \"reconcile\"\ndata = \"data\"\nout = \"out/nightly\"\n",
+    );
+    let monthly = job(
+        "close.toml",
+        "command = \"close\"\ndata = \"data\"\nout = \"out/closes/{as_of_date}\"\n\
+         history = \"out/closes\"\n",
+    );
+    let ran = tally_command(&["reconcile", "--job", nightly.to_str().unwrap()])
+        .args(["--as-of", AS_OF])
+        .output()
+        .unwrap();
+    assert!(ran.status.success(), "{}", stderr(&ran));
+    let close_as_of = "2026-12-01T00:00:00Z";
+    let ran = tally_command(&["close", "--job", monthly.to_str().unwrap()])
+        .args(["--as-of", close_as_of])
+        .output()
+        .unwrap();
+    assert!(ran.status.success(), "{}", stderr(&ran));
+
+    let verify_job = |job: &Path, extra: &[&str]| {
+        let ran = tally_command(&["verify", "--job", job.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&ran.stdout).into_owned();
+        (ran.status.code(), stdout, stderr(&ran))
+    };
+    let out = tmp.path().join("out/nightly");
+    let (outputs, inputs) = listed(&out);
+    let (code, stdout, _) = verify_job(&nightly, &[]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert_eq!(
+        stdout,
+        format!(
+            "{}: reconcile as of {AS_OF}: {outputs} outputs as written; {inputs} inputs as \
+             read\n",
+            out.display()
+        )
+    );
+    // The close's folder named by its as-of, its history checked too (nothing unchecked).
+    let november = tmp.path().join("out/closes/2026-12-01");
+    let (outputs, inputs) = listed(&november);
+    let (code, stdout, _) = verify_job(&monthly, &["--as-of", "2026-12-01"]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert_eq!(
+        stdout,
+        format!(
+            "{}: close as of {close_as_of}: {outputs} outputs as written; {inputs} inputs as \
+             read\n",
+            november.display()
+        )
+    );
+
+    let (code, _, message) = verify_job(&monthly, &[]);
+    assert_eq!(code, Some(2));
+    assert_eq!(
+        message,
+        format!(
+            "tally: command line: the --job file's out \"{}\" is one folder per as-of: give \
+             --as-of (the run's, e.g. 2026-12-01 for a November close) or the folder (OUT)\n",
+            tmp.path().join("out/closes/{as_of_date}").display()
+        )
+    );
+    let (code, _, message) = verify_job(&nightly, &["--as-of", AS_OF]);
+    assert_eq!(code, Some(2));
+    assert_eq!(
+        message,
+        "tally: command line: --as-of names the folder of a --job file whose out holds \
+         {as_of} or {as_of_date}; give the folder (OUT) alone otherwise\n"
+    );
+    let ran = tally(&["verify"]);
+    assert_eq!(ran.status.code(), Some(2));
+    assert_eq!(
+        stderr(&ran),
+        "tally: command line: give the folder to verify (OUT), or a --job file whose out names \
+         it\n"
+    );
+}
