@@ -213,8 +213,8 @@ fn fingerprint_files(
             Some(sha256) => hex::encode(sha256),
             None => {
                 // The manifest's sha256 must be of the file the run read: the census's.
-                let (sha256, bytes, identity) = write::sha256_file_as_read(&listed.file.abs_path)?;
-                load::check_unchanged(&listed.file, bytes, None, identity)?;
+                let (sha256, bytes, modified) = write::sha256_file_as_read(&listed.file.abs_path)?;
+                load::check_unchanged(&listed.file, bytes, None, modified)?;
                 sha256
             }
         };

@@ -40,32 +40,32 @@ pub struct InputFile {
     pub first_seen: Option<Seen>,
 }
 
-/// A file's size, footer row count and identity as a reading saw them.
+/// A file's size, footer row count and modification time as a reading saw them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Seen {
     pub bytes: u64,
     pub rows: u64,
-    pub identity: FileIdentity,
+    pub modified: Modified,
 }
 
-/// Which file a path named (device, inode) and when it was last written: a file replaced
-/// under its name (a writer's rename of a corrected export) or rewritten in place changes
-/// it even when its size and row count stay the same.
+/// When a file was last written, to the nanosecond its file system keeps: a file replaced
+/// under its name by a new copy (a writer's rename of a corrected export) or written again
+/// in place moves it even when its size and row count stay the same. Not the inode: on
+/// some mounts (FUSE without `use_ino`, such as S3 and sshfs mounts; CIFS with
+/// `noserverino`) an unchanged file's inode number changes once the kernel forgets it,
+/// which would refuse every run of a month of many files.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FileIdentity {
-    pub device: u64,
-    pub inode: u64,
-    pub modified_nanos: i128,
+pub struct Modified {
+    pub seconds: i64,
+    pub nanos: u32,
 }
 
-impl FileIdentity {
-    pub fn of(meta: &std::fs::Metadata) -> FileIdentity {
+impl Modified {
+    pub fn of(meta: &std::fs::Metadata) -> Modified {
         use std::os::unix::fs::MetadataExt;
-        FileIdentity {
-            device: meta.dev(),
-            inode: meta.ino(),
-            modified_nanos: i128::from(meta.mtime()) * 1_000_000_000
-                + i128::from(meta.mtime_nsec()),
+        Modified {
+            seconds: meta.mtime(),
+            nanos: u32::try_from(meta.mtime_nsec()).unwrap_or(0),
         }
     }
 }
@@ -849,9 +849,8 @@ pub fn open_file(file: &InputFile, specs: &[ColSpec]) -> Result<OpenedFile> {
 }
 
 /// Refuse a file that is not as the run's first reading saw it (another size or footer
-/// row count, or another file or modification time under its name): it changed since, and
-/// the manifest (whose rows and sha256 come from that reading) would not describe what the
-/// run read.
+/// row count, or another modification time): it changed since, and the manifest (whose
+/// rows and sha256 come from that reading) would not describe what the run read.
 fn check_first_seen(
     file: &InputFile,
     handle: &PositionalFile,
@@ -862,44 +861,48 @@ fn check_first_seen(
         file,
         parquet::file::reader::Length::len(handle),
         Some(rows),
-        handle.identity(),
+        handle.modified(),
     )
 }
 
 /// [`check_first_seen`] of what a reading found now: `bytes`, `rows` (`None`: a reading
-/// that does not parse the footer, the inputs' sha256) and `identity`.
+/// that does not parse the footer: a row group's opening, the inputs' sha256) and
+/// `modified`.
 pub(crate) fn check_unchanged(
     file: &InputFile,
     bytes: u64,
     rows: Option<u64>,
-    identity: FileIdentity,
+    modified: Modified,
 ) -> Result<()> {
     let Some(first) = file.first_seen else {
         return Ok(());
     };
-    let rows = rows.unwrap_or(first.rows);
-    if bytes != first.bytes || rows != first.rows {
-        return Err(TallyError::input(
+    let rerun = "rerun once the file is complete";
+    let changed = |what: String| {
+        Err(TallyError::input(
+            &file.rel_path,
+            format!("the file changed while the run read it ({what}); {rerun}"),
+        ))
+    };
+    match rows {
+        Some(rows) if bytes != first.bytes || rows != first.rows => changed(format!(
+            "{} bytes and {} rows at the run's first reading, {bytes} bytes and {rows} rows now",
+            first.bytes, first.rows
+        )),
+        None if bytes != first.bytes => changed(format!(
+            "{} bytes at the run's first reading, {bytes} bytes now",
+            first.bytes
+        )),
+        _ if modified != first.modified => Err(TallyError::input(
             &file.rel_path,
             format!(
-                "the file changed while the run read it ({} bytes and {} rows at the run's \
-                 first reading, {bytes} bytes and {rows} rows now); rerun once the file is \
-                 complete",
-                first.bytes, first.rows
+                "the file was replaced or written again while the run read it (the same size, \
+                 {bytes} bytes, but another modification time than at the run's first \
+                 reading); {rerun}"
             ),
-        ));
+        )),
+        _ => Ok(()),
     }
-    if identity != first.identity {
-        return Err(TallyError::input(
-            &file.rel_path,
-            format!(
-                "the file was replaced or rewritten while the run read it (the same {bytes} \
-                 bytes and {rows} rows, but another file or modification time than at the \
-                 run's first reading); rerun once the file is complete"
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// Rows of each row group, as the footer gives them.
@@ -928,6 +931,14 @@ fn decode_row_group(
 ) -> Result<()> {
     // One handle for the footer (when read again) and the row group's column chunks.
     let handle = PositionalFile::open(file)?;
+    // The row group's ranges come from the first opening's footer: the file must still be
+    // the one it described.
+    check_unchanged(
+        file,
+        parquet::file::reader::Length::len(&handle),
+        None,
+        handle.modified(),
+    )?;
     let metadata = opened.footer(file, &handle, specs)?;
     let outcome = guard_decoding(file, || {
         let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(handle, metadata)
@@ -1153,13 +1164,13 @@ pub fn read_footer(path: &Path) -> FooterRead {
         };
     };
     let bytes = parquet::file::reader::Length::len(&file);
-    let identity = file.identity();
+    let modified = file.modified();
     let small_sha256 = file.whole().map(|whole| crate::write::sha256(whole));
     FooterRead {
         seen: rows_in_footer(file).map(|rows| Seen {
             bytes,
             rows,
-            identity,
+            modified,
         }),
         small_sha256,
     }
@@ -1799,6 +1810,10 @@ mod tests {
                 rows.map(|rows| (bytes, rows)),
                 "{path:?}"
             );
+            if let Some(seen) = read.seen {
+                let modified = Modified::of(&std::fs::metadata(path).unwrap());
+                assert_eq!(seen.modified, modified, "{path:?}");
+            }
             let small_sha256 = read.small_sha256.map(hex::encode);
             assert_eq!(small_sha256, held_whole.then_some(sha256), "{path:?}");
         }
@@ -1848,15 +1863,18 @@ mod tests {
     }
 
     /// A file replaced under its name by a copy of the same size and rows (a corrected
-    /// export renamed into place), or rewritten in place (its modification time moved), is
-    /// refused as well: the size and row count alone would not see it, and the manifest's
-    /// sha256 would be of another file than the rows read.
+    /// export renamed into place), or written again in place (its modification time moved),
+    /// is refused as well, at the footer's opening and at a row group's: the size and row
+    /// count alone would not see it, and the manifest's sha256 would be of another file than
+    /// the rows read.
     #[test]
     fn a_file_replaced_with_the_same_size_and_rows_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ids.parquet");
         write_ids(&path, &["a".to_string(), "b".to_string()]);
         let first = read_footer(&path).seen.unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(first.modified, Modified::of(&meta));
         let file = InputFile {
             rel_path: "ids.parquet".into(),
             abs_path: path.clone(),
@@ -1865,46 +1883,65 @@ mod tests {
         let specs = [col("id", ColType::Str, true)];
         assert!(open_file(&file, &specs).is_ok());
         let replaced = format!(
-            "ids.parquet: the file was replaced or rewritten while the run read it (the same \
-             {} bytes and 2 rows, but another file or modification time than at the run's \
-             first reading); rerun once the file is complete",
+            "ids.parquet: the file was replaced or written again while the run read it (the \
+             same size, {} bytes, but another modification time than at the run's first \
+             reading); rerun once the file is complete",
             first.bytes
         );
-        // Another file renamed over it, byte for byte the same.
+        // Another file renamed over it, byte for byte the same, written a second later (a
+        // writer's copy is written after the file it replaces).
+        let later = meta.modified().unwrap() + std::time::Duration::from_secs(1);
         let copy = dir.path().join("copy.parquet");
         std::fs::copy(&path, &copy).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&copy)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
         std::fs::rename(&copy, &path).unwrap();
         let refused = open_file(&file, &specs).err().unwrap();
         assert_eq!(refused.to_string(), replaced);
-        // The same file, written again in place (only its modification time tells).
-        let now = read_footer(&path).seen.unwrap();
+
+        // The same at a row group's opening, after the footer's (a plan opens every file
+        // first, then decodes its row groups).
         let file = InputFile {
-            first_seen: Some(now),
+            first_seen: read_footer(&path).seen,
             ..file
         };
-        assert!(open_file(&file, &specs).is_ok());
-        let bytes = std::fs::read(&path).unwrap();
-        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
-        let handle = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        std::io::Write::write_all(&mut &handle, &bytes).unwrap();
-        handle.set_modified(later).unwrap();
+        let plan = Plan::open_keeping(std::slice::from_ref(&file), &specs, 1);
+        let handle = std::fs::File::options().write(true).open(&path).unwrap();
+        handle
+            .set_modified(later + std::time::Duration::from_secs(1))
+            .unwrap();
         drop(handle);
-        let refused = open_file(&file, &specs).err().unwrap();
+        let refused = decode_ids(plan, std::slice::from_ref(&file)).unwrap_err();
         assert!(
             refused
                 .to_string()
-                .contains("was replaced or rewritten while the run read it"),
+                .starts_with("ids.parquet: the file was replaced or written again"),
             "{refused}"
         );
-        // The check the inputs' sha256 makes (no footer parsed: the rows are not known).
+
+        // The check the inputs' sha256 makes (no footer parsed: its message says bytes only).
         let again = read_footer(&path).seen.unwrap();
-        assert!(check_unchanged(&file, again.bytes, None, again.identity).is_err());
+        assert!(check_unchanged(&file, again.bytes, None, again.modified).is_err());
         let file = InputFile {
             first_seen: Some(again),
             ..file
         };
-        assert!(check_unchanged(&file, again.bytes, None, again.identity).is_ok());
-        assert!(check_unchanged(&file, again.bytes + 1, None, again.identity).is_err());
+        assert!(check_unchanged(&file, again.bytes, None, again.modified).is_ok());
+        assert_eq!(
+            check_unchanged(&file, again.bytes + 1, None, again.modified)
+                .unwrap_err()
+                .to_string(),
+            format!(
+                "ids.parquet: the file changed while the run read it ({} bytes at the run's \
+                 first reading, {} bytes now); rerun once the file is complete",
+                again.bytes,
+                again.bytes + 1
+            )
+        );
     }
 
     /// A missing-column message lists the file's columns in order, at most

@@ -40,8 +40,8 @@ pub const WHOLE_FILE_BYTES: u64 = 64 * 1024;
 pub struct PositionalFile {
     contents: Contents,
     len: u64,
-    /// The file's identity at open (its handle's, before a small file's is closed).
-    identity: crate::load::FileIdentity,
+    /// The file's modification time at open (its handle's, before a small file's is closed).
+    modified: crate::load::Modified,
 }
 
 #[derive(Clone)]
@@ -65,7 +65,7 @@ impl PositionalFile {
         let handle = File::open(path)?;
         let meta = handle.metadata()?;
         let len = meta.len();
-        let identity = crate::load::FileIdentity::of(&meta);
+        let modified = crate::load::Modified::of(&meta);
         // Not a size of 0: a file whose size reads 0 may still hold bytes (a file system
         // that does not know sizes), which reads by position find.
         if (1..=WHOLE_FILE_BYTES).contains(&len) {
@@ -73,19 +73,19 @@ impl PositionalFile {
             return Ok(PositionalFile {
                 len: bytes.len() as u64,
                 contents: Contents::Whole(bytes.into()),
-                identity,
+                modified,
             });
         }
         Ok(PositionalFile {
             contents: Contents::Handle(Arc::new(handle)),
             len,
-            identity,
+            modified,
         })
     }
 
-    /// Which file was opened, and when it was last written (see [`crate::load::FileIdentity`]).
-    pub fn identity(&self) -> crate::load::FileIdentity {
-        self.identity
+    /// When the file was last written, at open (see [`crate::load::Modified`]).
+    pub fn modified(&self) -> crate::load::Modified {
+        self.modified
     }
 
     /// The file's bytes when it was read whole at open.

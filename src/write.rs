@@ -671,28 +671,31 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(sha256_file_as_read(path)?.0)
 }
 
-/// [`sha256_file`], with the size and identity of the file hashed (from the handle read,
-/// so that the caller can tell whether it is the file another reading saw).
-pub fn sha256_file_as_read(path: &Path) -> Result<(String, u64, crate::load::FileIdentity)> {
+/// [`sha256_file`], with the bytes hashed and the file's modification time after the
+/// last read (so that the caller can tell whether it hashed the file another reading saw:
+/// one written during the hashing has another time, or another size).
+pub fn sha256_file_as_read(path: &Path) -> Result<(String, u64, crate::load::Modified)> {
     let mut file = File::open(path).map_err(io_err(path))?;
-    let meta = file.metadata().map_err(io_err(path))?;
-    let len = meta.len();
-    let identity = crate::load::FileIdentity::of(&meta);
+    let len = file.metadata().map_err(io_err(path))?.len();
     let mut hasher = Sha256::new();
     // A buffer about the file's size: a fresh 1 MiB buffer is zeroed for each file, which
     // for a month of small input files (160,000 of 4 KiB) was about a third of the
     // fingerprint's samples (benches/README.md, "Profiles and experiments (2026-12-05,
-    // afternoon: small files read by position)"). At least 8 KiB: a file whose size reads 0 may still hold bytes (a pipe, a
-    // file system that does not know sizes), read 8 KiB a call rather than 1 byte.
+    // afternoon: small files read by position)"). At least 8 KiB: a file whose size reads 0
+    // may still hold bytes (a pipe, a file system that does not know sizes), read 8 KiB a
+    // call rather than 1 byte.
     let mut buf = vec![0u8; len.clamp(8 << 10, 1 << 20) as usize];
+    let mut hashed = 0u64;
     loop {
         let n = file.read(&mut buf).map_err(io_err(path))?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
+        hashed += n as u64;
     }
-    Ok((hex::encode(hasher.finalize()), len, identity))
+    let modified = crate::load::Modified::of(&file.metadata().map_err(io_err(path))?);
+    Ok((hex::encode(hasher.finalize()), hashed, modified))
 }
 
 /// sha256 of bytes in memory.
