@@ -30,6 +30,16 @@ fn listed(out: &Path) -> (usize, usize) {
     (count("outputs"), count("inputs"))
 }
 
+/// The line of a folder `out` (a `command` at `as_of`) whose every output and input is as
+/// the run left them.
+fn as_written_and_read(out: &Path, command: &str, as_of: &str) -> String {
+    let (outputs, inputs) = listed(out);
+    format!(
+        "{}: {command} as of {as_of}: {outputs} outputs as written; {inputs} inputs as read\n",
+        out.display()
+    )
+}
+
 /// A reconcile of a copy of the bundled data root (`TMP/data`) published in `TMP/out`.
 fn published_reconcile() -> (tempfile::TempDir, PathBuf, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
@@ -72,14 +82,7 @@ fn a_published_folder_verifies_as_written_and_read() {
     );
     let (code, stdout) = verify(&out, &["--data", data.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{stdout}");
-    assert_eq!(
-        stdout,
-        format!(
-            "{}: reconcile as of {AS_OF}: {outputs} outputs as written; {inputs} inputs as \
-             read\n",
-            out.display()
-        )
-    );
+    assert_eq!(stdout, as_written_and_read(&out, "reconcile", AS_OF));
 }
 
 /// An output folder altered after the run: a byte changed (same size), a file removed, a
@@ -408,30 +411,14 @@ fn a_job_file_names_the_folder_its_data_and_its_history() {
         (ran.status.code(), stdout, stderr(&ran))
     };
     let out = tmp.path().join("out/nightly");
-    let (outputs, inputs) = listed(&out);
     let (code, stdout, _) = verify_job(&nightly, &[]);
     assert_eq!(code, Some(0), "{stdout}");
-    assert_eq!(
-        stdout,
-        format!(
-            "{}: reconcile as of {AS_OF}: {outputs} outputs as written; {inputs} inputs as \
-             read\n",
-            out.display()
-        )
-    );
+    assert_eq!(stdout, as_written_and_read(&out, "reconcile", AS_OF));
     // The close's folder named by its as-of, its history checked too (nothing unchecked).
     let november = tmp.path().join("out/closes/2026-12-01");
-    let (outputs, inputs) = listed(&november);
     let (code, stdout, _) = verify_job(&monthly, &["--as-of", "2026-12-01"]);
     assert_eq!(code, Some(0), "{stdout}");
-    assert_eq!(
-        stdout,
-        format!(
-            "{}: close as of {close_as_of}: {outputs} outputs as written; {inputs} inputs as \
-             read\n",
-            november.display()
-        )
-    );
+    assert_eq!(stdout, as_written_and_read(&november, "close", close_as_of));
 
     let (code, _, message) = verify_job(&monthly, &[]);
     assert_eq!(code, Some(2));
