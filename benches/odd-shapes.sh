@@ -13,16 +13,19 @@
 #              pipeline::BYTES_PER_FILE); and a close run again over its own folder (nothing
 #              to do: the inputs' fingerprint and the comparison with the earlier manifest,
 #              whose cost grows with the files), against the same over the one-file root
+#   allocations one account's allocation row COPIES times (every copy overlaps every other:
+#              all rejected, overlapping_period, each naming its first overlap), against 1
 #
 # Prints wall seconds and peak RSS of each run and the ratios. Environment: TALLY (default
 # $CARGO_TARGET_DIR or ~/.cache/tally-target, release/tally), BENCH_DIR (default
 # /tmp/tally-bench: its venv gets pyarrow), EVENTS and GRANTS (default 100000 each), ROWS
-# (default 100000), FILES (default 20000).
+# (default 100000), FILES (default 20000), COPIES (default 100000).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 TALLY=${TALLY:-${CARGO_TARGET_DIR:-$HOME/.cache/tally-target}/release/tally}
 BENCH_DIR=${BENCH_DIR:-/tmp/tally-bench}
 EVENTS=${EVENTS:-100000} GRANTS=${GRANTS:-100000} ROWS=${ROWS:-100000} FILES=${FILES:-20000}
+COPIES=${COPIES:-100000}
 WORK="$BENCH_DIR/odd-shapes"
 VENV="$BENCH_DIR/venv"
 [[ -x $TALLY ]] || { echo "odd-shapes: no tally binary at $TALLY" >&2; exit 2; }
@@ -89,3 +92,12 @@ again_base=$wall
 close_again "$WORK/files" "close again (nothing to do), one row a file"
 per_file_us=$(awk -v w="$wall" -v b="$again_base" -v n="$FILES" 'BEGIN { printf "%.1f", (w - b) * 1e6 / (2 * n) }')
 echo "files: a close run again over its folder: $wall s against $again_base s for the one-file root, ${per_file_us} us more a file"
+
+make allocations "$WORK/allocations-1" 1
+make allocations "$WORK/allocations-many" "$COPIES"
+reconcile "$WORK/allocations-1"
+measure "reconcile, 1 allocation" -- "${RUN[@]}"
+base=$wall
+reconcile "$WORK/allocations-many"
+measure "reconcile, the allocation $COPIES times" -- "${RUN[@]}"
+echo "allocations: $COPIES copies of one allocation row: $wall s against $base s for one"

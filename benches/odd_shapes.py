@@ -8,6 +8,8 @@
     odd_shapes.py flat ROOT ROWS              the same rows in one row group (the baseline)
     odd_shapes.py files ROOT ROWS             ROWS usage and ROWS ledger rows, one row a
         file (as a streaming sink that flushes every row writes them)
+    odd_shapes.py allocations ROOT COPIES     1,000 events, and the account's allocation
+        written COPIES times (an export that repeats a row: every copy overlaps every other)
 
 The price book is the fixtures' (fixtures/pricebook.toml); the account has one November
 `max` allocation.
@@ -85,6 +87,12 @@ def usage_and_debits(path, rows, row_group_size, one_file_a_row=False):
     pq.write_table(debits, os.path.join(path, "debits", "d.parquet"), row_group_size=row_group_size)
 
 
+def allocation_copies(path, copies):
+    """The root's one allocation row, `copies` times in all."""
+    one = pq.read_table(os.path.join(path, "allocations", "a.parquet"))
+    pq.write_table(pa.concat_tables([one] * copies), os.path.join(path, "allocations", "a.parquet"))
+
+
 def grants(path, count):
     table = pa.table(
         {
@@ -113,6 +121,9 @@ def main():
         usage_and_debits(path, int(sys.argv[3]), 1 << 20)
     elif shape == "files":
         usage_and_debits(path, int(sys.argv[3]), 1, one_file_a_row=True)
+    elif shape == "allocations":
+        usage_and_debits(path, 1000, 1 << 20)
+        allocation_copies(path, int(sys.argv[3]))
     else:
         sys.exit(f"odd_shapes.py: unknown shape {shape!r}")
 
