@@ -166,6 +166,19 @@ impl TallyError {
 
 pub type Result<T> = std::result::Result<T, TallyError>;
 
+/// `text` with control characters written `\u{..}` (a newline too), so that a name or a
+/// library's message quoting bytes prints as one line of plain text.
+pub fn controls_escaped(text: &str) -> String {
+    let mut line = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c.is_control() {
+            true => line.extend(c.escape_unicode()),
+            false => line.push(c),
+        }
+    }
+    line
+}
+
 /// What to do about an input that cannot be read, for the causes the operating system's
 /// own words leave open (appended to its message).
 pub(crate) fn read_hint(kind: std::io::ErrorKind) -> &'static str {

@@ -1213,16 +1213,7 @@ fn where_to_look(e: &clap::Error) -> String {
 /// Control characters (a corrupt file's bytes quoted in a library's message: NUL, form
 /// feed, a bare CR) are written `\u{..}`, so that the line stays one line of text.
 fn one_line(e: &anyhow::Error) -> String {
-    let text = e.to_string();
-    let mut line = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '\n' => line.push(' '),
-            c if c.is_control() => line.extend(c.escape_unicode()),
-            c => line.push(c),
-        }
-    }
-    line
+    tally::error::controls_escaped(&e.to_string().replace('\n', " "))
 }
 
 #[cfg(test)]

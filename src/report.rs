@@ -1,7 +1,7 @@
 //! `summary.json`, `summary.md` and `manifest.json`.
 
 use crate::amount::Milli;
-use crate::error::Result;
+use crate::error::{Result, TallyError};
 use crate::model::{Dataset, Mode};
 use crate::pipeline::{DatasetCounts, RunOutput, UsageCounts};
 use crate::reconcile::Kind;
@@ -409,6 +409,20 @@ pub struct Manifest {
     pub settings: ManifestSettings,
     pub inputs: Vec<FileEntry>,
     pub outputs: Vec<FileEntry>,
+}
+
+impl Manifest {
+    /// A published folder's manifest.json (`path`), read and parsed; an unreadable one is
+    /// exit 2 naming it.
+    pub fn read(path: &std::path::Path) -> Result<Manifest> {
+        let text = std::fs::read_to_string(path).map_err(|e| TallyError::io(path, e))?;
+        serde_json::from_str(&text).map_err(|e| {
+            TallyError::input(
+                path.display().to_string(),
+                format!("unreadable manifest: {e}"),
+            )
+        })
+    }
 }
 
 #[cfg(test)]

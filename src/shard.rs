@@ -447,7 +447,11 @@ fn differences(a: &ShardManifest, b: &ShardManifest) -> String {
     if a.inputs != b.inputs {
         what.push(format!(
             "inputs differ: {}",
-            crate::listed_briefly(&crate::input_changes(&a.inputs, &b.inputs))
+            crate::listed_briefly(
+                &(crate::input_changes(&a.inputs, &b.inputs).iter())
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+            )
         ));
     }
     what.join("; ")

@@ -5,10 +5,8 @@
 //! figures ("did an export land after the run?").
 
 use crate::error::{Result, TallyError};
-use crate::model::Dataset;
 use crate::report::{FileEntry, Manifest};
 use rayon::prelude::*;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// What to verify: an output folder, and the inputs to hold against its manifest.
@@ -52,19 +50,6 @@ impl Difference {
     }
 }
 
-/// `path` with control characters written `\u{..}`: a file named with a newline must not
-/// print a line that reads as another finding.
-fn shown(path: &str) -> String {
-    let mut text = String::with_capacity(path.len());
-    for c in path.chars() {
-        match c.is_control() {
-            true => text.extend(c.escape_unicode()),
-            false => text.push(c),
-        }
-    }
-    text
-}
-
 impl std::fmt::Display for Difference {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (what, path, why) = match self {
@@ -88,7 +73,8 @@ impl std::fmt::Display for Difference {
             Difference::InputGone(p) => ("input gone", p, ""),
             Difference::InputNew(p) => ("input new", p, " (the run did not read it)"),
         };
-        write!(f, "{what}: {}{why}", shown(path))
+        // A file named with a newline must not print a line that reads as another finding.
+        write!(f, "{what}: {}{why}", crate::error::controls_escaped(path))
     }
 }
 
@@ -117,14 +103,18 @@ pub struct Verification {
 pub fn verify(req: &VerifyRequest) -> Result<Verification> {
     let manifest = read_manifest(&req.out)?;
     let mut differences = output_differences(&req.out, &manifest.outputs)?;
-    let (history_inputs, data_inputs): (Vec<&FileEntry>, Vec<&FileEntry>) = (manifest.inputs)
+    let (history_inputs, data_inputs): (Vec<FileEntry>, Vec<FileEntry>) = (manifest.inputs)
         .iter()
+        .cloned()
         .partition(|f| f.path.starts_with("history/"));
     let mut inputs_checked = 0;
     if let Some(data) = &req.data {
         check_data_root(data)?;
-        let now = data_root_files(data)?;
-        differences.extend(input_differences(&data_inputs, &now)?);
+        // The inputs as a run of the data root would fingerprint them now: its listing and
+        // its manifest entries.
+        let census = crate::pipeline::Census::take(data)?;
+        let now = crate::fingerprint_files(data, &census, true)?;
+        differences.extend(input_differences(&data_inputs, &now));
         inputs_checked += data_inputs.len();
     }
     let mut later_closes = 0;
@@ -136,13 +126,11 @@ pub fn verify(req: &VerifyRequest) -> Result<Verification> {
             (crate::history::earlier_closes(history, &req.out, as_of)?.into_iter())
                 .partition(|close| close.as_of > as_of);
         later_closes = later.len();
-        let now: Vec<(String, PathBuf)> = (earlier.into_iter())
-            .map(|close| {
-                let path = format!("history/{}/manifest.json", close.name);
-                (path, close.folder.join("manifest.json"))
-            })
+        let folders: Vec<(String, PathBuf)> = (earlier.into_iter())
+            .map(|close| (close.name, close.folder.join("manifest.json")))
             .collect();
-        differences.extend(input_differences(&history_inputs, &now)?);
+        let now = crate::history_inputs(&folders)?;
+        differences.extend(input_differences(&history_inputs, &now));
         inputs_checked += history_inputs.len();
     }
     differences.sort();
@@ -224,22 +212,13 @@ fn read_manifest(out: &Path) -> Result<Manifest> {
              its files; verify the merged folder",
         ));
     }
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(TallyError::config(
-                out.display().to_string(),
-                "holds no manifest.json: not a folder a tally run published",
-            ))
-        }
-        Err(e) => return Err(TallyError::io(&path, e)),
-    };
-    let manifest: Manifest = serde_json::from_str(&text).map_err(|e| {
-        TallyError::input(
-            path.display().to_string(),
-            format!("unreadable manifest: {e}"),
-        )
-    })?;
+    if !path.exists() {
+        return Err(TallyError::config(
+            out.display().to_string(),
+            "holds no manifest.json: not a folder a tally run published",
+        ));
+    }
+    let manifest = Manifest::read(&path)?;
     if let Some(bad) =
         (manifest.outputs.iter().chain(&manifest.inputs)).find(|f| !is_plain_relative(&f.path))
     {
@@ -325,39 +304,14 @@ fn files_under(dir: &Path, rel: &str) -> Result<Vec<String>> {
     Ok(files)
 }
 
-/// The inputs a run of the data root reads now, as (manifest path, file): the price book
-/// and every dataset file the run lists (the same listing: hidden names and files not
-/// named `*.parquet` are not inputs).
-fn data_root_files(data: &Path) -> Result<Vec<(String, PathBuf)>> {
-    let pricebook = data.join("pricebook.toml");
-    let mut files = Vec::new();
-    if pricebook.exists() {
-        files.push(("pricebook.toml".to_string(), pricebook));
-    }
-    for dataset in Dataset::ALL {
-        if let Some(listing) = crate::load::list_dataset(data, dataset.name())? {
-            files.extend((listing.files.into_iter()).map(|f| (f.rel_path, f.abs_path)));
-        }
-    }
-    Ok(files)
-}
-
-/// How the inputs found `now` differ from those the manifest lists (`listed`): changed,
-/// gone, new.
-fn input_differences(listed: &[&FileEntry], now: &[(String, PathBuf)]) -> Result<Vec<Difference>> {
-    let now: BTreeMap<&str, &Path> = now.iter().map(|(p, f)| (p.as_str(), f.as_path())).collect();
-    let mut differences: Vec<Difference> = listed
-        .par_iter()
-        .map(|entry| match now.get(entry.path.as_str()) {
-            None => Ok(Some(Difference::InputGone(entry.path.clone()))),
-            Some(file) => Ok((crate::write::sha256_file(file)? != entry.sha256)
-                .then(|| Difference::InputChanged(entry.path.clone()))),
+/// How the inputs found `now` differ from those the manifest lists (`listed`): the run's
+/// own comparison (a close's rerun refuses on the same changes).
+fn input_differences(listed: &[FileEntry], now: &[FileEntry]) -> Vec<Difference> {
+    (crate::input_changes(listed, now).into_iter())
+        .map(|change| match change {
+            crate::InputChange::Changed(path) => Difference::InputChanged(path.to_string()),
+            crate::InputChange::Gone(path) => Difference::InputGone(path.to_string()),
+            crate::InputChange::New(path) => Difference::InputNew(path.to_string()),
         })
-        .filter_map(Result::transpose)
-        .collect::<Result<_>>()?;
-    let listed: std::collections::HashSet<&str> = listed.iter().map(|f| f.path.as_str()).collect();
-    for path in now.keys().filter(|p| !listed.contains(*p)) {
-        differences.push(Difference::InputNew(path.to_string()));
-    }
-    Ok(differences)
+        .collect()
 }
