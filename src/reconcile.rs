@@ -288,6 +288,95 @@ mod tests {
 
     const SETTLE_FROM: Micros = 1_000;
 
+    /// What summary.md and report.html say each kind means is held to the contract's
+    /// section 5 table, row by row: the contract's "when" (quoted) against the words of the
+    /// meaning that carry each of its conditions. Every kind has a row (`late_event`, not
+    /// one of the contract's, against the README's rule).
+    #[test]
+    fn each_kind_means_what_the_contract_says() {
+        let contract: [(Kind, &str, &[&str]); 11] = [
+            (
+                Kind::OrphanDebit,
+                "a debit/adjustment entry whose `event_id` is not in usage (or a debit with \
+                 null `event_id`)",
+                &[
+                    "a debit or adjustment",
+                    "no valid usage event",
+                    "a debit naming none",
+                ],
+            ),
+            (
+                Kind::ManualAdjustment,
+                "an `adjustment` with null `event_id` (reported, not an error)",
+                &["an adjustment naming no event", "not an error"],
+            ),
+            (
+                Kind::AccountMismatch,
+                "an entry's `account_id` differs from its event's",
+                &["an entry", "another account than its event's"],
+            ),
+            (
+                Kind::UnpricedEvent,
+                "the event has no rate (section 3)",
+                &["no rate for the event"],
+            ),
+            (
+                Kind::ChargedFailedEvent,
+                "the event is not `succeeded` and its net recorded > 0",
+                &["credits taken", "failed or was cancelled"],
+            ),
+            (
+                Kind::MissingDebit,
+                "expected > 0 and the event has no entries at all",
+                &["cost credits", "no ledger entry"],
+            ),
+            (
+                Kind::DuplicateDebit,
+                "≥ 2 `debit` entries and net recorded > expected",
+                &["two or more times", "the extra"],
+            ),
+            (
+                Kind::AmountMismatch,
+                "net recorded ≠ expected",
+                &["another amount than the price book gives"],
+            ),
+            (
+                Kind::ConflictingDuplicate,
+                "see usage above; reported in addition to the kinds above",
+                &["one event id that differ", "in addition to the event's own"],
+            ),
+            (
+                Kind::OverLimitUsage,
+                "see section 4; reported in addition to the kinds above",
+                &[
+                    "no grant covered",
+                    "blocks overage",
+                    "in addition to the event's own",
+                ],
+            ),
+            (
+                Kind::LateEvent,
+                "(not a kind of the contract: tally's own, README \"Late events\")",
+                &[
+                    "already closed",
+                    "billed in the account's period this close closes",
+                ],
+            ),
+        ];
+        for (kind, when, words) in contract {
+            for word in words {
+                assert!(
+                    kind.meaning().contains(word),
+                    "{}: the contract says \"{when}\"; the meaning lacks {word:?}: {}",
+                    kind.name(),
+                    kind.meaning()
+                );
+            }
+        }
+        let covered: Vec<Kind> = contract.iter().map(|(kind, _, _)| *kind).collect();
+        assert!(Kind::ALL.iter().all(|kind| covered.contains(kind)));
+    }
+
     fn event(status: EventStatus, occurred_at: Micros) -> UsageRow {
         UsageRow {
             event_id: "e1".into(),

@@ -739,9 +739,10 @@ mod tests {
 
     /// Each rejected period names its first overlap: the earliest earlier period (in start
     /// order) that ends after it starts, else the next one; held against every pair of
-    /// periods compared (the rule as the contract words it, "both rows of an overlap are
-    /// rejected"), on random sets of periods with ties and copies, and on 2,000 copies of
-    /// one row (each names the first copy; the first names the second).
+    /// periods compared (the contract's rule: "Two rows of one account whose periods
+    /// overlap are both rejected (`overlapping_period`)"), on random sets of periods with
+    /// ties and copies, and on 2,000 copies of one row (each names the first copy; the
+    /// first names the second).
     #[test]
     fn each_overlap_names_its_first_overlapping_period() {
         use proptest::prelude::*;
