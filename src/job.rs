@@ -103,12 +103,18 @@ pub fn check_placeholders(name: &str, out: &Path) -> std::result::Result<(), Str
     }
 }
 
+/// Whether an output path names one folder per as-of (holds a placeholder: the job file's
+/// `out` is checked to hold no other braces).
+pub fn is_per_as_of(out: &Path) -> bool {
+    out.to_string_lossy().contains('{')
+}
+
 /// Replace `{as_of}` and `{as_of_date}` in an output path.
 pub fn expand_out(out: &Path, as_of: crate::time::Micros) -> std::path::PathBuf {
-    let text = out.to_string_lossy();
-    if !text.contains('{') {
+    if !is_per_as_of(out) {
         return out.to_path_buf();
     }
+    let text = out.to_string_lossy();
     let stamp = crate::close::compact_stamp(as_of);
     let date = crate::time::format_instant(as_of)
         .get(..10)

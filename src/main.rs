@@ -858,11 +858,11 @@ fn verify_request(args: VerifyArgs) -> anyhow::Result<tally::verify::VerifyReque
     let as_of = (args.as_of.as_deref())
         .map(|text| parse_as_of(text, &Origin::flag("--as-of")))
         .transpose()?;
-    let templated = |out: &std::path::Path| out.to_string_lossy().contains('{');
     let job_out = job
         .as_ref()
         .map(|j| j.out.clone())
         .filter(|_| args.out.is_none());
+    let templated = tally::job::is_per_as_of;
     if as_of.is_some() && !job_out.as_deref().is_some_and(templated) {
         return Err(config_error(
             "--as-of names the folder of a --job file whose out holds {as_of} or {as_of_date}; \

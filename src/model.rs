@@ -22,6 +22,12 @@ impl Dataset {
         Dataset::Debits,
     ];
 
+    /// Whether a data root must hold the dataset's folder (it may be empty): all but
+    /// grants, which many products never give beyond their plans.
+    pub fn required(self) -> bool {
+        self != Dataset::Grants
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Dataset::Usage => "usage",

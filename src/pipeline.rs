@@ -118,16 +118,15 @@ pub fn check_data_root(root: &Path) -> Result<()> {
 }
 
 /// A dataset's files as `listed` (`None`: no folder), a missing folder refused if the
-/// dataset is `required`.
+/// dataset is required.
 fn dataset_files(
     root: &Path,
     dataset: Dataset,
-    required: bool,
     listed: Option<Vec<InputFile>>,
 ) -> Result<Vec<InputFile>> {
     match listed {
         Some(files) => Ok(files),
-        None if !required => Ok(Vec::new()),
+        None if !dataset.required() => Ok(Vec::new()),
         None if root.join(dataset.name()).exists() => Err(TallyError::input(
             root.join(dataset.name()).display().to_string(),
             format!(
@@ -223,15 +222,10 @@ fn inputs_of(
     let pricebook_path = root.join("pricebook.toml");
     let book = PriceBook::load(&pricebook_path, &pricebook_path.display().to_string())?;
     let files = [
-        dataset_files(root, Dataset::Usage, true, list(Dataset::Usage)?)?,
-        dataset_files(
-            root,
-            Dataset::Allocations,
-            true,
-            list(Dataset::Allocations)?,
-        )?,
-        dataset_files(root, Dataset::Grants, false, list(Dataset::Grants)?)?,
-        dataset_files(root, Dataset::Debits, true, list(Dataset::Debits)?)?,
+        dataset_files(root, Dataset::Usage, list(Dataset::Usage)?)?,
+        dataset_files(root, Dataset::Allocations, list(Dataset::Allocations)?)?,
+        dataset_files(root, Dataset::Grants, list(Dataset::Grants)?)?,
+        dataset_files(root, Dataset::Debits, list(Dataset::Debits)?)?,
     ];
     Ok(Inputs {
         book,

@@ -5,6 +5,7 @@
 //! figures ("did an export land after the run?").
 
 use crate::error::{Result, TallyError};
+use crate::model::Dataset;
 use crate::report::{FileEntry, Manifest};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
@@ -153,7 +154,10 @@ fn manifest_path(out: &Path) -> PathBuf {
 /// folders), else exit 2: a mistyped `--data` would otherwise list every input as gone.
 fn check_data_root(data: &Path) -> Result<()> {
     crate::pipeline::check_data_root(data)?;
-    let required = ["pricebook.toml", "usage", "allocations", "debits"];
+    let datasets = (Dataset::ALL.into_iter())
+        .filter(|dataset| dataset.required())
+        .map(Dataset::name);
+    let required: Vec<&str> = std::iter::once("pricebook.toml").chain(datasets).collect();
     if let Some(missing) = required.iter().find(|name| !data.join(name).exists()) {
         return Err(TallyError::config(
             data.display().to_string(),
