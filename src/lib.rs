@@ -348,10 +348,7 @@ pub struct OutputLock {
 }
 
 pub fn lock_output(out: &Path) -> Result<OutputLock> {
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let parent = write::folder_of(out);
     std::fs::create_dir_all(&parent).map_err(|e| TallyError::write(&parent, e))?;
     let name = out
         .file_name()

@@ -491,10 +491,7 @@ fn missing_shards(
     let read_history = (first.inputs.iter()).any(|f| f.path.starts_with("history/"));
     if read_history {
         // `--out c2` is inside the working folder: its history folder is `.`.
-        let history = match req.out.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent.display().to_string(),
-            _ => ".".to_string(),
-        };
+        let history = crate::write::folder_of(&req.out).display().to_string();
         settings.push_str(&format!(" --history {}", shell_word(&history)));
     }
     let command = format!(

@@ -734,11 +734,16 @@ pub fn output_tables(out: &RunOutput) -> Result<Vec<(&'static str, RecordBatch)>
 
 // ---- atomic publish ----------------------------------------------------------------------
 
-fn staging_prefix(target: &Path) -> Result<(PathBuf, String)> {
-    let parent = match target.parent() {
+/// The folder holding `path` (`.` for a bare name, whose parent is empty).
+pub fn folder_of(path: &Path) -> PathBuf {
+    match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
-    };
+    }
+}
+
+fn staging_prefix(target: &Path) -> Result<(PathBuf, String)> {
+    let parent = folder_of(target);
     let name = target
         .file_name()
         .ok_or_else(|| {
