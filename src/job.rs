@@ -11,6 +11,7 @@
 //! max_abs_delta_credits = "500"    # a decimal string or a whole number (not a float)
 //! min_events_in_window = 1          # alert on an empty or stale export
 //! max_rejected_rows = 1000
+//! max_rejected_allocations = 0      # a rejected allocation is a period not billed
 //! min_invoices = 1                  # (close) alert on a close that closed nothing
 //! ```
 //!
@@ -47,6 +48,8 @@ pub struct AlertConfig {
     pub max_abs_delta_credits: Option<toml::Value>,
     pub min_events_in_window: Option<u64>,
     pub max_rejected_rows: Option<u64>,
+    /// More rejected allocation rows than this alerts.
+    pub max_rejected_allocations: Option<u64>,
     /// (close) fewer invoices than this alerts.
     pub min_invoices: Option<u64>,
 }

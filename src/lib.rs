@@ -66,6 +66,10 @@ pub struct Alert {
     pub min_events_in_window: Option<u64>,
     /// More rejected rows (all datasets) than this alerts.
     pub max_rejected_rows: Option<u64>,
+    /// More rejected allocation rows than this alerts: each is an account-period the run
+    /// cannot bill (no balances, no invoice at close, its usage rejected `no_allocation`),
+    /// which a threshold on all rejected rows sized for noisy usage exports lets through.
+    pub max_rejected_allocations: Option<u64>,
     /// (close) Fewer invoices than this alerts: a close that closed nothing (an as-of before
     /// every period's end, a data root without the month) otherwise exits 0.
     pub min_invoices: Option<u64>,
@@ -78,6 +82,7 @@ pub struct AlertFigures {
     pub abs_delta: Milli,
     pub events_in_window: u64,
     pub rejected_rows: u64,
+    pub rejected_allocations: u64,
     /// 0 for a reconcile.
     pub invoices: u64,
 }
@@ -89,6 +94,7 @@ impl AlertFigures {
             abs_delta: report::abs_delta(&output.discrepancies),
             events_in_window: output.usage.events_in_window,
             rejected_rows: output.rejects.len() as u64,
+            rejected_allocations: output.counts[Dataset::Allocations as usize].rejected,
             invoices: output.invoices.len() as u64,
         }
     }
@@ -120,6 +126,9 @@ impl AlertFigures {
             abs_delta: abs,
             events_in_window: v["usage"]["events_in_window"].as_u64().unwrap_or(0),
             rejected_rows: rejected,
+            rejected_allocations: v["datasets"]["allocations"]["rejected"]
+                .as_u64()
+                .unwrap_or(0),
             invoices: v["close"]["invoices"].as_u64().unwrap_or(0),
         })
     }
@@ -662,6 +671,15 @@ fn check_alert(alert: &Alert, f: &AlertFigures) -> Option<String> {
         crossed.push(format!(
             "{} rejected rows exceed the alert threshold of {max}",
             f.rejected_rows
+        ));
+    }
+    if let Some(max) = alert
+        .max_rejected_allocations
+        .filter(|&m| f.rejected_allocations > m)
+    {
+        crossed.push(format!(
+            "{} rejected allocation rows exceed the alert threshold of {max} (their account-periods are not billed: see rejects.csv)",
+            f.rejected_allocations
         ));
     }
     if let Some(min) = alert.min_invoices.filter(|&m| f.invoices < m) {

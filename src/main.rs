@@ -450,6 +450,7 @@ fn alert_of(job: Option<&JobFile>, job_path: Option<&std::path::Path>) -> anyhow
         alert.max_discrepancies = j.alert.max_discrepancies;
         alert.min_events_in_window = j.alert.min_events_in_window;
         alert.max_rejected_rows = j.alert.max_rejected_rows;
+        alert.max_rejected_allocations = j.alert.max_rejected_allocations;
         alert.min_invoices = j.alert.min_invoices;
         if let Some(value) = &j.alert.max_abs_delta_credits {
             let origin = Origin::job_key(job_path, "alert.max_abs_delta_credits");
@@ -999,8 +1000,27 @@ fn merge(m: MergeArgs) -> anyhow::Result<u8> {
         },
     };
     let out = m.out.display().to_string();
-    let outcome = tally::shard::merge(&req)?;
-    report(&out, "merged and published", Mode::Close, outcome)
+    // A sharded night ends in its merge: a log collector keyed on `run start` and `run
+    // done` must see it start and end as it sees a run on one machine.
+    let shards = (req.sources.iter())
+        .map(|s| s.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" ");
+    tracing::info!(
+        command = "merge",
+        version = env!("CARGO_PKG_VERSION"),
+        out = %out,
+        shards = %shards,
+        data = %req.data.as_ref().map_or(String::new(), |d| d.display().to_string()),
+        force = req.force,
+        "run start"
+    );
+    let started = std::time::Instant::now();
+    let ended = tally::shard::merge(&req)
+        .map_err(anyhow::Error::from)
+        .and_then(|outcome| report(&out, "merged and published", Mode::Close, outcome));
+    log_run_done(&ended, started.elapsed());
+    ended
 }
 
 /// Exit 1 with the alert's line when a threshold was crossed.
@@ -1105,7 +1125,7 @@ fn main() -> ExitCode {
 /// its `error: ` prefix, its tip when it has one, and where to look.
 fn clap_error_line(e: &clap::Error) -> String {
     if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-        return "a command is required (reconcile, close, merge, explain, generate or scan); `tally --help` lists them".into();
+        return "a command is required (reconcile, close, merge, explain, verify, generate or scan); `tally --help` lists them".into();
     }
     let text = e.render().to_string();
     let mut lines = text

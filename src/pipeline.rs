@@ -326,6 +326,56 @@ impl Census {
     }
 }
 
+/// Warn of rejected allocation rows, by reason, naming the first: each is an
+/// account-period the run cannot bill (no balances, no invoice at close, its usage rejected
+/// `no_allocation`). A plan missing from the price book (a typo, a plan added to the
+/// export before the book) rejects every allocation of that plan, and those rows are few
+/// beside a noisy usage export's rejects: without this line the run's summary says only
+/// "N rejected rows". A job alerts on them with `[alert] max_rejected_allocations`.
+fn warn_of_rejected_allocations(rejects: &[Reject], files: &[InputFile]) {
+    if let Some((rows, reasons, message)) = rejected_allocations(rejects, files) {
+        tracing::warn!(
+            dataset = "allocations",
+            rejected_rows = rows,
+            reasons = %reasons,
+            "{message}"
+        );
+    }
+}
+
+/// The rejected allocation rows (none: `None`): how many, their count by reason (`reason
+/// N, ...` in name order), and the warning's words, which name the first row by its place.
+fn rejected_allocations(rejects: &[Reject], files: &[InputFile]) -> Option<(u64, String, String)> {
+    let rejected = || rejects.iter().filter(|r| r.dataset == Dataset::Allocations);
+    let first = rejected().min_by_key(|r| (r.at.file, r.at.row))?;
+    let mut by_reason: std::collections::BTreeMap<&str, u64> = Default::default();
+    for r in rejected() {
+        *by_reason.entry(r.reason.name()).or_default() += 1;
+    }
+    let rows: u64 = by_reason.values().sum();
+    let reasons = (by_reason.iter())
+        .map(|(reason, n)| format!("{reason} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let file = files
+        .get(first.at.file as usize)
+        .map_or("?", |f| f.rel_path.as_str());
+    let (rows_are, periods_are) = match rows {
+        1 => ("1 allocation row is".to_string(), "its account-period is"),
+        _ => (
+            format!("{rows} allocation rows are"),
+            "their account-periods are",
+        ),
+    };
+    let message = format!(
+        "{rows_are} rejected ({reasons}), so {periods_are} not billed: no balances, no \
+         invoice at close, and usage rejected no_allocation. The first: {file} row {}: {}. \
+         See rejects.csv; fix the price book or the export and rerun",
+        first.at.row, first.detail
+    );
+    Some((rows, reasons, message))
+}
+
 /// Warn of what a dataset folder holds that the run does not read: files not named
 /// `*.parquet` (an export's upper-case `.PARQUET` or `.csv`, a writer's `.tmp`), and a
 /// required dataset with no Parquet file at all. Either runs (an empty folder is valid
@@ -593,6 +643,9 @@ fn compute_groups(
         None => Vec::new(),
     };
     if first_shard {
+        if settings.trace_account.is_none() {
+            warn_of_rejected_allocations(&small_rejects, &files[1]);
+        }
         partial.rejects = small_rejects;
         partial.rows_read[Dataset::Allocations as usize] = alloc_read;
         partial.rows_read[Dataset::Grants as usize] = grant_read;
@@ -1367,6 +1420,9 @@ fn order_outputs(
     if settings.mode == Mode::Close {
         check_one_invoice_and_renewal_per_period(&out)?;
         check_grants_next_ids_are_unique(&out.grants_next)?;
+        if let Some((renewals, message)) = short_next_periods(&out.renewals) {
+            tracing::warn!(renewals, "{message}");
+        }
     }
     let accounted =
         usage.events_in_window + usage.identical_duplicates + usage.rejected + usage.outside_window;
@@ -1401,6 +1457,41 @@ fn order_outputs(
         totals: out.totals,
         breakdown,
     })
+}
+
+/// Renewals whose next period is shorter than 28 days (none: `None`): how many, and a warning
+/// naming the first. A monthly period is at least 28 days, so a shorter one means the closed
+/// period did not end on an anniversary of its `billing_anchor` (or of `period_start`
+/// without one): an anchor at 08:00 on periods ending at midnight renews to an 8-hour
+/// period, a stub period without an anchor to a period ending on the stub's day. The
+/// contract's rule gives that next period, and it is invoiced in full (plan price, all
+/// its credits), so the data is more likely wrong than the customer meant to pay twice.
+fn short_next_periods(renewals: &[RenewalRow]) -> Option<(u64, String)> {
+    const SHORTEST_MONTH_MICROS: i64 = 28 * 86_400 * 1_000_000;
+    let is_short = |r: &&RenewalRow| match (r.next_period_start, r.next_period_end) {
+        (Some(start), Some(end)) => end.saturating_sub(start) < SHORTEST_MONTH_MICROS,
+        _ => false,
+    };
+    let first = renewals.iter().find(is_short)?;
+    let count = renewals.iter().filter(is_short).count() as u64;
+    let instant = |t: Option<Micros>| t.map_or_else(String::new, crate::time::format_instant);
+    let renewals_are = match count {
+        1 => "1 renewal's next period is".to_string(),
+        n => format!("{n} renewals' next periods are"),
+    };
+    Some((
+        count,
+        format!(
+            "{renewals_are} shorter than 28 days (the first: account {}, period ending {}, \
+             next period to {}): a closed period that does not end on an anniversary of its \
+             billing_anchor (or of its period_start without one) renews to the next \
+             anniversary, and that period is invoiced in full; check the allocation rows' \
+             billing_anchor (its day and time of day should be period_end's)",
+            crate::error::controls_escaped(&first.account_id),
+            crate::time::format_instant(first.period_end),
+            instant(first.next_period_end),
+        ),
+    ))
 }
 
 /// The accounts' results in output order (account ids by bytes), as indices: a result is a
@@ -1526,6 +1617,103 @@ mod tests {
             expires_at: None,
             priority: None,
         }
+    }
+
+    /// The warning of rejected allocations counts them by reason (in name order), names
+    /// the first by its place in the file order (not the order checks found them in), and
+    /// is absent when no allocation row is rejected (other datasets' rejects do not count).
+    #[test]
+    fn rejected_allocations_are_counted_by_reason_and_the_first_named() {
+        let file = |name: &str| InputFile {
+            rel_path: name.into(),
+            abs_path: name.into(),
+            first_seen: None,
+        };
+        let files = [file("allocations/a.parquet"), file("allocations/b.parquet")];
+        let reject = |dataset, file, row, reason, detail: &str| Reject {
+            dataset,
+            at: RowRef { file, row },
+            reason,
+            detail: detail.into(),
+        };
+        let usage = reject(Dataset::Usage, 0, 0, Reason::NullRequired, "usage");
+        assert_eq!(rejected_allocations(&[usage.clone()], &files), None);
+        let typo = "plan_id \"gold\" is not a plan of the price book";
+        let rejects = [
+            usage,
+            reject(Dataset::Allocations, 1, 7, Reason::UnknownPlan, typo),
+            reject(Dataset::Allocations, 1, 2, Reason::UnknownPlan, typo),
+            reject(
+                Dataset::Allocations,
+                0,
+                9,
+                Reason::OverlappingPeriod,
+                "overlap",
+            ),
+        ];
+        let (rows, reasons, message) = rejected_allocations(&rejects, &files).unwrap();
+        assert_eq!(
+            (rows, reasons.as_str()),
+            (3, "overlapping_period 1, unknown_plan 2")
+        );
+        assert_eq!(
+            message,
+            "3 allocation rows are rejected (overlapping_period 1, unknown_plan 2), so their \
+             account-periods are not billed: no balances, no invoice at close, and usage \
+             rejected no_allocation. The first: allocations/a.parquet row 9: overlap. See \
+             rejects.csv; fix the price book or the export and rerun"
+        );
+        let (rows, _, message) = rejected_allocations(&rejects[1..2], &files).unwrap();
+        assert_eq!(rows, 1);
+        assert!(
+            message.starts_with(
+                "1 allocation row is rejected (unknown_plan 1), so its account-period is not \
+                 billed: "
+            ),
+            "{message}"
+        );
+        assert!(message.contains(&format!("allocations/b.parquet row 7: {typo}.")));
+    }
+
+    /// A renewal whose next period is shorter than the shortest month is warned of (the
+    /// first named, all counted); a full month, February's 28 days included, and a period
+    /// that does not renew are not.
+    #[test]
+    fn next_periods_shorter_than_a_month_are_warned_of() {
+        use crate::amount::Milli;
+        let t = |s: &str| crate::time::parse_instant(s).unwrap();
+        let renewal = |account: &str, end: &str, next_end: Option<&str>| RenewalRow {
+            account_id: account.into(),
+            period_start: t("2026-11-01T00:00:00Z"),
+            period_end: t(end),
+            next_period_start: next_end.map(|_| t(end)),
+            next_period_end: next_end.map(t),
+            plan_id: "pro".into(),
+            plan_credits_unused: Milli::ZERO,
+            rollover_credits: Milli::ZERO,
+            expired_credits: Milli::ZERO,
+            next_included_credits: None,
+            carried_grant_credits: Milli::ZERO,
+        };
+        let month = renewal("a", "2027-02-01T00:00:00Z", Some("2027-03-01T00:00:00Z"));
+        let cancelled = renewal("b", "2026-12-01T00:00:00Z", None);
+        assert_eq!(
+            short_next_periods(&[month.clone(), cancelled.clone()]),
+            None
+        );
+        let hours = renewal("c", "2026-12-01T00:00:00Z", Some("2026-12-01T08:00:00Z"));
+        let stub = renewal("d", "2026-12-01T00:00:00Z", Some("2026-12-15T00:00:00Z"));
+        let (count, message) = short_next_periods(&[month, cancelled, hours, stub]).unwrap();
+        assert_eq!(count, 2);
+        assert_eq!(
+            message,
+            "2 renewals' next periods are shorter than 28 days (the first: account c, period \
+             ending 2026-12-01T00:00:00Z, next period to 2026-12-01T08:00:00Z): a closed \
+             period that does not end on an anniversary of its billing_anchor (or of its \
+             period_start without one) renews to the next anniversary, and that period is \
+             invoiced in full; check the allocation rows' billing_anchor (its day and time of \
+             day should be period_end's)"
+        );
     }
 
     /// The run loads the files of its census's listing, which the manifest lists: a usage

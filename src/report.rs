@@ -181,6 +181,30 @@ pub fn summary(out: &RunOutput) -> Result<Summary> {
     })
 }
 
+/// A note under the totals of a close in which some account closed more than one period
+/// (empty otherwise): the credit totals are sums over account-periods, so a grant that lasts
+/// over two of them (a top-up, a promo) counts in both periods' granted, remaining and
+/// carried credits, and the totals are more than what the account holds. The conservation
+/// equations hold period by period, which is why the figures are summed so.
+/// `accounts`: the invoices' account ids, in the invoices' (account_id, period_start) order,
+/// so that an account's invoices are adjacent.
+fn several_periods_note<'a>(accounts: impl Iterator<Item = &'a str> + Clone) -> String {
+    let invoices = accounts.clone().count();
+    let repeated = (accounts.clone().zip(accounts.skip(1)))
+        .filter(|(a, b)| a == b)
+        .count();
+    if repeated == 0 {
+        return String::new();
+    }
+    format!(
+        "\n{repeated} of the {invoices} invoices are of an account with an earlier period in this \
+         close. Credits granted, remaining and carried are summed over account-periods, so a \
+         grant that lasts over several of one account's periods (a top-up, a promo) counts \
+         in each; each period's own rollover, expired and carried credits are in \
+         `renewals.csv`.\n",
+    )
+}
+
 /// The conservation equations, recomputed on the run's totals. Each was also asserted per
 /// account-period during the run (a broken one stops it before publishing), so in a
 /// published summary they hold; computing them here keeps the file honest on its own.
@@ -295,6 +319,8 @@ pub fn summary_markdown(out: &RunOutput, s: &Summary) -> Result<String> {
             "| credits rolled over / expired / carried | {} / {} / {} |",
             c.rollover_credits, c.expired_credits, c.carried_credits
         );
+        let accounts = out.invoices.iter().map(|i| i.account_id.as_str());
+        md.push_str(&several_periods_note(accounts));
     }
     let _ = writeln!(
         md,
@@ -440,5 +466,22 @@ mod tests {
             "\\[l\\](u) \\`c\\` \\*e\\* \\\\"
         );
         assert_eq!(md_text("ünï 名"), "ünï 名");
+    }
+
+    /// The note on totals summed over account-periods appears only when an account has
+    /// more than one invoice in the close, and counts the invoices after an account's first.
+    #[test]
+    fn a_close_of_several_periods_of_an_account_says_its_totals_are_sums() {
+        let note = |accounts: &[&str]| several_periods_note(accounts.iter().copied());
+        assert_eq!(note(&[]), "");
+        assert_eq!(note(&["a", "b", "c"]), "");
+        assert_eq!(
+            note(&["a", "a", "b", "c", "c", "c"]),
+            "\n3 of the 6 invoices are of an account with an earlier period in this close. \
+             Credits granted, remaining and carried are summed over account-periods, so a \
+             grant that lasts over several of one account's periods (a top-up, a promo) counts \
+             in each; each period's own rollover, expired and carried credits are in \
+             `renewals.csv`.\n"
+        );
     }
 }

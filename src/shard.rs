@@ -516,7 +516,8 @@ fn missing_shards(
          or with the same --job), {then}",
         missing.len(),
         looked_in.join(", "),
-        missing.iter().map(folder).collect::<Vec<_>>().join(", "),
+        // A merge of one shard of 1,024 would otherwise name 1,023 folders on one line.
+        crate::listed_briefly(&missing.iter().map(folder).collect::<Vec<_>>()),
     ))
 }
 

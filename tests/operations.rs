@@ -576,6 +576,67 @@ fn a_close_that_closes_nothing_alerts_with_min_invoices() {
     assert!(!tmp.path().join("nightly").exists());
 }
 
+/// An allocation row whose plan the price book lacks is an account-period not billed: the
+/// run logs a `WARN` line naming it, and a job with `max_rejected_allocations = 0` alerts
+/// (exit 1) where `max_rejected_rows` sized for usage lets it through; a no-op close reads
+/// the count back from its `summary.json` and alerts again.
+#[test]
+fn a_rejected_allocation_warns_and_alerts_with_max_rejected_allocations() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = demo_copy(tmp.path());
+    let extra = tmp.path().join("extra");
+    let credits = tally::amount::Milli::from_units(100);
+    write_november_allocations(
+        &extra,
+        &["acct-typo-1", "acct-typo-2"],
+        "gold-typo",
+        credits,
+    );
+    std::fs::rename(
+        extra.join("allocations/part-0.parquet"),
+        data.join("allocations/typo.parquet"),
+    )
+    .unwrap();
+    let thresholds = "[alert]\nmax_rejected_rows = 1000\nmax_rejected_allocations = 0\n";
+    let nightly = write_job(
+        tmp.path(),
+        "nightly.toml",
+        &format!("command = \"reconcile\"\ndata = \"data\"\nout = \"nightly\"\n{thresholds}"),
+    );
+    let run = with_job("reconcile", &nightly, AS_OF);
+    assert_eq!(run.status.code(), Some(1), "{}", stderr(&run));
+    let warning = "2 allocation rows are rejected (unknown_plan 2), so their account-periods \
+                   are not billed: no balances, no invoice at close, and usage rejected \
+                   no_allocation. The first: allocations/typo.parquet row 0: plan_id \
+                   \"gold-typo\" is not a plan of the price book. See rejects.csv; fix the \
+                   price book or the export and rerun";
+    assert_eq!(dataset_warnings(&run), [warning]);
+    let alert = "tally: alert: 2 rejected allocation rows exceed the alert threshold of 0 \
+                 (their account-periods are not billed: see rejects.csv)\n";
+    assert!(stderr(&run).ends_with(alert), "{}", stderr(&run));
+    assert!(
+        tmp.path().join("nightly/summary.json").exists(),
+        "published"
+    );
+
+    let close = write_job(
+        tmp.path(),
+        "close.toml",
+        &format!(
+            "command = \"close\"\ndata = \"data\"\nout = \"closes/{{as_of_date}}\"\n{thresholds}"
+        ),
+    );
+    for _ in ["the close", "its no-op rerun"] {
+        let run = with_job("close", &close, CLOSE_AS_OF);
+        assert_eq!(run.status.code(), Some(1), "{}", stderr(&run));
+        assert!(stderr(&run).ends_with(alert), "{}", stderr(&run));
+    }
+    // The bundled fixtures reject no allocation: the shipped jobs, which set the key to 0,
+    // pass on them (`the_shipped_jobs_run_and_the_close_alerts_before_the_usage_lands`).
+    let summary = json(&tmp.path().join("closes/2026-12-01/summary.json"));
+    assert_eq!(summary["datasets"]["allocations"]["rejected"], 2);
+}
+
 /// The job files cron runs (jobs/), on the bundled fixtures: both publish with exit 0; the
 /// close alerts (exit 1, published) on a data root whose month has no usage yet (the export
 /// late at 00:30 on the 1st), which it would otherwise invoice as a month without usage.

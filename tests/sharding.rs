@@ -372,6 +372,23 @@ fn merge_refuses_missing_duplicated_foreign_and_altered_shards() {
         )
     );
 
+    // Many missing: the first five named, the rest counted (a merge of one shard of 1,024
+    // named 1,023 folders on its one line).
+    let many = tmp.path().join("many");
+    run_ok("reconcile", &data, AS_OF, &many, &["--shard", "3/9"]);
+    let many_s = root(&many);
+    let e = refused(&["merge", "--out", out_s, many_s.to_str().unwrap()]);
+    assert!(
+        e.starts_with(&format!(
+            "tally: refused: missing 8 of 9 shards in {}: shard=0, shard=1, shard=2, \
+             shard=4, shard=5 and 3 more; run them as the others ran (e.g. `tally reconcile \
+             --data {} --as-of {AS_OF} --shard 0/9 --out {out_s}`",
+            many_s.display(),
+            data.display()
+        )),
+        "{e}"
+    );
+
     let e = refused(&[
         "merge",
         "--out",
