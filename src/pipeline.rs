@@ -1637,7 +1637,10 @@ mod tests {
             detail: detail.into(),
         };
         let usage = reject(Dataset::Usage, 0, 0, Reason::NullRequired, "usage");
-        assert_eq!(rejected_allocations(&[usage.clone()], &files), None);
+        assert_eq!(
+            rejected_allocations(std::slice::from_ref(&usage), &files),
+            None
+        );
         let typo = "plan_id \"gold\" is not a plan of the price book";
         let rejects = [
             usage,
