@@ -677,9 +677,12 @@ fn check_alert(alert: &Alert, f: &AlertFigures) -> Option<String> {
         .max_rejected_allocations
         .filter(|&m| f.rejected_allocations > m)
     {
+        let rows_exceed = match f.rejected_allocations {
+            1 => "1 rejected allocation row exceeds".to_string(),
+            n => format!("{n} rejected allocation rows exceed"),
+        };
         crossed.push(format!(
-            "{} rejected allocation rows exceed the alert threshold of {max} (their account-periods are not billed: see rejects.csv)",
-            f.rejected_allocations
+            "{rows_exceed} the alert threshold of {max} (an account-period whose only allocation row is rejected is not billed: see rejects.csv)"
         ));
     }
     if let Some(min) = alert.min_invoices.filter(|&m| f.invoices < m) {

@@ -1002,10 +1002,14 @@ fn merge(m: MergeArgs) -> anyhow::Result<u8> {
     let out = m.out.display().to_string();
     // A sharded night ends in its merge: a log collector keyed on `run start` and `run
     // done` must see it start and end as it sees a run on one machine.
-    let shards = (req.sources.iter())
-        .map(|s| s.display().to_string())
-        .collect::<Vec<_>>()
-        .join(" ");
+    // The folders it reads, as resolved (none given: OUT.shards).
+    let shards = match req.sources.is_empty() {
+        true => tally::shard::shards_root(&req.out).display().to_string(),
+        false => (req.sources.iter())
+            .map(|s| s.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
     tracing::info!(
         command = "merge",
         version = env!("CARGO_PKG_VERSION"),

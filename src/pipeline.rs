@@ -326,17 +326,20 @@ impl Census {
     }
 }
 
-/// Warn of rejected allocation rows, by reason, naming the first: each is an
-/// account-period the run cannot bill (no balances, no invoice at close, its usage rejected
-/// `no_allocation`). A plan missing from the price book (a typo, a plan added to the
-/// export before the book) rejects every allocation of that plan, and those rows are few
-/// beside a noisy usage export's rejects: without this line the run's summary says only
-/// "N rejected rows". A job alerts on them with `[alert] max_rejected_allocations`.
+/// Warn of rejected allocation rows, by reason, naming the first: an account-period whose
+/// only allocation row is rejected is billed by no run (no balances, no invoice at close,
+/// its usage rejected `no_allocation`). A plan missing from the price book (a typo, a plan
+/// added to the export before the book) rejects every allocation of that plan, and those
+/// rows are few beside a noisy usage export's rejects: without this line the run's summary
+/// says only "N rejected rows". A job alerts on them with `[alert]
+/// max_rejected_allocations`. Called once per published run, where its outputs are put in
+/// order (a run on one machine, a merge: the process whose exit code alerts), not by the
+/// shards or by `explain`.
 fn warn_of_rejected_allocations(rejects: &[Reject], files: &[InputFile]) {
     if let Some((rows, reasons, message)) = rejected_allocations(rejects, files) {
         tracing::warn!(
             dataset = "allocations",
-            rejected_rows = rows,
+            rejected_allocations = rows,
             reasons = %reasons,
             "{message}"
         );
@@ -360,18 +363,21 @@ fn rejected_allocations(rejects: &[Reject], files: &[InputFile]) -> Option<(u64,
     let file = files
         .get(first.at.file as usize)
         .map_or("?", |f| f.rel_path.as_str());
-    let (rows_are, periods_are) = match rows {
-        1 => ("1 allocation row is".to_string(), "its account-period is"),
-        _ => (
-            format!("{rows} allocation rows are"),
-            "their account-periods are",
-        ),
+    let rows_are = match rows {
+        1 => "1 allocation row is".to_string(),
+        _ => format!("{rows} allocation rows are"),
     };
+    // The detail quotes the row's values: a plan id holding a line break must not start a
+    // line of its own in the human log.
     let message = format!(
-        "{rows_are} rejected ({reasons}), so {periods_are} not billed: no balances, no \
-         invoice at close, and usage rejected no_allocation. The first: {file} row {}: {}. \
-         See rejects.csv; fix the price book or the export and rerun",
-        first.at.row, first.detail
+        "{rows_are} rejected ({reasons}): an account-period whose only allocation row is \
+         rejected is billed by no run (no balances, no invoice at close, its usage rejected \
+         no_allocation), and rows of periods already closed count too. The first: {} row \
+         {}: {}. See rejects.csv; fix the price book or the export (a plan stays in the \
+         price book while allocations of it are in the data root) and rerun",
+        crate::error::controls_escaped(file),
+        first.at.row,
+        crate::error::controls_escaped(&first.detail)
     );
     Some((rows, reasons, message))
 }
@@ -643,9 +649,6 @@ fn compute_groups(
         None => Vec::new(),
     };
     if first_shard {
-        if settings.trace_account.is_none() {
-            warn_of_rejected_allocations(&small_rejects, &files[1]);
-        }
         partial.rejects = small_rejects;
         partial.rows_read[Dataset::Allocations as usize] = alloc_read;
         partial.rows_read[Dataset::Grants as usize] = grant_read;
@@ -1391,6 +1394,7 @@ fn order_outputs(
     out.discrepancies
         .par_sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
     rejects.par_sort_by_key(|r| (r.dataset, r.at));
+    warn_of_rejected_allocations(&rejects, &files[Dataset::Allocations as usize]);
     if let Some(pair) = rejects
         .windows(2)
         .find(|w| (w[0].dataset, w[0].at) == (w[1].dataset, w[1].at))
@@ -1468,12 +1472,23 @@ fn order_outputs(
 /// its credits), so the data is more likely wrong than the customer meant to pay twice.
 fn short_next_periods(renewals: &[RenewalRow]) -> Option<(u64, String)> {
     const SHORTEST_MONTH_MICROS: i64 = 28 * 86_400 * 1_000_000;
-    let is_short = |r: &&RenewalRow| match (r.next_period_start, r.next_period_end) {
+    let is_short = |r: &RenewalRow| match (r.next_period_start, r.next_period_end) {
         (Some(start), Some(end)) => end.saturating_sub(start) < SHORTEST_MONTH_MICROS,
         _ => false,
     };
-    let first = renewals.iter().find(is_short)?;
-    let count = renewals.iter().filter(is_short).count() as u64;
+    // Only an account's last renewal of the run is a next period (`allocations_next` is fed
+    // back from it): an earlier one's next period is a period this close also closed, from
+    // its own allocation row. Renewals are in (account_id, period_start) order.
+    let is_last = |i: usize| {
+        (renewals.get(i + 1)).is_none_or(|next| next.account_id != renewals[i].account_id)
+    };
+    let short = || {
+        (renewals.iter().enumerate())
+            .filter(move |&(i, r)| is_last(i) && is_short(r))
+            .map(|(_, r)| r)
+    };
+    let first = short().next()?;
+    let count = short().count() as u64;
     let instant = |t: Option<Micros>| t.map_or_else(String::new, crate::time::format_instant);
     let renewals_are = match count {
         1 => "1 renewal's next period is".to_string(),
@@ -1661,26 +1676,38 @@ mod tests {
         );
         assert_eq!(
             message,
-            "3 allocation rows are rejected (overlapping_period 1, unknown_plan 2), so their \
-             account-periods are not billed: no balances, no invoice at close, and usage \
-             rejected no_allocation. The first: allocations/a.parquet row 9: overlap. See \
-             rejects.csv; fix the price book or the export and rerun"
+            "3 allocation rows are rejected (overlapping_period 1, unknown_plan 2): an \
+             account-period whose only allocation row is rejected is billed by no run (no \
+             balances, no invoice at close, its usage rejected no_allocation), and rows of \
+             periods already closed count too. The first: allocations/a.parquet row 9: \
+             overlap. See rejects.csv; fix the price book or the export (a plan stays in the \
+             price book while allocations of it are in the data root) and rerun"
         );
         let (rows, _, message) = rejected_allocations(&rejects[1..2], &files).unwrap();
         assert_eq!(rows, 1);
         assert!(
-            message.starts_with(
-                "1 allocation row is rejected (unknown_plan 1), so its account-period is not \
-                 billed: "
-            ),
+            message.starts_with("1 allocation row is rejected (unknown_plan 1): "),
             "{message}"
         );
         assert!(message.contains(&format!("allocations/b.parquet row 7: {typo}.")));
+        // A value holding a line break cannot start a log line of its own.
+        let broken = reject(
+            Dataset::Allocations,
+            0,
+            1,
+            Reason::UnknownPlan,
+            "plan_id \"a\nb\"",
+        );
+        let (_, _, message) = rejected_allocations(&[broken], &files).unwrap();
+        assert!(
+            message.contains(r#"row 1: plan_id "a\u{a}b"."#),
+            "{message}"
+        );
     }
 
     /// A renewal whose next period is shorter than the shortest month is warned of (the
-    /// first named, all counted); a full month, February's 28 days included, and a period
-    /// that does not renew are not.
+    /// first named, all counted); a full month, February's 28 days included, a period that
+    /// does not renew and an account's renewal before its last in the run are not.
     #[test]
     fn next_periods_shorter_than_a_month_are_warned_of() {
         use crate::amount::Milli;
@@ -1706,7 +1733,14 @@ mod tests {
         );
         let hours = renewal("c", "2026-12-01T00:00:00Z", Some("2026-12-01T08:00:00Z"));
         let stub = renewal("d", "2026-12-01T00:00:00Z", Some("2026-12-15T00:00:00Z"));
-        let (count, message) = short_next_periods(&[month, cancelled, hours, stub]).unwrap();
+        // An account's earlier renewal in the run renews to a period the close also closed
+        // (a stub closed with the month after it): only its last renewal is a next period.
+        let stub_then_month = [
+            renewal("e", "2026-11-01T00:00:00Z", Some("2026-11-15T00:00:00Z")),
+            renewal("e", "2026-12-01T00:00:00Z", Some("2027-01-01T00:00:00Z")),
+        ];
+        let renewals = [[month, cancelled, hours, stub].as_slice(), &stub_then_month].concat();
+        let (count, message) = short_next_periods(&renewals).unwrap();
         assert_eq!(count, 2);
         assert_eq!(
             message,

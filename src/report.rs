@@ -196,12 +196,14 @@ fn several_periods_note<'a>(accounts: impl Iterator<Item = &'a str> + Clone) -> 
     if repeated == 0 {
         return String::new();
     }
+    let are = if repeated == 1 { "is" } else { "are" };
     format!(
-        "\n{repeated} of the {invoices} invoices are of an account with an earlier period in this \
-         close. Credits granted, remaining and carried are summed over account-periods, so a \
-         grant that lasts over several of one account's periods (a top-up, a promo) counts \
-         in each; each period's own rollover, expired and carried credits are in \
-         `renewals.csv`.\n",
+        "\n{repeated} of the {invoices} invoices {are} of an account with an earlier period in \
+         this close. Credits granted, remaining and carried are summed over account-periods, \
+         so a grant that lasts over several of one account's periods (a top-up, a promo) \
+         counts in each; credits rolled over count every period's rollover, of which only \
+         each account's last becomes a grant in `grants_next`. Each period's own figures are \
+         in `renewals.csv`.\n",
     )
 }
 
@@ -480,8 +482,10 @@ mod tests {
             "\n3 of the 6 invoices are of an account with an earlier period in this close. \
              Credits granted, remaining and carried are summed over account-periods, so a \
              grant that lasts over several of one account's periods (a top-up, a promo) counts \
-             in each; each period's own rollover, expired and carried credits are in \
+             in each; credits rolled over count every period's rollover, of which only each \
+             account's last becomes a grant in `grants_next`. Each period's own figures are in \
              `renewals.csv`.\n"
         );
+        assert!(note(&["a", "a", "b"]).starts_with("\n1 of the 3 invoices is of an account"));
     }
 }

@@ -605,14 +605,17 @@ fn a_rejected_allocation_warns_and_alerts_with_max_rejected_allocations() {
     );
     let run = with_job("reconcile", &nightly, AS_OF);
     assert_eq!(run.status.code(), Some(1), "{}", stderr(&run));
-    let warning = "2 allocation rows are rejected (unknown_plan 2), so their account-periods \
-                   are not billed: no balances, no invoice at close, and usage rejected \
-                   no_allocation. The first: allocations/typo.parquet row 0: plan_id \
-                   \"gold-typo\" is not a plan of the price book. See rejects.csv; fix the \
-                   price book or the export and rerun";
+    let warning = "2 allocation rows are rejected (unknown_plan 2): an account-period whose \
+                   only allocation row is rejected is billed by no run (no balances, no \
+                   invoice at close, its usage rejected no_allocation), and rows of periods \
+                   already closed count too. The first: allocations/typo.parquet row 0: \
+                   plan_id \"gold-typo\" is not a plan of the price book. See rejects.csv; \
+                   fix the price book or the export (a plan stays in the price book while \
+                   allocations of it are in the data root) and rerun";
     assert_eq!(dataset_warnings(&run), [warning]);
-    let alert = "tally: alert: 2 rejected allocation rows exceed the alert threshold of 0 \
-                 (their account-periods are not billed: see rejects.csv)\n";
+    let alert = "tally: alert: 2 rejected allocation rows exceed the alert threshold of 0 (an \
+                 account-period whose only allocation row is rejected is not billed: see \
+                 rejects.csv)\n";
     assert!(stderr(&run).ends_with(alert), "{}", stderr(&run));
     assert!(
         tmp.path().join("nightly/summary.json").exists(),
@@ -626,10 +629,15 @@ fn a_rejected_allocation_warns_and_alerts_with_max_rejected_allocations() {
             "command = \"close\"\ndata = \"data\"\nout = \"closes/{{as_of_date}}\"\n{thresholds}"
         ),
     );
-    for _ in ["the close", "its no-op rerun"] {
+    for rerun in [false, true] {
         let run = with_job("close", &close, CLOSE_AS_OF);
         assert_eq!(run.status.code(), Some(1), "{}", stderr(&run));
         assert!(stderr(&run).ends_with(alert), "{}", stderr(&run));
+        // The rerun alerts from the published summary.json, without computing (and so
+        // without the warning).
+        let no_op = String::from_utf8_lossy(&run.stdout).contains("already closed");
+        assert_eq!(no_op, rerun, "{}", String::from_utf8_lossy(&run.stdout));
+        assert_eq!(dataset_warnings(&run).len(), usize::from(!rerun));
     }
     // The bundled fixtures reject no allocation: the shipped jobs, which set the key to 0,
     // pass on them (`the_shipped_jobs_run_and_the_close_alerts_before_the_usage_lands`).

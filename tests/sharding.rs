@@ -340,6 +340,107 @@ fn refused(args: &[&str]) -> String {
     refused_by(&mut tally_command(args))
 }
 
+/// The run-level warnings come from the process that publishes: a sharded close's merge,
+/// not its shards, warns once of rejected allocation rows and of a next period shorter than
+/// a month (an anchor at 08:00 on a period ending at midnight renews to 8 hours), and its
+/// `--job`'s `max_rejected_allocations` alerts (exit 1) on the merged count.
+#[test]
+fn a_sharded_close_warns_and_alerts_from_its_merge() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = demo_copy(tmp.path());
+    let t = |s: &str| tally::time::parse_instant(s).unwrap();
+    let rows = [("acct-anchor", "pro"), ("acct-typo", "gold-typo")];
+    let allocations = tally::write::Table::default()
+        .str("account_id", rows.iter().map(|r| r.0))
+        .str("plan_id", rows.iter().map(|r| r.1))
+        .ts(
+            "period_start",
+            rows.iter().map(|_| t("2026-11-01T00:00:00Z")),
+        )
+        .ts("period_end", rows.iter().map(|_| t("2026-12-01T00:00:00Z")))
+        .credits(
+            "included_credits",
+            rows.iter().map(|_| tally::amount::Milli::from_units(200)),
+        )
+        .opt_ts(
+            "billing_anchor",
+            rows.iter().map(|_| Some(t("2026-10-01T08:00:00Z"))),
+        )
+        .str("status", rows.iter().map(|_| "active"))
+        .finish();
+    tally::write::write_parquet(&data.join("allocations/extra.parquet"), &allocations).unwrap();
+    let out = tmp.path().join("close");
+    let close_as_of = "2026-12-01T00:00:00Z";
+    let warnings = |output: &std::process::Output| -> Vec<String> {
+        stderr(output)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["level"] == "WARN")
+            .map(|v| v["fields"]["message"].as_str().unwrap().to_string())
+            .collect()
+    };
+    for i in 0..2 {
+        let shard = run_command("close", &data, close_as_of, &out)
+            .args(["--shard", &format!("{i}/2")])
+            .output()
+            .unwrap();
+        assert!(shard.status.success(), "{}", stderr(&shard));
+        assert_eq!(warnings(&shard), Vec::<String>::new(), "shard {i}");
+    }
+    let job = tmp.path().join("close.toml");
+    std::fs::write(
+        &job,
+        "command = \"close\"\ndata = \"data\"\nout = \"close\"\n[alert]\nmax_rejected_allocations = 0\n",
+    )
+    .unwrap();
+    // At `info`, for its `run start` and `run done` lines.
+    let merge = tally_command(&[
+        "merge",
+        "--out",
+        out.to_str().unwrap(),
+        "--job",
+        job.to_str().unwrap(),
+    ])
+    .env("TALLY_LOG", "info")
+    .output()
+    .unwrap();
+    assert_eq!(merge.status.code(), Some(1), "{}", stderr(&merge));
+    let warned = warnings(&merge);
+    assert_eq!(warned.len(), 2, "{warned:?}");
+    assert!(
+        warned[0].starts_with("1 allocation row is rejected (unknown_plan 1): "),
+        "{warned:?}"
+    );
+    assert!(
+        warned[1].starts_with(
+            "1 renewal's next period is shorter than 28 days (the first: account \
+             acct-anchor, period ending 2026-12-01T00:00:00Z, next period to \
+             2026-12-01T08:00:00Z): "
+        ),
+        "{warned:?}"
+    );
+    // The alert's line, then `run done` (at `info`).
+    assert!(
+        stderr(&merge).lines().any(|line| line
+            == "tally: alert: 1 rejected allocation row exceeds the alert threshold of 0 (an \
+                account-period whose only allocation row is rejected is not billed: see \
+                rejects.csv)"),
+        "{}",
+        stderr(&merge)
+    );
+    let logged = |message: &str| {
+        stderr(&merge)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|v| v["fields"]["message"] == message && v["fields"]["command"] != "")
+    };
+    assert!(
+        logged("run start") && logged("run done"),
+        "{}",
+        stderr(&merge)
+    );
+}
+
 #[test]
 fn merge_refuses_missing_duplicated_foreign_and_altered_shards() {
     let tmp = tempfile::tempdir().unwrap();
