@@ -94,7 +94,7 @@ impl AlertFigures {
             abs_delta: report::abs_delta(&output.discrepancies),
             events_in_window: output.usage.events_in_window,
             rejected_rows: output.rejects.len() as u64,
-            rejected_allocations: output.counts[Dataset::Allocations as usize].rejected,
+            rejected_allocations: rejected_allocations_covered(output),
             invoices: output.invoices.len() as u64,
         }
     }
@@ -126,12 +126,17 @@ impl AlertFigures {
             abs_delta: abs,
             events_in_window: v["usage"]["events_in_window"].as_u64().unwrap_or(0),
             rejected_rows: rejected,
-            rejected_allocations: v["datasets"]["allocations"]["rejected"]
-                .as_u64()
-                .unwrap_or(0),
+            rejected_allocations: v["allocations_rejected_covered"].as_u64().unwrap_or(0),
             invoices: v["close"]["invoices"].as_u64().unwrap_or(0),
         })
     }
+}
+
+/// The rejected allocation rows of account-periods the run covers (what `[alert]
+/// max_rejected_allocations` counts): all of them but those of periods it does not cover.
+pub(crate) fn rejected_allocations_covered(output: &RunOutput) -> u64 {
+    let all = output.counts[Dataset::Allocations as usize].rejected;
+    all - output.rejected_allocations_not_covered.len() as u64
 }
 
 /// What to run.

@@ -86,6 +86,9 @@ pub struct RunOutput {
     pub ledger_entries_outside: u64,
     pub discrepancies: Vec<DiscrepancyRow>,
     pub rejects: Vec<Reject>,
+    /// The rejected allocation rows whose account-period the run does not cover, sorted
+    /// (see [`covers`]).
+    pub rejected_allocations_not_covered: Vec<RowRef>,
     pub balances: Vec<BalanceRow>,
     pub invoices: Vec<InvoiceRow>,
     pub renewals: Vec<RenewalRow>,
@@ -165,6 +168,10 @@ pub struct Partial {
     /// Credits by product/action/model over this shard's accounts (for `report.html`).
     #[serde(default)]
     pub mix: crate::breakdown::Mix,
+    /// Rejected allocation rows whose account-period the run does not cover (see
+    /// [`covers`]), in rejects order: not counted by the warning and the alert.
+    #[serde(default)]
+    pub rejected_allocations_not_covered: Vec<RowRef>,
     /// The folder holding this partial's run files, kept until the outputs are written.
     #[serde(skip)]
     pub scratch: Option<Arc<spill::SpillDir>>,
@@ -326,6 +333,24 @@ impl Census {
     }
 }
 
+/// Whether the run covers a rejected allocation row's account-period, had it been valid: a
+/// reconcile the period holding its as-of, a close every period that ends by its as-of and
+/// no earlier close under `--history` closed. A rejected row of another period (closed
+/// long ago, or not yet due) leaves no run of this kind unbilled: it is in `rejects`, but
+/// the warning and `[alert] max_rejected_allocations` do not count it, or a row of a
+/// month closed long ago would alert every night.
+fn covers(
+    settings: &RunSettings,
+    history: &crate::history::History,
+    p: &validate::RejectedPeriod,
+) -> bool {
+    let as_of = settings.as_of;
+    match settings.mode {
+        Mode::Reconcile => p.period_start <= as_of && as_of < p.period_end,
+        Mode::Close => p.period_end <= as_of && !history.is_closed(&p.account_id, p.period_start),
+    }
+}
+
 /// Warn of rejected allocation rows, by reason, naming the first: an account-period whose
 /// only allocation row is rejected is billed by no run (no balances, no invoice at close,
 /// its usage rejected `no_allocation`). A plan missing from the price book (a typo, a plan
@@ -335,8 +360,8 @@ impl Census {
 /// max_rejected_allocations`. Called once per published run, where its outputs are put in
 /// order (a run on one machine, a merge: the process whose exit code alerts), not by the
 /// shards or by `explain`.
-fn warn_of_rejected_allocations(rejects: &[Reject], files: &[InputFile]) {
-    if let Some((rows, reasons, message)) = rejected_allocations(rejects, files) {
+fn warn_of_rejected_allocations(rejects: &[Reject], not_covered: &[RowRef], files: &[InputFile]) {
+    if let Some((rows, reasons, message)) = rejected_allocations(rejects, not_covered, files) {
         tracing::warn!(
             dataset = "allocations",
             rejected_allocations = rows,
@@ -346,10 +371,19 @@ fn warn_of_rejected_allocations(rejects: &[Reject], files: &[InputFile]) {
     }
 }
 
-/// The rejected allocation rows (none: `None`): how many, their count by reason (`reason
-/// N, ...` in name order), and the warning's words, which name the first row by its place.
-fn rejected_allocations(rejects: &[Reject], files: &[InputFile]) -> Option<(u64, String, String)> {
-    let rejected = || rejects.iter().filter(|r| r.dataset == Dataset::Allocations);
+/// The rejected allocation rows of periods the run covers, all but `not_covered` (sorted),
+/// (none: `None`): how many, their count by reason (`reason N, ...` in name order), and
+/// the warning's words, which name the first row by its place and count the others apart.
+fn rejected_allocations(
+    rejects: &[Reject],
+    not_covered: &[RowRef],
+    files: &[InputFile],
+) -> Option<(u64, String, String)> {
+    let rejected = || {
+        (rejects.iter())
+            .filter(|r| r.dataset == Dataset::Allocations)
+            .filter(|r| not_covered.binary_search(&r.at).is_err())
+    };
     let first = rejected().min_by_key(|r| (r.at.file, r.at.row))?;
     let mut by_reason: std::collections::BTreeMap<&str, u64> = Default::default();
     for r in rejected() {
@@ -369,12 +403,16 @@ fn rejected_allocations(rejects: &[Reject], files: &[InputFile]) -> Option<(u64,
     };
     // The detail quotes the row's values: a plan id holding a line break must not start a
     // line of its own in the human log.
+    let others = match not_covered.len() {
+        0 => String::new(),
+        1 => " (1 more, of a period this run does not cover, is in rejects.csv too)".into(),
+        n => format!(" ({n} more, of periods this run does not cover, are in rejects.csv too)"),
+    };
     let message = format!(
-        "{rows_are} rejected ({reasons}): an account-period whose only allocation row is \
-         rejected is billed by no run (no balances, no invoice at close, its usage rejected \
-         no_allocation), and rows of periods already closed count too. The first: {} row \
-         {}: {}. See rejects.csv; fix the price book or the export (a plan stays in the \
-         price book while allocations of it are in the data root) and rerun",
+        "{rows_are} rejected ({reasons}) in periods this run covers: an account-period whose \
+         only allocation row is rejected is not billed (no balances, no invoice at close, \
+         its usage rejected no_allocation). The first: {} row {}: {}{others}. See \
+         rejects.csv; fix the price book or the export and rerun",
         crate::error::controls_escaped(file),
         first.at.row,
         crate::error::controls_escaped(&first.detail)
@@ -567,6 +605,9 @@ pub struct Plans {
     /// Valid grants of the accounts with allocations, by account code (input order).
     pub grants: Vec<Vec<GrantRow>>,
     pub rejects: Vec<Reject>,
+    /// The allocation rows validation rejected (unknown_plan, overlapping_period), with
+    /// their account-periods.
+    pub rejected_periods: Vec<validate::RejectedPeriod>,
     /// Rows read: allocations, grants.
     pub rows_read: [u64; 2],
 }
@@ -586,7 +627,14 @@ pub fn load_plans(inputs: &Inputs, progress: &Progress) -> Result<Plans> {
             stage.tick()
         })?;
     rejects.extend(r);
-    let allocations = validate::allocations(alloc_rows, &inputs.book, &files[1], &mut rejects);
+    let mut rejected_periods = Vec::new();
+    let allocations = validate::allocations(
+        alloc_rows,
+        &inputs.book,
+        &files[1],
+        &mut rejects,
+        &mut rejected_periods,
+    );
     let valid_grants = validate::grants(grant_rows, &files[2], &mut rejects);
     let valid = valid_grants.len();
     let mut grants: Vec<Vec<GrantRow>> = vec![Vec::new(); allocations.len()];
@@ -600,6 +648,7 @@ pub fn load_plans(inputs: &Inputs, progress: &Progress) -> Result<Plans> {
         allocations,
         grants,
         rejects,
+        rejected_periods,
         rows_read: [alloc_read, grant_read],
     })
 }
@@ -640,6 +689,7 @@ fn compute_groups(
         allocations,
         grants,
         rejects: small_rejects,
+        rejected_periods,
         rows_read: [alloc_read, grant_read],
     } = load_plans(inputs, progress)?;
     // `tally explain` shows the traced account's rejected plan rows: keep them all (rejects
@@ -648,12 +698,16 @@ fn compute_groups(
         Some(_) => small_rejects.clone(),
         None => Vec::new(),
     };
+    let history = &settings.history;
     if first_shard {
         partial.rejects = small_rejects;
         partial.rows_read[Dataset::Allocations as usize] = alloc_read;
         partial.rows_read[Dataset::Grants as usize] = grant_read;
+        partial.rejected_allocations_not_covered = (rejected_periods.iter())
+            .filter(|p| !covers(settings, history, p))
+            .map(|p| p.at)
+            .collect();
     }
-    let history = &settings.history;
     let may_be_late =
         |account: &str, t: Micros| window::in_closed_period(&allocations, history, account, t);
     let accounts_by_group =
@@ -1360,6 +1414,7 @@ fn order_outputs(
     } = inputs;
     let mut results = Vec::new();
     let mut rejects = Vec::new();
+    let mut not_covered = Vec::new();
     let mut rows_read = [0u64; 4];
     let (mut identical, mut outside_usage, mut outside_entries) = (0, 0, 0);
     let mut billed = Vec::new();
@@ -1373,6 +1428,7 @@ fn order_outputs(
         scratch.extend(p.scratch);
         gather(&mut results, p.results);
         gather(&mut rejects, p.rejects);
+        gather(&mut not_covered, p.rejected_allocations_not_covered);
         for (total, n) in rows_read.iter_mut().zip(p.rows_read) {
             *total += n;
         }
@@ -1394,7 +1450,12 @@ fn order_outputs(
     out.discrepancies
         .par_sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
     rejects.par_sort_by_key(|r| (r.dataset, r.at));
-    warn_of_rejected_allocations(&rejects, &files[Dataset::Allocations as usize]);
+    not_covered.sort_unstable();
+    warn_of_rejected_allocations(
+        &rejects,
+        &not_covered,
+        &files[Dataset::Allocations as usize],
+    );
     if let Some(pair) = rejects
         .windows(2)
         .find(|w| (w[0].dataset, w[0].at) == (w[1].dataset, w[1].at))
@@ -1450,6 +1511,7 @@ fn order_outputs(
         ledger_entries_outside: outside_entries,
         discrepancies: out.discrepancies,
         rejects,
+        rejected_allocations_not_covered: not_covered,
         balances: out.balances,
         invoices: out.invoices,
         renewals: out.renewals,
@@ -1653,7 +1715,7 @@ mod tests {
         };
         let usage = reject(Dataset::Usage, 0, 0, Reason::NullRequired, "usage");
         assert_eq!(
-            rejected_allocations(std::slice::from_ref(&usage), &files),
+            rejected_allocations(std::slice::from_ref(&usage), &[], &files),
             None
         );
         let typo = "plan_id \"gold\" is not a plan of the price book";
@@ -1669,24 +1731,39 @@ mod tests {
                 "overlap",
             ),
         ];
-        let (rows, reasons, message) = rejected_allocations(&rejects, &files).unwrap();
+        let (rows, reasons, message) = rejected_allocations(&rejects, &[], &files).unwrap();
         assert_eq!(
             (rows, reasons.as_str()),
             (3, "overlapping_period 1, unknown_plan 2")
         );
         assert_eq!(
             message,
-            "3 allocation rows are rejected (overlapping_period 1, unknown_plan 2): an \
-             account-period whose only allocation row is rejected is billed by no run (no \
-             balances, no invoice at close, its usage rejected no_allocation), and rows of \
-             periods already closed count too. The first: allocations/a.parquet row 9: \
-             overlap. See rejects.csv; fix the price book or the export (a plan stays in the \
-             price book while allocations of it are in the data root) and rerun"
+            "3 allocation rows are rejected (overlapping_period 1, unknown_plan 2) in periods \
+             this run covers: an account-period whose only allocation row is rejected is not \
+             billed (no balances, no invoice at close, its usage rejected no_allocation). The \
+             first: allocations/a.parquet row 9: overlap. See rejects.csv; fix the price book \
+             or the export and rerun"
         );
-        let (rows, _, message) = rejected_allocations(&rejects[1..2], &files).unwrap();
+        // Rows of periods the run does not cover are counted apart, and named by no line
+        // when they are all there is.
+        let not_covered = [RowRef { file: 0, row: 9 }];
+        let (rows, reasons, message) =
+            rejected_allocations(&rejects, &not_covered, &files).unwrap();
+        assert_eq!((rows, reasons.as_str()), (2, "unknown_plan 2"));
+        assert!(
+            message.contains(
+                "The first: allocations/b.parquet row 2: plan_id \"gold\" is not a plan of the \
+                 price book (1 more, of a period this run does not cover, is in rejects.csv \
+                 too). See"
+            ),
+            "{message}"
+        );
+        let none = rejected_allocations(&rejects[3..], &not_covered, &files);
+        assert_eq!(none, None);
+        let (rows, _, message) = rejected_allocations(&rejects[1..2], &[], &files).unwrap();
         assert_eq!(rows, 1);
         assert!(
-            message.starts_with("1 allocation row is rejected (unknown_plan 1): "),
+            message.starts_with("1 allocation row is rejected (unknown_plan 1) in periods "),
             "{message}"
         );
         assert!(message.contains(&format!("allocations/b.parquet row 7: {typo}.")));
@@ -1698,7 +1775,7 @@ mod tests {
             Reason::UnknownPlan,
             "plan_id \"a\nb\"",
         );
-        let (_, _, message) = rejected_allocations(&[broken], &files).unwrap();
+        let (_, _, message) = rejected_allocations(&[broken], &[], &files).unwrap();
         assert!(
             message.contains(r#"row 1: plan_id "a\u{a}b"."#),
             "{message}"

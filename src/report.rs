@@ -28,6 +28,9 @@ pub struct Summary {
     pub settle_seconds: i64,
     pub currency: String,
     pub datasets: BTreeMap<&'static str, DatasetCounts>,
+    /// Rejected allocation rows of account-periods this run covers (what `[alert]
+    /// max_rejected_allocations` counts; `datasets.allocations.rejected` counts them all).
+    pub allocations_rejected_covered: u64,
     pub usage: UsageCounts,
     pub ledger: LedgerCounts,
     pub events: EventCounts,
@@ -150,6 +153,7 @@ pub fn summary(out: &RunOutput) -> Result<Summary> {
         settle_seconds: out.settings.settle_micros / 1_000_000,
         currency: out.book.currency.clone(),
         datasets,
+        allocations_rejected_covered: crate::rejected_allocations_covered(out),
         usage: out.usage.clone(),
         ledger: LedgerCounts {
             rows_read: out.counts[Dataset::Debits as usize].rows_read,

@@ -94,14 +94,37 @@ impl Allocations {
     }
 }
 
+/// An allocation row rejected by [`allocations`] (unknown_plan, overlapping_period): its
+/// account-period, for telling whether a run covers it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RejectedPeriod {
+    pub at: RowRef,
+    pub account_id: String,
+    pub period_start: crate::time::Micros,
+    pub period_end: crate::time::Micros,
+}
+
+impl RejectedPeriod {
+    fn of(row: &AllocationRow) -> RejectedPeriod {
+        RejectedPeriod {
+            at: row.at,
+            account_id: row.account_id.clone(),
+            period_start: row.period_start,
+            period_end: row.period_end,
+        }
+    }
+}
+
 /// allocations: unknown_plan, then overlapping_period among the rows that passed every
 /// earlier check (both rows of an overlap are rejected). Returns valid allocations grouped
-/// by account, each sorted by `period_start`.
+/// by account, each sorted by `period_start`; each row it rejects is also in `rejected`,
+/// with its period.
 pub fn allocations(
     rows: Vec<AllocationRow>,
     book: &PriceBook,
     files: &[InputFile],
     rejects: &mut Vec<Reject>,
+    rejected: &mut Vec<RejectedPeriod>,
 ) -> Allocations {
     let mut known = Vec::with_capacity(rows.len());
     for row in rows {
@@ -115,6 +138,7 @@ pub fn allocations(
                     quoted(&row.plan_id)
                 ),
             ));
+            rejected.push(RejectedPeriod::of(&row));
             continue;
         }
         known.push(row);
@@ -140,7 +164,7 @@ pub fn allocations(
         while let Some(next) = rows.next_if(|r| r.account_id == run[0].account_id) {
             run.push(next);
         }
-        let kept = without_overlaps(&mut run, files, rejects);
+        let kept = without_overlaps(&mut run, files, rejects, rejected);
         if !kept.is_empty() {
             accounts.push(kept[0].account_id.clone());
             periods.push(kept);
@@ -156,6 +180,7 @@ fn without_overlaps(
     periods: &mut Vec<AllocationRow>,
     files: &[InputFile],
     rejects: &mut Vec<Reject>,
+    rejected: &mut Vec<RejectedPeriod>,
 ) -> Vec<AllocationRow> {
     // Sized exactly: an account's periods are kept for the whole run (a vector grown by
     // push would hold room for 4 rows, which raised the 100M-event peak; measured:
@@ -189,18 +214,21 @@ fn without_overlaps(
     let mut kept = Vec::with_capacity(periods.len());
     for (period, other) in periods.drain(..).zip(overlapping) {
         match other {
-            Some(other) => rejects.push(reject(
-                Dataset::Allocations,
-                period.at,
-                Reason::OverlappingPeriod,
-                format!(
-                    "period {}..{} of account {} overlaps the allocation at {}",
-                    crate::time::format_instant(period.period_start),
-                    crate::time::format_instant(period.period_end),
-                    quoted(&period.account_id),
-                    at_text(files, other)
-                ),
-            )),
+            Some(other) => {
+                rejects.push(reject(
+                    Dataset::Allocations,
+                    period.at,
+                    Reason::OverlappingPeriod,
+                    format!(
+                        "period {}..{} of account {} overlaps the allocation at {}",
+                        crate::time::format_instant(period.period_start),
+                        crate::time::format_instant(period.period_end),
+                        quoted(&period.account_id),
+                        at_text(files, other)
+                    ),
+                ));
+                rejected.push(RejectedPeriod::of(&period));
+            }
             None => kept.push(period),
         }
     }
@@ -708,7 +736,8 @@ mod tests {
             allocation(8, "a", "gold", 10, 20),
         ];
         let mut rejects = Vec::new();
-        let found = allocations(rows, &book, &files(), &mut rejects);
+        let mut rejected = Vec::new();
+        let found = allocations(rows, &book, &files(), &mut rejects, &mut rejected);
         assert_eq!(found.len(), 2);
         assert_eq!(found.code("a"), Some(0));
         assert_eq!(found.code("b"), Some(1));
@@ -718,6 +747,23 @@ mod tests {
         assert_eq!(rows_of(0), [2]);
         assert_eq!(rows_of(1), [0, 7]);
         rejects.sort_by_key(|r| r.at);
+        // Every reject is in `rejected` too, with its account-period.
+        rejected.sort_by_key(|p| p.at);
+        let places = |at: &mut dyn Iterator<Item = RowRef>| at.collect::<Vec<_>>();
+        assert_eq!(
+            places(&mut rejected.iter().map(|p| p.at)),
+            places(&mut rejects.iter().map(|r| r.at))
+        );
+        let day = 86_400_000_000;
+        let first = &rejected[0];
+        assert_eq!(
+            (
+                first.account_id.as_str(),
+                first.period_start,
+                first.period_end
+            ),
+            ("b", 5 * day, 15 * day)
+        );
         let seen: Vec<(u64, Reason, &str)> = rejects
             .iter()
             .map(|r| (r.at.row, r.reason, r.detail.as_str()))
@@ -763,10 +809,15 @@ mod tests {
         };
         let named = |mut periods: Vec<AllocationRow>| -> Vec<Option<u64>> {
             let mut rejects = Vec::new();
-            let kept: Vec<u64> = without_overlaps(&mut periods.clone(), &files(), &mut rejects)
-                .iter()
-                .map(|p| p.at.row)
-                .collect();
+            let kept: Vec<u64> = without_overlaps(
+                &mut periods.clone(),
+                &files(),
+                &mut rejects,
+                &mut Vec::new(),
+            )
+            .iter()
+            .map(|p| p.at.row)
+            .collect();
             periods.sort_by_key(|p| p.at.row);
             (periods.iter())
                 .map(|p| {
@@ -804,7 +855,7 @@ mod tests {
         let mut run = vec![allocation(0, "a", "pro", 0, 10)];
         run.reserve(3);
         let room = run.capacity();
-        let kept = without_overlaps(&mut run, &files(), &mut Vec::new());
+        let kept = without_overlaps(&mut run, &files(), &mut Vec::new(), &mut Vec::new());
         assert_eq!((kept.len(), kept.capacity()), (1, 1));
         assert_eq!((run.len(), run.capacity()), (0, room));
     }

@@ -605,13 +605,12 @@ fn a_rejected_allocation_warns_and_alerts_with_max_rejected_allocations() {
     );
     let run = with_job("reconcile", &nightly, AS_OF);
     assert_eq!(run.status.code(), Some(1), "{}", stderr(&run));
-    let warning = "2 allocation rows are rejected (unknown_plan 2): an account-period whose \
-                   only allocation row is rejected is billed by no run (no balances, no \
-                   invoice at close, its usage rejected no_allocation), and rows of periods \
-                   already closed count too. The first: allocations/typo.parquet row 0: \
-                   plan_id \"gold-typo\" is not a plan of the price book. See rejects.csv; \
-                   fix the price book or the export (a plan stays in the price book while \
-                   allocations of it are in the data root) and rerun";
+    let warning = "2 allocation rows are rejected (unknown_plan 2) in periods this run \
+                   covers: an account-period whose only allocation row is rejected is not \
+                   billed (no balances, no invoice at close, its usage rejected \
+                   no_allocation). The first: allocations/typo.parquet row 0: plan_id \
+                   \"gold-typo\" is not a plan of the price book. See rejects.csv; fix the \
+                   price book or the export and rerun";
     assert_eq!(dataset_warnings(&run), [warning]);
     let alert = "tally: alert: 2 rejected allocation rows exceed the alert threshold of 0 (an \
                  account-period whose only allocation row is rejected is not billed: see \
@@ -643,6 +642,65 @@ fn a_rejected_allocation_warns_and_alerts_with_max_rejected_allocations() {
     // pass on them (`the_shipped_jobs_run_and_the_close_alerts_before_the_usage_lands`).
     let summary = json(&tmp.path().join("closes/2026-12-01/summary.json"));
     assert_eq!(summary["datasets"]["allocations"]["rejected"], 2);
+    assert_eq!(summary["allocations_rejected_covered"], 2);
+
+    // A run that does not cover the rows' period (a reconcile in December; a close under
+    // the history of the November close) lists them in rejects but neither warns nor
+    // alerts: a row of a month closed long ago must not alert every night.
+    let december = with_job("reconcile", &nightly, "2026-12-05T00:00:00Z");
+    assert_eq!(dataset_warnings(&december), Vec::<String>::new());
+    assert!(
+        !stderr(&december).contains("rejected allocation"),
+        "{}",
+        stderr(&december)
+    );
+    let summary = json(&tmp.path().join("nightly/summary.json"));
+    assert_eq!(summary["datasets"]["allocations"]["rejected"], 2);
+    assert_eq!(summary["allocations_rejected_covered"], 0);
+    // A close covers every period ending by its as-of that no earlier close closed: the
+    // November rows, rejected by the November close too, are still unbilled, so a January
+    // close under that history warns of them again.
+    let later = write_job(
+        tmp.path(),
+        "later.toml",
+        &format!("command = \"close\"\ndata = \"data\"\nout = \"closes/{{as_of_date}}\"\nhistory = \"closes\"\n{thresholds}"),
+    );
+    let january = with_job("close", &later, "2027-01-01T00:00:00Z");
+    assert_eq!(january.status.code(), Some(1), "{}", stderr(&january));
+
+    // A plan retired from the price book after the close that billed its allocations: the
+    // rows are rejected from then on, but their period is closed under --history, so the
+    // next close neither warns nor alerts.
+    let second = tmp.path().join("second");
+    let data = demo_copy(&second);
+    write_november_allocations(&second.join("extra"), &["acct-retired"], "retired", credits);
+    std::fs::rename(
+        second.join("extra/allocations/part-0.parquet"),
+        data.join("allocations/retired.parquet"),
+    )
+    .unwrap();
+    let book = std::fs::read_to_string(data.join("pricebook.toml")).unwrap();
+    let retired =
+        "\n[plans.retired]\nname = \"Retired\"\nprice = \"1\"\nincluded_credits = \"10\"\n";
+    std::fs::write(data.join("pricebook.toml"), format!("{book}{retired}")).unwrap();
+    let closes = write_job(
+        &second,
+        "close.toml",
+        &format!("command = \"close\"\ndata = \"data\"\nout = \"closes/{{as_of_date}}\"\nhistory = \"closes\"\n{thresholds}"),
+    );
+    let november = with_job("close", &closes, CLOSE_AS_OF);
+    assert_eq!(november.status.code(), Some(0), "{}", stderr(&november));
+    std::fs::write(data.join("pricebook.toml"), book).unwrap();
+    let january = with_job("close", &closes, "2027-01-01T00:00:00Z");
+    assert_eq!(january.status.code(), Some(0), "{}", stderr(&january));
+    assert!(
+        !stderr(&january).contains("rejected allocation"),
+        "{}",
+        stderr(&january)
+    );
+    let summary = json(&second.join("closes/2027-01-01/summary.json"));
+    assert_eq!(summary["datasets"]["allocations"]["rejected"], 1);
+    assert_eq!(summary["allocations_rejected_covered"], 0);
 }
 
 /// The job files cron runs (jobs/), on the bundled fixtures: both publish with exit 0; the

@@ -408,7 +408,9 @@ fn a_sharded_close_warns_and_alerts_from_its_merge() {
     let warned = warnings(&merge);
     assert_eq!(warned.len(), 2, "{warned:?}");
     assert!(
-        warned[0].starts_with("1 allocation row is rejected (unknown_plan 1): "),
+        warned[0].starts_with(
+            "1 allocation row is rejected (unknown_plan 1) in periods this run covers: "
+        ),
         "{warned:?}"
     );
     assert!(
