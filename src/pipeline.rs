@@ -87,7 +87,7 @@ pub struct RunOutput {
     pub discrepancies: Vec<DiscrepancyRow>,
     pub rejects: Vec<Reject>,
     /// The rejected allocation rows whose account-period the run does not cover, sorted
-    /// (see [`covers`]).
+    /// (see [`window::covers`]).
     pub rejected_allocations_not_covered: Vec<RowRef>,
     pub balances: Vec<BalanceRow>,
     pub invoices: Vec<InvoiceRow>,
@@ -169,7 +169,8 @@ pub struct Partial {
     #[serde(default)]
     pub mix: crate::breakdown::Mix,
     /// Rejected allocation rows whose account-period the run does not cover (see
-    /// [`covers`]), in rejects order: not counted by the warning and the alert.
+    /// [`window::covers`]), in the order validation rejected them (sorted when the partials
+    /// are put in order): not counted by the warning and the alert.
     #[serde(default)]
     pub rejected_allocations_not_covered: Vec<RowRef>,
     /// The folder holding this partial's run files, kept until the outputs are written.
@@ -333,24 +334,6 @@ impl Census {
     }
 }
 
-/// Whether the run covers a rejected allocation row's account-period, had it been valid: a
-/// reconcile the period holding its as-of, a close every period that ends by its as-of and
-/// no earlier close under `--history` closed. A rejected row of another period (closed
-/// long ago, or not yet due) leaves no run of this kind unbilled: it is in `rejects`, but
-/// the warning and `[alert] max_rejected_allocations` do not count it, or a row of a
-/// month closed long ago would alert every night.
-fn covers(
-    settings: &RunSettings,
-    history: &crate::history::History,
-    p: &validate::RejectedPeriod,
-) -> bool {
-    let as_of = settings.as_of;
-    match settings.mode {
-        Mode::Reconcile => p.period_start <= as_of && as_of < p.period_end,
-        Mode::Close => p.period_end <= as_of && !history.is_closed(&p.account_id, p.period_start),
-    }
-}
-
 /// Warn of rejected allocation rows, by reason, naming the first: an account-period whose
 /// only allocation row is rejected is billed by no run (no balances, no invoice at close,
 /// its usage rejected `no_allocation`). A plan missing from the price book (a typo, a plan
@@ -401,13 +384,13 @@ fn rejected_allocations(
         1 => "1 allocation row is".to_string(),
         _ => format!("{rows} allocation rows are"),
     };
-    // The detail quotes the row's values: a plan id holding a line break must not start a
-    // line of its own in the human log.
     let others = match not_covered.len() {
         0 => String::new(),
         1 => " (1 more, of a period this run does not cover, is in rejects.csv too)".into(),
         n => format!(" ({n} more, of periods this run does not cover, are in rejects.csv too)"),
     };
+    // The detail quotes the row's values: a plan id holding a line break must not start a
+    // line of its own in the human log.
     let message = format!(
         "{rows_are} rejected ({reasons}) in periods this run covers: an account-period whose \
          only allocation row is rejected is not billed (no balances, no invoice at close, \
@@ -703,8 +686,16 @@ fn compute_groups(
         partial.rejects = small_rejects;
         partial.rows_read[Dataset::Allocations as usize] = alloc_read;
         partial.rows_read[Dataset::Grants as usize] = grant_read;
+        // A rejected row of a period the run would not cover had it been valid (closed long
+        // ago, or not yet due) leaves nothing of this run unbilled: it is in `rejects`, but
+        // the warning and `[alert] max_rejected_allocations` do not count it, or a row of a
+        // month closed long ago would alert every night.
+        let (mode, as_of) = (settings.mode, settings.as_of);
         partial.rejected_allocations_not_covered = (rejected_periods.iter())
-            .filter(|p| !covers(settings, history, p))
+            .filter(|p| {
+                let (start, end) = (p.period_start, p.period_end);
+                !window::covers(mode, as_of, history, &p.account_id, start, end)
+            })
             .map(|p| p.at)
             .collect();
     }
@@ -1784,7 +1775,11 @@ mod tests {
 
     /// A renewal whose next period is shorter than the shortest month is warned of (the
     /// first named, all counted); a full month, February's 28 days included, a period that
-    /// does not renew and an account's renewal before its last in the run are not.
+    /// does not renew and an account's renewal before its last in the run are not. The
+    /// contract's rule the warning is about: "The next period ends at the first anniversary
+    /// of `billing_anchor` (or period_start) strictly after period_end, the day clamped to
+    /// the month, the time of day kept" — so a monthly period is at least 28 days, and one
+    /// shorter comes from a period_end that is not an anniversary.
     #[test]
     fn next_periods_shorter_than_a_month_are_warned_of() {
         use crate::amount::Milli;

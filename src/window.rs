@@ -163,6 +163,21 @@ fn closed_period<'a>(
         .then_some(alloc)
 }
 
+/// Whether a run (`mode` at `as_of`, the earlier closes in `history`) covers an
+/// account-period: the mode's rule ([`Mode::covers`]), less the periods an earlier close
+/// closed. The one rule for the periods a run computes and for the rejected allocation rows
+/// it warns and alerts of (`pipeline`).
+pub fn covers(
+    mode: Mode,
+    as_of: Micros,
+    history: &History,
+    account_id: &str,
+    period_start: Micros,
+    period_end: Micros,
+) -> bool {
+    mode.covers(period_start, period_end, as_of) && !history.is_closed(account_id, period_start)
+}
+
 /// Whether `t` falls in an account-period an earlier close closed: an event there may be
 /// late (a superset: the run decides with the winning copy's account).
 pub fn in_closed_period(
@@ -439,12 +454,15 @@ impl<'a> Group<'a> {
             let first = slots.slot_of_alloc.len();
             let mut periods = Vec::new();
             for a in allocs {
-                let closed_before = window.history.is_closed(account_id, a.period_start);
-                if window
-                    .mode
-                    .covers(a.period_start, a.period_end, window.as_of)
-                    && !closed_before
-                {
+                let (start, end) = (a.period_start, a.period_end);
+                if covers(
+                    window.mode,
+                    window.as_of,
+                    window.history,
+                    account_id,
+                    start,
+                    end,
+                ) {
                     slots.slot_of_alloc.push(next_slot);
                     next_slot += 1;
                     periods.push(PeriodWork {

@@ -667,6 +667,7 @@ fn a_rejected_allocation_warns_and_alerts_with_max_rejected_allocations() {
     );
     let january = with_job("close", &later, "2027-01-01T00:00:00Z");
     assert_eq!(january.status.code(), Some(1), "{}", stderr(&january));
+    assert!(stderr(&january).ends_with(alert), "{}", stderr(&january));
 
     // A plan retired from the price book after the close that billed its allocations: the
     // rows are rejected from then on, but their period is closed under --history, so the

@@ -430,14 +430,17 @@ fn a_sharded_close_warns_and_alerts_from_its_merge() {
         "{}",
         stderr(&merge)
     );
-    let logged = |message: &str| {
-        stderr(&merge)
-            .lines()
+    // One `run start` naming the merge and one `run done` with the alert's exit code.
+    let logged = |message: &str, field: &str, value: serde_json::Value| {
+        (stderr(&merge).lines())
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .any(|v| v["fields"]["message"] == message && v["fields"]["command"] != "")
+            .filter(|v| v["fields"]["message"] == message)
+            .map(|v| v["fields"][field].clone())
+            .collect::<Vec<_>>()
+            == [value]
     };
     assert!(
-        logged("run start") && logged("run done"),
+        logged("run start", "command", "merge".into()) && logged("run done", "exit_code", 1.into()),
         "{}",
         stderr(&merge)
     );
