@@ -930,13 +930,7 @@ fn the_sharded_driver_fails_after_20_failed_reads_in_a_row() {
     let stderr = driven.stderr();
     assert_eq!(
         stderr.lines().last(),
-        Some(
-            format!(
-                "cannot read {SHARDS_JOB} from the API (20 reads in a row failed, 15 s apart): \
-                 kubectl describe {SHARDS_JOB}"
-            )
-            .as_str()
-        ),
+        Some(unreadable_job(SHARDS_JOB).as_str()),
         "{story}"
     );
     assert_eq!(
@@ -1072,15 +1066,17 @@ fn the_sharded_driver_fails_without_the_exit_note_when_the_merge_cannot_be_read(
     let stderr = driven.stderr();
     assert_eq!(
         stderr.lines().last(),
-        Some(
-            format!(
-                "cannot read {MERGE_JOB} from the API (20 reads in a row failed, 15 s apart): \
-                 kubectl describe {MERGE_JOB}"
-            )
-            .as_str()
-        ),
+        Some(unreadable_job(MERGE_JOB).as_str()),
         "{story}"
     );
     assert!(!stderr.contains("tally merge exits 1"), "{story}");
     assert!(!driven.stdout().contains("published"), "{story}");
+}
+
+/// The driver's last line when 20 reads in a row of `job` failed.
+fn unreadable_job(job: &str) -> String {
+    format!(
+        "cannot read {job} from the API (20 reads in a row failed, 15 s apart): kubectl \
+         describe {job}"
+    )
 }
