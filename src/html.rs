@@ -517,6 +517,12 @@ fn totals(
                 ),
             ],
         );
+        // summary.md's note, under the same figures: totals summed over account-periods.
+        let accounts = out.invoices.iter().map(|i| i.account_id.as_str());
+        let code = |name: &str| format!("<code>{}</code>", esc(name));
+        if let Some(note) = crate::report::several_periods_note(accounts, code) {
+            let _ = writeln!(h, "<p class=\"note\">{note}</p>");
+        }
     }
     h.push_str("</div>\n");
     let _ = writeln!(

@@ -414,7 +414,7 @@ impl Origin {
     }
 
     /// A bad number: as [`Origin::bad`], unquoted in the job file too.
-    fn bad_number(&self, value: u32, why: &str) -> anyhow::Error {
+    fn bad_number(&self, value: impl std::fmt::Display, why: &str) -> anyhow::Error {
         self.bad_shown(&value.to_string(), why)
     }
 
@@ -669,21 +669,18 @@ fn refuse_close_settings(
     let (Mode::Reconcile, Some(job)) = (mode, job) else {
         return Ok(());
     };
-    let refused = |key: &str, value: String, why: &str| {
-        Err(Origin::job_key(job_path, key).bad(
-            &value,
-            &format!("is a close setting; a reconcile {why}: remove it from this job file"),
-        ))
+    let why = |what: &str| {
+        format!("is a close setting; a reconcile {what}: remove it from this job file")
     };
     if let Some(dir) = &job.history {
-        return refused(
-            "history",
-            dir.display().to_string(),
-            "does not read earlier closes",
-        );
+        let origin = Origin::job_key(job_path, "history");
+        let why = why("does not read earlier closes");
+        return Err(origin.bad(&dir.display().to_string(), &why));
     }
     if let Some(min) = job.alert.min_invoices {
-        return refused("alert.min_invoices", min.to_string(), "writes no invoices");
+        // A number, so unquoted, as the job file writes it.
+        let origin = Origin::job_key(job_path, "alert.min_invoices");
+        return Err(origin.bad_number(min, &why("writes no invoices")));
     }
     Ok(())
 }
@@ -1148,11 +1145,19 @@ fn clap_error_line(e: &clap::Error) -> String {
         }
         first = format!("{first} {}", named.join(", "));
     }
-    // clap's tip ("a similar argument exists") and the values a flag takes.
+    // clap's tip ("a similar argument exists") and the values a flag takes. A flag that
+    // some other command takes is named as such below, and clap's guess at a similar flag
+    // of this command (`close --json`: `--job`) would point away from it.
+    let flag_of_another_command = unknown_long_flag(e).is_some_and(|flag| {
+        use clap::CommandFactory;
+        Cli::command()
+            .get_subcommands()
+            .any(|c| takes_flag(c, flag))
+    });
     let extra: Vec<&str> = lines
         .filter_map(|l| {
-            l.strip_prefix("tip: ")
-                .or_else(|| l.starts_with("[possible values").then_some(l))
+            let tip = l.strip_prefix("tip: ").filter(|_| !flag_of_another_command);
+            tip.or_else(|| l.starts_with("[possible values").then_some(l))
         })
         .collect();
     let extra = if extra.is_empty() {
@@ -1163,20 +1168,30 @@ fn clap_error_line(e: &clap::Error) -> String {
     format!("{first}{extra}{}", where_to_look(e))
 }
 
-/// The end of a flag-parsing error: for a flag the command does not take but others do
-/// (`reconcile --force`), which ones; and the help that lists the command's flags.
-fn where_to_look(e: &clap::Error) -> String {
+/// The long flag an unknown-argument error is about, without its dashes (`--force=x`:
+/// `force`).
+fn unknown_long_flag(e: &clap::Error) -> Option<&str> {
     use clap::error::{ContextKind, ContextValue};
-    use clap::CommandFactory;
-    let cli = Cli::command();
-    let unknown = match e.get(ContextKind::InvalidArg) {
+    match e.get(ContextKind::InvalidArg) {
         Some(ContextValue::String(arg)) if e.kind() == clap::error::ErrorKind::UnknownArgument => {
             arg.split('=').next().and_then(|a| a.strip_prefix("--"))
         }
         _ => None,
-    };
-    let takes =
-        |c: &clap::Command, flag: &str| c.get_arguments().any(|a| a.get_long() == Some(flag));
+    }
+}
+
+/// Whether command `c` takes the long flag `--flag`.
+fn takes_flag(c: &clap::Command, flag: &str) -> bool {
+    c.get_arguments().any(|a| a.get_long() == Some(flag))
+}
+
+/// The end of a flag-parsing error: for a flag the command does not take but others do
+/// (`reconcile --force`), which ones; and the help that lists the command's flags.
+fn where_to_look(e: &clap::Error) -> String {
+    use clap::CommandFactory;
+    let cli = Cli::command();
+    let unknown = unknown_long_flag(e);
+    let takes = takes_flag;
     // clap's error does not say which command it was parsing: parse again, errors ignored
     // (the arguments as the OS gave them: a name that is not UTF-8 must not panic here).
     let parsed = (cli.clone().ignore_errors(true))

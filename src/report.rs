@@ -191,24 +191,30 @@ pub fn summary(out: &RunOutput) -> Result<Summary> {
 /// carried credits, and the totals are more than what the account holds. The conservation
 /// equations hold period by period, which is why the figures are summed so.
 /// `accounts`: the invoices' account ids, in the invoices' (account_id, period_start) order,
-/// so that an account's invoices are adjacent.
-fn several_periods_note<'a>(accounts: impl Iterator<Item = &'a str> + Clone) -> String {
+/// so that an account's invoices are adjacent. `code` renders a file or table name (Markdown's
+/// backticks, HTML's `<code>`); the rest of the note is plain words and numbers, the same in
+/// summary.md and report.html.
+pub(crate) fn several_periods_note<'a>(
+    accounts: impl Iterator<Item = &'a str> + Clone,
+    code: impl Fn(&str) -> String,
+) -> Option<String> {
     let invoices = accounts.clone().count();
     let repeated = (accounts.clone().zip(accounts.skip(1)))
         .filter(|(a, b)| a == b)
         .count();
     if repeated == 0 {
-        return String::new();
+        return None;
     }
     let are = if repeated == 1 { "is" } else { "are" };
-    format!(
-        "\n{repeated} of the {invoices} invoices {are} of an account with an earlier period in \
+    Some(format!(
+        "{repeated} of the {invoices} invoices {are} of an account with an earlier period in \
          this close. Credits granted, remaining and carried are summed over account-periods, \
          so a grant that lasts over several of one account's periods (a top-up, a promo) \
          counts in each; credits rolled over count every period's rollover, of which only \
-         each account's last becomes a grant in `grants_next`. Each period's own figures are \
-         in `renewals.csv`.\n",
-    )
+         each account's last becomes a grant in {}. Each period's own figures are in {}.",
+        code("grants_next"),
+        code("renewals.csv"),
+    ))
 }
 
 /// The conservation equations, recomputed on the run's totals. Each was also asserted per
@@ -326,7 +332,9 @@ pub fn summary_markdown(out: &RunOutput, s: &Summary) -> Result<String> {
             c.rollover_credits, c.expired_credits, c.carried_credits
         );
         let accounts = out.invoices.iter().map(|i| i.account_id.as_str());
-        md.push_str(&several_periods_note(accounts));
+        if let Some(note) = several_periods_note(accounts, |name| format!("`{name}`")) {
+            let _ = writeln!(md, "\n{note}");
+        }
     }
     let _ = writeln!(
         md,
@@ -478,18 +486,31 @@ mod tests {
     /// more than one invoice in the close, and counts the invoices after an account's first.
     #[test]
     fn a_close_of_several_periods_of_an_account_says_its_totals_are_sums() {
-        let note = |accounts: &[&str]| several_periods_note(accounts.iter().copied());
-        assert_eq!(note(&[]), "");
-        assert_eq!(note(&["a", "b", "c"]), "");
+        let note = |accounts: &[&str]| {
+            several_periods_note(accounts.iter().copied(), |name| format!("`{name}`"))
+        };
+        assert_eq!(note(&[]), None);
+        assert_eq!(note(&["a", "b", "c"]), None);
         assert_eq!(
-            note(&["a", "a", "b", "c", "c", "c"]),
-            "\n3 of the 6 invoices are of an account with an earlier period in this close. \
+            note(&["a", "a", "b", "c", "c", "c"]).as_deref(),
+            Some(
+                "3 of the 6 invoices are of an account with an earlier period in this close. \
              Credits granted, remaining and carried are summed over account-periods, so a \
              grant that lasts over several of one account's periods (a top-up, a promo) counts \
              in each; credits rolled over count every period's rollover, of which only each \
              account's last becomes a grant in `grants_next`. Each period's own figures are in \
-             `renewals.csv`.\n"
+             `renewals.csv`."
+            )
         );
-        assert!(note(&["a", "a", "b"]).starts_with("\n1 of the 3 invoices is of an account"));
+        assert!(note(&["a", "a", "b"])
+            .is_some_and(|n| n.starts_with("1 of the 3 invoices is of an account")));
+        // report.html's rendering of the names.
+        let html = several_periods_note(["a", "a"].into_iter(), |name| {
+            format!("<code>{name}</code>")
+        });
+        assert!(html.is_some_and(|n| n.contains(
+            "a grant in <code>grants_next</code>. Each \
+             period's own figures are in <code>renewals.csv</code>."
+        )));
     }
 }

@@ -246,6 +246,74 @@ fn three_periods_chain_through_the_next_inputs_without_hand_edits() {
     assert!(next.contains("acct_pro,pro,2027-01-31T08:00:00Z,2027-02-28T08:00:00Z,200.000,2026-10-31T08:00:00Z,active"), "{next}");
 }
 
+/// A catch-up close (November missed, closed with December) bills each period on its own
+/// invoice; summary.md and report.html both say under the credit totals that they are sums
+/// over account-periods, since the November top-up counts in both of acct_pro's periods.
+#[test]
+fn a_catch_up_close_says_its_credit_totals_are_sums_over_account_periods() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = first_data(tmp.path());
+    let december = Table::default()
+        .str("account_id", ["acct_pro"])
+        .str("plan_id", ["pro"])
+        .ts("period_start", [t("2026-12-01T00:00:00Z")])
+        .ts("period_end", [t("2026-12-31T08:00:00Z")])
+        .credits("included_credits", [Milli::from_units(200)])
+        .opt_ts("billing_anchor", [Some(t("2026-10-31T08:00:00Z"))])
+        .str("status", ["active"])
+        .finish();
+    write_parquet(&data.join("allocations/part-1.parquet"), &december).unwrap();
+    let out = tmp.path().join("close");
+    run_command_ok("close", &data, "2027-01-01T00:00:00Z", &out);
+    let invoices_file = out.join("invoices.parquet");
+    let schema = read_parquet(&invoices_file).schema();
+    let others: Vec<&str> = (schema.fields().iter())
+        .map(|f| f.name().as_str())
+        .filter(|name| !["account_id", "period_start"].contains(name))
+        .collect();
+    let invoices = render(&invoices_file, &others);
+    assert_eq!(
+        invoices,
+        "account_id,period_start\n\
+         acct_free,2026-11-01T00:00:00Z\n\
+         acct_pro,2026-11-01T00:00:00Z\n\
+         acct_pro,2026-12-01T00:00:00Z\n"
+    );
+    let said = "1 of the 3 invoices is of an account with an earlier period in this close. \
+                Credits granted, remaining and carried are summed over account-periods";
+    let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
+    assert!(summary.contains(said), "{summary}");
+    assert!(
+        summary
+            .contains("a grant in `grants_next`. Each period's own figures are in `renewals.csv`."),
+        "{summary}"
+    );
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(
+        html.contains(&format!("<p class=\"note\">{said}")),
+        "{html}"
+    );
+    assert!(
+        html.contains(
+            "a grant in <code>grants_next</code>. Each period's own figures are in \
+                       <code>renewals.csv</code>.</p>"
+        ),
+        "{html}"
+    );
+
+    // A close of one period per account says nothing of the kind.
+    let monthly = tmp.path().join("monthly");
+    std::fs::remove_file(data.join("allocations/part-1.parquet")).unwrap();
+    run_command_ok("close", &data, "2026-12-01T00:00:00Z", &monthly);
+    for file in ["summary.md", "report.html"] {
+        let text = std::fs::read_to_string(monthly.join(file)).unwrap();
+        assert!(
+            !text.contains("earlier period in this close"),
+            "{file}: {text}"
+        );
+    }
+}
+
 #[test]
 fn close_is_idempotent_and_refuses_changed_inputs() {
     let tmp = tempfile::tempdir().unwrap();

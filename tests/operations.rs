@@ -417,19 +417,37 @@ fn unknown_or_malformed_flags_are_one_line_and_exit_2() {
         // A command's flag before the command's name.
         (
             &["--data", "x", "reconcile"][..],
-            "tally: command line: unexpected argument '--data' found ('reconcile --data' \
-             exists); put --data after `reconcile`; `tally reconcile --help` lists its flags",
+            "tally: command line: unexpected argument '--data' found; put --data after \
+             `reconcile`; `tally reconcile --help` lists its flags",
         ),
         // ...not the flag's own value, even when it names a command.
         (
             &["--out", "merge", "reconcile", "--data", "x"][..],
-            "tally: command line: unexpected argument '--out' found ('merge --out' exists); \
-             put --out after `reconcile`; `tally reconcile --help` lists its flags",
+            "tally: command line: unexpected argument '--out' found; put --out after \
+             `reconcile`; `tally reconcile --help` lists its flags",
         ),
         (
             &["--data", "x", "--out", "close", "reconcile"][..],
-            "tally: command line: unexpected argument '--data' found ('close --data' exists); \
-             put --data after `reconcile`; `tally reconcile --help` lists its flags",
+            "tally: command line: unexpected argument '--data' found; put --data after \
+             `reconcile`; `tally reconcile --help` lists its flags",
+        ),
+        // clap's guess at a similar flag (`--job` for `--json`) is left out when the flag
+        // is another command's: it would point away from the command that takes it.
+        (
+            &["close", "--json"][..],
+            "tally: command line: unexpected argument '--json' found; --json is a flag of \
+             explain; `tally close --help` lists its flags",
+        ),
+        (
+            &["--json", "close"][..],
+            "tally: command line: unexpected argument '--json' found; --json is a flag of \
+             explain; `tally --help` lists the commands and flags",
+        ),
+        // ...and kept for a flag no command takes.
+        (
+            &["close", "--jobs", "j.toml"][..],
+            "tally: command line: unexpected argument '--jobs' found (a similar argument \
+             exists: '--job'); `tally close --help` lists its flags",
         ),
         // Before a command that does not take it: whose flag it is.
         (
@@ -570,7 +588,7 @@ fn a_close_that_closes_nothing_alerts_with_min_invoices() {
     assert_refused_naming(
         &with_job("reconcile", &nightly, AS_OF),
         &nightly,
-        "alert.min_invoices = \"1\" is a close setting; a reconcile writes no invoices: \
+        "alert.min_invoices = 1 is a close setting; a reconcile writes no invoices: \
          remove it from this job file",
     );
     assert!(!tmp.path().join("nightly").exists());
