@@ -136,7 +136,18 @@ pub fn close_period(
     let total_minor = plan
         .price_minor
         .checked_add(overage_minor)
-        .ok_or_else(|| TallyError::Overflow(format!("invoice {id} total")))?;
+        .ok_or_else(|| {
+            TallyError::Overflow(format!(
+                "invoice {id} total: plan {} price {} + overage {overage_minor} minor units of {} passes \
+                 the largest amount in minor units ({}); check plan {}'s price and overage price in \
+                 the price book, then rerun",
+                allocation.plan_id,
+                plan.price_minor,
+                book.currency,
+                i64::MAX,
+                allocation.plan_id,
+            ))
+        })?;
     let invoice = InvoiceRow {
         invoice_id: id.clone(),
         account_id: allocation.account_id.clone(),

@@ -112,12 +112,37 @@ impl NotRead {
 }
 
 /// [`find_files`], with the files not read.
+/// `None` only when nothing has the dataset's name (not even a link): an optional dataset
+/// (grants) is then empty. A name that is there but is not a folder that can be read (a
+/// file, a broken or looping link, a pipe, a folder without permission) is an error: taken
+/// for "no grants", it would drop every grant from the run and from `grants_next`.
 pub fn list_dataset(root: &Path, dataset: &str) -> Result<Option<Listing>> {
     let dir = root.join(dataset);
-    if !dir.is_dir() {
-        return Ok(None);
+    let link = match std::fs::symlink_metadata(&dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(TallyError::io(&dir, e)),
+        Ok(own) => own.file_type().is_symlink(),
+    };
+    let shown = dir.display().to_string();
+    let meta = std::fs::metadata(&dir).map_err(|e| {
+        if link {
+            TallyError::input(
+                &shown,
+                format!("a symbolic link that cannot be followed ({e}): fix or remove it"),
+            )
+        } else {
+            TallyError::io(&dir, e)
+        }
+    })?;
+    if !meta.is_dir() {
+        return Err(TallyError::input(
+            &shown,
+            format!(
+                "is not a folder: a data root holds the {dataset} Parquet files in a \
+                 `{dataset}/` folder"
+            ),
+        ));
     }
-    let meta = std::fs::metadata(&dir).map_err(|e| TallyError::io(&dir, e))?;
     let mut listing = Listing {
         files: Vec::new(),
         not_read: NotRead::default(),

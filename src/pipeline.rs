@@ -120,8 +120,9 @@ pub fn check_data_root(root: &Path) -> Result<()> {
     Err(TallyError::config(root.display().to_string(), why))
 }
 
-/// A dataset's files as `listed` (`None`: no folder), a missing folder refused if the
-/// dataset is required.
+/// A dataset's files as `listed` (`None`: nothing of its name; a name that is not a
+/// readable folder was refused by the listing), a missing folder refused if the dataset is
+/// required.
 fn dataset_files(
     root: &Path,
     dataset: Dataset,
@@ -130,14 +131,6 @@ fn dataset_files(
     match listed {
         Some(files) => Ok(files),
         None if !dataset.required() => Ok(Vec::new()),
-        None if root.join(dataset.name()).exists() => Err(TallyError::input(
-            root.join(dataset.name()).display().to_string(),
-            format!(
-                "is not a folder: a data root holds the {} Parquet files in a `{}/` folder",
-                dataset.name(),
-                dataset.name()
-            ),
-        )),
         None => Err(TallyError::input(
             root.join(dataset.name()).display().to_string(),
             format!(

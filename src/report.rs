@@ -1,6 +1,7 @@
 //! `summary.json`, `summary.md` and `manifest.json`.
 
 use crate::amount::Milli;
+use crate::close::InvoiceRow;
 use crate::error::{Result, TallyError};
 use crate::model::{Dataset, Mode};
 use crate::pipeline::{DatasetCounts, RunOutput, UsageCounts};
@@ -136,15 +137,18 @@ pub fn summary(out: &RunOutput) -> Result<Summary> {
     for d in Dataset::ALL {
         datasets.insert(d.name(), out.counts[d as usize].clone());
     }
-    let close = (out.settings.mode == Mode::Close).then(|| CloseTotals {
-        invoices: out.invoices.len() as u64,
-        total_minor: out.invoices.iter().map(|i| i.total_minor).sum(),
-        overage_amount_minor: out.invoices.iter().map(|i| i.overage_amount_minor).sum(),
-        expired_credits: t.expired_credits,
-        rollover_credits: t.rollover_credits,
-        carried_credits: t.carried_credits,
-        renewed_periods: out.allocations_next.len() as u64,
-    });
+    let close = match out.settings.mode {
+        Mode::Reconcile => None,
+        Mode::Close => Some(CloseTotals {
+            invoices: out.invoices.len() as u64,
+            total_minor: invoiced_sum(out, "invoiced total", |i| i.total_minor)?,
+            overage_amount_minor: invoiced_sum(out, "overage amount", |i| i.overage_amount_minor)?,
+            expired_credits: t.expired_credits,
+            rollover_credits: t.rollover_credits,
+            carried_credits: t.carried_credits,
+            renewed_periods: out.allocations_next.len() as u64,
+        }),
+    };
     Ok(Summary {
         tool: "tally",
         version: VERSION,
@@ -182,6 +186,24 @@ pub fn summary(out: &RunOutput) -> Result<Summary> {
         },
         close,
         conservation: conservation(out),
+    })
+}
+
+/// A money figure summed over the close's invoices, in minor units. Each invoice fits i64;
+/// their sum may not, with a price book's price mistyped by some digits: named, with its
+/// two amounts, rather than a panic.
+fn invoiced_sum(out: &RunOutput, what: &str, minor: impl Fn(&InvoiceRow) -> i64) -> Result<i64> {
+    out.invoices.iter().try_fold(0i64, |sum, invoice| {
+        let amount = minor(invoice);
+        sum.checked_add(amount).ok_or_else(|| {
+            TallyError::Overflow(format!(
+                "the close's {what} over every invoice passes the largest amount in minor units \
+                 ({}): {sum} + {amount} minor units of {}; check the plans' prices and overage prices in the \
+                 price book, then rerun",
+                i64::MAX,
+                out.book.currency
+            ))
+        })
     })
 }
 

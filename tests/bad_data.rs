@@ -152,6 +152,86 @@ fn reconcile_data(data: &Path, tmp: &Path) -> std::process::Output {
     ])
 }
 
+/// `grants/` may be missing (no grants), but a `grants` that is there and is not a folder
+/// that can be read is exit 2: taken for "no grants", a file or a broken link put there by
+/// a failed export dropped every grant from the run and from `grants_next`, exit 0.
+#[test]
+fn a_grants_entry_that_is_not_a_readable_folder_is_exit_2() {
+    let tmp = good_copy();
+    let grants = tmp.path().join("grants");
+    assert!(!grants.exists(), "the good data root has no grants");
+    let out = reconcile(&tmp);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    std::fs::remove_dir_all(tmp.path().join("out")).unwrap();
+
+    std::fs::write(&grants, "a file").unwrap();
+    let out = reconcile(&tmp);
+    assert_refused(
+        &tmp,
+        &out,
+        &format!(
+            "tally: {}: is not a folder: a data root holds the grants Parquet files in a \
+             `grants/` folder",
+            grants.display()
+        ),
+    );
+    std::fs::remove_file(&grants).unwrap();
+    for (target, error) in [
+        (
+            "/nonexistent-tally-test",
+            "No such file or directory (os error 2)",
+        ),
+        ("grants", "Too many levels of symbolic links (os error 40)"),
+    ] {
+        std::os::unix::fs::symlink(target, &grants).unwrap();
+        let out = reconcile(&tmp);
+        assert_refused(
+            &tmp,
+            &out,
+            &format!(
+                "tally: {}: a symbolic link that cannot be followed ({error}): fix or remove it",
+                grants.display()
+            ),
+        );
+        std::fs::remove_file(&grants).unwrap();
+    }
+}
+
+/// Each invoice's total fits its i64 of minor units, their sum over the close does not (a
+/// price typed with some digits too many): exit 4 and one line with the two amounts and
+/// where to look, not a panic, and no output folder.
+#[test]
+fn invoiced_totals_past_i64_minor_units_are_named_not_a_panic() {
+    let tmp = good_copy();
+    let book = tmp.path().join("pricebook.toml");
+    let text = std::fs::read_to_string(&book).unwrap();
+    let huge = (text.replace("price = \"9.99\"", "price = \"50000000000000000\""))
+        .replace("price = \"24.99\"", "price = \"50000000000000000\"");
+    std::fs::write(&book, huge).unwrap();
+    let out = run_command(
+        "close",
+        tmp.path(),
+        "2026-12-01T00:00:00Z",
+        &tmp.path().join("out"),
+    )
+    .output()
+    .expect("tally runs");
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        "tally: amount overflow: the close's invoiced total over every invoice passes the \
+         largest amount in minor units (9223372036854775807): 5000000000000000000 + \
+         5000000000000000000 minor units of USD; check the plans' prices and overage prices in \
+         the price book, then rerun\n"
+    );
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains("out"))
+        .collect();
+    assert_eq!(left, [".out.tally-lock"], "no output or staging folder");
+}
+
 #[test]
 fn missing_debits_folder_is_exit_2() {
     let tmp = good_copy();
