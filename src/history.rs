@@ -163,6 +163,78 @@ pub struct EarlierClose {
 /// The closes under `dir` that a run at `as_of` writing `exclude` reads (see [`load`]), in
 /// name order.
 pub fn earlier_closes(dir: &Path, exclude: &Path, as_of: Micros) -> Result<Vec<EarlierClose>> {
+    let mut closes = closes_under(dir, exclude)?;
+    closes.retain(|close| {
+        let other = close.as_of != as_of;
+        if !other {
+            tracing::info!(
+                folder = %close.folder.display(),
+                "history: skipped a close made at this run's as-of (a copy of this close)"
+            );
+        }
+        other
+    });
+    Ok(closes)
+}
+
+/// Refuse a close into `out` while another folder of its history `dir` holds a close made
+/// at the same `as_of`, unless `out` itself holds one (a rerun of that close, `--force` or
+/// not, beside a backup copy of it). A second close at one as-of would close and invoice
+/// every one of its account-periods again, into a second folder that later closes read as
+/// well: a typo in `--out`, or a `-rerun` suffix, bills a month twice.
+pub fn refuse_a_second_close(dir: &Path, out: &Path, as_of: Micros) -> Result<()> {
+    // `.` and `..` folded (`closes/x/../2026-12-01` is `closes/2026-12-01`, `x` or not).
+    let shown = out;
+    let out = &crate::normalised(out);
+    let rerun = out.join("manifest.json").is_file()
+        && close_as_of(&out.join("manifest.json"))?.is_some_and(|made| made == as_of);
+    if rerun {
+        return Ok(());
+    }
+    let closes = closes_under(dir, out)?;
+    let Some(close) = closes.iter().find(|close| close.as_of == as_of) else {
+        return Ok(());
+    };
+    Err(TallyError::Refused(format!(
+        "{} would be a second close at this as-of ({}): {} holds one, whose account-periods \
+         it would invoice again; rerun into {} (a no-op; --force to redo it), or, to close \
+         again on purpose, move it out of {} or give it a name starting with `_`",
+        shown.display(),
+        crate::time::format_instant(as_of),
+        close.folder.display(),
+        close.folder.display(),
+        dir.display(),
+    )))
+}
+
+/// The as-of of the close whose `manifest.json` is at `path` (`None`: another tally
+/// output, or not tally's).
+fn close_as_of(path: &Path) -> Result<Option<Micros>> {
+    let text = std::fs::read_to_string(path).map_err(|e| TallyError::io(path, e))?;
+    let manifest: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        TallyError::input(
+            path.display().to_string(),
+            format!("unreadable manifest: {e}"),
+        )
+    })?;
+    if manifest["tool"] != "tally" || manifest["command"] != "close" {
+        return Ok(None);
+    }
+    let as_of = manifest["as_of"]
+        .as_str()
+        .and_then(crate::time::parse_instant)
+        .ok_or_else(|| {
+            TallyError::input(
+                path.display().to_string(),
+                "unreadable manifest: `as_of` is not an instant",
+            )
+        })?;
+    Ok(Some(as_of))
+}
+
+/// Every close directly under `dir` but `exclude` and hidden folders (see [`load`]), with
+/// its as-of, in name order.
+fn closes_under(dir: &Path, exclude: &Path) -> Result<Vec<EarlierClose>> {
     let mut closes = Vec::new();
     if !dir.is_dir() {
         return Ok(closes);
@@ -182,34 +254,9 @@ pub fn earlier_closes(dir: &Path, exclude: &Path, as_of: Micros) -> Result<Vec<E
         if folder.canonicalize().ok() == exclude && exclude.is_some() {
             continue;
         }
-        let manifest_path = folder.join("manifest.json");
-        let text = std::fs::read_to_string(&manifest_path)
-            .map_err(|e| TallyError::io(&manifest_path, e))?;
-        let manifest: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-            TallyError::input(
-                manifest_path.display().to_string(),
-                format!("unreadable manifest: {e}"),
-            )
-        })?;
-        if manifest["tool"] != "tally" || manifest["command"] != "close" {
+        let Some(close_as_of) = close_as_of(&folder.join("manifest.json"))? else {
             continue;
-        }
-        let close_as_of = manifest["as_of"]
-            .as_str()
-            .and_then(crate::time::parse_instant)
-            .ok_or_else(|| {
-                TallyError::input(
-                    manifest_path.display().to_string(),
-                    "unreadable manifest: `as_of` is not an instant",
-                )
-            })?;
-        if close_as_of == as_of {
-            tracing::info!(
-                folder = %folder.display(),
-                "history: skipped a close made at this run's as-of (a copy of this close)"
-            );
-            continue;
-        }
+        };
         let name = folder
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())

@@ -385,9 +385,42 @@ pub fn lock_output(out: &Path) -> Result<OutputLock> {
     }
 }
 
-/// What every run holds before it computes: the output lock and earlier closes.
+/// The lock of a history folder, `DIR/.history.tally-lock` (hidden: a history never reads
+/// it as a close). A close reads the closes before it, so a close that starts while another
+/// of the same history is running would not see that one's invoices and would close its
+/// periods again (a backfill started while the timer's close runs): closes under one
+/// history folder run one at a time. The shards of a sharded close run together, so they
+/// share it (`shared`), and keep closes on one machine out while they run.
+pub(crate) fn lock_history(dir: &Path, shared: bool) -> Result<OutputLock> {
+    std::fs::create_dir_all(dir).map_err(|e| TallyError::write(dir, e))?;
+    let path = dir.join(".history.tally-lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| TallyError::write(&path, e))?;
+    let locked = match shared {
+        true => file.try_lock_shared(),
+        false => file.try_lock(),
+    };
+    match locked {
+        Ok(()) => Ok(OutputLock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(TallyError::Refused(format!(
+            "another tally close is running under the history folder {} right now (closes of \
+             one history run one at a time, each reading the closes before it); wait for it \
+             to finish",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(TallyError::write(&path, e)),
+    }
+}
+
+/// What every run holds before it computes: the output lock, the history folder's lock
+/// and earlier closes.
 pub(crate) struct Prepared {
     pub _lock: OutputLock,
+    pub _history_lock: Option<OutputLock>,
     pub history: history::History,
 }
 
@@ -442,12 +475,17 @@ pub(crate) fn prepare(req: &JobRequest, out: &Path) -> Result<Prepared> {
     let lock = lock_output(out)?;
     check_replaceable(out)?;
     refuse_reconcile_over_close(req)?;
-    let history = match &req.history {
-        Some(dir) => history::load(dir, &req.out, req.as_of)?,
-        None => history::History::default(),
+    let (history_lock, history) = match &req.history {
+        Some(dir) => {
+            let history_lock = lock_history(dir, req.shard.is_some())?;
+            history::refuse_a_second_close(dir, &req.out, req.as_of)?;
+            (Some(history_lock), history::load(dir, &req.out, req.as_of)?)
+        }
+        None => (None, history::History::default()),
     };
     Ok(Prepared {
         _lock: lock,
+        _history_lock: history_lock,
         history,
     })
 }

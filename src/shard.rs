@@ -12,6 +12,7 @@
 //! any output folder, so a killed shard leaves either its previous part or nothing.
 
 use crate::error::{Result, TallyError};
+use crate::time::Micros;
 use crate::pipeline::{self, Partial, RunSettings};
 use crate::report::FileEntry;
 use crate::runs::Run;
@@ -665,10 +666,22 @@ pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
         history: None,
     };
     let _lock = crate::lock_output(&req.out)?;
+    // A close whose shards read a history: its folder is the one `--out` is directly
+    // inside (the shards checked that). The merge publishes into it, so it takes the
+    // history's lock as a close on one machine does.
+    let history = (first.inputs.iter().any(|f| f.path.starts_with("history/")))
+        .then(|| write::folder_of(&req.out));
+    let _history_lock = match &history {
+        Some(dir) => Some(crate::lock_history(dir, false)?),
+        None => None,
+    };
     crate::check_replaceable(&req.out)?;
     crate::refuse_reconcile_over_close(&job)?;
     if let Some(done) = crate::check_earlier_close(&job, &first.inputs)? {
         return Ok(done);
+    }
+    if let Some(dir) = &history {
+        check_history_unchanged(dir, &req.out, as_of, &first.inputs)?;
     }
 
     let inputs = pipeline::inputs(&data)?;
@@ -708,6 +721,35 @@ pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
     let settings = job.settings(crate::history::History::default());
     let output = pipeline::finish(settings, inputs, partials)?;
     publish_run(&job, &output, first.inputs.clone())
+}
+
+/// Refuse a merge when the closes under the history folder `dir` are no longer those the
+/// shards read (`inputs`' `history/` entries, by name and checksum): a close published
+/// there since (one at another as-of, run between the shards and the merge) was not seen
+/// by the shards, which may have closed its periods again; a second close at this as-of
+/// would bill them twice.
+fn check_history_unchanged(dir: &Path, out: &Path, as_of: Micros, inputs: &[FileEntry]) -> Result<()> {
+    crate::history::refuse_a_second_close(dir, out, as_of)?;
+    let closes = crate::history::earlier_closes(dir, out, as_of)?;
+    let folders: Vec<(String, PathBuf)> = (closes.into_iter())
+        .map(|c| (c.name, c.folder.join("manifest.json")))
+        .collect();
+    let key = |f: &FileEntry| (f.path.clone(), f.sha256.clone());
+    let mut now: Vec<_> = crate::history_inputs(&folders)?.iter().map(key).collect();
+    let mut then: Vec<_> = (inputs.iter())
+        .filter(|f| f.path.starts_with("history/"))
+        .map(key)
+        .collect();
+    now.sort();
+    then.sort();
+    if now == then {
+        return Ok(());
+    }
+    Err(TallyError::Refused(format!(
+        "the closes under the history folder {} are not those the shards read (a close was \
+         published, replaced or removed there since); rerun every shard and then the merge",
+        dir.display()
+    )))
 }
 
 fn read_partial(folder: &Path, m: &ShardManifest) -> Result<Partial> {

@@ -1087,6 +1087,46 @@ fn history_skips_copies_of_this_close_and_hidden_folders_and_refuses_an_output_o
         !manifest.contains(".bak") && !manifest.contains("staging") && !manifest.contains("_2026"),
         "{manifest}"
     );
+    // A close at the same as-of into another folder of the history (a typo, a `-rerun`
+    // suffix) would invoice the month a second time: refused, nothing written; `--force`
+    // does not change that (it replaces the output folder, not another close).
+    let second = closes.join("2026-12-01-rerun");
+    for extra in [&[][..], &["--force"][..]] {
+        let refused = close_into(&second, &closes, extra);
+        assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
+        assert_eq!(
+            stderr(&refused),
+            format!(
+                "tally: refused: {} would be a second close at this as-of \
+                 (2026-12-01T00:00:00Z): {} holds one, whose account-periods it would invoice \
+                 again; rerun into {} (a no-op; --force to redo it), or, to close again on \
+                 purpose, move it out of {} or give it a name starting with `_`\n",
+                second.display(),
+                closes.join("2026-12-01").display(),
+                closes.join("2026-12-01").display(),
+                closes.display()
+            )
+        );
+        assert!(!second.exists());
+    }
+    // The folder named first holds it: `2026-12-01.bak` is a copy, the same close.
+    let original = closes.join("2026-12-01");
+    let moved = tmp.path().join("2026-12-01.moved");
+    std::fs::rename(&original, &moved).unwrap();
+    let refused = close_into(&second, &closes, &[]);
+    assert_eq!(refused.status.code(), Some(3));
+    assert!(
+        stderr(&refused).contains(&format!("{} holds one", closes.join("2026-12-01.bak").display())),
+        "{}",
+        stderr(&refused)
+    );
+    // Under a `_` name, the copy is not read: the close runs (on purpose, as the message says).
+    std::fs::rename(closes.join("2026-12-01.bak"), closes.join("_2026-12-01.bak")).unwrap();
+    let again = close_into(&second, &closes, &[]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    std::fs::remove_dir_all(&second).unwrap();
+    std::fs::rename(closes.join("_2026-12-01.bak"), closes.join("2026-12-01.bak")).unwrap();
+    std::fs::rename(&moved, &original).unwrap();
 
     let elsewhere = tmp.path().join("elsewhere/2026-12-01");
     let missing = tmp.path().join("no-such-closes");

@@ -1179,6 +1179,64 @@ fn sharded_closes_with_history_behave_like_single_closes() {
     assert_same(&single, &merged, "unchanged by the repeated close");
 }
 
+/// Closes under one history folder run one at a time (each reads the closes before it): a
+/// close holds the history's lock, which the shards of a sharded close share. A merge whose
+/// shards read a history refuses when a close was published there since they ran (they did
+/// not see it), as it refuses a data root that changed.
+#[test]
+fn closes_under_one_history_run_one_at_a_time_and_a_merge_sees_what_its_shards_saw() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = generate_root(tmp.path());
+    let closes = tmp.path().join("closes");
+    let h = ["--history", closes.to_str().unwrap()];
+    run_ok("close", &data, CLOSE_AS_OF, &closes.join("2026-12-01"), &h);
+    let lock_path = closes.join(".history.tally-lock");
+    let lock = std::fs::File::open(&lock_path).unwrap();
+    let busy = format!(
+        "tally: refused: another tally close is running under the history folder {} right now \
+         (closes of one history run one at a time, each reading the closes before it); wait \
+         for it to finish\n",
+        closes.display()
+    );
+    let later = closes.join("2027-01-01");
+    let close_later = |extra: &[&str]| {
+        let mut c = run_command("close", &data, "2027-01-01T00:00:00Z", &later);
+        c.args(h).args(extra);
+        c
+    };
+    // Another close holds it: a close, and a shard, are refused before they compute.
+    lock.try_lock().unwrap();
+    assert_eq!(refused_by(&mut close_later(&[])), busy);
+    assert_eq!(refused_by(&mut close_later(&["--shard", "0/2"])), busy);
+    lock.unlock().unwrap();
+    // Shards of a close hold it shared: another shard runs beside them, a close does not.
+    lock.try_lock_shared().unwrap();
+    assert_eq!(refused_by(&mut close_later(&[])), busy);
+    run_shards("close", &data, "2027-01-01T00:00:00Z", &later, 2, &h);
+    lock.unlock().unwrap();
+    assert!(!later.exists());
+
+    // A close published under the history between the shards and their merge.
+    run_ok("close", &data, "2026-12-15T00:00:00Z", &closes.join("2026-12-15"), &h);
+    let merge = || tally_command(&["merge", "--out", later.to_str().unwrap()]);
+    assert_eq!(
+        refused_by(&mut merge()),
+        format!(
+            "tally: refused: the closes under the history folder {} are not those the shards \
+             read (a close was published, replaced or removed there since); rerun every shard \
+             and then the merge\n",
+            closes.display()
+        )
+    );
+    assert!(!later.exists());
+    // Rerun, the shards see it, and the merge publishes.
+    run_shards("close", &data, "2027-01-01T00:00:00Z", &later, 2, &h);
+    let merged = merge().output().unwrap();
+    assert!(merged.status.success(), "{}", stderr(&merged));
+    let manifest = std::fs::read_to_string(later.join("manifest.json")).unwrap();
+    assert!(manifest.contains("history/2026-12-15/manifest.json"), "{manifest}");
+}
+
 mod random_roots {
     //! Random small data roots whose ids collide across accounts in every way: split runs
     //! (groups, shards) must give the bytes of the whole run.

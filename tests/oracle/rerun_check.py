@@ -435,6 +435,17 @@ def rerun_case(binary, root, as_of, settle, out, history=None):
     return c, ran, changed
 
 
+def close_made_at(folder, as_of):
+    """Whether `folder` is a tally close made at `as_of` (its manifest.json says so)."""
+    try:
+        with open(os.path.join(folder, "manifest.json")) as f:
+            manifest = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return (manifest.get("tool") == "tally" and manifest.get("command") == "close"
+            and oracle.parse_instant(manifest.get("as_of", "")) == oracle.parse_instant(as_of))
+
+
 def force_case(binary, root, as_of, settle, out, fresh, history=None):
     """README: the `--force` row — "replace an earlier close of the same output folder
     made from other inputs": exit 0, the folder against the oracle, and (README: Outputs,
@@ -444,6 +455,16 @@ def force_case(binary, root, as_of, settle, out, fresh, history=None):
     c, ran = publish_case(binary, "close", root, as_of, settle, out, history, force=True)
     f = Case("fresh close", "forced close")
     if ran.code == 0:
+        if history:
+            # README: Late events — a second close at one as-of in a history folder is
+            # refused (exit 3): the fresh close gets a copy of the history without the
+            # closes made at this as-of (which the forced close skipped too), under the same
+            # folder names, so that its manifest's history inputs are the same
+            copy = fresh + ".history"
+            shutil.rmtree(copy, ignore_errors=True)
+            shutil.copytree(history, copy, ignore=lambda d, names: [
+                n for n in names if d == history and close_made_at(os.path.join(d, n), as_of)])
+            history, fresh = copy, os.path.join(copy, os.path.basename(fresh))
         shutil.rmtree(fresh, ignore_errors=True)
         made = tally(binary, "close", root, as_of, settle, fresh, history)
         if made.code != 0:
