@@ -361,6 +361,22 @@ pub struct OutputLock {
     _file: std::fs::File,
 }
 
+/// Open (creating it if need be) the lock file at `path`. A lock file that is there but
+/// cannot be opened for writing (made by a run as another user, or on a folder mounted
+/// read-only) is opened for reading: a lock needs no more, and a close's no-op rerun on a
+/// read-only folder then finds its answer instead of failing on the lock.
+fn open_lock_file(path: &Path) -> Result<std::fs::File> {
+    let created = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path);
+    match created {
+        Ok(file) => Ok(file),
+        Err(e) => std::fs::File::open(path).map_err(|_| TallyError::write(path, e)),
+    }
+}
+
 pub fn lock_output(out: &Path) -> Result<OutputLock> {
     let parent = write::folder_of(out);
     std::fs::create_dir_all(&parent).map_err(|e| TallyError::write(&parent, e))?;
@@ -369,12 +385,7 @@ pub fn lock_output(out: &Path) -> Result<OutputLock> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let path = parent.join(format!(".{name}.tally-lock"));
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| TallyError::write(&path, e))?;
+    let file = open_lock_file(&path)?;
     match file.try_lock() {
         Ok(()) => Ok(OutputLock { _file: file }),
         Err(std::fs::TryLockError::WouldBlock) => Err(TallyError::Refused(format!(
@@ -394,12 +405,7 @@ pub fn lock_output(out: &Path) -> Result<OutputLock> {
 pub(crate) fn lock_history(dir: &Path, shared: bool) -> Result<OutputLock> {
     std::fs::create_dir_all(dir).map_err(|e| TallyError::write(dir, e))?;
     let path = dir.join(".history.tally-lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| TallyError::write(&path, e))?;
+    let file = open_lock_file(&path)?;
     let locked = match shared {
         true => file.try_lock_shared(),
         false => file.try_lock(),

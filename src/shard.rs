@@ -12,10 +12,10 @@
 //! any output folder, so a killed shard leaves either its previous part or nothing.
 
 use crate::error::{Result, TallyError};
-use crate::time::Micros;
 use crate::pipeline::{self, Partial, RunSettings};
 use crate::report::FileEntry;
 use crate::runs::Run;
+use crate::time::Micros;
 use crate::{prepare, publish_run, write, JobOutcome, JobRequest};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -728,7 +728,12 @@ pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
 /// there since (one at another as-of, run between the shards and the merge) was not seen
 /// by the shards, which may have closed its periods again; a second close at this as-of
 /// would bill them twice.
-fn check_history_unchanged(dir: &Path, out: &Path, as_of: Micros, inputs: &[FileEntry]) -> Result<()> {
+fn check_history_unchanged(
+    dir: &Path,
+    out: &Path,
+    as_of: Micros,
+    inputs: &[FileEntry],
+) -> Result<()> {
     crate::history::refuse_a_second_close(dir, out, as_of)?;
     let closes = crate::history::earlier_closes(dir, out, as_of)?;
     let folders: Vec<(String, PathBuf)> = (closes.into_iter())

@@ -774,7 +774,13 @@ pub fn clean_stale_staging(target: &Path) -> Result<()> {
             .unwrap_or(false);
         if !alive {
             tracing::warn!(folder = %entry.path().display(), "removing a staging folder left by an earlier run");
-            let _ = std::fs::remove_dir_all(entry.path());
+            if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                tracing::warn!(
+                    folder = %entry.path().display(),
+                    error = %e,
+                    "cannot remove it: remove it by hand (as the user that owns its files)"
+                );
+            }
         }
     }
     Ok(())
@@ -811,12 +817,12 @@ pub fn publish(staging: &Path, target: &Path) -> Result<()> {
     if target.exists() {
         if exchange(staging, target).is_ok() {
             // `staging` now holds the previous output.
-            std::fs::remove_dir_all(staging).map_err(write_err(staging))?;
+            remove_previous_output(staging);
         } else {
             let old = parent.join(format!("{prefix}{}-old", std::process::id()));
             std::fs::rename(target, &old).map_err(write_err(target))?;
             std::fs::rename(staging, target).map_err(write_err(target))?;
-            std::fs::remove_dir_all(&old).map_err(write_err(&old))?;
+            remove_previous_output(&old);
         }
     } else {
         std::fs::rename(staging, target).map_err(write_err(target))?;
@@ -829,6 +835,21 @@ pub fn publish(staging: &Path, target: &Path) -> Result<()> {
         let _ = dir.sync_all();
     }
     Ok(())
+}
+
+/// Remove the previous output, swapped out to `old` once the new one is in place. The run
+/// has published by then: a failure (files of another user, left by a run by hand as root)
+/// is a warning, not an error, since an error would say that nothing was published. The
+/// folder keeps its staging name, so the next run tries again and says so.
+fn remove_previous_output(old: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(old) {
+        tracing::warn!(
+            folder = %old.display(),
+            error = %e,
+            "published; the previous output, swapped out to this folder, cannot be removed: \
+             remove it by hand (as the user that owns its files)"
+        );
+    }
 }
 
 #[cfg(target_os = "linux")]

@@ -1116,16 +1116,27 @@ fn history_skips_copies_of_this_close_and_hidden_folders_and_refuses_an_output_o
     let refused = close_into(&second, &closes, &[]);
     assert_eq!(refused.status.code(), Some(3));
     assert!(
-        stderr(&refused).contains(&format!("{} holds one", closes.join("2026-12-01.bak").display())),
+        stderr(&refused).contains(&format!(
+            "{} holds one",
+            closes.join("2026-12-01.bak").display()
+        )),
         "{}",
         stderr(&refused)
     );
     // Under a `_` name, the copy is not read: the close runs (on purpose, as the message says).
-    std::fs::rename(closes.join("2026-12-01.bak"), closes.join("_2026-12-01.bak")).unwrap();
+    std::fs::rename(
+        closes.join("2026-12-01.bak"),
+        closes.join("_2026-12-01.bak"),
+    )
+    .unwrap();
     let again = close_into(&second, &closes, &[]);
     assert!(again.status.success(), "{}", stderr(&again));
     std::fs::remove_dir_all(&second).unwrap();
-    std::fs::rename(closes.join("_2026-12-01.bak"), closes.join("2026-12-01.bak")).unwrap();
+    std::fs::rename(
+        closes.join("_2026-12-01.bak"),
+        closes.join("2026-12-01.bak"),
+    )
+    .unwrap();
     std::fs::rename(&moved, &original).unwrap();
 
     let elsewhere = tmp.path().join("elsewhere/2026-12-01");

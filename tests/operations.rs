@@ -1954,6 +1954,98 @@ fn read_only_and_full_disks_give_a_clear_line_and_nothing_partial() {
     }
 }
 
+/// A close run again on a folder mounted read-only since it published: the no-op ("already
+/// closed ...; nothing to do", exit 0) needs no write, and the output lock opens its
+/// existing lock file for reading (it failed with exit 4 on opening it for writing).
+#[test]
+fn a_close_rerun_on_a_read_only_folder_is_the_no_op() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = generated(tmp.path(), 2_000);
+    let mounted = tmp.path().join("closes");
+    if !mount_tmpfs(&mounted, "size=8m") {
+        assert_ne!(unsafe_uid(), 0, "root could not mount a tmpfs");
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let out = mounted.join("2026-12-01");
+    let first = cmd("close", &data, &out).output().unwrap();
+    let remounted = Command::new("mount")
+        .args(["-o", "remount,ro", mounted.to_str().unwrap()])
+        .status()
+        .is_ok_and(|s| s.success());
+    let again = cmd("close", &data, &out).output().unwrap();
+    umount(&mounted);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(remounted);
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("already closed with the same inputs"),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
+}
+
+/// A previous output the run cannot remove (made by a run by hand as root; the job runs as
+/// another user, in a folder it may write): the run swaps it out, publishes, and exits 0
+/// with a warning naming the folder to remove by hand (it said exit 4, "nothing was
+/// published", over a published folder). The next run warns again, and exits 0.
+#[test]
+fn a_previous_output_that_cannot_be_removed_is_warned_of_after_publishing() {
+    if unsafe_uid() != 0 || !Path::new("/usr/bin/setpriv").exists() {
+        eprintln!("skipped: needs root and setpriv to run tally as another user");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = generated(tmp.path(), 2_000);
+    let shared = tmp.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = shared.join("nightly");
+    let by_root = cmd("reconcile", &data, &out).output().unwrap();
+    assert!(by_root.status.success(), "{}", stderr(&by_root));
+    let as_nobody = |as_of: &str| {
+        Command::new("/usr/bin/setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_tally"))
+            .args([
+                "reconcile",
+                "--data",
+                data.to_str().unwrap(),
+                "--as-of",
+                as_of,
+            ])
+            .args(["--out", out.to_str().unwrap()])
+            .env("TALLY_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let ran = as_nobody("2026-11-21T00:00:00Z");
+    let err = stderr(&ran);
+    assert_eq!(ran.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("published; the previous output, swapped out to this folder, cannot be removed: remove it by hand (as the user that owns its files)"),
+        "{err}"
+    );
+    let manifest = std::fs::read_to_string(out.join("manifest.json")).unwrap();
+    assert!(
+        manifest.contains("\"as_of\": \"2026-11-21T00:00:00Z\""),
+        "{manifest}"
+    );
+    let next = as_nobody("2026-11-22T00:00:00Z");
+    let err = stderr(&next);
+    assert_eq!(next.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("removing a staging folder left by an earlier run"),
+        "{err}"
+    );
+    assert!(
+        err.contains("cannot remove it: remove it by hand (as the user that owns its files)"),
+        "{err}"
+    );
+}
+
 /// A run that could not write its outputs: exit 4 and one stderr line starting with
 /// `line_start` and naming the `cause`.
 fn assert_write_failed(out: &std::process::Output, line_start: &str, cause: &str, what: &str) {

@@ -1217,7 +1217,13 @@ fn closes_under_one_history_run_one_at_a_time_and_a_merge_sees_what_its_shards_s
     assert!(!later.exists());
 
     // A close published under the history between the shards and their merge.
-    run_ok("close", &data, "2026-12-15T00:00:00Z", &closes.join("2026-12-15"), &h);
+    run_ok(
+        "close",
+        &data,
+        "2026-12-15T00:00:00Z",
+        &closes.join("2026-12-15"),
+        &h,
+    );
     let merge = || tally_command(&["merge", "--out", later.to_str().unwrap()]);
     assert_eq!(
         refused_by(&mut merge()),
@@ -1234,7 +1240,10 @@ fn closes_under_one_history_run_one_at_a_time_and_a_merge_sees_what_its_shards_s
     let merged = merge().output().unwrap();
     assert!(merged.status.success(), "{}", stderr(&merged));
     let manifest = std::fs::read_to_string(later.join("manifest.json")).unwrap();
-    assert!(manifest.contains("history/2026-12-15/manifest.json"), "{manifest}");
+    assert!(
+        manifest.contains("history/2026-12-15/manifest.json"),
+        "{manifest}"
+    );
 }
 
 mod random_roots {
