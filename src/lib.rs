@@ -749,6 +749,17 @@ fn check_alert(alert: &Alert, f: &AlertFigures) -> Option<String> {
 
 /// Refuse to replace a folder that is not a tally output: `--out` must never wipe other data.
 pub(crate) fn check_replaceable(out: &Path) -> Result<()> {
+    // A link is refused before anything else: publishing swaps folders by name, so the
+    // link would be replaced by a folder (its target left as it was, stale), and locks
+    // taken by the link's name and by its target's would not exclude each other.
+    if let Ok(target) = std::fs::read_link(out) {
+        return Err(TallyError::Refused(format!(
+            "{} is a symbolic link (to {}); publishing would replace the link with a folder: \
+             give the folder it points to as --out (or `out` in the job file)",
+            out.display(),
+            target.display()
+        )));
+    }
     if !out.exists() {
         return Ok(());
     }

@@ -2094,6 +2094,25 @@ fn out_never_replaces_a_folder_that_is_not_a_tally_output() {
     let empty = tmp.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     succeeded(&mut cmd("reconcile", &data, &empty));
+    // A link to a tally output is refused (publishing would replace the link with a
+    // folder, its target left stale), by a run and by a shard (so no merge has shards to
+    // publish through it: the merge checks it too); the link and its target are left as
+    // they were.
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink("empty", &link).unwrap();
+    let before = folder_bytes(&empty);
+    let refusal = format!(
+        "tally: refused: {} is a symbolic link (to empty); publishing would replace the link \
+         with a folder: give the folder it points to as --out (or `out` in the job file)\n",
+        link.display()
+    );
+    for extra in [&[][..], &["--shard", "0/2"][..]] {
+        let out = cmd("reconcile", &data, &link).args(extra).output().unwrap();
+        assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+        assert_eq!(stderr(&out), refusal);
+    }
+    assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("empty"));
+    assert_eq!(folder_bytes(&empty), before);
 }
 
 #[test]
