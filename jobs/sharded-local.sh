@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
 # The sharded run with plain processes on one host (the same steps as kubernetes/sharded/):
-# N shard processes with one as-of, then the merge.
+# N shard processes with one as-of, then the merge of those N shards.
 #
 #   jobs/sharded-local.sh 4                       # nightly reconcile in 4 shards, as of now
 #   AS_OF=2026-11-20T00:00:00Z jobs/sharded-local.sh 2
 #   JOB=/etc/tally/nightly-reconcile.toml OUT=/var/lib/tally/out/nightly-reconcile \
 #       TALLY=/usr/local/bin/tally jobs/sharded-local.sh 4
+#   JOB=/etc/tally/period-close.toml OUT=/var/lib/tally/closes/2026-12-01 \
+#       AS_OF=2026-12-01T00:00:00Z jobs/sharded-local.sh 4      # a close: its job file's command
 #
-# Shards go to $OUT.shards/shard=I/, the merged run to $OUT (by default this folder's
-# nightly-reconcile.toml and out/nightly-reconcile). Every shard runs at once, each within
-# the job's memory_budget: give the host N times that. Exit status: the merge's (0, 1 alert,
-# 2, 3, 4), the first failed shard's (the others are stopped), 2 for a bad N or a JOB
-# without its OUT, or 129/130/143 when the script is stopped by a signal (the shards too).
+# The command (reconcile or close) is the job file's `command`. Shards go to
+# $OUT.shards/shard=I/, the merged run to $OUT (by default this folder's
+# nightly-reconcile.toml and out/nightly-reconcile); the merge is given this run's N shard
+# folders, so a shard folder left by a run with more shards is not read. Every shard runs
+# at once, each within the job's memory_budget: give the host N times that. Exit status:
+# the merge's (0, 1 alert, 2, 3, 4), the first failed shard's (the others are stopped), 2
+# for a bad N, a JOB without its OUT or a JOB without `command = "reconcile"` or
+# `"close"`, or 129/130/143 when the script is stopped by a signal (the shards too).
 set -euo pipefail
 refuse() { echo "sharded-local.sh: $*" >&2; exit 2; }
 N=${1:-}
@@ -25,6 +30,10 @@ if [[ -n ${JOB:-} && -z ${OUT:-} || -z ${JOB:-} && -n ${OUT:-} ]]; then
 fi
 JOB=${JOB:-"$HERE/nightly-reconcile.toml"}
 OUT=${OUT:-"$HERE/../out/nightly-reconcile"}
+# The job file's `command = "..."` line (tally checks it again against the command run).
+COMMAND=$(sed -n 's/^[[:space:]]*command[[:space:]]*=[[:space:]]*"\([a-z]*\)".*/\1/p' "$JOB" 2>/dev/null | head -n 1)
+[[ $COMMAND == reconcile || $COMMAND == close ]] ||
+    refuse "$JOB: no command = \"reconcile\" or \"close\" line (is it a tally job file?)"
 
 pids=()
 # Stop every shard still running (each removes its scratch folders) and wait for them.
@@ -39,7 +48,7 @@ trap 'stop_shards; exit 143' TERM
 trap 'stop_shards; exit 129' HUP
 
 for ((i = 0; i < N; i++)); do
-    "$TALLY" reconcile --job "$JOB" --as-of "$AS_OF" --out "$OUT" --shard "$i/$N" &
+    "$TALLY" "$COMMAND" --job "$JOB" --as-of "$AS_OF" --out "$OUT" --shard "$i/$N" &
     pids+=($!)
 done
 # As the shards end, in any order: the first that fails stops the others.
@@ -52,4 +61,8 @@ for ((ended = 0; ended < N; ended++)); do
     fi
 done
 trap - INT TERM HUP
-exec "$TALLY" merge --job "$JOB" --out "$OUT"
+shards=()
+for ((i = 0; i < N; i++)); do
+    shards+=("$OUT.shards/shard=$i")
+done
+exec "$TALLY" merge --job "$JOB" --out "$OUT" "${shards[@]}"

@@ -854,6 +854,41 @@ fn the_local_sharded_job_publishes_the_single_runs_outputs() {
         );
     }
 
+    // Again with fewer shards: the merge reads this run's 2, not the third left by the 3.
+    let again = script("2", Some(&job), Some(&sharded));
+    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
+    assert!(sharded.with_extension("shards").join("shard=2").is_dir());
+    // A close job: the script runs its command.
+    let close_job = write_job(
+        tmp.path(),
+        "close.toml",
+        &format!(
+            "command = \"close\"\ndata = {:?}\nout = \"ignored\"\n",
+            demo.to_str().unwrap()
+        ),
+    );
+    let closed = tmp.path().join("deployed/closes/2026-12-01");
+    let mut close = Command::new("bash");
+    close.arg(repo().join("jobs/sharded-local.sh")).arg("2");
+    close.env("TALLY", env!("CARGO_BIN_EXE_tally"));
+    close.env("AS_OF", CLOSE_AS_OF).env("TALLY_LOG", "warn");
+    close.env("JOB", &close_job).env("OUT", &closed);
+    let ran = close.output().unwrap();
+    assert_eq!(ran.status.code(), Some(0), "{}", stderr(&ran));
+    assert!(closed.join("invoices.parquet").is_file());
+    // A file that is not a job file of either command.
+    let odd = write_job(tmp.path(), "odd.toml", "data = \"x\"\n");
+    let odd_job = script("2", Some(&odd), Some(&sharded));
+    assert_eq!(odd_job.status.code(), Some(2));
+    assert_eq!(
+        stderr(&odd_job),
+        format!(
+            "sharded-local.sh: {}: no command = \"reconcile\" or \"close\" line (is it a tally \
+             job file?)\n",
+            odd.display()
+        )
+    );
+
     let bad_n = script("zero", None, None);
     assert_eq!(bad_n.status.code(), Some(2));
     assert_eq!(
