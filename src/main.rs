@@ -299,6 +299,16 @@ struct GenerateArgs {
     discrepancy_rate: f64,
 }
 
+/// Whether the log is JSON lines, set once by [`init_logging`].
+static JSON_LOG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Progress bars for a person at a terminal: not into a JSON log (`--log-format json` on a
+/// terminal, as under `docker run -t`), whose reader expects one JSON object a line, not
+/// the bars' escape codes between them.
+fn progress_bars() -> bool {
+    std::io::stderr().is_terminal() && !JSON_LOG.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// `default_level` applies without `TALLY_LOG` (explain logs warnings only: its output is
 /// the answer on stdout).
 fn init_logging(format: LogFormat, default_level: &str) {
@@ -307,6 +317,7 @@ fn init_logging(format: LogFormat, default_level: &str) {
         LogFormat::Human => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
+    JSON_LOG.store(json, std::sync::atomic::Ordering::Relaxed);
     let (filter, refused) = log_filter(std::env::var("TALLY_LOG").ok(), default_level);
     // A log line that cannot be written (stderr closed) is dropped: reporting it would
     // write to the same closed stderr, panic, and abort the run.
@@ -768,7 +779,7 @@ fn request(
         shard,
         alert,
         progress: Progress {
-            interactive: std::io::stderr().is_terminal(),
+            interactive: progress_bars(),
         },
     })
 }
@@ -993,7 +1004,7 @@ fn merge(m: MergeArgs) -> anyhow::Result<u8> {
         force: m.force,
         alert: alert_of(job.as_ref(), m.job.as_deref())?,
         progress: Progress {
-            interactive: std::io::stderr().is_terminal(),
+            interactive: progress_bars(),
         },
     };
     let out = m.out.display().to_string();

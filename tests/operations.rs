@@ -796,6 +796,45 @@ fn the_shipped_jobs_run_and_the_close_alerts_before_the_usage_lands() {
     assert!(published.exists(), "an alert comes after publishing");
 }
 
+/// On a terminal (a pseudo-terminal made by util-linux `script`), progress bars are drawn
+/// for the human log and not into a JSON log (`--log-format json` on a terminal, as under
+/// `docker run -t`): there every line stays one JSON object, and stdout's summary line.
+#[test]
+fn progress_bars_stay_out_of_a_json_log_on_a_terminal() {
+    if !Path::new("/usr/bin/script").exists() {
+        eprintln!("skipped: needs util-linux script for a pseudo-terminal");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = repo().join("fixtures/demo");
+    let on_a_terminal = |format: &str, out: &str| {
+        let command = format!(
+            "{} reconcile --data {} --as-of {AS_OF} --out {} --log-format {format}",
+            env!("CARGO_BIN_EXE_tally"),
+            demo.display(),
+            tmp.path().join(out).display()
+        );
+        let ran = Command::new("/usr/bin/script")
+            .args(["-qec", &command, "/dev/null"])
+            .env_remove("TALLY_LOG")
+            .output()
+            .unwrap();
+        assert!(ran.status.success(), "{}", stderr(&ran));
+        String::from_utf8_lossy(&ran.stdout).replace('\r', "")
+    };
+    let human = on_a_terminal("human", "human");
+    assert!(human.contains("load usage and ledger        ["), "{human}");
+    let json = on_a_terminal("json", "json");
+    let published = format!("{}: reconcile published", tmp.path().join("json").display());
+    for line in json.lines() {
+        assert!(
+            line.starts_with('{') && line.ends_with('}') || line.starts_with(&published),
+            "not a JSON line: {line:?}"
+        );
+    }
+    assert!(json.contains("\"message\":\"run done\""), "{json}");
+}
+
 /// jobs/sharded-local.sh: N shard processes and the merge publish the single run's
 /// outputs wherever the job file and its `out` are (JOB and OUT together); a bad N, or a
 /// JOB without its OUT, is exit 2 before any shard starts.
