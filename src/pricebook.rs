@@ -584,6 +584,27 @@ fn parse_rate(ctx: &Ctx, index: usize, raw: RawRate) -> Result<(RateKey, Rate)> 
         Some(v) => ctx.non_negative(&at("minimum"), v)?,
         None => Decimal::ZERO,
     };
+    // A credit amount holds less than 10^15 (DECIMAL(18,3)). A rate whose minimum, or whose
+    // one increment, costs that much prices no event (of a quantity above 0) within it: the
+    // run would stop at the first such event, blaming the event's row for the rate's digits.
+    let limit = Decimal::from(1_000_000_000_000_000_i64);
+    let past = "is 10^15 credits or more, past what a credit amount holds (DECIMAL(18,3))";
+    if minimum >= limit {
+        return Err(ctx.err(format!(
+            "{} = {minimum} {past}: every event this rate prices would overflow; correct the \
+             rate's minimum",
+            at("minimum")
+        )));
+    }
+    let one_increment = increment.checked_mul(credits_per_unit);
+    if one_increment.is_none_or(|credits| credits >= limit) {
+        return Err(ctx.err(format!(
+            "{} × credits_per_unit = {increment} × {credits_per_unit} {past}: every event of \
+             this rate with a quantity above 0 would overflow; correct the rate's increment or \
+             credits_per_unit",
+            at("increment")
+        )));
+    }
     let effective_from = ctx.instant(&at("effective_from"), &raw.effective_from)?;
     let model = raw.model.filter(|m| !m.is_empty());
     Ok((

@@ -435,6 +435,29 @@ fn pricebook_zero_increment_is_exit_2() {
     );
 }
 
+/// A rate that would price every event past what a credit amount holds is refused when
+/// the price book is read (it stopped the run at the first such event with exit 4, telling
+/// the operator to correct that event's row).
+#[test]
+fn pricebook_minimum_past_credits_is_exit_2() {
+    assert_pricebook_refused(
+        "pricebook_minimum_past_credits.toml",
+        "[[rates]] #8: minimum = 999999999999999999 is 10^15 credits or more, past what a \
+         credit amount holds (DECIMAL(18,3)): every event this rate prices would overflow; \
+         correct the rate's minimum",
+    );
+}
+
+#[test]
+fn pricebook_increment_past_credits_is_exit_2() {
+    assert_pricebook_refused(
+        "pricebook_increment_past_credits.toml",
+        "[[rates]] #3: increment × credits_per_unit = 1000000000000000 × 8 is 10^15 credits or \
+         more, past what a credit amount holds (DECIMAL(18,3)): every event of this rate with \
+         a quantity above 0 would overflow; correct the rate's increment or credits_per_unit",
+    );
+}
+
 #[test]
 fn pricebook_price_with_too_many_decimals_is_exit_2() {
     assert_pricebook_refused(

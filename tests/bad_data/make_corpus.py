@@ -165,6 +165,16 @@ def pricebook_corpus() -> None:
         "pricebook_increment_zero.toml",
         replace_once(book, 'increment = "4"', 'increment = "0"'),
     )
+    # A rate that prices every event past what a credit amount holds (10^15 credits or
+    # more): by its minimum, and by one increment (increment × credits_per_unit).
+    write_text(
+        "pricebook_minimum_past_credits.toml",
+        replace_once(book, 'minimum = "5"', 'minimum = "999999999999999999"'),
+    )
+    write_text(
+        "pricebook_increment_past_credits.toml",
+        replace_once(book, 'increment = "4"', 'increment = "1000000000000000"'),
+    )
     write_text(
         "pricebook_price_too_precise.toml",
         replace_once(book, 'price = "9.99"', 'price = "9.999"'),
