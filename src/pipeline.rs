@@ -109,7 +109,11 @@ pub struct RunOutput {
 /// relative path taken from another folder than meant) or something else.
 pub fn check_data_root(root: &Path) -> Result<()> {
     let why = match std::fs::metadata(root) {
-        Ok(meta) if meta.is_dir() => return Ok(()),
+        Ok(meta) if meta.is_dir() => {
+            // Before anything reads it (the fingerprint, the load): a pipe would hang both.
+            let pricebook = root.join("pricebook.toml");
+            return crate::pricebook::check_is_a_file(&pricebook, &pricebook.display().to_string());
+        }
         Ok(_) => "data root is not a folder",
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             "data root does not exist (a relative --data is taken from the working folder, a \

@@ -203,9 +203,27 @@ pub fn unreadable(display_name: &str, e: &std::io::Error) -> TallyError {
              allocations/, grants/ and debits/ folders: is --data (or the job's `data`) the \
              data root?"
         ),
+        // What read_to_string says of bytes that are not UTF-8, without saying what to do.
+        std::io::ErrorKind::InvalidData => {
+            "cannot read: it is not UTF-8 text (TOML is UTF-8); save it as UTF-8".to_string()
+        }
         kind => format!("cannot read: {e}{}", crate::error::read_hint(kind)),
     };
     TallyError::config(display_name, message)
+}
+
+/// Refuse a price book that is there but is not a regular file (a pipe, a socket, a device,
+/// a folder): reading a pipe waits for a writer that may never come, and the run with it.
+/// A missing one is left to the read, which says where it belongs.
+pub fn check_is_a_file(path: &Path, display_name: &str) -> Result<()> {
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_file() => Err(TallyError::config(
+            display_name,
+            "is not a regular file (a folder, a pipe, a socket or a device): the price book is \
+             a TOML file",
+        )),
+        _ => Ok(()),
+    }
 }
 
 impl PriceBook {

@@ -10,7 +10,7 @@
 
 use crate::common::*;
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output};
 use tempfile::TempDir;
 
 const AS_OF: &str = "2026-11-20T12:00:00Z";
@@ -91,6 +91,53 @@ fn assert_pricebook_refused(name: &str, problem: &str) {
     let out = reconcile(&tmp);
     let path = tmp.path().join(PRICEBOOK);
     assert_refused(&tmp, &out, &format!("tally: {}: {problem}", path.display()));
+}
+
+/// A price book that is a pipe is exit 2 before anything reads it (reading waited for a
+/// writer forever: the run hung); one that is not UTF-8 says so and what to do. The run is
+/// bounded by `timeout` so that a hang fails the test instead of stalling it.
+#[test]
+fn a_pricebook_pipe_or_non_utf8_pricebook_is_exit_2() {
+    let tmp = good_copy();
+    let book = tmp.path().join(PRICEBOOK);
+    std::fs::remove_file(&book).unwrap();
+    let made = Command::new("mkfifo").arg(&book).status().unwrap();
+    assert!(made.success());
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg(env!("CARGO_BIN_EXE_tally"))
+        .args([
+            "reconcile",
+            "--data",
+            tmp.path().to_str().unwrap(),
+            "--as-of",
+            AS_OF,
+        ])
+        .arg("--out")
+        .arg(tmp.path().join("out"))
+        .env("TALLY_LOG", "off")
+        .output()
+        .unwrap();
+    assert_refused(
+        &tmp,
+        &out,
+        &format!(
+            "tally: {}: is not a regular file (a folder, a pipe, a socket or a device): the \
+             price book is a TOML file",
+            book.display()
+        ),
+    );
+    std::fs::remove_file(&book).unwrap();
+    std::fs::write(&book, b"currency = \"US\xff\"\n").unwrap();
+    let out = reconcile(&tmp);
+    assert_refused(
+        &tmp,
+        &out,
+        &format!(
+            "tally: {}: cannot read: it is not UTF-8 text (TOML is UTF-8); save it as UTF-8",
+            book.display()
+        ),
+    );
 }
 
 #[test]
