@@ -145,6 +145,21 @@ impl JobFile {
                 format!("not a valid job file: {}", job_error(&text, &e)),
             )
         })?;
+        // An empty path would be the job file's own folder (or nothing at all, for a job
+        // file named without a folder): a slip, not a folder meant.
+        let empty = [("data", Some(&job.data)), ("out", Some(&job.out))]
+            .into_iter()
+            .chain([("history", job.history.as_ref())])
+            .find(|(_, path)| path.is_some_and(|p| p.as_os_str().is_empty()));
+        if let Some((key, _)) = empty {
+            return Err(TallyError::config(
+                &name,
+                format!(
+                    "{key} = \"\" is empty: give a folder (a relative path is taken from the \
+                     job file's folder)"
+                ),
+            ));
+        }
         let base = path.parent().unwrap_or(Path::new("."));
         if job.data.is_relative() {
             job.data = base.join(&job.data);

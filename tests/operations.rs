@@ -181,14 +181,34 @@ fn a_bad_setting_names_the_job_file_key_or_the_flag_it_came_from() {
             "settle = \"8d\" is longer than 7 days: events that old without a debit are missing \
              it, not pending",
         ),
+        // An empty path is the job file's folder, or nothing: a slip.
+        (
+            "data = \"\"\n",
+            "data = \"\" is empty: give a folder (a relative path is taken from the job file's \
+             folder)",
+        ),
+        (
+            "out = \"\"\n",
+            "out = \"\" is empty: give a folder (a relative path is taken from the job file's \
+             folder)",
+        ),
+        (
+            "history = \"\"\n",
+            "history = \"\" is empty: give a folder (a relative path is taken from the job file's \
+             folder)",
+        ),
     ];
     for (extra, message) in cases {
-        // A repeated key is a TOML error: the case's `as_of` (or `command`) replaces the
-        // default one.
+        // A repeated key is a TOML error: the case's `as_of` (or `command`, `data`, `out`)
+        // replaces the default one.
         let text = if extra.starts_with("as_of") {
             job_text("").replace("as_of = \"2026-11-20T00:00:00Z\"\n", extra)
         } else if extra.starts_with("command") {
             job_text("").replace("command = \"reconcile\"\n", extra)
+        } else if extra.starts_with("data") {
+            job_text("").replace("data = \"data\"\n", extra)
+        } else if extra.starts_with("out") {
+            job_text("").replace("out = \"out\"\n", extra)
         } else {
             job_text(extra)
         };
