@@ -722,7 +722,18 @@ fn with_read_hints(
             // midnight: per-row work, ids as views)", and "Figures moved from source
             // comments (2026-12-05)").
             ColType::Str if plain_string => DataType::Utf8View,
-            _ => continue,
+            // A dictionary of decimals (pyarrow's `dictionary_encode()` of a DECIMAL column
+            // keeps the dictionary type in the file's Arrow schema): the reader has no
+            // dictionary decoder for the fixed-length bytes a decimal is stored as, and
+            // refused the file. Read as its values, as every other number is.
+            _ => match field.data_type() {
+                DataType::Dictionary(_, value)
+                    if matches!(**value, DataType::Decimal128(..) | DataType::Decimal256(..)) =>
+                {
+                    (**value).clone()
+                }
+                _ => continue,
+            },
         };
         if *field.data_type() != wanted {
             fields[index] = std::sync::Arc::new(field.as_ref().clone().with_data_type(wanted));
