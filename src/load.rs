@@ -957,6 +957,36 @@ fn projection(metadata: &ArrowReaderMetadata, indices: &[Option<usize>]) -> Proj
     ProjectionMask::roots(metadata.parquet_schema(), roots)
 }
 
+/// A row group the reader could not decode. Bytes that are not UTF-8 in a string column
+/// are the export's encoding, not a damaged file: said so, with the string columns read
+/// (the reader does not say which one), rather than "corrupt or truncated".
+fn row_group_error(
+    file: &InputFile,
+    specs: &[ColSpec],
+    rg: usize,
+    e: arrow::error::ArrowError,
+) -> TallyError {
+    let text = plain(e);
+    if text.contains("non UTF-8") || text.contains("invalid utf-8") {
+        let strings: Vec<String> = (specs.iter())
+            .filter(|s| matches!(s.ty, ColType::Str | ColType::Label))
+            .map(|s| format!("`{}`", s.name))
+            .collect();
+        return TallyError::input(
+            &file.rel_path,
+            format!(
+                "row group {rg} holds a string that is not UTF-8, in one of the columns {}; the \
+                 contract's strings are UTF-8: have the export write them as UTF-8",
+                strings.join(", ")
+            ),
+        );
+    }
+    TallyError::input(
+        &file.rel_path,
+        format!("row group {rg} is corrupt or truncated: {text}{RESTORE}"),
+    )
+}
+
 /// Decode one row group of an opened file, calling `each_batch` for each batch in order.
 fn decode_row_group(
     file: &InputFile,
@@ -985,15 +1015,7 @@ fn decode_row_group(
             .map_err(|e| TallyError::input(&file.rel_path, format!("cannot read: {}", plain(e))))?;
         let mut first_row = opened.row_group_first[rg];
         for batch in reader {
-            let batch = batch.map_err(|e| {
-                TallyError::input(
-                    &file.rel_path,
-                    format!(
-                        "row group {rg} is corrupt or truncated: {}{RESTORE}",
-                        plain(e)
-                    ),
-                )
-            })?;
+            let batch = batch.map_err(|e| row_group_error(file, specs, rg, e))?;
             let schema = batch.schema();
             let mut columns = Vec::with_capacity(specs.len());
             for spec in specs {

@@ -325,6 +325,19 @@ fn usage_empty_file_is_exit_2() {
     );
 }
 
+/// Bytes that are not UTF-8 in a string column are the export's encoding, said so (the
+/// reader's words were taken for a damaged file: "corrupt or truncated ... restore the file").
+#[test]
+fn usage_non_utf8_string_is_exit_2_naming_the_encoding() {
+    assert_input_refused(
+        "usage_non_utf8_account.parquet",
+        USAGE,
+        "row group 0 holds a string that is not UTF-8, in one of the columns `event_id`, \
+         `account_id`, `product`, `action`, `model`, `status`; the contract's strings are \
+         UTF-8: have the export write them as UTF-8",
+    );
+}
+
 #[test]
 fn usage_text_file_named_parquet_is_exit_2() {
     assert_input_refused(

@@ -61,6 +61,17 @@ def varint(n: int) -> bytes:
             return bytes(out)
 
 
+def non_utf8_corpus() -> None:
+    # One account_id with a byte that is not UTF-8 (0xff), written as a string column (a
+    # binary array viewed as strings: pyarrow does not check, as some exporters do not).
+    usage = pq.read_table(GOOD_USAGE)
+    i = usage.schema.get_field_index("account_id")
+    values = [v.encode() for v in usage.column(i).to_pylist()]
+    values[0] = values[0] + b"\xff"
+    column = pa.array(values, pa.binary()).view(pa.string())
+    write_parquet("usage_non_utf8_account.parquet", usage.set_column(i, "account_id", column))
+
+
 def parquet_corpus() -> None:
     usage = pq.read_table(GOOD_USAGE)
     allocations = pq.read_table(GOOD_ALLOCATIONS)
@@ -212,4 +223,5 @@ def pricebook_corpus() -> None:
 
 if __name__ == "__main__":
     parquet_corpus()
+    non_utf8_corpus()
     pricebook_corpus()
