@@ -202,6 +202,7 @@ pub struct Inputs {
 /// The price book and input files of a data root, listing its datasets (and warning, as a
 /// run's census does, of files not read and datasets without Parquet files).
 pub fn inputs(root: &Path) -> Result<Inputs> {
+    warn_of_folders_not_read(root);
     inputs_of(root, &|d| {
         let listing = load::list_dataset(root, d.name())?;
         if let Some(listing) = &listing {
@@ -279,6 +280,7 @@ impl Census {
     /// List every dataset of `root` and read each file's footer (files in parallel).
     pub fn take(root: &Path) -> Result<Census> {
         let started = std::time::Instant::now();
+        warn_of_folders_not_read(root);
         let mut files: [Option<Vec<CensusFile>>; 4] = Default::default();
         for d in Dataset::ALL {
             let Some(listing) = load::list_dataset(root, d.name())? else {
@@ -398,6 +400,39 @@ fn rejected_allocations(
         crate::error::controls_escaped(&first.detail)
     );
     Some((rows, reasons, message))
+}
+
+/// Warn of the folders of the data root that are no dataset (a `Grants/` for `grants/`,
+/// an export's `usage_v2/`): a misspelt `grants/` is read as no grants, so every grant
+/// would drop from the run and from `grants_next` with nothing in the log saying why.
+/// Files beside the datasets (a README, an export's manifest) are not warned of.
+fn warn_of_folders_not_read(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    let mut names: Vec<String> = (entries.flatten())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| !load::is_hidden(name) && !Dataset::ALL.iter().any(|d| d.name() == name))
+        .collect();
+    names.sort();
+    let Some(first) = names.first() else {
+        return;
+    };
+    let count = names.len();
+    let folders = if count == 1 {
+        "folder is"
+    } else {
+        "folders are"
+    };
+    tracing::warn!(
+        folders_not_read = count,
+        first = %first,
+        "{count} {folders} not read in the data root (the first: {first}/): a data root's \
+         datasets are the folders usage/, allocations/, grants/ and debits/, named \
+         case-sensitively; rename it if it is one of them, else move it out of the data root \
+         or under a name starting with . or _"
+    );
 }
 
 /// Warn of what a dataset folder holds that the run does not read: files not named

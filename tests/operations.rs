@@ -1366,6 +1366,32 @@ fn files_not_read_and_empty_datasets_are_warned_of() {
           export has not arrived yet, rerun once it has"
         ]
     );
+
+    // A misspelt dataset folder (`Grants/`: no grants are read) is warned of, naming it; a
+    // hidden folder and files beside the datasets are not.
+    let folders_not_read = |out: &Output| -> Vec<String> {
+        (stderr(out).lines())
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["level"] == "WARN" && v["fields"]["folders_not_read"].is_u64())
+            .map(|v| v["fields"]["message"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        folders_not_read(&run("no-plans-again")),
+        Vec::<String>::new()
+    );
+    std::fs::rename(data.join("grants"), data.join("Grants")).unwrap();
+    std::fs::create_dir_all(data.join("_old")).unwrap();
+    std::fs::write(data.join("README.txt"), "the export's notes").unwrap();
+    assert_eq!(
+        folders_not_read(&run("misspelt")),
+        [
+            "1 folder is not read in the data root (the first: Grants/): a data root's datasets \
+          are the folders usage/, allocations/, grants/ and debits/, named case-sensitively; \
+          rename it if it is one of them, else move it out of the data root or under a name \
+          starting with . or _"
+        ]
+    );
 }
 
 /// A price book in a currency ISO 4217 has withdrawn is billed as written (a rerun of an
