@@ -6,17 +6,19 @@
 #   AS_OF=2026-11-20T00:00:00Z jobs/sharded-local.sh 2
 #   JOB=/etc/tally/nightly-reconcile.toml OUT=/var/lib/tally/out/nightly-reconcile \
 #       TALLY=/usr/local/bin/tally jobs/sharded-local.sh 4
-#   JOB=/etc/tally/period-close.toml OUT=/var/lib/tally/closes/2026-12-01 \
+#   JOB=/etc/tally/period-close.toml OUT=/var/lib/tally/out/closes/2026-12-01 \
 #       AS_OF=2026-12-01T00:00:00Z jobs/sharded-local.sh 4      # a close: its job file's command
 #
-# The command (reconcile or close) is the job file's `command`. Shards go to
+# The command (reconcile or close) is the job file's `command` (reconcile without one).
+# Shards go to
 # $OUT.shards/shard=I/, the merged run to $OUT (by default this folder's
 # nightly-reconcile.toml and out/nightly-reconcile); the merge is given this run's N shard
 # folders, so a shard folder left by a run with more shards is not read. Every shard runs
 # at once, each within the job's memory_budget: give the host N times that. Exit status:
 # the merge's (0, 1 alert, 2, 3, 4), the first failed shard's (the others are stopped), 2
-# for a bad N, a JOB without its OUT or a JOB without `command = "reconcile"` or
-# `"close"`, or 129/130/143 when the script is stopped by a signal (the shards too).
+# for a bad N, a JOB without its OUT, a JOB that cannot be read or whose `command` is
+# neither reconcile nor close, or 129/130/143 when the script is stopped by a signal (the
+# shards too).
 set -euo pipefail
 refuse() { echo "sharded-local.sh: $*" >&2; exit 2; }
 N=${1:-}
@@ -30,10 +32,13 @@ if [[ -n ${JOB:-} && -z ${OUT:-} || -z ${JOB:-} && -n ${OUT:-} ]]; then
 fi
 JOB=${JOB:-"$HERE/nightly-reconcile.toml"}
 OUT=${OUT:-"$HERE/../out/nightly-reconcile"}
-# The job file's `command = "..."` line (tally checks it again against the command run).
-COMMAND=$(sed -n 's/^[[:space:]]*command[[:space:]]*=[[:space:]]*"\([a-z]*\)".*/\1/p' "$JOB" 2>/dev/null | head -n 1)
+# The job file's `command = "..."` line (tally checks it again against the command run);
+# a job file without one is a reconcile's, as tally reads it.
+[[ -r $JOB ]] || refuse "$JOB: cannot read the job file"
+COMMAND=$(sed -n "s/^[[:space:]]*command[[:space:]]*=[[:space:]]*[\"']\([a-z]*\)[\"'].*/\1/p" "$JOB" | head -n 1)
+COMMAND=${COMMAND:-reconcile}
 [[ $COMMAND == reconcile || $COMMAND == close ]] ||
-    refuse "$JOB: no command = \"reconcile\" or \"close\" line (is it a tally job file?)"
+    refuse "$JOB: command = \"$COMMAND\" is not reconcile or close"
 
 pids=()
 # Stop every shard still running (each removes its scratch folders) and wait for them.

@@ -358,22 +358,32 @@ fn sha256_by_path(files: &[FileEntry]) -> HashMap<&str, &str> {
 /// Holds an exclusive lock beside the output folder for the whole run, so that two runs
 /// on the same output path never publish over each other.
 pub struct OutputLock {
-    _file: std::fs::File,
+    /// `None`: on a read-only file system, where no run can write (see `open_lock_file`).
+    _file: Option<std::fs::File>,
 }
 
 /// Open (creating it if need be) the lock file at `path`. A lock file that is there but
 /// cannot be opened for writing (made by a run as another user, or on a folder mounted
 /// read-only) is opened for reading: a lock needs no more, and a close's no-op rerun on a
 /// read-only folder then finds its answer instead of failing on the lock.
-fn open_lock_file(path: &Path) -> Result<std::fs::File> {
+///
+/// `None` when there is no lock file and the folder is on a read-only file system: no run
+/// can write there, so there is nothing to lock out (a close's no-op rerun, or a close
+/// reading a history folder mounted read-only, goes on; a run that would publish there
+/// fails when it writes, as it always did).
+fn open_lock_file(path: &Path) -> Result<Option<std::fs::File>> {
     let created = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(path);
     match created {
-        Ok(file) => Ok(file),
-        Err(e) => std::fs::File::open(path).map_err(|_| TallyError::write(path, e)),
+        Ok(file) => Ok(Some(file)),
+        Err(e) => match std::fs::File::open(path) {
+            Ok(file) => Ok(Some(file)),
+            Err(_) if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem => Ok(None),
+            Err(_) => Err(TallyError::write(path, e)),
+        },
     }
 }
 
@@ -385,9 +395,11 @@ pub fn lock_output(out: &Path) -> Result<OutputLock> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let path = parent.join(format!(".{name}.tally-lock"));
-    let file = open_lock_file(&path)?;
+    let Some(file) = open_lock_file(&path)? else {
+        return Ok(OutputLock { _file: None });
+    };
     match file.try_lock() {
-        Ok(()) => Ok(OutputLock { _file: file }),
+        Ok(()) => Ok(OutputLock { _file: Some(file) }),
         Err(std::fs::TryLockError::WouldBlock) => Err(TallyError::Refused(format!(
             "another tally run is writing {} right now; wait for it to finish",
             out.display()
@@ -396,22 +408,25 @@ pub fn lock_output(out: &Path) -> Result<OutputLock> {
     }
 }
 
-/// The lock of a history folder, `DIR/.history.tally-lock` (hidden: a history never reads
-/// it as a close). A close reads the closes before it, so a close that starts while another
+/// The lock of a history folder, `DIR/.tally-history.lock` (hidden: a history never reads
+/// it as a close; not ending in `.tally-lock`, so that no output folder's lock, `.NAME.tally-lock`,
+/// can be the same file). A close reads the closes before it, so a close that starts while another
 /// of the same history is running would not see that one's invoices and would close its
 /// periods again (a backfill started while the timer's close runs): closes under one
 /// history folder run one at a time. The shards of a sharded close run together, so they
 /// share it (`shared`), and keep closes on one machine out while they run.
 pub(crate) fn lock_history(dir: &Path, shared: bool) -> Result<OutputLock> {
     std::fs::create_dir_all(dir).map_err(|e| TallyError::write(dir, e))?;
-    let path = dir.join(".history.tally-lock");
-    let file = open_lock_file(&path)?;
+    let path = dir.join(".tally-history.lock");
+    let Some(file) = open_lock_file(&path)? else {
+        return Ok(OutputLock { _file: None });
+    };
     let locked = match shared {
         true => file.try_lock_shared(),
         false => file.try_lock(),
     };
     match locked {
-        Ok(()) => Ok(OutputLock { _file: file }),
+        Ok(()) => Ok(OutputLock { _file: Some(file) }),
         Err(std::fs::TryLockError::WouldBlock) => Err(TallyError::Refused(format!(
             "another tally close is running under the history folder {} right now (closes of \
              one history run one at a time, each reading the closes before it); wait for it \
@@ -752,7 +767,9 @@ pub(crate) fn check_replaceable(out: &Path) -> Result<()> {
     // A link is refused before anything else: publishing swaps folders by name, so the
     // link would be replaced by a folder (its target left as it was, stale), and locks
     // taken by the link's name and by its target's would not exclude each other.
-    if let Ok(target) = std::fs::read_link(out) {
+    // Without a trailing `/` (`link/` names the link's target, which read_link does not see).
+    let bare: PathBuf = out.components().collect();
+    if let Ok(target) = std::fs::read_link(&bare) {
         return Err(TallyError::Refused(format!(
             "{} is a symbolic link (to {}); publishing would replace the link with a folder: \
              give the folder it points to as --out (or `out` in the job file)",

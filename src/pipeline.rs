@@ -410,8 +410,16 @@ fn warn_of_folders_not_read(root: &Path) {
     let Ok(entries) = std::fs::read_dir(root) else {
         return;
     };
+    // A dataset that is a link to a folder beside it (`grants -> g2`): that folder is read.
+    let datasets: Vec<PathBuf> = (Dataset::ALL.iter())
+        .filter_map(|d| root.join(d.name()).canonicalize().ok())
+        .collect();
+    let read_through_a_link = |path: &Path| {
+        path.canonicalize()
+            .is_ok_and(|real| datasets.iter().any(|d| d.starts_with(&real)))
+    };
     let mut names: Vec<String> = (entries.flatten())
-        .filter(|e| e.path().is_dir())
+        .filter(|e| e.path().is_dir() && !read_through_a_link(&e.path()))
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|name| !load::is_hidden(name) && !Dataset::ALL.iter().any(|d| d.name() == name))
         .collect();

@@ -56,6 +56,10 @@ pub struct ShardManifest {
     #[serde(default)]
     pub runs: Vec<FileEntry>,
     pub accounts: u64,
+    /// Whether the shard ran with `--history` (a close): its merge then publishes into that
+    /// history and takes its lock, also when it held no earlier close (no `history/` input).
+    #[serde(default)]
+    pub read_history: bool,
 }
 
 /// Where the shards of the run publishing `out` go: `OUT.shards` beside it.
@@ -135,8 +139,8 @@ pub fn run_shard(req: &JobRequest, shard: u32, shards: u32) -> Result<JobOutcome
         &settings,
         &mut partial,
         fingerprint,
-        shard,
-        shards,
+        (shard, shards),
+        req.history.is_some(),
     );
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&staging);
@@ -176,8 +180,8 @@ fn write_shard(
     settings: &RunSettings,
     partial: &mut Partial,
     inputs: Vec<FileEntry>,
-    shard: u32,
-    shards: u32,
+    (shard, shards): (u32, u32),
+    read_history: bool,
 ) -> Result<()> {
     // Run files (billed events, invoice lines) become files of the shard folder, named
     // relative to it.
@@ -204,6 +208,7 @@ fn write_shard(
         partial_format: PARTIAL_FORMAT,
         runs,
         accounts: partial.results.len() as u64,
+        read_history,
     };
     let json = serde_json::to_string_pretty(&manifest)
         .map_err(|e| TallyError::output(SHARD_MANIFEST, e))?;
@@ -669,8 +674,9 @@ pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
     // A close whose shards read a history: its folder is the one `--out` is directly
     // inside (the shards checked that). The merge publishes into it, so it takes the
     // history's lock as a close on one machine does.
-    let history = (first.inputs.iter().any(|f| f.path.starts_with("history/")))
-        .then(|| write::folder_of(&req.out));
+    let read_history =
+        first.read_history || (first.inputs.iter()).any(|f| f.path.starts_with("history/"));
+    let history = read_history.then(|| write::folder_of(&req.out));
     let _history_lock = match &history {
         Some(dir) => Some(crate::lock_history(dir, false)?),
         None => None,

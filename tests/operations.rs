@@ -862,13 +862,11 @@ fn progress_bars_stay_out_of_a_json_log_on_a_terminal() {
 fn the_local_sharded_job_publishes_the_single_runs_outputs() {
     let tmp = tempfile::tempdir().unwrap();
     let demo = repo().join("fixtures/demo");
+    // No `command`: a reconcile's job file, as tally reads it.
     let job = write_job(
         tmp.path(),
         "nightly.toml",
-        &format!(
-            "command = \"reconcile\"\ndata = {:?}\nout = \"ignored\"\n",
-            demo.to_str().unwrap()
-        ),
+        &format!("data = {:?}\nout = \"ignored\"\n", demo.to_str().unwrap()),
     );
     let script = |n: &str, job: Option<&Path>, out: Option<&Path>| {
         let mut c = Command::new("bash");
@@ -917,12 +915,12 @@ fn the_local_sharded_job_publishes_the_single_runs_outputs() {
     let again = script("2", Some(&job), Some(&sharded));
     assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
     assert!(sharded.with_extension("shards").join("shard=2").is_dir());
-    // A close job: the script runs its command.
+    // A close job: the script runs its command (in single quotes, TOML's literal string).
     let close_job = write_job(
         tmp.path(),
         "close.toml",
         &format!(
-            "command = \"close\"\ndata = {:?}\nout = \"ignored\"\n",
+            "command = 'close'\ndata = {:?}\nout = \"ignored\"\n",
             demo.to_str().unwrap()
         ),
     );
@@ -935,15 +933,18 @@ fn the_local_sharded_job_publishes_the_single_runs_outputs() {
     let ran = close.output().unwrap();
     assert_eq!(ran.status.code(), Some(0), "{}", stderr(&ran));
     assert!(closed.join("invoices.parquet").is_file());
-    // A file that is not a job file of either command.
-    let odd = write_job(tmp.path(), "odd.toml", "data = \"x\"\n");
+    // A job file's command that is neither (tally would refuse it too).
+    let odd = write_job(
+        tmp.path(),
+        "odd.toml",
+        "command = \"merge\"\ndata = \"x\"\n",
+    );
     let odd_job = script("2", Some(&odd), Some(&sharded));
     assert_eq!(odd_job.status.code(), Some(2));
     assert_eq!(
         stderr(&odd_job),
         format!(
-            "sharded-local.sh: {}: no command = \"reconcile\" or \"close\" line (is it a tally \
-             job file?)\n",
+            "sharded-local.sh: {}: command = \"merge\" is not reconcile or close\n",
             odd.display()
         )
     );
@@ -1380,6 +1381,10 @@ fn files_not_read_and_empty_datasets_are_warned_of() {
         folders_not_read(&run("no-plans-again")),
         Vec::<String>::new()
     );
+    // A dataset linked to a folder beside it: that folder is read, not warned of.
+    std::fs::rename(data.join("debits"), data.join("debits-2026-11")).unwrap();
+    std::os::unix::fs::symlink("debits-2026-11", data.join("debits")).unwrap();
+    assert_eq!(folders_not_read(&run("linked")), Vec::<String>::new());
     std::fs::rename(data.join("grants"), data.join("Grants")).unwrap();
     std::fs::create_dir_all(data.join("_old")).unwrap();
     std::fs::write(data.join("README.txt"), "the export's notes").unwrap();
@@ -2074,9 +2079,10 @@ fn read_only_and_full_disks_give_a_clear_line_and_nothing_partial() {
     }
 }
 
-/// A close run again on a folder mounted read-only since it published: the no-op ("already
-/// closed ...; nothing to do", exit 0) needs no write, and the output lock opens its
-/// existing lock file for reading (it failed with exit 4 on opening it for writing).
+/// A close (with `--history`) run again on a folder mounted read-only since it published:
+/// the no-op ("already closed ...; nothing to do", exit 0) needs no write; the locks open
+/// their lock files for reading (it failed with exit 4 on opening them for writing), or,
+/// without lock files, lock nothing where no run can write.
 #[test]
 fn a_close_rerun_on_a_read_only_folder_is_the_no_op() {
     let tmp = tempfile::tempdir().unwrap();
@@ -2088,21 +2094,39 @@ fn a_close_rerun_on_a_read_only_folder_is_the_no_op() {
         return;
     }
     let out = mounted.join("2026-12-01");
-    let first = cmd("close", &data, &out).output().unwrap();
-    let remounted = Command::new("mount")
-        .args(["-o", "remount,ro", mounted.to_str().unwrap()])
-        .status()
-        .is_ok_and(|s| s.success());
-    let again = cmd("close", &data, &out).output().unwrap();
+    let close = || {
+        let mut c = cmd("close", &data, &out);
+        c.arg("--history").arg(&mounted);
+        c.output().unwrap()
+    };
+    let first = close();
+    let remount = |mode: &str| {
+        Command::new("mount")
+            .args(["-o", &format!("remount,{mode}"), mounted.to_str().unwrap()])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let read_only = remount("ro");
+    let again = close();
+    // Without lock files (a history an older tally wrote): none can be made, and none is
+    // needed where no run can write.
+    let rw = remount("rw");
+    for lock in [".2026-12-01.tally-lock", ".tally-history.lock"] {
+        let _ = std::fs::remove_file(mounted.join(lock));
+    }
+    let read_only_again = remount("ro");
+    let without_locks = close();
     umount(&mounted);
     assert!(first.status.success(), "{}", stderr(&first));
-    assert!(remounted);
-    assert_eq!(again.status.code(), Some(0), "{}", stderr(&again));
-    assert!(
-        String::from_utf8_lossy(&again.stdout).contains("already closed with the same inputs"),
-        "{}",
-        String::from_utf8_lossy(&again.stdout)
-    );
+    assert!(read_only && rw && read_only_again);
+    for rerun in [again, without_locks] {
+        assert_eq!(rerun.status.code(), Some(0), "{}", stderr(&rerun));
+        assert!(
+            String::from_utf8_lossy(&rerun.stdout).contains("already closed with the same inputs"),
+            "{}",
+            String::from_utf8_lossy(&rerun.stdout)
+        );
+    }
 }
 
 /// A previous output the run cannot remove (made by a run by hand as root; the job runs as
@@ -2231,6 +2255,15 @@ fn out_never_replaces_a_folder_that_is_not_a_tally_output() {
         assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
         assert_eq!(stderr(&out), refusal);
     }
+    // Written with a trailing `/` (which names the link's target) too.
+    let slash = tmp.path().join("link/");
+    let out = cmd("reconcile", &data, &slash).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is a symbolic link (to empty)"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("empty"));
     assert_eq!(folder_bytes(&empty), before);
 }

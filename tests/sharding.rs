@@ -1190,7 +1190,7 @@ fn closes_under_one_history_run_one_at_a_time_and_a_merge_sees_what_its_shards_s
     let closes = tmp.path().join("closes");
     let h = ["--history", closes.to_str().unwrap()];
     run_ok("close", &data, CLOSE_AS_OF, &closes.join("2026-12-01"), &h);
-    let lock_path = closes.join(".history.tally-lock");
+    let lock_path = closes.join(".tally-history.lock");
     let lock = std::fs::File::open(&lock_path).unwrap();
     let busy = format!(
         "tally: refused: another tally close is running under the history folder {} right now \
