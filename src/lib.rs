@@ -489,20 +489,23 @@ fn refuse_out_inside_a_dataset(data: &Path, out: &Path) -> Result<()> {
 pub(crate) fn prepare(req: &JobRequest, out: &Path) -> Result<Prepared> {
     pipeline::check_data_root(&req.data)?;
     refuse_out_inside_a_dataset(&req.data, &req.out)?;
-    if let Some(dir) = &req.history {
-        // Before the lock, which makes the output's parent folder.
-        history::check_layout(dir, &req.out)?;
-    }
+    // The history's checks come before the output's lock, which makes the output's parent
+    // folder (and a shard's `OUT.shards/`): a refused run leaves nothing behind.
+    let history_lock = match &req.history {
+        Some(dir) => {
+            history::check_layout(dir, &req.out)?;
+            let history_lock = lock_history(dir, req.shard.is_some())?;
+            history::refuse_a_second_close(dir, &req.out, req.as_of)?;
+            Some(history_lock)
+        }
+        None => None,
+    };
     let lock = lock_output(out)?;
     check_replaceable(out)?;
     refuse_reconcile_over_close(req)?;
-    let (history_lock, history) = match &req.history {
-        Some(dir) => {
-            let history_lock = lock_history(dir, req.shard.is_some())?;
-            history::refuse_a_second_close(dir, &req.out, req.as_of)?;
-            (Some(history_lock), history::load(dir, &req.out, req.as_of)?)
-        }
-        None => (None, history::History::default()),
+    let history = match &req.history {
+        Some(dir) => history::load(dir, &req.out, req.as_of)?,
+        None => history::History::default(),
     };
     Ok(Prepared {
         _lock: lock,

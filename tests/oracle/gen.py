@@ -445,9 +445,10 @@ def gen_history(seed, work):
     (late events that a close within --settle of them bills: pending).
     Returns a dict: settle, closes (as-ofs, increasing), first_history (whether the first
     close passes --history too), out_forms (how each later close spells its --out:
-    "", "./" or "zz/../" before its name), backups / futures / recons (close indexes before
-    which a copy made at the same as-of, a `_`- or `.`-named folder (futures: index -> prefix)
-    holding a later close, or a reconcile
+    "", "./" or "zz/../" before its name), backups (close indexes after which a copy of the
+    close is put beside it in the history folder, and a second close at its as-of into
+    another folder is tried: refused), futures / recons (close indexes before which a `_`- or
+    `.`-named folder (futures: index -> prefix) holding a later close, or a reconcile
     output is put into the history folder), refusals (whether to try the no-op and refusal
     cases at the end).
     """

@@ -121,6 +121,11 @@ def snapshot_diffs(before, after, what, strict=True):
     return diffs
 
 
+# README: Late events — a close under --history DIR keeps the history's lock file in DIR
+# (the parent of its OUT), as a run keeps its output's lock beside OUT
+HISTORY_LOCK = ".tally-history.lock"
+
+
 def beside(out):
     """The names beside `out` in its parent folder (the parent's listing), or None."""
     parent = os.path.dirname(os.path.abspath(out))
@@ -135,7 +140,7 @@ def beside_diffs(before, after, out):
     if before is None or after is None:
         return []
     name = os.path.basename(os.path.abspath(out))
-    allowed = {name, f".{name}.tally-lock"}
+    allowed = {name, f".{name}.tally-lock", HISTORY_LOCK}
     return [("beside OUT", None, n, "(absent)", "left by the run")
             for n in sorted(after - before - allowed)]
 
@@ -810,7 +815,7 @@ def shard_case(binary, command, root, as_of, settle, out, i, n, want, force=Fals
         c.diffs += one_line(ran)
         c.diffs += snapshot_diffs(s_before, s_after, "OUT.shards")
     allowed = {os.path.basename(out), f".{os.path.basename(out)}.tally-lock",
-               os.path.basename(sh), f".{os.path.basename(sh)}.tally-lock"}
+               os.path.basename(sh), f".{os.path.basename(sh)}.tally-lock", HISTORY_LOCK}
     after = beside(out)
     if side is not None and after is not None:
         c.diffs += [("beside OUT", None, x, "(absent)", "left by the run")
@@ -853,7 +858,7 @@ def sharded_merge_case(binary, out, want, shards=(), force=False, noop=False, na
     c.diffs += exit_diff(ran, want)
     for s in sources:
         c.diffs += snapshot_diffs(s_before[s], snapshot_shards(s), f"shards {os.path.basename(s)}")
-    allowed = {os.path.basename(out), f".{os.path.basename(out)}.tally-lock"} | {
+    allowed = {os.path.basename(out), f".{os.path.basename(out)}.tally-lock", HISTORY_LOCK} | {
         os.path.basename(s) for s in sources}
     after = beside(out)
     if side is not None and after is not None:

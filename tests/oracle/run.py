@@ -318,12 +318,6 @@ def run_history_seed(tally, extra, seed, work, shards=0):
             shutil.copytree(stage, root, dirs_exist_ok=True)
         history = hist if k or plan["first_history"] else None
         n = k + 1
-        if k in plan["backups"]:    # a copy at this very as-of: the close skips it
-            name = f"backup-{n}"
-            code = check(f"close-{n} backup", check_close, root, as_of, settle,
-                         os.path.join(hist, name), hist)
-            sharded(f"close-{n} backup", code, "close", as_of, os.path.join(shist, name), hist,
-                    os.path.join(hist, name))
         if k in plan["futures"]:    # a `_`/`.` folder holding a later close: never read
             later = oracle.from_us(oracle.parse_instant(as_of) + 60 * 86400 * 10**6)
             later = later.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -347,6 +341,20 @@ def run_history_seed(tally, extra, seed, work, shards=0):
                      history)
         sharded(f"close-{n}", code, "close", as_of, os.path.join(shist, name), history,
                 os.path.join(hist, name))
+        if k in plan["backups"] and code == 0 and history:
+            # README: Late events — a backup copy of the close kept beside it: read by the
+            # later closes (another as-of), skipped by a rerun at its own; and a second close
+            # at this as-of into another folder is refused (exit 3), nothing written
+            backup = f"backup-{n}"
+            for folder in [hist] + ([shist] if shards else []):
+                if os.path.isdir(os.path.join(folder, name)):
+                    shutil.copytree(os.path.join(folder, name), os.path.join(folder, backup),
+                                    copy_function=shutil.copy2)
+            second = f"second-{n}"
+            code2 = check(f"close-{n} second", expect_exit, root, as_of, settle,
+                          os.path.join(hist, second), hist, 3)
+            sharded(f"close-{n} second", code2, "close", as_of, os.path.join(shist, second),
+                    hist, None)
         runs.append((name, as_of, history))
     if plan["refusals"]:
         last_name, last_as_of, last_hist = runs[-1]
