@@ -707,7 +707,7 @@ def check_job(run, base, n, res):
 
 
 def run_history_seed(tally, seed, work, sample, everything, jobs):
-    """run.py's sequence of closes (backups, `_future`/`.future`, reconciles in the history
+    """run.py's sequence of closes (backup copies, `_future`/`.future`, reconciles in the history
     folder, out spelled with ./ and zz/..), each close-K explained right after it is made,
     over the root as it read it; -> {label: Result}."""
     base = os.path.join(work, f"seed-{seed}")
@@ -723,9 +723,6 @@ def run_history_seed(tally, seed, work, sample, everything, jobs):
             shutil.copytree(stage, root, dirs_exist_ok=True)
         history = hist if k or plan["first_history"] else None
         n = k + 1
-        if k in plan["backups"]:
-            tally_run(tally, "close", root, as_of, settle, os.path.join(hist, f"backup-{n}"),
-                      hist)
         if k in plan["futures"]:
             later = oracle.from_us(oracle.parse_instant(as_of) + 60 * 86400 * 10**6)
             tally_run(tally, "close", root, later.strftime("%Y-%m-%dT%H:%M:%SZ"), settle,
@@ -738,6 +735,8 @@ def run_history_seed(tally, seed, work, sample, everything, jobs):
         if p.returncode != 0:
             found[label] = Result([("tally close", "exit", 0, p.stderr.strip()[-300:])])
             continue
+        if k in plan["backups"] and history:   # run.py's copy of the close beside it
+            shutil.copytree(out, os.path.join(hist, f"backup-{n}"), copy_function=shutil.copy2)
         run = Run(tally, root, "close", as_of, settle, out, history)
         found[label] = res = check_run(run, seed, sample, everything, jobs)
         res.add("job file", check_job(run, base, n, res))
