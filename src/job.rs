@@ -118,7 +118,18 @@ pub fn expand_out(out: &Path, as_of: crate::time::Micros) -> std::path::PathBuf 
         return out.to_path_buf();
     }
     let text = out.to_string_lossy();
-    let stamp = crate::close::compact_stamp(as_of);
+    // An as-of with a fraction of a second keeps it (`20261120T000000.5Z`): two as-ofs
+    // named alike would share one folder, and a close at the second would be refused as
+    // one of other inputs. Whole seconds, every scheduled run's, read as they always did.
+    let stamp = match as_of.rem_euclid(1_000_000) {
+        0 => crate::close::compact_stamp(as_of),
+        micros => {
+            let whole = crate::close::compact_stamp(as_of - micros);
+            let fraction = format!("{micros:06}");
+            let fraction = fraction.trim_end_matches('0');
+            format!("{}.{fraction}Z", whole.trim_end_matches('Z'))
+        }
+    };
     let date = crate::time::format_instant(as_of)
         .get(..10)
         .unwrap_or_default()
@@ -232,6 +243,31 @@ mod tests {
         assert!(
             settle.starts_with("line 3, column 11: invalid type: string"),
             "{settle}"
+        );
+    }
+
+    /// `{as_of}` names the instant to the second, and keeps a fraction of one when the
+    /// as-of has it; `{as_of_date}` names its UTC date.
+    #[test]
+    fn out_placeholders_name_the_as_of() {
+        let at = |text: &str| crate::time::parse_instant(text).unwrap();
+        let out = Path::new("closes/{as_of}-{as_of_date}");
+        let expanded = |text: &str| expand_out(out, at(text)).display().to_string();
+        assert_eq!(
+            expanded("2026-11-20T00:00:00Z"),
+            "closes/20261120T000000Z-2026-11-20"
+        );
+        assert_eq!(
+            expanded("2026-11-20T00:00:00.5Z"),
+            "closes/20261120T000000.5Z-2026-11-20"
+        );
+        assert_eq!(
+            expanded("2026-11-20T23:59:59.000001Z"),
+            "closes/20261120T235959.000001Z-2026-11-20"
+        );
+        assert_eq!(
+            expand_out(Path::new("plain"), at("2026-11-20T00:00:00.5Z")),
+            Path::new("plain")
         );
     }
 }
