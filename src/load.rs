@@ -124,16 +124,7 @@ pub fn list_dataset(root: &Path, dataset: &str) -> Result<Option<Listing>> {
         Ok(own) => own.file_type().is_symlink(),
     };
     let shown = dir.display().to_string();
-    let meta = std::fs::metadata(&dir).map_err(|e| {
-        if link {
-            TallyError::input(
-                &shown,
-                format!("a symbolic link that cannot be followed ({e}): fix or remove it"),
-            )
-        } else {
-            TallyError::io(&dir, e)
-        }
-    })?;
+    let meta = followed(&dir, &shown, link)?;
     if !meta.is_dir() {
         return Err(TallyError::input(
             &shown,
@@ -151,6 +142,18 @@ pub fn list_dataset(root: &Path, dataset: &str) -> Result<Option<Listing>> {
     walk(&dir, &meta, dataset, &mut seen, &mut listing)?;
     (listing.files).sort_by(|a, b| a.rel_path.as_bytes().cmp(b.rel_path.as_bytes()));
     Ok(Some(listing))
+}
+
+/// The metadata of `path` (shown as `shown`), through it if it is a `link`: an error there
+/// is a broken or looping link, which the message says.
+fn followed(path: &Path, shown: &str, link: bool) -> Result<std::fs::Metadata> {
+    std::fs::metadata(path).map_err(|e| match link {
+        true => TallyError::input(
+            shown,
+            format!("a symbolic link that cannot be followed ({e}): fix or remove it"),
+        ),
+        false => TallyError::io(path, e),
+    })
 }
 
 /// Names the data root hides: a name starting with `.` or `_` is skipped, whatever it
@@ -193,16 +196,8 @@ fn walk(
         };
         let path = entry.path();
         // What the entry is, through a link (an error there is a broken or looping link).
-        let meta = std::fs::metadata(&path).map_err(|e| {
-            if entry.file_type().is_ok_and(|t| t.is_symlink()) {
-                TallyError::input(
-                    &child_rel,
-                    format!("a symbolic link that cannot be followed ({e}): fix or remove it"),
-                )
-            } else {
-                TallyError::io(&path, e)
-            }
-        })?;
+        let link = entry.file_type().is_ok_and(|t| t.is_symlink());
+        let meta = followed(&path, &child_rel, link)?;
         if meta.is_dir() {
             walk(&path, &meta, &child_rel, seen, out)?;
         } else if name.ends_with(".parquet") {

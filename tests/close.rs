@@ -252,17 +252,7 @@ fn three_periods_chain_through_the_next_inputs_without_hand_edits() {
 #[test]
 fn a_catch_up_close_says_its_credit_totals_are_sums_over_account_periods() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = first_data(tmp.path());
-    let december = Table::default()
-        .str("account_id", ["acct_pro"])
-        .str("plan_id", ["pro"])
-        .ts("period_start", [t("2026-12-01T00:00:00Z")])
-        .ts("period_end", [t("2026-12-31T08:00:00Z")])
-        .credits("included_credits", [Milli::from_units(200)])
-        .opt_ts("billing_anchor", [Some(t("2026-10-31T08:00:00Z"))])
-        .str("status", ["active"])
-        .finish();
-    write_parquet(&data.join("allocations/part-1.parquet"), &december).unwrap();
+    let data = data_with_december(tmp.path());
     let out = tmp.path().join("close");
     run_command_ok("close", &data, "2027-01-01T00:00:00Z", &out);
     let invoices_file = out.join("invoices.parquet");
