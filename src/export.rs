@@ -619,15 +619,18 @@ pub fn write_report_files(
     }
 
     let mix = &out.breakdown.mix;
+    let units = out.book.all_units();
+    let lines: Vec<(&MixKey, &MixFigures)> = mix.lines.iter().collect();
+    // Written also without a line (its header only), as the run's tables are: the events
+    // and expected credits of an empty month link to it, and an auditor's script that
+    // opens it finds it.
+    files.products = Some(write_mix(
+        dir,
+        &units,
+        "credits-by-product.csv".into(),
+        &lines,
+    )?);
     if !mix.is_empty() {
-        let units = out.book.all_units();
-        let lines: Vec<(&MixKey, &MixFigures)> = mix.lines.iter().collect();
-        files.products = Some(write_mix(
-            dir,
-            &units,
-            "credits-by-product.csv".into(),
-            &lines,
-        )?);
         let mut groups: BTreeMap<(&str, &str), Vec<(&MixKey, &MixFigures)>> = BTreeMap::new();
         for (key, figures) in &lines {
             groups

@@ -265,7 +265,7 @@ pub fn render(out: &RunOutput, s: &Summary, files: &ReportFiles) -> String {
     h.push_str("<nav><a href=\"#totals\">Totals</a><a href=\"#by-kind\">Discrepancies by kind</a><a href=\"#by-day\">by day</a><a href=\"#products\">Credits by product</a><a href=\"#accounts\">Top accounts</a><a href=\"#rejects\">Rejected rows</a><a href=\"#conservation\">Conservation</a><a href=\"#files\">Files</a></nav>\n</header>\n");
 
     totals(&mut h, out, s, files, close, exponent);
-    by_kind(&mut h, s, files);
+    by_kind(&mut h, out, s, files);
     by_day(&mut h, files);
     products(&mut h, out, s, files);
     accounts(&mut h, out, files);
@@ -533,7 +533,8 @@ fn totals(
     );
 }
 
-fn by_kind(h: &mut String, s: &Summary, files: &ReportFiles) {
+fn by_kind(h: &mut String, out: &RunOutput, s: &Summary, files: &ReportFiles) {
+    let without_by_kind = crate::report::rows_without_delta(out);
     let _ = writeln!(
         h,
         "<section id=\"by-kind\">\n<h2>Discrepancies by kind ({} rows)</h2>",
@@ -545,6 +546,10 @@ fn by_kind(h: &mut String, s: &Summary, files: &ReportFiles) {
         let file = Kind::parse(k.kind).and_then(|kind| files.kinds.get(&kind));
         let meaning = Kind::parse(k.kind).map_or("", Kind::meaning);
         let key = format!("discrepancies.by_kind.{}", k.kind);
+        // summary.md's words for the rows the sum leaves out (the figure stays summary.json's).
+        let none = Kind::parse(k.kind).map_or(0, |kind| without_by_kind[kind as usize]);
+        let without_delta = crate::report::without_delta_words(k.count, none)
+            .map_or(String::new(), |words| format!(" ({words})"));
         let _ = writeln!(
             table,
             "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
@@ -558,7 +563,7 @@ fn by_kind(h: &mut String, s: &Summary, files: &ReportFiles) {
                 &format!("{key}.delta_credits"),
                 &k.delta_credits.to_string(),
                 linked(file, Rel::Sum("delta_credits"))
-            ),
+            ) + &without_delta,
             esc(meaning),
         );
         bars.push(Bar {

@@ -207,6 +207,26 @@ fn invoiced_sum(out: &RunOutput, what: &str, minor: impl Fn(&InvoiceRow) -> i64)
     })
 }
 
+/// Rows without a delta (events without a rate), by kind (index: `Kind as usize`).
+pub(crate) fn rows_without_delta(out: &RunOutput) -> [u64; Kind::ALL.len()] {
+    let mut without_by_kind = [0u64; Kind::ALL.len()];
+    for d in (out.discrepancies.iter()).filter(|d| d.delta_credits.is_none()) {
+        without_by_kind[d.kind as usize] += 1;
+    }
+    without_by_kind
+}
+
+/// What a kind's Σ delta leaves out, in the words summary.md and report.html both use:
+/// `none` of its `count` rows have no delta (`None`: every row has one).
+pub(crate) fn without_delta_words(count: u64, none: u64) -> Option<String> {
+    match (count, none) {
+        (_, 0) => None,
+        (count, none) if count == none => Some("no row has a delta".to_string()),
+        (_, 1) => Some("1 row without a delta".to_string()),
+        (_, none) => Some(format!("{none} rows without a delta")),
+    }
+}
+
 /// A note under the totals of a close in which some account closed more than one period
 /// (empty otherwise): the credit totals are sums over account-periods, so a grant that lasts
 /// over two of them (a top-up, a promo) counts in both periods' granted, remaining and
@@ -367,25 +387,17 @@ pub fn summary_markdown(out: &RunOutput, s: &Summary) -> Result<String> {
         md,
         "| kind | rows | Σ delta credits | what it means |\n|---|---:|---:|---|"
     );
-    // Rows without a delta (events without a rate), by kind, in one pass.
-    let mut without_by_kind = [0u64; Kind::ALL.len()];
-    for d in out
-        .discrepancies
-        .iter()
-        .filter(|d| d.delta_credits.is_none())
-    {
-        without_by_kind[d.kind as usize] += 1;
-    }
+    let without_by_kind = rows_without_delta(out);
     for k in &s.discrepancies.by_kind {
         let kind = Kind::parse(k.kind).expect("by_kind lists Kind::ALL's names");
         let without_delta = without_by_kind[kind as usize];
         // A kind whose rows have no delta (no expected credits) has no sum to show.
         let delta = match (k.count, without_delta) {
-            (0, _) => k.delta_credits.to_string(),
-            (count, none) if count == none => "—".to_string(),
-            (_, 0) => k.delta_credits.to_string(),
-            (_, 1) => format!("{} (1 row without a delta)", k.delta_credits),
-            (_, none) => format!("{} ({none} rows without a delta)", k.delta_credits),
+            (count, none) if count > 0 && count == none => "—".to_string(),
+            (count, none) => match without_delta_words(count, none) {
+                Some(words) => format!("{} ({words})", k.delta_credits),
+                None => k.delta_credits.to_string(),
+            },
         };
         let _ = writeln!(
             md,

@@ -1431,19 +1431,6 @@ fn a_withdrawn_currency_is_billed_as_written_with_a_warning() {
     );
 }
 
-fn walk_parquet(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            found.extend(walk_parquet(&path));
-        } else if path.extension().is_some_and(|e| e == "parquet") {
-            found.push(path);
-        }
-    }
-    found
-}
-
 /// Failures whose operating-system words leave the fix open say it: a data root without its
 /// price book (exit 2) asks whether `--data` is the data root, and an output path through a
 /// file (exit 4) says that a part of it is a file.

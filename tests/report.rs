@@ -402,6 +402,63 @@ fn report_html_renders_the_summary_figures_and_links_to_their_rows() {
 /// overage amount, each kind's meaning, a kind without deltas shown as such, and the note
 /// that says why the deltas do not add up to recorded − expected, with its figures, all
 /// from the published tables.
+/// summary.md and report.html say alike what a kind's Σ delta leaves out (report.html
+/// keeps summary.json's figure, and adds summary.md's words); an empty month still has
+/// `report/credits-by-product.csv` (its header), which its event figures link to.
+#[test]
+fn report_html_says_what_sums_leave_out_and_an_empty_month_keeps_its_product_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = demo_copy(tmp.path());
+    let close = tmp.path().join("close");
+    run_command_ok("close", &data, CLOSE_AS_OF, &close);
+    let md = std::fs::read_to_string(close.join("summary.md")).unwrap();
+    let html = std::fs::read_to_string(close.join("report.html")).unwrap();
+    assert!(md.contains("| unpriced_event | 8 | — |"), "{md}");
+    assert!(
+        md.contains("| account_mismatch | 8 | 38.000 (4 rows without a delta) |"),
+        "{md}"
+    );
+    let cell = |kind: &str| {
+        let key = format!("data-figure=\"discrepancies.by_kind.{kind}.delta_credits\"");
+        let at = html.find(&key).unwrap_or_else(|| panic!("{kind}: {html}"));
+        let end = at + html[at..].find("</td>").unwrap();
+        html[at..end].to_string()
+    };
+    assert!(
+        cell("unpriced_event").ends_with(" (no row has a delta)"),
+        "{}",
+        cell("unpriced_event")
+    );
+    assert!(
+        cell("account_mismatch").ends_with(" (4 rows without a delta)"),
+        "{}",
+        cell("account_mismatch")
+    );
+    assert!(
+        !cell("missing_debit").contains("without"),
+        "{}",
+        cell("missing_debit")
+    );
+
+    // A month without usage or ledger entries.
+    for dataset in ["usage", "debits"] {
+        for file in walk_parquet(&data.join(dataset)) {
+            std::fs::remove_file(file).unwrap();
+        }
+    }
+    let empty = tmp.path().join("empty");
+    run_command_ok("close", &data, CLOSE_AS_OF, &empty);
+    assert_eq!(
+        std::fs::read_to_string(empty.join("report/credits-by-product.csv")).unwrap(),
+        "product,action,model,events,priced_events,quantity,unit,expected_credits,recorded_credits\n"
+    );
+    let html = std::fs::read_to_string(empty.join("report.html")).unwrap();
+    assert!(
+        html.contains("href=\"report/credits-by-product.csv\""),
+        "{html}"
+    );
+}
+
 #[test]
 fn summary_md_says_money_and_deltas_as_a_reader_needs_them() {
     let tmp = tempfile::tempdir().unwrap();

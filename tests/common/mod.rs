@@ -155,6 +155,20 @@ pub fn stderr_past_dataset_warnings(out: &Output) -> String {
         .collect()
 }
 
+/// Every `*.parquet` file under `dir`, in the order the folders list them.
+pub fn walk_parquet(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(walk_parquet(&path));
+        } else if path.extension().is_some_and(|e| e == "parquet") {
+            found.push(path);
+        }
+    }
+    found
+}
+
 /// Read a whole Parquet file as one batch.
 pub fn read_parquet(path: &Path) -> RecordBatch {
     let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
