@@ -492,9 +492,11 @@ fn missing_shards(
     if first.buckets != crate::pipeline::AUTOMATIC_BUCKETS {
         settings.push_str(&format!(" --buckets {}", first.buckets));
     }
-    // A close that read earlier closes lists their files as `history/...` inputs; its
-    // history folder is the one its output is directly inside (the close checks that).
-    let read_history = (first.inputs.iter()).any(|f| f.path.starts_with("history/"));
+    // A close run with --history says so (and lists the earlier closes it read as
+    // `history/...` inputs, which shards of an older build are known by); its history
+    // folder is the one its output is directly inside (the close checks that).
+    let read_history =
+        first.read_history || (first.inputs.iter()).any(|f| f.path.starts_with("history/"));
     if read_history {
         // `--out c2` is inside the working folder: its history folder is `.`.
         let history = crate::write::folder_of(&req.out).display().to_string();

@@ -734,6 +734,37 @@ fn a_missing_close_shards_advice_carries_its_history() {
     succeeded(&mut in_history(&words));
     succeeded(&mut in_history(&["merge", "--out", "c3"]));
     assert!(history.join("c3/manifest.json").is_file());
+
+    // The first close under a history (no earlier close, no `history/` input): the advice
+    // still carries --history (shard.json says the shards read one).
+    let fresh = tmp.path().join("fresh");
+    let fresh_s = fresh.to_str().unwrap();
+    let first = fresh.join("c1");
+    for i in [0, 2] {
+        let shard = format!("{i}/3");
+        run_ok(
+            "close",
+            &data,
+            "2026-12-01T00:00:00Z",
+            &first,
+            &["--history", fresh_s, "--shard", &shard],
+        );
+    }
+    let e = refused_by(&mut tally_command(&[
+        "merge",
+        "--out",
+        first.to_str().unwrap(),
+    ]));
+    let (advice, _) = advised(&e);
+    assert_eq!(
+        advice,
+        format!(
+            "tally close --data {} --as-of 2026-12-01T00:00:00Z --history {fresh_s} --shard \
+             1/3 --out {}",
+            data.display(),
+            first.display()
+        )
+    );
 }
 
 /// Shards that another tally version listed are refused before their files are decoded,
