@@ -729,6 +729,41 @@ effective_from = 2026-06-01T00:00:00Z
         );
     }
 
+    /// A rate's minimum and one increment (increment × credits_per_unit) must stay below
+    /// 10^15 credits, what a credit amount holds: at the limit's last thousandth they are
+    /// read, at 10^15 refused.
+    #[test]
+    fn a_rates_minimum_and_one_increment_stay_below_10_to_the_15_credits() {
+        let veo = |increment: &str, cpu: &str, minimum: &str| {
+            let book = BOOK
+                .replace(
+                    "increment = \"4\"",
+                    &format!("increment = \"{increment}\"\nminimum = \"{minimum}\""),
+                )
+                .replacen(
+                    "model = \"veo-3\"\ncredits_per_unit = \"8\"",
+                    &format!("model = \"veo-3\"\ncredits_per_unit = \"{cpu}\""),
+                    1,
+                );
+            assert_ne!(book, BOOK);
+            PriceBook::parse(&book, "p.toml")
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(veo("4", "8", "999999999999999.999"), Ok(()));
+        let minimum = veo("4", "8", "1000000000000000").unwrap_err();
+        assert!(
+            minimum.contains("[[rates]] #2: minimum = 1000000000000000 is 10^15 credits or more"),
+            "{minimum}"
+        );
+        assert_eq!(veo("0.001", "999999999999999999", "0"), Ok(()));
+        let increment = veo("0.001", "1000000000000000000", "0").unwrap_err();
+        assert!(
+            increment.contains("[[rates]] #2: increment × credits_per_unit = 0.001 × 1000000000000000000 is 10^15 credits or more"),
+            "{increment}"
+        );
+    }
+
     /// A missing key names its plan or rate (counted from 1, a comment after the header
     /// allowed); a rate's single-bracket header and an open string say so; other parser
     /// errors keep the parser's words.

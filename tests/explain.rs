@@ -513,7 +513,7 @@ fn explain_plain_words_match_the_golden_files() {
             let text = String::from_utf8(tally_ok(&command).stdout).unwrap();
             // The data root's absolute path does not appear: explain names files
             // relative to it.
-            if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            if crate::golden::update_golden() {
                 std::fs::write(&path, &text).unwrap();
             } else if std::fs::read_to_string(&path).unwrap() != text {
                 failures.push(format!("{} differs; actual:\n{text}", path.display()));

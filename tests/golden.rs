@@ -7,7 +7,7 @@ use crate::common::*;
 use std::path::Path;
 
 fn check_or_update(expected_path: &Path, actual: &str, failures: &mut Vec<String>) {
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+    if update_golden() {
         std::fs::write(expected_path, actual).unwrap();
         return;
     }
@@ -76,10 +76,7 @@ pub fn run_scenario(name: &str) {
         "grants_next",
     ] {
         let path = expected.join(format!("{table}.csv"));
-        if path.exists()
-            || (std::env::var_os("UPDATE_GOLDEN").is_some()
-                && out.join(format!("{table}.parquet")).exists())
-        {
+        if path.exists() || (update_golden() && out.join(format!("{table}.parquet")).exists()) {
             check_or_update(
                 &path,
                 &render(&out.join(format!("{table}.parquet")), &[]),
@@ -160,4 +157,10 @@ fn every_golden_scenario_has_a_test() {
             );
         }
     }
+}
+
+/// `UPDATE_GOLDEN=1` (exactly) rewrites the expected files: `UPDATE_GOLDEN=0`, or set
+/// empty, must not quietly rewrite them and pass.
+pub fn update_golden() -> bool {
+    std::env::var("UPDATE_GOLDEN").is_ok_and(|v| v == "1")
 }

@@ -822,6 +822,11 @@ fn the_shipped_jobs_run_and_the_close_alerts_before_the_usage_lands() {
 #[test]
 fn progress_bars_stay_out_of_a_json_log_on_a_terminal() {
     if !Path::new("/usr/bin/script").exists() {
+        assert_ne!(
+            unsafe_uid(),
+            0,
+            "root (as CI runs) without util-linux script"
+        );
         eprintln!("skipped: needs util-linux script for a pseudo-terminal");
         return;
     }
@@ -2098,14 +2103,20 @@ fn a_close_rerun_on_a_read_only_folder_is_the_no_op() {
     // Without lock files (a history an older tally wrote): none can be made, and none is
     // needed where no run can write.
     let rw = remount("rw");
+    let mut removed = Vec::new();
     for lock in [".2026-12-01.tally-lock", ".tally-history.lock"] {
-        let _ = std::fs::remove_file(mounted.join(lock));
+        removed.push(std::fs::remove_file(mounted.join(lock)).is_ok());
     }
     let read_only_again = remount("ro");
     let without_locks = close();
     umount(&mounted);
     assert!(first.status.success(), "{}", stderr(&first));
     assert!(read_only && rw && read_only_again);
+    assert_eq!(
+        removed,
+        [true, true],
+        "both lock files were there to remove"
+    );
     for rerun in [again, without_locks] {
         assert_eq!(rerun.status.code(), Some(0), "{}", stderr(&rerun));
         assert!(
@@ -2123,6 +2134,8 @@ fn a_close_rerun_on_a_read_only_folder_is_the_no_op() {
 #[test]
 fn a_previous_output_that_cannot_be_removed_is_warned_of_after_publishing() {
     if unsafe_uid() != 0 || !Path::new("/usr/bin/setpriv").exists() {
+        // CI runs as root on Linux with util-linux: a skip there is a failure.
+        assert_ne!(unsafe_uid(), 0, "root without /usr/bin/setpriv");
         eprintln!("skipped: needs root and setpriv to run tally as another user");
         return;
     }
@@ -2227,8 +2240,8 @@ fn out_never_replaces_a_folder_that_is_not_a_tally_output() {
     succeeded(&mut cmd("reconcile", &data, &empty));
     // A link to a tally output is refused (publishing would replace the link with a
     // folder, its target left stale), by a run and by a shard (so no merge has shards to
-    // publish through it: the merge checks it too); the link and its target are left as
-    // they were.
+    // publish through it; the merge's own check, the same function, is not run here); the
+    // link and its target are left as they were.
     let link = tmp.path().join("link");
     std::os::unix::fs::symlink("empty", &link).unwrap();
     let before = folder_bytes(&empty);

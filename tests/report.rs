@@ -398,10 +398,6 @@ fn report_html_renders_the_summary_figures_and_links_to_their_rows() {
     assert!(files.contains(&"report/credits-by-product.csv".to_string()));
 }
 
-/// summary.md for a person: money formatted in its currency beside the minor units, the
-/// overage amount, each kind's meaning, a kind without deltas shown as such, and the note
-/// that says why the deltas do not add up to recorded − expected, with its figures, all
-/// from the published tables.
 /// summary.md and report.html say alike what a kind's Σ delta leaves out (report.html
 /// keeps summary.json's figure, and adds summary.md's words); an empty month still has
 /// `report/credits-by-product.csv` (its header), which its event figures link to.
@@ -424,13 +420,27 @@ fn report_html_says_what_sums_leave_out_and_an_empty_month_keeps_its_product_fil
         let end = at + html[at..].find("</td>").unwrap();
         html[at..end].to_string()
     };
+    // The figure is summary.json's, the words after it.
+    let summary = json(&close.join("summary.json"));
+    let sum_of = |kind: &str| {
+        let kinds = summary["discrepancies"]["by_kind"].as_array().unwrap();
+        let line = kinds.iter().find(|k| k["kind"] == kind).unwrap();
+        line["delta_credits"].as_str().unwrap().to_string()
+    };
+    assert_eq!(sum_of("unpriced_event"), "0.000");
     assert!(
-        cell("unpriced_event").ends_with(" (no row has a delta)"),
+        cell("unpriced_event").ends_with(&format!(
+            ">{}</a> (no row has a delta)",
+            sum_of("unpriced_event")
+        )),
         "{}",
         cell("unpriced_event")
     );
     assert!(
-        cell("account_mismatch").ends_with(" (4 rows without a delta)"),
+        cell("account_mismatch").ends_with(&format!(
+            ">{}</a> (4 rows without a delta)",
+            sum_of("account_mismatch")
+        )),
         "{}",
         cell("account_mismatch")
     );
@@ -459,6 +469,10 @@ fn report_html_says_what_sums_leave_out_and_an_empty_month_keeps_its_product_fil
     );
 }
 
+/// summary.md for a person: money formatted in its currency beside the minor units, the
+/// overage amount, each kind's meaning, a kind without deltas shown as such, and the note
+/// that says why the deltas do not add up to recorded − expected, with its figures, all
+/// from the published tables.
 #[test]
 fn summary_md_says_money_and_deltas_as_a_reader_needs_them() {
     let tmp = tempfile::tempdir().unwrap();

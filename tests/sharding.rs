@@ -1239,6 +1239,8 @@ fn closes_under_one_history_run_one_at_a_time_and_a_merge_sees_what_its_shards_s
     lock.try_lock().unwrap();
     assert_eq!(refused_by(&mut close_later(&[])), busy);
     assert_eq!(refused_by(&mut close_later(&["--shard", "0/2"])), busy);
+    // Refused before the shard's folder is made: nothing left beside the output.
+    assert!(!root(&later).exists());
     lock.unlock().unwrap();
     // Shards of a close hold it shared: another shard runs beside them, a close does not.
     lock.try_lock_shared().unwrap();
@@ -1266,8 +1268,12 @@ fn closes_under_one_history_run_one_at_a_time_and_a_merge_sees_what_its_shards_s
         )
     );
     assert!(!later.exists());
-    // Rerun, the shards see it, and the merge publishes.
+    // Rerun, the shards see it, and the merge publishes; not while another close holds
+    // the history's lock (the merge takes it as a close does).
     run_shards("close", &data, "2027-01-01T00:00:00Z", &later, 2, &h);
+    lock.try_lock().unwrap();
+    assert_eq!(refused_by(&mut merge()), busy);
+    lock.unlock().unwrap();
     let merged = merge().output().unwrap();
     assert!(merged.status.success(), "{}", stderr(&merged));
     let manifest = std::fs::read_to_string(later.join("manifest.json")).unwrap();
