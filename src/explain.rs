@@ -368,6 +368,17 @@ fn run_account(
         (Some(dir), Mode::Close) => {
             let exclude = req.out.clone().unwrap_or_default();
             crate::history::check_layout(dir, &exclude)?;
+            // A first close may be explained before it runs (the folder does not exist yet),
+            // but a wrong path to a history that does exist explains a later close as a first
+            // one, its late events as on time, with figures that look right: said.
+            if !dir.exists() {
+                tracing::warn!(
+                    history = %dir.display(),
+                    "the history folder does not exist, so no earlier close is read: explained \
+                     as a first close; if this close had earlier ones, check --history (a \
+                     relative path is taken from the working folder)"
+                );
+            }
             crate::history::load(dir, &exclude, req.as_of)?
         }
         _ => History::default(),
@@ -520,6 +531,28 @@ pub fn explain(req: &ExplainRequest) -> Result<Explanation> {
                 && rejected_rows.is_empty()
             {
                 let (usage_rows, ledger_rows) = usage_and_ledger_rows_of(&inputs, account_id)?;
+                // Valid grant rows of an account without an allocation: in no period either,
+                // and there (not "check the id").
+                let grant_rows = rows_with_id(
+                    &inputs.files[2],
+                    &load::GRANT_COLUMNS,
+                    1,
+                    account_id,
+                    &load::parse_grant,
+                )?
+                .len();
+                if grant_rows > 0 {
+                    return Err(TallyError::config(
+                        format!("--account {account_id}"),
+                        format!(
+                            "account_id {} has no allocation rows, so its {grant_rows} grant, \
+                             {usage_rows} usage and {ledger_rows} ledger rows are in no \
+                             period (a grant counts only in its account's periods); explain \
+                             usage and ledger rows with --event or --entry",
+                            q(account_id)
+                        ),
+                    ));
+                }
                 if usage_rows + ledger_rows > 0 {
                     // A real account, only not a planned one: say so, not "check the id".
                     return Err(TallyError::config(

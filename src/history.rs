@@ -77,7 +77,8 @@ fn read_columns(
 }
 
 /// A readable Parquet file with an `event_id` column.
-fn check_billed(path: &Path) -> Result<()> {
+/// Check an earlier close's `billed_events.parquet` can be read; its rows.
+fn check_billed(path: &Path) -> Result<u64> {
     let name = path.display().to_string();
     let file = std::fs::File::open(path).map_err(|e| TallyError::io(path, e))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
@@ -86,7 +87,38 @@ fn check_billed(path: &Path) -> Result<()> {
     if builder.schema().index_of("event_id").is_err() {
         return Err(TallyError::input(name, "missing column `event_id`"));
     }
-    Ok(())
+    Ok(builder.metadata().file_metadata().num_rows() as u64)
+}
+
+/// Refuse an earlier close's `file` (`name` in its folder) whose rows are not those its
+/// `manifest.json` lists. A run fingerprints an earlier close by its manifest, which holds
+/// the checksum of every file it wrote, but reads its invoices and billed events: a file
+/// edited since (rows dropped or added) would change what this close bills, unseen by the
+/// fingerprint. The rows are checked here, where the files are opened anyway; `tally
+/// verify` of the earlier close checks every byte.
+fn check_listed_rows(
+    manifest: &serde_json::Value,
+    folder: &Path,
+    name: &str,
+    rows: u64,
+) -> Result<()> {
+    let listed = (manifest["outputs"].as_array().into_iter().flatten())
+        .find(|f| f["path"] == name)
+        .and_then(|f| f["rows"].as_u64());
+    if listed == Some(rows) {
+        return Ok(());
+    }
+    let path = folder.join(name);
+    let listed = listed.map_or("no row count".to_string(), |n| format!("{n} rows"));
+    Err(TallyError::input(
+        path.display().to_string(),
+        format!(
+            "holds {rows} rows where its close's manifest.json lists {listed}: it changed since \
+             that close was published; restore the folder from a backup (`tally verify {}` \
+             checks every file)",
+            folder.display()
+        ),
+    ))
 }
 
 fn column<'a>(
@@ -210,13 +242,7 @@ pub fn refuse_a_second_close(dir: &Path, out: &Path, as_of: Micros) -> Result<()
 /// The as-of of the close whose `manifest.json` is at `path` (`None`: another tally
 /// output, or not tally's).
 fn close_as_of(path: &Path) -> Result<Option<Micros>> {
-    let text = std::fs::read_to_string(path).map_err(|e| TallyError::io(path, e))?;
-    let manifest: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-        TallyError::input(
-            path.display().to_string(),
-            format!("unreadable manifest: {e}"),
-        )
-    })?;
+    let manifest = read_manifest(path)?;
     if manifest["tool"] != "tally" || manifest["command"] != "close" {
         return Ok(None);
     }
@@ -230,6 +256,17 @@ fn close_as_of(path: &Path) -> Result<Option<Micros>> {
             )
         })?;
     Ok(Some(as_of))
+}
+
+/// An earlier output's `manifest.json` at `path`, parsed.
+fn read_manifest(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| TallyError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| {
+        TallyError::input(
+            path.display().to_string(),
+            format!("unreadable manifest: {e}"),
+        )
+    })
 }
 
 /// Every close directly under `dir` but `exclude` and hidden folders (see [`load`]), with
@@ -281,9 +318,13 @@ fn closes_under(dir: &Path, exclude: &Path) -> Result<Vec<EarlierClose>> {
 pub fn load(dir: &Path, exclude: &Path, as_of: Micros) -> Result<History> {
     let mut history = History::default();
     for EarlierClose { name, folder, .. } in earlier_closes(dir, exclude, as_of)? {
-        history.folders.push((name, folder.join("manifest.json")));
+        let manifest_path = folder.join("manifest.json");
+        let manifest = read_manifest(&manifest_path)?;
+        history.folders.push((name, manifest_path));
         let invoices = folder.join("invoices.parquet");
+        let mut invoice_rows = 0u64;
         read_columns(&invoices, &mut |batch| {
+            invoice_rows += batch.num_rows() as u64;
             let accounts = column(batch, "account_id", &invoices)?.as_string::<i32>();
             let starts = column(batch, "period_start", &invoices)?
                 .as_primitive::<TimestampMicrosecondType>();
@@ -296,10 +337,12 @@ pub fn load(dir: &Path, exclude: &Path, as_of: Micros) -> Result<History> {
             }
             Ok(())
         })?;
+        check_listed_rows(&manifest, &folder, "invoices.parquet", invoice_rows)?;
         // Checked now (a missing or unreadable file is named before the run starts), read
         // later for the ids that need it.
         let billed = folder.join("billed_events.parquet");
-        check_billed(&billed)?;
+        let billed_rows = check_billed(&billed)?;
+        check_listed_rows(&manifest, &folder, "billed_events.parquet", billed_rows)?;
         history.billed_files.push(billed);
     }
     Ok(history)

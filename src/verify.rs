@@ -186,6 +186,10 @@ fn check_history(history: &Path, out: &Path, manifest: &Manifest) -> Result<crat
             "is not a folder: give --history the folder of earlier closes the close read",
         ));
     }
+    // The close's rule for its history folder (not an output folder itself, holding the
+    // close's folder): a close folder given as the history (an earlier month's) is the
+    // close's exit 2, not a list of inputs "gone".
+    crate::history::check_layout(history, out)?;
     crate::time::parse_instant(&manifest.as_of).ok_or_else(|| {
         TallyError::input(
             manifest_path(out).display().to_string(),

@@ -433,6 +433,39 @@ fn explain_of_an_unknown_id_is_a_one_line_error_with_exit_2() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// A `--history` that does not exist (a first close explained before it runs, or a wrong
+/// path) is explained as a first close, with a warning that says so: a wrong path would
+/// otherwise explain a later close's late events as on time, silently.
+#[test]
+fn explain_warns_of_a_history_folder_that_does_not_exist() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("no-closes");
+    let out = tally(&[
+        "explain",
+        "--data",
+        demo().to_str().unwrap(),
+        "--as-of",
+        "2026-12-01T00:00:00Z",
+        "--close",
+        "--history",
+        missing.to_str().unwrap(),
+        "--out",
+        missing.join("2026-12-01").to_str().unwrap(),
+        "--account",
+        "acct-000001",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "the history folder does not exist, so no earlier close is read: explained as a \
+             first close; if this close had earlier ones, check --history"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!missing.exists(), "explain writes nothing");
+}
+
 /// An account with usage rows but no allocation or grant rows is a real id: explain says
 /// its rows are in no period (and how to explain them) rather than "check the id".
 #[test]
@@ -474,6 +507,34 @@ fn explain_of_an_account_with_usage_but_no_plan_names_its_rows() {
         "tally: --account acct-unplanned: account_id \"acct-unplanned\" has no allocation or \
          grant rows, so its 2 usage and 0 ledger rows are in no period; explain each with \
          --event or --entry\n"
+    );
+    // With a grant row too: the grant is counted (it said "no row of allocations or
+    // grants has account_id ...; check the id").
+    let grants = Table::default()
+        .str("grant_id", ["g-unplanned"])
+        .str("account_id", ["acct-unplanned"])
+        .str("kind", ["promo"])
+        .credits("credits", [Milli::from_units(50)])
+        .ts("effective_at", [t("2026-11-01T00:00:00Z")])
+        .opt_ts("expires_at", [None])
+        .opt_i32("priority", [None])
+        .finish();
+    write_parquet(&root.join("grants/unplanned.parquet"), &grants).unwrap();
+    let out = tally(&[
+        "explain",
+        "--data",
+        root.to_str().unwrap(),
+        "--as-of",
+        AS_OF,
+        "--account",
+        "acct-unplanned",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "tally: --account acct-unplanned: account_id \"acct-unplanned\" has no allocation \
+         rows, so its 1 grant, 2 usage and 0 ledger rows are in no period (a grant counts only \
+         in its account's periods); explain usage and ledger rows with --event or --entry\n"
     );
 }
 

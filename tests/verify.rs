@@ -2,7 +2,7 @@
 //! sha256), and with `--data` / `--history` the inputs the run read. Exit 0 when all match,
 //! 1 with one line per difference, 2 when the folder is not one a run published.
 
-use crate::common::{demo_copy, json, run_command_ok, stderr, tally, tally_command};
+use crate::common::{demo_copy, json, read_parquet, run_command_ok, stderr, tally, tally_command};
 use std::path::{Path, PathBuf};
 
 const AS_OF: &str = "2026-11-20T00:00:00Z";
@@ -266,6 +266,57 @@ fn a_close_verifies_the_earlier_closes_it_read_with_history() {
             nope.display()
         ),
     );
+    // An earlier close's folder given as the history (its parent was meant): the close's
+    // own refusal, exit 2 (it listed that close's manifest as an input gone, exit 1).
+    let november = closes.join("2026-11");
+    assert_refused(
+        &[&december, Path::new("--history"), &november],
+        format!(
+            "{}: this history folder is itself a tally output folder (it holds \
+             manifest.json); --history names the folder holding the earlier closes, such as \
+             {}",
+            november.display(),
+            closes.display()
+        ),
+    );
+}
+
+/// A run fingerprints an earlier close by its manifest but reads its invoices and billed
+/// events: one of those files edited since (a row dropped) is refused where it is opened,
+/// by a later close and by its no-op rerun, naming the file and `tally verify`.
+#[test]
+fn an_earlier_close_whose_billed_events_changed_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = demo_copy(tmp.path());
+    let closes = tmp.path().join("closes");
+    let close = |as_of: &str, name: &str| {
+        crate::common::run_command("close", &data, as_of, &closes.join(name))
+            .args(["--history", closes.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    assert!(close("2026-12-01T00:00:00Z", "2026-11").status.success());
+    assert!(close("2027-01-01T00:00:00Z", "2026-12").status.success());
+    let billed = closes.join("2026-11/billed_events.parquet");
+    let batch = read_parquet(&billed);
+    let rows = batch.num_rows();
+    assert!(rows > 1);
+    tally::write::write_parquet(&billed, &batch.slice(1, rows - 1)).unwrap();
+    let expected = format!(
+        "tally: {}: holds {} rows where its close's manifest.json lists {rows} rows: it \
+         changed since that close was published; restore the folder from a backup (`tally \
+         verify {}` checks every file)\n",
+        billed.display(),
+        rows - 1,
+        closes.join("2026-11").display()
+    );
+    for rerun in [
+        close("2027-01-01T00:00:00Z", "2026-12"),
+        close("2027-02-01T00:00:00Z", "2027-01"),
+    ] {
+        assert_eq!(rerun.status.code(), Some(2), "{}", stderr(&rerun));
+        assert_eq!(stderr(&rerun), expected);
+    }
 }
 
 /// A listed output that is now a folder or a link (the run writes files only; a link may
