@@ -118,28 +118,16 @@ fn a_pricebook_pipe_or_non_utf8_pricebook_is_exit_2() {
         .env("TALLY_LOG", "off")
         .output()
         .unwrap();
-    assert_refused(
-        &tmp,
-        &out,
-        &format!(
-            "tally: {}: is not a regular file (a folder, a pipe, a socket or a device): the \
-             price book is a TOML file",
-            book.display()
-        ),
+    let not_a_file = format!(
+        "tally: {}: is not a regular file (a folder, a pipe, a socket or a device): the price \
+         book is a TOML file",
+        book.display()
     );
+    assert_refused(&tmp, &out, &not_a_file);
     std::fs::remove_file(&book).unwrap();
     // A folder of that name: the same refusal.
     std::fs::create_dir(&book).unwrap();
-    let out = reconcile(&tmp);
-    assert_refused(
-        &tmp,
-        &out,
-        &format!(
-            "tally: {}: is not a regular file (a folder, a pipe, a socket or a device): the \
-             price book is a TOML file",
-            book.display()
-        ),
-    );
+    assert_refused(&tmp, &reconcile(&tmp), &not_a_file);
     std::fs::remove_dir(&book).unwrap();
     std::fs::write(&book, b"currency = \"US\xff\"\n").unwrap();
     let out = reconcile(&tmp);

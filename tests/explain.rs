@@ -492,15 +492,19 @@ fn explain_of_an_account_with_usage_but_no_plan_names_its_rows() {
         .opt_ts("ingested_at", [None, None])
         .finish();
     write_parquet(&root.join("usage/unplanned.parquet"), &usage).unwrap();
-    let out = tally(&[
-        "explain",
-        "--data",
-        root.to_str().unwrap(),
-        "--as-of",
-        AS_OF,
-        "--account",
-        "acct-unplanned",
-    ]);
+    let explain = || {
+        let root = root.to_str().unwrap();
+        tally(&[
+            "explain",
+            "--data",
+            root,
+            "--as-of",
+            AS_OF,
+            "--account",
+            "acct-unplanned",
+        ])
+    };
+    let out = explain();
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         stderr(&out),
@@ -520,15 +524,7 @@ fn explain_of_an_account_with_usage_but_no_plan_names_its_rows() {
         .opt_i32("priority", [None])
         .finish();
     write_parquet(&root.join("grants/unplanned.parquet"), &grants).unwrap();
-    let out = tally(&[
-        "explain",
-        "--data",
-        root.to_str().unwrap(),
-        "--as-of",
-        AS_OF,
-        "--account",
-        "acct-unplanned",
-    ]);
+    let out = explain();
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         stderr(&out),
