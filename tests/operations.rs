@@ -91,6 +91,47 @@ fn discrepancies_above_the_job_threshold_exit_1_after_publishing() {
     let _ = data;
 }
 
+/// --groups and --buckets at their limits give the default run's bytes; one past (and 0)
+/// is exit 2 naming the range (TigerBeetle's rule: test at the limit and one past it).
+#[test]
+fn groups_and_buckets_at_their_limits_and_one_past() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = repo().join("fixtures/demo");
+    let run = |name: &str, extra: &[&str]| {
+        let out = tmp.path().join(name);
+        let ran = run_command("reconcile", &demo, AS_OF, &out)
+            .args(extra)
+            .output()
+            .unwrap();
+        (ran, out)
+    };
+    let (plain, plain_out) = run("plain", &[]);
+    assert!(plain.status.success(), "{}", stderr(&plain));
+    let outputs = |out: &Path| {
+        (folder_bytes(out).into_iter())
+            .filter(|(name, _)| name != "manifest.json")
+            .collect::<Vec<_>>()
+    };
+    for (flag, most) in [("--groups", "256"), ("--buckets", "65536")] {
+        let (ran, out) = run(&format!("at-{flag}"), &[flag, most]);
+        assert!(ran.status.success(), "{flag} {most}: {}", stderr(&ran));
+        assert!(
+            outputs(&out) == outputs(&plain_out),
+            "{flag} {most}: other bytes"
+        );
+        let past = (most.parse::<u32>().unwrap() + 1).to_string();
+        for bad in ["0", past.as_str()] {
+            let (ran, out) = run(&format!("past-{flag}-{bad}"), &[flag, bad]);
+            assert_eq!(ran.status.code(), Some(2), "{flag} {bad}");
+            assert_eq!(
+                stderr(&ran),
+                format!("tally: command line: {flag} {bad} must be in 1..={most}\n")
+            );
+            assert!(!out.exists());
+        }
+    }
+}
+
 /// A bad value in a job file names the job file and its key, not the command line (cron
 /// passes no such flag); the same value as a flag names the flag.
 #[test]
