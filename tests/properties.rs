@@ -201,11 +201,22 @@ proptest! {
         let book = book(&overage, ["0", "20", "1000"][cap as usize]);
         let as_of = START + periods as i64 * 30 * DAY;
         let granted_at_start: i64 = grants.iter().map(|g| g.credits.0).sum();
+        // What each period's succeeded events cost, priced here by the book's one rate (1.5
+        // credits per unit in whole 0.5 increments, rounded up), independently of the
+        // engine: no credit may be dropped or made before consumption either.
+        let mut priced = vec![0i64; periods];
+        for (usage, _) in events.iter().filter(|(u, _)| u.status == EventStatus::Succeeded) {
+            let period = ((usage.occurred_at - START) / (30 * DAY)) as usize;
+            let increments = (usage.quantity.0 + 499) / 500;
+            priced[period] += increments * 500 * 3 / 2;
+        }
         let result = process(&book, Mode::Close, as_of, periods, &grants, events);
         prop_assert_eq!(result.invoices.len(), periods);
         prop_assert_eq!(result.renewals.len(), periods);
         let mut consumed_total = 0i64;
-        for (inv, ren) in result.invoices.iter().zip(&result.renewals) {
+        for (p, (inv, ren)) in result.invoices.iter().zip(&result.renewals).enumerate() {
+            prop_assert_eq!(inv.period_start, START + p as i64 * 30 * DAY);
+            prop_assert_eq!(inv.credits_used.0, priced[p]);
             let from: i64 = inv.credits_from.iter().map(|m| m.0).sum();
             // credits used = consumed from grants + overage
             prop_assert_eq!(inv.credits_used.0, from + inv.overage_credits.0);
