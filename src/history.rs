@@ -76,8 +76,8 @@ fn read_columns(
     Ok(())
 }
 
-/// A readable Parquet file with an `event_id` column.
-/// Check an earlier close's `billed_events.parquet` can be read; its rows.
+/// An earlier close's `billed_events.parquet`, checked to be a readable Parquet file with
+/// an `event_id` column: its rows.
 fn check_billed(path: &Path) -> Result<u64> {
     let name = path.display().to_string();
     let file = std::fs::File::open(path).map_err(|e| TallyError::io(path, e))?;
@@ -142,9 +142,25 @@ fn column<'a>(
 /// Paths are compared after making them absolute and folding `.` and `..` (without
 /// following symbolic links: neither folder need exist yet).
 pub fn check_layout(dir: &Path, out: &Path) -> Result<()> {
-    // A history folder that is itself an output folder is an earlier close named where the
-    // folder holding the closes was meant: its periods would not count as closed, and the
-    // close would publish inside it.
+    refuse_an_output_folder_as_history(dir)?;
+    let (dir_abs, out_abs) = (crate::normalised(dir), crate::normalised(out));
+    if out_abs.parent() == Some(dir_abs.as_path()) {
+        return Ok(());
+    }
+    Err(TallyError::config(
+        dir.display().to_string(),
+        format!(
+            "the close's output folder {} is not directly inside this history folder, so the next close would not read it and would close its periods again: write closes to {}/<name>",
+            out.display(),
+            dir.display()
+        ),
+    ))
+}
+
+/// Refuse a history folder that is itself an output folder: an earlier close named where
+/// the folder holding the closes was meant. Its periods would not count as closed, and a
+/// close would publish inside it.
+pub fn refuse_an_output_folder_as_history(dir: &Path) -> Result<()> {
     if dir.join("manifest.json").is_file() {
         // As given where that names the folder above (`closes/2026-11`), else from the
         // folded absolute path (`..`, `.`, `x/..` have no useful parent as written).
@@ -169,18 +185,7 @@ pub fn check_layout(dir: &Path, out: &Path) -> Result<()> {
             ),
         ));
     }
-    let (dir_abs, out_abs) = (crate::normalised(dir), crate::normalised(out));
-    if out_abs.parent() == Some(dir_abs.as_path()) {
-        return Ok(());
-    }
-    Err(TallyError::config(
-        dir.display().to_string(),
-        format!(
-            "the close's output folder {} is not directly inside this history folder, so the next close would not read it and would close its periods again: write closes to {}/<name>",
-            out.display(),
-            dir.display()
-        ),
-    ))
+    Ok(())
 }
 
 /// An earlier close under a history folder.

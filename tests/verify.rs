@@ -217,6 +217,16 @@ fn a_close_verifies_the_earlier_closes_it_read_with_history() {
         stdout.ends_with(&format!("{inputs} inputs as read\n")),
         "{stdout}"
     );
+    // A copy of the folder handed to an auditor, outside the history: verified against the
+    // history it was made with all the same.
+    let audit = tmp.path().join("audit/2026-12");
+    crate::common::copy_dir(&december, &audit);
+    let (code, stdout) = verify(&audit, &both);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.ends_with(&format!("{inputs} inputs as read\n")),
+        "{stdout}"
+    );
 
     // A close at a later as-of made beside them is built on this one, not an input it
     // lacks: counted apart, exit 0.
