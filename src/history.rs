@@ -195,12 +195,20 @@ pub struct EarlierClose {
     pub folder: PathBuf,
     /// Its manifest's as-of (earlier or later than the run's).
     pub as_of: Micros,
+    /// Its `manifest.json`, parsed once (the rows of the files a run reads are checked
+    /// against it).
+    manifest: serde_json::Value,
 }
 
 /// The closes under `dir` that a run at `as_of` writing `exclude` reads (see [`load`]), in
 /// name order.
 pub fn earlier_closes(dir: &Path, exclude: &Path, as_of: Micros) -> Result<Vec<EarlierClose>> {
-    let mut closes = closes_under(dir, exclude)?;
+    Ok(read_at(closes_under(dir, exclude)?, as_of))
+}
+
+/// Of `closes` (see [`closes_under`]), those a run at `as_of` reads: all but the ones made
+/// at its own as-of.
+pub fn read_at(mut closes: Vec<EarlierClose>, as_of: Micros) -> Vec<EarlierClose> {
     closes.retain(|close| {
         let other = close.as_of != as_of;
         if !other {
@@ -211,24 +219,28 @@ pub fn earlier_closes(dir: &Path, exclude: &Path, as_of: Micros) -> Result<Vec<E
         }
         other
     });
-    Ok(closes)
+    closes
 }
 
 /// Refuse a close into `out` while another folder of its history `dir` holds a close made
 /// at the same `as_of`, unless `out` itself holds one (a rerun of that close, `--force` or
 /// not, beside a backup copy of it). A second close at one as-of would close and invoice
 /// every one of its account-periods again, into a second folder that later closes read as
-/// well: a typo in `--out`, or a `-rerun` suffix, bills a month twice.
-pub fn refuse_a_second_close(dir: &Path, out: &Path, as_of: Micros) -> Result<()> {
+/// well: a typo in `--out`, or a `-rerun` suffix, bills a month twice. `closes`: the
+/// closes under `dir` but `out` ([`closes_under`]).
+pub fn refuse_a_second_close(
+    closes: &[EarlierClose],
+    dir: &Path,
+    out: &Path,
+    as_of: Micros,
+) -> Result<()> {
     // `.` and `..` folded (`closes/x/../2026-12-01` is `closes/2026-12-01`, `x` or not).
-    let shown = out;
-    let out = &crate::normalised(out);
-    let rerun = out.join("manifest.json").is_file()
-        && close_as_of(&out.join("manifest.json"))?.is_some_and(|made| made == as_of);
+    let manifest = crate::normalised(out).join("manifest.json");
+    let rerun = manifest.is_file()
+        && close_as_of(&read_manifest(&manifest)?, &manifest)?.is_some_and(|made| made == as_of);
     if rerun {
         return Ok(());
     }
-    let closes = closes_under(dir, out)?;
     let Some(close) = closes.iter().find(|close| close.as_of == as_of) else {
         return Ok(());
     };
@@ -236,7 +248,7 @@ pub fn refuse_a_second_close(dir: &Path, out: &Path, as_of: Micros) -> Result<()
         "{} would be a second close at this as-of ({}): {} holds one, whose account-periods \
          it would invoice again; rerun into {} (a no-op; --force to redo it), or, to close \
          again on purpose, move it out of {} or give it a name starting with `_`",
-        shown.display(),
+        out.display(),
         crate::time::format_instant(as_of),
         close.folder.display(),
         close.folder.display(),
@@ -244,10 +256,9 @@ pub fn refuse_a_second_close(dir: &Path, out: &Path, as_of: Micros) -> Result<()
     )))
 }
 
-/// The as-of of the close whose `manifest.json` is at `path` (`None`: another tally
-/// output, or not tally's).
-fn close_as_of(path: &Path) -> Result<Option<Micros>> {
-    let manifest = read_manifest(path)?;
+/// The as-of of the close whose `manifest.json` (read from `path`) is `manifest` (`None`:
+/// another tally output, or not tally's).
+fn close_as_of(manifest: &serde_json::Value, path: &Path) -> Result<Option<Micros>> {
     if manifest["tool"] != "tally" || manifest["command"] != "close" {
         return Ok(None);
     }
@@ -274,9 +285,9 @@ fn read_manifest(path: &Path) -> Result<serde_json::Value> {
     })
 }
 
-/// Every close directly under `dir` but `exclude` and hidden folders (see [`load`]), with
-/// its as-of, in name order.
-fn closes_under(dir: &Path, exclude: &Path) -> Result<Vec<EarlierClose>> {
+/// Every close directly under `dir` but `exclude` (`.` and `..` folded) and hidden folders
+/// (see [`load`]), with its as-of and manifest, in name order.
+pub fn closes_under(dir: &Path, exclude: &Path) -> Result<Vec<EarlierClose>> {
     let mut closes = Vec::new();
     if !dir.is_dir() {
         return Ok(closes);
@@ -291,12 +302,16 @@ fn closes_under(dir: &Path, exclude: &Path) -> Result<Vec<EarlierClose>> {
         .filter(|p| p.join("manifest.json").is_file())
         .collect();
     folders.sort();
-    let exclude = exclude.canonicalize().ok();
+    let exclude = (!exclude.as_os_str().is_empty())
+        .then(|| crate::normalised(exclude).canonicalize().ok())
+        .flatten();
     for folder in folders {
         if folder.canonicalize().ok() == exclude && exclude.is_some() {
             continue;
         }
-        let Some(close_as_of) = close_as_of(&folder.join("manifest.json"))? else {
+        let path = folder.join("manifest.json");
+        let manifest = read_manifest(&path)?;
+        let Some(close_as_of) = close_as_of(&manifest, &path)? else {
             continue;
         };
         let name = folder
@@ -307,6 +322,7 @@ fn closes_under(dir: &Path, exclude: &Path) -> Result<Vec<EarlierClose>> {
             name,
             folder,
             as_of: close_as_of,
+            manifest,
         });
     }
     Ok(closes)
@@ -321,11 +337,21 @@ fn closes_under(dir: &Path, exclude: &Path) -> Result<Vec<EarlierClose>> {
 /// read: their periods are closed, whichever month is re-run. A `dir` that does not exist
 /// yet holds no closes (the first close; [`check_layout`] has put its output inside it).
 pub fn load(dir: &Path, exclude: &Path, as_of: Micros) -> Result<History> {
+    load_closes(closes_under(dir, exclude)?, as_of)
+}
+
+/// [`load`] of `closes`, listed by [`closes_under`] (a close lists them once, before its
+/// output's lock, to refuse a second close, and reads them after it).
+pub fn load_closes(closes: Vec<EarlierClose>, as_of: Micros) -> Result<History> {
     let mut history = History::default();
-    for EarlierClose { name, folder, .. } in earlier_closes(dir, exclude, as_of)? {
-        let manifest_path = folder.join("manifest.json");
-        let manifest = read_manifest(&manifest_path)?;
-        history.folders.push((name, manifest_path));
+    for close in read_at(closes, as_of) {
+        let EarlierClose {
+            name,
+            folder,
+            manifest,
+            ..
+        } = close;
+        history.folders.push((name, folder.join("manifest.json")));
         let invoices = folder.join("invoices.parquet");
         let mut invoice_rows = 0u64;
         read_columns(&invoices, &mut |batch| {

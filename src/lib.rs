@@ -395,16 +395,28 @@ pub fn lock_output(out: &Path) -> Result<OutputLock> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let path = parent.join(format!(".{name}.tally-lock"));
-    let Some(file) = open_lock_file(&path)? else {
-        return Ok(OutputLock { _file: None });
-    };
-    match file.try_lock() {
-        Ok(()) => Ok(OutputLock { _file: Some(file) }),
-        Err(std::fs::TryLockError::WouldBlock) => Err(TallyError::Refused(format!(
+    take_lock(&path, false, || {
+        format!(
             "another tally run is writing {} right now; wait for it to finish",
             out.display()
-        ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(TallyError::write(&path, e)),
+        )
+    })
+}
+
+/// Lock the file at `path` (created if need be), `shared` or exclusive, without waiting:
+/// held by another run, refused with `busy`'s words (exit 3).
+fn take_lock(path: &Path, shared: bool, busy: impl FnOnce() -> String) -> Result<OutputLock> {
+    let Some(file) = open_lock_file(path)? else {
+        return Ok(OutputLock { _file: None });
+    };
+    let locked = match shared {
+        true => file.try_lock_shared(),
+        false => file.try_lock(),
+    };
+    match locked {
+        Ok(()) => Ok(OutputLock { _file: Some(file) }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(TallyError::Refused(busy())),
+        Err(std::fs::TryLockError::Error(e)) => Err(TallyError::write(path, e)),
     }
 }
 
@@ -417,24 +429,14 @@ pub fn lock_output(out: &Path) -> Result<OutputLock> {
 /// share it (`shared`), and keep closes on one machine out while they run.
 pub(crate) fn lock_history(dir: &Path, shared: bool) -> Result<OutputLock> {
     std::fs::create_dir_all(dir).map_err(|e| TallyError::write(dir, e))?;
-    let path = dir.join(".tally-history.lock");
-    let Some(file) = open_lock_file(&path)? else {
-        return Ok(OutputLock { _file: None });
-    };
-    let locked = match shared {
-        true => file.try_lock_shared(),
-        false => file.try_lock(),
-    };
-    match locked {
-        Ok(()) => Ok(OutputLock { _file: Some(file) }),
-        Err(std::fs::TryLockError::WouldBlock) => Err(TallyError::Refused(format!(
+    take_lock(&dir.join(".tally-history.lock"), shared, || {
+        format!(
             "another tally close is running under the history folder {} right now (closes of \
              one history run one at a time, each reading the closes before it); wait for it \
              to finish",
             dir.display()
-        ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(TallyError::write(&path, e)),
-    }
+        )
+    })
 }
 
 /// What every run holds before it computes: the output lock, the history folder's lock
@@ -491,22 +493,20 @@ pub(crate) fn prepare(req: &JobRequest, out: &Path) -> Result<Prepared> {
     refuse_out_inside_a_dataset(&req.data, &req.out)?;
     // The history's checks come before the output's lock, which makes the output's parent
     // folder (and a shard's `OUT.shards/`): a refused run leaves nothing behind.
-    let history_lock = match &req.history {
+    let (history_lock, closes) = match &req.history {
         Some(dir) => {
             history::check_layout(dir, &req.out)?;
             let history_lock = lock_history(dir, req.shard.is_some())?;
-            history::refuse_a_second_close(dir, &req.out, req.as_of)?;
-            Some(history_lock)
+            let closes = history::closes_under(dir, &req.out)?;
+            history::refuse_a_second_close(&closes, dir, &req.out, req.as_of)?;
+            (Some(history_lock), closes)
         }
-        None => None,
+        None => (None, Vec::new()),
     };
     let lock = lock_output(out)?;
     check_replaceable(out)?;
     refuse_reconcile_over_close(req)?;
-    let history = match &req.history {
-        Some(dir) => history::load(dir, &req.out, req.as_of)?,
-        None => history::History::default(),
-    };
+    let history = history::load_closes(closes, req.as_of)?;
     Ok(Prepared {
         _lock: lock,
         _history_lock: history_lock,

@@ -1202,7 +1202,6 @@ fn where_to_look(e: &clap::Error) -> String {
     use clap::CommandFactory;
     let cli = Cli::command();
     let unknown = unknown_long_flag(e);
-    let takes = takes_flag;
     // clap's error does not say which command it was parsing: parse again, errors ignored
     // (the arguments as the OS gave them: a name that is not UTF-8 must not panic here).
     let parsed = (cli.clone().ignore_errors(true))
@@ -1211,7 +1210,7 @@ fn where_to_look(e: &clap::Error) -> String {
         .and_then(|m| m.subcommand_name().map(str::to_string));
     let flag_of = |flag: &str| {
         let others: Vec<&str> = (cli.get_subcommands())
-            .filter(|c| takes(c, flag))
+            .filter(|c| takes_flag(c, flag))
             .map(|c| c.get_name())
             .collect();
         match others.as_slice() {
@@ -1241,7 +1240,7 @@ fn where_to_look(e: &clap::Error) -> String {
         let meant = (0..args.len()).find_map(|i| {
             let value_of_a_flag = i > 0 && takes_value(&args[i - 1]);
             let c = cli.find_subcommand(&args[i]).filter(|_| !value_of_a_flag)?;
-            takes(c, flag).then(|| c.get_name().to_string())
+            takes_flag(c, flag).then(|| c.get_name().to_string())
         });
         return match meant {
             Some(command) => {

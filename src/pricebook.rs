@@ -731,7 +731,12 @@ effective_from = 2026-06-01T00:00:00Z
 
     /// A rate's minimum and one increment (increment × credits_per_unit) must stay below
     /// 10^15 credits, what a credit amount holds: at the limit's last thousandth they are
-    /// read, at 10^15 refused.
+    /// read, at 10^15 refused. The contract: "credits = max(minimum, ceil(quantity /
+    /// increment) × increment × credits_per_unit)" (section 3), and "Credits are written as
+    /// DECIMAL(18,3)" (section 6): any quantity above 0 costs at least one increment, so a
+    /// rate past either bound prices no such event within what can be written. (Stricter
+    /// than the contract for quantity-0 events, which cost the minimum alone: README,
+    /// "Inputs".)
     #[test]
     fn a_rates_minimum_and_one_increment_stay_below_10_to_the_15_credits() {
         let veo = |increment: &str, cpu: &str, minimum: &str| {

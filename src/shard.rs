@@ -62,6 +62,14 @@ pub struct ShardManifest {
     pub read_history: bool,
 }
 
+impl ShardManifest {
+    /// Whether the shards ran with `--history`: said by `read_history`, and by the earlier
+    /// closes listed as `history/...` inputs in shards of a build before that field.
+    fn reads_history(&self) -> bool {
+        self.read_history || (self.inputs.iter()).any(|f| f.path.starts_with("history/"))
+    }
+}
+
 /// Where the shards of the run publishing `out` go: `OUT.shards` beside it.
 pub fn shards_root(out: &Path) -> PathBuf {
     let mut name = out
@@ -492,12 +500,8 @@ fn missing_shards(
     if first.buckets != crate::pipeline::AUTOMATIC_BUCKETS {
         settings.push_str(&format!(" --buckets {}", first.buckets));
     }
-    // A close run with --history says so (and lists the earlier closes it read as
-    // `history/...` inputs, which shards of an older build are known by); its history
-    // folder is the one its output is directly inside (the close checks that).
-    let read_history =
-        first.read_history || (first.inputs.iter()).any(|f| f.path.starts_with("history/"));
-    if read_history {
+    // Its history folder is the one its output is directly inside (the close checks that).
+    if first.reads_history() {
         // `--out c2` is inside the working folder: its history folder is `.`.
         let history = crate::write::folder_of(&req.out).display().to_string();
         settings.push_str(&format!(" --history {}", shell_word(&history)));
@@ -676,9 +680,7 @@ pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
     // A close whose shards read a history: its folder is the one `--out` is directly
     // inside (the shards checked that). The merge publishes into it, so it takes the
     // history's lock as a close on one machine does.
-    let read_history =
-        first.read_history || (first.inputs.iter()).any(|f| f.path.starts_with("history/"));
-    let history = read_history.then(|| write::folder_of(&req.out));
+    let history = first.reads_history().then(|| write::folder_of(&req.out));
     let _history_lock = match &history {
         Some(dir) => Some(crate::lock_history(dir, false)?),
         None => None,
@@ -742,9 +744,9 @@ fn check_history_unchanged(
     as_of: Micros,
     inputs: &[FileEntry],
 ) -> Result<()> {
-    crate::history::refuse_a_second_close(dir, out, as_of)?;
-    let closes = crate::history::earlier_closes(dir, out, as_of)?;
-    let folders: Vec<(String, PathBuf)> = (closes.into_iter())
+    let closes = crate::history::closes_under(dir, out)?;
+    crate::history::refuse_a_second_close(&closes, dir, out, as_of)?;
+    let folders: Vec<(String, PathBuf)> = (crate::history::read_at(closes, as_of).into_iter())
         .map(|c| (c.name, c.folder.join("manifest.json")))
         .collect();
     let key = |f: &FileEntry| (f.path.clone(), f.sha256.clone());

@@ -327,7 +327,8 @@ fn usage_empty_file_is_exit_2() {
 }
 
 /// Bytes that are not UTF-8 in a string column are the export's encoding, said so (the
-/// reader's words were taken for a damaged file: "corrupt or truncated ... restore the file").
+/// reader's words were taken for a damaged file: "corrupt or truncated ... restore the
+/// file"). Contract section 2: "Strings: UTF8 (dictionary-encoded or not)".
 #[test]
 fn usage_non_utf8_string_is_exit_2_naming_the_encoding() {
     assert_input_refused(

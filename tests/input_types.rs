@@ -32,7 +32,8 @@ enum Encoding {
     Dictionary,
     /// Amounts as dictionaries of DECIMAL(38, 3), which a writer stores as fixed-length
     /// bytes (pyarrow's `dictionary_encode()` of a DECIMAL column): the reader has no
-    /// dictionary decoder for those, so tally asks for the values.
+    /// dictionary decoder for those, so tally asks for the values. Contract section 2:
+    /// "Credit amounts and quantities: INT32/INT64, DECIMAL(p, s) or DOUBLE".
     DecimalDictionary,
     /// Every string as LARGE UTF8.
     LargeStrings,
