@@ -4,14 +4,14 @@
 
 use crate::amount::Milli;
 use crate::close::{self, ClosedPeriod, InvoiceLineRow, InvoiceRow, PeriodFigures, RenewalRow};
-use crate::consume::{self, ByKind, GrantBalance};
+use crate::consume::{self, ByKind, GrantBalance, PeriodConsumption};
 use crate::error::{Result, TallyError};
 use crate::model::*;
 use crate::price::{Price, RateTable};
 use crate::pricebook::{Overage, PriceBook};
 use crate::reconcile::{self, DiscrepancyRow, Kind};
 use crate::time::Micros;
-use crate::window::{AccountWork, BucketWork, PeriodWork};
+use crate::window::{AccountWork, BucketWork, EventWork, PeriodWork};
 use std::collections::BTreeMap;
 
 /// Settings shared by every account of a run.
@@ -323,6 +323,17 @@ struct AccountState<'w> {
     slot: rustc_hash::FxHashMap<&'w str, usize>,
 }
 
+impl AccountState<'_> {
+    /// Keep what a period's consumption left of each grant for the account's later periods.
+    fn keep_remaining(&mut self, grants_after: &[GrantBalance]) {
+        for g in grants_after {
+            if let Some(id) = &g.grant_id {
+                self.balances[self.slot[id.as_str()]].remaining = g.remaining;
+            }
+        }
+    }
+}
+
 fn process_period(
     ctx: &RunContext<'_>,
     group: &BucketWork<'_>,
@@ -332,22 +343,143 @@ fn process_period(
     mix: &mut crate::breakdown::SkuMix,
     trace: Option<&mut Vec<PeriodTrace>>,
 ) -> Result<Option<ClosedPeriod>> {
-    let account = state.account;
-    let balances = &mut state.balances;
     let alloc = period.allocation;
-    let plan = &ctx.book.plans[&alloc.plan_id];
     let events = &group.events[period.events.clone()];
     let unattached = &group.unattached[period.unattached.clone()];
-    let dicts = ctx.dicts;
-    // Each event's price and its rate's unit bit, from one rate lookup.
-    let (prices, unit_bits): (Vec<Price>, Vec<u64>) = events
+    let priced = price_events(ctx, group, events)?;
+    let consumed = consume_period(
+        alloc,
+        &state.balances,
+        events,
+        &priced.prices,
+        trace.is_some(),
+    )?;
+    state.keep_remaining(&consumed.consumption.grants_after);
+
+    let mut sums = PeriodSums::new(ctx, alloc, state.account, events.len());
+    if sums.billed_invoice_id.is_some() {
+        // Sized for the period at once: grown row by row, the vectors of a 100M-event
+        // close copied their billed events about twice over into fresh memory. (Not
+        // `reserve_exact`: an account's later periods then grow it geometrically.)
+        result.billed_events.reserve(events.len());
+    }
+    let mut event_traces: Vec<EventTrace> = Vec::new();
+    let mut draws_by_event = consumed.draws_by_event(events.len());
+    for (i, event) in events.iter().enumerate() {
+        let seen = EventSeen {
+            price: priced.prices[i],
+            unit_bit: priced.unit_bits[i],
+            overage: consumed.overage_of[i],
+        };
+        let (verdict, kinds) = reconcile_event(ctx, group, event, seen, &mut sums, result, mix)?;
+        if trace.is_some() {
+            let draws = std::mem::take(&mut draws_by_event[i]);
+            event_traces.push(event_trace(ctx, group, event, seen, draws, verdict, kinds)?);
+        }
+    }
+    reconcile_unattached(ctx, group, unattached, &mut sums, result)?;
+
+    let conserved = check_conservation(alloc, &consumed.consumption, sums.credits_used)?;
+    if let Some(trace) = trace {
+        trace.push(period_trace(
+            ctx,
+            group,
+            alloc,
+            &consumed,
+            event_traces,
+            unattached,
+        )?);
+    }
+    let mut totals = sums.totals;
+    totals.recorded_credits = sums.recorded;
+    totals.granted_credits = conserved.granted;
+    totals.consumed_credits = conserved.consumed;
+    totals.overage_credits = consumed.consumption.overage;
+    totals.remaining_credits = conserved.remaining;
+    let lines = invoice_lines_by_key(ctx.dicts, sums.line_totals);
+    let closed = match ctx.mode {
+        Mode::Reconcile => {
+            result
+                .balances
+                .push(balance_row(alloc, consumed.consumption));
+            None
+        }
+        Mode::Close => {
+            let figures = PeriodFigures {
+                consumption: &consumed.consumption,
+                lines,
+                credits_used: sums.credits_used,
+                recorded: sums.recorded,
+            };
+            let closed = close::close_period(ctx.book, alloc, figures)?;
+            check_renewal_accounts_for_remaining(alloc, &closed.renewal, conserved.remaining)?;
+            totals.expired_credits = closed.renewal.expired_credits;
+            totals.rollover_credits = closed.renewal.rollover_credits;
+            totals.carried_credits = closed.renewal.carried_grant_credits;
+            Some(closed)
+        }
+    };
+    result.totals.add(&totals)?;
+    Ok(closed)
+}
+
+/// Each event's price and its rate's unit bit (for the credits-by-product mix), from one
+/// rate lookup an event.
+struct PricedEvents {
+    prices: Vec<Price>,
+    unit_bits: Vec<u64>,
+}
+
+fn price_events(
+    ctx: &RunContext<'_>,
+    group: &BucketWork<'_>,
+    events: &[EventWork],
+) -> Result<PricedEvents> {
+    let (prices, unit_bits) = events
         .iter()
         .map(|e| ctx.rates.price_and_unit(&e.usage, group.usage_ids))
         .collect::<Result<Vec<_>>>()?
         .into_iter()
         .unzip();
+    Ok(PricedEvents { prices, unit_bits })
+}
 
-    // Consume: the plan plus every grant effective at some instant of the whole period.
+/// What consuming a period's charges left: the consumption, each event's overage, and
+/// (when traced) every draw with the event it was for.
+struct ConsumedPeriod {
+    consumption: PeriodConsumption,
+    /// By event (zero for an event that charged nothing).
+    overage_of: Vec<Milli>,
+    /// Every draw in consumption order (traced runs only).
+    draws: Vec<consume::Draw>,
+    /// The event of each charge: `charged_event[draw.charge]`.
+    charged_event: Vec<usize>,
+    traced: bool,
+}
+
+impl ConsumedPeriod {
+    /// The draws of each of the period's `events` events (traced runs; empty otherwise).
+    fn draws_by_event(&self, events: usize) -> Vec<Vec<consume::Draw>> {
+        if !self.traced {
+            return Vec::new();
+        }
+        let mut by_event = vec![Vec::new(); events];
+        for d in &self.draws {
+            by_event[self.charged_event[d.charge]].push(*d);
+        }
+        by_event
+    }
+}
+
+/// Consume the period's charges from the plan plus every grant effective at some instant of
+/// the whole period.
+fn consume_period(
+    alloc: &AllocationRow,
+    balances: &[GrantBalance],
+    events: &[EventWork],
+    prices: &[Price],
+    traced: bool,
+) -> Result<ConsumedPeriod> {
     let mut pool = vec![GrantBalance::plan(
         alloc.included_credits,
         alloc.period_start,
@@ -359,220 +491,353 @@ fn process_period(
             .filter(|g| g.overlaps(alloc.period_start, alloc.period_end))
             .cloned(),
     );
-    let charged: Vec<(usize, Micros, Milli)> = prices
-        .iter()
-        .enumerate()
-        .filter_map(|(i, p)| match p {
-            Price::Charged(c) if c.is_positive() => {
-                let event = &events[i];
-                // A late event is billed in this period: it draws on this period's grants
-                // as if it occurred at the period start (it sorts first: it occurred
-                // before the start).
-                let at = match event.late_from() {
-                    Some(_) => alloc.period_start,
-                    None => event.usage.occurred_at,
-                };
-                Some((i, at, *c))
+    let mut charged_event: Vec<usize> = Vec::new();
+    let mut charges: Vec<(Micros, Milli)> = Vec::new();
+    for (i, (event, price)) in events.iter().zip(prices).enumerate() {
+        if let Price::Charged(credits) = price {
+            if !credits.is_positive() {
+                continue;
             }
-            _ => None,
-        })
-        .collect();
-    let charges: Vec<(Micros, Milli)> = charged.iter().map(|&(_, t, c)| (t, c)).collect();
+            // A late event is billed in this period: it draws on this period's grants as
+            // if it occurred at the period start (it sorts first: it occurred before the
+            // start).
+            let at = match event.late_from() {
+                Some(_) => alloc.period_start,
+                None => event.usage.occurred_at,
+            };
+            charged_event.push(i);
+            charges.push((at, *credits));
+        }
+    }
     let mut draws: Vec<consume::Draw> = Vec::new();
-    let consumption = if trace.is_some() {
+    let consumption = if traced {
         consume::consume_traced(pool, &charges, |d| draws.push(d))?
     } else {
         consume::consume(pool, &charges)?
     };
-    let mut event_traces: Vec<EventTrace> = Vec::new();
-    let mut draws_by_event: Vec<Vec<consume::Draw>> = match trace {
-        Some(_) => vec![Vec::new(); events.len()],
-        None => Vec::new(),
-    };
-    for d in &draws {
-        draws_by_event[charged[d.charge].0].push(*d);
-    }
-    for g in &consumption.grants_after {
-        if let Some(id) = &g.grant_id {
-            balances[state.slot[id.as_str()]].remaining = g.remaining;
-        }
-    }
     let mut overage_of = vec![Milli::ZERO; events.len()];
-    for (&(i, _, _), &overage) in charged.iter().zip(&consumption.overage_of) {
+    for (&i, &overage) in charged_event.iter().zip(&consumption.overage_of) {
         overage_of[i] = overage;
     }
+    Ok(ConsumedPeriod {
+        consumption,
+        overage_of,
+        draws,
+        charged_event,
+        traced,
+    })
+}
 
-    // Reconcile every event, then every unattached entry.
-    let mut totals = Totals {
-        account_periods: 1,
-        events_in_window: events.len() as u64,
-        ..Totals::default()
-    };
-    let mut recorded_period = Milli::ZERO;
-    let mut credits_used = Milli::ZERO;
-    let mut line_totals: rustc_hash::FxHashMap<LineOf, close::LineTotals> =
-        rustc_hash::FxHashMap::default();
-    // Billed events of one invoice share its id.
-    let billed_invoice_id: Option<crate::model::Shared> = (ctx.mode == Mode::Close)
-        .then(|| close::invoice_id(&alloc.account_id, alloc.period_start).into());
-    let account_shared = dicts.account(account);
-    if billed_invoice_id.is_some() {
-        // Sized for the period at once: grown row by row, the vectors of a 100M-event
-        // close copied their billed events about twice over into fresh memory. (Not
-        // `reserve_exact`: an account's later periods then grow it geometrically.)
-        result.billed_events.reserve(events.len());
+/// What an event brings to its period's reconciliation besides its rows.
+#[derive(Clone, Copy)]
+struct EventSeen {
+    price: Price,
+    /// Its rate's unit bit, for the credits-by-product mix.
+    unit_bit: u64,
+    /// Credits of it that no grant covered.
+    overage: Milli,
+}
+
+/// What a period's events and entries add up to as they are reconciled one by one.
+struct PeriodSums<'a> {
+    alloc: &'a AllocationRow,
+    /// The plan blocks usage past its credits (such events are reported `over_limit_usage`).
+    blocks_overage: bool,
+    totals: Totals,
+    /// Net recorded credits of the period's events and unattached entries.
+    recorded: Milli,
+    /// Σ charged credits of its events.
+    credits_used: Milli,
+    /// Close only: the invoice lines' figures.
+    line_totals: rustc_hash::FxHashMap<LineOf, close::LineTotals>,
+    /// Close only: the invoice id, which billed events of one invoice share.
+    billed_invoice_id: Option<crate::model::Shared>,
+    account_id: crate::model::Shared,
+}
+
+impl<'a> PeriodSums<'a> {
+    fn new(
+        ctx: &RunContext<'_>,
+        alloc: &'a AllocationRow,
+        account: u32,
+        events: usize,
+    ) -> PeriodSums<'a> {
+        PeriodSums {
+            alloc,
+            blocks_overage: ctx.book.plans[&alloc.plan_id].overage == Overage::Block,
+            totals: Totals {
+                account_periods: 1,
+                events_in_window: events as u64,
+                ..Totals::default()
+            },
+            recorded: Milli::ZERO,
+            credits_used: Milli::ZERO,
+            line_totals: rustc_hash::FxHashMap::default(),
+            billed_invoice_id: (ctx.mode == Mode::Close)
+                .then(|| close::invoice_id(&alloc.account_id, alloc.period_start).into()),
+            account_id: ctx.dicts.account(account).clone(),
+        }
     }
-    for (i, event) in events.iter().enumerate() {
+
+    /// Add a billed event to its invoice line (a late event to its prior-period line).
+    fn add_to_line(
+        &mut self,
+        ctx: &RunContext<'_>,
+        event: &EventWork,
+        credits: Milli,
+    ) -> Result<()> {
         let u = &event.usage;
-        let price = prices[i];
-        let entries = &group.entries[event.entries()];
-        let verdict = reconcile::classify(u, price, entries, ctx.settle_from)?;
-        totals.entries_in_window += entries.len() as u64;
-        recorded_period = recorded_period.checked_add(verdict.recorded)?;
-        // The mix sums a bucket's accounts together: past the range, that is the run's
-        // totals, not this account-period's.
-        mix.add(u, price, verdict.recorded, unit_bits[i])
-            .map_err(TallyError::in_run_totals)?;
-        if let Some(expected) = price.expected() {
-            totals.expected_credits = totals.expected_credits.checked_add(expected)?;
+        let line = self
+            .line_totals
+            .entry((u.sku, event.late_from().is_some()))
+            .or_insert((0, Milli::ZERO, Milli::ZERO));
+        line.0 += 1;
+        // A quantity, not credits: named as such, not as the period's credits sum.
+        line.1 = line.1.checked_add(u.quantity()).map_err(|_| {
+            TallyError::Overflow(format!(
+                "{}: the quantities of its {} events sum past what \
+                 invoice_lines.quantity holds (999999999999999.999, DECIMAL(18,3)): \
+                 {} + {}; check those events' quantities, then rerun",
+                period_place(self.alloc),
+                sku_place(ctx.dicts, u.sku),
+                line.1,
+                u.quantity()
+            ))
+        })?;
+        line.2 = line.2.checked_add(credits)?;
+        Ok(())
+    }
+}
+
+/// Reconcile one event of the period: add it to the sums and the mix, list it as billed
+/// (close), and write its discrepancy rows. Returns its verdict and kinds (for a trace).
+fn reconcile_event(
+    ctx: &RunContext<'_>,
+    group: &BucketWork<'_>,
+    event: &EventWork,
+    seen: EventSeen,
+    sums: &mut PeriodSums<'_>,
+    result: &mut AccountResult,
+    mix: &mut crate::breakdown::SkuMix,
+) -> Result<(reconcile::EventVerdict, Kinds)> {
+    let u = &event.usage;
+    let price = seen.price;
+    let entries = &group.entries[event.entries()];
+    let verdict = reconcile::classify(u, price, entries, ctx.settle_from)?;
+    sums.totals.entries_in_window += entries.len() as u64;
+    sums.recorded = sums.recorded.checked_add(verdict.recorded)?;
+    // The mix sums a bucket's accounts together: past the range, that is the run's
+    // totals, not this account-period's.
+    mix.add(u, price, verdict.recorded, seen.unit_bit)
+        .map_err(TallyError::in_run_totals)?;
+    if let Some(expected) = price.expected() {
+        sums.totals.expected_credits = sums.totals.expected_credits.checked_add(expected)?;
+    }
+    if let Price::Charged(credits) = price {
+        sums.credits_used = sums.credits_used.checked_add(credits)?;
+    }
+    if let Some(invoice_id) = &sums.billed_invoice_id {
+        // Every event of the period is listed, the unbilled with no credits; the billed
+        // ones also make the invoice lines (a late event a prior-period line).
+        let billed = match price {
+            Price::Charged(credits) => Some(credits),
+            Price::NotChargeable | Price::Unpriced => None,
+        };
+        result.billed_events.push(BilledEventRow {
+            invoice_id: invoice_id.clone(),
+            event_id: group.usage_ids.id(u.id)?,
+            account_id: sums.account_id.clone(),
+            occurred_at: u.occurred_at,
+            credits: billed,
+        });
+        if let Some(credits) = billed {
+            sums.add_to_line(ctx, event, credits)?;
         }
-        if let Price::Charged(credits) = price {
-            credits_used = credits_used.checked_add(credits)?;
-        }
-        if let Some(invoice_id) = &billed_invoice_id {
-            // Every event of the period is listed, the unbilled with no credits; the billed
-            // ones also make the invoice lines (a late event a prior-period line).
-            let billed = match price {
-                Price::Charged(credits) => Some(credits),
-                Price::NotChargeable | Price::Unpriced => None,
-            };
-            result.billed_events.push(BilledEventRow {
-                invoice_id: invoice_id.clone(),
-                event_id: group.usage_ids.id(u.id)?,
-                account_id: account_shared.clone(),
-                occurred_at: u.occurred_at,
-                credits: billed,
-            });
-            if let Some(credits) = billed {
-                let line = line_totals
-                    .entry((u.sku, event.late_from().is_some()))
-                    .or_insert((0, Milli::ZERO, Milli::ZERO));
-                line.0 += 1;
-                // A quantity, not credits: named as such, not as the period's credits sum.
-                line.1 = line.1.checked_add(u.quantity()).map_err(|_| {
-                    TallyError::Overflow(format!(
-                        "{}: the quantities of its {} events sum past what \
-                         invoice_lines.quantity holds (999999999999999.999, DECIMAL(18,3)): \
-                         {} + {}; check those events' quantities, then rerun",
-                        period_place(alloc),
-                        sku_place(ctx.dicts, u.sku),
-                        line.1,
-                        u.quantity()
-                    ))
-                })?;
-                line.2 = line.2.checked_add(credits)?;
-            }
-        }
-        if verdict.pending {
-            totals.pending_events += 1;
-        } else if verdict.primary.is_none() {
-            totals.matched_events += 1;
-        }
-        let mut kinds: smallvec::SmallVec<[Kind; 4]> = verdict.primary.into_iter().collect();
-        if u.conflicting() {
-            kinds.push(Kind::ConflictingDuplicate);
-        }
-        if plan.overage == Overage::Block && overage_of[i].is_positive() {
-            kinds.push(Kind::OverLimitUsage);
-        }
-        if event.late_from().is_some() {
-            kinds.push(Kind::LateEvent);
-        }
-        if trace.is_some() {
-            let draws_of_event = std::mem::take(&mut draws_by_event[i]);
-            event_traces.push(EventTrace {
-                work: TracedWork {
-                    usage: UsageRow::from_compact(u, dicts, group.usage_ids)?,
-                    entries: entries
-                        .iter()
-                        .map(|d| DebitRow::from_compact(d, dicts, group.debit_ids))
-                        .collect::<Result<_>>()?,
-                    conflicting: u.conflicting(),
-                    late_from: event.late_from(),
-                },
-                price,
-                draws: draws_of_event,
-                overage: overage_of[i],
-                verdict: verdict.clone(),
-                kinds: kinds.to_vec(),
-            });
-        }
-        for kind in kinds {
-            result.discrepancies.push(reconcile::event_row(
+    }
+    if verdict.pending {
+        sums.totals.pending_events += 1;
+    } else if verdict.primary.is_none() {
+        sums.totals.matched_events += 1;
+    }
+    let kinds = event_kinds(
+        event,
+        &verdict,
+        sums.blocks_overage && seen.overage.is_positive(),
+    );
+    for &kind in &kinds {
+        result.discrepancies.push(reconcile::event_row(
+            kind,
+            u,
+            price,
+            entries,
+            verdict.recorded,
+            ctx.dicts,
+            (group.usage_ids, group.debit_ids),
+        )?);
+    }
+    Ok((verdict, kinds))
+}
+
+/// An event's discrepancy kinds, in the order its rows are written.
+type Kinds = smallvec::SmallVec<[Kind; 4]>;
+
+fn event_kinds(event: &EventWork, verdict: &reconcile::EventVerdict, over_limit: bool) -> Kinds {
+    let mut kinds: Kinds = verdict.primary.into_iter().collect();
+    if event.usage.conflicting() {
+        kinds.push(Kind::ConflictingDuplicate);
+    }
+    if over_limit {
+        kinds.push(Kind::OverLimitUsage);
+    }
+    if event.late_from().is_some() {
+        kinds.push(Kind::LateEvent);
+    }
+    kinds
+}
+
+/// Reconcile the entries attached to no event.
+fn reconcile_unattached(
+    ctx: &RunContext<'_>,
+    group: &BucketWork<'_>,
+    unattached: &[Debit],
+    sums: &mut PeriodSums<'_>,
+    result: &mut AccountResult,
+) -> Result<()> {
+    for entry in unattached {
+        sums.totals.entries_in_window += 1;
+        sums.recorded = sums.recorded.checked_add(entry.signed_credits())?;
+        if let Some(kind) = reconcile::unattached_kind(entry) {
+            result.discrepancies.push(reconcile::entry_row(
                 kind,
-                u,
-                price,
-                entries,
-                verdict.recorded,
-                dicts,
-                (group.usage_ids, group.debit_ids),
+                entry,
+                ctx.dicts,
+                group.debit_ids,
             )?);
         }
     }
-    for entry in unattached {
-        totals.entries_in_window += 1;
-        recorded_period = recorded_period.checked_add(entry.signed_credits())?;
-        if let Some(kind) = reconcile::unattached_kind(entry) {
-            result
-                .discrepancies
-                .push(reconcile::entry_row(kind, entry, dicts, group.debit_ids)?);
-        }
-    }
-    totals.recorded_credits = recorded_period;
+    Ok(())
+}
 
-    // Conservation, checked on independent sums before anything is published.
+/// A period's grant sums, checked to conserve credits.
+struct Conserved {
+    granted: Milli,
+    consumed: Milli,
+    remaining: Milli,
+}
+
+/// Conservation, checked on independent sums before anything is published.
+fn check_conservation(
+    alloc: &AllocationRow,
+    consumption: &PeriodConsumption,
+    credits_used: Milli,
+) -> Result<Conserved> {
     let granted = consume::sum_kinds(&consumption.granted)?;
     let consumed = consume::sum_kinds(&consumption.consumed)?;
     let remaining = Milli::sum(consumption.grants_after.iter().map(|g| g.remaining))?;
-    let place = || period_place(alloc);
     invariant(
         credits_used == consumed.checked_add(consumption.overage)?,
-        || format!("{}: credits used ≠ consumed + overage", place()),
+        || format!("{}: credits used ≠ consumed + overage", period_place(alloc)),
     )?;
     invariant(granted == consumed.checked_add(remaining)?, || {
-        format!("{}: granted ≠ consumed + remaining", place())
+        format!("{}: granted ≠ consumed + remaining", period_place(alloc))
     })?;
-    if let Some(trace) = trace {
-        let mut grants: Vec<(GrantBalance, Milli)> = consumption
-            .grants_after
-            .iter()
-            .map(|g| (g.clone(), g.remaining))
-            .collect();
-        for d in &draws {
-            grants[d.grant].1 = grants[d.grant].1.checked_add(d.taken)?;
-        }
-        trace.push(PeriodTrace {
-            allocation: alloc.clone(),
-            grants,
-            events: event_traces,
-            unattached: unattached
-                .iter()
-                .map(|e| {
-                    Ok((
-                        DebitRow::from_compact(e, dicts, group.debit_ids)?,
-                        reconcile::unattached_kind(e),
-                    ))
-                })
-                .collect::<Result<_>>()?,
-        });
-    }
-    totals.granted_credits = granted;
-    totals.consumed_credits = consumed;
-    totals.overage_credits = consumption.overage;
-    totals.remaining_credits = remaining;
+    Ok(Conserved {
+        granted,
+        consumed,
+        remaining,
+    })
+}
 
-    // Lines by (product, action, model with null last) as strings: the order of
-    // `invoice_lines`.
+/// A close's renewal accounts for every credit the period left.
+fn check_renewal_accounts_for_remaining(
+    alloc: &AllocationRow,
+    renewal: &RenewalRow,
+    remaining: Milli,
+) -> Result<()> {
+    let accounted = Milli::sum([
+        renewal.expired_credits,
+        renewal.rollover_credits,
+        renewal.carried_grant_credits,
+    ])?;
+    invariant(remaining == accounted, || {
+        format!(
+            "{}: remaining ≠ expired + rolled over + carried",
+            period_place(alloc)
+        )
+    })
+}
+
+/// One event as `tally explain` shows it.
+fn event_trace(
+    ctx: &RunContext<'_>,
+    group: &BucketWork<'_>,
+    event: &EventWork,
+    seen: EventSeen,
+    draws: Vec<consume::Draw>,
+    verdict: reconcile::EventVerdict,
+    kinds: Kinds,
+) -> Result<EventTrace> {
+    let u = &event.usage;
+    Ok(EventTrace {
+        work: TracedWork {
+            usage: UsageRow::from_compact(u, ctx.dicts, group.usage_ids)?,
+            entries: group.entries[event.entries()]
+                .iter()
+                .map(|d| DebitRow::from_compact(d, ctx.dicts, group.debit_ids))
+                .collect::<Result<_>>()?,
+            conflicting: u.conflicting(),
+            late_from: event.late_from(),
+        },
+        price: seen.price,
+        draws,
+        overage: seen.overage,
+        verdict,
+        kinds: kinds.to_vec(),
+    })
+}
+
+/// One account-period as `tally explain` shows it.
+fn period_trace(
+    ctx: &RunContext<'_>,
+    group: &BucketWork<'_>,
+    alloc: &AllocationRow,
+    consumed: &ConsumedPeriod,
+    events: Vec<EventTrace>,
+    unattached: &[Debit],
+) -> Result<PeriodTrace> {
+    // Each grant with its credits at the start of the period: what it has left plus what
+    // was drawn from it.
+    let mut grants: Vec<(GrantBalance, Milli)> = consumed
+        .consumption
+        .grants_after
+        .iter()
+        .map(|g| (g.clone(), g.remaining))
+        .collect();
+    for d in &consumed.draws {
+        grants[d.grant].1 = grants[d.grant].1.checked_add(d.taken)?;
+    }
+    Ok(PeriodTrace {
+        allocation: alloc.clone(),
+        grants,
+        events,
+        unattached: unattached
+            .iter()
+            .map(|e| {
+                Ok((
+                    DebitRow::from_compact(e, ctx.dicts, group.debit_ids)?,
+                    reconcile::unattached_kind(e),
+                ))
+            })
+            .collect::<Result<_>>()?,
+    })
+}
+
+/// Lines by (product, action, model with null last) as strings: the order of
+/// `invoice_lines`.
+fn invoice_lines_by_key(
+    dicts: &crate::dict::Dicts,
+    line_totals: rustc_hash::FxHashMap<LineOf, close::LineTotals>,
+) -> BTreeMap<close::LineKey, close::LineTotals> {
     let mut lines: BTreeMap<close::LineKey, close::LineTotals> = BTreeMap::new();
     for ((sku, late), figures) in line_totals {
         let product = match late {
@@ -587,45 +852,18 @@ fn process_period(
             figures,
         );
     }
-    let closed = match ctx.mode {
-        Mode::Reconcile => {
-            result.balances.push(BalanceRow {
-                account_id: alloc.account_id.clone(),
-                plan_id: alloc.plan_id.clone(),
-                period_start: alloc.period_start,
-                period_end: alloc.period_end,
-                granted: consumption.granted,
-                used: consumption.consumed,
-                overage: consumption.overage,
-            });
-            None
-        }
-        Mode::Close => {
-            let closed = close::close_period(
-                ctx.book,
-                alloc,
-                PeriodFigures {
-                    consumption: &consumption,
-                    lines,
-                    credits_used,
-                    recorded: recorded_period,
-                },
-            )?;
-            let r = &closed.renewal;
-            let accounted = Milli::sum([
-                r.expired_credits,
-                r.rollover_credits,
-                r.carried_grant_credits,
-            ])?;
-            invariant(remaining == accounted, || {
-                format!("{}: remaining ≠ expired + rolled over + carried", place())
-            })?;
-            totals.expired_credits = r.expired_credits;
-            totals.rollover_credits = r.rollover_credits;
-            totals.carried_credits = r.carried_grant_credits;
-            Some(closed)
-        }
-    };
-    result.totals.add(&totals)?;
-    Ok(closed)
+    lines
+}
+
+/// The `balances` row of a reconciled period.
+fn balance_row(alloc: &AllocationRow, consumption: PeriodConsumption) -> BalanceRow {
+    BalanceRow {
+        account_id: alloc.account_id.clone(),
+        plan_id: alloc.plan_id.clone(),
+        period_start: alloc.period_start,
+        period_end: alloc.period_end,
+        granted: consumption.granted,
+        used: consumption.consumed,
+        overage: consumption.overage,
+    }
 }
