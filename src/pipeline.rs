@@ -14,7 +14,7 @@ use crate::reconcile::DiscrepancyRow;
 use crate::route::Layout;
 use crate::rows::{self, DebitSource, UsageSource};
 use crate::runs::{AccountLine, AccountLineRef, BilledRun, LineRun, Run};
-use crate::spill::{self, SpillFiles};
+use crate::spill::{self, Routed, SpillFile, SpillFiles};
 use crate::time::Micros;
 use crate::window;
 use crate::{validate, Progress};
@@ -702,45 +702,31 @@ fn compute_groups(
     layout: &Layout,
     progress: &Progress,
 ) -> Result<Partial> {
-    let files = &inputs.files;
     let mut partial = Partial::default();
-    let first_shard = layout.shard == 0;
-
     // Allocations and grants are small: every shard reads and validates all of them;
     // shard 0 reports their rejects and counts.
     let Plans {
         allocations,
         grants,
-        rejects: small_rejects,
+        rejects: plan_rows_rejected,
         rejected_periods,
-        rows_read: [alloc_read, grant_read],
+        rows_read: plan_rows_read,
     } = load_plans(inputs, progress)?;
     // `tally explain` shows the traced account's rejected plan rows: keep them all (rejects
     // carry no account id; explain finds the account's rows by their place).
     let plan_rejects = match settings.trace_account {
-        Some(_) => small_rejects.clone(),
+        Some(_) => plan_rows_rejected.clone(),
         None => Vec::new(),
     };
-    let history = &settings.history;
-    if first_shard {
-        partial.rejects = small_rejects;
-        partial.rows_read[Dataset::Allocations as usize] = alloc_read;
-        partial.rows_read[Dataset::Grants as usize] = grant_read;
-        // A rejected row of a period the run would not cover had it been valid (closed long
-        // ago, or not yet due) leaves nothing of this run unbilled: it is in `rejects`, but
-        // the warning and `[alert] max_rejected_allocations` do not count it, or a row of a
-        // month closed long ago would alert every night.
-        let (mode, as_of) = (settings.mode, settings.as_of);
-        partial.rejected_allocations_not_covered = (rejected_periods.iter())
-            .filter(|p| {
-                let (start, end) = (p.period_start, p.period_end);
-                !window::covers(mode, as_of, history, &p.account_id, start, end)
-            })
-            .map(|p| p.at)
-            .collect();
+    if layout.shard == 0 {
+        record_plan_rows(
+            &mut partial,
+            settings,
+            plan_rows_rejected,
+            plan_rows_read,
+            &rejected_periods,
+        );
     }
-    let may_be_late =
-        |account: &str, t: Micros| window::in_closed_period(&allocations, history, account, t);
     let accounts_by_group =
         window::accounts_by_group(&allocations, layout.groups as usize, &|account| {
             layout.group_of_account(account)
@@ -755,70 +741,138 @@ fn compute_groups(
         .results
         .reserve_exact(accounts_by_group.iter().map(Vec::len).sum());
     let builder = DictBuilder::new(allocations.accounts.iter().map(String::as_str));
-    let mut context = Context {
+    let context = Context {
         settings,
         layout,
         allocations: &allocations,
         grants: &grants,
         plan_rejects: &plan_rejects,
         accounts_by_group,
-        files,
+        files: &inputs.files,
         book: &inputs.book,
         scratch: None,
     };
-
-    if !layout.is_split() {
-        // One group: what its stages free, the next ones reuse.
-        let _kept = crate::memory::KeepFreed::start();
-        let stage = progress.counted(
-            "load usage and ledger",
-            (files[0].len() + files[3].len()) as u64,
-        );
-        let usage_source = UsageSource { dicts: &builder };
-        let debit_source = DebitSource { dicts: &builder };
-        // Both datasets at once: their row groups share the cores (one dataset's last row
-        // groups alone would leave a core idle).
-        let (usage, debits) = rayon::join(
-            || rows::load(&usage_source, &files[0], &|| stage.tick()),
-            || rows::load(&debit_source, &files[3], &|| stage.tick()),
-        );
-        let (usage, debits) = (usage?, debits?);
-        stage.done(
-            usage.read + debits.read,
-            (usage.rows.len() + debits.rows.len()) as u64,
-        );
-        partial.rejects.extend(usage.rejects);
-        partial.rejects.extend(debits.rejects);
-        partial.rows_read[Dataset::Usage as usize] = usage.read;
-        partial.rows_read[Dataset::Debits as usize] = debits.read;
-        let dicts = builder.freeze();
-        let wanted = match history.closed.is_empty() {
-            true => HashSet::default(),
-            false => usage
-                .rows
-                .iter()
-                .filter(|u| may_be_late(dicts.account(u.account), u.occurred_at))
-                .map(|u| String::from_utf8_lossy(usage.ids.bytes(u.id)).into_owned())
-                .collect(),
-        };
-        let billed = history.billed_among(&wanted)?;
-        let rates = RateTable::new(&inputs.book, &dicts).naming_files(&files[0]);
-        let run = RunState::new(&context, &dicts, &rates, &billed, Vec::new());
-        let rows = GroupRows {
-            usage: usage.rows,
-            usage_ids: usage.ids,
-            debits: debits.rows,
-            debit_ids: debits.ids,
-        };
-        let _ = run.process_group(0, rows, &mut partial, progress)?;
-        return Ok(partial);
+    let may_be_late = |account: &str, t: Micros| {
+        window::in_closed_period(&allocations, &settings.history, account, t)
+    };
+    match layout.is_split() {
+        false => compute_one_group(&context, builder, &may_be_late, &mut partial, progress)?,
+        true => {
+            let plan_rows = plan_rows_read.iter().sum();
+            compute_split(
+                context,
+                builder,
+                &may_be_late,
+                plan_rows,
+                &mut partial,
+                progress,
+            )?
+        }
     }
+    Ok(partial)
+}
 
-    // Split: find the rows whose partition an id join decides; keep the first group's
-    // other rows in memory and spill the rest by group.
+/// Whether an account's event at an instant may be a late event (it falls in a period an
+/// earlier close closed).
+type MayBeLate<'a> = dyn Fn(&str, Micros) -> bool + Sync + 'a;
+
+/// Shard 0's part of the plan rows: their rejects and counts.
+fn record_plan_rows(
+    partial: &mut Partial,
+    settings: &RunSettings,
+    rejects: Vec<Reject>,
+    [alloc_read, grant_read]: [u64; 2],
+    rejected_periods: &[validate::RejectedPeriod],
+) {
+    partial.rejects = rejects;
+    partial.rows_read[Dataset::Allocations as usize] = alloc_read;
+    partial.rows_read[Dataset::Grants as usize] = grant_read;
+    // A rejected row of a period the run would not cover had it been valid (closed long
+    // ago, or not yet due) leaves nothing of this run unbilled: it is in `rejects`, but
+    // the warning and `[alert] max_rejected_allocations` do not count it, or a row of a
+    // month closed long ago would alert every night.
+    let (mode, as_of, history) = (settings.mode, settings.as_of, &settings.history);
+    partial.rejected_allocations_not_covered = (rejected_periods.iter())
+        .filter(|p| {
+            let (start, end) = (p.period_start, p.period_end);
+            !window::covers(mode, as_of, history, &p.account_id, start, end)
+        })
+        .map(|p| p.at)
+        .collect();
+}
+
+/// A run in one group: every usage and ledger row in memory at once.
+fn compute_one_group(
+    context: &Context<'_>,
+    builder: DictBuilder,
+    may_be_late: &MayBeLate<'_>,
+    partial: &mut Partial,
+    progress: &Progress,
+) -> Result<()> {
+    // What its stages free, the next ones reuse.
+    let _kept = crate::memory::KeepFreed::start();
+    let files = context.files;
+    let stage = progress.counted(
+        "load usage and ledger",
+        (files[0].len() + files[3].len()) as u64,
+    );
+    let usage_source = UsageSource { dicts: &builder };
+    let debit_source = DebitSource { dicts: &builder };
+    // Both datasets at once: their row groups share the cores (one dataset's last row
+    // groups alone would leave a core idle).
+    let (usage, debits) = rayon::join(
+        || rows::load(&usage_source, &files[0], &|| stage.tick()),
+        || rows::load(&debit_source, &files[3], &|| stage.tick()),
+    );
+    let (usage, debits) = (usage?, debits?);
+    stage.done(
+        usage.read + debits.read,
+        (usage.rows.len() + debits.rows.len()) as u64,
+    );
+    partial.rejects.extend(usage.rejects);
+    partial.rejects.extend(debits.rejects);
+    partial.rows_read[Dataset::Usage as usize] = usage.read;
+    partial.rows_read[Dataset::Debits as usize] = debits.read;
+    let dicts = builder.freeze();
+    let history = &context.settings.history;
+    let wanted = match history.closed.is_empty() {
+        true => HashSet::default(),
+        false => usage
+            .rows
+            .iter()
+            .filter(|u| may_be_late(dicts.account(u.account), u.occurred_at))
+            .map(|u| String::from_utf8_lossy(usage.ids.bytes(u.id)).into_owned())
+            .collect(),
+    };
+    let billed = history.billed_among(&wanted)?;
+    let rates = RateTable::new(context.book, &dicts).naming_files(&files[0]);
+    let run = RunState::new(context, &dicts, &rates, &billed, Vec::new());
+    let rows = GroupRows {
+        usage: usage.rows,
+        usage_ids: usage.ids,
+        debits: debits.rows,
+        debit_ids: debits.ids,
+    };
+    let _ = run.process_group(0, rows, partial, progress)?;
+    Ok(())
+}
+
+/// A split run: find the rows whose partition an id join decides; keep the first group's
+/// other rows in memory and spill the rest by group; then process the groups one after
+/// another.
+fn compute_split(
+    mut context: Context<'_>,
+    builder: DictBuilder,
+    may_be_late: &MayBeLate<'_>,
+    plan_rows: u64,
+    partial: &mut Partial,
+    progress: &Progress,
+) -> Result<()> {
+    let (settings, layout, files) = (context.settings, context.layout, context.files);
     let stage = progress.stage("route");
+    let history = &settings.history;
     let late_check: Option<crate::route::LateCheck<'_>> =
-        (!history.closed.is_empty()).then_some(&may_be_late as _);
+        (!history.closed.is_empty()).then_some(may_be_late);
     let crate::route::LightPass {
         cross,
         late_ids: wanted,
@@ -829,7 +883,7 @@ fn compute_groups(
     stage.done(cross_events as u64, cross_entries as u64);
     // What one group may hold at the budget, for the warnings of a run past it.
     let fit_rows = crate::route::rows_per_group(
-        alloc_read + grant_read,
+        plan_rows,
         row_costs(settings.mode),
         settings.memory_budget_bytes,
     );
@@ -837,7 +891,7 @@ fn compute_groups(
 
     let spill_dir = Arc::new(spill::spill_dir()?);
     partial.scratch = Some(spill_dir.clone());
-    context.scratch = Some(spill_dir.path());
+    context.scratch = Some(spill_dir.path().to_path_buf());
     let stage = progress.counted("load and spill", (files[0].len() + files[3].len()) as u64);
     let usage_spill = SpillFiles::create(spill_dir.path(), Dataset::Usage, layout.groups)?;
     let usage = spill::route_dataset(
@@ -873,6 +927,40 @@ fn compute_groups(
     );
     let dicts = builder.freeze();
     let partitions = account_partitions(&dicts);
+    let limits = crate::model::CodeLimits::of(&dicts);
+    let spilled = place_candidates(
+        (usage, debits),
+        (usage_files, debit_files),
+        &partitions,
+        limits,
+        layout,
+        partial,
+    );
+    let rates = RateTable::new(context.book, &dicts).naming_files(&files[0]);
+    let run = RunState::new(&context, &dicts, &rates, &billed, partitions);
+    process_spilled_groups(&run, spilled, partial, progress)
+}
+
+/// A split run's rows after the spill pass: the first group's in memory, the other
+/// groups' in spill files, and the candidates (rows an id join placed) by group.
+struct Spilled {
+    /// The first group's rows without its candidates.
+    first: GroupRows,
+    usage_extra: Vec<Vec<Usage>>,
+    debit_extra: Vec<Vec<Debit>>,
+    read_back: ReadBack,
+}
+
+/// Place the candidates (rows whose partition an id join decides) in their groups and
+/// count the rows read.
+fn place_candidates(
+    (usage, debits): (Routed<Usage>, Routed<Debit>),
+    (usage_files, debit_files): (Vec<SpillFile>, Vec<SpillFile>),
+    partitions: &[u32],
+    limits: CodeLimits,
+    layout: &Layout,
+    partial: &mut Partial,
+) -> Spilled {
     let (usage_dest, debit_dest) = crate::route::resolve(
         &usage.candidates,
         &usage.candidate_ids,
@@ -882,7 +970,6 @@ fn compute_groups(
     );
     let usage_extra = by_group(usage.candidates, &usage_dest, layout);
     let debit_extra = by_group(debits.candidates, &debit_dest, layout);
-    let (usage_candidate_ids, debit_candidate_ids) = (usage.candidate_ids, debits.candidate_ids);
     partial.rejects.extend(usage.rejects);
     partial.rejects.extend(debits.rejects);
     for r in &partial.rejects {
@@ -894,9 +981,125 @@ fn compute_groups(
         usage.grouped + usage_extra.iter().map(|v| v.len() as u64).sum::<u64>();
     partial.rows_read[Dataset::Debits as usize] +=
         debits.grouped + debit_extra.iter().map(|v| v.len() as u64).sum::<u64>();
-    let rates = RateTable::new(&inputs.book, &dicts).naming_files(&files[0]);
-    let run = RunState::new(&context, &dicts, &rates, &billed, partitions);
+    let read_back = ReadBack {
+        most_usage: most_rows(&usage_files, &usage_extra),
+        most_debits: most_rows(&debit_files, &debit_extra),
+        most_bytes: (usage_files.iter().chain(&debit_files))
+            .map(|f| usize::try_from(f.bytes).expect("a spill file fits in memory"))
+            .max()
+            .unwrap_or(0),
+        usage_files,
+        debit_files,
+        usage_candidate_ids: usage.candidate_ids,
+        debit_candidate_ids: debits.candidate_ids,
+        limits,
+    };
+    Spilled {
+        first: GroupRows {
+            usage: usage.first_group,
+            usage_ids: usage.first_group_ids,
+            debits: debits.first_group,
+            debit_ids: debits.first_group_ids,
+        },
+        usage_extra,
+        debit_extra,
+        read_back,
+    }
+}
 
+/// Reads a group's rows back from its spill files, its candidates appended.
+struct ReadBack {
+    usage_files: Vec<SpillFile>,
+    debit_files: Vec<SpillFile>,
+    usage_candidate_ids: Ids,
+    debit_candidate_ids: Ids,
+    limits: CodeLimits,
+    /// The rows of group g + 2 go into group g's vectors, sized once for the largest group.
+    most_usage: usize,
+    most_debits: usize,
+    /// The spill files' bytes go into one buffer, reused file after file, sized once for
+    /// the largest.
+    most_bytes: usize,
+}
+
+impl ReadBack {
+    /// Group `group`'s rows, read into `buffers` and through `bytes` when given (a
+    /// previous group's, to reuse), and how long that took.
+    fn read(
+        &self,
+        group: usize,
+        (u_extra, d_extra): (Vec<Usage>, Vec<Debit>),
+        buffers: Option<(Vec<Usage>, Vec<Debit>)>,
+        bytes: Option<AlignedBuf>,
+    ) -> Result<(GroupRows, AlignedBuf, std::time::Duration)> {
+        let started = std::time::Instant::now();
+        let (usage_buffer, debit_buffer) = buffers.unwrap_or_else(|| {
+            (
+                Vec::with_capacity(self.most_usage),
+                Vec::with_capacity(self.most_debits),
+            )
+        });
+        let mut bytes = bytes.unwrap_or_else(|| AlignedBuf::new(self.most_bytes));
+        let (usage, usage_ids) = spill::read_group(
+            &self.usage_files[group],
+            u_extra,
+            &self.usage_candidate_ids,
+            &self.limits,
+            usage_buffer,
+            &mut bytes,
+        )?;
+        let (debits, debit_ids) = spill::read_group(
+            &self.debit_files[group],
+            d_extra,
+            &self.debit_candidate_ids,
+            &self.limits,
+            debit_buffer,
+            &mut bytes,
+        )?;
+        let rows = GroupRows {
+            usage,
+            usage_ids,
+            debits,
+            debit_ids,
+        };
+        Ok((rows, bytes, started.elapsed()))
+    }
+
+    /// The first group's rows (kept in memory by the spill pass) with its candidates.
+    fn first_group(
+        &self,
+        mut rows: GroupRows,
+        (u_extra, d_extra): (Vec<Usage>, Vec<Debit>),
+    ) -> GroupRows {
+        let GroupRows {
+            usage,
+            usage_ids,
+            debits,
+            debit_ids,
+        } = &mut rows;
+        // Nothing else runs now: both datasets at once.
+        rayon::join(
+            || append_candidates(usage, usage_ids, u_extra, &self.usage_candidate_ids),
+            || append_candidates(debits, debit_ids, d_extra, &self.debit_candidate_ids),
+        );
+        rows
+    }
+}
+
+/// Process a split run's groups one after another, reading group g + 1 back while group g
+/// is processed.
+fn process_spilled_groups(
+    run: &RunState<'_>,
+    spilled: Spilled,
+    partial: &mut Partial,
+    progress: &Progress,
+) -> Result<()> {
+    let Spilled {
+        first,
+        usage_extra,
+        debit_extra,
+        read_back,
+    } = spilled;
     // The first group's rows are in memory (the spill pass kept them); read group g + 1
     // back while group g is processed: processing leaves a core idle in its sequential
     // steps (placing events, collecting results) and reading the spill fills it. The
@@ -908,74 +1111,16 @@ fn compute_groups(
     // two groups' rows are in memory at once (`route::groups_for` sizes groups for that).
     // The read-back draws no bar and its stage line is logged after the group's stages
     // (see `progress::log_stage`).
-    let limits = crate::model::CodeLimits::of(&dicts);
-    // The rows of group g + 2 go into group g's vectors, sized once for the largest group.
-    let most_usage = most_rows(&usage_files, &usage_extra);
-    let most_debits = most_rows(&debit_files, &debit_extra);
-    // The spill files' bytes go into one buffer, reused file after file, sized once for
-    // the largest.
-    let most_bytes = (usage_files.iter().chain(&debit_files))
-        .map(|f| usize::try_from(f.bytes).expect("a spill file fits in memory"))
-        .max()
-        .unwrap_or(0);
-    let read_back = |group: usize,
-                     (u_extra, d_extra): (Vec<Usage>, Vec<Debit>),
-                     buffers: Option<(Vec<Usage>, Vec<Debit>)>,
-                     bytes: Option<AlignedBuf>| {
-        let started = std::time::Instant::now();
-        let (usage_buffer, debit_buffer) = buffers.unwrap_or_else(|| {
-            (
-                Vec::with_capacity(most_usage),
-                Vec::with_capacity(most_debits),
-            )
-        });
-        let mut bytes = bytes.unwrap_or_else(|| AlignedBuf::new(most_bytes));
-        let (usage, usage_ids) = spill::read_group(
-            &usage_files[group],
-            u_extra,
-            &usage_candidate_ids,
-            &limits,
-            usage_buffer,
-            &mut bytes,
-        )?;
-        let (debits, debit_ids) = spill::read_group(
-            &debit_files[group],
-            d_extra,
-            &debit_candidate_ids,
-            &limits,
-            debit_buffer,
-            &mut bytes,
-        )?;
-        let rows = GroupRows {
-            usage,
-            usage_ids,
-            debits,
-            debit_ids,
-        };
-        Ok::<_, TallyError>((rows, bytes, started.elapsed()))
-    };
+    //
     // Freed memory goes back to the OS after the purge delay here (3 s, no `KeepFreed`): a
     // group's buffers are mostly reused by the next group within it, and never returning
     // them let the allocator's holdings grow group after group (a higher peak at 100M events
     // than with a 1 s delay; measured: benches/README.md, "Figures moved from source
     // comments (2026-12-05)").
     crate::memory::hand_back_freed();
+    let groups = usage_extra.len();
     let mut extras = usage_extra.into_iter().zip(debit_extra);
-    let mut next = extras.next().map(|(u_extra, d_extra)| {
-        let (mut usage, mut usage_ids) = (usage.first_group, usage.first_group_ids);
-        let (mut debits, mut debit_ids) = (debits.first_group, debits.first_group_ids);
-        // Nothing else runs now: both datasets at once.
-        rayon::join(
-            || append_candidates(&mut usage, &mut usage_ids, u_extra, &usage_candidate_ids),
-            || append_candidates(&mut debits, &mut debit_ids, d_extra, &debit_candidate_ids),
-        );
-        GroupRows {
-            usage,
-            usage_ids,
-            debits,
-            debit_ids,
-        }
-    });
+    let mut next = extras.next().map(|e| read_back.first_group(first, e));
     let mut spare = None;
     let mut spare_bytes = None;
     // The read-back thread asks the pool to decode its frames while this thread waits for
@@ -984,7 +1129,7 @@ fn compute_groups(
         rayon::current_thread_index().is_none(),
         "a split run's groups are driven from outside the thread pool"
     );
-    for group in 0..layout.groups as usize {
+    for group in 0..groups {
         let rows = next
             .take()
             .expect("a group's rows are read before it is processed");
@@ -996,10 +1141,10 @@ fn compute_groups(
         let (processed, read) = std::thread::scope(|scope| {
             let reader = scope.spawn(|| {
                 following
-                    .map(|e| read_back(group + 1, e, buffers, bytes))
+                    .map(|e| read_back.read(group + 1, e, buffers, bytes))
                     .transpose()
             });
-            let processed = run.process_group(group, rows, &mut partial, progress);
+            let processed = run.process_group(group, rows, partial, progress);
             let read = reader
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -1017,7 +1162,7 @@ fn compute_groups(
         next.is_none() && extras.next().is_none(),
         "every group is read back once"
     );
-    Ok(partial)
+    Ok(())
 }
 
 /// The partition of every account code of a run.
@@ -1095,7 +1240,7 @@ struct Context<'a> {
     files: &'a [Vec<InputFile>; 4],
     book: &'a PriceBook,
     /// Where a split run writes its billed-event runs (None: a whole run keeps them).
-    scratch: Option<&'a Path>,
+    scratch: Option<PathBuf>,
 }
 
 /// What every group shares once the input is decoded: the run's codes and rates.
@@ -1272,8 +1417,11 @@ impl<'a> RunState<'a> {
         drop(work);
         if settings.mode == Mode::Close {
             let stage = progress.stage("billed events and invoice lines");
-            let (billed, lines) =
-                close_runs(context.scratch, group, &mut partial.results[first_result..])?;
+            let (billed, lines) = close_runs(
+                context.scratch.as_deref(),
+                group,
+                &mut partial.results[first_result..],
+            )?;
             stage.done(billed.rows(), lines.rows());
             partial.billed.push(billed);
             partial.lines.push(lines);
