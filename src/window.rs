@@ -577,196 +577,31 @@ impl<'a> Group<'a> {
         debit_rows: &[u32],
         local_of_row: &[u32],
     ) -> Placed<'a> {
-        let window = &self.window;
         let bucket_accounts = self.accounts_of(bucket);
         let (mut accounts, slots) = self.covered(bucket_accounts);
         let slot_count = slots.slot_of_alloc.iter().filter(|&&s| s != NONE).count();
-        let mut rejects = Vec::new();
-        let mut outside = Outside::default();
-        let as_of = window.as_of;
-        let may_be_late = !window.history.closed.is_empty();
-
+        let mut left = Left::default();
         // The bucket's rows, gathered once (the group's rows are read in row order).
-        let usage: Vec<Usage> = usage_rows.iter().map(|&r| self.usage[r as usize]).collect();
-        let debits: Vec<Debit> = debit_rows
-            .iter()
-            .map(|&r| self.debits[r as usize])
-            .collect();
-        let placements: Vec<Placement> = usage
-            .iter()
-            .map(|usage| {
-                if usage.occurred_at >= as_of {
-                    return Placement::Outside;
-                }
-                let placement =
-                    self.place_instant(bucket, &slots, usage.account, usage.occurred_at);
-                match placement {
-                    Placement::Outside if may_be_late => self
-                        .place_late(bucket, &slots, &accounts, usage)
-                        .unwrap_or(placement),
-                    Placement::InWindow(_) if self.seen_by_an_earlier_close(usage) => {
-                        Placement::Outside
-                    }
-                    _ => placement,
-                }
-            })
-            .collect();
-        for (usage, placement) in usage.iter().zip(&placements) {
-            match placement {
-                Placement::NoAllocation => {
-                    rejects.push(Reject {
-                        dataset: Dataset::Usage,
-                        at: usage.at.row_ref(),
-                        reason: Reason::NoAllocation,
-                        detail: format!(
-                            "no allocation of account {} contains occurred_at {}",
-                            quoted(window.dicts.account(usage.account)),
-                            format_instant(usage.occurred_at)
-                        ),
-                    });
-                    if !(window.owns)(usage.account) {
-                        outside.misrouted += 1;
-                    }
-                }
-                Placement::Outside => {
-                    outside.usage_rows += 1;
-                    // An event of another group's account that reached this one would
-                    // look "outside" or "no allocation": count it instead.
-                    if !(window.owns)(usage.account) {
-                        outside.misrouted += 1;
-                    }
-                }
-                Placement::InWindow(_) | Placement::Late(..) => {}
-            }
-        }
-
-        // Every placed event's position in the bucket's work: by slot, then (occurred_at,
-        // event_id).
-        let slot_of = |p: &Placement| match *p {
-            Placement::InWindow(slot) | Placement::Late(slot, _) => Some(slot as usize),
-            Placement::NoAllocation | Placement::Outside => None,
+        let rows = PlacedRows {
+            usage: usage_rows.iter().map(|&r| self.usage[r as usize]).collect(),
+            debits: debit_rows
+                .iter()
+                .map(|&r| self.debits[r as usize])
+                .collect(),
+            debit_rows,
+            local_of_row,
         };
-        let mut event_start = vec![0usize; slot_count + 1];
-        for p in &placements {
-            if let Some(slot) = slot_of(p) {
-                event_start[slot + 1] += 1;
-            }
-        }
-        prefix_sums(&mut event_start);
-        let placed_count = event_start[slot_count];
-        // (bucket-local event index) in slot order, each slot then ordered.
-        let mut order = vec![0u32; placed_count];
-        let mut next = event_start.clone();
-        for (k, p) in placements.iter().enumerate() {
-            if let Some(slot) = slot_of(p) {
-                order[next[slot]] = k as u32;
-                next[slot] += 1;
-            }
-        }
-        let usage_at = |k: u32| &usage[k as usize];
-        let mut keys: Vec<(Micros, u32)> = Vec::new();
-        for w in event_start.windows(2) {
-            let period = &mut order[w[0]..w[1]];
-            keys.clear();
-            keys.extend(period.iter().map(|&k| (usage_at(k).occurred_at, k)));
-            sort_by_time_then_id(&mut keys, &|k| self.usage_ids.bytes(usage_at(k).id));
-            period
-                .iter_mut()
-                .zip(&keys)
-                .for_each(|(slot, &(_, k))| *slot = k);
-        }
-        // position of each bucket-local event (NONE: not placed).
-        let mut position = vec![NONE; usage.len()];
-        for (at, &k) in order.iter().enumerate() {
-            position[k as usize] = at as u32;
-        }
-
-        // Entries: attached to a placed event, unattached in a covered period, outside,
-        // or rejected. An entry's event is in this bucket (`Group::bucket_rows`).
-        let mut entries_per_event = vec![0u32; placed_count];
-        let mut unattached_start = vec![0usize; slot_count + 1];
-        let mut targets: Vec<EntryTarget> = Vec::with_capacity(debits.len());
-        for (entry, &row) in debits.iter().zip(debit_rows) {
-            let event = self.event_of_entry[row as usize];
-            let local = match event {
-                NO_EVENT => NONE,
-                event => local_of_row[event as usize],
-            };
-            let target = self.entry_target(bucket, &slots, entry, local, &placements);
-            match target {
-                EntryTarget::Event(k) => entries_per_event[position[k as usize] as usize] += 1,
-                EntryTarget::Unattached(slot) => unattached_start[slot as usize + 1] += 1,
-                EntryTarget::NoAllocation => rejects.push(Reject {
-                    dataset: Dataset::Debits,
-                    at: entry.at.row_ref(),
-                    reason: Reason::NoAllocation,
-                    detail: match self.event_of_entry[row as usize] {
-                        NO_EVENT => format!(
-                            "no allocation of account {} contains recorded_at {} and no \
-                             usage event matches its event_id",
-                            quoted(window.dicts.account(entry.account)),
-                            format_instant(entry.recorded_at)
-                        ),
-                        _ => format!(
-                            "its event {} was rejected no_allocation",
-                            quoted(&String::from_utf8_lossy(
-                                self.debit_ids.bytes(entry.event_id)
-                            ))
-                        ),
-                    },
-                }),
-                EntryTarget::Outside => outside.ledger_entries += 1,
-                EntryTarget::Misrouted => outside.misrouted += 1,
-            }
-            targets.push(target);
-        }
-        prefix_sums(&mut unattached_start);
-
-        // The events in order, each with the range of its entries.
-        let mut events: Vec<EventWork> = Vec::with_capacity(placed_count);
-        let mut first = 0u32;
-        for (at, &k) in order.iter().enumerate() {
-            let count = entries_per_event[at];
-            events.push(EventWork {
-                usage: *usage_at(k),
-                first_entry: first,
-                entry_count: count,
-                late_from: match placements[k as usize] {
-                    Placement::Late(_, from) => from,
-                    _ => NO_INSTANT,
-                },
-            });
-            first += count;
-        }
-        let zero: Debit = bytemuck::Zeroable::zeroed();
-        let mut entries = vec![zero; first as usize];
-        let mut filled: Vec<u32> = events.iter().map(|e| e.first_entry).collect();
-        let mut unattached = vec![zero; unattached_start[slot_count]];
-        let mut next_unattached = unattached_start.clone();
-        for (&entry, target) in debits.iter().zip(&targets) {
-            match *target {
-                EntryTarget::Event(k) => {
-                    let at = position[k as usize] as usize;
-                    entries[filled[at] as usize] = entry;
-                    filled[at] += 1;
-                }
-                EntryTarget::Unattached(slot) => {
-                    unattached[next_unattached[slot as usize]] = entry;
-                    next_unattached[slot as usize] += 1;
-                }
-                EntryTarget::NoAllocation | EntryTarget::Outside | EntryTarget::Misrouted => {}
-            }
-        }
-        debug_assert!(filled
-            .iter()
-            .zip(events.iter().skip(1))
-            .all(|(f, e)| *f == e.first_entry));
+        let placements = self.place_events(bucket, &slots, &accounts, &rows.usage);
+        self.count_unplaced_events(&rows.usage, &placements, &mut left);
+        let order = EventOrder::new(&placements, slot_count, &rows.usage, self.usage_ids);
+        let targets = self.target_entries(bucket, &slots, &rows, &placements, &order, &mut left);
+        let (events, entries, unattached) = gather_work(&rows, &placements, &order, &targets);
 
         // Ranges of every period (slots are numbered account by account, period by period).
         let mut slot = 0;
         for period in accounts.iter_mut().flat_map(|a| a.periods.iter_mut()) {
-            period.events = event_start[slot]..event_start[slot + 1];
-            period.unattached = unattached_start[slot]..unattached_start[slot + 1];
+            period.events = order.event_start[slot]..order.event_start[slot + 1];
+            period.unattached = targets.unattached_start[slot]..targets.unattached_start[slot + 1];
             slot += 1;
         }
         assert_eq!(slot, slot_count, "one slot per covered period");
@@ -779,8 +614,139 @@ impl<'a> Group<'a> {
                 usage_ids: self.usage_ids,
                 debit_ids: self.debit_ids,
             },
-            rejects,
-            outside,
+            rejects: left.rejects,
+            outside: left.outside,
+        }
+    }
+
+    /// Where each of the bucket's events goes: a covered period (late or not), no
+    /// allocation, or outside the run.
+    fn place_events(
+        &self,
+        bucket: usize,
+        slots: &Slots,
+        accounts: &[AccountWork<'_>],
+        usage: &[Usage],
+    ) -> Vec<Placement> {
+        let as_of = self.window.as_of;
+        let may_be_late = !self.window.history.closed.is_empty();
+        usage
+            .iter()
+            .map(|usage| {
+                if usage.occurred_at >= as_of {
+                    return Placement::Outside;
+                }
+                let placement = self.place_instant(bucket, slots, usage.account, usage.occurred_at);
+                match placement {
+                    Placement::Outside if may_be_late => self
+                        .place_late(bucket, slots, accounts, usage)
+                        .unwrap_or(placement),
+                    Placement::InWindow(_) if self.seen_by_an_earlier_close(usage) => {
+                        Placement::Outside
+                    }
+                    _ => placement,
+                }
+            })
+            .collect()
+    }
+
+    /// Reject the events in no allocation and count those outside the run.
+    fn count_unplaced_events(&self, usage: &[Usage], placements: &[Placement], left: &mut Left) {
+        let window = &self.window;
+        for (usage, placement) in usage.iter().zip(placements) {
+            match placement {
+                Placement::NoAllocation => {
+                    left.rejects.push(Reject {
+                        dataset: Dataset::Usage,
+                        at: usage.at.row_ref(),
+                        reason: Reason::NoAllocation,
+                        detail: format!(
+                            "no allocation of account {} contains occurred_at {}",
+                            quoted(window.dicts.account(usage.account)),
+                            format_instant(usage.occurred_at)
+                        ),
+                    });
+                    if !(window.owns)(usage.account) {
+                        left.outside.misrouted += 1;
+                    }
+                }
+                Placement::Outside => {
+                    left.outside.usage_rows += 1;
+                    // An event of another group's account that reached this one would
+                    // look "outside" or "no allocation": count it instead.
+                    if !(window.owns)(usage.account) {
+                        left.outside.misrouted += 1;
+                    }
+                }
+                Placement::InWindow(_) | Placement::Late(..) => {}
+            }
+        }
+    }
+
+    /// Where each of the bucket's entries goes: attached to a placed event, unattached in a
+    /// covered period, outside, or rejected. An entry's event is in this bucket
+    /// (`Group::bucket_rows`).
+    fn target_entries(
+        &self,
+        bucket: usize,
+        slots: &Slots,
+        rows: &PlacedRows<'_>,
+        placements: &[Placement],
+        order: &EventOrder,
+        left: &mut Left,
+    ) -> EntryTargets {
+        let slot_count = order.event_start.len() - 1;
+        let mut entries_per_event = vec![0u32; order.order.len()];
+        let mut unattached_start = vec![0usize; slot_count + 1];
+        let mut targets: Vec<EntryTarget> = Vec::with_capacity(rows.debits.len());
+        for (entry, &row) in rows.debits.iter().zip(rows.debit_rows) {
+            let event = self.event_of_entry[row as usize];
+            let local = match event {
+                NO_EVENT => NONE,
+                event => rows.local_of_row[event as usize],
+            };
+            let target = self.entry_target(bucket, slots, entry, local, placements);
+            match target {
+                EntryTarget::Event(k) => {
+                    entries_per_event[order.position[k as usize] as usize] += 1
+                }
+                EntryTarget::Unattached(slot) => unattached_start[slot as usize + 1] += 1,
+                EntryTarget::NoAllocation => {
+                    left.rejects.push(self.entry_in_no_allocation(entry, event))
+                }
+                EntryTarget::Outside => left.outside.ledger_entries += 1,
+                EntryTarget::Misrouted => left.outside.misrouted += 1,
+            }
+            targets.push(target);
+        }
+        prefix_sums(&mut unattached_start);
+        EntryTargets {
+            targets,
+            entries_per_event,
+            unattached_start,
+        }
+    }
+
+    /// The reject of an entry in no allocation (`event`: its event's row, or `NO_EVENT`).
+    fn entry_in_no_allocation(&self, entry: &Debit, event: u32) -> Reject {
+        Reject {
+            dataset: Dataset::Debits,
+            at: entry.at.row_ref(),
+            reason: Reason::NoAllocation,
+            detail: match event {
+                NO_EVENT => format!(
+                    "no allocation of account {} contains recorded_at {} and no \
+                     usage event matches its event_id",
+                    quoted(self.window.dicts.account(entry.account)),
+                    format_instant(entry.recorded_at)
+                ),
+                _ => format!(
+                    "its event {} was rejected no_allocation",
+                    quoted(&String::from_utf8_lossy(
+                        self.debit_ids.bytes(entry.event_id)
+                    ))
+                ),
+            },
         }
     }
 
@@ -827,6 +793,140 @@ enum EntryTarget {
     Outside,
     /// Unattached, of an account processed elsewhere (a routing bug).
     Misrouted,
+}
+
+/// A bucket's rows as `Group::place` reads them.
+struct PlacedRows<'r> {
+    usage: Vec<Usage>,
+    debits: Vec<Debit>,
+    /// The group's row of each of `debits`.
+    debit_rows: &'r [u32],
+    /// Each usage row's index in its bucket, by the group's row.
+    local_of_row: &'r [u32],
+}
+
+/// What a bucket leaves out of its work: rejected rows and rows outside the run.
+#[derive(Default)]
+struct Left {
+    rejects: Vec<Reject>,
+    outside: Outside,
+}
+
+/// The placed events of a bucket in the order of its work: by slot, then (occurred_at,
+/// event_id).
+struct EventOrder {
+    /// The first position of each slot's events (and, last, the count of placed events).
+    event_start: Vec<usize>,
+    /// The bucket-local index of the event at each position.
+    order: Vec<u32>,
+    /// The position of each bucket-local event (`NONE`: not placed).
+    position: Vec<u32>,
+}
+
+impl EventOrder {
+    fn new(placements: &[Placement], slot_count: usize, usage: &[Usage], ids: &Ids) -> EventOrder {
+        let slot_of = |p: &Placement| match *p {
+            Placement::InWindow(slot) | Placement::Late(slot, _) => Some(slot as usize),
+            Placement::NoAllocation | Placement::Outside => None,
+        };
+        let mut event_start = vec![0usize; slot_count + 1];
+        for p in placements {
+            if let Some(slot) = slot_of(p) {
+                event_start[slot + 1] += 1;
+            }
+        }
+        prefix_sums(&mut event_start);
+        let placed_count = event_start[slot_count];
+        // (bucket-local event index) in slot order, each slot then ordered.
+        let mut order = vec![0u32; placed_count];
+        let mut next = event_start.clone();
+        for (k, p) in placements.iter().enumerate() {
+            if let Some(slot) = slot_of(p) {
+                order[next[slot]] = k as u32;
+                next[slot] += 1;
+            }
+        }
+        let usage_at = |k: u32| &usage[k as usize];
+        let mut keys: Vec<(Micros, u32)> = Vec::new();
+        for w in event_start.windows(2) {
+            let period = &mut order[w[0]..w[1]];
+            keys.clear();
+            keys.extend(period.iter().map(|&k| (usage_at(k).occurred_at, k)));
+            sort_by_time_then_id(&mut keys, &|k| ids.bytes(usage_at(k).id));
+            period
+                .iter_mut()
+                .zip(&keys)
+                .for_each(|(slot, &(_, k))| *slot = k);
+        }
+        let mut position = vec![NONE; usage.len()];
+        for (at, &k) in order.iter().enumerate() {
+            position[k as usize] = at as u32;
+        }
+        EventOrder {
+            event_start,
+            order,
+            position,
+        }
+    }
+}
+
+/// Where each of a bucket's entries goes, and how many go to each event and slot.
+struct EntryTargets {
+    targets: Vec<EntryTarget>,
+    /// By position in [`EventOrder`].
+    entries_per_event: Vec<u32>,
+    /// The first unattached entry of each slot (and, last, their count).
+    unattached_start: Vec<usize>,
+}
+
+/// The bucket's events in order, each with the range of its entries, its entries by event,
+/// and its unattached entries by slot.
+fn gather_work(
+    rows: &PlacedRows<'_>,
+    placements: &[Placement],
+    order: &EventOrder,
+    targets: &EntryTargets,
+) -> (Vec<EventWork>, Vec<Debit>, Vec<Debit>) {
+    let mut events: Vec<EventWork> = Vec::with_capacity(order.order.len());
+    let mut first = 0u32;
+    for (at, &k) in order.order.iter().enumerate() {
+        let count = targets.entries_per_event[at];
+        events.push(EventWork {
+            usage: rows.usage[k as usize],
+            first_entry: first,
+            entry_count: count,
+            late_from: match placements[k as usize] {
+                Placement::Late(_, from) => from,
+                _ => NO_INSTANT,
+            },
+        });
+        first += count;
+    }
+    let zero: Debit = bytemuck::Zeroable::zeroed();
+    let mut entries = vec![zero; first as usize];
+    let mut filled: Vec<u32> = events.iter().map(|e| e.first_entry).collect();
+    let slot_count = targets.unattached_start.len() - 1;
+    let mut unattached = vec![zero; targets.unattached_start[slot_count]];
+    let mut next_unattached = targets.unattached_start.clone();
+    for (&entry, target) in rows.debits.iter().zip(&targets.targets) {
+        match *target {
+            EntryTarget::Event(k) => {
+                let at = order.position[k as usize] as usize;
+                entries[filled[at] as usize] = entry;
+                filled[at] += 1;
+            }
+            EntryTarget::Unattached(slot) => {
+                unattached[next_unattached[slot as usize]] = entry;
+                next_unattached[slot as usize] += 1;
+            }
+            EntryTarget::NoAllocation | EntryTarget::Outside | EntryTarget::Misrouted => {}
+        }
+    }
+    debug_assert!(filled
+        .iter()
+        .zip(events.iter().skip(1))
+        .all(|(f, e)| *f == e.first_entry));
+    (events, entries, unattached)
 }
 
 fn prefix_sums(counts: &mut [usize]) {
