@@ -130,100 +130,23 @@ pub fn close_period(
     figures: PeriodFigures<'_>,
 ) -> Result<ClosedPeriod> {
     let plan = &book.plans[&allocation.plan_id];
-    let consumption = figures.consumption;
-    let id = invoice_id(&allocation.account_id, allocation.period_start);
-    let overage_minor = overage_amount_minor(book, plan, consumption.overage)?;
-    let total_minor = plan
-        .price_minor
-        .checked_add(overage_minor)
-        .ok_or_else(|| {
-            TallyError::Overflow(format!(
-                "invoice {id} total: plan {} price {} + overage {overage_minor} minor units of {} passes \
-                 the largest amount in minor units ({}); check plan {}'s price and overage price in \
-                 the price book, then rerun",
-                allocation.plan_id,
-                plan.price_minor,
-                book.currency,
-                i64::MAX,
-                allocation.plan_id,
-            ))
-        })?;
-    let invoice = InvoiceRow {
-        invoice_id: id.clone(),
-        account_id: allocation.account_id.clone(),
-        plan_id: allocation.plan_id.clone(),
-        period_start: allocation.period_start,
-        period_end: allocation.period_end,
-        currency: book.currency.clone(),
-        plan_price_minor: plan.price_minor,
-        included_credits: allocation.included_credits,
-        credits_used: figures.credits_used,
-        credits_from: consumption.consumed,
-        overage_credits: consumption.overage,
-        overage_amount_minor: overage_minor,
-        total_minor,
-        recorded_credits: figures.recorded,
-        unreconciled_credits: figures.recorded.checked_sub(figures.credits_used)?,
-    };
-    let line_invoice = crate::model::Shared::from(id.as_str());
-    let lines = figures
-        .lines
-        .into_iter()
-        .map(
-            |((product, action, (_, model)), (count, quantity, credits))| InvoiceLineRow {
-                invoice_id: line_invoice.clone(),
-                product,
-                action,
-                model,
-                event_count: count,
-                quantity,
-                credits,
-            },
-        )
-        .collect();
-
-    let period_end = allocation.period_end;
-    let plan_unused = consumption
-        .grants_after
-        .iter()
-        .filter(|g| g.is_plan())
-        .map(|g| g.remaining)
-        .try_fold(Milli::ZERO, Milli::checked_add)?;
-    let (mut expired, mut carried) = (Milli::ZERO, Milli::ZERO);
-    for g in consumption.grants_after.iter().filter(|g| !g.is_plan()) {
-        if expires_by(g, period_end) {
-            expired = expired.checked_add(g.remaining)?;
-        } else {
-            carried = carried.checked_add(g.remaining)?;
-        }
-    }
+    let invoice = invoice_row(book, allocation, &figures)?;
+    let lines = invoice_lines(&invoice.invoice_id, figures.lines);
     let renews = allocation.status == AllocationStatus::Active && plan.refresh;
-    let rollover = if renews {
-        plan_unused.min(plan.rollover_cap)
-    } else {
-        Milli::ZERO
+    let left = Leftover::of(figures.consumption, allocation.period_end)?;
+    let rollover = match renews {
+        true => left.plan_unused.min(plan.rollover_cap),
+        false => Milli::ZERO,
     };
-    expired = expired.checked_add(plan_unused.checked_sub(rollover)?)?;
+    let expired = left
+        .grants_expired
+        .checked_add(left.plan_unused.checked_sub(rollover)?)?;
     let anchor = allocation.billing_anchor.unwrap_or(allocation.period_start);
-    let next_end = if renews {
-        // The next period is the next close's input: past year 9999 it could not be read
-        // back (nor written in RFC 3339).
-        let end = next_anniversary(anchor, period_end)
-            .filter(|&end| end < crate::time::END_OF_INSTANTS)
-            .ok_or_else(|| TallyError::Input {
-                file: "allocations".into(),
-                message: format!(
-                    "account \"{}\" period starting {}: its next period would end past year \
-                     9999, which an input cannot hold; check its period_end and billing_anchor, \
-                     then rerun",
-                    allocation.account_id,
-                    crate::time::format_instant(allocation.period_start),
-                ),
-            })?;
-        Some(end)
-    } else {
-        None
+    let next_end = match renews {
+        true => Some(next_period_end(allocation, anchor)?),
+        false => None,
     };
+    let period_end = allocation.period_end;
     let renewal = RenewalRow {
         account_id: allocation.account_id.clone(),
         period_start: allocation.period_start,
@@ -231,11 +154,11 @@ pub fn close_period(
         next_period_start: next_end.map(|_| period_end),
         next_period_end: next_end,
         plan_id: allocation.plan_id.clone(),
-        plan_credits_unused: plan_unused,
+        plan_credits_unused: left.plan_unused,
         rollover_credits: rollover,
         expired_credits: expired,
         next_included_credits: next_end.map(|_| plan.included_credits),
-        carried_grant_credits: carried,
+        carried_grant_credits: left.grants_carried,
     };
     let next_allocation = next_end.map(|end| AllocationRow {
         at: allocation.at,
@@ -267,6 +190,117 @@ pub fn close_period(
         next_allocation,
         rollover_grant,
     })
+}
+
+/// The invoice of a closed period: the plan's price plus its overage.
+fn invoice_row(
+    book: &PriceBook,
+    allocation: &AllocationRow,
+    figures: &PeriodFigures<'_>,
+) -> Result<InvoiceRow> {
+    let plan = &book.plans[&allocation.plan_id];
+    let consumption = figures.consumption;
+    let id = invoice_id(&allocation.account_id, allocation.period_start);
+    let overage_minor = overage_amount_minor(book, plan, consumption.overage)?;
+    let total_minor = plan
+        .price_minor
+        .checked_add(overage_minor)
+        .ok_or_else(|| {
+            TallyError::Overflow(format!(
+                "invoice {id} total: plan {} price {} + overage {overage_minor} minor units of {} passes \
+                 the largest amount in minor units ({}); check plan {}'s price and overage price in \
+                 the price book, then rerun",
+                allocation.plan_id,
+                plan.price_minor,
+                book.currency,
+                i64::MAX,
+                allocation.plan_id,
+            ))
+        })?;
+    Ok(InvoiceRow {
+        invoice_id: id,
+        account_id: allocation.account_id.clone(),
+        plan_id: allocation.plan_id.clone(),
+        period_start: allocation.period_start,
+        period_end: allocation.period_end,
+        currency: book.currency.clone(),
+        plan_price_minor: plan.price_minor,
+        included_credits: allocation.included_credits,
+        credits_used: figures.credits_used,
+        credits_from: consumption.consumed,
+        overage_credits: consumption.overage,
+        overage_amount_minor: overage_minor,
+        total_minor,
+        recorded_credits: figures.recorded,
+        unreconciled_credits: figures.recorded.checked_sub(figures.credits_used)?,
+    })
+}
+
+/// An invoice's lines, in the order of `lines`' keys.
+fn invoice_lines(invoice_id: &str, lines: BTreeMap<LineKey, LineTotals>) -> Vec<InvoiceLineRow> {
+    let invoice_id = crate::model::Shared::from(invoice_id);
+    lines
+        .into_iter()
+        .map(
+            |((product, action, (_, model)), (count, quantity, credits))| InvoiceLineRow {
+                invoice_id: invoice_id.clone(),
+                product,
+                action,
+                model,
+                event_count: count,
+                quantity,
+                credits,
+            },
+        )
+        .collect()
+}
+
+/// What a period's grants have left at its end.
+struct Leftover {
+    /// Left of the plan's credits.
+    plan_unused: Milli,
+    /// Left of the other grants that expire by the period end.
+    grants_expired: Milli,
+    /// Left of the other grants that do not: carried to the next period.
+    grants_carried: Milli,
+}
+
+impl Leftover {
+    fn of(consumption: &PeriodConsumption, period_end: Micros) -> Result<Leftover> {
+        let mut left = Leftover {
+            plan_unused: Milli::ZERO,
+            grants_expired: Milli::ZERO,
+            grants_carried: Milli::ZERO,
+        };
+        for g in &consumption.grants_after {
+            let sum = match (g.is_plan(), expires_by(g, period_end)) {
+                (true, _) => &mut left.plan_unused,
+                (false, true) => &mut left.grants_expired,
+                (false, false) => &mut left.grants_carried,
+            };
+            *sum = sum.checked_add(g.remaining)?;
+        }
+        Ok(left)
+    }
+}
+
+/// The end of a renewed period's next period: the anniversary of its billing anchor after
+/// its end.
+fn next_period_end(allocation: &AllocationRow, anchor: Micros) -> Result<Micros> {
+    // The next period is the next close's input: past year 9999 it could not be read
+    // back (nor written in RFC 3339).
+    next_anniversary(anchor, allocation.period_end)
+        .filter(|&end| end < crate::time::END_OF_INSTANTS)
+        .ok_or_else(|| TallyError::Input {
+            file: "allocations".into(),
+            message: format!(
+                "account \"{}\" period starting {}: its next period would end past year \
+                 9999, which an input cannot hold; check its period_end and billing_anchor, \
+                 then rerun",
+                allocation.account_id,
+                crate::time::format_instant(allocation.period_start),
+            ),
+        })
 }
 
 /// A grant whose `expires_at` ≤ the period end expires with it.
