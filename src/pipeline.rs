@@ -1303,7 +1303,6 @@ impl<'a> RunState<'a> {
         if layout.groups > 1 {
             tracing::info!(group = group + 1, groups = layout.groups, "group");
         }
-        let stage = progress.stage("validate");
         let rows_in = (rows.usage.len() + rows.debits.len()) as u64;
         let GroupRows {
             mut usage,
@@ -1311,33 +1310,12 @@ impl<'a> RunState<'a> {
             mut debits,
             debit_ids,
         } = rows;
-        let (mut debit_rejects, mut usage_rejects) = (Vec::new(), Vec::new());
-        let files = &context.files;
-        let (entries, deduped) = rayon::join(
-            || validate::debits(&mut debits, &debit_ids, &files[3], &mut debit_rejects),
-            || {
-                validate::dedup_usage(
-                    &mut usage,
-                    &usage_ids,
-                    self.dicts,
-                    &files[0],
-                    &mut usage_rejects,
-                )
-            },
+        let (deduped, seen) = self.validate_group(
+            (&mut usage, &usage_ids),
+            (&mut debits, &debit_ids),
+            partial,
+            progress,
         );
-        partial.rejects.extend(debit_rejects);
-        partial.rejects.extend(usage_rejects);
-        partial.identical_duplicates += deduped.identical_copies;
-        // With --history: the events an earlier close saw that dedup has just moved.
-        let seen = window::seen_in_closed_periods(
-            &usage,
-            &usage_ids,
-            self.dicts,
-            context.allocations,
-            &settings.history,
-            self.billed,
-        );
-        stage.done(rows_in, (deduped.events + entries) as u64);
 
         let stage = progress.stage("join ledger to events");
         let owns_here = |account: u32| self.owns(group, account);
@@ -1361,54 +1339,10 @@ impl<'a> RunState<'a> {
         );
         drop(deduped);
         let bucket_rows = work.bucket_rows();
-        let buckets = work.buckets() + 1;
-        stage.done(debits.len() as u64, buckets as u64);
-        let stage = progress.counted("window, price, consume, reconcile", buckets as u64);
-        let done: Vec<Result<BucketDone>> = (0..buckets)
-            .into_par_iter()
-            .map(|b| {
-                let placed = work.place(
-                    b,
-                    bucket_rows.usage.partition(b),
-                    bucket_rows.debits.partition(b),
-                    &bucket_rows.local_of_row,
-                );
-                let done = self.process_bucket(placed, settings.trace_account.as_deref());
-                stage.tick();
-                done
-            })
-            .collect();
-        let mut events_in_window = 0u64;
-        let mut discrepancy_rows = 0usize;
-        let mut outside = window::Outside::default();
+        stage.done(debits.len() as u64, (work.buckets() + 1) as u64);
         // The group's results go straight into the run's (reserved for every account).
         let first_result = partial.results.len();
-        for bucket in done {
-            let bucket = bucket?;
-            events_in_window += bucket.events;
-            outside.add(&bucket.outside);
-            partial.rejects.extend(bucket.rejects);
-            discrepancy_rows += bucket
-                .results
-                .iter()
-                .map(|(_, r)| r.discrepancies.len())
-                .sum::<usize>();
-            partial.results.extend(bucket.results);
-            partial.mix.merge(bucket.mix)?;
-            if let Some(traced) = bucket.traced {
-                partial.traced = Some(traced);
-            }
-        }
-        stage.done(rows_in, discrepancy_rows as u64);
-        if outside.misrouted > 0 {
-            return Err(TallyError::Invariant(format!(
-                "{} events or entries reached group {group} of shard {} but belong to another",
-                outside.misrouted, layout.shard
-            )));
-        }
-        partial.outside_usage += outside.usage_rows;
-        partial.outside_entries += outside.ledger_entries;
-        let _ = events_in_window;
+        self.process_buckets(group, &work, &bucket_rows, rows_in, partial, progress)?;
         if let Some(account) = &settings.trace_account {
             if partial.traced.is_none() && self.owns_account(group, account) {
                 partial.traced = Some(self.untraced(account));
@@ -1429,6 +1363,96 @@ impl<'a> RunState<'a> {
         usage.clear();
         debits.clear();
         Ok((usage, debits))
+    }
+
+    /// Validate a group's rows: repeated entry ids, and usage dedup (its index is what the
+    /// ledger join looks events up in). Also returns, with --history, the events an
+    /// earlier close saw that dedup has just moved.
+    fn validate_group(
+        &self,
+        (usage, usage_ids): (&mut [Usage], &Ids),
+        (debits, debit_ids): (&mut [Debit], &Ids),
+        partial: &mut Partial,
+        progress: &Progress,
+    ) -> (validate::Deduped, HashSet<String, validate::FastHash>) {
+        let stage = progress.stage("validate");
+        let rows_in = (usage.len() + debits.len()) as u64;
+        let (mut debit_rejects, mut usage_rejects) = (Vec::new(), Vec::new());
+        let files = &self.context.files;
+        let (entries, deduped) = rayon::join(
+            || validate::debits(debits, debit_ids, &files[3], &mut debit_rejects),
+            || validate::dedup_usage(usage, usage_ids, self.dicts, &files[0], &mut usage_rejects),
+        );
+        partial.rejects.extend(debit_rejects);
+        partial.rejects.extend(usage_rejects);
+        partial.identical_duplicates += deduped.identical_copies;
+        let seen = window::seen_in_closed_periods(
+            usage,
+            usage_ids,
+            self.dicts,
+            self.context.allocations,
+            &self.context.settings.history,
+            self.billed,
+        );
+        stage.done(rows_in, (deduped.events + entries) as u64);
+        (deduped, seen)
+    }
+
+    /// Place and process a group's buckets in parallel, gathering their results, rejects
+    /// and counts into `partial` in bucket order.
+    fn process_buckets(
+        &self,
+        group: usize,
+        work: &window::Group<'_>,
+        bucket_rows: &window::BucketRows,
+        rows_in: u64,
+        partial: &mut Partial,
+        progress: &Progress,
+    ) -> Result<()> {
+        let buckets = work.buckets() + 1;
+        let trace_account = self.context.settings.trace_account.as_deref();
+        let stage = progress.counted("window, price, consume, reconcile", buckets as u64);
+        let done: Vec<Result<BucketDone>> = (0..buckets)
+            .into_par_iter()
+            .map(|b| {
+                let placed = work.place(
+                    b,
+                    bucket_rows.usage.partition(b),
+                    bucket_rows.debits.partition(b),
+                    &bucket_rows.local_of_row,
+                );
+                let done = self.process_bucket(placed, trace_account);
+                stage.tick();
+                done
+            })
+            .collect();
+        let mut discrepancy_rows = 0usize;
+        let mut outside = window::Outside::default();
+        for bucket in done {
+            let bucket = bucket?;
+            outside.add(&bucket.outside);
+            partial.rejects.extend(bucket.rejects);
+            discrepancy_rows += bucket
+                .results
+                .iter()
+                .map(|(_, r)| r.discrepancies.len())
+                .sum::<usize>();
+            partial.results.extend(bucket.results);
+            partial.mix.merge(bucket.mix)?;
+            if let Some(traced) = bucket.traced {
+                partial.traced = Some(traced);
+            }
+        }
+        stage.done(rows_in, discrepancy_rows as u64);
+        if outside.misrouted > 0 {
+            return Err(TallyError::Invariant(format!(
+                "{} events or entries reached group {group} of shard {} but belong to another",
+                outside.misrouted, self.context.layout.shard
+            )));
+        }
+        partial.outside_usage += outside.usage_rows;
+        partial.outside_entries += outside.ledger_entries;
+        Ok(())
     }
 
     /// Process a placed bucket's accounts one after another (`trace`: the account
@@ -1465,7 +1489,6 @@ impl<'a> RunState<'a> {
             mix: mix.finish(self.dicts)?,
             rejects: placed.rejects,
             outside: placed.outside,
-            events: work.events.len() as u64,
             traced,
         })
     }
@@ -1504,7 +1527,6 @@ struct BucketDone {
     mix: crate::breakdown::Mix,
     rejects: Vec<Reject>,
     outside: window::Outside,
-    events: u64,
     traced: Option<Traced>,
 }
 
