@@ -130,7 +130,7 @@ pub fn close_period(
     figures: PeriodFigures<'_>,
 ) -> Result<ClosedPeriod> {
     let plan = &book.plans[&allocation.plan_id];
-    let invoice = invoice_row(book, allocation, &figures)?;
+    let invoice = invoice_row(book, plan, allocation, &figures)?;
     let lines = invoice_lines(&invoice.invoice_id, figures.lines);
     let renews = allocation.status == AllocationStatus::Active && plan.refresh;
     let left = Leftover::of(figures.consumption, allocation.period_end)?;
@@ -195,10 +195,10 @@ pub fn close_period(
 /// The invoice of a closed period: the plan's price plus its overage.
 fn invoice_row(
     book: &PriceBook,
+    plan: &Plan,
     allocation: &AllocationRow,
     figures: &PeriodFigures<'_>,
 ) -> Result<InvoiceRow> {
-    let plan = &book.plans[&allocation.plan_id];
     let consumption = figures.consumption;
     let id = invoice_id(&allocation.account_id, allocation.period_start);
     let overage_minor = overage_amount_minor(book, plan, consumption.overage)?;

@@ -8,7 +8,7 @@ use crate::consume::{self, ByKind, GrantBalance, PeriodConsumption};
 use crate::error::{Result, TallyError};
 use crate::model::*;
 use crate::price::{Price, RateTable};
-use crate::pricebook::{Overage, PriceBook};
+use crate::pricebook::{Overage, Plan, PriceBook};
 use crate::reconcile::{self, DiscrepancyRow, Kind};
 use crate::time::Micros;
 use crate::window::{AccountWork, BucketWork, EventWork, PeriodWork};
@@ -344,6 +344,7 @@ fn process_period(
     trace: Option<&mut Vec<PeriodTrace>>,
 ) -> Result<Option<ClosedPeriod>> {
     let alloc = period.allocation;
+    let plan = &ctx.book.plans[&alloc.plan_id];
     let events = &group.events[period.events.clone()];
     let unattached = &group.unattached[period.unattached.clone()];
     let priced = price_events(ctx, group, events)?;
@@ -356,7 +357,7 @@ fn process_period(
     )?;
     state.keep_remaining(&consumed.consumption.grants_after);
 
-    let mut sums = PeriodSums::new(ctx, alloc, state.account, events.len());
+    let mut sums = PeriodSums::new(ctx, alloc, plan, state.account, events.len());
     if sums.billed_invoice_id.is_some() {
         // Sized for the period at once: grown row by row, the vectors of a 100M-event
         // close copied their billed events about twice over into fresh memory. (Not
@@ -366,16 +367,18 @@ fn process_period(
     let mut event_traces: Vec<EventTrace> = Vec::new();
     let mut draws_by_event = consumed.draws_by_event(events.len());
     for (i, event) in events.iter().enumerate() {
-        let seen = EventSeen {
+        let charge = EventCharge {
             price: priced.prices[i],
             unit_bit: priced.unit_bits[i],
             overage: consumed.overage_of[i],
         };
-        let (verdict, kinds) = reconcile_event(ctx, group, event, seen, &mut sums, result, mix)?;
+        let (verdict, kinds) = reconcile_event(ctx, group, event, charge, &mut sums, result, mix)?;
         if trace.is_some() {
             let draws = std::mem::take(&mut draws_by_event[i]);
-            event_traces.push(event_trace(ctx, group, event, seen, draws, verdict, kinds)?);
+            let traced = event_trace(ctx, group, event, charge, draws, &verdict, &kinds)?;
+            event_traces.push(traced);
         }
+        write_event_rows(ctx, group, event, charge.price, &verdict, &kinds, result)?;
     }
     reconcile_unattached(ctx, group, unattached, &mut sums, result)?;
 
@@ -424,7 +427,7 @@ fn process_period(
 }
 
 /// Each event's price and its rate's unit bit (for the credits-by-product mix), from one
-/// rate lookup an event.
+/// rate lookup per event.
 struct PricedEvents {
     prices: Vec<Price>,
     unit_bits: Vec<u64>,
@@ -442,6 +445,14 @@ fn price_events(
         .into_iter()
         .unzip();
     Ok(PricedEvents { prices, unit_bits })
+}
+
+/// What a price draws on the period's grants: its credits, when some are charged.
+fn credits_drawn(price: &Price) -> Option<Milli> {
+    match *price {
+        Price::Charged(credits) if credits.is_positive() => Some(credits),
+        _ => None,
+    }
 }
 
 /// What consuming a period's charges left: the consumption, each event's overage, and
@@ -491,13 +502,11 @@ fn consume_period(
             .filter(|g| g.overlaps(alloc.period_start, alloc.period_end))
             .cloned(),
     );
-    let mut charged_event: Vec<usize> = Vec::new();
-    let mut charges: Vec<(Micros, Milli)> = Vec::new();
+    let charges_count = prices.iter().filter_map(credits_drawn).count();
+    let mut charged_event: Vec<usize> = Vec::with_capacity(charges_count);
+    let mut charges: Vec<(Micros, Milli)> = Vec::with_capacity(charges_count);
     for (i, (event, price)) in events.iter().zip(prices).enumerate() {
-        if let Price::Charged(credits) = price {
-            if !credits.is_positive() {
-                continue;
-            }
+        if let Some(credits) = credits_drawn(price) {
             // A late event is billed in this period: it draws on this period's grants as
             // if it occurred at the period start (it sorts first: it occurred before the
             // start).
@@ -506,7 +515,7 @@ fn consume_period(
                 None => event.usage.occurred_at,
             };
             charged_event.push(i);
-            charges.push((at, *credits));
+            charges.push((at, credits));
         }
     }
     let mut draws: Vec<consume::Draw> = Vec::new();
@@ -530,7 +539,7 @@ fn consume_period(
 
 /// What an event brings to its period's reconciliation besides its rows.
 #[derive(Clone, Copy)]
-struct EventSeen {
+struct EventCharge {
     price: Price,
     /// Its rate's unit bit, for the credits-by-product mix.
     unit_bit: u64,
@@ -559,12 +568,13 @@ impl<'a> PeriodSums<'a> {
     fn new(
         ctx: &RunContext<'_>,
         alloc: &'a AllocationRow,
+        plan: &Plan,
         account: u32,
         events: usize,
     ) -> PeriodSums<'a> {
         PeriodSums {
             alloc,
-            blocks_overage: ctx.book.plans[&alloc.plan_id].overage == Overage::Block,
+            blocks_overage: plan.overage == Overage::Block,
             totals: Totals {
                 account_periods: 1,
                 events_in_window: events as u64,
@@ -609,26 +619,28 @@ impl<'a> PeriodSums<'a> {
     }
 }
 
-/// Reconcile one event of the period: add it to the sums and the mix, list it as billed
-/// (close), and write its discrepancy rows. Returns its verdict and kinds (for a trace).
+/// Reconcile one event of the period: add it to the sums and the mix, and list it as billed
+/// (close). Returns its verdict and discrepancy kinds (its rows are written by
+/// [`write_event_rows`], after its trace: an event whose trace and rows both fail reports
+/// the trace's error).
 fn reconcile_event(
     ctx: &RunContext<'_>,
     group: &BucketWork<'_>,
     event: &EventWork,
-    seen: EventSeen,
+    charge: EventCharge,
     sums: &mut PeriodSums<'_>,
     result: &mut AccountResult,
     mix: &mut crate::breakdown::SkuMix,
 ) -> Result<(reconcile::EventVerdict, Kinds)> {
     let u = &event.usage;
-    let price = seen.price;
+    let price = charge.price;
     let entries = &group.entries[event.entries()];
     let verdict = reconcile::classify(u, price, entries, ctx.settle_from)?;
     sums.totals.entries_in_window += entries.len() as u64;
     sums.recorded = sums.recorded.checked_add(verdict.recorded)?;
     // The mix sums a bucket's accounts together: past the range, that is the run's
     // totals, not this account-period's.
-    mix.add(u, price, verdict.recorded, seen.unit_bit)
+    mix.add(u, price, verdict.recorded, charge.unit_bit)
         .map_err(TallyError::in_run_totals)?;
     if let Some(expected) = price.expected() {
         sums.totals.expected_credits = sums.totals.expected_credits.checked_add(expected)?;
@@ -662,12 +674,26 @@ fn reconcile_event(
     let kinds = event_kinds(
         event,
         &verdict,
-        sums.blocks_overage && seen.overage.is_positive(),
+        sums.blocks_overage && charge.overage.is_positive(),
     );
-    for &kind in &kinds {
+    Ok((verdict, kinds))
+}
+
+/// Write an event's discrepancy rows, one for each of its kinds.
+fn write_event_rows(
+    ctx: &RunContext<'_>,
+    group: &BucketWork<'_>,
+    event: &EventWork,
+    price: Price,
+    verdict: &reconcile::EventVerdict,
+    kinds: &Kinds,
+    result: &mut AccountResult,
+) -> Result<()> {
+    let entries = &group.entries[event.entries()];
+    for &kind in kinds {
         result.discrepancies.push(reconcile::event_row(
             kind,
-            u,
+            &event.usage,
             price,
             entries,
             verdict.recorded,
@@ -675,7 +701,7 @@ fn reconcile_event(
             (group.usage_ids, group.debit_ids),
         )?);
     }
-    Ok((verdict, kinds))
+    Ok(())
 }
 
 /// An event's discrepancy kinds, in the order its rows are written.
@@ -772,10 +798,10 @@ fn event_trace(
     ctx: &RunContext<'_>,
     group: &BucketWork<'_>,
     event: &EventWork,
-    seen: EventSeen,
+    charge: EventCharge,
     draws: Vec<consume::Draw>,
-    verdict: reconcile::EventVerdict,
-    kinds: Kinds,
+    verdict: &reconcile::EventVerdict,
+    kinds: &Kinds,
 ) -> Result<EventTrace> {
     let u = &event.usage;
     Ok(EventTrace {
@@ -788,10 +814,10 @@ fn event_trace(
             conflicting: u.conflicting(),
             late_from: event.late_from(),
         },
-        price: seen.price,
+        price: charge.price,
         draws,
-        overage: seen.overage,
-        verdict,
+        overage: charge.overage,
+        verdict: verdict.clone(),
         kinds: kinds.to_vec(),
     })
 }

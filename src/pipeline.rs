@@ -891,7 +891,7 @@ fn compute_split(
 
     let spill_dir = Arc::new(spill::spill_dir()?);
     partial.scratch = Some(spill_dir.clone());
-    context.scratch = Some(spill_dir.path().to_path_buf());
+    context.scratch = Some(spill_dir.clone());
     let stage = progress.counted("load and spill", (files[0].len() + files[3].len()) as u64);
     let usage_spill = SpillFiles::create(spill_dir.path(), Dataset::Usage, layout.groups)?;
     let usage = spill::route_dataset(
@@ -928,7 +928,7 @@ fn compute_split(
     let dicts = builder.freeze();
     let partitions = account_partitions(&dicts);
     let limits = crate::model::CodeLimits::of(&dicts);
-    let spilled = place_candidates(
+    let spilled = ready_groups(
         (usage, debits),
         (usage_files, debit_files),
         &partitions,
@@ -951,9 +951,10 @@ struct Spilled {
     read_back: ReadBack,
 }
 
-/// Place the candidates (rows whose partition an id join decides) in their groups and
-/// count the rows read.
-fn place_candidates(
+/// Make what the spill pass left ready for the groups: each candidate (a row whose
+/// partition an id join decides) in its group, the rejects and the rows read counted into
+/// `partial`, and the read-back of the spilled groups set up.
+fn ready_groups(
     (usage, debits): (Routed<Usage>, Routed<Debit>),
     (usage_files, debit_files): (Vec<SpillFile>, Vec<SpillFile>),
     partitions: &[u32],
@@ -981,19 +982,12 @@ fn place_candidates(
         usage.grouped + usage_extra.iter().map(|v| v.len() as u64).sum::<u64>();
     partial.rows_read[Dataset::Debits as usize] +=
         debits.grouped + debit_extra.iter().map(|v| v.len() as u64).sum::<u64>();
-    let read_back = ReadBack {
-        most_usage: most_rows(&usage_files, &usage_extra),
-        most_debits: most_rows(&debit_files, &debit_extra),
-        most_bytes: (usage_files.iter().chain(&debit_files))
-            .map(|f| usize::try_from(f.bytes).expect("a spill file fits in memory"))
-            .max()
-            .unwrap_or(0),
-        usage_files,
-        debit_files,
-        usage_candidate_ids: usage.candidate_ids,
-        debit_candidate_ids: debits.candidate_ids,
+    let read_back = ReadBack::new(
+        (usage_files, debit_files),
+        (&usage_extra, &debit_extra),
+        (usage.candidate_ids, debits.candidate_ids),
         limits,
-    };
+    );
     Spilled {
         first: GroupRows {
             usage: usage.first_group,
@@ -1023,6 +1017,27 @@ struct ReadBack {
 }
 
 impl ReadBack {
+    fn new(
+        (usage_files, debit_files): (Vec<SpillFile>, Vec<SpillFile>),
+        (usage_extra, debit_extra): (&[Vec<Usage>], &[Vec<Debit>]),
+        (usage_candidate_ids, debit_candidate_ids): (Ids, Ids),
+        limits: CodeLimits,
+    ) -> ReadBack {
+        ReadBack {
+            most_usage: most_rows(&usage_files, usage_extra),
+            most_debits: most_rows(&debit_files, debit_extra),
+            most_bytes: (usage_files.iter().chain(&debit_files))
+                .map(|f| usize::try_from(f.bytes).expect("a spill file fits in memory"))
+                .max()
+                .unwrap_or(0),
+            usage_files,
+            debit_files,
+            usage_candidate_ids,
+            debit_candidate_ids,
+            limits,
+        }
+    }
+
     /// Group `group`'s rows, read into `buffers` and through `bytes` when given (a
     /// previous group's, to reuse), and how long that took.
     fn read(
@@ -1065,8 +1080,9 @@ impl ReadBack {
         Ok((rows, bytes, started.elapsed()))
     }
 
-    /// The first group's rows (kept in memory by the spill pass) with its candidates.
-    fn first_group(
+    /// The first group's rows (kept in memory by the spill pass) with its candidates
+    /// appended.
+    fn with_candidates(
         &self,
         mut rows: GroupRows,
         (u_extra, d_extra): (Vec<Usage>, Vec<Debit>),
@@ -1118,9 +1134,9 @@ fn process_spilled_groups(
     // than with a 1 s delay; measured: benches/README.md, "Figures moved from source
     // comments (2026-12-05)").
     crate::memory::hand_back_freed();
-    let groups = usage_extra.len();
+    let groups = run.context.layout.groups as usize;
     let mut extras = usage_extra.into_iter().zip(debit_extra);
-    let mut next = extras.next().map(|e| read_back.first_group(first, e));
+    let mut next = extras.next().map(|e| read_back.with_candidates(first, e));
     let mut spare = None;
     let mut spare_bytes = None;
     // The read-back thread asks the pool to decode its frames while this thread waits for
@@ -1240,7 +1256,7 @@ struct Context<'a> {
     files: &'a [Vec<InputFile>; 4],
     book: &'a PriceBook,
     /// Where a split run writes its billed-event runs (None: a whole run keeps them).
-    scratch: Option<PathBuf>,
+    scratch: Option<Arc<spill::SpillDir>>,
 }
 
 /// What every group shares once the input is decoded: the run's codes and rates.
@@ -1352,7 +1368,7 @@ impl<'a> RunState<'a> {
         if settings.mode == Mode::Close {
             let stage = progress.stage("billed events and invoice lines");
             let (billed, lines) = close_runs(
-                context.scratch.as_deref(),
+                context.scratch.as_deref().map(spill::SpillDir::path),
                 group,
                 &mut partial.results[first_result..],
             )?;

@@ -580,9 +580,9 @@ impl<'a> Group<'a> {
         let bucket_accounts = self.accounts_of(bucket);
         let (mut accounts, slots) = self.covered(bucket_accounts);
         let slot_count = slots.slot_of_alloc.iter().filter(|&&s| s != NONE).count();
-        let mut left = Left::default();
+        let mut left = LeftOut::default();
         // The bucket's rows, gathered once (the group's rows are read in row order).
-        let rows = PlacedRows {
+        let rows = GatheredRows {
             usage: usage_rows.iter().map(|&r| self.usage[r as usize]).collect(),
             debits: debit_rows
                 .iter()
@@ -592,7 +592,7 @@ impl<'a> Group<'a> {
             local_of_row,
         };
         let placements = self.place_events(bucket, &slots, &accounts, &rows.usage);
-        self.count_unplaced_events(&rows.usage, &placements, &mut left);
+        self.leave_out_unplaced_events(&rows.usage, &placements, &mut left);
         let order = EventOrder::new(&placements, slot_count, &rows.usage, self.usage_ids);
         let targets = self.target_entries(bucket, &slots, &rows, &placements, &order, &mut left);
         let (events, entries, unattached) = gather_work(&rows, &placements, &order, &targets);
@@ -651,7 +651,12 @@ impl<'a> Group<'a> {
     }
 
     /// Reject the events in no allocation and count those outside the run.
-    fn count_unplaced_events(&self, usage: &[Usage], placements: &[Placement], left: &mut Left) {
+    fn leave_out_unplaced_events(
+        &self,
+        usage: &[Usage],
+        placements: &[Placement],
+        left: &mut LeftOut,
+    ) {
         let window = &self.window;
         for (usage, placement) in usage.iter().zip(placements) {
             match placement {
@@ -690,12 +695,12 @@ impl<'a> Group<'a> {
         &self,
         bucket: usize,
         slots: &Slots,
-        rows: &PlacedRows<'_>,
+        rows: &GatheredRows<'_>,
         placements: &[Placement],
         order: &EventOrder,
-        left: &mut Left,
+        left: &mut LeftOut,
     ) -> EntryTargets {
-        let slot_count = order.event_start.len() - 1;
+        let slot_count = order.slot_count;
         let mut entries_per_event = vec![0u32; order.order.len()];
         let mut unattached_start = vec![0usize; slot_count + 1];
         let mut targets: Vec<EntryTarget> = Vec::with_capacity(rows.debits.len());
@@ -795,8 +800,8 @@ enum EntryTarget {
     Misrouted,
 }
 
-/// A bucket's rows as `Group::place` reads them.
-struct PlacedRows<'r> {
+/// A bucket's rows, gathered once from the group's, as `Group::place` reads them.
+struct GatheredRows<'r> {
     usage: Vec<Usage>,
     debits: Vec<Debit>,
     /// The group's row of each of `debits`.
@@ -807,7 +812,7 @@ struct PlacedRows<'r> {
 
 /// What a bucket leaves out of its work: rejected rows and rows outside the run.
 #[derive(Default)]
-struct Left {
+struct LeftOut {
     rejects: Vec<Reject>,
     outside: Outside,
 }
@@ -815,6 +820,8 @@ struct Left {
 /// The placed events of a bucket in the order of its work: by slot, then (occurred_at,
 /// event_id).
 struct EventOrder {
+    /// The bucket's covered periods.
+    slot_count: usize,
     /// The first position of each slot's events (and, last, the count of placed events).
     event_start: Vec<usize>,
     /// The bucket-local index of the event at each position.
@@ -863,6 +870,7 @@ impl EventOrder {
             position[k as usize] = at as u32;
         }
         EventOrder {
+            slot_count,
             event_start,
             order,
             position,
@@ -882,7 +890,7 @@ struct EntryTargets {
 /// The bucket's events in order, each with the range of its entries, its entries by event,
 /// and its unattached entries by slot.
 fn gather_work(
-    rows: &PlacedRows<'_>,
+    rows: &GatheredRows<'_>,
     placements: &[Placement],
     order: &EventOrder,
     targets: &EntryTargets,
@@ -905,8 +913,7 @@ fn gather_work(
     let zero: Debit = bytemuck::Zeroable::zeroed();
     let mut entries = vec![zero; first as usize];
     let mut filled: Vec<u32> = events.iter().map(|e| e.first_entry).collect();
-    let slot_count = targets.unattached_start.len() - 1;
-    let mut unattached = vec![zero; targets.unattached_start[slot_count]];
+    let mut unattached = vec![zero; targets.unattached_start[order.slot_count]];
     let mut next_unattached = targets.unattached_start.clone();
     for (&entry, target) in rows.debits.iter().zip(&targets.targets) {
         match *target {
