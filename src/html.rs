@@ -332,15 +332,32 @@ fn totals(
     close: bool,
     exponent: u32,
 ) {
-    let products = files.products.as_ref();
-    let n = |v: u64| v.to_string();
+    // Periods are listed by invoices.csv in a close, by balances.csv in a reconcile.
     let periods_csv = if close {
         "invoices.csv"
     } else {
         "balances.csv"
     };
-    let rejected: u64 = s.datasets.values().map(|d| d.rejected).sum();
     h.push_str("<section id=\"totals\">\n<h2>Totals</h2>\n<div class=\"grid\">\n");
+    usage_figures(h, s, files, periods_csv);
+    credit_figures(h, s, files, close, periods_csv);
+    if let Some(cl) = &s.close {
+        close_figures(h, out, s, cl, exponent);
+    }
+    h.push_str("</div>\n");
+    let _ = writeln!(
+        h,
+        "<p class=\"note\">Every linked figure opens the CSV rows it counts or sums. Events are not exported one by one (a run may hold 100M): event figures link to the credits-by-product breakdown they sum. Credits have 3 decimals; money is in {} with {} decimals. Credits remaining are the grants' unconsumed credits, including those of grants already past their expiry (a close counts them as expired). Overage credits of a plan that blocks overage (<code>overage = \"block\"</code>) are not billed (they are reported as <code>over_limit_usage</code>), so overage credits can stand beside an overage amount of 0.</p>\n</section>",
+        esc(&out.book.currency),
+        exponent
+    );
+}
+
+/// The figures of the usage and ledger rows, events and discrepancies.
+fn usage_figures(h: &mut String, s: &Summary, files: &ReportFiles, periods_csv: &str) {
+    let products = files.products.as_ref();
+    let n = |v: u64| v.to_string();
+    let rejected: u64 = s.datasets.values().map(|d| d.rejected).sum();
     let (u, e) = (&s.usage, &s.events);
     figure_table(
         h,
@@ -411,6 +428,17 @@ fn totals(
             ),
         ],
     );
+}
+
+/// The credits figures: expected, recorded, granted, consumed, overage, remaining.
+fn credit_figures(
+    h: &mut String,
+    s: &Summary,
+    files: &ReportFiles,
+    close: bool,
+    periods_csv: &str,
+) {
+    let products = files.products.as_ref();
     let c = &s.credits;
     figure_table(
         h,
@@ -458,79 +486,81 @@ fn totals(
             ),
         ],
     );
-    if let Some(cl) = &s.close {
-        let money = |label, key, minor: i64, column| FigureRow {
-            unit: &s.currency,
-            ..figure_row(
-                label,
-                key,
-                format_minor(minor, exponent),
-                Some(("invoices.csv", Rel::Sum(column))),
-            )
-        };
-        figure_table(
-            h,
-            "close",
-            &[
-                figure_row(
-                    "invoices",
-                    "close.invoices",
-                    n(cl.invoices),
-                    Some(("invoices.csv", Rel::Count)),
-                ),
-                money("invoiced total", "close.total", cl.total_minor, "total"),
-                figure_row(
-                    "invoiced total, minor units",
-                    "close.total_minor",
-                    cl.total_minor.to_string(),
-                    Some(("invoices.csv", Rel::Sum("total_minor"))),
-                ),
-                money(
-                    "of which overage",
-                    "close.overage_amount",
-                    cl.overage_amount_minor,
-                    "overage_amount",
-                ),
-                figure_row(
-                    "credits rolled over",
-                    "close.rollover_credits",
-                    cl.rollover_credits.to_string(),
-                    Some(("renewals.csv", Rel::Sum("rollover_credits"))),
-                ),
-                figure_row(
-                    "credits expired",
-                    "close.expired_credits",
-                    cl.expired_credits.to_string(),
-                    Some(("renewals.csv", Rel::Sum("expired_credits"))),
-                ),
-                figure_row(
-                    "grant credits carried",
-                    "close.carried_credits",
-                    cl.carried_credits.to_string(),
-                    Some(("renewals.csv", Rel::Sum("carried_grant_credits"))),
-                ),
-                figure_row(
-                    "periods renewed",
-                    "close.renewed_periods",
-                    n(cl.renewed_periods),
-                    Some(("allocations_next.csv", Rel::Count)),
-                ),
-            ],
-        );
-        // summary.md's note, under the same figures: totals summed over account-periods.
-        let accounts = out.invoices.iter().map(|i| i.account_id.as_str());
-        let code = |name: &str| format!("<code>{}</code>", esc(name));
-        if let Some(note) = crate::report::several_periods_note(accounts, code) {
-            let _ = writeln!(h, "<p class=\"note\">{note}</p>");
-        }
-    }
-    h.push_str("</div>\n");
-    let _ = writeln!(
+}
+
+/// A close's figures: invoices, their money, rollover, expiry and renewals.
+fn close_figures(
+    h: &mut String,
+    out: &RunOutput,
+    s: &Summary,
+    cl: &crate::report::CloseTotals,
+    exponent: u32,
+) {
+    let n = |v: u64| v.to_string();
+    let money = |label, key, minor: i64, column| FigureRow {
+        unit: &s.currency,
+        ..figure_row(
+            label,
+            key,
+            format_minor(minor, exponent),
+            Some(("invoices.csv", Rel::Sum(column))),
+        )
+    };
+    figure_table(
         h,
-        "<p class=\"note\">Every linked figure opens the CSV rows it counts or sums. Events are not exported one by one (a run may hold 100M): event figures link to the credits-by-product breakdown they sum. Credits have 3 decimals; money is in {} with {} decimals. Credits remaining are the grants' unconsumed credits, including those of grants already past their expiry (a close counts them as expired). Overage credits of a plan that blocks overage (<code>overage = \"block\"</code>) are not billed (they are reported as <code>over_limit_usage</code>), so overage credits can stand beside an overage amount of 0.</p>\n</section>",
-        esc(&out.book.currency),
-        exponent
+        "close",
+        &[
+            figure_row(
+                "invoices",
+                "close.invoices",
+                n(cl.invoices),
+                Some(("invoices.csv", Rel::Count)),
+            ),
+            money("invoiced total", "close.total", cl.total_minor, "total"),
+            figure_row(
+                "invoiced total, minor units",
+                "close.total_minor",
+                cl.total_minor.to_string(),
+                Some(("invoices.csv", Rel::Sum("total_minor"))),
+            ),
+            money(
+                "of which overage",
+                "close.overage_amount",
+                cl.overage_amount_minor,
+                "overage_amount",
+            ),
+            figure_row(
+                "credits rolled over",
+                "close.rollover_credits",
+                cl.rollover_credits.to_string(),
+                Some(("renewals.csv", Rel::Sum("rollover_credits"))),
+            ),
+            figure_row(
+                "credits expired",
+                "close.expired_credits",
+                cl.expired_credits.to_string(),
+                Some(("renewals.csv", Rel::Sum("expired_credits"))),
+            ),
+            figure_row(
+                "grant credits carried",
+                "close.carried_credits",
+                cl.carried_credits.to_string(),
+                Some(("renewals.csv", Rel::Sum("carried_grant_credits"))),
+            ),
+            figure_row(
+                "periods renewed",
+                "close.renewed_periods",
+                n(cl.renewed_periods),
+                Some(("allocations_next.csv", Rel::Count)),
+            ),
+        ],
     );
+    // summary.md's note, under the same figures: totals summed over account-periods.
+    let accounts = out.invoices.iter().map(|i| i.account_id.as_str());
+    let code = |name: &str| format!("<code>{}</code>", esc(name));
+    if let Some(note) = crate::report::several_periods_note(accounts, code) {
+        let _ = writeln!(h, "<p class=\"note\">{note}</p>");
+    }
 }
 
 fn by_kind(h: &mut String, out: &RunOutput, s: &Summary, files: &ReportFiles) {
