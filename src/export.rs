@@ -499,60 +499,101 @@ pub fn write_report_files(
     discrepancies: &RecordBatch,
     rejects: &RecordBatch,
 ) -> Result<ReportFiles> {
-    let report_dir = dir.join(REPORT_DIR);
-    // Not `create_dir_all`: a staging folder an interrupt has just removed must stay gone,
-    // not be made again (with what the writers put in it before the process ends).
-    match std::fs::create_dir(&report_dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-            return Err(TallyError::write(&report_dir, e));
-        }
-        _ => {}
-    }
+    make_report_dir(&dir.join(REPORT_DIR))?;
     let exponent = out.book.exponent;
     let rejects = Rendered::of(rejects, exponent)?;
     let discrepancies = crate::write::report_discrepancies_table(discrepancies, out);
     let discrepancies = Rendered::of(&discrepancies, exponent)?;
+    let groups = RowGroups::of(out);
+    let mut files = write_row_files(dir, &discrepancies, &rejects, &groups)?;
+    write_product_files(dir, out, &mut files)?;
+    Ok(files)
+}
+
+/// Make the report folder. Not `create_dir_all`: a staging folder an interrupt has just
+/// removed must stay gone, not be made again (with what the writers put in it before the
+/// process ends).
+fn make_report_dir(report_dir: &Path) -> Result<()> {
+    match std::fs::create_dir(report_dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            Err(TallyError::write(report_dir, e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The rows of each file of rows the report links to (besides all discrepancies), by
+/// index in the run's discrepancies or rejects.
+struct RowGroups {
+    by_kind: BTreeMap<Kind, Vec<usize>>,
+    /// (no date, day): dated rows by day, then the rows without a date; with their Σ delta.
+    by_day: BTreeMap<(bool, i64), (Vec<usize>, Milli)>,
+    by_reason: BTreeMap<(Dataset, Reason), Vec<usize>>,
+    /// The discrepancies of each top account, by rank.
+    by_account: Vec<Vec<usize>>,
+}
+
+impl RowGroups {
+    fn of(out: &RunOutput) -> RowGroups {
+        let mut by_kind: BTreeMap<Kind, Vec<usize>> = BTreeMap::new();
+        // (no date, day): dated rows by day, then the rows without a date.
+        let mut by_day: BTreeMap<(bool, i64), (Vec<usize>, Milli)> = BTreeMap::new();
+        for (i, d) in out.discrepancies.iter().enumerate() {
+            by_kind.entry(d.kind).or_default().push(i);
+            let key = match d.occurred_at {
+                Some(t) => (false, utc_day(t)),
+                None => (true, 0),
+            };
+            let day = by_day.entry(key).or_default();
+            day.0.push(i);
+            // A summary figure, like summary.json's: saturating, unpriced rows count 0.
+            day.1 = Milli(
+                day.1
+                     .0
+                    .saturating_add(d.delta_credits.unwrap_or_default().0),
+            );
+        }
+        let mut by_reason: BTreeMap<(Dataset, Reason), Vec<usize>> = BTreeMap::new();
+        for (i, r) in out.rejects.iter().enumerate() {
+            by_reason.entry((r.dataset, r.reason)).or_default().push(i);
+        }
+        // Discrepancies are in account order: an account's rows are one range.
+        let by_account: Vec<Vec<usize>> = (out.breakdown.top_accounts.iter())
+            .map(|account| {
+                let id = account.account_id.as_bytes();
+                let start = out
+                    .discrepancies
+                    .partition_point(|d| d.account_id.as_bytes() < id);
+                let end = out
+                    .discrepancies
+                    .partition_point(|d| d.account_id.as_bytes() <= id);
+                (start..end).collect()
+            })
+            .collect();
+        RowGroups {
+            by_kind,
+            by_day,
+            by_reason,
+            by_account,
+        }
+    }
+}
+
+/// Write every file of rows, in the order the report lists them, each with the place in
+/// the returned files its link goes to.
+fn write_row_files(
+    dir: &Path,
+    discrepancies: &Rendered,
+    rejects: &Rendered,
+    groups: &RowGroups,
+) -> Result<ReportFiles> {
     let all: Vec<usize> = (0..discrepancies.ends.len()).collect();
-
-    let mut by_kind: BTreeMap<Kind, Vec<usize>> = BTreeMap::new();
-    // (no date, day): dated rows by day, then the rows without a date.
-    let mut by_day: BTreeMap<(bool, i64), (Vec<usize>, Milli)> = BTreeMap::new();
-    for (i, d) in out.discrepancies.iter().enumerate() {
-        by_kind.entry(d.kind).or_default().push(i);
-        let key = match d.occurred_at {
-            Some(t) => (false, utc_day(t)),
-            None => (true, 0),
-        };
-        let day = by_day.entry(key).or_default();
-        day.0.push(i);
-        // A summary figure, like summary.json's: saturating, unpriced rows count 0.
-        day.1 = Milli(
-            day.1
-                 .0
-                .saturating_add(d.delta_credits.unwrap_or_default().0),
-        );
-    }
-    let mut by_reason: BTreeMap<(Dataset, Reason), Vec<usize>> = BTreeMap::new();
-    for (i, r) in out.rejects.iter().enumerate() {
-        by_reason.entry((r.dataset, r.reason)).or_default().push(i);
-    }
-    // Discrepancies are in account order: an account's rows are one range.
-    let by_account: Vec<Vec<usize>> = (out.breakdown.top_accounts.iter())
-        .map(|account| {
-            let id = account.account_id.as_bytes();
-            let start = out
-                .discrepancies
-                .partition_point(|d| d.account_id.as_bytes() < id);
-            let end = out
-                .discrepancies
-                .partition_point(|d| d.account_id.as_bytes() <= id);
-            (start..end).collect()
-        })
-        .collect();
-
-    // Every file of rows, in the order the report lists them, each with the place in
-    // `files` its link goes to; the files are written in parallel (each copies its rows'
-    // lines and is synced on its own).
+    let RowGroups {
+        by_kind,
+        by_day,
+        by_reason,
+        by_account,
+    } = groups;
     let mut files = ReportFiles {
         accounts: vec![None; by_account.len()],
         ..ReportFiles::default()
@@ -560,21 +601,21 @@ pub fn write_report_files(
     let mut wanted: Vec<(Slot, String, &Rendered, &[usize])> = vec![(
         Slot::Discrepancies,
         "discrepancies.csv".into(),
-        &discrepancies,
+        discrepancies,
         &all,
     )];
-    for (&kind, rows) in &by_kind {
+    for (&kind, rows) in by_kind {
         let name = format!("discrepancies-kind-{}.csv", kind.name());
-        wanted.push((Slot::Kind(kind), name, &discrepancies, rows));
+        wanted.push((Slot::Kind(kind), name, discrepancies, rows));
     }
-    for (&(no_date, day), (rows, delta)) in &by_day {
+    for (&(no_date, day), (rows, delta)) in by_day {
         let label = if no_date {
             "none".to_string()
         } else {
             day_label(day)
         };
         let name = format!("discrepancies-day-{label}.csv");
-        wanted.push((Slot::Day(files.days.len()), name, &discrepancies, rows));
+        wanted.push((Slot::Day(files.days.len()), name, discrepancies, rows));
         files.days.push(DayGroup {
             day: (!no_date).then_some(day),
             rows: rows.len() as u64,
@@ -582,9 +623,9 @@ pub fn write_report_files(
             file: Linked::default(),
         });
     }
-    for (&(dataset, reason), rows) in &by_reason {
+    for (&(dataset, reason), rows) in by_reason {
         let name = format!("rejects-{}-{}.csv", dataset.name(), reason.name());
-        wanted.push((Slot::Reject(files.rejects.len()), name, &rejects, rows));
+        wanted.push((Slot::Reject(files.rejects.len()), name, rejects, rows));
         files.rejects.push(RejectGroup {
             dataset,
             reason,
@@ -594,9 +635,11 @@ pub fn write_report_files(
     for (rank, rows) in by_account.iter().enumerate() {
         if !rows.is_empty() {
             let name = format!("account-{:02}.csv", rank + 1);
-            wanted.push((Slot::Account(rank), name, &discrepancies, rows));
+            wanted.push((Slot::Account(rank), name, discrepancies, rows));
         }
     }
+    // The files are written in parallel (each copies its rows' lines and is synced on its
+    // own).
     let written: Vec<Result<(Slot, Linked)>> = {
         use rayon::prelude::*;
         wanted
@@ -618,6 +661,12 @@ pub fn write_report_files(
         }
     }
 
+    Ok(files)
+}
+
+/// Write the credits-by-product breakdown and the files of its top (product, action)
+/// groups.
+fn write_product_files(dir: &Path, out: &RunOutput, files: &mut ReportFiles) -> Result<()> {
     let mix = &out.breakdown.mix;
     let units = out.book.all_units();
     let lines: Vec<(&MixKey, &MixFigures)> = mix.lines.iter().collect();
@@ -669,7 +718,7 @@ pub fn write_report_files(
             });
         }
     }
-    Ok(files)
+    Ok(())
 }
 
 /// (product, action) of a group of lines.
