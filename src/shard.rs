@@ -558,6 +558,51 @@ pub struct MergeRequest {
 /// Check that the shard folders are exactly shards 0..N of one run, then finish and
 /// publish the run's outputs to `req.out`.
 pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
+    let sources = merge_sources(req)?;
+    let folders = shard_folders(&sources)?;
+    let stage = req.progress.stage("merge");
+    let manifests = folders
+        .iter()
+        .map(|f| read_manifest(f))
+        .collect::<Result<Vec<_>>>()?;
+    check_one_run(&folders, &manifests)?;
+    let first = &manifests[0];
+    check_one_build(&folders, &manifests)?;
+    check_every_shard_once(req, &sources, &folders, &manifests)?;
+    let job = merge_job(req, &folders, first)?;
+    let _lock = crate::lock_output(&req.out)?;
+    // A close whose shards read a history: its folder is the one `--out` is directly
+    // inside (the shards checked that). The merge publishes into it, so it takes the
+    // history's lock as a close on one machine does.
+    let history = first.reads_history().then(|| write::folder_of(&req.out));
+    let _history_lock = match &history {
+        Some(dir) => Some(crate::lock_history(dir, false)?),
+        None => None,
+    };
+    crate::check_replaceable(&req.out)?;
+    crate::refuse_reconcile_over_close(&job)?;
+    if let Some(done) = crate::check_earlier_close(&job, &first.inputs)? {
+        return Ok(done);
+    }
+    if let Some(dir) = &history {
+        check_history_unchanged(dir, &req.out, job.as_of, &first.inputs)?;
+    }
+
+    let inputs = pipeline::inputs(&job.data)?;
+    check_inputs_unchanged(&job.data, &inputs, first)?;
+    let mut partials = Vec::with_capacity(folders.len());
+    for (folder, m) in folders.iter().zip(&manifests) {
+        partials.push(read_partial(folder, m)?);
+    }
+    stage.done(first.shards.into(), partials.len() as u64);
+    let settings = job.settings(crate::history::History::default());
+    let output = pipeline::finish(settings, inputs, partials)?;
+    publish_run(&job, &output, first.inputs.clone())
+}
+
+/// The folders a merge reads shards from (`--out`'s shards folder unless given), each
+/// checked to be there.
+fn merge_sources(req: &MergeRequest) -> Result<Vec<PathBuf>> {
     let sources = if req.sources.is_empty() {
         vec![shards_root(&req.out)]
     } else {
@@ -570,17 +615,14 @@ pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
             req.out.display()
         )));
     }
-    let folders = shard_folders(&sources)?;
-    let stage = req.progress.stage("merge");
-    let manifests = folders
-        .iter()
-        .map(|f| read_manifest(f))
-        .collect::<Result<Vec<_>>>()?;
-    check_one_run(&folders, &manifests)?;
+    Ok(sources)
+}
+
+/// Refuse shards of another tally version or build. Partial files and run files are read
+/// as this binary writes them: shards of another tally version (a deploy between the
+/// shards and their merge) are refused by name rather than decoded.
+fn check_one_build(folders: &[PathBuf], manifests: &[ShardManifest]) -> Result<()> {
     let first = &manifests[0];
-    // Partial files and run files are read as this binary writes them: shards of another
-    // tally version (a deploy between the shards and their merge) are refused by name
-    // rather than decoded.
     if first.version != write::VERSION {
         return Err(TallyError::Refused(format!(
             "{} was computed by tally {}, and this is tally {}; merge with the version that ran the shards, or rerun them with this one",
@@ -590,7 +632,7 @@ pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
         )));
     }
     if let Some((folder, m)) =
-        (folders.iter().zip(&manifests)).find(|(_, m)| m.partial_format != PARTIAL_FORMAT)
+        (folders.iter().zip(manifests)).find(|(_, m)| m.partial_format != PARTIAL_FORMAT)
     {
         return Err(TallyError::Refused(format!(
             "{} was written by another build of tally {} (its partial.bin has layout {}, this \
@@ -601,6 +643,17 @@ pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
             m.partial_format
         )));
     }
+    Ok(())
+}
+
+/// Refuse a merge unless every shard of the run is given exactly once.
+fn check_every_shard_once(
+    req: &MergeRequest,
+    sources: &[PathBuf],
+    folders: &[PathBuf],
+    manifests: &[ShardManifest],
+) -> Result<()> {
+    let first = &manifests[0];
     let n = first.shards;
     if n == 0 || n > crate::route::PARTITIONS {
         return Err(TallyError::Refused(format!(
@@ -610,7 +663,7 @@ pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
         )));
     }
     let mut seen: Vec<Option<&PathBuf>> = vec![None; n as usize];
-    for (folder, m) in folders.iter().zip(&manifests) {
+    for (folder, m) in folders.iter().zip(manifests) {
         let slot = seen.get_mut(m.shard as usize).ok_or_else(|| {
             TallyError::Refused(format!(
                 "{} claims shard {} of {n}",
@@ -633,9 +686,15 @@ pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
         .map(|(i, _)| i)
         .collect();
     if !missing.is_empty() {
-        return Err(missing_shards(req, &sources, first, &missing));
+        return Err(missing_shards(req, sources, first, &missing));
     }
 
+    Ok(())
+}
+
+/// The job the shards ran, as the merge publishes it: its command, as-of, settings and
+/// data root (`--data`, or the shards' when it is a folder here).
+fn merge_job(req: &MergeRequest, folders: &[PathBuf], first: &ShardManifest) -> Result<JobRequest> {
     let mode = match first.command.as_str() {
         "reconcile" => crate::model::Mode::Reconcile,
         "close" => crate::model::Mode::Close,
@@ -661,8 +720,8 @@ pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
             ),
         ));
     }
-    let job = JobRequest {
-        data: data.clone(),
+    Ok(JobRequest {
+        data,
         out: req.out.clone(),
         mode,
         as_of,
@@ -675,26 +734,16 @@ pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
         alert: req.alert.clone(),
         progress: req.progress,
         history: None,
-    };
-    let _lock = crate::lock_output(&req.out)?;
-    // A close whose shards read a history: its folder is the one `--out` is directly
-    // inside (the shards checked that). The merge publishes into it, so it takes the
-    // history's lock as a close on one machine does.
-    let history = first.reads_history().then(|| write::folder_of(&req.out));
-    let _history_lock = match &history {
-        Some(dir) => Some(crate::lock_history(dir, false)?),
-        None => None,
-    };
-    crate::check_replaceable(&req.out)?;
-    crate::refuse_reconcile_over_close(&job)?;
-    if let Some(done) = crate::check_earlier_close(&job, &first.inputs)? {
-        return Ok(done);
-    }
-    if let Some(dir) = &history {
-        check_history_unchanged(dir, &req.out, as_of, &first.inputs)?;
-    }
+    })
+}
 
-    let inputs = pipeline::inputs(&data)?;
+/// Refuse a merge whose data root no longer holds the files the shards read, or whose
+/// price book changed since.
+fn check_inputs_unchanged(
+    data: &Path,
+    inputs: &pipeline::Inputs,
+    first: &ShardManifest,
+) -> Result<()> {
     let listed: Vec<&str> = inputs
         .files
         .iter()
@@ -723,14 +772,7 @@ pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
             inputs.pricebook_path.display()
         )));
     }
-    let mut partials = Vec::with_capacity(folders.len());
-    for (folder, m) in folders.iter().zip(&manifests) {
-        partials.push(read_partial(folder, m)?);
-    }
-    stage.done(n.into(), partials.len() as u64);
-    let settings = job.settings(crate::history::History::default());
-    let output = pipeline::finish(settings, inputs, partials)?;
-    publish_run(&job, &output, first.inputs.clone())
+    Ok(())
 }
 
 /// Refuse a merge when the closes under the history folder `dir` are no longer those the
