@@ -18,7 +18,7 @@
 use crate::dict::{IdChunk, Ids};
 use crate::direct::{AlignedBuf, AppendFiles};
 use crate::error::{Result, TallyError};
-use crate::load::{InputFile, Parsed, Plan, Unit};
+use crate::load::{Batch, InputFile, Parsed, Plan, Unit};
 use crate::model::*;
 use crate::route::{AccountPartitions, CrossBucket, GroupCounts, GroupTable, Layout, NO_ACCOUNT};
 use crate::rows::{FilesDone, Memos, RowFields, RowParser, Source};
@@ -700,19 +700,9 @@ pub fn route_dataset<S: Source>(
     spill: &SpillFiles,
     file_done: &(dyn Fn() + Sync),
 ) -> Result<Routed<S::Row>> {
-    let groups = layout.groups as usize;
-    let group_table = GroupTable::new(layout);
     let plan = Plan::open(files, source.specs());
     let units = plan.units.clone();
-    // The light pass saw the same row groups, unless a file could not be opened (the
-    // decode below reports that) or changed since: then every row group gets no place,
-    // and a first-group row fails as a changed file.
-    let places: Vec<usize> = match counts.first_group_by_unit.len() == units.len() {
-        true => (counts.first_group_by_unit.iter())
-            .map(|&n| usize::try_from(n).expect("a row group's rows fit in memory"))
-            .collect(),
-        false => vec![0; units.len()],
-    };
+    let places = first_group_places(counts, units.len());
     // Room for the largest group (the vector is reused for a later group's rows) and the
     // candidates routed to the first group (about as many as leave it; a vector that grows
     // copies its rows into fresh memory). Room not written to takes no memory.
@@ -722,8 +712,50 @@ pub fn route_dataset<S: Source>(
         .max(counts.largest_group() as usize);
     let room = room + room / 64;
     let mut first_group: Vec<S::Row> = Vec::with_capacity(room);
+    let states = row_group_outs(source, &mut first_group, &places);
+    let router = BatchRouter {
+        source,
+        files,
+        groups: layout.groups as usize,
+        group_table: GroupTable::new(layout),
+        cross,
+        spill,
+    };
+    let done = FilesDone::new(files.len(), &units, file_done);
+    let outs = plan.decode(
+        files,
+        states,
+        &|unit, out, batch| router.route(unit, out, batch),
+        &|unit, out| {
+            done.unit_done(unit);
+            out.done
+        },
+    )?;
+    gather_routed(outs, first_group, &places)
+}
+
+/// The rows of the first group the light pass counted in each row group: the place each
+/// gets in the first group's vector. The light pass saw the same row groups, unless a
+/// file could not be opened (the decode reports that) or changed since: then every row
+/// group gets no place, and a first-group row fails as a changed file.
+fn first_group_places(counts: &GroupCounts, units: usize) -> Vec<usize> {
+    match counts.first_group_by_unit.len() == units {
+        true => (counts.first_group_by_unit.iter())
+            .map(|&n| usize::try_from(n).expect("a row group's rows fit in memory"))
+            .collect(),
+        false => vec![0; units],
+    }
+}
+
+/// Each row group's state for the pass: its place (`places[i]` rows) in `first_group`'s
+/// spare capacity, one after another.
+fn row_group_outs<'h, S: Source>(
+    source: &S,
+    first_group: &'h mut Vec<S::Row>,
+    places: &[usize],
+) -> Vec<RowGroupOut<'h, S::Row>> {
     let mut free = first_group.spare_capacity_mut();
-    let states = places
+    places
         .iter()
         .map(|&rows| {
             let (place, rest) = std::mem::take(&mut free).split_at_mut(rows);
@@ -743,88 +775,110 @@ pub fn route_dataset<S: Source>(
                 },
             }
         })
-        .collect();
-    let done = FilesDone::new(files.len(), &units, file_done);
-    let outs = plan.decode(
-        files,
-        states,
-        &|unit, out, batch| {
-            let mut parser = source.parser(batch, unit.file as u32, &mut out.memos);
-            // A valid row's account is its raw `account_id` cell: one partition serves the
-            // skip, the spill and the reject (a row without an account is reported with
-            // partition 0's).
-            let mut partitions = out.accounts.of_rows(&batch.columns[1], batch.len);
-            for partition in &mut partitions {
-                if *partition == NO_ACCOUNT {
-                    *partition = 0;
-                }
+        .collect()
+}
+
+/// What the spill pass routes each batch of rows by.
+struct BatchRouter<'a, S> {
+    source: &'a S,
+    files: &'a [InputFile],
+    groups: usize,
+    group_table: GroupTable,
+    cross: &'a CrossBucket,
+    spill: &'a SpillFiles,
+}
+
+impl<S: Source> BatchRouter<'_, S> {
+    /// Parse a batch's rows of this shard (and its other rows that may be candidates) and
+    /// route each: a candidate is kept, a row of the first group held in its row group's
+    /// place, a row of a later group spilled in its group's frame, a reject kept.
+    fn route(&self, unit: &Unit, out: &mut RowGroupOut<'_, S::Row>, batch: &Batch) {
+        let (source, cross) = (self.source, self.cross);
+        let mut parser = source.parser(batch, unit.file as u32, &mut out.memos);
+        // A valid row's account is its raw `account_id` cell: one partition serves the
+        // skip, the spill and the reject (a row without an account is reported with
+        // partition 0's).
+        let mut partitions = out.accounts.of_rows(&batch.columns[1], batch.len);
+        for partition in &mut partitions {
+            if *partition == NO_ACCOUNT {
+                *partition = 0;
             }
-            // Each group's frame sized for the rows whose account is in it (an upper bound:
-            // rejects and candidates among them are not spilled), ids at the source's bytes
-            // a row. A batch holds a few accounts' rows, so a group's share of it is far
-            // from even, and a frame that outgrows its vectors copies them (as frames sized
-            // for an even share, and ids at 24 bytes a row for the ledger's 44, did).
-            let mut sizes = vec![0usize; groups];
-            for &partition in &partitions {
-                if let Some(group) = group_table.group(partition) {
-                    sizes[group] += 1;
-                }
+        }
+        let mut frames = self.frames_for(&partitions);
+        let kept = &mut out.done;
+        for (i, &partition) in partitions.iter().enumerate() {
+            let group = self.group_table.group(partition);
+            // Another shard's row that cannot be a candidate: not even parsed here.
+            if group.is_none() && !source.raw_candidate(batch, i, cross) {
+                continue;
             }
-            let mut frames: Vec<(Vec<S::Row>, IdChunk)> = (sizes.iter().enumerate())
-                .map(|(group, &rows)| match group {
-                    0 => (Vec::new(), IdChunk::default()),
-                    _ => (
-                        Vec::with_capacity(rows),
-                        IdChunk::with_capacity(rows * source.id_bytes_per_row()),
-                    ),
-                })
-                .collect();
-            let kept = &mut out.done;
-            for (i, &partition) in partitions.iter().enumerate() {
-                let group = group_table.group(partition);
-                // Another shard's row that cannot be a candidate: not even parsed here.
-                if group.is_none() && !source.raw_candidate(batch, i, cross) {
-                    continue;
+            match parser.parse(i) {
+                Parsed::Row(fields) if fields.is_candidate(cross) => {
+                    let row = fields.store(&mut kept.candidate_ids, unit.index as u32);
+                    kept.candidates.push(row);
                 }
-                match parser.parse(i) {
-                    Parsed::Row(fields) if fields.is_candidate(cross) => {
-                        let row = fields.store(&mut kept.candidate_ids, unit.index as u32);
-                        kept.candidates.push(row);
+                Parsed::Row(fields) => {
+                    let Some(group) = group else {
+                        continue;
+                    };
+                    kept.grouped += 1;
+                    if group > 0 {
+                        let (rows, ids) = &mut frames[group];
+                        rows.push(fields.store(ids, 0));
+                    } else if kept.held < out.place.len() {
+                        let row = fields.store(&mut kept.held_ids, unit.index as u32);
+                        out.place[kept.held].write(row);
+                        kept.held += 1;
+                    } else {
+                        kept.failed.get_or_insert_with(|| changed(self.files, unit));
                     }
-                    Parsed::Row(fields) => {
-                        let Some(group) = group else {
-                            continue;
-                        };
-                        kept.grouped += 1;
-                        if group > 0 {
-                            let (rows, ids) = &mut frames[group];
-                            rows.push(fields.store(ids, 0));
-                        } else if kept.held < out.place.len() {
-                            let row = fields.store(&mut kept.held_ids, unit.index as u32);
-                            out.place[kept.held].write(row);
-                            kept.held += 1;
-                        } else {
-                            kept.failed.get_or_insert_with(|| changed(files, unit));
-                        }
-                    }
-                    Parsed::Rejected(reject) => {
-                        if group.is_some() {
-                            kept.rejects.push(reject);
-                        }
+                }
+                Parsed::Rejected(reject) => {
+                    if group.is_some() {
+                        kept.rejects.push(reject);
                     }
                 }
             }
-            for (group, (rows, ids)) in frames.iter().enumerate().skip(1) {
-                if let Err(e) = spill.append(group, rows, ids) {
-                    kept.failed.get_or_insert(e);
-                }
+        }
+        for (group, (rows, ids)) in frames.iter().enumerate().skip(1) {
+            if let Err(e) = self.spill.append(group, rows, ids) {
+                kept.failed.get_or_insert(e);
             }
-        },
-        &|unit, out| {
-            done.unit_done(unit);
-            out.done
-        },
-    )?;
+        }
+    }
+
+    /// A batch's spill frame of each group (none for the first), each sized for the rows
+    /// whose account is in it (an upper bound: rejects and candidates among them are not
+    /// spilled), ids at the source's bytes a row. A batch holds a few accounts' rows, so a
+    /// group's share of it is far from even, and a frame that outgrows its vectors copies
+    /// them (as frames sized for an even share, and ids at 24 bytes a row for the ledger's
+    /// 44, did).
+    fn frames_for(&self, partitions: &[u32]) -> Vec<(Vec<S::Row>, IdChunk)> {
+        let mut sizes = vec![0usize; self.groups];
+        for &partition in partitions {
+            if let Some(group) = self.group_table.group(partition) {
+                sizes[group] += 1;
+            }
+        }
+        (sizes.iter().enumerate())
+            .map(|(group, &rows)| match group {
+                0 => (Vec::new(), IdChunk::default()),
+                _ => (
+                    Vec::with_capacity(rows),
+                    IdChunk::with_capacity(rows * self.source.id_bytes_per_row()),
+                ),
+            })
+            .collect()
+    }
+}
+
+/// The pass's row groups gathered in (file, row group) order: the first failure, or the
+/// rejects, candidates and first group's rows (closed up from their places).
+fn gather_routed<R: Copy>(
+    outs: Vec<RowGroupDone<R>>,
+    mut first_group: Vec<R>,
+    places: &[usize],
+) -> Result<Routed<R>> {
     let mut routed = Routed {
         rejects: Vec::new(),
         candidates: Vec::new(),
@@ -845,7 +899,7 @@ pub fn route_dataset<S: Source>(
         routed.grouped += out.grouped;
         held.push(out.held);
     }
-    close_up(&mut first_group, &places, &held);
+    close_up(&mut first_group, places, &held);
     routed.first_group = first_group;
     Ok(routed)
 }
