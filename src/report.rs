@@ -307,6 +307,18 @@ fn md_text(id: &str) -> String {
 pub fn summary_markdown(out: &RunOutput, s: &Summary) -> Result<String> {
     let mut md = String::new();
     let _ = writeln!(md, "# tally {} — as of {}\n", s.command, s.as_of);
+    md_figures(&mut md, s);
+    if let Some(c) = &s.close {
+        md_close_figures(&mut md, out, s, c);
+    }
+    md_by_kind(&mut md, out, s);
+    md_top_accounts(&mut md, out)?;
+    md_conservation(&mut md, s);
+    Ok(md)
+}
+
+/// The run's figures, one table row each.
+fn md_figures(md: &mut String, s: &Summary) {
     let _ = writeln!(md, "| | |\n|---|---|");
     let _ = writeln!(md, "| usage rows read | {} |", s.usage.rows_read);
     let _ = writeln!(md, "| events in window | {} |", s.usage.events_in_window);
@@ -352,32 +364,38 @@ pub fn summary_markdown(out: &RunOutput, s: &Summary) -> Result<String> {
     );
     let rejected: u64 = s.datasets.values().map(|d| d.rejected).sum();
     let _ = writeln!(md, "| rows rejected (all datasets) | {rejected} |");
-    if let Some(c) = &s.close {
-        let _ = writeln!(md, "| invoices | {} |", c.invoices);
-        // Money as a reader writes it, the minor units (the files' INT64) beside it.
-        let money = |minor: i64| {
-            format!(
-                "{} {} ({minor} minor units)",
-                crate::export::format_minor(minor, out.book.exponent),
-                s.currency
-            )
-        };
-        let _ = writeln!(md, "| invoiced total | {} |", money(c.total_minor));
-        let _ = writeln!(
-            md,
-            "| of which overage | {} |",
-            money(c.overage_amount_minor)
-        );
-        let _ = writeln!(
-            md,
-            "| credits rolled over / expired / carried | {} / {} / {} |",
-            c.rollover_credits, c.expired_credits, c.carried_credits
-        );
-        let accounts = out.invoices.iter().map(|i| i.account_id.as_str());
-        if let Some(note) = several_periods_note(accounts, |name| format!("`{name}`")) {
-            let _ = writeln!(md, "\n{note}");
-        }
+}
+
+/// A close's figures, in the same table: invoices, money, rollover and expiry.
+fn md_close_figures(md: &mut String, out: &RunOutput, s: &Summary, c: &CloseTotals) {
+    let _ = writeln!(md, "| invoices | {} |", c.invoices);
+    // Money as a reader writes it, the minor units (the files' INT64) beside it.
+    let money = |minor: i64| {
+        format!(
+            "{} {} ({minor} minor units)",
+            crate::export::format_minor(minor, out.book.exponent),
+            s.currency
+        )
+    };
+    let _ = writeln!(md, "| invoiced total | {} |", money(c.total_minor));
+    let _ = writeln!(
+        md,
+        "| of which overage | {} |",
+        money(c.overage_amount_minor)
+    );
+    let _ = writeln!(
+        md,
+        "| credits rolled over / expired / carried | {} / {} / {} |",
+        c.rollover_credits, c.expired_credits, c.carried_credits
+    );
+    let accounts = out.invoices.iter().map(|i| i.account_id.as_str());
+    if let Some(note) = several_periods_note(accounts, |name| format!("`{name}`")) {
+        let _ = writeln!(md, "\n{note}");
     }
+}
+
+/// Each kind's rows, Σ delta and meaning, and what the deltas add up to.
+fn md_by_kind(md: &mut String, out: &RunOutput, s: &Summary) {
     let _ = writeln!(
         md,
         "\n## Discrepancies by kind ({} rows)\n",
@@ -408,6 +426,10 @@ pub fn summary_markdown(out: &RunOutput, s: &Summary) -> Result<String> {
         );
     }
     let _ = writeln!(md, "\n{}", delta_note(without_by_kind.iter().sum(), s));
+}
+
+/// The ten accounts with the largest Σ |delta|.
+fn md_top_accounts(md: &mut String, out: &RunOutput) -> Result<()> {
     let top = summary::top_accounts(&out.discrepancies, 10)?;
     let _ = writeln!(md, "\n## Top accounts by Σ |delta|\n");
     let _ = writeln!(
@@ -432,6 +454,11 @@ pub fn summary_markdown(out: &RunOutput, s: &Summary) -> Result<String> {
             );
         }
     }
+    Ok(())
+}
+
+/// The conservation checks and whether they hold.
+fn md_conservation(md: &mut String, s: &Summary) {
     let _ = writeln!(
         md,
         "\n## Conservation\n\nusage rows read {} = in window {} + identical duplicates {} + rejected {} + outside {}; \
@@ -444,7 +471,6 @@ pub fn summary_markdown(out: &RunOutput, s: &Summary) -> Result<String> {
         if s.close.is_some() { ", remaining = expired + rolled over + carried" } else { "" },
         if s.conservation.holds { "yes" } else { "NO" }
     );
-    Ok(md)
 }
 
 /// What the by-kind deltas are, and why they do not add up to recorded − expected.
