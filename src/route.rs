@@ -641,57 +641,22 @@ pub fn find_cross_bucket(
 ) -> Result<LightPass> {
     let late_ids = std::sync::Mutex::new(HashSet::<String, FastHash>::default());
     let groups = GroupTable::new(layout);
+    let group_count = layout.groups as usize;
     // Round 1: event ids over usage and ledger rows, with the row's own partition.
-    // Returns the rows' partitions, for what else the pass reads of the batch.
-    let event_keys = |batch: &Batch, id_col: usize, unit: &mut LightUnit<LightOut>| {
-        let partitions = unit.accounts.of_rows(&batch.columns[1], batch.len);
-        let mut keys = Vec::with_capacity(batch.len);
-        let mut by_group = vec![0u64; layout.groups as usize];
-        for (row, &partition) in partitions.iter().enumerate() {
-            if partition == NO_ACCOUNT {
-                continue;
-            }
-            if let Some(group) = groups.group(partition) {
-                by_group[group] += 1;
-            }
-            if let Some(id) = batch.columns[id_col].str(row) {
-                keys.push(id_key(id) | u64::from(partition));
-            }
-        }
-        unit.outs.push(LightOut {
-            keys: BucketedKeys::new(&keys),
-            by_group,
-        });
-        partitions
-    };
     let usage_specs: &[ColSpec] = if late.is_some() {
         &USAGE_IDS_AT
     } else {
         &USAGE_IDS
     };
     let usage_parts = light_read(usage, usage_specs, &|batch, unit| {
-        event_keys(batch, 0, unit);
+        event_keys(batch, 0, unit, &groups, group_count);
         if let Some(late) = late {
-            for row in 0..batch.len {
-                let (Some(id), Some(account), Some(Ok(t))) = (
-                    batch.columns[0].str(row),
-                    batch.columns[1].str(row),
-                    batch.columns[2].micros(row),
-                ) else {
-                    continue;
-                };
-                if late(account, t) {
-                    late_ids
-                        .lock()
-                        .expect("late ids lock")
-                        .insert(id.to_string());
-                }
-            }
+            add_late_ids(batch, late, &late_ids);
         }
     })?;
     let entry_hashes = EntryHashes::create()?;
     let debit_parts = light_read(debits, &DEBIT_IDS, &|batch, unit| {
-        let partitions = event_keys(batch, 2, unit);
+        let partitions = event_keys(batch, 2, unit, &groups, group_count);
         // The rows round 2 would key: an entry id and an account.
         let hashes: Vec<u64> = (partitions.iter().enumerate())
             .filter(|&(_, &partition)| partition != NO_ACCOUNT)
@@ -699,10 +664,9 @@ pub fn find_cross_bucket(
             .collect();
         entry_hashes.add(&hashes);
     })?;
-    let groups = layout.groups as usize;
     let counts = [
-        GroupCounts::of(&usage_parts, groups),
-        GroupCounts::of(&debit_parts, groups),
+        GroupCounts::of(&usage_parts, group_count),
+        GroupCounts::of(&debit_parts, group_count),
     ];
     let keys = usage_parts
         .into_iter()
@@ -730,6 +694,74 @@ pub fn find_cross_bucket(
             counts,
         });
     }
+    let entries = cross_entries(debits, &found)?;
+    Ok(LightPass {
+        cross: CrossBucket {
+            events: found.events,
+            entries,
+        },
+        late_ids,
+        counts,
+    })
+}
+
+/// Round 1 of the light pass over a batch: key each row's event id (column `id_col`)
+/// with the row's own partition and count the rows of each group. Returns the rows'
+/// partitions, for what else the pass reads of the batch.
+fn event_keys(
+    batch: &Batch,
+    id_col: usize,
+    unit: &mut LightUnit<LightOut>,
+    groups: &GroupTable,
+    group_count: usize,
+) -> Vec<u32> {
+    let partitions = unit.accounts.of_rows(&batch.columns[1], batch.len);
+    let mut keys = Vec::with_capacity(batch.len);
+    let mut by_group = vec![0u64; group_count];
+    for (row, &partition) in partitions.iter().enumerate() {
+        if partition == NO_ACCOUNT {
+            continue;
+        }
+        if let Some(group) = groups.group(partition) {
+            by_group[group] += 1;
+        }
+        if let Some(id) = batch.columns[id_col].str(row) {
+            keys.push(id_key(id) | u64::from(partition));
+        }
+    }
+    unit.outs.push(LightOut {
+        keys: BucketedKeys::new(&keys),
+        by_group,
+    });
+    partitions
+}
+
+/// Add the ids of a usage batch's events that may be late (`late`) to `late_ids`.
+fn add_late_ids(
+    batch: &Batch,
+    late: LateCheck<'_>,
+    late_ids: &std::sync::Mutex<HashSet<String, FastHash>>,
+) {
+    for row in 0..batch.len {
+        let (Some(id), Some(account), Some(Ok(t))) = (
+            batch.columns[0].str(row),
+            batch.columns[1].str(row),
+            batch.columns[2].micros(row),
+        ) else {
+            continue;
+        };
+        if late(account, t) {
+            late_ids
+                .lock()
+                .expect("late ids lock")
+                .insert(id.to_string());
+        }
+    }
+}
+
+/// Round 2 of the light pass: the entry ids whose rows fall in more than one partition,
+/// an entry whose event crosses (in `found`) counted as crossing.
+fn cross_entries(debits: &[InputFile], found: &CrossBucket) -> Result<KeySet> {
     let parts = light_read(debits, &DEBIT_IDS, &|batch, unit| {
         let partitions = unit.accounts.of_rows(&batch.columns[1], batch.len);
         let mut keys = Vec::with_capacity(batch.len);
@@ -750,15 +782,7 @@ pub fn find_cross_bucket(
         }
         unit.outs.push(BucketedKeys::new(&keys));
     })?;
-    let entries = mixed_ids(parts.into_iter().flatten());
-    Ok(LightPass {
-        cross: CrossBucket {
-            events: found.events,
-            entries: KeySet::new(entries),
-        },
-        late_ids,
-        counts,
-    })
+    Ok(KeySet::new(mixed_ids(parts.into_iter().flatten())))
 }
 
 /// Where each candidate goes: the destination partition of every candidate row (same order
