@@ -1629,33 +1629,26 @@ fn order_outputs(
         pricebook_path,
         files,
     } = inputs;
-    let mut results = Vec::new();
-    let mut rejects = Vec::new();
-    let mut not_covered = Vec::new();
-    let mut rows_read = [0u64; 4];
-    let (mut identical, mut outside_usage, mut outside_entries) = (0, 0, 0);
-    let mut billed = Vec::new();
-    let mut lines = Vec::new();
-    let mut scratch = Vec::new();
-    let mut breakdown = crate::breakdown::Breakdown::default();
-    for p in partials {
-        breakdown.mix.merge(p.mix)?;
-        gather(&mut billed, p.billed);
-        gather(&mut lines, p.lines);
-        scratch.extend(p.scratch);
-        gather(&mut results, p.results);
-        gather(&mut rejects, p.rejects);
-        gather(&mut not_covered, p.rejected_allocations_not_covered);
-        for (total, n) in rows_read.iter_mut().zip(p.rows_read) {
-            *total += n;
-        }
-        identical += p.identical_duplicates;
-        outside_usage += p.outside_usage;
-        outside_entries += p.outside_entries;
-    }
+    let Gathered {
+        mut results,
+        mut rejects,
+        mut not_covered,
+        rows_read,
+        identical,
+        outside_usage,
+        outside_entries,
+        billed,
+        lines,
+        scratch,
+        mix,
+    } = Gathered::of(partials)?;
     // Collect in output order: accounts by id (bytes), periods already in order; the
     // tables are sized once before the results are appended in that order.
     let order = account_order(&results)?;
+    let mut breakdown = crate::breakdown::Breakdown {
+        mix,
+        ..Default::default()
+    };
     (breakdown.top_accounts, breakdown.unreconciled_accounts) =
         crate::breakdown::top_accounts(&results)?;
     breakdown.accounts = results.len() as u64;
@@ -1673,25 +1666,8 @@ fn order_outputs(
         &not_covered,
         &files[Dataset::Allocations as usize],
     );
-    if let Some(pair) = rejects
-        .windows(2)
-        .find(|w| (w[0].dataset, w[0].at) == (w[1].dataset, w[1].at))
-    {
-        return Err(TallyError::Invariant(format!(
-            "{} row {} was rejected twice",
-            pair[0].dataset.name(),
-            pair[0].at.row
-        )));
-    }
-
-    let mut counts: [DatasetCounts; 4] = Default::default();
-    for (i, read) in rows_read.into_iter().enumerate() {
-        counts[i].files = files[i].len() as u64;
-        counts[i].rows_read = read;
-    }
-    for r in &rejects {
-        counts[r.dataset as usize].rejected += 1;
-    }
+    check_each_row_rejected_once(&rejects)?;
+    let counts = dataset_counts(&rows_read, &files, &rejects);
     let usage = UsageCounts {
         rows_read: rows_read[Dataset::Usage as usize],
         events_in_window: out.totals.events_in_window,
@@ -1706,18 +1682,7 @@ fn order_outputs(
             tracing::warn!(renewals, "{message}");
         }
     }
-    let accounted =
-        usage.events_in_window + usage.identical_duplicates + usage.rejected + usage.outside_window;
-    if accounted != usage.rows_read {
-        return Err(TallyError::Invariant(format!(
-            "usage rows read {} ≠ in window {} + identical duplicates {} + rejected {} + outside {}",
-            usage.rows_read,
-            usage.events_in_window,
-            usage.identical_duplicates,
-            usage.rejected,
-            usage.outside_window
-        )));
-    }
+    check_every_usage_row_accounted(&usage)?;
     Ok(RunOutput {
         settings,
         book,
@@ -1740,6 +1705,105 @@ fn order_outputs(
         totals: out.totals,
         breakdown,
     })
+}
+
+/// The partials of a run's shards put together, in shard order (not yet in output order).
+struct Gathered {
+    results: Vec<(String, AccountResult)>,
+    rejects: Vec<Reject>,
+    not_covered: Vec<RowRef>,
+    rows_read: [u64; 4],
+    identical: u64,
+    outside_usage: u64,
+    outside_entries: u64,
+    billed: Vec<BilledRun>,
+    lines: Vec<LineRun>,
+    scratch: Vec<Arc<spill::SpillDir>>,
+    mix: crate::breakdown::Mix,
+}
+
+impl Gathered {
+    fn of(partials: Vec<Partial>) -> Result<Gathered> {
+        let mut all = Gathered {
+            results: Vec::new(),
+            rejects: Vec::new(),
+            not_covered: Vec::new(),
+            rows_read: [0u64; 4],
+            identical: 0,
+            outside_usage: 0,
+            outside_entries: 0,
+            billed: Vec::new(),
+            lines: Vec::new(),
+            scratch: Vec::new(),
+            mix: crate::breakdown::Mix::default(),
+        };
+        for p in partials {
+            all.mix.merge(p.mix)?;
+            gather(&mut all.billed, p.billed);
+            gather(&mut all.lines, p.lines);
+            all.scratch.extend(p.scratch);
+            gather(&mut all.results, p.results);
+            gather(&mut all.rejects, p.rejects);
+            gather(&mut all.not_covered, p.rejected_allocations_not_covered);
+            for (total, n) in all.rows_read.iter_mut().zip(p.rows_read) {
+                *total += n;
+            }
+            all.identical += p.identical_duplicates;
+            all.outside_usage += p.outside_usage;
+            all.outside_entries += p.outside_entries;
+        }
+        Ok(all)
+    }
+}
+
+/// A row rejected twice is a bug: every row is accounted for exactly once (`rejects`:
+/// sorted by dataset and place).
+fn check_each_row_rejected_once(rejects: &[Reject]) -> Result<()> {
+    match rejects
+        .windows(2)
+        .find(|w| (w[0].dataset, w[0].at) == (w[1].dataset, w[1].at))
+    {
+        Some(pair) => Err(TallyError::Invariant(format!(
+            "{} row {} was rejected twice",
+            pair[0].dataset.name(),
+            pair[0].at.row
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Files, rows read and rows rejected of each dataset.
+fn dataset_counts(
+    rows_read: &[u64; 4],
+    files: &[Vec<InputFile>; 4],
+    rejects: &[Reject],
+) -> [DatasetCounts; 4] {
+    let mut counts: [DatasetCounts; 4] = Default::default();
+    for (i, &read) in rows_read.iter().enumerate() {
+        counts[i].files = files[i].len() as u64;
+        counts[i].rows_read = read;
+    }
+    for r in rejects {
+        counts[r.dataset as usize].rejected += 1;
+    }
+    counts
+}
+
+/// Every usage row read is in the window, an identical duplicate, rejected or outside.
+fn check_every_usage_row_accounted(usage: &UsageCounts) -> Result<()> {
+    let accounted =
+        usage.events_in_window + usage.identical_duplicates + usage.rejected + usage.outside_window;
+    if accounted != usage.rows_read {
+        return Err(TallyError::Invariant(format!(
+            "usage rows read {} ≠ in window {} + identical duplicates {} + rejected {} + outside {}",
+            usage.rows_read,
+            usage.events_in_window,
+            usage.identical_duplicates,
+            usage.rejected,
+            usage.outside_window
+        )));
+    }
+    Ok(())
 }
 
 /// Renewals whose next period is shorter than 28 days (none: `None`): how many, and a warning
