@@ -51,7 +51,7 @@ use amount::Milli;
 use model::{Dataset, Mode};
 use pipeline::{RunOutput, RunSettings};
 use rayon::prelude::*;
-use report::{FileEntry, Manifest, ManifestSettings};
+use report::{FileEntry, Manifest, ManifestSettings, Summary};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -857,70 +857,15 @@ pub(crate) fn write_outputs(dir: &Path, output: &RunOutput, inputs: Vec<FileEntr
     };
     let discrepancies = table("discrepancies.parquet")?;
     let rejects = table("rejects.parquet")?;
-    let exponent = output.book.exponent;
     let mut jobs: Vec<WriteJob<'_>> = Vec::new();
     if output.settings.mode == Mode::Close {
-        jobs.push(Box::new(|| {
-            let name = "billed_events.parquet";
-            let billed = write::write_streamed(
-                &dir.join(name),
-                &output.billed,
-                write::billed_events_batch,
-                None,
-            )?;
-            Ok(vec![written(name, Some(billed.rows), billed.sha256)])
-        }));
-        jobs.push(Box::new(|| {
-            let (name, csv_name) = ("invoice_lines.parquet", "invoice_lines.csv");
-            let csv_path = dir.join(csv_name);
-            let schema = write::invoice_lines_batch(&[]).schema();
-            let csv = export::StreamedCsv::create(&csv_path, &schema, exponent)?;
-            let lines = write::write_streamed(
-                &dir.join(name),
-                &output.lines,
-                write::invoice_lines_batch,
-                Some(csv),
-            )?;
-            let csv_sha256 = lines
-                .csv_sha256
-                .ok_or_else(|| TallyError::Invariant(format!("{csv_name} was not written")))?;
-            Ok(vec![
-                written(name, Some(lines.rows), lines.sha256),
-                written(csv_name, Some(lines.rows), csv_sha256),
-            ])
-        }));
+        jobs.push(billed_events_job(dir, output));
+        jobs.push(invoice_lines_job(dir, output));
     }
     for (name, batch) in &tables {
-        let rows = Some(batch.num_rows() as u64);
-        jobs.push(Box::new(move || {
-            let sha256 = write::write_parquet(&dir.join(name), batch)?;
-            Ok(vec![written(name, rows, sha256)])
-        }));
-        jobs.push(Box::new(move || {
-            if *name == "discrepancies.parquet" {
-                let csv = "discrepancies.csv";
-                let sha256 = write::write_table_csv(&dir.join(csv), batch)?;
-                Ok(vec![written(csv, rows, sha256)])
-            } else {
-                // Every other table also as a spreadsheet CSV (see `export`).
-                let csv = name.replace(".parquet", ".csv");
-                let sha256 = export::write_sheet_csv(&dir.join(&csv), batch, exponent)?;
-                Ok(vec![written(&csv, rows, sha256)])
-            }
-        }));
+        jobs.extend(table_jobs(dir, name, batch, output.book.exponent));
     }
-    jobs.push(Box::new(|| {
-        let json = serde_json::to_string_pretty(&summary)
-            .map_err(|e| TallyError::output("summary.json", e))?;
-        let (json_name, md_name) = ("summary.json", "summary.md");
-        let json_sha256 = write::write_bytes(&dir.join(json_name), format!("{json}\n").as_bytes())?;
-        let md = report::summary_markdown(output, &summary)?;
-        let md_sha256 = write::write_bytes(&dir.join(md_name), md.as_bytes())?;
-        Ok(vec![
-            written(json_name, None, json_sha256),
-            written(md_name, None, md_sha256),
-        ])
-    }));
+    jobs.push(summary_job(dir, output, &summary));
     // report/ and report.html, which links to its files.
     jobs.push(Box::new(|| {
         let files = export::write_report_files(dir, output, discrepancies, rejects)?;
@@ -936,6 +881,98 @@ pub(crate) fn write_outputs(dir: &Path, output: &RunOutput, inputs: Vec<FileEntr
     // Every file's sha256 was made as it was written (`write::HashedFile`); listed by path.
     let mut outputs = run_write_jobs(jobs)?;
     outputs.sort_by(|a, b| a.path.cmp(&b.path));
+    write_manifest(dir, output, inputs, outputs)
+}
+
+/// A close's billed events, merged from their runs as they are written.
+fn billed_events_job<'a>(dir: &'a Path, output: &'a RunOutput) -> WriteJob<'a> {
+    Box::new(move || {
+        let name = "billed_events.parquet";
+        let billed = write::write_streamed(
+            &dir.join(name),
+            &output.billed,
+            write::billed_events_batch,
+            None,
+        )?;
+        Ok(vec![written(name, Some(billed.rows), billed.sha256)])
+    })
+}
+
+/// A close's invoice lines, merged from their runs once for the Parquet file and its CSV
+/// copy.
+fn invoice_lines_job<'a>(dir: &'a Path, output: &'a RunOutput) -> WriteJob<'a> {
+    Box::new(move || {
+        let (name, csv_name) = ("invoice_lines.parquet", "invoice_lines.csv");
+        let csv_path = dir.join(csv_name);
+        let schema = write::invoice_lines_batch(&[]).schema();
+        let csv = export::StreamedCsv::create(&csv_path, &schema, output.book.exponent)?;
+        let lines = write::write_streamed(
+            &dir.join(name),
+            &output.lines,
+            write::invoice_lines_batch,
+            Some(csv),
+        )?;
+        let csv_sha256 = lines
+            .csv_sha256
+            .ok_or_else(|| TallyError::Invariant(format!("{csv_name} was not written")))?;
+        Ok(vec![
+            written(name, Some(lines.rows), lines.sha256),
+            written(csv_name, Some(lines.rows), csv_sha256),
+        ])
+    })
+}
+
+/// A table's Parquet file and its CSV copy, two jobs.
+fn table_jobs<'a>(
+    dir: &'a Path,
+    name: &'a str,
+    batch: &'a arrow::record_batch::RecordBatch,
+    exponent: u32,
+) -> [WriteJob<'a>; 2] {
+    let rows = Some(batch.num_rows() as u64);
+    [
+        Box::new(move || {
+            let sha256 = write::write_parquet(&dir.join(name), batch)?;
+            Ok(vec![written(name, rows, sha256)])
+        }),
+        Box::new(move || {
+            if name == "discrepancies.parquet" {
+                let csv = "discrepancies.csv";
+                let sha256 = write::write_table_csv(&dir.join(csv), batch)?;
+                Ok(vec![written(csv, rows, sha256)])
+            } else {
+                // Every other table also as a spreadsheet CSV (see `export`).
+                let csv = name.replace(".parquet", ".csv");
+                let sha256 = export::write_sheet_csv(&dir.join(&csv), batch, exponent)?;
+                Ok(vec![written(&csv, rows, sha256)])
+            }
+        }),
+    ]
+}
+
+/// summary.json and summary.md.
+fn summary_job<'a>(dir: &'a Path, output: &'a RunOutput, summary: &'a Summary) -> WriteJob<'a> {
+    Box::new(move || {
+        let json = serde_json::to_string_pretty(summary)
+            .map_err(|e| TallyError::output("summary.json", e))?;
+        let (json_name, md_name) = ("summary.json", "summary.md");
+        let json_sha256 = write::write_bytes(&dir.join(json_name), format!("{json}\n").as_bytes())?;
+        let md = report::summary_markdown(output, summary)?;
+        let md_sha256 = write::write_bytes(&dir.join(md_name), md.as_bytes())?;
+        Ok(vec![
+            written(json_name, None, json_sha256),
+            written(md_name, None, md_sha256),
+        ])
+    })
+}
+
+/// manifest.json: the run, its inputs and every output with its sha256, written last.
+fn write_manifest(
+    dir: &Path,
+    output: &RunOutput,
+    inputs: Vec<FileEntry>,
+    outputs: Vec<FileEntry>,
+) -> Result<()> {
     let manifest = Manifest {
         tool: "tally".into(),
         version: write::VERSION.into(),
