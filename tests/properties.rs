@@ -1,4 +1,5 @@
-//! Property tests: for random grants and usage, no credit is created or lost.
+//! Property tests: for random grants, usage and ledger entries, no credit is created or
+//! lost, and every event is reported as the contract's table says.
 
 use proptest::prelude::*;
 use tally::amount::Milli;
@@ -25,6 +26,14 @@ product = "studio"
 action = "video"
 credits_per_unit = "1.5"
 increment = "0.5"
+effective_from = 2026-01-01T00:00:00Z
+[[rates]]
+product = "studio"
+action = "image"
+model = "flux"
+credits_per_unit = "2.5"
+increment = "1"
+minimum = "3"
 effective_from = 2026-01-01T00:00:00Z
 "#
     );
@@ -54,23 +63,96 @@ prop_compose! {
     }
 }
 
+/// The skus an event may have: a rate without a model, a rate of a model, and a model
+/// without a rate of its own or a no-model rate of its action (unpriced).
+const SKUS: [(&str, Option<&str>); 3] = [
+    ("video", None),
+    ("image", Some("flux")),
+    ("image", Some("sdxl")),
+];
+
+/// An event's ledger entries, most of them debits: (kind, how its credits are chosen,
+/// random credits). See [`entry_credits`].
+fn entries_strategy() -> impl Strategy<Value = Vec<(EntryKind, u8, i64)>> {
+    prop::collection::vec(
+        (0u8..6, 0u8..4, 0i64..30_000).prop_map(|(kind, how, credits)| {
+            let kind = match kind {
+                4 => EntryKind::Refund,
+                5 => EntryKind::Adjustment,
+                _ => EntryKind::Debit,
+            };
+            (kind, how, credits)
+        }),
+        0..4,
+    )
+}
+
+/// The entries' credits: random (0), the event's price (1), or a share of its price (2,
+/// 3: the shares add up to the price), so that entries that match their event, alone or
+/// split, are common and not only random amounts that rarely do.
+fn entry_credits(price: i64, entries: Vec<(EntryKind, u8, i64)>) -> Vec<(EntryKind, Milli)> {
+    let shares = entries.iter().filter(|&&(_, how, _)| how >= 2).count() as i64;
+    let mut first_share = true;
+    entries
+        .into_iter()
+        .map(|(kind, how, random)| {
+            let credits = match how {
+                0 => random,
+                1 => price,
+                _ => {
+                    let share = price / shares;
+                    let rest = if first_share {
+                        price - share * shares
+                    } else {
+                        0
+                    };
+                    first_share = false;
+                    share + rest
+                }
+            };
+            (kind, Milli(credits))
+        })
+        .collect()
+}
+
+/// An event and its entries.
+type Event = (UsageRow, Vec<(EntryKind, Milli)>);
+
 prop_compose! {
     fn event_strategy(i: usize, periods: usize)(minute in 0i64..(periods as i64 * 30 * 1440), qty in 0i64..20_000,
-        status in 0u8..10, entry in 0i64..30_000)
-        -> (UsageRow, Milli) {
+        status in 0u8..10, sku in 0usize..3, entries in entries_strategy())
+        -> Event {
         let status = match status { 0 => EventStatus::Failed, 1 => EventStatus::Cancelled, _ => EventStatus::Succeeded };
-        (UsageRow {
+        let (action, model) = SKUS[sku];
+        let usage = UsageRow {
             at: at(),
             event_id: format!("e{i:03}").into(),
             account_id: "a".into(),
             product: "studio".into(),
-            action: "video".into(),
-            model: None,
+            action: action.into(),
+            model: model.map(Into::into),
             quantity: Milli(qty),
             status,
             occurred_at: START + minute * 60_000_000,
             ingested_at: None,
-        }, Milli(entry))
+        };
+        let price = independent_price(&usage).unwrap_or(0);
+        let entries = entry_credits(price, entries);
+        (usage, entries)
+    }
+}
+
+/// What an event should cost, priced here from the book's rates independently of the
+/// engine (section 3 of the contract): `None` when it has no rate. The rates' amounts are
+/// whole thousandths, so no rounding is involved.
+fn independent_price(usage: &UsageRow) -> Option<i64> {
+    let q = usage.quantity.0;
+    match (&*usage.action, usage.model.as_deref()) {
+        // 1.5 credits per unit, in whole 0.5 increments rounded up.
+        ("video", None) => Some((q + 499) / 500 * 750),
+        // 2.5 credits per unit, whole units rounded up, at least 3 credits.
+        ("image", Some("flux")) => Some(((q + 999) / 1000 * 2500).max(3000)),
+        _ => None,
     }
 }
 
@@ -90,41 +172,62 @@ fn allocations(periods: usize) -> Vec<AllocationRow> {
 }
 
 /// Account "a"'s work as the window would place it: its events by period, in consumption
-/// order, each with one debit of `recorded` credits.
+/// order, each with its entries.
 fn work<'a>(
     allocations: &'a [AllocationRow],
     grants: &'a [GrantRow],
-    events: Vec<(UsageRow, Milli)>,
+    events: Vec<Event>,
     dicts: &DictBuilder,
     ids: &'a mut (tally::dict::Ids, tally::dict::Ids),
 ) -> BucketWork<'a> {
-    let mut by_period: Vec<Vec<(UsageRow, DebitRow)>> = vec![Vec::new(); allocations.len()];
-    for (i, (usage, recorded)) in events.into_iter().enumerate() {
+    let mut by_period: Vec<Vec<(UsageRow, Vec<DebitRow>)>> = vec![Vec::new(); allocations.len()];
+    let mut entry = 0;
+    for (usage, recorded) in events {
         let p = ((usage.occurred_at - START) / (30 * DAY)) as usize;
-        let entry = DebitRow {
-            at: at(),
-            entry_id: format!("d{i:03}").into(),
-            account_id: "a".into(),
-            event_id: Some(usage.event_id.clone()),
-            kind: EntryKind::Debit,
-            credits: recorded,
-            recorded_at: usage.occurred_at,
-        };
-        by_period[p].push((usage, entry));
+        let entries = recorded
+            .into_iter()
+            .map(|(kind, credits)| {
+                entry += 1;
+                DebitRow {
+                    at: at(),
+                    entry_id: format!("d{entry:03}").into(),
+                    account_id: "a".into(),
+                    event_id: Some(usage.event_id.clone()),
+                    kind,
+                    credits,
+                    recorded_at: usage.occurred_at,
+                }
+            })
+            .collect();
+        by_period[p].push((usage, entries));
     }
-    let (usage, entries): (Vec<UsageRow>, Vec<DebitRow>) =
-        by_period.iter().flatten().cloned().unzip();
+    let usage: Vec<UsageRow> = by_period.iter().flatten().map(|(u, _)| u.clone()).collect();
+    let entries: Vec<DebitRow> = by_period
+        .iter()
+        .flatten()
+        .flat_map(|(_, e)| e.clone())
+        .collect();
+    let counts: Vec<u32> = by_period
+        .iter()
+        .flatten()
+        .map(|(_, e)| e.len() as u32)
+        .collect();
     let (usage, usage_ids, entries, debit_ids) = compact_rows(&usage, &entries, dicts);
     *ids = (usage_ids, debit_ids);
     let (usage_ids, debit_ids) = (&ids.0, &ids.1);
+    let mut first_entry = 0;
     let mut events: Vec<EventWork> = usage
         .iter()
-        .enumerate()
-        .map(|(i, u)| EventWork {
-            usage: *u,
-            first_entry: i as u32,
-            entry_count: 1,
-            late_from: NO_INSTANT,
+        .zip(counts)
+        .map(|(u, entry_count)| {
+            let event = EventWork {
+                usage: *u,
+                first_entry,
+                entry_count,
+                late_from: NO_INSTANT,
+            };
+            first_entry += entry_count;
+            event
         })
         .collect();
     let mut periods = Vec::new();
@@ -160,7 +263,7 @@ fn process(
     as_of: i64,
     periods: usize,
     grants: &[GrantRow],
-    events: Vec<(UsageRow, Milli)>,
+    events: Vec<Event>,
 ) -> AccountResult {
     let builder = DictBuilder::new(["a"].into_iter());
     let allocations = allocations(periods);
@@ -180,7 +283,7 @@ fn process(
     process_account(&ctx, &group, &group.accounts[0], &mut mix, None).unwrap()
 }
 
-fn scenario() -> impl Strategy<Value = (usize, Vec<GrantRow>, Vec<(UsageRow, Milli)>, bool, u8)> {
+fn scenario() -> impl Strategy<Value = (usize, Vec<GrantRow>, Vec<Event>, bool, u8)> {
     (1usize..4).prop_flat_map(|periods| {
         let grants = (0usize..6).prop_flat_map(|n| (0..n).map(grant_strategy).collect::<Vec<_>>());
         let events = (0usize..40).prop_flat_map(move |n| {
@@ -201,14 +304,12 @@ proptest! {
         let book = book(&overage, ["0", "20", "1000"][cap as usize]);
         let as_of = START + periods as i64 * 30 * DAY;
         let granted_at_start: i64 = grants.iter().map(|g| g.credits.0).sum();
-        // What each period's succeeded events cost, priced here by the book's one rate (1.5
-        // credits per unit in whole 0.5 increments, rounded up), independently of the
+        // What each period's succeeded events cost, priced here independently of the
         // engine: no credit may be dropped or made before consumption either.
         let mut priced = vec![0i64; periods];
         for (usage, _) in events.iter().filter(|(u, _)| u.status == EventStatus::Succeeded) {
             let period = ((usage.occurred_at - START) / (30 * DAY)) as usize;
-            let increments = (usage.quantity.0 + 499) / 500;
-            priced[period] += increments * 500 * 3 / 2;
+            priced[period] += independent_price(usage).unwrap_or(0);
         }
         let result = process(&book, Mode::Close, as_of, periods, &grants, events);
         prop_assert_eq!(result.invoices.len(), periods);
@@ -264,5 +365,59 @@ proptest! {
         prop_assert_eq!(t.granted_credits.0, t.consumed_credits.0 + t.remaining_credits.0);
         let over_limit = result.discrepancies.iter().filter(|d| d.kind.name() == "over_limit_usage").count();
         if !block || t.overage_credits.0 == 0 { prop_assert_eq!(over_limit, 0); } else { prop_assert!(over_limit > 0); }
+    }
+
+    #[test]
+    fn reconcile_reports_each_event_as_the_contract_says(( _periods, grants, events, block, _cap) in scenario()) {
+        let overage = if block { "\"block\"".to_string() } else { "{ price_per_credit = \"0.05\" }".to_string() };
+        let book = book(&overage, "0");
+        let as_of = START + 29 * DAY;
+        let settle_from = as_of - 900_000_000;
+        let events: Vec<_> = events.into_iter().filter(|(u, _)| u.occurred_at < as_of).collect();
+        // Section 5's table, first kind that applies (one account: no account_mismatch),
+        // read here independently of the engine; pending events are not reported.
+        let mut wanted: Vec<(String, &str)> = Vec::new();
+        let (mut expected_total, mut recorded_total) = (0i64, 0i64);
+        for (usage, entries) in &events {
+            let succeeded = usage.status == EventStatus::Succeeded;
+            let price = independent_price(usage);
+            let expected = if succeeded { price } else { Some(0) };
+            let net: i64 = entries.iter().map(|&(kind, c)| if kind == EntryKind::Refund { -c.0 } else { c.0 }).sum();
+            // "An event-linked `adjustment` counts as a debit in the "≥ 2 debit entries" test."
+            let debits = entries.iter().filter(|(kind, _)| *kind != EntryKind::Refund).count();
+            let pending = expected.is_some_and(|e| e > 0) && entries.is_empty() && usage.occurred_at >= settle_from;
+            let kind = if succeeded && price.is_none() {
+                Some("unpriced_event")
+            } else if !succeeded && net > 0 {
+                Some("charged_failed_event")
+            } else if pending {
+                None
+            } else if expected.unwrap() > 0 && entries.is_empty() {
+                Some("missing_debit")
+            } else if debits >= 2 && net > expected.unwrap() {
+                Some("duplicate_debit")
+            } else if net != expected.unwrap() {
+                Some("amount_mismatch")
+            } else {
+                None
+            };
+            if let Some(kind) = kind {
+                wanted.push((usage.event_id.to_string(), kind));
+            }
+            expected_total += expected.unwrap_or(0);
+            recorded_total += net;
+        }
+        wanted.sort();
+        let result = process(&book, Mode::Reconcile, as_of, 1, &grants, events);
+        let mut reported: Vec<(String, &str)> = result
+            .discrepancies
+            .iter()
+            .filter(|d| d.kind.name() != "over_limit_usage")
+            .map(|d| (d.event_id.clone().unwrap_or_default(), d.kind.name()))
+            .collect();
+        reported.sort();
+        prop_assert_eq!(reported, wanted);
+        prop_assert_eq!(result.totals.expected_credits.0, expected_total);
+        prop_assert_eq!(result.totals.recorded_credits.0, recorded_total);
     }
 }
