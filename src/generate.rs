@@ -1768,7 +1768,7 @@ fn first_of_month_us(t_us: i64) -> i64 {
 // Entry point
 // ---------------------------------------------------------------------------------------------
 
-fn build_catalog(specs: &[Spec]) -> Vec<(Tmpl, u64)> {
+fn build_catalog(specs: &[Spec]) -> Templates {
     specs
         .iter()
         .map(|&(product, action, model, qty, weight)| {
@@ -1805,56 +1805,9 @@ fn rfc3339(us: i64) -> String {
 pub fn generate(opts: &GenerateOptions) -> Result<GenerateReport, GenerateError> {
     let layout = Layout::new(opts)?;
     let book = embedded_book()?;
-
-    let normal = build_catalog(NORMAL_SPECS);
-    for (t, _) in &normal {
-        if t.rate_at(&book, PERIOD_START_US).is_none()
-            || t.rate_at(&book, EVENT_WINDOW_END_US).is_none()
-        {
-            return Err(GenerateError::PriceBook(format!(
-                "{}/{}/{:?} must be priced through the period",
-                t.product, t.action, t.model
-            )));
-        }
-    }
-    let positive: Vec<(Tmpl, u64)> = normal
-        .iter()
-        .filter(|(t, _)| {
-            t.rate_at(&book, PERIOD_START_US)
-                .is_some_and(|r| r.credits_per_unit > Decimal::ZERO)
-        })
-        .cloned()
-        .collect();
-    let unpriced = build_catalog(UNPRICED_SPECS);
-    for (t, _) in &unpriced {
-        if t.rate_at(&book, PERIOD_START_US).is_some()
-            || t.rate_at(&book, EVENT_WINDOW_END_US).is_some()
-        {
-            return Err(GenerateError::PriceBook(format!(
-                "{}/{}/{:?} is meant to be unpriced but has a rate",
-                t.product, t.action, t.model
-            )));
-        }
-    }
-    if positive.is_empty() {
-        return Err(GenerateError::PriceBook(
-            "no rate with credits_per_unit > 0".into(),
-        ));
-    }
-
-    // Output folder: absent or empty.
+    let [normal, positive, unpriced] = checked_catalogs(&book)?;
     let out = opts.out.as_path();
-    if out.exists() {
-        let mut entries = fs::read_dir(out).map_err(io_err(out))?;
-        if entries.next().is_some() {
-            return Err(GenerateError::OutputNotEmpty {
-                path: out.to_path_buf(),
-            });
-        }
-    }
-    fs::create_dir_all(out).map_err(io_err(out))?;
-    let tmp = out.join("_generate_tmp");
-    fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+    let tmp = make_out_dir(out)?;
 
     let mut bucket_accounts: Vec<Vec<u64>> = vec![Vec::new(); BUCKETS as usize];
     for a in 0..opts.accounts {
@@ -1886,26 +1839,132 @@ pub fn generate(opts: &GenerateOptions) -> Result<GenerateReport, GenerateError>
         .into_par_iter()
         .map(|k| ctx.gen_bucket(out, &tmp, k))
         .collect::<Result<_, _>>()?;
+    let counts = Counts::of(&results, opts.accounts);
+    let truth_written = write_truth(out, &tmp)?;
+    debug_assert_eq!(truth_written, counts.truth_rows);
 
-    let mut summary = vec![(0i64, None); opts.accounts as usize];
-    let (mut usage_rows, mut debit_rows, mut truth_rows) = (0, 0, 0);
-    let (mut identical, mut conflicting) = (0, 0);
-    let mut by_kind = [0u64; 10];
-    for r in &results {
-        usage_rows += r.usage_rows;
-        debit_rows += r.debit_rows;
-        truth_rows += r.truth_rows;
-        identical += r.identical_copies;
-        conflicting += r.conflicting_copies;
-        for (t, c) in by_kind.iter_mut().zip(r.by_kind) {
-            *t += c;
-        }
-        for &(a, required, ol) in &r.accounts {
-            summary[a as usize] = (required, ol);
+    let (allocation_rows, grant_rows) = write_allocations(out, &ctx, &counts.summary)?;
+
+    let pb = out.join("pricebook.toml");
+    fs::write(&pb, PRICEBOOK_TOML).map_err(io_err(&pb))?;
+
+    let report = GenerateReport {
+        usage_rows: counts.usage_rows,
+        debit_rows: counts.debit_rows,
+        allocation_rows,
+        grant_rows,
+        truth_rows: truth_written,
+        as_of: AS_OF.to_string(),
+    };
+    write_generate_json(out, opts, &ctx, &counts, &report)?;
+    Ok(report)
+}
+
+/// The catalogs of event templates (normal, positive-priced, unpriced), checked against the
+/// price book: every normal one priced through the period, no unpriced one priced, and
+/// some rate with credits.
+fn checked_catalogs(book: &PriceBook) -> Result<[Templates; 3], GenerateError> {
+    let normal = build_catalog(NORMAL_SPECS);
+    for (t, _) in &normal {
+        if t.rate_at(book, PERIOD_START_US).is_none()
+            || t.rate_at(book, EVENT_WINDOW_END_US).is_none()
+        {
+            return Err(GenerateError::PriceBook(format!(
+                "{}/{}/{:?} must be priced through the period",
+                t.product, t.action, t.model
+            )));
         }
     }
+    let positive: Vec<(Tmpl, u64)> = normal
+        .iter()
+        .filter(|(t, _)| {
+            t.rate_at(book, PERIOD_START_US)
+                .is_some_and(|r| r.credits_per_unit > Decimal::ZERO)
+        })
+        .cloned()
+        .collect();
+    let unpriced = build_catalog(UNPRICED_SPECS);
+    for (t, _) in &unpriced {
+        if t.rate_at(book, PERIOD_START_US).is_some()
+            || t.rate_at(book, EVENT_WINDOW_END_US).is_some()
+        {
+            return Err(GenerateError::PriceBook(format!(
+                "{}/{}/{:?} is meant to be unpriced but has a rate",
+                t.product, t.action, t.model
+            )));
+        }
+    }
+    if positive.is_empty() {
+        return Err(GenerateError::PriceBook(
+            "no rate with credits_per_unit > 0".into(),
+        ));
+    }
 
-    // truth.parquet: the buckets' spooled rows, in bucket order.
+    Ok([normal, positive, unpriced])
+}
+
+/// Event templates, each with its weight.
+type Templates = Vec<(Tmpl, u64)>;
+
+/// Make the output folder (absent or empty) and its spool folder, which is returned.
+fn make_out_dir(out: &Path) -> Result<PathBuf, GenerateError> {
+    // Output folder: absent or empty.
+    if out.exists() {
+        let mut entries = fs::read_dir(out).map_err(io_err(out))?;
+        if entries.next().is_some() {
+            return Err(GenerateError::OutputNotEmpty {
+                path: out.to_path_buf(),
+            });
+        }
+    }
+    fs::create_dir_all(out).map_err(io_err(out))?;
+    let tmp = out.join("_generate_tmp");
+    fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+
+    Ok(tmp)
+}
+
+/// What the buckets wrote, summed, and each account's (required credits, over-limit).
+struct Counts {
+    usage_rows: u64,
+    debit_rows: u64,
+    truth_rows: u64,
+    identical: u64,
+    conflicting: u64,
+    by_kind: [u64; 10],
+    summary: Vec<(i64, Option<i64>)>,
+}
+
+impl Counts {
+    fn of(results: &[BucketOut], accounts: u64) -> Counts {
+        let mut c = Counts {
+            usage_rows: 0,
+            debit_rows: 0,
+            truth_rows: 0,
+            identical: 0,
+            conflicting: 0,
+            by_kind: [0u64; 10],
+            summary: vec![(0i64, None); accounts as usize],
+        };
+        for r in results {
+            c.usage_rows += r.usage_rows;
+            c.debit_rows += r.debit_rows;
+            c.truth_rows += r.truth_rows;
+            c.identical += r.identical_copies;
+            c.conflicting += r.conflicting_copies;
+            for (t, n) in c.by_kind.iter_mut().zip(r.by_kind) {
+                *t += n;
+            }
+            for &(a, required, ol) in &r.accounts {
+                c.summary[a as usize] = (required, ol);
+            }
+        }
+        c
+    }
+}
+
+/// truth.parquet: the buckets' spooled rows, in bucket order; the spool folder is removed.
+fn write_truth(out: &Path, tmp: &Path) -> Result<u64, GenerateError> {
     let truth_path = out.join("truth.parquet");
     let mut truth = Table::create(truth_path.clone(), truth_schema(), TruthRows::default())?;
     for k in 0..BUCKETS as usize {
@@ -1921,25 +1980,21 @@ pub fn generate(opts: &GenerateOptions) -> Result<GenerateReport, GenerateError>
         }
     }
     let truth_written = truth.close()?;
-    fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
-    debug_assert_eq!(truth_written, truth_rows);
+    fs::remove_dir_all(tmp).map_err(io_err(tmp))?;
 
-    let (allocation_rows, grant_rows) = write_allocations(out, &ctx, &summary)?;
+    Ok(truth_written)
+}
 
-    let pb = out.join("pricebook.toml");
-    fs::write(&pb, PRICEBOOK_TOML).map_err(io_err(&pb))?;
-
-    let report = GenerateReport {
-        usage_rows,
-        debit_rows,
-        allocation_rows,
-        grant_rows,
-        truth_rows: truth_written,
-        as_of: AS_OF.to_string(),
-    };
-
+/// generate.json: the options, the period and what was written.
+fn write_generate_json(
+    out: &Path,
+    opts: &GenerateOptions,
+    ctx: &Ctx,
+    counts: &Counts,
+    report: &GenerateReport,
+) -> Result<(), GenerateError> {
     let mut kinds = serde_json::Map::new();
-    for ((k, _), c) in SHARES.iter().zip(by_kind) {
+    for ((k, _), c) in SHARES.iter().zip(counts.by_kind) {
         kinds.insert(k.name().to_string(), c.into());
     }
     let manifest = serde_json::json!({
@@ -1956,14 +2011,14 @@ pub fn generate(opts: &GenerateOptions) -> Result<GenerateReport, GenerateError>
         "as_of": AS_OF,
         "buckets": BUCKETS,
         "counts": {
-            "usage_rows": usage_rows,
-            "debit_rows": debit_rows,
-            "allocation_rows": allocation_rows,
-            "grant_rows": grant_rows,
-            "truth_rows": truth_written,
+            "usage_rows": report.usage_rows,
+            "debit_rows": report.debit_rows,
+            "allocation_rows": report.allocation_rows,
+            "grant_rows": report.grant_rows,
+            "truth_rows": report.truth_rows,
             "events": opts.events,
-            "identical_duplicate_rows": identical,
-            "conflicting_duplicate_rows": conflicting,
+            "identical_duplicate_rows": counts.identical,
+            "conflicting_duplicate_rows": counts.conflicting,
             "over_limit_accounts": ctx.layout.n_ol,
         },
         "truth_by_kind": kinds,
@@ -1976,7 +2031,7 @@ pub fn generate(opts: &GenerateOptions) -> Result<GenerateReport, GenerateError>
         })?;
     text.push('\n');
     fs::write(&mpath, text).map_err(io_err(&mpath))?;
-    Ok(report)
+    Ok(())
 }
 
 /// A small generated data root at `root` (40 accounts, 300 events, seed 7), for unit
