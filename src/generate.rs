@@ -1293,7 +1293,8 @@ impl Ctx {
         Ok(consumed)
     }
 
-    /// An event of an ordinary account that carries exactly one discrepancy `kind`.
+    /// An event of an ordinary account that carries exactly one discrepancy `kind`. Returns
+    /// the credits it consumes.
     #[allow(clippy::too_many_arguments)]
     fn gen_injected_event(
         &self,
@@ -1306,175 +1307,290 @@ impl Ctx {
         rng: &mut Rng,
     ) -> Result<i64, GenerateError> {
         let id = self.event_id(i);
-        let eid = Some(id.as_str());
         let occurred = rng.event_time();
         let ingested = Some(occurred + rng.delay_ms(500, 30_000));
         let rec = occurred + rng.delay_ms(2_000, 20_000);
         let later = rec + rng.delay_ms(60_000, 1_800_000);
-        let variant = rng.below(4);
-        let mut consumed = 0;
-        match kind {
+        let event = Injected {
+            i,
+            id: &id,
+            acct,
+            occurred,
+            ingested,
+            rec,
+            later,
+            variant: rng.below(4),
+        };
+        let consumed = match kind {
             Kind::AccountMismatch => {
                 let other = self.other_account(bucket, a, rng);
-                let (t, q, status, credits) = match variant {
-                    // Succeeded, priced, right amount, wrong account.
-                    0 | 1 => {
-                        let (t, q, p) = self.draw_positive(rng, occurred)?;
-                        consumed = p;
-                        (t, q, SUCCEEDED, p)
-                    }
-                    // Failed with a charge: account_mismatch is tested first.
-                    2 => {
-                        let (t, q, p) = self.draw_positive(rng, occurred)?;
-                        (t, q, FAILED, p)
-                    }
-                    // Unpriced with a charge: account_mismatch is tested first.
-                    _ => {
-                        let t = self.unpriced.pick(rng);
-                        (t, t.qty.draw(rng), SUCCEEDED, rng.range(1, 20) * MILLI)
-                    }
-                };
-                w.usage(&UsageRow {
-                    event_id: &id,
-                    account_id: acct,
-                    tmpl: t,
-                    quantity: q,
-                    status,
-                    occurred_at: occurred,
-                    ingested_at: ingested,
-                })?;
-                w.entry(&self.event_entry(i, 0), &other, eid, "debit", credits, rec)?;
+                self.inject_account_mismatch(w, &event, &other, rng)?
             }
-            Kind::UnpricedEvent => {
-                let t = self.unpriced.pick(rng);
-                let q = t.qty.draw(rng);
-                w.usage(&UsageRow {
-                    event_id: &id,
-                    account_id: acct,
-                    tmpl: t,
-                    quantity: q,
-                    status: SUCCEEDED,
-                    occurred_at: occurred,
-                    ingested_at: ingested,
-                })?;
-                if variant == 0 {
-                    // Charged something anyway: unpriced wins over amount checks.
-                    let credits = rng.range(1, 10) * MILLI;
-                    w.entry(&self.event_entry(i, 0), acct, eid, "debit", credits, rec)?;
-                }
-            }
-            Kind::ChargedFailedEvent => {
-                let (t, q, p) = self.draw_positive(rng, occurred)?;
-                let status = if variant == 3 { CANCELLED } else { FAILED };
-                w.usage(&UsageRow {
-                    event_id: &id,
-                    account_id: acct,
-                    tmpl: t,
-                    quantity: q,
-                    status,
-                    occurred_at: occurred,
-                    ingested_at: ingested,
-                })?;
-                w.entry(&self.event_entry(i, 0), acct, eid, "debit", p, rec)?;
-                if variant == 1 && p >= 2 {
-                    // Partly refunded: net still > 0.
-                    let r = rng.range(1, p - 1);
-                    w.entry(&self.event_entry(i, 1), acct, eid, "refund", r, later)?;
-                }
-            }
+            Kind::UnpricedEvent => self.inject_unpriced_event(w, &event, rng)?,
+            Kind::ChargedFailedEvent => self.inject_charged_failed_event(w, &event, rng)?,
             Kind::MissingDebit | Kind::DuplicateDebit | Kind::AmountMismatch => {
-                let (t, q, e) = self.draw_positive(rng, occurred)?;
-                consumed = e;
-                w.usage(&UsageRow {
-                    event_id: &id,
-                    account_id: acct,
-                    tmpl: t,
-                    quantity: q,
-                    status: SUCCEEDED,
-                    occurred_at: occurred,
-                    ingested_at: ingested,
-                })?;
-                let e0 = self.event_entry(i, 0);
-                let e1 = self.event_entry(i, 1);
-                match kind {
-                    Kind::MissingDebit => {}
-                    Kind::DuplicateDebit => {
-                        w.entry(&e0, acct, eid, "debit", e, rec)?;
-                        // The second is a debit, or an event-linked adjustment (counts as one).
-                        let k2 = if variant == 3 { "adjustment" } else { "debit" };
-                        w.entry(&e1, acct, eid, k2, e, rec + rng.delay_ms(1, 5_000))?;
-                    }
-                    _ => match variant {
-                        0 => {
-                            let d = if rng.chance(300_000) {
-                                1
-                            } else {
-                                rng.range(1, 20) * MILLI
-                            };
-                            w.entry(&e0, acct, eid, "debit", e + d, rec)?;
-                        }
-                        1 if e >= 2 => {
-                            w.entry(&e0, acct, eid, "debit", e - rng.range(1, e - 1), rec)?;
-                        }
-                        1 => w.entry(&e0, acct, eid, "debit", e + MILLI, rec)?,
-                        2 => {
-                            // Two debits that add up to less than expected.
-                            let p1 = e / 2;
-                            let p2 = (e - p1) / 2;
-                            w.entry(&e0, acct, eid, "debit", p1, rec)?;
-                            w.entry(&e1, acct, eid, "debit", p2, later)?;
-                        }
-                        _ => {
-                            // Debited right, then refunded in part or in full.
-                            w.entry(&e0, acct, eid, "debit", e, rec)?;
-                            w.entry(&e1, acct, eid, "refund", rng.range(1, e), later)?;
-                        }
-                    },
-                }
+                self.inject_debit_kind(w, &event, kind, rng)?
             }
-            Kind::ConflictingDuplicate => {
-                let (t, q, e) = self.draw_positive(rng, occurred)?;
-                consumed = e;
-                let real = UsageRow {
-                    event_id: &id,
-                    account_id: acct,
-                    tmpl: t,
-                    quantity: q,
-                    status: SUCCEEDED,
-                    occurred_at: occurred,
-                    ingested_at: ingested,
-                };
-                // The losing copy differs in quantity and was ingested later (or never
-                // stamped: a null ingested_at sorts last).
-                let lost_at = match variant {
-                    2 => None,
-                    _ => Some(occurred + rng.delay_ms(40_000, 600_000)),
-                };
-                let loser = UsageRow {
-                    quantity: q + MILLI,
-                    ingested_at: lost_at,
-                    ..real
-                };
-                if variant == 1 {
-                    w.usage(&real)?;
-                    w.usage(&loser)?;
-                } else {
-                    // The loser comes first in the file: ingested_at decides, not position.
-                    w.usage(&loser)?;
-                    w.usage(&real)?;
-                }
-                w.conflicting_copies += 1;
-                w.entry(&self.event_entry(i, 0), acct, eid, "debit", e, rec)?;
-            }
+            Kind::ConflictingDuplicate => self.inject_conflicting_duplicate(w, &event, rng)?,
             Kind::OrphanDebit | Kind::ManualAdjustment | Kind::OverLimitUsage | Kind::LateEvent => {
                 return Err(GenerateError::InvalidOptions(format!(
                     "internal: {} is not an event kind",
                     kind.name()
                 )));
             }
-        }
+        };
         w.truth(&id, kind)?;
         Ok(consumed)
+    }
+
+    /// `account_mismatch`: its entry is charged to `other`, another account of the bucket.
+    fn inject_account_mismatch(
+        &self,
+        w: &mut BucketWriter,
+        event: &Injected<'_>,
+        other: &str,
+        rng: &mut Rng,
+    ) -> Result<i64, GenerateError> {
+        let Injected {
+            i,
+            id,
+            acct,
+            occurred,
+            ingested,
+            rec,
+            variant,
+            ..
+        } = *event;
+        let eid = Some(id);
+        let mut consumed = 0;
+        let (t, q, status, credits) = match variant {
+            // Succeeded, priced, right amount, wrong account.
+            0 | 1 => {
+                let (t, q, p) = self.draw_positive(rng, occurred)?;
+                consumed = p;
+                (t, q, SUCCEEDED, p)
+            }
+            // Failed with a charge: account_mismatch is tested first.
+            2 => {
+                let (t, q, p) = self.draw_positive(rng, occurred)?;
+                (t, q, FAILED, p)
+            }
+            // Unpriced with a charge: account_mismatch is tested first.
+            _ => {
+                let t = self.unpriced.pick(rng);
+                (t, t.qty.draw(rng), SUCCEEDED, rng.range(1, 20) * MILLI)
+            }
+        };
+        w.usage(&UsageRow {
+            event_id: id,
+            account_id: acct,
+            tmpl: t,
+            quantity: q,
+            status,
+            occurred_at: occurred,
+            ingested_at: ingested,
+        })?;
+        w.entry(&self.event_entry(i, 0), other, eid, "debit", credits, rec)?;
+        Ok(consumed)
+    }
+
+    /// `unpriced_event`: an event of a template without a rate.
+    fn inject_unpriced_event(
+        &self,
+        w: &mut BucketWriter,
+        event: &Injected<'_>,
+        rng: &mut Rng,
+    ) -> Result<i64, GenerateError> {
+        let Injected {
+            i,
+            id,
+            acct,
+            occurred,
+            ingested,
+            rec,
+            variant,
+            ..
+        } = *event;
+        let eid = Some(id);
+        let t = self.unpriced.pick(rng);
+        let q = t.qty.draw(rng);
+        w.usage(&UsageRow {
+            event_id: id,
+            account_id: acct,
+            tmpl: t,
+            quantity: q,
+            status: SUCCEEDED,
+            occurred_at: occurred,
+            ingested_at: ingested,
+        })?;
+        if variant == 0 {
+            // Charged something anyway: unpriced wins over amount checks.
+            let credits = rng.range(1, 10) * MILLI;
+            w.entry(&self.event_entry(i, 0), acct, eid, "debit", credits, rec)?;
+        }
+        Ok(0)
+    }
+
+    /// `charged_failed_event`: a failed or cancelled event with a debit.
+    fn inject_charged_failed_event(
+        &self,
+        w: &mut BucketWriter,
+        event: &Injected<'_>,
+        rng: &mut Rng,
+    ) -> Result<i64, GenerateError> {
+        let Injected {
+            i,
+            id,
+            acct,
+            occurred,
+            ingested,
+            rec,
+            later,
+            variant,
+            ..
+        } = *event;
+        let eid = Some(id);
+        let (t, q, p) = self.draw_positive(rng, occurred)?;
+        let status = if variant == 3 { CANCELLED } else { FAILED };
+        w.usage(&UsageRow {
+            event_id: id,
+            account_id: acct,
+            tmpl: t,
+            quantity: q,
+            status,
+            occurred_at: occurred,
+            ingested_at: ingested,
+        })?;
+        w.entry(&self.event_entry(i, 0), acct, eid, "debit", p, rec)?;
+        if variant == 1 && p >= 2 {
+            // Partly refunded: net still > 0.
+            let r = rng.range(1, p - 1);
+            w.entry(&self.event_entry(i, 1), acct, eid, "refund", r, later)?;
+        }
+        Ok(0)
+    }
+
+    /// `missing_debit`, `duplicate_debit` or `amount_mismatch` (`kind`): a succeeded priced
+    /// event whose entries are missing, doubled or off.
+    fn inject_debit_kind(
+        &self,
+        w: &mut BucketWriter,
+        event: &Injected<'_>,
+        kind: Kind,
+        rng: &mut Rng,
+    ) -> Result<i64, GenerateError> {
+        let Injected {
+            i,
+            id,
+            acct,
+            occurred,
+            ingested,
+            rec,
+            later,
+            variant,
+            ..
+        } = *event;
+        let eid = Some(id);
+        let (t, q, e) = self.draw_positive(rng, occurred)?;
+        w.usage(&UsageRow {
+            event_id: id,
+            account_id: acct,
+            tmpl: t,
+            quantity: q,
+            status: SUCCEEDED,
+            occurred_at: occurred,
+            ingested_at: ingested,
+        })?;
+        let e0 = self.event_entry(i, 0);
+        let e1 = self.event_entry(i, 1);
+        match kind {
+            Kind::MissingDebit => {}
+            Kind::DuplicateDebit => {
+                w.entry(&e0, acct, eid, "debit", e, rec)?;
+                // The second is a debit, or an event-linked adjustment (counts as one).
+                let k2 = if variant == 3 { "adjustment" } else { "debit" };
+                w.entry(&e1, acct, eid, k2, e, rec + rng.delay_ms(1, 5_000))?;
+            }
+            _ => match variant {
+                0 => {
+                    let d = if rng.chance(300_000) {
+                        1
+                    } else {
+                        rng.range(1, 20) * MILLI
+                    };
+                    w.entry(&e0, acct, eid, "debit", e + d, rec)?;
+                }
+                1 if e >= 2 => {
+                    w.entry(&e0, acct, eid, "debit", e - rng.range(1, e - 1), rec)?;
+                }
+                1 => w.entry(&e0, acct, eid, "debit", e + MILLI, rec)?,
+                2 => {
+                    // Two debits that add up to less than expected.
+                    let p1 = e / 2;
+                    let p2 = (e - p1) / 2;
+                    w.entry(&e0, acct, eid, "debit", p1, rec)?;
+                    w.entry(&e1, acct, eid, "debit", p2, later)?;
+                }
+                _ => {
+                    // Debited right, then refunded in part or in full.
+                    w.entry(&e0, acct, eid, "debit", e, rec)?;
+                    w.entry(&e1, acct, eid, "refund", rng.range(1, e), later)?;
+                }
+            },
+        }
+        Ok(e)
+    }
+
+    /// `conflicting_duplicate`: two copies of an event that differ, the loser ingested later.
+    fn inject_conflicting_duplicate(
+        &self,
+        w: &mut BucketWriter,
+        event: &Injected<'_>,
+        rng: &mut Rng,
+    ) -> Result<i64, GenerateError> {
+        let Injected {
+            i,
+            id,
+            acct,
+            occurred,
+            ingested,
+            rec,
+            variant,
+            ..
+        } = *event;
+        let eid = Some(id);
+        let (t, q, e) = self.draw_positive(rng, occurred)?;
+        let real = UsageRow {
+            event_id: id,
+            account_id: acct,
+            tmpl: t,
+            quantity: q,
+            status: SUCCEEDED,
+            occurred_at: occurred,
+            ingested_at: ingested,
+        };
+        // The losing copy differs in quantity and was ingested later (or never
+        // stamped: a null ingested_at sorts last).
+        let lost_at = match variant {
+            2 => None,
+            _ => Some(occurred + rng.delay_ms(40_000, 600_000)),
+        };
+        let loser = UsageRow {
+            quantity: q + MILLI,
+            ingested_at: lost_at,
+            ..real
+        };
+        if variant == 1 {
+            w.usage(&real)?;
+            w.usage(&loser)?;
+        } else {
+            // The loser comes first in the file: ingested_at decides, not position.
+            w.usage(&loser)?;
+            w.usage(&real)?;
+        }
+        w.conflicting_copies += 1;
+        w.entry(&self.event_entry(i, 0), acct, eid, "debit", e, rec)?;
+        Ok(e)
     }
 
     /// A dedicated `pro` (block) account whose small allocation runs out: its last events
@@ -1791,6 +1907,23 @@ fn embedded_book() -> Result<PriceBook, GenerateError> {
             other => other.to_string(),
         })
     })
+}
+
+/// An injected event's id, account and instants, and which variant of its kind it is
+/// (drawn before its kind's own draws).
+#[derive(Clone, Copy)]
+struct Injected<'a> {
+    /// Its index among the run's events.
+    i: u64,
+    id: &'a str,
+    acct: &'a str,
+    occurred: i64,
+    ingested: Option<i64>,
+    /// When its first entry is recorded.
+    rec: i64,
+    /// When a later entry (a refund, a second debit) is recorded.
+    later: i64,
+    variant: u64,
 }
 
 fn rfc3339(us: i64) -> String {
