@@ -1721,6 +1721,25 @@ impl AllocWriters {
         g.priority.append_option(priority);
         self.grants.maybe_flush()
     }
+    /// An allocation row of the generated period.
+    fn allocation(
+        &mut self,
+        acct: &str,
+        plan: &str,
+        included: i64,
+        status: &str,
+        anchor: Option<i64>,
+    ) -> Result<(), GenerateError> {
+        let r = &mut self.alloc.rows;
+        r.account_id.append_value(acct);
+        r.plan_id.append_value(plan);
+        r.period_start.append_value(PERIOD_START_US);
+        r.period_end.append_value(PERIOD_END_US);
+        r.included_credits.append_value(i128::from(included));
+        r.billing_anchor.append_option(anchor);
+        r.status.append_value(status);
+        self.alloc.maybe_flush()
+    }
 }
 
 fn write_allocations(
@@ -1741,22 +1760,7 @@ fn write_allocations(
         )?,
     };
     let book = &ctx.book;
-    let mix: Vec<(&str, u64)> = PLAN_MIX
-        .iter()
-        .copied()
-        .filter(|(p, _)| book.plans.contains_key(*p))
-        .collect();
-    let mix_total: u64 = mix.iter().map(|m| m.1).sum();
-    if mix.is_empty()
-        || !book
-            .plans
-            .get("pro")
-            .is_some_and(|p| p.overage == Overage::Block)
-    {
-        return Err(GenerateError::PriceBook(
-            "plan `pro` with overage = \"block\" is required (over-limit accounts use it)".into(),
-        ));
-    }
+    let mix = PlanMix::of(book)?;
     let key_grant = key(ctx.seed, K_GRANT_ID);
     for (a, &(required, ol_included)) in summary.iter().enumerate() {
         let a = a as u64;
@@ -1765,15 +1769,7 @@ fn write_allocations(
         let (plan, included, status, anchor) = match ol_included {
             Some(inc) => ("pro", inc, "active", None),
             None => {
-                let mut u = rng.below(mix_total);
-                let mut plan = mix[0].0;
-                for &(p, wgt) in &mix {
-                    if u < wgt {
-                        plan = p;
-                        break;
-                    }
-                    u -= wgt;
-                }
+                let plan = mix.pick(&mut rng);
                 let status = if rng.chance(30_000) {
                     "cancelled"
                 } else {
@@ -1794,80 +1790,135 @@ fn write_allocations(
                     round_up(required + required / 5, 100 * MILLI)
                 };
                 if with_grants {
-                    let mut n = 0u64;
-                    let mut gid = || {
-                        n += 1;
-                        format!("grt-{:016x}", mix64((a * 8 + n) ^ key_grant))
+                    let grant_id = GrantIds {
+                        account: a,
+                        key: key_grant,
+                        n: 0,
                     };
-                    let shortfall = required - included;
-                    if shortfall > 0 || rng.chance(500_000) {
-                        // Usable all period, never expires: covers whatever the plan does not.
-                        let credits = if shortfall > 0 {
-                            round_up(shortfall + shortfall / 10, 10 * MILLI)
-                        } else {
-                            rng.range(1, 10) * 100 * MILLI
-                        };
-                        wr.grant(
-                            gid(),
-                            &acct,
-                            "top_up",
-                            credits,
-                            BEFORE_PERIOD_US,
-                            None,
-                            None,
-                        )?;
-                    }
-                    if rng.chance(500_000) {
-                        // Mid-period promo window.
-                        let eff = PERIOD_START_US + rng.range(2, 10) * DAY_US;
-                        let credits = rng.range(20, 200) * MILLI;
-                        let exp = Some(eff + rng.range(3, 10) * DAY_US);
-                        wr.grant(gid(), &acct, "promo", credits, eff, exp, None)?;
-                    }
-                    if rng.chance(300_000) {
-                        // Compensation, sometimes with an explicit priority ahead of the plan.
-                        let credits = rng.range(10, 100) * MILLI + rng.range(0, 999);
-                        let prio = rng.chance(500_000).then_some(0);
-                        let exp = Some(PERIOD_END_US + 61 * DAY_US);
-                        wr.grant(
-                            gid(),
-                            &acct,
-                            "compensation",
-                            credits,
-                            BEFORE_PERIOD_US - DAY_US,
-                            exp,
-                            prio,
-                        )?;
-                    }
-                    if rng.chance(100_000) {
-                        // A promo that expired before the period: not usable, not in the period.
-                        let credits = rng.range(20, 200) * MILLI;
-                        let eff = PERIOD_START_US - 40 * DAY_US;
-                        wr.grant(
-                            gid(),
-                            &acct,
-                            "promo",
-                            credits,
-                            eff,
-                            Some(PERIOD_START_US - DAY_US),
-                            None,
-                        )?;
-                    }
+                    write_grants(&mut wr, &mut rng, grant_id, &acct, required - included)?;
                 }
                 (plan, included, status, anchor)
             }
         };
-        let r = &mut wr.alloc.rows;
-        r.account_id.append_value(&acct);
-        r.plan_id.append_value(plan);
-        r.period_start.append_value(PERIOD_START_US);
-        r.period_end.append_value(PERIOD_END_US);
-        r.included_credits.append_value(i128::from(included));
-        r.billing_anchor.append_option(anchor);
-        r.status.append_value(status);
-        wr.alloc.maybe_flush()?;
+        wr.allocation(&acct, plan, included, status, anchor)?;
     }
     Ok((wr.alloc.close()?, wr.grants.close()?))
+}
+
+/// The plans accounts are given, with their weights: those of `PLAN_MIX` in the book.
+struct PlanMix {
+    plans: Vec<(&'static str, u64)>,
+    total: u64,
+}
+
+impl PlanMix {
+    fn of(book: &PriceBook) -> Result<PlanMix, GenerateError> {
+        let plans: Vec<(&str, u64)> = PLAN_MIX
+            .iter()
+            .copied()
+            .filter(|(p, _)| book.plans.contains_key(*p))
+            .collect();
+        let total: u64 = plans.iter().map(|m| m.1).sum();
+        if plans.is_empty()
+            || !book
+                .plans
+                .get("pro")
+                .is_some_and(|p| p.overage == Overage::Block)
+        {
+            return Err(GenerateError::PriceBook(
+                "plan `pro` with overage = \"block\" is required (over-limit accounts use it)"
+                    .into(),
+            ));
+        }
+        Ok(PlanMix { plans, total })
+    }
+
+    /// A plan drawn by weight.
+    fn pick(&self, rng: &mut Rng) -> &'static str {
+        let mut u = rng.below(self.total);
+        let mut plan = self.plans[0].0;
+        for &(p, wgt) in &self.plans {
+            if u < wgt {
+                plan = p;
+                break;
+            }
+            u -= wgt;
+        }
+        plan
+    }
+}
+
+/// The grant ids of one account: `grt-` and a hash of (account, its n-th grant).
+struct GrantIds {
+    account: u64,
+    key: u64,
+    n: u64,
+}
+
+impl GrantIds {
+    fn next(&mut self) -> String {
+        self.n += 1;
+        format!("grt-{:016x}", mix64((self.account * 8 + self.n) ^ self.key))
+    }
+}
+
+/// An account's grants beside its plan: a top-up that covers `shortfall` (what its plan's
+/// credits do not), and by chance a promo, a compensation and a promo expired before the
+/// period.
+fn write_grants(
+    wr: &mut AllocWriters,
+    rng: &mut Rng,
+    mut grant_id: GrantIds,
+    acct: &str,
+    shortfall: i64,
+) -> Result<(), GenerateError> {
+    let mut gid = || grant_id.next();
+    if shortfall > 0 || rng.chance(500_000) {
+        // Usable all period, never expires: covers whatever the plan does not.
+        let credits = if shortfall > 0 {
+            round_up(shortfall + shortfall / 10, 10 * MILLI)
+        } else {
+            rng.range(1, 10) * 100 * MILLI
+        };
+        wr.grant(gid(), acct, "top_up", credits, BEFORE_PERIOD_US, None, None)?;
+    }
+    if rng.chance(500_000) {
+        // Mid-period promo window.
+        let eff = PERIOD_START_US + rng.range(2, 10) * DAY_US;
+        let credits = rng.range(20, 200) * MILLI;
+        let exp = Some(eff + rng.range(3, 10) * DAY_US);
+        wr.grant(gid(), acct, "promo", credits, eff, exp, None)?;
+    }
+    if rng.chance(300_000) {
+        // Compensation, sometimes with an explicit priority ahead of the plan.
+        let credits = rng.range(10, 100) * MILLI + rng.range(0, 999);
+        let prio = rng.chance(500_000).then_some(0);
+        let exp = Some(PERIOD_END_US + 61 * DAY_US);
+        wr.grant(
+            gid(),
+            acct,
+            "compensation",
+            credits,
+            BEFORE_PERIOD_US - DAY_US,
+            exp,
+            prio,
+        )?;
+    }
+    if rng.chance(100_000) {
+        // A promo that expired before the period: not usable, not in the period.
+        let credits = rng.range(20, 200) * MILLI;
+        let eff = PERIOD_START_US - 40 * DAY_US;
+        wr.grant(
+            gid(),
+            acct,
+            "promo",
+            credits,
+            eff,
+            Some(PERIOD_START_US - DAY_US),
+            None,
+        )?;
+    }
+    Ok(())
 }
 
 /// Midnight UTC of the first day of the month containing `t_us`.
