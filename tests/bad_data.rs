@@ -17,6 +17,7 @@ const AS_OF: &str = "2026-11-20T12:00:00Z";
 /// Where a corrupt usage file goes: in place of a good one, beside another good one.
 const USAGE: &str = "usage/date=2026-11-01/part-0.parquet";
 const ALLOCATIONS: &str = "allocations/part-0.parquet";
+const DEBITS: &str = "debits/date=2026-11/part-0.parquet";
 const PRICEBOOK: &str = "pricebook.toml";
 /// Files of `tests/bad_data/` that are not corpus entries.
 const NOT_CORPUS: [&str; 2] = ["make_corpus.py", "README.md"];
@@ -338,6 +339,40 @@ fn usage_non_utf8_string_is_exit_2_naming_the_encoding() {
          `account_id`, `product`, `action`, `model`, `status`; the contract's strings are \
          UTF-8: have the export write them as UTF-8",
     );
+}
+
+/// The same in the ledger, the allocations and the grants: each reader names its own
+/// string columns.
+#[test]
+fn non_utf8_strings_of_the_other_datasets_are_exit_2_naming_the_encoding() {
+    let problem = |columns: &str| {
+        format!(
+            "row group 0 holds a string that is not UTF-8, in one of the columns {columns}; the \
+             contract's strings are UTF-8: have the export write them as UTF-8"
+        )
+    };
+    assert_input_refused(
+        "debits_non_utf8_entry_id.parquet",
+        DEBITS,
+        &problem("`entry_id`, `account_id`, `event_id`, `kind`"),
+    );
+    assert_input_refused(
+        "allocations_non_utf8_plan_id.parquet",
+        ALLOCATIONS,
+        &problem("`account_id`, `plan_id`, `status`"),
+    );
+    // The good data root has no grants: the file is added, not swapped in.
+    let tmp = good_copy();
+    let at = "grants/part-0.parquet";
+    std::fs::create_dir(tmp.path().join("grants")).unwrap();
+    std::fs::copy(
+        corpus_dir().join("grants_non_utf8_grant_id.parquet"),
+        tmp.path().join(at),
+    )
+    .unwrap();
+    let out = reconcile(&tmp);
+    let refusal = problem("`grant_id`, `account_id`, `kind`");
+    assert_refused(&tmp, &out, &format!("tally: {at}: {refusal}"));
 }
 
 #[test]

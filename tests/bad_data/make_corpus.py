@@ -20,6 +20,7 @@ REPO = HERE.parent.parent
 GOOD = REPO / "fixtures" / "golden" / "pricing_and_kinds" / "data"
 GOOD_USAGE = GOOD / "usage" / "date=2026-11-01" / "part-0.parquet"
 GOOD_ALLOCATIONS = GOOD / "allocations" / "part-0.parquet"
+GOOD_DEBITS = GOOD / "debits" / "date=2026-11" / "part-0.parquet"
 GOOD_BOOK = GOOD / "pricebook.toml"
 
 
@@ -70,6 +71,35 @@ def non_utf8_corpus() -> None:
     values[0] = values[0] + b"\xff"
     column = pa.array(values, pa.binary()).view(pa.string())
     write_parquet("usage_non_utf8_account.parquet", usage.set_column(i, "account_id", column))
+
+
+def with_non_utf8(table: pa.Table, name: str) -> pa.Table:
+    # The column's first value with a 0xff byte appended, as non_utf8_corpus does.
+    i = table.schema.get_field_index(name)
+    values = [v.encode() for v in table.column(i).to_pylist()]
+    values[0] = values[0] + b"\xff"
+    return table.set_column(i, name, pa.array(values, pa.binary()).view(pa.string()))
+
+
+def non_utf8_other_datasets_corpus() -> None:
+    # The same byte in the ledger, the allocations and the grants (one grant row, the good
+    # data root has no grants).
+    debits = pq.read_table(GOOD_DEBITS)
+    write_parquet("debits_non_utf8_entry_id.parquet", with_non_utf8(debits, "entry_id"))
+    allocations = pq.read_table(GOOD_ALLOCATIONS)
+    write_parquet("allocations_non_utf8_plan_id.parquet", with_non_utf8(allocations, "plan_id"))
+    grants = pa.table(
+        {
+            "grant_id": pa.array([b"g-1\xff"], pa.binary()).view(pa.string()),
+            "account_id": pa.array(["acct-1"], pa.string()),
+            "kind": pa.array(["promo"], pa.string()),
+            "credits": pa.array([10], pa.decimal128(18, 3)),
+            "effective_at": pa.array([0], pa.timestamp("us", tz="UTC")),
+            "expires_at": pa.array([None], pa.timestamp("us", tz="UTC")),
+            "priority": pa.array([None], pa.int32()),
+        }
+    )
+    write_parquet("grants_non_utf8_grant_id.parquet", grants)
 
 
 def parquet_corpus() -> None:
@@ -224,4 +254,5 @@ def pricebook_corpus() -> None:
 if __name__ == "__main__":
     parquet_corpus()
     non_utf8_corpus()
+    non_utf8_other_datasets_corpus()
     pricebook_corpus()
