@@ -421,7 +421,20 @@ pub fn explain(req: &ExplainRequest) -> Result<Explanation> {
     // It may split its run like `reconcile` does, into spill folders of its own.
     crate::spill::sweep_orphans();
     let inputs = pipeline::inputs(&req.data)?;
-    let mut explanation = Explanation {
+    let mut explanation = empty_explanation(req);
+    match &req.target {
+        Target::Event(event_id) => explain_event_id(req, &inputs, event_id, &mut explanation)?,
+        Target::Entry(entry_id) => explain_entry_id(req, &inputs, entry_id, &mut explanation)?,
+        Target::Account(account_id) => {
+            explanation.account = Some(explain_account_id(req, &inputs, account_id)?);
+        }
+    }
+    Ok(explanation)
+}
+
+/// The explanation's command, as-of, settle and target, before anything is found.
+fn empty_explanation(req: &ExplainRequest) -> Explanation {
+    Explanation {
         command: req.mode.name(),
         as_of: format_instant(req.as_of),
         settle_seconds: req.settle_micros / 1_000_000,
@@ -444,141 +457,175 @@ pub fn explain(req: &ExplainRequest) -> Result<Explanation> {
         event: None,
         entry: None,
         account: None,
+    }
+}
+
+/// `--event`: fills in the usage rows with the id and, when a copy was kept, the event.
+fn explain_event_id(
+    req: &ExplainRequest,
+    inputs: &pipeline::Inputs,
+    event_id: &str,
+    explanation: &mut Explanation,
+) -> Result<()> {
+    let copies = copies_of(&inputs.files[0], event_id)?;
+    if copies.rows.is_empty() {
+        return Err(not_found(
+            "usage",
+            "event_id",
+            event_id,
+            inputs.files[0].len(),
+        ));
+    }
+    let run = match &copies.winner {
+        Some(w) => Some(run_account(req, inputs, &w.account_id)?),
+        None => None,
     };
-    match &req.target {
-        Target::Event(event_id) => {
-            let copies = copies_of(&inputs.files[0], event_id)?;
-            if copies.rows.is_empty() {
-                return Err(not_found(
-                    "usage",
-                    "event_id",
-                    event_id,
-                    inputs.files[0].len(),
-                ));
-            }
-            let run = match &copies.winner {
-                Some(w) => Some(run_account(req, &inputs, &w.account_id)?),
-                None => None,
-            };
-            explanation.usage_rows = seen_usage(&inputs, &copies, run.as_ref());
-            if let (Some(winner), Some(run)) = (&copies.winner, &run) {
-                explanation.event = Some(explain_event(req, &inputs, run, winner)?);
-            }
-        }
-        Target::Entry(entry_id) => {
-            let rows = rows_with_id(
-                &inputs.files[3],
-                &load::DEBIT_COLUMNS,
-                0,
-                entry_id,
-                &load::parse_debit,
-            )?;
-            if rows.is_empty() {
-                return Err(not_found(
-                    "debits",
-                    "entry_id",
-                    entry_id,
-                    inputs.files[3].len(),
-                ));
-            }
-            // For a repeated id the first valid row by (file, row) is kept.
-            let kept: Option<DebitRow> = rows.iter().find_map(|(_, p, _)| match p {
-                Parsed::Row(d) => Some(d.clone()),
-                Parsed::Rejected(_) => None,
-            });
-            let copies = match kept.as_ref().and_then(|k| k.event_id.as_deref()) {
-                Some(event_id) => Some(copies_of(&inputs.files[0], event_id)?),
-                None => None,
-            };
-            let winner = copies.as_ref().and_then(|c| c.winner.clone());
-            let account = match (&winner, &kept) {
-                (Some(w), _) => Some(w.account_id.to_string()),
-                (None, Some(k)) => Some(k.account_id.to_string()),
-                (None, None) => None,
-            };
-            let run = match &account {
-                Some(a) => Some(run_account(req, &inputs, a)?),
-                None => None,
-            };
-            explanation.entry_rows = seen_entries(&inputs, &rows, kept.as_ref(), run.as_ref());
-            if let Some(copies) = &copies {
-                explanation.usage_rows = seen_usage(&inputs, copies, run.as_ref());
-            }
-            if let Some(run) = &run {
-                let entry = explain_entry(req, &inputs, run, kept.as_ref(), winner.as_ref())?;
-                if entry.placement == "attached" {
-                    if let Some(w) = &winner {
-                        explanation.event = Some(explain_event(req, &inputs, run, w)?);
-                    }
-                }
-                explanation.entry = Some(entry);
-            } else {
-                explanation.entry = Some(EntryExplanation {
-                    entry: None,
-                    placement: "rejected",
-                    placement_detail: "every row with this entry_id was rejected".into(),
-                    period: None,
-                    verdict: None,
-                    discrepancies: Vec::new(),
-                });
-            }
-        }
-        Target::Account(account_id) => {
-            let run = run_account(req, &inputs, account_id)?;
-            let rejected_rows = rejected_plan_rows(&inputs, &run, account_id)?;
-            if run.traced.allocations.is_empty()
-                && run.traced.grants.is_empty()
-                && rejected_rows.is_empty()
-            {
-                let (usage_rows, ledger_rows) = usage_and_ledger_rows_of(&inputs, account_id)?;
-                // Valid grant rows of an account without an allocation: in no period either,
-                // and there (not "check the id").
-                let grant_rows = rows_with_id(
-                    &inputs.files[2],
-                    &load::GRANT_COLUMNS,
-                    1,
-                    account_id,
-                    &load::parse_grant,
-                )?
-                .len();
-                if grant_rows > 0 {
-                    return Err(TallyError::config(
-                        format!("--account {account_id}"),
-                        format!(
-                            "account_id {} has no allocation rows, so its {grant_rows} grant, \
-                             {usage_rows} usage and {ledger_rows} ledger rows are in no \
-                             period (a grant counts only in its account's periods); explain \
-                             usage and ledger rows with --event or --entry",
-                            q(account_id)
-                        ),
-                    ));
-                }
-                if usage_rows + ledger_rows > 0 {
-                    // A real account, only not a planned one: say so, not "check the id".
-                    return Err(TallyError::config(
-                        format!("--account {account_id}"),
-                        format!(
-                            "account_id {} has no allocation or grant rows, so its \
-                             {usage_rows} usage and {ledger_rows} ledger rows are in no \
-                             period; explain each with --event or --entry",
-                            q(account_id)
-                        ),
-                    ));
-                }
-                return Err(not_found(
-                    "allocations or grants",
-                    "account_id",
-                    account_id,
-                    inputs.files[1].len() + inputs.files[2].len(),
-                ));
-            }
-            let mut account = explain_account(&inputs, &run)?;
-            account.account_id = account_id.clone();
-            account.rejected_rows = rejected_rows;
-            explanation.account = Some(account);
+    explanation.usage_rows = seen_usage(inputs, &copies, run.as_ref());
+    if let (Some(winner), Some(run)) = (&copies.winner, &run) {
+        explanation.event = Some(explain_event(req, inputs, run, winner)?);
+    }
+    Ok(())
+}
+
+/// `--entry`: fills in the ledger rows with the id, the usage rows of the kept row's event,
+/// the entry and, when it is attached, its event.
+fn explain_entry_id(
+    req: &ExplainRequest,
+    inputs: &pipeline::Inputs,
+    entry_id: &str,
+    explanation: &mut Explanation,
+) -> Result<()> {
+    let rows = rows_with_id(
+        &inputs.files[3],
+        &load::DEBIT_COLUMNS,
+        0,
+        entry_id,
+        &load::parse_debit,
+    )?;
+    if rows.is_empty() {
+        return Err(not_found(
+            "debits",
+            "entry_id",
+            entry_id,
+            inputs.files[3].len(),
+        ));
+    }
+    // For a repeated id the first valid row by (file, row) is kept.
+    let kept: Option<DebitRow> = rows.iter().find_map(|(_, p, _)| match p {
+        Parsed::Row(d) => Some(d.clone()),
+        Parsed::Rejected(_) => None,
+    });
+    let copies = match kept.as_ref().and_then(|k| k.event_id.as_deref()) {
+        Some(event_id) => Some(copies_of(&inputs.files[0], event_id)?),
+        None => None,
+    };
+    let winner = copies.as_ref().and_then(|c| c.winner.clone());
+    let run = match entry_account(winner.as_ref(), kept.as_ref()) {
+        Some(a) => Some(run_account(req, inputs, &a)?),
+        None => None,
+    };
+    explanation.entry_rows = seen_entries(inputs, &rows, kept.as_ref(), run.as_ref());
+    if let Some(copies) = &copies {
+        explanation.usage_rows = seen_usage(inputs, copies, run.as_ref());
+    }
+    let Some(run) = &run else {
+        explanation.entry = Some(every_entry_row_rejected());
+        return Ok(());
+    };
+    let entry = explain_entry(req, inputs, run, kept.as_ref(), winner.as_ref())?;
+    if entry.placement == "attached" {
+        if let Some(w) = &winner {
+            explanation.event = Some(explain_event(req, inputs, run, w)?);
         }
     }
-    Ok(explanation)
+    explanation.entry = Some(entry);
+    Ok(())
+}
+
+/// The account an entry is explained in: its event's (the kept copy's), else its own.
+fn entry_account(winner: Option<&UsageRow>, kept: Option<&DebitRow>) -> Option<String> {
+    match (winner, kept) {
+        (Some(w), _) => Some(w.account_id.to_string()),
+        (None, Some(k)) => Some(k.account_id.to_string()),
+        (None, None) => None,
+    }
+}
+
+/// The entry of an id none of whose rows is valid.
+fn every_entry_row_rejected() -> EntryExplanation {
+    EntryExplanation {
+        entry: None,
+        placement: "rejected",
+        placement_detail: "every row with this entry_id was rejected".into(),
+        period: None,
+        verdict: None,
+        discrepancies: Vec::new(),
+    }
+}
+
+/// `--account`: the account's periods, with its rejected allocation and grant rows; an
+/// account with none of those rows is an error saying what it has instead.
+fn explain_account_id(
+    req: &ExplainRequest,
+    inputs: &pipeline::Inputs,
+    account_id: &str,
+) -> Result<AccountExplanation> {
+    let run = run_account(req, inputs, account_id)?;
+    let rejected_rows = rejected_plan_rows(inputs, &run, account_id)?;
+    if run.traced.allocations.is_empty() && run.traced.grants.is_empty() && rejected_rows.is_empty()
+    {
+        return Err(unplanned_account_error(inputs, account_id)?);
+    }
+    let mut account = explain_account(inputs, &run)?;
+    account.account_id = account_id.to_string();
+    account.rejected_rows = rejected_rows;
+    Ok(account)
+}
+
+/// The error for an account without allocation or grant rows: what rows it has in no
+/// period, or, with none, that no row names it (`Err`: a row could not be read).
+fn unplanned_account_error(inputs: &pipeline::Inputs, account_id: &str) -> Result<TallyError> {
+    let (usage_rows, ledger_rows) = usage_and_ledger_rows_of(inputs, account_id)?;
+    // Valid grant rows of an account without an allocation: in no period either,
+    // and there (not "check the id").
+    let grant_rows = rows_with_id(
+        &inputs.files[2],
+        &load::GRANT_COLUMNS,
+        1,
+        account_id,
+        &load::parse_grant,
+    )?
+    .len();
+    if grant_rows > 0 {
+        return Ok(TallyError::config(
+            format!("--account {account_id}"),
+            format!(
+                "account_id {} has no allocation rows, so its {grant_rows} grant, \
+                 {usage_rows} usage and {ledger_rows} ledger rows are in no \
+                 period (a grant counts only in its account's periods); explain \
+                 usage and ledger rows with --event or --entry",
+                q(account_id)
+            ),
+        ));
+    }
+    if usage_rows + ledger_rows > 0 {
+        // A real account, only not a planned one: say so, not "check the id".
+        return Ok(TallyError::config(
+            format!("--account {account_id}"),
+            format!(
+                "account_id {} has no allocation or grant rows, so its \
+                 {usage_rows} usage and {ledger_rows} ledger rows are in no \
+                 period; explain each with --event or --entry",
+                q(account_id)
+            ),
+        ));
+    }
+    Ok(not_found(
+        "allocations or grants",
+        "account_id",
+        account_id,
+        inputs.files[1].len() + inputs.files[2].len(),
+    ))
 }
 
 /// The account's allocation and grant rows that the run rejected, with its reasons.
