@@ -1151,44 +1151,27 @@ fn explain_entry(
     kept: Option<&DebitRow>,
     winner: Option<&UsageRow>,
 ) -> Result<EntryExplanation> {
+    let Some(kept) = kept else {
+        return Ok(every_entry_row_rejected());
+    };
     let mut x = EntryExplanation {
-        entry: kept.map(|k| entry_view(inputs, k)),
+        entry: Some(entry_view(inputs, kept)),
         placement: "rejected",
         placement_detail: String::new(),
         period: None,
         verdict: None,
         discrepancies: Vec::new(),
     };
-    let Some(kept) = kept else {
-        x.placement_detail = "every row with this entry_id was rejected".into();
-        return Ok(x);
-    };
-    let attached = run.periods.iter().find(|p| {
-        p.events
-            .iter()
-            .any(|e| e.work.entries.iter().any(|d| d.at == kept.at))
-    });
-    if let Some(p) = attached {
+    if let Some(p) = period_attached_in(run, kept) {
         x.placement = "attached";
         x.placement_detail =
             "attached to its event: it follows the event's window and verdict".into();
         x.period = Some(period_view(&inputs.book, &p.allocation));
         return Ok(x);
     }
-    if let Some((p, (_, kind))) = run.periods.iter().find_map(|p| {
-        p.unattached
-            .iter()
-            .find(|(d, _)| d.at == kept.at)
-            .map(|u| (p, u))
-    }) {
+    if let Some((p, kind)) = period_unattached_in(run, kept) {
         x.placement = "unattached";
-        x.placement_detail = match &kept.event_id {
-            None => "no event_id: placed by its own account and recorded_at".into(),
-            Some(e) => format!(
-                "event_id {} is not a valid usage event: placed by its own account and recorded_at",
-                q(e)
-            ),
-        };
+        x.placement_detail = unattached_detail(kept);
         x.period = Some(period_view(&inputs.book, &p.allocation));
         x.verdict = Some(kind.map_or_else(|| "counted".into(), |k| k.name().to_string()));
         x.discrepancies = published_views(
@@ -1199,25 +1182,68 @@ fn explain_entry(
         );
         return Ok(x);
     }
+    (x.placement, x.placement_detail) = placement_outside_periods(req, run, kept, winner);
+    Ok(x)
+}
+
+/// The period whose events the kept entry is attached to, if any.
+fn period_attached_in<'a>(run: &'a AccountRun, kept: &DebitRow) -> Option<&'a PeriodTrace> {
+    run.periods.iter().find(|p| {
+        p.events
+            .iter()
+            .any(|e| e.work.entries.iter().any(|d| d.at == kept.at))
+    })
+}
+
+/// The period holding the kept entry as attached to no event, with its discrepancy kind
+/// (`None`: a refund).
+fn period_unattached_in<'a>(
+    run: &'a AccountRun,
+    kept: &DebitRow,
+) -> Option<(&'a PeriodTrace, Option<Kind>)> {
+    run.periods.iter().find_map(|p| {
+        p.unattached
+            .iter()
+            .find(|(d, _)| d.at == kept.at)
+            .map(|(_, kind)| (p, *kind))
+    })
+}
+
+/// Why an unattached entry is placed on its own: it names no event, or no valid one.
+fn unattached_detail(kept: &DebitRow) -> String {
+    match &kept.event_id {
+        None => "no event_id: placed by its own account and recorded_at".into(),
+        Some(e) => format!(
+            "event_id {} is not a valid usage event: placed by its own account and recorded_at",
+            q(e)
+        ),
+    }
+}
+
+/// The placement of a kept entry in none of the run's periods, and why: rejected by the
+/// run, recorded after as-of, or outside the window (its event's, when it has one).
+fn placement_outside_periods(
+    req: &ExplainRequest,
+    run: &AccountRun,
+    kept: &DebitRow,
+    winner: Option<&UsageRow>,
+) -> (&'static str, String) {
     if let Some(r) = find_reject(Some(run), Dataset::Debits, kept.at) {
-        x.placement = if r.reason == Reason::NoAllocation {
+        let placement = if r.reason == Reason::NoAllocation {
             "no_allocation"
         } else {
             "rejected"
         };
-        x.placement_detail = r.detail.clone();
-        return Ok(x);
+        return (placement, r.detail.clone());
     }
     if kept.recorded_at >= req.as_of {
-        x.placement = "after_as_of";
-        x.placement_detail = format!(
+        let detail = format!(
             "recorded at or after as-of {}: ignored by this run",
             format_instant(req.as_of)
         );
-        return Ok(x);
+        return ("after_as_of", detail);
     }
-    x.placement = "outside_window";
-    x.placement_detail = match winner {
+    let detail = match winner {
         Some(w) => format!(
             "attached to event {}, which is outside the window: {}",
             q(&w.event_id),
@@ -1225,7 +1251,7 @@ fn explain_entry(
         ),
         None => outside_reason(req, run, kept.recorded_at, "recorded"),
     };
-    Ok(x)
+    ("outside_window", detail)
 }
 
 fn explain_account(inputs: &pipeline::Inputs, run: &AccountRun) -> Result<AccountExplanation> {
