@@ -1255,117 +1255,10 @@ fn placement_outside_periods(
 }
 
 fn explain_account(inputs: &pipeline::Inputs, run: &AccountRun) -> Result<AccountExplanation> {
-    let covered = |a: &AllocationRow| {
-        run.periods
-            .iter()
-            .any(|p| p.allocation.period_start == a.period_start)
-    };
-    let allocations = run
-        .traced
-        .allocations
-        .iter()
-        .map(|a| AllocationView {
-            file: rel(inputs, Dataset::Allocations, a.at),
-            row: a.at.row,
-            period: period_view(&inputs.book, a),
-            covered: covered(a),
-        })
-        .collect();
+    let allocations = allocation_views(inputs, run);
     let mut periods = Vec::new();
     for p in &run.periods {
-        let start = p.allocation.period_start;
-        let mut balance = Milli::sum(p.grants.iter().map(|(_, s)| *s))?;
-        let mut timeline = Vec::with_capacity(p.events.len());
-        for e in &p.events {
-            for d in &e.draws {
-                balance = balance.checked_sub(d.taken)?;
-            }
-            timeline.push(TimelineRow {
-                occurred_at: format_instant(e.work.usage.occurred_at),
-                event_id: e.work.usage.event_id.to_string(),
-                status: e.work.usage.status.name(),
-                expected_credits: e.price.expected(),
-                draws: draw_views(&p.grants, &e.draws),
-                overage_credits: e.overage,
-                balance_after: balance,
-                verdict: verdict_label(e),
-            });
-        }
-        let balance = run
-            .result
-            .balances
-            .iter()
-            .find(|b| b.period_start == start)
-            .map(|b| BalanceView {
-                granted_credits: b.granted_credits(),
-                used_credits: b.used_credits(),
-                overage_credits: b.overage,
-                remaining_credits: b.remaining_credits(),
-            });
-        let invoice = run
-            .result
-            .invoices
-            .iter()
-            .find(|i| i.period_start == start)
-            .map(|i| {
-                let renewal = run.result.renewals.iter().find(|r| r.period_start == start);
-                let money = |minor| crate::export::format_minor(minor, inputs.book.exponent);
-                InvoiceView {
-                    invoice_id: i.invoice_id.clone(),
-                    currency: i.currency.clone(),
-                    plan_price: money(i.plan_price_minor),
-                    overage_amount: money(i.overage_amount_minor),
-                    total: money(i.total_minor),
-                    plan_price_minor: i.plan_price_minor,
-                    credits_used: i.credits_used,
-                    overage_credits: i.overage_credits,
-                    overage_amount_minor: i.overage_amount_minor,
-                    total_minor: i.total_minor,
-                    recorded_credits: i.recorded_credits,
-                    unreconciled_credits: i.unreconciled_credits,
-                    lines: run
-                        .result
-                        .invoice_lines
-                        .iter()
-                        .filter(|l| *l.invoice_id == *i.invoice_id)
-                        .cloned()
-                        .collect(),
-                    rollover_credits: renewal.map_or(Milli::ZERO, |r| r.rollover_credits),
-                    expired_credits: renewal.map_or(Milli::ZERO, |r| r.expired_credits),
-                    carried_grant_credits: renewal.map_or(Milli::ZERO, |r| r.carried_grant_credits),
-                    next_period: renewal.and_then(|r| {
-                        Some(format!(
-                            "[{}, {})",
-                            format_instant(r.next_period_start?),
-                            format_instant(r.next_period_end?)
-                        ))
-                    }),
-                }
-            });
-        periods.push(PeriodExplanation {
-            period: period_view(&inputs.book, &p.allocation),
-            grants: p
-                .grants
-                .iter()
-                .map(|(g, start_credits)| GrantView {
-                    grant_id: g.grant_id.clone(),
-                    kind: g.kind.name(),
-                    priority: g.priority,
-                    effective_at: format_instant(g.effective_at),
-                    expires_at: g.expires_at.map(format_instant),
-                    start_credits: *start_credits,
-                    left_credits: g.remaining,
-                })
-                .collect(),
-            timeline,
-            unattached: p
-                .unattached
-                .iter()
-                .map(|(d, _)| entry_view(inputs, d))
-                .collect(),
-            balance,
-            invoice,
-        });
+        periods.push(explain_period(inputs, run, p)?);
     }
     Ok(AccountExplanation {
         account_id: String::new(),
@@ -1374,6 +1267,145 @@ fn explain_account(inputs: &pipeline::Inputs, run: &AccountRun) -> Result<Accoun
         periods,
         discrepancies: published_views(run.result.discrepancies.iter()),
     })
+}
+
+/// The account's valid allocations, each marked covered when the run has its period.
+fn allocation_views(inputs: &pipeline::Inputs, run: &AccountRun) -> Vec<AllocationView> {
+    let covered = |a: &AllocationRow| {
+        run.periods
+            .iter()
+            .any(|p| p.allocation.period_start == a.period_start)
+    };
+    run.traced
+        .allocations
+        .iter()
+        .map(|a| AllocationView {
+            file: rel(inputs, Dataset::Allocations, a.at),
+            row: a.at.row,
+            period: period_view(&inputs.book, a),
+            covered: covered(a),
+        })
+        .collect()
+}
+
+/// One period of the account: its grants, event timeline, unattached entries, and its
+/// balance row (reconcile) or invoice (close).
+fn explain_period(
+    inputs: &pipeline::Inputs,
+    run: &AccountRun,
+    p: &PeriodTrace,
+) -> Result<PeriodExplanation> {
+    let start = p.allocation.period_start;
+    let timeline = timeline_of(p)?;
+    let balance = run
+        .result
+        .balances
+        .iter()
+        .find(|b| b.period_start == start)
+        .map(|b| BalanceView {
+            granted_credits: b.granted_credits(),
+            used_credits: b.used_credits(),
+            overage_credits: b.overage,
+            remaining_credits: b.remaining_credits(),
+        });
+    let invoice = run
+        .result
+        .invoices
+        .iter()
+        .find(|i| i.period_start == start)
+        .map(|i| invoice_view(inputs, run, i));
+    Ok(PeriodExplanation {
+        period: period_view(&inputs.book, &p.allocation),
+        grants: p
+            .grants
+            .iter()
+            .map(|(g, start_credits)| GrantView {
+                grant_id: g.grant_id.clone(),
+                kind: g.kind.name(),
+                priority: g.priority,
+                effective_at: format_instant(g.effective_at),
+                expires_at: g.expires_at.map(format_instant),
+                start_credits: *start_credits,
+                left_credits: g.remaining,
+            })
+            .collect(),
+        timeline,
+        unattached: p
+            .unattached
+            .iter()
+            .map(|(d, _)| entry_view(inputs, d))
+            .collect(),
+        balance,
+        invoice,
+    })
+}
+
+/// The period's events in order, each with its draws and the credits left in all of the
+/// period's grants after it.
+fn timeline_of(p: &PeriodTrace) -> Result<Vec<TimelineRow>> {
+    let mut balance = Milli::sum(p.grants.iter().map(|(_, s)| *s))?;
+    let mut timeline = Vec::with_capacity(p.events.len());
+    for e in &p.events {
+        for d in &e.draws {
+            balance = balance.checked_sub(d.taken)?;
+        }
+        timeline.push(TimelineRow {
+            occurred_at: format_instant(e.work.usage.occurred_at),
+            event_id: e.work.usage.event_id.to_string(),
+            status: e.work.usage.status.name(),
+            expected_credits: e.price.expected(),
+            draws: draw_views(&p.grants, &e.draws),
+            overage_credits: e.overage,
+            balance_after: balance,
+            verdict: verdict_label(e),
+        });
+    }
+    Ok(timeline)
+}
+
+/// A period's invoice as the close writes it, with its lines and its period's renewal.
+fn invoice_view(
+    inputs: &pipeline::Inputs,
+    run: &AccountRun,
+    i: &crate::close::InvoiceRow,
+) -> InvoiceView {
+    let renewal = run
+        .result
+        .renewals
+        .iter()
+        .find(|r| r.period_start == i.period_start);
+    let money = |minor| crate::export::format_minor(minor, inputs.book.exponent);
+    InvoiceView {
+        invoice_id: i.invoice_id.clone(),
+        currency: i.currency.clone(),
+        plan_price: money(i.plan_price_minor),
+        overage_amount: money(i.overage_amount_minor),
+        total: money(i.total_minor),
+        plan_price_minor: i.plan_price_minor,
+        credits_used: i.credits_used,
+        overage_credits: i.overage_credits,
+        overage_amount_minor: i.overage_amount_minor,
+        total_minor: i.total_minor,
+        recorded_credits: i.recorded_credits,
+        unreconciled_credits: i.unreconciled_credits,
+        lines: run
+            .result
+            .invoice_lines
+            .iter()
+            .filter(|l| *l.invoice_id == *i.invoice_id)
+            .cloned()
+            .collect(),
+        rollover_credits: renewal.map_or(Milli::ZERO, |r| r.rollover_credits),
+        expired_credits: renewal.map_or(Milli::ZERO, |r| r.expired_credits),
+        carried_grant_credits: renewal.map_or(Milli::ZERO, |r| r.carried_grant_credits),
+        next_period: renewal.and_then(|r| {
+            Some(format!(
+                "[{}, {})",
+                format_instant(r.next_period_start?),
+                format_instant(r.next_period_end?)
+            ))
+        }),
+    }
 }
 
 // ---- plain words --------------------------------------------------------------------------
