@@ -1572,49 +1572,29 @@ fn write_event(t: &mut String, e: &EventExplanation) {
     if e.conflicting_copies {
         let _ = writeln!(t, "  its copies differ: reported conflicting_duplicate");
     }
+    write_price(t, e);
+    write_consumed(t, e);
+    write_ledger_entries(t, &e.entries);
+    let _ = writeln!(
+        t,
+        "  expected {}, recorded {} (debits + adjustments − refunds)",
+        opt_milli(e.expected_credits),
+        e.recorded_credits.unwrap_or_default()
+    );
+    let _ = writeln!(
+        t,
+        "  verdict: {} — {}",
+        e.verdict.as_deref().unwrap_or("not in this run"),
+        e.verdict_reason.as_deref().unwrap_or("")
+    );
+    write_discrepancies(t, &e.discrepancies);
+}
+
+/// The event's price: its rate and arithmetic, or why it has none (not chargeable, or no
+/// rate in effect).
+fn write_price(t: &mut String, e: &EventExplanation) {
     match (&e.rate, &e.arithmetic) {
-        (Some(r), Some(a)) => {
-            let why = match r.choice {
-                "model" => format!(
-                    "the model's own rate ({})",
-                    r.model.as_deref().unwrap_or("")
-                ),
-                "generic_fallback" => format!(
-                    "no rate for model {} in effect then, so the generic rate of {} / {}",
-                    e.model.as_deref().map_or_else(String::new, quoted),
-                    r.product,
-                    r.action
-                ),
-                _ => format!(
-                    "the generic rate of {} / {} (no model)",
-                    r.product, r.action
-                ),
-            };
-            let _ = writeln!(t, "  rate: {why}, effective from {}", r.effective_from);
-            let _ = writeln!(
-                t,
-                "        {} credits per {}, increment {}, minimum {}",
-                r.credits_per_unit, r.unit, r.increment, r.minimum
-            );
-            let _ = writeln!(
-                t,
-                "  arithmetic: ceil({} / {}) = {} increments × {} = {} {}(s) × {} = {} credits{}; rounded to the thousandth: {} credits",
-                a.quantity,
-                r.increment,
-                a.increments,
-                r.increment,
-                a.billed_quantity,
-                r.unit,
-                r.credits_per_unit,
-                a.raw_credits,
-                if a.minimum_applied {
-                    format!(", below the minimum {}, so {}", r.minimum, r.minimum)
-                } else {
-                    String::new()
-                },
-                a.credits
-            );
-        }
+        (Some(r), Some(a)) => write_rate_and_arithmetic(t, e, r, a),
         _ if !e.chargeable => {
             let _ = writeln!(t, "  price: not chargeable ({}): expected 0", e.status);
         }
@@ -1629,65 +1609,121 @@ fn write_event(t: &mut String, e: &EventExplanation) {
             );
         }
     }
-    if !e.grants.is_empty() || e.overage_credits.is_positive() {
-        let _ = writeln!(t, "  consumed:");
-        for g in &e.grants {
-            let _ = writeln!(
-                t,
-                "    {} from {} ({} left)",
-                g.taken,
-                grant_name(&g.grant_id, g.kind),
-                g.left
-            );
-        }
-        if e.overage_credits.is_positive() {
-            let block = e
-                .period
-                .as_ref()
-                .is_some_and(|p| p.overage_price_per_credit.is_none());
-            let _ = writeln!(
-                t,
-                "    {} overage (no grant left){}",
-                e.overage_credits,
-                if block {
-                    ": the plan blocks overage, reported over_limit_usage, not billed"
-                } else {
-                    ": billed at the plan's price per credit"
-                }
-            );
-        }
+}
+
+/// The rate chosen for a priced event, why that one, and its arithmetic step by step.
+fn write_rate_and_arithmetic(
+    t: &mut String,
+    e: &EventExplanation,
+    r: &RateView,
+    a: &ArithmeticView,
+) {
+    let _ = writeln!(
+        t,
+        "  rate: {}, effective from {}",
+        rate_choice(e, r),
+        r.effective_from
+    );
+    let _ = writeln!(
+        t,
+        "        {} credits per {}, increment {}, minimum {}",
+        r.credits_per_unit, r.unit, r.increment, r.minimum
+    );
+    let _ = writeln!(
+        t,
+        "  arithmetic: ceil({} / {}) = {} increments × {} = {} {}(s) × {} = {} credits{}; rounded to the thousandth: {} credits",
+        a.quantity,
+        r.increment,
+        a.increments,
+        r.increment,
+        a.billed_quantity,
+        r.unit,
+        r.credits_per_unit,
+        a.raw_credits,
+        if a.minimum_applied {
+            format!(", below the minimum {}, so {}", r.minimum, r.minimum)
+        } else {
+            String::new()
+        },
+        a.credits
+    );
+}
+
+/// Why the event was priced by this rate: the model's own, the generic one as a fallback
+/// for its model, or the generic one of an event without a model.
+fn rate_choice(e: &EventExplanation, r: &RateView) -> String {
+    match r.choice {
+        "model" => format!(
+            "the model's own rate ({})",
+            r.model.as_deref().unwrap_or("")
+        ),
+        "generic_fallback" => format!(
+            "no rate for model {} in effect then, so the generic rate of {} / {}",
+            e.model.as_deref().map_or_else(String::new, quoted),
+            r.product,
+            r.action
+        ),
+        _ => format!(
+            "the generic rate of {} / {} (no model)",
+            r.product, r.action
+        ),
     }
-    if e.entries.is_empty() {
+}
+
+/// The credits the event took from each grant, and its overage (billed or blocked);
+/// nothing when it consumed nothing.
+fn write_consumed(t: &mut String, e: &EventExplanation) {
+    if e.grants.is_empty() && !e.overage_credits.is_positive() {
+        return;
+    }
+    let _ = writeln!(t, "  consumed:");
+    for g in &e.grants {
+        let _ = writeln!(
+            t,
+            "    {} from {} ({} left)",
+            g.taken,
+            grant_name(&g.grant_id, g.kind),
+            g.left
+        );
+    }
+    if e.overage_credits.is_positive() {
+        let block = e
+            .period
+            .as_ref()
+            .is_some_and(|p| p.overage_price_per_credit.is_none());
+        let _ = writeln!(
+            t,
+            "    {} overage (no grant left){}",
+            e.overage_credits,
+            if block {
+                ": the plan blocks overage, reported over_limit_usage, not billed"
+            } else {
+                ": billed at the plan's price per credit"
+            }
+        );
+    }
+}
+
+/// The event's ledger entries, one a line, or that it has none.
+fn write_ledger_entries(t: &mut String, entries: &[EntryView]) {
+    if entries.is_empty() {
         let _ = writeln!(t, "  ledger entries: none");
-    } else {
-        let _ = writeln!(t, "  ledger entries ({}):", e.entries.len());
-        for d in &e.entries {
-            let _ = writeln!(
-                t,
-                "    {} {} {} of account {}, recorded {} ({} row {})",
-                q(&d.entry_id),
-                d.kind,
-                d.credits,
-                q(&d.account_id),
-                d.recorded_at,
-                d.file,
-                d.row
-            );
-        }
+        return;
     }
-    let _ = writeln!(
-        t,
-        "  expected {}, recorded {} (debits + adjustments − refunds)",
-        opt_milli(e.expected_credits),
-        e.recorded_credits.unwrap_or_default()
-    );
-    let _ = writeln!(
-        t,
-        "  verdict: {} — {}",
-        e.verdict.as_deref().unwrap_or("not in this run"),
-        e.verdict_reason.as_deref().unwrap_or("")
-    );
-    write_discrepancies(t, &e.discrepancies);
+    let _ = writeln!(t, "  ledger entries ({}):", entries.len());
+    for d in entries {
+        let _ = writeln!(
+            t,
+            "    {} {} {} of account {}, recorded {} ({} row {})",
+            q(&d.entry_id),
+            d.kind,
+            d.credits,
+            q(&d.account_id),
+            d.recorded_at,
+            d.file,
+            d.row
+        );
+    }
 }
 
 fn write_account(t: &mut String, a: &AccountExplanation) {
