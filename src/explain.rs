@@ -1750,114 +1750,7 @@ fn write_account(t: &mut String, a: &AccountExplanation) {
         }
     }
     for p in &a.periods {
-        let _ = writeln!(
-            t,
-            "\nPeriod [{}, {}) of plan {}",
-            p.period.period_start, p.period.period_end, p.period.plan_id
-        );
-        let _ = writeln!(t, "  grants, in consumption order:");
-        for g in &p.grants {
-            let _ = writeln!(
-                t,
-                "    {} (priority {}, from {}{}): {} at start, {} left",
-                grant_name(&g.grant_id, g.kind),
-                g.priority,
-                g.effective_at,
-                g.expires_at
-                    .as_ref()
-                    .map_or_else(|| ", never expires".into(), |e| format!(" until {e}")),
-                g.start_credits,
-                g.left_credits
-            );
-        }
-        let _ = writeln!(t, "  timeline ({} events):", p.timeline.len());
-        for e in &p.timeline {
-            let draws: Vec<String> = e
-                .draws
-                .iter()
-                .map(|d| format!("{} from {}", d.taken, grant_name(&d.grant_id, d.kind)))
-                .collect();
-            let _ = writeln!(
-                t,
-                "    {} {} {} expected {}{}{} → balance {} [{}]",
-                e.occurred_at,
-                q(&e.event_id),
-                e.status,
-                opt_milli(e.expected_credits),
-                if draws.is_empty() {
-                    String::new()
-                } else {
-                    format!(": {}", draws.join(", "))
-                },
-                if e.overage_credits.is_positive() {
-                    format!(", {} overage", e.overage_credits)
-                } else {
-                    String::new()
-                },
-                e.balance_after,
-                e.verdict
-            );
-        }
-        for d in &p.unattached {
-            let _ = writeln!(
-                t,
-                "    entry {} {} {} recorded {} (no event)",
-                q(&d.entry_id),
-                d.kind,
-                d.credits,
-                d.recorded_at
-            );
-        }
-        if let Some(b) = &p.balance {
-            let _ = writeln!(
-                t,
-                "  balance: granted {}, used {} (overage {}), remaining {}",
-                b.granted_credits, b.used_credits, b.overage_credits, b.remaining_credits
-            );
-        }
-        if let Some(i) = &p.invoice {
-            let overage = match &p.period.overage_price_per_credit {
-                Some(price_per_credit) => format!(
-                    "overage {} credits × {price_per_credit} = {} {} (rounded half-even once per invoice)",
-                    i.overage_credits, i.overage_amount, i.currency
-                ),
-                None => format!("overage {} (the plan blocks overage)", i.overage_amount),
-            };
-            let _ = writeln!(
-                t,
-                "  invoice {}: plan {} {} + {overage} = total {} {}",
-                q(&i.invoice_id),
-                i.plan_price,
-                i.currency,
-                i.total,
-                i.currency
-            );
-            let _ = writeln!(
-                t,
-                "    credits used {}, recorded {}, unreconciled {}",
-                i.credits_used, i.recorded_credits, i.unreconciled_credits
-            );
-            for l in &i.lines {
-                let _ = writeln!(
-                    t,
-                    "    line {} / {} / {}: {} events, quantity {}, {} credits",
-                    l.product,
-                    l.action,
-                    l.model.as_deref().unwrap_or("(no model)"),
-                    l.event_count,
-                    l.quantity,
-                    l.credits
-                );
-            }
-            let _ = writeln!(
-                t,
-                "    renewal: rolled over {}, expired {}, carried {}, next period {}",
-                i.rollover_credits,
-                i.expired_credits,
-                i.carried_grant_credits,
-                i.next_period.as_deref().unwrap_or("none (no renewal)")
-            );
-        }
+        write_period(t, p);
     }
     let _ = writeln!(t);
     let _ = writeln!(
@@ -1877,4 +1770,128 @@ fn write_account(t: &mut String, a: &AccountExplanation) {
             d.recorded_credits
         );
     }
+}
+
+/// One period of the account: its grants, its timeline of events and unattached entries,
+/// and its balance or invoice.
+fn write_period(t: &mut String, p: &PeriodExplanation) {
+    let _ = writeln!(
+        t,
+        "\nPeriod [{}, {}) of plan {}",
+        p.period.period_start, p.period.period_end, p.period.plan_id
+    );
+    let _ = writeln!(t, "  grants, in consumption order:");
+    for g in &p.grants {
+        let _ = writeln!(
+            t,
+            "    {} (priority {}, from {}{}): {} at start, {} left",
+            grant_name(&g.grant_id, g.kind),
+            g.priority,
+            g.effective_at,
+            g.expires_at
+                .as_ref()
+                .map_or_else(|| ", never expires".into(), |e| format!(" until {e}")),
+            g.start_credits,
+            g.left_credits
+        );
+    }
+    let _ = writeln!(t, "  timeline ({} events):", p.timeline.len());
+    for e in &p.timeline {
+        write_timeline_row(t, e);
+    }
+    for d in &p.unattached {
+        let _ = writeln!(
+            t,
+            "    entry {} {} {} recorded {} (no event)",
+            q(&d.entry_id),
+            d.kind,
+            d.credits,
+            d.recorded_at
+        );
+    }
+    if let Some(b) = &p.balance {
+        let _ = writeln!(
+            t,
+            "  balance: granted {}, used {} (overage {}), remaining {}",
+            b.granted_credits, b.used_credits, b.overage_credits, b.remaining_credits
+        );
+    }
+    if let Some(i) = &p.invoice {
+        write_invoice(t, i, p.period.overage_price_per_credit.as_deref());
+    }
+}
+
+/// One event of a period's timeline: what it cost, what it drew, the balance after it.
+fn write_timeline_row(t: &mut String, e: &TimelineRow) {
+    let draws: Vec<String> = e
+        .draws
+        .iter()
+        .map(|d| format!("{} from {}", d.taken, grant_name(&d.grant_id, d.kind)))
+        .collect();
+    let _ = writeln!(
+        t,
+        "    {} {} {} expected {}{}{} → balance {} [{}]",
+        e.occurred_at,
+        q(&e.event_id),
+        e.status,
+        opt_milli(e.expected_credits),
+        if draws.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", draws.join(", "))
+        },
+        if e.overage_credits.is_positive() {
+            format!(", {} overage", e.overage_credits)
+        } else {
+            String::new()
+        },
+        e.balance_after,
+        e.verdict
+    );
+}
+
+/// A period's invoice: its sum (`overage_price_per_credit`: `None` when the plan blocks
+/// overage), the credits behind it, its lines and the renewal.
+fn write_invoice(t: &mut String, i: &InvoiceView, overage_price_per_credit: Option<&str>) {
+    let overage = match overage_price_per_credit {
+        Some(price_per_credit) => format!(
+            "overage {} credits × {price_per_credit} = {} {} (rounded half-even once per invoice)",
+            i.overage_credits, i.overage_amount, i.currency
+        ),
+        None => format!("overage {} (the plan blocks overage)", i.overage_amount),
+    };
+    let _ = writeln!(
+        t,
+        "  invoice {}: plan {} {} + {overage} = total {} {}",
+        q(&i.invoice_id),
+        i.plan_price,
+        i.currency,
+        i.total,
+        i.currency
+    );
+    let _ = writeln!(
+        t,
+        "    credits used {}, recorded {}, unreconciled {}",
+        i.credits_used, i.recorded_credits, i.unreconciled_credits
+    );
+    for l in &i.lines {
+        let _ = writeln!(
+            t,
+            "    line {} / {} / {}: {} events, quantity {}, {} credits",
+            l.product,
+            l.action,
+            l.model.as_deref().unwrap_or("(no model)"),
+            l.event_count,
+            l.quantity,
+            l.credits
+        );
+    }
+    let _ = writeln!(
+        t,
+        "    renewal: rolled over {}, expired {}, carried {}, next period {}",
+        i.rollover_credits,
+        i.expired_credits,
+        i.carried_grant_credits,
+        i.next_period.as_deref().unwrap_or("none (no renewal)")
+    );
 }
