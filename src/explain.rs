@@ -1072,7 +1072,47 @@ fn explain_event(
     run: &AccountRun,
     winner: &UsageRow,
 ) -> Result<EventExplanation> {
-    let mut x = EventExplanation {
+    let mut x = event_as_read(winner);
+    let Some((period, event)) = find_event(run, winner.at) else {
+        if let Some(r) = find_reject(Some(run), Dataset::Usage, winner.at) {
+            x.placement = "no_allocation";
+            x.placement_detail = r.detail.clone();
+        } else {
+            x.placement_detail = outside_reason(req, run, winner.occurred_at, "occurred");
+        }
+        return Ok(x);
+    };
+    x.placement = "in_window";
+    x.period = Some(period_view(&inputs.book, &period.allocation));
+    x.placement_detail = in_window_detail(req.mode, &period.allocation);
+    x.late_from = event.work.late_from.map(format_instant);
+    x.conflicting_copies = event.work.conflicting;
+    let (rate, arithmetic) = rate_and_arithmetic(&inputs.book, winner, event.price)?;
+    x.rate = rate;
+    x.arithmetic = arithmetic;
+    x.expected_credits = event.price.expected();
+    x.grants = draw_views(&period.grants, &event.draws);
+    x.overage_credits = event.overage;
+    x.entries = event
+        .work
+        .entries
+        .iter()
+        .map(|d| entry_view(inputs, d))
+        .collect();
+    x.recorded_credits = Some(event.verdict.recorded);
+    x.verdict = Some(verdict_name(event));
+    x.verdict_reason = Some(verdict_reason(req, event));
+    x.discrepancies =
+        published_views(run.result.discrepancies.iter().filter(|d| {
+            d.occurred_at.is_some() && d.event_id.as_deref() == Some(&winner.event_id)
+        }));
+    Ok(x)
+}
+
+/// The kept copy's own values, outside the window and unpriced until the run's trace
+/// says otherwise.
+fn event_as_read(winner: &UsageRow) -> EventExplanation {
+    EventExplanation {
         event_id: winner.event_id.to_string(),
         account_id: winner.account_id.to_string(),
         product: winner.product.to_string(),
@@ -1097,51 +1137,22 @@ fn explain_event(
         verdict: None,
         verdict_reason: None,
         discrepancies: Vec::new(),
-    };
-    let Some((period, event)) = find_event(run, winner.at) else {
-        if let Some(r) = find_reject(Some(run), Dataset::Usage, winner.at) {
-            x.placement = "no_allocation";
-            x.placement_detail = r.detail.clone();
-        } else {
-            x.placement_detail = outside_reason(req, run, winner.occurred_at, "occurred");
-        }
-        return Ok(x);
-    };
-    x.placement = "in_window";
-    x.period = Some(period_view(&inputs.book, &period.allocation));
-    x.placement_detail = format!(
+    }
+}
+
+/// Where an event in the window is: its period (closed for close, open for reconcile).
+fn in_window_detail(mode: Mode, allocation: &AllocationRow) -> String {
+    format!(
         "in the {} period [{}, {}) of plan {}",
-        if req.mode == Mode::Close {
+        if mode == Mode::Close {
             "closed"
         } else {
             "open"
         },
-        format_instant(period.allocation.period_start),
-        format_instant(period.allocation.period_end),
-        period.allocation.plan_id
-    );
-    x.late_from = event.work.late_from.map(format_instant);
-    x.conflicting_copies = event.work.conflicting;
-    let (rate, arithmetic) = rate_and_arithmetic(&inputs.book, winner, event.price)?;
-    x.rate = rate;
-    x.arithmetic = arithmetic;
-    x.expected_credits = event.price.expected();
-    x.grants = draw_views(&period.grants, &event.draws);
-    x.overage_credits = event.overage;
-    x.entries = event
-        .work
-        .entries
-        .iter()
-        .map(|d| entry_view(inputs, d))
-        .collect();
-    x.recorded_credits = Some(event.verdict.recorded);
-    x.verdict = Some(verdict_name(event));
-    x.verdict_reason = Some(verdict_reason(req, event));
-    x.discrepancies =
-        published_views(run.result.discrepancies.iter().filter(|d| {
-            d.occurred_at.is_some() && d.event_id.as_deref() == Some(&winner.event_id)
-        }));
-    Ok(x)
+        format_instant(allocation.period_start),
+        format_instant(allocation.period_end),
+        allocation.plan_id
+    )
 }
 
 fn explain_entry(
