@@ -417,6 +417,8 @@ fn run_account(
 
 // ---- the explanation --------------------------------------------------------------------
 
+/// Explain one event, ledger entry or account (`req.target`): read the data root as the
+/// run did, run the target's account traced, and say what happened to each of its rows.
 pub fn explain(req: &ExplainRequest) -> Result<Explanation> {
     // It may split its run like `reconcile` does, into spill folders of its own.
     crate::spill::sweep_orphans();
