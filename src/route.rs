@@ -1271,5 +1271,13 @@ mod tests {
         assert_eq!(groups_for(200_000_000_000, 0, R, 2 * GIB, 1024), 4);
         // 4096 shards: one partition each, one group, however large.
         assert_eq!(groups_for(20_000_000_000, 0, R, 2 * GIB, 4096), 1);
+        // The shard cap at its limit and one past: 16 shards of 256 partitions keep the
+        // 256 groups; 17 shards hold 241 partitions, so 241 groups at most.
+        assert_eq!(max_groups(16), MAX_GROUPS);
+        assert_eq!(groups_for(u64::MAX, 0, R, 2 * GIB, 16), MAX_GROUPS);
+        assert_eq!(max_groups(17), 241);
+        assert_eq!(groups_for(u64::MAX, 0, R, 2 * GIB, 17), 241);
+        assert_eq!(max_groups(4096), 1);
+        assert_eq!(max_groups(0), MAX_GROUPS);
     }
 }

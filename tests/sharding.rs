@@ -1563,3 +1563,34 @@ fn a_merge_elsewhere_finds_the_shards_data_root_or_says_how_to() {
     assert!(given.status.success(), "{}", stderr(&given));
     assert_same(&single, &out, "merged with --data");
 }
+
+/// A shard's groups are capped by its partitions (4096 over the shards): at 17 shards a
+/// shard holds 241, so `--groups 241` is taken as asked and `--groups 242` is lowered to
+/// 241 with a warning saying why; the shard is written either way.
+#[test]
+fn a_shard_takes_at_most_a_group_per_partition() {
+    let data = repo().join("fixtures/golden/pricing_and_kinds/data");
+    let tmp = tempfile::tempdir().unwrap();
+    let shard = |groups: &str| {
+        let out = tmp.path().join(format!("out-{groups}"));
+        let output = run_command("reconcile", &data, AS_OF, &out)
+            .args(["--shard", "0/17", "--groups", groups])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "--groups {groups}: {}",
+            stderr(&output)
+        );
+        stderr(&output)
+    };
+    let limited = "the group count is limited by the shard count";
+    let at_the_limit = shard("241");
+    assert!(!at_the_limit.contains(limited), "{at_the_limit}");
+    let past_it = shard("242");
+    assert!(past_it.contains(limited), "{past_it}");
+    assert!(
+        past_it.contains(r#""asked":242,"groups":241,"shards":17"#),
+        "{past_it}"
+    );
+}
