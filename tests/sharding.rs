@@ -308,25 +308,46 @@ fn a_killed_shard_rerun_alone_gives_the_same_merge() {
     let single = tmp.path().join("single");
     run_ok("reconcile", &data, AS_OF, &single, &[]);
     let shards = tmp.path().join("shards");
-    run_shards("reconcile", &data, AS_OF, &shards, 3, &[]);
-    // Kill a rerun of shard 1 at a few moments, then rerun it alone to the end. Spill
-    // folders left by the killed runs are removed by the next run.
+    run_shards("reconcile", &data, AS_OF, &shards, 3, &["--groups", "3"]);
+    // Kill a rerun of shard 1 (in 3 groups, so that it spills) as each stage named below is
+    // logged done, before it writes: after the light pass and after the spill pass. The
+    // kill must land mid-run (the run ends by the signal, not exit 0): the rest of this
+    // run takes a few milliseconds, so a run that ended first is tried again. The spill
+    // folder a killed run leaves is removed by the next run.
     let spill_tmp = tmp.path().join("tmp");
     std::fs::create_dir_all(&spill_tmp).unwrap();
-    for delay_ms in [5, 40, 120] {
+    let killed_after = |stage: &str| {
         let mut child = run_command("reconcile", &data, AS_OF, &shards)
-            .args(["--shard", "1/3"])
+            .args(["--shard", "1/3", "--groups", "3", "--log-format", "json"])
             .env("TMPDIR", &spill_tmp)
+            .env("TALLY_LOG", "info")
             .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        let _ = child.kill();
-        let _ = child.wait();
+        let logged = format!(r#""message":"stage done","stage":"{stage}""#);
+        // The log is read until the line, and kept open until the run is killed.
+        let log = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut lines = std::io::BufRead::lines(log);
+        let seen = lines.any(|line| line.unwrap().contains(&logged));
+        assert!(seen, "the run never logged {stage} done");
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        drop(lines);
+        !status.success()
+    };
+    for stage in ["route", "load and spill"] {
+        let landed = (0..10).any(|_| killed_after(stage));
+        assert!(landed, "every kill after {stage} came after the run ended");
     }
+    let left: Vec<_> = std::fs::read_dir(&spill_tmp).unwrap().collect();
+    assert!(
+        !left.is_empty(),
+        "a run killed after its spill pass left no spill folder"
+    );
     succeeded(
         run_command("reconcile", &data, AS_OF, &shards)
-            .args(["--shard", "1/3"])
+            .args(["--shard", "1/3", "--groups", "3"])
             .env("TMPDIR", &spill_tmp),
     );
     let left: Vec<_> = std::fs::read_dir(&spill_tmp).unwrap().collect();
