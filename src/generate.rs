@@ -1354,9 +1354,7 @@ impl Ctx {
         let Injected {
             i,
             id,
-            acct,
             occurred,
-            ingested,
             rec,
             variant,
             ..
@@ -1381,15 +1379,7 @@ impl Ctx {
                 (t, t.qty.draw(rng), SUCCEEDED, rng.range(1, 20) * MILLI)
             }
         };
-        w.usage(&UsageRow {
-            event_id: id,
-            account_id: acct,
-            tmpl: t,
-            quantity: q,
-            status,
-            occurred_at: occurred,
-            ingested_at: ingested,
-        })?;
+        w.usage(&event.usage(t, q, status))?;
         w.entry(&self.event_entry(i, 0), other, eid, "debit", credits, rec)?;
         Ok(consumed)
     }
@@ -1405,8 +1395,6 @@ impl Ctx {
             i,
             id,
             acct,
-            occurred,
-            ingested,
             rec,
             variant,
             ..
@@ -1414,15 +1402,7 @@ impl Ctx {
         let eid = Some(id);
         let t = self.unpriced.pick(rng);
         let q = t.qty.draw(rng);
-        w.usage(&UsageRow {
-            event_id: id,
-            account_id: acct,
-            tmpl: t,
-            quantity: q,
-            status: SUCCEEDED,
-            occurred_at: occurred,
-            ingested_at: ingested,
-        })?;
+        w.usage(&event.usage(t, q, SUCCEEDED))?;
         if variant == 0 {
             // Charged something anyway: unpriced wins over amount checks.
             let credits = rng.range(1, 10) * MILLI;
@@ -1443,7 +1423,6 @@ impl Ctx {
             id,
             acct,
             occurred,
-            ingested,
             rec,
             later,
             variant,
@@ -1452,15 +1431,7 @@ impl Ctx {
         let eid = Some(id);
         let (t, q, p) = self.draw_positive(rng, occurred)?;
         let status = if variant == 3 { CANCELLED } else { FAILED };
-        w.usage(&UsageRow {
-            event_id: id,
-            account_id: acct,
-            tmpl: t,
-            quantity: q,
-            status,
-            occurred_at: occurred,
-            ingested_at: ingested,
-        })?;
+        w.usage(&event.usage(t, q, status))?;
         w.entry(&self.event_entry(i, 0), acct, eid, "debit", p, rec)?;
         if variant == 1 && p >= 2 {
             // Partly refunded: net still > 0.
@@ -1484,7 +1455,6 @@ impl Ctx {
             id,
             acct,
             occurred,
-            ingested,
             rec,
             later,
             variant,
@@ -1492,15 +1462,7 @@ impl Ctx {
         } = *event;
         let eid = Some(id);
         let (t, q, e) = self.draw_positive(rng, occurred)?;
-        w.usage(&UsageRow {
-            event_id: id,
-            account_id: acct,
-            tmpl: t,
-            quantity: q,
-            status: SUCCEEDED,
-            occurred_at: occurred,
-            ingested_at: ingested,
-        })?;
+        w.usage(&event.usage(t, q, SUCCEEDED))?;
         let e0 = self.event_entry(i, 0);
         let e1 = self.event_entry(i, 1);
         match kind {
@@ -1553,22 +1515,13 @@ impl Ctx {
             id,
             acct,
             occurred,
-            ingested,
             rec,
             variant,
             ..
         } = *event;
         let eid = Some(id);
         let (t, q, e) = self.draw_positive(rng, occurred)?;
-        let real = UsageRow {
-            event_id: id,
-            account_id: acct,
-            tmpl: t,
-            quantity: q,
-            status: SUCCEEDED,
-            occurred_at: occurred,
-            ingested_at: ingested,
-        };
+        let real = event.usage(t, q, SUCCEEDED);
         // The losing copy differs in quantity and was ingested later (or never
         // stamped: a null ingested_at sorts last).
         let lost_at = match variant {
@@ -1975,6 +1928,21 @@ struct Injected<'a> {
     /// When a later entry (a refund, a second debit) is recorded.
     later: i64,
     variant: u64,
+}
+
+impl Injected<'_> {
+    /// The event's usage row, of template `tmpl`.
+    fn usage<'t>(&'t self, tmpl: &'t Tmpl, quantity: i64, status: &'t str) -> UsageRow<'t> {
+        UsageRow {
+            event_id: self.id,
+            account_id: self.acct,
+            tmpl,
+            quantity,
+            status,
+            occurred_at: self.occurred,
+            ingested_at: self.ingested,
+        }
+    }
 }
 
 fn rfc3339(us: i64) -> String {
