@@ -1743,11 +1743,7 @@ fn write_allocations(
                     round_up(required + required / 5, 100 * MILLI)
                 };
                 if with_grants {
-                    let grant_id = GrantIds {
-                        account: a,
-                        key: key_grant,
-                        n: 0,
-                    };
+                    let grant_id = GrantIds::new(a, key_grant);
                     write_grants(&mut wr, &mut rng, grant_id, &acct, required - included)?;
                 }
                 (plan, included, status, anchor)
@@ -1809,6 +1805,10 @@ struct GrantIds {
 }
 
 impl GrantIds {
+    fn new(account: u64, key: u64) -> GrantIds {
+        GrantIds { account, key, n: 0 }
+    }
+
     fn next(&mut self) -> String {
         self.n += 1;
         format!("grt-{:016x}", mix64((self.account * 8 + self.n) ^ self.key))
@@ -1816,8 +1816,8 @@ impl GrantIds {
 }
 
 /// An account's grants beside its plan: a top-up that covers `shortfall` (what its plan's
-/// credits do not), and by chance a promo, a compensation and a promo expired before the
-/// period.
+/// credits do not; drawn by chance too when there is none), and by chance a promo, a
+/// compensation and a promo expired before the period.
 fn write_grants(
     wr: &mut AllocWriters,
     rng: &mut Rng,
@@ -1995,7 +1995,7 @@ pub fn generate(opts: &GenerateOptions) -> Result<GenerateReport, GenerateError>
     let truth_written = write_truth(out, &tmp)?;
     debug_assert_eq!(truth_written, counts.truth_rows);
 
-    let (allocation_rows, grant_rows) = write_allocations(out, &ctx, &counts.summary)?;
+    let (allocation_rows, grant_rows) = write_allocations(out, &ctx, &counts.required_by_account)?;
 
     let pb = out.join("pricebook.toml");
     fs::write(&pb, PRICEBOOK_TOML).map_err(io_err(&pb))?;
@@ -2076,7 +2076,7 @@ fn make_out_dir(out: &Path) -> Result<PathBuf, GenerateError> {
     Ok(tmp)
 }
 
-/// What the buckets wrote, summed, and each account's (required credits, over-limit).
+/// What the buckets wrote, summed, and what each account requires.
 struct Counts {
     usage_rows: u64,
     debit_rows: u64,
@@ -2084,7 +2084,9 @@ struct Counts {
     identical: u64,
     conflicting: u64,
     by_kind: [u64; 10],
-    summary: Vec<(i64, Option<i64>)>,
+    /// By account: the credits its events require, and its included credits if it is an
+    /// over-limit account.
+    required_by_account: Vec<(i64, Option<i64>)>,
 }
 
 impl Counts {
@@ -2096,7 +2098,7 @@ impl Counts {
             identical: 0,
             conflicting: 0,
             by_kind: [0u64; 10],
-            summary: vec![(0i64, None); accounts as usize],
+            required_by_account: vec![(0i64, None); accounts as usize],
         };
         for r in results {
             c.usage_rows += r.usage_rows;
@@ -2108,7 +2110,7 @@ impl Counts {
                 *t += n;
             }
             for &(a, required, ol) in &r.accounts {
-                c.summary[a as usize] = (required, ol);
+                c.required_by_account[a as usize] = (required, ol);
             }
         }
         c

@@ -332,15 +332,9 @@ fn totals(
     close: bool,
     exponent: u32,
 ) {
-    // Periods are listed by invoices.csv in a close, by balances.csv in a reconcile.
-    let periods_csv = if close {
-        "invoices.csv"
-    } else {
-        "balances.csv"
-    };
     h.push_str("<section id=\"totals\">\n<h2>Totals</h2>\n<div class=\"grid\">\n");
-    usage_figures(h, s, files, periods_csv);
-    credit_figures(h, s, files, close, periods_csv);
+    usage_figures(h, s, files, close);
+    credit_figures(h, s, files, close);
     if let Some(cl) = &s.close {
         close_figures(h, out, s, cl, exponent);
     }
@@ -353,8 +347,19 @@ fn totals(
     );
 }
 
+/// The CSV listing the run's account-periods: invoices.csv in a close, balances.csv in a
+/// reconcile.
+fn periods_csv(close: bool) -> &'static str {
+    if close {
+        "invoices.csv"
+    } else {
+        "balances.csv"
+    }
+}
+
 /// The figures of the usage and ledger rows, events and discrepancies.
-fn usage_figures(h: &mut String, s: &Summary, files: &ReportFiles, periods_csv: &str) {
+fn usage_figures(h: &mut String, s: &Summary, files: &ReportFiles, close: bool) {
+    let periods_csv = periods_csv(close);
     let products = files.products.as_ref();
     let n = |v: u64| v.to_string();
     let rejected: u64 = s.datasets.values().map(|d| d.rejected).sum();
@@ -431,13 +436,8 @@ fn usage_figures(h: &mut String, s: &Summary, files: &ReportFiles, periods_csv: 
 }
 
 /// The credits figures: expected, recorded, granted, consumed, overage, remaining.
-fn credit_figures(
-    h: &mut String,
-    s: &Summary,
-    files: &ReportFiles,
-    close: bool,
-    periods_csv: &str,
-) {
+fn credit_figures(h: &mut String, s: &Summary, files: &ReportFiles, close: bool) {
+    let periods_csv = periods_csv(close);
     let products = files.products.as_ref();
     let c = &s.credits;
     figure_table(

@@ -866,18 +866,7 @@ pub(crate) fn write_outputs(dir: &Path, output: &RunOutput, inputs: Vec<FileEntr
         jobs.extend(table_jobs(dir, name, batch, output.book.exponent));
     }
     jobs.push(summary_job(dir, output, &summary));
-    // report/ and report.html, which links to its files.
-    jobs.push(Box::new(|| {
-        let files = export::write_report_files(dir, output, discrepancies, rejects)?;
-        let mut report: Written = (files.all().into_iter())
-            .map(|f| written(&f.path, Some(f.rows), f.sha256.clone()))
-            .collect();
-        let html = html::render(output, &summary, &files);
-        let html_name = "report.html";
-        let html_sha256 = write::write_bytes(&dir.join(html_name), html.as_bytes())?;
-        report.push(written(html_name, None, html_sha256));
-        Ok(report)
-    }));
+    jobs.push(report_job(dir, output, &summary, discrepancies, rejects));
     // Every file's sha256 was made as it was written (`write::HashedFile`); listed by path.
     let mut outputs = run_write_jobs(jobs)?;
     outputs.sort_by(|a, b| a.path.cmp(&b.path));
@@ -963,6 +952,27 @@ fn summary_job<'a>(dir: &'a Path, output: &'a RunOutput, summary: &'a Summary) -
             written(json_name, None, json_sha256),
             written(md_name, None, md_sha256),
         ])
+    })
+}
+
+/// report/ and report.html, which links to its files.
+fn report_job<'a>(
+    dir: &'a Path,
+    output: &'a RunOutput,
+    summary: &'a Summary,
+    discrepancies: &'a arrow::record_batch::RecordBatch,
+    rejects: &'a arrow::record_batch::RecordBatch,
+) -> WriteJob<'a> {
+    Box::new(move || {
+        let files = export::write_report_files(dir, output, discrepancies, rejects)?;
+        let mut report: Written = (files.all().into_iter())
+            .map(|f| written(&f.path, Some(f.rows), f.sha256.clone()))
+            .collect();
+        let html = html::render(output, summary, &files);
+        let html_name = "report.html";
+        let html_sha256 = write::write_bytes(&dir.join(html_name), html.as_bytes())?;
+        report.push(written(html_name, None, html_sha256));
+        Ok(report)
     })
 }
 

@@ -366,7 +366,8 @@ fn md_figures(md: &mut String, s: &Summary) {
     let _ = writeln!(md, "| rows rejected (all datasets) | {rejected} |");
 }
 
-/// A close's figures, in the same table: invoices, money, rollover and expiry.
+/// A close's figures, in the same table: invoices, money, rollover and expiry; then, under
+/// the table, the note on accounts closed for several periods.
 fn md_close_figures(md: &mut String, out: &RunOutput, s: &Summary, c: &CloseTotals) {
     let _ = writeln!(md, "| invoices | {} |", c.invoices);
     // Money as a reader writes it, the minor units (the files' INT64) beside it.

@@ -649,14 +649,14 @@ pub fn find_cross_bucket(
         &USAGE_IDS
     };
     let usage_parts = light_read(usage, usage_specs, &|batch, unit| {
-        event_keys(batch, 0, unit, &groups, group_count);
+        key_events_and_count_groups(batch, 0, unit, &groups, group_count);
         if let Some(late) = late {
             add_late_ids(batch, late, &late_ids);
         }
     })?;
     let entry_hashes = EntryHashes::create()?;
     let debit_parts = light_read(debits, &DEBIT_IDS, &|batch, unit| {
-        let partitions = event_keys(batch, 2, unit, &groups, group_count);
+        let partitions = key_events_and_count_groups(batch, 2, unit, &groups, group_count);
         // The rows round 2 would key: an entry id and an account.
         let hashes: Vec<u64> = (partitions.iter().enumerate())
             .filter(|&(_, &partition)| partition != NO_ACCOUNT)
@@ -708,7 +708,7 @@ pub fn find_cross_bucket(
 /// Round 1 of the light pass over a batch: key each row's event id (column `id_col`)
 /// with the row's own partition and count the rows of each group. Returns the rows'
 /// partitions, for what else the pass reads of the batch.
-fn event_keys(
+fn key_events_and_count_groups(
     batch: &Batch,
     id_col: usize,
     unit: &mut LightUnit<LightOut>,

@@ -716,7 +716,7 @@ pub fn route_dataset<S: Source>(
     let router = BatchRouter {
         source,
         files,
-        groups: layout.groups as usize,
+        group_count: layout.groups as usize,
         group_table: GroupTable::new(layout),
         cross,
         spill,
@@ -782,7 +782,7 @@ fn row_group_outs<'h, S: Source>(
 struct BatchRouter<'a, S> {
     source: &'a S,
     files: &'a [InputFile],
-    groups: usize,
+    group_count: usize,
     group_table: GroupTable,
     cross: &'a CrossBucket,
     spill: &'a SpillFiles,
@@ -854,7 +854,7 @@ impl<S: Source> BatchRouter<'_, S> {
     /// them (as frames sized for an even share, and ids at 24 bytes a row for the ledger's
     /// 44, did).
     fn frames_for(&self, partitions: &[u32]) -> Vec<(Vec<S::Row>, IdChunk)> {
-        let mut sizes = vec![0usize; self.groups];
+        let mut sizes = vec![0usize; self.group_count];
         for &partition in partitions {
             if let Some(group) = self.group_table.group(partition) {
                 sizes[group] += 1;
