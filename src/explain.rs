@@ -534,7 +534,7 @@ fn explain_entry_id(
         explanation.entry = Some(every_entry_row_rejected());
         return Ok(());
     };
-    let entry = explain_entry(req, inputs, run, kept.as_ref(), winner.as_ref())?;
+    let entry = explain_entry(req, inputs, run, kept.as_ref(), winner.as_ref());
     if entry.placement == "attached" {
         if let Some(w) = &winner {
             explanation.event = Some(explain_event(req, inputs, run, w)?);
@@ -1163,9 +1163,9 @@ fn explain_entry(
     run: &AccountRun,
     kept: Option<&DebitRow>,
     winner: Option<&UsageRow>,
-) -> Result<EntryExplanation> {
+) -> EntryExplanation {
     let Some(kept) = kept else {
-        return Ok(every_entry_row_rejected());
+        return every_entry_row_rejected();
     };
     let mut x = EntryExplanation {
         entry: Some(entry_view(inputs, kept)),
@@ -1180,7 +1180,7 @@ fn explain_entry(
         x.placement_detail =
             "attached to its event: it follows the event's window and verdict".into();
         x.period = Some(period_view(&inputs.book, &p.allocation));
-        return Ok(x);
+        return x;
     }
     if let Some((p, kind)) = period_unattached_in(run, kept) {
         x.placement = "unattached";
@@ -1193,10 +1193,10 @@ fn explain_entry(
                 .iter()
                 .filter(|d| d.occurred_at.is_none() && d.entry_ids == [kept.entry_id.clone()]),
         );
-        return Ok(x);
+        return x;
     }
     (x.placement, x.placement_detail) = placement_outside_periods(req, run, kept, winner);
-    Ok(x)
+    x
 }
 
 /// The period whose events the kept entry is attached to, if any.

@@ -74,9 +74,11 @@ def non_utf8_corpus() -> None:
 
 
 def with_non_utf8(table: pa.Table, name: str) -> pa.Table:
-    # The column's first value with a 0xff byte appended, as non_utf8_corpus does.
+    # The column's first value with a 0xff byte appended, as non_utf8_corpus does (its
+    # nulls, if any, stay null).
     i = table.schema.get_field_index(name)
-    values = [v.encode() for v in table.column(i).to_pylist()]
+    values = [None if v is None else v.encode() for v in table.column(i).to_pylist()]
+    assert values[0] is not None, f"{name}'s first value is null"
     values[0] = values[0] + b"\xff"
     return table.set_column(i, name, pa.array(values, pa.binary()).view(pa.string()))
 
