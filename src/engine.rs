@@ -365,7 +365,10 @@ fn process_period(
         result.billed_events.reserve(events.len());
     }
     let mut event_traces: Vec<EventTrace> = Vec::new();
-    let mut draws_by_event = consumed.draws_by_event(events.len());
+    let mut draws_by_event = match trace {
+        Some(_) => consumed.draws_by_event(events.len()),
+        None => Vec::new(),
+    };
     for (i, event) in events.iter().enumerate() {
         let charge = EventCharge {
             price: priced.prices[i],
@@ -399,7 +402,6 @@ fn process_period(
     totals.consumed_credits = conserved.consumed;
     totals.overage_credits = consumed.consumption.overage;
     totals.remaining_credits = conserved.remaining;
-    let lines = invoice_lines_by_key(ctx.dicts, sums.line_totals);
     let closed = match ctx.mode {
         Mode::Reconcile => {
             result
@@ -410,7 +412,7 @@ fn process_period(
         Mode::Close => {
             let figures = PeriodFigures {
                 consumption: &consumed.consumption,
-                lines,
+                lines: invoice_lines_by_key(ctx.dicts, sums.line_totals),
                 credits_used: sums.credits_used,
                 recorded: sums.recorded,
             };
@@ -465,15 +467,11 @@ struct ConsumedPeriod {
     draws: Vec<consume::Draw>,
     /// The event of each charge: `charged_event[draw.charge]`.
     charged_event: Vec<usize>,
-    traced: bool,
 }
 
 impl ConsumedPeriod {
-    /// The draws of each of the period's `events` events (traced runs; empty otherwise).
+    /// The draws of each of the period's `events` events (a traced run's).
     fn draws_by_event(&self, events: usize) -> Vec<Vec<consume::Draw>> {
-        if !self.traced {
-            return Vec::new();
-        }
         let mut by_event = vec![Vec::new(); events];
         for d in &self.draws {
             by_event[self.charged_event[d.charge]].push(*d);
@@ -533,7 +531,6 @@ fn consume_period(
         overage_of,
         draws,
         charged_event,
-        traced,
     })
 }
 

@@ -1825,7 +1825,6 @@ fn write_grants(
     acct: &str,
     shortfall: i64,
 ) -> Result<(), GenerateError> {
-    let mut gid = || grant_id.next();
     if shortfall > 0 || rng.chance(500_000) {
         // Usable all period, never expires: covers whatever the plan does not.
         let credits = if shortfall > 0 {
@@ -1833,14 +1832,22 @@ fn write_grants(
         } else {
             rng.range(1, 10) * 100 * MILLI
         };
-        wr.grant(gid(), acct, "top_up", credits, BEFORE_PERIOD_US, None, None)?;
+        wr.grant(
+            grant_id.next(),
+            acct,
+            "top_up",
+            credits,
+            BEFORE_PERIOD_US,
+            None,
+            None,
+        )?;
     }
     if rng.chance(500_000) {
         // Mid-period promo window.
         let eff = PERIOD_START_US + rng.range(2, 10) * DAY_US;
         let credits = rng.range(20, 200) * MILLI;
         let exp = Some(eff + rng.range(3, 10) * DAY_US);
-        wr.grant(gid(), acct, "promo", credits, eff, exp, None)?;
+        wr.grant(grant_id.next(), acct, "promo", credits, eff, exp, None)?;
     }
     if rng.chance(300_000) {
         // Compensation, sometimes with an explicit priority ahead of the plan.
@@ -1848,7 +1855,7 @@ fn write_grants(
         let prio = rng.chance(500_000).then_some(0);
         let exp = Some(PERIOD_END_US + 61 * DAY_US);
         wr.grant(
-            gid(),
+            grant_id.next(),
             acct,
             "compensation",
             credits,
@@ -1862,7 +1869,7 @@ fn write_grants(
         let credits = rng.range(20, 200) * MILLI;
         let eff = PERIOD_START_US - 40 * DAY_US;
         wr.grant(
-            gid(),
+            grant_id.next(),
             acct,
             "promo",
             credits,

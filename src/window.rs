@@ -700,7 +700,7 @@ impl<'a> Group<'a> {
         order: &EventOrder,
         left: &mut LeftOut,
     ) -> EntryTargets {
-        let slot_count = order.slot_count;
+        let slot_count = order.slot_count();
         let mut entries_per_event = vec![0u32; order.order.len()];
         let mut unattached_start = vec![0usize; slot_count + 1];
         let mut targets: Vec<EntryTarget> = Vec::with_capacity(rows.debits.len());
@@ -820,8 +820,6 @@ struct LeftOut {
 /// The placed events of a bucket in the order of its work: by slot, then (occurred_at,
 /// event_id).
 struct EventOrder {
-    /// The bucket's covered periods.
-    slot_count: usize,
     /// The first position of each slot's events (and, last, the count of placed events).
     event_start: Vec<usize>,
     /// The bucket-local index of the event at each position.
@@ -831,6 +829,11 @@ struct EventOrder {
 }
 
 impl EventOrder {
+    /// The bucket's covered periods.
+    fn slot_count(&self) -> usize {
+        self.event_start.len() - 1
+    }
+
     fn new(placements: &[Placement], slot_count: usize, usage: &[Usage], ids: &Ids) -> EventOrder {
         let slot_of = |p: &Placement| match *p {
             Placement::InWindow(slot) | Placement::Late(slot, _) => Some(slot as usize),
@@ -870,7 +873,6 @@ impl EventOrder {
             position[k as usize] = at as u32;
         }
         EventOrder {
-            slot_count,
             event_start,
             order,
             position,
@@ -913,7 +915,7 @@ fn gather_work(
     let zero: Debit = bytemuck::Zeroable::zeroed();
     let mut entries = vec![zero; first as usize];
     let mut filled: Vec<u32> = events.iter().map(|e| e.first_entry).collect();
-    let mut unattached = vec![zero; targets.unattached_start[order.slot_count]];
+    let mut unattached = vec![zero; targets.unattached_start[order.slot_count()]];
     let mut next_unattached = targets.unattached_start.clone();
     for (&entry, target) in rows.debits.iter().zip(&targets.targets) {
         match *target {
