@@ -573,11 +573,12 @@ fn by_kind(h: &mut String, out: &RunOutput, s: &Summary, files: &ReportFiles) {
     let mut bars = Vec::new();
     let mut table = String::from("<table>\n<thead><tr><th>kind</th><th class=\"num\">rows</th><th class=\"num\">Σ delta credits</th><th>what it means</th></tr></thead>\n<tbody>\n");
     for k in &s.discrepancies.by_kind {
-        let file = Kind::parse(k.kind).and_then(|kind| files.kinds.get(&kind));
-        let meaning = Kind::parse(k.kind).map_or("", Kind::meaning);
+        let kind = Kind::parse(k.kind);
+        let file = kind.and_then(|kind| files.kinds.get(&kind));
+        let meaning = kind.map_or("", Kind::meaning);
         let key = format!("discrepancies.by_kind.{}", k.kind);
         // summary.md's words for the rows the sum leaves out (the figure stays summary.json's).
-        let none = Kind::parse(k.kind).map_or(0, |kind| without_by_kind[kind as usize]);
+        let none = kind.map_or(0, |kind| without_by_kind[kind as usize]);
         let without_delta = crate::report::without_delta_words(k.count, none)
             .map_or(String::new(), |words| format!(" ({words})"));
         let _ = writeln!(

@@ -158,10 +158,13 @@ impl JobFile {
         })?;
         // An empty path would be the job file's own folder (or nothing at all, for a job
         // file named without a folder): a slip, not a folder meant.
-        let empty = [("data", Some(&job.data)), ("out", Some(&job.out))]
-            .into_iter()
-            .chain([("history", job.history.as_ref())])
-            .find(|(_, path)| path.is_some_and(|p| p.as_os_str().is_empty()));
+        let empty = [
+            ("data", Some(&job.data)),
+            ("out", Some(&job.out)),
+            ("history", job.history.as_ref()),
+        ]
+        .into_iter()
+        .find(|(_, path)| path.is_some_and(|p| p.as_os_str().is_empty()));
         if let Some((key, _)) = empty {
             return Err(TallyError::config(
                 &name,
