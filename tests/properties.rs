@@ -174,7 +174,10 @@ prop_compose! {
 }
 
 /// What an event should cost, priced here from the book's rates independently of the
-/// engine (section 3 of the contract): `None` when it has no rate. The rates' amounts are
+/// engine, by section 3 of the contract: "Rate: the row of key (product, action, model) in
+/// effect at `occurred_at`; if the event has a model and no such row is in effect, the row
+/// of (product, action, no model)" and "credits = max(minimum, ceil(quantity / increment) ×
+/// increment × credits_per_unit)". `None` when it has no rate. The rates' amounts are
 /// whole thousandths, so no rounding is involved.
 fn independent_price(usage: &UsageRow) -> Option<i64> {
     let q = usage.quantity.0;
@@ -446,6 +449,8 @@ proptest! {
             let net: i64 = entries.iter().map(|&(kind, c)| if kind == EntryKind::Refund { -c.0 } else { c.0 }).sum();
             // "An event-linked `adjustment` counts as a debit in the "≥ 2 debit entries" test."
             let debits = entries.iter().filter(|(kind, _)| *kind != EntryKind::Refund).count();
+            // "Pending: expected > 0, no entries recorded before as-of, and as-of − settle ≤
+            // occurred_at < as-of." (Every entry here is recorded before as-of.)
             let pending = expected.is_some_and(|e| e > 0) && entries.is_empty() && usage.occurred_at >= settle_from;
             let kind = if succeeded && price.is_none() {
                 Some("unpriced_event")

@@ -293,7 +293,8 @@ fn a_close_verifies_the_earlier_closes_it_read_with_history() {
 
 /// A run fingerprints an earlier close by its manifest but reads its invoices and billed
 /// events: one of those files edited since (a row dropped) is refused where it is opened,
-/// by a later close and by its no-op rerun, naming the file and `tally verify`.
+/// by a later close and by its no-op rerun, naming the file and `tally verify`; so is a
+/// manifest entry that lists no row count for it.
 #[test]
 fn an_earlier_close_whose_billed_events_changed_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
@@ -307,26 +308,54 @@ fn an_earlier_close_whose_billed_events_changed_is_refused() {
     };
     assert!(close("2026-12-01T00:00:00Z", "2026-11").status.success());
     assert!(close("2027-01-01T00:00:00Z", "2026-12").status.success());
-    let billed = closes.join("2026-11/billed_events.parquet");
-    let batch = read_parquet(&billed);
-    let rows = batch.num_rows();
-    assert!(rows > 1);
-    tally::write::write_parquet(&billed, &batch.slice(1, rows - 1)).unwrap();
-    let expected = format!(
-        "tally: {}: holds {} rows where its close's manifest.json lists {rows} rows: it \
-         changed since that close was published; restore the folder from a backup (`tally \
-         verify {}` checks every file)\n",
-        billed.display(),
-        rows - 1,
-        closes.join("2026-11").display()
-    );
-    for rerun in [
-        close("2027-01-01T00:00:00Z", "2026-12"),
-        close("2027-02-01T00:00:00Z", "2027-01"),
-    ] {
-        assert_eq!(rerun.status.code(), Some(2), "{}", stderr(&rerun));
-        assert_eq!(stderr(&rerun), expected);
+    let november = closes.join("2026-11");
+    let refusal = |path: &Path, rows: usize, listed: &str| {
+        format!(
+            "tally: {}: holds {rows} rows where its close's manifest.json lists {listed}: it \
+             changed since that close was published; restore the folder from a backup (`tally \
+             verify {}` checks every file)\n",
+            path.display(),
+            november.display()
+        )
+    };
+    for name in ["billed_events.parquet", "invoices.parquet"] {
+        let path = november.join(name);
+        let original = std::fs::read(&path).unwrap();
+        let batch = read_parquet(&path);
+        let rows = batch.num_rows();
+        assert!(rows > 1, "{name}");
+        tally::write::write_parquet(&path, &batch.slice(1, rows - 1)).unwrap();
+        let expected = refusal(&path, rows - 1, &format!("{rows} rows"));
+        for rerun in [
+            close("2027-01-01T00:00:00Z", "2026-12"),
+            close("2027-02-01T00:00:00Z", "2027-01"),
+        ] {
+            assert_eq!(rerun.status.code(), Some(2), "{name}: {}", stderr(&rerun));
+            assert_eq!(stderr(&rerun), expected);
+        }
+        std::fs::write(&path, original).unwrap();
     }
+    // The manifest's entry for the invoices without its row count: a later close refuses
+    // rather than trusting a file it cannot check.
+    let manifest_path = november.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    let invoices = (manifest["outputs"].as_array_mut().unwrap().iter_mut())
+        .find(|f| f["path"] == "invoices.parquet")
+        .unwrap();
+    invoices.as_object_mut().unwrap().remove("rows").unwrap();
+    std::fs::write(
+        &manifest_path,
+        serde_json::to_vec_pretty(&manifest).unwrap(),
+    )
+    .unwrap();
+    let rows = read_parquet(&november.join("invoices.parquet")).num_rows();
+    let later = close("2027-02-01T00:00:00Z", "2027-01");
+    assert_eq!(later.status.code(), Some(2), "{}", stderr(&later));
+    assert_eq!(
+        stderr(&later),
+        refusal(&november.join("invoices.parquet"), rows, "no row count")
+    );
 }
 
 /// A listed output that is now a folder or a link (the run writes files only; a link may
