@@ -20,8 +20,8 @@ pub struct History {
     /// run may find late only ([`History::billed_among`]): a month of billed events would
     /// not fit a memory budget.
     pub billed_files: Vec<PathBuf>,
-    /// The earlier close folders read: (name under the history folder, its manifest.json).
-    pub folders: Vec<(String, std::path::PathBuf)>,
+    /// The earlier closes read, as the run's inputs: each one's manifest.json.
+    pub manifests: Vec<crate::report::FileEntry>,
 }
 
 impl History {
@@ -198,6 +198,20 @@ pub struct EarlierClose {
     /// Its `manifest.json`, parsed once (the rows of the files a run reads are checked
     /// against it).
     manifest: serde_json::Value,
+    /// The sha256 of its `manifest.json`, of the bytes parsed.
+    manifest_sha256: crate::write::Sha256Hex,
+}
+
+impl EarlierClose {
+    /// The close as a run's input: its manifest, which lists the checksum of every file it
+    /// wrote, by its path under the history folder.
+    pub fn input_entry(&self) -> crate::report::FileEntry {
+        crate::report::FileEntry {
+            path: format!("history/{}/manifest.json", self.name),
+            rows: None,
+            sha256: self.manifest_sha256.clone(),
+        }
+    }
 }
 
 /// The closes under `dir` that a run at `as_of` writing `exclude` reads (see [`load`]), in
@@ -237,7 +251,7 @@ pub fn refuse_a_second_close(
     // `.` and `..` folded (`closes/x/../2026-12-01` is `closes/2026-12-01`, `x` or not).
     let manifest = crate::normalised(out).join("manifest.json");
     let rerun = manifest.is_file()
-        && close_as_of(&read_manifest(&manifest)?, &manifest)?.is_some_and(|made| made == as_of);
+        && close_as_of(&read_manifest(&manifest)?.0, &manifest)?.is_some_and(|made| made == as_of);
     if rerun {
         return Ok(());
     }
@@ -274,15 +288,16 @@ fn close_as_of(manifest: &serde_json::Value, path: &Path) -> Result<Option<Micro
     Ok(Some(as_of))
 }
 
-/// An earlier output's `manifest.json` at `path`, parsed.
-fn read_manifest(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| TallyError::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| {
+/// An earlier output's `manifest.json` at `path`, parsed, and the sha256 of its bytes.
+fn read_manifest(path: &Path) -> Result<(serde_json::Value, crate::write::Sha256Hex)> {
+    let bytes = std::fs::read(path).map_err(|e| TallyError::io(path, e))?;
+    let manifest = serde_json::from_slice(&bytes).map_err(|e| {
         TallyError::input(
             path.display().to_string(),
             format!("unreadable manifest: {e}"),
         )
-    })
+    })?;
+    Ok((manifest, hex::encode(crate::write::sha256(&bytes))))
 }
 
 /// Every close directly under `dir` but `exclude` (`.` and `..` folded) and hidden folders
@@ -310,7 +325,7 @@ pub fn closes_under(dir: &Path, exclude: &Path) -> Result<Vec<EarlierClose>> {
             continue;
         }
         let path = folder.join("manifest.json");
-        let manifest = read_manifest(&path)?;
+        let (manifest, manifest_sha256) = read_manifest(&path)?;
         let Some(close_as_of) = close_as_of(&manifest, &path)? else {
             continue;
         };
@@ -323,6 +338,7 @@ pub fn closes_under(dir: &Path, exclude: &Path) -> Result<Vec<EarlierClose>> {
             folder,
             as_of: close_as_of,
             manifest,
+            manifest_sha256,
         });
     }
     Ok(closes)
@@ -345,13 +361,10 @@ pub fn load(dir: &Path, exclude: &Path, as_of: Micros) -> Result<History> {
 pub fn load_closes(closes: Vec<EarlierClose>, as_of: Micros) -> Result<History> {
     let mut history = History::default();
     for close in read_at(closes, as_of) {
+        history.manifests.push(close.input_entry());
         let EarlierClose {
-            name,
-            folder,
-            manifest,
-            ..
+            folder, manifest, ..
         } = close;
-        history.folders.push((name, folder.join("manifest.json")));
         let invoices = folder.join("invoices.parquet");
         let mut invoice_rows = 0u64;
         read_columns(&invoices, &mut |batch| {

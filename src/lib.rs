@@ -199,21 +199,6 @@ pub fn scan(data: &Path) -> Result<u64> {
     Ok(rows)
 }
 
-/// The earlier closes a close read, as its manifest lists them: each close's manifest.json
-/// (`folders`: name under the history folder, manifest path), which holds the checksums
-/// of everything that close wrote.
-pub(crate) fn history_inputs(folders: &[(String, PathBuf)]) -> Result<Vec<FileEntry>> {
-    (folders.iter())
-        .map(|(name, manifest)| {
-            Ok(FileEntry {
-                path: format!("history/{name}/manifest.json"),
-                rows: None,
-                sha256: write::sha256_file(manifest)?,
-            })
-        })
-        .collect()
-}
-
 /// Fingerprint every input: the price book and every dataset file of `census`, with
 /// sha256 and rows (files in parallel if `parallel`). A small file's checksum and every
 /// file's rows come from the census; larger files are read and hashed here.
@@ -525,7 +510,7 @@ pub(crate) fn fingerprint(
 ) -> Result<Vec<FileEntry>> {
     let started = std::time::Instant::now();
     let mut inputs = fingerprint_files(&req.data, census, parallel)?;
-    inputs.extend(history_inputs(&history.folders)?);
+    inputs.extend(history.manifests.iter().cloned());
     let files = inputs.len() as u64;
     progress::log_stage("fingerprint inputs", files, files, started.elapsed());
     Ok(inputs)

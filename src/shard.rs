@@ -788,11 +788,10 @@ fn check_history_unchanged(
 ) -> Result<()> {
     let closes = crate::history::closes_under(dir, out)?;
     crate::history::refuse_a_second_close(&closes, dir, out, as_of)?;
-    let folders: Vec<(String, PathBuf)> = (crate::history::read_at(closes, as_of).into_iter())
-        .map(|c| (c.name, c.folder.join("manifest.json")))
-        .collect();
     let key = |f: &FileEntry| (f.path.clone(), f.sha256.clone());
-    let mut now: Vec<_> = crate::history_inputs(&folders)?.iter().map(key).collect();
+    let mut now: Vec<_> = (crate::history::read_at(closes, as_of).iter())
+        .map(|c| key(&c.input_entry()))
+        .collect();
     let mut then: Vec<_> = (inputs.iter())
         .filter(|f| f.path.starts_with("history/"))
         .map(key)

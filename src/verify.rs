@@ -127,10 +127,7 @@ pub fn verify(req: &VerifyRequest) -> Result<Verification> {
             (crate::history::earlier_closes(history, &req.out, as_of)?.into_iter())
                 .partition(|close| close.as_of > as_of);
         later_closes = later.len();
-        let folders: Vec<(String, PathBuf)> = (earlier.into_iter())
-            .map(|close| (close.name, close.folder.join("manifest.json")))
-            .collect();
-        let now = crate::history_inputs(&folders)?;
+        let now: Vec<_> = earlier.iter().map(|close| close.input_entry()).collect();
         differences.extend(input_differences(&history_inputs, &now));
         inputs_checked += history_inputs.len();
     }
