@@ -62,9 +62,18 @@ fn read_columns(
     path: &Path,
     each: &mut dyn FnMut(&arrow::record_batch::RecordBatch) -> Result<()>,
 ) -> Result<()> {
-    let name = path.display().to_string();
     let file = std::fs::File::open(path).map_err(|e| TallyError::io(path, e))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+    read_columns_of(file, path, each)
+}
+
+/// [`read_columns`] of `source`, the contents of the file at `path`.
+fn read_columns_of<T: parquet::file::reader::ChunkReader + 'static>(
+    source: T,
+    path: &Path,
+    each: &mut dyn FnMut(&arrow::record_batch::RecordBatch) -> Result<()>,
+) -> Result<()> {
+    let name = path.display().to_string();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(source)
         .and_then(|b| b.build())
         .map_err(|e| {
             TallyError::input(&name, format!("not a readable earlier close output: {e}"))
@@ -90,35 +99,73 @@ fn check_billed(path: &Path) -> Result<u64> {
     Ok(builder.metadata().file_metadata().num_rows() as u64)
 }
 
-/// Refuse an earlier close's `file` (`name` in its folder) whose rows are not those its
+/// An earlier close's `name` (in `folder`) as its `manifest` lists it; a file it does not
+/// list is refused as changed since that close was published.
+fn listed<'a>(
+    manifest: &'a crate::report::Manifest,
+    folder: &Path,
+    name: &str,
+) -> Result<&'a crate::report::FileEntry> {
+    (manifest.outputs.iter().find(|entry| entry.path == name))
+        .ok_or_else(|| changed(folder, name, "is not listed in its close's manifest.json"))
+}
+
+/// Refuse an earlier close's `name` (in `folder`) whose `rows` are not those its
 /// `manifest.json` lists. A run fingerprints an earlier close by its manifest, which holds
 /// the checksum of every file it wrote, but reads its invoices and billed events: a file
-/// edited since (rows dropped or added) would change what this close bills, unseen by the
-/// fingerprint. The rows are checked here, where the files are opened anyway; `tally
-/// verify` of the earlier close checks every byte.
+/// edited since would change what this close bills, unseen by the fingerprint. The billed
+/// events (a month of events, read only in part) are checked by their rows, where the file
+/// is opened anyway; the invoices (read whole) by their bytes ([`check_listed_bytes`]);
+/// `tally verify` of the earlier close checks every byte of every file.
 fn check_listed_rows(
-    manifest: &serde_json::Value,
+    manifest: &crate::report::Manifest,
     folder: &Path,
     name: &str,
     rows: u64,
 ) -> Result<()> {
-    let listed = (manifest["outputs"].as_array().into_iter().flatten())
-        .find(|f| f["path"] == name)
-        .and_then(|f| f["rows"].as_u64());
-    if listed == Some(rows) {
+    let entry = listed(manifest, folder, name)?;
+    if entry.rows == Some(rows) {
         return Ok(());
     }
-    let path = folder.join(name);
-    let listed = listed.map_or("no row count".to_string(), |n| format!("{n} rows"));
-    Err(TallyError::input(
-        path.display().to_string(),
+    let listed = entry
+        .rows
+        .map_or("no row count".to_string(), |n| format!("{n} rows"));
+    Err(changed(
+        folder,
+        name,
+        &format!("holds {rows} rows where its close's manifest.json lists {listed}"),
+    ))
+}
+
+/// Refuse an earlier close's `name` (in `folder`) whose bytes are not those its
+/// `manifest.json` lists (their sha256 is `sha256`).
+fn check_listed_bytes(
+    manifest: &crate::report::Manifest,
+    folder: &Path,
+    name: &str,
+    sha256: &str,
+) -> Result<()> {
+    if listed(manifest, folder, name)?.sha256 == sha256 {
+        return Ok(());
+    }
+    Err(changed(
+        folder,
+        name,
+        "differs from the sha256 its close's manifest.json lists",
+    ))
+}
+
+/// The error of an earlier close's file `name` (in `folder`) that changed since that close
+/// was published: `what` is wrong with it.
+fn changed(folder: &Path, name: &str, what: &str) -> TallyError {
+    TallyError::input(
+        folder.join(name).display().to_string(),
         format!(
-            "holds {rows} rows where its close's manifest.json lists {listed}: it changed since \
-             that close was published; restore the folder from a backup (`tally verify {}` \
-             checks every file)",
+            "{what}: it changed since that close was published; restore the folder from a \
+             backup (`tally verify {}` checks every file)",
             folder.display()
         ),
-    ))
+    )
 }
 
 fn column<'a>(
@@ -195,9 +242,8 @@ pub struct EarlierClose {
     pub folder: PathBuf,
     /// Its manifest's as-of (earlier or later than the run's).
     pub as_of: Micros,
-    /// Its `manifest.json`, parsed once (the rows of the files a run reads are checked
-    /// against it).
-    manifest: serde_json::Value,
+    /// Its `manifest.json`, parsed once (the files a run reads are checked against it).
+    manifest: crate::report::Manifest,
     /// The sha256 of its `manifest.json`, of the bytes parsed.
     manifest_sha256: crate::write::Sha256Hex,
 }
@@ -291,13 +337,15 @@ fn close_as_of(manifest: &serde_json::Value, path: &Path) -> Result<Option<Micro
 /// An earlier output's `manifest.json` at `path`, parsed, and the sha256 of its bytes.
 fn read_manifest(path: &Path) -> Result<(serde_json::Value, crate::write::Sha256Hex)> {
     let bytes = std::fs::read(path).map_err(|e| TallyError::io(path, e))?;
-    let manifest = serde_json::from_slice(&bytes).map_err(|e| {
-        TallyError::input(
-            path.display().to_string(),
-            format!("unreadable manifest: {e}"),
-        )
-    })?;
+    let manifest = serde_json::from_slice(&bytes).map_err(|e| unreadable_manifest(path, e))?;
     Ok((manifest, hex::encode(crate::write::sha256(&bytes))))
+}
+
+fn unreadable_manifest(path: &Path, e: serde_json::Error) -> TallyError {
+    TallyError::input(
+        path.display().to_string(),
+        format!("unreadable manifest: {e}"),
+    )
 }
 
 /// Every close directly under `dir` but `exclude` (`.` and `..` folded) and hidden folders
@@ -329,6 +377,9 @@ pub fn closes_under(dir: &Path, exclude: &Path) -> Result<Vec<EarlierClose>> {
         let Some(close_as_of) = close_as_of(&manifest, &path)? else {
             continue;
         };
+        // Another tool's manifest is skipped above; a close's is one of tally's.
+        let manifest =
+            serde_json::from_value(manifest).map_err(|e| unreadable_manifest(&path, e))?;
         let name = folder
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -366,9 +417,12 @@ pub fn load_closes(closes: Vec<EarlierClose>, as_of: Micros) -> Result<History> 
             folder, manifest, ..
         } = close;
         let invoices = folder.join("invoices.parquet");
-        let mut invoice_rows = 0u64;
-        read_columns(&invoices, &mut |batch| {
-            invoice_rows += batch.num_rows() as u64;
+        // Read whole, so checked by its bytes (a few rows per account).
+        let invoice_bytes =
+            bytes::Bytes::from(std::fs::read(&invoices).map_err(|e| TallyError::io(&invoices, e))?);
+        let invoice_sha256 = hex::encode(crate::write::sha256(&invoice_bytes));
+        check_listed_bytes(&manifest, &folder, "invoices.parquet", &invoice_sha256)?;
+        read_columns_of(invoice_bytes, &invoices, &mut |batch| {
             let accounts = column(batch, "account_id", &invoices)?.as_string::<i32>();
             let starts = column(batch, "period_start", &invoices)?
                 .as_primitive::<TimestampMicrosecondType>();
@@ -381,7 +435,6 @@ pub fn load_closes(closes: Vec<EarlierClose>, as_of: Micros) -> Result<History> 
             }
             Ok(())
         })?;
-        check_listed_rows(&manifest, &folder, "invoices.parquet", invoice_rows)?;
         // Checked now (a missing or unreadable file is named before the run starts), read
         // later for the ids that need it.
         let billed = folder.join("billed_events.parquet");

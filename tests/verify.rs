@@ -292,9 +292,11 @@ fn a_close_verifies_the_earlier_closes_it_read_with_history() {
 }
 
 /// A run fingerprints an earlier close by its manifest but reads its invoices and billed
-/// events: one of those files edited since (a row dropped) is refused where it is opened,
-/// by a later close and by its no-op rerun, naming the file and `tally verify`; so is a
-/// manifest entry that lists no row count for it.
+/// events: one of those files edited since is refused where it is opened, by a later close
+/// and by its no-op rerun, naming the file and `tally verify`. The billed events are checked
+/// by their rows (a row dropped), the invoices, read whole, by their bytes (a row dropped,
+/// or a value changed with the rows kept); so is a manifest entry that lists no row count
+/// for the billed events, or no entry at all.
 #[test]
 fn an_earlier_close_whose_billed_events_changed_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
@@ -309,52 +311,90 @@ fn an_earlier_close_whose_billed_events_changed_is_refused() {
     assert!(close("2026-12-01T00:00:00Z", "2026-11").status.success());
     assert!(close("2027-01-01T00:00:00Z", "2026-12").status.success());
     let november = closes.join("2026-11");
-    let refusal = |path: &Path, rows: usize, listed: &str| {
+    let refusal = |path: &Path, what: &str| {
         format!(
-            "tally: {}: holds {rows} rows where its close's manifest.json lists {listed}: it \
-             changed since that close was published; restore the folder from a backup (`tally \
-             verify {}` checks every file)\n",
+            "tally: {}: {what}: it changed since that close was published; restore the folder \
+             from a backup (`tally verify {}` checks every file)\n",
             path.display(),
             november.display()
         )
     };
-    for name in ["billed_events.parquet", "invoices.parquet"] {
-        let path = november.join(name);
-        let original = std::fs::read(&path).unwrap();
-        let batch = read_parquet(&path);
-        let rows = batch.num_rows();
-        assert!(rows > 1, "{name}");
-        tally::write::write_parquet(&path, &batch.slice(1, rows - 1)).unwrap();
-        let expected = refusal(&path, rows - 1, &format!("{rows} rows"));
+    let refused_by_later_closes = |path: &Path, expected: &str| {
         for rerun in [
             close("2027-01-01T00:00:00Z", "2026-12"),
             close("2027-02-01T00:00:00Z", "2027-01"),
         ] {
-            assert_eq!(rerun.status.code(), Some(2), "{name}: {}", stderr(&rerun));
-            assert_eq!(stderr(&rerun), expected);
+            assert_eq!(rerun.status.code(), Some(2), "{}", stderr(&rerun));
+            assert_eq!(stderr(&rerun), expected, "{}", path.display());
         }
-        std::fs::write(&path, original).unwrap();
+    };
+    let differs = "differs from the sha256 its close's manifest.json lists";
+    let billed = november.join("billed_events.parquet");
+    let invoices = november.join("invoices.parquet");
+    // A row dropped.
+    for (path, what) in [(&billed, None), (&invoices, Some(differs))] {
+        let original = std::fs::read(path).unwrap();
+        let batch = read_parquet(path);
+        let rows = batch.num_rows();
+        assert!(rows > 1, "{}", path.display());
+        tally::write::write_parquet(path, &batch.slice(1, rows - 1)).unwrap();
+        let counted = format!(
+            "holds {} rows where its close's manifest.json lists {rows} rows",
+            rows - 1
+        );
+        refused_by_later_closes(path, &refusal(path, what.unwrap_or(&counted)));
+        std::fs::write(path, original).unwrap();
     }
-    // The manifest's entry for the invoices without its row count: a later close refuses
-    // rather than trusting a file it cannot check.
+    // An invoice's period moved, its rows kept: the bytes differ, the row count does not.
+    let original = std::fs::read(&invoices).unwrap();
+    let batch = read_parquet(&invoices);
+    let mut columns = batch.columns().to_vec();
+    let start = batch.schema().index_of("period_start").unwrap();
+    let starts = arrow::array::AsArray::as_primitive::<arrow::datatypes::TimestampMicrosecondType>(
+        &columns[start],
+    );
+    let later: arrow::array::TimestampMicrosecondArray = starts.unary(|micros| micros + 1);
+    columns[start] = std::sync::Arc::new(later.with_data_type(columns[start].data_type().clone()));
+    let moved = arrow::record_batch::RecordBatch::try_new(batch.schema(), columns).unwrap();
+    tally::write::write_parquet(&invoices, &moved).unwrap();
+    assert_eq!(read_parquet(&invoices).num_rows(), batch.num_rows());
+    refused_by_later_closes(&invoices, &refusal(&invoices, differs));
+    std::fs::write(&invoices, original).unwrap();
+    // The manifest's entry for the billed events without its row count, then without the
+    // invoices' entry: a later close refuses rather than trusting a file it cannot check.
     let manifest_path = november.join("manifest.json");
-    let mut manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
-    let invoices = (manifest["outputs"].as_array_mut().unwrap().iter_mut())
-        .find(|f| f["path"] == "invoices.parquet")
+    let edit_manifest = |edit: &dyn Fn(&mut Vec<serde_json::Value>)| {
+        let mut manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+        edit(manifest["outputs"].as_array_mut().unwrap());
+        std::fs::write(
+            &manifest_path,
+            serde_json::to_vec_pretty(&manifest).unwrap(),
+        )
         .unwrap();
-    invoices.as_object_mut().unwrap().remove("rows").unwrap();
-    std::fs::write(
-        &manifest_path,
-        serde_json::to_vec_pretty(&manifest).unwrap(),
-    )
-    .unwrap();
-    let rows = read_parquet(&november.join("invoices.parquet")).num_rows();
+    };
+    edit_manifest(&|outputs| {
+        let entry = (outputs.iter_mut())
+            .find(|f| f["path"] == "billed_events.parquet")
+            .unwrap();
+        entry.as_object_mut().unwrap().remove("rows").unwrap();
+    });
+    let rows = read_parquet(&billed).num_rows();
     let later = close("2027-02-01T00:00:00Z", "2027-01");
     assert_eq!(later.status.code(), Some(2), "{}", stderr(&later));
     assert_eq!(
         stderr(&later),
-        refusal(&november.join("invoices.parquet"), rows, "no row count")
+        refusal(
+            &billed,
+            &format!("holds {rows} rows where its close's manifest.json lists no row count")
+        )
+    );
+    edit_manifest(&|outputs| outputs.retain(|f| f["path"] != "invoices.parquet"));
+    let later = close("2027-02-01T00:00:00Z", "2027-01");
+    assert_eq!(later.status.code(), Some(2), "{}", stderr(&later));
+    assert_eq!(
+        stderr(&later),
+        refusal(&invoices, "is not listed in its close's manifest.json")
     );
 }
 
