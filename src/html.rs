@@ -265,7 +265,7 @@ pub fn render(out: &RunOutput, s: &Summary, files: &ReportFiles) -> String {
     h.push_str("<nav><a href=\"#totals\">Totals</a><a href=\"#by-kind\">Discrepancies by kind</a><a href=\"#by-day\">by day</a><a href=\"#products\">Credits by product</a><a href=\"#accounts\">Top accounts</a><a href=\"#rejects\">Rejected rows</a><a href=\"#conservation\">Conservation</a><a href=\"#files\">Files</a></nav>\n</header>\n");
 
     totals(&mut h, out, s, files, close, exponent);
-    by_kind(&mut h, out, s, files);
+    by_kind(&mut h, s, files);
     by_day(&mut h, files);
     products(&mut h, out, s, files);
     accounts(&mut h, out, files);
@@ -563,8 +563,7 @@ fn close_figures(
     }
 }
 
-fn by_kind(h: &mut String, out: &RunOutput, s: &Summary, files: &ReportFiles) {
-    let without_by_kind = crate::report::rows_without_delta(out);
+fn by_kind(h: &mut String, s: &Summary, files: &ReportFiles) {
     let _ = writeln!(
         h,
         "<section id=\"by-kind\">\n<h2>Discrepancies by kind ({} rows)</h2>",
@@ -577,9 +576,8 @@ fn by_kind(h: &mut String, out: &RunOutput, s: &Summary, files: &ReportFiles) {
         let file = kind.and_then(|kind| files.kinds.get(&kind));
         let meaning = kind.map_or("", Kind::meaning);
         let key = format!("discrepancies.by_kind.{}", k.kind);
-        // summary.md's words for the rows the sum leaves out (the figure stays summary.json's).
-        let none = kind.map_or(0, |kind| without_by_kind[kind as usize]);
-        let without_delta = crate::report::without_delta_words(k.count, none)
+        // The words for the rows the sum leaves out, as in summary.md (the figure stays summary.json's).
+        let without_delta = crate::report::without_delta_words(k)
             .map_or(String::new(), |words| format!(" ({words})"));
         let _ = writeln!(
             table,

@@ -18,6 +18,10 @@ pub struct KindLine {
     pub kind: &'static str,
     pub count: u64,
     pub delta_credits: Milli,
+    /// Its rows without a delta (events without a rate), which `delta_credits` leaves out:
+    /// for summary.md's and report.html's words, not a figure of summary.json.
+    #[serde(skip)]
+    pub rows_without_delta: u64,
 }
 
 #[derive(Serialize)]
@@ -118,6 +122,7 @@ pub fn summary(out: &RunOutput) -> Result<Summary> {
                 kind: kind.name(),
                 count: f.map_or(0, |f| f.count),
                 delta_credits: f.map_or(Milli::ZERO, |f| f.delta),
+                rows_without_delta: f.map_or(0, |f| f.rows_without_delta),
             }
         })
         .collect();
@@ -207,19 +212,10 @@ fn invoiced_sum(out: &RunOutput, what: &str, minor: impl Fn(&InvoiceRow) -> i64)
     })
 }
 
-/// Rows without a delta (events without a rate), by kind (index: `Kind as usize`).
-pub(crate) fn rows_without_delta(out: &RunOutput) -> [u64; Kind::ALL.len()] {
-    let mut without_by_kind = [0u64; Kind::ALL.len()];
-    for d in (out.discrepancies.iter()).filter(|d| d.delta_credits.is_none()) {
-        without_by_kind[d.kind as usize] += 1;
-    }
-    without_by_kind
-}
-
-/// What a kind's Σ delta leaves out, in the words summary.md and report.html both use:
-/// `none` of its `count` rows have no delta (`None`: every row has one).
-pub(crate) fn without_delta_words(count: u64, none: u64) -> Option<String> {
-    match (count, none) {
+/// A kind's Σ delta as summary.md and report.html both write it: the figure of
+/// summary.json, then what it leaves out (`None`: every row has a delta).
+pub(crate) fn without_delta_words(k: &KindLine) -> Option<String> {
+    match (k.count, k.rows_without_delta) {
         (_, 0) => None,
         (count, none) if count == none => Some("no row has a delta".to_string()),
         (_, 1) => Some("1 row without a delta".to_string()),
@@ -311,7 +307,7 @@ pub fn summary_markdown(out: &RunOutput, s: &Summary) -> Result<String> {
     if let Some(c) = &s.close {
         md_close_figures(&mut md, out, s, c);
     }
-    md_by_kind(&mut md, out, s);
+    md_by_kind(&mut md, s);
     md_top_accounts(&mut md, out)?;
     md_conservation(&mut md, s);
     Ok(md)
@@ -396,7 +392,7 @@ fn md_close_figures(md: &mut String, out: &RunOutput, s: &Summary, c: &CloseTota
 }
 
 /// Each kind's rows, Σ delta and meaning, and what the deltas add up to.
-fn md_by_kind(md: &mut String, out: &RunOutput, s: &Summary) {
+fn md_by_kind(md: &mut String, s: &Summary) {
     let _ = writeln!(
         md,
         "\n## Discrepancies by kind ({} rows)\n",
@@ -406,17 +402,11 @@ fn md_by_kind(md: &mut String, out: &RunOutput, s: &Summary) {
         md,
         "| kind | rows | Σ delta credits | what it means |\n|---|---:|---:|---|"
     );
-    let without_by_kind = rows_without_delta(out);
     for k in &s.discrepancies.by_kind {
         let kind = Kind::parse(k.kind).expect("by_kind lists Kind::ALL's names");
-        let without_delta = without_by_kind[kind as usize];
-        // A kind whose rows have no delta (no expected credits) has no sum to show.
-        let delta = match (k.count, without_delta) {
-            (count, none) if count > 0 && count == none => "—".to_string(),
-            (count, none) => match without_delta_words(count, none) {
-                Some(words) => format!("{} ({words})", k.delta_credits),
-                None => k.delta_credits.to_string(),
-            },
+        let delta = match without_delta_words(k) {
+            Some(words) => format!("{} ({words})", k.delta_credits),
+            None => k.delta_credits.to_string(),
         };
         let _ = writeln!(
             md,
@@ -426,7 +416,8 @@ fn md_by_kind(md: &mut String, out: &RunOutput, s: &Summary) {
             kind.meaning()
         );
     }
-    let _ = writeln!(md, "\n{}", delta_note(without_by_kind.iter().sum(), s));
+    let without_delta = s.discrepancies.by_kind.iter().map(|k| k.rows_without_delta);
+    let _ = writeln!(md, "\n{}", delta_note(without_delta.sum(), s));
 }
 
 /// The ten accounts with the largest Σ |delta|.

@@ -6,11 +6,13 @@ use crate::error::{Result, TallyError};
 use crate::reconcile::{DiscrepancyRow, Kind};
 use polars::prelude::*;
 
-/// Per-kind count and Σ delta (thousandths; unpriced rows count 0).
+/// Per-kind count and Σ delta (thousandths; unpriced rows count 0), and how many of its
+/// rows have no delta (events without a rate), which the sum leaves out.
 pub struct KindFigures {
     pub kind: Kind,
     pub count: u64,
     pub delta: Milli,
+    pub rows_without_delta: u64,
 }
 
 /// An account with discrepancies: how many, and Σ |delta|.
@@ -35,6 +37,7 @@ fn frame(rows: &[DiscrepancyRow]) -> Result<DataFrame> {
         .map(|r| r.delta_credits.unwrap_or_default().0)
         .collect();
     let abs_deltas: Vec<i64> = deltas.iter().map(|d| d.abs()).collect();
+    let without_delta: Vec<bool> = rows.iter().map(|r| r.delta_credits.is_none()).collect();
     DataFrame::new(
         rows.len(),
         vec![
@@ -42,6 +45,7 @@ fn frame(rows: &[DiscrepancyRow]) -> Result<DataFrame> {
             Column::new("account_id".into(), accounts),
             Column::new("delta".into(), deltas),
             Column::new("abs_delta".into(), abs_deltas),
+            Column::new("without_delta".into(), without_delta),
         ],
     )
     .map_err(polars_err)
@@ -52,7 +56,11 @@ pub fn by_kind(rows: &[DiscrepancyRow]) -> Result<Vec<KindFigures>> {
     let grouped = frame(rows)?
         .lazy()
         .group_by([col("kind")])
-        .agg([len().alias("count"), col("delta").sum().alias("delta")])
+        .agg([
+            len().alias("count"),
+            col("delta").sum().alias("delta"),
+            col("without_delta").sum().alias("without_delta"),
+        ])
         .collect()
         .map_err(polars_err)?;
     let names = grouped
@@ -68,12 +76,18 @@ pub fn by_kind(rows: &[DiscrepancyRow]) -> Result<Vec<KindFigures>> {
         .column("delta")
         .and_then(|c| c.i64().cloned())
         .map_err(polars_err)?;
+    let without_delta = grouped
+        .column("without_delta")
+        .and_then(|c| c.cast(&DataType::UInt64))
+        .map_err(polars_err)?;
+    let without_delta = without_delta.u64().map_err(polars_err)?;
     let mut figures: Vec<KindFigures> = (0..grouped.height())
         .filter_map(|i| {
             Some(KindFigures {
                 kind: Kind::parse(names.get(i)?)?,
                 count: counts.get(i).unwrap_or(0),
                 delta: Milli(deltas.get(i).unwrap_or(0)),
+                rows_without_delta: without_delta.get(i).unwrap_or(0),
             })
         })
         .collect();

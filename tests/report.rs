@@ -398,8 +398,8 @@ fn report_html_renders_the_summary_figures_and_links_to_their_rows() {
     assert!(files.contains(&"report/credits-by-product.csv".to_string()));
 }
 
-/// summary.md and report.html say alike what a kind's Σ delta leaves out (report.html
-/// keeps summary.json's figure, and adds summary.md's words); an empty month still has
+/// summary.md and report.html say alike what a kind's Σ delta leaves out (both write
+/// summary.json's figure, then the same words); an empty month still has
 /// `report/credits-by-product.csv` (its header), which its event figures link to.
 #[test]
 fn report_html_says_what_sums_leave_out_and_an_empty_month_keeps_its_product_file() {
@@ -409,7 +409,10 @@ fn report_html_says_what_sums_leave_out_and_an_empty_month_keeps_its_product_fil
     run_command_ok("close", &data, CLOSE_AS_OF, &close);
     let md = std::fs::read_to_string(close.join("summary.md")).unwrap();
     let html = std::fs::read_to_string(close.join("report.html")).unwrap();
-    assert!(md.contains("| unpriced_event | 8 | — |"), "{md}");
+    assert!(
+        md.contains("| unpriced_event | 8 | 0.000 (no row has a delta) |"),
+        "{md}"
+    );
     assert!(
         md.contains("| account_mismatch | 8 | 38.000 (4 rows without a delta) |"),
         "{md}"
@@ -528,7 +531,7 @@ fn summary_md_says_money_and_deltas_as_a_reader_needs_them() {
     assert!(count("unpriced_event") > 0 && without("unpriced_event") == count("unpriced_event"));
     assert!(
         md.contains(&format!(
-            "| unpriced_event | {} | — | the price book has no rate for the event",
+            "| unpriced_event | {} | 0.000 (no row has a delta) | the price book has no rate for the event",
             count("unpriced_event")
         )),
         "{md}"
