@@ -366,8 +366,11 @@ fn run_account(
 ) -> Result<AccountRun> {
     let history = match (&req.history, req.mode) {
         (Some(dir), Mode::Close) => {
-            let exclude = req.out.clone().unwrap_or_default();
-            crate::history::check_layout(dir, &exclude)?;
+            // The CLI asks for --out with --history; a caller without one reads every close.
+            let exclude = req.out.as_deref();
+            if let Some(out) = exclude {
+                crate::history::check_layout(dir, out)?;
+            }
             // A first close may be explained before it runs (the folder does not exist yet),
             // but a wrong path to a history that does exist explains a later close as a first
             // one, its late events as on time, with figures that look right: said.
@@ -379,7 +382,7 @@ fn run_account(
                      relative path is taken from the working folder)"
                 );
             }
-            crate::history::load(dir, &exclude, req.as_of)?
+            crate::history::load(dir, exclude, req.as_of)?
         }
         _ => History::default(),
     };

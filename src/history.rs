@@ -262,7 +262,11 @@ impl EarlierClose {
 
 /// The closes under `dir` that a run at `as_of` writing `exclude` reads (see [`load`]), in
 /// name order.
-pub fn earlier_closes(dir: &Path, exclude: &Path, as_of: Micros) -> Result<Vec<EarlierClose>> {
+pub fn earlier_closes(
+    dir: &Path,
+    exclude: Option<&Path>,
+    as_of: Micros,
+) -> Result<Vec<EarlierClose>> {
     Ok(read_at(closes_under(dir, exclude)?, as_of))
 }
 
@@ -348,9 +352,9 @@ fn unreadable_manifest(path: &Path, e: serde_json::Error) -> TallyError {
     )
 }
 
-/// Every close directly under `dir` but `exclude` (`.` and `..` folded) and hidden folders
-/// (see [`load`]), with its as-of and manifest, in name order.
-pub fn closes_under(dir: &Path, exclude: &Path) -> Result<Vec<EarlierClose>> {
+/// Every close directly under `dir` but `exclude` (`.` and `..` folded; `None`: none
+/// excluded) and hidden folders (see [`load`]), with its as-of and manifest, in name order.
+pub fn closes_under(dir: &Path, exclude: Option<&Path>) -> Result<Vec<EarlierClose>> {
     let mut closes = Vec::new();
     if !dir.is_dir() {
         return Ok(closes);
@@ -365,11 +369,10 @@ pub fn closes_under(dir: &Path, exclude: &Path) -> Result<Vec<EarlierClose>> {
         .filter(|p| p.join("manifest.json").is_file())
         .collect();
     folders.sort();
-    let exclude = (!exclude.as_os_str().is_empty())
-        .then(|| crate::normalised(exclude).canonicalize().ok())
-        .flatten();
+    // An excluded folder that does not exist yet (a first run) excludes nothing.
+    let exclude = exclude.and_then(|out| crate::normalised(out).canonicalize().ok());
     for folder in folders {
-        if folder.canonicalize().ok() == exclude && exclude.is_some() {
+        if exclude.is_some() && folder.canonicalize().ok() == exclude {
             continue;
         }
         let path = folder.join("manifest.json");
@@ -403,7 +406,7 @@ pub fn closes_under(dir: &Path, exclude: &Path) -> Result<Vec<EarlierClose>> {
 /// rerun): reading them would leave this run nothing to close. Closes at a later as-of are
 /// read: their periods are closed, whichever month is re-run. A `dir` that does not exist
 /// yet holds no closes (the first close; [`check_layout`] has put its output inside it).
-pub fn load(dir: &Path, exclude: &Path, as_of: Micros) -> Result<History> {
+pub fn load(dir: &Path, exclude: Option<&Path>, as_of: Micros) -> Result<History> {
     load_closes(closes_under(dir, exclude)?, as_of)
 }
 

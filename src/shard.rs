@@ -786,7 +786,7 @@ fn check_history_unchanged(
     as_of: Micros,
     inputs: &[FileEntry],
 ) -> Result<()> {
-    let closes = crate::history::closes_under(dir, out)?;
+    let closes = crate::history::closes_under(dir, Some(out))?;
     crate::history::refuse_a_second_close(&closes, dir, out, as_of)?;
     let key = |f: &FileEntry| (f.path.clone(), f.sha256.clone());
     let mut now: Vec<_> = (crate::history::read_at(closes, as_of).iter())

@@ -124,7 +124,7 @@ pub fn verify(req: &VerifyRequest) -> Result<Verification> {
         // A close at a later as-of is built on this one (a rerun would refuse over it), not
         // an input it lacks: counted apart, never a difference.
         let (later, earlier): (Vec<_>, Vec<_>) =
-            (crate::history::earlier_closes(history, &req.out, as_of)?.into_iter())
+            (crate::history::earlier_closes(history, Some(&req.out), as_of)?.into_iter())
                 .partition(|close| close.as_of > as_of);
         later_closes = later.len();
         let now: Vec<_> = earlier.iter().map(|close| close.input_entry()).collect();
