@@ -1046,6 +1046,32 @@ fn alert_exit(alert: Option<String>) -> anyhow::Result<u8> {
     }
 }
 
+/// `tally generate`'s error with the exit code of README "Exit codes": bad options or a
+/// non-empty output folder are configuration (2); a data root that could not be written
+/// (disk full, no permission) is an output (4), as in every run; the embedded price book
+/// or a batch that cannot be built is a bug (4).
+fn generate_error(e: tally::generate::GenerateError) -> TallyError {
+    use tally::generate::GenerateError as G;
+    match &e {
+        G::InvalidOptions(_) | G::OutputNotEmpty { .. } => {
+            TallyError::config("tally generate", e.to_string())
+        }
+        G::Io { path, source } => TallyError::Output {
+            file: path.display().to_string(),
+            message: source.to_string(),
+        },
+        G::Parquet { path, source } => TallyError::Output {
+            file: path.display().to_string(),
+            message: source.to_string(),
+        },
+        G::Json { path, source } => TallyError::Output {
+            file: path.display().to_string(),
+            message: source.to_string(),
+        },
+        G::Arrow { .. } | G::PriceBook(_) => TallyError::Invariant(e.to_string()),
+    }
+}
+
 fn generate(g: GenerateArgs) -> anyhow::Result<u8> {
     let opts = tally::generate::GenerateOptions {
         out: g.out.clone(),
@@ -1054,15 +1080,8 @@ fn generate(g: GenerateArgs) -> anyhow::Result<u8> {
         seed: g.seed,
         discrepancy_rate: g.discrepancy_rate,
     };
-    let report = tally::generate::generate(&opts).map_err(|e| {
-        let code_2 = !matches!(e, tally::generate::GenerateError::PriceBook(_));
-        let wrapped = if code_2 {
-            TallyError::config("tally generate", e.to_string())
-        } else {
-            TallyError::Invariant(e.to_string())
-        };
-        anyhow::Error::new(wrapped)
-    })?;
+    let report =
+        tally::generate::generate(&opts).map_err(|e| anyhow::Error::new(generate_error(e)))?;
     out_line!(
         "{}: {} usage rows, {} debit rows, {} allocations, {} grants, {} injected discrepancies; reconcile with --as-of {}",
         g.out.display(),

@@ -108,6 +108,48 @@ fn generate_is_deterministic() {
     assert!(a == folder_bytes(&tmp.path().join("b")));
 }
 
+/// `tally generate` exits as every command does (README "Exit codes"): a folder that holds
+/// data already is configuration (2); a data root that cannot be written (here: under a
+/// file) is an output that could not be written (4), naming the path.
+#[test]
+fn generate_exit_codes_are_the_documented_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let full = tmp.path().join("full");
+    std::fs::create_dir(&full).unwrap();
+    std::fs::write(full.join("old.parquet"), "x").unwrap();
+    let out = tally(&[
+        "generate",
+        "--out",
+        full.to_str().unwrap(),
+        "--events",
+        "100",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "tally: tally generate: output folder {} exists and is not empty\n",
+            full.display()
+        )
+    );
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let under_a_file = file.join("data");
+    let out = tally(&[
+        "generate",
+        "--out",
+        under_a_file.to_str().unwrap(),
+        "--events",
+        "100",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with(&format!("tally: writing {}: ", under_a_file.display())),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// One `discrepancies.csv` cell against its Parquet value, by the rendering the README
 /// documents (credits with 3 decimals, instants RFC 3339 UTC, `entry_ids` joined with `;`,
 /// nulls empty): read with arrow and the csv crate, not with tally's own CSV writer.
