@@ -2436,8 +2436,24 @@ mod tests {
     fn expected_discrepancies(root: &Path) -> BTreeSet<(String, String)> {
         let book = book();
         let mut found = BTreeSet::new();
+        let events = winning_events(root, &mut found);
+        let by_event = entries_by_event(root, &events, &mut found);
+        let chargeable = classify_events(&book, &events, &by_event, &mut found);
+        let plans = plans_by_account(root, &book);
+        let mut grants = grants_by_account(root);
+        for (account, events) in chargeable {
+            let grants = grants.remove(&account).unwrap_or_default();
+            let (included, block) = plans[&account];
+            for id in over_limit(&account, events, grants, included, block) {
+                found.insert((id, "over_limit_usage".into()));
+            }
+        }
+        found
+    }
 
-        // usage, dedup: earliest ingested_at (null last), then path, then row.
+    /// Every event's winning copy (dedup: earliest ingested_at, null last, then path, then
+    /// row), by id; an event whose copies differ is `conflicting_duplicate`.
+    fn winning_events(root: &Path, found: &mut BTreeSet<(String, String)>) -> BTreeMap<String, U> {
         // (ingested_at, file, row, columns)
         type Copy = (Option<i64>, String, usize, U);
         let mut copies: BTreeMap<String, Vec<Copy>> = BTreeMap::new();
@@ -2477,8 +2493,16 @@ mod tests {
             }
             events.insert(id, cs.swap_remove(0).3);
         }
+        events
+    }
 
-        // debits
+    /// The ledger entries of each event; an entry of no event is `manual_adjustment` (an
+    /// adjustment without event id) or `orphan_debit` (not a refund).
+    fn entries_by_event(
+        root: &Path,
+        events: &BTreeMap<String, U>,
+        found: &mut BTreeSet<(String, String)>,
+    ) -> BTreeMap<String, Vec<E>> {
         let mut by_event: BTreeMap<String, Vec<E>> = BTreeMap::new();
         for (_, batches) in dataset(root, "debits") {
             for b in &batches {
@@ -2507,10 +2531,19 @@ mod tests {
                 }
             }
         }
+        by_event
+    }
 
-        // classify events; collect chargeable consumption per account
+    /// Each event's kind by section 5's table, first match wins; the chargeable
+    /// consumption (succeeded and priced) by account, as (occurred, event id, price).
+    fn classify_events(
+        book: &PriceBook,
+        events: &BTreeMap<String, U>,
+        by_event: &BTreeMap<String, Vec<E>>,
+        found: &mut BTreeSet<(String, String)>,
+    ) -> BTreeMap<String, Vec<(i64, String, i64)>> {
         let mut chargeable: BTreeMap<String, Vec<(i64, String, i64)>> = BTreeMap::new();
-        for (id, u) in &events {
+        for (id, u) in events {
             let price = book
                 .lookup(&u.product, &u.action, u.model.as_deref(), u.occurred)
                 .map(|r| credits_for(r, Milli(u.quantity)).unwrap().0);
@@ -2553,8 +2586,11 @@ mod tests {
                     .push((u.occurred, id.clone(), p));
             }
         }
+        chargeable
+    }
 
-        // balances: plan + grants, consumption order of section 4
+    /// Each account's included credits and whether its plan blocks overage.
+    fn plans_by_account(root: &Path, book: &PriceBook) -> BTreeMap<String, (i64, bool)> {
         let mut plans: BTreeMap<String, (i64, bool)> = BTreeMap::new();
         for (_, batches) in dataset(root, "allocations") {
             for b in &batches {
@@ -2568,8 +2604,15 @@ mod tests {
                 }
             }
         }
-        // (priority, expires never last, effective, is_grant, id, credits, effective, expires)
-        type G = (i32, (bool, i64), i64, bool, String, i64, i64, Option<i64>);
+        plans
+    }
+
+    /// A grant or the plan's allocation, in section 4's consumption order: (priority,
+    /// expires (never last), effective, is_grant, id, credits, effective, expires).
+    type G = (i32, (bool, i64), i64, bool, String, i64, i64, Option<i64>);
+
+    /// The grants of each account that overlap the period.
+    fn grants_by_account(root: &Path) -> BTreeMap<String, Vec<G>> {
         let mut grants: BTreeMap<String, Vec<G>> = BTreeMap::new();
         for (_, batches) in dataset(root, "grants") {
             for b in &batches {
@@ -2608,43 +2651,53 @@ mod tests {
                 }
             }
         }
-        for (acct, mut evs) in chargeable {
-            let (included, block) = plans[&acct];
-            let mut gs = grants.remove(&acct).unwrap_or_default();
-            gs.push((
-                1,
-                (false, PERIOD_END_US),
-                PERIOD_START_US,
-                false,
-                String::new(),
-                included,
-                PERIOD_START_US,
-                Some(PERIOD_END_US),
-            ));
-            gs.sort();
-            evs.sort();
-            for (t, id, p) in evs {
-                let mut need = p;
-                for g in gs.iter_mut() {
-                    if need == 0 {
-                        break;
-                    }
-                    if g.6 <= t && g.7.is_none_or(|x| t < x) {
-                        let take = need.min(g.5);
-                        g.5 -= take;
-                        need -= take;
-                    }
+        grants
+    }
+
+    /// The events of `account` (occurred, id, price) that its grants and its plan's
+    /// `included` credits do not cover, drawn in section 4's order (the generator covers
+    /// every overage plan's events).
+    fn over_limit(
+        account: &str,
+        mut events: Vec<(i64, String, i64)>,
+        mut grants: Vec<G>,
+        included: i64,
+        block: bool,
+    ) -> Vec<String> {
+        grants.push((
+            1,
+            (false, PERIOD_END_US),
+            PERIOD_START_US,
+            false,
+            String::new(),
+            included,
+            PERIOD_START_US,
+            Some(PERIOD_END_US),
+        ));
+        grants.sort();
+        events.sort();
+        let mut over = Vec::new();
+        for (t, id, p) in events {
+            let mut need = p;
+            for g in grants.iter_mut() {
+                if need == 0 {
+                    break;
                 }
-                if need > 0 {
-                    assert!(
-                        block,
-                        "{acct} (overage plan) ran out: generator must cover it"
-                    );
-                    found.insert((id, "over_limit_usage".into()));
+                if g.6 <= t && g.7.is_none_or(|x| t < x) {
+                    let take = need.min(g.5);
+                    g.5 -= take;
+                    need -= take;
                 }
             }
+            if need > 0 {
+                assert!(
+                    block,
+                    "{account} (overage plan) ran out: generator must cover it"
+                );
+                over.push(id);
+            }
         }
-        found
+        over
     }
 
     fn truth(root: &Path) -> Vec<(String, String)> {
@@ -2746,6 +2799,27 @@ mod tests {
         let rep = generate(&o).unwrap();
         assert_eq!(rep.as_of, "2026-11-20T00:00:00Z");
         let all = files(&dir);
+        files_are_where_documented(&all);
+        counts_are_reported(&dir, &rep);
+        events_and_entries_are_bucketed_by_account(&dir, &rep);
+        columns_have_the_contract_types(&dir);
+        let j: serde_json::Value = serde_json::from_slice(&all["generate.json"]).unwrap();
+        assert_eq!(j["as_of"], "2026-11-20T00:00:00Z");
+        assert_eq!(j["counts"]["usage_rows"], rep.usage_rows);
+        assert_eq!(j["options"]["events"], 10_000);
+        let by_kind: u64 = j["truth_by_kind"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(by_kind, rep.truth_rows);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Every bucket's usage and debits file, the other datasets, the truth and the
+    /// report; no temporary folder left; the price book as embedded.
+    fn files_are_where_documented(all: &BTreeMap<String, Vec<u8>>) {
         for k in 0..BUCKETS {
             assert!(all.contains_key(&format!("usage/bucket={k}/part-0.parquet")));
             assert!(all.contains_key(&format!("debits/bucket={k}/part-0.parquet")));
@@ -2761,9 +2835,12 @@ mod tests {
         }
         assert!(!all.keys().any(|k| k.starts_with("_generate_tmp")));
         assert_eq!(all["pricebook.toml"], PRICEBOOK_TOML.as_bytes());
+    }
 
+    /// Each dataset holds the rows the report counts (one allocation per account).
+    fn counts_are_reported(dir: &Path, rep: &GenerateReport) {
         let count = |name: &str| -> u64 {
-            dataset(&dir, name)
+            dataset(dir, name)
                 .iter()
                 .flat_map(|(_, b)| b)
                 .map(|b| b.num_rows() as u64)
@@ -2775,10 +2852,13 @@ mod tests {
         assert_eq!(rep.allocation_rows, 100);
         assert_eq!(count("grants"), rep.grant_rows);
         assert!(rep.grant_rows > 0);
+    }
 
-        // distinct events = opts.events; accounts bucketed by xxh3 of account_id
+    /// Distinct events = the events asked for (copies besides); usage and debits files are
+    /// bucketed by xxh3 of account_id.
+    fn events_and_entries_are_bucketed_by_account(dir: &Path, rep: &GenerateReport) {
         let mut ids = BTreeSet::new();
-        for (path, batches) in dataset(&dir, "usage") {
+        for (path, batches) in dataset(dir, "usage") {
             for b in &batches {
                 for i in 0..b.num_rows() {
                     ids.insert(s(b, "event_id", i).unwrap());
@@ -2795,7 +2875,7 @@ mod tests {
             rep.usage_rows > 10_000,
             "identical / conflicting copies are present"
         );
-        for (path, batches) in dataset(&dir, "debits") {
+        for (path, batches) in dataset(dir, "debits") {
             for b in &batches {
                 for i in 0..b.num_rows() {
                     let acct = s(b, "account_id", i).unwrap();
@@ -2806,7 +2886,10 @@ mod tests {
                 }
             }
         }
+    }
 
+    /// The files' column types are the contract's (and the writer's schemas).
+    fn columns_have_the_contract_types(dir: &Path) {
         let ty = |name: &str| read_batches(&dir.join(name))[0].schema();
         let utc = ts_type();
         let u = ty("usage/bucket=0/part-0.parquet");
@@ -2839,19 +2922,6 @@ mod tests {
                 .data_type(),
             &DataType::Int32
         );
-
-        let j: serde_json::Value = serde_json::from_slice(&all["generate.json"]).unwrap();
-        assert_eq!(j["as_of"], "2026-11-20T00:00:00Z");
-        assert_eq!(j["counts"]["usage_rows"], rep.usage_rows);
-        assert_eq!(j["options"]["events"], 10_000);
-        let by_kind: u64 = j["truth_by_kind"]
-            .as_object()
-            .unwrap()
-            .values()
-            .map(|v| v.as_u64().unwrap())
-            .sum();
-        assert_eq!(by_kind, rep.truth_rows);
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
