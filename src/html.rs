@@ -576,7 +576,7 @@ fn by_kind(h: &mut String, s: &Summary, files: &ReportFiles) {
         let file = kind.and_then(|kind| files.kinds.get(&kind));
         let meaning = kind.map_or("", Kind::meaning);
         let key = format!("discrepancies.by_kind.{}", k.kind);
-        // The words for the rows the sum leaves out, as in summary.md (the figure stays summary.json's).
+        // The rows the sum leaves out, in summary.md's words (the figure is summary.json's).
         let without_delta = crate::report::without_delta_words(k)
             .map_or(String::new(), |words| format!(" ({words})"));
         let _ = writeln!(

@@ -212,8 +212,8 @@ fn invoiced_sum(out: &RunOutput, what: &str, minor: impl Fn(&InvoiceRow) -> i64)
     })
 }
 
-/// A kind's Σ delta as summary.md and report.html both write it: the figure of
-/// summary.json, then what it leaves out (`None`: every row has a delta).
+/// What a kind's Σ delta leaves out, in the words summary.md and report.html both write
+/// after summary.json's figure (`None`: every row has a delta).
 pub(crate) fn without_delta_words(k: &KindLine) -> Option<String> {
     match (k.count, k.rows_without_delta) {
         (_, 0) => None,
