@@ -533,11 +533,13 @@ fn explain_entry_id(
     if let Some(copies) = &copies {
         explanation.usage_rows = seen_usage(inputs, copies, run.as_ref());
     }
-    let Some(run) = &run else {
+    // A run needs an account, which comes from the kept row or its event (found through
+    // the kept row): without a kept row there is neither.
+    let (Some(run), Some(kept)) = (&run, &kept) else {
         explanation.entry = Some(every_entry_row_rejected());
         return Ok(());
     };
-    let entry = explain_entry(req, inputs, run, kept.as_ref(), winner.as_ref());
+    let entry = explain_entry(req, inputs, run, kept, winner.as_ref());
     if entry.placement == "attached" {
         if let Some(w) = &winner {
             explanation.event = Some(explain_event(req, inputs, run, w)?);
@@ -1160,16 +1162,15 @@ fn in_window_detail(mode: Mode, allocation: &AllocationRow) -> String {
     )
 }
 
+/// Where the kept row of an entry id went: attached to its event, unattached in a period (its
+/// verdict), or outside every period (why).
 fn explain_entry(
     req: &ExplainRequest,
     inputs: &pipeline::Inputs,
     run: &AccountRun,
-    kept: Option<&DebitRow>,
+    kept: &DebitRow,
     winner: Option<&UsageRow>,
 ) -> EntryExplanation {
-    let Some(kept) = kept else {
-        return every_entry_row_rejected();
-    };
     let mut x = EntryExplanation {
         entry: Some(entry_view(inputs, kept)),
         placement: "rejected",
