@@ -496,11 +496,44 @@ pub struct Batch {
     pub len: usize,
     /// Row number in the file of the batch's first row.
     pub first_row: u64,
+    /// The string values that are not UTF-8, by row (empty but for a row group that held
+    /// one: [`decode_row_group`]); their columns hold them with U+FFFD in place of the
+    /// bad bytes, and their rows are rejected `bad_value`.
+    pub not_utf8: Vec<NotUtf8>,
     /// Shared copies of repeated strings (accounts, products, actions, models).
     interned: std::cell::RefCell<std::collections::HashSet<Shared, crate::validate::FastHash>>,
 }
 
+/// A string value that is not UTF-8: its row in the batch, its column (index in the specs)
+/// and its bytes as a message shows them.
+#[derive(Debug)]
+pub struct NotUtf8 {
+    pub row: usize,
+    pub column: usize,
+    pub shown: String,
+}
+
 impl Batch {
+    /// The value of `column` in `row` that is not UTF-8, as a message shows it, if it is one.
+    pub fn not_utf8(&self, row: usize, column: usize) -> Option<&str> {
+        if self.not_utf8.is_empty() {
+            return None;
+        }
+        let first = self.not_utf8.partition_point(|bad| bad.row < row);
+        (self.not_utf8[first..].iter())
+            .take_while(|bad| bad.row == row)
+            .find(|bad| bad.column == column)
+            .map(|bad| bad.shown.as_str())
+    }
+
+    /// Whether a string value of `row` is not UTF-8.
+    pub fn row_not_utf8(&self, row: usize) -> bool {
+        !self.not_utf8.is_empty()
+            && self.not_utf8[self.not_utf8.partition_point(|bad| bad.row < row)..]
+                .first()
+                .is_some_and(|bad| bad.row == row)
+    }
+
     /// One shared copy of `s` per batch.
     fn intern(&self, s: &str) -> Shared {
         let mut set = self.interned.borrow_mut();
@@ -952,37 +985,22 @@ fn projection(metadata: &ArrowReaderMetadata, indices: &[Option<usize>]) -> Proj
     ProjectionMask::roots(metadata.parquet_schema(), roots)
 }
 
-/// A row group the reader could not decode. Bytes that are not UTF-8 in a string column
-/// are the export's encoding, not a damaged file: said so, with the string columns read
-/// (the reader does not say which one), rather than "corrupt or truncated".
-fn row_group_error(
-    file: &InputFile,
-    specs: &[ColSpec],
-    rg: usize,
-    e: arrow::error::ArrowError,
-) -> TallyError {
-    let text = plain(e);
-    if text.contains("non UTF-8") || text.contains("invalid utf-8") {
-        let strings: Vec<String> = (specs.iter())
-            .filter(|s| matches!(s.ty, ColType::Str | ColType::Label))
-            .map(|s| format!("`{}`", s.name))
-            .collect();
-        return TallyError::input(
-            &file.rel_path,
-            format!(
-                "row group {rg} holds a string that is not UTF-8, in one of the columns {}; the \
-                 contract's strings are UTF-8: have the export write them as UTF-8",
-                strings.join(", ")
-            ),
-        );
-    }
+/// A row group the reader could not decode (a string that is not UTF-8 is a bad row, not
+/// this: [`decode_row_group`]).
+fn row_group_error(file: &InputFile, rg: usize, e: arrow::error::ArrowError) -> TallyError {
     TallyError::input(
         &file.rel_path,
-        format!("row group {rg} is corrupt or truncated: {text}{RESTORE}"),
+        format!(
+            "row group {rg} is corrupt or truncated: {}{RESTORE}",
+            plain(e)
+        ),
     )
 }
 
 /// Decode one row group of an opened file, calling `each_batch` for each batch in order.
+/// A string that is not UTF-8 makes the reader refuse the rest of the row group: its rows
+/// from there are decoded again with the strings as bytes ([`decode_as_bytes`]), so that
+/// the row holding it is rejected `bad_value` and the others are read as they are.
 fn decode_row_group(
     file: &InputFile,
     opened: &OpenedFile,
@@ -991,50 +1009,324 @@ fn decode_row_group(
     each_batch: &mut dyn FnMut(&Batch),
 ) -> Result<()> {
     // One handle for the footer (when read again) and the row group's column chunks.
+    let handle = open_unchanged(file)?;
+    let metadata = opened.footer(file, &handle, specs)?;
+    let outcome = guard_decoding(file, || {
+        let first_row = opened.row_group_first[rg];
+        let reader = reader_of(file, opened, rg, handle, metadata.clone())?;
+        let mut passed = 0u64;
+        for batch in reader {
+            let batch = match batch {
+                Ok(batch) => batch,
+                Err(e) if is_not_utf8(&e) => {
+                    let from = (rg, first_row, passed);
+                    return decode_strings_as_bytes(
+                        file, opened, specs, &metadata, from, each_batch,
+                    );
+                }
+                Err(e) => return Err(row_group_error(file, rg, e)),
+            };
+            let columns = columns_of(file, specs, &batch)?;
+            each_batch(&Batch {
+                columns,
+                len: batch.num_rows(),
+                first_row: first_row + passed,
+                not_utf8: Vec::new(),
+                interned: Default::default(),
+            });
+            passed += batch.num_rows() as u64;
+        }
+        Ok(())
+    });
+    opened.row_group_done();
+    outcome
+}
+
+/// A handle on `file`, checked to be the file its first opening's footer described (a
+/// row group's ranges come from that footer).
+fn open_unchanged(file: &InputFile) -> Result<PositionalFile> {
     let handle = PositionalFile::open(file)?;
-    // The row group's ranges come from the first opening's footer: the file must still be
-    // the one it described.
     check_unchanged(
         file,
         parquet::file::reader::Length::len(&handle),
         None,
         handle.modified(),
     )?;
-    let metadata = opened.footer(file, &handle, specs)?;
-    let outcome = guard_decoding(file, || {
-        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(handle, metadata)
-            .with_projection(opened.mask.clone())
+    Ok(handle)
+}
+
+/// The reader of row group `rg` of an opened file, its columns projected.
+fn reader_of(
+    file: &InputFile,
+    opened: &OpenedFile,
+    rg: usize,
+    handle: PositionalFile,
+    metadata: ArrowReaderMetadata,
+) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader> {
+    ParquetRecordBatchReaderBuilder::new_with_metadata(handle, metadata)
+        .with_projection(opened.mask.clone())
+        .with_row_groups(vec![rg])
+        .with_batch_size(BATCH_ROWS)
+        .build()
+        .map_err(|e| TallyError::input(&file.rel_path, format!("cannot read: {}", plain(e))))
+}
+
+/// The columns of `specs` in a decoded batch (absent ones all null).
+fn columns_of(
+    file: &InputFile,
+    specs: &[ColSpec],
+    batch: &arrow::record_batch::RecordBatch,
+) -> Result<Vec<Column>> {
+    let schema = batch.schema();
+    (specs.iter())
+        .map(|spec| match schema.index_of(spec.name) {
+            Ok(i) => Column::from_array(batch.column(i), spec.ty, &file.rel_path, spec.name),
+            Err(_) => Ok(Column::Absent),
+        })
+        .collect()
+}
+
+/// Whether the reader refused a batch for a string that is not UTF-8 (its words: "non
+/// UTF-8" from the page decoders, "invalid utf-8" from the checks of a dictionary).
+fn is_not_utf8(e: &arrow::error::ArrowError) -> bool {
+    let text = e.to_string();
+    text.contains("non UTF-8") || text.contains("invalid utf-8")
+}
+
+fn is_string_type(dt: &DataType) -> bool {
+    match dt {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
+        DataType::Dictionary(_, value) => is_string_type(value),
+        _ => false,
+    }
+}
+
+/// Row group `rg` (its first row `first_row` in the file) from its row `skip` on (the rows
+/// before were passed on already), its string columns read as bytes by Parquet's column
+/// reader (the Arrow reader checks strings for UTF-8 and refuses the batch, and takes no
+/// hint to read a string column as bytes) and its other columns by the Arrow reader. A
+/// value that is not UTF-8 is kept with U+FFFD in place of its bad bytes and listed in
+/// the batch's `not_utf8`, which the row checks reject.
+fn decode_strings_as_bytes(
+    file: &InputFile,
+    opened: &OpenedFile,
+    specs: &[ColSpec],
+    metadata: &ArrowReaderMetadata,
+    (rg, first_row, skip): (usize, u64, u64),
+    each_batch: &mut dyn FnMut(&Batch),
+) -> Result<()> {
+    let corrupt = |e: &dyn std::fmt::Display| {
+        TallyError::input(
+            &file.rel_path,
+            format!(
+                "row group {rg} is corrupt or truncated: {}{RESTORE}",
+                plain(e)
+            ),
+        )
+    };
+    tracing::warn!(
+        file = %file.rel_path,
+        row_group = rg,
+        from_row = first_row + skip,
+        "{}: row group {rg} holds a string that is not UTF-8: its rows from row {} on are read \
+         again with their strings as bytes, and each row holding one is rejected bad_value \
+         (rejects.parquet names it); the contract's strings are UTF-8: have the export write \
+         them as UTF-8",
+        file.rel_path,
+        first_row + skip
+    );
+    let schema = metadata.schema();
+    // (spec, column) of each string column read, and the other columns' indices.
+    let (mut strings, mut others) = (Vec::new(), Vec::new());
+    for (k, spec) in specs.iter().enumerate() {
+        let Ok(i) = schema.index_of(spec.name) else {
+            continue;
+        };
+        match matches!(spec.ty, ColType::Str | ColType::Label)
+            && is_string_type(schema.field(i).data_type())
+        {
+            true => strings.push((k, i)),
+            false => others.push(i),
+        }
+    }
+    let rows = opened.row_group_rows[rg];
+    let mut other_batches = match others.is_empty() {
+        true => None,
+        false => Some(
+            ParquetRecordBatchReaderBuilder::new_with_metadata(
+                open_unchanged(file)?,
+                metadata.clone(),
+            )
+            .with_projection(ProjectionMask::roots(metadata.parquet_schema(), others))
             .with_row_groups(vec![rg])
+            .with_row_selection(parquet::arrow::arrow_reader::RowSelection::from(vec![
+                parquet::arrow::arrow_reader::RowSelector::skip(skip as usize),
+                parquet::arrow::arrow_reader::RowSelector::select((rows - skip) as usize),
+            ]))
             .with_batch_size(BATCH_ROWS)
             .build()
-            .map_err(|e| TallyError::input(&file.rel_path, format!("cannot read: {}", plain(e))))?;
-        let mut first_row = opened.row_group_first[rg];
-        for batch in reader {
-            let batch = batch.map_err(|e| row_group_error(file, specs, rg, e))?;
-            let schema = batch.schema();
-            let mut columns = Vec::with_capacity(specs.len());
-            for spec in specs {
-                let column = match schema.index_of(spec.name) {
-                    Ok(i) => {
-                        Column::from_array(batch.column(i), spec.ty, &file.rel_path, spec.name)?
+            .map_err(|e| corrupt(&e))?,
+        ),
+    };
+    let row_group =
+        parquet::file::serialized_reader::SerializedFileReader::new(open_unchanged(file)?)
+            .map_err(|e| corrupt(&e))?;
+    let row_group = parquet::file::reader::FileReader::get_row_group(&row_group, rg)
+        .map_err(|e| corrupt(&e))?;
+    let mut byte_columns = Vec::with_capacity(strings.len());
+    for &(k, i) in &strings {
+        let mut column = ByteColumn::open(row_group.as_ref(), i).map_err(|e| corrupt(&e))?;
+        column.skip(skip as usize).map_err(|e| corrupt(&e))?;
+        byte_columns.push((k, column));
+    }
+    let mut at = skip;
+    while at < rows {
+        let n = (rows - at).min(BATCH_ROWS as u64) as usize;
+        let other = match &mut other_batches {
+            None => None,
+            Some(reader) => match reader.next() {
+                Some(Ok(batch)) if batch.num_rows() == n => Some(batch),
+                Some(Err(e)) => return Err(corrupt(&e)),
+                _ => return Err(corrupt(&"fewer rows than its footer says")),
+            },
+        };
+        let mut not_utf8 = Vec::new();
+        let mut columns: Vec<Column> = (specs.iter())
+            .map(
+                |spec| match other.as_ref().map(|b| (b, b.schema().index_of(spec.name))) {
+                    Some((b, Ok(i))) => {
+                        Column::from_array(b.column(i), spec.ty, &file.rel_path, spec.name)
                     }
-                    Err(_) => Column::Absent,
-                };
-                columns.push(column);
-            }
-            let decoded = Batch {
-                columns,
-                len: batch.num_rows(),
-                first_row,
-                interned: Default::default(),
-            };
-            each_batch(&decoded);
-            first_row += batch.num_rows() as u64;
+                    _ => Ok(Column::Absent),
+                },
+            )
+            .collect::<Result<_>>()?;
+        for (k, column) in &mut byte_columns {
+            let values = column.read(n).map_err(|e| corrupt(&e))?;
+            columns[*k] = Column::Str(checked_utf8(&values, *k, &mut not_utf8));
         }
-        Ok(())
-    });
-    opened.row_group_done();
-    outcome
+        not_utf8.sort_by_key(|bad| (bad.row, bad.column));
+        each_batch(&Batch {
+            columns,
+            len: n,
+            first_row: first_row + at,
+            not_utf8,
+            interned: Default::default(),
+        });
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// A string column of a row group read as bytes (Parquet's column reader checks no
+/// encoding).
+struct ByteColumn {
+    reader: parquet::column::reader::ColumnReaderImpl<parquet::data_type::ByteArrayType>,
+    /// 0: the column is required (no definition levels).
+    max_def_level: i16,
+}
+
+impl ByteColumn {
+    fn open(
+        row_group: &dyn parquet::file::reader::RowGroupReader,
+        column: usize,
+    ) -> parquet::errors::Result<ByteColumn> {
+        let max_def_level = row_group
+            .metadata()
+            .column(column)
+            .column_descr()
+            .max_def_level();
+        let reader = parquet::column::reader::get_typed_column_reader::<
+            parquet::data_type::ByteArrayType,
+        >(row_group.get_column_reader(column)?);
+        Ok(ByteColumn {
+            reader,
+            max_def_level,
+        })
+    }
+
+    fn skip(&mut self, rows: usize) -> parquet::errors::Result<()> {
+        let skipped = self.reader.skip_records(rows)?;
+        match skipped == rows {
+            true => Ok(()),
+            false => Err(parquet::errors::ParquetError::General(format!(
+                "{skipped} rows where {rows} were to be skipped"
+            ))),
+        }
+    }
+
+    /// The next `rows` values (`None`: null).
+    fn read(&mut self, rows: usize) -> parquet::errors::Result<Vec<Option<Vec<u8>>>> {
+        let (mut defs, mut values) = (Vec::new(), Vec::new());
+        let mut read = 0;
+        while read < rows {
+            let (records, _, _) = self.reader.read_records(
+                rows - read,
+                (self.max_def_level > 0).then_some(&mut defs),
+                None,
+                &mut values,
+            )?;
+            if records == 0 {
+                return Err(parquet::errors::ParquetError::General(format!(
+                    "{read} rows where {rows} were to be read"
+                )));
+            }
+            read += records;
+        }
+        let mut values = values.into_iter();
+        let out = match self.max_def_level > 0 {
+            true => (defs.iter())
+                .map(|&def| match def == self.max_def_level {
+                    true => values.next().map(|v| v.data().to_vec()),
+                    false => None,
+                })
+                .collect(),
+            false => values.map(|v| Some(v.data().to_vec())).collect(),
+        };
+        Ok(out)
+    }
+}
+
+/// Byte values as strings: each value that is not UTF-8 (pushed to `not_utf8`, as column
+/// `column`) with U+FFFD in place of its bad bytes.
+fn checked_utf8(
+    values: &[Option<Vec<u8>>],
+    column: usize,
+    not_utf8: &mut Vec<NotUtf8>,
+) -> StringArray {
+    let bytes: usize = values.iter().flatten().map(Vec::len).sum();
+    let mut strings = arrow::array::StringBuilder::with_capacity(values.len(), bytes);
+    for (row, value) in values.iter().enumerate() {
+        let Some(value) = value else {
+            strings.append_null();
+            continue;
+        };
+        match std::str::from_utf8(value) {
+            Ok(text) => strings.append_value(text),
+            Err(_) => {
+                not_utf8.push(NotUtf8 {
+                    row,
+                    column,
+                    shown: shown_bytes(value),
+                });
+                strings.append_value(String::from_utf8_lossy(value));
+            }
+        }
+    }
+    strings.finish()
+}
+
+/// Bytes that are not UTF-8 as a reject detail shows them: their text, each byte that is
+/// not UTF-8 written `\xNN`, quoted (and cut) as every value of a detail is.
+fn shown_bytes(bytes: &[u8]) -> String {
+    let mut text = String::new();
+    for chunk in bytes.utf8_chunks() {
+        text.push_str(chunk.valid());
+        for byte in chunk.invalid() {
+            text.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    quoted(&text)
 }
 
 /// Read one file (row groups in parallel), calling `each_batch(batch, out)` with one `out`
@@ -1388,8 +1680,18 @@ impl<'a> RowCheck<'a> {
             })
     }
 
-    /// The value within the length limit, borrowed from the batch.
+    /// The value within the length limit, borrowed from the batch; a value that is not
+    /// UTF-8 is `bad_value` (a bad row, not a bad file: the contract's strings are UTF-8).
     fn checked_str(&self, index: usize) -> std::result::Result<Option<&'a str>, Reject> {
+        if let Some(shown) = self.batch.not_utf8(self.row, index) {
+            return Err(self.reject(
+                Reason::BadValue,
+                format!(
+                    "{} is not UTF-8: {shown}; the contract's strings are UTF-8",
+                    self.specs[index].name
+                ),
+            ));
+        }
         match self.batch.columns[index].str(self.row) {
             None => Ok(None),
             Some(s) if s.len() > MAX_STRING_BYTES => Err(self.reject(

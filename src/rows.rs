@@ -356,6 +356,10 @@ impl<'b> UsageParser<'b> {
     }
 
     fn fast(&self, i: usize) -> Option<UsageFields<'b>> {
+        // A value that is not UTF-8 is coded from its replacement: the checks reject it.
+        if self.batch.row_not_utf8(i) {
+            return None;
+        }
         let event_id = id_of(&self.batch.columns[0], i)?;
         let (account, sku, status) = (at(&self.account, i), self.sku[i], at(&self.status, i));
         let (quantity, occurred_at, ingested_at) =
@@ -458,6 +462,10 @@ impl<'b> DebitParser<'b> {
     }
 
     fn fast(&self, i: usize) -> Option<DebitFields<'b>> {
+        // A value that is not UTF-8 is coded from its replacement: the checks reject it.
+        if self.batch.row_not_utf8(i) {
+            return None;
+        }
         let c = &self.batch.columns;
         let entry_id = id_of(&c[0], i)?;
         let event_id = match c[2].is_null(i) {

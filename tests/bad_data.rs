@@ -1,5 +1,6 @@
 //! Corrupt inputs: every file under `tests/bad_data/` has a test asserting tally's exact
-//! one-line message and exit code 2.
+//! one-line message and exit code 2, or, for a bad row rather than a bad file (a string
+//! that is not UTF-8), the exact reject.
 //!
 //! The corpus is built by `tests/bad_data/make_corpus.py` (pyarrow) from the good data root
 //! `fixtures/golden/pricing_and_kinds/data`; the files are committed, so these tests never
@@ -327,52 +328,93 @@ fn usage_empty_file_is_exit_2() {
     );
 }
 
-/// Bytes that are not UTF-8 in a string column are the export's encoding, said so (the
-/// reader's words were taken for a damaged file: "corrupt or truncated ... restore the
-/// file"). Contract section 2: "Strings: UTF8 (dictionary-encoded or not)".
+/// A string that is not UTF-8 is a bad row, not a bad file: contract section 2, "A bad
+/// *row* is never a reason to stop: it goes to `rejects` with a reason" ("Strings: UTF8").
+/// Each dataset's corpus file (one value with a 0xff byte) publishes, the row rejected
+/// `bad_value` with its bytes shown, and the rest of its file read (before 2026-12-06 the
+/// reader's refusal of the row group stopped the run: exit 2).
 #[test]
-fn usage_non_utf8_string_is_exit_2_naming_the_encoding() {
-    assert_input_refused(
-        "usage_non_utf8_account.parquet",
-        USAGE,
-        "row group 0 holds a string that is not UTF-8, in one of the columns `event_id`, \
-         `account_id`, `product`, `action`, `model`, `status`; the contract's strings are \
-         UTF-8: have the export write them as UTF-8",
-    );
-}
-
-/// The same in the ledger, the allocations and the grants: each reader names its own
-/// string columns.
-#[test]
-fn non_utf8_strings_of_the_other_datasets_are_exit_2_naming_the_encoding() {
-    let problem = |columns: &str| {
-        format!(
-            "row group 0 holds a string that is not UTF-8, in one of the columns {columns}; the \
-             contract's strings are UTF-8: have the export write them as UTF-8"
-        )
-    };
-    assert_input_refused(
-        "debits_non_utf8_entry_id.parquet",
-        DEBITS,
-        &problem("`entry_id`, `account_id`, `event_id`, `kind`"),
-    );
-    assert_input_refused(
-        "allocations_non_utf8_plan_id.parquet",
-        ALLOCATIONS,
-        &problem("`account_id`, `plan_id`, `status`"),
-    );
-    // The good data root has no grants: the file is added, not swapped in.
-    let tmp = good_copy();
-    let at = "grants/part-0.parquet";
-    std::fs::create_dir(tmp.path().join("grants")).unwrap();
-    std::fs::copy(
-        corpus_dir().join("grants_non_utf8_grant_id.parquet"),
-        tmp.path().join(at),
-    )
-    .unwrap();
-    let out = reconcile(&tmp);
-    let refusal = problem("`grant_id`, `account_id`, `kind`");
-    assert_refused(&tmp, &out, &format!("tally: {at}: {refusal}"));
+fn a_non_utf8_string_rejects_its_row_in_every_dataset() {
+    let cases = [
+        (
+            "usage_non_utf8_account.parquet",
+            USAGE,
+            "usage",
+            "account_id",
+            "\"acct_adjustment_linked\\xff\"",
+        ),
+        (
+            "debits_non_utf8_entry_id.parquet",
+            DEBITS,
+            "debits",
+            "entry_id",
+            "\"d_adj_dup_debit\\xff\"",
+        ),
+        (
+            "allocations_non_utf8_plan_id.parquet",
+            ALLOCATIONS,
+            "allocations",
+            "plan_id",
+            "\"pro\\xff\"",
+        ),
+        // The good data root has no grants: the file is added, not swapped in.
+        (
+            "grants_non_utf8_grant_id.parquet",
+            "grants/part-0.parquet",
+            "grants",
+            "grant_id",
+            "\"g-1\\xff\"",
+        ),
+    ];
+    for (name, at, dataset, column, shown) in cases {
+        let tmp = good_copy();
+        let target = tmp.path().join(at);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(corpus_dir().join(name), &target).unwrap();
+        let out = reconcile(&tmp);
+        assert_eq!(out.status.code(), Some(0), "{name}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&format!(
+                "{at}: row group 0 holds a string that is not UTF-8: its rows from row 0 on are \
+                 read again with their strings as bytes"
+            )),
+            "{name}: {}",
+            stderr(&out)
+        );
+        let rejects = read_parquet(&tmp.path().join("out/rejects.parquet"));
+        let text = |name: &str, i: usize| {
+            let column = rejects.column_by_name(name).unwrap();
+            arrow::array::AsArray::as_string::<i32>(column)
+                .value(i)
+                .to_string()
+        };
+        let rows = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(
+            rejects.column_by_name("row").unwrap(),
+        );
+        let not_utf8: Vec<(String, String, i64, String, String)> = (0..rejects.num_rows())
+            .filter(|&i| text("detail", i).contains("UTF-8"))
+            .map(|i| {
+                (
+                    text("dataset", i),
+                    text("file", i),
+                    rows.value(i),
+                    text("reason", i),
+                    text("detail", i),
+                )
+            })
+            .collect();
+        assert_eq!(
+            not_utf8,
+            [(
+                dataset.to_string(),
+                at.to_string(),
+                0,
+                "bad_value".to_string(),
+                format!("{column} is not UTF-8: {shown}; the contract's strings are UTF-8"),
+            )],
+            "{name}"
+        );
+    }
 }
 
 #[test]

@@ -2401,3 +2401,167 @@ fn flipped_bytes_never_crash_the_run() {
     }
     eprintln!("flipped bytes: exit codes {outcomes:?}");
 }
+
+// ---- strings that are not UTF-8 ------------------------------------------------------------
+
+/// Every usage file of a generated root as one file of one row group (over two reader
+/// batches of 65,536 rows), `edit` applied to its rows, written with the writer's default
+/// encodings: dictionary pages for the labels, and for `event_id` a dictionary that
+/// overflows into plain pages well before row 100,000.
+fn one_usage_file(data: &Path, edit: &dyn Fn(&RecordBatch) -> RecordBatch) {
+    let files = dataset_files(data, "usage");
+    let batches: Vec<RecordBatch> = (files.iter())
+        .map(|f| read_parquet(&data.join(f)))
+        .collect();
+    let all = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+    assert!(all.num_rows() > 100_002, "{} usage rows", all.num_rows());
+    std::fs::remove_dir_all(data.join("usage")).unwrap();
+    let props = WriterProperties::builder()
+        .set_max_row_group_row_count(Some(1 << 20))
+        .build();
+    let mut bytes = Vec::new();
+    let edited = edit(&all);
+    let mut writer = ArrowWriter::try_new(&mut bytes, edited.schema(), Some(props)).unwrap();
+    writer.write(&edited).unwrap();
+    writer.close().unwrap();
+    write_file(data, "usage/all.parquet", &bytes);
+}
+
+/// `batch` with the value of string column `name` at `row` given a 0xff byte (written as a
+/// string all the same, as an exporter that does not check would).
+fn with_byte_ff(batch: &RecordBatch, name: &str, row: usize) -> RecordBatch {
+    let column = batch.column_by_name(name).unwrap().as_string::<i32>();
+    let mut values: Vec<Option<Vec<u8>>> = (column.iter())
+        .map(|v| v.map(|v| v.as_bytes().to_vec()))
+        .collect();
+    values[row].as_mut().unwrap().push(0xff);
+    let bytes = BinaryArray::from_iter(values);
+    // SAFETY: the array is used only to write a Parquet file (the writer copies its
+    // bytes); nothing reads it as text.
+    let strings = StringArray::from(unsafe {
+        bytes
+            .into_data()
+            .into_builder()
+            .data_type(DataType::Utf8)
+            .build_unchecked()
+    });
+    with_column(batch, name, Some(Arc::new(strings)))
+}
+
+/// `batch` with the quantity of `row` negative (a row rejected `negative_quantity`).
+fn with_negative_quantity(batch: &RecordBatch, row: usize) -> RecordBatch {
+    let column = batch
+        .column_by_name("quantity")
+        .unwrap()
+        .as_primitive::<Decimal128Type>();
+    let mut values: Vec<Option<i128>> = column.iter().collect();
+    values[row] = Some(-1000);
+    let quantities = Decimal128Array::from(values).with_data_type(column.data_type().clone());
+    with_column(batch, "quantity", Some(Arc::new(quantities)))
+}
+
+/// A string that is not UTF-8 is a bad row (contract section 2: "A bad *row* is never a
+/// reason to stop"), wherever it falls in a large row group: in a plain-encoded `event_id`
+/// past the reader's first batch (the row group is refused mid-way: read again from the
+/// first row not passed on, never twice), or in a dictionary-encoded `account_id` (refused
+/// at its first batch). The row is rejected `bad_value`; the run's other outputs are those
+/// of a run in which that row is rejected for another reason; a split run (3 groups: the
+/// light pass and the spill pass meet it too) publishes the same bytes.
+#[test]
+fn a_non_utf8_string_rejects_its_row_wherever_it_falls_in_a_row_group() {
+    let tmp = tempfile::tempdir().unwrap();
+    let generated = generated_data(tmp.path(), 200, 110_000, 7, "0.01");
+    let variant = |name: &str, edit: &dyn Fn(&RecordBatch) -> RecordBatch| {
+        let data = tmp.path().join(name);
+        copy_dir(&generated, &data);
+        one_usage_file(&data, edit);
+        data
+    };
+    let bad_id = variant("bad-id", &|b| with_byte_ff(b, "event_id", 100_000));
+    let bad_account = variant("bad-account", &|b| with_byte_ff(b, "account_id", 100_001));
+    let negative = variant("negative", &|b| with_negative_quantity(b, 100_000));
+    let run = |data: &Path, out: &str, extra: &[&str]| {
+        let out = tmp.path().join(out);
+        let run = run_command("reconcile", data, AS_OF, &out)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert_eq!(run.status.code(), Some(0), "{}", describe(&run));
+        (out, stderr(&run))
+    };
+    let not_utf8 = |rejects: &[RejectRow]| -> Vec<RejectRow> {
+        (rejects.iter())
+            .filter(|r| r.4.contains("UTF-8"))
+            .cloned()
+            .collect()
+    };
+    let reread = |from: u64| {
+        format!(
+            "usage/all.parquet: row group 0 holds a string that is not UTF-8: its rows from row \
+             {from} on are read again"
+        )
+    };
+
+    let (id_out, id_log) = run(&bad_id, "bad-id-out", &[]);
+    assert!(id_log.contains(&reread(65_536)), "{id_log}");
+    let id_rejects = rejects(&id_out);
+    let [(dataset, file, row, reason, detail)] = &not_utf8(&id_rejects)[..] else {
+        panic!("{id_rejects:?}");
+    };
+    assert_eq!(
+        (dataset.as_str(), file.as_str(), *row),
+        ("usage", "usage/all.parquet", 100_000)
+    );
+    assert_eq!(reason, "bad_value");
+    assert!(
+        detail.starts_with("event_id is not UTF-8: \"evt-"),
+        "{detail}"
+    );
+    assert!(
+        detail.ends_with("\\xff\"; the contract's strings are UTF-8"),
+        "{detail}"
+    );
+
+    // The same row rejected for a negative quantity: every other output is the same.
+    let (negative_out, _) = run(&negative, "negative-out", &[]);
+    for table in ["balances.parquet", "discrepancies.parquet"] {
+        assert!(
+            std::fs::read(id_out.join(table)).unwrap()
+                == std::fs::read(negative_out.join(table)).unwrap(),
+            "{table}"
+        );
+    }
+    let others = |rejects: Vec<RejectRow>| -> Vec<RejectRow> {
+        (rejects.into_iter())
+            .filter(|r| r.2 != 100_000 || r.1 != "usage/all.parquet")
+            .collect()
+    };
+    assert_eq!(others(id_rejects.clone()), others(rejects(&negative_out)));
+
+    // Split into 3 groups: the light pass reads the ids, the spill pass every column.
+    let (split_out, split_log) = run(&bad_id, "bad-id-split", &["--groups", "3"]);
+    assert!(split_log.contains(&reread(65_536)), "{split_log}");
+    for table in [
+        "balances.parquet",
+        "discrepancies.parquet",
+        "rejects.parquet",
+    ] {
+        assert!(
+            std::fs::read(id_out.join(table)).unwrap()
+                == std::fs::read(split_out.join(table)).unwrap(),
+            "{table}"
+        );
+    }
+
+    let (account_out, account_log) = run(&bad_account, "bad-account-out", &[]);
+    assert!(account_log.contains(&reread(0)), "{account_log}");
+    let account_rejects = rejects(&account_out);
+    let [(_, _, row, reason, detail)] = &not_utf8(&account_rejects)[..] else {
+        panic!("{account_rejects:?}");
+    };
+    assert_eq!((*row, reason.as_str()), (100_001, "bad_value"));
+    assert!(
+        detail.starts_with("account_id is not UTF-8: \"acct-"),
+        "{detail}"
+    );
+}
