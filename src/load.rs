@@ -1150,6 +1150,9 @@ fn decode_strings_as_bytes(
         }
     }
     let rows = opened.row_group_rows[rg];
+    if skip > rows {
+        return Err(corrupt(&"more rows than its footer says"));
+    }
     let mut other_batches = match others.is_empty() {
         true => None,
         false => Some(
@@ -1174,8 +1177,14 @@ fn decode_strings_as_bytes(
     let row_group = parquet::file::reader::FileReader::get_row_group(&row_group, rg)
         .map_err(|e| corrupt(&e))?;
     let mut byte_columns = Vec::with_capacity(strings.len());
+    let parquet_schema = metadata.parquet_schema();
     for &(k, i) in &strings {
-        let mut column = ByteColumn::open(row_group.as_ref(), i).map_err(|e| corrupt(&e))?;
+        // The Parquet column of top-level field `i` (an extra nested column before it
+        // has several).
+        let leaf = (0..parquet_schema.num_columns())
+            .find(|&leaf| parquet_schema.get_column_root_idx(leaf) == i)
+            .ok_or_else(|| corrupt(&format!("no Parquet column for `{}`", specs[k].name)))?;
+        let mut column = ByteColumn::open(row_group.as_ref(), leaf).map_err(|e| corrupt(&e))?;
         column.skip(skip as usize).map_err(|e| corrupt(&e))?;
         byte_columns.push((k, column));
     }

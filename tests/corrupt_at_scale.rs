@@ -2480,6 +2480,11 @@ fn a_non_utf8_string_rejects_its_row_wherever_it_falls_in_a_row_group() {
     let bad_id = variant("bad-id", &|b| with_byte_ff(b, "event_id", 100_000));
     let bad_account = variant("bad-account", &|b| with_byte_ff(b, "account_id", 100_001));
     let negative = variant("negative", &|b| with_negative_quantity(b, 100_000));
+    // An extra nested column first (extra columns are ignored): Parquet's columns are then
+    // not numbered as the top-level fields are.
+    let nested_first = variant("nested-first", &|b| {
+        with_nested_column_first(&with_byte_ff(b, "account_id", 100_001))
+    });
     let run = |data: &Path, out: &str, extra: &[&str]| {
         let out = tmp.path().join(out);
         let run = run_command("reconcile", data, AS_OF, &out)
@@ -2564,4 +2569,40 @@ fn a_non_utf8_string_rejects_its_row_wherever_it_falls_in_a_row_group() {
         detail.starts_with("account_id is not UTF-8: \"acct-"),
         "{detail}"
     );
+    let (nested_out, _) = run(&nested_first, "nested-first-out", &[]);
+    assert_eq!(not_utf8(&rejects(&nested_out)), not_utf8(&account_rejects));
+    for table in [
+        "balances.parquet",
+        "discrepancies.parquet",
+        "rejects.parquet",
+    ] {
+        assert!(
+            std::fs::read(account_out.join(table)).unwrap()
+                == std::fs::read(nested_out.join(table)).unwrap(),
+            "{table}"
+        );
+    }
+}
+
+/// `batch` with a struct column of two integers before its columns.
+fn with_nested_column_first(batch: &RecordBatch) -> RecordBatch {
+    let n = batch.num_rows() as i64;
+    let inner: Vec<(Arc<Field>, ArrayRef)> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let field = Arc::new(Field::new(*name, DataType::Int64, false));
+            let values: ArrayRef = Arc::new(Int64Array::from_iter_values(0..n));
+            (field, values)
+        })
+        .collect();
+    let nested = arrow::array::StructArray::from(inner);
+    let mut fields = vec![Arc::new(Field::new(
+        "extra",
+        nested.data_type().clone(),
+        false,
+    ))];
+    fields.extend(batch.schema().fields().iter().cloned());
+    let mut columns: Vec<ArrayRef> = vec![Arc::new(nested)];
+    columns.extend(batch.columns().iter().cloned());
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
 }
