@@ -313,7 +313,7 @@ fn rows_with_id<T: Send>(
         .expect("every dataset has an account_id column");
     let per_file = load::map_files(files, specs, &|file, batch, out| {
         for row in 0..batch.len {
-            if batch.columns[id_col].str(row) == Some(id) {
+            if batch.text(id_col, row) == Some(id) {
                 let at = RowRef {
                     file: file as u32,
                     row: batch.first_row + row as u64,
@@ -701,7 +701,7 @@ fn usage_and_ledger_rows_of(inputs: &pipeline::Inputs, account_id: &str) -> Resu
     let count = |files: &[InputFile]| -> Result<u64> {
         let per_file = load::map_files(files, &ACCOUNT, &|_, batch, out: &mut Vec<u64>| {
             let rows = (0..batch.len)
-                .filter(|&row| batch.columns[0].str(row) == Some(account_id))
+                .filter(|&row| batch.text(0, row) == Some(account_id))
                 .count();
             out.push(rows as u64);
         })?;

@@ -526,6 +526,15 @@ impl Batch {
             .map(|bad| bad.shown.as_str())
     }
 
+    /// The string of `column` in `row` if it is one: `None` for a null and for a value
+    /// that is not UTF-8 (kept with U+FFFD in place of its bad bytes, it equals no id).
+    pub fn text(&self, column: usize, row: usize) -> Option<&str> {
+        match self.not_utf8(row, column) {
+            Some(_) => None,
+            None => self.columns[column].str(row),
+        }
+    }
+
     /// Whether a string value of `row` is not UTF-8.
     pub fn row_not_utf8(&self, row: usize) -> bool {
         !self.not_utf8.is_empty()
@@ -813,6 +822,11 @@ pub struct OpenedFile {
     /// Rows of each row group, and the file row of each one's first row.
     row_group_rows: Vec<u64>,
     row_group_first: Vec<u64>,
+    /// Some string column is not annotated UTF8 in the Parquet schema (JSON, or plain bytes
+    /// that the file's stored Arrow schema calls strings): the Arrow reader checks only
+    /// UTF8 columns for UTF-8, so every row group is read with its strings as bytes and
+    /// checked ([`decode_strings_as_bytes`]).
+    strings_unchecked: bool,
     /// Row groups not yet decoded (the footer is dropped when the last one is).
     row_groups_left: std::sync::atomic::AtomicUsize,
     /// Times the footer was read again (for the tests: once per file, however many of its
@@ -900,16 +914,44 @@ pub fn open_file(file: &InputFile, specs: &[ColSpec]) -> Result<OpenedFile> {
         ));
     }
     let mask = projection(&metadata, &indices);
+    let strings_unchecked = strings_unchecked(&metadata, specs, &indices);
     // A file without row groups has none to decode: its footer goes now.
     let kept = (!row_group_rows.is_empty()).then_some(metadata);
     Ok(OpenedFile {
         metadata: std::sync::Mutex::new(kept),
         mask,
+        strings_unchecked,
         row_groups_left: std::sync::atomic::AtomicUsize::new(row_group_rows.len()),
         row_group_rows,
         row_group_first,
         footer_rereads: std::sync::atomic::AtomicUsize::new(0),
     })
+}
+
+/// Whether a string column of `specs` (at `indices`) is one the Arrow reader does not check
+/// for UTF-8: it checks a column only when the Parquet schema annotates it UTF8.
+fn strings_unchecked(
+    metadata: &ArrowReaderMetadata,
+    specs: &[ColSpec],
+    indices: &[Option<usize>],
+) -> bool {
+    let schema = metadata.parquet_schema();
+    (specs.iter().zip(indices)).any(|(spec, index)| {
+        let Some(index) = *index else {
+            return false;
+        };
+        matches!(spec.ty, ColType::Str | ColType::Label)
+            && is_string_type(metadata.schema().field(index).data_type())
+            && leaf_of(schema, index).is_none_or(|leaf| {
+                schema.column(leaf).converted_type() != parquet::basic::ConvertedType::UTF8
+            })
+    })
+}
+
+/// The Parquet column (leaf) of top-level field `index` (an extra nested column before it
+/// has several leaves, so the numbers differ).
+fn leaf_of(schema: &parquet::schema::types::SchemaDescriptor, index: usize) -> Option<usize> {
+    (0..schema.num_columns()).find(|&leaf| schema.get_column_root_idx(leaf) == index)
 }
 
 /// Refuse a file that is not as the run's first reading saw it (another size or footer
@@ -1013,6 +1055,10 @@ fn decode_row_group(
     let metadata = opened.footer(file, &handle, specs)?;
     let outcome = guard_decoding(file, || {
         let first_row = opened.row_group_first[rg];
+        if opened.strings_unchecked {
+            let from = (rg, first_row, 0);
+            return decode_strings_as_bytes(file, opened, specs, &metadata, from, each_batch);
+        }
         let reader = reader_of(file, opened, rg, handle, metadata.clone())?;
         let mut passed = 0u64;
         for batch in reader {
@@ -1124,17 +1170,6 @@ fn decode_strings_as_bytes(
             ),
         )
     };
-    tracing::warn!(
-        file = %file.rel_path,
-        row_group = rg,
-        from_row = first_row + skip,
-        "{}: row group {rg} holds a string that is not UTF-8: its rows from row {} on are read \
-         again with their strings as bytes, and each row holding one is rejected bad_value \
-         (rejects.parquet names it); the contract's strings are UTF-8: have the export write \
-         them as UTF-8",
-        file.rel_path,
-        first_row + skip
-    );
     let schema = metadata.schema();
     // (spec, column) of each string column read, and the other columns' indices.
     let (mut strings, mut others) = (Vec::new(), Vec::new());
@@ -1177,28 +1212,28 @@ fn decode_strings_as_bytes(
     let row_group = parquet::file::reader::FileReader::get_row_group(&row_group, rg)
         .map_err(|e| corrupt(&e))?;
     let mut byte_columns = Vec::with_capacity(strings.len());
-    let parquet_schema = metadata.parquet_schema();
     for &(k, i) in &strings {
-        // The Parquet column of top-level field `i` (an extra nested column before it
-        // has several).
-        let leaf = (0..parquet_schema.num_columns())
-            .find(|&leaf| parquet_schema.get_column_root_idx(leaf) == i)
+        let leaf = leaf_of(metadata.parquet_schema(), i)
             .ok_or_else(|| corrupt(&format!("no Parquet column for `{}`", specs[k].name)))?;
         let mut column = ByteColumn::open(row_group.as_ref(), leaf).map_err(|e| corrupt(&e))?;
         column.skip(skip as usize).map_err(|e| corrupt(&e))?;
         byte_columns.push((k, column));
     }
-    let mut at = skip;
+    let (mut at, mut found) = (skip, 0usize);
     while at < rows {
-        let n = (rows - at).min(BATCH_ROWS as u64) as usize;
+        // The Arrow reader's batches set the size (it caps them at the file's row count).
         let other = match &mut other_batches {
             None => None,
             Some(reader) => match reader.next() {
-                Some(Ok(batch)) if batch.num_rows() == n => Some(batch),
+                Some(Ok(batch)) => Some(batch),
                 Some(Err(e)) => return Err(corrupt(&e)),
-                _ => return Err(corrupt(&"fewer rows than its footer says")),
+                None => break,
             },
         };
+        let n = other.as_ref().map_or_else(
+            || (rows - at).min(BATCH_ROWS as u64) as usize,
+            |batch| batch.num_rows(),
+        );
         let mut not_utf8 = Vec::new();
         let mut columns: Vec<Column> = (specs.iter())
             .map(
@@ -1215,6 +1250,7 @@ fn decode_strings_as_bytes(
             columns[*k] = Column::Str(checked_utf8(&values, *k, &mut not_utf8));
         }
         not_utf8.sort_by_key(|bad| (bad.row, bad.column));
+        found += not_utf8.len();
         each_batch(&Batch {
             columns,
             len: n,
@@ -1223,6 +1259,18 @@ fn decode_strings_as_bytes(
             interned: Default::default(),
         });
         at += n as u64;
+    }
+    if found > 0 {
+        tracing::warn!(
+            file = %file.rel_path,
+            row_group = rg,
+            strings_not_utf8 = found,
+            "{}: row group {rg} holds {found} string(s) that are not UTF-8 (from row {} on, read \
+             with its strings as bytes); each row holding one is rejected bad_value: the \
+             contract's strings are UTF-8, have the export write them as UTF-8",
+            file.rel_path,
+            first_row + skip
+        );
     }
     Ok(())
 }
@@ -1312,11 +1360,11 @@ fn checked_utf8(
         };
         match std::str::from_utf8(value) {
             Ok(text) => strings.append_value(text),
-            Err(_) => {
+            Err(error) => {
                 not_utf8.push(NotUtf8 {
                     row,
                     column,
-                    shown: shown_bytes(value),
+                    shown: shown_bytes(value, error),
                 });
                 strings.append_value(String::from_utf8_lossy(value));
             }
@@ -1325,9 +1373,11 @@ fn checked_utf8(
     strings.finish()
 }
 
-/// Bytes that are not UTF-8 as a reject detail shows them: their text, each byte that is
-/// not UTF-8 written `\xNN`, quoted (and cut) as every value of a detail is.
-fn shown_bytes(bytes: &[u8]) -> String {
+/// Bytes that are not UTF-8 as a reject detail shows them: where the first bad byte is,
+/// then the value, each bad byte written `\xNN`, cut past 64 characters.
+fn shown_bytes(bytes: &[u8], error: std::str::Utf8Error) -> String {
+    const SHOWN: usize = 64;
+    let at = error.valid_up_to();
     let mut text = String::new();
     for chunk in bytes.utf8_chunks() {
         text.push_str(chunk.valid());
@@ -1335,7 +1385,15 @@ fn shown_bytes(bytes: &[u8]) -> String {
             text.push_str(&format!("\\x{byte:02x}"));
         }
     }
-    quoted(&text)
+    let cut = match text.chars().count() > SHOWN {
+        true => text.chars().take(SHOWN).collect::<String>() + "…",
+        false => text,
+    };
+    format!(
+        "byte {at} of {} is 0x{:02x}: \"{cut}\"",
+        bytes.len(),
+        bytes[at]
+    )
 }
 
 /// Read one file (row groups in parallel), calling `each_batch(batch, out)` with one `out`

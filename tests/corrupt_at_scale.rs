@@ -2502,8 +2502,8 @@ fn a_non_utf8_string_rejects_its_row_wherever_it_falls_in_a_row_group() {
     };
     let reread = |from: u64| {
         format!(
-            "usage/all.parquet: row group 0 holds a string that is not UTF-8: its rows from row \
-             {from} on are read again"
+            "usage/all.parquet: row group 0 holds 1 string(s) that are not UTF-8 (from row \
+             {from} on, read with its strings as bytes)"
         )
     };
 
@@ -2519,7 +2519,7 @@ fn a_non_utf8_string_rejects_its_row_wherever_it_falls_in_a_row_group() {
     );
     assert_eq!(reason, "bad_value");
     assert!(
-        detail.starts_with("event_id is not UTF-8: \"evt-"),
+        detail.starts_with("event_id is not UTF-8: byte 20 of 21 is 0xff: \"evt-"),
         "{detail}"
     );
     assert!(
@@ -2566,7 +2566,7 @@ fn a_non_utf8_string_rejects_its_row_wherever_it_falls_in_a_row_group() {
     };
     assert_eq!((*row, reason.as_str()), (100_001, "bad_value"));
     assert!(
-        detail.starts_with("account_id is not UTF-8: \"acct-"),
+        detail.starts_with("account_id is not UTF-8: byte 11 of 12 is 0xff: \"acct-"),
         "{detail}"
     );
     let (nested_out, _) = run(&nested_first, "nested-first-out", &[]);
