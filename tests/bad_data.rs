@@ -462,6 +462,105 @@ fn a_non_utf8_string_in_a_json_column_rejects_its_row() {
     assert_eq!(rejects_of(&tmp.path().join("out"), USAGE), expected);
 }
 
+/// A string that is not UTF-8 is a `bad_value` check, in the contract's order (section 7:
+/// null_required → bad_value → negative_quantity → unknown_status): a null required column
+/// names the row first; a bad byte names it before a negative quantity or an unknown
+/// status; in an optional column (`model`) too.
+#[test]
+fn a_non_utf8_string_is_checked_in_the_contracts_order() {
+    use arrow::array::{Array, AsArray};
+    let tmp = good_copy();
+    let good = read_parquet(&tmp.path().join(USAGE));
+    let strings = |name: &str| -> Vec<Option<Vec<u8>>> {
+        let column = good.column_by_name(name).unwrap().as_string::<i32>();
+        (column.iter())
+            .map(|v| v.map(|v| v.as_bytes().to_vec()))
+            .collect()
+    };
+    let (mut accounts, mut products, mut models, mut statuses) = (
+        strings("account_id"),
+        strings("product"),
+        strings("model"),
+        strings("status"),
+    );
+    // Row 0: a bad product and a null account; row 1: a bad product and a negative
+    // quantity; row 2: a bad model and an unknown status.
+    products[0].as_mut().unwrap().push(0xff);
+    accounts[0] = None;
+    products[1].as_mut().unwrap().push(0xff);
+    models[2] = Some(b"veo-3\xff".to_vec());
+    statuses[2] = Some(b"bogus".to_vec());
+    let quantities = good
+        .column_by_name("quantity")
+        .unwrap()
+        .as_primitive::<arrow::datatypes::Float64Type>();
+    let mut quantities: Vec<Option<f64>> = quantities.iter().collect();
+    quantities[1] = Some(-1.0);
+    let unchecked = |cells: Vec<Option<Vec<u8>>>| -> arrow::array::ArrayRef {
+        let bytes = arrow::array::BinaryArray::from_iter(cells);
+        // SAFETY: only written to a Parquet file (the writer copies the bytes); nothing
+        // reads it as text.
+        Arc::new(arrow::array::StringArray::from(unsafe {
+            bytes
+                .into_data()
+                .into_builder()
+                .data_type(arrow::datatypes::DataType::Utf8)
+                .build_unchecked()
+        }))
+    };
+    let mut columns = good.columns().to_vec();
+    let schema = good.schema();
+    for (name, cells) in [
+        ("account_id", accounts),
+        ("product", products),
+        ("model", models),
+        ("status", statuses),
+    ] {
+        columns[schema.index_of(name).unwrap()] = unchecked(cells);
+    }
+    columns[schema.index_of("quantity").unwrap()] =
+        Arc::new(arrow::array::Float64Array::from(quantities));
+    let edited = arrow::record_batch::RecordBatch::try_new(schema, columns).unwrap();
+    assert!(edited.column_by_name("account_id").unwrap().is_null(0));
+    tally::write::write_parquet(&tmp.path().join(USAGE), &edited).unwrap();
+    let out = reconcile(&tmp);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let rejects: Vec<(i64, String)> = rejects_of(&tmp.path().join("out"), USAGE)
+        .into_iter()
+        .filter(|(row, _)| *row < 3)
+        .collect();
+    assert_eq!(
+        rejects,
+        [
+            (0, "account_id is null but required".to_string()),
+            (
+                1,
+                "product is not UTF-8: byte 6 of 7 is 0xff: \"studio\\xff\"; the contract's \
+                 strings are UTF-8"
+                    .to_string()
+            ),
+            (
+                2,
+                "model is not UTF-8: byte 5 of 6 is 0xff: \"veo-3\\xff\"; the contract's \
+                 strings are UTF-8"
+                    .to_string()
+            ),
+        ]
+    );
+    let reasons = read_parquet(&tmp.path().join("out/rejects.parquet"));
+    let reason = reasons.column_by_name("reason").unwrap().as_string::<i32>();
+    let file = reasons.column_by_name("file").unwrap().as_string::<i32>();
+    let row = reasons
+        .column_by_name("row")
+        .unwrap()
+        .as_primitive::<arrow::datatypes::Int64Type>();
+    let first_three: Vec<&str> = (0..reasons.num_rows())
+        .filter(|&i| file.value(i) == USAGE && row.value(i) < 3)
+        .map(|i| reason.value(i))
+        .collect();
+    assert_eq!(first_three, ["null_required", "bad_value", "bad_value"]);
+}
+
 /// The rejects of the usage file `at` in the run published in `out`: (row, detail).
 fn rejects_of(out: &Path, at: &str) -> Vec<(i64, String)> {
     use arrow::array::AsArray;
