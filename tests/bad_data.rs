@@ -496,18 +496,6 @@ fn a_non_utf8_string_is_checked_in_the_contracts_order() {
         .as_primitive::<arrow::datatypes::Float64Type>();
     let mut quantities: Vec<Option<f64>> = quantities.iter().collect();
     quantities[1] = Some(-1.0);
-    let unchecked = |cells: Vec<Option<Vec<u8>>>| -> arrow::array::ArrayRef {
-        let bytes = arrow::array::BinaryArray::from_iter(cells);
-        // SAFETY: only written to a Parquet file (the writer copies the bytes); nothing
-        // reads it as text.
-        Arc::new(arrow::array::StringArray::from(unsafe {
-            bytes
-                .into_data()
-                .into_builder()
-                .data_type(arrow::datatypes::DataType::Utf8)
-                .build_unchecked()
-        }))
-    };
     let mut columns = good.columns().to_vec();
     let schema = good.schema();
     for (name, cells) in [
@@ -516,7 +504,7 @@ fn a_non_utf8_string_is_checked_in_the_contracts_order() {
         ("model", models),
         ("status", statuses),
     ] {
-        columns[schema.index_of(name).unwrap()] = unchecked(cells);
+        columns[schema.index_of(name).unwrap()] = Arc::new(strings_unchecked(cells));
     }
     columns[schema.index_of("quantity").unwrap()] =
         Arc::new(arrow::array::Float64Array::from(quantities));

@@ -2435,17 +2435,7 @@ fn with_byte_ff(batch: &RecordBatch, name: &str, row: usize) -> RecordBatch {
         .map(|v| v.map(|v| v.as_bytes().to_vec()))
         .collect();
     values[row].as_mut().unwrap().push(0xff);
-    let bytes = BinaryArray::from_iter(values);
-    // SAFETY: the array is used only to write a Parquet file (the writer copies its
-    // bytes); nothing reads it as text.
-    let strings = StringArray::from(unsafe {
-        bytes
-            .into_data()
-            .into_builder()
-            .data_type(DataType::Utf8)
-            .build_unchecked()
-    });
-    with_column(batch, name, Some(Arc::new(strings)))
+    with_column(batch, name, Some(Arc::new(strings_unchecked(values))))
 }
 
 /// `batch` with the quantity of `row` negative (a row rejected `negative_quantity`).

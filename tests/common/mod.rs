@@ -275,3 +275,20 @@ pub fn write_november_allocations(
         .finish();
     tally::write::write_parquet(&root.join("allocations/part-0.parquet"), &allocations).unwrap();
 }
+
+/// A string column of `cells` as they are, bytes that are not UTF-8 included (as an
+/// exporter that does not check writes them), for a Parquet file written from it: the
+/// writer copies the bytes, and nothing reads the array as text.
+pub fn strings_unchecked(cells: Vec<Option<Vec<u8>>>) -> arrow::array::StringArray {
+    use arrow::array::Array;
+    let bytes = arrow::array::BinaryArray::from_iter(cells);
+    // SAFETY: the array only goes to a Parquet writer, which copies its bytes; nothing
+    // reads it as text.
+    arrow::array::StringArray::from(unsafe {
+        bytes
+            .into_data()
+            .into_builder()
+            .data_type(arrow::datatypes::DataType::Utf8)
+            .build_unchecked()
+    })
+}
