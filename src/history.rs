@@ -342,7 +342,7 @@ fn close_as_of(manifest: &serde_json::Value, path: &Path) -> Result<Option<Micro
 fn read_manifest(path: &Path) -> Result<(serde_json::Value, crate::write::Sha256Hex)> {
     let bytes = std::fs::read(path).map_err(|e| TallyError::io(path, e))?;
     let manifest = serde_json::from_slice(&bytes).map_err(|e| unreadable_manifest(path, e))?;
-    Ok((manifest, hex::encode(crate::write::sha256(&bytes))))
+    Ok((manifest, crate::write::sha256_hex(&bytes)))
 }
 
 fn unreadable_manifest(path: &Path, e: serde_json::Error) -> TallyError {
@@ -423,7 +423,7 @@ pub fn load_closes(closes: Vec<EarlierClose>, as_of: Micros) -> Result<History> 
         // Read whole, so checked by its bytes (a few rows per account).
         let invoice_bytes =
             bytes::Bytes::from(std::fs::read(&invoices).map_err(|e| TallyError::io(&invoices, e))?);
-        let invoice_sha256 = hex::encode(crate::write::sha256(&invoice_bytes));
+        let invoice_sha256 = crate::write::sha256_hex(&invoice_bytes);
         check_listed_bytes(&manifest, &folder, "invoices.parquet", &invoice_sha256)?;
         read_columns_of(invoice_bytes, &invoices, &mut |batch| {
             let accounts = column(batch, "account_id", &invoices)?.as_string::<i32>();

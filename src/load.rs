@@ -295,14 +295,7 @@ fn type_allowed(ty: ColType, dt: &DataType) -> bool {
         return type_allowed(ty, value);
     }
     match ty {
-        ColType::Str | ColType::Label => match dt {
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
-            DataType::Dictionary(_, value) => matches!(
-                value.as_ref(),
-                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
-            ),
-            _ => false,
-        },
+        ColType::Str | ColType::Label => is_string_type(dt),
         // Decimal32/Decimal64 are how a file's stored Arrow schema may name a Parquet
         // DECIMAL(p <= 18, s).
         ColType::Number => {
@@ -514,14 +507,19 @@ pub struct NotUtf8 {
 }
 
 impl Batch {
+    /// The values of `row` that are not UTF-8 (`not_utf8` is sorted by row).
+    fn not_utf8_of(&self, row: usize) -> &[NotUtf8] {
+        if self.not_utf8.is_empty() {
+            return &[];
+        }
+        let from = self.not_utf8.partition_point(|bad| bad.row < row);
+        let to = from + self.not_utf8[from..].partition_point(|bad| bad.row == row);
+        &self.not_utf8[from..to]
+    }
+
     /// The value of `column` in `row` that is not UTF-8, as a message shows it, if it is one.
     pub fn not_utf8(&self, row: usize, column: usize) -> Option<&str> {
-        if self.not_utf8.is_empty() {
-            return None;
-        }
-        let first = self.not_utf8.partition_point(|bad| bad.row < row);
-        (self.not_utf8[first..].iter())
-            .take_while(|bad| bad.row == row)
+        (self.not_utf8_of(row).iter())
             .find(|bad| bad.column == column)
             .map(|bad| bad.shown.as_str())
     }
@@ -537,10 +535,7 @@ impl Batch {
 
     /// Whether a string value of `row` is not UTF-8.
     pub fn row_not_utf8(&self, row: usize) -> bool {
-        !self.not_utf8.is_empty()
-            && self.not_utf8[self.not_utf8.partition_point(|bad| bad.row < row)..]
-                .first()
-                .is_some_and(|bad| bad.row == row)
+        !self.not_utf8_of(row).is_empty()
     }
 
     /// One shared copy of `s` per batch.
@@ -1029,7 +1024,7 @@ fn projection(metadata: &ArrowReaderMetadata, indices: &[Option<usize>]) -> Proj
 
 /// A row group the reader could not decode (a string that is not UTF-8 is a bad row, not
 /// this: [`decode_row_group`]).
-fn row_group_error(file: &InputFile, rg: usize, e: arrow::error::ArrowError) -> TallyError {
+fn row_group_error(file: &InputFile, rg: usize, e: impl std::fmt::Display) -> TallyError {
     TallyError::input(
         &file.rel_path,
         format!(
@@ -1041,7 +1036,7 @@ fn row_group_error(file: &InputFile, rg: usize, e: arrow::error::ArrowError) -> 
 
 /// Decode one row group of an opened file, calling `each_batch` for each batch in order.
 /// A string that is not UTF-8 makes the reader refuse the rest of the row group: its rows
-/// from there are decoded again with the strings as bytes ([`decode_as_bytes`]), so that
+/// from there are decoded again with the strings as bytes ([`decode_strings_as_bytes`]), so that
 /// the row holding it is rejected `bad_value` and the others are read as they are.
 fn decode_row_group(
     file: &InputFile,
@@ -1139,11 +1134,17 @@ fn is_not_utf8(e: &arrow::error::ArrowError) -> bool {
     text.contains("non UTF-8") || text.contains("invalid utf-8")
 }
 
+/// A type a string column may have (plain, or a dictionary of plain strings).
 fn is_string_type(dt: &DataType) -> bool {
+    let plain = |dt: &DataType| {
+        matches!(
+            dt,
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+        )
+    };
     match dt {
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
-        DataType::Dictionary(_, value) => is_string_type(value),
-        _ => false,
+        DataType::Dictionary(_, value) => plain(value),
+        dt => plain(dt),
     }
 }
 
@@ -1161,15 +1162,7 @@ fn decode_strings_as_bytes(
     (rg, first_row, skip): (usize, u64, u64),
     each_batch: &mut dyn FnMut(&Batch),
 ) -> Result<()> {
-    let corrupt = |e: &dyn std::fmt::Display| {
-        TallyError::input(
-            &file.rel_path,
-            format!(
-                "row group {rg} is corrupt or truncated: {}{RESTORE}",
-                plain(e)
-            ),
-        )
-    };
+    let corrupt = |e: &dyn std::fmt::Display| row_group_error(file, rg, e);
     let schema = metadata.schema();
     // (spec, column) of each string column read, and the other columns' indices.
     let (mut strings, mut others) = (Vec::new(), Vec::new());
@@ -1235,16 +1228,11 @@ fn decode_strings_as_bytes(
             |batch| batch.num_rows(),
         );
         let mut not_utf8 = Vec::new();
-        let mut columns: Vec<Column> = (specs.iter())
-            .map(
-                |spec| match other.as_ref().map(|b| (b, b.schema().index_of(spec.name))) {
-                    Some((b, Ok(i))) => {
-                        Column::from_array(b.column(i), spec.ty, &file.rel_path, spec.name)
-                    }
-                    _ => Ok(Column::Absent),
-                },
-            )
-            .collect::<Result<_>>()?;
+        // The string columns are not in `other`: absent there, filled in below.
+        let mut columns = match &other {
+            Some(batch) => columns_of(file, specs, batch)?,
+            None => specs.iter().map(|_| Column::Absent).collect(),
+        };
         for (k, column) in &mut byte_columns {
             let values = column.read(n).map_err(|e| corrupt(&e))?;
             columns[*k] = Column::Str(checked_utf8(&values, *k, &mut not_utf8));

@@ -1052,22 +1052,17 @@ fn alert_exit(alert: Option<String>) -> anyhow::Result<u8> {
 /// or a batch that cannot be built is a bug (4).
 fn generate_error(e: tally::generate::GenerateError) -> TallyError {
     use tally::generate::GenerateError as G;
+    let output = |path: &std::path::Path, source: &dyn std::fmt::Display| TallyError::Output {
+        file: path.display().to_string(),
+        message: source.to_string(),
+    };
     match &e {
         G::InvalidOptions(_) | G::OutputNotEmpty { .. } => {
             TallyError::config("tally generate", e.to_string())
         }
-        G::Io { path, source } => TallyError::Output {
-            file: path.display().to_string(),
-            message: source.to_string(),
-        },
-        G::Parquet { path, source } => TallyError::Output {
-            file: path.display().to_string(),
-            message: source.to_string(),
-        },
-        G::Json { path, source } => TallyError::Output {
-            file: path.display().to_string(),
-            message: source.to_string(),
-        },
+        G::Io { path, source } => output(path, source),
+        G::Parquet { path, source } => output(path, source),
+        G::Json { path, source } => output(path, source),
         G::Arrow { .. } | G::PriceBook(_) => TallyError::Invariant(e.to_string()),
     }
 }

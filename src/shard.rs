@@ -821,11 +821,7 @@ fn read_partial(folder: &Path, m: &ShardManifest) -> Result<Partial> {
         ))
     };
     let bytes = std::fs::read(&path).map_err(|e| refuse(format!("cannot read it ({e})")))?;
-    let sha = {
-        use sha2::Digest;
-        hex::encode(sha2::Sha256::digest(&bytes))
-    };
-    if sha != m.partial_sha256 {
+    if crate::write::sha256_hex(&bytes) != m.partial_sha256 {
         return Err(refuse(format!(
             "its checksum does not match {SHARD_MANIFEST}"
         )));

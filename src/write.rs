@@ -703,6 +703,11 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
 }
 
+/// [`sha256`] as the manifest writes it (lower-case hex).
+pub fn sha256_hex(bytes: &[u8]) -> Sha256Hex {
+    hex::encode(sha256(bytes))
+}
+
 /// The output tables of a run (written in parallel; the manifest lists every file by path).
 pub fn output_tables(out: &RunOutput) -> Result<Vec<(&'static str, RecordBatch)>> {
     type Build = fn(&RunOutput) -> Result<RecordBatch>;
