@@ -451,10 +451,7 @@ fn price_events(
 
 /// What a price draws on the period's grants: its credits, when some are charged.
 fn credits_drawn(price: &Price) -> Option<Milli> {
-    match *price {
-        Price::Charged(credits) if credits.is_positive() => Some(credits),
-        _ => None,
-    }
+    price.charged().filter(|credits| credits.is_positive())
 }
 
 /// What consuming a period's charges left: the consumption, each event's overage, and
@@ -642,16 +639,13 @@ fn reconcile_event(
     if let Some(expected) = price.expected() {
         sums.totals.expected_credits = sums.totals.expected_credits.checked_add(expected)?;
     }
-    if let Price::Charged(credits) = price {
+    if let Some(credits) = price.charged() {
         sums.credits_used = sums.credits_used.checked_add(credits)?;
     }
     if let Some(invoice_id) = &sums.billed_invoice_id {
         // Every event of the period is listed, the unbilled with no credits; the billed
         // ones also make the invoice lines (a late event a prior-period line).
-        let billed = match price {
-            Price::Charged(credits) => Some(credits),
-            Price::NotChargeable | Price::Unpriced => None,
-        };
+        let billed = price.charged();
         result.billed_events.push(BilledEventRow {
             invoice_id: invoice_id.clone(),
             event_id: group.usage_ids.id(u.id)?,

@@ -366,10 +366,12 @@ fn run_account(
 ) -> Result<AccountRun> {
     let history = match (&req.history, req.mode) {
         (Some(dir), Mode::Close) => {
-            // The CLI asks for --out with --history; a caller without one reads every close.
+            // The CLI asks for --out with --history; a caller without one reads every close
+            // (an output folder given as the history is refused all the same).
             let exclude = req.out.as_deref();
-            if let Some(out) = exclude {
-                crate::history::check_layout(dir, out)?;
+            match exclude {
+                Some(out) => crate::history::check_layout(dir, out)?,
+                None => crate::history::refuse_an_output_folder_as_history(dir)?,
             }
             // A first close may be explained before it runs (the folder does not exist yet),
             // but a wrong path to a history that does exist explains a later close as a first
@@ -581,7 +583,7 @@ fn explain_account_id(
     let rejected_rows = rejected_plan_rows(inputs, &run, account_id)?;
     if run.traced.allocations.is_empty() && run.traced.grants.is_empty() && rejected_rows.is_empty()
     {
-        return Err(unplanned_account_error(inputs, account_id)?);
+        return Err(unplanned_account_error(inputs, account_id));
     }
     let mut account = explain_account(inputs, &run)?;
     account.account_id = account_id.to_string();
@@ -590,21 +592,27 @@ fn explain_account_id(
 }
 
 /// The error for an account without allocation or grant rows: what rows it has in no
-/// period, or, with none, that no row names it (`Err`: a row could not be read).
-fn unplanned_account_error(inputs: &pipeline::Inputs, account_id: &str) -> Result<TallyError> {
-    let (usage_rows, ledger_rows) = usage_and_ledger_rows_of(inputs, account_id)?;
+/// period, or, with none, that no row names it (or the error of a row that could not be
+/// read while counting them).
+fn unplanned_account_error(inputs: &pipeline::Inputs, account_id: &str) -> TallyError {
+    let (usage_rows, ledger_rows) = match usage_and_ledger_rows_of(inputs, account_id) {
+        Ok(counts) => counts,
+        Err(e) => return e,
+    };
     // Valid grant rows of an account without an allocation: in no period either,
     // and there (not "check the id").
-    let grant_rows = rows_with_id(
+    let grant_rows = match rows_with_id(
         &inputs.files[2],
         &load::GRANT_COLUMNS,
         1,
         account_id,
         &load::parse_grant,
-    )?
-    .len();
+    ) {
+        Ok(rows) => rows.len(),
+        Err(e) => return e,
+    };
     if grant_rows > 0 {
-        return Ok(TallyError::config(
+        return TallyError::config(
             format!("--account {account_id}"),
             format!(
                 "account_id {} has no allocation rows, so its {grant_rows} grant, \
@@ -613,11 +621,11 @@ fn unplanned_account_error(inputs: &pipeline::Inputs, account_id: &str) -> Resul
                  usage and ledger rows with --event or --entry",
                 q(account_id)
             ),
-        ));
+        );
     }
     if usage_rows + ledger_rows > 0 {
         // A real account, only not a planned one: say so, not "check the id".
-        return Ok(TallyError::config(
+        return TallyError::config(
             format!("--account {account_id}"),
             format!(
                 "account_id {} has no allocation or grant rows, so its \
@@ -625,14 +633,14 @@ fn unplanned_account_error(inputs: &pipeline::Inputs, account_id: &str) -> Resul
                  period; explain each with --event or --entry",
                 q(account_id)
             ),
-        ));
+        );
     }
-    Ok(not_found(
+    not_found(
         "allocations or grants",
         "account_id",
         account_id,
         inputs.files[1].len() + inputs.files[2].len(),
-    ))
+    )
 }
 
 /// The account's allocation and grant rows that the run rejected, with its reasons.
@@ -724,10 +732,8 @@ fn find_reject(run: Option<&AccountRun>, dataset: Dataset, at: RowRef) -> Option
 
 fn usage_values(u: &UsageRow) -> String {
     format!(
-        "{} / {} / {}, quantity {}, {}, occurred {}, ingested {}",
-        u.product,
-        u.action,
-        u.model.as_deref().unwrap_or("(no model)"),
+        "{}, quantity {}, {}, occurred {}, ingested {}",
+        sku_text(&u.product, &u.action, u.model.as_deref()),
         u.quantity,
         u.status.name(),
         format_instant(u.occurred_at),
@@ -1556,12 +1562,10 @@ fn write_discrepancies(t: &mut String, rows: &[DiscrepancyView]) {
 fn write_event(t: &mut String, e: &EventExplanation) {
     let _ = writeln!(
         t,
-        "\nEvent {} of account {}: {} / {} / {}, quantity {}, {}, occurred {}",
+        "\nEvent {} of account {}: {}, quantity {}, {}, occurred {}",
         q(&e.event_id),
         q(&e.account_id),
-        e.product,
-        e.action,
-        e.model.as_deref().unwrap_or("(no model)"),
+        sku_text(&e.product, &e.action, e.model.as_deref()),
         e.quantity,
         e.status,
         e.occurred_at
@@ -1618,10 +1622,8 @@ fn write_price(t: &mut String, e: &EventExplanation) {
         _ => {
             let _ = writeln!(
                 t,
-                "  price: no rate of {} / {} / {} is in effect at {}: unpriced, consumes nothing",
-                e.product,
-                e.action,
-                e.model.as_deref().unwrap_or("(no model)"),
+                "  price: no rate of {} is in effect at {}: unpriced, consumes nothing",
+                sku_text(&e.product, &e.action, e.model.as_deref()),
                 e.occurred_at
             );
         }
@@ -1894,10 +1896,8 @@ fn write_invoice(t: &mut String, i: &InvoiceView, overage_price_per_credit: Opti
     for l in &i.lines {
         let _ = writeln!(
             t,
-            "    line {} / {} / {}: {} events, quantity {}, {} credits",
-            l.product,
-            l.action,
-            l.model.as_deref().unwrap_or("(no model)"),
+            "    line {}: {} events, quantity {}, {} credits",
+            sku_text(&l.product, &l.action, l.model.as_deref()),
             l.event_count,
             l.quantity,
             l.credits
@@ -1911,4 +1911,14 @@ fn write_invoice(t: &mut String, i: &InvoiceView, overage_price_per_credit: Opti
         i.carried_grant_credits,
         i.next_period.as_deref().unwrap_or("none (no renewal)")
     );
+}
+
+/// An event's product, action and model as explain writes them: `studio / prompt_to_video
+/// / veo-3`, or `(no model)`.
+fn sku_text(
+    product: &dyn std::fmt::Display,
+    action: &dyn std::fmt::Display,
+    model: Option<&str>,
+) -> String {
+    format!("{product} / {action} / {}", model.unwrap_or("(no model)"))
 }

@@ -240,7 +240,6 @@ fn magnitude(m: Milli) -> f64 {
 /// The `report.html` of a run. `files` are the `report/` files written beside it.
 pub fn render(out: &RunOutput, s: &Summary, files: &ReportFiles) -> String {
     let close = out.settings.mode == Mode::Close;
-    let exponent = out.book.exponent;
     let mut h = String::with_capacity(64 * 1024);
     let title = format!("tally {} — as of {}", s.command, s.as_of);
     let _ = write!(
@@ -264,7 +263,7 @@ pub fn render(out: &RunOutput, s: &Summary, files: &ReportFiles) -> String {
     );
     h.push_str("<nav><a href=\"#totals\">Totals</a><a href=\"#by-kind\">Discrepancies by kind</a><a href=\"#by-day\">by day</a><a href=\"#products\">Credits by product</a><a href=\"#accounts\">Top accounts</a><a href=\"#rejects\">Rejected rows</a><a href=\"#conservation\">Conservation</a><a href=\"#files\">Files</a></nav>\n</header>\n");
 
-    totals(&mut h, out, s, files, close, exponent);
+    totals(&mut h, out, s, files, close);
     by_kind(&mut h, s, files);
     by_day(&mut h, files);
     products(&mut h, out, s, files);
@@ -324,26 +323,19 @@ fn figure_table(h: &mut String, heading: &str, rows: &[FigureRow<'_>]) {
     h.push_str("</tbody>\n</table>\n");
 }
 
-fn totals(
-    h: &mut String,
-    out: &RunOutput,
-    s: &Summary,
-    files: &ReportFiles,
-    close: bool,
-    exponent: u32,
-) {
+fn totals(h: &mut String, out: &RunOutput, s: &Summary, files: &ReportFiles, close: bool) {
     h.push_str("<section id=\"totals\">\n<h2>Totals</h2>\n<div class=\"grid\">\n");
     usage_figures(h, s, files, close);
     credit_figures(h, s, files, close);
     if let Some(cl) = &s.close {
-        close_figures(h, out, s, cl, exponent);
+        close_figures(h, out, s, cl);
     }
     h.push_str("</div>\n");
     let _ = writeln!(
         h,
         "<p class=\"note\">Every linked figure opens the CSV rows it counts or sums. Events are not exported one by one (a run may hold 100M): event figures link to the credits-by-product breakdown they sum. Credits have 3 decimals; money is in {} with {} decimals. Credits remaining are the grants' unconsumed credits, including those of grants already past their expiry (a close counts them as expired). Overage credits of a plan that blocks overage (<code>overage = \"block\"</code>) are not billed (they are reported as <code>over_limit_usage</code>), so overage credits can stand beside an overage amount of 0.</p>\n</section>",
         esc(&out.book.currency),
-        exponent
+        out.book.exponent
     );
 }
 
@@ -489,13 +481,8 @@ fn credit_figures(h: &mut String, s: &Summary, files: &ReportFiles, close: bool)
 }
 
 /// A close's figures: invoices, their money, rollover, expiry and renewals.
-fn close_figures(
-    h: &mut String,
-    out: &RunOutput,
-    s: &Summary,
-    cl: &crate::report::CloseTotals,
-    exponent: u32,
-) {
+fn close_figures(h: &mut String, out: &RunOutput, s: &Summary, cl: &crate::report::CloseTotals) {
+    let exponent = out.book.exponent;
     let n = |v: u64| v.to_string();
     let money = |label, key, minor: i64, column| FigureRow {
         unit: &s.currency,

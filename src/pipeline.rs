@@ -74,6 +74,18 @@ pub struct UsageCounts {
     pub outside_window: u64,
 }
 
+impl UsageCounts {
+    /// The contract's first conservation equation: usage rows read = events in the window
+    /// + identical duplicates + rejected rows + rows outside the window.
+    pub fn add_up(&self) -> bool {
+        self.rows_read
+            == self.events_in_window
+                + self.identical_duplicates
+                + self.rejected
+                + self.outside_window
+    }
+}
+
 /// Everything a run computed, in output order, ready to be written.
 pub struct RunOutput {
     pub settings: RunSettings,
@@ -1329,6 +1341,7 @@ impl<'a> RunState<'a> {
         let (deduped, seen) = self.validate_group(
             (&mut usage, &usage_ids),
             (&mut debits, &debit_ids),
+            rows_in,
             partial,
             progress,
         );
@@ -1383,16 +1396,16 @@ impl<'a> RunState<'a> {
 
     /// Validate a group's rows: repeated entry ids, and usage dedup (its index is what the
     /// ledger join looks events up in). Also returns, with --history, the events an
-    /// earlier close saw that dedup has just moved.
+    /// earlier close saw that dedup has just moved (`rows_in`: the rows, for the stage log).
     fn validate_group(
         &self,
         (usage, usage_ids): (&mut [Usage], &Ids),
         (debits, debit_ids): (&mut [Debit], &Ids),
+        rows_in: u64,
         partial: &mut Partial,
         progress: &Progress,
     ) -> (validate::Deduped, HashSet<String, validate::FastHash>) {
         let stage = progress.stage("validate");
-        let rows_in = (usage.len() + debits.len()) as u64;
         let (mut debit_rejects, mut usage_rejects) = (Vec::new(), Vec::new());
         let files = &self.context.files;
         let (entries, deduped) = rayon::join(
@@ -1791,9 +1804,7 @@ fn dataset_counts(
 
 /// Every usage row read is in the window, an identical duplicate, rejected or outside.
 fn check_every_usage_row_accounted(usage: &UsageCounts) -> Result<()> {
-    let accounted =
-        usage.events_in_window + usage.identical_duplicates + usage.rejected + usage.outside_window;
-    if accounted != usage.rows_read {
+    if !usage.add_up() {
         return Err(TallyError::Invariant(format!(
             "usage rows read {} ≠ in window {} + identical duplicates {} + rejected {} + outside {}",
             usage.rows_read,

@@ -28,6 +28,14 @@ impl Price {
             Price::Charged(c) => Some(c),
         }
     }
+
+    /// The credits charged (`None` for an event not charged or unpriced).
+    pub fn charged(self) -> Option<Milli> {
+        match self {
+            Price::Charged(c) => Some(c),
+            Price::NotChargeable | Price::Unpriced => None,
+        }
+    }
 }
 
 /// The price book's rates by the skus of a run (a sku is a (product, action, model) of

@@ -261,8 +261,7 @@ pub(crate) fn several_periods_note<'a>(
 fn conservation(out: &RunOutput) -> Conservation {
     let u = &out.usage;
     let t = &out.totals;
-    let usage_rows =
-        u.rows_read == u.events_in_window + u.identical_duplicates + u.rejected + u.outside_window;
+    let usage_rows = u.add_up();
     let consumed_plus = |x: Milli| t.consumed_credits.checked_add(x).ok();
     let used: Option<Milli> = out
         .invoices
