@@ -1234,8 +1234,8 @@ fn decode_strings_as_bytes(
             None => specs.iter().map(|_| Column::Absent).collect(),
         };
         for (k, column) in &mut byte_columns {
-            let values = column.read(n).map_err(|e| corrupt(&e))?;
-            columns[*k] = Column::Str(checked_utf8(&values, *k, &mut not_utf8));
+            let strings = column.read(n, *k, &mut not_utf8).map_err(|e| corrupt(&e))?;
+            columns[*k] = Column::Str(strings);
         }
         not_utf8.sort_by_key(|bad| (bad.row, bad.column));
         found += not_utf8.len();
@@ -1300,8 +1300,14 @@ impl ByteColumn {
         }
     }
 
-    /// The next `rows` values (`None`: null).
-    fn read(&mut self, rows: usize) -> parquet::errors::Result<Vec<Option<Vec<u8>>>> {
+    /// The next `rows` values as strings: each value that is not UTF-8 (pushed to
+    /// `not_utf8`, as column `column`) with U+FFFD in place of its bad bytes.
+    fn read(
+        &mut self,
+        rows: usize,
+        column: usize,
+        not_utf8: &mut Vec<NotUtf8>,
+    ) -> parquet::errors::Result<StringArray> {
         let (mut defs, mut values) = (Vec::new(), Vec::new());
         let mut read = 0;
         while read < rows {
@@ -1318,47 +1324,34 @@ impl ByteColumn {
             }
             read += records;
         }
-        let mut values = values.into_iter();
-        let out = match self.max_def_level > 0 {
-            true => (defs.iter())
-                .map(|&def| match def == self.max_def_level {
-                    true => values.next().map(|v| v.data().to_vec()),
-                    false => None,
-                })
-                .collect(),
-            false => values.map(|v| Some(v.data().to_vec())).collect(),
-        };
-        Ok(out)
-    }
-}
-
-/// Byte values as strings: each value that is not UTF-8 (pushed to `not_utf8`, as column
-/// `column`) with U+FFFD in place of its bad bytes.
-fn checked_utf8(
-    values: &[Option<Vec<u8>>],
-    column: usize,
-    not_utf8: &mut Vec<NotUtf8>,
-) -> StringArray {
-    let bytes: usize = values.iter().flatten().map(Vec::len).sum();
-    let mut strings = arrow::array::StringBuilder::with_capacity(values.len(), bytes);
-    for (row, value) in values.iter().enumerate() {
-        let Some(value) = value else {
-            strings.append_null();
-            continue;
-        };
-        match std::str::from_utf8(value) {
-            Ok(text) => strings.append_value(text),
-            Err(error) => {
-                not_utf8.push(NotUtf8 {
-                    row,
-                    column,
-                    shown: shown_bytes(value, error),
-                });
-                strings.append_value(String::from_utf8_lossy(value));
+        let bytes: usize = values.iter().map(|v| v.len()).sum();
+        let mut strings = arrow::array::StringBuilder::with_capacity(rows, bytes);
+        let mut values = values.iter();
+        for row in 0..rows {
+            // Without definition levels every row has a value.
+            if self.max_def_level > 0 && defs.get(row) != Some(&self.max_def_level) {
+                strings.append_null();
+                continue;
+            }
+            let Some(value) = values.next().map(|v| v.data()) else {
+                return Err(parquet::errors::ParquetError::General(format!(
+                    "fewer values than rows at row {row}"
+                )));
+            };
+            match std::str::from_utf8(value) {
+                Ok(text) => strings.append_value(text),
+                Err(error) => {
+                    not_utf8.push(NotUtf8 {
+                        row,
+                        column,
+                        shown: shown_bytes(value, error),
+                    });
+                    strings.append_value(String::from_utf8_lossy(value));
+                }
             }
         }
+        Ok(strings.finish())
     }
-    strings.finish()
 }
 
 /// Bytes that are not UTF-8 as a reject detail shows them: where the first bad byte is,
