@@ -28,7 +28,8 @@ pub enum Difference {
     OutputNotAFile(String),
     /// An output the manifest lists that is not in the folder.
     OutputMissing(String),
-    /// A file in the folder the run did not write.
+    /// A file in the folder that the manifest does not list: added after the run, or its
+    /// entry was taken out of `manifest.json` (the manifest cannot vouch for itself).
     OutputNotListed(String),
     /// An input whose bytes are not the ones read.
     InputChanged(String),
@@ -66,7 +67,7 @@ impl std::fmt::Display for Difference {
             Difference::OutputNotListed(p) => (
                 "output not in the manifest",
                 p,
-                " (the run did not write it)",
+                " (added after the run, or its manifest entry was removed)",
             ),
             Difference::InputChanged(p) => {
                 ("input changed", p, " (its sha256 is not the one read)")

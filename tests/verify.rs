@@ -111,8 +111,8 @@ fn altered_outputs_are_each_named_and_exit_1() {
         format!(
             "output changed: balances.csv (its sha256 is not the manifest's)\n\
              output missing: summary.md\n\
-             output not in the manifest: notes.txt (the run did not write it)\n\
-             output not in the manifest: report/extra.csv (the run did not write it)\n\
+             output not in the manifest: notes.txt (added after the run, or its manifest entry was removed)\n\
+             output not in the manifest: report/extra.csv (added after the run, or its manifest entry was removed)\n\
              {}: reconcile as of {AS_OF}: 4 output differences (the folder is not as the run \
              wrote it; the manifest lists {outputs} outputs); {inputs} inputs not checked \
              (--data checks the data root's, --history the earlier closes')\n",
@@ -124,6 +124,29 @@ fn altered_outputs_are_each_named_and_exit_1() {
     std::fs::write(out.join("summary.md"), summary).unwrap();
     std::fs::remove_file(out.join("notes.txt")).unwrap();
     std::fs::remove_file(out.join("report/extra.csv")).unwrap();
+    assert_eq!(verify(&out, &[]).0, Some(0));
+
+    // An output's entry taken out of the manifest: the file is then one the manifest does
+    // not list, and verify cannot tell that from a file added later (the manifest cannot
+    // vouch for itself), so its line names both.
+    let manifest_path = out.join("manifest.json");
+    let manifest = std::fs::read_to_string(&manifest_path).unwrap();
+    let mut edited = json(&manifest_path);
+    edited["outputs"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|entry| entry["path"] != "balances.csv");
+    std::fs::write(&manifest_path, edited.to_string()).unwrap();
+    let (code, stdout) = verify(&out, &[]);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert_eq!(
+        stdout.lines().next(),
+        Some(
+            "output not in the manifest: balances.csv (added after the run, or its manifest \
+             entry was removed)"
+        )
+    );
+    std::fs::write(&manifest_path, manifest).unwrap();
     assert_eq!(verify(&out, &[]).0, Some(0));
 }
 
@@ -417,8 +440,8 @@ fn what_the_run_never_writes_is_a_difference_shown_on_its_line() {
         [
             "output changed: rejects.csv (not a regular file: the run writes only files)",
             "output changed: summary.md (not a regular file: the run writes only files)",
-            "output not in the manifest: x\\u{a}output changed: invoices.csv (the run did not \
-             write it)",
+            "output not in the manifest: x\\u{a}output changed: invoices.csv (added after the \
+             run, or its manifest entry was removed)",
         ],
         "{stdout}"
     );
