@@ -463,7 +463,7 @@ mod tests {
     }
 
     /// Another grant with the rollover's id is kept beside it here: the run-wide check of
-    /// grants_next's ids refuses it (`pipeline::check_grants_next_ids_are_unique`).
+    /// grants_next's ids refuses it (`collect::check_grants_next_ids_are_unique`).
     #[test]
     fn another_grant_with_the_rollovers_id_is_left_to_the_run_wide_check() {
         let promo = grant(&rollover_grant_id("acct", DEC), GrantKind::Promo, 3, NOV);

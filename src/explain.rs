@@ -5,6 +5,7 @@
 //! drawn, the verdict. Nothing here prices or classifies on its own.
 
 use crate::amount::Milli;
+use crate::census;
 use crate::consume::{Draw, GrantBalance};
 use crate::engine::{AccountResult, EventTrace, PeriodTrace};
 use crate::error::{Result, TallyError};
@@ -359,11 +360,7 @@ struct AccountRun {
     periods: Vec<PeriodTrace>,
 }
 
-fn run_account(
-    req: &ExplainRequest,
-    inputs: &pipeline::Inputs,
-    account: &str,
-) -> Result<AccountRun> {
+fn run_account(req: &ExplainRequest, inputs: &census::Inputs, account: &str) -> Result<AccountRun> {
     let history = match (&req.history, req.mode) {
         (Some(dir), Mode::Close) => {
             // The CLI asks for --out with --history; a caller without one reads every close
@@ -427,7 +424,7 @@ fn run_account(
 pub fn explain(req: &ExplainRequest) -> Result<Explanation> {
     // It may split its run like `reconcile` does, into spill folders of its own.
     crate::spill::sweep_orphans();
-    let inputs = pipeline::inputs(&req.data)?;
+    let inputs = census::inputs(&req.data)?;
     let mut explanation = empty_explanation(req);
     match &req.target {
         Target::Event(event_id) => explain_event_id(req, &inputs, event_id, &mut explanation)?,
@@ -470,7 +467,7 @@ fn empty_explanation(req: &ExplainRequest) -> Explanation {
 /// `--event`: fills in the usage rows with the id and, when a copy was kept, the event.
 fn explain_event_id(
     req: &ExplainRequest,
-    inputs: &pipeline::Inputs,
+    inputs: &census::Inputs,
     event_id: &str,
     explanation: &mut Explanation,
 ) -> Result<()> {
@@ -498,7 +495,7 @@ fn explain_event_id(
 /// the entry and, when it is attached, its event.
 fn explain_entry_id(
     req: &ExplainRequest,
-    inputs: &pipeline::Inputs,
+    inputs: &census::Inputs,
     entry_id: &str,
     explanation: &mut Explanation,
 ) -> Result<()> {
@@ -576,7 +573,7 @@ fn every_entry_row_rejected() -> EntryExplanation {
 /// account with none of those rows is an error saying what it has instead.
 fn explain_account_id(
     req: &ExplainRequest,
-    inputs: &pipeline::Inputs,
+    inputs: &census::Inputs,
     account_id: &str,
 ) -> Result<AccountExplanation> {
     let run = run_account(req, inputs, account_id)?;
@@ -594,7 +591,7 @@ fn explain_account_id(
 /// The error for an account without allocation or grant rows: what rows it has in no
 /// period, or, with none, that no row names it (or the error of a row that could not be
 /// read while counting them).
-fn unplanned_account_error(inputs: &pipeline::Inputs, account_id: &str) -> TallyError {
+fn unplanned_account_error(inputs: &census::Inputs, account_id: &str) -> TallyError {
     let (usage_rows, ledger_rows) = match usage_and_ledger_rows_of(inputs, account_id) {
         Ok(counts) => counts,
         Err(e) => return e,
@@ -645,7 +642,7 @@ fn unplanned_account_error(inputs: &pipeline::Inputs, account_id: &str) -> Tally
 
 /// The account's allocation and grant rows that the run rejected, with its reasons.
 fn rejected_plan_rows(
-    inputs: &pipeline::Inputs,
+    inputs: &census::Inputs,
     run: &AccountRun,
     account_id: &str,
 ) -> Result<Vec<SeenRow>> {
@@ -704,7 +701,7 @@ fn not_found(dataset: &str, column: &str, id: &str, files: usize) -> TallyError 
 
 /// How many usage rows and ledger rows name `account_id` (an account without allocation or
 /// grant rows may still have some: none of them is in a period).
-fn usage_and_ledger_rows_of(inputs: &pipeline::Inputs, account_id: &str) -> Result<(u64, u64)> {
+fn usage_and_ledger_rows_of(inputs: &census::Inputs, account_id: &str) -> Result<(u64, u64)> {
     const ACCOUNT: [ColSpec; 1] = [load::col("account_id", load::ColType::Label, true)];
     let count = |files: &[InputFile]| -> Result<u64> {
         let per_file = load::map_files(files, &ACCOUNT, &|_, batch, out: &mut Vec<u64>| {
@@ -718,7 +715,7 @@ fn usage_and_ledger_rows_of(inputs: &pipeline::Inputs, account_id: &str) -> Resu
     Ok((count(&inputs.files[0])?, count(&inputs.files[3])?))
 }
 
-fn rel(inputs: &pipeline::Inputs, dataset: Dataset, at: RowRef) -> String {
+fn rel(inputs: &census::Inputs, dataset: Dataset, at: RowRef) -> String {
     inputs.files[dataset as usize]
         .get(at.file as usize)
         .map_or_else(|| "?".into(), |f| f.rel_path.clone())
@@ -741,11 +738,7 @@ fn usage_values(u: &UsageRow) -> String {
     )
 }
 
-fn seen_usage(
-    inputs: &pipeline::Inputs,
-    copies: &Copies,
-    run: Option<&AccountRun>,
-) -> Vec<SeenRow> {
+fn seen_usage(inputs: &census::Inputs, copies: &Copies, run: Option<&AccountRun>) -> Vec<SeenRow> {
     copies
         .rows
         .iter()
@@ -790,7 +783,7 @@ fn seen_usage(
 }
 
 fn seen_entries(
-    inputs: &pipeline::Inputs,
+    inputs: &census::Inputs,
     rows: &[IdRow<DebitRow>],
     kept: Option<&DebitRow>,
     run: Option<&AccountRun>,
@@ -857,7 +850,7 @@ fn period_view(book: &PriceBook, a: &AllocationRow) -> PeriodView {
     }
 }
 
-fn entry_view(inputs: &pipeline::Inputs, d: &DebitRow) -> EntryView {
+fn entry_view(inputs: &census::Inputs, d: &DebitRow) -> EntryView {
     EntryView {
         entry_id: d.entry_id.to_string(),
         account_id: d.account_id.to_string(),
@@ -1081,7 +1074,7 @@ fn verdict_reason(req: &ExplainRequest, e: &EventTrace) -> String {
 
 fn explain_event(
     req: &ExplainRequest,
-    inputs: &pipeline::Inputs,
+    inputs: &census::Inputs,
     run: &AccountRun,
     winner: &UsageRow,
 ) -> Result<EventExplanation> {
@@ -1172,7 +1165,7 @@ fn in_window_detail(mode: Mode, allocation: &AllocationRow) -> String {
 /// verdict), or outside every period (why).
 fn explain_entry(
     req: &ExplainRequest,
-    inputs: &pipeline::Inputs,
+    inputs: &census::Inputs,
     run: &AccountRun,
     kept: &DebitRow,
     winner: Option<&UsageRow>,
@@ -1277,7 +1270,7 @@ fn placement_outside_periods(
     ("outside_window", detail)
 }
 
-fn explain_account(inputs: &pipeline::Inputs, run: &AccountRun) -> Result<AccountExplanation> {
+fn explain_account(inputs: &census::Inputs, run: &AccountRun) -> Result<AccountExplanation> {
     let allocations = allocation_views(inputs, run);
     let mut periods = Vec::new();
     for p in &run.periods {
@@ -1293,7 +1286,7 @@ fn explain_account(inputs: &pipeline::Inputs, run: &AccountRun) -> Result<Accoun
 }
 
 /// The account's valid allocations, each marked covered when the run has its period.
-fn allocation_views(inputs: &pipeline::Inputs, run: &AccountRun) -> Vec<AllocationView> {
+fn allocation_views(inputs: &census::Inputs, run: &AccountRun) -> Vec<AllocationView> {
     let covered = |a: &AllocationRow| {
         run.periods
             .iter()
@@ -1314,7 +1307,7 @@ fn allocation_views(inputs: &pipeline::Inputs, run: &AccountRun) -> Vec<Allocati
 /// One period of the account: its grants, event timeline, unattached entries, and its
 /// balance row (reconcile) or invoice (close).
 fn explain_period(
-    inputs: &pipeline::Inputs,
+    inputs: &census::Inputs,
     run: &AccountRun,
     p: &PeriodTrace,
 ) -> Result<PeriodExplanation> {
@@ -1388,7 +1381,7 @@ fn timeline_of(p: &PeriodTrace) -> Result<Vec<TimelineRow>> {
 
 /// A period's invoice as the close writes it, with its lines and its period's renewal.
 fn invoice_view(
-    inputs: &pipeline::Inputs,
+    inputs: &census::Inputs,
     run: &AccountRun,
     i: &crate::close::InvoiceRow,
 ) -> InvoiceView {

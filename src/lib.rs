@@ -8,7 +8,9 @@
 
 pub mod amount;
 pub mod breakdown;
+pub mod census;
 pub mod close;
+pub mod collect;
 pub mod consume;
 pub mod dict;
 pub mod direct;
@@ -204,7 +206,7 @@ pub fn scan(data: &Path) -> Result<u64> {
 /// file's rows come from the census; larger files are read and hashed here.
 pub(crate) fn fingerprint_files(
     data: &Path,
-    census: &pipeline::Census,
+    census: &census::Census,
     parallel: bool,
 ) -> Result<Vec<FileEntry>> {
     let pricebook = data.join("pricebook.toml");
@@ -222,7 +224,7 @@ pub(crate) fn fingerprint_files(
             sha256: sha256?,
         },
     };
-    let entry = |listed: &pipeline::CensusFile| {
+    let entry = |listed: &census::CensusFile| {
         let sha256 = match &listed.small_sha256 {
             Some(sha256) => hex::encode(sha256),
             None => {
@@ -238,7 +240,7 @@ pub(crate) fn fingerprint_files(
             sha256,
         })
     };
-    let files: Vec<&pipeline::CensusFile> = census.all().collect();
+    let files: Vec<&census::CensusFile> = census.all().collect();
     let entries: Result<Vec<FileEntry>> = match parallel {
         true => files.into_par_iter().map(entry).collect(),
         false => files.into_iter().map(entry).collect(),
@@ -474,7 +476,7 @@ fn refuse_out_inside_a_dataset(data: &Path, out: &Path) -> Result<()> {
 
 /// Check the data root, lock `out`, refuse a foreign folder and read the history.
 pub(crate) fn prepare(req: &JobRequest, out: &Path) -> Result<Prepared> {
-    pipeline::check_data_root(&req.data)?;
+    census::check_data_root(&req.data)?;
     refuse_out_inside_a_dataset(&req.data, &req.out)?;
     // The history's checks come before the output's lock, which makes the output's parent
     // folder (and a shard's `OUT.shards/`): a refused run leaves nothing behind.
@@ -505,7 +507,7 @@ pub(crate) fn prepare(req: &JobRequest, out: &Path) -> Result<Prepared> {
 pub(crate) fn fingerprint(
     req: &JobRequest,
     history: &history::History,
-    census: &pipeline::Census,
+    census: &census::Census,
     parallel: bool,
 ) -> Result<Vec<FileEntry>> {
     let started = std::time::Instant::now();
@@ -523,7 +525,7 @@ pub(crate) fn fingerprint(
 pub(crate) fn beside_fingerprint<T: Send>(
     req: &JobRequest,
     history: &history::History,
-    census: &pipeline::Census,
+    census: &census::Census,
     work: impl FnOnce() -> Result<T> + Send,
 ) -> Result<(T, Vec<FileEntry>)> {
     std::thread::scope(|scope| {
@@ -674,7 +676,7 @@ pub fn run_job(req: &JobRequest) -> Result<JobOutcome> {
     }
     let prepared = prepare(req, &req.out)?;
     let settings = req.settings(prepared.history.clone());
-    let census = pipeline::Census::take(&req.data)?;
+    let census = census::Census::take(&req.data)?;
     if req.mode == Mode::Close && req.out.join("manifest.json").exists() {
         // The inputs decide whether this close was already made: fingerprint them first.
         let inputs = fingerprint(req, &prepared.history, &census, true)?;

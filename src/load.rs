@@ -34,7 +34,7 @@ pub struct InputFile {
     /// Path relative to the data root, `/`-separated (the `rejects.file` value).
     pub rel_path: String,
     pub abs_path: PathBuf,
-    /// The file as the run's first reading saw it (`pipeline::Census`, whose rows the
+    /// The file as the run's first reading saw it (`census::Census`, whose rows the
     /// manifest lists), which every later opening must see again; `None` when listed
     /// without a reading (`explain`, the merge's check) or its footer could not be read.
     pub first_seen: Option<Seen>,

@@ -16,6 +16,7 @@ use crate::pipeline::{self, Partial, RunSettings};
 use crate::report::FileEntry;
 use crate::runs::Run;
 use crate::time::Micros;
+use crate::{census, collect};
 use crate::{prepare, publish_run, write, JobOutcome, JobRequest};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -126,9 +127,9 @@ pub fn run_shard(req: &JobRequest, shard: u32, shards: u32) -> Result<JobOutcome
     crate::check_replaceable(&req.out)?;
     let prepared = prepare(req, &folder)?;
     let settings = req.settings(prepared.history.clone());
-    let census = pipeline::Census::take(&req.data)?;
+    let census = census::Census::take(&req.data)?;
     let compute = || {
-        let inputs = pipeline::inputs_listed(&settings.data, &census)?;
+        let inputs = census::inputs_listed(&settings.data, &census)?;
         let layout = pipeline::layout(&settings, &census, shard, shards)?;
         pipeline::compute(&settings, &inputs, &layout, &req.progress)
     };
@@ -173,7 +174,7 @@ pub fn run_shard(req: &JobRequest, shard: u32, shards: u32) -> Result<JobOutcome
 fn refuse_a_close_over_other_inputs(
     req: &JobRequest,
     prepared: &crate::Prepared,
-    census: &pipeline::Census,
+    census: &census::Census,
 ) -> Result<Option<Vec<FileEntry>>> {
     if req.mode != crate::model::Mode::Close || !req.out.join("manifest.json").exists() {
         return Ok(None);
@@ -588,7 +589,7 @@ pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
         check_history_unchanged(dir, &req.out, job.as_of, &first.inputs)?;
     }
 
-    let inputs = pipeline::inputs(&job.data)?;
+    let inputs = census::inputs(&job.data)?;
     check_inputs_unchanged(&job.data, &inputs, first)?;
     let mut partials = Vec::with_capacity(folders.len());
     for (folder, m) in folders.iter().zip(&manifests) {
@@ -596,7 +597,7 @@ pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
     }
     stage.done(first.shards.into(), partials.len() as u64);
     let settings = job.settings(crate::history::History::default());
-    let output = pipeline::finish(settings, inputs, partials)?;
+    let output = collect::finish(settings, inputs, partials)?;
     publish_run(&job, &output, first.inputs.clone())
 }
 
@@ -741,7 +742,7 @@ fn merge_job(req: &MergeRequest, folders: &[PathBuf], first: &ShardManifest) -> 
 /// price book changed since.
 fn check_inputs_unchanged(
     data: &Path,
-    inputs: &pipeline::Inputs,
+    inputs: &census::Inputs,
     first: &ShardManifest,
 ) -> Result<()> {
     let listed: Vec<&str> = inputs

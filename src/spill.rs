@@ -966,7 +966,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join(name);
         crate::generate::small_root(&root);
-        let files = crate::pipeline::inputs(&root).unwrap().files;
+        let files = crate::census::inputs(&root).unwrap().files;
         (dir, files[0].clone())
     }
 

@@ -114,7 +114,7 @@ pub fn verify(req: &VerifyRequest) -> Result<Verification> {
         check_data_root(data)?;
         // The inputs as a run of the data root would fingerprint them now: its listing and
         // its manifest entries.
-        let census = crate::pipeline::Census::take(data)?;
+        let census = crate::census::Census::take(data)?;
         let now = crate::fingerprint_files(data, &census, true)?;
         differences.extend(input_differences(&data_inputs, &now));
         inputs_checked += data_inputs.len();
@@ -151,7 +151,7 @@ fn manifest_path(out: &Path) -> PathBuf {
 /// A data root a run would read (a folder with the price book and the required dataset
 /// folders), else exit 2: a mistyped `--data` would otherwise list every input as gone.
 fn check_data_root(data: &Path) -> Result<()> {
-    crate::pipeline::check_data_root(data)?;
+    crate::census::check_data_root(data)?;
     let datasets = (Dataset::ALL.into_iter())
         .filter(|dataset| dataset.required())
         .map(Dataset::name);

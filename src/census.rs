@@ -1,0 +1,262 @@
+//! What a run reads: the data root's price book and dataset files, listed once before the
+//! run (the [`Census`], with each file's footer read), and the warnings of what a data
+//! root holds that no run reads (folders that are no dataset, files not named
+//! `*.parquet`, a required dataset without Parquet files).
+
+use crate::error::{Result, TallyError};
+use crate::load::{self, InputFile};
+use crate::model::Dataset;
+use crate::pricebook::PriceBook;
+use rayon::prelude::*;
+use std::path::{Path, PathBuf};
+
+/// Refuse a data root that is not a folder, saying whether it is missing (a typo, or a
+/// relative path taken from another folder than meant) or something else.
+pub fn check_data_root(root: &Path) -> Result<()> {
+    let why = match std::fs::metadata(root) {
+        Ok(meta) if meta.is_dir() => {
+            // Before anything reads it (the fingerprint, the load): a pipe would hang both.
+            let pricebook = root.join("pricebook.toml");
+            return crate::pricebook::check_is_a_file(&pricebook, &pricebook.display().to_string());
+        }
+        Ok(_) => "data root is not a folder",
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            "data root does not exist (a relative --data is taken from the working folder, a \
+             job file's data from the job file's folder)"
+        }
+        Err(_) => "data root cannot be read",
+    };
+    Err(TallyError::config(root.display().to_string(), why))
+}
+
+/// A dataset's files as `listed` (`None`: nothing of its name; a name that is not a
+/// readable folder was refused by the listing), a missing folder refused if the dataset is
+/// required.
+fn dataset_files(
+    root: &Path,
+    dataset: Dataset,
+    listed: Option<Vec<InputFile>>,
+) -> Result<Vec<InputFile>> {
+    match listed {
+        Some(files) => Ok(files),
+        None if !dataset.required() => Ok(Vec::new()),
+        None => Err(TallyError::input(
+            root.join(dataset.name()).display().to_string(),
+            format!(
+                "missing dataset folder `{}/` (it may be empty, but must exist)",
+                dataset.name()
+            ),
+        )),
+    }
+}
+
+/// The price book, input files and settings of a run.
+pub struct Inputs {
+    pub book: PriceBook,
+    pub pricebook_path: PathBuf,
+    /// Input files of each dataset (index = `Dataset as usize`).
+    pub files: [Vec<InputFile>; 4],
+}
+
+/// The price book and input files of a data root, listing its datasets (and warning, as a
+/// run's census does, of files not read and datasets without Parquet files).
+pub fn inputs(root: &Path) -> Result<Inputs> {
+    warn_of_folders_not_read(root);
+    inputs_of(root, &|d| {
+        let listing = load::list_dataset(root, d.name())?;
+        if let Some(listing) = &listing {
+            warn_of_files_not_read(d, listing);
+        }
+        Ok(listing.map(|l| l.files))
+    })
+}
+
+/// [`inputs`], its files as the census listed them: the files a run loads are the files
+/// its manifest lists.
+pub fn inputs_listed(root: &Path, census: &Census) -> Result<Inputs> {
+    inputs_of(root, &|d| Ok(census.listed(d)))
+}
+
+/// The price book and input files of a data root, each dataset's files as `list` gives
+/// them (`None`: no folder).
+fn inputs_of(
+    root: &Path,
+    list: &dyn Fn(Dataset) -> Result<Option<Vec<InputFile>>>,
+) -> Result<Inputs> {
+    check_data_root(root)?;
+    let pricebook_path = root.join("pricebook.toml");
+    let book = PriceBook::load(&pricebook_path, &pricebook_path.display().to_string())?;
+    let files = [
+        dataset_files(root, Dataset::Usage, list(Dataset::Usage)?)?,
+        dataset_files(root, Dataset::Allocations, list(Dataset::Allocations)?)?,
+        dataset_files(root, Dataset::Grants, list(Dataset::Grants)?)?,
+        dataset_files(root, Dataset::Debits, list(Dataset::Debits)?)?,
+    ];
+    Ok(Inputs {
+        book,
+        pricebook_path,
+        files,
+    })
+}
+
+/// The input files of a data root with what one open of each tells (its size and footer's
+/// rows; a file of at most 64 KiB is read whole and hashed), taken once before a run: the
+/// run loads the files of this listing, the layout sizes the groups by the rows, the
+/// fingerprint lists rows and checksums in the manifest without opening a small file
+/// again (a month of small files spends its time opening and parsing them), and every
+/// later opening of a file checks it is as this reading saw it
+/// ([`InputFile::first_seen`]).
+pub struct Census {
+    /// Each dataset's files (index = `Dataset as usize`); `None`: the dataset has no folder
+    /// (the run's inputs refuse a required one missing).
+    pub files: [Option<Vec<CensusFile>>; 4],
+}
+
+/// An input file as the census read it.
+pub struct CensusFile {
+    /// With `first_seen` set from the reading (`None`: its footer could not be read).
+    pub file: InputFile,
+    /// The sha256 of a file held whole ([`load::FooterRead::small_sha256`]).
+    pub small_sha256: Option<[u8; 32]>,
+}
+
+impl CensusFile {
+    /// The footer's row count, if it could be read.
+    pub fn rows(&self) -> Option<u64> {
+        self.file.first_seen.map(|seen| seen.rows)
+    }
+}
+
+impl Census {
+    /// List every dataset of `root` and read each file's footer (files in parallel).
+    pub fn take(root: &Path) -> Result<Census> {
+        let started = std::time::Instant::now();
+        warn_of_folders_not_read(root);
+        let mut files: [Option<Vec<CensusFile>>; 4] = Default::default();
+        for d in Dataset::ALL {
+            let Some(listing) = load::list_dataset(root, d.name())? else {
+                continue;
+            };
+            warn_of_files_not_read(d, &listing);
+            let read = listing.files.into_par_iter().map(|mut file| {
+                let read = load::read_footer(&file.abs_path);
+                file.first_seen = read.seen;
+                CensusFile {
+                    file,
+                    small_sha256: read.small_sha256,
+                }
+            });
+            files[d as usize] = Some(read.collect());
+        }
+        let census = Census { files };
+        let count = census.file_count(&Dataset::ALL);
+        crate::progress::log_stage("open inputs", count, count, started.elapsed());
+        Ok(census)
+    }
+
+    /// Every file listed, with its footer's reading, in dataset order.
+    pub fn all(&self) -> impl Iterator<Item = &CensusFile> {
+        self.files.iter().flatten().flatten()
+    }
+
+    /// The files of dataset `d` as listed (`None`: no folder).
+    fn listed(&self, d: Dataset) -> Option<Vec<InputFile>> {
+        let files = self.files[d as usize].as_ref()?;
+        Some(files.iter().map(|listed| listed.file.clone()).collect())
+    }
+
+    /// The files of `datasets`, with their footers' readings.
+    fn of<'a>(&'a self, datasets: &'a [Dataset]) -> impl Iterator<Item = &'a CensusFile> {
+        (datasets.iter()).flat_map(|d| self.files[*d as usize].iter().flatten())
+    }
+
+    /// Rows in the files of `datasets`, from their footers (0 for unreadable files: the
+    /// load reports them).
+    pub fn rows(&self, datasets: &[Dataset]) -> u64 {
+        self.of(datasets)
+            .map(|listed| listed.rows().unwrap_or(0))
+            .sum()
+    }
+
+    /// How many files `datasets` have.
+    pub fn file_count(&self, datasets: &[Dataset]) -> u64 {
+        self.of(datasets).count() as u64
+    }
+}
+
+/// Warn of the folders of the data root that are no dataset (a `Grants/` for `grants/`,
+/// an export's `usage_v2/`): a misspelt `grants/` is read as no grants, so every grant
+/// would drop from the run and from `grants_next` with nothing in the log saying why.
+/// Files beside the datasets (a README, an export's manifest) are not warned of.
+fn warn_of_folders_not_read(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    // A dataset that is a link to a folder beside it (`grants -> g2`): that folder is read.
+    let datasets: Vec<PathBuf> = (Dataset::ALL.iter())
+        .filter_map(|d| root.join(d.name()).canonicalize().ok())
+        .collect();
+    let read_through_a_link = |path: &Path| {
+        path.canonicalize()
+            .is_ok_and(|real| datasets.iter().any(|d| d.starts_with(&real)))
+    };
+    let mut names: Vec<String> = (entries.flatten())
+        .filter(|e| e.path().is_dir() && !read_through_a_link(&e.path()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| !load::is_hidden(name) && !Dataset::ALL.iter().any(|d| d.name() == name))
+        .collect();
+    names.sort();
+    let Some(first) = names.first() else {
+        return;
+    };
+    let count = names.len();
+    let folders = if count == 1 {
+        "folder is"
+    } else {
+        "folders are"
+    };
+    tracing::warn!(
+        folders_not_read = count,
+        first = %first,
+        "{count} {folders} not read in the data root (the first: {first}/): a data root's \
+         datasets are the folders usage/, allocations/, grants/ and debits/, named \
+         case-sensitively; rename it if it is one of them, else move it out of the data root \
+         or under a name starting with . or _"
+    );
+}
+
+/// Warn of what a dataset folder holds that the run does not read: files not named
+/// `*.parquet` (an export's upper-case `.PARQUET` or `.csv`, a writer's `.tmp`), and a
+/// required dataset with no Parquet file at all. Either runs (an empty folder is valid
+/// input), but a month whose usage went unread would otherwise publish thousands of
+/// discrepancies with nothing in the log saying why.
+fn warn_of_files_not_read(dataset: Dataset, listing: &load::Listing) {
+    let name = dataset.name();
+    let not_read = &listing.not_read;
+    if let Some(first) = &not_read.first {
+        let count = not_read.count;
+        let files = if count == 1 { "file is" } else { "files are" };
+        tracing::warn!(
+            dataset = name,
+            files_not_read = count,
+            first = %first,
+            "{count} {files} not read under {name}/ (the first: {first}): only names ending \
+             in .parquet are, case-sensitively; rename them if they are input, else move \
+             them out of the data root or under a name starting with . or _"
+        );
+    }
+    let rows = match dataset {
+        Dataset::Usage => "usage events",
+        Dataset::Allocations => "plan allocations",
+        Dataset::Debits => "ledger entries",
+        // Optional: many products grant nothing beyond their plans.
+        Dataset::Grants => return,
+    };
+    if listing.files.is_empty() {
+        tracing::warn!(
+            dataset = name,
+            "{name}/ holds no *.parquet file, so the run reads no {rows}; if an export has \
+             not arrived yet, rerun once it has"
+        );
+    }
+}
