@@ -1037,12 +1037,13 @@ fn row_group_error(file: &InputFile, rg: usize, e: impl std::fmt::Display) -> Ta
 /// Decode one row group of an opened file, calling `each_batch` for each batch in order.
 /// A string that is not UTF-8 makes the reader refuse the rest of the row group: its rows
 /// from there are decoded again with the strings as bytes ([`decode_strings_as_bytes`]), so that
-/// the row holding it is rejected `bad_value` and the others are read as they are.
+/// the row holding it is rejected `bad_value` and the others are read as they are (and,
+/// with `warn`, the row group is warned of).
 fn decode_row_group(
     file: &InputFile,
     opened: &OpenedFile,
     specs: &[ColSpec],
-    rg: usize,
+    (rg, warn): (usize, bool),
     each_batch: &mut dyn FnMut(&Batch),
 ) -> Result<()> {
     // One handle for the footer (when read again) and the row group's column chunks.
@@ -1052,7 +1053,9 @@ fn decode_row_group(
         let first_row = opened.row_group_first[rg];
         if opened.strings_unchecked {
             let from = (rg, first_row, 0);
-            return decode_strings_as_bytes(file, opened, specs, &metadata, from, each_batch);
+            let found = decode_strings_as_bytes(file, opened, specs, &metadata, from, each_batch)?;
+            warn_of_strings_not_utf8(file, from, found, warn);
+            return Ok(());
         }
         let reader = reader_of(file, opened, rg, handle, metadata.clone())?;
         let mut passed = 0u64;
@@ -1061,9 +1064,10 @@ fn decode_row_group(
                 Ok(batch) => batch,
                 Err(e) if is_not_utf8(&e) => {
                     let from = (rg, first_row, passed);
-                    return decode_strings_as_bytes(
-                        file, opened, specs, &metadata, from, each_batch,
-                    );
+                    let found =
+                        decode_strings_as_bytes(file, opened, specs, &metadata, from, each_batch)?;
+                    warn_of_strings_not_utf8(file, from, found, warn);
+                    return Ok(());
                 }
                 Err(e) => return Err(row_group_error(file, rg, e)),
             };
@@ -1153,7 +1157,8 @@ fn is_string_type(dt: &DataType) -> bool {
 /// reader (the Arrow reader checks strings for UTF-8 and refuses the batch, and takes no
 /// hint to read a string column as bytes) and its other columns by the Arrow reader. A
 /// value that is not UTF-8 is kept with U+FFFD in place of its bad bytes and listed in
-/// the batch's `not_utf8`, which the row checks reject.
+/// the batch's `not_utf8`, which the row checks reject. Returns how many such values it
+/// found.
 fn decode_strings_as_bytes(
     file: &InputFile,
     opened: &OpenedFile,
@@ -1161,7 +1166,7 @@ fn decode_strings_as_bytes(
     metadata: &ArrowReaderMetadata,
     (rg, first_row, skip): (usize, u64, u64),
     each_batch: &mut dyn FnMut(&Batch),
-) -> Result<()> {
+) -> Result<usize> {
     let corrupt = |e: &dyn std::fmt::Display| row_group_error(file, rg, e);
     let schema = metadata.schema();
     // (spec, column) of each string column read, and the other columns' indices.
@@ -1248,7 +1253,19 @@ fn decode_strings_as_bytes(
         });
         at += n as u64;
     }
-    if found > 0 {
+    Ok(found)
+}
+
+/// Warn (with `warn`) of a row group read again with its strings as bytes that held
+/// `found` strings that are not UTF-8 (`from`: its number, first row and the row the
+/// re-read started at).
+fn warn_of_strings_not_utf8(
+    file: &InputFile,
+    (rg, first_row, skip): (usize, u64, u64),
+    found: usize,
+    warn: bool,
+) {
+    if warn && found > 0 {
         tracing::warn!(
             file = %file.rel_path,
             row_group = rg,
@@ -1260,7 +1277,6 @@ fn decode_strings_as_bytes(
             first_row + skip
         );
     }
-    Ok(())
 }
 
 /// A string column of a row group read as bytes (Parquet's column reader checks no
@@ -1389,7 +1405,7 @@ fn read_row_groups<T: Send>(
         .into_par_iter()
         .map(|rg| {
             let mut out = Vec::with_capacity(opened.row_group_rows[rg] as usize);
-            decode_row_group(file, &opened, specs, rg, &mut |batch| {
+            decode_row_group(file, &opened, specs, (rg, true), &mut |batch| {
                 each_batch(batch, &mut out)
             })?;
             Ok(out)
@@ -1432,6 +1448,9 @@ pub struct Plan {
     /// The first file that could not be opened (files after it are not read): reported
     /// unless a file before it fails while its rows are decoded.
     open_error: Option<TallyError>,
+    /// Whether a row group holding strings that are not UTF-8 is warned of (see
+    /// [`Plan::without_utf8_warnings`]).
+    warn_not_utf8: bool,
 }
 
 impl Plan {
@@ -1470,6 +1489,7 @@ impl Plan {
             opened: Vec::with_capacity(opened.len()),
             units: Vec::new(),
             open_error: None,
+            warn_not_utf8: true,
         };
         let mut offset = 0u64;
         for (index, file) in opened.into_iter().enumerate() {
@@ -1496,6 +1516,15 @@ impl Plan {
         plan
     }
 
+    /// Do not warn of strings that are not UTF-8: for a pass that reads only some of the
+    /// columns (the split run's light pass, over the ids) ahead of one that reads them all
+    /// and warns with the count over every column, so that the log has one line a row
+    /// group, not two with different counts.
+    pub fn without_utf8_warnings(mut self) -> Plan {
+        self.warn_not_utf8 = false;
+        self
+    }
+
     /// Rows in the row groups that will be decoded.
     pub fn rows(&self) -> u64 {
         self.units
@@ -1517,13 +1546,15 @@ impl Plan {
     ) -> Result<Vec<T>> {
         assert_eq!(states.len(), self.units.len(), "one state per row group");
         let (opened, specs) = (&self.opened, &self.specs);
+        let warn = self.warn_not_utf8;
         let done: Vec<Result<T>> = self
             .units
             .par_iter()
             .zip(states)
             .map(|(unit, mut state)| {
                 let file = &files[unit.file];
-                decode_row_group(file, &opened[unit.file], specs, unit.row_group, &mut |b| {
+                let group = (unit.row_group, warn);
+                decode_row_group(file, &opened[unit.file], specs, group, &mut |b| {
                     each_batch(unit, &mut state, b)
                 })?;
                 Ok(finish(unit, state))
@@ -2548,7 +2579,8 @@ mod tests {
             .map(|unit| {
                 let mut rows = 0;
                 let file = &files[unit.file];
-                decode_row_group(file, &opened[unit.file], &specs, unit.row_group, &mut |b| {
+                let group = (unit.row_group, true);
+                decode_row_group(file, &opened[unit.file], &specs, group, &mut |b| {
                     rows += b.len
                 })
                 .unwrap();

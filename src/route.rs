@@ -615,7 +615,8 @@ fn light_read<T: Send>(
     specs: &[ColSpec],
     each_batch: &(dyn Fn(&Batch, &mut LightUnit<T>) + Sync),
 ) -> Result<Vec<Vec<T>>> {
-    let plan = load::Plan::open(files, specs);
+    // The spill pass after it reads every column and warns of strings that are not UTF-8.
+    let plan = load::Plan::open(files, specs).without_utf8_warnings();
     let states = (plan.units.iter())
         .map(|_| LightUnit {
             outs: Vec::new(),
