@@ -172,14 +172,14 @@ impl Census {
 
     /// Rows in the files of `datasets`, from their footers (0 for unreadable files: the
     /// load reports them).
-    pub fn rows(&self, datasets: &[Dataset]) -> u64 {
+    pub(crate) fn rows(&self, datasets: &[Dataset]) -> u64 {
         self.of(datasets)
             .map(|listed| listed.rows().unwrap_or(0))
             .sum()
     }
 
     /// How many files `datasets` have.
-    pub fn file_count(&self, datasets: &[Dataset]) -> u64 {
+    pub(crate) fn file_count(&self, datasets: &[Dataset]) -> u64 {
         self.of(datasets).count() as u64
     }
 }

@@ -1,10 +1,13 @@
 //! tally: batch reconciliation, period close and invoicing for AI credit billing.
 //!
 //! The pipeline, one module per stage, data flowing one way:
-//! `load` (Parquet → typed rows | rejects) → `validate` (plans, overlaps, repeated ids,
-//! dedup) → `window` (place events and entries) → per account, in parallel by bucket,
-//! `engine` running `price` → `consume` → `reconcile` → `close` → `write` (staging folder,
-//! then an atomic rename). The binary in `main.rs` is a thin clap layer over [`run_job`].
+//! `census` (the data root's files, listed once) → `load` (Parquet → typed rows | rejects)
+//! → `validate` (plans, overlaps, repeated ids, dedup) → `window` (place events and
+//! entries) → per account, in parallel by bucket, `engine` running `price` → `consume` →
+//! `reconcile` → `close` → `collect` (every shard's results in output order, the run's
+//! invariants checked) → `write` (staging folder, then an atomic rename); `pipeline` runs
+//! the stages from load to close, one group of accounts after another. The binary in
+//! `main.rs` is a thin clap layer over [`run_job`].
 
 pub mod amount;
 pub mod breakdown;

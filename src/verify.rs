@@ -255,8 +255,8 @@ fn is_plain_relative(path: &str) -> bool {
             .all(|part| !part.is_empty() && part != "." && part != ".." && !part.contains('\0'))
 }
 
-/// The outputs that differ from `listed`: changed, missing, and files the run did not
-/// write (`manifest.json` itself is the list, not on it).
+/// The outputs that differ from `listed`: changed, missing, and files the manifest does
+/// not list (`manifest.json` itself is the list, not on it).
 fn output_differences(out: &Path, listed: &[FileEntry]) -> Result<Vec<Difference>> {
     let mut differences: Vec<Difference> = listed
         .par_iter()

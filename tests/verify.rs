@@ -137,13 +137,19 @@ fn altered_outputs_are_each_named_and_exit_1() {
         .unwrap()
         .retain(|entry| entry["path"] != "balances.csv");
     std::fs::write(&manifest_path, edited.to_string()).unwrap();
+    let (outputs_listed, inputs) = listed(&out);
+    assert_eq!(outputs_listed, outputs - 1);
     let (code, stdout) = verify(&out, &[]);
     assert_eq!(code, Some(1), "{stdout}");
     assert_eq!(
-        stdout.lines().next(),
-        Some(
+        stdout,
+        format!(
             "output not in the manifest: balances.csv (added after the run, or its manifest \
-             entry was removed)"
+             entry was removed)\n\
+             {}: reconcile as of {AS_OF}: 1 output difference (the folder is not as the run \
+             wrote it; the manifest lists {outputs_listed} outputs); {inputs} inputs not \
+             checked (--data checks the data root's, --history the earlier closes')\n",
+            out.display()
         )
     );
     std::fs::write(&manifest_path, manifest).unwrap();
