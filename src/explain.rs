@@ -577,37 +577,32 @@ fn explain_account_id(
     account_id: &str,
 ) -> Result<AccountExplanation> {
     let run = run_account(req, inputs, account_id)?;
-    let rejected_rows = rejected_plan_rows(inputs, &run, account_id)?;
+    let PlanRows {
+        rejected: rejected_rows,
+        grant_rows,
+    } = plan_rows(inputs, &run, account_id)?;
     if run.traced.allocations.is_empty() && run.traced.grants.is_empty() && rejected_rows.is_empty()
     {
-        return Err(unplanned_account_error(inputs, account_id));
+        return Err(unplanned_account_error(inputs, account_id, grant_rows));
     }
-    let mut account = explain_account(inputs, &run)?;
-    account.account_id = account_id.to_string();
-    account.rejected_rows = rejected_rows;
-    Ok(account)
+    explain_account(inputs, &run, account_id, rejected_rows)
 }
 
-/// The error for an account without allocation or grant rows: what rows it has in no
-/// period, or, with none, that no row names it (or the error of a row that could not be
-/// read while counting them).
-fn unplanned_account_error(inputs: &census::Inputs, account_id: &str) -> TallyError {
+/// The error for an account without allocation or grant rows the run kept or rejected:
+/// what rows it has in no period (`grant_rows`: its grant rows, all valid, for an account
+/// without an allocation they count in no period), or, with none, that no row names it (or
+/// the error of a row that could not be read while counting them).
+fn unplanned_account_error(
+    inputs: &census::Inputs,
+    account_id: &str,
+    grant_rows: usize,
+) -> TallyError {
     let (usage_rows, ledger_rows) = match usage_and_ledger_rows_of(inputs, account_id) {
         Ok(counts) => counts,
         Err(e) => return e,
     };
-    // Valid grant rows of an account without an allocation: in no period either,
-    // and there (not "check the id").
-    let grant_rows = match rows_with_id(
-        &inputs.files[2],
-        &load::GRANT_COLUMNS,
-        1,
-        account_id,
-        &load::parse_grant,
-    ) {
-        Ok(rows) => rows.len(),
-        Err(e) => return e,
-    };
+    // Valid grant rows of an account without an allocation: in no period either, and
+    // there (not "check the id").
     if grant_rows > 0 {
         return TallyError::config(
             format!("--account {account_id}"),
@@ -640,12 +635,17 @@ fn unplanned_account_error(inputs: &census::Inputs, account_id: &str) -> TallyEr
     )
 }
 
-/// The account's allocation and grant rows that the run rejected, with its reasons.
-fn rejected_plan_rows(
-    inputs: &census::Inputs,
-    run: &AccountRun,
-    account_id: &str,
-) -> Result<Vec<SeenRow>> {
+/// An account's plan rows as `--account` reads them.
+struct PlanRows {
+    /// Its allocation and grant rows that the run rejected, with its reasons.
+    rejected: Vec<SeenRow>,
+    /// How many grant rows name it, valid or not.
+    grant_rows: usize,
+}
+
+/// The account's allocation and grant rows that the run rejected, and how many grant rows
+/// name it (read once: the error for an account without a plan counts them).
+fn plan_rows(inputs: &census::Inputs, run: &AccountRun, account_id: &str) -> Result<PlanRows> {
     let allocation_rows = rows_with_id(
         &inputs.files[1],
         &load::ALLOCATION_COLUMNS,
@@ -664,7 +664,7 @@ fn rejected_plan_rows(
         .iter()
         .map(|(at, _, _)| (Dataset::Allocations, *at))
         .chain(grant_rows.iter().map(|(at, _, _)| (Dataset::Grants, *at)));
-    Ok(ats
+    let rejected = ats
         .filter_map(|(dataset, at)| {
             let r = run
                 .traced
@@ -681,7 +681,11 @@ fn rejected_plan_rows(
                 values: None,
             })
         })
-        .collect())
+        .collect();
+    Ok(PlanRows {
+        rejected,
+        grant_rows: grant_rows.len(),
+    })
 }
 
 fn not_found(dataset: &str, column: &str, id: &str, files: usize) -> TallyError {
@@ -1270,16 +1274,21 @@ fn placement_outside_periods(
     ("outside_window", detail)
 }
 
-fn explain_account(inputs: &census::Inputs, run: &AccountRun) -> Result<AccountExplanation> {
+fn explain_account(
+    inputs: &census::Inputs,
+    run: &AccountRun,
+    account_id: &str,
+    rejected_rows: Vec<SeenRow>,
+) -> Result<AccountExplanation> {
     let allocations = allocation_views(inputs, run);
     let mut periods = Vec::new();
     for p in &run.periods {
         periods.push(explain_period(inputs, run, p)?);
     }
     Ok(AccountExplanation {
-        account_id: String::new(),
+        account_id: account_id.to_string(),
         allocations,
-        rejected_rows: Vec::new(),
+        rejected_rows,
         periods,
         discrepancies: published_views(run.result.discrepancies.iter()),
     })
