@@ -480,14 +480,14 @@ fn explain_event_id(
             inputs.files[0].len(),
         ));
     }
-    let run = match &copies.winner {
-        Some(w) => Some(run_account(req, inputs, &w.account_id)?),
-        None => None,
+    // Without a kept copy there is no event, and no account to run.
+    let Some(winner) = &copies.winner else {
+        explanation.usage_rows = seen_usage(inputs, &copies, None);
+        return Ok(());
     };
-    explanation.usage_rows = seen_usage(inputs, &copies, run.as_ref());
-    if let (Some(winner), Some(run)) = (&copies.winner, &run) {
-        explanation.event = Some(explain_event(req, inputs, run, winner)?);
-    }
+    let run = run_account(req, inputs, &winner.account_id)?;
+    explanation.usage_rows = seen_usage(inputs, &copies, Some(&run));
+    explanation.event = Some(explain_event(req, inputs, &run, winner)?);
     Ok(())
 }
 
@@ -519,42 +519,36 @@ fn explain_entry_id(
         Parsed::Row(d) => Some(d.clone()),
         Parsed::Rejected(_) => None,
     });
-    let copies = match kept.as_ref().and_then(|k| k.event_id.as_deref()) {
+    // A run needs an account, which comes from the kept row or its event (found through
+    // the kept row): without a kept row there is neither.
+    let Some(kept) = kept else {
+        explanation.entry_rows = seen_entries(inputs, &rows, None, None);
+        explanation.entry = Some(every_entry_row_rejected());
+        return Ok(());
+    };
+    let copies = match kept.event_id.as_deref() {
         Some(event_id) => Some(copies_of(&inputs.files[0], event_id)?),
         None => None,
     };
     let winner = copies.as_ref().and_then(|c| c.winner.clone());
-    let run = match entry_account(winner.as_ref(), kept.as_ref()) {
-        Some(a) => Some(run_account(req, inputs, &a)?),
-        None => None,
+    // The account an entry is explained in: its event's (the kept copy's), else its own.
+    let account: &str = match &winner {
+        Some(w) => &w.account_id,
+        None => &kept.account_id,
     };
-    explanation.entry_rows = seen_entries(inputs, &rows, kept.as_ref(), run.as_ref());
+    let run = run_account(req, inputs, account)?;
+    explanation.entry_rows = seen_entries(inputs, &rows, Some(&kept), Some(&run));
     if let Some(copies) = &copies {
-        explanation.usage_rows = seen_usage(inputs, copies, run.as_ref());
+        explanation.usage_rows = seen_usage(inputs, copies, Some(&run));
     }
-    // A run needs an account, which comes from the kept row or its event (found through
-    // the kept row): without a kept row there is neither.
-    let (Some(run), Some(kept)) = (&run, &kept) else {
-        explanation.entry = Some(every_entry_row_rejected());
-        return Ok(());
-    };
-    let entry = explain_entry(req, inputs, run, kept, winner.as_ref());
+    let entry = explain_entry(req, inputs, &run, &kept, winner.as_ref());
     if entry.placement == "attached" {
         if let Some(w) = &winner {
-            explanation.event = Some(explain_event(req, inputs, run, w)?);
+            explanation.event = Some(explain_event(req, inputs, &run, w)?);
         }
     }
     explanation.entry = Some(entry);
     Ok(())
-}
-
-/// The account an entry is explained in: its event's (the kept copy's), else its own.
-fn entry_account(winner: Option<&UsageRow>, kept: Option<&DebitRow>) -> Option<String> {
-    match (winner, kept) {
-        (Some(w), _) => Some(w.account_id.to_string()),
-        (None, Some(k)) => Some(k.account_id.to_string()),
-        (None, None) => None,
-    }
 }
 
 /// The entry of an id none of whose rows is valid.
