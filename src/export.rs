@@ -251,7 +251,7 @@ pub fn sheet_csv(batch: &RecordBatch, exponent: u32) -> Result<Vec<u8>> {
 }
 
 /// [`sheet_csv`], written to `path` as it is made (not gathered in memory first), its rows
-/// rendered in parallel ([`write_lines`]: from a worker of the pool, a write job).
+/// rendered in parallel (`write_lines`: from a worker of the pool, a write job).
 pub fn write_sheet_csv(
     path: &Path,
     batch: &RecordBatch,
@@ -270,7 +270,7 @@ pub fn write_sheet_csv(
 /// A spreadsheet CSV written a batch at a time (a table streamed from its runs beside its
 /// Parquet file: [`crate::write::write_streamed`]), row by row on the thread that calls
 /// it: a thread of its own, which a worker of the pool waits for (so it renders its rows
-/// itself, as [`render_lines`] would on such a thread).
+/// itself, as `render_lines` would on such a thread).
 pub struct StreamedCsv<'a> {
     path: &'a Path,
     w: csv::Writer<BufWriter<HashedFile>>,

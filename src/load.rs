@@ -490,7 +490,7 @@ pub struct Batch {
     /// Row number in the file of the batch's first row.
     pub first_row: u64,
     /// The string values that are not UTF-8, by row (empty but for a row group that held
-    /// one: [`decode_row_group`]); their columns hold them with U+FFFD in place of the
+    /// one: `decode_row_group`); their columns hold them with U+FFFD in place of the
     /// bad bytes, and their rows are rejected `bad_value`.
     pub not_utf8: Vec<NotUtf8>,
     /// Shared copies of repeated strings (accounts, products, actions, models).
@@ -556,7 +556,7 @@ thread_local! {
     static DECODING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Whether the current thread is decoding input under [`guard_decoding`] (the panic hook
+/// Whether the current thread is decoding input under `guard_decoding` (the panic hook
 /// stays quiet then: the panic becomes an input error).
 pub fn decoding_input() -> bool {
     DECODING.with(|d| d.get())

@@ -165,7 +165,7 @@ fn key_of_hash(hash: u64) -> u64 {
     hash & !LOW
 }
 
-/// Ids (by [`id_key`]) whose rows fall in more than one partition.
+/// Ids (by `id_key`) whose rows fall in more than one partition.
 #[derive(Default)]
 pub struct CrossBucket {
     events: KeySet,

@@ -36,7 +36,7 @@ static MADE_ONE: Mutex<bool> = Mutex::new(false);
 /// The file in a spill folder that its run holds locked while the folder is in use.
 const OWNER_LOCK: &str = "owner.lock";
 
-/// A spill folder, and the lock on its [`OWNER_LOCK`] that tells other runs it is live
+/// A spill folder, and the lock on its `OWNER_LOCK` that tells other runs it is live
 /// (removed with the folder when dropped).
 pub struct SpillDir {
     path: PathBuf,
@@ -53,7 +53,7 @@ impl SpillDir {
 impl Drop for SpillDir {
     /// The folder goes, so an interrupt need not. Its lock file is removed last: a run
     /// killed while removing the folder leaves it with an `owner.lock` no one holds, or
-    /// empty, both of which the next run's sweep removes at once ([`remove_orphans`]).
+    /// empty, both of which the next run's sweep removes at once (`remove_orphans`).
     fn drop(&mut self) {
         remove_lock_last(&self.path);
         drop(self.owner.take());
@@ -61,10 +61,10 @@ impl Drop for SpillDir {
     }
 }
 
-/// Remove a folder (best effort), its [`OWNER_LOCK`] last: a process that dies while
+/// Remove a folder (best effort), its `OWNER_LOCK` last: a process that dies while
 /// removing it (SIGKILL, or the process exiting on a signal meanwhile) leaves a folder with
 /// its lock file, which the next run's sweep takes as a dead run's, or an empty one, which
-/// it removes at once ([`remove_orphans`]); never a lockless folder of spill files, which
+/// it removes at once (`remove_orphans`); never a lockless folder of spill files, which
 /// only goes once a minute old. Every remover of spill folders goes through this: a run's
 /// own, the sweep and the interrupt watcher.
 pub fn remove_lock_last(folder: &Path) {

@@ -300,7 +300,7 @@ pub struct BucketRows {
 
 impl<'a> Group<'a> {
     /// Join the group's entries to its events and split its accounts into buckets
-    /// (`buckets`: how many; `None`: about one per [`ROWS_PER_BUCKET`] rows).
+    /// (`buckets`: how many; `None`: about one per `ROWS_PER_BUCKET` rows).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         window: RunWindow<'a>,
