@@ -10,7 +10,6 @@ use crate::error::{Result, TallyError};
 use crate::load::InputFile;
 use crate::model::*;
 use crate::pipeline::{DatasetCounts, Partial, RunOutput, RunSettings, UsageCounts};
-use crate::runs::{BilledRun, LineRun};
 use crate::spill;
 use crate::time::Micros;
 use rayon::prelude::*;
@@ -103,19 +102,20 @@ fn order_outputs(
         pricebook_path,
         files,
     } = inputs;
-    let Gathered {
+    let (all, scratch) = gathered(partials)?;
+    let Partial {
         mut results,
         mut rejects,
-        mut not_covered,
+        rejected_allocations_not_covered: mut not_covered,
         rows_read,
-        identical,
+        identical_duplicates: identical,
         outside_usage,
         outside_entries,
         billed,
         lines,
-        scratch,
         mix,
-    } = Gathered::of(partials)?;
+        ..
+    } = all;
     // Collect in output order: accounts by id (bytes), periods already in order; the
     // tables are sized once before the results are appended in that order.
     let order = account_order(&results)?;
@@ -181,53 +181,30 @@ fn order_outputs(
     })
 }
 
-/// The partials of a run's shards put together, in shard order (not yet in output order).
-struct Gathered {
-    results: Vec<(String, AccountResult)>,
-    rejects: Vec<Reject>,
-    not_covered: Vec<RowRef>,
-    rows_read: [u64; 4],
-    identical: u64,
-    outside_usage: u64,
-    outside_entries: u64,
-    billed: Vec<BilledRun>,
-    lines: Vec<LineRun>,
-    scratch: Vec<Arc<spill::SpillDir>>,
-    mix: crate::breakdown::Mix,
-}
-
-impl Gathered {
-    fn of(partials: Vec<Partial>) -> Result<Gathered> {
-        let mut all = Gathered {
-            results: Vec::new(),
-            rejects: Vec::new(),
-            not_covered: Vec::new(),
-            rows_read: [0u64; 4],
-            identical: 0,
-            outside_usage: 0,
-            outside_entries: 0,
-            billed: Vec::new(),
-            lines: Vec::new(),
-            scratch: Vec::new(),
-            mix: crate::breakdown::Mix::default(),
-        };
-        for p in partials {
-            all.mix.merge(p.mix)?;
-            gather(&mut all.billed, p.billed);
-            gather(&mut all.lines, p.lines);
-            all.scratch.extend(p.scratch);
-            gather(&mut all.results, p.results);
-            gather(&mut all.rejects, p.rejects);
-            gather(&mut all.not_covered, p.rejected_allocations_not_covered);
-            for (total, n) in all.rows_read.iter_mut().zip(p.rows_read) {
-                *total += n;
-            }
-            all.identical += p.identical_duplicates;
-            all.outside_usage += p.outside_usage;
-            all.outside_entries += p.outside_entries;
+/// The partials of a run's shards put together into one, in shard order (not yet in
+/// output order), and the folders of their run files (each partial holds one at most).
+fn gathered(partials: Vec<Partial>) -> Result<(Partial, Vec<Arc<spill::SpillDir>>)> {
+    let mut all = Partial::default();
+    let mut scratch = Vec::new();
+    for p in partials {
+        all.mix.merge(p.mix)?;
+        gather(&mut all.billed, p.billed);
+        gather(&mut all.lines, p.lines);
+        scratch.extend(p.scratch);
+        gather(&mut all.results, p.results);
+        gather(&mut all.rejects, p.rejects);
+        gather(
+            &mut all.rejected_allocations_not_covered,
+            p.rejected_allocations_not_covered,
+        );
+        for (total, n) in all.rows_read.iter_mut().zip(p.rows_read) {
+            *total += n;
         }
-        Ok(all)
+        all.identical_duplicates += p.identical_duplicates;
+        all.outside_usage += p.outside_usage;
+        all.outside_entries += p.outside_entries;
     }
+    Ok((all, scratch))
 }
 
 /// A row rejected twice is a bug: every row is accounted for exactly once (`rejects`:
