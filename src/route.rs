@@ -88,8 +88,11 @@ impl Layout {
 /// for every row (the spill pass counting each batch's rows by group that way cost more
 /// than the frames' regrowth the counts spared; the `perf` counts are in benches/README.md,
 /// "Profiles and experiments (2026-12-04, late evening: where the split's time goes, CRC-32
-/// spill frames)").
-pub struct GroupTable(Vec<u16>);
+/// spill frames)"). It knows how many groups there are, so the two travel together.
+pub struct GroupTable {
+    group_of_partition: Vec<u16>,
+    groups: usize,
+}
 
 impl GroupTable {
     /// A partition of another shard.
@@ -97,20 +100,26 @@ impl GroupTable {
 
     pub fn new(layout: &Layout) -> GroupTable {
         const _: () = assert!(MAX_GROUPS < GroupTable::OTHER_SHARD as u32);
-        GroupTable(
-            (0..PARTITIONS)
+        GroupTable {
+            group_of_partition: (0..PARTITIONS)
                 .map(|p| match layout.owns(p) {
                     true => layout.group_of(p) as u16,
                     false => GroupTable::OTHER_SHARD,
                 })
                 .collect(),
-        )
+            groups: layout.groups as usize,
+        }
+    }
+
+    /// How many groups this shard has.
+    pub fn groups(&self) -> usize {
+        self.groups
     }
 
     /// The group of this shard that a partition belongs to (`None`: another shard's).
     #[inline]
     pub fn group(&self, partition: u32) -> Option<usize> {
-        match self.0[partition as usize] {
+        match self.group_of_partition[partition as usize] {
             GroupTable::OTHER_SHARD => None,
             group => Some(usize::from(group)),
         }
@@ -642,7 +651,6 @@ pub fn find_cross_bucket(
 ) -> Result<LightPass> {
     let late_ids = std::sync::Mutex::new(HashSet::<String, FastHash>::default());
     let groups = GroupTable::new(layout);
-    let group_count = layout.groups as usize;
     // Round 1: event ids over usage and ledger rows, with the row's own partition.
     let usage_specs: &[ColSpec] = if late.is_some() {
         &USAGE_IDS_AT
@@ -650,14 +658,14 @@ pub fn find_cross_bucket(
         &USAGE_IDS
     };
     let usage_parts = light_read(usage, usage_specs, &|batch, unit| {
-        key_events_and_count_groups(batch, 0, unit, &groups, group_count);
+        key_events_and_count_groups(batch, 0, unit, &groups);
         if let Some(late) = late {
             add_late_ids(batch, late, &late_ids);
         }
     })?;
     let entry_hashes = EntryHashes::create()?;
     let debit_parts = light_read(debits, &DEBIT_IDS, &|batch, unit| {
-        let partitions = key_events_and_count_groups(batch, 2, unit, &groups, group_count);
+        let partitions = key_events_and_count_groups(batch, 2, unit, &groups);
         // The rows round 2 would key: an entry id and an account.
         let hashes: Vec<u64> = (partitions.iter().enumerate())
             .filter(|&(_, &partition)| partition != NO_ACCOUNT)
@@ -666,8 +674,8 @@ pub fn find_cross_bucket(
         entry_hashes.add(&hashes);
     })?;
     let counts = [
-        GroupCounts::of(&usage_parts, group_count),
-        GroupCounts::of(&debit_parts, group_count),
+        GroupCounts::of(&usage_parts, groups.groups()),
+        GroupCounts::of(&debit_parts, groups.groups()),
     ];
     let keys = usage_parts
         .into_iter()
@@ -714,11 +722,10 @@ fn key_events_and_count_groups(
     id_col: usize,
     unit: &mut LightUnit<LightOut>,
     groups: &GroupTable,
-    group_count: usize,
 ) -> Vec<u32> {
     let partitions = unit.accounts.of_rows(&batch.columns[1], batch.len);
     let mut keys = Vec::with_capacity(batch.len);
-    let mut by_group = vec![0u64; group_count];
+    let mut by_group = vec![0u64; groups.groups()];
     for (row, &partition) in partitions.iter().enumerate() {
         if partition == NO_ACCOUNT {
             continue;
@@ -1050,6 +1057,7 @@ mod tests {
                 groups,
             };
             let table = GroupTable::new(&layout);
+            assert_eq!(table.groups(), groups as usize);
             for p in 0..PARTITIONS {
                 let expected = layout.owns(p).then(|| layout.group_of(p));
                 assert_eq!(table.group(p), expected, "partition {p} of {layout:?}");

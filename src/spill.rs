@@ -716,7 +716,6 @@ pub fn route_dataset<S: Source>(
     let router = BatchRouter {
         source,
         files,
-        group_count: layout.groups as usize,
         group_table: GroupTable::new(layout),
         cross,
         spill,
@@ -782,7 +781,6 @@ fn row_group_outs<'h, S: Source>(
 struct BatchRouter<'a, S> {
     source: &'a S,
     files: &'a [InputFile],
-    group_count: usize,
     group_table: GroupTable,
     cross: &'a CrossBucket,
     spill: &'a SpillFiles,
@@ -854,7 +852,7 @@ impl<S: Source> BatchRouter<'_, S> {
     /// them (as frames sized for an even share, and ids at 24 bytes a row for the ledger's
     /// 44, did).
     fn frames_for(&self, partitions: &[u32]) -> Vec<(Vec<S::Row>, IdChunk)> {
-        let mut sizes = vec![0usize; self.group_count];
+        let mut sizes = vec![0usize; self.group_table.groups()];
         for &partition in partitions {
             if let Some(group) = self.group_table.group(partition) {
                 sizes[group] += 1;
