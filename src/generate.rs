@@ -339,6 +339,10 @@ type Spec = (&'static str, &'static str, Option<&'static str>, Qty, u64);
 
 const VIDEO: Qty = Qty::Tenths(20, 100);
 const LONG: Qty = Qty::Tenths(50, 600);
+/// 1 to 4 images, 1 to 2 music tracks, 1 to 5 sound effects.
+const IMAGES: Qty = Qty::Count(1, 4);
+const TRACKS: Qty = Qty::Count(1, 2);
+const SOUNDS: Qty = Qty::Count(1, 5);
 
 /// Ordinary, priced traffic (weights are relative).
 const NORMAL_SPECS: &[Spec] = &[
@@ -362,80 +366,26 @@ const NORMAL_SPECS: &[Spec] = &[
     ("studio", "prompt_to_video", None, VIDEO, 2),
     // Unknown video model: falls back to the generic prompt_to_video rate (8/s).
     ("studio", "prompt_to_video", Some("hailuo-02"), VIDEO, 1),
-    (
-        "studio",
-        "genai_image",
-        Some("imagen-3"),
-        Qty::Count(1, 4),
-        6,
-    ),
-    (
-        "studio",
-        "genai_image",
-        Some("gpt-4o-image"),
-        Qty::Count(1, 4),
-        6,
-    ),
-    (
-        "studio",
-        "genai_image",
-        Some("recraft-v3"),
-        Qty::Count(1, 4),
-        3,
-    ),
-    ("studio", "genai_image", Some("photon"), Qty::Count(1, 4), 4),
-    (
-        "studio",
-        "genai_image",
-        Some("flux-1.1"),
-        Qty::Count(1, 4),
-        5,
-    ),
-    (
-        "studio",
-        "genai_image",
-        Some("dall-e-3"),
-        Qty::Count(1, 4),
-        3,
-    ),
-    (
-        "studio",
-        "genai_image",
-        Some("sd-3.5-large"),
-        Qty::Count(1, 4),
-        3,
-    ),
-    (
-        "studio",
-        "genai_music",
-        Some("soundraw"),
-        Qty::Count(1, 2),
-        2,
-    ),
-    ("studio", "genai_music", Some("udio"), Qty::Count(1, 2), 2),
-    ("studio", "sound_effect", None, Qty::Count(1, 5), 2),
+    ("studio", "genai_image", Some("imagen-3"), IMAGES, 6),
+    ("studio", "genai_image", Some("gpt-4o-image"), IMAGES, 6),
+    ("studio", "genai_image", Some("recraft-v3"), IMAGES, 3),
+    ("studio", "genai_image", Some("photon"), IMAGES, 4),
+    ("studio", "genai_image", Some("flux-1.1"), IMAGES, 5),
+    ("studio", "genai_image", Some("dall-e-3"), IMAGES, 3),
+    ("studio", "genai_image", Some("sd-3.5-large"), IMAGES, 3),
+    ("studio", "genai_music", Some("soundraw"), TRACKS, 2),
+    ("studio", "genai_music", Some("udio"), TRACKS, 2),
+    ("studio", "sound_effect", None, SOUNDS, 2),
     (
         "studio",
         "sound_effect",
         Some("stable-audio-open"),
-        Qty::Count(1, 5),
+        SOUNDS,
         2,
     ),
-    (
-        "studio",
-        "sound_effect",
-        Some("mmaudio"),
-        Qty::Count(1, 5),
-        2,
-    ),
+    ("studio", "sound_effect", Some("mmaudio"), SOUNDS, 2),
     // Unknown sound model: generic sound_effect rate (1 credit).
-    (
-        "studio",
-        "sound_effect",
-        Some("elevenlabs-sfx"),
-        Qty::Count(1, 5),
-        1,
-    ),
+    ("studio", "sound_effect", Some("elevenlabs-sfx"), SOUNDS, 1),
     ("captions", "ai_twin_creation", None, Qty::Count(1, 1), 2),
     ("captions", "ai_edit", None, Qty::Count(1, 1), 8),
     ("captions", "ai_creator", None, LONG, 5),
@@ -451,27 +401,9 @@ const NORMAL_SPECS: &[Spec] = &[
 /// (product, action, model) with no rate at all: `unpriced_event`.
 const UNPRICED_SPECS: &[Spec] = &[
     // No generic image rate exists, so an unknown image model is unpriced.
-    (
-        "studio",
-        "genai_image",
-        Some("midjourney-v7"),
-        Qty::Count(1, 4),
-        4,
-    ),
-    (
-        "studio",
-        "genai_image",
-        Some("ideogram-2"),
-        Qty::Count(1, 4),
-        2,
-    ),
-    (
-        "studio",
-        "genai_music",
-        Some("suno-v4"),
-        Qty::Count(1, 2),
-        2,
-    ),
+    ("studio", "genai_image", Some("midjourney-v7"), IMAGES, 4),
+    ("studio", "genai_image", Some("ideogram-2"), IMAGES, 2),
+    ("studio", "genai_music", Some("suno-v4"), TRACKS, 2),
     ("captions", "ai_dubbing", None, LONG, 2),
 ];
 
