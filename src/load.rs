@@ -1046,45 +1046,69 @@ fn decode_row_group(
     (rg, warn): (usize, bool),
     each_batch: &mut dyn FnMut(&Batch),
 ) -> Result<()> {
-    // One handle for the footer (when read again) and the row group's column chunks.
+    // One handle for the footer (when read again) and the row group's column chunks (a
+    // re-read with the strings as bytes reads them through the same handle).
     let handle = open_unchanged(file)?;
     let metadata = opened.footer(file, &handle, specs)?;
     let outcome = guard_decoding(file, || {
         let first_row = opened.row_group_first[rg];
-        if opened.strings_unchecked {
-            let from = (rg, first_row, 0);
-            let found = decode_strings_as_bytes(file, opened, specs, &metadata, from, each_batch)?;
+        let reread_from = match opened.strings_unchecked {
+            true => Some(0),
+            false => {
+                let at = (rg, first_row);
+                decode_checked(
+                    file,
+                    opened,
+                    specs,
+                    at,
+                    handle.clone(),
+                    &metadata,
+                    each_batch,
+                )?
+            }
+        };
+        if let Some(skip) = reread_from {
+            let from = (rg, first_row, skip);
+            let found = decode_strings_as_bytes(file, specs, &metadata, handle, from, each_batch)?;
             warn_of_strings_not_utf8(file, from, found, warn);
-            return Ok(());
-        }
-        let reader = reader_of(file, opened, rg, handle, metadata.clone())?;
-        let mut passed = 0u64;
-        for batch in reader {
-            let batch = match batch {
-                Ok(batch) => batch,
-                Err(e) if is_not_utf8(&e) => {
-                    let from = (rg, first_row, passed);
-                    let found =
-                        decode_strings_as_bytes(file, opened, specs, &metadata, from, each_batch)?;
-                    warn_of_strings_not_utf8(file, from, found, warn);
-                    return Ok(());
-                }
-                Err(e) => return Err(row_group_error(file, rg, e)),
-            };
-            let columns = columns_of(file, specs, &batch)?;
-            each_batch(&Batch {
-                columns,
-                len: batch.num_rows(),
-                first_row: first_row + passed,
-                not_utf8: Vec::new(),
-                interned: Default::default(),
-            });
-            passed += batch.num_rows() as u64;
         }
         Ok(())
     });
     opened.row_group_done();
     outcome
+}
+
+/// Decode row group `rg` (its first row `first_row` in the file) with the Arrow reader,
+/// passing each batch on. The reader refuses the rest of a row group at a string that is
+/// not UTF-8: returns the row it had reached then (`None`: it passed on every row).
+fn decode_checked(
+    file: &InputFile,
+    opened: &OpenedFile,
+    specs: &[ColSpec],
+    (rg, first_row): (usize, u64),
+    handle: PositionalFile,
+    metadata: &ArrowReaderMetadata,
+    each_batch: &mut dyn FnMut(&Batch),
+) -> Result<Option<u64>> {
+    let reader = reader_of(file, opened, rg, handle, metadata.clone())?;
+    let mut passed = 0u64;
+    for batch in reader {
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(e) if is_not_utf8(&e) => return Ok(Some(passed)),
+            Err(e) => return Err(row_group_error(file, rg, e)),
+        };
+        let columns = columns_of(file, specs, &batch)?;
+        each_batch(&Batch {
+            columns,
+            len: batch.num_rows(),
+            first_row: first_row + passed,
+            not_utf8: Vec::new(),
+            interned: Default::default(),
+        });
+        passed += batch.num_rows() as u64;
+    }
+    Ok(None)
 }
 
 /// A handle on `file`, checked to be the file its first opening's footer described (a
@@ -1161,9 +1185,9 @@ fn is_string_type(dt: &DataType) -> bool {
 /// found.
 fn decode_strings_as_bytes(
     file: &InputFile,
-    opened: &OpenedFile,
     specs: &[ColSpec],
     metadata: &ArrowReaderMetadata,
+    handle: PositionalFile,
     (rg, first_row, skip): (usize, u64, u64),
     each_batch: &mut dyn FnMut(&Batch),
 ) -> Result<usize> {
@@ -1182,38 +1206,39 @@ fn decode_strings_as_bytes(
             false => others.push(i),
         }
     }
-    let rows = opened.row_group_rows[rg];
+    let rows = metadata.metadata().row_group(rg).num_rows().max(0) as u64;
     if skip > rows {
         return Err(corrupt(&"more rows than its footer says"));
     }
     let mut other_batches = match others.is_empty() {
         true => None,
         false => Some(
-            ParquetRecordBatchReaderBuilder::new_with_metadata(
-                open_unchanged(file)?,
-                metadata.clone(),
-            )
-            .with_projection(ProjectionMask::roots(metadata.parquet_schema(), others))
-            .with_row_groups(vec![rg])
-            .with_row_selection(parquet::arrow::arrow_reader::RowSelection::from(vec![
-                parquet::arrow::arrow_reader::RowSelector::skip(skip as usize),
-                parquet::arrow::arrow_reader::RowSelector::select((rows - skip) as usize),
-            ]))
-            .with_batch_size(BATCH_ROWS)
-            .build()
-            .map_err(|e| corrupt(&e))?,
+            ParquetRecordBatchReaderBuilder::new_with_metadata(handle.clone(), metadata.clone())
+                .with_projection(ProjectionMask::roots(metadata.parquet_schema(), others))
+                .with_row_groups(vec![rg])
+                .with_row_selection(parquet::arrow::arrow_reader::RowSelection::from(vec![
+                    parquet::arrow::arrow_reader::RowSelector::skip(skip as usize),
+                    parquet::arrow::arrow_reader::RowSelector::select((rows - skip) as usize),
+                ]))
+                .with_batch_size(BATCH_ROWS)
+                .build()
+                .map_err(|e| corrupt(&e))?,
         ),
     };
-    let row_group =
-        parquet::file::serialized_reader::SerializedFileReader::new(open_unchanged(file)?)
-            .map_err(|e| corrupt(&e))?;
-    let row_group = parquet::file::reader::FileReader::get_row_group(&row_group, rg)
-        .map_err(|e| corrupt(&e))?;
+    // The row group's column chunks, by the run's footer (not parsed again).
+    let parquet_metadata = metadata.metadata();
+    let row_group = parquet::file::serialized_reader::SerializedRowGroupReader::new(
+        std::sync::Arc::new(handle),
+        parquet_metadata.row_group(rg),
+        parquet_metadata.page_index_for_row_group(rg),
+        std::sync::Arc::new(parquet::file::properties::ReaderProperties::builder().build()),
+    )
+    .map_err(|e| corrupt(&e))?;
     let mut byte_columns = Vec::with_capacity(strings.len());
     for &(k, i) in &strings {
         let leaf = leaf_of(metadata.parquet_schema(), i)
             .ok_or_else(|| corrupt(&format!("no Parquet column for `{}`", specs[k].name)))?;
-        let mut column = ByteColumn::open(row_group.as_ref(), leaf).map_err(|e| corrupt(&e))?;
+        let mut column = ByteColumn::open(&row_group, leaf).map_err(|e| corrupt(&e))?;
         column.skip(skip as usize).map_err(|e| corrupt(&e))?;
         byte_columns.push((k, column));
     }
