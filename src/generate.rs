@@ -1283,7 +1283,14 @@ impl Ctx {
         other: &str,
         rng: &mut Rng,
     ) -> Result<i64, GenerateError> {
-        let (i, id, _, occurred, rec, _, variant) = event.parts();
+        let Injected {
+            i,
+            id,
+            occurred,
+            rec,
+            variant,
+            ..
+        } = *event;
         let eid = Some(id);
         let mut consumed = 0;
         let (t, q, status, credits) = match variant {
@@ -1316,7 +1323,14 @@ impl Ctx {
         event: &Injected<'_>,
         rng: &mut Rng,
     ) -> Result<i64, GenerateError> {
-        let (i, id, acct, _, rec, _, variant) = event.parts();
+        let Injected {
+            i,
+            id,
+            acct,
+            rec,
+            variant,
+            ..
+        } = *event;
         let eid = Some(id);
         let t = self.unpriced.pick(rng);
         let q = t.qty.draw(rng);
@@ -1336,7 +1350,16 @@ impl Ctx {
         event: &Injected<'_>,
         rng: &mut Rng,
     ) -> Result<i64, GenerateError> {
-        let (i, id, acct, occurred, rec, later, variant) = event.parts();
+        let Injected {
+            i,
+            id,
+            acct,
+            occurred,
+            rec,
+            later,
+            variant,
+            ..
+        } = *event;
         let eid = Some(id);
         let (t, q, p) = self.draw_positive(rng, occurred)?;
         let status = if variant == 3 { CANCELLED } else { FAILED };
@@ -1359,7 +1382,16 @@ impl Ctx {
         kind: Kind,
         rng: &mut Rng,
     ) -> Result<i64, GenerateError> {
-        let (i, id, acct, occurred, rec, later, variant) = event.parts();
+        let Injected {
+            i,
+            id,
+            acct,
+            occurred,
+            rec,
+            later,
+            variant,
+            ..
+        } = *event;
         let eid = Some(id);
         let (t, q, e) = self.draw_positive(rng, occurred)?;
         w.usage(&event.usage(t, q, SUCCEEDED))?;
@@ -1410,7 +1442,15 @@ impl Ctx {
         event: &Injected<'_>,
         rng: &mut Rng,
     ) -> Result<i64, GenerateError> {
-        let (i, id, acct, occurred, rec, _, variant) = event.parts();
+        let Injected {
+            i,
+            id,
+            acct,
+            occurred,
+            rec,
+            variant,
+            ..
+        } = *event;
         let eid = Some(id);
         let (t, q, e) = self.draw_positive(rng, occurred)?;
         let real = event.usage(t, q, SUCCEEDED);
@@ -1829,21 +1869,7 @@ struct Injected<'a> {
     variant: u64,
 }
 
-impl<'a> Injected<'a> {
-    /// Its fields as the inject methods use them: (index, event id, account, occurred,
-    /// first entry recorded, later entry recorded, variant).
-    fn parts(&self) -> (u64, &'a str, &'a str, i64, i64, i64, u64) {
-        (
-            self.i,
-            self.id,
-            self.acct,
-            self.occurred,
-            self.rec,
-            self.later,
-            self.variant,
-        )
-    }
-
+impl Injected<'_> {
     /// The event's usage row, of template `tmpl`.
     fn usage<'t>(&'t self, tmpl: &'t Tmpl, quantity: i64, status: &'t str) -> UsageRow<'t> {
         UsageRow {
