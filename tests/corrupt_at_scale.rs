@@ -2497,6 +2497,21 @@ fn a_non_utf8_string_rejects_its_row_wherever_it_falls_in_a_row_group() {
         )
     };
 
+    // The tables `tables` of two runs' outputs hold the same bytes.
+    let assert_same_tables = |a: &Path, b: &Path, tables: &[&str]| {
+        for table in tables {
+            assert!(
+                std::fs::read(a.join(table)).unwrap() == std::fs::read(b.join(table)).unwrap(),
+                "{table}"
+            );
+        }
+    };
+    let all_tables = [
+        "balances.parquet",
+        "discrepancies.parquet",
+        "rejects.parquet",
+    ];
+
     let (id_out, id_log) = run(&bad_id, "bad-id-out", &[]);
     assert!(id_log.contains(&reread(65_536)), "{id_log}");
     let id_rejects = rejects(&id_out);
@@ -2519,13 +2534,7 @@ fn a_non_utf8_string_rejects_its_row_wherever_it_falls_in_a_row_group() {
 
     // The same row rejected for a negative quantity: every other output is the same.
     let (negative_out, _) = run(&negative, "negative-out", &[]);
-    for table in ["balances.parquet", "discrepancies.parquet"] {
-        assert!(
-            std::fs::read(id_out.join(table)).unwrap()
-                == std::fs::read(negative_out.join(table)).unwrap(),
-            "{table}"
-        );
-    }
+    assert_same_tables(&id_out, &negative_out, &all_tables[..2]);
     let others = |rejects: Vec<RejectRow>| -> Vec<RejectRow> {
         (rejects.into_iter())
             .filter(|r| r.2 != 100_000 || r.1 != "usage/all.parquet")
@@ -2542,17 +2551,7 @@ fn a_non_utf8_string_rejects_its_row_wherever_it_falls_in_a_row_group() {
         1,
         "{split_log}"
     );
-    for table in [
-        "balances.parquet",
-        "discrepancies.parquet",
-        "rejects.parquet",
-    ] {
-        assert!(
-            std::fs::read(id_out.join(table)).unwrap()
-                == std::fs::read(split_out.join(table)).unwrap(),
-            "{table}"
-        );
-    }
+    assert_same_tables(&id_out, &split_out, &all_tables);
 
     let (account_out, account_log) = run(&bad_account, "bad-account-out", &[]);
     assert!(account_log.contains(&reread(0)), "{account_log}");
@@ -2567,17 +2566,7 @@ fn a_non_utf8_string_rejects_its_row_wherever_it_falls_in_a_row_group() {
     );
     let (nested_out, _) = run(&nested_first, "nested-first-out", &[]);
     assert_eq!(not_utf8(&rejects(&nested_out)), not_utf8(&account_rejects));
-    for table in [
-        "balances.parquet",
-        "discrepancies.parquet",
-        "rejects.parquet",
-    ] {
-        assert!(
-            std::fs::read(account_out.join(table)).unwrap()
-                == std::fs::read(nested_out.join(table)).unwrap(),
-            "{table}"
-        );
-    }
+    assert_same_tables(&account_out, &nested_out, &all_tables);
 }
 
 /// `batch` with a struct column of two integers before its columns.
