@@ -359,23 +359,21 @@ fn check_grants_next_ids_are_unique(grants: &[GrantRow]) -> Result<()> {
     })
 }
 
+/// The distinct (account, period start) pairs of `rows`, sorted.
+fn distinct_periods<'a>(rows: impl Iterator<Item = (&'a str, Micros)>) -> Vec<(&'a str, Micros)> {
+    let mut periods: Vec<_> = rows.collect();
+    periods.sort_unstable();
+    periods.dedup();
+    periods
+}
+
 /// Every closed account-period has exactly one invoice and one renewal.
 fn check_one_invoice_and_renewal_per_period(out: &AccountResult) -> Result<()> {
     let periods = out.totals.account_periods as usize;
-    let mut invoiced: Vec<(&str, Micros)> = out
-        .invoices
-        .iter()
-        .map(|i| (i.account_id.as_str(), i.period_start))
-        .collect();
-    invoiced.sort_unstable();
-    invoiced.dedup();
-    let mut renewed: Vec<(&str, Micros)> = out
-        .renewals
-        .iter()
-        .map(|r| (r.account_id.as_str(), r.period_start))
-        .collect();
-    renewed.sort_unstable();
-    renewed.dedup();
+    let invoiced =
+        distinct_periods((out.invoices.iter()).map(|i| (i.account_id.as_str(), i.period_start)));
+    let renewed =
+        distinct_periods((out.renewals.iter()).map(|r| (r.account_id.as_str(), r.period_start)));
     let holds = out.invoices.len() == periods
         && out.renewals.len() == periods
         && invoiced.len() == periods
@@ -408,6 +406,90 @@ mod tests {
             expires_at: None,
             priority: None,
         }
+    }
+
+    /// The close's invariant: every closed account-period has exactly one invoice and one
+    /// renewal. A second invoice for a period, a renewal of another period, or a period
+    /// counted but not invoiced stops the run (exit 4) with the counts.
+    #[test]
+    fn each_closed_period_has_one_invoice_and_one_renewal() {
+        use crate::amount::Milli;
+        use crate::close::InvoiceRow;
+        let invoice = |account: &str, start: Micros| InvoiceRow {
+            invoice_id: format!("inv-{account}-{start}"),
+            account_id: account.into(),
+            plan_id: "pro".into(),
+            period_start: start,
+            period_end: start + 1,
+            currency: "USD".into(),
+            plan_price_minor: 0,
+            included_credits: Milli::ZERO,
+            credits_used: Milli::ZERO,
+            credits_from: [Milli::ZERO; 5],
+            overage_credits: Milli::ZERO,
+            overage_amount_minor: 0,
+            total_minor: 0,
+            recorded_credits: Milli::ZERO,
+            unreconciled_credits: Milli::ZERO,
+        };
+        let renewal = |account: &str, start: Micros| RenewalRow {
+            account_id: account.into(),
+            period_start: start,
+            period_end: start + 1,
+            next_period_start: None,
+            next_period_end: None,
+            plan_id: "pro".into(),
+            plan_credits_unused: Milli::ZERO,
+            rollover_credits: Milli::ZERO,
+            expired_credits: Milli::ZERO,
+            next_included_credits: None,
+            carried_grant_credits: Milli::ZERO,
+        };
+        let closed = |invoices: Vec<InvoiceRow>, renewals: Vec<RenewalRow>, periods: u64| {
+            let mut out = AccountResult {
+                invoices,
+                renewals,
+                ..Default::default()
+            };
+            out.totals.account_periods = periods;
+            check_one_invoice_and_renewal_per_period(&out)
+        };
+        let both =
+            |account: &str, start: Micros| (invoice(account, start), renewal(account, start));
+        let ((a1, ra1), (a2, ra2), (b1, rb1)) = (both("a", 1), both("a", 2), both("b", 1));
+        assert!(closed(
+            vec![a1.clone(), a2.clone(), b1.clone()],
+            vec![ra1.clone(), ra2.clone(), rb1.clone()],
+            3
+        )
+        .is_ok());
+        let refused = |invoices, renewals, periods| match closed(invoices, renewals, periods) {
+            Err(TallyError::Invariant(message)) => message,
+            other => panic!("{other:?}"),
+        };
+        // One period invoiced twice, another not at all.
+        assert_eq!(
+            refused(
+                vec![a1.clone(), a1.clone(), b1.clone()],
+                vec![ra1.clone(), ra2.clone(), rb1.clone()],
+                3
+            ),
+            "3 closed account-periods but 3 invoices (2 distinct) and 3 renewals (3 distinct)"
+        );
+        // A renewal of another period than the invoice's.
+        assert_eq!(
+            refused(
+                vec![a1.clone(), b1.clone()],
+                vec![ra1.clone(), ra2.clone()],
+                2
+            ),
+            "2 closed account-periods but 2 invoices (2 distinct) and 2 renewals (2 distinct)"
+        );
+        // A period counted but neither invoiced nor renewed.
+        assert_eq!(
+            refused(vec![a1, b1], vec![ra1, rb1], 3),
+            "3 closed account-periods but 2 invoices (2 distinct) and 2 renewals (2 distinct)"
+        );
     }
 
     /// The warning of rejected allocations counts them by reason (in name order), names
