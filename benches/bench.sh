@@ -9,7 +9,7 @@
 #   BENCH_DIR     work folder: venv, generated data, outputs, logs, results (default /tmp/tally-bench)
 #   TALLY         the tally binary (default $CARGO_TARGET_DIR or ~/.cache/tally-target, release/tally)
 #   DUCKDB_SPEC   what pip installs (default duckdb==2.0.1, the version the README figures used)
-#   BENCH_RUNS    runs per measurement (default 3; sizes of 50m events and up always run once: a 100m DuckDB run takes 4–5 minutes)
+#   BENCH_RUNS    rounds: each tool runs once per round, tools in turn (default 3; sizes of 50m events and up always run once: a 100m DuckDB run takes 4–5 minutes)
 #   BENCH_MEM_HEADROOM_GB   GiB kept free when deciding whether a size fits (default 2)
 #   BENCH_MEM_SAFETY        factor on the memory estimate scaled from the 1m run (default 1.25)
 #   BENCH_TALLY_CAP_GB      tally's expected peak past its memory budget, GiB (default 5)
@@ -137,35 +137,62 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 OUR_CPU=0
 busy_cpu_s() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / {print ($2 + $3 + $4 + $7 + $8 + $9) / hz}' /proc/stat; }
 
-# measure LABEL TOOL RUNS OUTDIR -- CMD...   -> sets M_WALL (s), M_CPU (user+sys s) and M_RSS (KB),
-# each the median over the runs
-measure() {
-    local label=$1 tool=$2 runs=$3 out=$4; shift 5
-    local walls=() cpus=() rsss=() i tf logf rc
+# One timed run of a tool; its wall (s), CPU (user+sys s) and peak RSS (KB) are appended to
+# WALLS[TOOL], CPUS[TOOL] and RSSS[TOOL] (space-separated, in run order).
+declare -A WALLS=() CPUS=() RSSS=()
+# run_once LABEL TOOL I RUNS OUTDIR -- CMD...
+run_once() {
+    local label=$1 tool=$2 i=$3 runs=$4 out=$5; shift 6
+    local tf logf rc
     tf=$(mktemp)
-    for ((i = 1; i <= runs; i++)); do
-        rm -rf "$out"                       # close over its own output would be a no-op
-        # Write back what the generator or the previous run left dirty in the page cache
-        # (gigabytes at 100m), so that it is not charged to this run's disk writes.
-        sync
-        logf="$BENCH_DIR/logs/$label-$tool-$i.log"
-        rc=0
-        /usr/bin/time -f '%e %M %U %S' -o "$tf" "$@" >"$logf" 2>&1 || rc=$?
-        # tally exits 1 when an [alert] threshold is passed: still a finished run
-        if [[ $rc -ne 0 && ! ( $tool == tally-* && $rc -eq 1 ) ]]; then
-            rm -f "$tf"
-            die "$tool failed at $label (exit $rc); see $logf"
-        fi
-        walls+=("$(awk 'END {print $1}' "$tf")")
-        rsss+=("$(awk 'END {print $2}' "$tf")")
-        cpus+=("$(awk 'END {print $3 + $4}' "$tf")")
-        OUR_CPU=$(awk -v a="$OUR_CPU" 'END {print a + $3 + $4}' "$tf")
-        log "  $tool run $i/$runs: $(awk 'END {printf "%s s wall, %.2f s cpu, %.0f MB", $1, $3 + $4, $2/1024}' "$tf")"
-    done
+    rm -rf "$out"                       # close over its own output would be a no-op
+    # Write back what the generator or the previous run left dirty in the page cache
+    # (gigabytes at 100m), so that it is not charged to this run's disk writes.
+    sync
+    logf="$BENCH_DIR/logs/$label-$tool-$i.log"
+    rc=0
+    /usr/bin/time -f '%e %M %U %S' -o "$tf" "$@" >"$logf" 2>&1 || rc=$?
+    # tally exits 1 when an [alert] threshold is passed: still a finished run
+    if [[ $rc -ne 0 && ! ( $tool == tally-* && $rc -eq 1 ) ]]; then
+        rm -f "$tf"
+        die "$tool failed at $label (exit $rc); see $logf"
+    fi
+    WALLS[$tool]+="$(awk 'END {print $1}' "$tf") "
+    RSSS[$tool]+="$(awk 'END {print $2}' "$tf") "
+    CPUS[$tool]+="$(awk 'END {print $3 + $4}' "$tf") "
+    OUR_CPU=$(awk -v a="$OUR_CPU" 'END {print a + $3 + $4}' "$tf")
+    log "  $tool run $i/$runs: $(awk 'END {printf "%s s wall, %.2f s cpu, %.0f MB", $1, $3 + $4, $2/1024}' "$tf")"
     rm -f "$tf"
-    M_WALL=$(printf '%s\n' "${walls[@]}" | median)
-    M_RSS=$(printf '%s\n' "${rsss[@]}" | median)
-    M_CPU=$(printf '%s\n' "${cpus[@]}" | median)
+}
+
+# The median of a space-separated list.
+median_of() { tr ' ' '\n' <<<"$1" | grep . | median; }
+
+# medians TOOL -> sets M_WALL (s), M_CPU (user+sys s) and M_RSS (KB), each the median over
+# the tool's runs
+medians() {
+    M_WALL=$(median_of "${WALLS[$1]}")
+    M_RSS=$(median_of "${RSSS[$1]}")
+    M_CPU=$(median_of "${CPUS[$1]}")
+}
+
+# paired_ratio A B -> the median over rounds of (A's wall / B's wall) in the same round: two
+# tools timed minutes apart compare through the VM's speed at each moment (it varies by
+# 1.6x from hour to hour here), two timed seconds apart much less.
+paired_ratio() {
+    paste -d' ' <(tr ' ' '\n' <<<"${WALLS[$1]}" | grep .) <(tr ' ' '\n' <<<"${WALLS[$2]}" | grep .) \
+        | awk '$2 > 0 {print $1 / $2}' | median
+}
+
+# measure LABEL TOOL RUNS OUTDIR -- CMD...   -> RUNS runs of one tool back to back, then
+# M_WALL, M_CPU and M_RSS as `medians` sets them
+measure() {
+    local label=$1 tool=$2 runs=$3 out=$4 i; shift 5
+    WALLS[$tool]="" CPUS[$tool]="" RSSS[$tool]=""
+    for ((i = 1; i <= runs; i++)); do
+        run_once "$label" "$tool" "$i" "$runs" "$out" -- "$@"
+    done
+    medians "$tool"
 }
 
 # ---- memory gate -------------------------------------------------------------------------
@@ -252,26 +279,43 @@ bench_size() {
     warm_inputs "$data"
 
     local w_scan c_scan r_scan w_rec c_rec r_rec w_close c_close r_close w_duck c_duck r_duck
+    local round g tool group_rows=()
     OUR_CPU=0 busy0=$(busy_cpu_s) t0=$(date +%s.%N)
-    measure "$label" tally-scan "$runs" "$out/none" -- "$TALLY" scan --data "$data" --log-format json
-    w_scan=$M_WALL c_scan=$M_CPU r_scan=$M_RSS
-    measure "$label" tally-reconcile "$runs" "$out/reconcile" -- "$TALLY" reconcile --data "$data" \
-        --as-of "$RECONCILE_AS_OF" --out "$out/reconcile" --log-format json
-    w_rec=$M_WALL c_rec=$M_CPU r_rec=$M_RSS
-    measure "$label" tally-close "$runs" "$out/close" -- "$TALLY" close --data "$data" \
-        --as-of "$CLOSE_AS_OF" --out "$out/close" --log-format json
-    w_close=$M_WALL c_close=$M_CPU r_close=$M_RSS
-    measure "$label" duckdb "$runs" "$out/duckdb" -- "$PY" "$RUNNER" "$SQL" "$data" \
-        "$data.rates.csv" "$data.plans.csv" "$out/duckdb" "$RECONCILE_AS_OF" "$SETTLE_SECONDS"
-    w_duck=$M_WALL c_duck=$M_CPU r_duck=$M_RSS
-    # Optional: the same reconcile at forced group counts (row "tally reconcile --groups N").
-    local group_rows=() g
+    for tool in tally-scan tally-reconcile tally-close duckdb; do
+        WALLS[$tool]="" CPUS[$tool]="" RSSS[$tool]=""
+    done
     for g in ${BENCH_GROUPS:-}; do
-        measure "$label" "tally-reconcile-groups-$g" "$runs" "$out/reconcile-groups" -- "$TALLY" \
-            reconcile --data "$data" --as-of "$RECONCILE_AS_OF" --out "$out/reconcile-groups" \
-            --groups "$g" --log-format json
+        WALLS[tally-reconcile-groups-$g]="" CPUS[tally-reconcile-groups-$g]="" RSSS[tally-reconcile-groups-$g]=""
+    done
+    # Rounds: each tool once per round, in the same order, so that the tools of a round
+    # run minutes apart at most and each ratio can also be taken round by round.
+    for ((round = 1; round <= runs; round++)); do
+        run_once "$label" tally-scan "$round" "$runs" "$out/none" -- "$TALLY" scan --data "$data" \
+            --log-format json
+        run_once "$label" tally-reconcile "$round" "$runs" "$out/reconcile" -- "$TALLY" reconcile \
+            --data "$data" --as-of "$RECONCILE_AS_OF" --out "$out/reconcile" --log-format json
+        run_once "$label" tally-close "$round" "$runs" "$out/close" -- "$TALLY" close --data "$data" \
+            --as-of "$CLOSE_AS_OF" --out "$out/close" --log-format json
+        run_once "$label" duckdb "$round" "$runs" "$out/duckdb" -- "$PY" "$RUNNER" "$SQL" "$data" \
+            "$data.rates.csv" "$data.plans.csv" "$out/duckdb" "$RECONCILE_AS_OF" "$SETTLE_SECONDS"
+        # Optional: the same reconcile at forced group counts (row "tally reconcile --groups N").
+        for g in ${BENCH_GROUPS:-}; do
+            run_once "$label" "tally-reconcile-groups-$g" "$round" "$runs" "$out/reconcile-groups" -- \
+                "$TALLY" reconcile --data "$data" --as-of "$RECONCILE_AS_OF" \
+                --out "$out/reconcile-groups" --groups "$g" --log-format json
+        done
+    done
+    medians tally-scan; w_scan=$M_WALL c_scan=$M_CPU r_scan=$M_RSS
+    medians tally-reconcile; w_rec=$M_WALL c_rec=$M_CPU r_rec=$M_RSS
+    medians tally-close; w_close=$M_WALL c_close=$M_CPU r_close=$M_RSS
+    medians duckdb; w_duck=$M_WALL c_duck=$M_CPU r_duck=$M_RSS
+    for g in ${BENCH_GROUPS:-}; do
+        medians "tally-reconcile-groups-$g"
         group_rows+=("tally reconcile --groups $g|$M_WALL|$M_RSS|$M_CPU")
     done
+    local paired_duck paired_scan
+    paired_duck=$(paired_ratio duckdb tally-reconcile)
+    paired_scan=$(paired_ratio tally-reconcile tally-scan)
 
     if [[ $label == 1m ]]; then
         echo "$(binary_key) $(( r_rec > r_close ? r_rec : r_close ))" >"$RSS1M_FILE"
@@ -289,7 +333,8 @@ bench_size() {
         echo "### $label: $events events ($usage_rows usage rows, $debit_rows ledger rows, $disk of Parquet)"
         echo
         echo "$(nproc) cores, $(awk '/^MemTotal:/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo);" \
-             "$tally_version; DuckDB $duck_version (PRAGMA threads=2); median of $runs run(s);" \
+             "$tally_version; DuckDB $duck_version (PRAGMA threads=2); median of $runs run(s)," \
+             "in $runs round(s) of every tool;" \
              "load average at start $load0; $(date -u +%Y-%m-%dT%H:%MZ)"
         echo
         echo "| tool | wall s | peak RSS MB | events/s | CPU s (user+sys) |"
@@ -305,9 +350,11 @@ bench_size() {
             }'
         done
         echo
-        awk -v d="$w_duck" -v t="$w_rec" -v s="$w_scan" -v rd="$r_duck" -v rt="$r_rec" 'BEGIN {
+        awk -v d="$w_duck" -v t="$w_rec" -v s="$w_scan" -v rd="$r_duck" -v rt="$r_rec" \
+            -v pd="$paired_duck" -v ps="$paired_scan" -v n="$runs" 'BEGIN {
             if (t > 0) printf "- tally reconcile vs DuckDB: speed-up %.2fx (duckdb_time / tally_time; above 1 means tally is faster); memory %.2fx DuckDB'"'"'s\n", d / t, rt / rd
             if (s > 0) printf "- tally reconcile / scan: %.1fx (tally_time / scan_time)\n", t / s
+            if (n > 1) printf "- the same ratios round by round (median over the %d rounds of each round'"'"'s ratio): %.2fx DuckDB, %.1fx the scan\n", n, pd, ps
         }'
         # where tally's time goes, from the JSON log of its last reconcile and close runs
         for tool in reconcile close; do
