@@ -322,23 +322,36 @@ impl AheadReader {
 
 impl io::Read for AheadReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let buffered = io::BufRead::fill_buf(self)?;
+        let n = out.len().min(buffered.len());
+        out[..n].copy_from_slice(&buffered[..n]);
+        io::BufRead::consume(self, n);
+        Ok(n)
+    }
+}
+
+/// The current chunk's unread bytes, so that a record's head is read a byte at a time
+/// without a `read` call per byte.
+impl io::BufRead for AheadReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
         while self.pos == self.end {
             if self.failed {
                 return Err(io::Error::other("an earlier read of this file failed"));
             }
             match self.next_chunk() {
                 Ok(true) => {}
-                Ok(false) => return Ok(0),
+                Ok(false) => return Ok(&[]),
                 Err(e) => {
                     self.failed = true;
                     return Err(e);
                 }
             }
         }
-        let n = out.len().min(self.end - self.pos);
-        out[..n].copy_from_slice(&self.current.as_slice()[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
+        Ok(&self.current.as_slice()[self.pos..self.end])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = (self.pos + n).min(self.end);
     }
 }
 

@@ -480,9 +480,10 @@ impl SpillBytes {
 /// and experiments (2026-12-04, after midnight: per-row work, ids as views)", bdce7e2).
 /// It takes what postcard takes and refuses what it refuses (a varint past its type's
 /// bytes or bits, bytes that end inside a form): a property test holds the two equal over
-/// any bytes.
-struct SpillReader<'a> {
-    bytes: &'a [u8],
+/// any bytes. The run files' records are read with it too (`runs`).
+pub(crate) struct SpillReader<'a> {
+    /// What is left to read.
+    pub(crate) bytes: &'a [u8],
 }
 
 impl<'a> SpillReader<'a> {
@@ -504,26 +505,37 @@ impl<'a> SpillReader<'a> {
     }
 
     #[inline(always)]
-    fn unsigned(&mut self) -> Option<u64> {
+    pub(crate) fn unsigned(&mut self) -> Option<u64> {
         self.varint(10, 1)
     }
 
     #[inline(always)]
-    fn unsigned32(&mut self) -> Option<u32> {
+    pub(crate) fn unsigned32(&mut self) -> Option<u32> {
         self.varint(5, 0x0F).map(|value| value as u32)
     }
 
     #[inline(always)]
-    fn signed(&mut self) -> Option<i64> {
+    pub(crate) fn signed(&mut self) -> Option<i64> {
         let zigzag = self.unsigned()?;
         Some((zigzag >> 1) as i64 ^ -((zigzag & 1) as i64))
     }
 
     #[inline(always)]
-    fn byte(&mut self) -> Option<u8> {
+    pub(crate) fn byte(&mut self) -> Option<u8> {
         let (&byte, rest) = self.bytes.split_first()?;
         self.bytes = rest;
         Some(byte)
+    }
+
+    /// The next `len` bytes (`None`: fewer are left).
+    #[inline(always)]
+    pub(crate) fn take(&mut self, len: u64) -> Option<&'a [u8]> {
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&len| len <= self.bytes.len())?;
+        let (taken, rest) = self.bytes.split_at(len);
+        self.bytes = rest;
+        Some(taken)
     }
 }
 

@@ -32,7 +32,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BinaryHeap;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 
 /// A row of a streamed table, ordered by its account.
@@ -43,18 +43,93 @@ pub trait Keyed: Serialize + DeserializeOwned + Clone + Send + Sync {
     /// row may share (rows of an account are adjacent).
     type Kept: Default + Send;
 
-    /// Decode a record written by [`write_run`], sharing what equals a kept string.
-    fn decode(bytes: &[u8], kept: &mut Self::Kept) -> postcard::Result<Self>;
+    /// Decode a record written by [`write_run`], sharing what equals a kept string. Its
+    /// first `shared` bytes are those of the record read before it, from which `kept` was
+    /// kept.
+    fn decode(bytes: &[u8], shared: usize, kept: &mut Self::Kept) -> postcard::Result<Self>;
 }
 
-/// A billed event as a run file holds it (the same bytes as `BilledEventRow`), borrowed.
-#[derive(Deserialize)]
-struct BilledRecord<'a> {
-    account_id: &'a str,
-    invoice_id: &'a str,
-    event_id: &'a str,
-    occurred_at: crate::time::Micros,
-    credits: Option<crate::amount::Milli>,
+/// A record being read, field by field, by hand as postcard writes one (a string as its
+/// length, a varint, then its bytes; an integer as a zigzag varint; an option as a 0 or 1
+/// byte, then its value), taking what postcard takes (`model::SpillReader`; through
+/// postcard's serde decoder a billed event's last three fields alone took about 320
+/// instructions: "Profiles and experiments (2026-12-06, afternoon: the close's run files
+/// read back)" in benches/README.md). A string that lies within the bytes the record shares
+/// with the record before it is that record's string, so the kept one is taken as it is,
+/// neither compared nor checked as UTF-8 again: for most billed events their account and
+/// invoice, for most invoice lines their account, invoice and product.
+struct RecordReader<'a> {
+    whole: &'a [u8],
+    /// From the next field on.
+    fields: crate::model::SpillReader<'a>,
+    /// How many leading bytes equal the previous record's.
+    shared: usize,
+}
+
+impl<'a> RecordReader<'a> {
+    fn new(bytes: &'a [u8], shared: usize) -> RecordReader<'a> {
+        RecordReader {
+            whole: bytes,
+            fields: crate::model::SpillReader { bytes },
+            shared,
+        }
+    }
+
+    /// The next string's bytes, and whether the previous record holds them too.
+    fn string_bytes(&mut self) -> postcard::Result<(&'a [u8], bool)> {
+        let len = (self.fields.unsigned()).ok_or(postcard::Error::DeserializeBadVarint)?;
+        let bytes = (self.fields.take(len)).ok_or(postcard::Error::DeserializeUnexpectedEnd)?;
+        let end = self.whole.len() - self.fields.bytes.len();
+        Ok((bytes, end <= self.shared))
+    }
+
+    /// The next string: the kept one when the previous record holds the same bytes here,
+    /// else the string read (`kept` when equal), kept for the record after.
+    fn shared_string(
+        &mut self,
+        kept: &mut Option<crate::model::Shared>,
+    ) -> postcard::Result<crate::model::Shared> {
+        let (bytes, in_previous) = self.string_bytes()?;
+        match kept {
+            Some(same) if in_previous => Ok(same.clone()),
+            _ => Ok(shared(utf8(bytes)?, kept)),
+        }
+    }
+
+    /// The next string, borrowed.
+    fn str(&mut self) -> postcard::Result<&'a str> {
+        utf8(self.string_bytes()?.0)
+    }
+
+    fn i64(&mut self) -> postcard::Result<i64> {
+        self.fields
+            .signed()
+            .ok_or(postcard::Error::DeserializeBadVarint)
+    }
+
+    /// Whether an option's value follows (its tag byte).
+    fn some(&mut self) -> postcard::Result<bool> {
+        match self.fields.byte() {
+            Some(0) => Ok(false),
+            Some(1) => Ok(true),
+            Some(_) => Err(postcard::Error::DeserializeBadOption),
+            None => Err(postcard::Error::DeserializeUnexpectedEnd),
+        }
+    }
+
+    fn option<T>(
+        &mut self,
+        value: impl FnOnce(&mut Self) -> postcard::Result<T>,
+    ) -> postcard::Result<Option<T>> {
+        match self.some()? {
+            true => value(self).map(Some),
+            false => Ok(None),
+        }
+    }
+}
+
+fn utf8(bytes: &[u8]) -> postcard::Result<&str> {
+    std::str::from_utf8(bytes).map_err(|_| postcard::Error::DeserializeBadUtf8)
 }
 
 impl Keyed for BilledEventRow {
@@ -67,15 +142,15 @@ impl Keyed for BilledEventRow {
 
     /// The invoice and account of the previous row are shared when equal (one copy per
     /// account, not two strings allocated per billed event).
-    fn decode(bytes: &[u8], kept: &mut Self::Kept) -> postcard::Result<Self> {
-        let r: BilledRecord<'_> = postcard::from_bytes(bytes)?;
+    fn decode(bytes: &[u8], shared_bytes: usize, kept: &mut Self::Kept) -> postcard::Result<Self> {
         let [account, invoice] = kept;
+        let mut r = RecordReader::new(bytes, shared_bytes);
         Ok(BilledEventRow {
-            account_id: shared(r.account_id, account),
-            invoice_id: shared(r.invoice_id, invoice),
-            event_id: crate::model::Id::new(r.event_id),
-            occurred_at: r.occurred_at,
-            credits: r.credits,
+            account_id: r.shared_string(account)?,
+            invoice_id: r.shared_string(invoice)?,
+            event_id: crate::model::Id::new(r.str()?),
+            occurred_at: r.i64()?,
+            credits: r.option(|r| r.i64().map(crate::amount::Milli))?,
         })
     }
 }
@@ -94,20 +169,6 @@ pub struct AccountLine {
 pub struct AccountLineRef<'a> {
     pub account_id: &'a str,
     pub line: &'a InvoiceLineRow,
-}
-
-/// An invoice line as a run file holds it (the same bytes as `AccountLine`: postcard
-/// writes a nested struct's fields in order), borrowed.
-#[derive(Deserialize)]
-struct LineRecord<'a> {
-    account_id: &'a str,
-    invoice_id: &'a str,
-    product: &'a str,
-    action: &'a str,
-    model: Option<&'a str>,
-    event_count: i64,
-    quantity: crate::amount::Milli,
-    credits: crate::amount::Milli,
 }
 
 /// `text` as the kept string when they are equal (one copy shared), else a new string,
@@ -130,19 +191,19 @@ impl Keyed for AccountLine {
     /// The account, invoice and labels of the previous line are shared when equal: an
     /// invoice's lines are adjacent and ordered by product, so most lines allocate only
     /// their action (a 100M-event close merges 19M lines).
-    fn decode(bytes: &[u8], kept: &mut Self::Kept) -> postcard::Result<Self> {
-        let r: LineRecord<'_> = postcard::from_bytes(bytes)?;
+    fn decode(bytes: &[u8], shared_bytes: usize, kept: &mut Self::Kept) -> postcard::Result<Self> {
         let [account, invoice, product, action, model] = kept;
+        let mut r = RecordReader::new(bytes, shared_bytes);
         Ok(AccountLine {
-            account_id: shared(r.account_id, account),
+            account_id: r.shared_string(account)?,
             line: InvoiceLineRow {
-                invoice_id: shared(r.invoice_id, invoice),
-                product: shared(r.product, product),
-                action: shared(r.action, action),
-                model: r.model.map(|m| shared(m, model)),
-                event_count: r.event_count,
-                quantity: r.quantity,
-                credits: r.credits,
+                invoice_id: r.shared_string(invoice)?,
+                product: r.shared_string(product)?,
+                action: r.shared_string(action)?,
+                model: r.option(|r| r.shared_string(model))?,
+                event_count: r.i64()?,
+                quantity: crate::amount::Milli(r.i64()?),
+                credits: crate::amount::Milli(r.i64()?),
             },
         })
     }
@@ -225,8 +286,10 @@ impl RecordHead {
     /// as "unexpected end", a failed read is reported as itself. (Byte by byte, as postcard
     /// read: decoding a whole head in place from the read-ahead's buffer was no faster;
     /// benches/README.md, "Profiles and experiments (2026-12-04, late evening: where the
-    /// split's time goes, CRC-32 spill frames)".)
-    fn read(r: &mut impl Read) -> std::result::Result<RecordHead, HeadError> {
+    /// split's time goes, CRC-32 spill frames)". Each byte is taken from the reader's
+    /// buffer, not copied out by a `read` call: "Profiles and experiments (2026-12-06,
+    /// afternoon: the close's run files read back)".)
+    fn read(r: &mut impl BufRead) -> std::result::Result<RecordHead, HeadError> {
         // The file may end only before a record's first byte.
         let first = Self::byte(r)
             .map_err(HeadError::Io)?
@@ -236,16 +299,19 @@ impl RecordHead {
         Ok(RecordHead { shared, rest })
     }
 
-    /// The next byte (`None`: the end of the file). Read with `read`, not `read_exact`: an
-    /// error of the reader's own kind "unexpected end" (the read-ahead's for a file that
-    /// shrank while read: "N bytes where M were written") is passed on as it is, not taken
-    /// for the end of the file.
-    fn byte(r: &mut impl Read) -> std::io::Result<Option<u8>> {
-        let mut byte = [0u8; 1];
+    /// The next byte (`None`: the end of the file). An error of the reader's own kind
+    /// "unexpected end" (the read-ahead's for a file that shrank while read: "N bytes where
+    /// M were written") is passed on as it is, not taken for the end of the file.
+    fn byte(r: &mut impl BufRead) -> std::io::Result<Option<u8>> {
         loop {
-            match r.read(&mut byte) {
-                Ok(0) => return Ok(None),
-                Ok(_) => return Ok(Some(byte[0])),
+            match r.fill_buf() {
+                Ok(buffered) => {
+                    let Some(&byte) = buffered.first() else {
+                        return Ok(None);
+                    };
+                    r.consume(1);
+                    return Ok(Some(byte));
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
@@ -253,7 +319,7 @@ impl RecordHead {
     }
 
     /// A byte after a head's first: the file ending here cuts the head.
-    fn byte_inside(r: &mut impl Read) -> std::result::Result<u8, HeadError> {
+    fn byte_inside(r: &mut impl BufRead) -> std::result::Result<u8, HeadError> {
         Self::byte(r)
             .map_err(HeadError::Io)?
             .ok_or(HeadError::EndInsideHead)
@@ -262,7 +328,7 @@ impl RecordHead {
     /// A varint whose first byte is `first`: its bytes are read up to the one that ends it
     /// (or five, a u32's most) and decoded as the spill forms' are
     /// ([`crate::model::whole_u32_varint`]).
-    fn varint(first: u8, r: &mut impl Read) -> std::result::Result<u32, HeadError> {
+    fn varint(first: u8, r: &mut impl BufRead) -> std::result::Result<u32, HeadError> {
         let mut bytes = [first, 0, 0, 0, 0];
         let mut len = 1;
         while bytes[len - 1] & 0x80 != 0 && len < bytes.len() {
@@ -406,7 +472,7 @@ impl<T: Keyed> RunReader<T> {
         if let Err(e) = reader.read_exact(tail) {
             return Err(self.broken(&e));
         }
-        let row = T::decode(&self.buf, &mut self.kept).map_err(|e| self.broken(&e))?;
+        let row = T::decode(&self.buf, shared, &mut self.kept).map_err(|e| self.broken(&e))?;
         Ok(Some(row))
     }
 }
@@ -580,6 +646,89 @@ mod tests {
         assert!(!shared(&back[1].account_id, &back[2].account_id));
     }
 
+    /// A string is taken from the record before only when the bytes shared with it hold
+    /// the whole string: accounts and invoices of one length that differ in their last
+    /// byte (shared up to it) come back as themselves; a string wholly shared comes back
+    /// as the same string.
+    #[test]
+    fn a_string_shared_but_for_its_last_byte_is_read_as_itself() {
+        let rows = vec![
+            row("acct-1", "evt-1"),
+            row("acct-2", "evt-2"),
+            row("acct-2", "evt-3"),
+        ];
+        let back = through_a_run_file(&rows);
+        assert_eq!(back, rows);
+        assert!(!shared(&back[0].account_id, &back[1].account_id));
+        assert!(shared(&back[1].account_id, &back[2].account_id));
+        assert!(shared(&back[1].invoice_id, &back[2].invoice_id));
+        let lines = vec![
+            line("a", "video", "generate", None),
+            line("a", "videp", "generate", None),
+            line("a", "videp", "generatf", None),
+        ];
+        let back = through_a_run_file(&lines);
+        assert_eq!(back, lines);
+        assert!(!shared(&back[0].line.product, &back[1].line.product));
+        assert!(shared(&back[1].line.product, &back[2].line.product));
+        assert!(!shared(&back[1].line.action, &back[2].line.action));
+    }
+
+    /// Strings that repeat, share prefixes, hold multi-byte characters or need a
+    /// two-byte length.
+    fn text() -> impl proptest::strategy::Strategy<Value = String> {
+        proptest::prop_oneof!["[aé]{0,3}", "a{126,130}"]
+    }
+
+    proptest::proptest! {
+        /// Any rows come back as written: the hand reader takes the bytes postcard
+        /// writes, field for field, and a string is taken from the record before only
+        /// when it is the same.
+        #[test]
+        fn any_rows_read_back_as_written(
+            billed in proptest::collection::vec(
+                (text(), text(), text(), proptest::prelude::any::<i64>(),
+                 proptest::option::of(proptest::prelude::any::<i64>())),
+                0..30,
+            ),
+            lines in proptest::collection::vec(
+                (text(), text(), text(), text(), proptest::option::of(text()),
+                 proptest::prelude::any::<[i64; 3]>()),
+                0..30,
+            ),
+        ) {
+            let billed: Vec<BilledEventRow> = billed
+                .into_iter()
+                .map(|(account, invoice, event, occurred_at, credits)| BilledEventRow {
+                    account_id: account.into(),
+                    invoice_id: invoice.into(),
+                    event_id: event.into(),
+                    occurred_at,
+                    credits: credits.map(Milli),
+                })
+                .collect();
+            proptest::prop_assert_eq!(through_a_run_file(&billed), billed);
+            let lines: Vec<AccountLine> = lines
+                .into_iter()
+                .map(|(account, invoice, product, action, model, [count, quantity, credits])| {
+                    AccountLine {
+                        account_id: account.into(),
+                        line: InvoiceLineRow {
+                            invoice_id: invoice.into(),
+                            product: product.into(),
+                            action: action.into(),
+                            model: model.map(Into::into),
+                            event_count: count,
+                            quantity: Milli(quantity),
+                            credits: Milli(credits),
+                        },
+                    }
+                })
+                .collect();
+            proptest::prop_assert_eq!(through_a_run_file(&lines), lines);
+        }
+    }
+
     fn line(account: &str, product: &str, action: &str, model: Option<&str>) -> AccountLine {
         AccountLine {
             account_id: account.into(),
@@ -747,7 +896,7 @@ mod tests {
                 Err(std::io::Error::other("the disk went away"))
             }
         }
-        match RecordHead::read(&mut Failing) {
+        match RecordHead::read(&mut std::io::BufReader::new(Failing)) {
             Err(HeadError::Io(e)) => assert_eq!(e.to_string(), "the disk went away"),
             other => panic!("{other:?}"),
         }
@@ -762,7 +911,7 @@ mod tests {
                 ))
             }
         }
-        match RecordHead::read(&mut Shrunk) {
+        match RecordHead::read(&mut std::io::BufReader::new(Shrunk)) {
             Err(HeadError::Io(e)) => assert_eq!(e.to_string(), "10 bytes where 20 were written"),
             other => panic!("{other:?}"),
         }
