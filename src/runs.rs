@@ -51,7 +51,9 @@ pub trait Keyed: Serialize + DeserializeOwned + Clone + Send + Sync {
 
 /// A record being read, field by field, by hand as postcard writes one (a string as its
 /// length, a varint, then its bytes; an integer as a zigzag varint; an option as a 0 or 1
-/// byte, then its value), taking what postcard takes (`model::SpillReader`; through
+/// byte, then its value), accepting what postcard accepts (a property test holds the two
+/// to the same rows and the same refusals over any bytes; a refused record's error may be
+/// named differently) (`model::SpillReader`; through
 /// postcard's serde decoder a billed event's last three fields alone took about 320
 /// instructions: "Profiles and experiments (2026-12-06, afternoon: the close's run files
 /// read back)" in benches/README.md). A string that lies within the bytes the record shares
@@ -364,11 +366,7 @@ pub fn write_run<T: Keyed, R: Serialize>(
                 path.display()
             )));
         }
-        let shared = record
-            .iter()
-            .zip(&previous)
-            .take_while(|(a, b)| a == b)
-            .count();
+        let shared = common_prefix(&record, &previous);
         // The head in postcard's encoding of a `RecordHead`, written by hand as the spill
         // rows are (through postcard's serializer it took more of the stage; measured:
         // benches/README.md, "Figures moved from source comments (2026-12-05)").
@@ -387,6 +385,25 @@ pub fn write_run<T: Keyed, R: Serialize>(
     out.finish()
         .map_err(|(path, e)| TallyError::write(path, e))?;
     Ok(Run::File(path.to_path_buf(), count))
+}
+
+/// How many leading bytes `a` and `b` share: compared 8 at a time, the first differing
+/// byte found from the lowest set bit of the two words' difference (the bytes are read
+/// as little-endian words, so the first byte is the lowest).
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    let mut at = 0;
+    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        let word = |bytes: &[u8]| u64::from_le_bytes(bytes.try_into().expect("8 bytes"));
+        let difference = word(x) ^ word(y);
+        if difference != 0 {
+            return at + (difference.trailing_zeros() / 8) as usize;
+        }
+        at += 8;
+    }
+    at + (a[at..].iter())
+        .zip(&b[at..])
+        .take_while(|(x, y)| x == y)
+        .count()
 }
 
 /// How much of a run file is read at a time (twice this per file while a merge reads it:
@@ -674,10 +691,142 @@ mod tests {
         assert!(!shared(&back[1].line.action, &back[2].line.action));
     }
 
+    /// An invoice line's model is kept only when it has one: a line without a model
+    /// between two lines with one, everything else equal, leaves the kept model as it
+    /// was, and the line after takes it only when its bytes are the same.
+    #[test]
+    fn a_kept_model_survives_a_line_without_one() {
+        let lines = vec![
+            line("a", "video", "generate", Some("m1")),
+            line("a", "video", "generate", None),
+            line("a", "video", "generate", Some("m1")),
+            line("a", "video", "generate", None),
+            line("a", "video", "generate", Some("m2")),
+            line("a", "video", "generate", Some("m2")),
+        ];
+        let back = through_a_run_file(&lines);
+        assert_eq!(back, lines);
+        let model = |i: usize| back[i].line.model.as_ref().unwrap();
+        assert!(shared(model(0), model(2)));
+        assert!(!shared(model(2), model(4)));
+        assert!(shared(model(4), model(5)));
+    }
+
+    /// Bytes a record could hold: any bytes, or a record postcard wrote with one byte
+    /// changed or its end cut off.
+    fn record_bytes<T: Keyed + std::fmt::Debug + 'static>(
+        row: impl proptest::strategy::Strategy<Value = T> + 'static,
+    ) -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::strategy::Strategy;
+        proptest::prop_oneof![
+            proptest::collection::vec(proptest::prelude::any::<u8>(), 0..48),
+            (
+                row,
+                proptest::prelude::any::<(usize, bool)>(),
+                // Bytes that change a tag, a varint's end or a UTF-8 sequence.
+                proptest::prop_oneof![
+                    proptest::strategy::Just(2u8),
+                    proptest::strategy::Just(0x80),
+                    proptest::strategy::Just(0xff),
+                    proptest::prelude::any::<u8>(),
+                ],
+            )
+                .prop_map(|(row, (at, cut), byte)| {
+                    let mut bytes = postcard::to_allocvec(&row).unwrap();
+                    let at = at % (bytes.len() + 1);
+                    if cut {
+                        bytes.truncate(at);
+                    } else if at < bytes.len() {
+                        bytes[at] = byte;
+                    }
+                    bytes
+                }),
+        ]
+    }
+
+    fn billed_row() -> impl proptest::strategy::Strategy<Value = BilledEventRow> {
+        use proptest::strategy::Strategy;
+        (
+            text(),
+            text(),
+            text(),
+            proptest::prelude::any::<i64>(),
+            proptest::option::of(proptest::prelude::any::<i64>()),
+        )
+            .prop_map(
+                |(account, invoice, event, occurred_at, credits)| BilledEventRow {
+                    account_id: account.into(),
+                    invoice_id: invoice.into(),
+                    event_id: event.into(),
+                    occurred_at,
+                    credits: credits.map(Milli),
+                },
+            )
+    }
+
+    fn any_line() -> impl proptest::strategy::Strategy<Value = AccountLine> {
+        use proptest::strategy::Strategy;
+        (
+            (text(), text(), text(), text()),
+            proptest::option::of(text()),
+            proptest::prelude::any::<[i64; 3]>(),
+        )
+            .prop_map(
+                |((account, invoice, product, action), model, [count, quantity, credits])| {
+                    AccountLine {
+                        account_id: account.into(),
+                        line: InvoiceLineRow {
+                            invoice_id: invoice.into(),
+                            product: product.into(),
+                            action: action.into(),
+                            model: model.map(Into::into),
+                            event_count: count,
+                            quantity: Milli(quantity),
+                            credits: Milli(credits),
+                        },
+                    }
+                },
+            )
+    }
+
     /// Strings that repeat, share prefixes, hold multi-byte characters or need a
     /// two-byte length.
     fn text() -> impl proptest::strategy::Strategy<Value = String> {
         proptest::prop_oneof!["[aé]{0,3}", "a{126,130}"]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4096))]
+        /// The hand decoder reads a record as postcard's serde decoder does: the same row
+        /// where postcard reads one, a refusal where postcard refuses (a bad option tag,
+        /// bytes that are not UTF-8, a string or varint cut short, a length past the end).
+        #[test]
+        fn records_decode_as_postcard_decodes_them(
+            billed in record_bytes(billed_row()),
+            line in record_bytes(any_line()),
+        ) {
+            let ours = BilledEventRow::decode(&billed, 0, &mut Default::default()).ok();
+            proptest::prop_assert_eq!(ours, postcard::from_bytes::<BilledEventRow>(&billed).ok());
+            let ours = AccountLine::decode(&line, 0, &mut Default::default()).ok();
+            proptest::prop_assert_eq!(ours, postcard::from_bytes::<AccountLine>(&line).ok());
+        }
+    }
+
+    proptest::proptest! {
+        /// The word-wise prefix is the byte-wise one, for any two records (short, equal,
+        /// one a prefix of the other, differing at any byte).
+        #[test]
+        fn common_prefix_counts_what_a_byte_by_byte_comparison_counts(
+            a in proptest::collection::vec(0u8..3, 0..40),
+            b in proptest::collection::vec(0u8..3, 0..40),
+            cut in 0usize..40,
+        ) {
+            let b = [&a[..cut.min(a.len())], &b[..]].concat();
+            for (x, y) in [(&a, &b), (&b, &a), (&a, &a)] {
+                let bytewise = x.iter().zip(y.iter()).take_while(|(p, q)| p == q).count();
+                proptest::prop_assert_eq!(common_prefix(x, y), bytewise);
+            }
+        }
     }
 
     proptest::proptest! {
@@ -744,8 +893,8 @@ mod tests {
         }
     }
 
-    /// Invoice lines come back equal, sharing what equals the previous line's (the
-    /// borrowed record must match the bytes `AccountLine` writes, field for field).
+    /// Invoice lines come back equal, sharing what equals the previous line's (the hand
+    /// decoder must read the fields in the order `AccountLine` writes them).
     #[test]
     fn invoice_lines_read_back_equal_and_share_what_repeats() {
         let rows = vec![
