@@ -480,7 +480,8 @@ impl SpillBytes {
 /// and experiments (2026-12-04, after midnight: per-row work, ids as views)", bdce7e2).
 /// It takes what postcard takes and refuses what it refuses (a varint past its type's
 /// bytes or bits, bytes that end inside a form): a property test holds the two equal over
-/// any bytes. The run files' records are read with it too (`runs`).
+/// any bytes. The run files' records are read with it too (`runs::RecordReader`, held to
+/// postcard by a property test of its own).
 pub(crate) struct SpillReader<'a> {
     /// What is left to read.
     pub(crate) bytes: &'a [u8],
