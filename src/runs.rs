@@ -835,45 +835,10 @@ mod tests {
         /// when it is the same.
         #[test]
         fn any_rows_read_back_as_written(
-            billed in proptest::collection::vec(
-                (text(), text(), text(), proptest::prelude::any::<i64>(),
-                 proptest::option::of(proptest::prelude::any::<i64>())),
-                0..30,
-            ),
-            lines in proptest::collection::vec(
-                (text(), text(), text(), text(), proptest::option::of(text()),
-                 proptest::prelude::any::<[i64; 3]>()),
-                0..30,
-            ),
+            billed in proptest::collection::vec(billed_row(), 0..30),
+            lines in proptest::collection::vec(any_line(), 0..30),
         ) {
-            let billed: Vec<BilledEventRow> = billed
-                .into_iter()
-                .map(|(account, invoice, event, occurred_at, credits)| BilledEventRow {
-                    account_id: account.into(),
-                    invoice_id: invoice.into(),
-                    event_id: event.into(),
-                    occurred_at,
-                    credits: credits.map(Milli),
-                })
-                .collect();
             proptest::prop_assert_eq!(through_a_run_file(&billed), billed);
-            let lines: Vec<AccountLine> = lines
-                .into_iter()
-                .map(|(account, invoice, product, action, model, [count, quantity, credits])| {
-                    AccountLine {
-                        account_id: account.into(),
-                        line: InvoiceLineRow {
-                            invoice_id: invoice.into(),
-                            product: product.into(),
-                            action: action.into(),
-                            model: model.map(Into::into),
-                            event_count: count,
-                            quantity: Milli(quantity),
-                            credits: Milli(credits),
-                        },
-                    }
-                })
-                .collect();
             proptest::prop_assert_eq!(through_a_run_file(&lines), lines);
         }
     }
