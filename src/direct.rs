@@ -334,10 +334,12 @@ impl io::Read for AheadReader {
 /// without a `read` call per byte.
 impl io::BufRead for AheadReader {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        // Checked before the current chunk's bytes are given: `next_chunk` may fail after
+        // making the next chunk current (asking for the one after it).
+        if self.failed {
+            return Err(io::Error::other("an earlier read of this file failed"));
+        }
         while self.pos == self.end {
-            if self.failed {
-                return Err(io::Error::other("an earlier read of this file failed"));
-            }
             match self.next_chunk() {
                 Ok(true) => {}
                 Ok(false) => return Ok(&[]),
@@ -764,6 +766,36 @@ mod tests {
         assert_eq!(e.to_string(), expected);
         assert_eq!(got, &content[..ALIGN]);
         let again = reader.read(&mut [0u8; 10]).unwrap_err();
+        assert_eq!(again.to_string(), "an earlier read of this file failed");
+    }
+
+    /// A read that fails asking for the chunk after the one it received (the I/O thread
+    /// gone) fails every later read too, though that chunk is already the current one.
+    #[test]
+    fn a_failed_request_for_the_next_chunk_fails_every_later_read() {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, bytes(3 * ALIGN, 7)).unwrap();
+        let (requests, queue) = std::sync::mpsc::channel::<ReadRequest>();
+        drop(queue);
+        let (reply, pending) = sync_channel(1);
+        reply.send((AlignedBuf::new(ALIGN), Ok(ALIGN))).unwrap();
+        let mut reader = AheadReader {
+            file: Arc::new(File::open(&path).unwrap()),
+            length: 3 * ALIGN as u64,
+            next_offset: ALIGN as u64,
+            chunk: ALIGN,
+            current: AlignedBuf::new(ALIGN),
+            pos: 0,
+            end: 0,
+            pending: Some(pending),
+            requests,
+            failed: false,
+        };
+        let first = reader.fill_buf().unwrap_err();
+        assert_eq!(first.to_string(), "the read-ahead thread stopped");
+        let again = reader.fill_buf().unwrap_err();
         assert_eq!(again.to_string(), "an earlier read of this file failed");
     }
 
