@@ -445,17 +445,15 @@ impl SpillBytes {
         }
     }
 
-    pub(crate) fn unsigned(&mut self, mut value: u64) -> &mut SpillBytes {
-        while value >= 0x80 {
-            self.bytes[self.len] = value as u8 | 0x80;
-            self.len += 1;
-            value >>= 7;
-        }
-        self.byte(value as u8)
+    pub(crate) fn unsigned(&mut self, value: u64) -> &mut SpillBytes {
+        push_varint(value, |byte| {
+            self.byte(byte);
+        });
+        self
     }
 
     fn signed(&mut self, value: i64) -> &mut SpillBytes {
-        self.unsigned(((value << 1) ^ (value >> 63)) as u64)
+        self.unsigned(zigzag(value))
     }
 
     fn byte(&mut self, value: u8) -> &mut SpillBytes {
@@ -471,6 +469,24 @@ impl SpillBytes {
     pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.bytes[..self.len]
     }
+}
+
+/// `value` as a LEB128 varint, a byte at a time to `push`: how postcard writes an unsigned
+/// integer (the spill forms, [`SpillBytes`], and the run files' records, `runs`).
+#[inline(always)]
+pub(crate) fn push_varint(mut value: u64, mut push: impl FnMut(u8)) {
+    while value >= 0x80 {
+        push(value as u8 | 0x80);
+        value >>= 7;
+    }
+    push(value as u8);
+}
+
+/// The unsigned integer postcard writes for a signed one (zigzag: small magnitudes of
+/// either sign stay small); [`SpillReader::signed`] undoes it.
+#[inline(always)]
+pub(crate) fn zigzag(value: i64) -> u64 {
+    ((value << 1) ^ (value >> 63)) as u64
 }
 
 /// A spill form being read: postcard's decoding of [`SpillBytes`]' encoding, by hand.
@@ -511,7 +527,7 @@ impl<'a> SpillReader<'a> {
     }
 
     #[inline(always)]
-    pub(crate) fn unsigned32(&mut self) -> Option<u32> {
+    fn unsigned32(&mut self) -> Option<u32> {
         self.varint(5, 0x0F).map(|value| value as u32)
     }
 

@@ -143,12 +143,8 @@ fn utf8(bytes: &[u8]) -> postcard::Result<&str> {
 struct RecordWriter<'a>(&'a mut Vec<u8>);
 
 impl RecordWriter<'_> {
-    fn varint(&mut self, mut value: u64) -> &mut Self {
-        while value >= 0x80 {
-            self.0.push(value as u8 | 0x80);
-            value >>= 7;
-        }
-        self.0.push(value as u8);
+    fn varint(&mut self, value: u64) -> &mut Self {
+        crate::model::push_varint(value, |byte| self.0.push(byte));
         self
     }
 
@@ -158,9 +154,8 @@ impl RecordWriter<'_> {
         self
     }
 
-    /// Zigzag, as postcard writes a signed integer.
     fn i64(&mut self, value: i64) -> &mut Self {
-        self.varint(((value << 1) ^ (value >> 63)) as u64)
+        self.varint(crate::model::zigzag(value))
     }
 
     fn option<T>(&mut self, value: Option<T>, some: impl FnOnce(&mut Self, T)) -> &mut Self {
