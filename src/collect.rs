@@ -394,6 +394,7 @@ fn check_one_invoice_and_renewal_per_period(out: &AccountResult) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::amount::Milli;
 
     fn grant(id: &str, account: &str, kind: GrantKind, effective_at: Micros) -> GrantRow {
         GrantRow {
@@ -411,9 +412,30 @@ mod tests {
     /// The close's invariant: every closed account-period has exactly one invoice and one
     /// renewal. A second invoice for a period, a renewal of another period, or a period
     /// counted but not invoiced stops the run (exit 4) with the counts.
+    /// A renewal of `account`'s period `[start, end)` to `next` (`None`: not renewed), its
+    /// plan "pro" and its credits zero: what the run's checks of renewals look at.
+    fn renewal(
+        account: &str,
+        (start, end): (Micros, Micros),
+        next: Option<(Micros, Micros)>,
+    ) -> RenewalRow {
+        RenewalRow {
+            account_id: account.into(),
+            period_start: start,
+            period_end: end,
+            next_period_start: next.map(|(start, _)| start),
+            next_period_end: next.map(|(_, end)| end),
+            plan_id: "pro".into(),
+            plan_credits_unused: Milli::ZERO,
+            rollover_credits: Milli::ZERO,
+            expired_credits: Milli::ZERO,
+            next_included_credits: None,
+            carried_grant_credits: Milli::ZERO,
+        }
+    }
+
     #[test]
     fn each_closed_period_has_one_invoice_and_one_renewal() {
-        use crate::amount::Milli;
         use crate::close::InvoiceRow;
         let invoice = |account: &str, start: Micros| InvoiceRow {
             invoice_id: format!("inv-{account}-{start}"),
@@ -432,19 +454,6 @@ mod tests {
             recorded_credits: Milli::ZERO,
             unreconciled_credits: Milli::ZERO,
         };
-        let renewal = |account: &str, start: Micros| RenewalRow {
-            account_id: account.into(),
-            period_start: start,
-            period_end: start + 1,
-            next_period_start: None,
-            next_period_end: None,
-            plan_id: "pro".into(),
-            plan_credits_unused: Milli::ZERO,
-            rollover_credits: Milli::ZERO,
-            expired_credits: Milli::ZERO,
-            next_included_credits: None,
-            carried_grant_credits: Milli::ZERO,
-        };
         let closed = |invoices: Vec<InvoiceRow>, renewals: Vec<RenewalRow>, periods: u64| {
             let mut out = AccountResult {
                 invoices,
@@ -454,8 +463,12 @@ mod tests {
             out.totals.account_periods = periods;
             check_one_invoice_and_renewal_per_period(&out)
         };
-        let both =
-            |account: &str, start: Micros| (invoice(account, start), renewal(account, start));
+        let both = |account: &str, start: Micros| {
+            (
+                invoice(account, start),
+                renewal(account, (start, start + 1), None),
+            )
+        };
         let ((a1, ra1), (a2, ra2), (b1, rb1)) = (both("a", 1), both("a", 2), both("b", 1));
         assert!(closed(
             vec![a1.clone(), a2.clone(), b1.clone()],
@@ -587,20 +600,10 @@ mod tests {
     /// shorter comes from a period_end that is not an anniversary.
     #[test]
     fn next_periods_shorter_than_a_month_are_warned_of() {
-        use crate::amount::Milli;
         let t = |s: &str| crate::time::parse_instant(s).unwrap();
-        let renewal = |account: &str, end: &str, next_end: Option<&str>| RenewalRow {
-            account_id: account.into(),
-            period_start: t("2026-11-01T00:00:00Z"),
-            period_end: t(end),
-            next_period_start: next_end.map(|_| t(end)),
-            next_period_end: next_end.map(t),
-            plan_id: "pro".into(),
-            plan_credits_unused: Milli::ZERO,
-            rollover_credits: Milli::ZERO,
-            expired_credits: Milli::ZERO,
-            next_included_credits: None,
-            carried_grant_credits: Milli::ZERO,
+        let renewal = |account: &str, end: &str, next_end: Option<&str>| {
+            let next = next_end.map(|next_end| (t(end), t(next_end)));
+            renewal(account, (t("2026-11-01T00:00:00Z"), t(end)), next)
         };
         let month = renewal("a", "2027-02-01T00:00:00Z", Some("2027-03-01T00:00:00Z"));
         let cancelled = renewal("b", "2026-12-01T00:00:00Z", None);
