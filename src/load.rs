@@ -1043,34 +1043,36 @@ fn decode_row_group(
     file: &InputFile,
     opened: &OpenedFile,
     specs: &[ColSpec],
-    (rg, warn): (usize, bool),
+    rg: usize,
+    warn: bool,
     each_batch: &mut dyn FnMut(&Batch),
 ) -> Result<()> {
     // One handle for the footer (when read again) and the row group's column chunks (a
     // re-read with the strings as bytes reads them through the same handle).
     let handle = open_unchanged(file)?;
     let metadata = opened.footer(file, &handle, specs)?;
+    let at = RowGroupAt {
+        index: rg,
+        first_row: opened.row_group_first[rg],
+        rows: opened.row_group_rows[rg],
+    };
     let outcome = guard_decoding(file, || {
-        let first_row = opened.row_group_first[rg];
         let reread_from = match opened.strings_unchecked {
             true => Some(0),
-            false => {
-                let at = (rg, first_row);
-                decode_checked(
-                    file,
-                    opened,
-                    specs,
-                    at,
-                    handle.clone(),
-                    &metadata,
-                    each_batch,
-                )?
-            }
+            false => decode_checked(
+                file,
+                opened,
+                specs,
+                at,
+                handle.clone(),
+                &metadata,
+                each_batch,
+            )?,
         };
         if let Some(skip) = reread_from {
-            let from = (rg, first_row, skip);
-            let found = decode_strings_as_bytes(file, specs, &metadata, handle, from, each_batch)?;
-            warn_of_strings_not_utf8(file, from, found, warn);
+            let found =
+                decode_strings_as_bytes(file, specs, &metadata, handle, at, skip, each_batch)?;
+            warn_of_strings_not_utf8(file, at, skip, found, warn);
         }
         Ok(())
     });
@@ -1078,31 +1080,40 @@ fn decode_row_group(
     outcome
 }
 
-/// Decode row group `rg` (its first row `first_row` in the file) with the Arrow reader,
-/// passing each batch on. The reader refuses the rest of a row group at a string that is
-/// not UTF-8: returns the row it had reached then (`None`: it passed on every row).
+/// Where a row group's rows are in its file (from its footer, checked against the footer
+/// the decoding reads by [`OpenedFile::footer`]).
+#[derive(Copy, Clone)]
+struct RowGroupAt {
+    index: usize,
+    first_row: u64,
+    rows: u64,
+}
+
+/// Decode row group `at` with the Arrow reader, passing each batch on. The reader refuses
+/// the rest of a row group at a string that is not UTF-8: returns the row it had reached
+/// then (`None`: it passed on every row).
 fn decode_checked(
     file: &InputFile,
     opened: &OpenedFile,
     specs: &[ColSpec],
-    (rg, first_row): (usize, u64),
+    at: RowGroupAt,
     handle: PositionalFile,
     metadata: &ArrowReaderMetadata,
     each_batch: &mut dyn FnMut(&Batch),
 ) -> Result<Option<u64>> {
-    let reader = reader_of(file, opened, rg, handle, metadata.clone())?;
+    let reader = reader_of(file, opened, at.index, handle, metadata.clone())?;
     let mut passed = 0u64;
     for batch in reader {
         let batch = match batch {
             Ok(batch) => batch,
             Err(e) if is_not_utf8(&e) => return Ok(Some(passed)),
-            Err(e) => return Err(row_group_error(file, rg, e)),
+            Err(e) => return Err(row_group_error(file, at.index, e)),
         };
         let columns = columns_of(file, specs, &batch)?;
         each_batch(&Batch {
             columns,
             len: batch.num_rows(),
-            first_row: first_row + passed,
+            first_row: at.first_row + passed,
             not_utf8: Vec::new(),
             interned: Default::default(),
         });
@@ -1176,9 +1187,9 @@ fn is_string_type(dt: &DataType) -> bool {
     }
 }
 
-/// Row group `rg` (its first row `first_row` in the file) from its row `skip` on (the rows
-/// before were passed on already), its string columns read as bytes by Parquet's column
-/// reader (the Arrow reader checks strings for UTF-8 and refuses the batch, and takes no
+/// Row group `group` from its row `skip` on (the rows before were passed on already), its
+/// string columns read as bytes by Parquet's column reader (the Arrow reader checks
+/// strings for UTF-8 and refuses the batch, and takes no
 /// hint to read a string column as bytes) and its other columns by the Arrow reader. A
 /// value that is not UTF-8 is kept with U+FFFD in place of its bad bytes and listed in
 /// the batch's `not_utf8`, which the row checks reject. Returns how many such values it
@@ -1188,9 +1199,11 @@ fn decode_strings_as_bytes(
     specs: &[ColSpec],
     metadata: &ArrowReaderMetadata,
     handle: PositionalFile,
-    (rg, first_row, skip): (usize, u64, u64),
+    group: RowGroupAt,
+    skip: u64,
     each_batch: &mut dyn FnMut(&Batch),
 ) -> Result<usize> {
+    let (rg, first_row, rows) = (group.index, group.first_row, group.rows);
     let corrupt = |e: &dyn std::fmt::Display| row_group_error(file, rg, e);
     let schema = metadata.schema();
     // (spec, column) of each string column read, and the other columns' indices.
@@ -1206,7 +1219,6 @@ fn decode_strings_as_bytes(
             false => others.push(i),
         }
     }
-    let rows = metadata.metadata().row_group(rg).num_rows().max(0) as u64;
     if skip > rows {
         return Err(corrupt(&"more rows than its footer says"));
     }
@@ -1286,10 +1298,12 @@ fn decode_strings_as_bytes(
 /// re-read started at).
 fn warn_of_strings_not_utf8(
     file: &InputFile,
-    (rg, first_row, skip): (usize, u64, u64),
+    group: RowGroupAt,
+    skip: u64,
     found: usize,
     warn: bool,
 ) {
+    let (rg, first_row) = (group.index, group.first_row);
     if warn && found > 0 {
         tracing::warn!(
             file = %file.rel_path,
@@ -1430,7 +1444,7 @@ fn read_row_groups<T: Send>(
         .into_par_iter()
         .map(|rg| {
             let mut out = Vec::with_capacity(opened.row_group_rows[rg] as usize);
-            decode_row_group(file, &opened, specs, (rg, true), &mut |batch| {
+            decode_row_group(file, &opened, specs, rg, true, &mut |batch| {
                 each_batch(batch, &mut out)
             })?;
             Ok(out)
@@ -1578,10 +1592,14 @@ impl Plan {
             .zip(states)
             .map(|(unit, mut state)| {
                 let file = &files[unit.file];
-                let group = (unit.row_group, warn);
-                decode_row_group(file, &opened[unit.file], specs, group, &mut |b| {
-                    each_batch(unit, &mut state, b)
-                })?;
+                decode_row_group(
+                    file,
+                    &opened[unit.file],
+                    specs,
+                    unit.row_group,
+                    warn,
+                    &mut |b| each_batch(unit, &mut state, b),
+                )?;
                 Ok(finish(unit, state))
             })
             .collect();
@@ -2604,10 +2622,14 @@ mod tests {
             .map(|unit| {
                 let mut rows = 0;
                 let file = &files[unit.file];
-                let group = (unit.row_group, true);
-                decode_row_group(file, &opened[unit.file], &specs, group, &mut |b| {
-                    rows += b.len
-                })
+                decode_row_group(
+                    file,
+                    &opened[unit.file],
+                    &specs,
+                    unit.row_group,
+                    true,
+                    &mut |b| rows += b.len,
+                )
                 .unwrap();
                 rows
             })
