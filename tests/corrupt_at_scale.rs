@@ -2469,6 +2469,10 @@ fn a_non_utf8_string_rejects_its_row_wherever_it_falls_in_a_row_group() {
     };
     let bad_id = variant("bad-id", &|b| with_byte_ff(b, "event_id", 100_000));
     let bad_account = variant("bad-account", &|b| with_byte_ff(b, "account_id", 100_001));
+    // The id's row with its product bad too: a column only a split run's spill pass reads.
+    let bad_id_and_product = variant("bad-id-and-product", &|b| {
+        with_byte_ff(&with_byte_ff(b, "event_id", 100_000), "product", 100_000)
+    });
     let negative = variant("negative", &|b| with_negative_quantity(b, 100_000));
     // An extra nested column first (extra columns are ignored): Parquet's columns are then
     // not numbered as the top-level fields are.
@@ -2490,12 +2494,13 @@ fn a_non_utf8_string_rejects_its_row_wherever_it_falls_in_a_row_group() {
             .cloned()
             .collect()
     };
-    let reread = |from: u64| {
+    let reread_strings = |strings: u64, from: u64| {
         format!(
-            "usage/all.parquet: row group 0 holds 1 string(s) that are not UTF-8 (from row \
-             {from} on, read with its strings as bytes)"
+            "usage/all.parquet: row group 0 holds {strings} string(s) that are not UTF-8 (from \
+             row {from} on, read with its strings as bytes)"
         )
     };
+    let reread = |from: u64| reread_strings(1, from);
 
     // The tables `tables` of two runs' outputs hold the same bytes.
     let assert_same_tables = |a: &Path, b: &Path, tables: &[&str]| {
@@ -2506,11 +2511,8 @@ fn a_non_utf8_string_rejects_its_row_wherever_it_falls_in_a_row_group() {
             );
         }
     };
-    let all_tables = [
-        "balances.parquet",
-        "discrepancies.parquet",
-        "rejects.parquet",
-    ];
+    let computed_tables = ["balances.parquet", "discrepancies.parquet"];
+    let all_tables = [computed_tables.as_slice(), &["rejects.parquet"]].concat();
 
     let (id_out, id_log) = run(&bad_id, "bad-id-out", &[]);
     assert!(id_log.contains(&reread(65_536)), "{id_log}");
@@ -2534,7 +2536,7 @@ fn a_non_utf8_string_rejects_its_row_wherever_it_falls_in_a_row_group() {
 
     // The same row rejected for a negative quantity: every other output is the same.
     let (negative_out, _) = run(&negative, "negative-out", &[]);
-    assert_same_tables(&id_out, &negative_out, &all_tables[..2]);
+    assert_same_tables(&id_out, &negative_out, &computed_tables);
     let others = |rejects: Vec<RejectRow>| -> Vec<RejectRow> {
         (rejects.into_iter())
             .filter(|r| r.2 != 100_000 || r.1 != "usage/all.parquet")
@@ -2543,15 +2545,26 @@ fn a_non_utf8_string_rejects_its_row_wherever_it_falls_in_a_row_group() {
     assert_eq!(others(id_rejects.clone()), others(rejects(&negative_out)));
 
     // Split into 3 groups: the light pass reads the ids, the spill pass every column.
-    // Warned of once, by the spill pass (which reads every column), not by the light pass.
-    let (split_out, split_log) = run(&bad_id, "bad-id-split", &["--groups", "3"]);
-    assert_eq!(split_log.matches(&reread(65_536)).count(), 1, "{split_log}");
-    assert_eq!(
-        split_log.matches("not UTF-8 (from row").count(),
-        1,
-        "{split_log}"
-    );
+    let (split_out, _) = run(&bad_id, "bad-id-split", &["--groups", "3"]);
     assert_same_tables(&id_out, &split_out, &all_tables);
+    // Warned of once, by the spill pass, not by the light pass: with the row's product
+    // bad too, the one warning counts both strings (the light pass reads only the id).
+    let (two_out, two_log) = run(&bad_id_and_product, "bad-two-out", &[]);
+    let two_warning = reread_strings(2, 0);
+    assert!(two_log.contains(&two_warning), "{two_log}");
+    let (two_split_out, two_split_log) =
+        run(&bad_id_and_product, "bad-two-split", &["--groups", "3"]);
+    assert_eq!(
+        two_split_log.matches(&two_warning).count(),
+        1,
+        "{two_split_log}"
+    );
+    assert_eq!(
+        two_split_log.matches("not UTF-8 (from row").count(),
+        1,
+        "{two_split_log}"
+    );
+    assert_same_tables(&two_out, &two_split_out, &all_tables);
 
     let (account_out, account_log) = run(&bad_account, "bad-account-out", &[]);
     assert!(account_log.contains(&reread(0)), "{account_log}");
