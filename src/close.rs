@@ -125,15 +125,13 @@ pub struct PeriodFigures<'a> {
 }
 
 /// Close one account-period: its invoice and lines, its renewal, and the next period's
-/// allocation and rollover grant. `plan` is the allocation's plan in `book` (the caller
-/// has looked it up already).
+/// allocation and rollover grant.
 pub fn close_period(
     book: &PriceBook,
-    plan: &crate::pricebook::Plan,
     allocation: &AllocationRow,
     figures: PeriodFigures<'_>,
 ) -> Result<ClosedPeriod> {
-    debug_assert!(std::ptr::eq(plan, &book.plans[&allocation.plan_id]));
+    let plan = &book.plans[&allocation.plan_id];
     let invoice = invoice_row(book, plan, allocation, &figures)?;
     let lines = invoice_lines(&invoice.invoice_id, figures.lines);
     let renews = allocation.status == AllocationStatus::Active && plan.refresh;

@@ -416,7 +416,7 @@ fn process_period(
                 credits_used: sums.credits_used,
                 recorded: sums.recorded,
             };
-            let closed = close::close_period(ctx.book, plan, alloc, figures)?;
+            let closed = close::close_period(ctx.book, alloc, figures)?;
             check_renewal_accounts_for_remaining(alloc, &closed.renewal, conserved.remaining)?;
             totals.expired_credits = closed.renewal.expired_credits;
             totals.rollover_credits = closed.renewal.rollover_credits;
