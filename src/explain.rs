@@ -522,7 +522,7 @@ fn explain_entry_id(
     // A run needs an account, which comes from the kept row or its event (found through
     // the kept row): without a kept row there is neither.
     let Some(kept) = kept else {
-        explanation.entry_rows = seen_entries(inputs, &rows, None, None);
+        explanation.entry_rows = seen_entries(inputs, &rows, None);
         explanation.entry = Some(every_entry_row_rejected());
         return Ok(());
     };
@@ -530,20 +530,20 @@ fn explain_entry_id(
         Some(event_id) => Some(copies_of(&inputs.files[0], event_id)?),
         None => None,
     };
-    let winner = copies.as_ref().and_then(|c| c.winner.clone());
+    let winner = copies.as_ref().and_then(|c| c.winner.as_ref());
     // The account an entry is explained in: its event's (the kept copy's), else its own.
-    let account: &str = match &winner {
+    let account: &str = match winner {
         Some(w) => &w.account_id,
         None => &kept.account_id,
     };
     let run = run_account(req, inputs, account)?;
-    explanation.entry_rows = seen_entries(inputs, &rows, Some(&kept), Some(&run));
+    explanation.entry_rows = seen_entries(inputs, &rows, Some((&kept, &run)));
     if let Some(copies) = &copies {
         explanation.usage_rows = seen_usage(inputs, copies, Some(&run));
     }
-    let entry = explain_entry(req, inputs, &run, &kept, winner.as_ref());
+    let entry = explain_entry(req, inputs, &run, &kept, winner);
     if entry.placement == "attached" {
-        if let Some(w) = &winner {
+        if let Some(w) = winner {
             explanation.event = Some(explain_event(req, inputs, &run, w)?);
         }
     }
@@ -719,10 +719,8 @@ fn rel(inputs: &census::Inputs, dataset: Dataset, at: RowRef) -> String {
         .map_or_else(|| "?".into(), |f| f.rel_path.clone())
 }
 
-fn find_reject(run: Option<&AccountRun>, dataset: Dataset, at: RowRef) -> Option<&Reject> {
-    run?.rejects
-        .iter()
-        .find(|r| r.dataset == dataset && r.at == at)
+fn find_reject(run: &AccountRun, dataset: Dataset, at: RowRef) -> Option<&Reject> {
+    (run.rejects.iter()).find(|r| r.dataset == dataset && r.at == at)
 }
 
 fn usage_values(u: &UsageRow) -> String {
@@ -754,7 +752,7 @@ fn seen_usage(inputs: &census::Inputs, copies: &Copies, run: Option<&AccountRun>
             match parsed {
                 Parsed::Rejected(r) => rejected(r),
                 Parsed::Row(u) => {
-                    let mut seen = match find_reject(run, Dataset::Usage, *at) {
+                    let mut seen = match run.and_then(|run| find_reject(run, Dataset::Usage, *at)) {
                         Some(r) => rejected(r),
                         None => {
                             let is_winner = copies.winner.as_ref().is_some_and(|w| w.at == u.at);
@@ -780,11 +778,12 @@ fn seen_usage(inputs: &census::Inputs, copies: &Copies, run: Option<&AccountRun>
         .collect()
 }
 
+/// The ledger rows with an entry id, each with its fate: `kept` is the kept row and the run
+/// of the account it is explained in (`None`: every row was rejected as it was read).
 fn seen_entries(
     inputs: &census::Inputs,
     rows: &[IdRow<DebitRow>],
-    kept: Option<&DebitRow>,
-    run: Option<&AccountRun>,
+    kept: Option<(&DebitRow, &AccountRun)>,
 ) -> Vec<SeenRow> {
     rows.iter()
         .map(|(at, parsed, account)| {
@@ -800,8 +799,10 @@ fn seen_entries(
                     values: None,
                 },
                 Parsed::Row(d) => {
-                    let is_kept = kept.is_some_and(|k| k.at == d.at);
-                    let reject = find_reject(run, Dataset::Debits, *at);
+                    let (is_kept, reject) = match kept {
+                        Some((k, run)) => (k.at == d.at, find_reject(run, Dataset::Debits, *at)),
+                        None => (false, None),
+                    };
                     let (fate, reason, detail) = match (reject, is_kept) {
                         (Some(r), _) => ("rejected", Some(r.reason.name()), Some(r.detail.clone())),
                         (None, true) => ("kept", None, None),
@@ -1078,7 +1079,7 @@ fn explain_event(
 ) -> Result<EventExplanation> {
     let mut x = event_as_read(winner);
     let Some((period, event)) = find_event(run, winner.at) else {
-        if let Some(r) = find_reject(Some(run), Dataset::Usage, winner.at) {
+        if let Some(r) = find_reject(run, Dataset::Usage, winner.at) {
             x.placement = "no_allocation";
             x.placement_detail = r.detail.clone();
         } else {
@@ -1242,7 +1243,7 @@ fn placement_outside_periods(
     kept: &DebitRow,
     winner: Option<&UsageRow>,
 ) -> (&'static str, String) {
-    if let Some(r) = find_reject(Some(run), Dataset::Debits, kept.at) {
+    if let Some(r) = find_reject(run, Dataset::Debits, kept.at) {
         let placement = if r.reason == Reason::NoAllocation {
             "no_allocation"
         } else {
