@@ -9,7 +9,7 @@ use crate::engine::AccountResult;
 use crate::error::{Result, TallyError};
 use crate::load::InputFile;
 use crate::model::*;
-use crate::pipeline::{DatasetCounts, Partial, RunOutput, RunSettings, UsageCounts};
+use crate::run::{DatasetCounts, Partial, RunOutput, RunSettings, UsageCounts};
 use crate::spill;
 use crate::time::Micros;
 use rayon::prelude::*;

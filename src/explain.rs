@@ -12,11 +12,12 @@ use crate::error::{Result, TallyError};
 use crate::history::History;
 use crate::load::{self, Batch, ColSpec, InputFile, Parsed};
 use crate::model::*;
-use crate::pipeline::{self, RunSettings, Traced};
+use crate::pipeline;
 use crate::price::{self, Price};
 use crate::pricebook::{Overage, PriceBook};
 use crate::reconcile::{DiscrepancyRow, Kind};
 use crate::route::{self, Layout};
+use crate::run::{self, RunSettings, Traced};
 use crate::time::{format_instant, Micros};
 use crate::Progress;
 use serde::Serialize;
@@ -392,7 +393,7 @@ fn run_account(req: &ExplainRequest, inputs: &census::Inputs, account: &str) -> 
         settle_micros: req.settle_micros,
         buckets: 1,
         groups: Some(1),
-        memory_budget_bytes: pipeline::DEFAULT_MEMORY_BUDGET_BYTES,
+        memory_budget_bytes: run::DEFAULT_MEMORY_BUDGET_BYTES,
         history: std::sync::Arc::new(history),
         trace_account: Some(account.to_string()),
     };

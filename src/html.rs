@@ -12,9 +12,9 @@ use crate::amount::Milli;
 use crate::breakdown::AccountFigures;
 use crate::export::{day_label, format_minor, Linked, ReportFiles, SHOWN_PRODUCTS};
 use crate::model::Mode;
-use crate::pipeline::RunOutput;
 use crate::reconcile::Kind;
 use crate::report::Summary;
+use crate::run::RunOutput;
 use std::fmt::Write as _;
 
 /// Escape text for HTML content and attribute values.

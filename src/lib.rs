@@ -39,6 +39,7 @@ pub mod reconcile;
 pub mod report;
 pub mod route;
 pub mod rows;
+pub mod run;
 pub mod runs;
 pub mod shard;
 pub mod spill;
@@ -54,9 +55,9 @@ pub use progress::Progress;
 
 use amount::Milli;
 use model::{Dataset, Mode};
-use pipeline::{RunOutput, RunSettings};
 use rayon::prelude::*;
 use report::{FileEntry, Manifest, ManifestSettings, Summary};
+use run::{RunOutput, RunSettings};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 

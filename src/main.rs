@@ -555,7 +555,7 @@ const MAX_SETTLE_MICROS: i64 = 7 * 24 * 3600 * 1_000_000;
 /// `--settle` (default 15m, at most 7 days).
 fn parse_settle(setting: Option<(String, Origin)>) -> anyhow::Result<i64> {
     let Some((text, origin)) = setting else {
-        return Ok(tally::pipeline::DEFAULT_SETTLE_MICROS);
+        return Ok(tally::run::DEFAULT_SETTLE_MICROS);
     };
     let settle = tally::time::parse_duration_micros(&text)
         .ok_or_else(|| origin.bad(&text, "is not a duration such as 15m, 900s or 1h"))?;
@@ -724,7 +724,7 @@ fn request(
         "buckets",
         job_path,
     ) {
-        None => tally::pipeline::AUTOMATIC_BUCKETS,
+        None => tally::run::AUTOMATIC_BUCKETS,
         Some((b, origin)) if b == 0 || b > tally::route::MAX_BUCKETS => {
             return Err(
                 origin.bad_number(b, &format!("must be in 1..={}", tally::route::MAX_BUCKETS))
@@ -740,7 +740,7 @@ fn request(
         job_path,
     );
     let memory_budget_bytes = match budget {
-        None => tally::pipeline::DEFAULT_MEMORY_BUDGET_BYTES,
+        None => tally::run::DEFAULT_MEMORY_BUDGET_BYTES,
         Some((text, origin)) => tally::job::parse_bytes(&text).ok_or_else(|| {
             origin.bad(
                 &text,

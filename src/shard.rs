@@ -12,8 +12,9 @@
 //! any output folder, so a killed shard leaves either its previous part or nothing.
 
 use crate::error::{Result, TallyError};
-use crate::pipeline::{self, Partial, RunSettings};
+use crate::pipeline;
 use crate::report::FileEntry;
+use crate::run::{self, Partial, RunSettings};
 use crate::runs::Run;
 use crate::time::Micros;
 use crate::{census, collect};
@@ -495,10 +496,10 @@ fn missing_shards(
     // The settings shard.json records that are not the defaults (another --settle or
     // --buckets is a shard of another run, which the merge refuses).
     let mut settings = String::new();
-    if first.settle_seconds * 1_000_000 != crate::pipeline::DEFAULT_SETTLE_MICROS {
+    if first.settle_seconds * 1_000_000 != run::DEFAULT_SETTLE_MICROS {
         settings.push_str(&format!(" --settle {}s", first.settle_seconds));
     }
-    if first.buckets != crate::pipeline::AUTOMATIC_BUCKETS {
+    if first.buckets != run::AUTOMATIC_BUCKETS {
         settings.push_str(&format!(" --buckets {}", first.buckets));
     }
     // Its history folder is the one its output is directly inside (the close checks that).
@@ -730,7 +731,7 @@ fn merge_job(req: &MergeRequest, folders: &[PathBuf], first: &ShardManifest) -> 
         force: req.force,
         buckets: first.buckets,
         groups: None,
-        memory_budget_bytes: pipeline::DEFAULT_MEMORY_BUDGET_BYTES,
+        memory_budget_bytes: run::DEFAULT_MEMORY_BUDGET_BYTES,
         shard: None,
         alert: req.alert.clone(),
         progress: req.progress,

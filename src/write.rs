@@ -5,7 +5,7 @@
 use crate::amount::Milli;
 use crate::error::{Result, TallyError};
 use crate::model::{GrantKind, Mode};
-use crate::pipeline::RunOutput;
+use crate::run::RunOutput;
 use crate::time::Micros;
 use arrow::array::{
     Array, ArrayRef, AsArray, Decimal128Array, Int32Array, Int64Array, ListBuilder, StringArray,
