@@ -199,7 +199,8 @@ impl JobFile {
     }
 }
 
-/// A size such as `2GiB`, `512MiB`, `1.5GB` or `4000000` (bytes).
+/// A size such as `2GiB`, `512MiB`, `1.5GB` or `4000000` (bytes), from 1 byte to
+/// 2^64 - 1 (a fraction of a byte is dropped); `None` for anything else.
 pub fn parse_bytes(text: &str) -> Option<u64> {
     let t = text.trim();
     let split = t
@@ -218,8 +219,10 @@ pub fn parse_bytes(text: &str) -> Option<u64> {
         "TB" => 1_000_000_000_000,
         _ => return None,
     };
-    let value =
-        rust_decimal::Decimal::from_str_exact(number).ok()? * rust_decimal::Decimal::from(scale);
+    // Checked: `*` panics past 96 bits (`79228162514264337593543950335TiB`).
+    let value = rust_decimal::Decimal::from_str_exact(number)
+        .ok()?
+        .checked_mul(rust_decimal::Decimal::from(scale))?;
     let bytes = u64::try_from(value.trunc()).ok()?;
     (bytes > 0).then_some(bytes)
 }
@@ -227,6 +230,28 @@ pub fn parse_bytes(text: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Sizes go from 1 byte to 2^64 - 1 bytes; 0, one byte past and a number too large to
+    /// multiply by its unit are not sizes (and do not panic).
+    #[test]
+    fn sizes_go_from_one_byte_to_the_largest_u64_and_one_past_is_none() {
+        assert_eq!(parse_bytes("1"), Some(1));
+        assert_eq!(parse_bytes("1B"), Some(1));
+        assert_eq!(parse_bytes("1.9"), Some(1));
+        assert_eq!(parse_bytes("0.9"), None);
+        assert_eq!(parse_bytes("0GiB"), None);
+        assert_eq!(parse_bytes("3GiB"), Some(3 << 30));
+        assert_eq!(parse_bytes("1.5GB"), Some(1_500_000_000));
+        assert_eq!(parse_bytes("18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_bytes("18446744073709551616"), None);
+        assert_eq!(parse_bytes("16777215TiB"), Some(16_777_215 << 40));
+        assert_eq!(parse_bytes("16777216TiB"), None);
+        assert_eq!(parse_bytes("79228162514264337593543950335TiB"), None);
+        assert_eq!(parse_bytes("79228162514264337593543950336"), None);
+        assert_eq!(parse_bytes("lots"), None);
+        assert_eq!(parse_bytes("3 GiB"), Some(3 << 30));
+        assert_eq!(parse_bytes("3gib"), None);
+    }
 
     /// A job file that cannot be read as a job file is refused on one line with the place,
     /// the parser's words in a job file's terms and the usual fix.

@@ -744,7 +744,7 @@ fn request(
         Some((text, origin)) => tally::job::parse_bytes(&text).ok_or_else(|| {
             origin.bad(
                 &text,
-                "is not a size of more than 0 bytes, such as 3GiB, 512MiB or 4GB",
+                "is not a size of at least 1 byte and below 2^64 bytes, such as 3GiB, 512MiB or 4GB",
             )
         })?,
     };

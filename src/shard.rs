@@ -839,6 +839,43 @@ fn read_partial(folder: &Path, m: &ShardManifest) -> Result<Partial> {
 mod tests {
     use super::*;
 
+    /// `--shard I/N` takes N up to the 4096 account partitions (each shard then holds
+    /// one) and I up to N - 1; one past either, N = 0 and text that is not I/N are refused
+    /// with the flag's value and the rule.
+    #[test]
+    fn shards_go_up_to_the_partitions_and_one_past_is_refused() {
+        assert_eq!(parse_shard("4095/4096"), Ok((4095, 4096)));
+        assert_eq!(parse_shard("0/1"), Ok((0, 1)));
+        assert_eq!(
+            parse_shard("0/4097"),
+            Err("--shard 0/4097: at most 4096 shards (the account partitions)".into())
+        );
+        assert_eq!(
+            parse_shard("4096/4096"),
+            Err("--shard 4096/4096: I must be in 0..N and N at least 1".into())
+        );
+        assert_eq!(
+            parse_shard("0/0"),
+            Err("--shard 0/0: I must be in 0..N and N at least 1".into())
+        );
+        assert_eq!(
+            parse_shard("3"),
+            Err("--shard 3 is not of the form I/N, e.g. 0/4".into())
+        );
+        assert_eq!(
+            parse_shard("0/x"),
+            Err("--shard 0/x: x is not a number".into())
+        );
+        assert_eq!(
+            check_shard(0, 4097, "JOB_COMPLETION_INDEX", "TALLY_SHARDS"),
+            Err("at most 4096 shards (the account partitions)".into())
+        );
+        assert_eq!(
+            check_shard(4095, 4096, "JOB_COMPLETION_INDEX", "TALLY_SHARDS"),
+            Ok(())
+        );
+    }
+
     /// Paths in the advice a refusal gives are one shell word each.
     #[test]
     fn shell_words_quote_only_what_a_shell_would_split_or_expand() {

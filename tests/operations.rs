@@ -175,13 +175,19 @@ fn a_bad_setting_names_the_job_file_key_or_the_flag_it_came_from() {
         ),
         (
             "memory_budget = \"lots\"\n",
-            "memory_budget = \"lots\" is not a size of more than 0 bytes, such as 3GiB, 512MiB or \
-             4GB",
+            "memory_budget = \"lots\" is not a size of at least 1 byte and below 2^64 bytes, \
+             such as 3GiB, 512MiB or 4GB",
+        ),
+        (
+            // Too large to multiply by its unit: refused, not a panic (exit 4).
+            "memory_budget = \"79228162514264337593543950335TiB\"\n",
+            "memory_budget = \"79228162514264337593543950335TiB\" is not a size of at least 1 \
+             byte and below 2^64 bytes, such as 3GiB, 512MiB or 4GB",
         ),
         (
             "memory_budget = \"0GiB\"\n",
-            "memory_budget = \"0GiB\" is not a size of more than 0 bytes, such as 3GiB, 512MiB or \
-             4GB",
+            "memory_budget = \"0GiB\" is not a size of at least 1 byte and below 2^64 bytes, \
+             such as 3GiB, 512MiB or 4GB",
         ),
         ("buckets = 0\n", "buckets = 0 must be in 1..=65536"),
         (

@@ -939,6 +939,20 @@ fn a_kubernetes_completion_index_selects_the_shard() {
         "{}",
         stderr(&out)
     );
+
+    // At the limit, the last of 4096 shards (one account partition) runs; one shard more
+    // is refused before anything is read.
+    succeeded(run_command("reconcile", &data, AS_OF, &shards).args(["--shard", "4095/4096"]));
+    assert!(root(&shards).join("shard=4095/shard.json").is_file());
+    let out = run_command("reconcile", &data, AS_OF, &shards)
+        .args(["--shard", "0/4097"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr(&out),
+        "tally: command line: --shard 0/4097: at most 4096 shards (the account partitions)\n"
+    );
 }
 
 fn t(s: &str) -> i64 {
