@@ -119,11 +119,16 @@ impl<'de> serde::Deserialize<'de> for Milli {
         use serde::de::Error;
         if d.is_human_readable() {
             let text = String::deserialize(d)?;
+            // Exactly as written: tally writes 3 places, so a 4th that is not 0 is not an
+            // amount tally wrote (it is refused, not rounded).
             text.parse::<Decimal>()
                 .ok()
+                .filter(|value| value.normalize().scale() <= 3)
                 .and_then(Milli::from_decimal)
                 .ok_or_else(|| {
-                    D::Error::custom(format!("{text} is not an amount with at most 3 decimals"))
+                    D::Error::custom(format!(
+                        "{text} is not an amount with at most 3 decimals below 10^15"
+                    ))
                 })
         } else {
             i64::deserialize(d).map(Milli)
@@ -399,6 +404,39 @@ fn format_digits(negative: bool, digits: &str, scale: i8) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An amount in JSON (tally's own files: a shard's partial, an earlier close's
+    /// figures) is read exactly: up to 999999999999999.999 and 3 places; one past either
+    /// is refused, not rounded.
+    #[test]
+    fn a_json_amount_is_read_exactly_up_to_the_limit_and_refused_one_past() {
+        let read = |text: &str| {
+            serde_json::from_str::<Milli>(&format!("\"{text}\"")).map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            read("999999999999999.999"),
+            Ok(Milli(999_999_999_999_999_999))
+        );
+        assert_eq!(
+            read("-999999999999999.999"),
+            Ok(Milli(-999_999_999_999_999_999))
+        );
+        assert_eq!(read("1.5000"), Ok(Milli(1_500)));
+        assert_eq!(read("7"), Ok(Milli(7_000)));
+        for past in [
+            "1000000000000000",
+            "-1000000000000000",
+            "1.0005",
+            "0.0001",
+            "x",
+        ] {
+            // serde_json adds the place ("at line 1 column 19").
+            let refused = read(past).unwrap_err();
+            let why = format!("{past} is not an amount with at most 3 decimals below 10^15");
+            assert!(refused.starts_with(&why), "{refused}");
+        }
+        assert_eq!(serde_json::to_string(&Milli(1_500)).unwrap(), "\"1.500\"");
+    }
 
     #[test]
     fn decimal_strings_are_read_exactly_whatever_their_zeros() {

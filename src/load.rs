@@ -886,6 +886,37 @@ impl OpenedFile {
     }
 }
 
+/// A file's rows must fit the row bits of [`crate::model::At`]: at most
+/// `MAX_ROWS_PER_FILE - 1` (a footer's counts are summed saturating, so any count past
+/// that is refused too).
+fn check_row_count(file: &InputFile, rows: u64) -> Result<()> {
+    if rows < crate::model::MAX_ROWS_PER_FILE {
+        return Ok(());
+    }
+    Err(TallyError::input(
+        &file.rel_path,
+        format!(
+            "{rows} rows is more than a file may hold ({}); split the file",
+            crate::model::MAX_ROWS_PER_FILE - 1
+        ),
+    ))
+}
+
+/// A dataset's files must fit the file bits of [`crate::model::At`]: at most
+/// [`crate::model::MAX_FILES`]. The error names the first file (`first`).
+fn check_file_count(first: &InputFile, files: u64) -> Result<()> {
+    if files <= crate::model::MAX_FILES {
+        return Ok(());
+    }
+    Err(TallyError::input(
+        first.rel_path.clone(),
+        format!(
+            "the dataset has {files} files, more than {} (merge some)",
+            crate::model::MAX_FILES
+        ),
+    ))
+}
+
 /// Check a file's magic bytes, read its footer and check its schema against `specs`.
 pub fn open_file(file: &InputFile, specs: &[ColSpec]) -> Result<OpenedFile> {
     let handle = PositionalFile::open(file)?;
@@ -899,15 +930,7 @@ pub fn open_file(file: &InputFile, specs: &[ColSpec]) -> Result<OpenedFile> {
         row_group_first.push(acc);
         acc = acc.saturating_add(*n);
     }
-    if acc >= crate::model::MAX_ROWS_PER_FILE {
-        return Err(TallyError::input(
-            &file.rel_path,
-            format!(
-                "{acc} rows is more than a file may hold ({}); split the file",
-                crate::model::MAX_ROWS_PER_FILE - 1
-            ),
-        ));
-    }
+    check_row_count(file, acc)?;
     let mask = projection(&metadata, &indices);
     let strings_unchecked = strings_unchecked(&metadata, specs, &indices);
     // A file without row groups has none to decode: its footer goes now.
@@ -1501,15 +1524,12 @@ impl Plan {
 
     /// [`Plan::open`], keeping the footers of the first `keep` files.
     fn open_keeping(files: &[InputFile], specs: &[ColSpec], keep: usize) -> Plan {
-        let opened: Vec<Result<OpenedFile>> = if files.len() as u64 > crate::model::MAX_FILES {
-            vec![Err(TallyError::input(
-                files[0].rel_path.clone(),
-                format!(
-                    "the dataset has {} files, more than {} (merge some)",
-                    files.len(),
-                    crate::model::MAX_FILES
-                ),
-            ))]
+        let too_many = match files.first() {
+            Some(first) => check_file_count(first, files.len() as u64).err(),
+            None => None,
+        };
+        let opened: Vec<Result<OpenedFile>> = if let Some(error) = too_many {
+            vec![Err(error)]
         } else {
             files
                 .par_iter()
@@ -2675,5 +2695,48 @@ mod tests {
         two_columns("other", "id");
         let error = decode_ids(plan, &files).unwrap_err();
         assert_eq!(error.to_string(), refused);
+    }
+
+    /// A file may hold `MAX_ROWS_PER_FILE - 1` rows (the last row's place still fits
+    /// `At`'s 40 row bits); one more is refused, naming the file and what to do.
+    #[test]
+    fn a_file_may_hold_rows_up_to_the_row_bits_and_one_more_is_refused() {
+        let file = InputFile {
+            rel_path: "usage/big.parquet".into(),
+            abs_path: PathBuf::from("/data/usage/big.parquet"),
+            first_seen: None,
+        };
+        let most = crate::model::MAX_ROWS_PER_FILE - 1;
+        assert!(check_row_count(&file, most).is_ok());
+        let last = crate::model::At::new(0, most - 1);
+        assert_eq!((last.file(), last.row()), (0, most - 1));
+        let refused = check_row_count(&file, most + 1).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "usage/big.parquet: 1099511627776 rows is more than a file may hold \
+             (1099511627775); split the file"
+        );
+        assert!(check_row_count(&file, u64::MAX).is_err());
+    }
+
+    /// A dataset may have `MAX_FILES` files (the last one's index still fits `At`'s 24
+    /// file bits); one more is refused, naming the first file.
+    #[test]
+    fn a_dataset_may_have_files_up_to_the_file_bits_and_one_more_is_refused() {
+        let first = InputFile {
+            rel_path: "ledger/part-0.parquet".into(),
+            abs_path: PathBuf::from("/data/ledger/part-0.parquet"),
+            first_seen: None,
+        };
+        let most = crate::model::MAX_FILES;
+        assert!(check_file_count(&first, most).is_ok());
+        let last = crate::model::At::new((most - 1) as u32, crate::model::MAX_ROWS_PER_FILE - 2);
+        assert_eq!(last.file() as u64, most - 1);
+        let refused = check_file_count(&first, most + 1).unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "ledger/part-0.parquet: the dataset has 16777217 files, more than 16777216 (merge \
+             some)"
+        );
     }
 }

@@ -178,9 +178,15 @@ impl Ctx<'_> {
         Ok(d)
     }
 
+    /// A plan's credits: below 10^15 once rounded half-even to thousandths (DECIMAL(18,3)).
     fn credits(&self, what: &str, value: &toml::Value) -> Result<Milli> {
         let d = self.non_negative(what, value)?;
-        Milli::from_decimal(d).ok_or_else(|| self.err(format!("{what} = {d} is out of range")))
+        Milli::from_decimal(d).ok_or_else(|| {
+            self.err(format!(
+                "{what} = {d} is 10^15 credits or more, past what a credit amount holds \
+                 (DECIMAL(18,3))"
+            ))
+        })
     }
 
     fn instant(&self, what: &str, value: &toml::Value) -> Result<Micros> {
@@ -766,6 +772,45 @@ effective_from = 2026-06-01T00:00:00Z
         assert!(
             increment.contains("[[rates]] #2: increment × credits_per_unit = 0.001 × 1000000000000000000 is 10^15 credits or more"),
             "{increment}"
+        );
+    }
+
+    /// A plan's `included_credits` and `rollover_cap` may be 999999999999999.999 credits
+    /// (the largest DECIMAL(18,3) amount); 10^15, or a value that rounds to it, is refused
+    /// naming the key.
+    #[test]
+    fn a_plans_credits_stay_below_10_to_the_15() {
+        let plan = |included: &str, cap: &str| {
+            let book = BOOK.replacen(
+                "included_credits = \"200\"",
+                &format!("included_credits = \"{included}\"\nrollover_cap = \"{cap}\""),
+                1,
+            );
+            assert_ne!(book, BOOK);
+            PriceBook::parse(&book, "p.toml")
+                .map(|book| {
+                    let pro = &book.plans["pro"];
+                    (
+                        pro.included_credits.to_string(),
+                        pro.rollover_cap.to_string(),
+                    )
+                })
+                .map_err(|e| e.to_string())
+        };
+        let most = "999999999999999.999";
+        assert_eq!(plan(most, most), Ok((most.to_string(), most.to_string())));
+        let past = "is 10^15 credits or more, past what a credit amount holds (DECIMAL(18,3))";
+        assert_eq!(
+            plan("1000000000000000", "0"),
+            Err(format!(
+                "p.toml: plans.pro.included_credits = 1000000000000000 {past}"
+            ))
+        );
+        assert_eq!(
+            plan("0", "999999999999999.9995"),
+            Err(format!(
+                "p.toml: plans.pro.rollover_cap = 999999999999999.9995 {past}"
+            ))
         );
     }
 

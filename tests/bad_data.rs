@@ -979,3 +979,70 @@ fn every_corpus_file_has_a_test() {
         "corpus files of tests/bad_data/ with no test in tests/bad_data.rs: {untested:?}"
     );
 }
+
+/// A string may be 4096 bytes long (`MAX_STRING_BYTES`); one byte more rejects its row
+/// `bad_value`, naming the column and both lengths: an id (read as a view) and a label
+/// (read through its dictionary), in a run of one group and in a split run (whose light
+/// pass reads the ids too).
+#[test]
+fn a_string_of_the_length_limit_is_read_and_one_byte_more_rejects_its_row() {
+    use arrow::array::{Array, AsArray};
+    let tmp = good_copy();
+    let good = read_parquet(&tmp.path().join(USAGE));
+    let good_run = reconcile(&tmp);
+    assert_eq!(good_run.status.code(), Some(0), "{}", stderr(&good_run));
+    let good_rejects = rejects_of(&tmp.path().join("out"), USAGE);
+    std::fs::remove_dir_all(tmp.path().join("out")).unwrap();
+    assert!(
+        good_rejects.iter().all(|(row, _)| *row > 3),
+        "rows 0-3 of the good file are valid: {good_rejects:?}"
+    );
+    let strings = |name: &str| -> Vec<Option<Vec<u8>>> {
+        let column = good.column_by_name(name).unwrap().as_string::<i32>();
+        (column.iter())
+            .map(|v| v.map(|v| v.as_bytes().to_vec()))
+            .collect()
+    };
+    let long = |fill: u8, bytes: usize| Some(vec![fill; bytes]);
+    // Rows 0 and 1: an event id at the limit and one byte past it; rows 2 and 3: a
+    // product likewise.
+    let (mut ids, mut products) = (strings("event_id"), strings("product"));
+    ids[0] = long(b'e', 4096);
+    ids[1] = long(b'f', 4097);
+    products[2] = long(b'p', 4096);
+    products[3] = long(b'q', 4097);
+    let mut columns = good.columns().to_vec();
+    let schema = good.schema();
+    columns[schema.index_of("event_id").unwrap()] = Arc::new(strings_unchecked(ids));
+    columns[schema.index_of("product").unwrap()] = Arc::new(strings_unchecked(products));
+    let edited = arrow::record_batch::RecordBatch::try_new(schema, columns).unwrap();
+    assert_eq!(
+        edited.column_by_name("event_id").unwrap().len(),
+        good.num_rows()
+    );
+    tally::write::write_parquet(&tmp.path().join(USAGE), &edited).unwrap();
+
+    let mut expected = vec![
+        (
+            1,
+            "event_id is 4097 bytes long; the limit is 4096".to_string(),
+        ),
+        (
+            3,
+            "product is 4097 bytes long; the limit is 4096".to_string(),
+        ),
+    ];
+    expected.extend(good_rejects);
+    for groups in [None, Some("2")] {
+        let data = tmp.path();
+        let out_dir = data.join("out");
+        let mut command = run_command("reconcile", data, AS_OF, &out_dir);
+        if let Some(groups) = groups {
+            command.args(["--groups", groups]);
+        }
+        let out = command.output().expect("tally runs");
+        assert_eq!(out.status.code(), Some(0), "{groups:?}: {}", stderr(&out));
+        assert_eq!(rejects_of(&out_dir, USAGE), expected, "{groups:?}");
+        std::fs::remove_dir_all(&out_dir).unwrap();
+    }
+}
