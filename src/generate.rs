@@ -479,30 +479,38 @@ struct Layout {
     b_total: u64,
 }
 
+/// The options' own bounds: a rate in 0.0..=1.0, 1..=2^32 - 1 accounts (account codes are
+/// 32-bit), fewer than 2^56 events.
+fn check_bounds(opts: &GenerateOptions) -> Result<(), GenerateError> {
+    let rate = opts.discrepancy_rate;
+    if !(0.0..=1.0).contains(&rate) {
+        return Err(GenerateError::InvalidOptions(format!(
+            "discrepancy_rate must be within 0.0..=1.0, got {rate}"
+        )));
+    }
+    if opts.accounts == 0 {
+        return Err(GenerateError::InvalidOptions(
+            "accounts must be at least 1".into(),
+        ));
+    }
+    if opts.accounts > u64::from(u32::MAX) {
+        return Err(GenerateError::InvalidOptions(format!(
+            "accounts must be at most {}",
+            u32::MAX
+        )));
+    }
+    if opts.events >= 1 << 56 {
+        return Err(GenerateError::InvalidOptions(
+            "events must be below 2^56".into(),
+        ));
+    }
+    Ok(())
+}
+
 impl Layout {
     fn new(opts: &GenerateOptions) -> Result<Self, GenerateError> {
+        check_bounds(opts)?;
         let rate = opts.discrepancy_rate;
-        if !(0.0..=1.0).contains(&rate) {
-            return Err(GenerateError::InvalidOptions(format!(
-                "discrepancy_rate must be within 0.0..=1.0, got {rate}"
-            )));
-        }
-        if opts.accounts == 0 {
-            return Err(GenerateError::InvalidOptions(
-                "accounts must be at least 1".into(),
-            ));
-        }
-        if opts.accounts > u64::from(u32::MAX) {
-            return Err(GenerateError::InvalidOptions(format!(
-                "accounts must be at most {}",
-                u32::MAX
-            )));
-        }
-        if opts.events > 1 << 56 {
-            return Err(GenerateError::InvalidOptions(
-                "events must be below 2^56".into(),
-            ));
-        }
         let mut counts = [0u64; 10];
         if rate > 0.0 {
             if opts.accounts < 2 {
@@ -2854,6 +2862,28 @@ mod tests {
                 .data_type(),
             &DataType::Int32
         );
+    }
+
+    /// Each option's bound, at the bound and one past it (the layout is not built: 2^32 - 1
+    /// accounts would allocate their weights).
+    #[test]
+    fn options_are_taken_up_to_their_bounds_and_refused_one_past() {
+        let dir = PathBuf::from("/nonexistent/generate-bounds");
+        let check = |accounts: u64, events: u64, rate: f64| {
+            check_bounds(&opts(dir.clone(), accounts, events, 1, rate)).map_err(|e| e.to_string())
+        };
+        let most_accounts = u64::from(u32::MAX);
+        let most_events = (1u64 << 56) - 1;
+        assert_eq!(check(1, 1, 0.0), Ok(()));
+        assert_eq!(check(most_accounts, most_events, 1.0), Ok(()));
+        let refused = |e: Result<(), String>| e.unwrap_err();
+        assert!(refused(check(0, 1, 0.0)).ends_with("accounts must be at least 1"));
+        assert!(refused(check(most_accounts + 1, 1, 0.0))
+            .ends_with("accounts must be at most 4294967295"));
+        assert!(refused(check(1, most_events + 1, 0.0)).ends_with("events must be below 2^56"));
+        assert!(refused(check(1, 1, 1.000_000_1))
+            .ends_with("discrepancy_rate must be within 0.0..=1.0, got 1.0000001"));
+        assert!(refused(check(1, 1, -0.000_000_1)).contains("within 0.0..=1.0"));
     }
 
     #[test]

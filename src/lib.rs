@@ -990,3 +990,74 @@ fn write_manifest(
     write::write_bytes(&dir.join("manifest.json"), format!("{json}\n").as_bytes())?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each [alert] threshold at its value passes and one past it alerts, with its own
+    /// words; thresholds crossed together are named on one line, in order.
+    #[test]
+    fn each_alert_threshold_passes_at_its_value_and_alerts_one_past() {
+        let alert = Alert {
+            max_discrepancies: Some(100),
+            max_abs_delta_credits: Some(Milli(50_000_000)),
+            min_events_in_window: Some(10),
+            max_rejected_rows: Some(5),
+            max_rejected_allocations: Some(0),
+            min_invoices: Some(3),
+        };
+        let at_limits = AlertFigures {
+            discrepancies: 100,
+            abs_delta: Milli(50_000_000),
+            events_in_window: 10,
+            rejected_rows: 5,
+            rejected_allocations: 0,
+            invoices: 3,
+        };
+        assert_eq!(check_alert(&alert, &at_limits), None);
+        let past = |edit: &dyn Fn(&mut AlertFigures)| {
+            let mut figures = at_limits.clone();
+            edit(&mut figures);
+            check_alert(&alert, &figures)
+        };
+        let crossed = [
+            past(&|f| f.discrepancies = 101),
+            past(&|f| f.abs_delta = Milli(50_000_001)),
+            past(&|f| f.events_in_window = 9),
+            past(&|f| f.rejected_rows = 6),
+            past(&|f| f.rejected_allocations = 1),
+            past(&|f| f.invoices = 2),
+            past(&|f| f.invoices = 0),
+        ];
+        let said = [
+            "101 discrepancy rows exceed the alert threshold of 100",
+            "Σ |delta| of 50000.001 credits exceeds the alert threshold of 50000.000",
+            "only 9 events in the window, fewer than the alert minimum of 10 (stale export?)",
+            "6 rejected rows exceed the alert threshold of 5",
+            "1 rejected allocation row exceeds the alert threshold of 0 (an account-period \
+             whose only allocation row is rejected is not billed: see rejects.csv)",
+            "only 2 invoices, fewer than the alert minimum of 3",
+            "only 0 invoices, fewer than the alert minimum of 3 (an as-of before every \
+             period's end, or a data root without the month?)",
+        ];
+        for (crossed, said) in crossed.into_iter().zip(said) {
+            assert_eq!(crossed.as_deref(), Some(said));
+        }
+        let both = past(&|f| {
+            f.discrepancies = 101;
+            f.rejected_rows = 6;
+        });
+        assert_eq!(
+            both.as_deref(),
+            Some(
+                "101 discrepancy rows exceed the alert threshold of 100; 6 rejected rows \
+                 exceed the alert threshold of 5"
+            )
+        );
+        assert_eq!(
+            check_alert(&Alert::default(), &AlertFigures::default()),
+            None
+        );
+    }
+}

@@ -1299,4 +1299,38 @@ mod tests {
         );
         assert_eq!(one_line(&anyhow::anyhow!("plain ünï 名")), "plain ünï 名");
     }
+
+    /// `alert.max_abs_delta_credits` goes up to the largest amount an output holds
+    /// (999999999999999.999); 10^15, or a value that rounds to it, is refused.
+    #[test]
+    fn a_delta_threshold_goes_up_to_the_largest_amount_and_one_past_is_refused() {
+        let threshold = |value: &str| {
+            let text =
+                format!("data = \"d\"\nout = \"o\"\n[alert]\nmax_abs_delta_credits = {value}\n");
+            let job: JobFile = toml::from_str(&text).unwrap();
+            alert_of(Some(&job), None)
+                .map(|a| a.max_abs_delta_credits.map(|c| c.to_string()))
+                .map_err(|e| one_line(&e))
+        };
+        let most = "999999999999999.999";
+        assert_eq!(
+            threshold(&format!("\"{most}\"")),
+            Ok(Some(most.to_string()))
+        );
+        assert_eq!(
+            threshold("999999999999999"),
+            Ok(Some("999999999999999.000".to_string()))
+        );
+        for past in [
+            "\"1000000000000000\"",
+            "\"999999999999999.9995\"",
+            "1000000000000000",
+        ] {
+            let refused = threshold(past).unwrap_err();
+            assert!(
+                refused.ends_with("is out of range (|x| must be < 10^15)"),
+                "{past}: {refused}"
+            );
+        }
+    }
 }
