@@ -320,6 +320,43 @@ mod tests {
         assert_eq!(top[19].account_id, "z16");
     }
 
+    /// `TOP_ACCOUNTS` unreconciled accounts are all listed; one more drops the smallest;
+    /// past the pruning bound (4 × `TOP_ACCOUNTS` ranked at once) the largest are still
+    /// the ones kept, whatever their place in the results.
+    #[test]
+    fn top_accounts_list_up_to_the_limit_and_drop_the_smallest_past_it() {
+        let account = |i: usize| {
+            let mut r = AccountResult::default();
+            r.totals.recorded_credits = Milli(i as i64 + 1);
+            (format!("acct-{i:03}"), r)
+        };
+        let listed = |n: usize| {
+            let results: Vec<_> = (0..n).map(account).collect();
+            let (top, unreconciled) = top_accounts(&results).unwrap();
+            assert_eq!(unreconciled, n as u64);
+            let ids: Vec<String> = top.into_iter().map(|a| a.account_id).collect();
+            ids
+        };
+        let most = TOP_ACCOUNTS;
+        let all = listed(most);
+        assert_eq!(all.len(), most);
+        assert_eq!(
+            (all[0].as_str(), all[most - 1].as_str()),
+            ("acct-019", "acct-000")
+        );
+        let past = listed(most + 1);
+        assert_eq!(past.len(), most);
+        assert_eq!(
+            (past[0].as_str(), past[most - 1].as_str()),
+            ("acct-020", "acct-001")
+        );
+        for n in [4 * most, 4 * most + 1, 4 * most + 2, 10 * most] {
+            let top = listed(n);
+            let expected: Vec<String> = (n - most..n).rev().map(|i| account(i).0).collect();
+            assert_eq!(top, expected, "{n} accounts");
+        }
+    }
+
     #[test]
     fn lines_sort_by_product_action_then_null_model_last() {
         let mut mix = Mix::default();
@@ -368,5 +405,36 @@ mod tests {
         assert_eq!(total, lines.len() as u64);
         // A merged line is in every unit its models' events were priced in.
         assert!(forward.lines.values().all(|f| f.units == 0b111));
+    }
+
+    /// `MAX_MIX_LINES` lines are kept as they are; one more drops the model (one line per
+    /// product/action); `MAX_MIX_LINES` product/actions are kept so, and one more makes
+    /// everything one line. Events are never lost on the way.
+    #[test]
+    fn the_mix_keeps_its_line_limit_and_coarsens_one_past_it() {
+        let models = |n: usize| -> Vec<MixKey> {
+            (0..n)
+                .map(|i| key(&format!("p{}", i % 2), "act", Some(&format!("m{i}"))))
+                .collect()
+        };
+        // Two models each: past the limit as models from 5,001 product/actions on.
+        let actions = |n: usize| -> Vec<MixKey> {
+            (0..2 * n)
+                .map(|i| key("p", &format!("a{}", i / 2), Some(&format!("m{}", i % 2))))
+                .collect()
+        };
+        let mix_of = |keys: Vec<MixKey>| {
+            let mut mix = Mix::default();
+            for k in keys {
+                mix.add_line(k, &one(1)).unwrap();
+            }
+            let events: u64 = mix.lines.values().map(|f| f.events).sum();
+            (mix.level, mix.lines.len(), events)
+        };
+        let most = MAX_MIX_LINES;
+        assert_eq!(mix_of(models(most)), (0, most, most as u64));
+        assert_eq!(mix_of(models(most + 1)), (1, 2, most as u64 + 1));
+        assert_eq!(mix_of(actions(most)), (1, most, 2 * most as u64));
+        assert_eq!(mix_of(actions(most + 1)), (2, 1, 2 * (most as u64 + 1)));
     }
 }
