@@ -1024,6 +1024,40 @@ mod tests {
         assert_eq!(through_a_run_file(&rows), rows);
     }
 
+    /// A record of `MAX_RECORD_BYTES` is written and read back; one byte more is refused
+    /// when written (an invariant: no input row can be that large), naming the file.
+    #[test]
+    fn a_record_of_the_limit_is_written_and_read_back_and_one_byte_more_is_refused() {
+        // A billed event whose event id makes its record exactly `bytes` long.
+        let sized = |bytes: usize| {
+            (bytes.saturating_sub(64)..=bytes)
+                .map(|n| row("a", &"e".repeat(n)))
+                .find(|r| {
+                    let mut record = Vec::new();
+                    Keyed::encode(r, &mut record);
+                    record.len() == bytes
+                })
+                .expect("an event id length gives the record's length")
+        };
+        let at_limit = [sized(MAX_RECORD_BYTES), row("a", "2")];
+        assert_eq!(through_a_run_file(&at_limit), at_limit);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.bin");
+        let too_long = sized(MAX_RECORD_BYTES + 1);
+        let refused = match write_run::<BilledEventRow, _>(&path, [&too_long]) {
+            Ok(_) => panic!("a record past the limit was written"),
+            Err(e) => e.to_string(),
+        };
+        assert_eq!(
+            refused,
+            format!(
+                "invariant broken: a row of 65537 bytes for run file {}, past the \
+                 65536 a record may have",
+                path.display()
+            )
+        );
+    }
+
     /// A run file that is not what this tally writes (another format, cut short, a
     /// damaged length) stops the run with the file named, without reading past what it
     /// holds or allocating what a damaged length asks.
