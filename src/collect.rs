@@ -631,6 +631,14 @@ mod tests {
              invoiced in full; check the allocation rows' billing_anchor (its day and time of \
              day should be period_end's)"
         );
+        // The limit is 28 days exactly (February's, not warned above): a microsecond less is
+        // short.
+        let just_short = renewal(
+            "f",
+            "2027-02-01T00:00:00Z",
+            Some("2027-02-28T23:59:59.999999Z"),
+        );
+        assert_eq!(short_next_periods(&[just_short]).map(|(n, _)| n), Some(1));
     }
 
     /// One grant_id twice in grants_next, whoever's grants they are, is exit 2 naming the
