@@ -664,6 +664,14 @@ fn write_row_files(
     Ok(files)
 }
 
+/// The first [`SHOWN_PRODUCTS`] of the ranked product/actions (each gets a file and a row
+/// of `report.html`), and how many more there are (named in the report's note).
+fn shown_products<T>(mut ranked: Vec<T>) -> (Vec<T>, usize) {
+    let more = ranked.len().saturating_sub(SHOWN_PRODUCTS);
+    ranked.truncate(SHOWN_PRODUCTS);
+    (ranked, more)
+}
+
 /// Write the credits-by-product breakdown and the files of its top (product, action)
 /// groups.
 fn write_product_files(dir: &Path, out: &RunOutput, files: &mut ReportFiles) -> Result<()> {
@@ -705,10 +713,9 @@ fn write_product_files(dir: &Path, out: &RunOutput, files: &mut ReportFiles) -> 
                         .cmp(&(b.0 .0.as_bytes(), b.0 .1.as_bytes()))
                 })
         });
-        files.more_product_groups = ranked.len().saturating_sub(SHOWN_PRODUCTS);
-        for (rank, ((product, action), figures, lines)) in
-            ranked.into_iter().take(SHOWN_PRODUCTS).enumerate()
-        {
+        let (shown, more) = shown_products(ranked);
+        files.more_product_groups = more;
+        for (rank, ((product, action), figures, lines)) in shown.into_iter().enumerate() {
             let name = format!("product-{:02}.csv", rank + 1);
             files.product_groups.push(ProductGroup {
                 product: product.to_string(),
@@ -791,6 +798,17 @@ fn write_mix(
 mod tests {
     use super::*;
     use crate::write::Table;
+
+    /// 50 product/actions are all shown; one more is counted, not shown.
+    #[test]
+    fn product_actions_are_shown_up_to_the_limit_and_counted_past_it() {
+        let ranked = |n: usize| (0..n).collect::<Vec<usize>>();
+        let (shown, more) = shown_products(ranked(SHOWN_PRODUCTS));
+        assert_eq!((shown, more), (ranked(SHOWN_PRODUCTS), 0));
+        let (shown, more) = shown_products(ranked(SHOWN_PRODUCTS + 1));
+        assert_eq!((shown, more), (ranked(SHOWN_PRODUCTS), 1));
+        assert_eq!(shown_products(ranked(0)), (vec![], 0));
+    }
 
     #[test]
     fn money_is_formatted_with_the_currency_exponent() {

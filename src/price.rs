@@ -483,6 +483,10 @@ mod tests {
         assert_eq!(unit_bit(&many, "u63"), 1 << 63);
         assert_eq!(unit_bit(&many, "u69"), 1 << 63);
         assert_eq!(unit_names(&many, 1 << 63), many[63..]);
+        // At 64 units the last bit is the 64th's alone; one unit more shares it.
+        assert_eq!(unit_names(&many[..64], 1 << 63), ["u63"]);
+        assert_eq!(unit_names(&many[..65], 1 << 63), ["u63", "u64"]);
+        assert_eq!(unit_bit(&many[..65], "u64"), 1 << 63);
     }
     use std::str::FromStr;
 
