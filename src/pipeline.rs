@@ -161,18 +161,27 @@ fn warn_of_an_oversized_group(
 /// group: the spill pass keeps them all in memory until their groups run, on top of the
 /// groups' own rows (1M such ledger rows took a run to 1.13 GB at a 128 MiB budget).
 fn warn_of_many_joined_rows(settings: &RunSettings, fit_rows: u64, joined_rows: u64) {
-    if joined_rows > fit_rows {
+    if let Some(message) = many_joined_rows(fit_rows, joined_rows) {
         tracing::warn!(
             rows = joined_rows,
             rows_per_group = fit_rows,
             memory_budget_bytes = settings.memory_budget_bytes,
+            "{message}"
+        );
+    }
+}
+
+/// The warning of [`warn_of_many_joined_rows`]: only past a group's planned rows.
+fn many_joined_rows(fit_rows: u64, joined_rows: u64) -> Option<String> {
+    (joined_rows > fit_rows).then(|| {
+        format!(
             "{joined_rows} usage and ledger rows join ids across accounts (ledger entries \
              naming another account's event, event ids used by several accounts), more than \
              the {fit_rows} rows the memory budget plans for a group: they stay in memory \
              until their groups run, so the run's peak will pass the budget; give the job \
              more memory and a larger --memory-budget"
-        );
-    }
+        )
+    })
 }
 
 /// The valid allocations and grants of a run, and the rejects of both datasets.
@@ -1170,6 +1179,22 @@ mod tests {
     use super::*;
     use crate::model::At;
     use proptest::prelude::*;
+
+    /// Rows joined across accounts as many as a group's planned rows pass; one more warns.
+    #[test]
+    fn joined_rows_warn_one_past_a_groups_planned_rows() {
+        assert_eq!(many_joined_rows(1_000, 1_000), None);
+        assert_eq!(many_joined_rows(1_000, 0), None);
+        let warned = many_joined_rows(1_000, 1_001).unwrap();
+        assert!(
+            warned.starts_with(
+                "1001 usage and ledger rows join ids across accounts (ledger entries naming \
+                 another account's event, event ids used by several accounts), more than the \
+                 1000 rows the memory budget plans for a group"
+            ),
+            "{warned}"
+        );
+    }
 
     fn usage_at(places: &[u64]) -> Vec<Usage> {
         places
