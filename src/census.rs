@@ -171,11 +171,12 @@ impl Census {
     }
 
     /// Rows in the files of `datasets`, from their footers (0 for unreadable files: the
-    /// load reports them).
+    /// load reports them), saturating: a footer may say up to 2^63 - 1 rows, and the
+    /// decoding refuses one that lies.
     pub(crate) fn rows(&self, datasets: &[Dataset]) -> u64 {
         self.of(datasets)
             .map(|listed| listed.rows().unwrap_or(0))
-            .sum()
+            .fold(0, u64::saturating_add)
     }
 
     /// How many files `datasets` have.

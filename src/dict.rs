@@ -250,6 +250,14 @@ impl IdChunk {
         }
     }
 
+    /// [`IdChunk::with_capacity`], `None` when the allocation fails (a size from a
+    /// footer, which may lie).
+    pub fn try_with_capacity(bytes: usize) -> Option<IdChunk> {
+        let mut chunk = IdChunk::default();
+        chunk.bytes.try_reserve_exact(bytes).ok()?;
+        Some(chunk)
+    }
+
     /// Append an id; its offset in the chunk.
     pub fn push(&mut self, id: &str) -> u32 {
         self.push_bytes(id.as_bytes())

@@ -902,6 +902,31 @@ fn check_row_count(file: &InputFile, rows: u64) -> Result<()> {
     ))
 }
 
+/// A footer's row count (the census's and the manifest's) is the sum of its row groups'
+/// (what decoding reads), none of them negative.
+fn check_footer_rows_agree(file: &InputFile, metadata: &ArrowReaderMetadata) -> Result<()> {
+    let footer = metadata.metadata();
+    let said = footer.file_metadata().num_rows();
+    let groups: Vec<i64> = footer.row_groups().iter().map(|rg| rg.num_rows()).collect();
+    let sum: i128 = groups.iter().map(|&n| i128::from(n)).sum();
+    if groups.iter().all(|&n| n >= 0) && sum == i128::from(said) {
+        return Ok(());
+    }
+    Err(TallyError::input(
+        &file.rel_path,
+        format!(
+            "its footer says {said} rows in all, but its {} row group(s) {} ({}); the file \
+             is corrupt{RESTORE}",
+            groups.len(),
+            match groups.iter().any(|&n| n < 0) {
+                true => "include a negative count".to_string(),
+                false => format!("hold {sum}"),
+            },
+            crate::listed_briefly(&groups.iter().map(i64::to_string).collect::<Vec<_>>())
+        ),
+    ))
+}
+
 /// A dataset's files must fit the file bits of [`crate::model::At`]: at most
 /// [`crate::model::MAX_FILES`]. The error names the first file (`first`).
 fn check_file_count(first: &InputFile, files: u64) -> Result<()> {
@@ -931,6 +956,7 @@ pub fn open_file(file: &InputFile, specs: &[ColSpec]) -> Result<OpenedFile> {
         acc = acc.saturating_add(*n);
     }
     check_row_count(file, acc)?;
+    check_footer_rows_agree(file, &metadata)?;
     let mask = projection(&metadata, &indices);
     let strings_unchecked = strings_unchecked(&metadata, specs, &indices);
     // A file without row groups has none to decode: its footer goes now.
@@ -1079,6 +1105,14 @@ fn decode_row_group(
         first_row: opened.row_group_first[rg],
         rows: opened.row_group_rows[rg],
     };
+    // Every row the footer says the row group holds is passed on, no more and no fewer: a
+    // footer's count sizes the run's vectors and is the manifest's, so one that lies is a
+    // corrupt file, whichever pass reads it.
+    let mut decoded = 0u64;
+    let mut counted = |batch: &Batch| {
+        decoded += batch.len as u64;
+        each_batch(batch)
+    };
     let outcome = guard_decoding(file, || {
         let reread_from = match opened.strings_unchecked {
             true => Some(0),
@@ -1089,18 +1123,34 @@ fn decode_row_group(
                 at,
                 handle.clone(),
                 &metadata,
-                each_batch,
+                &mut counted,
             )?,
         };
         if let Some(skip) = reread_from {
             let found =
-                decode_strings_as_bytes(file, specs, &metadata, handle, at, skip, each_batch)?;
+                decode_strings_as_bytes(file, specs, &metadata, handle, at, skip, &mut counted)?;
             warn_of_strings_not_utf8(file, at, skip, found, warn);
         }
         Ok(())
     });
     opened.row_group_done();
-    outcome
+    outcome?;
+    check_decoded_rows(file, at, decoded)
+}
+
+/// A row group's decoded rows against its footer's count.
+fn check_decoded_rows(file: &InputFile, at: RowGroupAt, decoded: u64) -> Result<()> {
+    if decoded == at.rows {
+        return Ok(());
+    }
+    Err(TallyError::input(
+        &file.rel_path,
+        format!(
+            "row group {} holds {decoded} rows, not the {} its footer says; the file is \
+             corrupt{RESTORE}",
+            at.index, at.rows
+        ),
+    ))
 }
 
 /// Where a row group's rows are in its file (from its footer, checked against the footer
@@ -1466,7 +1516,10 @@ fn read_row_groups<T: Send>(
     let parts: Vec<Result<Vec<T>>> = (0..opened.row_group_rows.len())
         .into_par_iter()
         .map(|rg| {
-            let mut out = Vec::with_capacity(opened.row_group_rows[rg] as usize);
+            // The footer's count, up to a batch's worth: a footer may lie (decoding
+            // refuses it after), and a vector that grows costs little for plan rows.
+            let mut out =
+                Vec::with_capacity(opened.row_group_rows[rg].min(BATCH_ROWS as u64) as usize);
             decode_row_group(file, &opened, specs, rg, true, &mut |batch| {
                 each_batch(batch, &mut out)
             })?;

@@ -14,7 +14,6 @@ use crate::model::*;
 use crate::route::CrossBucket;
 use crate::validate::id_hash;
 use arrow::array::{Array, Int32Array, StringArray};
-use bytemuck::Zeroable;
 use rustc_hash::FxHashMap;
 
 /// A label value with no code: null.
@@ -661,15 +660,21 @@ pub fn load<S: Source>(
             "more rows than this machine can address",
         )
     })?;
-    let mut rows: Vec<S::Row> = vec![S::Row::zeroed(); total];
+    // Sized from the footers, which decoding checks only afterwards: an allocation that
+    // fails (a footer that lies, or a group too large for the machine) is an error naming
+    // the largest file, not an abort.
+    let mut rows: Vec<S::Row> = bytemuck::allocation::try_zeroed_vec(total)
+        .map_err(|()| cannot_allocate(files, &units, total, std::mem::size_of::<S::Row>()))?;
     let mut parts: Vec<Part<'_, S::Row>> = Vec::with_capacity(units.len());
     let mut rest: &mut [S::Row] = &mut rows;
     for unit in &units {
         let (here, after) = rest.split_at_mut(unit.rows as usize);
+        let id_bytes = (unit.rows as usize).saturating_mul(source.id_bytes_per_row());
         parts.push(Part {
             slots: here,
             written: 0,
-            ids: IdChunk::with_capacity(unit.rows as usize * source.id_bytes_per_row()),
+            ids: IdChunk::try_with_capacity(id_bytes)
+                .ok_or_else(|| cannot_allocate(files, &units, total, id_bytes))?,
             rejects: Vec::new(),
             read: 0,
             memos: Memos::default(),
@@ -711,6 +716,8 @@ pub fn load<S: Source>(
     let mut read = 0u64;
     let mut written = Vec::with_capacity(parts.len());
     for (unit, part) in units.iter().zip(parts) {
+        // The decoding refuses a row group of another count than its footer's already;
+        // checked again here because the slots were cut by those counts.
         if part.written > part.slots.len() || part.read != unit.rows {
             return Err(footer_mismatch(files, unit, part.read));
         }
@@ -735,6 +742,31 @@ pub fn load<S: Source>(
         rejects,
         read,
     })
+}
+
+/// The rows the footers of a dataset's files say could not be allocated
+/// (`bytes_per_row` of them each): names the file saying the most rows.
+fn cannot_allocate(
+    files: &[InputFile],
+    units: &[Unit],
+    total: usize,
+    bytes_per_row: usize,
+) -> TallyError {
+    let mut by_file = vec![0u64; files.len()];
+    for unit in units {
+        by_file[unit.file] = by_file[unit.file].saturating_add(unit.rows);
+    }
+    let largest = (0..files.len()).max_by_key(|&f| (by_file[f], std::cmp::Reverse(f)));
+    let (path, rows) = largest.map_or(("", 0), |f| (files[f].rel_path.as_str(), by_file[f]));
+    TallyError::input(
+        path,
+        format!(
+            "its footer says {rows} rows ({total} in the dataset, {bytes_per_row} bytes each), \
+             more than this machine can allocate: if the file holds fewer, its footer is \
+             corrupt (restore or export it again); else give the run more memory or more \
+             groups (--groups)"
+        ),
+    )
 }
 
 /// A row group that decoded to another row count than its footer says.
@@ -778,6 +810,45 @@ impl<'a> FilesDone<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An allocation the footers size that fails names the file saying the most rows
+    /// (the first of two saying as many), with the dataset's total.
+    #[test]
+    fn a_failed_allocation_names_the_file_saying_the_most_rows() {
+        let file = |name: &str| InputFile {
+            rel_path: name.into(),
+            abs_path: name.into(),
+            first_seen: None,
+        };
+        let files = [
+            file("usage/a.parquet"),
+            file("usage/b.parquet"),
+            file("usage/c.parquet"),
+        ];
+        let unit = |index, file, rows, offset| Unit {
+            index,
+            file,
+            row_group: 0,
+            rows,
+            offset,
+        };
+        let units = [
+            unit(0, 0, 5, 0),
+            unit(1, 1, 1 << 40, 5),
+            unit(2, 2, 1 << 40, 5 + (1 << 40)),
+        ];
+        let e = cannot_allocate(&files, &units, usize::MAX, 64);
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "usage/b.parquet: its footer says 1099511627776 rows ({} in the dataset, 64 \
+                 bytes each), more than this machine can allocate: if the file holds fewer, \
+                 its footer is corrupt (restore or export it again); else give the run more \
+                 memory or more groups (--groups)",
+                usize::MAX
+            )
+        );
+    }
 
     /// Every row group of a load has its `Memos` from the start: a fresh one holds no
     /// cache, which is taken at its first use (the same sku as an uncached lookup).

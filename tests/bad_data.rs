@@ -1046,3 +1046,138 @@ fn a_string_of_the_length_limit_is_read_and_one_byte_more_rejects_its_row() {
         std::fs::remove_dir_all(&out_dir).unwrap();
     }
 }
+
+/// The Parquet file at `path` rewritten with its footer saying `rows` for each row group
+/// (and their sum for the file), its pages as they were.
+fn with_row_group_rows(path: &Path, rows: i64) {
+    use parquet::file::metadata::{
+        PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader, ParquetMetaDataWriter,
+    };
+    let bytes = std::fs::read(path).unwrap();
+    let footer_len =
+        u32::from_le_bytes(bytes[bytes.len() - 8..bytes.len() - 4].try_into().unwrap());
+    let data_end = bytes.len() - 8 - footer_len as usize;
+    let metadata = ParquetMetaDataReader::new()
+        .with_page_index_policy(PageIndexPolicy::Skip)
+        .parse_and_finish(&bytes::Bytes::from(bytes.clone()))
+        .unwrap();
+    let row_groups = (metadata.row_groups().iter())
+        .map(|rg| {
+            rg.clone()
+                .into_builder()
+                .set_num_rows(rows)
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let lying = ParquetMetaData::new(metadata.file_metadata().clone(), row_groups);
+    let mut out = bytes[..data_end].to_vec();
+    ParquetMetaDataWriter::new(&mut out, &lying)
+        .finish()
+        .unwrap();
+    std::fs::write(path, out).unwrap();
+}
+
+/// A footer whose row count is not what the file holds, however large, is exit 2 naming
+/// the file, never an abort (an allocation sized from it failed and ended the process,
+/// exit 134) nor a run that publishes the footer's count as the manifest's rows: refused
+/// when its row group is decoded, in a run of one group and a split run, in usage and in
+/// the plans. A one-group run allocates its rows from the footers first: where the machine
+/// cannot reserve them (this VM reserves 64 TiB it never touches) that is the refusal.
+#[test]
+fn a_footer_that_lies_about_its_rows_is_refused_not_an_abort() {
+    let restore = "; restore the file from its source or export it again";
+    let holds = |at: &str, said: i64| {
+        let rows = read_parquet(&good_root().join(at)).num_rows();
+        format!(
+            "row group 0 holds {rows} rows, not the {said} its footer says; the file is \
+             corrupt{restore}"
+        )
+    };
+    let most = (1i64 << 40) - 1;
+    let cannot_allocate = format!(
+        "its footer says {most} rows ({most} in the dataset, 64 bytes each), more than this \
+         machine can allocate: if the file holds fewer, its footer is corrupt (restore or \
+         export it again); else give the run more memory or more groups (--groups)"
+    );
+    for (at, rows, groups, refusals) in [
+        (USAGE, 63, None, vec![holds(USAGE, 63)]),
+        (USAGE, 63, Some("2"), vec![holds(USAGE, 63)]),
+        (USAGE, most, None, vec![holds(USAGE, most)]),
+        (
+            USAGE,
+            most,
+            Some("1"),
+            vec![holds(USAGE, most), cannot_allocate],
+        ),
+        (ALLOCATIONS, most, None, vec![holds(ALLOCATIONS, most)]),
+    ] {
+        let tmp = good_copy();
+        with_row_group_rows(&tmp.path().join(at), rows);
+        let data = tmp.path();
+        let mut command = run_command("reconcile", data, AS_OF, &data.join("out"));
+        if let Some(groups) = groups {
+            command.args(["--groups", groups]);
+        }
+        let out = command.output().expect("tally runs");
+        let said = stderr(&out);
+        let refusal = (refusals.iter())
+            .find(|r| said == format!("tally: {at}: {r}\n"))
+            .unwrap_or_else(|| panic!("{at} at {rows} rows, groups {groups:?}: {said}"));
+        assert_refused(&tmp, &out, &format!("tally: {at}: {refusal}"));
+    }
+}
+
+/// A footer whose row count is not the sum of its row groups' (the census and the
+/// manifest take the first, the decoding the second) is exit 2 naming both counts.
+#[test]
+fn a_footer_whose_total_is_not_its_row_groups_sum_is_refused() {
+    let tmp = good_copy();
+    let path = tmp.path().join(USAGE);
+    // Row groups of 100 rows (a 2-byte varint, 0xC8 0x01), then the file's count alone
+    // made 101: the first `num_rows` field (0x16: field 3, an i64) of the footer is the
+    // file's, the second its row group's.
+    with_row_group_rows(&path, 100);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let footer_len =
+        u32::from_le_bytes(bytes[bytes.len() - 8..bytes.len() - 4].try_into().unwrap());
+    let footer_start = bytes.len() - 8 - footer_len as usize;
+    let field = [0x16, 0xC8, 0x01];
+    let at: Vec<usize> = (footer_start..bytes.len() - 8 - 2)
+        .filter(|&i| bytes[i..i + 3] == field)
+        .collect();
+    assert_eq!(at.len(), 2, "the file's and the row group's num_rows");
+    bytes[at[0] + 1] = 0xCA; // zigzag(101) = 202 = 0xCA 0x01
+    std::fs::write(&path, bytes).unwrap();
+    let out = reconcile(&tmp);
+    assert_refused(
+        &tmp,
+        &out,
+        &format!(
+            "tally: {USAGE}: its footer says 101 rows in all, but its 1 row group(s) hold 100 \
+             (100); the file is corrupt; restore the file from its source or export it again"
+        ),
+    );
+}
+
+/// Footers saying 2^63 - 1 rows each add up past a u64 while the run sizes its groups:
+/// that sum saturates (it overflowed: exit 4, a panic) and the files are refused, the
+/// first named.
+#[test]
+fn footers_saying_the_most_rows_are_refused_not_a_panic() {
+    let tmp = good_copy();
+    let first = tmp.path().join(USAGE);
+    with_row_group_rows(&first, i64::MAX);
+    for copy in ["part-1.parquet", "part-2.parquet"] {
+        std::fs::copy(&first, first.with_file_name(copy)).unwrap();
+    }
+    let out = reconcile(&tmp);
+    assert_refused(
+        &tmp,
+        &out,
+        &format!(
+            "tally: {USAGE}: 9223372036854775807 rows is more than a file may hold \
+             (1099511627775); split the file"
+        ),
+    );
+}
