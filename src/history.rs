@@ -44,7 +44,7 @@ impl History {
         }
         for file in &self.billed_files {
             read_columns(file, &mut |batch| {
-                let events = column(batch, "event_id", file)?.as_string::<i32>();
+                let events = string_column(batch, "event_id", file)?;
                 for i in 0..batch.num_rows() {
                     let id = events.value(i);
                     if wanted.contains(id) {
@@ -93,8 +93,12 @@ fn check_billed(path: &Path) -> Result<u64> {
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
         TallyError::input(&name, format!("not a readable earlier close output: {e}"))
     })?;
-    if builder.schema().index_of("event_id").is_err() {
+    let schema = builder.schema();
+    let Ok(event_id) = schema.field_with_name("event_id") else {
         return Err(TallyError::input(name, "missing column `event_id`"));
+    };
+    if event_id.data_type() != &arrow::datatypes::DataType::Utf8 {
+        return Err(not_as_written(path, "event_id", event_id.data_type()));
     }
     Ok(builder.metadata().file_metadata().num_rows() as u64)
 }
@@ -182,6 +186,41 @@ fn column<'a>(
                 format!("missing column `{name}`"),
             )
         })
+}
+
+/// A column of tally's UTF8 strings (`None` of another type: a file another tool wrote
+/// again, which would otherwise panic when read as strings).
+fn string_column<'a>(
+    batch: &'a arrow::record_batch::RecordBatch,
+    name: &str,
+    path: &Path,
+) -> Result<&'a arrow::array::StringArray> {
+    let array = column(batch, name, path)?;
+    array
+        .as_string_opt::<i32>()
+        .ok_or_else(|| not_as_written(path, name, array.data_type()))
+}
+
+/// A column of tally's microsecond UTC instants (as [`string_column`]).
+fn instant_column<'a>(
+    batch: &'a arrow::record_batch::RecordBatch,
+    name: &str,
+    path: &Path,
+) -> Result<&'a arrow::array::TimestampMicrosecondArray> {
+    let array = column(batch, name, path)?;
+    array
+        .as_primitive_opt::<TimestampMicrosecondType>()
+        .ok_or_else(|| not_as_written(path, name, array.data_type()))
+}
+
+fn not_as_written(path: &Path, name: &str, found: &arrow::datatypes::DataType) -> TallyError {
+    TallyError::input(
+        path.display().to_string(),
+        format!(
+            "column `{name}` is {found}, not what tally writes there: not an earlier close \
+             output as tally wrote it (was it written again by another tool?)"
+        ),
+    )
 }
 
 /// Refuse a close whose output folder is not directly inside its history folder: the next
@@ -426,9 +465,8 @@ pub fn load_closes(closes: Vec<EarlierClose>, as_of: Micros) -> Result<History> 
         let invoice_sha256 = crate::write::sha256_hex(&invoice_bytes);
         check_listed_bytes(&manifest, &folder, "invoices.parquet", &invoice_sha256)?;
         read_columns_of(invoice_bytes, &invoices, &mut |batch| {
-            let accounts = column(batch, "account_id", &invoices)?.as_string::<i32>();
-            let starts = column(batch, "period_start", &invoices)?
-                .as_primitive::<TimestampMicrosecondType>();
+            let accounts = string_column(batch, "account_id", &invoices)?;
+            let starts = instant_column(batch, "period_start", &invoices)?;
             for i in 0..batch.num_rows() {
                 history
                     .closed

@@ -1224,3 +1224,86 @@ fn grant_priorities_carry_at_the_32_bit_limit_and_one_past_is_rejected() {
         "{rejects}"
     );
 }
+
+/// An earlier close's `billed_events.parquet` or `invoices.parquet` written again by
+/// another tool, with the rows the manifest lists but a column of another type (an id as a
+/// number, instants in milliseconds), is exit 2 naming the file and the column: it was a
+/// panic (exit 4) when read as tally's strings or microseconds.
+#[test]
+fn an_earlier_close_with_a_column_of_another_type_is_refused_not_a_panic() {
+    use arrow::array::Array;
+    use std::sync::Arc;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = data_with_december(tmp.path());
+    let closes = tmp.path().join("closes");
+    let first = close_into(&root, &closes, "2026-12-01T00:00:00Z", "2026-12-01", &[]);
+    let retyped = |file: &str, column: &str, array: arrow::array::ArrayRef| {
+        let path = first.join(file);
+        let batch = read_parquet(&path);
+        let schema = batch.schema();
+        let index = schema.index_of(column).unwrap();
+        let mut fields: Vec<arrow::datatypes::Field> =
+            schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields[index] = arrow::datatypes::Field::new(column, array.data_type().clone(), true);
+        let mut columns = batch.columns().to_vec();
+        columns[index] = array;
+        let batch = arrow::record_batch::RecordBatch::try_new(
+            Arc::new(arrow::datatypes::Schema::new(fields)),
+            columns,
+        )
+        .unwrap();
+        tally::write::write_parquet(&path, &batch).unwrap();
+        batch.num_rows()
+    };
+    let rows = read_parquet(&first.join("billed_events.parquet")).num_rows();
+    let ids = arrow::array::Int64Array::from_iter_values(0..rows as i64);
+    assert_eq!(
+        retyped("billed_events.parquet", "event_id", Arc::new(ids)),
+        rows
+    );
+    let second = history_close(&root, &closes, "2026-12-31T08:00:00Z", "2026-12-31", &[]);
+    let billed = first.join("billed_events.parquet");
+    assert_eq!(second.status.code(), Some(2), "{}", stderr(&second));
+    assert_eq!(
+        stderr(&second),
+        format!(
+            "tally: {}: column `event_id` is Int64, not what tally writes there: not an \
+             earlier close output as tally wrote it (was it written again by another tool?)\n",
+            billed.display()
+        )
+    );
+
+    // The invoices, read whole, are checked by their sha256: the manifest made to agree.
+    std::fs::remove_dir_all(&first).unwrap();
+    let first = close_into(&root, &closes, "2026-12-01T00:00:00Z", "2026-12-01", &[]);
+    let invoices = read_parquet(&first.join("invoices.parquet"));
+    let starts = invoices.column_by_name("period_start").unwrap();
+    let micros = starts.as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+    let millis = arrow::array::TimestampMillisecondArray::from_iter(
+        (0..micros.len()).map(|i| micros.is_valid(i).then(|| micros.value(i) / 1000)),
+    )
+    .with_timezone("UTC");
+    retyped("invoices.parquet", "period_start", Arc::new(millis));
+    let path = first.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let sha256 = tally::write::sha256_hex(&std::fs::read(first.join("invoices.parquet")).unwrap())
+        .to_string();
+    for entry in manifest["outputs"].as_array_mut().unwrap() {
+        if entry["path"] == "invoices.parquet" {
+            entry["sha256"] = serde_json::Value::String(sha256.clone());
+        }
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
+    let second = history_close(&root, &closes, "2026-12-31T08:00:00Z", "2026-12-31", &[]);
+    assert_eq!(second.status.code(), Some(2), "{}", stderr(&second));
+    assert_eq!(
+        stderr(&second),
+        format!(
+            "tally: {}: column `period_start` is Timestamp(ms, \"UTC\"), not \
+             what tally writes there: not an earlier close output as tally wrote it (was it \
+             written again by another tool?)\n",
+            first.join("invoices.parquet").display()
+        )
+    );
+}
