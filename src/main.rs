@@ -547,11 +547,6 @@ fn parse_as_of(text: &str, origin: &Origin) -> anyhow::Result<tally::time::Micro
     })
 }
 
-/// The longest `--settle`: 7 days. Settle holds back events whose debit may still be on
-/// its way; a longer one would report a week's missing debits as merely pending, and is
-/// more likely a slip of the unit (`15M` is 15 months, `15m` 15 minutes).
-const MAX_SETTLE_MICROS: i64 = 7 * 24 * 3600 * 1_000_000;
-
 /// `--settle` (default 15m, at most 7 days).
 fn parse_settle(setting: Option<(String, Origin)>) -> anyhow::Result<i64> {
     let Some((text, origin)) = setting else {
@@ -559,7 +554,7 @@ fn parse_settle(setting: Option<(String, Origin)>) -> anyhow::Result<i64> {
     };
     let settle = tally::time::parse_duration_micros(&text)
         .ok_or_else(|| origin.bad(&text, "is not a duration such as 15m, 900s or 1h"))?;
-    if settle > MAX_SETTLE_MICROS {
+    if settle > tally::run::MAX_SETTLE_MICROS {
         let unit_hint = match text.contains('M') {
             true => " (`M` is months; minutes are `m`)",
             false => "",

@@ -23,6 +23,11 @@ pub const AUTOMATIC_BUCKETS: u32 = 0;
 /// `settle` of a run given none (no `--settle`, no job key): 15 minutes.
 pub const DEFAULT_SETTLE_MICROS: i64 = 15 * 60 * 1_000_000;
 
+/// The longest `--settle`: 7 days. Settle holds back events whose debit may still be on
+/// its way; a longer one would report a week's missing debits as merely pending, and is
+/// more likely a slip of the unit (`15M` is 15 months, `15m` 15 minutes).
+pub const MAX_SETTLE_MICROS: i64 = 7 * 24 * 3600 * 1_000_000;
+
 /// Default working-memory budget: 3 GiB (`route::groups_for` picks the group count from
 /// it). The 10M-event bench reconcile fits in one group; a 100M-event month is split (26
 /// groups reconcile, 53 close) and peaks under 4 GiB, not under the budget itself

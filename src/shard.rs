@@ -388,12 +388,24 @@ fn read_manifest(folder: &Path) -> Result<ShardManifest> {
             folder.display()
         ))
     })?;
-    serde_json::from_str(&text).map_err(|e| {
+    let manifest: ShardManifest = serde_json::from_str(&text).map_err(|e| {
         TallyError::Refused(format!(
             "{} is not a tally shard manifest ({e}); rerun the shard",
             path.display()
         ))
-    })
+    })?;
+    // A shard ran with a settle its flags allowed; any other value (it is multiplied into
+    // microseconds for the merge) is a damaged file.
+    let most = run::MAX_SETTLE_MICROS / 1_000_000;
+    if !(0..=most).contains(&manifest.settle_seconds) {
+        return Err(TallyError::Refused(format!(
+            "{} holds settle_seconds {}, not a settle a shard runs with (0 to {most}); the \
+             file is damaged: rerun the shard",
+            path.display(),
+            manifest.settle_seconds
+        )));
+    }
+    Ok(manifest)
 }
 
 /// What makes two shards parts of the same run (everything but the shard's own fields).

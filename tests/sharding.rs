@@ -841,6 +841,28 @@ fn merge_refuses_partials_of_another_layout() {
 /// A shard whose run file has another format (a shard computed by an earlier tally build:
 /// the checksum in its shard.json matches the file) is refused before anything is written,
 /// naming the file and what to do.
+/// A `shard.json` whose `settle_seconds` no shard runs with (it was multiplied into
+/// microseconds unchecked: a panic, exit 4, past 2^63 microseconds) is refused, naming the
+/// file, whether or not the merge has every shard.
+#[test]
+fn merge_refuses_a_settle_no_shard_runs_with() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = two_shards(tmp.path(), "reconcile", AS_OF);
+    let listing = root(&shards).join("shard=0/shard.json");
+    for settle in [i64::MAX, 604_801, -1] {
+        edit_listing(&listing, |m| m["settle_seconds"] = settle.into());
+        let e = refused_merge(tmp.path(), &shards);
+        assert!(
+            e.contains(&format!(
+                "{} holds settle_seconds {settle}, not a settle a shard runs with (0 to \
+                 604800); the file is damaged: rerun the shard",
+                listing.display()
+            )),
+            "{e}"
+        );
+    }
+}
+
 #[test]
 fn merge_refuses_a_run_file_of_another_format() {
     let tmp = tempfile::tempdir().unwrap();
