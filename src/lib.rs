@@ -122,9 +122,10 @@ impl AlertFigures {
         let rejected = v["datasets"]
             .as_object()
             .map(|d| {
+                // Saturating: the file is read back, not trusted.
                 d.values()
                     .map(|c| c["rejected"].as_u64().unwrap_or(0))
-                    .sum()
+                    .fold(0, u64::saturating_add)
             })
             .unwrap_or(0);
         Ok(AlertFigures {
@@ -994,6 +995,25 @@ fn write_manifest(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An earlier run's `summary.json` is read back, not trusted: rejected counts that add
+    /// up past a u64 saturate (they overflowed: a panic, exit 4, on a no-op close).
+    #[test]
+    fn alert_figures_read_back_from_a_summary_saturate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("summary.json");
+        std::fs::write(
+            &path,
+            r#"{"discrepancies": {"total": 3, "abs_delta_credits": "1.500"},
+                "datasets": {"usage": {"rejected": 18446744073709551615},
+                             "debits": {"rejected": 2}}}"#,
+        )
+        .unwrap();
+        let figures = AlertFigures::from_summary(&path).unwrap();
+        assert_eq!(figures.rejected_rows, u64::MAX);
+        assert_eq!(figures.discrepancies, 3);
+        assert_eq!(figures.abs_delta, Milli(1_500));
+    }
 
     /// Each [alert] threshold at its value passes and one past it alerts, with its own
     /// words; thresholds crossed together are named on one line, in order.
