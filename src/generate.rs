@@ -479,8 +479,12 @@ struct Layout {
     b_total: u64,
 }
 
-/// The options' own bounds: a rate in 0.0..=1.0, 1..=2^32 - 1 accounts (account codes are
-/// 32-bit), fewer than 2^56 events.
+/// The most accounts `generate` makes: their weights alone take 8 bytes each (0.8 GB here),
+/// and every one gets an allocation row.
+pub const MAX_ACCOUNTS: u64 = 100_000_000;
+
+/// The options' own bounds: a rate in 0.0..=1.0, 1..=[`MAX_ACCOUNTS`] accounts, fewer than
+/// 2^56 events.
 fn check_bounds(opts: &GenerateOptions) -> Result<(), GenerateError> {
     let rate = opts.discrepancy_rate;
     if !(0.0..=1.0).contains(&rate) {
@@ -493,10 +497,9 @@ fn check_bounds(opts: &GenerateOptions) -> Result<(), GenerateError> {
             "accounts must be at least 1".into(),
         ));
     }
-    if opts.accounts > u64::from(u32::MAX) {
+    if opts.accounts > MAX_ACCOUNTS {
         return Err(GenerateError::InvalidOptions(format!(
-            "accounts must be at most {}",
-            u32::MAX
+            "accounts must be at most {MAX_ACCOUNTS}"
         )));
     }
     if opts.events >= 1 << 56 {
@@ -2864,22 +2867,22 @@ mod tests {
         );
     }
 
-    /// Each option's bound, at the bound and one past it (the layout is not built: 2^32 - 1
-    /// accounts would allocate their weights).
+    /// Each option's bound, at the bound and one past it (the layout is not built: it
+    /// allocates the accounts' weights).
     #[test]
     fn options_are_taken_up_to_their_bounds_and_refused_one_past() {
         let dir = PathBuf::from("/nonexistent/generate-bounds");
         let check = |accounts: u64, events: u64, rate: f64| {
             check_bounds(&opts(dir.clone(), accounts, events, 1, rate)).map_err(|e| e.to_string())
         };
-        let most_accounts = u64::from(u32::MAX);
+        let most_accounts = MAX_ACCOUNTS;
         let most_events = (1u64 << 56) - 1;
         assert_eq!(check(1, 1, 0.0), Ok(()));
         assert_eq!(check(most_accounts, most_events, 1.0), Ok(()));
         let refused = |e: Result<(), String>| e.unwrap_err();
         assert!(refused(check(0, 1, 0.0)).ends_with("accounts must be at least 1"));
         assert!(refused(check(most_accounts + 1, 1, 0.0))
-            .ends_with("accounts must be at most 4294967295"));
+            .ends_with("accounts must be at most 100000000"));
         assert!(refused(check(1, most_events + 1, 0.0)).ends_with("events must be below 2^56"));
         assert!(refused(check(1, 1, 1.000_000_1))
             .ends_with("discrepancy_rate must be within 0.0..=1.0, got 1.0000001"));
