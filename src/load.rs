@@ -902,29 +902,13 @@ fn check_row_count(file: &InputFile, rows: u64) -> Result<()> {
     ))
 }
 
-/// A footer's row count (the census's and the manifest's) is the sum of its row groups'
-/// (what decoding reads), none of them negative.
-fn check_footer_rows_agree(file: &InputFile, metadata: &ArrowReaderMetadata) -> Result<()> {
-    let footer = metadata.metadata();
-    let said = footer.file_metadata().num_rows();
-    let groups: Vec<i64> = footer.row_groups().iter().map(|rg| rg.num_rows()).collect();
-    let sum: i128 = groups.iter().map(|&n| i128::from(n)).sum();
-    if groups.iter().all(|&n| n >= 0) && sum == i128::from(said) {
-        return Ok(());
-    }
-    Err(TallyError::input(
-        &file.rel_path,
-        format!(
-            "its footer says {said} rows in all, but its {} row group(s) {} ({}); the file \
-             is corrupt{RESTORE}",
-            groups.len(),
-            match groups.iter().any(|&n| n < 0) {
-                true => "include a negative count".to_string(),
-                false => format!("hold {sum}"),
-            },
-            crate::listed_briefly(&groups.iter().map(i64::to_string).collect::<Vec<_>>())
-        ),
-    ))
+/// A file's rows by its footer: the sum of its row groups' counts, which decoding holds
+/// each row group to ([`check_decoded_rows`]). Not the footer's own total: some writers
+/// (fastparquet appending to a file, before 2022) left it at the first write's count.
+fn footer_rows(metadata: &parquet::file::metadata::ParquetMetaData) -> u64 {
+    (metadata.row_groups().iter())
+        .map(|rg| u64::try_from(rg.num_rows()).unwrap_or(0))
+        .fold(0, u64::saturating_add)
 }
 
 /// A dataset's files must fit the file bits of [`crate::model::At`]: at most
@@ -956,7 +940,6 @@ pub fn open_file(file: &InputFile, specs: &[ColSpec]) -> Result<OpenedFile> {
         acc = acc.saturating_add(*n);
     }
     check_row_count(file, acc)?;
-    check_footer_rows_agree(file, &metadata)?;
     let mask = projection(&metadata, &indices);
     let strings_unchecked = strings_unchecked(&metadata, specs, &indices);
     // A file without row groups has none to decode: its footer goes now.
@@ -1006,7 +989,7 @@ fn check_first_seen(
     handle: &PositionalFile,
     metadata: &ArrowReaderMetadata,
 ) -> Result<()> {
-    let rows = u64::try_from(metadata.metadata().file_metadata().num_rows()).unwrap_or(u64::MAX);
+    let rows = footer_rows(metadata.metadata());
     check_unchanged(
         file,
         parquet::file::reader::Length::len(handle),
@@ -1726,7 +1709,7 @@ fn rows_in_footer(file: PositionalFile) -> Option<u64> {
             .with_size_stats_policy(SKIP_STATISTICS)
             .build();
         let reader = SerializedFileReader::new_with_options(file, options).ok()?;
-        u64::try_from(reader.metadata().file_metadata().num_rows()).ok()
+        Some(footer_rows(reader.metadata()))
     };
     let was = DECODING.with(|d| d.replace(true));
     let rows = std::panic::catch_unwind(read).ok().flatten();
