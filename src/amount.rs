@@ -121,7 +121,7 @@ impl<'de> serde::Deserialize<'de> for Milli {
             let text = String::deserialize(d)?;
             // Exactly as written: tally writes 3 places, so a 4th that is not 0 is not an
             // amount tally wrote (it is refused, not rounded).
-            text.parse::<Decimal>()
+            Decimal::from_str_exact(&text)
                 .ok()
                 .filter(|value| value.normalize().scale() <= 3)
                 .and_then(Milli::from_decimal)
@@ -405,9 +405,10 @@ fn format_digits(negative: bool, digits: &str, scale: i8) -> String {
 mod tests {
     use super::*;
 
-    /// An amount in JSON (tally's own files: a shard's partial, an earlier close's
-    /// figures) is read exactly: up to 999999999999999.999 and 3 places; one past either
-    /// is refused, not rounded.
+    /// An amount in a human-readable serde form (JSON; no file tally reads back holds one
+    /// today: partials and run files are postcard, which takes the integer) is read
+    /// exactly: up to 999999999999999.999 and 3 places; one past either is refused, not
+    /// rounded.
     #[test]
     fn a_json_amount_is_read_exactly_up_to_the_limit_and_refused_one_past() {
         let read = |text: &str| {

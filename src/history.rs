@@ -188,8 +188,8 @@ fn column<'a>(
         })
 }
 
-/// A column of tally's UTF8 strings (`None` of another type: a file another tool wrote
-/// again, which would otherwise panic when read as strings).
+/// A column of tally's UTF8 strings; of another type (a file another tool wrote again,
+/// which would panic when read as strings) an error naming the file and the column.
 fn string_column<'a>(
     batch: &'a arrow::record_batch::RecordBatch,
     name: &str,

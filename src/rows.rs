@@ -674,7 +674,7 @@ pub fn load<S: Source>(
             slots: here,
             written: 0,
             ids: IdChunk::try_with_capacity(id_bytes)
-                .ok_or_else(|| cannot_allocate(files, &units, total, id_bytes))?,
+                .ok_or_else(|| cannot_allocate(files, &units, total, source.id_bytes_per_row()))?,
             rejects: Vec::new(),
             read: 0,
             memos: Memos::default(),
@@ -716,10 +716,13 @@ pub fn load<S: Source>(
     let mut read = 0u64;
     let mut written = Vec::with_capacity(parts.len());
     for (unit, part) in units.iter().zip(parts) {
-        // The decoding refuses a row group of another count than its footer's already;
-        // checked again here because the slots were cut by those counts.
+        // The decoding refuses a row group of another count than its footer's (the slots
+        // were cut by those counts): another count here is a broken invariant.
         if part.written > part.slots.len() || part.read != unit.rows {
-            return Err(footer_mismatch(files, unit, part.read));
+            return Err(TallyError::Invariant(format!(
+                "{}: row group {} gave {} rows after decoding checked its {}",
+                files[unit.file].rel_path, unit.row_group, part.read, unit.rows
+            )));
         }
         ids.push(part.ids);
         rejects.extend(part.rejects);
@@ -744,8 +747,8 @@ pub fn load<S: Source>(
     })
 }
 
-/// The rows the footers of a dataset's files say could not be allocated
-/// (`bytes_per_row` of them each): names the file saying the most rows.
+/// The rows the footers of a dataset's files say, or their ids, could not be allocated
+/// (`bytes_per_row` for each row): names the file saying the most rows.
 fn cannot_allocate(
     files: &[InputFile],
     units: &[Unit],
@@ -765,17 +768,6 @@ fn cannot_allocate(
              more than this machine can allocate: if the file holds fewer, its footer is \
              corrupt (restore or export it again); else give the run more memory or more \
              groups (--groups)"
-        ),
-    )
-}
-
-/// A row group that decoded to another row count than its footer says.
-pub fn footer_mismatch(files: &[InputFile], unit: &Unit, read: u64) -> TallyError {
-    TallyError::input(
-        files[unit.file].rel_path.clone(),
-        format!(
-            "row group {} holds {read} rows, not the {} its footer says; the file is corrupt",
-            unit.row_group, unit.rows
         ),
     )
 }

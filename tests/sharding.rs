@@ -838,12 +838,10 @@ fn merge_refuses_partials_of_another_layout() {
     );
 }
 
-/// A shard whose run file has another format (a shard computed by an earlier tally build:
-/// the checksum in its shard.json matches the file) is refused before anything is written,
-/// naming the file and what to do.
 /// A `shard.json` whose `settle_seconds` no shard runs with (it was multiplied into
 /// microseconds unchecked: a panic, exit 4, past 2^63 microseconds) is refused, naming the
-/// file, whether or not the merge has every shard.
+/// file; 7 days, the longest settle, passes that check (and the run's other check then
+/// finds the two shards' settles differ).
 #[test]
 fn merge_refuses_a_settle_no_shard_runs_with() {
     let tmp = tempfile::tempdir().unwrap();
@@ -861,8 +859,15 @@ fn merge_refuses_a_settle_no_shard_runs_with() {
             "{e}"
         );
     }
+    edit_listing(&listing, |m| m["settle_seconds"] = 604_800.into());
+    let e = refused_merge(tmp.path(), &shards);
+    assert!(!e.contains("holds settle_seconds"), "{e}");
+    assert!(e.contains("are shards of different runs (settle)"), "{e}");
 }
 
+/// A shard whose run file has another format (a shard computed by an earlier tally build:
+/// the checksum in its shard.json matches the file) is refused before anything is written,
+/// naming the file and what to do.
 #[test]
 fn merge_refuses_a_run_file_of_another_format() {
     let tmp = tempfile::tempdir().unwrap();
