@@ -547,7 +547,7 @@ fn parse_as_of(text: &str, origin: &Origin) -> anyhow::Result<tally::time::Micro
     })
 }
 
-/// `--settle` (default 15m, at most 7 days).
+/// `--settle` (default 15m, at most 7 days, whole seconds).
 fn parse_settle(setting: Option<(String, Origin)>) -> anyhow::Result<i64> {
     let Some((text, origin)) = setting else {
         return Ok(tally::run::DEFAULT_SETTLE_MICROS);
@@ -565,6 +565,14 @@ fn parse_settle(setting: Option<(String, Origin)>) -> anyhow::Result<i64> {
                 "is longer than 7 days: events that old without a debit are missing it, not \
                  pending{unit_hint}"
             ),
+        ));
+    }
+    // The manifest, the summary and a shard's shard.json record it in seconds, and a rerun
+    // or a merge compares those: 1.5s would pass for 1s.
+    if settle % 1_000_000 != 0 {
+        return Err(origin.bad(
+            &text,
+            "is not a whole number of seconds (a run records its settle in seconds)",
         ));
     }
     Ok(settle)

@@ -224,6 +224,11 @@ fn a_bad_setting_names_the_job_file_key_or_the_flag_it_came_from() {
              < 10^15)",
         ),
         (
+            "settle = \"1500ms\"\n",
+            "settle = \"1500ms\" is not a whole number of seconds (a run records its settle in \
+             seconds)",
+        ),
+        (
             "settle = \"8d\"\n",
             "settle = \"8d\" is longer than 7 days: events that old without a debit are missing \
              it, not pending",
