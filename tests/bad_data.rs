@@ -425,11 +425,7 @@ fn a_non_utf8_string_rejects_its_row_in_every_dataset() {
 #[test]
 fn a_non_utf8_string_in_a_json_column_rejects_its_row() {
     let tmp = good_copy();
-    let good = read_parquet(&tmp.path().join(USAGE));
-    let good_run = reconcile(&tmp);
-    assert_eq!(good_run.status.code(), Some(0), "{}", stderr(&good_run));
-    let good_rejects = rejects_of(&tmp.path().join("out"), USAGE);
-    std::fs::remove_dir_all(tmp.path().join("out")).unwrap();
+    let (good, good_rejects) = good_usage_and_rejects(&tmp);
     write_with_json_strings(
         &good,
         &tmp.path().join(USAGE),
@@ -547,6 +543,17 @@ fn a_non_utf8_string_is_checked_in_the_contracts_order() {
         .map(|i| reason.value(i))
         .collect();
     assert_eq!(first_three, ["null_required", "bad_value", "bad_value"]);
+}
+
+/// The good usage file of a copy of the good data root, and the rejects of its rows in a
+/// run of that root (whose output is removed again).
+fn good_usage_and_rejects(tmp: &TempDir) -> (arrow::record_batch::RecordBatch, Vec<(i64, String)>) {
+    let good = read_parquet(&tmp.path().join(USAGE));
+    let good_run = reconcile(tmp);
+    assert_eq!(good_run.status.code(), Some(0), "{}", stderr(&good_run));
+    let good_rejects = rejects_of(&tmp.path().join("out"), USAGE);
+    std::fs::remove_dir_all(tmp.path().join("out")).unwrap();
+    (good, good_rejects)
 }
 
 /// The rejects of the usage file `at` in the run published in `out`: (row, detail).
@@ -988,11 +995,7 @@ fn every_corpus_file_has_a_test() {
 fn a_string_of_the_length_limit_is_read_and_one_byte_more_rejects_its_row() {
     use arrow::array::{Array, AsArray};
     let tmp = good_copy();
-    let good = read_parquet(&tmp.path().join(USAGE));
-    let good_run = reconcile(&tmp);
-    assert_eq!(good_run.status.code(), Some(0), "{}", stderr(&good_run));
-    let good_rejects = rejects_of(&tmp.path().join("out"), USAGE);
-    std::fs::remove_dir_all(tmp.path().join("out")).unwrap();
+    let (good, good_rejects) = good_usage_and_rejects(&tmp);
     assert!(
         good_rejects.iter().all(|(row, _)| *row > 3),
         "rows 0-3 of the good file are valid: {good_rejects:?}"
