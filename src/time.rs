@@ -100,10 +100,12 @@ pub fn parse_instant(text: &str) -> Option<Micros> {
         .map(|d| d.and_utc().timestamp_micros())
 }
 
-/// Parse a settle duration such as `15m`, `900s`, `1h`, `1h 30m`.
+/// Parse a settle duration such as `15m`, `900s`, `1h`, `1h 30m`. A duration past what
+/// i64 microseconds hold is `i64::MAX` (longer than any limit: the caller says so, rather
+/// than that it is no duration).
 pub fn parse_duration_micros(text: &str) -> Option<i64> {
     let d = humantime::parse_duration(text.trim()).ok()?;
-    i64::try_from(d.as_micros()).ok()
+    Some(i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 /// Add `months` calendar months to `anchor`'s date, clamping the day to the target month
@@ -254,5 +256,16 @@ mod tests {
         assert_eq!(parse_duration_micros("15m"), Some(900 * MICROS_PER_SECOND));
         assert_eq!(parse_duration_micros("900s"), Some(900 * MICROS_PER_SECOND));
         assert_eq!(parse_duration_micros("1h"), Some(3600 * MICROS_PER_SECOND));
+        // i64::MAX microseconds is 9223372036854 s and a fraction; a second more saturates.
+        assert_eq!(
+            parse_duration_micros("9223372036854s"),
+            Some(9_223_372_036_854 * MICROS_PER_SECOND)
+        );
+        assert_eq!(parse_duration_micros("9223372036855s"), Some(i64::MAX));
+        assert_eq!(
+            parse_duration_micros("9223372036854775807s"),
+            Some(i64::MAX)
+        );
+        assert_eq!(parse_duration_micros("soon"), None);
     }
 }

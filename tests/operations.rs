@@ -229,6 +229,12 @@ fn a_bad_setting_names_the_job_file_key_or_the_flag_it_came_from() {
              seconds)",
         ),
         (
+            // Past what i64 microseconds hold: too long, not "not a duration".
+            "settle = \"9223372036854775807s\"\n",
+            "settle = \"9223372036854775807s\" is longer than 7 days: events that old without \
+             a debit are missing it, not pending",
+        ),
+        (
             "settle = \"8d\"\n",
             "settle = \"8d\" is longer than 7 days: events that old without a debit are missing \
              it, not pending",
