@@ -907,8 +907,14 @@ fn check_row_count(file: &InputFile, rows: u64) -> Result<()> {
 /// (fastparquet appending to a file, before 2022) left it at the first write's count.
 fn footer_rows(metadata: &parquet::file::metadata::ParquetMetaData) -> u64 {
     (metadata.row_groups().iter())
-        .map(|rg| u64::try_from(rg.num_rows()).unwrap_or(0))
+        .map(rows_of)
         .fold(0, u64::saturating_add)
+}
+
+/// A row group's rows as its footer says them (a negative count, a corrupt footer, as
+/// none: decoding then refuses the rows it holds).
+fn rows_of(row_group: &parquet::file::metadata::RowGroupMetaData) -> u64 {
+    u64::try_from(row_group.num_rows()).unwrap_or(0)
 }
 
 /// A dataset's files must fit the file bits of [`crate::model::At`]: at most
@@ -1044,7 +1050,7 @@ fn row_group_rows(metadata: &ArrowReaderMetadata) -> Vec<u64> {
         .metadata()
         .row_groups()
         .iter()
-        .map(|rg| rg.num_rows().max(0) as u64)
+        .map(rows_of)
         .collect()
 }
 
