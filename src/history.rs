@@ -44,7 +44,7 @@ impl History {
         }
         for file in &self.billed_files {
             read_columns(file, &mut |batch| {
-                let events = string_column(batch, "event_id", file)?;
+                let events = typed_column(batch, "event_id", file, |a| a.as_string_opt::<i32>())?;
                 for i in 0..batch.num_rows() {
                     let id = events.value(i);
                     if wanted.contains(id) {
@@ -188,29 +188,17 @@ fn column<'a>(
         })
 }
 
-/// A column of tally's UTF8 strings; of another type (a file another tool wrote again,
-/// which would panic when read as strings) an error naming the file and the column.
-fn string_column<'a>(
+/// A column of the type tally writes there (`typed`: the array as that type, `None` of
+/// another); of another type (a file another tool wrote again, which would panic when read
+/// as tally's) an error naming the file and the column.
+fn typed_column<'a, T: ?Sized>(
     batch: &'a arrow::record_batch::RecordBatch,
     name: &str,
     path: &Path,
-) -> Result<&'a arrow::array::StringArray> {
+    typed: impl FnOnce(&'a dyn Array) -> Option<&'a T>,
+) -> Result<&'a T> {
     let array = column(batch, name, path)?;
-    array
-        .as_string_opt::<i32>()
-        .ok_or_else(|| not_as_written(path, name, array.data_type()))
-}
-
-/// A column of tally's microsecond UTC instants (as [`string_column`]).
-fn instant_column<'a>(
-    batch: &'a arrow::record_batch::RecordBatch,
-    name: &str,
-    path: &Path,
-) -> Result<&'a arrow::array::TimestampMicrosecondArray> {
-    let array = column(batch, name, path)?;
-    array
-        .as_primitive_opt::<TimestampMicrosecondType>()
-        .ok_or_else(|| not_as_written(path, name, array.data_type()))
+    typed(array).ok_or_else(|| not_as_written(path, name, array.data_type()))
 }
 
 fn not_as_written(path: &Path, name: &str, found: &arrow::datatypes::DataType) -> TallyError {
@@ -465,8 +453,11 @@ pub fn load_closes(closes: Vec<EarlierClose>, as_of: Micros) -> Result<History> 
         let invoice_sha256 = crate::write::sha256_hex(&invoice_bytes);
         check_listed_bytes(&manifest, &folder, "invoices.parquet", &invoice_sha256)?;
         read_columns_of(invoice_bytes, &invoices, &mut |batch| {
-            let accounts = string_column(batch, "account_id", &invoices)?;
-            let starts = instant_column(batch, "period_start", &invoices)?;
+            let accounts =
+                typed_column(batch, "account_id", &invoices, |a| a.as_string_opt::<i32>())?;
+            let starts = typed_column(batch, "period_start", &invoices, |a| {
+                a.as_primitive_opt::<TimestampMicrosecondType>()
+            })?;
             for i in 0..batch.num_rows() {
                 history
                     .closed
