@@ -121,7 +121,7 @@ impl<'de> serde::Deserialize<'de> for Milli {
             let text = String::deserialize(d)?;
             // Exactly as written: tally writes 3 places, so a 4th that is not 0 is not an
             // amount tally wrote (it is refused, not rounded).
-            Decimal::from_str_exact(&text)
+            exact_decimal(&text)
                 .ok()
                 .filter(|value| value.normalize().scale() <= 3)
                 .and_then(Milli::from_decimal)
