@@ -9,6 +9,11 @@ use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
+/// Why a price book amount of 10^15 credits or more is refused (a plan's credits, a rate's
+/// minimum or one increment): the contract writes credits as DECIMAL(18,3).
+const PAST_CREDITS: &str =
+    "is 10^15 credits or more, past what a credit amount holds (DECIMAL(18,3))";
+
 /// How usage beyond the period's grants is treated.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Overage {
@@ -181,12 +186,7 @@ impl Ctx<'_> {
     /// A plan's credits: below 10^15 once rounded half-even to thousandths (DECIMAL(18,3)).
     fn credits(&self, what: &str, value: &toml::Value) -> Result<Milli> {
         let d = self.non_negative(what, value)?;
-        Milli::from_decimal(d).ok_or_else(|| {
-            self.err(format!(
-                "{what} = {d} is 10^15 credits or more, past what a credit amount holds \
-                 (DECIMAL(18,3))"
-            ))
-        })
+        Milli::from_decimal(d).ok_or_else(|| self.err(format!("{what} = {d} {PAST_CREDITS}")))
     }
 
     fn instant(&self, what: &str, value: &toml::Value) -> Result<Micros> {
@@ -612,10 +612,9 @@ fn parse_rate(ctx: &Ctx, index: usize, raw: RawRate) -> Result<(RateKey, Rate)> 
     // one increment, costs that much prices no event (of a quantity above 0) within it: the
     // run would stop at the first such event, blaming the event's row for the rate's digits.
     let limit = Decimal::from(1_000_000_000_000_000_i64);
-    let past = "is 10^15 credits or more, past what a credit amount holds (DECIMAL(18,3))";
     if minimum >= limit {
         return Err(ctx.err(format!(
-            "{} = {minimum} {past}: every event this rate prices would overflow; correct the \
+            "{} = {minimum} {PAST_CREDITS}: every event this rate prices would overflow; correct the \
              rate's minimum",
             at("minimum")
         )));
@@ -623,7 +622,7 @@ fn parse_rate(ctx: &Ctx, index: usize, raw: RawRate) -> Result<(RateKey, Rate)> 
     let one_increment = increment.checked_mul(credits_per_unit);
     if one_increment.is_none_or(|credits| credits >= limit) {
         return Err(ctx.err(format!(
-            "{} × credits_per_unit = {increment} × {credits_per_unit} {past}: every event of \
+            "{} × credits_per_unit = {increment} × {credits_per_unit} {PAST_CREDITS}: every event of \
              this rate with a quantity above 0 would overflow; correct the rate's increment or \
              credits_per_unit",
             at("increment")
@@ -775,9 +774,10 @@ effective_from = 2026-06-01T00:00:00Z
         );
     }
 
-    /// A plan's `included_credits` and `rollover_cap` may be 999999999999999.999 credits
-    /// (the largest DECIMAL(18,3) amount); 10^15, or a value that rounds to it, is refused
-    /// naming the key.
+    /// A plan's `included_credits` and `rollover_cap` may be 999999999999999.999 credits;
+    /// 10^15, or a value that rounds to it, is refused naming the key. The contract: "Credits
+    /// are written as DECIMAL(18,3)" (section 6), whose largest value that is, and the
+    /// included credits reach the outputs (`renewals.next_included_credits`).
     #[test]
     fn a_plans_credits_stay_below_10_to_the_15() {
         let plan = |included: &str, cap: &str| {
@@ -799,7 +799,7 @@ effective_from = 2026-06-01T00:00:00Z
         };
         let most = "999999999999999.999";
         assert_eq!(plan(most, most), Ok((most.to_string(), most.to_string())));
-        let past = "is 10^15 credits or more, past what a credit amount holds (DECIMAL(18,3))";
+        let past = PAST_CREDITS;
         assert_eq!(
             plan("1000000000000000", "0"),
             Err(format!(
