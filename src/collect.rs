@@ -409,9 +409,6 @@ mod tests {
         }
     }
 
-    /// The close's invariant: every closed account-period has exactly one invoice and one
-    /// renewal. A second invoice for a period, a renewal of another period, or a period
-    /// counted but not invoiced stops the run (exit 4) with the counts.
     /// A renewal of `account`'s period `[start, end)` to `next` (`None`: not renewed), its
     /// plan "pro" and its credits zero: what the run's checks of renewals look at.
     fn renewal(
@@ -434,6 +431,9 @@ mod tests {
         }
     }
 
+    /// The close's invariant: every closed account-period has exactly one invoice and one
+    /// renewal. A second invoice for a period, a renewal of another period, or a period
+    /// counted but not invoiced stops the run (exit 4) with the counts.
     #[test]
     fn each_closed_period_has_one_invoice_and_one_renewal() {
         use crate::close::InvoiceRow;
