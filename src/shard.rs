@@ -33,6 +33,14 @@ fn first_partial_format() -> u32 {
     1
 }
 
+impl ShardManifest {
+    /// The settle the shard ran with (`settle_seconds` is checked to be one a shard runs
+    /// with when the file is read, [`read_manifest`], so this cannot overflow).
+    fn settle_micros(&self) -> i64 {
+        self.settle_seconds * 1_000_000
+    }
+}
+
 /// `shard.json`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ShardManifest {
@@ -508,7 +516,7 @@ fn missing_shards(
     // The settings shard.json records that are not the defaults (another --settle or
     // --buckets is a shard of another run, which the merge refuses).
     let mut settings = String::new();
-    if first.settle_seconds * 1_000_000 != run::DEFAULT_SETTLE_MICROS {
+    if first.settle_micros() != run::DEFAULT_SETTLE_MICROS {
         settings.push_str(&format!(" --settle {}s", first.settle_seconds));
     }
     if first.buckets != run::AUTOMATIC_BUCKETS {
@@ -739,7 +747,7 @@ fn merge_job(req: &MergeRequest, folders: &[PathBuf], first: &ShardManifest) -> 
         out: req.out.clone(),
         mode,
         as_of,
-        settle_micros: first.settle_seconds * 1_000_000,
+        settle_micros: first.settle_micros(),
         force: req.force,
         buckets: first.buckets,
         groups: None,

@@ -956,30 +956,25 @@ fn a_kubernetes_completion_index_selects_the_shard() {
         assert_eq!(stderr(&out), format!("tally: environment: {message}\n"));
     }
 
-    let out = run_command("reconcile", &data, AS_OF, &shards)
-        .args(["--shard", "3/3"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("I must be in 0..N"),
-        "{}",
-        stderr(&out)
-    );
-
-    // At the limit, the last of 4096 shards (one account partition) runs; one shard more
-    // is refused before anything is read.
+    // At the limit, the last of 4096 shards (one account partition) runs; a shard past
+    // its count, and one shard more than the partitions, are refused before anything is
+    // read.
     succeeded(run_command("reconcile", &data, AS_OF, &shards).args(["--shard", "4095/4096"]));
     assert!(root(&shards).join("shard=4095/shard.json").is_file());
-    let out = run_command("reconcile", &data, AS_OF, &shards)
-        .args(["--shard", "0/4097"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert_eq!(
-        stderr(&out),
-        "tally: command line: --shard 0/4097: at most 4096 shards (the account partitions)\n"
-    );
+    for (shard, why) in [
+        ("3/3", "I must be in 0..N and N at least 1"),
+        ("0/4097", "at most 4096 shards (the account partitions)"),
+    ] {
+        let out = run_command("reconcile", &data, AS_OF, &shards)
+            .args(["--shard", shard])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        assert_eq!(
+            stderr(&out),
+            format!("tally: command line: --shard {shard}: {why}\n")
+        );
+    }
 }
 
 fn t(s: &str) -> i64 {
