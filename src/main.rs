@@ -1303,6 +1303,27 @@ mod tests {
         assert_eq!(one_line(&anyhow::anyhow!("plain ünï 名")), "plain ünï 名");
     }
 
+    /// The contract (section 7): "`--settle` takes durations like `15m`, `900s`, `1h`
+    /// (default 15m)". Those are taken, and so is the limit, 7 days; a settle past it, or
+    /// not a whole number of seconds (tally records settles in seconds), is refused.
+    #[test]
+    fn settle_takes_the_contracts_durations_and_refuses_past_its_limits() {
+        let settle = |text: Option<&str>| {
+            parse_settle(text.map(|t| (t.to_string(), Origin::flag("--settle"))))
+                .map_err(|e| one_line(&e))
+        };
+        let minutes = |m: i64| m * 60 * 1_000_000;
+        assert_eq!(settle(None), Ok(minutes(15)));
+        assert_eq!(settle(Some("15m")), Ok(minutes(15)));
+        assert_eq!(settle(Some("900s")), Ok(minutes(15)));
+        assert_eq!(settle(Some("1h")), Ok(minutes(60)));
+        assert_eq!(settle(Some("7d")), Ok(tally::run::MAX_SETTLE_MICROS));
+        let refused = |text: &str| settle(Some(text)).unwrap_err();
+        assert!(refused("604801s").contains("is longer than 7 days"));
+        assert!(refused("1500ms").contains("is not a whole number of seconds"));
+        assert!(refused("soon").contains("is not a duration such as 15m, 900s or 1h"));
+    }
+
     /// `alert.max_abs_delta_credits` goes up to the largest amount an output holds
     /// (999999999999999.999); 10^15, or a value that rounds to it, is refused.
     #[test]
