@@ -1320,6 +1320,7 @@ mod tests {
         assert_eq!(settle(Some("7d")), Ok(tally::run::MAX_SETTLE_MICROS));
         let refused = |text: &str| settle(Some(text)).unwrap_err();
         assert!(refused("604801s").contains("is longer than 7 days"));
+        assert!(refused("99999999999999999999d").contains("is longer than 7 days"));
         assert!(refused("1500ms").contains("is not a whole number of seconds"));
         assert!(refused("soon").contains("is not a duration such as 15m, 900s or 1h"));
     }

@@ -102,10 +102,17 @@ pub fn parse_instant(text: &str) -> Option<Micros> {
 
 /// Parse a settle duration such as `15m`, `900s`, `1h`, `1h 30m`. A duration past what
 /// i64 microseconds hold is `i64::MAX` (longer than any limit: the caller says so, rather
-/// than that it is no duration).
+/// than that it is no duration), and so is one whose number is past what humantime holds
+/// (`99999999999999999999d`).
 pub fn parse_duration_micros(text: &str) -> Option<i64> {
-    let d = humantime::parse_duration(text.trim()).ok()?;
-    Some(i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+    match humantime::parse_duration(text.trim()) {
+        Ok(d) => Some(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
+        // humantime gives this one error for a number past u64 (or a total past its
+        // Duration) and for a fraction it cannot hold (below 1 ns, or more digits than
+        // u64 holds): without a fraction, it is too long.
+        Err(humantime::DurationError::NumberOverflow) if !text.contains('.') => Some(i64::MAX),
+        Err(_) => None,
+    }
 }
 
 /// Add `months` calendar months to `anchor`'s date, clamping the day to the target month
@@ -266,6 +273,22 @@ mod tests {
             parse_duration_micros("9223372036854775807s"),
             Some(i64::MAX)
         );
+        // Past what humantime's own numbers hold (u64): too long as well.
+        assert_eq!(
+            parse_duration_micros("18446744073709551615s"),
+            Some(i64::MAX)
+        );
+        assert_eq!(
+            parse_duration_micros("18446744073709551616s"),
+            Some(i64::MAX)
+        );
+        assert_eq!(
+            parse_duration_micros("99999999999999999999d"),
+            Some(i64::MAX)
+        );
+        // A fraction humantime cannot hold is no duration (not "too long").
+        assert_eq!(parse_duration_micros("0.5ns"), None);
+        assert_eq!(parse_duration_micros("1.000000000000000000001s"), None);
         assert_eq!(parse_duration_micros("soon"), None);
     }
 }
