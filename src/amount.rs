@@ -131,7 +131,16 @@ impl<'de> serde::Deserialize<'de> for Milli {
                     ))
                 })
         } else {
-            i64::deserialize(d).map(Milli)
+            // Every amount tally holds fits a DECIMAL(18,3) output (sums are checked against
+            // it as they are made): a larger one in a binary file tally wrote (a shard's
+            // `partial.bin`) was not written by tally, and would overflow the sums made of it.
+            let value = i64::deserialize(d)?;
+            match value.checked_abs() {
+                Some(magnitude) if magnitude <= OUTPUT_LIMIT_MILLIS => Ok(Milli(value)),
+                _ => Err(D::Error::custom(format!(
+                    "{value} thousandths is past what a DECIMAL(18,3) amount holds"
+                ))),
+            }
         }
     }
 }
@@ -405,8 +414,32 @@ fn format_digits(negative: bool, digits: &str, scale: i8) -> String {
 mod tests {
     use super::*;
 
+    /// In a binary serde form (postcard: a shard's `partial.bin`) an amount is its integer
+    /// of thousandths, up to what a DECIMAL(18,3) output holds either way; one past it (a
+    /// forged partial, whose sums would overflow) is refused.
+    #[test]
+    fn a_binary_amount_is_read_up_to_the_output_limit_and_refused_one_past() {
+        let read = |value: i64| {
+            let bytes = postcard::to_allocvec(&value).unwrap();
+            postcard::from_bytes::<Milli>(&bytes).map_err(|_| value)
+        };
+        for value in [0, 1_500, OUTPUT_LIMIT_MILLIS, -OUTPUT_LIMIT_MILLIS] {
+            assert_eq!(read(value), Ok(Milli(value)));
+            let bytes = postcard::to_allocvec(&Milli(value)).unwrap();
+            assert_eq!(postcard::from_bytes::<Milli>(&bytes), Ok(Milli(value)));
+        }
+        for past in [
+            OUTPUT_LIMIT_MILLIS + 1,
+            -OUTPUT_LIMIT_MILLIS - 1,
+            i64::MAX,
+            i64::MIN,
+        ] {
+            assert_eq!(read(past), Err(past));
+        }
+    }
+
     /// An amount in a human-readable serde form (JSON; no file tally reads back holds one
-    /// today: partials and run files are postcard, which takes the integer) is read
+    /// today: partials and run files are binary) is read
     /// exactly: up to 999999999999999.999 and 3 places; one past either is refused, not
     /// rounded.
     #[test]

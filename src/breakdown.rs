@@ -8,7 +8,7 @@
 use crate::amount::Milli;
 use crate::dict::Dicts;
 use crate::engine::AccountResult;
-use crate::error::Result;
+use crate::error::{Result, TallyError};
 use crate::model::{Shared, Usage};
 use crate::price::Price;
 use serde::{Deserialize, Serialize};
@@ -53,8 +53,13 @@ impl QuantitySum {
         QuantitySum(i128::from(quantity.0))
     }
 
-    fn plus(self, other: QuantitySum) -> QuantitySum {
-        QuantitySum(self.0 + other.0)
+    /// Checked all the same: a shard's `partial.bin` could hold any value.
+    fn plus(self, other: QuantitySum) -> Result<QuantitySum> {
+        self.0.checked_add(other.0).map(QuantitySum).ok_or_else(|| {
+            TallyError::Invariant(format!(
+                "quantities {self} + {other} are past what a quantity sum holds"
+            ))
+        })
     }
 }
 
@@ -68,10 +73,18 @@ impl std::fmt::Display for QuantitySum {
 }
 
 impl MixFigures {
+    /// Whether these figures could come from their events: priced events among them, each
+    /// a quantity below 10^18 thousandths. The engine's always can; a line decoded from a
+    /// shard's `partial.bin` is checked before it is added up.
+    pub fn is_possible(&self) -> bool {
+        let most = i128::from(self.priced_events) * i128::from(crate::amount::OUTPUT_LIMIT_MILLIS);
+        self.priced_events <= self.events && self.quantity.0.abs() <= most
+    }
+
     pub fn add(&mut self, o: &MixFigures) -> Result<()> {
-        self.events += o.events;
-        self.priced_events += o.priced_events;
-        self.quantity = self.quantity.plus(o.quantity);
+        self.events = TallyError::count_sum(self.events, o.events, "events")?;
+        self.priced_events = TallyError::count_sum(self.priced_events, o.priced_events, "events")?;
+        self.quantity = self.quantity.plus(o.quantity)?;
         self.expected_credits = self.expected_credits.checked_add(o.expected_credits)?;
         self.recorded_credits = self.recorded_credits.checked_add(o.recorded_credits)?;
         self.units |= o.units;

@@ -197,12 +197,17 @@ fn gathered(partials: Vec<Partial>) -> Result<(Partial, Vec<Arc<spill::SpillDir>
             &mut all.rejected_allocations_not_covered,
             p.rejected_allocations_not_covered,
         );
+        let count = TallyError::count_sum;
         for (total, n) in all.rows_read.iter_mut().zip(p.rows_read) {
-            *total += n;
+            *total = count(*total, n, "rows read")?;
         }
-        all.identical_duplicates += p.identical_duplicates;
-        all.outside_usage += p.outside_usage;
-        all.outside_entries += p.outside_entries;
+        all.identical_duplicates = count(
+            all.identical_duplicates,
+            p.identical_duplicates,
+            "identical duplicates",
+        )?;
+        all.outside_usage = count(all.outside_usage, p.outside_usage, "usage rows outside")?;
+        all.outside_entries = count(all.outside_entries, p.outside_entries, "entries outside")?;
     }
     Ok((all, scratch))
 }

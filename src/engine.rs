@@ -56,6 +56,23 @@ impl BalanceRow {
     fn consumed_credits(&self) -> Milli {
         Milli(self.used.iter().map(|m| m.0).sum())
     }
+
+    /// Whether every figure `balances` shows of this row fits DECIMAL(18,3) (worked out in
+    /// 128 bits). The engine's rows always do (their sums are checked as they are made); a
+    /// row decoded from a shard's `partial.bin` is checked before its figures are worked
+    /// out in 64.
+    pub fn figures_fit(&self) -> bool {
+        let wide = |m: &Milli| i128::from(m.0);
+        let granted: i128 = self.granted.iter().map(wide).sum();
+        let consumed: i128 = self.used.iter().map(wide).sum();
+        let remaining_by_kind =
+            (self.granted.iter().zip(&self.used)).map(|(g, u)| wide(g) - wide(u));
+        let limit = i128::from(crate::amount::OUTPUT_LIMIT_MILLIS);
+        [granted, consumed + wide(&self.overage), granted - consumed]
+            .into_iter()
+            .chain(remaining_by_kind)
+            .all(|figure| figure.abs() <= limit)
+    }
 }
 
 /// Counters summed over accounts for `summary.json`.
@@ -79,11 +96,12 @@ pub struct Totals {
 
 impl Totals {
     pub fn add(&mut self, o: &Totals) -> Result<()> {
-        self.account_periods += o.account_periods;
-        self.events_in_window += o.events_in_window;
-        self.matched_events += o.matched_events;
-        self.pending_events += o.pending_events;
-        self.entries_in_window += o.entries_in_window;
+        let count = TallyError::count_sum;
+        self.account_periods = count(self.account_periods, o.account_periods, "account periods")?;
+        self.events_in_window = count(self.events_in_window, o.events_in_window, "events")?;
+        self.matched_events = count(self.matched_events, o.matched_events, "matched events")?;
+        self.pending_events = count(self.pending_events, o.pending_events, "pending events")?;
+        self.entries_in_window = count(self.entries_in_window, o.entries_in_window, "entries")?;
         self.expected_credits = self.expected_credits.checked_add(o.expected_credits)?;
         self.recorded_credits = self.recorded_credits.checked_add(o.recorded_credits)?;
         self.granted_credits = self.granted_credits.checked_add(o.granted_credits)?;

@@ -110,6 +110,14 @@ impl TallyError {
         ))
     }
 
+    /// `a + b` of a count of rows, refused past u64 (no run reads 2^64 rows: counts
+    /// that large come from a damaged or forged shard's `partial.bin`, which a merge adds up).
+    pub fn count_sum(a: u64, b: u64, what: &str) -> Result<u64> {
+        a.checked_add(b).ok_or_else(|| {
+            TallyError::Invariant(format!("{what}: {a} + {b} is past what a count holds"))
+        })
+    }
+
     /// A [`TallyError::SumOverflow`] named by whose sum it was (`whose`, e.g. an
     /// account-period) and what to check; any other error as it is. The sum's operands alone
     /// tell an on-call engineer nothing about where to look.

@@ -503,6 +503,8 @@ struct RunReader<T: Keyed> {
     buf: Vec<u8>,
     /// What decoding keeps for the next record.
     kept: T::Kept,
+    /// The file was found to end after its last record.
+    ended: bool,
 }
 
 impl<T: Keyed> RunReader<T> {
@@ -517,6 +519,7 @@ impl<T: Keyed> RunReader<T> {
             rows,
             buf: Vec::new(),
             kept: T::Kept::default(),
+            ended: false,
         };
         let ours = starts_with_magic(&mut reader.reader).map_err(|e| reader.broken(&e))?;
         if !ours {
@@ -537,6 +540,22 @@ impl<T: Keyed> RunReader<T> {
 
     fn next_row(&mut self) -> Result<Option<T>> {
         if self.left == 0 {
+            // A byte past the last record counted: the file holds more records than its
+            // count says (a shard's run file and count forged to agree with their
+            // checksums), which would be left out of the output unseen.
+            if !self.ended {
+                let past_end = match self.reader.fill_buf() {
+                    Ok(bytes) => !bytes.is_empty(),
+                    Err(e) => return Err(self.broken(&e)),
+                };
+                if past_end {
+                    return Err(self.broken(&format!(
+                        "it holds more than the {} records written",
+                        self.rows
+                    )));
+                }
+                self.ended = true;
+            }
             return Ok(None);
         }
         self.left -= 1;

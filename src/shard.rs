@@ -315,17 +315,30 @@ fn keep_runs<T: crate::runs::Keyed>(
     Ok(kept)
 }
 
-/// Point a shard's runs at its folder, checking each file against `shard.json`.
+/// Point a shard's runs at its folder, checking each file against `shard.json`: a run is
+/// a file of the shard's own folder (a plain name) that `shard.json` lists, with its rows
+/// and checksum, and no two runs are one file (`used`: the names taken so far).
 fn locate_runs<T>(
     folder: &Path,
     m: &ShardManifest,
     runs: &mut [Run<T>],
+    used: &mut std::collections::BTreeSet<PathBuf>,
     refuse: &dyn Fn(String) -> TallyError,
 ) -> Result<()> {
     for run in runs {
         let Run::File(name, rows) = run else {
             return Err(refuse("it holds rows outside run files".into()));
         };
+        let plain = matches!(
+            name.components().collect::<Vec<_>>()[..],
+            [std::path::Component::Normal(_)]
+        );
+        if !plain {
+            return Err(refuse(format!(
+                "{} is not a file of the shard's folder",
+                name.display()
+            )));
+        }
         let listed = m
             .runs
             .iter()
@@ -336,7 +349,13 @@ fn locate_runs<T>(
                     name.display()
                 ))
             })?;
+        if !used.insert(name.clone()) {
+            return Err(refuse(format!("{} is named twice", name.display())));
+        }
         let file = folder.join(name.as_path());
+        if !is_regular_file(&file) {
+            return Err(refuse(format!("{} is not a regular file", name.display())));
+        }
         let sha = write::sha256_file(&file)
             .map_err(|_| refuse(format!("{} cannot be read", name.display())))?;
         if sha != listed.sha256 {
@@ -388,9 +407,19 @@ fn shard_folders(sources: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(found)
 }
 
+/// Whether `path` is (or links to) a regular file: a shard's files are read whole, and a
+/// FIFO would block the read forever and `/dev/zero` fill memory.
+fn is_regular_file(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file())
+}
+
 fn read_manifest(folder: &Path) -> Result<ShardManifest> {
     let path = folder.join(SHARD_MANIFEST);
-    let text = std::fs::read_to_string(&path).map_err(|_| {
+    let text = match is_regular_file(&path) {
+        true => std::fs::read_to_string(&path).ok(),
+        false => None,
+    };
+    let text = text.ok_or_else(|| {
         TallyError::Refused(format!(
             "{} has no readable {SHARD_MANIFEST}: the shard did not finish; rerun it",
             folder.display()
@@ -612,9 +641,10 @@ pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
 
     let inputs = census::inputs(&job.data)?;
     check_inputs_unchanged(&job.data, &inputs, first)?;
+    let listed = listed_rows(&inputs, first);
     let mut partials = Vec::with_capacity(folders.len());
     for (folder, m) in folders.iter().zip(&manifests) {
-        partials.push(read_partial(folder, m)?);
+        partials.push(read_partial(folder, m, &listed)?);
     }
     stage.done(first.shards.into(), partials.len() as u64);
     let settings = job.settings(crate::history::History::default());
@@ -830,7 +860,164 @@ fn check_history_unchanged(
     )))
 }
 
-fn read_partial(folder: &Path, m: &ShardManifest) -> Result<Partial> {
+/// The rows of each dataset's files, as `shard.json` lists them (index = `Dataset as
+/// usize`), in the order of the data root's listing (the merge checked that the shards
+/// list the same files in that order).
+fn listed_rows(inputs: &census::Inputs, m: &ShardManifest) -> [Vec<u64>; 4] {
+    let rows: std::collections::HashMap<&str, u64> = (m.inputs.iter())
+        .map(|f| (f.path.as_str(), f.rows.unwrap_or(0)))
+        .collect();
+    std::array::from_fn(|d| {
+        (inputs.files[d].iter())
+            .map(|f| rows.get(f.rel_path.as_str()).copied().unwrap_or(0))
+            .collect()
+    })
+}
+
+/// A partial's figures against what its shard read (`listed`: [`listed_rows`]), before any
+/// of them is added up or used as an index. A partial tally wrote always passes: every count
+/// counts rows the shard read, every reject names a row of a listed file, a balance's
+/// figures fit DECIMAL(18,3) (its amounts each do: decoding refuses one past), billed events
+/// and invoice lines come from usage rows. One forged to match its checksum is refused
+/// naming the file, where a sum would overflow or a file index point past the list.
+fn check_partial(p: &Partial, listed: &[Vec<u64>; 4]) -> std::result::Result<(), String> {
+    use crate::model::Dataset;
+    let total = |rows: &[u64]| rows.iter().fold(0u64, |sum, &r| sum.saturating_add(r));
+    let sum = |counts: &mut dyn Iterator<Item = u64>| {
+        let mut total = 0u64;
+        for n in counts {
+            total = total.checked_add(n)?;
+        }
+        Some(total)
+    };
+    let read = |d: Dataset| p.rows_read[d as usize];
+    let at_most = |what: &str, n: Option<u64>, most: u64, of: &str| match n {
+        Some(n) if n <= most => Ok(()),
+        Some(n) => Err(format!("it counts {n} {what}, more than the {most} {of}")),
+        None => Err(format!("its {what} add up past what a count holds")),
+    };
+    for d in Dataset::ALL {
+        let name = d.name();
+        let rows = &listed[d as usize];
+        at_most(
+            &format!("{name} rows read"),
+            Some(read(d)),
+            total(rows),
+            &format!("rows its {name} files hold"),
+        )?;
+        let rejects = p.rejects.iter().filter(|r| r.dataset == d);
+        at_most(
+            &format!("rejected {name} rows"),
+            sum(&mut rejects.map(|_| 1)),
+            total(rows),
+            &format!("rows its {name} files hold"),
+        )?;
+    }
+    let rows_of = |d: Dataset, at: &crate::model::RowRef| {
+        (listed[d as usize].get(at.file as usize)).is_some_and(|&rows| at.row < rows)
+    };
+    let not_covered =
+        (p.rejected_allocations_not_covered.iter()).map(|at| (Dataset::Allocations, at));
+    let rejects = p.rejects.iter().map(|r| (r.dataset, &r.at));
+    if let Some((d, at)) = rejects.chain(not_covered).find(|(d, at)| !rows_of(*d, at)) {
+        return Err(format!(
+            "it rejects {} row {} of file {}, which no listed file holds",
+            d.name(),
+            at.row,
+            at.file
+        ));
+    }
+    let usage = read(Dataset::Usage);
+    let totals = || p.results.iter().map(|(_, r)| &r.totals);
+    for (what, n, most, of) in [
+        (
+            "identical duplicates",
+            Some(p.identical_duplicates),
+            usage,
+            "usage rows it read",
+        ),
+        (
+            "usage rows outside",
+            Some(p.outside_usage),
+            usage,
+            "usage rows it read",
+        ),
+        (
+            "entries outside",
+            Some(p.outside_entries),
+            read(Dataset::Debits),
+            "debits rows it read",
+        ),
+        (
+            "events",
+            sum(&mut totals().map(|t| t.events_in_window)),
+            usage,
+            "usage rows it read",
+        ),
+        (
+            "matched events",
+            sum(&mut totals().map(|t| t.matched_events)),
+            usage,
+            "usage rows it read",
+        ),
+        (
+            "pending events",
+            sum(&mut totals().map(|t| t.pending_events)),
+            usage,
+            "usage rows it read",
+        ),
+        (
+            "entries",
+            sum(&mut totals().map(|t| t.entries_in_window)),
+            read(Dataset::Debits),
+            "debits rows it read",
+        ),
+        // Every shard reads the plans; one of them counts their rows as read.
+        (
+            "account periods",
+            sum(&mut totals().map(|t| t.account_periods)),
+            total(&listed[Dataset::Allocations as usize]),
+            "rows its allocations files hold",
+        ),
+        (
+            "events in the report's mix",
+            sum(&mut p.mix.lines.values().map(|f| f.events)),
+            usage,
+            "usage rows it read",
+        ),
+        (
+            "billed events",
+            sum(&mut p.billed.iter().map(Run::rows)),
+            usage,
+            "usage rows it read",
+        ),
+        (
+            "invoice lines",
+            sum(&mut p.lines.iter().map(Run::rows)),
+            usage,
+            "usage rows it read",
+        ),
+    ] {
+        at_most(what, n, most, of)?;
+    }
+    if p.mix.lines.values().any(|f| !f.is_possible()) {
+        return Err(
+            "a line of its report's mix holds more priced events or quantity than its events can"
+                .into(),
+        );
+    }
+    let balances = p.results.iter().flat_map(|(_, r)| &r.balances);
+    if let Some(b) = balances.into_iter().find(|b| !b.figures_fit()) {
+        return Err(format!(
+            "the balance of {} from {} holds figures past DECIMAL(18,3)",
+            b.account_id,
+            crate::time::format_instant(b.period_start)
+        ));
+    }
+    Ok(())
+}
+
+fn read_partial(folder: &Path, m: &ShardManifest, listed: &[Vec<u64>; 4]) -> Result<Partial> {
     let path = folder.join(PARTIAL);
     let refuse = |why: String| {
         TallyError::Refused(format!(
@@ -842,6 +1029,9 @@ fn read_partial(folder: &Path, m: &ShardManifest) -> Result<Partial> {
             m.shards
         ))
     };
+    if !is_regular_file(&path) {
+        return Err(refuse("it is not a regular file".into()));
+    }
     let bytes = std::fs::read(&path).map_err(|e| refuse(format!("cannot read it ({e})")))?;
     if crate::write::sha256_hex(&bytes) != m.partial_sha256 {
         return Err(refuse(format!(
@@ -850,8 +1040,17 @@ fn read_partial(folder: &Path, m: &ShardManifest) -> Result<Partial> {
     }
     let mut partial: Partial =
         postcard::from_bytes(&bytes).map_err(|e| refuse(format!("cannot be decoded ({e})")))?;
-    locate_runs(folder, m, &mut partial.billed, &refuse)?;
-    locate_runs(folder, m, &mut partial.lines, &refuse)?;
+    let mut used = std::collections::BTreeSet::new();
+    locate_runs(folder, m, &mut partial.billed, &mut used, &refuse)?;
+    locate_runs(folder, m, &mut partial.lines, &mut used, &refuse)?;
+    if used.len() != m.runs.len() {
+        return Err(refuse(format!(
+            "it names {} of the {} run files {SHARD_MANIFEST} lists",
+            used.len(),
+            m.runs.len()
+        )));
+    }
+    check_partial(&partial, listed).map_err(refuse)?;
     Ok(partial)
 }
 

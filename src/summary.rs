@@ -36,6 +36,18 @@ fn frame(rows: &[DiscrepancyRow]) -> Result<DataFrame> {
         .iter()
         .map(|r| r.delta_credits.unwrap_or_default().0)
         .collect();
+    // Summed by polars in i64 below (by kind, by account): no such sum may overflow, so
+    // the sum of every |delta| must fit. Each delta fits DECIMAL(18,3), so only a month of
+    // absurd amounts that cancel out in the run's totals (or a forged shard) gets here.
+    let abs_sum: i128 = deltas.iter().map(|d| i128::from(*d).abs()).sum();
+    if abs_sum > i128::from(i64::MAX) {
+        return Err(TallyError::Overflow(format!(
+            "the discrepancies' Σ |delta_credits| is {}.{:03}, past what a sum of amounts \
+             holds (i64 thousandths); check the rows with the largest deltas",
+            abs_sum / 1000,
+            abs_sum % 1000
+        )));
+    }
     let abs_deltas: Vec<i64> = deltas.iter().map(|d| d.abs()).collect();
     let without_delta: Vec<bool> = rows.iter().map(|r| r.delta_credits.is_none()).collect();
     DataFrame::new(
@@ -131,4 +143,55 @@ pub fn top_accounts(rows: &[DiscrepancyRow], limit: usize) -> Result<Vec<Account
             abs_delta: Milli(deltas.get(i).unwrap_or(0)),
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::amount::OUTPUT_LIMIT_MILLIS;
+
+    fn orphan(account: &str, delta: i64) -> DiscrepancyRow {
+        DiscrepancyRow {
+            kind: Kind::OrphanDebit,
+            account_id: account.to_string(),
+            event_id: None,
+            entry_ids: vec![format!("d-{account}")],
+            occurred_at: None,
+            product: None,
+            action: None,
+            model: None,
+            expected_credits: None,
+            recorded_credits: Milli(delta),
+            delta_credits: Some(Milli(delta)),
+            entry_account_ids: Vec::new(),
+        }
+    }
+
+    /// Each delta fits DECIMAL(18,3), but their sum by kind is made in i64: up to
+    /// i64::MAX in Σ |delta| the figures are exact, and past it the run stops with an
+    /// amount overflow (it was a panic inside polars' sum, exit 4 "internal error").
+    #[test]
+    fn deltas_sum_up_to_what_i64_holds_and_one_past_is_an_overflow() {
+        let mut rows: Vec<DiscrepancyRow> = (0..9)
+            .map(|i| orphan(&format!("a{i}"), OUTPUT_LIMIT_MILLIS))
+            .collect();
+        // 9 × (10^18 − 1) + the rest up to i64::MAX.
+        let rest = i64::MAX - 9 * OUTPUT_LIMIT_MILLIS;
+        rows.push(orphan("b", rest));
+        let figures = by_kind(&rows).unwrap();
+        assert_eq!(figures.len(), 1);
+        assert_eq!(figures[0].delta, Milli(i64::MAX));
+        assert_eq!(top_accounts(&rows, 1).unwrap().len(), 1);
+        rows.push(orphan("c", 1));
+        let past = by_kind(&rows).err().map(|e| e.to_string());
+        assert_eq!(
+            past.as_deref(),
+            Some(
+                "amount overflow: the discrepancies' Σ |delta_credits| is \
+                 9223372036854775.808, past what a sum of amounts holds (i64 thousandths); \
+                 check the rows with the largest deltas"
+            )
+        );
+        assert!(top_accounts(&rows, 1).is_err());
+    }
 }

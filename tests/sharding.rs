@@ -1651,3 +1651,282 @@ fn a_shard_takes_at_most_a_group_per_partition() {
         "{past_it}"
     );
 }
+
+/// Rewrite a shard's `partial.bin` through `edit` (decoded as the merge decodes it) and
+/// list the new bytes' checksum in its `shard.json`: a forgery the checksum does not catch.
+fn forge_partial(shard: &Path, edit: impl FnOnce(&mut tally::run::Partial)) {
+    let path = shard.join("partial.bin");
+    let mut partial: tally::run::Partial =
+        postcard::from_bytes(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut partial);
+    let bytes = postcard::to_allocvec(&partial).unwrap();
+    std::fs::write(&path, &bytes).unwrap();
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&bytes))
+    };
+    edit_listing(&shard.join("shard.json"), |m| {
+        m["partial_sha256"] = sha.into()
+    });
+}
+
+/// Copy a folder's files (one level: a shard folder) into `to`, replacing what is there.
+fn copy_shard(from: &Path, to: &Path) {
+    let _ = std::fs::remove_dir_all(to);
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+/// A `partial.bin` forged to match its checksum, with figures no shard computes, is
+/// refused naming it (exit 3, the shard to rerun), before any figure is added up: each
+/// of these used to overflow a sum (a panic, exit 4), index past the input files, or
+/// decode an amount past DECIMAL(18,3) that a sum then overflowed.
+#[test]
+fn merge_refuses_a_partial_forged_with_impossible_figures() {
+    use tally::amount::{Milli, OUTPUT_LIMIT_MILLIS};
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = two_shards(tmp.path(), "reconcile", AS_OF);
+    let shard = root(&shards).join("shard=0");
+    let pristine = tmp.path().join("pristine");
+    copy_shard(&shard, &pristine);
+    let listing: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(shard.join("shard.json")).unwrap()).unwrap();
+    let listed_rows = |dataset: &str| -> u64 {
+        (listing["inputs"].as_array().unwrap().iter())
+            .filter(|f| {
+                f["path"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("{dataset}/"))
+            })
+            .map(|f| f["rows"].as_u64().unwrap())
+            .sum()
+    };
+    let refusal = |why: &str| {
+        format!(
+            "tally: refused: {}: {why}; rerun shard 0 of 2 (--shard 0/2)\n",
+            shard.join("partial.bin").display()
+        )
+    };
+    let forged = |edit: &dyn Fn(&mut tally::run::Partial)| {
+        copy_shard(&pristine, &shard);
+        forge_partial(&shard, edit);
+        refused_merge(tmp.path(), &shards)
+    };
+    let usage_read = |p: &tally::run::Partial| p.rows_read[0];
+    let usage = {
+        let p: tally::run::Partial =
+            postcard::from_bytes(&std::fs::read(shard.join("partial.bin")).unwrap()).unwrap();
+        assert!(
+            !p.rejects.is_empty() && !p.mix.lines.is_empty(),
+            "rows to forge"
+        );
+        usage_read(&p)
+    };
+
+    // Counts: at most the rows they count, and one past refused.
+    let e = forged(&|p| p.rows_read[0] = u64::MAX);
+    let why = format!(
+        "it counts {} usage rows read, more than the {} rows its usage files hold",
+        u64::MAX,
+        listed_rows("usage")
+    );
+    assert_eq!(e, refusal(&why));
+    let e = forged(&|p| p.identical_duplicates = usage + 1);
+    let why = format!(
+        "it counts {} identical duplicates, more than the {usage} usage rows it read",
+        usage + 1
+    );
+    assert_eq!(e, refusal(&why));
+    let e = forged(&|p| p.results[0].1.totals.events_in_window = u64::MAX);
+    assert_eq!(e, refusal("its events add up past what a count holds"));
+    let e = forged(&|p| p.mix.lines.values_mut().next().unwrap().events = usage + 1);
+    let mix_events = {
+        let p: tally::run::Partial =
+            postcard::from_bytes(&std::fs::read(pristine.join("partial.bin")).unwrap()).unwrap();
+        let first = p.mix.lines.values().next().unwrap().events;
+        p.mix.lines.values().map(|f| f.events).sum::<u64>() - first + usage + 1
+    };
+    let why = format!(
+        "it counts {mix_events} events in the report's mix, more than the {usage} usage rows \
+         it read"
+    );
+    assert_eq!(e, refusal(&why));
+    // A reject of a file the data root does not hold (it indexed past the file list).
+    let e = forged(&|p| p.rejects[0].at.file = 999);
+    let row = {
+        let p: tally::run::Partial =
+            postcard::from_bytes(&std::fs::read(pristine.join("partial.bin")).unwrap()).unwrap();
+        (p.rejects[0].dataset.name(), p.rejects[0].at.row)
+    };
+    let why = format!(
+        "it rejects {} row {} of file 999, which no listed file holds",
+        row.0, row.1
+    );
+    assert_eq!(e, refusal(&why));
+    // Amounts: decoding refuses one past DECIMAL(18,3); a balance whose figures pass it
+    // (2 × 10^18 thousandths granted) is refused by its figures.
+    let e = forged(&|p| p.results[0].1.totals.expected_credits = Milli(i64::MAX));
+    let decode = format!(
+        "tally: refused: {}: cannot be decoded (",
+        shard.join("partial.bin").display()
+    );
+    assert!(e.starts_with(&decode), "{e}");
+    assert!(e.ends_with("); rerun shard 0 of 2 (--shard 0/2)\n"), "{e}");
+    let balance = |p: &mut tally::run::Partial| {
+        let (_, result) = (p.results.iter_mut())
+            .find(|(_, r)| !r.balances.is_empty())
+            .expect("an account with a balance");
+        result.balances[0].granted[0] = Milli(OUTPUT_LIMIT_MILLIS);
+        result.balances[0].granted[1] = Milli(OUTPUT_LIMIT_MILLIS);
+        (
+            result.balances[0].account_id.clone(),
+            result.balances[0].period_start,
+        )
+    };
+    let e = forged(&|p| {
+        balance(p);
+    });
+    let (account, start) = {
+        let mut p: tally::run::Partial =
+            postcard::from_bytes(&std::fs::read(pristine.join("partial.bin")).unwrap()).unwrap();
+        balance(&mut p)
+    };
+    let why = format!(
+        "the balance of {account} from {} holds figures past DECIMAL(18,3)",
+        tally::time::format_instant(start)
+    );
+    assert_eq!(e, refusal(&why));
+    // The pristine shard still merges.
+    copy_shard(&pristine, &shard);
+    merge_shards_into(&shards, &tmp.path().join("merged"));
+}
+
+/// A close shard's run files are those `shard.json` lists, each named once by
+/// `partial.bin`, each a file of the shard's own folder: a forged partial naming a run
+/// twice (its rows merged twice: a huge allocation at thousands of names), a file of
+/// another folder, or fewer runs than listed is refused naming it (exit 3). A run file
+/// holding more records than its count (both forged to agree) stops the merge (exit 4)
+/// where the extra records used to be left out unseen; and a FIFO in place of a shard's
+/// file is refused where its read used to block forever.
+#[test]
+fn merge_refuses_run_files_a_forged_partial_names_wrongly() {
+    use tally::runs::Run;
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = two_shards(tmp.path(), "close", CLOSE_AS_OF);
+    let shard = root(&shards).join("shard=0");
+    let pristine = tmp.path().join("pristine");
+    copy_shard(&shard, &pristine);
+    let refusal = |why: &str| {
+        format!(
+            "tally: refused: {}: {why}; rerun shard 0 of 2 (--shard 0/2)\n",
+            shard.join("partial.bin").display()
+        )
+    };
+    let forged = |edit: &dyn Fn(&mut tally::run::Partial)| {
+        copy_shard(&pristine, &shard);
+        forge_partial(&shard, edit);
+        refused_merge(tmp.path(), &shards)
+    };
+    let first_run = |p: &tally::run::Partial| match &p.billed[0] {
+        Run::File(name, rows) => (name.clone(), *rows),
+        Run::Memory(_) => panic!("a shard's runs are files"),
+    };
+    let e = forged(&|p| {
+        let (name, rows) = first_run(p);
+        p.billed.push(Run::File(name, rows));
+    });
+    assert_eq!(e, refusal("billed-0.bin is named twice"));
+    let e = forged(&|p| {
+        let (_, rows) = first_run(p);
+        p.billed[0] = Run::File("../shard=1/billed-0.bin".into(), rows);
+    });
+    assert_eq!(
+        e,
+        refusal("../shard=1/billed-0.bin is not a file of the shard's folder")
+    );
+    let listed = |shard: &Path| -> usize {
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(shard.join("shard.json")).unwrap()).unwrap();
+        m["runs"].as_array().unwrap().len()
+    };
+    let runs = listed(&pristine);
+    let e = forged(&|p| {
+        p.lines.clear();
+    });
+    let lines = {
+        let p: tally::run::Partial =
+            postcard::from_bytes(&std::fs::read(pristine.join("partial.bin")).unwrap()).unwrap();
+        p.lines.len()
+    };
+    assert!(lines > 0);
+    let why = format!(
+        "it names {} of the {runs} run files shard.json lists",
+        runs - lines
+    );
+    assert_eq!(e, refusal(&why));
+
+    // One record fewer counted, in partial.bin and shard.json alike: exit 4 at its end.
+    copy_shard(&pristine, &shard);
+    let (name, rows) = {
+        let p: tally::run::Partial =
+            postcard::from_bytes(&std::fs::read(shard.join("partial.bin")).unwrap()).unwrap();
+        first_run(&p)
+    };
+    forge_partial(&shard, |p| p.billed[0] = Run::File(name.clone(), rows - 1));
+    edit_listing(&shard.join("shard.json"), |m| {
+        let runs = m["runs"].as_array_mut().unwrap();
+        let entry = (runs.iter_mut())
+            .find(|f| f["path"] == name.to_str().unwrap())
+            .unwrap();
+        entry["rows"] = (rows - 1).into();
+    });
+    let out = tmp.path().join("out");
+    let output = tally_command(&[
+        "merge",
+        "--out",
+        out.to_str().unwrap(),
+        root(&shards).to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    assert_eq!(
+        stderr(&output),
+        format!(
+            "tally: invariant broken: run file {} cannot be read back: it holds more than the \
+             {} records written\n",
+            shard.join(&name).display(),
+            rows - 1
+        )
+    );
+    assert!(!out.exists(), "nothing is published");
+
+    // A FIFO in place of partial.bin, a run file and shard.json: refused, not read.
+    for file in ["partial.bin", "billed-0.bin", "shard.json"] {
+        copy_shard(&pristine, &shard);
+        let path = shard.join(file);
+        std::fs::remove_file(&path).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let e = refused_merge(tmp.path(), &shards);
+        let expected = match file {
+            "partial.bin" => refusal("it is not a regular file"),
+            "billed-0.bin" => refusal("billed-0.bin is not a regular file"),
+            _ => format!(
+                "tally: refused: {} has no readable shard.json: the shard did not finish; \
+                 rerun it\n",
+                shard.display()
+            ),
+        };
+        assert_eq!(e, expected);
+    }
+    copy_shard(&pristine, &shard);
+    merge_shards_into(&shards, &tmp.path().join("merged"));
+}
