@@ -25,6 +25,14 @@ impl Milli {
         Milli(units * SCALE)
     }
 
+    /// `thousandths` as an amount when an output can hold it (|x| ≤
+    /// [`OUTPUT_LIMIT_MILLIS`]): every amount tally holds is, its sums checked as they are
+    /// made. A binary file tally wrote back (a shard's `partial.bin`, a run file) holding
+    /// another was not written by tally, and would overflow the sums made of it.
+    pub fn within_output_limit(thousandths: i64) -> Option<Milli> {
+        (thousandths.checked_abs()? <= OUTPUT_LIMIT_MILLIS).then_some(Milli(thousandths))
+    }
+
     pub fn checked_add(self, other: Milli) -> Result<Milli> {
         self.0
             .checked_add(other.0)
@@ -131,16 +139,12 @@ impl<'de> serde::Deserialize<'de> for Milli {
                     ))
                 })
         } else {
-            // Every amount tally holds fits a DECIMAL(18,3) output (sums are checked against
-            // it as they are made): a larger one in a binary file tally wrote (a shard's
-            // `partial.bin`) was not written by tally, and would overflow the sums made of it.
             let value = i64::deserialize(d)?;
-            match value.checked_abs() {
-                Some(magnitude) if magnitude <= OUTPUT_LIMIT_MILLIS => Ok(Milli(value)),
-                _ => Err(D::Error::custom(format!(
+            Milli::within_output_limit(value).ok_or_else(|| {
+                D::Error::custom(format!(
                     "{value} thousandths is past what a DECIMAL(18,3) amount holds"
-                ))),
-            }
+                ))
+            })
         }
     }
 }

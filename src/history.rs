@@ -62,7 +62,7 @@ fn read_columns(
     path: &Path,
     each: &mut dyn FnMut(&arrow::record_batch::RecordBatch) -> Result<()>,
 ) -> Result<()> {
-    let file = std::fs::File::open(path).map_err(|e| TallyError::io(path, e))?;
+    let file = crate::write::open_regular(path).map_err(|e| TallyError::io(path, e))?;
     read_columns_of(file, path, each)
 }
 
@@ -73,25 +73,33 @@ fn read_columns_of<T: parquet::file::reader::ChunkReader + 'static>(
     each: &mut dyn FnMut(&arrow::record_batch::RecordBatch) -> Result<()>,
 ) -> Result<()> {
     let name = path.display().to_string();
-    let reader = ParquetRecordBatchReaderBuilder::try_new(source)
-        .and_then(|b| b.build())
-        .map_err(|e| {
-            TallyError::input(&name, format!("not a readable earlier close output: {e}"))
-        })?;
-    for batch in reader {
-        let batch = batch.map_err(|e| TallyError::input(&name, format!("cannot read: {e}")))?;
-        each(&batch)?;
-    }
-    Ok(())
+    // The Parquet library panics on some damaged footers (a negative chunk size).
+    crate::load::guard_decoding_of(&name, RESTORE_CLOSE, || {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(source)
+            .and_then(|b| b.build())
+            .map_err(|e| {
+                TallyError::input(&name, format!("not a readable earlier close output: {e}"))
+            })?;
+        for batch in reader {
+            let batch = batch.map_err(|e| TallyError::input(&name, format!("cannot read: {e}")))?;
+            each(&batch)?;
+        }
+        Ok(())
+    })
 }
+
+/// What to do about an earlier close's damaged output.
+const RESTORE_CLOSE: &str = "; restore the close's folder from a backup";
 
 /// An earlier close's `billed_events.parquet`, checked to be a readable Parquet file with
 /// an `event_id` column: its rows.
 fn check_billed(path: &Path) -> Result<u64> {
     let name = path.display().to_string();
-    let file = std::fs::File::open(path).map_err(|e| TallyError::io(path, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
-        TallyError::input(&name, format!("not a readable earlier close output: {e}"))
+    let file = crate::write::open_regular(path).map_err(|e| TallyError::io(path, e))?;
+    let builder = crate::load::guard_decoding_of(&name, RESTORE_CLOSE, || {
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| {
+            TallyError::input(&name, format!("not a readable earlier close output: {e}"))
+        })
     })?;
     let schema = builder.schema();
     let Ok(event_id) = schema.field_with_name("event_id") else {
@@ -367,7 +375,7 @@ fn close_as_of(manifest: &serde_json::Value, path: &Path) -> Result<Option<Micro
 
 /// An earlier output's `manifest.json` at `path`, parsed, and the sha256 of its bytes.
 fn read_manifest(path: &Path) -> Result<(serde_json::Value, crate::write::Sha256Hex)> {
-    let bytes = std::fs::read(path).map_err(|e| TallyError::io(path, e))?;
+    let bytes = crate::write::read_regular(path).map_err(|e| TallyError::io(path, e))?;
     let manifest = serde_json::from_slice(&bytes).map_err(|e| unreadable_manifest(path, e))?;
     Ok((manifest, crate::write::sha256_hex(&bytes)))
 }
@@ -377,6 +385,31 @@ fn unreadable_manifest(path: &Path, e: serde_json::Error) -> TallyError {
         path.display().to_string(),
         format!("unreadable manifest: {e}"),
     )
+}
+
+/// A folder of the history holding a `manifest.json` entry: a close, unless its
+/// manifest is another tool's. Skipping a close whose manifest is not a regular file (a
+/// folder, a FIFO, a broken link) would bill its periods again, and two names that are
+/// not UTF-8 would be one name in the manifest's `history/{folder}` entries: both are
+/// exit 2, naming the folder.
+fn check_close_folder(folder: &Path) -> Result<()> {
+    let manifest = folder.join("manifest.json");
+    if folder.file_name().and_then(|n| n.to_str()).is_none() {
+        return Err(TallyError::input(
+            folder.display().to_string(),
+            "the name is not UTF-8: rename it (a close's manifest names the earlier closes \
+             it read by their folder as text)",
+        ));
+    }
+    if !crate::write::is_regular_file(&manifest) {
+        return Err(TallyError::input(
+            manifest.display().to_string(),
+            "is not a regular file (a folder, a pipe, a socket, a device or a broken link): \
+             an earlier close's manifest is one; restore the close from a backup or move its \
+             folder out of the history folder",
+        ));
+    }
+    Ok(())
 }
 
 /// Every close directly under `dir` but `exclude` (`.` and `..` folded; `None`: none
@@ -393,9 +426,12 @@ pub fn closes_under(dir: &Path, exclude: Option<&Path>) -> Result<Vec<EarlierClo
             !p.file_name()
                 .is_some_and(|n| crate::load::is_hidden(&n.to_string_lossy()))
         })
-        .filter(|p| p.join("manifest.json").is_file())
+        .filter(|p| std::fs::symlink_metadata(p.join("manifest.json")).is_ok())
         .collect();
     folders.sort();
+    for folder in &folders {
+        check_close_folder(folder)?;
+    }
     // An excluded folder that does not exist yet (a first run) excludes nothing.
     let exclude = exclude.and_then(|out| crate::normalised(out).canonicalize().ok());
     for folder in folders {
@@ -448,8 +484,9 @@ pub fn load_closes(closes: Vec<EarlierClose>, as_of: Micros) -> Result<History> 
         } = close;
         let invoices = folder.join("invoices.parquet");
         // Read whole, so checked by its bytes (a few rows per account).
-        let invoice_bytes =
-            bytes::Bytes::from(std::fs::read(&invoices).map_err(|e| TallyError::io(&invoices, e))?);
+        let invoice_bytes = bytes::Bytes::from(
+            crate::write::read_regular(&invoices).map_err(|e| TallyError::io(&invoices, e))?,
+        );
         let invoice_sha256 = crate::write::sha256_hex(&invoice_bytes);
         check_listed_bytes(&manifest, &folder, "invoices.parquet", &invoice_sha256)?;
         read_columns_of(invoice_bytes, &invoices, &mut |batch| {

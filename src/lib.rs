@@ -107,7 +107,7 @@ impl AlertFigures {
 
     /// Read back from an earlier run's `summary.json` (for a no-op close).
     fn from_summary(path: &Path) -> Result<AlertFigures> {
-        let text = std::fs::read_to_string(path).map_err(|e| TallyError::io(path, e))?;
+        let text = write::read_regular_to_string(path).map_err(|e| TallyError::io(path, e))?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
             TallyError::input(
                 path.display().to_string(),
@@ -550,7 +550,7 @@ pub(crate) fn refuse_reconcile_over_close(req: &JobRequest) -> Result<()> {
     if req.mode != Mode::Reconcile {
         return Ok(());
     }
-    let holds_close = std::fs::read_to_string(req.out.join("manifest.json"))
+    let holds_close = write::read_regular_to_string(&req.out.join("manifest.json"))
         .ok()
         .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
         .is_some_and(|manifest| manifest["command"] == "close");
@@ -792,7 +792,7 @@ pub(crate) fn check_replaceable(out: &Path) -> Result<()> {
         return Ok(());
     }
     let is_tally = ["manifest.json", shard::SHARD_MANIFEST].iter().any(|name| {
-        std::fs::read_to_string(out.join(name))
+        write::read_regular_to_string(&out.join(name))
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
             .is_some_and(|v| v["tool"] == "tally")

@@ -565,6 +565,12 @@ pub fn decoding_input() -> bool {
 /// Run `f`, turning a panic inside the Parquet/Arrow decoders (seen on corrupt footers)
 /// into an input error naming the file: bad input never crashes the job.
 fn guard_decoding<T>(file: &InputFile, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    guard_decoding_of(&file.rel_path, RESTORE, f)
+}
+
+/// [`guard_decoding`] of the file named `name` (as its error names it), with `restore`
+/// saying what to do: also an earlier close's output, which no [`InputFile`] describes.
+pub fn guard_decoding_of<T>(name: &str, restore: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     let was = DECODING.with(|d| d.replace(true));
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     DECODING.with(|d| d.set(was));
@@ -575,8 +581,8 @@ fn guard_decoding<T>(file: &InputFile, f: impl FnOnce() -> Result<T>) -> Result<
             .or_else(|| payload.downcast_ref::<&str>().copied())
             .unwrap_or("decoder panic");
         Err(TallyError::input(
-            &file.rel_path,
-            format!("corrupt Parquet file: {why}{RESTORE}"),
+            name,
+            format!("corrupt Parquet file: {why}{restore}"),
         ))
     })
 }

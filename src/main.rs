@@ -538,13 +538,20 @@ fn parse_as_of(text: &str, origin: &Origin) -> anyhow::Result<tally::time::Micro
     if text == "now" {
         return Ok(chrono::Utc::now().timestamp() * 1_000_000);
     }
-    tally::time::parse_instant(text).ok_or_else(|| {
+    let as_of = tally::time::parse_instant(text).ok_or_else(|| {
         origin.bad(
             text,
             "is not an RFC 3339 instant such as 2026-11-20T00:00:00Z, a date such as 2026-11-20 \
              (its midnight, UTC) or `now`",
         )
-    })
+    })?;
+    // The years an input's instants may hold: the manifest writes the as-of in RFC 3339,
+    // which has four digits for the year, and a later run (a rerun, a close with
+    // `--history`, `tally verify`) must read it back.
+    if !(tally::time::FIRST_INSTANT..tally::time::END_OF_INSTANTS).contains(&as_of) {
+        return Err(origin.bad(text, "is outside the years 0001 to 9999"));
+    }
+    Ok(as_of)
 }
 
 /// `--settle` (default 15m, at most 7 days, whole seconds).
@@ -1323,6 +1330,28 @@ mod tests {
         assert!(refused("99999999999999999999d").contains("is longer than 7 days"));
         assert!(refused("1500ms").contains("is not a whole number of seconds"));
         assert!(refused("soon").contains("is not a duration such as 15m, 900s or 1h"));
+    }
+
+    /// `--as-of` takes the years an input's instants may hold, 0001 to 9999 (RFC 3339's
+    /// four digits, in which the manifest records it for later runs to read back), up to
+    /// the last microsecond; one past either end is refused.
+    #[test]
+    fn as_of_takes_the_years_0001_to_9999_and_one_past_is_refused() {
+        let as_of =
+            |text: &str| parse_as_of(text, &Origin::flag("--as-of")).map_err(|e| one_line(&e));
+        assert_eq!(as_of("0001-01-01"), Ok(tally::time::FIRST_INSTANT));
+        assert_eq!(
+            as_of("9999-12-31T23:59:59.999999Z"),
+            Ok(tally::time::END_OF_INSTANTS - 1)
+        );
+        for past in ["0000-12-31T23:59:59.999999Z", "+10000-01-01"] {
+            assert_eq!(
+                as_of(past),
+                Err(format!(
+                    "command line: --as-of {past} is outside the years 0001 to 9999"
+                ))
+            );
+        }
     }
 
     /// `alert.max_abs_delta_credits` goes up to the largest amount an output holds

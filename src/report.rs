@@ -506,7 +506,8 @@ impl Manifest {
     /// A published folder's manifest.json (`path`), read and parsed; an unreadable one is
     /// exit 2 naming it.
     pub fn read(path: &std::path::Path) -> Result<Manifest> {
-        let text = std::fs::read_to_string(path).map_err(|e| TallyError::io(path, e))?;
+        let text =
+            crate::write::read_regular_to_string(path).map_err(|e| TallyError::io(path, e))?;
         serde_json::from_str(&text).map_err(|e| {
             TallyError::input(
                 path.display().to_string(),

@@ -114,6 +114,11 @@ impl<'a> RecordReader<'a> {
             .ok_or(postcard::Error::DeserializeBadVarint)
     }
 
+    /// An amount, refused past DECIMAL(18,3) as `Milli`'s serde decoder refuses one.
+    fn milli(&mut self) -> postcard::Result<crate::amount::Milli> {
+        crate::amount::Milli::within_output_limit(self.i64()?).ok_or(postcard::Error::SerdeDeCustom)
+    }
+
     /// Whether an option's value follows (its tag byte).
     fn some(&mut self) -> postcard::Result<bool> {
         match self.fields.byte() {
@@ -212,7 +217,7 @@ impl Keyed for BilledEventRow {
             invoice_id: r.shared_string(invoice)?,
             event_id: crate::model::Id::new(r.str()?),
             occurred_at: r.i64()?,
-            credits: r.option(|r| r.i64().map(crate::amount::Milli))?,
+            credits: r.option(RecordReader::milli)?,
         })
     }
 }
@@ -288,8 +293,8 @@ impl Keyed for AccountLine {
                 action: r.shared_string(action)?,
                 model: r.option(|r| r.shared_string(model))?,
                 event_count: r.i64()?,
-                quantity: crate::amount::Milli(r.i64()?),
-                credits: crate::amount::Milli(r.i64()?),
+                quantity: r.milli()?,
+                credits: r.milli()?,
             },
         })
     }
@@ -855,17 +860,38 @@ mod tests {
         ]
     }
 
+    /// Amounts at the edges of what an output holds (as every amount tally holds), and any
+    /// between.
+    fn amount() -> impl proptest::strategy::Strategy<Value = Milli> {
+        use crate::amount::OUTPUT_LIMIT_MILLIS as LIMIT;
+        use proptest::strategy::Strategy;
+        proptest::prop_oneof![
+            proptest::strategy::Just(LIMIT),
+            proptest::strategy::Just(-LIMIT),
+            -200i64..200,
+            -LIMIT..=LIMIT,
+        ]
+        .prop_map(Milli)
+    }
+
     fn billed_row() -> impl proptest::strategy::Strategy<Value = BilledEventRow> {
         use proptest::strategy::Strategy;
-        (text(), text(), text(), int(), proptest::option::of(int())).prop_map(
-            |(account, invoice, event, occurred_at, credits)| BilledEventRow {
-                account_id: account.into(),
-                invoice_id: invoice.into(),
-                event_id: event.into(),
-                occurred_at,
-                credits: credits.map(Milli),
-            },
+        (
+            text(),
+            text(),
+            text(),
+            int(),
+            proptest::option::of(amount()),
         )
+            .prop_map(
+                |(account, invoice, event, occurred_at, credits)| BilledEventRow {
+                    account_id: account.into(),
+                    invoice_id: invoice.into(),
+                    event_id: event.into(),
+                    occurred_at,
+                    credits,
+                },
+            )
     }
 
     fn any_line() -> impl proptest::strategy::Strategy<Value = AccountLine> {
@@ -873,10 +899,10 @@ mod tests {
         (
             (text(), text(), text(), text()),
             proptest::option::of(text()),
-            proptest::array::uniform3(int()),
+            (int(), amount(), amount()),
         )
             .prop_map(
-                |((account, invoice, product, action), model, [count, quantity, credits])| {
+                |((account, invoice, product, action), model, (count, quantity, credits))| {
                     AccountLine {
                         account_id: account.into(),
                         line: InvoiceLineRow {
@@ -885,12 +911,35 @@ mod tests {
                             action: action.into(),
                             model: model.map(Into::into),
                             event_count: count,
-                            quantity: Milli(quantity),
-                            credits: Milli(credits),
+                            quantity,
+                            credits,
                         },
                     }
                 },
             )
+    }
+
+    /// An amount in a record is read up to what an output holds, as `Milli`'s serde decoder
+    /// reads it; one past (a run file forged with its checksum) is refused by both.
+    #[test]
+    fn a_records_amount_is_read_up_to_the_output_limit_and_refused_one_past() {
+        use crate::amount::OUTPUT_LIMIT_MILLIS as LIMIT;
+        let billed = |credits: i64| BilledEventRow {
+            account_id: "a".into(),
+            invoice_id: "INV-a".into(),
+            event_id: "e".into(),
+            occurred_at: 0,
+            credits: Some(Milli(credits)),
+        };
+        for credits in [LIMIT, -LIMIT, LIMIT + 1, -LIMIT - 1, i64::MAX, i64::MIN] {
+            let mut bytes = Vec::new();
+            billed(credits).encode(&mut bytes);
+            let ours = BilledEventRow::decode(&bytes, 0, &mut Default::default()).ok();
+            let theirs = postcard::from_bytes::<BilledEventRow>(&bytes).ok();
+            assert_eq!(ours, theirs, "{credits}");
+            let fits = credits.checked_abs().is_some_and(|a| a <= LIMIT);
+            assert_eq!(ours.is_some(), fits, "{credits}");
+        }
     }
 
     /// Strings that repeat, share prefixes, hold multi-byte characters or need a
@@ -971,7 +1020,7 @@ mod tests {
                 model: model.map(Into::into),
                 event_count: 3,
                 quantity: Milli(-2500),
-                credits: Milli(i64::MAX),
+                credits: Milli(crate::amount::OUTPUT_LIMIT_MILLIS),
             },
         }
     }

@@ -353,7 +353,7 @@ fn locate_runs<T>(
             return Err(refuse(format!("{} is named twice", name.display())));
         }
         let file = folder.join(name.as_path());
-        if !is_regular_file(&file) {
+        if !write::is_regular_file(&file) {
             return Err(refuse(format!("{} is not a regular file", name.display())));
         }
         let sha = write::sha256_file(&file)
@@ -407,19 +407,10 @@ fn shard_folders(sources: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(found)
 }
 
-/// Whether `path` is (or links to) a regular file: a shard's files are read whole, and a
-/// FIFO would block the read forever and `/dev/zero` fill memory.
-fn is_regular_file(path: &Path) -> bool {
-    std::fs::metadata(path).is_ok_and(|m| m.is_file())
-}
-
 fn read_manifest(folder: &Path) -> Result<ShardManifest> {
     let path = folder.join(SHARD_MANIFEST);
-    let text = match is_regular_file(&path) {
-        true => std::fs::read_to_string(&path).ok(),
-        false => None,
-    };
-    let text = text.ok_or_else(|| {
+    // A regular file only: a FIFO would block the read forever, `/dev/zero` fill memory.
+    let text = write::read_regular_to_string(&path).map_err(|_| {
         TallyError::Refused(format!(
             "{} has no readable {SHARD_MANIFEST}: the shard did not finish; rerun it",
             folder.display()
@@ -1029,10 +1020,10 @@ fn read_partial(folder: &Path, m: &ShardManifest, listed: &[Vec<u64>; 4]) -> Res
             m.shards
         ))
     };
-    if !is_regular_file(&path) {
+    if !write::is_regular_file(&path) {
         return Err(refuse("it is not a regular file".into()));
     }
-    let bytes = std::fs::read(&path).map_err(|e| refuse(format!("cannot read it ({e})")))?;
+    let bytes = write::read_regular(&path).map_err(|e| refuse(format!("cannot read it ({e})")))?;
     if crate::write::sha256_hex(&bytes) != m.partial_sha256 {
         return Err(refuse(format!(
             "its checksum does not match {SHARD_MANIFEST}"

@@ -243,6 +243,23 @@ fn read_manifest(out: &Path) -> Result<Manifest> {
             format!("not a tally manifest (its tool is {:?})", manifest.tool),
         ));
     }
+    // Both go into verify's last line: only what a run writes (a newline in either could
+    // forge a finding's line).
+    if !matches!(manifest.command.as_str(), "reconcile" | "close") {
+        return Err(TallyError::input(
+            path.display().to_string(),
+            format!(
+                "unreadable manifest: `command` is {:?}, not reconcile or close",
+                manifest.command
+            ),
+        ));
+    }
+    if crate::time::parse_instant(&manifest.as_of).is_none() {
+        return Err(TallyError::input(
+            path.display().to_string(),
+            "unreadable manifest: `as_of` is not an instant",
+        ));
+    }
     Ok(manifest)
 }
 
@@ -265,7 +282,13 @@ fn output_differences(out: &Path, listed: &[FileEntry]) -> Result<Vec<Difference
             // Not following links: the run writes files only, and a link (or a pipe, which
             // would never end a read) in its place is not what it wrote.
             match std::fs::symlink_metadata(&path) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // A folder on its path replaced by a file: missing as well.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                    ) =>
+                {
                     Ok(Some(Difference::OutputMissing(entry.path.clone())))
                 }
                 Err(e) => Err(TallyError::io(&path, e)),

@@ -597,6 +597,48 @@ pub fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<Sha256Hex> {
 /// The sha256 of a file's bytes, as lowercase hex (the manifest's form).
 pub type Sha256Hex = String;
 
+/// Why [`open_regular`] refuses a file.
+pub const NOT_A_REGULAR_FILE: &str = "not a regular file (a folder, a pipe, a socket or a device)";
+
+/// Whether `path` is (or links to) a regular file.
+pub fn is_regular_file(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file())
+}
+
+/// Open a file tally reads whole or hashes (an input for its fingerprint, a manifest or
+/// summary, an earlier close's file, a job file) for reading, refusing anything but a
+/// regular file (links followed) as [`NOT_A_REGULAR_FILE`]: reading a FIFO blocks until a
+/// writer comes, maybe never (it is opened without waiting for one, so the open cannot
+/// block either), and a device such as `/dev/zero` never ends.
+pub fn open_regular(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    match file.metadata()?.is_file() {
+        true => Ok(file),
+        false => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            NOT_A_REGULAR_FILE,
+        )),
+    }
+}
+
+/// [`open_regular`]'s file, read whole.
+pub fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    open_regular(path)?.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// [`open_regular`]'s file, read whole as text.
+pub fn read_regular_to_string(path: &Path) -> std::io::Result<String> {
+    let mut text = String::new();
+    open_regular(path)?.read_to_string(&mut text)?;
+    Ok(text)
+}
+
 /// An output file being written: every byte that reaches the file also goes through
 /// sha256, so that the manifest's checksum of an output is made as it is written instead
 /// of by reading the file again afterwards (at a 100M-event close, about 4 GB read back).
@@ -675,7 +717,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 /// last read (so that the caller can tell whether it hashed the file another reading saw:
 /// one written during the hashing has another time, or another size).
 pub fn sha256_file_as_read(path: &Path) -> Result<(String, u64, crate::load::Modified)> {
-    let mut file = File::open(path).map_err(io_err(path))?;
+    let mut file = open_regular(path).map_err(io_err(path))?;
     let len = file.metadata().map_err(io_err(path))?.len();
     let mut hasher = Sha256::new();
     // A buffer about the file's size: a fresh 1 MiB buffer is zeroed for each file, which

@@ -1307,3 +1307,138 @@ fn an_earlier_close_with_a_column_of_another_type_is_refused_not_a_panic() {
         )
     );
 }
+
+/// `path`, a file, replaced by a FIFO (a read of it waits for a writer forever).
+fn fifo_in_place_of(path: &Path) {
+    std::fs::remove_file(path).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(made.success());
+}
+
+/// The Parquet file at `path` rewritten with its first column chunk's compressed size
+/// negative in the footer (the Parquet library panics on it), its pages as they were.
+fn with_a_negative_chunk_size(path: &Path) {
+    use parquet::file::metadata::{
+        PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader, ParquetMetaDataWriter,
+    };
+    let bytes = std::fs::read(path).unwrap();
+    let footer_len =
+        u32::from_le_bytes(bytes[bytes.len() - 8..bytes.len() - 4].try_into().unwrap());
+    let data_end = bytes.len() - 8 - footer_len as usize;
+    let metadata = ParquetMetaDataReader::new()
+        .with_page_index_policy(PageIndexPolicy::Skip)
+        .parse_and_finish(&bytes::Bytes::from(bytes.clone()))
+        .unwrap();
+    let row_groups = (metadata.row_groups().iter())
+        .map(|rg| {
+            let mut columns = rg.columns().to_vec();
+            columns[0] = columns[0]
+                .clone()
+                .into_builder()
+                .set_total_compressed_size(-1)
+                .build()
+                .unwrap();
+            rg.clone()
+                .into_builder()
+                .set_column_metadata(columns)
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let damaged = ParquetMetaData::new(metadata.file_metadata().clone(), row_groups);
+    let mut out = bytes[..data_end].to_vec();
+    ParquetMetaDataWriter::new(&mut out, &damaged)
+        .finish()
+        .unwrap();
+    std::fs::write(path, out).unwrap();
+}
+
+/// An earlier close that cannot be read as tally wrote it is exit 2 naming what to
+/// restore, never skipped (its periods were billed again, exit 0, when its manifest.json
+/// was a FIFO, a folder or a broken link), never a hang (a FIFO in place of its invoices
+/// or billed events, or of the close's own summary.json on a no-op rerun, blocked the
+/// read forever while holding the history's lock) and never a panic (a damaged footer in
+/// its billed events, exit 4); two folder names that are not UTF-8, one name in the
+/// manifest, are refused.
+#[test]
+fn an_earlier_close_that_cannot_be_read_as_written_is_exit_2_never_skipped_nor_a_hang() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = data_with_december(tmp.path());
+    let closes = tmp.path().join("closes");
+    let (first_as_of, second_as_of) = ("2026-12-01T00:00:00Z", "2026-12-31T08:00:00Z");
+    let fresh_first = || {
+        let _ = std::fs::remove_dir_all(closes.join("2026-12-01"));
+        close_into(&root, &closes, first_as_of, "2026-12-01", &[])
+    };
+    let second_refused = |expected: String| {
+        let second = history_close(&root, &closes, second_as_of, "2026-12-31", &[]);
+        assert_eq!(second.status.code(), Some(2), "{}", stderr(&second));
+        assert_eq!(stderr(&second), expected);
+        assert!(!closes.join("2026-12-31").exists(), "nothing is published");
+    };
+    let not_a_manifest = |manifest: &Path| {
+        format!(
+            "tally: {}: is not a regular file (a folder, a pipe, a socket, a device or a \
+             broken link): an earlier close's manifest is one; restore the close from a \
+             backup or move its folder out of the history folder\n",
+            manifest.display()
+        )
+    };
+    let first = fresh_first();
+    let manifest = first.join("manifest.json");
+    fifo_in_place_of(&manifest);
+    second_refused(not_a_manifest(&manifest));
+    std::fs::remove_file(&manifest).unwrap();
+    std::fs::create_dir(&manifest).unwrap();
+    second_refused(not_a_manifest(&manifest));
+    std::fs::remove_dir(&manifest).unwrap();
+    std::os::unix::fs::symlink(tmp.path().join("gone.json"), &manifest).unwrap();
+    second_refused(not_a_manifest(&manifest));
+
+    let not_regular = "not a regular file (a folder, a pipe, a socket or a device)";
+    for file in ["invoices.parquet", "billed_events.parquet"] {
+        let first = fresh_first();
+        let path = first.join(file);
+        fifo_in_place_of(&path);
+        second_refused(format!("tally: {}: {not_regular}\n", path.display()));
+    }
+
+    let first = fresh_first();
+    let billed = first.join("billed_events.parquet");
+    with_a_negative_chunk_size(&billed);
+    let second = history_close(&root, &closes, second_as_of, "2026-12-31", &[]);
+    assert_eq!(second.status.code(), Some(2), "{}", stderr(&second));
+    let said = stderr(&second);
+    assert!(
+        said.starts_with(&format!(
+            "tally: {}: corrupt Parquet file: ",
+            billed.display()
+        )) && said.ends_with("; restore the close's folder from a backup\n"),
+        "{said}"
+    );
+
+    // The close rerun over its own folder, a no-op, reads its summary.json.
+    let first = fresh_first();
+    let summary = first.join("summary.json");
+    fifo_in_place_of(&summary);
+    let rerun = history_close(&root, &closes, first_as_of, "2026-12-01", &[]);
+    assert_eq!(rerun.status.code(), Some(2), "{}", stderr(&rerun));
+    assert_eq!(
+        stderr(&rerun),
+        format!("tally: {}: {not_regular}\n", summary.display())
+    );
+
+    // Two copies under names that are not UTF-8.
+    let first = fresh_first();
+    use std::os::unix::ffi::OsStrExt;
+    let odd = closes.join(std::ffi::OsStr::from_bytes(b"copy-\xff"));
+    std::fs::rename(&first, &odd).unwrap();
+    second_refused(format!(
+        "tally: {}: the name is not UTF-8: rename it (a close's manifest names the earlier \
+         closes it read by their folder as text)\n",
+        odd.display()
+    ));
+}

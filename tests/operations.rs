@@ -174,6 +174,11 @@ fn a_bad_setting_names_the_job_file_key_or_the_flag_it_came_from() {
              such as 2026-11-20 (its midnight, UTC) or `now`",
         ),
         (
+            // A year RFC 3339 cannot write: the manifest could not be read back.
+            "as_of = \"+10000-01-01\"\n",
+            "as_of = \"+10000-01-01\" is outside the years 0001 to 9999",
+        ),
+        (
             "memory_budget = \"lots\"\n",
             "memory_budget = \"lots\" is not a size of at least 1 byte and below 2^64 bytes, \
              such as 3GiB, 512MiB or 4GB",

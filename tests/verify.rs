@@ -513,7 +513,58 @@ fn a_folder_a_run_did_not_publish_is_exit_2() {
         "unreadable manifest: \"../data/pricebook.toml\" is not a path inside the folder \
          (absolute, or with `.` or `..`)",
     );
+    // The command and as-of go into verify's last line: a newline there forged a finding's
+    // line (exit 0), any other command or as-of passed as it was.
+    with_manifest(
+        manifest.replace(
+            "\"command\": \"reconcile\"",
+            "\"command\": \"reconcile\\noutput changed: x\"",
+        ),
+        "unreadable manifest: `command` is \"reconcile\\noutput changed: x\", not reconcile \
+         or close",
+    );
+    with_manifest(
+        manifest.replace(
+            &format!("\"as_of\": \"{AS_OF}\""),
+            "\"as_of\": \"yesterday\"",
+        ),
+        "unreadable manifest: `as_of` is not an instant",
+    );
+    // A FIFO in its place: refused, not read (the read waited for a writer forever).
+    std::fs::remove_file(&manifest_path).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&manifest_path)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    assert_refused(
+        &[&out],
+        format!(
+            "{}: not a regular file (a folder, a pipe, a socket or a device)",
+            manifest_path.display()
+        ),
+    );
+    std::fs::remove_file(&manifest_path).unwrap();
     std::fs::write(&manifest_path, &manifest).unwrap();
+    // A folder of outputs replaced by a file: its outputs are missing (it was exit 2,
+    // "Not a directory"), the file one the manifest does not list.
+    let report = out.join("report");
+    let report_files = std::fs::read_dir(&report).unwrap().count();
+    std::fs::rename(&report, tmp.path().join("report-moved")).unwrap();
+    std::fs::write(&report, "x").unwrap();
+    let (code, stdout) = verify(&out, &[]);
+    assert_eq!(code, Some(1), "{stdout}");
+    let missing = stdout
+        .lines()
+        .filter(|l| l.starts_with("output missing: report/"))
+        .count();
+    assert_eq!(missing, report_files, "{stdout}");
+    assert!(
+        stdout.contains("output not in the manifest: report (added after the run"),
+        "{stdout}"
+    );
+    std::fs::remove_file(&report).unwrap();
+    std::fs::rename(tmp.path().join("report-moved"), &report).unwrap();
 
     // A --data that is not a data root (a dataset folder given for the root).
     let usage = data.join("usage");
