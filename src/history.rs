@@ -197,8 +197,10 @@ fn column<'a>(
 }
 
 /// A column of the type tally writes there (`typed`: the array as that type, `None` of
-/// another); of another type (a file another tool wrote again, which would panic when read
-/// as tally's) an error naming the file and the column.
+/// another), without nulls (the columns read here, ids and period starts, never hold one);
+/// of another type (a file another tool wrote again, which would panic when read as
+/// tally's) or with nulls (read as "" or 1970-01-01: the close's periods would not count
+/// as closed) an error naming the file and the column.
 fn typed_column<'a, T: ?Sized>(
     batch: &'a arrow::record_batch::RecordBatch,
     name: &str,
@@ -206,6 +208,17 @@ fn typed_column<'a, T: ?Sized>(
     typed: impl FnOnce(&'a dyn Array) -> Option<&'a T>,
 ) -> Result<&'a T> {
     let array = column(batch, name, path)?;
+    if array.null_count() > 0 {
+        return Err(TallyError::input(
+            path.display().to_string(),
+            format!(
+                "column `{name}` holds {} null(s), which tally never writes there: not an \
+                 earlier close output as tally wrote it (was it written again by another \
+                 tool?)",
+                array.null_count()
+            ),
+        ));
+    }
     typed(array).ok_or_else(|| not_as_written(path, name, array.data_type()))
 }
 
@@ -239,10 +252,19 @@ pub fn check_layout(dir: &Path, out: &Path) -> Result<()> {
     ))
 }
 
-/// Refuse a history folder that is itself an output folder: an earlier close named where
-/// the folder holding the closes was meant. Its periods would not count as closed, and a
-/// close would publish inside it.
+/// Refuse a history folder that is not a folder, or that is itself an output folder: an
+/// earlier close named where the folder holding the closes was meant. Its periods would
+/// not count as closed, and a close would publish inside it.
 pub fn refuse_an_output_folder_as_history(dir: &Path) -> Result<()> {
+    // Something else than a folder (a file, a FIFO): nothing could be read as closed, and
+    // a close could not make its lock or output inside it (it failed as a write, exit 4).
+    if std::fs::metadata(dir).is_ok_and(|m| !m.is_dir()) {
+        return Err(TallyError::config(
+            dir.display().to_string(),
+            "is not a folder: --history names the folder holding the earlier closes (it may \
+             not exist yet before the first close)",
+        ));
+    }
     if dir.join("manifest.json").is_file() {
         // As given where that names the folder above (`closes/2026-11`), else from the
         // folded absolute path (`..`, `.`, `x/..` have no useful parent as written).

@@ -748,9 +748,14 @@ fn merge_job(req: &MergeRequest, folders: &[PathBuf], first: &ShardManifest) -> 
             )))
         }
     };
-    let as_of = crate::time::parse_instant(&first.as_of).ok_or_else(|| {
-        TallyError::Refused(format!("{} has an unreadable as-of", folders[0].display()))
-    })?;
+    // In the years a shard's `--as-of` takes (0001 to 9999): the merged manifest records
+    // it for later runs to read back.
+    let instants = crate::time::FIRST_INSTANT..crate::time::END_OF_INSTANTS;
+    let as_of = (crate::time::parse_instant(&first.as_of))
+        .filter(|as_of| instants.contains(as_of))
+        .ok_or_else(|| {
+            TallyError::Refused(format!("{} has an unreadable as-of", folders[0].display()))
+        })?;
     let data = req.data.clone().unwrap_or_else(|| first.data.clone());
     // The shards' data root may not be mounted where the merge runs (another machine).
     if req.data.is_none() && !data.is_dir() {

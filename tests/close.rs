@@ -1284,17 +1284,21 @@ fn an_earlier_close_with_a_column_of_another_type_is_refused_not_a_panic() {
     )
     .with_timezone("UTC");
     retyped("invoices.parquet", "period_start", Arc::new(millis));
-    let path = first.join("manifest.json");
-    let mut manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    let sha256 = tally::write::sha256_hex(&std::fs::read(first.join("invoices.parquet")).unwrap())
-        .to_string();
-    for entry in manifest["outputs"].as_array_mut().unwrap() {
-        if entry["path"] == "invoices.parquet" {
-            entry["sha256"] = serde_json::Value::String(sha256.clone());
+    let relist_invoices = |first: &Path| {
+        let path = first.join("manifest.json");
+        let mut manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let sha256 =
+            tally::write::sha256_hex(&std::fs::read(first.join("invoices.parquet")).unwrap())
+                .to_string();
+        for entry in manifest["outputs"].as_array_mut().unwrap() {
+            if entry["path"] == "invoices.parquet" {
+                entry["sha256"] = serde_json::Value::String(sha256.clone());
+            }
         }
-    }
-    std::fs::write(&path, serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
+        std::fs::write(&path, serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
+    };
+    relist_invoices(&first);
     let second = history_close(&root, &closes, "2026-12-31T08:00:00Z", "2026-12-31", &[]);
     assert_eq!(second.status.code(), Some(2), "{}", stderr(&second));
     assert_eq!(
@@ -1303,6 +1307,26 @@ fn an_earlier_close_with_a_column_of_another_type_is_refused_not_a_panic() {
             "tally: {}: column `period_start` is Timestamp(ms, \"UTC\"), not \
              what tally writes there: not an earlier close output as tally wrote it (was it \
              written again by another tool?)\n",
+            first.join("invoices.parquet").display()
+        )
+    );
+
+    // Nulls where tally never writes one: read as "", the close's periods would not count
+    // as closed and were invoiced again (exit 0).
+    std::fs::remove_dir_all(&first).unwrap();
+    let first = close_into(&root, &closes, "2026-12-01T00:00:00Z", "2026-12-01", &[]);
+    let rows = read_parquet(&first.join("invoices.parquet")).num_rows();
+    let nulls = arrow::array::StringArray::from(vec![None::<&str>; rows]);
+    retyped("invoices.parquet", "account_id", Arc::new(nulls));
+    relist_invoices(&first);
+    let second = history_close(&root, &closes, "2026-12-31T08:00:00Z", "2026-12-31", &[]);
+    assert_eq!(second.status.code(), Some(2), "{}", stderr(&second));
+    assert_eq!(
+        stderr(&second),
+        format!(
+            "tally: {}: column `account_id` holds {rows} null(s), which tally never writes \
+             there: not an earlier close output as tally wrote it (was it written again by \
+             another tool?)\n",
             first.join("invoices.parquet").display()
         )
     );
@@ -1430,6 +1454,35 @@ fn an_earlier_close_that_cannot_be_read_as_written_is_exit_2_never_skipped_nor_a
         stderr(&rerun),
         format!("tally: {}: {not_regular}\n", summary.display())
     );
+
+    // --history naming a file: exit 2 for the close (it failed making its lock inside it,
+    // exit 4) and for explain (it explained a first close).
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let not_a_folder = format!(
+        "tally: {}: is not a folder: --history names the folder holding the earlier closes \
+         (it may not exist yet before the first close)\n",
+        file.display()
+    );
+    let close = history_close(&root, &file, second_as_of, "new", &[]);
+    assert_eq!(close.status.code(), Some(2), "{}", stderr(&close));
+    assert_eq!(stderr(&close), not_a_folder);
+    let explain = tally(&[
+        "explain",
+        "--data",
+        root.to_str().unwrap(),
+        "--as-of",
+        second_as_of,
+        "--close",
+        "--history",
+        file.to_str().unwrap(),
+        "--out",
+        file.join("new").to_str().unwrap(),
+        "--account",
+        "acct_pro",
+    ]);
+    assert_eq!(explain.status.code(), Some(2), "{}", stderr(&explain));
+    assert_eq!(stderr(&explain), not_a_folder);
 
     // Two copies under names that are not UTF-8.
     let first = fresh_first();

@@ -863,6 +863,25 @@ fn merge_refuses_a_settle_no_shard_runs_with() {
     let e = refused_merge(tmp.path(), &shards);
     assert!(!e.contains("holds settle_seconds"), "{e}");
     assert!(e.contains("are shards of different runs (settle)"), "{e}");
+
+    // An as-of outside the years a shard's --as-of takes, in both shards: the merged
+    // manifest could not be read back by a later run.
+    let other = root(&shards).join("shard=1/shard.json");
+    edit_listing(&listing, |m| m["settle_seconds"] = 900.into());
+    for as_of in ["-262143-01-01T00:00:00Z", "+10000-01-01T00:00:00Z"] {
+        for shard in [&listing, &other] {
+            edit_listing(shard, |m| m["as_of"] = as_of.into());
+        }
+        let e = refused_merge(tmp.path(), &shards);
+        assert_eq!(
+            e,
+            format!(
+                "tally: refused: {} has an unreadable as-of\n",
+                root(&shards).join("shard=0").display()
+            ),
+            "{as_of}"
+        );
+    }
 }
 
 /// A shard whose run file has another format (a shard computed by an earlier tally build:
