@@ -497,6 +497,22 @@ fn differences(a: &ShardManifest, b: &ShardManifest) -> String {
     if a.version != b.version {
         what.push(format!("tally {} vs {}", b.version, a.version));
     }
+    if a.tool != b.tool {
+        what.push(format!("tool {:?} vs {:?}", b.tool, a.tool));
+    }
+    if a.partial_format != b.partial_format {
+        what.push(format!(
+            "partial.bin layout {} vs {}",
+            b.partial_format, a.partial_format
+        ));
+    }
+    if a.read_history != b.read_history {
+        let read = |m: &ShardManifest| match m.read_history {
+            true => "--history",
+            false => "no --history",
+        };
+        what.push(format!("{} vs {}", read(b), read(a)));
+    }
     if a.data != b.data {
         what.push("data root".to_string());
     }

@@ -1949,3 +1949,37 @@ fn merge_refuses_run_files_a_forged_partial_names_wrongly() {
     copy_shard(&pristine, &shard);
     merge_shards_into(&shards, &tmp.path().join("merged"));
 }
+
+/// Shards that differ in a field of `shard.json` the refusal did not name (the tool, the
+/// partial layout, whether they read a history) are refused saying which (it read "shards
+/// of different runs ()").
+#[test]
+fn shards_of_different_runs_are_refused_naming_every_kind_of_difference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = two_shards(tmp.path(), "reconcile", AS_OF);
+    let listing = root(&shards).join("shard=1/shard.json");
+    let pristine = std::fs::read(&listing).unwrap();
+    let layout = tally::shard::PARTIAL_FORMAT;
+    for (edit, named) in [
+        (
+            ("tool", serde_json::Value::from("other")),
+            "tool \"other\" vs \"tally\"".to_string(),
+        ),
+        (
+            ("partial_format", serde_json::Value::from(layout + 1)),
+            format!("partial.bin layout {} vs {layout}", layout + 1),
+        ),
+        (
+            ("read_history", serde_json::Value::from(true)),
+            "--history vs no --history".to_string(),
+        ),
+    ] {
+        std::fs::write(&listing, &pristine).unwrap();
+        edit_listing(&listing, |m| m[edit.0] = edit.1.clone());
+        let e = refused_merge(tmp.path(), &shards);
+        assert!(
+            e.contains(&format!("are shards of different runs ({named});")),
+            "{e}"
+        );
+    }
+}
