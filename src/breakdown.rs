@@ -77,13 +77,14 @@ impl MixFigures {
     /// a quantity below 10^18 thousandths. The engine's always can; a line decoded from a
     /// shard's `partial.bin` is checked before it is added up.
     pub fn is_possible(&self) -> bool {
-        let most = i128::from(self.priced_events) * i128::from(crate::amount::OUTPUT_LIMIT_MILLIS);
-        self.priced_events <= self.events && self.quantity.0.abs() <= most
+        let most = u128::from(self.priced_events) * crate::amount::OUTPUT_LIMIT_MILLIS as u128;
+        self.priced_events <= self.events && self.quantity.0.unsigned_abs() <= most
     }
 
     pub fn add(&mut self, o: &MixFigures) -> Result<()> {
         self.events = TallyError::count_sum(self.events, o.events, "events")?;
-        self.priced_events = TallyError::count_sum(self.priced_events, o.priced_events, "events")?;
+        self.priced_events =
+            TallyError::count_sum(self.priced_events, o.priced_events, "priced events")?;
         self.quantity = self.quantity.plus(o.quantity)?;
         self.expected_credits = self.expected_credits.checked_add(o.expected_credits)?;
         self.recorded_credits = self.recorded_credits.checked_add(o.recorded_credits)?;
@@ -292,6 +293,38 @@ mod tests {
         let most = QuantitySum::of(Milli(-999_999_999_999_999_999));
         assert_eq!(most.to_string(), "-999999999999999.999");
         assert_eq!(QuantitySum::of(Milli(5)).to_string(), "0.005");
+    }
+
+    /// A line's figures are possible when its priced events are among its events and its
+    /// quantity is at most each of them at the largest quantity, either sign; one past
+    /// either is not (a forged shard's line), also at the ends of i128, and adding up past
+    /// them is an error, never a panic.
+    #[test]
+    fn a_lines_figures_are_possible_up_to_its_events_and_one_past_is_not() {
+        use crate::amount::OUTPUT_LIMIT_MILLIS as LIMIT;
+        let line = |events: u64, priced_events: u64, quantity: i128| MixFigures {
+            events,
+            priced_events,
+            quantity: QuantitySum(quantity),
+            ..MixFigures::default()
+        };
+        let most = 3 * i128::from(LIMIT);
+        assert!(line(3, 3, most).is_possible());
+        assert!(line(3, 3, -most).is_possible());
+        assert!(line(0, 0, 0).is_possible());
+        for impossible in [
+            line(3, 3, most + 1),
+            line(3, 3, -most - 1),
+            line(2, 3, 0),
+            line(3, 3, i128::MIN),
+            line(3, 3, i128::MAX),
+        ] {
+            assert!(!impossible.is_possible(), "{impossible:?}");
+        }
+        let mut sum = line(1, 1, i128::MAX);
+        assert!(sum.add(&line(1, 1, 1)).is_err());
+        let mut sum = line(u64::MAX, 0, 0);
+        assert!(sum.add(&line(1, 0, 0)).is_err());
     }
 
     fn one(credits: i64) -> MixFigures {

@@ -59,8 +59,9 @@ impl BalanceRow {
 
     /// Whether every figure `balances` shows of this row fits DECIMAL(18,3) (worked out in
     /// 128 bits). The engine's rows always do (their sums are checked as they are made); a
-    /// row decoded from a shard's `partial.bin` is checked before its figures are worked
-    /// out in 64.
+    /// row decoded from a shard's `partial.bin` is checked, so that the merge never writes
+    /// a figure its column cannot hold (each amount fits, but two granted kinds at the
+    /// limit sum past it).
     pub fn figures_fit(&self) -> bool {
         let wide = |m: &Milli| i128::from(m.0);
         let granted: i128 = self.granted.iter().map(wide).sum();

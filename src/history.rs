@@ -409,29 +409,33 @@ fn unreadable_manifest(path: &Path, e: serde_json::Error) -> TallyError {
     )
 }
 
-/// A folder of the history holding a `manifest.json` entry: a close, unless its
-/// manifest is another tool's. Skipping a close whose manifest is not a regular file (a
-/// folder, a FIFO, a broken link) would bill its periods again, and two names that are
-/// not UTF-8 would be one name in the manifest's `history/{folder}` entries: both are
-/// exit 2, naming the folder.
-fn check_close_folder(folder: &Path) -> Result<()> {
-    let manifest = folder.join("manifest.json");
-    if folder.file_name().and_then(|n| n.to_str()).is_none() {
-        return Err(TallyError::input(
+/// A folder of the history with a `manifest.json` entry that is not a regular file (a
+/// folder, a FIFO, a broken link): exit 2, naming it. It may be an earlier close: skipping
+/// it would bill its periods again (and a FIFO would block its read).
+fn refuse_a_manifest_not_a_file(manifest: &Path) -> Result<()> {
+    match crate::write::is_regular_file(manifest) {
+        true => Ok(()),
+        false => Err(TallyError::input(
+            manifest.display().to_string(),
+            "is not a regular file (a folder, a pipe, a socket, a device or a broken link): \
+             if its folder is an earlier close, its manifest is one; restore the close from a \
+             backup, or move the folder out of the history folder",
+        )),
+    }
+}
+
+/// An earlier close whose folder name is not UTF-8: exit 2, naming it. A close's manifest
+/// names the earlier closes it read as text (`history/{folder}`), where two such names
+/// could be one.
+fn refuse_a_close_not_named_in_utf8(folder: &Path) -> Result<()> {
+    match folder.file_name().and_then(|n| n.to_str()) {
+        Some(_) => Ok(()),
+        None => Err(TallyError::input(
             folder.display().to_string(),
             "the name is not UTF-8: rename it (a close's manifest names the earlier closes \
              it read by their folder as text)",
-        ));
+        )),
     }
-    if !crate::write::is_regular_file(&manifest) {
-        return Err(TallyError::input(
-            manifest.display().to_string(),
-            "is not a regular file (a folder, a pipe, a socket, a device or a broken link): \
-             an earlier close's manifest is one; restore the close from a backup or move its \
-             folder out of the history folder",
-        ));
-    }
-    Ok(())
 }
 
 /// Every close directly under `dir` but `exclude` (`.` and `..` folded; `None`: none
@@ -451,9 +455,6 @@ pub fn closes_under(dir: &Path, exclude: Option<&Path>) -> Result<Vec<EarlierClo
         .filter(|p| std::fs::symlink_metadata(p.join("manifest.json")).is_ok())
         .collect();
     folders.sort();
-    for folder in &folders {
-        check_close_folder(folder)?;
-    }
     // An excluded folder that does not exist yet (a first run) excludes nothing.
     let exclude = exclude.and_then(|out| crate::normalised(out).canonicalize().ok());
     for folder in folders {
@@ -461,10 +462,12 @@ pub fn closes_under(dir: &Path, exclude: Option<&Path>) -> Result<Vec<EarlierClo
             continue;
         }
         let path = folder.join("manifest.json");
+        refuse_a_manifest_not_a_file(&path)?;
         let (manifest, manifest_sha256) = read_manifest(&path)?;
         let Some(close_as_of) = close_as_of(&manifest, &path)? else {
             continue;
         };
+        refuse_a_close_not_named_in_utf8(&folder)?;
         // Another tool's manifest is skipped above; a close's is one of tally's.
         let manifest =
             serde_json::from_value(manifest).map_err(|e| unreadable_manifest(&path, e))?;

@@ -144,7 +144,9 @@ impl JobFile {
     /// Read a job file; relative `data`/`out` paths are resolved against its folder.
     pub fn load(path: &Path) -> Result<JobFile> {
         let name = path.display().to_string();
-        let text = crate::write::read_regular_to_string(path).map_err(|e| {
+        // Read as given, a pipe too: the operator names it (`--job <(envsubst < job.toml)`,
+        // a here-document), unlike the files tally finds in folders.
+        let text = std::fs::read_to_string(path).map_err(|e| {
             let hint = crate::error::read_hint(e.kind());
             TallyError::config(&name, format!("cannot read job file: {e}{hint}"))
         })?;

@@ -545,10 +545,9 @@ fn parse_as_of(text: &str, origin: &Origin) -> anyhow::Result<tally::time::Micro
              (its midnight, UTC) or `now`",
         )
     })?;
-    // The years an input's instants may hold: the manifest writes the as-of in RFC 3339,
-    // which has four digits for the year, and a later run (a rerun, a close with
-    // `--history`, `tally verify`) must read it back.
-    if !(tally::time::FIRST_INSTANT..tally::time::END_OF_INSTANTS).contains(&as_of) {
+    // The manifest writes the as-of in RFC 3339, four digits for the year, and a later run
+    // (a rerun, a close with `--history`, `tally verify`) must read it back.
+    if !tally::time::in_instant_years(as_of) {
         return Err(origin.bad(text, "is outside the years 0001 to 9999"));
     }
     Ok(as_of)

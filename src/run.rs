@@ -76,11 +76,15 @@ impl UsageCounts {
     /// The contract's first conservation equation: usage rows read = events in the window
     /// + identical duplicates + rejected rows + rows outside the window.
     pub fn add_up(&self) -> bool {
-        self.rows_read
-            == self.events_in_window
-                + self.identical_duplicates
-                + self.rejected
-                + self.outside_window
+        // In 128 bits: a merge's counts come from shards' files, and four of them may add
+        // up past a u64 there.
+        let parts = [
+            self.events_in_window,
+            self.identical_duplicates,
+            self.rejected,
+            self.outside_window,
+        ];
+        u128::from(self.rows_read) == parts.into_iter().map(u128::from).sum::<u128>()
     }
 }
 

@@ -595,7 +595,13 @@ impl<T: Keyed> RunReader<T> {
         if let Err(e) = reader.read_exact(tail) {
             return Err(self.broken(&e));
         }
-        let row = T::decode(&self.buf, shared, &mut self.kept).map_err(|e| self.broken(&e))?;
+        let row = T::decode(&self.buf, shared, &mut self.kept).map_err(|e| match e {
+            // The one custom error of a record (`RecordReader::milli`).
+            postcard::Error::SerdeDeCustom => {
+                self.broken(&"a record holds an amount past DECIMAL(18,3)")
+            }
+            e => self.broken(&e),
+        })?;
         Ok(Some(row))
     }
 }

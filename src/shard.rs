@@ -329,9 +329,10 @@ fn locate_runs<T>(
         let Run::File(name, rows) = run else {
             return Err(refuse("it holds rows outside run files".into()));
         };
+        let mut parts = name.components();
         let plain = matches!(
-            name.components().collect::<Vec<_>>()[..],
-            [std::path::Component::Normal(_)]
+            (parts.next(), parts.next()),
+            (Some(std::path::Component::Normal(_)), None)
         );
         if !plain {
             return Err(refuse(format!(
@@ -410,11 +411,18 @@ fn shard_folders(sources: &[PathBuf]) -> Result<Vec<PathBuf>> {
 fn read_manifest(folder: &Path) -> Result<ShardManifest> {
     let path = folder.join(SHARD_MANIFEST);
     // A regular file only: a FIFO would block the read forever, `/dev/zero` fill memory.
-    let text = write::read_regular_to_string(&path).map_err(|_| {
-        TallyError::Refused(format!(
-            "{} has no readable {SHARD_MANIFEST}: the shard did not finish; rerun it",
-            folder.display()
-        ))
+    let text = write::read_regular_to_string(&path).map_err(|e| {
+        TallyError::Refused(match e.kind() {
+            std::io::ErrorKind::InvalidInput => format!(
+                "{}: {}: it was replaced since the shard wrote it; rerun the shard",
+                path.display(),
+                write::NOT_A_REGULAR_FILE
+            ),
+            _ => format!(
+                "{} has no readable {SHARD_MANIFEST}: the shard did not finish; rerun it",
+                folder.display()
+            ),
+        })
     })?;
     let manifest: ShardManifest = serde_json::from_str(&text).map_err(|e| {
         TallyError::Refused(format!(
@@ -478,6 +486,26 @@ fn check_one_run(folders: &[PathBuf], manifests: &[ShardManifest]) -> Result<()>
 
 /// Describe how shard `b` differs from shard `a` (for the refusal message).
 fn differences(a: &ShardManifest, b: &ShardManifest) -> String {
+    // Every field of a run's identity (`run_identity`) is named below: a field added to
+    // `ShardManifest` does not compile here until it is (the refusal once read "shards of
+    // different runs ()").
+    let ShardManifest {
+        tool: _,
+        version: _,
+        command: _,
+        as_of: _,
+        settle_seconds: _,
+        buckets: _,
+        shard: _,
+        shards: _,
+        data: _,
+        inputs: _,
+        partial_sha256: _,
+        partial_format: _,
+        runs: _,
+        accounts: _,
+        read_history: _,
+    } = a;
     let mut what = Vec::new();
     if a.command != b.command {
         what.push(format!("command {} vs {}", b.command, a.command));
@@ -648,7 +676,7 @@ pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
 
     let inputs = census::inputs(&job.data)?;
     check_inputs_unchanged(&job.data, &inputs, first)?;
-    let listed = listed_rows(&inputs, first);
+    let listed = listed_rows(&inputs, first, &folders[0])?;
     let mut partials = Vec::with_capacity(folders.len());
     for (folder, m) in folders.iter().zip(&manifests) {
         partials.push(read_partial(folder, m, &listed)?);
@@ -764,14 +792,19 @@ fn merge_job(req: &MergeRequest, folders: &[PathBuf], first: &ShardManifest) -> 
             )))
         }
     };
-    // In the years a shard's `--as-of` takes (0001 to 9999): the merged manifest records
-    // it for later runs to read back.
-    let instants = crate::time::FIRST_INSTANT..crate::time::END_OF_INSTANTS;
-    let as_of = (crate::time::parse_instant(&first.as_of))
-        .filter(|as_of| instants.contains(as_of))
-        .ok_or_else(|| {
-            TallyError::Refused(format!("{} has an unreadable as-of", folders[0].display()))
-        })?;
+    let as_of = crate::time::parse_instant(&first.as_of).ok_or_else(|| {
+        TallyError::Refused(format!("{} has an unreadable as-of", folders[0].display()))
+    })?;
+    // In the years a shard's `--as-of` takes: the merged manifest records it for later
+    // runs to read back.
+    if !crate::time::in_instant_years(as_of) {
+        return Err(TallyError::Refused(format!(
+            "{} holds the as-of {}, outside the years 0001 to 9999, which no shard runs \
+             with; the file is damaged: rerun the shards",
+            folders[0].join(SHARD_MANIFEST).display(),
+            first.as_of
+        )));
+    }
     let data = req.data.clone().unwrap_or_else(|| first.data.clone());
     // The shards' data root may not be mounted where the merge runs (another machine).
     if req.data.is_none() && !data.is_dir() {
@@ -874,64 +907,84 @@ fn check_history_unchanged(
 
 /// The rows of each dataset's files, as `shard.json` lists them (index = `Dataset as
 /// usize`), in the order of the data root's listing (the merge checked that the shards
-/// list the same files in that order).
-fn listed_rows(inputs: &census::Inputs, m: &ShardManifest) -> [Vec<u64>; 4] {
+/// list the same files in that order). A file listed with more rows than a file may hold is
+/// refused: the counts a shard's partial holds are bounded by these, and each at most
+/// `MAX_ROWS_PER_FILE - 1` (of at most `MAX_FILES` files) keeps their sums within a u64.
+fn listed_rows(inputs: &census::Inputs, m: &ShardManifest, folder: &Path) -> Result<[Vec<u64>; 4]> {
+    let most = crate::model::MAX_ROWS_PER_FILE - 1;
+    if let Some(f) = m.inputs.iter().find(|f| f.rows.unwrap_or(0) > most) {
+        return Err(TallyError::Refused(format!(
+            "{} lists {} with {} rows, more than a file may hold ({most}); the file is \
+             damaged: rerun the shards",
+            folder.join(SHARD_MANIFEST).display(),
+            f.path,
+            f.rows.unwrap_or(0)
+        )));
+    }
     let rows: std::collections::HashMap<&str, u64> = (m.inputs.iter())
         .map(|f| (f.path.as_str(), f.rows.unwrap_or(0)))
         .collect();
-    std::array::from_fn(|d| {
+    Ok(std::array::from_fn(|d| {
         (inputs.files[d].iter())
             .map(|f| rows.get(f.rel_path.as_str()).copied().unwrap_or(0))
             .collect()
-    })
+    }))
+}
+
+/// "it counts `n` `what`, more than the `most` `of`" when `n` (`None`: a sum past a u64)
+/// is more than `most`.
+fn at_most(what: &str, n: Option<u64>, most: u64, of: &str) -> std::result::Result<(), String> {
+    match n {
+        Some(n) if n <= most => Ok(()),
+        Some(n) => Err(format!("it counts {n} {what}, more than the {most} {of}")),
+        None => Err(format!("its {what} add up past what a count holds")),
+    }
+}
+
+/// The sum of `counts`, `None` past a u64.
+fn checked_sum(counts: impl IntoIterator<Item = u64>) -> Option<u64> {
+    counts.into_iter().try_fold(0u64, u64::checked_add)
 }
 
 /// A partial's figures against what its shard read (`listed`: [`listed_rows`]), before any
 /// of them is added up or used as an index. A partial tally wrote always passes: every count
 /// counts rows the shard read, every reject names a row of a listed file, a balance's
-/// figures fit DECIMAL(18,3) (its amounts each do: decoding refuses one past), billed events
-/// and invoice lines come from usage rows. One forged to match its checksum is refused
-/// naming the file, where a sum would overflow or a file index point past the list.
+/// figures fit DECIMAL(18,3) (its amounts each do: decoding refuses one past). One forged
+/// to match its checksum is refused naming the file, where a sum would overflow, a file
+/// index point past the list or an output hold what its column cannot.
 fn check_partial(p: &Partial, listed: &[Vec<u64>; 4]) -> std::result::Result<(), String> {
     use crate::model::Dataset;
-    let total = |rows: &[u64]| rows.iter().fold(0u64, |sum, &r| sum.saturating_add(r));
-    let sum = |counts: &mut dyn Iterator<Item = u64>| {
-        let mut total = 0u64;
-        for n in counts {
-            total = total.checked_add(n)?;
-        }
-        Some(total)
-    };
+    // At most MAX_FILES files of fewer than MAX_ROWS_PER_FILE rows (`listed_rows`): the
+    // sum fits a u64.
+    let total = |d: Dataset| listed[d as usize].iter().sum::<u64>();
     let read = |d: Dataset| p.rows_read[d as usize];
-    let at_most = |what: &str, n: Option<u64>, most: u64, of: &str| match n {
-        Some(n) if n <= most => Ok(()),
-        Some(n) => Err(format!("it counts {n} {what}, more than the {most} {of}")),
-        None => Err(format!("its {what} add up past what a count holds")),
-    };
     for d in Dataset::ALL {
         let name = d.name();
-        let rows = &listed[d as usize];
+        let files_hold = format!("rows its {name} files hold");
         at_most(
             &format!("{name} rows read"),
             Some(read(d)),
-            total(rows),
-            &format!("rows its {name} files hold"),
+            total(d),
+            &files_hold,
         )?;
-        let rejects = p.rejects.iter().filter(|r| r.dataset == d);
+        let rejected = p.rejects.iter().filter(|r| r.dataset == d).count() as u64;
         at_most(
             &format!("rejected {name} rows"),
-            sum(&mut rejects.map(|_| 1)),
-            total(rows),
-            &format!("rows its {name} files hold"),
+            Some(rejected),
+            total(d),
+            &files_hold,
         )?;
     }
-    let rows_of = |d: Dataset, at: &crate::model::RowRef| {
+    let in_a_listed_file = |d: Dataset, at: &crate::model::RowRef| {
         (listed[d as usize].get(at.file as usize)).is_some_and(|&rows| at.row < rows)
     };
     let not_covered =
         (p.rejected_allocations_not_covered.iter()).map(|at| (Dataset::Allocations, at));
     let rejects = p.rejects.iter().map(|r| (r.dataset, &r.at));
-    if let Some((d, at)) = rejects.chain(not_covered).find(|(d, at)| !rows_of(*d, at)) {
+    if let Some((d, at)) = rejects
+        .chain(not_covered)
+        .find(|(d, at)| !in_a_listed_file(*d, at))
+    {
         return Err(format!(
             "it rejects {} row {} of file {}, which no listed file holds",
             d.name(),
@@ -939,82 +992,72 @@ fn check_partial(p: &Partial, listed: &[Vec<u64>; 4]) -> std::result::Result<(),
             at.file
         ));
     }
-    let usage = read(Dataset::Usage);
+    let (usage, debits) = (read(Dataset::Usage), read(Dataset::Debits));
     let totals = || p.results.iter().map(|(_, r)| &r.totals);
+    let usage_read = "usage rows it read";
     for (what, n, most, of) in [
         (
             "identical duplicates",
             Some(p.identical_duplicates),
             usage,
-            "usage rows it read",
+            usage_read,
         ),
         (
             "usage rows outside",
             Some(p.outside_usage),
             usage,
-            "usage rows it read",
+            usage_read,
         ),
         (
             "entries outside",
             Some(p.outside_entries),
-            read(Dataset::Debits),
+            debits,
             "debits rows it read",
         ),
         (
             "events",
-            sum(&mut totals().map(|t| t.events_in_window)),
+            checked_sum(totals().map(|t| t.events_in_window)),
             usage,
-            "usage rows it read",
+            usage_read,
         ),
         (
             "matched events",
-            sum(&mut totals().map(|t| t.matched_events)),
+            checked_sum(totals().map(|t| t.matched_events)),
             usage,
-            "usage rows it read",
+            usage_read,
         ),
         (
             "pending events",
-            sum(&mut totals().map(|t| t.pending_events)),
+            checked_sum(totals().map(|t| t.pending_events)),
             usage,
-            "usage rows it read",
+            usage_read,
         ),
         (
             "entries",
-            sum(&mut totals().map(|t| t.entries_in_window)),
-            read(Dataset::Debits),
+            checked_sum(totals().map(|t| t.entries_in_window)),
+            debits,
             "debits rows it read",
         ),
         // Every shard reads the plans; one of them counts their rows as read.
         (
             "account periods",
-            sum(&mut totals().map(|t| t.account_periods)),
-            total(&listed[Dataset::Allocations as usize]),
+            checked_sum(totals().map(|t| t.account_periods)),
+            total(Dataset::Allocations),
             "rows its allocations files hold",
         ),
         (
             "events in the report's mix",
-            sum(&mut p.mix.lines.values().map(|f| f.events)),
+            checked_sum(p.mix.lines.values().map(|f| f.events)),
             usage,
-            "usage rows it read",
-        ),
-        (
-            "billed events",
-            sum(&mut p.billed.iter().map(Run::rows)),
-            usage,
-            "usage rows it read",
-        ),
-        (
-            "invoice lines",
-            sum(&mut p.lines.iter().map(Run::rows)),
-            usage,
-            "usage rows it read",
+            usage_read,
         ),
     ] {
         at_most(what, n, most, of)?;
     }
     if p.mix.lines.values().any(|f| !f.is_possible()) {
         return Err(
-            "a line of its report's mix holds more priced events or quantity than its events can"
+            "a line of its report's mix holds more priced events or quantity than \
+                    its events can"
                 .into(),
         );
     }
@@ -1029,6 +1072,26 @@ fn check_partial(p: &Partial, listed: &[Vec<u64>; 4]) -> std::result::Result<(),
     Ok(())
 }
 
+/// Billed events and invoice lines come from usage rows: a shard's runs hold at most as
+/// many rows as it read (a run file forged to hold millions of copies of a record, its
+/// count and checksums made to agree, would be merged into one account's batch).
+fn check_run_rows(p: &Partial) -> std::result::Result<(), String> {
+    let usage = p.rows_read[crate::model::Dataset::Usage as usize];
+    let usage_read = "usage rows it read";
+    at_most(
+        "billed events",
+        checked_sum(p.billed.iter().map(Run::rows)),
+        usage,
+        usage_read,
+    )?;
+    at_most(
+        "invoice lines",
+        checked_sum(p.lines.iter().map(Run::rows)),
+        usage,
+        usage_read,
+    )
+}
+
 fn read_partial(folder: &Path, m: &ShardManifest, listed: &[Vec<u64>; 4]) -> Result<Partial> {
     let path = folder.join(PARTIAL);
     let refuse = |why: String| {
@@ -1041,17 +1104,29 @@ fn read_partial(folder: &Path, m: &ShardManifest, listed: &[Vec<u64>; 4]) -> Res
             m.shards
         ))
     };
-    if !write::is_regular_file(&path) {
-        return Err(refuse("it is not a regular file".into()));
-    }
-    let bytes = write::read_regular(&path).map_err(|e| refuse(format!("cannot read it ({e})")))?;
+    let bytes = write::read_regular(&path).map_err(|e| {
+        refuse(match e.kind() {
+            std::io::ErrorKind::InvalidInput => "it is not a regular file".into(),
+            _ => format!("cannot read it ({e})"),
+        })
+    })?;
     if crate::write::sha256_hex(&bytes) != m.partial_sha256 {
         return Err(refuse(format!(
             "its checksum does not match {SHARD_MANIFEST}"
         )));
     }
-    let mut partial: Partial =
-        postcard::from_bytes(&bytes).map_err(|e| refuse(format!("cannot be decoded ({e})")))?;
+    let mut partial: Partial = postcard::from_bytes(&bytes).map_err(|e| {
+        // postcard keeps no text of a custom error: the only one here is `Milli`'s.
+        refuse(match e {
+            postcard::Error::SerdeDeCustom => {
+                "cannot be decoded (it holds an amount past DECIMAL(18,3), which tally never \
+                 writes)"
+                    .to_string()
+            }
+            e => format!("cannot be decoded ({e})"),
+        })
+    })?;
+    check_partial(&partial, listed).map_err(refuse)?;
     let mut used = std::collections::BTreeSet::new();
     locate_runs(folder, m, &mut partial.billed, &mut used, &refuse)?;
     locate_runs(folder, m, &mut partial.lines, &mut used, &refuse)?;
@@ -1062,7 +1137,7 @@ fn read_partial(folder: &Path, m: &ShardManifest, listed: &[Vec<u64>; 4]) -> Res
             m.runs.len()
         )));
     }
-    check_partial(&partial, listed).map_err(refuse)?;
+    check_run_rows(&partial).map_err(refuse)?;
     Ok(partial)
 }
 

@@ -14,6 +14,12 @@ pub const FIRST_INSTANT: Micros = -62_135_596_800 * MICROS_PER_SECOND;
 /// The first instant past what an input may hold: 10000-01-01T00:00:00Z.
 pub const END_OF_INSTANTS: Micros = 253_402_300_800 * MICROS_PER_SECOND;
 
+/// Whether `t` is in the years an input's instants may hold (0001 to 9999): an as-of must
+/// be too, as the manifest records it in RFC 3339, which later runs read back.
+pub fn in_instant_years(t: Micros) -> bool {
+    (FIRST_INSTANT..END_OF_INSTANTS).contains(&t)
+}
+
 /// Render an instant as RFC 3339 with `Z`, fractional seconds only when non-zero (3
 /// digits for whole milliseconds, else 6): chrono's `to_rfc3339_opts(AutoSi, true)`.
 pub fn format_instant(t: Micros) -> String {

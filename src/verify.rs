@@ -103,7 +103,7 @@ pub struct Verification {
 /// Check `req.out` against its manifest (and the inputs given). An unreadable folder or
 /// manifest is an error (exit 2); differences are findings, not errors.
 pub fn verify(req: &VerifyRequest) -> Result<Verification> {
-    let manifest = read_manifest(&req.out)?;
+    let (manifest, as_of) = read_manifest(&req.out)?;
     let mut differences = output_differences(&req.out, &manifest.outputs)?;
     let (history_inputs, data_inputs): (Vec<FileEntry>, Vec<FileEntry>) = (manifest.inputs)
         .iter()
@@ -121,7 +121,7 @@ pub fn verify(req: &VerifyRequest) -> Result<Verification> {
     }
     let mut later_closes = 0;
     if let Some(history) = &req.history {
-        let as_of = check_history(history, &req.out, &manifest)?;
+        check_history(history, &req.out, &manifest)?;
         // A close at a later as-of is built on this one (a rerun would refuse over it), not
         // an input it lacks: counted apart, never a difference.
         let (later, earlier): (Vec<_>, Vec<_>) =
@@ -167,7 +167,7 @@ fn check_data_root(data: &Path) -> Result<()> {
 
 /// `--history` is a close's, and an existing folder (a mistyped one would list every earlier
 /// close as gone); the close's as-of.
-fn check_history(history: &Path, out: &Path, manifest: &Manifest) -> Result<crate::time::Micros> {
+fn check_history(history: &Path, out: &Path, manifest: &Manifest) -> Result<()> {
     if manifest.command != "close" {
         return Err(TallyError::config(
             "command line",
@@ -187,17 +187,11 @@ fn check_history(history: &Path, out: &Path, manifest: &Manifest) -> Result<crat
     // A close folder given as the history (an earlier month's): the close's exit 2, not a
     // list of inputs "gone". (The folder verified need not be inside the history: a copy
     // handed to an auditor is verified against the history it was made with.)
-    crate::history::refuse_an_output_folder_as_history(history)?;
-    crate::time::parse_instant(&manifest.as_of).ok_or_else(|| {
-        TallyError::input(
-            manifest_path(out).display().to_string(),
-            "unreadable manifest: `as_of` is not an instant",
-        )
-    })
+    crate::history::refuse_an_output_folder_as_history(history)
 }
 
-/// The folder's `manifest.json`, refused with what the folder is instead.
-fn read_manifest(out: &Path) -> Result<Manifest> {
+/// The folder's `manifest.json` and its as-of, refused with what the folder is instead.
+fn read_manifest(out: &Path) -> Result<(Manifest, crate::time::Micros)> {
     let path = manifest_path(out);
     let why = match std::fs::metadata(out) {
         Ok(meta) if meta.is_dir() => None,
@@ -254,13 +248,13 @@ fn read_manifest(out: &Path) -> Result<Manifest> {
             ),
         ));
     }
-    if crate::time::parse_instant(&manifest.as_of).is_none() {
+    let Some(as_of) = crate::time::parse_instant(&manifest.as_of) else {
         return Err(TallyError::input(
             path.display().to_string(),
             "unreadable manifest: `as_of` is not an instant",
         ));
-    }
-    Ok(manifest)
+    };
+    Ok((manifest, as_of))
 }
 
 /// A `/`-separated relative path of plain names, as a run writes them: no root, no `.`,

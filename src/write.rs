@@ -606,22 +606,20 @@ pub fn is_regular_file(path: &Path) -> bool {
 }
 
 /// Open a file tally reads whole or hashes (an input for its fingerprint, a manifest or
-/// summary, an earlier close's file, a job file) for reading, refusing anything but a
-/// regular file (links followed) as [`NOT_A_REGULAR_FILE`]: reading a FIFO blocks until a
-/// writer comes, maybe never (it is opened without waiting for one, so the open cannot
-/// block either), and a device such as `/dev/zero` never ends.
+/// summary, an earlier close's file, a shard's file) for reading, refusing anything but a
+/// regular file (links followed) as [`NOT_A_REGULAR_FILE`]: opening and reading a FIFO
+/// waits for a writer, maybe forever, and a device such as `/dev/zero` never ends. What the
+/// path names is looked at before it is opened (opening a device can act on it), and the
+/// file opened is looked at again (the path may have been replaced in between).
 pub fn open_regular(path: &Path) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
+    let not_regular = || std::io::Error::new(std::io::ErrorKind::InvalidInput, NOT_A_REGULAR_FILE);
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(not_regular());
+    }
+    let file = File::open(path)?;
     match file.metadata()?.is_file() {
         true => Ok(file),
-        false => Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            NOT_A_REGULAR_FILE,
-        )),
+        false => Err(not_regular()),
     }
 }
 
@@ -724,8 +722,8 @@ pub fn sha256_file_as_read(path: &Path) -> Result<(String, u64, crate::load::Mod
     // for a month of small input files (160,000 of 4 KiB) was about a third of the
     // fingerprint's samples (benches/README.md, "Profiles and experiments (2026-12-05,
     // afternoon: small files read by position)"). At least 8 KiB: a file whose size reads 0
-    // may still hold bytes (a pipe, a file system that does not know sizes), read 8 KiB a
-    // call rather than 1 byte.
+    // may still hold bytes (a file system that does not know sizes, such as /proc), read
+    // 8 KiB a call rather than 1 byte.
     let mut buf = vec![0u8; len.clamp(8 << 10, 1 << 20) as usize];
     let mut hashed = 0u64;
     loop {

@@ -1332,14 +1332,11 @@ fn an_earlier_close_with_a_column_of_another_type_is_refused_not_a_panic() {
     );
 }
 
-/// `path`, a file, replaced by a FIFO (a read of it waits for a writer forever).
-fn fifo_in_place_of(path: &Path) {
+/// `path`, a file, replaced by a FIFO (a read of it waits for a writer forever; see
+/// [`Fifo`]).
+fn fifo_in_place_of(path: &Path) -> Fifo {
     std::fs::remove_file(path).unwrap();
-    let made = std::process::Command::new("mkfifo")
-        .arg(path)
-        .status()
-        .unwrap();
-    assert!(made.success());
+    Fifo::at(path)
 }
 
 /// The Parquet file at `path` rewritten with its first column chunk's compressed size
@@ -1385,8 +1382,8 @@ fn with_a_negative_chunk_size(path: &Path) {
 /// was a FIFO, a folder or a broken link), never a hang (a FIFO in place of its invoices
 /// or billed events, or of the close's own summary.json on a no-op rerun, blocked the
 /// read forever while holding the history's lock) and never a panic (a damaged footer in
-/// its billed events, exit 4); two folder names that are not UTF-8, one name in the
-/// manifest, are refused.
+/// its billed events, exit 4); a close under a folder name that is not UTF-8 (two such
+/// names could be one in the manifest) is refused, and so is a --history naming a file.
 #[test]
 fn an_earlier_close_that_cannot_be_read_as_written_is_exit_2_never_skipped_nor_a_hang() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1406,16 +1403,17 @@ fn an_earlier_close_that_cannot_be_read_as_written_is_exit_2_never_skipped_nor_a
     let not_a_manifest = |manifest: &Path| {
         format!(
             "tally: {}: is not a regular file (a folder, a pipe, a socket, a device or a \
-             broken link): an earlier close's manifest is one; restore the close from a \
-             backup or move its folder out of the history folder\n",
+             broken link): if its folder is an earlier close, its manifest is one; restore \
+             the close from a backup, or move the folder out of the history folder\n",
             manifest.display()
         )
     };
     let first = fresh_first();
     let manifest = first.join("manifest.json");
-    fifo_in_place_of(&manifest);
+    let fifo = fifo_in_place_of(&manifest);
     second_refused(not_a_manifest(&manifest));
     std::fs::remove_file(&manifest).unwrap();
+    drop(fifo);
     std::fs::create_dir(&manifest).unwrap();
     second_refused(not_a_manifest(&manifest));
     std::fs::remove_dir(&manifest).unwrap();
@@ -1426,7 +1424,7 @@ fn an_earlier_close_that_cannot_be_read_as_written_is_exit_2_never_skipped_nor_a
     for file in ["invoices.parquet", "billed_events.parquet"] {
         let first = fresh_first();
         let path = first.join(file);
-        fifo_in_place_of(&path);
+        let _fifo = fifo_in_place_of(&path);
         second_refused(format!("tally: {}: {not_regular}\n", path.display()));
     }
 
@@ -1447,7 +1445,7 @@ fn an_earlier_close_that_cannot_be_read_as_written_is_exit_2_never_skipped_nor_a
     // The close rerun over its own folder, a no-op, reads its summary.json.
     let first = fresh_first();
     let summary = first.join("summary.json");
-    fifo_in_place_of(&summary);
+    let _fifo = fifo_in_place_of(&summary);
     let rerun = history_close(&root, &closes, first_as_of, "2026-12-01", &[]);
     assert_eq!(rerun.status.code(), Some(2), "{}", stderr(&rerun));
     assert_eq!(
@@ -1484,7 +1482,7 @@ fn an_earlier_close_that_cannot_be_read_as_written_is_exit_2_never_skipped_nor_a
     assert_eq!(explain.status.code(), Some(2), "{}", stderr(&explain));
     assert_eq!(stderr(&explain), not_a_folder);
 
-    // Two copies under names that are not UTF-8.
+    // A close under a name that is not UTF-8 (two such names could be one in a manifest).
     let first = fresh_first();
     use std::os::unix::ffi::OsStrExt;
     let odd = closes.join(std::ffi::OsStr::from_bytes(b"copy-\xff"));

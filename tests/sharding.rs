@@ -868,7 +868,8 @@ fn merge_refuses_a_settle_no_shard_runs_with() {
     // manifest could not be read back by a later run.
     let other = root(&shards).join("shard=1/shard.json");
     edit_listing(&listing, |m| m["settle_seconds"] = 900.into());
-    for as_of in ["-262143-01-01T00:00:00Z", "+10000-01-01T00:00:00Z"] {
+    // Both parse as instants (the years 0 and 10000).
+    for as_of in ["0000-06-01T00:00:00Z", "+10000-01-01T00:00:00"] {
         for shard in [&listing, &other] {
             edit_listing(shard, |m| m["as_of"] = as_of.into());
         }
@@ -876,8 +877,9 @@ fn merge_refuses_a_settle_no_shard_runs_with() {
         assert_eq!(
             e,
             format!(
-                "tally: refused: {} has an unreadable as-of\n",
-                root(&shards).join("shard=0").display()
+                "tally: refused: {} holds the as-of {as_of}, outside the years 0001 to 9999, \
+                 which no shard runs with; the file is damaged: rerun the shards\n",
+                listing.display()
             ),
             "{as_of}"
         );
@@ -1700,9 +1702,10 @@ fn copy_shard(from: &Path, to: &Path) {
 }
 
 /// A `partial.bin` forged to match its checksum, with figures no shard computes, is
-/// refused naming it (exit 3, the shard to rerun), before any figure is added up: each
-/// of these used to overflow a sum (a panic, exit 4), index past the input files, or
-/// decode an amount past DECIMAL(18,3) that a sum then overflowed.
+/// refused naming it (exit 3, the shard to rerun), before any figure is added up: the
+/// counts and the amount past DECIMAL(18,3) used to overflow a sum (a panic, exit 4), the
+/// reject indexed past the input files (a panic), and the balance's granted credits
+/// (twice the limit) were written into a DECIMAL(18,3) column that cannot hold them.
 #[test]
 fn merge_refuses_a_partial_forged_with_impossible_figures() {
     use tally::amount::{Milli, OUTPUT_LIMIT_MILLIS};
@@ -1819,6 +1822,35 @@ fn merge_refuses_a_partial_forged_with_impossible_figures() {
         tally::time::format_instant(start)
     );
     assert_eq!(e, refusal(&why));
+    // A file listed with more rows than a file may hold, in both shards alike (their
+    // partials' counts are bounded by these rows, so they must be bounded too).
+    copy_shard(&pristine, &shard);
+    let other = root(&shards).join("shard=1/shard.json");
+    let other_pristine = std::fs::read(&other).unwrap();
+    let mut first_usage = String::new();
+    for listing in [shard.join("shard.json"), other.clone()] {
+        edit_listing(&listing, |m| {
+            let inputs = m["inputs"].as_array_mut().unwrap();
+            let entry = (inputs.iter_mut())
+                .find(|f| f["path"].as_str().unwrap().starts_with("usage/"))
+                .unwrap();
+            first_usage = entry["path"].as_str().unwrap().to_string();
+            entry["rows"] = (1u64 << 40).into();
+        });
+    }
+    let e = refused_merge(tmp.path(), &shards);
+    assert_eq!(
+        e,
+        format!(
+            "tally: refused: {} lists {first_usage} with {} rows, more than a file may hold \
+             ({}); the file is damaged: rerun the shards\n",
+            shard.join("shard.json").display(),
+            1u64 << 40,
+            (1u64 << 40) - 1
+        )
+    );
+    std::fs::write(&other, other_pristine).unwrap();
+
     // The pristine shard still merges.
     copy_shard(&pristine, &shard);
     merge_shards_into(&shards, &tmp.path().join("merged"));
@@ -1929,19 +1961,16 @@ fn merge_refuses_run_files_a_forged_partial_names_wrongly() {
         copy_shard(&pristine, &shard);
         let path = shard.join(file);
         std::fs::remove_file(&path).unwrap();
-        let made = std::process::Command::new("mkfifo")
-            .arg(&path)
-            .status()
-            .unwrap();
-        assert!(made.success());
+        let fifo = Fifo::at(&path);
         let e = refused_merge(tmp.path(), &shards);
+        drop(fifo);
         let expected = match file {
             "partial.bin" => refusal("it is not a regular file"),
             "billed-0.bin" => refusal("billed-0.bin is not a regular file"),
             _ => format!(
-                "tally: refused: {} has no readable shard.json: the shard did not finish; \
-                 rerun it\n",
-                shard.display()
+                "tally: refused: {}: not a regular file (a folder, a pipe, a socket or a \
+                 device): it was replaced since the shard wrote it; rerun the shard\n",
+                path.display()
             ),
         };
         assert_eq!(e, expected);

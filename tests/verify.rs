@@ -532,11 +532,7 @@ fn a_folder_a_run_did_not_publish_is_exit_2() {
     );
     // A FIFO in its place: refused, not read (the read waited for a writer forever).
     std::fs::remove_file(&manifest_path).unwrap();
-    let made = std::process::Command::new("mkfifo")
-        .arg(&manifest_path)
-        .status()
-        .unwrap();
-    assert!(made.success());
+    let fifo = crate::common::Fifo::at(&manifest_path);
     assert_refused(
         &[&out],
         format!(
@@ -544,6 +540,7 @@ fn a_folder_a_run_did_not_publish_is_exit_2() {
             manifest_path.display()
         ),
     );
+    drop(fifo);
     std::fs::remove_file(&manifest_path).unwrap();
     std::fs::write(&manifest_path, &manifest).unwrap();
     // A folder of outputs replaced by a file: its outputs are missing (it was exit 2,

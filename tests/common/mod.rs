@@ -292,3 +292,46 @@ pub fn strings_unchecked(cells: Vec<Option<Vec<u8>>>) -> arrow::array::StringArr
             .build_unchecked()
     })
 }
+
+/// A FIFO made at `path` in place of a file tally reads, which tally must refuse without
+/// opening it for reading. Should it read it (the refusal regressed), a watcher opens the
+/// write end as soon as a reader waits and closes it: the read ends (EOF), and the test
+/// fails on what tally says then instead of hanging. Dropping this stops the watcher.
+pub struct Fifo {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    watcher: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Fifo {
+    pub fn at(path: &Path) -> Fifo {
+        use std::os::unix::fs::OpenOptionsExt;
+        let made = Command::new("mkfifo").arg(path).status().unwrap();
+        assert!(made.success(), "mkfifo {}", path.display());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (path, stopped) = (path.to_path_buf(), stop.clone());
+        let watcher = std::thread::spawn(move || {
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                // Without a reader, a non-blocking open of the write end fails (ENXIO).
+                let writer = std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&path);
+                drop(writer);
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        });
+        Fifo {
+            stop,
+            watcher: Some(watcher),
+        }
+    }
+}
+
+impl Drop for Fifo {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(watcher) = self.watcher.take() {
+            let _ = watcher.join();
+        }
+    }
+}
