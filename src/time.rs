@@ -108,17 +108,40 @@ pub fn parse_instant(text: &str) -> Option<Micros> {
 
 /// Parse a settle duration such as `15m`, `900s`, `1h`, `1h 30m`. A duration past what
 /// i64 microseconds hold is `i64::MAX` (longer than any limit: the caller says so, rather
-/// than that it is no duration), and so is one whose number is past what humantime holds
-/// (`99999999999999999999d`).
+/// than that it is no duration), and so is one whose whole number is past what humantime
+/// holds (`99999999999999999999d`, `99999999999999999999.5d`).
 pub fn parse_duration_micros(text: &str) -> Option<i64> {
     match humantime::parse_duration(text.trim()) {
         Ok(d) => Some(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
         // humantime gives this one error for a number past u64 (or a total past its
         // Duration) and for a fraction it cannot hold (below 1 ns, or more digits than
-        // u64 holds): without a fraction, it is too long.
-        Err(humantime::DurationError::NumberOverflow) if !text.contains('.') => Some(i64::MAX),
+        // u64 holds): too long when the whole numbers alone overflow.
+        Err(humantime::DurationError::NumberOverflow) => {
+            let whole_numbers = without_fractions(text);
+            match humantime::parse_duration(whole_numbers.trim()) {
+                Err(humantime::DurationError::NumberOverflow) => Some(i64::MAX),
+                _ => None,
+            }
+        }
         Err(_) => None,
     }
+}
+
+/// `text` with each number's fraction (a point and the digits after it) left out.
+fn without_fractions(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_fraction = false;
+    for c in text.chars() {
+        match c {
+            '.' => in_fraction = true,
+            '0'..='9' if in_fraction => {}
+            _ => {
+                in_fraction = false;
+                out.push(c);
+            }
+        }
+    }
+    out
 }
 
 /// Add `months` calendar months to `anchor`'s date, clamping the day to the target month
@@ -288,10 +311,17 @@ mod tests {
             parse_duration_micros("18446744073709551616s"),
             Some(i64::MAX)
         );
-        assert_eq!(
-            parse_duration_micros("99999999999999999999d"),
-            Some(i64::MAX)
-        );
+        for too_long in [
+            "99999999999999999999d",
+            "99999999999999999999.5d",
+            "1h 99999999999999999999.5d",
+        ] {
+            assert_eq!(
+                parse_duration_micros(too_long),
+                Some(i64::MAX),
+                "{too_long}"
+            );
+        }
         // A fraction humantime cannot hold is no duration (not "too long").
         assert_eq!(parse_duration_micros("0.5ns"), None);
         assert_eq!(parse_duration_micros("1.000000000000000000001s"), None);
