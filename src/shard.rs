@@ -911,6 +911,18 @@ fn check_history_unchanged(
 /// refused: the counts a shard's partial holds are bounded by these, and each at most
 /// `MAX_ROWS_PER_FILE - 1` (of at most `MAX_FILES` files) keeps their sums within a u64.
 fn listed_rows(inputs: &census::Inputs, m: &ShardManifest, folder: &Path) -> Result<[Vec<u64>; 4]> {
+    // A run reads at most MAX_FILES files of a dataset (a shard refuses more).
+    if let Some(d) = (crate::model::Dataset::ALL.into_iter())
+        .find(|&d| inputs.files[d as usize].len() as u64 > crate::model::MAX_FILES)
+    {
+        return Err(TallyError::Refused(format!(
+            "the data root holds {} {} files, more than a run reads ({}); no shard ran over \
+             them",
+            inputs.files[d as usize].len(),
+            d.name(),
+            crate::model::MAX_FILES
+        )));
+    }
     let most = crate::model::MAX_ROWS_PER_FILE - 1;
     if let Some(f) = m.inputs.iter().find(|f| f.rows.unwrap_or(0) > most) {
         return Err(TallyError::Refused(format!(
@@ -1116,11 +1128,12 @@ fn read_partial(folder: &Path, m: &ShardManifest, listed: &[Vec<u64>; 4]) -> Res
         )));
     }
     let mut partial: Partial = postcard::from_bytes(&bytes).map_err(|e| {
-        // postcard keeps no text of a custom error: the only one here is `Milli`'s.
+        // postcard keeps no text of a custom error: `Milli`'s (an amount past DECIMAL(18,3))
+        // or serde's own (a variant that is no enum's).
         refuse(match e {
             postcard::Error::SerdeDeCustom => {
-                "cannot be decoded (it holds an amount past DECIMAL(18,3), which tally never \
-                 writes)"
+                "cannot be decoded (it holds a value tally never writes: an amount past \
+                 DECIMAL(18,3), or a variant no field has)"
                     .to_string()
             }
             e => format!("cannot be decoded ({e})"),

@@ -166,7 +166,7 @@ fn check_data_root(data: &Path) -> Result<()> {
 }
 
 /// `--history` is a close's, and an existing folder (a mistyped one would list every earlier
-/// close as gone); the close's as-of.
+/// close as gone).
 fn check_history(history: &Path, out: &Path, manifest: &Manifest) -> Result<()> {
     if manifest.command != "close" {
         return Err(TallyError::config(

@@ -610,7 +610,9 @@ pub fn is_regular_file(path: &Path) -> bool {
 /// regular file (links followed) as [`NOT_A_REGULAR_FILE`]: opening and reading a FIFO
 /// waits for a writer, maybe forever, and a device such as `/dev/zero` never ends. What the
 /// path names is looked at before it is opened (opening a device can act on it), and the
-/// file opened is looked at again (the path may have been replaced in between).
+/// file opened is looked at again (the path may have been replaced in between; a FIFO put
+/// there in that moment would still block the open). Not `O_NONBLOCK`: on some file
+/// systems (leases, offline files) it makes an ordinary file's open or read fail.
 pub fn open_regular(path: &Path) -> std::io::Result<File> {
     let not_regular = || std::io::Error::new(std::io::ErrorKind::InvalidInput, NOT_A_REGULAR_FILE);
     if !std::fs::metadata(path)?.is_file() {

@@ -1424,8 +1424,9 @@ fn an_earlier_close_that_cannot_be_read_as_written_is_exit_2_never_skipped_nor_a
     for file in ["invoices.parquet", "billed_events.parquet"] {
         let first = fresh_first();
         let path = first.join(file);
-        let _fifo = fifo_in_place_of(&path);
+        let fifo = fifo_in_place_of(&path);
         second_refused(format!("tally: {}: {not_regular}\n", path.display()));
+        drop(fifo);
     }
 
     let first = fresh_first();
@@ -1445,13 +1446,14 @@ fn an_earlier_close_that_cannot_be_read_as_written_is_exit_2_never_skipped_nor_a
     // The close rerun over its own folder, a no-op, reads its summary.json.
     let first = fresh_first();
     let summary = first.join("summary.json");
-    let _fifo = fifo_in_place_of(&summary);
+    let fifo = fifo_in_place_of(&summary);
     let rerun = history_close(&root, &closes, first_as_of, "2026-12-01", &[]);
     assert_eq!(rerun.status.code(), Some(2), "{}", stderr(&rerun));
     assert_eq!(
         stderr(&rerun),
         format!("tally: {}: {not_regular}\n", summary.display())
     );
+    drop(fifo);
 
     // --history naming a file: exit 2 for the close (it failed making its lock inside it,
     // exit 4) and for explain (it explained a first close).

@@ -1080,3 +1080,42 @@ fn unreadable_job(job: &str) -> String {
          describe {job}"
     )
 }
+
+/// A job file given as a pipe (`--job <(envsubst < job.toml)`, a here-document: the
+/// operator names it) is read as given, unlike the files tally finds in folders, which must
+/// be regular files; its `data` and `out` are absolute, as an installed job's are (a
+/// relative one is taken from the job file's folder, which for a pipe is `/dev/fd`).
+#[test]
+fn a_job_file_given_as_a_pipe_is_read() {
+    let installed = Installed::new();
+    let job =
+        std::fs::read_to_string(installed.root.join("etc/tally/nightly-reconcile.toml")).unwrap();
+    let mut run = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["reconcile", "--job", "/dev/stdin", "--as-of", "2026-11-20"])
+        .env("TALLY_LOG", "warn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = run.stdin.take().unwrap();
+        stdin.write_all(job.as_bytes()).unwrap();
+    }
+    let done = run.wait_with_output().unwrap();
+    assert!(
+        done.status.code().is_some_and(|c| c == 0 || c == 1),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let out: toml::Table = toml::from_str(&job).unwrap();
+    let out = out["out"]
+        .as_str()
+        .unwrap()
+        .replace("{as_of_date}", "2026-11-20");
+    assert!(
+        Path::new(&out).join("manifest.json").is_file(),
+        "published into {out}"
+    );
+}

@@ -395,15 +395,12 @@ fn odd_data_root_file_systems_are_refused_with_exit_2() {
         "tally: usage/loop: this folder is reached a second time through a symbolic link",
     );
     let fifo = usage.join("fifo.parquet");
-    assert!(Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap()
-        .success());
+    let watched = crate::common::Fifo::at(&fifo);
     refused(
         &fifo,
         "tally: usage/fifo.parquet: not a regular file (a pipe, socket or device)",
     );
+    drop(watched);
     let broken = usage.join("date=2026-11-30");
     symlink("/nonexistent/partition", &broken).unwrap();
     refused(&broken, "tally: usage/date=2026-11-30: a symbolic link that cannot be followed (No such file or directory");

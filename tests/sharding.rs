@@ -1920,6 +1920,33 @@ fn merge_refuses_run_files_a_forged_partial_names_wrongly() {
     );
     assert_eq!(e, refusal(&why));
 
+    // Runs holding more rows than the usage rows the shard read (every other count made to
+    // agree with none read): billed events and invoice lines come from usage rows.
+    let e = forged(&|p| {
+        p.rows_read[0] = 0;
+        p.identical_duplicates = 0;
+        p.outside_usage = 0;
+        for (_, result) in p.results.iter_mut() {
+            let totals = &mut result.totals;
+            (
+                totals.events_in_window,
+                totals.matched_events,
+                totals.pending_events,
+            ) = (0, 0, 0);
+        }
+        for line in p.mix.lines.values_mut() {
+            *line = Default::default();
+        }
+    });
+    let billed: u64 = {
+        let p: tally::run::Partial =
+            postcard::from_bytes(&std::fs::read(pristine.join("partial.bin")).unwrap()).unwrap();
+        p.billed.iter().map(Run::rows).sum()
+    };
+    assert!(billed > 0);
+    let why = format!("it counts {billed} billed events, more than the 0 usage rows it read");
+    assert_eq!(e, refusal(&why));
+
     // One record fewer counted, in partial.bin and shard.json alike: exit 4 at its end.
     copy_shard(&pristine, &shard);
     let (name, rows) = {

@@ -294,12 +294,15 @@ pub fn strings_unchecked(cells: Vec<Option<Vec<u8>>>) -> arrow::array::StringArr
 }
 
 /// A FIFO made at `path` in place of a file tally reads, which tally must refuse without
-/// opening it for reading. Should it read it (the refusal regressed), a watcher opens the
-/// write end as soon as a reader waits and closes it: the read ends (EOF), and the test
-/// fails on what tally says then instead of hanging. Dropping this stops the watcher.
+/// opening it for reading. Should it open it (the refusal regressed), a watcher opens the
+/// write end as soon as a reader waits and closes it: the reader's open returns and its
+/// read ends (EOF), so the test does not hang, and dropping this fails the test (a reader
+/// opened it), whatever tally said then. Dropping it stops the watcher.
 pub struct Fifo {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    opened: std::sync::Arc<std::sync::atomic::AtomicBool>,
     watcher: Option<std::thread::JoinHandle<()>>,
+    path: PathBuf,
 }
 
 impl Fifo {
@@ -308,21 +311,27 @@ impl Fifo {
         let made = Command::new("mkfifo").arg(path).status().unwrap();
         assert!(made.success(), "mkfifo {}", path.display());
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (path, stopped) = (path.to_path_buf(), stop.clone());
+        let opened = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (watched, stopped, seen) = (path.to_path_buf(), stop.clone(), opened.clone());
         let watcher = std::thread::spawn(move || {
             while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
                 // Without a reader, a non-blocking open of the write end fails (ENXIO).
                 let writer = std::fs::OpenOptions::new()
                     .write(true)
                     .custom_flags(libc::O_NONBLOCK)
-                    .open(&path);
+                    .open(&watched);
+                if writer.is_ok() {
+                    seen.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 drop(writer);
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
         });
         Fifo {
             stop,
+            opened,
             watcher: Some(watcher),
+            path: path.to_path_buf(),
         }
     }
 }
@@ -332,6 +341,13 @@ impl Drop for Fifo {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(watcher) = self.watcher.take() {
             let _ = watcher.join();
+        }
+        if !std::thread::panicking() {
+            assert!(
+                !self.opened.load(std::sync::atomic::Ordering::Relaxed),
+                "tally opened the FIFO {} for reading",
+                self.path.display()
+            );
         }
     }
 }
