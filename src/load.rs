@@ -568,7 +568,7 @@ fn guard_decoding<T>(file: &InputFile, f: impl FnOnce() -> Result<T>) -> Result<
     guard_decoding_of(&file.rel_path, RESTORE, f)
 }
 
-/// [`guard_decoding`] of the file named `name` (as its error names it), with `restore`
+/// `guard_decoding` of the file named `name` (as its error names it), with `restore`
 /// saying what to do: also an earlier close's output, which no [`InputFile`] describes.
 pub fn guard_decoding_of<T>(name: &str, restore: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     let was = DECODING.with(|d| d.replace(true));
