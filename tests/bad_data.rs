@@ -1053,32 +1053,13 @@ fn a_string_of_the_length_limit_is_read_and_one_byte_more_rejects_its_row() {
 /// The Parquet file at `path` rewritten with its footer saying `rows` for each row group
 /// (and their sum for the file), its pages as they were.
 fn with_row_group_rows(path: &Path, rows: i64) {
-    use parquet::file::metadata::{
-        PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader, ParquetMetaDataWriter,
-    };
-    let bytes = std::fs::read(path).unwrap();
-    let footer_len =
-        u32::from_le_bytes(bytes[bytes.len() - 8..bytes.len() - 4].try_into().unwrap());
-    let data_end = bytes.len() - 8 - footer_len as usize;
-    let metadata = ParquetMetaDataReader::new()
-        .with_page_index_policy(PageIndexPolicy::Skip)
-        .parse_and_finish(&bytes::Bytes::from(bytes.clone()))
-        .unwrap();
-    let row_groups = (metadata.row_groups().iter())
-        .map(|rg| {
-            rg.clone()
-                .into_builder()
-                .set_num_rows(rows)
-                .build()
-                .unwrap()
-        })
-        .collect();
-    let lying = ParquetMetaData::new(metadata.file_metadata().clone(), row_groups);
-    let mut out = bytes[..data_end].to_vec();
-    ParquetMetaDataWriter::new(&mut out, &lying)
-        .finish()
-        .unwrap();
-    std::fs::write(path, out).unwrap();
+    crate::common::rewrite_footer(path, |rg| {
+        rg.clone()
+            .into_builder()
+            .set_num_rows(rows)
+            .build()
+            .unwrap()
+    });
 }
 
 /// A footer whose row count is not what the file holds, however large, is exit 2 naming

@@ -1342,39 +1342,20 @@ fn fifo_in_place_of(path: &Path) -> Fifo {
 /// The Parquet file at `path` rewritten with its first column chunk's compressed size
 /// negative in the footer (the Parquet library panics on it), its pages as they were.
 fn with_a_negative_chunk_size(path: &Path) {
-    use parquet::file::metadata::{
-        PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader, ParquetMetaDataWriter,
-    };
-    let bytes = std::fs::read(path).unwrap();
-    let footer_len =
-        u32::from_le_bytes(bytes[bytes.len() - 8..bytes.len() - 4].try_into().unwrap());
-    let data_end = bytes.len() - 8 - footer_len as usize;
-    let metadata = ParquetMetaDataReader::new()
-        .with_page_index_policy(PageIndexPolicy::Skip)
-        .parse_and_finish(&bytes::Bytes::from(bytes.clone()))
-        .unwrap();
-    let row_groups = (metadata.row_groups().iter())
-        .map(|rg| {
-            let mut columns = rg.columns().to_vec();
-            columns[0] = columns[0]
-                .clone()
-                .into_builder()
-                .set_total_compressed_size(-1)
-                .build()
-                .unwrap();
-            rg.clone()
-                .into_builder()
-                .set_column_metadata(columns)
-                .build()
-                .unwrap()
-        })
-        .collect();
-    let damaged = ParquetMetaData::new(metadata.file_metadata().clone(), row_groups);
-    let mut out = bytes[..data_end].to_vec();
-    ParquetMetaDataWriter::new(&mut out, &damaged)
-        .finish()
-        .unwrap();
-    std::fs::write(path, out).unwrap();
+    rewrite_footer(path, |rg| {
+        let mut columns = rg.columns().to_vec();
+        columns[0] = columns[0]
+            .clone()
+            .into_builder()
+            .set_total_compressed_size(-1)
+            .build()
+            .unwrap();
+        rg.clone()
+            .into_builder()
+            .set_column_metadata(columns)
+            .build()
+            .unwrap()
+    });
 }
 
 /// An earlier close that cannot be read as tally wrote it is exit 2 naming what to

@@ -293,6 +293,34 @@ pub fn strings_unchecked(cells: Vec<Option<Vec<u8>>>) -> arrow::array::StringArr
     })
 }
 
+/// The Parquet file at `path` rewritten with the row groups `edit` makes of its footer's,
+/// its pages as they were (a footer that lies, as damage or another writer leaves one).
+pub fn rewrite_footer(
+    path: &Path,
+    edit: impl Fn(
+        &parquet::file::metadata::RowGroupMetaData,
+    ) -> parquet::file::metadata::RowGroupMetaData,
+) {
+    use parquet::file::metadata::{
+        PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader, ParquetMetaDataWriter,
+    };
+    let bytes = std::fs::read(path).unwrap();
+    let footer_len =
+        u32::from_le_bytes(bytes[bytes.len() - 8..bytes.len() - 4].try_into().unwrap());
+    let data_end = bytes.len() - 8 - footer_len as usize;
+    let metadata = ParquetMetaDataReader::new()
+        .with_page_index_policy(PageIndexPolicy::Skip)
+        .parse_and_finish(&bytes::Bytes::from(bytes.clone()))
+        .unwrap();
+    let row_groups = metadata.row_groups().iter().map(edit).collect();
+    let edited = ParquetMetaData::new(metadata.file_metadata().clone(), row_groups);
+    let mut out = bytes[..data_end].to_vec();
+    ParquetMetaDataWriter::new(&mut out, &edited)
+        .finish()
+        .unwrap();
+    std::fs::write(path, out).unwrap();
+}
+
 /// A FIFO made at `path` in place of a file tally reads, which tally must refuse without
 /// opening it for reading. Should it open it (the refusal regressed), a watcher opens the
 /// write end as soon as a reader waits and closes it: the reader's open returns and its
