@@ -112,12 +112,19 @@ pub fn is_per_as_of(out: &Path) -> bool {
     out.to_string_lossy().contains('{')
 }
 
+/// The output folder `out` names, as it is published: without a `.` after its first part
+/// (`out/.` and `out/` are `out`). The checks before a run look at the path given, and the
+/// publish renames to it: with a trailing `.` they disagreed (a folder checked as missing
+/// was published over, a rename onto `out/.` failed after the whole run).
+pub fn output_folder(out: &Path) -> std::path::PathBuf {
+    out.components().collect()
+}
+
 /// Replace `{as_of}` and `{as_of_date}` in an output path.
 pub fn expand_out(out: &Path, as_of: crate::time::Micros) -> std::path::PathBuf {
     if !is_per_as_of(out) {
         return out.to_path_buf();
     }
-    let text = out.to_string_lossy();
     // An as-of with a fraction of a second keeps it (`20261120T000000.5Z`): two as-ofs
     // named alike would share one folder, and a close at the second would be refused as
     // one of other inputs. Whole seconds, every scheduled run's, read as they always did.
@@ -134,22 +141,53 @@ pub fn expand_out(out: &Path, as_of: crate::time::Micros) -> std::path::PathBuf 
         .get(..10)
         .unwrap_or_default()
         .to_string();
-    std::path::PathBuf::from(
-        text.replace("{as_of}", &stamp)
-            .replace("{as_of_date}", &date),
-    )
+    // On the path's bytes: a name that is not UTF-8 keeps its bytes (as text, they were
+    // replaced by U+FFFD and the run published into another folder).
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let bytes = replace_bytes(out.as_os_str().as_bytes(), b"{as_of}", stamp.as_bytes());
+    let bytes = replace_bytes(&bytes, b"{as_of_date}", date.as_bytes());
+    std::path::PathBuf::from(std::ffi::OsString::from_vec(bytes))
 }
+
+/// `haystack` with every `needle` in it replaced by `with`.
+fn replace_bytes(haystack: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(haystack.len());
+    let mut rest = haystack;
+    while let Some(at) = rest.windows(needle.len()).position(|w| w == needle) {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(with);
+        rest = &rest[at + needle.len()..];
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
+/// The largest job file read: 1 MiB (a job file is a few hundred bytes).
+pub const MAX_JOB_FILE_BYTES: u64 = 1 << 20;
 
 impl JobFile {
     /// Read a job file; relative `data`/`out` paths are resolved against its folder.
     pub fn load(path: &Path) -> Result<JobFile> {
         let name = path.display().to_string();
         // Read as given, a pipe too: the operator names it (`--job <(envsubst < job.toml)`,
-        // a here-document), unlike the files tally finds in folders.
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            let hint = crate::error::read_hint(e.kind());
-            TallyError::config(&name, format!("cannot read job file: {e}{hint}"))
-        })?;
+        // a here-document), unlike the files tally finds in folders; but no more than a job
+        // file could be (`/dev/zero` named by mistake was read until memory ran out).
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|file| {
+                use std::io::Read;
+                file.take(MAX_JOB_FILE_BYTES + 1).read_to_string(&mut text)
+            })
+            .map_err(|e| {
+                let hint = crate::error::read_hint(e.kind());
+                TallyError::config(&name, format!("cannot read job file: {e}{hint}"))
+            })?;
+        if text.len() as u64 > MAX_JOB_FILE_BYTES {
+            return Err(TallyError::config(
+                &name,
+                "is larger than 1 MiB: not a job file (a job file is a few lines of TOML)",
+            ));
+        }
         // The error's line and column and the parser's words, on one line (its own text
         // draws the line with a caret over several lines, which a one-line error folds).
         let mut job: JobFile = toml::from_str(&text).map_err(|e| {

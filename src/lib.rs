@@ -456,12 +456,41 @@ pub(crate) fn normalised(path: &Path) -> PathBuf {
     out
 }
 
+/// `path` with its links resolved as far as it exists: its deepest existing folder made
+/// canonical, the parts not there yet (a run's output before its first publish) appended
+/// as [`normalised`] gives them.
+fn resolved(path: &Path) -> PathBuf {
+    let lexical = normalised(path);
+    let mut existing = lexical.as_path();
+    let mut missing = Vec::new();
+    loop {
+        if let Ok(mut real) = existing.canonicalize() {
+            real.extend(missing.iter().rev());
+            return real;
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                missing.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return lexical,
+        }
+    }
+}
+
 /// Refuse an output folder inside one of the data root's dataset folders, where the next
 /// run would read this run's outputs as input (unless a `.`/`_` folder on the way hides it).
+/// Compared as written and with links resolved: an output reached through a link to a
+/// dataset folder (or a data root given through a link) lands inside it all the same.
 fn refuse_out_inside_a_dataset(data: &Path, out: &Path) -> Result<()> {
-    let out_abs = normalised(out);
+    let outs = [normalised(out), resolved(out)];
     for dataset in ["usage", "allocations", "grants", "debits"] {
-        let Ok(inside) = out_abs.strip_prefix(normalised(&data.join(dataset))) else {
+        let folder = data.join(dataset);
+        let folders = [normalised(&folder), resolved(&folder)];
+        let within = (outs.iter())
+            .flat_map(|out| folders.iter().map(move |folder| out.strip_prefix(folder)))
+            .find_map(std::result::Result::ok);
+        let Some(inside) = within else {
             continue;
         };
         let hidden = inside

@@ -494,15 +494,25 @@ fn alert_of(job: Option<&JobFile>, job_path: Option<&std::path::Path>) -> anyhow
 /// Under a Kubernetes Indexed Job: shard $JOB_COMPLETION_INDEX of $TALLY_SHARDS (the
 /// Job's `completions`, which Kubernetes does not expose itself).
 fn shard_from_env() -> anyhow::Result<Option<(u32, u32)>> {
-    let Ok(index) = std::env::var("JOB_COMPLETION_INDEX") else {
-        if let Ok(n) = std::env::var("TALLY_SHARDS") {
+    // Set but not UTF-8 is no number (it was taken for unset: a whole run, unsharded).
+    let variable = |name: &str| match std::env::var(name) {
+        Ok(value) => Ok(Some(value)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(value)) => Err(environment_error(format!(
+            "{name}={} is not a number (JOB_COMPLETION_INDEX and TALLY_SHARDS select the shard)",
+            value.to_string_lossy()
+        ))),
+    };
+    let (index, shards) = (variable("JOB_COMPLETION_INDEX")?, variable("TALLY_SHARDS")?);
+    let Some(index) = index else {
+        if let Some(n) = shards {
             return Err(environment_error(format!(
                 "TALLY_SHARDS={n} is set but JOB_COMPLETION_INDEX is not: run it as an Indexed Job (or pass --shard I/N)"
             )));
         }
         return Ok(None);
     };
-    let shards = std::env::var("TALLY_SHARDS").map_err(|_| {
+    let shards = shards.ok_or_else(|| {
         environment_error(format!(
             "JOB_COMPLETION_INDEX={index} is set but TALLY_SHARDS is not: set it to the Job's completions (or pass --shard I/N)"
         ))
@@ -777,7 +787,7 @@ fn request(
     Ok(JobRequest {
         history,
         data,
-        out: tally::job::expand_out(&out, as_of),
+        out: tally::job::output_folder(&tally::job::expand_out(&out, as_of)),
         mode,
         as_of,
         settle_micros,
@@ -1008,7 +1018,7 @@ fn merge(m: MergeArgs) -> anyhow::Result<u8> {
     };
     let req = tally::shard::MergeRequest {
         sources: m.sources,
-        out: m.out.clone(),
+        out: tally::job::output_folder(&m.out),
         data: m.data,
         force: m.force,
         alert: alert_of(job.as_ref(), m.job.as_deref())?,

@@ -92,7 +92,7 @@ fn made_one() -> std::sync::MutexGuard<'static, bool> {
 /// removed once per command, at its start ([`sweep_orphans`]), not here: a run makes
 /// several spill folders.
 pub fn spill_dir() -> Result<SpillDir> {
-    let tmp = std::env::temp_dir();
+    let tmp = temp_dir();
     // From now on a folder named with our own pid may be ours: a sweep (which holds the
     // flag's lock while it sweeps) no longer takes one for a dead process's.
     *made_one() = true;
@@ -181,7 +181,16 @@ fn make_spill_dir(tmp: &Path) -> std::result::Result<SpillDir, MakeError> {
 /// one named with its pid is a dead process's (pids are reused).
 pub fn sweep_orphans() {
     let made_one = made_one();
-    remove_orphans(&std::env::temp_dir(), !*made_one);
+    remove_orphans(&temp_dir(), !*made_one);
+}
+
+/// The temporary folder: `$TMPDIR`, or `/tmp` when it is unset or empty (the standard
+/// library gives "" for an empty one, which put spill folders in the working folder).
+pub fn temp_dir() -> std::path::PathBuf {
+    match std::env::var_os("TMPDIR") {
+        Some(dir) if !dir.is_empty() => std::path::PathBuf::from(dir),
+        _ => std::path::PathBuf::from("/tmp"),
+    }
 }
 
 /// Remove the `tally-spill-*` folders no live run holds (best effort). A folder's run holds
@@ -1117,7 +1126,7 @@ mod tests {
         let sweeping = Arc::clone(&stop);
         let sweeper = std::thread::spawn(move || {
             while !sweeping.load(Ordering::Relaxed) {
-                remove_orphans(&std::env::temp_dir(), false);
+                remove_orphans(&temp_dir(), false);
             }
         });
         for _ in 0..5_000 {
@@ -1212,7 +1221,7 @@ mod tests {
     fn a_sweep_after_the_first_spill_folder_leaves_own_pid_folders_in_place() {
         let first = spill_dir().unwrap();
         // Lockless and two hours old: a dead process's, were it not named with our pid.
-        let ours = std::env::temp_dir().join(format!(
+        let ours = temp_dir().join(format!(
             "{SPILL_PREFIX}{}-old-lockless-test",
             std::process::id()
         ));

@@ -855,6 +855,18 @@ pub fn create_staging(target: &Path) -> Result<PathBuf> {
 /// target path holds either the old complete folder or the new one; the old one is then
 /// removed. Where the exchange is not available it falls back to two renames.
 pub fn publish(staging: &Path, target: &Path) -> Result<()> {
+    let published = publish_staging(staging, target);
+    if published.is_err() && staging.exists() {
+        // Nothing was published: the staging folder holds the new output, which no one
+        // will rename now (a failed run leaves no folder behind).
+        let _ = std::fs::remove_dir_all(staging);
+        crate::interrupt::forget(staging);
+    }
+    published
+}
+
+/// [`publish`], leaving the staging folder in place when it fails.
+fn publish_staging(staging: &Path, target: &Path) -> Result<()> {
     let (parent, prefix) = staging_prefix(target)?;
     File::open(staging)
         .and_then(|d| d.sync_all())
@@ -868,7 +880,11 @@ pub fn publish(staging: &Path, target: &Path) -> Result<()> {
         } else {
             let old = parent.join(format!("{prefix}{}-old", std::process::id()));
             std::fs::rename(target, &old).map_err(write_err(target))?;
-            std::fs::rename(staging, target).map_err(write_err(target))?;
+            if let Err(e) = std::fs::rename(staging, target) {
+                // The previous output back in its place: a failed run replaces nothing.
+                let _ = std::fs::rename(&old, target);
+                return Err(write_err(target)(e));
+            }
             remove_previous_output(&old);
         }
     } else {

@@ -430,6 +430,27 @@ fn odd_data_root_file_systems_are_refused_with_exit_2() {
         stderr(&run)
     );
     assert!(!inside.exists());
+    // The same through a link to the dataset folder, or a data root given through a link
+    // (compared as written, both published inside usage/, and the next run read them).
+    let link_to_usage = tmp.path().join("usage-link");
+    symlink(&usage, &link_to_usage).unwrap();
+    let link_to_data = tmp.path().join("data-link");
+    symlink(&data, &link_to_data).unwrap();
+    for (root, out) in [
+        (data.clone(), link_to_usage.join("run")),
+        (link_to_data.clone(), usage.join("run")),
+    ] {
+        let run = run_command("reconcile", &root, AS_OF, &out)
+            .output()
+            .unwrap();
+        assert_eq!(run.status.code(), Some(2), "{}", stderr(&run));
+        assert!(
+            stderr(&run).contains("the output folder is inside the data root's usage/ folder"),
+            "{}",
+            stderr(&run)
+        );
+        assert!(!inside.exists());
+    }
     let hidden = usage.join("_runs/nightly");
     let run = run_command("reconcile", &data, AS_OF, &hidden)
         .output()
@@ -2619,4 +2640,139 @@ fn a_charge_past_the_credit_range_stops_the_run_naming_the_row() {
         "{}",
         stderr(&out)
     );
+}
+
+/// Output paths as an operator may type them publish where they name, or are refused
+/// before anything is computed, and a failed publish leaves no folder behind: `out/.`
+/// publishes `out` (it was checked as given and then renamed onto `out/.`, exit 4 after
+/// the whole run, its staging folder left holding the output); `file/` is refused as the
+/// file it names; a name that is not UTF-8 keeps its bytes when `{as_of_date}` is
+/// filled in (it published into a folder with U+FFFD in its name).
+#[test]
+fn odd_output_paths_publish_where_they_name_and_leave_no_staging() {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = demo_copy(tmp.path());
+    let outs = tmp.path().join("outs");
+    std::fs::create_dir_all(&outs).unwrap();
+    let reconcile = |out: &Path| {
+        run_command("reconcile", &data, AS_OF, out)
+            .output()
+            .unwrap()
+    };
+
+    // A new folder, and an existing output, named with a trailing `.`.
+    for _ in 0..2 {
+        let run = reconcile(&outs.join("new").join("."));
+        assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
+        assert!(outs.join("new/manifest.json").is_file());
+        assert!(leftovers(&outs).is_empty(), "{:?}", leftovers(&outs));
+    }
+    // A file named with a trailing `/`: refused as the file it is.
+    std::fs::write(outs.join("a-file"), "x").unwrap();
+    let run = reconcile(Path::new(&format!("{}/", outs.join("a-file").display())));
+    assert_eq!(run.status.code(), Some(3), "{}", stderr(&run));
+    assert!(
+        stderr(&run).contains("a-file exists and is not a folder"),
+        "{}",
+        stderr(&run)
+    );
+    assert!(leftovers(&outs).is_empty(), "{:?}", leftovers(&outs));
+    // A name that is not UTF-8, with a placeholder.
+    let mut odd = outs.as_os_str().as_bytes().to_vec();
+    odd.extend_from_slice(b"/bad\xffname-{as_of_date}");
+    let run = tally_command(&[
+        "reconcile",
+        "--data",
+        data.to_str().unwrap(),
+        "--as-of",
+        AS_OF,
+    ])
+    .arg("--out")
+    .arg(std::ffi::OsStr::from_bytes(&odd))
+    .output()
+    .unwrap();
+    assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
+    let mut published = outs.as_os_str().as_bytes().to_vec();
+    published.extend_from_slice(b"/bad\xffname-2026-11-20");
+    let published = Path::new(std::ffi::OsStr::from_bytes(&published));
+    assert!(
+        published.join("manifest.json").is_file(),
+        "published where it names"
+    );
+}
+
+/// An empty `$TMPDIR` is the default, `/tmp` (the standard library's "" put a split run's
+/// spill folders in the working folder, and a read-only one failed naming "").
+#[test]
+fn an_empty_tmpdir_spills_under_tmp() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = demo_copy(tmp.path());
+    let run = run_command("reconcile", &data, AS_OF, &tmp.path().join("out"))
+        .args(["--groups", "2", "--log-format", "json"])
+        .env("TMPDIR", "")
+        .env("TALLY_LOG", "tally::spill=debug")
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
+    let read_back: Vec<String> = (stderr(&run).lines())
+        .filter(|l| l.contains("spill file read back"))
+        .map(|l| {
+            let line: serde_json::Value = serde_json::from_str(l).unwrap();
+            line["fields"]["file"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert!(!read_back.is_empty(), "{}", stderr(&run));
+    for file in read_back {
+        assert!(file.starts_with("/tmp/tally-spill-"), "{file}");
+    }
+}
+
+/// A job file is read up to 1 MiB, the limit, and one byte more is refused (`--job
+/// /dev/zero` was read until memory ran out).
+#[test]
+fn a_job_file_is_read_up_to_1_mib_and_one_byte_more_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = demo_copy(tmp.path());
+    let job = tmp.path().join("job.toml");
+    let text = format!(
+        "command = \"reconcile\"\ndata = {:?}\nout = {:?}\n",
+        data.display().to_string(),
+        tmp.path().join("out").display().to_string()
+    );
+    let limit = tally::job::MAX_JOB_FILE_BYTES as usize;
+    let padded = |size: usize| {
+        let comment = size - text.len() - 2;
+        format!("{text}#{}\n", "x".repeat(comment))
+    };
+    std::fs::write(&job, padded(limit)).unwrap();
+    assert_eq!(std::fs::metadata(&job).unwrap().len() as usize, limit);
+    let run = tally(&[
+        "reconcile",
+        "--job",
+        job.to_str().unwrap(),
+        "--as-of",
+        AS_OF,
+    ]);
+    assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
+    std::fs::write(&job, padded(limit + 1)).unwrap();
+    let run = tally(&[
+        "reconcile",
+        "--job",
+        job.to_str().unwrap(),
+        "--as-of",
+        AS_OF,
+    ]);
+    assert_eq!(run.status.code(), Some(2), "{}", stderr(&run));
+    assert_eq!(
+        stderr(&run),
+        format!(
+            "tally: {}: is larger than 1 MiB: not a job file (a job file is a few lines of \
+             TOML)\n",
+            job.display()
+        )
+    );
+    let run = tally(&["reconcile", "--job", "/dev/zero", "--as-of", AS_OF]);
+    assert_eq!(run.status.code(), Some(2), "{}", stderr(&run));
 }

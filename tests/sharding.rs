@@ -976,6 +976,24 @@ fn a_kubernetes_completion_index_selects_the_shard() {
         assert_eq!(out.status.code(), Some(2));
         assert_eq!(stderr(&out), format!("tally: environment: {message}\n"));
     }
+    // A value that is not UTF-8 is no number (both such: it was taken for unset, and the
+    // run published whole, unsharded).
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let odd = std::ffi::OsStr::from_bytes(b"\xff");
+        let out = run_command("reconcile", &data, AS_OF, &shards)
+            .env("JOB_COMPLETION_INDEX", odd)
+            .env("TALLY_SHARDS", odd)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert_eq!(
+            stderr(&out),
+            "tally: environment: JOB_COMPLETION_INDEX=\u{fffd} is not a number \
+             (JOB_COMPLETION_INDEX and TALLY_SHARDS select the shard)\n"
+        );
+        assert!(!shards.exists(), "nothing published");
+    }
 
     // At the limit, the last of 4096 shards (one account partition) runs; a shard past
     // its count, and one shard more than the partitions, are refused before anything is
