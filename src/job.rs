@@ -172,22 +172,29 @@ impl JobFile {
         // Read as given, a pipe too: the operator names it (`--job <(envsubst < job.toml)`,
         // a here-document), unlike the files tally finds in folders; but no more than a job
         // file could be (`/dev/zero` named by mistake was read until memory ran out).
-        let mut text = String::new();
+        let mut bytes = Vec::new();
         std::fs::File::open(path)
             .and_then(|file| {
                 use std::io::Read;
-                file.take(MAX_JOB_FILE_BYTES + 1).read_to_string(&mut text)
+                file.take(MAX_JOB_FILE_BYTES + 1).read_to_end(&mut bytes)
             })
             .map_err(|e| {
                 let hint = crate::error::read_hint(e.kind());
                 TallyError::config(&name, format!("cannot read job file: {e}{hint}"))
             })?;
-        if text.len() as u64 > MAX_JOB_FILE_BYTES {
+        // The size first: the cut may fall inside a character.
+        if bytes.len() as u64 > MAX_JOB_FILE_BYTES {
             return Err(TallyError::config(
                 &name,
                 "is larger than 1 MiB: not a job file (a job file is a few lines of TOML)",
             ));
         }
+        let text = String::from_utf8(bytes).map_err(|_| {
+            TallyError::config(
+                &name,
+                "is not UTF-8 text: a job file is TOML, written in UTF-8",
+            )
+        })?;
         // The error's line and column and the parser's words, on one line (its own text
         // draws the line with a caret over several lines, which a one-line error folds).
         let mut job: JobFile = toml::from_str(&text).map_err(|e| {

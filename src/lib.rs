@@ -456,26 +456,20 @@ pub(crate) fn normalised(path: &Path) -> PathBuf {
     out
 }
 
-/// `path` with its links resolved as far as it exists: its deepest existing folder made
-/// canonical, the parts not there yet (a run's output before its first publish) appended
-/// as [`normalised`] gives them.
+/// `path` with its links resolved as the kernel resolves them, as far as it exists: its
+/// longest existing prefix made canonical (which follows a link before a `..` after it),
+/// the parts not there yet (a run's output before its first publish) folded lexically.
 fn resolved(path: &Path) -> PathBuf {
-    let lexical = normalised(path);
-    let mut existing = lexical.as_path();
-    let mut missing = Vec::new();
-    loop {
-        if let Ok(mut real) = existing.canonicalize() {
-            real.extend(missing.iter().rev());
-            return real;
-        }
-        match (existing.parent(), existing.file_name()) {
-            (Some(parent), Some(name)) => {
-                missing.push(name.to_os_string());
-                existing = parent;
-            }
-            _ => return lexical,
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let parts: Vec<_> = absolute.components().collect();
+    for kept in (1..=parts.len()).rev() {
+        let prefix: PathBuf = parts[..kept].iter().collect();
+        if let Ok(real) = prefix.canonicalize() {
+            let rest: PathBuf = parts[kept..].iter().collect();
+            return normalised(&real.join(rest));
         }
     }
+    normalised(path)
 }
 
 /// Refuse an output folder inside one of the data root's dataset folders, where the next
@@ -484,19 +478,19 @@ fn resolved(path: &Path) -> PathBuf {
 /// dataset folder (or a data root given through a link) lands inside it all the same.
 fn refuse_out_inside_a_dataset(data: &Path, out: &Path) -> Result<()> {
     let outs = [normalised(out), resolved(out)];
+    let hidden = |inside: &Path| {
+        (inside.components()).any(|c| load::is_hidden(&c.as_os_str().to_string_lossy()))
+    };
     for dataset in ["usage", "allocations", "grants", "debits"] {
         let folder = data.join(dataset);
         let folders = [normalised(&folder), resolved(&folder)];
-        let within = (outs.iter())
+        // Inside and not hidden in any of the comparisons: a hidden name as written may
+        // be a link to a folder that is not (`usage/.hide` -> `usage/real`).
+        let read_as_input = (outs.iter())
             .flat_map(|out| folders.iter().map(move |folder| out.strip_prefix(folder)))
-            .find_map(std::result::Result::ok);
-        let Some(inside) = within else {
-            continue;
-        };
-        let hidden = inside
-            .components()
-            .any(|c| load::is_hidden(&c.as_os_str().to_string_lossy()));
-        if !hidden {
+            .filter_map(std::result::Result::ok)
+            .any(|inside| !hidden(inside));
+        if read_as_input {
             return Err(TallyError::config(
                 out.display().to_string(),
                 format!(
@@ -690,6 +684,7 @@ pub(crate) fn publish_run(
     let written = write_outputs(&staging, output, inputs);
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&staging);
+        interrupt::forget(&staging);
         return Err(e);
     }
     write::publish(&staging, &req.out)?;

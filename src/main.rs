@@ -1026,7 +1026,7 @@ fn merge(m: MergeArgs) -> anyhow::Result<u8> {
             interactive: progress_bars(),
         },
     };
-    let out = m.out.display().to_string();
+    let out = req.out.display().to_string();
     // A sharded night ends in its merge: a log collector keyed on `run start` and `run
     // done` must see it start and end as it sees a run on one machine.
     // The folders it reads, as resolved (none given: OUT.shards).

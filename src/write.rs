@@ -882,7 +882,17 @@ fn publish_staging(staging: &Path, target: &Path) -> Result<()> {
             std::fs::rename(target, &old).map_err(write_err(target))?;
             if let Err(e) = std::fs::rename(staging, target) {
                 // The previous output back in its place: a failed run replaces nothing.
-                let _ = std::fs::rename(&old, target);
+                if let Err(back) = std::fs::rename(&old, target) {
+                    return Err(TallyError::Output {
+                        file: target.display().to_string(),
+                        message: format!(
+                            "{e}; the previous output is in {} ({back} putting it back): \
+                             rename it to {} by hand",
+                            old.display(),
+                            target.display()
+                        ),
+                    });
+                }
                 return Err(write_err(target)(e));
             }
             remove_previous_output(&old);
@@ -946,6 +956,47 @@ fn exchange(_a: &Path, _b: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A publish that fails (here a staging folder on another file system than its target:
+    /// every rename is EXDEV) removes its staging folder, and leaves the previous output at
+    /// the target, as it was; a new target is not made.
+    #[test]
+    fn a_failed_publish_removes_its_staging_and_keeps_the_previous_output() {
+        use std::os::unix::fs::MetadataExt;
+        let shm = Path::new("/dev/shm");
+        let here = tempfile::tempdir().unwrap();
+        let elsewhere = match tempfile::tempdir_in(shm) {
+            Ok(dir) if shm.metadata().unwrap().dev() != here.path().metadata().unwrap().dev() => {
+                dir
+            }
+            _ => return, // No second file system to publish across.
+        };
+        let staging = |name: &str| {
+            let staging = elsewhere.path().join(name);
+            std::fs::create_dir(&staging).unwrap();
+            std::fs::write(staging.join("new.txt"), "new").unwrap();
+            staging
+        };
+        // Over a previous output: the exchange and the second rename fail; it is put back.
+        let target = here.path().join("out");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join("old.txt"), "old").unwrap();
+        let first = staging("first");
+        assert!(publish(&first, &target).is_err());
+        assert!(!first.exists(), "staging removed");
+        assert_eq!(
+            std::fs::read_to_string(target.join("old.txt")).unwrap(),
+            "old"
+        );
+        assert!(!target.join("new.txt").exists());
+        let left: Vec<_> = std::fs::read_dir(here.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "only the previous output: {left:?}");
+        // A new target: nothing is made.
+        let new_target = here.path().join("new");
+        let second = staging("second");
+        assert!(publish(&second, &new_target).is_err());
+        assert!(!second.exists() && !new_target.exists());
+    }
     use parquet::basic::Encoding;
     use parquet::file::reader::{FileReader, SerializedFileReader};
 

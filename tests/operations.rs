@@ -436,9 +436,17 @@ fn odd_data_root_file_systems_are_refused_with_exit_2() {
     symlink(&usage, &link_to_usage).unwrap();
     let link_to_data = tmp.path().join("data-link");
     symlink(&data, &link_to_data).unwrap();
+    // A hidden name that is a link to a folder that is not hidden, and a `..` after a link
+    // (the kernel follows the link first: `lk/../x` is `usage/x`).
+    std::fs::create_dir_all(usage.join("real")).unwrap();
+    symlink(usage.join("real"), usage.join(".hide")).unwrap();
+    let lk = tmp.path().join("lk");
+    symlink(usage.join("real"), &lk).unwrap();
     for (root, out) in [
         (data.clone(), link_to_usage.join("run")),
         (link_to_data.clone(), usage.join("run")),
+        (data.clone(), usage.join(".hide/run")),
+        (data.clone(), lk.join("../run")),
     ] {
         let run = run_command("reconcile", &root, AS_OF, &out)
             .output()
@@ -449,8 +457,10 @@ fn odd_data_root_file_systems_are_refused_with_exit_2() {
             "{}",
             stderr(&run)
         );
-        assert!(!inside.exists());
+        assert!(!inside.exists() && !usage.join("real/run").exists());
     }
+    std::fs::remove_file(usage.join(".hide")).unwrap();
+    std::fs::remove_dir(usage.join("real")).unwrap();
     let hidden = usage.join("_runs/nightly");
     let run = run_command("reconcile", &data, AS_OF, &hidden)
         .output()
@@ -2773,6 +2783,26 @@ fn a_job_file_is_read_up_to_1_mib_and_one_byte_more_is_refused() {
             job.display()
         )
     );
+    // Past the limit in characters of two bytes: cut inside one, still "larger".
+    std::fs::write(&job, format!("{text}#{}\n", "\u{e9}".repeat(limit / 2))).unwrap();
+    let run = tally(&[
+        "reconcile",
+        "--job",
+        job.to_str().unwrap(),
+        "--as-of",
+        AS_OF,
+    ]);
+    assert_eq!(run.status.code(), Some(2), "{}", stderr(&run));
+    assert!(
+        stderr(&run).contains("is larger than 1 MiB"),
+        "{}",
+        stderr(&run)
+    );
     let run = tally(&["reconcile", "--job", "/dev/zero", "--as-of", AS_OF]);
     assert_eq!(run.status.code(), Some(2), "{}", stderr(&run));
+    assert_eq!(
+        stderr(&run),
+        "tally: /dev/zero: is larger than 1 MiB: not a job file (a job file is a few lines of \
+         TOML)\n"
+    );
 }
