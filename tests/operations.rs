@@ -2752,28 +2752,25 @@ fn a_job_file_is_read_up_to_1_mib_and_one_byte_more_is_refused() {
         tmp.path().join("out").display().to_string()
     );
     let limit = tally::job::MAX_JOB_FILE_BYTES as usize;
+    let run_job = |job: &Path| {
+        tally(&[
+            "reconcile",
+            "--job",
+            job.to_str().unwrap(),
+            "--as-of",
+            AS_OF,
+        ])
+    };
     let padded = |size: usize| {
         let comment = size - text.len() - 2;
         format!("{text}#{}\n", "x".repeat(comment))
     };
     std::fs::write(&job, padded(limit)).unwrap();
     assert_eq!(std::fs::metadata(&job).unwrap().len() as usize, limit);
-    let run = tally(&[
-        "reconcile",
-        "--job",
-        job.to_str().unwrap(),
-        "--as-of",
-        AS_OF,
-    ]);
+    let run = run_job(&job);
     assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
     std::fs::write(&job, padded(limit + 1)).unwrap();
-    let run = tally(&[
-        "reconcile",
-        "--job",
-        job.to_str().unwrap(),
-        "--as-of",
-        AS_OF,
-    ]);
+    let run = run_job(&job);
     assert_eq!(run.status.code(), Some(2), "{}", stderr(&run));
     assert_eq!(
         stderr(&run),
@@ -2785,20 +2782,14 @@ fn a_job_file_is_read_up_to_1_mib_and_one_byte_more_is_refused() {
     );
     // Past the limit in characters of two bytes: cut inside one, still "larger".
     std::fs::write(&job, format!("{text}#{}\n", "\u{e9}".repeat(limit / 2))).unwrap();
-    let run = tally(&[
-        "reconcile",
-        "--job",
-        job.to_str().unwrap(),
-        "--as-of",
-        AS_OF,
-    ]);
+    let run = run_job(&job);
     assert_eq!(run.status.code(), Some(2), "{}", stderr(&run));
     assert!(
         stderr(&run).contains("is larger than 1 MiB"),
         "{}",
         stderr(&run)
     );
-    let run = tally(&["reconcile", "--job", "/dev/zero", "--as-of", AS_OF]);
+    let run = run_job(Path::new("/dev/zero"));
     assert_eq!(run.status.code(), Some(2), "{}", stderr(&run));
     assert_eq!(
         stderr(&run),
