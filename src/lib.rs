@@ -505,6 +505,13 @@ fn refuse_out_inside_a_dataset(data: &Path, out: &Path) -> Result<()> {
 /// Check the data root, lock `out`, refuse a foreign folder and read the history.
 pub(crate) fn prepare(req: &JobRequest, out: &Path) -> Result<Prepared> {
     census::check_data_root(&req.data)?;
+    // The price book checked before the output's lock makes any folder (a bad one is the
+    // most common refusal of a run): read again by the load, a few hundred lines at most,
+    // which says what it warns of (once: this reading logs nothing).
+    let book = req.data.join("pricebook.toml");
+    tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
+        pricebook::PriceBook::load(&book, &book.display().to_string())
+    })?;
     refuse_out_inside_a_dataset(&req.data, &req.out)?;
     // The history's checks come before the output's lock, which makes the output's parent
     // folder (and a shard's `OUT.shards/`): a refused run leaves nothing behind.

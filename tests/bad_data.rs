@@ -88,12 +88,19 @@ fn assert_input_refused(name: &str, at: &str, problem: &str) {
     assert_refused(&tmp, &out, &format!("tally: {at}: {problem}"));
 }
 
-/// Price books are named by their full path (it contains the temporary folder).
+/// Price books are named by their full path (it contains the temporary folder). Refused
+/// before the output's lock: an output folder whose parents are missing leaves none made.
 fn assert_pricebook_refused(name: &str, problem: &str) {
     let tmp = data_with(name, PRICEBOOK);
     let out = reconcile(&tmp);
     let path = tmp.path().join(PRICEBOOK);
     assert_refused(&tmp, &out, &format!("tally: {}: {problem}", path.display()));
+    let nested = tmp.path().join("nested");
+    let run = run_command("reconcile", tmp.path(), AS_OF, &nested.join("a/out"))
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(2), "{}", stderr(&run));
+    assert!(!nested.exists(), "folders made for a refused run");
 }
 
 /// A price book that is a pipe is exit 2 before anything reads it (reading waited for a
