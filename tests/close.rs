@@ -1261,16 +1261,22 @@ fn an_earlier_close_with_a_column_of_another_type_is_refused_not_a_panic() {
         retyped("billed_events.parquet", "event_id", Arc::new(ids)),
         rows
     );
-    let second = history_close(&root, &closes, "2026-12-31T08:00:00Z", "2026-12-31", &[]);
-    let billed = first.join("billed_events.parquet");
-    assert_eq!(second.status.code(), Some(2), "{}", stderr(&second));
-    assert_eq!(
-        stderr(&second),
-        format!(
-            "tally: {}: column `event_id` is Int64, not what tally writes there: not an \
-             earlier close output as tally wrote it (was it written again by another tool?)\n",
-            billed.display()
-        )
+    // The next close refused, naming the earlier close's `file` and `why`.
+    let refused_as_not_written = |file: &Path, why: &str| {
+        let second = history_close(&root, &closes, "2026-12-31T08:00:00Z", "2026-12-31", &[]);
+        assert_eq!(second.status.code(), Some(2), "{}", stderr(&second));
+        assert_eq!(
+            stderr(&second),
+            format!(
+                "tally: {}: {why}: not an earlier close output as tally wrote it (was it \
+                 written again by another tool?)\n",
+                file.display()
+            )
+        );
+    };
+    refused_as_not_written(
+        &first.join("billed_events.parquet"),
+        "column `event_id` is Int64, not what tally writes there",
     );
 
     // The invoices, read whole, are checked by their sha256: the manifest made to agree.
@@ -1299,16 +1305,9 @@ fn an_earlier_close_with_a_column_of_another_type_is_refused_not_a_panic() {
         std::fs::write(&path, serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
     };
     relist_invoices(&first);
-    let second = history_close(&root, &closes, "2026-12-31T08:00:00Z", "2026-12-31", &[]);
-    assert_eq!(second.status.code(), Some(2), "{}", stderr(&second));
-    assert_eq!(
-        stderr(&second),
-        format!(
-            "tally: {}: column `period_start` is Timestamp(ms, \"UTC\"), not \
-             what tally writes there: not an earlier close output as tally wrote it (was it \
-             written again by another tool?)\n",
-            first.join("invoices.parquet").display()
-        )
+    refused_as_not_written(
+        &first.join("invoices.parquet"),
+        "column `period_start` is Timestamp(ms, \"UTC\"), not what tally writes there",
     );
 
     // Nulls where tally never writes one: read as "", the close's periods would not count
@@ -1319,16 +1318,9 @@ fn an_earlier_close_with_a_column_of_another_type_is_refused_not_a_panic() {
     let nulls = arrow::array::StringArray::from(vec![None::<&str>; rows]);
     retyped("invoices.parquet", "account_id", Arc::new(nulls));
     relist_invoices(&first);
-    let second = history_close(&root, &closes, "2026-12-31T08:00:00Z", "2026-12-31", &[]);
-    assert_eq!(second.status.code(), Some(2), "{}", stderr(&second));
-    assert_eq!(
-        stderr(&second),
-        format!(
-            "tally: {}: column `account_id` holds {rows} null(s), which tally never writes \
-             there: not an earlier close output as tally wrote it (was it written again by \
-             another tool?)\n",
-            first.join("invoices.parquet").display()
-        )
+    refused_as_not_written(
+        &first.join("invoices.parquet"),
+        &format!("column `account_id` holds {rows} null(s), which tally never writes there"),
     );
 }
 

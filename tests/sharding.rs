@@ -1719,6 +1719,57 @@ fn copy_shard(from: &Path, to: &Path) {
     }
 }
 
+/// Two shards of one run, shard 0 also kept as it was written (`pristine`), for forging
+/// its files: each forgery starts from the shard as written.
+struct Forgery {
+    tmp: tempfile::TempDir,
+    shards: PathBuf,
+    shard: PathBuf,
+    pristine: PathBuf,
+}
+
+impl Forgery {
+    fn new(command: &str, as_of: &str) -> Forgery {
+        let tmp = tempfile::tempdir().unwrap();
+        let shards = two_shards(tmp.path(), command, as_of);
+        let shard = root(&shards).join("shard=0");
+        let pristine = tmp.path().join("pristine");
+        copy_shard(&shard, &pristine);
+        Forgery {
+            tmp,
+            shards,
+            shard,
+            pristine,
+        }
+    }
+
+    /// Shard 0's `partial.bin` as written, decoded.
+    fn partial(&self) -> tally::run::Partial {
+        postcard::from_bytes(&std::fs::read(self.pristine.join("partial.bin")).unwrap()).unwrap()
+    }
+
+    /// The merge's refusal of shard 0's `partial.bin`, saying `why`.
+    fn refusal(&self, why: &str) -> String {
+        format!(
+            "tally: refused: {}: {why}; rerun shard 0 of 2 (--shard 0/2)\n",
+            self.shard.join("partial.bin").display()
+        )
+    }
+
+    /// Shard 0 as written again.
+    fn restore(&self) {
+        copy_shard(&self.pristine, &self.shard);
+    }
+
+    /// Shard 0 as written with its partial forged by `edit`, and the merge refused: its
+    /// stderr.
+    fn forged(&self, edit: &dyn Fn(&mut tally::run::Partial)) -> String {
+        self.restore();
+        forge_partial(&self.shard, edit);
+        refused_merge(self.tmp.path(), &self.shards)
+    }
+}
+
 /// A `partial.bin` forged to match its checksum, with figures no shard computes, is
 /// refused naming it (exit 3, the shard to rerun), before any figure is added up: the
 /// counts and the amount past DECIMAL(18,3) used to overflow a sum (a panic, exit 4), the
@@ -1727,11 +1778,8 @@ fn copy_shard(from: &Path, to: &Path) {
 #[test]
 fn merge_refuses_a_partial_forged_with_impossible_figures() {
     use tally::amount::{Milli, OUTPUT_LIMIT_MILLIS};
-    let tmp = tempfile::tempdir().unwrap();
-    let shards = two_shards(tmp.path(), "reconcile", AS_OF);
-    let shard = root(&shards).join("shard=0");
-    let pristine = tmp.path().join("pristine");
-    copy_shard(&shard, &pristine);
+    let forgery = Forgery::new("reconcile", AS_OF);
+    let (tmp, shards, shard) = (&forgery.tmp, &forgery.shards, &forgery.shard);
     let listing: serde_json::Value =
         serde_json::from_slice(&std::fs::read(shard.join("shard.json")).unwrap()).unwrap();
     let listed_rows = |dataset: &str| -> u64 {
@@ -1745,21 +1793,11 @@ fn merge_refuses_a_partial_forged_with_impossible_figures() {
             .map(|f| f["rows"].as_u64().unwrap())
             .sum()
     };
-    let refusal = |why: &str| {
-        format!(
-            "tally: refused: {}: {why}; rerun shard 0 of 2 (--shard 0/2)\n",
-            shard.join("partial.bin").display()
-        )
-    };
-    let forged = |edit: &dyn Fn(&mut tally::run::Partial)| {
-        copy_shard(&pristine, &shard);
-        forge_partial(&shard, edit);
-        refused_merge(tmp.path(), &shards)
-    };
+    let refusal = |why: &str| forgery.refusal(why);
+    let forged = |edit: &dyn Fn(&mut tally::run::Partial)| forgery.forged(edit);
     let usage_read = |p: &tally::run::Partial| p.rows_read[0];
     let usage = {
-        let p: tally::run::Partial =
-            postcard::from_bytes(&std::fs::read(shard.join("partial.bin")).unwrap()).unwrap();
+        let p = forgery.partial();
         assert!(
             !p.rejects.is_empty() && !p.mix.lines.is_empty(),
             "rows to forge"
@@ -1785,8 +1823,7 @@ fn merge_refuses_a_partial_forged_with_impossible_figures() {
     assert_eq!(e, refusal("its events add up past what a count holds"));
     let e = forged(&|p| p.mix.lines.values_mut().next().unwrap().events = usage + 1);
     let mix_events = {
-        let p: tally::run::Partial =
-            postcard::from_bytes(&std::fs::read(pristine.join("partial.bin")).unwrap()).unwrap();
+        let p = forgery.partial();
         let first = p.mix.lines.values().next().unwrap().events;
         p.mix.lines.values().map(|f| f.events).sum::<u64>() - first + usage + 1
     };
@@ -1798,8 +1835,7 @@ fn merge_refuses_a_partial_forged_with_impossible_figures() {
     // A reject of a file the data root does not hold (it indexed past the file list).
     let e = forged(&|p| p.rejects[0].at.file = 999);
     let row = {
-        let p: tally::run::Partial =
-            postcard::from_bytes(&std::fs::read(pristine.join("partial.bin")).unwrap()).unwrap();
+        let p = forgery.partial();
         (p.rejects[0].dataset.name(), p.rejects[0].at.row)
     };
     let why = format!(
@@ -1831,8 +1867,7 @@ fn merge_refuses_a_partial_forged_with_impossible_figures() {
         balance(p);
     });
     let (account, start) = {
-        let mut p: tally::run::Partial =
-            postcard::from_bytes(&std::fs::read(pristine.join("partial.bin")).unwrap()).unwrap();
+        let mut p = forgery.partial();
         balance(&mut p)
     };
     let why = format!(
@@ -1842,8 +1877,8 @@ fn merge_refuses_a_partial_forged_with_impossible_figures() {
     assert_eq!(e, refusal(&why));
     // A file listed with more rows than a file may hold, in both shards alike (their
     // partials' counts are bounded by these rows, so they must be bounded too).
-    copy_shard(&pristine, &shard);
-    let other = root(&shards).join("shard=1/shard.json");
+    forgery.restore();
+    let other = root(shards).join("shard=1/shard.json");
     let other_pristine = std::fs::read(&other).unwrap();
     let mut first_usage = String::new();
     for listing in [shard.join("shard.json"), other.clone()] {
@@ -1856,7 +1891,7 @@ fn merge_refuses_a_partial_forged_with_impossible_figures() {
             entry["rows"] = (1u64 << 40).into();
         });
     }
-    let e = refused_merge(tmp.path(), &shards);
+    let e = refused_merge(tmp.path(), shards);
     assert_eq!(
         e,
         format!(
@@ -1870,8 +1905,8 @@ fn merge_refuses_a_partial_forged_with_impossible_figures() {
     std::fs::write(&other, other_pristine).unwrap();
 
     // The pristine shard still merges.
-    copy_shard(&pristine, &shard);
-    merge_shards_into(&shards, &tmp.path().join("merged"));
+    forgery.restore();
+    merge_shards_into(shards, &tmp.path().join("merged"));
 }
 
 /// A close shard's run files are those `shard.json` lists, each named once by
@@ -1884,22 +1919,15 @@ fn merge_refuses_a_partial_forged_with_impossible_figures() {
 #[test]
 fn merge_refuses_run_files_a_forged_partial_names_wrongly() {
     use tally::runs::Run;
-    let tmp = tempfile::tempdir().unwrap();
-    let shards = two_shards(tmp.path(), "close", CLOSE_AS_OF);
-    let shard = root(&shards).join("shard=0");
-    let pristine = tmp.path().join("pristine");
-    copy_shard(&shard, &pristine);
-    let refusal = |why: &str| {
-        format!(
-            "tally: refused: {}: {why}; rerun shard 0 of 2 (--shard 0/2)\n",
-            shard.join("partial.bin").display()
-        )
-    };
-    let forged = |edit: &dyn Fn(&mut tally::run::Partial)| {
-        copy_shard(&pristine, &shard);
-        forge_partial(&shard, edit);
-        refused_merge(tmp.path(), &shards)
-    };
+    let forgery = Forgery::new("close", CLOSE_AS_OF);
+    let (tmp, shards, shard, pristine) = (
+        &forgery.tmp,
+        &forgery.shards,
+        &forgery.shard,
+        &forgery.pristine,
+    );
+    let refusal = |why: &str| forgery.refusal(why);
+    let forged = |edit: &dyn Fn(&mut tally::run::Partial)| forgery.forged(edit);
     let first_run = |p: &tally::run::Partial| match &p.billed[0] {
         Run::File(name, rows) => (name.clone(), *rows),
         Run::Memory(_) => panic!("a shard's runs are files"),
@@ -1922,13 +1950,12 @@ fn merge_refuses_run_files_a_forged_partial_names_wrongly() {
             serde_json::from_slice(&std::fs::read(shard.join("shard.json")).unwrap()).unwrap();
         m["runs"].as_array().unwrap().len()
     };
-    let runs = listed(&pristine);
+    let runs = listed(pristine);
     let e = forged(&|p| {
         p.lines.clear();
     });
     let lines = {
-        let p: tally::run::Partial =
-            postcard::from_bytes(&std::fs::read(pristine.join("partial.bin")).unwrap()).unwrap();
+        let p = forgery.partial();
         p.lines.len()
     };
     assert!(lines > 0);
@@ -1957,8 +1984,7 @@ fn merge_refuses_run_files_a_forged_partial_names_wrongly() {
         }
     });
     let billed: u64 = {
-        let p: tally::run::Partial =
-            postcard::from_bytes(&std::fs::read(pristine.join("partial.bin")).unwrap()).unwrap();
+        let p = forgery.partial();
         p.billed.iter().map(Run::rows).sum()
     };
     assert!(billed > 0);
@@ -1966,13 +1992,9 @@ fn merge_refuses_run_files_a_forged_partial_names_wrongly() {
     assert_eq!(e, refusal(&why));
 
     // One record fewer counted, in partial.bin and shard.json alike: exit 4 at its end.
-    copy_shard(&pristine, &shard);
-    let (name, rows) = {
-        let p: tally::run::Partial =
-            postcard::from_bytes(&std::fs::read(shard.join("partial.bin")).unwrap()).unwrap();
-        first_run(&p)
-    };
-    forge_partial(&shard, |p| p.billed[0] = Run::File(name.clone(), rows - 1));
+    forgery.restore();
+    let (name, rows) = first_run(&forgery.partial());
+    forge_partial(shard, |p| p.billed[0] = Run::File(name.clone(), rows - 1));
     edit_listing(&shard.join("shard.json"), |m| {
         let runs = m["runs"].as_array_mut().unwrap();
         let entry = (runs.iter_mut())
@@ -1985,7 +2007,7 @@ fn merge_refuses_run_files_a_forged_partial_names_wrongly() {
         "merge",
         "--out",
         out.to_str().unwrap(),
-        root(&shards).to_str().unwrap(),
+        root(shards).to_str().unwrap(),
     ])
     .output()
     .unwrap();
@@ -2003,11 +2025,11 @@ fn merge_refuses_run_files_a_forged_partial_names_wrongly() {
 
     // A FIFO in place of partial.bin, a run file and shard.json: refused, not read.
     for file in ["partial.bin", "billed-0.bin", "shard.json"] {
-        copy_shard(&pristine, &shard);
+        forgery.restore();
         let path = shard.join(file);
         std::fs::remove_file(&path).unwrap();
         let fifo = Fifo::at(&path);
-        let e = refused_merge(tmp.path(), &shards);
+        let e = refused_merge(tmp.path(), shards);
         drop(fifo);
         let expected = match file {
             "partial.bin" => refusal("it is not a regular file"),
@@ -2020,8 +2042,8 @@ fn merge_refuses_run_files_a_forged_partial_names_wrongly() {
         };
         assert_eq!(e, expected);
     }
-    copy_shard(&pristine, &shard);
-    merge_shards_into(&shards, &tmp.path().join("merged"));
+    forgery.restore();
+    merge_shards_into(shards, &tmp.path().join("merged"));
 }
 
 /// Shards that differ in a field of `shard.json` the refusal did not name (the tool, the
