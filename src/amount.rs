@@ -419,10 +419,12 @@ mod tests {
     use super::*;
 
     /// In a binary serde form (postcard: a shard's `partial.bin`) an amount is its integer
-    /// of thousandths, up to what a DECIMAL(18,3) output holds either way; one past it (a
-    /// forged partial, whose sums would overflow) is refused.
+    /// of thousandths, up to what a DECIMAL(18,3) output holds either way (the contract:
+    /// "Credits are written as DECIMAL(18,3)": 18 digits, 3 of them after the point); one
+    /// past it (a forged partial, whose sums would overflow) is refused.
     #[test]
     fn a_binary_amount_is_read_up_to_the_output_limit_and_refused_one_past() {
+        assert_eq!(OUTPUT_LIMIT_MILLIS, 10i64.pow(18) - 1);
         let read = |value: i64| {
             let bytes = postcard::to_allocvec(&value).unwrap();
             postcard::from_bytes::<Milli>(&bytes).map_err(|_| value)

@@ -355,11 +355,18 @@ fn locate_runs<T>(
             return Err(refuse(format!("{} is named twice", name.display())));
         }
         let file = folder.join(name.as_path());
-        if !write::is_regular_file(&file) {
-            return Err(refuse(format!("{} is not a regular file", name.display())));
-        }
-        let sha = write::sha256_file(&file)
-            .map_err(|_| refuse(format!("{} cannot be read", name.display())))?;
+        // Hashed as `open_regular` opens it: anything but a regular file is refused unread.
+        let sha = write::sha256_file(&file).map_err(|e| {
+            let why = match e {
+                TallyError::Io { source, .. }
+                    if source.kind() == std::io::ErrorKind::InvalidInput =>
+                {
+                    "is not a regular file"
+                }
+                _ => "cannot be read",
+            };
+            refuse(format!("{} {why}", name.display()))
+        })?;
         if sha != listed.sha256 {
             return Err(refuse(format!(
                 "{} does not match its checksum in {SHARD_MANIFEST}",
