@@ -106,7 +106,7 @@ fn check_billed(path: &Path) -> Result<u64> {
         return Err(TallyError::input(name, "missing column `event_id`"));
     };
     if event_id.data_type() != &arrow::datatypes::DataType::Utf8 {
-        return Err(not_as_written(path, "event_id", event_id.data_type()));
+        return Err(of_another_type(path, "event_id", event_id.data_type()));
     }
     Ok(builder.metadata().file_metadata().num_rows() as u64)
 }
@@ -209,26 +209,31 @@ fn typed_column<'a, T: ?Sized>(
 ) -> Result<&'a T> {
     let array = column(batch, name, path)?;
     if array.null_count() > 0 {
-        return Err(TallyError::input(
-            path.display().to_string(),
-            format!(
-                "column `{name}` holds {} null(s), which tally never writes there: not an \
-                 earlier close output as tally wrote it (was it written again by another \
-                 tool?)",
-                array.null_count()
-            ),
-        ));
+        let why = format!(
+            "column `{name}` holds {} null(s), which tally never writes there",
+            array.null_count()
+        );
+        return Err(not_as_written(path, &why));
     }
-    typed(array).ok_or_else(|| not_as_written(path, name, array.data_type()))
+    typed(array).ok_or_else(|| of_another_type(path, name, array.data_type()))
 }
 
-fn not_as_written(path: &Path, name: &str, found: &arrow::datatypes::DataType) -> TallyError {
+/// An earlier close's file that is not as tally wrote it, saying `why`.
+fn not_as_written(path: &Path, why: &str) -> TallyError {
     TallyError::input(
         path.display().to_string(),
         format!(
-            "column `{name}` is {found}, not what tally writes there: not an earlier close \
-             output as tally wrote it (was it written again by another tool?)"
+            "{why}: not an earlier close output as tally wrote it (was it written again by \
+             another tool?)"
         ),
+    )
+}
+
+/// [`not_as_written`]: column `name` is of type `found`.
+fn of_another_type(path: &Path, name: &str, found: &arrow::datatypes::DataType) -> TallyError {
+    not_as_written(
+        path,
+        &format!("column `{name}` is {found}, not what tally writes there"),
     )
 }
 
