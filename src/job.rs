@@ -192,7 +192,7 @@ impl JobFile {
         let text = String::from_utf8(bytes).map_err(|_| {
             TallyError::config(
                 &name,
-                "is not UTF-8 text: a job file is TOML, written in UTF-8",
+                format!("cannot read job file: {}", crate::pricebook::NOT_UTF8_TOML),
             )
         })?;
         // The error's line and column and the parser's words, on one line (its own text

@@ -202,6 +202,10 @@ impl Ctx<'_> {
 
 /// A price book that cannot be read (a configuration error): a missing one says where it
 /// belongs, since a data root without one is usually the wrong folder.
+/// Why a TOML file (a price book, a job file) whose bytes are not UTF-8 cannot be read, and
+/// what to do.
+pub const NOT_UTF8_TOML: &str = "it is not UTF-8 text (TOML is UTF-8); save it as UTF-8";
+
 pub fn unreadable(display_name: &str, e: &std::io::Error) -> TallyError {
     let message = match e.kind() {
         std::io::ErrorKind::NotFound => format!(
@@ -210,9 +214,7 @@ pub fn unreadable(display_name: &str, e: &std::io::Error) -> TallyError {
              data root?"
         ),
         // What read_to_string says of bytes that are not UTF-8, without saying what to do.
-        std::io::ErrorKind::InvalidData => {
-            "cannot read: it is not UTF-8 text (TOML is UTF-8); save it as UTF-8".to_string()
-        }
+        std::io::ErrorKind::InvalidData => format!("cannot read: {NOT_UTF8_TOML}"),
         kind => format!("cannot read: {e}{}", crate::error::read_hint(kind)),
     };
     TallyError::config(display_name, message)

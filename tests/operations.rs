@@ -2771,6 +2771,18 @@ fn a_job_file_is_read_up_to_1_mib_and_one_byte_more_is_refused() {
             job.display()
         )
     );
+    // A byte that is not UTF-8, within the limit.
+    std::fs::write(&job, [text.as_bytes(), b"# \xff\n"].concat()).unwrap();
+    let run = run_job(&job);
+    assert_eq!(run.status.code(), Some(2), "{}", stderr(&run));
+    assert_eq!(
+        stderr(&run),
+        format!(
+            "tally: {}: cannot read job file: it is not UTF-8 text (TOML is UTF-8); save it \
+             as UTF-8\n",
+            job.display()
+        )
+    );
     // Past the limit in characters of two bytes: cut inside one, still "larger".
     std::fs::write(&job, format!("{text}#{}\n", "\u{e9}".repeat(limit / 2))).unwrap();
     let run = run_job(&job);
