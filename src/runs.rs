@@ -618,6 +618,18 @@ impl<T: Keyed> Source<'_, T> {
             Source::File(reader) => reader.next_row(),
         }
     }
+
+    /// `account`, read from this source after `last`, is not after it in id order.
+    fn out_of_order(&self, last: &str, account: &str) -> TallyError {
+        let why = format!(
+            "its account {account:?} comes after {last:?}: runs hold accounts in id order, \
+             each account in one run"
+        );
+        match self {
+            Source::Memory(_) => TallyError::Invariant(format!("a group's run: {why}")),
+            Source::File(reader) => reader.broken(&why),
+        }
+    }
 }
 
 /// The head row of a source, ordered for a min-heap by account id (then source index, so
@@ -679,8 +691,17 @@ pub fn for_each_chunk<T: Keyed>(
     }
     let mut batch = Vec::with_capacity(chunk);
     let mut written = 0u64;
+    let mut last_account: Option<String> = None;
     while let Some(Head { row, source }) = heap.pop() {
         let account = row.account().to_string();
+        // Each account once, in id order: a run out of order, or two runs holding one
+        // account (a shard's run file forged with its checksum), would publish rows out of
+        // the contract's order. One comparison an account, not a row.
+        if let Some(last) = last_account.as_deref() {
+            if last.as_bytes() >= account.as_bytes() {
+                return Err(sources[source].out_of_order(last, &account));
+            }
+        }
         batch.push(row);
         // The rest of this account comes from the same source: take it in one go.
         loop {
@@ -693,6 +714,7 @@ pub fn for_each_chunk<T: Keyed>(
                 None => break,
             }
         }
+        last_account = Some(account);
         if batch.len() >= chunk {
             written += batch.len() as u64;
             each(&batch)?;
@@ -745,6 +767,49 @@ mod tests {
         // Accounts a, b, c, d in order; a chunk closes once it holds ≥ 2 rows, never
         // splitting an account.
         assert_eq!(chunks, vec![vec!["1", "2"], vec!["3", "4"], vec!["5", "6"]]);
+    }
+
+    /// Rows out of account order, an account split within a run or held by two runs are
+    /// refused, naming the run file (a shard's run file forged with its checksum), not
+    /// published out of the contract's order.
+    #[test]
+    fn runs_out_of_account_order_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let merged = |runs: &[Run<BilledEventRow>]| {
+            for_each_chunk(runs, 2, |_| Ok(()))
+                .map_err(|e| e.to_string())
+                .map(|_| ())
+        };
+        let path = dir.path().join("run.bin");
+        let in_file = |rows: &[BilledEventRow]| vec![write_run(&path, rows).unwrap()];
+        let cannot = |why: &str| {
+            format!(
+                "invariant broken: run file {} cannot be read back: its account {why}: runs \
+                 hold accounts in id order, each account in one run",
+                path.display()
+            )
+        };
+        assert_eq!(merged(&in_file(&[row("a", "1"), row("b", "2")])), Ok(()));
+        assert_eq!(
+            merged(&in_file(&[row("b", "1"), row("a", "2")])),
+            Err(cannot("\"a\" comes after \"b\""))
+        );
+        assert_eq!(
+            merged(&in_file(&[row("a", "1"), row("b", "2"), row("a", "3")])),
+            Err(cannot("\"a\" comes after \"b\""))
+        );
+        // One account in two runs: the second run's is refused (ties go to the lower run).
+        let mut runs = vec![Run::Memory(vec![vec![row("a", "1")]])];
+        runs.extend(in_file(&[row("a", "2")]));
+        assert_eq!(merged(&runs), Err(cannot("\"a\" comes after \"a\"")));
+        assert_eq!(
+            merged(&[Run::Memory(vec![vec![row("b", "1")], vec![row("a", "2")]])]),
+            Err(
+                "invariant broken: a group's run: its account \"a\" comes after \"b\": runs \
+                 hold accounts in id order, each account in one run"
+                    .to_string()
+            )
+        );
     }
 
     /// `rows` written to a run file and read back.
@@ -1005,12 +1070,15 @@ mod tests {
     proptest::proptest! {
         /// Any rows come back as written: the hand reader takes the bytes the hand writer
         /// writes, field for field (each held to postcard's above), and a string is taken
-        /// from the record before only when it is the same.
+        /// from the record before only when it is the same. (Rows in account order, as a
+        /// run holds them: the merge refuses any other.)
         #[test]
         fn any_rows_read_back_as_written(
-            billed in proptest::collection::vec(billed_row(), 0..30),
-            lines in proptest::collection::vec(any_line(), 0..30),
+            mut billed in proptest::collection::vec(billed_row(), 0..30),
+            mut lines in proptest::collection::vec(any_line(), 0..30),
         ) {
+            billed.sort_by(|x, y| x.account().as_bytes().cmp(y.account().as_bytes()));
+            lines.sort_by(|x, y| x.account().as_bytes().cmp(y.account().as_bytes()));
             proptest::prop_assert_eq!(through_a_run_file(&billed), billed);
             proptest::prop_assert_eq!(through_a_run_file(&lines), lines);
         }

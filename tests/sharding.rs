@@ -2023,6 +2023,58 @@ fn merge_refuses_run_files_a_forged_partial_names_wrongly() {
     );
     assert!(!out.exists(), "nothing is published");
 
+    // The run file's records forged out of account order (its first account moved to its
+    // end), listed with their own checksum: exit 4 naming it, not a billed_events table
+    // out of the contract's order.
+    forgery.restore();
+    let run = shard.join(&name);
+    let mut records: Vec<tally::engine::BilledEventRow> = Vec::new();
+    let pristine_run = vec![Run::File(run.clone(), rows)];
+    tally::runs::for_each_chunk(&pristine_run, 1 << 20, |chunk| {
+        records.extend_from_slice(chunk);
+        Ok(())
+    })
+    .unwrap();
+    let first_account = records[0].account_id.clone();
+    let (first, rest): (Vec<_>, Vec<_>) =
+        (records.into_iter()).partition(|r| r.account_id == first_account);
+    let second_account = rest[0].account_id.clone();
+    let last_account = rest.last().unwrap().account_id.clone();
+    assert_ne!(last_account, first_account);
+    tally::runs::write_run::<tally::engine::BilledEventRow, _>(&run, rest.iter().chain(&first))
+        .unwrap();
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(std::fs::read(&run).unwrap()))
+    };
+    edit_listing(&shard.join("shard.json"), |m| {
+        let runs = m["runs"].as_array_mut().unwrap();
+        let entry = (runs.iter_mut())
+            .find(|f| f["path"] == name.to_str().unwrap())
+            .unwrap();
+        entry["sha256"] = sha.into();
+    });
+    let output = tally_command(&[
+        "merge",
+        "--out",
+        out.to_str().unwrap(),
+        root(shards).to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    assert_eq!(
+        stderr(&output),
+        format!(
+            "tally: invariant broken: run file {} cannot be read back: its account \
+             {first_account:?} comes after {last_account:?}: runs hold accounts in id order, \
+             each account in one run\n",
+            run.display(),
+        )
+    );
+    assert!(second_account > first_account);
+    assert!(!out.exists(), "nothing is published");
+
     // A FIFO in place of partial.bin, a run file and shard.json: refused, not read.
     for file in ["partial.bin", "billed-0.bin", "shard.json"] {
         forgery.restore();
