@@ -231,6 +231,16 @@ fn read_manifest(out: &Path) -> Result<(Manifest, crate::time::Micros)> {
             ),
         ));
     }
+    // A path listed twice would be counted, and compared, twice: no run lists one so.
+    for listed in [&manifest.outputs, &manifest.inputs] {
+        let mut seen = std::collections::HashSet::new();
+        if let Some(again) = listed.iter().find(|f| !seen.insert(f.path.as_str())) {
+            return Err(TallyError::input(
+                path.display().to_string(),
+                format!("unreadable manifest: {:?} is listed twice", again.path),
+            ));
+        }
+    }
     if manifest.tool != "tally" {
         return Err(TallyError::input(
             path.display().to_string(),

@@ -513,6 +513,18 @@ fn a_folder_a_run_did_not_publish_is_exit_2() {
         "unreadable manifest: \"../data/pricebook.toml\" is not a path inside the folder \
          (absolute, or with `.` or `..`)",
     );
+    // A path listed twice (as outputs, as inputs): counted and compared twice before.
+    with_manifest(
+        manifest.replace("\"path\": \"rejects.csv\"", "\"path\": \"balances.csv\""),
+        "unreadable manifest: \"balances.csv\" is listed twice",
+    );
+    with_manifest(
+        manifest.replace(
+            "\"path\": \"usage/bucket=1/part-0.parquet\"",
+            "\"path\": \"usage/bucket=0/part-0.parquet\"",
+        ),
+        "unreadable manifest: \"usage/bucket=0/part-0.parquet\" is listed twice",
+    );
     // The command and as-of go into verify's last line: a newline there forged a finding's
     // line (exit 0), any other command or as-of passed as it was.
     with_manifest(
