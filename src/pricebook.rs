@@ -195,8 +195,14 @@ impl Ctx<'_> {
             toml::Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        parse_instant(&text)
-            .ok_or_else(|| self.err(format!("{what} = {text} is not a date-time (RFC 3339)")))
+        let t = parse_instant(&text)
+            .ok_or_else(|| self.err(format!("{what} = {text} is not a date-time (RFC 3339)")))?;
+        // An input's instants are in these years; a rate from outside them could not be
+        // written back in RFC 3339 (explain, messages) as the book has it.
+        if !crate::time::in_instant_years(t) {
+            return Err(self.err(format!("{what} = {text} is outside the years 0001 to 9999")));
+        }
+        Ok(t)
     }
 }
 
@@ -400,7 +406,24 @@ impl PriceBook {
 /// A TOML error as one line: its line and column (when the parser gives a place) and the
 /// parser's words. Shared by the price book and job files, each of which says whose it is.
 pub(crate) fn toml_error(text: &str, e: &toml::de::Error) -> String {
-    let message = e.message().replace('\n', " ");
+    let mut message = e.message().replace('\n', " ");
+    // serde names a table by its Rust type ("expected struct RawPlan"): say which table.
+    for (rust, table) in [
+        (
+            "struct RawPlan",
+            "a plan's table, [plans.<id>] with its keys on the lines below",
+        ),
+        (
+            "struct RawRate",
+            "a rate's table, headed [[rates]], with its keys on the lines below",
+        ),
+        (
+            "struct AlertConfig",
+            "a table: write [alert] on a line of its own, its keys on the lines below",
+        ),
+    ] {
+        message = message.replace(rust, table);
+    }
     match e.span() {
         Some(span) => {
             let (line, column) = line_and_column(text, span.start);
@@ -631,6 +654,14 @@ fn parse_rate(ctx: &Ctx, index: usize, raw: RawRate) -> Result<(RateKey, Rate)> 
         )));
     }
     let effective_from = ctx.instant(&at("effective_from"), &raw.effective_from)?;
+    if let Some(unit) = raw.unit.as_ref().filter(|unit| unit.contains(';')) {
+        // report/credits-by-product.csv joins a line's units with `;`.
+        return Err(ctx.err(format!(
+            "{} = {unit:?} holds `;`, which the report uses to join a line's units; name the \
+             unit without it",
+            at("unit")
+        )));
+    }
     let model = raw.model.filter(|m| !m.is_empty());
     Ok((
         (raw.product, raw.action, model),
@@ -889,6 +920,61 @@ effective_from = 2026-06-01T00:00:00Z
         assert_eq!(
             refused(BOOK.replace("[plans.pro]", "[plans.pro]\nname = 3")),
             "p.toml: line 4, column 8: invalid type: integer `3`, expected a string"
+        );
+        // A table is named as the book's reader knows it, not by its Rust type.
+        assert_eq!(
+            refused(BOOK.replace("[plans.pro]", "[plans]\nfree = 0\n[plans.pro]")),
+            "p.toml: line 4, column 8: invalid type: integer `0`, expected a plan's table, \
+             [plans.<id>] with its keys on the lines below"
+        );
+        assert_eq!(
+            refused(format!("rates = [1]\n{BOOK}").replace("[[rates]]", "[[more]]")),
+            "p.toml: line 1, column 10: invalid type: integer `1`, expected a rate's table, \
+             headed [[rates]], with its keys on the lines below"
+        );
+    }
+
+    /// A rate's `effective_from` is in the years an input's instants may hold, 0001 to
+    /// 9999 (at both ends and one past); its unit holds no `;`, which the report's
+    /// credits-by-product.csv uses to join a line's units.
+    #[test]
+    fn a_rates_effective_from_and_unit_are_what_outputs_can_write() {
+        let with_from = |from: &str| {
+            BOOK.replace(
+                "effective_from = 2026-01-01T00:00:00Z",
+                &format!("effective_from = {from}"),
+            )
+        };
+        for within in ["0001-01-01T00:00:00Z", "\"9999-12-31T23:59:59.999999Z\""] {
+            assert!(
+                PriceBook::parse(&with_from(within), "p.toml").is_ok(),
+                "{within}"
+            );
+        }
+        for (past, shown) in [
+            ("0000-12-31T23:59:59Z", "0000-12-31T23:59:59Z"),
+            ("\"+10000-01-01T00:00:00\"", "+10000-01-01T00:00:00"),
+            ("\"-0001-01-01T00:00:00\"", "-0001-01-01T00:00:00"),
+        ] {
+            assert_eq!(
+                PriceBook::parse(&with_from(past), "p.toml")
+                    .unwrap_err()
+                    .to_string(),
+                format!(
+                    "p.toml: [[rates]] #1: effective_from = {shown} is outside the years 0001 \
+                     to 9999"
+                ),
+                "{past}"
+            );
+        }
+        let with_unit = |unit: &str| BOOK.replace("unit = \"second\"", &format!("unit = {unit:?}"));
+        assert!(PriceBook::parse(&with_unit("second, 720p"), "p.toml").is_ok());
+        assert_eq!(
+            PriceBook::parse(&with_unit("second;720p"), "p.toml")
+                .unwrap_err()
+                .to_string(),
+            "p.toml: [[rates]] #1: unit = \"second;720p\" holds `;`, which the report uses to \
+             join a line's units; name the unit without it"
         );
     }
 
