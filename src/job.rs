@@ -30,7 +30,9 @@ pub struct JobFile {
     pub out: PathBuf,
     pub settle: Option<String>,
     pub as_of: Option<String>,
-    pub buckets: Option<u32>,
+    /// Any TOML integer, held to 1..=65536 where it is used (so that -1 and 2^32 are
+    /// refused in those words).
+    pub buckets: Option<i64>,
     /// Working memory the run sizes its groups by, e.g. "3GiB" (default 3 GiB).
     pub memory_budget: Option<String>,
     /// (close) the folder of earlier close outputs, for late events and never closing a
@@ -60,21 +62,48 @@ pub struct AlertConfig {
 fn job_error(text: &str, e: &toml::de::Error) -> String {
     let message = crate::pricebook::toml_error(text, e)
         .replace("expected u64", "expected a whole number of 0 or more")
-        .replace("expected u32", "expected a whole number of 0 or more")
+        .replace("expected i64", "expected a whole number")
         .replace(
             "invalid type: map, expected a string",
             "a TOML date-time, expected a string",
         );
     let how = if message.contains("date-time, expected a string") {
-        "; write an instant in quotes: as_of = \"2026-11-20T00:00:00Z\""
+        "; write an instant in quotes: as_of = \"2026-11-20T00:00:00Z\"".to_string()
     } else if message.contains("missing field") {
-        "; a job file needs data and out (paths relative to the job file's folder)"
+        "; a job file needs data and out (paths relative to the job file's folder)".to_string()
     } else if message.contains("expected a string") {
-        "; write the value in quotes, e.g. settle = \"15m\""
+        let key = e.span().and_then(|span| key_of_line(text, span.start));
+        match key.and_then(|key| Some((key, quoted_example(key)?))) {
+            Some((key, example)) => format!("; write the value in quotes: {key} = \"{example}\""),
+            None => "; write the value in quotes".to_string(),
+        }
     } else {
-        ""
+        String::new()
     };
     format!("{message}{how}")
+}
+
+/// The key a job file's line at byte `at` sets (`settle` of `settle = 15`), if it sets one.
+fn key_of_line(text: &str, at: usize) -> Option<&str> {
+    let start = text.get(..at)?.rfind('\n').map_or(0, |n| n + 1);
+    let line = text[start..].lines().next()?;
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim();
+    (!key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')).then_some(key)
+}
+
+/// A value of the job file's string key `key`, as its hint shows it.
+fn quoted_example(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "command" => "reconcile",
+        "data" => "../data",
+        "out" => "../out/nightly",
+        "history" => "../out/closes",
+        "settle" => "15m",
+        "as_of" => "now",
+        "memory_budget" => "3GiB",
+        _ => return None,
+    })
 }
 
 /// The placeholders an output path may hold.
@@ -313,12 +342,46 @@ mod tests {
             "line 1, column 1: missing field `data`; a job file needs data and out (paths \
              relative to the job file's folder)"
         );
-        let settle = refused("data = \"d\"\nout = \"o\"\nbuckets = \"4\"\n");
-        assert!(!settle.contains('\n'), "{settle}");
-        assert!(
-            settle.starts_with("line 3, column 11: invalid type: string"),
-            "{settle}"
+        assert_eq!(
+            refused("data = \"d\"\nout = \"o\"\nbuckets = \"4\"\n"),
+            "line 3, column 11: invalid type: string \"4\", expected a whole number"
         );
+        // The hint names the key the line sets, with a value of its kind.
+        assert_eq!(
+            refused("data = \"d\"\nout = \"o\"\nmemory_budget = 3000000000\n"),
+            "line 3, column 17: invalid type: integer `3000000000`, expected a string; write \
+             the value in quotes: memory_budget = \"3GiB\""
+        );
+        assert_eq!(
+            refused("data = \"d\"\nout = \"o\"\n  settle=15\n"),
+            "line 3, column 10: invalid type: integer `15`, expected a string; write the value \
+             in quotes: settle = \"15m\""
+        );
+        assert_eq!(
+            refused("data = \"d\"\nout = \"o\"\ncommand = 1\n"),
+            "line 3, column 11: invalid type: integer `1`, expected a string; write the value \
+             in quotes: command = \"reconcile\""
+        );
+        // A table is named as a job file's reader knows it, not by its Rust type.
+        assert_eq!(
+            refused("data = \"d\"\nout = \"o\"\nalert = 5\n"),
+            "line 3, column 9: invalid type: integer `5`, expected a table: write [alert] on a \
+             line of its own, its keys on the lines below"
+        );
+    }
+
+    /// The key a line sets: bare keys only, wherever the error's byte is on the line.
+    #[test]
+    fn the_key_of_a_line_is_its_bare_key() {
+        let text = "a = 1\n  settle=15\n[alert]\n\"quoted\" = 2\n";
+        assert_eq!(key_of_line(text, 0), Some("a"));
+        assert_eq!(key_of_line(text, 4), Some("a"));
+        assert_eq!(key_of_line(text, 6), Some("settle"));
+        assert_eq!(key_of_line(text, 15), Some("settle"));
+        assert_eq!(key_of_line(text, 18), None);
+        assert_eq!(key_of_line(text, 27), None);
+        assert_eq!(key_of_line(text, text.len()), None);
+        assert_eq!(key_of_line(text, text.len() + 1), None);
     }
 
     /// `{as_of}` names the instant to the second, and keeps a fraction of one when the

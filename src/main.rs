@@ -182,8 +182,9 @@ struct RunArgs {
     out: Option<PathBuf>,
     /// Account buckets for parallel work, 1..=65536 (default: one per 32K rows of a group;
     /// output does not depend on it).
+    // Read as u64 so that one past u32 is refused in the same words as one past 65536.
     #[arg(long)]
-    buckets: Option<u32>,
+    buckets: Option<u64>,
     /// Working memory to stay within, e.g. 3GiB (default): past it the run processes its
     /// accounts in groups, one after another, spilling rows to a temporary folder.
     #[arg(long)]
@@ -191,7 +192,7 @@ struct RunArgs {
     /// Process the accounts in this many groups, 1..=256 (default: the fewest that fit
     /// --memory-budget).
     #[arg(long)]
-    groups: Option<u32>,
+    groups: Option<u64>,
     /// Compute only shard I of N (of the 4096 account partitions, those p with p mod N = I)
     /// into OUT.shards/shard=I/;
     /// `tally merge` then publishes OUT. Under a Kubernetes Indexed Job the default is
@@ -736,20 +737,27 @@ fn request(
         .out
         .or_else(|| job.as_ref().map(|j| j.out.clone()))
         .ok_or_else(|| config_error("--out (or a --job file with `out`) is required".into()))?;
+    // Flag and key are read as any whole number they can be (u64, TOML's i64) and held to
+    // 1..=MAX_BUCKETS here, so that every refusal names the range that holds.
     let buckets = match setting(
-        args.buckets,
+        args.buckets.map(i128::from),
         "--buckets",
-        job.as_ref().and_then(|j| j.buckets),
+        job.as_ref().and_then(|j| j.buckets).map(i128::from),
         "buckets",
         job_path,
     ) {
         None => tally::run::AUTOMATIC_BUCKETS,
-        Some((b, origin)) if b == 0 || b > tally::route::MAX_BUCKETS => {
-            return Err(
-                origin.bad_number(b, &format!("must be in 1..={}", tally::route::MAX_BUCKETS))
-            );
-        }
-        Some((b, _)) => b,
+        Some((b, origin)) => match u32::try_from(b)
+            .ok()
+            .filter(|b| (1..=tally::route::MAX_BUCKETS).contains(b))
+        {
+            Some(b) => b,
+            None => {
+                return Err(
+                    origin.bad_number(b, &format!("must be in 1..={}", tally::route::MAX_BUCKETS))
+                );
+            }
+        },
     };
     let budget = setting(
         args.memory_budget,
@@ -767,15 +775,21 @@ fn request(
             )
         })?,
     };
-    if let Some(g) = args
-        .groups
-        .filter(|g| !(1..=tally::route::MAX_GROUPS).contains(g))
-    {
-        return Err(config_error(format!(
-            "--groups {g} must be in 1..={}",
-            tally::route::MAX_GROUPS
-        )));
-    }
+    let groups = match args.groups {
+        None => None,
+        Some(g) => match u32::try_from(g)
+            .ok()
+            .filter(|g| (1..=tally::route::MAX_GROUPS).contains(g))
+        {
+            Some(g) => Some(g),
+            None => {
+                return Err(config_error(format!(
+                    "--groups {g} must be in 1..={}",
+                    tally::route::MAX_GROUPS
+                )))
+            }
+        },
+    };
     let alert = alert_of(job.as_ref(), job_path)?;
     let shard = match args.shard {
         Some(text) => Some(tally::shard::parse_shard(&text).map_err(config_error)?),
@@ -793,7 +807,7 @@ fn request(
         settle_micros,
         force,
         buckets,
-        groups: args.groups,
+        groups,
         memory_budget_bytes,
         shard,
         alert,

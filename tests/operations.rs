@@ -120,7 +120,8 @@ fn groups_and_buckets_at_their_limits_and_one_past() {
             "{flag} {most}: other bytes"
         );
         let past = (most.parse::<u32>().unwrap() + 1).to_string();
-        for bad in ["0", past.as_str()] {
+        // One past u32 too: refused in the same words, not as clap's u32 range.
+        for bad in ["0", past.as_str(), "4294967296"] {
             let (ran, out) = run(&format!("past-{flag}-{bad}"), &[flag, bad]);
             assert_eq!(ran.status.code(), Some(2), "{flag} {bad}");
             assert_eq!(
@@ -156,7 +157,7 @@ fn a_bad_setting_names_the_job_file_key_or_the_flag_it_came_from() {
         (
             "settle = 15\n",
             "not a valid job file: line 5, column 10: invalid type: integer `15`, expected a \
-             string; write the value in quotes, e.g. settle = \"15m\"",
+             string; write the value in quotes: settle = \"15m\"",
         ),
         (
             "as_of = 2026-11-20T00:00:00Z\n",
@@ -195,6 +196,22 @@ fn a_bad_setting_names_the_job_file_key_or_the_flag_it_came_from() {
              such as 3GiB, 512MiB or 4GB",
         ),
         ("buckets = 0\n", "buckets = 0 must be in 1..=65536"),
+        ("buckets = 65537\n", "buckets = 65537 must be in 1..=65536"),
+        ("buckets = -1\n", "buckets = -1 must be in 1..=65536"),
+        (
+            "buckets = 4294967296\n",
+            "buckets = 4294967296 must be in 1..=65536",
+        ),
+        (
+            "memory_budget = 3000000000\n",
+            "not a valid job file: line 5, column 17: invalid type: integer `3000000000`, \
+             expected a string; write the value in quotes: memory_budget = \"3GiB\"",
+        ),
+        (
+            "alert = 5\n",
+            "not a valid job file: line 5, column 9: invalid type: integer `5`, expected a \
+             table: write [alert] on a line of its own, its keys on the lines below",
+        ),
         (
             "command = \"reconcil\"\n",
             "command = \"reconcil\" is not a command: use \"reconcile\" or \"close\"",
