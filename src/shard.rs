@@ -1092,6 +1092,25 @@ fn check_partial(p: &Partial, listed: &[Vec<u64>; 4]) -> std::result::Result<(),
     Ok(())
 }
 
+/// The first kind of row only a close writes that a partial holds, if any.
+fn close_rows(p: &Partial) -> Option<&'static str> {
+    if !p.billed.is_empty() || !p.lines.is_empty() {
+        return Some("run files of billed events or invoice lines");
+    }
+    p.results.iter().find_map(|(_, r)| {
+        [
+            (r.invoices.is_empty(), "invoices"),
+            (r.invoice_lines.is_empty(), "invoice lines"),
+            (r.renewals.is_empty(), "renewals"),
+            (r.allocations_next.is_empty(), "next allocations"),
+            (r.grants_next.is_empty(), "next grants"),
+            (r.billed_events.is_empty(), "billed events"),
+        ]
+        .into_iter()
+        .find_map(|(empty, what)| (!empty).then_some(what))
+    })
+}
+
 /// Billed events and invoice lines come from usage rows: a shard's runs hold at most as
 /// many rows as it read (a run file forged to hold millions of copies of a record, its
 /// count and checksums made to agree, would be merged into one account's batch).
@@ -1148,6 +1167,16 @@ fn read_partial(folder: &Path, m: &ShardManifest, listed: &[Vec<u64>; 4]) -> Res
         })
     })?;
     check_partial(&partial, listed).map_err(refuse)?;
+    if let Some(what) = (m.command == "reconcile")
+        .then(|| close_rows(&partial))
+        .flatten()
+    {
+        // A close's shards relabelled reconcile (shard.json is not checksummed) would
+        // publish a reconcile of a close's figures.
+        return Err(refuse(format!(
+            "it holds {what}, which only a close writes, but {SHARD_MANIFEST} says reconcile"
+        )));
+    }
     let mut used = std::collections::BTreeSet::new();
     locate_runs(folder, m, &mut partial.billed, &mut used, &refuse)?;
     locate_runs(folder, m, &mut partial.lines, &mut used, &refuse)?;
@@ -1165,6 +1194,30 @@ fn read_partial(folder: &Path, m: &ShardManifest, listed: &[Vec<u64>; 4]) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What only a close writes, in a partial or any account's result, is named; a
+    /// reconcile's partial holds none of it.
+    #[test]
+    fn close_rows_are_found_in_runs_and_results() {
+        let mut p = Partial::default();
+        let mut result = crate::engine::AccountResult::default();
+        p.results.push(("a".into(), result.clone()));
+        assert_eq!(close_rows(&p), None);
+        result.billed_events.push(crate::engine::BilledEventRow {
+            invoice_id: "INV-b".into(),
+            event_id: "e".into(),
+            account_id: "b".into(),
+            occurred_at: 0,
+            credits: None,
+        });
+        p.results.push(("b".into(), result));
+        assert_eq!(close_rows(&p), Some("billed events"));
+        p.lines.push(Run::Memory(Vec::new()));
+        assert_eq!(
+            close_rows(&p),
+            Some("run files of billed events or invoice lines")
+        );
+    }
 
     /// `--shard I/N` takes N up to the 4096 account partitions (each shard then holds
     /// one) and I up to N - 1; one past either, N = 0 and text that is not I/N are refused

@@ -2075,6 +2075,28 @@ fn merge_refuses_run_files_a_forged_partial_names_wrongly() {
     assert!(second_account > first_account);
     assert!(!out.exists(), "nothing is published");
 
+    // A close's shards relabelled reconcile in their shard.json (which no checksum
+    // covers): refused, not published as a reconcile of a close's figures.
+    forgery.restore();
+    for i in 0..2 {
+        edit_listing(&root(shards).join(format!("shard={i}/shard.json")), |m| {
+            m["command"] = "reconcile".into()
+        });
+    }
+    let e = refused_merge(tmp.path(), shards);
+    assert_eq!(
+        e,
+        refusal(
+            "it holds run files of billed events or invoice lines, which only a close writes, \
+             but shard.json says reconcile"
+        )
+    );
+    for i in 0..2 {
+        edit_listing(&root(shards).join(format!("shard={i}/shard.json")), |m| {
+            m["command"] = "close".into()
+        });
+    }
+
     // A FIFO in place of partial.bin, a run file and shard.json: refused, not read.
     for file in ["partial.bin", "billed-0.bin", "shard.json"] {
         forgery.restore();
