@@ -476,7 +476,7 @@ fn resolved(path: &Path) -> PathBuf {
 /// run would read this run's outputs as input (unless a `.`/`_` folder on the way hides it).
 /// Compared as written and with links resolved: an output reached through a link to a
 /// dataset folder (or a data root given through a link) lands inside it all the same.
-fn refuse_out_inside_a_dataset(data: &Path, out: &Path) -> Result<()> {
+pub(crate) fn refuse_out_inside_a_dataset(data: &Path, out: &Path) -> Result<()> {
     let outs = [normalised(out), resolved(out)];
     let hidden = |inside: &Path| {
         (inside.components()).any(|c| load::is_hidden(&c.as_os_str().to_string_lossy()))

@@ -664,6 +664,9 @@ pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
     check_one_build(&folders, &manifests)?;
     check_every_shard_once(req, &sources, &folders, &manifests)?;
     let job = merge_job(req, &folders, first)?;
+    // As a run's: published inside a dataset folder, the outputs would be the next run's
+    // input.
+    crate::refuse_out_inside_a_dataset(&job.data, &req.out)?;
     let _lock = crate::lock_output(&req.out)?;
     // A close whose shards read a history: its folder is the one `--out` is directly
     // inside (the shards checked that). The merge publishes into it, so it takes the

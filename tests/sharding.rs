@@ -592,6 +592,44 @@ fn merge_refuses_missing_duplicated_foreign_and_altered_shards() {
     assert!(!out.exists(), "nothing published by a refused merge");
 }
 
+/// A merge whose `--out` is inside a dataset folder of the shards' data root is refused
+/// as a run's is (exit 2, nothing made): the next run would read its outputs as input.
+#[test]
+fn merge_refuses_an_output_inside_a_dataset_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = two_shards(tmp.path(), "reconcile", AS_OF);
+    let data = tmp.path().join("data");
+    let inside = data.join("usage/merged");
+    let ran = tally_command(&[
+        "merge",
+        "--out",
+        inside.to_str().unwrap(),
+        root(&shards).to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(ran.status.code(), Some(2), "{}", stderr(&ran));
+    assert_eq!(
+        stderr(&ran),
+        format!(
+            "tally: {}: the output folder is inside the data root's usage/ folder, so the \
+             next run would read this run's outputs as usage input: write outputs outside the \
+             dataset folders\n",
+            inside.display()
+        )
+    );
+    let usage: Vec<_> = std::fs::read_dir(data.join("usage"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        usage
+            .iter()
+            .all(|name| !name.to_string_lossy().contains("merged")),
+        "nothing made: {usage:?}"
+    );
+}
+
 /// Two shards of `command` on the generated root, in `tmp/shards.shards/`; the run's
 /// `--out` (`tmp/shards`).
 fn two_shards(tmp: &Path, command: &str, as_of: &str) -> PathBuf {
