@@ -804,7 +804,11 @@ fn staging_prefix(target: &Path) -> Result<(PathBuf, String)> {
     Ok((parent, format!(".{name}.tally-staging-")))
 }
 
-/// Remove staging folders left by runs that died (their process no longer exists).
+/// The end of the staging name of a previous output swapped out by the two-rename publish.
+const PREVIOUS_SUFFIX: &str = "-old";
+
+/// Remove staging folders left by runs that died (their process no longer exists), but
+/// not a previous output that is the only copy of the output (its target is missing).
 pub fn clean_stale_staging(target: &Path) -> Result<()> {
     let (parent, prefix) = staging_prefix(target)?;
     let Ok(entries) = std::fs::read_dir(&parent) else {
@@ -815,6 +819,18 @@ pub fn clean_stale_staging(target: &Path) -> Result<()> {
         let Some(pid) = name.strip_prefix(&prefix) else {
             continue;
         };
+        // A previous output swapped out by the two-rename publish (no exchange) while the
+        // target is missing: the new output never took its place (both renames failed, or
+        // the run was killed between them), and this is the only copy of the output.
+        if pid.ends_with(PREVIOUS_SUFFIX) && std::fs::symlink_metadata(target).is_err() {
+            tracing::warn!(
+                folder = %entry.path().display(),
+                target = %target.display(),
+                "a previous output, swapped out by a publish that did not finish, is kept: \
+                 rename it to the output folder by hand if it should be there again"
+            );
+            continue;
+        }
         let alive = pid
             .parse::<u32>()
             .map(|p| p != std::process::id() && Path::new(&format!("/proc/{p}")).exists())
@@ -878,7 +894,7 @@ fn publish_staging(staging: &Path, target: &Path) -> Result<()> {
             // `staging` now holds the previous output.
             remove_previous_output(staging);
         } else {
-            let old = parent.join(format!("{prefix}{}-old", std::process::id()));
+            let old = parent.join(format!("{prefix}{}{PREVIOUS_SUFFIX}", std::process::id()));
             std::fs::rename(target, &old).map_err(write_err(target))?;
             if let Err(e) = std::fs::rename(staging, target) {
                 // The previous output back in its place: a failed run replaces nothing.
@@ -1001,6 +1017,35 @@ mod tests {
         let second = staging("second");
         assert!(publish(&second, &new_target).is_err());
         assert!(!second.exists() && !new_target.exists());
+    }
+
+    /// A staging folder a dead run left is removed; a previous output it swapped out is
+    /// kept while the target is missing (the next run removed the only copy of the output
+    /// the failed publish's message said to rename back by hand), and removed once a run
+    /// has published the target again.
+    #[test]
+    fn a_swapped_out_previous_output_is_kept_while_the_target_is_missing() {
+        let here = tempfile::tempdir().unwrap();
+        let target = here.path().join("out");
+        let (_, prefix) = staging_prefix(&target).unwrap();
+        // No process has a pid this large (pid_max is at most 2^22).
+        let dead = here.path().join(format!("{prefix}99999999"));
+        let previous = here
+            .path()
+            .join(format!("{prefix}99999999{PREVIOUS_SUFFIX}"));
+        for folder in [&dead, &previous] {
+            std::fs::create_dir(folder).unwrap();
+            std::fs::write(folder.join("summary.json"), "{}").unwrap();
+        }
+        clean_stale_staging(&target).unwrap();
+        assert!(!dead.exists(), "a dead run's staging folder is removed");
+        assert!(
+            previous.join("summary.json").exists(),
+            "the only copy is kept"
+        );
+        std::fs::create_dir(&target).unwrap();
+        clean_stale_staging(&target).unwrap();
+        assert!(!previous.exists(), "removed once the target is there again");
     }
 
     /// A writer that takes at most 3 bytes a call (as a file may take part of a write).
