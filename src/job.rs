@@ -63,6 +63,8 @@ fn job_error(text: &str, e: &toml::de::Error) -> String {
     let message = crate::pricebook::toml_error(text, e)
         .replace("expected u64", "expected a whole number of 0 or more")
         .replace("expected i64", "expected a whole number")
+        // A path key's (`data = 5`): a string all the same, and the hint below applies.
+        .replace("expected path string", "expected a string (a path)")
         .replace(
             "invalid type: map, expected a string",
             "a TOML date-time, expected a string",
@@ -361,6 +363,11 @@ mod tests {
             refused("data = \"d\"\nout = \"o\"\ncommand = 1\n"),
             "line 3, column 11: invalid type: integer `1`, expected a string; write the value \
              in quotes: command = \"reconcile\""
+        );
+        assert_eq!(
+            refused("data = 5\nout = \"o\"\n"),
+            "line 1, column 8: invalid type: integer `5`, expected a string (a path); write \
+             the value in quotes: data = \"../data\""
         );
         // A table is named as a job file's reader knows it, not by its Rust type.
         assert_eq!(

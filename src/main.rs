@@ -182,17 +182,17 @@ struct RunArgs {
     out: Option<PathBuf>,
     /// Account buckets for parallel work, 1..=65536 (default: one per 32K rows of a group;
     /// output does not depend on it).
-    // Read as u64 so that one past u32 is refused in the same words as one past 65536.
-    #[arg(long)]
-    buckets: Option<u64>,
+    // Read as i64 so that -1 and one past u32 are refused in the same words as 65537.
+    #[arg(long, allow_negative_numbers = true)]
+    buckets: Option<i64>,
     /// Working memory to stay within, e.g. 3GiB (default): past it the run processes its
     /// accounts in groups, one after another, spilling rows to a temporary folder.
     #[arg(long)]
     memory_budget: Option<String>,
     /// Process the accounts in this many groups, 1..=256 (default: the fewest that fit
     /// --memory-budget).
-    #[arg(long)]
-    groups: Option<u64>,
+    #[arg(long, allow_negative_numbers = true)]
+    groups: Option<i64>,
     /// Compute only shard I of N (of the 4096 account partitions, those p with p mod N = I)
     /// into OUT.shards/shard=I/;
     /// `tally merge` then publishes OUT. Under a Kubernetes Indexed Job the default is

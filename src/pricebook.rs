@@ -200,7 +200,10 @@ impl Ctx<'_> {
         // An input's instants are in these years; a rate from outside them could not be
         // written back in RFC 3339 (explain, messages) as the book has it.
         if !crate::time::in_instant_years(t) {
-            return Err(self.err(format!("{what} = {text} is outside the years 0001 to 9999")));
+            return Err(self.err(format!(
+                "{what} = {text} is outside the years 0001 to 9999 (in UTC: {})",
+                crate::time::format_instant(t)
+            )));
         }
         Ok(t)
     }
@@ -951,10 +954,28 @@ effective_from = 2026-06-01T00:00:00Z
                 "{within}"
             );
         }
-        for (past, shown) in [
-            ("0000-12-31T23:59:59Z", "0000-12-31T23:59:59Z"),
-            ("\"+10000-01-01T00:00:00\"", "+10000-01-01T00:00:00"),
-            ("\"-0001-01-01T00:00:00\"", "-0001-01-01T00:00:00"),
+        for (past, shown, utc) in [
+            (
+                "0000-12-31T23:59:59Z",
+                "0000-12-31T23:59:59Z",
+                "0000-12-31T23:59:59Z",
+            ),
+            // In the years as written, not in UTC.
+            (
+                "0001-01-01T00:00:00+01:00",
+                "0001-01-01T00:00:00+01:00",
+                "0000-12-31T23:00:00Z",
+            ),
+            (
+                "\"+10000-01-01T00:00:00\"",
+                "+10000-01-01T00:00:00",
+                "+10000-01-01T00:00:00Z",
+            ),
+            (
+                "\"-0001-01-01T00:00:00\"",
+                "-0001-01-01T00:00:00",
+                "-0001-01-01T00:00:00Z",
+            ),
         ] {
             assert_eq!(
                 PriceBook::parse(&with_from(past), "p.toml")
@@ -962,7 +983,7 @@ effective_from = 2026-06-01T00:00:00Z
                     .to_string(),
                 format!(
                     "p.toml: [[rates]] #1: effective_from = {shown} is outside the years 0001 \
-                     to 9999"
+                     to 9999 (in UTC: {utc})"
                 ),
                 "{past}"
             );

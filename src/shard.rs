@@ -1170,14 +1170,20 @@ fn read_partial(folder: &Path, m: &ShardManifest, listed: &[Vec<u64>; 4]) -> Res
         })
     })?;
     check_partial(&partial, listed).map_err(refuse)?;
+    // Shards relabelled in their shard.json (which no checksum covers) would publish one
+    // command's outputs from the other's figures.
     if let Some(what) = (m.command == "reconcile")
         .then(|| close_rows(&partial))
         .flatten()
     {
-        // A close's shards relabelled reconcile (shard.json is not checksummed) would
-        // publish a reconcile of a close's figures.
         return Err(refuse(format!(
             "it holds {what}, which only a close writes, but {SHARD_MANIFEST} says reconcile"
+        )));
+    }
+    let balances = || partial.results.iter().any(|(_, r)| !r.balances.is_empty());
+    if m.command == "close" && balances() {
+        return Err(refuse(format!(
+            "it holds balances, which only a reconcile writes, but {SHARD_MANIFEST} says close"
         )));
     }
     let mut used = std::collections::BTreeSet::new();

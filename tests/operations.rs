@@ -120,8 +120,8 @@ fn groups_and_buckets_at_their_limits_and_one_past() {
             "{flag} {most}: other bytes"
         );
         let past = (most.parse::<u32>().unwrap() + 1).to_string();
-        // One past u32 too: refused in the same words, not as clap's u32 range.
-        for bad in ["0", past.as_str(), "4294967296"] {
+        // Below 0 and one past u32 too: refused in the same words, not clap's.
+        for bad in ["0", past.as_str(), "4294967296", "-1"] {
             let (ran, out) = run(&format!("past-{flag}-{bad}"), &[flag, bad]);
             assert_eq!(ran.status.code(), Some(2), "{flag} {bad}");
             assert_eq!(
