@@ -2049,40 +2049,49 @@ fn merge_refuses_run_files_a_forged_partial_names_wrongly() {
     // One record fewer counted, in partial.bin and shard.json alike: exit 4 at its end.
     forgery.restore();
     let (name, rows) = first_run(&forgery.partial());
-    forge_partial(shard, |p| p.billed[0] = Run::File(name.clone(), rows - 1));
-    edit_listing(&shard.join("shard.json"), |m| {
-        let runs = m["runs"].as_array_mut().unwrap();
-        let entry = (runs.iter_mut())
-            .find(|f| f["path"] == name.to_str().unwrap())
-            .unwrap();
-        entry["rows"] = (rows - 1).into();
-    });
+    let run = shard.join(&name);
+    // shard.json's entry of the run file, edited.
+    let edit_run_entry = |edit: &dyn Fn(&mut serde_json::Value)| {
+        edit_listing(&shard.join("shard.json"), |m| {
+            let runs = m["runs"].as_array_mut().unwrap();
+            edit(
+                (runs.iter_mut())
+                    .find(|f| f["path"] == name.to_str().unwrap())
+                    .unwrap(),
+            )
+        })
+    };
+    // The merge stopped at the run file (exit 4), nothing published: its stderr.
     let out = tmp.path().join("out");
-    let output = tally_command(&[
-        "merge",
-        "--out",
-        out.to_str().unwrap(),
-        root(shards).to_str().unwrap(),
-    ])
-    .output()
-    .unwrap();
-    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    let stopped = || {
+        let output = tally_command(&[
+            "merge",
+            "--out",
+            out.to_str().unwrap(),
+            root(shards).to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+        assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+        assert!(!out.exists(), "nothing is published");
+        stderr(&output)
+    };
+    forge_partial(shard, |p| p.billed[0] = Run::File(name.clone(), rows - 1));
+    edit_run_entry(&|entry| entry["rows"] = (rows - 1).into());
     assert_eq!(
-        stderr(&output),
+        stopped(),
         format!(
             "tally: invariant broken: run file {} cannot be read back: it holds more than the \
              {} records written\n",
-            shard.join(&name).display(),
+            run.display(),
             rows - 1
         )
     );
-    assert!(!out.exists(), "nothing is published");
 
     // The run file's records forged out of account order (its first account moved to its
     // end), listed with their own checksum: exit 4 naming it, not a billed_events table
     // out of the contract's order.
     forgery.restore();
-    let run = shard.join(&name);
     let mut records: Vec<tally::engine::BilledEventRow> = Vec::new();
     let pristine_run = vec![Run::File(run.clone(), rows)];
     tally::runs::for_each_chunk(&pristine_run, 1 << 20, |chunk| {
@@ -2101,24 +2110,9 @@ fn merge_refuses_run_files_a_forged_partial_names_wrongly() {
         use sha2::Digest;
         hex::encode(sha2::Sha256::digest(std::fs::read(&run).unwrap()))
     };
-    edit_listing(&shard.join("shard.json"), |m| {
-        let runs = m["runs"].as_array_mut().unwrap();
-        let entry = (runs.iter_mut())
-            .find(|f| f["path"] == name.to_str().unwrap())
-            .unwrap();
-        entry["sha256"] = sha.into();
-    });
-    let output = tally_command(&[
-        "merge",
-        "--out",
-        out.to_str().unwrap(),
-        root(shards).to_str().unwrap(),
-    ])
-    .output()
-    .unwrap();
-    assert_eq!(output.status.code(), Some(4), "{}", stderr(&output));
+    edit_run_entry(&|entry| entry["sha256"] = sha.clone().into());
     assert_eq!(
-        stderr(&output),
+        stopped(),
         format!(
             "tally: invariant broken: run file {} cannot be read back: its account \
              {first_account:?} comes after {last_account:?}: runs hold accounts in id order, \
@@ -2126,7 +2120,6 @@ fn merge_refuses_run_files_a_forged_partial_names_wrongly() {
             run.display(),
         )
     );
-    assert!(!out.exists(), "nothing is published");
 
     // A close's shards relabelled reconcile in their shard.json (which no checksum
     // covers): refused, not published as a reconcile of a close's figures.
