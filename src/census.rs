@@ -6,7 +6,7 @@
 use crate::error::{Result, TallyError};
 use crate::load::{self, InputFile};
 use crate::model::Dataset;
-use crate::pricebook::PriceBook;
+use crate::pricebook::{PriceBook, PriceBookReading};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -62,7 +62,7 @@ pub struct Inputs {
 /// run's census does, of files not read and datasets without Parquet files).
 pub fn inputs(root: &Path) -> Result<Inputs> {
     warn_of_folders_not_read(root);
-    inputs_of(root, &|d| {
+    inputs_of(root, None, &|d| {
         let listing = load::list_dataset(root, d.name())?;
         if let Some(listing) = &listing {
             warn_of_files_not_read(d, listing);
@@ -72,20 +72,28 @@ pub fn inputs(root: &Path) -> Result<Inputs> {
 }
 
 /// [`inputs`], its files as the census listed them: the files a run loads are the files
-/// its manifest lists.
+/// its manifest lists; and its price book the census's reading, when it holds one.
 pub fn inputs_listed(root: &Path, census: &Census) -> Result<Inputs> {
-    inputs_of(root, &|d| Ok(census.listed(d)))
+    let book = census
+        .pricebook
+        .as_ref()
+        .map(|reading| reading.book.clone());
+    inputs_of(root, book, &|d| Ok(census.listed(d)))
 }
 
-/// The price book and input files of a data root, each dataset's files as `list` gives
-/// them (`None`: no folder).
+/// The price book (`book`, else read now) and input files of a data root, each dataset's
+/// files as `list` gives them (`None`: no folder).
 fn inputs_of(
     root: &Path,
+    book: Option<PriceBook>,
     list: &dyn Fn(Dataset) -> Result<Option<Vec<InputFile>>>,
 ) -> Result<Inputs> {
     check_data_root(root)?;
     let pricebook_path = root.join("pricebook.toml");
-    let book = PriceBook::load(&pricebook_path, &pricebook_path.display().to_string())?;
+    let book = match book {
+        Some(book) => book,
+        None => PriceBook::load(&pricebook_path, &pricebook_path.display().to_string())?,
+    };
     let files = [
         dataset_files(root, Dataset::Usage, list(Dataset::Usage)?)?,
         dataset_files(root, Dataset::Allocations, list(Dataset::Allocations)?)?,
@@ -110,6 +118,10 @@ pub struct Census {
     /// Each dataset's files (index = `Dataset as usize`); `None`: the dataset has no folder
     /// (the run's inputs refuse a required one missing).
     pub files: [Option<Vec<CensusFile>>; 4],
+    /// The price book as the run read it before its lock ([`Census::with_pricebook`]): the
+    /// load prices with it and the manifest lists its sha256, so that both are of one
+    /// reading. `None` (`verify`): the file is hashed as it is now.
+    pub pricebook: Option<PriceBookReading>,
 }
 
 /// An input file as the census read it.
@@ -148,10 +160,21 @@ impl Census {
             });
             files[d as usize] = Some(read.collect());
         }
-        let census = Census { files };
+        let census = Census {
+            files,
+            pricebook: None,
+        };
         let count = census.file_count(&Dataset::ALL);
         crate::progress::log_stage("open inputs", count, count, started.elapsed());
         Ok(census)
+    }
+
+    /// The census with the run's reading of the price book.
+    pub fn with_pricebook(self, reading: PriceBookReading) -> Census {
+        Census {
+            pricebook: Some(reading),
+            ..self
+        }
     }
 
     /// Every file listed, with its footer's reading, in dataset order.

@@ -215,7 +215,12 @@ pub(crate) fn fingerprint_files(
     parallel: bool,
 ) -> Result<Vec<FileEntry>> {
     let pricebook = data.join("pricebook.toml");
-    let pricebook_entry = match write::sha256_file(&pricebook) {
+    let pricebook_sha256 = match &census.pricebook {
+        // The bytes the run parsed, not the file as it is now.
+        Some(reading) => Ok(reading.sha256.clone()),
+        None => write::sha256_file(&pricebook),
+    };
+    let pricebook_entry = match pricebook_sha256 {
         // The price book's own words (the load beside this reports the same).
         Err(TallyError::Io { source, .. }) => {
             return Err(pricebook::unreadable(
@@ -437,6 +442,8 @@ pub(crate) struct Prepared {
     pub _lock: OutputLock,
     pub _history_lock: Option<OutputLock>,
     pub history: history::History,
+    /// The run's one reading of the price book, taken before the lock.
+    pub pricebook: pricebook::PriceBookReading,
 }
 
 /// `path` made absolute against the working folder, `.` and `..` folded lexically
@@ -505,13 +512,11 @@ pub(crate) fn refuse_out_inside_a_dataset(data: &Path, out: &Path) -> Result<()>
 /// Check the data root, lock `out`, refuse a foreign folder and read the history.
 pub(crate) fn prepare(req: &JobRequest, out: &Path) -> Result<Prepared> {
     census::check_data_root(&req.data)?;
-    // The price book checked before the output's lock makes any folder (a bad one is the
-    // most common refusal of a run): read again by the load, a few hundred lines at most,
-    // which says what it warns of (once: this reading logs nothing).
+    // The price book read before the output's lock makes any folder (a bad one is the most
+    // common refusal of a run), and only then: the census carries this reading to the load
+    // and the manifest.
     let book = req.data.join("pricebook.toml");
-    tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
-        pricebook::PriceBook::load(&book, &book.display().to_string())
-    })?;
+    let pricebook = pricebook::PriceBook::read(&book, &book.display().to_string())?;
     refuse_out_inside_a_dataset(&req.data, &req.out)?;
     // The history's checks come before the output's lock, which makes the output's parent
     // folder (and a shard's `OUT.shards/`): a refused run leaves nothing behind.
@@ -533,6 +538,7 @@ pub(crate) fn prepare(req: &JobRequest, out: &Path) -> Result<Prepared> {
         _lock: lock,
         _history_lock: history_lock,
         history,
+        pricebook,
     })
 }
 
@@ -712,7 +718,7 @@ pub fn run_job(req: &JobRequest) -> Result<JobOutcome> {
     }
     let prepared = prepare(req, &req.out)?;
     let settings = req.settings(prepared.history.clone());
-    let census = census::Census::take(&req.data)?;
+    let census = census::Census::take(&req.data)?.with_pricebook(prepared.pricebook.clone());
     if req.mode == Mode::Close && req.out.join("manifest.json").exists() {
         // The inputs decide whether this close was already made: fingerprint them first.
         let inputs = fingerprint(req, &prepared.history, &census, true)?;
@@ -1026,6 +1032,43 @@ fn write_manifest(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A run's price book is read once: the load prices with that reading and the
+    /// manifest lists the sha256 of its bytes, also when the file is written again during
+    /// the run (the manifest named a book the run did not price with).
+    #[test]
+    fn the_price_book_is_priced_and_listed_as_one_reading() {
+        let data = tempfile::tempdir().unwrap();
+        let book = data.path().join("pricebook.toml");
+        let usd = crate::generate::PRICEBOOK_TOML;
+        std::fs::write(&book, usd).unwrap();
+        let reading = pricebook::PriceBook::read(&book, "pricebook.toml").unwrap();
+        assert_eq!(reading.sha256, write::sha256_hex(usd.as_bytes()));
+        let census = census::Census::take(data.path())
+            .unwrap()
+            .with_pricebook(reading);
+        let eur = usd.replace("currency = \"USD\"", "currency = \"EUR\"");
+        assert_ne!(eur, usd);
+        std::fs::write(&book, &eur).unwrap();
+        let listed = fingerprint_files(data.path(), &census, false).unwrap();
+        assert_eq!(listed[0].path, "pricebook.toml");
+        assert_eq!(listed[0].sha256, write::sha256_hex(usd.as_bytes()));
+        // The load's inputs (their required dataset folders made) price with the reading,
+        // not the file as it is now.
+        for dataset in ["usage", "allocations", "debits"] {
+            std::fs::create_dir(data.path().join(dataset)).unwrap();
+        }
+        let census = census::Census::take(data.path())
+            .unwrap()
+            .with_pricebook(pricebook::PriceBook::read(&book, "pricebook.toml").unwrap());
+        std::fs::write(&book, usd).unwrap();
+        let inputs = census::inputs_listed(data.path(), &census).unwrap();
+        assert_eq!(inputs.book.currency, "EUR");
+        // Without a reading (`verify`), the file as it is now.
+        let now = census::Census::take(data.path()).unwrap();
+        let listed = fingerprint_files(data.path(), &now, false).unwrap();
+        assert_eq!(listed[0].sha256, write::sha256_hex(usd.as_bytes()));
+    }
 
     /// An earlier run's `summary.json` is read back, not trusted: rejected counts that add
     /// up past a u64 saturate (they overflowed: a panic, exit 4, on a no-op close).

@@ -70,6 +70,13 @@ pub struct PriceBook {
     index: HashMap<String, HashMap<String, ActionRates, FastHash>, FastHash>,
 }
 
+/// A price book as a run read it: the book, and the sha256 of the bytes it was parsed from.
+#[derive(Debug, Clone)]
+pub struct PriceBookReading {
+    pub book: PriceBook,
+    pub sha256: String,
+}
+
 /// The rates of one (product, action): the generic versions and the model-specific ones.
 #[derive(Debug, Clone, Default)]
 struct ActionRates {
@@ -246,8 +253,23 @@ pub fn check_is_a_file(path: &Path, display_name: &str) -> Result<()> {
 impl PriceBook {
     /// Read and validate `pricebook.toml`. Every problem is a configuration error (exit 2).
     pub fn load(path: &Path, display_name: &str) -> Result<PriceBook> {
-        let text = std::fs::read_to_string(path).map_err(|e| unreadable(display_name, &e))?;
-        PriceBook::parse(&text, display_name)
+        Ok(PriceBook::read(path, display_name)?.book)
+    }
+
+    /// The price book at `path`, read once: parsed, and the sha256 of the bytes parsed
+    /// (what a run's manifest lists, so that it names the book the run priced with even
+    /// if the file is written again during the run).
+    pub fn read(path: &Path, display_name: &str) -> Result<PriceBookReading> {
+        let bytes = std::fs::read(path).map_err(|e| unreadable(display_name, &e))?;
+        let sha256 = crate::write::sha256_hex(&bytes);
+        let text = String::from_utf8(bytes).map_err(|_| {
+            unreadable(
+                display_name,
+                &std::io::Error::from(std::io::ErrorKind::InvalidData),
+            )
+        })?;
+        let book = PriceBook::parse(&text, display_name)?;
+        Ok(PriceBookReading { book, sha256 })
     }
 
     pub fn parse(text: &str, display_name: &str) -> Result<PriceBook> {

@@ -136,7 +136,7 @@ pub fn run_shard(req: &JobRequest, shard: u32, shards: u32) -> Result<JobOutcome
     crate::check_replaceable(&req.out)?;
     let prepared = prepare(req, &folder)?;
     let settings = req.settings(prepared.history.clone());
-    let census = census::Census::take(&req.data)?;
+    let census = census::Census::take(&req.data)?.with_pricebook(prepared.pricebook.clone());
     let compute = || {
         let inputs = census::inputs_listed(&settings.data, &census)?;
         let layout = pipeline::layout(&settings, &census, shard, shards)?;
