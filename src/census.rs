@@ -54,6 +54,8 @@ fn dataset_files(
 pub struct Inputs {
     pub book: PriceBook,
     pub pricebook_path: PathBuf,
+    /// The sha256 of the bytes `book` was parsed from.
+    pub pricebook_sha256: String,
     /// Input files of each dataset (index = `Dataset as usize`).
     pub files: [Vec<InputFile>; 4],
 }
@@ -71,28 +73,28 @@ pub fn inputs(root: &Path) -> Result<Inputs> {
     })
 }
 
-/// [`inputs`], its files as the census listed them: the files a run loads are the files
-/// its manifest lists; and its price book the census's reading, when it holds one.
+/// [`inputs`], its files as the census listed them (the files a run loads are the files
+/// its manifest lists) and its price book the census's reading (the one the manifest
+/// lists): a run's census must carry one ([`Census::with_pricebook`]).
 pub fn inputs_listed(root: &Path, census: &Census) -> Result<Inputs> {
-    let book = census
-        .pricebook
-        .as_ref()
-        .map(|reading| reading.book.clone());
-    inputs_of(root, book, &|d| Ok(census.listed(d)))
+    let reading = census.pricebook.clone().ok_or_else(|| {
+        TallyError::Invariant("a run's census carries its reading of the price book".into())
+    })?;
+    inputs_of(root, Some(reading), &|d| Ok(census.listed(d)))
 }
 
-/// The price book (`book`, else read now) and input files of a data root, each dataset's
-/// files as `list` gives them (`None`: no folder).
+/// The price book (`reading`, else read now) and input files of a data root, each
+/// dataset's files as `list` gives them (`None`: no folder).
 fn inputs_of(
     root: &Path,
-    book: Option<PriceBook>,
+    reading: Option<PriceBookReading>,
     list: &dyn Fn(Dataset) -> Result<Option<Vec<InputFile>>>,
 ) -> Result<Inputs> {
     check_data_root(root)?;
     let pricebook_path = root.join("pricebook.toml");
-    let book = match book {
-        Some(book) => book,
-        None => PriceBook::load(&pricebook_path, &pricebook_path.display().to_string())?,
+    let PriceBookReading { book, sha256 } = match reading {
+        Some(reading) => reading,
+        None => PriceBook::read(&pricebook_path, &pricebook_path.display().to_string())?,
     };
     let files = [
         dataset_files(root, Dataset::Usage, list(Dataset::Usage)?)?,
@@ -103,6 +105,7 @@ fn inputs_of(
     Ok(Inputs {
         book,
         pricebook_path,
+        pricebook_sha256: sha256,
         files,
     })
 }

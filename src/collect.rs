@@ -100,6 +100,8 @@ fn order_outputs(
     let Inputs {
         book,
         pricebook_path,
+        // In the manifest already (the fingerprint's) or checked against it (a merge's).
+        pricebook_sha256: _,
         files,
     } = inputs;
     let (all, scratch) = gathered(partials)?;

@@ -1064,10 +1064,16 @@ mod tests {
         std::fs::write(&book, usd).unwrap();
         let inputs = census::inputs_listed(data.path(), &census).unwrap();
         assert_eq!(inputs.book.currency, "EUR");
-        // Without a reading (`verify`), the file as it is now.
+        assert_eq!(inputs.pricebook_sha256, write::sha256_hex(eur.as_bytes()));
+        // Without a reading (`verify`), the file as it is now; a run's inputs need one.
         let now = census::Census::take(data.path()).unwrap();
         let listed = fingerprint_files(data.path(), &now, false).unwrap();
         assert_eq!(listed[0].sha256, write::sha256_hex(usd.as_bytes()));
+        assert!(census::inputs_listed(data.path(), &now).is_err());
+        // Read now (the merge, explain): the book and the sha256 of the bytes parsed.
+        let read_now = census::inputs(data.path()).unwrap();
+        assert_eq!(read_now.book.currency, "USD");
+        assert_eq!(read_now.pricebook_sha256, write::sha256_hex(usd.as_bytes()));
     }
 
     /// An earlier run's `summary.json` is read back, not trusted: rejected counts that add

@@ -1236,7 +1236,11 @@ mod tests {
             (counts.files, counts.rows_read)
         };
 
-        let census = Census::take(&root).unwrap();
+        let reading = || {
+            let book = root.join("pricebook.toml");
+            crate::pricebook::PriceBook::read(&book, "pricebook.toml").unwrap()
+        };
+        let census = Census::take(&root).unwrap().with_pricebook(reading());
         let usage = census.files[Dataset::Usage as usize].as_ref().unwrap();
         let (files, rows) = (usage.len() as u64, usage_rows(&census));
         let late = root.join("usage/late-arrival.parquet");
@@ -1244,7 +1248,7 @@ mod tests {
         let output = run(settings.clone(), &census, &quiet).unwrap();
         assert_eq!(usage_read(&output), (files, rows));
 
-        let again = Census::take(&root).unwrap();
+        let again = Census::take(&root).unwrap().with_pricebook(reading());
         let added = again
             .all()
             .filter(|listed| listed.file.abs_path == late)

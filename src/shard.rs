@@ -870,11 +870,11 @@ fn check_inputs_unchanged(
             data.display()
         )));
     }
-    // The price book is read again here (currency, file names): it must be the one the
-    // shards priced with.
-    let book_now = write::sha256_file(&inputs.pricebook_path)?;
+    // The price book is read again here (currency, file names): the bytes the merge
+    // parsed must be the ones the shards priced with.
+    let book_now = &inputs.pricebook_sha256;
     let book_then = first.inputs.iter().find(|f| f.path == "pricebook.toml");
-    if book_then.map(|f| &f.sha256) != Some(&book_now) {
+    if book_then.map(|f| &f.sha256) != Some(book_now) {
         return Err(TallyError::Refused(format!(
             "{} changed since the shards ran; rerun them",
             inputs.pricebook_path.display()
