@@ -1309,7 +1309,14 @@ fn where_to_look(e: &clap::Error) -> String {
 /// Control characters (a corrupt file's bytes quoted in a library's message: NUL, form
 /// feed, a bare CR) are written `\u{..}`, so that the line stays one line of text.
 fn one_line(e: &anyhow::Error) -> String {
-    tally::error::controls_escaped(&e.to_string().replace('\n', " "))
+    let mut line = e.to_string().replace('\n', " ");
+    // A relative path of a run whose working folder was deleted (or moved) fails as a
+    // missing file ("writing ./.out.tally-lock: No such file or directory"): say why.
+    if std::env::current_dir().is_err() {
+        line += "; the working folder no longer exists (deleted or moved while the shell was \
+                 in it): cd to a folder that exists, or give absolute paths";
+    }
+    tally::error::controls_escaped(&line)
 }
 
 #[cfg(test)]

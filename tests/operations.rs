@@ -476,6 +476,49 @@ fn odd_data_root_file_systems_are_refused_with_exit_2() {
     assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
 }
 
+/// A run whose working folder was deleted while the shell was in it says so, beside the
+/// failed write of its relative `--out` (it said only "No such file or directory"); a run
+/// with absolute paths does not need the folder and publishes.
+#[test]
+fn a_deleted_working_folder_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gone = tmp.path().join("gone");
+    let demo = repo().join("fixtures/demo");
+    let in_gone_folder = |out: &str| {
+        std::fs::create_dir(&gone).unwrap();
+        // The shell enters the folder and removes it, then becomes tally there.
+        Command::new("sh")
+            .arg("-c")
+            .arg(r#"cd "$1" && rmdir "$1" && shift && exec "$@""#)
+            .arg("sh")
+            .arg(&gone)
+            .arg(env!("CARGO_BIN_EXE_tally"))
+            .args([
+                "reconcile",
+                "--data",
+                demo.to_str().unwrap(),
+                "--as-of",
+                AS_OF,
+            ])
+            .args(["--out", out])
+            .env("TALLY_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let relative = in_gone_folder("out");
+    assert_eq!(relative.status.code(), Some(4), "{}", stderr(&relative));
+    assert_eq!(
+        stderr(&relative),
+        "tally: writing ./.out.tally-lock: No such file or directory (os error 2); the working \
+         folder no longer exists (deleted or moved while the shell was in it): cd to a folder \
+         that exists, or give absolute paths\n"
+    );
+    let out = tmp.path().join("out");
+    let absolute = in_gone_folder(out.to_str().unwrap());
+    assert_eq!(absolute.status.code(), Some(0), "{}", stderr(&absolute));
+    assert!(out.join("manifest.json").is_file());
+}
+
 /// A reader that went away (stdout and stderr pipes closed before tally writes to them:
 /// `| head`, a dead logger) changes nothing: the run publishes and exits 0 (it aborted
 /// with 134 on a failed log line, and a failed summary line made it exit 4).
