@@ -70,6 +70,10 @@ pub struct PriceBook {
     index: HashMap<String, HashMap<String, ActionRates, FastHash>, FastHash>,
 }
 
+/// The largest price book read: 64 MiB (a price book is a few hundred lines; a hundred
+/// thousand rate versions would take about 15 MiB).
+pub const MAX_PRICEBOOK_BYTES: u64 = 64 << 20;
+
 /// A price book as a run read it: the book, and the sha256 of the bytes it was parsed from.
 #[derive(Debug, Clone)]
 pub struct PriceBookReading {
@@ -260,7 +264,22 @@ impl PriceBook {
     /// (what a run's manifest lists, so that it names the book the run priced with even
     /// if the file is written again during the run).
     pub fn read(path: &Path, display_name: &str) -> Result<PriceBookReading> {
-        let bytes = std::fs::read(path).map_err(|e| unreadable(display_name, &e))?;
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|file| {
+                use std::io::Read;
+                file.take(MAX_PRICEBOOK_BYTES + 1).read_to_end(&mut bytes)
+            })
+            .map_err(|e| unreadable(display_name, &e))?;
+        // A regular file (the data root's check), but one written without bound (a log
+        // written to the wrong name) would be read whole into memory.
+        if bytes.len() as u64 > MAX_PRICEBOOK_BYTES {
+            return Err(TallyError::config(
+                display_name,
+                "is larger than 64 MiB: not a price book (a price book is a TOML file of \
+                 plans and rates, a few hundred lines)",
+            ));
+        }
         let sha256 = crate::write::sha256_hex(&bytes);
         let text = String::from_utf8(bytes).map_err(|_| {
             unreadable(
@@ -956,6 +975,32 @@ effective_from = 2026-06-01T00:00:00Z
             refused(format!("rates = [1]\n{BOOK}").replace("[[rates]]", "[[more]]")),
             "p.toml: line 1, column 10: invalid type: integer `1`, expected a rate's table, \
              headed [[rates]], with its keys on the lines below"
+        );
+    }
+
+    /// A price book of 64 MiB is read (here a valid book padded with a comment); one byte
+    /// more is refused before it is parsed.
+    #[test]
+    fn a_price_book_is_read_up_to_64_mib_and_one_byte_more_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pricebook.toml");
+        let padded = |bytes: u64| {
+            let pad = bytes as usize - BOOK.len() - 2;
+            format!("{BOOK}#{}\n", "x".repeat(pad))
+        };
+        let at_limit = padded(MAX_PRICEBOOK_BYTES);
+        assert_eq!(at_limit.len() as u64, MAX_PRICEBOOK_BYTES);
+        std::fs::write(&path, &at_limit).unwrap();
+        let reading = PriceBook::read(&path, "p.toml").unwrap();
+        assert_eq!(
+            reading.sha256,
+            crate::write::sha256_hex(at_limit.as_bytes())
+        );
+        std::fs::write(&path, padded(MAX_PRICEBOOK_BYTES + 1)).unwrap();
+        assert_eq!(
+            PriceBook::read(&path, "p.toml").unwrap_err().to_string(),
+            "p.toml: is larger than 64 MiB: not a price book (a price book is a TOML file of \
+             plans and rates, a few hundred lines)"
         );
     }
 
