@@ -258,6 +258,22 @@ impl IdChunk {
         Some(chunk)
     }
 
+    /// The most bytes a chunk may hold before a row's ids are appended: a row's two ids of
+    /// at most [`MAX_ID_BYTES`] each (and their lengths) then still start at offsets that
+    /// fit a u32.
+    pub const ROOM_FOR_A_ROW: usize = u32::MAX as usize - 2 * (2 + MAX_ID_BYTES);
+
+    /// Whether a row's ids may be appended (a row group of a million rows with ids of 4 KiB
+    /// would pass 4 GiB: the loaders refuse its file instead of overflowing the offsets).
+    pub fn has_room_for_a_row(&self) -> bool {
+        IdChunk::room_for_a_row_at(self.bytes.len())
+    }
+
+    /// Whether a chunk of `len` bytes has room for a row's ids.
+    fn room_for_a_row_at(len: usize) -> bool {
+        len <= IdChunk::ROOM_FOR_A_ROW
+    }
+
     /// Append an id; its offset in the chunk.
     pub fn push(&mut self, id: &str) -> u32 {
         self.push_bytes(id.as_bytes())
@@ -272,6 +288,17 @@ impl IdChunk {
         self.bytes.extend_from_slice(id);
         offset
     }
+}
+
+/// A row group whose ids do not fit one chunk ([`IdChunk::has_room_for_a_row`]).
+pub fn ids_past_a_chunk(file: &str, row_group: usize) -> crate::error::TallyError {
+    crate::error::TallyError::input(
+        file,
+        format!(
+            "row group {row_group} holds more than 4 GiB of ids, more than tally holds for \
+             one row group; write the file in smaller row groups"
+        ),
+    )
 }
 
 /// The ids of a set of rows, in chunks (one per decoded row group or spill frame).
@@ -334,6 +361,20 @@ impl Ids {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A row's ids may be appended up to [`IdChunk::ROOM_FOR_A_ROW`] bytes: then its two
+    /// longest ids still start at offsets that fit a u32; one byte more, none may.
+    #[test]
+    fn a_chunk_has_room_for_a_row_up_to_the_last_offset_a_u32_holds() {
+        let at_limit = IdChunk::ROOM_FOR_A_ROW;
+        // The second id of a row starts after the first (its 2-byte length and bytes).
+        let second_id_start = at_limit + 2 + MAX_ID_BYTES;
+        assert!(u32::try_from(second_id_start).is_ok());
+        assert_eq!(second_id_start + 2 + MAX_ID_BYTES, u32::MAX as usize);
+        assert!(IdChunk::room_for_a_row_at(at_limit));
+        assert!(!IdChunk::room_for_a_row_at(at_limit + 1));
+        assert!(IdChunk::default().has_room_for_a_row());
+    }
 
     #[test]
     fn known_accounts_are_coded_first_in_order() {

@@ -641,6 +641,8 @@ struct Part<'a, R> {
     rejects: Vec<Reject>,
     read: u64,
     memos: Memos,
+    /// The row group's ids passed what one chunk holds (its file is refused).
+    ids_past_a_chunk: bool,
 }
 
 /// Read a whole dataset into one vector of compact rows. Row groups are decoded in
@@ -678,6 +680,7 @@ pub fn load<S: Source>(
             rejects: Vec::new(),
             read: 0,
             memos: Memos::default(),
+            ids_past_a_chunk: false,
         });
         rest = after;
     }
@@ -690,6 +693,10 @@ pub fn load<S: Source>(
             let mut parser = source.parser(batch, unit.file as u32, &mut part.memos);
             for i in 0..batch.len {
                 match parser.parse(i) {
+                    Parsed::Row(_) if !part.ids.has_room_for_a_row() => {
+                        part.ids_past_a_chunk = true;
+                        part.written += 1;
+                    }
                     Parsed::Row(fields) => {
                         let row = fields.store(&mut part.ids, unit.index as u32);
                         // Past the footer's count the row is dropped and counted: checked
@@ -716,6 +723,12 @@ pub fn load<S: Source>(
     let mut read = 0u64;
     let mut written = Vec::with_capacity(parts.len());
     for (unit, part) in units.iter().zip(parts) {
+        if part.ids_past_a_chunk {
+            return Err(crate::dict::ids_past_a_chunk(
+                &files[unit.file].rel_path,
+                unit.row_group,
+            ));
+        }
         // The decoding refuses a row group of another count than its footer's (the slots
         // were cut by those counts): another count here is a broken invariant.
         if part.written > part.slots.len() || part.read != unit.rows {

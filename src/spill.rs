@@ -15,7 +15,7 @@
 //! first-group rows, and the places are closed up once the pass is done (each row moved
 //! down once): no vector grows into fresh memory.
 
-use crate::dict::{IdChunk, Ids};
+use crate::dict::{ids_past_a_chunk, IdChunk, Ids};
 use crate::direct::{AlignedBuf, AppendFiles};
 use crate::error::{Result, TallyError};
 use crate::load::{Batch, InputFile, Parsed, Plan, Unit};
@@ -696,6 +696,14 @@ struct RowGroupDone<R> {
     failed: Option<TallyError>,
 }
 
+impl<R> RowGroupDone<R> {
+    /// Whether a row's ids fit the row group's chunks. (A spill frame holds one batch's
+    /// rows, at most 64K of them: its ids always fit.)
+    fn ids_have_room(&self) -> bool {
+        self.candidate_ids.has_room_for_a_row() && self.held_ids.has_room_for_a_row()
+    }
+}
+
 /// Parse every row of a dataset; keep the first group's valid rows in memory (each row
 /// group's in a place of its own, sized by the light pass's `counts`), spill the other
 /// groups' valid rows of this shard by group, keep rejects (of this shard) and candidates
@@ -820,6 +828,11 @@ impl<S: Source> BatchRouter<'_, S> {
                 continue;
             }
             match parser.parse(i) {
+                Parsed::Row(_) if !kept.ids_have_room() => {
+                    let file = &self.files[unit.file].rel_path;
+                    kept.failed
+                        .get_or_insert_with(|| ids_past_a_chunk(file, unit.row_group));
+                }
                 Parsed::Row(fields) if fields.is_candidate(cross) => {
                     let row = fields.store(&mut kept.candidate_ids, unit.index as u32);
                     kept.candidates.push(row);

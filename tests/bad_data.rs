@@ -1190,3 +1190,49 @@ fn footers_saying_the_most_rows_are_refused_not_a_panic() {
         ),
     );
 }
+
+/// A row group whose ids pass what tally holds for one (4 GiB: a million rows with event
+/// ids of 4 KiB) is refused naming its file and row group (exit 2); the offsets into its
+/// id chunk overflowed (a panic, exit 4). Ignored by default: it writes and reads 4 GiB of
+/// ids, about 5 GiB of memory and a minute; run it with `cargo test --release --test cli
+/// -- --ignored a_row_group_of_more_than_4_gib`.
+#[test]
+#[ignore = "reads 4 GiB of ids (about 5 GiB of memory): run by hand with --ignored"]
+fn a_row_group_of_more_than_4_gib_of_ids_is_refused() {
+    let tmp = good_copy();
+    let good = read_parquet(&tmp.path().join(USAGE));
+    // 4 batches of 2^18 copies of the first row (one row group of 2^20 rows, the writer's
+    // most), each with an event id of 4096 bytes.
+    let rows = 1usize << 18;
+    let first = arrow::array::UInt32Array::from(vec![0u32; rows]);
+    let mut columns: Vec<arrow::array::ArrayRef> = (good.columns().iter())
+        .map(|c| arrow::compute::take(c, &first, None).unwrap())
+        .collect();
+    let id = "e".repeat(4096);
+    let ids = arrow::array::StringArray::from_iter_values(std::iter::repeat_n(id.as_str(), rows));
+    columns[good.schema().index_of("event_id").unwrap()] = Arc::new(ids);
+    let batch = arrow::record_batch::RecordBatch::try_new(good.schema(), columns).unwrap();
+    let path = tmp.path().join(USAGE);
+    let mut out = tally::write::ParquetOut::create(&path, batch.schema()).unwrap();
+    for _ in 0..4 {
+        out.write(&batch).unwrap();
+    }
+    out.finish().unwrap();
+    let refusal = format!(
+        "tally: {USAGE}: row group 0 holds more than 4 GiB of ids, more than tally holds for \
+         one row group; write the file in smaller row groups"
+    );
+    assert_refused(&tmp, &reconcile(&tmp), &refusal);
+    // Split in two groups: the rows go to one account's group. Held in memory (the first
+    // group's place) they are refused alike; spilled, a frame holds one batch (64K rows)
+    // and the run goes on. Either way, no panic.
+    let data = tmp.path();
+    let split = run_command("reconcile", data, AS_OF, &data.join("out"))
+        .args(["--groups", "2"])
+        .output()
+        .unwrap();
+    match split.status.code() {
+        Some(2) => assert_eq!(stderr(&split), format!("{refusal}\n")),
+        code => assert!(matches!(code, Some(0 | 1)), "{code:?}: {}", stderr(&split)),
+    }
+}
