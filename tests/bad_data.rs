@@ -995,17 +995,18 @@ fn every_corpus_file_has_a_test() {
 }
 
 /// A string may be 4096 bytes long (`MAX_STRING_BYTES`); one byte more rejects its row
-/// `bad_value`, naming the column and both lengths: an id (read as a view) and a label
-/// (read through its dictionary), in a run of one group and in a split run (whose light
-/// pass reads the ids too).
+/// `bad_value`, naming the column and both lengths: an id (read as a view), a label (read
+/// through its dictionary) and an account id (the account of 4096 bytes, which has no
+/// allocation, is named cut to 64 characters), in a run of one group and in a split run
+/// (whose light pass reads the ids too); and the ledger's `entry_id` and `event_id`.
 #[test]
 fn a_string_of_the_length_limit_is_read_and_one_byte_more_rejects_its_row() {
     use arrow::array::{Array, AsArray};
     let tmp = good_copy();
     let (good, good_rejects) = good_usage_and_rejects(&tmp);
     assert!(
-        good_rejects.iter().all(|(row, _)| *row > 3),
-        "rows 0-3 of the good file are valid: {good_rejects:?}"
+        good_rejects.iter().all(|(row, _)| *row > 5),
+        "rows 0-5 of the good file are valid: {good_rejects:?}"
     );
     let strings = |name: &str| -> Vec<Option<Vec<u8>>> {
         let column = good.column_by_name(name).unwrap().as_string::<i32>();
@@ -1016,15 +1017,21 @@ fn a_string_of_the_length_limit_is_read_and_one_byte_more_rejects_its_row() {
     let long = |fill: u8, bytes: usize| Some(vec![fill; bytes]);
     // Rows 0 and 1: an event id at the limit and one byte past it; rows 2 and 3: a
     // product likewise.
+    // Rows 4 and 5: an account id likewise (one of 4096 bytes is an account without
+    // allocations).
     let (mut ids, mut products) = (strings("event_id"), strings("product"));
+    let mut accounts = strings("account_id");
     ids[0] = long(b'e', 4096);
     ids[1] = long(b'f', 4097);
     products[2] = long(b'p', 4096);
     products[3] = long(b'q', 4097);
+    accounts[4] = long(b'a', 4096);
+    accounts[5] = long(b'b', 4097);
     let mut columns = good.columns().to_vec();
     let schema = good.schema();
     columns[schema.index_of("event_id").unwrap()] = Arc::new(strings_unchecked(ids));
     columns[schema.index_of("product").unwrap()] = Arc::new(strings_unchecked(products));
+    columns[schema.index_of("account_id").unwrap()] = Arc::new(strings_unchecked(accounts));
     let edited = arrow::record_batch::RecordBatch::try_new(schema, columns).unwrap();
     assert_eq!(
         edited.column_by_name("event_id").unwrap().len(),
@@ -1041,6 +1048,18 @@ fn a_string_of_the_length_limit_is_read_and_one_byte_more_rejects_its_row() {
             3,
             "product is 4097 bytes long; the limit is 4096".to_string(),
         ),
+        (
+            4,
+            format!(
+                "no allocation of account \"{}…\" (4096 bytes) contains occurred_at \
+                 2026-11-05T12:00:00Z",
+                "a".repeat(64)
+            ),
+        ),
+        (
+            5,
+            "account_id is 4097 bytes long; the limit is 4096".to_string(),
+        ),
     ];
     expected.extend(good_rejects);
     for groups in [None, Some("2")] {
@@ -1055,6 +1074,137 @@ fn a_string_of_the_length_limit_is_read_and_one_byte_more_rejects_its_row() {
         assert_eq!(rejects_of(&out_dir, USAGE), expected, "{groups:?}");
         std::fs::remove_dir_all(&out_dir).unwrap();
     }
+}
+
+/// The ledger's ids at the length limit and one byte past: `entry_id` and `event_id` of
+/// 4096 bytes are read (an event id that names no event is an orphan debit), 4097 bytes
+/// reject the row `bad_value` naming the column, in a run of one group and a split run.
+#[test]
+fn a_ledger_id_of_the_length_limit_is_read_and_one_byte_more_rejects_its_row() {
+    use arrow::array::{Array, AsArray};
+    let tmp = good_copy();
+    let good = read_parquet(&tmp.path().join(DEBITS));
+    let reconciled = reconcile(&tmp);
+    assert_eq!(reconciled.status.code(), Some(0), "{}", stderr(&reconciled));
+    let good_rejects = rejects_of(&tmp.path().join("out"), DEBITS);
+    std::fs::remove_dir_all(tmp.path().join("out")).unwrap();
+    assert!(
+        good_rejects.iter().all(|(row, _)| *row > 3),
+        "rows 0-3 of the good ledger are valid: {good_rejects:?}"
+    );
+    assert!(good.num_rows() > 3);
+    let strings = |name: &str| -> Vec<Option<Vec<u8>>> {
+        let column = good.column_by_name(name).unwrap().as_string::<i32>();
+        (column.iter())
+            .map(|v| v.map(|v| v.as_bytes().to_vec()))
+            .collect()
+    };
+    let long = |fill: u8, bytes: usize| Some(vec![fill; bytes]);
+    let (mut entries, mut events) = (strings("entry_id"), strings("event_id"));
+    entries[0] = long(b'e', 4096);
+    entries[1] = long(b'f', 4097);
+    events[2] = long(b'v', 4096);
+    events[3] = long(b'w', 4097);
+    let mut columns = good.columns().to_vec();
+    let schema = good.schema();
+    columns[schema.index_of("entry_id").unwrap()] = Arc::new(strings_unchecked(entries));
+    columns[schema.index_of("event_id").unwrap()] = Arc::new(strings_unchecked(events));
+    let edited = arrow::record_batch::RecordBatch::try_new(schema, columns).unwrap();
+    assert_eq!(edited.column(0).len(), good.num_rows());
+    tally::write::write_parquet(&tmp.path().join(DEBITS), &edited).unwrap();
+    let mut expected = vec![
+        (
+            1,
+            "entry_id is 4097 bytes long; the limit is 4096".to_string(),
+        ),
+        (
+            3,
+            "event_id is 4097 bytes long; the limit is 4096".to_string(),
+        ),
+    ];
+    expected.extend(good_rejects);
+    for groups in [None, Some("2")] {
+        let data = tmp.path();
+        let out_dir = data.join("out");
+        let mut command = run_command("reconcile", data, AS_OF, &out_dir);
+        if let Some(groups) = groups {
+            command.args(["--groups", groups]);
+        }
+        let out = command.output().expect("tally runs");
+        assert!(
+            matches!(out.status.code(), Some(0 | 1)),
+            "{groups:?}: {}",
+            stderr(&out)
+        );
+        assert_eq!(rejects_of(&out_dir, DEBITS), expected, "{groups:?}");
+        std::fs::remove_dir_all(&out_dir).unwrap();
+    }
+}
+
+/// An input instant may be any microsecond of the years 0001 to 9999: the first and the
+/// last are read (the first is before every allocation: `no_allocation`; the last is after
+/// the as-of: outside the window, not rejected); one microsecond before the first or past
+/// the last rejects its row `bad_value`.
+#[test]
+fn an_instant_at_either_end_of_the_years_is_read_and_one_microsecond_past_rejects_its_row() {
+    use arrow::array::Array;
+    let tmp = good_copy();
+    let (good, good_rejects) = good_usage_and_rejects(&tmp);
+    assert!(
+        good_rejects.iter().all(|(row, _)| *row > 3),
+        "rows 0-3 of the good file are valid: {good_rejects:?}"
+    );
+    let schema = good.schema();
+    let at = schema.index_of("occurred_at").unwrap();
+    let arrow::datatypes::DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, zone) =
+        schema.field(at).data_type().clone()
+    else {
+        panic!("the good file's occurred_at is in microseconds");
+    };
+    let mut values: Vec<Option<i64>> = good
+        .column(at)
+        .as_any()
+        .downcast_ref::<arrow::array::TimestampMicrosecondArray>()
+        .unwrap()
+        .iter()
+        .collect();
+    let first = tally::time::FIRST_INSTANT;
+    let end = tally::time::END_OF_INSTANTS;
+    values[0] = Some(first);
+    values[1] = Some(first - 1);
+    values[2] = Some(end - 1);
+    values[3] = Some(end);
+    let edited_at = arrow::array::TimestampMicrosecondArray::from(values).with_timezone_opt(zone);
+    assert_eq!(edited_at.len(), good.num_rows());
+    let mut columns = good.columns().to_vec();
+    columns[at] = Arc::new(edited_at);
+    let edited = arrow::record_batch::RecordBatch::try_new(schema, columns).unwrap();
+    tally::write::write_parquet(&tmp.path().join(USAGE), &edited).unwrap();
+    let out = reconcile(&tmp);
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{}", stderr(&out));
+    let account = {
+        use arrow::array::AsArray;
+        let accounts = good
+            .column_by_name("account_id")
+            .unwrap()
+            .as_string::<i32>();
+        accounts.value(0).to_string()
+    };
+    let outside = |micros: i64| {
+        format!("occurred_at: {micros} Microseconds since the epoch is outside years 0001..=9999")
+    };
+    let mut expected = vec![
+        (
+            0,
+            format!(
+                "no allocation of account \"{account}\" contains occurred_at 0001-01-01T00:00:00Z"
+            ),
+        ),
+        (1, outside(first - 1)),
+        (3, outside(end)),
+    ];
+    expected.extend(good_rejects);
+    assert_eq!(rejects_of(&tmp.path().join("out"), USAGE), expected);
 }
 
 /// The Parquet file at `path` rewritten with its footer saying `rows` for each row group
