@@ -1137,8 +1137,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // explain and verify answer on stdout: their logs are for warnings only (verify's
+    // census logged its `open inputs` stage under every verdict).
     let level = match cli.command {
-        Command::Explain(_) => "warn",
+        Command::Explain(_) | Command::Verify(_) => "warn",
         _ => "info",
     };
     init_logging(cli.log_format, level);

@@ -454,6 +454,26 @@ fn what_the_run_never_writes_is_a_difference_shown_on_its_line() {
     assert_eq!(stdout.lines().count(), 4, "{stdout}");
 }
 
+/// Verify answers on stdout; at its default log level (warnings, as explain's) its stderr
+/// holds nothing when nothing is wrong (it logged its census's `open inputs` stage).
+#[test]
+fn verify_logs_nothing_at_its_default_level() {
+    let (_tmp, data, out) = published_reconcile();
+    let ran = tally_command(&[
+        "verify",
+        out.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ])
+    .env_remove("TALLY_LOG")
+    .args(["--log-format", "json"])
+    .output()
+    .unwrap();
+    assert_eq!(ran.status.code(), Some(0), "{}", stderr(&ran));
+    assert_eq!(stderr(&ran), "");
+    assert!(String::from_utf8_lossy(&ran.stdout).contains("inputs as read"));
+}
+
 /// What is not a published folder is exit 2 with one line naming it: a path that does not
 /// exist, a file, a folder without a manifest, a shard's part, an unreadable manifest, one
 /// written by another tool, one listing a path outside the folder; and a `--data` that is
