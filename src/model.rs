@@ -1141,6 +1141,32 @@ mod spill_form_tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// A spill frame's id may be as long as an input's ids may be (4096 bytes): read, and
+    /// the next one starts after it; one byte longer, or one whose bytes the chunk does not
+    /// hold whole, is no id (the frame is refused, not read past).
+    #[test]
+    fn a_spilled_id_is_read_up_to_the_id_limit_and_one_byte_more_is_none() {
+        let chunk = |len: usize| {
+            let mut bytes = (len as u16).to_le_bytes().to_vec();
+            bytes.extend(std::iter::repeat_n(b'i', len));
+            bytes
+        };
+        let at_limit = chunk(crate::dict::MAX_ID_BYTES);
+        let mut next = 0;
+        let (offset, id) = take_id(&at_limit, &mut next).unwrap();
+        assert_eq!((offset, id.len()), (0, crate::dict::MAX_ID_BYTES));
+        assert_eq!(next as usize, 2 + crate::dict::MAX_ID_BYTES);
+        let mut next = 0;
+        assert_eq!(
+            take_id(&chunk(crate::dict::MAX_ID_BYTES + 1), &mut next),
+            None
+        );
+        assert_eq!(next, 0);
+        let short = &at_limit[..at_limit.len() - 1];
+        assert_eq!(take_id(short, &mut 0), None);
+        assert_eq!(take_id(&at_limit[..1], &mut 0), None);
+    }
+
     fn any_usage_spill() -> impl Strategy<Value = UsageSpill> {
         (any::<(u64, i64, i64, i64)>(), any::<(u32, u32, u8, u8)>()).prop_map(
             |(
