@@ -1001,44 +1001,28 @@ fn every_corpus_file_has_a_test() {
 /// (whose light pass reads the ids too); and the ledger's `entry_id` and `event_id`.
 #[test]
 fn a_string_of_the_length_limit_is_read_and_one_byte_more_rejects_its_row() {
-    use arrow::array::{Array, AsArray};
     let tmp = good_copy();
-    let (good, good_rejects) = good_usage_and_rejects(&tmp);
+    let (_, good_rejects) = good_usage_and_rejects(&tmp);
     assert!(
         good_rejects.iter().all(|(row, _)| *row > 5),
         "rows 0-5 of the good file are valid: {good_rejects:?}"
     );
-    let strings = |name: &str| -> Vec<Option<Vec<u8>>> {
-        let column = good.column_by_name(name).unwrap().as_string::<i32>();
-        (column.iter())
-            .map(|v| v.map(|v| v.as_bytes().to_vec()))
-            .collect()
-    };
-    let long = |fill: u8, bytes: usize| Some(vec![fill; bytes]);
+    let long = |fill: u8, bytes: usize| vec![fill; bytes];
     // Rows 0 and 1: an event id at the limit and one byte past it; rows 2 and 3: a
-    // product likewise.
-    // Rows 4 and 5: an account id likewise (one of 4096 bytes is an account without
-    // allocations).
-    let (mut ids, mut products) = (strings("event_id"), strings("product"));
-    let mut accounts = strings("account_id");
-    ids[0] = long(b'e', 4096);
-    ids[1] = long(b'f', 4097);
-    products[2] = long(b'p', 4096);
-    products[3] = long(b'q', 4097);
-    accounts[4] = long(b'a', 4096);
-    accounts[5] = long(b'b', 4097);
-    let mut columns = good.columns().to_vec();
-    let schema = good.schema();
-    columns[schema.index_of("event_id").unwrap()] = Arc::new(strings_unchecked(ids));
-    columns[schema.index_of("product").unwrap()] = Arc::new(strings_unchecked(products));
-    columns[schema.index_of("account_id").unwrap()] = Arc::new(strings_unchecked(accounts));
-    let edited = arrow::record_batch::RecordBatch::try_new(schema, columns).unwrap();
-    assert_eq!(
-        edited.column_by_name("event_id").unwrap().len(),
-        good.num_rows()
+    // product likewise; rows 4 and 5: an account id likewise (one of 4096 bytes is an
+    // account without allocations).
+    with_strings(
+        &tmp,
+        USAGE,
+        &[
+            ("event_id", 0, long(b'e', 4096)),
+            ("event_id", 1, long(b'f', 4097)),
+            ("product", 2, long(b'p', 4096)),
+            ("product", 3, long(b'q', 4097)),
+            ("account_id", 4, long(b'a', 4096)),
+            ("account_id", 5, long(b'b', 4097)),
+        ],
     );
-    tally::write::write_parquet(&tmp.path().join(USAGE), &edited).unwrap();
-
     let mut expected = vec![
         (
             1,
@@ -1062,6 +1046,34 @@ fn a_string_of_the_length_limit_is_read_and_one_byte_more_rejects_its_row() {
         ),
     ];
     expected.extend(good_rejects);
+    assert_rejects_in_one_group_and_split(&tmp, USAGE, &expected);
+}
+
+/// The Parquet file `at` of `tmp` written again with string cells replaced: (column, row,
+/// the cell's bytes, UTF-8 or not).
+fn with_strings(tmp: &TempDir, at: &str, cells: &[(&str, usize, Vec<u8>)]) {
+    use arrow::array::AsArray;
+    let path = tmp.path().join(at);
+    let good = read_parquet(&path);
+    let schema = good.schema();
+    let mut columns = good.columns().to_vec();
+    for (name, row, bytes) in cells {
+        let index = schema.index_of(name).unwrap();
+        let column = columns[index].as_string::<i32>();
+        let mut values: Vec<Option<Vec<u8>>> = (column.iter())
+            .map(|v| v.map(|v| v.as_bytes().to_vec()))
+            .collect();
+        values[*row] = Some(bytes.clone());
+        columns[index] = Arc::new(strings_unchecked(values));
+    }
+    let edited = arrow::record_batch::RecordBatch::try_new(schema, columns).unwrap();
+    assert_eq!(edited.num_rows(), good.num_rows());
+    tally::write::write_parquet(&path, &edited).unwrap();
+}
+
+/// The reconcile of `tmp`, in one group and in two, publishes (exit 0) with exactly
+/// `expected` as the rejected rows of its file `at`: (row, detail).
+fn assert_rejects_in_one_group_and_split(tmp: &TempDir, at: &str, expected: &[(i64, String)]) {
     for groups in [None, Some("2")] {
         let data = tmp.path();
         let out_dir = data.join("out");
@@ -1071,7 +1083,7 @@ fn a_string_of_the_length_limit_is_read_and_one_byte_more_rejects_its_row() {
         }
         let out = command.output().expect("tally runs");
         assert_eq!(out.status.code(), Some(0), "{groups:?}: {}", stderr(&out));
-        assert_eq!(rejects_of(&out_dir, USAGE), expected, "{groups:?}");
+        assert_eq!(rejects_of(&out_dir, at), expected, "{groups:?}");
         std::fs::remove_dir_all(&out_dir).unwrap();
     }
 }
@@ -1081,7 +1093,6 @@ fn a_string_of_the_length_limit_is_read_and_one_byte_more_rejects_its_row() {
 /// reject the row `bad_value` naming the column, in a run of one group and a split run.
 #[test]
 fn a_ledger_id_of_the_length_limit_is_read_and_one_byte_more_rejects_its_row() {
-    use arrow::array::{Array, AsArray};
     let tmp = good_copy();
     let good = read_parquet(&tmp.path().join(DEBITS));
     let reconciled = reconcile(&tmp);
@@ -1093,25 +1104,17 @@ fn a_ledger_id_of_the_length_limit_is_read_and_one_byte_more_rejects_its_row() {
         "rows 0-3 of the good ledger are valid: {good_rejects:?}"
     );
     assert!(good.num_rows() > 3);
-    let strings = |name: &str| -> Vec<Option<Vec<u8>>> {
-        let column = good.column_by_name(name).unwrap().as_string::<i32>();
-        (column.iter())
-            .map(|v| v.map(|v| v.as_bytes().to_vec()))
-            .collect()
-    };
-    let long = |fill: u8, bytes: usize| Some(vec![fill; bytes]);
-    let (mut entries, mut events) = (strings("entry_id"), strings("event_id"));
-    entries[0] = long(b'e', 4096);
-    entries[1] = long(b'f', 4097);
-    events[2] = long(b'v', 4096);
-    events[3] = long(b'w', 4097);
-    let mut columns = good.columns().to_vec();
-    let schema = good.schema();
-    columns[schema.index_of("entry_id").unwrap()] = Arc::new(strings_unchecked(entries));
-    columns[schema.index_of("event_id").unwrap()] = Arc::new(strings_unchecked(events));
-    let edited = arrow::record_batch::RecordBatch::try_new(schema, columns).unwrap();
-    assert_eq!(edited.column(0).len(), good.num_rows());
-    tally::write::write_parquet(&tmp.path().join(DEBITS), &edited).unwrap();
+    let long = |fill: u8, bytes: usize| vec![fill; bytes];
+    with_strings(
+        &tmp,
+        DEBITS,
+        &[
+            ("entry_id", 0, long(b'e', 4096)),
+            ("entry_id", 1, long(b'f', 4097)),
+            ("event_id", 2, long(b'v', 4096)),
+            ("event_id", 3, long(b'w', 4097)),
+        ],
+    );
     let mut expected = vec![
         (
             1,
@@ -1123,22 +1126,7 @@ fn a_ledger_id_of_the_length_limit_is_read_and_one_byte_more_rejects_its_row() {
         ),
     ];
     expected.extend(good_rejects);
-    for groups in [None, Some("2")] {
-        let data = tmp.path();
-        let out_dir = data.join("out");
-        let mut command = run_command("reconcile", data, AS_OF, &out_dir);
-        if let Some(groups) = groups {
-            command.args(["--groups", groups]);
-        }
-        let out = command.output().expect("tally runs");
-        assert!(
-            matches!(out.status.code(), Some(0 | 1)),
-            "{groups:?}: {}",
-            stderr(&out)
-        );
-        assert_eq!(rejects_of(&out_dir, DEBITS), expected, "{groups:?}");
-        std::fs::remove_dir_all(&out_dir).unwrap();
-    }
+    assert_rejects_in_one_group_and_split(&tmp, DEBITS, &expected);
 }
 
 /// An input instant may be any microsecond of the years 0001 to 9999: the first and the
