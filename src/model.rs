@@ -1137,6 +1137,22 @@ impl DebitRow {
 }
 
 #[cfg(test)]
+mod detail_tests {
+    use super::*;
+
+    /// A reject detail quotes a value whole up to 64 characters (not bytes: a cut never
+    /// splits one); one character more is cut to 64, with the value's length in bytes.
+    #[test]
+    fn a_quoted_value_is_whole_up_to_64_characters_and_cut_past_them() {
+        let whole = "é".repeat(64);
+        assert_eq!(quoted(&whole), format!("\"{whole}\""));
+        let past = "é".repeat(65);
+        assert_eq!(quoted(&past), format!("\"{whole}…\" (130 bytes)"));
+        assert_eq!(quoted(""), "\"\"");
+    }
+}
+
+#[cfg(test)]
 mod spill_form_tests {
     use super::*;
     use proptest::prelude::*;
