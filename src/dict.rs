@@ -263,7 +263,7 @@ impl IdChunk {
     /// fit a u32.
     pub const ROOM_FOR_A_ROW: usize = u32::MAX as usize - 2 * (2 + MAX_ID_BYTES);
 
-    /// Whether a row's ids may be appended (a row group of a million rows with ids of 4 KiB
+    /// Whether a row's ids may be appended (a row group of 2^20 rows with ids of 4 KiB
     /// would pass 4 GiB: the loaders refuse its file instead of overflowing the offsets).
     pub fn has_room_for_a_row(&self) -> bool {
         IdChunk::room_for_a_row_at(self.bytes.len())

@@ -1312,11 +1312,14 @@ fn where_to_look(e: &clap::Error) -> String {
 /// feed, a bare CR) are written `\u{..}`, so that the line stays one line of text.
 fn one_line(e: &anyhow::Error) -> String {
     let mut line = e.to_string().replace('\n', " ");
-    // A relative path of a run whose working folder was deleted (or moved) fails as a
-    // missing file ("writing ./.out.tally-lock: No such file or directory"): say why.
-    if std::env::current_dir().is_err() {
-        line += "; the working folder no longer exists (deleted or moved while the shell was \
-                 in it): cd to a folder that exists, or give absolute paths";
+    // A relative path of a run whose working folder was deleted fails as a missing file
+    // ("writing ./.out.tally-lock: No such file or directory"): say why. (A folder renamed
+    // while the shell was in it still works; only a deleted one is NotFound.)
+    let gone = std::env::current_dir().is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+    if gone {
+        line += "; note: the working folder no longer exists (deleted while the shell was in \
+                 it), so relative paths name nothing: cd to a folder that exists, or give \
+                 absolute paths";
     }
     tally::error::controls_escaped(&line)
 }

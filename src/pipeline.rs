@@ -779,8 +779,10 @@ fn append_candidates<R: CompactRow>(rows: &mut Vec<R>, ids: &mut Ids, extra: Vec
     if extra.is_empty() {
         return;
     }
-    let (extra, chunk) = spill::candidates_of(extra, from, ids.len() as u32);
-    ids.push(chunk);
+    let (extra, chunks) = spill::candidates_of(extra, from, ids.len() as u32);
+    for chunk in chunks {
+        ids.push(chunk);
+    }
     merge_in(rows, &extra);
 }
 

@@ -584,7 +584,7 @@ pub fn read_group<R: CompactRow>(
     // A frame holds rows of one batch, in row order, and batches cover disjoint row
     // ranges: ordering the frames by their first row orders every row.
     frames.sort_unstable_by_key(|f| f.first);
-    let (extra, extra_chunk) = candidates_of(extra, extra_ids, frames.len() as u32);
+    let (extra, extra_chunks) = candidates_of(extra, extra_ids, frames.len() as u32);
     // Each frame but the last has a next one, which its rows must all come before.
     let next_frames = &frames[1.min(frames.len())..];
     // The candidates each frame takes: those before the next frame's first row (the
@@ -630,7 +630,9 @@ pub fn read_group<R: CompactRow>(
         ids.push(chunk);
         last_rows.push(last);
     }
-    ids.push(extra_chunk);
+    for chunk in extra_chunks {
+        ids.push(chunk);
+    }
     // Frames hold rows of disjoint batches: each frame's last row comes before the next
     // frame's first (a damaged file whose checksums hold would otherwise give rows out of
     // order, which the group's stages take for granted).
@@ -644,16 +646,38 @@ pub fn read_group<R: CompactRow>(
     Ok((rows, ids))
 }
 
-/// A group's candidates in (file, row) order, their ids (in `from`) moved to one chunk,
-/// which is to be chunk number `chunk` of the group's ids.
-pub fn candidates_of<R: CompactRow>(extra: Vec<R>, from: &Ids, chunk: u32) -> (Vec<R>, IdChunk) {
-    let mut ids = IdChunk::default();
-    let mut extra: Vec<R> = extra
-        .into_iter()
-        .map(|r| r.move_ids(from, &mut ids, chunk))
+/// A group's candidates in (file, row) order, their ids (in `from`) moved to chunks, which
+/// are to be chunks number `first`, `first + 1`, ... of the group's ids: a new one begins
+/// when one has no room for a row's ids (a group's candidates, from every file, may hold
+/// more than the 4 GiB a chunk's offsets reach).
+pub fn candidates_of<R: CompactRow>(
+    extra: Vec<R>,
+    from: &Ids,
+    first: u32,
+) -> (Vec<R>, Vec<IdChunk>) {
+    candidates_in_chunks(extra, from, first, IdChunk::has_room_for_a_row)
+}
+
+/// [`candidates_of`], a chunk taking rows while `has_room` says so.
+fn candidates_in_chunks<R: CompactRow>(
+    extra: Vec<R>,
+    from: &Ids,
+    first: u32,
+    has_room: impl Fn(&IdChunk) -> bool,
+) -> (Vec<R>, Vec<IdChunk>) {
+    let mut chunks = vec![IdChunk::default()];
+    let mut extra: Vec<R> = (extra.into_iter())
+        .map(|r| {
+            if !chunks.last().is_some_and(&has_room) {
+                chunks.push(IdChunk::default());
+            }
+            let number = first + (chunks.len() - 1) as u32;
+            let ids = chunks.last_mut().expect("a chunk was pushed");
+            r.move_ids(from, ids, number)
+        })
         .collect();
     extra.sort_unstable_by_key(|r| r.at());
-    (extra, ids)
+    (extra, chunks)
 }
 
 /// What the pass keeps in memory for a dataset.
@@ -1295,6 +1319,47 @@ mod tests {
                 "{message}"
             );
         }
+    }
+
+    /// A group's candidates take a new id chunk when one has no room for a row's ids (at 4
+    /// GiB; here once it holds one): numbered on from the first, and each row's ids read
+    /// back from the chunks as pushed, in (file, row) order.
+    #[test]
+    fn candidates_take_a_new_chunk_when_one_is_full() {
+        let rows: Vec<UsageRow> = (0..5)
+            .rev()
+            .map(|row| usage(0, row, &format!("event-{row}")))
+            .collect();
+        let (extra, extra_ids) = compact(&rows);
+        let mut from = Ids::default();
+        from.push(extra_ids);
+        let (moved, chunks) = candidates_in_chunks(extra, &from, 3, |chunk| chunk.bytes.is_empty());
+        assert_eq!(chunks.len(), 5);
+        let mut ids = Ids::default();
+        for _ in 0..3 {
+            ids.push(IdChunk::default());
+        }
+        for chunk in chunks {
+            ids.push(chunk);
+        }
+        let back: Vec<(u64, u32, &str)> = (moved.iter())
+            .map(|r| (r.at.row(), r.id.chunk(), ids.str(r.id).unwrap()))
+            .collect();
+        assert_eq!(
+            back,
+            [
+                (0, 7, "event-0"),
+                (1, 6, "event-1"),
+                (2, 5, "event-2"),
+                (3, 4, "event-3"),
+                (4, 3, "event-4"),
+            ]
+        );
+        // At a chunk's real room, one chunk.
+        let (extra, extra_ids) = compact(&rows);
+        let mut from = Ids::default();
+        from.push(extra_ids);
+        assert_eq!(candidates_of(extra, &from, 0).1.len(), 1);
     }
 
     #[test]

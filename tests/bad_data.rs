@@ -1329,7 +1329,7 @@ fn footers_saying_the_most_rows_are_refused_not_a_panic() {
     );
 }
 
-/// A row group whose ids pass what tally holds for one (4 GiB: a million rows with event
+/// A row group whose ids pass what tally holds for one (4 GiB: 2^20 rows with event
 /// ids of 4 KiB) is refused naming its file and row group (exit 2); the offsets into its
 /// id chunk overflowed (a panic, exit 4). Ignored by default: it writes and reads 4 GiB of
 /// ids, about 5 GiB of memory and a minute; run it with `cargo test --release --test cli

@@ -509,9 +509,9 @@ fn a_deleted_working_folder_is_named() {
     assert_eq!(relative.status.code(), Some(4), "{}", stderr(&relative));
     assert_eq!(
         stderr(&relative),
-        "tally: writing ./.out.tally-lock: No such file or directory (os error 2); the working \
-         folder no longer exists (deleted or moved while the shell was in it): cd to a folder \
-         that exists, or give absolute paths\n"
+        "tally: writing ./.out.tally-lock: No such file or directory (os error 2); note: the \
+         working folder no longer exists (deleted while the shell was in it), so relative \
+         paths name nothing: cd to a folder that exists, or give absolute paths\n"
     );
     let out = tmp.path().join("out");
     let absolute = in_gone_folder(out.to_str().unwrap());
