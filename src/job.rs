@@ -203,23 +203,18 @@ impl JobFile {
         // Read as given, a pipe too: the operator names it (`--job <(envsubst < job.toml)`,
         // a here-document), unlike the files tally finds in folders; but no more than a job
         // file could be (`/dev/zero` named by mistake was read until memory ran out).
-        let mut bytes = Vec::new();
-        std::fs::File::open(path)
-            .and_then(|file| {
-                use std::io::Read;
-                file.take(MAX_JOB_FILE_BYTES + 1).read_to_end(&mut bytes)
-            })
+        // The size first: the cut may fall inside a character.
+        let bytes = crate::write::read_at_most(path, MAX_JOB_FILE_BYTES)
             .map_err(|e| {
                 let hint = crate::error::read_hint(e.kind());
                 TallyError::config(&name, format!("cannot read job file: {e}{hint}"))
+            })?
+            .ok_or_else(|| {
+                TallyError::config(
+                    &name,
+                    "is larger than 1 MiB: not a job file (a job file is a few lines of TOML)",
+                )
             })?;
-        // The size first: the cut may fall inside a character.
-        if bytes.len() as u64 > MAX_JOB_FILE_BYTES {
-            return Err(TallyError::config(
-                &name,
-                "is larger than 1 MiB: not a job file (a job file is a few lines of TOML)",
-            ));
-        }
         let text = String::from_utf8(bytes).map_err(|_| {
             TallyError::config(
                 &name,

@@ -264,22 +264,17 @@ impl PriceBook {
     /// (what a run's manifest lists, so that it names the book the run priced with even
     /// if the file is written again during the run).
     pub fn read(path: &Path, display_name: &str) -> Result<PriceBookReading> {
-        let mut bytes = Vec::new();
-        std::fs::File::open(path)
-            .and_then(|file| {
-                use std::io::Read;
-                file.take(MAX_PRICEBOOK_BYTES + 1).read_to_end(&mut bytes)
-            })
-            .map_err(|e| unreadable(display_name, &e))?;
         // A regular file (the data root's check), but one written without bound (a log
         // written to the wrong name) would be read whole into memory.
-        if bytes.len() as u64 > MAX_PRICEBOOK_BYTES {
-            return Err(TallyError::config(
-                display_name,
-                "is larger than 64 MiB: not a price book (a price book is a TOML file of \
-                 plans and rates, a few hundred lines)",
-            ));
-        }
+        let bytes = crate::write::read_at_most(path, MAX_PRICEBOOK_BYTES)
+            .map_err(|e| unreadable(display_name, &e))?
+            .ok_or_else(|| {
+                TallyError::config(
+                    display_name,
+                    "is larger than 64 MiB: not a price book (a price book is a TOML file of \
+                     plans and rates, a few hundred lines)",
+                )
+            })?;
         let sha256 = crate::write::sha256_hex(&bytes);
         let text = String::from_utf8(bytes).map_err(|_| {
             unreadable(

@@ -625,6 +625,17 @@ pub fn open_regular(path: &Path) -> std::io::Result<File> {
     }
 }
 
+/// The file at `path` (opened as given: a pipe too), read up to `most` bytes; `None` when it
+/// holds more (one byte more is read to know): a configuration file named by mistake
+/// (`/dev/zero`, a log) is not read until memory runs out.
+pub fn read_at_most(path: &Path, most: u64) -> std::io::Result<Option<Vec<u8>>> {
+    let mut bytes = Vec::new();
+    File::open(path)?
+        .take(most.saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= most).then_some(bytes))
+}
+
 /// [`open_regular`]'s file, read whole.
 pub fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
