@@ -255,14 +255,10 @@ pub fn check_is_a_file(path: &Path, display_name: &str) -> Result<()> {
 }
 
 impl PriceBook {
-    /// Read and validate `pricebook.toml`. Every problem is a configuration error (exit 2).
-    pub fn load(path: &Path, display_name: &str) -> Result<PriceBook> {
-        Ok(PriceBook::read(path, display_name)?.book)
-    }
-
-    /// The price book at `path`, read once: parsed, and the sha256 of the bytes parsed
-    /// (what a run's manifest lists, so that it names the book the run priced with even
-    /// if the file is written again during the run).
+    /// Read and validate the price book at `path`, once: parsed, and the sha256 of the bytes
+    /// parsed (what a run's manifest lists, so that it names the book the run priced with
+    /// even if the file is written again during the run). Every problem is a configuration
+    /// error (exit 2).
     pub fn read(path: &Path, display_name: &str) -> Result<PriceBookReading> {
         // A regular file (the data root's check), but one written without bound (a log
         // written to the wrong name) would be read whole into memory.
