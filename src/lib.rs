@@ -696,8 +696,7 @@ pub(crate) fn publish_run(
     let staging = write::create_staging(&req.out)?;
     let written = write_outputs(&staging, output, inputs);
     if let Err(e) = written {
-        let _ = std::fs::remove_dir_all(&staging);
-        interrupt::forget(&staging);
+        write::discard_staging(&staging);
         return Err(e);
     }
     write::publish(&staging, &req.out)?;

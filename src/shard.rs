@@ -161,8 +161,7 @@ pub fn run_shard(req: &JobRequest, shard: u32, shards: u32) -> Result<JobOutcome
         req.history.is_some(),
     );
     if let Err(e) = written {
-        let _ = std::fs::remove_dir_all(&staging);
-        crate::interrupt::forget(&staging);
+        write::discard_staging(&staging);
         return Err(e);
     }
     write::publish(&staging, &folder)?;

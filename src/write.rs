@@ -886,10 +886,16 @@ pub fn publish(staging: &Path, target: &Path) -> Result<()> {
     if published.is_err() && staging.exists() {
         // Nothing was published: the staging folder holds the new output, which no one
         // will rename now (a failed run leaves no folder behind).
-        let _ = std::fs::remove_dir_all(staging);
-        crate::interrupt::forget(staging);
+        discard_staging(staging);
     }
     published
+}
+
+/// Remove a staging folder that will not be published (its writing or its publish failed),
+/// and stop watching it for an interrupt.
+pub fn discard_staging(staging: &Path) {
+    let _ = std::fs::remove_dir_all(staging);
+    crate::interrupt::forget(staging);
 }
 
 /// [`publish`], leaving the staging folder in place when it fails.
