@@ -440,6 +440,11 @@ impl Origin {
     }
 }
 
+/// `value` if it is in 1..=`most`.
+fn one_to(value: i64, most: u32) -> Option<u32> {
+    u32::try_from(value).ok().filter(|v| (1..=most).contains(v))
+}
+
 /// A setting from its flag, else from the job file's key, with where it came from.
 fn setting<T>(
     flag_value: Option<T>,
@@ -737,27 +742,19 @@ fn request(
         .out
         .or_else(|| job.as_ref().map(|j| j.out.clone()))
         .ok_or_else(|| config_error("--out (or a --job file with `out`) is required".into()))?;
-    // Flag and key are read as any whole number they can be (u64, TOML's i64) and held to
-    // 1..=MAX_BUCKETS here, so that every refusal names the range that holds.
+    // Flag and key are read as any i64 (TOML's integers) and held to 1..=MAX_BUCKETS here,
+    // so that every refusal names the range that holds.
     let buckets = match setting(
-        args.buckets.map(i128::from),
+        args.buckets,
         "--buckets",
-        job.as_ref().and_then(|j| j.buckets).map(i128::from),
+        job.as_ref().and_then(|j| j.buckets),
         "buckets",
         job_path,
     ) {
         None => tally::run::AUTOMATIC_BUCKETS,
-        Some((b, origin)) => match u32::try_from(b)
-            .ok()
-            .filter(|b| (1..=tally::route::MAX_BUCKETS).contains(b))
-        {
-            Some(b) => b,
-            None => {
-                return Err(
-                    origin.bad_number(b, &format!("must be in 1..={}", tally::route::MAX_BUCKETS))
-                );
-            }
-        },
+        Some((b, origin)) => one_to(b, tally::route::MAX_BUCKETS).ok_or_else(|| {
+            origin.bad_number(b, &format!("must be in 1..={}", tally::route::MAX_BUCKETS))
+        })?,
     };
     let budget = setting(
         args.memory_budget,
@@ -777,18 +774,12 @@ fn request(
     };
     let groups = match args.groups {
         None => None,
-        Some(g) => match u32::try_from(g)
-            .ok()
-            .filter(|g| (1..=tally::route::MAX_GROUPS).contains(g))
-        {
-            Some(g) => Some(g),
-            None => {
-                return Err(config_error(format!(
-                    "--groups {g} must be in 1..={}",
-                    tally::route::MAX_GROUPS
-                )))
-            }
-        },
+        Some(g) => Some(one_to(g, tally::route::MAX_GROUPS).ok_or_else(|| {
+            config_error(format!(
+                "--groups {g} must be in 1..={}",
+                tally::route::MAX_GROUPS
+            ))
+        })?),
     };
     let alert = alert_of(job.as_ref(), job_path)?;
     let shard = match args.shard {
