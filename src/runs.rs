@@ -777,7 +777,8 @@ mod tests {
 
     /// Rows out of account order, an account split within a run or held by two runs are
     /// refused, naming the run file (a shard's run file forged with its checksum), not
-    /// published out of the contract's order.
+    /// published out of the contract's order: "close tables by (account_id, period_start)"
+    /// (section 7; a run's rows of an account are in the order the engine wrote them).
     #[test]
     fn runs_out_of_account_order_are_refused() {
         let dir = tempfile::tempdir().unwrap();
