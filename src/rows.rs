@@ -690,6 +690,10 @@ pub fn load<S: Source>(
         parts,
         &|unit, part, batch| {
             part.read += batch.len as u64;
+            if part.ids_past_a_chunk {
+                // The file is refused once decoding ends: its remaining rows are not parsed.
+                return;
+            }
             let mut parser = source.parser(batch, unit.file as u32, &mut part.memos);
             for i in 0..batch.len {
                 match parser.parse(i) {

@@ -357,9 +357,7 @@ fn locate_runs<T>(
         // Hashed as `open_regular` opens it: anything but a regular file is refused unread.
         let sha = write::sha256_file(&file).map_err(|e| {
             let why = match e {
-                TallyError::Io { source, .. }
-                    if source.kind() == std::io::ErrorKind::InvalidInput =>
-                {
+                TallyError::Io { source, .. } if write::is_not_a_regular_file(&source) => {
                     "is not a regular file"
                 }
                 _ => "cannot be read",
@@ -419,13 +417,13 @@ fn read_manifest(folder: &Path) -> Result<ShardManifest> {
     let path = folder.join(SHARD_MANIFEST);
     // A regular file only: a FIFO would block the read forever, `/dev/zero` fill memory.
     let text = write::read_regular_to_string(&path).map_err(|e| {
-        TallyError::Refused(match e.kind() {
-            std::io::ErrorKind::InvalidInput => format!(
+        TallyError::Refused(match write::is_not_a_regular_file(&e) {
+            true => format!(
                 "{}: {}: it was replaced since the shard wrote it; rerun the shard",
                 path.display(),
                 write::NOT_A_REGULAR_FILE
             ),
-            _ => format!(
+            false => format!(
                 "{} has no readable {SHARD_MANIFEST}: the shard did not finish; rerun it",
                 folder.display()
             ),
@@ -1146,9 +1144,9 @@ fn read_partial(folder: &Path, m: &ShardManifest, listed: &[Vec<u64>; 4]) -> Res
         ))
     };
     let bytes = write::read_regular(&path).map_err(|e| {
-        refuse(match e.kind() {
-            std::io::ErrorKind::InvalidInput => "it is not a regular file".into(),
-            _ => format!("cannot read it ({e})"),
+        refuse(match write::is_not_a_regular_file(&e) {
+            true => "it is not a regular file".into(),
+            false => format!("cannot read it ({e})"),
         })
     })?;
     if crate::write::sha256_hex(&bytes) != m.partial_sha256 {

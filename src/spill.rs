@@ -832,6 +832,10 @@ impl<S: Source> BatchRouter<'_, S> {
     /// route each: a candidate is kept, a row of the first group held in its row group's
     /// place, a row of a later group spilled in its group's frame, a reject kept.
     fn route(&self, unit: &Unit, out: &mut RowGroupOut<'_, S::Row>, batch: &Batch) {
+        if out.done.failed.is_some() {
+            // The run stops with that error once decoding ends: the rest is not parsed.
+            return;
+        }
         let (source, cross) = (self.source, self.cross);
         let mut parser = source.parser(batch, unit.file as u32, &mut out.memos);
         // A valid row's account is its raw `account_id` cell: one partition serves the

@@ -600,6 +600,12 @@ pub type Sha256Hex = String;
 /// Why [`open_regular`] refuses a file.
 pub const NOT_A_REGULAR_FILE: &str = "not a regular file (a folder, a pipe, a socket or a device)";
 
+/// Whether an error is [`open_regular`]'s refusal of something that is not a regular file
+/// (not another error of the same kind, such as a path holding a NUL byte).
+pub fn is_not_a_regular_file(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::InvalidInput && e.to_string() == NOT_A_REGULAR_FILE
+}
+
 /// Whether `path` is (or links to) a regular file.
 pub fn is_regular_file(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file())
@@ -1082,6 +1088,18 @@ mod tests {
 
     /// Short writes hash only what the writer took: the hash is that of the bytes it holds
     /// (through a buffer, and with writes larger than the buffer going straight through).
+    /// Only `open_regular`'s own refusal is told apart as "not a regular file", not any
+    /// error of the same kind.
+    #[test]
+    fn only_open_regulars_refusal_counts_as_not_a_regular_file() {
+        let folder = std::env::temp_dir();
+        let refused = open_regular(&folder).expect_err("a folder is refused");
+        assert!(is_not_a_regular_file(&refused));
+        let nul = open_regular(Path::new("a\0b")).expect_err("a NUL byte in a path");
+        assert_eq!(nul.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(!is_not_a_regular_file(&nul));
+    }
+
     #[test]
     fn short_writes_hash_only_the_bytes_taken() {
         let data: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8).collect();
