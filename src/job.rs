@@ -71,6 +71,13 @@ fn job_error(text: &str, e: &toml::de::Error) -> String {
         );
     let how = if message.contains("date-time, expected a string") {
         "; write an instant in quotes: as_of = \"2026-11-20T00:00:00Z\"".to_string()
+    } else if message.contains("number too large to fit in target type") {
+        // TOML's integers are 64-bit: a larger one is a parse error, before any range check.
+        match e.span().and_then(|span| key_of_line(text, span.start)) {
+            Some("buckets") => format!("; buckets must be in 1..={}", crate::route::MAX_BUCKETS),
+            Some(key) => format!("; {key} must be a whole number up to {}", i64::MAX),
+            None => format!("; a whole number must be at most {}", i64::MAX),
+        }
     } else if message.contains("missing field") {
         "; a job file needs data and out (paths relative to the job file's folder)".to_string()
     } else if message.contains("expected a string") {
@@ -363,6 +370,17 @@ mod tests {
             refused("data = 5\nout = \"o\"\n"),
             "line 1, column 8: invalid type: integer `5`, expected a string (a path); write \
              the value in quotes: data = \"../data\""
+        );
+        // A whole number past TOML's 64 bits names the range the key holds.
+        assert_eq!(
+            refused("data = \"d\"\nout = \"o\"\nbuckets = 99999999999999999999\n"),
+            "line 3, column 11: number too large to fit in target type; buckets must be in \
+             1..=65536"
+        );
+        assert_eq!(
+            refused("data = \"d\"\nout = \"o\"\n[alert]\nmin_invoices = 9223372036854775808\n"),
+            "line 4, column 16: number too large to fit in target type; min_invoices must be a \
+             whole number up to 9223372036854775807"
         );
         // A table is named as a job file's reader knows it, not by its Rust type.
         assert_eq!(

@@ -182,17 +182,18 @@ struct RunArgs {
     out: Option<PathBuf>,
     /// Account buckets for parallel work, 1..=65536 (default: one per 32K rows of a group;
     /// output does not depend on it).
-    // Read as i64 so that -1 and one past u32 are refused in the same words as 65537.
-    #[arg(long, allow_negative_numbers = true)]
-    buckets: Option<i64>,
+    // Read as a whole number so that -1 and one past u32 or i64 are refused in the same
+    // words as 65537.
+    #[arg(long, allow_negative_numbers = true, value_parser = whole_number)]
+    buckets: Option<WholeNumber>,
     /// Working memory to stay within, e.g. 3GiB (default): past it the run processes its
     /// accounts in groups, one after another, spilling rows to a temporary folder.
     #[arg(long)]
     memory_budget: Option<String>,
     /// Process the accounts in this many groups, 1..=256 (default: the fewest that fit
     /// --memory-budget).
-    #[arg(long, allow_negative_numbers = true)]
-    groups: Option<i64>,
+    #[arg(long, allow_negative_numbers = true, value_parser = whole_number)]
+    groups: Option<WholeNumber>,
     /// Compute only shard I of N (of the 4096 account partitions, those p with p mod N = I)
     /// into OUT.shards/shard=I/;
     /// `tally merge` then publishes OUT. Under a Kubernetes Indexed Job the default is
@@ -440,9 +441,57 @@ impl Origin {
     }
 }
 
-/// `value` if it is in 1..=`most`.
-fn one_to(value: i64, most: u32) -> Option<u32> {
-    u32::try_from(value).ok().filter(|v| (1..=most).contains(v))
+/// A whole number as `--buckets` or `--groups` was given it: any digits with a sign are
+/// taken, held at i64's bounds past them, so that a number too large for 64 bits is refused
+/// in the words of the range that holds (and shown as written), as 65537 is.
+#[derive(Clone, Debug)]
+struct WholeNumber {
+    value: i64,
+    written: String,
+}
+
+impl From<i64> for WholeNumber {
+    fn from(value: i64) -> Self {
+        WholeNumber {
+            value,
+            written: value.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for WholeNumber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.written)
+    }
+}
+
+/// Parse a [`WholeNumber`]; what is not one keeps Rust's words ("invalid digit found in
+/// string").
+fn whole_number(text: &str) -> Result<WholeNumber, String> {
+    let value = match text.parse::<i64>() {
+        Ok(value) => value,
+        Err(e) => {
+            let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(e.to_string());
+            }
+            match text.starts_with('-') {
+                true => i64::MIN,
+                false => i64::MAX,
+            }
+        }
+    };
+    Ok(WholeNumber {
+        value,
+        written: text.to_string(),
+    })
+}
+
+/// `number` if it is in 1..=`most`.
+fn one_to(number: &WholeNumber, most: u32) -> Option<u32> {
+    u32::try_from(number.value)
+        .ok()
+        .filter(|v| (1..=most).contains(v))
 }
 
 /// A setting from its flag, else from the job file's key, with where it came from.
@@ -747,12 +796,12 @@ fn request(
     let buckets = match setting(
         args.buckets,
         "--buckets",
-        job.as_ref().and_then(|j| j.buckets),
+        job.as_ref().and_then(|j| j.buckets).map(WholeNumber::from),
         "buckets",
         job_path,
     ) {
         None => tally::run::AUTOMATIC_BUCKETS,
-        Some((b, origin)) => one_to(b, tally::route::MAX_BUCKETS).ok_or_else(|| {
+        Some((b, origin)) => one_to(&b, tally::route::MAX_BUCKETS).ok_or_else(|| {
             origin.bad_number(b, &format!("must be in 1..={}", tally::route::MAX_BUCKETS))
         })?,
     };
@@ -774,7 +823,7 @@ fn request(
     };
     let groups = match args.groups {
         None => None,
-        Some(g) => Some(one_to(g, tally::route::MAX_GROUPS).ok_or_else(|| {
+        Some(g) => Some(one_to(&g, tally::route::MAX_GROUPS).ok_or_else(|| {
             config_error(format!(
                 "--groups {g} must be in 1..={}",
                 tally::route::MAX_GROUPS

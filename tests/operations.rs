@@ -120,8 +120,16 @@ fn groups_and_buckets_at_their_limits_and_one_past() {
             "{flag} {most}: other bytes"
         );
         let past = (most.parse::<u32>().unwrap() + 1).to_string();
-        // Below 0 and one past u32 too: refused in the same words, not clap's.
-        for bad in ["0", past.as_str(), "4294967296", "-1"] {
+        // Below 0 and one past u32 or i64 too: refused in the same words, not clap's.
+        let too_large = [
+            "9223372036854775808",
+            "-9223372036854775809",
+            "99999999999999999999",
+        ];
+        for bad in ["0", past.as_str(), "4294967296", "-1"]
+            .into_iter()
+            .chain(too_large)
+        {
             let (ran, out) = run(&format!("past-{flag}-{bad}"), &[flag, bad]);
             assert_eq!(ran.status.code(), Some(2), "{flag} {bad}");
             assert_eq!(
@@ -550,6 +558,10 @@ fn unknown_or_malformed_flags_are_one_line_and_exit_2() {
         (
             &["reconcile", "--buckets", "abc"][..],
             "tally: command line: invalid value 'abc' for '--buckets <BUCKETS>'",
+        ),
+        (
+            &["reconcile", "--groups", "12x"][..],
+            "tally: command line: invalid value '12x' for '--groups <GROUPS>': invalid digit found in string",
         ),
         (
             &["--log-format", "xml", "scan", "--data", "x"][..],
