@@ -73,10 +73,19 @@ fn job_error(text: &str, e: &toml::de::Error) -> String {
         "; write an instant in quotes: as_of = \"2026-11-20T00:00:00Z\"".to_string()
     } else if message.contains("number too large to fit in target type") {
         // TOML's integers are 64-bit: a larger one is a parse error, before any range check.
-        match e.span().and_then(|span| key_of_line(text, span.start)) {
-            Some("buckets") => format!("; buckets must be in 1..={}", crate::route::MAX_BUCKETS),
-            Some(key) => format!("; {key} must be a whole number up to {}", i64::MAX),
-            None => format!("; a whole number must be at most {}", i64::MAX),
+        let key = e.span().and_then(|span| key_of_line(text, span.start));
+        match (key, key.and_then(quoted_example)) {
+            (Some(key), Some(example)) => {
+                format!("; write the value in quotes: {key} = \"{example}\"")
+            }
+            (Some("buckets"), None) => {
+                format!("; buckets must be in 1..={}", crate::route::MAX_BUCKETS)
+            }
+            (Some("max_abs_delta_credits"), None) => {
+                "; write it as a string such as \"500.5\"".to_string()
+            }
+            (Some(key), None) => format!("; {key} must be a whole number up to {}", i64::MAX),
+            (None, _) => format!("; a whole number must be at most {}", i64::MAX),
         }
     } else if message.contains("missing field") {
         "; a job file needs data and out (paths relative to the job file's folder)".to_string()
@@ -381,6 +390,17 @@ mod tests {
             refused("data = \"d\"\nout = \"o\"\n[alert]\nmin_invoices = 9223372036854775808\n"),
             "line 4, column 16: number too large to fit in target type; min_invoices must be a \
              whole number up to 9223372036854775807"
+        );
+        // ...or, for a key that takes a string, how to write one.
+        assert_eq!(
+            refused("data = \"d\"\nout = \"o\"\nsettle = 99999999999999999999\n"),
+            "line 3, column 10: number too large to fit in target type; write the value in \
+             quotes: settle = \"15m\""
+        );
+        assert_eq!(
+            refused("data = \"d\"\nout = \"o\"\n[alert]\nmax_abs_delta_credits = 99999999999999999999\n"),
+            "line 4, column 25: number too large to fit in target type; write it as a string \
+             such as \"500.5\""
         );
         // A table is named as a job file's reader knows it, not by its Rust type.
         assert_eq!(
