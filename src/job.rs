@@ -71,22 +71,10 @@ fn job_error(text: &str, e: &toml::de::Error) -> String {
         );
     let how = if message.contains("date-time, expected a string") {
         "; write an instant in quotes: as_of = \"2026-11-20T00:00:00Z\"".to_string()
-    } else if message.contains("number too large to fit in target type") {
-        // TOML's integers are 64-bit: a larger one is a parse error, before any range check.
-        let key = e.span().and_then(|span| key_of_line(text, span.start));
-        match (key, key.and_then(quoted_example)) {
-            (Some(key), Some(example)) => {
-                format!("; write the value in quotes: {key} = \"{example}\"")
-            }
-            (Some("buckets"), None) => {
-                format!("; buckets must be in 1..={}", crate::route::MAX_BUCKETS)
-            }
-            (Some("max_abs_delta_credits"), None) => {
-                "; write it as a string such as \"500.5\"".to_string()
-            }
-            (Some(key), None) => format!("; {key} must be a whole number up to {}", i64::MAX),
-            (None, _) => format!("; a whole number must be at most {}", i64::MAX),
-        }
+    } else if message.contains("to fit in target type") {
+        // TOML's integers are 64-bit: a larger one ("too large", "too small") is a parse
+        // error, before any range check could name the key's range.
+        past_64_bits_hint(text, e.span().map_or(0, |span| span.start))
     } else if message.contains("missing field") {
         "; a job file needs data and out (paths relative to the job file's folder)".to_string()
     } else if message.contains("expected a string") {
@@ -101,13 +89,76 @@ fn job_error(text: &str, e: &toml::de::Error) -> String {
     format!("{message}{how}")
 }
 
-/// The key a job file's line at byte `at` sets (`settle` of `settle = 15`), if it sets one.
+/// How to write a number past TOML's 64 bits at byte `at`, by the key it is the value of.
+fn past_64_bits_hint(text: &str, at: usize) -> String {
+    const ALERT_COUNTS: [&str; 5] = [
+        "max_discrepancies",
+        "min_events_in_window",
+        "max_rejected_rows",
+        "max_rejected_allocations",
+        "min_invoices",
+    ];
+    let key = key_of_line(text, at);
+    match (table_of(text, at), key) {
+        (None, Some(key)) if quoted_example(key).is_some() => {
+            let example = quoted_example(key).unwrap_or_default();
+            format!("; write the value in quotes: {key} = \"{example}\"")
+        }
+        (None, Some("buckets")) => {
+            format!("; buckets must be in 1..={}", crate::route::MAX_BUCKETS)
+        }
+        (Some("alert"), Some("max_abs_delta_credits")) => {
+            "; alert.max_abs_delta_credits must be below 10^15".to_string()
+        }
+        (Some("alert"), Some(key)) if ALERT_COUNTS.contains(&key) => {
+            format!(
+                "; alert.{key} must be a whole number from 0 to {}",
+                i64::MAX
+            )
+        }
+        _ => format!("; a TOML whole number is from {} to {}", i64::MIN, i64::MAX),
+    }
+}
+
+/// The key a job file's line sets with the value at byte `at` (`settle` of `settle = 15`,
+/// `min_invoices` of `alert = { min_invoices = 5 }`), if it sets one; at a byte before the
+/// line's first `=`, the line's first key.
 fn key_of_line(text: &str, at: usize) -> Option<&str> {
-    let start = text.get(..at)?.rfind('\n').map_or(0, |n| n + 1);
-    let line = text[start..].lines().next()?;
-    let (key, _) = line.split_once('=')?;
-    let key = key.trim();
+    let (line, column) = line_at(text, at)?;
+    let before_value = match line.get(..column).and_then(|head| head.rfind('=')) {
+        Some(eq) => &line[..eq],
+        None => line.split_once('=')?.0,
+    };
+    let key = before_value.rsplit(['{', ',']).next()?.trim();
     (!key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')).then_some(key)
+}
+
+/// The table byte `at` is in: the inline table its line opens before it (`alert` of
+/// `alert = { min_invoices = 5 }`), else the last `[table]` header above its line; `None`
+/// at the top level.
+fn table_of(text: &str, at: usize) -> Option<&str> {
+    let (line, column) = line_at(text, at)?;
+    if let Some(brace) = line.get(..column).and_then(|head| head.rfind('{')) {
+        return key_of_line(text, at - column + brace);
+    }
+    let above = &text[..at - column];
+    let header = above
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))?;
+    header
+        .trim_start_matches('[')
+        .split(']')
+        .next()
+        .map(str::trim)
+}
+
+/// The line holding byte `at` of `text` (without its newline), and `at`'s byte in it.
+fn line_at(text: &str, at: usize) -> Option<(&str, usize)> {
+    let start = text.get(..at)?.rfind('\n').map_or(0, |n| n + 1);
+    let line = text[start..].lines().next().unwrap_or("");
+    Some((line, at - start))
 }
 
 /// A value of the job file's string key `key`, as its hint shows it.
@@ -380,28 +431,52 @@ mod tests {
             "line 1, column 8: invalid type: integer `5`, expected a string (a path); write \
              the value in quotes: data = \"../data\""
         );
-        // A whole number past TOML's 64 bits names the range the key holds.
+        // A whole number past TOML's 64 bits names the range the key holds, either way...
+        let past = |key: &str, number: &str| {
+            refused(&format!("data = \"d\"\nout = \"o\"\n{key} = {number}\n"))
+        };
         assert_eq!(
-            refused("data = \"d\"\nout = \"o\"\nbuckets = 99999999999999999999\n"),
+            past("buckets", "99999999999999999999"),
             "line 3, column 11: number too large to fit in target type; buckets must be in \
              1..=65536"
         );
         assert_eq!(
-            refused("data = \"d\"\nout = \"o\"\n[alert]\nmin_invoices = 9223372036854775808\n"),
-            "line 4, column 16: number too large to fit in target type; min_invoices must be a \
-             whole number up to 9223372036854775807"
+            past("buckets", "-99999999999999999999"),
+            "line 3, column 11: number too small to fit in target type; buckets must be in \
+             1..=65536"
         );
-        // ...or, for a key that takes a string, how to write one.
         assert_eq!(
-            refused("data = \"d\"\nout = \"o\"\nsettle = 99999999999999999999\n"),
-            "line 3, column 10: number too large to fit in target type; write the value in \
+            past("[alert]\nmin_invoices", "9223372036854775808"),
+            "line 4, column 16: number too large to fit in target type; alert.min_invoices \
+             must be a whole number from 0 to 9223372036854775807"
+        );
+        assert_eq!(
+            past("alert = { min_invoices", "9223372036854775808 }"),
+            "line 3, column 26: number too large to fit in target type; alert.min_invoices \
+             must be a whole number from 0 to 9223372036854775807"
+        );
+        assert_eq!(
+            past("[alert]\nmax_abs_delta_credits", "99999999999999999999"),
+            "line 4, column 25: number too large to fit in target type; \
+             alert.max_abs_delta_credits must be below 10^15"
+        );
+        // ...for a key that takes a string, how to write one...
+        assert_eq!(
+            past("settle", "-99999999999999999999"),
+            "line 3, column 10: number too small to fit in target type; write the value in \
              quotes: settle = \"15m\""
         );
-        assert_eq!(
-            refused("data = \"d\"\nout = \"o\"\n[alert]\nmax_abs_delta_credits = 99999999999999999999\n"),
-            "line 4, column 25: number too large to fit in target type; write it as a string \
-             such as \"500.5\""
-        );
+        // ...and for a key of no such range (misspelt, or in another table) TOML's own.
+        for (key, column) in [("bucket", 10), ("[alert]\nbuckets", 11)] {
+            let line = 3 + key.matches('\n').count();
+            assert_eq!(
+                past(key, "99999999999999999999"),
+                format!(
+                    "line {line}, column {column}: number too large to fit in target type; a \
+                     TOML whole number is from -9223372036854775808 to 9223372036854775807"
+                )
+            );
+        }
         // A table is named as a job file's reader knows it, not by its Rust type.
         assert_eq!(
             refused("data = \"d\"\nout = \"o\"\nalert = 5\n"),
@@ -422,6 +497,22 @@ mod tests {
         assert_eq!(key_of_line(text, 27), None);
         assert_eq!(key_of_line(text, text.len()), None);
         assert_eq!(key_of_line(text, text.len() + 1), None);
+        // In an inline table, the key whose value is at the byte.
+        let inline = "alert = { max_rejected_rows = 1, min_invoices = 2 }\n";
+        assert_eq!(key_of_line(inline, 30), Some("max_rejected_rows"));
+        assert_eq!(key_of_line(inline, 49), Some("min_invoices"));
+        assert_eq!(key_of_line(inline, 0), Some("alert"));
+    }
+
+    /// The table of a byte: an inline table opened before it on its line, else the last
+    /// header above its line.
+    #[test]
+    fn the_table_of_a_byte_is_its_inline_table_or_the_header_above() {
+        let text = "a = 1\n[alert] # thresholds\nmin_invoices = 2\nb = { c = 3 }\n";
+        assert_eq!(table_of(text, 4), None);
+        assert_eq!(table_of(text, text.find('2').unwrap()), Some("alert"));
+        assert_eq!(table_of(text, text.find('3').unwrap()), Some("b"));
+        assert_eq!(table_of(text, text.find("b =").unwrap()), Some("alert"));
     }
 
     /// `{as_of}` names the instant to the second, and keeps a fraction of one when the

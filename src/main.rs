@@ -791,8 +791,9 @@ fn request(
         .out
         .or_else(|| job.as_ref().map(|j| j.out.clone()))
         .ok_or_else(|| config_error("--out (or a --job file with `out`) is required".into()))?;
-    // Flag and key are read as any i64 (TOML's integers) and held to 1..=MAX_BUCKETS here,
-    // so that every refusal names the range that holds.
+    // The flag is read as any whole number (held at i64's bounds) and the key as any i64
+    // (TOML's integers), both held to 1..=MAX_BUCKETS here, so that every refusal names the
+    // range that holds.
     let buckets = match setting(
         args.buckets,
         "--buckets",

@@ -600,10 +600,23 @@ pub type Sha256Hex = String;
 /// Why [`open_regular`] refuses a file.
 pub const NOT_A_REGULAR_FILE: &str = "not a regular file (a folder, a pipe, a socket or a device)";
 
+/// [`open_regular`]'s refusal, inside its `io::Error` (shown as [`NOT_A_REGULAR_FILE`]).
+#[derive(Debug)]
+struct NotARegularFile;
+
+impl std::fmt::Display for NotARegularFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(NOT_A_REGULAR_FILE)
+    }
+}
+
+impl std::error::Error for NotARegularFile {}
+
 /// Whether an error is [`open_regular`]'s refusal of something that is not a regular file
 /// (not another error of the same kind, such as a path holding a NUL byte).
 pub fn is_not_a_regular_file(e: &std::io::Error) -> bool {
-    e.kind() == std::io::ErrorKind::InvalidInput && e.to_string() == NOT_A_REGULAR_FILE
+    e.get_ref()
+        .is_some_and(|inner| inner.is::<NotARegularFile>())
 }
 
 /// Whether `path` is (or links to) a regular file.
@@ -620,7 +633,7 @@ pub fn is_regular_file(path: &Path) -> bool {
 /// there in that moment would still block the open). Not `O_NONBLOCK`: on some file
 /// systems (leases, offline files) it makes an ordinary file's open or read fail.
 pub fn open_regular(path: &Path) -> std::io::Result<File> {
-    let not_regular = || std::io::Error::new(std::io::ErrorKind::InvalidInput, NOT_A_REGULAR_FILE);
+    let not_regular = || std::io::Error::new(std::io::ErrorKind::InvalidInput, NotARegularFile);
     if !std::fs::metadata(path)?.is_file() {
         return Err(not_regular());
     }
@@ -1086,8 +1099,6 @@ mod tests {
         }
     }
 
-    /// Short writes hash only what the writer took: the hash is that of the bytes it holds
-    /// (through a buffer, and with writes larger than the buffer going straight through).
     /// Only `open_regular`'s own refusal is told apart as "not a regular file", not any
     /// error of the same kind.
     #[test]
@@ -1100,6 +1111,8 @@ mod tests {
         assert!(!is_not_a_regular_file(&nul));
     }
 
+    /// Short writes hash only what the writer took: the hash is that of the bytes it holds
+    /// (through a buffer, and with writes larger than the buffer going straight through).
     #[test]
     fn short_writes_hash_only_the_bytes_taken() {
         let data: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8).collect();
