@@ -2122,6 +2122,45 @@ pub fn parse_allocation(batch: &Batch, row: usize, at: RowRef) -> Parsed<Allocat
     })
 }
 
+/// An allocation row as a run reads it: valid, or rejected with its account-period.
+pub enum AllocationRead {
+    Valid(AllocationRow),
+    /// Rejected by [`parse_allocation`], its account and period readable all the same: a
+    /// run that does not cover that period does not count it as leaving one unbilled.
+    RejectedIn(Reject, crate::validate::RejectedPeriod),
+}
+
+/// [`parse_allocation`], with the account-period of a rejected row whose account and
+/// period can be read (a row whose period cannot be read is a plain reject: counted by
+/// every run).
+pub fn read_allocation(batch: &Batch, row: usize, at: RowRef) -> Parsed<AllocationRead> {
+    match parse_allocation(batch, row, at) {
+        Parsed::Row(valid) => Parsed::Row(AllocationRead::Valid(valid)),
+        Parsed::Rejected(reject) => {
+            let c = checker(Dataset::Allocations, &ALLOCATION_COLUMNS, batch, row, at);
+            match readable_period(&c) {
+                Some(period) => Parsed::Row(AllocationRead::RejectedIn(reject, period)),
+                None => Parsed::Rejected(reject),
+            }
+        }
+    }
+}
+
+/// An allocation row's period, with its account when that can be read, apart from its other
+/// columns: `None` when a bound is null or not valid, or the period ends at or before its
+/// start.
+fn readable_period(c: &RowCheck<'_>) -> Option<crate::validate::RejectedPeriod> {
+    let account_id = c.checked_str(0).ok().flatten().map(str::to_string);
+    let period_start = c.micros(2).ok()??;
+    let period_end = c.micros(3).ok()??;
+    (period_end > period_start).then_some(crate::validate::RejectedPeriod {
+        at: c.at,
+        account_id,
+        period_start,
+        period_end,
+    })
+}
+
 /// grants: null_required → bad_value (repeated ids are checked in `validate`).
 pub fn parse_grant(batch: &Batch, row: usize, at: RowRef) -> Parsed<GrantRow> {
     let c = checker(Dataset::Grants, &GRANT_COLUMNS, batch, row, at);

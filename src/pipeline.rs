@@ -201,18 +201,28 @@ pub struct Plans {
 pub fn load_plans(inputs: &Inputs, progress: &Progress) -> Result<Plans> {
     let files = &inputs.files;
     let stage = progress.counted("load plans", (files[1].len() + files[2].len()) as u64);
-    let (alloc_rows, mut rejects, alloc_read) = load::read_dataset(
+    let (alloc_reads, mut rejects, alloc_read) = load::read_dataset(
         &files[1],
         &load::ALLOCATION_COLUMNS,
-        &load::parse_allocation,
+        &load::read_allocation,
         &|| stage.tick(),
     )?;
+    let mut rejected_periods = Vec::new();
+    let mut alloc_rows = Vec::with_capacity(alloc_reads.len());
+    for read in alloc_reads {
+        match read {
+            load::AllocationRead::Valid(row) => alloc_rows.push(row),
+            load::AllocationRead::RejectedIn(reject, period) => {
+                rejects.push(reject);
+                rejected_periods.push(period);
+            }
+        }
+    }
     let (grant_rows, r, grant_read) =
         load::read_dataset(&files[2], &load::GRANT_COLUMNS, &load::parse_grant, &|| {
             stage.tick()
         })?;
     rejects.extend(r);
-    let mut rejected_periods = Vec::new();
     let allocations = validate::allocations(
         alloc_rows,
         &inputs.book,
@@ -357,7 +367,11 @@ fn record_plan_rows(
     partial.rejected_allocations_not_covered = (rejected_periods.iter())
         .filter(|p| {
             let (start, end) = (p.period_start, p.period_end);
-            !window::covers(mode, as_of, history, &p.account_id, start, end)
+            !match &p.account_id {
+                Some(account_id) => window::covers(mode, as_of, history, account_id, start, end),
+                // No account: no earlier close can have closed its period.
+                None => mode.covers(start, end, as_of),
+            }
         })
         .map(|p| p.at)
         .collect();

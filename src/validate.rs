@@ -94,12 +94,14 @@ impl Allocations {
     }
 }
 
-/// An allocation row rejected by [`allocations`] (unknown_plan, overlapping_period): its
-/// account-period, for telling whether a run covers it.
+/// A rejected allocation row's account-period, for telling whether a run covers it: every
+/// row [`allocations`] rejects (unknown_plan, overlapping_period), and a row the parse
+/// rejected whose account and period can be read ([`crate::load::read_allocation`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RejectedPeriod {
     pub at: RowRef,
-    pub account_id: String,
+    /// `None`: the row's account is null or not valid (no earlier close closed its period).
+    pub account_id: Option<String>,
     pub period_start: crate::time::Micros,
     pub period_end: crate::time::Micros,
 }
@@ -108,7 +110,7 @@ impl RejectedPeriod {
     fn of(row: &AllocationRow) -> RejectedPeriod {
         RejectedPeriod {
             at: row.at,
-            account_id: row.account_id.clone(),
+            account_id: Some(row.account_id.clone()),
             period_start: row.period_start,
             period_end: row.period_end,
         }
@@ -758,11 +760,11 @@ mod tests {
         let first = &rejected[0];
         assert_eq!(
             (
-                first.account_id.as_str(),
+                first.account_id.as_deref(),
                 first.period_start,
                 first.period_end
             ),
-            ("b", 5 * day, 15 * day)
+            (Some("b"), 5 * day, 15 * day)
         );
         let seen: Vec<(u64, Reason, &str)> = rejects
             .iter()

@@ -896,6 +896,94 @@ fn a_rejected_allocation_warns_and_alerts_with_max_rejected_allocations() {
     assert_eq!(summary["allocations_rejected_covered"], 0);
 }
 
+/// A row rejected before its plan is looked at (a null plan, a negative credit, an unknown
+/// status) counts towards `allocations_rejected_covered` by its period as a row of an
+/// unknown plan does: not when its period is one the run does not cover (a typo in an old
+/// month must not alert every night), also without a readable account; a row whose
+/// period cannot be read (null, or ending before it starts) counts in every run.
+#[test]
+fn rows_rejected_before_the_plan_check_count_by_their_period_too() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = demo_copy(tmp.path());
+    let t = |s: &str| Some(tally::time::parse_instant(s).unwrap());
+    let (may, june) = (t("2026-05-01T00:00:00Z"), t("2026-06-01T00:00:00Z"));
+    let (nov, dec) = (t("2026-11-01T00:00:00Z"), t("2026-12-01T00:00:00Z"));
+    let credits = |units: i64| Some(tally::amount::Milli::from_units(units));
+    // (account, plan, start, end, credits, status): rows 0-3 of May, each rejected; rows 4
+    // and 5 of no readable period; row 6 of November, the run's month.
+    let rows = [
+        (Some("acct-may-1"), None, may, june, credits(10), "active"),
+        (
+            Some("acct-may-2"),
+            Some("pro"),
+            may,
+            june,
+            credits(-1),
+            "active",
+        ),
+        (
+            Some("acct-may-3"),
+            Some("pro"),
+            may,
+            june,
+            credits(10),
+            "paused",
+        ),
+        (None, Some("pro"), may, june, credits(10), "active"),
+        (
+            Some("acct-none"),
+            Some("pro"),
+            None,
+            june,
+            credits(10),
+            "active",
+        ),
+        (
+            Some("acct-backwards"),
+            Some("pro"),
+            june,
+            may,
+            credits(10),
+            "active",
+        ),
+        (
+            Some("acct-nov"),
+            Some("pro"),
+            nov,
+            dec,
+            credits(10),
+            "paused",
+        ),
+    ];
+    let allocations = tally::write::Table::default()
+        .opt_str("account_id", rows.iter().map(|r| r.0))
+        .opt_str("plan_id", rows.iter().map(|r| r.1))
+        .opt_ts("period_start", rows.iter().map(|r| r.2))
+        .opt_ts("period_end", rows.iter().map(|r| r.3))
+        .opt_credits("included_credits", rows.iter().map(|r| r.4))
+        .opt_ts("billing_anchor", rows.iter().map(|_| None))
+        .str("status", rows.iter().map(|r| r.5))
+        .finish();
+    let path = data.join("allocations/rejected.parquet");
+    tally::write::write_parquet(&path, &allocations).unwrap();
+    let out = tmp.path().join("out");
+    let run = run_command("reconcile", &data, AS_OF, &out)
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
+    let summary = json(&out.join("summary.json"));
+    assert_eq!(summary["datasets"]["allocations"]["rejected"], 7);
+    assert_eq!(summary["allocations_rejected_covered"], 3);
+    let warning = "3 allocation rows are rejected (bad_value 1, null_required 1, \
+                   unknown_status 1) in periods this run covers: an account-period whose \
+                   only allocation row is rejected is not billed (no balances, no invoice at \
+                   close, its usage rejected no_allocation). The first: \
+                   allocations/rejected.parquet row 4: period_start is null but required (4 \
+                   more, of periods this run does not cover, are in rejects.csv too). See \
+                   rejects.csv; fix the price book or the export and rerun";
+    assert_eq!(dataset_warnings(&run), [warning]);
+}
+
 /// The job files cron runs (jobs/), on the bundled fixtures: both publish with exit 0; the
 /// close alerts (exit 1, published) on a data root whose month has no usage yet (the export
 /// late at 00:30 on the 1st), which it would otherwise invoice as a month without usage.
