@@ -824,9 +824,7 @@ fn seen_entries(
                             "{} {} for event {}, recorded {}",
                             d.kind.name(),
                             d.credits,
-                            d.event_id
-                                .as_deref()
-                                .map_or_else(|| "(none)".into(), quoted),
+                            d.event_id.as_deref().map_or_else(|| "(none)".into(), q),
                             format_instant(d.recorded_at)
                         )),
                     }
@@ -1525,7 +1523,9 @@ fn write_entry(t: &mut String, e: &EntryExplanation) {
         let _ = writeln!(
             t,
             "  period [{}, {}) of plan {}",
-            p.period_start, p.period_end, p.plan_id
+            p.period_start,
+            p.period_end,
+            q(&p.plan_id)
         );
     }
     if let Some(v) = &e.verdict {
@@ -1551,7 +1551,8 @@ fn write_discrepancies(t: &mut String, rows: &[DiscrepancyView]) {
             if d.entry_ids.is_empty() {
                 String::new()
             } else {
-                format!(", entries {}", d.entry_ids.join(", "))
+                let ids: Vec<String> = d.entry_ids.iter().map(|id| q(id)).collect();
+                format!(", entries {}", ids.join(", "))
             }
         );
     }
@@ -1672,17 +1673,18 @@ fn rate_choice(e: &EventExplanation, r: &RateView) -> String {
     match r.choice {
         "model" => format!(
             "the model's own rate ({})",
-            r.model.as_deref().unwrap_or("")
+            name_text(r.model.as_deref().unwrap_or(""))
         ),
         "generic_fallback" => format!(
             "no rate for model {} in effect then, so the generic rate of {} / {}",
-            e.model.as_deref().map_or_else(String::new, quoted),
-            r.product,
-            r.action
+            e.model.as_deref().map_or_else(String::new, q),
+            name_text(&r.product),
+            name_text(&r.action)
         ),
         _ => format!(
             "the generic rate of {} / {} (no model)",
-            r.product, r.action
+            name_text(&r.product),
+            name_text(&r.action)
         ),
     }
 }
@@ -1752,7 +1754,7 @@ fn write_account(t: &mut String, a: &AccountExplanation) {
             "    [{}, {}) plan {}, {} credits, {}{} ({} row {})",
             al.period.period_start,
             al.period.period_end,
-            al.period.plan_id,
+            q(&al.period.plan_id),
             al.period.included_credits,
             al.period.status,
             if al.covered { ", in this run" } else { "" },
@@ -1780,9 +1782,7 @@ fn write_account(t: &mut String, a: &AccountExplanation) {
             t,
             "  {} {} expected {}, recorded {}",
             d.kind,
-            d.event_id
-                .as_deref()
-                .map_or_else(|| "(no event)".into(), quoted),
+            d.event_id.as_deref().map_or_else(|| "(no event)".into(), q),
             opt_milli(d.expected_credits),
             d.recorded_credits
         );
@@ -1795,7 +1795,9 @@ fn write_period(t: &mut String, p: &PeriodExplanation) {
     let _ = writeln!(
         t,
         "\nPeriod [{}, {}) of plan {}",
-        p.period.period_start, p.period.period_end, p.period.plan_id
+        p.period.period_start,
+        p.period.period_end,
+        q(&p.period.plan_id)
     );
     let _ = writeln!(t, "  grants, in consumption order:");
     for g in &p.grants {
@@ -1918,5 +1920,41 @@ fn sku_text(
     action: &dyn std::fmt::Display,
     model: Option<&str>,
 ) -> String {
-    format!("{product} / {action} / {}", model.unwrap_or("(no model)"))
+    format!(
+        "{} / {} / {}",
+        name_text(&product.to_string()),
+        name_text(&action.to_string()),
+        model.map_or(std::borrow::Cow::Borrowed("(no model)"), name_text)
+    )
+}
+
+/// A product, action or model name as explain's text writes it: as it is, unless a
+/// control character (a newline) would break the line, then quoted and escaped as ids are.
+fn name_text(name: &str) -> std::borrow::Cow<'_, str> {
+    match name.chars().any(char::is_control) {
+        true => std::borrow::Cow::Owned(q(name)),
+        false => std::borrow::Cow::Borrowed(name),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A name is written as it is, unless a control character would break the line.
+    #[test]
+    fn a_name_with_a_control_character_is_quoted_and_escaped() {
+        assert_eq!(
+            sku_text(&"studio", &"prompt_to_video", Some("veo-3")),
+            "studio / prompt_to_video / veo-3"
+        );
+        assert_eq!(
+            sku_text(&"stu\ndio", &"a\tb", None),
+            "\"stu\\ndio\" / \"a\\tb\" / (no model)"
+        );
+        assert_eq!(
+            sku_text(&"=x,\"y\"", &"act", Some("m\r")),
+            "=x,\"y\" / act / \"m\\r\""
+        );
+    }
 }

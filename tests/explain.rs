@@ -386,6 +386,64 @@ fn explain_says_why_an_event_is_outside_the_window_and_where_to_look() {
         .contains("at or after as-of"));
 }
 
+/// Explain's text writes every id quoted and escaped, also in its discrepancy lines (an
+/// entry id with a comma and a newline is one id on one line), and plan ids quoted (names
+/// with a control character: `explain::tests`): a line is never broken by a value.
+#[test]
+fn explain_text_quotes_and_escapes_ids_and_names_on_every_line() {
+    use tally::time::parse_instant;
+    use tally::write::{write_parquet, Table};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = demo_copy(tmp.path());
+    let (entry, account) = ("d,1\nx", "acct-000001");
+    let orphan = Table::default()
+        .str("entry_id", [entry])
+        .str("account_id", [account])
+        .opt_str("event_id", [None])
+        .str("kind", ["debit"])
+        .credits("credits", [tally::amount::Milli::from_units(3)])
+        .ts(
+            "recorded_at",
+            [parse_instant("2026-11-10T00:00:00Z").unwrap()],
+        )
+        .finish();
+    write_parquet(&data.join("debits/zz-odd.parquet"), &orphan).unwrap();
+    let text = |args: &[&str]| {
+        let mut all = vec![
+            "explain",
+            "--data",
+            data.to_str().unwrap(),
+            "--as-of",
+            AS_OF,
+        ];
+        all.extend_from_slice(args);
+        let out = tally(&all);
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let by_entry = text(&["--entry", entry]);
+    assert!(
+        by_entry.contains(
+            "orphan_debit: expected 0.000, recorded 3.000, delta 3.000, entries \"d,1\\nx\""
+        ),
+        "{by_entry}"
+    );
+    let by_account = text(&["--account", account]);
+    for page in [&by_entry, &by_account] {
+        assert!(
+            !page
+                .lines()
+                .any(|line| line == "x\"" || line.starts_with("x")),
+            "{page}"
+        );
+    }
+    assert!(by_account.contains("plan \"max\""), "{by_account}");
+    assert!(
+        by_account.contains("entry \"d,1\\nx\" debit 3.000"),
+        "{by_account}"
+    );
+}
+
 #[test]
 fn explain_of_an_unknown_id_is_a_one_line_error_with_exit_2() {
     // Each message counts the files it looked in (the account's: allocations and grants).
