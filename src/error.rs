@@ -174,17 +174,37 @@ impl TallyError {
 
 pub type Result<T> = std::result::Result<T, TallyError>;
 
-/// `text` with control characters written `\u{..}` (a newline too), so that a name or a
-/// library's message quoting bytes prints as one line of plain text.
+/// `text` with control characters written `\u{..}` (a newline too), and the invisible ones
+/// of [`hides_or_reorders_text`], so that a name or a library's message quoting bytes prints
+/// as one line of plain text, shown as it is.
 pub fn controls_escaped(text: &str) -> String {
     let mut line = String::with_capacity(text.len());
     for c in text.chars() {
-        match c.is_control() {
+        match c.is_control() || hides_or_reorders_text(c) {
             true => line.extend(c.escape_unicode()),
             false => line.push(c),
         }
     }
     line
+}
+
+/// An invisible character that changes how the text around it shows: bidirectional marks,
+/// embeddings, overrides and isolates (`U+202E` shows `abc` as `cba`), zero-width
+/// characters, line and paragraph separators, the byte-order mark and the soft hyphen. Shown
+/// to a person as it is, an id holding one could pass for another, so where tally shows ids
+/// (messages, `summary.md`, `report.html`) it writes them `\u{..}`.
+pub fn hides_or_reorders_text(c: char) -> bool {
+    matches!(
+        c,
+        '\u{ad}'
+            | '\u{61c}'
+            | '\u{180e}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{206f}'
+            | '\u{feff}'
+            | '\u{fff9}'..='\u{fffb}'
+    )
 }
 
 /// What to do about an input that cannot be read, for the causes the operating system's
@@ -295,5 +315,18 @@ mod tests {
             TallyError::output("x", "(os error x)").to_string(),
             "writing x: (os error x)"
         );
+    }
+
+    /// A message shows what it quotes as it is: a control character or an invisible one
+    /// that would reorder or hide the text is written `\u{..}`, other text untouched.
+    #[test]
+    fn messages_escape_controls_and_text_that_reorders_or_hides() {
+        assert_eq!(controls_escaped("a\nb\u{7}"), "a\\u{a}b\\u{7}");
+        assert_eq!(controls_escaped("acct-\u{202e}cba"), "acct-\\u{202e}cba");
+        assert_eq!(
+            controls_escaped("x\u{200b}\u{feff}\u{ad}"),
+            "x\\u{200b}\\u{feff}\\u{ad}"
+        );
+        assert_eq!(controls_escaped("ünï 名 -é"), "ünï 名 -é");
     }
 }

@@ -27,6 +27,9 @@ pub fn esc(text: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#39;"),
+            // Shown as `\u{..}`: as a character (or a reference to one) it would reorder
+            // or hide the text around it, and an id could pass for another.
+            c if crate::error::hides_or_reorders_text(c) => out.extend(c.escape_unicode()),
             c => out.push(c),
         }
     }
@@ -878,6 +881,10 @@ mod tests {
             "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
         );
         assert_eq!(esc("plain-id_1"), "plain-id_1");
+        assert_eq!(
+            esc("acct-\u{202e}cba\u{feff}"),
+            "acct-\\u{202e}cba\\u{feff}"
+        );
     }
 
     #[test]

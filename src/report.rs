@@ -282,20 +282,33 @@ fn conservation(out: &RunOutput) -> Conservation {
 }
 
 /// An id as the text of a Markdown table cell: the characters that would end the cell,
-/// start markup or raw HTML are backslash-escaped and control characters (a newline would
-/// end the table) written as `\u{..}`, so that `summary.md` shows every id as it is.
+/// start markup or raw HTML are backslash-escaped, control characters (a newline would
+/// end the table) and invisible ones that reorder or hide text
+/// ([`crate::error::hides_or_reorders_text`]) written as `\u{..}`, and spaces at either end
+/// (which a table cell drops) as `&#32;`, so that `summary.md` shows every id as it is.
 fn md_text(id: &str) -> String {
     let mut out = String::with_capacity(id.len());
-    for c in id.chars() {
+    let inner = id.trim_matches(' ');
+    let leading = id.len() - id.trim_start_matches(' ').len();
+    let trailing = if inner.is_empty() {
+        0
+    } else {
+        id.len() - id.trim_end_matches(' ').len()
+    };
+    out.push_str(&"&#32;".repeat(leading));
+    for c in inner.chars() {
         match c {
             '\\' | '|' | '<' | '>' | '&' | '[' | ']' | '`' | '*' => {
                 out.push('\\');
                 out.push(c);
             }
-            c if c.is_control() => out.push_str(&c.escape_unicode().to_string()),
+            c if c.is_control() || crate::error::hides_or_reorders_text(c) => {
+                out.extend(c.escape_unicode())
+            }
             c => out.push(c),
         }
     }
+    out.push_str(&"&#32;".repeat(trailing));
     out
 }
 
@@ -532,6 +545,11 @@ mod tests {
             "\\[l\\](u) \\`c\\` \\*e\\* \\\\"
         );
         assert_eq!(md_text("ünï 名"), "ünï 名");
+        // Text that would show as another id: reordered, hidden, or trimmed by the table.
+        assert_eq!(md_text("acct-\u{202e}cba"), "acct-\\u{202e}cba");
+        assert_eq!(md_text("a\u{200b}b\u{2028}"), "a\\u{200b}b\\u{2028}");
+        assert_eq!(md_text("  lead x "), "&#32;&#32;lead x&#32;");
+        assert_eq!(md_text("   "), "&#32;&#32;&#32;");
     }
 
     /// The note on totals summed over account-periods appears only when an account has
