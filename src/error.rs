@@ -190,7 +190,8 @@ pub fn controls_escaped(text: &str) -> String {
 
 /// An invisible character that changes how the text around it shows: bidirectional marks,
 /// embeddings, overrides and isolates (`U+202E` shows `abc` as `cba`), zero-width
-/// characters, line and paragraph separators, the byte-order mark and the soft hyphen. Shown
+/// characters, line and paragraph separators, the byte-order mark, the soft hyphen, fillers
+/// that show as nothing and tag characters. Shown
 /// to a person as it is, an id holding one could pass for another, so where tally shows ids
 /// (messages, `summary.md`, `report.html`) it writes them `\u{..}`.
 pub fn hides_or_reorders_text(c: char) -> bool {
@@ -204,6 +205,17 @@ pub fn hides_or_reorders_text(c: char) -> bool {
             | '\u{2060}'..='\u{206f}'
             | '\u{feff}'
             | '\u{fff9}'..='\u{fffb}'
+            // Invisible fillers and joiners that show as nothing.
+            | '\u{34f}'
+            | '\u{115f}'
+            | '\u{1160}'
+            | '\u{17b4}'
+            | '\u{17b5}'
+            | '\u{3164}'
+            | '\u{ffa0}'
+            | '\u{1d173}'..='\u{1d17a}'
+            // Tag characters: invisible text that can ride along an id.
+            | '\u{e0000}'..='\u{e007f}'
     )
 }
 
@@ -327,6 +339,13 @@ mod tests {
             controls_escaped("x\u{200b}\u{feff}\u{ad}"),
             "x\\u{200b}\\u{feff}\\u{ad}"
         );
-        assert_eq!(controls_escaped("ünï 名 -é"), "ünï 名 -é");
+        assert_eq!(
+            controls_escaped("a\u{e0041}\u{3164}"),
+            "a\\u{e0041}\\u{3164}"
+        );
+        assert_eq!(
+            controls_escaped("ünï 名 -é ✔\u{fe0f}"),
+            "ünï 名 -é ✔\u{fe0f}"
+        );
     }
 }

@@ -1508,7 +1508,8 @@ fn write_seen(t: &mut String, indent: &str, r: &SeenRow) {
         let _ = writeln!(t, "{indent}    {v}");
     }
     if let Some(d) = &r.detail {
-        let _ = writeln!(t, "{indent}    {d}");
+        // The run's words, whose quoted ids are not escaped: one line all the same.
+        let _ = writeln!(t, "{indent}    {}", crate::error::controls_escaped(d));
     }
 }
 
@@ -1517,7 +1518,7 @@ fn write_entry(t: &mut String, e: &EntryExplanation) {
         t,
         "\nEntry: {} — {}",
         e.placement.replace('_', " "),
-        e.placement_detail
+        crate::error::controls_escaped(&e.placement_detail)
     );
     if let Some(p) = &e.period {
         let _ = writeln!(
@@ -1573,7 +1574,7 @@ fn write_event(t: &mut String, e: &EventExplanation) {
         t,
         "  window: {} — {}",
         e.placement.replace('_', " "),
-        e.placement_detail
+        crate::error::controls_escaped(&e.placement_detail)
     );
     if e.placement != "in_window" {
         return;
@@ -1605,7 +1606,7 @@ fn write_event(t: &mut String, e: &EventExplanation) {
         t,
         "  verdict: {} — {}",
         e.verdict.as_deref().unwrap_or("not in this run"),
-        e.verdict_reason.as_deref().unwrap_or("")
+        crate::error::controls_escaped(e.verdict_reason.as_deref().unwrap_or(""))
     );
     write_discrepancies(t, &e.discrepancies);
 }
@@ -1929,9 +1930,10 @@ fn sku_text(
 }
 
 /// A product, action or model name as explain's text writes it: as it is, unless a
-/// control character (a newline) would break the line, then quoted and escaped as ids are.
+/// control character (a newline) would break the line or an invisible one reorder it
+/// ([`crate::error::hides_or_reorders_text`]), then quoted and escaped as ids are.
 fn name_text(name: &str) -> std::borrow::Cow<'_, str> {
-    match name.chars().any(char::is_control) {
+    match (name.chars()).any(|c| c.is_control() || crate::error::hides_or_reorders_text(c)) {
         true => std::borrow::Cow::Owned(q(name)),
         false => std::borrow::Cow::Borrowed(name),
     }

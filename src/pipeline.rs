@@ -190,8 +190,9 @@ pub struct Plans {
     /// Valid grants of the accounts with allocations, by account code (input order).
     pub grants: Vec<Vec<GrantRow>>,
     pub rejects: Vec<Reject>,
-    /// The allocation rows validation rejected (unknown_plan, overlapping_period), with
-    /// their account-periods.
+    /// The rejected allocation rows whose period can be read, with their account-periods
+    /// (every row validation rejected, unknown_plan or overlapping_period, and the rows the
+    /// parse rejected with a readable period: [`load::read_allocation`]).
     pub rejected_periods: Vec<validate::RejectedPeriod>,
     /// Rows read: allocations, grants.
     pub rows_read: [u64; 2],
@@ -369,7 +370,9 @@ fn record_plan_rows(
             let (start, end) = (p.period_start, p.period_end);
             !match &p.account_id {
                 Some(account_id) => window::covers(mode, as_of, history, account_id, start, end),
-                // No account: no earlier close can have closed its period.
+                // No account: judged by its period. No close can bill that period for no
+                // account, so, as a named account's period no close billed, it is counted
+                // by every close that covers it until the row is mended.
                 None => mode.covers(start, end, as_of),
             }
         })

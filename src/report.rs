@@ -284,8 +284,8 @@ fn conservation(out: &RunOutput) -> Conservation {
 /// An id as the text of a Markdown table cell: the characters that would end the cell,
 /// start markup or raw HTML are backslash-escaped, control characters (a newline would
 /// end the table) and invisible ones that reorder or hide text
-/// ([`crate::error::hides_or_reorders_text`]) written as `\u{..}`, and spaces at either end
-/// (which a table cell drops) as `&#32;`, so that `summary.md` shows every id as it is.
+/// ([`crate::error::hides_or_reorders_text`]) written as `\u{..}`, and so are spaces at
+/// either end (which a table cell drops), so that `summary.md` shows every id as it is.
 fn md_text(id: &str) -> String {
     let mut out = String::with_capacity(id.len());
     let inner = id.trim_matches(' ');
@@ -295,7 +295,7 @@ fn md_text(id: &str) -> String {
     } else {
         id.len() - id.trim_end_matches(' ').len()
     };
-    out.push_str(&"&#32;".repeat(leading));
+    out.push_str(&"\\u{20}".repeat(leading));
     for c in inner.chars() {
         match c {
             '\\' | '|' | '<' | '>' | '&' | '[' | ']' | '`' | '*' => {
@@ -308,7 +308,7 @@ fn md_text(id: &str) -> String {
             c => out.push(c),
         }
     }
-    out.push_str(&"&#32;".repeat(trailing));
+    out.push_str(&"\\u{20}".repeat(trailing));
     out
 }
 
@@ -548,8 +548,8 @@ mod tests {
         // Text that would show as another id: reordered, hidden, or trimmed by the table.
         assert_eq!(md_text("acct-\u{202e}cba"), "acct-\\u{202e}cba");
         assert_eq!(md_text("a\u{200b}b\u{2028}"), "a\\u{200b}b\\u{2028}");
-        assert_eq!(md_text("  lead x "), "&#32;&#32;lead x&#32;");
-        assert_eq!(md_text("   "), "&#32;&#32;&#32;");
+        assert_eq!(md_text("  lead x "), "\\u{20}\\u{20}lead x\\u{20}");
+        assert_eq!(md_text("   "), "\\u{20}\\u{20}\\u{20}");
     }
 
     /// The note on totals summed over account-periods appears only when an account has

@@ -140,7 +140,7 @@ pub struct Partial {
     #[serde(default)]
     pub mix: crate::breakdown::Mix,
     /// Rejected allocation rows whose account-period the run does not cover (see
-    /// [`crate::window::covers`]), in the order validation rejected them (sorted when the partials
+    /// [`crate::window::covers`]), in the order they were rejected (sorted when the partials
     /// are put in order): not counted by the warning and the alert.
     #[serde(default)]
     pub rejected_allocations_not_covered: Vec<RowRef>,

@@ -396,16 +396,15 @@ fn explain_text_quotes_and_escapes_ids_and_names_on_every_line() {
     let tmp = tempfile::tempdir().unwrap();
     let data = demo_copy(tmp.path());
     let (entry, account) = ("d,1\nx", "acct-000001");
+    // The entry, and a second row repeating its id (rejected, its detail quoting the id).
+    let recorded = parse_instant("2026-11-10T00:00:00Z").unwrap();
     let orphan = Table::default()
-        .str("entry_id", [entry])
-        .str("account_id", [account])
-        .opt_str("event_id", [None])
-        .str("kind", ["debit"])
-        .credits("credits", [tally::amount::Milli::from_units(3)])
-        .ts(
-            "recorded_at",
-            [parse_instant("2026-11-10T00:00:00Z").unwrap()],
-        )
+        .str("entry_id", [entry, entry])
+        .str("account_id", [account, account])
+        .opt_str("event_id", [None, None])
+        .str("kind", ["debit", "debit"])
+        .credits("credits", [tally::amount::Milli::from_units(3); 2])
+        .ts("recorded_at", [recorded, recorded])
         .finish();
     write_parquet(&data.join("debits/zz-odd.parquet"), &orphan).unwrap();
     let text = |args: &[&str]| {
@@ -426,6 +425,10 @@ fn explain_text_quotes_and_escapes_ids_and_names_on_every_line() {
         by_entry.contains(
             "orphan_debit: expected 0.000, recorded 3.000, delta 3.000, entries \"d,1\\nx\""
         ),
+        "{by_entry}"
+    );
+    assert!(
+        by_entry.contains("entry_id \"d,1\\u{a}x\" repeats the row at debits/zz-odd.parquet row 0"),
         "{by_entry}"
     );
     let by_account = text(&["--account", account]);

@@ -910,7 +910,8 @@ fn rows_rejected_before_the_plan_check_count_by_their_period_too() {
     let (nov, dec) = (t("2026-11-01T00:00:00Z"), t("2026-12-01T00:00:00Z"));
     let credits = |units: i64| Some(tally::amount::Milli::from_units(units));
     // (account, plan, start, end, credits, status): rows 0-3 of May, each rejected; rows 4
-    // and 5 of no readable period; row 6 of November, the run's month.
+    // and 5 of no readable period; rows 6 and 7 of November, the run's month (row 7 with
+    // no account: judged by its period alone).
     let rows = [
         (Some("acct-may-1"), None, may, june, credits(10), "active"),
         (
@@ -954,6 +955,7 @@ fn rows_rejected_before_the_plan_check_count_by_their_period_too() {
             credits(10),
             "paused",
         ),
+        (None, Some("pro"), nov, dec, credits(10), "active"),
     ];
     let allocations = tally::write::Table::default()
         .opt_str("account_id", rows.iter().map(|r| r.0))
@@ -972,9 +974,9 @@ fn rows_rejected_before_the_plan_check_count_by_their_period_too() {
         .unwrap();
     assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
     let summary = json(&out.join("summary.json"));
-    assert_eq!(summary["datasets"]["allocations"]["rejected"], 7);
-    assert_eq!(summary["allocations_rejected_covered"], 3);
-    let warning = "3 allocation rows are rejected (bad_value 1, null_required 1, \
+    assert_eq!(summary["datasets"]["allocations"]["rejected"], 8);
+    assert_eq!(summary["allocations_rejected_covered"], 4);
+    let warning = "4 allocation rows are rejected (bad_value 1, null_required 2, \
                    unknown_status 1) in periods this run covers: an account-period whose \
                    only allocation row is rejected is not billed (no balances, no invoice at \
                    close, its usage rejected no_allocation). The first: \
@@ -982,6 +984,23 @@ fn rows_rejected_before_the_plan_check_count_by_their_period_too() {
                    more, of periods this run does not cover, are in rejects.csv too). See \
                    rejects.csv; fix the price book or the export and rerun";
     assert_eq!(dataset_warnings(&run), [warning]);
+    // A close covers every period ending by its as-of that no earlier close closed: May
+    // too, so all eight count. A later close under its history counts them again, as it
+    // counts any account-period no close billed (the null account's too): the rows are
+    // unmended.
+    let closes = tmp.path().join("closes");
+    for as_of in ["2026-12-01T00:00:00Z", "2027-01-01T00:00:00Z"] {
+        let out = closes.join(&as_of[..10]);
+        let run = run_command("close", &data, as_of, &out)
+            .args(["--history", closes.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
+        assert_eq!(
+            json(&out.join("summary.json"))["allocations_rejected_covered"],
+            8
+        );
+    }
 }
 
 /// The job files cron runs (jobs/), on the bundled fixtures: both publish with exit 0; the
