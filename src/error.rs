@@ -191,9 +191,9 @@ pub fn controls_escaped(text: &str) -> String {
 /// An invisible character that changes how the text around it shows: bidirectional marks,
 /// embeddings, overrides and isolates (`U+202E` shows `abc` as `cba`), zero-width
 /// characters, line and paragraph separators, the byte-order mark, the soft hyphen, fillers
-/// that show as nothing and tag characters. Shown
-/// to a person as it is, an id holding one could pass for another, so where tally shows ids
-/// (messages, `summary.md`, `report.html`) it writes them `\u{..}`.
+/// that show as nothing and tag characters. Shown to a person as it is, an id holding one
+/// could pass for another, so where tally shows ids (messages, `summary.md`, `report.html`,
+/// explain's text) it writes them `\u{..}`.
 pub fn hides_or_reorders_text(c: char) -> bool {
     matches!(
         c,
