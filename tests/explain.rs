@@ -407,19 +407,7 @@ fn explain_text_quotes_and_escapes_ids_and_names_on_every_line() {
         .ts("recorded_at", [recorded, recorded])
         .finish();
     write_parquet(&data.join("debits/zz-odd.parquet"), &orphan).unwrap();
-    let text = |args: &[&str]| {
-        let mut all = vec![
-            "explain",
-            "--data",
-            data.to_str().unwrap(),
-            "--as-of",
-            AS_OF,
-        ];
-        all.extend_from_slice(args);
-        let out = tally(&all);
-        assert!(out.status.success(), "{}", stderr(&out));
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let text = |args: &[&str]| explain_text(&data, AS_OF, args);
     let by_entry = text(&["--entry", entry]);
     assert!(
         by_entry.contains(

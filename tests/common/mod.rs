@@ -44,6 +44,19 @@ pub fn explain_json_as<T: serde::de::DeserializeOwned>(
     as_of: &str,
     extra: &[&str],
 ) -> T {
+    let mut args = explain_args(data, as_of, extra);
+    args.push("--json");
+    let out = tally_ok(&args);
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+}
+
+/// `tally explain` of `data` as of `as_of` with `extra`: its text (exit 0 asserted).
+pub fn explain_text(data: &Path, as_of: &str, extra: &[&str]) -> String {
+    let out = tally_ok(&explain_args(data, as_of, extra));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn explain_args<'a>(data: &'a Path, as_of: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "explain",
         "--data",
@@ -52,9 +65,7 @@ pub fn explain_json_as<T: serde::de::DeserializeOwned>(
         as_of,
     ];
     args.extend_from_slice(extra);
-    args.push("--json");
-    let out = tally_ok(&args);
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    args
 }
 
 /// Run the real binary.
