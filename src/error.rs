@@ -147,7 +147,7 @@ impl TallyError {
     /// ([`TallyError::write`]); a full disk said nothing more 1 time in 8, when the Parquet
     /// writer met it first.
     pub fn output(file: impl Into<String>, message: impl ToString) -> Self {
-        let message = message.to_string();
+        let message = without_library_prefixes(&message.to_string());
         let hint = os_error_in(&message).map_or("", |kind| write_hint(kind));
         TallyError::Output {
             file: file.into(),
@@ -238,6 +238,27 @@ fn os_error_in(message: &str) -> Option<std::io::ErrorKind> {
     Some(std::io::Error::from_raw_os_error(code.parse().ok()?).kind())
 }
 
+/// A library's error text without the prefixes it names itself by (`Parquet error: `,
+/// `External: ` ...), which say nothing to the reader of a tally message.
+pub(crate) fn without_library_prefixes(text: &str) -> String {
+    let mut text = text;
+    'strip: loop {
+        for prefix in [
+            "Parquet error: ",
+            "Parquet argument error: ",
+            "External: ",
+            "EOF: ",
+            "Arrow: ",
+        ] {
+            if let Some(rest) = text.strip_prefix(prefix) {
+                text = rest;
+                continue 'strip;
+            }
+        }
+        return text.to_string();
+    }
+}
+
 /// What to do about an output, lock or scratch file that cannot be written (appended to
 /// the operating system's message).
 fn write_hint(kind: std::io::ErrorKind) -> &'static str {
@@ -254,7 +275,8 @@ fn write_hint(kind: std::io::ErrorKind) -> &'static str {
         }
         ErrorKind::StorageFull | ErrorKind::QuotaExceeded => {
             "; free space there (the output, or under $TMPDIR the spill of a split run: about 50 \
-             bytes a usage or ledger row), or point TMPDIR at a larger disk"
+             bytes a usage or ledger row), or point TMPDIR at a larger disk; if `df -h` shows \
+             space, the file system is out of inodes (`df -i`)"
         }
         _ => "",
     }
@@ -306,9 +328,27 @@ mod tests {
         assert!(
             e.to_string().ends_with(
                 "(os error 28)\"; free space there (the output, or under $TMPDIR the spill of a \
-                 split run: about 50 bytes a usage or ledger row), or point TMPDIR at a larger disk"
+                 split run: about 50 bytes a usage or ledger row), or point TMPDIR at a larger \
+                 disk; if `df -h` shows space, the file system is out of inodes (`df -i`)"
             ),
             "{e}"
+        );
+        // The library's own names for its errors are not the reader's.
+        assert!(
+            e.to_string().starts_with(
+                "writing out/.x.tally-staging-1/balances.parquet: fail to get inner writer"
+            ),
+            "{e}"
+        );
+        let external = TallyError::output(
+            "o/b.parquet",
+            "External: No space left on device (os error 28)",
+        );
+        assert!(
+            external
+                .to_string()
+                .starts_with("writing o/b.parquet: No space left"),
+            "{external}"
         );
         let denied = TallyError::output("x", "IO error: Permission denied (os error 13)");
         assert!(denied

@@ -414,6 +414,27 @@ fn unreadable_manifest(path: &Path, e: serde_json::Error) -> TallyError {
     )
 }
 
+/// Refuse a history holding a close that a publish swapped out and never replaced (its
+/// folder missing, the close only in the hidden `-old` folder beside it): closes skip hidden
+/// folders, so its periods would be closed and billed again.
+fn refuse_a_stranded_close(dir: &Path) -> Result<()> {
+    let stranded = crate::write::stranded_previous_outputs(dir);
+    let Some((old, target)) = (stranded.iter()).find(|(old, _)| old.join("manifest.json").exists())
+    else {
+        return Ok(());
+    };
+    Err(TallyError::Refused(format!(
+        "{}: the close that belongs at {} is only there: a publish swapped it out and was \
+         stopped before its new output took the place (killed between its two renames); \
+         closes under this history would bill its periods again. Rename it back (mv {} {}) \
+         and rerun",
+        old.display(),
+        target.display(),
+        old.display(),
+        target.display()
+    )))
+}
+
 /// A folder of the history with a `manifest.json` entry that is not a regular file (a
 /// folder, a FIFO, a broken link): exit 2, naming it. It may be an earlier close: skipping
 /// it would bill its periods again (and a FIFO would block its read).
@@ -450,6 +471,7 @@ pub fn closes_under(dir: &Path, exclude: Option<&Path>) -> Result<Vec<EarlierClo
     if !dir.is_dir() {
         return Ok(closes);
     }
+    refuse_a_stranded_close(dir)?;
     let mut folders: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| TallyError::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))

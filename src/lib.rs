@@ -722,6 +722,10 @@ pub fn run_job(req: &JobRequest) -> Result<JobOutcome> {
         // The inputs decide whether this close was already made: fingerprint them first.
         let inputs = fingerprint(req, &prepared.history, &census, true)?;
         if let Some(done) = check_earlier_close(req, &inputs)? {
+            // Nothing to write, but a staging folder a killed run left beside the output
+            // (a `--force` close killed while writing) goes now, as a writing run's would:
+            // the close is rerun as a no-op, and no later run writes to this output.
+            write::clean_stale_staging(&req.out)?;
             return Ok(done);
         }
         let output = pipeline::run(settings, &census, &req.progress)?;

@@ -634,19 +634,7 @@ fn check_magic(file: &InputFile, handle: &PositionalFile) -> Result<()> {
 
 /// A decoder error without the library's prefixes ("Parquet error: ", "External: " ...).
 fn plain(e: impl std::fmt::Display) -> String {
-    let mut text = e.to_string();
-    for prefix in [
-        "Parquet error: ",
-        "Parquet argument error: ",
-        "External: ",
-        "EOF: ",
-        "Arrow: ",
-    ] {
-        while let Some(rest) = text.strip_prefix(prefix) {
-            text = rest.to_string();
-        }
-    }
-    text.replace('\n', " ")
+    crate::error::without_library_prefixes(&e.to_string()).replace('\n', " ")
 }
 
 /// Footers are read without their column chunks' statistics (min/max, null counts,

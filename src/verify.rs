@@ -200,6 +200,22 @@ fn read_manifest(out: &Path) -> Result<(Manifest, crate::time::Micros)> {
         Err(e) => return Err(TallyError::io(out, e)),
     };
     if let Some(why) = why {
+        let stranded = crate::write::stranded_previous_outputs(&crate::write::folder_of(out));
+        if let Some((old, _)) = stranded
+            .iter()
+            .find(|(_, target)| target.file_name() == out.file_name())
+        {
+            return Err(TallyError::config(
+                out.display().to_string(),
+                format!(
+                    "{why}; its previous output is in {}, swapped out by a publish that was \
+                     stopped before the new output took its place: rename it back (mv {} {})",
+                    old.display(),
+                    old.display(),
+                    out.display()
+                ),
+            ));
+        }
         return Err(TallyError::config(
             out.display().to_string(),
             format!("{why}: give `tally verify` the folder a run published (its --out)"),

@@ -837,6 +837,27 @@ fn staging_prefix(target: &Path) -> Result<(PathBuf, String)> {
 /// The end of the staging name of a previous output swapped out by the two-rename publish.
 const PREVIOUS_SUFFIX: &str = "-old";
 
+/// The previous outputs in `folder` that a two-rename publish swapped out and that nothing
+/// took the place of (the run was killed between its renames, or both failed): each
+/// `.NAME.tally-staging-PID-old` folder whose `NAME` is missing, with that `NAME`'s path,
+/// in name order. Each is the only copy of its output.
+pub fn stranded_previous_outputs(folder: &Path) -> Vec<(PathBuf, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(folder) else {
+        return Vec::new();
+    };
+    let mut stranded: Vec<(PathBuf, PathBuf)> = (entries.flatten())
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let (target, pid) = name.strip_prefix('.')?.split_once(".tally-staging-")?;
+            let target = folder.join(target);
+            (pid.ends_with(PREVIOUS_SUFFIX) && std::fs::symlink_metadata(&target).is_err())
+                .then(|| (entry.path(), target))
+        })
+        .collect();
+    stranded.sort();
+    stranded
+}
+
 /// Remove staging folders left by runs that died (their process no longer exists), but
 /// not a previous output that is the only copy of the output (its target is missing).
 pub fn clean_stale_staging(target: &Path) -> Result<()> {

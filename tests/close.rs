@@ -1186,6 +1186,61 @@ fn history_skips_copies_of_this_close_and_hidden_folders_and_refuses_an_output_o
 
 /// Grant priorities at the limit of 32 bits carry into `grants_next` unchanged (it writes
 /// the input schema's INT32); one past the limit is `bad_value` (it could not be carried).
+/// A close swapped out by the two-rename publish and never replaced (a `--force` close
+/// killed between its renames on a file system without the atomic exchange) is only in
+/// the hidden `.NAME.tally-staging-PID-old` folder, which history skips: a later close
+/// under that history is refused (exit 3), saying how to put it back, instead of billing
+/// its periods again; `verify` of the missing folder says where it is. A staging folder a
+/// killed run left beside a close goes on the close's no-op rerun.
+#[test]
+fn a_close_stranded_by_a_stopped_publish_is_refused_not_billed_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = data_with_december(tmp.path());
+    let closes = tmp.path().join("closes");
+    let november = close_into(&root, &closes, "2026-12-01T00:00:00Z", "2026-12-01", &[]);
+
+    // The no-op rerun sweeps a dead run's staging folder (no process has PID 4294967).
+    let leftover = closes.join(".2026-12-01.tally-staging-4294967");
+    std::fs::create_dir(&leftover).unwrap();
+    std::fs::write(leftover.join("invoices.parquet"), b"half").unwrap();
+    let rerun = history_close(&root, &closes, "2026-12-01T00:00:00Z", "2026-12-01", &[]);
+    assert!(rerun.status.success(), "{}", stderr(&rerun));
+    assert!(String::from_utf8_lossy(&rerun.stdout).contains("nothing to do"));
+    assert!(!leftover.exists(), "{}", stderr(&rerun));
+
+    let old = closes.join(".2026-12-01.tally-staging-4294967-old");
+    std::fs::rename(&november, &old).unwrap();
+    let december = history_close(&root, &closes, "2027-01-01T00:00:00Z", "2027-01-01", &[]);
+    assert_eq!(december.status.code(), Some(3), "{}", stderr(&december));
+    assert_eq!(
+        stderr(&december),
+        format!(
+            "tally: refused: {old}: the close that belongs at {target} is only there: a \
+             publish swapped it out and was stopped before its new output took the place \
+             (killed between its two renames); closes under this history would bill its \
+             periods again. Rename it back (mv {old} {target}) and rerun\n",
+            old = old.display(),
+            target = november.display()
+        )
+    );
+    assert!(!closes.join("2027-01-01").exists());
+    let verify = tally(&["verify", november.to_str().unwrap()]);
+    assert_eq!(verify.status.code(), Some(2), "{}", stderr(&verify));
+    assert!(
+        stderr(&verify).contains(&format!(
+            "does not exist; its previous output is in {}, swapped out by a publish that was \
+             stopped before the new output took its place: rename it back (mv {} {})",
+            old.display(),
+            old.display(),
+            november.display()
+        )),
+        "{}",
+        stderr(&verify)
+    );
+    std::fs::rename(&old, &november).unwrap();
+    close_into(&root, &closes, "2027-01-01T00:00:00Z", "2027-01-01", &[]);
+}
+
 #[test]
 fn grant_priorities_carry_at_the_32_bit_limit_and_one_past_is_rejected() {
     let tmp = tempfile::tempdir().unwrap();
