@@ -414,13 +414,26 @@ fn unreadable_manifest(path: &Path, e: serde_json::Error) -> TallyError {
     )
 }
 
-/// Refuse a history holding a close that a publish swapped out and never replaced (its
-/// folder missing, the close only in the hidden `-old` folder beside it): closes skip hidden
-/// folders, so its periods would be closed and billed again.
-fn refuse_a_stranded_close(dir: &Path) -> Result<()> {
+/// Refuse a close under a history holding another close that a publish swapped out and
+/// never replaced (its folder missing, the close only in the hidden `-old` folder beside
+/// it): closes skip hidden folders, so its periods would be closed and billed again. The
+/// close writing `out` is not refused for its own (its rerun warns of it, keeps it, and
+/// publishes the folder again). Closes hold the history's lock, so no other close can be
+/// between its two renames here.
+pub fn refuse_a_stranded_close(dir: &Path, out: &Path) -> Result<()> {
+    let own = crate::normalised(out);
     let stranded = crate::write::stranded_previous_outputs(dir);
-    let Some((old, target)) = (stranded.iter()).find(|(old, _)| old.join("manifest.json").exists())
-    else {
+    let Some((old, target)) = stranded.iter().find(|(old, target)| {
+        let name = target.file_name().map(|n| n.to_string_lossy().into_owned());
+        let read = name.is_some_and(|n| !crate::load::is_hidden(&n));
+        let path = old.join("manifest.json");
+        let a_close = || {
+            (read_manifest(&path).ok()).is_some_and(|(manifest, _)| {
+                close_as_of(&manifest, &path).is_ok_and(|c| c.is_some())
+            })
+        };
+        read && target.file_name() != own.file_name() && a_close()
+    }) else {
         return Ok(());
     };
     Err(TallyError::Refused(format!(
@@ -471,7 +484,6 @@ pub fn closes_under(dir: &Path, exclude: Option<&Path>) -> Result<Vec<EarlierClo
     if !dir.is_dir() {
         return Ok(closes);
     }
-    refuse_a_stranded_close(dir)?;
     let mut folders: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| TallyError::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))

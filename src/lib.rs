@@ -524,6 +524,7 @@ pub(crate) fn prepare(req: &JobRequest, out: &Path) -> Result<Prepared> {
         Some(dir) => {
             history::check_layout(dir, &req.out)?;
             let history_lock = lock_history(dir, req.shard.is_some())?;
+            history::refuse_a_stranded_close(dir, &req.out)?;
             let closes = history::closes_under(dir, Some(&req.out))?;
             history::refuse_a_second_close(&closes, dir, &req.out, req.as_of)?;
             (Some(history_lock), closes)

@@ -891,6 +891,7 @@ fn check_history_unchanged(
     as_of: Micros,
     inputs: &[FileEntry],
 ) -> Result<()> {
+    crate::history::refuse_a_stranded_close(dir, out)?;
     let closes = crate::history::closes_under(dir, Some(out))?;
     crate::history::refuse_a_second_close(&closes, dir, out, as_of)?;
     let key = |f: &FileEntry| (f.path.clone(), f.sha256.clone());

@@ -1184,14 +1184,13 @@ fn history_skips_copies_of_this_close_and_hidden_folders_and_refuses_an_output_o
     assert!(again.status.success(), "{}", stderr(&again));
 }
 
-/// Grant priorities at the limit of 32 bits carry into `grants_next` unchanged (it writes
-/// the input schema's INT32); one past the limit is `bad_value` (it could not be carried).
 /// A close swapped out by the two-rename publish and never replaced (a `--force` close
 /// killed between its renames on a file system without the atomic exchange) is only in
 /// the hidden `.NAME.tally-staging-PID-old` folder, which history skips: a later close
 /// under that history is refused (exit 3), saying how to put it back, instead of billing
-/// its periods again; `verify` of the missing folder says where it is. A staging folder a
-/// killed run left beside a close goes on the close's no-op rerun.
+/// its periods again; `verify` of the missing folder says where it is. The stranded
+/// close's own rerun is not refused: it publishes the folder again, and the next close
+/// goes on. A staging folder a killed run left beside a close goes on its no-op rerun.
 #[test]
 fn a_close_stranded_by_a_stopped_publish_is_refused_not_billed_again() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1237,10 +1236,18 @@ fn a_close_stranded_by_a_stopped_publish_is_refused_not_billed_again() {
         "{}",
         stderr(&verify)
     );
-    std::fs::rename(&old, &november).unwrap();
-    close_into(&root, &closes, "2027-01-01T00:00:00Z", "2027-01-01", &[]);
+    // Its own rerun publishes it again (the -old folder kept, with a warning, until then).
+    let again = history_close(&root, &closes, "2026-12-01T00:00:00Z", "2026-12-01", &[]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(stderr(&again).contains("is kept"), "{}", stderr(&again));
+    let next = close_into(&root, &closes, "2027-01-01T00:00:00Z", "2027-01-01", &[]);
+    // December's invoice only: November's periods are the earlier close's.
+    let invoices = read_parquet(&next.join("invoices.parquet"));
+    assert_eq!(invoices.num_rows(), 1);
 }
 
+/// Grant priorities at the limit of 32 bits carry into `grants_next` unchanged (it writes
+/// the input schema's INT32); one past the limit is `bad_value` (it could not be carried).
 #[test]
 fn grant_priorities_carry_at_the_32_bit_limit_and_one_past_is_rejected() {
     let tmp = tempfile::tempdir().unwrap();
