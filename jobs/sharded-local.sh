@@ -32,6 +32,10 @@ if [[ -n ${JOB:-} && -z ${OUT:-} || -z ${JOB:-} && -n ${OUT:-} ]]; then
 fi
 JOB=${JOB:-"$HERE/nightly-reconcile.toml"}
 OUT=${OUT:-"$HERE/../out/nightly-reconcile"}
+# The merge does not fill in `{as_of}` / `{as_of_date}` (it has no as-of of its own): refused
+# before any shard runs, not after.
+[[ $OUT != *"{as_of"* ]] ||
+    refuse "OUT=$OUT: give the folder with the as-of filled in (closes/2026-12-01, not closes/{as_of_date}): the merge does not fill it in"
 # The job file's `command = "..."` line (tally checks it again against the command run);
 # a job file without one is a reconcile's, as tally reads it.
 [[ -r $JOB ]] || refuse "$JOB: cannot read the job file"

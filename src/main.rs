@@ -1067,6 +1067,18 @@ fn report(out: &str, published: &str, mode: Mode, outcome: JobOutcome) -> anyhow
 }
 
 fn merge(m: MergeArgs) -> anyhow::Result<u8> {
+    // The shards filled the as-of into their `--out`; the merge has no as-of until it reads
+    // them, and a placeholder here would name a folder no shard wrote.
+    let out_text = m.out.to_string_lossy();
+    if let Some(placeholder) =
+        (tally::job::OUT_PLACEHOLDERS.iter()).find(|p| out_text.contains(**p))
+    {
+        return Err(config_error(format!(
+            "--out {out_text} holds {placeholder}, which the shards filled in with their \
+             as-of: give the merge the folder as they did (e.g. closes/2026-12-01 for \
+             closes/{{as_of_date}}), the path before `.shards` of the shard folders"
+        )));
+    }
     let job = match &m.job {
         Some(path) => Some(JobFile::load(path)?),
         None => None,

@@ -1224,6 +1224,28 @@ fn the_local_sharded_job_publishes_the_single_runs_outputs() {
     let job_alone = script("2", Some(&job), None);
     assert_eq!(job_alone.status.code(), Some(2));
     assert!(stderr(&job_alone).starts_with("sharded-local.sh: set JOB and OUT together"));
+    // An OUT with a placeholder (as a close job's `out` holds one) is refused before any
+    // shard runs: the merge cannot fill it in, and refuses it too.
+    let templated = tmp.path().join("closes/{as_of_date}");
+    let early = script("2", Some(&close_job), Some(&templated));
+    assert_eq!(early.status.code(), Some(2), "{}", stderr(&early));
+    assert!(
+        stderr(&early).contains("give the folder with the as-of filled in"),
+        "{}",
+        stderr(&early)
+    );
+    assert!(!tmp.path().join("closes").exists());
+    let merge = tally(&["merge", "--out", templated.to_str().unwrap()]);
+    assert_eq!(merge.status.code(), Some(2));
+    assert_eq!(
+        stderr(&merge),
+        format!(
+            "tally: command line: --out {} holds {{as_of_date}}, which the shards filled in \
+             with their as-of: give the merge the folder as they did (e.g. closes/2026-12-01 \
+             for closes/{{as_of_date}}), the path before `.shards` of the shard folders\n",
+            templated.display()
+        )
+    );
 }
 
 /// A misspelt placeholder in a job's `out` (or in `--out`) is refused (exit 2) before the
