@@ -555,12 +555,37 @@ fn a_non_utf8_string_is_checked_in_the_contracts_order() {
 /// The good usage file of a copy of the good data root, and the rejects of its rows in a
 /// run of that root (whose output is removed again).
 fn good_usage_and_rejects(tmp: &TempDir) -> (arrow::record_batch::RecordBatch, Vec<(i64, String)>) {
-    let good = read_parquet(&tmp.path().join(USAGE));
+    good_file_and_rejects(tmp, USAGE)
+}
+
+/// [`good_usage_and_rejects`] of the input file `at`.
+fn good_file_and_rejects(
+    tmp: &TempDir,
+    at: &str,
+) -> (arrow::record_batch::RecordBatch, Vec<(i64, String)>) {
+    let good = read_parquet(&tmp.path().join(at));
     let good_run = reconcile(tmp);
     assert_eq!(good_run.status.code(), Some(0), "{}", stderr(&good_run));
-    let good_rejects = rejects_of(&tmp.path().join("out"), USAGE);
+    let good_rejects = rejects_of(&tmp.path().join("out"), at);
     std::fs::remove_dir_all(tmp.path().join("out")).unwrap();
     (good, good_rejects)
+}
+
+/// Cells of `column` at the string length limit (row `row`, bytes `fill`) and one byte past
+/// it (row `row + 1`, bytes `fill + 1`), for [`with_strings`].
+fn at_and_past_the_limit(column: &str, row: usize, fill: u8) -> [(&str, usize, Vec<u8>); 2] {
+    [
+        (column, row, vec![fill; 4096]),
+        (column, row + 1, vec![fill + 1; 4097]),
+    ]
+}
+
+/// The reject of row `row`, whose `column` is one byte past the length limit.
+fn past_the_limit(row: i64, column: &str) -> (i64, String) {
+    (
+        row,
+        format!("{column} is 4097 bytes long; the limit is 4096"),
+    )
 }
 
 /// The rejects of the usage file `at` in the run published in `out`: (row, detail).
@@ -1007,31 +1032,18 @@ fn a_string_of_the_length_limit_is_read_and_one_byte_more_rejects_its_row() {
         good_rejects.iter().all(|(row, _)| *row > 5),
         "rows 0-5 of the good file are valid: {good_rejects:?}"
     );
-    let long = |fill: u8, bytes: usize| vec![fill; bytes];
     // Rows 0 and 1: an event id at the limit and one byte past it; rows 2 and 3: a
     // product likewise; rows 4 and 5: an account id likewise (one of 4096 bytes is an
     // account without allocations).
-    with_strings(
-        &tmp,
-        USAGE,
-        &[
-            ("event_id", 0, long(b'e', 4096)),
-            ("event_id", 1, long(b'f', 4097)),
-            ("product", 2, long(b'p', 4096)),
-            ("product", 3, long(b'q', 4097)),
-            ("account_id", 4, long(b'a', 4096)),
-            ("account_id", 5, long(b'b', 4097)),
-        ],
-    );
+    let cells = [
+        at_and_past_the_limit("event_id", 0, b'e'),
+        at_and_past_the_limit("product", 2, b'p'),
+        at_and_past_the_limit("account_id", 4, b'a'),
+    ];
+    with_strings(&tmp, USAGE, &cells.concat());
     let mut expected = vec![
-        (
-            1,
-            "event_id is 4097 bytes long; the limit is 4096".to_string(),
-        ),
-        (
-            3,
-            "product is 4097 bytes long; the limit is 4096".to_string(),
-        ),
+        past_the_limit(1, "event_id"),
+        past_the_limit(3, "product"),
         (
             4,
             format!(
@@ -1040,10 +1052,7 @@ fn a_string_of_the_length_limit_is_read_and_one_byte_more_rejects_its_row() {
                 "a".repeat(64)
             ),
         ),
-        (
-            5,
-            "account_id is 4097 bytes long; the limit is 4096".to_string(),
-        ),
+        past_the_limit(5, "account_id"),
     ];
     expected.extend(good_rejects);
     assert_rejects_in_one_group_and_split(&tmp, USAGE, &expected);
@@ -1094,37 +1103,18 @@ fn assert_rejects_in_one_group_and_split(tmp: &TempDir, at: &str, expected: &[(i
 #[test]
 fn a_ledger_id_of_the_length_limit_is_read_and_one_byte_more_rejects_its_row() {
     let tmp = good_copy();
-    let good = read_parquet(&tmp.path().join(DEBITS));
-    let reconciled = reconcile(&tmp);
-    assert_eq!(reconciled.status.code(), Some(0), "{}", stderr(&reconciled));
-    let good_rejects = rejects_of(&tmp.path().join("out"), DEBITS);
-    std::fs::remove_dir_all(tmp.path().join("out")).unwrap();
+    let (good, good_rejects) = good_file_and_rejects(&tmp, DEBITS);
     assert!(
         good_rejects.iter().all(|(row, _)| *row > 3),
         "rows 0-3 of the good ledger are valid: {good_rejects:?}"
     );
     assert!(good.num_rows() > 3);
-    let long = |fill: u8, bytes: usize| vec![fill; bytes];
-    with_strings(
-        &tmp,
-        DEBITS,
-        &[
-            ("entry_id", 0, long(b'e', 4096)),
-            ("entry_id", 1, long(b'f', 4097)),
-            ("event_id", 2, long(b'v', 4096)),
-            ("event_id", 3, long(b'w', 4097)),
-        ],
-    );
-    let mut expected = vec![
-        (
-            1,
-            "entry_id is 4097 bytes long; the limit is 4096".to_string(),
-        ),
-        (
-            3,
-            "event_id is 4097 bytes long; the limit is 4096".to_string(),
-        ),
+    let cells = [
+        at_and_past_the_limit("entry_id", 0, b'e'),
+        at_and_past_the_limit("event_id", 2, b'v'),
     ];
+    with_strings(&tmp, DEBITS, &cells.concat());
+    let mut expected = vec![past_the_limit(1, "entry_id"), past_the_limit(3, "event_id")];
     expected.extend(good_rejects);
     assert_rejects_in_one_group_and_split(&tmp, DEBITS, &expected);
 }
