@@ -180,12 +180,19 @@ pub type Result<T> = std::result::Result<T, TallyError>;
 pub fn controls_escaped(text: &str) -> String {
     let mut line = String::with_capacity(text.len());
     for c in text.chars() {
-        match c.is_control() || hides_or_reorders_text(c) {
+        match escaped_when_shown(c) {
             true => line.extend(c.escape_unicode()),
             false => line.push(c),
         }
     }
     line
+}
+
+/// Whether a character is written `\u{..}` where tally shows text to a person (messages,
+/// `summary.md`, explain's text): a control character (a newline would break the line or the
+/// table) or one of [`hides_or_reorders_text`].
+pub fn escaped_when_shown(c: char) -> bool {
+    c.is_control() || hides_or_reorders_text(c)
 }
 
 /// An invisible character that changes how the text around it shows: bidirectional marks,

@@ -1933,7 +1933,7 @@ fn sku_text(
 /// control character (a newline) would break the line or an invisible one reorder it
 /// ([`crate::error::hides_or_reorders_text`]), then quoted and escaped as ids are.
 fn name_text(name: &str) -> std::borrow::Cow<'_, str> {
-    match (name.chars()).any(|c| c.is_control() || crate::error::hides_or_reorders_text(c)) {
+    match name.chars().any(crate::error::escaped_when_shown) {
         true => std::borrow::Cow::Owned(q(name)),
         false => std::borrow::Cow::Borrowed(name),
     }

@@ -79,10 +79,8 @@ fn job_error(text: &str, e: &toml::de::Error) -> String {
         "; a job file needs data and out (paths relative to the job file's folder)".to_string()
     } else if message.contains("expected a string") {
         let key = e.span().and_then(|span| key_of_line(text, span.start));
-        match key.and_then(|key| Some((key, quoted_example(key)?))) {
-            Some((key, example)) => format!("; write the value in quotes: {key} = \"{example}\""),
-            None => "; write the value in quotes".to_string(),
-        }
+        key.and_then(quoting_hint)
+            .unwrap_or_else(|| "; write the value in quotes".to_string())
     } else {
         String::new()
     };
@@ -98,12 +96,11 @@ fn past_64_bits_hint(text: &str, at: usize) -> String {
         "max_rejected_allocations",
         "min_invoices",
     ];
-    let key = key_of_line(text, at);
-    match (table_of(text, at), key) {
-        (None, Some(key)) if quoted_example(key).is_some() => {
-            let example = quoted_example(key).unwrap_or_default();
-            format!("; write the value in quotes: {key} = \"{example}\"")
-        }
+    let (table, key) = (table_of(text, at), key_of_line(text, at));
+    if let (None, Some(hint)) = (table, key.and_then(quoting_hint)) {
+        return hint;
+    }
+    match (table, key) {
         (None, Some("buckets")) => {
             format!("; buckets must be in 1..={}", crate::route::MAX_BUCKETS)
         }
@@ -159,6 +156,15 @@ fn line_at(text: &str, at: usize) -> Option<(&str, usize)> {
     let start = text.get(..at)?.rfind('\n').map_or(0, |n| n + 1);
     let line = text[start..].lines().next().unwrap_or("");
     Some((line, at - start))
+}
+
+/// How to write the value of the job file's string key `key`: in quotes, with an example
+/// (`None` for a key that takes no string).
+fn quoting_hint(key: &str) -> Option<String> {
+    let example = quoted_example(key)?;
+    Some(format!(
+        "; write the value in quotes: {key} = \"{example}\""
+    ))
 }
 
 /// A value of the job file's string key `key`, as its hint shows it.

@@ -288,13 +288,12 @@ fn conservation(out: &RunOutput) -> Conservation {
 /// either end (which a table cell drops), so that `summary.md` shows every id as it is.
 fn md_text(id: &str) -> String {
     let mut out = String::with_capacity(id.len());
-    let inner = id.trim_matches(' ');
-    let leading = id.len() - id.trim_start_matches(' ').len();
-    let trailing = if inner.is_empty() {
-        0
-    } else {
-        id.len() - id.trim_end_matches(' ').len()
-    };
+    let after_leading = id.trim_start_matches(' ');
+    let inner = after_leading.trim_end_matches(' ');
+    let (leading, trailing) = (
+        id.len() - after_leading.len(),
+        after_leading.len() - inner.len(),
+    );
     out.push_str(&"\\u{20}".repeat(leading));
     for c in inner.chars() {
         match c {
@@ -302,9 +301,7 @@ fn md_text(id: &str) -> String {
                 out.push('\\');
                 out.push(c);
             }
-            c if c.is_control() || crate::error::hides_or_reorders_text(c) => {
-                out.extend(c.escape_unicode())
-            }
+            c if crate::error::escaped_when_shown(c) => out.extend(c.escape_unicode()),
             c => out.push(c),
         }
     }

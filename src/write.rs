@@ -831,7 +831,18 @@ fn staging_prefix(target: &Path) -> Result<(PathBuf, String)> {
         })?
         .to_string_lossy()
         .into_owned();
-    Ok((parent, format!(".{name}.tally-staging-")))
+    Ok((parent, format!(".{name}{STAGING_INFIX}")))
+}
+
+/// What a staging folder's name holds between `.NAME` and the run's PID.
+const STAGING_INFIX: &str = ".tally-staging-";
+
+/// Whether the staging folder whose name ends in `pid` (after [`STAGING_INFIX`]) is a
+/// previous output swapped out by the two-rename publish while its `target` is missing: the
+/// new output never took its place (both renames failed, or the run was killed between
+/// them), and it is the only copy of the output.
+fn stranded(pid: &str, target: &Path) -> bool {
+    pid.ends_with(PREVIOUS_SUFFIX) && std::fs::symlink_metadata(target).is_err()
 }
 
 /// The end of the staging name of a previous output swapped out by the two-rename publish.
@@ -848,10 +859,9 @@ pub fn stranded_previous_outputs(folder: &Path) -> Vec<(PathBuf, PathBuf)> {
     let mut stranded: Vec<(PathBuf, PathBuf)> = (entries.flatten())
         .filter_map(|entry| {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let (target, pid) = name.strip_prefix('.')?.split_once(".tally-staging-")?;
+            let (target, pid) = name.strip_prefix('.')?.split_once(STAGING_INFIX)?;
             let target = folder.join(target);
-            (pid.ends_with(PREVIOUS_SUFFIX) && std::fs::symlink_metadata(&target).is_err())
-                .then(|| (entry.path(), target))
+            stranded(pid, &target).then(|| (entry.path(), target))
         })
         .collect();
     stranded.sort();
@@ -870,10 +880,7 @@ pub fn clean_stale_staging(target: &Path) -> Result<()> {
         let Some(pid) = name.strip_prefix(&prefix) else {
             continue;
         };
-        // A previous output swapped out by the two-rename publish (no exchange) while the
-        // target is missing: the new output never took its place (both renames failed, or
-        // the run was killed between them), and this is the only copy of the output.
-        if pid.ends_with(PREVIOUS_SUFFIX) && std::fs::symlink_metadata(target).is_err() {
+        if stranded(pid, target) {
             tracing::warn!(
                 folder = %entry.path().display(),
                 target = %target.display(),
