@@ -59,12 +59,29 @@ pub struct RenewalRow {
     pub carried_grant_credits: Milli,
 }
 
-/// Compact UTC stamp used in generated ids (`20261101T000000Z`).
+/// Compact UTC stamp used in generated ids and `{as_of}` folder names
+/// (`20261101T000000Z`). An instant with a fraction of a second keeps it
+/// (`20261101T000000.5Z`): two periods of one account starting within one second had one
+/// invoice id, and their invoice lines could not be told apart. Whole seconds, every
+/// anniversary of a whole-second anchor, read as they always did.
 pub fn compact_stamp(t: Micros) -> String {
-    Utc.timestamp_micros(t)
-        .single()
-        .map(|d| d.format("%Y%m%dT%H%M%SZ").to_string())
-        .unwrap_or_else(|| t.to_string())
+    let whole_second = |t: Micros| {
+        Utc.timestamp_micros(t)
+            .single()
+            .map(|d| d.format("%Y%m%dT%H%M%S").to_string())
+    };
+    let micros = t.rem_euclid(1_000_000);
+    let stamp = match micros {
+        0 => whole_second(t),
+        _ => (t.checked_sub(micros).and_then(whole_second)).map(|whole| {
+            let fraction = format!("{micros:06}");
+            format!("{whole}.{}", fraction.trim_end_matches('0'))
+        }),
+    };
+    match stamp {
+        Some(stamp) => format!("{stamp}Z"),
+        None => t.to_string(),
+    }
 }
 
 /// Deterministic invoice id from account and period.
@@ -438,6 +455,11 @@ mod tests {
         assert_eq!(compact_stamp(NOV), "20251101T000000Z");
         assert_eq!(compact_stamp(DEC), "20251201T000000Z");
         assert_eq!(compact_stamp(JAN), "20260101T000000Z");
+        // A fraction of a second is kept, without trailing zeros; before 1970 too.
+        assert_eq!(compact_stamp(NOV + 500_000), "20251101T000000.5Z");
+        assert_eq!(compact_stamp(NOV + 1), "20251101T000000.000001Z");
+        assert_eq!(compact_stamp(-1), "19691231T235959.999999Z");
+        assert_ne!(invoice_id("s", NOV), invoice_id("s", NOV + 500_000));
     }
 
     /// A close run again over inputs holding its own grants_next: the fed-back rollover (of

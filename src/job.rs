@@ -232,15 +232,7 @@ pub fn expand_out(out: &Path, as_of: crate::time::Micros) -> std::path::PathBuf 
     // An as-of with a fraction of a second keeps it (`20261120T000000.5Z`): two as-ofs
     // named alike would share one folder, and a close at the second would be refused as
     // one of other inputs. Whole seconds, every scheduled run's, read as they always did.
-    let stamp = match as_of.rem_euclid(1_000_000) {
-        0 => crate::close::compact_stamp(as_of),
-        micros => {
-            let whole = crate::close::compact_stamp(as_of - micros);
-            let fraction = format!("{micros:06}");
-            let fraction = fraction.trim_end_matches('0');
-            format!("{}.{fraction}Z", whole.trim_end_matches('Z'))
-        }
-    };
+    let stamp = crate::close::compact_stamp(as_of);
     let date = crate::time::format_instant(as_of)
         .get(..10)
         .unwrap_or_default()

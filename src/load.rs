@@ -731,6 +731,13 @@ fn with_read_hints(
     let schema = metadata.schema().clone();
     let mut fields: Vec<arrow::datatypes::FieldRef> = schema.fields().iter().cloned().collect();
     let mut hinted = false;
+    // A legacy INT96 timestamp (Spark, Hive, Impala) whose column is a root field.
+    let int96 = |index: usize| {
+        let roots = metadata.parquet_schema().root_schema().get_fields();
+        roots.get(index).is_some_and(|t| {
+            t.is_primitive() && t.get_physical_type() == parquet::basic::Type::INT96
+        })
+    };
     for (spec, index) in specs.iter().zip(indices) {
         let Some(index) = *index else { continue };
         let field = &fields[index];
@@ -748,6 +755,17 @@ fn with_read_hints(
             // midnight: per-row work, ids as views)", and "Figures moved from source
             // comments (2026-12-05)").
             ColType::Str if plain_string => DataType::Utf8View,
+            // INT96 is read as nanoseconds by default, which hold only the years 1677-2262:
+            // an instant outside them (2611, a 9999-12-31 "never", the year 10000) wrapped
+            // around into another instant, billed or rejected as the wrong one. As
+            // microseconds it is the instant it says, and the years check sees it.
+            // (The library still wraps a Julian day past about +-292,000 years.)
+            ColType::Timestamp if int96(index) => match field.data_type() {
+                DataType::Timestamp(_, tz) => {
+                    DataType::Timestamp(TimeUnit::Microsecond, tz.clone())
+                }
+                _ => continue,
+            },
             // A dictionary of decimals (pyarrow's `dictionary_encode()` of a DECIMAL column
             // keeps the dictionary type in the file's Arrow schema): the reader has no
             // dictionary decoder for the fixed-length bytes a decimal is stored as, and

@@ -613,6 +613,77 @@ fn an_invoice_lines_quantity_past_its_column_is_named_as_a_quantity() {
     );
 }
 
+/// Two periods of one account starting within one second get two invoice ids (the
+/// stamp keeps the fraction): both once read `INV-acct_pro-20261101T000000Z`, and their
+/// invoice lines and billed events could not be told apart (a calendar audit's finding).
+#[test]
+fn periods_starting_within_one_second_have_their_own_invoice_ids() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = first_data(tmp.path());
+    let (start, split, end) = (
+        t("2026-11-01T00:00:00Z"),
+        t("2026-11-01T00:00:00.5Z"),
+        t("2026-12-01T00:00:00Z"),
+    );
+    let allocations = Table::default()
+        .str("account_id", ["acct_pro", "acct_pro"])
+        .str("plan_id", ["pro", "pro"])
+        .ts("period_start", [start, split])
+        .ts("period_end", [split, end])
+        .credits("included_credits", [Milli::from_units(200); 2])
+        .opt_ts("billing_anchor", [None, None])
+        .str("status", ["active", "active"])
+        .finish();
+    write_parquet(&root.join("allocations/part-0.parquet"), &allocations).unwrap();
+    write_usage(
+        &root.join("usage/part-0.parquet"),
+        &[
+            (
+                "e1",
+                "acct_pro",
+                "ai_twin_creation",
+                1,
+                "2026-11-01T00:00:00.25Z",
+            ),
+            (
+                "e2",
+                "acct_pro",
+                "ai_twin_creation",
+                2,
+                "2026-11-05T10:00:00Z",
+            ),
+        ],
+    );
+    write_debits(&root.join("debits/part-0.parquet"), &[]);
+    let out = tmp.path().join("out");
+    let ran = run("close", &root, "2026-12-01T00:00:00Z", &out);
+    assert!(ran.status.success(), "{}", stderr(&ran));
+    let ids = |table: &str| {
+        let batch = read_parquet(&out.join(table));
+        let column = batch
+            .column_by_name("invoice_id")
+            .unwrap()
+            .as_string::<i32>();
+        column
+            .iter()
+            .map(|id| id.unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let invoices = ids("invoices.parquet");
+    assert_eq!(
+        invoices,
+        [
+            "INV-acct_pro-20261101T000000Z",
+            "INV-acct_pro-20261101T000000.5Z"
+        ]
+    );
+    // One line each (one model), each under its own invoice.
+    let (mut lines, mut invoices) = (ids("invoice_lines.parquet"), invoices);
+    lines.sort();
+    invoices.sort();
+    assert_eq!(lines, invoices);
+}
+
 #[test]
 fn close_outputs_are_deterministic() {
     let tmp = tempfile::tempdir().unwrap();

@@ -213,3 +213,141 @@ fn reconcile_reads_wide_narrow_and_dictionary_encoded_numbers_and_strings_alike(
 fn close_reads_wide_narrow_and_dictionary_encoded_numbers_and_strings_alike() {
     same_outputs_in_every_encoding("close_renewal_grants", "close", "2026-12-01T06:00:00Z");
 }
+
+/// Write `usage/part-0.parquet` under `root` with `occurred_at` as legacy INT96 (Spark,
+/// Hive, Impala; arrow's writer does not write it): rows of (event_id, Julian day,
+/// nanoseconds of the day), each one AI twin of `acct`.
+fn write_int96_usage(root: &Path, acct: &str, rows: &[(&str, i32, i64)]) {
+    use parquet::data_type::{ByteArray, ByteArrayType, Int64Type, Int96, Int96Type};
+    use parquet::file::writer::SerializedFileWriter;
+    let schema = Arc::new(
+        parquet::schema::parser::parse_message_type(
+            "message usage {
+                required binary event_id (UTF8); required binary account_id (UTF8);
+                required binary product (UTF8); required binary action (UTF8);
+                required int64 quantity; required binary status (UTF8);
+                required int96 occurred_at;
+            }",
+        )
+        .unwrap(),
+    );
+    std::fs::create_dir_all(root.join("usage")).unwrap();
+    let file = std::fs::File::create(root.join("usage/part-0.parquet")).unwrap();
+    let mut writer = SerializedFileWriter::new(file, schema, Default::default()).unwrap();
+    let mut group = writer.next_row_group().unwrap();
+    let text =
+        |values: Vec<&str>| -> Vec<ByteArray> { values.into_iter().map(ByteArray::from).collect() };
+    let n = rows.len();
+    let strings = [
+        text(rows.iter().map(|r| r.0).collect()),
+        text(vec![acct; n]),
+        text(vec!["captions"; n]),
+        text(vec!["ai_twin_creation"; n]),
+    ];
+    for values in &strings {
+        let mut column = group.next_column().unwrap().unwrap();
+        column
+            .typed::<ByteArrayType>()
+            .write_batch(values, None, None)
+            .unwrap();
+        column.close().unwrap();
+    }
+    let mut column = group.next_column().unwrap().unwrap();
+    column
+        .typed::<Int64Type>()
+        .write_batch(&vec![1i64; n], None, None)
+        .unwrap();
+    column.close().unwrap();
+    let mut column = group.next_column().unwrap().unwrap();
+    column
+        .typed::<ByteArrayType>()
+        .write_batch(&text(vec!["succeeded"; n]), None, None)
+        .unwrap();
+    column.close().unwrap();
+    let instants: Vec<Int96> = rows
+        .iter()
+        .map(|&(_, day, nanos)| {
+            let mut v = Int96::new();
+            v.set_data(nanos as u32, (nanos >> 32) as u32, day as u32);
+            v
+        })
+        .collect();
+    let mut column = group.next_column().unwrap().unwrap();
+    column
+        .typed::<Int96Type>()
+        .write_batch(&instants, None, None)
+        .unwrap();
+    column.close().unwrap();
+    group.close().unwrap();
+    writer.close().unwrap();
+}
+
+/// INT96 instants are the instants they say (contract section 2: timestamps of any unit),
+/// also outside the years 1677-2262 that nanoseconds hold: read as nanoseconds, one in
+/// 2611 wrapped around 2^64 ns onto 2026-11-05T12:00:00Z and was billed as a November
+/// event (missing_debit), and one in the year 10000 was read as 1816 (no_allocation), not
+/// rejected as bad_value (a Parquet audit's finding).
+#[test]
+fn int96_instants_outside_the_nanosecond_years_are_read_as_themselves() {
+    use tally::write::{write_parquet, Table};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    std::fs::create_dir_all(root.join("allocations")).unwrap();
+    std::fs::copy(
+        repo().join("fixtures/pricebook.toml"),
+        root.join("pricebook.toml"),
+    )
+    .unwrap();
+    let t = |s: &str| tally::time::parse_instant(s).unwrap();
+    let allocations = Table::default()
+        .str("account_id", ["acct_pro"])
+        .str("plan_id", ["pro"])
+        .ts("period_start", [t("2026-11-01T00:00:00Z")])
+        .ts("period_end", [t("2026-12-01T00:00:00Z")])
+        .credits("included_credits", [tally::amount::Milli::from_units(200)])
+        .opt_ts("billing_anchor", [None])
+        .str("status", ["active"])
+        .finish();
+    write_parquet(&root.join("allocations/part-0.parquet"), &allocations).unwrap();
+    // Julian day and nanoseconds of the day of an instant `ns` nanoseconds from 1970.
+    const EPOCH_JULIAN_DAY: i128 = 2_440_588;
+    const DAY_NS: i128 = 86_400_000_000_000;
+    let int96 = |ns: i128| {
+        let day = EPOCH_JULIAN_DAY + ns.div_euclid(DAY_NS);
+        (i32::try_from(day).unwrap(), ns.rem_euclid(DAY_NS) as i64)
+    };
+    let november = i128::from(t("2026-11-05T12:00:00Z")) * 1000;
+    let (day, nanos) = int96(november);
+    let (far_day, far_nanos) = int96(november + (1i128 << 64));
+    write_int96_usage(
+        &root,
+        "acct_pro",
+        &[
+            ("in-november", day, nanos),
+            // 2611-05-27T11:34:33.709551616Z: after the as-of, outside the window.
+            ("in-2611", far_day, far_nanos),
+            // 10000-01-01T00:00:00Z: past the years 0001-9999 an instant may be.
+            ("in-10000", 5_373_485, 0),
+        ],
+    );
+    std::fs::create_dir_all(root.join("debits")).unwrap();
+    let out = tmp.path().join("out");
+    let ran = run_command_ok("reconcile", &root, "2026-11-20T00:00:00Z", &out);
+    assert!(ran.status.success());
+    let column = |table: &str, name: &str| {
+        let batch = read_parquet(&out.join(table));
+        let values =
+            arrow::compute::cast(batch.column_by_name(name).unwrap(), &DataType::Utf8).unwrap();
+        let values = values
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap();
+        values
+            .iter()
+            .map(|v| v.unwrap_or("").to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(column("discrepancies.parquet", "event_id"), ["in-november"]);
+    assert_eq!(column("rejects.parquet", "reason"), ["bad_value"]);
+    assert_eq!(column("rejects.parquet", "row"), ["2"]);
+}

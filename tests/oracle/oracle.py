@@ -136,7 +136,13 @@ def parse_instant(s):
 
 
 def stamp(us):
-    return from_us(us).strftime("%Y%m%dT%H%M%SZ")
+    """README: Close — `YYYYMMDDTHHMMSSZ`, with the fraction of a second when there is one
+    (`20261101T000000.5Z`)."""
+    text = from_us(us).strftime("%Y%m%dT%H%M%S")
+    fraction = us % 10**6
+    if fraction:
+        text += "." + f"{fraction:06d}".rstrip("0")
+    return text + "Z"
 
 
 def parse_settle(s):
