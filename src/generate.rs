@@ -456,6 +456,10 @@ impl Catalog {
 const OL_COVERED_PER_ACCOUNT: u64 = 6;
 /// Over-limit events per over-limit account, about.
 const OL_OVER_PER_ACCOUNT: u64 = 4;
+/// The most over-limit events one over-limit account takes (with too few accounts, each
+/// takes more than `OL_OVER_PER_ACCOUNT`; its events are held in memory, about 100 bytes
+/// each).
+const MAX_OVER_PER_ACCOUNT: u64 = 1 << 20;
 
 /// Even split of `total` into `n` parts: (size of part j, sum of parts before j).
 fn split(total: u64, n: u64, j: u64) -> (u64, u64) {
@@ -548,6 +552,21 @@ impl Layout {
             c_ol.div_ceil(OL_OVER_PER_ACCOUNT)
                 .clamp(1, opts.accounts / 2)
         };
+        // An over-limit account's events are held in memory together (they are ordered
+        // by time to find where its credits run out): with few accounts, its share of a
+        // large --events asked for more memory than the machine has, and the allocation
+        // aborted the process.
+        if n_ol > 0 && c_ol.div_ceil(n_ol) > MAX_OVER_PER_ACCOUNT {
+            return Err(GenerateError::InvalidOptions(format!(
+                "{} accounts are too few for {} events at discrepancy_rate {rate}: their {c_ol} \
+                 over-limit events go to at most half the accounts, more than {} each; give \
+                 at least {} accounts",
+                opts.accounts,
+                opts.events,
+                MAX_OVER_PER_ACCOUNT,
+                2 * c_ol.div_ceil(MAX_OVER_PER_ACCOUNT)
+            )));
+        }
         let a_n = opts.accounts - n_ol;
         let b_total = (n_ol * OL_COVERED_PER_ACCOUNT).min(opts.events - event_injected);
         let m_n = opts.events - c_ol - b_total;
@@ -2884,6 +2903,25 @@ mod tests {
         assert!(refused(check(most_accounts + 1, 1, 0.0))
             .ends_with("accounts must be at most 100000000"));
         assert!(refused(check(1, most_events + 1, 0.0)).ends_with("events must be below 2^56"));
+        // Two accounts cannot take 2^56 - 1 events at rate 1: the over-limit account would
+        // hold 8 % of them in memory (the allocation aborted the process). The accounts the
+        // refusal asks for are enough, and one fewer is not.
+        let layout = |accounts: u64, events: u64| {
+            Layout::new(&opts(dir.clone(), accounts, events, 1, 1.0))
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        let few = refused(layout(2, most_events));
+        assert!(
+            few.starts_with("invalid generate options: 2 accounts are too few for"),
+            "{few}"
+        );
+        let few = refused(layout(2, 10_000_000_000));
+        let (_, enough) = few.rsplit_once("give at least ").unwrap();
+        let enough: u64 = enough.trim_end_matches(" accounts").parse().unwrap();
+        assert_eq!(layout(enough, 10_000_000_000), Ok(()));
+        assert!(refused(layout(enough - 1, 10_000_000_000)).contains("are too few for"));
+        assert_eq!(layout(1000, 1_000_000), Ok(()));
         assert!(refused(check(1, 1, 1.000_000_1))
             .ends_with("discrepancy_rate must be within 0.0..=1.0, got 1.0000001"));
         assert!(refused(check(1, 1, -0.000_000_1)).contains("within 0.0..=1.0"));

@@ -114,10 +114,18 @@ impl AlertFigures {
                 format!("unreadable summary: {e}"),
             )
         })?;
+        // Σ |delta| may pass 10^15 credits (each delta is within it, their sum saturates
+        // at i64's thousandths), past what `from_decimal` takes as an amount: it read as 0,
+        // and the no-op rerun of a close that alerted on it exited 0. Past the range it is
+        // past every threshold (`max_abs_delta_credits` is below 10^15).
         let abs = v["discrepancies"]["abs_delta_credits"]
             .as_str()
             .and_then(|t| rust_decimal::Decimal::from_str_exact(t).ok())
-            .and_then(Milli::from_decimal)
+            .map(|d| match Milli::from_decimal(d) {
+                Some(abs) => abs,
+                None if d.is_sign_positive() => Milli(i64::MAX),
+                None => Milli::default(),
+            })
             .unwrap_or_default();
         let rejected = v["datasets"]
             .as_object()
@@ -1036,6 +1044,24 @@ fn write_manifest(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A Σ |delta| past 10^15 credits in an earlier run's summary.json is past every
+    /// threshold when a no-op rerun reads it back (it read as 0, and the rerun of a close
+    /// that alerted exited 0; found by a source review).
+    #[test]
+    fn an_abs_delta_past_the_amount_range_reads_back_past_every_threshold() {
+        let dir = tempfile::tempdir().unwrap();
+        let summary = dir.path().join("summary.json");
+        let read = |abs: &str| {
+            let text =
+                format!(r#"{{"discrepancies": {{"total": 2, "abs_delta_credits": "{abs}"}}}}"#);
+            std::fs::write(&summary, text).unwrap();
+            AlertFigures::from_summary(&summary).unwrap().abs_delta
+        };
+        assert_eq!(read("1600000000000000.000"), Milli(i64::MAX));
+        assert_eq!(read("999999999999999.999"), Milli(999_999_999_999_999_999));
+        assert_eq!(read("12.500"), Milli(12_500));
+    }
 
     /// A run's price book is read once: the load prices with that reading and the
     /// manifest lists the sha256 of its bytes, also when the file is written again during

@@ -562,6 +562,17 @@ pub fn decoding_input() -> bool {
     DECODING.with(|d| d.get())
 }
 
+/// Run `f`, a library call that may panic on input it should refuse, with the panic hook
+/// quiet: `None` if it panicked. (humantime 2.4 panics in `Duration::new` on a duration of
+/// exactly u64::MAX seconds and a carried 10^9 ns, as `--settle "18446744073709551615s
+/// 1000000000ns"`.)
+pub fn caught_quietly<T>(f: impl FnOnce() -> T) -> Option<T> {
+    let was = DECODING.with(|d| d.replace(true));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    DECODING.with(|d| d.set(was));
+    outcome.ok()
+}
+
 /// Run `f`, turning a panic inside the Parquet/Arrow decoders (seen on corrupt footers)
 /// into an input error naming the file: bad input never crashes the job.
 fn guard_decoding<T>(file: &InputFile, f: impl FnOnce() -> Result<T>) -> Result<T> {

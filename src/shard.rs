@@ -1013,6 +1013,26 @@ fn check_partial(p: &Partial, listed: &[Vec<u64>; 4]) -> std::result::Result<(),
             at.file
         ));
     }
+    // A row "not covered" is one of its own allocation rejects, each once: the covered
+    // count is the rejects less these (a forged list made it negative, a panic).
+    let mut allocation_rejects: Vec<&crate::model::RowRef> = (p.rejects.iter())
+        .filter(|r| r.dataset == Dataset::Allocations)
+        .map(|r| &r.at)
+        .collect();
+    allocation_rejects.sort_unstable();
+    let mut not_covered: Vec<&crate::model::RowRef> =
+        p.rejected_allocations_not_covered.iter().collect();
+    not_covered.sort_unstable();
+    if let Some(at) = (not_covered.iter().enumerate()).find_map(|(i, at)| {
+        let repeated = i > 0 && not_covered[i - 1] == *at;
+        (repeated || allocation_rejects.binary_search(at).is_err()).then_some(at)
+    }) {
+        return Err(format!(
+            "it lists allocations row {} of file {} as of a period the run does not cover, \
+             but does not reject it once",
+            at.row, at.file
+        ));
+    }
     let (usage, debits) = (read(Dataset::Usage), read(Dataset::Debits));
     let totals = || p.results.iter().map(|(_, r)| &r.totals);
     let usage_read = "usage rows it read";
@@ -1224,6 +1244,31 @@ mod tests {
             close_rows(&p),
             Some("run files of billed events or invoice lines")
         );
+    }
+
+    /// A forged partial listing an allocation row as not covered that it does not reject
+    /// (or twice) is refused: the covered count subtracted them from the rejects and
+    /// panicked below zero (exit 4; found by a source review).
+    #[test]
+    fn a_not_covered_allocation_row_must_be_one_of_its_rejects() {
+        use crate::model::{Dataset, Reason, Reject, RowRef};
+        let listed: [Vec<u64>; 4] = [vec![], vec![5], vec![], vec![]];
+        let mut p = Partial::default();
+        p.rows_read[Dataset::Allocations as usize] = 5;
+        let at = RowRef { file: 0, row: 3 };
+        p.rejected_allocations_not_covered.push(at);
+        let refusal = "it lists allocations row 3 of file 0 as of a period the run does not \
+                       cover, but does not reject it once";
+        assert_eq!(check_partial(&p, &listed), Err(refusal.to_string()));
+        p.rejects.push(Reject {
+            dataset: Dataset::Allocations,
+            at,
+            reason: Reason::UnknownPlan,
+            detail: String::new(),
+        });
+        assert_eq!(check_partial(&p, &listed), Ok(()));
+        p.rejected_allocations_not_covered.push(at);
+        assert_eq!(check_partial(&p, &listed), Err(refusal.to_string()));
     }
 
     /// `--shard I/N` takes N up to the 4096 account partitions (each shard then holds

@@ -111,14 +111,19 @@ pub fn parse_instant(text: &str) -> Option<Micros> {
 /// than that it is no duration), and so is one whose whole number is past what humantime
 /// holds (`99999999999999999999d`, `99999999999999999999.5d`).
 pub fn parse_duration_micros(text: &str) -> Option<i64> {
-    match humantime::parse_duration(text.trim()) {
+    // A panic in humantime is a total of u64::MAX seconds (see `caught_quietly`): too long.
+    let parse = |text: &str| {
+        crate::load::caught_quietly(|| humantime::parse_duration(text))
+            .unwrap_or(Err(humantime::DurationError::NumberOverflow))
+    };
+    match parse(text.trim()) {
         Ok(d) => Some(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
         // humantime gives this one error for a number past u64 (or a total past its
         // Duration) and for a fraction it cannot hold (below 1 ns, or more digits than
         // u64 holds): too long when the whole numbers alone overflow.
         Err(humantime::DurationError::NumberOverflow) => {
             let whole_numbers = without_fractions(text);
-            match humantime::parse_duration(whole_numbers.trim()) {
+            match parse(whole_numbers.trim()) {
                 Err(humantime::DurationError::NumberOverflow) => Some(i64::MAX),
                 _ => None,
             }
@@ -312,6 +317,9 @@ mod tests {
             Some(i64::MAX)
         );
         for too_long in [
+            // humantime panics on these (u64::MAX seconds, then 10^9 ns carried).
+            "18446744073709551615s 1000000000ns",
+            "18446744073709551615s 500000000ns 500000000ns",
             "99999999999999999999d",
             "99999999999999999999.5d",
             "1h 99999999999999999999.5d",

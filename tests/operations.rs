@@ -321,6 +321,8 @@ fn a_bad_setting_names_the_job_file_key_or_the_flag_it_came_from() {
         ("-5m", not_a_duration),
         ("604801s", too_long),
         ("15M", months.as_str()),
+        // u64::MAX seconds and a carried 10^9 ns panicked inside humantime (exit 4).
+        ("18446744073709551615s 1000000000ns", too_long),
     ];
     let settle_run = |settle: &str| {
         tally(&[
