@@ -70,7 +70,7 @@ impl TallyError {
     /// failed: exit 4 whatever the cause (disk full, permissions of the output root or
     /// of `$TMPDIR`), never the exit 2 of an unreadable input.
     pub fn write(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
-        let hint = write_hint(source.kind());
+        let hint = write_hint(source.kind(), is_spill(path.as_ref()));
         TallyError::output_with(path, source, hint)
     }
 
@@ -96,7 +96,7 @@ impl TallyError {
                 "; it is the temporary folder ($TMPDIR) a split or sharded run spills to: make \
                  it writable for the user running tally, or point TMPDIR at a folder that is"
             }
-            kind => write_hint(kind),
+            kind => write_hint(kind, true),
         };
         TallyError::output_with(path, source, hint)
     }
@@ -148,9 +148,11 @@ impl TallyError {
     /// writer met it first.
     pub fn output(file: impl Into<String>, message: impl ToString) -> Self {
         let message = without_library_prefixes(&message.to_string());
-        let hint = os_error_in(&message).map_or("", |kind| write_hint(kind));
+        let file = file.into();
+        let spill = is_spill(std::path::Path::new(&file));
+        let hint = os_error_in(&message).map_or("", |kind| write_hint(kind, spill));
         TallyError::Output {
-            file: file.into(),
+            file,
             message: format!("{message}{hint}"),
         }
     }
@@ -266,9 +268,17 @@ pub(crate) fn without_library_prefixes(text: &str) -> String {
     }
 }
 
+/// Whether `path` is in a split run's spill folder (under `$TMPDIR`), not an output.
+fn is_spill(path: &std::path::Path) -> bool {
+    (path.components()).any(|c| {
+        (c.as_os_str().to_str()).is_some_and(|name| name.starts_with(crate::spill::SPILL_PREFIX))
+    })
+}
+
 /// What to do about an output, lock or scratch file that cannot be written (appended to
-/// the operating system's message).
-fn write_hint(kind: std::io::ErrorKind) -> &'static str {
+/// the operating system's message); `spill` when it is in the temporary folder (a full
+/// disk there is not the output's).
+fn write_hint(kind: std::io::ErrorKind, spill: bool) -> &'static str {
     use std::io::ErrorKind;
     match kind {
         ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem => {
@@ -280,10 +290,15 @@ fn write_hint(kind: std::io::ErrorKind) -> &'static str {
             "; a part of the path is a file, not a folder: choose another output path or move \
              the file"
         }
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded if spill => {
+            "; it is the spill of a split run under the temporary folder ($TMPDIR), about 50 \
+             bytes a usage or ledger row: free space there or point TMPDIR at a larger disk; if \
+             `df -h` shows space, the file system is out of inodes (`df -i`)"
+        }
         ErrorKind::StorageFull | ErrorKind::QuotaExceeded => {
-            "; free space there (the output, or under $TMPDIR the spill of a split run: about 50 \
-             bytes a usage or ledger row), or point TMPDIR at a larger disk; if `df -h` shows \
-             space, the file system is out of inodes (`df -i`)"
+            "; free space on the output's disk (a run writes its outputs beside the ones it \
+             replaces, so it needs room for both) or choose an --out on a larger disk; if \
+             `df -h` shows space, the file system is out of inodes (`df -i`)"
         }
         _ => "",
     }
@@ -334,11 +349,25 @@ mod tests {
         assert_eq!(e.exit_code(), 4);
         assert!(
             e.to_string().ends_with(
-                "(os error 28)\"; free space there (the output, or under $TMPDIR the spill of a \
-                 split run: about 50 bytes a usage or ledger row), or point TMPDIR at a larger \
-                 disk; if `df -h` shows space, the file system is out of inodes (`df -i`)"
+                "(os error 28)\"; free space on the output's disk (a run writes its outputs \
+                 beside the ones it replaces, so it needs room for both) or choose an --out on a \
+                 larger disk; if `df -h` shows space, the file system is out of inodes (`df -i`)"
             ),
             "{e}"
+        );
+        // The same in a spill folder names the temporary folder instead.
+        let spill = TallyError::output(
+            "/tmp/tally-spill-7-0/group-1/usage.bin",
+            "Parquet error: \"No space left on device (os error 28)\"",
+        );
+        assert!(
+            spill.to_string().ends_with(
+                "(os error 28)\"; it is the spill of a split run under the temporary folder \
+                 ($TMPDIR), about 50 bytes a usage or ledger row: free space there or point \
+                 TMPDIR at a larger disk; if `df -h` shows space, the file system is out of \
+                 inodes (`df -i`)"
+            ),
+            "{spill}"
         );
         // The library's own names for its errors are not the reader's.
         assert!(
@@ -364,7 +393,9 @@ mod tests {
         // Our own write errors carry the hint once.
         let ours = TallyError::write("x", std::io::Error::from_raw_os_error(28));
         assert_eq!(
-            ours.to_string().matches("free space there").count(),
+            ours.to_string()
+                .matches("free space on the output's disk")
+                .count(),
             1,
             "{ours}"
         );

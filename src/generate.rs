@@ -117,8 +117,20 @@ pub enum GenerateError {
     #[error("invalid generate options: {0}")]
     InvalidOptions(String),
     /// The output folder exists and is not empty; generate never overwrites or mixes data.
-    #[error("output folder {} exists and is not empty", path.display())]
-    OutputNotEmpty { path: PathBuf },
+    /// `stopped` when it holds the spool folder of a generate killed part way through.
+    #[error(
+        "output folder {} exists and is not empty{}",
+        path.display(),
+        if *stopped {
+            format!(
+                " (it holds {SPOOL}/: a generate stopped part way through wrote it; remove \
+                 the folder and run again)"
+            )
+        } else {
+            String::new()
+        }
+    )]
+    OutputNotEmpty { path: PathBuf, stopped: bool },
     /// A file or folder at this path could not be created, written, read or removed.
     #[error("I/O error on {}: {source}", path.display())]
     Io {
@@ -1928,7 +1940,59 @@ pub fn generate(opts: &GenerateOptions) -> Result<GenerateReport, GenerateError>
     let book = embedded_book()?;
     let [normal, positive, unpriced] = checked_catalogs(&book)?;
     let out = opts.out.as_path();
-    let tmp = make_out_dir(out)?;
+    let made = make_out_dir(out)?;
+    let written = generate_into(
+        opts,
+        layout,
+        book,
+        [normal, positive, unpriced],
+        &made.spool,
+    );
+    if written.is_err() {
+        // A failed generate (a full disk, say) leaves no partial root behind: the next
+        // generate would refuse it as not empty, and a run could read it as data.
+        made.undo(out);
+    }
+    written
+}
+
+/// The output folder as `make_out_dir` found it and left it.
+struct MadeOut {
+    /// The spool folder inside it.
+    spool: PathBuf,
+    /// Whether the folder was made (else it was there, empty).
+    created: bool,
+}
+
+impl MadeOut {
+    /// Remove what generate wrote: the folder if it made it, else what is in it.
+    /// Best effort: the error that stopped generate is the one reported.
+    fn undo(&self, out: &Path) {
+        if self.created {
+            let _ = fs::remove_dir_all(out);
+            return;
+        }
+        if let Ok(entries) = fs::read_dir(out) {
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let _ = match entry.file_type() {
+                    Ok(t) if t.is_dir() => fs::remove_dir_all(&path),
+                    _ => fs::remove_file(&path),
+                };
+            }
+        }
+    }
+}
+
+/// Write the data root into `opts.out`, made and empty but for the spool folder `tmp`.
+fn generate_into(
+    opts: &GenerateOptions,
+    layout: Layout,
+    book: PriceBook,
+    [normal, positive, unpriced]: [Templates; 3],
+    tmp: &Path,
+) -> Result<GenerateReport, GenerateError> {
+    let out = opts.out.as_path();
 
     let mut bucket_accounts: Vec<Vec<u64>> = vec![Vec::new(); BUCKETS as usize];
     for a in 0..opts.accounts {
@@ -1958,10 +2022,10 @@ pub fn generate(opts: &GenerateOptions) -> Result<GenerateReport, GenerateError>
 
     let results: Vec<BucketOut> = (0..BUCKETS as usize)
         .into_par_iter()
-        .map(|k| ctx.gen_bucket(out, &tmp, k))
+        .map(|k| ctx.gen_bucket(out, tmp, k))
         .collect::<Result<_, _>>()?;
     let counts = Counts::of(&results, opts.accounts);
-    let truth_written = write_truth(out, &tmp)?;
+    let truth_written = write_truth(out, tmp)?;
     debug_assert_eq!(truth_written, counts.truth_rows);
 
     let (allocation_rows, grant_rows) = write_allocations(out, &ctx, &counts.required_by_account)?;
@@ -2027,22 +2091,32 @@ fn checked_catalogs(book: &PriceBook) -> Result<[Templates; 3], GenerateError> {
 /// Event templates, each with its weight.
 type Templates = Vec<(Tmpl, u64)>;
 
-/// Make the output folder (absent or empty) and its spool folder, which is returned.
-fn make_out_dir(out: &Path) -> Result<PathBuf, GenerateError> {
+/// The spool folder inside the output folder while generate runs.
+const SPOOL: &str = "_generate_tmp";
+
+/// Make the output folder (absent or empty) and its spool folder.
+fn make_out_dir(out: &Path) -> Result<MadeOut, GenerateError> {
     // Output folder: absent or empty.
-    if out.exists() {
+    let created = !out.exists();
+    if !created {
         let mut entries = fs::read_dir(out).map_err(io_err(out))?;
         if entries.next().is_some() {
             return Err(GenerateError::OutputNotEmpty {
                 path: out.to_path_buf(),
+                stopped: out.join(SPOOL).is_dir(),
             });
         }
     }
     fs::create_dir_all(out).map_err(io_err(out))?;
-    let tmp = out.join("_generate_tmp");
-    fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-
-    Ok(tmp)
+    let made = MadeOut {
+        spool: out.join(SPOOL),
+        created,
+    };
+    if let Err(e) = fs::create_dir(&made.spool) {
+        made.undo(out);
+        return Err(io_err(&made.spool)(e));
+    }
+    Ok(made)
 }
 
 /// What the buckets wrote, summed, and what each account requires.
@@ -2945,7 +3019,17 @@ mod tests {
             }
             other => panic!("expected OutputNotEmpty, got {other:?}"),
         }
-        fs::remove_dir_all(&dir).unwrap();
+        // What a failed generate wrote is removed: the folder it made, or what it put in
+        // the empty folder it was given.
+        let made = |created: bool| MadeOut {
+            spool: dir.join(SPOOL),
+            created,
+        };
+        made(false).undo(&dir);
+        assert!(dir.is_dir() && fs::read_dir(&dir).unwrap().next().is_none());
+        generate(&opts(dir.clone(), 3, 50, 1, 0.0)).unwrap();
+        made(true).undo(&dir);
+        assert!(!dir.exists());
         // Full injection still yields one truth row per injected item.
         let rep = generate(&opts(dir.clone(), 20, 2_000, 4, 1.0)).unwrap();
         assert!(rep.truth_rows >= 1_900);

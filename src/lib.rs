@@ -409,7 +409,7 @@ pub fn lock_output(out: &Path) -> Result<OutputLock> {
 }
 
 /// Lock the file at `path` (created if need be), `shared` or exclusive, without waiting:
-/// held by another run, refused with `busy`'s words (exit 3).
+/// held by another run, refused with `busy`'s words and the processes holding it (exit 3).
 fn take_lock(path: &Path, shared: bool, busy: impl FnOnce() -> String) -> Result<OutputLock> {
     let Some(file) = open_lock_file(path)? else {
         return Ok(OutputLock { _file: None });
@@ -420,9 +420,54 @@ fn take_lock(path: &Path, shared: bool, busy: impl FnOnce() -> String) -> Result
     };
     match locked {
         Ok(()) => Ok(OutputLock { _file: Some(file) }),
-        Err(std::fs::TryLockError::WouldBlock) => Err(TallyError::Refused(busy())),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holders = match lock_holders(&file).as_slice() {
+                [] => String::new(),
+                [one] => format!(" (held by pid {one})"),
+                many => format!(
+                    " (held by pids {})",
+                    many.iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            Err(TallyError::Refused(format!("{}{holders}", busy())))
+        }
         Err(std::fs::TryLockError::Error(e)) => Err(TallyError::write(path, e)),
     }
+}
+
+/// The processes holding a lock on `file`, as `/proc/locks` lists them (by device and
+/// inode), in order and once each: the on-call engineer's next question after "another
+/// run holds the lock". Empty where it cannot tell (no /proc, or a holder in another pid
+/// namespace, listed as pid 0 or not at all); the lock may also have been let go since.
+fn lock_holders(file: &std::fs::File) -> Vec<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(meta), Ok(locks)) = (file.metadata(), std::fs::read_to_string("/proc/locks")) else {
+        return Vec::new();
+    };
+    // The kernel lists a device as its major and minor number in hex (`fe:00`), which
+    // st_dev packs as glibc's gnu_dev_major / gnu_dev_minor unpack it.
+    let dev = meta.dev();
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let key = format!("{major:02x}:{minor:02x}:{}", meta.ino());
+    let mut pids: Vec<u32> = (locks.lines())
+        .filter_map(|line| {
+            // "1: FLOCK  ADVISORY  WRITE 1954 fe:00:10117129 0 EOF"; a waiter's line has
+            // "->" after the number and holds nothing.
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            match fields.as_slice() {
+                [_, kind, _, _, pid, at, ..] if *kind != "->" && *at == key => pid.parse().ok(),
+                _ => None,
+            }
+        })
+        .filter(|&pid| pid != 0 && pid != std::process::id())
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
 }
 
 /// The lock of a history folder, `DIR/.tally-history.lock` (hidden: a history never reads

@@ -629,18 +629,37 @@ fn check_magic(file: &InputFile, handle: &PositionalFile) -> Result<()> {
         return fail("empty file (0 bytes), not Parquet; remove it or restore the original");
     }
     let mut head = [0u8; 4];
-    if len < 12 || handle.read_exact_at(&mut head, 0).is_err() || &head != b"PAR1" {
+    if len < 4 || handle.read_exact_at(&mut head, 0).is_err() || &head != b"PAR1" {
         return fail(
             "not a Parquet file (it does not start with PAR1); remove it or restore the original",
         );
     }
+    // The smallest Parquet file is its two magics and a footer's length (12 bytes): one
+    // that starts as Parquet but is shorter was cut short.
+    if len < 12 {
+        return Err(TallyError::input(
+            &file.rel_path,
+            format!(
+                "truncated Parquet file ({len} bytes: it starts with PAR1 but has no footer); \
+                 restore the complete file"
+            ),
+        ));
+    }
     let mut tail = [0u8; 4];
-    if handle.read_exact_at(&mut tail, len - 4).is_err() || &tail != b"PAR1" {
+    if handle.read_exact_at(&mut tail, len - 4).is_err() {
         return fail(
             "truncated Parquet file (it does not end with PAR1); restore the complete file",
         );
     }
-    Ok(())
+    match &tail {
+        b"PAR1" => Ok(()),
+        // Parquet modular encryption with an encrypted footer: the file is whole.
+        b"PARE" => fail(
+            "encrypted Parquet file (its footer is encrypted: it ends with PARE); tally reads \
+             no encrypted files: export it without Parquet encryption",
+        ),
+        _ => fail("truncated Parquet file (it does not end with PAR1); restore the complete file"),
+    }
 }
 
 /// A decoder error without the library's prefixes ("Parquet error: ", "External: " ...).

@@ -1144,7 +1144,7 @@ fn generate_error(e: tally::generate::GenerateError) -> TallyError {
     };
     match &e {
         G::InvalidOptions(_) | G::OutputNotEmpty { .. } => {
-            TallyError::config("tally generate", e.to_string())
+            TallyError::config("generate", e.to_string())
         }
         G::Io { path, source } => output(path, source),
         G::Parquet { path, source } => output(path, source),

@@ -478,6 +478,14 @@ fn check_one_run(folders: &[PathBuf], manifests: &[ShardManifest]) -> Result<()>
     let (odd_folder, reference_folder) = (folders[odd].display(), folders[reference].display());
     let differences = differences(&manifests[reference], &manifests[odd]);
     Err(TallyError::Refused(match majority {
+        // The majority may be the stale ones: after the inputs changed, a shard rerun
+        // alone is the odd one out.
+        Some(_) if manifests[odd].inputs != manifests[reference].inputs => format!(
+            "{odd_folder} is a shard of another run than {reference_folder} ({differences}); \
+             rerun it with the same inputs and settings, or, if the data root changed since \
+             the shards ran, rerun all {} shards",
+            manifests.len()
+        ),
         Some(_) => format!(
             "{odd_folder} is a shard of another run than {reference_folder} ({differences}); \
              rerun it with the same inputs and settings"
@@ -519,10 +527,18 @@ fn differences(a: &ShardManifest, b: &ShardManifest) -> String {
         what.push(format!("as-of {} vs {}", b.as_of, a.as_of));
     }
     if a.settle_seconds != b.settle_seconds {
-        what.push("settle".to_string());
+        what.push(format!(
+            "settle {}s vs {}s",
+            b.settle_seconds, a.settle_seconds
+        ));
     }
     if a.buckets != b.buckets {
-        what.push(format!("buckets {} vs {}", b.buckets, a.buckets));
+        // 0 is no --buckets (the run chose), not a bucket count.
+        let buckets = |m: &ShardManifest| match m.buckets {
+            crate::run::AUTOMATIC_BUCKETS => "automatic".to_string(),
+            n => n.to_string(),
+        };
+        what.push(format!("buckets {} vs {}", buckets(b), buckets(a)));
     }
     if a.shards != b.shards {
         what.push(format!("{} shards vs {}", b.shards, a.shards));

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-const SPILL_PREFIX: &str = "tally-spill-";
+pub(crate) const SPILL_PREFIX: &str = "tally-spill-";
 
 /// Whether this process has made a spill folder yet (see [`spill_dir`]).
 static MADE_ONE: Mutex<bool> = Mutex::new(false);

@@ -327,6 +327,39 @@ fn usage_bad_magic_is_exit_2() {
     );
 }
 
+/// A file that starts as Parquet but is shorter than the smallest one is named as cut
+/// short (it read "does not start with PAR1", though it does), and one whose footer is
+/// encrypted (ending `PARE`) as encrypted (it read "truncated": restore a whole file).
+#[test]
+fn usage_too_short_or_encrypted_is_named_as_such() {
+    for (bytes, problem) in [
+        (
+            b"PAR1PAR1".to_vec(),
+            "truncated Parquet file (8 bytes: it starts with PAR1 but has no footer); restore \
+             the complete file",
+        ),
+        (
+            b"PAR1".to_vec(),
+            "truncated Parquet file (4 bytes: it starts with PAR1 but has no footer); restore \
+             the complete file",
+        ),
+        (
+            b"PAR1 an encrypted footer, its length, PARE".to_vec(),
+            "encrypted Parquet file (its footer is encrypted: it ends with PARE); tally reads no \
+             encrypted files: export it without Parquet encryption",
+        ),
+        (
+            b"PAR".to_vec(),
+            "not a Parquet file (it does not start with PAR1); remove it or restore the original",
+        ),
+    ] {
+        let tmp = good_copy();
+        std::fs::write(tmp.path().join(USAGE), bytes).unwrap();
+        let out = reconcile(&tmp);
+        assert_refused(&tmp, &out, &format!("tally: {USAGE}: {problem}"));
+    }
+}
+
 #[test]
 fn usage_empty_file_is_exit_2() {
     assert_input_refused(

@@ -128,7 +128,26 @@ fn generate_exit_codes_are_the_documented_ones() {
     assert_eq!(
         stderr(&out),
         format!(
-            "tally: tally generate: output folder {} exists and is not empty\n",
+            "tally: generate: output folder {} exists and is not empty\n",
+            full.display()
+        )
+    );
+    // A generate killed part way through left its spool folder: the refusal says so.
+    std::fs::create_dir(full.join("_generate_tmp")).unwrap();
+    let out = tally(&[
+        "generate",
+        "--out",
+        full.to_str().unwrap(),
+        "--events",
+        "100",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "tally: generate: output folder {} exists and is not empty (it holds \
+             _generate_tmp/: a generate stopped part way through wrote it; remove the folder \
+             and run again)\n",
             full.display()
         )
     );

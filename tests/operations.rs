@@ -693,6 +693,7 @@ fn two_closes_at_once_on_one_output_path_publish_exactly_once() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let (a_pid, b_pid) = (a.id(), b.id());
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
     let published = [&a, &b]
         .iter()
@@ -706,12 +707,24 @@ fn two_closes_at_once_on_one_output_path_publish_exactly_once() {
             &a
         };
     assert_eq!(loser.status.code(), Some(3), "{loser:?}");
-    assert_eq!(
-        stderr(loser),
-        format!(
-            "tally: refused: another tally run is writing {} right now; wait for it to finish\n",
-            out.display()
-        )
+    // The holder is named unless it let the lock go before the loser looked.
+    let winner = if std::ptr::eq(loser, &a) {
+        b_pid
+    } else {
+        a_pid
+    };
+    let busy = format!(
+        "tally: refused: another tally run is writing {} right now; wait for it to finish",
+        out.display()
+    );
+    assert!(
+        [
+            format!("{busy}\n"),
+            format!("{busy} (held by pid {winner})\n")
+        ]
+        .contains(&stderr(loser)),
+        "{}",
+        stderr(loser)
     );
     // Afterwards the same close is a no-op.
     let again = cmd("close", &data, &out).output().unwrap();
@@ -2350,10 +2363,51 @@ fn read_only_and_full_disks_give_a_clear_line_and_nothing_partial() {
         let in_full = format!("tally: writing {}/", full.display());
         assert_write_failed(&out, &in_full, "No space left on device", command);
         assert!(
+            stderr(&out).contains("; free space on the output's disk"),
+            "{command}: {}",
+            stderr(&out)
+        );
+        assert!(
             left.iter().all(|n| !n.contains("staging") && n != "out"),
             "{command}: left behind: {left:?}"
         );
     }
+
+    // A split run whose temporary folder fills: the hint names $TMPDIR, not the output.
+    let full = tmp.path().join("full-tmpdir");
+    assert!(mount_tmpfs(&full, "size=96k"));
+    let out_dir = tmp.path().join("out-of-a-full-spill");
+    let out = cmd("reconcile", &data, &out_dir)
+        .args(["--groups", "3"])
+        .env("TMPDIR", &full)
+        .output()
+        .unwrap();
+    umount(&full);
+    let in_full = format!("tally: writing {}/tally-spill-", full.display());
+    assert_write_failed(&out, &in_full, "No space left on device", "split run");
+    assert!(
+        stderr(&out).contains("; it is the spill of a split run under the temporary folder"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!out_dir.exists(), "nothing published");
+
+    // A generate onto a full disk leaves no partial data root (the next generate refused
+    // it as not empty, and a run could read it).
+    let full = tmp.path().join("full-generate");
+    assert!(mount_tmpfs(&full, "size=96k"));
+    let out = tally(&[
+        "generate",
+        "--out",
+        full.join("data").to_str().unwrap(),
+        "--events",
+        "20000",
+    ]);
+    let left = std::fs::read_dir(&full).unwrap().count();
+    umount(&full);
+    let in_full = format!("tally: writing {}/data/", full.display());
+    assert_write_failed(&out, &in_full, "No space left on device", "generate");
+    assert_eq!(left, 0, "generate left its partial folder behind");
 }
 
 /// A close (with `--history`) run again on a folder mounted read-only since it published:

@@ -592,6 +592,33 @@ fn merge_refuses_missing_duplicated_foreign_and_altered_shards() {
     assert!(!out.exists(), "nothing published by a refused merge");
 }
 
+/// Shards made from other inputs than the rest: the majority names the odd one, and since
+/// the majority may be the stale ones (the inputs changed and only that shard ran again),
+/// the refusal also says to rerun them all when the data root changed.
+#[test]
+fn a_shard_of_other_inputs_is_named_and_rerunning_all_is_offered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = generate_root(tmp.path());
+    let shards = tmp.path().join("shards");
+    run_shards("reconcile", &data, AS_OF, &shards, 3, &[]);
+    let listing = root(&shards).join("shard=2/shard.json");
+    edit_listing(&listing, |m| {
+        m["inputs"][0]["sha256"] = "0".repeat(64).into()
+    });
+    let e = refused_merge(tmp.path(), &shards);
+    assert!(
+        e.contains(&format!(
+            "{} is a shard of another run than {} (inputs differ: ",
+            root(&shards).join("shard=2").display(),
+            root(&shards).join("shard=0").display()
+        )) && e.ends_with(
+            "; rerun it with the same inputs and settings, or, if the data root changed \
+             since the shards ran, rerun all 3 shards\n"
+        ),
+        "{e}"
+    );
+}
+
 /// A merge whose `--out` is inside a dataset folder of the shards' data root is refused
 /// as a run's is (exit 2, nothing made): the next run would read its outputs as input.
 #[test]
@@ -900,7 +927,10 @@ fn merge_refuses_a_settle_no_shard_runs_with() {
     edit_listing(&listing, |m| m["settle_seconds"] = 604_800.into());
     let e = refused_merge(tmp.path(), &shards);
     assert!(!e.contains("holds settle_seconds"), "{e}");
-    assert!(e.contains("are shards of different runs (settle)"), "{e}");
+    assert!(
+        e.contains("are shards of different runs (settle 900s vs 604800s)"),
+        "{e}"
+    );
 
     // An as-of outside the years a shard's --as-of takes, in both shards: the merged
     // manifest could not be read back by a later run.
@@ -1360,8 +1390,9 @@ fn closes_under_one_history_run_one_at_a_time_and_a_merge_sees_what_its_shards_s
     let busy = format!(
         "tally: refused: another tally close is running under the history folder {} right now \
          (closes of one history run one at a time, each reading the closes before it); wait \
-         for it to finish\n",
-        closes.display()
+         for it to finish (held by pid {})\n",
+        closes.display(),
+        std::process::id()
     );
     let later = closes.join("2027-01-01");
     let close_later = |extra: &[&str]| {
@@ -2188,6 +2219,11 @@ fn shards_of_different_runs_are_refused_naming_every_kind_of_difference() {
         (
             ("read_history", serde_json::Value::from(true)),
             "--history vs no --history".to_string(),
+        ),
+        // 0 is no --buckets: the run chose (it read "buckets 7 vs 0").
+        (
+            ("buckets", serde_json::Value::from(7)),
+            "buckets 7 vs automatic".to_string(),
         ),
     ] {
         std::fs::write(&listing, &pristine).unwrap();
