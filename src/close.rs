@@ -368,7 +368,17 @@ pub fn is_written_rollover(row: &GrantRow) -> bool {
 fn is_own_rollover(row: &GrantRow, period_end: Micros) -> bool {
     row.kind == GrantKind::Rollover
         && row.effective_at == period_end
-        && row.grant_id == rollover_grant_id(&row.account_id, period_end)
+        && (row.grant_id == rollover_grant_id(&row.account_id, period_end)
+            || row.grant_id == rollover_id_before_fractions(&row.account_id, period_end))
+}
+
+/// The id tally gave the rollover of a period ending `period_end` before ids kept a
+/// fraction of a second (2026-12-07): a grants_next written then and fed back to a close
+/// of the same period is still that close's own rollover, replaced and not carried beside
+/// the new one (twice the credits). The same id as [`rollover_grant_id`]'s at a whole second.
+fn rollover_id_before_fractions(account_id: &str, period_end: Micros) -> String {
+    let whole_second = period_end - period_end.rem_euclid(1_000_000);
+    rollover_grant_id(account_id, whole_second)
 }
 
 #[cfg(test)]
@@ -472,6 +482,37 @@ mod tests {
         // The period no longer renews: no rollover at all, the fed-back one neither.
         let next = grants_next(&balances(&inputs), DEC, None);
         assert_eq!(next, vec![inputs[0].clone()]);
+    }
+
+    /// A rollover of a period ending within a second, fed back from a grants_next written
+    /// before ids kept the fraction (its id floored to the second), is still this close's
+    /// own: replaced, not carried beside the new one (a review found 200 credits carried
+    /// against a cap of 100).
+    #[test]
+    fn a_fed_back_rollover_named_before_fractions_is_replaced() {
+        let end = DEC + 500_000;
+        let fed_back = GrantRow {
+            effective_at: end,
+            ..grant(
+                &rollover_grant_id("acct", DEC),
+                GrantKind::Rollover,
+                40,
+                end,
+            )
+        };
+        assert_eq!(fed_back.grant_id, "rollover-acct-20251201T000000Z");
+        let new = GrantRow {
+            grant_id: rollover_grant_id("acct", end),
+            credits: Milli::from_units(56),
+            ..fed_back.clone()
+        };
+        assert_eq!(new.grant_id, "rollover-acct-20251201T000000.5Z");
+        let next = grants_next(
+            &balances(std::slice::from_ref(&fed_back)),
+            end,
+            Some(new.clone()),
+        );
+        assert_eq!(next, vec![new]);
     }
 
     /// Only the rollover of this close is replaced: another rollover grant (an earlier

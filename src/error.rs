@@ -268,9 +268,12 @@ pub(crate) fn without_library_prefixes(text: &str) -> String {
     }
 }
 
-/// Whether `path` is in a split run's spill folder (under `$TMPDIR`), not an output.
+/// Whether `path` is in a split run's spill folder (`$TMPDIR/tally-spill-*`), not an
+/// output (which may be named anything, `tally-spill-` too).
 fn is_spill(path: &std::path::Path) -> bool {
-    (path.components()).any(|c| {
+    let under_tmp = path.strip_prefix(crate::spill::temp_dir()).ok();
+    let first = under_tmp.and_then(|rest| rest.components().next());
+    first.is_some_and(|c| {
         (c.as_os_str().to_str()).is_some_and(|name| name.starts_with(crate::spill::SPILL_PREFIX))
     })
 }
@@ -355,10 +358,22 @@ mod tests {
             ),
             "{e}"
         );
-        // The same in a spill folder names the temporary folder instead.
+        // The same in a spill folder names the temporary folder instead; an output folder
+        // named like one is an output.
+        let spilled = crate::spill::temp_dir().join("tally-spill-7-0/group-1/usage.bin");
         let spill = TallyError::output(
-            "/tmp/tally-spill-7-0/group-1/usage.bin",
+            spilled.display().to_string(),
             "Parquet error: \"No space left on device (os error 28)\"",
+        );
+        let named_like_one = TallyError::write(
+            "/srv/reports/tally-spill-reports/.nov.tally-staging-1/balances.parquet",
+            std::io::Error::from_raw_os_error(28),
+        );
+        assert!(
+            named_like_one
+                .to_string()
+                .contains("; free space on the output's disk"),
+            "{named_like_one}"
         );
         assert!(
             spill.to_string().ends_with(

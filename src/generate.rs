@@ -114,7 +114,7 @@ pub struct GenerateReport {
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
     /// The options cannot produce a valid data root (the reason says which option and why).
-    #[error("invalid generate options: {0}")]
+    #[error("invalid options: {0}")]
     InvalidOptions(String),
     /// The output folder exists and is not empty; generate never overwrites or mixes data.
     /// `stopped` when it holds the spool folder of a generate killed part way through.
@@ -2094,29 +2094,49 @@ type Templates = Vec<(Tmpl, u64)>;
 /// The spool folder inside the output folder while generate runs.
 const SPOOL: &str = "_generate_tmp";
 
-/// Make the output folder (absent or empty) and its spool folder.
+/// Make the output folder (absent or empty) and its spool folder. Making the spool folder
+/// claims the output: a second generate into the same folder at once finds it there and
+/// is refused before it writes (or removes) anything.
 fn make_out_dir(out: &Path) -> Result<MadeOut, GenerateError> {
+    let not_empty = || GenerateError::OutputNotEmpty {
+        path: out.to_path_buf(),
+        stopped: out.join(SPOOL).is_dir(),
+    };
     // Output folder: absent or empty.
-    let created = !out.exists();
-    if !created {
+    if out.exists() {
         let mut entries = fs::read_dir(out).map_err(io_err(out))?;
         if entries.next().is_some() {
-            return Err(GenerateError::OutputNotEmpty {
-                path: out.to_path_buf(),
-                stopped: out.join(SPOOL).is_dir(),
-            });
+            return Err(not_empty());
         }
     }
-    fs::create_dir_all(out).map_err(io_err(out))?;
+    // Whether this run made the folder is what `create_dir` says, not what a look before
+    // it saw (another generate may make it in between).
+    let make = || match fs::create_dir(out) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && out.is_dir() => Ok(false),
+        Err(e) => Err(e),
+    };
+    let created = match make() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let parent = out.parent().unwrap_or(out);
+            fs::create_dir_all(parent).and_then(|()| make())
+        }
+        made => made,
+    }
+    .map_err(io_err(out))?;
     let made = MadeOut {
         spool: out.join(SPOOL),
         created,
     };
-    if let Err(e) = fs::create_dir(&made.spool) {
-        made.undo(out);
-        return Err(io_err(&made.spool)(e));
+    match fs::create_dir(&made.spool) {
+        Ok(()) => Ok(made),
+        // Another generate claimed the folder: nothing here is this run's.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(not_empty()),
+        Err(e) => {
+            made.undo(out);
+            Err(io_err(&made.spool)(e))
+        }
     }
-    Ok(made)
 }
 
 /// What the buckets wrote, summed, and what each account requires.
@@ -2987,7 +3007,7 @@ mod tests {
         };
         let few = refused(layout(2, most_events));
         assert!(
-            few.starts_with("invalid generate options: 2 accounts are too few for"),
+            few.starts_with("invalid options: 2 accounts are too few for"),
             "{few}"
         );
         let few = refused(layout(2, 10_000_000_000));

@@ -629,7 +629,14 @@ fn check_magic(file: &InputFile, handle: &PositionalFile) -> Result<()> {
         return fail("empty file (0 bytes), not Parquet; remove it or restore the original");
     }
     let mut head = [0u8; 4];
-    if len < 4 || handle.read_exact_at(&mut head, 0).is_err() || &head != b"PAR1" {
+    if len >= 4 && handle.read_exact_at(&mut head, 0).is_ok() && &head == b"PARE" {
+        // Parquet modular encryption with an encrypted footer: magic PARE at both ends.
+        return fail(
+            "encrypted Parquet file (it starts with PARE: its footer is encrypted); tally reads \
+             no encrypted files: export it without Parquet encryption",
+        );
+    }
+    if len < 4 || &head != b"PAR1" {
         return fail(
             "not a Parquet file (it does not start with PAR1); remove it or restore the original",
         );
@@ -646,20 +653,12 @@ fn check_magic(file: &InputFile, handle: &PositionalFile) -> Result<()> {
         ));
     }
     let mut tail = [0u8; 4];
-    if handle.read_exact_at(&mut tail, len - 4).is_err() {
+    if handle.read_exact_at(&mut tail, len - 4).is_err() || &tail != b"PAR1" {
         return fail(
             "truncated Parquet file (it does not end with PAR1); restore the complete file",
         );
     }
-    match &tail {
-        b"PAR1" => Ok(()),
-        // Parquet modular encryption with an encrypted footer: the file is whole.
-        b"PARE" => fail(
-            "encrypted Parquet file (its footer is encrypted: it ends with PARE); tally reads \
-             no encrypted files: export it without Parquet encryption",
-        ),
-        _ => fail("truncated Parquet file (it does not end with PAR1); restore the complete file"),
-    }
+    Ok(())
 }
 
 /// A decoder error without the library's prefixes ("Parquet error: ", "External: " ...).
@@ -760,7 +759,10 @@ fn with_read_hints(
 ) -> ArrowReaderMetadata {
     let schema = metadata.schema().clone();
     let mut fields: Vec<arrow::datatypes::FieldRef> = schema.fields().iter().cloned().collect();
-    let mut hinted = false;
+    // The hints a file is not read right without (INT96, dictionaries of decimals), apart
+    // from those that only make it faster: if the reader refuses the lot, these alone.
+    let mut needed_fields = fields.clone();
+    let (mut hinted, mut needed) = (false, false);
     // A legacy INT96 timestamp (Spark, Hive, Impala) whose column is a root field.
     let int96 = |index: usize| {
         let roots = metadata.parquet_schema().root_schema().get_fields();
@@ -790,10 +792,18 @@ fn with_read_hints(
             // around into another instant, billed or rejected as the wrong one. As
             // microseconds it is the instant it says, and the years check sees it.
             // (The library still wraps a Julian day past about +-292,000 years.)
+            // A file's stored Arrow schema may say dictionary-encoded: read as the values
+            // (the reader has no dictionary of INT96, and panicked on the file).
             ColType::Timestamp if int96(index) => match field.data_type() {
                 DataType::Timestamp(_, tz) => {
                     DataType::Timestamp(TimeUnit::Microsecond, tz.clone())
                 }
+                DataType::Dictionary(_, value) => match &**value {
+                    DataType::Timestamp(_, tz) => {
+                        DataType::Timestamp(TimeUnit::Microsecond, tz.clone())
+                    }
+                    _ => continue,
+                },
                 _ => continue,
             },
             // A dictionary of decimals (pyarrow's `dictionary_encode()` of a DECIMAL column
@@ -810,22 +820,37 @@ fn with_read_hints(
             },
         };
         if *field.data_type() != wanted {
-            fields[index] = std::sync::Arc::new(field.as_ref().clone().with_data_type(wanted));
+            let is_needed = !matches!(spec.ty, ColType::Label | ColType::Str);
+            let hinted_field = std::sync::Arc::new(field.as_ref().clone().with_data_type(wanted));
+            if is_needed {
+                needed_fields[index] = hinted_field.clone();
+                needed = true;
+            }
+            fields[index] = hinted_field;
             hinted = true;
         }
     }
+    let with_fields = |fields: Vec<arrow::datatypes::FieldRef>| {
+        let schema = std::sync::Arc::new(arrow::datatypes::Schema::new_with_metadata(
+            fields,
+            schema.metadata().clone(),
+        ));
+        ArrowReaderMetadata::try_new(
+            metadata.metadata().clone(),
+            ArrowReaderOptions::new().with_schema(schema),
+        )
+        .ok()
+    };
     if !hinted {
         return metadata;
     }
-    let schema = std::sync::Arc::new(arrow::datatypes::Schema::new_with_metadata(
-        fields,
-        schema.metadata().clone(),
-    ));
-    ArrowReaderMetadata::try_new(
-        metadata.metadata().clone(),
-        ArrowReaderOptions::new().with_schema(schema),
-    )
-    .unwrap_or(metadata)
+    if let Some(hinted) = with_fields(fields) {
+        return hinted;
+    }
+    match needed {
+        true => with_fields(needed_fields).unwrap_or(metadata),
+        false => metadata,
+    }
 }
 
 /// Read every row group of `file`, calling `each_batch` for each decoded batch; returns the

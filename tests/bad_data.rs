@@ -329,7 +329,8 @@ fn usage_bad_magic_is_exit_2() {
 
 /// A file that starts as Parquet but is shorter than the smallest one is named as cut
 /// short (it read "does not start with PAR1", though it does), and one whose footer is
-/// encrypted (ending `PARE`) as encrypted (it read "truncated": restore a whole file).
+/// encrypted (Parquet modular encryption: `PARE` at both ends, as pyarrow writes it) as
+/// encrypted (it read "not a Parquet file").
 #[test]
 fn usage_too_short_or_encrypted_is_named_as_such() {
     for (bytes, problem) in [
@@ -344,9 +345,9 @@ fn usage_too_short_or_encrypted_is_named_as_such() {
              the complete file",
         ),
         (
-            b"PAR1 an encrypted footer, its length, PARE".to_vec(),
-            "encrypted Parquet file (its footer is encrypted: it ends with PARE); tally reads no \
-             encrypted files: export it without Parquet encryption",
+            b"PARE encrypted pages, an encrypted footer, its length, PARE".to_vec(),
+            "encrypted Parquet file (it starts with PARE: its footer is encrypted); tally reads \
+             no encrypted files: export it without Parquet encryption",
         ),
         (
             b"PAR".to_vec(),

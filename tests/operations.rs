@@ -732,6 +732,34 @@ fn two_closes_at_once_on_one_output_path_publish_exactly_once() {
     assert!(String::from_utf8_lossy(&again.stdout).contains("already closed"));
 }
 
+/// The output lock's refusal names the process holding it (here the test itself), from
+/// /proc/locks: the on-call engineer's next question.
+#[test]
+fn a_held_output_lock_is_refused_naming_its_holder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = generated(tmp.path(), 2_000);
+    let out = tmp.path().join("out");
+    let lock = std::fs::File::create(tmp.path().join(".out.tally-lock")).unwrap();
+    lock.try_lock().unwrap();
+    let refused = cmd("reconcile", &data, &out).output().unwrap();
+    assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
+    assert_eq!(
+        stderr(&refused),
+        format!(
+            "tally: refused: another tally run is writing {} right now; wait for it to finish \
+             (held by pid {})\n",
+            out.display(),
+            std::process::id()
+        )
+    );
+    lock.unlock().unwrap();
+    assert!(cmd("reconcile", &data, &out)
+        .output()
+        .unwrap()
+        .status
+        .success());
+}
+
 /// splitmix64: a tiny seeded generator for kill delays (the test is repeatable).
 fn next(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
