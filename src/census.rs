@@ -133,6 +133,8 @@ pub struct CensusFile {
     pub file: InputFile,
     /// The sha256 of a file held whole ([`load::FooterRead::small_sha256`]).
     pub small_sha256: Option<[u8; 32]>,
+    /// Its id columns' bytes ([`load::FooterRead::id_bytes`]).
+    pub id_bytes: u64,
 }
 
 impl CensusFile {
@@ -159,6 +161,7 @@ impl Census {
                 CensusFile {
                     file,
                     small_sha256: read.small_sha256,
+                    id_bytes: read.id_bytes,
                 }
             });
             files[d as usize] = Some(read.collect());
@@ -203,6 +206,11 @@ impl Census {
         self.of(datasets)
             .map(|listed| listed.rows().unwrap_or(0))
             .fold(0, u64::saturating_add)
+    }
+
+    /// The id columns' bytes in the files of `datasets`, from their footers, saturating.
+    pub(crate) fn id_bytes(&self, datasets: &[Dataset]) -> u64 {
+        (self.of(datasets).map(|listed| listed.id_bytes)).fold(0, u64::saturating_add)
     }
 
     /// How many files `datasets` have.

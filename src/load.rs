@@ -1749,6 +1749,9 @@ impl Plan {
 pub struct FooterRead {
     pub seen: Option<Seen>,
     pub small_sha256: Option<[u8; 32]>,
+    /// The uncompressed bytes of its id columns (`event_id`, `entry_id`), as the footer
+    /// gives them ([`footer_id_bytes`]); 0 when it cannot be read.
+    pub id_bytes: u64,
 }
 
 /// [`FooterRead`] of a file: one open, and a small file read once for both.
@@ -1757,24 +1760,39 @@ pub fn read_footer(path: &Path) -> FooterRead {
         return FooterRead {
             seen: None,
             small_sha256: None,
+            id_bytes: 0,
         };
     };
     let bytes = parquet::file::reader::Length::len(&file);
     let modified = file.modified();
     let small_sha256 = file.whole().map(|whole| crate::write::sha256(whole));
+    let footer = rows_in_footer(file);
     FooterRead {
-        seen: rows_in_footer(file).map(|rows| Seen {
+        seen: footer.map(|(rows, _)| Seen {
             bytes,
             rows,
             modified,
         }),
         small_sha256,
+        id_bytes: footer.map_or(0, |(_, id_bytes)| id_bytes),
     }
 }
 
-/// The row count in the footer of an open file (`None` when it cannot be read; a decoder
-/// panic on a hostile footer is one too).
-fn rows_in_footer(file: PositionalFile) -> Option<u64> {
+/// The uncompressed bytes of a file's id columns (`event_id`, `entry_id`) by its footer,
+/// saturating: what its ids will take in memory, about (a length and the bytes each; less
+/// for a dictionary-encoded column). Ids are the part of a row whose size the data decides,
+/// up to 4 KiB each: the budget's per-row costs were measured with ids of about 20 bytes.
+fn footer_id_bytes(metadata: &parquet::file::metadata::ParquetMetaData) -> u64 {
+    (metadata.row_groups().iter())
+        .flat_map(|row_group| row_group.columns())
+        .filter(|column| matches!(column.column_path().parts(), [name] if name == "event_id" || name == "entry_id"))
+        .map(|column| u64::try_from(column.uncompressed_size()).unwrap_or(0))
+        .fold(0, u64::saturating_add)
+}
+
+/// The row count and id bytes ([`footer_id_bytes`]) in the footer of an open file (`None`
+/// when it cannot be read; a decoder panic on a hostile footer is one too).
+fn rows_in_footer(file: PositionalFile) -> Option<(u64, u64)> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     let read = move || {
         let options = parquet::file::serialized_reader::ReadOptionsBuilder::new()
@@ -1782,7 +1800,8 @@ fn rows_in_footer(file: PositionalFile) -> Option<u64> {
             .with_size_stats_policy(SKIP_STATISTICS)
             .build();
         let reader = SerializedFileReader::new_with_options(file, options).ok()?;
-        Some(footer_rows(reader.metadata()))
+        let metadata = reader.metadata();
+        Some((footer_rows(metadata), footer_id_bytes(metadata)))
     };
     let was = DECODING.with(|d| d.replace(true));
     let rows = std::panic::catch_unwind(read).ok().flatten();

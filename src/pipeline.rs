@@ -63,13 +63,38 @@ fn warn_of_many_files(settings: &RunSettings, census: &Census) {
     }
 }
 
+/// Warn when the plans (allocation and grant rows, held for the whole run whatever the
+/// groups) alone take more than the memory budget at their cost per row: the groups can
+/// only split the usage and ledger rows, so the run's peak passes the budget (1M accounts
+/// at a 256 MiB budget peaked at 1.1 GiB reconciling and 2.3 GiB closing, and nothing said
+/// why; a memory audit of 2026-12-07).
+fn warn_of_plans_past_the_budget(settings: &RunSettings, census: &Census) {
+    let plan_rows = census.rows(&[Dataset::Allocations, Dataset::Grants]);
+    let per_row = row_costs(settings.mode).plan_row;
+    let plan_bytes = plan_rows.saturating_mul(per_row);
+    if plan_bytes > settings.memory_budget_bytes {
+        tracing::warn!(
+            plan_rows,
+            plan_bytes,
+            memory_budget_bytes = settings.memory_budget_bytes,
+            "allocations and grants are {plan_rows} rows: at about {per_row} bytes each they \
+             alone take {} MiB, more than the memory budget, and the run holds them whatever \
+             its groups, so its peak will pass the budget; give the job more memory and a \
+             larger --memory-budget",
+            plan_bytes >> 20
+        );
+    }
+}
+
 /// How this run is split: the shard, and groups sized to the memory budget (or forced).
 pub fn layout(settings: &RunSettings, census: &Census, shard: u32, shards: u32) -> Result<Layout> {
     warn_of_many_files(settings, census);
+    warn_of_plans_past_the_budget(settings, census);
     let groups = match settings.groups {
         Some(g) => g,
         None => crate::route::groups_for(
             census.rows(&[Dataset::Usage, Dataset::Debits]),
+            census.id_bytes(&[Dataset::Usage, Dataset::Debits]),
             census.rows(&[Dataset::Allocations, Dataset::Grants]),
             row_costs(settings.mode),
             settings.memory_budget_bytes,

@@ -900,18 +900,42 @@ pub const CLOSE_ROW_COSTS: RowCosts = RowCosts {
 /// as far as memory asks.
 pub fn groups_for(
     rows: u64,
+    id_bytes: u64,
     plan_rows: u64,
     costs: RowCosts,
     budget_bytes: u64,
     shards: u32,
 ) -> u32 {
-    let per_shard = rows.div_ceil(u64::from(shards.max(1)));
+    let shards_n = u64::from(shards.max(1));
+    let per_shard = rows.div_ceil(shards_n);
+    let ids_per_shard = extra_id_cost(rows, id_bytes).div_ceil(shards_n);
     let for_rows = bytes_for_rows(plan_rows, costs, budget_bytes);
-    if per_shard.saturating_mul(costs.one_group) <= for_rows {
+    let one_group = per_shard.saturating_mul(costs.one_group);
+    if one_group.saturating_add(ids_per_shard) <= for_rows {
         return 1;
     }
-    let groups = per_shard.saturating_mul(costs.split).div_ceil(for_rows);
+    let split = per_shard.saturating_mul(costs.split);
+    let groups = split.saturating_add(ids_per_shard).div_ceil(for_rows);
     groups.max(2).min(u64::from(max_groups(shards))) as u32
+}
+
+/// The id bytes a usage or ledger row of the bench data has in its files (uncompressed:
+/// 25 a usage row, 50 a ledger row, 37.6 on average in the 1m data), rounded up: the row
+/// costs above were measured with them, and include them.
+pub const BENCH_ID_BYTES_PER_ROW: u64 = 40;
+
+/// Working memory per id byte past the bench data's: an id is held with its row and again
+/// where it is written or indexed (measured: 188K usage and 188K ledger rows with ids of
+/// 1-4 KiB, about 1.4 GB of them, peaked at 2.5-3.0 GiB in one group, reconcile and close;
+/// a memory audit of 2026-12-07, by hand).
+pub const ID_BYTE_COST: u64 = 2;
+
+/// What ids longer than the bench data's add to a run's working memory: nothing for ids
+/// of their size or shorter (the per-row costs hold them), else the bytes past them at
+/// [`ID_BYTE_COST`]. Saturating: footers may be hostile.
+pub fn extra_id_cost(rows: u64, id_bytes: u64) -> u64 {
+    let bench = rows.saturating_mul(BENCH_ID_BYTES_PER_ROW);
+    id_bytes.saturating_sub(bench).saturating_mul(ID_BYTE_COST)
 }
 
 /// What the usage and ledger rows may use of the budget: the budget less what the plans
@@ -1201,14 +1225,37 @@ mod tests {
 
     #[test]
     fn a_run_that_fits_its_budget_is_one_group() {
-        assert_eq!(groups_for(0, 0, R, 3 * GIB, 1), 1);
+        assert_eq!(groups_for(0, 0, 0, R, 3 * GIB, 1), 1);
         // The 10M-event bench data: 20.1M usage and ledger rows, 142K plan rows.
-        assert_eq!(groups_for(20_100_000, 142_000, R, 3 * GIB, 1), 1);
+        assert_eq!(groups_for(20_100_000, 0, 142_000, R, 3 * GIB, 1), 1);
         // At the limit and one row past it.
         let fit = (3 * GIB) / R.one_group;
-        assert_eq!(groups_for(fit, 0, R, 3 * GIB, 1), 1);
+        assert_eq!(groups_for(fit, 0, 0, R, 3 * GIB, 1), 1);
         // Past it, groups at the split cost: 300 / 140 of the budget, 3 groups.
-        assert_eq!(groups_for(fit + 1, 0, R, 3 * GIB, 1), 3);
+        assert_eq!(groups_for(fit + 1, 0, 0, R, 3 * GIB, 1), 3);
+    }
+
+    /// Ids longer than the bench data's count against the budget: 376K rows with 1.4 GB
+    /// of ids (a memory audit's data, which ran in one group at 2.8 GiB under a 256 MiB
+    /// budget) split; ids of the bench data's size change nothing, at the bench's
+    /// average per row and one byte past it.
+    #[test]
+    fn long_ids_count_against_the_budget() {
+        let (rows, ids) = (376_000, 1_400_000_000);
+        assert_eq!(extra_id_cost(rows, ids), 2 * (ids - rows * 40));
+        assert_eq!(groups_for(rows, 0, 0, R, 256 << 20, 1), 1);
+        assert_eq!(groups_for(rows, ids, 0, R, 256 << 20, 1), 11);
+        assert_eq!(groups_for(rows, ids, 0, R, 3 * GIB, 1), 1);
+        // At the limit (the budget's last bytes taken by ids past the bench's) and one
+        // id byte past it.
+        let fit = (3 * GIB) / R.one_group;
+        let bench_ids = fit * BENCH_ID_BYTES_PER_ROW;
+        let past = (3 * GIB - fit * R.one_group) / ID_BYTE_COST;
+        assert_eq!(groups_for(fit, bench_ids, 0, R, 3 * GIB, 1), 1);
+        assert_eq!(groups_for(fit, bench_ids + past, 0, R, 3 * GIB, 1), 1);
+        assert_eq!(groups_for(fit, bench_ids + past + 1, 0, R, 3 * GIB, 1), 3);
+        assert_eq!(extra_id_cost(u64::MAX, u64::MAX), 0);
+        assert_eq!(extra_id_cost(1, u64::MAX), u64::MAX);
     }
 
     #[test]
@@ -1217,7 +1264,7 @@ mod tests {
         // also counts its larger per-account results against them).
         for (costs, expected) in [(R, 26), (CLOSE_ROW_COSTS, 53)] {
             let for_rows = 3 * GIB - 1_420_000 * costs.plan_row;
-            let groups = groups_for(200_900_000, 1_420_000, costs, 3 * GIB, 1);
+            let groups = groups_for(200_900_000, 0, 1_420_000, costs, 3 * GIB, 1);
             assert_eq!(
                 u64::from(groups),
                 (200_900_000 * costs.split).div_ceil(for_rows)
@@ -1226,16 +1273,16 @@ mod tests {
         }
         // Close costs more per row: the 10M-event close is split.
         assert_eq!(
-            groups_for(20_100_000, 142_000, CLOSE_ROW_COSTS, 3 * GIB, 1),
+            groups_for(20_100_000, 0, 142_000, CLOSE_ROW_COSTS, 3 * GIB, 1),
             3
         );
         // Shards split the rows first.
-        assert_eq!(groups_for(200_900_000, 1_420_000, R, 3 * GIB, 4), 7);
+        assert_eq!(groups_for(200_900_000, 0, 1_420_000, R, 3 * GIB, 4), 7);
     }
 
     #[test]
     fn plans_that_fill_the_budget_leave_a_quarter_of_it_to_the_rows() {
-        let groups = groups_for(10_000_000, 100_000_000, R, GIB, 1);
+        let groups = groups_for(10_000_000, 0, 100_000_000, R, GIB, 1);
         assert_eq!(u64::from(groups), (10_000_000 * R.split).div_ceil(GIB / 4));
     }
 
@@ -1272,20 +1319,20 @@ mod tests {
 
     #[test]
     fn groups_stop_at_the_limit_and_at_one_partition_each() {
-        assert_eq!(groups_for(2_000_000_000, 0, R, 2 * GIB, 1), MAX_GROUPS);
-        assert_eq!(groups_for(u64::from(u32::MAX), 0, R, 1, 1), MAX_GROUPS);
-        assert_eq!(groups_for(u64::MAX, u64::MAX, R, 2 * GIB, 1), MAX_GROUPS);
-        assert_eq!(groups_for(u64::MAX, 0, R, 0, 1), MAX_GROUPS);
+        assert_eq!(groups_for(2_000_000_000, 0, 0, R, 2 * GIB, 1), MAX_GROUPS);
+        assert_eq!(groups_for(u64::from(u32::MAX), 0, 0, R, 1, 1), MAX_GROUPS);
+        assert_eq!(groups_for(u64::MAX, 0, u64::MAX, R, 2 * GIB, 1), MAX_GROUPS);
+        assert_eq!(groups_for(u64::MAX, 0, 0, R, 0, 1), MAX_GROUPS);
         // 4096 partitions over 1024 shards: 4 partitions, so at most 4 groups a shard.
-        assert_eq!(groups_for(200_000_000_000, 0, R, 2 * GIB, 1024), 4);
+        assert_eq!(groups_for(200_000_000_000, 0, 0, R, 2 * GIB, 1024), 4);
         // 4096 shards: one partition each, one group, however large.
-        assert_eq!(groups_for(20_000_000_000, 0, R, 2 * GIB, 4096), 1);
+        assert_eq!(groups_for(20_000_000_000, 0, 0, R, 2 * GIB, 4096), 1);
         // The shard cap at its limit and one past: 16 shards of 256 partitions keep the
         // 256 groups; 17 shards hold 241 partitions, so 241 groups at most.
         assert_eq!(max_groups(16), MAX_GROUPS);
-        assert_eq!(groups_for(u64::MAX, 0, R, 2 * GIB, 16), MAX_GROUPS);
+        assert_eq!(groups_for(u64::MAX, 0, 0, R, 2 * GIB, 16), MAX_GROUPS);
         assert_eq!(max_groups(17), 241);
-        assert_eq!(groups_for(u64::MAX, 0, R, 2 * GIB, 17), 241);
+        assert_eq!(groups_for(u64::MAX, 0, 0, R, 2 * GIB, 17), 241);
         assert_eq!(max_groups(4096), 1);
         assert_eq!(max_groups(0), MAX_GROUPS);
     }

@@ -1274,10 +1274,24 @@ fn a_footer_that_lies_about_its_rows_is_refused_not_an_abort() {
         }
         let out = command.output().expect("tally runs");
         let said = stderr(&out);
+        // 2^40 plan rows by the footer pass the budget at 600 bytes each: the run warns of
+        // them first (it cannot know the footer lies until it decodes the row group).
+        let plans_warning = |line: &str| {
+            line.contains(&format!("allocations and grants are {}", most / 1000))
+                && line.contains("more than the memory budget")
+        };
+        let (warned, said) = match said.split_once('\n') {
+            Some((first, rest)) if plans_warning(first) => (true, rest.to_string()),
+            _ => (false, said),
+        };
+        assert_eq!(warned, at == ALLOCATIONS && rows == most, "{said}");
         let refusal = (refusals.iter())
             .find(|r| said == format!("tally: {at}: {r}\n"))
             .unwrap_or_else(|| panic!("{at} at {rows} rows, groups {groups:?}: {said}"));
-        assert_refused(&tmp, &out, &format!("tally: {at}: {refusal}"));
+        match warned {
+            false => assert_refused(&tmp, &out, &format!("tally: {at}: {refusal}")),
+            true => assert!(out.status.code() == Some(2) && !data.join("out").exists()),
+        }
     }
 }
 

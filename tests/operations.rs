@@ -1410,6 +1410,138 @@ fn a_tally_log_that_is_not_a_level_warns_and_keeps_the_default() {
     }
 }
 
+/// A root of `accounts` accounts with `events` usage rows and a debit each, every id
+/// `id_bytes` long (the contract takes ids up to 4 KiB).
+fn long_id_root(root: &Path, accounts: usize, events: usize, id_bytes: usize) {
+    use tally::amount::Milli;
+    use tally::time::parse_instant;
+    use tally::write::{write_parquet, Table};
+    let t = |s: &str| parse_instant(s).unwrap();
+    for dataset in ["usage", "debits", "allocations", "grants"] {
+        std::fs::create_dir_all(root.join(dataset)).unwrap();
+    }
+    std::fs::copy(
+        repo().join("fixtures/pricebook.toml"),
+        root.join("pricebook.toml"),
+    )
+    .unwrap();
+    let account = |i: usize| format!("acct-{}", i % accounts);
+    let long = |prefix: &str, i: usize| format!("{prefix}-{i:08}-{}", "x".repeat(id_bytes - 13));
+    let names: Vec<String> = (0..accounts).map(account).collect();
+    let allocations = Table::default()
+        .str("account_id", names.iter().map(String::as_str))
+        .str("plan_id", names.iter().map(|_| "pro"))
+        .ts(
+            "period_start",
+            names.iter().map(|_| t("2026-11-01T00:00:00Z")),
+        )
+        .ts(
+            "period_end",
+            names.iter().map(|_| t("2026-12-01T00:00:00Z")),
+        )
+        .credits(
+            "included_credits",
+            names.iter().map(|_| Milli::from_units(1_000_000)),
+        )
+        .opt_ts("billing_anchor", names.iter().map(|_| None))
+        .str("status", names.iter().map(|_| "active"))
+        .finish();
+    write_parquet(&root.join("allocations/part-0.parquet"), &allocations).unwrap();
+    let events: Vec<String> = (0..events).map(|i| long("e", i)).collect();
+    let entries: Vec<String> = (0..events.len()).map(|i| long("d", i)).collect();
+    let owners: Vec<String> = (0..events.len()).map(account).collect();
+    let at = t("2026-11-05T10:00:00Z");
+    let usage = Table::default()
+        .str("event_id", events.iter().map(String::as_str))
+        .str("account_id", owners.iter().map(String::as_str))
+        .str("product", events.iter().map(|_| "captions"))
+        .str("action", events.iter().map(|_| "ai_twin_creation"))
+        .opt_str("model", events.iter().map(|_| None))
+        .credits("quantity", events.iter().map(|_| Milli::from_units(1)))
+        .str("status", events.iter().map(|_| "succeeded"))
+        .ts("occurred_at", events.iter().map(|_| at))
+        .finish();
+    write_parquet(&root.join("usage/part-0.parquet"), &usage).unwrap();
+    let debits = Table::default()
+        .str("entry_id", entries.iter().map(String::as_str))
+        .str("account_id", owners.iter().map(String::as_str))
+        .opt_str("event_id", events.iter().map(|e| Some(e.as_str())))
+        .str("kind", entries.iter().map(|_| "debit"))
+        .credits("credits", entries.iter().map(|_| Milli::from_units(47)))
+        .ts("recorded_at", entries.iter().map(|_| at + 1_000_000))
+        .finish();
+    write_parquet(&root.join("debits/part-0.parquet"), &debits).unwrap();
+}
+
+/// The layout line of a `--log-format json` run at debug: its group count.
+fn groups_logged(out: &Output) -> u64 {
+    let log = stderr(out);
+    (log.lines())
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["fields"]["message"] == "layout")
+        .and_then(|v| v["fields"]["groups"].as_u64())
+        .unwrap_or_else(|| panic!("no layout line: {log}"))
+}
+
+/// Ids longer than the bench data's count against the memory budget: 600 events and 600
+/// debits with ids of 4 KiB (about 7 MiB of ids, 1,200 rows) split under an 8 MiB budget,
+/// where by their row count alone they ran in one group (a memory audit's data peaked at
+/// 11 times a 256 MiB budget so); the outputs are those of an unsplit run. Ids of 20
+/// bytes, the same rows, stay in one group.
+#[test]
+fn long_ids_split_a_run_that_their_rows_alone_would_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |data: &Path, out: &str, budget: &str| {
+        let out = tmp.path().join(out);
+        let ran = cmd("reconcile", data, &out)
+            .env("TALLY_LOG", "debug")
+            .args(["--log-format", "json", "--memory-budget", budget])
+            .output()
+            .unwrap();
+        assert!(ran.status.success(), "{}", stderr(&ran));
+        (groups_logged(&ran), folder_bytes(&out))
+    };
+    let long = tmp.path().join("long");
+    long_id_root(&long, 8, 600, 4096);
+    let (groups, split) = run(&long, "split", "8MiB");
+    assert_eq!(groups, 2);
+    let (groups, whole) = run(&long, "whole", "1GiB");
+    assert_eq!(groups, 1);
+    assert!(
+        split == whole,
+        "a split run's outputs are the unsplit run's"
+    );
+    let short = tmp.path().join("short");
+    long_id_root(&short, 8, 600, 20);
+    assert_eq!(run(&short, "short-out", "8MiB").0, 1);
+}
+
+/// Allocations and grants whose cost alone passes the budget warn (the groups split only
+/// the usage and ledger rows): 2,000 accounts at 600 bytes a plan row are 1.1 MiB, past a
+/// 1 MiB budget; at 2 MiB no warning.
+#[test]
+fn plans_past_the_budget_warn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    long_id_root(&data, 2_000, 2_000, 20);
+    for (budget, warns) in [("1MiB", true), ("2MiB", false)] {
+        let ran = cmd("reconcile", &data, &tmp.path().join(budget))
+            .args(["--memory-budget", budget])
+            .output()
+            .unwrap();
+        assert!(ran.status.success(), "{}", stderr(&ran));
+        assert_eq!(
+            stderr(&ran).contains(
+                "allocations and grants are 2000 rows: at about 600 bytes each they alone take 1 \
+                 MiB, more than the memory budget"
+            ),
+            warns,
+            "{budget}: {}",
+            stderr(&ran)
+        );
+    }
+}
+
 /// A split run whose accounts are few and large warns that a group passes the budget (an
 /// account's rows are never split), naming the group and the figures; the same budget over
 /// many small accounts, whose groups are near the average, does not warn.
