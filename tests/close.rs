@@ -516,12 +516,7 @@ fn a_close_over_its_own_fed_back_rollover_writes_it_once() {
 fn a_renewal_past_year_9999_is_exit_2() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("data");
-    std::fs::create_dir_all(root.join("allocations")).unwrap();
-    std::fs::copy(
-        repo().join("fixtures/pricebook.toml"),
-        root.join("pricebook.toml"),
-    )
-    .unwrap();
+    root_with_pricebook(&root);
     let write_period = |start: &str, end: &str| {
         let allocations = Table::default()
             .str("account_id", ["acct_pro"])

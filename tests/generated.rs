@@ -117,13 +117,16 @@ fn generate_exit_codes_are_the_documented_ones() {
     let full = tmp.path().join("full");
     std::fs::create_dir(&full).unwrap();
     std::fs::write(full.join("old.parquet"), "x").unwrap();
-    let out = tally(&[
-        "generate",
-        "--out",
-        full.to_str().unwrap(),
-        "--events",
-        "100",
-    ]);
+    let into_full = || {
+        tally(&[
+            "generate",
+            "--out",
+            full.to_str().unwrap(),
+            "--events",
+            "100",
+        ])
+    };
+    let out = into_full();
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert_eq!(
         stderr(&out),
@@ -134,13 +137,7 @@ fn generate_exit_codes_are_the_documented_ones() {
     );
     // A generate killed part way through left its spool folder: the refusal says so.
     std::fs::create_dir(full.join("_generate_tmp")).unwrap();
-    let out = tally(&[
-        "generate",
-        "--out",
-        full.to_str().unwrap(),
-        "--events",
-        "100",
-    ]);
+    let out = into_full();
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert_eq!(
         stderr(&out),

@@ -323,12 +323,7 @@ fn int96_instants_are_read_as_themselves(stored: Option<DataType>) {
     use tally::write::{write_parquet, Table};
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("data");
-    std::fs::create_dir_all(root.join("allocations")).unwrap();
-    std::fs::copy(
-        repo().join("fixtures/pricebook.toml"),
-        root.join("pricebook.toml"),
-    )
-    .unwrap();
+    root_with_pricebook(&root);
     let t = |s: &str| tally::time::parse_instant(s).unwrap();
     let allocations = Table::default()
         .str("account_id", ["acct_pro"])

@@ -1417,14 +1417,10 @@ fn long_id_root(root: &Path, accounts: usize, events: usize, id_bytes: usize) {
     use tally::time::parse_instant;
     use tally::write::{write_parquet, Table};
     let t = |s: &str| parse_instant(s).unwrap();
-    for dataset in ["usage", "debits", "allocations", "grants"] {
+    root_with_pricebook(root);
+    for dataset in ["usage", "debits", "grants"] {
         std::fs::create_dir_all(root.join(dataset)).unwrap();
     }
-    std::fs::copy(
-        repo().join("fixtures/pricebook.toml"),
-        root.join("pricebook.toml"),
-    )
-    .unwrap();
     let account = |i: usize| format!("acct-{}", i % accounts);
     let long = |prefix: &str, i: usize| format!("{prefix}-{i:08}-{}", "x".repeat(id_bytes - 13));
     let names: Vec<String> = (0..accounts).map(account).collect();

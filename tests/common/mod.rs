@@ -237,7 +237,17 @@ pub fn json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-/// Copy a folder and everything under it.
+/// A data root at `root` holding only the fixtures' price book and an empty
+/// `allocations/` (the test writes the rest).
+pub fn root_with_pricebook(root: &Path) {
+    std::fs::create_dir_all(root.join("allocations")).unwrap();
+    std::fs::copy(
+        repo().join("fixtures/pricebook.toml"),
+        root.join("pricebook.toml"),
+    )
+    .unwrap();
+}
+
 /// A copy of the bundled fixtures' data root (`fixtures/demo`) at `dir/data`, for a test
 /// that changes it.
 pub fn demo_copy(dir: &Path) -> PathBuf {
@@ -246,6 +256,7 @@ pub fn demo_copy(dir: &Path) -> PathBuf {
     data
 }
 
+/// Copy a folder and everything under it.
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
