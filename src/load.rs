@@ -1750,7 +1750,7 @@ pub struct FooterRead {
     pub seen: Option<Seen>,
     pub small_sha256: Option<[u8; 32]>,
     /// The uncompressed bytes of its id columns (`event_id`, `entry_id`), as the footer
-    /// gives them ([`footer_id_bytes`]); 0 when it cannot be read.
+    /// gives them (`footer_id_bytes`); 0 when it cannot be read.
     pub id_bytes: u64,
 }
 
