@@ -377,8 +377,8 @@ fn is_own_rollover(row: &GrantRow, period_end: Micros) -> bool {
 /// of the same period is still that close's own rollover, replaced and not carried beside
 /// the new one (twice the credits). The same id as [`rollover_grant_id`]'s at a whole second.
 fn rollover_id_before_fractions(account_id: &str, period_end: Micros) -> String {
-    let whole_second = period_end - period_end.rem_euclid(1_000_000);
-    rollover_grant_id(account_id, whole_second)
+    let whole_second = period_end.checked_sub(period_end.rem_euclid(1_000_000));
+    rollover_grant_id(account_id, whole_second.unwrap_or(period_end))
 }
 
 #[cfg(test)]

@@ -2130,8 +2130,14 @@ fn make_out_dir(out: &Path) -> Result<MadeOut, GenerateError> {
     };
     match fs::create_dir(&made.spool) {
         Ok(()) => Ok(made),
-        // Another generate claimed the folder: nothing here is this run's.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(not_empty()),
+        // Another generate claimed the folder: nothing here is this run's, and it is still
+        // writing (not "stopped part way": removing the folder would remove its output).
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(GenerateError::OutputNotEmpty {
+                path: out.to_path_buf(),
+                stopped: false,
+            })
+        }
         Err(e) => {
             made.undo(out);
             Err(io_err(&made.spool)(e))

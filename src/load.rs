@@ -1801,7 +1801,11 @@ fn rows_in_footer(file: PositionalFile) -> Option<(u64, u64)> {
             .build();
         let reader = SerializedFileReader::new_with_options(file, options).ok()?;
         let metadata = reader.metadata();
-        Some((footer_rows(metadata), footer_id_bytes(metadata)))
+        let rows = footer_rows(metadata);
+        // At most two ids of 4 KiB a row (a longer one is rejected): a hostile footer's
+        // claim does not force a split, as its row count is checked when decoded.
+        let most = rows.saturating_mul(2 * (MAX_STRING_BYTES as u64 + 4));
+        Some((rows, footer_id_bytes(metadata).min(most)))
     };
     let was = DECODING.with(|d| d.replace(true));
     let rows = std::panic::catch_unwind(read).ok().flatten();

@@ -73,15 +73,17 @@ fn warn_of_plans_past_the_budget(settings: &RunSettings, census: &Census) {
     let per_row = row_costs(settings.mode).plan_row;
     let plan_bytes = plan_rows.saturating_mul(per_row);
     if plan_bytes > settings.memory_budget_bytes {
+        let tenths_of_mib = (plan_bytes.saturating_mul(10).saturating_add(1 << 19)) >> 20;
         tracing::warn!(
             plan_rows,
             plan_bytes,
             memory_budget_bytes = settings.memory_budget_bytes,
             "allocations and grants are {plan_rows} rows: at about {per_row} bytes each they \
-             alone take {} MiB, more than the memory budget, and the run holds them whatever \
-             its groups, so its peak will pass the budget; give the job more memory and a \
-             larger --memory-budget",
-            plan_bytes >> 20
+             alone take {}.{} MiB, more than the memory budget, and the run holds them \
+             whatever its groups, so its peak will pass the budget; give the job more memory \
+             and a larger --memory-budget",
+            tenths_of_mib / 10,
+            tenths_of_mib % 10
         );
     }
 }

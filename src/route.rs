@@ -914,8 +914,11 @@ pub fn groups_for(
     if one_group.saturating_add(ids_per_shard) <= for_rows {
         return 1;
     }
+    // A group of a split run also holds the next group's rows, read back meanwhile (the
+    // split cost per row is about twice the one-group cost): their ids too.
     let split = per_shard.saturating_mul(costs.split);
-    let groups = split.saturating_add(ids_per_shard).div_ceil(for_rows);
+    let split_ids = ids_per_shard.saturating_mul(SPLIT_ID_FACTOR);
+    let groups = split.saturating_add(split_ids).div_ceil(for_rows);
     groups.max(2).min(u64::from(max_groups(shards))) as u32
 }
 
@@ -929,6 +932,10 @@ pub const BENCH_ID_BYTES_PER_ROW: u64 = 40;
 /// 1-4 KiB, about 1.4 GB of them, peaked at 2.5-3.0 GiB in one group, reconcile and close;
 /// a memory audit of 2026-12-07, by hand).
 pub const ID_BYTE_COST: u64 = 2;
+
+/// How many times a split run's group holds ids past the bench data's, against a one-group
+/// run: its own and the next group's, read back meanwhile.
+pub const SPLIT_ID_FACTOR: u64 = 2;
 
 /// What ids longer than the bench data's add to a run's working memory: nothing for ids
 /// of their size or shorter (the per-row costs hold them), else the bytes past them at
@@ -1244,7 +1251,8 @@ mod tests {
         let (rows, ids) = (376_000, 1_400_000_000);
         assert_eq!(extra_id_cost(rows, ids), 2 * (ids - rows * 40));
         assert_eq!(groups_for(rows, 0, 0, R, 256 << 20, 1), 1);
-        assert_eq!(groups_for(rows, ids, 0, R, 256 << 20, 1), 11);
+        // (112.8 MB of rows at the split cost, 5.5 GB of ids: each group's and the next's.)
+        assert_eq!(groups_for(rows, ids, 0, R, 256 << 20, 1), 22);
         assert_eq!(groups_for(rows, ids, 0, R, 3 * GIB, 1), 1);
         // At the limit (the budget's last bytes taken by ids past the bench's) and one
         // id byte past it.
