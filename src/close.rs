@@ -65,23 +65,27 @@ pub struct RenewalRow {
 /// invoice id, and their invoice lines could not be told apart. Whole seconds, every
 /// anniversary of a whole-second anchor, read as they always did.
 pub fn compact_stamp(t: Micros) -> String {
-    let whole_second = |t: Micros| {
-        Utc.timestamp_micros(t)
-            .single()
-            .map(|d| d.format("%Y%m%dT%H%M%S").to_string())
-    };
-    let micros = t.rem_euclid(1_000_000);
-    let stamp = match micros {
-        0 => whole_second(t),
-        _ => (t.checked_sub(micros).and_then(whole_second)).map(|whole| {
+    match t.rem_euclid(1_000_000) {
+        0 => whole_second_stamp(t),
+        micros => {
+            let whole = whole_second_stamp(t);
             let fraction = format!("{micros:06}");
-            format!("{whole}.{}", fraction.trim_end_matches('0'))
-        }),
-    };
-    match stamp {
-        Some(stamp) => format!("{stamp}Z"),
-        None => t.to_string(),
+            format!(
+                "{}.{}Z",
+                whole.trim_end_matches('Z'),
+                fraction.trim_end_matches('0')
+            )
+        }
     }
+}
+
+/// [`compact_stamp`] of the second `t` falls in (its fraction dropped, as every stamp was
+/// before 2026-12-07; chrono's `%S` is the floor, before 1970 too).
+fn whole_second_stamp(t: Micros) -> String {
+    Utc.timestamp_micros(t)
+        .single()
+        .map(|d| d.format("%Y%m%dT%H%M%SZ").to_string())
+        .unwrap_or_else(|| t.to_string())
 }
 
 /// Deterministic invoice id from account and period.
@@ -377,8 +381,7 @@ fn is_own_rollover(row: &GrantRow, period_end: Micros) -> bool {
 /// of the same period is still that close's own rollover, replaced and not carried beside
 /// the new one (twice the credits). The same id as [`rollover_grant_id`]'s at a whole second.
 fn rollover_id_before_fractions(account_id: &str, period_end: Micros) -> String {
-    let whole_second = period_end.checked_sub(period_end.rem_euclid(1_000_000));
-    rollover_grant_id(account_id, whole_second.unwrap_or(period_end))
+    format!("rollover-{account_id}-{}", whole_second_stamp(period_end))
 }
 
 #[cfg(test)]

@@ -447,11 +447,9 @@ fn lock_holders(file: &std::fs::File) -> Vec<u32> {
     let (Ok(meta), Ok(locks)) = (file.metadata(), std::fs::read_to_string("/proc/locks")) else {
         return Vec::new();
     };
-    // The kernel lists a device as its major and minor number in hex (`fe:00`), which
-    // st_dev packs as glibc's gnu_dev_major / gnu_dev_minor unpack it.
+    // The kernel lists a device as its major and minor number in hex (`fe:00`).
     let dev = meta.dev();
-    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
-    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
     let key = format!("{major:02x}:{minor:02x}:{}", meta.ino());
     let mut pids: Vec<u32> = (locks.lines())
         .filter_map(|line| {

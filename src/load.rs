@@ -567,10 +567,15 @@ pub fn decoding_input() -> bool {
 /// exactly u64::MAX seconds and a carried 10^9 ns, as `--settle "18446744073709551615s
 /// 1000000000ns"`.)
 pub fn caught_quietly<T>(f: impl FnOnce() -> T) -> Option<T> {
+    quietly(f).ok()
+}
+
+/// Run `f` catching a panic, with the panic hook quiet ([`decoding_input`]) meanwhile.
+fn quietly<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
     let was = DECODING.with(|d| d.replace(true));
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     DECODING.with(|d| d.set(was));
-    outcome.ok()
+    outcome
 }
 
 /// Run `f`, turning a panic inside the Parquet/Arrow decoders (seen on corrupt footers)
@@ -582,10 +587,7 @@ fn guard_decoding<T>(file: &InputFile, f: impl FnOnce() -> Result<T>) -> Result<
 /// `guard_decoding` of the file named `name` (as its error names it), with `restore`
 /// saying what to do: also an earlier close's output, which no [`InputFile`] describes.
 pub fn guard_decoding_of<T>(name: &str, restore: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    let was = DECODING.with(|d| d.replace(true));
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    DECODING.with(|d| d.set(was));
-    outcome.unwrap_or_else(|payload| {
+    quietly(f).unwrap_or_else(|payload| {
         let why = payload
             .downcast_ref::<String>()
             .map(String::as_str)
@@ -794,18 +796,18 @@ fn with_read_hints(
             // (The library still wraps a Julian day past about +-292,000 years.)
             // A file's stored Arrow schema may say dictionary-encoded: read as the values
             // (the reader has no dictionary of INT96, and panicked on the file).
-            ColType::Timestamp if int96(index) => match field.data_type() {
-                DataType::Timestamp(_, tz) => {
-                    DataType::Timestamp(TimeUnit::Microsecond, tz.clone())
-                }
-                DataType::Dictionary(_, value) => match &**value {
+            ColType::Timestamp if int96(index) => {
+                let values = match field.data_type() {
+                    DataType::Dictionary(_, value) => &**value,
+                    plain => plain,
+                };
+                match values {
                     DataType::Timestamp(_, tz) => {
                         DataType::Timestamp(TimeUnit::Microsecond, tz.clone())
                     }
                     _ => continue,
-                },
-                _ => continue,
-            },
+                }
+            }
             // A dictionary of decimals (pyarrow's `dictionary_encode()` of a DECIMAL column
             // keeps the dictionary type in the file's Arrow schema): the reader has no
             // dictionary decoder for the fixed-length bytes a decimal is stored as, and
@@ -1807,10 +1809,7 @@ fn rows_in_footer(file: PositionalFile) -> Option<(u64, u64)> {
         let most = rows.saturating_mul(2 * (MAX_STRING_BYTES as u64 + 4));
         Some((rows, footer_id_bytes(metadata).min(most)))
     };
-    let was = DECODING.with(|d| d.replace(true));
-    let rows = std::panic::catch_unwind(read).ok().flatten();
-    DECODING.with(|d| d.set(was));
-    rows
+    caught_quietly(read).flatten()
 }
 
 /// Read every file with `specs` (files in parallel, row groups in parallel), calling

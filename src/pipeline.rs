@@ -48,19 +48,23 @@ fn warn_of_many_files(settings: &RunSettings, census: &Census) {
     let files = census.file_count(&[Dataset::Usage, Dataset::Debits]);
     let file_bytes = files.saturating_mul(BYTES_PER_FILE);
     if file_bytes > settings.memory_budget_bytes / 4 {
-        let tenths_of_mib = (file_bytes.saturating_mul(10) + (1 << 19)) >> 20;
         tracing::warn!(
             files,
             file_bytes,
             memory_budget_bytes = settings.memory_budget_bytes,
-            "usage and debits are {files} files: reading them takes about {}.{} MiB beyond \
+            "usage and debits are {files} files: reading them takes about {} MiB beyond \
              their rows (about 3 KiB a file), more than a quarter of the memory budget; \
              compact them into fewer, larger files (a day's rows a file) before the run, or \
              give the job more memory and a larger --memory-budget",
-            tenths_of_mib / 10,
-            tenths_of_mib % 10
+            mib_to_a_tenth(file_bytes)
         );
     }
+}
+
+/// `bytes` in MiB to a tenth, rounded (`1.1`), for a warning.
+fn mib_to_a_tenth(bytes: u64) -> String {
+    let tenths = (bytes.saturating_mul(10).saturating_add(1 << 19)) >> 20;
+    format!("{}.{}", tenths / 10, tenths % 10)
 }
 
 /// Warn when the plans (allocation and grant rows, held for the whole run whatever the
@@ -73,17 +77,15 @@ fn warn_of_plans_past_the_budget(settings: &RunSettings, census: &Census) {
     let per_row = row_costs(settings.mode).plan_row;
     let plan_bytes = plan_rows.saturating_mul(per_row);
     if plan_bytes > settings.memory_budget_bytes {
-        let tenths_of_mib = (plan_bytes.saturating_mul(10).saturating_add(1 << 19)) >> 20;
         tracing::warn!(
             plan_rows,
             plan_bytes,
             memory_budget_bytes = settings.memory_budget_bytes,
             "allocations and grants are {plan_rows} rows: at about {per_row} bytes each they \
-             alone take {}.{} MiB, more than the memory budget, and the run holds them \
+             alone take {} MiB, more than the memory budget, and the run holds them \
              whatever its groups, so its peak will pass the budget; give the job more memory \
              and a larger --memory-budget",
-            tenths_of_mib / 10,
-            tenths_of_mib % 10
+            mib_to_a_tenth(plan_bytes)
         );
     }
 }
