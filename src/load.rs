@@ -747,18 +747,30 @@ fn open_checked(
             Err(_) => indices.push(None),
         }
     }
-    Ok((with_read_hints(metadata, specs, &indices), indices))
+    let Some(metadata) = with_read_hints(metadata, specs, &indices) else {
+        return Err(TallyError::input(
+            &file.rel_path,
+            "the Parquet reader cannot read its INT96 timestamps as microseconds or its \
+             dictionary of decimals as values, and read otherwise they would be wrong \
+             (an INT96 instant outside 1677-2262 wraps); rewrite the file with plain \
+             timestamp and decimal columns"
+                .to_string(),
+        ));
+    };
+    Ok((metadata, indices))
 }
 
 /// Ask the reader for the `Label` columns as dictionaries (a dictionary-encoded column
 /// then decodes each distinct value once per row group, not once per row) and for plain
-/// `Str` columns as string views. A file whose hints the reader refuses is read as it is
-/// (all of them: slower, never wrong, as every reader of a column takes each form).
+/// `Str` columns as string views. A file whose hints the reader refuses is read without the
+/// speed hints (slower, never wrong, as every reader of a column takes each form) but with
+/// the needed ones (INT96 as microseconds, decimals' dictionaries as values); `None` when
+/// it refuses even those, and the file is refused rather than read wrong.
 fn with_read_hints(
     metadata: ArrowReaderMetadata,
     specs: &[ColSpec],
     indices: &[Option<usize>],
-) -> ArrowReaderMetadata {
+) -> Option<ArrowReaderMetadata> {
     let schema = metadata.schema().clone();
     let mut fields: Vec<arrow::datatypes::FieldRef> = schema.fields().iter().cloned().collect();
     // The hints a file is not read right without (INT96, dictionaries of decimals), apart
@@ -844,14 +856,16 @@ fn with_read_hints(
         .ok()
     };
     if !hinted {
-        return metadata;
+        return Some(metadata);
     }
     if let Some(hinted) = with_fields(fields) {
-        return hinted;
+        return Some(hinted);
     }
+    // Without the needed hints the file would be read wrong (an INT96 instant past 2262
+    // as another instant) or not at all: refused (`None`), not read as it is.
     match needed {
-        true => with_fields(needed_fields).unwrap_or(metadata),
-        false => metadata,
+        true => with_fields(needed_fields),
+        false => Some(metadata),
     }
 }
 
