@@ -505,22 +505,22 @@ fn check_bounds(opts: &GenerateOptions) -> Result<(), GenerateError> {
     let rate = opts.discrepancy_rate;
     if !(0.0..=1.0).contains(&rate) {
         return Err(GenerateError::InvalidOptions(format!(
-            "discrepancy_rate must be within 0.0..=1.0, got {rate}"
+            "--discrepancy-rate must be within 0.0..=1.0, got {rate}"
         )));
     }
     if opts.accounts == 0 {
         return Err(GenerateError::InvalidOptions(
-            "accounts must be at least 1".into(),
+            "--accounts must be at least 1".into(),
         ));
     }
     if opts.accounts > MAX_ACCOUNTS {
         return Err(GenerateError::InvalidOptions(format!(
-            "accounts must be at most {MAX_ACCOUNTS}"
+            "--accounts must be at most {MAX_ACCOUNTS}"
         )));
     }
     if opts.events >= 1 << 56 {
         return Err(GenerateError::InvalidOptions(
-            "events must be below 2^56".into(),
+            "--events must be below 2^56".into(),
         ));
     }
     Ok(())
@@ -534,7 +534,7 @@ impl Layout {
         if rate > 0.0 {
             if opts.accounts < 2 {
                 return Err(GenerateError::InvalidOptions(
-                    "discrepancy_rate > 0 needs at least 2 accounts (over-limit usage is \
+                    "--discrepancy-rate above 0 needs at least 2 --accounts (over-limit usage is \
                      injected on dedicated accounts)"
                         .into(),
                 ));
@@ -552,7 +552,7 @@ impl Layout {
             + counts[kind_index(Kind::OverLimitUsage)];
         if event_injected > opts.events {
             return Err(GenerateError::InvalidOptions(format!(
-                "{} events are too few for discrepancy_rate {rate}: every kind is injected at \
+                "{} events are too few for --discrepancy-rate {rate}: every kind is injected at \
                  least once and {event_injected} events carry one",
                 opts.events
             )));
@@ -570,9 +570,9 @@ impl Layout {
         // aborted the process.
         if n_ol > 0 && c_ol.div_ceil(n_ol) > MAX_OVER_PER_ACCOUNT {
             return Err(GenerateError::InvalidOptions(format!(
-                "{} accounts are too few for {} events at discrepancy_rate {rate}: their {c_ol} \
+                "{} accounts are too few for {} events at --discrepancy-rate {rate}: their {c_ol} \
                  over-limit events go to at most half the accounts, more than {} each; give \
-                 at least {} accounts",
+                 at least --accounts {}",
                 opts.accounts,
                 opts.events,
                 MAX_OVER_PER_ACCOUNT,
@@ -2999,10 +2999,10 @@ mod tests {
         assert_eq!(check(1, 1, 0.0), Ok(()));
         assert_eq!(check(most_accounts, most_events, 1.0), Ok(()));
         let refused = |e: Result<(), String>| e.unwrap_err();
-        assert!(refused(check(0, 1, 0.0)).ends_with("accounts must be at least 1"));
+        assert!(refused(check(0, 1, 0.0)).ends_with("--accounts must be at least 1"));
         assert!(refused(check(most_accounts + 1, 1, 0.0))
-            .ends_with("accounts must be at most 100000000"));
-        assert!(refused(check(1, most_events + 1, 0.0)).ends_with("events must be below 2^56"));
+            .ends_with("--accounts must be at most 100000000"));
+        assert!(refused(check(1, most_events + 1, 0.0)).ends_with("--events must be below 2^56"));
         // Two accounts cannot take 2^56 - 1 events at rate 1: the over-limit account would
         // hold 8 % of them in memory (the allocation aborted the process). The accounts the
         // refusal asks for are enough, and one fewer is not.
@@ -3017,13 +3017,13 @@ mod tests {
             "{few}"
         );
         let few = refused(layout(2, 10_000_000_000));
-        let (_, enough) = few.rsplit_once("give at least ").unwrap();
-        let enough: u64 = enough.trim_end_matches(" accounts").parse().unwrap();
+        let (_, enough) = few.rsplit_once("give at least --accounts ").unwrap();
+        let enough: u64 = enough.parse().unwrap();
         assert_eq!(layout(enough, 10_000_000_000), Ok(()));
         assert!(refused(layout(enough - 1, 10_000_000_000)).contains("are too few for"));
         assert_eq!(layout(1000, 1_000_000), Ok(()));
         assert!(refused(check(1, 1, 1.000_000_1))
-            .ends_with("discrepancy_rate must be within 0.0..=1.0, got 1.0000001"));
+            .ends_with("--discrepancy-rate must be within 0.0..=1.0, got 1.0000001"));
         assert!(refused(check(1, 1, -0.000_000_1)).contains("within 0.0..=1.0"));
     }
 

@@ -164,6 +164,21 @@ fn generate_exit_codes_are_the_documented_ones() {
         "{}",
         stderr(&out)
     );
+    // An option out of range is configuration (2), named by the flag the user typed.
+    let fresh = tmp.path().join("fresh");
+    let out = tally(&[
+        "generate",
+        "--out",
+        fresh.to_str().unwrap(),
+        "--discrepancy-rate",
+        "2",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert_eq!(
+        stderr(&out),
+        "tally: generate: invalid options: --discrepancy-rate must be within 0.0..=1.0, got 2\n"
+    );
+    assert!(!fresh.exists(), "nothing written for invalid options");
 }
 
 /// One `discrepancies.csv` cell against its Parquet value, by the rendering the README
