@@ -70,7 +70,7 @@ impl TallyError {
     /// failed: exit 4 whatever the cause (disk full, permissions of the output root or
     /// of `$TMPDIR`), never the exit 2 of an unreadable input.
     pub fn write(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
-        let hint = write_hint(source.kind(), is_spill(path.as_ref()));
+        let hint = write_hint(source.kind(), Disk::of(path.as_ref()));
         TallyError::output_with(path, source, hint)
     }
 
@@ -96,7 +96,7 @@ impl TallyError {
                 "; it is the temporary folder ($TMPDIR) a split or sharded run spills to: make \
                  it writable for the user running tally, or point TMPDIR at a folder that is"
             }
-            kind => write_hint(kind, true),
+            kind => write_hint(kind, Disk::Spill),
         };
         TallyError::output_with(path, source, hint)
     }
@@ -149,8 +149,8 @@ impl TallyError {
     pub fn output(file: impl Into<String>, message: impl ToString) -> Self {
         let message = without_library_prefixes(&message.to_string());
         let file = file.into();
-        let spill = is_spill(std::path::Path::new(&file));
-        let hint = os_error_in(&message).map_or("", |kind| write_hint(kind, spill));
+        let disk = Disk::of(std::path::Path::new(&file));
+        let hint = os_error_in(&message).map_or("", |kind| write_hint(kind, disk));
         TallyError::Output {
             file,
             message: format!("{message}{hint}"),
@@ -268,20 +268,42 @@ pub(crate) fn without_library_prefixes(text: &str) -> String {
     }
 }
 
-/// Whether `path` is in a split run's spill folder (`$TMPDIR/tally-spill-*`), not an
-/// output (which may be named anything, `tally-spill-` too).
-fn is_spill(path: &std::path::Path) -> bool {
-    let under_tmp = path.strip_prefix(crate::spill::temp_dir()).ok();
-    let first = under_tmp.and_then(|rest| rest.components().next());
-    first.is_some_and(|c| {
-        (c.as_os_str().to_str()).is_some_and(|name| name.starts_with(crate::spill::SPILL_PREFIX))
-    })
+/// Whose disk a file that cannot be written is on: what a full disk's hint tells the
+/// operator to free or move.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Disk {
+    /// An output, or an output folder's lock: `--out`'s.
+    Output,
+    /// A split run's spill folder (`$TMPDIR/tally-spill-*`): the temporary folder's.
+    Spill,
+    /// A history folder's lock ([`crate::HISTORY_LOCK`]): the history folder's.
+    History,
+}
+
+impl Disk {
+    /// The disk of `path`: the spill's only directly under `$TMPDIR` (an output may be
+    /// named anything, `tally-spill-` too).
+    fn of(path: &std::path::Path) -> Disk {
+        let under_tmp = path.strip_prefix(crate::spill::temp_dir()).ok();
+        let first = under_tmp.and_then(|rest| rest.components().next());
+        let spill = first.is_some_and(|c| {
+            (c.as_os_str().to_str())
+                .is_some_and(|name| name.starts_with(crate::spill::SPILL_PREFIX))
+        });
+        match spill {
+            true => Disk::Spill,
+            false if path.file_name() == Some(std::ffi::OsStr::new(crate::HISTORY_LOCK)) => {
+                Disk::History
+            }
+            false => Disk::Output,
+        }
+    }
 }
 
 /// What to do about an output, lock or scratch file that cannot be written (appended to
-/// the operating system's message); `spill` when it is in the temporary folder (a full
-/// disk there is not the output's).
-fn write_hint(kind: std::io::ErrorKind, spill: bool) -> &'static str {
+/// the operating system's message), by the disk it is on (a full disk in the temporary
+/// folder is not the output's).
+fn write_hint(kind: std::io::ErrorKind, disk: Disk) -> &'static str {
     use std::io::ErrorKind;
     match kind {
         ErrorKind::PermissionDenied | ErrorKind::ReadOnlyFilesystem => {
@@ -293,10 +315,15 @@ fn write_hint(kind: std::io::ErrorKind, spill: bool) -> &'static str {
             "; a part of the path is a file, not a folder: choose another output path or move \
              the file"
         }
-        ErrorKind::StorageFull | ErrorKind::QuotaExceeded if spill => {
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded if disk == Disk::Spill => {
             "; it is the spill of a split run under the temporary folder ($TMPDIR), about 50 \
              bytes a usage or ledger row: free space there or point TMPDIR at a larger disk; if \
              `df -h` shows space, the file system is out of inodes (`df -i`)"
+        }
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded if disk == Disk::History => {
+            "; it is the lock of the close's history folder (--history), which holds the \
+             closes' outputs: free space on its disk; if `df -h` shows space, the file system \
+             is out of inodes (`df -i`)"
         }
         ErrorKind::StorageFull | ErrorKind::QuotaExceeded => {
             "; free space on the output's disk (a run writes its outputs beside the ones it \
@@ -374,6 +401,19 @@ mod tests {
                 .to_string()
                 .contains("; free space on the output's disk"),
             "{named_like_one}"
+        );
+        // A history folder's lock names the history folder, not an --out to move.
+        let history_lock = TallyError::write(
+            format!("/srv/closes/{}", crate::HISTORY_LOCK),
+            std::io::Error::from_raw_os_error(28),
+        );
+        assert!(
+            history_lock.to_string().ends_with(
+                "; it is the lock of the close's history folder (--history), which holds the \
+                 closes' outputs: free space on its disk; if `df -h` shows space, the file \
+                 system is out of inodes (`df -i`)"
+            ),
+            "{history_lock}"
         );
         assert!(
             spill.to_string().ends_with(

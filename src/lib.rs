@@ -468,6 +468,9 @@ fn lock_holders(file: &std::fs::File) -> Vec<u32> {
     pids
 }
 
+/// The file name of a history folder's lock ([`lock_history`]).
+pub(crate) const HISTORY_LOCK: &str = ".tally-history.lock";
+
 /// The lock of a history folder, `DIR/.tally-history.lock` (hidden: a history never reads
 /// it as a close; not ending in `.tally-lock`, so that no output folder's lock, `.NAME.tally-lock`,
 /// can be the same file). A close reads the closes before it, so a close that starts while another
@@ -477,7 +480,7 @@ fn lock_holders(file: &std::fs::File) -> Vec<u32> {
 /// share it (`shared`), and keep closes on one machine out while they run.
 pub(crate) fn lock_history(dir: &Path, shared: bool) -> Result<OutputLock> {
     std::fs::create_dir_all(dir).map_err(|e| TallyError::write(dir, e))?;
-    take_lock(&dir.join(".tally-history.lock"), shared, || {
+    take_lock(&dir.join(HISTORY_LOCK), shared, || {
         format!(
             "another tally close is running under the history folder {} right now (closes of \
              one history run one at a time, each reading the closes before it); wait for it \
