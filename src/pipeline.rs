@@ -20,7 +20,7 @@ use crate::time::Micros;
 use crate::window;
 use crate::{validate, Progress};
 use rayon::prelude::*;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -146,15 +146,18 @@ const OVERSIZED_GROUP_FACTOR: u64 = 2;
 /// Warn when a group of a split run holds far more rows than the budget plans for one:
 /// its accounts hold a large share of the month (an account's rows are never split), so
 /// the run's peak will pass the budget. An on-call engineer reading a memory kill in the
-/// log should find why, and the fix (a larger budget), before it happens.
+/// log should find why, and the fix (a larger budget), before it happens. Returns the
+/// group when it is its accounts' size (not too few groups) that makes it large: the
+/// group then names its largest account when it runs ([`warn_of_the_largest_account`]).
 fn warn_of_an_oversized_group(
     settings: &RunSettings,
     fit_rows: u64,
     layout: &Layout,
     usage: &crate::route::GroupCounts,
     debits: &crate::route::GroupCounts,
-) {
+) -> Option<usize> {
     let oversized = crate::route::oversized_group(usage, debits, fit_rows, OVERSIZED_GROUP_FACTOR);
+    let mut skewed = None;
     if let Some((group, rows)) = oversized {
         let tenths = rows.saturating_mul(10) / fit_rows;
         // Groups near their average are too few for the budget (forced by --groups, or at
@@ -163,6 +166,7 @@ fn warn_of_an_oversized_group(
         let average = all_rows / u64::from(layout.groups.max(1));
         let why = match rows > average.saturating_mul(OVERSIZED_GROUP_FACTOR) {
             true => {
+                skewed = Some(group);
                 "its accounts hold a large share of the month, and an account's rows are never \
                  split over groups"
             }
@@ -183,6 +187,39 @@ fn warn_of_an_oversized_group(
             tenths % 10,
         );
     }
+    skewed
+}
+
+/// Name the account with the most usage and ledger rows of a group that the light pass
+/// found far past the budget by its accounts' size: the account whose month the operator
+/// asks about (its product's traffic, a runaway client) before giving the job more memory.
+/// Counted only for that group, from the rows it holds.
+fn warn_of_the_largest_account(group: usize, (usage, debits): (&[Usage], &[Debit]), dicts: &Dicts) {
+    let mut rows_by_account: HashMap<u32, u64> = HashMap::new();
+    let accounts = (usage.iter().map(|u| u.account)).chain(debits.iter().map(|d| d.account));
+    for account in accounts {
+        *rows_by_account.entry(account).or_default() += 1;
+    }
+    // The most rows; of equal counts the least account id, so the line is the same every
+    // run.
+    let largest = (rows_by_account.into_iter()).max_by(|&(a, a_rows), &(b, b_rows)| {
+        (a_rows.cmp(&b_rows)).then_with(|| dicts.account(b).cmp(dicts.account(a)))
+    });
+    let Some((account, rows)) = largest else {
+        return;
+    };
+    let group_rows = (usage.len() + debits.len()) as u64;
+    let account_text: &str = dicts.account(account).as_ref();
+    let account_id = quoted(&crate::error::controls_escaped(account_text));
+    tracing::warn!(
+        group = group + 1,
+        account = account_text,
+        rows,
+        group_rows,
+        "group {}'s largest account is {account_id}, with {rows} of its {group_rows} usage and \
+         ledger rows",
+        group + 1,
+    );
 }
 
 /// Warn when the rows whose group an id join decides (an entry charging another account's
@@ -495,7 +532,8 @@ fn compute_split(
         row_costs(settings.mode),
         settings.memory_budget_bytes,
     );
-    warn_of_an_oversized_group(settings, fit_rows, layout, &usage_counts, &debit_counts);
+    let skewed_group =
+        warn_of_an_oversized_group(settings, fit_rows, layout, &usage_counts, &debit_counts);
 
     let spill_dir = Arc::new(spill::spill_dir()?);
     partial.scratch = Some(spill_dir.clone());
@@ -545,7 +583,8 @@ fn compute_split(
         partial,
     );
     let rates = RateTable::new(context.book, &dicts).naming_files(&files[0]);
-    let run = RunState::new(&context, &dicts, &rates, &billed, partitions);
+    let mut run = RunState::new(&context, &dicts, &rates, &billed, partitions);
+    run.skewed_group = skewed_group;
     process_spilled_groups(&run, spilled, partial, progress)
 }
 
@@ -878,6 +917,9 @@ struct RunState<'a> {
     billed: &'a HashSet<String, crate::validate::FastHash>,
     /// The partition of every account code (empty for a run in one group).
     partitions: Vec<u32>,
+    /// The group the light pass found far past the budget by its accounts' size, which
+    /// names its largest account when it runs.
+    skewed_group: Option<usize>,
 }
 
 impl<'a> RunState<'a> {
@@ -901,6 +943,7 @@ impl<'a> RunState<'a> {
             },
             billed,
             partitions,
+            skewed_group: None,
         }
     }
 
@@ -930,6 +973,9 @@ impl<'a> RunState<'a> {
             tracing::info!(group = group + 1, groups = layout.groups, "group");
         }
         let rows_in = (rows.usage.len() + rows.debits.len()) as u64;
+        if self.skewed_group == Some(group) {
+            warn_of_the_largest_account(group, (&rows.usage, &rows.debits), self.dicts);
+        }
         let GroupRows {
             mut usage,
             usage_ids,

@@ -1566,13 +1566,22 @@ fn a_group_far_past_the_budget_is_warned_of() {
         let out = command.output().unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
         let log = stderr(&out);
-        // The group warning, and no other warns.
+        // The group warning (and, for a group of large accounts, its largest account when
+        // it runs), and no other warns.
         let warnings: Vec<serde_json::Value> = log
             .lines()
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
             .filter(|v| v["level"] == "WARN")
             .collect();
-        assert_eq!(warnings.len(), usize::from(why.is_some()), "{log}");
+        let expected = match why {
+            Some(why) if why == skew => 2,
+            Some(_) => 1,
+            None => 0,
+        };
+        assert_eq!(warnings.len(), expected, "{log}");
+        if why == Some(skew) {
+            the_largest_account_is_named(&data, &warnings[0]["fields"], &warnings[1]["fields"]);
+        }
         let warning = warnings.first().cloned();
         assert_eq!(
             warning.is_some(),
@@ -1602,6 +1611,48 @@ fn a_group_far_past_the_budget_is_warned_of() {
             );
         }
     }
+}
+
+/// The second warning of a group of large accounts: the account with the most usage and
+/// ledger rows in the data (counted here from the files), its rows and the group's.
+fn the_largest_account_is_named(
+    data: &Path,
+    group_warning: &serde_json::Value,
+    fields: &serde_json::Value,
+) {
+    use arrow::array::AsArray;
+    let mut rows_by_account = std::collections::BTreeMap::<String, u64>::new();
+    for dataset in ["usage", "debits"] {
+        for file in walk_parquet(&data.join(dataset)) {
+            let batch = read_parquet(&file);
+            let accounts = batch.column_by_name("account_id").unwrap();
+            let accounts =
+                arrow::compute::cast(accounts, &arrow::datatypes::DataType::Utf8).unwrap();
+            for account in accounts.as_string::<i32>().iter().flatten() {
+                *rows_by_account.entry(account.to_string()).or_default() += 1;
+            }
+        }
+    }
+    let (largest, most) = (rows_by_account.iter())
+        .max_by_key(|(_, rows)| **rows)
+        .unwrap();
+    assert_eq!(fields["group"], group_warning["group"]);
+    assert_eq!(fields["account"], largest.as_str());
+    let (rows, group_rows) = (
+        fields["rows"].as_u64().unwrap(),
+        fields["group_rows"].as_u64().unwrap(),
+    );
+    // Its valid rows (the rejected ones are not the group's).
+    assert!(rows <= *most && rows * 10 > *most * 9, "{rows} of {most}");
+    assert!(group_rows >= rows);
+    assert_eq!(
+        fields["message"].as_str().unwrap(),
+        format!(
+            "group {}'s largest account is \"{largest}\", with {rows} of its {group_rows} usage \
+             and ledger rows",
+            fields["group"]
+        )
+    );
 }
 
 /// More usage files than a run keeps footers of from its start-of-run check
