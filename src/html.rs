@@ -28,8 +28,9 @@ pub fn esc(text: &str) -> String {
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#39;"),
             // Shown as `\u{..}`: as a character (or a reference to one) it would reorder
-            // or hide the text around it, and an id could pass for another.
-            c if crate::error::hides_or_reorders_text(c) => out.extend(c.escape_unicode()),
+            // or hide the text around it, and an id could pass for another; a control
+            // character (a tab, a newline, a NUL) would show as a space or as nothing.
+            c if crate::error::escaped_when_shown(c) => out.extend(c.escape_unicode()),
             c => out.push(c),
         }
     }
@@ -87,14 +88,14 @@ table { border-collapse: collapse; margin: 8px 0; }
 th, td { padding: 4px 10px; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
 thead th { background: var(--band); font-weight: 600; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-td.id { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace; font-size: 12.5px; overflow-wrap: anywhere; max-width: 34em; }
+td.id { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace; font-size: 12.5px; overflow-wrap: anywhere; max-width: 34em; white-space: pre-wrap; }
 table.figures th { font-weight: normal; color: var(--muted); }
 .status { display: inline-block; padding: 2px 10px; border-radius: 10px; font-weight: 600; color: #fff; }
 .status.ok { background: var(--ok); }
 .status.broken { background: var(--warn); }
 .grid { display: flex; flex-wrap: wrap; gap: 24px 48px; align-items: flex-start; }
 svg.chart { display: block; max-width: 100%; height: auto; margin: 8px 0; }
-svg.chart text { font: 12px system-ui, -apple-system, "Segoe UI", Roboto, Arial, sans-serif; fill: var(--ink); }
+svg.chart text { font: 12px system-ui, -apple-system, "Segoe UI", Roboto, Arial, sans-serif; fill: var(--ink); white-space: pre; }
 svg.chart .bar { fill: var(--bar); }
 svg.chart a:hover .bar { fill: #23508e; }
 svg.chart .axis { stroke: var(--line); }
@@ -885,6 +886,9 @@ mod tests {
             esc("acct-\u{202e}cba\u{feff}"),
             "acct-\\u{202e}cba\\u{feff}"
         );
+        // Controls too: `acct\t1` and `acct 1` (or `acct1` and `acct1` with a NUL) would
+        // show alike.
+        assert_eq!(esc("acct\t1\u{0}\n"), "acct\\u{9}1\\u{0}\\u{a}");
     }
 
     #[test]
