@@ -9,6 +9,7 @@ use crate::price::Exact;
 use crate::pricebook::{Overage, Plan, PriceBook};
 use crate::time::{next_anniversary, Micros};
 use chrono::{TimeZone, Utc};
+use sha2::Digest as _;
 use std::collections::BTreeMap;
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -93,9 +94,19 @@ pub fn invoice_id(account_id: &str, period_start: Micros) -> String {
     format!("INV-{account_id}-{}", compact_stamp(period_start))
 }
 
-/// Deterministic id of the rollover grant created when a period renews.
+/// Deterministic id of the rollover grant created when a period renews:
+/// `rollover-{account_id}-{stamp}`. Where that would pass the input limit on strings
+/// ([`crate::load::MAX_STRING_BYTES`], an account id of 4071 bytes or more), the account id
+/// is written as its sha256 (`rollover-sha256:{64 hex}-{stamp}`): `grants_next` is next
+/// period's grants input, and a longer id there is `bad_value`, its credits lost.
 pub fn rollover_grant_id(account_id: &str, next_period_start: Micros) -> String {
-    format!("rollover-{account_id}-{}", compact_stamp(next_period_start))
+    let stamp = compact_stamp(next_period_start);
+    let id = format!("rollover-{account_id}-{stamp}");
+    if id.len() <= crate::load::MAX_STRING_BYTES {
+        return id;
+    }
+    let digest = sha2::Sha256::digest(account_id.as_bytes());
+    format!("rollover-sha256:{}-{stamp}", hex::encode(digest))
 }
 
 /// overage_amount_minor = round half-even(overage × price_per_credit × 10^exponent); 0 for block.
@@ -387,6 +398,31 @@ fn rollover_id_before_fractions(account_id: &str, period_end: Micros) -> String 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A rollover id is as long as an input's strings may be at an account id of 4070
+    /// bytes (whole-second stamp); one byte more and the account id is written as its
+    /// sha256, within the limit, and still one id per account and period.
+    #[test]
+    fn rollover_ids_stay_within_the_input_limit() {
+        let start = crate::time::parse_instant("2026-12-01T00:00:00Z").unwrap();
+        let at_limit = "a".repeat(4070);
+        let id = rollover_grant_id(&at_limit, start);
+        assert_eq!(id, format!("rollover-{at_limit}-20261201T000000Z"));
+        assert_eq!(id.len(), crate::load::MAX_STRING_BYTES);
+        let past = "a".repeat(4071);
+        let hashed = rollover_grant_id(&past, start);
+        assert_eq!(
+            hashed,
+            format!(
+                "rollover-sha256:{}-20261201T000000Z",
+                hex::encode(sha2::Sha256::digest(past.as_bytes()))
+            )
+        );
+        assert!(hashed.len() < 100);
+        let longest = "b".repeat(crate::load::MAX_STRING_BYTES);
+        assert_ne!(rollover_grant_id(&longest, start), hashed);
+        assert_ne!(rollover_grant_id(&past, start + 1), hashed);
+    }
 
     /// A one-plan price book in `currency` with overage at `price_per_credit`.
     fn overage_book(currency: &str, price_per_credit: &str) -> PriceBook {

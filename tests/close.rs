@@ -1596,3 +1596,70 @@ fn an_earlier_close_that_cannot_be_read_as_written_is_exit_2_never_skipped_nor_a
         odd.display()
     ));
 }
+
+/// Accounts whose ids are near the input limit on strings (4096 bytes) renew into
+/// grants_next with rollover grant ids within it (one past 4070 bytes, the account id is
+/// written as its sha256), so that the next period, reading grants_next as its grants,
+/// takes every rollover: no grant rejected, each account's 100 credits rolled over.
+#[test]
+fn rollovers_of_the_longest_account_ids_are_read_back_next_period() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::copy(
+        repo().join("fixtures/pricebook.toml"),
+        root.join("pricebook.toml"),
+    )
+    .unwrap();
+    let accounts: Vec<String> = [4070, 4071, 4096]
+        .iter()
+        .map(|&len| format!("{len}-{}", "a".repeat(len - 5)))
+        .collect();
+    let names: Vec<&str> = accounts.iter().map(String::as_str).collect();
+    write_november_allocations(&root, &names, "pro", Milli::from_units(200));
+    write_usage(&root.join("usage/part-0.parquet"), &[]);
+    write_debits(&root.join("debits/part-0.parquet"), &[]);
+    let november = tmp.path().join("nov");
+    run_command_ok("close", &root, "2026-12-01T00:00:00Z", &november);
+    let grants = read_parquet(&november.join("grants_next.parquet"));
+    let ids = grants
+        .column_by_name("grant_id")
+        .unwrap()
+        .as_string::<i32>();
+    let lengths: Vec<usize> = ids.iter().map(|id| id.unwrap().len()).collect();
+    assert_eq!(lengths.len(), 3);
+    assert!(lengths.contains(&4096), "{lengths:?}");
+    assert!(lengths.iter().all(|&len| len <= 4096), "{lengths:?}");
+
+    // One AI twin each in December (48 credits), drawn from the rollover first (priority 0).
+    let next = tmp.path().join("next");
+    let events: Vec<String> = (0..3).map(|i| format!("dec-{i}")).collect();
+    let usage: Vec<_> = (names.iter().zip(&events))
+        .map(|(account, event)| {
+            let row = (
+                event.as_str(),
+                *account,
+                "ai_twin_creation",
+                1,
+                "2026-12-05T10:00:00Z",
+            );
+            row
+        })
+        .collect();
+    next_root(&root, &november, &next, &usage, &[]);
+    let december = tmp.path().join("dec");
+    let out = run_command_ok("close", &next, "2027-01-01T00:00:00Z", &december);
+    assert!(!stderr(&out).contains("bad_value"), "{}", stderr(&out));
+    assert_eq!(table_rows(&december.join("rejects.parquet")), 0);
+    let invoices = read_parquet(&december.join("invoices.parquet"));
+    let rolled = render(&december.join("invoices.parquet"), &[]);
+    assert_eq!(invoices.num_rows(), 3, "{rolled}");
+    let from_rollover = invoices
+        .column_by_name("credits_from_rollover")
+        .unwrap()
+        .as_primitive::<arrow::datatypes::Decimal128Type>();
+    assert!(
+        from_rollover.iter().all(|credits| credits == Some(48_000)),
+        "{rolled}"
+    );
+}

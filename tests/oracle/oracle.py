@@ -12,6 +12,7 @@ are integer microseconds since the epoch (UTC). Nothing here imports tally code.
 `history`/`own_out` model `tally close --history DIR --out OUT` (README: Late events).
 """
 import calendar
+import hashlib
 import datetime as dt
 import json
 import math
@@ -729,6 +730,10 @@ def _close_tables(currency, periods, grants, left, window, unattached):
         # an input grant that is this very rollover (same id, kind rollover, effective at
         # period_end: a close's own grants_next fed back) is not copied but worked out again.
         rollover_id = f"rollover-{account}-{stamp(end)}"
+        if len(rollover_id.encode()) > 4096:
+            # README: past the input limit on strings, the account id as its sha256.
+            digest = hashlib.sha256(account.encode()).hexdigest()
+            rollover_id = f"rollover-sha256:{digest}-{stamp(end)}"
         for g in grants:
             if g["account_id"] != account or (g["grant_id"] == rollover_id and g["kind"] ==
                                               "rollover" and g["effective_at"] == end):
