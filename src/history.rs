@@ -239,18 +239,31 @@ fn of_another_type(path: &Path, name: &str, found: &arrow::datatypes::DataType) 
 
 /// Refuse a close whose output folder is not directly inside its history folder: the next
 /// close, reading that history, would not see this one and would close its periods again.
-/// Paths are compared after making them absolute and folding `.` and `..` (without
-/// following symbolic links: neither folder need exist yet).
+/// Paths are compared where the kernel takes them ([`crate::placed`], [`crate::resolved`]:
+/// made absolute, links followed as far as they exist, `.` and `..` folded after them;
+/// neither folder need exist yet), since that is where the close publishes and where the
+/// next close reads: folded as text, `link/../closes/x` passed for `closes/x` and was
+/// published beside the link's target, outside the history.
 pub fn check_layout(dir: &Path, out: &Path) -> Result<()> {
     refuse_an_output_folder_as_history(dir)?;
-    let (dir_abs, out_abs) = (crate::normalised(dir), crate::normalised(out));
-    if out_abs.parent() == Some(dir_abs.as_path()) {
+    let (dir_real, out_real) = (crate::resolved(dir), crate::placed(out));
+    if out_real.parent() == Some(dir_real.as_path()) {
         return Ok(());
     }
+    // Through a link, the text does not show where the folders are: say it.
+    let written = (crate::normalised(dir), crate::normalised(out));
+    let through_links = match written != (dir_real.clone(), out_real.clone()) {
+        true => format!(
+            " (with their links followed, the output folder is {} and the history folder {})",
+            out_real.display(),
+            dir_real.display()
+        ),
+        false => String::new(),
+    };
     Err(TallyError::config(
         dir.display().to_string(),
         format!(
-            "the close's output folder {} is not directly inside this history folder, so the next close would not read it and would close its periods again: write closes to {}/<name>",
+            "the close's output folder {} is not directly inside this history folder{through_links}, so the next close would not read it and would close its periods again: write closes to {}/<name>",
             out.display(),
             dir.display()
         ),
@@ -360,8 +373,9 @@ pub fn refuse_a_second_close(
     out: &Path,
     as_of: Micros,
 ) -> Result<()> {
-    // `.` and `..` folded (`closes/x/../2026-12-01` is `closes/2026-12-01`, `x` or not).
-    let manifest = crate::normalised(out).join("manifest.json");
+    // Where the kernel takes it (`closes/x/../2026-12-01` is `closes/2026-12-01` when `x`
+    // is a folder or not there; through a link, where the link goes).
+    let manifest = crate::placed(out).join("manifest.json");
     let rerun = manifest.is_file()
         && close_as_of(&read_manifest(&manifest)?.0, &manifest)?.is_some_and(|made| made == as_of);
     if rerun {
@@ -421,7 +435,7 @@ fn unreadable_manifest(path: &Path, e: serde_json::Error) -> TallyError {
 /// publishes the folder again). Closes hold the history's lock, so no other close can be
 /// between its two renames here.
 pub fn refuse_a_stranded_close(dir: &Path, out: &Path) -> Result<()> {
-    let own = crate::normalised(out);
+    let own = crate::placed(out);
     let stranded = crate::write::stranded_previous_outputs(dir);
     let Some((old, target)) = stranded.iter().find(|(old, target)| {
         let name = target.file_name().map(|n| n.to_string_lossy().into_owned());
@@ -495,7 +509,7 @@ pub fn closes_under(dir: &Path, exclude: Option<&Path>) -> Result<Vec<EarlierClo
         .collect();
     folders.sort();
     // An excluded folder that does not exist yet (a first run) excludes nothing.
-    let exclude = exclude.and_then(|out| crate::normalised(out).canonicalize().ok());
+    let exclude = exclude.and_then(|out| crate::placed(out).canonicalize().ok());
     for folder in folders {
         if exclude.is_some() && folder.canonicalize().ok() == exclude {
             continue;

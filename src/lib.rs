@@ -517,10 +517,28 @@ pub(crate) fn normalised(path: &Path) -> PathBuf {
     out
 }
 
+/// Where the kernel puts an output folder `out`: its folder [`resolved`] (a `..` after a
+/// link goes up from where the link points, as every write of the run goes), its own name
+/// as written. A close's checks of its place in its history compare this, not the lexical
+/// [`normalised`] path, which a link followed by `..` would put elsewhere.
+pub(crate) fn placed(out: &Path) -> PathBuf {
+    match (out.parent(), out.file_name()) {
+        (Some(parent), Some(name)) => {
+            let parent = match parent.as_os_str().is_empty() {
+                true => Path::new("."),
+                false => parent,
+            };
+            resolved(parent).join(name)
+        }
+        // Ends in `..` (or is `/`): the folder it names, resolved.
+        _ => resolved(out),
+    }
+}
+
 /// `path` with its links resolved as the kernel resolves them, as far as it exists: its
 /// longest existing prefix made canonical (which follows a link before a `..` after it),
 /// the parts not there yet (a run's output before its first publish) folded lexically.
-fn resolved(path: &Path) -> PathBuf {
+pub(crate) fn resolved(path: &Path) -> PathBuf {
     let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
     let parts: Vec<_> = absolute.components().collect();
     for kept in (1..=parts.len()).rev() {

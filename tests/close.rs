@@ -1663,3 +1663,56 @@ fn rollovers_of_the_longest_account_ids_are_read_back_next_period() {
         "{rolled}"
     );
 }
+
+/// A close's place in its history is judged where the kernel takes the paths, as its
+/// writes and the next close's reads go: `link/../closes/x`, with `link` pointing into
+/// another folder, publishes beside the link's target, outside `closes/`, and is refused
+/// (folded as text it passed, and the next close into `closes/` invoiced the month again);
+/// a history given as `link/../closes2` that is the output's folder is accepted, and its
+/// rerun is a no-op.
+#[test]
+fn a_close_through_a_link_is_judged_where_the_link_goes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = first_data(tmp.path());
+    let base = tmp.path();
+    std::fs::create_dir_all(base.join("elsewhere/sub")).unwrap();
+    std::os::unix::fs::symlink(base.join("elsewhere/sub"), base.join("link")).unwrap();
+    let close = |out: &str, history: &str| {
+        let mut command = tally_command(&[
+            "close",
+            "--data",
+            root.to_str().unwrap(),
+            "--as-of",
+            "2026-12-01T00:00:00Z",
+            "--out",
+            out,
+            "--history",
+            history,
+        ]);
+        command.current_dir(base).output().unwrap()
+    };
+    let outside = close("link/../closes/2026-12-01", "closes");
+    assert_eq!(outside.status.code(), Some(2), "{}", stderr(&outside));
+    let real_base = base.canonicalize().unwrap();
+    assert_eq!(
+        stderr(&outside),
+        format!(
+            "tally: closes: the close's output folder link/../closes/2026-12-01 is not \
+             directly inside this history folder (with their links followed, the output \
+             folder is {}/elsewhere/closes/2026-12-01 and the history folder {}/closes), so \
+             the next close would not read it and would close its periods again: write \
+             closes to closes/<name>\n",
+            real_base.display(),
+            real_base.display()
+        )
+    );
+    assert!(!base.join("elsewhere/closes").exists());
+
+    std::fs::create_dir_all(base.join("elsewhere/closes2")).unwrap();
+    for run in ["first", "rerun"] {
+        let inside = close("elsewhere/closes2/2026-12-01", "link/../closes2");
+        assert_eq!(inside.status.code(), Some(0), "{run}: {}", stderr(&inside));
+    }
+    let invoices = base.join("elsewhere/closes2/2026-12-01/invoices.parquet");
+    assert!(table_rows(&invoices) > 0);
+}
