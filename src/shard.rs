@@ -128,6 +128,27 @@ pub fn check_shard(i: u32, n: u32, i_name: &str, n_name: &str) -> std::result::R
     Ok(())
 }
 
+/// The data root as a shard records it: absolute, as written where that is the folder the
+/// shard read (a mount path such as `/data` stays as it is, whatever it links to on this
+/// machine: another machine's shards may name the same root so), else where the kernel
+/// took it (`link/../data` folded as text is another folder, or none).
+fn recorded_data_root(data: &Path) -> PathBuf {
+    let written = crate::normalised(data);
+    let real = crate::resolved(data);
+    match written.canonicalize().ok() == real.canonicalize().ok() {
+        true => written,
+        false => real,
+    }
+}
+
+/// Whether two shards read one data root: recorded alike, or two spellings of one folder
+/// here (`data` and a link to it).
+fn same_data_root(a: &Path, b: &Path) -> bool {
+    a == b
+        || a.canonicalize()
+            .is_ok_and(|a| b.canonicalize().is_ok_and(|b| a == b))
+}
+
 /// Compute shard `shard` of `shards` and publish it under `req.out/shard=I/`.
 pub fn run_shard(req: &JobRequest, shard: u32, shards: u32) -> Result<JobOutcome> {
     let folder = shard_folder(&req.out, shard);
@@ -220,7 +241,7 @@ fn write_shard(
         shards,
         // Absolute: a relative --data named a folder relative to where the shard ran,
         // which the merge (often run elsewhere) is not.
-        data: crate::normalised(&settings.data),
+        data: recorded_data_root(&settings.data),
         inputs,
         partial_sha256,
         partial_format: PARTIAL_FORMAT,
@@ -449,9 +470,12 @@ fn read_manifest(folder: &Path) -> Result<ShardManifest> {
     Ok(manifest)
 }
 
-/// What makes two shards parts of the same run (everything but the shard's own fields).
+/// What makes two shards parts of the same run (everything but the shard's own fields;
+/// the data root as the folder it is here, so that two spellings of it are one root:
+/// [`same_data_root`]).
 fn run_identity(m: &ShardManifest) -> ShardManifest {
     ShardManifest {
+        data: m.data.canonicalize().unwrap_or_else(|_| m.data.clone()),
         shard: 0,
         partial_sha256: String::new(),
         runs: Vec::new(),
@@ -562,7 +586,7 @@ fn differences(a: &ShardManifest, b: &ShardManifest) -> String {
         };
         what.push(format!("{} vs {}", read(b), read(a)));
     }
-    if a.data != b.data {
+    if !same_data_root(&a.data, &b.data) {
         what.push("data root".to_string());
     }
     if a.inputs != b.inputs {

@@ -2235,3 +2235,57 @@ fn shards_of_different_runs_are_refused_naming_every_kind_of_difference() {
         );
     }
 }
+
+/// Shards that name one data root two ways (the folder, a link to it) are one run: the
+/// merge publishes the single run's bytes. A data root given as `link/../..`, a `..` after
+/// a link, is recorded where the kernel took it (folded as text it named another folder),
+/// and the merge finds it there.
+#[test]
+fn shards_naming_one_data_root_through_links_merge() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = generate_root(tmp.path());
+    let single = tmp.path().join("single");
+    run_ok("reconcile", &data, AS_OF, &single, &[]);
+    let base = tmp.path().canonicalize().unwrap();
+    std::os::unix::fs::symlink(&data, base.join("datalink")).unwrap();
+    std::fs::create_dir_all(base.join("deep/a/b")).unwrap();
+    std::os::unix::fs::symlink(base.join("deep/a/b"), base.join("lnk")).unwrap();
+
+    let two_ways = base.join("two-ways");
+    run_ok("reconcile", &data, AS_OF, &two_ways, &["--shard", "0/2"]);
+    run_ok(
+        "reconcile",
+        &base.join("datalink"),
+        AS_OF,
+        &two_ways,
+        &["--shard", "1/2"],
+    );
+    tally_ok(&["merge", "--out", two_ways.to_str().unwrap()]);
+    assert_same(&single, &two_ways, "one root named two ways");
+
+    // `lnk/../../data` from `base`: by the link, `deep/a/b/../../data`, which is
+    // `deep/data` (made the root here); folded as text, `base/../data`.
+    copy_dir(&data, &base.join("deep/data"));
+    let through = base.join("through");
+    for i in 0..2 {
+        let mut command = tally_command(&[
+            "reconcile",
+            "--data",
+            "lnk/../../data",
+            "--as-of",
+            AS_OF,
+            "--out",
+            through.to_str().unwrap(),
+            "--shard",
+            &format!("{i}/2"),
+        ]);
+        assert!(succeeded(command.current_dir(&base)).status.success());
+    }
+    let recorded = json(&root(&through).join("shard=0/shard.json"));
+    assert_eq!(
+        recorded["data"].as_str().unwrap(),
+        base.join("deep/data").to_str().unwrap()
+    );
+    tally_ok(&["merge", "--out", through.to_str().unwrap()]);
+    assert_same(&single, &through, "a root through a link and ..");
+}
