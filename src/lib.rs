@@ -500,6 +500,27 @@ pub(crate) struct Prepared {
     pub pricebook: pricebook::PriceBookReading,
 }
 
+/// Refuse an output folder whose name leaves no room for the names tally writes beside it
+/// ([`write::MAX_OUT_NAME_BYTES`]) before the run computes: past it, the run failed only
+/// when it came to write, naming a staging folder the user never chose.
+fn refuse_a_name_too_long(out: &Path) -> Result<()> {
+    let Some(name) = out.file_name() else {
+        return Ok(());
+    };
+    let (bytes, most) = (name.len(), write::MAX_OUT_NAME_BYTES);
+    if bytes <= most {
+        return Ok(());
+    }
+    Err(TallyError::config(
+        out.display().to_string(),
+        format!(
+            "the output folder's name is {bytes} bytes, longer than the {most} an output's name \
+             may have (tally writes `.NAME.tally-staging-PID-old` beside it, and a file name \
+             holds 255 bytes): choose a shorter --out"
+        ),
+    ))
+}
+
 /// `path` made absolute against the working folder, `.` and `..` folded lexically
 /// (without following links: the path need not exist yet).
 pub(crate) fn normalised(path: &Path) -> PathBuf {
@@ -590,6 +611,7 @@ pub(crate) fn prepare(req: &JobRequest, out: &Path) -> Result<Prepared> {
     let book = req.data.join("pricebook.toml");
     let pricebook = pricebook::PriceBook::read(&book, &book.display().to_string())?;
     refuse_out_inside_a_dataset(&req.data, &req.out)?;
+    refuse_a_name_too_long(&req.out)?;
     // The history's checks come before the output's lock, which makes the output's parent
     // folder (and a shard's `OUT.shards/`): a refused run leaves nothing behind.
     let (history_lock, closes) = match &req.history {
@@ -872,6 +894,7 @@ fn check_alert(alert: &Alert, f: &AlertFigures) -> Option<String> {
 
 /// Refuse to replace a folder that is not a tally output: `--out` must never wipe other data.
 pub(crate) fn check_replaceable(out: &Path) -> Result<()> {
+    refuse_a_name_too_long(out)?;
     // A link is refused before anything else: publishing swaps folders by name, so the
     // link would be replaced by a folder (its target left as it was, stale), and locks
     // taken by the link's name and by its target's would not exclude each other.

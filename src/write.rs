@@ -837,6 +837,12 @@ fn staging_prefix(target: &Path) -> Result<(PathBuf, String)> {
 /// What a staging folder's name holds between `.NAME` and the run's PID.
 const STAGING_INFIX: &str = ".tally-staging-";
 
+/// The most bytes an output folder's name may have: tally writes `.NAME.tally-staging-PID-old`
+/// beside it (a PID of up to 7 digits, Linux's most, 4194304), and a name in a file system
+/// holds 255 bytes. Longer, the run would compute and then fail to write (exit 4).
+pub const MAX_OUT_NAME_BYTES: usize =
+    255 - ".".len() - STAGING_INFIX.len() - "4194304".len() - PREVIOUS_SUFFIX.len();
+
 /// Whether the staging folder whose name ends in `pid` (after [`STAGING_INFIX`]) is a
 /// previous output swapped out by the two-rename publish while its `target` is missing: the
 /// new output never took its place (both renames failed, or the run was killed between

@@ -3265,3 +3265,38 @@ fn a_job_file_is_read_up_to_1_mib_and_one_byte_more_is_refused() {
          TOML)\n"
     );
 }
+
+/// An output folder's name may have `write::MAX_OUT_NAME_BYTES` bytes (228: tally writes
+/// `.NAME.tally-staging-PID-old` beside it, and a name holds 255 bytes); one byte more is
+/// refused before the run locks, computes or writes anything (it failed at the write,
+/// exit 4, naming a staging folder).
+#[test]
+fn an_output_name_at_the_limit_runs_and_one_past_is_refused_first() {
+    use tally::write::MAX_OUT_NAME_BYTES;
+    assert_eq!(MAX_OUT_NAME_BYTES, 228);
+    let tmp = tempfile::tempdir().unwrap();
+    let data = repo().join("fixtures/demo");
+    let at_limit = tmp.path().join("o".repeat(MAX_OUT_NAME_BYTES));
+    let ran = cmd("reconcile", &data, &at_limit).output().unwrap();
+    assert!(ran.status.success(), "{}", stderr(&ran));
+    assert!(at_limit.join("manifest.json").is_file());
+
+    let past = tmp.path().join("p".repeat(MAX_OUT_NAME_BYTES + 1));
+    let refused = cmd("reconcile", &data, &past).output().unwrap();
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert_eq!(
+        stderr_past_dataset_warnings(&refused),
+        format!(
+            "tally: {}: the output folder's name is 229 bytes, longer than the 228 an \
+             output's name may have (tally writes `.NAME.tally-staging-PID-old` beside it, and \
+             a file name holds 255 bytes): choose a shorter --out\n",
+            past.display()
+        )
+    );
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains("pp"))
+        .collect();
+    assert!(left.is_empty(), "nothing of the refused run is left");
+}
