@@ -120,8 +120,10 @@ pub fn overage_amount_minor(book: &PriceBook, plan: &Plan, overage: Milli) -> Re
             let amount = Exact::of(overage.to_decimal()).times(&Exact::of(*price));
             i64::try_from(amount.half_even_at(book.exponent)).map_err(|_| {
                 TallyError::Overflow(format!(
-                    "overage {overage} × {price} {} does not fit minor units",
-                    book.currency
+                    "overage {overage} credits × {price} {} a credit passes the largest amount \
+                     in minor units ({})",
+                    book.currency,
+                    i64::MAX
                 ))
             })
         }
@@ -235,7 +237,18 @@ fn invoice_row(
 ) -> Result<InvoiceRow> {
     let consumption = figures.consumption;
     let id = invoice_id(&allocation.account_id, allocation.period_start);
-    let overage_minor = overage_amount_minor(book, plan, consumption.overage)?;
+    // Named by its invoice and plan, as the total's overflow below is.
+    let overage_minor = overage_amount_minor(book, plan, consumption.overage).map_err(|e| {
+        TallyError::Overflow(format!(
+            "invoice {id} overage: {}; check plan {}'s overage price_per_credit in the price \
+             book (and the account's usage), then rerun",
+            match e {
+                TallyError::Overflow(what) => what,
+                other => other.to_string(),
+            },
+            allocation.plan_id
+        ))
+    })?;
     let total_minor = plan
         .price_minor
         .checked_add(overage_minor)

@@ -3300,3 +3300,46 @@ fn an_output_name_at_the_limit_runs_and_one_past_is_refused_first() {
         .collect();
     assert!(left.is_empty(), "nothing of the refused run is left");
 }
+
+/// An overage whose money passes i64 minor units stops the close (exit 4, nothing
+/// published) with the line naming the invoice, the figures and the plan to check, as the
+/// invoice total's overflow does (it said only "overage ... does not fit minor units").
+#[test]
+fn an_overage_past_minor_units_names_its_invoice_and_plan() {
+    use tally::amount::Milli;
+    use tally::time::parse_instant;
+    use tally::write::{write_parquet, Table};
+    let tmp = tempfile::tempdir().unwrap();
+    let t = |s: &str| parse_instant(s).unwrap();
+    let book = "currency = \"USD\"\n\
+         [plans.max]\nprice = \"24.99\"\nincluded_credits = \"500\"\n\
+         overage = { price_per_credit = \"1000000000000\" }\n\
+         [[rates]]\nproduct = \"studio\"\naction = \"prompt_to_video\"\nunit = \"second\"\n\
+         credits_per_unit = \"8\"\neffective_from = 2026-01-01T00:00:00Z\n";
+    let root = tmp.path().join("data");
+    accounts_in_november(&root, book, &["a"], Milli(500_000));
+    // 75,000,000,000,000 s at 8 credits: 6 × 10^14 credits, all but 500 of them overage.
+    let usage = Table::default()
+        .str("event_id", ["e-a"])
+        .str("account_id", ["a"])
+        .str("product", ["studio"])
+        .str("action", ["prompt_to_video"])
+        .opt_str("model", [None])
+        .credits("quantity", [Milli(75_000_000_000_000_000)])
+        .str("status", ["succeeded"])
+        .ts("occurred_at", [t("2026-11-10T00:00:00Z")])
+        .opt_ts("ingested_at", [None])
+        .finish();
+    write_parquet(&root.join("usage/part-0.parquet"), &usage).unwrap();
+    let out_dir = tmp.path().join("close");
+    let out = cmd("close", &root, &out_dir).output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert_eq!(
+        stderr_past_dataset_warnings(&out),
+        "tally: amount overflow: invoice INV-a-20261101T000000Z overage: overage \
+         599999999999500.000 credits × 1000000000000 USD a credit passes the largest amount in \
+         minor units (9223372036854775807); check plan max's overage price_per_credit in the \
+         price book (and the account's usage), then rerun\n"
+    );
+    assert!(!out_dir.exists());
+}
