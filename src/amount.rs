@@ -405,8 +405,12 @@ fn format_decimal(unscaled: i128, scale: i8) -> String {
 /// `digits` (of the magnitude) × 10^-scale as decimal text.
 fn format_digits(negative: bool, digits: &str, scale: i8) -> String {
     let sign = if negative { "-" } else { "" };
-    if scale <= 0 {
-        return format!("{sign}{digits}e{}", -scale);
+    // An integer as it is (an INT64 quantity of 10^15 reads `1000000000000000`, not
+    // `1000000000000000e0`); a negative scale, a power of ten past it.
+    match scale {
+        0 => return format!("{sign}{digits}"),
+        ..0 => return format!("{sign}{digits}e{}", -scale),
+        _ => {}
     }
     let scale = scale as usize;
     let padded = format!("{digits:0>width$}", width = scale + 1);
@@ -417,6 +421,29 @@ fn format_digits(negative: bool, digits: &str, scale: i8) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An integer amount (an INT64 or UINT64 column, scale 0) at the input limit reads,
+    /// and one past it is refused shown as the integer it is.
+    #[test]
+    fn an_integer_amount_past_the_limit_is_shown_as_an_integer() {
+        assert_eq!(
+            milli_from_decimal_parts(999_999_999_999_999, 0),
+            Ok(Milli(999_999_999_999_999_000))
+        );
+        let past = milli_from_decimal_parts(1_000_000_000_000_000, 0).unwrap_err();
+        assert_eq!(
+            past.to_string(),
+            "1000000000000000 is out of range (|x| must be < 10^15)"
+        );
+        assert_eq!(
+            milli_from_decimal_parts(-(u64::MAX as i128), 0)
+                .unwrap_err()
+                .to_string(),
+            "-18446744073709551615 is out of range (|x| must be < 10^15)"
+        );
+        // A negative scale keeps its power of ten.
+        assert_eq!(format_decimal(12, -20), "12e20");
+    }
 
     /// In a binary serde form (postcard: a shard's `partial.bin`) an amount is its integer
     /// of thousandths, up to what a DECIMAL(18,3) output holds either way (the contract:
@@ -622,7 +649,7 @@ mod tests {
         );
         assert_eq!(
             milli_from_decimal256(wide_shifted("-1", 39), 0),
-            Err(AmountError::OutOfRange(format!("-1{}e0", "0".repeat(39))))
+            Err(AmountError::OutOfRange(format!("-1{}", "0".repeat(39))))
         );
     }
 

@@ -2033,7 +2033,7 @@ impl<'a> RowCheck<'a> {
             Some(Err(v)) => Err(self.reject(
                 Reason::BadValue,
                 format!(
-                    "{}: {v} does not fit a 64-bit integer",
+                    "{}: {v} does not fit a signed 64-bit integer",
                     self.specs[index].name
                 ),
             )),
