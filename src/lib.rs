@@ -184,10 +184,18 @@ pub enum JobOutcome {
         discrepancies: u64,
         rejects: u64,
         alert: Option<String>,
+        /// The sha256 of the `manifest.json` published, which the run logs: kept apart
+        /// from the folder (a log store), it lets `tally verify --manifest-sha256` tell a
+        /// manifest edited since (with the outputs it lists) from the one written.
+        manifest_sha256: write::Sha256Hex,
     },
     /// `close` over a period already closed with the same inputs: nothing was written.
     /// The alert thresholds are checked again against the published summary.
-    AlreadyClosed { alert: Option<String> },
+    AlreadyClosed {
+        alert: Option<String>,
+        /// The sha256 of the close's `manifest.json` as it is (see `Published`).
+        manifest_sha256: write::Sha256Hex,
+    },
     /// One shard's part written (`tally merge` publishes the output). `forced`: the shard
     /// ran with `--force` (a close), so the merge needs it too.
     ShardWritten {
@@ -723,6 +731,7 @@ pub(crate) fn check_earlier_close_advising(
             let figures = AlertFigures::from_summary(&req.out.join("summary.json"))?;
             Ok(Some(JobOutcome::AlreadyClosed {
                 alert: check_alert(&req.alert, &figures),
+                manifest_sha256: write::sha256_file(&manifest_path)?,
             }))
         }
         // Not a close: a reconcile's folder (the job's `out` pointed at it by mistake, or
@@ -789,17 +798,20 @@ pub(crate) fn publish_run(
     let stage = req.progress.stage("write");
     let rows_in = (output.discrepancies.len() + output.rejects.len()) as u64;
     let staging = write::create_staging(&req.out)?;
-    let written = write_outputs(&staging, output, inputs);
-    if let Err(e) = written {
-        write::discard_staging(&staging);
-        return Err(e);
-    }
+    let manifest_sha256 = match write_outputs(&staging, output, inputs) {
+        Ok(sha256) => sha256,
+        Err(e) => {
+            write::discard_staging(&staging);
+            return Err(e);
+        }
+    };
     write::publish(&staging, &req.out)?;
     stage.done(rows_in, rows_in);
     Ok(JobOutcome::Published {
         discrepancies: output.discrepancies.len() as u64,
         rejects: output.rejects.len() as u64,
         alert: check_alert(&req.alert, &AlertFigures::of(output)),
+        manifest_sha256,
     })
 }
 
@@ -971,7 +983,13 @@ fn run_write_jobs(jobs: Vec<WriteJob<'_>>) -> Result<Written> {
 /// Files that do not depend on each other are written in parallel (each is encoded,
 /// written and synced on its own; the manifest lists them in path order whatever order
 /// they finished in).
-pub(crate) fn write_outputs(dir: &Path, output: &RunOutput, inputs: Vec<FileEntry>) -> Result<()> {
+/// Write every output of a run into `dir`, `manifest.json` last; returns the manifest's
+/// sha256.
+pub(crate) fn write_outputs(
+    dir: &Path,
+    output: &RunOutput,
+    inputs: Vec<FileEntry>,
+) -> Result<write::Sha256Hex> {
     // The summary beside the tables (each alone keeps a core idle for part of its time).
     let (tables, summary) =
         rayon::join(|| write::output_tables(output), || report::summary(output));
@@ -1105,12 +1123,13 @@ fn report_job<'a>(
 }
 
 /// manifest.json: the run, its inputs and every output with its sha256, written last.
+/// Returns its own sha256.
 fn write_manifest(
     dir: &Path,
     output: &RunOutput,
     inputs: Vec<FileEntry>,
     outputs: Vec<FileEntry>,
-) -> Result<()> {
+) -> Result<write::Sha256Hex> {
     let manifest = Manifest {
         tool: "tally".into(),
         version: write::VERSION.into(),
@@ -1124,8 +1143,7 @@ fn write_manifest(
     };
     let json = serde_json::to_string_pretty(&manifest)
         .map_err(|e| TallyError::output("manifest.json", e))?;
-    write::write_bytes(&dir.join("manifest.json"), format!("{json}\n").as_bytes())?;
-    Ok(())
+    write::write_bytes(&dir.join("manifest.json"), format!("{json}\n").as_bytes())
 }
 
 #[cfg(test)]

@@ -284,6 +284,10 @@ struct VerifyArgs {
     /// Also hold the earlier closes a close read (its --history folder) against the manifest.
     #[arg(long)]
     history: Option<PathBuf>,
+    /// Also hold manifest.json itself to the sha256 the run logged of it (its `manifest`
+    /// log line): a manifest edited since, with the outputs it lists, is found.
+    #[arg(long, value_name = "HEX")]
+    manifest_sha256: Option<String>,
 }
 
 #[derive(Args, Clone)]
@@ -970,7 +974,20 @@ fn verify_request(args: VerifyArgs) -> anyhow::Result<tally::verify::VerifyReque
             ))
         }
     };
+    let manifest_sha256 = (args.manifest_sha256.as_deref())
+        .map(|given| {
+            let hex = given.trim().to_ascii_lowercase();
+            match hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                true => Ok(hex),
+                false => Err(config_error(format!(
+                    "--manifest-sha256 {given:?} is not a sha256 (64 hexadecimal digits, as \
+                     the run's `manifest` log line gives it)"
+                ))),
+            }
+        })
+        .transpose()?;
     Ok(tally::verify::VerifyRequest {
+        manifest_sha256,
         out,
         data: args.data.or_else(|| job.as_ref().map(|j| j.data.clone())),
         history: args
@@ -995,6 +1012,10 @@ fn verify_summary(out: &std::path::Path, found: &tally::verify::Verification) ->
         found.as_of
     );
     line += &match outputs {
+        0 if found.manifest_as_logged == Some(true) => format!(
+            "{} as written, the manifest as logged",
+            plural(found.outputs, "output")
+        ),
         0 => format!("{} as written", plural(found.outputs, "output")),
         n => format!(
             "{} (the folder is not as the run wrote it; the manifest lists {})",
@@ -1036,7 +1057,11 @@ fn exit_code_of(e: &anyhow::Error) -> u8 {
 /// One line on stdout for how a run ended; the exit code (1 when an alert fired).
 fn report(out: &str, published: &str, mode: Mode, outcome: JobOutcome) -> anyhow::Result<u8> {
     match outcome {
-        JobOutcome::AlreadyClosed { alert } => {
+        JobOutcome::AlreadyClosed {
+            alert,
+            manifest_sha256,
+        } => {
+            log_manifest(out, &manifest_sha256);
             out_line!("{out}: already closed with the same inputs; nothing to do");
             alert_exit(alert)
         }
@@ -1044,7 +1069,9 @@ fn report(out: &str, published: &str, mode: Mode, outcome: JobOutcome) -> anyhow
             discrepancies,
             rejects,
             alert,
+            manifest_sha256,
         } => {
+            log_manifest(out, &manifest_sha256);
             out_line!("{out}: {published}: {discrepancies} discrepancies, {rejects} rejected rows");
             alert_exit(alert)
         }
@@ -1064,6 +1091,13 @@ fn report(out: &str, published: &str, mode: Mode, outcome: JobOutcome) -> anyhow
             Ok(0)
         }
     }
+}
+
+/// The published folder's `manifest.json` sha256 in the log (`manifest` line): kept in the
+/// log store, apart from the folder, it is what `tally verify --manifest-sha256` holds the
+/// manifest to, so that one edited since, with the outputs it lists, is found.
+fn log_manifest(out: &str, manifest_sha256: &str) {
+    tracing::info!(out, manifest_sha256, "manifest");
 }
 
 fn merge(m: MergeArgs) -> anyhow::Result<u8> {

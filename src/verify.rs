@@ -10,6 +10,9 @@ use crate::report::{FileEntry, Manifest};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
+/// The manifest of an output folder.
+const MANIFEST: &str = "manifest.json";
+
 /// What to verify: an output folder, and the inputs to hold against its manifest.
 pub struct VerifyRequest {
     pub out: PathBuf,
@@ -17,11 +20,17 @@ pub struct VerifyRequest {
     pub data: Option<PathBuf>,
     /// The folder of earlier closes a close read (`--history`).
     pub history: Option<PathBuf>,
+    /// The sha256 the run logged of the `manifest.json` it published (its `manifest` log
+    /// line), lowercase hex: the manifest cannot vouch for itself, and one edited with the
+    /// outputs it lists passes every other check.
+    pub manifest_sha256: Option<String>,
 }
 
 /// One way a file differs from the manifest.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Difference {
+    /// `manifest.json` whose sha256 is not the one the run logged (`--manifest-sha256`).
+    ManifestChanged,
     /// An output whose bytes are not the ones written (its sha256 differs).
     OutputChanged(String),
     /// An output that is now a folder, a link or a special file (the run writes files).
@@ -44,7 +53,8 @@ impl Difference {
     pub fn is_output(&self) -> bool {
         matches!(
             self,
-            Difference::OutputChanged(_)
+            Difference::ManifestChanged
+                | Difference::OutputChanged(_)
                 | Difference::OutputNotAFile(_)
                 | Difference::OutputMissing(_)
                 | Difference::OutputNotListed(_)
@@ -54,7 +64,13 @@ impl Difference {
 
 impl std::fmt::Display for Difference {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (what, path, why) = match self {
+        let (what, path, why): (&str, &str, &str) = match self {
+            Difference::ManifestChanged => (
+                "manifest changed",
+                MANIFEST,
+                " (its sha256 is not the one given with --manifest-sha256, which the run \
+                 logged: it was edited or replaced since)",
+            ),
             Difference::OutputChanged(p) => {
                 ("output changed", p, " (its sha256 is not the manifest's)")
             }
@@ -96,6 +112,8 @@ pub struct Verification {
     /// Closes under `--history` at a later as-of than this close: built on it, not read by
     /// it (not differences).
     pub later_closes: usize,
+    /// Whether `manifest.json` is the one the run logged (`None`: no `--manifest-sha256`).
+    pub manifest_as_logged: Option<bool>,
     /// Every difference, outputs first, each kind in path order.
     pub differences: Vec<Difference>,
 }
@@ -104,7 +122,15 @@ pub struct Verification {
 /// manifest is an error (exit 2); differences are findings, not errors.
 pub fn verify(req: &VerifyRequest) -> Result<Verification> {
     let (manifest, as_of) = read_manifest(&req.out)?;
-    let mut differences = output_differences(&req.out, &manifest.outputs)?;
+    let mut differences = Vec::new();
+    let manifest_as_logged = match &req.manifest_sha256 {
+        Some(logged) => Some(crate::write::sha256_file(&manifest_path(&req.out))? == *logged),
+        None => None,
+    };
+    if manifest_as_logged == Some(false) {
+        differences.push(Difference::ManifestChanged);
+    }
+    differences.extend(output_differences(&req.out, &manifest.outputs)?);
     let (history_inputs, data_inputs): (Vec<FileEntry>, Vec<FileEntry>) = (manifest.inputs)
         .iter()
         .cloned()
@@ -140,12 +166,13 @@ pub fn verify(req: &VerifyRequest) -> Result<Verification> {
         inputs_checked,
         inputs_not_checked: manifest.inputs.len() - inputs_checked,
         later_closes,
+        manifest_as_logged,
         differences,
     })
 }
 
 fn manifest_path(out: &Path) -> PathBuf {
-    out.join("manifest.json")
+    out.join(MANIFEST)
 }
 
 /// A data root a run would read (a folder with the price book and the required dataset
@@ -323,7 +350,7 @@ fn output_differences(out: &Path, listed: &[FileEntry]) -> Result<Vec<Difference
         .collect::<Result<_>>()?;
     let listed: std::collections::HashSet<&str> = listed.iter().map(|f| f.path.as_str()).collect();
     for path in files_under(out, "")? {
-        if path != "manifest.json" && !listed.contains(path.as_str()) {
+        if path != MANIFEST && !listed.contains(path.as_str()) {
             differences.push(Difference::OutputNotListed(path));
         }
     }

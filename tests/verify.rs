@@ -684,3 +684,107 @@ fn a_job_file_names_the_folder_its_data_and_its_history() {
          it\n"
     );
 }
+
+/// The sha256 of the manifest a run published, from its `manifest` log line (which a log
+/// store keeps apart from the folder).
+fn logged_manifest_sha256(ran: &std::process::Output) -> String {
+    let line = String::from_utf8_lossy(&ran.stderr)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|v| v["fields"]["message"] == "manifest")
+        .expect("a manifest log line");
+    line["fields"]["manifest_sha256"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// An output edited together with its manifest entry passes the manifest's own check; held
+/// to the manifest sha256 the run logged (`--manifest-sha256`, any case), the edit is found
+/// (exit 1). The run's log line gives the sha256 of the file it published; a close rerun
+/// as a no-op logs the same; a value that is no sha256 is exit 2.
+#[test]
+fn a_manifest_edited_with_its_outputs_is_found_by_the_logged_sha256() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = demo_copy(tmp.path());
+    let out = tmp.path().join("close");
+    let close = || {
+        crate::common::run_command("close", &data, "2026-12-01T00:00:00Z", &out)
+            .args(["--log-format", "json"])
+            .env("TALLY_LOG", "info")
+            .output()
+            .unwrap()
+    };
+    let ran = close();
+    assert!(ran.status.success(), "{}", stderr(&ran));
+    let logged = logged_manifest_sha256(&ran);
+    let manifest_bytes = std::fs::read(out.join("manifest.json")).unwrap();
+    assert_eq!(logged, tally::write::sha256_hex(&manifest_bytes));
+    let again = close();
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(logged_manifest_sha256(&again), logged);
+
+    let (outputs, inputs) = listed(&out);
+    let not_checked = format!(
+        "{inputs} inputs not checked (--data checks the data root's, --history the earlier \
+         closes')"
+    );
+    let as_logged = format!(
+        "{}: close as of 2026-12-01T00:00:00Z: {outputs} outputs as written, the manifest as \
+         logged; {not_checked}\n",
+        out.display()
+    );
+    assert_eq!(
+        verify(&out, &["--manifest-sha256", &logged]),
+        (Some(0), as_logged.clone())
+    );
+    let upper = logged.to_ascii_uppercase();
+    assert_eq!(
+        verify(&out, &["--manifest-sha256", &upper]),
+        (Some(0), as_logged)
+    );
+
+    // invoices.csv edited, and its manifest entry made to agree.
+    let invoices = out.join("invoices.csv");
+    let edited = std::fs::read_to_string(&invoices)
+        .unwrap()
+        .replacen('1', "2", 1);
+    std::fs::write(&invoices, &edited).unwrap();
+    let mut manifest: serde_json::Value = serde_json::from_slice(&manifest_bytes).unwrap();
+    for entry in manifest["outputs"].as_array_mut().unwrap() {
+        if entry["path"] == "invoices.csv" {
+            entry["sha256"] = tally::write::sha256_hex(edited.as_bytes()).into();
+        }
+    }
+    let text = serde_json::to_string_pretty(&manifest).unwrap() + "\n";
+    std::fs::write(out.join("manifest.json"), text).unwrap();
+    let (code, said) = verify(&out, &[]);
+    assert_eq!(
+        code,
+        Some(0),
+        "the manifest alone vouches for the edit: {said}"
+    );
+    assert_eq!(
+        verify(&out, &["--manifest-sha256", &logged]),
+        (
+            Some(1),
+            format!(
+                "manifest changed: manifest.json (its sha256 is not the one given with \
+                 --manifest-sha256, which the run logged: it was edited or replaced since)\n\
+                 {}: close as of 2026-12-01T00:00:00Z: 1 output difference (the folder is not \
+                 as the run wrote it; the manifest lists {outputs} outputs); {not_checked}\n",
+                out.display()
+            )
+        )
+    );
+
+    let refused = tally_command(&["verify", out.to_str().unwrap(), "--manifest-sha256", "abc"])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert_eq!(
+        stderr(&refused),
+        "tally: command line: --manifest-sha256 \"abc\" is not a sha256 (64 hexadecimal \
+         digits, as the run's `manifest` log line gives it)\n"
+    );
+}
