@@ -96,18 +96,23 @@ pub fn invoice_id(account_id: &str, period_start: Micros) -> String {
 
 /// Deterministic id of the rollover grant created when a period renews:
 /// `rollover-{account_id}-{stamp}`. Where that would pass the input limit on strings
-/// ([`crate::load::MAX_STRING_BYTES`], an account id of 4071 bytes or more), the account id
-/// is written as its sha256 (`rollover-sha256:{64 hex}-{stamp}`): `grants_next` is next
-/// period's grants input, and a longer id there is `bad_value`, its credits lost.
+/// ([`crate::load::MAX_STRING_BYTES`]: an account id of 4071 bytes or more at a whole-second
+/// stamp, fewer with a fraction), the account id is written as its sha256
+/// (`rollover-sha256:{64 hex}-{stamp}`): `grants_next` is next period's grants input, and a
+/// longer id there is `bad_value`, its credits lost. An account id starting `sha256:` is
+/// written so too, so that no account's plain id is another's hashed one.
 pub fn rollover_grant_id(account_id: &str, next_period_start: Micros) -> String {
     let stamp = compact_stamp(next_period_start);
     let id = format!("rollover-{account_id}-{stamp}");
-    if id.len() <= crate::load::MAX_STRING_BYTES {
+    if id.len() <= crate::load::MAX_STRING_BYTES && !account_id.starts_with(HASHED) {
         return id;
     }
     let digest = sha2::Sha256::digest(account_id.as_bytes());
-    format!("rollover-sha256:{}-{stamp}", hex::encode(digest))
+    format!("rollover-{HASHED}{}-{stamp}", hex::encode(digest))
 }
+
+/// What a rollover id's hashed account id starts with.
+const HASHED: &str = "sha256:";
 
 /// overage_amount_minor = round half-even(overage × price_per_credit × 10^exponent); 0 for block.
 /// The product is exact (unbounded integers): `Decimal` would round a product past its 28
@@ -120,8 +125,8 @@ pub fn overage_amount_minor(book: &PriceBook, plan: &Plan, overage: Milli) -> Re
             let amount = Exact::of(overage.to_decimal()).times(&Exact::of(*price));
             i64::try_from(amount.half_even_at(book.exponent)).map_err(|_| {
                 TallyError::Overflow(format!(
-                    "overage {overage} credits × {price} {} a credit passes the largest amount \
-                     in minor units ({})",
+                    "overage of {overage} credits at {price} {} a credit passes the largest \
+                     amount in minor units ({})",
                     book.currency,
                     i64::MAX
                 ))
@@ -240,8 +245,8 @@ fn invoice_row(
     // Named by its invoice and plan, as the total's overflow below is.
     let overage_minor = overage_amount_minor(book, plan, consumption.overage).map_err(|e| {
         TallyError::Overflow(format!(
-            "invoice {id} overage: {}; check plan {}'s overage price_per_credit in the price \
-             book (and the account's usage), then rerun",
+            "invoice {id}: its {}; check plan {}'s overage price_per_credit in the price book \
+             (and the account's usage), then rerun",
             match e {
                 TallyError::Overflow(what) => what,
                 other => other.to_string(),
@@ -432,9 +437,21 @@ mod tests {
             )
         );
         assert!(hashed.len() < 100);
-        let longest = "b".repeat(crate::load::MAX_STRING_BYTES);
-        assert_ne!(rollover_grant_id(&longest, start), hashed);
-        assert_ne!(rollover_grant_id(&past, start + 1), hashed);
+        // An account named as another's hashed id is hashed itself: no two accounts share
+        // a rollover id.
+        let lookalike = format!(
+            "sha256:{}",
+            hex::encode(sha2::Sha256::digest(past.as_bytes()))
+        );
+        let its_own = rollover_grant_id(&lookalike, start);
+        assert_ne!(its_own, hashed);
+        assert_eq!(
+            its_own,
+            format!(
+                "rollover-sha256:{}-20261201T000000Z",
+                hex::encode(sha2::Sha256::digest(lookalike.as_bytes()))
+            )
+        );
     }
 
     /// A one-plan price book in `currency` with overage at `price_per_credit`.

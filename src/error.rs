@@ -276,7 +276,9 @@ enum Disk {
     Output,
     /// A split run's spill folder (`$TMPDIR/tally-spill-*`): the temporary folder's.
     Spill,
-    /// A history folder's lock ([`crate::HISTORY_LOCK`]): the history folder's.
+    /// In a close's history folder (its lock, [`crate::HISTORY_LOCK`], is beside the file
+    /// or up to three folders above it: the close's output lock, its staging folder and its
+    /// `report/`): the history folder's, which the close's `--out` must be inside.
     History,
 }
 
@@ -290,11 +292,16 @@ impl Disk {
             (c.as_os_str().to_str())
                 .is_some_and(|name| name.starts_with(crate::spill::SPILL_PREFIX))
         });
+        let in_a_history = || {
+            (path.ancestors().skip(1).take(4))
+                .any(|folder| folder.join(crate::HISTORY_LOCK).is_file())
+        };
         match spill {
             true => Disk::Spill,
             false if path.file_name() == Some(std::ffi::OsStr::new(crate::HISTORY_LOCK)) => {
                 Disk::History
             }
+            false if in_a_history() => Disk::History,
             false => Disk::Output,
         }
     }
@@ -321,9 +328,11 @@ fn write_hint(kind: std::io::ErrorKind, disk: Disk) -> &'static str {
              `df -h` shows space, the file system is out of inodes (`df -i`)"
         }
         ErrorKind::StorageFull | ErrorKind::QuotaExceeded if disk == Disk::History => {
-            "; it is the lock of the close's history folder (--history), which holds the \
-             closes' outputs: free space on its disk; if `df -h` shows space, the file system \
-             is out of inodes (`df -i`)"
+            "; it is in the close's history folder (--history), which holds the closes' \
+             outputs and must hold this close's --out: free space on its disk (a run writes \
+             its outputs beside the ones it replaces, so it needs room for both) or move the \
+             history folder to a larger disk; if `df -h` shows space, the file system is out \
+             of inodes (`df -i`)"
         }
         ErrorKind::StorageFull | ErrorKind::QuotaExceeded => {
             "; free space on the output's disk (a run writes its outputs beside the ones it \
@@ -407,14 +416,37 @@ mod tests {
             format!("/srv/closes/{}", crate::HISTORY_LOCK),
             std::io::Error::from_raw_os_error(28),
         );
+        let history_hint = "; it is in the close's history folder (--history), which holds \
+                            the closes' outputs and must hold this close's --out: free space \
+                            on its disk (a run writes its outputs beside the ones it replaces, \
+                            so it needs room for both) or move the history folder to a larger \
+                            disk; if `df -h` shows space, the file system is out of inodes \
+                            (`df -i`)";
         assert!(
-            history_lock.to_string().ends_with(
-                "; it is the lock of the close's history folder (--history), which holds the \
-                 closes' outputs: free space on its disk; if `df -h` shows space, the file \
-                 system is out of inodes (`df -i`)"
-            ),
+            history_lock.to_string().ends_with(history_hint),
             "{history_lock}"
         );
+        // A close's output lock and staged files, in a history folder (its lock there),
+        // get the history's hint too: the close cannot choose an --out elsewhere.
+        let history = tempfile::tempdir().unwrap();
+        std::fs::write(history.path().join(crate::HISTORY_LOCK), "").unwrap();
+        for inside in [
+            ".2026-12-01.tally-lock",
+            ".2026-12-01.tally-staging-7/report/rejects.csv",
+        ] {
+            let e = TallyError::write(
+                history.path().join(inside),
+                std::io::Error::from_raw_os_error(28),
+            );
+            assert!(e.to_string().ends_with(history_hint), "{e}");
+        }
+        let elsewhere = TallyError::write(
+            history.path().join("a/b/c/d/e.csv"),
+            std::io::Error::from_raw_os_error(28),
+        );
+        assert!(elsewhere
+            .to_string()
+            .contains("free space on the output's disk"));
         assert!(
             spill.to_string().ends_with(
                 "(os error 28)\"; it is the spill of a split run under the temporary folder \

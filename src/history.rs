@@ -251,8 +251,8 @@ pub fn check_layout(dir: &Path, out: &Path) -> Result<()> {
         return Ok(());
     }
     // Through a link, the text does not show where the folders are: say it.
-    let written = (crate::normalised(dir), crate::normalised(out));
-    let through_links = match written != (dir_real.clone(), out_real.clone()) {
+    let as_text = crate::normalised(dir) == dir_real && crate::normalised(out) == out_real;
+    let through_links = match !as_text {
         true => format!(
             " (with their links followed, the output folder is {} and the history folder {})",
             out_real.display(),
@@ -491,7 +491,7 @@ fn refuse_a_close_not_named_in_utf8(folder: &Path) -> Result<()> {
     }
 }
 
-/// Every close directly under `dir` but `exclude` (`.` and `..` folded; `None`: none
+/// Every close directly under `dir` but `exclude` (where the kernel takes it; `None`: none
 /// excluded) and hidden folders (see [`load`]), with its as-of and manifest, in name order.
 pub fn closes_under(dir: &Path, exclude: Option<&Path>) -> Result<Vec<EarlierClose>> {
     let mut closes = Vec::new();

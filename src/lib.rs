@@ -511,11 +511,12 @@ pub(crate) struct Prepared {
 /// Refuse an output folder whose name leaves no room for the names tally writes beside it
 /// ([`write::MAX_OUT_NAME_BYTES`]) before the run computes: past it, the run failed only
 /// when it came to write, naming a staging folder the user never chose.
-fn refuse_a_name_too_long(out: &Path) -> Result<()> {
+pub(crate) fn refuse_a_name_too_long(out: &Path) -> Result<()> {
     let Some(name) = out.file_name() else {
         return Ok(());
     };
-    let (bytes, most) = (name.len(), write::MAX_OUT_NAME_BYTES);
+    // As the names beside it are made: a byte that is not UTF-8 takes 3 there (U+FFFD).
+    let (bytes, most) = (name.to_string_lossy().len(), write::MAX_OUT_NAME_BYTES);
     if bytes <= most {
         return Ok(());
     }
@@ -524,7 +525,7 @@ fn refuse_a_name_too_long(out: &Path) -> Result<()> {
         format!(
             "the output folder's name is {bytes} bytes, longer than the {most} an output's name \
              may have (tally writes `.NAME.tally-staging-PID-old` beside it, and a file name \
-             holds 255 bytes): choose a shorter --out"
+             holds 255 bytes): choose a shorter --out (or `out` in the job file)"
         ),
     ))
 }
@@ -906,7 +907,6 @@ fn check_alert(alert: &Alert, f: &AlertFigures) -> Option<String> {
 
 /// Refuse to replace a folder that is not a tally output: `--out` must never wipe other data.
 pub(crate) fn check_replaceable(out: &Path) -> Result<()> {
-    refuse_a_name_too_long(out)?;
     // A link is refused before anything else: publishing swaps folders by name, so the
     // link would be replaced by a folder (its target left as it was, stale), and locks
     // taken by the link's name and by its target's would not exclude each other.

@@ -210,7 +210,8 @@ fn warn_of_the_largest_account(group: usize, (usage, debits): (&[Usage], &[Debit
     };
     let group_rows = (usage.len() + debits.len()) as u64;
     let account_text: &str = dicts.account(account).as_ref();
-    let account_id = quoted(&crate::error::controls_escaped(account_text));
+    // Quoted (and cut, its length in bytes) as it is, then escaped for the log line.
+    let account_id = crate::error::controls_escaped(&quoted(account_text));
     tracing::warn!(
         group = group + 1,
         account = account_text,

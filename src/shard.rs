@@ -141,14 +141,6 @@ fn recorded_data_root(data: &Path) -> PathBuf {
     }
 }
 
-/// Whether two shards read one data root: recorded alike, or two spellings of one folder
-/// here (`data` and a link to it).
-fn same_data_root(a: &Path, b: &Path) -> bool {
-    a == b
-        || a.canonicalize()
-            .is_ok_and(|a| b.canonicalize().is_ok_and(|b| a == b))
-}
-
 /// Compute shard `shard` of `shards` and publish it under `req.out/shard=I/`.
 pub fn run_shard(req: &JobRequest, shard: u32, shards: u32) -> Result<JobOutcome> {
     let folder = shard_folder(&req.out, shard);
@@ -471,11 +463,16 @@ fn read_manifest(folder: &Path) -> Result<ShardManifest> {
 }
 
 /// What makes two shards parts of the same run (everything but the shard's own fields;
-/// the data root as the folder it is here, so that two spellings of it are one root:
-/// [`same_data_root`]).
-fn run_identity(m: &ShardManifest) -> ShardManifest {
+/// the data root as the folder it is here, so that two spellings of it (the folder, a link
+/// to it) are one root; none when the merge is given `--data`, which it reads instead, the
+/// shards' inputs compared by their sha256 all the same: shards on machines whose links
+/// lead one path to different mounts are one run).
+fn run_identity(m: &ShardManifest, data_given: bool) -> ShardManifest {
     ShardManifest {
-        data: m.data.canonicalize().unwrap_or_else(|_| m.data.clone()),
+        data: match data_given {
+            true => PathBuf::new(),
+            false => m.data.canonicalize().unwrap_or_else(|_| m.data.clone()),
+        },
         shard: 0,
         partial_sha256: String::new(),
         runs: Vec::new(),
@@ -488,8 +485,10 @@ fn run_identity(m: &ShardManifest) -> ShardManifest {
 /// them belong to names the odd one out (shard 0 too, when it is the odd one); without a
 /// majority (two shards, or as many runs as shards), the first two that differ are named
 /// and the message says to rerun whichever is not of the run meant.
-fn check_one_run(folders: &[PathBuf], manifests: &[ShardManifest]) -> Result<()> {
-    let identities: Vec<ShardManifest> = manifests.iter().map(run_identity).collect();
+fn check_one_run(folders: &[PathBuf], manifests: &[ShardManifest], data_given: bool) -> Result<()> {
+    let identities: Vec<ShardManifest> = (manifests.iter())
+        .map(|m| run_identity(m, data_given))
+        .collect();
     let members = |identity: &ShardManifest| identities.iter().filter(|i| *i == identity).count();
     let majority = identities
         .iter()
@@ -500,7 +499,7 @@ fn check_one_run(folders: &[PathBuf], manifests: &[ShardManifest]) -> Result<()>
         return Ok(());
     };
     let (odd_folder, reference_folder) = (folders[odd].display(), folders[reference].display());
-    let differences = differences(&manifests[reference], &manifests[odd]);
+    let differences = differences(&identities[reference], &identities[odd]);
     Err(TallyError::Refused(match majority {
         // The majority may be the stale ones: after the inputs changed, a shard rerun
         // alone is the odd one out.
@@ -586,7 +585,8 @@ fn differences(a: &ShardManifest, b: &ShardManifest) -> String {
         };
         what.push(format!("{} vs {}", read(b), read(a)));
     }
-    if !same_data_root(&a.data, &b.data) {
+    // Two spellings of one folder are equal here ([`run_identity`]).
+    if a.data != b.data {
         what.push("data root".to_string());
     }
     if a.inputs != b.inputs {
@@ -646,7 +646,7 @@ fn missing_shards(
     );
     // Shards listed from elsewhere: the new shard's folder must be listed too.
     let written_to = shards_root(&req.out);
-    let reads_it = (sources.iter()).any(|s| crate::normalised(s) == crate::normalised(&written_to));
+    let reads_it = (sources.iter()).any(|s| crate::resolved(s) == crate::resolved(&written_to));
     let then = match reads_it {
         true => "then merge again".to_string(),
         false => format!(
@@ -696,7 +696,7 @@ pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
         .iter()
         .map(|f| read_manifest(f))
         .collect::<Result<Vec<_>>>()?;
-    check_one_run(&folders, &manifests)?;
+    check_one_run(&folders, &manifests, req.data.is_some())?;
     let first = &manifests[0];
     check_one_build(&folders, &manifests)?;
     check_every_shard_once(req, &sources, &folders, &manifests)?;
@@ -704,6 +704,7 @@ pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
     // As a run's: published inside a dataset folder, the outputs would be the next run's
     // input.
     crate::refuse_out_inside_a_dataset(&job.data, &req.out)?;
+    crate::refuse_a_name_too_long(&req.out)?;
     let _lock = crate::lock_output(&req.out)?;
     // A close whose shards read a history: its folder is the one `--out` is directly
     // inside (the shards checked that). The merge publishes into it, so it takes the

@@ -1351,6 +1351,39 @@ fn grant_priorities_carry_at_the_32_bit_limit_and_one_past_is_rejected() {
         ),
         "{rejects}"
     );
+    // An unsigned 64-bit priority past the signed range: said so, not "a 64-bit integer".
+    let unsigned = Table::default()
+        .str("grant_id", ["g-u64"])
+        .str("account_id", ["acct_pro"])
+        .str("kind", ["promo"])
+        .credits("credits", [Milli::from_units(10)])
+        .ts("effective_at", [t("2026-12-05T00:00:00Z")])
+        .opt_ts("expires_at", [None])
+        .finish();
+    let priority = std::sync::Arc::new(arrow::array::UInt64Array::from(vec![u64::MAX]));
+    let mut columns = unsigned.columns().to_vec();
+    columns.push(priority);
+    let mut fields: Vec<arrow::datatypes::Field> = (unsigned.schema().fields().iter())
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(arrow::datatypes::Field::new(
+        "priority",
+        arrow::datatypes::DataType::UInt64,
+        true,
+    ));
+    let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(fields));
+    let batch = arrow::record_batch::RecordBatch::try_new(schema, columns).unwrap();
+    write_parquet(&root.join("grants/part-1.parquet"), &batch).unwrap();
+    let out = tmp.path().join("close-u64");
+    run_command_ok("close", &root, "2026-12-01T00:00:00Z", &out);
+    let rejects = render(&out.join("rejects.parquet"), &[]);
+    assert!(
+        rejects.contains(
+            "\ngrants,grants/part-1.parquet,0,bad_value,priority: 18446744073709551615 does not \
+             fit a signed 64-bit integer\n"
+        ),
+        "{rejects}"
+    );
 }
 
 /// An earlier close's `billed_events.parquet` or `invoices.parquet` written again by

@@ -1633,8 +1633,9 @@ fn the_largest_account_is_named(
             }
         }
     }
+    // The most rows; of equal counts the least id, as the warning picks.
     let (largest, most) = (rows_by_account.iter())
-        .max_by_key(|(_, rows)| **rows)
+        .max_by(|(a, a_rows), (b, b_rows)| a_rows.cmp(b_rows).then_with(|| b.cmp(a)))
         .unwrap();
     assert_eq!(fields["group"], group_warning["group"]);
     assert_eq!(fields["account"], largest.as_str());
@@ -3289,7 +3290,8 @@ fn an_output_name_at_the_limit_runs_and_one_past_is_refused_first() {
         format!(
             "tally: {}: the output folder's name is 229 bytes, longer than the 228 an \
              output's name may have (tally writes `.NAME.tally-staging-PID-old` beside it, and \
-             a file name holds 255 bytes): choose a shorter --out\n",
+             a file name holds 255 bytes): choose a shorter --out (or `out` in the job \
+             file)\n",
             past.display()
         )
     );
@@ -3336,8 +3338,8 @@ fn an_overage_past_minor_units_names_its_invoice_and_plan() {
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert_eq!(
         stderr_past_dataset_warnings(&out),
-        "tally: amount overflow: invoice INV-a-20261101T000000Z overage: overage \
-         599999999999500.000 credits × 1000000000000 USD a credit passes the largest amount in \
+        "tally: amount overflow: invoice INV-a-20261101T000000Z: its overage of \
+         599999999999500.000 credits at 1000000000000 USD a credit passes the largest amount in \
          minor units (9223372036854775807); check plan max's overage price_per_credit in the \
          price book (and the account's usage), then rerun\n"
     );

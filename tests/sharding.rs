@@ -2288,4 +2288,28 @@ fn shards_naming_one_data_root_through_links_merge() {
     );
     tally_ok(&["merge", "--out", through.to_str().unwrap()]);
     assert_same(&single, &through, "a root through a link and ..");
+
+    // Shards that recorded two folders of the same files (one path leading to different
+    // mounts on two machines): other runs to a merge on its own, one run with `--data`.
+    let copy = base.join("copy");
+    copy_dir(&data, &copy);
+    let mounts = base.join("mounts");
+    run_ok("reconcile", &data, AS_OF, &mounts, &["--shard", "0/2"]);
+    run_ok("reconcile", &copy, AS_OF, &mounts, &["--shard", "1/2"]);
+    let refused = tally(&["merge", "--out", mounts.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("(data root)"),
+        "{}",
+        stderr(&refused)
+    );
+    let data_flag = data.to_str().unwrap();
+    tally_ok(&[
+        "merge",
+        "--out",
+        mounts.to_str().unwrap(),
+        "--data",
+        data_flag,
+    ]);
+    assert_same(&single, &mounts, "shards of two copies merged with --data");
 }

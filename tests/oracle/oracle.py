@@ -730,8 +730,9 @@ def _close_tables(currency, periods, grants, left, window, unattached):
         # an input grant that is this very rollover (same id, kind rollover, effective at
         # period_end: a close's own grants_next fed back) is not copied but worked out again.
         rollover_id = f"rollover-{account}-{stamp(end)}"
-        if len(rollover_id.encode()) > 4096:
-            # README: past the input limit on strings, the account id as its sha256.
+        if len(rollover_id.encode()) > 4096 or account.startswith("sha256:"):
+            # README: past the input limit on strings (or an account id starting
+            # `sha256:`), the account id as its sha256.
             digest = hashlib.sha256(account.encode()).hexdigest()
             rollover_id = f"rollover-sha256:{digest}-{stamp(end)}"
         for g in grants:
