@@ -409,7 +409,41 @@ fn compute_groups(
             )?
         }
     }
+    if settings.trace_account.is_none() {
+        warn_of_unbillable_late_events(&partial.unbillable_late);
+    }
     Ok(partial)
+}
+
+/// Warn of late events no close will bill: counted outside the window, they are in no
+/// output row, and finance should hear of them (an event that arrived after its period
+/// was closed, of an account that does not renew, was cancelled, or whose next allocation
+/// is not in the data root yet).
+fn warn_of_unbillable_late_events(late: &window::UnbillableLate) {
+    let Some((account, event)) = &late.first else {
+        return;
+    };
+    let shown = |id: &str| crate::error::controls_escaped(&quoted(id));
+    let events = match late.events {
+        1 => "1 late event (an event of a period an earlier close closed, arrived after it) is"
+            .to_string(),
+        n => format!(
+            "{n} late events (events of periods earlier closes closed, arrived after them) are"
+        ),
+    };
+    tracing::warn!(
+        events = late.events,
+        account = account.as_str(),
+        event_id = event.as_str(),
+        "{events} billed by no close: a late event is billed on its account's next \
+         invoice, and no allocation period of the account starts after the closed one in \
+         the data root (it does not renew, was cancelled, or its allocations_next row was \
+         not added); counted outside the window only. The first is event {} of account {}: \
+         bill them by hand (tally explain --event), or add the account's next allocation, \
+         whose close bills them",
+        shown(event),
+        shown(account),
+    );
 }
 
 /// Whether an account's event at an instant may be a late event (it falls in a period an
@@ -1126,6 +1160,7 @@ impl<'a> RunState<'a> {
         }
         partial.outside_usage += outside.usage_rows;
         partial.outside_entries += outside.ledger_entries;
+        partial.unbillable_late.add(&outside.unbillable_late);
         Ok(())
     }
 

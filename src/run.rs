@@ -144,6 +144,10 @@ pub struct Partial {
     /// are put in order): not counted by the warning and the alert.
     #[serde(default)]
     pub rejected_allocations_not_covered: Vec<RowRef>,
+    /// Late events no close will bill (their accounts have no later period), for this
+    /// shard's warning ([`crate::window::UnbillableLate`]; a log line, not an output).
+    #[serde(skip)]
+    pub unbillable_late: crate::window::UnbillableLate,
     /// The folder holding this partial's run files, kept until the outputs are written.
     #[serde(skip)]
     pub scratch: Option<Arc<spill::SpillDir>>,

@@ -82,6 +82,8 @@ pub struct Outside {
     /// Events or unattached entries of an account another group owns: a routing bug,
     /// checked by the pipeline (always 0).
     pub misrouted: u64,
+    /// Late events (among `usage_rows`) that no close will bill: see [`UnbillableLate`].
+    pub unbillable_late: UnbillableLate,
 }
 
 impl Outside {
@@ -89,6 +91,42 @@ impl Outside {
         self.usage_rows += o.usage_rows;
         self.ledger_entries += o.ledger_entries;
         self.misrouted += o.misrouted;
+        self.unbillable_late.add(&o.unbillable_late);
+    }
+}
+
+/// Events that occurred in a closed period and no earlier close billed, of accounts with
+/// no allocation period starting at or after that period's end in the data root (an
+/// account that does not renew, a cancelled one, or one whose next allocation is not in
+/// the data root yet): a late event is billed on the account's next invoice, and such an
+/// account has none, so no close bills them. Counted for the run's warning, with the
+/// least (account, event) of them as its example, so that the line is the same every run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UnbillableLate {
+    pub events: u64,
+    pub first: Option<(String, String)>,
+}
+
+impl UnbillableLate {
+    fn record(&mut self, account_id: &str, event_id: &str) {
+        self.events += 1;
+        let this = (account_id, event_id);
+        if self
+            .first
+            .as_ref()
+            .is_none_or(|(a, e)| this < (a.as_str(), e.as_str()))
+        {
+            self.first = Some((account_id.to_string(), event_id.to_string()));
+        }
+    }
+
+    pub fn add(&mut self, other: &UnbillableLate) {
+        self.events += other.events;
+        if let Some((account, event)) = &other.first {
+            let mut first = self.clone();
+            first.record(account, event);
+            self.first = first.first;
+        }
     }
 }
 
@@ -520,6 +558,7 @@ impl<'a> Group<'a> {
         slots: &Slots,
         accounts: &[AccountWork<'_>],
         usage: &Usage,
+        unbillable: &mut UnbillableLate,
     ) -> Option<Placement> {
         let window = &self.window;
         let account_id = window.dicts.account(usage.account);
@@ -534,6 +573,15 @@ impl<'a> Group<'a> {
             return None;
         }
         if self.bucket_of(usage.account) != bucket {
+            return None;
+        }
+        let later = |allocs: &Vec<AllocationRow>| {
+            (allocs.iter()).any(|a| a.period_start >= closed.period_end)
+        };
+        if !self.allocations.get(account_id).is_some_and(later) {
+            if (window.owns)(usage.account) {
+                unbillable.record(account_id, event_id);
+            }
             return None;
         }
         let index = self.index_in_bucket[usage.account as usize] as usize;
@@ -591,7 +639,13 @@ impl<'a> Group<'a> {
             debit_rows,
             local_of_row,
         };
-        let placements = self.place_events(bucket, &slots, &accounts, &rows.usage);
+        let placements = self.place_events(
+            bucket,
+            &slots,
+            &accounts,
+            &rows.usage,
+            &mut left.outside.unbillable_late,
+        );
         self.leave_out_unplaced_events(&rows.usage, &placements, &mut left);
         let order = EventOrder::new(&placements, slot_count, &rows.usage, self.usage_ids);
         let targets = self.target_entries(bucket, &slots, &rows, &placements, &order, &mut left);
@@ -627,6 +681,7 @@ impl<'a> Group<'a> {
         slots: &Slots,
         accounts: &[AccountWork<'_>],
         usage: &[Usage],
+        unbillable: &mut UnbillableLate,
     ) -> Vec<Placement> {
         let as_of = self.window.as_of;
         let may_be_late = !self.window.history.closed.is_empty();
@@ -639,7 +694,7 @@ impl<'a> Group<'a> {
                 let placement = self.place_instant(bucket, slots, usage.account, usage.occurred_at);
                 match placement {
                     Placement::Outside if may_be_late => self
-                        .place_late(bucket, slots, accounts, usage)
+                        .place_late(bucket, slots, accounts, usage, unbillable)
                         .unwrap_or(placement),
                     Placement::InWindow(_) if self.seen_by_an_earlier_close(usage) => {
                         Placement::Outside

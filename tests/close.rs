@@ -823,12 +823,20 @@ fn late_events(extra: &[&str]) {
         "{billed}"
     );
 
-    // After the November close, a November event shows up, and December usage.
+    // After the November close, a November event shows up, and December usage; and a
+    // November event of acct_free, whose plan does not renew: no close can bill it.
     write_usage(
         &root.join("usage/part-late.parquet"),
         &[
             ("e_late", "acct_pro", "chat_edit", 3, "2026-11-29T10:00:00Z"),
             ("e_dec", "acct_pro", "chat_edit", 1, "2026-12-02T10:00:00Z"),
+            (
+                "e_free_late",
+                "acct_free",
+                "chat_edit",
+                1,
+                "2026-11-25T10:00:00Z",
+            ),
         ],
     );
     write_debits(
@@ -840,6 +848,26 @@ fn late_events(extra: &[&str]) {
     );
     let second = close("2026-12-31T08:00:00Z", "2026-12-31");
     assert!(second.status.success(), "{}", stderr(&second));
+    // The late event no close bills is warned of (in no output row), named; the billed one
+    // is not counted.
+    let unbillable: Vec<String> = (stderr(&second).lines())
+        .filter(|l| l.contains("billed by no close"))
+        .map(String::from)
+        .collect();
+    assert_eq!(unbillable.len(), 1, "{}", stderr(&second));
+    assert!(
+        unbillable[0].contains(
+            "1 late event (an event of a period an earlier close closed, arrived after it) is \
+             billed by no close: a late event is billed on its account's next invoice, and no \
+             allocation period of the account starts after the closed one in the data root \
+             (it does not renew, was cancelled, or its allocations_next row was not added); \
+             counted outside the window only. The first is event \\\"e_free_late\\\" of \
+             account \\\"acct_free\\\": bill them by hand (tally explain --event), or add \
+             the account's next allocation, whose close bills them"
+        ),
+        "{}",
+        unbillable[0]
+    );
     let out = closes.join("2026-12-31");
     // November is not invoiced or renewed again; December is, with the late event on it.
     let invoices = render(&out.join("invoices.parquet"), &[]);
