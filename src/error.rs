@@ -328,11 +328,10 @@ fn write_hint(kind: std::io::ErrorKind, disk: Disk) -> &'static str {
              `df -h` shows space, the file system is out of inodes (`df -i`)"
         }
         ErrorKind::StorageFull | ErrorKind::QuotaExceeded if disk == Disk::History => {
-            "; it is in the close's history folder (--history), which holds the closes' \
-             outputs and must hold this close's --out: free space on its disk (a run writes \
-             its outputs beside the ones it replaces, so it needs room for both) or move the \
-             history folder to a larger disk; if `df -h` shows space, the file system is out \
-             of inodes (`df -i`)"
+            "; it is in a close history folder (one holding .tally-history.lock), where the \
+             closes' outputs are: free space on its disk (a run writes its outputs beside the \
+             ones it replaces, so it needs room for both) or move the history folder to a \
+             larger disk; if `df -h` shows space, the file system is out of inodes (`df -i`)"
         }
         ErrorKind::StorageFull | ErrorKind::QuotaExceeded => {
             "; free space on the output's disk (a run writes its outputs beside the ones it \
@@ -416,10 +415,10 @@ mod tests {
             format!("/srv/closes/{}", crate::HISTORY_LOCK),
             std::io::Error::from_raw_os_error(28),
         );
-        let history_hint = "; it is in the close's history folder (--history), which holds \
-                            the closes' outputs and must hold this close's --out: free space \
-                            on its disk (a run writes its outputs beside the ones it replaces, \
-                            so it needs room for both) or move the history folder to a larger \
+        let history_hint = "; it is in a close history folder (one holding \
+                            .tally-history.lock), where the closes' outputs are: free space on \
+                            its disk (a run writes its outputs beside the ones it replaces, so \
+                            it needs room for both) or move the history folder to a larger \
                             disk; if `df -h` shows space, the file system is out of inodes \
                             (`df -i`)";
         assert!(

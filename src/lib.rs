@@ -515,15 +515,21 @@ pub(crate) fn refuse_a_name_too_long(out: &Path) -> Result<()> {
     let Some(name) = out.file_name() else {
         return Ok(());
     };
-    // As the names beside it are made: a byte that is not UTF-8 takes 3 there (U+FFFD).
-    let (bytes, most) = (name.to_string_lossy().len(), write::MAX_OUT_NAME_BYTES);
+    // As the names beside it are made: a run of bytes that are not UTF-8 takes 3 there
+    // (one U+FFFD).
+    let written = name.to_string_lossy();
+    let (bytes, most) = (written.len(), write::MAX_OUT_NAME_BYTES);
     if bytes <= most {
         return Ok(());
     }
+    let as_written = match written.len() == name.len() {
+        true => "",
+        false => " as tally writes it (each run of bytes that are not UTF-8 as U+FFFD)",
+    };
     Err(TallyError::config(
         out.display().to_string(),
         format!(
-            "the output folder's name is {bytes} bytes, longer than the {most} an output's name \
+            "the output folder's name is {bytes} bytes{as_written}, longer than the {most} an output's name \
              may have (tally writes `.NAME.tally-staging-PID-old` beside it, and a file name \
              holds 255 bytes): choose a shorter --out (or `out` in the job file)"
         ),

@@ -435,12 +435,12 @@ fn warn_of_unbillable_late_events(late: &window::UnbillableLate) {
         events = late.events,
         account = account.as_str(),
         event_id = event.as_str(),
-        "{events} billed by no close: a late event is billed on its account's next \
-         invoice, and no allocation period of the account starts after the closed one in \
-         the data root (it does not renew, was cancelled, or its allocations_next row was \
-         not added); counted outside the window only. The first is event {} of account {}: \
-         bill them by hand (tally explain --event), or add the account's next allocation, \
-         whose close bills them",
+        "{events} billed by no close and in no output row (counted outside the window \
+         only): a late event is billed on its account's next invoice, and the account has \
+         no allocation period after the closed one in the data root that is not closed too \
+         (it does not renew, was cancelled, or its allocations_next row was not added). The \
+         first is event {} of account {}: add the account's next allocation, whose close \
+         bills them, or bill and reconcile them by hand from the usage and ledger files",
         shown(event),
         shown(account),
     );

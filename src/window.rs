@@ -96,10 +96,10 @@ impl Outside {
 }
 
 /// Events that occurred in a closed period and no earlier close billed, of accounts with
-/// no allocation period starting at or after that period's end in the data root (an
-/// account that does not renew, a cancelled one, or one whose next allocation is not in
-/// the data root yet): a late event is billed on the account's next invoice, and such an
-/// account has none, so no close bills them. Counted for the run's warning, with the
+/// no allocation period in the data root that starts at or after that period's end and is
+/// not closed itself (an account that does not renew, a cancelled one, or one whose next
+/// allocation is not in the data root yet): a late event is billed on the account's next
+/// invoice, and such an account has none, so no close bills them. Counted for the run's warning, with the
 /// least (account, event) of them as its example, so that the line is the same every run.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UnbillableLate {
@@ -122,10 +122,10 @@ impl UnbillableLate {
 
     pub fn add(&mut self, other: &UnbillableLate) {
         self.events += other.events;
-        if let Some((account, event)) = &other.first {
-            let mut first = self.clone();
-            first.record(account, event);
-            self.first = first.first;
+        if let Some(theirs) = &other.first {
+            if self.first.as_ref().is_none_or(|ours| theirs < ours) {
+                self.first = Some(theirs.clone());
+            }
         }
     }
 }
@@ -575,8 +575,12 @@ impl<'a> Group<'a> {
         if self.bucket_of(usage.account) != bucket {
             return None;
         }
+        // A period after the closed one that a close has closed too bills nothing more.
         let later = |allocs: &Vec<AllocationRow>| {
-            (allocs.iter()).any(|a| a.period_start >= closed.period_end)
+            (allocs.iter()).any(|a| {
+                a.period_start >= closed.period_end
+                    && !window.history.is_closed(account_id, a.period_start)
+            })
         };
         if !self.allocations.get(account_id).is_some_and(later) {
             if (window.owns)(usage.account) {

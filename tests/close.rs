@@ -858,12 +858,13 @@ fn late_events(extra: &[&str]) {
     assert!(
         unbillable[0].contains(
             "1 late event (an event of a period an earlier close closed, arrived after it) is \
-             billed by no close: a late event is billed on its account's next invoice, and no \
-             allocation period of the account starts after the closed one in the data root \
-             (it does not renew, was cancelled, or its allocations_next row was not added); \
-             counted outside the window only. The first is event \\\"e_free_late\\\" of \
-             account \\\"acct_free\\\": bill them by hand (tally explain --event), or add \
-             the account's next allocation, whose close bills them"
+             billed by no close and in no output row (counted outside the window only): a late \
+             event is billed on its account's next invoice, and the account has no allocation \
+             period after the closed one in the data root that is not closed too (it does not \
+             renew, was cancelled, or its allocations_next row was not added). The first is \
+             event \\\"e_free_late\\\" of account \\\"acct_free\\\": add the account's next \
+             allocation, whose close bills them, or bill and reconcile them by hand from the \
+             usage and ledger files"
         ),
         "{}",
         unbillable[0]
@@ -903,9 +904,30 @@ fn late_events(extra: &[&str]) {
         2,
         "only December renews: {renewals}"
     );
+    // A November event of acct_pro arrives after December's close too: December, its
+    // only later period, is closed itself, so no close bills it either; with acct_free's,
+    // two such events, the least account's named.
+    write_usage(
+        &root.join("usage/part-later.parquet"),
+        &[(
+            "e_pro_later",
+            "acct_pro",
+            "chat_edit",
+            1,
+            "2026-11-28T10:00:00Z",
+        )],
+    );
     // A third close finds both periods closed and the late event billed: nothing new.
     let third = close("2027-01-01T00:00:00Z", "2027-01-01");
     assert!(third.status.success());
+    let warned = stderr(&third);
+    assert!(
+        warned.contains(
+            "2 late events (events of periods earlier closes closed, arrived after them) are \
+             billed by no close"
+        ) && warned.contains("The first is event \\\"e_free_late\\\" of account"),
+        "{warned}"
+    );
     let third_out = closes.join("2027-01-01");
     assert_eq!(
         read_parquet(&third_out.join("invoices.parquet")).num_rows(),
@@ -925,7 +947,7 @@ fn late_events(extra: &[&str]) {
     let redo = close("2026-12-31T08:00:00Z", "2026-12-31");
     assert_eq!(redo.status.code(), Some(3));
     assert!(
-        stderr(&redo).contains("history/2027-01-01/manifest.json is new); a later close exists and was built on this one: check this month with `tally explain`, and rerun with --force only to redo the later closes too\n"),
+        stderr(&redo).contains("history/2027-01-01/manifest.json is new, usage/part-later.parquet is new); a later close exists and was built on this one: check this month with `tally explain`, and rerun with --force only to redo the later closes too\n"),
         "{}",
         stderr(&redo)
     );

@@ -3301,6 +3301,38 @@ fn an_output_name_at_the_limit_runs_and_one_past_is_refused_first() {
         .filter(|name| name.contains("pp"))
         .collect();
     assert!(left.is_empty(), "nothing of the refused run is left");
+
+    // A name that is not UTF-8 counts as tally writes it beside: each of these 0xFF bytes
+    // is a U+FFFD of 3 bytes there, so 76 of them fit (228 bytes) and 77 do not.
+    use std::os::unix::ffi::OsStrExt;
+    let not_utf8 = |n: usize| tmp.path().join(std::ffi::OsStr::from_bytes(&vec![0xFF; n]));
+    let into = |out: &Path| {
+        tally_command(&[
+            "reconcile",
+            "--data",
+            data.to_str().unwrap(),
+            "--as-of",
+            AS_OF,
+        ])
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap()
+    };
+    let fits = into(&not_utf8(76));
+    assert!(fits.status.success(), "{}", stderr(&fits));
+    let refused = into(&not_utf8(77));
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(
+        stderr_past_dataset_warnings(&refused).ends_with(
+            ": the output folder's name is 231 bytes as tally writes it (each run of bytes \
+             that are not UTF-8 as U+FFFD), longer than the 228 an output's name may have \
+             (tally writes `.NAME.tally-staging-PID-old` beside it, and a file name holds 255 \
+             bytes): choose a shorter --out (or `out` in the job file)\n"
+        ),
+        "{}",
+        stderr(&refused)
+    );
 }
 
 /// An overage whose money passes i64 minor units stops the close (exit 4, nothing
