@@ -239,7 +239,7 @@ fn of_another_type(path: &Path, name: &str, found: &arrow::datatypes::DataType) 
 
 /// Refuse a close whose output folder is not directly inside its history folder: the next
 /// close, reading that history, would not see this one and would close its periods again.
-/// Paths are compared where the kernel takes them ([`crate::placed`], [`crate::resolved`]:
+/// Paths are compared where the kernel takes them (`crate::placed`, `crate::resolved`:
 /// made absolute, links followed as far as they exist, `.` and `..` folded after them;
 /// neither folder need exist yet), since that is where the close publishes and where the
 /// next close reads: folded as text, `link/../closes/x` passed for `closes/x` and was
