@@ -2945,6 +2945,41 @@ fn the_run_totals_past_the_fixed_point_limit_stop_the_run_named_as_such() {
     succeeded(&mut cmd("reconcile", &one, &tmp.path().join("one-out")));
 }
 
+/// A price book of one plan, `max` (500 credits, overage at `price_per_credit`), and one
+/// rate: studio prompt-to-video at 8 credits a second.
+fn studio_book(price_per_credit: &str) -> String {
+    format!(
+        "currency = \"USD\"\n\
+         [plans.max]\nprice = \"24.99\"\nincluded_credits = \"500\"\n\
+         overage = {{ price_per_credit = \"{price_per_credit}\" }}\n\
+         [[rates]]\nproduct = \"studio\"\naction = \"prompt_to_video\"\nunit = \"second\"\n\
+         credits_per_unit = \"8\"\neffective_from = 2026-01-01T00:00:00Z\n"
+    )
+}
+
+/// Succeeded studio prompt-to-video events of `seconds` each on 2026-11-10, one for each
+/// (event_id, account_id) of `rows`.
+fn studio_usage(
+    rows: &[(&str, &str)],
+    seconds: tally::amount::Milli,
+) -> arrow::record_batch::RecordBatch {
+    let t = |s: &str| tally::time::parse_instant(s).unwrap();
+    tally::write::Table::default()
+        .str("event_id", rows.iter().map(|r| r.0))
+        .str("account_id", rows.iter().map(|r| r.1))
+        .str("product", rows.iter().map(|_| "studio"))
+        .str("action", rows.iter().map(|_| "prompt_to_video"))
+        .opt_str("model", rows.iter().map(|_| None))
+        .credits("quantity", rows.iter().map(|_| seconds))
+        .str("status", rows.iter().map(|_| "succeeded"))
+        .ts(
+            "occurred_at",
+            rows.iter().map(|_| t("2026-11-10T00:00:00Z")),
+        )
+        .opt_ts("ingested_at", rows.iter().map(|_| None))
+        .finish()
+}
+
 /// Which sum an overflow names: two accounts' charges that fit each account but not their
 /// bucket's credits by product are the run's totals (not the account whose event came
 /// second); one account whose recorded credits minus expected ones pass the range is that
@@ -2956,29 +2991,10 @@ fn an_overflow_names_the_sum_it_happened_in() {
     use tally::write::{write_parquet, Table};
     let tmp = tempfile::tempdir().unwrap();
     let t = |s: &str| parse_instant(s).unwrap();
-    let book = "currency = \"USD\"\n\
-         [plans.max]\nprice = \"24.99\"\nincluded_credits = \"500\"\n\
-         overage = { price_per_credit = \"0.05\" }\n\
-         [[rates]]\nproduct = \"studio\"\naction = \"prompt_to_video\"\nunit = \"second\"\n\
-         credits_per_unit = \"8\"\neffective_from = 2026-01-01T00:00:00Z\n";
+    let book = &studio_book("0.05");
     // 75,000,000,000,000 s at 8 credits: 6 × 10^14 credits, within range alone.
     let seconds = Milli(75_000_000_000_000_000);
-    let usage = |rows: &[(&str, &str)]| {
-        Table::default()
-            .str("event_id", rows.iter().map(|r| r.0))
-            .str("account_id", rows.iter().map(|r| r.1))
-            .str("product", rows.iter().map(|_| "studio"))
-            .str("action", rows.iter().map(|_| "prompt_to_video"))
-            .opt_str("model", rows.iter().map(|_| None))
-            .credits("quantity", rows.iter().map(|_| seconds))
-            .str("status", rows.iter().map(|_| "succeeded"))
-            .ts(
-                "occurred_at",
-                rows.iter().map(|_| t("2026-11-10T00:00:00Z")),
-            )
-            .opt_ts("ingested_at", rows.iter().map(|_| None))
-            .finish()
-    };
+    let usage = |rows: &[(&str, &str)]| studio_usage(rows, seconds);
     let two = tmp.path().join("two");
     accounts_in_november(&two, book, &["a", "b"], Milli(500_000));
     write_parquet(
@@ -3341,29 +3357,12 @@ fn an_output_name_at_the_limit_runs_and_one_past_is_refused_first() {
 #[test]
 fn an_overage_past_minor_units_names_its_invoice_and_plan() {
     use tally::amount::Milli;
-    use tally::time::parse_instant;
-    use tally::write::{write_parquet, Table};
+    use tally::write::write_parquet;
     let tmp = tempfile::tempdir().unwrap();
-    let t = |s: &str| parse_instant(s).unwrap();
-    let book = "currency = \"USD\"\n\
-         [plans.max]\nprice = \"24.99\"\nincluded_credits = \"500\"\n\
-         overage = { price_per_credit = \"1000000000000\" }\n\
-         [[rates]]\nproduct = \"studio\"\naction = \"prompt_to_video\"\nunit = \"second\"\n\
-         credits_per_unit = \"8\"\neffective_from = 2026-01-01T00:00:00Z\n";
     let root = tmp.path().join("data");
-    accounts_in_november(&root, book, &["a"], Milli(500_000));
+    accounts_in_november(&root, &studio_book("1000000000000"), &["a"], Milli(500_000));
     // 75,000,000,000,000 s at 8 credits: 6 × 10^14 credits, all but 500 of them overage.
-    let usage = Table::default()
-        .str("event_id", ["e-a"])
-        .str("account_id", ["a"])
-        .str("product", ["studio"])
-        .str("action", ["prompt_to_video"])
-        .opt_str("model", [None])
-        .credits("quantity", [Milli(75_000_000_000_000_000)])
-        .str("status", ["succeeded"])
-        .ts("occurred_at", [t("2026-11-10T00:00:00Z")])
-        .opt_ts("ingested_at", [None])
-        .finish();
+    let usage = studio_usage(&[("e-a", "a")], Milli(75_000_000_000_000_000));
     write_parquet(&root.join("usage/part-0.parquet"), &usage).unwrap();
     let out_dir = tmp.path().join("close");
     let out = cmd("close", &root, &out_dir).output().unwrap();
