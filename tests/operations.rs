@@ -3164,17 +3164,7 @@ fn odd_output_paths_publish_where_they_name_and_leave_no_staging() {
     // A name that is not UTF-8, with a placeholder.
     let mut odd = outs.as_os_str().as_bytes().to_vec();
     odd.extend_from_slice(b"/bad\xffname-{as_of_date}");
-    let run = tally_command(&[
-        "reconcile",
-        "--data",
-        data.to_str().unwrap(),
-        "--as-of",
-        AS_OF,
-    ])
-    .arg("--out")
-    .arg(std::ffi::OsStr::from_bytes(&odd))
-    .output()
-    .unwrap();
+    let run = reconcile_into(&data, std::ffi::OsStr::from_bytes(&odd));
     assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
     let mut published = outs.as_os_str().as_bytes().to_vec();
     published.extend_from_slice(b"/bad\xffname-2026-11-20");
@@ -3283,6 +3273,21 @@ fn a_job_file_is_read_up_to_1_mib_and_one_byte_more_is_refused() {
     );
 }
 
+/// `tally reconcile` of `data` at [`AS_OF`] into `out`, a path that need not be UTF-8.
+fn reconcile_into(data: &Path, out: &std::ffi::OsStr) -> Output {
+    tally_command(&[
+        "reconcile",
+        "--data",
+        data.to_str().unwrap(),
+        "--as-of",
+        AS_OF,
+    ])
+    .arg("--out")
+    .arg(out)
+    .output()
+    .unwrap()
+}
+
 /// An output folder's name may have `write::MAX_OUT_NAME_BYTES` bytes (228: tally writes
 /// `.NAME.tally-staging-PID-old` beside it, and a name holds 255 bytes); one byte more is
 /// refused before the run locks, computes or writes anything (it failed at the write,
@@ -3322,19 +3327,7 @@ fn an_output_name_at_the_limit_runs_and_one_past_is_refused_first() {
     // is a U+FFFD of 3 bytes there, so 76 of them fit (228 bytes) and 77 do not.
     use std::os::unix::ffi::OsStrExt;
     let not_utf8 = |n: usize| tmp.path().join(std::ffi::OsStr::from_bytes(&vec![0xFF; n]));
-    let into = |out: &Path| {
-        tally_command(&[
-            "reconcile",
-            "--data",
-            data.to_str().unwrap(),
-            "--as-of",
-            AS_OF,
-        ])
-        .arg("--out")
-        .arg(out)
-        .output()
-        .unwrap()
-    };
+    let into = |out: &Path| reconcile_into(&data, out.as_os_str());
     let fits = into(&not_utf8(76));
     assert!(fits.status.success(), "{}", stderr(&fits));
     let refused = into(&not_utf8(77));
