@@ -195,17 +195,7 @@ fn warn_of_an_oversized_group(
 /// asks about (its product's traffic, a runaway client) before giving the job more memory.
 /// Counted only for that group, from the rows it holds.
 fn warn_of_the_largest_account(group: usize, (usage, debits): (&[Usage], &[Debit]), dicts: &Dicts) {
-    let mut rows_by_account: HashMap<u32, u64> = HashMap::new();
-    let accounts = (usage.iter().map(|u| u.account)).chain(debits.iter().map(|d| d.account));
-    for account in accounts {
-        *rows_by_account.entry(account).or_default() += 1;
-    }
-    // The most rows; of equal counts the least account id, so the line is the same every
-    // run.
-    let largest = (rows_by_account.into_iter()).max_by(|&(a, a_rows), &(b, b_rows)| {
-        (a_rows.cmp(&b_rows)).then_with(|| dicts.account(b).cmp(dicts.account(a)))
-    });
-    let Some((account, rows)) = largest else {
+    let Some((account, rows)) = largest_account((usage, debits), dicts) else {
         return;
     };
     let group_rows = (usage.len() + debits.len()) as u64;
@@ -221,6 +211,20 @@ fn warn_of_the_largest_account(group: usize, (usage, debits): (&[Usage], &[Debit
          ledger rows",
         group + 1,
     );
+}
+
+/// The account (code) with the most usage and ledger rows, and its rows; of equal counts
+/// the least account id (not code: codes of accounts without allocations follow the
+/// order rows were read in), so that the warning is the same every run.
+fn largest_account((usage, debits): (&[Usage], &[Debit]), dicts: &Dicts) -> Option<(u32, u64)> {
+    let mut rows_by_account: HashMap<u32, u64> = HashMap::new();
+    let accounts = (usage.iter().map(|u| u.account)).chain(debits.iter().map(|d| d.account));
+    for account in accounts {
+        *rows_by_account.entry(account).or_default() += 1;
+    }
+    (rows_by_account.into_iter()).max_by(|&(a, a_rows), &(b, b_rows)| {
+        (a_rows.cmp(&b_rows)).then_with(|| dicts.account(b).cmp(dicts.account(a)))
+    })
 }
 
 /// Warn when the rows whose group an id join decides (an entry charging another account's
@@ -1309,6 +1313,41 @@ mod tests {
     use super::*;
     use crate::model::At;
     use proptest::prelude::*;
+
+    /// The largest account is the one with the most usage and ledger rows; of equal
+    /// counts the least id, also when its code is the greater (an account without
+    /// allocations, coded after the plans' accounts).
+    #[test]
+    fn the_largest_account_is_the_most_rows_then_the_least_id() {
+        let builder = DictBuilder::new(["b", "c"].into_iter());
+        let a = builder.accounts.code("a");
+        let dicts = builder.freeze();
+        let (b, c) = (0, 1);
+        assert!(a > c);
+        let usage_of = |accounts: &[u32]| -> Vec<Usage> {
+            (accounts.iter())
+                .map(|&account| Usage {
+                    account,
+                    ..bytemuck::Zeroable::zeroed()
+                })
+                .collect()
+        };
+        let debit_of = |accounts: &[u32]| -> Vec<Debit> {
+            (accounts.iter())
+                .map(|&account| Debit {
+                    account,
+                    ..bytemuck::Zeroable::zeroed()
+                })
+                .collect()
+        };
+        // c: 3 rows (usage and ledger together) against b's and a's 2.
+        let (usage, debits) = (usage_of(&[c, b, a, c]), debit_of(&[a, b, c]));
+        assert_eq!(largest_account((&usage, &debits), &dicts), Some((c, 3)));
+        // a and b tie at 2: a, the least id, though b's code is the less.
+        let (usage, debits) = (usage_of(&[b, a, c]), debit_of(&[a, b]));
+        assert_eq!(largest_account((&usage, &debits), &dicts), Some((a, 2)));
+        assert_eq!(largest_account((&[], &[]), &dicts), None);
+    }
 
     /// Rows joined across accounts as many as a group's planned rows pass; one more warns.
     #[test]
