@@ -511,7 +511,7 @@ pub(crate) struct Prepared {
 /// Refuse an output folder whose name leaves no room for the names tally writes beside it
 /// ([`write::MAX_OUT_NAME_BYTES`]) before the run computes: past it, the run failed only
 /// when it came to write, naming a staging folder the user never chose.
-pub(crate) fn refuse_a_name_too_long(out: &Path) -> Result<()> {
+pub fn refuse_a_name_too_long(out: &Path) -> Result<()> {
     let Some(name) = out.file_name() else {
         return Ok(());
     };

@@ -882,6 +882,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
     };
     let req = request(args, mode, force, history)?;
+    // A setting refused before `run start`, as a bad flag is (the run would not start).
+    tally::refuse_a_name_too_long(&req.out)?;
     let out = req.out.display().to_string();
     // The settings as resolved (an `as_of = "now"` becomes an instant only here): what an
     // on-call engineer needs to rerun a failed night exactly.
@@ -1127,6 +1129,7 @@ fn merge(m: MergeArgs) -> anyhow::Result<u8> {
             interactive: progress_bars(),
         },
     };
+    tally::refuse_a_name_too_long(&req.out)?;
     let out = req.out.display().to_string();
     // A sharded night ends in its merge: a log collector keyed on `run start` and `run
     // done` must see it start and end as it sees a run on one machine.

@@ -52,19 +52,24 @@ fn warn_of_many_files(settings: &RunSettings, census: &Census) {
             files,
             file_bytes,
             memory_budget_bytes = settings.memory_budget_bytes,
-            "usage and debits are {files} files: reading them takes about {} MiB beyond \
+            "usage and debits are {files} files: reading them takes about {} beyond \
              their rows (about 3 KiB a file), more than a quarter of the memory budget; \
              compact them into fewer, larger files (a day's rows a file) before the run, or \
              give the job more memory and a larger --memory-budget",
-            mib_to_a_tenth(file_bytes)
+            size_in_words(file_bytes)
         );
     }
 }
 
-/// `bytes` in MiB to a tenth, rounded (`1.1`), for a warning.
-fn mib_to_a_tenth(bytes: u64) -> String {
+/// `bytes` for a warning: in MiB to a tenth, rounded (`1.1 MiB`), or in bytes below a
+/// tenth of a MiB (`7200 bytes`: a budget may be as small as a byte, and "0.0 MiB, more
+/// than the budget" read as a contradiction).
+fn size_in_words(bytes: u64) -> String {
+    if bytes < (1 << 20) / 10 {
+        return format!("{bytes} bytes");
+    }
     let tenths = (bytes.saturating_mul(10).saturating_add(1 << 19)) >> 20;
-    format!("{}.{}", tenths / 10, tenths % 10)
+    format!("{}.{} MiB", tenths / 10, tenths % 10)
 }
 
 /// Warn when the plans (allocation and grant rows, held for the whole run whatever the
@@ -82,10 +87,10 @@ fn warn_of_plans_past_the_budget(settings: &RunSettings, census: &Census) {
             plan_bytes,
             memory_budget_bytes = settings.memory_budget_bytes,
             "allocations and grants are {plan_rows} rows: at about {per_row} bytes each they \
-             alone take {} MiB, more than the memory budget, and the run holds them \
+             alone take {}, more than the memory budget, and the run holds them \
              whatever its groups, so its peak will pass the budget; give the job more memory \
              and a larger --memory-budget",
-            mib_to_a_tenth(plan_bytes)
+            size_in_words(plan_bytes)
         );
     }
 }
@@ -1347,6 +1352,16 @@ mod tests {
         let (usage, debits) = (usage_of(&[b, a, c]), debit_of(&[a, b]));
         assert_eq!(largest_account((&usage, &debits), &dicts), Some((a, 2)));
         assert_eq!(largest_account((&[], &[]), &dicts), None);
+    }
+
+    /// Sizes in warnings: bytes below a tenth of a MiB, then MiB to a tenth.
+    #[test]
+    fn sizes_are_said_in_bytes_below_a_tenth_of_a_mib() {
+        assert_eq!(size_in_words(7_200), "7200 bytes");
+        assert_eq!(size_in_words(104_856), "104856 bytes");
+        assert_eq!(size_in_words(104_857), "0.1 MiB");
+        assert_eq!(size_in_words(1_153_434), "1.1 MiB");
+        assert_eq!(size_in_words(u64::MAX), "1759218604441.5 MiB");
     }
 
     /// Rows joined across accounts as many as a group's planned rows pass; one more warns.

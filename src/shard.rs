@@ -587,7 +587,11 @@ fn differences(a: &ShardManifest, b: &ShardManifest) -> String {
     }
     // Two spellings of one folder are equal here ([`run_identity`]).
     if a.data != b.data {
-        what.push("data root".to_string());
+        what.push(format!(
+            "data root {} vs {}: if both hold the same files, give the merge --data",
+            b.data.display(),
+            a.data.display()
+        ));
     }
     if a.inputs != b.inputs {
         what.push(format!(
@@ -949,8 +953,10 @@ fn check_history_unchanged(
         return Ok(());
     }
     Err(TallyError::Refused(format!(
-        "the closes under the history folder {} are not those the shards read (a close was \
-         published, replaced or removed there since); rerun every shard and then the merge",
+        "the closes under the history folder {} are not those the shards read: a close was \
+         published, replaced or removed there since (rerun every shard and then the merge), \
+         or the merge's --out is not in the history folder the shards read (a close \
+         publishes directly inside its history: give the merge the shards' --out)",
         dir.display()
     )))
 }

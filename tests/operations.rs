@@ -3305,6 +3305,18 @@ fn an_output_name_at_the_limit_runs_and_one_past_is_refused_first() {
 
     let past = tmp.path().join("p".repeat(MAX_OUT_NAME_BYTES + 1));
     let refused = cmd("reconcile", &data, &past).output().unwrap();
+    // Refused as a bad setting is, before the run starts: no `run start` in the log.
+    let logged = cmd("reconcile", &data, &past)
+        .args(["--log-format", "json"])
+        .env("TALLY_LOG", "info")
+        .output()
+        .unwrap();
+    assert_eq!(logged.status.code(), Some(2));
+    assert!(
+        !stderr(&logged).contains("run start"),
+        "{}",
+        stderr(&logged)
+    );
     assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
     assert_eq!(
         stderr_past_dataset_warnings(&refused),

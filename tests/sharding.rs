@@ -1427,8 +1427,10 @@ fn closes_under_one_history_run_one_at_a_time_and_a_merge_sees_what_its_shards_s
         refused_by(&mut merge()),
         format!(
             "tally: refused: the closes under the history folder {} are not those the shards \
-             read (a close was published, replaced or removed there since); rerun every shard \
-             and then the merge\n",
+             read: a close was published, replaced or removed there since (rerun every shard \
+             and then the merge), or the merge's --out is not in the history folder the shards \
+             read (a close publishes directly inside its history: give the merge the shards' \
+             --out)\n",
             closes.display()
         )
     );
@@ -2299,7 +2301,11 @@ fn shards_naming_one_data_root_through_links_merge() {
     let refused = tally(&["merge", "--out", mounts.to_str().unwrap()]);
     assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
     assert!(
-        stderr(&refused).contains("(data root)"),
+        stderr(&refused).contains(&format!(
+            "(data root {} vs {}: if both hold the same files, give the merge --data)",
+            copy.canonicalize().unwrap().display(),
+            data.canonicalize().unwrap().display()
+        )),
         "{}",
         stderr(&refused)
     );
