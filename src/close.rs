@@ -66,27 +66,29 @@ pub struct RenewalRow {
 /// invoice id, and their invoice lines could not be told apart. Whole seconds, every
 /// anniversary of a whole-second anchor, read as they always did.
 pub fn compact_stamp(t: Micros) -> String {
+    let Some(second) = second_of(t) else {
+        return t.to_string();
+    };
     match t.rem_euclid(1_000_000) {
-        0 => whole_second_stamp(t),
+        0 => format!("{second}Z"),
         micros => {
-            let whole = whole_second_stamp(t);
             let fraction = format!("{micros:06}");
-            format!(
-                "{}.{}Z",
-                whole.trim_end_matches('Z'),
-                fraction.trim_end_matches('0')
-            )
+            format!("{second}.{}Z", fraction.trim_end_matches('0'))
         }
     }
 }
 
 /// [`compact_stamp`] of the second `t` falls in (its fraction dropped, as every stamp was
-/// before 2026-12-07; chrono's `%S` is the floor, before 1970 too).
+/// before 2026-12-07).
 fn whole_second_stamp(t: Micros) -> String {
-    Utc.timestamp_micros(t)
-        .single()
-        .map(|d| d.format("%Y%m%dT%H%M%SZ").to_string())
-        .unwrap_or_else(|| t.to_string())
+    second_of(t).map_or_else(|| t.to_string(), |second| format!("{second}Z"))
+}
+
+/// The second `t` falls in, `20261101T000000` (chrono's `%S` is the floor, before 1970
+/// too); `None` outside chrono's range.
+fn second_of(t: Micros) -> Option<String> {
+    let instant = Utc.timestamp_micros(t).single()?;
+    Some(instant.format("%Y%m%dT%H%M%S").to_string())
 }
 
 /// Deterministic invoice id from account and period.
@@ -117,16 +119,25 @@ const HASHED: &str = "sha256:";
 /// overage_amount_minor = round half-even(overage × price_per_credit × 10^exponent); 0 for block.
 /// The product is exact (unbounded integers): `Decimal` would round a product past its 28
 /// digits first (overage 0.001 at 5.000000000000000000000000001 USD a credit is 0.5 cents
-/// and a bit, 1 cent; rounded twice it was 0).
-pub fn overage_amount_minor(book: &PriceBook, plan: &Plan, overage: Milli) -> Result<i64> {
+/// and a bit, 1 cent; rounded twice it was 0). Past i64 minor units, an overflow naming
+/// the invoice (`invoice_id`), the figures and the plan (`plan_id`) to check, as the
+/// invoice total's does.
+pub fn overage_amount_minor(
+    book: &PriceBook,
+    plan: &Plan,
+    overage: Milli,
+    (invoice_id, plan_id): (&str, &str),
+) -> Result<i64> {
     match &plan.overage {
         Overage::Block => Ok(0),
         Overage::PricePerCredit(price) => {
             let amount = Exact::of(overage.to_decimal()).times(&Exact::of(*price));
             i64::try_from(amount.half_even_at(book.exponent)).map_err(|_| {
                 TallyError::Overflow(format!(
-                    "overage of {overage} credits at {price} {} a credit passes the largest \
-                     amount in minor units ({})",
+                    "invoice {invoice_id}: its overage of {overage} credits at {price} {} a \
+                     credit passes the largest amount in minor units ({}); check plan \
+                     {plan_id}'s overage price_per_credit in the price book (and the account's \
+                     usage), then rerun",
                     book.currency,
                     i64::MAX
                 ))
@@ -242,18 +253,8 @@ fn invoice_row(
 ) -> Result<InvoiceRow> {
     let consumption = figures.consumption;
     let id = invoice_id(&allocation.account_id, allocation.period_start);
-    // Named by its invoice and plan, as the total's overflow below is.
-    let overage_minor = overage_amount_minor(book, plan, consumption.overage).map_err(|e| {
-        TallyError::Overflow(format!(
-            "invoice {id}: its {}; check plan {}'s overage price_per_credit in the price book \
-             (and the account's usage), then rerun",
-            match e {
-                TallyError::Overflow(what) => what,
-                other => other.to_string(),
-            },
-            allocation.plan_id
-        ))
-    })?;
+    let whose = (id.as_str(), allocation.plan_id.as_str());
+    let overage_minor = overage_amount_minor(book, plan, consumption.overage, whose)?;
     let total_minor = plan
         .price_minor
         .checked_add(overage_minor)
@@ -471,7 +472,13 @@ mod tests {
     fn overage_money_is_rounded_once_from_the_exact_product() {
         let minor = |currency: &str, price: &str, overage_millis: i64| {
             let book = overage_book(currency, price);
-            overage_amount_minor(&book, &book.plans["pro"], Milli(overage_millis)).unwrap()
+            overage_amount_minor(
+                &book,
+                &book.plans["pro"],
+                Milli(overage_millis),
+                ("INV", "pro"),
+            )
+            .unwrap()
         };
         let cents = |price: &str, overage_millis: i64| minor("USD", price, overage_millis);
         // 0.001 credits at 5 USD: 0.5 cents, a tie, to the even 0.

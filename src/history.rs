@@ -252,13 +252,13 @@ pub fn check_layout(dir: &Path, out: &Path) -> Result<()> {
     }
     // Through a link, the text does not show where the folders are: say it.
     let as_text = crate::normalised(dir) == dir_real && crate::normalised(out) == out_real;
-    let through_links = match !as_text {
-        true => format!(
+    let through_links = match as_text {
+        true => String::new(),
+        false => format!(
             " (with their links followed, the output folder is {} and the history folder {})",
             out_real.display(),
             dir_real.display()
         ),
-        false => String::new(),
     };
     Err(TallyError::config(
         dir.display().to_string(),

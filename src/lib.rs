@@ -731,14 +731,14 @@ pub(crate) fn check_earlier_close_advising(
     if req.mode != Mode::Close || !manifest_path.exists() {
         return Ok(None);
     }
-    let old = Manifest::read(&manifest_path)?;
+    let (old, old_sha256) = Manifest::read(&manifest_path)?;
     let holds_a_close = old.command == Mode::Close.name();
     match describe_changes(&old, req, inputs) {
         None => {
             let figures = AlertFigures::from_summary(&req.out.join("summary.json"))?;
             Ok(Some(JobOutcome::AlreadyClosed {
                 alert: check_alert(&req.alert, &figures),
-                manifest_sha256: write::sha256_file(&manifest_path)?,
+                manifest_sha256: old_sha256,
             }))
         }
         // Not a close: a reconcile's folder (the job's `out` pointed at it by mistake, or

@@ -515,15 +515,18 @@ pub struct Manifest {
 impl Manifest {
     /// A published folder's manifest.json (`path`), read and parsed; an unreadable one is
     /// exit 2 naming it.
-    pub fn read(path: &std::path::Path) -> Result<Manifest> {
+    /// The manifest at `path` and the sha256 of the bytes it was read from (one read: the
+    /// figure a run logs and `tally verify --manifest-sha256` holds the file to).
+    pub fn read(path: &std::path::Path) -> Result<(Manifest, crate::write::Sha256Hex)> {
         let text =
             crate::write::read_regular_to_string(path).map_err(|e| TallyError::io(path, e))?;
-        serde_json::from_str(&text).map_err(|e| {
+        let manifest = serde_json::from_str(&text).map_err(|e| {
             TallyError::input(
                 path.display().to_string(),
                 format!("unreadable manifest: {e}"),
             )
-        })
+        })?;
+        Ok((manifest, crate::write::sha256_hex(text.as_bytes())))
     }
 }
 

@@ -121,12 +121,10 @@ pub struct Verification {
 /// Check `req.out` against its manifest (and the inputs given). An unreadable folder or
 /// manifest is an error (exit 2); differences are findings, not errors.
 pub fn verify(req: &VerifyRequest) -> Result<Verification> {
-    let (manifest, as_of) = read_manifest(&req.out)?;
+    let (manifest, as_of, manifest_sha256) = read_manifest(&req.out)?;
     let mut differences = Vec::new();
-    let manifest_as_logged = match &req.manifest_sha256 {
-        Some(logged) => Some(crate::write::sha256_file(&manifest_path(&req.out))? == *logged),
-        None => None,
-    };
+    let manifest_as_logged =
+        (req.manifest_sha256.as_ref()).map(|logged| *logged == manifest_sha256);
     if manifest_as_logged == Some(false) {
         differences.push(Difference::ManifestChanged);
     }
@@ -217,8 +215,9 @@ fn check_history(history: &Path, out: &Path, manifest: &Manifest) -> Result<()> 
     crate::history::refuse_an_output_folder_as_history(history)
 }
 
-/// The folder's `manifest.json` and its as-of, refused with what the folder is instead.
-fn read_manifest(out: &Path) -> Result<(Manifest, crate::time::Micros)> {
+/// The folder's `manifest.json`, its as-of and its sha256, refused with what the folder is
+/// instead.
+fn read_manifest(out: &Path) -> Result<(Manifest, crate::time::Micros, crate::write::Sha256Hex)> {
     let path = manifest_path(out);
     let why = match std::fs::metadata(out) {
         Ok(meta) if meta.is_dir() => None,
@@ -261,7 +260,7 @@ fn read_manifest(out: &Path) -> Result<(Manifest, crate::time::Micros)> {
             "holds no manifest.json: not a folder a tally run published",
         ));
     }
-    let manifest = Manifest::read(&path)?;
+    let (manifest, manifest_sha256) = Manifest::read(&path)?;
     if let Some(bad) =
         (manifest.outputs.iter().chain(&manifest.inputs)).find(|f| !is_plain_relative(&f.path))
     {
@@ -307,7 +306,7 @@ fn read_manifest(out: &Path) -> Result<(Manifest, crate::time::Micros)> {
             "unreadable manifest: `as_of` is not an instant",
         ));
     };
-    Ok((manifest, as_of))
+    Ok((manifest, as_of, manifest_sha256))
 }
 
 /// A `/`-separated relative path of plain names, as a run writes them: no root, no `.`,

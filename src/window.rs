@@ -99,8 +99,9 @@ impl Outside {
 /// no allocation period in the data root that starts at or after that period's end and is
 /// not closed itself (an account that does not renew, a cancelled one, or one whose next
 /// allocation is not in the data root yet): a late event is billed on the account's next
-/// invoice, and such an account has none, so no close bills them. Counted for the run's warning, with the
-/// least (account, event) of them as its example, so that the line is the same every run.
+/// invoice, and such an account has none, so no close bills them. Counted for the run's
+/// warning, with the least (account, event) of them as its example, so that the line is
+/// the same every run.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UnbillableLate {
     pub events: u64,
@@ -110,22 +111,22 @@ pub struct UnbillableLate {
 impl UnbillableLate {
     fn record(&mut self, account_id: &str, event_id: &str) {
         self.events += 1;
-        let this = (account_id, event_id);
-        if self
-            .first
-            .as_ref()
-            .is_none_or(|(a, e)| this < (a.as_str(), e.as_str()))
-        {
-            self.first = Some((account_id.to_string(), event_id.to_string()));
-        }
+        self.keep_the_least(account_id, event_id);
     }
 
     pub fn add(&mut self, other: &UnbillableLate) {
         self.events += other.events;
-        if let Some(theirs) = &other.first {
-            if self.first.as_ref().is_none_or(|ours| theirs < ours) {
-                self.first = Some(theirs.clone());
-            }
+        if let Some((account_id, event_id)) = &other.first {
+            self.keep_the_least(account_id, event_id);
+        }
+    }
+
+    /// `(account_id, event_id)` as the example if it is less than the one kept (copied
+    /// only then).
+    fn keep_the_least(&mut self, account_id: &str, event_id: &str) {
+        let less = |(a, e): &(String, String)| (account_id, event_id) < (a.as_str(), e.as_str());
+        if self.first.as_ref().is_none_or(less) {
+            self.first = Some((account_id.to_string(), event_id.to_string()));
         }
     }
 }
