@@ -70,6 +70,13 @@ pub struct ShardManifest {
     /// history and takes its lock, also when it held no earlier close (no `history/` input).
     #[serde(default)]
     pub read_history: bool,
+    /// The history folder the shard read, recorded as the data root is
+    /// ([`recorded_folder`]); `None` without `--history`, and in shards of a build before
+    /// the field. A merge publishes only directly inside it: a close published elsewhere is
+    /// not seen by the next close under the history, which would close and invoice its
+    /// periods again.
+    #[serde(default)]
+    pub history: Option<PathBuf>,
 }
 
 impl ShardManifest {
@@ -128,13 +135,14 @@ pub fn check_shard(i: u32, n: u32, i_name: &str, n_name: &str) -> std::result::R
     Ok(())
 }
 
-/// The data root as a shard records it: absolute, as written where that is the folder the
-/// shard read (a mount path such as `/data` stays as it is, whatever it links to on this
-/// machine: another machine's shards may name the same root so), else where the kernel
-/// took it (`link/../data` folded as text is another folder, or none).
-fn recorded_data_root(data: &Path) -> PathBuf {
-    let written = crate::normalised(data);
-    let real = crate::resolved(data);
+/// A folder (the data root, the history folder) as a shard records it: absolute, as
+/// written where that is the folder the shard read (a mount path such as `/data` stays as
+/// it is, whatever it links to on this machine: another machine's shards may name the
+/// same root so), else where the kernel took it (`link/../data` folded as text is another
+/// folder, or none).
+fn recorded_folder(folder: &Path) -> PathBuf {
+    let written = crate::normalised(folder);
+    let real = crate::resolved(folder);
     match written.canonicalize().ok() == real.canonicalize().ok() {
         true => written,
         false => real,
@@ -171,7 +179,7 @@ pub fn run_shard(req: &JobRequest, shard: u32, shards: u32) -> Result<JobOutcome
         &mut partial,
         fingerprint,
         (shard, shards),
-        req.history.is_some(),
+        req.history.as_deref(),
     );
     if let Err(e) = written {
         write::discard_staging(&staging);
@@ -212,7 +220,7 @@ fn write_shard(
     partial: &mut Partial,
     inputs: Vec<FileEntry>,
     (shard, shards): (u32, u32),
-    read_history: bool,
+    history: Option<&Path>,
 ) -> Result<()> {
     // Run files (billed events, invoice lines) become files of the shard folder, named
     // relative to it.
@@ -233,13 +241,14 @@ fn write_shard(
         shards,
         // Absolute: a relative --data named a folder relative to where the shard ran,
         // which the merge (often run elsewhere) is not.
-        data: recorded_data_root(&settings.data),
+        data: recorded_folder(&settings.data),
         inputs,
         partial_sha256,
         partial_format: PARTIAL_FORMAT,
         runs,
         accounts: partial.results.len() as u64,
-        read_history,
+        read_history: history.is_some(),
+        history: history.map(recorded_folder),
     };
     let json = serde_json::to_string_pretty(&manifest)
         .map_err(|e| TallyError::output(SHARD_MANIFEST, e))?;
@@ -473,6 +482,8 @@ fn run_identity(m: &ShardManifest, data_given: bool) -> ShardManifest {
             true => PathBuf::new(),
             false => m.data.canonicalize().unwrap_or_else(|_| m.data.clone()),
         },
+        // Two spellings of one history folder are one, as for the data root.
+        history: (m.history.as_ref()).map(|h| h.canonicalize().unwrap_or_else(|_| h.clone())),
         shard: 0,
         partial_sha256: String::new(),
         runs: Vec::new(),
@@ -541,6 +552,7 @@ fn differences(a: &ShardManifest, b: &ShardManifest) -> String {
         runs: _,
         accounts: _,
         read_history: _,
+        history: _,
     } = a;
     let mut what = Vec::new();
     if a.command != b.command {
@@ -584,6 +596,13 @@ fn differences(a: &ShardManifest, b: &ShardManifest) -> String {
             false => "no --history",
         };
         what.push(format!("{} vs {}", read(b), read(a)));
+    }
+    if a.history != b.history {
+        let folder = |m: &ShardManifest| match &m.history {
+            Some(folder) => folder.display().to_string(),
+            None => "none recorded".to_string(),
+        };
+        what.push(format!("history folder {} vs {}", folder(b), folder(a)));
     }
     // Two spellings of one folder are equal here ([`run_identity`]).
     if a.data != b.data {
@@ -709,6 +728,8 @@ pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
     // input.
     crate::refuse_out_inside_a_dataset(&job.data, &req.out)?;
     crate::refuse_a_name_too_long(&req.out)?;
+    // Before the locks: a merge refused here leaves no lock file where it does not belong.
+    refuse_out_outside_the_shards_history(first, &req.out)?;
     let _lock = crate::lock_output(&req.out)?;
     // A close whose shards read a history: its folder is the one `--out` is directly
     // inside (the shards checked that). The merge publishes into it, so it takes the
@@ -923,6 +944,30 @@ fn check_inputs_unchanged(
         )));
     }
     Ok(())
+}
+
+/// Refuse a close merge whose `--out` is not directly inside the history folder its shards
+/// read (as `shard.json` records it; shards of a build before that record are checked only
+/// by [`check_history_unchanged`], which cannot tell two folders without closes apart). A
+/// close published elsewhere would not be seen by the next close under the shards'
+/// history, which would close and invoice its periods again. Two spellings of one folder
+/// (a link, `..`) are one.
+fn refuse_out_outside_the_shards_history(first: &ShardManifest, out: &Path) -> Result<()> {
+    let Some(read) = &first.history else {
+        return Ok(());
+    };
+    let here = write::folder_of(out);
+    let real = |folder: &Path| folder.canonicalize().ok();
+    if recorded_folder(&here) == *read || real(&here).is_some_and(|h| Some(h) == real(read)) {
+        return Ok(());
+    }
+    Err(TallyError::Refused(format!(
+        "the merge's --out {} is not in the history folder its shards read ({}): a close \
+         publishes directly inside its history, and the next close there would not see this \
+         one and would close and invoice its periods again; give the merge the shards' --out",
+        out.display(),
+        read.display()
+    )))
 }
 
 /// Refuse a merge when the closes under the history folder `dir` are no longer those the

@@ -1374,6 +1374,54 @@ fn sharded_closes_with_history_behave_like_single_closes() {
     assert_same(&single, &merged, "unchanged by the repeated close");
 }
 
+/// The first close of a history, sharded: its merge given another `--out` (and the shard
+/// folders by name) is refused before it takes a lock, naming the history the shards read.
+/// Published there, the next close under the history would not see it and would close
+/// and invoice the same periods again (the closes under both folders were none, so
+/// comparing them could not tell). Through a link to the history the merge publishes.
+#[test]
+fn a_first_sharded_close_merged_outside_its_history_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = generate_root(tmp.path());
+    let closes = tmp.path().join("closes");
+    let december = closes.join("2026-12-01");
+    let h = ["--history", closes.to_str().unwrap()];
+    run_shards("close", &data, CLOSE_AS_OF, &december, 2, &h);
+    let elsewhere = tmp.path().join("elsewhere").join("2026-12-01");
+    let shards = root(&december);
+    let merge_into = |out: &Path| {
+        tally_command(&[
+            "merge",
+            "--out",
+            out.to_str().unwrap(),
+            shards.to_str().unwrap(),
+        ])
+    };
+    assert_eq!(
+        refused_by(&mut merge_into(&elsewhere)),
+        format!(
+            "tally: refused: the merge's --out {} is not in the history folder its shards read \
+             ({}): a close publishes directly inside its history, and the next close there \
+             would not see this one and would close and invoice its periods again; give the \
+             merge the shards' --out\n",
+            elsewhere.display(),
+            closes.display()
+        )
+    );
+    // Refused before its locks: nothing made beside the wrong --out.
+    assert!(!tmp.path().join("elsewhere").exists());
+    // The history through a link is the history.
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(&closes, &link).unwrap();
+    tally_ok(&[
+        "merge",
+        "--out",
+        link.join("2026-12-01").to_str().unwrap(),
+        shards.to_str().unwrap(),
+    ]);
+    assert!(december.join("manifest.json").exists());
+}
+
 /// Closes under one history folder run one at a time (each reads the closes before it): a
 /// close holds the history's lock, which the shards of a sharded close share. A merge whose
 /// shards read a history refuses when a close was published there since they ran (they did
