@@ -491,6 +491,38 @@ fn refuse_a_close_not_named_in_utf8(folder: &Path) -> Result<()> {
     }
 }
 
+/// Warn of a close run without `--history` whose `--out` is beside earlier closes: it does
+/// not read them, so the periods they closed are closed and invoiced again (the usual
+/// cause: `--history` left out of a close run by hand). A warning, not a refusal: closes of
+/// another data root may share the folder, and a first close has no history to give. A
+/// folder this cannot read is not this warning's to report (the close itself does not read
+/// it).
+pub fn warn_of_closes_not_read(out: &Path) {
+    let dir = crate::write::folder_of(out);
+    let Ok(closes) = closes_under(&dir, Some(out)) else {
+        return;
+    };
+    let Some(latest) = closes.iter().max_by_key(|c| (c.as_of, &c.name)) else {
+        return;
+    };
+    let held = match closes.len() {
+        1 => "an earlier close".to_string(),
+        n => format!("{n} earlier closes"),
+    };
+    tracing::warn!(
+        closes = closes.len(),
+        latest = latest.name.as_str(),
+        folder = %dir.display(),
+        "the folder of --out, {}, holds {held} (the latest: {}, as of {}) that this close does \
+         not read, as it runs without --history: periods they closed are closed and invoiced \
+         again. If they are closes of this data root, rerun with --history {}",
+        dir.display(),
+        latest.name,
+        crate::time::format_instant(latest.as_of),
+        crate::shard::shell_word(&dir.display().to_string()),
+    );
+}
+
 /// Every close directly under `dir` but `exclude` (where the kernel takes it; `None`: none
 /// excluded) and hidden folders (see [`load`]), with its as-of and manifest, in name order.
 pub fn closes_under(dir: &Path, exclude: Option<&Path>) -> Result<Vec<EarlierClose>> {

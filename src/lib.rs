@@ -638,7 +638,12 @@ pub(crate) fn prepare(req: &JobRequest, out: &Path) -> Result<Prepared> {
             history::refuse_a_second_close(&closes, dir, &req.out, req.as_of)?;
             (Some(history_lock), closes)
         }
-        None => (None, Vec::new()),
+        None => {
+            if req.mode == Mode::Close {
+                history::warn_of_closes_not_read(&req.out);
+            }
+            (None, Vec::new())
+        }
     };
     let lock = lock_output(out)?;
     check_replaceable(out)?;

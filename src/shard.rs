@@ -689,7 +689,7 @@ fn missing_shards(
 
 /// `text` as one word of a POSIX shell command line: as it is when it holds nothing a
 /// shell would split or expand, else in single quotes.
-fn shell_word(text: &str) -> String {
+pub(crate) fn shell_word(text: &str) -> String {
     let plain = |c: char| c.is_ascii_alphanumeric() || "/._-=:,+@%".contains(c);
     match !text.is_empty() && text.chars().all(plain) {
         true => text.to_string(),

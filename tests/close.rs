@@ -304,6 +304,48 @@ fn a_catch_up_close_says_its_credit_totals_are_sums_over_account_periods() {
     }
 }
 
+/// A close run without `--history` beside earlier closes (the history left out by hand)
+/// does not read them, so it closes and invoices their periods again: it warns, naming the
+/// latest and the `--history` to give. A first close, a close's own rerun and a close with
+/// its history do not warn.
+#[test]
+fn a_close_without_history_beside_earlier_closes_warns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = repo().join("fixtures/demo");
+    let closes = tmp.path().join("closes");
+    let close = |as_of: &str, out: &Path, extra: &[&str]| {
+        let output = succeeded(run_command("close", &data, as_of, out).args(extra));
+        (json_log(&output).into_iter())
+            .filter(|line| line["fields"]["latest"].is_string())
+            .collect::<Vec<_>>()
+    };
+    let december = closes.join("2026-12-01");
+    assert!(close("2026-12-01T00:00:00Z", &december, &[]).is_empty());
+    assert!(
+        close("2026-12-01T00:00:00Z", &december, &[]).is_empty(),
+        "its own rerun"
+    );
+    let warned = close("2027-01-01T00:00:00Z", &closes.join("2027-01-01"), &[]);
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert_eq!(warned[0]["level"], "WARN");
+    assert_eq!(
+        warned[0]["fields"]["message"],
+        format!(
+            "the folder of --out, {0}, holds an earlier close (the latest: 2026-12-01, as of \
+             2026-12-01T00:00:00Z) that this close does not read, as it runs without \
+             --history: periods they closed are closed and invoiced again. If they are closes \
+             of this data root, rerun with --history {0}",
+            closes.display()
+        )
+    );
+    assert_eq!(warned[0]["fields"]["closes"], 1);
+    // With its history: no warning.
+    let history = tmp.path().join("history");
+    let h = ["--history", history.to_str().unwrap()];
+    assert!(close("2026-12-01T00:00:00Z", &history.join("2026-12-01"), &h).is_empty());
+    assert!(close("2027-01-01T00:00:00Z", &history.join("2027-01-01"), &h).is_empty());
+}
+
 #[test]
 fn close_is_idempotent_and_refuses_changed_inputs() {
     let tmp = tempfile::tempdir().unwrap();
@@ -484,11 +526,12 @@ fn a_close_over_its_own_fed_back_rollover_writes_it_once() {
             40,
             "2026-11-05T00:00:00Z",
         );
+        // In a folder of its own: beside the first close it would warn of it.
         let refused = run(
             "close",
             &root,
             "2026-12-01T00:00:00Z",
-            &tmp.path().join(out),
+            &tmp.path().join(out).join("close"),
         );
         assert_eq!(refused.status.code(), Some(2));
         stderr(&refused)
@@ -541,11 +584,12 @@ fn a_renewal_past_year_9999_is_exit_2() {
     );
 
     write_period("9999-11-01T00:00:00Z", "9999-12-01T00:00:00Z");
+    // In a folder of its own: beside the first close it would warn of it.
     let refused = run(
         "close",
         &root,
         "9999-12-01T00:00:00Z",
-        &tmp.path().join("out2"),
+        &tmp.path().join("second").join("out"),
     );
     assert_eq!(refused.status.code(), Some(2));
     assert_eq!(

@@ -141,6 +141,15 @@ pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// The JSON log lines of a run's stderr (`--log-format json`, or not a terminal), parsed;
+/// other lines (a last line, a panic) are left out.
+pub fn json_log(out: &Output) -> Vec<serde_json::Value> {
+    stderr(out)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .collect()
+}
+
 /// The messages of the `WARN` lines (JSON logs) that name a dataset: a dataset folder's
 /// files not read, or a required dataset with no Parquet file.
 pub fn dataset_warnings(out: &Output) -> Vec<String> {
