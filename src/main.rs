@@ -1064,7 +1064,7 @@ fn report(out: &str, published: &str, mode: Mode, outcome: JobOutcome) -> anyhow
             alert,
             manifest_sha256,
         } => {
-            log_manifest(out, &manifest_sha256);
+            log_manifest(out, &manifest_sha256, false);
             out_line!("{out}: already closed with the same inputs; nothing to do");
             alert_exit(alert)
         }
@@ -1074,7 +1074,7 @@ fn report(out: &str, published: &str, mode: Mode, outcome: JobOutcome) -> anyhow
             alert,
             manifest_sha256,
         } => {
-            log_manifest(out, &manifest_sha256);
+            log_manifest(out, &manifest_sha256, true);
             out_line!("{out}: {published}: {discrepancies} discrepancies, {rejects} rejected rows");
             alert_exit(alert)
         }
@@ -1098,9 +1098,11 @@ fn report(out: &str, published: &str, mode: Mode, outcome: JobOutcome) -> anyhow
 
 /// The published folder's `manifest.json` sha256 in the log (`manifest` line): kept in the
 /// log store, apart from the folder, it is what `tally verify --manifest-sha256` holds the
-/// manifest to, so that one edited since, with the outputs it lists, is found.
-fn log_manifest(out: &str, manifest_sha256: &str) {
-    tracing::info!(out, manifest_sha256, "manifest");
+/// manifest to, so that one edited since, with the outputs it lists, is found. `published`:
+/// this run wrote it; a close's no-op rerun logs the manifest as it found it, which
+/// vouches only for the folder as it was then.
+fn log_manifest(out: &str, manifest_sha256: &str, published: bool) {
+    tracing::info!(out, manifest_sha256, published, "manifest");
 }
 
 fn merge(m: MergeArgs) -> anyhow::Result<u8> {
@@ -1219,6 +1221,16 @@ fn main() -> ExitCode {
     tally::memory::tune();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayVersion => {
+            // Every build says its version until a release: the binary's sha256 (what
+            // `sha256sum` of it gives, and what a shard records) tells two builds apart.
+            println!(
+                "tally {}\nbuild: sha256 {}",
+                tally::write::VERSION,
+                tally::shard::this_build()
+            );
+            return ExitCode::from(0);
+        }
         Err(e) if !e.use_stderr() => {
             // --help and --version: clap's own text on stdout.
             let _ = e.print();

@@ -77,6 +77,10 @@ pub struct ShardManifest {
     /// periods again.
     #[serde(default)]
     pub history: Option<PathBuf>,
+    /// The build that computed the shard ([`this_build`]); empty in shards of a build
+    /// before the field.
+    #[serde(default)]
+    pub build: String,
 }
 
 impl ShardManifest {
@@ -85,6 +89,31 @@ impl ShardManifest {
     fn reads_history(&self) -> bool {
         self.read_history || (self.inputs.iter()).any(|f| f.path.starts_with("history/"))
     }
+}
+
+/// This build of tally: the sha256 of its executable as it runs (`sha256sum` of the
+/// binary gives the same), or `unknown` where it cannot be read. Every build says version
+/// 0.1.0 until a release, and two builds of one version may write different outputs (a
+/// fix between them): shards of two builds merged would mix both (an Indexed Job whose
+/// nodes hold two images under one tag). A shard records it, and a merge refuses shards
+/// of another build than its own.
+pub fn this_build() -> &'static str {
+    static BUILD: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BUILD.get_or_init(|| {
+        // The running image, also when its file was replaced or removed since it started.
+        let exe = PathBuf::from("/proc/self/exe");
+        let exe = match exe.exists() {
+            true => Ok(exe),
+            false => std::env::current_exe(),
+        };
+        (exe.ok().and_then(|exe| write::sha256_file(&exe).ok()))
+            .unwrap_or_else(|| "unknown".to_string())
+    })
+}
+
+/// A build as messages show it: the sha256's first 12 digits.
+fn short_build(build: &str) -> &str {
+    build.get(..12).unwrap_or(build)
 }
 
 /// Where the shards of the run publishing `out` go: `OUT.shards` beside it.
@@ -249,6 +278,7 @@ fn write_shard(
         accounts: partial.results.len() as u64,
         read_history: history.is_some(),
         history: history.map(recorded_folder),
+        build: this_build().to_string(),
     };
     let json = serde_json::to_string_pretty(&manifest)
         .map_err(|e| TallyError::output(SHARD_MANIFEST, e))?;
@@ -553,6 +583,7 @@ fn differences(a: &ShardManifest, b: &ShardManifest) -> String {
         accounts: _,
         read_history: _,
         history: _,
+        build: _,
     } = a;
     let mut what = Vec::new();
     if a.command != b.command {
@@ -580,6 +611,13 @@ fn differences(a: &ShardManifest, b: &ShardManifest) -> String {
     }
     if a.version != b.version {
         what.push(format!("tally {} vs {}", b.version, a.version));
+    }
+    if a.build != b.build {
+        let build = |m: &ShardManifest| match m.build.is_empty() {
+            true => "none recorded".to_string(),
+            false => short_build(&m.build).to_string(),
+        };
+        what.push(format!("build {} vs {}", build(b), build(a)));
     }
     if a.tool != b.tool {
         what.push(format!("tool {:?} vs {:?}", b.tool, a.tool));
@@ -790,6 +828,20 @@ fn check_one_build(folders: &[PathBuf], manifests: &[ShardManifest]) -> Result<(
             folders[0].display(),
             first.version,
             write::VERSION
+        )));
+    }
+    // Shards of one run are of one build (`check_one_run`): the first speaks for all.
+    if first.build != this_build() {
+        let theirs = match first.build.is_empty() {
+            true => "records no build: a build before shards recorded theirs".to_string(),
+            false => format!("sha256 of its binary {}…", short_build(&first.build)),
+        };
+        return Err(TallyError::Refused(format!(
+            "{} was computed by another build of tally {} ({theirs}; this binary's is {}…); \
+             merge with the build that ran the shards, or rerun them with this one",
+            folders[0].display(),
+            first.version,
+            short_build(this_build())
         )));
     }
     if let Some((folder, m)) =

@@ -875,6 +875,71 @@ fn merge_refuses_shards_of_another_tally_version() {
     );
 }
 
+/// A shard records its build (the sha256 of the binary, as `sha256sum` gives it): shards
+/// of two builds of one version (every build says 0.1.0 until a release) are shards of
+/// different runs, and shards of another build than the merge's, or of a build before the
+/// record, are refused naming both builds. Once restored, they merge.
+#[test]
+fn merge_refuses_shards_of_another_build() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shards = two_shards(tmp.path(), "reconcile", AS_OF);
+    let this_build = tally::write::sha256_file(Path::new(env!("CARGO_BIN_EXE_tally"))).unwrap();
+    let listing = |i: u32| root(&shards).join(format!("shard={i}")).join("shard.json");
+    for i in 0..2 {
+        assert_eq!(json(&listing(i))["build"], this_build.as_str());
+    }
+    // `tally --version` names the build the same way.
+    let version = tally_ok(&["--version"]);
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout),
+        format!(
+            "tally {}\nbuild: sha256 {this_build}\n",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+    let short = &this_build[..12];
+    let other = "0".repeat(64);
+    let (shard0, shard1) = (root(&shards).join("shard=0"), root(&shards).join("shard=1"));
+    edit_listing(&listing(1), |m| m["build"] = other.as_str().into());
+    assert_eq!(
+        refused_merge(tmp.path(), &shards),
+        format!(
+            "tally: refused: {} and {} are shards of different runs (build 000000000000 vs \
+             {short}); rerun the one not made from the inputs and settings of the run you \
+             mean\n",
+            shard1.display(),
+            shard0.display()
+        )
+    );
+    let another_build = |theirs: &str| {
+        format!(
+            "tally: refused: {} was computed by another build of tally {} ({theirs}; this \
+             binary's is {short}…); merge with the build that ran the shards, or rerun them \
+             with this one\n",
+            shard0.display(),
+            env!("CARGO_PKG_VERSION")
+        )
+    };
+    edit_listing(&listing(0), |m| m["build"] = other.as_str().into());
+    assert_eq!(
+        refused_merge(tmp.path(), &shards),
+        another_build("sha256 of its binary 000000000000…")
+    );
+    for i in 0..2 {
+        edit_listing(&listing(i), |m| {
+            m.as_object_mut().unwrap().remove("build");
+        });
+    }
+    assert_eq!(
+        refused_merge(tmp.path(), &shards),
+        another_build("records no build: a build before shards recorded theirs")
+    );
+    for i in 0..2 {
+        edit_listing(&listing(i), |m| m["build"] = this_build.as_str().into());
+    }
+    merge_shards_into(&shards, &tmp.path().join("out"));
+}
+
 /// Shards an earlier build of the same version wrote (their shard.json has no
 /// `partial_format`: `partial.bin` without the report's `entry_account_ids`) are refused
 /// before `partial.bin` is decoded (postcard could decode another layout into wrong rows).
