@@ -750,6 +750,18 @@ fn usage_corrupt_page_is_exit_2() {
     );
 }
 
+/// A page whose checksum does not match its bytes is refused, though it decodes (one bit
+/// of an account id flipped: unchecked, the row was read with another account).
+#[test]
+fn usage_page_checksum_mismatch_is_exit_2() {
+    assert_input_refused(
+        "usage_page_checksum.parquet",
+        USAGE,
+        "row group 0 is corrupt or truncated: Page CRC checksum mismatch; restore the file from \
+         its source or export it again",
+    );
+}
+
 /// A footer whose column chunk has a negative `total_compressed_size` makes the Parquet
 /// reader panic; tally catches it and reports the file (exit 2, one line, no panic text).
 #[test]

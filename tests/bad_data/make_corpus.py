@@ -140,6 +140,26 @@ def parquet_corpus() -> None:
     new += varint(zigzag(-action.total_compressed_size))
     assert len(new) == len(old) and good_bytes.count(old) == 1
     write_bytes("usage_negative_chunk_size.parquet", good_bytes.replace(old, new))
+    # Written with page checksums (a CRC-32 in each page header), one bit of the first
+    # account id in its data page flipped: the page still decodes (plain, uncompressed, no
+    # statistics before the values), so only its checksum shows the damage; unchecked, the
+    # row is read with another account.
+    checked_path = HERE / "usage_page_checksum.parquet"
+    pq.write_table(
+        usage,
+        checked_path,
+        compression="none",
+        use_dictionary=False,
+        write_statistics=False,
+        write_page_checksum=True,
+        store_schema=True,
+    )
+    checked = bytearray(checked_path.read_bytes())
+    first_account = usage["account_id"][0].as_py().encode()
+    at = checked.find(first_account)
+    assert at > 0
+    checked[at + len(first_account) - 1] ^= 1
+    write_bytes("usage_page_checksum.parquet", bytes(checked))
 
     # Wrong schema.
     write_parquet("usage_no_event_id.parquet", usage.drop_columns(["event_id"]))
