@@ -158,13 +158,17 @@ impl Census {
             let read = listing.files.into_par_iter().map(|mut file| {
                 let read = load::read_footer(&file.abs_path);
                 file.first_seen = read.seen;
-                CensusFile {
+                let misnamed = misnamed_columns(d, &read.columns);
+                let listed = CensusFile {
                     file,
                     small_sha256: read.small_sha256,
                     id_bytes: read.id_bytes,
-                }
+                };
+                (listed, misnamed)
             });
-            files[d as usize] = Some(read.collect());
+            let (listed, misnamed): (Vec<_>, Vec<_>) = read.unzip();
+            warn_of_misnamed_columns(d, &listed, &misnamed);
+            files[d as usize] = Some(listed);
         }
         let census = Census {
             files,
@@ -216,6 +220,71 @@ impl Census {
     /// How many files `datasets` have.
     pub(crate) fn file_count(&self, datasets: &[Dataset]) -> u64 {
         self.of(datasets).count() as u64
+    }
+}
+
+/// The nullable columns of dataset `d` that a file with top-level columns `columns` lacks
+/// but holds under a name that differs only in case or in `_`/`-`/spaces (`expiresAt`,
+/// `Billing Anchor`): each with that name. Such a column is not read (names are
+/// case-sensitive), so the contract's column reads as null: a grant that never expires, a
+/// renewal on the period's own anniversary, every event priced at its generic rate.
+fn misnamed_columns(d: Dataset, columns: &[String]) -> Vec<(&'static str, String)> {
+    let simplified = |name: &str| -> String {
+        (name.chars())
+            .filter(|c| c.is_alphanumeric())
+            .flat_map(char::to_lowercase)
+            .collect()
+    };
+    (load::contract_columns(d).iter())
+        .filter(|spec| !spec.required && !columns.iter().any(|c| c == spec.name))
+        .filter_map(|spec| {
+            let like = columns
+                .iter()
+                .find(|c| simplified(c) == simplified(spec.name))?;
+            Some((spec.name, like.clone()))
+        })
+        .collect()
+}
+
+/// Warn, once a column, of the nullable columns files of dataset `d` hold under another
+/// spelling ([`misnamed_columns`]; `misnamed` in `files`' order): how many files, the first
+/// with the name it used. A missing nullable column is valid input (read as null), so
+/// this runs on; a misspelt required column is exit 2 when its file is read.
+fn warn_of_misnamed_columns(
+    d: Dataset,
+    files: &[CensusFile],
+    misnamed: &[Vec<(&'static str, String)>],
+) {
+    for spec in load::contract_columns(d)
+        .iter()
+        .filter(|spec| !spec.required)
+    {
+        let mut found = (files.iter().zip(misnamed))
+            .flat_map(|(listed, m)| m.iter().map(move |(name, like)| (listed, *name, like)))
+            .filter(|(_, name, _)| *name == spec.name);
+        let Some((first, column, like)) = found.next() else {
+            continue;
+        };
+        let count = 1 + found.count();
+        let dataset = d.name();
+        let first_path = &first.file.rel_path;
+        let (files, them) = match count {
+            1 => (format!("{first_path} holds"), "it"),
+            n => (
+                format!("{n} files of {dataset}/ (the first: {first_path}) hold"),
+                "them",
+            ),
+        };
+        tracing::warn!(
+            dataset,
+            column,
+            found = like.as_str(),
+            files_misnamed = count,
+            first = %first_path,
+            "{files} a column {like:?} and no `{column}`: column names are case-sensitive, \
+             so {like:?} is not read and `{column}` is read as null in {them}; if it is \
+             `{column}`, rename it and rerun"
+        );
     }
 }
 

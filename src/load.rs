@@ -284,6 +284,16 @@ pub const DEBIT_COLUMNS: [ColSpec; 6] = [
     col("recorded_at", ColType::Timestamp, true),
 ];
 
+/// The contract's columns of dataset `d`.
+pub fn contract_columns(d: Dataset) -> &'static [ColSpec] {
+    match d {
+        Dataset::Usage => &USAGE_COLUMNS,
+        Dataset::Allocations => &ALLOCATION_COLUMNS,
+        Dataset::Grants => &GRANT_COLUMNS,
+        Dataset::Debits => &DEBIT_COLUMNS,
+    }
+}
+
 fn type_allowed(ty: ColType, dt: &DataType) -> bool {
     // A dictionary of allowed values is allowed: a writer may store any column that way
     // (numbers and instants are read through their values, see `Column::from_array`).
@@ -1768,6 +1778,9 @@ pub struct FooterRead {
     /// The uncompressed bytes of its id columns (`event_id`, `entry_id`), as the footer
     /// gives them (`footer_id_bytes`); 0 when it cannot be read.
     pub id_bytes: u64,
+    /// The names of its top-level columns, in the file's order (none when it cannot be
+    /// read): the census warns of one that looks like a nullable column it lacks.
+    pub columns: Vec<String>,
 }
 
 /// [`FooterRead`] of a file: one open, and a small file read once for both.
@@ -1777,21 +1790,38 @@ pub fn read_footer(path: &Path) -> FooterRead {
             seen: None,
             small_sha256: None,
             id_bytes: 0,
+            columns: Vec::new(),
         };
     };
     let bytes = parquet::file::reader::Length::len(&file);
     let modified = file.modified();
     let small_sha256 = file.whole().map(|whole| crate::write::sha256(whole));
     let footer = rows_in_footer(file);
+    let (seen, id_bytes, columns) = match footer {
+        Some(footer) => (
+            Some(Seen {
+                bytes,
+                rows: footer.rows,
+                modified,
+            }),
+            footer.id_bytes,
+            footer.columns,
+        ),
+        None => (None, 0, Vec::new()),
+    };
     FooterRead {
-        seen: footer.map(|(rows, _)| Seen {
-            bytes,
-            rows,
-            modified,
-        }),
+        seen,
         small_sha256,
-        id_bytes: footer.map_or(0, |(_, id_bytes)| id_bytes),
+        id_bytes,
+        columns,
     }
+}
+
+/// What [`rows_in_footer`] reads of a footer.
+struct Footer {
+    rows: u64,
+    id_bytes: u64,
+    columns: Vec<String>,
 }
 
 /// The uncompressed bytes of a file's id columns (`event_id`, `entry_id`) by its footer,
@@ -1806,9 +1836,10 @@ fn footer_id_bytes(metadata: &parquet::file::metadata::ParquetMetaData) -> u64 {
         .fold(0, u64::saturating_add)
 }
 
-/// The row count and id bytes ([`footer_id_bytes`]) in the footer of an open file (`None`
-/// when it cannot be read; a decoder panic on a hostile footer is one too).
-fn rows_in_footer(file: PositionalFile) -> Option<(u64, u64)> {
+/// The row count, id bytes ([`footer_id_bytes`]) and top-level column names in the footer
+/// of an open file (`None` when it cannot be read; a decoder panic on a hostile footer is
+/// one too).
+fn rows_in_footer(file: PositionalFile) -> Option<Footer> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     let read = move || {
         let options = parquet::file::serialized_reader::ReadOptionsBuilder::new()
@@ -1821,7 +1852,14 @@ fn rows_in_footer(file: PositionalFile) -> Option<(u64, u64)> {
         // At most two ids of 4 KiB a row (a longer one is rejected): a hostile footer's
         // claim does not force a split, as its row count is checked when decoded.
         let most = rows.saturating_mul(2 * (MAX_STRING_BYTES as u64 + 4));
-        Some((rows, footer_id_bytes(metadata).min(most)))
+        let root = metadata.file_metadata().schema_descr().root_schema();
+        Some(Footer {
+            rows,
+            id_bytes: footer_id_bytes(metadata).min(most),
+            columns: (root.get_fields().iter())
+                .map(|field| field.name().to_string())
+                .collect(),
+        })
     };
     caught_quietly(read).flatten()
 }

@@ -380,3 +380,70 @@ fn int96_instants_are_read_as_themselves(stored: Option<DataType>) {
     assert_eq!(column("rejects.parquet", "reason"), ["bad_value"]);
     assert_eq!(column("rejects.parquet", "row"), ["2"]);
 }
+
+/// Rewrite the Parquet file `path` with its column `from` named `to`.
+fn rename_column(path: &Path, from: &str, to: &str) {
+    let batch = read_parquet(path);
+    let fields: Vec<Field> = (batch.schema().fields().iter())
+        .map(|f| match f.name() == from {
+            true => f.as_ref().clone().with_name(to),
+            false => f.as_ref().clone(),
+        })
+        .collect();
+    let renamed = RecordBatch::try_new(Arc::new(Schema::new(fields)), batch.columns().to_vec());
+    let renamed = renamed.unwrap();
+    let file = std::fs::File::create(path).unwrap();
+    let mut writer = ArrowWriter::try_new(file, renamed.schema(), None).unwrap();
+    writer.write(&renamed).unwrap();
+    writer.close().unwrap();
+}
+
+/// A nullable column under another spelling (`expiresAt`, `Billing_Anchor`) is not read,
+/// so the contract's column reads as null, as a missing nullable column does: the run goes
+/// on (valid input), but warns once a column, naming the file, the name it found and the
+/// fix (a misspelt required column is exit 2, tested in bad_data.rs).
+#[test]
+fn a_nullable_column_under_another_spelling_is_warned_of() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = demo_copy(tmp.path());
+    let warnings = |out: &str| {
+        let output = succeeded(&mut run_command(
+            "reconcile",
+            &data,
+            "2026-11-20T00:00:00Z",
+            &tmp.path().join(out),
+        ));
+        (json_log(&output).into_iter())
+            .filter(|line| line["fields"]["files_misnamed"].is_number())
+            .map(|line| line["fields"].clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(warnings("as-is"), Vec::<serde_json::Value>::new());
+    rename_column(
+        &data.join("grants/part-0.parquet"),
+        "expires_at",
+        "expiresAt",
+    );
+    rename_column(
+        &data.join("allocations/part-0.parquet"),
+        "billing_anchor",
+        "Billing_Anchor",
+    );
+    let warned = warnings("renamed");
+    assert_eq!(warned.len(), 2, "{warned:?}");
+    assert_eq!(
+        warned[0]["message"],
+        "allocations/part-0.parquet holds a column \"Billing_Anchor\" and no `billing_anchor`: \
+         column names are case-sensitive, so \"Billing_Anchor\" is not read and \
+         `billing_anchor` is read as null in it; if it is `billing_anchor`, rename it and rerun"
+    );
+    assert_eq!(
+        (
+            &warned[1]["dataset"],
+            &warned[1]["column"],
+            &warned[1]["found"]
+        ),
+        (&"grants".into(), &"expires_at".into(), &"expiresAt".into())
+    );
+    assert_eq!(warned[1]["files_misnamed"], 1);
+}
