@@ -401,6 +401,7 @@ fn open_lock_file(path: &Path) -> Result<Option<std::fs::File>> {
 }
 
 pub fn lock_output(out: &Path) -> Result<OutputLock> {
+    refuse_an_out_under_a_file(out)?;
     let parent = write::folder_of(out);
     std::fs::create_dir_all(&parent).map_err(|e| TallyError::write(&parent, e))?;
     let name = out
@@ -414,6 +415,27 @@ pub fn lock_output(out: &Path) -> Result<OutputLock> {
             out.display()
         )
     })
+}
+
+/// Refuse an `--out` under a file (a path mistaken for a folder) as the setting it is
+/// (exit 2, naming the file), rather than failing to make its lock with "Not a directory"
+/// (exit 4). Checked at the lock, after a close's history checks: a `--history` that is a
+/// file, with its `--out` inside it, is named as the history.
+fn refuse_an_out_under_a_file(out: &Path) -> Result<()> {
+    let file = (out.ancestors().skip(1))
+        .filter(|a| !a.as_os_str().is_empty())
+        .find(|a| std::fs::metadata(a).is_ok_and(|m| !m.is_dir()));
+    match file {
+        None => Ok(()),
+        Some(file) => Err(TallyError::config(
+            out.display().to_string(),
+            format!(
+                "{} is a file, so the output folder cannot be made under it: choose an \
+                 --out (or `out` in the job file) whose folders are folders",
+                file.display()
+            ),
+        )),
+    }
 }
 
 /// Lock the file at `path` (created if need be), `shared` or exclusive, without waiting:
@@ -508,13 +530,22 @@ pub(crate) struct Prepared {
     pub pricebook: pricebook::PriceBookReading,
 }
 
-/// Refuse an output folder whose name leaves no room for the names tally writes beside it
-/// ([`write::MAX_OUT_NAME_BYTES`]) before the run computes: past it, the run failed only
-/// when it came to write, naming a staging folder the user never chose.
-pub fn refuse_a_name_too_long(out: &Path) -> Result<()> {
+/// Refuse an `--out` no run could publish by its name, before the run takes a lock or
+/// computes (exit 2): one that names no folder of its own (`.`, `..`, `/`: its lock and
+/// staging folder would be named after nothing, and `.` was locked inside the working
+/// folder, a published output among them, before being refused), and a name that leaves no
+/// room for the names tally writes beside it ([`write::MAX_OUT_NAME_BYTES`]): past it, the
+/// run failed only when it came to write, naming a staging folder the user never chose.
+pub fn refuse_an_unusable_out(out: &Path) -> Result<()> {
     let Some(name) = out.file_name() else {
-        return Ok(());
+        return Err(TallyError::config(
+            out.display().to_string(),
+            "the output path names no folder of its own (it is ., .. or /, or ends in ..): \
+             give the output folder by its name, such as --out \"$PWD\" for the working \
+             folder (or `out` in the job file)",
+        ));
     };
+
     // As the names beside it are made: a run of bytes that are not UTF-8 takes 3 there
     // (one U+FFFD).
     let written = name.to_string_lossy();
@@ -626,7 +657,7 @@ pub(crate) fn prepare(req: &JobRequest, out: &Path) -> Result<Prepared> {
     let book = req.data.join("pricebook.toml");
     let pricebook = pricebook::PriceBook::read(&book, &book.display().to_string())?;
     refuse_out_inside_a_dataset(&req.data, &req.out)?;
-    refuse_a_name_too_long(&req.out)?;
+    refuse_an_unusable_out(&req.out)?;
     // The history's checks come before the output's lock, which makes the output's parent
     // folder (and a shard's `OUT.shards/`): a refused run leaves nothing behind.
     let (history_lock, closes) = match &req.history {
@@ -645,6 +676,9 @@ pub(crate) fn prepare(req: &JobRequest, out: &Path) -> Result<Prepared> {
             (None, Vec::new())
         }
     };
+    // Refused before the lock too, so a refused run leaves no lock file beside a file or
+    // a foreign folder; again under the lock, where no other run can change it.
+    check_replaceable(out)?;
     let lock = lock_output(out)?;
     check_replaceable(out)?;
     refuse_reconcile_over_close(req)?;

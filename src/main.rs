@@ -884,7 +884,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     let req = request(args, mode, force, history)?;
     // A setting refused before `run start`, as a bad flag is (the run would not start);
     // `run_job` checks it again, for any other caller of the library.
-    tally::refuse_a_name_too_long(&req.out)?;
+    tally::refuse_an_unusable_out(&req.out)?;
     let out = req.out.display().to_string();
     // The settings as resolved (an `as_of = "now"` becomes an instant only here): what an
     // on-call engineer needs to rerun a failed night exactly.
@@ -1133,7 +1133,7 @@ fn merge(m: MergeArgs) -> anyhow::Result<u8> {
         },
     };
     // Before `run start`, as for a run (`shard::merge` checks it again).
-    tally::refuse_a_name_too_long(&req.out)?;
+    tally::refuse_an_unusable_out(&req.out)?;
     let out = req.out.display().to_string();
     // A sharded night ends in its merge: a log collector keyed on `run start` and `run
     // done` must see it start and end as it sees a run on one machine.

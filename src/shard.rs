@@ -765,9 +765,11 @@ pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
     // As a run's: published inside a dataset folder, the outputs would be the next run's
     // input.
     crate::refuse_out_inside_a_dataset(&job.data, &req.out)?;
-    crate::refuse_a_name_too_long(&req.out)?;
+    crate::refuse_an_unusable_out(&req.out)?;
     // Before the locks: a merge refused here leaves no lock file where it does not belong.
     refuse_out_outside_the_shards_history(first, &req.out)?;
+    // Before the lock too (see `prepare`).
+    crate::check_replaceable(&req.out)?;
     let _lock = crate::lock_output(&req.out)?;
     // A close whose shards read a history: its folder is the one `--out` is directly
     // inside (the shards checked that). The merge publishes into it, so it takes the

@@ -1968,16 +1968,18 @@ fn io_failures_say_what_to_do() {
     );
     let file = tmp.path().join("a-file");
     std::fs::write(&file, b"not a folder").unwrap();
+    // An --out under a file is a bad setting (exit 2), named before its lock is made.
     let out = cmd("reconcile", &data, &file.join("out")).output().unwrap();
     assert_eq!(
         stderr(&out),
         format!(
-            "tally: writing {}: File exists (os error 17); a part of the path is a file, not a \
-             folder: choose another output path or move the file\n",
+            "tally: {}: {} is a file, so the output folder cannot be made under it: choose an \
+             --out (or `out` in the job file) whose folders are folders\n",
+            file.join("out").display(),
             file.display()
         )
     );
-    assert_eq!(out.status.code(), Some(4));
+    assert_eq!(out.status.code(), Some(2));
 }
 
 /// A failed run logs `run done` too, with its exit code and the error stderr's last line
@@ -2002,11 +2004,14 @@ fn a_failed_run_logs_how_it_ended() {
         (output, log, done["fields"].clone())
     };
     let (output, log, done) = run_done(&file.join("out"));
-    assert_eq!(output.status.code(), Some(4));
-    assert_eq!(done["exit_code"], 4);
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(done["exit_code"], 2);
     let last = log.lines().last().unwrap();
     assert_eq!(format!("tally: {}", done["error"].as_str().unwrap()), last);
-    assert!(last.contains("a part of the path is a file"), "{log}");
+    assert!(
+        last.contains("is a file, so the output folder cannot"),
+        "{log}"
+    );
 
     let (output, _, done) = run_done(&tmp.path().join("out"));
     assert!(output.status.success());
@@ -3123,6 +3128,60 @@ fn a_charge_past_the_credit_range_stops_the_run_naming_the_row() {
         "{}",
         stderr(&out)
     );
+}
+
+/// An `--out` no run could publish is exit 2 before the run takes a lock: one naming no
+/// folder of its own (`.` was locked inside the working folder first, so a published close
+/// run into from inside failed `tally verify` afterwards for its `..tally-lock`), and one
+/// under a file (exit 4 at the lock before). A file, or a folder tally did not write, is
+/// refused (exit 3) as before, but now before its lock: no `.NAME.tally-lock` is left.
+#[test]
+fn an_out_no_run_could_publish_is_refused_before_its_lock() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = demo_copy(tmp.path());
+    let published = tmp.path().join("published");
+    run_command_ok("close", &data, "2026-12-01T00:00:00Z", &published);
+    let in_published = |out: &str| {
+        run_command("close", &data, "2026-12-01T00:00:00Z", Path::new(out))
+            .current_dir(&published)
+            .output()
+            .unwrap()
+    };
+    let no_name = |out: &str| {
+        format!(
+            "tally: {out}: the output path names no folder of its own (it is ., .. or /, or \
+             ends in ..): give the output folder by its name, such as --out \"$PWD\" for the \
+             working folder (or `out` in the job file)\n"
+        )
+    };
+    for out in [".", "..", "/", "x/.."] {
+        let run = in_published(out);
+        assert_eq!(run.status.code(), Some(2), "{out}: {}", stderr(&run));
+        assert_eq!(stderr(&run), no_name(out));
+    }
+    std::fs::write(published.join("a-file"), "x").unwrap();
+    let run = in_published("a-file/sub");
+    assert_eq!(run.status.code(), Some(2), "{}", stderr(&run));
+    assert_eq!(
+        stderr(&run),
+        "tally: a-file/sub: a-file is a file, so the output folder cannot be made under it: \
+         choose an --out (or `out` in the job file) whose folders are folders\n"
+    );
+    let run = in_published("a-file");
+    assert_eq!(run.status.code(), Some(3), "{}", stderr(&run));
+    std::fs::remove_file(published.join("a-file")).unwrap();
+    // Nothing was made inside the published close: it verifies as written.
+    let verified = tally(&["verify", published.to_str().unwrap()]);
+    assert_eq!(verified.status.code(), Some(0), "{}", stderr(&verified));
+    // A foreign folder: refused, no lock file beside it.
+    let foreign = tmp.path().join("foreign");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("notes.txt"), "x").unwrap();
+    let run = run_command("reconcile", &data, AS_OF, &foreign)
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(3), "{}", stderr(&run));
+    assert!(!tmp.path().join(".foreign.tally-lock").exists());
 }
 
 /// Output paths as an operator may type them publish where they name, or are refused
