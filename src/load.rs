@@ -702,7 +702,13 @@ fn open_checked(
     .map_err(|e| {
         TallyError::input(
             &file.rel_path,
-            format!("not a readable Parquet file: {}", plain(e)),
+            // The footer (the file's schema and row groups) cannot be decoded: the bytes
+            // are damaged or cut, whatever the library's words for it.
+            format!(
+                "not a readable Parquet file: {}; restore the file from its source or export \
+                 it again",
+                plain(e)
+            ),
         )
     })?;
     let schema = metadata.schema().clone();

@@ -152,7 +152,11 @@ impl SourceArgs {
             job_path,
         )
         .ok_or_else(|| {
-            config_error("--as-of is required (an RFC 3339 instant, a date or `now`)".into())
+            config_error(
+                "--as-of (or a --job file with `as_of`) is required (an RFC 3339 instant, a \
+                 date or `now`)"
+                    .into(),
+            )
         })?;
         let as_of = parse_as_of(&as_of_text, &as_of_origin)?;
         let settle = setting(

@@ -177,10 +177,15 @@ impl Ctx<'_> {
             _ => Err(DecimalTextError::NotADecimal),
         };
         parsed.map_err(|e| {
-            // A TOML float (`9.99` unquoted) is the usual slip: say how to write it.
-            let how = match e {
-                DecimalTextError::NotADecimal => "; write it as a string such as \"9.99\"",
-                DecimalTextError::TooManyDigits => "",
+            // A TOML float (`9.99` unquoted) is the usual slip: say how to write it. A
+            // string already is one: say what it may hold (`"3,5"`, `"1.4e1"`, `"1_4"`).
+            let how = match (e, value) {
+                (DecimalTextError::NotADecimal, toml::Value::String(_)) => {
+                    ": digits with an optional sign and one `.` before the fraction, such as \
+                     \"9.99\" (no `,`, `_`, exponent or spaces inside)"
+                }
+                (DecimalTextError::NotADecimal, _) => "; write it as a string such as \"9.99\"",
+                (DecimalTextError::TooManyDigits, _) => "",
             };
             self.err(format!("{what} = {value} {e}{how}"))
         })
@@ -880,6 +885,33 @@ effective_from = 2026-06-01T00:00:00Z
                 "p.toml: plans.pro.rollover_cap = 999999999999999.9995 {past}"
             ))
         );
+    }
+
+    /// A decimal that is not one says how to write it: an unquoted TOML float as a string,
+    /// a string by what it may hold (a comma, an exponent or `_` was told to write it as the
+    /// string it already was).
+    #[test]
+    fn a_decimal_that_is_not_one_says_how_to_write_it() {
+        let refused = |price: &str| {
+            let book = BOOK.replacen("price = \"9.99\"", &format!("price = {price}"), 1);
+            assert_ne!(book, BOOK);
+            PriceBook::parse(&book, "p.toml").unwrap_err().to_string()
+        };
+        assert_eq!(
+            refused("9.99"),
+            "p.toml: plans.pro.price = 9.99 is not a decimal; write it as a string such as \
+             \"9.99\""
+        );
+        for text in ["\"9,99\"", "\"9.9e1\"", "\"9_99\""] {
+            assert_eq!(
+                refused(text),
+                format!(
+                    "p.toml: plans.pro.price = {text} is not a decimal: digits with an optional \
+                     sign and one `.` before the fraction, such as \"9.99\" (no `,`, `_`, \
+                     exponent or spaces inside)"
+                )
+            );
+        }
     }
 
     /// A missing key names its plan or rate (counted from 1, a comment after the header

@@ -750,6 +750,18 @@ fn usage_corrupt_page_is_exit_2() {
     );
 }
 
+/// A footer that cannot be decoded (magic and length intact) names the file and says how
+/// to fix it, as a damaged row group does.
+#[test]
+fn usage_undecodable_footer_is_exit_2() {
+    assert_input_refused(
+        "usage_undecodable_footer.parquet",
+        USAGE,
+        "not a readable Parquet file: Unexpected struct field type 15; restore the file from \
+         its source or export it again",
+    );
+}
+
 /// A page whose checksum does not match its bytes is refused, though it decodes (one bit
 /// of an account id flipped: unchecked, the row was read with another account).
 #[test]

@@ -2019,6 +2019,25 @@ fn a_failed_run_logs_how_it_ended() {
     assert!(done.get("error").is_none(), "{done}");
 }
 
+/// A job file without `as_of` run without `--as-of` (the shipped close job has none: cron
+/// gives it) says both ways to give it.
+#[test]
+fn a_missing_as_of_names_the_flag_and_the_job_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let job = write_job(
+        tmp.path(),
+        "close.toml",
+        "command = \"close\"\ndata = \"d\"\nout = \"o\"\n",
+    );
+    let ran = tally(&["close", "--job", job.to_str().unwrap()]);
+    assert_eq!(ran.status.code(), Some(2), "{}", stderr(&ran));
+    assert_eq!(
+        stderr(&ran),
+        "tally: command line: --as-of (or a --job file with `as_of`) is required (an RFC 3339 \
+         instant, a date or `now`)\n"
+    );
+}
+
 /// A job file `name` in `dir` holding `text`; its path.
 fn write_job(dir: &Path, name: &str, text: &str) -> PathBuf {
     let job = dir.join(name);

@@ -140,6 +140,13 @@ def parquet_corpus() -> None:
     new += varint(zigzag(-action.total_compressed_size))
     assert len(new) == len(old) and good_bytes.count(old) == 1
     write_bytes("usage_negative_chunk_size.parquet", good_bytes.replace(old, new))
+    # The footer's first byte (the thrift header of its `version` field) made 0x0F, a field
+    # type thrift does not have: magic bytes and length intact, the footer undecodable.
+    footer_length = int.from_bytes(good_bytes[-8:-4], "little")
+    footer_start = len(good_bytes) - 8 - footer_length
+    bad_footer = bytearray(good_bytes)
+    bad_footer[footer_start] = 0x0F
+    write_bytes("usage_undecodable_footer.parquet", bytes(bad_footer))
     # Written with page checksums (a CRC-32 in each page header), one bit of the first
     # account id in its data page flipped: the page still decodes (plain, uncompressed, no
     # statistics before the values), so only its checksum shows the damage; unchecked, the
