@@ -80,7 +80,9 @@ pub fn inputs_listed(root: &Path, census: &Census) -> Result<Inputs> {
     let reading = census.pricebook.clone().ok_or_else(|| {
         TallyError::Invariant("a run's census carries its reading of the price book".into())
     })?;
-    inputs_of(root, Some(reading), &|d| Ok(census.listed(d)))
+    let inputs = inputs_of(root, Some(reading), &|d| Ok(census.listed(d)))?;
+    census.refuse_files_that_cannot_be_read()?;
+    Ok(inputs)
 }
 
 /// The price book (`reading`, else read now) and input files of a data root, each
@@ -135,6 +137,9 @@ pub struct CensusFile {
     pub small_sha256: Option<[u8; 32]>,
     /// Its id columns' bytes ([`load::FooterRead::id_bytes`]).
     pub id_bytes: u64,
+    /// Its footer was read, and a required column of its dataset is not among its columns
+    /// (the load refuses it).
+    pub lacks_a_required_column: bool,
 }
 
 impl CensusFile {
@@ -159,10 +164,14 @@ impl Census {
                 let read = load::read_footer(&file.abs_path);
                 file.first_seen = read.seen;
                 let misnamed = misnamed_columns(d, &read.columns);
+                let lacks_a_required_column = read.seen.is_some()
+                    && (load::contract_columns(d).iter())
+                        .any(|spec| spec.required && !read.columns.iter().any(|c| c == spec.name));
                 let listed = CensusFile {
                     file,
                     small_sha256: read.small_sha256,
                     id_bytes: read.id_bytes,
+                    lacks_a_required_column,
                 };
                 (listed, misnamed)
             });
@@ -215,6 +224,50 @@ impl Census {
     /// The id columns' bytes in the files of `datasets`, from their footers, saturating.
     pub(crate) fn id_bytes(&self, datasets: &[Dataset]) -> u64 {
         (self.of(datasets).map(|listed| listed.id_bytes)).fold(0, u64::saturating_add)
+    }
+
+    /// Refuse the input files that cannot be read (a footer that cannot be decoded, a
+    /// required column missing), naming them all, when there is more than one: the load
+    /// stops at the first, and each would take a fix and a rerun of its own. The first is
+    /// said in the load's words, the others by name. One such file is left to the load,
+    /// which names it the same way.
+    pub(crate) fn refuse_files_that_cannot_be_read(&self) -> Result<()> {
+        let suspects: Vec<(&CensusFile, Dataset)> = (Dataset::ALL.iter())
+            .flat_map(|&d| self.files[d as usize].iter().flatten().map(move |f| (f, d)))
+            .filter(|(f, _)| f.file.first_seen.is_none() || f.lacks_a_required_column)
+            .collect();
+        if suspects.len() < 2 {
+            return Ok(());
+        }
+        let mut refused: Vec<(&CensusFile, TallyError)> = (suspects.par_iter())
+            .filter_map(|&(f, d)| {
+                let opened = load::open_file(&f.file, load::contract_columns(d));
+                opened.err().map(|e| (f, e))
+            })
+            .collect();
+        if refused.len() < 2 {
+            return Ok(());
+        }
+        let (first, first_error) = refused.remove(0);
+        const NAMED: usize = 3;
+        let mut others: Vec<String> = (refused.iter().take(NAMED))
+            .map(|(f, _)| f.file.rel_path.clone())
+            .collect();
+        if refused.len() > NAMED {
+            others.push(format!("and {} more", refused.len() - NAMED));
+        }
+        let more = format!(
+            "{} more input {} cannot be read either ({}): fix every one before rerunning",
+            refused.len(),
+            if refused.len() == 1 { "file" } else { "files" },
+            others.join(", ")
+        );
+        Err(match first_error {
+            TallyError::Input { message, .. } => {
+                TallyError::input(&first.file.rel_path, format!("{message}; {more}"))
+            }
+            other => TallyError::input(other.to_string(), more),
+        })
     }
 
     /// How many files `datasets` have.

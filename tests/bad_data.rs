@@ -750,6 +750,47 @@ fn usage_corrupt_page_is_exit_2() {
     );
 }
 
+/// Several files that cannot be read are named in one run: the first in the load's words,
+/// the others by name (at most three, then how many more), so that one fix-and-rerun fixes
+/// them all; it stopped at the first, and each took a rerun of its own. The corpus files
+/// are added beside the good root's files.
+#[test]
+fn several_unreadable_files_are_named_in_one_run() {
+    let tmp = good_copy();
+    let put = |name: &str, at: &str| {
+        std::fs::copy(corpus_dir().join(name), tmp.path().join(at)).unwrap();
+    };
+    put("usage_text.parquet", "usage/date=2026-11-01/x1.parquet");
+    put(
+        "usage_no_event_id.parquet",
+        "usage/date=2026-11-01/x2.parquet",
+    );
+    put("usage_truncated_footer.parquet", "usage/x3.parquet");
+    put("usage_empty.parquet", "debits/x4.parquet");
+    put("usage_bad_magic.parquet", "debits/x5.parquet");
+    let out = reconcile(&tmp);
+    assert_refused(
+        &tmp,
+        &out,
+        "tally: usage/date=2026-11-01/x1.parquet: not a Parquet file (it does not start with \
+         PAR1); remove it or restore the original; 4 more input files cannot be read either \
+         (usage/date=2026-11-01/x2.parquet, usage/x3.parquet, debits/x4.parquet, and 1 more): \
+         fix every one before rerunning",
+    );
+    // Two: the other is named.
+    std::fs::remove_file(tmp.path().join("usage/date=2026-11-01/x2.parquet")).unwrap();
+    std::fs::remove_file(tmp.path().join("usage/x3.parquet")).unwrap();
+    std::fs::remove_file(tmp.path().join("debits/x5.parquet")).unwrap();
+    let out = reconcile(&tmp);
+    assert_refused(
+        &tmp,
+        &out,
+        "tally: usage/date=2026-11-01/x1.parquet: not a Parquet file (it does not start with \
+         PAR1); remove it or restore the original; 1 more input file cannot be read either \
+         (debits/x4.parquet): fix every one before rerunning",
+    );
+}
+
 /// A footer that cannot be decoded (magic and length intact) names the file and says how
 /// to fix it, as a damaged row group does.
 #[test]
