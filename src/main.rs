@@ -2,7 +2,8 @@
 //! 0 ok · 1 finished and published, but a job `[alert]` threshold was crossed · 2 bad
 //! configuration or unreadable input · 3 refused (close over a changed closed period, run
 //! in progress, a folder that is not a tally output, a reconcile over a close, a bad shard
-//! set) · 4 internal error or an output that could not be written.
+//! set) · 4 could not finish: an amount overflowed, an invariant broke, or an
+//! output could not be written.
 
 use clap::{Args, Parser, Subcommand};
 use std::io::IsTerminal;
@@ -1226,10 +1227,10 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.kind() == clap::error::ErrorKind::DisplayVersion => {
-            // Every build says its version until a release: the binary's sha256 (what
-            // `sha256sum` of it gives, and what a shard records) tells two builds apart.
+            // Every build says its version until a release: the sha256 of its source (what
+            // a shard records) tells two builds apart.
             println!(
-                "tally {}\nbuild: sha256 {}",
+                "tally {}\nbuild: {} (the sha256 of its source)",
                 tally::write::VERSION,
                 tally::shard::this_build()
             );

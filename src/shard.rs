@@ -91,24 +91,14 @@ impl ShardManifest {
     }
 }
 
-/// This build of tally: the sha256 of its executable as it runs (`sha256sum` of the
-/// binary gives the same), or `unknown` where it cannot be read. Every build says version
-/// 0.1.0 until a release, and two builds of one version may write different outputs (a
-/// fix between them): shards of two builds merged would mix both (an Indexed Job whose
-/// nodes hold two images under one tag). A shard records it, and a merge refuses shards
-/// of another build than its own.
+/// This build of tally: the sha256 of the source it was built from (`build.rs`). Every
+/// build says version 0.1.0 until a release, and two builds of one version may write
+/// different outputs (a fix between them): shards of two builds merged would mix both (an
+/// Indexed Job whose nodes hold two images under one tag). A shard records it, and a merge
+/// refuses shards of another build than its own. Builds of one source for two
+/// architectures, stripped or not, are one build.
 pub fn this_build() -> &'static str {
-    static BUILD: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    BUILD.get_or_init(|| {
-        // The running image, also when its file was replaced or removed since it started.
-        let exe = PathBuf::from("/proc/self/exe");
-        let exe = match exe.exists() {
-            true => Ok(exe),
-            false => std::env::current_exe(),
-        };
-        (exe.ok().and_then(|exe| write::sha256_file(&exe).ok()))
-            .unwrap_or_else(|| "unknown".to_string())
-    })
+    env!("TALLY_BUILD_ID")
 }
 
 /// A build as messages show it: the sha256's first 12 digits.
@@ -836,10 +826,10 @@ fn check_one_build(folders: &[PathBuf], manifests: &[ShardManifest]) -> Result<(
     if first.build != this_build() {
         let theirs = match first.build.is_empty() {
             true => "records no build: a build before shards recorded theirs".to_string(),
-            false => format!("sha256 of its binary {}…", short_build(&first.build)),
+            false => format!("build {}…", short_build(&first.build)),
         };
         return Err(TallyError::Refused(format!(
-            "{} was computed by another build of tally {} ({theirs}; this binary's is {}…); \
+            "{} was computed by another build of tally {} ({theirs}; this one is {}…); \
              merge with the build that ran the shards, or rerun them with this one",
             folders[0].display(),
             first.version,

@@ -875,28 +875,26 @@ fn merge_refuses_shards_of_another_tally_version() {
     );
 }
 
-/// A shard records its build (the sha256 of the binary, as `sha256sum` gives it): shards
-/// of two builds of one version (every build says 0.1.0 until a release) are shards of
-/// different runs, and shards of another build than the merge's, or of a build before the
-/// record, are refused naming both builds. Once restored, they merge.
+/// A shard records its build (the sha256 of the source, which `tally --version` prints):
+/// shards of two builds of one version (every build says 0.1.0 until a release) are shards
+/// of different runs, and shards of another build than the merge's, or of a build before
+/// the record, are refused naming both builds. Once restored, they merge.
 #[test]
 fn merge_refuses_shards_of_another_build() {
     let tmp = tempfile::tempdir().unwrap();
     let shards = two_shards(tmp.path(), "reconcile", AS_OF);
-    let this_build = tally::write::sha256_file(Path::new(env!("CARGO_BIN_EXE_tally"))).unwrap();
+    let version = String::from_utf8(tally_ok(&["--version"]).stdout).unwrap();
+    let this_build = (version
+        .strip_prefix(&format!("tally {}\nbuild: ", env!("CARGO_PKG_VERSION"))))
+    .and_then(|rest| rest.strip_suffix(" (the sha256 of its source)\n"))
+    .unwrap_or_else(|| panic!("{version}"))
+    .to_string();
+    assert_eq!(this_build.len(), 64, "{this_build}");
+    assert!(this_build.bytes().all(|b| b.is_ascii_hexdigit()));
     let listing = |i: u32| root(&shards).join(format!("shard={i}")).join("shard.json");
     for i in 0..2 {
         assert_eq!(json(&listing(i))["build"], this_build.as_str());
     }
-    // `tally --version` names the build the same way.
-    let version = tally_ok(&["--version"]);
-    assert_eq!(
-        String::from_utf8_lossy(&version.stdout),
-        format!(
-            "tally {}\nbuild: sha256 {this_build}\n",
-            env!("CARGO_PKG_VERSION")
-        )
-    );
     let short = &this_build[..12];
     let other = "0".repeat(64);
     let (shard0, shard1) = (root(&shards).join("shard=0"), root(&shards).join("shard=1"));
@@ -914,8 +912,8 @@ fn merge_refuses_shards_of_another_build() {
     let another_build = |theirs: &str| {
         format!(
             "tally: refused: {} was computed by another build of tally {} ({theirs}; this \
-             binary's is {short}…); merge with the build that ran the shards, or rerun them \
-             with this one\n",
+             one is {short}…); merge with the build that ran the shards, or rerun them with \
+             this one\n",
             shard0.display(),
             env!("CARGO_PKG_VERSION")
         )
@@ -923,7 +921,7 @@ fn merge_refuses_shards_of_another_build() {
     edit_listing(&listing(0), |m| m["build"] = other.as_str().into());
     assert_eq!(
         refused_merge(tmp.path(), &shards),
-        another_build("sha256 of its binary 000000000000…")
+        another_build("build 000000000000…")
     );
     for i in 0..2 {
         edit_listing(&listing(i), |m| {
