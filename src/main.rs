@@ -265,6 +265,10 @@ struct MergeArgs {
     /// Data root, if it is mounted elsewhere than where the shards ran.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// (close) The history folder the shards read, if it is mounted elsewhere than where
+    /// they ran: --out must be directly inside it.
+    #[arg(long)]
+    history: Option<PathBuf>,
     /// Replace an earlier close in --out made from other inputs.
     #[arg(long)]
     force: bool,
@@ -1131,6 +1135,7 @@ fn merge(m: MergeArgs) -> anyhow::Result<u8> {
         sources: m.sources,
         out: tally::job::output_folder(&m.out),
         data: m.data,
+        history: m.history,
         force: m.force,
         alert: alert_of(job.as_ref(), m.job.as_deref())?,
         progress: Progress {
@@ -1156,6 +1161,7 @@ fn merge(m: MergeArgs) -> anyhow::Result<u8> {
         out = %out,
         shards = %shards,
         data = %req.data.as_ref().map_or(String::new(), |d| d.display().to_string()),
+        history = %req.history.as_ref().map_or(String::new(), |h| h.display().to_string()),
         force = req.force,
         "run start"
     );

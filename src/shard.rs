@@ -496,14 +496,18 @@ fn read_manifest(folder: &Path) -> Result<ShardManifest> {
 /// to it) are one root; none when the merge is given `--data`, which it reads instead, the
 /// shards' inputs compared by their sha256 all the same: shards on machines whose links
 /// lead one path to different mounts are one run).
-fn run_identity(m: &ShardManifest, data_given: bool) -> ShardManifest {
+fn run_identity(m: &ShardManifest, (data_given, history_given): (bool, bool)) -> ShardManifest {
     ShardManifest {
         data: match data_given {
             true => PathBuf::new(),
             false => m.data.canonicalize().unwrap_or_else(|_| m.data.clone()),
         },
-        // Two spellings of one history folder are one, as for the data root.
-        history: (m.history.as_ref()).map(|h| h.canonicalize().unwrap_or_else(|_| h.clone())),
+        // Two spellings of one history folder are one, as for the data root; a merge given
+        // --history (mounted elsewhere here) compares the closes the shards read instead.
+        history: match history_given {
+            true => None,
+            false => (m.history.as_ref()).map(|h| h.canonicalize().unwrap_or_else(|_| h.clone())),
+        },
         shard: 0,
         partial_sha256: String::new(),
         runs: Vec::new(),
@@ -516,10 +520,13 @@ fn run_identity(m: &ShardManifest, data_given: bool) -> ShardManifest {
 /// them belong to names the odd one out (shard 0 too, when it is the odd one); without a
 /// majority (two shards, or as many runs as shards), the first two that differ are named
 /// and the message says to rerun whichever is not of the run meant.
-fn check_one_run(folders: &[PathBuf], manifests: &[ShardManifest], data_given: bool) -> Result<()> {
-    let identities: Vec<ShardManifest> = (manifests.iter())
-        .map(|m| run_identity(m, data_given))
-        .collect();
+fn check_one_run(
+    folders: &[PathBuf],
+    manifests: &[ShardManifest],
+    given: (bool, bool),
+) -> Result<()> {
+    let identities: Vec<ShardManifest> =
+        (manifests.iter()).map(|m| run_identity(m, given)).collect();
     let members = |identity: &ShardManifest| identities.iter().filter(|i| *i == identity).count();
     let majority = identities
         .iter()
@@ -732,6 +739,9 @@ pub struct MergeRequest {
     pub out: PathBuf,
     /// Overrides the data root recorded by the shards.
     pub data: Option<PathBuf>,
+    /// Overrides the history folder recorded by the shards (a close's, mounted elsewhere
+    /// here).
+    pub history: Option<PathBuf>,
     pub force: bool,
     pub alert: crate::Alert,
     pub progress: crate::Progress,
@@ -747,7 +757,11 @@ pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
         .iter()
         .map(|f| read_manifest(f))
         .collect::<Result<Vec<_>>>()?;
-    check_one_run(&folders, &manifests, req.data.is_some())?;
+    check_one_run(
+        &folders,
+        &manifests,
+        (req.data.is_some(), req.history.is_some()),
+    )?;
     let first = &manifests[0];
     check_one_build(&folders, &manifests)?;
     check_every_shard_once(req, &sources, &folders, &manifests)?;
@@ -757,7 +771,7 @@ pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
     crate::refuse_out_inside_a_dataset(&job.data, &req.out)?;
     crate::refuse_an_unusable_out(&req.out)?;
     // Before the locks: a merge refused here leaves no lock file where it does not belong.
-    refuse_out_outside_the_shards_history(first, &req.out)?;
+    refuse_out_outside_the_shards_history(first, &req.out, req.history.as_deref())?;
     // Before the lock too (see `prepare`).
     crate::check_replaceable(&req.out)?;
     let _lock = crate::lock_output(&req.out)?;
@@ -991,27 +1005,46 @@ fn check_inputs_unchanged(
 }
 
 /// Refuse a close merge whose `--out` is not directly inside the history folder its shards
-/// read (as `shard.json` records it; shards of a build before that record are checked only
-/// by [`check_history_unchanged`], which cannot tell two folders without closes apart). A
-/// close published elsewhere would not be seen by the next close under the shards'
-/// history, which would close and invoice its periods again. Two spellings of one folder
-/// (a link, `..`) are one.
-fn refuse_out_outside_the_shards_history(first: &ShardManifest, out: &Path) -> Result<()> {
-    let Some(read) = &first.history else {
-        return Ok(());
-    };
+/// read, as `shard.json` records it, or as the merge's `--history` names it where this
+/// machine mounts it elsewhere (the closes the shards read are then compared by checksum,
+/// [`check_history_unchanged`]). A close published elsewhere would not be seen by the next
+/// close under the shards' history, which would close and invoice its periods again. Two
+/// spellings of one folder (a link, `..`) are one. A `--history` given to the merge of
+/// shards that read none is a mistake (exit 2).
+fn refuse_out_outside_the_shards_history(
+    first: &ShardManifest,
+    out: &Path,
+    given: Option<&Path>,
+) -> Result<()> {
     let here = write::folder_of(out);
     let real = |folder: &Path| folder.canonicalize().ok();
-    if recorded_folder(&here) == *read || real(&here).is_some_and(|h| Some(h) == real(read)) {
-        return Ok(());
+    let same = |folder: &Path| {
+        recorded_folder(&here) == recorded_folder(folder)
+            || real(&here).is_some_and(|h| Some(h) == real(folder))
+    };
+    match (first.reads_history(), given, &first.history) {
+        (false, Some(given), _) => Err(TallyError::config(
+            given.display().to_string(),
+            "--history is for the merge of a close whose shards read a history folder, and \
+             these shards read none: leave it out",
+        )),
+        (true, Some(given), _) if !same(given) => Err(TallyError::Refused(format!(
+            "the merge's --out {} is not in the history folder given with --history ({}): a \
+             close publishes directly inside its history; give an --out directly inside it",
+            out.display(),
+            given.display()
+        ))),
+        (true, None, Some(read)) if !same(read) => Err(TallyError::Refused(format!(
+            "the merge's --out {} is not in the history folder its shards read ({}): a close \
+             publishes directly inside its history, and the next close there would not see \
+             this one and would close and invoice its periods again; give the merge the \
+             shards' --out (and, if this machine mounts that folder elsewhere, --history with \
+             its path here)",
+            out.display(),
+            read.display()
+        ))),
+        _ => Ok(()),
     }
-    Err(TallyError::Refused(format!(
-        "the merge's --out {} is not in the history folder its shards read ({}): a close \
-         publishes directly inside its history, and the next close there would not see this \
-         one and would close and invoice its periods again; give the merge the shards' --out",
-        out.display(),
-        read.display()
-    )))
 }
 
 /// Refuse a merge when the closes under the history folder `dir` are no longer those the

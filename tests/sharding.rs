@@ -1466,7 +1466,8 @@ fn a_first_sharded_close_merged_outside_its_history_is_refused() {
             "tally: refused: the merge's --out {} is not in the history folder its shards read \
              ({}): a close publishes directly inside its history, and the next close there \
              would not see this one and would close and invoice its periods again; give the \
-             merge the shards' --out\n",
+             merge the shards' --out (and, if this machine mounts that folder elsewhere, \
+             --history with its path here)\n",
             elsewhere.display(),
             closes.display()
         )
@@ -1483,6 +1484,80 @@ fn a_first_sharded_close_merged_outside_its_history_is_refused() {
         shards.to_str().unwrap(),
     ]);
     assert!(december.join("manifest.json").exists());
+}
+
+/// A history folder mounted at another path on the merge's machine (here: moved): the
+/// recorded path leads nowhere, so the merge is refused and says to give `--history`; with
+/// it, `--out` must be directly inside it, and the merge publishes. Shards that name their
+/// history by two paths (two machines' mounts) are shards of different runs unless the
+/// merge is given `--history`. A reconcile's merge given `--history` is exit 2.
+#[test]
+fn a_history_mounted_elsewhere_is_given_to_the_merge() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = generate_root(tmp.path());
+    let (first, second) = (tmp.path().join("m1/h"), tmp.path().join("m2/h"));
+    std::fs::create_dir_all(first.parent().unwrap()).unwrap();
+    std::fs::create_dir_all(second.parent().unwrap()).unwrap();
+    let shard = |history: &Path, i: &str| {
+        let out = history.join("2026-12-01");
+        let h = ["--history", history.to_str().unwrap(), "--shard", i];
+        run_ok("close", &data, CLOSE_AS_OF, &out, &h);
+    };
+    shard(&first, "0/2");
+    std::fs::rename(&first, &second).unwrap();
+    shard(&second, "1/2");
+    let out = second.join("2026-12-01");
+    let merge = |extra: &[&str]| {
+        let mut c = tally_command(&["merge", "--out", out.to_str().unwrap()]);
+        c.args(extra);
+        c
+    };
+    let shard0 = root(&out).join("shard=0");
+    let shard1 = root(&out).join("shard=1");
+    assert_eq!(
+        refused_by(&mut merge(&[])),
+        format!(
+            "tally: refused: {} and {} are shards of different runs (history folder {} vs \
+             {}); rerun the one not made from the inputs and settings of the run you mean\n",
+            shard1.display(),
+            shard0.display(),
+            second.display(),
+            first.display()
+        )
+    );
+    let elsewhere = tmp.path().join("elsewhere");
+    assert_eq!(
+        refused_by(&mut merge(&["--history", elsewhere.to_str().unwrap()])),
+        format!(
+            "tally: refused: the merge's --out {} is not in the history folder given with \
+             --history ({}): a close publishes directly inside its history; give an --out \
+             directly inside it\n",
+            out.display(),
+            elsewhere.display()
+        )
+    );
+    succeeded(&mut merge(&["--history", second.to_str().unwrap()]));
+    assert!(out.join("manifest.json").exists());
+
+    // A reconcile's shards read no history.
+    let reconcile = tmp.path().join("reconcile");
+    run_shards("reconcile", &data, AS_OF, &reconcile, 2, &[]);
+    let given = tally(&[
+        "merge",
+        "--out",
+        reconcile.to_str().unwrap(),
+        "--history",
+        second.to_str().unwrap(),
+    ]);
+    assert_eq!(given.status.code(), Some(2), "{}", stderr(&given));
+    assert_eq!(
+        stderr(&given),
+        format!(
+            "tally: {}: --history is for the merge of a close whose shards read a history \
+             folder, and these shards read none: leave it out\n",
+            second.display()
+        )
+    );
 }
 
 /// Closes under one history folder run one at a time (each reads the closes before it): a
