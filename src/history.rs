@@ -505,17 +505,19 @@ pub fn warn_of_closes_not_read(out: &Path) {
     let Some(latest) = closes.iter().max_by_key(|c| (c.as_of, &c.name)) else {
         return;
     };
-    let held = match closes.len() {
-        1 => "an earlier close".to_string(),
-        n => format!("{n} earlier closes"),
+    let (held, they, of_this_root) = match closes.len() {
+        1 => ("an earlier close".to_string(), "it", "it is a close"),
+        n => (format!("{n} earlier closes"), "they", "they are closes"),
     };
+    // Absolute: `--out x` is in `.`, which says nothing in a log.
+    let dir = crate::normalised(&dir);
     tracing::warn!(
         closes = closes.len(),
         latest = latest.name.as_str(),
         folder = %dir.display(),
         "the folder of --out, {}, holds {held} (the latest: {}, as of {}) that this close does \
-         not read, as it runs without --history: periods they closed are closed and invoiced \
-         again. If they are closes of this data root, rerun with --history {}",
+         not read, as it runs without --history: periods {they} closed are closed and invoiced \
+         again. If {of_this_root} of this data root, rerun with --history {}",
         dir.display(),
         latest.name,
         crate::time::format_instant(latest.as_of),

@@ -404,17 +404,37 @@ pub fn lock_output(out: &Path) -> Result<OutputLock> {
     refuse_an_out_under_a_file(out)?;
     let parent = write::folder_of(out);
     std::fs::create_dir_all(&parent).map_err(|e| TallyError::write(&parent, e))?;
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let path = parent.join(format!(".{name}.tally-lock"));
-    take_lock(&path, false, || {
+    take_lock(&lock_file_of(out), false, || {
         format!(
             "another tally run is writing {} right now; wait for it to finish",
             out.display()
         )
     })
+}
+
+/// The lock file of the output folder `out`: `.NAME.tally-lock` beside it.
+fn lock_file_of(out: &Path) -> PathBuf {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    write::folder_of(out).join(format!(".{name}.tally-lock"))
+}
+
+/// [`check_replaceable`] before the output's lock, so that a refused run makes no lock
+/// file beside a file or a folder tally did not write. A refusal is confirmed under the
+/// lock when a lock file is there already (tally has run there): a run publishing `out`
+/// right now shows it for a moment without its manifest on file systems that swap folders
+/// by two renames, which is a busy output (refused as such), not a foreign one.
+pub(crate) fn check_replaceable_before_lock(out: &Path) -> Result<()> {
+    let Err(refused) = check_replaceable(out) else {
+        return Ok(());
+    };
+    if std::fs::symlink_metadata(lock_file_of(out)).is_err() {
+        return Err(refused);
+    }
+    let _lock = lock_output(out)?;
+    check_replaceable(out)
 }
 
 /// Refuse an `--out` under a file (a path mistaken for a folder) as the setting it is
@@ -545,7 +565,6 @@ pub fn refuse_an_unusable_out(out: &Path) -> Result<()> {
              folder (or `out` in the job file)",
         ));
     };
-
     // As the names beside it are made: a run of bytes that are not UTF-8 takes 3 there
     // (one U+FFFD).
     let written = name.to_string_lossy();
@@ -676,9 +695,9 @@ pub(crate) fn prepare(req: &JobRequest, out: &Path) -> Result<Prepared> {
             (None, Vec::new())
         }
     };
-    // Refused before the lock too, so a refused run leaves no lock file beside a file or
+    // Checked before the lock too, so a refused run leaves no lock file beside a file or
     // a foreign folder; again under the lock, where no other run can change it.
-    check_replaceable(out)?;
+    check_replaceable_before_lock(out)?;
     let lock = lock_output(out)?;
     check_replaceable(out)?;
     refuse_reconcile_over_close(req)?;

@@ -1162,12 +1162,16 @@ fn projection(metadata: &ArrowReaderMetadata, indices: &[Option<usize>]) -> Proj
 /// A row group the reader could not decode (a string that is not UTF-8 is a bad row, not
 /// this: [`decode_row_group`]).
 fn row_group_error(file: &InputFile, rg: usize, e: impl std::fmt::Display) -> TallyError {
+    let problem = plain(e);
+    // A checksum the writer stored wrong (some writers have) comes back with the file: an
+    // export without page checksums is the way out then.
+    let or_else = match problem.contains("CRC checksum") {
+        true => " (or without page checksums, if its writer stores wrong ones)",
+        false => "",
+    };
     TallyError::input(
         &file.rel_path,
-        format!(
-            "row group {rg} is corrupt or truncated: {}{RESTORE}",
-            plain(e)
-        ),
+        format!("row group {rg} is corrupt or truncated: {problem}{RESTORE}{or_else}"),
     )
 }
 

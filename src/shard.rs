@@ -173,7 +173,7 @@ pub fn run_shard(req: &JobRequest, shard: u32, shards: u32) -> Result<JobOutcome
     let folder = shard_folder(&req.out, shard);
     // What the merge would refuse of `--out`, refused before the shard computes, and
     // before its lock makes the shards' folder beside `--out`.
-    crate::check_replaceable(&req.out)?;
+    crate::check_replaceable_before_lock(&req.out)?;
     let prepared = prepare(req, &folder)?;
     let settings = req.settings(prepared.history.clone());
     let census = census::Census::take(&req.data)?.with_pricebook(prepared.pricebook.clone());
@@ -773,7 +773,7 @@ pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
     // Before the locks: a merge refused here leaves no lock file where it does not belong.
     refuse_out_outside_the_shards_history(first, &req.out, req.history.as_deref())?;
     // Before the lock too (see `prepare`).
-    crate::check_replaceable(&req.out)?;
+    crate::check_replaceable_before_lock(&req.out)?;
     let _lock = crate::lock_output(&req.out)?;
     // A close whose shards read a history: its folder is the one `--out` is directly
     // inside (the shards checked that). The merge publishes into it, so it takes the

@@ -811,7 +811,8 @@ fn usage_page_checksum_mismatch_is_exit_2() {
         "usage_page_checksum.parquet",
         USAGE,
         "row group 0 is corrupt or truncated: Page CRC checksum mismatch; restore the file from \
-         its source or export it again",
+         its source or export it again (or without page checksums, if its writer stores wrong \
+         ones)",
     );
 }
 

@@ -333,8 +333,8 @@ fn a_close_without_history_beside_earlier_closes_warns() {
         format!(
             "the folder of --out, {0}, holds an earlier close (the latest: 2026-12-01, as of \
              2026-12-01T00:00:00Z) that this close does not read, as it runs without \
-             --history: periods they closed are closed and invoiced again. If they are closes \
-             of this data root, rerun with --history {0}",
+             --history: periods it closed are closed and invoiced again. If it is a close of \
+             this data root, rerun with --history {0}",
             closes.display()
         )
     );

@@ -3459,3 +3459,48 @@ fn an_overage_past_minor_units_names_its_invoice_and_plan() {
     );
     assert!(!out_dir.exists());
 }
+
+/// A folder that looks foreign for the moment another run publishes into it (a two-rename
+/// swap on a file system without an atomic one shows it without its manifest) is refused
+/// as busy while that run holds the lock, not as a folder tally did not write; once the
+/// lock is free, as foreign. A foreign folder with no lock file beside it is refused
+/// without one being made.
+#[test]
+fn an_output_seen_mid_publish_is_busy_not_foreign() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = demo_copy(tmp.path());
+    let out = tmp.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("discrepancies.csv"), "being swapped in\n").unwrap();
+    let run = || {
+        run_command("reconcile", &data, AS_OF, &out)
+            .output()
+            .unwrap()
+    };
+    let foreign = format!(
+        "tally: refused: {} holds files but no tally manifest.json; tally replaces only its own \
+         output folders: choose a new or empty folder\n",
+        out.display()
+    );
+    let lock_path = tmp.path().join(".out.tally-lock");
+    let refused = run();
+    assert_eq!(refused.status.code(), Some(3));
+    assert_eq!(stderr(&refused), foreign);
+    assert!(!lock_path.exists(), "no lock file made for a refused run");
+
+    let lock = std::fs::File::create(&lock_path).unwrap();
+    lock.try_lock().unwrap();
+    let busy = run();
+    assert_eq!(busy.status.code(), Some(3));
+    assert_eq!(
+        stderr(&busy),
+        format!(
+            "tally: refused: another tally run is writing {} right now; wait for it to finish \
+             (held by pid {})\n",
+            out.display(),
+            std::process::id()
+        )
+    );
+    lock.unlock().unwrap();
+    assert_eq!(stderr(&run()), foreign);
+}
