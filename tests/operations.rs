@@ -588,7 +588,7 @@ fn unknown_or_malformed_flags_are_one_line_and_exit_2() {
         (
             &["generate", "--history=h"][..],
             "tally: command line: unexpected argument '--history' found; --history is a flag \
-             of close, explain and verify; `tally generate --help` lists its flags",
+             of close, merge, explain and verify; `tally generate --help` lists its flags",
         ),
         // A command's flag before the command's name.
         (
@@ -1471,12 +1471,10 @@ fn long_id_root(root: &Path, accounts: usize, events: usize, id_bytes: usize) {
 
 /// The layout line of a `--log-format json` run at debug: its group count.
 fn groups_logged(out: &Output) -> u64 {
-    let log = stderr(out);
-    (log.lines())
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    (json_log(out).into_iter())
         .find(|v| v["fields"]["message"] == "layout")
         .and_then(|v| v["fields"]["groups"].as_u64())
-        .unwrap_or_else(|| panic!("no layout line: {log}"))
+        .unwrap_or_else(|| panic!("no layout line: {}", stderr(out)))
 }
 
 /// Ids longer than the bench data's count against the memory budget: 600 events and 600
@@ -1997,8 +1995,7 @@ fn a_failed_run_logs_how_it_ended() {
             .output()
             .unwrap();
         let log = stderr(&output);
-        let done = (log.lines())
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        let done = (json_log(&output).into_iter())
             .find(|v| v["fields"]["message"] == "run done")
             .unwrap_or_else(|| panic!("no run done line: {log}"));
         (output, log, done["fields"].clone())

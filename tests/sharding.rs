@@ -393,9 +393,7 @@ fn a_sharded_close_warns_and_alerts_from_its_merge() {
     let out = tmp.path().join("close");
     let close_as_of = "2026-12-01T00:00:00Z";
     let warnings = |output: &std::process::Output| -> Vec<String> {
-        stderr(output)
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        (json_log(output).into_iter())
             .filter(|v| v["level"] == "WARN")
             .map(|v| v["fields"]["message"].as_str().unwrap().to_string())
             .collect()
@@ -453,8 +451,7 @@ fn a_sharded_close_warns_and_alerts_from_its_merge() {
     );
     // One `run start` naming the merge and one `run done` with the alert's exit code.
     let logged = |message: &str, field: &str, value: serde_json::Value| {
-        (stderr(&merge).lines())
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        (json_log(&merge).into_iter())
             .filter(|v| v["fields"]["message"] == message)
             .map(|v| v["fields"][field].clone())
             .collect::<Vec<_>>()

@@ -151,11 +151,10 @@ pub fn json_log(out: &Output) -> Vec<serde_json::Value> {
 }
 
 /// The messages of the `WARN` lines (JSON logs) that name a dataset: a dataset folder's
-/// files not read, or a required dataset with no Parquet file.
+/// files not read, a required dataset with no Parquet file, or a nullable column held under
+/// another spelling.
 pub fn dataset_warnings(out: &Output) -> Vec<String> {
-    stderr(out)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+    (json_log(out).into_iter())
         .filter(|v| v["level"] == "WARN" && v["fields"]["dataset"].is_string())
         .map(|v| v["fields"]["message"].as_str().unwrap().to_string())
         .collect()
