@@ -1005,44 +1005,75 @@ fn check_inputs_unchanged(
 }
 
 /// Refuse a close merge whose `--out` is not directly inside the history folder its shards
-/// read, as `shard.json` records it, or as the merge's `--history` names it where this
-/// machine mounts it elsewhere (the closes the shards read are then compared by checksum,
-/// [`check_history_unchanged`]). A close published elsewhere would not be seen by the next
-/// close under the shards' history, which would close and invoice its periods again. Two
-/// spellings of one folder (a link, `..`) are one. A `--history` given to the merge of
-/// shards that read none is a mistake (exit 2).
+/// read. A close published elsewhere is not seen by the next close under the shards'
+/// history, which closes and invoices its periods again. The folder must exist (the shards
+/// made it: their lock file is in it), so a merge never makes a history (a volume not
+/// mounted, a path mistyped). Where the folder the shards recorded is a folder on this
+/// machine, `--out` must be in it, whatever `--history` says; only where it is not (the
+/// history mounted at another path here) does `--history` name it, and the closes the
+/// shards read are then compared by checksum ([`check_history_unchanged`]). Two spellings
+/// of one folder (a link, `..`) are one. `--history` for shards that read none is exit 2.
 fn refuse_out_outside_the_shards_history(
     first: &ShardManifest,
     out: &Path,
     given: Option<&Path>,
 ) -> Result<()> {
+    if !first.reads_history() {
+        return match given {
+            Some(given) => Err(TallyError::config(
+                given.display().to_string(),
+                "--history is for the merge of a close whose shards read a history folder, \
+                 and these shards read none: leave it out",
+            )),
+            None => Ok(()),
+        };
+    }
     let here = write::folder_of(out);
+    if !here.is_dir() {
+        return Err(TallyError::Refused(format!(
+            "the merge's --out {} is in {}, which does not exist: a close's merge publishes \
+             directly inside the history folder its shards read, which they made (their lock \
+             file is in it); mount it here, or give the merge the shards' --out",
+            out.display(),
+            here.display()
+        )));
+    }
     let real = |folder: &Path| folder.canonicalize().ok();
     let same = |folder: &Path| {
         recorded_folder(&here) == recorded_folder(folder)
             || real(&here).is_some_and(|h| Some(h) == real(folder))
     };
-    match (first.reads_history(), given, &first.history) {
-        (false, Some(given), _) => Err(TallyError::config(
-            given.display().to_string(),
-            "--history is for the merge of a close whose shards read a history folder, and \
-             these shards read none: leave it out",
-        )),
-        (true, Some(given), _) if !same(given) => Err(TallyError::Refused(format!(
-            "the merge's --out {} is not in the history folder given with --history ({}): a \
-             close publishes directly inside its history; give an --out directly inside it",
+    let outside = |history: &Path, whose: &str, advice: &str| {
+        Err(TallyError::Refused(format!(
+            "the merge's --out {} is not in the history folder {whose} ({}): a close publishes \
+             directly inside its history, and the next close there would not see this one \
+             and would close and invoice its periods again; {advice}",
             out.display(),
-            given.display()
-        ))),
-        (true, None, Some(read)) if !same(read) => Err(TallyError::Refused(format!(
-            "the merge's --out {} is not in the history folder its shards read ({}): a close \
-             publishes directly inside its history, and the next close there would not see \
-             this one and would close and invoice its periods again; give the merge the \
-             shards' --out (and, if this machine mounts that folder elsewhere, --history with \
-             its path here)",
-            out.display(),
-            read.display()
-        ))),
+            history.display()
+        )))
+    };
+    let (read_by_shards, given_here) = ("its shards read", "given with --history");
+    let read_here = first.history.as_deref().filter(|read| read.is_dir());
+    match (read_here, given, first.history.as_deref()) {
+        // The folder the shards read is a folder here: that one, whatever --history says.
+        (Some(read), Some(given), _) if !same(read) || !same(given) => outside(
+            read,
+            read_by_shards,
+            "it is a folder on this machine too: give the merge the shards' --out, and leave \
+             --history out",
+        ),
+        (Some(read), None, _) if !same(read) => {
+            outside(read, read_by_shards, "give the merge the shards' --out")
+        }
+        (None, Some(given), _) if !same(given) => {
+            outside(given, given_here, "give an --out directly inside it")
+        }
+        (None, None, Some(read)) if !same(read) => outside(
+            read,
+            read_by_shards,
+            "give the merge the shards' --out, or, where this machine mounts that folder at \
+             another path, --history with its path here",
+        ),
         _ => Ok(()),
     }
 }

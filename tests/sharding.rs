@@ -1449,28 +1449,59 @@ fn a_first_sharded_close_merged_outside_its_history_is_refused() {
     run_shards("close", &data, CLOSE_AS_OF, &december, 2, &h);
     let elsewhere = tmp.path().join("elsewhere").join("2026-12-01");
     let shards = root(&december);
-    let merge_into = |out: &Path| {
-        tally_command(&[
+    let merge_into = |out: &Path, extra: &[&str]| {
+        let mut c = tally_command(&[
             "merge",
             "--out",
             out.to_str().unwrap(),
             shards.to_str().unwrap(),
-        ])
+        ]);
+        c.args(extra);
+        c
     };
+    // A folder that does not exist is no history the shards read: never made by a merge.
     assert_eq!(
-        refused_by(&mut merge_into(&elsewhere)),
+        refused_by(&mut merge_into(&elsewhere, &[])),
         format!(
-            "tally: refused: the merge's --out {} is not in the history folder its shards read \
-             ({}): a close publishes directly inside its history, and the next close there \
-             would not see this one and would close and invoice its periods again; give the \
-             merge the shards' --out (and, if this machine mounts that folder elsewhere, \
-             --history with its path here)\n",
+            "tally: refused: the merge's --out {} is in {}, which does not exist: a close's \
+             merge publishes directly inside the history folder its shards read, which they \
+             made (their lock file is in it); mount it here, or give the merge the shards' \
+             --out\n",
             elsewhere.display(),
-            closes.display()
+            elsewhere.parent().unwrap().display()
         )
     );
     // Refused before its locks: nothing made beside the wrong --out.
     assert!(!tmp.path().join("elsewhere").exists());
+    // Another folder, also named with --history: the shards' history is a folder here.
+    std::fs::create_dir_all(elsewhere.parent().unwrap()).unwrap();
+    let outside = |advice: &str| {
+        format!(
+            "tally: refused: the merge's --out {} is not in the history folder its shards read \
+             ({}): a close publishes directly inside its history, and the next close there \
+             would not see this one and would close and invoice its periods again; {advice}\n",
+            elsewhere.display(),
+            closes.display()
+        )
+    };
+    assert_eq!(
+        refused_by(&mut merge_into(&elsewhere, &[])),
+        outside("give the merge the shards' --out")
+    );
+    let given = elsewhere.parent().unwrap().to_str().unwrap();
+    assert_eq!(
+        refused_by(&mut merge_into(&elsewhere, &["--history", given])),
+        outside(
+            "it is a folder on this machine too: give the merge the shards' --out, and leave \
+             --history out"
+        )
+    );
+    assert_eq!(
+        std::fs::read_dir(elsewhere.parent().unwrap())
+            .unwrap()
+            .count(),
+        0
+    );
     // The history through a link is the history.
     let link = tmp.path().join("link");
     std::os::unix::fs::symlink(&closes, &link).unwrap();
@@ -1527,8 +1558,9 @@ fn a_history_mounted_elsewhere_is_given_to_the_merge() {
         refused_by(&mut merge(&["--history", elsewhere.to_str().unwrap()])),
         format!(
             "tally: refused: the merge's --out {} is not in the history folder given with \
-             --history ({}): a close publishes directly inside its history; give an --out \
-             directly inside it\n",
+             --history ({}): a close publishes directly inside its history, and the next close \
+             there would not see this one and would close and invoice its periods again; give \
+             an --out directly inside it\n",
             out.display(),
             elsewhere.display()
         )
