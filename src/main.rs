@@ -1233,10 +1233,10 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.kind() == clap::error::ErrorKind::DisplayVersion => {
-            // Every build says its version until a release: the sha256 of its source (what
-            // a shard records) tells two builds apart.
+            // Every build says its version until a release: the sha256 of its source,
+            // toolchain and settings (what a shard records) tells two builds apart.
             println!(
-                "tally {}\nbuild: {} (the sha256 of its source)",
+                "tally {}\nbuild: {} (the sha256 of its source, toolchain and settings)",
                 tally::write::VERSION,
                 tally::shard::this_build()
             );

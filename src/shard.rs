@@ -91,7 +91,8 @@ impl ShardManifest {
     }
 }
 
-/// This build of tally: the sha256 of the source it was built from (`build.rs`). Every
+/// This build of tally: the sha256 of the source, toolchain and build settings it was built
+/// from (`build.rs`). Every
 /// build says version 0.1.0 until a release, and two builds of one version may write
 /// different outputs (a fix between them): shards of two builds merged would mix both (an
 /// Indexed Job whose nodes hold two images under one tag). A shard records it, and a merge

@@ -872,7 +872,8 @@ fn merge_refuses_shards_of_another_tally_version() {
     );
 }
 
-/// A shard records its build (the sha256 of the source, which `tally --version` prints):
+/// A shard records its build (the sha256 of its source, toolchain and settings, which
+/// `tally --version` prints):
 /// shards of two builds of one version (every build says 0.1.0 until a release) are shards
 /// of different runs, and shards of another build than the merge's, or of a build before
 /// the record, are refused naming both builds. Once restored, they merge.
@@ -883,7 +884,7 @@ fn merge_refuses_shards_of_another_build() {
     let version = String::from_utf8(tally_ok(&["--version"]).stdout).unwrap();
     let this_build = (version
         .strip_prefix(&format!("tally {}\nbuild: ", env!("CARGO_PKG_VERSION"))))
-    .and_then(|rest| rest.strip_suffix(" (the sha256 of its source)\n"))
+    .and_then(|rest| rest.strip_suffix(" (the sha256 of its source, toolchain and settings)\n"))
     .unwrap_or_else(|| panic!("{version}"))
     .to_string();
     assert_eq!(this_build.len(), 64, "{this_build}");
