@@ -9,7 +9,7 @@
 #   BENCH_DIR     work folder: venv, generated data, outputs, logs, results (default /tmp/tally-bench)
 #   TALLY         the tally binary (default $CARGO_TARGET_DIR or ~/.cache/tally-target, release/tally)
 #   DUCKDB_SPEC   what pip installs (default duckdb==2.0.1, the version the README figures used)
-#   BENCH_RUNS    rounds: each tool runs once per round, tools in turn (default 3; sizes of 50m events and up always run once: a 100m DuckDB run takes 4–5 minutes)
+#   BENCH_RUNS    rounds: each tool runs once per round, tools in turn, each round starting one tool later than the one before (default 5; sizes of 50m events and up always run once: a 100m DuckDB run takes 4–5 minutes)
 #   BENCH_MEM_HEADROOM_GB   GiB kept free when deciding whether a size fits (default 2)
 #   BENCH_MEM_SAFETY        factor on the memory estimate scaled from the 1m run (default 1.25)
 #   BENCH_TALLY_CAP_GB      tally's expected peak past its memory budget, GiB (default 5)
@@ -22,7 +22,7 @@ set -euo pipefail
 BENCH_DIR=${BENCH_DIR:-/tmp/tally-bench}
 TALLY_SRC=${TALLY:-${CARGO_TARGET_DIR:-$HOME/.cache/tally-target}/release/tally}
 DUCKDB_SPEC=${DUCKDB_SPEC:-duckdb==2.0.1}
-BENCH_RUNS=${BENCH_RUNS:-3}
+BENCH_RUNS=${BENCH_RUNS:-5}
 HEADROOM_GB=${BENCH_MEM_HEADROOM_GB:-2}
 RECONCILE_AS_OF=2026-11-20T00:00:00Z
 CLOSE_AS_OF=2026-12-01T00:00:00Z
@@ -139,25 +139,36 @@ busy_cpu_s() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / {print ($2 + $3 + $4 + $7
 
 # One timed run of a tool; its wall (s), CPU (user+sys s) and peak RSS (KB) are appended to
 # WALLS[TOOL], CPUS[TOOL] and RSSS[TOOL] (space-separated, in run order).
-declare -A WALLS=() CPUS=() RSSS=()
+declare -A WALLS=() CPUS=() RSSS=() PROCESS_WALLS=()
 # run_once LABEL TOOL I RUNS OUTDIR -- CMD...
 run_once() {
     local label=$1 tool=$2 i=$3 runs=$4 out=$5; shift 6
     local tf logf rc
     tf=$(mktemp)
-    rm -rf "$out"                       # close over its own output would be a no-op
+    rm -rf "$out" "$out.tmp"            # close over its own output would be a no-op; DuckDB's spill
     # Write back what the generator or the previous run left dirty in the page cache
     # (gigabytes at 100m), so that it is not charged to this run's disk writes.
     sync
     logf="$BENCH_DIR/logs/$label-$tool-$i.log"
     rc=0
-    /usr/bin/time -f '%e %M %U %S' -o "$tf" "$@" >"$logf" 2>&1 || rc=$?
+    # DuckDB's wall is its own (benches/duckdb_run.py: from its connection to the end of the
+    # SQL), not Python's start-up and import; the process's wall is kept beside it.
+    local sqlf=$tf.duckdb-seconds
+    rm -f "$sqlf"
+    DUCKDB_SECONDS_FILE=$sqlf /usr/bin/time -f '%e %M %U %S' -o "$tf" "$@" >"$logf" 2>&1 || rc=$?
     # tally exits 1 when an [alert] threshold is passed: still a finished run
     if [[ $rc -ne 0 && ! ( $tool == tally-* && $rc -eq 1 ) ]]; then
-        rm -f "$tf"
+        rm -f "$tf" "$sqlf"
         die "$tool failed at $label (exit $rc); see $logf"
     fi
-    WALLS[$tool]+="$(awk 'END {print $1}' "$tf") "
+    if [[ $tool == duckdb ]]; then
+        [[ -s $sqlf ]] || die "duckdb_run.py wrote no time at $label; see $logf"
+        PROCESS_WALLS[$tool]+="$(awk 'END {print $1}' "$tf") "
+        WALLS[$tool]+="$(cat "$sqlf") "
+        rm -f "$sqlf"
+    else
+        WALLS[$tool]+="$(awk 'END {print $1}' "$tf") "
+    fi
     RSSS[$tool]+="$(awk 'END {print $2}' "$tf") "
     CPUS[$tool]+="$(awk 'END {print $3 + $4}' "$tf") "
     OUR_CPU=$(awk -v a="$OUR_CPU" 'END {print a + $3 + $4}' "$tf")
@@ -287,17 +298,29 @@ bench_size() {
     for g in ${BENCH_GROUPS:-}; do
         WALLS[tally-reconcile-groups-$g]="" CPUS[tally-reconcile-groups-$g]="" RSSS[tally-reconcile-groups-$g]=""
     done
-    # Rounds: each tool once per round, in the same order, so that the tools of a round
-    # run minutes apart at most and each ratio can also be taken round by round.
+    PROCESS_WALLS[duckdb]=""
+    # Rounds: each tool once per round, so that the tools of a round run minutes apart at
+    # most and each ratio can also be taken round by round. Each round starts one tool later
+    # than the one before: no tool always runs first (a round's first run was slower) or
+    # always after the heaviest writer.
+    local order=(tally-scan tally-reconcile tally-close duckdb) k
     for ((round = 1; round <= runs; round++)); do
+      for ((k = 0; k < ${#order[@]}; k++)); do
+        case ${order[(round - 1 + k) % ${#order[@]}]} in
+        tally-scan)
         run_once "$label" tally-scan "$round" "$runs" "$out/none" -- "$TALLY" scan --data "$data" \
-            --log-format json
+            --log-format json ;;
+        tally-reconcile)
         run_once "$label" tally-reconcile "$round" "$runs" "$out/reconcile" -- "$TALLY" reconcile \
-            --data "$data" --as-of "$RECONCILE_AS_OF" --out "$out/reconcile" --log-format json
+            --data "$data" --as-of "$RECONCILE_AS_OF" --out "$out/reconcile" --log-format json ;;
+        tally-close)
         run_once "$label" tally-close "$round" "$runs" "$out/close" -- "$TALLY" close --data "$data" \
-            --as-of "$CLOSE_AS_OF" --out "$out/close" --log-format json
+            --as-of "$CLOSE_AS_OF" --out "$out/close" --log-format json ;;
+        duckdb)
         run_once "$label" duckdb "$round" "$runs" "$out/duckdb" -- "$PY" "$RUNNER" "$SQL" "$data" \
-            "$data.rates.csv" "$data.plans.csv" "$out/duckdb" "$RECONCILE_AS_OF" "$SETTLE_SECONDS"
+            "$data.rates.csv" "$data.plans.csv" "$out/duckdb" "$RECONCILE_AS_OF" "$SETTLE_SECONDS" ;;
+        esac
+      done
         # Optional: the same reconcile at forced group counts (row "tally reconcile --groups N").
         for g in ${BENCH_GROUPS:-}; do
             run_once "$label" "tally-reconcile-groups-$g" "$round" "$runs" "$out/reconcile-groups" -- \
@@ -309,6 +332,8 @@ bench_size() {
     medians tally-reconcile; w_rec=$M_WALL c_rec=$M_CPU r_rec=$M_RSS
     medians tally-close; w_close=$M_WALL c_close=$M_CPU r_close=$M_RSS
     medians duckdb; w_duck=$M_WALL c_duck=$M_CPU r_duck=$M_RSS
+    local w_duck_process
+    w_duck_process=$(median_of "${PROCESS_WALLS[duckdb]}")
     for g in ${BENCH_GROUPS:-}; do
         medians "tally-reconcile-groups-$g"
         group_rows+=("tally reconcile --groups $g|$M_WALL|$M_RSS|$M_CPU")
@@ -327,7 +352,7 @@ bench_size() {
         printf "%.1f %.1f", f, 100 * f / ((t1 - t0) * n)
     }')
     local tally_version duck_version results="$BENCH_DIR/results-$label.md"
-    tally_version="$("$TALLY" --version) (binary of $(date -u -r "$TALLY" +%Y-%m-%dT%H:%MZ))"
+    tally_version="$("$TALLY" --version | head -1) (build $("$TALLY" --version | awk 'NR == 2 {print substr($2, 1, 12)}'), binary of $(date -u -r "$TALLY" +%Y-%m-%dT%H:%MZ))"
     duck_version=$("$PY" -c 'import duckdb; print(duckdb.__version__)')
     {
         echo "### $label: $events events ($usage_rows usage rows, $debit_rows ledger rows, $disk of Parquet)"
@@ -342,7 +367,7 @@ bench_size() {
         for row in "tally scan (bare decode)|$w_scan|$r_scan|$c_scan" \
                    "tally reconcile|$w_rec|$r_rec|$c_rec" \
                    "tally close|$w_close|$r_close|$c_close" \
-                   "DuckDB SQL reconcile (reconcile.sql)|$w_duck|$r_duck|$c_duck" \
+                   "DuckDB SQL reconcile (reconcile.sql; its own time)|$w_duck|$r_duck|$c_duck" \
                    ${group_rows[@]+"${group_rows[@]}"}; do
             IFS='|' read -r name w r c <<<"$row"
             awk -v n="$name" -v w="$w" -v r="$r" -v c="$c" -v e="$events" 'BEGIN {
@@ -355,6 +380,9 @@ bench_size() {
             if (t > 0) printf "- tally reconcile vs DuckDB: speed-up %.2fx (duckdb_time / tally_time; above 1 means tally is faster); memory %.2fx DuckDB'"'"'s\n", d / t, rt / rd
             if (s > 0) printf "- tally reconcile / scan: %.1fx (tally_time / scan_time)\n", t / s
             if (n > 1) printf "- the same ratios round by round (median over the %d rounds of each round'"'"'s ratio): %.2fx DuckDB, %.1fx the scan\n", n, pd, ps
+        }'
+        awk -v w="$w_duck" -v p="$w_duck_process" 'BEGIN {
+            printf "- DuckDB'"'"'s wall is its own, from its connection to the end of the SQL (benches/duckdb_run.py); with Python'"'"'s start-up and import duckdb, the process took %.2f s (median); its CPU s and peak RSS are the process'"'"'s\n", p
         }'
         # where tally's time goes, from the JSON log of its last reconcile and close runs
         for tool in reconcile close; do
