@@ -71,7 +71,7 @@ pub struct ShardManifest {
     #[serde(default)]
     pub read_history: bool,
     /// The history folder the shard read, recorded as the data root is
-    /// ([`recorded_folder`]); `None` without `--history`, and in shards of a build before
+    /// (`recorded_folder`); `None` without `--history`, and in shards of a build before
     /// the field. A merge publishes only directly inside it: a close published elsewhere is
     /// not seen by the next close under the history, which would close and invoice its
     /// periods again.
