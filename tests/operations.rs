@@ -30,6 +30,16 @@ fn leftovers(parent: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The refusal of a run whose output folder `out` this test process holds the lock of.
+fn writing_right_now(out: &Path) -> String {
+    format!(
+        "tally: refused: another tally run is writing {} right now; wait for it to finish (held \
+         by pid {})\n",
+        out.display(),
+        std::process::id()
+    )
+}
+
 /// `max_abs_delta_credits` is a decimal string or a TOML integer, as the price book's
 /// amounts are: both alert alike past it (exit 1), and neither below it.
 #[test]
@@ -743,15 +753,7 @@ fn a_held_output_lock_is_refused_naming_its_holder() {
     lock.try_lock().unwrap();
     let refused = cmd("reconcile", &data, &out).output().unwrap();
     assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
-    assert_eq!(
-        stderr(&refused),
-        format!(
-            "tally: refused: another tally run is writing {} right now; wait for it to finish \
-             (held by pid {})\n",
-            out.display(),
-            std::process::id()
-        )
-    );
+    assert_eq!(stderr(&refused), writing_right_now(&out));
     lock.unlock().unwrap();
     assert!(cmd("reconcile", &data, &out)
         .output()
@@ -3489,15 +3491,7 @@ fn an_output_seen_mid_publish_is_busy_not_foreign() {
     lock.try_lock().unwrap();
     let busy = run();
     assert_eq!(busy.status.code(), Some(3));
-    assert_eq!(
-        stderr(&busy),
-        format!(
-            "tally: refused: another tally run is writing {} right now; wait for it to finish \
-             (held by pid {})\n",
-            out.display(),
-            std::process::id()
-        )
-    );
+    assert_eq!(stderr(&busy), writing_right_now(&out));
     lock.unlock().unwrap();
     assert_eq!(stderr(&run()), foreign);
 }
