@@ -334,9 +334,9 @@ fn warn_of_misnamed_columns(
             found = like.as_str(),
             files_misnamed = count,
             first = %first_path,
-            "{files} a column {like:?} and no `{column}`: column names are case-sensitive, \
-             so {like:?} is not read and `{column}` is read as null in {them}; if it is \
-             `{column}`, rename it and rerun"
+            "{files} a column {like:?} and no `{column}`: column names must match exactly \
+             (case, `_` and all), so {like:?} is not read and `{column}` is read as null in \
+             {them}; if it is `{column}`, rename it and rerun"
         );
     }
 }

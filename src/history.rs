@@ -497,11 +497,14 @@ fn refuse_a_close_not_named_in_utf8(folder: &Path) -> Result<()> {
 /// another data root may share the folder, and a first close has no history to give. A
 /// folder this cannot read is not this warning's to report (the close itself does not read
 /// it).
-pub fn warn_of_closes_not_read(out: &Path) {
+pub fn warn_of_closes_not_read(out: &Path, as_of: Micros) {
     let dir = crate::write::folder_of(out);
-    let Ok(closes) = closes_under(&dir, Some(out)) else {
+    let Ok(mut closes) = closes_under(&dir, Some(out)) else {
         return;
     };
+    // Only earlier closes: a close at this as-of (a backup copy beside it) or after it is
+    // not one `--history` would have this close read.
+    closes.retain(|c| c.as_of < as_of);
     let Some(latest) = closes.iter().max_by_key(|c| (c.as_of, &c.name)) else {
         return;
     };
@@ -517,7 +520,8 @@ pub fn warn_of_closes_not_read(out: &Path) {
         folder = %dir.display(),
         "the folder of --out, {}, holds {held} (the latest: {}, as of {}) that this close does \
          not read, as it runs without --history: periods {they} closed are closed and invoiced \
-         again. If {of_this_root} of this data root, rerun with --history {}",
+         again. If {of_this_root} of this data root, rerun with --history {} --force (which \
+         replaces this close)",
         dir.display(),
         latest.name,
         crate::time::format_instant(latest.as_of),

@@ -690,7 +690,7 @@ pub(crate) fn prepare(req: &JobRequest, out: &Path) -> Result<Prepared> {
         }
         None => {
             if req.mode == Mode::Close {
-                history::warn_of_closes_not_read(&req.out);
+                history::warn_of_closes_not_read(&req.out, req.as_of);
             }
             (None, Vec::new())
         }
@@ -767,6 +767,41 @@ pub(crate) fn refuse_reconcile_over_close(req: &JobRequest) -> Result<()> {
     }
 }
 
+/// Whether the closes under `--history` that a close now reads and the earlier one in its
+/// folder (`old`) did not include a later close, or only earlier ones.
+enum CloseNotRead {
+    None,
+    Earlier,
+    Later,
+}
+
+fn closes_not_read_before(
+    req: &JobRequest,
+    old: &report::Manifest,
+    inputs: &[FileEntry],
+) -> CloseNotRead {
+    let new_closes: Vec<&FileEntry> = (inputs.iter())
+        .filter(|f| f.path.starts_with("history/"))
+        .filter(|f| !old.inputs.iter().any(|o| o.path == f.path))
+        .collect();
+    if new_closes.is_empty() {
+        return CloseNotRead::None;
+    }
+    // `history/NAME/manifest.json` is NAME's manifest under the history folder; one that
+    // cannot be read now counts as later, the cautious advice.
+    let later = |f: &&FileEntry| {
+        let as_of = (req.history.as_ref())
+            .and_then(|dir| f.path.strip_prefix("history/").map(|p| dir.join(p)))
+            .and_then(|path| Manifest::read(&path).ok())
+            .and_then(|(manifest, _)| crate::time::parse_instant(&manifest.as_of));
+        as_of.is_none_or(|as_of| as_of > req.as_of)
+    };
+    match new_closes.iter().any(later) {
+        true => CloseNotRead::Later,
+        false => CloseNotRead::Earlier,
+    }
+}
+
 /// A close whose output folder already holds a close: `Some(outcome)` when it was made
 /// from the same inputs (nothing to do), an error (exit 3) when from other inputs unless
 /// `--force`, `None` when the close should run. A folder holding a reconcile's output is
@@ -809,17 +844,21 @@ pub(crate) fn check_earlier_close_advising(
             old.as_of
         ))),
         Some(changes) if !req.force => {
-            // A close under `history` that this one did not see is a later close: it was
-            // built on this one's invoices and renewals.
-            let later_close = inputs.iter().any(|f| {
-                f.path.starts_with("history/") && !old.inputs.iter().any(|o| o.path == f.path)
-            });
-            let advice = match later_close {
-                true => format!(
+            let advice = match closes_not_read_before(req, &old, inputs) {
+                // A later close under `history` that this one did not see was built on this
+                // one's invoices and renewals.
+                CloseNotRead::Later => format!(
                     "a later close exists and was built on this one: check this month with \
                      `tally explain`, and {rerun} with --force only to redo the later closes too"
                 ),
-                false => format!("{rerun} with --force to replace it"),
+                // Earlier closes it did not read (it ran without --history): their periods
+                // were closed and invoiced again, and replacing it is the fix.
+                CloseNotRead::Earlier => format!(
+                    "it did not read the earlier closes under --history, so it closed and \
+                     invoiced their periods again: {rerun} with --force to replace it with a \
+                     close that reads them"
+                ),
+                CloseNotRead::None => format!("{rerun} with --force to replace it"),
             };
             Err(TallyError::Refused(format!(
                 "{} already holds a close with other inputs ({changes}); {advice}",

@@ -638,7 +638,12 @@ fn differences(a: &ShardManifest, b: &ShardManifest) -> String {
             Some(folder) => folder.display().to_string(),
             None => "none recorded".to_string(),
         };
-        what.push(format!("history folder {} vs {}", folder(b), folder(a)));
+        what.push(format!(
+            "history folder {} vs {}: if they are one folder mounted at two paths, give the \
+             merge --history with its path here",
+            folder(b),
+            folder(a)
+        ));
     }
     // Two spellings of one folder are equal here ([`run_identity`]).
     if a.data != b.data {
@@ -758,6 +763,7 @@ pub fn merge(req: &MergeRequest) -> Result<JobOutcome> {
         .iter()
         .map(|f| read_manifest(f))
         .collect::<Result<Vec<_>>>()?;
+    check_builds(&folders, &manifests)?;
     check_one_run(
         &folders,
         &manifests,
@@ -837,20 +843,6 @@ fn check_one_build(folders: &[PathBuf], manifests: &[ShardManifest]) -> Result<(
             write::VERSION
         )));
     }
-    // Shards of one run are of one build (`check_one_run`): the first speaks for all.
-    if first.build != this_build() {
-        let theirs = match first.build.is_empty() {
-            true => "records no build: a build before shards recorded theirs".to_string(),
-            false => format!("build {}…", short_build(&first.build)),
-        };
-        return Err(TallyError::Refused(format!(
-            "{} was computed by another build of tally {} ({theirs}; this one is {}…); \
-             merge with the build that ran the shards, or rerun them with this one",
-            folders[0].display(),
-            first.version,
-            short_build(this_build())
-        )));
-    }
     if let Some((folder, m)) =
         (folders.iter().zip(manifests)).find(|(_, m)| m.partial_format != PARTIAL_FORMAT)
     {
@@ -864,6 +856,43 @@ fn check_one_build(folders: &[PathBuf], manifests: &[ShardManifest]) -> Result<(
         )));
     }
     Ok(())
+}
+
+/// Refuse the shards another build computed than this merge's (every build says 0.1.0
+/// until a release: `this_build`), naming them all: only this build's shards merge here,
+/// whatever build most of them are of (the run's majority named the one shard of this
+/// build as the one to rerun).
+fn check_builds(folders: &[PathBuf], manifests: &[ShardManifest]) -> Result<()> {
+    let others: Vec<(&PathBuf, &ShardManifest)> = (folders.iter().zip(manifests))
+        .filter(|(_, m)| m.build != this_build())
+        .collect();
+    let Some((_, other)) = others.first() else {
+        return Ok(());
+    };
+    let theirs = match other.build.is_empty() {
+        true => "records no build: a build before shards recorded theirs".to_string(),
+        false => format!("build {}…", short_build(&other.build)),
+    };
+    let ours = short_build(this_build());
+    let version = &other.version;
+    Err(TallyError::Refused(match others.as_slice() {
+        [(folder, _)] => format!(
+            "{} was computed by another build of tally {version} ({theirs}; this one is \
+             {ours}…); rerun it with this build, or merge with the build that ran it",
+            folder.display()
+        ),
+        many => format!(
+            "{} shards ({}) were computed by another build of tally {version} (the first: \
+             {theirs}; this one is {ours}…); rerun them with this build, or merge with the \
+             build that ran them",
+            many.len(),
+            crate::listed_briefly(
+                &(many.iter())
+                    .map(|(folder, _)| folder.display().to_string())
+                    .collect::<Vec<_>>()
+            )
+        ),
+    }))
 }
 
 /// Refuse a merge unless every shard of the run is given exactly once.
@@ -1031,10 +1060,14 @@ fn refuse_out_outside_the_shards_history(
     }
     let here = write::folder_of(out);
     if !here.is_dir() {
+        let recorded = match &first.history {
+            Some(read) => format!(" ({})", read.display()),
+            None => String::new(),
+        };
         return Err(TallyError::Refused(format!(
             "the merge's --out {} is in {}, which does not exist: a close's merge publishes \
-             directly inside the history folder its shards read, which they made (their lock \
-             file is in it); mount it here, or give the merge the shards' --out",
+             directly inside the history folder its shards read{recorded}, which they made \
+             (their lock file is in it); mount it here, or give the merge the shards' --out",
             out.display(),
             here.display()
         )));
@@ -1057,12 +1090,18 @@ fn refuse_out_outside_the_shards_history(
     let read_here = first.history.as_deref().filter(|read| read.is_dir());
     match (read_here, given, first.history.as_deref()) {
         // The folder the shards read is a folder here: that one, whatever --history says.
-        (Some(read), Some(given), _) if !same(read) || !same(given) => outside(
+        (Some(read), Some(_), _) if !same(read) => outside(
             read,
             read_by_shards,
             "it is a folder on this machine too: give the merge the shards' --out, and leave \
              --history out",
         ),
+        (Some(read), Some(given), _) if !same(given) => Err(TallyError::Refused(format!(
+            "--history {} is not the history folder the shards read ({}), which is a folder \
+             on this machine and holds --out: leave --history out",
+            given.display(),
+            read.display()
+        ))),
         (Some(read), None, _) if !same(read) => {
             outside(read, read_by_shards, "give the merge the shards' --out")
         }

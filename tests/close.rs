@@ -334,11 +334,37 @@ fn a_close_without_history_beside_earlier_closes_warns() {
             "the folder of --out, {0}, holds an earlier close (the latest: 2026-12-01, as of \
              2026-12-01T00:00:00Z) that this close does not read, as it runs without \
              --history: periods it closed are closed and invoiced again. If it is a close of \
-             this data root, rerun with --history {0}",
+             this data root, rerun with --history {0} --force (which replaces this close)",
             closes.display()
         )
     );
     assert_eq!(warned[0]["fields"]["closes"], 1);
+    // Following the advice: without --force the refusal says what happened (it said "a
+    // later close exists" of the earlier close it had not read); with it, the close reads
+    // December and warns no more.
+    let january = closes.join("2027-01-01");
+    let with_history = ["--history", closes.to_str().unwrap()];
+    let refused = run_command("close", &data, "2027-01-01T00:00:00Z", &january)
+        .args(with_history)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).ends_with(
+            "; it did not read the earlier closes under --history, so it closed and invoiced \
+             their periods again: rerun with --force to replace it with a close that reads \
+             them\n"
+        ),
+        "{}",
+        stderr(&refused)
+    );
+    let forced = [with_history[0], with_history[1], "--force"];
+    assert!(close("2027-01-01T00:00:00Z", &january, &forced).is_empty());
+    // A copy of a close at this close's as-of is no earlier close: no warning.
+    let alone = tmp.path().join("alone");
+    assert!(close("2026-12-01T00:00:00Z", &alone.join("2026-12-01"), &[]).is_empty());
+    copy_dir(&alone.join("2026-12-01"), &alone.join("backup"));
+    assert!(close("2026-12-01T00:00:00Z", &alone.join("2026-12-01"), &[]).is_empty());
     // With its history: no warning.
     let history = tmp.path().join("history");
     let h = ["--history", history.to_str().unwrap()];

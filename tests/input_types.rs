@@ -434,8 +434,9 @@ fn a_nullable_column_under_another_spelling_is_warned_of() {
     assert_eq!(
         warned[0]["message"],
         "allocations/part-0.parquet holds a column \"Billing_Anchor\" and no `billing_anchor`: \
-         column names are case-sensitive, so \"Billing_Anchor\" is not read and \
-         `billing_anchor` is read as null in it; if it is `billing_anchor`, rename it and rerun"
+         column names must match exactly (case, `_` and all), so \"Billing_Anchor\" is not \
+         read and `billing_anchor` is read as null in it; if it is `billing_anchor`, rename it \
+         and rerun"
     );
     assert_eq!(
         (

@@ -896,30 +896,32 @@ fn merge_refuses_shards_of_another_build() {
     let short = &this_build[..12];
     let other = "0".repeat(64);
     let (shard0, shard1) = (root(&shards).join("shard=0"), root(&shards).join("shard=1"));
+    let version = env!("CARGO_PKG_VERSION");
+    // One shard of another build: it is the one named, whichever the others are.
     edit_listing(&listing(1), |m| m["build"] = other.as_str().into());
     assert_eq!(
         refused_merge(tmp.path(), &shards),
         format!(
-            "tally: refused: {} and {} are shards of different runs (build 000000000000 vs \
-             {short}); rerun the one not made from the inputs and settings of the run you \
-             mean\n",
-            shard1.display(),
-            shard0.display()
+            "tally: refused: {} was computed by another build of tally {version} (build \
+             000000000000…; this one is {short}…); rerun it with this build, or merge with the \
+             build that ran it\n",
+            shard1.display()
         )
     );
-    let another_build = |theirs: &str| {
+    // Both: named together.
+    let both = |theirs: &str| {
         format!(
-            "tally: refused: {} was computed by another build of tally {} ({theirs}; this \
-             one is {short}…); merge with the build that ran the shards, or rerun them with \
-             this one\n",
+            "tally: refused: 2 shards ({}, {}) were computed by another build of tally \
+             {version} (the first: {theirs}; this one is {short}…); rerun them with this \
+             build, or merge with the build that ran them\n",
             shard0.display(),
-            env!("CARGO_PKG_VERSION")
+            shard1.display()
         )
     };
     edit_listing(&listing(0), |m| m["build"] = other.as_str().into());
     assert_eq!(
         refused_merge(tmp.path(), &shards),
-        another_build("build 000000000000…")
+        both("build 000000000000…")
     );
     for i in 0..2 {
         edit_listing(&listing(i), |m| {
@@ -928,7 +930,7 @@ fn merge_refuses_shards_of_another_build() {
     }
     assert_eq!(
         refused_merge(tmp.path(), &shards),
-        another_build("records no build: a build before shards recorded theirs")
+        both("records no build: a build before shards recorded theirs")
     );
     for i in 0..2 {
         edit_listing(&listing(i), |m| m["build"] = this_build.as_str().into());
@@ -1465,11 +1467,12 @@ fn a_first_sharded_close_merged_outside_its_history_is_refused() {
         refused_by(&mut merge_into(&elsewhere, &[])),
         format!(
             "tally: refused: the merge's --out {} is in {}, which does not exist: a close's \
-             merge publishes directly inside the history folder its shards read, which they \
-             made (their lock file is in it); mount it here, or give the merge the shards' \
+             merge publishes directly inside the history folder its shards read ({}), which \
+             they made (their lock file is in it); mount it here, or give the merge the shards' \
              --out\n",
             elsewhere.display(),
-            elsewhere.parent().unwrap().display()
+            elsewhere.parent().unwrap().display(),
+            closes.display()
         )
     );
     // Refused before its locks: nothing made beside the wrong --out.
@@ -1502,6 +1505,15 @@ fn a_first_sharded_close_merged_outside_its_history_is_refused() {
             .unwrap()
             .count(),
         0
+    );
+    // The shards' --out, another --history: the --history is what is wrong.
+    assert_eq!(
+        refused_by(&mut merge_into(&december, &["--history", given])),
+        format!(
+            "tally: refused: --history {given} is not the history folder the shards read ({}), \
+             which is a folder on this machine and holds --out: leave --history out\n",
+            closes.display()
+        )
     );
     // The history through a link is the history.
     let link = tmp.path().join("link");
@@ -1546,8 +1558,10 @@ fn a_history_mounted_elsewhere_is_given_to_the_merge() {
     assert_eq!(
         refused_by(&mut merge(&[])),
         format!(
-            "tally: refused: {} and {} are shards of different runs (history folder {} vs \
-             {}); rerun the one not made from the inputs and settings of the run you mean\n",
+            "tally: refused: {} and {} are shards of different runs (history folder {} vs {}: \
+             if they are one folder mounted at two paths, give the merge --history with its \
+             path here); rerun the one not made from the inputs and settings of the run you \
+             mean\n",
             shard1.display(),
             shard0.display(),
             second.display(),
