@@ -1108,6 +1108,16 @@ fn refuse_out_outside_the_shards_history(
         (None, Some(given), _) if !same(given) => {
             outside(given, given_here, "give an --out directly inside it")
         }
+        // The shards took the history's lock in the folder they read, so it holds the lock
+        // file: a folder without one (new, empty, another) is not theirs, whatever its path.
+        (None, Some(given), _) if !given.join(crate::HISTORY_LOCK).exists() => {
+            Err(TallyError::Refused(format!(
+                "--history {} holds no {}, which the shards of a close leave in the history \
+                 folder they read: it is not that folder; give its path on this machine",
+                given.display(),
+                crate::HISTORY_LOCK
+            )))
+        }
         (None, None, Some(read)) if !same(read) => outside(
             read,
             read_by_shards,

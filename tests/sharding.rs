@@ -1580,6 +1580,29 @@ fn a_history_mounted_elsewhere_is_given_to_the_merge() {
             elsewhere.display()
         )
     );
+    // A new, empty folder given as --history is not the shards' history (no lock file of
+    // theirs in it): refused, nothing made there.
+    let empty = tmp.path().join("m3/h");
+    std::fs::create_dir_all(&empty).unwrap();
+    let into_empty = empty.join("2026-12-01");
+    let shards = root(&out);
+    assert_eq!(
+        refused_by(&mut tally_command(&[
+            "merge",
+            "--out",
+            into_empty.to_str().unwrap(),
+            "--history",
+            empty.to_str().unwrap(),
+            shards.to_str().unwrap(),
+        ])),
+        format!(
+            "tally: refused: --history {} holds no .tally-history.lock, which the shards of a \
+             close leave in the history folder they read: it is not that folder; give its \
+             path on this machine\n",
+            empty.display()
+        )
+    );
+    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
     succeeded(&mut merge(&["--history", second.to_str().unwrap()]));
     assert!(out.join("manifest.json").exists());
 
