@@ -502,15 +502,16 @@ pub fn warn_of_closes_not_read(out: &Path, as_of: Micros) {
     let Ok(mut closes) = closes_under(&dir, Some(out)) else {
         return;
     };
-    // Only earlier closes: a close at this as-of (a backup copy beside it) or after it is
-    // not one `--history` would have this close read.
-    closes.retain(|c| c.as_of < as_of);
+    // The closes `--history` would have this close read ([`read_at`]): not one at its own
+    // as-of (a backup copy beside it), but a later one too (a backfill bills again what a
+    // later close billed).
+    closes.retain(|c| c.as_of != as_of);
     let Some(latest) = closes.iter().max_by_key(|c| (c.as_of, &c.name)) else {
         return;
     };
     let (held, they, of_this_root) = match closes.len() {
-        1 => ("an earlier close".to_string(), "it", "it is a close"),
-        n => (format!("{n} earlier closes"), "they", "they are closes"),
+        1 => ("another close".to_string(), "it", "it is a close"),
+        n => (format!("{n} other closes"), "they", "they are closes"),
     };
     // Absolute: `--out x` is in `.`, which says nothing in a log.
     let dir = crate::normalised(&dir);

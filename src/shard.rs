@@ -1060,9 +1060,10 @@ fn refuse_out_outside_the_shards_history(
     }
     let here = write::folder_of(out);
     if !here.is_dir() {
-        let recorded = match &first.history {
-            Some(read) => format!(" ({})", read.display()),
-            None => String::new(),
+        let recorded = match (given, &first.history) {
+            (Some(given), _) => format!(" (given with --history: {})", given.display()),
+            (None, Some(read)) => format!(" ({})", read.display()),
+            (None, None) => String::new(),
         };
         return Err(TallyError::Refused(format!(
             "the merge's --out {} is in {}, which does not exist: a close's merge publishes \
@@ -1112,8 +1113,9 @@ fn refuse_out_outside_the_shards_history(
         // file: a folder without one (new, empty, another) is not theirs, whatever its path.
         (None, Some(given), _) if !given.join(crate::HISTORY_LOCK).exists() => {
             Err(TallyError::Refused(format!(
-                "--history {} holds no {}, which the shards of a close leave in the history \
-                 folder they read: it is not that folder; give its path on this machine",
+                "--history {0} holds no {1}, which the shards of a close leave in the history \
+                 folder they read: give that folder's path on this machine (if it is this one, \
+                 copied without its hidden files, create {0}/{1} and rerun the merge)",
                 given.display(),
                 crate::HISTORY_LOCK
             )))

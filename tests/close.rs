@@ -331,7 +331,7 @@ fn a_close_without_history_beside_earlier_closes_warns() {
     assert_eq!(
         warned[0]["fields"]["message"],
         format!(
-            "the folder of --out, {0}, holds an earlier close (the latest: 2026-12-01, as of \
+            "the folder of --out, {0}, holds another close (the latest: 2026-12-01, as of \
              2026-12-01T00:00:00Z) that this close does not read, as it runs without \
              --history: periods it closed are closed and invoiced again. If it is a close of \
              this data root, rerun with --history {0} --force (which replaces this close)",
@@ -360,7 +360,14 @@ fn a_close_without_history_beside_earlier_closes_warns() {
     );
     let forced = [with_history[0], with_history[1], "--force"];
     assert!(close("2027-01-01T00:00:00Z", &january, &forced).is_empty());
-    // A copy of a close at this close's as-of is no earlier close: no warning.
+    // A backfill beside a later close bills what that close billed: it warns too.
+    let later = tmp.path().join("later");
+    let hl = ["--history", later.to_str().unwrap()];
+    assert!(close("2027-01-01T00:00:00Z", &later.join("2027-01-01"), &hl).is_empty());
+    let backfill = close("2026-12-01T00:00:00Z", &later.join("2026-12-01"), &[]);
+    assert_eq!(backfill.len(), 1, "{backfill:?}");
+    assert_eq!(backfill[0]["fields"]["latest"], "2027-01-01");
+    // A copy of a close at this close's as-of is not one --history would read: no warning.
     let alone = tmp.path().join("alone");
     assert!(close("2026-12-01T00:00:00Z", &alone.join("2026-12-01"), &[]).is_empty());
     copy_dir(&alone.join("2026-12-01"), &alone.join("backup"));

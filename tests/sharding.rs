@@ -1596,9 +1596,10 @@ fn a_history_mounted_elsewhere_is_given_to_the_merge() {
             shards.to_str().unwrap(),
         ])),
         format!(
-            "tally: refused: --history {} holds no .tally-history.lock, which the shards of a \
-             close leave in the history folder they read: it is not that folder; give its \
-             path on this machine\n",
+            "tally: refused: --history {0} holds no .tally-history.lock, which the shards of a \
+             close leave in the history folder they read: give that folder's path on this \
+             machine (if it is this one, copied without its hidden files, create \
+             {0}/.tally-history.lock and rerun the merge)\n",
             empty.display()
         )
     );
