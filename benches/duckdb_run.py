@@ -7,8 +7,8 @@ limit: up to 36.4 GB for the 100m data set, `benches/duckdb-temp-size.sh`) go to
 beside the outputs, not into the caller's folder (DuckDB's default, `.tmp/`).
 
 With DUCKDB_SECONDS_FILE set, the seconds from the connection to the end of the SQL are
-written there: DuckDB's own time, without Python's start-up and `import duckdb` (0.15 to
-0.28 s on the bench machine, a tenth of DuckDB's 1m time), which a user of DuckDB's own
+written there: DuckDB's own time, without Python's start-up and `import duckdb` (0.13 s of
+DuckDB's 1.91 s process at 1m in the bench of 2026-12-07, 06:22), which a user of DuckDB's own
 command line would not pay. The bench compares that time.
 """
 import os

@@ -208,16 +208,10 @@ pub enum JobOutcome {
 /// Decode the needed columns of every input file and count the rows (the benchmark's bare
 /// scan baseline: the same reader as a run, without validation or reconciliation).
 pub fn scan(data: &Path) -> Result<u64> {
-    let specs: [&[load::ColSpec]; 4] = [
-        &load::USAGE_COLUMNS,
-        &load::ALLOCATION_COLUMNS,
-        &load::GRANT_COLUMNS,
-        &load::DEBIT_COLUMNS,
-    ];
     let mut rows = 0;
-    for (d, spec) in Dataset::ALL.into_iter().zip(specs) {
+    for d in Dataset::ALL {
         let files = load::find_files(data, d.name())?.unwrap_or_default();
-        rows += load::scan_dataset(&files, spec)?;
+        rows += load::scan_dataset(&files, load::contract_columns(d))?;
     }
     Ok(rows)
 }

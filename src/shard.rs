@@ -498,16 +498,18 @@ fn read_manifest(folder: &Path) -> Result<ShardManifest> {
 /// shards' inputs compared by their sha256 all the same: shards on machines whose links
 /// lead one path to different mounts are one run).
 fn run_identity(m: &ShardManifest, (data_given, history_given): (bool, bool)) -> ShardManifest {
+    // Two spellings of one folder (a link to it) are one where it exists here.
+    let one_spelling = |folder: &PathBuf| folder.canonicalize().unwrap_or_else(|_| folder.clone());
     ShardManifest {
         data: match data_given {
             true => PathBuf::new(),
-            false => m.data.canonicalize().unwrap_or_else(|_| m.data.clone()),
+            false => one_spelling(&m.data),
         },
-        // Two spellings of one history folder are one, as for the data root; a merge given
-        // --history (mounted elsewhere here) compares the closes the shards read instead.
+        // A merge given --history (mounted elsewhere here) compares the closes the shards
+        // read instead.
         history: match history_given {
             true => None,
-            false => (m.history.as_ref()).map(|h| h.canonicalize().unwrap_or_else(|_| h.clone())),
+            false => m.history.as_ref().map(one_spelling),
         },
         shard: 0,
         partial_sha256: String::new(),
@@ -1073,11 +1075,8 @@ fn refuse_out_outside_the_shards_history(
             here.display()
         )));
     }
-    let real = |folder: &Path| folder.canonicalize().ok();
-    let same = |folder: &Path| {
-        recorded_folder(&here) == recorded_folder(folder)
-            || real(&here).is_some_and(|h| Some(h) == real(folder))
-    };
+    // One folder where the kernel takes both paths (links followed, `..` after them).
+    let same = |folder: &Path| crate::resolved(&here) == crate::resolved(folder);
     let outside = |history: &Path, whose: &str, advice: &str| {
         Err(TallyError::Refused(format!(
             "the merge's --out {} is not in the history folder {whose} ({}): a close publishes \

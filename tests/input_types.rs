@@ -381,17 +381,18 @@ fn int96_instants_are_read_as_themselves(stored: Option<DataType>) {
     assert_eq!(column("rejects.parquet", "row"), ["2"]);
 }
 
-/// Rewrite the Parquet file `path` with its column `from` named `to`.
-fn rename_column(path: &Path, from: &str, to: &str) {
+/// Rewrite the Parquet file `path` with its column `from` named `to` (`None`: dropped).
+fn rename_column(path: &Path, from: &str, to: Option<&str>) {
     let batch = read_parquet(path);
-    let fields: Vec<Field> = (batch.schema().fields().iter())
-        .map(|f| match f.name() == from {
-            true => f.as_ref().clone().with_name(to),
-            false => f.as_ref().clone(),
+    let (fields, columns): (Vec<Field>, Vec<_>) = (batch.schema().fields().iter())
+        .zip(batch.columns())
+        .filter_map(|(f, column)| match (f.name() == from, to) {
+            (true, None) => None,
+            (true, Some(to)) => Some((f.as_ref().clone().with_name(to), column.clone())),
+            (false, _) => Some((f.as_ref().clone(), column.clone())),
         })
-        .collect();
-    let renamed = RecordBatch::try_new(Arc::new(Schema::new(fields)), batch.columns().to_vec());
-    let renamed = renamed.unwrap();
+        .unzip();
+    let renamed = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
     let file = std::fs::File::create(path).unwrap();
     let mut writer = ArrowWriter::try_new(file, renamed.schema(), None).unwrap();
     writer.write(&renamed).unwrap();
@@ -422,12 +423,12 @@ fn a_nullable_column_under_another_spelling_is_warned_of() {
     rename_column(
         &data.join("grants/part-0.parquet"),
         "expires_at",
-        "expiresAt",
+        Some("expiresAt"),
     );
     rename_column(
         &data.join("allocations/part-0.parquet"),
         "billing_anchor",
-        "Billing_Anchor",
+        Some("Billing_Anchor"),
     );
     let warned = warnings("renamed");
     assert_eq!(warned.len(), 2, "{warned:?}");
@@ -447,4 +448,28 @@ fn a_nullable_column_under_another_spelling_is_warned_of() {
         (&"grants".into(), &"expires_at".into(), &"expiresAt".into())
     );
     assert_eq!(warned[1]["files_misnamed"], 1);
+    // The contract: extra columns are ignored, and a nullable column absent from a file
+    // reads as null. A close (whose renewals the anchor decides) of the renamed files gives
+    // the outputs of the files without the two columns, and the columns, read, give others.
+    let closed = |root: &Path, name: &str| {
+        let out = tmp.path().join("closes").join(name);
+        succeeded(&mut run_command(
+            "close",
+            root,
+            "2026-12-01T00:00:00Z",
+            &out,
+        ));
+        outputs(&out)
+    };
+    let dropped = demo_copy(&tmp.path().join("dropped"));
+    rename_column(&dropped.join("grants/part-0.parquet"), "expires_at", None);
+    rename_column(
+        &dropped.join("allocations/part-0.parquet"),
+        "billing_anchor",
+        None,
+    );
+    let without = closed(&dropped, "without");
+    assert_eq!(closed(&data, "renamed"), without);
+    let original = demo_copy(&tmp.path().join("original"));
+    assert_ne!(closed(&original, "original"), without);
 }
