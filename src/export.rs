@@ -311,7 +311,7 @@ impl<'a> StreamedCsv<'a> {
         Ok(())
     }
 
-    /// Flush and sync the file; its sha256.
+    /// Flush the file (synced when its folder is published); its sha256.
     pub fn finish(self) -> Result<crate::write::Sha256Hex> {
         let path = self.path;
         let buffered = self.w.into_inner().map_err(|e| failed_writing(path, e))?;
@@ -638,8 +638,8 @@ fn write_row_files(
             wanted.push((Slot::Account(rank), name, discrepancies, rows));
         }
     }
-    // The files are written in parallel (each copies its rows' lines and is synced on its
-    // own).
+    // The files are written in parallel (each copies its rows' lines; they are synced
+    // together when the folder is published).
     let written: Vec<Result<(Slot, Linked)>> = {
         use rayon::prelude::*;
         wanted

@@ -1076,12 +1076,10 @@ fn run_write_jobs(jobs: Vec<WriteJob<'_>>) -> Result<Written> {
     Ok(written)
 }
 
-/// Write every output file into `dir` (the staging folder); the manifest comes last.
-/// Files that do not depend on each other are written in parallel (each is encoded,
-/// written and synced on its own; the manifest lists them in path order whatever order
-/// they finished in).
-/// Write every output of a run into `dir`, `manifest.json` last; returns the manifest's
-/// sha256.
+/// Write every output of a run into `dir` (the staging folder), `manifest.json` last;
+/// returns the manifest's sha256. Files that do not depend on each other are written in
+/// parallel (the manifest lists them in path order whatever order they finished in); all
+/// are synced to disk together when the folder is published ([`write::publish`]).
 pub(crate) fn write_outputs(
     dir: &Path,
     output: &RunOutput,

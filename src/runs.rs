@@ -466,8 +466,8 @@ pub fn write_run<T: Keyed, R: RunRecord<T>>(
         std::mem::swap(&mut record, &mut previous);
         count += 1;
     }
-    // Not synced: a run file in the spill folder lives only as long as the run; a shard
-    // syncs the run files it keeps (`shard::keep_runs`).
+    // Not synced: a run file in the spill folder lives only as long as the run; the run
+    // files a shard keeps are synced with its folder (`write::publish`).
     drop(w);
     out.finish()
         .map_err(|(path, e)| TallyError::write(path, e))?;

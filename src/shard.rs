@@ -344,10 +344,7 @@ fn keep_runs<T: crate::runs::Keyed>(
                 std::fs::copy(&path, &target).map_err(|e| TallyError::write(&target, e))?;
             }
         }
-        // A shard's output: on disk before the shard is published.
-        std::fs::File::open(&target)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| TallyError::write(&target, e))?;
+        // On disk before the shard is published: `write::publish` syncs the folder.
         listed.push(FileEntry {
             sha256: write::sha256_file(&target)?,
             path: name.clone(),

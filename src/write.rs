@@ -691,18 +691,23 @@ impl HashedFile {
         })
     }
 
-    /// Sync the file to disk; the sha256 of everything written to it.
-    pub fn finish(self, path: &Path) -> Result<Sha256Hex> {
-        self.inner.sync_all().map_err(write_err(path))?;
-        Ok(hex::encode(self.hasher.finalize()))
+    /// Start writing the file to disk (not waiting for it); the sha256 of everything
+    /// written to it. The file is made durable by [`publish`], which syncs every file of
+    /// the staging folder before the folder is renamed into place (a file's own sync here
+    /// cost each of a run's 40-80 output files a journal commit in turn: about a twentieth
+    /// of a 1M-event reconcile, benches/README.md, "Profiles and experiments (2026-12-07:
+    /// the outputs synced together)").
+    pub fn finish(self) -> Sha256Hex {
+        start_writeback(&self.inner);
+        hex::encode(self.hasher.finalize())
     }
 
     /// Flush `buffered` into its file, then [`HashedFile::finish`] it.
     pub fn finish_buffered(buffered: BufWriter<HashedFile>, path: &Path) -> Result<Sha256Hex> {
         buffered
             .into_inner()
-            .map_err(|e| TallyError::write(path, e.into_error()))?
-            .finish(path)
+            .map_err(|e| TallyError::write(path, e.into_error()))
+            .map(HashedFile::finish)
     }
 }
 
@@ -719,7 +724,8 @@ impl<W: Write> Write for Hashed<W> {
 }
 
 /// Create `path`, write it through a 1 MiB buffer with `fill` (a write larger than the
-/// buffer goes straight to the file), then flush and sync it; its sha256 ([`HashedFile`]).
+/// buffer goes straight to the file), then flush it and start its writing to disk; its
+/// sha256 ([`HashedFile`]). [`publish`] syncs it.
 /// A large CSV made this way is not first gathered into one vector, which grows into fresh
 /// memory as it doubles, and is copied (`benches/ab.sh` counts a run's faults; measured:
 /// benches/README.md, "Profiles and experiments (2026-12-04, morning: fresh pages)" and
@@ -954,9 +960,7 @@ pub fn discard_staging(staging: &Path) {
 /// [`publish`], leaving the staging folder in place when it fails.
 fn publish_staging(staging: &Path, target: &Path) -> Result<()> {
     let (parent, prefix) = staging_prefix(target)?;
-    File::open(staging)
-        .and_then(|d| d.sync_all())
-        .map_err(write_err(staging))?;
+    sync_folder(staging)?;
     // An interrupt waits for the rename instead of removing a folder being renamed.
     let mut published = crate::interrupt::publishing();
     if target.exists() {
@@ -1011,6 +1015,75 @@ fn remove_previous_output(old: &Path) {
     }
 }
 
+/// How many files [`sync_folder`] syncs at once: a sync mostly waits for the disk, and
+/// syncs waiting together share the file system's journal commits.
+const SYNCS_AT_ONCE: usize = 8;
+
+/// Sync `folder` to disk: every file and folder under it (the files first, in
+/// [`SYNCS_AT_ONCE`] threads), then the folder itself, so that a folder renamed into place
+/// afterwards holds every byte written to it even after a crash.
+pub fn sync_folder(folder: &Path) -> Result<()> {
+    let mut files = Vec::new();
+    let mut folders = vec![folder.to_path_buf()];
+    let mut k = 0;
+    while k < folders.len() {
+        let listed = std::fs::read_dir(&folders[k]).map_err(write_err(&folders[k]))?;
+        for entry in listed {
+            let entry = entry.map_err(write_err(&folders[k]))?;
+            let kind = entry.file_type().map_err(write_err(&entry.path()))?;
+            match kind.is_dir() {
+                true => folders.push(entry.path()),
+                false if kind.is_file() => files.push(entry.path()),
+                false => {}
+            }
+        }
+        k += 1;
+    }
+    let sync = |path: &PathBuf| {
+        File::open(path)
+            .and_then(|f| f.sync_all())
+            .map_err(write_err(path))
+    };
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..SYNCS_AT_ONCE.min(files.len()) {
+            scope.spawn(|| {
+                while let Some(path) =
+                    files.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+                {
+                    if let Err(e) = sync(path) {
+                        failed
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert(e);
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    // The innermost folders first, the folder itself last.
+    folders.iter().rev().try_for_each(sync)
+}
+
+/// Ask the kernel to start writing `file`'s dirty pages to disk, without waiting, so that
+/// the sync of [`sync_folder`] later mostly finds them written. Only a hint: a failure is
+/// the later sync's to report.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is open for the duration of the call; the call only reads it.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File) {}
+
 #[cfg(target_os = "linux")]
 fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
     use std::ffi::CString;
@@ -1044,6 +1117,38 @@ mod tests {
     use super::*;
     use parquet::basic::Encoding;
     use parquet::file::reader::{FileReader, SerializedFileReader};
+
+    /// `sync_folder` syncs a tree of more files than it syncs at once, in nested folders,
+    /// and passes over what is not a file or a folder: opening a FIFO to sync it would
+    /// wait for a writer forever (run on its own thread, so that a hang fails the test).
+    #[test]
+    fn sync_folder_syncs_a_tree_and_passes_over_a_fifo() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("report").join("deeper");
+        std::fs::create_dir_all(&nested).unwrap();
+        for k in 0..SYNCS_AT_ONCE * 2 + 1 {
+            let folder = [dir.path(), nested.as_path()][k % 2];
+            std::fs::write(folder.join(format!("f{k}.csv")), b"a,b\n").unwrap();
+        }
+        let fifo = std::ffi::CString::new(nested.join("pipe").as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let root = dir.path().to_path_buf();
+        let (done, result) = std::sync::mpsc::channel();
+        std::thread::spawn(move || done.send(sync_folder(&root).map_err(|e| e.to_string())));
+        let synced = result.recv_timeout(std::time::Duration::from_secs(60));
+        assert_eq!(synced, Ok(Ok(())));
+    }
+
+    /// A folder that is not there is reported with its path.
+    #[test]
+    fn sync_folder_names_a_missing_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("gone");
+        let message = sync_folder(&gone).unwrap_err().to_string();
+        assert!(message.contains(&gone.display().to_string()), "{message}");
+    }
 
     /// A publish that fails (here a staging folder on another file system than its target:
     /// every rename is EXDEV) removes its staging folder, and leaves the previous output at
