@@ -576,7 +576,8 @@ impl<'a> ParquetOut<'a> {
             .map_err(|e| TallyError::output(self.path.display().to_string(), e))
     }
 
-    /// Finish the footer and sync the file to disk; the file's sha256.
+    /// Finish the footer and start the file's writing to disk (it is synced when its folder
+    /// is published, [`publish`]); the file's sha256.
     pub fn finish(self) -> Result<Sha256Hex> {
         let path = self.path;
         let inner = self
@@ -587,7 +588,8 @@ impl<'a> ParquetOut<'a> {
     }
 }
 
-/// Write a table as Parquet with fixed settings (same rows → same bytes); its sha256.
+/// Write a table as Parquet with fixed settings (same rows → same bytes); its sha256. The
+/// file is on disk once its folder is published ([`publish`]).
 pub fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<Sha256Hex> {
     let mut out = ParquetOut::create(path, batch.schema())?;
     out.write(batch)?;
@@ -697,17 +699,22 @@ impl HashedFile {
     /// cost each of a run's 40-80 output files a journal commit in turn: about a twentieth
     /// of a 1M-event reconcile, benches/README.md, "Profiles and experiments (2026-12-07:
     /// the outputs synced together)").
-    pub fn finish(self) -> Sha256Hex {
-        start_writeback(&self.inner);
-        hex::encode(self.hasher.finalize())
+    ///
+    /// The file is closed here and the close's result checked: on a network or FUSE file
+    /// system a failed write may be reported only by the close, and the later sync opens
+    /// the file again (a sync of the new handle would not see it).
+    pub fn finish(self, path: &Path) -> Result<Sha256Hex> {
+        start_writeback(&self.inner).map_err(write_err(path))?;
+        close_checked(self.inner).map_err(write_err(path))?;
+        Ok(hex::encode(self.hasher.finalize()))
     }
 
     /// Flush `buffered` into its file, then [`HashedFile::finish`] it.
     pub fn finish_buffered(buffered: BufWriter<HashedFile>, path: &Path) -> Result<Sha256Hex> {
         buffered
             .into_inner()
-            .map_err(|e| TallyError::write(path, e.into_error()))
-            .map(HashedFile::finish)
+            .map_err(|e| TallyError::write(path, e.into_error()))?
+            .finish(path)
     }
 }
 
@@ -739,7 +746,8 @@ pub fn write_through<E: std::fmt::Display>(
     HashedFile::finish_buffered(out, path)
 }
 
-/// Write `bytes` as the file `path`; its sha256.
+/// Write `bytes` as the file `path`; its sha256. The file is on disk once its folder is
+/// published ([`publish`]).
 pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<Sha256Hex> {
     write_through(path, |out| out.write_all(bytes))
 }
@@ -994,8 +1002,16 @@ fn publish_staging(staging: &Path, target: &Path) -> Result<()> {
     drop(published);
     crate::interrupt::forget(staging);
     tracing::debug!(staging = %staging.display(), target = %target.display(), "published");
-    if let Ok(dir) = File::open(&parent) {
-        let _ = dir.sync_all();
+    // Published: a failure here is a warning, since an error would say nothing was. (The
+    // parent is opened as named, links followed: it may be a link to a mounted volume.)
+    if let Err(e) = File::open(&parent).and_then(|dir| dir.sync_all()) {
+        tracing::warn!(
+            folder = %parent.display(),
+            error = %e,
+            "published, but the folder holding the output cannot be synced to disk: after a \
+             crash before the system writes it, the previous output may be back; check the \
+             disk, and rerun if the machine goes down before then"
+        );
     }
     Ok(())
 }
@@ -1021,68 +1037,137 @@ const SYNCS_AT_ONCE: usize = 8;
 
 /// Sync `folder` to disk: every file and folder under it (the files first, in
 /// [`SYNCS_AT_ONCE`] threads), then the folder itself, so that a folder renamed into place
-/// afterwards holds every byte written to it even after a crash.
+/// afterwards holds every byte written to it even after a crash. A failure is the first
+/// failing file's in path order (stopping there), whatever thread met it.
 pub fn sync_folder(folder: &Path) -> Result<()> {
+    let (files, folders) = files_and_folders_under(folder)?;
+    sync_each(&files, &|path: &Path| sync_path(path))?;
+    // The innermost folders first, the folder itself last.
+    folders
+        .iter()
+        .rev()
+        .try_for_each(|path| sync_path(path).map_err(write_err(path)))
+}
+
+/// The regular files under `folder` and the folders (`folder` first, each before what it
+/// holds), both in path order. Links are not followed and neither is listed, nor is
+/// anything else that is not a file or a folder (opening a FIFO to sync it would wait for
+/// a writer forever).
+fn files_and_folders_under(folder: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)> {
     let mut files = Vec::new();
     let mut folders = vec![folder.to_path_buf()];
     let mut k = 0;
     while k < folders.len() {
         let listed = std::fs::read_dir(&folders[k]).map_err(write_err(&folders[k]))?;
+        let mut entries = Vec::new();
         for entry in listed {
             let entry = entry.map_err(write_err(&folders[k]))?;
             let kind = entry.file_type().map_err(write_err(&entry.path()))?;
+            entries.push((entry.path(), kind));
+        }
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        for (path, kind) in entries {
             match kind.is_dir() {
-                true => folders.push(entry.path()),
-                false if kind.is_file() => files.push(entry.path()),
+                true => folders.push(path),
+                false if kind.is_file() => files.push(path),
                 false => {}
             }
         }
         k += 1;
     }
-    let sync = |path: &PathBuf| {
-        File::open(path)
-            .and_then(|f| f.sync_all())
-            .map_err(write_err(path))
-    };
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let failed = std::sync::Mutex::new(None);
-    std::thread::scope(|scope| {
-        for _ in 0..SYNCS_AT_ONCE.min(files.len()) {
-            scope.spawn(|| {
-                while let Some(path) =
-                    files.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
-                {
-                    if let Err(e) = sync(path) {
-                        failed
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .get_or_insert(e);
-                    }
+    files.sort();
+    Ok((files, folders))
+}
+
+/// Sync `path` (a file or a folder) through a handle of its own, not following a link.
+fn sync_path(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?
+        .sync_all()
+}
+
+/// `sync` every file of `files` (in path order), [`SYNCS_AT_ONCE`] at a time: on threads
+/// of their own and on the calling thread (which syncs alone where no thread can be
+/// started). The first failing file in `files`' order is reported (the files are taken in
+/// order, so every file before a failing one was taken and finished); once one fails, no
+/// file is taken.
+fn sync_each(
+    files: &[PathBuf],
+    sync: &(dyn Fn(&Path) -> std::io::Result<()> + Sync),
+) -> Result<()> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let failed = std::sync::Mutex::new(None::<(usize, std::io::Error)>);
+    let work = || {
+        while !stop.load(Ordering::Relaxed) {
+            let k = next.fetch_add(1, Ordering::Relaxed);
+            let Some(path) = files.get(k) else { break };
+            if let Err(e) = sync(path) {
+                stop.store(true, Ordering::Relaxed);
+                let mut failed = failed.lock().unwrap_or_else(|p| p.into_inner());
+                if failed.as_ref().is_none_or(|(first, _)| k < *first) {
+                    *failed = Some((k, e));
                 }
-            });
+            }
         }
+    };
+    std::thread::scope(|scope| {
+        for _ in 1..SYNCS_AT_ONCE.min(files.len()) {
+            // A thread that cannot be started (a container's limit) is one fewer.
+            let _ = std::thread::Builder::new().spawn_scoped(scope, work);
+        }
+        work();
     });
-    if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        return Err(e);
+    match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some((k, e)) => Err(TallyError::write(&files[k], e)),
+        None => Ok(()),
     }
-    // The innermost folders first, the folder itself last.
-    folders.iter().rev().try_for_each(sync)
 }
 
 /// Ask the kernel to start writing `file`'s dirty pages to disk, without waiting, so that
-/// the sync of [`sync_folder`] later mostly finds them written. Only a hint: a failure is
-/// the later sync's to report.
+/// the sync of [`sync_folder`] later mostly finds them written. A file system without the
+/// call is not an error (the sync writes them); any other failure is (an earlier
+/// writeback of the file that failed).
 #[cfg(target_os = "linux")]
-fn start_writeback(file: &File) {
+fn start_writeback(file: &File) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: the descriptor is open for the duration of the call; the call only reads it.
-    unsafe {
-        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+    let rc = unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+    match rc == 0 {
+        true => Ok(()),
+        false => match std::io::Error::last_os_error() {
+            e if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOSYS | libc::EINVAL | libc::ESPIPE | libc::EOPNOTSUPP)
+            ) =>
+            {
+                Ok(())
+            }
+            e => Err(e),
+        },
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn start_writeback(_file: &File) {}
+fn start_writeback(_file: &File) -> std::io::Result<()> {
+    Ok(())
+}
+
+/// Close `file`, returning the close's error (which `File`'s drop ignores). Not retried:
+/// on Linux the descriptor is gone whatever `close` returns.
+fn close_checked(file: File) -> std::io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    let fd = file.into_raw_fd();
+    // SAFETY: `fd` was just released by `file`, so nothing else owns or closes it.
+    match unsafe { libc::close(fd) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
 
 #[cfg(target_os = "linux")]
 fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
@@ -1118,27 +1203,73 @@ mod tests {
     use parquet::basic::Encoding;
     use parquet::file::reader::{FileReader, SerializedFileReader};
 
-    /// `sync_folder` syncs a tree of more files than it syncs at once, in nested folders,
-    /// and passes over what is not a file or a folder: opening a FIFO to sync it would
-    /// wait for a writer forever (run on its own thread, so that a hang fails the test).
+    /// What `sync_folder` syncs: the files under a folder, nested and hidden ones too, and
+    /// the folders, each before what it holds, in path order; not a FIFO (opening it to
+    /// sync it would wait for a writer forever) nor a link (to a file or a folder outside).
     #[test]
-    fn sync_folder_syncs_a_tree_and_passes_over_a_fifo() {
+    fn sync_folder_lists_files_and_folders_but_no_fifo_or_link() {
         use std::os::unix::ffi::OsStrExt;
         let dir = tempfile::tempdir().unwrap();
-        let nested = dir.path().join("report").join("deeper");
+        let root = dir.path().join("staging");
+        let nested = root.join("report").join("deeper");
         std::fs::create_dir_all(&nested).unwrap();
-        for k in 0..SYNCS_AT_ONCE * 2 + 1 {
-            let folder = [dir.path(), nested.as_path()][k % 2];
-            std::fs::write(folder.join(format!("f{k}.csv")), b"a,b\n").unwrap();
+        for file in [
+            root.join("b.csv"),
+            root.join(".hidden"),
+            nested.join("a.csv"),
+        ] {
+            std::fs::write(file, b"a,b\n").unwrap();
         }
         let fifo = std::ffi::CString::new(nested.join("pipe").as_os_str().as_bytes()).unwrap();
         // SAFETY: a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
-        let root = dir.path().to_path_buf();
-        let (done, result) = std::sync::mpsc::channel();
-        std::thread::spawn(move || done.send(sync_folder(&root).map_err(|e| e.to_string())));
-        let synced = result.recv_timeout(std::time::Duration::from_secs(60));
-        assert_eq!(synced, Ok(Ok(())));
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("x"), b"x").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("linked-folder")).unwrap();
+        std::os::unix::fs::symlink(outside.join("x"), root.join("linked-file")).unwrap();
+        let (files, folders) = files_and_folders_under(&root).unwrap();
+        assert_eq!(
+            files,
+            [
+                root.join(".hidden"),
+                root.join("b.csv"),
+                nested.join("a.csv")
+            ]
+        );
+        assert_eq!(folders, [root.clone(), root.join("report"), nested]);
+        sync_folder(&root).unwrap();
+    }
+
+    /// A failing sync is reported as the first failing file in path order, whichever
+    /// thread met it first, with its path; every file before it was synced.
+    #[test]
+    fn sync_each_reports_the_first_failing_file_in_order() {
+        let files: Vec<PathBuf> = (0..SYNCS_AT_ONCE * 4)
+            .map(|k| PathBuf::from(format!("/staging/f{k:03}")))
+            .collect();
+        for _ in 0..20 {
+            let synced = std::sync::Mutex::new(Vec::new());
+            let sync = |path: &Path| {
+                let k: usize = path.to_str().unwrap()[10..].parse().unwrap();
+                if k == 5 || k == 9 {
+                    // The later failing file tends to finish first.
+                    std::thread::sleep(std::time::Duration::from_millis((9 - k as u64) * 2));
+                    return Err(std::io::Error::other(format!("failed {k}")));
+                }
+                synced.lock().unwrap().push(k);
+                Ok(())
+            };
+            let message = sync_each(&files, &sync).unwrap_err().to_string();
+            assert!(
+                message.contains("/staging/f005") && message.contains("failed 5"),
+                "{message}"
+            );
+            let synced = synced.into_inner().unwrap();
+            assert!((0..5).all(|k| synced.contains(&k)), "{synced:?}");
+        }
+        let all = sync_each(&files, &|_: &Path| Ok(()));
+        assert!(all.is_ok());
     }
 
     /// A folder that is not there is reported with its path.
