@@ -397,7 +397,7 @@ fn open_lock_file(path: &Path) -> Result<Option<std::fs::File>> {
 pub fn lock_output(out: &Path) -> Result<OutputLock> {
     refuse_an_out_under_a_file(out)?;
     let parent = write::folder_of(out);
-    std::fs::create_dir_all(&parent).map_err(|e| TallyError::write(&parent, e))?;
+    write::create_folder_all(&parent)?;
     take_lock(&lock_file_of(out), false, || {
         format!(
             "another tally run is writing {} right now; wait for it to finish",
@@ -523,7 +523,7 @@ pub(crate) const HISTORY_LOCK: &str = ".tally-history.lock";
 /// history folder run one at a time. The shards of a sharded close run together, so they
 /// share it (`shared`), and keep closes on one machine out while they run.
 pub(crate) fn lock_history(dir: &Path, shared: bool) -> Result<OutputLock> {
-    std::fs::create_dir_all(dir).map_err(|e| TallyError::write(dir, e))?;
+    write::create_folder_all(dir)?;
     take_lock(&dir.join(HISTORY_LOCK), shared, || {
         format!(
             "another tally close is running under the history folder {} right now (closes of \

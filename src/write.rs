@@ -930,7 +930,7 @@ pub fn clean_stale_staging(target: &Path) -> Result<()> {
 /// Create a fresh staging folder beside `target`.
 pub fn create_staging(target: &Path) -> Result<PathBuf> {
     let (parent, prefix) = staging_prefix(target)?;
-    std::fs::create_dir_all(&parent).map_err(write_err(&parent))?;
+    create_folder_all(&parent)?;
     clean_stale_staging(target)?;
     let staging = parent.join(format!("{prefix}{}", std::process::id()));
     if staging.exists() {
@@ -1029,6 +1029,21 @@ fn remove_previous_output(old: &Path) {
              remove it by hand (as the user that owns its files)"
         );
     }
+}
+
+/// Create `folder` and the folders above it that are missing, each made durable (the
+/// folder holding it synced), so that an output later published in a new folder is not
+/// lost with its folder after a crash (the publish syncs only the folder it renames into).
+pub fn create_folder_all(folder: &Path) -> Result<()> {
+    let missing: Vec<&Path> = folder.ancestors().take_while(|a| !a.exists()).collect();
+    std::fs::create_dir_all(folder).map_err(write_err(folder))?;
+    for made in missing.iter().rev() {
+        let holder = folder_of(made);
+        File::open(&holder)
+            .and_then(|dir| dir.sync_all())
+            .map_err(write_err(&holder))?;
+    }
+    Ok(())
 }
 
 /// How many files [`sync_folder`] syncs at once: a sync mostly waits for the disk, and
@@ -1270,6 +1285,24 @@ mod tests {
         }
         let all = sync_each(&files, &|_: &Path| Ok(()));
         assert!(all.is_ok());
+    }
+
+    /// `create_folder_all` makes every missing folder (syncing the folder holding each),
+    /// is a no-op where the folder is there, and names the path it cannot make.
+    #[test]
+    fn create_folder_all_makes_the_missing_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("a").join("b").join("c");
+        create_folder_all(&deep).unwrap();
+        assert!(deep.is_dir());
+        create_folder_all(&deep).unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        let message = create_folder_all(&file.join("d")).unwrap_err().to_string();
+        assert!(
+            message.contains(&file.join("d").display().to_string()),
+            "{message}"
+        );
     }
 
     /// A folder that is not there is reported with its path.
