@@ -378,19 +378,39 @@ pub struct OutputLock {
 /// can write there, so there is nothing to lock out (a close's no-op rerun, or a close
 /// reading a history folder mounted read-only, goes on; a run that would publish there
 /// fails when it writes, as it always did).
+///
+/// Opened without waiting (`O_NONBLOCK`: a FIFO put at the path would otherwise block the
+/// open until a reader came, forever), and refused (exit 3) unless a regular file.
 fn open_lock_file(path: &Path) -> Result<Option<std::fs::File>> {
-    let created = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path);
-    match created {
-        Ok(file) => Ok(Some(file)),
-        Err(e) => match std::fs::File::open(path) {
-            Ok(file) => Ok(Some(file)),
-            Err(_) if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem => Ok(None),
-            Err(_) => Err(TallyError::write(path, e)),
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = |write: bool| {
+        std::fs::OpenOptions::new()
+            .create(write)
+            .truncate(false)
+            .write(write)
+            .read(!write)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+    };
+    let file = match open(true) {
+        Ok(file) => file,
+        Err(e) => match open(false) {
+            Ok(file) => file,
+            Err(_) if e.kind() == std::io::ErrorKind::ReadOnlyFilesystem => return Ok(None),
+            Err(_) => return Err(TallyError::write(path, e)),
         },
+    };
+    match file
+        .metadata()
+        .map_err(|e| TallyError::write(path, e))?
+        .is_file()
+    {
+        true => Ok(Some(file)),
+        false => Err(TallyError::Refused(format!(
+            "{} is not a regular file (a folder, a FIFO or a device), where tally keeps its \
+             lock file: remove it and rerun",
+            path.display()
+        ))),
     }
 }
 
@@ -398,12 +418,16 @@ pub fn lock_output(out: &Path) -> Result<OutputLock> {
     refuse_an_out_under_a_file(out)?;
     let parent = write::folder_of(out);
     write::create_folder_all(&parent)?;
-    take_lock(&lock_file_of(out), false, || {
+    let lock = take_lock(&lock_file_of(out), false, || {
         format!(
             "another tally run is writing {} right now; wait for it to finish",
             out.display()
         )
-    })
+    })?;
+    if lock._file.is_some() {
+        write::restore_stranded_output(out)?;
+    }
+    Ok(lock)
 }
 
 /// The lock file of the output folder `out`: `.NAME.tally-lock` beside it.

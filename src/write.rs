@@ -888,8 +888,58 @@ pub fn stranded_previous_outputs(folder: &Path) -> Vec<(PathBuf, PathBuf)> {
     stranded
 }
 
-/// Remove staging folders left by runs that died (their process no longer exists), but
-/// not a previous output that is the only copy of the output (its target is missing).
+/// Put back the previous output of `target` that a two-rename publish swapped out and that
+/// nothing took the place of (the run was killed between its renames): `target` missing,
+/// its `.NAME.tally-staging-PID-old` beside it. Called under the output's lock, so no run
+/// is between its renames; after it, the run's checks see the output as it was (a
+/// reconcile is refused over a close, a close's rerun is one). Several such folders of one
+/// output (which no publish makes) are refused (exit 3): which one belongs there is for a
+/// person to say.
+pub fn restore_stranded_output(target: &Path) -> Result<()> {
+    if std::fs::symlink_metadata(target).is_ok() {
+        return Ok(());
+    }
+    let stranded: Vec<PathBuf> = stranded_previous_outputs(&folder_of(target))
+        .into_iter()
+        .filter(|(_, of)| of.file_name() == target.file_name())
+        .map(|(old, _)| old)
+        .collect();
+    match stranded.as_slice() {
+        [] => Ok(()),
+        [old] => {
+            std::fs::rename(old, target).map_err(write_err(target))?;
+            let holder = folder_of(target);
+            File::open(&holder)
+                .and_then(|dir| dir.sync_all())
+                .map_err(write_err(&holder))?;
+            tracing::warn!(
+                folder = %target.display(),
+                from = %old.display(),
+                "put back the previous output, which a publish swapped out and was stopped \
+                 before its new output took the place (killed between its two renames)"
+            );
+            Ok(())
+        }
+        many => Err(TallyError::Refused(format!(
+            "{} is missing, and {} previous outputs of it are beside it ({}), swapped out by \
+             publishes that did not finish: rename the one that belongs there back to {} and \
+             remove the others, then rerun",
+            target.display(),
+            many.len(),
+            many.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            target.display()
+        ))),
+    }
+}
+
+/// Remove the staging folders of `target` that earlier runs left (killed, or their
+/// previous output not removed), but not a previous output that is the only copy of the
+/// output (its target is missing). The caller holds the output's lock, which every run
+/// writing `target` takes before its staging folder: none of them is a live run's (a
+/// process id, which another machine's run or a reused id would fool, is not asked).
 pub fn clean_stale_staging(target: &Path) -> Result<()> {
     let (parent, prefix) = staging_prefix(target)?;
     let Ok(entries) = std::fs::read_dir(&parent) else {
@@ -909,19 +959,13 @@ pub fn clean_stale_staging(target: &Path) -> Result<()> {
             );
             continue;
         }
-        let alive = pid
-            .parse::<u32>()
-            .map(|p| p != std::process::id() && Path::new(&format!("/proc/{p}")).exists())
-            .unwrap_or(false);
-        if !alive {
-            tracing::warn!(folder = %entry.path().display(), "removing a staging folder left by an earlier run");
-            if let Err(e) = std::fs::remove_dir_all(entry.path()) {
-                tracing::warn!(
-                    folder = %entry.path().display(),
-                    error = %e,
-                    "cannot remove it: remove it by hand (as the user that owns its files)"
-                );
-            }
+        tracing::warn!(folder = %entry.path().display(), "removing a staging folder left by an earlier run");
+        if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+            tracing::warn!(
+                folder = %entry.path().display(),
+                error = %e,
+                "cannot remove it: remove it by hand (as the user that owns its files)"
+            );
         }
     }
     Ok(())
@@ -972,28 +1016,32 @@ fn publish_staging(staging: &Path, target: &Path) -> Result<()> {
     // An interrupt waits for the rename instead of removing a folder being renamed.
     let mut published = crate::interrupt::publishing();
     if target.exists() {
-        if exchange(staging, target).is_ok() {
+        match exchange(staging, target) {
             // `staging` now holds the previous output.
-            remove_previous_output(staging);
-        } else {
-            let old = parent.join(format!("{prefix}{}{PREVIOUS_SUFFIX}", std::process::id()));
-            std::fs::rename(target, &old).map_err(write_err(target))?;
-            if let Err(e) = std::fs::rename(staging, target) {
-                // The previous output back in its place: a failed run replaces nothing.
-                if let Err(back) = std::fs::rename(&old, target) {
-                    return Err(TallyError::Output {
-                        file: target.display().to_string(),
-                        message: format!(
-                            "{e}; the previous output is in {} ({back} putting it back): \
-                             rename it to {} by hand",
-                            old.display(),
-                            target.display()
-                        ),
-                    });
+            Ok(()) => remove_previous_output(staging),
+            // Any other failure (a disk error, the output a mount point) would fail the
+            // renames too, after the output had been moved aside: nothing is published.
+            Err(e) if !cannot_exchange(&e) => return Err(exchange_failed(target, e)),
+            Err(_) => {
+                let old = parent.join(format!("{prefix}{}{PREVIOUS_SUFFIX}", std::process::id()));
+                std::fs::rename(target, &old).map_err(write_err(target))?;
+                if let Err(e) = std::fs::rename(staging, target) {
+                    // The previous output back in its place: a failed run replaces nothing.
+                    if let Err(back) = std::fs::rename(&old, target) {
+                        return Err(TallyError::Output {
+                            file: target.display().to_string(),
+                            message: format!(
+                                "{e}; the previous output is in {} ({back} putting it back): \
+                                 rename it to {} by hand",
+                                old.display(),
+                                target.display()
+                            ),
+                        });
+                    }
+                    return Err(write_err(target)(e));
                 }
-                return Err(write_err(target)(e));
+                remove_previous_output(&old);
             }
-            remove_previous_output(&old);
         }
     } else {
         std::fs::rename(staging, target).map_err(write_err(target))?;
@@ -1184,6 +1232,31 @@ fn close_checked(file: File) -> std::io::Result<()> {
     }
 }
 
+/// Whether an exchange failed because the kernel or the file system has none (not because
+/// of the folders): the publish then swaps by two renames.
+fn cannot_exchange(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::Unsupported
+        || matches!(
+            e.raw_os_error(),
+            Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+        )
+}
+
+/// The error of an exchange that failed for another reason than [`cannot_exchange`].
+fn exchange_failed(target: &Path, e: std::io::Error) -> TallyError {
+    let message = match e.raw_os_error() {
+        Some(libc::EBUSY | libc::EXDEV) => format!(
+            "{e}: the output folder cannot be replaced by a rename (it is a mount point, or in \
+             use); give a folder inside it as --out (or `out` in the job file)"
+        ),
+        _ => format!("{e}; the previous output is as it was"),
+    };
+    TallyError::Output {
+        file: target.display().to_string(),
+        message,
+    }
+}
+
 #[cfg(target_os = "linux")]
 fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
     use std::ffi::CString;
@@ -1303,6 +1376,36 @@ mod tests {
             message.contains(&file.join("d").display().to_string()),
             "{message}"
         );
+    }
+
+    /// Only a kernel or file system without the exchange makes the publish swap by two
+    /// renames (which leave the output missing for a moment); any other failure of the
+    /// exchange fails the publish, and a mount point says so.
+    #[test]
+    fn only_a_missing_exchange_falls_back_to_two_renames() {
+        let os = std::io::Error::from_raw_os_error;
+        for errno in [libc::EINVAL, libc::ENOSYS, libc::EOPNOTSUPP] {
+            assert!(cannot_exchange(&os(errno)), "{errno}");
+        }
+        assert!(cannot_exchange(&std::io::Error::from(
+            std::io::ErrorKind::Unsupported
+        )));
+        for errno in [
+            libc::EIO,
+            libc::EBUSY,
+            libc::EXDEV,
+            libc::ENOSPC,
+            libc::EACCES,
+        ] {
+            assert!(!cannot_exchange(&os(errno)), "{errno}");
+        }
+        let busy = exchange_failed(Path::new("/mnt/out"), os(libc::EBUSY)).to_string();
+        assert!(
+            busy.contains("/mnt/out") && busy.contains("mount point"),
+            "{busy}"
+        );
+        let io = exchange_failed(Path::new("/x/out"), os(libc::EIO)).to_string();
+        assert!(io.contains("the previous output is as it was"), "{io}");
     }
 
     /// A folder that is not there is reported with its path.

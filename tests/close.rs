@@ -1381,9 +1381,13 @@ fn history_skips_copies_of_this_close_and_hidden_folders_and_refuses_an_output_o
 /// killed between its renames on a file system without the atomic exchange) is only in
 /// the hidden `.NAME.tally-staging-PID-old` folder, which history skips: a later close
 /// under that history is refused (exit 3), saying how to put it back, instead of billing
-/// its periods again; `verify` of the missing folder says where it is. The stranded
-/// close's own rerun is not refused: it publishes the folder again, and the next close
-/// goes on. A staging folder a killed run left beside a close goes on its no-op rerun.
+/// its periods again; `verify` of the missing folder says where it is. A run writing the
+/// stranded close's own folder puts it back under its lock before its checks, with a
+/// warning: a reconcile given it as `--out` is then refused over the close (exit 3; it had
+/// published over the missing folder, and the run after it removed the `-old` folder, the
+/// only copy of the close and its invoices), and the close's rerun is a no-op; the next
+/// close goes on. A staging folder a killed run left beside a close goes on its no-op
+/// rerun.
 #[test]
 fn a_close_stranded_by_a_stopped_publish_is_refused_not_billed_again() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1429,10 +1433,36 @@ fn a_close_stranded_by_a_stopped_publish_is_refused_not_billed_again() {
         "{}",
         stderr(&verify)
     );
-    // Its own rerun publishes it again (the -old folder kept, with a warning, until then).
+    // A reconcile into the close's folder puts the close back, then is refused over it.
+    let reconcile = tally(&[
+        "reconcile",
+        "--data",
+        root.to_str().unwrap(),
+        "--as-of",
+        "2026-12-01T00:00:00Z",
+        "--out",
+        november.to_str().unwrap(),
+    ]);
+    assert_eq!(reconcile.status.code(), Some(3), "{}", stderr(&reconcile));
+    assert!(
+        stderr(&reconcile).contains("put back the previous output"),
+        "{}",
+        stderr(&reconcile)
+    );
+    assert!(!old.exists());
+    let manifest = std::fs::read_to_string(november.join("manifest.json")).unwrap();
+    assert!(manifest.contains("\"command\": \"close\""), "{manifest}");
+    // Stranded again: its own rerun puts it back too, and is a no-op.
+    std::fs::rename(&november, &old).unwrap();
     let again = history_close(&root, &closes, "2026-12-01T00:00:00Z", "2026-12-01", &[]);
     assert!(again.status.success(), "{}", stderr(&again));
-    assert!(stderr(&again).contains("is kept"), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("put back the previous output"),
+        "{}",
+        stderr(&again)
+    );
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to do"));
+    assert!(!old.exists());
     let next = close_into(&root, &closes, "2027-01-01T00:00:00Z", "2027-01-01", &[]);
     // December's invoice only: November's periods are the earlier close's.
     let invoices = read_parquet(&next.join("invoices.parquet"));

@@ -3495,3 +3495,68 @@ fn an_output_seen_mid_publish_is_busy_not_foreign() {
     lock.unlock().unwrap();
     assert_eq!(stderr(&run()), foreign);
 }
+
+/// Odd things where tally keeps its own files beside an output: a FIFO (or a folder) at
+/// the lock file's path is refused (exit 3, naming it) instead of blocking the open for
+/// ever; a staging folder named for a process that is alive (PID 1) is still removed,
+/// since the run holds the output's lock, which every run writing the output takes first.
+#[test]
+fn a_fifo_at_the_lock_path_is_refused_and_a_live_pids_staging_removed() {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = repo().join("fixtures/demo");
+    let out = tmp.path().join("out");
+    let lock = tmp.path().join(".out.tally-lock");
+    let fifo = std::ffi::CString::new(lock.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let mut child = run_command("reconcile", &demo, AS_OF, &out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("a FIFO at the lock path blocked the run");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let refused = child.wait_with_output().unwrap();
+    assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
+    assert_eq!(
+        stderr(&refused),
+        format!(
+            "tally: refused: {} is not a regular file (a folder, a FIFO or a device), where \
+             tally keeps its lock file: remove it and rerun\n",
+            lock.display()
+        )
+    );
+    assert!(!out.exists());
+    std::fs::remove_file(&lock).unwrap();
+    std::fs::create_dir(&lock).unwrap();
+    let refused = run_command("reconcile", &demo, AS_OF, &out)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
+    std::fs::remove_dir(&lock).unwrap();
+
+    let live = tmp.path().join(".out.tally-staging-1");
+    std::fs::create_dir(&live).unwrap();
+    std::fs::write(live.join("discrepancies.csv"), b"half").unwrap();
+    let ran = run_command("reconcile", &demo, AS_OF, &out)
+        .output()
+        .unwrap();
+    assert!(
+        ran.status.code().is_some_and(|c| c <= 1),
+        "{}",
+        stderr(&ran)
+    );
+    assert!(!live.exists(), "{}", stderr(&ran));
+    assert!(
+        stderr(&ran).contains("removing a staging folder left by an earlier run"),
+        "{}",
+        stderr(&ran)
+    );
+}
