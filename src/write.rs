@@ -909,9 +909,7 @@ pub fn restore_stranded_output(target: &Path) -> Result<()> {
         [old] => {
             std::fs::rename(old, target).map_err(write_err(target))?;
             let holder = folder_of(target);
-            File::open(&holder)
-                .and_then(|dir| dir.sync_all())
-                .map_err(write_err(&holder))?;
+            sync_as_named(&holder).map_err(write_err(&holder))?;
             tracing::warn!(
                 folder = %target.display(),
                 from = %old.display(),
@@ -1050,9 +1048,8 @@ fn publish_staging(staging: &Path, target: &Path) -> Result<()> {
     drop(published);
     crate::interrupt::forget(staging);
     tracing::debug!(staging = %staging.display(), target = %target.display(), "published");
-    // Published: a failure here is a warning, since an error would say nothing was. (The
-    // parent is opened as named, links followed: it may be a link to a mounted volume.)
-    if let Err(e) = File::open(&parent).and_then(|dir| dir.sync_all()) {
+    // Published: a failure here is a warning, since an error would say nothing was.
+    if let Err(e) = sync_as_named(&parent) {
         tracing::warn!(
             folder = %parent.display(),
             error = %e,
@@ -1087,9 +1084,7 @@ pub fn create_folder_all(folder: &Path) -> Result<()> {
     std::fs::create_dir_all(folder).map_err(write_err(folder))?;
     for made in missing.iter().rev() {
         let holder = folder_of(made);
-        File::open(&holder)
-            .and_then(|dir| dir.sync_all())
-            .map_err(write_err(&holder))?;
+        sync_as_named(&holder).map_err(write_err(&holder))?;
     }
     Ok(())
 }
@@ -1140,6 +1135,12 @@ fn files_and_folders_under(folder: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)
     }
     files.sort();
     Ok((files, folders))
+}
+
+/// Sync the folder `path` names, a link followed (a folder above an output may be a link
+/// to a mounted volume): the folders holding what tally made or renamed.
+fn sync_as_named(path: &Path) -> std::io::Result<()> {
+    File::open(path)?.sync_all()
 }
 
 /// Sync `path` (a file or a folder) through a handle of its own, not following a link.
