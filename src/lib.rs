@@ -383,6 +383,18 @@ pub struct OutputLock {
 /// open until a reader came, forever), and refused (exit 3) unless a regular file.
 fn open_lock_file(path: &Path) -> Result<Option<std::fs::File>> {
     use std::os::unix::fs::OpenOptionsExt;
+    let not_regular = || {
+        TallyError::Refused(format!(
+            "{} is not a regular file (a folder, a FIFO or a device), where tally keeps its \
+             lock file: remove it and rerun",
+            path.display()
+        ))
+    };
+    // Looked at before it is opened too: opening a socket or a terminal fails (or acts on
+    // it) before its type could be seen.
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        return Err(not_regular());
+    }
     let open = |write: bool| {
         std::fs::OpenOptions::new()
             .create(write)
@@ -406,11 +418,7 @@ fn open_lock_file(path: &Path) -> Result<Option<std::fs::File>> {
         .is_file()
     {
         true => Ok(Some(file)),
-        false => Err(TallyError::Refused(format!(
-            "{} is not a regular file (a folder, a FIFO or a device), where tally keeps its \
-             lock file: remove it and rerun",
-            path.display()
-        ))),
+        false => Err(not_regular()),
     }
 }
 
@@ -1026,6 +1034,26 @@ fn check_alert(alert: &Alert, f: &AlertFigures) -> Option<String> {
     (!crossed.is_empty()).then(|| crossed.join("; "))
 }
 
+/// Where the output that belongs at `out` is, when a publish stranded it beside `out`
+/// (`write::stranded_previous_outputs`), for a refusal of what stands at `out`; empty
+/// otherwise.
+fn stranded_output_of(out: &Path) -> String {
+    let stranded = write::stranded_previous_outputs(&write::folder_of(out));
+    match stranded
+        .iter()
+        .find(|(_, of)| of.file_name() == out.file_name())
+    {
+        Some((old, _)) => format!(
+            " (the output that belongs there is in {}, swapped out by a publish that was \
+             stopped before its new output took the place: rename it back once {} is out of \
+             the way)",
+            old.display(),
+            out.display()
+        ),
+        None => String::new(),
+    }
+}
+
 /// Refuse to replace a folder that is not a tally output: `--out` must never wipe other data.
 pub(crate) fn check_replaceable(out: &Path) -> Result<()> {
     // A link is refused before anything else: publishing swaps folders by name, so the
@@ -1046,8 +1074,9 @@ pub(crate) fn check_replaceable(out: &Path) -> Result<()> {
     }
     let refuse = |why: &str| {
         Err(TallyError::Refused(format!(
-            "{} {why}; tally replaces only its own output folders: choose a new or empty folder",
-            out.display()
+            "{} {why}; tally replaces only its own output folders: choose a new or empty folder{}",
+            out.display(),
+            stranded_output_of(out)
         )))
     };
     if !out.is_dir() {
@@ -1060,13 +1089,7 @@ pub(crate) fn check_replaceable(out: &Path) -> Result<()> {
     if empty {
         return Ok(());
     }
-    let is_tally = ["manifest.json", shard::SHARD_MANIFEST].iter().any(|name| {
-        write::read_regular_to_string(&out.join(name))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .is_some_and(|v| v["tool"] == "tally")
-    });
-    if is_tally {
+    if write::holds_tally_manifest(out) {
         Ok(())
     } else {
         refuse("holds files but no tally manifest.json")

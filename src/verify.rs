@@ -255,9 +255,24 @@ fn read_manifest(out: &Path) -> Result<(Manifest, crate::time::Micros, crate::wr
         ));
     }
     if !path.exists() {
+        let stranded = crate::write::stranded_previous_outputs(&crate::write::folder_of(out));
+        let hint = match stranded
+            .iter()
+            .find(|(_, target)| target.file_name() == out.file_name())
+        {
+            Some((old, _)) => format!(
+                "; its previous output is in {}, swapped out by a publish that was stopped \
+                 before the new output took its place: remove this folder and rename it back \
+                 (mv {} {})",
+                old.display(),
+                old.display(),
+                out.display()
+            ),
+            None => String::new(),
+        };
         return Err(TallyError::config(
             out.display().to_string(),
-            "holds no manifest.json: not a folder a tally run published",
+            format!("holds no manifest.json: not a folder a tally run published{hint}"),
         ));
     }
     let (manifest, manifest_sha256) = Manifest::read(&path)?;

@@ -857,12 +857,44 @@ const STAGING_INFIX: &str = ".tally-staging-";
 pub const MAX_OUT_NAME_BYTES: usize =
     255 - ".".len() - STAGING_INFIX.len() - "4194304".len() - PREVIOUS_SUFFIX.len();
 
-/// Whether the staging folder whose name ends in `pid` (after [`STAGING_INFIX`]) is a
-/// previous output swapped out by the two-rename publish while its `target` is missing: the
-/// new output never took its place (both renames failed, or the run was killed between
-/// them), and it is the only copy of the output.
-fn stranded(pid: &str, target: &Path) -> bool {
-    pid.ends_with(PREVIOUS_SUFFIX) && std::fs::symlink_metadata(target).is_err()
+/// Whether the staging entry `entry`, whose name ends in `pid` (after [`STAGING_INFIX`]),
+/// is a previous output swapped out by the two-rename publish that no output took the
+/// place of: a folder, and its `target` no tally output (missing, or an empty folder, a
+/// file or a link put there since, say by a script's `mkdir -p`). The new output never took
+/// its place (both renames failed, or the run was killed between them), and it is the only
+/// copy of the output. Beside a tally output it is one a finished publish could not
+/// remove.
+fn stranded(entry: &Path, pid: &str, target: &Path) -> bool {
+    pid.ends_with(PREVIOUS_SUFFIX)
+        && std::fs::symlink_metadata(entry).is_ok_and(|m| m.is_dir())
+        && !is_tally_output(target)
+}
+
+/// Whether `dir` is a folder (not a link) holding a tally `manifest.json` or `shard.json`.
+pub fn is_tally_output(dir: &Path) -> bool {
+    std::fs::symlink_metadata(dir).is_ok_and(|m| m.is_dir()) && holds_tally_manifest(dir)
+}
+
+/// Whether the folder `dir` holds a `manifest.json` or `shard.json` a tally run wrote.
+pub fn holds_tally_manifest(dir: &Path) -> bool {
+    ["manifest.json", crate::shard::SHARD_MANIFEST]
+        .iter()
+        .any(|name| {
+            read_regular_to_string(&dir.join(name))
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .is_some_and(|v| v["tool"] == "tally")
+        })
+}
+
+/// What stands at an output's path that is not a tally output, in words (for a refusal).
+fn not_an_output(target: &Path) -> &'static str {
+    match std::fs::symlink_metadata(target) {
+        Err(_) => "missing",
+        Ok(m) if m.is_symlink() => "a symbolic link",
+        Ok(m) if m.is_dir() => "a folder without a tally manifest.json",
+        Ok(_) => "a file",
+    }
 }
 
 /// The end of the staging name of a previous output swapped out by the two-rename publish.
@@ -881,7 +913,7 @@ pub fn stranded_previous_outputs(folder: &Path) -> Vec<(PathBuf, PathBuf)> {
             let name = entry.file_name().to_string_lossy().into_owned();
             let (target, pid) = name.strip_prefix('.')?.split_once(STAGING_INFIX)?;
             let target = folder.join(target);
-            stranded(pid, &target).then(|| (entry.path(), target))
+            stranded(&entry.path(), pid, &target).then(|| (entry.path(), target))
         })
         .collect();
     stranded.sort();
@@ -889,16 +921,15 @@ pub fn stranded_previous_outputs(folder: &Path) -> Vec<(PathBuf, PathBuf)> {
 }
 
 /// Put back the previous output of `target` that a two-rename publish swapped out and that
-/// nothing took the place of (the run was killed between its renames): `target` missing,
-/// its `.NAME.tally-staging-PID-old` beside it. Called under the output's lock, so no run
+/// nothing took the place of (the run was killed between its renames): `target` no tally
+/// output, its `.NAME.tally-staging-PID-old` beside it. `target` missing or an empty
+/// folder, it is put back; anything else there is refused (exit 3), saying where the
+/// output is. Called under the output's lock, so no run
 /// is between its renames; after it, the run's checks see the output as it was (a
 /// reconcile is refused over a close, a close's rerun is one). Several such folders of one
 /// output (which no publish makes) are refused (exit 3): which one belongs there is for a
 /// person to say.
 pub fn restore_stranded_output(target: &Path) -> Result<()> {
-    if std::fs::symlink_metadata(target).is_ok() {
-        return Ok(());
-    }
     let stranded: Vec<PathBuf> = stranded_previous_outputs(&folder_of(target))
         .into_iter()
         .filter(|(_, of)| of.file_name() == target.file_name())
@@ -907,16 +938,32 @@ pub fn restore_stranded_output(target: &Path) -> Result<()> {
     match stranded.as_slice() {
         [] => Ok(()),
         [old] => {
+            // Only an empty folder is taken away (made since, by a script's `mkdir -p`):
+            // anything else there is for a person to look at.
+            let empty_folder = std::fs::symlink_metadata(target).is_ok_and(|m| m.is_dir())
+                && std::fs::remove_dir(target).is_ok();
+            if std::fs::symlink_metadata(target).is_ok() && !empty_folder {
+                return Err(TallyError::Refused(format!(
+                    "{} is {}, and the output that belongs there is in {}, swapped out by a \
+                     publish that was stopped before its new output took the place: remove {} \
+                     and rename it back (mv {} {}), then rerun",
+                    target.display(),
+                    not_an_output(target),
+                    old.display(),
+                    target.display(),
+                    old.display(),
+                    target.display()
+                )));
+            }
             std::fs::rename(old, target).map_err(write_err(target))?;
-            let holder = folder_of(target);
-            sync_as_named(&holder).map_err(write_err(&holder))?;
             tracing::warn!(
                 folder = %target.display(),
                 from = %old.display(),
                 "put back the previous output, which a publish swapped out and was stopped \
                  before its new output took the place (killed between its two renames)"
             );
-            Ok(())
+            let holder = folder_of(target);
+            sync_as_named(&holder).map_err(write_err(&holder))
         }
         many => Err(TallyError::Refused(format!(
             "{} is missing, and {} previous outputs of it are beside it ({}), swapped out by \
@@ -948,7 +995,7 @@ pub fn clean_stale_staging(target: &Path) -> Result<()> {
         let Some(pid) = name.strip_prefix(&prefix) else {
             continue;
         };
-        if stranded(pid, target) {
+        if stranded(&entry.path(), pid, target) {
             tracing::warn!(
                 folder = %entry.path().display(),
                 target = %target.display(),
@@ -1463,9 +1510,9 @@ mod tests {
     }
 
     /// A staging folder a dead run left is removed; a previous output it swapped out is
-    /// kept while the target is missing (the next run removed the only copy of the output
-    /// the failed publish's message said to rename back by hand), and removed once a run
-    /// has published the target again.
+    /// kept while the target is missing or no tally output (the next run removed the only
+    /// copy of the output the failed publish's message said to rename back by hand), and
+    /// removed once a tally output is at the target again.
     #[test]
     fn a_swapped_out_previous_output_is_kept_while_the_target_is_missing() {
         let here = tempfile::tempdir().unwrap();
@@ -1486,7 +1533,11 @@ mod tests {
             previous.join("summary.json").exists(),
             "the only copy is kept"
         );
+        // An empty folder at the target (a script's `mkdir -p`) is no output.
         std::fs::create_dir(&target).unwrap();
+        clean_stale_staging(&target).unwrap();
+        assert!(previous.exists(), "kept beside an empty folder");
+        std::fs::write(target.join("manifest.json"), r#"{"tool": "tally"}"#).unwrap();
         clean_stale_staging(&target).unwrap();
         assert!(!previous.exists(), "removed once the target is there again");
     }

@@ -1433,7 +1433,48 @@ fn a_close_stranded_by_a_stopped_publish_is_refused_not_billed_again() {
         "{}",
         stderr(&verify)
     );
-    // A reconcile into the close's folder puts the close back, then is refused over it.
+    // An empty folder made in its place since (a script's `mkdir -p`) is no close: the
+    // next close is still refused, and verify says where the close is.
+    std::fs::create_dir(&november).unwrap();
+    let december = history_close(&root, &closes, "2027-01-01T00:00:00Z", "2027-01-01", &[]);
+    assert_eq!(december.status.code(), Some(3), "{}", stderr(&december));
+    let verify = tally(&["verify", november.to_str().unwrap()]);
+    assert!(
+        stderr(&verify).contains(&format!("its previous output is in {}", old.display())),
+        "{}",
+        stderr(&verify)
+    );
+    // A file there: a run writing it is refused, saying where the close is, which stays.
+    std::fs::remove_dir(&november).unwrap();
+    std::fs::write(&november, b"x").unwrap();
+    let over_a_file = tally(&[
+        "reconcile",
+        "--data",
+        root.to_str().unwrap(),
+        "--as-of",
+        "2026-12-01T00:00:00Z",
+        "--out",
+        november.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        over_a_file.status.code(),
+        Some(3),
+        "{}",
+        stderr(&over_a_file)
+    );
+    assert!(
+        stderr(&over_a_file).contains(&format!(
+            "the output that belongs there is in {}",
+            old.display()
+        )),
+        "{}",
+        stderr(&over_a_file)
+    );
+    assert!(old.is_dir());
+    std::fs::remove_file(&november).unwrap();
+    std::fs::create_dir(&november).unwrap();
+    // A reconcile into the close's folder (an empty folder again) puts the close back, then
+    // is refused over it.
     let reconcile = tally(&[
         "reconcile",
         "--data",
