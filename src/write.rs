@@ -900,6 +900,13 @@ fn not_an_output(target: &Path) -> &'static str {
 /// The end of the staging name of a previous output swapped out by the two-rename publish.
 const PREVIOUS_SUFFIX: &str = "-old";
 
+/// Whether `pid` is what follows [`STAGING_INFIX`] in a staging folder's name: a process
+/// id, and [`PREVIOUS_SUFFIX`] after it for a previous output.
+fn is_staging_pid(pid: &str) -> bool {
+    let digits = pid.strip_suffix(PREVIOUS_SUFFIX).unwrap_or(pid);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// The previous outputs in `folder` that a two-rename publish swapped out and that nothing
 /// took the place of (the run was killed between its renames, or both failed): each
 /// `.NAME.tally-staging-PID-old` folder whose `NAME` is missing, with that `NAME`'s path,
@@ -911,7 +918,10 @@ pub fn stranded_previous_outputs(folder: &Path) -> Vec<(PathBuf, PathBuf)> {
     let mut stranded: Vec<(PathBuf, PathBuf)> = (entries.flatten())
         .filter_map(|entry| {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let (target, pid) = name.strip_prefix('.')?.split_once(STAGING_INFIX)?;
+            let (target, pid) = name.strip_prefix('.')?.rsplit_once(STAGING_INFIX)?;
+            if !is_staging_pid(pid) {
+                return None;
+            }
             let target = folder.join(target);
             stranded(&entry.path(), pid, &target).then(|| (entry.path(), target))
         })
@@ -992,7 +1002,9 @@ pub fn clean_stale_staging(target: &Path) -> Result<()> {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.strip_prefix(&prefix) else {
+        // Not another output's (`NAME.tally-staging-5` has staging folders that start
+        // with this one's prefix too).
+        let Some(pid) = name.strip_prefix(&prefix).filter(|pid| is_staging_pid(pid)) else {
             continue;
         };
         if stranded(&entry.path(), pid, target) {
@@ -1540,6 +1552,30 @@ mod tests {
         std::fs::write(target.join("manifest.json"), r#"{"tool": "tally"}"#).unwrap();
         clean_stale_staging(&target).unwrap();
         assert!(!previous.exists(), "removed once the target is there again");
+    }
+
+    /// The staging folders of an output whose name holds the staging infix
+    /// (`out.tally-staging-5`) are its own, not those of `out`, whose cleaning leaves them.
+    #[test]
+    fn another_outputs_staging_folders_are_not_cleaned() {
+        let here = tempfile::tempdir().unwrap();
+        let target = here.path().join("out");
+        let other = here.path().join("out.tally-staging-5");
+        let (_, other_prefix) = staging_prefix(&other).unwrap();
+        let others = [
+            here.path().join(format!("{other_prefix}123")),
+            here.path()
+                .join(format!("{other_prefix}123{PREVIOUS_SUFFIX}")),
+        ];
+        for folder in &others {
+            std::fs::create_dir(folder).unwrap();
+        }
+        clean_stale_staging(&target).unwrap();
+        assert!(others.iter().all(|f| f.is_dir()));
+        let stranded = stranded_previous_outputs(here.path());
+        assert_eq!(stranded, [(others[1].clone(), other.clone())]);
+        assert!(is_staging_pid("12") && is_staging_pid("12-old"));
+        assert!(!is_staging_pid("") && !is_staging_pid("-old") && !is_staging_pid("5.x"));
     }
 
     /// A writer that takes at most 3 bytes a call (as a file may take part of a write).
