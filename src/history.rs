@@ -453,11 +453,14 @@ pub fn refuse_a_stranded_close(dir: &Path, out: &Path) -> Result<()> {
     Err(TallyError::Refused(format!(
         "{}: the close that belongs at {} is only there: a publish swapped it out and was \
          stopped before its new output took the place (killed between its two renames); \
-         closes under this history would bill its periods again. Rename it back (mv {} {}) \
-         and rerun",
+         closes under this history would bill its periods again. Rerun that close (its \
+         --out {}), which puts it back first, or rename it back by hand (mv {} {}, whatever \
+         is at {} removed first), then rerun",
         old.display(),
         target.display(),
+        target.display(),
         old.display(),
+        target.display(),
         target.display()
     )))
 }

@@ -175,6 +175,7 @@ pub fn run_shard(req: &JobRequest, shard: u32, shards: u32) -> Result<JobOutcome
     // What the merge would refuse of `--out`, refused before the shard computes, and
     // before its lock makes the shards' folder beside `--out`.
     crate::check_replaceable_before_lock(&req.out)?;
+    write::refuse_a_stranded_output(&req.out)?;
     let prepared = prepare(req, &folder)?;
     let settings = req.settings(prepared.history.clone());
     let census = census::Census::take(&req.data)?.with_pricebook(prepared.pricebook.clone());

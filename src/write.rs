@@ -972,14 +972,15 @@ pub fn restore_stranded_output(target: &Path) -> Result<()> {
                 "put back the previous output, which a publish swapped out and was stopped \
                  before its new output took the place (killed between its two renames)"
             );
-            let holder = folder_of(target);
-            sync_as_named(&holder).map_err(write_err(&holder))
+            sync_holder_or_warn(target);
+            Ok(())
         }
         many => Err(TallyError::Refused(format!(
-            "{} is missing, and {} previous outputs of it are beside it ({}), swapped out by \
-             publishes that did not finish: rename the one that belongs there back to {} and \
-             remove the others, then rerun",
+            "{} is {}, and {} previous outputs of it are beside it ({}), swapped out by \
+             publishes that did not finish: remove whatever is at {} and rename the one that \
+             belongs there back to it, remove the others, then rerun",
             target.display(),
+            not_an_output(target),
             many.len(),
             many.iter()
                 .map(|p| p.display().to_string())
@@ -988,6 +989,31 @@ pub fn restore_stranded_output(target: &Path) -> Result<()> {
             target.display()
         ))),
     }
+}
+
+/// Refuse (exit 3) a shard of a run writing `target` when `target`'s previous output is
+/// stranded beside it ([`restore_stranded_output`]): a shard locks only its own folder,
+/// so it cannot put the output back, and its checks (a reconcile over a close) would not
+/// see it.
+pub fn refuse_a_stranded_output(target: &Path) -> Result<()> {
+    let stranded = stranded_previous_outputs(&folder_of(target));
+    let Some((old, _)) = stranded
+        .iter()
+        .find(|(_, of)| of.file_name() == target.file_name())
+    else {
+        return Ok(());
+    };
+    Err(TallyError::Refused(format!(
+        "{}: the output that belongs at {} is only there, swapped out by a publish that was \
+         stopped before its new output took the place; a shard cannot put it back: rerun \
+         the run that wrote it (or its merge), which puts it back first, or rename it back \
+         by hand (mv {} {}, whatever is at {} removed first), then run the shards",
+        old.display(),
+        target.display(),
+        old.display(),
+        target.display(),
+        target.display()
+    )))
 }
 
 /// Remove the staging folders of `target` that earlier runs left (killed, or their
@@ -1142,8 +1168,7 @@ pub fn create_folder_all(folder: &Path) -> Result<()> {
     let missing: Vec<&Path> = folder.ancestors().take_while(|a| !a.exists()).collect();
     std::fs::create_dir_all(folder).map_err(write_err(folder))?;
     for made in missing.iter().rev() {
-        let holder = folder_of(made);
-        sync_as_named(&holder).map_err(write_err(&holder))?;
+        sync_holder_or_warn(made);
     }
     Ok(())
 }
@@ -1194,6 +1219,23 @@ fn files_and_folders_under(folder: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)
     }
     files.sort();
     Ok((files, folders))
+}
+
+/// Sync the folder holding `path` (which tally made or renamed there); a failure is a
+/// warning, not an error: what was asked of the folder is done, only its durability is not
+/// sure (a write-only drop folder cannot be opened to sync, a disk may be failing).
+fn sync_holder_or_warn(path: &Path) {
+    let holder = folder_of(path);
+    if let Err(e) = sync_as_named(&holder) {
+        tracing::warn!(
+            folder = %holder.display(),
+            made = %path.display(),
+            error = %e,
+            "cannot sync this folder to disk after making or renaming an entry in it: after a \
+             crash before the system writes it, the entry may be lost; check the folder's \
+             permissions (tally must be able to read it) and the disk"
+        );
+    }
 }
 
 /// Sync the folder `path` names, a link followed (a folder above an output may be a link
@@ -1298,7 +1340,8 @@ fn cannot_exchange(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::Unsupported
         || matches!(
             e.raw_os_error(),
-            Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+            // EPERM: a seccomp filter (some container profiles) refusing the call.
+            Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP | libc::EPERM)
         )
 }
 
@@ -1306,8 +1349,10 @@ fn cannot_exchange(e: &std::io::Error) -> bool {
 fn exchange_failed(target: &Path, e: std::io::Error) -> TallyError {
     let message = match e.raw_os_error() {
         Some(libc::EBUSY | libc::EXDEV) => format!(
-            "{e}: the output folder cannot be replaced by a rename (it is a mount point, or in \
-             use); give a folder inside it as --out (or `out` in the job file)"
+            "{e}: the output folder cannot be replaced by a rename (it is a mount point, in \
+             use, or on a file system that cannot rename it in place, such as an image's \
+             lower layer under overlayfs); give a folder inside it, or elsewhere, as --out \
+             (or `out` in the job file)"
         ),
         _ => format!("{e}; the previous output is as it was"),
     };
@@ -1444,7 +1489,7 @@ mod tests {
     #[test]
     fn only_a_missing_exchange_falls_back_to_two_renames() {
         let os = std::io::Error::from_raw_os_error;
-        for errno in [libc::EINVAL, libc::ENOSYS, libc::EOPNOTSUPP] {
+        for errno in [libc::EINVAL, libc::ENOSYS, libc::EOPNOTSUPP, libc::EPERM] {
             assert!(cannot_exchange(&os(errno)), "{errno}");
         }
         assert!(cannot_exchange(&std::io::Error::from(

@@ -1414,7 +1414,9 @@ fn a_close_stranded_by_a_stopped_publish_is_refused_not_billed_again() {
             "tally: refused: {old}: the close that belongs at {target} is only there: a \
              publish swapped it out and was stopped before its new output took the place \
              (killed between its two renames); closes under this history would bill its \
-             periods again. Rename it back (mv {old} {target}) and rerun\n",
+             periods again. Rerun that close (its --out {target}), which puts it back first, \
+             or rename it back by hand (mv {old} {target}, whatever is at {target} removed \
+             first), then rerun\n",
             old = old.display(),
             target = november.display()
         )
@@ -1438,6 +1440,11 @@ fn a_close_stranded_by_a_stopped_publish_is_refused_not_billed_again() {
     std::fs::create_dir(&november).unwrap();
     let december = history_close(&root, &closes, "2027-01-01T00:00:00Z", "2027-01-01", &[]);
     assert_eq!(december.status.code(), Some(3), "{}", stderr(&december));
+    assert!(
+        stderr(&december).contains(&format!("the close that belongs at {}", november.display())),
+        "{}",
+        stderr(&december)
+    );
     let verify = tally(&["verify", november.to_str().unwrap()]);
     assert!(
         stderr(&verify).contains(&format!("its previous output is in {}", old.display())),

@@ -2573,3 +2573,36 @@ fn shards_naming_one_data_root_through_links_merge() {
     ]);
     assert_same(&single, &mounts, "shards of two copies merged with --data");
 }
+
+/// A shard of a run writing an output whose previous output a publish stranded (swapped
+/// out to `.NAME.tally-staging-PID-old`, killed before the new one took its place) is
+/// refused (exit 3), saying where it is: a shard locks only its folder, cannot put the
+/// output back, and would not see that a reconcile is going over a close. The merge of
+/// the close's own shards puts it back (and finds nothing to do).
+#[test]
+fn a_shard_over_a_stranded_output_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = repo().join("fixtures/demo");
+    let out = tmp.path().join("nov");
+    shard_and_merge("close", &data, CLOSE_AS_OF, &out, 2);
+    let old = tmp.path().join(".nov.tally-staging-7-old");
+    std::fs::rename(&out, &old).unwrap();
+    let message = refused_shard("reconcile", &data, AS_OF, &out, "0/2");
+    assert!(
+        message.contains(&format!(
+            "{}: the output that belongs at {} is only there",
+            old.display(),
+            out.display()
+        )),
+        "{message}"
+    );
+    assert!(old.is_dir() && !out.exists());
+    let merged = tally(&["merge", "--out", out.to_str().unwrap()]);
+    assert!(merged.status.success(), "{}", stderr(&merged));
+    assert!(
+        stderr(&merged).contains("put back the previous output"),
+        "{}",
+        stderr(&merged)
+    );
+    assert!(out.join("manifest.json").is_file() && !old.exists());
+}
