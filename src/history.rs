@@ -431,34 +431,59 @@ fn unreadable_manifest(path: &Path, e: serde_json::Error) -> TallyError {
 /// Refuse a close under a history holding another close that a publish swapped out and
 /// never replaced (its folder missing, the close only in the hidden `-old` folder beside
 /// it): closes skip hidden folders, so its periods would be closed and billed again. The
-/// close writing `out` is not refused for its own (its rerun warns of it, keeps it, and
-/// publishes the folder again). Closes hold the history's lock, so no other close can be
-/// between its two renames here.
+/// close writing `out` is not refused for its own (it puts it back under the output's
+/// lock, `write::restore_stranded_output`). Closes hold the history's lock, so no other
+/// close can be between its two renames here.
 pub fn refuse_a_stranded_close(dir: &Path, out: &Path) -> Result<()> {
     let own = crate::placed(out);
     let stranded = crate::write::stranded_previous_outputs(dir);
-    let Some((old, target)) = stranded.iter().find(|(old, target)| {
+    // The as-of of the close a stranded folder holds (`None`: no close).
+    let as_of_of = |old: &Path| {
+        let path = old.join("manifest.json");
+        let (manifest, _) = read_manifest(&path).ok()?;
+        close_as_of(&manifest, &path).ok().flatten()
+    };
+    let Some((old, target, as_of)) = stranded.iter().find_map(|(old, target)| {
         let name = target.file_name().map(|n| n.to_string_lossy().into_owned());
         let read = name.is_some_and(|n| !crate::load::is_hidden(&n));
-        let path = old.join("manifest.json");
-        let a_close = || {
-            (read_manifest(&path).ok()).is_some_and(|(manifest, _)| {
-                close_as_of(&manifest, &path).is_ok_and(|c| c.is_some())
-            })
-        };
-        read && target.file_name() != own.file_name() && a_close()
+        if !read || target.file_name() == own.file_name() {
+            return None;
+        }
+        Some((old, target, as_of_of(old)?))
     }) else {
         return Ok(());
     };
+    let of_target: Vec<&PathBuf> = (stranded.iter())
+        .filter(|(_, t)| t == target)
+        .map(|(o, _)| o)
+        .collect();
+    if of_target.len() > 1 {
+        // Which one belongs there is for a person to say: naming one would put back a
+        // close, and the next close bill the periods of another again.
+        return Err(TallyError::Refused(format!(
+            "{} is no close, and {} previous outputs of it are beside it ({}), swapped out by \
+             publishes that did not finish; closes under this history would bill their \
+             periods again: remove whatever is at {} and rename the one that belongs there \
+             back to it, remove the others, then rerun",
+            target.display(),
+            of_target.len(),
+            (of_target.iter())
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            target.display()
+        )));
+    }
     Err(TallyError::Refused(format!(
         "{}: the close that belongs at {} is only there: a publish swapped it out and was \
          stopped before its new output took the place (killed between its two renames); \
          closes under this history would bill its periods again. Rerun that close (its \
-         --out {}), which puts it back first, or rename it back by hand (mv {} {}, whatever \
-         is at {} removed first), then rerun",
+         --out {} and --as-of {}), which puts it back first, or rename it back by hand (mv \
+         {} {}, whatever is at {} removed first), then rerun",
         old.display(),
         target.display(),
         target.display(),
+        crate::time::format_instant(as_of),
         old.display(),
         target.display(),
         target.display()

@@ -972,22 +972,9 @@ pub fn restore_stranded_output(target: &Path) -> Result<()> {
                 "put back the previous output, which a publish swapped out and was stopped \
                  before its new output took the place (killed between its two renames)"
             );
-            sync_holder_or_warn(target);
-            Ok(())
+            sync_holder_or_warn(target)
         }
-        many => Err(TallyError::Refused(format!(
-            "{} is {}, and {} previous outputs of it are beside it ({}), swapped out by \
-             publishes that did not finish: remove whatever is at {} and rename the one that \
-             belongs there back to it, remove the others, then rerun",
-            target.display(),
-            not_an_output(target),
-            many.len(),
-            many.iter()
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-            target.display()
-        ))),
+        many => Err(several_stranded(target, many)),
     }
 }
 
@@ -996,24 +983,45 @@ pub fn restore_stranded_output(target: &Path) -> Result<()> {
 /// so it cannot put the output back, and its checks (a reconcile over a close) would not
 /// see it.
 pub fn refuse_a_stranded_output(target: &Path) -> Result<()> {
-    let stranded = stranded_previous_outputs(&folder_of(target));
-    let Some((old, _)) = stranded
-        .iter()
-        .find(|(_, of)| of.file_name() == target.file_name())
-    else {
-        return Ok(());
-    };
-    Err(TallyError::Refused(format!(
-        "{}: the output that belongs at {} is only there, swapped out by a publish that was \
-         stopped before its new output took the place; a shard cannot put it back: rerun \
-         the run that wrote it (or its merge), which puts it back first, or rename it back \
-         by hand (mv {} {}, whatever is at {} removed first), then run the shards",
-        old.display(),
+    let stranded: Vec<PathBuf> = stranded_previous_outputs(&folder_of(target))
+        .into_iter()
+        .filter(|(_, of)| of.file_name() == target.file_name())
+        .map(|(old, _)| old)
+        .collect();
+    match stranded.as_slice() {
+        [] => Ok(()),
+        [old] => Err(TallyError::Refused(format!(
+            "{}: the output that belongs at {} is only there, swapped out by a publish that \
+             was stopped before its new output took the place; a shard cannot put it back: \
+             rerun the run that wrote it on one machine (without --shard; or its merge, if \
+             its shard folders are still there), which puts it back first, or rename it back \
+             by hand (mv {} {}, whatever is at {} removed first), then run the shards",
+            old.display(),
+            target.display(),
+            old.display(),
+            target.display(),
+            target.display()
+        ))),
+        many => Err(several_stranded(target, many)),
+    }
+}
+
+/// The refusal of an output with several stranded previous outputs beside it: which one
+/// belongs there is for a person to say.
+fn several_stranded(target: &Path, stranded: &[PathBuf]) -> TallyError {
+    TallyError::Refused(format!(
+        "{} is {}, and {} previous outputs of it are beside it ({}), swapped out by publishes \
+         that did not finish: remove whatever is at {} and rename the one that belongs there \
+         back to it, remove the others, then rerun",
         target.display(),
-        old.display(),
-        target.display(),
+        not_an_output(target),
+        stranded.len(),
+        (stranded.iter())
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
         target.display()
-    )))
+    ))
 }
 
 /// Remove the staging folders of `target` that earlier runs left (killed, or their
@@ -1167,10 +1175,10 @@ fn remove_previous_output(old: &Path) {
 pub fn create_folder_all(folder: &Path) -> Result<()> {
     let missing: Vec<&Path> = folder.ancestors().take_while(|a| !a.exists()).collect();
     std::fs::create_dir_all(folder).map_err(write_err(folder))?;
-    for made in missing.iter().rev() {
-        sync_holder_or_warn(made);
-    }
-    Ok(())
+    missing
+        .iter()
+        .rev()
+        .try_for_each(|made| sync_holder_or_warn(made))
 }
 
 /// How many files [`sync_folder`] syncs at once: a sync mostly waits for the disk, and
@@ -1221,20 +1229,26 @@ fn files_and_folders_under(folder: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)
     Ok((files, folders))
 }
 
-/// Sync the folder holding `path` (which tally made or renamed there); a failure is a
-/// warning, not an error: what was asked of the folder is done, only its durability is not
-/// sure (a write-only drop folder cannot be opened to sync, a disk may be failing).
-fn sync_holder_or_warn(path: &Path) {
+/// Sync the folder holding `path` (which tally made or renamed there). A folder tally may
+/// not read (a write-only drop folder) cannot be opened to sync: a warning, since what was
+/// asked of it is done and only its durability is not sure. Any other failure (a failing
+/// disk) is an error.
+fn sync_holder_or_warn(path: &Path) -> Result<()> {
     let holder = folder_of(path);
-    if let Err(e) = sync_as_named(&holder) {
-        tracing::warn!(
-            folder = %holder.display(),
-            made = %path.display(),
-            error = %e,
-            "cannot sync this folder to disk after making or renaming an entry in it: after a \
-             crash before the system writes it, the entry may be lost; check the folder's \
-             permissions (tally must be able to read it) and the disk"
-        );
+    match sync_as_named(&holder) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            tracing::warn!(
+                folder = %holder.display(),
+                made = %path.display(),
+                error = %e,
+                "cannot open this folder to sync it to disk after making or renaming an entry \
+                 in it: after a crash before the system writes it, the entry may be lost; let \
+                 the user running tally read the folder"
+            );
+            Ok(())
+        }
+        Err(e) => Err(TallyError::write(&holder, e)),
     }
 }
 

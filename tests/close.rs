@@ -1414,9 +1414,9 @@ fn a_close_stranded_by_a_stopped_publish_is_refused_not_billed_again() {
             "tally: refused: {old}: the close that belongs at {target} is only there: a \
              publish swapped it out and was stopped before its new output took the place \
              (killed between its two renames); closes under this history would bill its \
-             periods again. Rerun that close (its --out {target}), which puts it back first, \
-             or rename it back by hand (mv {old} {target}, whatever is at {target} removed \
-             first), then rerun\n",
+             periods again. Rerun that close (its --out {target} and --as-of \
+             2026-12-01T00:00:00Z), which puts it back first, or rename it back by hand (mv \
+             {old} {target}, whatever is at {target} removed first), then rerun\n",
             old = old.display(),
             target = november.display()
         )
@@ -1451,6 +1451,19 @@ fn a_close_stranded_by_a_stopped_publish_is_refused_not_billed_again() {
         "{}",
         stderr(&verify)
     );
+    // Two stranded copies: no one of them is named to put back (the next close would bill
+    // the other's periods again).
+    let other = closes.join(".2026-12-01.tally-staging-4294968-old");
+    std::fs::create_dir(&other).unwrap();
+    let december = history_close(&root, &closes, "2027-01-01T00:00:00Z", "2027-01-01", &[]);
+    assert_eq!(december.status.code(), Some(3), "{}", stderr(&december));
+    assert!(
+        stderr(&december).contains("2 previous outputs of it are beside it")
+            && !stderr(&december).contains("mv "),
+        "{}",
+        stderr(&december)
+    );
+    std::fs::remove_dir(&other).unwrap();
     // A file there: a run writing it is refused, saying where the close is, which stays.
     std::fs::remove_dir(&november).unwrap();
     std::fs::write(&november, b"x").unwrap();

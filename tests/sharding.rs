@@ -2604,5 +2604,10 @@ fn a_shard_over_a_stranded_output_is_refused() {
         "{}",
         stderr(&merged)
     );
+    assert!(
+        String::from_utf8_lossy(&merged.stdout).contains("nothing to do"),
+        "{}",
+        String::from_utf8_lossy(&merged.stdout)
+    );
     assert!(out.join("manifest.json").is_file() && !old.exists());
 }
