@@ -437,19 +437,13 @@ fn unreadable_manifest(path: &Path, e: serde_json::Error) -> TallyError {
 pub fn refuse_a_stranded_close(dir: &Path, out: &Path) -> Result<()> {
     let own = crate::placed(out);
     let stranded = crate::write::stranded_previous_outputs(dir);
-    // The as-of of the close a stranded folder holds (`None`: no close).
-    let as_of_of = |old: &Path| {
-        let path = old.join("manifest.json");
-        let (manifest, _) = read_manifest(&path).ok()?;
-        close_as_of(&manifest, &path).ok().flatten()
-    };
     let Some((old, target, as_of)) = stranded.iter().find_map(|(old, target)| {
         let name = target.file_name().map(|n| n.to_string_lossy().into_owned());
         let read = name.is_some_and(|n| !crate::load::is_hidden(&n));
         if !read || target.file_name() == own.file_name() {
             return None;
         }
-        Some((old, target, as_of_of(old)?))
+        Some((old, target, stranded_close_as_of(old)?))
     }) else {
         return Ok(());
     };
@@ -478,12 +472,14 @@ pub fn refuse_a_stranded_close(dir: &Path, out: &Path) -> Result<()> {
         "{}: the close that belongs at {} is only there: a publish swapped it out and was \
          stopped before its new output took the place (killed between its two renames); \
          closes under this history would bill its periods again. Rerun that close (its \
-         --out {} and --as-of {}), which puts it back first, or rename it back by hand (mv \
-         {} {}, whatever is at {} removed first), then rerun",
+         --out {} and --as-of {}, with --history {} and its --data), which puts it back \
+         first, or rename it back by hand (mv {} {}, whatever is at {} removed first), then \
+         rerun",
         old.display(),
         target.display(),
         target.display(),
         crate::time::format_instant(as_of),
+        crate::shard::shell_word(&dir.display().to_string()),
         old.display(),
         target.display(),
         target.display()
@@ -525,8 +521,17 @@ fn refuse_a_close_not_named_in_utf8(folder: &Path) -> Result<()> {
 /// another data root may share the folder, and a first close has no history to give. A
 /// folder this cannot read is not this warning's to report (the close itself does not read
 /// it).
+/// The as-of of the close a stranded previous output (`write::stranded_previous_outputs`)
+/// holds; `None` when it holds no close.
+fn stranded_close_as_of(old: &Path) -> Option<Micros> {
+    let path = old.join("manifest.json");
+    let (manifest, _) = read_manifest(&path).ok()?;
+    close_as_of(&manifest, &path).ok().flatten()
+}
+
 pub fn warn_of_closes_not_read(out: &Path, as_of: Micros) {
     let dir = crate::write::folder_of(out);
+    warn_of_stranded_closes_not_read(&dir, out);
     let Ok(mut closes) = closes_under(&dir, Some(out)) else {
         return;
     };
@@ -554,6 +559,32 @@ pub fn warn_of_closes_not_read(out: &Path, as_of: Micros) {
         dir.display(),
         latest.name,
         crate::time::format_instant(latest.as_of),
+        crate::shard::shell_word(&dir.display().to_string()),
+    );
+}
+
+/// Warn, for a close without `--history`, of a close beside its `--out` that a stopped
+/// publish stranded (only in its hidden `-old` folder, which [`warn_of_closes_not_read`]
+/// does not see): its periods are closed and invoiced again.
+fn warn_of_stranded_closes_not_read(dir: &Path, out: &Path) {
+    let stranded = crate::write::stranded_previous_outputs(dir);
+    let Some((old, target, as_of)) = stranded.iter().find_map(|(old, target)| {
+        let other = target.file_name() != out.file_name();
+        other.then(|| stranded_close_as_of(old).map(|a| (old, target, a)))?
+    }) else {
+        return;
+    };
+    tracing::warn!(
+        folder = %old.display(),
+        "the close that belongs at {} (as of {}) is only in {}, swapped out by a publish that \
+         was stopped before its new output took the place, and this close does not read it, \
+         as it runs without --history: periods it closed are closed and invoiced again. If it \
+         is a close of this data root, put it back (rerun it with --history {}) and rerun this \
+         close with --history {} --force",
+        target.display(),
+        crate::time::format_instant(as_of),
+        old.display(),
+        crate::shard::shell_word(&dir.display().to_string()),
         crate::shard::shell_word(&dir.display().to_string()),
     );
 }

@@ -993,8 +993,9 @@ pub fn refuse_a_stranded_output(target: &Path) -> Result<()> {
         [old] => Err(TallyError::Refused(format!(
             "{}: the output that belongs at {} is only there, swapped out by a publish that \
              was stopped before its new output took the place; a shard cannot put it back: \
-             rerun the run that wrote it on one machine (without --shard; or its merge, if \
-             its shard folders are still there), which puts it back first, or rename it back \
+             rerun the run that wrote it on one machine (its command without --shard, with \
+             its --history if it had one; or its merge, if its shard folders are still there), \
+             which puts it back first, or rename it back \
              by hand (mv {} {}, whatever is at {} removed first), then run the shards",
             old.display(),
             target.display(),

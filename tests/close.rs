@@ -1406,6 +1406,17 @@ fn a_close_stranded_by_a_stopped_publish_is_refused_not_billed_again() {
 
     let old = closes.join(".2026-12-01.tally-staging-4294967-old");
     std::fs::rename(&november, &old).unwrap();
+    // A close beside it without --history, which bills its periods again, warns of it.
+    let beside = closes.join("2027-01-01");
+    let unread = run_command("close", &root, "2027-01-01T00:00:00Z", &beside)
+        .output()
+        .unwrap();
+    assert!(
+        stderr(&unread).contains(&format!("is only in {}", old.display())),
+        "{}",
+        stderr(&unread)
+    );
+    std::fs::remove_dir_all(&beside).unwrap();
     let december = history_close(&root, &closes, "2027-01-01T00:00:00Z", "2027-01-01", &[]);
     assert_eq!(december.status.code(), Some(3), "{}", stderr(&december));
     assert_eq!(
@@ -1415,10 +1426,12 @@ fn a_close_stranded_by_a_stopped_publish_is_refused_not_billed_again() {
              publish swapped it out and was stopped before its new output took the place \
              (killed between its two renames); closes under this history would bill its \
              periods again. Rerun that close (its --out {target} and --as-of \
-             2026-12-01T00:00:00Z), which puts it back first, or rename it back by hand (mv \
-             {old} {target}, whatever is at {target} removed first), then rerun\n",
+             2026-12-01T00:00:00Z, with --history {closes} and its --data), which puts it back \
+             first, or rename it back by hand (mv {old} {target}, whatever is at {target} \
+             removed first), then rerun\n",
             old = old.display(),
-            target = november.display()
+            target = november.display(),
+            closes = closes.display()
         )
     );
     assert!(!closes.join("2027-01-01").exists());
