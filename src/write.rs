@@ -1184,7 +1184,7 @@ pub fn create_folder_all(folder: &Path) -> Result<()> {
 
 /// How many files [`sync_folder`] syncs at once: a sync mostly waits for the disk, and
 /// syncs waiting together share the file system's journal commits.
-const SYNCS_AT_ONCE: usize = 8;
+pub const SYNCS_AT_ONCE: usize = 8;
 
 /// Sync `folder` to disk: every file and folder under it (the files first, in
 /// [`SYNCS_AT_ONCE`] threads), then the folder itself, so that a folder renamed into place
