@@ -1035,15 +1035,11 @@ fn check_alert(alert: &Alert, f: &AlertFigures) -> Option<String> {
 }
 
 /// Where the output that belongs at `out` is, when a publish stranded it beside `out`
-/// (`write::stranded_previous_outputs`), for a refusal of what stands at `out`; empty
+/// (`write::stranded_of`), for a refusal of what stands at `out`; empty
 /// otherwise.
 fn stranded_output_of(out: &Path) -> String {
-    let stranded = write::stranded_previous_outputs(&write::folder_of(out));
-    match stranded
-        .iter()
-        .find(|(_, of)| of.file_name() == out.file_name())
-    {
-        Some((old, _)) => format!(
+    match write::stranded_of(out).first() {
+        Some(old) => format!(
             " (the output that belongs there is in {}, swapped out by a publish that was \
              stopped before its new output took the place: rename it back once {} is out of \
              the way)",

@@ -226,11 +226,7 @@ fn read_manifest(out: &Path) -> Result<(Manifest, crate::time::Micros, crate::wr
         Err(e) => return Err(TallyError::io(out, e)),
     };
     if let Some(why) = why {
-        let stranded = crate::write::stranded_previous_outputs(&crate::write::folder_of(out));
-        if let Some((old, _)) = stranded
-            .iter()
-            .find(|(_, target)| target.file_name() == out.file_name())
-        {
+        if let Some(old) = crate::write::stranded_of(out).first() {
             return Err(TallyError::config(
                 out.display().to_string(),
                 format!(
@@ -255,12 +251,8 @@ fn read_manifest(out: &Path) -> Result<(Manifest, crate::time::Micros, crate::wr
         ));
     }
     if !path.exists() {
-        let stranded = crate::write::stranded_previous_outputs(&crate::write::folder_of(out));
-        let hint = match stranded
-            .iter()
-            .find(|(_, target)| target.file_name() == out.file_name())
-        {
-            Some((old, _)) => format!(
+        let hint = match crate::write::stranded_of(out).first() {
+            Some(old) => format!(
                 "; its previous output is in {}, swapped out by a publish that was stopped \
                  before the new output took its place: remove this folder and rename it back \
                  (mv {} {})",

@@ -930,6 +930,16 @@ pub fn stranded_previous_outputs(folder: &Path) -> Vec<(PathBuf, PathBuf)> {
     stranded
 }
 
+/// The previous outputs of `target` stranded beside it ([`stranded_previous_outputs`]), in
+/// name order.
+pub fn stranded_of(target: &Path) -> Vec<PathBuf> {
+    stranded_previous_outputs(&folder_of(target))
+        .into_iter()
+        .filter(|(_, of)| of.file_name() == target.file_name())
+        .map(|(old, _)| old)
+        .collect()
+}
+
 /// Put back the previous output of `target` that a two-rename publish swapped out and that
 /// nothing took the place of (the run was killed between its renames): `target` no tally
 /// output, its `.NAME.tally-staging-PID-old` beside it. `target` missing or an empty
@@ -940,11 +950,7 @@ pub fn stranded_previous_outputs(folder: &Path) -> Vec<(PathBuf, PathBuf)> {
 /// output (which no publish makes) are refused (exit 3): which one belongs there is for a
 /// person to say.
 pub fn restore_stranded_output(target: &Path) -> Result<()> {
-    let stranded: Vec<PathBuf> = stranded_previous_outputs(&folder_of(target))
-        .into_iter()
-        .filter(|(_, of)| of.file_name() == target.file_name())
-        .map(|(old, _)| old)
-        .collect();
+    let stranded = stranded_of(target);
     match stranded.as_slice() {
         [] => Ok(()),
         [old] => {
@@ -983,11 +989,7 @@ pub fn restore_stranded_output(target: &Path) -> Result<()> {
 /// so it cannot put the output back, and its checks (a reconcile over a close) would not
 /// see it.
 pub fn refuse_a_stranded_output(target: &Path) -> Result<()> {
-    let stranded: Vec<PathBuf> = stranded_previous_outputs(&folder_of(target))
-        .into_iter()
-        .filter(|(_, of)| of.file_name() == target.file_name())
-        .map(|(old, _)| old)
-        .collect();
+    let stranded = stranded_of(target);
     match stranded.as_slice() {
         [] => Ok(()),
         [old] => Err(TallyError::Refused(format!(

@@ -1480,15 +1480,18 @@ fn a_close_stranded_by_a_stopped_publish_is_refused_not_billed_again() {
     // A file there: a run writing it is refused, saying where the close is, which stays.
     std::fs::remove_dir(&november).unwrap();
     std::fs::write(&november, b"x").unwrap();
-    let over_a_file = tally(&[
-        "reconcile",
-        "--data",
-        root.to_str().unwrap(),
-        "--as-of",
-        "2026-12-01T00:00:00Z",
-        "--out",
-        november.to_str().unwrap(),
-    ]);
+    let reconcile_into_november = || {
+        tally(&[
+            "reconcile",
+            "--data",
+            root.to_str().unwrap(),
+            "--as-of",
+            "2026-12-01T00:00:00Z",
+            "--out",
+            november.to_str().unwrap(),
+        ])
+    };
+    let over_a_file = reconcile_into_november();
     assert_eq!(
         over_a_file.status.code(),
         Some(3),
@@ -1508,15 +1511,7 @@ fn a_close_stranded_by_a_stopped_publish_is_refused_not_billed_again() {
     std::fs::create_dir(&november).unwrap();
     // A reconcile into the close's folder (an empty folder again) puts the close back, then
     // is refused over it.
-    let reconcile = tally(&[
-        "reconcile",
-        "--data",
-        root.to_str().unwrap(),
-        "--as-of",
-        "2026-12-01T00:00:00Z",
-        "--out",
-        november.to_str().unwrap(),
-    ]);
+    let reconcile = reconcile_into_november();
     assert_eq!(reconcile.status.code(), Some(3), "{}", stderr(&reconcile));
     assert!(
         stderr(&reconcile).contains("put back the previous output"),
