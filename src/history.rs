@@ -435,38 +435,14 @@ fn unreadable_manifest(path: &Path, e: serde_json::Error) -> TallyError {
 /// lock, `write::restore_stranded_output`). Closes hold the history's lock, so no other
 /// close can be between its two renames here.
 pub fn refuse_a_stranded_close(dir: &Path, out: &Path) -> Result<()> {
-    let own = crate::placed(out);
-    let stranded = crate::write::stranded_previous_outputs(dir);
-    let Some((old, target, as_of)) = stranded.iter().find_map(|(old, target)| {
-        let name = target.file_name().map(|n| n.to_string_lossy().into_owned());
-        let read = name.is_some_and(|n| !crate::load::is_hidden(&n));
-        if !read || target.file_name() == own.file_name() {
-            return None;
-        }
-        Some((old, target, stranded_close_as_of(old)?))
-    }) else {
+    let Some((old, target, as_of)) = stranded_close_beside(dir, out) else {
         return Ok(());
     };
-    let of_target: Vec<&PathBuf> = (stranded.iter())
-        .filter(|(_, t)| t == target)
-        .map(|(o, _)| o)
-        .collect();
-    if of_target.len() > 1 {
+    let copies = crate::write::stranded_of(&target);
+    if copies.len() > 1 {
         // Which one belongs there is for a person to say: naming one would put back a
         // close, and the next close bill the periods of another again.
-        return Err(TallyError::Refused(format!(
-            "{} is no close, and {} previous outputs of it are beside it ({}), swapped out by \
-             publishes that did not finish; closes under this history would bill their \
-             periods again: remove whatever is at {} and rename the one that belongs there \
-             back to it, remove the others, then rerun",
-            target.display(),
-            of_target.len(),
-            (of_target.iter())
-                .map(|p| p.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-            target.display()
-        )));
+        return Err(crate::write::several_stranded(&target, &copies));
     }
     Err(TallyError::Refused(format!(
         "{}: the close that belongs at {} is only there: a publish swapped it out and was \
@@ -521,14 +497,6 @@ fn refuse_a_close_not_named_in_utf8(folder: &Path) -> Result<()> {
 /// another data root may share the folder, and a first close has no history to give. A
 /// folder this cannot read is not this warning's to report (the close itself does not read
 /// it).
-/// The as-of of the close a stranded previous output (`write::stranded_previous_outputs`)
-/// holds; `None` when it holds no close.
-fn stranded_close_as_of(old: &Path) -> Option<Micros> {
-    let path = old.join("manifest.json");
-    let (manifest, _) = read_manifest(&path).ok()?;
-    close_as_of(&manifest, &path).ok().flatten()
-}
-
 pub fn warn_of_closes_not_read(out: &Path, as_of: Micros) {
     let dir = crate::write::folder_of(out);
     warn_of_stranded_closes_not_read(&dir, out);
@@ -567,11 +535,7 @@ pub fn warn_of_closes_not_read(out: &Path, as_of: Micros) {
 /// publish stranded (only in its hidden `-old` folder, which [`warn_of_closes_not_read`]
 /// does not see): its periods are closed and invoiced again.
 fn warn_of_stranded_closes_not_read(dir: &Path, out: &Path) {
-    let stranded = crate::write::stranded_previous_outputs(dir);
-    let Some((old, target, as_of)) = stranded.iter().find_map(|(old, target)| {
-        let other = target.file_name() != out.file_name();
-        other.then(|| stranded_close_as_of(old).map(|a| (old, target, a)))?
-    }) else {
+    let Some((old, target, as_of)) = stranded_close_beside(dir, out) else {
         return;
     };
     tracing::warn!(
@@ -587,6 +551,25 @@ fn warn_of_stranded_closes_not_read(dir: &Path, out: &Path) {
         crate::shard::shell_word(&dir.display().to_string()),
         crate::shard::shell_word(&dir.display().to_string()),
     );
+}
+
+/// The first close under `dir` that a stopped publish stranded
+/// (`write::stranded_previous_outputs`), other than `out`'s own and of a folder a history
+/// reads (not hidden): its `-old` folder, the folder it belongs at, and its as-of.
+fn stranded_close_beside(dir: &Path, out: &Path) -> Option<(PathBuf, PathBuf, Micros)> {
+    let own = crate::placed(out);
+    crate::write::stranded_previous_outputs(dir)
+        .into_iter()
+        .find_map(|(old, target)| {
+            let name = target.file_name()?.to_string_lossy().into_owned();
+            if crate::load::is_hidden(&name) || target.file_name() == own.file_name() {
+                return None;
+            }
+            let path = old.join("manifest.json");
+            let (manifest, _) = read_manifest(&path).ok()?;
+            let as_of = close_as_of(&manifest, &path).ok().flatten()?;
+            Some((old, target, as_of))
+        })
 }
 
 /// Every close directly under `dir` but `exclude` (where the kernel takes it; `None`: none

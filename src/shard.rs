@@ -92,8 +92,7 @@ impl ShardManifest {
 }
 
 /// This build of tally: the sha256 of the source, toolchain and build settings it was built
-/// from (`build.rs`). Every
-/// build says version 0.1.0 until a release, and two builds of one version may write
+/// from (`build.rs`). Every build says version 0.1.0 until a release, and two builds of one version may write
 /// different outputs (a fix between them): shards of two builds merged would mix both (an
 /// Indexed Job whose nodes hold two images under one tag). A shard records it, and a merge
 /// refuses shards of another build than its own. Builds of one source for two

@@ -956,9 +956,11 @@ pub fn restore_stranded_output(target: &Path) -> Result<()> {
         [old] => {
             // Only an empty folder is taken away (made since, by a script's `mkdir -p`):
             // anything else there is for a person to look at.
-            let empty_folder = std::fs::symlink_metadata(target).is_ok_and(|m| m.is_dir())
-                && std::fs::remove_dir(target).is_ok();
-            if std::fs::symlink_metadata(target).is_ok() && !empty_folder {
+            let cleared = match std::fs::symlink_metadata(target) {
+                Err(_) => true,
+                Ok(m) => m.is_dir() && std::fs::remove_dir(target).is_ok(),
+            };
+            if !cleared {
                 return Err(TallyError::Refused(format!(
                     "{} is {}, and the output that belongs there is in {}, swapped out by a \
                      publish that was stopped before its new output took the place: remove {} \
@@ -1011,7 +1013,7 @@ pub fn refuse_a_stranded_output(target: &Path) -> Result<()> {
 
 /// The refusal of an output with several stranded previous outputs beside it: which one
 /// belongs there is for a person to say.
-fn several_stranded(target: &Path, stranded: &[PathBuf]) -> TallyError {
+pub fn several_stranded(target: &Path, stranded: &[PathBuf]) -> TallyError {
     TallyError::Refused(format!(
         "{} is {}, and {} previous outputs of it are beside it ({}), swapped out by publishes \
          that did not finish: remove whatever is at {} and rename the one that belongs there \
@@ -1212,23 +1214,20 @@ fn files_and_folders_under(folder: &Path) -> Result<(Vec<PathBuf>, Vec<PathBuf>)
     let mut k = 0;
     while k < folders.len() {
         let listed = std::fs::read_dir(&folders[k]).map_err(write_err(&folders[k]))?;
-        let mut entries = Vec::new();
         for entry in listed {
             let entry = entry.map_err(write_err(&folders[k]))?;
             let kind = entry.file_type().map_err(write_err(&entry.path()))?;
-            entries.push((entry.path(), kind));
-        }
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
-        for (path, kind) in entries {
             match kind.is_dir() {
-                true => folders.push(path),
-                false if kind.is_file() => files.push(path),
+                true => folders.push(entry.path()),
+                false if kind.is_file() => files.push(entry.path()),
                 false => {}
             }
         }
         k += 1;
     }
+    // A folder's path sorts before the paths under it.
     files.sort();
+    folders.sort();
     Ok((files, folders))
 }
 
