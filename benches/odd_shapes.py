@@ -10,12 +10,22 @@
         file (as a streaming sink that flushes every row writes them)
     odd_shapes.py allocations ROOT COPIES     1,000 events, and the account's allocation
         written COPIES times (an export that repeats a row: every copy overlaps every other)
+    odd_shapes.py ids ROOT ROWS ID_BYTES ACCOUNTS   ROWS usage and ROWS ledger rows over
+        ACCOUNTS accounts (each with its November allocation), every event_id and entry_id
+        ID_BYTES long (the row number, then seeded random hex), in row groups of 4,096
+        rows, the id columns without a dictionary (their footers' uncompressed size is
+        then the ids' bytes and lengths); prints the id columns' uncompressed bytes by the
+        footers, which is what tally counts
+    odd_shapes.py plans ROOT ACCOUNTS         ACCOUNTS accounts, each with its November
+        allocation and a promo grant, and 1,000 events of the first (allocations and grants
+        without usage: what a plan row costs by itself)
 
 The price book is the fixtures' (fixtures/pricebook.toml); the account has one November
 `max` allocation.
 """
 
 import os
+import random
 import shutil
 import sys
 import datetime as dt
@@ -108,6 +118,97 @@ def grants(path, count):
     pq.write_table(table, os.path.join(path, "grants", "g.parquet"))
 
 
+def allocations_of(path, accounts):
+    """One November `max` allocation for each of the accounts, in place of the root's."""
+    n = len(accounts)
+    table = pa.table(
+        {
+            "account_id": accounts,
+            "plan_id": ["max"] * n,
+            "period_start": pa.array([at(1)] * n, TS),
+            "period_end": pa.array([dt.datetime(2026, 12, 1, tzinfo=UTC)] * n, TS),
+            "included_credits": pa.array([Decimal("500")] * n, CREDITS),
+            "billing_anchor": pa.array([None] * n, TS),
+            "status": ["active"] * n,
+        }
+    )
+    pq.write_table(table, os.path.join(path, "allocations", "a.parquet"))
+
+
+def long_ids(path, rows, id_bytes, account_count):
+    """ROWS events and their debits over the accounts, ids ID_BYTES long; returns the id
+    columns' uncompressed bytes by the footers."""
+    accounts = [f"a{i:06d}" for i in range(account_count)]
+    allocations_of(path, accounts)
+    # Random hex after the row number (seeded: the same data every time), so that the
+    # outputs' ids do not compress to nothing, as real ids of that length would not.
+    fill = random.Random(1)
+    pad = max(id_bytes - 10, 0)
+
+    def long_id(prefix, i):
+        return f"{prefix}{i:09d}" + fill.randbytes((pad + 1) // 2).hex()[:pad]
+
+    ids = [long_id("e", i) for i in range(rows)]
+    entries = [long_id("d", i) for i in range(rows)]
+    owners = [accounts[i % account_count] for i in range(rows)]
+    times = pa.array([at(i % 18 + 1, i // 18 % 86_400) for i in range(rows)], TS)
+    usage = pa.table(
+        {
+            "event_id": ids,
+            "account_id": owners,
+            "product": ["studio"] * rows,
+            "action": ["prompt_to_video"] * rows,
+            "model": pa.array([None] * rows, pa.string()),
+            "quantity": pa.array([Decimal("2")] * rows, CREDITS),
+            "status": ["succeeded"] * rows,
+            "occurred_at": times,
+        }
+    )
+    debits = pa.table(
+        {
+            "entry_id": entries,
+            "account_id": owners,
+            "event_id": ids,
+            "kind": ["debit"] * rows,
+            "credits": pa.array([Decimal("16")] * rows, CREDITS),
+            "recorded_at": times,
+        }
+    )
+    id_bytes_in_footers = 0
+    for table, name in ((usage, "usage/u.parquet"), (debits, "debits/d.parquet")):
+        file = os.path.join(path, name)
+        plain = [c for c in ("event_id", "entry_id") if c in table.column_names]
+        dictionary = [c for c in table.column_names if c not in plain]
+        pq.write_table(table, file, row_group_size=4096, use_dictionary=dictionary)
+        meta = pq.ParquetFile(file).metadata
+        for g in range(meta.num_row_groups):
+            group = meta.row_group(g)
+            for c in range(group.num_columns):
+                column = group.column(c)
+                if column.path_in_schema in plain:
+                    id_bytes_in_footers += column.total_uncompressed_size
+    return id_bytes_in_footers
+
+
+def plans(path, account_count):
+    accounts = [f"a{i:07d}" for i in range(account_count)]
+    accounts[0] = "a1"
+    allocations_of(path, accounts)
+    table = pa.table(
+        {
+            "grant_id": [f"g{i:07d}" for i in range(account_count)],
+            "account_id": accounts,
+            "kind": ["promo"] * account_count,
+            "credits": pa.array([Decimal("100")] * account_count, CREDITS),
+            "effective_at": pa.array([at(2)] * account_count, TS),
+            "expires_at": pa.array([None] * account_count, TS),
+            "priority": pa.array([None] * account_count, pa.int32()),
+        }
+    )
+    pq.write_table(table, os.path.join(path, "grants", "g.parquet"))
+    usage_and_debits(path, 1000, 1 << 20)
+
+
 def main():
     shape, path = sys.argv[1], sys.argv[2]
     root(path)
@@ -124,6 +225,11 @@ def main():
     elif shape == "allocations":
         usage_and_debits(path, 1000, 1 << 20)
         allocation_copies(path, int(sys.argv[3]))
+    elif shape == "ids":
+        rows, id_bytes, accounts = (int(a) for a in sys.argv[3:6])
+        print(long_ids(path, rows, id_bytes, accounts))
+    elif shape == "plans":
+        plans(path, int(sys.argv[3]))
     else:
         sys.exit(f"odd_shapes.py: unknown shape {shape!r}")
 

@@ -52,6 +52,11 @@ pub trait Keyed: Serialize + DeserializeOwned + Clone + Send + Sync {
     /// first `shared` bytes are those of the record read before it, from which `kept` was
     /// kept.
     fn decode(bytes: &[u8], shared: usize, kept: &mut Self::Kept) -> postcard::Result<Self>;
+
+    /// About the bytes the row takes in a chunk of [`for_each_chunk`]: its struct and its
+    /// strings' bytes (which the chunk's Arrow batch copies). Chunks are bounded by them as
+    /// well as by rows, so that ids of kilobytes do not make a chunk of gigabytes.
+    fn chunk_bytes(&self) -> usize;
 }
 
 /// A record being read, field by field, by hand as postcard writes one (a string as its
@@ -220,6 +225,13 @@ impl Keyed for BilledEventRow {
             credits: r.option(RecordReader::milli)?,
         })
     }
+
+    fn chunk_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.account_id.len()
+            + self.invoice_id.len()
+            + self.event_id.len()
+    }
 }
 
 /// An invoice line and its account (the line itself names only its invoice).
@@ -297,6 +309,17 @@ impl Keyed for AccountLine {
                 credits: r.milli()?,
             },
         })
+    }
+
+    fn chunk_bytes(&self) -> usize {
+        let line = &self.line;
+        let model = line.model.as_ref().map_or(0, |model| model.len());
+        std::mem::size_of::<Self>()
+            + self.account_id.len()
+            + line.invoice_id.len()
+            + line.product.len()
+            + line.action.len()
+            + model
     }
 }
 
@@ -663,10 +686,23 @@ impl<T: Keyed> Ord for Head<T> {
     }
 }
 
-/// Stream the rows of all runs in output order, `chunk` rows at a time.
+/// How large a chunk of [`for_each_chunk`] grows.
+#[derive(Copy, Clone, Debug)]
+pub struct ChunkLimit {
+    /// A chunk closes at the end of the account that brings it to this many rows (an
+    /// account is not split for it, so chunks, and the Parquet pages cut from them, are
+    /// as they always were where the next limit is not reached).
+    pub rows: usize,
+    /// A chunk closes at the row that brings it to this many bytes ([`Keyed::chunk_bytes`]),
+    /// within an account if need be: an account of millions of rows, or rows with ids of
+    /// kilobytes, take no more memory than this a chunk.
+    pub bytes: usize,
+}
+
+/// Stream the rows of all runs in output order, a chunk at a time (`limit`).
 pub fn for_each_chunk<T: Keyed>(
     runs: &[Run<T>],
-    chunk: usize,
+    limit: ChunkLimit,
     mut each: impl FnMut(&[T]) -> Result<()>,
 ) -> Result<u64> {
     // Declared before the sources: dropped after them (its thread ends with their readers).
@@ -695,9 +731,17 @@ pub fn for_each_chunk<T: Keyed>(
             heap.push(Head { row, source: i });
         }
     }
-    let mut batch = Vec::with_capacity(chunk);
+    let mut batch = Vec::with_capacity(limit.rows);
+    let mut batch_bytes = 0usize;
     let mut written = 0u64;
     let mut last_account: Option<String> = None;
+    let mut flush = |batch: &mut Vec<T>, batch_bytes: &mut usize, written: &mut u64| {
+        *written += batch.len() as u64;
+        each(batch)?;
+        batch.clear();
+        *batch_bytes = 0;
+        Result::Ok(())
+    };
     while let Some(Head { row, source }) = heap.pop() {
         let account = row.account().to_string();
         // Each account once, in id order: a run out of order, or two runs holding one
@@ -708,28 +752,27 @@ pub fn for_each_chunk<T: Keyed>(
                 return Err(sources[source].out_of_order(last, &account));
             }
         }
-        batch.push(row);
         // The rest of this account comes from the same source: take it in one go.
-        loop {
+        let mut next = Some(row);
+        while let Some(row) = next.take() {
+            batch_bytes += row.chunk_bytes();
+            batch.push(row);
+            if batch_bytes >= limit.bytes {
+                flush(&mut batch, &mut batch_bytes, &mut written)?;
+            }
             match sources[source].next_row()? {
-                Some(next) if next.account() == account => batch.push(next),
-                Some(next) => {
-                    heap.push(Head { row: next, source });
-                    break;
-                }
-                None => break,
+                Some(row) if row.account() == account => next = Some(row),
+                Some(row) => heap.push(Head { row, source }),
+                None => {}
             }
         }
         last_account = Some(account);
-        if batch.len() >= chunk {
-            written += batch.len() as u64;
-            each(&batch)?;
-            batch.clear();
+        if batch.len() >= limit.rows {
+            flush(&mut batch, &mut batch_bytes, &mut written)?;
         }
     }
     if !batch.is_empty() || written == 0 {
-        written += batch.len() as u64;
-        each(&batch)?;
+        flush(&mut batch, &mut batch_bytes, &mut written)?;
     }
     Ok(written)
 }
@@ -749,6 +792,65 @@ mod tests {
         }
     }
 
+    /// Chunks of `rows` rows (to the end of an account), whatever their bytes.
+    fn by_rows(rows: usize) -> ChunkLimit {
+        ChunkLimit {
+            rows,
+            bytes: usize::MAX,
+        }
+    }
+
+    /// A chunk ends at the row that brings it to the byte limit, within an account if need
+    /// be, and every row comes once, in order; the row limit still waits for the end of
+    /// an account.
+    #[test]
+    fn chunks_end_at_the_byte_limit_even_within_an_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let long =
+            |account: &str, event: &str| row(account, &format!("{event}{}", "x".repeat(999)));
+        let a: Vec<_> = (1..=5).map(|i| long("a", &i.to_string())).collect();
+        let b = vec![long("b", "6"), long("b", "7")];
+        let one = a[0].chunk_bytes();
+        assert!(one > 1000, "the row's bytes count its id");
+        let runs = vec![
+            write_run(&dir.path().join("a.bin"), &a).unwrap(),
+            Run::Memory(vec![b]),
+        ];
+        let chunks_of = |limit| {
+            let mut chunks: Vec<Vec<String>> = Vec::new();
+            let rows = for_each_chunk(&runs, limit, |rows: &[BilledEventRow]| {
+                chunks.push(rows.iter().map(|r| r.event_id[..1].to_string()).collect());
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(rows, 7);
+            chunks
+        };
+        // Two rows' bytes: account a is cut after its 2nd and 4th rows.
+        let limit = ChunkLimit {
+            rows: 100,
+            bytes: 2 * one,
+        };
+        assert_eq!(
+            chunks_of(limit),
+            [vec!["1", "2"], vec!["3", "4"], vec!["5", "6"], vec!["7"]]
+        );
+        // One byte short of two rows: the same cuts, one row later.
+        let limit = ChunkLimit {
+            rows: 100,
+            bytes: 2 * one + 1,
+        };
+        assert_eq!(
+            chunks_of(limit),
+            [vec!["1", "2", "3"], vec!["4", "5", "6"], vec!["7"]]
+        );
+        // Rows alone: at the end of the account that reaches them.
+        assert_eq!(
+            chunks_of(by_rows(3)),
+            [vec!["1", "2", "3", "4", "5"], vec!["6", "7"]]
+        );
+    }
+
     #[test]
     fn runs_merge_by_account_and_chunks_end_at_account_boundaries() {
         let dir = tempfile::tempdir().unwrap();
@@ -764,7 +866,7 @@ mod tests {
             Run::Memory(vec![b]),
         ];
         let mut chunks: Vec<Vec<String>> = Vec::new();
-        let rows = for_each_chunk(&runs, 2, |rows| {
+        let rows = for_each_chunk(&runs, by_rows(2), |rows| {
             chunks.push(rows.iter().map(|r| r.event_id.to_string()).collect());
             Ok(())
         })
@@ -783,7 +885,7 @@ mod tests {
     fn runs_out_of_account_order_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let merged = |runs: &[Run<BilledEventRow>]| {
-            for_each_chunk(runs, 2, |_| Ok(()))
+            for_each_chunk(runs, by_rows(2), |_| Ok(()))
                 .map_err(|e| e.to_string())
                 .map(|_| ())
         };
@@ -834,7 +936,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let runs = vec![write_run(&dir.path().join("run.bin"), rows).unwrap()];
         let mut back = Vec::new();
-        for_each_chunk(&runs, 10, |chunk: &[T]| {
+        for_each_chunk(&runs, by_rows(10), |chunk: &[T]| {
             back.extend_from_slice(chunk);
             Ok(())
         })
@@ -1164,7 +1266,7 @@ mod tests {
         let mut calls = 0;
         let rows = for_each_chunk(
             &[BilledRun::Memory(Vec::new())],
-            4,
+            by_rows(4),
             |rows: &[BilledEventRow]| {
                 assert!(rows.is_empty());
                 calls += 1;
@@ -1248,7 +1350,7 @@ mod tests {
         let read = |bytes: &[u8]| {
             std::fs::write(&path, bytes).unwrap();
             let runs = [BilledRun::File(path.clone(), 2)];
-            for_each_chunk(&runs, 10, |_: &[BilledEventRow]| Ok(()))
+            for_each_chunk(&runs, by_rows(10), |_: &[BilledEventRow]| Ok(()))
                 .unwrap_err()
                 .to_string()
         };

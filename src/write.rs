@@ -429,8 +429,24 @@ pub fn billed_events_batch(rows: &[crate::engine::BilledEventRow]) -> RecordBatc
         .finish()
 }
 
-/// Rows per batch handed to the Parquet writer when streaming a table.
-const STREAM_CHUNK_ROWS: usize = 1 << 16;
+/// The batches handed to the Parquet writer when streaming a table: 65,536 rows (to the
+/// end of an account), or 16 MiB, whichever comes first. Up to about four batches are in
+/// flight (one being built, two queued, one being written), and ids of 4 KiB made a batch
+/// of 65,536 billed events 256 MiB in its rows and as much again in Arrow: a close with
+/// such ids peaked at four times a 256 MiB budget in its write stage, whatever the groups
+/// (`benches/memory-costs.sh`: benches/README.md, "Profiles and experiments (2026-12-07,
+/// 10:31: the planned memory costs measured)"). A row of the bench data takes about 120
+/// bytes, so its batches end at the rows.
+const STREAM_CHUNK: crate::runs::ChunkLimit = crate::runs::ChunkLimit {
+    rows: 1 << 16,
+    bytes: 16 << 20,
+};
+
+/// The most bytes a Parquet output's row group holds (by the writer's estimate of its
+/// encoded size; at most 1,048,576 rows besides): the writer keeps a row group in memory
+/// until it is whole. The bench data's largest row groups (a 20M-event close's
+/// `billed_events`) are about 33 MiB before compression, so they end at the rows.
+const ROW_GROUP_BYTES: usize = 64 << 20;
 
 /// What [`write_streamed`] wrote: the table's rows, and the sha256 of its Parquet file and
 /// of its CSV (when asked for one).
@@ -468,7 +484,7 @@ pub fn write_streamed<T: crate::runs::Keyed>(
             None => (None, None),
         };
         let producer = scope.spawn(move || {
-            crate::runs::for_each_chunk(runs, STREAM_CHUNK_ROWS, |rows| {
+            crate::runs::for_each_chunk(runs, STREAM_CHUNK, |rows| {
                 let chunk = batch(rows);
                 // A closed channel means that writer failed; it reports why.
                 if let Some(csv_send) = &csv_send {
@@ -559,7 +575,8 @@ impl<'a> ParquetOut<'a> {
                 ZstdLevel::try_new(ZSTD_LEVEL).expect("valid level"),
             ))
             .set_created_by(format!("tally {VERSION}"))
-            .set_max_row_group_row_count(Some(1 << 20));
+            .set_max_row_group_row_count(Some(1 << 20))
+            .set_max_row_group_bytes(Some(ROW_GROUP_BYTES));
         for column in UNIQUE_ID_COLUMNS {
             let path = ColumnPath::new(column.split('.').map(str::to_string).collect());
             props = props.set_column_dictionary_enabled(path, false);
@@ -1719,6 +1736,51 @@ mod tests {
             sha256_file(&path).unwrap(),
             "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
         );
+    }
+
+    /// A row group ends at [`ROW_GROUP_BYTES`] of encoded data (the writer holds a row
+    /// group in memory until it is whole): 24,000 rows of 4 KiB ids that hardly compress,
+    /// 94 MiB streamed in batches of 16 MiB (as [`STREAM_CHUNK`] cuts them), make two row
+    /// groups of at most the limit (and a page), not one. (The writer learns a row's size
+    /// from the batches before: one batch of 80 MiB would be one row group, but then the
+    /// batch itself holds that memory.)
+    #[test]
+    fn row_groups_end_at_their_byte_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        // xorshift64 bytes as printable ASCII: ids zstd barely shortens.
+        let mut random_id = || {
+            (0..4096)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    char::from(b'!' + ((state >> 57) % 94) as u8)
+                })
+                .collect::<String>()
+        };
+        let ids: Vec<String> = (0..24_000).map(|_| random_id()).collect();
+        assert_eq!(ids[0].len(), 4096);
+        assert!(ids[0].bytes().all(|b| b.is_ascii_graphic()));
+        let batch = |ids: &[String]| {
+            Table::default()
+                .str("event_id", ids.iter().map(String::as_str))
+                .finish()
+        };
+        let mut out = ParquetOut::create(&path, batch(&[]).schema()).unwrap();
+        for chunk in ids.chunks(4096) {
+            out.write(&batch(chunk)).unwrap();
+        }
+        out.finish().unwrap();
+        let reader = SerializedFileReader::new(File::open(&path).unwrap()).unwrap();
+        let groups = reader.metadata().row_groups();
+        assert_eq!(groups.len(), 2, "94 MiB of ids in row groups of 64 MiB");
+        let rows: i64 = groups.iter().map(|g| g.num_rows()).sum();
+        assert_eq!(rows, 24_000);
+        for group in groups {
+            assert!(group.compressed_size() <= (ROW_GROUP_BYTES + (2 << 20)) as i64);
+        }
     }
 
     /// Id columns are written plain (no dictionary to fill and drop); others keep theirs.

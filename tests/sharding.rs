@@ -2381,7 +2381,11 @@ fn merge_refuses_run_files_a_forged_partial_names_wrongly() {
     forgery.restore();
     let mut records: Vec<tally::engine::BilledEventRow> = Vec::new();
     let pristine_run = vec![Run::File(run.clone(), rows)];
-    tally::runs::for_each_chunk(&pristine_run, 1 << 20, |chunk| {
+    let whole = tally::runs::ChunkLimit {
+        rows: 1 << 20,
+        bytes: usize::MAX,
+    };
+    tally::runs::for_each_chunk(&pristine_run, whole, |chunk| {
         records.extend_from_slice(chunk);
         Ok(())
     })
