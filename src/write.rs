@@ -1124,6 +1124,16 @@ pub fn discard_staging(staging: &Path) {
 
 /// [`publish`], leaving the staging folder in place when it fails.
 fn publish_staging(staging: &Path, target: &Path) -> Result<()> {
+    publish_staging_by(staging, target, exchange)
+}
+
+/// [`publish_staging`] with the atomic exchange given (a test's stands for a kernel or
+/// file system without one).
+fn publish_staging_by(
+    staging: &Path,
+    target: &Path,
+    exchange: fn(&Path, &Path) -> std::io::Result<()>,
+) -> Result<()> {
     let (parent, prefix) = staging_prefix(target)?;
     sync_folder(staging)?;
     // An interrupt waits for the rename instead of removing a folder being renamed.
@@ -1544,6 +1554,60 @@ mod tests {
         );
         let io = exchange_failed(Path::new("/x/out"), os(libc::EIO)).to_string();
         assert!(io.contains("the previous output is as it was"), "{io}");
+    }
+
+    /// Without the exchange (EINVAL, as from a file system that has none) the publish swaps
+    /// by two renames: the new output in place, the previous one removed, no staging or
+    /// `-old` folder left. Any other failure of the exchange publishes nothing and keeps
+    /// the previous output; `publish` then removes the staging folder.
+    #[test]
+    fn without_the_exchange_two_renames_publish_and_other_failures_do_not() {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("out");
+        let output = |folder: &Path, text: &str| {
+            std::fs::create_dir(folder).unwrap();
+            std::fs::write(folder.join("a.txt"), text).unwrap();
+        };
+        let staging_of = |pid: u32| {
+            let (parent, prefix) = staging_prefix(&target).unwrap();
+            parent.join(format!("{prefix}{pid}"))
+        };
+        let names = || {
+            let mut names: Vec<String> = std::fs::read_dir(root.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        output(&target, "old");
+        let staging = staging_of(std::process::id());
+        output(&staging, "new");
+        let missing = |_: &Path, _: &Path| Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        publish_staging_by(&staging, &target, missing).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(target.join("a.txt")).unwrap(),
+            "new"
+        );
+        assert_eq!(names(), ["out"], "no staging or -old folder left");
+
+        output(&staging, "newer");
+        let failing = |_: &Path, _: &Path| Err(std::io::Error::from_raw_os_error(libc::EIO));
+        let error = publish_staging_by(&staging, &target, failing)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("the previous output is as it was"),
+            "{error}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(target.join("a.txt")).unwrap(),
+            "new"
+        );
+        assert!(
+            staging.exists(),
+            "publish_staging leaves it to publish to remove"
+        );
     }
 
     /// A folder that is not there is reported with its path.
