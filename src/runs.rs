@@ -53,11 +53,17 @@ pub trait Keyed: Serialize + DeserializeOwned + Clone + Send + Sync {
     /// kept.
     fn decode(bytes: &[u8], shared: usize, kept: &mut Self::Kept) -> postcard::Result<Self>;
 
-    /// About the bytes the row takes in a chunk of [`for_each_chunk`]: its struct and its
-    /// strings' bytes (which the chunk's Arrow batch copies). Chunks are bounded by them as
-    /// well as by rows, so that ids of kilobytes do not make a chunk of gigabytes.
+    /// About the bytes the row takes in a chunk of [`for_each_chunk`]: its strings' bytes
+    /// (which the chunk's Arrow batch copies) and [`ROW_BYTES`] for the rest. Chunks are
+    /// bounded by them as well as by rows, so that ids of kilobytes do not make a chunk of
+    /// gigabytes.
     fn chunk_bytes(&self) -> usize;
 }
+
+/// What [`Keyed::chunk_bytes`] counts for a row besides its strings: a fixed figure (about
+/// a row's struct), not `size_of`, so that where a chunk ends, and so the bytes of an
+/// output whose chunks reach their byte limit, do not change with the struct's layout.
+pub const ROW_BYTES: usize = 64;
 
 /// A record being read, field by field, by hand as postcard writes one (a string as its
 /// length, a varint, then its bytes; an integer as a zigzag varint; an option as a 0 or 1
@@ -227,10 +233,7 @@ impl Keyed for BilledEventRow {
     }
 
     fn chunk_bytes(&self) -> usize {
-        std::mem::size_of::<Self>()
-            + self.account_id.len()
-            + self.invoice_id.len()
-            + self.event_id.len()
+        ROW_BYTES + self.account_id.len() + self.invoice_id.len() + self.event_id.len()
     }
 }
 
@@ -314,7 +317,7 @@ impl Keyed for AccountLine {
     fn chunk_bytes(&self) -> usize {
         let line = &self.line;
         let model = line.model.as_ref().map_or(0, |model| model.len());
-        std::mem::size_of::<Self>()
+        ROW_BYTES
             + self.account_id.len()
             + line.invoice_id.len()
             + line.product.len()
@@ -731,6 +734,10 @@ pub fn for_each_chunk<T: Keyed>(
             heap.push(Head { row, source: i });
         }
     }
+    assert!(
+        limit.rows > 0 && limit.bytes > 0,
+        "a chunk holds a row at least"
+    );
     let mut batch = Vec::with_capacity(limit.rows);
     let mut batch_bytes = 0usize;
     let mut written = 0u64;
@@ -835,7 +842,7 @@ mod tests {
             chunks_of(limit),
             [vec!["1", "2"], vec!["3", "4"], vec!["5", "6"], vec!["7"]]
         );
-        // One byte short of two rows: the same cuts, one row later.
+        // One byte over two rows: each cut one row later.
         let limit = ChunkLimit {
             rows: 100,
             bytes: 2 * one + 1,
@@ -849,6 +856,60 @@ mod tests {
             chunks_of(by_rows(3)),
             [vec!["1", "2", "3", "4", "5"], vec!["6", "7"]]
         );
+    }
+
+    /// The chunks follow the merged rows alone: the same accounts in one run in memory, in
+    /// one run file or spread over several runs give the same chunks, under a byte limit
+    /// that cuts accounts too (a split, sharded or one-group close writes the same bytes).
+    #[test]
+    fn chunks_do_not_depend_on_how_the_rows_are_split_into_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows: Vec<BilledEventRow> = ["a", "b", "c", "d", "e", "f"]
+            .iter()
+            .flat_map(|account| {
+                (0..7).map(move |i| row(account, &format!("{account}{i}{}", "x".repeat(i * 90))))
+            })
+            .collect();
+        let of = |account: &str| -> Vec<BilledEventRow> {
+            rows.iter()
+                .filter(|r| &*r.account_id == account)
+                .cloned()
+                .collect()
+        };
+        let file = |name: &str, accounts: &[&str]| {
+            let rows: Vec<_> = accounts.iter().flat_map(|a| of(a)).collect();
+            write_run(&dir.path().join(name), &rows).unwrap()
+        };
+        let memory = |accounts: &[&str]| Run::Memory(accounts.iter().map(|a| of(a)).collect());
+        let limit = ChunkLimit {
+            rows: 10,
+            bytes: 1500,
+        };
+        let chunks_of = |runs: &[BilledRun]| {
+            let mut chunks: Vec<Vec<String>> = Vec::new();
+            for_each_chunk(runs, limit, |chunk: &[BilledEventRow]| {
+                chunks.push(chunk.iter().map(|r| r.event_id.to_string()).collect());
+                Ok(())
+            })
+            .unwrap();
+            chunks
+        };
+        let whole = chunks_of(&[memory(&["a", "b", "c", "d", "e", "f"])]);
+        assert!(whole.len() > 4, "the limit cuts: {whole:?}");
+        let cut_within_an_account = whole
+            .windows(2)
+            .any(|pair| pair[0].last().unwrap()[..1] == pair[1][0][..1]);
+        assert!(cut_within_an_account, "{whole:?}");
+        assert_eq!(
+            chunks_of(&[file("all.bin", &["a", "b", "c", "d", "e", "f"])]),
+            whole
+        );
+        let spread = [
+            file("1.bin", &["a", "d"]),
+            memory(&["b", "f"]),
+            file("2.bin", &["c", "e"]),
+        ];
+        assert_eq!(chunks_of(&spread), whole);
     }
 
     #[test]

@@ -430,21 +430,25 @@ pub fn billed_events_batch(rows: &[crate::engine::BilledEventRow]) -> RecordBatc
 }
 
 /// The batches handed to the Parquet writer when streaming a table: 65,536 rows (to the
-/// end of an account), or 16 MiB, whichever comes first. Up to about four batches are in
-/// flight (one being built, two queued, one being written), and ids of 4 KiB made a batch
-/// of 65,536 billed events 256 MiB in its rows and as much again in Arrow: a close with
-/// such ids peaked at four times a 256 MiB budget in its write stage, whatever the groups
-/// (`benches/memory-costs.sh`: benches/README.md, "Profiles and experiments (2026-12-07,
-/// 10:31: the planned memory costs measured)"). A row of the bench data takes about 120
-/// bytes, so its batches end at the rows.
+/// end of an account), or 16 MiB ([`crate::runs::Keyed::chunk_bytes`]), whichever comes
+/// first. A stream holds a chunk's rows and up to four Arrow batches (one being built, two
+/// queued, one being written; its CSV shares their buffers), and a close streams its two
+/// tables at once. Ids of 4,000 bytes made a batch of 65,536 billed events 256 MiB in its
+/// rows and as much again in Arrow: a close with such ids peaked at five times a 256 MiB
+/// budget in its write stage, whatever the groups (`benches/memory-costs.sh`:
+/// benches/README.md, "Profiles and experiments (2026-12-07, 10:31: the planned memory
+/// costs measured)"). A billed event of the bench data counts about 130 bytes and an
+/// invoice line about 170 (about 8 and 11 MiB a batch), so their batches end at the rows.
 const STREAM_CHUNK: crate::runs::ChunkLimit = crate::runs::ChunkLimit {
     rows: 1 << 16,
     bytes: 16 << 20,
 };
 
-/// The most bytes a Parquet output's row group holds (by the writer's estimate of its
+/// The most bytes a streamed table's row group holds (by the writer's estimate of its
 /// encoded size; at most 1,048,576 rows besides): the writer keeps a row group in memory
-/// until it is whole. The bench data's largest row groups (a 20M-event close's
+/// until it is whole. The writer learns a row's size from the batches before, so a table
+/// written in one batch ([`write_parquet`]: its batch holds that memory anyway) ends its
+/// row groups at the rows alone. The bench data's largest row groups (a 20M-event close's
 /// `billed_events`) are about 33 MiB before compression, so they end at the rows.
 const ROW_GROUP_BYTES: usize = 64 << 20;
 
