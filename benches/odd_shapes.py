@@ -49,27 +49,18 @@ def root(path):
     for folder in ("usage", "debits", "allocations", "grants"):
         os.makedirs(os.path.join(path, folder))
     shutil.copy(os.path.join(REPO, "fixtures", "pricebook.toml"), path)
-    allocations = pa.table(
-        {
-            "account_id": ["a1"],
-            "plan_id": ["max"],
-            "period_start": pa.array([at(1)], TS),
-            "period_end": pa.array([dt.datetime(2026, 12, 1, tzinfo=UTC)], TS),
-            "included_credits": pa.array([Decimal("500")], CREDITS),
-            "billing_anchor": pa.array([None], TS),
-            "status": ["active"],
-        }
-    )
-    pq.write_table(allocations, os.path.join(path, "allocations", "a.parquet"))
+    allocations_of(path, ["a1"])
 
 
-def usage_and_debits(path, rows, row_group_size, one_file_a_row=False):
-    ids = [f"e{i:08d}" for i in range(rows)]
+def events_and_debits(ids, entries, owners):
+    """The usage table of `ids` (events of `owners`, 2 seconds of prompt_to_video each, over
+    Nov 1-18) and the ledger table debiting each once with entry `entries`."""
+    rows = len(ids)
     times = pa.array([at(i % 18 + 1, i // 18 % 86_400) for i in range(rows)], TS)
     usage = pa.table(
         {
             "event_id": ids,
-            "account_id": ["a1"] * rows,
+            "account_id": owners,
             "product": ["studio"] * rows,
             "action": ["prompt_to_video"] * rows,
             "model": pa.array([None] * rows, pa.string()),
@@ -80,13 +71,20 @@ def usage_and_debits(path, rows, row_group_size, one_file_a_row=False):
     )
     debits = pa.table(
         {
-            "entry_id": [f"d{i:08d}" for i in range(rows)],
-            "account_id": ["a1"] * rows,
+            "entry_id": entries,
+            "account_id": owners,
             "event_id": ids,
             "kind": ["debit"] * rows,
             "credits": pa.array([Decimal("16")] * rows, CREDITS),
             "recorded_at": times,
         }
+    )
+    return usage, debits
+
+
+def usage_and_debits(path, rows, row_group_size, one_file_a_row=False):
+    usage, debits = events_and_debits(
+        [f"e{i:08d}" for i in range(rows)], [f"d{i:08d}" for i in range(rows)], ["a1"] * rows
     )
     if one_file_a_row:
         for i in range(rows):
@@ -151,29 +149,7 @@ def long_ids(path, rows, id_bytes, account_count):
     ids = [long_id("e", i) for i in range(rows)]
     entries = [long_id("d", i) for i in range(rows)]
     owners = [accounts[i % account_count] for i in range(rows)]
-    times = pa.array([at(i % 18 + 1, i // 18 % 86_400) for i in range(rows)], TS)
-    usage = pa.table(
-        {
-            "event_id": ids,
-            "account_id": owners,
-            "product": ["studio"] * rows,
-            "action": ["prompt_to_video"] * rows,
-            "model": pa.array([None] * rows, pa.string()),
-            "quantity": pa.array([Decimal("2")] * rows, CREDITS),
-            "status": ["succeeded"] * rows,
-            "occurred_at": times,
-        }
-    )
-    debits = pa.table(
-        {
-            "entry_id": entries,
-            "account_id": owners,
-            "event_id": ids,
-            "kind": ["debit"] * rows,
-            "credits": pa.array([Decimal("16")] * rows, CREDITS),
-            "recorded_at": times,
-        }
-    )
+    usage, debits = events_and_debits(ids, entries, owners)
     id_bytes_in_footers = 0
     for table, name in ((usage, "usage/u.parquet"), (debits, "debits/d.parquet")):
         file = os.path.join(path, name)
