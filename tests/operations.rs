@@ -2115,6 +2115,27 @@ fn signal_when_spilling(child: &std::process::Child, tmpdir: &Path, signal: i32)
     assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
 }
 
+/// Run `attempt` (a run signalled while it spills, returning its exit code) until the signal
+/// stops it, at most 5 times. On a loaded machine the signal can come after the run has
+/// claimed its own exit (`interrupt::claim_exit`, once its work is done): it then ends as it
+/// would have, exit 0 with `out` published, and is tried again (`out` removed). A run that
+/// never stops for the signal is returned after the last try, for its caller's assert.
+fn until_interrupted<T>(out: &Path, mut attempt: impl FnMut() -> (Option<i32>, T)) -> T {
+    for _ in 1..5 {
+        match attempt() {
+            (Some(0), _) => {
+                assert!(
+                    out.join("manifest.json").exists(),
+                    "exit 0 without its output"
+                );
+                std::fs::remove_dir_all(out).unwrap();
+            }
+            (_, ended) => return ended,
+        }
+    }
+    attempt().1
+}
+
 /// SIGTERM and SIGINT while a split run spills: the run removes its spill folder, publishes
 /// nothing, says so on one line and exits 128 + the signal (143, 130), as cron and
 /// Kubernetes report a stopped job; the next run publishes the undisturbed bytes.
@@ -2131,16 +2152,19 @@ fn an_interrupted_run_removes_its_spill_says_so_and_exits_128_plus_the_signal() 
         (libc::SIGINT, "SIGINT", 130),
     ] {
         let out = tmp.path().join(format!("out-{name}"));
-        let child = cmd("reconcile", &data, &out)
-            .args(["--groups", "4"])
-            .env("TMPDIR", &tmpdir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // Signal once the spill folder exists: the run is past its light pass.
-        signal_when_spilling(&child, &tmpdir, signal);
-        let ended = child.wait_with_output().unwrap();
+        let ended = until_interrupted(&out, || {
+            let child = cmd("reconcile", &data, &out)
+                .args(["--groups", "4"])
+                .env("TMPDIR", &tmpdir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            // Signal once the spill folder exists: the run is past its light pass.
+            signal_when_spilling(&child, &tmpdir, signal);
+            let ended = child.wait_with_output().unwrap();
+            (ended.status.code(), ended)
+        });
         let message = stderr(&ended);
         assert_eq!(ended.status.code(), Some(code), "{message}");
         assert!(
@@ -2267,26 +2291,30 @@ fn an_interrupted_run_without_stderr_still_ends() {
     let data = generated(tmp.path(), 300_000);
     let tmpdir = tmp.path().join("tmp");
     std::fs::create_dir(&tmpdir).unwrap();
-    let mut child = cmd("reconcile", &data, &tmp.path().join("out"))
-        .args(["--groups", "4"])
-        .env("TMPDIR", &tmpdir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stderr.take()); // the reader goes away
-    signal_when_spilling(&child, &tmpdir, libc::SIGTERM);
-    let waited = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if waited.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            panic!("the interrupted run did not end within 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let out = tmp.path().join("out");
+    let status = until_interrupted(&out, || {
+        let mut child = cmd("reconcile", &data, &out)
+            .args(["--groups", "4"])
+            .env("TMPDIR", &tmpdir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stderr.take()); // the reader goes away
+        signal_when_spilling(&child, &tmpdir, libc::SIGTERM);
+        let waited = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if waited.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                panic!("the interrupted run did not end within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        (status.code(), status)
+    });
     assert_eq!(status.code(), Some(143));
     assert!(spill_folders(&tmpdir).is_empty());
 }
