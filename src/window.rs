@@ -480,7 +480,9 @@ impl<'a> Group<'a> {
     /// period).
     fn covered(&self, bucket_accounts: &[u32]) -> (Vec<AccountWork<'a>>, Slots) {
         let window = &self.window;
-        let mut accounts = Vec::new();
+        // Sized up front: grown row by row, a vector keeps room for 4 (an account of one
+        // period held 160 bytes of them, not 40; `benches/memory-costs.sh`).
+        let mut accounts = Vec::with_capacity(bucket_accounts.len());
         let mut slots = Slots {
             first_alloc: Vec::with_capacity(bucket_accounts.len()),
             slot_of_alloc: Vec::new(),
@@ -491,7 +493,7 @@ impl<'a> Group<'a> {
             let allocs = self.allocations.of(code);
             let account_id = &self.allocations.accounts[code as usize];
             let first = slots.slot_of_alloc.len();
-            let mut periods = Vec::new();
+            let mut periods = Vec::with_capacity(allocs.len());
             for a in allocs {
                 let (start, end) = (a.period_start, a.period_end);
                 if covers(
