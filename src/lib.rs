@@ -1128,29 +1128,27 @@ pub(crate) fn write_outputs(
     output: &RunOutput,
     inputs: Vec<FileEntry>,
 ) -> Result<write::Sha256Hex> {
-    // The summary beside the tables (each alone keeps a core idle for part of its time).
-    let (tables, summary) =
-        rayon::join(|| write::output_tables(output), || report::summary(output));
-    let (tables, summary) = (tables?, summary?);
-    let table = |wanted: &str| {
-        tables
-            .iter()
-            .find(|(name, _)| *name == wanted)
-            .map(|(_, batch)| batch)
-            .ok_or_else(|| TallyError::Invariant(format!("no {wanted} table")))
-    };
-    let discrepancies = table("discrepancies.parquet")?;
-    let rejects = table("rejects.parquet")?;
+    // The summary beside the report's tables (each alone keeps a core idle for part of its
+    // time).
+    let ((discrepancies, rejects), summary) =
+        rayon::join(|| write::report_tables(output), || report::summary(output));
+    let summary = summary?;
     let mut jobs: Vec<WriteJob<'_>> = Vec::new();
     if output.settings.mode == Mode::Close {
         jobs.push(billed_events_job(dir, output));
         jobs.push(invoice_lines_job(dir, output));
     }
-    for (name, batch) in &tables {
+    for (name, batch) in [
+        ("discrepancies.parquet", &discrepancies),
+        ("rejects.parquet", &rejects),
+    ] {
         jobs.extend(table_jobs(dir, name, batch, output.book.exponent));
     }
+    for (name, build) in write::other_tables(output.settings.mode) {
+        jobs.push(built_table_job(dir, output, name, build));
+    }
     jobs.push(summary_job(dir, output, &summary));
-    jobs.push(report_job(dir, output, &summary, discrepancies, rejects));
+    jobs.push(report_job(dir, output, &summary, &discrepancies, &rejects));
     // Every file's sha256 was made as it was written (`write::HashedFile`); listed by path.
     let mut outputs = run_write_jobs(jobs)?;
     outputs.sort_by(|a, b| a.path.cmp(&b.path));
@@ -1221,6 +1219,24 @@ fn table_jobs<'a>(
             }
         }),
     ]
+}
+
+/// A table built in its job, then written (its Parquet file, then its CSV copy) and
+/// dropped: one table's batch at a time a thread, not every table's at once.
+fn built_table_job<'a>(
+    dir: &'a Path,
+    output: &'a RunOutput,
+    name: &'static str,
+    build: write::BuildTable,
+) -> WriteJob<'a> {
+    Box::new(move || {
+        let batch = build(output)?;
+        let mut files = Written::new();
+        for job in table_jobs(dir, name, &batch, output.book.exponent) {
+            files.extend(job()?);
+        }
+        Ok(files)
+    })
 }
 
 /// summary.json and summary.md.

@@ -17,7 +17,6 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
-use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
@@ -815,33 +814,34 @@ pub fn sha256_hex(bytes: &[u8]) -> Sha256Hex {
     hex::encode(sha256(bytes))
 }
 
-/// The output tables of a run (written in parallel; the manifest lists every file by path).
-pub fn output_tables(out: &RunOutput) -> Result<Vec<(&'static str, RecordBatch)>> {
-    type Build = fn(&RunOutput) -> Result<RecordBatch>;
-    let mut builds: Vec<(&'static str, Build)> = vec![
-        ("discrepancies.parquet", |o| Ok(discrepancies_table(o))),
-        ("rejects.parquet", |o| Ok(rejects_table(o))),
-    ];
-    match out.settings.mode {
-        Mode::Reconcile => builds.push(("balances.parquet", |o| Ok(balances_table(o)))),
-        Mode::Close => {
-            builds.push(("invoices.parquet", |o| Ok(invoices_table(o))));
-            // invoice_lines.parquet is streamed: `write_streamed`.
-            builds.push(("renewals.parquet", |o| Ok(renewals_table(o))));
-            builds.push(("allocations_next.parquet", |o| {
+/// What builds an output table's Arrow batch from a run's results.
+pub type BuildTable = fn(&RunOutput) -> Result<RecordBatch>;
+
+/// The tables the report reads besides its own files, `discrepancies` and `rejects`, built
+/// in parallel (each is a pass over its rows: the discrepancies' and balances', built one
+/// after the other, left the other core idle: benches/README.md, "Figures moved from
+/// source comments (2026-12-05)").
+pub fn report_tables(out: &RunOutput) -> (RecordBatch, RecordBatch) {
+    rayon::join(|| discrepancies_table(out), || rejects_table(out))
+}
+
+/// The mode's other tables, each built by the job that writes it and dropped once written
+/// (the manifest lists every file by path): built all at once before the writing, a close
+/// of many accounts held its invoices, renewals and next-period tables together, beside
+/// the results they were built from (`benches/memory-costs.sh`). `invoice_lines` and
+/// `billed_events` are streamed ([`write_streamed`]).
+pub fn other_tables(mode: Mode) -> Vec<(&'static str, BuildTable)> {
+    match mode {
+        Mode::Reconcile => vec![("balances.parquet", |o| Ok(balances_table(o)))],
+        Mode::Close => vec![
+            ("invoices.parquet", |o| Ok(invoices_table(o))),
+            ("renewals.parquet", |o| Ok(renewals_table(o))),
+            ("allocations_next.parquet", |o| {
                 Ok(allocations_next_table(o))
-            }));
-            builds.push(("grants_next.parquet", grants_next_table));
-            // billed_events.parquet is streamed: `write_streamed`.
-        }
+            }),
+            ("grants_next.parquet", grants_next_table),
+        ],
     }
-    // Built in parallel: each is a pass over its rows (the discrepancies' and balances',
-    // built one after the other, left the other core idle: benches/README.md, "Figures
-    // moved from source comments (2026-12-05)").
-    builds
-        .into_par_iter()
-        .map(|(name, build)| Ok((name, build(out)?)))
-        .collect()
 }
 
 // ---- atomic publish ----------------------------------------------------------------------
