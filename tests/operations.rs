@@ -3,7 +3,7 @@
 
 use crate::common::*;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const AS_OF: &str = "2026-11-20T00:00:00Z";
@@ -2102,7 +2102,7 @@ fn spill_folders(tmpdir: &Path) -> Vec<String> {
 }
 
 /// Send `signal` to `child` once it has a spill folder in `tmpdir` (past its light pass).
-fn signal_when_spilling(child: &std::process::Child, tmpdir: &Path, signal: i32) {
+fn signal_when_spilling(child: &Child, tmpdir: &Path, signal: i32) {
     let started = Instant::now();
     while spill_folders(tmpdir).is_empty() {
         assert!(
@@ -2113,6 +2113,23 @@ fn signal_when_spilling(child: &std::process::Child, tmpdir: &Path, signal: i32)
     }
     // SAFETY: the pid is our own child's, not yet waited for.
     assert_eq!(unsafe { libc::kill(child.id() as i32, signal) }, 0);
+}
+
+/// Waits for `child` for at most `limit`; past it, kills it and fails the test with
+/// `hang`: a run that never ends must fail its test, not hang the suite.
+fn wait_or_kill(child: &mut Child, limit: Duration, hang: &str) -> ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{hang}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Run `attempt` (a run signalled while it spills, returning its exit code) until the signal
@@ -2302,17 +2319,11 @@ fn an_interrupted_run_without_stderr_still_ends() {
             .unwrap();
         drop(child.stderr.take()); // the reader goes away
         signal_when_spilling(&child, &tmpdir, libc::SIGTERM);
-        let waited = Instant::now();
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if waited.elapsed() > Duration::from_secs(60) {
-                let _ = child.kill();
-                panic!("the interrupted run did not end within 60 s");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
+        let status = wait_or_kill(
+            &mut child,
+            Duration::from_secs(60),
+            "the interrupted run did not end within 60 s",
+        );
         (status.code(), status)
     });
     assert_eq!(status.code(), Some(143));
@@ -2547,18 +2558,11 @@ fn a_close_at_one_thread_finishes_with_the_bytes_of_two() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let started = Instant::now();
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if started.elapsed() > Duration::from_secs(120) {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("a close at {threads} thread(s) still runs after 120 s (deadlocked?)");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let status = wait_or_kill(
+            &mut child,
+            Duration::from_secs(120),
+            &format!("a close at {threads} thread(s) still runs after 120 s (deadlocked?)"),
+        );
         assert!(status.success(), "close at {threads} thread(s): {status}");
         outputs.push(folder_bytes(&out));
     }
@@ -3543,14 +3547,11 @@ fn a_fifo_at_the_lock_path_is_refused_and_a_live_pids_staging_removed() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > Duration::from_secs(60) {
-            let _ = child.kill();
-            panic!("a FIFO at the lock path blocked the run");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_or_kill(
+        &mut child,
+        Duration::from_secs(60),
+        "a FIFO at the lock path blocked the run",
+    );
     let refused = child.wait_with_output().unwrap();
     assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
     assert_eq!(
