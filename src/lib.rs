@@ -1221,8 +1221,10 @@ fn table_jobs<'a>(
     ]
 }
 
-/// A table built in its job, then written (its Parquet file, then its CSV copy) and
-/// dropped: one table's batch at a time a thread, not every table's at once.
+/// A table built in its job, then written (its Parquet file and its CSV copy side by
+/// side) and dropped once both are: a table's batch is held while it is written, not from
+/// the start of the write stage to its end. A failed build (an invariant) fails the run
+/// when its job runs, before anything is published.
 fn built_table_job<'a>(
     dir: &'a Path,
     output: &'a RunOutput,
@@ -1231,10 +1233,10 @@ fn built_table_job<'a>(
 ) -> WriteJob<'a> {
     Box::new(move || {
         let batch = build(output)?;
-        let mut files = Written::new();
-        for job in table_jobs(dir, name, &batch, output.book.exponent) {
-            files.extend(job()?);
-        }
+        let [parquet, csv] = table_jobs(dir, name, &batch, output.book.exponent);
+        let (parquet, csv) = rayon::join(|| parquet(), || csv());
+        let mut files = parquet?;
+        files.extend(csv?);
         Ok(files)
     })
 }

@@ -1155,11 +1155,6 @@ impl<'a> RunState<'a> {
             .collect();
         let mut discrepancy_rows = 0usize;
         let mut outside = window::Outside::default();
-        // Room for every account of the group at once: grown by doubling, the results (an
-        // account's result and its id, about 330 bytes) were copied into fresh memory
-        // again and again while the buckets' own still held them.
-        let accounts: usize = (done.iter().flatten()).map(|b| b.results.len()).sum();
-        partial.results.reserve(accounts);
         for bucket in done {
             let bucket = bucket?;
             outside.add(&bucket.outside);

@@ -337,6 +337,28 @@ pub struct BucketRows {
     pub local_of_row: Vec<u32>,
 }
 
+/// An account's covered periods (`slots[i]` is allocation `i`'s slot, `NONE` if it is not
+/// covered; `covered` of them are), in a vector of their number: a reconcile covers one of
+/// an account's months of allocations, and a vector grown by `push` keeps room for 4.
+fn covered_periods<'a>(
+    allocs: &'a [AllocationRow],
+    slots: &[u32],
+    covered: usize,
+) -> Vec<PeriodWork<'a>> {
+    let mut periods = Vec::with_capacity(covered);
+    periods.extend(
+        (allocs.iter().zip(slots))
+            .filter(|(_, &slot)| slot != NONE)
+            .map(|(allocation, _)| PeriodWork {
+                allocation,
+                events: 0..0,
+                unattached: 0..0,
+            }),
+    );
+    assert_eq!(periods.len(), covered, "covered periods miscounted");
+    periods
+}
+
 impl<'a> Group<'a> {
     /// Join the group's entries to its events and split its accounts into buckets
     /// (`buckets`: how many; `None`: about one per `ROWS_PER_BUCKET` rows).
@@ -493,7 +515,7 @@ impl<'a> Group<'a> {
             let allocs = self.allocations.of(code);
             let account_id = &self.allocations.accounts[code as usize];
             let first = slots.slot_of_alloc.len();
-            let mut periods = Vec::with_capacity(allocs.len());
+            let first_slot = next_slot;
             for a in allocs {
                 let (start, end) = (a.period_start, a.period_end);
                 if covers(
@@ -506,15 +528,15 @@ impl<'a> Group<'a> {
                 ) {
                     slots.slot_of_alloc.push(next_slot);
                     next_slot += 1;
-                    periods.push(PeriodWork {
-                        allocation: a,
-                        events: 0..0,
-                        unattached: 0..0,
-                    });
                 } else {
                     slots.slot_of_alloc.push(NONE);
                 }
             }
+            let periods = covered_periods(
+                allocs,
+                &slots.slot_of_alloc[first..],
+                (next_slot - first_slot) as usize,
+            );
             if periods.is_empty() {
                 slots.slot_of_alloc.truncate(first);
                 slots.first_alloc.push(NONE);
@@ -1117,6 +1139,38 @@ mod tests {
             ),
             vec![1, NO_EVENT]
         );
+    }
+
+    /// Only the covered periods are held, in a vector of their number: an account with a
+    /// year of allocations has one covered in a reconcile, and kept room for all twelve.
+    #[test]
+    fn an_accounts_covered_periods_take_no_spare_room() {
+        let allocs: Vec<AllocationRow> = (0..12)
+            .map(|month| AllocationRow {
+                at: RowRef {
+                    file: 0,
+                    row: month,
+                },
+                account_id: "acct-1".into(),
+                plan_id: "plan".into(),
+                period_start: month as Micros * 1_000,
+                period_end: (month as Micros + 1) * 1_000,
+                included_credits: crate::amount::Milli(0),
+                billing_anchor: None,
+                status: AllocationStatus::Active,
+            })
+            .collect();
+        let mut slots = vec![NONE; 12];
+        slots[11] = 7;
+        let periods = covered_periods(&allocs, &slots, 1);
+        assert_eq!(periods.len(), 1);
+        assert_eq!(periods.capacity(), 1);
+        assert!(std::ptr::eq(periods[0].allocation, &allocs[11]));
+        slots[3] = 8;
+        let periods = covered_periods(&allocs, &slots, 2);
+        let months: Vec<u64> = periods.iter().map(|p| p.allocation.at.row).collect();
+        assert_eq!((months, periods.capacity()), (vec![3, 11], 2));
+        assert_eq!(covered_periods(&allocs, &[NONE; 12], 0).capacity(), 0);
     }
 
     /// Contract: "Chargeable events consume, in order of (`occurred_at`, `event_id`)";

@@ -818,9 +818,9 @@ pub fn sha256_hex(bytes: &[u8]) -> Sha256Hex {
 pub type BuildTable = fn(&RunOutput) -> Result<RecordBatch>;
 
 /// The tables the report reads besides its own files, `discrepancies` and `rejects`, built
-/// in parallel (each is a pass over its rows: the discrepancies' and balances', built one
-/// after the other, left the other core idle: benches/README.md, "Figures moved from
-/// source comments (2026-12-05)").
+/// before the writing starts (the caller builds the summary beside them: each is a pass
+/// over its rows, and tables built one after the other left the other core idle:
+/// benches/README.md, "Figures moved from source comments (2026-12-05)").
 pub fn report_tables(out: &RunOutput) -> (RecordBatch, RecordBatch) {
     rayon::join(|| discrepancies_table(out), || rejects_table(out))
 }
