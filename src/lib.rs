@@ -1234,7 +1234,7 @@ fn built_table_job<'a>(
     Box::new(move || {
         let batch = build(output)?;
         let [parquet, csv] = table_jobs(dir, name, &batch, output.book.exponent);
-        let (parquet, csv) = rayon::join(|| parquet(), || csv());
+        let (parquet, csv) = rayon::join(parquet, csv);
         let mut files = parquet?;
         files.extend(csv?);
         Ok(files)
