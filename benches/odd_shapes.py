@@ -101,19 +101,27 @@ def allocation_copies(path, copies):
     pq.write_table(pa.concat_tables([one] * copies), os.path.join(path, "allocations", "a.parquet"))
 
 
-def grants(path, count):
+def grants_of(path, grant_ids, accounts, credits, day, priorities):
+    """Promo grants `grant_ids` of `accounts` (one each), `credits` each, effective on
+    November `day`, never expiring."""
+    n = len(grant_ids)
     table = pa.table(
         {
-            "grant_id": [f"g{i:08d}" for i in range(count)],
-            "account_id": ["a1"] * count,
-            "kind": ["promo"] * count,
-            "credits": pa.array([Decimal("1000")] * count, CREDITS),
-            "effective_at": pa.array([at(19)] * count, TS),
-            "expires_at": pa.array([None] * count, TS),
-            "priority": pa.array([i % 1000 for i in range(count)], pa.int32()),
+            "grant_id": grant_ids,
+            "account_id": accounts,
+            "kind": ["promo"] * n,
+            "credits": pa.array([Decimal(credits)] * n, CREDITS),
+            "effective_at": pa.array([at(day)] * n, TS),
+            "expires_at": pa.array([None] * n, TS),
+            "priority": pa.array(priorities, pa.int32()),
         }
     )
     pq.write_table(table, os.path.join(path, "grants", "g.parquet"))
+
+
+def grants(path, count):
+    ids = [f"g{i:08d}" for i in range(count)]
+    grants_of(path, ids, ["a1"] * count, "1000", 19, [i % 1000 for i in range(count)])
 
 
 def allocations_of(path, accounts):
@@ -170,18 +178,8 @@ def plans(path, account_count):
     accounts = [f"a{i:07d}" for i in range(account_count)]
     accounts[0] = "a1"
     allocations_of(path, accounts)
-    table = pa.table(
-        {
-            "grant_id": [f"g{i:07d}" for i in range(account_count)],
-            "account_id": accounts,
-            "kind": ["promo"] * account_count,
-            "credits": pa.array([Decimal("100")] * account_count, CREDITS),
-            "effective_at": pa.array([at(2)] * account_count, TS),
-            "expires_at": pa.array([None] * account_count, TS),
-            "priority": pa.array([None] * account_count, pa.int32()),
-        }
-    )
-    pq.write_table(table, os.path.join(path, "grants", "g.parquet"))
+    ids = [f"g{i:07d}" for i in range(account_count)]
+    grants_of(path, ids, accounts, "100", 2, [None] * account_count)
     usage_and_debits(path, 1000, 1 << 20)
 
 

@@ -248,13 +248,15 @@ fn key(seed: u64, tag: u64) -> u64 {
     mix64(seed ^ mix64(tag.wrapping_mul(GOLDEN)))
 }
 
-struct Rng(u64);
+/// The generator's counter-based random numbers (splitmix64): the same seed, stream and index
+/// give the same sequence.
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64, stream: u64, index: u64) -> Self {
+    pub(crate) fn new(seed: u64, stream: u64, index: u64) -> Self {
         Rng(mix64(key(seed, stream) ^ mix64(index.wrapping_add(GOLDEN))))
     }
-    fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(GOLDEN);
         mix64(self.0)
     }

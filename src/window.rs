@@ -502,8 +502,8 @@ impl<'a> Group<'a> {
     /// period).
     fn covered(&self, bucket_accounts: &[u32]) -> (Vec<AccountWork<'a>>, Slots) {
         let window = &self.window;
-        // Sized up front: grown row by row, a vector keeps room for 4 (an account of one
-        // period held 160 bytes of them, not 40; `benches/memory-costs.sh`).
+        // Room for every account of the bucket up front (most are covered): grown by
+        // doubling, the vector was copied again and again and kept up to twice the room.
         let mut accounts = Vec::with_capacity(bucket_accounts.len());
         let mut slots = Slots {
             first_alloc: Vec::with_capacity(bucket_accounts.len()),

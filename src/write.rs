@@ -1816,16 +1816,11 @@ mod tests {
     fn row_groups_end_at_their_byte_limit() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.parquet");
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        // xorshift64 bytes as printable ASCII: ids zstd barely shortens.
+        let mut rng = crate::generate::Rng::new(1, 0, 0);
+        // Random printable ASCII: ids zstd barely shortens.
         let mut random_id = || {
             (0..4096)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    char::from(b'!' + ((state >> 57) % 94) as u8)
-                })
+                .map(|_| char::from(b'!' + (rng.next_u64() >> 57) as u8 % 94))
                 .collect::<String>()
         };
         let ids: Vec<String> = (0..24_000).map(|_| random_id()).collect();
