@@ -14,6 +14,10 @@
 #   plans  PLAN_ACCOUNTS accounts with an allocation and a grant each (two plan rows) and
 #          no usage, against 1,000 such accounts: the peak's growth per plan row (planned
 #          at RowCosts::plan_row of RECONCILE_ROW_COSTS and CLOSE_ROW_COSTS)
+#   months the PLAN_ACCOUNTS accounts with an allocation for each of MONTHS months up to
+#          November, against one: the peak's growth per allocation a reconcile does not
+#          cover (an account's covered periods are held in a vector of their number,
+#          window::covered_periods; also planned at the plan row)
 #
 # Reconcile at 2026-11-20, close at 2026-12-01. Prints each run's peak and the costs per
 # byte and per row, beside the planned ones read from src/route.rs. Small sizes measure the
@@ -21,19 +25,20 @@
 # Environment: TALLY (default $CARGO_TARGET_DIR or ~/.cache/tally-target, release/tally),
 # BENCH_DIR (default /tmp/tally-bench: its venv gets pyarrow), ROWS (default 100000),
 # ID_BYTES (default 1000), SHORT_BYTES (default 20), ACCOUNTS (default 1000: the ids
-# data's), SPLIT_GROUPS (default 8), PLAN_ACCOUNTS (default 250000).
+# data's), SPLIT_GROUPS (default 8), PLAN_ACCOUNTS (default 250000), MONTHS (default 12).
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 TALLY=${TALLY:-${CARGO_TARGET_DIR:-$HOME/.cache/tally-target}/release/tally}
 BENCH_DIR=${BENCH_DIR:-/tmp/tally-bench}
 ROWS=${ROWS:-100000} ID_BYTES=${ID_BYTES:-1000} SHORT_BYTES=${SHORT_BYTES:-20}
 ACCOUNTS=${ACCOUNTS:-1000} SPLIT_GROUPS=${SPLIT_GROUPS:-8} PLAN_ACCOUNTS=${PLAN_ACCOUNTS:-250000}
+MONTHS=${MONTHS:-12}
 WORK="$BENCH_DIR/memory-costs"
 VENV="$BENCH_DIR/venv"
 [[ -x $TALLY ]] || { echo "memory-costs: no tally binary at $TALLY" >&2; exit 2; }
 [[ -x /usr/bin/time ]] || { echo "memory-costs: /usr/bin/time (GNU time) is needed" >&2; exit 2; }
-((SHORT_BYTES >= 10 && ID_BYTES > SHORT_BYTES && PLAN_ACCOUNTS > 1000)) ||
-    { echo "memory-costs: needs 10 <= SHORT_BYTES < ID_BYTES and PLAN_ACCOUNTS > 1000" >&2; exit 2; }
+((SHORT_BYTES >= 10 && ID_BYTES > SHORT_BYTES && PLAN_ACCOUNTS > 1000 && MONTHS > 1)) ||
+    { echo "memory-costs: needs 10 <= SHORT_BYTES < ID_BYTES, PLAN_ACCOUNTS > 1000 and MONTHS > 1" >&2; exit 2; }
 [[ -x $VENV/bin/python ]] || python3 -m venv "$VENV"
 "$VENV/bin/python" -c 'import pyarrow' 2>/dev/null || "$VENV/bin/pip" install -q pyarrow
 mkdir -p "$WORK"
@@ -89,4 +94,11 @@ for command in reconcile close; do
     planned=$RECONCILE_PLAN_ROW
     [[ $command == close ]] && planned=$CLOSE_PLAN_ROW
     echo "  $command: $(per "$peak" "$base" "$plan_rows") bytes of peak a plan row (planned: $planned)"
+    [[ $command == reconcile ]] && one_month=$peak
 done
+
+make_data plans "$WORK/plans-months" "$PLAN_ACCOUNTS" "$MONTHS"
+uncovered=$((PLAN_ACCOUNTS * (MONTHS - 1)))
+echo "months: $PLAN_ACCOUNTS accounts with $MONTHS monthly allocations each, against one"
+measure "reconcile, $MONTHS months" reconcile "$WORK/plans-months"
+echo "  reconcile: $(per "$peak" "$one_month" "$uncovered") bytes of peak an allocation not covered (planned: $RECONCILE_PLAN_ROW)"

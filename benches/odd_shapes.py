@@ -16,9 +16,10 @@
         rows, the id columns without a dictionary (their footers' uncompressed size is
         then the ids' bytes and lengths); prints the id columns' uncompressed bytes by the
         footers, which is what tally counts
-    odd_shapes.py plans ROOT ACCOUNTS         ACCOUNTS accounts, each with its November
+    odd_shapes.py plans ROOT ACCOUNTS [MONTHS]   ACCOUNTS accounts, each with its November
         allocation and a promo grant, and 1,000 events of the first (allocations and grants
-        without usage: what a plan row costs by itself)
+        without usage: what a plan row costs by itself); with MONTHS, an allocation for each
+        of the MONTHS months up to November (a reconcile covers November's alone)
 
 The price book is the fixtures' (fixtures/pricebook.toml); the account has one November
 `max` allocation.
@@ -124,18 +125,28 @@ def grants(path, count):
     grants_of(path, ids, ["a1"] * count, "1000", 19, [i % 1000 for i in range(count)])
 
 
-def allocations_of(path, accounts):
-    """One November `max` allocation for each of the accounts, in place of the root's."""
+def month_start(months_before_november):
+    """The first of the month that many months before November 2026."""
+    index = 2026 * 12 + 10 - months_before_november
+    return dt.datetime(index // 12, index % 12 + 1, 1, tzinfo=UTC)
+
+
+def allocations_of(path, accounts, months=1):
+    """A `max` allocation for each of the accounts for each of the `months` months up to
+    November (November's alone by default), in place of the root's."""
     n = len(accounts)
+    backs = range(months - 1, -1, -1)
+    starts = [month_start(back) for back in backs for _ in range(n)]
+    ends = [month_start(back - 1) for back in backs for _ in range(n)]
     table = pa.table(
         {
-            "account_id": accounts,
-            "plan_id": ["max"] * n,
-            "period_start": pa.array([at(1)] * n, TS),
-            "period_end": pa.array([dt.datetime(2026, 12, 1, tzinfo=UTC)] * n, TS),
-            "included_credits": pa.array([Decimal("500")] * n, CREDITS),
-            "billing_anchor": pa.array([None] * n, TS),
-            "status": ["active"] * n,
+            "account_id": accounts * months,
+            "plan_id": ["max"] * n * months,
+            "period_start": pa.array(starts, TS),
+            "period_end": pa.array(ends, TS),
+            "included_credits": pa.array([Decimal("500")] * n * months, CREDITS),
+            "billing_anchor": pa.array([None] * n * months, TS),
+            "status": ["active"] * n * months,
         }
     )
     pq.write_table(table, os.path.join(path, "allocations", "a.parquet"))
@@ -174,10 +185,10 @@ def long_ids(path, rows, id_bytes, account_count):
     return id_bytes_in_footers
 
 
-def plans(path, account_count):
+def plans(path, account_count, months=1):
     accounts = [f"a{i:07d}" for i in range(account_count)]
     accounts[0] = "a1"
-    allocations_of(path, accounts)
+    allocations_of(path, accounts, months)
     ids = [f"g{i:07d}" for i in range(account_count)]
     grants_of(path, ids, accounts, "100", 2, [None] * account_count)
     usage_and_debits(path, 1000, 1 << 20)
@@ -203,7 +214,7 @@ def main():
         rows, id_bytes, accounts = (int(a) for a in sys.argv[3:6])
         print(long_ids(path, rows, id_bytes, accounts))
     elif shape == "plans":
-        plans(path, int(sys.argv[3]))
+        plans(path, *(int(a) for a in sys.argv[3:5]))
     else:
         sys.exit(f"odd_shapes.py: unknown shape {shape!r}")
 
