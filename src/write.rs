@@ -1560,8 +1560,9 @@ mod tests {
         assert!(io.contains("the previous output is as it was"), "{io}");
     }
 
-    /// Without the exchange (EINVAL, as from a file system that has none) the publish swaps
-    /// by two renames: the new output in place, the previous one removed, no staging or
+    /// Contract, section 6: "The output folder appears whole or not at all (write beside
+    /// it, then rename)." Without the exchange (EINVAL, as from a file system that has
+    /// none) the publish swaps by two renames: the new output in place, the previous one removed, no staging or
     /// `-old` folder left. Any other failure of the exchange publishes nothing and keeps
     /// the previous output; `publish` then removes the staging folder.
     #[test]
