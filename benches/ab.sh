@@ -8,7 +8,9 @@
 # Each run writes to its own output folder (`--out` is added: do not pass one) and prints
 # wall seconds, user and system CPU seconds, minor page faults (pages the process touched
 # for the first time: on this project's VMs each costs a few microseconds of kernel time)
-# and peak RSS, from GNU time. At the end: each binary's runs side by side, and whether
+# and peak RSS, from GNU time, and the CPU seconds the hypervisor took from the machine
+# meanwhile (steal, /proc/stat: a split run's spill is paid so on some VMs; see
+# benches/io-steal.sh). At the end: each binary's runs side by side, and whether
 # the two binaries' last outputs are byte-identical (`diff -r`; exit 1 if not).
 #
 # Environment: AB_DIR  work folder for the outputs (default a fresh temporary folder,
@@ -28,18 +30,23 @@ dir=${AB_DIR:-$(mktemp -d)}
 [[ -n ${AB_DIR:-} ]] || trap 'rm -rf "$dir"' EXIT
 mkdir -p "$dir"
 
+# CPU seconds stolen from this VM since boot, all cores (/proc/stat's steal).
+stolen_s() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / {print $9 / hz}' /proc/stat; }
+
 declare -A seen
 for ((i = 1; i <= runs; i++)); do
     for side in A B; do
         bin=$a; [[ $side == B ]] && bin=$b
         out="$dir/out-$side"
         rm -rf "$out"
+        steal0=$(stolen_s)
         /usr/bin/time -o "$dir/time" -f "%e %U %S %R %M" "$bin" "$@" --out "$out" \
             >"$dir/stdout-$side" 2>"$dir/log-$side" || die "$side run $i failed: see $dir/log-$side"
+        stolen=$(awk -v a="$steal0" -v b="$(stolen_s)" 'BEGIN {printf "%.2f", b - a}')
         read -r wall user sys faults peak_kb <"$dir/time"
-        printf '%s run %d: %6.2f s wall, %6.2f s user, %5.2f s sys, %8d faults, %5d MiB peak\n' \
-            "$side" "$i" "$wall" "$user" "$sys" "$faults" $((peak_kb / 1024))
-        seen[$side]+="$wall s / ${sys} s sys / $faults faults / $((peak_kb / 1024)) MiB;  "
+        printf '%s run %d: %6.2f s wall, %6.2f s user, %5.2f s sys, %5.2f s stolen, %8d faults, %5d MiB peak\n' \
+            "$side" "$i" "$wall" "$user" "$sys" "$stolen" "$faults" $((peak_kb / 1024))
+        seen[$side]+="$wall s / ${sys} s sys / ${stolen} s stolen / $faults faults / $((peak_kb / 1024)) MiB;  "
     done
 done
 echo "A ($a): ${seen[A]}"

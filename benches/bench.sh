@@ -136,14 +136,22 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 # took during a measurement.
 OUR_CPU=0
 busy_cpu_s() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / {print ($2 + $3 + $4 + $7 + $8 + $9) / hz}' /proc/stat; }
+# CPU seconds the hypervisor has taken from this VM since boot (all cores; /proc/stat's
+# steal): time a core was ready to run but the host ran something else. On the bench's VM
+# a direct write or read while both cores are busy is paid so (about 1.6 s a GiB written,
+# 1 s a GiB read: benches/io-steal.sh), so a split run's spill costs more there than on
+# a machine of its own; the table shows it per run, and `foreign` below leaves it out.
+OUR_STEAL=0
+steal_cpu_s() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / {print $9 / hz}' /proc/stat; }
 
-# One timed run of a tool; its wall (s), CPU (user+sys s) and peak RSS (KB) are appended to
-# WALLS[TOOL], CPUS[TOOL] and RSSS[TOOL] (space-separated, in run order).
-declare -A WALLS=() CPUS=() RSSS=() PROCESS_WALLS=()
+# One timed run of a tool; its wall (s), CPU (user+sys s), peak RSS (KB) and the steal
+# during it (s) are appended to WALLS[TOOL], CPUS[TOOL], RSSS[TOOL] and STEALS[TOOL]
+# (space-separated, in run order).
+declare -A WALLS=() CPUS=() RSSS=() STEALS=() PROCESS_WALLS=()
 # run_once LABEL TOOL I RUNS OUTDIR -- CMD...
 run_once() {
     local label=$1 tool=$2 i=$3 runs=$4 out=$5; shift 6
-    local tf logf rc
+    local tf logf rc steal0 steal
     tf=$(mktemp)
     rm -rf "$out" "$out.tmp"            # close over its own output would be a no-op; DuckDB's spill
     # Write back what the generator or the previous run left dirty in the page cache
@@ -151,11 +159,13 @@ run_once() {
     sync
     logf="$BENCH_DIR/logs/$label-$tool-$i.log"
     rc=0
+    steal0=$(steal_cpu_s)
     # DuckDB's wall is its own (benches/duckdb_run.py: from its connection to the end of the
     # SQL), not Python's start-up and import; the process's wall is kept beside it.
     local sqlf=$tf.duckdb-seconds
     rm -f "$sqlf"
     DUCKDB_SECONDS_FILE=$sqlf /usr/bin/time -f '%e %M %U %S' -o "$tf" "$@" >"$logf" 2>&1 || rc=$?
+    steal=$(awk -v a="$steal0" -v b="$(steal_cpu_s)" 'BEGIN {printf "%.2f", b - a}')
     # tally exits 1 when an [alert] threshold is passed: still a finished run
     if [[ $rc -ne 0 && ! ( $tool == tally-* && $rc -eq 1 ) ]]; then
         rm -f "$tf" "$sqlf"
@@ -171,20 +181,23 @@ run_once() {
     fi
     RSSS[$tool]+="$(awk 'END {print $2}' "$tf") "
     CPUS[$tool]+="$(awk 'END {print $3 + $4}' "$tf") "
+    STEALS[$tool]+="$steal "
     OUR_CPU=$(awk -v a="$OUR_CPU" 'END {print a + $3 + $4}' "$tf")
-    log "  $tool run $i/$runs: $(awk 'END {printf "%s s wall, %.2f s cpu, %.0f MB", $1, $3 + $4, $2/1024}' "$tf")"
+    OUR_STEAL=$(awk -v a="$OUR_STEAL" -v s="$steal" 'BEGIN {print a + s}')
+    log "  $tool run $i/$runs: $(awk -v s="$steal" 'END {printf "%s s wall, %.2f s cpu, %.0f MB, %.2f s stolen", $1, $3 + $4, $2/1024, s}' "$tf")"
     rm -f "$tf"
 }
 
 # The median of a space-separated list.
 median_of() { tr ' ' '\n' <<<"$1" | grep . | median; }
 
-# medians TOOL -> sets M_WALL (s), M_CPU (user+sys s) and M_RSS (KB), each the median over
-# the tool's runs
+# medians TOOL -> sets M_WALL (s), M_CPU (user+sys s), M_RSS (KB) and M_STEAL (s), each
+# the median over the tool's runs
 medians() {
     M_WALL=$(median_of "${WALLS[$1]}")
     M_RSS=$(median_of "${RSSS[$1]}")
     M_CPU=$(median_of "${CPUS[$1]}")
+    M_STEAL=$(median_of "${STEALS[$1]}")
 }
 
 # paired_ratio A B -> the median over rounds of (A's wall / B's wall) in the same round: two
@@ -289,14 +302,15 @@ bench_size() {
     log "$label: $events events ($usage_rows usage rows, $debit_rows debit rows, $disk on disk), $runs run(s) each, load average $load0"
     warm_inputs "$data"
 
-    local w_scan c_scan r_scan w_rec c_rec r_rec w_close c_close r_close w_duck c_duck r_duck
-    local round g tool group_rows=()
-    OUR_CPU=0 busy0=$(busy_cpu_s) t0=$(date +%s.%N)
+    local w_scan c_scan r_scan s_scan w_rec c_rec r_rec s_rec w_close c_close r_close s_close
+    local w_duck c_duck r_duck s_duck round g tool group_rows=()
+    OUR_CPU=0 OUR_STEAL=0 busy0=$(busy_cpu_s) t0=$(date +%s.%N)
     for tool in tally-scan tally-reconcile tally-close duckdb; do
-        WALLS[$tool]="" CPUS[$tool]="" RSSS[$tool]=""
+        WALLS[$tool]="" CPUS[$tool]="" RSSS[$tool]="" STEALS[$tool]=""
     done
     for g in ${BENCH_GROUPS:-}; do
-        WALLS[tally-reconcile-groups-$g]="" CPUS[tally-reconcile-groups-$g]="" RSSS[tally-reconcile-groups-$g]=""
+        WALLS[tally-reconcile-groups-$g]="" CPUS[tally-reconcile-groups-$g]=""
+        RSSS[tally-reconcile-groups-$g]="" STEALS[tally-reconcile-groups-$g]=""
     done
     PROCESS_WALLS[duckdb]=""
     # Rounds: each tool once per round, so that the tools of a round run minutes apart at
@@ -328,15 +342,15 @@ bench_size() {
                 --out "$out/reconcile-groups" --groups "$g" --log-format json
         done
     done
-    medians tally-scan; w_scan=$M_WALL c_scan=$M_CPU r_scan=$M_RSS
-    medians tally-reconcile; w_rec=$M_WALL c_rec=$M_CPU r_rec=$M_RSS
-    medians tally-close; w_close=$M_WALL c_close=$M_CPU r_close=$M_RSS
-    medians duckdb; w_duck=$M_WALL c_duck=$M_CPU r_duck=$M_RSS
+    medians tally-scan; w_scan=$M_WALL c_scan=$M_CPU r_scan=$M_RSS s_scan=$M_STEAL
+    medians tally-reconcile; w_rec=$M_WALL c_rec=$M_CPU r_rec=$M_RSS s_rec=$M_STEAL
+    medians tally-close; w_close=$M_WALL c_close=$M_CPU r_close=$M_RSS s_close=$M_STEAL
+    medians duckdb; w_duck=$M_WALL c_duck=$M_CPU r_duck=$M_RSS s_duck=$M_STEAL
     local w_duck_process
     w_duck_process=$(median_of "${PROCESS_WALLS[duckdb]}")
     for g in ${BENCH_GROUPS:-}; do
         medians "tally-reconcile-groups-$g"
-        group_rows+=("tally reconcile --groups $g|$M_WALL|$M_RSS|$M_CPU")
+        group_rows+=("tally reconcile --groups $g|$M_WALL|$M_RSS|$M_CPU|$M_STEAL")
     done
     local paired_duck paired_scan
     paired_duck=$(paired_ratio duckdb tally-reconcile)
@@ -347,8 +361,8 @@ bench_size() {
     fi
 
     local foreign
-    foreign=$(awk -v b0="$busy0" -v b1="$(busy_cpu_s)" -v ours="$OUR_CPU" -v t0="$t0" -v t1="$(date +%s.%N)" -v n="$(nproc)" 'BEGIN {
-        f = b1 - b0 - ours; if (f < 0) f = 0
+    foreign=$(awk -v b0="$busy0" -v b1="$(busy_cpu_s)" -v ours="$OUR_CPU" -v stolen="$OUR_STEAL" -v t0="$t0" -v t1="$(date +%s.%N)" -v n="$(nproc)" 'BEGIN {
+        f = b1 - b0 - ours - stolen; if (f < 0) f = 0
         printf "%.1f %.1f", f, 100 * f / ((t1 - t0) * n)
     }')
     local tally_version duck_version results="$BENCH_DIR/results-$label.md"
@@ -362,16 +376,16 @@ bench_size() {
              "in $runs round(s) of every tool;" \
              "load average at start $load0; $(date -u +%Y-%m-%dT%H:%MZ)"
         echo
-        echo "| tool | wall s | peak RSS MB | events/s | CPU s (user+sys) |"
-        echo "|---|---:|---:|---:|---:|"
-        for row in "tally scan (bare decode)|$w_scan|$r_scan|$c_scan" \
-                   "tally reconcile|$w_rec|$r_rec|$c_rec" \
-                   "tally close|$w_close|$r_close|$c_close" \
-                   "DuckDB SQL reconcile (reconcile.sql; its own time)|$w_duck|$r_duck|$c_duck" \
+        echo "| tool | wall s | peak RSS MB | events/s | CPU s (user+sys) | stolen s |"
+        echo "|---|---:|---:|---:|---:|---:|"
+        for row in "tally scan (bare decode)|$w_scan|$r_scan|$c_scan|$s_scan" \
+                   "tally reconcile|$w_rec|$r_rec|$c_rec|$s_rec" \
+                   "tally close|$w_close|$r_close|$c_close|$s_close" \
+                   "DuckDB SQL reconcile (reconcile.sql; its own time)|$w_duck|$r_duck|$c_duck|$s_duck" \
                    ${group_rows[@]+"${group_rows[@]}"}; do
-            IFS='|' read -r name w r c <<<"$row"
-            awk -v n="$name" -v w="$w" -v r="$r" -v c="$c" -v e="$events" 'BEGIN {
-                printf "| %s | %.2f | %.0f | %s | %.2f |\n", n, w, r / 1024, (w > 0) ? sprintf("%.0f", e / w) : "n/a", c
+            IFS='|' read -r name w r c st <<<"$row"
+            awk -v n="$name" -v w="$w" -v r="$r" -v c="$c" -v st="$st" -v e="$events" 'BEGIN {
+                printf "| %s | %.2f | %.0f | %s | %.2f | %.2f |\n", n, w, r / 1024, (w > 0) ? sprintf("%.0f", e / w) : "n/a", c, st
             }'
         done
         echo
@@ -406,7 +420,11 @@ if total:
     print(f"- tally {tool} stages (its JSON log, last run): " + "; ".join(parts))
 PYEOF
         done
-        # other processes' CPU during the measurements (bench bookkeeping included, a few %)
+        awk 'BEGIN {
+            printf "- stolen s: CPU time the hypervisor took from this VM while the run ran (all cores, /proc/stat'"'"'s steal, median over the runs; not in CPU s): on the bench'"'"'s VM a direct write or read while both cores are busy is paid so (benches/io-steal.sh), e.g. a split run'"'"'s spill\n"
+        }'
+        # other processes' CPU during the measurements (bench bookkeeping included, a few %;
+        # steal left out: it is shown per run above)
         awk -v f="$foreign" 'BEGIN {
             split(f, x, " ")
             if (x[2] > 10)
