@@ -223,7 +223,7 @@ pub struct Breakdown {
 
 /// Rank accounts by |recorded − expected| (largest first, then account id bytes), keeping
 /// the first [`TOP_ACCOUNTS`] with a non-zero figure.
-pub fn top_accounts(results: &[(String, AccountResult)]) -> Result<(Vec<AccountFigures>, u64)> {
+pub fn top_accounts(results: &[(Shared, AccountResult)]) -> Result<(Vec<AccountFigures>, u64)> {
     let mut ranked: Vec<(u64, &str, &AccountResult, Milli)> = Vec::new();
     let mut unreconciled_accounts = 0u64;
     for (id, r) in results {
@@ -241,7 +241,7 @@ pub fn top_accounts(results: &[(String, AccountResult)]) -> Result<(Vec<AccountF
             continue;
         }
         unreconciled_accounts += 1;
-        ranked.push((unreconciled.0.unsigned_abs(), id.as_str(), r, unreconciled));
+        ranked.push((unreconciled.0.unsigned_abs(), &**id, r, unreconciled));
         if ranked.len() > 4 * TOP_ACCOUNTS {
             keep_top(&mut ranked);
         }
@@ -344,7 +344,7 @@ mod tests {
             let mut r = AccountResult::default();
             r.totals.expected_credits = Milli(expected);
             r.totals.recorded_credits = Milli(recorded);
-            (id.to_string(), r)
+            (Shared::from(id), r)
         };
         let mut results = vec![
             account("b", 100, 100),
@@ -374,7 +374,7 @@ mod tests {
         let account = |i: usize| {
             let mut r = AccountResult::default();
             r.totals.recorded_credits = Milli(i as i64 + 1);
-            (format!("acct-{i:03}"), r)
+            (Shared::from(format!("acct-{i:03}")), r)
         };
         let listed = |n: usize| {
             let results: Vec<_> = (0..n).map(account).collect();
@@ -398,7 +398,10 @@ mod tests {
         );
         for n in [4 * most, 4 * most + 1, 4 * most + 2, 10 * most] {
             let top = listed(n);
-            let expected: Vec<String> = (n - most..n).rev().map(|i| account(i).0).collect();
+            let expected: Vec<String> = (n - most..n)
+                .rev()
+                .map(|i| account(i).0.to_string())
+                .collect();
             assert_eq!(top, expected, "{n} accounts");
         }
     }

@@ -12,11 +12,12 @@ use chrono::{TimeZone, Utc};
 use sha2::Digest as _;
 use std::collections::BTreeMap;
 
+/// One row of `invoices` (its account and plan shared with its allocation's).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct InvoiceRow {
     pub invoice_id: String,
-    pub account_id: String,
-    pub plan_id: String,
+    pub account_id: Shared,
+    pub plan_id: Shared,
     pub period_start: Micros,
     pub period_end: Micros,
     pub currency: String,
@@ -45,14 +46,15 @@ pub struct InvoiceLineRow {
     pub credits: Milli,
 }
 
+/// One row of `renewals` (its account and plan shared with its allocation's).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RenewalRow {
-    pub account_id: String,
+    pub account_id: Shared,
     pub period_start: Micros,
     pub period_end: Micros,
     pub next_period_start: Option<Micros>,
     pub next_period_end: Option<Micros>,
-    pub plan_id: String,
+    pub plan_id: Shared,
     pub plan_credits_unused: Milli,
     pub rollover_credits: Milli,
     pub expired_credits: Milli,
@@ -181,7 +183,7 @@ pub fn close_period(
     allocation: &AllocationRow,
     figures: PeriodFigures<'_>,
 ) -> Result<ClosedPeriod> {
-    let plan = &book.plans[&allocation.plan_id];
+    let plan = &book.plans[&*allocation.plan_id];
     let invoice = invoice_row(book, plan, allocation, &figures)?;
     let lines = invoice_lines(&invoice.invoice_id, figures.lines);
     let renews = allocation.status == AllocationStatus::Active && plan.refresh;
@@ -253,7 +255,7 @@ fn invoice_row(
 ) -> Result<InvoiceRow> {
     let consumption = figures.consumption;
     let id = invoice_id(&allocation.account_id, allocation.period_start);
-    let whose = (id.as_str(), allocation.plan_id.as_str());
+    let whose = (id.as_str(), &*allocation.plan_id);
     let overage_minor = overage_amount_minor(book, plan, consumption.overage, whose)?;
     let total_minor = plan
         .price_minor

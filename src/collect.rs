@@ -312,7 +312,7 @@ fn short_next_periods(renewals: &[RenewalRow]) -> Option<(u64, String)> {
 /// few hundred bytes, and at 100M events a stable sort of the results themselves moved
 /// about 200 MB per pass. Account ids are distinct (an account processed twice is an
 /// internal error), so an unstable sort gives the one order.
-fn account_order(results: &[(String, AccountResult)]) -> Result<Vec<usize>> {
+fn account_order(results: &[(Shared, AccountResult)]) -> Result<Vec<usize>> {
     let mut order: Vec<usize> = (0..results.len()).collect();
     order.par_sort_unstable_by(|&a, &b| results[a].0.as_bytes().cmp(results[b].0.as_bytes()));
     match order
@@ -378,9 +378,8 @@ fn distinct_periods<'a>(rows: impl Iterator<Item = (&'a str, Micros)>) -> Vec<(&
 fn check_one_invoice_and_renewal_per_period(out: &AccountResult) -> Result<()> {
     let periods = out.totals.account_periods as usize;
     let invoiced =
-        distinct_periods((out.invoices.iter()).map(|i| (i.account_id.as_str(), i.period_start)));
-    let renewed =
-        distinct_periods((out.renewals.iter()).map(|r| (r.account_id.as_str(), r.period_start)));
+        distinct_periods((out.invoices.iter()).map(|i| (&*i.account_id, i.period_start)));
+    let renewed = distinct_periods((out.renewals.iter()).map(|r| (&*r.account_id, r.period_start)));
     let holds = out.invoices.len() == periods
         && out.renewals.len() == periods
         && invoiced.len() == periods
@@ -676,9 +675,9 @@ mod tests {
 
     #[test]
     fn accounts_come_in_byte_order_and_one_processed_twice_stops_the_run() {
-        let results = |ids: &[&str]| -> Vec<(String, AccountResult)> {
+        let results = |ids: &[&str]| -> Vec<(Shared, AccountResult)> {
             ids.iter()
-                .map(|id| (id.to_string(), AccountResult::default()))
+                .map(|id| (Shared::from(*id), AccountResult::default()))
                 .collect()
         };
         // Bytes, not characters or case: "B" < "a" < "é".

@@ -25,11 +25,11 @@ pub struct RunContext<'a> {
     pub settle_from: Micros,
 }
 
-/// One row of `balances`.
+/// One row of `balances` (its account and plan shared with its allocation's).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BalanceRow {
-    pub account_id: String,
-    pub plan_id: String,
+    pub account_id: crate::model::Shared,
+    pub plan_id: crate::model::Shared,
     pub period_start: Micros,
     pub period_end: Micros,
     pub granted: ByKind,
@@ -363,7 +363,7 @@ fn process_period(
     trace: Option<&mut Vec<PeriodTrace>>,
 ) -> Result<Option<ClosedPeriod>> {
     let alloc = period.allocation;
-    let plan = &ctx.book.plans[&alloc.plan_id];
+    let plan = &ctx.book.plans[&*alloc.plan_id];
     let events = &group.events[period.events.clone()];
     let unattached = &group.unattached[period.unattached.clone()];
     let priced = price_events(ctx, group, events)?;

@@ -836,12 +836,12 @@ fn seen_entries(
 
 fn period_view(book: &PriceBook, a: &AllocationRow) -> PeriodView {
     PeriodView {
-        plan_id: a.plan_id.clone(),
+        plan_id: a.plan_id.to_string(),
         period_start: format_instant(a.period_start),
         period_end: format_instant(a.period_end),
         status: a.status.name(),
         included_credits: a.included_credits,
-        overage_price_per_credit: match book.plans.get(&a.plan_id).map(|p| &p.overage) {
+        overage_price_per_credit: match book.plans.get(&*a.plan_id).map(|p| &p.overage) {
             Some(Overage::PricePerCredit(price)) => Some(price.normalize().to_string()),
             _ => None,
         },

@@ -547,7 +547,7 @@ fn close_figures(h: &mut String, out: &RunOutput, s: &Summary, cl: &crate::repor
         ],
     );
     // summary.md's note, under the same figures: totals summed over account-periods.
-    let accounts = out.invoices.iter().map(|i| i.account_id.as_str());
+    let accounts = out.invoices.iter().map(|i| &*i.account_id);
     let code = |name: &str| format!("<code>{}</code>", esc(name));
     if let Some(note) = crate::report::several_periods_note(accounts, code) {
         let _ = writeln!(h, "<p class=\"note\">{note}</p>");

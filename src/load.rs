@@ -2257,8 +2257,8 @@ pub fn parse_allocation(batch: &Batch, row: usize, at: RowRef) -> Parsed<Allocat
     };
     Parsed::Row(AllocationRow {
         at,
-        account_id,
-        plan_id,
+        account_id: account_id.into(),
+        plan_id: plan_id.into(),
         period_start,
         period_end,
         included_credits,
@@ -2356,7 +2356,7 @@ pub fn parse_grant(batch: &Batch, row: usize, at: RowRef) -> Parsed<GrantRow> {
     Parsed::Row(GrantRow {
         at,
         grant_id,
-        account_id,
+        account_id: account_id.into(),
         kind,
         credits,
         effective_at,

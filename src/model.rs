@@ -821,11 +821,16 @@ impl AllocationStatus {
     }
 }
 
+/// An allocation row. Its account and plan are shared strings: the rows a period's close
+/// makes from it (balances, invoice, renewal, next allocation, rollover grant) hold the
+/// same two strings, not copies (a split run holds every account's rows to the end), and
+/// `pipeline::load_plans` makes an account's allocations and grants and a plan's
+/// allocations share one string each.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct AllocationRow {
     pub at: RowRef,
-    pub account_id: String,
-    pub plan_id: String,
+    pub account_id: Shared,
+    pub plan_id: Shared,
     pub period_start: Micros,
     pub period_end: Micros,
     pub included_credits: Milli,
@@ -890,11 +895,12 @@ impl GrantKind {
     }
 }
 
+/// A grant row; its account is a shared string (see [`AllocationRow`]).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GrantRow {
     pub at: RowRef,
     pub grant_id: String,
-    pub account_id: String,
+    pub account_id: Shared,
     pub kind: GrantKind,
     pub credits: Milli,
     pub effective_at: Micros,

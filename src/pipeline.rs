@@ -295,11 +295,12 @@ pub fn load_plans(inputs: &Inputs, progress: &Progress) -> Result<Plans> {
             }
         }
     }
-    let (grant_rows, r, grant_read) =
+    let (mut grant_rows, r, grant_read) =
         load::read_dataset(&files[2], &load::GRANT_COLUMNS, &load::parse_grant, &|| {
             stage.tick()
         })?;
     rejects.extend(r);
+    share_plan_strings(&mut alloc_rows, &mut grant_rows);
     let allocations = validate::allocations(
         alloc_rows,
         &inputs.book,
@@ -333,6 +334,28 @@ pub fn load_plans(inputs: &Inputs, progress: &Progress) -> Result<Plans> {
         rejected_periods,
         rows_read: [alloc_read, grant_read],
     })
+}
+
+/// Make an account's allocations and grants, and a plan's allocations, hold one string
+/// each for the account and the plan: each row was read with strings of its own, and the
+/// rows a run makes from an allocation (balances; a close's invoice, renewal, next
+/// allocation and rollover grant) share its strings in turn, held by a split run until
+/// its end.
+fn share_plan_strings(allocations: &mut [AllocationRow], grants: &mut [GrantRow]) {
+    let mut first: HashSet<Shared, validate::FastHash> = HashSet::default();
+    let mut share = |text: &mut Shared| match first.get(&**text) {
+        Some(shared) => *text = shared.clone(),
+        None => {
+            first.insert(text.clone());
+        }
+    };
+    for allocation in allocations.iter_mut() {
+        share(&mut allocation.account_id);
+        share(&mut allocation.plan_id);
+    }
+    for grant in grants.iter_mut() {
+        share(&mut grant.account_id);
+    }
 }
 
 /// A group's valid usage and ledger rows in (file, row) order, and their ids.
@@ -399,7 +422,7 @@ fn compute_groups(
     partial
         .results
         .reserve_exact(accounts_by_group.iter().map(Vec::len).sum());
-    let builder = DictBuilder::new(allocations.accounts.iter().map(String::as_str));
+    let builder = DictBuilder::new(allocations.accounts.iter().map(|account| &**account));
     let context = Context {
         settings,
         layout,
@@ -1210,7 +1233,7 @@ impl<'a> RunState<'a> {
                 _ => process_account(&self.ctx, work, account, &mut mix, None)?,
             };
             r.shrink();
-            results.push((id.to_string(), r));
+            results.push((id.clone(), r));
         }
         Ok(BucketDone {
             results,
@@ -1251,7 +1274,7 @@ impl<'a> RunState<'a> {
 
 /// What processing one bucket gives.
 struct BucketDone {
-    results: Vec<(String, AccountResult)>,
+    results: Vec<(Shared, AccountResult)>,
     mix: crate::breakdown::Mix,
     rejects: Vec<Reject>,
     outside: window::Outside,
@@ -1265,7 +1288,7 @@ struct BucketDone {
 fn close_runs(
     scratch: Option<&Path>,
     group: usize,
-    results: &mut [(String, AccountResult)],
+    results: &mut [(Shared, AccountResult)],
 ) -> Result<(BilledRun, LineRun)> {
     results.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     let runs = match scratch {
@@ -1278,7 +1301,7 @@ fn close_runs(
             let lines = results
                 .iter_mut()
                 .map(|(account, r)| {
-                    let account_id = crate::model::Shared::from(account.as_str());
+                    let account_id = account.clone();
                     let lines = std::mem::take(&mut r.invoice_lines).into_iter();
                     lines
                         .map(|line| AccountLine {
@@ -1291,7 +1314,7 @@ fn close_runs(
             (Run::Memory(billed), Run::Memory(lines))
         }
         Some(dir) => {
-            let written: &[(String, AccountResult)] = results;
+            let written: &[(Shared, AccountResult)] = results;
             // Two files: one core each (the next group's read-back is beside this).
             let (billed, lines) = rayon::join(
                 || {
@@ -1328,6 +1351,60 @@ mod tests {
     use super::*;
     use crate::model::At;
     use proptest::prelude::*;
+
+    /// After `share_plan_strings` an account's allocations and grants hold one string for
+    /// the account and a plan's allocations one for the plan (the same allocation of every
+    /// row, `Arc::ptr_eq`), with the text each row was read with.
+    #[test]
+    fn an_accounts_plan_rows_share_its_string_and_a_plans_rows_share_the_plans() {
+        let at = |row| RowRef { file: 0, row };
+        let allocation = |row, account: &str, plan: &str| AllocationRow {
+            at: at(row),
+            account_id: account.into(),
+            plan_id: plan.into(),
+            period_start: 0,
+            period_end: 1,
+            included_credits: crate::amount::Milli(0),
+            billing_anchor: None,
+            status: AllocationStatus::Active,
+        };
+        let grant = |row, account: &str| GrantRow {
+            at: at(row),
+            grant_id: format!("g{row}"),
+            account_id: account.into(),
+            kind: GrantKind::Promo,
+            credits: crate::amount::Milli(1),
+            effective_at: 0,
+            expires_at: None,
+            priority: None,
+        };
+        let mut allocations = vec![
+            allocation(0, "acct-1", "pro"),
+            allocation(1, "acct-2", "pro"),
+            allocation(2, "acct-1", "basic"),
+        ];
+        let mut grants = vec![grant(0, "acct-2"), grant(1, "acct-1"), grant(2, "acct-3")];
+        assert!(!Arc::ptr_eq(
+            &allocations[0].account_id,
+            &allocations[2].account_id
+        ));
+        share_plan_strings(&mut allocations, &mut grants);
+        let same = |a: &Shared, b: &Shared| Arc::ptr_eq(a, b);
+        assert!(same(&allocations[0].account_id, &allocations[2].account_id));
+        assert!(same(&allocations[0].account_id, &grants[1].account_id));
+        assert!(same(&allocations[1].account_id, &grants[0].account_id));
+        assert!(same(&allocations[0].plan_id, &allocations[1].plan_id));
+        assert!(!same(
+            &allocations[0].account_id,
+            &allocations[1].account_id
+        ));
+        let accounts: Vec<&str> = allocations.iter().map(|a| &*a.account_id).collect();
+        assert_eq!(accounts, ["acct-1", "acct-2", "acct-1"]);
+        let plans: Vec<&str> = allocations.iter().map(|a| &*a.plan_id).collect();
+        assert_eq!(plans, ["pro", "pro", "basic"]);
+        let granted: Vec<&str> = grants.iter().map(|g| &*g.account_id).collect();
+        assert_eq!(granted, ["acct-2", "acct-1", "acct-3"]);
+    }
 
     /// The largest account is the one with the most usage and ledger rows; of equal
     /// counts the least id, also when its code is the greater (an account without

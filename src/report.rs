@@ -394,7 +394,7 @@ fn md_close_figures(md: &mut String, out: &RunOutput, s: &Summary, c: &CloseTota
         "| credits rolled over / expired / carried | {} / {} / {} |",
         c.rollover_credits, c.expired_credits, c.carried_credits
     );
-    let accounts = out.invoices.iter().map(|i| i.account_id.as_str());
+    let accounts = out.invoices.iter().map(|i| &*i.account_id);
     if let Some(note) = several_periods_note(accounts, |name| format!("`{name}`")) {
         let _ = writeln!(md, "\n{note}");
     }

@@ -124,7 +124,7 @@ pub struct RunOutput {
 #[derive(Default, serde::Serialize, serde::Deserialize)]
 pub struct Partial {
     /// Per account, in no particular order.
-    pub results: Vec<(String, AccountResult)>,
+    pub results: Vec<(Shared, AccountResult)>,
     pub rejects: Vec<Reject>,
     /// Rows of each dataset this shard accounts for (each row is accounted for by exactly
     /// one shard: the one that processed or rejected it).

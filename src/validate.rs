@@ -28,7 +28,8 @@ fn reject(dataset: Dataset, at: RowRef, reason: Reason, detail: String) -> Rejec
 /// position is its code in the run's [`Dicts`]), each one's periods sorted by start.
 #[derive(Clone, Debug, Default)]
 pub struct Allocations {
-    pub accounts: Vec<String>,
+    /// Each account's id, shared with its allocation rows.
+    pub accounts: Vec<Shared>,
     pub periods: Vec<Vec<AllocationRow>>,
     /// Every account's periods as (start, end), account after account: what placing an
     /// event reads (`spans[first[code]..first[code + 1]]`).
@@ -37,7 +38,7 @@ pub struct Allocations {
 }
 
 impl Allocations {
-    fn new(accounts: Vec<String>, periods: Vec<Vec<AllocationRow>>) -> Allocations {
+    fn new(accounts: Vec<Shared>, periods: Vec<Vec<AllocationRow>>) -> Allocations {
         let mut first = Vec::with_capacity(periods.len() + 1);
         let mut spans = Vec::new();
         for allocs in &periods {
@@ -110,7 +111,7 @@ impl RejectedPeriod {
     fn of(row: &AllocationRow) -> RejectedPeriod {
         RejectedPeriod {
             at: row.at,
-            account_id: Some(row.account_id.clone()),
+            account_id: Some(row.account_id.to_string()),
             period_start: row.period_start,
             period_end: row.period_end,
         }
@@ -130,7 +131,7 @@ pub fn allocations(
 ) -> Allocations {
     let mut known = Vec::with_capacity(rows.len());
     for row in rows {
-        if !book.plans.contains_key(&row.plan_id) {
+        if !book.plans.contains_key(&*row.plan_id) {
             rejects.push(reject(
                 Dataset::Allocations,
                 row.at,

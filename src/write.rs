@@ -269,8 +269,8 @@ pub fn rejects_table(out: &RunOutput) -> RecordBatch {
 pub fn balances_table(out: &RunOutput) -> RecordBatch {
     let rows = &out.balances;
     let mut t = Table::default()
-        .str("account_id", rows.iter().map(|r| r.account_id.as_str()))
-        .str("plan_id", rows.iter().map(|r| r.plan_id.as_str()))
+        .str("account_id", rows.iter().map(|r| &*r.account_id))
+        .str("plan_id", rows.iter().map(|r| &*r.plan_id))
         .ts("period_start", rows.iter().map(|r| r.period_start))
         .ts("period_end", rows.iter().map(|r| r.period_end))
         .credits("granted_credits", rows.iter().map(|r| r.granted_credits()))
@@ -305,8 +305,8 @@ pub fn invoices_table(out: &RunOutput) -> RecordBatch {
     let from = |k: GrantKind| rows.iter().map(move |r| r.credits_from[k.index()]);
     Table::default()
         .str("invoice_id", rows.iter().map(|r| r.invoice_id.as_str()))
-        .str("account_id", rows.iter().map(|r| r.account_id.as_str()))
-        .str("plan_id", rows.iter().map(|r| r.plan_id.as_str()))
+        .str("account_id", rows.iter().map(|r| &*r.account_id))
+        .str("plan_id", rows.iter().map(|r| &*r.plan_id))
         .ts("period_start", rows.iter().map(|r| r.period_start))
         .ts("period_end", rows.iter().map(|r| r.period_end))
         .str("currency", rows.iter().map(|r| r.currency.as_str()))
@@ -347,14 +347,14 @@ pub fn invoice_lines_batch(rows: &[crate::runs::AccountLine]) -> RecordBatch {
 pub fn renewals_table(out: &RunOutput) -> RecordBatch {
     let rows = &out.renewals;
     Table::default()
-        .str("account_id", rows.iter().map(|r| r.account_id.as_str()))
+        .str("account_id", rows.iter().map(|r| &*r.account_id))
         .ts("period_end", rows.iter().map(|r| r.period_end))
         .opt_ts(
             "next_period_start",
             rows.iter().map(|r| r.next_period_start),
         )
         .opt_ts("next_period_end", rows.iter().map(|r| r.next_period_end))
-        .str("plan_id", rows.iter().map(|r| r.plan_id.as_str()))
+        .str("plan_id", rows.iter().map(|r| &*r.plan_id))
         .credits(
             "plan_credits_unused",
             rows.iter().map(|r| r.plan_credits_unused),
@@ -376,8 +376,8 @@ pub fn renewals_table(out: &RunOutput) -> RecordBatch {
 pub fn allocations_next_table(out: &RunOutput) -> RecordBatch {
     let rows = &out.allocations_next;
     Table::default()
-        .str("account_id", rows.iter().map(|r| r.account_id.as_str()))
-        .str("plan_id", rows.iter().map(|r| r.plan_id.as_str()))
+        .str("account_id", rows.iter().map(|r| &*r.account_id))
+        .str("plan_id", rows.iter().map(|r| &*r.plan_id))
         .ts("period_start", rows.iter().map(|r| r.period_start))
         .ts("period_end", rows.iter().map(|r| r.period_end))
         .credits("included_credits", rows.iter().map(|r| r.included_credits))
@@ -407,7 +407,7 @@ pub fn grants_next_table(out: &RunOutput) -> Result<RecordBatch> {
         .collect::<Result<Vec<Option<i32>>>>()?;
     Ok(Table::default()
         .str("grant_id", rows.iter().map(|r| r.grant_id.as_str()))
-        .str("account_id", rows.iter().map(|r| r.account_id.as_str()))
+        .str("account_id", rows.iter().map(|r| &*r.account_id))
         .str("kind", rows.iter().map(|r| r.kind.name()))
         .credits("credits", rows.iter().map(|r| r.credits))
         .ts("effective_at", rows.iter().map(|r| r.effective_at))
