@@ -29,8 +29,9 @@ struct InternerInner {
 }
 
 impl Interner {
-    /// An interner whose first codes are `strings`, in their order (0, 1, ...).
-    pub fn seeded<'a>(strings: impl IntoIterator<Item = &'a str>) -> Interner {
+    /// An interner whose first codes are `strings`, in their order (0, 1, ...). A
+    /// [`Shared`] given is kept as it is, not copied (the plans' account ids).
+    pub fn seeded<S: AsRef<str> + Into<Shared>>(strings: impl IntoIterator<Item = S>) -> Interner {
         let mut inner = InternerInner::default();
         for s in strings {
             inner.insert(s);
@@ -72,8 +73,8 @@ impl Interner {
 }
 
 impl InternerInner {
-    fn insert(&mut self, s: &str) -> u32 {
-        if let Some(&code) = self.codes.get(s) {
+    fn insert<S: AsRef<str> + Into<Shared>>(&mut self, s: S) -> u32 {
+        if let Some(&code) = self.codes.get(s.as_ref()) {
             return code;
         }
         let code = u32::try_from(self.strings.len()).expect("fewer than 2^32 distinct strings");
@@ -138,8 +139,11 @@ pub struct DictBuilder {
 }
 
 impl DictBuilder {
-    /// `known` must be sorted by bytes, without repeats.
-    pub fn new<'a>(known: impl ExactSizeIterator<Item = &'a str>) -> DictBuilder {
+    /// `known` must be sorted by bytes, without repeats; a [`Shared`] given is the
+    /// dictionary's string for that account, not copied.
+    pub fn new<S: AsRef<str> + Into<Shared>>(
+        known: impl ExactSizeIterator<Item = S>,
+    ) -> DictBuilder {
         let known_accounts = u32::try_from(known.len()).expect("fewer than 2^32 accounts");
         DictBuilder {
             accounts: Interner::seeded(known),
@@ -390,7 +394,7 @@ mod tests {
 
     #[test]
     fn skus_decompose_into_their_words() {
-        let dicts = DictBuilder::new(std::iter::empty());
+        let dicts = DictBuilder::new(std::iter::empty::<&str>());
         let with_model = dicts.sku("studio", "video", Some("veo-3"));
         let without = dicts.sku("studio", "video", None);
         assert_ne!(with_model, without);

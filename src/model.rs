@@ -823,9 +823,10 @@ impl AllocationStatus {
 
 /// An allocation row. Its account and plan are shared strings: the rows a period's close
 /// makes from it (balances, invoice, renewal, next allocation, rollover grant) hold the
-/// same two strings, not copies (a split run holds every account's rows to the end), and
-/// `pipeline::load_plans` makes an account's allocations and grants and a plan's
-/// allocations share one string each.
+/// same two strings, not copies (a split run holds every account's rows to the end).
+/// Read with strings of their own, an account's allocations are given one string by
+/// `validate::allocations` (which its grants, the run's dictionary and its result then
+/// share) and a plan's allocations one for the plan.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct AllocationRow {
     pub at: RowRef,

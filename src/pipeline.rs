@@ -295,12 +295,11 @@ pub fn load_plans(inputs: &Inputs, progress: &Progress) -> Result<Plans> {
             }
         }
     }
-    let (mut grant_rows, r, grant_read) =
+    let (grant_rows, r, grant_read) =
         load::read_dataset(&files[2], &load::GRANT_COLUMNS, &load::parse_grant, &|| {
             stage.tick()
         })?;
     rejects.extend(r);
-    share_plan_strings(&mut alloc_rows, &mut grant_rows);
     let allocations = validate::allocations(
         alloc_rows,
         &inputs.book,
@@ -310,22 +309,7 @@ pub fn load_plans(inputs: &Inputs, progress: &Progress) -> Result<Plans> {
     );
     let valid_grants = validate::grants(grant_rows, &files[2], &mut rejects);
     let valid = valid_grants.len();
-    // Each account's grants in a vector of their number: pushed one by one, a vector keeps
-    // room for 4 (an account with one grant held 480 bytes of them, not 120; every account
-    // of the month holds them for the whole run: `benches/memory-costs.sh`).
-    let codes: Vec<Option<u32>> = (valid_grants.iter())
-        .map(|grant| allocations.code(&grant.account_id))
-        .collect();
-    let mut counts = vec![0usize; allocations.len()];
-    for code in codes.iter().flatten() {
-        counts[*code as usize] += 1;
-    }
-    let mut grants: Vec<Vec<GrantRow>> = counts.into_iter().map(Vec::with_capacity).collect();
-    for (grant, code) in valid_grants.into_iter().zip(codes) {
-        if let Some(code) = code {
-            grants[code as usize].push(grant);
-        }
-    }
+    let grants = grants_by_account(valid_grants, &allocations);
     stage.done(alloc_read + grant_read, (allocations.len() + valid) as u64);
     Ok(Plans {
         allocations,
@@ -336,26 +320,31 @@ pub fn load_plans(inputs: &Inputs, progress: &Progress) -> Result<Plans> {
     })
 }
 
-/// Make an account's allocations and grants, and a plan's allocations, hold one string
-/// each for the account and the plan: each row was read with strings of its own, and the
-/// rows a run makes from an allocation (balances; a close's invoice, renewal, next
-/// allocation and rollover grant) share its strings in turn, held by a split run until
-/// its end.
-fn share_plan_strings(allocations: &mut [AllocationRow], grants: &mut [GrantRow]) {
-    let mut first: HashSet<Shared, validate::FastHash> = HashSet::default();
-    let mut share = |text: &mut Shared| match first.get(&**text) {
-        Some(shared) => *text = shared.clone(),
-        None => {
-            first.insert(text.clone());
+/// Each account's grants (by account code; grants of accounts without allocations are
+/// dropped), each holding its account's one string (`Allocations::accounts`), not the
+/// copy it was read with. Each account's grants in a vector of their number: pushed one by
+/// one, a vector keeps room for 4 (an account with one grant held 480 bytes of them, not
+/// 120; every account of the month holds them for the whole run:
+/// `benches/memory-costs.sh`).
+fn grants_by_account(
+    valid_grants: Vec<GrantRow>,
+    allocations: &validate::Allocations,
+) -> Vec<Vec<GrantRow>> {
+    let codes: Vec<Option<u32>> = (valid_grants.iter())
+        .map(|grant| allocations.code(&grant.account_id))
+        .collect();
+    let mut counts = vec![0usize; allocations.len()];
+    for code in codes.iter().flatten() {
+        counts[*code as usize] += 1;
+    }
+    let mut grants: Vec<Vec<GrantRow>> = counts.into_iter().map(Vec::with_capacity).collect();
+    for (mut grant, code) in valid_grants.into_iter().zip(codes) {
+        if let Some(code) = code {
+            grant.account_id = allocations.accounts[code as usize].clone();
+            grants[code as usize].push(grant);
         }
-    };
-    for allocation in allocations.iter_mut() {
-        share(&mut allocation.account_id);
-        share(&mut allocation.plan_id);
     }
-    for grant in grants.iter_mut() {
-        share(&mut grant.account_id);
-    }
+    grants
 }
 
 /// A group's valid usage and ledger rows in (file, row) order, and their ids.
@@ -422,7 +411,7 @@ fn compute_groups(
     partial
         .results
         .reserve_exact(accounts_by_group.iter().map(Vec::len).sum());
-    let builder = DictBuilder::new(allocations.accounts.iter().map(|account| &**account));
+    let builder = DictBuilder::new(allocations.accounts.iter().cloned());
     let context = Context {
         settings,
         layout,
@@ -1352,60 +1341,6 @@ mod tests {
     use crate::model::At;
     use proptest::prelude::*;
 
-    /// After `share_plan_strings` an account's allocations and grants hold one string for
-    /// the account and a plan's allocations one for the plan (the same allocation of every
-    /// row, `Arc::ptr_eq`), with the text each row was read with.
-    #[test]
-    fn an_accounts_plan_rows_share_its_string_and_a_plans_rows_share_the_plans() {
-        let at = |row| RowRef { file: 0, row };
-        let allocation = |row, account: &str, plan: &str| AllocationRow {
-            at: at(row),
-            account_id: account.into(),
-            plan_id: plan.into(),
-            period_start: 0,
-            period_end: 1,
-            included_credits: crate::amount::Milli(0),
-            billing_anchor: None,
-            status: AllocationStatus::Active,
-        };
-        let grant = |row, account: &str| GrantRow {
-            at: at(row),
-            grant_id: format!("g{row}"),
-            account_id: account.into(),
-            kind: GrantKind::Promo,
-            credits: crate::amount::Milli(1),
-            effective_at: 0,
-            expires_at: None,
-            priority: None,
-        };
-        let mut allocations = vec![
-            allocation(0, "acct-1", "pro"),
-            allocation(1, "acct-2", "pro"),
-            allocation(2, "acct-1", "basic"),
-        ];
-        let mut grants = vec![grant(0, "acct-2"), grant(1, "acct-1"), grant(2, "acct-3")];
-        assert!(!Arc::ptr_eq(
-            &allocations[0].account_id,
-            &allocations[2].account_id
-        ));
-        share_plan_strings(&mut allocations, &mut grants);
-        let same = |a: &Shared, b: &Shared| Arc::ptr_eq(a, b);
-        assert!(same(&allocations[0].account_id, &allocations[2].account_id));
-        assert!(same(&allocations[0].account_id, &grants[1].account_id));
-        assert!(same(&allocations[1].account_id, &grants[0].account_id));
-        assert!(same(&allocations[0].plan_id, &allocations[1].plan_id));
-        assert!(!same(
-            &allocations[0].account_id,
-            &allocations[1].account_id
-        ));
-        let accounts: Vec<&str> = allocations.iter().map(|a| &*a.account_id).collect();
-        assert_eq!(accounts, ["acct-1", "acct-2", "acct-1"]);
-        let plans: Vec<&str> = allocations.iter().map(|a| &*a.plan_id).collect();
-        assert_eq!(plans, ["pro", "pro", "basic"]);
-        let granted: Vec<&str> = grants.iter().map(|g| &*g.account_id).collect();
-        assert_eq!(granted, ["acct-2", "acct-1", "acct-3"]);
-    }
-
     /// The largest account is the one with the most usage and ledger rows; of equal
     /// counts the least id, also when its code is the greater (an account without
     /// allocations, coded after the plans' accounts).
@@ -1544,6 +1479,40 @@ mod tests {
         for grants in &plans.grants {
             assert_eq!(grants.capacity(), grants.len());
         }
+    }
+
+    /// One string for an account's id, held by its allocation rows, its grants, the
+    /// validated allocations' account list and the run's dictionary; one for a plan's id,
+    /// held by its allocations (`Arc::ptr_eq`: each row was read with its own copy).
+    #[test]
+    fn an_accounts_rows_and_the_dictionary_share_one_string_and_a_plans_rows_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        crate::generate::small_root(&root);
+        let inputs = crate::census::inputs(&root).unwrap();
+        let plans = load_plans(&inputs, &Progress { interactive: false }).unwrap();
+        let accounts = &plans.allocations.accounts;
+        let dicts = DictBuilder::new(accounts.iter().cloned()).freeze();
+        let mut plan_ids: HashMap<&str, &Shared> = HashMap::new();
+        let (mut allocation_rows, mut grant_rows) = (0, 0);
+        for (code, account) in accounts.iter().enumerate() {
+            assert!(Arc::ptr_eq(dicts.account(code as u32), account));
+            for allocation in plans.allocations.of(code as u32) {
+                assert!(Arc::ptr_eq(&allocation.account_id, account));
+                let plan = *plan_ids
+                    .entry(&allocation.plan_id)
+                    .or_insert(&allocation.plan_id);
+                assert!(Arc::ptr_eq(&allocation.plan_id, plan));
+                allocation_rows += 1;
+            }
+            for grant in &plans.grants[code] {
+                assert!(Arc::ptr_eq(&grant.account_id, account));
+                grant_rows += 1;
+            }
+        }
+        // Rows enough that a copy would show (one allocation an account here: an
+        // account's several allocations are `validate`'s unit test).
+        assert!(allocation_rows > plan_ids.len() && grant_rows > 0);
     }
 
     #[test]

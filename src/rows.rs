@@ -865,7 +865,7 @@ mod tests {
     fn the_sku_cache_is_taken_at_its_first_use() {
         let memos = Memos::default();
         assert_eq!(memos.skus.slots.capacity(), 0);
-        let dicts = DictBuilder::new(std::iter::empty());
+        let dicts = DictBuilder::new(std::iter::empty::<&str>());
         let mut cache = SkuCache::default();
         let key = [1, 2, NULL];
         let sku = cache.sku(key, &dicts);

@@ -1031,7 +1031,7 @@ mod tests {
         for n in &mut counts.first_group_by_unit {
             *n = n.saturating_sub(fewer);
         }
-        let builder = DictBuilder::new(std::iter::empty());
+        let builder = DictBuilder::new(std::iter::empty::<&str>());
         let dir = tempfile::tempdir().unwrap();
         let spill = SpillFiles::create(dir.path(), Dataset::Usage, groups).unwrap();
         let source = crate::rows::UsageSource { dicts: &builder };
@@ -1094,7 +1094,7 @@ mod tests {
 
     /// Usage rows in compact form (labels of an empty dictionary), their ids in one chunk.
     fn compact(rows: &[UsageRow]) -> (Vec<Usage>, IdChunk) {
-        let dicts = DictBuilder::new(std::iter::empty());
+        let dicts = DictBuilder::new(std::iter::empty::<&str>());
         let mut ids = IdChunk::default();
         let rows = rows
             .iter()
@@ -1677,7 +1677,7 @@ mod tests {
     #[test]
     fn ledger_rows_come_back_with_their_ids() {
         let dir = tempfile::tempdir().unwrap();
-        let dicts = DictBuilder::new(std::iter::empty());
+        let dicts = DictBuilder::new(std::iter::empty::<&str>());
         let mut frames = Vec::new();
         for (row, event) in [(0, Some("evt-a")), (1, None)] {
             let mut ids = IdChunk::default();

@@ -28,7 +28,8 @@ fn reject(dataset: Dataset, at: RowRef, reason: Reason, detail: String) -> Rejec
 /// position is its code in the run's [`Dicts`]), each one's periods sorted by start.
 #[derive(Clone, Debug, Default)]
 pub struct Allocations {
-    /// Each account's id, shared with its allocation rows.
+    /// Each account's id: the one string its allocation rows, its grants, the run's
+    /// dictionary and the rows made from its allocations share.
     pub accounts: Vec<Shared>,
     pub periods: Vec<Vec<AllocationRow>>,
     /// Every account's periods as (start, end), account after account: what placing an
@@ -130,7 +131,10 @@ pub fn allocations(
     rejected: &mut Vec<RejectedPeriod>,
 ) -> Allocations {
     let mut known = Vec::with_capacity(rows.len());
-    for row in rows {
+    // A plan's allocations share one string for its id (each row was read with its own).
+    let mut plan_ids: std::collections::HashSet<Shared, FastHash> =
+        std::collections::HashSet::default();
+    for mut row in rows {
         if !book.plans.contains_key(&*row.plan_id) {
             rejects.push(reject(
                 Dataset::Allocations,
@@ -143,6 +147,12 @@ pub fn allocations(
             ));
             rejected.push(RejectedPeriod::of(&row));
             continue;
+        }
+        match plan_ids.get(&*row.plan_id) {
+            Some(plan_id) => row.plan_id = plan_id.clone(),
+            None => {
+                plan_ids.insert(row.plan_id.clone());
+            }
         }
         known.push(row);
     }
@@ -164,7 +174,11 @@ pub fn allocations(
     while let Some(first) = rows.next() {
         run.clear();
         run.push(first);
-        while let Some(next) = rows.next_if(|r| r.account_id == run[0].account_id) {
+        // An account's allocations share its first row's string for its id; the run's
+        // dictionary, the account's grants and every row made from its allocations share
+        // it in turn (`Allocations::accounts`).
+        while let Some(mut next) = rows.next_if(|r| r.account_id == run[0].account_id) {
+            next.account_id = run[0].account_id.clone();
             run.push(next);
         }
         let kept = without_overlaps(&mut run, files, rejects, rejected);
@@ -749,6 +763,15 @@ mod tests {
         let rows_of = |code: u32| found.of(code).iter().map(|p| p.at.row).collect::<Vec<_>>();
         assert_eq!(rows_of(0), [2]);
         assert_eq!(rows_of(1), [0, 7]);
+        // Read with a string each, an account's rows now hold the one in `accounts`, and
+        // a plan's rows one for the plan.
+        let [b0, b7] = found.of(1) else {
+            panic!("two periods of b")
+        };
+        assert!(std::sync::Arc::ptr_eq(&b0.account_id, &found.accounts[1]));
+        assert!(std::sync::Arc::ptr_eq(&b7.account_id, &found.accounts[1]));
+        assert!(std::sync::Arc::ptr_eq(&b0.plan_id, &b7.plan_id));
+        assert!(std::sync::Arc::ptr_eq(&b0.plan_id, &found.of(0)[0].plan_id));
         rejects.sort_by_key(|r| r.at);
         // Every reject is in `rejected` too, with its account-period.
         rejected.sort_by_key(|p| p.at);
