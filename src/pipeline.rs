@@ -1465,15 +1465,20 @@ mod tests {
         assert!(usage_rows(&again) > rows);
     }
 
-    /// Every account's grants are held in a vector of their number, for the whole run (a
-    /// vector grown by `push` keeps room for 4 rows).
-    #[test]
-    fn each_accounts_grants_take_no_spare_room() {
+    /// The plans of `generate::small_root`, loaded as a run loads them.
+    fn small_root_plans() -> Plans {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
         crate::generate::small_root(&root);
         let inputs = crate::census::inputs(&root).unwrap();
-        let plans = load_plans(&inputs, &Progress { interactive: false }).unwrap();
+        load_plans(&inputs, &Progress { interactive: false }).unwrap()
+    }
+
+    /// Every account's grants are held in a vector of their number, for the whole run (a
+    /// vector grown by `push` keeps room for 4 rows).
+    #[test]
+    fn each_accounts_grants_take_no_spare_room() {
+        let plans = small_root_plans();
         let held: usize = plans.grants.iter().map(Vec::len).sum();
         assert!(held > 0 && plans.grants.iter().any(|g| g.len() == 1));
         for grants in &plans.grants {
@@ -1486,11 +1491,7 @@ mod tests {
     /// held by its allocations (`Arc::ptr_eq`: each row was read with its own copy).
     #[test]
     fn an_accounts_rows_and_the_dictionary_share_one_string_and_a_plans_rows_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("root");
-        crate::generate::small_root(&root);
-        let inputs = crate::census::inputs(&root).unwrap();
-        let plans = load_plans(&inputs, &Progress { interactive: false }).unwrap();
+        let plans = small_root_plans();
         let accounts = &plans.allocations.accounts;
         let dicts = DictBuilder::new(accounts.iter().cloned()).freeze();
         let mut plan_ids: HashMap<&str, &Shared> = HashMap::new();
