@@ -568,9 +568,9 @@ fn compute_one_group(
     Ok(())
 }
 
-/// A split run: find the rows whose partition an id join decides; keep the first group's
-/// other rows in memory and spill the rest by group; then process the groups one after
-/// another.
+/// A split run: find the rows whose partition an id join decides; keep the first two
+/// groups' other rows in memory and spill the rest by group; then process the groups one
+/// after another.
 fn compute_split(
     mut context: Context<'_>,
     builder: DictBuilder,
@@ -654,11 +654,12 @@ fn compute_split(
     process_spilled_groups(&run, spilled, partial, progress)
 }
 
-/// A split run's rows after the spill pass: the first group's in memory, the other
-/// groups' in spill files, and the candidates (rows an id join placed) by group.
+/// A split run's rows after the spill pass: the held groups' in memory, the other groups'
+/// in spill files, and the candidates (rows an id join placed) by group.
 struct Spilled {
-    /// The first group's rows without its candidates.
-    first: GroupRows,
+    /// The held groups' rows without their candidates (as many as the run has groups, at
+    /// most [`crate::route::HELD_GROUPS`]).
+    held: Vec<GroupRows>,
     usage_extra: Vec<Vec<Usage>>,
     debit_extra: Vec<Vec<Debit>>,
     read_back: ReadBack,
@@ -701,13 +702,17 @@ fn ready_groups(
         (usage.candidate_ids, debits.candidate_ids),
         limits,
     );
+    let held = (usage.held.into_iter().zip(debits.held))
+        .take(layout.groups as usize)
+        .map(|(usage, debits)| GroupRows {
+            usage: usage.rows,
+            usage_ids: usage.ids,
+            debits: debits.rows,
+            debit_ids: debits.ids,
+        })
+        .collect();
     Spilled {
-        first: GroupRows {
-            usage: usage.first_group,
-            usage_ids: usage.first_group_ids,
-            debits: debits.first_group,
-            debit_ids: debits.first_group_ids,
-        },
+        held,
         usage_extra,
         debit_extra,
         read_back,
@@ -793,7 +798,7 @@ impl ReadBack {
         Ok((rows, bytes, started.elapsed()))
     }
 
-    /// The first group's rows (kept in memory by the spill pass) with its candidates
+    /// A held group's rows (kept in memory by the spill pass) with its candidates
     /// appended.
     fn with_candidates(
         &self,
@@ -816,7 +821,7 @@ impl ReadBack {
 }
 
 /// Process a split run's groups one after another, reading group g + 1 back while group g
-/// is processed.
+/// is processed when it was spilled (a held group's rows are in memory already).
 fn process_spilled_groups(
     run: &RunState<'_>,
     spilled: Spilled,
@@ -824,22 +829,22 @@ fn process_spilled_groups(
     progress: &Progress,
 ) -> Result<()> {
     let Spilled {
-        first,
+        held,
         usage_extra,
         debit_extra,
         read_back,
     } = spilled;
-    // The first group's rows are in memory (the spill pass kept them); read group g + 1
-    // back while group g is processed: processing leaves a core idle in its sequential
+    // The held groups' rows are in memory (the spill pass kept them); read a spilled group
+    // g + 1 back while group g is processed: processing leaves a core idle in its sequential
     // steps (placing events, collecting results) and reading the spill fills it. The
     // read-back runs on a thread of its own, not on a worker of the pool: its unbuffered
     // reads wait on the disk, and a worker waiting there is a core lost to processing (a
     // 20M-event reconcile's groups then fell short of two cores: benches/README.md,
     // "Profiles and experiments (2026-12-04, night: the read-back's own thread, spill ids
     // as they are, CSVs in pieces)"; its frames are still decoded by the pool). At most
-    // two groups' rows are in memory at once (`route::groups_for` sizes groups for that).
-    // The read-back draws no bar and its stage line is logged after the group's stages
-    // (see `progress::log_stage`).
+    // two groups' rows are in memory at once, the group processed and the next one, held or
+    // read back (`route::groups_for` sizes groups for that). The read-back draws no bar and
+    // its stage line is logged after the group's stages (see `progress::log_stage`).
     //
     // Freed memory goes back to the OS after the purge delay here (3 s, no `KeepFreed`): a
     // group's buffers are mostly reused by the next group within it, and never returning
@@ -849,7 +854,8 @@ fn process_spilled_groups(
     crate::memory::hand_back_freed();
     let groups = run.context.layout.groups as usize;
     let mut extras = usage_extra.into_iter().zip(debit_extra);
-    let mut next = extras.next().map(|e| read_back.with_candidates(first, e));
+    let mut held = held.into_iter();
+    let mut next = None;
     let mut spare = None;
     let mut spare_bytes = None;
     // The read-back thread asks the pool to decode its frames while this thread waits for
@@ -859,12 +865,24 @@ fn process_spilled_groups(
         "a split run's groups are driven from outside the thread pool"
     );
     for group in 0..groups {
-        let rows = next
-            .take()
-            .expect("a group's rows are read before it is processed");
-        let following = extras.next();
-        // The last group has no following one: its spare vectors (and the read buffer) are
-        // freed now, not kept through the group (where a split run peaks).
+        // A held group's candidates are appended now, with nothing else running.
+        let rows = match held.next() {
+            Some(rows) => {
+                let candidates = extras.next().expect("each group has its candidates");
+                assert!(next.is_none(), "a held group is not read back");
+                read_back.with_candidates(rows, candidates)
+            }
+            None => next
+                .take()
+                .expect("a spilled group's rows are read before it is processed"),
+        };
+        // The next group's candidates when it was spilled: it is read back meanwhile.
+        let following = match held.len() {
+            0 => extras.next(),
+            _ => None,
+        };
+        // A group with no spilled group after it keeps no spare vectors (nor the read
+        // buffer): they are freed now, not kept through the group (where a split run peaks).
         let buffers = spare.take().filter(|_| following.is_some());
         let bytes = spare_bytes.take().filter(|_| following.is_some());
         let (processed, read) = std::thread::scope(|scope| {
@@ -888,8 +906,8 @@ fn process_spilled_groups(
         });
     }
     assert!(
-        next.is_none() && extras.next().is_none(),
-        "every group is read back once"
+        next.is_none() && extras.next().is_none() && held.next().is_none(),
+        "every group is processed once"
     );
     Ok(())
 }

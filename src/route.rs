@@ -563,40 +563,54 @@ pub struct LightPass {
     pub counts: [GroupCounts; 2],
 }
 
+/// How many groups of a split run the spill pass keeps in memory instead of spilling: the
+/// first two. While a group is processed the next one's rows are in memory (read back
+/// meanwhile, or kept), so the groups' stages hold two groups' rows at their peak anyway
+/// ([`groups_for`] sizes groups for that) and the spill pass, holding two groups' rows
+/// and no group's working set, stays below it. The second group kept is a group's spill
+/// bytes not written and read back (at 20M events in 4 groups a third of them).
+pub const HELD_GROUPS: usize = 2;
+
 /// A dataset's rows by group of this shard, counted by the light pass from their
 /// `account_id` cells: at least the rows each group's spill gets (rejected rows and
 /// candidates are counted in their own account's group too). The spill pass keeps the
-/// first group's rows in memory, each row group's in a place of its own, by these counts.
+/// first [`HELD_GROUPS`] groups' rows in memory, each row group's in a place of its own,
+/// by these counts.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GroupCounts {
-    /// Rows of the first group, per row group of the dataset (files in order, row groups
-    /// in order: a [`load::Plan`]'s units).
-    pub first_group_by_unit: Vec<u64>,
+    /// Rows of each held group (the first [`HELD_GROUPS`]; 0 for a group the run does not
+    /// have), per row group of the dataset (files in order, row groups in order: a
+    /// [`load::Plan`]'s units).
+    pub held_by_unit: Vec<[u64; HELD_GROUPS]>,
     /// Rows by group.
     pub by_group: Vec<u64>,
 }
 
 impl GroupCounts {
-    /// Rows of the largest group (the first group's vector is reused for later groups).
+    /// Rows of the largest group (a held group's vector is reused for later groups).
     pub fn largest_group(&self) -> u64 {
         self.by_group.iter().copied().max().unwrap_or(0)
     }
 
     fn of(parts: &[Vec<LightOut>], groups: usize) -> GroupCounts {
         let mut by_group = vec![0u64; groups];
-        let first_group_by_unit = parts
+        let held_by_unit = parts
             .iter()
             .map(|unit| {
+                let mut held = [0u64; HELD_GROUPS];
                 for out in unit {
                     for (total, n) in by_group.iter_mut().zip(&out.by_group) {
                         *total += n;
                     }
+                    for (total, n) in held.iter_mut().zip(&out.by_group) {
+                        *total += n;
+                    }
                 }
-                unit.iter().map(|out| out.by_group[0]).sum()
+                held
             })
             .collect();
         GroupCounts {
-            first_group_by_unit,
+            held_by_unit,
             by_group,
         }
     }
@@ -861,8 +875,9 @@ pub struct RowCosts {
     /// bench data's 20.1M rows in one group, by hand, per row (benches/README.md, "Figures
     /// moved from source comments (2026-12-05)").
     pub one_group: u64,
-    /// Per row of one group of a split run: its working set, the next group's rows (read
-    /// back meanwhile) and what the allocator has freed but not yet returned. From the
+    /// Per row of one group of a split run: its working set, the next group's rows (held
+    /// by the spill pass or read back meanwhile) and what the allocator has freed but not
+    /// yet returned. From the
     /// peak RSS of split runs by hand (reconcile at 100M events in 16 groups, less what it
     /// held before the groups, and at 10M in 2; close at 10M in 4), per row of a group
     /// (benches/README.md, "Figures moved from source comments (2026-12-05)").
@@ -914,7 +929,7 @@ pub fn groups_for(
     if one_group.saturating_add(ids_per_shard) <= for_rows {
         return 1;
     }
-    // A group of a split run also holds the next group's rows, read back meanwhile (the
+    // A group of a split run also holds the next group's rows, held or read back meanwhile (the
     // split cost per row is about twice the one-group cost): their ids too.
     let split = per_shard.saturating_mul(costs.split);
     let split_ids = ids_per_shard.saturating_mul(SPLIT_ID_FACTOR);
@@ -934,7 +949,7 @@ pub const BENCH_ID_BYTES_PER_ROW: u64 = 40;
 pub const ID_BYTE_COST: u64 = 2;
 
 /// How many times a split run's group holds ids past the bench data's, against a one-group
-/// run: its own and the next group's, read back meanwhile.
+/// run: its own and the next group's, held or read back meanwhile.
 pub const SPLIT_ID_FACTOR: u64 = 2;
 
 /// What ids longer than the bench data's add to a run's working memory: nothing for ids
@@ -1296,7 +1311,7 @@ mod tests {
 
     fn counts(by_group: &[u64]) -> GroupCounts {
         GroupCounts {
-            first_group_by_unit: Vec::new(),
+            held_by_unit: Vec::new(),
             by_group: by_group.to_vec(),
         }
     }

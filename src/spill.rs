@@ -1,26 +1,34 @@
 //! A split run's first full pass: parse every usage and ledger row once and write each
-//! valid row of the groups after the first to the spill file of its group (its compact row's spill form, see
-//! [`CompactRow`], and its ids), so that the groups can then be processed one after another
-//! with at most two groups' rows in memory (the next one is read back meanwhile). A spill
-//! row with its ids, which are written as they are in memory, takes about half the bytes
-//! the in-memory rows did before the spill form (benches/README.md, "2026-12-03: a compact
-//! spill form, lighter Parquet writing (an hour earlier)"; now: "Profiles and experiments
-//! (2026-12-04, night: the read-back's own thread, spill ids as they are, CSVs in pieces)").
-//! Rejected rows and candidates (rows whose partition `route::resolve` decides) stay in memory;
-//! both are few. So do the first group's rows: that group is processed as soon as the pass
-//! ends, so its read-back would have nothing to overlap with (at 20M events in 4 groups it
-//! ran alone, both cores idle but one: benches/README.md, "Profiles and experiments
-//! (2026-12-03, late night: the first group in memory)"). Each row group writes them into
-//! a place of its own in one vector, sized by the light pass's count of the row group's
-//! first-group rows, and the places are closed up once the pass is done (each row moved
-//! down once): no vector grows into fresh memory.
+//! valid row of the groups after the held ones to the spill file of its group (its compact
+//! row's spill form, see [`CompactRow`], and its ids), so that the groups can then be
+//! processed one after another with at most two groups' rows in memory (the next one is
+//! read back meanwhile). A spill row with its ids, which are written as they are in memory,
+//! takes about half the bytes the in-memory rows did before the spill form
+//! (benches/README.md, "2026-12-03: a compact spill form, lighter Parquet writing (an hour
+//! earlier)"; now: "Profiles and experiments (2026-12-04, night: the read-back's own
+//! thread, spill ids as they are, CSVs in pieces)"). Rejected rows and candidates (rows
+//! whose partition `route::resolve` decides) stay in memory; both are few. So do the rows
+//! of the first [`HELD_GROUPS`] groups. The first is processed as soon as the pass ends, so
+//! its read-back would have nothing to overlap with (at 20M events in 4 groups it ran
+//! alone, both cores idle but one: benches/README.md, "Profiles and experiments
+//! (2026-12-03, late night: the first group in memory)"). The second is in memory while
+//! the first is processed, as a spilled group's rows are while the group before it is
+//! (read back meanwhile): the groups' peak is the same, and its spill bytes are neither
+//! written nor read (on the VM of 2026-12-07 the host charges about 3 CPU-s a GB of them as
+//! steal: benches/README.md, "Profiles and experiments (2026-12-07, 14:45–15:15: the
+//! spill's disk I/O paid as steal)"). Each row group writes a held group's rows into a
+//! place of its own in the group's vector, sized by the light pass's count of the row
+//! group's rows of that group, and the places are closed up once the pass is done (each
+//! row moved down once): no vector grows into fresh memory.
 
 use crate::dict::{ids_past_a_chunk, IdChunk, Ids};
 use crate::direct::{AlignedBuf, AppendFiles};
 use crate::error::{Result, TallyError};
 use crate::load::{Batch, InputFile, Parsed, Plan, Unit};
 use crate::model::*;
-use crate::route::{AccountPartitions, CrossBucket, GroupCounts, GroupTable, Layout, NO_ACCOUNT};
+use crate::route::{
+    AccountPartitions, CrossBucket, GroupCounts, GroupTable, Layout, HELD_GROUPS, NO_ACCOUNT,
+};
 use crate::rows::{FilesDone, Memos, RowFields, RowParser, Source};
 use std::fs::File;
 use std::mem::MaybeUninit;
@@ -688,21 +696,27 @@ pub struct Routed<R> {
     /// them), and their ids (a chunk per batch).
     pub candidates: Vec<R>,
     pub candidate_ids: Ids,
-    /// The first group's valid rows (not candidates), in (file, row) order: kept in memory
-    /// rather than spilled, since that group is processed first and its read-back would
-    /// have nothing beside it to overlap with. Their ids: a chunk per row group.
-    pub first_group: Vec<R>,
-    pub first_group_ids: Ids,
-    /// Valid rows of this shard's groups that are not candidates (spilled, or kept in
-    /// `first_group`).
+    /// The rows of the first [`HELD_GROUPS`] groups, kept in memory rather than spilled
+    /// (empty for a group the run does not have).
+    pub held: [HeldRows<R>; HELD_GROUPS],
+    /// Valid rows of this shard's groups that are not candidates (spilled, or held).
     pub grouped: u64,
+}
+
+/// A held group's valid rows (not candidates), in (file, row) order, and their ids (a
+/// chunk per row group). The first group is processed as soon as the pass ends, so its
+/// read-back would have nothing beside it to overlap with; the second is in memory while
+/// the first is processed, as a spilled group is while the one before it is.
+pub struct HeldRows<R> {
+    pub rows: Vec<R>,
+    pub ids: Ids,
 }
 
 /// What the pass keeps of one row group while it reads it.
 struct RowGroupOut<'h, R> {
-    /// The row group's place in the first group's vector (as many rows as the light pass
-    /// counted), filled from its start; `done.held` rows are written.
-    place: &'h mut [MaybeUninit<R>],
+    /// The row group's place in each held group's vector (as many rows as the light pass
+    /// counted), filled from its start; `done.held[g]` rows are written to group `g`'s.
+    places: [&'h mut [MaybeUninit<R>]; HELD_GROUPS],
     /// The codes and partitions of the row group's dictionaries: freed once it is read.
     memos: Memos,
     accounts: AccountPartitions,
@@ -714,8 +728,8 @@ struct RowGroupDone<R> {
     rejects: Vec<Reject>,
     candidates: Vec<R>,
     candidate_ids: IdChunk,
-    held: usize,
-    held_ids: IdChunk,
+    held: [usize; HELD_GROUPS],
+    held_ids: [IdChunk; HELD_GROUPS],
     grouped: u64,
     failed: Option<TallyError>,
 }
@@ -724,14 +738,15 @@ impl<R> RowGroupDone<R> {
     /// Whether a row's ids fit the row group's chunks. (A spill frame holds one batch's
     /// rows, at most 64K of them: its ids always fit.)
     fn ids_have_room(&self) -> bool {
-        self.candidate_ids.has_room_for_a_row() && self.held_ids.has_room_for_a_row()
+        self.candidate_ids.has_room_for_a_row()
+            && self.held_ids.iter().all(IdChunk::has_room_for_a_row)
     }
 }
 
-/// Parse every row of a dataset; keep the first group's valid rows in memory (each row
-/// group's in a place of its own, sized by the light pass's `counts`), spill the other
-/// groups' valid rows of this shard by group, keep rejects (of this shard) and candidates
-/// (all).
+/// Parse every row of a dataset; keep the first [`HELD_GROUPS`] groups' valid rows in
+/// memory (each row group's in a place of its own, sized by the light pass's `counts`),
+/// spill the other groups' valid rows of this shard by group, keep rejects (of this shard)
+/// and candidates (all).
 pub fn route_dataset<S: Source>(
     source: &S,
     files: &[InputFile],
@@ -743,17 +758,21 @@ pub fn route_dataset<S: Source>(
 ) -> Result<Routed<S::Row>> {
     let plan = Plan::open(files, source.specs());
     let units = plan.units.clone();
-    let places = first_group_places(counts, units.len());
+    let places = held_places(counts, units.len());
     // Room for the largest group (the vector is reused for a later group's rows) and the
-    // candidates routed to the first group (about as many as leave it; a vector that grows
-    // copies its rows into fresh memory). Room not written to takes no memory.
-    let room = places
-        .iter()
-        .sum::<usize>()
-        .max(counts.largest_group() as usize);
-    let room = room + room / 64;
-    let mut first_group: Vec<S::Row> = Vec::with_capacity(room);
-    let states = row_group_outs(source, &mut first_group, &places);
+    // candidates routed to the group (about as many as leave it; a vector that grows
+    // copies its rows into fresh memory). Room not written to takes no memory. None for a
+    // group the run does not have.
+    let mut held: [Vec<S::Row>; HELD_GROUPS] = std::array::from_fn(|g| {
+        let room = match g < layout.groups as usize {
+            true => {
+                (places.iter().map(|p| p[g]).sum::<usize>()).max(counts.largest_group() as usize)
+            }
+            false => 0,
+        };
+        Vec::with_capacity(room + room / 64)
+    });
+    let states = row_group_outs(source, &mut held, &places);
     let router = BatchRouter {
         source,
         files,
@@ -771,45 +790,48 @@ pub fn route_dataset<S: Source>(
             out.done
         },
     )?;
-    gather_routed(outs, first_group, &places)
+    gather_routed(outs, held, &places)
 }
 
-/// The rows of the first group the light pass counted in each row group: the place each
-/// gets in the first group's vector. The light pass saw the same row groups, unless a
-/// file could not be opened (the decode reports that) or changed since: then every row
-/// group gets no place, and a first-group row fails as a changed file.
-fn first_group_places(counts: &GroupCounts, units: usize) -> Vec<usize> {
-    match counts.first_group_by_unit.len() == units {
-        true => (counts.first_group_by_unit.iter())
-            .map(|&n| usize::try_from(n).expect("a row group's rows fit in memory"))
+/// The rows of each held group the light pass counted in each row group: the place each
+/// gets in the group's vector. The light pass saw the same row groups, unless a file could
+/// not be opened (the decode reports that) or changed since: then every row group gets no
+/// place, and a held group's row fails as a changed file.
+fn held_places(counts: &GroupCounts, units: usize) -> Vec<[usize; HELD_GROUPS]> {
+    match counts.held_by_unit.len() == units {
+        true => (counts.held_by_unit.iter())
+            .map(|n| n.map(|n| usize::try_from(n).expect("a row group's rows fit in memory")))
             .collect(),
-        false => vec![0; units],
+        false => vec![[0; HELD_GROUPS]; units],
     }
 }
 
-/// Each row group's state for the pass: its place (`places[i]` rows) in `first_group`'s
-/// spare capacity, one after another.
+/// Each row group's state for the pass: its place (`places[i][g]` rows) in held group
+/// `g`'s spare capacity, one after another.
 fn row_group_outs<'h, S: Source>(
     source: &S,
-    first_group: &'h mut Vec<S::Row>,
-    places: &[usize],
+    held: &'h mut [Vec<S::Row>; HELD_GROUPS],
+    places: &[[usize; HELD_GROUPS]],
 ) -> Vec<RowGroupOut<'h, S::Row>> {
-    let mut free = first_group.spare_capacity_mut();
+    let mut free = held.each_mut().map(|rows| rows.spare_capacity_mut());
     places
         .iter()
-        .map(|&rows| {
-            let (place, rest) = std::mem::take(&mut free).split_at_mut(rows);
-            free = rest;
+        .map(|rows| {
+            let places = std::array::from_fn(|g| {
+                let (place, rest) = std::mem::take(&mut free[g]).split_at_mut(rows[g]);
+                free[g] = rest;
+                place
+            });
             RowGroupOut {
-                place,
+                places,
                 memos: Memos::default(),
                 accounts: AccountPartitions::default(),
                 done: RowGroupDone {
                     rejects: Vec::new(),
                     candidates: Vec::new(),
                     candidate_ids: IdChunk::default(),
-                    held: 0,
-                    held_ids: IdChunk::with_capacity(rows * source.id_bytes_per_row()),
+                    held: [0; HELD_GROUPS],
+                    held_ids: rows.map(|n| IdChunk::with_capacity(n * source.id_bytes_per_row())),
                     grouped: 0,
                     failed: None,
                 },
@@ -829,7 +851,7 @@ struct BatchRouter<'a, S> {
 
 impl<S: Source> BatchRouter<'_, S> {
     /// Parse a batch's rows of this shard (and its other rows that may be candidates) and
-    /// route each: a candidate is kept, a row of the first group held in its row group's
+    /// route each: a candidate is kept, a row of a held group held in its row group's
     /// place, a row of a later group spilled in its group's frame, a reject kept.
     fn route(&self, unit: &Unit, out: &mut RowGroupOut<'_, S::Row>, batch: &Batch) {
         if out.done.failed.is_some() {
@@ -870,13 +892,13 @@ impl<S: Source> BatchRouter<'_, S> {
                         continue;
                     };
                     kept.grouped += 1;
-                    if group > 0 {
+                    if group >= HELD_GROUPS {
                         let (rows, ids) = &mut frames[group];
                         rows.push(fields.store(ids, 0));
-                    } else if kept.held < out.place.len() {
-                        let row = fields.store(&mut kept.held_ids, unit.index as u32);
-                        out.place[kept.held].write(row);
-                        kept.held += 1;
+                    } else if kept.held[group] < out.places[group].len() {
+                        let row = fields.store(&mut kept.held_ids[group], unit.index as u32);
+                        out.places[group][kept.held[group]].write(row);
+                        kept.held[group] += 1;
                     } else {
                         kept.failed.get_or_insert_with(|| changed(self.files, unit));
                     }
@@ -888,14 +910,14 @@ impl<S: Source> BatchRouter<'_, S> {
                 }
             }
         }
-        for (group, (rows, ids)) in frames.iter().enumerate().skip(1) {
+        for (group, (rows, ids)) in frames.iter().enumerate().skip(HELD_GROUPS) {
             if let Err(e) = self.spill.append(group, rows, ids) {
                 kept.failed.get_or_insert(e);
             }
         }
     }
 
-    /// A batch's spill frame of each group (none for the first), each sized for the rows
+    /// A batch's spill frame of each group (none for a held group), each sized for the rows
     /// whose account is in it (an upper bound: rejects and candidates among them are not
     /// spilled), ids at the source's bytes a row. A batch holds a few accounts' rows, so a
     /// group's share of it is far from even, and a frame that outgrows its vectors copies
@@ -909,9 +931,9 @@ impl<S: Source> BatchRouter<'_, S> {
             }
         }
         (sizes.iter().enumerate())
-            .map(|(group, &rows)| match group {
-                0 => (Vec::new(), IdChunk::default()),
-                _ => (
+            .map(|(group, &rows)| match group < HELD_GROUPS {
+                true => (Vec::new(), IdChunk::default()),
+                false => (
                     Vec::with_capacity(rows),
                     IdChunk::with_capacity(rows * self.source.id_bytes_per_row()),
                 ),
@@ -921,21 +943,23 @@ impl<S: Source> BatchRouter<'_, S> {
 }
 
 /// The pass's row groups gathered in (file, row group) order: the first failure, or the
-/// rejects, candidates and first group's rows (closed up from their places).
+/// rejects, candidates and held groups' rows (closed up from their places).
 fn gather_routed<R: Copy>(
     outs: Vec<RowGroupDone<R>>,
-    mut first_group: Vec<R>,
-    places: &[usize],
+    held: [Vec<R>; HELD_GROUPS],
+    places: &[[usize; HELD_GROUPS]],
 ) -> Result<Routed<R>> {
     let mut routed = Routed {
         rejects: Vec::new(),
         candidates: Vec::new(),
         candidate_ids: Ids::default(),
-        first_group: Vec::new(),
-        first_group_ids: Ids::default(),
+        held: std::array::from_fn(|_| HeldRows {
+            rows: Vec::new(),
+            ids: Ids::default(),
+        }),
         grouped: 0,
     };
-    let mut held = Vec::with_capacity(outs.len());
+    let mut written = Vec::with_capacity(outs.len());
     for out in outs {
         if let Some(e) = out.failed {
             return Err(e);
@@ -943,16 +967,22 @@ fn gather_routed<R: Copy>(
         routed.rejects.extend(out.rejects);
         routed.candidates.extend(out.candidates);
         routed.candidate_ids.push(out.candidate_ids);
-        routed.first_group_ids.push(out.held_ids);
+        for (group, ids) in routed.held.iter_mut().zip(out.held_ids) {
+            group.ids.push(ids);
+        }
         routed.grouped += out.grouped;
-        held.push(out.held);
+        written.push(out.held);
     }
-    close_up(&mut first_group, places, &held);
-    routed.first_group = first_group;
+    for (g, (group, mut rows)) in routed.held.iter_mut().zip(held).enumerate() {
+        let places: Vec<usize> = places.iter().map(|p| p[g]).collect();
+        let written: Vec<usize> = written.iter().map(|w| w[g]).collect();
+        close_up(&mut rows, &places, &written);
+        group.rows = rows;
+    }
     Ok(routed)
 }
 
-/// A row group held more rows of the first group than the light pass counted in it.
+/// A row group held more rows of a held group than the light pass counted in it.
 fn changed(files: &[InputFile], unit: &Unit) -> TallyError {
     TallyError::input(
         files[unit.file].rel_path.clone(),
@@ -1019,8 +1049,12 @@ mod tests {
     }
 
     /// Route the usage files of a run in `groups` groups with the light pass's counts, less
-    /// `fewer` in each row group's count of the first group.
-    fn route_usage(files: &[InputFile], groups: u32, fewer: u64) -> Result<(Routed<Usage>, u64)> {
+    /// `fewer[g]` in each row group's count of held group `g`; the rows spilled by group.
+    fn route_usage(
+        files: &[InputFile],
+        groups: u32,
+        fewer: [u64; HELD_GROUPS],
+    ) -> Result<(Routed<Usage>, Vec<u64>)> {
         let layout = Layout {
             shard: 0,
             shards: 1,
@@ -1028,8 +1062,10 @@ mod tests {
         };
         let light = crate::route::find_cross_bucket(files, &[], &layout, None).unwrap();
         let mut counts = light.counts[0].clone();
-        for n in &mut counts.first_group_by_unit {
-            *n = n.saturating_sub(fewer);
+        for held in &mut counts.held_by_unit {
+            for (n, fewer) in held.iter_mut().zip(fewer) {
+                *n = n.saturating_sub(fewer);
+            }
         }
         let builder = DictBuilder::new(std::iter::empty::<&str>());
         let dir = tempfile::tempdir().unwrap();
@@ -1044,43 +1080,108 @@ mod tests {
             &spill,
             &|| {},
         )?;
-        let spilled_rows = spill.finish().unwrap().iter().map(|f| f.rows).sum();
+        let spilled_rows = spill.finish().unwrap().iter().map(|f| f.rows).collect();
         Ok((routed, spilled_rows))
     }
 
-    #[test]
-    fn the_first_group_is_kept_in_memory_in_row_order_and_the_others_spilled() {
-        let (_dir, files) = generated("held");
-        let (routed, spilled_rows) = route_usage(&files, 3, 0).unwrap();
-        let held = &routed.first_group;
-        assert!(!held.is_empty() && spilled_rows > 0);
-        assert_eq!(routed.grouped, held.len() as u64 + spilled_rows);
-        assert!(
-            held.windows(2).all(|w| w[0].at < w[1].at),
-            "in (file, row) order"
-        );
-        // Every held row's id is its own event's, in the chunk of its row group.
-        for row in held {
-            let id = routed.first_group_ids.bytes(row.id);
-            assert_eq!(crate::validate::id_hash_of_bytes(id), row.id_hash);
+    /// Each row of a held group is of that group's accounts, in (file, row) order, its id
+    /// its own event's (in the chunk of its row group).
+    fn assert_held_in_order(routed: &Routed<Usage>, files: &[InputFile], groups: u32) {
+        let layout = Layout {
+            shard: 0,
+            shards: 1,
+            groups,
+        };
+        let accounts = accounts_by_row(files);
+        for (group, held) in routed.held.iter().enumerate() {
+            assert!(
+                held.rows.windows(2).all(|w| w[0].at < w[1].at),
+                "group {group} in (file, row) order"
+            );
+            for row in &held.rows {
+                let id = held.ids.bytes(row.id);
+                assert_eq!(crate::validate::id_hash_of_bytes(id), row.id_hash);
+                let account = &accounts[&(row.at.file(), row.at.row())];
+                assert_eq!(layout.group_of_account(account), Some(group));
+            }
         }
     }
 
+    /// Each row's `account_id` by (file, row), read with the Parquet reader itself.
+    fn accounts_by_row(files: &[InputFile]) -> std::collections::HashMap<(u32, u64), String> {
+        use arrow::array::{Array, AsArray};
+        let mut accounts = std::collections::HashMap::new();
+        for (file, input) in files.iter().enumerate() {
+            let opened = File::open(&input.abs_path).unwrap();
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(opened)
+                    .unwrap()
+                    .build()
+                    .unwrap();
+            let mut row = 0u64;
+            for batch in reader {
+                let batch = batch.unwrap();
+                let column = batch.column_by_name("account_id").unwrap();
+                let column =
+                    arrow::compute::cast(column, &arrow::datatypes::DataType::Utf8).unwrap();
+                let column = column.as_string::<i32>();
+                for i in 0..column.len() {
+                    if column.is_valid(i) {
+                        accounts.insert((file as u32, row), column.value(i).to_string());
+                    }
+                    row += 1;
+                }
+            }
+        }
+        accounts
+    }
+
     #[test]
-    fn a_row_group_with_more_first_group_rows_than_counted_fails_as_a_changed_file() {
-        let (_dir, files) = generated("changed");
-        let Err(e) = route_usage(&files, 3, 1) else {
-            panic!("a row group held more rows than its place");
-        };
-        let message = e.to_string();
-        assert!(
-            message.contains(
-                "row group 0 changed while the run read it (more rows of one \
-                 account group than a first read counted); rerun once the file is complete"
-            ),
-            "{message}"
+    fn the_first_two_groups_are_kept_in_memory_in_row_order_and_the_others_spilled() {
+        let (_dir, files) = generated("held");
+        let (routed, spilled) = route_usage(&files, 4, [0, 0]).unwrap();
+        let held: Vec<u64> = routed.held.iter().map(|h| h.rows.len() as u64).collect();
+        assert!(held.iter().all(|&n| n > 0), "{held:?}");
+        assert_eq!(spilled[..2], [0, 0], "a held group spills nothing");
+        assert!(spilled[2..].iter().all(|&n| n > 0), "{spilled:?}");
+        assert_eq!(
+            routed.grouped,
+            held.iter().sum::<u64>() + spilled.iter().sum::<u64>()
         );
-        assert_eq!(e.exit_code(), 2, "{message}");
+        assert_held_in_order(&routed, &files, 4);
+    }
+
+    #[test]
+    fn a_run_of_two_groups_holds_both_and_spills_nothing() {
+        let (_dir, files) = generated("two");
+        let (routed, spilled) = route_usage(&files, 2, [0, 0]).unwrap();
+        assert_eq!(spilled, [0, 0]);
+        assert!(routed.held.iter().all(|h| !h.rows.is_empty()));
+        assert_eq!(
+            routed.grouped,
+            routed.held.iter().map(|h| h.rows.len() as u64).sum::<u64>()
+        );
+        assert_held_in_order(&routed, &files, 2);
+    }
+
+    #[test]
+    fn a_row_group_with_more_held_rows_than_counted_fails_as_a_changed_file() {
+        let (_dir, files) = generated("changed");
+        for fewer in [[1, 0], [0, 1]] {
+            let Err(e) = route_usage(&files, 3, fewer) else {
+                panic!("a row group held more rows than its place ({fewer:?})");
+            };
+            let message = e.to_string();
+            assert!(
+                message.contains(
+                    "row group 0 changed while the run read it (more rows of one \
+                     account group than a first read counted); rerun once the file is \
+                     complete"
+                ),
+                "{message}"
+            );
+            assert_eq!(e.exit_code(), 2, "{message}");
+        }
     }
 
     fn usage(file: u32, row: u64, event: &str) -> UsageRow {

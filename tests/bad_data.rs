@@ -1465,12 +1465,12 @@ fn a_row_group_of_more_than_4_gib_of_ids_is_refused() {
          one row group; write the file in smaller row groups"
     );
     assert_refused(&tmp, &reconcile(&tmp), &refusal);
-    // Split in two groups: the rows go to one account's group. Held in memory (the first
-    // group's place) they are refused alike; spilled, a frame holds one batch (64K rows)
-    // and the run goes on. Either way, no panic.
+    // Split in three groups: the rows go to one account's group. Held in memory (the
+    // first two groups' places) they are refused alike; spilled (the third), a frame holds
+    // one batch (64K rows) and the run goes on. Either way, no panic.
     let data = tmp.path();
     let split = run_command("reconcile", data, AS_OF, &data.join("out"))
-        .args(["--groups", "2"])
+        .args(["--groups", "3"])
         .output()
         .unwrap();
     match split.status.code() {

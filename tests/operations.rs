@@ -3188,9 +3188,10 @@ fn a_charge_past_the_credit_range_stops_the_run_naming_the_row() {
          then rerun\n"
     );
     assert!(!out_dir.exists());
-    // A split run (rows read back from the spill) names the same row.
+    // A split run (rows read back from the spill: account `a` is in the third of 3
+    // groups, the first spilled one) names the same row.
     let out = run_command("reconcile", &root, AS_OF, &out_dir)
-        .args(["--groups", "2"])
+        .args(["--groups", "3"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
@@ -3312,7 +3313,8 @@ fn an_empty_tmpdir_spills_under_tmp() {
     let tmp = tempfile::tempdir().unwrap();
     let data = demo_copy(tmp.path());
     let run = run_command("reconcile", &data, AS_OF, &tmp.path().join("out"))
-        .args(["--groups", "2", "--log-format", "json"])
+        // 3 groups: the first two are held in memory, the third spilled.
+        .args(["--groups", "3", "--log-format", "json"])
         .env("TMPDIR", "")
         .env("TALLY_LOG", "tally::spill=debug")
         .current_dir(tmp.path())
