@@ -826,7 +826,7 @@ impl AllocationStatus {
 /// same two strings, not copies (a split run holds every account's rows to the end).
 /// Read with strings of their own, an account's allocations are given one string by
 /// `validate::allocations` (which its grants, the run's dictionary and its result then
-/// share) and a plan's allocations one for the plan.
+/// share) and a plan's allocations the price book's string for the plan.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct AllocationRow {
     pub at: RowRef,

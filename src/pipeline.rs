@@ -1506,7 +1506,8 @@ mod tests {
 
     /// One string for an account's id, held by its allocation rows, its grants, the
     /// validated allocations' account list and the run's dictionary; one for a plan's id,
-    /// held by its allocations (`Arc::ptr_eq`: each row was read with its own copy).
+    /// held by its allocations and the price book (`Arc::ptr_eq`: each row was read with
+    /// its own copy).
     #[test]
     fn an_accounts_rows_and_the_dictionary_share_one_string_and_a_plans_rows_one() {
         let plans = small_root_plans();

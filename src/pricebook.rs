@@ -25,7 +25,8 @@ pub enum Overage {
 
 #[derive(Debug, Clone)]
 pub struct Plan {
-    pub plan_id: String,
+    /// Shared with every allocation row of the plan (`validate::allocations`).
+    pub plan_id: crate::model::Shared,
     pub name: String,
     pub price: Decimal,
     pub price_minor: i64,
@@ -648,7 +649,7 @@ fn parse_plan(
         }
     };
     Ok(Plan {
-        plan_id: plan_id.to_string(),
+        plan_id: plan_id.into(),
         name: raw.name.unwrap_or_else(|| plan_id.to_string()),
         price,
         price_minor: minor,

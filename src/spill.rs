@@ -1049,12 +1049,13 @@ mod tests {
     }
 
     /// Route the usage files of a run in `groups` groups with the light pass's counts, less
-    /// `fewer[g]` in each row group's count of held group `g`; the rows spilled by group.
+    /// `fewer[g]` in each row group's count of held group `g`; the rows spilled by group,
+    /// and the run's dictionaries (the rows' account codes).
     fn route_usage(
         files: &[InputFile],
         groups: u32,
         fewer: [u64; HELD_GROUPS],
-    ) -> Result<(Routed<Usage>, Vec<u64>)> {
+    ) -> Result<(Routed<Usage>, Vec<u64>, crate::dict::Dicts)> {
         let layout = Layout {
             shard: 0,
             shards: 1,
@@ -1081,18 +1082,18 @@ mod tests {
             &|| {},
         )?;
         let spilled_rows = spill.finish().unwrap().iter().map(|f| f.rows).collect();
-        Ok((routed, spilled_rows))
+        Ok((routed, spilled_rows, builder.freeze()))
     }
 
-    /// Each row of a held group is of that group's accounts, in (file, row) order, its id
-    /// its own event's (in the chunk of its row group).
-    fn assert_held_in_order(routed: &Routed<Usage>, files: &[InputFile], groups: u32) {
+    /// Each row of a held group is of that group's accounts (by its parsed account code;
+    /// the pass routed it by the raw `account_id` cell), in (file, row) order, its id its
+    /// own event's (in the chunk of its row group).
+    fn assert_held_in_order(routed: &Routed<Usage>, dicts: &crate::dict::Dicts, groups: u32) {
         let layout = Layout {
             shard: 0,
             shards: 1,
             groups,
         };
-        let accounts = accounts_by_row(files);
         for (group, held) in routed.held.iter().enumerate() {
             assert!(
                 held.rows.windows(2).all(|w| w[0].at < w[1].at),
@@ -1101,45 +1102,16 @@ mod tests {
             for row in &held.rows {
                 let id = held.ids.bytes(row.id);
                 assert_eq!(crate::validate::id_hash_of_bytes(id), row.id_hash);
-                let account = &accounts[&(row.at.file(), row.at.row())];
+                let account = dicts.account(row.account);
                 assert_eq!(layout.group_of_account(account), Some(group));
             }
         }
     }
 
-    /// Each row's `account_id` by (file, row), read with the Parquet reader itself.
-    fn accounts_by_row(files: &[InputFile]) -> std::collections::HashMap<(u32, u64), String> {
-        use arrow::array::{Array, AsArray};
-        let mut accounts = std::collections::HashMap::new();
-        for (file, input) in files.iter().enumerate() {
-            let opened = File::open(&input.abs_path).unwrap();
-            let reader =
-                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(opened)
-                    .unwrap()
-                    .build()
-                    .unwrap();
-            let mut row = 0u64;
-            for batch in reader {
-                let batch = batch.unwrap();
-                let column = batch.column_by_name("account_id").unwrap();
-                let column =
-                    arrow::compute::cast(column, &arrow::datatypes::DataType::Utf8).unwrap();
-                let column = column.as_string::<i32>();
-                for i in 0..column.len() {
-                    if column.is_valid(i) {
-                        accounts.insert((file as u32, row), column.value(i).to_string());
-                    }
-                    row += 1;
-                }
-            }
-        }
-        accounts
-    }
-
     #[test]
     fn the_first_two_groups_are_kept_in_memory_in_row_order_and_the_others_spilled() {
         let (_dir, files) = generated("held");
-        let (routed, spilled) = route_usage(&files, 4, [0, 0]).unwrap();
+        let (routed, spilled, dicts) = route_usage(&files, 4, [0, 0]).unwrap();
         let held: Vec<u64> = routed.held.iter().map(|h| h.rows.len() as u64).collect();
         assert!(held.iter().all(|&n| n > 0), "{held:?}");
         assert_eq!(spilled[..2], [0, 0], "a held group spills nothing");
@@ -1148,20 +1120,20 @@ mod tests {
             routed.grouped,
             held.iter().sum::<u64>() + spilled.iter().sum::<u64>()
         );
-        assert_held_in_order(&routed, &files, 4);
+        assert_held_in_order(&routed, &dicts, 4);
     }
 
     #[test]
     fn a_run_of_two_groups_holds_both_and_spills_nothing() {
         let (_dir, files) = generated("two");
-        let (routed, spilled) = route_usage(&files, 2, [0, 0]).unwrap();
+        let (routed, spilled, dicts) = route_usage(&files, 2, [0, 0]).unwrap();
         assert_eq!(spilled, [0, 0]);
         assert!(routed.held.iter().all(|h| !h.rows.is_empty()));
         assert_eq!(
             routed.grouped,
             routed.held.iter().map(|h| h.rows.len() as u64).sum::<u64>()
         );
-        assert_held_in_order(&routed, &files, 2);
+        assert_held_in_order(&routed, &dicts, 2);
     }
 
     #[test]

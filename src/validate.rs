@@ -131,11 +131,8 @@ pub fn allocations(
     rejected: &mut Vec<RejectedPeriod>,
 ) -> Allocations {
     let mut known = Vec::with_capacity(rows.len());
-    // A plan's allocations share one string for its id (each row was read with its own).
-    let mut plan_ids: std::collections::HashSet<Shared, FastHash> =
-        std::collections::HashSet::default();
     for mut row in rows {
-        if !book.plans.contains_key(&*row.plan_id) {
+        let Some(plan) = book.plans.get(&*row.plan_id) else {
             rejects.push(reject(
                 Dataset::Allocations,
                 row.at,
@@ -147,13 +144,10 @@ pub fn allocations(
             ));
             rejected.push(RejectedPeriod::of(&row));
             continue;
-        }
-        match plan_ids.get(&*row.plan_id) {
-            Some(plan_id) => row.plan_id = plan_id.clone(),
-            None => {
-                plan_ids.insert(row.plan_id.clone());
-            }
-        }
+        };
+        // A plan's allocations share the price book's string for its id (each row was
+        // read with its own).
+        row.plan_id = plan.plan_id.clone();
         known.push(row);
     }
     // One sort puts each account's periods together, by start (then end, then place),
@@ -764,7 +758,7 @@ mod tests {
         assert_eq!(rows_of(0), [2]);
         assert_eq!(rows_of(1), [0, 7]);
         // Read with a string each, an account's rows now hold the one in `accounts`, and
-        // a plan's rows one for the plan.
+        // a plan's rows the price book's for the plan.
         let [b0, b7] = found.of(1) else {
             panic!("two periods of b")
         };
@@ -772,6 +766,10 @@ mod tests {
         assert!(std::sync::Arc::ptr_eq(&b7.account_id, &found.accounts[1]));
         assert!(std::sync::Arc::ptr_eq(&b0.plan_id, &b7.plan_id));
         assert!(std::sync::Arc::ptr_eq(&b0.plan_id, &found.of(0)[0].plan_id));
+        assert!(std::sync::Arc::ptr_eq(
+            &b0.plan_id,
+            &book.plans[&*b0.plan_id].plan_id
+        ));
         rejects.sort_by_key(|r| r.at);
         // Every reject is in `rejected` too, with its account-period.
         rejected.sort_by_key(|p| p.at);
