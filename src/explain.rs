@@ -873,9 +873,9 @@ fn published_views<'a>(rows: impl Iterator<Item = &'a DiscrepancyRow>) -> Vec<Di
 fn discrepancy_view(d: &DiscrepancyRow) -> DiscrepancyView {
     DiscrepancyView {
         kind: d.kind.name(),
-        account_id: d.account_id.clone(),
+        account_id: d.account_id.to_string(),
         event_id: d.event_id.as_ref().map(|id| id.to_string()),
-        entry_ids: d.entry_ids.clone(),
+        entry_ids: d.entry_ids.iter().map(|id| id.to_string()).collect(),
         occurred_at: d.occurred_at.map(format_instant),
         expected_credits: d.expected_credits,
         recorded_credits: d.recorded_credits,

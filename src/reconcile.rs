@@ -4,7 +4,7 @@
 use crate::amount::Milli;
 use crate::dict::{Dicts, Ids};
 use crate::error::Result;
-use crate::model::{Debit, EntryKind, EventStatus, Usage};
+use crate::model::{Debit, EntryKind, EventStatus, Id, Shared, Usage};
 use crate::price::Price;
 use crate::time::Micros;
 
@@ -107,18 +107,24 @@ impl Kind {
     }
 }
 
-/// One row of `discrepancies`.
+/// One row of `discrepancies`. Its account, product, action and model are the run's
+/// dictionary's shared strings and its ids are held inline (up to 24 bytes), not strings
+/// of its own: a split run holds every discrepancy row until the end, and a String a
+/// field was about 200 bytes more a row (a 2M-event month with 30 % of its events in
+/// discrepancy, in 4 groups: 1,060–1,069 MiB peak against 788–826 MiB;
+/// benches/README.md, "Profiles and experiments (2026-12-07, 20:30: discrepancy rows
+/// without strings of their own)").
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DiscrepancyRow {
     pub kind: Kind,
-    pub account_id: String,
-    pub event_id: Option<String>,
+    pub account_id: Shared,
+    pub event_id: Option<Id>,
     /// Sorted.
-    pub entry_ids: Vec<String>,
+    pub entry_ids: Vec<Id>,
     pub occurred_at: Option<Micros>,
-    pub product: Option<String>,
-    pub action: Option<String>,
-    pub model: Option<String>,
+    pub product: Option<Shared>,
+    pub action: Option<Shared>,
+    pub model: Option<Shared>,
     pub expected_credits: Option<Milli>,
     pub recorded_credits: Milli,
     pub delta_credits: Option<Milli>,
@@ -126,7 +132,7 @@ pub struct DiscrepancyRow {
     /// each once; empty unless an entry is another account's: `account_mismatch`). Not a
     /// contract column: the report's CSVs add it, so that the customer wrongly debited is
     /// named where finance reads the row.
-    pub entry_account_ids: Vec<String>,
+    pub entry_account_ids: Vec<Shared>,
 }
 
 impl DiscrepancyRow {
@@ -223,26 +229,26 @@ pub fn event_row(
         Some(e) => Some(recorded.checked_sub(e)?),
         None => None,
     };
-    let mut entry_ids: Vec<String> = entries
+    let mut entry_ids: Vec<Id> = entries
         .iter()
-        .map(|e| ids.1.str(e.entry_id).map(str::to_string))
+        .map(|e| ids.1.str(e.entry_id).map(Id::new))
         .collect::<Result<_>>()?;
     entry_ids.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-    let mut entry_account_ids: Vec<String> = (entries.iter())
+    let mut entry_account_ids: Vec<Shared> = (entries.iter())
         .filter(|e| e.account != event.account)
-        .map(|e| dicts.account(e.account).to_string())
+        .map(|e| dicts.account(e.account).clone())
         .collect();
     entry_account_ids.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
     entry_account_ids.dedup();
     Ok(DiscrepancyRow {
         kind,
-        account_id: dicts.account(event.account).to_string(),
-        event_id: Some(ids.0.str(event.id)?.to_string()),
+        account_id: dicts.account(event.account).clone(),
+        event_id: Some(Id::new(ids.0.str(event.id)?)),
         entry_ids,
         occurred_at: Some(event.occurred_at),
-        product: Some(dicts.product(event.sku).to_string()),
-        action: Some(dicts.action(event.sku).to_string()),
-        model: dicts.model(event.sku).map(|m| m.to_string()),
+        product: Some(dicts.product(event.sku).clone()),
+        action: Some(dicts.action(event.sku).clone()),
+        model: dicts.model(event.sku).cloned(),
         expected_credits: expected,
         recorded_credits: recorded,
         delta_credits: delta,
@@ -263,12 +269,12 @@ pub fn unattached_kind(entry: &Debit) -> Option<Kind> {
 pub fn entry_row(kind: Kind, entry: &Debit, dicts: &Dicts, ids: &Ids) -> Result<DiscrepancyRow> {
     Ok(DiscrepancyRow {
         kind,
-        account_id: dicts.account(entry.account).to_string(),
+        account_id: dicts.account(entry.account).clone(),
         event_id: match entry.has_event() {
-            true => Some(ids.str(entry.event_id)?.to_string()),
+            true => Some(Id::new(ids.str(entry.event_id)?)),
             false => None,
         },
-        entry_ids: vec![ids.str(entry.entry_id)?.to_string()],
+        entry_ids: vec![Id::new(ids.str(entry.entry_id)?)],
         occurred_at: None,
         product: None,
         action: None,
@@ -516,12 +522,32 @@ mod tests {
             (&usage_ids, &debit_ids),
         )
         .unwrap();
-        assert_eq!(row.account_id, "a");
+        assert_eq!(&*row.account_id, "a");
         assert_eq!(row.event_id.as_deref(), Some("e1"));
         assert_eq!(row.entry_ids, ["d1", "d2"]);
         assert_eq!(row.product.as_deref(), Some("video"));
         assert_eq!(row.action.as_deref(), Some("generate"));
         assert_eq!(row.model.as_deref(), Some("veo-3"));
         assert_eq!(row.delta_credits, Some(Milli::from_units(1)));
+        // The strings are the run's dictionary's, shared, not copies of their own.
+        let shared = std::sync::Arc::ptr_eq;
+        assert!(shared(&row.account_id, dicts.account(usage[0].account)));
+        assert!(shared(
+            row.product.as_ref().unwrap(),
+            dicts.product(usage[0].sku)
+        ));
+        assert!(shared(
+            row.action.as_ref().unwrap(),
+            dicts.action(usage[0].sku)
+        ));
+        assert!(shared(
+            row.model.as_ref().unwrap(),
+            dicts.model(usage[0].sku).unwrap()
+        ));
+        let entry = entry_row(Kind::OrphanDebit, &debits[0], &dicts, &debit_ids).unwrap();
+        assert!(shared(&entry.account_id, dicts.account(debits[0].account)));
+        assert_eq!(entry.entry_ids, ["d2"]);
+        // What README's memory bounds count a discrepancy row at (with its entry id).
+        assert!(std::mem::size_of::<DiscrepancyRow>() <= 200);
     }
 }

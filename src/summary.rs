@@ -31,7 +31,7 @@ fn polars_err(e: PolarsError) -> TallyError {
 
 fn frame(rows: &[DiscrepancyRow]) -> Result<DataFrame> {
     let kinds: Vec<&str> = rows.iter().map(|r| r.kind.name()).collect();
-    let accounts: Vec<&str> = rows.iter().map(|r| r.account_id.as_str()).collect();
+    let accounts: Vec<&str> = rows.iter().map(|r| &*r.account_id).collect();
     let deltas: Vec<i64> = rows
         .iter()
         .map(|r| r.delta_credits.unwrap_or_default().0)
@@ -153,9 +153,9 @@ mod tests {
     fn orphan(account: &str, delta: i64) -> DiscrepancyRow {
         DiscrepancyRow {
             kind: Kind::OrphanDebit,
-            account_id: account.to_string(),
+            account_id: account.into(),
             event_id: None,
-            entry_ids: vec![format!("d-{account}")],
+            entry_ids: vec![format!("d-{account}").into()],
             occurred_at: None,
             product: None,
             action: None,

@@ -100,7 +100,11 @@ impl Table {
         self.push(name, true, Arc::new(a))
     }
 
-    pub fn str_lists<'a>(self, name: &str, values: impl IntoIterator<Item = &'a [String]>) -> Self {
+    pub fn str_lists<'a, S: AsRef<str> + 'a>(
+        self,
+        name: &str,
+        values: impl IntoIterator<Item = &'a [S]>,
+    ) -> Self {
         let mut builder = ListBuilder::new(StringBuilder::new()).with_field(Arc::new(Field::new(
             "item",
             DataType::Utf8,
@@ -108,7 +112,7 @@ impl Table {
         )));
         for list in values {
             for s in list {
-                builder.values().append_value(s);
+                builder.values().append_value(s.as_ref());
             }
             builder.append(true);
         }
@@ -212,7 +216,7 @@ pub fn discrepancies_table(out: &RunOutput) -> RecordBatch {
     let rows = &out.discrepancies;
     Table::default()
         .str("kind", rows.iter().map(|r| r.kind.name()))
-        .str("account_id", rows.iter().map(|r| r.account_id.as_str()))
+        .str("account_id", rows.iter().map(|r| &*r.account_id))
         .opt_str("event_id", rows.iter().map(|r| r.event_id.as_deref()))
         .str_lists("entry_ids", rows.iter().map(|r| r.entry_ids.as_slice()))
         .opt_ts("occurred_at", rows.iter().map(|r| r.occurred_at))

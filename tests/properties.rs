@@ -479,7 +479,7 @@ proptest! {
             .discrepancies
             .iter()
             .filter(|d| d.kind.name() != "over_limit_usage")
-            .map(|d| (d.event_id.clone().unwrap_or_default(), d.kind.name()))
+            .map(|d| (d.event_id.as_deref().unwrap_or_default().to_string(), d.kind.name()))
             .collect();
         reported.sort();
         prop_assert_eq!(reported, wanted);
