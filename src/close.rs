@@ -377,8 +377,8 @@ pub fn grants_next(
     balances: &[GrantBalance],
     last_period_end: Micros,
     rollover: Option<GrantRow>,
-) -> Vec<GrantRow> {
-    let mut next: Vec<GrantRow> = balances
+) -> thin_vec::ThinVec<GrantRow> {
+    let mut next: thin_vec::ThinVec<GrantRow> = balances
         .iter()
         .filter(|g| !g.is_plan() && g.remaining.is_positive() && !expires_by(g, last_period_end))
         .filter_map(|g| {

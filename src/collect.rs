@@ -4,16 +4,83 @@
 //! anything is written.
 
 use crate::census::Inputs;
-use crate::close::RenewalRow;
-use crate::engine::AccountResult;
+use crate::close::{InvoiceRow, RenewalRow};
+use crate::engine::{AccountResult, BalanceRow, Totals};
 use crate::error::{Result, TallyError};
 use crate::load::InputFile;
 use crate::model::*;
+use crate::reconcile::DiscrepancyRow;
 use crate::run::{DatasetCounts, Partial, RunOutput, RunSettings, UsageCounts};
 use crate::spill;
 use crate::time::Micros;
 use rayon::prelude::*;
 use std::sync::Arc;
+
+/// The run's tables gathered from its accounts' results, in output order (but for
+/// discrepancies, sorted after), before they are moved into the [`RunOutput`].
+struct Tables {
+    discrepancies: Vec<DiscrepancyRow>,
+    balances: Vec<BalanceRow>,
+    invoices: Vec<InvoiceRow>,
+    renewals: Vec<RenewalRow>,
+    allocations_next: Vec<AllocationRow>,
+    grants_next: Vec<GrantRow>,
+    totals: Totals,
+}
+
+impl Tables {
+    /// Empty tables with room for the rows of `results` (so that absorbing them never
+    /// grows a table, which would copy it into fresh memory).
+    fn with_room_for<'r>(results: impl Iterator<Item = &'r AccountResult>) -> Tables {
+        let mut rows = [0usize; 6];
+        for r in results {
+            let lens = [
+                r.discrepancies.len(),
+                r.balances.len(),
+                r.invoices.len(),
+                r.renewals.len(),
+                r.allocations_next.len(),
+                r.grants_next.len(),
+            ];
+            for (total, n) in rows.iter_mut().zip(lens) {
+                *total += n;
+            }
+        }
+        Tables {
+            discrepancies: Vec::with_capacity(rows[0]),
+            balances: Vec::with_capacity(rows[1]),
+            invoices: Vec::with_capacity(rows[2]),
+            renewals: Vec::with_capacity(rows[3]),
+            allocations_next: Vec::with_capacity(rows[4]),
+            grants_next: Vec::with_capacity(rows[5]),
+            totals: Totals::default(),
+        }
+    }
+
+    /// Append another account's rows (accounts are absorbed in account order, so every
+    /// table stays in its documented order except discrepancies, which are sorted after).
+    /// Its billed events and invoice lines were taken out by its group (`runs`): any left
+    /// would never be written, so they stop the run.
+    fn absorb(&mut self, account_id: &str, r: AccountResult) -> Result<()> {
+        if !(r.billed_events.is_empty() && r.invoice_lines.is_empty()) {
+            return Err(TallyError::Invariant(format!(
+                "account \"{account_id}\" still holds {} billed events and {} invoice lines \
+                 when the tables are gathered (its group should have taken them for writing)",
+                r.billed_events.len(),
+                r.invoice_lines.len()
+            )));
+        }
+        self.discrepancies.extend(r.discrepancies);
+        self.balances.extend(r.balances);
+        self.invoices.extend(r.invoices);
+        self.renewals.extend(r.renewals);
+        self.allocations_next.extend(r.allocations_next);
+        let mut grants_next = r.grants_next;
+        grants_next.sort_by(|a, b| a.grant_id.as_bytes().cmp(b.grant_id.as_bytes()));
+        self.grants_next.extend(grants_next);
+        self.totals.add(&r.totals)
+    }
+}
 
 /// Warn of rejected allocation rows, by reason, naming the first: an account-period whose
 /// only allocation row is rejected is billed by no run (no balances, no invoice at close,
@@ -128,9 +195,10 @@ fn order_outputs(
     (breakdown.top_accounts, breakdown.unreconciled_accounts) =
         crate::breakdown::top_accounts(&results)?;
     breakdown.accounts = results.len() as u64;
-    let mut out = AccountResult::with_room_for(results.iter().map(|(_, r)| r));
+    let mut out = Tables::with_room_for(results.iter().map(|(_, r)| r));
     for i in order {
-        out.absorb(std::mem::take(&mut results[i].1))?;
+        let (account_id, r) = std::mem::take(&mut results[i]);
+        out.absorb(&account_id, r)?;
     }
     drop(results);
     out.discrepancies
@@ -375,7 +443,7 @@ fn distinct_periods<'a>(rows: impl Iterator<Item = (&'a str, Micros)>) -> Vec<(&
 }
 
 /// Every closed account-period has exactly one invoice and one renewal.
-fn check_one_invoice_and_renewal_per_period(out: &AccountResult) -> Result<()> {
+fn check_one_invoice_and_renewal_per_period(out: &Tables) -> Result<()> {
     let periods = out.totals.account_periods as usize;
     let invoiced =
         distinct_periods((out.invoices.iter()).map(|i| (&*i.account_id, i.period_start)));
@@ -437,6 +505,38 @@ mod tests {
         }
     }
 
+    /// An account's result is 176 bytes (its eight tables a pointer each), and gathering
+    /// it takes its rows in account order; billed events or invoice lines still in it
+    /// (its group should have taken them for writing) stop the run rather than vanish.
+    #[test]
+    fn accounts_are_gathered_whole_and_none_with_rows_left_unwritten() {
+        use crate::engine::BilledEventRow;
+        assert!(std::mem::size_of::<AccountResult>() <= 176);
+        let mut out = Tables::with_room_for(std::iter::empty());
+        let mut a = AccountResult::default();
+        a.renewals.push(renewal("a", (1, 2), None));
+        a.grants_next.push(grant("g2", "a", GrantKind::Promo, 1));
+        a.grants_next.push(grant("g1", "a", GrantKind::Promo, 1));
+        a.totals.account_periods = 1;
+        out.absorb("a", a).unwrap();
+        let ids: Vec<&str> = out.grants_next.iter().map(|g| &*g.grant_id).collect();
+        assert_eq!(ids, ["g1", "g2"]);
+        assert_eq!((out.renewals.len(), out.totals.account_periods), (1, 1));
+        let mut b = AccountResult::default();
+        b.billed_events.push(BilledEventRow {
+            account_id: "b".into(),
+            invoice_id: "inv".into(),
+            event_id: "e".into(),
+            occurred_at: 1,
+            credits: None,
+        });
+        let err = out.absorb("b", b).unwrap_err().to_string();
+        assert!(
+            err.contains("account \"b\" still holds 1 billed events and 0 invoice lines"),
+            "{err}"
+        );
+    }
+
     /// The close's invariant: every closed account-period has exactly one invoice and one
     /// renewal. A second invoice for a period, a renewal of another period, or a period
     /// counted but not invoiced stops the run (exit 4) with the counts.
@@ -461,11 +561,9 @@ mod tests {
             unreconciled_credits: Milli::ZERO,
         };
         let closed = |invoices: Vec<InvoiceRow>, renewals: Vec<RenewalRow>, periods: u64| {
-            let mut out = AccountResult {
-                invoices,
-                renewals,
-                ..Default::default()
-            };
+            let mut out = Tables::with_room_for(std::iter::empty());
+            out.invoices = invoices;
+            out.renewals = renewals;
             out.totals.account_periods = periods;
             check_one_invoice_and_renewal_per_period(&out)
         };

@@ -23,6 +23,7 @@ use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
+use thin_vec::ThinVec;
 
 /// A whole run on this machine: one shard of one.
 pub fn run(settings: RunSettings, census: &Census, progress: &Progress) -> Result<RunOutput> {
@@ -1344,8 +1345,8 @@ fn close_runs(
             );
             // Written: the accounts' rows are freed now, not kept with their results.
             for (_, r) in results.iter_mut() {
-                r.billed_events = Vec::new();
-                r.invoice_lines = Vec::new();
+                r.billed_events = ThinVec::new();
+                r.invoice_lines = ThinVec::new();
             }
             (billed?, lines?)
         }

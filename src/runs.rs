@@ -34,6 +34,7 @@ use std::collections::BinaryHeap;
 use std::fs::File;
 use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
+use thin_vec::ThinVec;
 
 /// A row of a streamed table, ordered by its account.
 pub trait Keyed: Serialize + DeserializeOwned + Clone + Send + Sync {
@@ -333,7 +334,7 @@ pub enum Run<T> {
     /// In memory: each account's rows, moved out of its result (not copied into one
     /// vector, all of it fresh memory; measured: benches/README.md, "Profiles and
     /// experiments (2026-12-03, evening: the close's run files)", f434bb5).
-    Memory(Vec<Vec<T>>),
+    Memory(Vec<ThinVec<T>>),
     /// A run file and its row count.
     File(PathBuf, u64),
 }
@@ -633,7 +634,7 @@ impl<T: Keyed> RunReader<T> {
 }
 
 enum Source<'a, T: Keyed> {
-    Memory(std::iter::Flatten<std::slice::Iter<'a, Vec<T>>>),
+    Memory(std::iter::Flatten<std::slice::Iter<'a, ThinVec<T>>>),
     File(RunReader<T>),
 }
 
@@ -821,7 +822,7 @@ mod tests {
         assert!(one > 1000, "the row's bytes count its id");
         let runs = vec![
             write_run(&dir.path().join("a.bin"), &a).unwrap(),
-            Run::Memory(vec![b]),
+            Run::Memory(vec![b.into()]),
         ];
         let chunks_of = |limit| {
             let mut chunks: Vec<Vec<String>> = Vec::new();
@@ -880,7 +881,8 @@ mod tests {
             let rows: Vec<_> = accounts.iter().flat_map(|a| of(a)).collect();
             write_run(&dir.path().join(name), &rows).unwrap()
         };
-        let memory = |accounts: &[&str]| Run::Memory(accounts.iter().map(|a| of(a)).collect());
+        let memory =
+            |accounts: &[&str]| Run::Memory(accounts.iter().map(|a| of(a).into()).collect());
         let limit = ChunkLimit {
             rows: 10,
             bytes: 1500,
@@ -924,7 +926,7 @@ mod tests {
         let b = vec![row("b", "3"), row("b", "4"), row("d", "6")];
         let runs = vec![
             write_run(&dir.path().join("a.bin"), &a).unwrap(),
-            Run::Memory(vec![b]),
+            Run::Memory(vec![b.into()]),
         ];
         let mut chunks: Vec<Vec<String>> = Vec::new();
         let rows = for_each_chunk(&runs, by_rows(2), |rows| {
@@ -969,7 +971,7 @@ mod tests {
             Err(cannot("\"a\" comes after \"b\""))
         );
         // One account in two runs: the second run's is refused (ties go to the lower run).
-        let mut runs = vec![Run::Memory(vec![vec![row("a", "1")]])];
+        let mut runs = vec![Run::Memory(vec![vec![row("a", "1")].into()])];
         runs.extend(in_file(&[row("a", "2")]));
         let again = "\"a\" is in another run too, or apart in this one";
         assert_eq!(merged(&runs), Err(cannot(again)));
@@ -983,7 +985,10 @@ mod tests {
             Err(cannot("\"a\" comes after \"c\""))
         );
         assert_eq!(
-            merged(&[Run::Memory(vec![vec![row("b", "1")], vec![row("a", "2")]])]),
+            merged(&[Run::Memory(vec![
+                vec![row("b", "1")].into(),
+                vec![row("a", "2")].into(),
+            ])]),
             Err(
                 "invariant broken: a group's run: its account \"a\" comes after \"b\": runs \
                  hold accounts in id order, each account in one run"

@@ -1905,7 +1905,7 @@ mod tests {
             occurred_at: 0,
             credits: Some(crate::amount::Milli(1000)),
         };
-        let runs = [crate::runs::Run::Memory(vec![vec![row]])];
+        let runs = [crate::runs::Run::Memory(vec![vec![row].into()])];
         let caught = std::panic::catch_unwind(|| write_streamed(&path, &runs, batch, None));
         let payload = caught.expect_err("the producer's panic reaches the caller");
         assert_eq!(
