@@ -31,7 +31,7 @@ dir=${AB_DIR:-$(mktemp -d)}
 mkdir -p "$dir"
 
 # CPU seconds stolen from this VM since boot, all cores (/proc/stat's steal).
-stolen_s() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / {print $9 / hz}' /proc/stat; }
+stolen_s() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / {printf "%.2f\n", $9 / hz}' /proc/stat; }
 
 declare -A seen
 for ((i = 1; i <= runs; i++)); do

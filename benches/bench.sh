@@ -135,14 +135,14 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 # Compared with the CPU time of the measured commands it shows how much other processes
 # took during a measurement.
 OUR_CPU=0
-busy_cpu_s() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / {print ($2 + $3 + $4 + $7 + $8 + $9) / hz}' /proc/stat; }
+busy_cpu_s() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / {printf "%.2f\n", ($2 + $3 + $4 + $7 + $8 + $9) / hz}' /proc/stat; }
 # CPU seconds the hypervisor has taken from this VM since boot (all cores; /proc/stat's
 # steal): time a core was ready to run but the host ran something else. On the bench's VM
 # a direct write or read while both cores are busy is paid so (about 1.6 s a GiB written,
 # 1 s a GiB read: benches/io-steal.sh), so a split run's spill costs more there than on
 # a machine of its own; the table shows it per run, and `foreign` below leaves it out.
 OUR_STEAL=0
-steal_cpu_s() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / {print $9 / hz}' /proc/stat; }
+steal_cpu_s() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / {printf "%.2f\n", $9 / hz}' /proc/stat; }
 
 # One timed run of a tool; its wall (s), CPU (user+sys s), peak RSS (KB) and the steal
 # during it (s) are appended to WALLS[TOOL], CPUS[TOOL], RSSS[TOOL] and STEALS[TOOL]

@@ -47,15 +47,21 @@ trap cleanup EXIT
 cp "$bin" "$dir/tally"
 rm -f "$dir/runs.jsonl"
 
-# CPU seconds stolen from this VM since boot, all cores (/proc/stat's steal).
-stolen_s() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / {print $9 / hz}' /proc/stat; }
+# Ticks stolen from this VM since boot, all cores (/proc/stat's steal): an integer, so that
+# the difference of two readings keeps its precision however long the VM has been up.
+stolen_ticks() { awk '/^cpu / {print $9}' /proc/stat; }
+hz=$(getconf CLK_TCK)
+# tally's stage lines are INFO (a TALLY_LOG exported by the caller could hide them), and
+# printf's %f wants a '.' decimal point.
+export TALLY_LOG=info LC_ALL=C
 
 # "epoch_seconds rss_kib" of GNU time's child (tally) every 0.1 s, until it exits. time's
 # pid comes from the file its subshell writes before exec; tally itself is found as its
 # child, so no wrapper process runs inside the measurement (its faults would count).
 sample() {
     local tpid pid='' key val rest rss
-    until [[ -s $dir/pid ]]; do sleep 0.01; done
+    local tries=0
+    until [[ -s $dir/pid ]]; do ((++tries < 1000)) || return 0; sleep 0.01; done
     tpid=$(<"$dir/pid")
     while [[ -z $pid && -e /proc/$tpid ]]; do pid=$(pgrep -P "$tpid") || sleep 0.01; done
     while [[ -n $pid ]]; do
@@ -75,7 +81,8 @@ read -r -d '' PY <<'PY' || true
 import datetime, json, statistics, sys
 
 def ts(text):
-    return datetime.datetime.fromisoformat(text).timestamp()
+    # Python before 3.11 does not read a trailing "Z".
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 def cell(value, decimals):
     return f"{value:8.{decimals}f}" if value is not None else f"{'-':>8}"
@@ -110,6 +117,8 @@ def run(log, rss_file, runs_file, *whole):
         if "cpu_ms" in fields:
             s["cpu"] = (s["cpu"] or 0) + fields["cpu_ms"] / 1000
         s["spans"].append(span)
+    if not stages:
+        sys.exit(f"stages: no 'stage done' line in {log}: not tally's JSON log, or its level hides INFO")
     samples = []
     for line in open(rss_file):
         t, kib = line.split()
@@ -155,12 +164,12 @@ for ((i = 1; i <= runs; i++)); do
     sync
     sample >"$rss" &
     sampler=$!
-    steal0=$(stolen_s)
+    steal0=$(stolen_ticks)
     rc=0
     ( echo "$BASHPID" >"$dir/pid"
       exec /usr/bin/time -o "$dir/time" -f "%e %U %S %M %R" "$dir/tally" "$@" \
           --out "$out" --log-format json >"$dir/stdout-$i.txt" 2>"$log" ) || rc=$?
-    stolen=$(awk -v a="$steal0" -v b="$(stolen_s)" 'BEGIN {printf "%.2f", b - a}')
+    stolen=$(awk -v a="$steal0" -v b="$(stolen_ticks)" -v hz="$hz" 'BEGIN {printf "%.2f", (b - a) / hz}')
     wait "$sampler" || true
     # On failure GNU time writes "Command exited with non-zero status N" first.
     read -r wall user sys peak_kb faults < <(tail -n 1 "$dir/time")
@@ -169,6 +178,7 @@ for ((i = 1; i <= runs; i++)); do
     if ((rc != 0)); then
         echo "stages: run $i failed (exit $rc); the end of its stderr:" >&2
         tail -n 10 "$log" >&2
+        rm -rf "$out"
         exit 1
     fi
     rm -rf "$out" "$dir/.out-$i.tally-lock"

@@ -506,8 +506,9 @@ mod tests {
     }
 
     /// An account's result is 176 bytes (its eight tables a pointer each), and gathering
-    /// it takes its rows in account order; billed events or invoice lines still in it
-    /// (its group should have taken them for writing) stop the run rather than vanish.
+    /// appends its rows after the accounts gathered before it; billed events or invoice
+    /// lines still in it (its group should have taken them for writing) stop the run
+    /// rather than vanish.
     #[test]
     fn accounts_are_gathered_whole_and_none_with_rows_left_unwritten() {
         use crate::engine::BilledEventRow;
@@ -535,6 +536,29 @@ mod tests {
             err.contains("account \"b\" still holds 1 billed events and 0 invoice lines"),
             "{err}"
         );
+        let mut c = AccountResult::default();
+        c.invoice_lines.push(crate::close::InvoiceLineRow {
+            invoice_id: "inv".into(),
+            product: "video".into(),
+            action: "generate".into(),
+            model: None,
+            event_count: 1,
+            quantity: Milli::ZERO,
+            credits: Milli::ZERO,
+        });
+        let err = out.absorb("c", c).unwrap_err().to_string();
+        assert!(
+            err.contains("account \"c\" still holds 0 billed events and 1 invoice lines"),
+            "{err}"
+        );
+        // A second account's rows follow the first's, and the totals add up.
+        let mut d = AccountResult::default();
+        d.renewals.push(renewal("d", (1, 2), None));
+        d.totals.account_periods = 1;
+        out.absorb("d", d).unwrap();
+        let accounts: Vec<&str> = out.renewals.iter().map(|r| &*r.account_id).collect();
+        assert_eq!(accounts, ["a", "d"]);
+        assert_eq!(out.totals.account_periods, 2);
     }
 
     /// The close's invariant: every closed account-period has exactly one invoice and one

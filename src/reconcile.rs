@@ -110,10 +110,12 @@ impl Kind {
 /// One row of `discrepancies`. Its account, product, action and model are the run's
 /// dictionary's shared strings and its ids are held inline (up to 24 bytes), not strings
 /// of its own: a split run holds every discrepancy row until the end, and a String a
-/// field was about 200 bytes more a row (a 2M-event month with 30 % of its events in
-/// discrepancy, in 4 groups: 1,060–1,069 MiB peak against 788–826 MiB;
-/// benches/README.md, "Profiles and experiments (2026-12-07, 20:30: discrepancy rows
-/// without strings of their own)").
+/// field made a row about 370–400 bytes with its heap strings, about 225 now with its
+/// entry ids' vector (a 2M-event month with 600,000 discrepancy rows, in 4 groups: 1,060–
+/// 1,069 MiB peak against 788–826 MiB, more than those bytes: the allocator's share of
+/// many small strings freed across threads is a guess, not measured; benches/README.md,
+/// "Profiles and experiments (2026-12-07, 20:30: discrepancy rows without strings of
+/// their own)"). Rows decoded from a shard's `partial.bin` hold strings of their own.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DiscrepancyRow {
     pub kind: Kind,

@@ -1452,6 +1452,20 @@ fn read_partial(folder: &Path, m: &ShardManifest, listed: &[Vec<u64>; 4]) -> Res
             "it holds balances, which only a reconcile writes, but {SHARD_MANIFEST} says close"
         )));
     }
+    // A close's billed events and invoice lines are in its run files only: rows of them in
+    // an account's result would never be written (the gathering stops on them as a
+    // broken invariant; a forged partial is refused here instead, by its file).
+    let rows_outside_runs = || {
+        (partial.results.iter())
+            .any(|(_, r)| !r.billed_events.is_empty() || !r.invoice_lines.is_empty())
+    };
+    if m.command == "close" && rows_outside_runs() {
+        return Err(refuse(
+            "it holds billed events or invoice lines in an account's result, outside its run \
+             files (a close's shard writes them only to run files)"
+                .into(),
+        ));
+    }
     let mut used = std::collections::BTreeSet::new();
     locate_runs(folder, m, &mut partial.billed, &mut used, &refuse)?;
     locate_runs(folder, m, &mut partial.lines, &mut used, &refuse)?;
@@ -1469,6 +1483,99 @@ fn read_partial(folder: &Path, m: &ShardManifest, listed: &[Vec<u64>; 4]) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `partial.bin`'s form of an account's result is what it was when its tables were
+    /// `Vec`s and a discrepancy row's strings and ids were `String`s (`PARTIAL_FORMAT` 3):
+    /// a `ThinVec`, an `Arc<str>` and a `CompactString` serialize as a `Vec` and a `String`
+    /// do, byte for byte.
+    #[test]
+    fn an_account_result_serializes_as_it_did_with_vecs_and_strings() {
+        use crate::amount::Milli;
+        use crate::engine::{AccountResult, Totals};
+        use crate::reconcile::{DiscrepancyRow, Kind};
+        #[derive(serde::Serialize)]
+        struct StringRow {
+            kind: Kind,
+            account_id: String,
+            event_id: Option<String>,
+            entry_ids: Vec<String>,
+            occurred_at: Option<i64>,
+            product: Option<String>,
+            action: Option<String>,
+            model: Option<String>,
+            expected_credits: Option<Milli>,
+            recorded_credits: Milli,
+            delta_credits: Option<Milli>,
+            entry_account_ids: Vec<String>,
+        }
+        #[derive(serde::Serialize)]
+        struct VecResult {
+            discrepancies: Vec<StringRow>,
+            balances: Vec<crate::engine::BalanceRow>,
+            invoices: Vec<crate::close::InvoiceRow>,
+            invoice_lines: Vec<crate::close::InvoiceLineRow>,
+            renewals: Vec<crate::close::RenewalRow>,
+            allocations_next: Vec<crate::model::AllocationRow>,
+            grants_next: Vec<crate::model::GrantRow>,
+            billed_events: Vec<crate::engine::BilledEventRow>,
+            totals: Totals,
+        }
+        let row = DiscrepancyRow {
+            kind: Kind::AccountMismatch,
+            account_id: "acct-1".into(),
+            event_id: Some("evt-0123456789abcdef0123456789".into()),
+            entry_ids: vec!["d-2".into(), "d-1".into()],
+            occurred_at: Some(1_700_000_000_000_000),
+            product: Some("video".into()),
+            action: Some("generate".into()),
+            model: None,
+            expected_credits: Some(Milli(1500)),
+            recorded_credits: Milli(-7),
+            delta_credits: None,
+            entry_account_ids: vec!["acct-2".into()],
+        };
+        let string_row = || StringRow {
+            kind: Kind::AccountMismatch,
+            account_id: "acct-1".into(),
+            event_id: Some("evt-0123456789abcdef0123456789".into()),
+            entry_ids: vec!["d-2".into(), "d-1".into()],
+            occurred_at: Some(1_700_000_000_000_000),
+            product: Some("video".into()),
+            action: Some("generate".into()),
+            model: None,
+            expected_credits: Some(Milli(1500)),
+            recorded_credits: Milli(-7),
+            delta_credits: None,
+            entry_account_ids: vec!["acct-2".into()],
+        };
+        let totals = Totals {
+            events_in_window: 3,
+            recorded_credits: Milli(-7),
+            ..Totals::default()
+        };
+        let mut result = AccountResult {
+            totals: totals.clone(),
+            ..AccountResult::default()
+        };
+        result.discrepancies.push(row.clone());
+        result.discrepancies.push(row);
+        let vec_result = VecResult {
+            discrepancies: vec![string_row(), string_row()],
+            balances: Vec::new(),
+            invoices: Vec::new(),
+            invoice_lines: Vec::new(),
+            renewals: Vec::new(),
+            allocations_next: Vec::new(),
+            grants_next: Vec::new(),
+            billed_events: Vec::new(),
+            totals,
+        };
+        let result_bytes = postcard::to_allocvec(&result).unwrap();
+        assert_eq!(result_bytes, postcard::to_allocvec(&vec_result).unwrap());
+        // And it reads back as it was written.
+        let back: AccountResult = postcard::from_bytes(&result_bytes).unwrap();
+        assert_eq!(postcard::to_allocvec(&back).unwrap(), result_bytes);
+    }
 
     /// What only a close writes, in a partial or any account's result, is named; a
     /// reconcile's partial holds none of it.

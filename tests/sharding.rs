@@ -2279,6 +2279,36 @@ fn merge_refuses_run_files_a_forged_partial_names_wrongly() {
         p.billed.push(Run::File(name, rows));
     });
     assert_eq!(e, refusal("billed-0.bin is named twice"));
+    // An account's result holding billed events or invoice lines (a close's shard writes
+    // them to run files only): refused by the file, not dropped nor stopped on later.
+    let outside = "it holds billed events or invoice lines in an account's result, outside \
+                   its run files (a close's shard writes them only to run files)";
+    let e = forged(&|p| {
+        let row = tally::engine::BilledEventRow {
+            account_id: p.results[0].0.clone(),
+            invoice_id: "INV-forged".into(),
+            event_id: "e-forged".into(),
+            occurred_at: 0,
+            credits: None,
+        };
+        p.results[0].1.billed_events.push(row);
+    });
+    assert_eq!(e, refusal(outside));
+    let e = forged(&|p| {
+        p.results[0]
+            .1
+            .invoice_lines
+            .push(tally::close::InvoiceLineRow {
+                invoice_id: "INV-forged".into(),
+                product: "video".into(),
+                action: "generate".into(),
+                model: None,
+                event_count: 1,
+                quantity: tally::amount::Milli(1000),
+                credits: tally::amount::Milli(1000),
+            });
+    });
+    assert_eq!(e, refusal(outside));
     let e = forged(&|p| {
         let (_, rows) = first_run(p);
         p.billed[0] = Run::File("../shard=1/billed-0.bin".into(), rows);
