@@ -233,7 +233,7 @@ pub fn event_row(
     };
     let mut entry_ids: Vec<Id> = entries
         .iter()
-        .map(|e| ids.1.str(e.entry_id).map(Id::new))
+        .map(|e| ids.1.id(e.entry_id))
         .collect::<Result<_>>()?;
     entry_ids.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
     let mut entry_account_ids: Vec<Shared> = (entries.iter())
@@ -245,7 +245,7 @@ pub fn event_row(
     Ok(DiscrepancyRow {
         kind,
         account_id: dicts.account(event.account).clone(),
-        event_id: Some(Id::new(ids.0.str(event.id)?)),
+        event_id: Some(ids.0.id(event.id)?),
         entry_ids,
         occurred_at: Some(event.occurred_at),
         product: Some(dicts.product(event.sku).clone()),
@@ -273,10 +273,10 @@ pub fn entry_row(kind: Kind, entry: &Debit, dicts: &Dicts, ids: &Ids) -> Result<
         kind,
         account_id: dicts.account(entry.account).clone(),
         event_id: match entry.has_event() {
-            true => Some(Id::new(ids.str(entry.event_id)?)),
+            true => Some(ids.id(entry.event_id)?),
             false => None,
         },
-        entry_ids: vec![Id::new(ids.str(entry.entry_id)?)],
+        entry_ids: vec![ids.id(entry.entry_id)?],
         occurred_at: None,
         product: None,
         action: None,
