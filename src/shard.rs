@@ -1493,7 +1493,7 @@ mod tests {
         use crate::amount::Milli;
         use crate::engine::{AccountResult, Totals};
         use crate::reconcile::{DiscrepancyRow, Kind};
-        #[derive(serde::Serialize)]
+        #[derive(Clone, serde::Serialize)]
         struct StringRow {
             kind: Kind,
             account_id: String,
@@ -1534,19 +1534,25 @@ mod tests {
             delta_credits: None,
             entry_account_ids: vec!["acct-2".into()],
         };
-        let string_row = || StringRow {
-            kind: Kind::AccountMismatch,
-            account_id: "acct-1".into(),
-            event_id: Some("evt-0123456789abcdef0123456789".into()),
-            entry_ids: vec!["d-2".into(), "d-1".into()],
-            occurred_at: Some(1_700_000_000_000_000),
-            product: Some("video".into()),
-            action: Some("generate".into()),
-            model: None,
-            expected_credits: Some(Milli(1500)),
-            recorded_credits: Milli(-7),
-            delta_credits: None,
-            entry_account_ids: vec!["acct-2".into()],
+        // The same values as Strings and Vecs.
+        let text = |s: &Option<crate::model::Shared>| s.as_deref().map(String::from);
+        let string_row = StringRow {
+            kind: row.kind,
+            account_id: row.account_id.to_string(),
+            event_id: row.event_id.as_deref().map(String::from),
+            entry_ids: row.entry_ids.iter().map(|id| id.to_string()).collect(),
+            occurred_at: row.occurred_at,
+            product: text(&row.product),
+            action: text(&row.action),
+            model: text(&row.model),
+            expected_credits: row.expected_credits,
+            recorded_credits: row.recorded_credits,
+            delta_credits: row.delta_credits,
+            entry_account_ids: row
+                .entry_account_ids
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
         };
         let totals = Totals {
             events_in_window: 3,
@@ -1560,7 +1566,7 @@ mod tests {
         result.discrepancies.push(row.clone());
         result.discrepancies.push(row);
         let vec_result = VecResult {
-            discrepancies: vec![string_row(), string_row()],
+            discrepancies: vec![string_row.clone(), string_row],
             balances: Vec::new(),
             invoices: Vec::new(),
             invoice_lines: Vec::new(),
