@@ -1452,14 +1452,13 @@ fn read_partial(folder: &Path, m: &ShardManifest, listed: &[Vec<u64>; 4]) -> Res
             "it holds balances, which only a reconcile writes, but {SHARD_MANIFEST} says close"
         )));
     }
-    // A close's billed events and invoice lines are in its run files only: rows of them in
-    // an account's result would never be written (the gathering stops on them as a
-    // broken invariant; a forged partial is refused here instead, by its file).
-    let rows_outside_runs = || {
-        (partial.results.iter())
-            .any(|(_, r)| !r.billed_events.is_empty() || !r.invoice_lines.is_empty())
-    };
-    if m.command == "close" && rows_outside_runs() {
+    // Billed events and invoice lines are in a close's run files only (a reconcile's
+    // partial holding them was refused above, by its command): rows of them in an
+    // account's result would never be written (the gathering stops on them as a broken
+    // invariant; a forged partial is refused here instead, by its file).
+    let rows_outside_runs = (partial.results.iter())
+        .any(|(_, r)| !r.billed_events.is_empty() || !r.invoice_lines.is_empty());
+    if rows_outside_runs {
         return Err(refuse(
             "it holds billed events or invoice lines in an account's result, outside its run \
              files (a close's shard writes them only to run files)"
