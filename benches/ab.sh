@@ -30,8 +30,8 @@ dir=${AB_DIR:-$(mktemp -d)}
 [[ -n ${AB_DIR:-} ]] || trap 'rm -rf "$dir"' EXIT
 mkdir -p "$dir"
 
-# CPU seconds stolen from this VM since boot, all cores (/proc/stat's steal).
-stolen_s() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / {printf "%.2f\n", $9 / hz}' /proc/stat; }
+# shellcheck source=benches/steal.sh
+source "$(dirname "${BASH_SOURCE[0]}")/steal.sh"
 
 declare -A seen
 for ((i = 1; i <= runs; i++)); do
@@ -39,10 +39,10 @@ for ((i = 1; i <= runs; i++)); do
         bin=$a; [[ $side == B ]] && bin=$b
         out="$dir/out-$side"
         rm -rf "$out"
-        steal0=$(stolen_s)
+        steal0=$(steal_ticks)
         /usr/bin/time -o "$dir/time" -f "%e %U %S %R %M" "$bin" "$@" --out "$out" \
             >"$dir/stdout-$side" 2>"$dir/log-$side" || die "$side run $i failed: see $dir/log-$side"
-        stolen=$(awk -v a="$steal0" -v b="$(stolen_s)" 'BEGIN {printf "%.2f", b - a}')
+        stolen=$(stolen_since "$steal0")
         read -r wall user sys faults peak_kb <"$dir/time"
         printf '%s run %d: %6.2f s wall, %6.2f s user, %5.2f s sys, %5.2f s stolen, %8d faults, %5d MiB peak\n' \
             "$side" "$i" "$wall" "$user" "$sys" "$stolen" "$faults" $((peak_kb / 1024))

@@ -142,7 +142,8 @@ busy_cpu_s() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / {printf "%.2f\n", ($2 + $
 # 1 s a GiB read: benches/io-steal.sh), so a split run's spill costs more there than on
 # a machine of its own; the table shows it per run, and `foreign` below leaves it out.
 OUR_STEAL=0
-steal_cpu_s() { awk -v hz="$(getconf CLK_TCK)" '/^cpu / {printf "%.2f\n", $9 / hz}' /proc/stat; }
+# shellcheck source=benches/steal.sh
+source "$(dirname "${BASH_SOURCE[0]}")/steal.sh"
 
 # One timed run of a tool; its wall (s), CPU (user+sys s), peak RSS (KB) and the steal
 # during it (s) are appended to WALLS[TOOL], CPUS[TOOL], RSSS[TOOL] and STEALS[TOOL]
@@ -159,13 +160,13 @@ run_once() {
     sync
     logf="$BENCH_DIR/logs/$label-$tool-$i.log"
     rc=0
-    steal0=$(steal_cpu_s)
+    steal0=$(steal_ticks)
     # DuckDB's wall is its own (benches/duckdb_run.py: from its connection to the end of the
     # SQL), not Python's start-up and import; the process's wall is kept beside it.
     local sqlf=$tf.duckdb-seconds
     rm -f "$sqlf"
     DUCKDB_SECONDS_FILE=$sqlf /usr/bin/time -f '%e %M %U %S' -o "$tf" "$@" >"$logf" 2>&1 || rc=$?
-    steal=$(awk -v a="$steal0" -v b="$(steal_cpu_s)" 'BEGIN {printf "%.2f", b - a}')
+    steal=$(stolen_since "$steal0")
     # tally exits 1 when an [alert] threshold is passed: still a finished run
     if [[ $rc -ne 0 && ! ( $tool == tally-* && $rc -eq 1 ) ]]; then
         rm -f "$tf" "$sqlf"

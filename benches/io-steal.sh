@@ -24,7 +24,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-steal_ticks() { awk '/^cpu / {print $9}' /proc/stat; }
+# shellcheck source=benches/steal.sh
+source "$(dirname "${BASH_SOURCE[0]}")/steal.sh"
 
 # measure LABEL DD-ARGS... -> one line: wall, MB/s, stolen CPU-s per GiB
 measure() {

@@ -47,10 +47,8 @@ trap cleanup EXIT
 cp "$bin" "$dir/tally"
 rm -f "$dir/runs.jsonl"
 
-# Ticks stolen from this VM since boot, all cores (/proc/stat's steal): an integer, so that
-# the difference of two readings keeps its precision however long the VM has been up.
-stolen_ticks() { awk '/^cpu / {print $9}' /proc/stat; }
-hz=$(getconf CLK_TCK)
+# shellcheck source=benches/steal.sh
+source "$(dirname "${BASH_SOURCE[0]}")/steal.sh"
 # tally's stage lines are INFO (a TALLY_LOG exported by the caller could hide them), and
 # printf's %f wants a '.' decimal point.
 export TALLY_LOG=info LC_ALL=C
@@ -164,12 +162,12 @@ for ((i = 1; i <= runs; i++)); do
     sync
     sample >"$rss" &
     sampler=$!
-    steal0=$(stolen_ticks)
+    steal0=$(steal_ticks)
     rc=0
     ( echo "$BASHPID" >"$dir/pid"
       exec /usr/bin/time -o "$dir/time" -f "%e %U %S %M %R" "$dir/tally" "$@" \
           --out "$out" --log-format json >"$dir/stdout-$i.txt" 2>"$log" ) || rc=$?
-    stolen=$(awk -v a="$steal0" -v b="$(stolen_ticks)" -v hz="$hz" 'BEGIN {printf "%.2f", (b - a) / hz}')
+    stolen=$(stolen_since "$steal0")
     wait "$sampler" || true
     # On failure GNU time writes "Command exited with non-zero status N" first.
     read -r wall user sys peak_kb faults < <(tail -n 1 "$dir/time")
